@@ -1,0 +1,2 @@
+//! Front ends: how users reach a volume.
+pub mod nbd;

@@ -1,0 +1,28 @@
+//! drl — the data path of a Disaster Recovery Layer for OpenStack clouds.
+//!
+//! # Layout
+//! - [`limits`]: every limit and default in one place, units last in the name.
+//! - [`config`]: the TOML configuration, per-node sections, validation, size/rate units.
+//! - [`volume`]: the backing disk (io_uring through `kernel-glue`), metadata (superblock,
+//!   generation ids, dirty bitmap, activity log) and the [`volume::BlockDevice`] contract.
+//! - [`frontend`]: how users reach a volume: the NBD server (unix and TCP sockets).
+//! - [`control`]: the control socket (newline-delimited JSON-RPC 2.0) and the event bus.
+//! - [`cli`]: the `drl` command line (clap), a thin client of the control socket.
+//! - [`daemon`]: wires config, volumes, front ends and the control socket together; signals.
+//! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
+//! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
+//! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//!
+//! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod frontend;
+pub mod limits;
+pub mod repl;
+pub mod shaping;
+pub mod snapshot;
+pub mod stream;
+pub mod volume;

@@ -1,0 +1,51 @@
+//! Every limit and default of drl in one place (TigerBeetle style): the unit is the last word
+//! of the name, and the relations between limits are asserted at compile time below.
+//!
+//! Anything that can grow (queues, buffers, connections, lines a peer can cause) has its bound
+//! here. Config may lower or raise some of them within the bounds checked by `config`.
+
+/// Size of one sector as NBD and the metadata count it.
+pub const SECTOR_SIZE_BYTES: u64 = 512;
+/// One bit of the dirty bitmap covers this many bytes (DRBD's default granularity).
+pub const BITMAP_BLOCK_BYTES: u64 = 4096;
+
+/// The largest single NBD READ or WRITE payload the server accepts (and advertises).
+pub const NBD_PAYLOAD_BYTES_MAX: u32 = 32 * 1024 * 1024;
+/// Preferred NBD request size advertised to clients.
+pub const NBD_PREFERRED_BLOCK_BYTES: u32 = 4096;
+/// Requests a single NBD connection may have in flight before the server stops reading.
+pub const NBD_INFLIGHT_PER_CONNECTION_MAX: usize = 128;
+/// Bytes of payload a single NBD connection may have in flight (reads and writes together).
+pub const NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Concurrent NBD connections per export.
+pub const NBD_CONNECTIONS_PER_EXPORT_MAX: usize = 64;
+/// Option haggling: the largest option payload the server reads.
+pub const NBD_OPTION_BYTES_MAX: u32 = 64 * 1024;
+/// Option haggling: how many options a client may send before it must pick an export.
+pub const NBD_OPTIONS_PER_CONNECTION_MAX: u32 = 64;
+/// A client must finish the handshake within this time.
+pub const NBD_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// io_uring submission queue depth per volume engine.
+pub const ENGINE_QUEUE_DEPTH_DEFAULT: u32 = 128;
+
+/// Control socket: the longest request line accepted.
+pub const CONTROL_LINE_BYTES_MAX: usize = 64 * 1024;
+/// Control socket: concurrent client connections.
+pub const CONTROL_CONNECTIONS_MAX: usize = 64;
+/// Control socket: a client that sends nothing for this long is disconnected.
+pub const CONTROL_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Control socket: a reply that cannot be written within this time closes the connection.
+pub const CONTROL_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Event bus: events buffered per subscriber before a slow subscriber loses events.
+pub const EVENTS_BUFFER_COUNT_MAX: usize = 1024;
+
+/// SIGTERM: in-flight I/O must drain within this time before the daemon exits anyway.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// Log lines a single peer or client can cause per second before they are suppressed.
+pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
+
+const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
+const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);

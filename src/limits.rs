@@ -49,3 +49,8 @@ pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
 const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
 const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
+
+/// Names of nodes and resources (also bounds what a peer can make us log).
+pub const NAME_BYTES_MAX: usize = 64;
+/// The largest volume drl accepts (the bitmap of a 64 TiB volume at 4 KiB a bit is 2 GiB).
+pub const VOLUME_SIZE_BYTES_MAX: u64 = 64 << 40;

@@ -1,1 +1,294 @@
-//! (to be built)
+//! Configuration: one TOML file can serve every node, DRBD-style.
+//!
+//! `[[node]]` lists the nodes (name, control socket); `[[resource]]` lists the volumes, each with
+//! one `[resource.on.NODE]` section per node that holds it. A daemon started as node N keeps the
+//! resources that have an `on.N` section; a resource with a second section is replicated to that
+//! peer, one with only N's section runs unreplicated.
+//!
+//! Loading happens in two steps: serde parses the text into the `Raw*` structs (unknown keys are
+//! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
+//! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
+
+pub mod units;
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use units::{ByteSize, DurationMs};
+
+use crate::limits;
+
+/// Where the control socket lives when the config names none.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drl/drl.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {key}: {reason}")]
+    Invalid { file: PathBuf, key: String, reason: String },
+}
+
+// ---- raw, as written in the file ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub node: Vec<RawNode>,
+    #[serde(default)]
+    pub resource: Vec<RawResource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawNode {
+    pub name: String,
+    pub control_socket: Option<PathBuf>,
+    /// Octal permission bits of the control socket, as a string ("0600") or a number.
+    pub control_socket_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawResource {
+    pub name: String,
+    pub size: ByteSize,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub on: BTreeMap<String, RawOn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOn {
+    pub address: Option<String>,
+    pub disk: PathBuf,
+    pub meta: PathBuf,
+    pub nbd: Option<String>,
+}
+
+// ---- validated, for one node ----
+
+/// Where an NBD export listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NbdEndpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl NbdEndpoint {
+    /// "tcp:HOST:PORT" or an absolute unix socket path.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("tcp:") {
+            return rest
+                .parse::<SocketAddr>()
+                .map(NbdEndpoint::Tcp)
+                .map_err(|e| format!("{text:?}: not tcp:HOST:PORT with a numeric address ({e})"));
+        }
+        let p = PathBuf::from(text);
+        if !p.is_absolute() {
+            return Err(format!("{text:?}: must be an absolute unix socket path or tcp:HOST:PORT"));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if text.len() > 107 {
+            return Err(format!("{text:?}: unix socket path longer than 107 bytes"));
+        }
+        Ok(NbdEndpoint::Unix(p))
+    }
+
+    /// The NBD URI a client such as qemu-io or nbdinfo takes.
+    pub fn uri(&self) -> String {
+        match self {
+            NbdEndpoint::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
+            NbdEndpoint::Tcp(a) => format!("nbd://{a}/"),
+        }
+    }
+}
+
+impl std::fmt::Display for NbdEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NbdEndpoint::Unix(p) => write!(f, "{}", p.display()),
+            NbdEndpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// One node's view of a resource's placement.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub node: String,
+    pub address: Option<SocketAddr>,
+    pub disk: PathBuf,
+    pub meta: PathBuf,
+    pub nbd: Option<NbdEndpoint>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub size_bytes: u64,
+    pub secret: Option<String>,
+    /// This node's section.
+    pub local: Placement,
+    /// The peer's section, if the resource is replicated.
+    pub peer: Option<Placement>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub file: PathBuf,
+    pub node: String,
+    pub control_socket: PathBuf,
+    pub control_socket_mode: u32,
+    pub resources: Vec<ResourceConfig>,
+}
+
+impl NodeConfig {
+    pub fn resource(&self, name: &str) -> Option<&ResourceConfig> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+/// Read, parse and validate `file` for node `node`.
+pub fn load(file: &Path, node: &str) -> Result<NodeConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+    let raw = parse(file, &text)?;
+    validate(file, &raw, node)
+}
+
+/// Parse TOML text. Unknown keys and wrong types are errors that name the key and position.
+pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_owned(), message: e.to_string().trim_end().to_owned() })
+}
+
+/// Check the meaning of a parsed config and keep what node `node` runs.
+pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, ConfigError> {
+    let invalid = |key: String, reason: String| ConfigError::Invalid { file: file.to_owned(), key, reason };
+
+    let mut node_names = HashSet::new();
+    for (i, n) in raw.node.iter().enumerate() {
+        check_name(&n.name).map_err(|r| invalid(format!("node[{i}].name"), r))?;
+        if !node_names.insert(n.name.as_str()) {
+            return Err(invalid(format!("node[{i}].name"), format!("node {:?} is listed twice", n.name)));
+        }
+    }
+    let Some(me) = raw.node.iter().find(|n| n.name == node) else {
+        let known: Vec<_> = raw.node.iter().map(|n| n.name.as_str()).collect();
+        return Err(invalid(
+            "node".into(),
+            format!("this node {node:?} is not listed (known: {known:?}); pass --node NAME or add a [[node]] section"),
+        ));
+    };
+    let control_socket = me.control_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    let control_socket_mode = match &me.control_socket_mode {
+        None => 0o600,
+        Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid(format!("node.{node}.control-socket-mode"), format!("{s:?} is not an octal mode like \"0600\"")))?,
+    };
+
+    let mut resources = Vec::new();
+    let mut res_names = HashSet::new();
+    let mut paths: HashSet<PathBuf> = HashSet::new();
+    for r in &raw.resource {
+        let key = |k: &str| format!("resource.{}.{k}", r.name);
+        check_name(&r.name).map_err(|reason| invalid("resource.name".into(), reason))?;
+        if !res_names.insert(r.name.as_str()) {
+            return Err(invalid(key("name"), "resource is defined twice".into()));
+        }
+        let size = r.size.bytes();
+        if size == 0 || size % limits::BITMAP_BLOCK_BYTES != 0 {
+            return Err(invalid(key("size"), format!("{size} bytes: must be a non-zero multiple of {} bytes", limits::BITMAP_BLOCK_BYTES)));
+        }
+        if size > limits::VOLUME_SIZE_BYTES_MAX {
+            return Err(invalid(key("size"), format!("{} is larger than the maximum {}", units::format_bytes(size), units::format_bytes(limits::VOLUME_SIZE_BYTES_MAX))));
+        }
+        for name in r.on.keys() {
+            if !node_names.contains(name.as_str()) {
+                return Err(invalid(key(&format!("on.{name}")), format!("node {name:?} is not listed in [[node]]")));
+            }
+        }
+        if r.on.len() > 2 {
+            return Err(invalid(key("on"), format!("{} nodes hold this resource; drl replicates between exactly two", r.on.len())));
+        }
+        let Some(local_raw) = r.on.get(node) else { continue };
+        let local = placement(node, local_raw, &|k| key(&format!("on.{node}.{k}")), &invalid)?;
+        let peer = match r.on.iter().find(|(n, _)| n.as_str() != node) {
+            None => None,
+            Some((pn, praw)) => Some(placement(pn, praw, &|k| key(&format!("on.{pn}.{k}")), &invalid)?),
+        };
+        if let Some(p) = &peer {
+            for (pl, who) in [(&local, node), (p, p.node.as_str())] {
+                if pl.address.is_none() {
+                    return Err(invalid(key(&format!("on.{who}.address")), "a replicated resource needs the replication address of both nodes".into()));
+                }
+            }
+            match &r.secret {
+                Some(s) if !s.is_empty() => {}
+                _ => return Err(invalid(key("secret"), "a replicated resource needs a non-empty shared secret".into())),
+            }
+        }
+        for (p, k) in [(&local.disk, "disk"), (&local.meta, "meta")] {
+            if !paths.insert(p.clone()) {
+                return Err(invalid(key(&format!("on.{node}.{k}")), format!("{} is used twice on this node", p.display())));
+            }
+        }
+        if let Some(NbdEndpoint::Unix(p)) = &local.nbd {
+            if !paths.insert(p.clone()) {
+                return Err(invalid(key(&format!("on.{node}.nbd")), format!("{} is used twice on this node", p.display())));
+            }
+        }
+        resources.push(ResourceConfig { name: r.name.clone(), size_bytes: size, secret: r.secret.clone(), local, peer });
+    }
+    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources })
+}
+
+fn placement(
+    node: &str,
+    raw: &RawOn,
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Placement, ConfigError> {
+    let address = match &raw.address {
+        None => None,
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| invalid(key("address"), format!("{a:?} is not HOST:PORT with a numeric address ({e})")))?),
+    };
+    let nbd = match &raw.nbd {
+        None => None,
+        Some(s) => Some(NbdEndpoint::parse(s).map_err(|r| invalid(key("nbd"), r))?),
+    };
+    for (p, k) in [(&raw.disk, "disk"), (&raw.meta, "meta")] {
+        if !p.is_absolute() {
+            return Err(invalid(key(k), format!("{} must be an absolute path", p.display())));
+        }
+    }
+    if raw.disk == raw.meta {
+        return Err(invalid(key("meta"), "meta must be a different file than disk".into()));
+    }
+    Ok(Placement { node: node.to_owned(), address, disk: raw.disk.clone(), meta: raw.meta.clone(), nbd })
+}
+
+/// Names of nodes and resources: what DRBD allows, and safe in paths and logs.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > limits::NAME_BYTES_MAX {
+        return Err(format!("{name:?}: a name must be 1 to {} bytes long", limits::NAME_BYTES_MAX));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+        return Err(format!("{name:?}: use only letters, digits, '-', '_' and '.' (not first)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+use super::*;
+
+/// The example from the issue, verbatim: it must work as written.
+pub const EXAMPLE: &str = r#"
+[[node]]
+name = "site-a"
+control-socket = "/tmp/drl/site-a.sock"
+
+[[node]]
+name = "site-b"
+control-socket = "/tmp/drl/site-b.sock"
+
+[[resource]]
+name = "r0"
+size = "256MiB"            # a missing disk file is created sparse with this size
+secret = "change-me"       # peer authentication (used by replication)
+
+[resource.on.site-a]
+address = "127.0.0.1:7789" # replication endpoint (used by replication)
+disk = "/tmp/drl/a/r0.img" # a file or a block device
+meta = "/tmp/drl/a/r0.meta"
+nbd = "/tmp/drl/a/r0.nbd"  # NBD export: a unix socket path, or "tcp:HOST:PORT"
+
+[resource.on.site-b]
+address = "127.0.0.1:7790"
+disk = "/tmp/drl/b/r0.img"
+meta = "/tmp/drl/b/r0.meta"
+nbd = "/tmp/drl/b/r0.nbd"
+"#;
+
+fn check(text: &str, node: &str) -> Result<NodeConfig, ConfigError> {
+    let f = Path::new("test.toml");
+    validate(f, &parse(f, text)?, node)
+}
+
+fn err(text: &str, node: &str) -> String {
+    check(text, node).expect_err("config should be refused").to_string()
+}
+
+#[test]
+fn issue_example_works_for_both_nodes() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    assert_eq!(a.control_socket, PathBuf::from("/tmp/drl/site-a.sock"));
+    assert_eq!(a.control_socket_mode, 0o600);
+    let r = &a.resources[0];
+    assert_eq!(r.size_bytes, 256 << 20);
+    assert_eq!(r.local.disk, PathBuf::from("/tmp/drl/a/r0.img"));
+    assert_eq!(r.local.nbd, Some(NbdEndpoint::Unix("/tmp/drl/a/r0.nbd".into())));
+    let peer = r.peer.as_ref().unwrap();
+    assert_eq!(peer.node, "site-b");
+    assert_eq!(peer.address, Some("127.0.0.1:7790".parse().unwrap()));
+
+    let b = check(EXAMPLE, "site-b").unwrap();
+    assert_eq!(b.resources[0].local.meta, PathBuf::from("/tmp/drl/b/r0.meta"));
+    assert_eq!(b.resources[0].peer.as_ref().unwrap().node, "site-a");
+}
+
+#[test]
+fn single_section_runs_unreplicated_without_secret() {
+    let t = r#"
+[[node]]
+name = "n1"
+[[resource]]
+name = "solo"
+size = "1GiB"
+[resource.on.n1]
+disk = "/d/solo.img"
+meta = "/d/solo.meta"
+nbd = "tcp:127.0.0.1:10809"
+"#;
+    let c = check(t, "n1").unwrap();
+    assert!(c.resources[0].peer.is_none());
+    assert_eq!(c.resources[0].local.nbd, Some(NbdEndpoint::Tcp("127.0.0.1:10809".parse().unwrap())));
+    assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+}
+
+#[test]
+fn resources_of_other_nodes_are_skipped() {
+    let t = EXAMPLE.replace("[resource.on.site-b]", "[resource.on.site-b]\n").replace(
+        "[[resource]]\nname = \"r0\"",
+        "[[resource]]\nname = \"other\"\nsize = \"1MiB\"\n[resource.on.site-b]\ndisk = \"/x/o.img\"\nmeta = \"/x/o.meta\"\n\n[[resource]]\nname = \"r0\"",
+    );
+    let a = check(&t, "site-a").unwrap();
+    assert_eq!(a.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["r0"]);
+}
+
+#[test]
+fn unknown_node_is_refused_naming_known_ones() {
+    let e = err(EXAMPLE, "site-c");
+    assert!(e.contains("test.toml") && e.contains("\"site-c\"") && e.contains("site-a"), "{e}");
+}
+
+#[test]
+fn typo_key_is_refused_with_its_name() {
+    let e = err(&EXAMPLE.replace("size = ", "sise = "), "site-a");
+    assert!(e.contains("sise"), "{e}");
+}
+
+#[test]
+fn bad_values_name_key_and_reason() {
+    let cases = [
+        (EXAMPLE.replace("\"256MiB\"", "\"256MB\""), "ambiguous"),
+        (EXAMPLE.replace("\"256MiB\"", "\"1000\""), "resource.r0.size"),
+        (EXAMPLE.replace("\"127.0.0.1:7789\"", "\"localhost\""), "resource.r0.on.site-a.address"),
+        (EXAMPLE.replace("\"/tmp/drl/a/r0.nbd\"", "\"r0.nbd\""), "resource.r0.on.site-a.nbd"),
+        (EXAMPLE.replace("\"/tmp/drl/a/r0.meta\"", "\"/tmp/drl/a/r0.img\""), "meta must be a different file"),
+        (EXAMPLE.replace("secret = \"change-me\"", "secret = \"\""), "resource.r0.secret"),
+        (EXAMPLE.replace("disk = \"/tmp/drl/a/r0.img\"", "disk = \"rel/r0.img\""), "absolute"),
+        (EXAMPLE.replace("[resource.on.site-b]", "[resource.on.site-x]"), "not listed in [[node]]"),
+        (EXAMPLE.replace("name = \"site-b\"", "name = \"site-a\""), "listed twice"),
+        (EXAMPLE.replace("name = \"r0\"", "name = \"r 0\""), "use only letters"),
+        (EXAMPLE.replace("size = \"256MiB\"", "size = true"), "size"),
+        ("[[node]]\nname = \"n\"\ncontrol-socket-mode = \"999\"\n".to_owned(), "octal"),
+    ];
+    for (text, needle) in cases {
+        let e = err(&text, if text.contains("site-a") { "site-a" } else { "n" });
+        assert!(e.contains(needle), "expected {needle:?} in: {e}");
+        assert!(e.starts_with("test.toml"), "error must name the file: {e}");
+    }
+}
+
+#[test]
+fn toml_syntax_error_names_position() {
+    let e = err("[[node]\nname = 1", "x");
+    assert!(e.contains("test.toml") && e.contains("line"), "{e}");
+}
+
+#[test]
+fn nbd_endpoint_uri() {
+    assert_eq!(NbdEndpoint::parse("/run/r0.nbd").unwrap().uri(), "nbd+unix:///?socket=/run/r0.nbd");
+    assert_eq!(NbdEndpoint::parse("tcp:127.0.0.1:10809").unwrap().uri(), "nbd://127.0.0.1:10809/");
+    assert!(NbdEndpoint::parse("tcp:nohost").is_err());
+}

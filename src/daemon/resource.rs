@@ -1,0 +1,157 @@
+//! One resource on this node: its disk, its metadata, its NBD export, and its state as DRBD
+//! names it (role, disk state, connection, replication).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{NbdEndpoint, ResourceConfig};
+use crate::control::{Event, EventBus};
+use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats};
+use crate::limits;
+use crate::volume::disk::Disk;
+use crate::volume::meta::{DiskState, MetaError, MetaFile, NewMeta, Role};
+use crate::volume::{BlockDevice, VolumeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("{0}")]
+    Volume(#[from] VolumeError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("NBD export: {0}")]
+    Nbd(#[from] crate::frontend::nbd::NbdError),
+    #[error("{0}")]
+    Blocking(String),
+}
+
+pub struct Resource {
+    cfg: ResourceConfig,
+    disk: Arc<Disk>,
+    meta: Mutex<MetaFile>,
+    events: EventBus,
+    nbd_stats: Mutex<Option<Arc<NbdStats>>>,
+}
+
+impl Resource {
+    /// Open the disk (creating a missing file sparse) and the metadata (creating a missing one,
+    /// refusing a corrupt one), and record that the resource is in use (clean flag cleared).
+    pub async fn open(cfg: &ResourceConfig, node: &str, events: EventBus) -> Result<Resource, ResourceError> {
+        let disk = Disk::open(&cfg.name, &cfg.local.disk, cfg.size_bytes, limits::ENGINE_QUEUE_DEPTH_DEFAULT)?;
+        if !disk.direct_io() {
+            warn!(resource = %cfg.name, disk = %cfg.local.disk.display(), "O_DIRECT unavailable: using buffered I/O (flushes still make data durable)");
+        }
+        let cfg2 = cfg.clone();
+        let node = node.to_owned();
+        let meta = tokio::task::spawn_blocking(move || open_meta(&cfg2, &node))
+            .await
+            .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+        let sb = meta.superblock();
+        let role = sb.role;
+        disk.set_read_only(role != Role::Primary);
+        info!(resource = %cfg.name, role = %role, disk = %sb.disk_state, direct_io = disk.direct_io(), "resource opened");
+        Ok(Resource { cfg: cfg.clone(), disk: Arc::new(disk), meta: Mutex::new(meta), events, nbd_stats: Mutex::new(None) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
+    }
+
+    /// Start the NBD export (if configured) as a task in `tasks`.
+    pub async fn start_frontends(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ResourceError> {
+        let Some(ep) = &self.cfg.local.nbd else { return Ok(()) };
+        let listen = match ep {
+            NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
+            NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
+        };
+        let export = ExportConfig { name: self.cfg.name.clone(), description: format!("drl resource {}", self.cfg.name) };
+        let server = NbdServer::bind(listen, export, self.disk.clone()).await?;
+        *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
+        let name = self.cfg.name.clone();
+        tasks.spawn(async move {
+            if let Err(e) = server.run(shutdown).await {
+                tracing::error!(resource = %name, "NBD export stopped: {e}");
+            }
+        });
+        info!(resource = %self.cfg.name, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
+        Ok(())
+    }
+
+    /// Flush the disk, mark the metadata clean, stop the engine.
+    pub async fn close(&self) -> Result<(), ResourceError> {
+        self.disk.flush().await?;
+        {
+            let mut m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+            m.update(|sb| sb.set_clean_shutdown(true))?;
+        }
+        self.disk.shutdown();
+        self.events.publish(Event::change("resource", &self.cfg.name, [("disk", "Detached".into())]));
+        Ok(())
+    }
+
+    pub fn status_json(&self) -> Value {
+        let m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        let sb = m.superblock();
+        let nbd = self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (connection, replication) = ("StandAlone", "Off");
+        json!({
+            "name": self.cfg.name,
+            "role": sb.role.to_string(),
+            "disk": sb.disk_state.to_string(),
+            "connection": connection,
+            "replication": replication,
+            "peer_node": self.cfg.peer.as_ref().map(|p| p.node.clone()),
+            "peer_role": Value::Null,
+            "peer_disk": Value::Null,
+            "size_bytes": self.cfg.size_bytes,
+            "out_of_sync_bytes": 0,
+            "generation": { "current": format!("{:016X}", sb.generation.current) },
+            "direct_io": self.disk.direct_io(),
+            "disk_path": self.cfg.local.disk,
+            "meta_path": self.cfg.local.meta,
+            "io": self.disk.stats().to_json(),
+            "nbd": match (&self.cfg.local.nbd, nbd) {
+                (Some(ep), Some(st)) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": st.connections_now(), "stats": st.to_json() }),
+                (Some(ep), None) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": 0 }),
+                _ => Value::Null,
+            },
+        })
+    }
+}
+
+fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError> {
+    let path = &cfg.local.meta;
+    let mut meta = if path.exists() {
+        let m = MetaFile::open(path)?;
+        m.check_matches(&cfg.name, cfg.size_bytes)?;
+        if !m.superblock().clean_shutdown() {
+            warn!(resource = %cfg.name, meta = %path.display(), "the last shutdown was not clean (crash or kill -9)");
+        }
+        m
+    } else {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ResourceError::Blocking(format!("creating {}: {e}", dir.display())))?;
+        }
+        // An unreplicated resource has nothing to wait for: it starts Primary and UpToDate.
+        // A replicated one starts Secondary and Inconsistent until the initial sync (DRBD).
+        let (role, disk_state) = if cfg.peer.is_none() {
+            (Role::Primary, DiskState::UpToDate)
+        } else {
+            (Role::Secondary, DiskState::Inconsistent)
+        };
+        info!(resource = %cfg.name, meta = %path.display(), "creating new metadata");
+        MetaFile::create(path, &NewMeta::new(&cfg.name, node, cfg.size_bytes, role, disk_state))?
+    };
+    meta.update(|sb| sb.set_clean_shutdown(false))?;
+    Ok(meta)
+}

@@ -54,3 +54,13 @@ const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0)
 pub const NAME_BYTES_MAX: usize = 64;
 /// The largest volume drl accepts (the bitmap of a 64 TiB volume at 4 KiB a bit is 2 GiB).
 pub const VOLUME_SIZE_BYTES_MAX: u64 = 64 << 40;
+
+// --- snapshots ---
+/// Copy-on-write granularity of snapshots.
+pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: u64 = 64 * 1024;
+/// Snapshots per resource (live ones; tombstones are counted separately).
+pub const SNAPSHOTS_PER_RESOURCE_MAX: usize = 64;
+/// Tombstones (deleted snapshots kept only as change sets for incremental parents).
+pub const SNAPSHOT_TOMBSTONES_MAX: usize = 64;
+/// COW space of a resource's snapshots when the config names none: this fraction of the volume.
+pub const SNAPSHOT_SPACE_PERCENT_DEFAULT: u64 = 25;

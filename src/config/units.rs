@@ -146,3 +146,75 @@ mod tests {
         assert!(parse_duration_ms("1h").is_err());
     }
 }
+
+/// Parse a link rate into bytes per second: "100Mbit", "1Gbit", "500kbit" (decimal bits, as tc
+/// writes them), "12MiB/s", "4096B/s" (binary bytes), or a bare number of bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a rate (e.g. \"100Mbit\", \"12MiB/s\")"))?;
+    let bytes_per_s = match unit.trim() {
+        "" | "B/s" => n,
+        "bit" | "bps" => n / 8.0,
+        "kbit" | "Kbit" => n * 1e3 / 8.0,
+        "mbit" | "Mbit" => n * 1e6 / 8.0,
+        "gbit" | "Gbit" => n * 1e9 / 8.0,
+        "KiB/s" => n * 1024.0,
+        "MiB/s" => n * 1048576.0,
+        "GiB/s" => n * 1073741824.0,
+        u => return Err(format!("{text:?}: unknown rate unit {u:?}; use kbit, Mbit, Gbit, KiB/s, MiB/s or GiB/s")),
+    };
+    if !(1.0..=1e12).contains(&bytes_per_s) {
+        return Err(format!("{text:?}: rate out of range (1 B/s to 8 Tbit/s)"));
+    }
+    Ok(bytes_per_s.round() as u64)
+}
+
+/// Render bytes per second as Mbit/s, the unit WAN links are sold in.
+pub fn format_rate(bytes_per_s: u64) -> String {
+    let bits = bytes_per_s as f64 * 8.0;
+    if bits >= 1e9 {
+        format!("{:.2}Gbit", bits / 1e9)
+    } else if bits >= 1e6 {
+        format!("{:.1}Mbit", bits / 1e6)
+    } else {
+        format!("{:.1}kbit", bits / 1e3)
+    }
+}
+
+/// A rate in bytes per second, parsed from a number or a string with a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Rate(pub u64);
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Rate(n)),
+            Raw::S(s) => parse_rate(&s).map(Rate).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100Mbit"), Ok(12_500_000));
+        assert_eq!(parse_rate("1Gbit"), Ok(125_000_000));
+        assert_eq!(parse_rate("500kbit"), Ok(62_500));
+        assert_eq!(parse_rate("12MiB/s"), Ok(12 << 20));
+        assert_eq!(parse_rate("2.5Mbit"), Ok(312_500));
+        assert!(parse_rate("100Mb").unwrap_err().contains("unknown rate unit"));
+        assert!(parse_rate("0").is_err());
+        assert_eq!(format_rate(12_500_000), "100.0Mbit");
+    }
+}

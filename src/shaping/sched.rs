@@ -63,7 +63,7 @@ impl Params {
 
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-fn limiter<C: Clock>(bytes_per_s: u64, burst_bytes: u64, clock: &C) -> Limiter<C> {
+fn limiter<C: Clock + Clone>(bytes_per_s: u64, burst_bytes: u64, clock: &C) -> Limiter<C> {
     let cells_per_s = (bytes_per_s / CELL_BYTES).max(1);
     let period = Duration::from_nanos((1_000_000_000 / cells_per_s).max(1));
     let burst = NonZeroU32::new((burst_bytes.div_ceil(CELL_BYTES)).clamp(1, u64::from(u32::MAX)) as u32).expect("non-zero");
@@ -86,7 +86,7 @@ pub enum Decision {
     Idle,
 }
 
-struct ClassState<C: Clock> {
+struct ClassState<C: Clock + Clone> {
     queue: VecDeque<(u64, u64)>,
     /// SFQ start tag of the head request, in virtual bytes.
     start: f64,
@@ -97,7 +97,7 @@ struct ClassState<C: Clock> {
     queued_bytes: u64,
 }
 
-pub struct Scheduler<C: Clock> {
+pub struct Scheduler<C: Clock + Clone> {
     params: Params,
     clock: C,
     link: Limiter<C>,
@@ -106,7 +106,7 @@ pub struct Scheduler<C: Clock> {
     committed: Option<(Class, u64, u64)>,
 }
 
-impl<C: Clock> Scheduler<C> {
+impl<C: Clock + Clone> Scheduler<C> {
     pub fn new(params: Params, clock: C) -> Self {
         let link = limiter(params.link_bytes_per_s, params.burst_bytes, &clock);
         let classes = CLASSES

@@ -40,7 +40,7 @@ pub struct Entry {
     pub frozen: bool,
 }
 
-pub fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+pub fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
     move |source| SnapshotError::Io { path: path.display().to_string(), what, source }
 }
 

@@ -61,7 +61,12 @@ pub enum AlError {
     #[error("activity log: write at offset {offset} length {len} runs past the end of the volume ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("activity log: write at offset {offset} length {len} spans {extents} extents, more than al-extents {max}")]
-    TooManyExtents { offset: u64, len: u64, extents: u64, max: u32 },
+    TooManyExtents {
+        offset: u64,
+        len: u64,
+        extents: u64,
+        max: u32,
+    },
     #[error("activity log of {path}: {in_flight} writes still in flight; cannot close cleanly")]
     Busy { path: String, in_flight: u64 },
     #[error("activity log is closed")]
@@ -137,7 +142,10 @@ impl ActivityLog {
             extents_max: sb.al_extents,
             volume_bytes: sb.size_bytes,
             uuid: sb.uuid,
-            inner: Mutex::new(Inner { next_seq: newest + 1, ..Default::default() }),
+            inner: Mutex::new(Inner {
+                next_seq: newest + 1,
+                ..Default::default()
+            }),
             notify: Arc::new(Notify::new()),
         }))
     }
@@ -172,7 +180,10 @@ impl ActivityLog {
     /// transaction restarts the ring, and the superblock records that the volume is in use
     /// (no `CLEAN_SHUTDOWN`; `CRASHED_PRIMARY` when it crashed as Primary). In that order, so a
     /// crash during attach loses nothing.
-    pub fn attach(meta: &MetaFile, bitmap: &DirtyBitmap) -> Result<(Arc<ActivityLog>, AttachReport), AlError> {
+    pub fn attach(
+        meta: &MetaFile,
+        bitmap: &DirtyBitmap,
+    ) -> Result<(Arc<ActivityLog>, AttachReport), AlError> {
         let sb = meta.superblock();
         let was_clean = sb.has_flag(flags::CLEAN_SHUTDOWN);
         let replayed = Self::recover(meta)?;
@@ -198,7 +209,14 @@ impl ActivityLog {
             tracing::warn!(path = %meta.path().display(), regions = replayed.len(),
                 "volume crashed while Primary: activity log replayed into the bitmap");
         }
-        Ok((al, AttachReport { was_clean, crashed_primary, replayed }))
+        Ok((
+            al,
+            AttachReport {
+                was_clean,
+                crashed_primary,
+                replayed,
+            },
+        ))
     }
 
     /// Close after all writes ended: flush the bitmap, write an empty transaction and set
@@ -208,7 +226,10 @@ impl ActivityLog {
             let mut inner = self.lock();
             let in_flight: u64 = inner.hot.values().map(|e| e.refs as u64).sum();
             if in_flight > 0 || inner.pending {
-                return Err(AlError::Busy { path: meta.path().display().to_string(), in_flight });
+                return Err(AlError::Busy {
+                    path: meta.path().display().to_string(),
+                    in_flight,
+                });
             }
             inner.closed = true;
             inner.hot.clear();
@@ -245,15 +266,30 @@ impl ActivityLog {
     pub fn begin_write(self: &Arc<Self>, offset: u64, len: u64) -> Result<BeginWrite, AlError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.volume_bytes => {}
-            _ => return Err(AlError::OutOfRange { offset, len, size: self.volume_bytes }),
+            _ => {
+                return Err(AlError::OutOfRange {
+                    offset,
+                    len,
+                    size: self.volume_bytes,
+                })
+            }
         }
         if len == 0 {
-            return Ok(BeginWrite::Hot(AlGuard { al: self.clone(), first: 0, end: 0 }));
+            return Ok(BeginWrite::Hot(AlGuard {
+                al: self.clone(),
+                first: 0,
+                end: 0,
+            }));
         }
         let first = offset / self.extent_bytes;
         let end = (offset + len - 1) / self.extent_bytes + 1;
         if end - first > self.extents_max as u64 {
-            return Err(AlError::TooManyExtents { offset, len, extents: end - first, max: self.extents_max });
+            return Err(AlError::TooManyExtents {
+                offset,
+                len,
+                extents: end - first,
+                max: self.extents_max,
+            });
         }
         // Extent numbers fit in u32: validated against the volume size at creation.
         let (first, end) = (first as u32, end as u32);
@@ -283,7 +319,11 @@ impl ActivityLog {
                     x.last_used = now;
                 }
             }
-            return Ok(BeginWrite::Hot(AlGuard { al: self.clone(), first, end }));
+            return Ok(BeginWrite::Hot(AlGuard {
+                al: self.clone(),
+                first,
+                end,
+            }));
         }
         if inner.pending {
             return wait(inner);
@@ -309,7 +349,14 @@ impl ActivityLog {
             }
         }
         for &e in &missing {
-            inner.hot.insert(e, Extent { refs: 0, committed: false, last_used: now });
+            inner.hot.insert(
+                e,
+                Extent {
+                    refs: 0,
+                    committed: false,
+                    last_used: now,
+                },
+            );
         }
         for e in first..end {
             if let Some(x) = inner.hot.get_mut(&e) {
@@ -336,7 +383,13 @@ impl ActivityLog {
 
     /// `begin_write` until the write may proceed, committing transactions on the blocking
     /// pool. The returned guard ends the write when dropped.
-    pub async fn acquire(self: &Arc<Self>, meta: &Arc<MetaFile>, bitmap: &Arc<DirtyBitmap>, offset: u64, len: u64) -> Result<AlGuard, AlError> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        meta: &Arc<MetaFile>,
+        bitmap: &Arc<DirtyBitmap>,
+        offset: u64,
+        len: u64,
+    ) -> Result<AlGuard, AlError> {
         loop {
             match self.begin_write(offset, len)? {
                 BeginWrite::Hot(g) => return Ok(g),
@@ -352,7 +405,13 @@ impl ActivityLog {
     }
 
     /// [`ActivityLog::acquire`] for a plain thread.
-    pub fn acquire_blocking(self: &Arc<Self>, meta: &MetaFile, bitmap: &DirtyBitmap, offset: u64, len: u64) -> Result<AlGuard, AlError> {
+    pub fn acquire_blocking(
+        self: &Arc<Self>,
+        meta: &MetaFile,
+        bitmap: &DirtyBitmap,
+        offset: u64,
+        len: u64,
+    ) -> Result<AlGuard, AlError> {
         loop {
             match self.begin_write(offset, len)? {
                 BeginWrite::Hot(g) => return Ok(g),
@@ -442,7 +501,13 @@ impl AlTransaction {
         if !self.evicted.is_empty() {
             bitmap.flush_to(meta)?;
         }
-        write_record(meta, &self.al.uuid, self.al.extent_bytes, self.seq, &self.set)?;
+        write_record(
+            meta,
+            &self.al.uuid,
+            self.al.extent_bytes,
+            self.seq,
+            &self.set,
+        )?;
         let al = self.al.clone();
         {
             let mut inner = al.lock();
@@ -456,7 +521,11 @@ impl AlTransaction {
         }
         al.notify.notify_waiters();
         self.done = true;
-        Ok(AlGuard { al, first: self.first, end: self.end })
+        Ok(AlGuard {
+            al,
+            first: self.first,
+            end: self.end,
+        })
     }
 }
 
@@ -483,15 +552,26 @@ impl Drop for AlTransaction {
     }
 }
 
-fn write_record(meta: &MetaFile, uuid: &[u8; 16], extent_bytes: u64, seq: u64, set: &[u32]) -> Result<(), MetaError> {
+fn write_record(
+    meta: &MetaFile,
+    uuid: &[u8; 16],
+    extent_bytes: u64,
+    seq: u64,
+    set: &[u32],
+) -> Result<(), MetaError> {
     let layout = meta.layout();
     let used = HDR + 4 * set.len();
-    let mut b = vec![0u8; (used as u64).div_ceil(META_BLOCK_BYTES) as usize * META_BLOCK_BYTES as usize];
+    let mut b =
+        vec![0u8; (used as u64).div_ceil(META_BLOCK_BYTES) as usize * META_BLOCK_BYTES as usize];
     if used as u64 > layout.al_slot_bytes {
         return Err(MetaError::Invalid {
             path: meta.path().to_path_buf(),
             field: "activity-log transaction",
-            value: format!("{} extents do not fit a {}-byte slot", set.len(), layout.al_slot_bytes),
+            value: format!(
+                "{} extents do not fit a {}-byte slot",
+                set.len(),
+                layout.al_slot_bytes
+            ),
         });
     }
     b[..8].copy_from_slice(&AL_MAGIC);
@@ -505,7 +585,11 @@ fn write_record(meta: &MetaFile, uuid: &[u8; 16], extent_bytes: u64, seq: u64, s
     let crc = crc32fast::hash(&b[..used]);
     b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
     let slot = seq % layout.al_slots as u64;
-    meta.write_at(&b, layout.al_offset + slot * layout.al_slot_bytes, "write activity-log transaction")?;
+    meta.write_at(
+        &b,
+        layout.al_offset + slot * layout.al_slot_bytes,
+        "write activity-log transaction",
+    )?;
     meta.sync("fdatasync activity-log transaction")
 }
 
@@ -516,7 +600,11 @@ fn read_newest(meta: &MetaFile) -> Result<Option<(u64, Vec<u32>)>, MetaError> {
     let mut buf = vec![0u8; layout.al_slot_bytes as usize];
     let mut best: Option<(u64, Vec<u32>)> = None;
     for slot in 0..layout.al_slots as u64 {
-        meta.read_at(&mut buf, layout.al_offset + slot * layout.al_slot_bytes, "read activity log")?;
+        meta.read_at(
+            &mut buf,
+            layout.al_offset + slot * layout.al_slot_bytes,
+            "read activity log",
+        )?;
         let count = get_u32(&buf, OFF_COUNT) as usize;
         let sane = buf[..8] == AL_MAGIC
             && buf[OFF_UUID..OFF_UUID + 16] == sb.uuid
@@ -540,4 +628,252 @@ fn read_newest(meta: &MetaFile) -> Result<Option<(u64, Vec<u32>)>, MetaError> {
         }
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::meta::NewMeta;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    const EXT: u64 = 4 * 1024 * 1024;
+
+    fn make(dir: &Path, al_extents: u32) -> (Arc<MetaFile>, Arc<DirtyBitmap>, Arc<ActivityLog>) {
+        let mut n = NewMeta::new("r0", "node-a", 64 * EXT);
+        n.al_extents = al_extents;
+        let meta = Arc::new(MetaFile::create(&dir.join("r0.meta"), &n).unwrap());
+        meta.update(|sb| sb.flags |= flags::WAS_PRIMARY).unwrap();
+        let bitmap = Arc::new(DirtyBitmap::load(&meta).unwrap());
+        let (al, report) = ActivityLog::attach(&meta, &bitmap).unwrap();
+        assert!(report.was_clean && !report.crashed_primary && report.replayed.is_empty());
+        (meta, bitmap, al)
+    }
+
+    fn write(al: &Arc<ActivityLog>, meta: &MetaFile, bm: &DirtyBitmap, extent: u64) {
+        let g = al
+            .acquire_blocking(meta, bm, extent * EXT + 512, 4096)
+            .unwrap();
+        assert!(al.is_hot(extent as u32));
+        drop(g);
+    }
+
+    fn expect_txn(b: BeginWrite) -> AlTransaction {
+        match b {
+            BeginWrite::NeedsTransaction(t) => t,
+            BeginWrite::Hot(_) => panic!("expected a transaction, got Hot"),
+            BeginWrite::Wait(_) => panic!("expected a transaction, got Wait"),
+        }
+    }
+
+    #[test]
+    fn crash_recovery_returns_exactly_the_hot_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        for e in [0, 3, 7, 3, 63] {
+            write(&al, &meta, &bm, e);
+        }
+        assert_eq!(al.committed_transactions(), 4);
+        // kill -9: nothing is closed.
+        drop((al, bm, meta));
+        let meta = MetaFile::open(&dir.path().join("r0.meta")).unwrap();
+        assert!(!meta.superblock().has_flag(flags::CLEAN_SHUTDOWN));
+        let expected: Vec<_> = [0, 3, 7, 63].iter().map(|&e| (e * EXT, EXT)).collect();
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), expected);
+        // Attach replays them into the bitmap, durably, and flags the crashed Primary.
+        let bm = DirtyBitmap::load(&meta).unwrap();
+        let (_al, report) = ActivityLog::attach(&meta, &bm).unwrap();
+        assert!(!report.was_clean && report.crashed_primary);
+        assert_eq!(report.replayed, expected);
+        assert!(meta.superblock().has_flag(flags::CRASHED_PRIMARY));
+        let on_disk = DirtyBitmap::load(&meta).unwrap();
+        assert_eq!(on_disk.dirty_runs().collect::<Vec<_>>(), expected);
+        assert_eq!(on_disk.dirty_bytes(), 4 * EXT);
+        // The ring restarted empty: a second crash now replays nothing new.
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn clean_shutdown_empties_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        write(&al, &meta, &bm, 5);
+        let g = al.acquire_blocking(&meta, &bm, 0, 1).unwrap();
+        let err = al.close_clean(&meta, &bm).unwrap_err();
+        assert!(matches!(err, AlError::Busy { in_flight: 1, .. }), "{err}");
+        drop(g);
+        al.close_clean(&meta, &bm).unwrap();
+        assert!(matches!(al.begin_write(0, 1), Err(AlError::Closed)));
+        drop((al, bm, meta));
+        let meta = MetaFile::open(&dir.path().join("r0.meta")).unwrap();
+        assert!(meta.superblock().has_flag(flags::CLEAN_SHUTDOWN));
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![]);
+        let bm = DirtyBitmap::load(&meta).unwrap();
+        let (_al, report) = ActivityLog::attach(&meta, &bm).unwrap();
+        assert!(report.was_clean && !report.crashed_primary && report.replayed.is_empty());
+        assert_eq!(bm.count_dirty(), 0);
+    }
+
+    #[test]
+    fn torn_transaction_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        write(&al, &meta, &bm, 2);
+        let t = expect_txn(al.begin_write(9 * EXT, 1).unwrap());
+        let seq = t.seq();
+        drop(t.commit(&meta, &bm).unwrap());
+        drop(al);
+        // Tear the newest record: its second entry never reached the disk.
+        let l = meta.layout();
+        let slot_off = l.al_offset + (seq % l.al_slots as u64) * l.al_slot_bytes;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(meta.path())
+            .unwrap();
+        f.write_all_at(&[0xff; 4], slot_off + HDR as u64 + 4)
+            .unwrap();
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![(2 * EXT, EXT)]);
+    }
+
+    #[test]
+    fn hot_set_is_bounded_and_evicts_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        for e in 0..10 {
+            write(&al, &meta, &bm, e);
+        }
+        write(&al, &meta, &bm, 0); // 0 is now the most recently used
+        assert!(matches!(al.begin_write(0, 1).unwrap(), BeginWrite::Hot(_)));
+        // A dirty block in extent 1, not yet flushed: eviction must flush it first.
+        bm.set_range(EXT + 4096, 1);
+        let t = expect_txn(al.begin_write(20 * EXT, 1).unwrap());
+        assert_eq!((t.added(), t.evicted()), (&[20][..], &[1][..]));
+        drop(t.commit(&meta, &bm).unwrap());
+        assert_eq!(al.hot_count(), 10);
+        assert!(!al.is_hot(1) && al.is_hot(20) && al.is_hot(0));
+        assert!(DirtyBitmap::load(&meta).unwrap().is_dirty(EXT / 4096 + 1));
+        drop(al);
+        let mut rec: Vec<u64> = ActivityLog::recover(&meta)
+            .unwrap()
+            .iter()
+            .map(|r| r.0 / EXT)
+            .collect();
+        rec.sort();
+        assert_eq!(rec, vec![0, 2, 3, 4, 5, 6, 7, 8, 9, 20]);
+    }
+
+    #[test]
+    fn full_hot_set_with_writes_in_flight_waits_for_an_idle_extent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        let mut guards: Vec<_> = (0..10)
+            .map(|e| al.acquire_blocking(&meta, &bm, e * EXT, 1).unwrap())
+            .collect();
+        let w = match al.begin_write(30 * EXT, 1).unwrap() {
+            BeginWrite::Wait(w) => w,
+            _ => panic!("every extent is busy: the write must wait"),
+        };
+        drop(guards.remove(4)); // extent 4 becomes idle
+        futures::executor::block_on(w.wait());
+        let t = expect_txn(al.begin_write(30 * EXT, 1).unwrap());
+        assert_eq!(t.evicted(), &[4]);
+        drop(t.commit(&meta, &bm).unwrap());
+        assert_eq!(al.hot_count(), 10);
+    }
+
+    #[test]
+    fn multi_extent_write_and_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        let t = expect_txn(al.begin_write(EXT - 1, 2).unwrap());
+        assert_eq!(t.added(), &[0, 1]);
+        drop(t); // given up: rolled back
+        assert_eq!(al.hot_count(), 0);
+        let g = expect_txn(al.begin_write(EXT - 1, 2).unwrap())
+            .commit(&meta, &bm)
+            .unwrap();
+        assert_eq!(g.extents(), 0..2);
+        assert!(al.is_hot(0) && al.is_hot(1));
+        assert!(matches!(
+            al.begin_write(64 * EXT, 1),
+            Err(AlError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            al.begin_write(0, 11 * EXT),
+            Err(AlError::TooManyExtents { .. })
+        ));
+    }
+
+    #[test]
+    fn second_writer_into_a_pending_extent_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        let t = expect_txn(al.begin_write(0, 1).unwrap());
+        let w = match al.begin_write(4096, 1).unwrap() {
+            BeginWrite::Wait(w) => w,
+            _ => panic!("the extent is not committed yet"),
+        };
+        drop(t.commit(&meta, &bm).unwrap());
+        futures::executor::block_on(w.wait());
+        assert!(matches!(
+            al.begin_write(4096, 1).unwrap(),
+            BeginWrite::Hot(_)
+        ));
+        assert_eq!(al.committed_transactions(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_tasks_write_one_transaction_per_new_extent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let (meta, bm, al) = (meta.clone(), bm.clone(), al.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..40u64 {
+                    let extent = (t + i) % 6;
+                    let g = al
+                        .acquire(&meta, &bm, extent * EXT + (i % 100) * 4096, 4096)
+                        .await
+                        .unwrap();
+                    // The extent is on disk before the write may proceed.
+                    assert!(al.is_hot(extent as u32));
+                    tokio::task::yield_now().await;
+                    drop(g);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(al.committed_transactions(), 6);
+        assert_eq!(al.hot_count(), 6);
+        drop(al);
+        assert_eq!(ActivityLog::recover(&meta).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn concurrent_threads_with_eviction_never_lose_an_in_flight_extent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 10);
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let (meta, bm, al) = (meta.clone(), bm.clone(), al.clone());
+                std::thread::spawn(move || {
+                    for i in 0..60u64 {
+                        let extent = (t * 7 + i * 3) % 24; // more extents than the hot set
+                        let g = al.acquire_blocking(&meta, &bm, extent * EXT, 8192).unwrap();
+                        assert!(al.is_hot(extent as u32));
+                        assert!(al.hot_count() <= 10);
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(al.hot_count() <= 10);
+        assert!(al.committed_transactions() >= 24);
+    }
 }

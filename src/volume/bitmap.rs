@@ -50,7 +50,11 @@ pub struct DirtyBitmap {
 
 fn mask(from_bit: u64, to_bit: u64) -> u64 {
     // Bits [from_bit, to_bit) of a word, 0 <= from_bit < to_bit <= 64.
-    let high = if to_bit == 64 { u64::MAX } else { (1u64 << to_bit) - 1 };
+    let high = if to_bit == 64 {
+        u64::MAX
+    } else {
+        (1u64 << to_bit) - 1
+    };
     high & !((1u64 << from_bit) - 1)
 }
 
@@ -105,7 +109,8 @@ impl DirtyBitmap {
             };
             if changed != 0 {
                 let n = changed.count_ones() as i64;
-                self.dirty.fetch_add(if set { n } else { -n }, Ordering::AcqRel);
+                self.dirty
+                    .fetch_add(if set { n } else { -n }, Ordering::AcqRel);
                 self.mark_page(w);
             }
             b = (w + 1) * 64;
@@ -128,7 +133,11 @@ impl DirtyBitmap {
     pub fn clear_range(&self, offset: u64, len: u64) {
         let end_byte = offset.saturating_add(len);
         let first = offset.div_ceil(self.block_bytes);
-        let end = if end_byte >= self.size_bytes { self.blocks } else { end_byte / self.block_bytes };
+        let end = if end_byte >= self.size_bytes {
+            self.blocks
+        } else {
+            end_byte / self.block_bytes
+        };
         if first < end {
             self.apply(first, end, false);
         }
@@ -161,7 +170,9 @@ impl DirtyBitmap {
 
     /// Number of dirty blocks, O(1).
     pub fn count_dirty(&self) -> u64 {
-        self.dirty.load(Ordering::Acquire).clamp(0, self.blocks as i64) as u64
+        self.dirty
+            .load(Ordering::Acquire)
+            .clamp(0, self.blocks as i64) as u64
     }
 
     /// Bytes of the volume covered by dirty blocks (the partial last block counts its real size).
@@ -197,7 +208,10 @@ impl DirtyBitmap {
     /// Dirty regions as merged `(offset, len)` byte runs, in order, clipped to the volume.
     /// Taken word by word: bits changed during the walk may or may not be seen.
     pub fn dirty_runs(&self) -> DirtyRuns<'_> {
-        DirtyRuns { bitmap: self, next: 0 }
+        DirtyRuns {
+            bitmap: self,
+            next: 0,
+        }
     }
 
     /// Read the bitmap stored in `meta`.
@@ -218,7 +232,11 @@ impl DirtyBitmap {
             for (i, c) in bytes.chunks_exact(8).enumerate() {
                 let idx = w + i as u64;
                 let mut v = super::meta::get_u64(c, 0);
-                let valid = if (idx + 1) * 64 > bm.blocks { mask(0, bm.blocks - idx * 64) } else { u64::MAX };
+                let valid = if (idx + 1) * 64 > bm.blocks {
+                    mask(0, bm.blocks - idx * 64)
+                } else {
+                    u64::MAX
+                };
                 if v & !valid != 0 {
                     stray += (v & !valid).count_ones() as u64;
                     v &= valid;
@@ -244,7 +262,10 @@ impl DirtyBitmap {
             return Err(MetaError::Invalid {
                 path: meta.path().to_path_buf(),
                 field: "bitmap blocks",
-                value: format!("file has {}, bitmap in memory has {}", layout.bitmap_blocks, self.blocks),
+                value: format!(
+                    "file has {}, bitmap in memory has {}",
+                    layout.bitmap_blocks, self.blocks
+                ),
             });
         }
         let _serial = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,7 +283,10 @@ impl DirtyBitmap {
             // A run of consecutive pages, bounded.
             let start = changed[i];
             let mut n = 1;
-            while i + n < changed.len() && changed[i + n] == start + n as u64 && (n as u64) < FLUSH_PAGES_PER_WRITE_MAX {
+            while i + n < changed.len()
+                && changed[i + n] == start + n as u64
+                && (n as u64) < FLUSH_PAGES_PER_WRITE_MAX
+            {
                 n += 1;
             }
             let mut buf = vec![0u8; n * META_BLOCK_BYTES as usize];
@@ -272,7 +296,11 @@ impl DirtyBitmap {
                     c.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
                 }
             }
-            result = meta.write_at(&buf, layout.bitmap_offset + start * META_BLOCK_BYTES, "write bitmap");
+            result = meta.write_at(
+                &buf,
+                layout.bitmap_offset + start * META_BLOCK_BYTES,
+                "write bitmap",
+            );
             if result.is_ok() {
                 i += n;
             }
@@ -313,5 +341,201 @@ impl Iterator for DirtyRuns<'_> {
         let off = start * bm.block_bytes;
         let end_byte = (end * bm.block_bytes).min(bm.size_bytes);
         Some((off, end_byte - off))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::meta::NewMeta;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const B: u64 = 4096;
+
+    fn blocks_of(bm: &DirtyBitmap) -> BTreeSet<u64> {
+        (0..bm.blocks()).filter(|&b| bm.is_dirty(b)).collect()
+    }
+
+    #[test]
+    fn set_rounds_outwards_clear_rounds_inwards() {
+        let bm = DirtyBitmap::new(100 * B, B);
+        bm.set_range(B + 1, 1);
+        assert_eq!(blocks_of(&bm), [1].into());
+        bm.set_range(3 * B - 1, 2); // touches blocks 2 and 3
+        assert_eq!(blocks_of(&bm), [1, 2, 3].into());
+        bm.clear_range(B + 1, 2 * B); // covers only block 2 completely
+        assert_eq!(blocks_of(&bm), [1, 3].into());
+        bm.clear_range(B, B);
+        assert_eq!(blocks_of(&bm), [3].into());
+        bm.set_range(0, 0);
+        bm.clear_range(3 * B, 0);
+        assert_eq!(bm.count_dirty(), 1);
+    }
+
+    #[test]
+    fn partial_last_block() {
+        // 10.5 blocks: the last block is half a block.
+        let size = 10 * B + B / 2;
+        let bm = DirtyBitmap::new(size, B);
+        assert_eq!(bm.blocks(), 11);
+        bm.set_range(size - 1, 1);
+        assert!(bm.is_dirty(10));
+        assert_eq!(bm.dirty_bytes(), B / 2);
+        assert_eq!(bm.dirty_runs().collect::<Vec<_>>(), vec![(10 * B, B / 2)]);
+        bm.clear_range(10 * B, B / 2); // reaches the end: clears the partial block
+        assert_eq!(bm.count_dirty(), 0);
+        bm.set_all();
+        assert_eq!(bm.count_dirty(), 11);
+        assert_eq!(bm.dirty_bytes(), size);
+        assert_eq!(bm.dirty_runs().collect::<Vec<_>>(), vec![(0, size)]);
+        bm.clear_all();
+        assert_eq!(bm.count_dirty(), 0);
+        assert_eq!(bm.dirty_runs().next(), None);
+    }
+
+    #[test]
+    fn runs_merge_across_words() {
+        let bm = DirtyBitmap::new(1000 * B, B);
+        bm.set_blocks(60, 10); // crosses the first word boundary
+        bm.set_blocks(128, 1);
+        bm.set_blocks(999, 1);
+        assert_eq!(
+            bm.dirty_runs().collect::<Vec<_>>(),
+            vec![(60 * B, 10 * B), (128 * B, B), (999 * B, B)]
+        );
+        assert_eq!(bm.count_dirty(), 12);
+    }
+
+    #[test]
+    fn concurrent_sets_keep_an_exact_count() {
+        let bm = std::sync::Arc::new(DirtyBitmap::new(1 << 30, B));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let bm = bm.clone();
+                std::thread::spawn(move || {
+                    // Overlapping ranges from every thread.
+                    for i in 0..2000u64 {
+                        bm.set_range((i * 7 + t) * B, 3 * B);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(bm.count_dirty(), blocks_of(&bm).len() as u64);
+    }
+
+    #[test]
+    fn flush_writes_only_changed_pages_and_load_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        // 1 GiB / 4 KiB = 262144 bits = 32 KiB = 8 pages.
+        let meta = MetaFile::create(&path, &NewMeta::new("r0", "n", 1 << 30)).unwrap();
+        let bm = DirtyBitmap::load(&meta).unwrap();
+        assert_eq!(bm.count_dirty(), 0);
+        assert_eq!(bm.flush_to(&meta).unwrap(), 0, "nothing changed");
+        bm.set_range(0, 1); // page 0
+        bm.set_range(5 * 32768 * B + 3 * B, 10 * B); // page 5
+        assert_eq!(bm.flush_to(&meta).unwrap(), 2);
+        assert_eq!(bm.flush_to(&meta).unwrap(), 0);
+        bm.clear_range(0, B); // page 0 again
+        assert_eq!(bm.flush_to(&meta).unwrap(), 1);
+        bm.set_all();
+        assert_eq!(bm.flush_to(&meta).unwrap(), 8);
+        bm.clear_blocks(100, 50);
+        bm.flush_to(&meta).unwrap();
+        drop(meta);
+        let meta = MetaFile::open(&path).unwrap();
+        let loaded = DirtyBitmap::load(&meta).unwrap();
+        assert_eq!(loaded.count_dirty(), bm.count_dirty());
+        assert_eq!(blocks_of(&loaded), blocks_of(&bm));
+    }
+
+    #[test]
+    fn load_clears_stray_bits_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta =
+            MetaFile::create(&dir.path().join("m"), &NewMeta::new("r0", "n", 100 * B)).unwrap();
+        let off = meta.layout().bitmap_offset;
+        meta.write_at(&u64::MAX.to_le_bytes(), off + 8, "test")
+            .unwrap(); // blocks 64..128
+        let bm = DirtyBitmap::load(&meta).unwrap();
+        assert_eq!(bm.count_dirty(), 36, "only blocks 64..100 exist");
+        assert_eq!(
+            bm.flush_to(&meta).unwrap(),
+            1,
+            "the repaired page is rewritten"
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u64, u64),
+        Clear(u64, u64),
+        SetAll,
+        ClearAll,
+    }
+
+    fn op(size: u64) -> impl Strategy<Value = Op> {
+        let range = (0..size, 0..40 * B);
+        prop_oneof![
+            8 => range.clone().prop_map(|(o, l)| Op::Set(o, l)),
+            8 => range.prop_map(|(o, l)| Op::Clear(o, l)),
+            1 => Just(Op::SetAll),
+            1 => Just(Op::ClearAll),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn matches_reference_model(
+            extra in 0..B,
+            ops in proptest::collection::vec(op(300 * B), 1..60),
+        ) {
+            // Sector-aligned sizes, often with a partial last block.
+            let size = 200 * B + (extra / 512) * 512;
+            let bm = DirtyBitmap::new(size, B);
+            let blocks = size.div_ceil(B);
+            let mut model = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Set(o, l) => {
+                        bm.set_range(o, l);
+                        if l > 0 {
+                            for b in o / B..=((o + l - 1) / B).min(blocks.saturating_sub(1)) {
+                                if b < blocks { model.insert(b); }
+                            }
+                        }
+                    }
+                    Op::Clear(o, l) => {
+                        bm.clear_range(o, l);
+                        for b in 0..blocks {
+                            let (s, e) = (b * B, ((b + 1) * B).min(size));
+                            if o <= s && e <= o + l { model.remove(&b); }
+                        }
+                    }
+                    Op::SetAll => { bm.set_all(); model = (0..blocks).collect(); }
+                    Op::ClearAll => { bm.clear_all(); model.clear(); }
+                }
+                prop_assert_eq!(bm.count_dirty(), model.len() as u64);
+                prop_assert_eq!(&blocks_of(&bm), &model);
+            }
+            // Runs: merged, ordered, and covering exactly the model's blocks.
+            let runs: Vec<_> = bm.dirty_runs().collect();
+            let mut from_runs = BTreeSet::new();
+            let mut total = 0;
+            for w in runs.windows(2) {
+                prop_assert!(w[0].0 + w[0].1 < w[1].0, "runs not merged or not ordered: {:?}", w);
+            }
+            for &(o, l) in &runs {
+                prop_assert!(l > 0 && o + l <= size);
+                total += l;
+                for b in o / B..(o + l).div_ceil(B) { from_runs.insert(b); }
+            }
+            prop_assert_eq!(&from_runs, &model);
+            prop_assert_eq!(total, bm.dirty_bytes());
+        }
     }
 }

@@ -27,33 +27,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::limits::{
-    AL_EXTENTS_DEFAULT, AL_EXTENTS_MAX, AL_EXTENT_BYTES_DEFAULT, AL_EXTENT_BYTES_MIN,
-    AL_TRANSACTION_SLOTS_DEFAULT, AL_TRANSACTION_SLOTS_MAX, AL_TRANSACTION_SLOTS_MIN,
-    BITMAP_BLOCK_BYTES, META_BLOCK_BYTES, META_NODE_NAME_BYTES_MAX, META_RESOURCE_NAME_BYTES_MAX,
-    NBD_PAYLOAD_BYTES_MAX, SECTOR_SIZE_BYTES,
+mod superblock;
+
+use superblock::{decode, encode, validate, SlotError};
+pub use superblock::{
+    flags, DiskState, GenerationIds, Role, Superblock, META_FORMAT_VERSION, META_MAGIC,
 };
+pub(crate) use superblock::{get_u32, get_u64};
 
-/// First bytes of every superblock slot.
-pub const META_MAGIC: [u8; 8] = *b"DRLMETA\0";
-/// The on-disk format this code reads and writes.
-pub const META_FORMAT_VERSION: u32 = 1;
-
-/// Superblock flags (DRBD's `MDF_*` in spirit).
-pub mod flags {
-    /// The volume was detached cleanly: the activity log is empty and the bitmap on disk is
-    /// complete. Cleared when the volume is attached.
-    pub const CLEAN_SHUTDOWN: u32 = 1 << 0;
-    /// The node was Primary when the flag was written (DRBD's `MDF_PRIMARY_IND`).
-    pub const WAS_PRIMARY: u32 = 1 << 1;
-    /// Attach found an unclean shutdown while Primary: the activity log was replayed into the
-    /// bitmap and the peer must resync those regions (DRBD's `MDF_CRASHED_PRIMARY`).
-    pub const CRASHED_PRIMARY: u32 = 1 << 2;
-    /// Every block must be resynced (DRBD's `MDF_FULL_SYNC`).
-    pub const FULL_SYNC: u32 = 1 << 3;
-    /// Flags this version understands; others make open fail rather than be dropped.
-    pub const KNOWN: u32 = CLEAN_SHUTDOWN | WAS_PRIMARY | CRASHED_PRIMARY | FULL_SYNC;
-}
+use crate::limits::{
+    AL_EXTENTS_DEFAULT, AL_EXTENT_BYTES_DEFAULT, AL_TRANSACTION_SLOTS_DEFAULT, BITMAP_BLOCK_BYTES,
+    META_BLOCK_BYTES,
+};
 
 /// What can go wrong with a metadata file. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -70,118 +55,43 @@ pub enum MetaError {
     #[error("metadata {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("metadata {path}: bad magic {found:02x?} (expected {expected:02x?}): not a drl metadata file")]
-    BadMagic { path: PathBuf, found: [u8; 8], expected: [u8; 8] },
+    BadMagic {
+        path: PathBuf,
+        found: [u8; 8],
+        expected: [u8; 8],
+    },
     #[error("metadata {path}: format version {found} is not supported (this drl reads version {supported})")]
-    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
-    #[error("metadata {path} is {actual} bytes but its superblock needs {needed} bytes (truncated?)")]
-    TooShort { path: PathBuf, actual: u64, needed: u64 },
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "metadata {path} is {actual} bytes but its superblock needs {needed} bytes (truncated?)"
+    )]
+    TooShort {
+        path: PathBuf,
+        actual: u64,
+        needed: u64,
+    },
     #[error("metadata {path}: invalid {field}: {value}")]
-    Invalid { path: PathBuf, field: &'static str, value: String },
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+    },
     #[error("metadata {path} belongs to resource {found:?}, not {expected:?}")]
-    WrongResource { path: PathBuf, found: String, expected: String },
+    WrongResource {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("metadata {path} was created for a volume of {meta_bytes} bytes but the volume is now {config_bytes} bytes; resize is not supported yet")]
-    SizeChanged { path: PathBuf, meta_bytes: u64, config_bytes: u64 },
-}
-
-/// Role of this node for the resource (DRBD names and numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    Primary = 1,
-    Secondary = 2,
-}
-
-impl Role {
-    pub fn from_u8(v: u8) -> Option<Role> {
-        match v {
-            1 => Some(Role::Primary),
-            2 => Some(Role::Secondary),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "Primary",
-            Role::Secondary => "Secondary",
-        }
-    }
-}
-
-/// Disk state of the local copy (DRBD names and `enum drbd_disk_state` numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DiskState {
-    Diskless = 0,
-    Attaching = 1,
-    Failed = 3,
-    Inconsistent = 5,
-    Outdated = 6,
-    Consistent = 8,
-    UpToDate = 9,
-}
-
-impl DiskState {
-    pub fn from_u8(v: u8) -> Option<DiskState> {
-        Some(match v {
-            0 => DiskState::Diskless,
-            1 => DiskState::Attaching,
-            3 => DiskState::Failed,
-            5 => DiskState::Inconsistent,
-            6 => DiskState::Outdated,
-            8 => DiskState::Consistent,
-            9 => DiskState::UpToDate,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskState::Diskless => "Diskless",
-            DiskState::Attaching => "Attaching",
-            DiskState::Failed => "Failed",
-            DiskState::Inconsistent => "Inconsistent",
-            DiskState::Outdated => "Outdated",
-            DiskState::Consistent => "Consistent",
-            DiskState::UpToDate => "UpToDate",
-        }
-    }
-}
-
-/// DRBD-style generation identifiers: which data history this copy holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GenerationIds {
-    pub current: u64,
-    pub bitmap: u64,
-    pub history: [u64; 2],
-}
-
-/// The decoded superblock. `seq` is managed by [`MetaFile`]; geometry fields are fixed at
-/// creation (changing them through `update` is refused).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Superblock {
-    pub seq: u64,
-    pub flags: u32,
-    pub uuid: [u8; 16],
-    pub name: String,
-    pub node: String,
-    pub size_bytes: u64,
-    pub bitmap_block_bytes: u64,
-    pub gen: GenerationIds,
-    pub role: Role,
-    pub disk_state: DiskState,
-    pub al_extent_bytes: u64,
-    /// Hot-set bound (`al-extents`).
-    pub al_extents: u32,
-    /// Transaction slots in the on-disk ring.
-    pub al_slots: u32,
-}
-
-impl Superblock {
-    pub fn has_flag(&self, flag: u32) -> bool {
-        self.flags & flag != 0
-    }
-    pub fn uuid_hex(&self) -> String {
-        hex::encode(self.uuid)
-    }
+    SizeChanged {
+        path: PathBuf,
+        meta_bytes: u64,
+        config_bytes: u64,
+    },
 }
 
 /// Parameters of a new metadata file. [`NewMeta::new`] fills in the defaults.
@@ -241,8 +151,10 @@ fn round_up(v: u64, to: u64) -> u64 {
 
 impl Layout {
     fn of(sb: &Superblock) -> Layout {
-        let al_slot_bytes =
-            round_up(AL_TXN_HEADER_BYTES + 4 * sb.al_extents as u64, META_BLOCK_BYTES);
+        let al_slot_bytes = round_up(
+            AL_TXN_HEADER_BYTES + 4 * sb.al_extents as u64,
+            META_BLOCK_BYTES,
+        );
         let al_offset = 2 * META_BLOCK_BYTES;
         let bitmap_offset = al_offset + al_slot_bytes * sb.al_slots as u64;
         let bitmap_blocks = sb.size_bytes.div_ceil(sb.bitmap_block_bytes);
@@ -259,194 +171,6 @@ impl Layout {
     }
 }
 
-// Superblock field offsets inside a slot.
-const OFF_MAGIC: usize = 0;
-const OFF_VERSION: usize = 8;
-const OFF_FLAGS: usize = 12;
-const OFF_SEQ: usize = 16;
-const OFF_UUID: usize = 24;
-const OFF_SIZE: usize = 40;
-const OFF_BM_BLOCK: usize = 48;
-const OFF_GEN: usize = 56; // current, bitmap, history[0], history[1]
-const OFF_ROLE: usize = 88;
-const OFF_DISK: usize = 89;
-const OFF_NAME_LEN: usize = 90;
-const OFF_NODE_LEN: usize = 92;
-const OFF_AL_EXTENT: usize = 96;
-const OFF_AL_EXTENTS: usize = 104;
-const OFF_AL_SLOTS: usize = 108;
-const OFF_NAME: usize = 128;
-const OFF_NODE: usize = OFF_NAME + META_RESOURCE_NAME_BYTES_MAX;
-const OFF_CRC: usize = META_BLOCK_BYTES as usize - 4;
-const _: () = assert!(OFF_NODE + META_NODE_NAME_BYTES_MAX <= OFF_CRC);
-const _: () = assert!(META_RESOURCE_NAME_BYTES_MAX <= u16::MAX as usize);
-
-fn put_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-pub(crate) fn get_u16(b: &[u8], off: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[off..off + 2]);
-    u16::from_le_bytes(a)
-}
-pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
-}
-pub(crate) fn get_u64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
-}
-
-/// Encode a superblock into one slot with its checksum. The caller has validated it.
-fn encode(sb: &Superblock) -> Vec<u8> {
-    let mut b = vec![0u8; META_BLOCK_BYTES as usize];
-    b[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&META_MAGIC);
-    put_u32(&mut b, OFF_VERSION, META_FORMAT_VERSION);
-    put_u32(&mut b, OFF_FLAGS, sb.flags);
-    put_u64(&mut b, OFF_SEQ, sb.seq);
-    b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&sb.uuid);
-    put_u64(&mut b, OFF_SIZE, sb.size_bytes);
-    put_u64(&mut b, OFF_BM_BLOCK, sb.bitmap_block_bytes);
-    put_u64(&mut b, OFF_GEN, sb.gen.current);
-    put_u64(&mut b, OFF_GEN + 8, sb.gen.bitmap);
-    put_u64(&mut b, OFF_GEN + 16, sb.gen.history[0]);
-    put_u64(&mut b, OFF_GEN + 24, sb.gen.history[1]);
-    b[OFF_ROLE] = sb.role as u8;
-    b[OFF_DISK] = sb.disk_state as u8;
-    b[OFF_NAME_LEN..OFF_NAME_LEN + 2].copy_from_slice(&(sb.name.len() as u16).to_le_bytes());
-    b[OFF_NODE_LEN..OFF_NODE_LEN + 2].copy_from_slice(&(sb.node.len() as u16).to_le_bytes());
-    put_u64(&mut b, OFF_AL_EXTENT, sb.al_extent_bytes);
-    put_u32(&mut b, OFF_AL_EXTENTS, sb.al_extents);
-    put_u32(&mut b, OFF_AL_SLOTS, sb.al_slots);
-    b[OFF_NAME..OFF_NAME + sb.name.len()].copy_from_slice(sb.name.as_bytes());
-    b[OFF_NODE..OFF_NODE + sb.node.len()].copy_from_slice(sb.node.as_bytes());
-    let crc = crc32fast::hash(&b[..OFF_CRC]);
-    put_u32(&mut b, OFF_CRC, crc);
-    b
-}
-
-/// Why one slot could not be used.
-enum SlotError {
-    /// Never written (all zeroes).
-    Empty,
-    /// Checksum mismatch: torn or corrupt.
-    Checksum { stored: u32, computed: u32 },
-    /// A hard error that must be reported even if the other slot is fine.
-    Fatal(MetaError),
-}
-
-fn decode(path: &Path, b: &[u8]) -> Result<Superblock, SlotError> {
-    if b.iter().all(|&x| x == 0) {
-        return Err(SlotError::Empty);
-    }
-    let stored = get_u32(b, OFF_CRC);
-    let computed = crc32fast::hash(&b[..OFF_CRC]);
-    if stored != computed {
-        return Err(SlotError::Checksum { stored, computed });
-    }
-    // The checksum is good: from here on a bad value is a real error, not a torn write.
-    let fatal = |field: &'static str, value: String| {
-        SlotError::Fatal(MetaError::Invalid { path: path.to_path_buf(), field, value })
-    };
-    let mut magic = [0u8; 8];
-    magic.copy_from_slice(&b[OFF_MAGIC..OFF_MAGIC + 8]);
-    if magic != META_MAGIC {
-        return Err(SlotError::Fatal(MetaError::BadMagic {
-            path: path.to_path_buf(),
-            found: magic,
-            expected: META_MAGIC,
-        }));
-    }
-    let version = get_u32(b, OFF_VERSION);
-    if version != META_FORMAT_VERSION {
-        return Err(SlotError::Fatal(MetaError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found: version,
-            supported: META_FORMAT_VERSION,
-        }));
-    }
-    let role = Role::from_u8(b[OFF_ROLE]).ok_or_else(|| fatal("role", b[OFF_ROLE].to_string()))?;
-    let disk_state = DiskState::from_u8(b[OFF_DISK])
-        .ok_or_else(|| fatal("disk state", b[OFF_DISK].to_string()))?;
-    let text = |off: usize, len_off: usize, max: usize, field: &'static str| {
-        let len = get_u16(b, len_off) as usize;
-        if len > max {
-            return Err(fatal(field, format!("length {len} > {max}")));
-        }
-        String::from_utf8(b[off..off + len].to_vec())
-            .map_err(|_| fatal(field, "not UTF-8".to_string()))
-    };
-    let name = text(OFF_NAME, OFF_NAME_LEN, META_RESOURCE_NAME_BYTES_MAX, "resource name")?;
-    let node = text(OFF_NODE, OFF_NODE_LEN, META_NODE_NAME_BYTES_MAX, "node name")?;
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
-    let sb = Superblock {
-        seq: get_u64(b, OFF_SEQ),
-        flags: get_u32(b, OFF_FLAGS),
-        uuid,
-        name,
-        node,
-        size_bytes: get_u64(b, OFF_SIZE),
-        bitmap_block_bytes: get_u64(b, OFF_BM_BLOCK),
-        gen: GenerationIds {
-            current: get_u64(b, OFF_GEN),
-            bitmap: get_u64(b, OFF_GEN + 8),
-            history: [get_u64(b, OFF_GEN + 16), get_u64(b, OFF_GEN + 24)],
-        },
-        role,
-        disk_state,
-        al_extent_bytes: get_u64(b, OFF_AL_EXTENT),
-        al_extents: get_u32(b, OFF_AL_EXTENTS),
-        al_slots: get_u32(b, OFF_AL_SLOTS),
-    };
-    validate(path, &sb).map_err(SlotError::Fatal)?;
-    Ok(sb)
-}
-
-/// Check every field a superblock may hold, so the layout derived from it is sane.
-fn validate(path: &Path, sb: &Superblock) -> Result<(), MetaError> {
-    let bad = |field: &'static str, value: String| {
-        Err(MetaError::Invalid { path: path.to_path_buf(), field, value })
-    };
-    if sb.name.is_empty() || sb.name.len() > META_RESOURCE_NAME_BYTES_MAX {
-        return bad("resource name", format!("{:?} (1..={} bytes)", sb.name, META_RESOURCE_NAME_BYTES_MAX));
-    }
-    if sb.node.len() > META_NODE_NAME_BYTES_MAX {
-        return bad("node name", format!("{:?} (at most {} bytes)", sb.node, META_NODE_NAME_BYTES_MAX));
-    }
-    if sb.flags & !flags::KNOWN != 0 {
-        return bad("flags", format!("{:#x} (unknown bits {:#x})", sb.flags, sb.flags & !flags::KNOWN));
-    }
-    let bm = sb.bitmap_block_bytes;
-    if bm < SECTOR_SIZE_BYTES || !bm.is_power_of_two() {
-        return bad("bitmap block bytes", format!("{bm} (a power of two >= {SECTOR_SIZE_BYTES})"));
-    }
-    if sb.size_bytes == 0 || sb.size_bytes % SECTOR_SIZE_BYTES != 0 {
-        return bad("volume size bytes", format!("{} (a non-zero multiple of {SECTOR_SIZE_BYTES})", sb.size_bytes));
-    }
-    let ext = sb.al_extent_bytes;
-    if ext < AL_EXTENT_BYTES_MIN || !ext.is_power_of_two() || ext % bm != 0 {
-        return bad("activity-log extent bytes", format!("{ext} (a power of two >= {AL_EXTENT_BYTES_MIN}, multiple of the bitmap block)"));
-    }
-    if sb.size_bytes.div_ceil(ext) > u32::MAX as u64 {
-        return bad("volume size bytes", format!("{} (more than 2^32 activity-log extents)", sb.size_bytes));
-    }
-    let min_extents = (NBD_PAYLOAD_BYTES_MAX as u64 / ext + 2) as u32;
-    if sb.al_extents < min_extents || sb.al_extents > AL_EXTENTS_MAX {
-        return bad("al-extents", format!("{} ({min_extents}..={AL_EXTENTS_MAX} for {ext}-byte extents)", sb.al_extents));
-    }
-    if !(AL_TRANSACTION_SLOTS_MIN..=AL_TRANSACTION_SLOTS_MAX).contains(&sb.al_slots) {
-        return bad("activity-log slots", format!("{} ({AL_TRANSACTION_SLOTS_MIN}..={AL_TRANSACTION_SLOTS_MAX})", sb.al_slots));
-    }
-    Ok(())
-}
-
 /// An open metadata file. Cheap to share (`Arc<MetaFile>`); `update` serialises writers.
 #[derive(Debug)]
 pub struct MetaFile {
@@ -458,7 +182,11 @@ pub struct MetaFile {
 
 impl MetaFile {
     fn io(&self, what: &'static str) -> impl FnOnce(io::Error) -> MetaError + '_ {
-        move |source| MetaError::Io { path: self.path.clone(), what, source }
+        move |source| MetaError::Io {
+            path: self.path.clone(),
+            what,
+            source,
+        }
     }
 
     /// Create a new metadata file. Refuses to overwrite an existing file. The file is built
@@ -466,13 +194,22 @@ impl MetaFile {
     /// under `path`.
     pub fn create(path: &Path, new: &NewMeta) -> Result<MetaFile, MetaError> {
         let io_err = |what: &'static str| {
-            move |source| MetaError::Io { path: path.to_path_buf(), what, source }
+            move |source| MetaError::Io {
+                path: path.to_path_buf(),
+                what,
+                source,
+            }
         };
         if path.exists() {
-            return Err(MetaError::Exists { path: path.to_path_buf() });
+            return Err(MetaError::Exists {
+                path: path.to_path_buf(),
+            });
         }
         let uuid = new.uuid.unwrap_or_else(rand::random);
-        let gen = new.gen.unwrap_or_else(|| GenerationIds { current: rand::random::<u64>() | 1, ..Default::default() });
+        let gen = new.gen.unwrap_or_else(|| GenerationIds {
+            current: rand::random::<u64>() | 1,
+            ..Default::default()
+        });
         let mut sb = Superblock {
             seq: 0,
             flags: flags::CLEAN_SHUTDOWN,
@@ -500,16 +237,21 @@ impl MetaFile {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io_err("create temporary file"))?;
-            file.set_len(layout.total_bytes).map_err(io_err("set length"))?;
+            file.set_len(layout.total_bytes)
+                .map_err(io_err("set length"))?;
             // Both slots valid from the start (seq 0 and 1), so the first torn update still
             // leaves a good superblock.
-            file.write_all_at(&encode(&sb), 0).map_err(io_err("write superblock"))?;
+            file.write_all_at(&encode(&sb), 0)
+                .map_err(io_err("write superblock"))?;
             sb.seq = 1;
-            file.write_all_at(&encode(&sb), META_BLOCK_BYTES).map_err(io_err("write superblock"))?;
+            file.write_all_at(&encode(&sb), META_BLOCK_BYTES)
+                .map_err(io_err("write superblock"))?;
             file.sync_all().map_err(io_err("fsync"))?;
             std::fs::hard_link(&tmp, path).map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
-                    MetaError::Exists { path: path.to_path_buf() }
+                    MetaError::Exists {
+                        path: path.to_path_buf(),
+                    }
                 } else {
                     io_err("link into place")(e)
                 }
@@ -521,21 +263,39 @@ impl MetaFile {
         sync_parent(path).map_err(io_err("fsync parent directory"))?;
         tracing::info!(path = %path.display(), resource = %sb.name, uuid = %sb.uuid_hex(),
             size_bytes = sb.size_bytes, "created metadata");
-        Ok(MetaFile { path: path.to_path_buf(), file, layout, current: Mutex::new(sb) })
+        Ok(MetaFile {
+            path: path.to_path_buf(),
+            file,
+            layout,
+            current: Mutex::new(sb),
+        })
     }
 
     /// Open an existing metadata file, choosing the newest valid superblock slot.
     pub fn open(path: &Path) -> Result<MetaFile, MetaError> {
         let io_err = |what: &'static str| {
-            move |source| MetaError::Io { path: path.to_path_buf(), what, source }
+            move |source| MetaError::Io {
+                path: path.to_path_buf(),
+                what,
+                source,
+            }
         };
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err("open"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open"))?;
         let actual = file.metadata().map_err(io_err("stat"))?.len();
         if actual < 2 * META_BLOCK_BYTES {
-            return Err(MetaError::TooShort { path: path.to_path_buf(), actual, needed: 2 * META_BLOCK_BYTES });
+            return Err(MetaError::TooShort {
+                path: path.to_path_buf(),
+                actual,
+                needed: 2 * META_BLOCK_BYTES,
+            });
         }
         let mut buf = vec![0u8; 2 * META_BLOCK_BYTES as usize];
-        file.read_exact_at(&mut buf, 0).map_err(io_err("read superblocks"))?;
+        file.read_exact_at(&mut buf, 0)
+            .map_err(io_err("read superblocks"))?;
         let (a, b) = buf.split_at(META_BLOCK_BYTES as usize);
         let slots = [decode(path, a), decode(path, b)];
         let describe = |r: &Result<Superblock, SlotError>| match r {
@@ -548,7 +308,13 @@ impl MetaFile {
         };
         let sb = match slots {
             [Err(SlotError::Fatal(e)), _] | [_, Err(SlotError::Fatal(e))] => return Err(e),
-            [Ok(x), Ok(y)] => if x.seq >= y.seq { x } else { y },
+            [Ok(x), Ok(y)] => {
+                if x.seq >= y.seq {
+                    x
+                } else {
+                    y
+                }
+            }
             [Ok(x), ref other] | [ref other, Ok(x)] => {
                 tracing::warn!(path = %path.display(), seq = x.seq, other = %describe(other),
                     "one superblock slot is unusable (torn write?); using the other");
@@ -557,15 +323,28 @@ impl MetaFile {
             [ref x, ref y] => {
                 return Err(MetaError::Corrupt {
                     path: path.to_path_buf(),
-                    reason: format!("both superblock slots are unusable: slot A {}, slot B {}", describe(x), describe(y)),
+                    reason: format!(
+                        "both superblock slots are unusable: slot A {}, slot B {}",
+                        describe(x),
+                        describe(y)
+                    ),
                 });
             }
         };
         let layout = Layout::of(&sb);
         if actual < layout.total_bytes {
-            return Err(MetaError::TooShort { path: path.to_path_buf(), actual, needed: layout.total_bytes });
+            return Err(MetaError::TooShort {
+                path: path.to_path_buf(),
+                actual,
+                needed: layout.total_bytes,
+            });
         }
-        Ok(MetaFile { path: path.to_path_buf(), file, layout, current: Mutex::new(sb) })
+        Ok(MetaFile {
+            path: path.to_path_buf(),
+            file,
+            layout,
+            current: Mutex::new(sb),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -595,7 +374,15 @@ impl MetaFile {
         let mut next = cur.clone();
         f(&mut next);
         let fixed = |sb: &Superblock| {
-            (sb.uuid, sb.name.clone(), sb.size_bytes, sb.bitmap_block_bytes, sb.al_extent_bytes, sb.al_extents, sb.al_slots)
+            (
+                sb.uuid,
+                sb.name.clone(),
+                sb.size_bytes,
+                sb.bitmap_block_bytes,
+                sb.al_extent_bytes,
+                sb.al_extents,
+                sb.al_slots,
+            )
         };
         if fixed(&next) != fixed(&cur) {
             return Err(MetaError::Invalid {
@@ -610,7 +397,9 @@ impl MetaFile {
         self.file
             .write_all_at(&encode(&next), slot * META_BLOCK_BYTES)
             .map_err(self.io("write superblock"))?;
-        self.file.sync_data().map_err(self.io("fdatasync superblock"))?;
+        self.file
+            .sync_data()
+            .map_err(self.io("fdatasync superblock"))?;
         *cur = next;
         Ok(())
     }
@@ -619,22 +408,38 @@ impl MetaFile {
     pub fn check_matches(&self, name: &str, size_bytes: u64) -> Result<(), MetaError> {
         let sb = self.lock();
         if sb.name != name {
-            return Err(MetaError::WrongResource { path: self.path.clone(), found: sb.name.clone(), expected: name.to_string() });
+            return Err(MetaError::WrongResource {
+                path: self.path.clone(),
+                found: sb.name.clone(),
+                expected: name.to_string(),
+            });
         }
         if sb.size_bytes != size_bytes {
-            return Err(MetaError::SizeChanged { path: self.path.clone(), meta_bytes: sb.size_bytes, config_bytes: size_bytes });
+            return Err(MetaError::SizeChanged {
+                path: self.path.clone(),
+                meta_bytes: sb.size_bytes,
+                config_bytes: size_bytes,
+            });
         }
         Ok(())
     }
 
     /// Read `buf.len()` bytes at an absolute file offset (used by the bitmap and the AL).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64, what: &'static str) -> Result<(), MetaError> {
+    pub fn read_at(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        what: &'static str,
+    ) -> Result<(), MetaError> {
         self.file.read_exact_at(buf, offset).map_err(self.io(what))
     }
 
     /// Write at an absolute file offset. Not durable until [`MetaFile::sync`].
     pub fn write_at(&self, buf: &[u8], offset: u64, what: &'static str) -> Result<(), MetaError> {
-        debug_assert!(offset >= self.layout.al_offset, "superblock slots are written by update only");
+        debug_assert!(
+            offset >= self.layout.al_offset,
+            "superblock slots are written by update only"
+        );
         debug_assert!(offset + buf.len() as u64 <= self.layout.total_bytes);
         self.file.write_all_at(buf, offset).map_err(self.io(what))
     }
@@ -653,3 +458,287 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::superblock::{put_u32, OFF_CRC, OFF_VERSION};
+    use super::*;
+    use crate::limits::META_RESOURCE_NAME_BYTES_MAX;
+    use std::io::Write;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn new_meta() -> NewMeta {
+        let mut n = NewMeta::new("r0", "node-a", 64 * MIB);
+        n.uuid = Some([7; 16]);
+        n.gen = Some(GenerationIds {
+            current: 11,
+            bitmap: 22,
+            history: [33, 44],
+        });
+        n.role = Role::Primary;
+        n.disk_state = DiskState::UpToDate;
+        n
+    }
+
+    fn flip_byte(path: &Path, offset: u64) {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).unwrap();
+        b[0] ^= 0x5a;
+        f.write_all_at(&b, offset).unwrap();
+    }
+
+    #[test]
+    fn fresh_file_roundtrips_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        let created = m.superblock();
+        drop(m);
+        let sb = MetaFile::open(&path).unwrap().superblock();
+        assert_eq!(sb, created);
+        assert_eq!(sb.seq, 1);
+        assert_eq!(sb.uuid, [7; 16]);
+        assert_eq!(sb.name, "r0");
+        assert_eq!(sb.node, "node-a");
+        assert_eq!(sb.size_bytes, 64 * MIB);
+        assert_eq!(sb.bitmap_block_bytes, BITMAP_BLOCK_BYTES);
+        assert_eq!(
+            sb.gen,
+            GenerationIds {
+                current: 11,
+                bitmap: 22,
+                history: [33, 44]
+            }
+        );
+        assert_eq!(sb.role, Role::Primary);
+        assert_eq!(sb.disk_state, DiskState::UpToDate);
+        assert_eq!(sb.flags, flags::CLEAN_SHUTDOWN);
+        assert_eq!(sb.al_extent_bytes, AL_EXTENT_BYTES_DEFAULT);
+        assert_eq!(sb.al_extents, AL_EXTENTS_DEFAULT);
+        assert_eq!(sb.al_slots, AL_TRANSACTION_SLOTS_DEFAULT);
+        // 64 MiB / 4 KiB = 16384 bits = 2 KiB, rounded to one 4 KiB page.
+        let l = MetaFile::open(&path).unwrap().layout();
+        assert_eq!(l.bitmap_blocks, 16384);
+        assert_eq!(l.bitmap_bytes, 4096);
+        assert_eq!(l.al_slot_bytes, 8192, "1237 extents need two 4 KiB blocks");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), l.total_bytes);
+    }
+
+    #[test]
+    fn random_identity_when_not_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = MetaFile::create(&dir.path().join("a"), &NewMeta::new("r0", "n", MIB)).unwrap();
+        let b = MetaFile::create(&dir.path().join("b"), &NewMeta::new("r0", "n", MIB)).unwrap();
+        assert_ne!(a.superblock().uuid, b.superblock().uuid);
+        assert_ne!(a.superblock().gen.current, 0);
+    }
+
+    #[test]
+    fn create_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = MetaFile::create(&path, &new_meta()).unwrap_err();
+        assert!(matches!(err, MetaError::Exists { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_validates_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = new_meta();
+        n.name = "x".repeat(META_RESOURCE_NAME_BYTES_MAX + 1);
+        let err = MetaFile::create(&dir.path().join("a"), &n).unwrap_err();
+        assert!(err.to_string().contains("resource name"), "{err}");
+        let mut n = new_meta();
+        n.size_bytes = 1000;
+        let err = MetaFile::create(&dir.path().join("b"), &n).unwrap_err();
+        assert!(err.to_string().contains("1000"), "{err}");
+        let mut n = new_meta();
+        n.al_extents = 3;
+        let err = MetaFile::create(&dir.path().join("c"), &n).unwrap_err();
+        assert!(err.to_string().contains("al-extents"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn update_alternates_slots_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        m.update(|sb| sb.disk_state = DiskState::Outdated).unwrap();
+        assert_eq!(m.superblock().seq, 2);
+        m.update(|sb| {
+            sb.gen.current = 99;
+            sb.role = Role::Secondary;
+        })
+        .unwrap();
+        drop(m);
+        let sb = MetaFile::open(&path).unwrap().superblock();
+        assert_eq!(sb.seq, 3);
+        assert_eq!(sb.gen.current, 99);
+        assert_eq!(sb.role, Role::Secondary);
+        assert_eq!(sb.disk_state, DiskState::Outdated);
+    }
+
+    #[test]
+    fn update_refuses_geometry_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaFile::create(&dir.path().join("m"), &new_meta()).unwrap();
+        let err = m.update(|sb| sb.size_bytes *= 2).unwrap_err();
+        assert!(matches!(err, MetaError::Invalid { .. }), "{err}");
+        assert_eq!(m.superblock().seq, 1);
+        let err = m.update(|sb| sb.flags |= 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("flags"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_slot_a_falls_back_to_slot_b() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        m.update(|sb| sb.gen.current = 100).unwrap(); // seq 2 -> slot A
+        m.update(|sb| sb.gen.current = 200).unwrap(); // seq 3 -> slot B
+        drop(m);
+        flip_byte(&path, 200); // inside slot A's name area
+        let sb = MetaFile::open(&path).unwrap().superblock();
+        assert_eq!((sb.seq, sb.gen.current), (3, 200));
+    }
+
+    #[test]
+    fn torn_newest_slot_uses_previous_superblock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        m.update(|sb| sb.gen.current = 100).unwrap(); // seq 2 -> slot A
+        m.update(|sb| sb.gen.current = 200).unwrap(); // seq 3 -> slot B
+        drop(m);
+        // Simulate a torn write of slot B: only its first 512 bytes are new garbage.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xee; 512], META_BLOCK_BYTES).unwrap();
+        let m = MetaFile::open(&path).unwrap();
+        assert_eq!((m.superblock().seq, m.superblock().gen.current), (2, 100));
+        // The next update goes to slot B again (seq 3) and repairs it.
+        m.update(|sb| sb.gen.current = 300).unwrap();
+        drop(m);
+        let sb = MetaFile::open(&path).unwrap().superblock();
+        assert_eq!((sb.seq, sb.gen.current), (3, 300));
+    }
+
+    #[test]
+    fn both_slots_bad_is_corrupt_not_reinitialised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        drop(MetaFile::create(&path, &new_meta()).unwrap());
+        flip_byte(&path, 100);
+        flip_byte(&path, META_BLOCK_BYTES + 100);
+        let before = std::fs::read(&path).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        match &err {
+            MetaError::Corrupt { path: p, reason } => {
+                assert_eq!(p, &path);
+                assert!(
+                    reason.contains("slot A") && reason.contains("checksum"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other}"),
+        }
+        assert!(err.to_string().contains(&*path.to_string_lossy()));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "open must not rewrite a corrupt file"
+        );
+    }
+
+    #[test]
+    fn truncated_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        let l = MetaFile::create(&path, &new_meta()).unwrap().layout();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(l.total_bytes - 1).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        assert!(
+            matches!(err, MetaError::TooShort { actual, needed, .. } if actual == l.total_bytes - 1 && needed == l.total_bytes),
+            "{err}"
+        );
+        f.set_len(100).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        assert!(
+            matches!(err, MetaError::TooShort { actual: 100, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.meta");
+        let mut f = File::create(&path).unwrap();
+        let junk: Vec<u8> = (0..3 * META_BLOCK_BYTES)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        f.write_all(&junk).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        assert!(matches!(err, MetaError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("garbage.meta"), "{err}");
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.meta");
+        drop(MetaFile::create(&path, &new_meta()).unwrap());
+        // Rewrite slot A with a valid checksum but another version.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut slot = vec![0u8; META_BLOCK_BYTES as usize];
+        f.read_exact_at(&mut slot, 0).unwrap();
+        put_u32(&mut slot, OFF_VERSION, 7);
+        let crc = crc32fast::hash(&slot[..OFF_CRC]);
+        put_u32(&mut slot, OFF_CRC, crc);
+        f.write_all_at(&slot, 0).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        assert!(
+            matches!(err, MetaError::UnsupportedVersion { found: 7, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("version 7"), "{err}");
+        slot[0..8].copy_from_slice(b"NOTDRL!!");
+        put_u32(&mut slot, OFF_VERSION, META_FORMAT_VERSION);
+        let crc = crc32fast::hash(&slot[..OFF_CRC]);
+        put_u32(&mut slot, OFF_CRC, crc);
+        f.write_all_at(&slot, 0).unwrap();
+        let err = MetaFile::open(&path).unwrap_err();
+        assert!(matches!(err, MetaError::BadMagic { .. }), "{err}");
+        assert!(err.to_string().contains("r0.meta"), "{err}");
+    }
+
+    #[test]
+    fn check_matches_reports_config_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaFile::create(&dir.path().join("m"), &new_meta()).unwrap();
+        m.check_matches("r0", 64 * MIB).unwrap();
+        let err = m.check_matches("r0", 128 * MIB).unwrap_err();
+        assert!(
+            matches!(err, MetaError::SizeChanged { meta_bytes, config_bytes, .. } if meta_bytes == 64 * MIB && config_bytes == 128 * MIB)
+        );
+        assert!(err.to_string().contains("resize is not supported"), "{err}");
+        let err = m.check_matches("r0", 32 * MIB).unwrap_err();
+        assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
+        let err = m.check_matches("r1", 64 * MIB).unwrap_err();
+        assert!(matches!(err, MetaError::WrongResource { .. }), "{err}");
+    }
+}

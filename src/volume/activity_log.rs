@@ -132,9 +132,9 @@ impl ActivityLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The activity log described by `meta`'s superblock, with an empty hot set. Use
-    /// [`ActivityLog::attach`] to open a volume: it first replays what a crash left.
-    pub fn open(meta: &MetaFile) -> Result<Arc<ActivityLog>, AlError> {
+    /// The activity log described by `meta`'s superblock, with an empty hot set. Private:
+    /// [`ActivityLog::attach`] first replays what a crash left, which this must not skip.
+    fn open(meta: &MetaFile) -> Result<Arc<ActivityLog>, AlError> {
         let sb = meta.superblock();
         let newest = read_newest(meta)?.map(|(seq, _)| seq).unwrap_or(0);
         Ok(Arc::new(ActivityLog {

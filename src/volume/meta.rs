@@ -434,13 +434,21 @@ impl MetaFile {
         self.file.read_exact_at(buf, offset).map_err(self.io(what))
     }
 
-    /// Write at an absolute file offset. Not durable until [`MetaFile::sync`].
+    /// Write at an absolute file offset inside the activity-log or bitmap area. Not durable
+    /// until [`MetaFile::sync`].
     pub fn write_at(&self, buf: &[u8], offset: u64, what: &'static str) -> Result<(), MetaError> {
-        debug_assert!(
-            offset >= self.layout.al_offset,
-            "superblock slots are written by update only"
-        );
-        debug_assert!(offset + buf.len() as u64 <= self.layout.total_bytes);
+        // Superblock slots are written by `update` only; nothing is written past the layout.
+        let end = offset.checked_add(buf.len() as u64);
+        if offset < self.layout.al_offset || end.is_none_or(|e| e > self.layout.total_bytes) {
+            return Err(MetaError::Invalid {
+                path: self.path.clone(),
+                field: what,
+                value: format!(
+                    "write of {} bytes at offset {offset} outside the AL and bitmap areas",
+                    buf.len()
+                ),
+            });
+        }
         self.file.write_all_at(buf, offset).map_err(self.io(what))
     }
 
@@ -740,5 +748,17 @@ mod tests {
         assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
         let err = m.check_matches("r1", 64 * MIB).unwrap_err();
         assert!(matches!(err, MetaError::WrongResource { .. }), "{err}");
+    }
+
+    #[test]
+    fn raw_writes_cannot_touch_the_superblock_or_run_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaFile::create(&dir.path().join("m"), &new_meta()).unwrap();
+        let l = m.layout();
+        assert!(m.write_at(&[1], 0, "test").is_err());
+        assert!(m.write_at(&[1], META_BLOCK_BYTES, "test").is_err());
+        assert!(m.write_at(&[1, 2], l.total_bytes - 1, "test").is_err());
+        m.write_at(&[1], l.total_bytes - 1, "test").unwrap();
+        m.write_at(&[0], l.al_offset, "test").unwrap();
     }
 }

@@ -46,10 +46,6 @@ pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
 /// Log lines a single peer or client can cause per second before they are suppressed.
 pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
 
-const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
-const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
-const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
-
 // --- volume metadata (superblock, dirty bitmap, activity log) ---
 
 /// Size of one superblock slot and the unit every metadata region is rounded to.
@@ -81,3 +77,7 @@ const _: () = assert!(AL_EXTENTS_MIN <= AL_EXTENTS_DEFAULT && AL_EXTENTS_DEFAULT
 const _: () =
     assert!((NBD_PAYLOAD_BYTES_MAX as u64 / AL_EXTENT_BYTES_DEFAULT + 2) <= AL_EXTENTS_MIN as u64);
 const _: () = assert!(AL_TRANSACTION_SLOTS_MIN >= 2);
+
+const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
+const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use super::MetaError;
 use crate::limits::{
-    AL_EXTENTS_MAX, AL_EXTENT_BYTES_MIN, AL_TRANSACTION_SLOTS_MAX, AL_TRANSACTION_SLOTS_MIN,
-    META_BLOCK_BYTES, META_NODE_NAME_BYTES_MAX, META_RESOURCE_NAME_BYTES_MAX,
-    NBD_PAYLOAD_BYTES_MAX, SECTOR_SIZE_BYTES,
+    AL_EXTENTS_MAX, AL_EXTENTS_MIN, AL_EXTENT_BYTES_MIN, AL_TRANSACTION_SLOTS_MAX,
+    AL_TRANSACTION_SLOTS_MIN, META_BLOCK_BYTES, META_NODE_NAME_BYTES_MAX,
+    META_RESOURCE_NAME_BYTES_MAX, NBD_PAYLOAD_BYTES_MAX, SECTOR_SIZE_BYTES,
 };
 
 /// First bytes of every superblock slot.
@@ -358,7 +358,7 @@ pub(super) fn validate(path: &Path, sb: &Superblock) -> Result<(), MetaError> {
             format!("{} (more than 2^32 activity-log extents)", sb.size_bytes),
         );
     }
-    let min_extents = (NBD_PAYLOAD_BYTES_MAX as u64 / ext + 2) as u32;
+    let min_extents = ((NBD_PAYLOAD_BYTES_MAX as u64 / ext + 2) as u32).max(AL_EXTENTS_MIN);
     if sb.al_extents < min_extents || sb.al_extents > AL_EXTENTS_MAX {
         return bad(
             "al-extents",

@@ -62,8 +62,9 @@ pub const AL_EXTENT_BYTES_MIN: u64 = 64 * 1024;
 pub const AL_EXTENTS_DEFAULT: u32 = 1237;
 /// The largest hot set (DRBD's limit: 16-bit labels).
 pub const AL_EXTENTS_MAX: u32 = 65534;
-/// The smallest hot set: one request of the largest size, unaligned, must fit with room to spare.
-pub const AL_EXTENTS_MIN: u32 = 16;
+/// The smallest hot set: one request of the largest size, unaligned, must fit (9 extents of
+/// 4 MiB) plus one. A correctness bound, not a performance one (DRBD's minimum is 67).
+pub const AL_EXTENTS_MIN: u32 = 10;
 /// Transaction slots in the on-disk activity-log ring.
 pub const AL_TRANSACTION_SLOTS_DEFAULT: u32 = 8;
 /// Bounds of the ring size (at least two, so a torn write always leaves the previous one).

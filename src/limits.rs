@@ -46,6 +46,39 @@ pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
 /// Log lines a single peer or client can cause per second before they are suppressed.
 pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
 
+// --- volume metadata (superblock, dirty bitmap, activity log) ---
+
+/// Size of one superblock slot and the unit every metadata region is rounded to.
+pub const META_BLOCK_BYTES: u64 = 4096;
+/// The longest resource name the superblock stores.
+pub const META_RESOURCE_NAME_BYTES_MAX: usize = 128;
+/// The longest node name the superblock stores.
+pub const META_NODE_NAME_BYTES_MAX: usize = 64;
+/// One activity-log extent covers this many bytes of the volume (DRBD: 4 MiB).
+pub const AL_EXTENT_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Smallest allowed activity-log extent.
+pub const AL_EXTENT_BYTES_MIN: u64 = 64 * 1024;
+/// Hot extents the activity log keeps by default (DRBD's `al-extents` default).
+pub const AL_EXTENTS_DEFAULT: u32 = 1237;
+/// The largest hot set (DRBD's limit: 16-bit labels).
+pub const AL_EXTENTS_MAX: u32 = 65534;
+/// The smallest hot set: one request of the largest size, unaligned, must fit (9 extents of
+/// 4 MiB) plus one. A correctness bound, not a performance one (DRBD's minimum is 67).
+pub const AL_EXTENTS_MIN: u32 = 10;
+/// Transaction slots in the on-disk activity-log ring.
+pub const AL_TRANSACTION_SLOTS_DEFAULT: u32 = 8;
+/// Bounds of the ring size (at least two, so a torn write always leaves the previous one).
+pub const AL_TRANSACTION_SLOTS_MIN: u32 = 2;
+pub const AL_TRANSACTION_SLOTS_MAX: u32 = 64;
+
+const _: () = assert!(AL_EXTENT_BYTES_DEFAULT % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(AL_EXTENT_BYTES_MIN % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(AL_EXTENTS_MIN <= AL_EXTENTS_DEFAULT && AL_EXTENTS_DEFAULT <= AL_EXTENTS_MAX);
+// A single request never needs more extents than the smallest hot set can hold.
+const _: () =
+    assert!((NBD_PAYLOAD_BYTES_MAX as u64 / AL_EXTENT_BYTES_DEFAULT + 2) <= AL_EXTENTS_MIN as u64);
+const _: () = assert!(AL_TRANSACTION_SLOTS_MIN >= 2);
+
 const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
 const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);

@@ -9,6 +9,10 @@
 
 use std::future::Future;
 
+pub mod activity_log;
+pub mod bitmap;
+pub mod meta;
+
 pub use kernel_glue::buf::AlignedBuf;
 
 /// What can go wrong with a block request. Messages name the thing and the value.

@@ -12,7 +12,7 @@ use crate::control::{Event, EventBus};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats};
 use crate::limits;
 use crate::volume::disk::Disk;
-use crate::volume::meta::{DiskState, MetaError, MetaFile, NewMeta, Role};
+use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum ResourceError {
 pub struct Resource {
     cfg: ResourceConfig,
     disk: Arc<Disk>,
-    meta: Mutex<MetaFile>,
+    meta: MetaFile,
     events: EventBus,
     nbd_stats: Mutex<Option<Arc<NbdStats>>>,
 }
@@ -51,8 +51,8 @@ impl Resource {
         let sb = meta.superblock();
         let role = sb.role;
         disk.set_read_only(role != Role::Primary);
-        info!(resource = %cfg.name, role = %role, disk = %sb.disk_state, direct_io = disk.direct_io(), "resource opened");
-        Ok(Resource { cfg: cfg.clone(), disk: Arc::new(disk), meta: Mutex::new(meta), events, nbd_stats: Mutex::new(None) })
+        info!(resource = %cfg.name, role = role.as_str(), disk = sb.disk_state.as_str(), direct_io = disk.direct_io(), "resource opened");
+        Ok(Resource { cfg: cfg.clone(), disk: Arc::new(disk), meta, events, nbd_stats: Mutex::new(None) })
     }
 
     pub fn name(&self) -> &str {
@@ -90,24 +90,20 @@ impl Resource {
     /// Flush the disk, mark the metadata clean, stop the engine.
     pub async fn close(&self) -> Result<(), ResourceError> {
         self.disk.flush().await?;
-        {
-            let mut m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
-            m.update(|sb| sb.set_clean_shutdown(true))?;
-        }
+        self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
         self.disk.shutdown();
         self.events.publish(Event::change("resource", &self.cfg.name, [("disk", "Detached".into())]));
         Ok(())
     }
 
     pub fn status_json(&self) -> Value {
-        let m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
-        let sb = m.superblock();
+        let sb = self.meta.superblock();
         let nbd = self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (connection, replication) = ("StandAlone", "Off");
         json!({
             "name": self.cfg.name,
-            "role": sb.role.to_string(),
-            "disk": sb.disk_state.to_string(),
+            "role": sb.role.as_str(),
+            "disk": sb.disk_state.as_str(),
             "connection": connection,
             "replication": replication,
             "peer_node": self.cfg.peer.as_ref().map(|p| p.node.clone()),
@@ -115,7 +111,7 @@ impl Resource {
             "peer_disk": Value::Null,
             "size_bytes": self.cfg.size_bytes,
             "out_of_sync_bytes": 0,
-            "generation": { "current": format!("{:016X}", sb.generation.current) },
+            "generation": { "current": format!("{:016X}", sb.gen.current), "bitmap": format!("{:016X}", sb.gen.bitmap) },
             "direct_io": self.disk.direct_io(),
             "disk_path": self.cfg.local.disk,
             "meta_path": self.cfg.local.meta,
@@ -131,10 +127,10 @@ impl Resource {
 
 fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError> {
     let path = &cfg.local.meta;
-    let mut meta = if path.exists() {
+    let meta = if path.exists() {
         let m = MetaFile::open(path)?;
         m.check_matches(&cfg.name, cfg.size_bytes)?;
-        if !m.superblock().clean_shutdown() {
+        if !m.superblock().has_flag(flags::CLEAN_SHUTDOWN) {
             warn!(resource = %cfg.name, meta = %path.display(), "the last shutdown was not clean (crash or kill -9)");
         }
         m
@@ -150,8 +146,11 @@ fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError
             (Role::Secondary, DiskState::Inconsistent)
         };
         info!(resource = %cfg.name, meta = %path.display(), "creating new metadata");
-        MetaFile::create(path, &NewMeta::new(&cfg.name, node, cfg.size_bytes, role, disk_state))?
+        let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
+        new.role = role;
+        new.disk_state = disk_state;
+        MetaFile::create(path, &new)?
     };
-    meta.update(|sb| sb.set_clean_shutdown(false))?;
+    meta.update(|sb| sb.flags &= !flags::CLEAN_SHUTDOWN)?;
     Ok(meta)
 }

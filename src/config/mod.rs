@@ -63,6 +63,10 @@ pub struct RawResource {
     pub name: String,
     pub size: ByteSize,
     pub secret: Option<String>,
+    /// COW space for this resource's snapshots (default: a quarter of `size`).
+    pub snapshot_space: Option<ByteSize>,
+    /// Copy-on-write granularity of snapshots (a power of two, 4 KiB to 4 MiB).
+    pub snapshot_chunk: Option<ByteSize>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -74,6 +78,8 @@ pub struct RawOn {
     pub disk: PathBuf,
     pub meta: PathBuf,
     pub nbd: Option<String>,
+    /// Snapshot store directory (default: the meta path with ".snap" appended).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 // ---- validated, for one node ----
@@ -131,6 +137,7 @@ pub struct Placement {
     pub disk: PathBuf,
     pub meta: PathBuf,
     pub nbd: Option<NbdEndpoint>,
+    pub snapshot_dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +145,8 @@ pub struct ResourceConfig {
     pub name: String,
     pub size_bytes: u64,
     pub secret: Option<String>,
+    pub snapshot_space_bytes: u64,
+    pub snapshot_chunk_bytes: u64,
     /// This node's section.
     pub local: Placement,
     /// The peer's section, if the resource is replicated.
@@ -249,7 +258,23 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
                 return Err(invalid(key(&format!("on.{node}.nbd")), format!("{} is used twice on this node", p.display())));
             }
         }
-        resources.push(ResourceConfig { name: r.name.clone(), size_bytes: size, secret: r.secret.clone(), local, peer });
+        let snapshot_chunk_bytes = r.snapshot_chunk.map_or(limits::SNAPSHOT_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
+        if !snapshot_chunk_bytes.is_power_of_two() || !(4096..=4 << 20).contains(&snapshot_chunk_bytes) {
+            return Err(invalid(key("snapshot-chunk"), format!("{snapshot_chunk_bytes} bytes: must be a power of two from 4KiB to 4MiB")));
+        }
+        let snapshot_space_bytes = r.snapshot_space.map_or(size / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT, ByteSize::bytes);
+        if snapshot_space_bytes < snapshot_chunk_bytes {
+            return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
+        }
+        resources.push(ResourceConfig {
+            name: r.name.clone(),
+            size_bytes: size,
+            secret: r.secret.clone(),
+            snapshot_space_bytes,
+            snapshot_chunk_bytes,
+            local,
+            peer,
+        });
     }
     Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources })
 }
@@ -276,7 +301,16 @@ fn placement(
     if raw.disk == raw.meta {
         return Err(invalid(key("meta"), "meta must be a different file than disk".into()));
     }
-    Ok(Placement { node: node.to_owned(), address, disk: raw.disk.clone(), meta: raw.meta.clone(), nbd })
+    let snapshot_dir = match &raw.snapshot_dir {
+        Some(d) if !d.is_absolute() => return Err(invalid(key("snapshot-dir"), format!("{} must be an absolute path", d.display()))),
+        Some(d) => d.clone(),
+        None => {
+            let mut s = raw.meta.clone().into_os_string();
+            s.push(".snap");
+            PathBuf::from(s)
+        }
+    };
+    Ok(Placement { node: node.to_owned(), address, disk: raw.disk.clone(), meta: raw.meta.clone(), nbd, snapshot_dir })
 }
 
 /// Names of nodes and resources: what DRBD allows, and safe in paths and logs.

@@ -131,3 +131,14 @@ fn nbd_endpoint_uri() {
     assert_eq!(NbdEndpoint::parse("tcp:127.0.0.1:10809").unwrap().uri(), "nbd://127.0.0.1:10809/");
     assert!(NbdEndpoint::parse("tcp:nohost").is_err());
 }
+
+#[test]
+fn snapshot_defaults_and_checks() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    let r = &a.resources[0];
+    assert_eq!(r.snapshot_chunk_bytes, 64 << 10);
+    assert_eq!(r.snapshot_space_bytes, (256 << 20) / 100 * 25);
+    assert_eq!(r.local.snapshot_dir, PathBuf::from("/tmp/drl/a/r0.meta.snap"));
+    let e = err(&EXAMPLE.replace("secret =", "snapshot-chunk = \"3KiB\"\nsecret ="), "site-a");
+    assert!(e.contains("snapshot-chunk") && e.contains("power of two"), "{e}");
+}

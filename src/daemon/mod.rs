@@ -10,6 +10,7 @@
 //! metadata clean and stops its engine. The whole drain is bounded by
 //! `limits::SHUTDOWN_DRAIN_TIMEOUT_MS`; the process exits 0 when the drain completed.
 
+mod device;
 mod resource;
 mod rpc;
 

@@ -11,7 +11,10 @@ use crate::config::{NbdEndpoint, ResourceConfig};
 use crate::control::{Event, EventBus};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats};
 use crate::limits;
+use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
 use crate::volume::disk::Disk;
+
+use super::device::ResourceDevice;
 use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
@@ -23,6 +26,8 @@ pub enum ResourceError {
     Meta(#[from] MetaError),
     #[error("NBD export: {0}")]
     Nbd(#[from] crate::frontend::nbd::NbdError),
+    #[error("snapshots: {0}")]
+    Snapshot(#[from] SnapshotError),
     #[error("{0}")]
     Blocking(String),
 }
@@ -30,6 +35,7 @@ pub enum ResourceError {
 pub struct Resource {
     cfg: ResourceConfig,
     disk: Arc<Disk>,
+    dev: Arc<ResourceDevice>,
     meta: MetaFile,
     events: EventBus,
     nbd_stats: Mutex<Option<Arc<NbdStats>>>,
@@ -52,7 +58,19 @@ impl Resource {
         let role = sb.role;
         disk.set_read_only(role != Role::Primary);
         info!(resource = %cfg.name, role = role.as_str(), disk = sb.disk_state.as_str(), direct_io = disk.direct_io(), "resource opened");
-        Ok(Resource { cfg: cfg.clone(), disk: Arc::new(disk), meta, events, nbd_stats: Mutex::new(None) })
+        let disk = Arc::new(disk);
+        let snaps = SnapshotStore::open(
+            SnapshotStoreConfig {
+                dir: cfg.local.snapshot_dir.clone(),
+                resource: cfg.name.clone(),
+                volume_bytes: cfg.size_bytes,
+                chunk_bytes: cfg.snapshot_chunk_bytes,
+                space_bytes: cfg.snapshot_space_bytes,
+            },
+            disk.clone(),
+        )?;
+        let dev = Arc::new(ResourceDevice::new(disk.clone(), Arc::new(snaps)));
+        Ok(Resource { cfg: cfg.clone(), disk, dev, meta, events, nbd_stats: Mutex::new(None) })
     }
 
     pub fn name(&self) -> &str {
@@ -61,6 +79,19 @@ impl Resource {
 
     pub fn disk(&self) -> &Arc<Disk> {
         &self.disk
+    }
+
+    /// What users read and write: the disk behind the snapshot store.
+    pub fn device(&self) -> &Arc<ResourceDevice> {
+        &self.dev
+    }
+
+    pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
+        self.dev.snapshots()
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Start the NBD export (if configured) as a task in `tasks`.
@@ -75,7 +106,7 @@ impl Resource {
             NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
         };
         let export = ExportConfig { name: self.cfg.name.clone(), description: format!("drl resource {}", self.cfg.name) };
-        let server = NbdServer::bind(listen, export, self.disk.clone()).await?;
+        let server = NbdServer::bind(listen, export, self.dev.clone()).await?;
         *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
         let name = self.cfg.name.clone();
         tasks.spawn(async move {
@@ -90,6 +121,7 @@ impl Resource {
     /// Flush the disk, mark the metadata clean, stop the engine.
     pub async fn close(&self) -> Result<(), ResourceError> {
         self.disk.flush().await?;
+        self.snapshots().close().await?;
         self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
         self.disk.shutdown();
         self.events.publish(Event::change("resource", &self.cfg.name, [("disk", "Detached".into())]));

@@ -1,37 +1,91 @@
 //! The control methods of the daemon, registered on the control socket's router.
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `status` | `{resource?}` | `{node, version, uptime_s, resources: [...]}` |
+//! | `snapshot.create` | `{resource, name}` | the snapshot's info |
+//! | `snapshot.list` | `{resource}` | `{snapshots: [...], tombstones: [...]}` |
+//! | `snapshot.delete` | `{resource, name}` | `{}` |
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::Node;
-use crate::control::{RpcError, Router};
+use super::{Node, Resource};
+use crate::control::{Event, RpcError, Router};
+use crate::snapshot::SnapshotError;
+
+/// Register `f(node, params)` as `name`.
+fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
+where
+    F: Fn(Arc<Node>, Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
+{
+    let node = node.clone();
+    let f = Arc::new(f);
+    r.method(name, move |params: Value| {
+        let (node, f) = (node.clone(), f.clone());
+        async move { f(node, params).await }
+    });
+}
+
+fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
+    params.get(key).and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params(format!("missing string parameter {key:?}")))
+}
+
+fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
+    let name = str_param(params, "resource")?;
+    node.resource(name).cloned().ok_or_else(|| RpcError::no_such_resource(name))
+}
+
+fn snapshot_error(e: SnapshotError) -> RpcError {
+    match e {
+        SnapshotError::NotFound { .. } | SnapshotError::Exists { .. } | SnapshotError::BadName(_) | SnapshotError::NotAncestor { .. } => {
+            RpcError::invalid_params(e.to_string())
+        }
+        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => RpcError::refused(e.to_string()),
+        _ => RpcError::internal(e.to_string()),
+    }
+}
 
 pub fn router(node: Arc<Node>) -> Router {
     let mut r = Router::new();
-    let n = node.clone();
-    r.method("status", move |params: Value| {
-        let n = n.clone();
-        async move {
-            let only = params.get("resource").and_then(Value::as_str).map(str::to_owned);
-            if let Some(name) = &only {
-                if n.resource(name).is_none() {
-                    return Err(RpcError::no_such_resource(name));
-                }
+    add(&mut r, &node, "status", |n, params| async move {
+        let only = params.get("resource").and_then(Value::as_str).map(str::to_owned);
+        if let Some(name) = &only {
+            if n.resource(name).is_none() {
+                return Err(RpcError::no_such_resource(name));
             }
-            let resources: Vec<Value> = n
-                .resources
-                .iter()
-                .filter(|r| only.as_deref().is_none_or(|o| o == r.name()))
-                .map(|r| r.status_json())
-                .collect();
-            Ok(json!({
-                "node": n.config.node,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_s": n.started.elapsed().as_secs(),
-                "resources": resources,
-            }))
         }
+        let resources: Vec<Value> =
+            n.resources.iter().filter(|r| only.as_deref().is_none_or(|o| o == r.name())).map(|r| r.status_json()).collect();
+        Ok(json!({
+            "node": n.config.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": n.started.elapsed().as_secs(),
+            "resources": resources,
+        }))
+    });
+    add(&mut r, &node, "snapshot.create", |n, params| async move {
+        let res = resource(&n, &params)?;
+        let name = str_param(&params, "name")?;
+        let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
+        res.events().publish(Event::new("create", "snapshot", res.name(), [("snapshot", json!(name))]));
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    });
+    add(&mut r, &node, "snapshot.list", |n, params| async move {
+        let res = resource(&n, &params)?;
+        let snaps = res.snapshots().list().await;
+        let tombstones: Vec<String> = res.snapshots().chain().await.into_iter().filter(|(_, live)| !live).map(|(n, _)| n).collect();
+        Ok(json!({ "resource": res.name(), "snapshots": snaps, "tombstones": tombstones }))
+    });
+    add(&mut r, &node, "snapshot.delete", |n, params| async move {
+        let res = resource(&n, &params)?;
+        let name = str_param(&params, "name")?;
+        res.snapshots().delete(name).await.map_err(snapshot_error)?;
+        res.events().publish(Event::new("destroy", "snapshot", res.name(), [("snapshot", json!(name))]));
+        Ok(json!({}))
     });
     r
 }

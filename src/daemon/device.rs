@@ -1,0 +1,84 @@
+//! The device a resource's users see: the disk, with the snapshot store (and, when replicated,
+//! the replicator) in its write path.
+//!
+//! Write path order: the snapshot store's `begin_write` (records the change, preserves old data
+//! for the newest snapshot, holds the snapshot gate) -> the disk write. The guard is held until
+//! the disk write completed, so a snapshot is always taken between two writes.
+
+use std::sync::Arc;
+
+use crate::snapshot::SnapshotStore;
+use crate::volume::disk::Disk;
+use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
+
+pub struct ResourceDevice {
+    disk: Arc<Disk>,
+    snaps: Arc<SnapshotStore<Disk>>,
+}
+
+impl ResourceDevice {
+    pub fn new(disk: Arc<Disk>, snaps: Arc<SnapshotStore<Disk>>) -> Self {
+        ResourceDevice { disk, snaps }
+    }
+
+    pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
+        &self.snaps
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
+    }
+
+    /// Refuse writes to a read-only device and out-of-range requests before anything is
+    /// recorded or preserved.
+    fn check_write(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        if self.disk.read_only() {
+            return Err(VolumeError::ReadOnly(self.disk.name().to_owned()));
+        }
+        check_range(offset, len, self.disk.size_bytes())
+    }
+}
+
+impl BlockDevice for ResourceDevice {
+    fn name(&self) -> &str {
+        self.disk.name()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.disk.size_bytes()
+    }
+
+    fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+
+    fn min_block_bytes(&self) -> u32 {
+        self.disk.min_block_bytes()
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
+        self.disk.read(offset, len).await
+    }
+
+    async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
+        self.check_write(offset, data.len() as u64)?;
+        let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
+        self.disk.write(offset, data, fua).await
+    }
+
+    async fn flush(&self) -> Result<(), VolumeError> {
+        self.disk.flush().await
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
+        self.check_write(offset, u64::from(len))?;
+        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+        self.disk.trim(offset, len).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> Result<(), VolumeError> {
+        self.check_write(offset, u64::from(len))?;
+        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+        self.disk.write_zeroes(offset, len, may_trim, fua).await
+    }
+}

@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+mod snapshot;
 mod status;
 
 use clap::{Args, Parser, Subcommand};
@@ -66,6 +67,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Stream state changes as they happen, one line each, until interrupted.
     Events(EventsArgs),
+    /// Point-in-time snapshots of a resource (copy-on-write, crash-consistent).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
 }
@@ -111,6 +115,41 @@ pub fn main() -> i32 {
         Command::CheckConfig => check_config(&cli.global),
         Command::Status(ref a) => status::status(&cli.global, a),
         Command::Events(ref a) => status::events(&cli.global, a),
+        Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
+    }
+}
+
+/// Connect to the daemon's control socket, or print why not and return the exit code.
+pub fn connect(g: &Global) -> Result<crate::control::client::Client, i32> {
+    let path = socket_path(g).map_err(|e| {
+        eprintln!("drl: {e}");
+        exit::USAGE
+    })?;
+    crate::control::client::Client::connect(&path).map_err(|e| {
+        eprintln!("drl: {e}");
+        exit::UNREACHABLE
+    })
+}
+
+/// Call `method` and print the result (pretty JSON with `json`, else via `render`).
+pub fn call_and_print(g: &Global, method: &str, params: serde_json::Value, json: bool, render: impl Fn(&serde_json::Value) -> String) -> i32 {
+    let mut client = match connect(g) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.call(method, params) {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&v));
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("drl: {method}: {e}");
+            exit::FAILED
+        }
     }
 }
 

@@ -2,44 +2,15 @@
 
 use serde_json::{json, Value};
 
-use super::{exit, socket_path, EventsArgs, Global, StatusArgs};
+use super::{call_and_print, connect, exit, EventsArgs, Global, StatusArgs};
 use crate::config::units::format_bytes;
-use crate::control::client::Client;
-
-fn connect(g: &Global) -> Result<Client, i32> {
-    let path = socket_path(g).map_err(|e| {
-        eprintln!("drl: {e}");
-        exit::USAGE
-    })?;
-    Client::connect(&path).map_err(|e| {
-        eprintln!("drl: {e}");
-        exit::UNREACHABLE
-    })
-}
 
 pub fn status(g: &Global, a: &StatusArgs) -> i32 {
-    let mut client = match connect(g) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     let params = match &a.resource {
         Some(r) => json!({ "resource": r }),
         None => json!({}),
     };
-    match client.call("status", params) {
-        Ok(v) => {
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                print!("{}", render_table(&v));
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("drl status: {e}");
-            exit::FAILED
-        }
-    }
+    call_and_print(g, "status", params, a.json, render_table)
 }
 
 /// One row per resource, aligned columns; the names are DRBD's.

@@ -46,6 +46,14 @@ pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
 /// Log lines a single peer or client can cause per second before they are suppressed.
 pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
 
+// --- control ---
+/// Control socket: permissions of the socket file unless the config says otherwise.
+pub const CONTROL_SOCKET_MODE_DEFAULT: u32 = 0o600;
+/// Control client: the longest reply line it accepts from the daemon (a status of many
+/// resources is large, but never this large).
+pub const CONTROL_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
 const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(CONTROL_LINE_BYTES_MAX <= CONTROL_REPLY_BYTES_MAX);

@@ -6,7 +6,9 @@
 # Goal: drl at least as fast as qemu-storage-daemon on every row.
 #
 # Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
-#                             [--drl-config FILE --drl-node NAME] [--keep]
+#                             [--drl-config FILE --drl-node NAME] [--aa] [--keep]
+#   --aa   A/A calibration: a second qemu-storage-daemon takes drl's column, so the ratios show
+#          how noisy this machine is (they should all be near 1.00). Needs no drl.
 # Environment (flags win):
 #   RUNTIME=20        seconds per fio run (time based)      RAMP=2   fio ramp_time seconds
 #   REPEAT=1          runs per row and server (the median is reported)
@@ -38,6 +40,7 @@ prealloc=${PREALLOC:-full}
 drl_config=""
 drl_node="bench"
 keep=${KEEP:-0}
+aa=0
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --drl-config) drl_config=${2:?}; shift 2 ;;
     --drl-node) drl_node=${2:?}; shift 2 ;;
     --keep) keep=1; shift ;;
+    --aa) aa=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -57,6 +61,7 @@ case $only in "" | drl | qsd) ;; *) die "--only takes drl or qsd, not $only" ;; 
 [[ $runtime =~ ^[0-9]+$ && $runtime -gt 0 ]] || die "runtime must be a positive number of seconds: $runtime"
 [[ $repeat =~ ^[0-9]+$ && $repeat -gt 0 ]] || die "repeat must be a positive count: $repeat"
 want_drl=1 want_qsd=1
+[ "$aa" = 1 ] && [ -n "$only" ] && die "--aa compares qsd with itself; it does not combine with --only"
 [ "$only" = qsd ] && want_drl=0
 [ "$only" = drl ] && want_qsd=0
 
@@ -64,6 +69,7 @@ need_cmd fio fio
 need_cmd nbdinfo libnbd-bin
 need_cmd python3 python3
 [ $want_qsd = 1 ] && need_cmd qemu-storage-daemon qemu-utils
+[ -n "$drl_config" ] && [ "$aa" = 1 ] && die "--aa does not use a drl config"
 need_cmd fallocate util-linux
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
 
@@ -100,25 +106,26 @@ make_backing() {
 }
 
 # ---- qemu-storage-daemon ------------------------------------------------------------------
-qsd_uri="" qsd_aio=""
+# start_qsd NAME: a qsd exporting $dir/NAME.img on $dir/NAME.nbd; sets started_uri, qsd_aio.
+qsd_uri="" qsd_aio="" started_uri=""
 start_qsd() {
-    local img=$dir/qsd.img sock=$dir/qsd.nbd aio
+    local name=$1 img=$dir/$1.img sock=$dir/$1.nbd aio
     make_backing "$img"
     for aio in ${QSD_AIO_MODES:-io_uring native threads}; do
         rm -f "$sock"
-        start_bg "qemu-storage-daemon (aio=$aio)" "$dir/qsd-$aio.log" qemu-storage-daemon \
+        start_bg "qemu-storage-daemon $name (aio=$aio)" "$dir/$name-$aio.log" qemu-storage-daemon \
             --blockdev "driver=file,node-name=file0,filename=$img,cache.direct=on,aio=$aio" \
             --blockdev driver=raw,node-name=disk0,file=file0 \
             --nbd-server "addr.type=unix,addr.path=$sock" \
             --export type=nbd,id=e0,node-name=disk0,name=disk0,writable=on
         if wait_for_socket "$sock" 20 "$BG_PID"; then
             qsd_aio=$aio
-            qsd_uri="nbd+unix:///disk0?socket=$sock"
-            log "qemu-storage-daemon serves $qsd_uri with aio=$aio, cache.direct=on"
+            started_uri="nbd+unix:///disk0?socket=$sock"
+            log "qemu-storage-daemon serves $started_uri with aio=$aio, cache.direct=on"
             return 0
         fi
         stop_pid "$BG_PID" 2
-        warn "qemu-storage-daemon refused aio=$aio: $(tr '\n' ' ' <"$dir/qsd-$aio.log" | cut -c1-300)"
+        warn "qemu-storage-daemon refused aio=$aio: $(tr '\n' ' ' <"$dir/$name-$aio.log" | cut -c1-300)"
     done
     die "qemu-storage-daemon did not start with any aio mode (logs in $dir)"
 }
@@ -189,8 +196,14 @@ print(ex[0]["export-name"] if len(ex) == 1 else "")' 2>/dev/null || true)
     log "drl serves $drl_uri"
 }
 
-[ $want_qsd = 1 ] && start_qsd
-[ $want_drl = 1 ] && start_drl
+if [ $want_qsd = 1 ]; then start_qsd qsd && qsd_uri=$started_uri; fi
+if [ "$aa" = 1 ]; then
+    # A/A calibration: a second qsd plays drl's part, so the ratios show the noise floor.
+    start_qsd aa && drl_uri=$started_uri
+    drl_version="none: A/A calibration, this column is a second qemu-storage-daemon"
+elif [ $want_drl = 1 ]; then
+    start_drl
+fi
 # fio writes over the whole export as each server reports it.
 qsd_bytes="" drl_bytes=""
 [ $want_qsd = 1 ] && { qsd_bytes=$(nbdinfo --size "$qsd_uri") || die "nbdinfo --size $qsd_uri failed"; }
@@ -246,6 +259,7 @@ python3 - "$dir/meta.json" <<EOF
 import json, sys
 meta = {
     "date (UTC)": "$stamp",
+    "mode": "$( [ "$aa" = 1 ] && echo 'A/A calibration: both columns are qemu-storage-daemon' || echo 'drl vs qemu-storage-daemon')",
     "host": "$(uname -n), kernel $(uname -r), $(nproc) CPUs",
     "fio": "$(fio --version)",
     "qemu-storage-daemon": "$( [ $want_qsd = 1 ] && qemu-storage-daemon --version | head -n1 || echo 'not run')"

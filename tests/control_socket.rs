@@ -11,6 +11,7 @@ use drl::control::{
     code, Client, ControlError, ControlServer, Event, EventBus, EventFilter, EventKind, ObjectKind,
     Received, Router, RpcError, ServerOptions,
 };
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -386,12 +387,13 @@ async fn subscribers_receive_matching_events_in_order() {
     let filter = EventFilter {
         resource: Some("r0".into()),
     };
-    let mut stream = Client::connect(&s.path)
+    let stream = Client::connect(&s.path)
         .await
         .expect("connect")
         .subscribe(filter)
         .await
         .expect("subscribe");
+    let mut stream = Box::pin(stream.into_stream());
     for seq in 0..50u64 {
         s.events
             .publish(Event::new(EventKind::Change, ObjectKind::Resource, "r1").field("seq", seq));
@@ -401,7 +403,7 @@ async fn subscribers_receive_matching_events_in_order() {
     }
     for seq in 0..50u64 {
         match timeout(WAIT, stream.next()).await.expect("in time") {
-            Ok(Some(Received::Event(e))) => {
+            Some(Ok(Received::Event(e))) => {
                 assert_eq!(e.name, "r0", "the filter keeps other resources out");
                 assert_eq!(e.kind, EventKind::Progress);
                 assert_eq!(e.object, ObjectKind::PeerDevice);

@@ -140,6 +140,21 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// The same events as a [`futures::Stream`]; it ends when the daemon closes the connection.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Received, ControlError>> {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut events = state?;
+            match events.next().await {
+                Ok(Some(received)) => Some((Ok(received), Some(events))),
+                Ok(None) => None,
+                // After an error the stream ends: the connection is in an unknown state.
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+}
+
 /// One JSON message from the daemon, or `None` at EOF.
 async fn read_message(
     reader: &mut BufReader<OwnedReadHalf>,

@@ -277,6 +277,48 @@ async fn a_client_that_does_not_read_its_replies_is_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_dropped_without_blocking_the_publisher() {
+    let options = ServerOptions {
+        write_timeout: Duration::from_millis(200),
+        ..ServerOptions::default()
+    };
+    let s = start(options, EventBus::with_capacity(64));
+    let mut stuck = Raw::connect(&s.path).await;
+    stuck
+        .send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\"}\n")
+        .await;
+    let reply = stuck.recv().await.expect("subscribed");
+    assert_eq!(reply["result"]["subscribed"], json!(true));
+    let padding = "p".repeat(64 * 1024);
+    let started = std::time::Instant::now();
+    for seq in 0..200u64 {
+        s.events.publish(
+            Event::new(EventKind::Progress, ObjectKind::Job, "snap-1")
+                .field("seq", seq)
+                .field("pad", padding.as_str()),
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "publishing never waits for subscribers"
+    );
+    // The server gives up on the subscriber after the write deadline and closes.
+    let closed = async {
+        while s.events.subscriber_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, closed)
+        .await
+        .expect("the stuck subscriber is dropped");
+    let mut client = Client::connect(&s.path).await.expect("connect");
+    assert!(
+        client.call("status", Value::Null).await.is_ok(),
+        "still serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_is_dropped_but_an_event_subscriber_is_not() {
     let options = ServerOptions {
         idle_timeout: Duration::from_millis(300),

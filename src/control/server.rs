@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,11 +158,10 @@ impl ControlServer {
             path: parent.clone(),
             source,
         })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = parent.join(format!(".{file_name}.{}.binding", std::process::id()));
+        // Short, so a path near the 108-byte sun_path limit still fits while binding.
+        static BINDS: AtomicU64 = AtomicU64::new(0);
+        let serial = BINDS.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(".b{}.{serial}", std::process::id()));
         let _ = std::fs::remove_file(&temp);
         let bind_err = |source| ControlError::Bind {
             path: path.clone(),

@@ -34,7 +34,7 @@ log "config: $cfg"
 "$drl" daemon --config "$cfg" --node site-a 2>"$work/daemon.log" &
 pid=$!
 trap '[ -z "${KEEP:-}" ] && kill $pid 2>/dev/null; true' EXIT
-wait_for_socket "$work/a/r0.nbd"
+wait_for_socket "$work/a/r0.nbd" 20 $pid || die "daemon did not start; log:\n$(cat "$work/daemon.log")"
 
 log "what the export offers (nbdinfo):"
 nbdinfo "$uri" | sed 's/^/    /'

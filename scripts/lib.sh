@@ -1,35 +1,111 @@
-# Shared helpers for drl's scripts. Source it: . "$(dirname "$0")/lib.sh"
+# Shared helpers for drl's scripts. Source it:  . "$(dirname "$0")/lib.sh"
+#
+# - log / warn / die: messages on stderr, prefixed with the script's name.
+# - need_cmd CMD [APT_PACKAGE]: make sure CMD exists, installing APT_PACKAGE with apt-get if not.
+# - on_exit 'COMMAND': run COMMAND at exit (LIFO), also on INT/TERM. One trap for everything.
+# - start_bg NAME LOGFILE CMD...: start a background process, remember its pid for cleanup.
+# - stop_pid PID [GRACE_S]: SIGTERM, wait, SIGKILL after the grace period. Only that pid.
+# - wait_for_socket PATH TIMEOUT_S [PID]: wait until PATH is a socket (fail early if PID died).
+# - repo_root: the repository's top directory.
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+_lib_name=${0##*/}
+
+log() { printf '%s: %s\n' "$_lib_name" "$*" >&2; }
+warn() { printf '%s: warning: %s\n' "$_lib_name" "$*" >&2; }
+die() {
+    printf '%s: error: %s\n' "$_lib_name" "$*" >&2
+    exit 1
+}
+
+repo_root() {
+    git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel 2>/dev/null ||
+        (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+}
+
+_apt_updated=0
+need_cmd() {
+    local cmd=$1 pkg=${2:-$1}
+    command -v "$cmd" >/dev/null 2>&1 && return 0
+    command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available; install $pkg"
+    log "$cmd is missing: installing $pkg"
+    if [ "$_apt_updated" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+        _apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
+    command -v "$cmd" >/dev/null 2>&1 || die "$pkg is installed but $cmd is still missing"
+}
+
+# Exit handlers, run last-registered first.
+_exit_handlers=()
+_run_exit_handlers() {
+    local status=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#_exit_handlers[@]} - 1; i >= 0; i--)); do
+        eval "${_exit_handlers[$i]}" || true
+    done
+    exit "$status"
+}
+on_exit() {
+    if [ ${#_exit_handlers[@]} -eq 0 ]; then
+        trap _run_exit_handlers EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+    fi
+    _exit_handlers+=("$1")
+}
+
+stop_pid() {
+    local pid=$1 grace=${2:-5} i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+        sleep 0.1
+    done
+    warn "pid $pid did not stop within ${grace}s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# start_bg NAME LOGFILE CMD... ; sets BG_PID. The process is stopped at exit.
+start_bg() {
+    local name=$1 logfile=$2
+    shift 2
+    "$@" >"$logfile" 2>&1 &
+    BG_PID=$!
+    on_exit "stop_pid $BG_PID"
+    log "started $name (pid $BG_PID, log $logfile)"
+}
+
+wait_for_socket() {
+    local path=$1 timeout_s=${2:-20} pid=${3:-} i
+    for ((i = 0; i < timeout_s * 20; i++)); do
+        [ -S "$path" ] && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            return 1
+        fi
+        sleep 0.05
+    done
+    return 1
+}
 
 # need_pkgs CMD:PACKAGE ... — install the Debian package of every missing command.
 need_pkgs() {
-  local missing=() pair
-  for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]} and not root: install them with apt-get"
-  log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-
-# wait_for_socket PATH [SECONDS] — wait until a unix socket exists.
-wait_for_socket() {
-  local path=$1 secs=${2:-20} i
-  for ((i = 0; i < secs * 10; i++)); do
-    [ -S "$path" ] && return 0
-    sleep 0.1
-  done
-  die "socket $path did not appear within ${secs}s"
+    local pair
+    for pair in "$@"; do
+        need_cmd "${pair%%:*}" "${pair#*:}"
+    done
 }
 
 # drl_bin — build drl in release (unless DRL_BIN is set) and print the binary's path.
 drl_bin() {
-  if [ -n "${DRL_BIN:-}" ]; then echo "$DRL_BIN"; return; fi
-  local top; top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  (cd "$top" && cargo build --release --quiet --bin drl) >&2 || die "cargo build failed"
-  echo "$top/target/release/drl"
+    if [ -n "${DRL_BIN:-}" ]; then
+        echo "$DRL_BIN"
+        return
+    fi
+    local top
+    top=$(repo_root)
+    (cd "$top" && cargo build --release --quiet --bin drl) >&2 || die "cargo build failed"
+    echo "$top/target/release/drl"
 }

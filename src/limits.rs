@@ -78,6 +78,12 @@ const _: () = assert!(AL_EXTENTS_MIN <= AL_EXTENTS_DEFAULT && AL_EXTENTS_DEFAULT
 const _: () =
     assert!((NBD_PAYLOAD_BYTES_MAX as u64 / AL_EXTENT_BYTES_DEFAULT + 2) <= AL_EXTENTS_MIN as u64);
 const _: () = assert!(AL_TRANSACTION_SLOTS_MIN >= 2);
+// --- control ---
+/// Control socket: permissions of the socket file unless the config says otherwise.
+pub const CONTROL_SOCKET_MODE_DEFAULT: u32 = 0o600;
+/// Control client: the longest reply line it accepts from the daemon (a status of many
+/// resources is large, but never this large).
+pub const CONTROL_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
@@ -97,3 +103,4 @@ pub const SNAPSHOTS_PER_RESOURCE_MAX: usize = 64;
 pub const SNAPSHOT_TOMBSTONES_MAX: usize = 64;
 /// COW space of a resource's snapshots when the config names none: this fraction of the volume.
 pub const SNAPSHOT_SPACE_PERCENT_DEFAULT: u64 = 25;
+const _: () = assert!(CONTROL_LINE_BYTES_MAX <= CONTROL_REPLY_BYTES_MAX);

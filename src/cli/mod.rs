@@ -119,13 +119,18 @@ pub fn main() -> i32 {
     }
 }
 
+/// A small single-threaded runtime for the admin commands (the daemon builds its own).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime for the CLI")
+}
+
 /// Connect to the daemon's control socket, or print why not and return the exit code.
-pub fn connect(g: &Global) -> Result<crate::control::client::Client, i32> {
+pub async fn connect(g: &Global) -> Result<crate::control::Client, i32> {
     let path = socket_path(g).map_err(|e| {
         eprintln!("drl: {e}");
         exit::USAGE
     })?;
-    crate::control::client::Client::connect(&path).map_err(|e| {
+    crate::control::Client::connect(&path).await.map_err(|e| {
         eprintln!("drl: {e}");
         exit::UNREACHABLE
     })
@@ -133,11 +138,22 @@ pub fn connect(g: &Global) -> Result<crate::control::client::Client, i32> {
 
 /// Call `method` and print the result (pretty JSON with `json`, else via `render`).
 pub fn call_and_print(g: &Global, method: &str, params: serde_json::Value, json: bool, render: impl Fn(&serde_json::Value) -> String) -> i32 {
-    let mut client = match connect(g) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match client.call(method, params) {
+    runtime().block_on(async {
+        let mut client = match connect(g).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        print_result(method, client.call(method, params).await, json, render)
+    })
+}
+
+fn print_result(
+    method: &str,
+    res: Result<serde_json::Value, crate::control::ControlError>,
+    json: bool,
+    render: impl Fn(&serde_json::Value) -> String,
+) -> i32 {
+    match res {
         Ok(v) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::{call_and_print, connect, exit, EventsArgs, Global, StatusArgs};
 use crate::config::units::format_bytes;
+use crate::control::{EventFilter, Received};
 
 pub fn status(g: &Global, a: &StatusArgs) -> i32 {
     let params = match &a.resource {
@@ -57,37 +58,38 @@ pub fn render_table(v: &Value) -> String {
 }
 
 pub fn events(g: &Global, a: &EventsArgs) -> i32 {
-    let mut client = match connect(g) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let filter = match &a.resource {
-        Some(r) => json!({ "resource": r }),
-        None => json!({}),
-    };
-    let stream = match client.subscribe(filter) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("drl events: {e}");
-            return exit::FAILED;
-        }
-    };
-    for ev in stream {
-        match ev {
-            Ok(ev) => {
-                if a.json {
-                    println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-                } else {
-                    println!("{}", render_event(&serde_json::to_value(&ev).unwrap_or_default()));
-                }
-            }
+    super::runtime().block_on(async {
+        let client = match connect(g).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let filter = EventFilter { resource: a.resource.clone() };
+        let mut stream = match client.subscribe(filter).await {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("drl events: {e}");
-                return exit::UNREACHABLE;
+                return exit::FAILED;
+            }
+        };
+        loop {
+            match stream.next().await {
+                Ok(Some(Received::Event(ev))) => {
+                    let v = serde_json::to_value(&ev).unwrap_or_default();
+                    if a.json {
+                        println!("{v}");
+                    } else {
+                        println!("{}", render_event(&v));
+                    }
+                }
+                Ok(Some(Received::Lost(n))) => eprintln!("drl events: {n} events lost (this reader fell behind)"),
+                Ok(None) => return exit::OK,
+                Err(e) => {
+                    eprintln!("drl events: {e}");
+                    return exit::UNREACHABLE;
+                }
             }
         }
-    }
-    exit::OK
+    })
 }
 
 /// drbdsetup-events2 style: `change resource name:r0 role:Primary`.

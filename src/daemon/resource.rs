@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{NbdEndpoint, ResourceConfig};
-use crate::control::{Event, EventBus};
+use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats};
 use crate::limits;
 use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
@@ -124,7 +124,7 @@ impl Resource {
         self.snapshots().close().await?;
         self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
         self.disk.shutdown();
-        self.events.publish(Event::change("resource", &self.cfg.name, [("disk", "Detached".into())]));
+        self.events.publish(Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name).field("disk", "Detached"));
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{Node, Resource};
-use crate::control::{Event, RpcError, Router};
+use crate::control::{Event, EventKind, ObjectKind, RpcError, Router};
 use crate::snapshot::SnapshotError;
 
 /// Register `f(node, params)` as `name`.
@@ -44,7 +44,7 @@ fn snapshot_error(e: SnapshotError) -> RpcError {
         SnapshotError::NotFound { .. } | SnapshotError::Exists { .. } | SnapshotError::BadName(_) | SnapshotError::NotAncestor { .. } => {
             RpcError::invalid_params(e.to_string())
         }
-        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => RpcError::refused(e.to_string()),
+        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => RpcError::state_refused(e.to_string()),
         _ => RpcError::internal(e.to_string()),
     }
 }
@@ -71,7 +71,7 @@ pub fn router(node: Arc<Node>) -> Router {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
         let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
-        res.events().publish(Event::new("create", "snapshot", res.name(), [("snapshot", json!(name))]));
+        res.events().publish(Event::new(EventKind::Create, ObjectKind::Snapshot, res.name()).field("snapshot", name));
         Ok(serde_json::to_value(info).unwrap_or_default())
     });
     add(&mut r, &node, "snapshot.list", |n, params| async move {
@@ -84,7 +84,7 @@ pub fn router(node: Arc<Node>) -> Router {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
         res.snapshots().delete(name).await.map_err(snapshot_error)?;
-        res.events().publish(Event::new("destroy", "snapshot", res.name(), [("snapshot", json!(name))]));
+        res.events().publish(Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name()).field("snapshot", name));
         Ok(json!({}))
     });
     r

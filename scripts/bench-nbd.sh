@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# NBD write benchmark: fio --ioengine=nbd against drl and against qemu-storage-daemon (qsd)
+# exporting the same kind of file, in one run. Rows: 4 KiB random writes at queue depth 32 and
+# 1, 1 MiB sequential writes at queue depth 16. Prints IOPS, MiB/s and latency side by side
+# with the ratio drl/qsd, and writes bench-results/nbd-<date>.{md,csv}.
+# Goal: drl at least as fast as qemu-storage-daemon on every row.
+#
+# Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
+#                             [--drl-config FILE --drl-node NAME] [--aa] [--keep]
+#   --aa   A/A calibration: a second qemu-storage-daemon takes drl's column, so the ratios show
+#          how noisy this machine is (they should all be near 1.00). Needs no drl.
+# Environment (flags win):
+#   RUNTIME=20        seconds per fio run (time based)      RAMP=2   fio ramp_time seconds
+#   REPEAT=1          runs per row and server (the median is reported)
+#   SIZE=1GiB         size of each backing file (both preallocated and written the same way)
+#   PREALLOC=full     full: fallocate + write zeros (no unwritten extents); falloc: fallocate only
+#   DRL_BIN=path      use this drl binary instead of `cargo build --release`
+#   DRL_EXPORT=name   NBD export name of drl (default: the only export listed, else r0)
+#   DRL_AFTER_START=cmd   run after drl is up (e.g. to make r0 Primary), with $DRL_BIN/$DRL_CONFIG set
+#   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
+#   OUT_DIR=dir       where results go (default: <repo>/bench-results)
+#   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON)
+#   QSD_AIO_MODES="io_uring native threads"   aio modes qsd tries, in order (the first it accepts wins)
+#
+# Without --drl-config the script writes its own one-node, unreplicated drl config into the temp
+# dir (resource r0 on node "bench", NBD on a Unix socket). With --drl-config FILE --drl-node
+# NAME, the NBD socket of the first resource on that node is read from FILE.
+
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
+
+only=""
+runtime=${RUNTIME:-20}
+ramp=${RAMP:-2}
+repeat=${REPEAT:-1}
+size=${SIZE:-1GiB}
+prealloc=${PREALLOC:-full}
+drl_config=""
+drl_node="bench"
+keep=${KEEP:-0}
+aa=0
+
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
+while [ $# -gt 0 ]; do
+    case $1 in
+    --only) only=${2:?--only needs drl or qsd}; shift 2 ;;
+    --runtime) runtime=${2:?}; shift 2 ;;
+    --repeat) repeat=${2:?}; shift 2 ;;
+    --size) size=${2:?}; shift 2 ;;
+    --drl-config) drl_config=${2:?}; shift 2 ;;
+    --drl-node) drl_node=${2:?}; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --aa) aa=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+case $only in "" | drl | qsd) ;; *) die "--only takes drl or qsd, not $only" ;; esac
+[[ $runtime =~ ^[0-9]+$ && $runtime -gt 0 ]] || die "runtime must be a positive number of seconds: $runtime"
+[[ $repeat =~ ^[0-9]+$ && $repeat -gt 0 ]] || die "repeat must be a positive count: $repeat"
+want_drl=1 want_qsd=1
+[ "$aa" = 1 ] && [ -n "$only" ] && die "--aa compares qsd with itself; it does not combine with --only"
+[ "$only" = qsd ] && want_drl=0
+[ "$only" = drl ] && want_qsd=0
+
+need_cmd fio fio
+need_cmd nbdinfo libnbd-bin
+need_cmd python3 python3
+[ $want_qsd = 1 ] && need_cmd qemu-storage-daemon qemu-utils
+[ -n "$drl_config" ] && [ "$aa" = 1 ] && die "--aa does not use a drl config"
+need_cmd fallocate util-linux
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
+
+root=$(repo_root)
+size_bytes=$(python3 - "$size" <<'EOF'
+import re, sys
+m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", sys.argv[1].strip(), re.I)
+if not m:
+    sys.exit(f"bad size: {sys.argv[1]}")
+print(int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+EOF
+) || die "cannot parse size $size"
+[ $((size_bytes % 1048576)) = 0 ] && [ "$size_bytes" -gt 0 ] || die "size must be a positive multiple of 1 MiB: $size"
+
+bench_parent=${BENCH_DIR:-$root/target}
+mkdir -p "$bench_parent"
+dir=$(mktemp -d "$bench_parent/bench-nbd.XXXXXX")
+if [ "$keep" = 1 ]; then
+    on_exit "log 'kept $dir'"
+else
+    on_exit "rm -rf '$dir'"
+fi
+mkdir -p "$dir/raw"
+log "work dir $dir ($(stat -f -c %T "$dir"), same filesystem for both servers)"
+
+make_backing() {
+    local file=$1
+    rm -f "$file"
+    fallocate -l "$size_bytes" "$file" || die "fallocate $file failed"
+    if [ "$prealloc" = full ]; then
+        dd if=/dev/zero of="$file" bs=1M count=$((size_bytes / 1048576)) conv=notrunc,fsync \
+            oflag=direct status=none || die "zero-filling $file failed"
+    fi
+}
+
+# ---- qemu-storage-daemon ------------------------------------------------------------------
+# start_qsd NAME: a qsd exporting $dir/NAME.img on $dir/NAME.nbd; sets started_uri, qsd_aio.
+qsd_uri="" qsd_aio="" started_uri=""
+start_qsd() {
+    local name=$1 img=$dir/$1.img sock=$dir/$1.nbd aio
+    make_backing "$img"
+    for aio in ${QSD_AIO_MODES:-io_uring native threads}; do
+        rm -f "$sock"
+        start_bg "qemu-storage-daemon $name (aio=$aio)" "$dir/$name-$aio.log" qemu-storage-daemon \
+            --blockdev "driver=file,node-name=file0,filename=$img,cache.direct=on,aio=$aio" \
+            --blockdev driver=raw,node-name=disk0,file=file0 \
+            --nbd-server "addr.type=unix,addr.path=$sock" \
+            --export type=nbd,id=e0,node-name=disk0,name=disk0,writable=on
+        if wait_for_socket "$sock" 20 "$BG_PID"; then
+            qsd_aio=$aio
+            started_uri="nbd+unix:///disk0?socket=$sock"
+            log "qemu-storage-daemon serves $started_uri with aio=$aio, cache.direct=on"
+            return 0
+        fi
+        stop_pid "$BG_PID" 2
+        warn "qemu-storage-daemon refused aio=$aio: $(tr '\n' ' ' <"$dir/$name-$aio.log" | cut -c1-300)"
+    done
+    die "qemu-storage-daemon did not start with any aio mode (logs in $dir)"
+}
+
+# ---- drl ------------------------------------------------------------------------------------
+drl_uri="" drl_version=""
+start_drl() {
+    local cfg sock
+    if [ -z "${DRL_BIN:-}" ]; then
+        log "building drl (cargo build --release)"
+        (cd "$root" && cargo build --release --bin drl >&2) || die "cargo build --release failed"
+        DRL_BIN=$root/target/release/drl
+    fi
+    [ -x "$DRL_BIN" ] || die "DRL_BIN=$DRL_BIN is not an executable"
+    drl_version=$("$DRL_BIN" --version 2>/dev/null || echo unknown)
+    if [ -n "$drl_config" ]; then
+        cfg=$drl_config
+        sock=$(python3 - "$cfg" "$drl_node" <<'EOF'
+import sys, tomllib
+cfg = tomllib.load(open(sys.argv[1], "rb"))
+for res in cfg.get("resource", []):
+    on = res.get("on", {}).get(sys.argv[2])
+    if on and on.get("nbd"):
+        print(on["nbd"])
+        break
+else:
+    sys.exit(f"no resource with an nbd socket on node {sys.argv[2]} in {sys.argv[1]}")
+EOF
+        ) || die "cannot find the NBD socket in $cfg"
+        log "using drl config $cfg (node $drl_node); the disk is whatever it names"
+    else
+        cfg=$dir/drl.toml
+        sock=$dir/r0.nbd
+        make_backing "$dir/r0.img"
+        cat >"$cfg" <<EOF
+[[node]]
+name = "bench"
+control-socket = "$dir/bench.sock"
+
+[[resource]]
+name = "r0"
+size = "$size_bytes"
+secret = "unused"
+
+[resource.on.bench]
+address = "127.0.0.1:7789"
+disk = "$dir/r0.img"
+meta = "$dir/r0.meta"
+nbd = "$sock"
+EOF
+    fi
+    start_bg "drl daemon" "$dir/drl.log" "$DRL_BIN" daemon --config "$cfg" --node "$drl_node"
+    wait_for_socket "$sock" 30 "$BG_PID" ||
+        die "drl did not open its NBD socket $sock; last log lines: $(tail -n 5 "$dir/drl.log" | tr '\n' ' ')"
+    if [ -n "${DRL_AFTER_START:-}" ]; then
+        DRL_BIN=$DRL_BIN DRL_CONFIG=$cfg bash -c "$DRL_AFTER_START" || die "DRL_AFTER_START failed"
+    fi
+    local export=${DRL_EXPORT:-}
+    if [ -z "$export" ]; then
+        export=$(nbdinfo --list --json "nbd+unix:///?socket=$sock" 2>/dev/null | python3 -c '
+import json, sys
+ex = json.load(sys.stdin).get("exports", [])
+print(ex[0]["export-name"] if len(ex) == 1 else "")' 2>/dev/null || true)
+        export=${export:-r0}
+    fi
+    drl_uri="nbd+unix:///$export?socket=$sock"
+    nbdinfo "$drl_uri" >"$dir/drl-nbdinfo.txt" 2>&1 || die "nbdinfo $drl_uri failed: $(head -c 300 "$dir/drl-nbdinfo.txt")"
+    log "drl serves $drl_uri"
+}
+
+if [ $want_qsd = 1 ]; then start_qsd qsd && qsd_uri=$started_uri; fi
+if [ "$aa" = 1 ]; then
+    # A/A calibration: a second qsd plays drl's part, so the ratios show the noise floor.
+    start_qsd aa && drl_uri=$started_uri
+    drl_version="none: A/A calibration, this column is a second qemu-storage-daemon"
+elif [ $want_drl = 1 ]; then
+    start_drl
+fi
+# fio writes over the whole export as each server reports it.
+qsd_bytes="" drl_bytes=""
+[ $want_qsd = 1 ] && { qsd_bytes=$(nbdinfo --size "$qsd_uri") || die "nbdinfo --size $qsd_uri failed"; }
+[ $want_drl = 1 ] && { drl_bytes=$(nbdinfo --size "$drl_uri") || die "nbdinfo --size $drl_uri failed"; }
+if [ -n "$qsd_bytes" ] && [ -n "$drl_bytes" ] && [ "$qsd_bytes" != "$drl_bytes" ]; then
+    warn "export sizes differ: drl $drl_bytes bytes, qsd $qsd_bytes bytes"
+fi
+
+# ---- fio runs -------------------------------------------------------------------------------
+rows=(randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16)
+row_args() {
+    case $1 in
+    randwrite-4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+    randwrite-4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
+    write-1m-qd16) echo "--rw=write --bs=1M --iodepth=16" ;;
+    esac
+}
+
+run_fio() {
+    local engine=$1 row=$2 rep=$3 uri out bytes
+    if [ "$engine" = drl ]; then uri=$drl_uri bytes=$drl_bytes; else uri=$qsd_uri bytes=$qsd_bytes; fi
+    out=$dir/raw/${engine}__${row}__${rep}.json
+    log "rep $rep: $row on $engine (${runtime}s)"
+    # shellcheck disable=SC2046  # row_args is a list of flags
+    fio --name="$engine-$row" --ioengine=nbd --uri="$uri" --size="$bytes" \
+        $(row_args "$row") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
+        --randrepeat=0 --norandommap --output-format=json --output="$out" >"$dir/fio.log" 2>&1 ||
+        die "fio $row on $engine failed: $(tail -n 5 "$dir/fio.log" | tr '\n' ' ')"
+}
+
+engines=()
+[ $want_drl = 1 ] && engines+=(drl)
+[ $want_qsd = 1 ] && engines+=(qsd)
+i=0
+for ((rep = 1; rep <= repeat; rep++)); do
+    for row in "${rows[@]}"; do
+        # Alternate who goes first, row by row, so drift (page cache, thermal) hits both.
+        if [ $((i % 2)) = 1 ] && [ ${#engines[@]} = 2 ]; then
+            order=("${engines[1]}" "${engines[0]}")
+        else
+            order=("${engines[@]}")
+        fi
+        for engine in "${order[@]}"; do run_fio "$engine" "$row" "$rep"; done
+        i=$((i + 1))
+    done
+done
+
+# ---- table ----------------------------------------------------------------------------------
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out_dir=${OUT_DIR:-$root/bench-results}
+mkdir -p "$out_dir"
+python3 - "$dir/meta.json" <<EOF
+import json, sys
+meta = {
+    "date (UTC)": "$stamp",
+    "mode": "$( [ "$aa" = 1 ] && echo 'A/A calibration: both columns are qemu-storage-daemon' || echo 'drl vs qemu-storage-daemon')",
+    "host": "$(uname -n), kernel $(uname -r), $(nproc) CPUs",
+    "fio": "$(fio --version)",
+    "qemu-storage-daemon": "$( [ $want_qsd = 1 ] && qemu-storage-daemon --version | head -n1 || echo 'not run')"
+        + ("" if "$qsd_aio" == "" else ", aio=$qsd_aio, cache.direct=on"),
+    "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" || echo 'not run')",
+    "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
+    "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order alternated per row",
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+python3 "$here/bench_nbd_table.py" "$dir/raw" "$dir/meta.json" "$out_dir/nbd-$stamp.md" "$out_dir/nbd-$stamp.csv"
+log "wrote $out_dir/nbd-$stamp.md and $out_dir/nbd-$stamp.csv"

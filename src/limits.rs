@@ -49,3 +49,8 @@ pub const LOG_LINES_PER_SOURCE_PER_SECOND_MAX: u32 = 10;
 const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
 const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
+
+// --- nbd ---
+/// Connections over the limit that still get a handshake answering NBD_OPT_GO with
+/// NBD_REP_ERR_POLICY ("too many connections"); beyond this they are closed at once.
+pub const NBD_REFUSED_HANDSHAKES_MAX: usize = 8;

@@ -87,7 +87,7 @@ struct Reply {
 /// Resolves once `stop` turns true (or its sender is gone) or the writer gave up.
 async fn stop_signal(mut stop: watch::Receiver<bool>, writer_dead: Arc<Notify>) {
     tokio::select! {
-        _ = stop.wait_for(|v| *v) => {}
+        _ = async { let _ = stop.wait_for(|v| *v).await; } => {}
         _ = writer_dead.notified() => {}
     }
 }

@@ -13,7 +13,7 @@
 //! - [`handshake`]: option haggling.
 //! - `conn`: one connection's transmission phase (reader, concurrent requests, one writer).
 //! - `server`: listener, accept loop, connection limit, shutdown.
-//! - [`stats`]: counters.
+//! - [`stats`]: counters of requests, bytes and errors.
 //!
 //! Trust boundary: everything a client sends is untrusted. Lengths are checked against
 //! [`crate::limits`] before anything is read or allocated for them; a broken frame closes only

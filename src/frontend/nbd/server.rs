@@ -171,7 +171,7 @@ impl<D: BlockDevice> NbdServer<D> {
 
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|v| *v) => break,
+                _ = stopped(&mut shutdown) => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = accept(&listener) => match accepted {
                     Ok((conn, peer)) => {
@@ -276,6 +276,12 @@ fn remove_stale_socket(path: &Path) -> Result<(), NbdError> {
     })
 }
 
+/// Resolves when the value turns true or the sender is gone (the guard of `wait_for` is not
+/// `Send`, so it must not live in a `select!` of a spawned task).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
 /// Decrements `connections_active` when a connection task ends, however it ends.
 struct ActiveGuard(Arc<NbdStats>);
 
@@ -303,7 +309,7 @@ async fn serve<S, D>(
     let hs = tokio::select! {
         r = tokio::time::timeout(sh.handshake_timeout, negotiate(&mut stream, &sh.info, admission))
             => r,
-        _ = stop_hs.wait_for(|v| *v) => return, // shutting down: drop negotiating clients
+        _ = stopped(&mut stop_hs) => return, // shutting down: drop negotiating clients
     };
     let structured = match hs {
         Ok(Ok(HandshakeEnd::Transmission { structured })) => structured,

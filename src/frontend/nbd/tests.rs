@@ -703,7 +703,7 @@ async fn byte_bound_limits_large_reads() {
         MemDevice::new("m", 2 * max as usize).with_slow_range(0..1, Duration::from_millis(300)),
     );
     let (mut c, stats, _stop, _task) = serve_pipe(dev, false).await;
-    let fit = (NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX / max as u64) as u64;
+    let fit = NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX / max as u64;
     for i in 0..fit + 2 {
         req(&mut c, CMD_READ, 0, i, 0, max).await;
     }

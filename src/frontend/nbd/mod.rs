@@ -43,7 +43,7 @@ mod server;
 pub mod stats;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 pub use server::NbdServer;
@@ -69,18 +69,33 @@ pub enum NbdListen {
 }
 
 impl NbdListen {
-    /// Parse the config form: `tcp:IP:PORT` (IPv6 as `tcp:[::1]:10809`), `unix:PATH`, or a
-    /// plain unix socket path.
+    /// Parse the config form: `tcp:HOST:PORT` (an IP address, IPv6 as `tcp:[::1]:10809`, or a
+    /// host name resolved now to its first address), `unix:PATH`, or a plain unix socket path.
     pub fn parse(s: &str) -> Result<NbdListen, NbdError> {
         let bad = |why| NbdError::BadListen {
             input: s.into(),
             why,
         };
         if let Some(addr) = s.strip_prefix("tcp:") {
-            return addr
-                .parse::<SocketAddr>()
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                return Ok(NbdListen::Tcp(a));
+            }
+            // A host name (e.g. `localhost`) is resolved once, here, at config time.
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected tcp:HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad("port is not a number up to 65535"))?;
+            if host.is_empty() {
+                return Err(bad("empty host"));
+            }
+            return (host, port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
                 .map(NbdListen::Tcp)
-                .map_err(|_| bad("expected tcp:IP:PORT with a numeric IP address"));
+                .ok_or_else(|| bad("host name does not resolve"));
         }
         let path = s.strip_prefix("unix:").unwrap_or(s);
         if path.is_empty() {

@@ -168,6 +168,7 @@ impl<D: BlockDevice> NbdServer<D> {
         let refuse_slots = Arc::new(Semaphore::new(NBD_REFUSED_HANDSHAKES_MAX));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut next_conn_id: u64 = 0;
 
         loop {
             tokio::select! {
@@ -175,6 +176,9 @@ impl<D: BlockDevice> NbdServer<D> {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = accept(&listener) => match accepted {
                     Ok((conn, peer)) => {
+                        // Unix peers all look alike: number the connections for the logs.
+                        next_conn_id += 1;
+                        let peer = format!("{peer}#{next_conn_id}");
                         let admission = match conn_slots.clone().try_acquire_owned() {
                             Ok(p) => Some((Admission::Admit, p)),
                             Err(_) => {

@@ -170,10 +170,14 @@ fn listen_parse() {
         NbdListen::parse("unix:/x").unwrap(),
         NbdListen::Unix("/x".into())
     );
+    assert!(matches!(NbdListen::parse("tcp:localhost:10809").unwrap(),
+        NbdListen::Tcp(a) if a.ip().is_loopback() && a.port() == 10809));
     for bad in [
         "",
         "unix:",
-        "tcp:localhost:10809",
+        "tcp:",
+        "tcp::1",
+        "tcp:no.such.host.invalid:1",
         "tcp:127.0.0.1",
         "tcp:1.2.3.4:99999",
     ] {

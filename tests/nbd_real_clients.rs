@@ -622,3 +622,49 @@ async fn bind_replaces_stale_socket_but_not_other_files() {
     assert!(matches!(r, Err(NbdError::NotASocket { .. })));
     assert_eq!(std::fs::read(&regular).unwrap(), b"keep me");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fio_deep_queue_random_writes_verify() {
+    require!("fio");
+    // Slow first megabyte: requests there complete after later ones, so replies go out of
+    // order while fio keeps 32 requests in flight and verifies every block it wrote.
+    let dev =
+        MemDevice::new("m", 16 * MIB).with_slow_range(0..MIB as u64, Duration::from_millis(2));
+    let srv = start(dev).await;
+    let uri = srv.uri("vol");
+    let out = run(
+        "fio",
+        &[
+            "--name=drl-nbd",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            "--size=16M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--output-format=json",
+        ],
+    )
+    .await;
+    let json_start = out.find('{').unwrap_or(0);
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&out[json_start..])
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| panic!("fio output is not JSON: {out}"));
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{out}");
+    assert_eq!(job["write"]["io_bytes"], 16 * MIB as u64, "{out}");
+    assert_eq!(
+        job["read"]["io_bytes"],
+        16 * MIB as u64,
+        "fio must read back and verify: {out}"
+    );
+    let s = srv.stats.snapshot();
+    assert_eq!(s.error_replies, 0, "{s:?}");
+    assert_eq!(s.bytes_written, 16 * MIB as u64, "{s:?}");
+    srv.shutdown().await;
+}

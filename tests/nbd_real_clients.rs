@@ -569,13 +569,19 @@ async fn connection_limit_refuses_cleanly_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_inflight_requests() {
-    let dev = MemDevice::new("m", MIB).with_slow_range(0..4096, Duration::from_millis(500));
+    let dev = MemDevice::new("m", MIB).with_slow_range(0..4096, Duration::from_millis(1000));
     let srv = start(dev).await;
     let path = srv.socket();
     let mut s = raw_go(&path, false).await.unwrap();
     srv.dev.fill(0, b"drain");
     raw_req(&mut s, CMD_READ, 0, 1, 0, 5).await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // the read is in flight
+    for _ in 0..500 {
+        if srv.stats.snapshot().requests_inflight == 1 {
+            break; // the read is in flight
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(srv.stats.snapshot().requests_inflight, 1);
     srv.stop.send(true).unwrap();
     assert_eq!(raw_simple(&mut s).await, (0, 1));
     let mut d = [0u8; 5];

@@ -1,4 +1,4 @@
-//! The NBD server: serves one [`BlockDevice`] as one NBD export on a unix or TCP socket.
+//! The NBD server: serves one [`BlockDevice`](crate::volume::BlockDevice) as one NBD export on a unix or TCP socket.
 //!
 //! Protocol: fixed newstyle negotiation with NBD_OPT_GO / INFO / LIST / ABORT /
 //! STRUCTURED_REPLY / EXPORT_NAME, simple and structured replies, commands READ, WRITE (FUA),
@@ -18,6 +18,16 @@
 //! Trust boundary: everything a client sends is untrusted. Lengths are checked against
 //! [`crate::limits`] before anything is read or allocated for them; a broken frame closes only
 //! its own connection; log lines a client can cause go through [`crate::logrl`].
+//!
+//! Memory a client can pin: per connection at most [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`]
+//! of request/reply payload (no single payload over [`NBD_PAYLOAD_BYTES_MAX`]), one option of
+//! at most [`NBD_OPTION_BYTES_MAX`] during the handshake, and two 64 KiB socket buffers; at most
+//! [`NBD_CONNECTIONS_PER_EXPORT_MAX`] such connections per export.
+//!
+//! [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`]: crate::limits::NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX
+//! [`NBD_PAYLOAD_BYTES_MAX`]: crate::limits::NBD_PAYLOAD_BYTES_MAX
+//! [`NBD_OPTION_BYTES_MAX`]: crate::limits::NBD_OPTION_BYTES_MAX
+//! [`NBD_CONNECTIONS_PER_EXPORT_MAX`]: crate::limits::NBD_CONNECTIONS_PER_EXPORT_MAX
 //!
 //! ```no_run
 //! # async fn demo<D: drl::volume::BlockDevice>(dev: std::sync::Arc<D>) -> Result<(), drl::frontend::nbd::NbdError> {

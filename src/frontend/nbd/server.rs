@@ -173,7 +173,13 @@ impl<D: BlockDevice> NbdServer<D> {
         loop {
             tokio::select! {
                 _ = stopped(&mut shutdown) => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            tracing::error!(listen = %bound, error = %e, "NBD connection task panicked");
+                        }
+                    }
+                }
                 accepted = accept(&listener) => match accepted {
                     Ok((conn, peer)) => {
                         // Unix peers all look alike: number the connections for the logs.

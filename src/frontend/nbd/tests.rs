@@ -569,6 +569,17 @@ async fn simple<S: AsyncRead + Unpin>(s: &mut S) -> (u32, u64) {
     )
 }
 
+/// Poll `cond` for up to 5 s (the machine running the tests may be busy).
+async fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
 #[tokio::test]
 async fn simple_replies_and_errors() {
     let dev = Arc::new(MemDevice::new("m", 1 << 20).with_failing_range(8192..8193));
@@ -656,8 +667,9 @@ async fn structured_replies() {
 
 #[tokio::test]
 async fn replies_complete_out_of_order() {
-    let dev =
-        Arc::new(MemDevice::new("m", 1 << 20).with_slow_range(0..4096, Duration::from_millis(300)));
+    let dev = Arc::new(
+        MemDevice::new("m", 1 << 20).with_slow_range(0..4096, Duration::from_millis(1000)),
+    );
     let (mut c, _stats, _stop, _task) = serve_pipe(dev, false).await;
     req(&mut c, CMD_READ, 0, 1, 0, 16).await; // slow
     req(&mut c, CMD_READ, 0, 2, 8192, 16).await; // fast
@@ -675,13 +687,15 @@ async fn replies_complete_out_of_order() {
 #[tokio::test]
 async fn reader_stops_at_the_inflight_bound_and_drains_on_stop() {
     let dev =
-        Arc::new(MemDevice::new("m", 1 << 20).with_slow_range(0..1, Duration::from_millis(400)));
+        Arc::new(MemDevice::new("m", 1 << 20).with_slow_range(0..1, Duration::from_millis(1500)));
     let (mut c, stats, stop, task) = serve_pipe(dev, false).await;
     let n = NBD_INFLIGHT_PER_CONNECTION_MAX as u64 + 20;
     for i in 0..n {
         req(&mut c, CMD_READ, 0, i, 0, 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let bound = NBD_INFLIGHT_PER_CONNECTION_MAX as u64;
+    wait_until(|| stats.snapshot().requests_read >= bound).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // would it read more?
     let s = stats.snapshot();
     assert_eq!(
         s.requests_read, NBD_INFLIGHT_PER_CONNECTION_MAX as u64,
@@ -704,14 +718,15 @@ async fn reader_stops_at_the_inflight_bound_and_drains_on_stop() {
 async fn byte_bound_limits_large_reads() {
     let max = NBD_PAYLOAD_BYTES_MAX;
     let dev = Arc::new(
-        MemDevice::new("m", 2 * max as usize).with_slow_range(0..1, Duration::from_millis(300)),
+        MemDevice::new("m", 2 * max as usize).with_slow_range(0..1, Duration::from_millis(1500)),
     );
     let (mut c, stats, _stop, _task) = serve_pipe(dev, false).await;
     let fit = NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX / max as u64;
     for i in 0..fit + 2 {
         req(&mut c, CMD_READ, 0, i, 0, max).await;
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_until(|| stats.snapshot().requests_inflight >= fit).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // would it start more?
     assert_eq!(stats.snapshot().requests_inflight, fit);
     for _ in 0..fit + 2 {
         let (e, _) = simple(&mut c).await;

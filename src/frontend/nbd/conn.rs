@@ -159,9 +159,12 @@ where
                     // Skip a WRITE's payload without storing it, then answer with the error.
                     let skip = h.payload_len() as u64;
                     if skip > 0 {
-                        let got =
-                            tokio::io::copy(&mut (&mut rd).take(skip), &mut tokio::io::sink())
-                                .await?;
+                        let mut sink = tokio::io::sink();
+                        let got = match tokio::io::copy(&mut (&mut rd).take(skip), &mut sink).await
+                        {
+                            Ok(n) => n,
+                            Err(e) => return closed_or_err(e),
+                        };
                         if got < skip {
                             return Ok(End::ClientClosed);
                         }

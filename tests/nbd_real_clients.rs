@@ -650,6 +650,7 @@ async fn fio_deep_queue_random_writes_verify() {
             "--size=16M",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--output-format=json",
         ],

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`limits`]: every limit and default in one place, units last in the name.
+//! - [`logrl`]: rate limiting for log lines a peer or client can cause.
 //! - [`config`]: the TOML configuration, per-node sections, validation, size/rate units.
 //! - [`volume`]: the backing disk (io_uring through `kernel-glue`), metadata (superblock,
 //!   generation ids, dirty bitmap, activity log) and the [`volume::BlockDevice`] contract.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod frontend;
 pub mod limits;
+pub mod logrl;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

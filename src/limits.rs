@@ -104,3 +104,7 @@ pub const SNAPSHOT_TOMBSTONES_MAX: usize = 64;
 /// COW space of a resource's snapshots when the config names none: this fraction of the volume.
 pub const SNAPSHOT_SPACE_PERCENT_DEFAULT: u64 = 25;
 const _: () = assert!(CONTROL_LINE_BYTES_MAX <= CONTROL_REPLY_BYTES_MAX);
+// --- nbd ---
+/// Connections over the limit that still get a handshake answering NBD_OPT_GO with
+/// NBD_REP_ERR_POLICY ("too many connections"); beyond this they are closed at once.
+pub const NBD_REFUSED_HANDSHAKES_MAX: usize = 8;

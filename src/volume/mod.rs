@@ -12,6 +12,7 @@ use std::future::Future;
 pub mod activity_log;
 pub mod bitmap;
 pub mod meta;
+pub mod mem;
 
 pub use kernel_glue::buf::AlignedBuf;
 

@@ -1,0 +1,95 @@
+//! Counters of one NBD server (one export), readable at any time without locks.
+//!
+//! The control socket and tests read them through [`NbdStats::snapshot`]. All counters only
+//! grow, except `connections_active` and `requests_inflight`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::command::Kind;
+
+/// Live counters; see [`NbdStatsSnapshot`] for the meaning of each field.
+#[derive(Debug, Default)]
+pub struct NbdStats {
+    pub connections_accepted: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub requests_read: AtomicU64,
+    pub requests_write: AtomicU64,
+    pub requests_flush: AtomicU64,
+    pub requests_trim: AtomicU64,
+    pub requests_write_zeroes: AtomicU64,
+    pub requests_disc: AtomicU64,
+    pub requests_unknown: AtomicU64,
+    pub requests_inflight: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub error_replies: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`NbdStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NbdStatsSnapshot {
+    /// Connections accepted and admitted (within the connection limit).
+    pub connections_accepted: u64,
+    /// Connections currently open (handshake or transmission).
+    pub connections_active: u64,
+    /// Connections turned away because of the connection limit or shutdown.
+    pub connections_refused: u64,
+    /// Handshakes that ended without reaching transmission (errors, timeouts, aborts).
+    pub handshakes_failed: u64,
+    pub requests_read: u64,
+    pub requests_write: u64,
+    pub requests_flush: u64,
+    pub requests_trim: u64,
+    pub requests_write_zeroes: u64,
+    pub requests_disc: u64,
+    pub requests_unknown: u64,
+    /// Requests dispatched whose reply has not been written yet.
+    pub requests_inflight: u64,
+    /// Payload bytes sent to clients by successful reads.
+    pub bytes_read: u64,
+    /// Payload bytes received from clients by successful writes.
+    pub bytes_written: u64,
+    /// Requests answered with an error.
+    pub error_replies: u64,
+    /// Connections closed because the client broke the protocol (bad magic, bad flags, ...).
+    pub protocol_errors: u64,
+}
+
+impl NbdStats {
+    pub(crate) fn count_request(&self, kind: Kind) {
+        let c = match kind {
+            Kind::Read => &self.requests_read,
+            Kind::Write => &self.requests_write,
+            Kind::Flush => &self.requests_flush,
+            Kind::Trim => &self.requests_trim,
+            Kind::WriteZeroes => &self.requests_write_zeroes,
+            Kind::Disc => &self.requests_disc,
+            Kind::Unknown => &self.requests_unknown,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> NbdStatsSnapshot {
+        NbdStatsSnapshot {
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            connections_active: self.connections_active.load(Relaxed),
+            connections_refused: self.connections_refused.load(Relaxed),
+            handshakes_failed: self.handshakes_failed.load(Relaxed),
+            requests_read: self.requests_read.load(Relaxed),
+            requests_write: self.requests_write.load(Relaxed),
+            requests_flush: self.requests_flush.load(Relaxed),
+            requests_trim: self.requests_trim.load(Relaxed),
+            requests_write_zeroes: self.requests_write_zeroes.load(Relaxed),
+            requests_disc: self.requests_disc.load(Relaxed),
+            requests_unknown: self.requests_unknown.load(Relaxed),
+            requests_inflight: self.requests_inflight.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            error_replies: self.error_replies.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+        }
+    }
+}

@@ -1,48 +1,13 @@
 //! Snapshot store tests against a reference model: every snapshot must read back exactly as the
 //! volume was when it was taken, whatever was written, deleted or restarted since.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
-
-/// A volume in memory (the test's disk).
-struct Mem {
-    data: Mutex<Vec<u8>>,
-}
-
-impl BlockDevice for Mem {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    fn size_bytes(&self) -> u64 {
-        self.data.lock().unwrap().len() as u64
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    async fn read(&self, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
-        let d = self.data.lock().unwrap();
-        check_range(offset, len.into(), d.len() as u64)?;
-        Ok(AlignedBuf::from_slice(&d[offset as usize..offset as usize + len as usize]))
-    }
-    async fn write(&self, offset: u64, data: AlignedBuf, _fua: bool) -> Result<(), VolumeError> {
-        self.data.lock().unwrap()[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
-        Ok(())
-    }
-    async fn flush(&self) -> Result<(), VolumeError> {
-        Ok(())
-    }
-    async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
-        self.write_zeroes(offset, len, true, false).await
-    }
-    async fn write_zeroes(&self, offset: u64, len: u32, _: bool, _: bool) -> Result<(), VolumeError> {
-        self.data.lock().unwrap()[offset as usize..(offset + u64::from(len)) as usize].fill(0);
-        Ok(())
-    }
-}
+use crate::volume::mem::MemDevice as Mem;
+use crate::volume::{AlignedBuf, BlockDevice, VolumeError};
 
 const VOL: u64 = 1 << 20;
 const CHUNK: u64 = 4096;
@@ -61,7 +26,7 @@ async fn read_all(store: &SnapshotStore<Mem>, snap: &str) -> Vec<u8> {
 }
 
 fn mem() -> Arc<Mem> {
-    Arc::new(Mem { data: Mutex::new(vec![0; VOL as usize]) })
+    Arc::new(Mem::new("mem", VOL as usize))
 }
 
 #[tokio::test]
@@ -82,7 +47,7 @@ async fn snapshots_read_as_taken_under_random_writes_deletes_and_reopen() {
             0..=5 => {
                 let name = format!("s{round}");
                 store.create(&name).await.unwrap();
-                model.push((name, dev.data.lock().unwrap().clone()));
+                model.push((name, dev.contents()));
             }
             6..=7 if !model.is_empty() => {
                 let i = rng.random_range(0..model.len());
@@ -166,7 +131,7 @@ async fn exhausted_space_invalidates_snapshots_and_writes_go_on() {
     }
     assert_eq!(store.list().await[0].state, SnapshotState::Valid);
     write(&store, 8 * CHUNK, &[2; 10]).await; // fifth chunk: no space left
-    assert_eq!(dev.data.lock().unwrap()[8 * CHUNK as usize], 2, "the write happened");
+    assert_eq!(dev.contents()[8 * CHUNK as usize], 2, "the write happened");
     let info = &store.list().await[0];
     assert!(matches!(&info.state, SnapshotState::Invalid(r) if r.contains("exhausted")), "{info:?}");
     let err = store.read("a", 0, 10).await.unwrap_err().to_string();

@@ -1,1 +1,23 @@
-//! (to be built)
+//! Replication: DRBD protocol-A style mirroring of a volume to a peer in another site.
+//!
+//! This part is I/O free: frames in, frames and actions out, so that the TCP driver, the
+//! volume and a deterministic simulator can all drive the same code.
+//!
+//! # Layout
+//! - [`wire`]: the 64-byte frame header, checksums, limits, zstd, the incremental decoder.
+//! - [`frame`]: the frame values (Hello, Data, Barrier, ...) and wire codes of DRBD states.
+//! - [`handshake`]: the symmetric handshake: version, resource, size, mutual HMAC auth.
+//! - [`gen`]: DRBD-style generation ids (current, bitmap, history) and their transitions.
+//! - [`state`]: the resync decision after a connect (sync direction, split brain, policies).
+//! - [`epoch`]: protocol-A epochs: sender bookkeeping (acks, dirty bits, lag, buffer bound)
+//!   and the receiver's apply-in-order / flush-then-ack rule.
+
+pub mod epoch;
+pub mod frame;
+pub mod gen;
+pub mod handshake;
+pub mod state;
+pub mod wire;
+
+#[cfg(test)]
+mod wire_tests;

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`wire`]: the 64-byte frame header, checksums, limits, zstd, the incremental decoder.
+//! - [`decode`]: the incremental decoder: checks in order, never trusts a length early.
 //! - [`frame`]: the frame values (Hello, Data, Barrier, ...) and wire codes of DRBD states.
 //! - [`handshake`]: the symmetric handshake: version, resource, size, mutual HMAC auth.
 //! - [`gen`]: DRBD-style generation ids (current, bitmap, history) and their transitions.
@@ -12,6 +13,7 @@
 //! - [`epoch`]: protocol-A epochs: sender bookkeeping (acks, dirty bits, lag, buffer bound)
 //!   and the receiver's apply-in-order / flush-then-ack rule.
 
+pub mod decode;
 pub mod epoch;
 pub mod frame;
 pub mod gen;

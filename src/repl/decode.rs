@@ -12,7 +12,7 @@ use crate::limits::{
 };
 use crate::repl::frame::{disk_from_wire, role_from_wire, Frame, FrameType, Hello};
 use crate::repl::wire::{
-    flags, malformed, resource_id, FrameHeader, WireError, HEADER_BYTES, WIRE_VERSION,
+    flags, malformed, resource_id, FrameHeader, WireError, HEADER_BYTES, MAGIC, WIRE_VERSION,
 };
 
 /// Turns a byte stream into frames, one complete frame at a time.
@@ -44,6 +44,13 @@ impl Decoder {
     /// buffer has been reserved for the rest of the frame). Any `Err` is fatal for the
     /// connection (the buffer's content is then unspecified: drop it with the connection).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        if buf.len() >= 4 {
+            // Fail fast on a stranger (an HTTP probe, another protocol) before 64 bytes arrive.
+            let magic = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if magic != MAGIC {
+                return Err(WireError::BadMagic { got: magic });
+            }
+        }
         if buf.len() < HEADER_BYTES {
             return Ok(None);
         }

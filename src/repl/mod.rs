@@ -10,14 +10,16 @@
 //! - [`handshake`]: the symmetric handshake: version, resource, size, mutual HMAC auth.
 //! - [`gen`]: DRBD-style generation ids (current, bitmap, history) and their transitions.
 //! - [`state`]: the resync decision after a connect (sync direction, split brain, policies).
-//! - [`epoch`]: protocol-A epochs: sender bookkeeping (acks, dirty bits, lag, buffer bound)
-//!   and the receiver's apply-in-order / flush-then-ack rule.
+//! - [`epoch`]: protocol-A epochs, sender side: sequence numbers, epochs, barrier acks,
+//!   dirty bits that may be cleared, lag, the send-buffer bound.
+//! - [`receiver`]: protocol-A epochs, receiver side: apply in order, flush then ack.
 
 pub mod decode;
 pub mod epoch;
 pub mod frame;
 pub mod gen;
 pub mod handshake;
+pub mod receiver;
 pub mod state;
 pub mod wire;
 

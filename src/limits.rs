@@ -75,6 +75,9 @@ pub const REPL_INFLIGHT_WRITES_MAX: usize = 65_536;
 pub const REPL_EPOCH_WRITES_MAX: u32 = 2048;
 /// An epoch is closed after this many payload bytes.
 pub const REPL_EPOCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Sender: disjoint block ranges remembered for writes refused as Full; beyond this no dirty
+/// bit is cleared until the session ends (bounded memory, still correct).
+pub const REPL_UNSENT_RANGES_MAX: usize = 65_536;
 /// Receiver: writes of later epochs queued while an epoch drains and flushes.
 pub const REPL_RECEIVER_QUEUED_WRITES_MAX: usize = 4096;
 

@@ -10,7 +10,10 @@
 //! - keeps every write until its epoch is acked, bounded by a buffer size
 //!   ([`REPL_SEND_BUFFER_BYTES_MAX`], [`REPL_INFLIGHT_WRITES_MAX`]): [`EpochTracker::try_enqueue`]
 //!   answers [`Full`] and the caller applies the congestion policy (block, pull-ahead,
-//!   disconnect);
+//!   disconnect). A refused write was not sent: its blocks are remembered as *unsent* and no
+//!   ack clears them until the session ends (or a resync calls
+//!   [`EpochTracker::clear_unsent`]). With the `block` policy, wait for room with
+//!   [`EpochTracker::has_room`] before calling `try_enqueue`;
 //! - on `BarrierAck{N}` releases epochs up to N and reports which dirty-bitmap blocks may now
 //!   be cleared ([`Released::clearable`]).
 //!
@@ -26,7 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::limits::{
     BITMAP_BLOCK_BYTES, REPL_EPOCH_BYTES_MAX, REPL_EPOCH_WRITES_MAX, REPL_INFLIGHT_WRITES_MAX,
-    REPL_SEND_BUFFER_BYTES_MAX,
+    REPL_SEND_BUFFER_BYTES_MAX, REPL_UNSENT_RANGES_MAX,
 };
 use crate::repl::wire::HEADER_BYTES;
 
@@ -136,6 +139,11 @@ pub struct EpochTracker {
     pending: BTreeMap<(u64, u64), u64>,
     /// Longest span (in blocks) of any write in `pending` since it was last empty.
     span_max: u64,
+    /// Blocks dirtied by writes that were refused (Full) this session: they were never sent,
+    /// so no ack may clear them. Merged, non-overlapping `start -> end`.
+    unsent: BTreeMap<u64, u64>,
+    /// `unsent` grew past its bound: no block may be cleared until the session ends.
+    unsent_overflow: bool,
 }
 
 fn touched(offset: u64, len: u64) -> BlockRange {
@@ -176,6 +184,8 @@ impl EpochTracker {
             writes: 0,
             pending: BTreeMap::new(),
             span_max: 0,
+            unsent: BTreeMap::new(),
+            unsent_overflow: false,
         }
     }
 
@@ -187,6 +197,14 @@ impl EpochTracker {
     /// Writes not yet acked.
     pub fn inflight_writes(&self) -> usize {
         self.writes
+    }
+
+    /// Whether a write carrying `payload_bytes` would be accepted now.
+    pub fn has_room(&self, payload_bytes: u64) -> bool {
+        let cost = payload_bytes + HEADER_BYTES as u64;
+        self.writes == 0
+            || (self.buffered_bytes + cost <= self.limits.buffer_bytes_max
+                && self.writes < self.limits.inflight_writes_max)
     }
 
     /// The epoch new writes go to.
@@ -205,8 +223,8 @@ impl EpochTracker {
         now_ms: u64,
     ) -> Result<Enqueued, Full> {
         let cost = payload_bytes + HEADER_BYTES as u64;
-        let over_bytes = self.buffered_bytes + cost > self.limits.buffer_bytes_max;
-        if self.writes > 0 && (over_bytes || self.writes >= self.limits.inflight_writes_max) {
+        if !self.has_room(payload_bytes) {
+            self.mark_unsent(touched(offset, len));
             return Err(Full {
                 buffered_bytes: self.buffered_bytes,
                 max_bytes: self.limits.buffer_bytes_max,
@@ -311,9 +329,57 @@ impl EpochTracker {
         Ok(released)
     }
 
-    /// Push the parts of `r` no unacked write touches.
+    /// Remember blocks of a write that was not sent (refused as Full): until the session
+    /// ends, no ack of an earlier write may clear them.
+    fn mark_unsent(&mut self, r: BlockRange) {
+        if self.unsent_overflow {
+            return;
+        }
+        let (mut start, mut end) = (r.start, r.end);
+        let overlapping: Vec<u64> = self
+            .unsent
+            .range(..=end)
+            .rev()
+            .take_while(|(_, e)| **e >= start)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in overlapping {
+            if let Some(e) = self.unsent.remove(&s) {
+                start = start.min(s);
+                end = end.max(e);
+            }
+        }
+        self.unsent.insert(start, end);
+        if self.unsent.len() > REPL_UNSENT_RANGES_MAX {
+            self.unsent.clear();
+            self.unsent_overflow = true;
+        }
+    }
+
+    /// Blocks a resync has brought in sync again: they no longer need to stay dirty for an
+    /// unsent write.
+    pub fn clear_unsent(&mut self, r: BlockRange) {
+        let inside: Vec<(u64, u64)> = self
+            .unsent
+            .range(..r.end)
+            .rev()
+            .take_while(|(_, e)| **e > r.start)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in inside {
+            self.unsent.remove(&s);
+            if s < r.start {
+                self.unsent.insert(s, r.start);
+            }
+            if e > r.end {
+                self.unsent.insert(r.end, e);
+            }
+        }
+    }
+
+    /// Push the parts of `r` that no unacked or unsent write touches.
     fn subtract_pending(&self, r: BlockRange, out: &mut Vec<BlockRange>) {
-        if r.start >= r.end {
+        if r.start >= r.end || self.unsent_overflow {
             return;
         }
         let lo = r.start.saturating_sub(self.span_max);
@@ -326,6 +392,13 @@ impl EpochTracker {
                 end: *end,
             })
             .collect();
+        blockers.extend(
+            self.unsent
+                .range(..r.end)
+                .rev()
+                .take_while(|(_, e)| **e > r.start)
+                .map(|(s, e)| BlockRange { start: *s, end: *e }),
+        );
         blockers.sort();
         let mut at = r.start;
         for b in blockers {

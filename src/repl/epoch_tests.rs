@@ -164,6 +164,32 @@ fn disconnect_forgets_unacked_writes_and_restarts_numbering() {
     );
 }
 
+#[test]
+fn a_refused_write_keeps_its_blocks_dirty_until_the_session_ends() {
+    let mut t = EpochTracker::new(EpochLimits {
+        inflight_writes_max: 1,
+        ..small()
+    });
+    t.try_enqueue(0, 4 * B, 4 * B, true, 0).unwrap(); // epoch 1: blocks 0..4
+    assert!(!t.has_room(B));
+    assert!(t.try_enqueue(B, B, B, false, 0).is_err()); // block 1, not sent
+    let r = t.on_barrier_ack(1).unwrap();
+    assert_eq!(
+        r.clearable,
+        vec![
+            BlockRange { start: 0, end: 1 },
+            BlockRange { start: 2, end: 4 }
+        ]
+    );
+    // A resync brought block 1 in sync: later acks may clear it again.
+    t.clear_unsent(BlockRange { start: 0, end: 2 });
+    t.try_enqueue(0, 4 * B, 4 * B, true, 0).unwrap();
+    assert_eq!(
+        t.on_barrier_ack(2).unwrap().clearable,
+        vec![BlockRange { start: 0, end: 4 }]
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Write {
@@ -215,13 +241,17 @@ proptest! {
             match op {
                 Op::Write { sector, sectors, fua } => {
                     let (offset, len) = (sector * 512, sectors * 512);
-                    if let Ok(e) = t.try_enqueue(offset, len, len, fua, 0) {
-                        let r = touched(offset, len);
-                        for b in r.start..r.end {
-                            dirty[b as usize] = true;
+                    let r = touched(offset, len);
+                    for b in r.start..r.end {
+                        dirty[b as usize] = true;
+                    }
+                    match t.try_enqueue(offset, len, len, fua, 0) {
+                        Ok(e) => {
+                            writes.push(MWrite { offset, len, epoch: e.epoch, session, acked: false });
+                            closed.extend(e.close_epoch);
                         }
-                        writes.push(MWrite { offset, len, epoch: e.epoch, session, acked: false });
-                        closed.extend(e.close_epoch);
+                        // Refused: never sent, never acked.
+                        Err(_) => writes.push(MWrite { offset, len, epoch: u64::MAX, session, acked: false }),
                     }
                 }
                 Op::Flush => closed.extend(t.close_epoch()),

@@ -25,3 +25,6 @@ pub mod wire;
 
 #[cfg(test)]
 mod wire_tests;
+
+#[cfg(test)]
+mod sim_tests;

@@ -60,6 +60,8 @@ pub const REPL_FRAME_DATA_BYTES_MAX: u32 = 1024 * 1024;
 pub const REPL_FRAME_PAYLOAD_BYTES_MAX: u32 = REPL_FRAME_DATA_BYTES_MAX;
 /// Largest range one Trim / Zeroes / ResyncRequest frame covers (they carry no payload).
 pub const REPL_FRAME_RANGE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// A replication peer must finish the handshake (Hello .. AuthOk) within this time.
+pub const REPL_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Longest resource or node name on the wire.
 pub const REPL_NAME_BYTES_MAX: usize = 128;
 /// Longest reason text in Refuse / Disconnect frames.

@@ -35,7 +35,7 @@ impl Decoder {
         }
     }
 
-    /// Accept compressed payloads (only after both sides negotiated [`features::ZSTD`]).
+    /// Accept compressed payloads (only after both sides negotiated [`crate::repl::wire::features::ZSTD`]).
     pub fn set_zstd(&mut self, on: bool) {
         self.zstd = on;
     }
@@ -158,13 +158,13 @@ impl Decoder {
                     ));
                 }
             }
-            FrameType::Trim | FrameType::Zeroes | FrameType::ResyncRequest => {
-                if h.data_len > REPL_FRAME_RANGE_BYTES_MAX {
-                    return Err(WireError::DataTooLarge {
-                        len: h.data_len as u64,
-                        max: REPL_FRAME_RANGE_BYTES_MAX,
-                    });
-                }
+            FrameType::Trim | FrameType::Zeroes | FrameType::ResyncRequest
+                if h.data_len > REPL_FRAME_RANGE_BYTES_MAX =>
+            {
+                return Err(WireError::DataTooLarge {
+                    len: h.data_len as u64,
+                    max: REPL_FRAME_RANGE_BYTES_MAX,
+                });
             }
             _ => {}
         }

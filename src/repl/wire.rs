@@ -393,4 +393,16 @@ pub(crate) fn malformed(ft: FrameType, what: impl Into<String>) -> WireError {
     }
 }
 
+/// Split a write of `len` bytes at `offset` into frame-sized pieces `(offset, len)` of at most
+/// `max` bytes each (use [`REPL_FRAME_DATA_BYTES_MAX`] for Data, [`REPL_FRAME_RANGE_BYTES_MAX`]
+/// for Trim/Zeroes). Each piece is its own write with its own sequence number, in the same
+/// epoch unless the epoch fills up.
+pub fn split_range(offset: u64, len: u64, max: u32) -> impl Iterator<Item = (u64, u32)> {
+    let max = max.max(1) as u64;
+    (0..len.div_ceil(max)).map(move |i| {
+        let at = i * max;
+        (offset + at, (len - at).min(max) as u32)
+    })
+}
+
 pub use crate::repl::decode::Decoder;

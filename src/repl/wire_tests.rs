@@ -250,7 +250,8 @@ fn length_is_not_trusted_before_the_header_crc() {
 #[test]
 fn header_checks_name_the_problem() {
     let (e, mut d) = codec(false);
-    let cases: Vec<(Box<dyn Fn(&mut FrameHeader)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut FrameHeader)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|h| h.frame_type = 99), "unknown frame type 99"),
         (
             Box::new(|h| h.reserved[3] = 1),
@@ -355,6 +356,20 @@ fn hello_of_another_resource_decodes_so_the_handshake_can_name_it() {
         d.decode(&mut b),
         Err(WireError::WrongResource { .. })
     ));
+}
+
+#[test]
+fn split_range_covers_the_write_exactly() {
+    let parts: Vec<_> = split_range(4096, 2_500_000, REPL_FRAME_DATA_BYTES_MAX).collect();
+    assert_eq!(
+        parts,
+        vec![
+            (4096, 1 << 20),
+            (4096 + (1 << 20), 1 << 20),
+            (4096 + (2 << 20), 2_500_000 - (2 << 20))
+        ]
+    );
+    assert_eq!(split_range(0, 0, 4096).count(), 0);
 }
 
 #[test]

@@ -66,6 +66,8 @@ pub const REPL_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const REPL_NAME_BYTES_MAX: usize = 128;
 /// Longest reason text in Refuse / Disconnect frames.
 pub const REPL_REASON_BYTES_MAX: usize = 256;
+/// Bytes of dirty bitmap per BitmapChunk frame (64 KiB = 512 Ki bits = 2 GiB of volume).
+pub const REPL_BITMAP_CHUNK_BYTES: usize = 64 * 1024;
 /// zstd level for compressed data frames (cheap: the link, not the CPU, is the bottleneck).
 pub const REPL_ZSTD_LEVEL: i32 = 1;
 /// Sender: payload bytes buffered for the peer (sent or not, not yet barrier-acked) before
@@ -86,4 +88,5 @@ pub const REPL_RECEIVER_QUEUED_WRITES_MAX: usize = 4096;
 const _: () = assert!(REPL_FRAME_PAYLOAD_BYTES_MAX >= REPL_FRAME_DATA_BYTES_MAX);
 const _: () = assert!(REPL_SEND_BUFFER_BYTES_MAX >= 2 * REPL_FRAME_DATA_BYTES_MAX as u64);
 const _: () = assert!(REPL_EPOCH_BYTES_MAX <= REPL_SEND_BUFFER_BYTES_MAX);
+const _: () = assert!(REPL_BITMAP_CHUNK_BYTES <= REPL_FRAME_DATA_BYTES_MAX as usize);
 const _: () = assert!(REPL_FRAME_RANGE_BYTES_MAX as u64 % BITMAP_BLOCK_BYTES == 0);

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`wire`]: the 64-byte frame header, checksums, limits, zstd, the incremental decoder.
+//! - [`bitmap`]: dirty-bitmap exchange (BitmapChunk frames) so a resync covers the union.
 //! - [`decode`]: the incremental decoder: checks in order, never trusts a length early.
 //! - [`frame`]: the frame values (Hello, Data, Barrier, ...) and wire codes of DRBD states.
 //! - [`handshake`]: the symmetric handshake: version, resource, size, mutual HMAC auth.
@@ -14,6 +15,7 @@
 //!   dirty bits that may be cleared, lag, the send-buffer bound.
 //! - [`receiver`]: protocol-A epochs, receiver side: apply in order, flush then ack.
 
+pub mod bitmap;
 pub mod decode;
 pub mod epoch;
 pub mod frame;

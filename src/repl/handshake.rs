@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::repl::frame::{Frame, Hello};
 use crate::repl::gen::GenIds;
+use crate::repl::state::NodeState;
 use crate::repl::wire::{features, WIRE_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -130,6 +131,8 @@ pub struct Handshake {
     secret: Vec<u8>,
     stage: Stage,
     peer_hello: Option<Hello>,
+    /// Our Hello went out (it must precede everything else we send).
+    started: bool,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -174,16 +177,32 @@ impl Handshake {
             secret: secret.to_vec(),
             stage: Stage::AwaitHello,
             peer_hello: None,
+            started: false,
         })
     }
 
-    /// The frames to send first (our Hello).
-    pub fn start(&self) -> Vec<Frame> {
+    /// The frames to send first (our Hello); empty if already started.
+    pub fn start(&mut self) -> Vec<Frame> {
+        if self.started {
+            return Vec::new();
+        }
+        self.started = true;
         vec![Frame::Hello(Box::new(self.hello.clone()))]
     }
 
-    /// Feed one received frame.
+    /// Feed one received frame. If [`Self::start`] was not called yet, our Hello comes first
+    /// in the frames to send.
     pub fn on_frame(&mut self, frame: Frame) -> Output {
+        let hello = self.start();
+        let mut out = self.step(frame);
+        // Nothing to send when the peer already ended it (Refuse/Disconnect).
+        if !hello.is_empty() && (!out.send.is_empty() || out.result.is_none()) {
+            out.send.splice(0..0, hello);
+        }
+        out
+    }
+
+    fn step(&mut self, frame: Frame) -> Output {
         if self.stage == Stage::Finished {
             return fail(HandshakeError::Unexpected {
                 frame: frame.frame_type().name(),
@@ -307,6 +326,28 @@ impl Handshake {
         Output {
             send: Vec::new(),
             result: Some(Ok(established)),
+        }
+    }
+}
+
+impl From<&LocalInfo> for NodeState {
+    fn from(l: &LocalInfo) -> Self {
+        NodeState {
+            role: l.role,
+            disk: l.disk,
+            gen: l.gen,
+            dirty_bits: l.dirty_bits,
+        }
+    }
+}
+
+impl From<&PeerInfo> for NodeState {
+    fn from(p: &PeerInfo) -> Self {
+        NodeState {
+            role: p.role,
+            disk: p.disk,
+            gen: p.gen,
+            dirty_bits: p.dirty_bits,
         }
     }
 }

@@ -169,12 +169,13 @@ fn other_size_is_refused() {
 #[test]
 fn incompatible_version_is_refused_and_the_peer_told() {
     let mut a = Handshake::new(local("a"), b"k").unwrap();
-    let b = Handshake::new(local("b"), b"k").unwrap();
+    let mut b = Handshake::new(local("b"), b"k").unwrap();
     let Frame::Hello(mut hello) = b.start().remove(0) else {
         panic!("Hello first")
     };
     hello.version_min = 7;
     hello.version_max = 9;
+    let _ = a.start();
     let out = a.on_frame(Frame::Hello(hello));
     assert!(matches!(
         out.result,
@@ -190,7 +191,7 @@ fn incompatible_version_is_refused_and_the_peer_told() {
 #[test]
 fn replayed_auth_response_from_an_earlier_session_is_refused() {
     // Session 1: a genuine exchange; the attacker records b's Hello and AuthResponse.
-    let a1 = Handshake::new(local("a"), b"k").unwrap();
+    let mut a1 = Handshake::new(local("a"), b"k").unwrap();
     let mut b1 = Handshake::new(local("b"), b"k").unwrap();
     let b_hello = b1.start().remove(0);
     let a_hello = a1.start().remove(0);
@@ -226,6 +227,7 @@ fn reflected_hello_with_our_own_name_is_refused() {
 fn garbage_frames_are_refused() {
     // A frame that has no place in a handshake.
     let mut a = Handshake::new(local("a"), b"k").unwrap();
+    let _ = a.start();
     let out = a.on_frame(Frame::BarrierAck { epoch: 1 });
     assert_eq!(
         out.result,
@@ -274,6 +276,44 @@ fn peer_refusal_and_disconnect_end_the_handshake() {
         out.result,
         Some(Err(HandshakeError::Disconnected { .. }))
     ));
+}
+
+#[test]
+fn our_hello_always_goes_out_first() {
+    // A driver that feeds the peer's Hello before calling start() still sends Hello first.
+    let mut a = Handshake::new(local("a"), b"k").unwrap();
+    let mut b = Handshake::new(local("b"), b"k").unwrap();
+    let out = a.on_frame(b.start().remove(0));
+    assert!(matches!(
+        &out.send[..],
+        [Frame::Hello(_), Frame::AuthResponse { .. }]
+    ));
+    assert!(a.start().is_empty(), "Hello is sent once");
+}
+
+#[test]
+fn established_peers_reach_mirrored_sync_decisions() {
+    use crate::repl::state::{decide, NodeState, SplitBrainPolicy, SyncDecision};
+    let mut la = local("a");
+    la.gen = GenIds {
+        current: 0x2222,
+        bitmap: 0x1111,
+        history: [0, 0],
+    };
+    la.dirty_bits = 12;
+    let mut a = Side::new(la.clone(), b"k");
+    let mut b = Side::new(local("b"), b"k");
+    run(&mut a, &mut b);
+    let (ea, eb) = (a.result.unwrap().unwrap(), b.result.unwrap().unwrap());
+    let policy = SplitBrainPolicy::default();
+    let da = decide(&NodeState::from(&la), &NodeState::from(&ea.peer), &policy);
+    let db = decide(
+        &NodeState::from(&local("b")),
+        &NodeState::from(&eb.peer),
+        &policy,
+    );
+    assert_eq!(da.decision, SyncDecision::BitmapSyncSource);
+    assert_eq!(db.decision, SyncDecision::BitmapSyncTarget);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! volume and a deterministic simulator can all drive the same code.
 //!
 //! # Layout
-//! - [`wire`]: the 64-byte frame header, checksums, limits, zstd, the incremental decoder.
+//! - [`wire`]: the 64-byte frame header, checksums, errors, the encoder, zstd when it pays.
 //! - [`bitmap`]: dirty-bitmap exchange (BitmapChunk frames) so a resync covers the union.
 //! - [`decode`]: the incremental decoder: checks in order, never trusts a length early.
 //! - [`frame`]: the frame values (Hello, Data, Barrier, ...) and wire codes of DRBD states.

@@ -108,3 +108,43 @@ const _: () = assert!(CONTROL_LINE_BYTES_MAX <= CONTROL_REPLY_BYTES_MAX);
 /// Connections over the limit that still get a handshake answering NBD_OPT_GO with
 /// NBD_REP_ERR_POLICY ("too many connections"); beyond this they are closed at once.
 pub const NBD_REFUSED_HANDSHAKES_MAX: usize = 8;
+// --- replication (src/repl) ---
+
+/// Largest uncompressed data one Data / ResyncData frame carries; the sender splits bigger
+/// writes into several frames of the same epoch.
+pub const REPL_FRAME_DATA_BYTES_MAX: u32 = 1024 * 1024;
+/// Largest payload (as sent, after compression) of any frame. A peer announcing more is
+/// refused before a byte of the payload is buffered.
+pub const REPL_FRAME_PAYLOAD_BYTES_MAX: u32 = REPL_FRAME_DATA_BYTES_MAX;
+/// Largest range one Trim / Zeroes / ResyncRequest frame covers (they carry no payload).
+pub const REPL_FRAME_RANGE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// A replication peer must finish the handshake (Hello .. AuthOk) within this time.
+pub const REPL_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Longest resource or node name on the wire.
+pub const REPL_NAME_BYTES_MAX: usize = 128;
+/// Longest reason text in Refuse / Disconnect frames.
+pub const REPL_REASON_BYTES_MAX: usize = 256;
+/// Bytes of dirty bitmap per BitmapChunk frame (64 KiB = 512 Ki bits = 2 GiB of volume).
+pub const REPL_BITMAP_CHUNK_BYTES: usize = 64 * 1024;
+/// zstd level for compressed data frames (cheap: the link, not the CPU, is the bottleneck).
+pub const REPL_ZSTD_LEVEL: i32 = 1;
+/// Sender: payload bytes buffered for the peer (sent or not, not yet barrier-acked) before
+/// `try_enqueue` reports Full (DRBD's max-buffers / sndbuf-size role).
+pub const REPL_SEND_BUFFER_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Sender: writes in flight (not yet barrier-acked) before `try_enqueue` reports Full.
+pub const REPL_INFLIGHT_WRITES_MAX: usize = 65_536;
+/// An epoch is closed after this many writes (DRBD's max-epoch-size).
+pub const REPL_EPOCH_WRITES_MAX: u32 = 2048;
+/// An epoch is closed after this many payload bytes.
+pub const REPL_EPOCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Sender: disjoint block ranges remembered for writes refused as Full; beyond this no dirty
+/// bit is cleared until the session ends (bounded memory, still correct).
+pub const REPL_UNSENT_RANGES_MAX: usize = 65_536;
+/// Receiver: writes of later epochs queued while an epoch drains and flushes.
+pub const REPL_RECEIVER_QUEUED_WRITES_MAX: usize = 4096;
+
+const _: () = assert!(REPL_FRAME_PAYLOAD_BYTES_MAX >= REPL_FRAME_DATA_BYTES_MAX);
+const _: () = assert!(REPL_SEND_BUFFER_BYTES_MAX >= 2 * REPL_FRAME_DATA_BYTES_MAX as u64);
+const _: () = assert!(REPL_EPOCH_BYTES_MAX <= REPL_SEND_BUFFER_BYTES_MAX);
+const _: () = assert!(REPL_BITMAP_CHUNK_BYTES <= REPL_FRAME_DATA_BYTES_MAX as usize);
+const _: () = assert!(REPL_FRAME_RANGE_BYTES_MAX as u64 % BITMAP_BLOCK_BYTES == 0);

@@ -1,0 +1,298 @@
+//! Protocol-A epochs, receiver side: apply epochs strictly in order, ack only durable epochs.
+//!
+//! Modelled as events in, actions out (no I/O). The driver turns [`RxAction::Write`] into a
+//! disk write and reports [`RxEvent::WriteDone`]; turns [`RxAction::FlushThenAck`] into a
+//! flush of the disk followed by `BarrierAck{epoch}` to the peer, and reports
+//! [`RxEvent::FlushDone`]. The rules (DRBD's receiver with write ordering "flush"):
+//!
+//! - frames arrive in order: a write must carry the open epoch and the next sequence number,
+//!   a barrier must close the open epoch; anything else is a protocol error;
+//! - writes of one epoch may be in flight together, except that a write overlapping an
+//!   earlier in-flight or held write waits for it (so the peer ends with the same bytes as
+//!   the primary, whatever order the disk completes them in);
+//! - an epoch is flushed and acked only when all its writes completed; writes of the next
+//!   epoch are not issued before that flush completed (crash consistency: the secondary's
+//!   disk never holds epoch N+1 without epoch N);
+//! - writes that must wait are queued, at most [`REPL_RECEIVER_QUEUED_WRITES_MAX`]; beyond
+//!   that the driver should have stopped reading the socket ([`EpochReceiver::wants_input`]).
+
+use std::collections::VecDeque;
+
+use crate::limits::REPL_RECEIVER_QUEUED_WRITES_MAX;
+
+/// Something that happened on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RxEvent<T> {
+    /// A Data/Trim/Zeroes frame arrived.
+    Write {
+        seq: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+        write: T,
+    },
+    /// A Barrier frame arrived.
+    Barrier { epoch: u64 },
+    /// The disk completed the write with this sequence number.
+    WriteDone { seq: u64 },
+    /// The flush requested by `FlushThenAck{epoch}` completed and the ack was sent.
+    FlushDone { epoch: u64 },
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RxAction<T> {
+    Write {
+        seq: u64,
+        write: T,
+    },
+    /// Flush the disk, then send `BarrierAck{epoch}`, then report `FlushDone{epoch}`.
+    FlushThenAck(u64),
+}
+
+/// The peer broke the ordering rules, or the driver reported something impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RxError {
+    #[error("frame for epoch {got}, expected epoch {expected}")]
+    EpochOutOfOrder { expected: u64, got: u64 },
+    #[error("write with sequence number {got}, expected {expected}")]
+    SeqOutOfOrder { expected: u64, got: u64 },
+    #[error("completion for write {0}, which is not in flight")]
+    UnknownWriteDone(u64),
+    #[error("flush completion for epoch {0}, which is not being flushed")]
+    UnexpectedFlushDone(u64),
+    #[error("receiver queue full ({max} writes waiting): the peer ignored backpressure")]
+    QueueFull { max: usize },
+}
+
+#[derive(Debug)]
+enum Queued<T> {
+    Write {
+        seq: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+        write: T,
+    },
+    Barrier {
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    seq: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl Span {
+    fn overlaps(&self, o: &Span) -> bool {
+        self.offset < o.offset.saturating_add(o.len.max(1))
+            && o.offset < self.offset.saturating_add(self.len.max(1))
+    }
+}
+
+/// Receiver-side epoch state of one connection.
+#[derive(Debug)]
+pub struct EpochReceiver<T> {
+    /// Epoch the next incoming frame must carry.
+    rx_epoch: u64,
+    next_seq: u64,
+    /// Epoch whose writes are being applied.
+    apply_epoch: u64,
+    /// The barrier of `apply_epoch` arrived.
+    closed: bool,
+    flushing: bool,
+    inflight: Vec<Span>,
+    /// Writes of `apply_epoch` waiting for an overlapping earlier write.
+    held: VecDeque<(Span, T)>,
+    /// Frames of later epochs, in arrival order.
+    later: VecDeque<Queued<T>>,
+    queue_max: usize,
+}
+
+impl<T> Default for EpochReceiver<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> EpochReceiver<T> {
+    /// A receiver for a new session: epochs and sequence numbers start at 1.
+    pub fn new() -> Self {
+        Self::with_queue_max(REPL_RECEIVER_QUEUED_WRITES_MAX)
+    }
+
+    pub fn with_queue_max(queue_max: usize) -> Self {
+        EpochReceiver {
+            rx_epoch: 1,
+            next_seq: 1,
+            apply_epoch: 1,
+            closed: false,
+            flushing: false,
+            inflight: Vec::new(),
+            held: VecDeque::new(),
+            later: VecDeque::new(),
+            queue_max,
+        }
+    }
+
+    /// False when the driver should stop reading frames until writes complete.
+    pub fn wants_input(&self) -> bool {
+        self.held.len() + self.later.len() < self.queue_max
+    }
+
+    /// Writes issued to the disk and not completed.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Feed one event; returns the actions to carry out, in order.
+    pub fn handle(&mut self, ev: RxEvent<T>) -> Result<Vec<RxAction<T>>, RxError> {
+        let mut out = Vec::new();
+        match ev {
+            RxEvent::Write {
+                seq,
+                epoch,
+                offset,
+                len,
+                write,
+            } => {
+                if epoch != self.rx_epoch {
+                    return Err(RxError::EpochOutOfOrder {
+                        expected: self.rx_epoch,
+                        got: epoch,
+                    });
+                }
+                if seq != self.next_seq {
+                    return Err(RxError::SeqOutOfOrder {
+                        expected: self.next_seq,
+                        got: seq,
+                    });
+                }
+                if !self.wants_input() {
+                    return Err(RxError::QueueFull {
+                        max: self.queue_max,
+                    });
+                }
+                self.next_seq += 1;
+                if epoch == self.apply_epoch {
+                    self.submit(Span { seq, offset, len }, write, &mut out);
+                } else {
+                    self.later.push_back(Queued::Write {
+                        seq,
+                        epoch,
+                        offset,
+                        len,
+                        write,
+                    });
+                }
+            }
+            RxEvent::Barrier { epoch } => {
+                if epoch != self.rx_epoch {
+                    return Err(RxError::EpochOutOfOrder {
+                        expected: self.rx_epoch,
+                        got: epoch,
+                    });
+                }
+                if epoch == self.apply_epoch {
+                    self.closed = true;
+                } else if !self.wants_input() {
+                    return Err(RxError::QueueFull {
+                        max: self.queue_max,
+                    });
+                } else {
+                    self.later.push_back(Queued::Barrier { epoch });
+                }
+                self.rx_epoch += 1;
+            }
+            RxEvent::WriteDone { seq } => {
+                let Some(i) = self.inflight.iter().position(|s| s.seq == seq) else {
+                    return Err(RxError::UnknownWriteDone(seq));
+                };
+                self.inflight.swap_remove(i);
+                self.release_held(&mut out);
+            }
+            RxEvent::FlushDone { epoch } => {
+                if !self.flushing || epoch != self.apply_epoch {
+                    return Err(RxError::UnexpectedFlushDone(epoch));
+                }
+                self.flushing = false;
+                self.closed = false;
+                self.apply_epoch += 1;
+                while let Some(q) = self.later.pop_front() {
+                    match q {
+                        Queued::Write {
+                            seq,
+                            epoch,
+                            offset,
+                            len,
+                            write,
+                        } => {
+                            debug_assert_eq!(epoch, self.apply_epoch);
+                            self.submit(Span { seq, offset, len }, write, &mut out);
+                        }
+                        Queued::Barrier { epoch } => {
+                            debug_assert_eq!(epoch, self.apply_epoch);
+                            self.closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.maybe_flush(&mut out);
+        Ok(out)
+    }
+
+    fn submit(&mut self, span: Span, write: T, out: &mut Vec<RxAction<T>>) {
+        let blocked = self
+            .inflight
+            .iter()
+            .chain(self.held.iter().map(|(s, _)| s))
+            .any(|s| s.overlaps(&span));
+        if blocked {
+            self.held.push_back((span, write));
+        } else {
+            self.inflight.push(span);
+            out.push(RxAction::Write {
+                seq: span.seq,
+                write,
+            });
+        }
+    }
+
+    /// Issue held writes that no longer overlap an in-flight or an earlier held write.
+    fn release_held(&mut self, out: &mut Vec<RxAction<T>>) {
+        let mut still: VecDeque<(Span, T)> = VecDeque::new();
+        while let Some((span, write)) = self.held.pop_front() {
+            let blocked = self
+                .inflight
+                .iter()
+                .chain(still.iter().map(|(s, _)| s))
+                .any(|s| s.overlaps(&span));
+            if blocked {
+                still.push_back((span, write));
+            } else {
+                self.inflight.push(span);
+                out.push(RxAction::Write {
+                    seq: span.seq,
+                    write,
+                });
+            }
+        }
+        self.held = still;
+    }
+
+    fn maybe_flush(&mut self, out: &mut Vec<RxAction<T>>) {
+        if self.closed && !self.flushing && self.inflight.is_empty() && self.held.is_empty() {
+            self.flushing = true;
+            out.push(RxAction::FlushThenAck(self.apply_epoch));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "receiver_tests.rs"]
+mod tests;

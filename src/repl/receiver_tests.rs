@@ -1,0 +1,194 @@
+//! Receiver-side epoch tests: order checks, overlap serialization, flush-then-ack, and a
+//! proptest over random completion orders.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn w(seq: u64, epoch: u64, offset: u64, len: u64) -> RxEvent<u64> {
+    RxEvent::Write {
+        seq,
+        epoch,
+        offset,
+        len,
+        write: seq,
+    }
+}
+
+#[test]
+fn epoch_is_flushed_and_acked_only_after_its_writes_complete() {
+    let mut r = EpochReceiver::new();
+    assert_eq!(
+        r.handle(w(1, 1, 0, 4096)).unwrap(),
+        vec![RxAction::Write { seq: 1, write: 1 }]
+    );
+    assert_eq!(
+        r.handle(w(2, 1, 8192, 4096)).unwrap(),
+        vec![RxAction::Write { seq: 2, write: 2 }]
+    );
+    assert_eq!(r.handle(RxEvent::Barrier { epoch: 1 }).unwrap(), vec![]);
+    assert_eq!(r.handle(RxEvent::WriteDone { seq: 2 }).unwrap(), vec![]);
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 1 }).unwrap(),
+        vec![RxAction::FlushThenAck(1)]
+    );
+}
+
+#[test]
+fn next_epoch_waits_for_the_flush_of_the_previous_one() {
+    let mut r = EpochReceiver::new();
+    r.handle(w(1, 1, 0, 4096)).unwrap();
+    r.handle(RxEvent::Barrier { epoch: 1 }).unwrap();
+    assert_eq!(
+        r.handle(w(2, 2, 4096, 4096)).unwrap(),
+        vec![],
+        "held until epoch 1 is durable"
+    );
+    assert_eq!(r.handle(RxEvent::Barrier { epoch: 2 }).unwrap(), vec![]);
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 1 }).unwrap(),
+        vec![RxAction::FlushThenAck(1)]
+    );
+    assert_eq!(
+        r.handle(RxEvent::FlushDone { epoch: 1 }).unwrap(),
+        vec![RxAction::Write { seq: 2, write: 2 }]
+    );
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 2 }).unwrap(),
+        vec![RxAction::FlushThenAck(2)]
+    );
+}
+
+#[test]
+fn overlapping_writes_in_one_epoch_are_applied_in_order() {
+    let mut r = EpochReceiver::new();
+    r.handle(w(1, 1, 0, 8192)).unwrap();
+    assert_eq!(
+        r.handle(w(2, 1, 4096, 4096)).unwrap(),
+        vec![],
+        "overlaps write 1"
+    );
+    assert_eq!(
+        r.handle(w(3, 1, 65536, 512)).unwrap(),
+        vec![RxAction::Write { seq: 3, write: 3 }]
+    );
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 1 }).unwrap(),
+        vec![RxAction::Write { seq: 2, write: 2 }]
+    );
+}
+
+#[test]
+fn out_of_order_frames_are_protocol_errors() {
+    let mut r = EpochReceiver::<u64>::new();
+    assert_eq!(
+        r.handle(w(1, 2, 0, 1)),
+        Err(RxError::EpochOutOfOrder {
+            expected: 1,
+            got: 2
+        })
+    );
+    assert_eq!(
+        r.handle(w(5, 1, 0, 1)),
+        Err(RxError::SeqOutOfOrder {
+            expected: 1,
+            got: 5
+        })
+    );
+    assert_eq!(
+        r.handle(RxEvent::Barrier { epoch: 3 }),
+        Err(RxError::EpochOutOfOrder {
+            expected: 1,
+            got: 3
+        })
+    );
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 9 }),
+        Err(RxError::UnknownWriteDone(9))
+    );
+    assert_eq!(
+        r.handle(RxEvent::FlushDone { epoch: 1 }),
+        Err(RxError::UnexpectedFlushDone(1))
+    );
+}
+
+#[test]
+fn queue_is_bounded() {
+    let mut r = EpochReceiver::with_queue_max(2);
+    r.handle(w(1, 1, 0, 1)).unwrap();
+    r.handle(RxEvent::Barrier { epoch: 1 }).unwrap();
+    r.handle(w(2, 2, 0, 1)).unwrap();
+    r.handle(w(3, 2, 10, 1)).unwrap();
+    assert!(!r.wants_input());
+    assert_eq!(r.handle(w(4, 2, 20, 1)), Err(RxError::QueueFull { max: 2 }));
+}
+
+proptest! {
+    /// Whatever order the disk completes writes in: every write is issued exactly once, no
+    /// two overlapping writes are in flight together, acks come in epoch order and only after
+    /// every write of that epoch completed, and no write of epoch N+1 is issued before the
+    /// flush of epoch N completed.
+    #[test]
+    fn random_completion_order_keeps_the_rules(
+        epochs in proptest::collection::vec(proptest::collection::vec((0u64..16, 1u64..4), 1..6), 1..6),
+        picks in proptest::collection::vec(any::<prop::sample::Index>(), 200),
+    ) {
+        let mut r = EpochReceiver::new();
+        let mut seq = 0u64;
+        let mut epoch_of = std::collections::HashMap::new();
+        let mut span_of = std::collections::HashMap::new();
+        let mut inflight: Vec<u64> = Vec::new();
+        let mut done: std::collections::HashSet<u64> = Default::default();
+        let mut issued: std::collections::HashSet<u64> = Default::default();
+        let mut flush_pending: Option<u64> = None;
+        let mut acked = 0u64;
+        let mut actions: Vec<RxAction<u64>> = Vec::new();
+        for (i, ws) in epochs.iter().enumerate() {
+            let e = i as u64 + 1;
+            for (blk, n) in ws {
+                seq += 1;
+                epoch_of.insert(seq, e);
+                span_of.insert(seq, (*blk, *n));
+                actions.extend(r.handle(RxEvent::Write { seq, epoch: e, offset: blk * 4096, len: n * 4096, write: seq }).unwrap());
+            }
+            actions.extend(r.handle(RxEvent::Barrier { epoch: e }).unwrap());
+        }
+        let mut picks = picks.into_iter();
+        loop {
+            for a in actions.drain(..) {
+                match a {
+                    RxAction::Write { seq, .. } => {
+                        prop_assert!(issued.insert(seq), "write {} issued twice", seq);
+                        prop_assert_eq!(epoch_of[&seq], acked + 1, "write of a later epoch issued early");
+                        let (b, n) = span_of[&seq];
+                        for o in &inflight {
+                            let (ob, on) = span_of[o];
+                            prop_assert!(b + n <= ob || ob + on <= b, "overlapping writes {} and {} in flight", seq, o);
+                        }
+                        inflight.push(seq);
+                    }
+                    RxAction::FlushThenAck(e) => {
+                        prop_assert_eq!(e, acked + 1);
+                        for (s, se) in &epoch_of {
+                            if *se == e { prop_assert!(done.contains(s), "ack of {} before write {} done", e, s); }
+                        }
+                        flush_pending = Some(e);
+                    }
+                }
+            }
+            if !inflight.is_empty() {
+                let i = picks.next().map_or(0, |p| p.index(inflight.len()));
+                let s = inflight.swap_remove(i);
+                done.insert(s);
+                actions.extend(r.handle(RxEvent::WriteDone { seq: s }).unwrap());
+            } else if let Some(e) = flush_pending.take() {
+                acked = e;
+                actions.extend(r.handle(RxEvent::FlushDone { epoch: e }).unwrap());
+            } else {
+                break;
+            }
+        }
+        prop_assert_eq!(acked, epochs.len() as u64, "every epoch acked");
+        prop_assert_eq!(issued.len() as u64, seq);
+    }
+}

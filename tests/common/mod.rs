@@ -2,6 +2,10 @@
 //! a temp dir, talk to them with the real CLI and real NBD clients, stop or kill them.
 #![allow(dead_code)]
 
+pub mod nbd_client;
+pub mod pair;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +54,8 @@ pub struct Node {
     pub name: String,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Command words put before the daemon (e.g. `ip netns exec drl-a`); empty by default.
+    pub prefix: Vec<String>,
 }
 
 impl Node {
@@ -58,7 +64,23 @@ impl Node {
     pub fn start(dir: &Path, config: &str, name: &str, wait_socket: &Path) -> Node {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let mut n = Node { dir: dir.to_owned(), config: cfg, name: name.to_owned(), child: None, log: dir.join(format!("{name}.log")) };
+        let mut n = Node { dir: dir.to_owned(), config: cfg, name: name.to_owned(), child: None, log: dir.join(format!("{name}.log")), prefix: Vec::new() };
+        n.spawn(wait_socket);
+        n
+    }
+
+    /// Like [`Node::start`], with command words before the daemon (`ip netns exec NS`).
+    pub fn start_with_prefix(dir: &Path, config: &str, name: &str, wait_socket: &Path, prefix: &[&str]) -> Node {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config).unwrap();
+        let mut n = Node {
+            dir: dir.to_owned(),
+            config: cfg,
+            name: name.to_owned(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+        };
         n.spawn(wait_socket);
         n
     }
@@ -66,7 +88,15 @@ impl Node {
     pub fn spawn(&mut self, wait_socket: &Path) {
         let _ = std::fs::remove_file(wait_socket);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(drl_bin())
+        let mut cmd = match self.prefix.split_first() {
+            None => Command::new(drl_bin()),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(drl_bin());
+                c
+            }
+        };
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(&self.config)
             .args(["--node", &self.name])

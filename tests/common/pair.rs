@@ -1,0 +1,476 @@
+//! Two real daemons replicating one resource `r0` between nodes `a` and `b`, the way an admin
+//! would run them: one config (README's format), `drl daemon --config F --node N`, and the
+//! documented CLI (`primary`, `secondary`, `connect`, `disconnect`, `status --json`, `events`).
+//!
+//! Everything here uses the documented contract only: the status JSON fields of issue 3 with
+//! DRBD's state names, the config keys of README.md, the NBD export for data.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::proxy::Proxy;
+use super::Node;
+
+pub const MIB: u64 = 1 << 20;
+/// How long any single state transition may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Clone)]
+pub struct PairOpts {
+    pub size: u64,
+    pub secret: String,
+    /// Route both directions of the link through a [`Proxy`] each (`Pair::proxies`).
+    pub proxied: bool,
+    /// Run the daemons in the testbed namespaces drl-a / drl-b (198.18.0.1 / 198.18.0.2).
+    pub netns: bool,
+    /// Extra lines for the `[[resource]]` table (e.g. policies).
+    pub extra_resource_keys: String,
+}
+
+impl PairOpts {
+    pub fn new(size: u64) -> PairOpts {
+        PairOpts {
+            size,
+            secret: "correct horse battery staple".into(),
+            proxied: false,
+            netns: false,
+            extra_resource_keys: String::new(),
+        }
+    }
+}
+
+/// The config text. `addr_a` / `addr_b` are what this file says the nodes' replication
+/// addresses are (for a proxied pair, each node's file names the proxy as its peer's address).
+pub fn pair_config(
+    d: &Path,
+    opts: &PairOpts,
+    addr_a: SocketAddr,
+    addr_b: SocketAddr,
+    secret: &str,
+) -> String {
+    let mut s = String::new();
+    for n in ["a", "b"] {
+        s += &format!(
+            "[[node]]\nname = \"{n}\"\ncontrol-socket = \"{d}/{n}.sock\"\n\n",
+            d = d.display()
+        );
+    }
+    s += &format!(
+        "[[resource]]\nname = \"r0\"\nsize = \"{size}\"\nsecret = \"{secret}\"\n{extra}\n",
+        size = opts.size,
+        extra = opts.extra_resource_keys
+    );
+    for (n, addr) in [("a", addr_a), ("b", addr_b)] {
+        s += &format!(
+            "[resource.on.{n}]\naddress = \"{addr}\"\ndisk = \"{d}/{n}/r0.img\"\nmeta = \"{d}/{n}/r0.meta\"\nnbd = \"{d}/{n}/r0.nbd\"\n\n",
+            d = d.display()
+        );
+    }
+    s
+}
+
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub a: Node,
+    pub b: Node,
+    pub opts: PairOpts,
+    /// Where each daemon listens.
+    pub addr_a: SocketAddr,
+    pub addr_b: SocketAddr,
+    /// For a proxied pair: `[to_b, to_a]`: a connects to b through `proxies[0]`, b to a
+    /// through `proxies[1]`.
+    pub proxies: Vec<Proxy>,
+}
+
+impl Pair {
+    /// Start both daemons of a fresh pair and wait until both report `r0`.
+    pub fn start(opts: PairOpts) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, opts)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, opts: PairOpts) -> Pair {
+        let d = dir.path().to_owned();
+        for n in ["a", "b"] {
+            std::fs::create_dir_all(d.join(n)).unwrap();
+        }
+        let (addr_a, addr_b) = if opts.netns {
+            (
+                "198.18.0.1:7789".parse().unwrap(),
+                "198.18.0.2:7789".parse().unwrap(),
+            )
+        } else {
+            (
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            )
+        };
+        let mut proxies = Vec::new();
+        let (cfg_a, cfg_b) = if opts.proxied {
+            let to_b = Proxy::start(addr_b);
+            let to_a = Proxy::start(addr_a);
+            let ca = pair_config(&d, &opts, addr_a, to_b.addr, &opts.secret);
+            let cb = pair_config(&d, &opts, to_a.addr, addr_b, &opts.secret);
+            proxies.push(to_b);
+            proxies.push(to_a);
+            (ca, cb)
+        } else {
+            let c = pair_config(&d, &opts, addr_a, addr_b, &opts.secret);
+            (c.clone(), c)
+        };
+        let (pa, pb): (Vec<&str>, Vec<&str>) = if opts.netns {
+            (
+                vec!["ip", "netns", "exec", "drl-a"],
+                vec!["ip", "netns", "exec", "drl-b"],
+            )
+        } else {
+            (vec![], vec![])
+        };
+        let a = Node::start_with_prefix(&d, &cfg_a, "a", &d.join("a.sock"), &pa);
+        let b = Node::start_with_prefix(&d, &cfg_b, "b", &d.join("b.sock"), &pb);
+        let p = Pair {
+            dir,
+            a,
+            b,
+            opts,
+            addr_a,
+            addr_b,
+            proxies,
+        };
+        p.wait("both daemons report r0", WAIT, |a, b| {
+            a.is_some() && b.is_some()
+        });
+        p
+    }
+
+    pub fn d(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn disk(&self, n: &str) -> PathBuf {
+        self.d().join(n).join("r0.img")
+    }
+    pub fn nbd(&self, n: &str) -> PathBuf {
+        self.d().join(n).join("r0.nbd")
+    }
+    pub fn uri(&self, n: &str) -> String {
+        format!("nbd+unix:///?socket={}", self.nbd(n).display())
+    }
+    pub fn node(&self, n: &str) -> &Node {
+        if n == "a" {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+    pub fn node_mut(&mut self, n: &str) -> &mut Node {
+        if n == "a" {
+            &mut self.a
+        } else {
+            &mut self.b
+        }
+    }
+
+    /// Restart a node's daemon (after `kill9` or `stop`) with its current config file.
+    pub fn restart(&mut self, n: &str) {
+        let sock = self.d().join(format!("{n}.sock"));
+        self.node_mut(n).spawn(&sock);
+        let node = self.node(n);
+        wait_res(node, &format!("{n} reports r0 after restart"), WAIT, |r| {
+            r.is_some()
+        });
+    }
+
+    /// Restart a node with a different config text (written next to the normal one).
+    pub fn restart_with_config(&mut self, n: &str, config: &str, tag: &str) {
+        let path = self.d().join(format!("{n}-{tag}.toml"));
+        std::fs::write(&path, config).unwrap();
+        self.node_mut(n).config = path;
+        self.restart(n);
+    }
+
+    /// Status of r0 on both nodes, then a check; on timeout, panic with both statuses and the
+    /// tails of both logs.
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(Option<&Value>, Option<&Value>) -> bool,
+    ) -> (Value, Value) {
+        let t0 = Instant::now();
+        loop {
+            let ra = res(&self.a, "r0");
+            let rb = res(&self.b, "r0");
+            if pred(ra.as_ref(), rb.as_ref()) {
+                return (ra.unwrap_or(Value::Null), rb.unwrap_or(Value::Null));
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until the pair is connected, in sync and idle with `primary` as Primary.
+    pub fn wait_in_sync(&self, primary: &str, what: &str) -> (Value, Value) {
+        self.wait(&format!("{what}: Connected/Established, both UpToDate, nothing out of sync, queue empty, {primary} Primary"), WAIT, |a, b| {
+            let (Some(a), Some(b)) = (a, b) else { return false };
+            let (p, s) = if primary == "a" { (a, b) } else { (b, a) };
+            in_sync(p) && in_sync(s) && p["role"] == "Primary" && s["role"] == "Secondary"
+        })
+    }
+
+    /// A readable dump for failure messages: both statuses and the last log lines.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        for n in [&self.a, &self.b] {
+            let st = res(n, "r0")
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "(no status: daemon down or r0 missing)".into());
+            s += &format!(
+                "--- node {} status r0: {st}\n--- node {} log (last 40 lines):\n{}\n",
+                n.name,
+                n.name,
+                log_tail(n, 40)
+            );
+        }
+        s
+    }
+
+    /// Run `drl ARGS` on node `n`, assert exit 0, return stdout.
+    pub fn cli_ok(&self, n: &str, args: &[&str]) -> String {
+        let out = self.node(n).cli(args);
+        assert!(
+            out.status.success(),
+            "drl {} on {n} failed ({}): stdout: {} stderr: {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.report()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `drl primary r0 --force` on `n`, then wait for the initial sync to finish.
+    pub fn force_primary_and_sync(&self, n: &str) {
+        self.cli_ok(n, &["primary", "r0", "--force"]);
+        self.wait_in_sync(n, "initial sync after `drl primary r0 --force`");
+    }
+
+    pub fn assert_disks_identical(&self, context: &str) {
+        assert_files_identical(
+            &self.disk("a"),
+            &self.disk("b"),
+            self.opts.size,
+            &format!("{context}\n{}", self.report()),
+        );
+    }
+
+    /// Random bytes (incompressible, so byte counters mean what they say) from a seed.
+    pub fn random(seed: u64, len: u64) -> Vec<u8> {
+        random_bytes(seed, len)
+    }
+}
+
+pub fn random_bytes(seed: u64, len: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len as usize];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// Connected, Established, both disks UpToDate, nothing out of sync, nothing queued, no lag.
+pub fn in_sync(r: &Value) -> bool {
+    r["connection"] == "Connected"
+        && r["replication"] == "Established"
+        && r["disk"] == "UpToDate"
+        && r["peer_disk"] == "UpToDate"
+        && r["out_of_sync_bytes"].as_u64() == Some(0)
+        && r["send_queue_bytes"].as_u64() == Some(0)
+        && (r["lag_ms"].is_null() || r["lag_ms"].as_u64() == Some(0))
+}
+
+/// `r0` (or `name`) from `drl status --json` on `node`; None when the daemon does not answer.
+pub fn res(node: &Node, name: &str) -> Option<Value> {
+    if node.child.is_none() {
+        return None;
+    }
+    let out = node.cli(&["status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    if let Some(list) = v["resources"].as_array() {
+        return list.iter().find(|r| r["name"] == name).cloned();
+    }
+    if v["name"] == name {
+        return Some(v);
+    }
+    None
+}
+
+pub fn wait_res(
+    node: &Node,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(Option<&Value>) -> bool,
+) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let r = res(node, "r0");
+        if pred(r.as_ref()) {
+            return r.unwrap_or(Value::Null);
+        }
+        if t0.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what} on {}; last status: {r:?}\nlog:\n{}", node.name, log_tail(node, 60));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A counter from a status object (0 when the daemon did not report it: the assertion that
+/// uses it then fails with the whole object shown).
+pub fn num(r: &Value, key: &str) -> u64 {
+    r[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no numeric {key:?}: {r}"))
+}
+
+pub fn log_tail(node: &Node, lines: usize) -> String {
+    let t = node.log_text();
+    let v: Vec<&str> = t.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Compare two disk files block by block; on a difference, panic with the first differing
+/// offset and how many 4 KiB blocks differ.
+pub fn assert_files_identical(a: &Path, b: &Path, size: u64, context: &str) {
+    let mut fa = std::fs::File::open(a).unwrap_or_else(|e| panic!("open {}: {e}", a.display()));
+    let mut fb = std::fs::File::open(b).unwrap_or_else(|e| panic!("open {}: {e}", b.display()));
+    let (la, lb) = (fa.metadata().unwrap().len(), fb.metadata().unwrap().len());
+    assert!(
+        la >= size && lb >= size,
+        "disk files shorter than the volume ({size}): {} is {la}, {} is {lb}",
+        a.display(),
+        b.display()
+    );
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
+    let mut first: Option<u64> = None;
+    let mut differing_blocks = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let n = ((size - off) as usize).min(ba.len());
+        fa.read_exact(&mut ba[..n]).unwrap();
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            for (i, (x, y)) in ba[..n].chunks(4096).zip(bb[..n].chunks(4096)).enumerate() {
+                if x != y {
+                    differing_blocks += 1;
+                    first.get_or_insert(off + i as u64 * 4096);
+                }
+            }
+        }
+        off += n as u64;
+    }
+    if let Some(f) = first {
+        panic!(
+            "disks differ: {} vs {}: {differing_blocks} blocks of 4 KiB differ ({} KiB), first at offset {f} ({} MiB)\n{context}",
+            a.display(),
+            b.display(),
+            differing_blocks * 4,
+            f / MIB
+        );
+    }
+}
+
+/// Read `len` bytes at `off` straight from a disk file.
+pub fn file_bytes(path: &Path, off: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut v = vec![0u8; len as usize];
+    f.read_exact_at(&mut v, off).unwrap();
+    v
+}
+
+/// A cheap fingerprint of a whole file (to check it did not change).
+pub fn file_digest(path: &Path) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&std::fs::read(path).unwrap());
+    h.finalize()
+}
+
+/// `drl events --json` running in the background on a node; lines are collected.
+pub struct EventsTap {
+    child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl EventsTap {
+    pub fn start(node: &Node) -> EventsTap {
+        let mut child = Command::new(super::drl_bin())
+            .arg("--config")
+            .arg(&node.config)
+            .args(["--node", &node.name, "events", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn drl events");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(l) => l2.lock().unwrap().push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+        // Give the subscription a moment to register before the test changes states.
+        std::thread::sleep(Duration::from_millis(300));
+        EventsTap { child, lines }
+    }
+
+    pub fn contains(&self, s: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l.contains(s))
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for EventsTap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the daemon process is still running.
+pub fn alive(node: &mut Node) -> bool {
+    match node.child.as_mut() {
+        None => false,
+        Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+    }
+}

@@ -1,0 +1,409 @@
+//! Two real daemons under faults (issue 3): kill -9 of the Primary under write load (resync
+//! bounded by the activity log), a peer with the wrong secret, hostile TCP clients on the
+//! replication port, and corrupt frames injected by a man-in-the-middle proxy.
+
+mod common;
+
+use common::nbd_client::{nbd_write, NbdClient};
+use common::pair::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn primary_kill9_under_write_load_resync_is_bounded_by_the_activity_log() {
+    let size = 128 * MIB;
+    let mut p = Pair::start(PairOpts::new(size));
+    p.force_primary_and_sync("a");
+    let (_, b0) = p.wait_in_sync("a", "before the write load");
+    let b_before = num(&b0, "resync_bytes_received") + num(&b0, "resync_bytes_sent");
+
+    // A writer hammering a small region (8..16 MiB: two 4 MiB extents) with random 64 KiB
+    // writes, one in flight at a time, until its connection dies with the Primary.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let nbd = p.nbd("a");
+    let (s2, d2) = (stop.clone(), done.clone());
+    let writer = std::thread::spawn(move || {
+        let mut c = NbdClient::connect(&nbd).expect("NBD connect to the Primary");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let mut buf = vec![0u8; 64 * 1024];
+        while !s2.load(Ordering::SeqCst) {
+            rng.fill(&mut buf[..]);
+            let off = 8 * MIB + rng.random_range(0..128u64) * 64 * 1024;
+            if c.write(off, &buf).is_err() {
+                break;
+            }
+            d2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a_load, _) = p.wait("a under load", WAIT, |a, _| a.is_some());
+    eprintln!(
+        "under load before kill -9: a send_queue_bytes={} lag_ms={} sent_bytes={}",
+        a_load["send_queue_bytes"], a_load["lag_ms"], a_load["sent_bytes"]
+    );
+    p.a.kill9();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let writes = done.load(Ordering::SeqCst);
+    assert!(
+        writes >= 10,
+        "the writer completed only {writes} writes before the kill: no load\n{}",
+        p.report()
+    );
+
+    p.wait("b notices the Primary is gone", WAIT, |_, b| {
+        b.is_some_and(|b| b["connection"] != "Connected")
+    });
+    p.restart("a");
+    let r = res(&p.a, "r0").unwrap();
+    eprintln!("a after restart: {r}");
+    if r["role"] != "Primary" {
+        eprintln!(
+            "note: a came back {} after kill -9; promoting with `drl primary r0`",
+            r["role"]
+        );
+        // Promotion may have to wait until a knows its data is good (connected, or resynced).
+        let t0 = Instant::now();
+        loop {
+            let out = p.a.cli(&["primary", "r0"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "`drl primary r0` on the restarted a kept failing: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                p.report()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let (a1, b1) = p.wait_in_sync("a", "restarted Primary resynced");
+    let a_moved = num(&a1, "resync_bytes_sent") + num(&a1, "resync_bytes_received");
+    let b_moved = num(&b1, "resync_bytes_received") + num(&b1, "resync_bytes_sent") - b_before;
+    eprintln!("writes before kill: {writes}; resync after restart: a moved {a_moved} bytes, b moved {b_moved} bytes (volume {size})");
+    for (who, moved) in [("a", a_moved), ("b", b_moved)] {
+        assert!(
+            moved <= size / 4,
+            "resync after a Primary crash must be bounded by the activity log (writer touched 8 MiB in 2 extents), but {who} moved {moved} bytes ({} MiB) of a {} MiB volume\n{}",
+            moved / MIB,
+            size / MIB,
+            p.report()
+        );
+    }
+    p.assert_disks_identical("after kill -9 of the Primary under load and restart");
+}
+
+#[test]
+fn wrong_secret_is_refused_and_nothing_is_exchanged() {
+    let mut p = Pair::start(PairOpts::new(32 * MIB));
+    p.force_primary_and_sync("a");
+    assert_eq!(
+        p.b.stop(),
+        0,
+        "SIGTERM of the Secondary must exit 0\n{}",
+        p.report()
+    );
+    nbd_write(&p.nbd("a"), 0, &random_bytes(50, MIB));
+    let disk_a = file_digest(&p.disk("a"));
+    let disk_b = file_digest(&p.disk("b"));
+    let good_cfg = p.b.config.clone();
+
+    let bad = pair_config(p.d(), &p.opts, p.addr_a, p.addr_b, "not the secret");
+    p.restart_with_config("b", &bad, "wrong-secret");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        for (n, r) in [("a", res(&p.a, "r0")), ("b", res(&p.b, "r0"))] {
+            let r = r.unwrap_or_else(|| {
+                panic!(
+                    "{n} stopped answering while a peer with the wrong secret knocked\n{}",
+                    p.report()
+                )
+            });
+            assert!(
+                r["connection"] != "Connected"
+                    && r["replication"] != "SyncSource"
+                    && r["replication"] != "SyncTarget",
+                "{n} connected to a peer with the wrong secret: {r}\n{}",
+                p.report()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        alive(&mut p.a) && alive(&mut p.b),
+        "a daemon died over a wrong secret\n{}",
+        p.report()
+    );
+    let log_a = p.a.log_text().to_lowercase();
+    assert!(
+        ["auth", "secret", "hmac"].iter().any(|w| log_a.contains(w)),
+        "a's log has no clear line about the failed authentication\n{}",
+        p.report()
+    );
+    assert_eq!(
+        file_digest(&p.disk("b")),
+        disk_b,
+        "b's disk changed although its peer refused it"
+    );
+    assert_eq!(
+        file_digest(&p.disk("a")),
+        disk_a,
+        "a's disk changed although its peer was refused"
+    );
+
+    // With the right secret again the pair heals: b gets exactly the 1 MiB it missed.
+    p.b.stop();
+    p.b.config = good_cfg;
+    p.restart("b");
+    let (_, b) = p.wait_in_sync("a", "b back with the right secret");
+    let got = num(&b, "resync_bytes_received");
+    assert!(
+        got >= MIB && got <= 2 * MIB,
+        "b resynced {got} bytes, expected about 1 MiB\n{}",
+        p.report()
+    );
+    p.assert_disks_identical("after the wrong-secret episode");
+}
+
+/// The 64-byte frame header as documented in src/repl/wire.rs (magic "DRL1", little endian).
+fn header(
+    frame_type: u8,
+    resource_id: u64,
+    payload: &[u8],
+    payload_crc: u32,
+    break_header_crc: bool,
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(64);
+    h.extend_from_slice(b"DRL1");
+    h.extend_from_slice(&1u16.to_le_bytes());
+    h.push(frame_type);
+    h.push(0);
+    h.extend_from_slice(&resource_id.to_le_bytes());
+    h.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&payload_crc.to_le_bytes());
+    h.extend_from_slice(&[0u8; 8]);
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(
+        &(if break_header_crc {
+            crc ^ 0xdead_beef
+        } else {
+            crc
+        })
+        .to_le_bytes(),
+    );
+    assert_eq!(h.len(), 64);
+    h
+}
+
+fn resource_id(name: &str) -> u64 {
+    use sha2::Digest;
+    let mut s = sha2::Sha256::new();
+    s.update(b"drl resource v1\0");
+    s.update(name.as_bytes());
+    u64::from_le_bytes(s.finalize()[..8].try_into().unwrap())
+}
+
+/// Connect, send `bytes`, then read until the daemon closes. Returns None if nothing listens,
+/// Some(seconds until closed) otherwise; panics if the daemon keeps the connection for 25 s.
+fn hostile(addr: SocketAddr, bytes: &[u8], what: &str) -> Option<f64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    let t0 = Instant::now();
+    let _ = s.write_all(bytes);
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(25),
+            "{addr} kept a connection that sent {what} open for 25 s"
+        );
+    }
+    Some(t0.elapsed().as_secs_f64())
+}
+
+#[test]
+fn garbage_and_bad_checksums_on_the_replication_port_are_refused() {
+    let mut p = Pair::start(PairOpts::new(32 * MIB));
+    p.force_primary_and_sync("a");
+    let (a0, b0) = p.wait_in_sync("a", "before the hostile clients");
+
+    let rid = resource_id("r0");
+    let payload = random_bytes(60, 128);
+    let bad_payload_crc = crc32fast::hash(&payload) ^ 1;
+    let garbage = random_bytes(61, 4096);
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![("4 KiB of garbage", garbage)];
+    let mut h = header(1, rid, &payload, bad_payload_crc, false);
+    h.extend_from_slice(&payload);
+    cases.push((
+        "a Hello header with a valid header crc and a bad payload crc",
+        h,
+    ));
+    let mut h = header(1, rid, &payload, crc32fast::hash(&payload), true);
+    h.extend_from_slice(&payload);
+    cases.push(("a Hello header with a bad header crc", h));
+    let mut h = header(10, rid, &payload, crc32fast::hash(&payload), false);
+    h.extend_from_slice(&payload);
+    cases.push(("a well-formed Data frame before any handshake", h));
+
+    // Watch the existing replication the whole time: it must stay Connected.
+    let stop = AtomicBool::new(false);
+    let mut accepted = 0;
+    let drops = std::thread::scope(|s| {
+        let mon = s.spawn(|| {
+            let mut drops = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for (n, node) in [("a", &p.a), ("b", &p.b)] {
+                    match res(node, "r0") {
+                        Some(r) if r["connection"] == "Connected" => {}
+                        other => drops.push(format!("{n}: {other:?}")),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drops
+        });
+        for addr in [p.addr_a, p.addr_b] {
+            for (what, bytes) in &cases {
+                match hostile(addr, bytes, what) {
+                    None => eprintln!("note: nothing listens on {addr} (this side only connects)"),
+                    Some(secs) => {
+                        accepted += 1;
+                        eprintln!(
+                            "{addr} closed the connection that sent {what} after {secs:.2} s"
+                        );
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        mon.join().unwrap()
+    });
+    assert!(
+        accepted > 0,
+        "neither daemon listens on its replication address: nothing was tested"
+    );
+    assert!(
+        drops.is_empty(),
+        "the existing replication was disturbed by hostile clients: {drops:?}\n{}",
+        p.report()
+    );
+    assert!(
+        alive(&mut p.a) && alive(&mut p.b),
+        "a daemon died\n{}",
+        p.report()
+    );
+    let logs = format!("{}\n{}", p.a.log_text(), p.b.log_text()).to_lowercase();
+    assert!(
+        logs.contains("magic") || logs.contains("not a drl"),
+        "no clear log line about the garbage (bad magic)\n{}",
+        p.report()
+    );
+    assert!(
+        logs.contains("checksum") || logs.contains("crc"),
+        "no clear log line about the bad checksums\n{}",
+        p.report()
+    );
+
+    nbd_write(&p.nbd("a"), 4 * MIB, &random_bytes(62, 2 * MIB));
+    let (a1, b1) = p.wait_in_sync("a", "replication after the hostile clients");
+    assert!(
+        num(&a1, "sent_bytes") >= num(&a0, "sent_bytes") + 2 * MIB,
+        "the 2 MiB were not sent: {a1}"
+    );
+    assert_eq!(
+        num(&b1, "resync_bytes_received"),
+        num(&b0, "resync_bytes_received"),
+        "a resync happened: the connection was disturbed"
+    );
+    p.assert_disks_identical("after hostile clients");
+}
+
+#[test]
+fn corrupt_frame_from_a_man_in_the_middle_drops_the_link_and_is_never_applied() {
+    let mut opts = PairOpts::new(32 * MIB);
+    opts.proxied = true;
+    let mut p = Pair::start(opts);
+    p.force_primary_and_sync("a");
+    let through: u64 = p.proxies.iter().map(|x| x.forwarded_bytes()).sum();
+    assert!(
+        through > 0,
+        "no replication traffic went through the proxies: the test would check nothing"
+    );
+
+    for x in &p.proxies {
+        x.arm_flip(512 * 1024);
+    }
+    let data = random_bytes(70, 8 * MIB);
+    let base = 4 * MIB;
+    nbd_write(&p.nbd("a"), base, &data);
+    let t0 = Instant::now();
+    while p.proxies.iter().map(|x| x.flips()).sum::<u64>() == 0 {
+        assert!(
+            t0.elapsed() < WAIT,
+            "8 MiB of writes never carried 512 KiB through a proxy\n{}",
+            p.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.wait("the corrupt frame drops the connection", WAIT, |a, b| {
+        a.is_some_and(|a| a["connection"] != "Connected")
+            || b.is_some_and(|b| b["connection"] != "Connected")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // Every block of b's disk is either untouched (zero) or exactly what a wrote there.
+    let disk_b = std::fs::read(p.disk("b")).unwrap();
+    let mut applied = 0;
+    for (i, blk) in disk_b[..(32 * MIB) as usize].chunks(4096).enumerate() {
+        let off = i as u64 * 4096;
+        if blk.iter().all(|&x| x == 0) {
+            continue;
+        }
+        let inside = off >= base && off < base + data.len() as u64;
+        assert!(
+            inside && blk == &data[(off - base) as usize..(off - base) as usize + 4096],
+            "b's disk holds a block at offset {off} that a never wrote there: corrupt data was applied\n{}",
+            p.report()
+        );
+        applied += 1;
+    }
+    eprintln!(
+        "before the reconnect b held {applied} of {} good blocks",
+        data.len() / 4096
+    );
+    let logs = format!("{}\n{}", p.a.log_text(), p.b.log_text()).to_lowercase();
+    assert!(
+        logs.contains("checksum") || logs.contains("crc"),
+        "no log line names the checksum failure\n{}",
+        p.report()
+    );
+    assert!(
+        alive(&mut p.a) && alive(&mut p.b),
+        "a daemon died over a corrupt frame\n{}",
+        p.report()
+    );
+
+    for x in &p.proxies {
+        x.unblock();
+    }
+    p.wait_in_sync("a", "reconnect and resync after the corrupt frame");
+    p.assert_disks_identical("after the corrupt frame, reconnect and resync");
+}

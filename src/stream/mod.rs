@@ -6,6 +6,7 @@
 //!   OpenStack environment (`OS_*`, `OS_CLOUD` + clouds.yaml); [`auth::Secret`] redacts itself.
 //! - [`swift`]: the async Swift client on reqwest: auth, re-auth on 401, retries with backoff
 //!   and jitter, ETag-checked PUT, GET, HEAD, DELETE, listings, SLO manifests.
+//! - [`login`]: tempauth and Keystone v3 token requests, catalog lookup.
 //! - [`vault`]: [`vault::DirVault`], a local directory with the same container/object layout.
 //! - [`store`]: the [`store::ObjectStore`] contract both implement, and `swift://` / `file://`
 //!   URL parsing.
@@ -31,6 +32,7 @@
 
 pub mod auth;
 pub mod image;
+pub mod login;
 pub mod manifest;
 pub mod restore;
 pub mod store;

@@ -19,18 +19,18 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rand::Rng;
 use reqwest::{Method, Response, StatusCode};
-use serde::Deserialize;
 
 use super::auth::{Secret, SwiftAuth};
+use super::login;
 use super::store::{md5_hex, slo_etag, ByteStream, ObjectMeta, ObjectStore, SloSegment};
 use super::StreamError;
 use crate::limits::*;
 
 /// Storage URL and token of one authenticated session.
 #[derive(Clone, Debug)]
-struct Session {
-    storage_url: String,
-    token: Secret,
+pub(super) struct Session {
+    pub(super) storage_url: String,
+    pub(super) token: Secret,
 }
 
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub struct SwiftClient {
 }
 
 /// What one attempt of a request came to.
-enum Outcome<T> {
+pub(super) enum Outcome<T> {
     Done(T),
     /// Worth another attempt (5xx, connection error, truncated body, ...).
     Retry(String),
@@ -129,8 +129,12 @@ impl SwiftClient {
         loop {
             attempt += 1;
             let r = match &self.inner.auth {
-                SwiftAuth::TempAuth { url, user, key } => self.tempauth(url, user, key).await,
-                SwiftAuth::KeystoneV3 { .. } => self.keystone().await,
+                SwiftAuth::TempAuth { url, user, key } => {
+                    login::tempauth(&self.inner.http, url, user, key).await
+                }
+                SwiftAuth::KeystoneV3 { .. } => {
+                    login::keystone(&self.inner.http, &self.inner.auth).await
+                }
             };
             match r {
                 Outcome::Done(s) => {
@@ -155,119 +159,6 @@ impl SwiftClient {
                     })
                 }
             }
-        }
-    }
-
-    async fn tempauth(&self, url: &str, user: &str, key: &Secret) -> Outcome<Session> {
-        let resp = match self
-            .inner
-            .http
-            .get(url)
-            .header("X-Auth-User", user)
-            .header("X-Auth-Key", key.expose())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return Outcome::Retry(e.without_url().to_string()),
-        };
-        let st = resp.status();
-        if st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN {
-            return Outcome::Unauthorized;
-        }
-        if is_retryable(st) {
-            return Outcome::Retry(format!("status {st}"));
-        }
-        if !st.is_success() {
-            return Outcome::Fail(StreamError::Auth {
-                url: url.into(),
-                reason: format!("status {st}"),
-            });
-        }
-        let h = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        match (
-            h("x-storage-url"),
-            h("x-auth-token").or_else(|| h("x-storage-token")),
-        ) {
-            (Some(storage_url), Some(token)) => Outcome::Done(Session {
-                storage_url: storage_url.trim_end_matches('/').into(),
-                token: Secret::new(token),
-            }),
-            _ => Outcome::Fail(StreamError::BadResponse {
-                target: url.into(),
-                reason: "tempauth answer lacks X-Storage-Url or X-Auth-Token".into(),
-            }),
-        }
-    }
-
-    async fn keystone(&self) -> Outcome<Session> {
-        let SwiftAuth::KeystoneV3 {
-            auth_url,
-            username,
-            password,
-            project_name,
-            user_domain_name,
-            project_domain_name,
-            region,
-        } = &self.inner.auth
-        else {
-            return Outcome::Fail(StreamError::Config("not a Keystone config".into()));
-        };
-        let base = auth_url.trim_end_matches('/');
-        let url = if base.ends_with("/v3") {
-            format!("{base}/auth/tokens")
-        } else {
-            format!("{base}/v3/auth/tokens")
-        };
-        let body = serde_json::json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": username, "domain": {"name": user_domain_name}, "password": password.expose()}}},
-            "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}
-        }});
-        let resp = match self.inner.http.post(&url).json(&body).send().await {
-            Ok(r) => r,
-            Err(e) => return Outcome::Retry(e.without_url().to_string()),
-        };
-        let st = resp.status();
-        if st == StatusCode::UNAUTHORIZED {
-            return Outcome::Unauthorized;
-        }
-        if is_retryable(st) {
-            return Outcome::Retry(format!("status {st}"));
-        }
-        if !st.is_success() {
-            return Outcome::Fail(StreamError::Auth {
-                url,
-                reason: format!("status {st}: {}", error_body(resp).await),
-            });
-        }
-        let Some(token) = resp
-            .headers()
-            .get("x-subject-token")
-            .and_then(|v| v.to_str().ok())
-            .map(Secret::new)
-        else {
-            return Outcome::Fail(StreamError::BadResponse {
-                target: url,
-                reason: "Keystone answer lacks X-Subject-Token".into(),
-            });
-        };
-        let body = match read_limited(resp, SWIFT_AUTH_RESPONSE_BYTES_MAX as u64, &url).await {
-            Ok(b) => b,
-            Err(ReadErr::Retry(why)) => return Outcome::Retry(why),
-            Err(ReadErr::Fail(e)) => return Outcome::Fail(e),
-        };
-        match object_store_endpoint(&body, region.as_deref()) {
-            Ok(storage_url) => Outcome::Done(Session { storage_url, token }),
-            Err(reason) => Outcome::Fail(StreamError::BadResponse {
-                target: url,
-                reason,
-            }),
         }
     }
 
@@ -657,7 +548,7 @@ impl ObjectStore for SwiftClient {
     }
 }
 
-fn is_retryable(st: StatusCode) -> bool {
+pub(super) fn is_retryable(st: StatusCode) -> bool {
     st.is_server_error() || st == StatusCode::REQUEST_TIMEOUT || st == StatusCode::TOO_MANY_REQUESTS
 }
 
@@ -677,7 +568,7 @@ fn etag_of(r: &Response) -> Option<String> {
 }
 
 /// The first bytes of an error answer, for the message.
-async fn error_body(r: Response) -> String {
+pub(super) async fn error_body(r: Response) -> String {
     match r.bytes().await {
         Ok(b) => {
             let n = b.len().min(SWIFT_ERROR_BODY_BYTES_MAX);
@@ -696,13 +587,17 @@ async fn http_err(method: &'static str, target: &str, status: u16, r: Response) 
     }
 }
 
-enum ReadErr {
+pub(super) enum ReadErr {
     Retry(String),
     Fail(StreamError),
 }
 
 /// Read a body of at most `max` bytes.
-async fn read_limited(mut r: Response, max: u64, target: &str) -> Result<Bytes, ReadErr> {
+pub(super) async fn read_limited(
+    mut r: Response,
+    max: u64,
+    target: &str,
+) -> Result<Bytes, ReadErr> {
     let mut buf = BytesMut::with_capacity(r.content_length().unwrap_or(0).min(max) as usize);
     loop {
         match r.chunk().await {
@@ -735,60 +630,6 @@ pub fn encode_path(p: &str) -> String {
     out
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    token: TokenBody,
-}
-#[derive(Deserialize)]
-struct TokenBody {
-    #[serde(default)]
-    catalog: Vec<CatalogEntry>,
-}
-#[derive(Deserialize)]
-struct CatalogEntry {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<Endpoint>,
-}
-#[derive(Deserialize)]
-struct Endpoint {
-    interface: String,
-    url: String,
-    region: Option<String>,
-    region_id: Option<String>,
-}
-
-/// Swift's public URL from a Keystone v3 token answer.
-pub fn object_store_endpoint(body: &[u8], region: Option<&str>) -> Result<String, String> {
-    let t: TokenAnswer = serde_json::from_slice(body)
-        .map_err(|e| format!("token answer is not the expected JSON: {e}"))?;
-    let entry = t
-        .token
-        .catalog
-        .iter()
-        .find(|c| c.kind == "object-store")
-        .ok_or("the catalog has no object-store service")?;
-    entry
-        .endpoints
-        .iter()
-        .find(|e| {
-            e.interface == "public"
-                && region.is_none_or(|r| {
-                    e.region.as_deref() == Some(r) || e.region_id.as_deref() == Some(r)
-                })
-        })
-        .map(|e| e.url.trim_end_matches('/').to_string())
-        .ok_or_else(|| {
-            format!(
-                "no public object-store endpoint{}",
-                region
-                    .map(|r| format!(" in region {r}"))
-                    .unwrap_or_default()
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,33 +641,6 @@ mod tests {
             encode_path("c/p/snap-1/chunks/0000000a"),
             "c/p/snap-1/chunks/0000000a"
         );
-    }
-
-    #[test]
-    fn catalog_selection() {
-        let body = br#"{"token":{"catalog":[
-            {"type":"identity","endpoints":[{"interface":"public","url":"http://ks/v3","region":"R1"}]},
-            {"type":"object-store","endpoints":[
-              {"interface":"internal","url":"http://int:8080/v1/AUTH_p","region":"R1","region_id":"R1"},
-              {"interface":"public","url":"http://r1:8080/v1/AUTH_p/","region":"R1","region_id":"R1"},
-              {"interface":"public","url":"http://r2:8080/v1/AUTH_p","region":"R2","region_id":"R2"}]}]}}"#;
-        assert_eq!(
-            object_store_endpoint(body, None).unwrap(),
-            "http://r1:8080/v1/AUTH_p"
-        );
-        assert_eq!(
-            object_store_endpoint(body, Some("R2")).unwrap(),
-            "http://r2:8080/v1/AUTH_p"
-        );
-        assert!(object_store_endpoint(body, Some("R3"))
-            .unwrap_err()
-            .contains("region R3"));
-        assert!(object_store_endpoint(br#"{"token":{"catalog":[]}}"#, None)
-            .unwrap_err()
-            .contains("no object-store"));
-        assert!(object_store_endpoint(b"<html>", None)
-            .unwrap_err()
-            .contains("JSON"));
     }
 
     #[test]

@@ -624,3 +624,58 @@ async fn vault_image_push_pull_slo() {
     let (_d, v) = vault();
     image_push_pull(&v).await;
 }
+
+// ---- Keystone v3 (only when `scripts/swift-aio.sh start --keystone` ran) ----
+
+const KS_URL: &str = "http://127.0.0.1:5000/v3";
+
+/// Keystone credentials read the way the CLI reads them (OS_* variables), or None (skip).
+async fn keystone_auth(password: &'static str) -> Option<SwiftAuth> {
+    let up = reqwest::Client::new()
+        .get(KS_URL)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !up {
+        eprintln!("SKIP: Keystone does not answer on {KS_URL} (start it with `scripts/swift-aio.sh start --keystone`)");
+        return None;
+    }
+    let env = move |k: &str| {
+        match k {
+            "OS_AUTH_URL" => Some(KS_URL),
+            "OS_USERNAME" => Some("admin"),
+            "OS_PASSWORD" => Some(password),
+            "OS_PROJECT_NAME" => Some("admin"),
+            "OS_USER_DOMAIN_NAME" | "OS_PROJECT_DOMAIN_NAME" => Some("Default"),
+            "OS_REGION_NAME" => Some("RegionOne"),
+            _ => None,
+        }
+        .map(str::to_string)
+    };
+    SwiftAuth::from_env_with(&env, &[]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_stream_restore_and_image() {
+    let Some(auth) = keystone_auth("drl-admin-pw").await else {
+        return;
+    };
+    assert!(matches!(auth, SwiftAuth::KeystoneV3 { .. }));
+    let s = SwiftClient::with_retry(auth, 4, 50).unwrap();
+    let url = s.storage_url().await.unwrap();
+    assert!(url.starts_with("http://127.0.0.1:8081/v1/AUTH_"), "{url}");
+    full_stream_and_restore(&s).await;
+    image_push_pull(&s).await;
+}
+
+#[tokio::test]
+async fn keystone_wrong_password_refused_without_leak() {
+    let Some(auth) = keystone_auth("not-the-pw-Xy7").await else {
+        return;
+    };
+    let s = SwiftClient::with_retry(auth, 2, 10).unwrap();
+    let e = s.ensure_container("drl-never").await.unwrap_err();
+    assert!(matches!(e, StreamError::Auth { .. }), "{e}");
+    let shown = format!("{e} {e:?} {s:?}");
+    assert!(!shown.contains("not-the-pw-Xy7"), "{shown}");
+}

@@ -4,6 +4,8 @@
 #   scripts/swift-aio.sh start  [--dir DIR]   # idempotent; waits until GET /auth/v1.0 answers
 #   scripts/swift-aio.sh stop   [--dir DIR]   # kills what start started, unmounts the XFS image
 #   scripts/swift-aio.sh status [--dir DIR]   # exit 0 when everything runs and auth answers
+#   scripts/swift-aio.sh test [--keystone] [-- cargo test args]
+#                                              # start, run drl's Swift tests, stop what it started
 #   scripts/swift-aio.sh start --keystone      # also Keystone v3 (SQLite, WAL) on :5000 and a
 #                                              # second proxy on :8081 that trusts Keystone
 #
@@ -23,8 +25,10 @@ DIR="${DRL_SWIFT_DIR:-/var/tmp/drl-swift}"
 KEYSTONE=0
 CMD="${1:-}"
 shift || true
+TEST_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
+        --) shift; TEST_ARGS=("$@"); break ;;
         --dir) DIR="$2"; shift 2 ;;
         --dir=*) DIR="${1#--dir=}"; shift ;;
         --keystone) KEYSTONE=1; shift ;;
@@ -449,5 +453,15 @@ case "$CMD" in
         ;;
     stop) do_stop ;;
     status) do_status ;;
-    *) echo "usage: $0 start|stop|status [--dir DIR]" >&2; exit 2 ;;
+    test)
+        # Stop afterwards only what this run started: a Swift that was already up stays up.
+        was_up=0
+        if all_running && auth_ok; then was_up=1; fi
+        do_start
+        if [ "$KEYSTONE" = 1 ]; then start_keystone; fi
+        if [ "$was_up" = 0 ]; then trap do_stop EXIT; fi
+        cd "$(dirname "$0")/.."
+        cargo test -p drl --test swift_stream --test swift_faults "${TEST_ARGS[@]}"
+        ;;
+    *) echo "usage: $0 start|stop|status|test [--dir DIR] [--keystone] [-- cargo test args]" >&2; exit 2 ;;
 esac

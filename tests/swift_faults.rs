@@ -41,6 +41,7 @@ fn ans(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Ans {
     }
 }
 
+type Log = Arc<Mutex<Vec<Req>>>;
 type Handler = Arc<dyn Fn(&Req, usize) -> Ans + Send + Sync>;
 
 /// Serve `handler` on 127.0.0.1; returns the base URL and the log of requests.
@@ -151,7 +152,7 @@ fn auth_answer(base: &str, log: &[Req]) -> Ans {
 async fn expired_token_reauthenticates_once() {
     let base_cell = Arc::new(Mutex::new(String::new()));
     let b2 = base_cell.clone();
-    let log_cell: Arc<Mutex<Option<Arc<Mutex<Vec<Req>>>>>> = Arc::new(Mutex::new(None));
+    let log_cell: Arc<Mutex<Option<Log>>> = Arc::new(Mutex::new(None));
     let l2 = log_cell.clone();
     let (base, log) = serve(Arc::new(move |r: &Req, _| {
         let base = b2.lock().unwrap().clone();

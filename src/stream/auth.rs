@@ -370,7 +370,7 @@ mod tests {
         }
         let e = env(&[("OS_CLOUD", "ta")]);
         assert!(matches!(
-            SwiftAuth::from_env_with(&e, &[p.clone()]).unwrap(),
+            SwiftAuth::from_env_with(&e, std::slice::from_ref(&p)).unwrap(),
             Some(SwiftAuth::TempAuth { .. })
         ));
         let e = env(&[("OS_CLOUD", "missing")]);

@@ -282,3 +282,43 @@ mod tests {
         assert_eq!(c.changed_count(), 3);
     }
 }
+
+/// The daemon runs streams as spawned tasks: their futures must be `Send`. Checked at compile
+/// time for any device and store.
+#[allow(dead_code)]
+fn futures_are_send<D: crate::volume::BlockDevice, S: store::ObjectStore>(
+    d: &D,
+    s: &S,
+    l: &upload::Location,
+    o: &upload::StreamOptions,
+    c: Option<&ChangedChunks>,
+) {
+    fn is_send<T: Send>(_: T) {}
+    let p = std::path::Path::new("x");
+    is_send(upload::stream_device(d, c, s, l, o, |_| {}));
+    is_send(restore::restore_to_file(
+        s,
+        l,
+        "s",
+        p,
+        &restore::RestoreOptions::default(),
+        |_| {},
+    ));
+    is_send(restore::restore_to_device(
+        s,
+        l,
+        "s",
+        d,
+        &restore::RestoreOptions::default(),
+        |_| {},
+    ));
+    is_send(image::push(
+        s,
+        p,
+        "c",
+        "o",
+        &image::ImageOptions::default(),
+        |_| {},
+    ));
+    is_send(image::pull(s, "c", "o", p, |_| {}));
+}

@@ -338,8 +338,12 @@ async fn restore_chunks<S: ObjectStore, K: Sink>(
         chunks_total: n,
         ..Progress::default()
     };
-    let mut results = futures::stream::iter(r.chunks.iter())
-        .map(|entry| async move {
+    let chunks = &r.chunks;
+    // Indexes, not references, go through the stream: a closure over `&ChunkEntry` makes the
+    // future lose `Send` (rustc's higher-ranked closure inference).
+    let mut results = futures::stream::iter(0..chunks.len())
+        .map(|k| async move {
+            let entry = &chunks[k];
             let i = entry.index();
             let off = i * chunk;
             let len = chunk.min(size - off);

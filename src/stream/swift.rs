@@ -119,7 +119,7 @@ impl SwiftClient {
             .inner
             .base_delay_ms
             .saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
-        let max = exp.min(SWIFT_RETRY_DELAY_MAX_MS).max(1);
+        let max = exp.clamp(1, SWIFT_RETRY_DELAY_MAX_MS);
         Duration::from_millis(rand::rng().random_range(max / 2..=max))
     }
 

@@ -52,6 +52,7 @@ impl fmt::Display for Secret {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SwiftAuth {
     /// tempauth / swauth v1.0: `GET url` with X-Auth-User/X-Auth-Key.
+    #[serde(rename = "tempauth")]
     TempAuth {
         url: String,
         user: String,

@@ -11,13 +11,15 @@
 //! `list` pages through a prefix, SLO manifests read back as the concatenation of segments.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use super::auth::SwiftAuth;
 use super::swift::SwiftClient;
+use super::upload::Location;
 use super::vault::DirVault;
 use super::StreamError;
 
@@ -180,6 +182,27 @@ impl StoreUrl {
         })
     }
 
+    /// The container and prefix as a stream [`Location`].
+    pub fn location(&self) -> Location {
+        Location::new(self.container.clone(), self.prefix.clone())
+    }
+
+    /// For `swift://C/P/SNAP` (restore) or `swift://C/OBJECT` (images): the location `C/P`
+    /// and the last segment `SNAP`.
+    pub fn split_last(&self) -> Result<(Location, String), StreamError> {
+        match self.prefix.rsplit_once('/') {
+            Some((p, last)) => Ok((Location::new(self.container.clone(), p), last.to_string())),
+            None if !self.prefix.is_empty() => Ok((
+                Location::new(self.container.clone(), ""),
+                self.prefix.clone(),
+            )),
+            None => Err(StreamError::Config(format!(
+                "{}: name a snapshot or object after the container",
+                self.container
+            ))),
+        }
+    }
+
     /// `prefix/rest` (or `rest` when the prefix is empty).
     pub fn join(&self, rest: &str) -> String {
         if self.prefix.is_empty() {
@@ -187,6 +210,37 @@ impl StoreUrl {
         } else {
             format!("{}/{}", self.prefix, rest)
         }
+    }
+}
+
+/// Where the directory vault lives when neither config nor URL names one.
+pub const DEFAULT_VAULT_DIR: &str = "/var/lib/drl/vault";
+
+/// Open the store `url` names. Swift credentials come from `auth` (drl's config) or else from
+/// the OpenStack environment ([`SwiftAuth::from_env`]); a vault URL without root uses
+/// `default_vault`.
+pub fn open_store(
+    url: &StoreUrl,
+    auth: Option<SwiftAuth>,
+    default_vault: &Path,
+) -> Result<AnyStore, StreamError> {
+    match &url.kind {
+        StoreKind::Swift => {
+            let auth = match auth {
+                Some(a) => a,
+                None => SwiftAuth::from_env()?.ok_or_else(|| {
+                    StreamError::Config(
+                        "swift:// needs credentials: a [swift] section in the config, or \
+                         OS_AUTH_URL/OS_USERNAME/OS_PASSWORD/OS_PROJECT_NAME, or OS_CLOUD"
+                            .into(),
+                    )
+                })?,
+            };
+            Ok(AnyStore::Swift(SwiftClient::new(auth)?))
+        }
+        StoreKind::Vault(root) => Ok(AnyStore::Vault(DirVault::new(
+            root.clone().unwrap_or_else(|| default_vault.to_path_buf()),
+        )?)),
     }
 }
 
@@ -292,6 +346,29 @@ mod tests {
         let u = StoreUrl::parse("swift://backups").unwrap();
         assert_eq!(u.prefix, "");
         assert_eq!(u.join("x"), "x");
+    }
+
+    #[test]
+    fn split_snapshot_and_open() {
+        let u = StoreUrl::parse("swift://backups/site-a/vol1/snap7").unwrap();
+        let (loc, snap) = u.split_last().unwrap();
+        assert_eq!(loc, Location::new("backups", "site-a/vol1"));
+        assert_eq!(snap, "snap7");
+        let (loc, obj) = StoreUrl::parse("swift://images/cirros.img")
+            .unwrap()
+            .split_last()
+            .unwrap();
+        assert_eq!((loc.prefix.as_str(), obj.as_str()), ("", "cirros.img"));
+        assert!(StoreUrl::parse("swift://images")
+            .unwrap()
+            .split_last()
+            .is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let u = StoreUrl::parse("c/p").unwrap();
+        match open_store(&u, None, dir.path()).unwrap() {
+            AnyStore::Vault(v) => assert_eq!(v.root(), dir.path()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -40,6 +40,36 @@ struct Inner {
     session: tokio::sync::Mutex<Option<Session>>,
     attempts_max: u32,
     base_delay_ms: u64,
+    /// Retry warnings are a line per failed attempt: bounded per second.
+    warn_limit: LogLimit,
+}
+
+/// At most [`LOG_LINES_PER_SOURCE_PER_SECOND_MAX`] lines per second; the rest are counted and
+/// reported with the next line that passes.
+#[derive(Debug, Default)]
+struct LogLimit {
+    state: std::sync::Mutex<(u64, u32, u64)>, // (second, lines this second, suppressed)
+}
+
+impl LogLimit {
+    /// `Some(suppressed so far)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != now {
+            g.0 = now;
+            g.1 = 0;
+        }
+        if g.1 >= LOG_LINES_PER_SOURCE_PER_SECOND_MAX {
+            g.2 += 1;
+            return None;
+        }
+        g.1 += 1;
+        Some(std::mem::take(&mut g.2))
+    }
 }
 
 /// A Swift account reached through one set of credentials. Cheap to clone (shared session).
@@ -87,6 +117,7 @@ impl SwiftClient {
                 session: tokio::sync::Mutex::new(None),
                 attempts_max,
                 base_delay_ms: base_delay_ms.min(SWIFT_RETRY_DELAY_MAX_MS),
+                warn_limit: LogLimit::default(),
             }),
         })
     }
@@ -149,7 +180,9 @@ impl SwiftClient {
                     })
                 }
                 Outcome::Retry(why) if attempt < self.inner.attempts_max => {
-                    tracing::warn!(auth_url = %url, attempt, reason = %why, "swift: auth failed, retrying");
+                    if let Some(suppressed) = self.inner.warn_limit.allow() {
+                        tracing::warn!(auth_url = %url, attempt, reason = %why, suppressed, "swift: auth failed, retrying");
+                    }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
                 Outcome::Retry(why) => {
@@ -202,7 +235,9 @@ impl SwiftClient {
                     })
                 }
                 Outcome::Retry(why) => {
-                    tracing::warn!(%method, %target, attempt, reason = %why, "swift: request failed, retrying");
+                    if let Some(suppressed) = self.inner.warn_limit.allow() {
+                        tracing::warn!(%method, %target, attempt, reason = %why, suppressed, "swift: request failed, retrying");
+                    }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
             }
@@ -633,6 +668,18 @@ pub fn encode_path(p: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_limit_bounds_lines_per_second() {
+        let l = LogLimit::default();
+        let passed = (0..100).filter(|_| l.allow().is_some()).count() as u32;
+        // Two seconds may straddle the loop; never more than that.
+        assert!(
+            passed >= LOG_LINES_PER_SOURCE_PER_SECOND_MAX
+                && passed <= 2 * LOG_LINES_PER_SOURCE_PER_SECOND_MAX,
+            "{passed}"
+        );
+    }
 
     #[test]
     fn encodes_paths() {

@@ -6,8 +6,8 @@
 //! 1. skips chunks the change tracking does not mark (incremental with [`ChangedChunks`]):
 //!    they are not even read;
 //! 2. reads the chunk; an all-zero chunk is recorded as `zero` and not stored;
-//! 3. hashes it (sha256); in an incremental without change tracking, a chunk whose hash equals
-//!    the parent chain's is recorded as `unchanged-from-parent`;
+//! 3. hashes it (sha256); in an incremental, a chunk whose hash equals the parent chain's is
+//!    recorded as `unchanged-from-parent` (a block rewritten with the same data costs nothing);
 //! 4. compresses it with zstd when that saves at least 1/16;
 //! 5. names it `P/SNAP/chunks/<index:08x>-<sha256[..16]>`; when an earlier, interrupted run of
 //!    the same stream already stored that name with the same md5 it is not sent again
@@ -291,7 +291,6 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             if parent_sha
                 .as_ref()
                 .is_some_and(|p| p[i as usize].as_deref() == Some(sha.as_str()))
-                && changed.is_none()
             {
                 return Ok((
                     i,

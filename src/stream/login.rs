@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::auth::{Secret, SwiftAuth};
-use super::swift::{error_body, is_retryable, read_limited, Outcome, ReadErr, Session};
+use super::http::{error_body, is_retryable, read_limited, ReadErr};
+use super::swift::{Outcome, Session};
 use super::StreamError;
 use crate::limits::SWIFT_AUTH_RESPONSE_BYTES_MAX;
 

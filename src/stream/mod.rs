@@ -6,6 +6,7 @@
 //!   OpenStack environment (`OS_*`, `OS_CLOUD` + clouds.yaml); [`auth::Secret`] redacts itself.
 //! - [`swift`]: the async Swift client on reqwest: auth, re-auth on 401, retries with backoff
 //!   and jitter, ETag-checked PUT, GET, HEAD, DELETE, listings, SLO manifests.
+//! - `http` (private): status classes, bounded body reads, path encoding, log-line limits.
 //! - [`login`]: tempauth and Keystone v3 token requests, catalog lookup.
 //! - [`vault`]: [`vault::DirVault`], a local directory with the same container/object layout.
 //! - [`store`]: the [`store::ObjectStore`] contract both implement, and `swift://` / `file://`
@@ -31,6 +32,7 @@
 //! Progress leaves through a callback ([`Progress`]); the library draws nothing.
 
 pub mod auth;
+mod http;
 pub mod image;
 pub mod login;
 pub mod manifest;
@@ -252,37 +254,6 @@ pub enum Compression {
     Zstd,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn changed_chunks_from_bitmap() {
-        // 4 KiB blocks, 64 KiB chunks, 1 MiB volume: block 17 is in chunk 1, block 255 in 15.
-        let mut bits = vec![0u64; 4];
-        bits[0] |= 1 << 17;
-        bits[3] |= 1 << 63;
-        let c = ChangedChunks::from_block_bitmap(&bits, 4096, 65536, 1 << 20);
-        assert_eq!(c.chunk_count(), 16);
-        assert!(c.is_changed(1));
-        assert!(c.is_changed(15));
-        assert!(!c.is_changed(0));
-        assert_eq!(c.changed_count(), 2);
-        assert!(!c.is_changed(99));
-    }
-
-    #[test]
-    fn mark_bytes_spanning_chunks() {
-        let mut c = ChangedChunks::new(100, 10);
-        c.mark_bytes(150, 100); // bytes 150..250 -> chunks 1, 2
-        assert_eq!(c.changed_count(), 2);
-        assert!(c.is_changed(1) && c.is_changed(2));
-        c.mark_bytes(950, 1000); // clipped at the end
-        assert!(c.is_changed(9));
-        assert_eq!(c.changed_count(), 3);
-    }
-}
-
 /// The daemon runs streams as spawned tasks: their futures must be `Send`. Checked at compile
 /// time for any device and store.
 #[allow(dead_code)]
@@ -321,4 +292,35 @@ fn futures_are_send<D: crate::volume::BlockDevice, S: store::ObjectStore>(
         |_| {},
     ));
     is_send(image::pull(s, "c", "o", p, |_| {}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_chunks_from_bitmap() {
+        // 4 KiB blocks, 64 KiB chunks, 1 MiB volume: block 17 is in chunk 1, block 255 in 15.
+        let mut bits = vec![0u64; 4];
+        bits[0] |= 1 << 17;
+        bits[3] |= 1 << 63;
+        let c = ChangedChunks::from_block_bitmap(&bits, 4096, 65536, 1 << 20);
+        assert_eq!(c.chunk_count(), 16);
+        assert!(c.is_changed(1));
+        assert!(c.is_changed(15));
+        assert!(!c.is_changed(0));
+        assert_eq!(c.changed_count(), 2);
+        assert!(!c.is_changed(99));
+    }
+
+    #[test]
+    fn mark_bytes_spanning_chunks() {
+        let mut c = ChangedChunks::new(100, 10);
+        c.mark_bytes(150, 100); // bytes 150..250 -> chunks 1, 2
+        assert_eq!(c.changed_count(), 2);
+        assert!(c.is_changed(1) && c.is_changed(2));
+        c.mark_bytes(950, 1000); // clipped at the end
+        assert!(c.is_changed(9));
+        assert_eq!(c.changed_count(), 3);
+    }
 }

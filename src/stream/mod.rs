@@ -225,6 +225,24 @@ pub struct Progress {
     pub elapsed_ms: u64,
 }
 
+impl Progress {
+    /// Average rate so far, bytes per second of `bytes_done`.
+    pub fn rate_bytes_per_s(&self) -> u64 {
+        if self.elapsed_ms == 0 {
+            return 0;
+        }
+        (self.bytes_done as u128 * 1000 / self.elapsed_ms as u128) as u64
+    }
+
+    /// Time left at the average rate so far; `None` before anything is done.
+    pub fn eta_ms(&self) -> Option<u64> {
+        let rate = self.rate_bytes_per_s();
+        (rate > 0).then(|| {
+            (self.bytes_total.saturating_sub(self.bytes_done) as u128 * 1000 / rate as u128) as u64
+        })
+    }
+}
+
 /// Final report of a stream, restore or image transfer (`--json` prints it).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Report {
@@ -311,6 +329,19 @@ mod tests {
         assert!(!c.is_changed(0));
         assert_eq!(c.changed_count(), 2);
         assert!(!c.is_changed(99));
+    }
+
+    #[test]
+    fn progress_rate_and_eta() {
+        let p = Progress {
+            bytes_done: 50 << 20,
+            bytes_total: 150 << 20,
+            elapsed_ms: 10_000,
+            ..Default::default()
+        };
+        assert_eq!(p.rate_bytes_per_s(), 5 << 20);
+        assert_eq!(p.eta_ms(), Some(20_000));
+        assert_eq!(Progress::default().eta_ms(), None);
     }
 
     #[test]

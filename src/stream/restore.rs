@@ -376,3 +376,55 @@ async fn restore_chunks<S: ObjectStore, K: Sink>(
     tracing::info!(snapshots = ?r.snapshots, ?report, "restore finished");
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::manifest::{MANIFEST_FORMAT, MANIFEST_VERSION};
+    use crate::stream::vault::DirVault;
+
+    fn incr(name: &str, parent: &str) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            snapshot: name.into(),
+            parent: Some(parent.into()),
+            volume: "v".into(),
+            created_unix_ms: 0,
+            volume_size_bytes: 10,
+            chunk_size_bytes: 10,
+            compression: Compression::None,
+            chunks: vec![ChunkEntry::UnchangedFromParent { index: 0 }],
+        }
+    }
+
+    #[tokio::test]
+    async fn chain_loading_errors_name_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = DirVault::new(dir.path()).unwrap();
+        let loc = Location::new("c", "p");
+        v.ensure_container("c").await.unwrap();
+        for (n, p) in [("a", "b"), ("b", "a"), ("x", "gone")] {
+            let m = incr(n, p);
+            v.put("c", &loc.manifest_object(n), m.to_json().into())
+                .await
+                .unwrap();
+        }
+        let e = load_chain(&v, &loc, "a").await.unwrap_err().to_string();
+        assert!(e.contains("cycle") && e.contains("a"), "{e}");
+        let e = load_chain(&v, &loc, "x").await.unwrap_err().to_string();
+        assert!(e.contains("parent gone of snapshot x is missing"), "{e}");
+        let e = load_chain(&v, &loc, "nope").await.unwrap_err().to_string();
+        assert!(e.contains("snapshot nope has no manifest"), "{e}");
+        // A manifest stored under another snapshot's name is refused.
+        v.put(
+            "c",
+            &loc.manifest_object("y"),
+            incr("z", "a").to_json().into(),
+        )
+        .await
+        .unwrap();
+        let e = load_chain(&v, &loc, "y").await.unwrap_err().to_string();
+        assert!(e.contains("names snapshot z"), "{e}");
+    }
+}

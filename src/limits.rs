@@ -199,3 +199,10 @@ const _: () = assert!(STREAM_PARALLELISM_DEFAULT <= STREAM_PARALLELISM_MAX);
 const _: () = assert!(SLO_SEGMENT_BYTES_MIN <= SLO_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SLO_SEGMENT_BYTES_DEFAULT <= SLO_SEGMENT_BYTES_MAX);
 const _: () = assert!(SWIFT_RETRY_BASE_DELAY_MS <= SWIFT_RETRY_DELAY_MAX_MS);
+
+// --- daemon jobs ---
+/// Long operations (streams, restores) running at once in one daemon.
+pub const JOBS_RUNNING_MAX: usize = 8;
+/// Jobs (running and finished) the daemon remembers for `job.list`.
+pub const JOBS_KEPT_MAX: usize = 64;
+const _: () = assert!(JOBS_RUNNING_MAX <= JOBS_KEPT_MAX);

@@ -213,7 +213,7 @@ impl ChangedChunks {
 
 /// Progress of a long operation, sent to the caller's callback after every chunk/segment.
 /// The CLI turns it into a bar with rate and ETA.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Volume/image bytes handled so far (read, skipped or restored).
     pub bytes_done: u64,
@@ -244,7 +244,7 @@ impl Progress {
 }
 
 /// Final report of a stream, restore or image transfer (`--json` prints it).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Report {
     /// Bytes read from the source (device, file or store).
     pub bytes_read: u64,

@@ -342,6 +342,11 @@ fn swift_auth(s: &RawSwift, invalid: &dyn Fn(String, String) -> ConfigError) -> 
     }
 }
 
+/// Stream defaults when no config file is given.
+pub fn default_stream_config() -> StreamConfig {
+    stream_config(None, &|key, reason| ConfigError::Invalid { file: PathBuf::new(), key, reason }).expect("defaults are valid")
+}
+
 fn stream_config(s: Option<&RawStream>, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<StreamConfig, ConfigError> {
     let chunk_bytes = s.and_then(|s| s.chunk_size).map_or(limits::STREAM_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
     if !(limits::STREAM_CHUNK_BYTES_MIN..=limits::STREAM_CHUNK_BYTES_MAX).contains(&chunk_bytes) || chunk_bytes % limits::BITMAP_BLOCK_BYTES != 0 {

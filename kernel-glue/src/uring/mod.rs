@@ -260,6 +260,8 @@ impl Engine {
         }
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(req)) = self.inner.tx.send(Request { op, reply }).await {
+            // Our channel permit went back: let a shutting-down ring see the channel drained.
+            shared.wake_if_sleeping();
             return Completion {
                 result: Err(shut_down_error()),
                 buf: req.op.into_buf(),

@@ -143,11 +143,20 @@ impl RingThread {
                 closed = true;
             }
             drained |= self.fill();
-            self.shared
-                .in_flight
-                .store(self.in_flight as u64, Ordering::Relaxed);
             if drained && self.in_flight == 0 {
                 break;
+            }
+            if closed && !drained && self.in_flight == 0 {
+                // Shutting down with an empty queue, but a sender still holds a channel permit:
+                // it is about to send (and will wake us), or it gave up (send failed on the
+                // closed channel, or its future was dropped) and the permit comes back without
+                // a wake-up. Poll until the channel reports Disconnected.
+                if let Err(e) = self.enter(0) {
+                    self.fail(e);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
             }
             let mut want = 1;
             if !drained && self.in_flight < self.queue_depth {
@@ -168,7 +177,6 @@ impl RingThread {
             }
         }
         self.disarm_wake();
-        self.shared.in_flight.store(0, Ordering::Relaxed);
     }
 
     /// Take requests from the channel while the queue depth allows. Returns true once the
@@ -268,6 +276,7 @@ impl RingThread {
         self.in_flight += 1;
         self.pushed += 1;
         self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Push an SQE, submitting first if the SQ is full (it never is: it has queue_depth + 1
@@ -299,10 +308,15 @@ impl RingThread {
             BlkRequest::Discard => blkdev::BLKDISCARD,
             BlkRequest::ZeroOut => blkdev::BLKZEROOUT,
         };
+        self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name(format!("blk-{}", self.shared.name))
             .spawn(move || {
                 let result = blkdev::range_ioctl(file.as_fd(), code, offset, len).map(|()| 0);
+                // Counters first, so a submitter that sees the answer sees them too.
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                shared.ops_completed.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(Completion { result, buf: None });
                 done_in_job.store(true, Ordering::Release);
                 shared.wake();
@@ -311,12 +325,15 @@ impl RingThread {
             Ok(handle) => {
                 self.blk_jobs.push(BlkJob { done, handle });
                 self.in_flight += 1;
-                self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
             }
             // The closure (and the reply in it) is dropped: the submitter sees the operation
             // abandoned. Thread creation fails only when the process is out of threads.
-            Err(e) => tracing::error!(engine = %self.shared.name, error = %e, ?request,
-                "cannot spawn block ioctl thread"),
+            Err(e) => {
+                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(engine = %self.shared.name, error = %e, ?request,
+                    "cannot spawn block ioctl thread");
+            }
         }
     }
 
@@ -328,7 +345,6 @@ impl RingThread {
                 let job = self.blk_jobs.swap_remove(i);
                 let _ = job.handle.join();
                 self.in_flight -= 1;
-                self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
             } else {
                 i += 1;
             }
@@ -353,6 +369,7 @@ impl RingThread {
             };
             self.free.push(user_data as usize);
             self.in_flight -= 1;
+            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
             let result = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))

@@ -106,13 +106,53 @@ impl Drop for RamfsMount {
     }
 }
 
+/// Log lines captured from a tracing subscriber.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn falls_back_to_buffered_io_where_o_direct_is_refused() {
     let Some(mnt) = RamfsMount::new() else {
         return eprintln!("skipped: cannot mount ramfs (needs root)");
     };
     let path = mnt.dir.path().join("buffered.img");
-    let d = open_disk(&path, false, Some(1 << 20)).unwrap();
+    let logs = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let d =
+        tracing::subscriber::with_default(subscriber, || open_disk(&path, false, Some(1 << 20)))
+            .unwrap();
+    let logged = logs.text();
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(
+        logged.contains("buffered.img") && logged.contains("EINVAL"),
+        "{logged}"
+    );
     assert!(!d.direct);
     assert_eq!(d.dio_align_bytes, 1);
     assert_eq!(d.size_bytes, 1 << 20);
@@ -221,4 +261,28 @@ async fn block_device_size_alignment_zeroout_and_discard() {
         (0, 5, 5),
         "{s:?}"
     );
+}
+
+#[tokio::test]
+async fn tmpfs_opens_and_works_in_whatever_mode_it_supports() {
+    // tmpfs gained O_DIRECT in Linux 6.6; older kernels take the buffered fallback.
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipped: no /dev/shm ({e})"),
+    };
+    let d = open_disk(&dir.path().join("shm.img"), false, Some(1 << 20)).unwrap();
+    eprintln!(
+        "tmpfs: direct={} dio_align_bytes={}",
+        d.direct, d.dio_align_bytes
+    );
+    assert_eq!(d.direct, d.dio_align_bytes > 1);
+    let at = u64::from(d.dio_align_bytes).max(512);
+    let e = engine(d.file, "tmpfs");
+    e.write_all_at(AlignedBuf::from_slice(&[3u8; 4096]), at, 0)
+        .await
+        .0
+        .unwrap();
+    let (r, b) = e.read_exact_at(AlignedBuf::zeroed(4096), at).await;
+    r.unwrap();
+    assert!(b.iter().all(|&x| x == 3));
 }

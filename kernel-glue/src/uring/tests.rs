@@ -380,3 +380,9 @@ fn queue_depth_is_validated() {
     let f = tempfile::tempfile().unwrap();
     assert!(Engine::new(f, cfg("bad", QUEUE_DEPTH_MAX + 1)).is_err());
 }
+
+#[test]
+fn engine_handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Engine>();
+}

@@ -6,6 +6,7 @@
 
 mod snapshot;
 mod status;
+mod stream;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -70,6 +71,17 @@ pub enum Command {
     /// Point-in-time snapshots of a resource (copy-on-write, crash-consistent).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Stream a snapshot to Swift (or the local vault) as chunks plus a manifest; incremental
+    /// against an older snapshot already there. Resumes an interrupted stream.
+    Stream(stream::StreamArgs),
+    /// Rebuild a volume from a streamed snapshot chain (full plus incrementals), verified.
+    Restore(stream::RestoreArgs),
+    /// VM images to and from Swift as Static Large Objects.
+    #[command(subcommand)]
+    Image(stream::ImageCmd),
+    /// The daemon's long-running jobs (streams, restores).
+    #[command(subcommand)]
+    Job(stream::JobCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
 }
@@ -116,6 +128,10 @@ pub fn main() -> i32 {
         Command::Status(ref a) => status::status(&cli.global, a),
         Command::Events(ref a) => status::events(&cli.global, a),
         Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
+        Command::Stream(ref a) => stream::stream(&cli.global, a),
+        Command::Restore(ref a) => stream::restore(&cli.global, a),
+        Command::Image(ref c) => stream::image(&cli.global, c),
+        Command::Job(ref c) => stream::job(&cli.global, c),
     }
 }
 

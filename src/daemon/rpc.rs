@@ -17,7 +17,7 @@ use crate::control::{Event, EventKind, ObjectKind, RpcError, Router};
 use crate::snapshot::SnapshotError;
 
 /// Register `f(node, params)` as `name`.
-fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
+pub(super) fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
 where
     F: Fn(Arc<Node>, Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
@@ -87,5 +87,6 @@ pub fn router(node: Arc<Node>) -> Router {
         res.events().publish(Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name()).field("snapshot", name));
         Ok(json!({}))
     });
+    super::rpc_stream::register(&mut r, &node);
     r
 }

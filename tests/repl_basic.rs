@@ -445,7 +445,7 @@ fn split_brain_is_detected_nothing_overwritten_then_discard_my_data_resolves() {
                 || b.is_some_and(|b| b["connection"] == "StandAlone")
         },
     );
-    let logs = format!("{}\n{}\n{a}\n{b}", p.a.log_text(), p.b.log_text()).to_lowercase();
+    let logs = format!("{}\n{}\n{a}\n{b}", strip_ansi(&p.a.log_text()), strip_ansi(&p.b.log_text())).to_lowercase();
     assert!(
         logs.contains("split") && logs.contains("brain")
             || logs.contains("split-brain")

@@ -141,7 +141,7 @@ fn wrong_secret_is_refused_and_nothing_is_exchanged() {
         "a daemon died over a wrong secret\n{}",
         p.report()
     );
-    let log_a = p.a.log_text().to_lowercase();
+    let log_a = strip_ansi(&p.a.log_text()).to_lowercase();
     assert!(
         ["auth", "secret", "hmac"].iter().any(|w| log_a.contains(w)),
         "a's log has no clear line about the failed authentication\n{}",
@@ -311,7 +311,7 @@ fn garbage_and_bad_checksums_on_the_replication_port_are_refused() {
         "a daemon died\n{}",
         p.report()
     );
-    let logs = format!("{}\n{}", p.a.log_text(), p.b.log_text()).to_lowercase();
+    let logs = format!("{}\n{}", strip_ansi(&p.a.log_text()), strip_ansi(&p.b.log_text())).to_lowercase();
     assert!(
         logs.contains("magic") || logs.contains("not a drl"),
         "no clear log line about the garbage (bad magic)\n{}",
@@ -389,7 +389,7 @@ fn corrupt_frame_from_a_man_in_the_middle_drops_the_link_and_is_never_applied() 
         "before the reconnect b held {applied} of {} good blocks",
         data.len() / 4096
     );
-    let logs = format!("{}\n{}", p.a.log_text(), p.b.log_text()).to_lowercase();
+    let logs = format!("{}\n{}", strip_ansi(&p.a.log_text()), strip_ansi(&p.b.log_text())).to_lowercase();
     assert!(
         logs.contains("checksum") || logs.contains("crc"),
         "no log line names the checksum failure\n{}",

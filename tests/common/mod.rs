@@ -101,6 +101,7 @@ impl Node {
             .arg(&self.config)
             .args(["--node", &self.name])
             .env("DRL_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

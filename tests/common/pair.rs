@@ -356,9 +356,27 @@ pub fn num(r: &Value, key: &str) -> u64 {
 }
 
 pub fn log_tail(node: &Node, lines: usize) -> String {
-    let t = node.log_text();
+    let t = strip_ansi(&node.log_text());
     let v: Vec<&str> = t.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The text without ANSI colour sequences (ESC [ ... letter).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Compare two disk files block by block; on a difference, panic with the first differing

@@ -76,7 +76,7 @@ fn secondary_always_holds_a_prefix_of_dependent_writes() {
         .unwrap_or(12);
     eprintln!("write-order fidelity: seed {seed} ({runs} runs; replay with DRL_ORDER_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let size = 16 * MIB;
+    let size = 32 * MIB;
     let nblocks = size / BLOCK as u64;
     let mut nonempty = 0;
     let mut summary = Vec::new();

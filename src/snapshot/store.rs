@@ -316,7 +316,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 match st.alloc_slot() {
                     Some(s) => slots.push(s),
                     None => {
-                        st.free_slots.extend(slots.drain(..));
+                        st.free_slots.append(&mut slots);
                         drop(st);
                         self.invalidate_all(&format!("COW space of {} exhausted", crate::config::units::format_bytes(self.cfg.space_bytes))).await;
                         return Ok(());

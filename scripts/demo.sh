@@ -64,9 +64,11 @@ pids=()
 start() { # site
     local s=$1 pre=()
     [ $netns = 1 ] && pre=(ip netns exec "drl-$s")
+    rm -f "$work/$s/r0.nbd" "$work/site-$s.sock"
     "${pre[@]}" "$drl" daemon --config "$cfg" --node "site-$s" 2>>"$work/$s.log" &
     pids[$([ "$s" = a ] && echo 0 || echo 1)]=$!
-    wait_for_socket "$work/$s/r0.nbd" 20 $! || die "site $s did not start: $(tail -5 "$work/$s.log")"
+    wait_for_socket "$work/$s/r0.nbd" 20 $! && wait_for_socket "$work/site-$s.sock" 20 $! ||
+        die "site $s did not start: $(tail -5 "$work/$s.log")"
 }
 cleanup() {
     [ -n "${KEEP:-}" ] && { log "left running: config $cfg"; return; }

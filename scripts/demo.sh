@@ -83,7 +83,7 @@ wait_for() {
     local what=$1 secs=$2 i; shift 2
     for ((i = 0; i < secs * 4; i++)); do
         "$@" && { printf '\n' >&2; log "$what"; return 0; }
-        printf '\r  %s: B %s %s%% done' "$what" "$(field b replication)" "$(field b resync_percent)" >&2
+        printf '\r  waiting (%ss): %s; B is %s, resync %s%%   ' "$((i / 4))" "$what" "$(field b replication)" "$(field b resync_percent)" >&2
         sleep 0.25
     done
     die "timed out waiting: $what"
@@ -101,7 +101,8 @@ log "a new pair is Inconsistent on both sides; promoting site A starts the initi
 on a status
 on a primary r0 --force
 t0=$(date +%s.%N)
-wait_for "initial sync done in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (zero blocks are not sent)" 120 in_sync
+wait_for "initial sync done" 120 in_sync
+log "... in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (zero blocks are not sent)"
 log "resync bytes sent: $(field a resync_bytes_sent) of 268435456"
 
 log "writing 32 MiB through NBD on site A (qemu-io)"
@@ -111,11 +112,14 @@ same_disks
 on a status
 
 if [ $netns = 1 ]; then
-    log "cutting the link silently (nft drop), then writing 8 MiB on A"
+    log "cutting the link silently (nft drop: no carrier loss, packets just vanish)"
     "$here/testbed.sh" cut --silent >/dev/null
+    t0=$(date +%s.%N)
+    wait_for "A noticed the silent cut" 60 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"resources\"][0][\"connection\"])')\" != Connected ]"
+    log "... after $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (ping timeout)"
+    log "writing 8 MiB on A while the link is down: A keeps serving, marks the blocks out of sync"
     qemu-io -f raw -c 'write -P 0xc3 128M 8M' -c flush "$uri_a" >/dev/null
-    sleep 1
-    log "while cut: A's connection $(field a connection), lag $(field a lag_ms) ms, out of sync $(field a out_of_sync_bytes) bytes"
+    log "while cut: A's connection $(field a connection), out of sync $(field a out_of_sync_bytes) bytes"
     before=$(field a resync_bytes_sent)
     "$here/testbed.sh" restore >/dev/null
     wait_for "link back, resynced" 120 in_sync

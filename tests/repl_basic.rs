@@ -143,7 +143,14 @@ fn initial_sync_then_nbd_writes_give_identical_disks() {
         "a's sent_bytes must grow by at least the 3 MiB of random data: before {sent0}, now {a}"
     );
     p.assert_disks_identical("after NBD writes on the Primary");
-    qemu_io(&p.uri("a"), &["read -P 0xab 0 1M"]);
+    qemu_io(
+        &p.uri("a"),
+        &[
+            "read -P 0xab 0 8193",
+            "read -P 0x22 8193 3000",
+            "read -P 0xab 11193 1037383",
+        ],
+    );
 
     // The Secondary's export must not take writes.
     let before = file_digest(&p.disk("b"));

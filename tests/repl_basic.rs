@@ -518,3 +518,27 @@ fn split_brain_is_detected_nothing_overwritten_then_discard_my_data_resolves() {
         "the survivor's writes must be on the victim after resolution"
     );
 }
+
+/// `drl primary r0 --force` issued while the two daemons are still shaking hands (right after
+/// start; the pair goes through proxies, which widens the window): both sides must still agree
+/// on the initial sync and end in sync. Repeated, since it is a race.
+#[test]
+fn forced_promotion_during_the_handshake_still_converges() {
+    for i in 0..8 {
+        let mut opts = PairOpts::new(16 * MIB);
+        opts.proxied = true;
+        let p = Pair::start(opts);
+        p.cli_ok("a", &["primary", "r0", "--force"]);
+        let (a, b) = p.wait(
+            &format!("iteration {i}: in sync after a promotion during the handshake"),
+            std::time::Duration::from_secs(20),
+            |a, b| {
+                let (Some(a), Some(b)) = (a, b) else {
+                    return false;
+                };
+                in_sync(a) && in_sync(b) && a["role"] == "Primary" && b["role"] == "Secondary"
+            },
+        );
+        assert_eq!(a["generation"]["current"], b["generation"]["current"], "iteration {i}: generations differ after the initial sync (status field `generation`, if reported)");
+    }
+}

@@ -524,7 +524,7 @@ fn split_brain_is_detected_nothing_overwritten_then_discard_my_data_resolves() {
 /// on the initial sync and end in sync. Repeated, since it is a race.
 #[test]
 fn forced_promotion_during_the_handshake_still_converges() {
-    for i in 0..8 {
+    for i in 0..12 {
         let mut opts = PairOpts::new(16 * MIB);
         opts.proxied = true;
         let p = Pair::start(opts);

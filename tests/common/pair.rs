@@ -274,10 +274,14 @@ impl Pair {
     /// Waits for the pair to be Connected first (promoting during the handshake is a race
     /// of its own, tested separately).
     pub fn force_primary_and_sync(&self, n: &str) {
-        self.wait("both Connected before the forced promotion", WAIT, |a, b| {
-            a.is_some_and(|a| a["connection"] == "Connected")
-                && b.is_some_and(|b| b["connection"] == "Connected")
-        });
+        self.wait(
+            "both Connected before the forced promotion",
+            WAIT,
+            |a, b| {
+                a.is_some_and(|a| a["connection"] == "Connected")
+                    && b.is_some_and(|b| b["connection"] == "Connected")
+            },
+        );
         self.cli_ok(n, &["primary", "r0", "--force"]);
         self.wait_in_sync(n, "initial sync after `drl primary r0 --force`");
     }

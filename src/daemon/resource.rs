@@ -226,6 +226,11 @@ fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<(MetaFile, Option<Attac
         let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
         new.role = role;
         new.disk_state = disk_state;
+        if cfg.peer.is_some() {
+            // A new pair is "just created" (DRBD): no generation until the first promotion
+            // with --force, which makes the initial full sync run from that node.
+            new.gen = Some(Default::default());
+        }
         MetaFile::create(path, &new)?
     };
     if cfg.peer.is_none() {

@@ -178,3 +178,61 @@ const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
 const _: () = assert!(REPL_RESYNC_REQUEST_BYTES as u64 % BITMAP_BLOCK_BYTES == 0);
 /// The dirty bitmap is written to the metadata at least this often while it changes.
 pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
+// --- stream (snapshots and images to Swift) ---
+
+/// Snapshot chunk size: default, bounds; always a multiple of [`BITMAP_BLOCK_BYTES`].
+pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
+pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Chunks uploaded or restored at once (each holds up to two chunk buffers in memory).
+pub const STREAM_PARALLELISM_DEFAULT: usize = 4;
+pub const STREAM_PARALLELISM_MAX: usize = 64;
+/// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of 4 MiB = 16 TiB).
+pub const STREAM_CHUNKS_MAX: u64 = 4 * 1024 * 1024;
+/// The largest manifest object read back.
+pub const STREAM_MANIFEST_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Snapshots in one restore chain (full plus incrementals).
+pub const STREAM_CHAIN_DEPTH_MAX: usize = 1000;
+/// zstd level for chunks and segments.
+pub const STREAM_ZSTD_LEVEL: i32 = 3;
+/// Compression pays when the compressed chunk is at most this many 16ths of the raw chunk.
+pub const STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX: u64 = 15;
+
+/// Swift requests: attempts per request (5xx, 408, 429, connection errors), backoff bounds.
+pub const SWIFT_RETRY_ATTEMPTS_MAX: u32 = 5;
+pub const SWIFT_RETRY_BASE_DELAY_MS: u64 = 200;
+pub const SWIFT_RETRY_DELAY_MAX_MS: u64 = 10_000;
+/// Swift requests: connect and whole-request timeouts.
+pub const SWIFT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const SWIFT_REQUEST_TIMEOUT_MS: u64 = 300_000;
+/// Container listing: objects per page, and objects per listing in total.
+pub const SWIFT_LIST_PAGE_COUNT: u32 = 10_000;
+pub const SWIFT_LIST_OBJECTS_MAX: u64 = 2 * STREAM_CHUNKS_MAX;
+/// Bytes of an error answer kept for the error message.
+pub const SWIFT_ERROR_BODY_BYTES_MAX: usize = 512;
+/// The largest auth answer read (a Keystone token with its catalog).
+pub const SWIFT_AUTH_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Image push (Static Large Object): segment size default and bounds, segments per manifest
+/// (Swift's default `max_manifest_segments`).
+pub const SLO_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const SLO_SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+pub const SLO_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+pub const SLO_SEGMENTS_MAX: u64 = 1000;
+
+const _: () = assert!(STREAM_CHUNK_BYTES_MIN % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(STREAM_CHUNK_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(STREAM_CHUNK_BYTES_MIN <= STREAM_CHUNK_BYTES_DEFAULT);
+const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT <= STREAM_CHUNK_BYTES_MAX);
+const _: () = assert!(STREAM_PARALLELISM_DEFAULT <= STREAM_PARALLELISM_MAX);
+const _: () = assert!(SLO_SEGMENT_BYTES_MIN <= SLO_SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SLO_SEGMENT_BYTES_DEFAULT <= SLO_SEGMENT_BYTES_MAX);
+const _: () = assert!(SWIFT_RETRY_BASE_DELAY_MS <= SWIFT_RETRY_DELAY_MAX_MS);
+
+// --- daemon jobs ---
+/// Long operations (streams, restores) running at once in one daemon.
+pub const JOBS_RUNNING_MAX: usize = 8;
+/// Jobs (running and finished) the daemon remembers for `job.list`.
+pub const JOBS_KEPT_MAX: usize = 64;
+const _: () = assert!(JOBS_RUNNING_MAX <= JOBS_KEPT_MAX);

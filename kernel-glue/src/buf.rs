@@ -67,7 +67,11 @@ impl AlignedBuf {
     /// Change the visible length. Panics if `len` exceeds the capacity (a programmer error).
     /// Bytes that become visible hold whatever was last written there (zero if never written).
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.cap, "AlignedBuf::set_len({len}) beyond capacity {}", self.cap);
+        assert!(
+            len <= self.cap,
+            "AlignedBuf::set_len({len}) beyond capacity {}",
+            self.cap
+        );
         self.len = len;
     }
 
@@ -107,7 +111,10 @@ impl Drop for AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.len).field("cap", &self.cap).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod snapshot;
 mod status;
+mod stream;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -87,6 +88,17 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Disconnect a resource from its peer and stay StandAlone until `connect`.
     Disconnect(ResArgs),
+    /// Stream a snapshot to Swift (or the local vault) as chunks plus a manifest; incremental
+    /// against an older snapshot already there. Resumes an interrupted stream.
+    Stream(stream::StreamArgs),
+    /// Rebuild a volume from a streamed snapshot chain (full plus incrementals), verified.
+    Restore(stream::RestoreArgs),
+    /// VM images to and from Swift as Static Large Objects.
+    #[command(subcommand)]
+    Image(stream::ImageCmd),
+    /// The daemon's long-running jobs (streams, restores).
+    #[command(subcommand)]
+    Job(stream::JobCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
 }
@@ -171,6 +183,10 @@ pub fn main() -> i32 {
             let msg = format!("{}: StandAlone\n", a.resource);
             call_and_print(&cli.global, "disconnect", serde_json::json!({ "resource": a.resource }), false, move |_| msg.clone())
         }
+        Command::Stream(ref a) => stream::stream(&cli.global, a),
+        Command::Restore(ref a) => stream::restore(&cli.global, a),
+        Command::Image(ref c) => stream::image(&cli.global, c),
+        Command::Job(ref c) => stream::job(&cli.global, c),
     }
 }
 

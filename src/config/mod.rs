@@ -46,6 +46,38 @@ pub struct RawConfig {
     pub node: Vec<RawNode>,
     #[serde(default)]
     pub resource: Vec<RawResource>,
+    pub swift: Option<RawSwift>,
+    pub stream: Option<RawStream>,
+}
+
+/// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
+/// (`OS_AUTH_URL`, `OS_USERNAME`, ..., or `OS_CLOUD` with clouds.yaml).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSwift {
+    /// "tempauth" (v1.0) or "keystone-v3".
+    pub auth: String,
+    /// tempauth: the auth URL (e.g. http://127.0.0.1:8080/auth/v1.0); keystone-v3: the
+    /// identity endpoint (e.g. http://keystone:5000/v3).
+    pub url: String,
+    /// tempauth: "account:user"; keystone-v3: the user name.
+    pub user: String,
+    /// tempauth: the key; keystone-v3: the password.
+    pub key: String,
+    pub project: Option<String>,
+    pub user_domain: Option<String>,
+    pub project_domain: Option<String>,
+    pub region: Option<String>,
+}
+
+/// `[stream]`: defaults of snapshot streams, restores and image transfers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawStream {
+    /// Where plain `CONTAINER/PREFIX` locations (no `swift://`) are kept.
+    pub vault_dir: Option<PathBuf>,
+    pub chunk_size: Option<ByteSize>,
+    pub parallelism: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +240,15 @@ pub struct NodeConfig {
     pub control_socket: PathBuf,
     pub control_socket_mode: u32,
     pub resources: Vec<ResourceConfig>,
+    pub swift: Option<crate::stream::auth::SwiftAuth>,
+    pub stream: StreamConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub vault_dir: PathBuf,
+    pub chunk_bytes: u64,
+    pub parallelism: usize,
 }
 
 impl NodeConfig {
@@ -326,7 +367,53 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             repl,
         });
     }
-    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources })
+    let swift = raw.swift.as_ref().map(|s| swift_auth(s, &invalid)).transpose()?;
+    let stream = stream_config(raw.stream.as_ref(), &invalid)?;
+    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream })
+}
+
+fn swift_auth(s: &RawSwift, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<crate::stream::auth::SwiftAuth, ConfigError> {
+    use crate::stream::auth::{Secret, SwiftAuth};
+    if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+        return Err(invalid("swift.url".into(), format!("{:?} is not an http(s) URL", s.url)));
+    }
+    match s.auth.as_str() {
+        "tempauth" => Ok(SwiftAuth::TempAuth { url: s.url.clone(), user: s.user.clone(), key: Secret::new(s.key.clone()) }),
+        "keystone-v3" => Ok(SwiftAuth::KeystoneV3 {
+            auth_url: s.url.clone(),
+            username: s.user.clone(),
+            password: Secret::new(s.key.clone()),
+            project_name: s.project.clone().ok_or_else(|| invalid("swift.project".into(), "keystone-v3 needs a project".into()))?,
+            user_domain_name: s.user_domain.clone().unwrap_or_else(|| "Default".into()),
+            project_domain_name: s.project_domain.clone().unwrap_or_else(|| "Default".into()),
+            region: s.region.clone(),
+        }),
+        other => Err(invalid("swift.auth".into(), format!("{other:?}: use \"tempauth\" or \"keystone-v3\""))),
+    }
+}
+
+/// Stream defaults when no config file is given.
+pub fn default_stream_config() -> StreamConfig {
+    stream_config(None, &|key, reason| ConfigError::Invalid { file: PathBuf::new(), key, reason }).expect("defaults are valid")
+}
+
+fn stream_config(s: Option<&RawStream>, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<StreamConfig, ConfigError> {
+    let chunk_bytes = s.and_then(|s| s.chunk_size).map_or(limits::STREAM_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
+    if !(limits::STREAM_CHUNK_BYTES_MIN..=limits::STREAM_CHUNK_BYTES_MAX).contains(&chunk_bytes) || chunk_bytes % limits::BITMAP_BLOCK_BYTES != 0 {
+        return Err(invalid(
+            "stream.chunk-size".into(),
+            format!("{chunk_bytes} bytes: must be a multiple of 4KiB from {} to {}", units::format_bytes(limits::STREAM_CHUNK_BYTES_MIN), units::format_bytes(limits::STREAM_CHUNK_BYTES_MAX)),
+        ));
+    }
+    let parallelism = s.and_then(|s| s.parallelism).unwrap_or(limits::STREAM_PARALLELISM_DEFAULT);
+    if !(1..=limits::STREAM_PARALLELISM_MAX).contains(&parallelism) {
+        return Err(invalid("stream.parallelism".into(), format!("{parallelism}: must be 1 to {}", limits::STREAM_PARALLELISM_MAX)));
+    }
+    let vault_dir = s.and_then(|s| s.vault_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::stream::store::DEFAULT_VAULT_DIR));
+    if !vault_dir.is_absolute() {
+        return Err(invalid("stream.vault-dir".into(), format!("{} must be an absolute path", vault_dir.display())));
+    }
+    Ok(StreamConfig { vault_dir, chunk_bytes, parallelism })
 }
 
 fn repl_config(

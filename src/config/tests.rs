@@ -142,3 +142,26 @@ fn snapshot_defaults_and_checks() {
     let e = err(&EXAMPLE.replace("secret =", "snapshot-chunk = \"3KiB\"\nsecret ="), "site-a");
     assert!(e.contains("snapshot-chunk") && e.contains("power of two"), "{e}");
 }
+
+#[test]
+fn swift_and_stream_sections() {
+    let t = format!(
+        "{EXAMPLE}\n[swift]\nauth = \"tempauth\"\nurl = \"http://127.0.0.1:8080/auth/v1.0\"\nuser = \"test:tester\"\nkey = \"testing\"\n\n[stream]\nvault-dir = \"/srv/vault\"\nchunk-size = \"1MiB\"\nparallelism = 8\n"
+    );
+    let c = check(&t, "site-a").unwrap();
+    assert!(matches!(c.swift, Some(crate::stream::auth::SwiftAuth::TempAuth { ref user, .. }) if user == "test:tester"));
+    assert!(!format!("{:?}", c.swift).contains("testing"), "the key must never be printed");
+    assert_eq!(c.stream.chunk_bytes, 1 << 20);
+    assert_eq!(c.stream.parallelism, 8);
+    assert_eq!(c.stream.vault_dir, PathBuf::from("/srv/vault"));
+    let e = err(&t.replace("\"tempauth\"", "\"kerberos\""), "site-a");
+    assert!(e.contains("swift.auth"), "{e}");
+    let e = err(&t.replace("url = \"http", "url = \"ftp"), "site-a");
+    assert!(e.contains("swift.url"), "{e}");
+    let e = err(&t.replace("parallelism = 8", "parallelism = 0"), "site-a");
+    assert!(e.contains("stream.parallelism"), "{e}");
+    let k = t.replace("\"tempauth\"", "\"keystone-v3\"");
+    assert!(err(&k, "site-a").contains("swift.project"));
+    let c = check(&k.replace("key = \"testing\"", "key = \"testing\"\nproject = \"demo\""), "site-a").unwrap();
+    assert!(matches!(c.swift, Some(crate::stream::auth::SwiftAuth::KeystoneV3 { ref project_name, .. }) if project_name == "demo"));
+}

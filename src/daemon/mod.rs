@@ -11,8 +11,10 @@
 //! `limits::SHUTDOWN_DRAIN_TIMEOUT_MS`; the process exits 0 when the drain completed.
 
 mod device;
+mod jobs;
 mod resource;
 mod rpc;
+mod rpc_stream;
 
 pub use resource::Resource;
 
@@ -32,6 +34,7 @@ pub struct Node {
     pub config: NodeConfig,
     pub resources: Vec<Arc<Resource>>,
     pub events: EventBus,
+    pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
 }
 
@@ -106,7 +109,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Resource { name: rc.name.clone(), source })?;
         resources.push(Arc::new(r));
     }
-    let node = Arc::new(Node { config: cfg.clone(), resources, events: events.clone(), started: std::time::Instant::now() });
+    let jobs = jobs::Jobs::new(events.clone());
+    let node = Arc::new(Node { config: cfg.clone(), resources, events: events.clone(), jobs, started: std::time::Instant::now() });
 
     let mut tasks = tokio::task::JoinSet::new();
     for r in &node.resources {
@@ -128,6 +132,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     wait_for_signal().await.map_err(DaemonError::Signal)?;
     info!("shutting down: draining in-flight I/O");
     let _ = shutdown_tx.send(true);
+    node.jobs.abort_all();
     let drain = async {
         while tasks.join_next().await.is_some() {}
         for r in &node.resources {

@@ -160,7 +160,8 @@ impl Resource {
                 .map_err(|e| ResourceError::Blocking(e.to_string()))??;
         }
         self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
-        self.disk.shutdown();
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.shutdown()).await.map_err(|e| ResourceError::Blocking(e.to_string()))?;
         self.events.publish(Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name).field("disk", "Detached"));
         Ok(())
     }
@@ -186,7 +187,10 @@ impl Resource {
             "meta_path": self.cfg.local.meta,
             "io": self.disk.stats().to_json(),
             "nbd": match (&self.cfg.local.nbd, nbd) {
-                (Some(ep), Some(st)) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": st.snapshot().connections_active, "stats": st.snapshot() }),
+                (Some(ep), Some(st)) => {
+                    let snap = st.snapshot();
+                    json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": snap.connections_active, "stats": snap })
+                }
                 (Some(ep), None) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": 0 }),
                 _ => Value::Null,
             },

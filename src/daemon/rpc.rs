@@ -40,7 +40,7 @@ fn bool_param(params: &Value, key: &str) -> bool {
 }
 
 /// Register `f(node, params)` as `name`.
-fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
+pub(super) fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
 where
     F: Fn(Arc<Node>, Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
@@ -130,5 +130,6 @@ pub fn router(node: Arc<Node>) -> Router {
         rep.disconnect();
         Ok(json!({ "resource": rep.name() }))
     });
+    super::rpc_stream::register(&mut r, &node);
     r
 }

@@ -111,7 +111,7 @@ impl Disk {
         self.read_only.store(ro, Ordering::Release);
     }
 
-    /// Stop the engine after in-flight operations complete.
+    /// Stop the engine after in-flight operations complete (blocks: call it off the runtime).
     pub fn shutdown(&self) {
         self.engine.shutdown();
     }
@@ -250,15 +250,26 @@ impl BlockDevice for Disk {
         self.check_writable()?;
         check_range(offset, u64::from(len), self.size)?;
         self.stats.zeroes.fetch_add(1, Ordering::Relaxed);
-        if len > 0 {
-            if self.is_block_device && !self.aligned(offset, u64::from(len)) {
-                // BLKZEROOUT wants whole sectors: zero the unaligned edges by writing.
+        // The engine wants aligned ranges (BLKZEROOUT takes whole sectors; its fallback writes
+        // zero buffers with O_DIRECT): zero the unaligned edges by writing, the interior in one
+        // call.
+        let (start, end) = (offset, offset + u64::from(len));
+        let inner_start = start.div_ceil(self.align) * self.align;
+        let inner_end = end / self.align * self.align;
+        if inner_start >= inner_end {
+            if len > 0 {
                 self.write(offset, AlignedBuf::zeroed(len as usize), false).await?;
-            } else {
-                self.engine
-                    .zero_range(offset, u64::from(len), may_trim)
-                    .await
-                    .map_err(self.io_err("write zeroes"))?;
+            }
+        } else {
+            if inner_start > start {
+                self.write(start, AlignedBuf::zeroed((inner_start - start) as usize), false).await?;
+            }
+            self.engine
+                .zero_range(inner_start, inner_end - inner_start, may_trim)
+                .await
+                .map_err(self.io_err("write zeroes"))?;
+            if end > inner_end {
+                self.write(inner_end, AlignedBuf::zeroed((end - inner_end) as usize), false).await?;
             }
         }
         if fua {

@@ -1,0 +1,522 @@
+//! The io_uring I/O engine: one ring thread per backing disk, async submitters.
+//!
+//! # Threads and data flow
+//! An [`Engine`] owns one dedicated OS thread (`uring-<name>`) that owns the `io_uring` instance
+//! and the file. Async callers (tokio tasks anywhere) build a request, send it through a
+//! **bounded** channel (`send().await`: a full queue suspends the caller — backpressure, never
+//! growth) and await the answer on a `tokio::sync::oneshot`.
+//!
+//! The ring thread loops: reap completions, drain the request channel while fewer than
+//! `queue_depth` operations are in the kernel (many SQEs per `io_uring_enter`: batching), then
+//! `submit_and_wait(1)`. To be woken for new requests while it sleeps in the kernel waiting for
+//! completions, the ring always has one read of an `eventfd` in flight. A submitter writes the
+//! eventfd only when the ring thread announced (an atomic flag) that it is about to sleep, so a
+//! busy ring costs submitters no syscall and an idle ring costs them exactly one. Waiting on
+//! completions and on new requests is therefore one `io_uring_enter`, with no timer or polling
+//! latency. (Alternatives: `IORING_SETUP_SQPOLL` burns a core — we have two; a timeout SQE adds
+//! latency.)
+//!
+//! # Buffer ownership
+//! Buffers ([`AlignedBuf`]) are moved into the request and handed back with the result. While
+//! the kernel may write into a buffer, no Rust code holds a reference to it: the ring thread
+//! keeps it in its slot table until the completion arrives, even if the submitter's future was
+//! dropped meanwhile (the buffer is then freed after the completion, and the lost answer is
+//! ignored).
+//!
+//! # Operations
+//! Reads and writes loop on short transfers. `fdatasync` is `IORING_OP_FSYNC` with DATASYNC.
+//! `discard`/`zero_range` are `IORING_OP_FALLOCATE` on files; on block devices they are the
+//! `BLKDISCARD`/`BLKZEROOUT` ioctls, which block, so each runs on a short-lived helper thread
+//! (counted as in flight, joined before shutdown completes).
+//!
+//! # Shutdown
+//! [`Engine::shutdown`] (or dropping the last clone) closes the request channel (later
+//! submissions fail with "engine shut down"), lets the ring finish every accepted operation, and
+//! joins the thread. It blocks the calling thread for that long.
+
+mod ring;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::buf::AlignedBuf;
+
+/// Largest queue depth an engine accepts (io_uring allows 32768 SQ entries; more than this
+/// is never useful for one disk and costs memory).
+pub const QUEUE_DEPTH_MAX: u32 = 4096;
+
+/// Largest single read or write SQE, in bytes; larger transfers are split by the retry loop.
+/// 1 GiB keeps the length in a u32 and aligned to any DIO alignment.
+pub const OP_BYTES_MAX: usize = 1 << 30;
+
+/// Chunk size of the zero-writing fallback of [`Engine::zero_range`].
+pub const ZERO_WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Flags for [`Engine::write_all_at`] (`rw_flags` of the SQE, as for `pwritev2`).
+pub mod flags {
+    /// `RWF_DSYNC`: the write is durable when it completes (FUA on devices that have it).
+    pub const DSYNC: u32 = libc::RWF_DSYNC as u32;
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Maximum number of operations in the kernel at once (1..=[`QUEUE_DEPTH_MAX`]). The request
+    /// channel holds as many more before submitters wait.
+    pub queue_depth: u32,
+    /// Name for the thread (`uring-<name>`) and for logs.
+    pub name: String,
+}
+
+/// A snapshot of an engine's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Operations handed to the kernel (or to a block-ioctl helper thread).
+    pub ops_submitted: u64,
+    /// Operations whose completion was received.
+    pub ops_completed: u64,
+    /// Operations in the kernel right now.
+    pub in_flight: u64,
+    /// `io_uring_enter` calls that submitted at least one operation.
+    pub batches: u64,
+    /// Bytes transferred by completed reads.
+    pub bytes_read: u64,
+    /// Bytes transferred by completed writes.
+    pub bytes_written: u64,
+}
+
+/// Handle to an io_uring engine. Cheap to clone; the engine shuts down when the last clone is
+/// dropped (or on [`Engine::shutdown`]).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    is_block_device: bool,
+}
+
+/// State shared between submitters and the ring thread.
+pub(crate) struct Shared {
+    name: String,
+    /// Written to wake the ring thread; the ring always has a read of it in flight.
+    eventfd: OwnedFd,
+    /// Set by the ring thread just before it sleeps with free queue slots.
+    sleeping: AtomicBool,
+    shutting_down: AtomicBool,
+    ops_submitted: AtomicU64,
+    ops_completed: AtomicU64,
+    in_flight: AtomicU64,
+    batches: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+impl Shared {
+    /// Wake the ring thread unconditionally.
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid local u64 to an eventfd we own. A failure can only
+        // be EAGAIN (counter at u64::MAX - 1, i.e. already signalled), which is harmless.
+        unsafe {
+            libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    /// Wake the ring thread if it announced that it is going to sleep.
+    fn wake_if_sleeping(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+}
+
+/// One operation for the ring thread.
+pub(crate) enum Op {
+    Read {
+        buf: AlignedBuf,
+        buf_off: usize,
+        len: u32,
+        offset: u64,
+    },
+    Write {
+        buf: AlignedBuf,
+        buf_off: usize,
+        len: u32,
+        offset: u64,
+        rw_flags: i32,
+    },
+    Fdatasync,
+    /// `fallocate(mode, offset, len)` on a file.
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    /// A blocking block-device ioctl taking a `[u64; 2]` range (BLKDISCARD, BLKZEROOUT).
+    BlkRange {
+        request: BlkRequest,
+        offset: u64,
+        len: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BlkRequest {
+    Discard,
+    ZeroOut,
+}
+
+impl Op {
+    fn into_buf(self) -> Option<AlignedBuf> {
+        match self {
+            Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) struct Request {
+    op: Op,
+    reply: oneshot::Sender<Completion>,
+}
+
+/// The answer to a request: the syscall-style result (bytes for reads and writes) and the
+/// buffer, handed back.
+pub(crate) struct Completion {
+    result: io::Result<u32>,
+    buf: Option<AlignedBuf>,
+}
+
+fn shut_down_error() -> io::Error {
+    io::Error::other("engine shut down")
+}
+
+impl Engine {
+    /// Start an engine on `file` (opened by [`crate::dio::open_disk`] or any readable file).
+    pub fn new(file: File, cfg: EngineConfig) -> io::Result<Engine> {
+        if cfg.queue_depth == 0 || cfg.queue_depth > QUEUE_DEPTH_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "engine {}: queue_depth {} outside 1..={QUEUE_DEPTH_MAX}",
+                    cfg.name, cfg.queue_depth
+                ),
+            ));
+        }
+        let is_block_device = {
+            use std::os::unix::fs::FileTypeExt;
+            file.metadata()?.file_type().is_block_device()
+        };
+        // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared {
+            name: cfg.name.clone(),
+            // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
+            eventfd: unsafe { OwnedFd::from_raw_fd(efd) },
+            sleeping: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            ops_submitted: AtomicU64::new(0),
+            ops_completed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(cfg.queue_depth as usize);
+        let thread = ring::spawn(file, cfg.queue_depth, rx, shared.clone())?;
+        tracing::debug!(engine = %cfg.name, queue_depth = cfg.queue_depth, is_block_device,
+            "io_uring engine started");
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                thread: Mutex::new(Some(thread)),
+                is_block_device,
+            }),
+        })
+    }
+
+    /// Submit one operation and wait for its completion.
+    async fn submit(&self, op: Op) -> Completion {
+        let shared = &self.inner.shared;
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return Completion {
+                result: Err(shut_down_error()),
+                buf: op.into_buf(),
+            };
+        }
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(req)) = self.inner.tx.send(Request { op, reply }).await {
+            // Our channel permit went back: let a shutting-down ring see the channel drained.
+            shared.wake_if_sleeping();
+            return Completion {
+                result: Err(shut_down_error()),
+                buf: req.op.into_buf(),
+            };
+        }
+        shared.wake_if_sleeping();
+        match rx.await {
+            Ok(c) => c,
+            // The ring thread dropped the request without answering: it hit a fatal ring error
+            // and leaked the buffer on purpose (the kernel might still write into it).
+            Err(_) => Completion {
+                result: Err(io::Error::other(format!(
+                    "engine {}: ring thread failed",
+                    shared.name
+                ))),
+                buf: None,
+            },
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`; loops on short reads; EOF before that ->
+    /// `UnexpectedEof`. With O_DIRECT, `offset` and `buf.len()` must be multiples of the DIO
+    /// alignment.
+    pub async fn read_exact_at(
+        &self,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> (io::Result<()>, AlignedBuf) {
+        let total = buf.len();
+        let mut buf = buf;
+        let mut done = 0usize;
+        while done < total {
+            let len = (total - done).min(OP_BYTES_MAX) as u32;
+            let at = offset + done as u64;
+            let c = self
+                .submit(Op::Read {
+                    buf,
+                    buf_off: done,
+                    len,
+                    offset: at,
+                })
+                .await;
+            buf = c.buf.unwrap_or_else(|| AlignedBuf::zeroed(total));
+            match c.result {
+                Ok(0) => {
+                    let msg = format!(
+                        "engine {}: end of file at offset {at} reading {total} bytes at {offset}",
+                        self.inner.shared.name
+                    );
+                    return (Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg)), buf);
+                }
+                Ok(n) => done += n as usize,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Writes all of `buf` at `offset`; loops on short writes. `rw_flags`: e.g.
+    /// [`flags::DSYNC`] for FUA, 0 for none.
+    pub async fn write_all_at(
+        &self,
+        buf: AlignedBuf,
+        offset: u64,
+        rw_flags: u32,
+    ) -> (io::Result<()>, AlignedBuf) {
+        let total = buf.len();
+        let mut buf = buf;
+        let mut done = 0usize;
+        while done < total {
+            let len = (total - done).min(OP_BYTES_MAX) as u32;
+            let at = offset + done as u64;
+            let op = Op::Write {
+                buf,
+                buf_off: done,
+                len,
+                offset: at,
+                rw_flags: rw_flags as i32,
+            };
+            let c = self.submit(op).await;
+            buf = c.buf.unwrap_or_else(|| AlignedBuf::zeroed(total));
+            match c.result {
+                Ok(0) => {
+                    let msg = format!(
+                        "engine {}: write of {len} bytes at offset {at} wrote nothing",
+                        self.inner.shared.name
+                    );
+                    return (Err(io::Error::new(io::ErrorKind::WriteZero, msg)), buf);
+                }
+                Ok(n) => done += n as usize,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// `fdatasync(2)` through the ring: every write completed before this call is durable when
+    /// it returns.
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        self.submit(Op::Fdatasync).await.result.map(drop)
+    }
+
+    async fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        self.submit(Op::Fallocate { mode, offset, len })
+            .await
+            .result
+            .map(drop)
+    }
+
+    async fn blk(&self, request: BlkRequest, offset: u64, len: u64) -> io::Result<()> {
+        self.submit(Op::BlkRange {
+            request,
+            offset,
+            len,
+        })
+        .await
+        .result
+        .map(drop)
+    }
+
+    /// Deallocate the range. Files: `fallocate(PUNCH_HOLE|KEEP_SIZE)` (if the filesystem cannot
+    /// punch holes, the range is zeroed instead, so it always reads zeroes afterwards).
+    /// Block devices: `BLKDISCARD` (what the range reads afterwards is device-defined; an
+    /// unsupported discard returns the device's error, EOPNOTSUPP).
+    pub async fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.inner.is_block_device {
+            return self.blk(BlkRequest::Discard, offset, len).await;
+        }
+        match self.fallocate(PUNCH_HOLE, offset, len).await {
+            Err(e) if unsupported(&e) => self.zero_range(offset, len, false).await,
+            r => r,
+        }
+    }
+
+    /// Make the range read zeroes. Files: `fallocate(PUNCH_HOLE|KEEP_SIZE)` when
+    /// `may_deallocate`, else `fallocate(ZERO_RANGE|KEEP_SIZE)`, each falling back to the other
+    /// (PUNCH_HOLE only if allowed), then to writing zero buffers. Block devices: `BLKZEROOUT`,
+    /// falling back to writing zero buffers. With O_DIRECT the range must be aligned.
+    pub async fn zero_range(&self, offset: u64, len: u64, may_deallocate: bool) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let first_err = if self.inner.is_block_device {
+            match self.blk(BlkRequest::ZeroOut, offset, len).await {
+                Err(e) if unsupported(&e) => e,
+                r => return r,
+            }
+        } else {
+            let modes: &[i32] = if may_deallocate {
+                &[PUNCH_HOLE, ZERO_RANGE]
+            } else {
+                &[ZERO_RANGE]
+            };
+            let mut last = None;
+            for &mode in modes {
+                match self.fallocate(mode, offset, len).await {
+                    Err(e) if unsupported(&e) => last = Some(e),
+                    r => return r,
+                }
+            }
+            match last {
+                Some(e) => e,
+                None => return Ok(()),
+            }
+        };
+        tracing::debug!(engine = %self.inner.shared.name, offset, len, error = %first_err,
+            "zeroing by writing zero buffers");
+        self.write_zeroes(offset, len).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        let chunk = (len as usize).min(ZERO_WRITE_CHUNK_BYTES);
+        let mut zeroes = AlignedBuf::zeroed(chunk);
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(chunk);
+            zeroes.set_len(n);
+            let (r, b) = self.write_all_at(zeroes, offset + done, 0).await;
+            zeroes = b;
+            r?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.inner.shared;
+        EngineStats {
+            ops_submitted: s.ops_submitted.load(Ordering::Relaxed),
+            ops_completed: s.ops_completed.load(Ordering::Relaxed),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            bytes_read: s.bytes_read.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop accepting new operations, wait for the accepted ones, join the ring thread.
+    /// Operations submitted afterwards fail with `ErrorKind::Other` "engine shut down".
+    /// Blocks the calling thread; idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        let handle = match self.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!(engine = %self.shared.name, "io_uring ring thread panicked");
+            } else {
+                tracing::debug!(engine = %self.shared.name, "io_uring engine shut down");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.inner.shared.name)
+            .field("is_block_device", &self.inner.is_block_device)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// Errors that mean "this way of zeroing/deallocating is not available here".
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY)
+    )
+}
+
+#[cfg(test)]
+mod tests;

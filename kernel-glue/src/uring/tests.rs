@@ -1,0 +1,388 @@
+//! Engine tests against real files (ext4 tempdir, tmpfs /dev/shm, pipes, socket pairs).
+
+use super::*;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+fn cfg(name: &str, queue_depth: u32) -> EngineConfig {
+    EngineConfig {
+        queue_depth,
+        name: name.to_string(),
+    }
+}
+
+fn file_in(dir: &std::path::Path, size: u64) -> (std::path::PathBuf, File) {
+    let path = dir.join("disk.img");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(size).unwrap();
+    (path, f)
+}
+
+fn pattern(len: usize, seed: u8) -> AlignedBuf {
+    let v: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    AlignedBuf::from_slice(&v)
+}
+
+#[tokio::test]
+async fn write_then_read_back_and_count_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("rw", 8)).unwrap();
+    let (r, _) = e.write_all_at(pattern(8192, 7), 4096, 0).await;
+    r.unwrap();
+    let (r, back) = e.read_exact_at(AlignedBuf::zeroed(8192), 4096).await;
+    r.unwrap();
+    assert_eq!(&back[..], &pattern(8192, 7)[..]);
+    // The data really is in the file, at the right place.
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(&on_disk[4096..4096 + 8192], &pattern(8192, 7)[..]);
+    assert!(on_disk[..4096].iter().all(|&b| b == 0));
+    let s = e.stats();
+    assert_eq!((s.ops_submitted, s.ops_completed, s.in_flight), (2, 2, 0));
+    assert_eq!((s.bytes_read, s.bytes_written), (8192, 8192));
+    assert!(s.batches >= 1 && s.batches <= 2, "{s:?}");
+}
+
+#[tokio::test]
+async fn read_past_end_of_file_is_unexpected_eof_after_short_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 6000);
+    let e = Engine::new(f, cfg("eof", 4)).unwrap();
+    let (r, buf) = e.read_exact_at(AlignedBuf::zeroed(8192), 0).await;
+    let err = r.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    assert_eq!(buf.len(), 8192, "buffer handed back");
+    // One short read of 6000 bytes, then a read of 0 bytes: the loop ran twice.
+    assert_eq!(e.stats().ops_completed, 2);
+    assert_eq!(e.stats().bytes_read, 6000);
+    // Reading the 6000 bytes that exist works.
+    let (r, _) = e.read_exact_at(AlignedBuf::zeroed(6000), 0).await;
+    r.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_ops_are_batched_and_all_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 4 << 20);
+    let e = Engine::new(f, cfg("batch", 32)).unwrap();
+    let n = 512usize;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let (r, _) = e
+                .write_all_at(pattern(4096, i as u8), (i * 4096) as u64, 0)
+                .await;
+            r
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    e.fdatasync().await.unwrap();
+    for i in (0..n).step_by(37) {
+        let (r, b) = e
+            .read_exact_at(AlignedBuf::zeroed(4096), (i * 4096) as u64)
+            .await;
+        r.unwrap();
+        assert_eq!(&b[..], &pattern(4096, i as u8)[..], "block {i}");
+    }
+    let s = e.stats();
+    assert_eq!(s.bytes_written, (n * 4096) as u64);
+    assert!(s.batches < s.ops_submitted, "no batching: {s:?}");
+}
+
+#[tokio::test]
+async fn dsync_write_and_fdatasync_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("sync", 2)).unwrap();
+    let (r, _) = e.write_all_at(pattern(4096, 1), 0, flags::DSYNC).await;
+    r.unwrap();
+    e.fdatasync().await.unwrap();
+    assert_eq!(
+        &std::fs::read(&path).unwrap()[..4096],
+        &pattern(4096, 1)[..]
+    );
+}
+
+#[tokio::test]
+async fn discard_punches_a_hole_that_reads_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = file_in(dir.path(), 4 << 20);
+    let e = Engine::new(f, cfg("discard", 4)).unwrap();
+    let (r, _) = e.write_all_at(pattern(1 << 20, 3), 0, 0).await;
+    r.unwrap();
+    e.fdatasync().await.unwrap();
+    let blocks_before = std::fs::metadata(&path).unwrap().blocks();
+    e.discard(65536, 512 << 10).await.unwrap();
+    let md = std::fs::metadata(&path).unwrap();
+    assert_eq!(md.len(), 4 << 20, "KEEP_SIZE");
+    assert!(
+        md.blocks() + 512 * 1024 / 512 <= blocks_before,
+        "{} vs {blocks_before}",
+        md.blocks()
+    );
+    let (r, b) = e.read_exact_at(AlignedBuf::zeroed(1 << 20), 0).await;
+    r.unwrap();
+    let want = pattern(1 << 20, 3);
+    assert_eq!(&b[..65536], &want[..65536]);
+    assert!(b[65536..65536 + (512 << 10)].iter().all(|&x| x == 0));
+    assert_eq!(&b[65536 + (512 << 10)..], &want[65536 + (512 << 10)..]);
+}
+
+#[tokio::test]
+async fn zero_range_on_ext4_keeps_size_and_reads_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("zero", 4)).unwrap();
+    for may_deallocate in [false, true] {
+        let (r, _) = e.write_all_at(pattern(65536, 9), 0, 0).await;
+        r.unwrap();
+        e.zero_range(4096, 8192, may_deallocate).await.unwrap();
+        let (r, b) = e.read_exact_at(AlignedBuf::zeroed(65536), 0).await;
+        r.unwrap();
+        assert_eq!(&b[..4096], &pattern(65536, 9)[..4096]);
+        assert!(
+            b[4096..12288].iter().all(|&x| x == 0),
+            "may_deallocate={may_deallocate}"
+        );
+        assert_eq!(&b[12288..], &pattern(65536, 9)[12288..]);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    // fallocate did the work: no zero buffers were written.
+    assert_eq!(e.stats().bytes_written, 2 * 65536);
+}
+
+#[tokio::test]
+async fn zero_range_on_tmpfs_falls_back_to_writing_zeroes() {
+    // tmpfs implements PUNCH_HOLE but not ZERO_RANGE (EOPNOTSUPP).
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipped: no /dev/shm ({e})"),
+    };
+    let (_, f) = file_in(dir.path(), 4 << 20);
+    let e = Engine::new(f, cfg("shm", 4)).unwrap();
+    let (r, _) = e.write_all_at(pattern(3 << 20, 5), 0, 0).await;
+    r.unwrap();
+    let len = (2 << 20) + 4096; // more than one fallback chunk
+    e.zero_range(4096, len, false).await.unwrap();
+    assert_eq!(
+        e.stats().bytes_written,
+        (3 << 20) + len,
+        "zeroes were written"
+    );
+    let (r, b) = e.read_exact_at(AlignedBuf::zeroed(3 << 20), 0).await;
+    r.unwrap();
+    assert!(b[4096..4096 + len as usize].iter().all(|&x| x == 0));
+    assert_eq!(&b[..4096], &pattern(3 << 20, 5)[..4096]);
+    // With may_deallocate, tmpfs punches a hole instead: nothing more is written.
+    let written = e.stats().bytes_written;
+    e.write_all_at(pattern(8192, 1), 0, 0).await.0.unwrap();
+    e.zero_range(0, 8192, true).await.unwrap();
+    assert_eq!(e.stats().bytes_written, written + 8192);
+    let (r, b) = e.read_exact_at(AlignedBuf::zeroed(8192), 0).await;
+    r.unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_ops_and_hands_the_buffer_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("shut", 4)).unwrap();
+    e.write_all_at(pattern(4096, 1), 0, 0).await.0.unwrap();
+    e.shutdown();
+    e.shutdown(); // idempotent
+    let (r, b) = e.read_exact_at(AlignedBuf::zeroed(4096), 0).await;
+    let err = r.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::Other);
+    assert_eq!(err.to_string(), "engine shut down");
+    assert_eq!(b.len(), 4096);
+    assert_eq!(
+        e.fdatasync().await.unwrap_err().to_string(),
+        "engine shut down"
+    );
+    assert_eq!(e.stats().in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_busy_finishes_accepted_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 8 << 20);
+    let e = Engine::new(f, cfg("busy", 4)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            e.write_all_at(pattern(4096, 2), i * 4096, 0).await.0
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let e2 = e.clone();
+    tokio::task::spawn_blocking(move || e2.shutdown())
+        .await
+        .unwrap();
+    let (mut ok, mut refused) = (0u64, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(err) => {
+                assert_eq!(err.to_string(), "engine shut down");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(ok + refused, 200);
+    let s = e.stats();
+    assert_eq!(s.ops_completed, ok, "every accepted op completed: {s:?}");
+    assert_eq!(s.in_flight, 0);
+}
+
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn dropping_the_last_clone_joins_the_ring_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("dropme", 2)).unwrap();
+    let e2 = e.clone();
+    assert!(thread_names().iter().any(|n| n == "uring-dropme"));
+    drop(e);
+    e2.write_all_at(pattern(4096, 1), 0, 0).await.0.unwrap();
+    assert!(
+        thread_names().iter().any(|n| n == "uring-dropme"),
+        "one clone left"
+    );
+    drop(e2);
+    assert!(
+        !thread_names().iter().any(|n| n == "uring-dropme"),
+        "thread joined"
+    );
+}
+
+#[tokio::test]
+async fn abandoned_submitters_do_not_break_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("abandon", 8)).unwrap();
+    for i in 0..100u64 {
+        // The future is polled once (request sent), then dropped before the completion.
+        let fut = e.read_exact_at(AlignedBuf::zeroed(4096), (i % 64) * 4096);
+        let _ = tokio::time::timeout(Duration::from_nanos(1), fut).await;
+    }
+    let (r, _) = e.read_exact_at(AlignedBuf::zeroed(4096), 0).await;
+    r.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.stats().in_flight != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = e.stats();
+    assert_eq!(s.in_flight, 0);
+    assert_eq!(s.ops_submitted, s.ops_completed);
+}
+
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_applies_backpressure() {
+    // Reads of an empty pipe stay in the kernel until data arrives.
+    let (rd, mut wr) = pipe();
+    let e = Engine::new(rd, cfg("pipe", 1)).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            e.read_exact_at(AlignedBuf::zeroed(8), 0).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = e.stats();
+    assert_eq!(
+        (s.ops_submitted, s.in_flight),
+        (1, 1),
+        "queue depth respected: {s:?}"
+    );
+    assert_eq!(
+        e.inner.tx.capacity(),
+        0,
+        "channel full: the other senders wait"
+    );
+    wr.write_all(&[7u8; 32]).unwrap();
+    for t in tasks {
+        let (r, b) = t.await.unwrap();
+        r.unwrap();
+        assert_eq!(&b[..], &[7u8; 8]);
+    }
+    assert_eq!(e.stats().ops_completed, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_waiting_on_completions_still_takes_new_requests_at_once() {
+    // One end of a socket pair: a read waits in the kernel; a write on the same fd must not
+    // wait for it (the eventfd read wakes the ring).
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let e = Engine::new(File::from(std::os::fd::OwnedFd::from(a)), cfg("sock", 4)).unwrap();
+    let e2 = e.clone();
+    let pending = tokio::spawn(async move { e2.read_exact_at(AlignedBuf::zeroed(4), 0).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(e.stats().in_flight, 1);
+    for _ in 0..20 {
+        let t = Instant::now();
+        e.write_all_at(AlignedBuf::from_slice(b"ping"), 0, 0)
+            .await
+            .0
+            .unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "write waited {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut got = [0u8; 80];
+    let mut b = b;
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..4], b"ping");
+    b.write_all(b"pong").unwrap();
+    let (r, buf) = pending.await.unwrap();
+    r.unwrap();
+    assert_eq!(&buf[..], b"pong");
+}
+
+#[test]
+fn queue_depth_is_validated() {
+    let f = tempfile::tempfile().unwrap();
+    let err = Engine::new(f, cfg("bad", 0)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("queue_depth 0"), "{err}");
+    let f = tempfile::tempfile().unwrap();
+    assert!(Engine::new(f, cfg("bad", QUEUE_DEPTH_MAX + 1)).is_err());
+}
+
+#[test]
+fn engine_handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Engine>();
+}

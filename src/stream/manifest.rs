@@ -1,0 +1,401 @@
+//! The snapshot manifest (versioned JSON) and restore-chain resolution.
+//!
+//! A manifest describes one snapshot of one volume: its size, the chunk size, its parent (for
+//! an incremental) and one entry per chunk, in index order:
+//! - `stored`: the chunk's sha256 (of the raw bytes), the object holding it, the stored size
+//!   and the compression (`none` | `zstd`);
+//! - `zero`: the chunk is all zeroes, nothing stored;
+//! - `unchanged-from-parent`: only in incrementals: read the chunk from the parent chain.
+//!
+//! ```json
+//! {"format":"drl-snapshot","version":1,"snapshot":"s2","parent":"s1","volume":"vol0",
+//!  "created_unix_ms":1700000000000,"volume_size_bytes":8388608,"chunk_size_bytes":4194304,
+//!  "compression":"zstd","chunks":[
+//!   {"index":0,"state":"unchanged-from-parent"},
+//!   {"index":1,"state":"stored","sha256":"9f..","object":"p/s2/chunks/00000001-9f..",
+//!    "stored_bytes":12345,"compression":"zstd"}]}
+//! ```
+//!
+//! A restore resolves the chain newest to oldest ([`resolve_chain`]): every chunk comes from
+//! the newest snapshot that holds it (`stored` or `zero`); the oldest must be a full snapshot.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Compression, StreamError};
+use crate::limits::{STREAM_CHAIN_DEPTH_MAX, STREAM_CHUNKS_MAX};
+
+pub const MANIFEST_FORMAT: &str = "drl-snapshot";
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// One chunk of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ChunkEntry {
+    Stored {
+        index: u64,
+        sha256: String,
+        object: String,
+        stored_bytes: u64,
+        compression: Compression,
+    },
+    Zero {
+        index: u64,
+    },
+    UnchangedFromParent {
+        index: u64,
+    },
+}
+
+impl ChunkEntry {
+    pub fn index(&self) -> u64 {
+        match self {
+            ChunkEntry::Stored { index, .. }
+            | ChunkEntry::Zero { index }
+            | ChunkEntry::UnchangedFromParent { index } => *index,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub snapshot: String,
+    pub parent: Option<String>,
+    /// Resource (volume) name the snapshot was taken of, for people.
+    pub volume: String,
+    pub created_unix_ms: u64,
+    pub volume_size_bytes: u64,
+    pub chunk_size_bytes: u64,
+    /// The policy the stream ran with; each stored chunk says what it actually used.
+    pub compression: Compression,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+impl Manifest {
+    pub fn chunk_count(volume_size_bytes: u64, chunk_size_bytes: u64) -> u64 {
+        volume_size_bytes.div_ceil(chunk_size_bytes)
+    }
+
+    /// Length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let off = index * self.chunk_size_bytes;
+        self.chunk_size_bytes
+            .min(self.volume_size_bytes.saturating_sub(off))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parse and check a manifest read from `object`.
+    pub fn from_json(object: &str, data: &[u8]) -> Result<Manifest, StreamError> {
+        let bad = |reason: String| StreamError::Manifest {
+            object: object.to_string(),
+            reason,
+        };
+        let m: Manifest =
+            serde_json::from_slice(data).map_err(|e| bad(format!("not a manifest: {e}")))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(bad(format!(
+                "format {:?}, expected {MANIFEST_FORMAT:?}",
+                m.format
+            )));
+        }
+        if m.version != MANIFEST_VERSION {
+            return Err(bad(format!(
+                "version {} is not supported (this drl reads {MANIFEST_VERSION})",
+                m.version
+            )));
+        }
+        m.validate().map_err(bad)?;
+        Ok(m)
+    }
+
+    /// Structural checks: chunk size, count, index order, entry fields.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.chunk_size_bytes == 0 || self.chunk_size_bytes > u32::MAX as u64 {
+            return Err(format!(
+                "chunk size {} is out of range",
+                self.chunk_size_bytes
+            ));
+        }
+        let n = Self::chunk_count(self.volume_size_bytes, self.chunk_size_bytes);
+        if n > STREAM_CHUNKS_MAX {
+            return Err(format!("{n} chunks, more than {STREAM_CHUNKS_MAX}"));
+        }
+        if self.chunks.len() as u64 != n {
+            return Err(format!(
+                "{} chunk entries for a volume of {n} chunks",
+                self.chunks.len()
+            ));
+        }
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.index() != i as u64 {
+                return Err(format!("entry {i} has index {}", c.index()));
+            }
+            match c {
+                ChunkEntry::Stored { sha256, object, .. } => {
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("chunk {i}: sha256 {sha256:?} is not 64 hex digits"));
+                    }
+                    if object.is_empty() {
+                        return Err(format!("chunk {i}: empty object name"));
+                    }
+                }
+                ChunkEntry::UnchangedFromParent { .. } if self.parent.is_none() => {
+                    return Err(format!(
+                        "chunk {i} is unchanged-from-parent in a snapshot without parent"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each chunk of a restored volume comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedChain {
+    pub volume_size_bytes: u64,
+    pub chunk_size_bytes: u64,
+    /// Newest first.
+    pub snapshots: Vec<String>,
+    /// One entry per chunk: `Stored` or `Zero`.
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// Resolve `chain` (newest first, each the parent of the one before) into one chunk list.
+/// Checks that the links match, that sizes agree, that there is no cycle and that the oldest is
+/// a full snapshot.
+pub fn resolve_chain(chain: &[Manifest]) -> Result<ResolvedChain, StreamError> {
+    let first = chain
+        .first()
+        .ok_or_else(|| StreamError::Chain("empty chain".into()))?;
+    if chain.len() > STREAM_CHAIN_DEPTH_MAX {
+        return Err(StreamError::Chain(format!(
+            "{} snapshots, more than {STREAM_CHAIN_DEPTH_MAX}",
+            chain.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for (i, m) in chain.iter().enumerate() {
+        if !seen.insert(m.snapshot.as_str()) {
+            return Err(StreamError::Chain(format!(
+                "cycle: snapshot {} appears twice",
+                m.snapshot
+            )));
+        }
+        if m.volume_size_bytes != first.volume_size_bytes
+            || m.chunk_size_bytes != first.chunk_size_bytes
+        {
+            return Err(StreamError::Chain(format!(
+                "snapshot {} has size {} / chunk {} but {} has {} / {}",
+                m.snapshot,
+                m.volume_size_bytes,
+                m.chunk_size_bytes,
+                first.snapshot,
+                first.volume_size_bytes,
+                first.chunk_size_bytes
+            )));
+        }
+        match (&m.parent, chain.get(i + 1)) {
+            (Some(p), Some(next)) if *p == next.snapshot => {}
+            (Some(p), Some(next)) => {
+                return Err(StreamError::Chain(format!(
+                    "snapshot {} names parent {p}, but the chain holds {}",
+                    m.snapshot, next.snapshot
+                )))
+            }
+            (Some(p), None) => {
+                return Err(StreamError::Chain(format!(
+                    "parent {p} of snapshot {} is missing",
+                    m.snapshot
+                )))
+            }
+            (None, Some(next)) => {
+                return Err(StreamError::Chain(format!(
+                    "snapshot {} is full but the chain continues with {}",
+                    m.snapshot, next.snapshot
+                )))
+            }
+            (None, None) => {}
+        }
+    }
+    let mut chunks = Vec::with_capacity(first.chunks.len());
+    for i in 0..first.chunks.len() {
+        let entry = chain
+            .iter()
+            .map(|m| &m.chunks[i])
+            .find(|c| !matches!(c, ChunkEntry::UnchangedFromParent { .. }));
+        match entry {
+            Some(e) => chunks.push(e.clone()),
+            None => {
+                return Err(StreamError::Chain(format!(
+                    "chunk {i} is stored in no snapshot of the chain"
+                )))
+            }
+        }
+    }
+    Ok(ResolvedChain {
+        volume_size_bytes: first.volume_size_bytes,
+        chunk_size_bytes: first.chunk_size_bytes,
+        snapshots: chain.iter().map(|m| m.snapshot.clone()).collect(),
+        chunks,
+    })
+}
+
+/// Check a snapshot name: it becomes one path segment of object names.
+pub fn check_snapshot_name(name: &str) -> Result<(), StreamError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StreamError::Config(format!(
+            "snapshot name {name:?}: use 1..=128 of A-Z a-z 0-9 - _ . : @ +"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn full(name: &str) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: 1,
+            snapshot: name.into(),
+            parent: None,
+            volume: "v".into(),
+            created_unix_ms: 1,
+            volume_size_bytes: 250,
+            chunk_size_bytes: 100,
+            compression: Compression::Zstd,
+            chunks: vec![
+                ChunkEntry::Stored {
+                    index: 0,
+                    sha256: sha('a'),
+                    object: "p/s0/chunks/0".into(),
+                    stored_bytes: 10,
+                    compression: Compression::Zstd,
+                },
+                ChunkEntry::Zero { index: 1 },
+                ChunkEntry::Stored {
+                    index: 2,
+                    sha256: sha('b'),
+                    object: "p/s0/chunks/2".into(),
+                    stored_bytes: 50,
+                    compression: Compression::None,
+                },
+            ],
+        }
+    }
+
+    fn incr(name: &str, parent: &str) -> Manifest {
+        let mut m = full(name);
+        m.parent = Some(parent.into());
+        m.chunks = vec![
+            ChunkEntry::UnchangedFromParent { index: 0 },
+            ChunkEntry::Stored {
+                index: 1,
+                sha256: sha('c'),
+                object: format!("p/{name}/chunks/1"),
+                stored_bytes: 7,
+                compression: Compression::Zstd,
+            },
+            ChunkEntry::Zero { index: 2 },
+        ];
+        m
+    }
+
+    #[test]
+    fn json_round_trip_and_checks() {
+        let m = full("s0");
+        let j = m.to_json();
+        let text = String::from_utf8(j.clone()).unwrap();
+        assert!(text.contains(r#""state":"zero""#), "{text}");
+        assert_eq!(Manifest::from_json("o", &j).unwrap(), m);
+        assert_eq!(m.chunk_len(2), 50);
+        let mut bad = m.clone();
+        bad.version = 9;
+        assert!(Manifest::from_json("o", &bad.to_json())
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
+        let mut bad = m.clone();
+        bad.chunks.pop();
+        assert!(Manifest::from_json("o", &bad.to_json())
+            .unwrap_err()
+            .to_string()
+            .contains("2 chunk entries"));
+        let mut bad = m.clone();
+        bad.chunks[1] = ChunkEntry::UnchangedFromParent { index: 1 };
+        assert!(Manifest::from_json("o", &bad.to_json())
+            .unwrap_err()
+            .to_string()
+            .contains("without parent"));
+        assert!(Manifest::from_json("o", b"{").is_err());
+        let i = incr("s1", "s0");
+        assert!(i
+            .to_json()
+            .windows(b"unchanged-from-parent".len())
+            .any(|w| w == b"unchanged-from-parent"));
+    }
+
+    #[test]
+    fn chain_resolution() {
+        let r = resolve_chain(&[incr("s1", "s0"), full("s0")]).unwrap();
+        assert_eq!(r.snapshots, ["s1", "s0"]);
+        assert!(
+            matches!(&r.chunks[0], ChunkEntry::Stored { object, .. } if object == "p/s0/chunks/0")
+        );
+        assert!(
+            matches!(&r.chunks[1], ChunkEntry::Stored { object, .. } if object == "p/s1/chunks/1")
+        );
+        assert!(matches!(&r.chunks[2], ChunkEntry::Zero { .. }));
+    }
+
+    #[test]
+    fn chain_errors() {
+        let e = resolve_chain(&[incr("s1", "s0")]).unwrap_err().to_string();
+        assert!(e.contains("parent s0 of snapshot s1 is missing"), "{e}");
+        let e = resolve_chain(&[incr("s1", "s0"), incr("s0", "s1"), incr("s1", "s0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cycle"), "{e}");
+        let e = resolve_chain(&[incr("s2", "s0"), full("s1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names parent s0"), "{e}");
+        let mut other = full("s0");
+        other.volume_size_bytes = 300;
+        other.chunks.push(ChunkEntry::Zero { index: 3 });
+        let e = resolve_chain(&[incr("s1", "s0"), other])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("size"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_names() {
+        assert!(check_snapshot_name("daily-2024-01-01T00:00").is_ok());
+        for n in ["", "..", "a/b", "a b"] {
+            assert!(check_snapshot_name(n).is_err(), "{n}");
+        }
+    }
+}

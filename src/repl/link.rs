@@ -93,7 +93,10 @@ impl Link {
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Encode `frame` and queue it for the socket. False (and the link closed) if it cannot
@@ -114,7 +117,10 @@ impl Link {
         }
         let mut out = BytesMut::new();
         if let Err(e) = self.enc.encode(frame, &mut out) {
-            self.close(format!("cannot encode a {} frame: {e}", frame.frame_type().name()));
+            self.close(format!(
+                "cannot encode a {} frame: {e}",
+                frame.frame_type().name()
+            ));
             return false;
         }
         let n = out.len() as u64;
@@ -159,7 +165,10 @@ mod tests {
             buf.extend_from_slice(&b);
         }
         assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Ping { seq: 1 }));
-        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Barrier { epoch: 1 }));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Some(Frame::Barrier { epoch: 1 })
+        );
         assert_eq!(link.queued_bytes(), 0);
         link.close("test");
         link.close("second reason is ignored");

@@ -107,7 +107,12 @@ pub async fn handshake(
 ) -> Result<Conn, PeerError> {
     let ms = REPL_HANDSHAKE_TIMEOUT_MS;
     let a = addr.to_string();
-    match tokio::time::timeout(Duration::from_millis(ms), handshake_inner(stream, addr, local, secret)).await {
+    match tokio::time::timeout(
+        Duration::from_millis(ms),
+        handshake_inner(stream, addr, local, secret),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(PeerError::Timeout { addr: a, ms }),
     }
@@ -124,7 +129,8 @@ async fn handshake_inner(
     let rid = resource_id(&local.resource);
     let mut enc = Encoder::new(rid);
     let mut dec = Decoder::new(rid);
-    let mut hs = Handshake::new(local, secret).map_err(|source| PeerError::Handshake { addr: a(), source })?;
+    let mut hs = Handshake::new(local, secret)
+        .map_err(|source| PeerError::Handshake { addr: a(), source })?;
     send_all(&mut stream, &enc, &hs.start(), addr).await?;
     let mut rbuf = BytesMut::with_capacity(8192);
     loop {
@@ -135,11 +141,14 @@ async fn handshake_inner(
             {
                 Some(f) => break f,
                 None => {
-                    let n = stream.read_buf(&mut rbuf).await.map_err(|source| PeerError::Io {
-                        what: "reading from",
-                        addr: a(),
-                        source,
-                    })?;
+                    let n = stream
+                        .read_buf(&mut rbuf)
+                        .await
+                        .map_err(|source| PeerError::Io {
+                            what: "reading from",
+                            addr: a(),
+                            source,
+                        })?;
                     if n == 0 {
                         return Err(PeerError::Closed { addr: a() });
                     }
@@ -168,7 +177,12 @@ async fn handshake_inner(
     }
 }
 
-async fn send_all(stream: &mut TcpStream, enc: &Encoder, frames: &[Frame], addr: SocketAddr) -> Result<(), PeerError> {
+async fn send_all(
+    stream: &mut TcpStream,
+    enc: &Encoder,
+    frames: &[Frame],
+    addr: SocketAddr,
+) -> Result<(), PeerError> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -179,11 +193,14 @@ async fn send_all(stream: &mut TcpStream, enc: &Encoder, frames: &[Frame], addr:
             source,
         })?;
     }
-    stream.write_all(&out).await.map_err(|source| PeerError::Io {
-        what: "writing to",
-        addr: addr.to_string(),
-        source,
-    })
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|source| PeerError::Io {
+            what: "writing to",
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -223,7 +223,11 @@ impl Replicator {
     }
 
     pub(crate) fn peer_node(&self) -> String {
-        self.cfg.peer.as_ref().map(|p| p.node.clone()).unwrap_or_default()
+        self.cfg
+            .peer
+            .as_ref()
+            .map(|p| p.node.clone())
+            .unwrap_or_default()
     }
 
     /// Change the live state under the lock and publish an event for every field that moved.
@@ -263,7 +267,10 @@ impl Replicator {
     }
 
     /// Change the persistent state; publish role / disk changes.
-    pub(crate) fn update_meta(&self, f: impl FnOnce(&mut meta::Superblock)) -> Result<(), ReplError> {
+    pub(crate) fn update_meta(
+        &self,
+        f: impl FnOnce(&mut meta::Superblock),
+    ) -> Result<(), ReplError> {
         let before = self.meta.superblock();
         self.meta.update(f).map_err(|source| ReplError::Meta {
             res: self.name.clone(),
@@ -273,13 +280,15 @@ impl Replicator {
         if before.role != after.role {
             tracing::info!(resource = %self.name, role = after.role.as_str(), "role changed");
             self.events.publish(
-                Event::new(EventKind::Change, ObjectKind::Resource, &self.name).field("role", after.role.as_str()),
+                Event::new(EventKind::Change, ObjectKind::Resource, &self.name)
+                    .field("role", after.role.as_str()),
             );
         }
         if before.disk_state != after.disk_state {
             tracing::info!(resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
             self.events.publish(
-                Event::new(EventKind::Change, ObjectKind::Device, &self.name).field("disk", after.disk_state.as_str()),
+                Event::new(EventKind::Change, ObjectKind::Device, &self.name)
+                    .field("disk", after.disk_state.as_str()),
             );
         }
         if before.role != after.role || before.disk_state != after.disk_state {
@@ -374,22 +383,28 @@ impl Replicator {
     }
 
     async fn ship_data(&self, link: &Link, offset: u64, data: Bytes, fua: bool) {
-        let pieces: Vec<(u64, u32)> = split_range(offset, data.len() as u64, REPL_FRAME_DATA_BYTES_MAX).collect();
+        let pieces: Vec<(u64, u32)> =
+            split_range(offset, data.len() as u64, REPL_FRAME_DATA_BYTES_MAX).collect();
         let n = pieces.len();
         for (i, (off, len)) in pieces.into_iter().enumerate() {
             let at = (off - offset) as usize;
             let piece = data.slice(at..at + len as usize);
             let last_fua = fua && i + 1 == n;
             if !self
-                .enqueue(link, off, u64::from(len), u64::from(len), last_fua, |seq, epoch| {
-                    Frame::Data {
+                .enqueue(
+                    link,
+                    off,
+                    u64::from(len),
+                    u64::from(len),
+                    last_fua,
+                    |seq, epoch| Frame::Data {
                         seq,
                         epoch,
                         offset: off,
                         fua: last_fua,
                         data: piece.clone(),
-                    }
-                })
+                    },
+                )
                 .await
             {
                 return;
@@ -398,7 +413,8 @@ impl Replicator {
     }
 
     async fn ship_range(&self, link: &Link, offset: u64, len: u32, fua: bool, trim: bool) {
-        let pieces: Vec<(u64, u32)> = split_range(offset, u64::from(len), REPL_FRAME_RANGE_BYTES_MAX).collect();
+        let pieces: Vec<(u64, u32)> =
+            split_range(offset, u64::from(len), REPL_FRAME_RANGE_BYTES_MAX).collect();
         let n = pieces.len();
         for (i, (off, l)) in pieces.into_iter().enumerate() {
             let f = fua && i + 1 == n;
@@ -448,10 +464,12 @@ impl Replicator {
             if link.is_closed() || link.ahead.load(Ordering::Acquire) {
                 return false;
             }
-            let pull_ahead = policy == OnCongestion::PullAhead && self.state().repl == ReplState::Established;
+            let pull_ahead =
+                policy == OnCongestion::PullAhead && self.state().repl == ReplState::Established;
             {
                 let mut t = link.tracker();
-                let wait = !t.has_room(payload) && !pull_ahead && policy != OnCongestion::Disconnect;
+                let wait =
+                    !t.has_room(payload) && !pull_ahead && policy != OnCongestion::Disconnect;
                 if !wait {
                     match t.try_enqueue(offset, len, payload, fua, self.now_ms()) {
                         Ok(enq) => {
@@ -508,10 +526,13 @@ impl Replicator {
             )
         };
         if connected && peer_role == Some(Role::Primary) {
-            return Err(self.refused("the peer is Primary: demote it first (two Primaries would overwrite each other)"));
+            return Err(self.refused(
+                "the peer is Primary: demote it first (two Primaries would overwrite each other)",
+            ));
         }
         if connected && repl == ReplState::SyncTarget {
-            return Err(self.refused("this node is SyncTarget: its data is incomplete until the resync ends"));
+            return Err(self
+                .refused("this node is SyncTarget: its data is incomplete until the resync ends"));
         }
         let good = sb.disk_state == meta::DiskState::UpToDate;
         if !good && !force {
@@ -567,7 +588,9 @@ impl Replicator {
     /// `drl connect RES [--discard-my-data]`.
     pub fn connect(&self, discard_my_data: bool) -> Result<(), ReplError> {
         if discard_my_data && self.meta.superblock().role == meta::Role::Primary {
-            return Err(self.refused("--discard-my-data on a Primary: demote it first (drl secondary)"));
+            return Err(
+                self.refused("--discard-my-data on a Primary: demote it first (drl secondary)")
+            );
         }
         self.update(|st| {
             st.standalone = false;
@@ -628,7 +651,11 @@ impl Replicator {
         let (send_queue, lag, inflight) = match &st.link {
             Some(l) => {
                 let t = l.tracker();
-                (t.buffered_bytes(), t.lag_ms(self.now_ms()), t.inflight_writes())
+                (
+                    t.buffered_bytes(),
+                    t.lag_ms(self.now_ms()),
+                    t.inflight_writes(),
+                )
             }
             None => (0, 0, 0),
         };

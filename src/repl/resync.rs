@@ -52,7 +52,11 @@ pub fn or_into(bm: &DirtyBitmap, bits: &[u8]) -> u64 {
         }
         if byte & (1 << (b % 8)) != 0 {
             let start = b;
-            while b < blocks && bits.get((b / 8) as usize).is_some_and(|x| x & (1 << (b % 8)) != 0) {
+            while b < blocks
+                && bits
+                    .get((b / 8) as usize)
+                    .is_some_and(|x| x & (1 << (b % 8)) != 0)
+            {
                 b += 1;
             }
             bm.set_blocks(start, b - start);
@@ -68,9 +72,20 @@ pub fn or_into(bm: &DirtyBitmap, bits: &[u8]) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResyncError {
     #[error("resync answer for {offset}+{len}, but {expected} was requested next")]
-    Unexpected { offset: u64, len: u64, expected: String },
-    #[error("resync request {offset}+{len} outside the volume ({size} bytes) or larger than {max}")]
-    BadRequest { offset: u64, len: u64, size: u64, max: u32 },
+    Unexpected {
+        offset: u64,
+        len: u64,
+        expected: String,
+    },
+    #[error(
+        "resync request {offset}+{len} outside the volume ({size} bytes) or larger than {max}"
+    )]
+    BadRequest {
+        offset: u64,
+        len: u64,
+        size: u64,
+        max: u32,
+    },
 }
 
 /// The SyncTarget's request pump.

@@ -25,7 +25,9 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
         tracing::error!(resource = %rep.name, "replication needs the address of both nodes");
         return;
     };
-    let Some(peer_addr) = peer_pl.address else { return };
+    let Some(peer_addr) = peer_pl.address else {
+        return;
+    };
     let initiator = peer::initiates(&rep.node, &peer_pl.node);
     let listener = loop {
         match TcpListener::bind(local).await {
@@ -109,14 +111,21 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
 async fn accept_one(listener: &TcpListener, rep: &Arc<Replicator>) -> Result<Conn, PeerError> {
     let (stream, addr) = listener.accept().await.map_err(|source| PeerError::Io {
         what: "accepting on",
-        addr: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        addr: listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         source,
     })?;
     let secret = rep.cfg.secret.clone().unwrap_or_default();
     peer::handshake(stream, addr, session::local_info(rep), secret.as_bytes()).await
 }
 
-async fn connect_one(addr: SocketAddr, rep: &Arc<Replicator>, attempt: u32) -> Result<Conn, PeerError> {
+async fn connect_one(
+    addr: SocketAddr,
+    rep: &Arc<Replicator>,
+    attempt: u32,
+) -> Result<Conn, PeerError> {
     if attempt > 0 {
         tokio::time::sleep(Duration::from_millis(peer::backoff_ms(attempt - 1))).await;
     }
@@ -127,7 +136,11 @@ async fn connect_one(addr: SocketAddr, rep: &Arc<Replicator>, attempt: u32) -> R
 
 /// Persist the bitmap every `period` while the daemon runs (bits set by writes reach the
 /// metadata even without an AL eviction or a disconnect).
-pub async fn persist_loop(rep: Arc<Replicator>, period: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn persist_loop(
+    rep: Arc<Replicator>,
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}

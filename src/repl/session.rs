@@ -95,12 +95,18 @@ struct Session<'a> {
     target: Option<Target>,
     peer_current: u64,
     ping_seq: u64,
+    /// Flushes (FlushThenAck) running.
+    flushing: usize,
     last_rx: Instant,
     last_ping: Instant,
 }
 
 /// Run the session on `conn` until it ends; returns why it ended.
-pub(crate) async fn run(rep: &Arc<Replicator>, conn: Conn, mut shutdown: watch::Receiver<bool>) -> String {
+pub(crate) async fn run(
+    rep: &Arc<Replicator>,
+    conn: Conn,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
     let Conn {
         stream,
         addr,
@@ -137,6 +143,7 @@ pub(crate) async fn run(rep: &Arc<Replicator>, conn: Conn, mut shutdown: watch::
         target: None,
         peer_current: est.peer.gen.current,
         ping_seq: 0,
+        flushing: 0,
         last_rx: Instant::now(),
         last_ping: Instant::now(),
     };
@@ -150,7 +157,10 @@ pub(crate) async fn run(rep: &Arc<Replicator>, conn: Conn, mut shutdown: watch::
             st.link = Some(link.clone());
         });
     }
-    let reason = match s.start(decision.decision, decision.split_brain_resolved).await {
+    let reason = match s
+        .start(decision.decision, decision.split_brain_resolved)
+        .await
+    {
         Err(r) => r,
         Ok(()) => {
             s.main_loop(&mut rd, &mut dec, &mut rbuf, &mut done_rx, &mut shutdown)
@@ -158,13 +168,18 @@ pub(crate) async fn run(rep: &Arc<Replicator>, conn: Conn, mut shutdown: watch::
         }
     };
     link.close(reason.clone());
+    s.drain(&mut done_rx).await;
     // Give the writer a moment to flush a final Disconnect/Refuse, then stop it.
     let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
     s.finish(&reason).await;
     reason
 }
 
-async fn writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Bytes>, link: Arc<Link>) {
+async fn writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    link: Arc<Link>,
+) {
     loop {
         let f = tokio::select! {
             f = frames.recv() => f,
@@ -224,8 +239,14 @@ impl Session<'_> {
             }
             _ => {}
         }
-        let is_source = matches!(d, SyncDecision::BitmapSyncSource | SyncDecision::FullSyncSource);
-        let is_target = matches!(d, SyncDecision::BitmapSyncTarget | SyncDecision::FullSyncTarget);
+        let is_source = matches!(
+            d,
+            SyncDecision::BitmapSyncSource | SyncDecision::FullSyncSource
+        );
+        let is_target = matches!(
+            d,
+            SyncDecision::BitmapSyncTarget | SyncDecision::FullSyncTarget
+        );
         if is_target && local_role == meta::Role::Primary {
             let r = "this Primary would have to become SyncTarget: demote it (drl secondary) first";
             tracing::error!(resource = %rep.name, "{r}");
@@ -249,10 +270,17 @@ impl Session<'_> {
             rep.update(|st| st.repl = ReplState::Established);
             return Ok(());
         }
-        if matches!(d, SyncDecision::FullSyncSource | SyncDecision::FullSyncTarget) {
+        if matches!(
+            d,
+            SyncDecision::FullSyncSource | SyncDecision::FullSyncTarget
+        ) {
             rep.bitmap.set_all();
         }
-        self.sync = Some(if is_source { SyncRole::Source } else { SyncRole::Target });
+        self.sync = Some(if is_source {
+            SyncRole::Source
+        } else {
+            SyncRole::Target
+        });
         rep.update(|st| {
             st.repl = if is_source {
                 ReplState::WFBitMapS
@@ -311,7 +339,11 @@ impl Session<'_> {
                     Err(e) => return format!("reading from the peer: {e}"),
                 },
                 Some(d) = done_rx.recv() => match d {
-                    Done::Rx(ev) => if let Err(e) = self.feed(ev) { return self.protocol_error(e) },
+                    Done::Rx(ev) => {
+                        // Completions show the peer's data is being applied: not idle.
+                        self.last_rx = Instant::now();
+                        if let Err(e) = self.feed(ev) { return self.protocol_error(e) }
+                    }
                     Done::Failed(e) => return e,
                 },
                 _ = tick.tick() => {
@@ -340,7 +372,10 @@ impl Session<'_> {
         let now = Instant::now();
         let idle = now.duration_since(self.last_rx);
         if idle > Duration::from_millis(REPL_PEER_TIMEOUT_MS) {
-            return Err(format!("no frame from the peer for {} ms", idle.as_millis()));
+            return Err(format!(
+                "no frame from the peer for {} ms",
+                idle.as_millis()
+            ));
         }
         if idle > Duration::from_millis(REPL_PING_INTERVAL_MS)
             && now.duration_since(self.last_ping) > Duration::from_millis(REPL_PING_INTERVAL_MS)
@@ -393,7 +428,9 @@ impl Session<'_> {
                                     r
                                 }
                             }
-                            Apply::Zeroes { offset, len, fua } => disk.write_zeroes(offset, len, true, fua).await,
+                            Apply::Zeroes { offset, len, fua } => {
+                                disk.write_zeroes(offset, len, true, fua).await
+                            }
                         };
                         let _ = done.send(match r {
                             Ok(()) => Done::Rx(RxEvent::WriteDone { seq }),
@@ -402,6 +439,7 @@ impl Session<'_> {
                     });
                 }
                 RxAction::FlushThenAck(epoch) => {
+                    self.flushing += 1;
                     tokio::spawn(async move {
                         match disk.flush().await {
                             Ok(()) => {
@@ -409,7 +447,8 @@ impl Session<'_> {
                                 let _ = done.send(Done::Rx(RxEvent::FlushDone { epoch }));
                             }
                             Err(e) => {
-                                let _ = done.send(Done::Failed(format!("flushing replicated writes: {e}")));
+                                let _ = done
+                                    .send(Done::Failed(format!("flushing replicated writes: {e}")));
                             }
                         }
                     });
@@ -419,12 +458,22 @@ impl Session<'_> {
     }
 
     fn feed(&mut self, ev: RxEvent<Apply>) -> Result<(), String> {
+        if matches!(ev, RxEvent::FlushDone { .. }) {
+            self.flushing = self.flushing.saturating_sub(1);
+        }
         let actions = self.rx.handle(ev).map_err(|e| e.to_string())?;
         self.spawn_actions(actions);
         Ok(())
     }
 
-    fn receive_write(&mut self, seq: u64, epoch: u64, offset: u64, len: u64, w: Apply) -> Result<(), String> {
+    fn receive_write(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+        w: Apply,
+    ) -> Result<(), String> {
         let rep = self.rep;
         if rep.meta.superblock().role == meta::Role::Primary {
             return Err("the peer sent application writes to a Primary".into());
@@ -459,17 +508,33 @@ impl Session<'_> {
                 offset,
                 len,
                 fua,
-            } => self.receive_write(seq, epoch, offset, u64::from(len), Apply::Trim { offset, len, fua }),
+            } => self.receive_write(
+                seq,
+                epoch,
+                offset,
+                u64::from(len),
+                Apply::Trim { offset, len, fua },
+            ),
             Frame::Zeroes {
                 seq,
                 epoch,
                 offset,
                 len,
                 fua,
-            } => self.receive_write(seq, epoch, offset, u64::from(len), Apply::Zeroes { offset, len, fua }),
+            } => self.receive_write(
+                seq,
+                epoch,
+                offset,
+                u64::from(len),
+                Apply::Zeroes { offset, len, fua },
+            ),
             Frame::Barrier { epoch } => self.feed(RxEvent::Barrier { epoch }),
             Frame::BarrierAck { epoch } => {
-                let rel = self.link.tracker().on_barrier_ack(epoch).map_err(|e| e.to_string())?;
+                let rel = self
+                    .link
+                    .tracker()
+                    .on_barrier_ack(epoch)
+                    .map_err(|e| e.to_string())?;
                 for r in &rel.clearable {
                     rep.bitmap.clear_blocks(r.start, r.end - r.start);
                 }
@@ -483,9 +548,12 @@ impl Session<'_> {
                 bits,
             } => {
                 let total = rep.bitmap.blocks();
-                let (m, buf) = self
-                    .merge
-                    .get_or_insert_with(|| (BitmapMerge::new(total), vec![0u8; total.div_ceil(8) as usize]));
+                let (m, buf) = self.merge.get_or_insert_with(|| {
+                    (
+                        BitmapMerge::new(total),
+                        vec![0u8; total.div_ceil(8) as usize],
+                    )
+                });
                 let done = m
                     .merge(buf, first_bit, bit_count, last, &bits)
                     .map_err(|e| e.to_string())?;
@@ -504,7 +572,9 @@ impl Session<'_> {
                     .await
                     .map_err(|e| e.to_string())?;
                 rep.bitmap.clear_range(offset, len);
-                rep.stats.resync_bytes_received.fetch_add(len, Ordering::Relaxed);
+                rep.stats
+                    .resync_bytes_received
+                    .fetch_add(len, Ordering::Relaxed);
                 self.target_progress().await
             }
             Frame::ResyncZeroes { offset, len } => {
@@ -611,10 +681,14 @@ impl Session<'_> {
             .map_err(|e| format!("reading for resync: {e}"))?;
         rep.bitmap.clear_range(offset, u64::from(len));
         if buf.iter().all(|&b| b == 0) {
-            rep.stats.resync_zero_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+            rep.stats
+                .resync_zero_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
             self.link.push(&Frame::ResyncZeroes { offset, len });
         } else {
-            rep.stats.resync_bytes_sent.fetch_add(u64::from(len), Ordering::Relaxed);
+            rep.stats
+                .resync_bytes_sent
+                .fetch_add(u64::from(len), Ordering::Relaxed);
             self.link.push(&Frame::ResyncData {
                 offset,
                 data: Bytes::copy_from_slice(&buf),
@@ -633,7 +707,9 @@ impl Session<'_> {
 
     async fn target_progress(&mut self) -> Result<(), String> {
         let rep = self.rep;
-        let Some(t) = self.target.as_mut() else { return Ok(()) };
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
         t.fill(&self.link);
         if !t.is_finished() {
             return Ok(());
@@ -663,6 +739,30 @@ impl Session<'_> {
         });
         tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
         Ok(())
+    }
+
+    /// The connection is gone: apply everything already received, in the receiver's order
+    /// (held writes and later epochs go out as earlier ones complete and flush), so the disk
+    /// ends with a prefix of the Primary's write stream, never a write without its
+    /// predecessors. Bounded by `REPL_PEER_TIMEOUT_MS` per completion.
+    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        while self.rx.inflight() > 0 || self.flushing > 0 {
+            match tokio::time::timeout(Duration::from_millis(REPL_PEER_TIMEOUT_MS), done_rx.recv())
+                .await
+            {
+                Ok(Some(Done::Rx(ev))) => {
+                    if let Err(e) = self.feed(ev) {
+                        tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
+                        return;
+                    }
+                }
+                Ok(Some(Done::Failed(e))) => {
+                    tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
+                    return;
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.

@@ -292,3 +292,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn partial_edge_blocks_are_cleared_only_when_asked_and_never_under_a_pending_write() {
+    // Default: an unaligned write's edge blocks stay dirty.
+    let mut t = EpochTracker::new(small());
+    t.try_enqueue(B + 1, 3000, 3000, true, 0).unwrap();
+    assert_eq!(t.on_barrier_ack(1).unwrap().clearable, vec![]);
+    // With partial clearing: the touched block is cleared, and survives a disconnect.
+    let mut t = EpochTracker::new(small());
+    t.set_clear_partial_blocks(true);
+    t.on_disconnect();
+    t.try_enqueue(B + 1, 3000, 3000, true, 0).unwrap();
+    assert_eq!(
+        t.on_barrier_ack(1).unwrap().clearable,
+        vec![BlockRange { start: 1, end: 2 }]
+    );
+    // ... but not while a later unacked write touches the same block.
+    t.try_enqueue(2 * B + 10, 10, 10, true, 0).unwrap();
+    t.try_enqueue(2 * B + 100, 10, 10, false, 0).unwrap();
+    assert_eq!(t.on_barrier_ack(2).unwrap().clearable, vec![]);
+}

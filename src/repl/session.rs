@@ -128,7 +128,9 @@ pub(crate) async fn run(
         buffer_bytes_max: rep.cfg.repl.max_buffer_bytes,
         ..EpochLimits::default()
     };
-    let (link, frames) = Link::new(enc, EpochTracker::new(limits));
+    let mut tracker = EpochTracker::new(limits);
+    tracker.set_clear_partial_blocks(true);
+    let (link, frames) = Link::new(enc, tracker);
     let link = Arc::new(link);
     let (mut rd, wr) = stream.into_split();
     let writer = tokio::spawn(writer(wr, frames, link.clone()));
@@ -584,6 +586,9 @@ impl Session<'_> {
                     .await
                     .map_err(|e| e.to_string())?;
                 rep.bitmap.clear_range(offset, u64::from(len));
+                let n = u64::from(len);
+                rep.stats.resync_bytes_received.fetch_add(n, Ordering::Relaxed);
+                rep.stats.resync_zero_bytes.fetch_add(n, Ordering::Relaxed);
                 self.target_progress().await
             }
             Frame::ResyncDone => {
@@ -680,15 +685,15 @@ impl Session<'_> {
             .await
             .map_err(|e| format!("reading for resync: {e}"))?;
         rep.bitmap.clear_range(offset, u64::from(len));
+        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
+        // of them were zero ranges that crossed the wire as a header only.
+        rep.stats.resync_bytes_sent.fetch_add(u64::from(len), Ordering::Relaxed);
         if buf.iter().all(|&b| b == 0) {
             rep.stats
                 .resync_zero_bytes
                 .fetch_add(u64::from(len), Ordering::Relaxed);
             self.link.push(&Frame::ResyncZeroes { offset, len });
         } else {
-            rep.stats
-                .resync_bytes_sent
-                .fetch_add(u64::from(len), Ordering::Relaxed);
             self.link.push(&Frame::ResyncData {
                 offset,
                 data: Bytes::copy_from_slice(&buf),

@@ -502,6 +502,14 @@ impl Replicator {
         if link.ahead.swap(true, Ordering::AcqRel) {
             return;
         }
+        {
+            // What was shipped gets its barrier, so it is acked and the queue drains.
+            let mut t = link.tracker();
+            if let Some(e) = t.close_epoch() {
+                link.push(&Frame::Barrier { epoch: e });
+            }
+        }
+        link.room.notify_waiters();
         tracing::warn!(resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
         self.update(|st| {
             st.repl = ReplState::Ahead;

@@ -21,7 +21,9 @@ use drbd_compat::{ConnState, ReplState, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::limits::{REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS};
+use crate::limits::{
+    REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS, REPL_RESYNC_WINDOW_REQUESTS,
+};
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
 use crate::repl::frame::Frame;
@@ -91,6 +93,7 @@ struct Session<'a> {
     rx: EpochReceiver<Apply>,
     done_tx: mpsc::UnboundedSender<Done>,
     merge: Option<(BitmapMerge, Vec<u8>)>,
+    serve_tx: Option<mpsc::Sender<(u64, u32)>>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
@@ -141,6 +144,7 @@ pub(crate) async fn run(
         rx: EpochReceiver::new(),
         done_tx,
         merge: None,
+        serve_tx: None,
         sync: None,
         target: None,
         peer_current: est.peer.gen.current,
@@ -386,6 +390,14 @@ impl Session<'_> {
             self.last_ping = now;
             self.link.push(&Frame::Ping { seq: self.ping_seq });
         }
+        // Close the open epoch every tick: without a flush from the application its writes
+        // would otherwise wait for a barrier (their bits set, the lag growing) indefinitely.
+        {
+            let mut t = self.link.tracker();
+            if let Some(e) = t.close_epoch() {
+                self.link.push(&Frame::Barrier { epoch: e });
+            }
+        }
         // Pull-ahead: once the buffer drained (and not sooner than REPL_AHEAD_MIN_MS), resync
         // what was only marked, then ship again.
         let rep = self.rep;
@@ -565,7 +577,7 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Frame::ResyncRequest { offset, len } => self.serve(offset, len).await,
+            Frame::ResyncRequest { offset, len } => self.serve(offset, len),
             Frame::ResyncData { offset, data } => {
                 let len = data.len() as u64;
                 self.target_answer(offset, len)?;
@@ -596,6 +608,7 @@ impl Session<'_> {
                     return Err("ResyncDone, but this node is not SyncSource".into());
                 }
                 self.sync = None;
+                self.serve_tx = None;
                 rep.update_meta(|sb| {
                     let mut g = gen_of(sb.gen);
                     g.on_resync_finished_as_source();
@@ -672,34 +685,24 @@ impl Session<'_> {
     }
 
     /// Answer a resync request (this node is SyncSource).
-    async fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
+    /// Queue a resync request for the answering task (this node is SyncSource). Answers are
+    /// produced by a separate task, in request order, so that the session keeps processing
+    /// barrier acks while an answer waits for the exclusive resync lock (application writes
+    /// hold it shared while they wait for send-buffer room, which only acks free).
+    fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
         let rep = self.rep;
         if self.sync != Some(SyncRole::Source) {
             return Err("ResyncRequest, but this node is not SyncSource".into());
         }
         check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-        let _excl = rep.resync_lock.write().await;
-        let buf = rep
-            .disk
-            .read(offset, len)
-            .await
-            .map_err(|e| format!("reading for resync: {e}"))?;
-        rep.bitmap.clear_range(offset, u64::from(len));
-        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
-        // of them were zero ranges that crossed the wire as a header only.
-        rep.stats.resync_bytes_sent.fetch_add(u64::from(len), Ordering::Relaxed);
-        if buf.iter().all(|&b| b == 0) {
-            rep.stats
-                .resync_zero_bytes
-                .fetch_add(u64::from(len), Ordering::Relaxed);
-            self.link.push(&Frame::ResyncZeroes { offset, len });
-        } else {
-            self.link.push(&Frame::ResyncData {
-                offset,
-                data: Bytes::copy_from_slice(&buf),
-            });
-        }
-        Ok(())
+        let tx = self.serve_tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);
+            tokio::spawn(answer_requests(rep.clone(), self.link.clone(), rx));
+            tx
+        });
+        tx.try_send((offset, len)).map_err(|_| {
+            format!("more than {} resync requests outstanding: the peer ignores the window", 2 * REPL_RESYNC_WINDOW_REQUESTS)
+        })
     }
 
     fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), String> {
@@ -819,6 +822,34 @@ trait TakeMerge {
 impl TakeMerge for Option<(BitmapMerge, Vec<u8>)> {
     fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>) {
         self.unwrap_or_else(|| (BitmapMerge::new(0), Vec::new()))
+    }
+}
+
+/// Answer resync requests in order: read under the exclusive resync lock, clear the bits,
+/// queue Data or Zeroes, release the lock.
+async fn answer_requests(rep: Arc<Replicator>, link: Arc<Link>, mut rx: mpsc::Receiver<(u64, u32)>) {
+    while let Some((offset, len)) = rx.recv().await {
+        if link.is_closed() {
+            return;
+        }
+        let _excl = rep.resync_lock.write().await;
+        let buf = match rep.disk.read(offset, len).await {
+            Ok(b) => b,
+            Err(e) => {
+                link.close(format!("reading for resync: {e}"));
+                return;
+            }
+        };
+        rep.bitmap.clear_range(offset, u64::from(len));
+        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
+        // of them were zero ranges that crossed the wire as a header only.
+        rep.stats.resync_bytes_sent.fetch_add(u64::from(len), Ordering::Relaxed);
+        if buf.iter().all(|&b| b == 0) {
+            rep.stats.resync_zero_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+            link.push(&Frame::ResyncZeroes { offset, len });
+        } else {
+            link.push(&Frame::ResyncData { offset, data: Bytes::copy_from_slice(&buf) });
+        }
     }
 }
 

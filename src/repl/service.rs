@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drbd_compat::{ConnState, ReplState};
 use bytes::BytesMut;
+use drbd_compat::{ConnState, ReplState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -156,14 +156,17 @@ async fn accept_loop(listener: TcpListener, rep: Arc<Replicator>, out: mpsc::Sen
                 return;
             }
             let secret = rep.cfg.secret.clone().unwrap_or_default();
-            match peer::handshake(stream, addr, session::local_info(&rep), secret.as_bytes()).await {
+            match peer::handshake(stream, addr, session::local_info(&rep), secret.as_bytes()).await
+            {
                 Ok(conn) => {
                     if out.try_send(conn).is_err() {
                         tracing::debug!(resource = %rep.name, from = %addr, "authenticated connection not needed now");
                     }
                 }
                 Err(e) => {
-                    rep.stats.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    rep.stats
+                        .protocol_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     crate::warn_rl!(rep.rl, resource = %rep.name, "replication connection refused: {e}");
                     rep.update(|st| st.last_error = Some(e.to_string()));
                 }
@@ -193,8 +196,16 @@ async fn refuse_busy(rep: &Replicator, mut stream: TcpStream, addr: SocketAddr) 
         }
     })
     .await;
-    let why = if rep.state().standalone { "this node is StandAlone" } else { "already connected to the peer" };
-    let bad = |rep: &Replicator| rep.stats.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let why = if rep.state().standalone {
+        "this node is StandAlone"
+    } else {
+        "already connected to the peer"
+    };
+    let bad = |rep: &Replicator| {
+        rep.stats
+            .protocol_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
     match first {
         Ok(Ok(Frame::Hello(h))) => {
             crate::info_rl!(rep.rl, resource = %rep.name, from = %addr, node = %h.node_name,
@@ -215,7 +226,15 @@ async fn refuse_busy(rep: &Replicator, mut stream: TcpStream, addr: SocketAddr) 
         }
     }
     let mut out = BytesMut::new();
-    if Encoder::new(rid).encode(&Frame::Refuse { reason: why.to_owned() }, &mut out).is_ok() {
+    if Encoder::new(rid)
+        .encode(
+            &Frame::Refuse {
+                reason: why.to_owned(),
+            },
+            &mut out,
+        )
+        .is_ok()
+    {
         let _ = stream.write_all(&out).await;
     }
     let _ = stream.shutdown().await;

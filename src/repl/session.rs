@@ -599,7 +599,9 @@ impl Session<'_> {
                     .map_err(|e| e.to_string())?;
                 rep.bitmap.clear_range(offset, u64::from(len));
                 let n = u64::from(len);
-                rep.stats.resync_bytes_received.fetch_add(n, Ordering::Relaxed);
+                rep.stats
+                    .resync_bytes_received
+                    .fetch_add(n, Ordering::Relaxed);
                 rep.stats.resync_zero_bytes.fetch_add(n, Ordering::Relaxed);
                 self.target_progress().await
             }
@@ -701,7 +703,10 @@ impl Session<'_> {
             tx
         });
         tx.try_send((offset, len)).map_err(|_| {
-            format!("more than {} resync requests outstanding: the peer ignores the window", 2 * REPL_RESYNC_WINDOW_REQUESTS)
+            format!(
+                "more than {} resync requests outstanding: the peer ignores the window",
+                2 * REPL_RESYNC_WINDOW_REQUESTS
+            )
         })
     }
 
@@ -827,7 +832,11 @@ impl TakeMerge for Option<(BitmapMerge, Vec<u8>)> {
 
 /// Answer resync requests in order: read under the exclusive resync lock, clear the bits,
 /// queue Data or Zeroes, release the lock.
-async fn answer_requests(rep: Arc<Replicator>, link: Arc<Link>, mut rx: mpsc::Receiver<(u64, u32)>) {
+async fn answer_requests(
+    rep: Arc<Replicator>,
+    link: Arc<Link>,
+    mut rx: mpsc::Receiver<(u64, u32)>,
+) {
     while let Some((offset, len)) = rx.recv().await {
         if link.is_closed() {
             return;
@@ -843,12 +852,19 @@ async fn answer_requests(rep: Arc<Replicator>, link: Arc<Link>, mut rx: mpsc::Re
         rep.bitmap.clear_range(offset, u64::from(len));
         // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
         // of them were zero ranges that crossed the wire as a header only.
-        rep.stats.resync_bytes_sent.fetch_add(u64::from(len), Ordering::Relaxed);
+        rep.stats
+            .resync_bytes_sent
+            .fetch_add(u64::from(len), Ordering::Relaxed);
         if buf.iter().all(|&b| b == 0) {
-            rep.stats.resync_zero_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+            rep.stats
+                .resync_zero_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
             link.push(&Frame::ResyncZeroes { offset, len });
         } else {
-            link.push(&Frame::ResyncData { offset, data: Bytes::copy_from_slice(&buf) });
+            link.push(&Frame::ResyncData {
+                offset,
+                data: Bytes::copy_from_slice(&buf),
+            });
         }
     }
 }

@@ -18,10 +18,12 @@
 //! - [`receiver`]: protocol-A epochs, receiver side: apply in order, flush then ack.
 //! - [`peer`]: TCP connect/accept, reconnect backoff, the handshake over a socket with a deadline.
 //! - [`link`]: the ordered send queue of one connection and its epoch tracker (`max-buffer`).
-//! - [`session`]: one connection from the sync decision to its end: receive, ack, bitmaps.
+//! - [`session`]: one connection from the sync decision to its end (with `session_rx.rs`: the
+//!   receiving half, `session_sync.rs`: bitmap exchange and resync).
 //! - [`resync`]: SyncTarget request pump, SyncSource answers, bitmap bytes.
 //! - [`service`]: the per-resource task: listen, connect, handshake, sessions, StandAlone.
-//! - [`replicator`]: per-resource state, admin operations, status, the write-path hook.
+//! - [`replicator`]: per-resource state, the write-path hook (with `replicator_admin.rs`: admin
+//!   operations and status).
 
 pub mod bitmap;
 pub mod decode;

@@ -37,6 +37,11 @@ use crate::repl::state::{decide, NodeState, SyncDecision};
 use crate::volume::meta;
 use crate::volume::{AlignedBuf, BlockDevice};
 
+#[path = "session_rx.rs"]
+mod rx;
+#[path = "session_sync.rs"]
+mod sync;
+
 /// A received write, as the receiver queues it.
 #[derive(Debug, Clone)]
 enum Apply {
@@ -422,87 +427,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn spawn_actions(&mut self, actions: Vec<RxAction<Apply>>) {
-        for a in actions {
-            let disk = self.rep.disk.clone();
-            let done = self.done_tx.clone();
-            let link = self.link.clone();
-            match a {
-                RxAction::Write { seq, write } => {
-                    tokio::spawn(async move {
-                        let r = match write {
-                            Apply::Data { offset, data, fua } => {
-                                disk.write(offset, AlignedBuf::from_slice(&data), fua).await
-                            }
-                            Apply::Trim { offset, len, fua } => {
-                                let r = disk.trim(offset, len).await;
-                                if r.is_ok() && fua {
-                                    disk.flush().await
-                                } else {
-                                    r
-                                }
-                            }
-                            Apply::Zeroes { offset, len, fua } => {
-                                disk.write_zeroes(offset, len, true, fua).await
-                            }
-                        };
-                        let _ = done.send(match r {
-                            Ok(()) => Done::Rx(RxEvent::WriteDone { seq }),
-                            Err(e) => Done::Failed(format!("applying a replicated write: {e}")),
-                        });
-                    });
-                }
-                RxAction::FlushThenAck(epoch) => {
-                    self.flushing += 1;
-                    tokio::spawn(async move {
-                        match disk.flush().await {
-                            Ok(()) => {
-                                link.push(&Frame::BarrierAck { epoch });
-                                let _ = done.send(Done::Rx(RxEvent::FlushDone { epoch }));
-                            }
-                            Err(e) => {
-                                let _ = done
-                                    .send(Done::Failed(format!("flushing replicated writes: {e}")));
-                            }
-                        }
-                    });
-                }
-            }
-        }
-    }
-
-    fn feed(&mut self, ev: RxEvent<Apply>) -> Result<(), String> {
-        if matches!(ev, RxEvent::FlushDone { .. }) {
-            self.flushing = self.flushing.saturating_sub(1);
-        }
-        let actions = self.rx.handle(ev).map_err(|e| e.to_string())?;
-        self.spawn_actions(actions);
-        Ok(())
-    }
-
-    fn receive_write(
-        &mut self,
-        seq: u64,
-        epoch: u64,
-        offset: u64,
-        len: u64,
-        w: Apply,
-    ) -> Result<(), String> {
-        let rep = self.rep;
-        if rep.meta.superblock().role == meta::Role::Primary {
-            return Err("the peer sent application writes to a Primary".into());
-        }
-        crate::volume::check_range(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-        rep.stats.received_bytes.fetch_add(len, Ordering::Relaxed);
-        self.feed(RxEvent::Write {
-            seq,
-            epoch,
-            offset,
-            len,
-            write: w,
-        })
-    }
-
     async fn on_frame(&mut self, f: Frame) -> Result<(), String> {
         let rep = self.rep;
         match f {
@@ -652,132 +576,6 @@ impl Session<'_> {
         }
     }
 
-    /// The peer's whole bitmap arrived (ORed into `bits`).
-    async fn bitmap_received(&mut self, bits: &[u8]) -> Result<(), String> {
-        let rep = self.rep;
-        or_into(&rep.bitmap, bits);
-        match self.sync {
-            Some(SyncRole::Source) => {
-                rep.update(|st| {
-                    st.repl = ReplState::SyncSource;
-                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
-                    st.resync_started = Some(Instant::now());
-                });
-                Ok(())
-            }
-            Some(SyncRole::Target) | None => {
-                if self.sync.is_none() {
-                    // The peer left Ahead and resyncs what it only marked.
-                    self.sync = Some(SyncRole::Target);
-                    rep.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)
-                        .map_err(|e| e.to_string())?;
-                }
-                persist_bitmap(rep).await?;
-                let mut t = Target::new(&rep.bitmap, self.peer_current);
-                rep.update(|st| {
-                    st.repl = ReplState::SyncTarget;
-                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
-                    st.resync_started = Some(Instant::now());
-                });
-                t.fill(&self.link);
-                self.target = Some(t);
-                self.target_progress().await
-            }
-        }
-    }
-
-    /// Answer a resync request (this node is SyncSource).
-    /// Queue a resync request for the answering task (this node is SyncSource). Answers are
-    /// produced by a separate task, in request order, so that the session keeps processing
-    /// barrier acks while an answer waits for the exclusive resync lock (application writes
-    /// hold it shared while they wait for send-buffer room, which only acks free).
-    fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
-        let rep = self.rep;
-        if self.sync != Some(SyncRole::Source) {
-            return Err("ResyncRequest, but this node is not SyncSource".into());
-        }
-        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-        let tx = self.serve_tx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);
-            tokio::spawn(answer_requests(rep.clone(), self.link.clone(), rx));
-            tx
-        });
-        tx.try_send((offset, len)).map_err(|_| {
-            format!(
-                "more than {} resync requests outstanding: the peer ignores the window",
-                2 * REPL_RESYNC_WINDOW_REQUESTS
-            )
-        })
-    }
-
-    fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), String> {
-        let t = self
-            .target
-            .as_mut()
-            .ok_or("resync data, but this node is not SyncTarget")?;
-        t.on_answer(offset, len).map_err(|e| e.to_string())
-    }
-
-    async fn target_progress(&mut self) -> Result<(), String> {
-        let rep = self.rep;
-        let Some(t) = self.target.as_mut() else {
-            return Ok(());
-        };
-        t.fill(&self.link);
-        if !t.is_finished() {
-            return Ok(());
-        }
-        let source_current = t.source_current;
-        self.target = None;
-        self.sync = None;
-        rep.disk
-            .flush()
-            .await
-            .map_err(|e| format!("flushing after resync: {e}"))?;
-        persist_bitmap(rep).await?;
-        rep.update_meta(|sb| {
-            let mut g = gen_of(sb.gen);
-            if source_current != 0 {
-                g.on_resync_finished_as_target(source_current);
-            }
-            sb.gen = gen_to_meta(g);
-            sb.disk_state = meta::DiskState::UpToDate;
-            sb.flags &= !meta::flags::CRASHED_PRIMARY;
-        })
-        .map_err(|e| e.to_string())?;
-        self.link.push(&Frame::ResyncDone);
-        rep.update(|st| {
-            st.repl = ReplState::Established;
-            st.resync_started = None;
-        });
-        tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
-        Ok(())
-    }
-
-    /// The connection is gone: apply everything already received, in the receiver's order
-    /// (held writes and later epochs go out as earlier ones complete and flush), so the disk
-    /// ends with a prefix of the Primary's write stream, never a write without its
-    /// predecessors. Bounded by `REPL_PEER_TIMEOUT_MS` per completion.
-    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
-        while self.rx.inflight() > 0 || self.flushing > 0 {
-            match tokio::time::timeout(Duration::from_millis(REPL_PEER_TIMEOUT_MS), done_rx.recv())
-                .await
-            {
-                Ok(Some(Done::Rx(ev))) => {
-                    if let Err(e) = self.feed(ev) {
-                        tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
-                        return;
-                    }
-                }
-                Ok(Some(Done::Failed(e))) => {
-                    tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
-                    return;
-                }
-                Ok(None) | Err(_) => return,
-            }
-        }
-    }
-
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
@@ -827,45 +625,6 @@ trait TakeMerge {
 impl TakeMerge for Option<(BitmapMerge, Vec<u8>)> {
     fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>) {
         self.unwrap_or_else(|| (BitmapMerge::new(0), Vec::new()))
-    }
-}
-
-/// Answer resync requests in order: read under the exclusive resync lock, clear the bits,
-/// queue Data or Zeroes, release the lock.
-async fn answer_requests(
-    rep: Arc<Replicator>,
-    link: Arc<Link>,
-    mut rx: mpsc::Receiver<(u64, u32)>,
-) {
-    while let Some((offset, len)) = rx.recv().await {
-        if link.is_closed() {
-            return;
-        }
-        let _excl = rep.resync_lock.write().await;
-        let buf = match rep.disk.read(offset, len).await {
-            Ok(b) => b,
-            Err(e) => {
-                link.close(format!("reading for resync: {e}"));
-                return;
-            }
-        };
-        rep.bitmap.clear_range(offset, u64::from(len));
-        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
-        // of them were zero ranges that crossed the wire as a header only.
-        rep.stats
-            .resync_bytes_sent
-            .fetch_add(u64::from(len), Ordering::Relaxed);
-        if buf.iter().all(|&b| b == 0) {
-            rep.stats
-                .resync_zero_bytes
-                .fetch_add(u64::from(len), Ordering::Relaxed);
-            link.push(&Frame::ResyncZeroes { offset, len });
-        } else {
-            link.push(&Frame::ResyncData {
-                offset,
-                data: Bytes::copy_from_slice(&buf),
-            });
-        }
     }
 }
 

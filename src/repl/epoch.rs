@@ -375,6 +375,19 @@ impl EpochTracker {
         }
     }
 
+    /// A write that was not offered to [`Self::try_enqueue`] at all (the sender is Ahead):
+    /// like a refused one, no ack of this session may clear its blocks.
+    pub fn mark_unsent_write(&mut self, offset: u64, len: u64) {
+        self.mark_unsent(touched(offset, len));
+    }
+
+    /// Every unsent block was handed to a resync (its bits were sent to the peer, whose
+    /// bitmap now drives the resync): acks may clear those blocks again.
+    pub fn forget_unsent(&mut self) {
+        self.unsent.clear();
+        self.unsent_overflow = false;
+    }
+
     /// Blocks a resync has brought in sync again: they no longer need to stay dirty for an
     /// unsent write.
     pub fn clear_unsent(&mut self, r: BlockRange) {

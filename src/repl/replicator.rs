@@ -312,11 +312,12 @@ impl Replicator {
         }
     }
 
-    /// The link application writes are shipped on: connected, this node Primary, not Ahead.
+    /// The link of this session if this node is Primary and connected (Ahead or not: the
+    /// caller checks, an Ahead write is recorded as unsent).
     fn shipping_link(&self) -> Option<Arc<Link>> {
         let st = self.state();
         let l = st.link.as_ref()?;
-        if l.is_closed() || l.ahead.load(Ordering::Acquire) || st.peer_role.is_none() {
+        if l.is_closed() || st.peer_role.is_none() {
             return None;
         }
         if self.meta.superblock().role != meta::Role::Primary {
@@ -342,6 +343,13 @@ impl Replicator {
         let _shared = self.resync_lock.read().await;
         self.bitmap.set_range(offset, len);
         let link = self.shipping_link();
+        if let Some(l) = &link {
+            if l.ahead.load(Ordering::Acquire) {
+                // Ahead: only the bitmap records the write; no ack may clear its blocks.
+                l.tracker().mark_unsent_write(offset, len);
+            }
+        }
+        let link = link.filter(|l| !l.ahead.load(Ordering::Acquire));
         match op {
             WriteOp::Data(buf) => {
                 let bytes = link.as_ref().map(|_| Bytes::copy_from_slice(&buf));
@@ -410,8 +418,17 @@ impl Replicator {
                 )
                 .await
             {
+                self.not_shipped(link, offset, data.len() as u64);
                 return;
             }
+        }
+    }
+
+    /// A write (or its rest) was not shipped: if the link went Ahead meanwhile, record it as
+    /// unsent so that no ack of an earlier write clears its blocks.
+    fn not_shipped(&self, link: &Link, offset: u64, len: u64) {
+        if link.ahead.load(Ordering::Acquire) {
+            link.tracker().mark_unsent_write(offset, len);
         }
     }
 
@@ -443,6 +460,7 @@ impl Replicator {
                 })
                 .await;
             if !ok {
+                self.not_shipped(link, offset, u64::from(len));
                 return;
             }
         }

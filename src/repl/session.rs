@@ -423,6 +423,8 @@ impl Session<'_> {
             });
             tracing::info!(resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
             self.send_bitmap()?;
+            // The peer's bitmap now covers every write that was not shipped.
+            self.link.tracker().forget_unsent();
         }
         Ok(())
     }

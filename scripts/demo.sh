@@ -1,61 +1,147 @@
 #!/usr/bin/env bash
-# drl's main job, on one machine: start a node, use its volume with real NBD clients, take a
-# snapshot, show the status, stop it cleanly.
+# drl's main job on one machine: two sites (network namespaces joined by a veth pair shaped with
+# tc), one daemon per site, a volume replicated from site A to site B with protocol A, then a
+# link cut and a resync of only what changed, a snapshot streamed to the vault and restored,
+# and a fail over to B and a fail back to A. Every step prints what it checks.
 #
-#   scripts/demo.sh          # run the demo (installs qemu-utils and libnbd-bin if missing)
-#   KEEP=1 scripts/demo.sh   # leave the daemon running at the end
+#   scripts/demo.sh                 # 100 Mbit/s link; installs what it needs (Debian packages)
+#   RATE=50mbit scripts/demo.sh     # another link rate
+#   KEEP=1 scripts/demo.sh          # leave daemons and namespaces up at the end
+#
+# Needs root (network namespaces). Without root it runs both sites on loopback and says so.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
-need_pkgs qemu-io:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin
+need_pkgs qemu-io:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin ip:iproute2 tc:iproute2 python3:python3
 
+rate=${RATE:-100mbit}
 drl=$(drl_bin)
 work=$(mktemp -d /tmp/drl-demo.XXXXXX)
+netns=0
+if [ "$(id -u)" = 0 ] && "$here/testbed.sh" up "$rate" >/dev/null 2>&1; then
+    netns=1
+    addr_a=198.18.0.1:7789 addr_b=198.18.0.2:7789
+    log "two sites: netns drl-a (198.18.0.1) and drl-b (198.18.0.2), link shaped to $rate"
+else
+    addr_a=127.0.0.1:7789 addr_b=127.0.0.1:7790
+    warn "not root or no network namespaces: both sites on loopback, unshaped"
+fi
 cfg=$work/drl.toml
 cat >"$cfg" <<TOML
 [[node]]
 name = "site-a"
 control-socket = "$work/site-a.sock"
 
+[[node]]
+name = "site-b"
+control-socket = "$work/site-b.sock"
+
 [[resource]]
 name = "r0"
 size = "256MiB"
+secret = "demo-secret"
 
 [resource.on.site-a]
+address = "$addr_a"
 disk = "$work/a/r0.img"
 meta = "$work/a/r0.meta"
 nbd = "$work/a/r0.nbd"
+
+[resource.on.site-b]
+address = "$addr_b"
+disk = "$work/b/r0.img"
+meta = "$work/b/r0.meta"
+nbd = "$work/b/r0.nbd"
+
+[stream]
+vault-dir = "$work/vault"
 TOML
-uri="nbd+unix:///?socket=$work/a/r0.nbd"
-dctl() { "$drl" --config "$cfg" --node site-a "$@"; }
+uri_a="nbd+unix:///?socket=$work/a/r0.nbd"
+uri_b="nbd+unix:///?socket=$work/b/r0.nbd"
+on() { local s=$1; shift; "$drl" --config "$cfg" --node "site-$s" "$@"; }
+field() { on "$1" status r0 --json | python3 -c "import json,sys; r=json.load(sys.stdin)['resources'][0]; print(r.get('$2'))"; }
+pids=()
+start() { # site
+    local s=$1 pre=()
+    [ $netns = 1 ] && pre=(ip netns exec "drl-$s")
+    rm -f "$work/$s/r0.nbd" "$work/site-$s.sock"
+    "${pre[@]}" "$drl" daemon --config "$cfg" --node "site-$s" 2>>"$work/$s.log" &
+    pids[$([ "$s" = a ] && echo 0 || echo 1)]=$!
+    wait_for_socket "$work/$s/r0.nbd" 20 $! && wait_for_socket "$work/site-$s.sock" 20 $! ||
+        die "site $s did not start: $(tail -5 "$work/$s.log")"
+}
+cleanup() {
+    [ -n "${KEEP:-}" ] && { log "left running: config $cfg"; return; }
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ $netns = 1 ] && "$here/testbed.sh" down >/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# wait_for WHAT SECONDS CMD... — poll CMD until it succeeds, printing the resync progress.
+wait_for() {
+    local what=$1 secs=$2 i; shift 2
+    for ((i = 0; i < secs * 4; i++)); do
+        "$@" && { printf '\n' >&2; log "$what"; return 0; }
+        printf '\r  waiting (%ss): %s; B is %s, resync %s%%   ' "$((i / 4))" "$what" "$(field b replication)" "$(field b resync_percent)" >&2
+        sleep 0.25
+    done
+    die "timed out waiting: $what"
+}
+in_sync() { [ "$(field a disk)/$(field b disk)" = UpToDate/UpToDate ] && [ "$(field a out_of_sync_bytes)" = 0 ] && [ "$(field a send_queue_bytes)" = 0 ] && [ "$(field a replication)" = Established ]; }
+same_disks() {
+    local x y
+    x=$(md5sum <"$work/a/r0.img"); y=$(md5sum <"$work/b/r0.img")
+    [ "$x" = "$y" ] && log "disks identical (md5 ${x%% *})" || die "disks differ"
+}
 
-log "config: $cfg"
-"$drl" check-config --config "$cfg" --node site-a
-"$drl" daemon --config "$cfg" --node site-a 2>"$work/daemon.log" &
-pid=$!
-trap '[ -z "${KEEP:-}" ] && kill $pid 2>/dev/null; true' EXIT
-wait_for_socket "$work/a/r0.nbd" 20 $pid || die "daemon did not start; log:\n$(cat "$work/daemon.log")"
+start a; start b
+wait_for "connected" 30 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"resources\"][0][\"connection\"])')\" = Connected ]"
+log "a new pair is Inconsistent on both sides; promoting site A starts the initial sync"
+on a status
+on a primary r0 --force
+t0=$(date +%s.%N)
+wait_for "initial sync done" 120 in_sync
+log "... in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (zero blocks are not sent)"
+log "resync bytes sent: $(field a resync_bytes_sent) of 268435456"
 
-log "what the export offers (nbdinfo):"
-nbdinfo "$uri" | sed 's/^/    /'
-log "writing 16 MiB of patterns with qemu-io and reading them back verified"
-qemu-io -f raw -c 'write -P 0xa5 0 8M' -c 'write -P 0x3c 8M 8M' -c flush "$uri" | grep -E 'wrote' | sed 's/^/    /'
-qemu-io -f raw -c 'read -P 0xa5 0 8M' -c 'read -P 0x3c 8M 8M' "$uri" | grep -E 'read' | sed 's/^/    /'
-log "snapshot s1, then overwrite: the snapshot keeps the old data"
-dctl snapshot create r0 s1
-qemu-io -f raw -c 'write -P 0xff 0 1M' "$uri" >/dev/null
-dctl snapshot list r0
-log "copying a random 64 MiB file in and out with nbdcopy"
-head -c 64M /dev/urandom >"$work/in.bin"
-nbdcopy "$work/in.bin" "$uri"
-nbdcopy "$uri" "$work/out.bin"
-cmp -n $((64 << 20)) "$work/in.bin" "$work/out.bin" && log "    bytes equal"
-log "status:"
-dctl status
-if [ -n "${KEEP:-}" ]; then
-  log "daemon left running (pid $pid); config $cfg"
-  exit 0
+log "writing 32 MiB through NBD on site A (qemu-io)"
+qemu-io -f raw -c 'write -P 0xa1 0 16M' -c 'write -P 0xb2 64M 16M' -c flush "$uri_a" | grep wrote | sed 's/^/    /'
+wait_for "replicated" 60 in_sync
+same_disks
+on a status
+
+if [ $netns = 1 ]; then
+    log "cutting the link silently (nft drop: no carrier loss, packets just vanish)"
+    "$here/testbed.sh" cut --silent >/dev/null
+    t0=$(date +%s.%N)
+    wait_for "A noticed the silent cut" 60 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"resources\"][0][\"connection\"])')\" != Connected ]"
+    log "... after $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (ping timeout)"
+    log "writing 8 MiB on A while the link is down: A keeps serving, marks the blocks out of sync"
+    qemu-io -f raw -c 'write -P 0xc3 128M 8M' -c flush "$uri_a" >/dev/null
+    log "while cut: A's connection $(field a connection), out of sync $(field a out_of_sync_bytes) bytes"
+    before=$(field a resync_bytes_sent)
+    "$here/testbed.sh" restore >/dev/null
+    wait_for "link back, resynced" 120 in_sync
+    log "resync moved $(( $(field a resync_bytes_sent) - before )) bytes for 8 MiB written while apart"
+    same_disks
 fi
-kill -TERM $pid
-wait $pid && log "daemon stopped cleanly (exit 0)"
-rm -rf "$work"
+
+log "snapshot s1 on A, streamed to the local vault, restored to a file"
+on a snapshot create r0 s1
+on a stream r0 s1 --to demo/r0
+on a restore demo/r0/s1 --to "$work/restored.img"
+cmp "$work/restored.img" "$work/a/r0.img" && log "restored snapshot equals the volume"
+
+log "disaster: site A dies (kill -9); B is promoted with --force and takes writes"
+kill -9 "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+on b primary r0 --force
+qemu-io -f raw -c 'write -P 0xd4 200M 4M' -c flush "$uri_b" >/dev/null
+log "fail back: A comes back as Secondary and receives only what changed"
+start a
+wait_for "A back in sync" 120 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; r=json.load(sys.stdin)[\"resources\"][0]; print(r[\"disk\"], r[\"replication\"])')\" = 'UpToDate Established' ]"
+log "A received $(field a resync_bytes_received) bytes of resync"
+sleep 1
+same_disks
+on b status
+log "done"

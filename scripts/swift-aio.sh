@@ -42,7 +42,7 @@ OBJ_PORT=6200
 CONT_PORT=6201
 ACC_PORT=6202
 MEMCACHED_PORT=11311
-IMG_SIZE=4G
+IMG_SIZE=${SWIFT_IMG_SIZE:-16G}
 ETC="$DIR/etc"
 RUN="$DIR/run"
 LOG="$DIR/log"
@@ -89,7 +89,10 @@ auth_ok() {
 mount_xfs() {
     mkdir -p "$MNT"
     if mountpoint -q "$MNT"; then return; fi
-    if [ ! -f "$IMG" ]; then
+    # A test bed starts empty: the objects of earlier runs would only fill the image
+    # (SWIFT_KEEP_DATA=1 keeps them).
+    if [ ! -f "$IMG" ] || [ "${SWIFT_KEEP_DATA:-0}" != 1 ]; then
+        rm -f "$IMG"
         truncate -s "$IMG_SIZE" "$IMG"
         mkfs.xfs -q -f "$IMG"
     fi

@@ -17,7 +17,7 @@ need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin n
   fio:fio tc:iproute2 nft:nftables
 
 if [ "${DRL_SKIP_SWIFT:-0}" != 1 ]; then
-  "$here/swift-aio.sh" start
+  "$here/swift-aio.sh" start --keystone
   trap '"$here/swift-aio.sh" stop || true' EXIT
 fi
 

@@ -185,7 +185,7 @@ pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
 pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
 pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Chunks uploaded or restored at once (each holds up to two chunk buffers in memory).
-pub const STREAM_PARALLELISM_DEFAULT: usize = 4;
+pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
 /// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of 4 MiB = 16 TiB).
 pub const STREAM_CHUNKS_MAX: u64 = 4 * 1024 * 1024;

@@ -28,7 +28,7 @@ fn qemu_io_patterns_verify_and_persist_across_restart() {
         "write -z 16M 2M",
         "flush",
     ];
-    let reads = ["read -P 0xab 0 8192", "read -P 0xcd 4M 64k", "read -P 0x11 63M 1M", "read -P 0x22 8193 3000", "read -P 0 16M 2M", "read -P 0xab 11193 1037k"];
+    let reads = ["read -P 0xab 0 8192", "read -P 0xcd 4M 64k", "read -P 0x11 63M 1M", "read -P 0x22 8193 3000", "read -P 0 16M 2M", "read -P 0xab 11193 1037383"];
     qemu_io(&uri(d), &writes);
     qemu_io(&uri(d), &reads);
     assert_eq!(node.stop(), 0, "SIGTERM must exit 0; log:\n{}", node.log_text());

@@ -77,18 +77,23 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     n.checked_mul(mul).ok_or_else(|| format!("{text:?}: duration overflows"))
 }
 
+/// A config value given as a bare number, or as a string with a unit that `parse` reads.
+fn number_or_unit<'de, D: Deserializer<'de>>(d: D, parse: fn(&str) -> Result<u64, String>) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
-        }
+        number_or_unit(d, parse_size).map(ByteSize)
     }
 }
 
@@ -98,16 +103,7 @@ pub struct DurationMs(pub u64);
 
 impl<'de> Deserialize<'de> for DurationMs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(DurationMs(n)),
-            Raw::S(s) => parse_duration_ms(&s).map(DurationMs).map_err(serde::de::Error::custom),
-        }
+        number_or_unit(d, parse_duration_ms).map(DurationMs)
     }
 }
 
@@ -189,16 +185,7 @@ pub struct Rate(pub u64);
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Rate(n)),
-            Raw::S(s) => parse_rate(&s).map(Rate).map_err(serde::de::Error::custom),
-        }
+        number_or_unit(d, parse_rate).map(Rate)
     }
 }
 

@@ -316,7 +316,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 match st.alloc_slot() {
                     Some(s) => slots.push(s),
                     None => {
-                        st.free_slots.extend(slots.drain(..));
+                        st.free_slots.append(&mut slots);
                         drop(st);
                         self.invalidate_all(&format!("COW space of {} exhausted", crate::config::units::format_bytes(self.cfg.space_bytes))).await;
                         return Ok(());
@@ -393,14 +393,16 @@ impl<D: BlockDevice> SnapshotStore<D> {
         if live >= limits::SNAPSHOTS_PER_RESOURCE_MAX {
             return Err(SnapshotError::TooMany { resource: self.cfg.resource.clone(), max: limits::SNAPSHOTS_PER_RESOURCE_MAX });
         }
+        // No write is in flight (gate held), so the change set is complete. It belongs to the
+        // previous entry; with no previous entry, changes before the first snapshot matter to
+        // no incremental and are dropped.
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(newest) = st.index.entries.last().map(|e| e.id) {
-            // No write is in flight (gate held), so the change set is complete.
-            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
             persist::save_changed(&self.cfg.dir, newest, &cur.bits)?;
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
             st.frozen.insert(newest, cur);
             st.index.entries.last_mut().expect("newest").frozen = true;
         }
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
         let id = st.index.next_id;
         st.index.next_id += 1;
         st.index.entries.push(Entry { id, name: name.into(), created_unix_ms: now_ms(), live: true, state: SnapshotState::Valid, frozen: false });

@@ -75,6 +75,7 @@ async fn snapshots_read_as_taken_under_random_writes_deletes_and_reopen() {
 async fn change_sets_cover_exactly_the_written_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open(cfg(dir.path(), VOL), mem()).unwrap();
+    write(&store, 100 * CHUNK, &[7; 10]).await; // before any snapshot: in no change set
     store.create("a").await.unwrap();
     write(&store, 0, &[1; 10]).await; // chunk 0
     write(&store, 5 * CHUNK + 100, &[2; 5000]).await; // chunks 5, 6

@@ -152,6 +152,24 @@ pub(crate) fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether zstd is likely to pay on `buf`: compress four 16 KiB samples spread over it at the
+/// fastest level first. Incompressible data (the common case for encrypted or already
+/// compressed volumes) then costs a few percent of a full compression instead of all of it.
+fn worth_compressing(buf: &[u8]) -> bool {
+    const SAMPLE: usize = 16 * 1024;
+    if buf.len() <= 8 * SAMPLE {
+        return true;
+    }
+    let mut sample = Vec::with_capacity(4 * SAMPLE);
+    for k in 0..4 {
+        let at = buf.len() / 4 * k;
+        sample.extend_from_slice(&buf[at..at + SAMPLE]);
+    }
+    zstd::bulk::compress(&sample, 1).map_or(true, |z| {
+        (z.len() as u64) * 16 <= sample.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX
+    })
+}
+
 pub(crate) fn is_zero(b: &[u8]) -> bool {
     b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
@@ -266,7 +284,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                     return Ok::<_, StreamError>((None, Bytes::new(), Compression::None));
                 }
                 let sha = hex::encode(Sha256::digest(&buf[..]));
-                if policy == Compression::Zstd {
+                if policy == Compression::Zstd && worth_compressing(&buf) {
                     let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL).map_err(|e| {
                         StreamError::Task(format!("zstd compress of chunk {i}: {e}"))
                     })?;
@@ -276,7 +294,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                         return Ok((Some(sha), Bytes::from(z), Compression::Zstd));
                     }
                 }
-                Ok((Some(sha), Bytes::copy_from_slice(&buf), Compression::None))
+                Ok((Some(sha), Bytes::from_owner(buf), Compression::None))
             })
             .await
             .map_err(|e| StreamError::Task(e.to_string()))??;

@@ -68,6 +68,11 @@ impl Disk {
             let name = name.to_owned();
             move |source| VolumeError::Io { name, what, source }
         };
+        if !path.exists() {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io("creating the backing disk's directory"))?;
+            }
+        }
         let OpenedDisk { file, direct, dio_align_bytes, size_bytes, is_block_device } =
             open_disk(path, false, Some(size)).map_err(io("opening the backing disk"))?;
         if size_bytes < size {

@@ -104,7 +104,7 @@ fn tiny_share_never_starves() {
     let mut sim = Sim::new(params(100, [1000, 1000, 1000, 1]));
     let got = sim.run(10.0, [true; 4], 16 * 1024);
     let image = got[Class::Image as usize];
-    let want = 100 * MBIT as u64 * 10 / 3001;
+    let want = 100 * MBIT * 10 / 3001;
     assert!(image as f64 >= want as f64 * 0.8, "image got {image} bytes, guarantee {want}");
 }
 

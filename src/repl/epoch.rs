@@ -144,6 +144,9 @@ pub struct EpochTracker {
     unsent: BTreeMap<u64, u64>,
     /// `unsent` grew past its bound: no block may be cleared until the session ends.
     unsent_overflow: bool,
+    /// Clear the partly written edge blocks of a released write too (see
+    /// [`EpochTracker::set_clear_partial_blocks`]).
+    clear_partial: bool,
 }
 
 fn touched(offset: u64, len: u64) -> BlockRange {
@@ -186,7 +189,18 @@ impl EpochTracker {
             span_max: 0,
             unsent: BTreeMap::new(),
             unsent_overflow: false,
+            clear_partial: false,
         }
+    }
+
+    /// Let an ack clear every block a released write touched, partly written edge blocks
+    /// included (default: only fully covered blocks). Correct when whatever else made such a
+    /// block dirty is tracked elsewhere until it is resynced: the driver sends its bitmap to the
+    /// peer before it processes any ack of the session, and the peer's bitmap drives the resync.
+    /// Without it, every unaligned write would leave its edge blocks out of sync until the next
+    /// resync.
+    pub fn set_clear_partial_blocks(&mut self, on: bool) {
+        self.clear_partial = on;
     }
 
     /// Bytes of writes held until their epoch is acked.
@@ -320,7 +334,12 @@ impl EpochTracker {
         }
         let mut ranges = Vec::new();
         for w in &done {
-            self.subtract_pending(fully_covered(w.offset, w.len), &mut ranges);
+            let r = if self.clear_partial {
+                touched(w.offset, w.len)
+            } else {
+                fully_covered(w.offset, w.len)
+            };
+            self.subtract_pending(r, &mut ranges);
         }
         released.clearable = merge(ranges);
         if self.pending.is_empty() {
@@ -354,6 +373,19 @@ impl EpochTracker {
             self.unsent.clear();
             self.unsent_overflow = true;
         }
+    }
+
+    /// A write that was not offered to [`Self::try_enqueue`] at all (the sender is Ahead):
+    /// like a refused one, no ack of this session may clear its blocks.
+    pub fn mark_unsent_write(&mut self, offset: u64, len: u64) {
+        self.mark_unsent(touched(offset, len));
+    }
+
+    /// Every unsent block was handed to a resync (its bits were sent to the peer, whose
+    /// bitmap now drives the resync): acks may clear those blocks again.
+    pub fn forget_unsent(&mut self) {
+        self.unsent.clear();
+        self.unsent_overflow = false;
     }
 
     /// Blocks a resync has brought in sync again: they no longer need to stay dirty for an
@@ -428,7 +460,9 @@ impl EpochTracker {
             writes: self.writes,
             bytes: self.buffered_bytes,
         };
+        let clear_partial = self.clear_partial;
         *self = EpochTracker::new(self.limits);
+        self.clear_partial = clear_partial;
         lost
     }
 }

@@ -292,3 +292,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn partial_edge_blocks_are_cleared_only_when_asked_and_never_under_a_pending_write() {
+    // Default: an unaligned write's edge blocks stay dirty.
+    let mut t = EpochTracker::new(small());
+    t.try_enqueue(B + 1, 3000, 3000, true, 0).unwrap();
+    assert_eq!(t.on_barrier_ack(1).unwrap().clearable, vec![]);
+    // With partial clearing: the touched block is cleared, and survives a disconnect.
+    let mut t = EpochTracker::new(small());
+    t.set_clear_partial_blocks(true);
+    t.on_disconnect();
+    t.try_enqueue(B + 1, 3000, 3000, true, 0).unwrap();
+    assert_eq!(
+        t.on_barrier_ack(1).unwrap().clearable,
+        vec![BlockRange { start: 1, end: 2 }]
+    );
+    // ... but not while a later unacked write touches the same block.
+    t.try_enqueue(2 * B + 10, 10, 10, true, 0).unwrap();
+    t.try_enqueue(2 * B + 100, 10, 10, false, 0).unwrap();
+    assert_eq!(t.on_barrier_ack(2).unwrap().clearable, vec![]);
+}
+
+#[test]
+fn writes_not_offered_while_ahead_block_clearing_until_forgotten() {
+    let mut t = EpochTracker::new(small());
+    t.try_enqueue(0, 4 * B, 4 * B, false, 0).unwrap();
+    // Ahead: a later write to block 1 was only marked in the bitmap.
+    t.mark_unsent_write(B, B);
+    assert_eq!(t.close_epoch(), Some(1));
+    assert_eq!(
+        t.on_barrier_ack(1).unwrap().clearable,
+        vec![BlockRange { start: 0, end: 1 }, BlockRange { start: 2, end: 4 }]
+    );
+    // After the bitmap went to the peer for a resync, acks clear block 1 again.
+    t.forget_unsent();
+    t.try_enqueue(B, B, B, true, 0).unwrap();
+    assert_eq!(
+        t.on_barrier_ack(2).unwrap().clearable,
+        vec![BlockRange { start: 1, end: 2 }]
+    );
+}

@@ -1,0 +1,147 @@
+//! The resync half of a session: the bitmap exchange result, the SyncTarget's requests and
+//! completion, the SyncSource's answers (see [`crate::repl::resync`] for the rules).
+
+use super::*;
+
+impl Session<'_> {
+    /// The peer's whole bitmap arrived (ORed into `bits`).
+    pub(super) async fn bitmap_received(&mut self, bits: &[u8]) -> Result<(), String> {
+        let rep = self.rep;
+        or_into(&rep.bitmap, bits);
+        match self.sync {
+            Some(SyncRole::Source) => {
+                rep.update(|st| {
+                    st.repl = ReplState::SyncSource;
+                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
+                    st.resync_started = Some(Instant::now());
+                });
+                Ok(())
+            }
+            Some(SyncRole::Target) | None => {
+                if self.sync.is_none() {
+                    // The peer left Ahead and resyncs what it only marked.
+                    self.sync = Some(SyncRole::Target);
+                    rep.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)
+                        .map_err(|e| e.to_string())?;
+                }
+                persist_bitmap(rep).await?;
+                let mut t = Target::new(&rep.bitmap, self.peer_current);
+                rep.update(|st| {
+                    st.repl = ReplState::SyncTarget;
+                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
+                    st.resync_started = Some(Instant::now());
+                });
+                t.fill(&self.link);
+                self.target = Some(t);
+                self.target_progress().await
+            }
+        }
+    }
+
+    /// Answer a resync request (this node is SyncSource).
+    /// Queue a resync request for the answering task (this node is SyncSource). Answers are
+    /// produced by a separate task, in request order, so that the session keeps processing
+    /// barrier acks while an answer waits for the exclusive resync lock (application writes
+    /// hold it shared while they wait for send-buffer room, which only acks free).
+    pub(super) fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
+        let rep = self.rep;
+        if self.sync != Some(SyncRole::Source) {
+            return Err("ResyncRequest, but this node is not SyncSource".into());
+        }
+        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        let tx = self.serve_tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);
+            tokio::spawn(answer_requests(rep.clone(), self.link.clone(), rx));
+            tx
+        });
+        tx.try_send((offset, len)).map_err(|_| {
+            format!(
+                "more than {} resync requests outstanding: the peer ignores the window",
+                2 * REPL_RESYNC_WINDOW_REQUESTS
+            )
+        })
+    }
+
+    pub(super) fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), String> {
+        let t = self
+            .target
+            .as_mut()
+            .ok_or("resync data, but this node is not SyncTarget")?;
+        t.on_answer(offset, len).map_err(|e| e.to_string())
+    }
+
+    pub(super) async fn target_progress(&mut self) -> Result<(), String> {
+        let rep = self.rep;
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
+        t.fill(&self.link);
+        if !t.is_finished() {
+            return Ok(());
+        }
+        let source_current = t.source_current;
+        self.target = None;
+        self.sync = None;
+        rep.disk
+            .flush()
+            .await
+            .map_err(|e| format!("flushing after resync: {e}"))?;
+        persist_bitmap(rep).await?;
+        rep.update_meta(|sb| {
+            let mut g = gen_of(sb.gen);
+            if source_current != 0 {
+                g.on_resync_finished_as_target(source_current);
+            }
+            sb.gen = gen_to_meta(g);
+            sb.disk_state = meta::DiskState::UpToDate;
+            sb.flags &= !meta::flags::CRASHED_PRIMARY;
+        })
+        .map_err(|e| e.to_string())?;
+        self.link.push(&Frame::ResyncDone);
+        rep.update(|st| {
+            st.repl = ReplState::Established;
+            st.resync_started = None;
+        });
+        tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
+        Ok(())
+    }
+}
+
+/// Answer resync requests in order: read under the exclusive resync lock, clear the bits,
+/// queue Data or Zeroes, release the lock.
+async fn answer_requests(
+    rep: Arc<Replicator>,
+    link: Arc<Link>,
+    mut rx: mpsc::Receiver<(u64, u32)>,
+) {
+    while let Some((offset, len)) = rx.recv().await {
+        if link.is_closed() {
+            return;
+        }
+        let _excl = rep.resync_lock.write().await;
+        let buf = match rep.disk.read(offset, len).await {
+            Ok(b) => b,
+            Err(e) => {
+                link.close(format!("reading for resync: {e}"));
+                return;
+            }
+        };
+        rep.bitmap.clear_range(offset, u64::from(len));
+        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
+        // of them were zero ranges that crossed the wire as a header only.
+        rep.stats
+            .resync_bytes_sent
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        if buf.iter().all(|&b| b == 0) {
+            rep.stats
+                .resync_zero_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            link.push(&Frame::ResyncZeroes { offset, len });
+        } else {
+            link.push(&Frame::ResyncData {
+                offset,
+                data: Bytes::copy_from_slice(&buf),
+            });
+        }
+    }
+}

@@ -148,6 +148,36 @@ const _: () = assert!(REPL_SEND_BUFFER_BYTES_MAX >= 2 * REPL_FRAME_DATA_BYTES_MA
 const _: () = assert!(REPL_EPOCH_BYTES_MAX <= REPL_SEND_BUFFER_BYTES_MAX);
 const _: () = assert!(REPL_BITMAP_CHUNK_BYTES <= REPL_FRAME_DATA_BYTES_MAX as usize);
 const _: () = assert!(REPL_FRAME_RANGE_BYTES_MAX as u64 % BITMAP_BLOCK_BYTES == 0);
+
+// --- replication integration (replcore) ---
+/// Largest `max-buffer` a resource may configure.
+pub const REPL_MAX_BUFFER_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+/// First reconnect delay after a failed connect; doubles up to the max (plus jitter).
+pub const REPL_RECONNECT_MIN_MS: u64 = 100;
+/// Longest reconnect delay.
+pub const REPL_RECONNECT_MAX_MS: u64 = 2_000;
+/// A Ping goes out when nothing was received for this long.
+pub const REPL_PING_INTERVAL_MS: u64 = 1_000;
+/// No frame at all from the peer for this long: the connection is dead.
+pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
+/// Resync requests a SyncTarget keeps outstanding.
+pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
+/// Bytes of one resync request (one frame of data).
+pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
+/// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,
+/// resync answers): the writer channel bound.
+pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
+/// A node stays Ahead at least this long before it resyncs back (no oscillation).
+pub const REPL_AHEAD_MIN_MS: u64 = 1_000;
+/// Unauthenticated connections being handshaken at once per resource.
+pub const REPL_PENDING_CONNECTIONS_MAX: usize = 4;
+/// Log lines per second a peer can cause per resource.
+pub const REPL_LOG_LINES_PER_S: u32 = 5;
+const _: () = assert!(REPL_RECONNECT_MIN_MS <= REPL_RECONNECT_MAX_MS);
+const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
+const _: () = assert!(REPL_RESYNC_REQUEST_BYTES as u64 % BITMAP_BLOCK_BYTES == 0);
+/// The dirty bitmap is written to the metadata at least this often while it changes.
+pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
 // --- stream (snapshots and images to Swift) ---
 
 /// Snapshot chunk size: default, bounds; always a multiple of [`BITMAP_BLOCK_BYTES`].

@@ -32,7 +32,9 @@ EXIT STATUS:
 EXAMPLES:
     drl daemon --config /etc/drl/drl.toml --node site-a
     drl status
-    drl status r0 --json";
+    drl status r0 --json
+    drl primary r0 --force
+    drl connect r0 --discard-my-data";
 
 #[derive(Parser, Debug)]
 #[command(name = "drl", version, about = ABOUT, long_about = ABOUT, after_long_help = AFTER)]
@@ -71,6 +73,21 @@ pub enum Command {
     /// Point-in-time snapshots of a resource (copy-on-write, crash-consistent).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Promote a resource to Primary (its users may write; the peer receives the writes).
+    ///
+    /// Refused while the peer is Primary. `--force` promotes data that is not UpToDate (the
+    /// first promotion of a new pair, which starts the initial full sync) or a node whose peer
+    /// is unreachable (failover; starts a new data generation).
+    Primary(PrimaryArgs),
+    /// Demote a resource to Secondary (read-only; receives the peer's writes).
+    Secondary(ResArgs),
+    /// Connect a resource to its peer again (after `disconnect` or a split brain).
+    ///
+    /// `--discard-my-data` (on a Secondary): this node's changes since the nodes parted are
+    /// overwritten by the peer's data: the admin's resolution of a split brain.
+    Connect(ConnectArgs),
+    /// Disconnect a resource from its peer and stay StandAlone until `connect`.
+    Disconnect(ResArgs),
     /// Stream a snapshot to Swift (or the local vault) as chunks plus a manifest; incremental
     /// against an older snapshot already there. Resumes an interrupted stream.
     Stream(stream::StreamArgs),
@@ -103,6 +120,27 @@ pub struct StatusArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PrimaryArgs {
+    pub resource: String,
+    /// Promote even if the local data is not UpToDate or the peer is unreachable.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResArgs {
+    pub resource: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    pub resource: String,
+    /// Resolve a split brain by discarding this node's changes (this node becomes SyncTarget).
+    #[arg(long)]
+    pub discard_my_data: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct EventsArgs {
     /// Only events of this resource.
     pub resource: Option<String>,
@@ -128,6 +166,23 @@ pub fn main() -> i32 {
         Command::Status(ref a) => status::status(&cli.global, a),
         Command::Events(ref a) => status::events(&cli.global, a),
         Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
+        Command::Primary(ref a) => {
+            let msg = format!("{}: Primary\n", a.resource);
+            call_and_print(&cli.global, "primary", serde_json::json!({ "resource": a.resource, "force": a.force }), false, move |_| msg.clone())
+        }
+        Command::Secondary(ref a) => {
+            let msg = format!("{}: Secondary\n", a.resource);
+            call_and_print(&cli.global, "secondary", serde_json::json!({ "resource": a.resource }), false, move |_| msg.clone())
+        }
+        Command::Connect(ref a) => {
+            let msg = format!("{}: connecting\n", a.resource);
+            let p = serde_json::json!({ "resource": a.resource, "discard_my_data": a.discard_my_data });
+            call_and_print(&cli.global, "connect", p, false, move |_| msg.clone())
+        }
+        Command::Disconnect(ref a) => {
+            let msg = format!("{}: StandAlone\n", a.resource);
+            call_and_print(&cli.global, "disconnect", serde_json::json!({ "resource": a.resource }), false, move |_| msg.clone())
+        }
         Command::Stream(ref a) => stream::stream(&cli.global, a),
         Command::Restore(ref a) => stream::restore(&cli.global, a),
         Command::Image(ref c) => stream::image(&cli.global, c),

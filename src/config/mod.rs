@@ -99,6 +99,16 @@ pub struct RawResource {
     pub snapshot_space: Option<ByteSize>,
     /// Copy-on-write granularity of snapshots (a power of two, 4 KiB to 4 MiB).
     pub snapshot_chunk: Option<ByteSize>,
+    /// Replication protocol: only "A" (asynchronous) exists.
+    pub protocol: Option<String>,
+    /// What a full send buffer does: "block" (default), "pull-ahead" or "disconnect".
+    pub on_congestion: Option<String>,
+    /// Bound of the replication send buffer (default `limits::REPL_SEND_BUFFER_BYTES_MAX`).
+    pub max_buffer: Option<ByteSize>,
+    /// Split-brain recovery with one Primary: "discard-secondary" (default) or "disconnect".
+    pub after_sb_1pri: Option<String>,
+    /// Split-brain recovery with no Primary: "disconnect" (default) or "discard-zero-changes".
+    pub after_sb_0pri: Option<String>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -183,6 +193,44 @@ pub struct ResourceConfig {
     pub local: Placement,
     /// The peer's section, if the resource is replicated.
     pub peer: Option<Placement>,
+    /// Replication settings (used when `peer` is set).
+    pub repl: ReplConfig,
+}
+
+/// Replication settings of one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplConfig {
+    pub on_congestion: OnCongestion,
+    pub max_buffer_bytes: u64,
+    pub split_brain: crate::repl::state::SplitBrainPolicy,
+}
+
+impl Default for ReplConfig {
+    fn default() -> Self {
+        ReplConfig {
+            on_congestion: OnCongestion::Block,
+            max_buffer_bytes: limits::REPL_SEND_BUFFER_BYTES_MAX,
+            split_brain: Default::default(),
+        }
+    }
+}
+
+/// DRBD's `on-congestion`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnCongestion {
+    Block,
+    PullAhead,
+    Disconnect,
+}
+
+impl OnCongestion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnCongestion::Block => "block",
+            OnCongestion::PullAhead => "pull-ahead",
+            OnCongestion::Disconnect => "disconnect",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -307,6 +355,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         if snapshot_space_bytes < snapshot_chunk_bytes {
             return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
         }
+        let repl = repl_config(r, &key, &invalid)?;
         resources.push(ResourceConfig {
             name: r.name.clone(),
             size_bytes: size,
@@ -315,6 +364,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             snapshot_chunk_bytes,
             local,
             peer,
+            repl,
         });
     }
     let swift = raw.swift.as_ref().map(|s| swift_auth(s, &invalid)).transpose()?;
@@ -364,6 +414,51 @@ fn stream_config(s: Option<&RawStream>, invalid: &dyn Fn(String, String) -> Conf
         return Err(invalid("stream.vault-dir".into(), format!("{} must be an absolute path", vault_dir.display())));
     }
     Ok(StreamConfig { vault_dir, chunk_bytes, parallelism })
+}
+
+fn repl_config(
+    r: &RawResource,
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<ReplConfig, ConfigError> {
+    use crate::repl::state::{AfterSb0Pri, AfterSb1Pri};
+    let mut c = ReplConfig::default();
+    if let Some(p) = &r.protocol {
+        if p != "A" {
+            return Err(invalid(key("protocol"), format!("{p:?}: drl replicates asynchronously, only protocol \"A\" exists")));
+        }
+    }
+    if let Some(v) = &r.on_congestion {
+        c.on_congestion = match v.as_str() {
+            "block" => OnCongestion::Block,
+            "pull-ahead" => OnCongestion::PullAhead,
+            "disconnect" => OnCongestion::Disconnect,
+            _ => return Err(invalid(key("on-congestion"), format!("{v:?}: one of \"block\", \"pull-ahead\", \"disconnect\""))),
+        };
+    }
+    if let Some(b) = r.max_buffer {
+        let b = b.bytes();
+        let min = 2 * u64::from(limits::REPL_FRAME_DATA_BYTES_MAX);
+        if !(min..=limits::REPL_MAX_BUFFER_BYTES_LIMIT).contains(&b) {
+            return Err(invalid(key("max-buffer"), format!("{b} bytes: must be from {min} to {}", limits::REPL_MAX_BUFFER_BYTES_LIMIT)));
+        }
+        c.max_buffer_bytes = b;
+    }
+    if let Some(v) = &r.after_sb_1pri {
+        c.split_brain.after_sb_1pri = match v.as_str() {
+            "discard-secondary" => AfterSb1Pri::DiscardSecondary,
+            "disconnect" => AfterSb1Pri::Disconnect,
+            _ => return Err(invalid(key("after-sb-1pri"), format!("{v:?}: one of \"discard-secondary\", \"disconnect\""))),
+        };
+    }
+    if let Some(v) = &r.after_sb_0pri {
+        c.split_brain.after_sb_0pri = match v.as_str() {
+            "disconnect" => AfterSb0Pri::Disconnect,
+            "discard-zero-changes" => AfterSb0Pri::DiscardZeroChanges,
+            _ => return Err(invalid(key("after-sb-0pri"), format!("{v:?}: one of \"disconnect\", \"discard-zero-changes\""))),
+        };
+    }
+    Ok(c)
 }
 
 fn placement(

@@ -2,11 +2,17 @@
 //! the replicator) in its write path.
 //!
 //! Write path order: the snapshot store's `begin_write` (records the change, preserves old data
-//! for the newest snapshot, holds the snapshot gate) -> the disk write. The guard is held until
-//! the disk write completed, so a snapshot is always taken between two writes.
+//! for the newest snapshot, holds the snapshot gate) -> the disk write, or for a replicated
+//! resource the replicator's write (activity log, dirty bits, local write + enqueue to the
+//! peer). The guard is held until the write completed, so a snapshot is always taken between
+//! two writes.
+//!
+//! A replicated resource accepts user writes only while Primary (a DRBD Secondary cannot be
+//! written); it is exported read-only otherwise.
 
 use std::sync::Arc;
 
+use crate::repl::replicator::{Replicator, WriteOp};
 use crate::snapshot::SnapshotStore;
 use crate::volume::disk::Disk;
 use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
@@ -14,11 +20,19 @@ use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
 pub struct ResourceDevice {
     disk: Arc<Disk>,
     snaps: Arc<SnapshotStore<Disk>>,
+    repl: Option<Arc<Replicator>>,
 }
 
 impl ResourceDevice {
-    pub fn new(disk: Arc<Disk>, snaps: Arc<SnapshotStore<Disk>>) -> Self {
-        ResourceDevice { disk, snaps }
+    pub fn new(disk: Arc<Disk>, snaps: Arc<SnapshotStore<Disk>>, repl: Option<Arc<Replicator>>) -> Self {
+        ResourceDevice { disk, snaps, repl }
+    }
+
+    fn writable(&self) -> bool {
+        match &self.repl {
+            Some(r) => r.role() == drbd_compat::Role::Primary,
+            None => !self.disk.read_only(),
+        }
     }
 
     pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
@@ -32,7 +46,7 @@ impl ResourceDevice {
     /// Refuse writes to a read-only device and out-of-range requests before anything is
     /// recorded or preserved.
     fn check_write(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        if self.disk.read_only() {
+        if !self.writable() {
             return Err(VolumeError::ReadOnly(self.disk.name().to_owned()));
         }
         check_range(offset, len, self.disk.size_bytes())
@@ -49,7 +63,7 @@ impl BlockDevice for ResourceDevice {
     }
 
     fn read_only(&self) -> bool {
-        self.disk.read_only()
+        !self.writable()
     }
 
     fn min_block_bytes(&self) -> u32 {
@@ -63,22 +77,34 @@ impl BlockDevice for ResourceDevice {
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
         self.check_write(offset, data.len() as u64)?;
         let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
-        self.disk.write(offset, data, fua).await
+        match &self.repl {
+            Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
+            None => self.disk.write(offset, data, fua).await,
+        }
     }
 
     async fn flush(&self) -> Result<(), VolumeError> {
-        self.disk.flush().await
+        match &self.repl {
+            Some(r) => r.flush().await,
+            None => self.disk.flush().await,
+        }
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
         let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        self.disk.trim(offset, len).await
+        match &self.repl {
+            Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
+            None => self.disk.trim(offset, len).await,
+        }
     }
 
     async fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
         let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        self.disk.write_zeroes(offset, len, may_trim, fua).await
+        match &self.repl {
+            Some(r) => r.write(offset, WriteOp::Zeroes { len, may_trim }, fua).await,
+            None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
+        }
     }
 }

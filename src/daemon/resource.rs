@@ -15,6 +15,9 @@ use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
 use crate::volume::disk::Disk;
 
 use super::device::ResourceDevice;
+use crate::repl::replicator::Replicator;
+use crate::volume::activity_log::{ActivityLog, AlError};
+use crate::volume::bitmap::DirtyBitmap;
 use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
@@ -28,16 +31,25 @@ pub enum ResourceError {
     Nbd(#[from] crate::frontend::nbd::NbdError),
     #[error("snapshots: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("activity log: {0}")]
+    Al(#[from] AlError),
     #[error("{0}")]
     Blocking(String),
+}
+
+/// The metadata parts of a replicated resource.
+struct Attached {
+    bitmap: Arc<DirtyBitmap>,
+    al: Arc<ActivityLog>,
 }
 
 pub struct Resource {
     cfg: ResourceConfig,
     disk: Arc<Disk>,
     dev: Arc<ResourceDevice>,
-    meta: MetaFile,
+    meta: Arc<MetaFile>,
     events: EventBus,
+    repl: Option<Arc<Replicator>>,
     nbd_stats: Mutex<Option<Arc<NbdStats>>>,
 }
 
@@ -50,13 +62,17 @@ impl Resource {
             warn!(resource = %cfg.name, disk = %cfg.local.disk.display(), "O_DIRECT unavailable: using buffered I/O (flushes still make data durable)");
         }
         let cfg2 = cfg.clone();
+        let node_name = node;
         let node = node.to_owned();
-        let meta = tokio::task::spawn_blocking(move || open_meta(&cfg2, &node))
+        let (meta, attached) = tokio::task::spawn_blocking(move || open_meta(&cfg2, &node))
             .await
             .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+        let meta = Arc::new(meta);
         let sb = meta.superblock();
         let role = sb.role;
-        disk.set_read_only(role != Role::Primary);
+        // A replicated resource's disk stays writable for the replication receiver; the
+        // device refuses user writes unless Primary.
+        disk.set_read_only(attached.is_none() && role != Role::Primary);
         info!(resource = %cfg.name, role = role.as_str(), disk = sb.disk_state.as_str(), direct_io = disk.direct_io(), "resource opened");
         let disk = Arc::new(disk);
         let snaps = SnapshotStore::open(
@@ -69,8 +85,9 @@ impl Resource {
             },
             disk.clone(),
         )?;
-        let dev = Arc::new(ResourceDevice::new(disk.clone(), Arc::new(snaps)));
-        Ok(Resource { cfg: cfg.clone(), disk, dev, meta, events, nbd_stats: Mutex::new(None) })
+        let repl = attached.map(|a| Replicator::new(cfg, node_name, disk.clone(), meta.clone(), a.bitmap, a.al, events.clone()));
+        let dev = Arc::new(ResourceDevice::new(disk.clone(), Arc::new(snaps), repl.clone()));
+        Ok(Resource { cfg: cfg.clone(), disk, dev, meta, events, repl, nbd_stats: Mutex::new(None) })
     }
 
     pub fn name(&self) -> &str {
@@ -94,12 +111,25 @@ impl Resource {
         &self.events
     }
 
+    /// The replication of this resource (None when it has no peer).
+    pub fn replicator(&self) -> Option<&Arc<Replicator>> {
+        self.repl.as_ref()
+    }
+
     /// Start the NBD export (if configured) as a task in `tasks`.
     pub async fn start_frontends(
         &self,
         tasks: &mut tokio::task::JoinSet<()>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ResourceError> {
+        if let Some(r) = &self.repl {
+            tasks.spawn(crate::repl::service::run(r.clone(), shutdown.clone()));
+            tasks.spawn(crate::repl::service::persist_loop(
+                r.clone(),
+                std::time::Duration::from_millis(limits::REPL_BITMAP_PERSIST_MS),
+                shutdown.clone(),
+            ));
+        }
         let Some(ep) = &self.cfg.local.nbd else { return Ok(()) };
         let listen = match ep {
             NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
@@ -122,6 +152,13 @@ impl Resource {
     pub async fn close(&self) -> Result<(), ResourceError> {
         self.disk.flush().await?;
         self.snapshots().close().await?;
+        if let Some(r) = &self.repl {
+            // Close the activity log cleanly (flushes the bitmap, sets CLEAN_SHUTDOWN).
+            let (al, meta, bm) = (r.al.clone(), self.meta.clone(), r.bitmap.clone());
+            tokio::task::spawn_blocking(move || al.close_clean(&meta, &bm))
+                .await
+                .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+        }
         self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
         let disk = self.disk.clone();
         tokio::task::spawn_blocking(move || disk.shutdown()).await.map_err(|e| ResourceError::Blocking(e.to_string()))?;
@@ -133,7 +170,7 @@ impl Resource {
         let sb = self.meta.superblock();
         let nbd = self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (connection, replication) = ("StandAlone", "Off");
-        json!({
+        let mut v = json!({
             "name": self.cfg.name,
             "role": sb.role.as_str(),
             "disk": sb.disk_state.as_str(),
@@ -157,11 +194,19 @@ impl Resource {
                 (Some(ep), None) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": 0 }),
                 _ => Value::Null,
             },
-        })
+        });
+        if let (Some(r), Some(obj)) = (&self.repl, v.as_object_mut()) {
+            if let Some(fields) = r.status_fields().as_object() {
+                for (k, val) in fields {
+                    obj.insert(k.clone(), val.clone());
+                }
+            }
+        }
+        v
     }
 }
 
-fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError> {
+fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<(MetaFile, Option<Attached>), ResourceError> {
     let path = &cfg.local.meta;
     let meta = if path.exists() {
         let m = MetaFile::open(path)?;
@@ -185,8 +230,28 @@ fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError
         let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
         new.role = role;
         new.disk_state = disk_state;
+        if cfg.peer.is_some() {
+            // A new pair is "just created" (DRBD): no generation until the first promotion
+            // with --force, which makes the initial full sync run from that node.
+            new.gen = Some(Default::default());
+        }
         MetaFile::create(path, &new)?
     };
-    meta.update(|sb| sb.flags &= !flags::CLEAN_SHUTDOWN)?;
-    Ok(meta)
+    if cfg.peer.is_none() {
+        meta.update(|sb| sb.flags &= !flags::CLEAN_SHUTDOWN)?;
+        return Ok((meta, None));
+    }
+    // Attach order (activity_log module): bitmap, then the AL, which replays a crash's hot
+    // extents into the bitmap and clears CLEAN_SHUTDOWN.
+    let bitmap = DirtyBitmap::load(&meta)?;
+    let (al, report) = ActivityLog::attach(&meta, &bitmap)?;
+    if report.crashed_primary {
+        warn!(resource = %cfg.name, regions = report.replayed.len(), "crashed while Primary: the activity-log regions will be resynced");
+    }
+    // DRBD: a replicated resource always comes up Secondary; the admin promotes it.
+    meta.update(|sb| {
+        sb.role = Role::Secondary;
+        sb.flags &= !flags::WAS_PRIMARY;
+    })?;
+    Ok((meta, Some(Attached { bitmap: Arc::new(bitmap), al })))
 }

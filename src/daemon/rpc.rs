@@ -6,6 +6,10 @@
 //! | `snapshot.create` | `{resource, name}` | the snapshot's info |
 //! | `snapshot.list` | `{resource}` | `{snapshots: [...], tombstones: [...]}` |
 //! | `snapshot.delete` | `{resource, name}` | `{}` |
+//! | `primary` | `{resource, force?}` | `{resource, role}` |
+//! | `secondary` | `{resource}` | `{resource, role}` |
+//! | `connect` | `{resource, discard_my_data?}` | `{resource}` |
+//! | `disconnect` | `{resource}` | `{resource}` |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +18,26 @@ use serde_json::{json, Value};
 
 use super::{Node, Resource};
 use crate::control::{Event, EventKind, ObjectKind, RpcError, Router};
+use crate::repl::replicator::{ReplError, Replicator};
 use crate::snapshot::SnapshotError;
+
+fn replicator(node: &Node, params: &Value) -> Result<Arc<Replicator>, RpcError> {
+    let res = resource(node, params)?;
+    res.replicator()
+        .cloned()
+        .ok_or_else(|| RpcError::state_refused(format!("resource {} is not replicated (it has no peer in the config)", res.name())))
+}
+
+fn repl_error(e: ReplError) -> RpcError {
+    match e {
+        ReplError::Refused { .. } => RpcError::state_refused(e.to_string()),
+        _ => RpcError::internal(e.to_string()),
+    }
+}
+
+fn bool_param(params: &Value, key: &str) -> bool {
+    params.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
 
 /// Register `f(node, params)` as `name`.
 pub(super) fn add<F, Fut>(r: &mut Router, node: &Arc<Node>, name: &'static str, f: F)
@@ -86,6 +109,26 @@ pub fn router(node: Arc<Node>) -> Router {
         res.snapshots().delete(name).await.map_err(snapshot_error)?;
         res.events().publish(Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name()).field("snapshot", name));
         Ok(json!({}))
+    });
+    add(&mut r, &node, "primary", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.primary(bool_param(&params, "force")).await.map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
+    });
+    add(&mut r, &node, "secondary", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.secondary().await.map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
+    });
+    add(&mut r, &node, "connect", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.connect(bool_param(&params, "discard_my_data")).map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name() }))
+    });
+    add(&mut r, &node, "disconnect", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.disconnect();
+        Ok(json!({ "resource": rep.name() }))
     });
     super::rpc_stream::register(&mut r, &node);
     r

@@ -158,7 +158,7 @@ impl Decoder {
                     ));
                 }
             }
-            FrameType::Trim | FrameType::Zeroes | FrameType::ResyncRequest
+            FrameType::Trim | FrameType::Zeroes | FrameType::ResyncRequest | FrameType::ResyncZeroes
                 if h.data_len > REPL_FRAME_RANGE_BYTES_MAX =>
             {
                 return Err(WireError::DataTooLarge {
@@ -276,6 +276,13 @@ impl Decoder {
             FrameType::ResyncRequest => {
                 exact(0)?;
                 Frame::ResyncRequest {
+                    offset: h.offset,
+                    len: h.data_len,
+                }
+            }
+            FrameType::ResyncZeroes => {
+                exact(0)?;
+                Frame::ResyncZeroes {
                     offset: h.offset,
                     len: h.data_len,
                 }

@@ -28,6 +28,7 @@ pub enum FrameType {
     ResyncRequest = 21,
     ResyncData = 22,
     ResyncDone = 23,
+    ResyncZeroes = 24,
     StateChange = 30,
     Ping = 31,
     PingAck = 32,
@@ -51,6 +52,7 @@ impl FrameType {
             21 => ResyncRequest,
             22 => ResyncData,
             23 => ResyncDone,
+            24 => ResyncZeroes,
             30 => StateChange,
             31 => Ping,
             32 => PingAck,
@@ -76,6 +78,7 @@ impl FrameType {
             ResyncRequest => "ResyncRequest",
             ResyncData => "ResyncData",
             ResyncDone => "ResyncDone",
+            ResyncZeroes => "ResyncZeroes",
             StateChange => "StateChange",
             Ping => "Ping",
             PingAck => "PingAck",
@@ -101,7 +104,7 @@ impl FrameType {
         match self {
             Data | Trim | Zeroes => (true, true, true, true),
             Barrier | BarrierAck => (false, true, false, false),
-            BitmapChunk | ResyncRequest | ResyncData => (false, false, true, true),
+            BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes => (false, false, true, true),
             Ping | PingAck => (true, false, false, false),
             _ => (false, false, false, false),
         }
@@ -310,6 +313,11 @@ pub enum Frame {
         data: Bytes,
     },
     ResyncDone,
+    /// Resync answer for a range that reads as zeroes: no data crosses the wire.
+    ResyncZeroes {
+        offset: u64,
+        len: u32,
+    },
     StateChange {
         role: Role,
         disk: DiskState,
@@ -341,6 +349,7 @@ impl Frame {
             Frame::ResyncRequest { .. } => FrameType::ResyncRequest,
             Frame::ResyncData { .. } => FrameType::ResyncData,
             Frame::ResyncDone => FrameType::ResyncDone,
+            Frame::ResyncZeroes { .. } => FrameType::ResyncZeroes,
             Frame::StateChange { .. } => FrameType::StateChange,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::PingAck { .. } => FrameType::PingAck,

@@ -1,7 +1,9 @@
 //! Replication: DRBD protocol-A style mirroring of a volume to a peer in another site.
 //!
-//! This part is I/O free: frames in, frames and actions out, so that the TCP driver, the
-//! volume and a deterministic simulator can all drive the same code.
+//! The protocol core is I/O free: frames in, frames and actions out, so that the TCP driver,
+//! the volume and a deterministic simulator can all drive the same code. The I/O part (TCP,
+//! tasks, the write-path hook) is in `peer`, `link`, `session`, `resync`, `service` and
+//! `replicator`.
 //!
 //! # Layout
 //! - [`wire`]: the 64-byte frame header, checksums, errors, the encoder, zstd when it pays.
@@ -14,6 +16,12 @@
 //! - [`epoch`]: protocol-A epochs, sender side: sequence numbers, epochs, barrier acks,
 //!   dirty bits that may be cleared, lag, the send-buffer bound.
 //! - [`receiver`]: protocol-A epochs, receiver side: apply in order, flush then ack.
+//! - [`peer`]: TCP connect/accept, reconnect backoff, the handshake over a socket with a deadline.
+//! - [`link`]: the ordered send queue of one connection and its epoch tracker (`max-buffer`).
+//! - [`session`]: one connection from the sync decision to its end: receive, ack, bitmaps.
+//! - [`resync`]: SyncTarget request pump, SyncSource answers, bitmap bytes.
+//! - [`service`]: the per-resource task: listen, connect, handshake, sessions, StandAlone.
+//! - [`replicator`]: per-resource state, admin operations, status, the write-path hook.
 
 pub mod bitmap;
 pub mod decode;
@@ -21,7 +29,13 @@ pub mod epoch;
 pub mod frame;
 pub mod gen;
 pub mod handshake;
+pub mod link;
+pub mod peer;
 pub mod receiver;
+pub mod replicator;
+pub mod resync;
+pub mod service;
+pub mod session;
 pub mod state;
 pub mod wire;
 

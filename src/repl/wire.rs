@@ -309,7 +309,7 @@ impl Encoder {
                 }
                 data = Some(bits);
             }
-            Frame::ResyncRequest { offset, len } => {
+            Frame::ResyncRequest { offset, len } | Frame::ResyncZeroes { offset, len } => {
                 check_range_len(*len)?;
                 (h.offset, h.data_len) = (*offset, *len);
             }

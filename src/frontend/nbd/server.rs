@@ -316,8 +316,10 @@ async fn serve<S, D>(
     sh.stats.connections_active.fetch_add(1, Relaxed);
     let _active = ActiveGuard(sh.stats.clone());
     let mut stop_hs = stop.clone();
+    // Read-only is decided per connection: a replicated device becomes writable on promotion.
+    let info = ExportInfo { read_only: sh.dev.read_only(), ..sh.info.clone() };
     let hs = tokio::select! {
-        r = tokio::time::timeout(sh.handshake_timeout, negotiate(&mut stream, &sh.info, admission))
+        r = tokio::time::timeout(sh.handshake_timeout, negotiate(&mut stream, &info, admission))
             => r,
         _ = stopped(&mut stop_hs) => return, // shutting down: drop negotiating clients
     };
@@ -352,7 +354,7 @@ async fn serve<S, D>(
         view: ExportView {
             name: sh.info.name.clone(),
             size: sh.info.size,
-            read_only: sh.info.read_only,
+            read_only: info.read_only,
             structured,
         },
         stats: sh.stats.clone(),

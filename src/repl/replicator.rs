@@ -1,0 +1,709 @@
+//! One replicated resource on this node: its DRBD-style state (role, disk, connection,
+//! replication, peer), the admin operations (primary, secondary, connect, disconnect), the
+//! status and events, and the write-path hook the resource's device calls.
+//!
+//! Write path on the Primary ([`Replicator::write`]): activity-log guard (a durable AL
+//! transaction first if the extent is cold) -> shared resync lock -> set the dirty bits ->
+//! concurrently: the local disk write and the enqueue of the Data frame into the bounded send
+//! buffer (if connected and not Ahead) -> reply when both are done (protocol A). A barrier ack
+//! clears the bits of the epoch (in the session). The AL guard is dropped when the local write
+//! is done: an extent can only leave the AL after the bitmap was flushed (the AL evicts that
+//! way), so a write not yet acked by the peer stays covered by its bit, in memory and on disk.
+//!
+//! Persistent state (role, disk state, generation ids, WAS_PRIMARY) lives in the metadata
+//! superblock; the live state (connection, replication, peer) only here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use drbd_compat::{ConnState, DiskState, ReplState, Role};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::config::{OnCongestion, ResourceConfig};
+use crate::control::{Event, EventBus, EventKind, ObjectKind};
+use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
+use crate::logrl::LogLimiter;
+use crate::repl::frame::Frame;
+use crate::repl::gen::GenIds;
+use crate::repl::link::Link;
+use crate::repl::wire::split_range;
+use crate::volume::activity_log::ActivityLog;
+use crate::volume::bitmap::DirtyBitmap;
+use crate::volume::disk::Disk;
+use crate::volume::meta::{self, flags, MetaFile};
+use crate::volume::{AlignedBuf, BlockDevice, VolumeError};
+
+/// Refusals of the admin operations (shown to the admin as is).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    #[error("resource {res}: {what}")]
+    Refused { res: String, what: String },
+    #[error("resource {res}: metadata: {source}")]
+    Meta {
+        res: String,
+        #[source]
+        source: crate::volume::meta::MetaError,
+    },
+    #[error("resource {res}: {source}")]
+    Volume {
+        res: String,
+        #[source]
+        source: VolumeError,
+    },
+}
+
+/// Byte counters of the status.
+#[derive(Debug, Default)]
+pub struct ReplStats {
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub resync_bytes_sent: AtomicU64,
+    pub resync_bytes_received: AtomicU64,
+    pub resync_zero_bytes: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+/// Live state, under one lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub conn: ConnState,
+    pub repl: ReplState,
+    pub peer_role: Option<Role>,
+    pub peer_disk: Option<DiskState>,
+    /// The admin said `disconnect`, or a split brain waits for the admin.
+    pub standalone: bool,
+    pub discard_my_data: bool,
+    pub split_brain: Option<String>,
+    pub last_error: Option<String>,
+    pub link: Option<Arc<Link>>,
+    pub ahead_since: Option<Instant>,
+    /// Out-of-sync bytes when the running resync started.
+    pub resync_total_bytes: u64,
+    pub resync_started: Option<Instant>,
+    /// A role or generation change needs a new handshake.
+    pub renegotiate: bool,
+}
+
+pub struct Replicator {
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) cfg: ResourceConfig,
+    pub(crate) disk: Arc<Disk>,
+    pub(crate) meta: Arc<MetaFile>,
+    pub(crate) bitmap: Arc<DirtyBitmap>,
+    pub(crate) al: Arc<ActivityLog>,
+    pub(crate) events: EventBus,
+    st: Mutex<State>,
+    /// Admin changes (connect, disconnect, role) wake the connection loop.
+    pub(crate) wake: Notify,
+    /// Application writes hold it shared from setting their bits until they are on disk and
+    /// queued; a resync read holds it exclusively until its answer is queued, so stale
+    /// resync data never overtakes an application write of the same block.
+    pub(crate) resync_lock: tokio::sync::RwLock<()>,
+    pub(crate) stats: ReplStats,
+    pub(crate) rl: LogLimiter,
+    clock: Instant,
+}
+
+pub(crate) fn role_of(r: meta::Role) -> Role {
+    match r {
+        meta::Role::Primary => Role::Primary,
+        meta::Role::Secondary => Role::Secondary,
+    }
+}
+
+pub(crate) fn disk_of(d: meta::DiskState) -> DiskState {
+    match d {
+        meta::DiskState::Diskless => DiskState::Diskless,
+        meta::DiskState::Attaching => DiskState::Attaching,
+        meta::DiskState::Failed => DiskState::Failed,
+        meta::DiskState::Inconsistent => DiskState::Inconsistent,
+        meta::DiskState::Outdated => DiskState::Outdated,
+        meta::DiskState::Consistent => DiskState::Consistent,
+        meta::DiskState::UpToDate => DiskState::UpToDate,
+    }
+}
+
+pub(crate) fn gen_of(g: meta::GenerationIds) -> GenIds {
+    GenIds {
+        current: g.current,
+        bitmap: g.bitmap,
+        history: g.history,
+    }
+}
+
+pub(crate) fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
+    meta::GenerationIds {
+        current: g.current,
+        bitmap: g.bitmap,
+        history: g.history,
+    }
+}
+
+/// A write the device hands to [`Replicator::write`].
+pub enum WriteOp {
+    Data(AlignedBuf),
+    Trim(u32),
+    Zeroes { len: u32, may_trim: bool },
+}
+
+impl WriteOp {
+    fn len(&self) -> u64 {
+        match self {
+            WriteOp::Data(b) => b.len() as u64,
+            WriteOp::Trim(l) | WriteOp::Zeroes { len: l, .. } => u64::from(*l),
+        }
+    }
+}
+
+impl Replicator {
+    pub fn new(
+        cfg: &ResourceConfig,
+        node: &str,
+        disk: Arc<Disk>,
+        meta: Arc<MetaFile>,
+        bitmap: Arc<DirtyBitmap>,
+        al: Arc<ActivityLog>,
+        events: EventBus,
+    ) -> Arc<Replicator> {
+        Arc::new(Replicator {
+            name: cfg.name.clone(),
+            node: node.to_owned(),
+            cfg: cfg.clone(),
+            disk,
+            meta,
+            bitmap,
+            al,
+            events,
+            st: Mutex::new(State {
+                conn: ConnState::Connecting,
+                repl: ReplState::Off,
+                peer_role: None,
+                peer_disk: None,
+                standalone: false,
+                discard_my_data: false,
+                split_brain: None,
+                last_error: None,
+                link: None,
+                ahead_since: None,
+                resync_total_bytes: 0,
+                resync_started: None,
+                renegotiate: false,
+            }),
+            wake: Notify::new(),
+            resync_lock: tokio::sync::RwLock::new(()),
+            stats: ReplStats::default(),
+            rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
+            clock: Instant::now(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn role(&self) -> Role {
+        role_of(self.meta.superblock().role)
+    }
+
+    pub fn disk_state(&self) -> DiskState {
+        disk_of(self.meta.superblock().disk_state)
+    }
+
+    pub(crate) fn peer_node(&self) -> String {
+        self.cfg
+            .peer
+            .as_ref()
+            .map(|p| p.node.clone())
+            .unwrap_or_default()
+    }
+
+    /// Change the live state under the lock and publish an event for every field that moved.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut State)) {
+        let (before, after) = {
+            let mut st = self.state();
+            let b = (st.conn, st.repl, st.peer_role, st.peer_disk);
+            f(&mut st);
+            (b, (st.conn, st.repl, st.peer_role, st.peer_disk))
+        };
+        let peer = self.peer_node();
+        if before.0 != after.0 {
+            tracing::info!(resource = %self.name, peer = %peer, connection = %after.0, "connection state");
+            self.events.publish(
+                Event::new(EventKind::Change, ObjectKind::Connection, &self.name)
+                    .field("peer", peer.clone())
+                    .field("connection", after.0.as_str()),
+            );
+        }
+        if before.1 != after.1 || before.3 != after.3 {
+            tracing::info!(resource = %self.name, peer = %peer, replication = %after.1,
+                peer_disk = %after.3.map_or("DUnknown", |d| d.as_str()), "peer-device state");
+            self.events.publish(
+                Event::new(EventKind::Change, ObjectKind::PeerDevice, &self.name)
+                    .field("peer", peer.clone())
+                    .field("replication", after.1.as_str())
+                    .field("peer_disk", after.3.map_or("DUnknown", |d| d.as_str())),
+            );
+        }
+        if before.2 != after.2 {
+            self.events.publish(
+                Event::new(EventKind::Change, ObjectKind::Connection, &self.name)
+                    .field("peer", peer)
+                    .field("peer_role", after.2.map_or("Unknown", |r| r.as_str())),
+            );
+        }
+    }
+
+    /// Change the persistent state; publish role / disk changes.
+    pub(crate) fn update_meta(
+        &self,
+        f: impl FnOnce(&mut meta::Superblock),
+    ) -> Result<(), ReplError> {
+        let before = self.meta.superblock();
+        self.meta.update(f).map_err(|source| ReplError::Meta {
+            res: self.name.clone(),
+            source,
+        })?;
+        let after = self.meta.superblock();
+        if before.role != after.role {
+            tracing::info!(resource = %self.name, role = after.role.as_str(), "role changed");
+            self.events.publish(
+                Event::new(EventKind::Change, ObjectKind::Resource, &self.name)
+                    .field("role", after.role.as_str()),
+            );
+        }
+        if before.disk_state != after.disk_state {
+            tracing::info!(resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
+            self.events.publish(
+                Event::new(EventKind::Change, ObjectKind::Device, &self.name)
+                    .field("disk", after.disk_state.as_str()),
+            );
+        }
+        if before.role != after.role || before.disk_state != after.disk_state {
+            if let Some(l) = self.state().link.clone() {
+                l.push(&Frame::StateChange {
+                    role: role_of(after.role),
+                    disk: disk_of(after.disk_state),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn refused(&self, what: impl Into<String>) -> ReplError {
+        ReplError::Refused {
+            res: self.name.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// The link application writes are shipped on: connected, this node Primary, not Ahead.
+    fn shipping_link(&self) -> Option<Arc<Link>> {
+        let st = self.state();
+        let l = st.link.as_ref()?;
+        if l.is_closed() || l.ahead.load(Ordering::Acquire) || st.peer_role.is_none() {
+            return None;
+        }
+        if self.meta.superblock().role != meta::Role::Primary {
+            return None;
+        }
+        Some(l.clone())
+    }
+
+    // ---- write path ----
+
+    /// A write (data, trim or zeroes) on the Primary: see the module doc for the order.
+    pub async fn write(&self, offset: u64, op: WriteOp, fua: bool) -> Result<(), VolumeError> {
+        let len = op.len();
+        let _al = self
+            .al
+            .acquire(&self.meta, &self.bitmap, offset, len)
+            .await
+            .map_err(|e| VolumeError::Io {
+                name: self.name.clone(),
+                what: "activity log",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let _shared = self.resync_lock.read().await;
+        self.bitmap.set_range(offset, len);
+        let link = self.shipping_link();
+        match op {
+            WriteOp::Data(buf) => {
+                let bytes = link.as_ref().map(|_| Bytes::copy_from_slice(&buf));
+                let ship = async {
+                    if let (Some(l), Some(b)) = (&link, bytes) {
+                        self.ship_data(l, offset, b, fua).await;
+                    }
+                };
+                let (_, r) = tokio::join!(ship, self.disk.write(offset, buf, fua));
+                r
+            }
+            WriteOp::Trim(l) => {
+                let ship = async {
+                    if let Some(link) = &link {
+                        self.ship_range(link, offset, l, fua, true).await;
+                    }
+                };
+                let (_, r) = tokio::join!(ship, self.disk.trim(offset, l));
+                r
+            }
+            WriteOp::Zeroes { len: l, may_trim } => {
+                let ship = async {
+                    if let Some(link) = &link {
+                        self.ship_range(link, offset, l, fua, false).await;
+                    }
+                };
+                let (_, r) = tokio::join!(ship, self.disk.write_zeroes(offset, l, may_trim, fua));
+                r
+            }
+        }
+    }
+
+    /// Close the open epoch (a Barrier) and flush the local disk.
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        if let Some(l) = self.shipping_link() {
+            let mut t = l.tracker();
+            if let Some(e) = t.close_epoch() {
+                l.push(&Frame::Barrier { epoch: e });
+            }
+        }
+        self.disk.flush().await
+    }
+
+    async fn ship_data(&self, link: &Link, offset: u64, data: Bytes, fua: bool) {
+        let pieces: Vec<(u64, u32)> =
+            split_range(offset, data.len() as u64, REPL_FRAME_DATA_BYTES_MAX).collect();
+        let n = pieces.len();
+        for (i, (off, len)) in pieces.into_iter().enumerate() {
+            let at = (off - offset) as usize;
+            let piece = data.slice(at..at + len as usize);
+            let last_fua = fua && i + 1 == n;
+            if !self
+                .enqueue(
+                    link,
+                    off,
+                    u64::from(len),
+                    u64::from(len),
+                    last_fua,
+                    |seq, epoch| Frame::Data {
+                        seq,
+                        epoch,
+                        offset: off,
+                        fua: last_fua,
+                        data: piece.clone(),
+                    },
+                )
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    async fn ship_range(&self, link: &Link, offset: u64, len: u32, fua: bool, trim: bool) {
+        let pieces: Vec<(u64, u32)> =
+            split_range(offset, u64::from(len), REPL_FRAME_RANGE_BYTES_MAX).collect();
+        let n = pieces.len();
+        for (i, (off, l)) in pieces.into_iter().enumerate() {
+            let f = fua && i + 1 == n;
+            let ok = self
+                .enqueue(link, off, u64::from(l), 0, f, |seq, epoch| {
+                    if trim {
+                        Frame::Trim {
+                            seq,
+                            epoch,
+                            offset: off,
+                            len: l,
+                            fua: f,
+                        }
+                    } else {
+                        Frame::Zeroes {
+                            seq,
+                            epoch,
+                            offset: off,
+                            len: l,
+                            fua: f,
+                        }
+                    }
+                })
+                .await;
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Queue one frame-sized write, applying the congestion policy when the buffer is full.
+    /// False when the rest of the write must not be shipped (link closed, Ahead).
+    async fn enqueue(
+        &self,
+        link: &Link,
+        offset: u64,
+        len: u64,
+        payload: u64,
+        fua: bool,
+        frame: impl Fn(u64, u64) -> Frame,
+    ) -> bool {
+        let policy = self.cfg.repl.on_congestion;
+        loop {
+            let notified = link.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if link.is_closed() || link.ahead.load(Ordering::Acquire) {
+                return false;
+            }
+            let pull_ahead =
+                policy == OnCongestion::PullAhead && self.state().repl == ReplState::Established;
+            {
+                let mut t = link.tracker();
+                let wait =
+                    !t.has_room(payload) && !pull_ahead && policy != OnCongestion::Disconnect;
+                if !wait {
+                    match t.try_enqueue(offset, len, payload, fua, self.now_ms()) {
+                        Ok(enq) => {
+                            link.push(&frame(enq.seq, enq.epoch));
+                            if let Some(e) = enq.close_epoch {
+                                link.push(&Frame::Barrier { epoch: e });
+                            }
+                            self.stats.sent_bytes.fetch_add(payload, Ordering::Relaxed);
+                            return true;
+                        }
+                        Err(full) if pull_ahead => {
+                            drop(t);
+                            self.go_ahead(link, &full.to_string());
+                            return false;
+                        }
+                        Err(full) => {
+                            drop(t);
+                            crate::warn_rl!(self.rl, resource = %self.name, "on-congestion disconnect: {full}");
+                            link.close(format!("congestion: {full}"));
+                            return false;
+                        }
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn go_ahead(&self, link: &Link, why: &str) {
+        if link.ahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
+        self.update(|st| {
+            st.repl = ReplState::Ahead;
+            st.ahead_since = Some(Instant::now());
+        });
+    }
+
+    // ---- admin operations ----
+
+    /// `drl primary RES [--force]`.
+    pub async fn primary(&self, force: bool) -> Result<(), ReplError> {
+        let sb = self.meta.superblock();
+        if sb.role == meta::Role::Primary {
+            return Ok(());
+        }
+        let (connected, peer_role, repl) = {
+            let st = self.state();
+            (
+                st.link.as_ref().is_some_and(|l| !l.is_closed()) && st.peer_role.is_some(),
+                st.peer_role,
+                st.repl,
+            )
+        };
+        if connected && peer_role == Some(Role::Primary) {
+            return Err(self.refused(
+                "the peer is Primary: demote it first (two Primaries would overwrite each other)",
+            ));
+        }
+        if connected && repl == ReplState::SyncTarget {
+            return Err(self
+                .refused("this node is SyncTarget: its data is incomplete until the resync ends"));
+        }
+        let good = sb.disk_state == meta::DiskState::UpToDate;
+        if !good && !force {
+            return Err(self.refused(format!(
+                "local disk is {}: use --force to promote it anyway (it becomes the source of truth)",
+                sb.disk_state.as_str()
+            )));
+        }
+        // DRBD: a Primary with a connected, in-sync peer keeps the generation (a new one
+        // starts when it loses the peer); promoting without the peer, or promoting data that
+        // was not UpToDate, starts a new one.
+        let new_gen = !connected || !good;
+        if !connected && !force {
+            return Err(self.refused(format!(
+                "the peer {} is not connected: use --force to promote without it (starts a new data generation)",
+                self.peer_node()
+            )));
+        }
+        self.update_meta(|sb| {
+            if new_gen {
+                let mut g = gen_of(sb.gen);
+                g.new_current_on_promote_without_peer();
+                sb.gen = gen_to_meta(g);
+            }
+            sb.role = meta::Role::Primary;
+            sb.disk_state = meta::DiskState::UpToDate;
+            sb.flags |= flags::WAS_PRIMARY;
+            sb.flags &= !flags::CRASHED_PRIMARY;
+        })?;
+        if connected && new_gen {
+            // The generation changed under a live connection: handshake again so both
+            // sides decide the (initial) sync from the new generation ids.
+            self.renegotiate("promoted with a new data generation");
+        }
+        Ok(())
+    }
+
+    /// `drl secondary RES`.
+    pub async fn secondary(&self) -> Result<(), ReplError> {
+        if self.meta.superblock().role == meta::Role::Secondary {
+            return Ok(());
+        }
+        self.flush().await.map_err(|source| ReplError::Volume {
+            res: self.name.clone(),
+            source,
+        })?;
+        self.update_meta(|sb| {
+            sb.role = meta::Role::Secondary;
+            sb.flags &= !flags::WAS_PRIMARY;
+        })
+    }
+
+    /// `drl connect RES [--discard-my-data]`.
+    pub fn connect(&self, discard_my_data: bool) -> Result<(), ReplError> {
+        if discard_my_data && self.meta.superblock().role == meta::Role::Primary {
+            return Err(
+                self.refused("--discard-my-data on a Primary: demote it first (drl secondary)")
+            );
+        }
+        self.update(|st| {
+            st.standalone = false;
+            st.discard_my_data = discard_my_data;
+            st.split_brain = None;
+            if st.link.is_none() {
+                st.conn = ConnState::Connecting;
+            }
+        });
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// `drl disconnect RES`.
+    pub fn disconnect(&self) {
+        let link = {
+            let mut st = self.state();
+            st.standalone = true;
+            st.link.clone()
+        };
+        if let Some(l) = link {
+            l.push(&Frame::Disconnect {
+                reason: "administrative disconnect".into(),
+            });
+            l.close("administrative disconnect");
+        }
+        self.update(|st| {
+            if st.link.is_none() {
+                st.conn = ConnState::StandAlone;
+            }
+        });
+        self.wake.notify_waiters();
+    }
+
+    /// Drop the current connection and handshake again at once.
+    pub(crate) fn renegotiate(&self, why: &str) {
+        let link = {
+            let mut st = self.state();
+            st.renegotiate = true;
+            st.link.clone()
+        };
+        if let Some(l) = link {
+            l.push(&Frame::Disconnect {
+                reason: format!("renegotiate: {why}"),
+            });
+            l.close(format!("renegotiate: {why}"));
+        }
+        self.wake.notify_waiters();
+    }
+
+    // ---- status ----
+
+    /// The replication fields of `status` (merged into the resource's object).
+    pub fn status_fields(&self) -> Value {
+        let sb = self.meta.superblock();
+        let st = self.state();
+        let oos = self.bitmap.dirty_bytes();
+        let (send_queue, lag, inflight) = match &st.link {
+            Some(l) => {
+                let t = l.tracker();
+                (
+                    t.buffered_bytes(),
+                    t.lag_ms(self.now_ms()),
+                    t.inflight_writes(),
+                )
+            }
+            None => (0, 0, 0),
+        };
+        let resyncing = matches!(st.repl, ReplState::SyncSource | ReplState::SyncTarget);
+        let (percent, eta_s) = if resyncing && st.resync_total_bytes > 0 {
+            let done = st.resync_total_bytes.saturating_sub(oos);
+            let pct = done as f64 * 100.0 / st.resync_total_bytes as f64;
+            let el = st.resync_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            let eta = if done > 0 {
+                Some((el * oos as f64 / done as f64).round() as u64)
+            } else {
+                None
+            };
+            (Some((pct * 10.0).round() / 10.0), eta)
+        } else {
+            (None, None)
+        };
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "role": sb.role.as_str(),
+            "disk": sb.disk_state.as_str(),
+            "connection": st.conn.as_str(),
+            "replication": st.repl.as_str(),
+            "peer_role": st.peer_role.map(|r| r.as_str()),
+            "peer_disk": st.peer_disk.map(|d| d.as_str()),
+            "out_of_sync_bytes": oos,
+            "send_queue_bytes": send_queue,
+            "inflight_writes": inflight,
+            "sent_bytes": g(&self.stats.sent_bytes),
+            "received_bytes": g(&self.stats.received_bytes),
+            "resync_bytes_sent": g(&self.stats.resync_bytes_sent),
+            "resync_bytes_received": g(&self.stats.resync_bytes_received),
+            "resync_zero_bytes": g(&self.stats.resync_zero_bytes),
+            "resync_percent": percent,
+            "resync_eta_s": eta_s,
+            "lag_ms": lag,
+            "on_congestion": self.cfg.repl.on_congestion.as_str(),
+            "max_buffer_bytes": self.cfg.repl.max_buffer_bytes,
+            "ahead": st.repl == ReplState::Ahead,
+            "split_brain": st.split_brain,
+            "last_error": st.last_error,
+            "protocol_errors": g(&self.stats.protocol_errors),
+            "connects": g(&self.stats.connects),
+            "generation": {
+                "current": format!("{:016X}", sb.gen.current),
+                "bitmap": format!("{:016X}", sb.gen.bitmap),
+                "history": [format!("{:016X}", sb.gen.history[0]), format!("{:016X}", sb.gen.history[1])],
+            },
+        })
+    }
+}

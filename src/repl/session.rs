@@ -1,0 +1,828 @@
+//! One authenticated connection, from the sync decision to its end.
+//!
+//! Tasks: the session task (this module) reads and decodes frames, drives the receiver,
+//! the resync and the bitmap exchange; one writer task drains the [`Link`]'s ordered queue to
+//! the socket; disk writes and flushes of received frames run as short tasks that report back
+//! through a channel. When the session ends (peer error, timeout, admin, shutdown) every
+//! unacked write's bits stay set, the bitmap is persisted, and a Primary that lost its peer
+//! starts a new data generation (DRBD), so the next connect resyncs exactly what is missing.
+//!
+//! Trust: everything here comes from an authenticated peer, and is still checked: frame
+//! order (epochs, sequence numbers, barrier acks), resync answers against the requests, request
+//! ranges against the volume. Any violation drops the connection with a rate-limited log line;
+//! nothing of an unchecked frame is applied.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use drbd_compat::{ConnState, ReplState, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::limits::{REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS};
+use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
+use crate::repl::epoch::{EpochLimits, EpochTracker};
+use crate::repl::frame::Frame;
+use crate::repl::handshake::LocalInfo;
+use crate::repl::link::Link;
+use crate::repl::peer::Conn;
+use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
+use crate::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of, Replicator};
+use crate::repl::resync::{bitmap_bytes, check_request, or_into, Target};
+use crate::repl::state::{decide, NodeState, SyncDecision};
+use crate::volume::meta;
+use crate::volume::{AlignedBuf, BlockDevice};
+
+/// A received write, as the receiver queues it.
+#[derive(Debug, Clone)]
+enum Apply {
+    Data { offset: u64, data: Bytes, fua: bool },
+    Trim { offset: u64, len: u32, fua: bool },
+    Zeroes { offset: u64, len: u32, fua: bool },
+}
+
+/// Completions of received writes and flushes.
+enum Done {
+    Rx(RxEvent<Apply>),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncRole {
+    Source,
+    Target,
+}
+
+/// What this node tells the peer in the handshake.
+pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
+    let sb = rep.meta.superblock();
+    let discard = rep.state().discard_my_data;
+    let mut gen = gen_of(sb.gen);
+    let mut disk = disk_of(sb.disk_state);
+    if discard {
+        // `connect --discard-my-data`: present the generation this node branched from, so
+        // both sides decide "this node is SyncTarget" with a bitmap resync of the union
+        // (or a full sync if there is no common ancestor to present).
+        if gen.bitmap != 0 {
+            gen.current = gen.bitmap;
+            gen.bitmap = 0;
+        } else {
+            gen = Default::default();
+        }
+        disk = drbd_compat::DiskState::Outdated;
+    }
+    LocalInfo {
+        resource: rep.name.clone(),
+        node_name: rep.node.clone(),
+        size_bytes: rep.cfg.size_bytes,
+        gen,
+        dirty_bits: rep.bitmap.count_dirty(),
+        role: role_of(sb.role),
+        disk,
+        features: crate::repl::wire::features::ALL,
+    }
+}
+
+struct Session<'a> {
+    rep: &'a Arc<Replicator>,
+    link: Arc<Link>,
+    rx: EpochReceiver<Apply>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    merge: Option<(BitmapMerge, Vec<u8>)>,
+    sync: Option<SyncRole>,
+    target: Option<Target>,
+    peer_current: u64,
+    ping_seq: u64,
+    /// Flushes (FlushThenAck) running.
+    flushing: usize,
+    last_rx: Instant,
+    last_ping: Instant,
+}
+
+/// Run the session on `conn` until it ends; returns why it ended.
+pub(crate) async fn run(
+    rep: &Arc<Replicator>,
+    conn: Conn,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
+    let Conn {
+        stream,
+        addr,
+        est,
+        enc,
+        mut dec,
+        mut rbuf,
+    } = conn;
+    let local = local_info(rep);
+    let decision = decide(
+        &NodeState::from(&local),
+        &NodeState::from(&est.peer),
+        &rep.cfg.repl.split_brain,
+    );
+    tracing::info!(resource = %rep.name, peer = %est.peer.node_name, %addr, decision = ?decision.decision,
+        rule = decision.rule, local_gen = %local.gen, peer_gen = %est.peer.gen, "connected: sync decision");
+    rep.stats.connects.fetch_add(1, Ordering::Relaxed);
+    let limits = EpochLimits {
+        buffer_bytes_max: rep.cfg.repl.max_buffer_bytes,
+        ..EpochLimits::default()
+    };
+    let (link, frames) = Link::new(enc, EpochTracker::new(limits));
+    let link = Arc::new(link);
+    let (mut rd, wr) = stream.into_split();
+    let writer = tokio::spawn(writer(wr, frames, link.clone()));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut s = Session {
+        rep,
+        link: link.clone(),
+        rx: EpochReceiver::new(),
+        done_tx,
+        merge: None,
+        sync: None,
+        target: None,
+        peer_current: est.peer.gen.current,
+        ping_seq: 0,
+        flushing: 0,
+        last_rx: Instant::now(),
+        last_ping: Instant::now(),
+    };
+    {
+        rep.update(|st| {
+            st.conn = ConnState::Connected;
+            st.peer_role = Some(est.peer.role);
+            st.peer_disk = Some(est.peer.disk);
+            st.discard_my_data = false;
+            st.last_error = None;
+            st.link = Some(link.clone());
+        });
+    }
+    let reason = match s
+        .start(decision.decision, decision.split_brain_resolved)
+        .await
+    {
+        Err(r) => r,
+        Ok(()) => {
+            s.main_loop(&mut rd, &mut dec, &mut rbuf, &mut done_rx, &mut shutdown)
+                .await
+        }
+    };
+    link.close(reason.clone());
+    s.drain(&mut done_rx).await;
+    // Give the writer a moment to flush a final Disconnect/Refuse, then stop it.
+    let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+    s.finish(&reason).await;
+    reason
+}
+
+async fn writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    link: Arc<Link>,
+) {
+    loop {
+        let f = tokio::select! {
+            f = frames.recv() => f,
+            _ = link.closed_notify.notified() => {
+                // Drain what is already queued (a final Disconnect), then stop.
+                let mut buf = BytesMut::new();
+                while let Ok(f) = frames.try_recv() {
+                    link.dequeued(f.len() as u64);
+                    buf.extend_from_slice(&f);
+                }
+                let _ = wr.write_all(&buf).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        let Some(f) = f else { return };
+        link.dequeued(f.len() as u64);
+        if let Err(e) = wr.write_all(&f).await {
+            link.close(format!("writing to the peer: {e}"));
+            return;
+        }
+        if link.is_closed() && frames.is_empty() {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Act on the sync decision.
+    async fn start(&mut self, d: SyncDecision, sb_resolved: bool) -> Result<(), String> {
+        let rep = self.rep;
+        let local_role = rep.meta.superblock().role;
+        match d {
+            SyncDecision::SplitBrain | SyncDecision::Unrelated => {
+                let what = if d == SyncDecision::SplitBrain {
+                    "split brain: both nodes changed the data since they parted; nothing was overwritten. \
+                     Decide which node's changes to discard and run `drl connect RES --discard-my-data` on it \
+                     (as Secondary), then `drl connect RES` on the other"
+                } else {
+                    "unrelated data: the two volumes share no generation; nothing was overwritten. \
+                     Run `drl connect RES --discard-my-data` on the node whose data should be replaced"
+                };
+                tracing::error!(resource = %rep.name, "{what}");
+                self.link.push(&Frame::Disconnect {
+                    reason: "split brain detected".into(),
+                });
+                rep.update(|st| {
+                    st.standalone = true;
+                    st.split_brain = Some(what.to_owned());
+                });
+                return Err(if d == SyncDecision::SplitBrain {
+                    "split brain".into()
+                } else {
+                    "unrelated data".into()
+                });
+            }
+            _ => {}
+        }
+        let is_source = matches!(
+            d,
+            SyncDecision::BitmapSyncSource | SyncDecision::FullSyncSource
+        );
+        let is_target = matches!(
+            d,
+            SyncDecision::BitmapSyncTarget | SyncDecision::FullSyncTarget
+        );
+        if is_target && local_role == meta::Role::Primary {
+            let r = "this Primary would have to become SyncTarget: demote it (drl secondary) first";
+            tracing::error!(resource = %rep.name, "{r}");
+            self.link.push(&Frame::Disconnect { reason: r.into() });
+            rep.update(|st| st.standalone = true);
+            return Err(r.into());
+        }
+        if sb_resolved {
+            tracing::warn!(resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
+        }
+        if d == SyncDecision::NoSync {
+            let peer_gen = self.peer_current;
+            rep.update_meta(|sb| {
+                if sb.gen.current == peer_gen && sb.gen.current != 0 {
+                    let mut g = gen_of(sb.gen);
+                    g.on_connected_in_sync();
+                    sb.gen = gen_to_meta(g);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            rep.update(|st| st.repl = ReplState::Established);
+            return Ok(());
+        }
+        if matches!(
+            d,
+            SyncDecision::FullSyncSource | SyncDecision::FullSyncTarget
+        ) {
+            rep.bitmap.set_all();
+        }
+        self.sync = Some(if is_source {
+            SyncRole::Source
+        } else {
+            SyncRole::Target
+        });
+        rep.update(|st| {
+            st.repl = if is_source {
+                ReplState::WFBitMapS
+            } else {
+                ReplState::WFBitMapT
+            }
+        });
+        if is_target {
+            rep.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)
+                .map_err(|e| e.to_string())?;
+        }
+        self.send_bitmap()
+    }
+
+    fn send_bitmap(&mut self) -> Result<(), String> {
+        let bytes = bitmap_bytes(&self.rep.bitmap);
+        let frames = bitmap_chunks(&bytes, self.rep.bitmap.blocks()).map_err(|e| e.to_string())?;
+        for f in &frames {
+            self.link.push(f);
+        }
+        Ok(())
+    }
+
+    async fn main_loop(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        dec: &mut crate::repl::wire::Decoder,
+        rbuf: &mut BytesMut,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> String {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            while self.rx.wants_input() {
+                match dec.decode(rbuf) {
+                    Ok(Some(f)) => {
+                        if let Err(e) = self.on_frame(f).await {
+                            return self.protocol_error(e);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.protocol_error(format!("corrupt frame: {e}")),
+                }
+            }
+            if self.link.is_closed() {
+                return self.link.reason().unwrap_or_else(|| "closed".into());
+            }
+            let want = self.rx.wants_input();
+            tokio::select! {
+                r = rd.read_buf(rbuf), if want => match r {
+                    Ok(0) => return "the peer closed the connection".into(),
+                    Ok(n) => {
+                        self.last_rx = Instant::now();
+                        let _ = n;
+                    }
+                    Err(e) => return format!("reading from the peer: {e}"),
+                },
+                Some(d) = done_rx.recv() => match d {
+                    Done::Rx(ev) => {
+                        // Completions show the peer's data is being applied: not idle.
+                        self.last_rx = Instant::now();
+                        if let Err(e) = self.feed(ev) { return self.protocol_error(e) }
+                    }
+                    Done::Failed(e) => return e,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.on_tick().await { return e }
+                }
+                _ = shutdown.changed() => {
+                    self.link.push(&Frame::Disconnect { reason: "peer daemon shutting down".into() });
+                    return "shutting down".into();
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self, e: String) -> String {
+        let rep = self.rep;
+        rep.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), "protocol error, dropping the connection: {e}");
+        self.link.push(&Frame::Disconnect {
+            reason: "protocol error".into(),
+        });
+        rep.update(|st| st.last_error = Some(e.clone()));
+        format!("protocol error: {e}")
+    }
+
+    async fn on_tick(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        let idle = now.duration_since(self.last_rx);
+        if idle > Duration::from_millis(REPL_PEER_TIMEOUT_MS) {
+            return Err(format!(
+                "no frame from the peer for {} ms",
+                idle.as_millis()
+            ));
+        }
+        if idle > Duration::from_millis(REPL_PING_INTERVAL_MS)
+            && now.duration_since(self.last_ping) > Duration::from_millis(REPL_PING_INTERVAL_MS)
+        {
+            self.ping_seq += 1;
+            self.last_ping = now;
+            self.link.push(&Frame::Ping { seq: self.ping_seq });
+        }
+        // Pull-ahead: once the buffer drained (and not sooner than REPL_AHEAD_MIN_MS), resync
+        // what was only marked, then ship again.
+        let rep = self.rep;
+        let since = rep.state().ahead_since;
+        if self.link.ahead.load(Ordering::Acquire)
+            && since.is_some_and(|t| t.elapsed() >= Duration::from_millis(REPL_AHEAD_MIN_MS))
+            && self.link.tracker().inflight_writes() == 0
+            && self.sync.is_none()
+        {
+            let _excl = rep.resync_lock.write().await;
+            self.link.ahead.store(false, Ordering::Release);
+            self.sync = Some(SyncRole::Source);
+            rep.update(|st| {
+                st.ahead_since = None;
+                st.repl = ReplState::SyncSource;
+                st.resync_total_bytes = rep.bitmap.dirty_bytes();
+                st.resync_started = Some(Instant::now());
+            });
+            tracing::info!(resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
+            self.send_bitmap()?;
+        }
+        Ok(())
+    }
+
+    fn spawn_actions(&mut self, actions: Vec<RxAction<Apply>>) {
+        for a in actions {
+            let disk = self.rep.disk.clone();
+            let done = self.done_tx.clone();
+            let link = self.link.clone();
+            match a {
+                RxAction::Write { seq, write } => {
+                    tokio::spawn(async move {
+                        let r = match write {
+                            Apply::Data { offset, data, fua } => {
+                                disk.write(offset, AlignedBuf::from_slice(&data), fua).await
+                            }
+                            Apply::Trim { offset, len, fua } => {
+                                let r = disk.trim(offset, len).await;
+                                if r.is_ok() && fua {
+                                    disk.flush().await
+                                } else {
+                                    r
+                                }
+                            }
+                            Apply::Zeroes { offset, len, fua } => {
+                                disk.write_zeroes(offset, len, true, fua).await
+                            }
+                        };
+                        let _ = done.send(match r {
+                            Ok(()) => Done::Rx(RxEvent::WriteDone { seq }),
+                            Err(e) => Done::Failed(format!("applying a replicated write: {e}")),
+                        });
+                    });
+                }
+                RxAction::FlushThenAck(epoch) => {
+                    self.flushing += 1;
+                    tokio::spawn(async move {
+                        match disk.flush().await {
+                            Ok(()) => {
+                                link.push(&Frame::BarrierAck { epoch });
+                                let _ = done.send(Done::Rx(RxEvent::FlushDone { epoch }));
+                            }
+                            Err(e) => {
+                                let _ = done
+                                    .send(Done::Failed(format!("flushing replicated writes: {e}")));
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, ev: RxEvent<Apply>) -> Result<(), String> {
+        if matches!(ev, RxEvent::FlushDone { .. }) {
+            self.flushing = self.flushing.saturating_sub(1);
+        }
+        let actions = self.rx.handle(ev).map_err(|e| e.to_string())?;
+        self.spawn_actions(actions);
+        Ok(())
+    }
+
+    fn receive_write(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+        w: Apply,
+    ) -> Result<(), String> {
+        let rep = self.rep;
+        if rep.meta.superblock().role == meta::Role::Primary {
+            return Err("the peer sent application writes to a Primary".into());
+        }
+        crate::volume::check_range(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        rep.stats.received_bytes.fetch_add(len, Ordering::Relaxed);
+        self.feed(RxEvent::Write {
+            seq,
+            epoch,
+            offset,
+            len,
+            write: w,
+        })
+    }
+
+    async fn on_frame(&mut self, f: Frame) -> Result<(), String> {
+        let rep = self.rep;
+        match f {
+            Frame::Data {
+                seq,
+                epoch,
+                offset,
+                fua,
+                data,
+            } => {
+                let len = data.len() as u64;
+                self.receive_write(seq, epoch, offset, len, Apply::Data { offset, data, fua })
+            }
+            Frame::Trim {
+                seq,
+                epoch,
+                offset,
+                len,
+                fua,
+            } => self.receive_write(
+                seq,
+                epoch,
+                offset,
+                u64::from(len),
+                Apply::Trim { offset, len, fua },
+            ),
+            Frame::Zeroes {
+                seq,
+                epoch,
+                offset,
+                len,
+                fua,
+            } => self.receive_write(
+                seq,
+                epoch,
+                offset,
+                u64::from(len),
+                Apply::Zeroes { offset, len, fua },
+            ),
+            Frame::Barrier { epoch } => self.feed(RxEvent::Barrier { epoch }),
+            Frame::BarrierAck { epoch } => {
+                let rel = self
+                    .link
+                    .tracker()
+                    .on_barrier_ack(epoch)
+                    .map_err(|e| e.to_string())?;
+                for r in &rel.clearable {
+                    rep.bitmap.clear_blocks(r.start, r.end - r.start);
+                }
+                self.link.room.notify_waiters();
+                Ok(())
+            }
+            Frame::BitmapChunk {
+                first_bit,
+                bit_count,
+                last,
+                bits,
+            } => {
+                let total = rep.bitmap.blocks();
+                let (m, buf) = self.merge.get_or_insert_with(|| {
+                    (
+                        BitmapMerge::new(total),
+                        vec![0u8; total.div_ceil(8) as usize],
+                    )
+                });
+                let done = m
+                    .merge(buf, first_bit, bit_count, last, &bits)
+                    .map_err(|e| e.to_string())?;
+                if done {
+                    let (_, buf) = self.merge.take().unwrap_or_default_merge();
+                    self.bitmap_received(&buf).await?;
+                }
+                Ok(())
+            }
+            Frame::ResyncRequest { offset, len } => self.serve(offset, len).await,
+            Frame::ResyncData { offset, data } => {
+                let len = data.len() as u64;
+                self.target_answer(offset, len)?;
+                rep.disk
+                    .write(offset, AlignedBuf::from_slice(&data), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                rep.bitmap.clear_range(offset, len);
+                rep.stats
+                    .resync_bytes_received
+                    .fetch_add(len, Ordering::Relaxed);
+                self.target_progress().await
+            }
+            Frame::ResyncZeroes { offset, len } => {
+                self.target_answer(offset, u64::from(len))?;
+                rep.disk
+                    .write_zeroes(offset, len, true, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                rep.bitmap.clear_range(offset, u64::from(len));
+                self.target_progress().await
+            }
+            Frame::ResyncDone => {
+                if self.sync != Some(SyncRole::Source) {
+                    return Err("ResyncDone, but this node is not SyncSource".into());
+                }
+                self.sync = None;
+                rep.update_meta(|sb| {
+                    let mut g = gen_of(sb.gen);
+                    g.on_resync_finished_as_source();
+                    sb.gen = gen_to_meta(g);
+                })
+                .map_err(|e| e.to_string())?;
+                rep.update(|st| {
+                    st.repl = ReplState::Established;
+                    st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
+                    st.resync_started = None;
+                });
+                tracing::info!(resource = %rep.name, "resync finished (SyncSource)");
+                Ok(())
+            }
+            Frame::StateChange { role, disk } => {
+                if role == Role::Primary && rep.meta.superblock().role == meta::Role::Primary {
+                    return Err("the peer became Primary while this node is Primary".into());
+                }
+                rep.update(|st| {
+                    st.peer_role = Some(role);
+                    st.peer_disk = Some(disk);
+                });
+                Ok(())
+            }
+            Frame::Ping { seq } => {
+                self.link.push(&Frame::PingAck { seq });
+                Ok(())
+            }
+            Frame::PingAck { .. } => Ok(()),
+            Frame::Disconnect { reason } => {
+                tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
+                self.link.close(format!("the peer disconnected: {reason}"));
+                Ok(())
+            }
+            other => Err(format!(
+                "unexpected {} frame after the handshake",
+                other.frame_type().name()
+            )),
+        }
+    }
+
+    /// The peer's whole bitmap arrived (ORed into `bits`).
+    async fn bitmap_received(&mut self, bits: &[u8]) -> Result<(), String> {
+        let rep = self.rep;
+        or_into(&rep.bitmap, bits);
+        match self.sync {
+            Some(SyncRole::Source) => {
+                rep.update(|st| {
+                    st.repl = ReplState::SyncSource;
+                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
+                    st.resync_started = Some(Instant::now());
+                });
+                Ok(())
+            }
+            Some(SyncRole::Target) | None => {
+                if self.sync.is_none() {
+                    // The peer left Ahead and resyncs what it only marked.
+                    self.sync = Some(SyncRole::Target);
+                    rep.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)
+                        .map_err(|e| e.to_string())?;
+                }
+                persist_bitmap(rep).await?;
+                let mut t = Target::new(&rep.bitmap, self.peer_current);
+                rep.update(|st| {
+                    st.repl = ReplState::SyncTarget;
+                    st.resync_total_bytes = rep.bitmap.dirty_bytes();
+                    st.resync_started = Some(Instant::now());
+                });
+                t.fill(&self.link);
+                self.target = Some(t);
+                self.target_progress().await
+            }
+        }
+    }
+
+    /// Answer a resync request (this node is SyncSource).
+    async fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
+        let rep = self.rep;
+        if self.sync != Some(SyncRole::Source) {
+            return Err("ResyncRequest, but this node is not SyncSource".into());
+        }
+        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        let _excl = rep.resync_lock.write().await;
+        let buf = rep
+            .disk
+            .read(offset, len)
+            .await
+            .map_err(|e| format!("reading for resync: {e}"))?;
+        rep.bitmap.clear_range(offset, u64::from(len));
+        if buf.iter().all(|&b| b == 0) {
+            rep.stats
+                .resync_zero_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            self.link.push(&Frame::ResyncZeroes { offset, len });
+        } else {
+            rep.stats
+                .resync_bytes_sent
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            self.link.push(&Frame::ResyncData {
+                offset,
+                data: Bytes::copy_from_slice(&buf),
+            });
+        }
+        Ok(())
+    }
+
+    fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), String> {
+        let t = self
+            .target
+            .as_mut()
+            .ok_or("resync data, but this node is not SyncTarget")?;
+        t.on_answer(offset, len).map_err(|e| e.to_string())
+    }
+
+    async fn target_progress(&mut self) -> Result<(), String> {
+        let rep = self.rep;
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
+        t.fill(&self.link);
+        if !t.is_finished() {
+            return Ok(());
+        }
+        let source_current = t.source_current;
+        self.target = None;
+        self.sync = None;
+        rep.disk
+            .flush()
+            .await
+            .map_err(|e| format!("flushing after resync: {e}"))?;
+        persist_bitmap(rep).await?;
+        rep.update_meta(|sb| {
+            let mut g = gen_of(sb.gen);
+            if source_current != 0 {
+                g.on_resync_finished_as_target(source_current);
+            }
+            sb.gen = gen_to_meta(g);
+            sb.disk_state = meta::DiskState::UpToDate;
+            sb.flags &= !meta::flags::CRASHED_PRIMARY;
+        })
+        .map_err(|e| e.to_string())?;
+        self.link.push(&Frame::ResyncDone);
+        rep.update(|st| {
+            st.repl = ReplState::Established;
+            st.resync_started = None;
+        });
+        tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
+        Ok(())
+    }
+
+    /// The connection is gone: apply everything already received, in the receiver's order
+    /// (held writes and later epochs go out as earlier ones complete and flush), so the disk
+    /// ends with a prefix of the Primary's write stream, never a write without its
+    /// predecessors. Bounded by `REPL_PEER_TIMEOUT_MS` per completion.
+    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        while self.rx.inflight() > 0 || self.flushing > 0 {
+            match tokio::time::timeout(Duration::from_millis(REPL_PEER_TIMEOUT_MS), done_rx.recv())
+                .await
+            {
+                Ok(Some(Done::Rx(ev))) => {
+                    if let Err(e) = self.feed(ev) {
+                        tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
+                        return;
+                    }
+                }
+                Ok(Some(Done::Failed(e))) => {
+                    tracing::error!(resource = %self.rep.name, "applying received writes after disconnect: {e}");
+                    return;
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    /// The session is over: keep every unacked bit, persist the bitmap, update the state.
+    async fn finish(&mut self, reason: &str) {
+        let rep = self.rep;
+        let lost = self.link.tracker().on_disconnect();
+        let was_replicating = {
+            let st = rep.state();
+            matches!(
+                st.repl,
+                ReplState::Established | ReplState::Ahead | ReplState::SyncSource
+            )
+        };
+        if let Err(e) = persist_bitmap(rep).await {
+            tracing::error!(resource = %rep.name, "persisting the bitmap after disconnect: {e}");
+        }
+        let sb = rep.meta.superblock();
+        if was_replicating && sb.role == meta::Role::Primary && sb.gen.bitmap == 0 {
+            // DRBD: a Primary that loses its peer starts a new data generation; its bitmap
+            // tracks the changes since.
+            let _ = rep.update_meta(|sb| {
+                let mut g = gen_of(sb.gen);
+                g.new_current_on_peer_lost_as_primary();
+                sb.gen = gen_to_meta(g);
+            });
+        }
+        rep.update(|st| {
+            st.link = None;
+            st.peer_role = None;
+            st.peer_disk = None;
+            st.repl = ReplState::Off;
+            st.ahead_since = None;
+            st.resync_started = None;
+            st.conn = if st.standalone {
+                ConnState::StandAlone
+            } else {
+                ConnState::Connecting
+            };
+        });
+        tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
+            unacked_bytes = lost.bytes, "disconnected: {reason}");
+    }
+}
+
+trait TakeMerge {
+    fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>);
+}
+
+impl TakeMerge for Option<(BitmapMerge, Vec<u8>)> {
+    fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>) {
+        self.unwrap_or_else(|| (BitmapMerge::new(0), Vec::new()))
+    }
+}
+
+/// Write the changed bitmap pages to the metadata (blocking I/O off the runtime).
+pub(crate) async fn persist_bitmap(rep: &Arc<Replicator>) -> Result<(), String> {
+    let (bm, meta) = (rep.bitmap.clone(), rep.meta.clone());
+    tokio::task::spawn_blocking(move || bm.flush_to(&meta))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

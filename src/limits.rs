@@ -236,3 +236,14 @@ pub const JOBS_RUNNING_MAX: usize = 8;
 /// Jobs (running and finished) the daemon remembers for `job.list`.
 pub const JOBS_KEPT_MAX: usize = 64;
 const _: () = assert!(JOBS_RUNNING_MAX <= JOBS_KEPT_MAX);
+
+// --- shaping ---
+/// Default shares of replication, resync, snapshot, image (relative weights).
+pub const SHAPING_SHARES_DEFAULT: [u32; 4] = [50, 25, 15, 10];
+/// The largest share a class may have (shares are relative; this keeps sums far from overflow).
+pub const SHAPING_SHARE_MAX: u32 = 10_000;
+/// Default burst: this many milliseconds of the link rate, at least `SHAPING_BURST_BYTES_MIN`.
+pub const SHAPING_BURST_MS_DEFAULT: u64 = 5;
+pub const SHAPING_BURST_BYTES_MIN: u64 = 64 * 1024;
+/// The largest burst (the limiter counts cells of 256 bytes in a u32; far below that).
+pub const SHAPING_BURST_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -6,6 +6,11 @@
 //! can enforce the same split (`drl shaping tc DEV`).
 
 pub mod sched;
+pub mod shaper;
+
+pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};
+
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +24,12 @@ pub enum Class {
     Image = 3,
 }
 
-pub const CLASSES: [Class; 4] = [Class::Replication, Class::Resync, Class::Snapshot, Class::Image];
+pub const CLASSES: [Class; 4] = [
+    Class::Replication,
+    Class::Resync,
+    Class::Snapshot,
+    Class::Image,
+];
 
 impl Class {
     pub fn name(self) -> &'static str {
@@ -61,6 +71,72 @@ impl std::fmt::Display for Class {
 impl std::str::FromStr for Class {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        CLASSES.iter().copied().find(|c| c.name() == s).ok_or_else(|| format!("unknown traffic class {s:?} (replication, resync, snapshot, image)"))
+        CLASSES
+            .iter()
+            .copied()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                format!("unknown traffic class {s:?} (replication, resync, snapshot, image)")
+            })
+    }
+}
+
+static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();
+
+/// The node's shaper: one per daemon process, over all of its WAN traffic. Until the daemon
+/// configures it ([`Shaper::set_config`]), it counts only.
+pub fn node() -> &'static Arc<Shaper> {
+    NODE.get_or_init(|| Arc::new(Shaper::new(ShapingConfig::default())))
+}
+
+/// The class of an encoded replication frame, from its type byte (header byte 6): resync
+/// frames are `resync`, everything else (application writes, barriers, control) `replication`.
+pub fn repl_frame_class(frame: &[u8]) -> Class {
+    use crate::repl::frame::FrameType;
+    const RESYNC: [u8; 4] = [
+        FrameType::ResyncRequest as u8,
+        FrameType::ResyncData as u8,
+        FrameType::ResyncDone as u8,
+        FrameType::ResyncZeroes as u8,
+    ];
+    match frame.get(6) {
+        Some(t) if RESYNC.contains(t) => Class::Resync,
+        _ => Class::Replication,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repl::frame::Frame;
+    use crate::repl::wire::Encoder;
+    use bytes::{Bytes, BytesMut};
+
+    #[test]
+    fn replication_frames_are_classed_by_their_type_byte() {
+        let enc = Encoder::new(7);
+        let class = |f: Frame| {
+            let mut b = BytesMut::new();
+            enc.encode(&f, &mut b).unwrap();
+            repl_frame_class(&b)
+        };
+        assert_eq!(class(Frame::Ping { seq: 1 }), Class::Replication);
+        assert_eq!(class(Frame::Barrier { epoch: 1 }), Class::Replication);
+        assert_eq!(class(Frame::ResyncDone), Class::Resync);
+        assert_eq!(
+            class(Frame::ResyncZeroes {
+                offset: 0,
+                len: 4096
+            }),
+            Class::Resync
+        );
+        assert_eq!(
+            class(Frame::ResyncData {
+                offset: 0,
+                data: Bytes::from(vec![1u8; 4096])
+            }),
+            Class::Resync
+        );
+        assert_eq!(repl_frame_class(&[]), Class::Replication);
     }
 }

@@ -66,20 +66,29 @@ type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as C
 fn limiter<C: Clock + Clone>(bytes_per_s: u64, burst_bytes: u64, clock: &C) -> Limiter<C> {
     let cells_per_s = (bytes_per_s / CELL_BYTES).max(1);
     let period = Duration::from_nanos((1_000_000_000 / cells_per_s).max(1));
-    let burst = NonZeroU32::new((burst_bytes.div_ceil(CELL_BYTES)).clamp(1, u64::from(u32::MAX)) as u32).expect("non-zero");
-    let quota = Quota::with_period(period).expect("non-zero period").allow_burst(burst);
+    let burst =
+        NonZeroU32::new((burst_bytes.div_ceil(CELL_BYTES)).clamp(1, u64::from(u32::MAX)) as u32)
+            .expect("non-zero");
+    let quota = Quota::with_period(period)
+        .expect("non-zero period")
+        .allow_burst(burst);
     RateLimiter::direct_with_clock(quota, clock.clone())
 }
 
 fn cells(bytes: u64) -> NonZeroU32 {
-    NonZeroU32::new(bytes.div_ceil(CELL_BYTES).clamp(1, u64::from(u32::MAX)) as u32).expect("non-zero")
+    NonZeroU32::new(bytes.div_ceil(CELL_BYTES).clamp(1, u64::from(u32::MAX)) as u32)
+        .expect("non-zero")
 }
 
 /// What `poll` decided.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Send now: the request `ticket` of `class` for `bytes`.
-    Grant { ticket: u64, class: Class, bytes: u64 },
+    Grant {
+        ticket: u64,
+        class: Class,
+        bytes: u64,
+    },
     /// Nothing may go before this much time has passed.
     Wait(Duration),
     /// Nothing is queued.
@@ -115,12 +124,21 @@ impl<C: Clock + Clone> Scheduler<C> {
                 queue: VecDeque::new(),
                 start: 0.0,
                 finish: 0.0,
-                ceil: params.classes[c as usize].ceil_bytes_per_s.map(|r| limiter(r, params.burst_bytes, &clock)),
+                ceil: params.classes[c as usize]
+                    .ceil_bytes_per_s
+                    .map(|r| limiter(r, params.burst_bytes, &clock)),
                 granted_bytes: 0,
                 queued_bytes: 0,
             })
             .collect();
-        Scheduler { params, clock, link, classes, vtime: 0.0, committed: None }
+        Scheduler {
+            params,
+            clock,
+            link,
+            classes,
+            vtime: 0.0,
+            committed: None,
+        }
     }
 
     pub fn params(&self) -> &Params {
@@ -131,7 +149,22 @@ impl<C: Clock + Clone> Scheduler<C> {
     pub fn set_params(&mut self, params: Params) {
         self.link = limiter(params.link_bytes_per_s, params.burst_bytes, &self.clock);
         for &c in &CLASSES {
-            self.classes[c as usize].ceil = params.classes[c as usize].ceil_bytes_per_s.map(|r| limiter(r, params.burst_bytes, &self.clock));
+            self.classes[c as usize].ceil = params.classes[c as usize]
+                .ceil_bytes_per_s
+                .map(|r| limiter(r, params.burst_bytes, &self.clock));
+        }
+        // A smaller burst: queued and committed requests must still fit the new limiters.
+        let max = params.grant_bytes_max().max(1);
+        for cs in &mut self.classes {
+            for (_, b) in cs.queue.iter_mut() {
+                if *b > max {
+                    cs.queued_bytes -= *b - max;
+                    *b = max;
+                }
+            }
+        }
+        if let Some((_, _, b)) = self.committed.as_mut() {
+            *b = (*b).min(max);
         }
         self.params = params;
     }
@@ -176,7 +209,11 @@ impl<C: Clock + Clone> Scheduler<C> {
             Ok(Ok(())) => {
                 self.committed = None;
                 self.classes[class as usize].granted_bytes += bytes;
-                Decision::Grant { ticket, class, bytes }
+                Decision::Grant {
+                    ticket,
+                    class,
+                    bytes,
+                }
             }
             Ok(Err(not_until)) => Decision::Wait(not_until.wait_time_from(self.clock.now())),
             Err(_) => unreachable!("requests are clamped to the burst"),
@@ -186,13 +223,22 @@ impl<C: Clock + Clone> Scheduler<C> {
     /// Commit the next request: the backlogged, under-ceiling class with the smallest start tag
     /// (ties: the higher class).
     fn pick(&mut self) -> Result<(), Decision> {
-        let mut order: Vec<Class> = CLASSES.iter().copied().filter(|&c| !self.classes[c as usize].queue.is_empty()).collect();
+        let mut order: Vec<Class> = CLASSES
+            .iter()
+            .copied()
+            .filter(|&c| !self.classes[c as usize].queue.is_empty())
+            .collect();
         if order.is_empty() {
             return Err(Decision::Idle);
         }
         order.sort_by(|a, b| {
-            let (sa, sb) = (self.classes[*a as usize].start, self.classes[*b as usize].start);
-            sa.partial_cmp(&sb).unwrap_or(std::cmp::Ordering::Equal).then((*a as usize).cmp(&(*b as usize)))
+            let (sa, sb) = (
+                self.classes[*a as usize].start,
+                self.classes[*b as usize].start,
+            );
+            sa.partial_cmp(&sb)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then((*a as usize).cmp(&(*b as usize)))
         });
         let now = self.clock.now();
         let mut wait: Option<Duration> = None;
@@ -209,7 +255,8 @@ impl<C: Clock + Clone> Scheduler<C> {
             cs.queue.pop_front();
             cs.queued_bytes -= bytes;
             self.vtime = cs.start;
-            cs.finish = cs.start + bytes as f64 / f64::from(self.params.classes[c as usize].share.max(1));
+            cs.finish =
+                cs.start + bytes as f64 / f64::from(self.params.classes[c as usize].share.max(1));
             cs.start = cs.finish;
             self.committed = Some((c, ticket, bytes));
             return Ok(());

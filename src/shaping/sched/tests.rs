@@ -10,7 +10,10 @@ fn params(link_mbit: u64, shares: [u32; 4]) -> Params {
     Params {
         link_bytes_per_s: link_mbit * MBIT,
         burst_bytes: 64 * 1024,
-        classes: shares.map(|share| ClassParams { share, ceil_bytes_per_s: None }),
+        classes: shares.map(|share| ClassParams {
+            share,
+            ceil_bytes_per_s: None,
+        }),
     }
 }
 
@@ -27,7 +30,12 @@ struct Sim {
 impl Sim {
     fn new(p: Params) -> Sim {
         let clock = FakeRelativeClock::default();
-        Sim { s: Scheduler::new(p, clock.clone()), clock, ticket: 0, elapsed: Duration::ZERO }
+        Sim {
+            s: Scheduler::new(p, clock.clone()),
+            clock,
+            ticket: 0,
+            elapsed: Duration::ZERO,
+        }
     }
 
     fn run(&mut self, secs: f64, demand: [bool; 4], req: u64) -> [u64; 4] {
@@ -94,9 +102,15 @@ fn idle_classes_lend_their_share() {
     sim.run(1.0, [false, true, false, true], 32 * 1024);
     let got = sim.run(10.0, [false, true, false, true], 32 * 1024);
     let total = rate(got.iter().sum(), 10.0) / p.link_bytes_per_s as f64;
-    assert!(total > 0.98, "work-conserving: the link is used fully ({total})");
+    assert!(
+        total > 0.98,
+        "work-conserving: the link is used fully ({total})"
+    );
     let ratio = got[Class::Resync as usize] as f64 / got[Class::Image as usize] as f64;
-    assert!((2.3..=2.7).contains(&ratio), "borrowed bandwidth split by share 25:10, got {ratio}");
+    assert!(
+        (2.3..=2.7).contains(&ratio),
+        "borrowed bandwidth split by share 25:10, got {ratio}"
+    );
 }
 
 #[test]
@@ -105,7 +119,10 @@ fn tiny_share_never_starves() {
     let got = sim.run(10.0, [true; 4], 16 * 1024);
     let image = got[Class::Image as usize];
     let want = 100 * MBIT as u64 * 10 / 3001;
-    assert!(image as f64 >= want as f64 * 0.8, "image got {image} bytes, guarantee {want}");
+    assert!(
+        image as f64 >= want as f64 * 0.8,
+        "image got {image} bytes, guarantee {want}"
+    );
 }
 
 #[test]
@@ -116,9 +133,15 @@ fn ceiling_caps_a_class_and_others_take_the_rest() {
     sim.run(1.0, [false, true, false, true], 32 * 1024);
     let got = sim.run(10.0, [false, true, false, true], 32 * 1024);
     let resync = rate(got[Class::Resync as usize], 10.0) / (10 * MBIT) as f64;
-    assert!((0.95..=1.02).contains(&resync), "resync at {resync} of its ceiling");
+    assert!(
+        (0.95..=1.02).contains(&resync),
+        "resync at {resync} of its ceiling"
+    );
     let total = rate(got.iter().sum(), 10.0) / (100 * MBIT) as f64;
-    assert!(total > 0.97, "image borrows what resync may not use ({total})");
+    assert!(
+        total > 0.97,
+        "image borrows what resync may not use ({total})"
+    );
 }
 
 #[test]
@@ -151,7 +174,10 @@ fn replication_arriving_on_a_busy_link_goes_next() {
             Decision::Idle => panic!("replication request lost"),
         }
     }
-    assert!(grants_before <= 1, "{grants_before} requests went before the replication write");
+    assert!(
+        grants_before <= 1,
+        "{grants_before} requests went before the replication write"
+    );
 }
 
 #[test]

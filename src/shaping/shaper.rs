@@ -1,0 +1,381 @@
+//! The async shaper: the pure [`Scheduler`] behind a mutex, driven by the tasks that wait on it.
+//!
+//! `acquire(class, bytes).await` returns when the link and the class's share and ceiling allow
+//! `bytes` to go. A request larger than the burst is split into grants of at most the burst,
+//! each queued in turn. Dropping the future cancels its queued grant (the sender went away);
+//! a grant already committed by the scheduler is charged to the link anyway, like a packet
+//! already at the head of a NIC queue.
+//!
+//! There is no driver task: whoever waits polls the scheduler when its timer fires or when it
+//! is woken, and hands out every grant that is due, to itself or to the other waiters (each
+//! has its own `Notify`, which keeps a permit, so no wakeup is lost). That needs no runtime of
+//! its own, so one process-wide shaper (see [`super::node`]) works from any tokio runtime, and
+//! an idle shaper costs nothing.
+//!
+//! Without a `link-rate` the shaper only counts: grants are immediate (no link cap, no shares,
+//! no ceilings), and the per-class counters still run. Switching to counting-only under load
+//! releases every waiter at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use governor::clock::DefaultClock;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::sched::{ClassParams, Decision, Params, Scheduler};
+use super::{Class, CLASSES};
+use crate::limits::{SHAPING_BURST_BYTES_MIN, SHAPING_BURST_MS_DEFAULT, SHAPING_SHARES_DEFAULT};
+
+/// The shaper's settings as configured (`[shaping]`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShapingConfig {
+    /// The link cap in bytes per second; `None`: count only.
+    pub link_bytes_per_s: Option<u64>,
+    /// The largest grant and the link's burst, in bytes.
+    pub burst_bytes: u64,
+    pub classes: [ClassConfig; 4],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassConfig {
+    pub share: u32,
+    pub ceil_bytes_per_s: Option<u64>,
+}
+
+impl Default for ShapingConfig {
+    fn default() -> Self {
+        ShapingConfig {
+            link_bytes_per_s: None,
+            burst_bytes: SHAPING_BURST_BYTES_MIN,
+            classes: SHAPING_SHARES_DEFAULT.map(|share| ClassConfig {
+                share,
+                ceil_bytes_per_s: None,
+            }),
+        }
+    }
+}
+
+impl ShapingConfig {
+    /// The default burst for a link rate: `SHAPING_BURST_MS_DEFAULT` of it, at least
+    /// `SHAPING_BURST_BYTES_MIN`.
+    pub fn default_burst(link_bytes_per_s: Option<u64>) -> u64 {
+        link_bytes_per_s.map_or(SHAPING_BURST_BYTES_MIN, |r| {
+            (r * SHAPING_BURST_MS_DEFAULT / 1000).max(SHAPING_BURST_BYTES_MIN)
+        })
+    }
+
+    /// The guaranteed rate of `class` (share of the link), if there is a link rate.
+    pub fn guarantee_bytes_per_s(&self, class: Class) -> Option<u64> {
+        let total: u64 = self.classes.iter().map(|c| u64::from(c.share)).sum();
+        self.link_bytes_per_s
+            .map(|l| l * u64::from(self.classes[class as usize].share) / total.max(1))
+    }
+
+    fn sched_params(&self) -> Option<Params> {
+        self.link_bytes_per_s.map(|l| Params {
+            link_bytes_per_s: l,
+            burst_bytes: self.burst_bytes,
+            classes: self.classes.map(|c| ClassParams {
+                share: c.share.max(1),
+                ceil_bytes_per_s: c.ceil_bytes_per_s,
+            }),
+        })
+    }
+}
+
+/// Bytes per time slot of the rate meter, and how many slots it keeps.
+const METER_SLOT_MS: u64 = 250;
+const METER_SLOTS: usize = 8;
+
+/// A sliding-window rate: bytes in the last `METER_SLOTS - 1` complete slots.
+#[derive(Debug, Default)]
+struct Meter {
+    slots: [u64; METER_SLOTS],
+    /// Index of the current slot (milliseconds since the shaper started / slot length).
+    cur: u64,
+}
+
+impl Meter {
+    fn advance(&mut self, slot: u64) {
+        if slot <= self.cur {
+            return;
+        }
+        let gap = (slot - self.cur).min(METER_SLOTS as u64);
+        for i in 1..=gap {
+            self.slots[((self.cur + i) % METER_SLOTS as u64) as usize] = 0;
+        }
+        self.cur = slot;
+    }
+
+    fn add(&mut self, slot: u64, bytes: u64) {
+        self.advance(slot);
+        self.slots[(self.cur % METER_SLOTS as u64) as usize] += bytes;
+    }
+
+    /// Bytes per second over the complete slots of the window.
+    fn rate(&mut self, slot: u64) -> u64 {
+        self.advance(slot);
+        let cur = (self.cur % METER_SLOTS as u64) as usize;
+        let sum: u64 = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != cur)
+            .map(|(_, b)| b)
+            .sum();
+        sum * 1000 / (METER_SLOT_MS * (METER_SLOTS as u64 - 1))
+    }
+}
+
+struct Waiter {
+    granted: bool,
+    notify: Arc<Notify>,
+}
+
+struct Inner {
+    cfg: ShapingConfig,
+    /// `None` while counting only.
+    sched: Option<Scheduler<DefaultClock>>,
+    waiters: HashMap<u64, Waiter>,
+    next_ticket: u64,
+    meters: [Meter; 4],
+}
+
+/// One class's counters, for `drl shaping show` and `drl status --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassStats {
+    pub class: Class,
+    pub share: u32,
+    pub guarantee_bytes_per_s: Option<u64>,
+    pub ceil_bytes_per_s: Option<u64>,
+    /// Granted bytes per second over the last ~2 seconds.
+    pub rate_bytes_per_s: u64,
+    pub granted_bytes: u64,
+    pub queued_bytes: u64,
+    pub waiting_requests: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShaperStats {
+    pub link_bytes_per_s: Option<u64>,
+    pub burst_bytes: u64,
+    pub classes: Vec<ClassStats>,
+}
+
+pub struct Shaper {
+    inner: Mutex<Inner>,
+    granted: [AtomicU64; 4],
+    waiting: [AtomicU64; 4],
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Shaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shaper")
+            .field("config", &self.lock().cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shaper {
+    pub fn new(cfg: ShapingConfig) -> Shaper {
+        let sched = cfg
+            .sched_params()
+            .map(|p| Scheduler::new(p, DefaultClock::default()));
+        Shaper {
+            inner: Mutex::new(Inner {
+                cfg,
+                sched,
+                waiters: HashMap::new(),
+                next_ticket: 0,
+                meters: Default::default(),
+            }),
+            granted: Default::default(),
+            waiting: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 / METER_SLOT_MS
+    }
+
+    pub fn config(&self) -> ShapingConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// Change the settings under load: queued requests keep their place; limiters restart.
+    pub fn set_config(&self, cfg: ShapingConfig) {
+        let mut g = self.lock();
+        match (cfg.sched_params(), g.sched.as_mut()) {
+            (Some(p), Some(s)) => s.set_params(p),
+            (Some(p), None) => g.sched = Some(Scheduler::new(p, DefaultClock::default())),
+            (None, _) => {
+                // Counting only from now on: every queued request may go.
+                g.sched = None;
+                for w in g.waiters.values_mut() {
+                    w.granted = true;
+                    w.notify.notify_one();
+                }
+            }
+        }
+        g.cfg = cfg;
+    }
+
+    /// Wait until `bytes` of `class` may be sent. Cancellation-safe.
+    pub async fn acquire(&self, class: Class, bytes: u64) {
+        let mut left = bytes;
+        loop {
+            let grant = {
+                let mut g = self.lock();
+                if g.sched.is_none() {
+                    let slot = self.slot();
+                    g.meters[class as usize].add(slot, left);
+                    self.granted[class as usize].fetch_add(left, Ordering::Relaxed);
+                    return;
+                }
+                let max = g.cfg.burst_bytes.max(1);
+                let n = left.min(max);
+                g.next_ticket += 1;
+                let ticket = g.next_ticket;
+                let notify = Arc::new(Notify::new());
+                g.waiters.insert(
+                    ticket,
+                    Waiter {
+                        granted: false,
+                        notify: notify.clone(),
+                    },
+                );
+                if let Some(s) = g.sched.as_mut() {
+                    s.enqueue(class, n, ticket);
+                }
+                (ticket, n, notify)
+            };
+            let (ticket, n, notify) = grant;
+            let mut guard = Ticket {
+                shaper: self,
+                ticket,
+                class,
+                done: false,
+            };
+            self.waiting[class as usize].fetch_add(1, Ordering::Relaxed);
+            loop {
+                match self.drive(ticket) {
+                    None => break,
+                    Some(wait) => {
+                        tokio::select! {
+                            _ = notify.notified() => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+            guard.done = true;
+            drop(guard);
+            left = left.saturating_sub(n);
+            if left == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Hand out every grant that is due. `None` if `ticket` was granted (and is forgotten),
+    /// else how long to sleep at most.
+    fn drive(&self, ticket: u64) -> Option<Duration> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        loop {
+            if g.waiters.get(&ticket).is_some_and(|w| w.granted) {
+                g.waiters.remove(&ticket);
+                return None;
+            }
+            let Some(s) = g.sched.as_mut() else {
+                // Switched to counting only; set_config granted everyone.
+                g.waiters.remove(&ticket);
+                return None;
+            };
+            match s.poll() {
+                Decision::Grant {
+                    ticket: t,
+                    class,
+                    bytes,
+                } => {
+                    let slot = self.epoch.elapsed().as_millis() as u64 / METER_SLOT_MS;
+                    g.meters[class as usize].add(slot, bytes);
+                    self.granted[class as usize].fetch_add(bytes, Ordering::Relaxed);
+                    if let Some(w) = g.waiters.get_mut(&t) {
+                        w.granted = true;
+                        if t != ticket {
+                            w.notify.notify_one();
+                        }
+                    }
+                }
+                Decision::Wait(d) => return Some(d.max(Duration::from_micros(100))),
+                // Our ticket is neither granted nor queued: cannot happen while we hold it;
+                // poll again soon rather than hang.
+                Decision::Idle => return Some(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Bytes granted to `class` since start.
+    pub fn granted_bytes(&self, class: Class) -> u64 {
+        self.granted[class as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> ShaperStats {
+        let slot = self.slot();
+        let mut g = self.lock();
+        let cfg = g.cfg.clone();
+        let classes = CLASSES
+            .iter()
+            .map(|&c| ClassStats {
+                class: c,
+                share: cfg.classes[c as usize].share,
+                guarantee_bytes_per_s: cfg.guarantee_bytes_per_s(c),
+                ceil_bytes_per_s: cfg.classes[c as usize].ceil_bytes_per_s,
+                rate_bytes_per_s: g.meters[c as usize].rate(slot),
+                granted_bytes: self.granted_bytes(c),
+                queued_bytes: g.sched.as_ref().map_or(0, |s| s.queued_bytes(c)),
+                waiting_requests: self.waiting[c as usize].load(Ordering::Relaxed),
+            })
+            .collect();
+        ShaperStats {
+            link_bytes_per_s: cfg.link_bytes_per_s,
+            burst_bytes: cfg.burst_bytes,
+            classes,
+        }
+    }
+}
+
+/// A queued grant; dropping it before it is granted takes it out of the queue.
+struct Ticket<'a> {
+    shaper: &'a Shaper,
+    ticket: u64,
+    class: Class,
+    done: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.shaper.waiting[self.class as usize].fetch_sub(1, Ordering::Relaxed);
+        if self.done {
+            return;
+        }
+        let mut g = self.shaper.lock();
+        g.waiters.remove(&self.ticket);
+        if let Some(s) = g.sched.as_mut() {
+            s.cancel(self.ticket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -74,6 +74,44 @@ impl ShapingConfig {
             .map(|l| l * u64::from(self.classes[class as usize].share) / total.max(1))
     }
 
+    /// Check the meaning; on error, the key (relative to `shaping.`) and the reason.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        use crate::config::units::{format_bytes, format_rate};
+        use crate::limits::{SHAPING_BURST_BYTES_MAX, SHAPING_SHARE_MAX};
+        if !(SHAPING_BURST_BYTES_MIN..=SHAPING_BURST_BYTES_MAX).contains(&self.burst_bytes) {
+            return Err((
+                "burst".into(),
+                format!(
+                    "{}: must be from {} to {}",
+                    format_bytes(self.burst_bytes),
+                    format_bytes(SHAPING_BURST_BYTES_MIN),
+                    format_bytes(SHAPING_BURST_BYTES_MAX)
+                ),
+            ));
+        }
+        for &c in &CLASSES {
+            let cc = &self.classes[c as usize];
+            if !(1..=SHAPING_SHARE_MAX).contains(&cc.share) {
+                return Err((format!("class.{c}.share"), format!("{}: must be 1 to {SHAPING_SHARE_MAX} (a relative weight)", cc.share)));
+            }
+            if let Some(ceil) = cc.ceil_bytes_per_s {
+                match self.link_bytes_per_s {
+                    None => {
+                        return Err((
+                            format!("class.{c}.ceil"),
+                            "a ceiling needs shaping.link-rate (without it the shaper only counts)".into(),
+                        ))
+                    }
+                    Some(l) if ceil > l => {
+                        return Err((format!("class.{c}.ceil"), format!("{} is above the link rate {}", format_rate(ceil), format_rate(l))))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn sched_params(&self) -> Option<Params> {
         self.link_bytes_per_s.map(|l| Params {
             link_bytes_per_s: l,

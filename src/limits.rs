@@ -247,3 +247,6 @@ pub const SHAPING_BURST_MS_DEFAULT: u64 = 5;
 pub const SHAPING_BURST_BYTES_MIN: u64 = 64 * 1024;
 /// The largest burst (the limiter counts cells of 256 bytes in a u32; far below that).
 pub const SHAPING_BURST_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// TCP_NOTSENT_LOWAT of replication sockets: unsent bytes the kernel keeps before the socket
+/// stops being writable (the shaper decides what goes next, not a deep kernel queue).
+pub const SHAPING_NOTSENT_LOWAT_BYTES: u32 = 256 * 1024;

@@ -103,6 +103,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let events = EventBus::new();
     let mut resources = Vec::new();
+    crate::shaping::node().set_config(cfg.shaping.clone());
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await

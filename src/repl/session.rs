@@ -130,6 +130,7 @@ pub(crate) async fn run(
     };
     let (link, frames) = Link::new(enc, EpochTracker::new(limits));
     let link = Arc::new(link);
+    crate::shaping::mark_repl_socket(&stream);
     let (mut rd, wr) = stream.into_split();
     let writer = tokio::spawn(writer(wr, frames, link.clone()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -196,6 +197,12 @@ async fn writer(
             }
         };
         let Some(f) = f else { return };
+        if !link.is_closed() {
+            tokio::select! {
+                _ = crate::shaping::repl_frame_acquire(&f) => {}
+                _ = link.closed_notify.notified() => {}
+            }
+        }
         link.dequeued(f.len() as u64);
         if let Err(e) = wr.write_all(&f).await {
             link.close(format!("writing to the peer: {e}"));

@@ -81,6 +81,34 @@ impl std::str::FromStr for Class {
     }
 }
 
+/// Mark a socket with `class`: SO_PRIORITY and the DSCP (TOS byte = DSCP << 2), so that tc
+/// on the host can classify it (`drl shaping tc`). Replication sockets also get a small
+/// TCP_NOTSENT_LOWAT, so that the kernel keeps little unsent data and the shaper above the
+/// socket decides what goes next.
+pub fn mark_socket(fd: std::os::fd::BorrowedFd<'_>, class: Class) -> Result<(), kernel_glue::sockopt::SockoptError> {
+    use kernel_glue::sockopt;
+    sockopt::set_priority(fd, class.so_priority())?;
+    sockopt::set_tos(fd, class.dscp() << 2)?;
+    if matches!(class, Class::Replication | Class::Resync) {
+        sockopt::set_notsent_lowat(fd, crate::limits::SHAPING_NOTSENT_LOWAT_BYTES)?;
+    }
+    Ok(())
+}
+
+/// [`mark_socket`] for a replication socket; a failure is logged, not fatal (the user-space
+/// shaper still works, only tc on the host cannot tell the class).
+pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
+    if let Err(e) = mark_socket(s.as_fd(), Class::Replication) {
+        tracing::warn!(error = %e, "cannot mark the replication socket with its traffic class");
+    }
+}
+
+/// Wait for the shaper before writing one encoded replication frame (the replication
+/// sender's only call into shaping).
+pub async fn repl_frame_acquire(frame: &[u8]) {
+    node().acquire(repl_frame_class(frame), frame.len() as u64).await
+}
+
 static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();
 
 /// The node's shaper: one per daemon process, over all of its WAN traffic. Until the daemon

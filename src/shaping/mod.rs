@@ -6,6 +6,7 @@
 //! can enforce the same split (`drl shaping tc DEV`).
 
 pub mod sched;
+pub mod control;
 pub mod shaper;
 
 pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};

@@ -35,19 +35,28 @@ pub struct RawClass {
     pub ceil: Option<Rate>,
 }
 
-pub(super) fn shaping_config(raw: Option<&RawShaping>, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<ShapingConfig, ConfigError> {
+pub(super) fn shaping_config(
+    raw: Option<&RawShaping>,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<ShapingConfig, ConfigError> {
     let mut c = ShapingConfig::default();
     let Some(raw) = raw else { return Ok(c) };
     c.link_bytes_per_s = raw.link_rate.map(|r| r.0);
-    c.burst_bytes = raw.burst.map_or(ShapingConfig::default_burst(c.link_bytes_per_s), ByteSize::bytes);
+    c.burst_bytes = raw.burst.map_or(
+        ShapingConfig::default_burst(c.link_bytes_per_s),
+        ByteSize::bytes,
+    );
     for (name, rc) in &raw.class {
-        let class: Class = name.parse().map_err(|reason| invalid(format!("shaping.class.{name}"), reason))?;
+        let class: Class = name
+            .parse()
+            .map_err(|reason| invalid(format!("shaping.class.{name}"), reason))?;
         let cc = &mut c.classes[class as usize];
         if let Some(s) = rc.share {
             cc.share = s;
         }
         cc.ceil_bytes_per_s = rc.ceil.map(|r| r.0);
     }
-    c.check().map_err(|(key, reason)| invalid(format!("shaping.{key}"), reason))?;
+    c.check()
+        .map_err(|(key, reason)| invalid(format!("shaping.{key}"), reason))?;
     Ok(c)
 }

@@ -14,15 +14,19 @@ use serde_json::Value;
 
 use super::rpc::add;
 use super::Node;
-use crate::control::{RpcError, Router};
+use crate::control::{Router, RpcError};
 use crate::shaping::control::{apply_set, SetRequest};
 
 pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
-    add(r, node, "shaping.get", |_n, _params| async move { Ok(stats_json()) });
+    add(r, node, "shaping.get", |_n, _params| async move {
+        Ok(stats_json())
+    });
     add(r, node, "shaping.set", |_n, params| async move {
-        let req: SetRequest = serde_json::from_value(params).map_err(|e| RpcError::invalid_params(format!("shaping.set: {e}")))?;
+        let req: SetRequest = serde_json::from_value(params)
+            .map_err(|e| RpcError::invalid_params(format!("shaping.set: {e}")))?;
         let shaper = crate::shaping::node();
-        let cfg = apply_set(&shaper.config(), &req).map_err(|(k, r)| RpcError::invalid_params(format!("shaping.{k}: {r}")))?;
+        let cfg = apply_set(&shaper.config(), &req)
+            .map_err(|(k, r)| RpcError::invalid_params(format!("shaping.{k}: {r}")))?;
         tracing::info!(config = ?cfg, "shaping reconfigured");
         shaper.set_config(cfg);
         Ok(stats_json())

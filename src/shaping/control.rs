@@ -48,7 +48,8 @@ pub fn apply_set(cur: &ShapingConfig, req: &SetRequest) -> Result<ShapingConfig,
     }
     for (name, ceil) in &req.ceil {
         let class: Class = name.parse().map_err(|r| (format!("ceil.{name}"), r))?;
-        c.classes[class as usize].ceil_bytes_per_s = rate_or_off(ceil).map_err(|r| (format!("class.{class}.ceil"), r))?;
+        c.classes[class as usize].ceil_bytes_per_s =
+            rate_or_off(ceil).map_err(|r| (format!("class.{class}.ceil"), r))?;
     }
     c.check()?;
     Ok(c)
@@ -56,7 +57,9 @@ pub fn apply_set(cur: &ShapingConfig, req: &SetRequest) -> Result<ShapingConfig,
 
 /// `CLASS=VALUE` from the command line.
 pub fn split_assignment(text: &str) -> Result<(Class, &str), String> {
-    let (c, v) = text.split_once('=').ok_or_else(|| format!("{text:?}: expected CLASS=VALUE"))?;
+    let (c, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected CLASS=VALUE"))?;
     Ok((c.parse()?, v))
 }
 
@@ -65,10 +68,22 @@ pub fn render_show(v: &Value) -> String {
     let rate = |x: &Value| x.as_u64().map_or("-".to_owned(), format_rate);
     let mut out = format!(
         "link-rate {}  burst {}\n",
-        v["link_bytes_per_s"].as_u64().map_or("none (counting only)".to_owned(), format_rate),
-        v["burst_bytes"].as_u64().map_or("-".to_owned(), format_bytes)
+        v["link_bytes_per_s"]
+            .as_u64()
+            .map_or("none (counting only)".to_owned(), format_rate),
+        v["burst_bytes"]
+            .as_u64()
+            .map_or("-".to_owned(), format_bytes)
     );
-    let header = ["CLASS", "SHARE", "GUARANTEE", "CEIL", "RATE-NOW", "BYTES", "QUEUED"];
+    let header = [
+        "CLASS",
+        "SHARE",
+        "GUARANTEE",
+        "CEIL",
+        "RATE-NOW",
+        "BYTES",
+        "QUEUED",
+    ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let empty = vec![];
     for c in v["classes"].as_array().unwrap_or(&empty) {
@@ -82,9 +97,15 @@ pub fn render_show(v: &Value) -> String {
             c["queued_bytes"].as_u64().map_or("-".into(), format_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len()).map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     for row in &table {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -93,7 +114,11 @@ pub fn render_show(v: &Value) -> String {
 
 /// Every class name, for help texts.
 pub fn class_names() -> String {
-    CLASSES.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+    CLASSES
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -114,29 +139,80 @@ mod tests {
         assert_eq!(c.link_bytes_per_s, Some(12_500_000));
         assert_eq!(c.burst_bytes, 64 * 1024);
         assert_eq!(c.classes[Class::Image as usize].share, 5);
-        assert_eq!(c.classes[Class::Snapshot as usize].ceil_bytes_per_s, Some(2_500_000));
+        assert_eq!(
+            c.classes[Class::Snapshot as usize].ceil_bytes_per_s,
+            Some(2_500_000)
+        );
         // 1 Gbit: the default burst follows the link rate.
-        let c2 = apply_set(&c, &SetRequest { link_rate: Some("1Gbit".into()), ..Default::default() }).unwrap();
+        let c2 = apply_set(
+            &c,
+            &SetRequest {
+                link_rate: Some("1Gbit".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(c2.burst_bytes, 625_000);
         // Back to counting only needs the ceiling gone first.
-        let e = apply_set(&c, &SetRequest { link_rate: Some("off".into()), ..Default::default() }).unwrap_err();
+        let e = apply_set(
+            &c,
+            &SetRequest {
+                link_rate: Some("off".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.0, "class.snapshot.ceil");
-        let req = SetRequest { link_rate: Some("off".into()), ceil: [("snapshot".to_owned(), "off".to_owned())].into(), ..Default::default() };
+        let req = SetRequest {
+            link_rate: Some("off".into()),
+            ceil: [("snapshot".to_owned(), "off".to_owned())].into(),
+            ..Default::default()
+        };
         assert_eq!(apply_set(&c, &req).unwrap().link_bytes_per_s, None);
-        let e = apply_set(&c, &SetRequest { share: [("bulk".to_owned(), 1)].into(), ..Default::default() }).unwrap_err();
+        let e = apply_set(
+            &c,
+            &SetRequest {
+                share: [("bulk".to_owned(), 1)].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(e.1.contains("unknown traffic class"), "{e:?}");
-        let e = apply_set(&c, &SetRequest { share: [("resync".to_owned(), 0)].into(), ..Default::default() }).unwrap_err();
+        let e = apply_set(
+            &c,
+            &SetRequest {
+                share: [("resync".to_owned(), 0)].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.0, "class.resync.share");
         assert!(split_assignment("image").is_err());
-        assert_eq!(split_assignment("image=20Mbit").unwrap(), (Class::Image, "20Mbit"));
+        assert_eq!(
+            split_assignment("image=20Mbit").unwrap(),
+            (Class::Image, "20Mbit")
+        );
     }
 
     #[test]
     fn show_renders_every_class() {
-        let s = Shaper::new(apply_set(&ShapingConfig::default(), &SetRequest { link_rate: Some("100Mbit".into()), ..Default::default() }).unwrap());
+        let s = Shaper::new(
+            apply_set(
+                &ShapingConfig::default(),
+                &SetRequest {
+                    link_rate: Some("100Mbit".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
         let v = serde_json::to_value(s.stats()).unwrap();
         let t = render_show(&v);
-        assert!(t.starts_with("link-rate 100.0Mbit  burst 64.0KiB\n") || t.starts_with("link-rate 100.0Mbit  burst 64KiB\n"), "{t}");
+        assert!(
+            t.starts_with("link-rate 100.0Mbit  burst 64.0KiB\n")
+                || t.starts_with("link-rate 100.0Mbit  burst 64KiB\n"),
+            "{t}"
+        );
         assert!(t.contains("replication  50"), "{t}");
         assert!(t.contains("50.0Mbit"), "{t}"); // replication's guarantee: 50/100 of the link
         assert_eq!(t.lines().count(), 6, "{t}");

@@ -5,9 +5,10 @@
 //! `snapshot`, `image`. Sockets carry their class as SO_PRIORITY and DSCP so that tc on the host
 //! can enforce the same split (`drl shaping tc DEV`).
 
-pub mod sched;
 pub mod control;
+pub mod sched;
 pub mod shaper;
+pub mod tc;
 
 pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};
 
@@ -86,7 +87,10 @@ impl std::str::FromStr for Class {
 /// on the host can classify it (`drl shaping tc`). Replication sockets also get a small
 /// TCP_NOTSENT_LOWAT, so that the kernel keeps little unsent data and the shaper above the
 /// socket decides what goes next.
-pub fn mark_socket(fd: std::os::fd::BorrowedFd<'_>, class: Class) -> Result<(), kernel_glue::sockopt::SockoptError> {
+pub fn mark_socket(
+    fd: std::os::fd::BorrowedFd<'_>,
+    class: Class,
+) -> Result<(), kernel_glue::sockopt::SockoptError> {
     use kernel_glue::sockopt;
     sockopt::set_priority(fd, class.so_priority())?;
     sockopt::set_tos(fd, class.dscp() << 2)?;
@@ -107,7 +111,9 @@ pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
 /// Wait for the shaper before writing one encoded replication frame (the replication
 /// sender's only call into shaping).
 pub async fn repl_frame_acquire(frame: &[u8]) {
-    node().acquire(repl_frame_class(frame), frame.len() as u64).await
+    node()
+        .acquire(repl_frame_class(frame), frame.len() as u64)
+        .await
 }
 
 static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();

@@ -92,18 +92,32 @@ impl ShapingConfig {
         for &c in &CLASSES {
             let cc = &self.classes[c as usize];
             if !(1..=SHAPING_SHARE_MAX).contains(&cc.share) {
-                return Err((format!("class.{c}.share"), format!("{}: must be 1 to {SHAPING_SHARE_MAX} (a relative weight)", cc.share)));
+                return Err((
+                    format!("class.{c}.share"),
+                    format!(
+                        "{}: must be 1 to {SHAPING_SHARE_MAX} (a relative weight)",
+                        cc.share
+                    ),
+                ));
             }
             if let Some(ceil) = cc.ceil_bytes_per_s {
                 match self.link_bytes_per_s {
                     None => {
                         return Err((
                             format!("class.{c}.ceil"),
-                            "a ceiling needs shaping.link-rate (without it the shaper only counts)".into(),
+                            "a ceiling needs shaping.link-rate (without it the shaper only counts)"
+                                .into(),
                         ))
                     }
                     Some(l) if ceil > l => {
-                        return Err((format!("class.{c}.ceil"), format!("{} is above the link rate {}", format_rate(ceil), format_rate(l))))
+                        return Err((
+                            format!("class.{c}.ceil"),
+                            format!(
+                                "{} is above the link rate {}",
+                                format_rate(ceil),
+                                format_rate(l)
+                            ),
+                        ))
                     }
                     Some(_) => {}
                 }

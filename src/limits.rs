@@ -250,3 +250,10 @@ pub const SHAPING_BURST_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// TCP_NOTSENT_LOWAT of replication sockets: unsent bytes the kernel keeps before the socket
 /// stops being writable (the shaper decides what goes next, not a deep kernel queue).
 pub const SHAPING_NOTSENT_LOWAT_BYTES: u32 = 256 * 1024;
+/// Adaptive resync (DRBD's c-plan-ahead, c-fill-target, c-min-rate defaults, in drl's units).
+pub const RESYNC_PLAN_AHEAD_MS_DEFAULT: u64 = 2_000;
+pub const RESYNC_FILL_TARGET_BYTES_DEFAULT: u64 = 2 * 1024 * 1024;
+pub const RESYNC_MIN_RATE_DEFAULT: u64 = 250 * 1024;
+/// The longest a resync answer waits for the fill target or the pacing (the session that
+/// serves resync requests must keep reading from the peer).
+pub const RESYNC_ADMIT_WAIT_MS_MAX: u64 = 500;

@@ -245,6 +245,7 @@ pub struct NodeConfig {
     pub swift: Option<crate::stream::auth::SwiftAuth>,
     pub stream: StreamConfig,
     pub shaping: crate::shaping::ShapingConfig,
+    pub resync: crate::shaping::resync::ResyncTuning,
 }
 
 #[derive(Clone, Debug)]
@@ -373,7 +374,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let swift = raw.swift.as_ref().map(|s| swift_auth(s, &invalid)).transpose()?;
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
     let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
-    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream, shaping })
+    let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
+    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream, shaping, resync })
 }
 
 fn swift_auth(s: &RawSwift, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<crate::stream::auth::SwiftAuth, ConfigError> {

@@ -214,3 +214,16 @@ fn shaping_errors_name_the_key_and_reason() {
     let e = err(&format!("{EXAMPLE}\n[shaping]\nlinkrate = \"100Mbit\"\n"), "site-a");
     assert!(e.contains("linkrate"), "{e}");
 }
+
+#[test]
+fn shaping_resync_section() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    assert_eq!(a.resync, crate::shaping::resync::ResyncTuning::default());
+    let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.resync]\nplan-ahead = \"3s\"\nfill-target = \"4MiB\"\nmin-rate = \"10Mbit\"\nmax-rate = \"80Mbit\"\n");
+    let r = check(&t, "site-a").unwrap().resync;
+    assert_eq!((r.plan_ahead_ms, r.fill_target_bytes, r.min_rate_bytes_per_s, r.max_rate_bytes_per_s), (3000, 4 << 20, 1_250_000, Some(10_000_000)));
+    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nfill-target = \"4KiB\"\n"), "site-a");
+    assert!(e.contains("shaping.resync.fill-target: 4096 bytes"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nmin-rate = \"10Mbit\"\nmax-rate = \"1Mbit\"\n"), "site-a");
+    assert!(e.contains("shaping.resync.max-rate: below min-rate"), "{e}");
+}

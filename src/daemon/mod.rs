@@ -105,6 +105,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let events = EventBus::new();
     let mut resources = Vec::new();
     crate::shaping::node().set_config(cfg.shaping.clone());
+    crate::shaping::resync::set_tuning(cfg.resync.clone());
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await

@@ -2,7 +2,7 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `shaping.get` | `{}` | `{link_bytes_per_s, burst_bytes, classes: [{class, share, guarantee_bytes_per_s, ceil_bytes_per_s, rate_bytes_per_s, granted_bytes, queued_bytes, waiting_requests}]}` |
+//! | `shaping.get` | `{}` | `{link_bytes_per_s, burst_bytes, classes: [{class, share, guarantee_bytes_per_s, ceil_bytes_per_s, rate_bytes_per_s, granted_bytes, queued_bytes, waiting_requests}], resync: {tuning, rate_bytes_per_s, replication_estimate_bytes_per_s}}` |
 //! | `shaping.set` | `{link_rate?, burst?, share?: {CLASS: N}, ceil?: {CLASS: RATE or "off"}}` | like `shaping.get`, after the change |
 //!
 //! A change applies at once, under load (queued requests keep their place). It is not written
@@ -35,5 +35,7 @@ pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
 
 /// The node shaper's settings and counters (also `status`'s `shaping` object).
 pub(super) fn stats_json() -> Value {
-    serde_json::to_value(crate::shaping::node().stats()).unwrap_or_default()
+    let mut v = serde_json::to_value(crate::shaping::node().stats()).unwrap_or_default();
+    v["resync"] = serde_json::to_value(crate::shaping::resync::stats()).unwrap_or_default();
+    v
 }

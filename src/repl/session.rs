@@ -680,6 +680,7 @@ impl Session<'_> {
             return Err("ResyncRequest, but this node is not SyncSource".into());
         }
         check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        crate::shaping::resync::admit(|| self.link.queued_bytes()).await;
         let _excl = rep.resync_lock.write().await;
         let buf = rep
             .disk
@@ -700,6 +701,7 @@ impl Session<'_> {
                 offset,
                 data: Bytes::copy_from_slice(&buf),
             });
+            crate::shaping::resync::sent(u64::from(len));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! can enforce the same split (`drl shaping tc DEV`).
 
 pub mod control;
+pub mod resync;
 pub mod sched;
 pub mod shaper;
 pub mod tc;

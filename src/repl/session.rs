@@ -197,14 +197,9 @@ async fn writer(
             }
         };
         let Some(f) = f else { return };
-        if !link.is_closed() {
-            tokio::select! {
-                _ = crate::shaping::repl_frame_acquire(&f) => {}
-                _ = link.closed_notify.notified() => {}
-            }
-        }
         link.dequeued(f.len() as u64);
-        if let Err(e) = wr.write_all(&f).await {
+        let closed = || link.is_closed();
+        if let Err(e) = crate::shaping::write_repl_frame(&mut wr, &f, &link.closed_notify, closed).await {
             link.close(format!("writing to the peer: {e}"));
             return;
         }

@@ -109,12 +109,34 @@ pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
     }
 }
 
-/// Wait for the shaper before writing one encoded replication frame (the replication
-/// sender's only call into shaping).
-pub async fn repl_frame_acquire(frame: &[u8]) {
-    node()
-        .acquire(repl_frame_class(frame), frame.len() as u64)
-        .await
+/// Write one encoded replication frame to the peer's socket through the node's shaper: in
+/// pieces of at most one grant, each granted before it is written, so the socket is fed at the
+/// shaped rate instead of in frame-sized bursts (the replication sender's only call into
+/// shaping). Resync frames are scheduled with the replication flow (one ordered connection:
+/// a resync frame at its head must not hold the writes behind it to resync's share) and
+/// counted as resync; how much resync enters the connection is the adaptive resync
+/// controller's decision ([`resync`]). Once the link is closed (`closed()`, or `closed_notify` fires) the rest goes
+/// unshaped: it is the final Disconnect.
+pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    frame: &[u8],
+    closed_notify: &tokio::sync::Notify,
+    closed: impl Fn() -> bool,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let class = repl_frame_class(frame);
+    let shaper = node();
+    let piece = usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX);
+    for chunk in frame.chunks(piece) {
+        if !closed() {
+            tokio::select! {
+                _ = shaper.acquire_as(Class::Replication, class, chunk.len() as u64) => {}
+                _ = closed_notify.notified() => {}
+            }
+        }
+        wr.write_all(chunk).await?;
+    }
+    Ok(())
 }
 
 static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();

@@ -1,7 +1,7 @@
 //! The async shaper: the pure [`Scheduler`] behind a mutex, driven by the tasks that wait on it.
 //!
 //! `acquire(class, bytes).await` returns when the link and the class's share and ceiling allow
-//! `bytes` to go. A request larger than the burst is split into grants of at most the burst,
+//! `bytes` to go. A request is split into grants of at most a quarter of the burst,
 //! each queued in turn. Dropping the future cancels its queued grant (the sender went away);
 //! a grant already committed by the scheduler is charged to the link anyway, like a packet
 //! already at the head of a NIC queue.
@@ -34,7 +34,7 @@ use crate::limits::{SHAPING_BURST_BYTES_MIN, SHAPING_BURST_MS_DEFAULT, SHAPING_S
 pub struct ShapingConfig {
     /// The link cap in bytes per second; `None`: count only.
     pub link_bytes_per_s: Option<u64>,
-    /// The largest grant and the link's burst, in bytes.
+    /// The link's burst in bytes (grants are at most a quarter of it).
     pub burst_bytes: u64,
     pub classes: [ClassConfig; 4],
 }
@@ -126,14 +126,27 @@ impl ShapingConfig {
         Ok(())
     }
 
+    /// The largest single grant: a quarter of the burst (see [`Params::grant_bytes_max`]).
+    pub fn grant_bytes_max(&self) -> u64 {
+        super::sched::grant_bytes_max(self.burst_bytes)
+    }
+
+    /// The scheduler's parameters. Replication and resync share one ordered TCP connection,
+    /// whose frames the scheduler sees as one flow in the replication class (see
+    /// [`super::write_repl_frame`]): that flow is weighted with both shares, and the adaptive
+    /// resync controller ([`super::resync`]) splits it.
     fn sched_params(&self) -> Option<Params> {
-        self.link_bytes_per_s.map(|l| Params {
-            link_bytes_per_s: l,
-            burst_bytes: self.burst_bytes,
-            classes: self.classes.map(|c| ClassParams {
+        self.link_bytes_per_s.map(|l| {
+            let mut classes = self.classes.map(|c| ClassParams {
                 share: c.share.max(1),
                 ceil_bytes_per_s: c.ceil_bytes_per_s,
-            }),
+            });
+            classes[Class::Replication as usize].share += classes[Class::Resync as usize].share;
+            Params {
+                link_bytes_per_s: l,
+                burst_bytes: self.burst_bytes,
+                classes,
+            }
         })
     }
 }
@@ -185,6 +198,8 @@ impl Meter {
 struct Waiter {
     granted: bool,
     notify: Arc<Notify>,
+    /// The class whose counters the grant goes to.
+    count: Class,
 }
 
 struct Inner {
@@ -283,6 +298,12 @@ impl Shaper {
 
     /// Wait until `bytes` of `class` may be sent. Cancellation-safe.
     pub async fn acquire(&self, class: Class, bytes: u64) {
+        self.acquire_as(class, class, bytes).await
+    }
+
+    /// Like [`Self::acquire`], scheduled in class `sched` but counted for class `count`.
+    pub async fn acquire_as(&self, sched: Class, count: Class, bytes: u64) {
+        let class = count;
         let mut left = bytes;
         loop {
             let grant = {
@@ -293,7 +314,7 @@ impl Shaper {
                     self.granted[class as usize].fetch_add(left, Ordering::Relaxed);
                     return;
                 }
-                let max = g.cfg.burst_bytes.max(1);
+                let max = g.cfg.grant_bytes_max();
                 let n = left.min(max);
                 g.next_ticket += 1;
                 let ticket = g.next_ticket;
@@ -303,10 +324,11 @@ impl Shaper {
                     Waiter {
                         granted: false,
                         notify: notify.clone(),
+                        count,
                     },
                 );
                 if let Some(s) = g.sched.as_mut() {
-                    s.enqueue(class, n, ticket);
+                    s.enqueue(sched, n, ticket);
                 }
                 (ticket, n, notify)
             };
@@ -360,8 +382,9 @@ impl Shaper {
                     bytes,
                 } => {
                     let slot = self.epoch.elapsed().as_millis() as u64 / METER_SLOT_MS;
-                    g.meters[class as usize].add(slot, bytes);
-                    self.granted[class as usize].fetch_add(bytes, Ordering::Relaxed);
+                    let count = g.waiters.get(&t).map_or(class, |w| w.count);
+                    g.meters[count as usize].add(slot, bytes);
+                    self.granted[count as usize].fetch_add(bytes, Ordering::Relaxed);
                     if let Some(w) = g.waiters.get_mut(&t) {
                         w.granted = true;
                         if t != ticket {

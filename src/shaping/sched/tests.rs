@@ -189,3 +189,48 @@ fn cancelled_requests_are_not_granted() {
     assert!(matches!(sim.s.poll(), Decision::Grant { ticket: 1, .. }));
     assert_eq!(sim.s.poll(), Decision::Idle);
 }
+
+/// The replication writer has one request queued at a time and queues the next only after
+/// its grant was handed out (and the scheduler already polled again for the others). It must
+/// still get its share against a class with many queued requests.
+#[test]
+fn a_sender_with_one_request_at_a_time_keeps_its_share() {
+    let mut sim = Sim::new(params(64, [75, 1, 1, 25]));
+    let req = 16 * 1024;
+    let mut repl_queued = false;
+    let end = Duration::from_secs(10);
+    while sim.elapsed < end {
+        if !repl_queued {
+            sim.ticket += 1;
+            sim.s.enqueue(Class::Replication, req, sim.ticket);
+            repl_queued = true;
+        }
+        while sim.s.queued_bytes(Class::Image) < 8 * req {
+            sim.ticket += 1;
+            sim.s.enqueue(Class::Image, req, sim.ticket);
+        }
+        match sim.s.poll() {
+            Decision::Grant { class, .. } => {
+                if class == Class::Replication {
+                    repl_queued = false;
+                    // The drive loop polls again before the writer is back.
+                    if let Decision::Wait(d) = sim.s.poll() {
+                        sim.advance(d.max(Duration::from_nanos(1)));
+                    }
+                }
+            }
+            Decision::Wait(d) => sim.advance(d.max(Duration::from_nanos(1))),
+            Decision::Idle => sim.advance(Duration::from_millis(1)),
+        }
+    }
+    let (r, i) = (
+        sim.s.granted_bytes(Class::Replication) as f64,
+        sim.s.granted_bytes(Class::Image) as f64,
+    );
+    let frac = r / (r + i);
+    assert!(
+        (0.70..=0.80).contains(&frac),
+        "replication got {:.1}% with a 75% share",
+        frac * 100.0
+    );
+}

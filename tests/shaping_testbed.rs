@@ -218,16 +218,16 @@ fn classes_get_their_shares_on_a_shaped_link() {
         });
     }
 
-    // Resync load: 48 MiB written while disconnected.
+    // Resync load: 112 MiB written while disconnected.
     a.cli(&["disconnect", "r0"]);
     a.wait("StandAlone", 10, |r| r["connection"] == "StandAlone");
     let uri = format!("nbd+unix:///r0?socket={}/a.nbd", d.display());
-    let f1 = random_file(d, "resync.bin", 48 * MIB);
+    let f1 = random_file(d, "resync.bin", 112 * MIB);
     run(Command::new("nbdcopy")
         .args(["--no-extents"])
         .arg(&f1)
         .arg(&uri));
-    // Bulk load: a snapshot of those 48 MiB streamed to the vault (class snapshot).
+    // Bulk load: a snapshot of those 112 MiB streamed to the vault (class snapshot).
     a.cli(&["snapshot", "create", "r0", "s1", "--json"]);
     let mut stream = Command::new(drl_bin())
         .arg("--config")
@@ -259,7 +259,7 @@ fn classes_get_their_shares_on_a_shaped_link() {
             "--iodepth=4",
         ])
         .args([
-            "--offset=64m",
+            "--offset=128m",
             "--size=128m",
             "--rate=3584k",
             "--time_based",
@@ -284,6 +284,18 @@ fn classes_get_their_shares_on_a_shaped_link() {
     );
     let status = a.res();
     let w1 = written(&status);
+    // Live change under load: the snapshot class's share from 25 to 100.
+    a.cli(&["shaping", "set", "--share", "snapshot=100"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (t2, g2) = (
+        Instant::now(),
+        granted(&a.cli(&["shaping", "show", "--json"])),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let (t3, g3) = (
+        Instant::now(),
+        granted(&a.cli(&["shaping", "show", "--json"])),
+    );
     let _ = writer.kill();
     let _ = stream.kill();
     let _ = writer.wait();
@@ -332,5 +344,23 @@ fn classes_get_their_shares_on_a_shaped_link() {
     assert!(
         total >= LINK as f64 * 0.85,
         "drl used only {total:.0} B/s of {LINK} with three backlogged classes"
+    );
+
+    let secs2 = (t3 - t2).as_secs_f64();
+    let rate2: Vec<f64> = (0..4).map(|i| (g3[i] - g2[i]) as f64 / secs2).collect();
+    let total2: f64 = rate2.iter().sum();
+    println!(
+        "after `shaping set --share snapshot=100`, over {secs2:.1} s: replication {:.0}, resync {:.0}, snapshot {:.0} B/s, total {:.0}",
+        rate2[0], rate2[1], rate2[2], total2
+    );
+    assert!(
+        rate2[2] >= rate[2] * 1.4,
+        "snapshot's share quadrupled but its rate went from {:.0} to only {:.0} B/s",
+        rate[2],
+        rate2[2]
+    );
+    assert!(
+        total2 <= LINK as f64 * 1.05 + 65536.0 / secs2,
+        "drl sent {total2:.0} B/s over its link-rate {LINK}"
     );
 }

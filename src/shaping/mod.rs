@@ -126,7 +126,11 @@ pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
     use tokio::io::AsyncWriteExt;
     let class = repl_frame_class(frame);
     let shaper = node();
-    let piece = usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX);
+    // Counting only: one write (and one count) per frame.
+    let piece = match shaper.is_capped() {
+        true => usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX),
+        false => frame.len().max(1),
+    };
     for chunk in frame.chunks(piece) {
         if !closed() {
             tokio::select! {

@@ -274,6 +274,11 @@ impl Shaper {
         self.epoch.elapsed().as_millis() as u64 / METER_SLOT_MS
     }
 
+    /// Whether there is a link cap (false: counting only).
+    pub fn is_capped(&self) -> bool {
+        self.lock().sched.is_some()
+    }
+
     pub fn config(&self) -> ShapingConfig {
         self.lock().cfg.clone()
     }

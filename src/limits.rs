@@ -236,3 +236,24 @@ pub const JOBS_RUNNING_MAX: usize = 8;
 /// Jobs (running and finished) the daemon remembers for `job.list`.
 pub const JOBS_KEPT_MAX: usize = 64;
 const _: () = assert!(JOBS_RUNNING_MAX <= JOBS_KEPT_MAX);
+
+// --- shaping ---
+/// Default shares of replication, resync, snapshot, image (relative weights).
+pub const SHAPING_SHARES_DEFAULT: [u32; 4] = [50, 25, 15, 10];
+/// The largest share a class may have (shares are relative; this keeps sums far from overflow).
+pub const SHAPING_SHARE_MAX: u32 = 10_000;
+/// Default burst: this many milliseconds of the link rate, at least `SHAPING_BURST_BYTES_MIN`.
+pub const SHAPING_BURST_MS_DEFAULT: u64 = 5;
+pub const SHAPING_BURST_BYTES_MIN: u64 = 64 * 1024;
+/// The largest burst (the limiter counts cells of 256 bytes in a u32; far below that).
+pub const SHAPING_BURST_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// TCP_NOTSENT_LOWAT of replication sockets: unsent bytes the kernel keeps before the socket
+/// stops being writable (the shaper decides what goes next, not a deep kernel queue).
+pub const SHAPING_NOTSENT_LOWAT_BYTES: u32 = 256 * 1024;
+/// Adaptive resync (DRBD's c-plan-ahead, c-fill-target, c-min-rate defaults, in drl's units).
+pub const RESYNC_PLAN_AHEAD_MS_DEFAULT: u64 = 2_000;
+pub const RESYNC_FILL_TARGET_BYTES_DEFAULT: u64 = 2 * 1024 * 1024;
+pub const RESYNC_MIN_RATE_DEFAULT: u64 = 250 * 1024;
+/// The longest a resync answer waits for the fill target or the pacing (the session that
+/// serves resync requests must keep reading from the peer).
+pub const RESYNC_ADMIT_WAIT_MS_MAX: u64 = 500;

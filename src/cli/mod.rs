@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+mod shaping;
 mod snapshot;
 mod status;
 mod stream;
@@ -99,6 +100,9 @@ pub enum Command {
     /// The daemon's long-running jobs (streams, restores).
     #[command(subcommand)]
     Job(stream::JobCmd),
+    /// The WAN shaper: per-class shares, ceilings and counters; tc rules for the host.
+    #[command(subcommand)]
+    Shaping(shaping::ShapingCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
 }
@@ -187,6 +191,7 @@ pub fn main() -> i32 {
         Command::Restore(ref a) => stream::restore(&cli.global, a),
         Command::Image(ref c) => stream::image(&cli.global, c),
         Command::Job(ref c) => stream::job(&cli.global, c),
+        Command::Shaping(ref c) => shaping::run(&cli.global, c),
     }
 }
 

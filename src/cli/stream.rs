@@ -234,7 +234,14 @@ pub fn stream(g: &Global, a: &StreamArgs) -> i32 {
 /// given (its [swift] and [stream]), else the OpenStack environment and drl's defaults.
 fn local_settings(g: &Global) -> Result<(Option<crate::stream::auth::SwiftAuth>, StreamConfig), String> {
     match &g.config {
-        Some(file) => config::load(file, &node_name(g)).map(|c| (c.swift, c.stream)).map_err(|e| e.to_string()),
+        Some(file) => config::load(file, &node_name(g))
+            .map(|c| {
+                // Image transfers run in this process: shape them with [shaping] too (this
+                // process's own shaper; it does not share the daemon's link cap).
+                crate::shaping::node().set_config(c.shaping.clone());
+                (c.swift, c.stream)
+            })
+            .map_err(|e| e.to_string()),
         None => Ok((None, config::default_stream_config())),
     }
 }

@@ -9,6 +9,7 @@
 //! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
+pub mod shaping;
 pub mod units;
 
 use serde::Deserialize;
@@ -48,6 +49,7 @@ pub struct RawConfig {
     pub resource: Vec<RawResource>,
     pub swift: Option<RawSwift>,
     pub stream: Option<RawStream>,
+    pub shaping: Option<shaping::RawShaping>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -242,6 +244,8 @@ pub struct NodeConfig {
     pub resources: Vec<ResourceConfig>,
     pub swift: Option<crate::stream::auth::SwiftAuth>,
     pub stream: StreamConfig,
+    pub shaping: crate::shaping::ShapingConfig,
+    pub resync: crate::shaping::resync::ResyncTuning,
 }
 
 #[derive(Clone, Debug)]
@@ -369,7 +373,9 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     }
     let swift = raw.swift.as_ref().map(|s| swift_auth(s, &invalid)).transpose()?;
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
-    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream })
+    let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
+    let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
+    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream, shaping, resync })
 }
 
 fn swift_auth(s: &RawSwift, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<crate::stream::auth::SwiftAuth, ConfigError> {

@@ -165,3 +165,65 @@ fn swift_and_stream_sections() {
     let c = check(&k.replace("key = \"testing\"", "key = \"testing\"\nproject = \"demo\""), "site-a").unwrap();
     assert!(matches!(c.swift, Some(crate::stream::auth::SwiftAuth::KeystoneV3 { ref project_name, .. }) if project_name == "demo"));
 }
+
+#[test]
+fn shaping_defaults_count_only_and_the_example_stays_valid() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    assert_eq!(a.shaping, crate::shaping::ShapingConfig::default());
+    assert_eq!(a.shaping.link_bytes_per_s, None);
+    assert_eq!(a.shaping.classes.map(|c| c.share), [50, 25, 15, 10]);
+}
+
+#[test]
+fn shaping_section_is_read() {
+    use crate::shaping::Class;
+    let t = format!(
+        "{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.image]\nshare = 5\nceil = \"20Mbit\"\n[shaping.class.replication]\nshare = 60\n"
+    );
+    let c = check(&t, "site-a").unwrap().shaping;
+    assert_eq!(c.link_bytes_per_s, Some(12_500_000));
+    // 5 ms of 100 Mbit is 62.5 KB: the 64 KiB minimum wins.
+    assert_eq!(c.burst_bytes, 64 * 1024);
+    assert_eq!(c.classes[Class::Image as usize].share, 5);
+    assert_eq!(c.classes[Class::Image as usize].ceil_bytes_per_s, Some(2_500_000));
+    assert_eq!(c.classes[Class::Replication as usize].share, 60);
+    assert_eq!(c.classes[Class::Resync as usize].share, 25);
+    assert_eq!(c.guarantee_bytes_per_s(Class::Replication), Some(12_500_000 * 60 / 105));
+
+    let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"1Gbit\"\nburst = \"1MiB\"\n");
+    let c = check(&t, "site-a").unwrap().shaping;
+    assert_eq!(c.burst_bytes, 1 << 20);
+    let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"1Gbit\"\n");
+    assert_eq!(check(&t, "site-a").unwrap().shaping.burst_bytes, 625_000);
+}
+
+#[test]
+fn shaping_errors_name_the_key_and_reason() {
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.bulk]\nshare = 1\n"), "site-a");
+    assert!(e.contains("test.toml: shaping.class.bulk: unknown traffic class \"bulk\""), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.resync]\nshare = 0\n"), "site-a");
+    assert!(e.contains("shaping.class.resync.share: 0: must be 1 to"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.image]\nceil = \"200Mbit\"\n"), "site-a");
+    assert!(e.contains("shaping.class.image.ceil: 200.0Mbit is above the link rate 100.0Mbit"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\n[shaping.class.image]\nceil = \"20Mbit\"\n"), "site-a");
+    assert!(e.contains("shaping.class.image.ceil: a ceiling needs shaping.link-rate"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\nburst = \"1KiB\"\n"), "site-a");
+    assert!(e.contains("shaping.burst: 1"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mb\"\n"), "site-a");
+    assert!(e.contains("unknown rate unit"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping]\nlinkrate = \"100Mbit\"\n"), "site-a");
+    assert!(e.contains("linkrate"), "{e}");
+}
+
+#[test]
+fn shaping_resync_section() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    assert_eq!(a.resync, crate::shaping::resync::ResyncTuning::default());
+    let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.resync]\nplan-ahead = \"3s\"\nfill-target = \"4MiB\"\nmin-rate = \"10Mbit\"\nmax-rate = \"80Mbit\"\n");
+    let r = check(&t, "site-a").unwrap().resync;
+    assert_eq!((r.plan_ahead_ms, r.fill_target_bytes, r.min_rate_bytes_per_s, r.max_rate_bytes_per_s), (3000, 4 << 20, 1_250_000, Some(10_000_000)));
+    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nfill-target = \"4KiB\"\n"), "site-a");
+    assert!(e.contains("shaping.resync.fill-target: 4096 bytes"), "{e}");
+    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nmin-rate = \"10Mbit\"\nmax-rate = \"1Mbit\"\n"), "site-a");
+    assert!(e.contains("shaping.resync.max-rate: below min-rate"), "{e}");
+}

@@ -14,6 +14,7 @@ mod device;
 mod jobs;
 mod resource;
 mod rpc;
+mod rpc_shaping;
 mod rpc_stream;
 
 pub use resource::Resource;
@@ -104,6 +105,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let events = EventBus::new();
     let mut resources = Vec::new();
+    crate::shaping::node().set_config(cfg.shaping.clone());
+    crate::shaping::resync::set_tuning(cfg.resync.clone());
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await

@@ -10,6 +10,7 @@
 //! | `secondary` | `{resource}` | `{resource, role}` |
 //! | `connect` | `{resource, discard_my_data?}` | `{resource}` |
 //! | `disconnect` | `{resource}` | `{resource}` |
+//! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": n.started.elapsed().as_secs(),
             "resources": resources,
+            "shaping": super::rpc_shaping::stats_json(),
         }))
     });
     add(&mut r, &node, "snapshot.create", |n, params| async move {
@@ -131,5 +133,6 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": rep.name() }))
     });
     super::rpc_stream::register(&mut r, &node);
+    super::rpc_shaping::register(&mut r, &node);
     r
 }

@@ -140,6 +140,7 @@ pub(crate) async fn run(
     tracker.set_clear_partial_blocks(true);
     let (link, frames) = Link::new(enc, tracker);
     let link = Arc::new(link);
+    crate::shaping::mark_repl_socket(&stream);
     let (mut rd, wr) = stream.into_split();
     let writer = tokio::spawn(writer(wr, frames, link.clone()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -208,7 +209,8 @@ async fn writer(
         };
         let Some(f) = f else { return };
         link.dequeued(f.len() as u64);
-        if let Err(e) = wr.write_all(&f).await {
+        let closed = || link.is_closed();
+        if let Err(e) = crate::shaping::write_repl_frame(&mut wr, &f, &link.closed_notify, closed).await {
             link.close(format!("writing to the peer: {e}"));
             return;
         }

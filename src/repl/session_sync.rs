@@ -118,6 +118,9 @@ async fn answer_requests(
         if link.is_closed() {
             return;
         }
+        // The adaptive resync rate (DRBD's c-plan-ahead controller, src/shaping/resync.rs):
+        // wait while enough is queued for the link already.
+        crate::shaping::resync::admit(|| link.queued_bytes()).await;
         let _excl = rep.resync_lock.write().await;
         let buf = match rep.disk.read(offset, len).await {
             Ok(b) => b,
@@ -142,6 +145,7 @@ async fn answer_requests(
                 offset,
                 data: Bytes::copy_from_slice(&buf),
             });
+            crate::shaping::resync::sent(u64::from(len));
         }
     }
 }

@@ -5,7 +5,15 @@
 //! `snapshot`, `image`. Sockets carry their class as SO_PRIORITY and DSCP so that tc on the host
 //! can enforce the same split (`drl shaping tc DEV`).
 
+pub mod control;
+pub mod resync;
 pub mod sched;
+pub mod shaper;
+pub mod tc;
+
+pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};
+
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +27,12 @@ pub enum Class {
     Image = 3,
 }
 
-pub const CLASSES: [Class; 4] = [Class::Replication, Class::Resync, Class::Snapshot, Class::Image];
+pub const CLASSES: [Class; 4] = [
+    Class::Replication,
+    Class::Resync,
+    Class::Snapshot,
+    Class::Image,
+];
 
 impl Class {
     pub fn name(self) -> &'static str {
@@ -61,6 +74,131 @@ impl std::fmt::Display for Class {
 impl std::str::FromStr for Class {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        CLASSES.iter().copied().find(|c| c.name() == s).ok_or_else(|| format!("unknown traffic class {s:?} (replication, resync, snapshot, image)"))
+        CLASSES
+            .iter()
+            .copied()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                format!("unknown traffic class {s:?} (replication, resync, snapshot, image)")
+            })
+    }
+}
+
+/// Mark a socket with `class`: SO_PRIORITY and the DSCP (TOS byte = DSCP << 2), so that tc
+/// on the host can classify it (`drl shaping tc`). Replication sockets also get a small
+/// TCP_NOTSENT_LOWAT, so that the kernel keeps little unsent data and the shaper above the
+/// socket decides what goes next.
+pub fn mark_socket(
+    fd: std::os::fd::BorrowedFd<'_>,
+    class: Class,
+) -> Result<(), kernel_glue::sockopt::SockoptError> {
+    use kernel_glue::sockopt;
+    sockopt::set_priority(fd, class.so_priority())?;
+    sockopt::set_tos(fd, class.dscp() << 2)?;
+    if matches!(class, Class::Replication | Class::Resync) {
+        sockopt::set_notsent_lowat(fd, crate::limits::SHAPING_NOTSENT_LOWAT_BYTES)?;
+    }
+    Ok(())
+}
+
+/// [`mark_socket`] for a replication socket; a failure is logged, not fatal (the user-space
+/// shaper still works, only tc on the host cannot tell the class).
+pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
+    if let Err(e) = mark_socket(s.as_fd(), Class::Replication) {
+        tracing::warn!(error = %e, "cannot mark the replication socket with its traffic class");
+    }
+}
+
+/// Write one encoded replication frame to the peer's socket through the node's shaper: in
+/// pieces of at most one grant, each granted before it is written, so the socket is fed at the
+/// shaped rate instead of in frame-sized bursts (the replication sender's only call into
+/// shaping). Resync frames are scheduled with the replication flow (one ordered connection:
+/// a resync frame at its head must not hold the writes behind it to resync's share) and
+/// counted as resync; how much resync enters the connection is the adaptive resync
+/// controller's decision ([`resync`]). Once the link is closed (`closed()`, or `closed_notify` fires) the rest goes
+/// unshaped: it is the final Disconnect.
+pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    frame: &[u8],
+    closed_notify: &tokio::sync::Notify,
+    closed: impl Fn() -> bool,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let class = repl_frame_class(frame);
+    let shaper = node();
+    // Counting only: one write (and one count) per frame.
+    let piece = match shaper.is_capped() {
+        true => usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX),
+        false => frame.len().max(1),
+    };
+    for chunk in frame.chunks(piece) {
+        if !closed() {
+            tokio::select! {
+                _ = shaper.acquire_as(Class::Replication, class, chunk.len() as u64) => {}
+                _ = closed_notify.notified() => {}
+            }
+        }
+        wr.write_all(chunk).await?;
+    }
+    Ok(())
+}
+
+static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();
+
+/// The node's shaper: one per daemon process, over all of its WAN traffic. Until the daemon
+/// configures it ([`Shaper::set_config`]), it counts only.
+pub fn node() -> &'static Arc<Shaper> {
+    NODE.get_or_init(|| Arc::new(Shaper::new(ShapingConfig::default())))
+}
+
+/// The class of an encoded replication frame, from its type byte (header byte 6): resync
+/// frames are `resync`, everything else (application writes, barriers, control) `replication`.
+pub fn repl_frame_class(frame: &[u8]) -> Class {
+    use crate::repl::frame::FrameType;
+    const RESYNC: [u8; 4] = [
+        FrameType::ResyncRequest as u8,
+        FrameType::ResyncData as u8,
+        FrameType::ResyncDone as u8,
+        FrameType::ResyncZeroes as u8,
+    ];
+    match frame.get(6) {
+        Some(t) if RESYNC.contains(t) => Class::Resync,
+        _ => Class::Replication,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repl::frame::Frame;
+    use crate::repl::wire::Encoder;
+    use bytes::{Bytes, BytesMut};
+
+    #[test]
+    fn replication_frames_are_classed_by_their_type_byte() {
+        let enc = Encoder::new(7);
+        let class = |f: Frame| {
+            let mut b = BytesMut::new();
+            enc.encode(&f, &mut b).unwrap();
+            repl_frame_class(&b)
+        };
+        assert_eq!(class(Frame::Ping { seq: 1 }), Class::Replication);
+        assert_eq!(class(Frame::Barrier { epoch: 1 }), Class::Replication);
+        assert_eq!(class(Frame::ResyncDone), Class::Resync);
+        assert_eq!(
+            class(Frame::ResyncZeroes {
+                offset: 0,
+                len: 4096
+            }),
+            Class::Resync
+        );
+        assert_eq!(
+            class(Frame::ResyncData {
+                offset: 0,
+                data: Bytes::from(vec![1u8; 4096])
+            }),
+            Class::Resync
+        );
+        assert_eq!(repl_frame_class(&[]), Class::Replication);
     }
 }

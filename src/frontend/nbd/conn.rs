@@ -31,7 +31,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use futures::future::{Fuse, FusedFuture, FutureExt};
+use futures::future::{Either, Fuse, FusedFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::watch;
@@ -225,7 +225,12 @@ where
     let read_fut = Fuse::terminated();
     let write_fut = Fuse::terminated();
     tokio::pin!(stopped, read_fut, write_fut);
+    // FuturesUnordered wakes its task and yields whenever it has polled as many futures as it
+    // holds: with one request in flight, every poll costs a spurious self-wake, which tokio
+    // schedules as a yield and announces to an idle worker (one more thread wake-up per request
+    // at queue depth 1). A future that is never woken keeps that count out of reach.
     let mut running = FuturesUnordered::new();
+    running.push(Either::Right(futures::future::pending::<Reply>()));
     let mut queued: Vec<Reply> = Vec::new();
     let mut spare: Vec<Reply> = Vec::new();
     let (mut count, mut bytes) = (0usize, 0u64);
@@ -257,7 +262,14 @@ where
                     {
                         bytes += u64::from(len);
                         let inflight = Inflight::new(u64::from(len), stats);
-                        running.push(run(ctx.dev.clone(), cookie, kind, cmd, None, inflight));
+                        running.push(Either::Left(run(
+                            ctx.dev.clone(),
+                            cookie,
+                            kind,
+                            cmd,
+                            None,
+                            inflight,
+                        )));
                     }
                     continue;
                 }
@@ -280,7 +292,7 @@ where
                 write_fut.set(write_batch(w, batch, structured, stats, log, peer).fuse());
             }
         }
-        if end.is_some() && running.is_empty() && queued.is_empty() && write_fut.is_terminated() {
+        if end.is_some() && running.len() == 1 && queued.is_empty() && write_fut.is_terminated() {
             break;
         }
         tokio::select! {
@@ -302,7 +314,7 @@ where
                     }
                 }
             }
-            Some(reply) = running.next(), if !running.is_empty() => {
+            Some(reply) = running.next(), if running.len() > 1 => {
                 queued.push(reply);
                 while let Some(Some(reply)) = running.next().now_or_never() {
                     queued.push(reply);
@@ -332,7 +344,7 @@ where
                     },
                     (Got::Payload(buf), Next::Budget { cookie, kind, cmd, len }) => {
                         let inflight = Inflight::new(u64::from(len), stats);
-                        running.push(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight));
+                        running.push(Either::Left(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight)));
                     }
                     (Got::Skipped(n), Next::Skip { cookie, kind, err, len }) => {
                         if n < len {

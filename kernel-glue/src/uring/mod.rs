@@ -1,49 +1,54 @@
-//! The io_uring I/O engine: one ring thread per backing disk, async submitters.
+//! The io_uring I/O engine: submission and completion on the callers' threads, no ring thread.
 //!
 //! # Threads and data flow
-//! An [`Engine`] owns one dedicated OS thread (`uring-<name>`) that owns the `io_uring` instance
-//! and the file. Async callers (tokio tasks anywhere) build a request, send it through a
-//! **bounded** channel (`send().await`: a full queue suspends the caller — backpressure, never
-//! growth) and await the answer on a `tokio::sync::oneshot`.
+//! An [`Engine`] owns one `io_uring` instance and the file. An async caller (a tokio task on
+//! any worker) takes a permit of a semaphore of `queue_depth` permits (a full queue suspends the
+//! caller: backpressure, never growth), then, under a short mutex, stores the operation in a
+//! free slot of the slot table and pushes its SQE, and submits with `io_uring_enter` on its own
+//! thread. Only one thread is in the submitting `io_uring_enter` at a time; SQEs pushed by
+//! others meanwhile are submitted by it before it leaves (combining: concurrent submitters
+//! share a syscall, an idle engine costs one syscall per operation and no thread hand-off).
 //!
-//! The ring thread loops: reap completions, drain the request channel while fewer than
-//! `queue_depth` operations are in the kernel (many SQEs per `io_uring_enter`: batching), then
-//! `submit_and_wait(1)`. To be woken for new requests while it sleeps in the kernel waiting for
-//! completions, the ring always has one read of an `eventfd` in flight. A submitter writes the
-//! eventfd only when the ring thread announced (an atomic flag) that it is about to sleep, so a
-//! busy ring costs submitters no syscall and an idle ring costs them exactly one. Waiting on
-//! completions and on new requests is therefore one `io_uring_enter`, with no timer or polling
-//! latency. (Alternatives: `IORING_SETUP_SQPOLL` burns a core — we have two; a timeout SQE adds
-//! latency.)
+//! Completions: the ring fd is registered with tokio (`AsyncFd`, readable when CQEs are
+//! pending). A small reaper task per engine (spawned on the caller's runtime at the first
+//! operation, and again if that runtime went away) reaps every CQE when the fd turns readable,
+//! moves the result into the slot and wakes the waiting future. A waiting future also reaps on
+//! each poll, so a completion that is already there is taken without waiting for the reaper.
+//! The kernel posts a completion through task work on the submitting thread, which is a tokio
+//! worker: the ring is therefore set up without `COOP_TASKRUN` (a worker asleep in
+//! `epoll_wait` must be interrupted to post it) and without `SINGLE_ISSUER` (any worker
+//! submits). A 4 KiB O_DIRECT write at queue depth 1 thus crosses no thread: the worker that
+//! submitted it is woken by the kernel, the reaper task and then the waiting task run on it.
+//! (The previous design, a ring thread fed by a channel and woken by an eventfd read in the
+//! ring, cost two cross-thread wake-ups per operation; `IORING_SETUP_SQPOLL` burns a core.)
 //!
 //! # Buffer ownership
 //! Buffers ([`AlignedBuf`]) are moved into the request and handed back with the result. While
-//! the kernel may write into a buffer, no Rust code holds a reference to it: the ring thread
-//! keeps it in its slot table until the completion arrives, even if the submitter's future was
-//! dropped meanwhile (the buffer is then freed after the completion, and the lost answer is
-//! ignored).
+//! the kernel may write into a buffer, no Rust code holds a reference to it: the slot table
+//! keeps it until the completion arrives, even if the submitter's future was dropped meanwhile
+//! (the slot is then marked abandoned; the reaper frees the buffer and the slot after the
+//! completion, and the lost answer is ignored). After a fatal ring error, buffers of operations
+//! that may still be in the kernel are leaked, never freed.
 //!
 //! # Operations
 //! Reads and writes loop on short transfers. `fdatasync` is `IORING_OP_FSYNC` with DATASYNC.
 //! `discard`/`zero_range` are `IORING_OP_FALLOCATE` on files; on block devices they are the
 //! `BLKDISCARD`/`BLKZEROOUT` ioctls, which block, so each runs on a short-lived helper thread
-//! (counted as in flight, joined before shutdown completes).
+//! (counted as in flight and against the queue depth, joined before shutdown completes).
 //!
 //! # Shutdown
-//! [`Engine::shutdown`] (or dropping the last clone) closes the request channel (later
-//! submissions fail with "engine shut down"), lets the ring finish every accepted operation, and
-//! joins the thread. It blocks the calling thread for that long.
+//! [`Engine::shutdown`] (or dropping the last clone) refuses new operations (they fail with
+//! "engine shut down"), waits in `io_uring_enter` until every accepted operation completed,
+//! joins the block-ioctl helpers and stops the reaper task. It blocks the calling thread for
+//! that long. The engine must be used from inside a tokio runtime (with IO enabled); it may be
+//! created and shut down outside one.
 
 mod ring;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::buf::AlignedBuf;
 
@@ -67,10 +72,10 @@ pub mod flags {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Maximum number of operations in the kernel at once (1..=[`QUEUE_DEPTH_MAX`]). The request
-    /// channel holds as many more before submitters wait.
+    /// Maximum number of operations in the kernel at once (1..=[`QUEUE_DEPTH_MAX`]); more
+    /// submitters wait for a free slot.
     pub queue_depth: u32,
-    /// Name for the thread (`uring-<name>`) and for logs.
+    /// Name for logs (and for block-ioctl helper threads, `blk-<name>`).
     pub name: String,
 }
 
@@ -99,20 +104,13 @@ pub struct Engine {
 }
 
 struct Inner {
-    tx: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    core: Arc<ring::Core>,
     is_block_device: bool,
 }
 
-/// State shared between submitters and the ring thread.
+/// Name and counters of an engine.
 pub(crate) struct Shared {
     name: String,
-    /// Written to wake the ring thread; the ring always has a read of it in flight.
-    eventfd: OwnedFd,
-    /// Set by the ring thread just before it sleeps with free queue slots.
-    sleeping: AtomicBool,
-    shutting_down: AtomicBool,
     ops_submitted: AtomicU64,
     ops_completed: AtomicU64,
     in_flight: AtomicU64,
@@ -121,26 +119,7 @@ pub(crate) struct Shared {
     bytes_written: AtomicU64,
 }
 
-impl Shared {
-    /// Wake the ring thread unconditionally.
-    pub(crate) fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid local u64 to an eventfd we own. A failure can only
-        // be EAGAIN (counter at u64::MAX - 1, i.e. already signalled), which is harmless.
-        unsafe {
-            libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
-    }
-
-    /// Wake the ring thread if it announced that it is going to sleep.
-    fn wake_if_sleeping(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.wake();
-        }
-    }
-}
-
-/// One operation for the ring thread.
+/// One operation for the engine.
 pub(crate) enum Op {
     Read {
         buf: AlignedBuf,
@@ -185,11 +164,6 @@ impl Op {
     }
 }
 
-pub(crate) struct Request {
-    op: Op,
-    reply: oneshot::Sender<Completion>,
-}
-
 /// The answer to a request: the syscall-style result (bytes for reads and writes) and the
 /// buffer, handed back.
 pub(crate) struct Completion {
@@ -217,33 +191,21 @@ impl Engine {
             use std::os::unix::fs::FileTypeExt;
             file.metadata()?.file_type().is_block_device()
         };
-        // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             name: cfg.name.clone(),
-            // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
-            eventfd: unsafe { OwnedFd::from_raw_fd(efd) },
-            sleeping: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
             ops_submitted: AtomicU64::new(0),
             ops_completed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
-        });
-        let (tx, rx) = mpsc::channel(cfg.queue_depth as usize);
-        let thread = ring::spawn(file, cfg.queue_depth, rx, shared.clone())?;
+        };
+        let core = Arc::new(ring::Core::new(file, cfg.queue_depth, shared)?);
         tracing::debug!(engine = %cfg.name, queue_depth = cfg.queue_depth, is_block_device,
             "io_uring engine started");
         Ok(Engine {
             inner: Arc::new(Inner {
-                tx,
-                shared,
-                thread: Mutex::new(Some(thread)),
+                core,
                 is_block_device,
             }),
         })
@@ -251,35 +213,7 @@ impl Engine {
 
     /// Submit one operation and wait for its completion.
     async fn submit(&self, op: Op) -> Completion {
-        let shared = &self.inner.shared;
-        if shared.shutting_down.load(Ordering::Acquire) {
-            return Completion {
-                result: Err(shut_down_error()),
-                buf: op.into_buf(),
-            };
-        }
-        let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(req)) = self.inner.tx.send(Request { op, reply }).await {
-            // Our channel permit went back: let a shutting-down ring see the channel drained.
-            shared.wake_if_sleeping();
-            return Completion {
-                result: Err(shut_down_error()),
-                buf: req.op.into_buf(),
-            };
-        }
-        shared.wake_if_sleeping();
-        match rx.await {
-            Ok(c) => c,
-            // The ring thread dropped the request without answering: it hit a fatal ring error
-            // and leaked the buffer on purpose (the kernel might still write into it).
-            Err(_) => Completion {
-                result: Err(io::Error::other(format!(
-                    "engine {}: ring thread failed",
-                    shared.name
-                ))),
-                buf: None,
-            },
-        }
+        ring::submit(&self.inner.core, op).await
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`; loops on short reads; EOF before that ->
@@ -309,7 +243,7 @@ impl Engine {
                 Ok(0) => {
                     let msg = format!(
                         "engine {}: end of file at offset {at} reading {total} bytes at {offset}",
-                        self.inner.shared.name
+                        self.inner.core.shared.name
                     );
                     return (Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg)), buf);
                 }
@@ -348,7 +282,7 @@ impl Engine {
                 Ok(0) => {
                     let msg = format!(
                         "engine {}: write of {len} bytes at offset {at} wrote nothing",
-                        self.inner.shared.name
+                        self.inner.core.shared.name
                     );
                     return (Err(io::Error::new(io::ErrorKind::WriteZero, msg)), buf);
                 }
@@ -432,7 +366,7 @@ impl Engine {
                 None => return Ok(()),
             }
         };
-        tracing::debug!(engine = %self.inner.shared.name, offset, len, error = %first_err,
+        tracing::debug!(engine = %self.inner.core.shared.name, offset, len, error = %first_err,
             "zeroing by writing zero buffers");
         self.write_zeroes(offset, len).await
     }
@@ -454,7 +388,7 @@ impl Engine {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> EngineStats {
-        let s = &self.inner.shared;
+        let s = &self.inner.core.shared;
         EngineStats {
             ops_submitted: s.ops_submitted.load(Ordering::Relaxed),
             ops_completed: s.ops_completed.load(Ordering::Relaxed),
@@ -465,42 +399,25 @@ impl Engine {
         }
     }
 
-    /// Stop accepting new operations, wait for the accepted ones, join the ring thread.
+    /// Stop accepting new operations and wait for the accepted ones (see the module doc).
     /// Operations submitted afterwards fail with `ErrorKind::Other` "engine shut down".
     /// Blocks the calling thread; idempotent.
     pub fn shutdown(&self) {
-        self.inner.shutdown();
-    }
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.shared.wake();
-        let handle = match self.thread.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(engine = %self.shared.name, "io_uring ring thread panicked");
-            } else {
-                tracing::debug!(engine = %self.shared.name, "io_uring engine shut down");
-            }
-        }
+        self.inner.core.shutdown();
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shutdown();
+        self.core.shutdown();
+        tracing::debug!(engine = %self.core.shared.name, "io_uring engine shut down");
     }
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("name", &self.inner.shared.name)
+            .field("name", &self.inner.core.shared.name)
             .field("is_block_device", &self.inner.is_block_device)
             .field("stats", &self.stats())
             .finish()

@@ -1,233 +1,458 @@
-//! The ring thread of an [`Engine`](super::Engine): owns the `io_uring`, the file and every
-//! buffer the kernel may be writing into. See the parent module for the design.
+//! The core of an [`Engine`](super::Engine): the `io_uring`, the slot table holding every
+//! operation the kernel owns, submission from the caller's thread, and the reaper task. See the
+//! parent module for the design.
 
 use std::fs::File;
+use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use io_uring::{opcode, squeue, types, IoUring};
-use tokio::sync::mpsc::{self, error::TryRecvError};
-use tokio::sync::oneshot;
+use io_uring::{opcode, types, IoUring};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, Notify, Semaphore};
 
-use super::{BlkRequest, Completion, Op, Request, Shared};
+use super::{shut_down_error, BlkRequest, Completion, Op, Shared};
 use crate::blkdev;
 
-/// `user_data` of the eventfd read that wakes the ring for new requests.
-const WAKE_USER_DATA: u64 = u64::MAX;
+/// How long [`Core::shutdown`] sleeps in the kernel before looking at the slot table again.
+const SHUTDOWN_WAIT_SLICE: Duration = Duration::from_millis(10);
 
-/// Start the ring thread; returns once the ring is set up (or failed to be).
-pub(super) fn spawn(
-    file: File,
-    queue_depth: u32,
-    rx: mpsc::Receiver<Request>,
-    shared: Arc<Shared>,
-) -> io::Result<JoinHandle<()>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(format!("uring-{}", shared.name))
-        .spawn(
-            move || match RingThread::new(file, queue_depth, rx, shared) {
-                Ok(mut ring) => {
-                    let _ = ready_tx.send(Ok(()));
-                    ring.run();
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            },
-        )?;
-    let setup = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(io::Error::other("io_uring ring thread died during setup")));
-    match setup {
-        Ok(()) => Ok(handle),
-        Err(e) => {
-            let _ = handle.join();
-            Err(e)
-        }
-    }
+/// One entry of the slot table; `user_data` of an SQE is its slot index.
+enum Slot {
+    Free,
+    /// In the kernel. `abandoned`: the submitter's future was dropped; the slot (and the
+    /// buffer) is freed when the completion arrives.
+    Pending {
+        op: Op,
+        waker: Option<Waker>,
+        abandoned: bool,
+    },
+    /// Completed, not yet picked up by its future.
+    Done {
+        op: Op,
+        result: io::Result<u32>,
+    },
+    /// The ring failed while the op was in the kernel: the buffer is leaked (the kernel may
+    /// still write into it) and the slot is never reused.
+    Lost,
 }
 
-/// An operation the kernel owns until its completion is reaped.
-struct Slot {
-    op: Op,
-    reply: oneshot::Sender<Completion>,
-}
-
-/// A blocking block-device ioctl running on a helper thread.
-struct BlkJob {
-    done: Arc<AtomicBool>,
-    handle: JoinHandle<()>,
-}
-
-/// Drop order (fields drop top to bottom) matters here, as in Firecracker's io_uring wrapper
-/// (which declares its ring fd after the queue mappings so the rings are unmapped before the fd
-/// closes; the `io-uring` crate does that inside `IoUring`):
-/// 1. `ring` goes first: its mappings are unmapped and the ring fd closed while the disk file,
-///    the eventfd (in `shared`) and every buffer still exist. No SQE naming the file's fd number
-///    can be submitted after that fd is closed (the number could be reused by another `open`).
-/// 2. Closing the ring fd does NOT wait for requests still in the kernel, so buffers must not be
-///    freed while an operation is in flight. `run` only returns with nothing in flight and the
-///    wake read finished; if it is left by a panic instead, `Drop` leaks what is still in flight
-///    rather than freeing memory the kernel may write into.
-/// 3. `file` is closed last, after the ring and after the buffers.
-struct RingThread {
-    ring: IoUring,
-    slots: Vec<Option<Slot>>,
+struct State {
+    slots: Vec<Slot>,
     free: Vec<usize>,
-    /// Target of the eventfd read. Boxed so its address is stable.
-    wake_word: Box<u64>,
-    wake_armed: bool,
-    blk_jobs: Vec<BlkJob>,
-    rx: mpsc::Receiver<Request>,
-    shared: Arc<Shared>,
-    queue_depth: usize,
-    /// Operations in the kernel or on a blk helper thread (the wake read not counted).
-    in_flight: usize,
-    /// SQEs pushed since the last `io_uring_enter` (the wake read not counted).
-    pushed: usize,
+    /// Set by shutdown (and by a fatal ring error): no new operation is accepted.
+    closed: bool,
+    /// A fatal ring error, reported to every later submitter.
+    failed: Option<String>,
+    /// Operations in the kernel (blk helpers not counted).
+    in_kernel: usize,
+    /// A thread is in `io_uring_enter` submitting; others only push (combining).
+    submitting: bool,
+    reaper: Option<Arc<ReaperCtl>>,
+    blk_jobs: Vec<JoinHandle<()>>,
+}
+
+/// Handle of one reaper task generation.
+struct ReaperCtl {
+    alive: AtomicBool,
+    stop: Notify,
+}
+
+/// Drop order (fields drop top to bottom) matters, as in Firecracker's io_uring wrapper:
+/// `ring` goes first (unmapped, fd closed) while the file and every buffer still exist; `Drop`
+/// leaks the buffers of operations that might still be in the kernel (only after a fatal ring
+/// error: shutdown waits for all of them otherwise); `file` is closed last.
+pub(super) struct Core {
+    ring: IoUring,
+    state: Mutex<State>,
+    /// One permit per slot: a full queue suspends submitters (backpressure, never growth).
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) shared: Shared,
     file: Arc<File>,
 }
 
-impl RingThread {
-    fn new(
-        file: File,
-        queue_depth: u32,
-        rx: mpsc::Receiver<Request>,
-        shared: Arc<Shared>,
-    ) -> io::Result<RingThread> {
-        // One extra entry for the wake read. SINGLE_ISSUER (6.0) and COOP_TASKRUN (5.19) suit a
-        // ring used by one thread only; fall back to a plain ring on older kernels.
-        let entries = queue_depth + 1;
-        let ring = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .build(entries)
-        {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)?,
-            Err(e) => return Err(e),
-        };
+impl Core {
+    pub(super) fn new(file: File, queue_depth: u32, shared: Shared) -> io::Result<Core> {
+        // Not SINGLE_ISSUER: any thread may submit. Not COOP_TASKRUN: a tokio worker asleep in
+        // epoll_wait must be interrupted to post the completions of the I/O it submitted.
+        let ring = IoUring::builder()
+            .setup_cqsize(queue_depth.saturating_mul(2))
+            .build(queue_depth)?;
         let qd = queue_depth as usize;
-        Ok(RingThread {
+        Ok(Core {
             ring,
-            slots: (0..qd).map(|_| None).collect(),
-            free: (0..qd).rev().collect(),
-            wake_word: Box::new(0),
-            wake_armed: false,
-            blk_jobs: Vec::new(),
-            rx,
+            state: Mutex::new(State {
+                slots: (0..qd).map(|_| Slot::Free).collect(),
+                free: (0..qd).rev().collect(),
+                closed: false,
+                failed: None,
+                in_kernel: 0,
+                submitting: false,
+                reaper: None,
+                blk_jobs: Vec::new(),
+            }),
+            permits: Arc::new(Semaphore::new(qd)),
             shared,
-            queue_depth: qd,
-            in_flight: 0,
-            pushed: 0,
             file: Arc::new(file),
         })
     }
 
-    fn run(&mut self) {
-        let mut closed = false;
-        let mut drained = false;
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the table consistent enough to keep going: every
+        // transition is a single assignment.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refusal(&self, st: &State) -> io::Error {
+        match &st.failed {
+            Some(msg) => {
+                io::Error::other(format!("engine {}: ring failed: {msg}", self.shared.name))
+            }
+            None => shut_down_error(),
+        }
+    }
+
+    /// Handle every available completion. The caller holds the state lock.
+    fn reap_locked(&self, st: &mut State) {
+        // SAFETY: the state lock is held, so no other CompletionQueue of this ring exists.
+        let cq = unsafe { self.ring.completion_shared() };
+        for cqe in cq {
+            let (idx, res) = (cqe.user_data() as usize, cqe.result());
+            let Some(slot) = st.slots.get_mut(idx) else {
+                tracing::error!(engine = %self.shared.name, idx, "completion for no slot");
+                continue;
+            };
+            let Slot::Pending {
+                op,
+                waker,
+                abandoned,
+            } = std::mem::replace(slot, Slot::Free)
+            else {
+                tracing::error!(engine = %self.shared.name, idx, "completion for an idle slot");
+                continue;
+            };
+            st.in_kernel -= 1;
+            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
+            let result = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as u32)
+            };
+            match (&op, &result) {
+                (Op::Read { .. }, Ok(n)) => {
+                    self.shared
+                        .bytes_read
+                        .fetch_add(u64::from(*n), Ordering::Relaxed);
+                }
+                (Op::Write { .. }, Ok(n)) => {
+                    self.shared
+                        .bytes_written
+                        .fetch_add(u64::from(*n), Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            if abandoned {
+                // The kernel is done with the buffer: free it and the slot.
+                drop(op);
+                st.free.push(idx);
+                self.permits.add_permits(1);
+            } else {
+                st.slots[idx] = Slot::Done { op, result };
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    fn reap(&self) {
+        let mut st = self.lock();
+        self.reap_locked(&mut st);
+    }
+
+    /// Start a reaper task on the current tokio runtime unless one is alive.
+    fn ensure_reaper(self: &Arc<Self>, st: &mut State) -> io::Result<()> {
+        if let Some(r) = &st.reaper {
+            if r.alive.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            io::Error::other(format!(
+                "engine {}: not in a tokio runtime: {e}",
+                self.shared.name
+            ))
+        })?;
+        let fd: OwnedFd = self.ring_fd_dup()?;
+        let afd = {
+            let _enter = handle.enter();
+            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open, names the same
+            // file description and is returned unchanged by as_raw_fd until the AsyncFd drops.
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? }
+        };
+        let ctl = Arc::new(ReaperCtl {
+            alive: AtomicBool::new(true),
+            stop: Notify::new(),
+        });
+        st.reaper = Some(ctl.clone());
+        handle.spawn(reaper(Arc::downgrade(self), afd, ctl));
+        Ok(())
+    }
+
+    /// The reaper registers a duplicate of the ring fd: its epoll registration then never
+    /// outlives the descriptor it names, whatever order the task and the engine go away in.
+    fn ring_fd_dup(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the ring fd is valid while self lives; try_clone_to_owned dups it.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }.try_clone_to_owned()
+    }
+
+    /// Submit what was pushed. Only one thread is in `io_uring_enter` for submission at a time;
+    /// SQEs pushed meanwhile are submitted by it before it leaves (so they are batched).
+    fn submit_pushed(&self) {
+        {
+            let mut st = self.lock();
+            if st.submitting {
+                return;
+            }
+            st.submitting = true;
+        }
         loop {
-            self.reap();
-            self.reap_blk();
-            if !self.wake_armed {
-                self.arm_wake();
-            }
-            if !closed && self.shared.shutting_down.load(Ordering::SeqCst) {
-                // Refuse new sends; requests already queued are still received and run.
-                self.rx.close();
-                closed = true;
-            }
-            drained |= self.fill();
-            if drained && self.in_flight == 0 {
-                break;
-            }
-            if closed && !drained && self.in_flight == 0 {
-                // Shutting down with an empty queue, but a sender still holds a channel permit:
-                // it is about to send (and will wake us), or it gave up (send failed on the
-                // closed channel, or its future was dropped) and the permit comes back without
-                // a wake-up. Poll until the channel reports Disconnected.
-                if let Err(e) = self.enter(0) {
-                    self.fail(e);
+            let r = self.ring.submit();
+            let mut st = self.lock();
+            match r {
+                Ok(n) if n > 0 => {
+                    self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                // EINTR: a signal; EAGAIN: out of kernel resources for now; EBUSY: completions
+                // must be reaped first. The SQEs stay queued; try again.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    self.reap_locked(&mut st);
+                    drop(st);
+                    std::thread::yield_now();
+                    continue;
+                }
+                Err(e) => {
+                    self.fail_locked(&mut st, &e);
+                    st.submitting = false;
                     return;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                continue;
             }
-            let mut want = 1;
-            if !drained && self.in_flight < self.queue_depth {
-                // Announce the sleep, then look again: a request sent before the announcement
-                // is seen here, one sent after it makes its sender write the eventfd.
-                self.shared.sleeping.store(true, Ordering::SeqCst);
-                let shutdown_pending = !closed && self.shared.shutting_down.load(Ordering::SeqCst);
-                if !self.rx.is_empty() || shutdown_pending {
-                    self.shared.sleeping.store(false, Ordering::SeqCst);
-                    want = 0;
+            // SAFETY: the state lock is held, so no other SubmissionQueue of this ring exists.
+            if unsafe { self.ring.submission_shared() }.is_empty() {
+                st.submitting = false;
+                return;
+            }
+        }
+    }
+
+    /// A fatal ring error: refuse everything from now on; operations in the kernel keep their
+    /// buffers (leaked) and their submitters get an error.
+    fn fail_locked(&self, st: &mut State, e: &io::Error) {
+        tracing::error!(engine = %self.shared.name, error = %e, in_flight = st.in_kernel,
+            "io_uring ring failed; engine shut down");
+        st.closed = true;
+        st.failed = Some(e.to_string());
+        for slot in st.slots.iter_mut() {
+            if let Slot::Pending { .. } = slot {
+                if let Slot::Pending { op, waker, .. } = std::mem::replace(slot, Slot::Lost) {
+                    std::mem::forget(op);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
                 }
             }
-            let entered = self.enter(want);
-            self.shared.sleeping.store(false, Ordering::SeqCst);
-            if let Err(e) = entered {
-                self.fail(e);
-                return;
-            }
         }
-        self.disarm_wake();
+        self.permits.close();
     }
 
-    /// Take requests from the channel while the queue depth allows. Returns true once the
-    /// channel is closed and empty.
-    fn fill(&mut self) -> bool {
-        while self.in_flight < self.queue_depth {
-            match self.rx.try_recv() {
-                Ok(req) => self.start(req),
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => return true,
+    /// Stop accepting, wait until nothing is in the kernel, join blk helpers, stop the reaper.
+    pub(super) fn shutdown(&self) {
+        {
+            let mut st = self.lock();
+            st.closed = true;
+        }
+        self.permits.close();
+        let ts = types::Timespec::from(SHUTDOWN_WAIT_SLICE);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        loop {
+            {
+                let mut st = self.lock();
+                self.reap_locked(&mut st);
+                if st.in_kernel == 0 || st.failed.is_some() {
+                    break;
+                }
+            }
+            // A slice, not an unbounded wait: the reaper task may take the completion first.
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    let mut st = self.lock();
+                    self.fail_locked(&mut st, &e);
+                    break;
+                }
             }
         }
-        false
+        let (jobs, reaper) = {
+            let mut st = self.lock();
+            (std::mem::take(&mut st.blk_jobs), st.reaper.take())
+        };
+        for job in jobs {
+            let _ = job.join();
+        }
+        if let Some(r) = reaper {
+            r.stop.notify_one();
+        }
     }
 
-    fn start(&mut self, req: Request) {
-        let Request { mut op, reply } = req;
-        let fd = types::Fd(self.file.as_raw_fd());
-        let entry = match &mut op {
-            Op::BlkRange {
-                request,
-                offset,
-                len,
-            } => {
-                self.start_blk(*request, *offset, *len, reply);
-                return;
+    /// Run a blocking block-device range ioctl on a helper thread.
+    async fn blk(self: &Arc<Self>, request: BlkRequest, offset: u64, len: u64) -> Completion {
+        let err = |result| Completion {
+            result: Err(result),
+            buf: None,
+        };
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return err(self.refusal(&self.lock())),
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return err(self.refusal(&st));
             }
-            Op::Read {
-                buf,
-                buf_off,
-                len,
-                offset,
-            }
-            | Op::Write {
-                buf,
-                buf_off,
-                len,
-                offset,
-                ..
-            } if *buf_off + *len as usize > buf.len() => {
-                let msg = format!(
-                    "{len} bytes at buffer offset {buf_off} exceed {}",
-                    buf.len()
-                );
-                let result = Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
-                let _ = reply.send(Completion {
-                    result,
-                    buf: op.into_buf(),
+            st.blk_jobs.retain(|j| !j.is_finished());
+            let file = self.file.clone();
+            let core = self.clone();
+            let code = match request {
+                BlkRequest::Discard => blkdev::BLKDISCARD,
+                BlkRequest::ZeroOut => blkdev::BLKZEROOUT,
+            };
+            self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
+            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("blk-{}", self.shared.name))
+                .spawn(move || {
+                    let result = blkdev::range_ioctl(file.as_fd(), code, offset, len).map(|()| 0);
+                    // Counters first, so a submitter that sees the answer sees them too.
+                    core.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    core.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
+                    drop(permit);
+                    let _ = tx.send(result);
                 });
-                return;
+            match spawned {
+                Ok(h) => st.blk_jobs.push(h),
+                Err(e) => {
+                    self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(engine = %self.shared.name, error = %e, ?request,
+                        "cannot spawn block ioctl thread");
+                    return err(e);
+                }
             }
+        }
+        match rx.await {
+            Ok(result) => Completion { result, buf: None },
+            Err(_) => err(io::Error::other(format!(
+                "engine {}: block ioctl thread failed",
+                self.shared.name
+            ))),
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut leaked = 0usize;
+        for slot in st.slots.iter_mut() {
+            if let Slot::Pending { op, .. } = std::mem::replace(slot, Slot::Lost) {
+                // The kernel may still write into this buffer: never free it.
+                std::mem::forget(op);
+                leaked += 1;
+            }
+        }
+        if leaked > 0 {
+            tracing::error!(engine = %self.shared.name, leaked,
+                "engine dropped with operations in flight; their buffers are leaked");
+        }
+    }
+}
+
+/// Submit one operation from the caller's thread and wait for its completion.
+pub(super) async fn submit(core: &Arc<Core>, op: Op) -> Completion {
+    let refuse = |op: Op, e| Completion {
+        result: Err(e),
+        buf: op.into_buf(),
+    };
+    match &op {
+        Op::BlkRange {
+            request,
+            offset,
+            len,
+        } => return core.blk(*request, *offset, *len).await,
+        Op::Read {
+            buf, buf_off, len, ..
+        }
+        | Op::Write {
+            buf, buf_off, len, ..
+        } if *buf_off + *len as usize > buf.len() => {
+            let msg = format!(
+                "{len} bytes at buffer offset {buf_off} exceed {}",
+                buf.len()
+            );
+            return refuse(op, io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
+        _ => {}
+    }
+    let fd = types::Fd(core.file.as_raw_fd());
+    let permit = match core.permits.acquire().await {
+        Ok(p) => p,
+        Err(_) => {
+            let e = core.refusal(&core.lock());
+            return refuse(op, e);
+        }
+    };
+    let idx = {
+        let mut st = core.lock();
+        if st.closed {
+            let e = core.refusal(&st);
+            return refuse(op, e);
+        }
+        if let Err(e) = core.ensure_reaper(&mut st) {
+            return refuse(op, e);
+        }
+        let Some(idx) = st.free.pop() else {
+            // Cannot happen: a permit guarantees a free slot. Refuse rather than panic.
+            return refuse(op, io::Error::other("io_uring engine: no free slot"));
+        };
+        permit.forget();
+        st.slots[idx] = Slot::Pending {
+            op,
+            waker: None,
+            abandoned: false,
+        };
+        let Slot::Pending { op, .. } = &mut st.slots[idx] else {
+            unreachable!("just stored");
+        };
+        let entry = match op {
             Op::Read {
                 buf,
                 buf_off,
@@ -259,240 +484,141 @@ impl RingThread {
                 .offset(*offset)
                 .mode(*mode)
                 .build(),
+            Op::BlkRange { .. } => unreachable!("handled above"),
         };
-        let Some(idx) = self.free.pop() else {
-            // Cannot happen: in_flight < queue_depth == slots.len(). Refuse rather than panic.
-            let result = Err(io::Error::other("io_uring engine: no free slot"));
-            let _ = reply.send(Completion {
-                result,
-                buf: op.into_buf(),
-            });
-            return;
+        // SAFETY: the state lock is held, so no other SubmissionQueue of this ring exists. The
+        // buffer (if any) is owned by slots[idx], its heap memory does not move, and it stays
+        // there until the completion with user_data idx is reaped (or is leaked). The SQ has
+        // queue_depth entries and at most queue_depth operations (one per permit) are pushed
+        // and not yet consumed, so the push cannot fail.
+        let pushed = unsafe {
+            core.ring
+                .submission_shared()
+                .push(&entry.user_data(idx as u64))
         };
-        self.slots[idx] = Some(Slot { op, reply });
-        // SAFETY: the buffer (if any) is owned by slots[idx] and its heap memory does not move;
-        // it stays there until the completion with user_data idx is reaped (or is leaked).
-        unsafe { self.push(&entry.user_data(idx as u64)) };
-        self.in_flight += 1;
-        self.pushed += 1;
-        self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Push an SQE, submitting first if the SQ is full (it never is: it has queue_depth + 1
-    /// entries and at most that many are pushed between two submits).
-    ///
-    /// # Safety
-    /// Memory the entry points to must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: forwarded from the caller.
-        while unsafe { self.ring.submission().push(entry) }.is_err() {
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!(engine = %self.shared.name, error = %e, "io_uring submit failed");
-            }
-        }
-    }
-
-    fn start_blk(
-        &mut self,
-        request: BlkRequest,
-        offset: u64,
-        len: u64,
-        reply: oneshot::Sender<Completion>,
-    ) {
-        let file = self.file.clone();
-        let shared = self.shared.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let done_in_job = done.clone();
-        let code = match request {
-            BlkRequest::Discard => blkdev::BLKDISCARD,
-            BlkRequest::ZeroOut => blkdev::BLKZEROOUT,
-        };
-        self.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let spawned = std::thread::Builder::new()
-            .name(format!("blk-{}", self.shared.name))
-            .spawn(move || {
-                let result = blkdev::range_ioctl(file.as_fd(), code, offset, len).map(|()| 0);
-                // Counters first, so a submitter that sees the answer sees them too.
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                shared.ops_completed.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(Completion { result, buf: None });
-                done_in_job.store(true, Ordering::Release);
-                shared.wake();
-            });
-        match spawned {
-            Ok(handle) => {
-                self.blk_jobs.push(BlkJob { done, handle });
-                self.in_flight += 1;
-            }
-            // The closure (and the reply in it) is dropped: the submitter sees the operation
-            // abandoned. Thread creation fails only when the process is out of threads.
-            Err(e) => {
-                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(engine = %self.shared.name, error = %e, ?request,
-                    "cannot spawn block ioctl thread");
-            }
-        }
-    }
-
-    /// Join finished block-ioctl helpers.
-    fn reap_blk(&mut self) {
-        let mut i = 0;
-        while i < self.blk_jobs.len() {
-            if self.blk_jobs[i].done.load(Ordering::Acquire) {
-                let job = self.blk_jobs.swap_remove(i);
-                let _ = job.handle.join();
-                self.in_flight -= 1;
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// Handle every available completion.
-    fn reap(&mut self) {
-        for cqe in self.ring.completion() {
-            let (user_data, res) = (cqe.user_data(), cqe.result());
-            if user_data == WAKE_USER_DATA {
-                self.wake_armed = false;
-                continue;
-            }
-            let slot = self
-                .slots
-                .get_mut(user_data as usize)
-                .and_then(Option::take);
-            let Some(Slot { op, reply }) = slot else {
-                tracing::error!(engine = %self.shared.name, user_data, "completion for no slot");
-                continue;
+        if pushed.is_err() {
+            st.slots[idx] = Slot::Free;
+            st.free.push(idx);
+            core.permits.add_permits(1);
+            return Completion {
+                result: Err(io::Error::other("io_uring engine: submission queue full")),
+                buf: None,
             };
-            self.free.push(user_data as usize);
-            self.in_flight -= 1;
-            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.shared.ops_completed.fetch_add(1, Ordering::Relaxed);
-            let result = if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
-            } else {
-                Ok(res as u32)
-            };
-            match (&op, &result) {
-                (Op::Read { .. }, Ok(n)) => {
-                    self.shared
-                        .bytes_read
-                        .fetch_add(u64::from(*n), Ordering::Relaxed);
+        }
+        st.in_kernel += 1;
+        core.shared.ops_submitted.fetch_add(1, Ordering::Relaxed);
+        core.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        idx
+    };
+    core.submit_pushed();
+    OpWait {
+        core,
+        idx,
+        done: false,
+    }
+    .await
+}
+
+/// Waits for the completion of the operation in slot `idx`. Dropping it while the op is in
+/// the kernel marks the slot abandoned: the buffer stays in the slot until the completion.
+struct OpWait<'a> {
+    core: &'a Core,
+    idx: usize,
+    done: bool,
+}
+
+impl Future for OpWait<'_> {
+    type Output = Completion;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        let core = self.core;
+        let mut st = core.lock();
+        core.reap_locked(&mut st);
+        let idx = self.idx;
+        match &mut st.slots[idx] {
+            Slot::Pending { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
                 }
-                (Op::Write { .. }, Ok(n)) => {
-                    self.shared
-                        .bytes_written
-                        .fetch_add(u64::from(*n), Ordering::Relaxed);
-                }
-                _ => {}
+                Poll::Pending
             }
-            // A submitter that went away (future dropped) is not an error: the buffer is
-            // freed here, after the kernel is done with it.
-            let _ = reply.send(Completion {
-                result,
-                buf: op.into_buf(),
-            });
-        }
-    }
-
-    /// Queue a read of the eventfd; its completion means "new requests or shutdown".
-    fn arm_wake(&mut self) {
-        let fd = types::Fd(self.shared.eventfd.as_raw_fd());
-        let ptr: *mut u64 = &mut *self.wake_word;
-        let entry = opcode::Read::new(fd, ptr.cast(), 8)
-            .build()
-            .user_data(WAKE_USER_DATA);
-        // SAFETY: wake_word is boxed (stable address) and owned by self; it is only freed
-        // after the wake read completed (disarm_wake) or leaked (Drop).
-        unsafe { self.push(&entry) };
-        self.wake_armed = true;
-    }
-
-    /// Complete the pending wake read by writing the eventfd ourselves, so nothing references
-    /// `wake_word` when the ring goes away.
-    fn disarm_wake(&mut self) {
-        if !self.wake_armed {
-            return;
-        }
-        self.shared.wake();
-        while self.wake_armed {
-            if let Err(e) = self.enter(1) {
-                tracing::error!(engine = %self.shared.name, error = %e,
-                    "io_uring wait for the wake read failed");
-                return;
+            Slot::Done { .. } => {
+                let Slot::Done { op, result } = std::mem::replace(&mut st.slots[idx], Slot::Free)
+                else {
+                    unreachable!("matched above");
+                };
+                st.free.push(idx);
+                drop(st);
+                core.permits.add_permits(1);
+                self.done = true;
+                Poll::Ready(Completion {
+                    result,
+                    buf: op.into_buf(),
+                })
             }
-            self.reap();
-        }
-    }
-
-    /// Submit what was pushed and wait for `want` completions. Transient errors are retried by
-    /// the caller's loop; any other error is fatal for the ring.
-    fn enter(&mut self, want: usize) -> io::Result<()> {
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => {
-                if self.pushed > 0 {
-                    self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                }
-                self.pushed = 0;
-                Ok(())
+            Slot::Lost | Slot::Free => {
+                let e = core.refusal(&st);
+                drop(st);
+                self.done = true;
+                Poll::Ready(Completion {
+                    result: Err(e),
+                    buf: None,
+                })
             }
-            // EINTR: a signal; EAGAIN: out of kernel resources for now; EBUSY: completions must
-            // be reaped first. The SQEs stay queued and are submitted on the next call.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A fatal ring error: refuse everything from now on. Operations in the kernel keep their
-    /// buffers (leaked in Drop); their submitters get an error.
-    fn fail(&mut self, e: io::Error) {
-        tracing::error!(engine = %self.shared.name, error = %e, in_flight = self.in_flight,
-            "io_uring ring failed; engine shut down");
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.rx.close();
-        while let Ok(req) = self.rx.try_recv() {
-            let result = Err(io::Error::other(format!(
-                "engine {}: ring failed: {e}",
-                self.shared.name
-            )));
-            let _ = req.reply.send(Completion {
-                result,
-                buf: req.op.into_buf(),
-            });
-        }
-        for job in self.blk_jobs.drain(..) {
-            let _ = job.handle.join();
         }
     }
 }
 
-impl Drop for RingThread {
+impl Drop for OpWait<'_> {
     fn drop(&mut self) {
-        let mut leaked = 0usize;
-        for slot in self.slots.iter_mut() {
-            if let Some(Slot { op, reply }) = slot.take() {
-                // The kernel may still write into this buffer: never free it.
-                std::mem::forget(op);
-                drop(reply);
-                leaked += 1;
+        if self.done {
+            return;
+        }
+        let mut st = self.core.lock();
+        match &mut st.slots[self.idx] {
+            Slot::Pending {
+                abandoned, waker, ..
+            } => {
+                *abandoned = true;
+                *waker = None;
             }
+            Slot::Done { .. } => {
+                // Completed but never picked up: the kernel is done, free it now.
+                st.slots[self.idx] = Slot::Free;
+                st.free.push(self.idx);
+                self.core.permits.add_permits(1);
+            }
+            Slot::Lost | Slot::Free => {}
         }
-        if self.wake_armed {
-            std::mem::forget(std::mem::replace(&mut self.wake_word, Box::new(0)));
+    }
+}
+
+/// Reaps completions whenever the ring fd turns readable (CQEs pending) and wakes the futures
+/// waiting for them. Holds only a weak reference: the engine's lifetime is its handles'.
+async fn reaper(core: Weak<Core>, afd: AsyncFd<OwnedFd>, ctl: Arc<ReaperCtl>) {
+    struct Alive(Arc<ReaperCtl>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.alive.store(false, Ordering::Release);
         }
-        if leaked > 0 {
-            tracing::error!(engine = %self.shared.name, leaked,
-                "ring thread exited with operations in flight; their buffers are leaked");
-        }
+    }
+    let alive = Alive(ctl);
+    loop {
+        let ready = tokio::select! {
+            r = afd.readable() => r,
+            _ = alive.0.stop.notified() => return,
+        };
+        let mut guard = match ready {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "io_uring reaper cannot poll the ring fd");
+                return;
+            }
+        };
+        let Some(core) = core.upgrade() else { return };
+        core.reap();
+        drop(core);
+        guard.clear_ready();
     }
 }

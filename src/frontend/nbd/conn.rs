@@ -1,31 +1,40 @@
-//! The transmission phase of one connection: a reader, concurrent request tasks, one writer.
+//! The transmission phase of one connection, all in the connection's task.
 //!
 //! ```text
-//!   socket ─read─> reader ──spawn──> request task ─┐  (device I/O, any order)
-//!                    │                  ...         ├─> mpsc ─> writer ─write─> socket
-//!                    └── error replies ─────────────┘
+//!   socket ─read─> read stage ──> requests (FuturesUnordered, any order) ──> reply batch ─write─> socket
+//!                      └── error replies ─────────────────────────────────────┘
 //! ```
 //!
-//! The reader parses a header, validates it ([`super::command::validate`]), reads a WRITE's
-//! payload and hands the command to its own task, so requests run concurrently and replies may
-//! leave out of order (the NBD protocol document allows it: replies are matched by cookie).
-//! All replies go through one writer task, so frames never interleave.
+//! One task runs one `select!` loop over four things: the stop signal, the read stage (a header,
+//! a WRITE's payload, or the skipped payload of a refused WRITE), the requests being executed,
+//! and the write of a batch of replies. Each of the read stage and the batch write is a
+//! persistent future that owns its half of the socket, so neither is cancelled half-way and
+//! neither blocks the other: a client that does not read its replies still has its requests
+//! read up to the bounds, and replies keep flowing while a request is being read. Requests
+//! execute concurrently inside the task (a `FuturesUnordered`), so replies may leave out of order
+//! (the NBD protocol document allows it: replies are matched by cookie). Every reply ready at
+//! the same moment goes into one batch, written through a buffer and flushed once: one `write`
+//! for many replies. Compared with a task per request and a writer task fed by a channel, a
+//! request crosses no task or thread boundary here (as in qemu-storage-daemon's coroutines).
 //!
-//! Backpressure: before reading a header the reader takes a permit from a semaphore of
-//! [`NBD_INFLIGHT_PER_CONNECTION_MAX`]; before reading a payload or starting a read it takes
-//! `len` permits from a semaphore of [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`]. Permits are
-//! released only after the reply has been written, so a client that does not read its
-//! replies stops being read from; the server never holds more than those bounds per connection.
+//! Backpressure: a header is read only while fewer than [`NBD_INFLIGHT_PER_CONNECTION_MAX`]
+//! requests are in flight; a WRITE's payload is read, and a READ started, only once its length
+//! fits in [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`] bytes in flight. A request stays in flight
+//! until its reply has been written, so a client that does not read its replies stops being
+//! read from; the server never holds more than those bounds per connection.
 //!
-//! End of a connection: on NBD_CMD_DISC, end of stream, a broken frame, or the stop signal,
-//! the reader stops; requests already dispatched finish and their replies are written; then the
-//! socket is shut down.
+//! End of a connection: on NBD_CMD_DISC, end of stream, a broken frame, the stop signal, or a
+//! failed reply write, reading stops; requests already dispatched finish and their replies are
+//! written (unless writing failed); then the socket is shut down.
 
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use futures::future::{Either, Fuse, FusedFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use super::command::{validate, Command, ExportView, Kind};
 use super::proto::*;
@@ -53,7 +62,7 @@ pub enum End {
     Disconnect,
     /// The client closed the stream (possibly in the middle of a request).
     ClientClosed,
-    /// The server is shutting down, or the writer could no longer write.
+    /// The server is shutting down, or the replies could no longer be written.
     Stopped,
     /// The client broke the framing (bad magic); the stream cannot be trusted any more.
     ProtocolError,
@@ -64,11 +73,20 @@ enum Body {
     Data { offset: u64, buf: AlignedBuf },
 }
 
-/// Holds a request's share of the in-flight bounds until its reply has been written.
+/// A request's share of the in-flight bounds, held until its reply has been written.
 struct Inflight {
-    _count: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    bytes: u64,
     stats: Arc<NbdStats>,
+}
+
+impl Inflight {
+    fn new(bytes: u64, stats: &Arc<NbdStats>) -> Self {
+        stats.requests_inflight.fetch_add(1, Relaxed);
+        Inflight {
+            bytes,
+            stats: stats.clone(),
+        }
+    }
 }
 
 impl Drop for Inflight {
@@ -81,15 +99,109 @@ struct Reply {
     cookie: u64,
     kind: Kind,
     body: Result<Body, VolumeError>,
-    _inflight: Inflight,
+    inflight: Inflight,
 }
 
-/// Resolves once `stop` turns true (or its sender is gone) or the writer gave up.
-async fn stop_signal(mut stop: watch::Receiver<bool>, writer_dead: Arc<Notify>) {
-    tokio::select! {
-        _ = async { let _ = stop.wait_for(|v| *v).await; } => {}
-        _ = writer_dead.notified() => {}
+/// What the read side does next.
+enum Next {
+    /// Read a request header (once the count bound allows).
+    Header,
+    /// A valid request that needs `len` bytes of the byte bound before it goes on: a WRITE's
+    /// payload is then read, a READ dispatched.
+    Budget {
+        cookie: u64,
+        kind: Kind,
+        cmd: Command,
+        len: u32,
+    },
+    /// A refused WRITE: skip its payload, then answer with the error.
+    Skip {
+        cookie: u64,
+        kind: Kind,
+        err: VolumeError,
+        len: u64,
+    },
+}
+
+/// One read stage, run by a persistent future that owns the reader.
+enum Stage {
+    Header,
+    Payload(u32),
+    Skip(u64),
+}
+
+enum Got {
+    Header([u8; REQUEST_BYTES]),
+    Payload(AlignedBuf),
+    /// How many payload bytes were skipped (fewer than asked: the stream ended).
+    Skipped(u64),
+}
+
+async fn read_stage<R: AsyncRead + Unpin>(mut rd: R, stage: Stage) -> (R, std::io::Result<Got>) {
+    let r = match stage {
+        Stage::Header => {
+            let mut hb = [0u8; REQUEST_BYTES];
+            rd.read_exact(&mut hb).await.map(|_| Got::Header(hb))
+        }
+        Stage::Payload(len) => {
+            let mut buf = AlignedBuf::zeroed(len as usize);
+            rd.read_exact(&mut buf[..]).await.map(|_| Got::Payload(buf))
+        }
+        Stage::Skip(n) => {
+            let mut sink = tokio::io::sink();
+            tokio::io::copy(&mut (&mut rd).take(n), &mut sink)
+                .await
+                .map(Got::Skipped)
+        }
+    };
+    (rd, r)
+}
+
+/// Write a batch of replies and flush once. Hands back the writer and the batch (whose
+/// in-flight shares the caller releases).
+async fn write_batch<'a, W: AsyncWrite + Unpin>(
+    mut w: W,
+    batch: Vec<Reply>,
+    structured: bool,
+    stats: &'a NbdStats,
+    log: &'a LogLimiter,
+    peer: &'a str,
+) -> (W, std::io::Result<()>, Vec<Reply>) {
+    for r in &batch {
+        if let Err(e) = write_reply(&mut w, r, structured, stats, log, peer).await {
+            return (w, Err(e), batch);
+        }
     }
+    let res = w.flush().await;
+    (w, res, batch)
+}
+
+/// Execute one request and build its reply.
+fn run<D: BlockDevice>(
+    dev: Arc<D>,
+    cookie: u64,
+    kind: Kind,
+    cmd: Command,
+    payload: Option<AlignedBuf>,
+    inflight: Inflight,
+) -> impl Future<Output = Reply> {
+    async move {
+        let body = execute(&*dev, cmd, payload).await;
+        if let (Command::Write { len, .. }, Ok(_)) = (cmd, &body) {
+            inflight.stats.bytes_written.fetch_add(len as u64, Relaxed);
+        }
+        Reply {
+            cookie,
+            kind,
+            body,
+            inflight,
+        }
+    }
+}
+
+/// Resolves once `stop` turns true or its sender is gone.
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
 }
 
 /// Serve requests on `stream` until the connection ends.
@@ -103,154 +215,207 @@ where
     D: BlockDevice,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let mut rd = BufReader::with_capacity(IO_BUFFER_BYTES, rd);
-    let (tx, rx) = mpsc::channel::<Reply>(NBD_INFLIGHT_PER_CONNECTION_MAX);
-    let writer_dead = Arc::new(Notify::new());
-    let writer = tokio::spawn(writer_loop(
-        wr,
-        rx,
-        ctx.view.structured,
-        ctx.stats.clone(),
-        ctx.log.clone(),
-        writer_dead.clone(),
-        ctx.peer.clone(),
-    ));
-    let count_sem = Arc::new(Semaphore::new(NBD_INFLIGHT_PER_CONNECTION_MAX));
-    let bytes_sem = Arc::new(Semaphore::new(
-        NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX as usize,
-    ));
-    let stopped = stop_signal(stop, writer_dead);
-    tokio::pin!(stopped);
+    let mut rd = Some(BufReader::with_capacity(IO_BUFFER_BYTES, rd));
+    let mut wr = Some(BufWriter::with_capacity(IO_BUFFER_BYTES, wr));
+    let structured = ctx.view.structured;
+    let stats = &ctx.stats;
+    let (log, peer) = (&*ctx.log, ctx.peer.as_str());
 
-    let result = async {
-        loop {
-            let count = tokio::select! {
-                biased;
-                _ = &mut stopped => return Ok(End::Stopped),
-                p = count_sem.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return Ok(End::Stopped),
-                },
-            };
-            let mut hb = [0u8; REQUEST_BYTES];
-            let read = tokio::select! {
-                biased;
-                _ = &mut stopped => return Ok(End::Stopped),
-                r = rd.read_exact(&mut hb) => r,
-            };
-            if let Err(e) = read {
-                return closed_or_err(e);
-            }
-            let h = match parse_request(&hb) {
-                Ok(h) => h,
-                Err(e) => {
-                    ctx.stats.protocol_errors.fetch_add(1, Relaxed);
-                    crate::warn_rl!(ctx.log, peer = %ctx.peer, error = %e,
-                        "NBD client sent a broken request; closing the connection");
-                    return Ok(End::ProtocolError);
+    let stopped = stop_signal(stop).fuse();
+    let read_fut = Fuse::terminated();
+    let write_fut = Fuse::terminated();
+    tokio::pin!(stopped, read_fut, write_fut);
+    // FuturesUnordered wakes its task and yields whenever it has polled as many futures as it
+    // holds: with one request in flight, every poll costs a spurious self-wake, which tokio
+    // schedules as a yield and announces to an idle worker (one more thread wake-up per request
+    // at queue depth 1). A future that is never woken keeps that count out of reach.
+    let mut running = FuturesUnordered::new();
+    running.push(Either::Right(futures::future::pending::<Reply>()));
+    let mut queued: Vec<Reply> = Vec::new();
+    let mut spare: Vec<Reply> = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0u64);
+    let mut next = Next::Header;
+    let mut end: Option<std::io::Result<End>> = None;
+    let mut write_failed = false;
+
+    loop {
+        // Start the next read stage, or dispatch a READ, if the bounds allow it.
+        if end.is_none() && read_fut.is_terminated() {
+            let fits = |len: u32| bytes + u64::from(len) <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX;
+            let stage = match &next {
+                Next::Header if count < NBD_INFLIGHT_PER_CONNECTION_MAX => Some(Stage::Header),
+                Next::Budget {
+                    cmd: Command::Write { .. },
+                    len,
+                    ..
+                } if *len > 0 && fits(*len) => {
+                    bytes += u64::from(*len);
+                    Some(Stage::Payload(*len))
                 }
-            };
-            let kind = Kind::of(h.cmd);
-            ctx.stats.count_request(kind);
-            let cmd = match validate(&h, &ctx.view) {
-                Ok(Command::Disc) => return Ok(End::Disconnect),
-                Ok(cmd) => cmd,
-                Err(e) => {
-                    // Skip a WRITE's payload without storing it, then answer with the error.
-                    let skip = h.payload_len() as u64;
-                    if skip > 0 {
-                        let mut sink = tokio::io::sink();
-                        let got = match tokio::io::copy(&mut (&mut rd).take(skip), &mut sink).await
-                        {
-                            Ok(n) => n,
-                            Err(e) => return closed_or_err(e),
-                        };
-                        if got < skip {
-                            return Ok(End::ClientClosed);
-                        }
-                    }
-                    let inflight = Inflight::new(count, None, &ctx.stats);
-                    let reply = Reply {
-                        cookie: h.cookie,
+                Next::Budget { len, .. } if fits(*len) => {
+                    if let Next::Budget {
+                        cookie,
                         kind,
-                        body: Err(e),
-                        _inflight: inflight,
-                    };
-                    if tx.send(reply).await.is_err() {
-                        return Ok(End::Stopped);
+                        cmd,
+                        len,
+                    } = std::mem::replace(&mut next, Next::Header)
+                    {
+                        bytes += u64::from(len);
+                        let inflight = Inflight::new(u64::from(len), stats);
+                        running.push(Either::Left(run(
+                            ctx.dev.clone(),
+                            cookie,
+                            kind,
+                            cmd,
+                            None,
+                            inflight,
+                        )));
                     }
                     continue;
                 }
+                Next::Skip { len, .. } => Some(Stage::Skip(*len)),
+                _ => None,
             };
-            let data_len = match cmd {
+            // (Not a tuple pattern: that would take the reader even without a stage.)
+            if let Some(stage) = stage {
+                if let Some(r) = rd.take() {
+                    read_fut.set(read_stage(r, stage).fuse());
+                }
+            }
+        }
+        // Write every reply ready now in one batch.
+        if write_fut.is_terminated() && !queued.is_empty() {
+            if write_failed {
+                release(&mut queued, &mut count, &mut bytes);
+            } else if let Some(w) = wr.take() {
+                let batch = std::mem::replace(&mut queued, std::mem::take(&mut spare));
+                write_fut.set(write_batch(w, batch, structured, stats, log, peer).fuse());
+            }
+        }
+        if end.is_some() && running.len() == 1 && queued.is_empty() && write_fut.is_terminated() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = &mut stopped, if end.is_none() => {
+                end = Some(Ok(End::Stopped));
+                read_fut.set(Fuse::terminated());
+            }
+            (w, res, mut batch) = &mut write_fut, if !write_fut.is_terminated() => {
+                release(&mut batch, &mut count, &mut bytes);
+                spare = batch;
+                wr = Some(w);
+                if let Err(e) = res {
+                    tracing::debug!(peer = %peer, error = %e, "NBD client stopped taking replies");
+                    write_failed = true;
+                    if end.is_none() {
+                        end = Some(Ok(End::Stopped));
+                        read_fut.set(Fuse::terminated());
+                    }
+                }
+            }
+            Some(reply) = running.next(), if running.len() > 1 => {
+                queued.push(reply);
+                while let Some(Some(reply)) = running.next().now_or_never() {
+                    queued.push(reply);
+                }
+            }
+            (r, got) = &mut read_fut, if !read_fut.is_terminated() => {
+                rd = Some(r);
+                let got = match got {
+                    Ok(g) => g,
+                    Err(e) => {
+                        end = Some(closed_or_err(e));
+                        continue;
+                    }
+                };
+                match (got, std::mem::replace(&mut next, Next::Header)) {
+                    (Got::Header(hb), _) => match on_header(&hb, &ctx) {
+                        Ok(n) => {
+                            count += 1;
+                            if let Next::Skip { cookie, kind, err, len: 0 } = n {
+                                let inflight = Inflight::new(0, stats);
+                                queued.push(Reply { cookie, kind, body: Err(err), inflight });
+                            } else {
+                                next = n;
+                            }
+                        }
+                        Err(e) => end = Some(Ok(e)),
+                    },
+                    (Got::Payload(buf), Next::Budget { cookie, kind, cmd, len }) => {
+                        let inflight = Inflight::new(u64::from(len), stats);
+                        running.push(Either::Left(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight)));
+                    }
+                    (Got::Skipped(n), Next::Skip { cookie, kind, err, len }) => {
+                        if n < len {
+                            end = Some(Ok(End::ClientClosed));
+                        } else {
+                            let inflight = Inflight::new(0, stats);
+                            queued.push(Reply { cookie, kind, body: Err(err), inflight });
+                        }
+                    }
+                    _ => {
+                        // A stage answered something its state did not ask for: a bug here,
+                        // not the client's doing. End the connection rather than guess.
+                        tracing::error!(peer = %peer, "NBD read stage out of step");
+                        end = Some(Ok(End::Stopped));
+                    }
+                }
+            }
+        }
+    }
+
+    if !write_failed {
+        if let Some(mut w) = wr {
+            let _ = w.flush().await;
+            let _ = w.shutdown().await;
+        }
+    }
+    end.unwrap_or(Ok(End::Stopped))
+}
+
+/// Release the in-flight shares of written (or dropped) replies.
+fn release(batch: &mut Vec<Reply>, count: &mut usize, bytes: &mut u64) {
+    for r in batch.drain(..) {
+        *count -= 1;
+        *bytes -= r.inflight.bytes;
+    }
+}
+
+/// Parse and validate a header: what the read side does next, or why the connection ends.
+fn on_header<D: BlockDevice>(hb: &[u8; REQUEST_BYTES], ctx: &ConnCtx<D>) -> Result<Next, End> {
+    let h = match parse_request(hb) {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.stats.protocol_errors.fetch_add(1, Relaxed);
+            crate::warn_rl!(ctx.log, peer = %ctx.peer, error = %e,
+                "NBD client sent a broken request; closing the connection");
+            return Err(End::ProtocolError);
+        }
+    };
+    let kind = Kind::of(h.cmd);
+    ctx.stats.count_request(kind);
+    match validate(&h, &ctx.view) {
+        Ok(Command::Disc) => Err(End::Disconnect),
+        Ok(cmd) => {
+            let len = match cmd {
                 Command::Read { len, .. } | Command::Write { len, .. } => len,
                 _ => 0,
             };
-            let bytes = if data_len > 0 {
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => return Ok(End::Stopped),
-                    p = bytes_sem.clone().acquire_many_owned(data_len) => match p {
-                        Ok(p) => Some(p),
-                        Err(_) => return Ok(End::Stopped),
-                    },
-                }
-            } else {
-                None
-            };
-            let payload = if let Command::Write { len, .. } = cmd {
-                let mut buf = AlignedBuf::zeroed(len as usize);
-                if let Err(e) = rd.read_exact(&mut buf[..]).await {
-                    return closed_or_err(e);
-                }
-                Some(buf)
-            } else {
-                None
-            };
-            let inflight = Inflight::new(count, bytes, &ctx.stats);
-            let dev = ctx.dev.clone();
-            let tx = tx.clone();
-            let stats = ctx.stats.clone();
-            let cookie = h.cookie;
-            tokio::spawn(async move {
-                let body = execute(&*dev, cmd, payload).await;
-                if let (Command::Write { len, .. }, Ok(_)) = (cmd, &body) {
-                    stats.bytes_written.fetch_add(len as u64, Relaxed);
-                }
-                // A closed channel means the connection is gone; the reply has no reader.
-                let _ = tx
-                    .send(Reply {
-                        cookie,
-                        kind,
-                        body,
-                        _inflight: inflight,
-                    })
-                    .await;
-            });
+            Ok(Next::Budget {
+                cookie: h.cookie,
+                kind,
+                cmd,
+                len,
+            })
         }
-    }
-    .await;
-
-    // No new requests; dispatched ones still hold a sender and finish before the writer ends.
-    drop(tx);
-    if let Err(e) = writer.await {
-        tracing::error!(peer = %ctx.peer, error = %e, "NBD reply writer task failed");
-    }
-    result
-}
-
-impl Inflight {
-    fn new(
-        count: OwnedSemaphorePermit,
-        bytes: Option<OwnedSemaphorePermit>,
-        stats: &Arc<NbdStats>,
-    ) -> Self {
-        stats.requests_inflight.fetch_add(1, Relaxed);
-        Inflight {
-            _count: count,
-            _bytes: bytes,
-            stats: stats.clone(),
-        }
+        // A refused WRITE's payload is skipped without storing it (len 0: nothing to skip).
+        Err(err) => Ok(Next::Skip {
+            cookie: h.cookie,
+            kind,
+            err,
+            len: u64::from(h.payload_len()),
+        }),
     }
 }
 
@@ -309,47 +474,6 @@ async fn execute<D: BlockDevice>(
             .await
             .map(|()| Body::Done),
         Command::Disc => Ok(Body::Done),
-    }
-}
-
-/// Write replies in the order they complete; flush when no other reply is waiting.
-async fn writer_loop<W: AsyncWrite + Unpin>(
-    wr: W,
-    mut rx: mpsc::Receiver<Reply>,
-    structured: bool,
-    stats: Arc<NbdStats>,
-    log: Arc<LogLimiter>,
-    dead: Arc<Notify>,
-    peer: String,
-) {
-    let mut w = BufWriter::with_capacity(IO_BUFFER_BYTES, wr);
-    let mut failed = false;
-    let mut next = rx.recv().await;
-    while let Some(reply) = next {
-        if !failed {
-            if let Err(e) = write_reply(&mut w, &reply, structured, &stats, &log, &peer).await {
-                failed = true;
-                tracing::debug!(peer = %peer, error = %e, "NBD client stopped taking replies");
-                dead.notify_one();
-            }
-        }
-        // Dropping the reply releases its in-flight permits, also after a failure.
-        drop(reply);
-        next = match rx.try_recv() {
-            Ok(r) => Some(r),
-            Err(mpsc::error::TryRecvError::Disconnected) => None,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                if !failed && w.flush().await.is_err() {
-                    failed = true;
-                    dead.notify_one();
-                }
-                rx.recv().await
-            }
-        };
-    }
-    if !failed {
-        let _ = w.flush().await;
-        let _ = w.shutdown().await;
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{drl_bin, need, run};
+use common::{drl_bin, need, run, KillOnDrop};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
@@ -229,7 +229,7 @@ fn classes_get_their_shares_on_a_shaped_link() {
         .arg(&uri));
     // Bulk load: a snapshot of those 112 MiB streamed to the vault (class snapshot).
     a.cli(&["snapshot", "create", "r0", "s1", "--json"]);
-    let mut stream = Command::new(drl_bin())
+    let stream = Command::new(drl_bin())
         .arg("--config")
         .arg(&a.config)
         .args([
@@ -246,10 +246,11 @@ fn classes_get_their_shares_on_a_shaped_link() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut stream = KillOnDrop(stream);
     a.cli(&["connect", "r0"]);
     // Replication load: incompressible application writes at 3.5 MiB/s (46% of the link, below
     // replication's 50% guarantee), behind the resync region.
-    let mut writer = Command::new("fio")
+    let writer = Command::new("fio")
         .args([
             "--name=repl",
             "--ioengine=nbd",
@@ -270,6 +271,7 @@ fn classes_get_their_shares_on_a_shaped_link() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut writer = KillOnDrop(writer);
     std::thread::sleep(Duration::from_secs(3));
     let written = |r: &Value| r["nbd"]["stats"]["bytes_written"].as_u64().unwrap();
     let (t0, g0, w0) = (
@@ -296,10 +298,10 @@ fn classes_get_their_shares_on_a_shaped_link() {
         Instant::now(),
         granted(&a.cli(&["shaping", "show", "--json"])),
     );
-    let _ = writer.kill();
-    let _ = stream.kill();
-    let _ = writer.wait();
-    let _ = stream.wait();
+    let _ = writer.0.kill();
+    let _ = stream.0.kill();
+    let _ = writer.0.wait();
+    let _ = stream.0.wait();
 
     let secs = (t1 - t0).as_secs_f64();
     let rate: Vec<f64> = (0..4).map(|i| (g1[i] - g0[i]) as f64 / secs).collect();

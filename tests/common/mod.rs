@@ -181,3 +181,14 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     assert!(!out.contains("Pattern verification failed") && !out.contains("failed:"), "qemu-io: {out}");
     out
 }
+
+/// A child process that is killed and reaped when the guard goes, also when a test panics (a
+/// leaked fio keeps spinning against a socket that is gone).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

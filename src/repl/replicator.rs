@@ -89,6 +89,36 @@ pub(crate) struct State {
     pub resync_started: Option<Instant>,
     /// A role or generation change needs a new handshake.
     pub renegotiate: bool,
+    /// What this node's Hello announced for the live session (with `link`).
+    pub announced: Option<Announced>,
+}
+
+/// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
+/// make stale: role, disk state and generation ids, as presented (after `--discard-my-data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Announced {
+    pub role: Role,
+    pub disk: DiskState,
+    pub gen: GenIds,
+}
+
+/// How a Hello went stale ([`Replicator::changed_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Staleness {
+    /// Only the role changed (to the one given): tell the peer with a StateChange.
+    Role(Announced),
+    /// The disk state or the generation ids changed: the sync decision must be taken again.
+    Data,
+}
+
+impl From<&crate::repl::handshake::LocalInfo> for Announced {
+    fn from(l: &crate::repl::handshake::LocalInfo) -> Self {
+        Announced {
+            role: l.role,
+            disk: l.disk,
+            gen: l.gen,
+        }
+    }
 }
 
 pub struct Replicator {
@@ -196,6 +226,7 @@ impl Replicator {
                 resync_total_bytes: 0,
                 resync_started: None,
                 renegotiate: false,
+                announced: None,
             }),
             wake: Notify::new(),
             resync_lock: tokio::sync::RwLock::new(()),

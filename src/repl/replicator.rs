@@ -330,6 +330,7 @@ impl Replicator {
                 l.push(&Frame::StateChange {
                     role: role_of(after.role),
                     disk: disk_of(after.disk_state),
+                    ahead: l.ahead.load(Ordering::Acquire),
                 });
             }
         }
@@ -566,6 +567,14 @@ impl Replicator {
         self.update(|st| {
             st.repl = ReplState::Ahead;
             st.ahead_since = Some(Instant::now());
+        });
+        // The peer reports Behind while this node is Ahead (DRBD's pair); it leaves Behind
+        // when the resync back starts (its bitmap exchange makes it SyncTarget).
+        let sb = self.meta.superblock();
+        link.push(&Frame::StateChange {
+            role: role_of(sb.role),
+            disk: disk_of(sb.disk_state),
+            ahead: true,
         });
     }
 }

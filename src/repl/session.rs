@@ -35,7 +35,7 @@ use crate::repl::replicator::{
     disk_of, gen_of, gen_to_meta, role_of, Announced, Replicator, Staleness,
 };
 use crate::repl::resync::{bitmap_bytes, check_request, or_into, Target};
-use crate::repl::state::{decide, NodeState, SyncDecision};
+use crate::repl::state::{decide, with_peer_ahead, NodeState, SyncDecision};
 use crate::volume::meta;
 use crate::volume::{AlignedBuf, BlockDevice};
 
@@ -189,6 +189,7 @@ pub(crate) async fn run(
                 link.push(&Frame::StateChange {
                     role: now.role,
                     disk: now.disk,
+                    ahead: false,
                 });
                 rep.update(|st| st.announced = Some(now));
             }
@@ -582,13 +583,14 @@ impl Session<'_> {
                 tracing::info!(resource = %rep.name, "resync finished (SyncSource)");
                 Ok(())
             }
-            Frame::StateChange { role, disk } => {
+            Frame::StateChange { role, disk, ahead } => {
                 if role == Role::Primary && rep.meta.superblock().role == meta::Role::Primary {
                     return Err("the peer became Primary while this node is Primary".into());
                 }
                 rep.update(|st| {
                     st.peer_role = Some(role);
                     st.peer_disk = Some(disk);
+                    st.repl = with_peer_ahead(st.repl, ahead);
                 });
                 Ok(())
             }

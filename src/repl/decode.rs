@@ -292,12 +292,19 @@ impl Decoder {
                 data: self.data(h, ft, payload, h.data_len as usize)?,
             },
             FrameType::StateChange => {
-                exact(2)?;
+                if payload.len() != 3 {
+                    exact(2)?;
+                }
                 let role = role_from_wire(payload[0])
                     .ok_or_else(|| malformed(ft, format!("role code {}", payload[0])))?;
                 let disk = disk_from_wire(payload[1])
                     .ok_or_else(|| malformed(ft, format!("disk code {}", payload[1])))?;
-                Frame::StateChange { role, disk }
+                let ahead = match payload.get(2) {
+                    None => false,
+                    Some(&crate::repl::wire::STATE_AHEAD) => true,
+                    Some(f) => return Err(malformed(ft, format!("state flags {f:#04x}"))),
+                };
+                Frame::StateChange { role, disk, ahead }
             }
             FrameType::Ping => {
                 exact(0)?;

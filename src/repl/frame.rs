@@ -318,9 +318,14 @@ pub enum Frame {
         offset: u64,
         len: u32,
     },
+    /// The sender's role and disk state changed, or it went Ahead (`ahead`: DRBD's pull-ahead;
+    /// the receiver then reports Behind). Wire: role and disk codes, then an optional flags
+    /// byte (bit 0: Ahead) that is only sent when set, so a frame without it is the old
+    /// two-byte form.
     StateChange {
         role: Role,
         disk: DiskState,
+        ahead: bool,
     },
     Ping {
         seq: u64,

@@ -57,6 +57,9 @@ pub struct Conn {
     pub stream: TcpStream,
     pub addr: SocketAddr,
     pub est: Established,
+    /// What this node announced in its Hello: the sync decision must be taken on exactly
+    /// this (the peer decides on it too), not on the state at the end of the handshake.
+    pub local: LocalInfo,
     pub enc: Encoder,
     pub dec: Decoder,
     /// Bytes read after the handshake's last frame (the session decodes them first).
@@ -129,7 +132,7 @@ async fn handshake_inner(
     let rid = resource_id(&local.resource);
     let mut enc = Encoder::new(rid);
     let mut dec = Decoder::new(rid);
-    let mut hs = Handshake::new(local, secret)
+    let mut hs = Handshake::new(local.clone(), secret)
         .map_err(|source| PeerError::Handshake { addr: a(), source })?;
     send_all(&mut stream, &enc, &hs.start(), addr).await?;
     let mut rbuf = BytesMut::with_capacity(8192);
@@ -168,6 +171,7 @@ async fn handshake_inner(
                     stream,
                     addr,
                     est,
+                    local,
                     enc,
                     dec,
                     rbuf,

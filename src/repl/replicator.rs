@@ -89,6 +89,36 @@ pub(crate) struct State {
     pub resync_started: Option<Instant>,
     /// A role or generation change needs a new handshake.
     pub renegotiate: bool,
+    /// What this node's Hello announced for the live session (with `link`).
+    pub announced: Option<Announced>,
+}
+
+/// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
+/// make stale: role, disk state and generation ids, as presented (after `--discard-my-data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Announced {
+    pub role: Role,
+    pub disk: DiskState,
+    pub gen: GenIds,
+}
+
+/// How a Hello went stale ([`Replicator::changed_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Staleness {
+    /// Only the role changed (to the one given): tell the peer with a StateChange.
+    Role(Announced),
+    /// The disk state or the generation ids changed: the sync decision must be taken again.
+    Data,
+}
+
+impl From<&crate::repl::handshake::LocalInfo> for Announced {
+    fn from(l: &crate::repl::handshake::LocalInfo) -> Self {
+        Announced {
+            role: l.role,
+            disk: l.disk,
+            gen: l.gen,
+        }
+    }
 }
 
 pub struct Replicator {
@@ -196,6 +226,7 @@ impl Replicator {
                 resync_total_bytes: 0,
                 resync_started: None,
                 renegotiate: false,
+                announced: None,
             }),
             wake: Notify::new(),
             resync_lock: tokio::sync::RwLock::new(()),
@@ -299,6 +330,7 @@ impl Replicator {
                 l.push(&Frame::StateChange {
                     role: role_of(after.role),
                     disk: disk_of(after.disk_state),
+                    ahead: l.ahead.load(Ordering::Acquire),
                 });
             }
         }
@@ -535,6 +567,14 @@ impl Replicator {
         self.update(|st| {
             st.repl = ReplState::Ahead;
             st.ahead_since = Some(Instant::now());
+        });
+        // The peer reports Behind while this node is Ahead (DRBD's pair); it leaves Behind
+        // when the resync back starts (its bitmap exchange makes it SyncTarget).
+        let sb = self.meta.superblock();
+        link.push(&Frame::StateChange {
+            role: role_of(sb.role),
+            disk: disk_of(sb.disk_state),
+            ahead: true,
         });
     }
 }

@@ -57,10 +57,14 @@ impl Replicator {
             sb.flags |= flags::WAS_PRIMARY;
             sb.flags &= !flags::CRASHED_PRIMARY;
         })?;
-        if connected && new_gen {
-            // The generation changed under a live connection: handshake again so both
-            // sides decide the (initial) sync from the new generation ids.
-            self.renegotiate("promoted with a new data generation");
+        if new_gen {
+            // The generation changed: a session whose Hello carried the old one (connected
+            // before, or one whose handshake was running: `connected` was false then, but
+            // its link may be up by now) must handshake again so both sides decide the
+            // (initial) sync from the new generation ids. The session checks the same on
+            // its side right after its link is up (`session::run`), so whichever of the two
+            // comes second sees the other: no interleaving leaves a stale decision standing.
+            self.renegotiate_if_stale("promoted with a new data generation");
         }
         Ok(())
     }
@@ -120,13 +124,42 @@ impl Replicator {
         self.wake.notify_waiters();
     }
 
-    /// Drop the current connection and handshake again at once.
-    pub(crate) fn renegotiate(&self, why: &str) {
+    /// What changed locally since `sent` (a Hello) was built: `None`, a role change only
+    /// (a StateChange frame tells the peer), or a change of disk state or generation ids
+    /// (the sync decision taken on `sent` is stale: handshake again).
+    pub(crate) fn changed_since(&self, sent: &Announced) -> Option<Staleness> {
+        let now = Announced::from(&crate::repl::session::local_info(self));
+        if now.gen != sent.gen || now.disk != sent.disk {
+            Some(Staleness::Data)
+        } else if now.role != sent.role {
+            Some(Staleness::Role(now))
+        } else {
+            None
+        }
+    }
+
+    /// Handshake again if the live session's Hello no longer matches this node's state
+    /// (see [`Self::changed_since`]); the state is read before the link, so a session whose
+    /// link appears later checks it itself.
+    pub(crate) fn renegotiate_if_stale(&self, why: &str) {
+        let now = crate::repl::session::local_info(self);
         let link = {
-            let mut st = self.state();
-            st.renegotiate = true;
-            st.link.clone()
+            let st = self.state();
+            match (&st.link, st.announced) {
+                (Some(l), Some(a)) if !l.is_closed() && Announced::from(&now) != a => {
+                    Some(l.clone())
+                }
+                _ => None,
+            }
         };
+        if let Some(l) = link {
+            self.renegotiate_link(Some(l), why);
+        }
+    }
+
+    /// Drop `link` (if any) and handshake again at once.
+    pub(crate) fn renegotiate_link(&self, link: Option<Arc<Link>>, why: &str) {
+        self.state().renegotiate = true;
         if let Some(l) = link {
             l.push(&Frame::Disconnect {
                 reason: format!("renegotiate: {why}"),

@@ -31,9 +31,11 @@ use crate::repl::handshake::LocalInfo;
 use crate::repl::link::Link;
 use crate::repl::peer::Conn;
 use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
-use crate::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of, Replicator};
+use crate::repl::replicator::{
+    disk_of, gen_of, gen_to_meta, role_of, Announced, Replicator, Staleness,
+};
 use crate::repl::resync::{bitmap_bytes, check_request, or_into, Target};
-use crate::repl::state::{decide, NodeState, SyncDecision};
+use crate::repl::state::{decide, with_peer_ahead, NodeState, SyncDecision};
 use crate::volume::meta;
 use crate::volume::{AlignedBuf, BlockDevice};
 
@@ -119,11 +121,16 @@ pub(crate) async fn run(
         stream,
         addr,
         est,
+        local,
         enc,
         mut dec,
         mut rbuf,
     } = conn;
-    let local = local_info(rep);
+    // Decide on what our Hello announced, never on the state now: both sides must take
+    // mirrored decisions from the same pair of states (`decide` is symmetric), and the peer
+    // only knows our Hello. A promotion (new generation), demotion or
+    // `connect --discard-my-data` that landed after the Hello left is caught below, once the
+    // link is up, by handshaking again.
     let decision = decide(
         &NodeState::from(&local),
         &NodeState::from(&est.peer),
@@ -159,20 +166,41 @@ pub(crate) async fn run(
         last_rx: Instant::now(),
         last_ping: Instant::now(),
     };
-    {
-        rep.update(|st| {
-            st.conn = ConnState::Connected;
-            st.peer_role = Some(est.peer.role);
-            st.peer_disk = Some(est.peer.disk);
-            st.discard_my_data = false;
-            st.last_error = None;
-            st.link = Some(link.clone());
-        });
-    }
-    let reason = match s
-        .start(decision.decision, decision.split_brain_resolved)
-        .await
-    {
+    rep.update(|st| {
+        st.conn = ConnState::Connected;
+        st.peer_role = Some(est.peer.role);
+        st.peer_disk = Some(est.peer.disk);
+        st.last_error = None;
+        st.link = Some(link.clone());
+        st.announced = Some(Announced::from(&local));
+    });
+    // The local state is read after the link is visible: an admin change that this read
+    // misses comes later and finds the link (and `announced`) itself (`primary` renegotiates,
+    // `update_meta` sends the StateChange).
+    let started = match rep.changed_since(&Announced::from(&local)) {
+        Some(Staleness::Data) => {
+            let why = "the local disk state or generation changed during the handshake";
+            tracing::info!(resource = %rep.name, local_gen = %local.gen, "{why}: handshaking again");
+            rep.renegotiate_link(Some(link.clone()), why);
+            Err(format!("renegotiate: {why}"))
+        }
+        stale => {
+            if let Some(Staleness::Role(now)) = stale {
+                link.push(&Frame::StateChange {
+                    role: now.role,
+                    disk: now.disk,
+                    ahead: false,
+                });
+                rep.update(|st| st.announced = Some(now));
+            }
+            // Consumed only now: a `--discard-my-data` the Hello did not carry yet counts
+            // as a change above and is presented in the next Hello.
+            rep.update(|st| st.discard_my_data = false);
+            s.start(decision.decision, decision.split_brain_resolved)
+                .await
+        }
+    };
+    let reason = match started {
         Err(r) => r,
         Ok(()) => {
             s.main_loop(&mut rd, &mut dec, &mut rbuf, &mut done_rx, &mut shutdown)
@@ -210,7 +238,9 @@ async fn writer(
         let Some(f) = f else { return };
         link.dequeued(f.len() as u64);
         let closed = || link.is_closed();
-        if let Err(e) = crate::shaping::write_repl_frame(&mut wr, &f, &link.closed_notify, closed).await {
+        if let Err(e) =
+            crate::shaping::write_repl_frame(&mut wr, &f, &link.closed_notify, closed).await
+        {
             link.close(format!("writing to the peer: {e}"));
             return;
         }
@@ -553,13 +583,14 @@ impl Session<'_> {
                 tracing::info!(resource = %rep.name, "resync finished (SyncSource)");
                 Ok(())
             }
-            Frame::StateChange { role, disk } => {
+            Frame::StateChange { role, disk, ahead } => {
                 if role == Role::Primary && rep.meta.superblock().role == meta::Role::Primary {
                     return Err("the peer became Primary while this node is Primary".into());
                 }
                 rep.update(|st| {
                     st.peer_role = Some(role);
                     st.peer_disk = Some(disk);
+                    st.repl = with_peer_ahead(st.repl, ahead);
                 });
                 Ok(())
             }
@@ -606,6 +637,7 @@ impl Session<'_> {
         }
         rep.update(|st| {
             st.link = None;
+            st.announced = None;
             st.peer_role = None;
             st.peer_disk = None;
             st.repl = ReplState::Off;

@@ -171,6 +171,18 @@ pub fn decide(local: &NodeState, peer: &NodeState, policy: &SplitBrainPolicy) ->
     }
 }
 
+/// This node's replication state once its peer reported (in a StateChange) whether it is
+/// Ahead: DRBD pairs a Primary's Ahead with the Secondary's Behind. Only an idle connection
+/// (Established) goes Behind, and only Behind goes back; a resync state is left alone (the
+/// resync back from Ahead makes the Secondary SyncTarget through the bitmap exchange).
+pub fn with_peer_ahead(current: ReplState, peer_ahead: bool) -> ReplState {
+    match (current, peer_ahead) {
+        (ReplState::Established, true) => ReplState::Behind,
+        (ReplState::Behind, false) => ReplState::Established,
+        (s, _) => s,
+    }
+}
+
 enum Raw {
     Decided(SyncDecision),
     /// `full`: bitmaps do not cover the divergence; resolving needs a full sync.

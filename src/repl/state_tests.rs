@@ -335,3 +335,17 @@ impl RuleMirror for Decision {
         }
     }
 }
+
+#[test]
+fn the_peer_of_an_ahead_primary_is_behind_until_it_leaves_ahead() {
+    use drbd_compat::ReplState::*;
+    assert_eq!(with_peer_ahead(Established, true), Behind);
+    assert_eq!(with_peer_ahead(Behind, true), Behind);
+    assert_eq!(with_peer_ahead(Behind, false), Established);
+    assert_eq!(with_peer_ahead(Established, false), Established);
+    // A resync (the way back from Ahead) or an unconnected state is never overridden.
+    for s in [SyncTarget, SyncSource, WFBitMapT, Off] {
+        assert_eq!(with_peer_ahead(s, true), s);
+        assert_eq!(with_peer_ahead(s, false), s);
+    }
+}

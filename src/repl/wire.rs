@@ -41,6 +41,9 @@ use crate::limits::{
 };
 use crate::repl::frame::{disk_to_wire, role_to_wire, Frame, FrameType};
 
+/// StateChange flags byte: the sender is Ahead.
+pub const STATE_AHEAD: u8 = 1;
+
 /// `"DRL1"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DRL1");
 /// The wire version this code speaks.
@@ -317,8 +320,12 @@ impl Encoder {
                 h.offset = *offset;
                 data = Some(d);
             }
-            Frame::StateChange { role, disk } => {
-                body = Some(vec![role_to_wire(*role), disk_to_wire(*disk)]);
+            Frame::StateChange { role, disk, ahead } => {
+                let mut b = vec![role_to_wire(*role), disk_to_wire(*disk)];
+                if *ahead {
+                    b.push(STATE_AHEAD);
+                }
+                body = Some(b);
             }
             Frame::Ping { seq } | Frame::PingAck { seq } => h.seq = *seq,
         }

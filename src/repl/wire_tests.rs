@@ -88,6 +88,12 @@ fn sample_frames() -> Vec<Frame> {
         Frame::StateChange {
             role: Role::Secondary,
             disk: DiskState::Outdated,
+            ahead: false,
+        },
+        Frame::StateChange {
+            role: Role::Primary,
+            disk: DiskState::UpToDate,
+            ahead: true,
         },
         Frame::Ping { seq: 42 },
         Frame::PingAck { seq: 42 },
@@ -468,4 +474,28 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn state_change_without_the_flags_byte_is_not_ahead_and_bad_flags_are_refused() {
+    let (e, mut d) = codec(false);
+    let f = |ahead| Frame::StateChange {
+        role: Role::Primary,
+        disk: DiskState::UpToDate,
+        ahead,
+    };
+    // The flags byte is only sent when set: the frame stays the old two-byte form otherwise.
+    let plain = encode(&e, &f(false));
+    let ahead = encode(&e, &f(true));
+    assert_eq!(ahead.len(), plain.len() + 1);
+    assert_eq!(d.decode(&mut plain.clone()).unwrap(), Some(f(false)));
+    assert_eq!(d.decode(&mut ahead.clone()).unwrap(), Some(f(true)));
+    // A flags byte with unknown bits is malformed (re-encode by hand with a valid crc).
+    let mut bad = ahead.clone();
+    let last = bad.len() - 1;
+    bad[last] = 0x02;
+    let crc = crc32fast::hash(&bad[HEADER_BYTES..]);
+    resign(&mut bad, |h| h.payload_crc = crc);
+    let err = d.decode(&mut bad).unwrap_err().to_string();
+    assert!(err.contains("state flags 0x02"), "{err}");
 }

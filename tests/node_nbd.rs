@@ -28,10 +28,22 @@ fn qemu_io_patterns_verify_and_persist_across_restart() {
         "write -z 16M 2M",
         "flush",
     ];
-    let reads = ["read -P 0xab 0 8192", "read -P 0xcd 4M 64k", "read -P 0x11 63M 1M", "read -P 0x22 8193 3000", "read -P 0 16M 2M", "read -P 0xab 11193 1037383"];
+    let reads = [
+        "read -P 0xab 0 8192",
+        "read -P 0xcd 4M 64k",
+        "read -P 0x11 63M 1M",
+        "read -P 0x22 8193 3000",
+        "read -P 0 16M 2M",
+        "read -P 0xab 11193 1037383",
+    ];
     qemu_io(&uri(d), &writes);
     qemu_io(&uri(d), &reads);
-    assert_eq!(node.stop(), 0, "SIGTERM must exit 0; log:\n{}", node.log_text());
+    assert_eq!(
+        node.stop(),
+        0,
+        "SIGTERM must exit 0; log:\n{}",
+        node.log_text()
+    );
     node.spawn(&d.join("r0.nbd"));
     qemu_io(&uri(d), &reads);
     let st = node.status();
@@ -52,7 +64,13 @@ fn nbdinfo_reports_size_and_capabilities() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let e = &v["exports"][0];
     assert_eq!(e["export-size"], 256u64 << 20, "{out}");
-    for cap in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"] {
+    for cap in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_multi_conn",
+    ] {
         assert_eq!(e[cap], true, "{cap} in {out}");
     }
     assert_eq!(e["is_read_only"], false);
@@ -76,7 +94,10 @@ fn nbdcopy_in_and_out_compares_equal() {
     run(Command::new("nbdcopy").arg(&src).arg(uri(d)));
     let out = d.join("out.bin");
     run(Command::new("nbdcopy").arg(uri(d)).arg(&out));
-    assert!(std::fs::read(&out).unwrap() == data, "bytes copied out differ from bytes copied in");
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "bytes copied out differ from bytes copied in"
+    );
 }
 
 #[test]
@@ -89,7 +110,10 @@ fn flushed_data_survives_kill_9() {
     node.kill9();
     node.spawn(&d.join("r0.nbd"));
     qemu_io(&uri(d), &["read -P 0x5a 0 2M"]);
-    assert!(node.log_text().contains("not clean"), "an unclean shutdown must be reported");
+    assert!(
+        node.log_text().contains("not clean"),
+        "an unclean shutdown must be reported"
+    );
 }
 
 #[test]
@@ -98,13 +122,26 @@ fn bad_config_is_refused_with_file_key_and_reason() {
     let d = dir.path();
     let cfg = d.join("bad.toml");
     std::fs::write(&cfg, solo_config(d, "64MB")).unwrap();
-    let out = Command::new(drl_bin()).args(["daemon", "--config"]).arg(&cfg).args(["--node", "n1"]).output().unwrap();
+    let out = Command::new(drl_bin())
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .args(["--node", "n1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("size") && err.contains("ambiguous"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("size") && err.contains("ambiguous"),
+        "{err}"
+    );
 
     std::fs::write(&cfg, solo_config(d, "64MiB").replace("disk =", "disc =")).unwrap();
-    let out = Command::new(drl_bin()).args(["check-config", "--config"]).arg(&cfg).args(["--node", "n1"]).output().unwrap();
+    let out = Command::new(drl_bin())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .args(["--node", "n1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("disc"));
 }
@@ -121,11 +158,23 @@ fn corrupt_metadata_refuses_start_and_is_not_reinitialised() {
         *b ^= 0x5a;
     }
     std::fs::write(&meta, &bytes).unwrap();
-    let out = Command::new(drl_bin()).args(["daemon", "--config"]).arg(&node.config).args(["--node", "n1"]).output().unwrap();
+    let out = Command::new(drl_bin())
+        .args(["daemon", "--config"])
+        .arg(&node.config)
+        .args(["--node", "n1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("r0.meta") && err.to_lowercase().contains("corrupt"), "{err}");
-    assert_eq!(std::fs::read(&meta).unwrap(), bytes, "a corrupt metadata file must not be rewritten");
+    assert!(
+        err.contains("r0.meta") && err.to_lowercase().contains("corrupt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&meta).unwrap(),
+        bytes,
+        "a corrupt metadata file must not be rewritten"
+    );
 }
 
 #[test]
@@ -157,7 +206,10 @@ fn malformed_nbd_input_and_control_garbage_do_not_take_the_daemon_down() {
     s.write_all(b"r0").unwrap();
     let mut export = [0u8; 10];
     s.read_exact(&mut export).unwrap();
-    assert_eq!(u64::from_be_bytes(export[..8].try_into().unwrap()), 16 << 20);
+    assert_eq!(
+        u64::from_be_bytes(export[..8].try_into().unwrap()),
+        16 << 20
+    );
     let mut req = Vec::new();
     req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
     req.extend_from_slice(&0u16.to_be_bytes());
@@ -176,8 +228,12 @@ fn malformed_nbd_input_and_control_garbage_do_not_take_the_daemon_down() {
     let mut buf = [0u8; 512];
     let n = c.read(&mut buf).unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]);
-    assert!(reply.contains("-32700"), "parse error expected, got {reply}");
-    c.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no.such\"}\n").unwrap();
+    assert!(
+        reply.contains("-32700"),
+        "parse error expected, got {reply}"
+    );
+    c.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no.such\"}\n")
+        .unwrap();
     let n = c.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("-32601"));
     drop(c);
@@ -195,11 +251,20 @@ fn status_table_and_errors_from_the_cli() {
     let out = node.cli(&["status"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("RESOURCE") && text.contains("r0") && text.contains("Primary") && text.contains("UpToDate"), "{text}");
+    assert!(
+        text.starts_with("RESOURCE")
+            && text.contains("r0")
+            && text.contains("Primary")
+            && text.contains("UpToDate"),
+        "{text}"
+    );
     let out = node.cli(&["status", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
-    let out = Command::new(drl_bin()).args(["--socket", "/nonexistent/x.sock", "status"]).output().unwrap();
+    let out = Command::new(drl_bin())
+        .args(["--socket", "/nonexistent/x.sock", "status"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.sock"));
 }

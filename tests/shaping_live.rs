@@ -62,7 +62,13 @@ fn a_snapshot_stream_is_capped_and_shaping_changes_live() {
     assert_eq!(class(&v, "replication")["share"], 50);
     assert_eq!(class(&v, "replication")["guarantee_bytes_per_s"], 2_000_000);
     assert_eq!(v["resync"]["tuning"]["fill_target_bytes"], 2 << 20, "{v}");
-    assert_eq!(v["resync"]["rate_bytes_per_s"].as_u64().map(|r| r <= 4_000_000), Some(true), "{v}");
+    assert_eq!(
+        v["resync"]["rate_bytes_per_s"]
+            .as_u64()
+            .map(|r| r <= 4_000_000),
+        Some(true),
+        "{v}"
+    );
 
     // 12 MiB of incompressible data, streamed to the local vault through the snapshot class.
     let data = 12u64 << 20;

@@ -52,7 +52,13 @@ pub struct Global {
     #[arg(long, global = true, env = "DRL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Config file, used to find the control socket (and by `daemon`).
-    #[arg(long, short = 'c', global = true, env = "DRL_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "DRL_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// This node's name in the config (default: the host name).
     #[arg(long, global = true, value_name = "NAME")]
@@ -172,20 +178,39 @@ pub fn main() -> i32 {
         Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
         Command::Primary(ref a) => {
             let msg = format!("{}: Primary\n", a.resource);
-            call_and_print(&cli.global, "primary", serde_json::json!({ "resource": a.resource, "force": a.force }), false, move |_| msg.clone())
+            call_and_print(
+                &cli.global,
+                "primary",
+                serde_json::json!({ "resource": a.resource, "force": a.force }),
+                false,
+                move |_| msg.clone(),
+            )
         }
         Command::Secondary(ref a) => {
             let msg = format!("{}: Secondary\n", a.resource);
-            call_and_print(&cli.global, "secondary", serde_json::json!({ "resource": a.resource }), false, move |_| msg.clone())
+            call_and_print(
+                &cli.global,
+                "secondary",
+                serde_json::json!({ "resource": a.resource }),
+                false,
+                move |_| msg.clone(),
+            )
         }
         Command::Connect(ref a) => {
             let msg = format!("{}: connecting\n", a.resource);
-            let p = serde_json::json!({ "resource": a.resource, "discard_my_data": a.discard_my_data });
+            let p =
+                serde_json::json!({ "resource": a.resource, "discard_my_data": a.discard_my_data });
             call_and_print(&cli.global, "connect", p, false, move |_| msg.clone())
         }
         Command::Disconnect(ref a) => {
             let msg = format!("{}: StandAlone\n", a.resource);
-            call_and_print(&cli.global, "disconnect", serde_json::json!({ "resource": a.resource }), false, move |_| msg.clone())
+            call_and_print(
+                &cli.global,
+                "disconnect",
+                serde_json::json!({ "resource": a.resource }),
+                false,
+                move |_| msg.clone(),
+            )
         }
         Command::Stream(ref a) => stream::stream(&cli.global, a),
         Command::Restore(ref a) => stream::restore(&cli.global, a),
@@ -197,7 +222,10 @@ pub fn main() -> i32 {
 
 /// A small single-threaded runtime for the admin commands (the daemon builds its own).
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime for the CLI")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the CLI")
 }
 
 /// Connect to the daemon's control socket, or print why not and return the exit code.
@@ -213,7 +241,13 @@ pub async fn connect(g: &Global) -> Result<crate::control::Client, i32> {
 }
 
 /// Call `method` and print the result (pretty JSON with `json`, else via `render`).
-pub fn call_and_print(g: &Global, method: &str, params: serde_json::Value, json: bool, render: impl Fn(&serde_json::Value) -> String) -> i32 {
+pub fn call_and_print(
+    g: &Global,
+    method: &str,
+    params: serde_json::Value,
+    json: bool,
+    render: impl Fn(&serde_json::Value) -> String,
+) -> i32 {
     runtime().block_on(async {
         let mut client = match connect(g).await {
             Ok(c) => c,
@@ -248,7 +282,10 @@ fn print_result(
 /// This node's name: `--node`, else the host name.
 pub fn node_name(g: &Global) -> String {
     g.node.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
     })
 }
 
@@ -259,7 +296,9 @@ pub fn socket_path(g: &Global) -> Result<PathBuf, String> {
     }
     if let Some(file) = &g.config {
         let node = node_name(g);
-        return config::load(file, &node).map(|c| c.control_socket).map_err(|e| e.to_string());
+        return config::load(file, &node)
+            .map(|c| c.control_socket)
+            .map_err(|e| e.to_string());
     }
     Ok(PathBuf::from(config::DEFAULT_CONTROL_SOCKET))
 }
@@ -273,18 +312,32 @@ fn check_config(g: &Global) -> i32 {
     match config::load(file, &node) {
         Ok(c) => {
             println!("{}: valid for node {}", file.display(), c.node);
-            println!("control socket: {} (mode {:o})", c.control_socket.display(), c.control_socket_mode);
+            println!(
+                "control socket: {} (mode {:o})",
+                c.control_socket.display(),
+                c.control_socket_mode
+            );
             for r in &c.resources {
-                let peer = r.peer.as_ref().map_or("none (unreplicated)".to_owned(), |p| {
-                    format!("{} at {}", p.node, p.address.map_or("?".into(), |a| a.to_string()))
-                });
+                let peer = r
+                    .peer
+                    .as_ref()
+                    .map_or("none (unreplicated)".to_owned(), |p| {
+                        format!(
+                            "{} at {}",
+                            p.node,
+                            p.address.map_or("?".into(), |a| a.to_string())
+                        )
+                    });
                 println!(
                     "resource {}: size {}, disk {}, meta {}, nbd {}, peer {}",
                     r.name,
                     config::units::format_bytes(r.size_bytes),
                     r.local.disk.display(),
                     r.local.meta.display(),
-                    r.local.nbd.as_ref().map_or("none".into(), |n| n.to_string()),
+                    r.local
+                        .nbd
+                        .as_ref()
+                        .map_or("none".into(), |n| n.to_string()),
                     peer
                 );
             }

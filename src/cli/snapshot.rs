@@ -28,28 +28,56 @@ pub enum SnapshotCmd {
 
 pub fn run(g: &Global, c: &SnapshotCmd) -> i32 {
     match c {
-        SnapshotCmd::Create { resource, name, json } => {
-            call_and_print(g, "snapshot.create", json!({ "resource": resource, "name": name }), *json, |v| {
-                format!("snapshot {} of {resource} created (id {})\n", v["name"].as_str().unwrap_or("?"), v["id"])
-            })
-        }
-        SnapshotCmd::List { resource, json } => {
-            call_and_print(g, "snapshot.list", json!({ "resource": resource }), *json, render_list)
-        }
-        SnapshotCmd::Delete { resource, name } => {
-            call_and_print(g, "snapshot.delete", json!({ "resource": resource, "name": name }), false, |_| format!("snapshot {name} of {resource} deleted\n"))
-        }
+        SnapshotCmd::Create {
+            resource,
+            name,
+            json,
+        } => call_and_print(
+            g,
+            "snapshot.create",
+            json!({ "resource": resource, "name": name }),
+            *json,
+            |v| {
+                format!(
+                    "snapshot {} of {resource} created (id {})\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["id"]
+                )
+            },
+        ),
+        SnapshotCmd::List { resource, json } => call_and_print(
+            g,
+            "snapshot.list",
+            json!({ "resource": resource }),
+            *json,
+            render_list,
+        ),
+        SnapshotCmd::Delete { resource, name } => call_and_print(
+            g,
+            "snapshot.delete",
+            json!({ "resource": resource, "name": name }),
+            false,
+            |_| format!("snapshot {name} of {resource} deleted\n"),
+        ),
     }
 }
 
 fn render_list(v: &Value) -> String {
-    let mut out = format!("{:<24} {:>4}  {:<24} {:<10} {:>12} {:>12}\n", "NAME", "ID", "CREATED (UTC)", "STATE", "COW-USED", "CHANGED");
+    let mut out = format!(
+        "{:<24} {:>4}  {:<24} {:<10} {:>12} {:>12}\n",
+        "NAME", "ID", "CREATED (UTC)", "STATE", "COW-USED", "CHANGED"
+    );
     for s in v["snapshots"].as_array().into_iter().flatten() {
         let created = s["created_unix_ms"].as_u64().map_or("-".into(), |ms| {
             let secs = (ms / 1000) as i64;
             let (d, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
             let (y, m, day) = civil_from_days(d);
-            format!("{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+            format!(
+                "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            )
         });
         let state = s["state"].as_str().unwrap_or("?");
         out.push_str(&format!(
@@ -58,16 +86,26 @@ fn render_list(v: &Value) -> String {
             s["id"],
             created,
             state,
-            s["preserved_bytes"].as_u64().map_or("-".into(), format_bytes),
+            s["preserved_bytes"]
+                .as_u64()
+                .map_or("-".into(), format_bytes),
             s["changed_bytes"].as_u64().map_or("-".into(), format_bytes),
         ));
         if let Some(reason) = s["reason"].as_str() {
             out.push_str(&format!("  invalid: {reason}\n"));
         }
     }
-    let tombs: Vec<&str> = v["tombstones"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let tombs: Vec<&str> = v["tombstones"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     if !tombs.is_empty() {
-        out.push_str(&format!("deleted (usable as incremental parents): {}\n", tombs.join(", ")));
+        out.push_str(&format!(
+            "deleted (usable as incremental parents): {}\n",
+            tombs.join(", ")
+        ));
     }
     out
 }

@@ -21,7 +21,18 @@ pub fn render_table(v: &Value) -> String {
     if rows.is_empty() {
         return "no resources on this node\n".into();
     }
-    let header = ["RESOURCE", "ROLE", "DISK", "CONNECTION", "REPLICATION", "PEER", "OUT-OF-SYNC", "LAG", "SIZE", "NBD"];
+    let header = [
+        "RESOURCE",
+        "ROLE",
+        "DISK",
+        "CONNECTION",
+        "REPLICATION",
+        "PEER",
+        "OUT-OF-SYNC",
+        "LAG",
+        "SIZE",
+        "NBD",
+    ];
     let s = |x: &Value| x.as_str().unwrap_or("-").to_owned();
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
@@ -30,10 +41,15 @@ pub fn render_table(v: &Value) -> String {
             _ => "-".into(),
         };
         let nbd = match r["nbd"]["endpoint"].as_str() {
-            Some(ep) => format!("{ep} ({} clients)", r["nbd"]["connections"].as_u64().unwrap_or(0)),
+            Some(ep) => format!(
+                "{ep} ({} clients)",
+                r["nbd"]["connections"].as_u64().unwrap_or(0)
+            ),
             None => "-".into(),
         };
-        let lag = r["lag_ms"].as_u64().map_or("-".into(), |l| format!("{l}ms"));
+        let lag = r["lag_ms"]
+            .as_u64()
+            .map_or("-".into(), |l| format!("{l}ms"));
         table.push(vec![
             s(&r["name"]),
             s(&r["role"]),
@@ -41,16 +57,24 @@ pub fn render_table(v: &Value) -> String {
             s(&r["connection"]),
             s(&r["replication"]),
             peer,
-            r["out_of_sync_bytes"].as_u64().map_or("-".into(), format_bytes),
+            r["out_of_sync_bytes"]
+                .as_u64()
+                .map_or("-".into(), format_bytes),
             lag,
             r["size_bytes"].as_u64().map_or("-".into(), format_bytes),
             nbd,
         ]);
     }
-    let widths: Vec<usize> = (0..header.len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in &table {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -63,7 +87,9 @@ pub fn events(g: &Global, a: &EventsArgs) -> i32 {
             Ok(c) => c,
             Err(code) => return code,
         };
-        let filter = EventFilter { resource: a.resource.clone() };
+        let filter = EventFilter {
+            resource: a.resource.clone(),
+        };
         let mut stream = match client.subscribe(filter).await {
             Ok(s) => s,
             Err(e) => {
@@ -81,7 +107,9 @@ pub fn events(g: &Global, a: &EventsArgs) -> i32 {
                         println!("{}", render_event(&v));
                     }
                 }
-                Ok(Some(Received::Lost(n))) => eprintln!("drl events: {n} events lost (this reader fell behind)"),
+                Ok(Some(Received::Lost(n))) => {
+                    eprintln!("drl events: {n} events lost (this reader fell behind)")
+                }
                 Ok(None) => return exit::OK,
                 Err(e) => {
                     eprintln!("drl events: {e}");
@@ -102,7 +130,10 @@ pub fn render_event(ev: &Value) -> String {
     );
     if let Some(fields) = ev["fields"].as_object() {
         for (k, v) in fields {
-            let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let v = v
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
             line.push_str(&format!(" {k}:{v}"));
         }
     }
@@ -126,8 +157,14 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("r0           Primary"), "{t}");
-        assert!(lines[1].contains("256MiB") && lines[1].contains("/tmp/r0.nbd (2 clients)"), "{t}");
-        assert!(lines[2].contains("Primary/UpToDate") && lines[2].contains("12ms"), "{t}");
+        assert!(
+            lines[1].contains("256MiB") && lines[1].contains("/tmp/r0.nbd (2 clients)"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("Primary/UpToDate") && lines[2].contains("12ms"),
+            "{t}"
+        );
         let col = lines[0].find("DISK").unwrap();
         assert_eq!(&lines[1][col..col + 8], "UpToDate");
     }

@@ -96,7 +96,14 @@ pub enum JobCmd {
 }
 
 fn bar(json: bool) -> ProgressBar {
-    let b = ProgressBar::with_draw_target(Some(0), if json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    let b = ProgressBar::with_draw_target(
+        Some(0),
+        if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
     b.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
             .expect("template")
@@ -118,7 +125,11 @@ fn print_report(what: &str, r: &Report, json: bool) {
         return;
     }
     let secs = r.elapsed_ms as f64 / 1000.0;
-    let rate = if secs > 0.0 { r.bytes_read as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        r.bytes_read as f64 / secs
+    } else {
+        0.0
+    };
     println!("{what} done in {secs:.1} s");
     let rows = [
         ("bytes read", units::format_bytes(r.bytes_read)),
@@ -128,9 +139,15 @@ fn print_report(what: &str, r: &Report, json: bool) {
         ("chunks total", r.chunks_total.to_string()),
         ("chunks uploaded", r.chunks_uploaded.to_string()),
         ("chunks skipped (zero)", r.chunks_skipped_zero.to_string()),
-        ("chunks skipped (unchanged)", r.chunks_skipped_unchanged.to_string()),
+        (
+            "chunks skipped (unchanged)",
+            r.chunks_skipped_unchanged.to_string(),
+        ),
         ("chunks resumed", r.chunks_resumed.to_string()),
-        ("read rate", format!("{}/s", units::format_bytes(rate as u64))),
+        (
+            "read rate",
+            format!("{}/s", units::format_bytes(rate as u64)),
+        ),
     ];
     for (k, v) in rows {
         println!("  {k:<28} {v}");
@@ -179,24 +196,36 @@ fn run_job(g: &Global, method: &str, params: Value, what: &str, json: bool) -> i
                 }
             };
             match ev {
-                Ok(Some(Received::Event(ev))) if ev.object == ObjectKind::Job && ev.name == job => match ev.kind {
-                    EventKind::Progress => {
-                        if let Ok(p) = serde_json::from_value::<Progress>(ev.fields.get("progress").cloned().unwrap_or_default()) {
-                            show(&b, &p);
+                Ok(Some(Received::Event(ev))) if ev.object == ObjectKind::Job && ev.name == job => {
+                    match ev.kind {
+                        EventKind::Progress => {
+                            if let Ok(p) = serde_json::from_value::<Progress>(
+                                ev.fields.get("progress").cloned().unwrap_or_default(),
+                            ) {
+                                show(&b, &p);
+                            }
                         }
-                    }
-                    EventKind::Destroy => {
-                        b.finish_and_clear();
-                        if let Some(r) = ev.fields.get("report").and_then(|r| serde_json::from_value::<Report>(r.clone()).ok()) {
-                            print_report(what, &r, json);
-                            return exit::OK;
+                        EventKind::Destroy => {
+                            b.finish_and_clear();
+                            if let Some(r) = ev
+                                .fields
+                                .get("report")
+                                .and_then(|r| serde_json::from_value::<Report>(r.clone()).ok())
+                            {
+                                print_report(what, &r, json);
+                                return exit::OK;
+                            }
+                            let err = ev
+                                .fields
+                                .get("error")
+                                .and_then(Value::as_str)
+                                .unwrap_or("unknown error");
+                            eprintln!("drl {what}: {err}");
+                            return exit::FAILED;
                         }
-                        let err = ev.fields.get("error").and_then(Value::as_str).unwrap_or("unknown error");
-                        eprintln!("drl {what}: {err}");
-                        return exit::FAILED;
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     b.abandon();
@@ -232,7 +261,9 @@ pub fn stream(g: &Global, a: &StreamArgs) -> i32 {
 
 /// Swift credentials and stream defaults for commands that run here: from `--config` when
 /// given (its [swift] and [stream]), else the OpenStack environment and drl's defaults.
-fn local_settings(g: &Global) -> Result<(Option<crate::stream::auth::SwiftAuth>, StreamConfig), String> {
+fn local_settings(
+    g: &Global,
+) -> Result<(Option<crate::stream::auth::SwiftAuth>, StreamConfig), String> {
     match &g.config {
         Some(file) => config::load(file, &node_name(g))
             .map(|c| {
@@ -248,7 +279,12 @@ fn local_settings(g: &Global) -> Result<(Option<crate::stream::auth::SwiftAuth>,
 
 fn local<F, Fut>(g: &Global, what: &str, url: &str, json: bool, f: F) -> i32
 where
-    F: FnOnce(crate::stream::store::AnyStore, StoreUrl, StreamConfig, Box<dyn Fn(Progress) + Send + Sync>) -> Fut,
+    F: FnOnce(
+        crate::stream::store::AnyStore,
+        StoreUrl,
+        StreamConfig,
+        Box<dyn Fn(Progress) + Send + Sync>,
+    ) -> Fut,
     Fut: std::future::Future<Output = Result<Report, crate::stream::StreamError>>,
 {
     let (auth, settings) = match local_settings(g) {
@@ -298,55 +334,107 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
     }
     let target = PathBuf::from(&a.to);
     let parallel = a.parallel;
-    local(g, "restore", &a.from, a.json, move |store, url, settings, progress| async move {
-        let (loc, snap) = url.split_last()?;
-        let opts = RestoreOptions { parallelism: parallel.unwrap_or(settings.parallelism) };
-        restore_to_file(&store, &loc, &snap, &target, &opts, progress).await
-    })
+    local(
+        g,
+        "restore",
+        &a.from,
+        a.json,
+        move |store, url, settings, progress| async move {
+            let (loc, snap) = url.split_last()?;
+            let opts = RestoreOptions {
+                parallelism: parallel.unwrap_or(settings.parallelism),
+            };
+            restore_to_file(&store, &loc, &snap, &target, &opts, progress).await
+        },
+    )
 }
 
 pub fn image(g: &Global, c: &ImageCmd) -> i32 {
     match c {
-        ImageCmd::Push { file, to, segment_size, json } => {
+        ImageCmd::Push {
+            file,
+            to,
+            segment_size,
+            json,
+        } => {
             let file = file.clone();
             let seg = *segment_size;
-            local(g, "image push", to, *json, move |store, url, settings, progress| async move {
-                let (loc, object) = url.split_last()?;
-                let object = if loc.prefix.is_empty() { object } else { format!("{}/{object}", loc.prefix) };
-                let mut opts = image::ImageOptions { parallelism: settings.parallelism, ..Default::default() };
-                if let Some(s) = seg {
-                    opts.segment_bytes = s;
-                }
-                image::push(&store, &file, &loc.container, &object, &opts, progress).await
-            })
+            local(
+                g,
+                "image push",
+                to,
+                *json,
+                move |store, url, settings, progress| async move {
+                    let (loc, object) = url.split_last()?;
+                    let object = if loc.prefix.is_empty() {
+                        object
+                    } else {
+                        format!("{}/{object}", loc.prefix)
+                    };
+                    let mut opts = image::ImageOptions {
+                        parallelism: settings.parallelism,
+                        ..Default::default()
+                    };
+                    if let Some(s) = seg {
+                        opts.segment_bytes = s;
+                    }
+                    image::push(&store, &file, &loc.container, &object, &opts, progress).await
+                },
+            )
         }
         ImageCmd::Pull { from, to, json } => {
             let to = to.clone();
-            local(g, "image pull", from, *json, move |store, url, _settings, progress| async move {
-                let (loc, object) = url.split_last()?;
-                let object = if loc.prefix.is_empty() { object } else { format!("{}/{object}", loc.prefix) };
-                image::pull(&store, &loc.container, &object, &to, progress).await
-            })
+            local(
+                g,
+                "image pull",
+                from,
+                *json,
+                move |store, url, _settings, progress| async move {
+                    let (loc, object) = url.split_last()?;
+                    let object = if loc.prefix.is_empty() {
+                        object
+                    } else {
+                        format!("{}/{object}", loc.prefix)
+                    };
+                    image::pull(&store, &loc.container, &object, &to, progress).await
+                },
+            )
         }
     }
 }
 
 pub fn job(g: &Global, c: &JobCmd) -> i32 {
     match c {
-        JobCmd::List { json } => super::call_and_print(g, "job.list", json!({}), *json, render_jobs),
-        JobCmd::Cancel { job } => super::call_and_print(g, "job.cancel", json!({ "job": job }), false, |_| format!("job {job} cancelled\n")),
+        JobCmd::List { json } => {
+            super::call_and_print(g, "job.list", json!({}), *json, render_jobs)
+        }
+        JobCmd::Cancel { job } => {
+            super::call_and_print(g, "job.cancel", json!({ "job": job }), false, |_| {
+                format!("job {job} cancelled\n")
+            })
+        }
     }
 }
 
 fn render_jobs(v: &Value) -> String {
-    let mut out = format!("{:<28} {:<10} {:<10} {:>8}  {}\n", "JOB", "RESOURCE", "STATE", "DONE", "DETAIL");
+    let mut out = format!(
+        "{:<28} {:<10} {:<10} {:>8}  {}\n",
+        "JOB", "RESOURCE", "STATE", "DONE", "DETAIL"
+    );
     for j in v["jobs"].as_array().into_iter().flatten() {
-        let pct = match (j["progress"]["bytes_done"].as_u64(), j["progress"]["bytes_total"].as_u64()) {
+        let pct = match (
+            j["progress"]["bytes_done"].as_u64(),
+            j["progress"]["bytes_total"].as_u64(),
+        ) {
             (Some(d), Some(t)) if t > 0 => format!("{:.1}%", d as f64 * 100.0 / t as f64),
             _ => "-".into(),
         };
         let detail = j["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
-            j["report"]["bytes_uploaded"].as_u64().map_or(String::new(), |b| format!("uploaded {}", units::format_bytes(b)))
+            j["report"]["bytes_uploaded"]
+                .as_u64()
+                .map_or(String::new(), |b| {
+                    format!("uploaded {}", units::format_bytes(b))
+                })
         });
         out.push_str(&format!(
             "{:<28} {:<10} {:<10} {:>8}  {}\n",

@@ -35,7 +35,11 @@ pub enum ConfigError {
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
     #[error("{file}: {key}: {reason}")]
-    Invalid { file: PathBuf, key: String, reason: String },
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 // ---- raw, as written in the file ----
@@ -146,7 +150,9 @@ impl NbdEndpoint {
         }
         let p = PathBuf::from(text);
         if !p.is_absolute() {
-            return Err(format!("{text:?}: must be an absolute unix socket path or tcp:HOST:PORT"));
+            return Err(format!(
+                "{text:?}: must be an absolute unix socket path or tcp:HOST:PORT"
+            ));
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if text.len() > 107 {
@@ -263,25 +269,38 @@ impl NodeConfig {
 
 /// Read, parse and validate `file` for node `node`.
 pub fn load(file: &Path, node: &str) -> Result<NodeConfig, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    })?;
     let raw = parse(file, &text)?;
     validate(file, &raw, node)
 }
 
 /// Parse TOML text. Unknown keys and wrong types are errors that name the key and position.
 pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_owned(), message: e.to_string().trim_end().to_owned() })
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
 }
 
 /// Check the meaning of a parsed config and keep what node `node` runs.
 pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, ConfigError> {
-    let invalid = |key: String, reason: String| ConfigError::Invalid { file: file.to_owned(), key, reason };
+    let invalid = |key: String, reason: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        key,
+        reason,
+    };
 
     let mut node_names = HashSet::new();
     for (i, n) in raw.node.iter().enumerate() {
         check_name(&n.name).map_err(|r| invalid(format!("node[{i}].name"), r))?;
         if !node_names.insert(n.name.as_str()) {
-            return Err(invalid(format!("node[{i}].name"), format!("node {:?} is listed twice", n.name)));
+            return Err(invalid(
+                format!("node[{i}].name"),
+                format!("node {:?} is listed twice", n.name),
+            ));
         }
     }
     let Some(me) = raw.node.iter().find(|n| n.name == node) else {
@@ -291,13 +310,21 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             format!("this node {node:?} is not listed (known: {known:?}); pass --node NAME or add a [[node]] section"),
         ));
     };
-    let control_socket = me.control_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    let control_socket = me
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
     let control_socket_mode = match &me.control_socket_mode {
         None => 0o600,
         Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| invalid(format!("node.{node}.control-socket-mode"), format!("{s:?} is not an octal mode like \"0600\"")))?,
+            .ok_or_else(|| {
+                invalid(
+                    format!("node.{node}.control-socket-mode"),
+                    format!("{s:?} is not an octal mode like \"0600\""),
+                )
+            })?,
     };
 
     let mut resources = Vec::new();
@@ -311,51 +338,109 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         }
         let size = r.size.bytes();
         if size == 0 || size % limits::BITMAP_BLOCK_BYTES != 0 {
-            return Err(invalid(key("size"), format!("{size} bytes: must be a non-zero multiple of {} bytes", limits::BITMAP_BLOCK_BYTES)));
+            return Err(invalid(
+                key("size"),
+                format!(
+                    "{size} bytes: must be a non-zero multiple of {} bytes",
+                    limits::BITMAP_BLOCK_BYTES
+                ),
+            ));
         }
         if size > limits::VOLUME_SIZE_BYTES_MAX {
-            return Err(invalid(key("size"), format!("{} is larger than the maximum {}", units::format_bytes(size), units::format_bytes(limits::VOLUME_SIZE_BYTES_MAX))));
+            return Err(invalid(
+                key("size"),
+                format!(
+                    "{} is larger than the maximum {}",
+                    units::format_bytes(size),
+                    units::format_bytes(limits::VOLUME_SIZE_BYTES_MAX)
+                ),
+            ));
         }
         for name in r.on.keys() {
             if !node_names.contains(name.as_str()) {
-                return Err(invalid(key(&format!("on.{name}")), format!("node {name:?} is not listed in [[node]]")));
+                return Err(invalid(
+                    key(&format!("on.{name}")),
+                    format!("node {name:?} is not listed in [[node]]"),
+                ));
             }
         }
         if r.on.len() > 2 {
-            return Err(invalid(key("on"), format!("{} nodes hold this resource; drl replicates between exactly two", r.on.len())));
+            return Err(invalid(
+                key("on"),
+                format!(
+                    "{} nodes hold this resource; drl replicates between exactly two",
+                    r.on.len()
+                ),
+            ));
         }
-        let Some(local_raw) = r.on.get(node) else { continue };
-        let local = placement(node, local_raw, &|k| key(&format!("on.{node}.{k}")), &invalid)?;
+        let Some(local_raw) = r.on.get(node) else {
+            continue;
+        };
+        let local = placement(
+            node,
+            local_raw,
+            &|k| key(&format!("on.{node}.{k}")),
+            &invalid,
+        )?;
         let peer = match r.on.iter().find(|(n, _)| n.as_str() != node) {
             None => None,
-            Some((pn, praw)) => Some(placement(pn, praw, &|k| key(&format!("on.{pn}.{k}")), &invalid)?),
+            Some((pn, praw)) => Some(placement(
+                pn,
+                praw,
+                &|k| key(&format!("on.{pn}.{k}")),
+                &invalid,
+            )?),
         };
         if let Some(p) = &peer {
             for (pl, who) in [(&local, node), (p, p.node.as_str())] {
                 if pl.address.is_none() {
-                    return Err(invalid(key(&format!("on.{who}.address")), "a replicated resource needs the replication address of both nodes".into()));
+                    return Err(invalid(
+                        key(&format!("on.{who}.address")),
+                        "a replicated resource needs the replication address of both nodes".into(),
+                    ));
                 }
             }
             match &r.secret {
                 Some(s) if !s.is_empty() => {}
-                _ => return Err(invalid(key("secret"), "a replicated resource needs a non-empty shared secret".into())),
+                _ => {
+                    return Err(invalid(
+                        key("secret"),
+                        "a replicated resource needs a non-empty shared secret".into(),
+                    ))
+                }
             }
         }
         for (p, k) in [(&local.disk, "disk"), (&local.meta, "meta")] {
             if !paths.insert(p.clone()) {
-                return Err(invalid(key(&format!("on.{node}.{k}")), format!("{} is used twice on this node", p.display())));
+                return Err(invalid(
+                    key(&format!("on.{node}.{k}")),
+                    format!("{} is used twice on this node", p.display()),
+                ));
             }
         }
         if let Some(NbdEndpoint::Unix(p)) = &local.nbd {
             if !paths.insert(p.clone()) {
-                return Err(invalid(key(&format!("on.{node}.nbd")), format!("{} is used twice on this node", p.display())));
+                return Err(invalid(
+                    key(&format!("on.{node}.nbd")),
+                    format!("{} is used twice on this node", p.display()),
+                ));
             }
         }
-        let snapshot_chunk_bytes = r.snapshot_chunk.map_or(limits::SNAPSHOT_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
-        if !snapshot_chunk_bytes.is_power_of_two() || !(4096..=4 << 20).contains(&snapshot_chunk_bytes) {
-            return Err(invalid(key("snapshot-chunk"), format!("{snapshot_chunk_bytes} bytes: must be a power of two from 4KiB to 4MiB")));
+        let snapshot_chunk_bytes = r
+            .snapshot_chunk
+            .map_or(limits::SNAPSHOT_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
+        if !snapshot_chunk_bytes.is_power_of_two()
+            || !(4096..=4 << 20).contains(&snapshot_chunk_bytes)
+        {
+            return Err(invalid(
+                key("snapshot-chunk"),
+                format!("{snapshot_chunk_bytes} bytes: must be a power of two from 4KiB to 4MiB"),
+            ));
         }
-        let snapshot_space_bytes = r.snapshot_space.map_or(size / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT, ByteSize::bytes);
+        let snapshot_space_bytes = r.snapshot_space.map_or(
+            size / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT,
+            ByteSize::bytes,
+        );
         if snapshot_space_bytes < snapshot_chunk_bytes {
             return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
         }
@@ -371,55 +456,117 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             repl,
         });
     }
-    let swift = raw.swift.as_ref().map(|s| swift_auth(s, &invalid)).transpose()?;
+    let swift = raw
+        .swift
+        .as_ref()
+        .map(|s| swift_auth(s, &invalid))
+        .transpose()?;
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
     let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
     let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
-    Ok(NodeConfig { file: file.to_owned(), node: node.to_owned(), control_socket, control_socket_mode, resources, swift, stream, shaping, resync })
+    Ok(NodeConfig {
+        file: file.to_owned(),
+        node: node.to_owned(),
+        control_socket,
+        control_socket_mode,
+        resources,
+        swift,
+        stream,
+        shaping,
+        resync,
+    })
 }
 
-fn swift_auth(s: &RawSwift, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<crate::stream::auth::SwiftAuth, ConfigError> {
+fn swift_auth(
+    s: &RawSwift,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<crate::stream::auth::SwiftAuth, ConfigError> {
     use crate::stream::auth::{Secret, SwiftAuth};
     if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
-        return Err(invalid("swift.url".into(), format!("{:?} is not an http(s) URL", s.url)));
+        return Err(invalid(
+            "swift.url".into(),
+            format!("{:?} is not an http(s) URL", s.url),
+        ));
     }
     match s.auth.as_str() {
-        "tempauth" => Ok(SwiftAuth::TempAuth { url: s.url.clone(), user: s.user.clone(), key: Secret::new(s.key.clone()) }),
+        "tempauth" => Ok(SwiftAuth::TempAuth {
+            url: s.url.clone(),
+            user: s.user.clone(),
+            key: Secret::new(s.key.clone()),
+        }),
         "keystone-v3" => Ok(SwiftAuth::KeystoneV3 {
             auth_url: s.url.clone(),
             username: s.user.clone(),
             password: Secret::new(s.key.clone()),
-            project_name: s.project.clone().ok_or_else(|| invalid("swift.project".into(), "keystone-v3 needs a project".into()))?,
+            project_name: s.project.clone().ok_or_else(|| {
+                invalid("swift.project".into(), "keystone-v3 needs a project".into())
+            })?,
             user_domain_name: s.user_domain.clone().unwrap_or_else(|| "Default".into()),
             project_domain_name: s.project_domain.clone().unwrap_or_else(|| "Default".into()),
             region: s.region.clone(),
         }),
-        other => Err(invalid("swift.auth".into(), format!("{other:?}: use \"tempauth\" or \"keystone-v3\""))),
+        other => Err(invalid(
+            "swift.auth".into(),
+            format!("{other:?}: use \"tempauth\" or \"keystone-v3\""),
+        )),
     }
 }
 
 /// Stream defaults when no config file is given.
 pub fn default_stream_config() -> StreamConfig {
-    stream_config(None, &|key, reason| ConfigError::Invalid { file: PathBuf::new(), key, reason }).expect("defaults are valid")
+    stream_config(None, &|key, reason| ConfigError::Invalid {
+        file: PathBuf::new(),
+        key,
+        reason,
+    })
+    .expect("defaults are valid")
 }
 
-fn stream_config(s: Option<&RawStream>, invalid: &dyn Fn(String, String) -> ConfigError) -> Result<StreamConfig, ConfigError> {
-    let chunk_bytes = s.and_then(|s| s.chunk_size).map_or(limits::STREAM_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
-    if !(limits::STREAM_CHUNK_BYTES_MIN..=limits::STREAM_CHUNK_BYTES_MAX).contains(&chunk_bytes) || chunk_bytes % limits::BITMAP_BLOCK_BYTES != 0 {
+fn stream_config(
+    s: Option<&RawStream>,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<StreamConfig, ConfigError> {
+    let chunk_bytes = s
+        .and_then(|s| s.chunk_size)
+        .map_or(limits::STREAM_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
+    if !(limits::STREAM_CHUNK_BYTES_MIN..=limits::STREAM_CHUNK_BYTES_MAX).contains(&chunk_bytes)
+        || chunk_bytes % limits::BITMAP_BLOCK_BYTES != 0
+    {
         return Err(invalid(
             "stream.chunk-size".into(),
-            format!("{chunk_bytes} bytes: must be a multiple of 4KiB from {} to {}", units::format_bytes(limits::STREAM_CHUNK_BYTES_MIN), units::format_bytes(limits::STREAM_CHUNK_BYTES_MAX)),
+            format!(
+                "{chunk_bytes} bytes: must be a multiple of 4KiB from {} to {}",
+                units::format_bytes(limits::STREAM_CHUNK_BYTES_MIN),
+                units::format_bytes(limits::STREAM_CHUNK_BYTES_MAX)
+            ),
         ));
     }
-    let parallelism = s.and_then(|s| s.parallelism).unwrap_or(limits::STREAM_PARALLELISM_DEFAULT);
+    let parallelism = s
+        .and_then(|s| s.parallelism)
+        .unwrap_or(limits::STREAM_PARALLELISM_DEFAULT);
     if !(1..=limits::STREAM_PARALLELISM_MAX).contains(&parallelism) {
-        return Err(invalid("stream.parallelism".into(), format!("{parallelism}: must be 1 to {}", limits::STREAM_PARALLELISM_MAX)));
+        return Err(invalid(
+            "stream.parallelism".into(),
+            format!(
+                "{parallelism}: must be 1 to {}",
+                limits::STREAM_PARALLELISM_MAX
+            ),
+        ));
     }
-    let vault_dir = s.and_then(|s| s.vault_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::stream::store::DEFAULT_VAULT_DIR));
+    let vault_dir = s
+        .and_then(|s| s.vault_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::stream::store::DEFAULT_VAULT_DIR));
     if !vault_dir.is_absolute() {
-        return Err(invalid("stream.vault-dir".into(), format!("{} must be an absolute path", vault_dir.display())));
+        return Err(invalid(
+            "stream.vault-dir".into(),
+            format!("{} must be an absolute path", vault_dir.display()),
+        ));
     }
-    Ok(StreamConfig { vault_dir, chunk_bytes, parallelism })
+    Ok(StreamConfig {
+        vault_dir,
+        chunk_bytes,
+        parallelism,
+    })
 }
 
 fn repl_config(
@@ -431,7 +578,10 @@ fn repl_config(
     let mut c = ReplConfig::default();
     if let Some(p) = &r.protocol {
         if p != "A" {
-            return Err(invalid(key("protocol"), format!("{p:?}: drl replicates asynchronously, only protocol \"A\" exists")));
+            return Err(invalid(
+                key("protocol"),
+                format!("{p:?}: drl replicates asynchronously, only protocol \"A\" exists"),
+            ));
         }
     }
     if let Some(v) = &r.on_congestion {
@@ -439,14 +589,25 @@ fn repl_config(
             "block" => OnCongestion::Block,
             "pull-ahead" => OnCongestion::PullAhead,
             "disconnect" => OnCongestion::Disconnect,
-            _ => return Err(invalid(key("on-congestion"), format!("{v:?}: one of \"block\", \"pull-ahead\", \"disconnect\""))),
+            _ => {
+                return Err(invalid(
+                    key("on-congestion"),
+                    format!("{v:?}: one of \"block\", \"pull-ahead\", \"disconnect\""),
+                ))
+            }
         };
     }
     if let Some(b) = r.max_buffer {
         let b = b.bytes();
         let min = 2 * u64::from(limits::REPL_FRAME_DATA_BYTES_MAX);
         if !(min..=limits::REPL_MAX_BUFFER_BYTES_LIMIT).contains(&b) {
-            return Err(invalid(key("max-buffer"), format!("{b} bytes: must be from {min} to {}", limits::REPL_MAX_BUFFER_BYTES_LIMIT)));
+            return Err(invalid(
+                key("max-buffer"),
+                format!(
+                    "{b} bytes: must be from {min} to {}",
+                    limits::REPL_MAX_BUFFER_BYTES_LIMIT
+                ),
+            ));
         }
         c.max_buffer_bytes = b;
     }
@@ -454,14 +615,24 @@ fn repl_config(
         c.split_brain.after_sb_1pri = match v.as_str() {
             "discard-secondary" => AfterSb1Pri::DiscardSecondary,
             "disconnect" => AfterSb1Pri::Disconnect,
-            _ => return Err(invalid(key("after-sb-1pri"), format!("{v:?}: one of \"discard-secondary\", \"disconnect\""))),
+            _ => {
+                return Err(invalid(
+                    key("after-sb-1pri"),
+                    format!("{v:?}: one of \"discard-secondary\", \"disconnect\""),
+                ))
+            }
         };
     }
     if let Some(v) = &r.after_sb_0pri {
         c.split_brain.after_sb_0pri = match v.as_str() {
             "disconnect" => AfterSb0Pri::Disconnect,
             "discard-zero-changes" => AfterSb0Pri::DiscardZeroChanges,
-            _ => return Err(invalid(key("after-sb-0pri"), format!("{v:?}: one of \"disconnect\", \"discard-zero-changes\""))),
+            _ => {
+                return Err(invalid(
+                    key("after-sb-0pri"),
+                    format!("{v:?}: one of \"disconnect\", \"discard-zero-changes\""),
+                ))
+            }
         };
     }
     Ok(c)
@@ -475,7 +646,12 @@ fn placement(
 ) -> Result<Placement, ConfigError> {
     let address = match &raw.address {
         None => None,
-        Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| invalid(key("address"), format!("{a:?} is not HOST:PORT with a numeric address ({e})")))?),
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                key("address"),
+                format!("{a:?} is not HOST:PORT with a numeric address ({e})"),
+            )
+        })?),
     };
     let nbd = match &raw.nbd {
         None => None,
@@ -483,14 +659,25 @@ fn placement(
     };
     for (p, k) in [(&raw.disk, "disk"), (&raw.meta, "meta")] {
         if !p.is_absolute() {
-            return Err(invalid(key(k), format!("{} must be an absolute path", p.display())));
+            return Err(invalid(
+                key(k),
+                format!("{} must be an absolute path", p.display()),
+            ));
         }
     }
     if raw.disk == raw.meta {
-        return Err(invalid(key("meta"), "meta must be a different file than disk".into()));
+        return Err(invalid(
+            key("meta"),
+            "meta must be a different file than disk".into(),
+        ));
     }
     let snapshot_dir = match &raw.snapshot_dir {
-        Some(d) if !d.is_absolute() => return Err(invalid(key("snapshot-dir"), format!("{} must be an absolute path", d.display()))),
+        Some(d) if !d.is_absolute() => {
+            return Err(invalid(
+                key("snapshot-dir"),
+                format!("{} must be an absolute path", d.display()),
+            ))
+        }
         Some(d) => d.clone(),
         None => {
             let mut s = raw.meta.clone().into_os_string();
@@ -498,16 +685,32 @@ fn placement(
             PathBuf::from(s)
         }
     };
-    Ok(Placement { node: node.to_owned(), address, disk: raw.disk.clone(), meta: raw.meta.clone(), nbd, snapshot_dir })
+    Ok(Placement {
+        node: node.to_owned(),
+        address,
+        disk: raw.disk.clone(),
+        meta: raw.meta.clone(),
+        nbd,
+        snapshot_dir,
+    })
 }
 
 /// Names of nodes and resources: what DRBD allows, and safe in paths and logs.
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > limits::NAME_BYTES_MAX {
-        return Err(format!("{name:?}: a name must be 1 to {} bytes long", limits::NAME_BYTES_MAX));
+        return Err(format!(
+            "{name:?}: a name must be 1 to {} bytes long",
+            limits::NAME_BYTES_MAX
+        ));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
-        return Err(format!("{name:?}: use only letters, digits, '-', '_' and '.' (not first)"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "{name:?}: use only letters, digits, '-', '_' and '.' (not first)"
+        ));
     }
     Ok(())
 }

@@ -34,7 +34,9 @@ fn check(text: &str, node: &str) -> Result<NodeConfig, ConfigError> {
 }
 
 fn err(text: &str, node: &str) -> String {
-    check(text, node).expect_err("config should be refused").to_string()
+    check(text, node)
+        .expect_err("config should be refused")
+        .to_string()
 }
 
 #[test]
@@ -45,13 +47,19 @@ fn issue_example_works_for_both_nodes() {
     let r = &a.resources[0];
     assert_eq!(r.size_bytes, 256 << 20);
     assert_eq!(r.local.disk, PathBuf::from("/tmp/drl/a/r0.img"));
-    assert_eq!(r.local.nbd, Some(NbdEndpoint::Unix("/tmp/drl/a/r0.nbd".into())));
+    assert_eq!(
+        r.local.nbd,
+        Some(NbdEndpoint::Unix("/tmp/drl/a/r0.nbd".into()))
+    );
     let peer = r.peer.as_ref().unwrap();
     assert_eq!(peer.node, "site-b");
     assert_eq!(peer.address, Some("127.0.0.1:7790".parse().unwrap()));
 
     let b = check(EXAMPLE, "site-b").unwrap();
-    assert_eq!(b.resources[0].local.meta, PathBuf::from("/tmp/drl/b/r0.meta"));
+    assert_eq!(
+        b.resources[0].local.meta,
+        PathBuf::from("/tmp/drl/b/r0.meta")
+    );
     assert_eq!(b.resources[0].peer.as_ref().unwrap().node, "site-a");
 }
 
@@ -70,7 +78,10 @@ nbd = "tcp:127.0.0.1:10809"
 "#;
     let c = check(t, "n1").unwrap();
     assert!(c.resources[0].peer.is_none());
-    assert_eq!(c.resources[0].local.nbd, Some(NbdEndpoint::Tcp("127.0.0.1:10809".parse().unwrap())));
+    assert_eq!(
+        c.resources[0].local.nbd,
+        Some(NbdEndpoint::Tcp("127.0.0.1:10809".parse().unwrap()))
+    );
     assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
 }
 
@@ -81,13 +92,22 @@ fn resources_of_other_nodes_are_skipped() {
         "[[resource]]\nname = \"other\"\nsize = \"1MiB\"\n[resource.on.site-b]\ndisk = \"/x/o.img\"\nmeta = \"/x/o.meta\"\n\n[[resource]]\nname = \"r0\"",
     );
     let a = check(&t, "site-a").unwrap();
-    assert_eq!(a.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["r0"]);
+    assert_eq!(
+        a.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["r0"]
+    );
 }
 
 #[test]
 fn unknown_node_is_refused_naming_known_ones() {
     let e = err(EXAMPLE, "site-c");
-    assert!(e.contains("test.toml") && e.contains("\"site-c\"") && e.contains("site-a"), "{e}");
+    assert!(
+        e.contains("test.toml") && e.contains("\"site-c\"") && e.contains("site-a"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -100,20 +120,57 @@ fn typo_key_is_refused_with_its_name() {
 fn bad_values_name_key_and_reason() {
     let cases = [
         (EXAMPLE.replace("\"256MiB\"", "\"256MB\""), "ambiguous"),
-        (EXAMPLE.replace("\"256MiB\"", "\"1000\""), "resource.r0.size"),
-        (EXAMPLE.replace("\"127.0.0.1:7789\"", "\"localhost\""), "resource.r0.on.site-a.address"),
-        (EXAMPLE.replace("\"/tmp/drl/a/r0.nbd\"", "\"r0.nbd\""), "resource.r0.on.site-a.nbd"),
-        (EXAMPLE.replace("\"/tmp/drl/a/r0.meta\"", "\"/tmp/drl/a/r0.img\""), "meta must be a different file"),
-        (EXAMPLE.replace("secret = \"change-me\"", "secret = \"\""), "resource.r0.secret"),
-        (EXAMPLE.replace("disk = \"/tmp/drl/a/r0.img\"", "disk = \"rel/r0.img\""), "absolute"),
-        (EXAMPLE.replace("[resource.on.site-b]", "[resource.on.site-x]"), "not listed in [[node]]"),
-        (EXAMPLE.replace("name = \"site-b\"", "name = \"site-a\""), "listed twice"),
-        (EXAMPLE.replace("name = \"r0\"", "name = \"r 0\""), "use only letters"),
+        (
+            EXAMPLE.replace("\"256MiB\"", "\"1000\""),
+            "resource.r0.size",
+        ),
+        (
+            EXAMPLE.replace("\"127.0.0.1:7789\"", "\"localhost\""),
+            "resource.r0.on.site-a.address",
+        ),
+        (
+            EXAMPLE.replace("\"/tmp/drl/a/r0.nbd\"", "\"r0.nbd\""),
+            "resource.r0.on.site-a.nbd",
+        ),
+        (
+            EXAMPLE.replace("\"/tmp/drl/a/r0.meta\"", "\"/tmp/drl/a/r0.img\""),
+            "meta must be a different file",
+        ),
+        (
+            EXAMPLE.replace("secret = \"change-me\"", "secret = \"\""),
+            "resource.r0.secret",
+        ),
+        (
+            EXAMPLE.replace("disk = \"/tmp/drl/a/r0.img\"", "disk = \"rel/r0.img\""),
+            "absolute",
+        ),
+        (
+            EXAMPLE.replace("[resource.on.site-b]", "[resource.on.site-x]"),
+            "not listed in [[node]]",
+        ),
+        (
+            EXAMPLE.replace("name = \"site-b\"", "name = \"site-a\""),
+            "listed twice",
+        ),
+        (
+            EXAMPLE.replace("name = \"r0\"", "name = \"r 0\""),
+            "use only letters",
+        ),
         (EXAMPLE.replace("size = \"256MiB\"", "size = true"), "size"),
-        ("[[node]]\nname = \"n\"\ncontrol-socket-mode = \"999\"\n".to_owned(), "octal"),
+        (
+            "[[node]]\nname = \"n\"\ncontrol-socket-mode = \"999\"\n".to_owned(),
+            "octal",
+        ),
     ];
     for (text, needle) in cases {
-        let e = err(&text, if text.contains("site-a") { "site-a" } else { "n" });
+        let e = err(
+            &text,
+            if text.contains("site-a") {
+                "site-a"
+            } else {
+                "n"
+            },
+        );
         assert!(e.contains(needle), "expected {needle:?} in: {e}");
         assert!(e.starts_with("test.toml"), "error must name the file: {e}");
     }
@@ -127,8 +184,14 @@ fn toml_syntax_error_names_position() {
 
 #[test]
 fn nbd_endpoint_uri() {
-    assert_eq!(NbdEndpoint::parse("/run/r0.nbd").unwrap().uri(), "nbd+unix:///?socket=/run/r0.nbd");
-    assert_eq!(NbdEndpoint::parse("tcp:127.0.0.1:10809").unwrap().uri(), "nbd://127.0.0.1:10809/");
+    assert_eq!(
+        NbdEndpoint::parse("/run/r0.nbd").unwrap().uri(),
+        "nbd+unix:///?socket=/run/r0.nbd"
+    );
+    assert_eq!(
+        NbdEndpoint::parse("tcp:127.0.0.1:10809").unwrap().uri(),
+        "nbd://127.0.0.1:10809/"
+    );
     assert!(NbdEndpoint::parse("tcp:nohost").is_err());
 }
 
@@ -138,9 +201,18 @@ fn snapshot_defaults_and_checks() {
     let r = &a.resources[0];
     assert_eq!(r.snapshot_chunk_bytes, 64 << 10);
     assert_eq!(r.snapshot_space_bytes, (256 << 20) / 100 * 25);
-    assert_eq!(r.local.snapshot_dir, PathBuf::from("/tmp/drl/a/r0.meta.snap"));
-    let e = err(&EXAMPLE.replace("secret =", "snapshot-chunk = \"3KiB\"\nsecret ="), "site-a");
-    assert!(e.contains("snapshot-chunk") && e.contains("power of two"), "{e}");
+    assert_eq!(
+        r.local.snapshot_dir,
+        PathBuf::from("/tmp/drl/a/r0.meta.snap")
+    );
+    let e = err(
+        &EXAMPLE.replace("secret =", "snapshot-chunk = \"3KiB\"\nsecret ="),
+        "site-a",
+    );
+    assert!(
+        e.contains("snapshot-chunk") && e.contains("power of two"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -149,8 +221,13 @@ fn swift_and_stream_sections() {
         "{EXAMPLE}\n[swift]\nauth = \"tempauth\"\nurl = \"http://127.0.0.1:8080/auth/v1.0\"\nuser = \"test:tester\"\nkey = \"testing\"\n\n[stream]\nvault-dir = \"/srv/vault\"\nchunk-size = \"1MiB\"\nparallelism = 8\n"
     );
     let c = check(&t, "site-a").unwrap();
-    assert!(matches!(c.swift, Some(crate::stream::auth::SwiftAuth::TempAuth { ref user, .. }) if user == "test:tester"));
-    assert!(!format!("{:?}", c.swift).contains("testing"), "the key must never be printed");
+    assert!(
+        matches!(c.swift, Some(crate::stream::auth::SwiftAuth::TempAuth { ref user, .. }) if user == "test:tester")
+    );
+    assert!(
+        !format!("{:?}", c.swift).contains("testing"),
+        "the key must never be printed"
+    );
     assert_eq!(c.stream.chunk_bytes, 1 << 20);
     assert_eq!(c.stream.parallelism, 8);
     assert_eq!(c.stream.vault_dir, PathBuf::from("/srv/vault"));
@@ -162,8 +239,14 @@ fn swift_and_stream_sections() {
     assert!(e.contains("stream.parallelism"), "{e}");
     let k = t.replace("\"tempauth\"", "\"keystone-v3\"");
     assert!(err(&k, "site-a").contains("swift.project"));
-    let c = check(&k.replace("key = \"testing\"", "key = \"testing\"\nproject = \"demo\""), "site-a").unwrap();
-    assert!(matches!(c.swift, Some(crate::stream::auth::SwiftAuth::KeystoneV3 { ref project_name, .. }) if project_name == "demo"));
+    let c = check(
+        &k.replace("key = \"testing\"", "key = \"testing\"\nproject = \"demo\""),
+        "site-a",
+    )
+    .unwrap();
+    assert!(
+        matches!(c.swift, Some(crate::stream::auth::SwiftAuth::KeystoneV3 { ref project_name, .. }) if project_name == "demo")
+    );
 }
 
 #[test]
@@ -185,10 +268,16 @@ fn shaping_section_is_read() {
     // 5 ms of 100 Mbit is 62.5 KB: the 64 KiB minimum wins.
     assert_eq!(c.burst_bytes, 64 * 1024);
     assert_eq!(c.classes[Class::Image as usize].share, 5);
-    assert_eq!(c.classes[Class::Image as usize].ceil_bytes_per_s, Some(2_500_000));
+    assert_eq!(
+        c.classes[Class::Image as usize].ceil_bytes_per_s,
+        Some(2_500_000)
+    );
     assert_eq!(c.classes[Class::Replication as usize].share, 60);
     assert_eq!(c.classes[Class::Resync as usize].share, 25);
-    assert_eq!(c.guarantee_bytes_per_s(Class::Replication), Some(12_500_000 * 60 / 105));
+    assert_eq!(
+        c.guarantee_bytes_per_s(Class::Replication),
+        Some(12_500_000 * 60 / 105)
+    );
 
     let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"1Gbit\"\nburst = \"1MiB\"\n");
     let c = check(&t, "site-a").unwrap().shaping;
@@ -199,19 +288,53 @@ fn shaping_section_is_read() {
 
 #[test]
 fn shaping_errors_name_the_key_and_reason() {
-    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.bulk]\nshare = 1\n"), "site-a");
-    assert!(e.contains("test.toml: shaping.class.bulk: unknown traffic class \"bulk\""), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.resync]\nshare = 0\n"), "site-a");
-    assert!(e.contains("shaping.class.resync.share: 0: must be 1 to"), "{e}");
+    let e = err(
+        &format!(
+            "{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.bulk]\nshare = 1\n"
+        ),
+        "site-a",
+    );
+    assert!(
+        e.contains("test.toml: shaping.class.bulk: unknown traffic class \"bulk\""),
+        "{e}"
+    );
+    let e = err(
+        &format!(
+            "{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.resync]\nshare = 0\n"
+        ),
+        "site-a",
+    );
+    assert!(
+        e.contains("shaping.class.resync.share: 0: must be 1 to"),
+        "{e}"
+    );
     let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.class.image]\nceil = \"200Mbit\"\n"), "site-a");
-    assert!(e.contains("shaping.class.image.ceil: 200.0Mbit is above the link rate 100.0Mbit"), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping]\n[shaping.class.image]\nceil = \"20Mbit\"\n"), "site-a");
-    assert!(e.contains("shaping.class.image.ceil: a ceiling needs shaping.link-rate"), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\nburst = \"1KiB\"\n"), "site-a");
+    assert!(
+        e.contains("shaping.class.image.ceil: 200.0Mbit is above the link rate 100.0Mbit"),
+        "{e}"
+    );
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping]\n[shaping.class.image]\nceil = \"20Mbit\"\n"),
+        "site-a",
+    );
+    assert!(
+        e.contains("shaping.class.image.ceil: a ceiling needs shaping.link-rate"),
+        "{e}"
+    );
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\nburst = \"1KiB\"\n"),
+        "site-a",
+    );
     assert!(e.contains("shaping.burst: 1"), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mb\"\n"), "site-a");
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mb\"\n"),
+        "site-a",
+    );
     assert!(e.contains("unknown rate unit"), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping]\nlinkrate = \"100Mbit\"\n"), "site-a");
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping]\nlinkrate = \"100Mbit\"\n"),
+        "site-a",
+    );
     assert!(e.contains("linkrate"), "{e}");
 }
 
@@ -221,9 +344,23 @@ fn shaping_resync_section() {
     assert_eq!(a.resync, crate::shaping::resync::ResyncTuning::default());
     let t = format!("{EXAMPLE}\n[shaping]\nlink-rate = \"100Mbit\"\n[shaping.resync]\nplan-ahead = \"3s\"\nfill-target = \"4MiB\"\nmin-rate = \"10Mbit\"\nmax-rate = \"80Mbit\"\n");
     let r = check(&t, "site-a").unwrap().resync;
-    assert_eq!((r.plan_ahead_ms, r.fill_target_bytes, r.min_rate_bytes_per_s, r.max_rate_bytes_per_s), (3000, 4 << 20, 1_250_000, Some(10_000_000)));
-    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nfill-target = \"4KiB\"\n"), "site-a");
+    assert_eq!(
+        (
+            r.plan_ahead_ms,
+            r.fill_target_bytes,
+            r.min_rate_bytes_per_s,
+            r.max_rate_bytes_per_s
+        ),
+        (3000, 4 << 20, 1_250_000, Some(10_000_000))
+    );
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping.resync]\nfill-target = \"4KiB\"\n"),
+        "site-a",
+    );
     assert!(e.contains("shaping.resync.fill-target: 4096 bytes"), "{e}");
-    let e = err(&format!("{EXAMPLE}\n[shaping.resync]\nmin-rate = \"10Mbit\"\nmax-rate = \"1Mbit\"\n"), "site-a");
+    let e = err(
+        &format!("{EXAMPLE}\n[shaping.resync]\nmin-rate = \"10Mbit\"\nmax-rate = \"1Mbit\"\n"),
+        "site-a",
+    );
     assert!(e.contains("shaping.resync.max-rate: below min-rate"), "{e}");
 }

@@ -25,7 +25,12 @@ impl fmt::Display for ByteSize {
 /// Render a byte count with the largest binary unit that divides it exactly (or with one
 /// decimal when it does not: "1.5 GiB" style is for humans, not for re-parsing).
 pub fn format_bytes(v: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, mul) in UNITS {
         if v >= mul && v % mul == 0 {
             return format!("{}{}", v / mul, name);
@@ -45,9 +50,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{text:?} is not a size: it must start with a number (e.g. \"256MiB\")"));
+        return Err(format!(
+            "{text:?} is not a size: it must start with a number (e.g. \"256MiB\")"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("{text:?}: number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: number too large"))?;
     let mul: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
         "KiB" | "k" | "K" => 1 << 10,
@@ -55,11 +64,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "GiB" | "G" => 1 << 30,
         "TiB" | "T" => 1 << 40,
         u @ ("kB" | "KB" | "MB" | "GB" | "TB") => {
-            return Err(format!("{text:?}: decimal unit {u:?} is ambiguous; use KiB, MiB, GiB or TiB"))
+            return Err(format!(
+                "{text:?}: decimal unit {u:?} is ambiguous; use KiB, MiB, GiB or TiB"
+            ))
         }
-        u => return Err(format!("{text:?}: unknown unit {u:?}; use B, KiB, MiB, GiB or TiB")),
+        u => {
+            return Err(format!(
+                "{text:?}: unknown unit {u:?}; use B, KiB, MiB, GiB or TiB"
+            ))
+        }
     };
-    n.checked_mul(mul).ok_or_else(|| format!("{text:?}: size overflows 64 bits"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{text:?}: size overflows 64 bits"))
 }
 
 /// Parse "500ms", "10s", "2m", or a bare number of milliseconds.
@@ -67,18 +83,28 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration (e.g. \"500ms\", \"10s\")"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. \"500ms\", \"10s\")"))?;
     let mul = match unit.trim() {
         "" | "ms" => 1,
         "s" => 1000,
         "m" | "min" => 60_000,
-        u => return Err(format!("{text:?}: unknown duration unit {u:?}; use ms, s or m")),
+        u => {
+            return Err(format!(
+                "{text:?}: unknown duration unit {u:?}; use ms, s or m"
+            ))
+        }
     };
-    n.checked_mul(mul).ok_or_else(|| format!("{text:?}: duration overflows"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{text:?}: duration overflows"))
 }
 
 /// A config value given as a bare number, or as a string with a unit that `parse` reads.
-fn number_or_unit<'de, D: Deserializer<'de>>(d: D, parse: fn(&str) -> Result<u64, String>) -> Result<u64, D::Error> {
+fn number_or_unit<'de, D: Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> Result<u64, String>,
+) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -120,8 +146,12 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1MB").unwrap_err().contains("ambiguous"));
         assert!(parse_size("1XB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("MiB").unwrap_err().contains("must start with a number"));
-        assert!(parse_size("99999999999TiB").unwrap_err().contains("overflow"));
+        assert!(parse_size("MiB")
+            .unwrap_err()
+            .contains("must start with a number"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("overflow"));
     }
 
     #[test]
@@ -147,20 +177,27 @@ mod tests {
 /// writes them), "12MiB/s", "4096B/s" (binary bytes), or a bare number of bytes per second.
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a rate (e.g. \"100Mbit\", \"12MiB/s\")"))?;
-    let bytes_per_s = match unit.trim() {
-        "" | "B/s" => n,
-        "bit" | "bps" => n / 8.0,
-        "kbit" | "Kbit" => n * 1e3 / 8.0,
-        "mbit" | "Mbit" => n * 1e6 / 8.0,
-        "gbit" | "Gbit" => n * 1e9 / 8.0,
-        "KiB/s" => n * 1024.0,
-        "MiB/s" => n * 1048576.0,
-        "GiB/s" => n * 1073741824.0,
-        u => return Err(format!("{text:?}: unknown rate unit {u:?}; use kbit, Mbit, Gbit, KiB/s, MiB/s or GiB/s")),
-    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (e.g. \"100Mbit\", \"12MiB/s\")"))?;
+    let bytes_per_s =
+        match unit.trim() {
+            "" | "B/s" => n,
+            "bit" | "bps" => n / 8.0,
+            "kbit" | "Kbit" => n * 1e3 / 8.0,
+            "mbit" | "Mbit" => n * 1e6 / 8.0,
+            "gbit" | "Gbit" => n * 1e9 / 8.0,
+            "KiB/s" => n * 1024.0,
+            "MiB/s" => n * 1048576.0,
+            "GiB/s" => n * 1073741824.0,
+            u => return Err(format!(
+                "{text:?}: unknown rate unit {u:?}; use kbit, Mbit, Gbit, KiB/s, MiB/s or GiB/s"
+            )),
+        };
     if !(1.0..=1e12).contains(&bytes_per_s) {
         return Err(format!("{text:?}: rate out of range (1 B/s to 8 Tbit/s)"));
     }
@@ -200,7 +237,9 @@ mod rate_tests {
         assert_eq!(parse_rate("500kbit"), Ok(62_500));
         assert_eq!(parse_rate("12MiB/s"), Ok(12 << 20));
         assert_eq!(parse_rate("2.5Mbit"), Ok(312_500));
-        assert!(parse_rate("100Mb").unwrap_err().contains("unknown rate unit"));
+        assert!(parse_rate("100Mb")
+            .unwrap_err()
+            .contains("unknown rate unit"));
         assert!(parse_rate("0").is_err());
         assert_eq!(format_rate(12_500_000), "100.0Mbit");
     }

@@ -24,7 +24,11 @@ pub struct ResourceDevice {
 }
 
 impl ResourceDevice {
-    pub fn new(disk: Arc<Disk>, snaps: Arc<SnapshotStore<Disk>>, repl: Option<Arc<Replicator>>) -> Self {
+    pub fn new(
+        disk: Arc<Disk>,
+        snaps: Arc<SnapshotStore<Disk>>,
+        repl: Option<Arc<Replicator>>,
+    ) -> Self {
         ResourceDevice { disk, snaps, repl }
     }
 
@@ -99,11 +103,20 @@ impl BlockDevice for ResourceDevice {
         }
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> Result<(), VolumeError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
         let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
         match &self.repl {
-            Some(r) => r.write(offset, WriteOp::Zeroes { len, may_trim }, fua).await,
+            Some(r) => {
+                r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
+                    .await
+            }
             None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
         }
     }

@@ -55,12 +55,18 @@ pub struct Jobs {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Jobs {
     pub fn new(events: EventBus) -> Arc<Jobs> {
-        Arc::new(Jobs { jobs: Mutex::new(VecDeque::new()), events, seq: AtomicU64::new(1) })
+        Arc::new(Jobs {
+            jobs: Mutex::new(VecDeque::new()),
+            events,
+            seq: AtomicU64::new(1),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
@@ -68,17 +74,30 @@ impl Jobs {
     }
 
     /// Start `work` as job `kind-resource-N`. `work` gets a progress callback.
-    pub fn start<W, F>(self: &Arc<Self>, kind: &str, resource: &str, work: W) -> Result<String, RpcError>
+    pub fn start<W, F>(
+        self: &Arc<Self>,
+        kind: &str,
+        resource: &str,
+        work: W,
+    ) -> Result<String, RpcError>
     where
         W: FnOnce(Box<dyn Fn(Progress) + Send + Sync>) -> F,
         F: Future<Output = Result<Report, String>> + Send + 'static,
     {
-        let name = format!("{kind}-{resource}-{}", self.seq.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{kind}-{resource}-{}",
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
         {
             let mut jobs = self.lock();
-            let running = jobs.iter().filter(|j| j.info.state == JobState::Running).count();
+            let running = jobs
+                .iter()
+                .filter(|j| j.info.state == JobState::Running)
+                .count();
             if running >= limits::JOBS_RUNNING_MAX {
-                return Err(RpcError::busy(format!("{running} jobs are running; wait for one to finish")));
+                return Err(RpcError::busy(format!(
+                    "{running} jobs are running; wait for one to finish"
+                )));
             }
             while jobs.len() >= limits::JOBS_KEPT_MAX {
                 match jobs.iter().position(|j| j.info.state != JobState::Running) {
@@ -101,10 +120,15 @@ impl Jobs {
                 last_event: Instant::now(),
             });
         }
-        self.events.publish(Event::new(EventKind::Create, ObjectKind::Job, &name).field("kind", kind).field("resource", resource));
+        self.events.publish(
+            Event::new(EventKind::Create, ObjectKind::Job, &name)
+                .field("kind", kind)
+                .field("resource", resource),
+        );
         let me = self.clone();
         let n2 = name.clone();
-        let progress: Box<dyn Fn(Progress) + Send + Sync> = Box::new(move |p| me.on_progress(&n2, p));
+        let progress: Box<dyn Fn(Progress) + Send + Sync> =
+            Box::new(move |p| me.on_progress(&n2, p));
         let fut = work(progress);
         let me = self.clone();
         let n2 = name.clone();
@@ -120,14 +144,18 @@ impl Jobs {
 
     fn on_progress(&self, name: &str, p: Progress) {
         let mut jobs = self.lock();
-        let Some(j) = jobs.iter_mut().find(|j| j.info.name == name) else { return };
+        let Some(j) = jobs.iter_mut().find(|j| j.info.name == name) else {
+            return;
+        };
         j.info.progress = Some(p);
-        let due = j.last_event.elapsed().as_millis() as u64 >= 1000 / u64::from(PROGRESS_EVENTS_PER_SECOND_MAX);
+        let due = j.last_event.elapsed().as_millis() as u64
+            >= 1000 / u64::from(PROGRESS_EVENTS_PER_SECOND_MAX);
         if due || p.bytes_done == p.bytes_total {
             j.last_event = Instant::now();
             drop(jobs);
             self.events.publish(
-                Event::new(EventKind::Progress, ObjectKind::Job, name).field("progress", serde_json::to_value(p).unwrap_or_default()),
+                Event::new(EventKind::Progress, ObjectKind::Job, name)
+                    .field("progress", serde_json::to_value(p).unwrap_or_default()),
             );
         }
     }
@@ -136,14 +164,18 @@ impl Jobs {
         let mut ev = Event::new(EventKind::Destroy, ObjectKind::Job, name);
         {
             let mut jobs = self.lock();
-            let Some(j) = jobs.iter_mut().find(|j| j.info.name == name) else { return };
+            let Some(j) = jobs.iter_mut().find(|j| j.info.name == name) else {
+                return;
+            };
             if j.info.state != JobState::Running {
                 return;
             }
             j.abort = None;
             match res {
                 Ok(r) => {
-                    ev = ev.field("state", "done").field("report", serde_json::to_value(&r).unwrap_or_default());
+                    ev = ev
+                        .field("state", "done")
+                        .field("report", serde_json::to_value(&r).unwrap_or_default());
                     j.info.state = JobState::Done;
                     j.info.report = Some(r);
                 }
@@ -160,9 +192,14 @@ impl Jobs {
     pub fn cancel(&self, name: &str) -> Result<(), RpcError> {
         {
             let mut jobs = self.lock();
-            let j = jobs.iter_mut().find(|j| j.info.name == name).ok_or_else(|| RpcError::invalid_params(format!("no job named {name:?}")))?;
+            let j = jobs
+                .iter_mut()
+                .find(|j| j.info.name == name)
+                .ok_or_else(|| RpcError::invalid_params(format!("no job named {name:?}")))?;
             if j.info.state != JobState::Running {
-                return Err(RpcError::state_refused(format!("job {name} is not running")));
+                return Err(RpcError::state_refused(format!(
+                    "job {name} is not running"
+                )));
             }
             if let Some(a) = j.abort.take() {
                 a.abort();
@@ -170,7 +207,11 @@ impl Jobs {
             j.info.state = JobState::Cancelled;
             j.info.error = Some("cancelled by the admin".into());
         }
-        self.events.publish(Event::new(EventKind::Destroy, ObjectKind::Job, name).field("state", "cancelled").field("error", "cancelled by the admin"));
+        self.events.publish(
+            Event::new(EventKind::Destroy, ObjectKind::Job, name)
+                .field("state", "cancelled")
+                .field("error", "cancelled by the admin"),
+        );
         Ok(())
     }
 

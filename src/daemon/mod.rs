@@ -60,7 +60,11 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("drl-worker").build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("drl-worker")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
@@ -81,8 +85,15 @@ fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let _ = if format == "json" { b.json().try_init() } else { b.try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 /// Errors that stop the daemon from starting or make it exit.
@@ -110,19 +121,36 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await
-            .map_err(|source| DaemonError::Resource { name: rc.name.clone(), source })?;
+            .map_err(|source| DaemonError::Resource {
+                name: rc.name.clone(),
+                source,
+            })?;
         resources.push(Arc::new(r));
     }
     let jobs = jobs::Jobs::new(events.clone());
-    let node = Arc::new(Node { config: cfg.clone(), resources, events: events.clone(), jobs, started: std::time::Instant::now() });
+    let node = Arc::new(Node {
+        config: cfg.clone(),
+        resources,
+        events: events.clone(),
+        jobs,
+        started: std::time::Instant::now(),
+    });
 
     let mut tasks = tokio::task::JoinSet::new();
     for r in &node.resources {
         r.start_frontends(&mut tasks, shutdown_rx.clone())
             .await
-            .map_err(|source| DaemonError::Resource { name: r.name().to_owned(), source })?;
+            .map_err(|source| DaemonError::Resource {
+                name: r.name().to_owned(),
+                source,
+            })?;
     }
-    let control = ControlServer::bind(&cfg.control_socket, cfg.control_socket_mode, rpc::router(node.clone()), events)?;
+    let control = ControlServer::bind(
+        &cfg.control_socket,
+        cfg.control_socket_mode,
+        rpc::router(node.clone()),
+        events,
+    )?;
     tasks.spawn({
         let rx = shutdown_rx.clone();
         async move {
@@ -145,14 +173,22 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     };
-    match tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_DRAIN_TIMEOUT_MS), drain).await {
+    match tokio::time::timeout(
+        Duration::from_millis(limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
+        drain,
+    )
+    .await
+    {
         Ok(()) => {
             let _ = std::fs::remove_file(&cfg.control_socket);
             info!("stopped cleanly");
             Ok(())
         }
         Err(_) => {
-            warn!("drain did not finish within {} ms; exiting with metadata marked unclean", limits::SHUTDOWN_DRAIN_TIMEOUT_MS);
+            warn!(
+                "drain did not finish within {} ms; exiting with metadata marked unclean",
+                limits::SHUTDOWN_DRAIN_TIMEOUT_MS
+            );
             Ok(())
         }
     }

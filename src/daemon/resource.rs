@@ -56,8 +56,17 @@ pub struct Resource {
 impl Resource {
     /// Open the disk (creating a missing file sparse) and the metadata (creating a missing one,
     /// refusing a corrupt one), and record that the resource is in use (clean flag cleared).
-    pub async fn open(cfg: &ResourceConfig, node: &str, events: EventBus) -> Result<Resource, ResourceError> {
-        let disk = Disk::open(&cfg.name, &cfg.local.disk, cfg.size_bytes, limits::ENGINE_QUEUE_DEPTH_DEFAULT)?;
+    pub async fn open(
+        cfg: &ResourceConfig,
+        node: &str,
+        events: EventBus,
+    ) -> Result<Resource, ResourceError> {
+        let disk = Disk::open(
+            &cfg.name,
+            &cfg.local.disk,
+            cfg.size_bytes,
+            limits::ENGINE_QUEUE_DEPTH_DEFAULT,
+        )?;
         if !disk.direct_io() {
             warn!(resource = %cfg.name, disk = %cfg.local.disk.display(), "O_DIRECT unavailable: using buffered I/O (flushes still make data durable)");
         }
@@ -85,9 +94,31 @@ impl Resource {
             },
             disk.clone(),
         )?;
-        let repl = attached.map(|a| Replicator::new(cfg, node_name, disk.clone(), meta.clone(), a.bitmap, a.al, events.clone()));
-        let dev = Arc::new(ResourceDevice::new(disk.clone(), Arc::new(snaps), repl.clone()));
-        Ok(Resource { cfg: cfg.clone(), disk, dev, meta, events, repl, nbd_stats: Mutex::new(None) })
+        let repl = attached.map(|a| {
+            Replicator::new(
+                cfg,
+                node_name,
+                disk.clone(),
+                meta.clone(),
+                a.bitmap,
+                a.al,
+                events.clone(),
+            )
+        });
+        let dev = Arc::new(ResourceDevice::new(
+            disk.clone(),
+            Arc::new(snaps),
+            repl.clone(),
+        ));
+        Ok(Resource {
+            cfg: cfg.clone(),
+            disk,
+            dev,
+            meta,
+            events,
+            repl,
+            nbd_stats: Mutex::new(None),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -130,12 +161,17 @@ impl Resource {
                 shutdown.clone(),
             ));
         }
-        let Some(ep) = &self.cfg.local.nbd else { return Ok(()) };
+        let Some(ep) = &self.cfg.local.nbd else {
+            return Ok(());
+        };
         let listen = match ep {
             NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
             NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
         };
-        let export = ExportConfig { name: self.cfg.name.clone(), description: format!("drl resource {}", self.cfg.name) };
+        let export = ExportConfig {
+            name: self.cfg.name.clone(),
+            description: format!("drl resource {}", self.cfg.name),
+        };
         let server = NbdServer::bind(listen, export, self.dev.clone()).await?;
         *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
         let name = self.cfg.name.clone();
@@ -161,14 +197,23 @@ impl Resource {
         }
         self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
         let disk = self.disk.clone();
-        tokio::task::spawn_blocking(move || disk.shutdown()).await.map_err(|e| ResourceError::Blocking(e.to_string()))?;
-        self.events.publish(Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name).field("disk", "Detached"));
+        tokio::task::spawn_blocking(move || disk.shutdown())
+            .await
+            .map_err(|e| ResourceError::Blocking(e.to_string()))?;
+        self.events.publish(
+            Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name)
+                .field("disk", "Detached"),
+        );
         Ok(())
     }
 
     pub fn status_json(&self) -> Value {
         let sb = self.meta.superblock();
-        let nbd = self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let nbd = self
+            .nbd_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (connection, replication) = ("StandAlone", "Off");
         let mut v = json!({
             "name": self.cfg.name,
@@ -206,7 +251,10 @@ impl Resource {
     }
 }
 
-fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<(MetaFile, Option<Attached>), ResourceError> {
+fn open_meta(
+    cfg: &ResourceConfig,
+    node: &str,
+) -> Result<(MetaFile, Option<Attached>), ResourceError> {
     let path = &cfg.local.meta;
     let meta = if path.exists() {
         let m = MetaFile::open(path)?;
@@ -217,7 +265,8 @@ fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<(MetaFile, Option<Attac
         m
     } else {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ResourceError::Blocking(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ResourceError::Blocking(format!("creating {}: {e}", dir.display())))?;
         }
         // An unreplicated resource has nothing to wait for: it starts Primary and UpToDate.
         // A replicated one starts Secondary and Inconsistent until the initial sync (DRBD).
@@ -253,5 +302,11 @@ fn open_meta(cfg: &ResourceConfig, node: &str) -> Result<(MetaFile, Option<Attac
         sb.role = Role::Secondary;
         sb.flags &= !flags::WAS_PRIMARY;
     })?;
-    Ok((meta, Some(Attached { bitmap: Arc::new(bitmap), al })))
+    Ok((
+        meta,
+        Some(Attached {
+            bitmap: Arc::new(bitmap),
+            al,
+        }),
+    ))
 }

@@ -18,15 +18,18 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{Node, Resource};
-use crate::control::{Event, EventKind, ObjectKind, RpcError, Router};
+use crate::control::{Event, EventKind, ObjectKind, Router, RpcError};
 use crate::repl::replicator::{ReplError, Replicator};
 use crate::snapshot::SnapshotError;
 
 fn replicator(node: &Node, params: &Value) -> Result<Arc<Replicator>, RpcError> {
     let res = resource(node, params)?;
-    res.replicator()
-        .cloned()
-        .ok_or_else(|| RpcError::state_refused(format!("resource {} is not replicated (it has no peer in the config)", res.name())))
+    res.replicator().cloned().ok_or_else(|| {
+        RpcError::state_refused(format!(
+            "resource {} is not replicated (it has no peer in the config)",
+            res.name()
+        ))
+    })
 }
 
 fn repl_error(e: ReplError) -> RpcError {
@@ -55,20 +58,28 @@ where
 }
 
 fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
-    params.get(key).and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params(format!("missing string parameter {key:?}")))
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params(format!("missing string parameter {key:?}")))
 }
 
 fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
     let name = str_param(params, "resource")?;
-    node.resource(name).cloned().ok_or_else(|| RpcError::no_such_resource(name))
+    node.resource(name)
+        .cloned()
+        .ok_or_else(|| RpcError::no_such_resource(name))
 }
 
 fn snapshot_error(e: SnapshotError) -> RpcError {
     match e {
-        SnapshotError::NotFound { .. } | SnapshotError::Exists { .. } | SnapshotError::BadName(_) | SnapshotError::NotAncestor { .. } => {
-            RpcError::invalid_params(e.to_string())
+        SnapshotError::NotFound { .. }
+        | SnapshotError::Exists { .. }
+        | SnapshotError::BadName(_)
+        | SnapshotError::NotAncestor { .. } => RpcError::invalid_params(e.to_string()),
+        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => {
+            RpcError::state_refused(e.to_string())
         }
-        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => RpcError::state_refused(e.to_string()),
         _ => RpcError::internal(e.to_string()),
     }
 }
@@ -76,14 +87,21 @@ fn snapshot_error(e: SnapshotError) -> RpcError {
 pub fn router(node: Arc<Node>) -> Router {
     let mut r = Router::new();
     add(&mut r, &node, "status", |n, params| async move {
-        let only = params.get("resource").and_then(Value::as_str).map(str::to_owned);
+        let only = params
+            .get("resource")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if let Some(name) = &only {
             if n.resource(name).is_none() {
                 return Err(RpcError::no_such_resource(name));
             }
         }
-        let resources: Vec<Value> =
-            n.resources.iter().filter(|r| only.as_deref().is_none_or(|o| o == r.name())).map(|r| r.status_json()).collect();
+        let resources: Vec<Value> = n
+            .resources
+            .iter()
+            .filter(|r| only.as_deref().is_none_or(|o| o == r.name()))
+            .map(|r| r.status_json())
+            .collect();
         Ok(json!({
             "node": n.config.node,
             "version": env!("CARGO_PKG_VERSION"),
@@ -96,25 +114,39 @@ pub fn router(node: Arc<Node>) -> Router {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
         let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
-        res.events().publish(Event::new(EventKind::Create, ObjectKind::Snapshot, res.name()).field("snapshot", name));
+        res.events().publish(
+            Event::new(EventKind::Create, ObjectKind::Snapshot, res.name()).field("snapshot", name),
+        );
         Ok(serde_json::to_value(info).unwrap_or_default())
     });
     add(&mut r, &node, "snapshot.list", |n, params| async move {
         let res = resource(&n, &params)?;
         let snaps = res.snapshots().list().await;
-        let tombstones: Vec<String> = res.snapshots().chain().await.into_iter().filter(|(_, live)| !live).map(|(n, _)| n).collect();
+        let tombstones: Vec<String> = res
+            .snapshots()
+            .chain()
+            .await
+            .into_iter()
+            .filter(|(_, live)| !live)
+            .map(|(n, _)| n)
+            .collect();
         Ok(json!({ "resource": res.name(), "snapshots": snaps, "tombstones": tombstones }))
     });
     add(&mut r, &node, "snapshot.delete", |n, params| async move {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
         res.snapshots().delete(name).await.map_err(snapshot_error)?;
-        res.events().publish(Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name()).field("snapshot", name));
+        res.events().publish(
+            Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name())
+                .field("snapshot", name),
+        );
         Ok(json!({}))
     });
     add(&mut r, &node, "primary", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.primary(bool_param(&params, "force")).await.map_err(repl_error)?;
+        rep.primary(bool_param(&params, "force"))
+            .await
+            .map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
     });
     add(&mut r, &node, "secondary", |n, params| async move {
@@ -124,7 +156,8 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "connect", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.connect(bool_param(&params, "discard_my_data")).map_err(repl_error)?;
+        rep.connect(bool_param(&params, "discard_my_data"))
+            .map_err(repl_error)?;
         Ok(json!({ "resource": rep.name() }))
     });
     add(&mut r, &node, "disconnect", |n, params| async move {

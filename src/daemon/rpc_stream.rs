@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::rpc::add;
 use super::Node;
-use crate::control::{rpc, RpcError, Router};
+use crate::control::{rpc, Router, RpcError};
 use crate::snapshot::SnapshotDevice;
 use crate::stream::restore::{restore_to_device, RestoreOptions};
 use crate::stream::store::{open_store, AnyStore, ObjectStore, StoreUrl};
@@ -54,20 +54,40 @@ struct JobParams {
 
 fn stream_err(e: StreamError) -> RpcError {
     match e {
-        StreamError::Config(_) | StreamError::SnapshotExists(_) => RpcError::invalid_params(e.to_string()),
+        StreamError::Config(_) | StreamError::SnapshotExists(_) => {
+            RpcError::invalid_params(e.to_string())
+        }
         _ => RpcError::internal(e.to_string()),
     }
 }
 
 fn store_for(node: &Node, url: &StoreUrl) -> Result<Arc<AnyStore>, RpcError> {
-    open_store(url, node.config.swift.clone(), &node.config.stream.vault_dir).map(Arc::new).map_err(stream_err)
+    open_store(
+        url,
+        node.config.swift.clone(),
+        &node.config.stream.vault_dir,
+    )
+    .map(Arc::new)
+    .map_err(stream_err)
 }
 
 /// The newest older entry of `snapshot`'s chain whose manifest is already in the store.
-async fn auto_parent(store: &AnyStore, loc: &Location, chain: &[(String, bool)], snapshot: &str) -> Result<Option<String>, RpcError> {
-    let Some(pos) = chain.iter().position(|(n, _)| n == snapshot) else { return Ok(None) };
+async fn auto_parent(
+    store: &AnyStore,
+    loc: &Location,
+    chain: &[(String, bool)],
+    snapshot: &str,
+) -> Result<Option<String>, RpcError> {
+    let Some(pos) = chain.iter().position(|(n, _)| n == snapshot) else {
+        return Ok(None);
+    };
     for (name, _) in chain[..pos].iter().rev() {
-        if store.head(&loc.container, &loc.manifest_object(name)).await.map_err(stream_err)?.is_some() {
+        if store
+            .head(&loc.container, &loc.manifest_object(name))
+            .await
+            .map_err(stream_err)?
+            .is_some()
+        {
             return Ok(Some(name.clone()));
         }
     }
@@ -77,10 +97,16 @@ async fn auto_parent(store: &AnyStore, loc: &Location, chain: &[(String, bool)],
 pub fn register(r: &mut Router, node: &Arc<Node>) {
     add(r, node, "stream.start", |n, params| async move {
         let p: StreamParams = rpc::params(params)?;
-        let res = n.resource(&p.resource).cloned().ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
+        let res = n
+            .resource(&p.resource)
+            .cloned()
+            .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
         let snaps = res.snapshots().clone();
         if !snaps.list().await.iter().any(|s| s.name == p.snapshot) {
-            return Err(RpcError::invalid_params(format!("resource {} has no snapshot {:?}", p.resource, p.snapshot)));
+            return Err(RpcError::invalid_params(format!(
+                "resource {} has no snapshot {:?}",
+                p.resource, p.snapshot
+            )));
         }
         let url = StoreUrl::parse(&p.to).map_err(stream_err)?;
         let store = store_for(&n, &url)?;
@@ -100,34 +126,74 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         // otherwise the stream compares chunk hashes with the parent chain in the store.
         let changed = match &parent {
             Some(par) if chain.iter().any(|(c, _)| c == par) => {
-                let set = snaps.changed_between(par, &p.snapshot).await.map_err(|e| RpcError::invalid_params(e.to_string()))?;
-                Some(ChangedChunks::from_block_bitmap(&set.bits, set.chunk_bytes, opts.chunk_bytes, size))
+                let set = snaps
+                    .changed_between(par, &p.snapshot)
+                    .await
+                    .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+                Some(ChangedChunks::from_block_bitmap(
+                    &set.bits,
+                    set.chunk_bytes,
+                    opts.chunk_bytes,
+                    size,
+                ))
             }
             _ => None,
         };
         let dev = SnapshotDevice::new(snaps, &p.snapshot);
-        let job = n.jobs.start("stream", &p.resource, move |progress| async move {
-            stream_device(&dev, changed.as_ref(), store.as_ref(), &loc, &opts, progress).await.map_err(|e| e.to_string())
-        })?;
+        let job = n
+            .jobs
+            .start("stream", &p.resource, move |progress| async move {
+                stream_device(
+                    &dev,
+                    changed.as_ref(),
+                    store.as_ref(),
+                    &loc,
+                    &opts,
+                    progress,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            })?;
         Ok(json!({ "job": job, "parent": parent }))
     });
     add(r, node, "restore.start", |n, params| async move {
         let p: RestoreParams = rpc::params(params)?;
-        let res = n.resource(&p.resource).cloned().ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
+        let res = n
+            .resource(&p.resource)
+            .cloned()
+            .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
         if res.device().read_only() {
-            return Err(RpcError::state_refused(format!("resource {} is not writable here (Secondary?): restore on the Primary", p.resource)));
+            return Err(RpcError::state_refused(format!(
+                "resource {} is not writable here (Secondary?): restore on the Primary",
+                p.resource
+            )));
         }
         let url = StoreUrl::parse(&p.from).map_err(stream_err)?;
         let (loc, snapshot) = url.split_last().map_err(stream_err)?;
         let store = store_for(&n, &url)?;
-        let opts = RestoreOptions { parallelism: p.parallelism.unwrap_or(n.config.stream.parallelism) };
+        let opts = RestoreOptions {
+            parallelism: p.parallelism.unwrap_or(n.config.stream.parallelism),
+        };
         let dev = res.device().clone();
-        let job = n.jobs.start("restore", &p.resource, move |progress| async move {
-            restore_to_device(store.as_ref(), &loc, &snapshot, dev.as_ref(), &opts, progress).await.map_err(|e| e.to_string())
-        })?;
+        let job = n
+            .jobs
+            .start("restore", &p.resource, move |progress| async move {
+                restore_to_device(
+                    store.as_ref(),
+                    &loc,
+                    &snapshot,
+                    dev.as_ref(),
+                    &opts,
+                    progress,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            })?;
         Ok(json!({ "job": job }))
     });
-    add(r, node, "job.list", |n, _params: Value| async move { Ok(n.jobs.list()) });
+    add(r, node, "job.list", |n, _params: Value| async move {
+        Ok(n.jobs.list())
+    });
     add(r, node, "job.cancel", |n, params| async move {
         let p: JobParams = rpc::params(params)?;
         n.jobs.cancel(&p.job)?;

@@ -158,7 +158,10 @@ impl Decoder {
                     ));
                 }
             }
-            FrameType::Trim | FrameType::Zeroes | FrameType::ResyncRequest | FrameType::ResyncZeroes
+            FrameType::Trim
+            | FrameType::Zeroes
+            | FrameType::ResyncRequest
+            | FrameType::ResyncZeroes
                 if h.data_len > REPL_FRAME_RANGE_BYTES_MAX =>
             {
                 return Err(WireError::DataTooLarge {

@@ -323,7 +323,10 @@ fn writes_not_offered_while_ahead_block_clearing_until_forgotten() {
     assert_eq!(t.close_epoch(), Some(1));
     assert_eq!(
         t.on_barrier_ack(1).unwrap().clearable,
-        vec![BlockRange { start: 0, end: 1 }, BlockRange { start: 2, end: 4 }]
+        vec![
+            BlockRange { start: 0, end: 1 },
+            BlockRange { start: 2, end: 4 }
+        ]
     );
     // After the bitmap went to the peer for a resync, acks clear block 1 again.
     t.forget_unsent();

@@ -14,7 +14,11 @@ pub struct SnapshotDevice<D: BlockDevice> {
 impl<D: BlockDevice> SnapshotDevice<D> {
     pub fn new(store: Arc<SnapshotStore<D>>, snapshot: &str) -> Self {
         let label = format!("{}@{snapshot}", store.device().name());
-        SnapshotDevice { store, snapshot: snapshot.to_owned(), label }
+        SnapshotDevice {
+            store,
+            snapshot: snapshot.to_owned(),
+            label,
+        }
     }
 
     pub fn snapshot(&self) -> &str {
@@ -51,7 +55,13 @@ impl<D: BlockDevice> BlockDevice for SnapshotDevice<D> {
         Err(VolumeError::ReadOnly(self.label.clone()))
     }
 
-    async fn write_zeroes(&self, _offset: u64, _len: u32, _may_trim: bool, _fua: bool) -> Result<(), VolumeError> {
+    async fn write_zeroes(
+        &self,
+        _offset: u64,
+        _len: u32,
+        _may_trim: bool,
+        _fua: bool,
+    ) -> Result<(), VolumeError> {
         Err(VolumeError::ReadOnly(self.label.clone()))
     }
 }

@@ -71,7 +71,11 @@ pub enum SnapshotError {
     #[error("resource {resource}: no snapshot named {name:?}")]
     NotFound { resource: String, name: String },
     #[error("resource {resource}: snapshot {name:?} is invalid: {reason}")]
-    Invalid { resource: String, name: String, reason: String },
+    Invalid {
+        resource: String,
+        name: String,
+        reason: String,
+    },
     #[error("resource {resource}: {max} snapshots exist; delete one first")]
     TooMany { resource: String, max: usize },
     #[error("snapshot name {0:?}: use 1 to 64 letters, digits, '-', '_' or '.' (not first)")]

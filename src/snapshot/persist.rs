@@ -40,8 +40,15 @@ pub struct Entry {
     pub frozen: bool,
 }
 
-pub fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io { path: path.display().to_string(), what, source }
+pub fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        what,
+        source,
+    }
 }
 
 /// Replace `path` with `data` atomically and durably.
@@ -54,7 +61,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     }
     std::fs::rename(&tmp, path).map_err(io_err(path, "renaming into place"))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "fsync of the directory"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "fsync of the directory"))?;
     }
     Ok(())
 }
@@ -65,12 +74,17 @@ pub fn load_index(path: &Path) -> Result<Option<Index>, SnapshotError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path, "reading")(e)),
     };
-    let idx: Index = serde_json::from_slice(&text)
-        .map_err(|e| SnapshotError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
+    let idx: Index = serde_json::from_slice(&text).map_err(|e| SnapshotError::Corrupt {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     if idx.format != INDEX_FORMAT {
         return Err(SnapshotError::Corrupt {
             path: path.display().to_string(),
-            reason: format!("format {} (this drl reads format {INDEX_FORMAT})", idx.format),
+            reason: format!(
+                "format {} (this drl reads format {INDEX_FORMAT})",
+                idx.format
+            ),
         });
     }
     Ok(Some(idx))
@@ -107,7 +121,11 @@ impl MapRecord {
         if u32_at(0) != MAP_MAGIC || u32_at(12) != record_crc(b) {
             return None;
         }
-        Some(MapRecord { snap: u32_at(8), chunk: u64_at(16), slot: u64_at(24) })
+        Some(MapRecord {
+            snap: u32_at(8),
+            chunk: u64_at(16),
+            slot: u64_at(24),
+        })
     }
 }
 
@@ -131,12 +149,19 @@ pub fn load_map(path: &Path) -> Result<Vec<MapRecord>, SnapshotError> {
     }
     let mut out = Vec::with_capacity(data.len() / MAP_RECORD_BYTES);
     for rec in data.chunks(MAP_RECORD_BYTES) {
-        match (rec.len() == MAP_RECORD_BYTES).then(|| MapRecord::decode(rec)).flatten() {
+        match (rec.len() == MAP_RECORD_BYTES)
+            .then(|| MapRecord::decode(rec))
+            .flatten()
+        {
             Some(r) => out.push(r),
             None => {
                 tracing::warn!(file = %path.display(), valid = out.len(), "ignoring a torn record at the tail of the COW map");
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err(path, "opening"))?;
-                f.set_len((out.len() * MAP_RECORD_BYTES) as u64).map_err(io_err(path, "truncating"))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path, "opening"))?;
+                f.set_len((out.len() * MAP_RECORD_BYTES) as u64)
+                    .map_err(io_err(path, "truncating"))?;
                 break;
             }
         }
@@ -145,7 +170,10 @@ pub fn load_map(path: &Path) -> Result<Vec<MapRecord>, SnapshotError> {
 }
 
 /// Rewrite `cow.map` with exactly `maps` (atomically).
-pub fn rewrite_map(path: &Path, maps: &HashMap<u32, HashMap<u64, u64>>) -> Result<(), SnapshotError> {
+pub fn rewrite_map(
+    path: &Path,
+    maps: &HashMap<u32, HashMap<u64, u64>>,
+) -> Result<(), SnapshotError> {
     let mut data = Vec::new();
     for (&snap, m) in maps {
         for (&chunk, &slot) in m {
@@ -171,15 +199,25 @@ pub fn save_changed(dir: &Path, id: u32, bits: &[u64]) -> Result<(), SnapshotErr
 pub fn load_changed(dir: &Path, id: u32, words: usize) -> Result<Vec<u64>, SnapshotError> {
     let path = changed_path(dir, id);
     let data = std::fs::read(&path).map_err(io_err(&path, "reading"))?;
-    let corrupt = |reason: String| SnapshotError::Corrupt { path: path.display().to_string(), reason };
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
     if data.len() != words * 8 + 4 {
-        return Err(corrupt(format!("{} bytes, expected {}", data.len(), words * 8 + 4)));
+        return Err(corrupt(format!(
+            "{} bytes, expected {}",
+            data.len(),
+            words * 8 + 4
+        )));
     }
     let (body, crc) = data.split_at(words * 8);
     if crc32fast::hash(body).to_le_bytes() != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    Ok(body.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    Ok(body
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
 }
 
 #[cfg(test)]
@@ -190,17 +228,37 @@ mod tests {
     fn map_record_roundtrip_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cow.map");
-        let recs = [MapRecord { snap: 1, chunk: 7, slot: 0 }, MapRecord { snap: 2, chunk: 9, slot: 1 }];
+        let recs = [
+            MapRecord {
+                snap: 1,
+                chunk: 7,
+                slot: 0,
+            },
+            MapRecord {
+                snap: 2,
+                chunk: 9,
+                slot: 1,
+            },
+        ];
         let mut data: Vec<u8> = recs.iter().flat_map(|r| r.encode()).collect();
         data.extend_from_slice(&[0xAA; 20]); // torn append
         std::fs::write(&p, &data).unwrap();
         assert_eq!(load_map(&p).unwrap(), recs);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 64, "torn tail truncated");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            64,
+            "torn tail truncated"
+        );
     }
 
     #[test]
     fn flipped_bit_in_record_is_rejected() {
-        let r = MapRecord { snap: 3, chunk: 11, slot: 5 }.encode();
+        let r = MapRecord {
+            snap: 3,
+            chunk: 11,
+            slot: 5,
+        }
+        .encode();
         for byte in 0..MAP_RECORD_BYTES {
             let mut b = r;
             b[byte] ^= 0x10;
@@ -212,11 +270,17 @@ mod tests {
     fn changed_bitmap_roundtrip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         save_changed(dir.path(), 4, &[1, 0, u64::MAX]).unwrap();
-        assert_eq!(load_changed(dir.path(), 4, 3).unwrap(), vec![1, 0, u64::MAX]);
+        assert_eq!(
+            load_changed(dir.path(), 4, 3).unwrap(),
+            vec![1, 0, u64::MAX]
+        );
         let p = changed_path(dir.path(), 4);
         let mut d = std::fs::read(&p).unwrap();
         d[3] ^= 1;
         std::fs::write(&p, d).unwrap();
-        assert!(load_changed(dir.path(), 4, 3).unwrap_err().to_string().contains("checksum"));
+        assert!(load_changed(dir.path(), 4, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
     }
 }

@@ -37,7 +37,11 @@ pub struct ChangeSet {
 impl ChangeSet {
     fn empty(chunk_bytes: u64, volume_bytes: u64) -> Self {
         let chunks = volume_bytes.div_ceil(chunk_bytes);
-        ChangeSet { chunk_bytes, volume_bytes, bits: vec![0; chunks.div_ceil(64) as usize] }
+        ChangeSet {
+            chunk_bytes,
+            volume_bytes,
+            bits: vec![0; chunks.div_ceil(64) as usize],
+        }
     }
 
     fn full(chunk_bytes: u64, volume_bytes: u64) -> Self {
@@ -53,7 +57,9 @@ impl ChangeSet {
     }
 
     pub fn is_set(&self, chunk: u64) -> bool {
-        self.bits.get((chunk / 64) as usize).is_some_and(|w| w & (1 << (chunk % 64)) != 0)
+        self.bits
+            .get((chunk / 64) as usize)
+            .is_some_and(|w| w & (1 << (chunk % 64)) != 0)
     }
 
     fn union(&mut self, other: &ChangeSet) {
@@ -92,7 +98,12 @@ struct State {
 impl State {
     /// The snapshot that preserves data: the newest live, valid one.
     fn target(&self) -> Option<u32> {
-        self.index.entries.iter().rev().find(|e| e.live && e.state == SnapshotState::Valid).map(|e| e.id)
+        self.index
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.live && e.state == SnapshotState::Valid)
+            .map(|e| e.id)
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -140,14 +151,18 @@ pub struct SnapshotStore<D: BlockDevice> {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn check_name(name: &str) -> Result<(), SnapshotError> {
     let ok = !name.is_empty()
         && name.len() <= limits::NAME_BYTES_MAX
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -160,12 +175,19 @@ impl<D: BlockDevice> SnapshotStore<D> {
     /// cleanly last time; after a crash the change set of the newest entry is rebuilt
     /// conservatively (see `snapshot` module doc).
     pub fn open(cfg: SnapshotStoreConfig, dev: Arc<D>) -> Result<Self, SnapshotError> {
-        assert!(cfg.chunk_bytes.is_power_of_two() && cfg.chunk_bytes >= 4096, "chunk size checked by config");
-        std::fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir, "creating the snapshot directory"))?;
+        assert!(
+            cfg.chunk_bytes.is_power_of_two() && cfg.chunk_bytes >= 4096,
+            "chunk size checked by config"
+        );
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(io_err(&cfg.dir, "creating the snapshot directory"))?;
         let index_path = cfg.dir.join("index.json");
         let index = match persist::load_index(&index_path)? {
             Some(i) => {
-                if i.resource != cfg.resource || i.volume_bytes != cfg.volume_bytes || i.chunk_bytes != cfg.chunk_bytes {
+                if i.resource != cfg.resource
+                    || i.volume_bytes != cfg.volume_bytes
+                    || i.chunk_bytes != cfg.chunk_bytes
+                {
                     return Err(SnapshotError::Corrupt {
                         path: index_path.display().to_string(),
                         reason: format!(
@@ -190,13 +212,29 @@ impl<D: BlockDevice> SnapshotStore<D> {
             }
         };
         let cow_path = cfg.dir.join("cow.img");
-        let cow = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&cow_path).map_err(io_err(&cow_path, "opening"))?;
+        let cow = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&cow_path)
+            .map_err(io_err(&cow_path, "opening"))?;
         let map_path = cfg.dir.join("cow.map");
         let records = persist::load_map(&map_path)?;
-        let map_file = OpenOptions::new().append(true).create(true).open(&map_path).map_err(io_err(&map_path, "opening"))?;
+        let map_file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&map_path)
+            .map_err(io_err(&map_path, "opening"))?;
 
-        let live: Vec<u32> = index.entries.iter().filter(|e| e.live && e.state == SnapshotState::Valid).map(|e| e.id).collect();
-        let mut maps: HashMap<u32, HashMap<u64, u64>> = live.iter().map(|&id| (id, HashMap::new())).collect();
+        let live: Vec<u32> = index
+            .entries
+            .iter()
+            .filter(|e| e.live && e.state == SnapshotState::Valid)
+            .map(|e| e.id)
+            .collect();
+        let mut maps: HashMap<u32, HashMap<u64, u64>> =
+            live.iter().map(|&id| (id, HashMap::new())).collect();
         let slots_max = cfg.space_bytes / cfg.chunk_bytes;
         let mut used = vec![false; slots_max as usize];
         for r in records {
@@ -214,12 +252,23 @@ impl<D: BlockDevice> SnapshotStore<D> {
         let mut frozen = HashMap::new();
         for e in index.entries.iter().filter(|e| e.frozen) {
             let bits = persist::load_changed(&cfg.dir, e.id, words)?;
-            frozen.insert(e.id, ChangeSet { chunk_bytes: cfg.chunk_bytes, volume_bytes: cfg.volume_bytes, bits });
+            frozen.insert(
+                e.id,
+                ChangeSet {
+                    chunk_bytes: cfg.chunk_bytes,
+                    volume_bytes: cfg.volume_bytes,
+                    bits,
+                },
+            );
         }
         // Entry id 0 is never used by a snapshot: changed-0.bin is the clean-shutdown record of
         // the newest entry's change set.
         let current = match persist::load_changed(&cfg.dir, 0, words) {
-            Ok(bits) => ChangeSet { chunk_bytes: cfg.chunk_bytes, volume_bytes: cfg.volume_bytes, bits },
+            Ok(bits) => ChangeSet {
+                chunk_bytes: cfg.chunk_bytes,
+                volume_bytes: cfg.volume_bytes,
+                bits,
+            },
             Err(_) => {
                 // No clean-shutdown record: rebuild. The newest live valid snapshot's COW map
                 // holds exactly the chunks written since it was created (preservation is durable
@@ -243,7 +292,14 @@ impl<D: BlockDevice> SnapshotStore<D> {
         // The clean-shutdown record is only good once: a later crash must not trust it.
         let _ = std::fs::remove_file(persist::changed_path(&cfg.dir, 0));
 
-        let state = State { index, maps, frozen, free_slots, slots_used_hwm: hwm, slots_max };
+        let state = State {
+            index,
+            maps,
+            frozen,
+            free_slots,
+            slots_used_hwm: hwm,
+            slots_max,
+        };
         Ok(SnapshotStore {
             cfg,
             dev,
@@ -268,7 +324,11 @@ impl<D: BlockDevice> SnapshotStore<D> {
     /// returned guard until the disk operation completed. Records the change and preserves the
     /// old contents for the newest snapshot. Never fails a write because of snapshot space:
     /// exhaustion invalidates the snapshots instead.
-    pub async fn begin_write(&self, offset: u64, len: u64) -> Result<RwLockReadGuard<'_, ()>, VolumeError> {
+    pub async fn begin_write(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<RwLockReadGuard<'_, ()>, VolumeError> {
         let gate = self.gate.read().await;
         if len == 0 {
             return Ok(gate);
@@ -304,7 +364,12 @@ impl<D: BlockDevice> SnapshotStore<D> {
         let (target, todo) = {
             let st = self.state.read().await;
             let Some(t) = st.target() else { return Ok(()) };
-            (t, (first..=last).filter(|c| !st.maps[&t].contains_key(c)).collect::<Vec<_>>())
+            (
+                t,
+                (first..=last)
+                    .filter(|c| !st.maps[&t].contains_key(c))
+                    .collect::<Vec<_>>(),
+            )
         };
         if todo.is_empty() {
             return Ok(());
@@ -318,7 +383,11 @@ impl<D: BlockDevice> SnapshotStore<D> {
                     None => {
                         st.free_slots.append(&mut slots);
                         drop(st);
-                        self.invalidate_all(&format!("COW space of {} exhausted", crate::config::units::format_bytes(self.cfg.space_bytes))).await;
+                        self.invalidate_all(&format!(
+                            "COW space of {} exhausted",
+                            crate::config::units::format_bytes(self.cfg.space_bytes)
+                        ))
+                        .await;
                         return Ok(());
                     }
                 }
@@ -334,11 +403,30 @@ impl<D: BlockDevice> SnapshotStore<D> {
             tokio::task::spawn_blocking(move || cow.write_all_at(&old, slot * cb))
                 .await
                 .map_err(|e| VolumeError::Invalid(format!("COW copy task: {e}")))?
-                .map_err(|source| VolumeError::Io { name, what: "snapshot COW copy", source })?;
+                .map_err(|source| VolumeError::Io {
+                    name,
+                    what: "snapshot COW copy",
+                    source,
+                })?;
         }
-        let records: Vec<u8> = todo.iter().zip(&slots).flat_map(|(&chunk, &slot)| MapRecord { snap: target, chunk, slot }.encode()).collect();
+        let records: Vec<u8> = todo
+            .iter()
+            .zip(&slots)
+            .flat_map(|(&chunk, &slot)| {
+                MapRecord {
+                    snap: target,
+                    chunk,
+                    slot,
+                }
+                .encode()
+            })
+            .collect();
         let cow = self.cow.clone();
-        let map = self.map_file.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
+        let map = self
+            .map_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_clone();
         let name = self.cfg.resource.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             cow.sync_data()?;
@@ -348,7 +436,11 @@ impl<D: BlockDevice> SnapshotStore<D> {
         })
         .await
         .map_err(|e| VolumeError::Invalid(format!("COW sync task: {e}")))?
-        .map_err(|source| VolumeError::Io { name, what: "snapshot COW map", source })?;
+        .map_err(|source| VolumeError::Io {
+            name,
+            what: "snapshot COW map",
+            source,
+        })?;
         let mut st = self.state.write().await;
         if let Some(m) = st.maps.get_mut(&target) {
             for (&c, &s) in todo.iter().zip(&slots) {
@@ -376,7 +468,10 @@ impl<D: BlockDevice> SnapshotStore<D> {
         persist::rewrite_map(&self.cfg.dir.join("cow.map"), &st.maps)?;
         // Reopen the append handle: the rename replaced the file.
         let map_path = self.cfg.dir.join("cow.map");
-        let f = OpenOptions::new().append(true).open(&map_path).map_err(io_err(&map_path, "reopening"))?;
+        let f = OpenOptions::new()
+            .append(true)
+            .open(&map_path)
+            .map_err(io_err(&map_path, "reopening"))?;
         *self.map_file.lock().unwrap_or_else(|p| p.into_inner()) = f;
         persist::save_index(&self.cfg.dir.join("index.json"), &st.index)
     }
@@ -387,25 +482,43 @@ impl<D: BlockDevice> SnapshotStore<D> {
         let _gate = self.gate.write().await;
         let mut st = self.state.write().await;
         if st.index.entries.iter().any(|e| e.name == name) {
-            return Err(SnapshotError::Exists { resource: self.cfg.resource.clone(), name: name.into() });
+            return Err(SnapshotError::Exists {
+                resource: self.cfg.resource.clone(),
+                name: name.into(),
+            });
         }
         let live = st.index.entries.iter().filter(|e| e.live).count();
         if live >= limits::SNAPSHOTS_PER_RESOURCE_MAX {
-            return Err(SnapshotError::TooMany { resource: self.cfg.resource.clone(), max: limits::SNAPSHOTS_PER_RESOURCE_MAX });
+            return Err(SnapshotError::TooMany {
+                resource: self.cfg.resource.clone(),
+                max: limits::SNAPSHOTS_PER_RESOURCE_MAX,
+            });
         }
         // No write is in flight (gate held), so the change set is complete. It belongs to the
         // previous entry; with no previous entry, changes before the first snapshot matter to
         // no incremental and are dropped.
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(newest) = st.index.entries.last().map(|e| e.id) {
             persist::save_changed(&self.cfg.dir, newest, &cur.bits)?;
             st.frozen.insert(newest, cur);
             st.index.entries.last_mut().expect("newest").frozen = true;
         }
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
         let id = st.index.next_id;
         st.index.next_id += 1;
-        st.index.entries.push(Entry { id, name: name.into(), created_unix_ms: now_ms(), live: true, state: SnapshotState::Valid, frozen: false });
+        st.index.entries.push(Entry {
+            id,
+            name: name.into(),
+            created_unix_ms: now_ms(),
+            live: true,
+            state: SnapshotState::Valid,
+            frozen: false,
+        });
         st.maps.insert(id, HashMap::new());
         persist::save_index(&self.cfg.dir.join("index.json"), &st.index)?;
         info!(resource = %self.cfg.resource, snapshot = name, id, "snapshot created");
@@ -418,13 +531,20 @@ impl<D: BlockDevice> SnapshotStore<D> {
     pub async fn delete(&self, name: &str) -> Result<(), SnapshotError> {
         let _p = self.preserve.lock().await;
         let mut st = self.state.write().await;
-        let pos = st.position(name).filter(|&p| st.index.entries[p].live).ok_or_else(|| SnapshotError::NotFound {
-            resource: self.cfg.resource.clone(),
-            name: name.into(),
-        })?;
+        let pos = st
+            .position(name)
+            .filter(|&p| st.index.entries[p].live)
+            .ok_or_else(|| SnapshotError::NotFound {
+                resource: self.cfg.resource.clone(),
+                name: name.into(),
+            })?;
         let id = st.index.entries[pos].id;
         let map = st.maps.remove(&id).unwrap_or_default();
-        let heir = st.index.entries[..pos].iter().rev().find(|e| e.live && e.state == SnapshotState::Valid).map(|e| e.id);
+        let heir = st.index.entries[..pos]
+            .iter()
+            .rev()
+            .find(|e| e.live && e.state == SnapshotState::Valid)
+            .map(|e| e.id);
         let mut freed = Vec::new();
         match heir.and_then(|h| st.maps.get_mut(&h).map(|m| (h, m))) {
             Some((_, hm)) => {
@@ -443,8 +563,14 @@ impl<D: BlockDevice> SnapshotStore<D> {
         e.live = false;
         e.state = SnapshotState::Valid;
         // Bound the tombstones: drop the oldest, folding its change set into the next entry's.
-        while st.index.entries.iter().filter(|e| !e.live).count() > limits::SNAPSHOT_TOMBSTONES_MAX {
-            let p = st.index.entries.iter().position(|e| !e.live).expect("a tombstone");
+        while st.index.entries.iter().filter(|e| !e.live).count() > limits::SNAPSHOT_TOMBSTONES_MAX
+        {
+            let p = st
+                .index
+                .entries
+                .iter()
+                .position(|e| !e.live)
+                .expect("a tombstone");
             let gone = st.index.entries.remove(p);
             if p > 0 {
                 let prev = st.index.entries[p - 1].id;
@@ -463,7 +589,10 @@ impl<D: BlockDevice> SnapshotStore<D> {
 
     pub async fn list(&self) -> Vec<SnapshotInfo> {
         let st = self.state.read().await;
-        (0..st.index.entries.len()).filter(|&p| st.index.entries[p].live).map(|p| self.info(&st, p)).collect()
+        (0..st.index.entries.len())
+            .filter(|&p| st.index.entries[p].live)
+            .map(|p| self.info(&st, p))
+            .collect()
     }
 
     fn info(&self, st: &State, pos: usize) -> SnapshotInfo {
@@ -473,27 +602,56 @@ impl<D: BlockDevice> SnapshotStore<D> {
             id: e.id,
             created_unix_ms: e.created_unix_ms,
             state: e.state.clone(),
-            preserved_bytes: st.maps.get(&e.id).map_or(0, |m| m.len() as u64 * self.cfg.chunk_bytes),
-            changed_bytes: st.set_of(e, &self.current.lock().unwrap_or_else(|p| p.into_inner())).changed_bytes(),
+            preserved_bytes: st
+                .maps
+                .get(&e.id)
+                .map_or(0, |m| m.len() as u64 * self.cfg.chunk_bytes),
+            changed_bytes: st
+                .set_of(e, &self.current.lock().unwrap_or_else(|p| p.into_inner()))
+                .changed_bytes(),
         }
     }
 
     /// Names of the entries, oldest first, with whether each is live (false: tombstone).
     pub async fn chain(&self) -> Vec<(String, bool)> {
-        self.state.read().await.index.entries.iter().map(|e| (e.name.clone(), e.live)).collect()
+        self.state
+            .read()
+            .await
+            .index
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.live))
+            .collect()
     }
 
     /// Chunks changed between `parent` (a snapshot or tombstone) and the live snapshot `child`.
-    pub async fn changed_between(&self, parent: &str, child: &str) -> Result<ChangeSet, SnapshotError> {
+    pub async fn changed_between(
+        &self,
+        parent: &str,
+        child: &str,
+    ) -> Result<ChangeSet, SnapshotError> {
         let st = self.state.read().await;
-        let not_found = |n: &str| SnapshotError::NotFound { resource: self.cfg.resource.clone(), name: n.into() };
-        let c = st.position(child).filter(|&p| st.index.entries[p].live).ok_or_else(|| not_found(child))?;
+        let not_found = |n: &str| SnapshotError::NotFound {
+            resource: self.cfg.resource.clone(),
+            name: n.into(),
+        };
+        let c = st
+            .position(child)
+            .filter(|&p| st.index.entries[p].live)
+            .ok_or_else(|| not_found(child))?;
         let p = st.position(parent).ok_or_else(|| not_found(parent))?;
         if p >= c {
-            return Err(SnapshotError::NotAncestor { parent: parent.into(), child: child.into() });
+            return Err(SnapshotError::NotAncestor {
+                parent: parent.into(),
+                child: child.into(),
+            });
         }
         let mut out = ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for e in &st.index.entries[p..c] {
             out.union(st.set_of(e, &cur));
         }
@@ -506,7 +664,10 @@ impl<D: BlockDevice> SnapshotStore<D> {
         // Holding the state lock shared keeps preservation (which needs it exclusively to
         // publish a mapping, before the overwrite) from racing a read that goes to the disk.
         let st = self.state.read().await;
-        let pos = st.position(name).filter(|&p| st.index.entries[p].live).ok_or_else(|| VolumeError::Invalid(format!("no snapshot {name:?}")))?;
+        let pos = st
+            .position(name)
+            .filter(|&p| st.index.entries[p].live)
+            .ok_or_else(|| VolumeError::Invalid(format!("no snapshot {name:?}")))?;
         if let SnapshotState::Invalid(reason) = &st.index.entries[pos].state {
             return Err(VolumeError::Io {
                 name: format!("{}@{name}", self.cfg.resource),
@@ -533,7 +694,11 @@ impl<D: BlockDevice> SnapshotStore<D> {
                     })
                     .await
                     .map_err(|e| VolumeError::Invalid(format!("COW read task: {e}")))?
-                    .map_err(|source| VolumeError::Io { name: self.cfg.resource.clone(), what: "snapshot COW read", source })?;
+                    .map_err(|source| VolumeError::Io {
+                        name: self.cfg.resource.clone(),
+                        what: "snapshot COW read",
+                        source,
+                    })?;
                     out[dst].copy_from_slice(&data);
                 }
                 None => {
@@ -543,7 +708,8 @@ impl<D: BlockDevice> SnapshotStore<D> {
                         run_end = (run_end + cb).min(end);
                     }
                     let data = self.dev.read(pos_b, (run_end - pos_b) as u32).await?;
-                    out[(pos_b - offset) as usize..(run_end - offset) as usize].copy_from_slice(&data);
+                    out[(pos_b - offset) as usize..(run_end - offset) as usize]
+                        .copy_from_slice(&data);
                     pos_b = run_end;
                     continue;
                 }
@@ -555,7 +721,11 @@ impl<D: BlockDevice> SnapshotStore<D> {
 
     /// Persist the change set of the newest entry (clean shutdown).
     pub async fn close(&self) -> Result<(), SnapshotError> {
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         persist::save_changed(&self.cfg.dir, 0, &cur.bits)
     }
 

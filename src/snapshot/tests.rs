@@ -13,12 +13,22 @@ const VOL: u64 = 1 << 20;
 const CHUNK: u64 = 4096;
 
 fn cfg(dir: &std::path::Path, space: u64) -> SnapshotStoreConfig {
-    SnapshotStoreConfig { dir: dir.to_owned(), resource: "r0".into(), volume_bytes: VOL, chunk_bytes: CHUNK, space_bytes: space }
+    SnapshotStoreConfig {
+        dir: dir.to_owned(),
+        resource: "r0".into(),
+        volume_bytes: VOL,
+        chunk_bytes: CHUNK,
+        space_bytes: space,
+    }
 }
 
 async fn write(store: &SnapshotStore<Mem>, off: u64, data: &[u8]) {
     let _g = store.begin_write(off, data.len() as u64).await.unwrap();
-    store.device().write(off, AlignedBuf::from_slice(data), false).await.unwrap();
+    store
+        .device()
+        .write(off, AlignedBuf::from_slice(data), false)
+        .await
+        .unwrap();
 }
 
 async fn read_all(store: &SnapshotStore<Mem>, snap: &str) -> Vec<u8> {
@@ -60,15 +70,22 @@ async fn snapshots_read_as_taken_under_random_writes_deletes_and_reopen() {
                     store.close().await.unwrap();
                 }
                 drop(store);
-                store = Arc::new(SnapshotStore::open(cfg(dir.path(), VOL * 4), dev.clone()).unwrap());
+                store =
+                    Arc::new(SnapshotStore::open(cfg(dir.path(), VOL * 4), dev.clone()).unwrap());
             }
         }
         for (name, want) in &model {
-            assert!(read_all(&store, name).await == *want, "round {round}: snapshot {name} differs from the volume when taken");
+            assert!(
+                read_all(&store, name).await == *want,
+                "round {round}: snapshot {name} differs from the volume when taken"
+            );
         }
     }
     let listed: Vec<String> = store.list().await.into_iter().map(|i| i.name).collect();
-    assert_eq!(listed, model.iter().map(|m| m.0.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        listed,
+        model.iter().map(|m| m.0.clone()).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -83,18 +100,30 @@ async fn change_sets_cover_exactly_the_written_chunks() {
     write(&store, 9 * CHUNK, &[3; 1]).await; // chunk 9
     store.create("c").await.unwrap();
     let ab = store.changed_between("a", "b").await.unwrap();
-    assert_eq!((0..256).filter(|&c| ab.is_set(c)).collect::<Vec<_>>(), [0, 5, 6]);
+    assert_eq!(
+        (0..256).filter(|&c| ab.is_set(c)).collect::<Vec<_>>(),
+        [0, 5, 6]
+    );
     let ac = store.changed_between("a", "c").await.unwrap();
-    assert_eq!((0..256).filter(|&c| ac.is_set(c)).collect::<Vec<_>>(), [0, 5, 6, 9]);
+    assert_eq!(
+        (0..256).filter(|&c| ac.is_set(c)).collect::<Vec<_>>(),
+        [0, 5, 6, 9]
+    );
     assert!(ac.changed(9 * CHUNK, 1) && !ac.changed(10 * CHUNK, CHUNK));
-    assert!(matches!(store.changed_between("c", "a").await, Err(SnapshotError::NotAncestor { .. })));
+    assert!(matches!(
+        store.changed_between("c", "a").await,
+        Err(SnapshotError::NotAncestor { .. })
+    ));
 
     // Deleting "a" and "b" keeps their change sets as tombstones: "a" can still be a parent.
     store.delete("a").await.unwrap();
     store.delete("b").await.unwrap();
     let ac2 = store.changed_between("a", "c").await.unwrap();
     assert_eq!(ac2, ac);
-    assert!(matches!(store.read("a", 0, 10).await, Err(VolumeError::Invalid(_))));
+    assert!(matches!(
+        store.read("a", 0, 10).await,
+        Err(VolumeError::Invalid(_))
+    ));
 }
 
 #[tokio::test]
@@ -118,7 +147,11 @@ async fn changes_after_a_clean_reopen_are_kept_and_after_a_crash_of_a_tombstone_
     let store = SnapshotStore::open(cfg(dir.path(), VOL), dev.clone()).unwrap();
     store.create("c").await.unwrap();
     let bc = store.changed_between("b", "c").await.unwrap();
-    assert_eq!(bc.changed_bytes(), VOL, "untracked changes after a crash must count as all changed");
+    assert_eq!(
+        bc.changed_bytes(),
+        VOL,
+        "untracked changes after a crash must count as all changed"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +167,10 @@ async fn exhausted_space_invalidates_snapshots_and_writes_go_on() {
     write(&store, 8 * CHUNK, &[2; 10]).await; // fifth chunk: no space left
     assert_eq!(dev.contents()[8 * CHUNK as usize], 2, "the write happened");
     let info = &store.list().await[0];
-    assert!(matches!(&info.state, SnapshotState::Invalid(r) if r.contains("exhausted")), "{info:?}");
+    assert!(
+        matches!(&info.state, SnapshotState::Invalid(r) if r.contains("exhausted")),
+        "{info:?}"
+    );
     let err = store.read("a", 0, 10).await.unwrap_err().to_string();
     assert!(err.contains("exhausted"), "{err}");
     // Space is free again for new snapshots.
@@ -170,7 +206,10 @@ async fn concurrent_writers_during_create_give_a_consistent_cut() {
         let img = read_all(&store, &n).await;
         let written: Vec<bool> = (0..200).map(|k| img[(k * CHUNK) as usize] != 0).collect();
         let prefix = written.iter().take_while(|w| **w).count();
-        assert!(written[prefix..].iter().all(|w| !w), "snapshot {n} holds a write without its predecessor");
+        assert!(
+            written[prefix..].iter().all(|w| !w),
+            "snapshot {n} holds a write without its predecessor"
+        );
     }
 }
 
@@ -179,11 +218,20 @@ async fn bad_names_and_duplicates_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open(cfg(dir.path(), VOL), mem()).unwrap();
     for bad in ["", ".hidden", "a/b", "x y"] {
-        assert!(matches!(store.create(bad).await, Err(SnapshotError::BadName(_))), "{bad:?}");
+        assert!(
+            matches!(store.create(bad).await, Err(SnapshotError::BadName(_))),
+            "{bad:?}"
+        );
     }
     store.create("ok").await.unwrap();
-    assert!(matches!(store.create("ok").await, Err(SnapshotError::Exists { .. })));
-    assert!(matches!(store.delete("nope").await, Err(SnapshotError::NotFound { .. })));
+    assert!(matches!(
+        store.create("ok").await,
+        Err(SnapshotError::Exists { .. })
+    ));
+    assert!(matches!(
+        store.delete("nope").await,
+        Err(SnapshotError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]

@@ -132,7 +132,9 @@ pub async fn push<S: ObjectStore>(
                     .is_some_and(|(b, h)| *b == len && *h == md5);
                 if !resumed {
                     // The WAN shaper's image class: the segment is granted before the PUT.
-                    crate::shaping::node().acquire(crate::shaping::Class::Image, len).await;
+                    crate::shaping::node()
+                        .acquire(crate::shaping::Class::Image, len)
+                        .await;
                     store.put(seg_container, &name, data).await?;
                 }
                 let s = SloSegment {

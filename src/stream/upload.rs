@@ -333,7 +333,9 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 return Ok((i, len, entry, Outcome::Resumed { read: len }));
             }
             // The WAN shaper's snapshot class: the whole body is granted before the PUT.
-            crate::shaping::node().acquire(crate::shaping::Class::Snapshot, stored_bytes).await;
+            crate::shaping::node()
+                .acquire(crate::shaping::Class::Snapshot, stored_bytes)
+                .await;
             store.put(&loc.container, &object, payload).await?;
             Ok::<_, StreamError>((
                 i,

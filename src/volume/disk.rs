@@ -70,11 +70,17 @@ impl Disk {
         };
         if !path.exists() {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io("creating the backing disk's directory"))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(io("creating the backing disk's directory"))?;
             }
         }
-        let OpenedDisk { file, direct, dio_align_bytes, size_bytes, is_block_device } =
-            open_disk(path, false, Some(size)).map_err(io("opening the backing disk"))?;
+        let OpenedDisk {
+            file,
+            direct,
+            dio_align_bytes,
+            size_bytes,
+            is_block_device,
+        } = open_disk(path, false, Some(size)).map_err(io("opening the backing disk"))?;
         if size_bytes < size {
             if is_block_device {
                 return Err(VolumeError::Invalid(format!(
@@ -85,8 +91,14 @@ impl Disk {
             // A file shorter than the configured size grows sparse; never shrink user data.
             file.set_len(size).map_err(io("growing the backing file"))?;
         }
-        let engine = Engine::new(file, EngineConfig { queue_depth, name: name.to_owned() })
-            .map_err(io("starting the io_uring engine"))?;
+        let engine = Engine::new(
+            file,
+            EngineConfig {
+                queue_depth,
+                name: name.to_owned(),
+            },
+        )
+        .map_err(io("starting the io_uring engine"))?;
         Ok(Disk {
             name: name.to_owned(),
             size,
@@ -95,7 +107,9 @@ impl Disk {
             align: u64::from(dio_align_bytes.max(1)),
             is_block_device,
             read_only: AtomicBool::new(false),
-            rmw_locks: (0..RMW_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            rmw_locks: (0..RMW_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             stats: Arc::default(),
         })
     }
@@ -124,7 +138,11 @@ impl Disk {
     fn io_err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
         move |source| {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            VolumeError::Io { name: self.name.clone(), what, source }
+            VolumeError::Io {
+                name: self.name.clone(),
+                what,
+                source,
+            }
         }
     }
 
@@ -161,7 +179,10 @@ impl Disk {
     }
 
     async fn read_raw(&self, offset: u64, len: usize) -> Result<AlignedBuf, VolumeError> {
-        let (res, buf) = self.engine.read_exact_at(AlignedBuf::zeroed(len), offset).await;
+        let (res, buf) = self
+            .engine
+            .read_exact_at(AlignedBuf::zeroed(len), offset)
+            .await;
         res.map_err(self.io_err("read"))?;
         Ok(buf)
     }
@@ -195,7 +216,9 @@ impl BlockDevice for Disk {
     async fn read(&self, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
         check_range(offset, u64::from(len), self.size)?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_read.fetch_add(u64::from(len), Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(u64::from(len), Ordering::Relaxed);
         if len == 0 {
             return Ok(AlignedBuf::zeroed(0));
         }
@@ -231,7 +254,10 @@ impl BlockDevice for Disk {
 
     async fn flush(&self) -> Result<(), VolumeError> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        self.engine.fdatasync().await.map_err(self.io_err("flush (fdatasync)"))
+        self.engine
+            .fdatasync()
+            .await
+            .map_err(self.io_err("flush (fdatasync)"))
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
@@ -248,10 +274,19 @@ impl BlockDevice for Disk {
         if end <= start {
             return Ok(());
         }
-        self.engine.discard(start, end - start).await.map_err(self.io_err("trim (discard)"))
+        self.engine
+            .discard(start, end - start)
+            .await
+            .map_err(self.io_err("trim (discard)"))
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> Result<(), VolumeError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         self.check_writable()?;
         check_range(offset, u64::from(len), self.size)?;
         self.stats.zeroes.fetch_add(1, Ordering::Relaxed);
@@ -263,18 +298,29 @@ impl BlockDevice for Disk {
         let inner_end = end / self.align * self.align;
         if inner_start >= inner_end {
             if len > 0 {
-                self.write(offset, AlignedBuf::zeroed(len as usize), false).await?;
+                self.write(offset, AlignedBuf::zeroed(len as usize), false)
+                    .await?;
             }
         } else {
             if inner_start > start {
-                self.write(start, AlignedBuf::zeroed((inner_start - start) as usize), false).await?;
+                self.write(
+                    start,
+                    AlignedBuf::zeroed((inner_start - start) as usize),
+                    false,
+                )
+                .await?;
             }
             self.engine
                 .zero_range(inner_start, inner_end - inner_start, may_trim)
                 .await
                 .map_err(self.io_err("write zeroes"))?;
             if end > inner_end {
-                self.write(inner_end, AlignedBuf::zeroed((end - inner_end) as usize), false).await?;
+                self.write(
+                    inner_end,
+                    AlignedBuf::zeroed((end - inner_end) as usize),
+                    false,
+                )
+                .await?;
             }
         }
         if fua {

@@ -12,15 +12,17 @@ use std::future::Future;
 pub mod activity_log;
 pub mod bitmap;
 pub mod disk;
-pub mod meta;
 pub mod mem;
+pub mod meta;
 
 pub use kernel_glue::buf::AlignedBuf;
 
 /// What can go wrong with a block request. Messages name the thing and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("request at offset {offset} length {len} runs past the end of the volume ({size} bytes)")]
+    #[error(
+        "request at offset {offset} length {len} runs past the end of the volume ({size} bytes)"
+    )]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("volume {0} is read-only")]
     ReadOnly(String),
@@ -92,11 +94,26 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn min_block_bytes(&self) -> u32 {
         1
     }
-    fn read(&self, offset: u64, len: u32) -> impl Future<Output = Result<AlignedBuf, VolumeError>> + Send;
-    fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> impl Future<Output = Result<(), VolumeError>> + Send;
+    fn read(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<AlignedBuf, VolumeError>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        data: AlignedBuf,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), VolumeError>> + Send;
     fn flush(&self) -> impl Future<Output = Result<(), VolumeError>> + Send;
     fn trim(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), VolumeError>> + Send;
-    fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> impl Future<Output = Result<(), VolumeError>> + Send;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), VolumeError>> + Send;
 }
 
 /// Check `offset + len` against `size` without overflow.

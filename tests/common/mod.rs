@@ -16,14 +16,22 @@ pub fn drl_bin() -> &'static str {
 
 /// Fail clearly when a client the test needs is missing (scripts/test.sh installs them all).
 pub fn need(cmd: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(found, "{cmd} is not installed: run scripts/test.sh, which installs the NBD clients (qemu-utils, libnbd-bin, fio)");
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -64,13 +72,26 @@ impl Node {
     pub fn start(dir: &Path, config: &str, name: &str, wait_socket: &Path) -> Node {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let mut n = Node { dir: dir.to_owned(), config: cfg, name: name.to_owned(), child: None, log: dir.join(format!("{name}.log")), prefix: Vec::new() };
+        let mut n = Node {
+            dir: dir.to_owned(),
+            config: cfg,
+            name: name.to_owned(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            prefix: Vec::new(),
+        };
         n.spawn(wait_socket);
         n
     }
 
     /// Like [`Node::start`], with command words before the daemon (`ip netns exec NS`).
-    pub fn start_with_prefix(dir: &Path, config: &str, name: &str, wait_socket: &Path, prefix: &[&str]) -> Node {
+    pub fn start_with_prefix(
+        dir: &Path,
+        config: &str,
+        name: &str,
+        wait_socket: &Path,
+        prefix: &[&str],
+    ) -> Node {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config).unwrap();
         let mut n = Node {
@@ -87,7 +108,11 @@ impl Node {
 
     pub fn spawn(&mut self, wait_socket: &Path) {
         let _ = std::fs::remove_file(wait_socket);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = match self.prefix.split_first() {
             None => Command::new(drl_bin()),
             Some((first, rest)) => {
@@ -110,9 +135,18 @@ impl Node {
         let t0 = Instant::now();
         while !wait_socket.exists() {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited with {st} before {} appeared; log:\n{}", wait_socket.display(), self.log_text());
+                panic!(
+                    "daemon exited with {st} before {} appeared; log:\n{}",
+                    wait_socket.display(),
+                    self.log_text()
+                );
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "daemon did not create {} in 20 s; log:\n{}", wait_socket.display(), self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "daemon did not create {} in 20 s; log:\n{}",
+                wait_socket.display(),
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -123,25 +157,42 @@ impl Node {
 
     /// Run `drl ARGS` against this node's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(drl_bin()).arg("--config").arg(&self.config).args(["--node", &self.name]).args(args).output().unwrap()
+        Command::new(drl_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--node", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "drl status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "drl status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let t0 = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 return st.code().unwrap_or(-1);
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not exit within 10 s of SIGTERM");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "daemon did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,8 +214,16 @@ impl Drop for Node {
 
 /// Run a command, assert success, return stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -178,7 +237,10 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     c.arg(uri);
     let out = run(&mut c);
     // qemu-io reports a failed -P check in its output, not always in its exit code.
-    assert!(!out.contains("Pattern verification failed") && !out.contains("failed:"), "qemu-io: {out}");
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("failed:"),
+        "qemu-io: {out}"
+    );
     out
 }
 

@@ -317,7 +317,10 @@ async fn serve<S, D>(
     let _active = ActiveGuard(sh.stats.clone());
     let mut stop_hs = stop.clone();
     // Read-only is decided per connection: a replicated device becomes writable on promotion.
-    let info = ExportInfo { read_only: sh.dev.read_only(), ..sh.info.clone() };
+    let info = ExportInfo {
+        read_only: sh.dev.read_only(),
+        ..sh.info.clone()
+    };
     let hs = tokio::select! {
         r = tokio::time::timeout(sh.handshake_timeout, negotiate(&mut stream, &info, admission))
             => r,

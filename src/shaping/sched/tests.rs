@@ -119,7 +119,10 @@ fn tiny_share_never_starves() {
     let got = sim.run(10.0, [true; 4], 16 * 1024);
     let image = got[Class::Image as usize];
     let want = 100 * MBIT * 10 / 3001;
-    assert!(image as f64 >= want as f64 * 0.8, "image got {image} bytes, guarantee {want}");
+    assert!(
+        image as f64 >= want as f64 * 0.8,
+        "image got {image} bytes, guarantee {want}"
+    );
 }
 
 #[test]

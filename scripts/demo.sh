@@ -103,7 +103,7 @@ on a primary r0 --force
 t0=$(date +%s.%N)
 wait_for "initial sync done" 120 in_sync
 log "... in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (zero blocks are not sent)"
-log "resync bytes sent: $(field a resync_bytes_sent) of 268435456"
+log "initial sync brought $(field a resync_bytes_sent) of 268435456 bytes in sync; $(field a resync_zero_bytes) of them were zero ranges sent as headers only"
 
 log "writing 32 MiB through NBD on site A (qemu-io)"
 qemu-io -f raw -c 'write -P 0xa1 0 16M' -c 'write -P 0xb2 64M 16M' -c flush "$uri_a" | grep wrote | sed 's/^/    /'

@@ -184,20 +184,21 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a rate (e.g. \"100Mbit\", \"12MiB/s\")"))?;
-    let bytes_per_s =
-        match unit.trim() {
-            "" | "B/s" => n,
-            "bit" | "bps" => n / 8.0,
-            "kbit" | "Kbit" => n * 1e3 / 8.0,
-            "mbit" | "Mbit" => n * 1e6 / 8.0,
-            "gbit" | "Gbit" => n * 1e9 / 8.0,
-            "KiB/s" => n * 1024.0,
-            "MiB/s" => n * 1048576.0,
-            "GiB/s" => n * 1073741824.0,
-            u => return Err(format!(
+    let bytes_per_s = match unit.trim() {
+        "" | "B/s" => n,
+        "bit" | "bps" => n / 8.0,
+        "kbit" | "Kbit" => n * 1e3 / 8.0,
+        "mbit" | "Mbit" => n * 1e6 / 8.0,
+        "gbit" | "Gbit" => n * 1e9 / 8.0,
+        "KiB/s" => n * 1024.0,
+        "MiB/s" => n * 1048576.0,
+        "GiB/s" => n * 1073741824.0,
+        u => {
+            return Err(format!(
                 "{text:?}: unknown rate unit {u:?}; use kbit, Mbit, Gbit, KiB/s, MiB/s or GiB/s"
-            )),
-        };
+            ))
+        }
+    };
     if !(1.0..=1e12).contains(&bytes_per_s) {
         return Err(format!("{text:?}: rate out of range (1 B/s to 8 Tbit/s)"));
     }

@@ -97,18 +97,7 @@ pub fn render_show(v: &Value) -> String {
             c["queued_bytes"].as_u64().map_or("-".into(), format_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&crate::cli::align_columns(&table));
     out
 }
 

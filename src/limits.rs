@@ -71,8 +71,8 @@ pub const AL_TRANSACTION_SLOTS_DEFAULT: u32 = 8;
 pub const AL_TRANSACTION_SLOTS_MIN: u32 = 2;
 pub const AL_TRANSACTION_SLOTS_MAX: u32 = 64;
 
-const _: () = assert!(AL_EXTENT_BYTES_DEFAULT % BITMAP_BLOCK_BYTES == 0);
-const _: () = assert!(AL_EXTENT_BYTES_MIN % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(AL_EXTENT_BYTES_DEFAULT.is_multiple_of(BITMAP_BLOCK_BYTES));
+const _: () = assert!(AL_EXTENT_BYTES_MIN.is_multiple_of(BITMAP_BLOCK_BYTES));
 const _: () = assert!(AL_EXTENTS_MIN <= AL_EXTENTS_DEFAULT && AL_EXTENTS_DEFAULT <= AL_EXTENTS_MAX);
 // A single request never needs more extents than the smallest hot set can hold.
 const _: () =
@@ -85,9 +85,9 @@ pub const CONTROL_SOCKET_MODE_DEFAULT: u32 = 0o600;
 /// resources is large, but never this large).
 pub const CONTROL_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-const _: () = assert!(BITMAP_BLOCK_BYTES % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(BITMAP_BLOCK_BYTES.is_multiple_of(SECTOR_SIZE_BYTES));
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
-const _: () = assert!(NBD_PREFERRED_BLOCK_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!((NBD_PREFERRED_BLOCK_BYTES as u64).is_multiple_of(SECTOR_SIZE_BYTES));
 
 /// Names of nodes and resources (also bounds what a peer can make us log).
 pub const NAME_BYTES_MAX: usize = 64;
@@ -147,7 +147,7 @@ const _: () = assert!(REPL_FRAME_PAYLOAD_BYTES_MAX >= REPL_FRAME_DATA_BYTES_MAX)
 const _: () = assert!(REPL_SEND_BUFFER_BYTES_MAX >= 2 * REPL_FRAME_DATA_BYTES_MAX as u64);
 const _: () = assert!(REPL_EPOCH_BYTES_MAX <= REPL_SEND_BUFFER_BYTES_MAX);
 const _: () = assert!(REPL_BITMAP_CHUNK_BYTES <= REPL_FRAME_DATA_BYTES_MAX as usize);
-const _: () = assert!(REPL_FRAME_RANGE_BYTES_MAX as u64 % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!((REPL_FRAME_RANGE_BYTES_MAX as u64).is_multiple_of(BITMAP_BLOCK_BYTES));
 
 // --- replication integration (replcore) ---
 /// Largest `max-buffer` a resource may configure.
@@ -175,7 +175,7 @@ pub const REPL_PENDING_CONNECTIONS_MAX: usize = 4;
 pub const REPL_LOG_LINES_PER_S: u32 = 5;
 const _: () = assert!(REPL_RECONNECT_MIN_MS <= REPL_RECONNECT_MAX_MS);
 const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
-const _: () = assert!(REPL_RESYNC_REQUEST_BYTES as u64 % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!((REPL_RESYNC_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));
 /// The dirty bitmap is written to the metadata at least this often while it changes.
 pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
 // --- stream (snapshots and images to Swift) ---
@@ -220,8 +220,8 @@ pub const SLO_SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 pub const SLO_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const SLO_SEGMENTS_MAX: u64 = 1000;
 
-const _: () = assert!(STREAM_CHUNK_BYTES_MIN % BITMAP_BLOCK_BYTES == 0);
-const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT % BITMAP_BLOCK_BYTES == 0);
+const _: () = assert!(STREAM_CHUNK_BYTES_MIN.is_multiple_of(BITMAP_BLOCK_BYTES));
+const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT.is_multiple_of(BITMAP_BLOCK_BYTES));
 const _: () = assert!(STREAM_CHUNK_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(STREAM_CHUNK_BYTES_MIN <= STREAM_CHUNK_BYTES_DEFAULT);
 const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT <= STREAM_CHUNK_BYTES_MAX);

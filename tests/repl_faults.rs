@@ -165,7 +165,7 @@ fn wrong_secret_is_refused_and_nothing_is_exchanged() {
     let (_, b) = p.wait_in_sync("a", "b back with the right secret");
     let got = num(&b, "resync_bytes_received");
     assert!(
-        got >= MIB && got <= 2 * MIB,
+        (MIB..=2 * MIB).contains(&got),
         "b resynced {got} bytes, expected about 1 MiB\n{}",
         p.report()
     );

@@ -104,7 +104,7 @@ fn netns_initial_sync_writes_and_resync_after_disconnect() {
     let recv = num(&b1, "resync_bytes_received") - num(&b0, "resync_bytes_received");
     for (who, v) in [("a sent", sent), ("b received", recv)] {
         assert!(
-            v >= 4 * MIB && v <= 5 * MIB,
+            (4 * MIB..=5 * MIB).contains(&v),
             "netns resync: {who} {v} bytes, expected about 4 MiB\n{}",
             p.report()
         );

@@ -278,7 +278,7 @@ fn failover_failback_split_brain_and_discard_my_data() {
     assert_eq!(p.res("a")["role"], "Secondary");
     let got = u(&p.res("a"), "resync_bytes_received");
     assert!(
-        got >= MIB && got <= 9 * MIB,
+        (MIB..=9 * MIB).contains(&got),
         "fail back resynced {got} bytes"
     );
     p.assert_identical();

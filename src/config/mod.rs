@@ -530,7 +530,7 @@ fn stream_config(
         .and_then(|s| s.chunk_size)
         .map_or(limits::STREAM_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
     if !(limits::STREAM_CHUNK_BYTES_MIN..=limits::STREAM_CHUNK_BYTES_MAX).contains(&chunk_bytes)
-        || chunk_bytes % limits::BITMAP_BLOCK_BYTES != 0
+        || !chunk_bytes.is_multiple_of(limits::BITMAP_BLOCK_BYTES)
     {
         return Err(invalid(
             "stream.chunk-size".into(),

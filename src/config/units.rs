@@ -32,7 +32,7 @@ pub fn format_bytes(v: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (name, mul) in UNITS {
-        if v >= mul && v % mul == 0 {
+        if v >= mul && v.is_multiple_of(mul) {
             return format!("{}{}", v / mul, name);
         }
     }

@@ -52,7 +52,7 @@ pub fn bitmap_chunks(bitmap: &[u8], total_bits: u64) -> Result<Vec<Frame>, Bitma
         let last = first_bit + bits == total_bits;
         let from = (first_bit / 8) as usize;
         let mut bytes = bitmap[from..from + bits.div_ceil(8) as usize].to_vec();
-        if last && bits % 8 != 0 {
+        if last && !bits.is_multiple_of(8) {
             if let Some(b) = bytes.last_mut() {
                 *b &= (1u8 << (bits % 8)) - 1; // never send bits past the end
             }
@@ -124,7 +124,7 @@ impl BitmapMerge {
                 total_bits: self.total_bits,
             });
         }
-        if !last && bit_count % 8 != 0 {
+        if !last && !bit_count.is_multiple_of(8) {
             return Err(BitmapError::Unaligned { bits: bit_count });
         }
         if last && end != self.total_bits {
@@ -138,7 +138,7 @@ impl BitmapMerge {
         let n = (bit_count as usize).div_ceil(8).min(bits.len());
         for (i, b) in bits[..n].iter().enumerate() {
             let mut b = *b;
-            if i + 1 == n && bit_count % 8 != 0 {
+            if i + 1 == n && !bit_count.is_multiple_of(8) {
                 b &= (1u8 << (bit_count % 8)) - 1;
             }
             local[from + i] |= b;
@@ -156,7 +156,7 @@ pub fn count_dirty(bitmap: &[u8], total_bits: u64) -> u64 {
         .iter()
         .map(|b| b.count_ones() as u64)
         .sum();
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         if let Some(b) = bitmap.get(full) {
             n += (b & ((1u8 << (total_bits % 8)) - 1)).count_ones() as u64;
         }

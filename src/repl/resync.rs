@@ -46,7 +46,7 @@ pub fn or_into(bm: &DirtyBitmap, bits: &[u8]) -> u64 {
     let mut b = 0u64;
     while b < blocks {
         let byte = bits.get((b / 8) as usize).copied().unwrap_or(0);
-        if byte == 0 && b % 8 == 0 {
+        if byte == 0 && b.is_multiple_of(8) {
             b += 8;
             continue;
         }

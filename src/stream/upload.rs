@@ -112,7 +112,7 @@ impl StreamOptions {
             }
         }
         if !(STREAM_CHUNK_BYTES_MIN..=STREAM_CHUNK_BYTES_MAX).contains(&self.chunk_bytes)
-            || self.chunk_bytes % BITMAP_BLOCK_BYTES != 0
+            || !self.chunk_bytes.is_multiple_of(BITMAP_BLOCK_BYTES)
         {
             return Err(StreamError::Config(format!(
                 "chunk size {} must be a multiple of {BITMAP_BLOCK_BYTES} in {STREAM_CHUNK_BYTES_MIN}..={STREAM_CHUNK_BYTES_MAX}",

@@ -154,7 +154,7 @@ impl Disk {
     }
 
     fn aligned(&self, offset: u64, len: u64) -> bool {
-        offset % self.align == 0 && len % self.align == 0
+        offset.is_multiple_of(self.align) && len.is_multiple_of(self.align)
     }
 
     /// The aligned span covering [offset, offset+len).

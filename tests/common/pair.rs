@@ -321,9 +321,7 @@ pub fn in_sync(r: &Value) -> bool {
 
 /// `r0` (or `name`) from `drl status --json` on `node`; None when the daemon does not answer.
 pub fn res(node: &Node, name: &str) -> Option<Value> {
-    if node.child.is_none() {
-        return None;
-    }
+    node.child.as_ref()?;
     let out = node.cli(&["status", "--json"]);
     if !out.status.success() {
         return None;

@@ -27,7 +27,6 @@
 //! failed reply write, reading stops; requests already dispatched finish and their replies are
 //! written (unless writing failed); then the socket is shut down.
 
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -177,25 +176,23 @@ async fn write_batch<'a, W: AsyncWrite + Unpin>(
 }
 
 /// Execute one request and build its reply.
-fn run<D: BlockDevice>(
+async fn run<D: BlockDevice>(
     dev: Arc<D>,
     cookie: u64,
     kind: Kind,
     cmd: Command,
     payload: Option<AlignedBuf>,
     inflight: Inflight,
-) -> impl Future<Output = Reply> {
-    async move {
-        let body = execute(&*dev, cmd, payload).await;
-        if let (Command::Write { len, .. }, Ok(_)) = (cmd, &body) {
-            inflight.stats.bytes_written.fetch_add(len as u64, Relaxed);
-        }
-        Reply {
-            cookie,
-            kind,
-            body,
-            inflight,
-        }
+) -> Reply {
+    let body = execute(&*dev, cmd, payload).await;
+    if let (Command::Write { len, .. }, Ok(_)) = (cmd, &body) {
+        inflight.stats.bytes_written.fetch_add(len as u64, Relaxed);
+    }
+    Reply {
+        cookie,
+        kind,
+        body,
+        inflight,
     }
 }
 

@@ -334,7 +334,7 @@ pub(super) fn validate(path: &Path, sb: &Superblock) -> Result<(), MetaError> {
             format!("{bm} (a power of two >= {SECTOR_SIZE_BYTES})"),
         );
     }
-    if sb.size_bytes == 0 || sb.size_bytes % SECTOR_SIZE_BYTES != 0 {
+    if sb.size_bytes == 0 || !sb.size_bytes.is_multiple_of(SECTOR_SIZE_BYTES) {
         return bad(
             "volume size bytes",
             format!(
@@ -344,7 +344,7 @@ pub(super) fn validate(path: &Path, sb: &Superblock) -> Result<(), MetaError> {
         );
     }
     let ext = sb.al_extent_bytes;
-    if ext < AL_EXTENT_BYTES_MIN || !ext.is_power_of_two() || ext % bm != 0 {
+    if ext < AL_EXTENT_BYTES_MIN || !ext.is_power_of_two() || !ext.is_multiple_of(bm) {
         return bad(
             "activity-log extent bytes",
             format!(

@@ -17,6 +17,9 @@ pub const NBD_PREFERRED_BLOCK_BYTES: u32 = 4096;
 pub const NBD_INFLIGHT_PER_CONNECTION_MAX: usize = 128;
 /// Bytes of payload a single NBD connection may have in flight (reads and writes together).
 pub const NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Bytes of payload all NBD connections of the daemon together may have in flight (every
+/// export shares it; see `frontend::nbd::PayloadBudget`). At least one largest request.
+pub const NBD_INFLIGHT_DAEMON_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// Concurrent NBD connections per export.
 pub const NBD_CONNECTIONS_PER_EXPORT_MAX: usize = 64;
 /// Option haggling: the largest option payload the server reads.
@@ -87,6 +90,7 @@ pub const CONTROL_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(BITMAP_BLOCK_BYTES.is_multiple_of(SECTOR_SIZE_BYTES));
 const _: () = assert!(NBD_PAYLOAD_BYTES_MAX as u64 <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX);
+const _: () = assert!(NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX <= NBD_INFLIGHT_DAEMON_BYTES_MAX);
 const _: () = assert!((NBD_PREFERRED_BLOCK_BYTES as u64).is_multiple_of(SECTOR_SIZE_BYTES));
 
 /// Names of nodes and resources (also bounds what a peer can make us log).

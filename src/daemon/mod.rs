@@ -137,8 +137,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     });
 
     let mut tasks = tokio::task::JoinSet::new();
+    let nbd_budget = crate::frontend::nbd::PayloadBudget::default();
     for r in &node.resources {
-        r.start_frontends(&mut tasks, shutdown_rx.clone())
+        r.start_frontends(&mut tasks, shutdown_rx.clone(), &nbd_budget)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: r.name().to_owned(),

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::config::{NbdEndpoint, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
-use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats};
+use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats, PayloadBudget};
 use crate::limits;
 use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
 use crate::volume::disk::Disk;
@@ -147,11 +147,13 @@ impl Resource {
         self.repl.as_ref()
     }
 
-    /// Start the NBD export (if configured) as a task in `tasks`.
+    /// Start the NBD export (if configured) as a task in `tasks`; its clients draw on
+    /// `nbd_budget`, which every export of the daemon shares.
     pub async fn start_frontends(
         &self,
         tasks: &mut tokio::task::JoinSet<()>,
         shutdown: watch::Receiver<bool>,
+        nbd_budget: &PayloadBudget,
     ) -> Result<(), ResourceError> {
         if let Some(r) = &self.repl {
             tasks.spawn(crate::repl::service::run(r.clone(), shutdown.clone()));
@@ -172,7 +174,8 @@ impl Resource {
             name: self.cfg.name.clone(),
             description: format!("drl resource {}", self.cfg.name),
         };
-        let server = NbdServer::bind(listen, export, self.dev.clone()).await?;
+        let mut server = NbdServer::bind(listen, export, self.dev.clone()).await?;
+        server.set_payload_budget(nbd_budget.clone());
         *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
         let name = self.cfg.name.clone();
         tasks.spawn(async move {

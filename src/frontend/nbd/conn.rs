@@ -19,7 +19,9 @@
 //!
 //! Backpressure: a header is read only while fewer than [`NBD_INFLIGHT_PER_CONNECTION_MAX`]
 //! requests are in flight; a WRITE's payload is read, and a READ started, only once its length
-//! fits in [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`] bytes in flight. A request stays in flight
+//! fits in [`NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX`] bytes in flight and the daemon-wide
+//! [`PayloadBudget`] has granted those bytes (waiting for the grant in the same loop, so replies
+//! keep being written meanwhile). A request stays in flight
 //! until its reply has been written, so a client that does not read its replies stops being
 //! read from; the server never holds more than those bounds per connection.
 //!
@@ -33,7 +35,9 @@ use std::sync::Arc;
 use futures::future::{Either, Fuse, FusedFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::budget::PayloadBudget;
 
 use super::command::{validate, Command, ExportView, Kind};
 use super::proto::*;
@@ -52,6 +56,8 @@ pub(crate) struct ConnCtx<D> {
     pub stats: Arc<NbdStats>,
     pub log: Arc<LogLimiter>,
     pub peer: String,
+    /// The daemon-wide payload budget every connection shares.
+    pub budget: PayloadBudget,
 }
 
 /// Why the transmission phase ended.
@@ -76,14 +82,17 @@ enum Body {
 struct Inflight {
     bytes: u64,
     stats: Arc<NbdStats>,
+    /// Its bytes of the daemon-wide budget; returned when this is dropped.
+    _grant: Option<OwnedSemaphorePermit>,
 }
 
 impl Inflight {
-    fn new(bytes: u64, stats: &Arc<NbdStats>) -> Self {
+    fn new(bytes: u64, stats: &Arc<NbdStats>, grant: Option<OwnedSemaphorePermit>) -> Self {
         stats.requests_inflight.fetch_add(1, Relaxed);
         Inflight {
             bytes,
             stats: stats.clone(),
+            _grant: grant,
         }
     }
 }
@@ -221,7 +230,10 @@ where
     let stopped = stop_signal(stop).fuse();
     let read_fut = Fuse::terminated();
     let write_fut = Fuse::terminated();
-    tokio::pin!(stopped, read_fut, write_fut);
+    let grant_fut = Fuse::terminated();
+    tokio::pin!(stopped, read_fut, write_fut, grant_fut);
+    // The daemon-wide budget bytes of the request in `next`, once granted.
+    let mut grant: Option<OwnedSemaphorePermit> = None;
     // FuturesUnordered wakes its task and yields whenever it has polled as many futures as it
     // holds: with one request in flight, every poll costs a spurious self-wake, which tokio
     // schedules as a yield and announces to an idle worker (one more thread wake-up per request
@@ -239,17 +251,28 @@ where
         // Start the next read stage, or dispatch a READ, if the bounds allow it.
         if end.is_none() && read_fut.is_terminated() {
             let fits = |len: u32| bytes + u64::from(len) <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX;
+            // Within this connection's bound, ask for the daemon-wide bytes too (once).
+            if let Next::Budget { len, .. } = &next {
+                if grant.is_none() && grant_fut.is_terminated() && fits(*len) {
+                    grant = ctx.budget.try_grant(*len);
+                    if grant.is_none() {
+                        stats.budget_waits.fetch_add(1, Relaxed);
+                        grant_fut.set(ctx.budget.clone().grant(*len).fuse());
+                    }
+                }
+            }
+            let granted = grant.is_some();
             let stage = match &next {
                 Next::Header if count < NBD_INFLIGHT_PER_CONNECTION_MAX => Some(Stage::Header),
                 Next::Budget {
                     cmd: Command::Write { .. },
                     len,
                     ..
-                } if *len > 0 && fits(*len) => {
+                } if *len > 0 && granted && fits(*len) => {
                     bytes += u64::from(*len);
                     Some(Stage::Payload(*len))
                 }
-                Next::Budget { len, .. } if fits(*len) => {
+                Next::Budget { len, .. } if granted && fits(*len) => {
                     if let Next::Budget {
                         cookie,
                         kind,
@@ -258,7 +281,7 @@ where
                     } = std::mem::replace(&mut next, Next::Header)
                     {
                         bytes += u64::from(len);
-                        let inflight = Inflight::new(u64::from(len), stats);
+                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(
                             ctx.dev.clone(),
                             cookie,
@@ -317,6 +340,7 @@ where
                     queued.push(reply);
                 }
             }
+            g = &mut grant_fut, if !grant_fut.is_terminated() => grant = Some(g),
             (r, got) = &mut read_fut, if !read_fut.is_terminated() => {
                 rd = Some(r);
                 let got = match got {
@@ -331,7 +355,7 @@ where
                         Ok(n) => {
                             count += 1;
                             if let Next::Skip { cookie, kind, err, len: 0 } = n {
-                                let inflight = Inflight::new(0, stats);
+                                let inflight = Inflight::new(0, stats, None);
                                 queued.push(Reply { cookie, kind, body: Err(err), inflight });
                             } else {
                                 next = n;
@@ -340,14 +364,14 @@ where
                         Err(e) => end = Some(Ok(e)),
                     },
                     (Got::Payload(buf), Next::Budget { cookie, kind, cmd, len }) => {
-                        let inflight = Inflight::new(u64::from(len), stats);
+                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight)));
                     }
                     (Got::Skipped(n), Next::Skip { cookie, kind, err, len }) => {
                         if n < len {
                             end = Some(Ok(End::ClientClosed));
                         } else {
-                            let inflight = Inflight::new(0, stats);
+                            let inflight = Inflight::new(0, stats, None);
                             queued.push(Reply { cookie, kind, body: Err(err), inflight });
                         }
                     }

@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 pub mod command;
 mod conn;
 pub mod handshake;
@@ -56,6 +57,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+pub use budget::PayloadBudget;
 pub use server::NbdServer;
 pub use stats::{NbdStats, NbdStatsSnapshot};
 

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::budget::PayloadBudget;
 use super::command::ExportView;
 use super::conn::{transmission, ConnCtx, End};
 use super::handshake::{negotiate, Admission, ExportInfo, HandshakeEnd};
@@ -59,6 +60,7 @@ struct Shared<D> {
     /// connections, which are new sources each time).
     log: Arc<LogLimiter>,
     handshake_timeout: Duration,
+    budget: PayloadBudget,
 }
 
 impl<D: BlockDevice> NbdServer<D> {
@@ -124,6 +126,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 stats: Arc::new(NbdStats::default()),
                 log: Arc::new(LogLimiter::new(LOG_LINES_PER_SOURCE_PER_SECOND_MAX)),
                 handshake_timeout: Duration::from_millis(NBD_HANDSHAKE_TIMEOUT_MS),
+                budget: PayloadBudget::default(),
             }),
             drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
         })
@@ -144,6 +147,16 @@ impl<D: BlockDevice> NbdServer<D> {
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.handshake_timeout = timeout;
+        }
+    }
+
+    /// Share `budget` (the bound on payload bytes in flight) with other servers; by default
+    /// each server has a budget of its own of
+    /// [`NBD_INFLIGHT_DAEMON_BYTES_MAX`](crate::limits::NBD_INFLIGHT_DAEMON_BYTES_MAX). A
+    /// daemon gives all its exports one budget. Must be called before [`run`](Self::run).
+    pub fn set_payload_budget(&mut self, budget: PayloadBudget) {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.budget = budget;
         }
     }
 
@@ -363,6 +376,7 @@ async fn serve<S, D>(
         stats: sh.stats.clone(),
         log: sh.log.clone(),
         peer: peer.clone(),
+        budget: sh.budget.clone(),
     };
     match transmission(stream, ctx, stop).await {
         Ok(End::ProtocolError) | Ok(End::Disconnect) | Ok(End::Stopped) => {}

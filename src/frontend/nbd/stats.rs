@@ -26,6 +26,7 @@ pub struct NbdStats {
     pub bytes_written: AtomicU64,
     pub error_replies: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub budget_waits: AtomicU64,
 }
 
 /// A point-in-time copy of [`NbdStats`].
@@ -56,6 +57,10 @@ pub struct NbdStatsSnapshot {
     pub error_replies: u64,
     /// Connections closed because the client broke the protocol (bad magic, bad flags, ...).
     pub protocol_errors: u64,
+    /// Requests that had to wait for the daemon-wide payload budget (every export's clients
+    /// together had [`NBD_INFLIGHT_DAEMON_BYTES_MAX`](crate::limits::NBD_INFLIGHT_DAEMON_BYTES_MAX)
+    /// in flight).
+    pub budget_waits: u64,
 }
 
 impl NbdStats {
@@ -90,6 +95,7 @@ impl NbdStats {
             bytes_written: self.bytes_written.load(Relaxed),
             error_replies: self.error_replies.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            budget_waits: self.budget_waits.load(Relaxed),
         }
     }
 }

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
+use super::budget::PayloadBudget;
 use super::command::{validate, Command, ExportView};
 use super::conn::{transmission, ConnCtx, End};
 use super::handshake::{negotiate, Admission, ExportInfo, HandshakeEnd, HandshakeError};
@@ -521,6 +522,19 @@ async fn serve_pipe(
     watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<End>>,
 ) {
+    serve_pipe_sharing(dev, structured, PayloadBudget::default()).await
+}
+
+async fn serve_pipe_sharing(
+    dev: Arc<MemDevice>,
+    structured: bool,
+    budget: PayloadBudget,
+) -> (
+    DuplexStream,
+    Arc<NbdStats>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<End>>,
+) {
     let (c, s) = tokio::io::duplex(1 << 20);
     let stats = Arc::new(NbdStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -535,6 +549,7 @@ async fn serve_pipe(
         stats: stats.clone(),
         log: Arc::new(LogLimiter::new(10)),
         peer: "test".into(),
+        budget,
     };
     let task = tokio::spawn(transmission(s, ctx, stop_rx));
     (c, stats, stop_tx, task)
@@ -736,6 +751,53 @@ async fn byte_bound_limits_large_reads() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn connections_share_the_daemon_wide_byte_budget() {
+    let max = NBD_PAYLOAD_BYTES_MAX;
+    let dev = Arc::new(
+        MemDevice::new("m", 2 * max as usize).with_slow_range(0..1, Duration::from_millis(800)),
+    );
+    // The smallest budget there is: one largest request.
+    let budget = PayloadBudget::new(0);
+    assert_eq!(budget.total_bytes(), u64::from(max));
+    let (mut a, sa, _stop_a, _ta) = serve_pipe_sharing(dev.clone(), false, budget.clone()).await;
+    let (mut b, sb, _stop_b, _tb) = serve_pipe_sharing(dev, false, budget.clone()).await;
+    // A takes the whole budget with one read and queues another; B's small read must wait
+    // although B itself has nothing in flight.
+    req(&mut a, CMD_READ, 0, 1, 0, max).await;
+    req(&mut a, CMD_READ, 0, 2, 0, max).await;
+    wait_until(|| sa.snapshot().requests_inflight >= 1).await;
+    req(&mut b, CMD_READ, 0, 3, u64::from(max), 4096).await;
+    wait_until(|| sb.snapshot().budget_waits >= 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // would anything else start?
+    assert_eq!(
+        sa.snapshot().requests_inflight,
+        1,
+        "A's second read must wait"
+    );
+    assert_eq!(
+        sb.snapshot().requests_inflight,
+        0,
+        "B's read must wait for the budget"
+    );
+    assert_eq!(budget.available_bytes(), 0);
+    // Read A's replies: as each is written its bytes return, and everyone gets served, in
+    // the order they asked (A's second read was first in line).
+    for cookie in [1, 2] {
+        let (e, c) = simple(&mut a).await;
+        assert_eq!((e, c), (0, cookie));
+        tokio::io::copy(&mut (&mut a).take(u64::from(max)), &mut tokio::io::sink())
+            .await
+            .unwrap();
+    }
+    let (e, c) = simple(&mut b).await;
+    assert_eq!((e, c), (0, 3));
+    let mut data = vec![0u8; 4096];
+    b.read_exact(&mut data).await.unwrap();
+    wait_until(|| budget.available_bytes() == u64::from(max)).await;
+    assert!(sa.snapshot().budget_waits >= 1);
 }
 
 #[tokio::test]

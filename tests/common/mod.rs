@@ -70,18 +70,7 @@ impl Node {
     /// Write `config` into `dir` and start the daemon as `name`; waits until `wait_socket`
     /// (usually the NBD socket) exists.
     pub fn start(dir: &Path, config: &str, name: &str, wait_socket: &Path) -> Node {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, config).unwrap();
-        let mut n = Node {
-            dir: dir.to_owned(),
-            config: cfg,
-            name: name.to_owned(),
-            child: None,
-            log: dir.join(format!("{name}.log")),
-            prefix: Vec::new(),
-        };
-        n.spawn(wait_socket);
-        n
+        Node::start_with_prefix(dir, config, name, wait_socket, &[])
     }
 
     /// Like [`Node::start`], with command words before the daemon (`ip netns exec NS`).

@@ -256,6 +256,9 @@ pub struct Report {
     pub bytes_written: u64,
     pub chunks_total: u64,
     pub chunks_uploaded: u64,
+    /// Objects sent (a stream packs many chunks into one object).
+    #[serde(default)]
+    pub objects_uploaded: u64,
     pub chunks_skipped_zero: u64,
     pub chunks_skipped_unchanged: u64,
     /// Chunks already in the store from an interrupted run of the same stream: not re-sent.

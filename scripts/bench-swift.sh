@@ -15,6 +15,7 @@
 #   SIZE=1GiB   volume size      DRL_BIN=path   use this drl binary (else cargo build --release)
 #   REPEAT=3    repetitions      ONLY=random    run only the random-data case
 #   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
+#   DRL_ENV="K=V ..."           environment of the drl daemon only
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -62,7 +63,7 @@ if [ -n "${CHUNK:-}${PAR:-}" ]; then
     [ -n "${PAR:-}" ] && echo "parallelism = $PAR"
   } >>"$work/drl.toml"
 fi
-start_bg drl "$work/drl.log" "$drl" daemon --config "$work/drl.toml" --node bench
+start_bg drl "$work/drl.log" env ${DRL_ENV:-} "$drl" daemon --config "$work/drl.toml" --node bench
 wait_for_socket "$work/r0.nbd" 20 "$BG_PID" || die "drl did not start: $(cat "$work/drl.log")"
 dctl() { "$drl" --config "$work/drl.toml" --node bench "$@"; }
 uri="nbd+unix:///?socket=$work/r0.nbd"
@@ -148,7 +149,7 @@ tools = ("drl", "swiftclient")
 lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
          f"Volume {size / 2**30:.2f} GiB; one-node Swift on 127.0.0.1 (loop XFS), 2 cores shared by Swift, the client and other work; "
          f"medians of {repeat} repetitions. drl: chunk {os.environ.get('CHUNK') or 'default'}, object {os.environ.get('OBJ') or 'default'}, "
-         f"parallelism {os.environ.get('PAR') or 'default'}; `swift upload --segment-size 64M` (10 threads). "
+         f"parallelism {os.environ.get('PAR') or 'default'}{', daemon environment ' + repr(os.environ['DRL_ENV']) if os.environ.get('DRL_ENV') else ''}; `swift upload --segment-size 64M` (10 threads). "
          "The 1% change is 10 extents of random data; swiftclient re-uploads the volume. "
          "cpu s: CPU seconds of drl's daemon / of the swift client process during the case.", "",
          f"Load at the end: `{up.strip()}`", "",

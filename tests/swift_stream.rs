@@ -161,6 +161,15 @@ async fn restored_file<S: ObjectStore>(store: &S, loc: &Location, snap: &str) ->
     std::fs::read(&p).unwrap()
 }
 
+/// Restore `snap` into a scratch file: it must fail; the error.
+async fn restore_fails<S: ObjectStore>(store: &S, loc: &Location, snap: &str) -> StreamError {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("restored.img");
+    restore_to_file(store, loc, snap, &p, &RestoreOptions::default(), |_| {})
+        .await
+        .unwrap_err()
+}
+
 // ---- scenarios, run against both stores ----
 
 async fn full_stream_and_restore<S: ObjectStore>(store: &S) {
@@ -357,18 +366,7 @@ async fn incremental_chain<S: ObjectStore>(store: &S) {
         .delete(&loc.container, &loc.manifest_object("s0"))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s2",
-        &dir.path().join("x"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = restore_fails(store, &loc, "s2").await.to_string();
     assert!(e.contains("parent s0 of snapshot s1 is missing"), "{e}");
 }
 
@@ -452,17 +450,7 @@ async fn corrupted_chunk_detected<S: ObjectStore>(store: &S) {
         .put(&loc.container, &object, Bytes::from(body))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s0",
-        &dir.path().join("x"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let e = restore_fails(store, &loc, "s0").await;
     match &e {
         StreamError::CorruptChunk {
             index: i,
@@ -477,17 +465,7 @@ async fn corrupted_chunk_detected<S: ObjectStore>(store: &S) {
     assert!(e.to_string().contains(&format!("chunk {index}")), "{e}");
     // A missing chunk object is named the same way.
     store.delete(&loc.container, &object).await.unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s0",
-        &dir.path().join("y"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = restore_fails(store, &loc, "s0").await.to_string();
     assert!(e.contains(&object) && e.contains("missing"), "{e}");
 }
 

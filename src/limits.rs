@@ -192,7 +192,8 @@ pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
 /// Stored chunks are packed into objects of at most this size (Swift pays per object: an
 /// fsync, a container update; few large objects stream faster than many small ones).
-pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// 16 MiB with the default parallelism keeps 8 objects in flight: their md5s go four at a time.
+pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const STREAM_OBJECT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Object bodies held by a stream at once (those being uploaded plus the one being packed):
 /// bounds the objects in flight to `STREAM_INFLIGHT_BYTES_MAX / object size - 1`, at least 1.

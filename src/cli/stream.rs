@@ -36,7 +36,7 @@ pub struct StreamArgs {
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     pub chunk_size: Option<u64>,
     /// Largest object: stored chunks are packed into objects of up to this size (default
-    /// 32MiB; at least the chunk size).
+    /// 16MiB; at least the chunk size).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     pub object_size: Option<u64>,
     /// Chunks read and objects uploaded at once.

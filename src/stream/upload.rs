@@ -8,14 +8,15 @@
 //!    incremental, a chunk whose hash equals the parent chain's is recorded as
 //!    `unchanged-from-parent`; compress it with zstd when a sample says that saves at least
 //!    1/16. The CPU work runs on tokio's blocking pool.
-//! 2. pack the stored chunks, in index order, into objects of at most `object_bytes` (32 MiB
+//! 2. pack the stored chunks, in index order, into objects of at most `object_bytes` (16 MiB
 //!    by default; Swift pays an fsync and a container update per object) named
 //!    `P/SNAP/chunks/<first index:08x>-<hash of the packed chunks' indexes and sha256s>`;
-//!    md5 the object on the blocking pool; when an earlier, interrupted run of the same
+//!    md5 full objects four at a time side by side (`md5x4`) on the blocking pool
+//!    (md5 is serial within one object); when an earlier, interrupted run of the same
 //!    stream already stored that name with that md5 it is not sent again (its chunks count as
 //!    `chunks_resumed`), otherwise PUT it with an ETag check (retried by the client). At most
-//!    [`StreamOptions::objects_in_flight`] objects upload at once; their bodies come from a
-//!    small pool and are reused.
+//!    [`StreamOptions::objects_in_flight`] full objects are hashing or uploading at once;
+//!    their bodies come from a small pool and are reused.
 //!
 //! The packing only depends on the data and the options, so a resumed run cuts the same
 //! objects. The manifest is written last, after every object is stored; then objects of the
@@ -36,8 +37,9 @@ use sha2::{Digest, Sha256};
 use super::manifest::{
     check_snapshot_name, resolve_chain, ChunkEntry, Manifest, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
+use super::md5x4;
 use super::restore::load_chain;
-use super::store::{md5_hex, ObjectStore};
+use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
 use crate::volume::{AlignedBuf, BlockDevice};
@@ -192,6 +194,15 @@ struct Pack {
     chunks: Vec<Packed>,
 }
 
+impl Pack {
+    fn seal(self) -> Sealed {
+        Sealed {
+            body: Bytes::from_owner(self.buf),
+            chunks: self.chunks,
+        }
+    }
+}
+
 /// What became of one object (stage 2).
 struct PackDone {
     object: String,
@@ -325,20 +336,46 @@ fn pack_object(loc: &Location, snap: &str, chunks: &[Packed]) -> String {
     loc.chunk_object(snap, chunks.first().map_or(0, |c| c.index), &id)
 }
 
+/// A full object: its body and chunks, waiting for its md5 or its upload.
+struct Sealed {
+    body: Bytes,
+    chunks: Vec<Packed>,
+}
+
+/// Stage 2 work in flight: md5 of a batch of objects, or the upload of one.
+enum Step {
+    Hashed(Vec<(Sealed, String)>),
+    Stored(PackDone),
+}
+
+type StepFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Step, StreamError>> + Send + 'a>>;
+
+/// md5 of up to four objects side by side (`md5x4`) on the blocking pool.
+fn hash_batch<'a>(batch: Vec<Sealed>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let bodies: Vec<Bytes> = batch.iter().map(|s| s.body.clone()).collect();
+        let md5s = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+            md5x4::md5_hex_x4(&refs)
+        })
+        .await
+        .map_err(|e| StreamError::Task(e.to_string()))?;
+        Ok(Step::Hashed(batch.into_iter().zip(md5s).collect()))
+    })
+}
+
 /// Store one packed object, unless an interrupted run stored it already.
 async fn upload_pack<S: ObjectStore>(
     store: &S,
     loc: &Location,
     snap: &str,
     existing: &HashMap<String, (u64, String)>,
-    pack: Pack,
+    sealed: Sealed,
+    md5: String,
 ) -> Result<PackDone, StreamError> {
-    let object = pack_object(loc, snap, &pack.chunks);
-    let body = Bytes::from_owner(pack.buf);
-    let b = body.clone();
-    let md5 = tokio::task::spawn_blocking(move || md5_hex(&b))
-        .await
-        .map_err(|e| StreamError::Task(e.to_string()))?;
+    let Sealed { body, chunks } = sealed;
+    let object = pack_object(loc, snap, &chunks);
     let len = body.len() as u64;
     if existing
         .get(&object)
@@ -346,7 +383,7 @@ async fn upload_pack<S: ObjectStore>(
     {
         return Ok(PackDone {
             object,
-            chunks: pack.chunks,
+            chunks,
             sent: 0,
             resumed: true,
         });
@@ -358,7 +395,7 @@ async fn upload_pack<S: ObjectStore>(
     store.put_md5(&loc.container, &object, body, &md5).await?;
     Ok(PackDone {
         object,
-        chunks: pack.chunks,
+        chunks,
         sent: len,
         resumed: false,
     })
@@ -482,46 +519,67 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             Ok((i, len, p))
         })
         .buffered(opts.parallelism);
-    // Stage 2: pack stored chunks into objects, at most `in_flight` uploading at once.
-    let mut uploads = futures::stream::FuturesUnordered::new();
+    // Stage 2: pack stored chunks into objects; md5 them four at a time; upload. At most
+    // `in_flight` full objects (hashing or uploading) besides the one being packed.
+    let mut work = futures::stream::FuturesUnordered::<StepFuture<'_>>::new();
+    let mut ready: Vec<Sealed> = Vec::new();
+    let mut bodies = 0usize;
     let mut pack = Pack {
         buf: pool.take(),
         chunks: Vec::new(),
     };
     let mut reading = true;
     let existing = &existing;
-    while reading || !uploads.is_empty() {
+    while reading || !work.is_empty() {
         tokio::select! {
             biased;
-            done = uploads.next(), if !uploads.is_empty() => {
-                let Some(done) = done else { continue };
-                let PackDone { object, chunks, sent, resumed } = done?;
-                if resumed {
-                    report.chunks_resumed += chunks.len() as u64;
-                } else {
-                    report.chunks_uploaded += chunks.len() as u64;
-                    report.objects_uploaded += 1;
-                    report.bytes_uploaded += sent;
-                }
-                for c in chunks {
-                    prog.bytes_done += c.len;
-                    prog.chunks_done += 1;
-                    entries[c.index as usize] = Some(ChunkEntry::Stored {
-                        index: c.index,
-                        sha256: c.sha256,
-                        object: object.clone(),
-                        offset: c.offset,
-                        stored_bytes: c.stored_bytes,
-                        compression: c.compression,
-                    });
+            step = work.next(), if !work.is_empty() => {
+                let Some(step) = step else { continue };
+                match step? {
+                    Step::Hashed(batch) => {
+                        for (sealed, md5) in batch {
+                            work.push(Box::pin(async move {
+                                upload_pack(store, loc, snap, existing, sealed, md5)
+                                    .await
+                                    .map(Step::Stored)
+                            }));
+                        }
+                        continue;
+                    }
+                    Step::Stored(PackDone { object, chunks, sent, resumed }) => {
+                        bodies -= 1;
+                        if resumed {
+                            report.chunks_resumed += chunks.len() as u64;
+                        } else {
+                            report.chunks_uploaded += chunks.len() as u64;
+                            report.objects_uploaded += 1;
+                            report.bytes_uploaded += sent;
+                        }
+                        for c in chunks {
+                            prog.bytes_done += c.len;
+                            prog.chunks_done += 1;
+                            entries[c.index as usize] = Some(ChunkEntry::Stored {
+                                index: c.index,
+                                sha256: c.sha256,
+                                object: object.clone(),
+                                offset: c.offset,
+                                stored_bytes: c.stored_bytes,
+                                compression: c.compression,
+                            });
+                        }
+                    }
                 }
             }
-            next = processed.next(), if reading && uploads.len() < in_flight => {
+            next = processed.next(), if reading && bodies < in_flight => {
                 let Some(next) = next else {
                     reading = false;
                     if !pack.chunks.is_empty() {
                         let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
-                        uploads.push(upload_pack(store, loc, snap, existing, full));
+                        ready.push(full.seal());
+                        bodies += 1;
+                    }
+                    if !ready.is_empty() {
+                        work.push(hash_batch(std::mem::take(&mut ready)));
                     }
                     continue;
                 };
@@ -543,7 +601,12 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                         report.bytes_read += len;
                         if pack.buf.data.len() + payload.len() > object_bytes as usize {
                             let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
-                            uploads.push(upload_pack(store, loc, snap, existing, full));
+                            ready.push(full.seal());
+                            bodies += 1;
+                            // Hash four together, or what there is when no more may be packed.
+                            if ready.len() == 4 || bodies >= in_flight {
+                                work.push(hash_batch(std::mem::take(&mut ready)));
+                            }
                         }
                         pack.chunks.push(Packed {
                             index: i,

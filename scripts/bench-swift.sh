@@ -153,15 +153,21 @@ lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
          "The 1% change is 10 extents of random data; swiftclient re-uploads the volume. "
          "cpu s: CPU seconds of drl's daemon / of the swift client process during the case.", "",
          f"Load at the end: `{up.strip()}`", "",
-         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | drl speed-up |",
-         "|---|---|---:|---:|---:|---:|---:|---:|"]
+         "drl speed-up: swiftclient's median seconds / drl's; per repetition: the same within each repetition (median, min..max).", "",
+         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | drl speed-up | per repetition |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+per_rep = {}
+for rep, case, tool, secs, sent, cpu in rows:
+    per_rep.setdefault((case, rep), {})[tool] = float(secs)
 csv = ["rep,case,tool,seconds,bytes_sent,cpu_seconds"] + [",".join(r) for r in rows]
 for case, tool in order:
     secs, sent, cpu = m((case, tool), 0), m((case, tool), 1), m((case, tool), 2)
-    up_ = ""
+    up_, each = "", ""
     if tool == "drl" and (case, "swiftclient") in med:
         up_ = f"{m((case, 'swiftclient'), 0) / secs:.2f}x"
-    lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {up_} |")
+        r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and len(v) == 2)
+        each = f"{statistics.median(r):.2f}x ({r[0]:.2f}..{r[-1]:.2f})"
+    lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {up_} | {each} |")
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 open(out + ".csv", "w").write("\n".join(csv) + "\n")
 print("\n".join(lines))

@@ -201,7 +201,8 @@ pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 160 * 1024 * 1024;
 /// A restore fetches the chunks of one object in ranges of at most this many stored (and,
 /// decompressed, raw) bytes.
 pub const STREAM_RESTORE_RANGE_BYTES_MAX: u64 = 8 * 1024 * 1024;
-/// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of 4 MiB = 16 TiB).
+/// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of the default 1 MiB =
+/// 4 TiB; bigger volumes need a bigger --chunk-size, the error says so).
 pub const STREAM_CHUNKS_MAX: u64 = 4 * 1024 * 1024;
 /// The largest manifest object read back.
 pub const STREAM_MANIFEST_BYTES_MAX: u64 = 1024 * 1024 * 1024;

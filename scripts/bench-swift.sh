@@ -3,20 +3,25 @@
 # (python-swiftclient) into the same one-node Swift, in one run:
 #   1. a volume of random data (incompressible),
 #   2. a half-empty volume (first half random, second half zeros),
-#   3. an incremental after changing 1% of the volume (clustered extents).
-# Prints a markdown table (and writes bench-results/swift-<date>.{md,csv}).
+#   3. an incremental after changing 1% of the volume: 10 clustered extents of random
+#      (incompressible) data, 4 KiB aligned, against swiftclient re-uploading the volume.
+# Every case runs REPEAT times (fresh volume data, snapshots and containers each time); the
+# table shows the median of each row and drl's speed-up over swiftclient in the same case.
+# Writes bench-results/swift-<date>.{md,csv} (the csv holds every repetition).
 # Goals (issue 5): drl >= 1.2x swiftclient's throughput on random data, far ahead on the
 # half-empty volume, and the incremental sends no more than 2% of the volume.
 #
 # Usage: scripts/bench-swift.sh [--size 1GiB]
-#   SIZE=1GiB   volume size    DRL_BIN=path   use this drl binary (else cargo build --release)
-#   CHUNK=4MiB PAR=8           drl's chunk size and chunks in flight ([stream] in its config)
-#   ONLY=random                run only the random-data case
+#   SIZE=1GiB   volume size      DRL_BIN=path   use this drl binary (else cargo build --release)
+#   REPEAT=3    repetitions      ONLY=random    run only the random-data case
+#   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
+#   DRL_ENV="K=V ..."           environment of the drl daemon only
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
 size=${SIZE:-1GiB}
 [ "${1:-}" = --size ] && size=$2
+repeat=${REPEAT:-3}
 need_pkgs nbdcopy:libnbd-bin qemu-io:qemu-utils swift:python3-swiftclient curl:curl
 bytes=$(python3 -c "import sys;u={'KiB':1<<10,'MiB':1<<20,'GiB':1<<30};s=sys.argv[1];print(int(s[:-3])*u[s[-3:]])" "$size")
 top=$(repo_root)
@@ -27,8 +32,14 @@ SW=(swift -A "$AUTH" -U test:tester -K testing)
 work=$(mktemp -d "$top/target/bench-swift.XXXXXX")
 on_exit "rm -rf '$work'"
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-# Leave the test bed as it was: delete this run's containers at exit.
-on_exit "for c in \$(${SW[*]} list 2>/dev/null | grep -- '-$ts' || true); do ${SW[*]} delete \$c >/dev/null 2>&1 || true; done"
+drop_containers() { # delete this run's containers (not timed)
+  local c
+  for c in $("${SW[@]}" list 2>/dev/null | grep -- "-$ts" || true); do
+    "${SW[@]}" delete "$c" >/dev/null 2>&1 || true
+  done
+}
+# Leave the test bed as it was.
+on_exit drop_containers
 cat >"$work/drl.toml" <<TOML
 [[node]]
 name = "bench"
@@ -45,87 +56,118 @@ auth = "tempauth"
 url = "$AUTH"
 user = "test:tester"
 key = "testing"
-[stream]
-chunk-size = "${CHUNK:-4MiB}"
-parallelism = ${PAR:-8}
 TOML
-start_bg drl "$work/drl.log" "$drl" daemon --config "$work/drl.toml" --node bench
+if [ -n "${CHUNK:-}${PAR:-}" ]; then
+  { echo "[stream]"
+    [ -n "${CHUNK:-}" ] && echo "chunk-size = \"$CHUNK\""
+    [ -n "${PAR:-}" ] && echo "parallelism = $PAR"
+  } >>"$work/drl.toml"
+fi
+start_bg drl "$work/drl.log" env ${DRL_ENV:-} "$drl" daemon --config "$work/drl.toml" --node bench
 wait_for_socket "$work/r0.nbd" 20 "$BG_PID" || die "drl did not start: $(cat "$work/drl.log")"
 dctl() { "$drl" --config "$work/drl.toml" --node bench "$@"; }
 uri="nbd+unix:///?socket=$work/r0.nbd"
 now() { date +%s.%N; }
 rows=()
-row() { rows+=("$1|$2|$3|$4|$5"); }   # case | tool | seconds | bytes sent | MiB/s of volume
+row() { rows+=("$1|$2|$3|$4|$5|$6"); }   # rep | case | tool | seconds | bytes sent | cpu seconds
 
-log "preparing $size of random data"
-head -c "$bytes" /dev/urandom >"$work/rand.img"
-nbdcopy "$work/rand.img" "$uri"
-
-stream_case() { # name snapshot container
-  local t0 t1 rep
+stream_case() { # name snapshot container -> seconds|bytes sent|drl cpu seconds
+  local t0 t1 c0 c1 rep
+  c0=$(awk '{print $14 + $15}' "/proc/$BG_PID/stat")
   t0=$(now)
-  rep=$(dctl stream r0 "$2" --to "swift://$3/r0" --json)
+  rep=$(dctl stream r0 "$2" --to "swift://$3/r0" ${OBJ:+--object-size "$OBJ"} --json)
   t1=$(now)
+  c1=$(awk '{print $14 + $15}' "/proc/$BG_PID/stat")
   echo "$rep" >"$work/$1.json"
-  python3 - "$1" "$t0" "$t1" "$bytes" "$work/$1.json" <<'PY'
+  python3 - "$t0" "$t1" "$work/$1.json" "$c0" "$c1" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-name, t0, t1, size, f = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+t0, t1, f, c0, c1, hz = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 r = json.load(open(f))
-secs = t1 - t0
-print(f"{secs:.2f}|{r['bytes_uploaded']}|{size / secs / 2**20:.1f}")
+print(f"{t1 - t0:.2f}|{r['bytes_uploaded']}|{(c1 - c0) / hz:.2f}")
 PY
 }
-swc_case() { # file container
-  local t0 t1
+swc_case() { # file container -> seconds|bytes sent|cpu seconds (of the swift client)
+  local t0 t1 tf
+  tf="$work/time.$$"
   t0=$(now)
-  (cd "$work" && "${SW[@]}" upload --segment-size 64M --object-name vol.img "$2" "$(basename "$1")" >/dev/null)
+  (cd "$work" && /usr/bin/time -f '%U %S' -o "$tf" "${SW[@]}" upload --segment-size 64M --object-name vol.img "$2" "$(basename "$1")" >/dev/null)
   t1=$(now)
-  python3 -c "import sys;s=float(sys.argv[2])-float(sys.argv[1]);print(f'{s:.2f}|{int(sys.argv[3])}|{int(sys.argv[3])/s/2**20:.1f}')" "$t0" "$t1" "$bytes"
+  python3 -c "import sys;s=float(sys.argv[2])-float(sys.argv[1]);u,k=open(sys.argv[4]).read().split()[-2:];print(f'{s:.2f}|{int(sys.argv[3])}|{float(u)+float(k):.2f}')" "$t0" "$t1" "$bytes" "$tf"
 }
 
-log "case 1: random data"
-dctl snapshot create r0 rand >/dev/null
-IFS='|' read -r s b r <<<"$(stream_case rand rand "bench-drl-$ts")"; row "random" drl "$s" "$b" "$r"
-IFS='|' read -r s b r <<<"$(swc_case "$work/rand.img" "bench-swc-$ts")"; row "random" swiftclient "$s" "$b" "$r"
+step=$((bytes / 10 / 4096 * 4096)); ext=$((bytes / 1000 / 4096 * 4096))
+for i in $(seq 0 9); do head -c "$ext" /dev/urandom >"$work/ext$i.bin"; done
+for r in $(seq 1 "$repeat"); do
+  uptime >&2
+  for s in half incr; do dctl snapshot delete r0 "$s$((r - 1))" >/dev/null 2>&1 || true; done
+  log "repetition $r/$repeat: preparing $size of random data"
+  head -c "$bytes" /dev/urandom >"$work/rand.img"
+  nbdcopy "$work/rand.img" "$uri"
 
-if [ "${ONLY:-}" != random ]; then
-log "case 2: half-empty volume"
-half=$((bytes / 2))
-qemu-io -f raw -c "write -z $half $half" "$uri" >/dev/null
-dctl snapshot create r0 half >/dev/null
-IFS='|' read -r s b r <<<"$(stream_case half half "bench-drl-half-$ts")"; row "half-empty" drl "$s" "$b" "$r"
-cp --sparse=always "$work/rand.img" "$work/half.img"
-truncate -s "$half" "$work/half.img"; truncate -s "$bytes" "$work/half.img"
-IFS='|' read -r s b r <<<"$(swc_case "$work/half.img" "bench-swc-half-$ts")"; row "half-empty" swiftclient "$s" "$b" "$r"
+  log "case 1: random data"
+  dctl snapshot create r0 "rand$r" >/dev/null
+  IFS='|' read -r s b c <<<"$(stream_case rand "rand$r" "bench-drl-$r-$ts")"; row "$r" random drl "$s" "$b" "$c"
+  IFS='|' read -r s b c <<<"$(swc_case "$work/rand.img" "bench-swc-$r-$ts")"; row "$r" random swiftclient "$s" "$b" "$c"
+  [ "${ONLY:-}" = random ] && { drop_containers; continue; }
 
-log "case 3: 1% changed, incremental"
-step=$((bytes / 10)); ext=$((bytes / 1000))
-cmds=()
-for i in $(seq 0 9); do cmds+=(-c "write -P 0x$((i + 16)) $((i * step)) $ext"); done
-qemu-io -f raw "${cmds[@]}" "$uri" >/dev/null
-dctl snapshot create r0 incr >/dev/null
-IFS='|' read -r s b r <<<"$(stream_case incr incr "bench-drl-half-$ts")"; row "1% changed (incremental)" drl "$s" "$b" "$r"
-IFS='|' read -r s b r <<<"$(swc_case "$work/half.img" "bench-swc-half-$ts")"; row "1% changed (re-upload)" swiftclient "$s" "$b" "$r"
-fi
+  log "case 2: half-empty volume"
+  half=$((bytes / 2))
+  dctl snapshot delete r0 "rand$r" >/dev/null   # its copy-on-write space is not needed any more
+  qemu-io -f raw -c "write -z $half $half" "$uri" >/dev/null
+  dctl snapshot create r0 "half$r" >/dev/null
+  IFS='|' read -r s b c <<<"$(stream_case half "half$r" "bench-drl-half-$r-$ts")"; row "$r" half-empty drl "$s" "$b" "$c"
+  cp --sparse=always "$work/rand.img" "$work/half.img"
+  truncate -s "$half" "$work/half.img"; truncate -s "$bytes" "$work/half.img"
+  IFS='|' read -r s b c <<<"$(swc_case "$work/half.img" "bench-swc-half-$r-$ts")"; row "$r" half-empty swiftclient "$s" "$b" "$c"
+
+  log "case 3: 1% changed (10 extents of $ext bytes of random data), incremental"
+  cmds=()
+  for i in $(seq 0 9); do cmds+=(-c "write -s $work/ext$i.bin $((i * step + 4096 * (r + 3 * i))) $ext"); done
+  qemu-io -f raw "${cmds[@]}" "$uri" >/dev/null
+  dctl snapshot create r0 "incr$r" >/dev/null
+  IFS='|' read -r s b c <<<"$(stream_case incr "incr$r" "bench-drl-half-$r-$ts")"; row "$r" "1% changed" drl "$s" "$b" "$c"
+  IFS='|' read -r s b c <<<"$(swc_case "$work/half.img" "bench-swc-half-$r-$ts")"; row "$r" "1% changed" swiftclient "$s" "$b" "$c"
+  drop_containers
+done
 
 mkdir -p "$top/bench-results"
 out="$top/bench-results/swift-$ts"
-python3 - "$out" "$bytes" "${rows[@]}" <<'PY'
-import os, sys
-out, size, rows = sys.argv[1], int(sys.argv[2]), [r.split('|') for r in sys.argv[3:]]
-by = {}
-for case, tool, secs, sent, rate in rows:
-    by.setdefault(case.split(' (')[0], {})[tool] = (float(secs), int(sent), float(rate))
+python3 - "$out" "$bytes" "$repeat" "$(uptime)" "${rows[@]}" <<'PY'
+import os, statistics, sys
+out, size, repeat, up, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], [r.split('|') for r in sys.argv[5:]]
+med = {}
+order = []
+for rep, case, tool, secs, sent, cpu in rows:
+    k = (case, tool)
+    if k not in med:
+        med[k] = []
+        order.append(k)
+    med[k].append((float(secs), int(sent), float(cpu)))
+def m(k, i):
+    return statistics.median(v[i] for v in med[k])
+tools = ("drl", "swiftclient")
 lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
-         f"Volume {size / 2**30:.2f} GiB; one-node Swift on 127.0.0.1 (loop XFS); drl chunk {os.environ.get('CHUNK', '4MiB')}, {os.environ.get('PAR', '8')} in flight; swift upload --segment-size 64M (10 threads).", "",
-         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | drl speed-up |", "|---|---|---:|---:|---:|---:|---:|"]
-csv = ["case,tool,seconds,bytes_sent,volume_mib_per_s"]
-for case, tool, secs, sent, rate in rows:
-    base = case.split(' (')[0]
-    both = by[base]
-    up = f"{both['swiftclient'][0] / both['drl'][0]:.2f}x" if tool == 'drl' and 'swiftclient' in both else ""
-    lines.append(f"| {case} | {tool} | {float(secs):.2f} | {int(sent):,} | {100 * int(sent) / size:.2f}% | {float(rate):.1f} | {up} |")
-    csv.append(f"{case},{tool},{secs},{sent},{rate}")
+         f"Volume {size / 2**30:.2f} GiB; one-node Swift on 127.0.0.1 (loop XFS), 2 cores shared by Swift, the client and other work; "
+         f"medians of {repeat} repetitions. drl: chunk {os.environ.get('CHUNK') or 'default'}, object {os.environ.get('OBJ') or 'default'}, "
+         f"parallelism {os.environ.get('PAR') or 'default'}{', daemon environment ' + repr(os.environ['DRL_ENV']) if os.environ.get('DRL_ENV') else ''}; `swift upload --segment-size 64M` (10 threads). "
+         "The 1% change is 10 extents of random data; swiftclient re-uploads the volume. "
+         "cpu s: CPU seconds of drl's daemon / of the swift client process during the case.", "",
+         f"Load at the end: `{up.strip()}`", "",
+         "drl speed-up: swiftclient's median seconds / drl's; per repetition: the same within each repetition (median, min..max).", "",
+         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | drl speed-up | per repetition |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+per_rep = {}
+for rep, case, tool, secs, sent, cpu in rows:
+    per_rep.setdefault((case, rep), {})[tool] = float(secs)
+csv = ["rep,case,tool,seconds,bytes_sent,cpu_seconds"] + [",".join(r) for r in rows]
+for case, tool in order:
+    secs, sent, cpu = m((case, tool), 0), m((case, tool), 1), m((case, tool), 2)
+    up_, each = "", ""
+    if tool == "drl" and (case, "swiftclient") in med:
+        up_ = f"{m((case, 'swiftclient'), 0) / secs:.2f}x"
+        r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and len(v) == 2)
+        each = f"{statistics.median(r):.2f}x ({r[0]:.2f}..{r[-1]:.2f})"
+    lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {up_} | {each} |")
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 open(out + ".csv", "w").write("\n".join(csv) + "\n")
 print("\n".join(lines))

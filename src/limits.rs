@@ -184,14 +184,29 @@ const _: () = assert!((REPL_RESYNC_REQUEST_BYTES as u64).is_multiple_of(BITMAP_B
 pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
 // --- stream (snapshots and images to Swift) ---
 
-/// Snapshot chunk size: default, bounds; always a multiple of [`BITMAP_BLOCK_BYTES`].
-pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Snapshot chunk size: default, bounds; always a multiple of [`BITMAP_BLOCK_BYTES`]. The
+/// chunk is the unit of change tracking, hashing and the manifest, not the object size: a
+/// fine chunk makes an incremental send little more than what changed.
+pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 1024 * 1024;
 pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
 pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Chunks uploaded or restored at once (each holds up to two chunk buffers in memory).
+/// Chunks read and hashed at once, objects uploaded at once (see
+/// [`STREAM_INFLIGHT_BYTES_MAX`]), ranges fetched at once by a restore.
 pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
-/// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of 4 MiB = 16 TiB).
+/// Stored chunks are packed into objects of at most this size (Swift pays per object: an
+/// fsync, a container update; few large objects stream faster than many small ones).
+/// 16 MiB with the default parallelism keeps 8 objects in flight: their md5s go four at a time.
+pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+pub const STREAM_OBJECT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Object bodies held by a stream at once (those being uploaded plus the one being packed):
+/// bounds the objects in flight to `STREAM_INFLIGHT_BYTES_MAX / object size - 1`, at least 1.
+pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 160 * 1024 * 1024;
+/// A restore fetches the chunks of one object in ranges of at most this many stored (and,
+/// decompressed, raw) bytes.
+pub const STREAM_RESTORE_RANGE_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Chunks in one snapshot manifest (bounds the manifest: 4 Mi chunks of the default 1 MiB =
+/// 4 TiB; bigger volumes need a bigger --chunk-size, the error says so).
 pub const STREAM_CHUNKS_MAX: u64 = 4 * 1024 * 1024;
 /// The largest manifest object read back.
 pub const STREAM_MANIFEST_BYTES_MAX: u64 = 1024 * 1024 * 1024;
@@ -230,6 +245,8 @@ const _: () = assert!(STREAM_CHUNK_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(STREAM_CHUNK_BYTES_MIN <= STREAM_CHUNK_BYTES_DEFAULT);
 const _: () = assert!(STREAM_CHUNK_BYTES_DEFAULT <= STREAM_CHUNK_BYTES_MAX);
 const _: () = assert!(STREAM_PARALLELISM_DEFAULT <= STREAM_PARALLELISM_MAX);
+const _: () = assert!(STREAM_CHUNK_BYTES_MAX <= STREAM_OBJECT_BYTES_MAX);
+const _: () = assert!(STREAM_OBJECT_BYTES_DEFAULT <= STREAM_OBJECT_BYTES_MAX);
 const _: () = assert!(SLO_SEGMENT_BYTES_MIN <= SLO_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SLO_SEGMENT_BYTES_DEFAULT <= SLO_SEGMENT_BYTES_MAX);
 const _: () = assert!(SWIFT_RETRY_BASE_DELAY_MS <= SWIFT_RETRY_DELAY_MAX_MS);

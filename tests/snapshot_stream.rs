@@ -74,6 +74,21 @@ fn json_out(node: &Node, args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// python-swiftclient's `swift`, logged in as the test account.
+fn swift_cli() -> Command {
+    let mut c = Command::new("swift");
+    c.args(["-A", AUTH_URL, "-U", "test:tester", "-K", "testing"]);
+    c
+}
+
+/// `drl ARGS --to DEST --json` (restore, image pull): the JSON report.
+fn copy_to(node: &Node, args: &[&str], dest: &Path) -> serde_json::Value {
+    let dest = dest.to_str().unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--to", dest, "--json"]);
+    json_out(node, &all)
+}
+
 /// A minimal NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME, simple replies): enough to issue
 /// dependent writes one at a time and know exactly when each was acknowledged.
 struct Nbd(UnixStream);
@@ -175,16 +190,7 @@ fn snapshot_under_a_running_writer_restores_exactly_the_cut() {
     );
     assert!(rep["chunks_uploaded"].as_u64().unwrap() > 0);
     let out = d.join("restored.img");
-    json_out(
-        &node,
-        &[
-            "restore",
-            &format!("swift://{c}/r0/s1"),
-            "--to",
-            out.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    copy_to(&node, &["restore", &format!("swift://{c}/r0/s1")], &out);
     let img = std::fs::read(&out).unwrap();
     assert_eq!(img.len(), 32 << 20);
     // The newest write each block holds; the cut K must satisfy: every write < K present
@@ -291,32 +297,14 @@ fn full_then_one_percent_incremental_uploads_about_one_percent_and_restores_equa
     let now = d.join("now.bin");
     run(Command::new("nbdcopy").arg(&uri).arg(&now));
     let out = d.join("restored.img");
-    json_out(
-        &node,
-        &[
-            "restore",
-            &format!("{to}/s2"),
-            "--to",
-            out.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    copy_to(&node, &["restore", &format!("{to}/s2")], &out);
     assert!(
         std::fs::read(&out).unwrap() == std::fs::read(&now).unwrap(),
         "restored chain differs from the volume at s2"
     );
     // The full one restores the old contents.
     let out1 = d.join("restored1.img");
-    json_out(
-        &node,
-        &[
-            "restore",
-            &format!("{to}/s1"),
-            "--to",
-            out1.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    copy_to(&node, &["restore", &format!("{to}/s1")], &out1);
     assert!(std::fs::read(&out1).unwrap() == data);
 }
 
@@ -337,7 +325,8 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
     json_out(&node, &["snapshot", "create", "r0", "s1", "--json"]);
     let c = container("resume");
     let to = format!("swift://{c}/r0");
-    // Start a slow stream (one chunk at a time, 1 MiB chunks) and kill the daemon mid-way.
+    // Start a slow stream (one chunk at a time, 256 KiB chunks packed 4 to an object: 128
+    // objects) and kill the daemon mid-way.
     let child = Command::new(drl_bin())
         .arg("--config")
         .arg(&node.config)
@@ -350,6 +339,8 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
             "--to",
             &to,
             "--chunk-size",
+            "256KiB",
+            "--object-size",
             "1MiB",
             "--parallel",
             "1",
@@ -360,25 +351,13 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
         .spawn()
         .unwrap();
     let listed = || {
-        let out = Command::new("swift")
-            .args([
-                "-A",
-                AUTH_URL,
-                "-U",
-                "test:tester",
-                "-K",
-                "testing",
-                "list",
-                &c,
-            ])
-            .output()
-            .unwrap();
+        let out = swift_cli().args(["list", &c]).output().unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("/chunks/"))
             .count()
     };
-    wait_until("some chunks uploaded", Duration::from_secs(60), || {
+    wait_until("some objects uploaded", Duration::from_secs(60), || {
         listed() >= 10
     });
     node.kill9();
@@ -399,35 +378,31 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
             "--to",
             &to,
             "--chunk-size",
+            "256KiB",
+            "--object-size",
             "1MiB",
             "--json",
         ],
     );
+    // Random chunks do not compress: 4 to an object.
     let resumed = rep["chunks_resumed"].as_u64().unwrap();
     assert!(
-        resumed as usize >= done_before.saturating_sub(1) && resumed > 0,
-        "resumed {resumed}, {done_before} were done: {rep}"
+        resumed as usize >= 4 * done_before.saturating_sub(1) && resumed > 0,
+        "resumed {resumed} chunks, {done_before} objects were done: {rep}"
+    );
+    assert_eq!(
+        rep["objects_uploaded"].as_u64().unwrap() * 4,
+        rep["chunks_uploaded"].as_u64().unwrap(),
+        "{rep}"
     );
     assert_eq!(
         rep["chunks_uploaded"].as_u64().unwrap() + resumed,
-        128,
+        512,
         "{rep}"
     );
 
     // Corrupt one chunk object in Swift: the restore names it.
-    let out = Command::new("swift")
-        .args([
-            "-A",
-            AUTH_URL,
-            "-U",
-            "test:tester",
-            "-K",
-            "testing",
-            "list",
-            &c,
-        ])
-        .output()
-        .unwrap();
+    let out = swift_cli().args(["list", &c]).output().unwrap();
     let victim = String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.contains("/chunks/"))
@@ -435,21 +410,9 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
         .to_owned();
     let garbage = d.join("garbage");
     std::fs::write(&garbage, vec![0x42u8; 4096]).unwrap();
-    let up = Command::new("swift")
+    let up = swift_cli()
         .current_dir(d)
-        .args([
-            "-A",
-            AUTH_URL,
-            "-U",
-            "test:tester",
-            "-K",
-            "testing",
-            "upload",
-            &c,
-            "garbage",
-            "--object-name",
-            &victim,
-        ])
+        .args(["upload", &c, "garbage", "--object-name", &victim])
         .output()
         .unwrap();
     assert!(
@@ -538,16 +501,10 @@ fn image_push_as_slo_reads_back_whole_and_pull_verifies() {
         "the SLO does not read back as the image"
     );
     let back = d.join("back.img");
-    json_out(
+    copy_to(
         &node,
-        &[
-            "image",
-            "pull",
-            &format!("swift://{c}/images/vm.img"),
-            "--to",
-            back.to_str().unwrap(),
-            "--json",
-        ],
+        &["image", "pull", &format!("swift://{c}/images/vm.img")],
+        &back,
     );
     assert!(std::fs::read(&back).unwrap() == data);
 }

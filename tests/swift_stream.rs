@@ -116,6 +116,8 @@ fn unique(name: &str) -> String {
 fn opts(snapshot: &str) -> StreamOptions {
     let mut o = StreamOptions::new(snapshot);
     o.chunk_bytes = CHUNK;
+    // 8 chunks per object at most: the 16 MiB test volume makes a few dozen objects.
+    o.object_bytes = 8 * CHUNK;
     o.parallelism = 4;
     o
 }
@@ -159,16 +161,27 @@ async fn restored_file<S: ObjectStore>(store: &S, loc: &Location, snap: &str) ->
     std::fs::read(&p).unwrap()
 }
 
+/// Restore `snap` into a scratch file: it must fail; the error.
+async fn restore_fails<S: ObjectStore>(store: &S, loc: &Location, snap: &str) -> StreamError {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("restored.img");
+    restore_to_file(store, loc, snap, &p, &RestoreOptions::default(), |_| {})
+        .await
+        .unwrap_err()
+}
+
 // ---- scenarios, run against both stores ----
 
 async fn full_stream_and_restore<S: ObjectStore>(store: &S) {
     let loc = Location::new(unique("full"), "site-a/vol0");
     let (data, zeros) = volume_data(1);
     let dev = MemDevice::new(data.clone());
-    let calls = AtomicU64::new(0);
+    let last = std::sync::Mutex::new(drl::stream::Progress::default());
     let r = stream_device(&dev, None, store, &loc, &opts("s0"), |p| {
-        calls.fetch_add(1, Ordering::Relaxed);
         assert!(p.bytes_done <= p.bytes_total);
+        let mut l = last.lock().unwrap();
+        assert!(p.bytes_done >= l.bytes_done, "progress went back");
+        *l = p;
     })
     .await
     .unwrap();
@@ -180,7 +193,21 @@ async fn full_stream_and_restore<S: ObjectStore>(store: &S) {
         r.bytes_uploaded < VOL - zeros * CHUNK,
         "text chunks compress: {r:?}"
     );
-    assert_eq!(calls.load(Ordering::Relaxed), CHUNKS);
+    let last = *last.lock().unwrap();
+    assert_eq!((last.chunks_done, last.bytes_done), (CHUNKS, VOL));
+    // Chunks are packed into objects of at most 8 chunks' size (more when they compress):
+    // far fewer objects than chunks.
+    assert!(
+        r.objects_uploaded > r.bytes_uploaded / (8 * CHUNK)
+            && r.objects_uploaded < r.chunks_uploaded / 4,
+        "{r:?}"
+    );
+    let listed = store
+        .list(&loc.container, &loc.chunks_prefix("s0"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len() as u64, r.objects_uploaded);
+    assert!(listed.iter().all(|o| o.bytes <= 8 * CHUNK));
     let json = serde_json::to_value(&r).unwrap();
     assert!(json.get("chunks_skipped_zero").is_some());
 
@@ -190,8 +217,29 @@ async fn full_stream_and_restore<S: ObjectStore>(store: &S) {
         .unwrap_err();
     assert!(matches!(e, StreamError::SnapshotExists(_)), "{e}");
 
-    // Manifest: zero chunks not stored, compressed text chunks say zstd, random say none.
+    // Manifest: zero chunks not stored, compressed text chunks say zstd, random say none;
+    // consecutive stored chunks share an object, one after the other.
     let m = load_manifest(store, &loc, "s0").await.unwrap();
+    assert_eq!(m.version, drl::stream::manifest::MANIFEST_VERSION);
+    match (&m.chunks[1], &m.chunks[2]) {
+        (
+            ChunkEntry::Stored {
+                object: o1,
+                offset: a,
+                stored_bytes: len,
+                ..
+            },
+            ChunkEntry::Stored {
+                object: o2,
+                offset: b,
+                ..
+            },
+        ) => {
+            assert_eq!(o1, o2);
+            assert_eq!(a + len, *b);
+        }
+        other => panic!("chunks 1 and 2 should be stored: {other:?}"),
+    }
     assert!(matches!(m.chunks[0], ChunkEntry::Zero { .. }));
     assert!(
         matches!(&m.chunks[3], ChunkEntry::Stored { compression, .. } if *compression == drl::stream::Compression::Zstd)
@@ -318,18 +366,7 @@ async fn incremental_chain<S: ObjectStore>(store: &S) {
         .delete(&loc.container, &loc.manifest_object("s0"))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s2",
-        &dir.path().join("x"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = restore_fails(store, &loc, "s2").await.to_string();
     assert!(e.contains("parent s0 of snapshot s1 is missing"), "{e}");
 }
 
@@ -386,39 +423,34 @@ async fn corrupted_chunk_detected<S: ObjectStore>(store: &S) {
         .await
         .unwrap();
     let m = load_manifest(store, &loc, "s0").await.unwrap();
-    let (index, object, len) = m
+    let (index, object, offset, len) = m
         .chunks
         .iter()
         .find_map(|c| match c {
             ChunkEntry::Stored {
                 index,
                 object,
+                offset,
                 stored_bytes,
                 ..
-            } if *index > 10 => Some((*index, object.clone(), *stored_bytes)),
+            } if *index > 10 && *offset > 0 => {
+                Some((*index, object.clone(), *offset, *stored_bytes))
+            }
             _ => None,
         })
         .unwrap();
-    // Overwrite the chunk object with other bytes of the same length.
+    // Overwrite that chunk's bytes inside its object (same length, other chunks intact).
+    let mut body = store
+        .get(&loc.container, &object, 64 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    body[offset as usize..(offset + len) as usize].fill(0x5A);
     store
-        .put(
-            &loc.container,
-            &object,
-            Bytes::from(vec![0x5A; len as usize]),
-        )
+        .put(&loc.container, &object, Bytes::from(body))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s0",
-        &dir.path().join("x"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let e = restore_fails(store, &loc, "s0").await;
     match &e {
         StreamError::CorruptChunk {
             index: i,
@@ -433,20 +465,55 @@ async fn corrupted_chunk_detected<S: ObjectStore>(store: &S) {
     assert!(e.to_string().contains(&format!("chunk {index}")), "{e}");
     // A missing chunk object is named the same way.
     store.delete(&loc.container, &object).await.unwrap();
-    let e = restore_to_file(
-        store,
-        &loc,
-        "s0",
-        &dir.path().join("y"),
-        &RestoreOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = restore_fails(store, &loc, "s0").await.to_string();
+    assert!(e.contains(&object) && e.contains("missing"), "{e}");
+}
+
+/// A snapshot in the layout drl wrote before packed objects (manifest version 1: one object
+/// per chunk, no offsets), written here object by object: it still restores.
+async fn version_1_snapshot_restores<S: ObjectStore>(store: &S) {
+    use sha2::Digest;
+    let loc = Location::new(unique("v1"), "old");
+    store.ensure_container(&loc.container).await.unwrap();
+    let (data, _) = volume_data(7);
+    let data = &data[..(8 * CHUNK) as usize];
+    let mut chunks = Vec::new();
+    for i in 0..8u64 {
+        let raw = &data[(i * CHUNK) as usize..((i + 1) * CHUNK) as usize];
+        if raw.iter().all(|&b| b == 0) {
+            chunks.push(serde_json::json!({"index": i, "state": "zero"}));
+            continue;
+        }
+        let sha = hex::encode(sha2::Sha256::digest(raw));
+        let (body, comp) = if i % 3 == 0 {
+            (zstd::bulk::compress(raw, 3).unwrap(), "zstd")
+        } else {
+            (raw.to_vec(), "none")
+        };
+        let object = format!("old/s0/chunks/{i:08x}-{}", &sha[..16]);
+        chunks.push(
+            serde_json::json!({"index": i, "state": "stored", "sha256": sha,
+            "object": object, "stored_bytes": body.len(), "compression": comp}),
+        );
+        store
+            .put(&loc.container, &object, Bytes::from(body))
+            .await
+            .unwrap();
+    }
+    let manifest = serde_json::json!({"format": "drl-snapshot", "version": 1, "snapshot": "s0",
+        "parent": null, "volume": "old", "created_unix_ms": 1, "volume_size_bytes": 8 * CHUNK,
+        "chunk_size_bytes": CHUNK, "compression": "zstd", "chunks": chunks});
+    store
+        .put(
+            &loc.container,
+            &loc.manifest_object("s0"),
+            Bytes::from(manifest.to_string()),
+        )
+        .await
+        .unwrap();
     assert!(
-        e.contains(&format!("chunk {index}")) && e.contains("missing"),
-        "{e}"
+        restored_file(store, &loc, "s0").await == data,
+        "a version 1 snapshot restores wrong"
     );
 }
 
@@ -515,36 +582,33 @@ async fn image_push_pull<S: ObjectStore>(store: &S) {
     assert!(!Path::new(&format!("{}.drl-partial", bad.display())).exists());
 }
 
-// ---- Swift ----
+// ---- Swift and the directory vault: the same scenarios ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swift_full_stream_and_restore() {
-    let Some(s) = swift().await else { return };
-    full_stream_and_restore(&s).await;
+/// One test per store for `scenario`: `$swift` against the real Swift, `$vault` against a
+/// fresh directory vault.
+macro_rules! both_stores {
+    ($($scenario:ident => $swift:ident, $vault:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $swift() {
+            let Some(s) = swift().await else { return };
+            $scenario(&s).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $vault() {
+            let (_d, v) = vault();
+            $scenario(&v).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swift_incremental_chain() {
-    let Some(s) = swift().await else { return };
-    incremental_chain(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swift_interrupted_stream_resumes() {
-    let Some(s) = swift().await else { return };
-    interrupted_stream_resumes(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swift_corrupted_chunk_detected() {
-    let Some(s) = swift().await else { return };
-    corrupted_chunk_detected(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swift_image_push_pull_slo() {
-    let Some(s) = swift().await else { return };
-    image_push_pull(&s).await;
+both_stores! {
+    full_stream_and_restore => swift_full_stream_and_restore, vault_full_stream_and_restore;
+    incremental_chain => swift_incremental_chain, vault_incremental_chain;
+    interrupted_stream_resumes => swift_interrupted_stream_resumes, vault_interrupted_stream_resumes;
+    corrupted_chunk_detected => swift_corrupted_chunk_detected, vault_corrupted_chunk_detected;
+    image_push_pull => swift_image_push_pull_slo, vault_image_push_pull_slo;
+    version_1_snapshot_restores => swift_version_1_snapshot_restores, vault_version_1_snapshot_restores;
 }
 
 #[tokio::test]
@@ -591,38 +655,6 @@ async fn swift_listing_pages_and_prefixes() {
         Err(StreamError::TooLarge { .. })
     ));
     assert!(s.list(&unique("absent"), "").await.unwrap().is_empty());
-}
-
-// ---- directory vault ----
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_full_stream_and_restore() {
-    let (_d, v) = vault();
-    full_stream_and_restore(&v).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_incremental_chain() {
-    let (_d, v) = vault();
-    incremental_chain(&v).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_interrupted_stream_resumes() {
-    let (_d, v) = vault();
-    interrupted_stream_resumes(&v).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_corrupted_chunk_detected() {
-    let (_d, v) = vault();
-    corrupted_chunk_detected(&v).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_image_push_pull_slo() {
-    let (_d, v) = vault();
-    image_push_pull(&v).await;
 }
 
 // ---- Keystone v3 (only when `scripts/swift-aio.sh start --keystone` ran) ----
@@ -694,11 +726,11 @@ impl<S: ObjectStore> ObjectStore for Gauge<S> {
     async fn ensure_container(&self, c: &str) -> Result<(), StreamError> {
         self.inner.ensure_container(c).await
     }
-    async fn put(&self, c: &str, n: &str, d: Bytes) -> Result<String, StreamError> {
+    async fn put_md5(&self, c: &str, n: &str, d: Bytes, m: &str) -> Result<String, StreamError> {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let r = self.inner.put(c, n, d).await;
+        let r = self.inner.put_md5(c, n, d, m).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
         r
     }

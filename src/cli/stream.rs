@@ -31,10 +31,15 @@ pub struct StreamArgs {
     /// of the resource already in the store; none: a full stream).
     #[arg(long, value_name = "SNAP")]
     pub parent: Option<String>,
-    /// Chunk size (default from the config's [stream], else 4MiB).
+    /// Chunk size: the unit of change tracking and of the manifest (default from the config's
+    /// [stream], else 1MiB).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     pub chunk_size: Option<u64>,
-    /// Chunks in flight at once.
+    /// Largest object: stored chunks are packed into objects of up to this size (default
+    /// 16MiB; at least the chunk size).
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    pub object_size: Option<u64>,
+    /// Chunks read and objects uploaded at once.
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
     /// Store chunks uncompressed.
@@ -138,6 +143,7 @@ fn print_report(what: &str, r: &Report, json: bool) {
         ("bytes written", units::format_bytes(r.bytes_written)),
         ("chunks total", r.chunks_total.to_string()),
         ("chunks uploaded", r.chunks_uploaded.to_string()),
+        ("objects uploaded", r.objects_uploaded.to_string()),
         ("chunks skipped (zero)", r.chunks_skipped_zero.to_string()),
         (
             "chunks skipped (unchanged)",
@@ -250,6 +256,9 @@ pub fn stream(g: &Global, a: &StreamArgs) -> i32 {
     if let Some(c) = a.chunk_size {
         params["chunk_size"] = json!(c);
     }
+    if let Some(o) = a.object_size {
+        params["object_size"] = json!(o);
+    }
     if let Some(n) = a.parallel {
         params["parallelism"] = json!(n);
     }
@@ -349,6 +358,17 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
     )
 }
 
+/// `swift://CONTAINER/PATH/OBJECT` -> (CONTAINER, PATH/OBJECT).
+fn image_object(url: &StoreUrl) -> Result<(String, String), crate::stream::StreamError> {
+    let (loc, object) = url.split_last()?;
+    let object = if loc.prefix.is_empty() {
+        object
+    } else {
+        format!("{}/{object}", loc.prefix)
+    };
+    Ok((loc.container, object))
+}
+
 pub fn image(g: &Global, c: &ImageCmd) -> i32 {
     match c {
         ImageCmd::Push {
@@ -365,12 +385,7 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                 to,
                 *json,
                 move |store, url, settings, progress| async move {
-                    let (loc, object) = url.split_last()?;
-                    let object = if loc.prefix.is_empty() {
-                        object
-                    } else {
-                        format!("{}/{object}", loc.prefix)
-                    };
+                    let (container, object) = image_object(&url)?;
                     let mut opts = image::ImageOptions {
                         parallelism: settings.parallelism,
                         ..Default::default()
@@ -378,7 +393,7 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                     if let Some(s) = seg {
                         opts.segment_bytes = s;
                     }
-                    image::push(&store, &file, &loc.container, &object, &opts, progress).await
+                    image::push(&store, &file, &container, &object, &opts, progress).await
                 },
             )
         }
@@ -390,13 +405,8 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                 from,
                 *json,
                 move |store, url, _settings, progress| async move {
-                    let (loc, object) = url.split_last()?;
-                    let object = if loc.prefix.is_empty() {
-                        object
-                    } else {
-                        format!("{}/{object}", loc.prefix)
-                    };
-                    image::pull(&store, &loc.container, &object, &to, progress).await
+                    let (container, object) = image_object(&url)?;
+                    image::pull(&store, &container, &object, &to, progress).await
                 },
             )
         }

@@ -2,7 +2,7 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `stream.start` | `{resource, snapshot, to, parent?, chunk_size?, parallelism?, compression?}` | `{job, parent}` |
+//! | `stream.start` | `{resource, snapshot, to, parent?, chunk_size?, object_size?, parallelism?, compression?}` | `{job, parent}` |
 //! | `restore.start` | `{from, resource, parallelism?}` | `{job}` |
 //! | `job.list` | `{}` | `{jobs: [...]}` |
 //! | `job.cancel` | `{job}` | `{}` |
@@ -34,6 +34,7 @@ struct StreamParams {
     to: String,
     parent: Option<String>,
     chunk_size: Option<u64>,
+    object_size: Option<u64>,
     parallelism: Option<usize>,
     compression: Option<Compression>,
 }
@@ -118,6 +119,9 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         };
         let mut opts = StreamOptions::new(p.snapshot.clone());
         opts.chunk_bytes = p.chunk_size.unwrap_or(n.config.stream.chunk_bytes);
+        if let Some(o) = p.object_size {
+            opts.object_bytes = o;
+        }
         opts.parallelism = p.parallelism.unwrap_or(n.config.stream.parallelism);
         opts.compression = p.compression.unwrap_or_default();
         opts.parent = parent.clone();

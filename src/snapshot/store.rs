@@ -676,8 +676,13 @@ impl<D: BlockDevice> SnapshotStore<D> {
             });
         }
         let cb = self.cfg.chunk_bytes;
-        let mut out = AlignedBuf::zeroed(len as usize);
         let end = offset + u64::from(len);
+        if len > 0 && (offset / cb..=(end - 1) / cb).all(|c| st.resolve(pos, c).is_none()) {
+            // Nothing preserved in the range (the common case for a stream): the disk's
+            // buffer as it comes, no second buffer and no copy.
+            return self.dev.read(offset, len).await;
+        }
+        let mut out = AlignedBuf::zeroed(len as usize);
         let mut pos_b = offset;
         while pos_b < end {
             let c = pos_b / cb;

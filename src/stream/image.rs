@@ -135,7 +135,7 @@ pub async fn push<S: ObjectStore>(
                     crate::shaping::node()
                         .acquire(crate::shaping::Class::Image, len)
                         .await;
-                    store.put(seg_container, &name, data).await?;
+                    store.put_md5(seg_container, &name, data, &md5).await?;
                 }
                 let s = SloSegment {
                     path: format!("/{seg_container}/{name}"),
@@ -153,6 +153,7 @@ pub async fn push<S: ObjectStore>(
         } else {
             report.bytes_uploaded += s.size_bytes;
             report.chunks_uploaded += 1;
+            report.objects_uploaded += 1;
         }
         prog.bytes_done += s.size_bytes;
         prog.bytes_transferred = report.bytes_uploaded;

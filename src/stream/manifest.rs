@@ -2,18 +2,23 @@
 //!
 //! A manifest describes one snapshot of one volume: its size, the chunk size, its parent (for
 //! an incremental) and one entry per chunk, in index order:
-//! - `stored`: the chunk's sha256 (of the raw bytes), the object holding it, the stored size
-//!   and the compression (`none` | `zstd`);
+//! - `stored`: the chunk's sha256 (of the raw bytes), the object holding it, where in that
+//!   object it starts (`offset`), the stored size and the compression (`none` | `zstd`);
 //! - `zero`: the chunk is all zeroes, nothing stored;
 //! - `unchanged-from-parent`: only in incrementals: read the chunk from the parent chain.
 //!
+//! Version 2 packs consecutive stored chunks into one object (several entries name the same
+//! object at different offsets), so the object size no longer follows the chunk size: chunks
+//! stay as fine as the change tracking wants while Swift gets few, large objects. Version 1
+//! (one object per chunk, no `offset`) still reads: a missing `offset` is 0.
+//!
 //! ```json
-//! {"format":"drl-snapshot","version":1,"snapshot":"s2","parent":"s1","volume":"vol0",
+//! {"format":"drl-snapshot","version":2,"snapshot":"s2","parent":"s1","volume":"vol0",
 //!  "created_unix_ms":1700000000000,"volume_size_bytes":8388608,"chunk_size_bytes":4194304,
 //!  "compression":"zstd","chunks":[
 //!   {"index":0,"state":"unchanged-from-parent"},
 //!   {"index":1,"state":"stored","sha256":"9f..","object":"p/s2/chunks/00000001-9f..",
-//!    "stored_bytes":12345,"compression":"zstd"}]}
+//!    "offset":0,"stored_bytes":12345,"compression":"zstd"}]}
 //! ```
 //!
 //! A restore resolves the chain newest to oldest ([`resolve_chain`]): every chunk comes from
@@ -27,7 +32,10 @@ use super::{Compression, StreamError};
 use crate::limits::{STREAM_CHAIN_DEPTH_MAX, STREAM_CHUNKS_MAX};
 
 pub const MANIFEST_FORMAT: &str = "drl-snapshot";
-pub const MANIFEST_VERSION: u32 = 1;
+/// The version this drl writes.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The oldest version this drl reads (one object per chunk).
+pub const MANIFEST_VERSION_MIN: u32 = 1;
 
 /// One chunk of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +45,9 @@ pub enum ChunkEntry {
         index: u64,
         sha256: String,
         object: String,
+        /// Where the chunk starts in `object` (version 1: always 0, absent).
+        #[serde(default)]
+        offset: u64,
         stored_bytes: u64,
         compression: Compression,
     },
@@ -105,9 +116,9 @@ impl Manifest {
                 m.format
             )));
         }
-        if m.version != MANIFEST_VERSION {
+        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&m.version) {
             return Err(bad(format!(
-                "version {} is not supported (this drl reads {MANIFEST_VERSION})",
+                "version {} is not supported (this drl reads {MANIFEST_VERSION_MIN}..={MANIFEST_VERSION})",
                 m.version
             )));
         }
@@ -138,7 +149,27 @@ impl Manifest {
                 return Err(format!("entry {i} has index {}", c.index()));
             }
             match c {
-                ChunkEntry::Stored { sha256, object, .. } => {
+                ChunkEntry::Stored {
+                    sha256,
+                    object,
+                    offset,
+                    stored_bytes,
+                    ..
+                } => {
+                    if *offset != 0 && self.version < 2 {
+                        return Err(format!(
+                            "chunk {i}: offset {offset} in a version {} manifest",
+                            self.version
+                        ));
+                    }
+                    if offset.checked_add(*stored_bytes).is_none()
+                        || *stored_bytes > self.chunk_size_bytes
+                    {
+                        return Err(format!(
+                            "chunk {i}: {stored_bytes} bytes at {offset} do not fit a chunk of {}",
+                            self.chunk_size_bytes
+                        ));
+                    }
                     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(format!("chunk {i}: sha256 {sha256:?} is not 64 hex digits"));
                     }
@@ -278,7 +309,7 @@ mod tests {
     fn full(name: &str) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT.into(),
-            version: 1,
+            version: MANIFEST_VERSION,
             snapshot: name.into(),
             parent: None,
             volume: "v".into(),
@@ -291,6 +322,7 @@ mod tests {
                     index: 0,
                     sha256: sha('a'),
                     object: "p/s0/chunks/0".into(),
+                    offset: 0,
                     stored_bytes: 10,
                     compression: Compression::Zstd,
                 },
@@ -298,7 +330,8 @@ mod tests {
                 ChunkEntry::Stored {
                     index: 2,
                     sha256: sha('b'),
-                    object: "p/s0/chunks/2".into(),
+                    object: "p/s0/chunks/0".into(),
+                    offset: 10,
                     stored_bytes: 50,
                     compression: Compression::None,
                 },
@@ -315,6 +348,7 @@ mod tests {
                 index: 1,
                 sha256: sha('c'),
                 object: format!("p/{name}/chunks/1"),
+                offset: 0,
                 stored_bytes: 7,
                 compression: Compression::Zstd,
             },
@@ -355,6 +389,43 @@ mod tests {
             .to_json()
             .windows(b"unchanged-from-parent".len())
             .any(|w| w == b"unchanged-from-parent"));
+    }
+
+    #[test]
+    fn version_1_manifests_still_read() {
+        // The layout drl wrote before packed objects: one object per chunk, no offset.
+        let v1 = format!(
+            r#"{{"format":"drl-snapshot","version":1,"snapshot":"old","parent":null,"volume":"v",
+            "created_unix_ms":1,"volume_size_bytes":200,"chunk_size_bytes":100,"compression":"zstd",
+            "chunks":[{{"index":0,"state":"stored","sha256":"{}","object":"p/old/chunks/00000000-aa",
+            "stored_bytes":100,"compression":"none"}},{{"index":1,"state":"zero"}}]}}"#,
+            sha('a')
+        );
+        let m = Manifest::from_json("o", v1.as_bytes()).unwrap();
+        assert_eq!(m.version, 1);
+        assert!(matches!(
+            &m.chunks[0],
+            ChunkEntry::Stored {
+                offset: 0,
+                stored_bytes: 100,
+                ..
+            }
+        ));
+        // An offset makes no sense in version 1.
+        let mut bad = m.clone();
+        if let ChunkEntry::Stored { offset, .. } = &mut bad.chunks[0] {
+            *offset = 5;
+        }
+        let e = Manifest::from_json("o", &bad.to_json())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("offset 5 in a version 1"), "{e}");
+        // Nor does a chunk stored bigger than the chunk size.
+        let mut bad = full("s0");
+        if let ChunkEntry::Stored { stored_bytes, .. } = &mut bad.chunks[0] {
+            *stored_bytes = 101;
+        }
+        assert!(Manifest::from_json("o", &bad.to_json()).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`store`]: the [`store::ObjectStore`] contract both implement, and `swift://` / `file://`
 //!   URL parsing.
 //! - [`manifest`]: the versioned JSON snapshot manifest and restore-chain resolution.
+//! - `md5x4` (private): md5 of four objects side by side (SSE2), for the ETags.
 //! - [`upload`]: `stream_device`: chunking, zero skipping, zstd when it pays, bounded parallel
 //!   upload, resume of an interrupted stream, incremental streams from change tracking.
 //! - [`restore`]: rebuild a volume from a manifest chain, parallel, sparse, sha256-verified.
@@ -36,6 +37,7 @@ mod http;
 pub mod image;
 pub mod login;
 pub mod manifest;
+mod md5x4;
 pub mod restore;
 pub mod store;
 pub mod swift;
@@ -256,6 +258,9 @@ pub struct Report {
     pub bytes_written: u64,
     pub chunks_total: u64,
     pub chunks_uploaded: u64,
+    /// Objects sent (a stream packs many chunks into one object).
+    #[serde(default)]
+    pub objects_uploaded: u64,
     pub chunks_skipped_zero: u64,
     pub chunks_skipped_unchanged: u64,
     /// Chunks already in the store from an interrupted run of the same stream: not re-sent.

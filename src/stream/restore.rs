@@ -2,15 +2,18 @@
 //!
 //! [`load_chain`] follows `parent` links from the named snapshot down to its full snapshot
 //! (bounded depth, cycles and missing parents are errors that name the snapshot);
-//! [`resolve_chain`] picks, for every chunk, the newest snapshot that holds it. Chunks are then
-//! fetched with at most `parallelism` in flight, decompressed into a buffer bounded by the chunk
-//! size, and checked against their sha256 before a single byte is written: a corrupt chunk
-//! fails the restore with an error naming the chunk and its object.
+//! [`resolve_chain`] picks, for every chunk, the newest snapshot that holds it. The stored
+//! chunks are then fetched per object, in byte ranges of at most
+//! [`STREAM_RESTORE_RANGE_BYTES_MAX`] (a version 2 object packs many chunks; a version 1
+//! object is one chunk), with at most `parallelism` ranges in flight; every chunk is
+//! decompressed into a buffer bounded by the chunk size and checked against its sha256 before
+//! a single byte of it is written: a corrupt chunk fails the restore with an error naming the
+//! chunk and its object.
 //!
 //! Into a regular file the restore is sparse: the file is truncated and sized first, zero chunks
 //! are holes. Into a block device (or a device node) zero chunks are written as zeroes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use super::upload::Location;
 use super::{Compression, Progress, Report, StreamError};
 use crate::limits::{
     STREAM_CHAIN_DEPTH_MAX, STREAM_MANIFEST_BYTES_MAX, STREAM_PARALLELISM_DEFAULT,
-    STREAM_PARALLELISM_MAX,
+    STREAM_PARALLELISM_MAX, STREAM_RESTORE_RANGE_BYTES_MAX,
 };
 use crate::volume::{AlignedBuf, BlockDevice};
 
@@ -248,67 +251,183 @@ pub async fn restore_to_device<S: ObjectStore, D: BlockDevice>(
     Ok(report)
 }
 
-/// Fetch one stored chunk and check it; returns the raw bytes.
-async fn fetch_chunk<S: ObjectStore>(
+/// One unit of restore work: a zero chunk, or a byte range of one object holding chunks.
+enum Work {
+    /// Index into the resolved chunk list.
+    Zero(usize),
+    /// `start..end` of `object`; the chunks (indexes into the resolved list) in offset order.
+    Range {
+        object: String,
+        start: u64,
+        end: u64,
+        chunks: Vec<usize>,
+    },
+}
+
+/// Cut the resolved chain into work: zero chunks one by one; the stored chunks of each object,
+/// in offset order, in ranges of at most [`STREAM_RESTORE_RANGE_BYTES_MAX`] stored and raw
+/// bytes (at least one chunk), split where chunks of the object are not needed (a newer
+/// snapshot holds them) for more than a chunk's size.
+fn plan(r: &ResolvedChain) -> Vec<Work> {
+    let mut work = Vec::new();
+    let mut by_object: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut pos: HashMap<&str, usize> = HashMap::new();
+    for (k, c) in r.chunks.iter().enumerate() {
+        match c {
+            ChunkEntry::Stored { object, .. } => {
+                let at = *pos.entry(object.as_str()).or_insert_with(|| {
+                    by_object.push((object.as_str(), Vec::new()));
+                    by_object.len() - 1
+                });
+                by_object[at].1.push(k);
+            }
+            _ => work.push(Work::Zero(k)),
+        }
+    }
+    let span = |k: usize| match &r.chunks[k] {
+        ChunkEntry::Stored {
+            offset,
+            stored_bytes,
+            ..
+        } => (*offset, offset + stored_bytes),
+        _ => (0, 0),
+    };
+    for (object, mut ks) in by_object {
+        ks.sort_by_key(|&k| span(k).0);
+        let range =
+            |object: &str, (start, end, _, chunks): (u64, u64, u64, Vec<usize>)| Work::Range {
+                object: object.to_string(),
+                start,
+                end,
+                chunks,
+            };
+        // The range being built: start, end, raw bytes, chunks.
+        let mut cur: Option<(u64, u64, u64, Vec<usize>)> = None;
+        let raw = r.chunk_size_bytes;
+        for k in ks {
+            let (a, b) = span(k);
+            match &mut cur {
+                Some((start, end, sum, ks))
+                    if b - *start <= STREAM_RESTORE_RANGE_BYTES_MAX
+                        && *sum + raw <= STREAM_RESTORE_RANGE_BYTES_MAX
+                        && a <= *end + raw =>
+                {
+                    *end = (*end).max(b);
+                    *sum += raw;
+                    ks.push(k);
+                }
+                _ => {
+                    if let Some(done) = cur.replace((a, b, raw, vec![k])) {
+                        work.push(range(object, done));
+                    }
+                }
+            }
+        }
+        if let Some(done) = cur {
+            work.push(range(object, done));
+        }
+    }
+    work
+}
+
+/// Check one chunk cut from a fetched range and return its raw bytes.
+fn verify_chunk(
+    stored: &[u8],
+    compression: Compression,
+    raw_len: u64,
+    sha256: &str,
+) -> Result<Vec<u8>, String> {
+    let raw = match compression {
+        Compression::None => stored.to_vec(),
+        Compression::Zstd => {
+            zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| format!("zstd: {e}"))?
+        }
+    };
+    if raw.len() as u64 != raw_len {
+        return Err(format!("holds {} bytes, the chunk is {raw_len}", raw.len()));
+    }
+    let got = hex::encode(Sha256::digest(&raw));
+    if got != sha256 {
+        return Err(format!("sha256 {got}, manifest says {sha256}"));
+    }
+    Ok(raw)
+}
+
+/// Fetch one range and check every chunk in it; returns the bytes fetched and, per chunk, its
+/// volume offset and raw bytes. A missing or short object, or a chunk that does not match its
+/// sha256, is a [`StreamError::CorruptChunk`] naming the chunk and the object.
+async fn fetch_range<S: ObjectStore>(
     store: &S,
     container: &str,
-    entry: &ChunkEntry,
-    raw_len: u64,
-) -> Result<(u64, Vec<u8>), StreamError> {
-    let ChunkEntry::Stored {
-        index,
-        sha256,
-        object,
-        stored_bytes,
-        compression,
-    } = entry
-    else {
-        return Err(StreamError::Task(
-            "fetch_chunk called for a chunk that is not stored".into(),
-        ));
-    };
-    let corrupt = |reason: String| StreamError::CorruptChunk {
-        index: *index,
-        object: object.clone(),
+    r: &ResolvedChain,
+    object: &str,
+    start: u64,
+    end: u64,
+    ks: &[usize],
+) -> Result<(u64, Vec<(u64, Vec<u8>)>), StreamError> {
+    let corrupt = |k: usize, reason: String| StreamError::CorruptChunk {
+        index: r.chunks[k].index(),
+        object: object.to_string(),
         reason,
     };
-    let data = match store.get(container, object, *stored_bytes).await {
+    let first = ks.first().copied().unwrap_or_default();
+    let data = match store.get_range(container, object, start, end - start).await {
         Ok(d) => d,
-        Err(StreamError::NotFound { .. }) => return Err(corrupt("object is missing".into())),
-        Err(StreamError::TooLarge { size, .. }) => {
-            return Err(corrupt(format!(
-                "object is {size} bytes, manifest says {stored_bytes}"
-            )))
+        Err(StreamError::NotFound { .. }) => {
+            return Err(corrupt(first, "object is missing".into()))
         }
         Err(e) => return Err(e),
     };
-    if data.len() as u64 != *stored_bytes {
-        return Err(corrupt(format!(
-            "object is {} bytes, manifest says {stored_bytes}",
-            data.len()
-        )));
-    }
-    let (compression, sha) = (*compression, sha256.clone());
-    let raw = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let raw = match compression {
-            Compression::None => data.to_vec(),
-            Compression::Zstd => {
-                zstd::bulk::decompress(&data, raw_len as usize).map_err(|e| format!("zstd: {e}"))?
-            }
+    let fetched = data.len() as u64;
+    let mut todo = Vec::with_capacity(ks.len());
+    for &k in ks {
+        let ChunkEntry::Stored {
+            index,
+            sha256,
+            offset,
+            stored_bytes,
+            compression,
+            ..
+        } = &r.chunks[k]
+        else {
+            continue;
         };
-        if raw.len() as u64 != raw_len {
-            return Err(format!("holds {} bytes, the chunk is {raw_len}", raw.len()));
+        let (a, b) = (offset - start, offset - start + stored_bytes);
+        if b > fetched {
+            return Err(corrupt(
+                k,
+                format!(
+                    "object ends at {} bytes, the chunk lies at {offset}..{}",
+                    start + fetched,
+                    offset + stored_bytes
+                ),
+            ));
         }
-        let got = hex::encode(Sha256::digest(&raw));
-        if got != sha {
-            return Err(format!("sha256 {got}, manifest says {sha}"));
-        }
-        Ok(raw)
+        let raw_len = r
+            .chunk_size_bytes
+            .min(r.volume_size_bytes - index * r.chunk_size_bytes);
+        todo.push((
+            k,
+            index * r.chunk_size_bytes,
+            data.slice(a as usize..b as usize),
+            *compression,
+            raw_len,
+            sha256.clone(),
+        ));
+    }
+    let checked = tokio::task::spawn_blocking(move || {
+        todo.into_iter()
+            .map(|(k, off, stored, comp, raw_len, sha)| {
+                verify_chunk(&stored, comp, raw_len, &sha)
+                    .map(|raw| (off, raw))
+                    .map_err(|why| (k, why))
+            })
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| StreamError::Task(e.to_string()))?
-    .map_err(corrupt)?;
-    Ok((*stored_bytes, raw))
+    .map_err(|(k, why)| corrupt(k, why))?;
+    Ok((fetched, checked))
 }
 
 async fn restore_chunks<S: ObjectStore, K: Sink>(
@@ -338,37 +457,46 @@ async fn restore_chunks<S: ObjectStore, K: Sink>(
         chunks_total: n,
         ..Progress::default()
     };
-    let chunks = &r.chunks;
-    // Indexes, not references, go through the stream: a closure over `&ChunkEntry` makes the
+    let work = plan(r);
+    let work = &work;
+    // Indexes, not references, go through the stream: a closure over `&Work` makes the
     // future lose `Send` (rustc's higher-ranked closure inference).
-    let mut results = futures::stream::iter(0..chunks.len())
-        .map(|k| async move {
-            let entry = &chunks[k];
-            let i = entry.index();
-            let off = i * chunk;
-            let len = chunk.min(size - off);
-            match entry {
-                ChunkEntry::Zero { .. } => {
+    let mut results = futures::stream::iter(0..work.len())
+        .map(|w| async move {
+            match &work[w] {
+                Work::Zero(k) => {
+                    let off = r.chunks[*k].index() * chunk;
+                    let len = chunk.min(size - off);
                     let wrote = sink.zero(off, len).await?;
-                    Ok::<_, StreamError>((len, 0, if wrote { len } else { 0 }, true))
+                    Ok::<_, StreamError>((1, len, 0, if wrote { len } else { 0 }, true))
                 }
-                _ => {
-                    let (fetched, raw) = fetch_chunk(store, container, entry, len).await?;
-                    sink.write_at(off, raw).await?;
-                    Ok((len, fetched, len, false))
+                Work::Range {
+                    object,
+                    start,
+                    end,
+                    chunks,
+                } => {
+                    let (fetched, raws) =
+                        fetch_range(store, container, r, object, *start, *end, chunks).await?;
+                    let mut len = 0;
+                    for (off, raw) in raws {
+                        len += raw.len() as u64;
+                        sink.write_at(off, raw).await?;
+                    }
+                    Ok((chunks.len() as u64, len, fetched, len, false))
                 }
             }
         })
         .buffer_unordered(opts.parallelism);
-    while let Some((len, fetched, written, zero)) = results.try_next().await? {
+    while let Some((count, len, fetched, written, zero)) = results.try_next().await? {
         report.bytes_downloaded += fetched;
         report.bytes_written += written;
         if zero {
-            report.chunks_skipped_zero += 1;
+            report.chunks_skipped_zero += count;
         }
         prog.bytes_done += len;
         prog.bytes_transferred = report.bytes_downloaded;
-        prog.chunks_done += 1;
+        prog.chunks_done += count;
         prog.elapsed_ms = t0.elapsed().as_millis() as u64;
         progress(prog);
     }
@@ -396,6 +524,77 @@ mod tests {
             compression: Compression::None,
             chunks: vec![ChunkEntry::UnchangedFromParent { index: 0 }],
         }
+    }
+
+    fn stored(index: u64, object: &str, offset: u64, len: u64) -> ChunkEntry {
+        ChunkEntry::Stored {
+            index,
+            sha256: "0".repeat(64),
+            object: object.into(),
+            offset,
+            stored_bytes: len,
+            compression: Compression::None,
+        }
+    }
+
+    #[test]
+    fn restore_plan_groups_chunks_by_object_in_bounded_ranges() {
+        let mib = 1u64 << 20;
+        // Object a holds chunks 0..12 back to back except 5 (a newer snapshot's object b holds
+        // it now) and 6..9 (superseded too: a hole of 4 chunks); 3 is zero.
+        let mut chunks = Vec::new();
+        for i in 0..12u64 {
+            chunks.push(match i {
+                3 => ChunkEntry::Zero { index: i },
+                5..=8 => stored(i, "b", (i - 5) * mib, mib),
+                _ => stored(i, "a", i * mib, mib),
+            });
+        }
+        let r = ResolvedChain {
+            volume_size_bytes: 12 * mib,
+            chunk_size_bytes: mib,
+            snapshots: vec!["s1".into(), "s0".into()],
+            chunks,
+        };
+        let work = plan(&r);
+        let mut ranges = Vec::new();
+        let mut zeros = Vec::new();
+        for w in &work {
+            match w {
+                Work::Zero(k) => zeros.push(*k),
+                Work::Range {
+                    object,
+                    start,
+                    end,
+                    chunks,
+                } => ranges.push((object.as_str(), *start, *end, chunks.clone())),
+            }
+        }
+        assert_eq!(zeros, [3]);
+        // a: 0,1,2,4 (the zero chunk's 1 MiB gap is read through), then 9..12 after the hole;
+        // b: 5..9 in one range.
+        assert_eq!(
+            ranges,
+            [
+                ("a", 0, 5 * mib, vec![0, 1, 2, 4]),
+                ("a", 9 * mib, 12 * mib, vec![9, 10, 11]),
+                ("b", 0, 4 * mib, vec![5, 6, 7, 8]),
+            ]
+        );
+        // A long object is cut at the range bound.
+        let n = 3 * STREAM_RESTORE_RANGE_BYTES_MAX / mib;
+        let r = ResolvedChain {
+            volume_size_bytes: n * mib,
+            chunk_size_bytes: mib,
+            snapshots: vec!["s0".into()],
+            chunks: (0..n).map(|i| stored(i, "a", i * mib, mib)).collect(),
+        };
+        let work = plan(&r);
+        assert_eq!(work.len(), 3);
+        assert!(work
+            .iter()
+            .all(|w| matches!(w, Work::Range { start, end, .. }
+            if end - start == STREAM_RESTORE_RANGE_BYTES_MAX)));
     }
 
     #[tokio::test]

@@ -61,7 +61,56 @@ pub trait ObjectStore: Send + Sync {
         container: &str,
         name: &str,
         data: Bytes,
+    ) -> impl Future<Output = Result<String, StreamError>> + Send {
+        async move {
+            // Off the async workers: an image segment is up to a GiB.
+            let d = data.clone();
+            let md5 = tokio::task::spawn_blocking(move || md5_hex(&d))
+                .await
+                .map_err(|e| StreamError::Task(e.to_string()))?;
+            self.put_md5(container, name, data, &md5).await
+        }
+    }
+    /// Store `data` whose md5 hex the caller already computed (`md5`, lowercase): the same as
+    /// [`ObjectStore::put`] without hashing the body a second time. Returns the ETag.
+    fn put_md5(
+        &self,
+        container: &str,
+        name: &str,
+        data: Bytes,
+        md5: &str,
     ) -> impl Future<Output = Result<String, StreamError>> + Send;
+    /// Bytes `offset..offset+len` of a plain object. Shorter when the object ends before
+    /// (the caller checks the length); [`StreamError::NotFound`] when absent. Nothing checks
+    /// the content: the caller verifies what it reads (chunks carry their sha256).
+    fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Bytes, StreamError>> + Send {
+        async move {
+            use futures::StreamExt;
+            let (_, mut body) = self.get_stream(container, name).await?;
+            let mut out = bytes::BytesMut::new();
+            let (mut pos, end) = (0u64, offset.saturating_add(len));
+            while let Some(piece) = body.next().await {
+                let piece = piece?;
+                let (a, b) = (pos, pos + piece.len() as u64);
+                if b > offset && a < end {
+                    let from = offset.saturating_sub(a) as usize;
+                    let to = (end.min(b) - a) as usize;
+                    out.extend_from_slice(&piece[from..to]);
+                }
+                pos = b;
+                if pos >= end {
+                    break;
+                }
+            }
+            Ok(out.freeze())
+        }
+    }
     /// Read a whole object of at most `max_bytes` into memory, checking its length (and md5
     /// for plain objects). [`StreamError::NotFound`] when absent.
     fn get(
@@ -287,8 +336,11 @@ impl ObjectStore for AnyStore {
     async fn ensure_container(&self, c: &str) -> Result<(), StreamError> {
         delegate!(self, s => s.ensure_container(c).await)
     }
-    async fn put(&self, c: &str, n: &str, d: Bytes) -> Result<String, StreamError> {
-        delegate!(self, s => s.put(c, n, d).await)
+    async fn put_md5(&self, c: &str, n: &str, d: Bytes, m: &str) -> Result<String, StreamError> {
+        delegate!(self, s => s.put_md5(c, n, d, m).await)
+    }
+    async fn get_range(&self, c: &str, n: &str, o: u64, l: u64) -> Result<Bytes, StreamError> {
+        delegate!(self, s => s.get_range(c, n, o, l).await)
     }
     async fn get(&self, c: &str, n: &str, m: u64) -> Result<Bytes, StreamError> {
         delegate!(self, s => s.get(c, n, m).await)

@@ -252,6 +252,22 @@ macro_rules! try_send {
     };
 }
 
+/// A 201 answer to a PUT: done when Swift's `Etag` is the md5 we expect.
+fn created_with_etag(r: &Response, target: &str, want: &str) -> Outcome<String> {
+    match etag_of(r) {
+        Some(got) if got == want => Outcome::Done(got),
+        Some(got) => Outcome::Fail(StreamError::EtagMismatch {
+            object: target.to_string(),
+            expected: want.to_string(),
+            got,
+        }),
+        None => Outcome::Fail(StreamError::BadResponse {
+            target: target.to_string(),
+            reason: "PUT answer lacks Etag".into(),
+        }),
+    }
+}
+
 impl ObjectStore for SwiftClient {
     fn describe(&self) -> String {
         format!("swift ({})", self.inner.auth.auth_url())
@@ -270,9 +286,15 @@ impl ObjectStore for SwiftClient {
         .await
     }
 
-    async fn put(&self, container: &str, name: &str, data: Bytes) -> Result<String, StreamError> {
+    async fn put_md5(
+        &self,
+        container: &str,
+        name: &str,
+        data: Bytes,
+        md5: &str,
+    ) -> Result<String, StreamError> {
         let path = format!("{container}/{name}");
-        let md5 = md5_hex(&data);
+        let md5 = md5.to_string();
         let (p, m) = (&path, &md5);
         self.call("PUT", &path, |s| {
             let data = data.clone();
@@ -283,18 +305,7 @@ impl ObjectStore for SwiftClient {
                     .body(data);
                 let r = try_send!(rb);
                 match r.status().as_u16() {
-                    201 => match etag_of(&r) {
-                        Some(got) if got == *m => Outcome::Done(got),
-                        Some(got) => Outcome::Fail(StreamError::EtagMismatch {
-                            object: p.clone(),
-                            expected: m.clone(),
-                            got,
-                        }),
-                        None => Outcome::Fail(StreamError::BadResponse {
-                            target: p.clone(),
-                            reason: "PUT answer lacks Etag".into(),
-                        }),
-                    },
+                    201 => created_with_etag(&r, p, m),
                     422 => {
                         Outcome::Retry("422: Swift computed another md5 than the ETag sent".into())
                     }
@@ -346,6 +357,55 @@ impl ObjectStore for SwiftClient {
                 if got != e {
                     return Outcome::Retry(format!("body md5 {got} differs from Etag {e}"));
                 }
+            }
+            Outcome::Done(body)
+        })
+        .await
+    }
+
+    async fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StreamError> {
+        let path = format!("{container}/{name}");
+        let p = &path;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let range = format!("bytes={offset}-{}", offset.saturating_add(len - 1));
+        let r = &range;
+        self.call("GET", &path, |s| async move {
+            let r = try_send!(self.request(&s, Method::GET, p).header("Range", r.as_str()));
+            let whole = match r.status().as_u16() {
+                206 => false,
+                // Swift ignores a range it cannot parse and sends the whole object.
+                200 => true,
+                // The object ends before `offset`.
+                416 => return Outcome::Done(Bytes::new()),
+                404 => return Outcome::Fail(StreamError::NotFound { object: p.clone() }),
+                st => return Outcome::Fail(http_err("GET", p, st, r).await),
+            };
+            let max = if whole {
+                offset.saturating_add(len)
+            } else {
+                len
+            };
+            let want = r.content_length();
+            let body = match read_limited(r, max, p).await {
+                Ok(b) => b,
+                Err(ReadErr::Retry(w)) => return Outcome::Retry(w),
+                Err(ReadErr::Fail(e)) => return Outcome::Fail(e),
+            };
+            if want.is_some_and(|w| w != body.len() as u64) {
+                return Outcome::Retry(format!("truncated range body: {} bytes", body.len()));
+            }
+            if whole {
+                let from = (offset as usize).min(body.len());
+                let to = (offset.saturating_add(len) as usize).min(body.len());
+                return Outcome::Done(body.slice(from..to));
             }
             Outcome::Done(body)
         })
@@ -504,18 +564,7 @@ impl ObjectStore for SwiftClient {
                     .body(body);
                 let r = try_send!(rb);
                 match r.status().as_u16() {
-                    201 => match etag_of(&r) {
-                        Some(got) if got == *w => Outcome::Done(got),
-                        Some(got) => Outcome::Fail(StreamError::EtagMismatch {
-                            object: p.clone(),
-                            expected: w.clone(),
-                            got,
-                        }),
-                        None => Outcome::Fail(StreamError::BadResponse {
-                            target: p.clone(),
-                            reason: "SLO PUT answer lacks Etag".into(),
-                        }),
-                    },
+                    201 => created_with_etag(&r, p, w),
                     st => Outcome::Fail(http_err("PUT", p, st, r).await),
                 }
             }

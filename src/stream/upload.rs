@@ -1,39 +1,48 @@
 //! Streaming a block device to an object store as a chunked snapshot.
 //!
-//! [`stream_device`] cuts the device into chunks of `chunk_bytes` and, with at most
-//! `parallelism` chunks in flight (so at most that many chunk buffers in memory, plus their
-//! compressed copies):
-//! 1. skips chunks the change tracking does not mark (incremental with [`ChangedChunks`]):
-//!    they are not even read;
-//! 2. reads the chunk; an all-zero chunk is recorded as `zero` and not stored;
-//! 3. hashes it (sha256); in an incremental, a chunk whose hash equals the parent chain's is
-//!    recorded as `unchanged-from-parent` (a block rewritten with the same data costs nothing);
-//! 4. compresses it with zstd when that saves at least 1/16;
-//! 5. names it `P/SNAP/chunks/<index:08x>-<sha256[..16]>`; when an earlier, interrupted run of
-//!    the same stream already stored that name with the same md5 it is not sent again
-//!    (`chunks_resumed`), otherwise it is PUT with an ETag check (retried by the client).
+//! The chunk (`chunk_bytes`, 1 MiB by default) is the unit of change tracking, hashing and the
+//! manifest; the object is not. [`stream_device`] runs two stages:
+//! 1. in index order, at most `parallelism` chunks at once: skip chunks the change tracking
+//!    does not mark (incremental with [`ChangedChunks`]; they are not even read); read the
+//!    chunk; an all-zero chunk is recorded as `zero` and not stored; hash it (sha256); in an
+//!    incremental, a chunk whose hash equals the parent chain's is recorded as
+//!    `unchanged-from-parent`; compress it with zstd when a sample says that saves at least
+//!    1/16. The CPU work runs on tokio's blocking pool.
+//! 2. pack the stored chunks, in index order, into objects of at most `object_bytes` (16 MiB
+//!    by default; Swift pays an fsync and a container update per object) named
+//!    `P/SNAP/chunks/<first index:08x>-<hash of the packed chunks' indexes and sha256s>`;
+//!    md5 full objects four at a time side by side (`md5x4`) on the blocking pool
+//!    (md5 is serial within one object); when an earlier, interrupted run of the same
+//!    stream already stored that name with that md5 it is not sent again (its chunks count as
+//!    `chunks_resumed`), otherwise PUT it with an ETag check (retried by the client). At most
+//!    [`StreamOptions::objects_in_flight`] full objects are hashing or uploading at once;
+//!    their bodies come from a small pool and are reused.
 //!
-//! The manifest is written last, after every chunk is stored; then chunk objects of the
+//! The packing only depends on the data and the options, so a resumed run cuts the same
+//! objects. The manifest is written last, after every object is stored; then objects of the
 //! snapshot that the manifest does not reference (left by an interrupted run over data that
 //! has changed since) are deleted.
 //!
-//! CPU work (zero test, sha256, zstd) runs on tokio's blocking pool.
+//! Memory: `parallelism` chunk buffers (plus their compressed copies) and at most
+//! [`STREAM_INFLIGHT_BYTES_MAX`] of object bodies.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
     check_snapshot_name, resolve_chain, ChunkEntry, Manifest, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
+use super::md5x4;
 use super::restore::load_chain;
-use super::store::{md5_hex, ObjectStore};
+use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
-use crate::volume::BlockDevice;
+use crate::volume::{AlignedBuf, BlockDevice};
 
 /// Where snapshots live: a container and a prefix inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +92,12 @@ impl Location {
 pub struct StreamOptions {
     /// Name of the snapshot in the store (one path segment).
     pub snapshot: String,
+    /// The unit of change tracking, hashing and the manifest.
     pub chunk_bytes: u64,
+    /// Stored chunks are packed into objects of at most this many bytes (at least one chunk).
+    pub object_bytes: u64,
+    /// Chunks read and hashed at once; objects uploaded at once, within
+    /// [`STREAM_INFLIGHT_BYTES_MAX`] (see [`StreamOptions::objects_in_flight`]).
     pub parallelism: usize,
     pub compression: Compression,
     /// Parent snapshot (same location) for an incremental stream.
@@ -95,10 +109,18 @@ impl StreamOptions {
         StreamOptions {
             snapshot: snapshot.into(),
             chunk_bytes: STREAM_CHUNK_BYTES_DEFAULT,
+            object_bytes: STREAM_OBJECT_BYTES_DEFAULT,
             parallelism: STREAM_PARALLELISM_DEFAULT,
             compression: Compression::Zstd,
             parent: None,
         }
+    }
+
+    /// Objects uploading at once: `parallelism`, bounded so that those bodies and the one
+    /// being packed fit [`STREAM_INFLIGHT_BYTES_MAX`].
+    pub fn objects_in_flight(&self) -> usize {
+        let fit = (STREAM_INFLIGHT_BYTES_MAX / self.object_bytes.max(1)).saturating_sub(1);
+        self.parallelism.min(fit as usize).max(1)
     }
 
     fn validate(&self, volume_bytes: u64) -> Result<u64, StreamError> {
@@ -119,6 +141,12 @@ impl StreamOptions {
                 self.chunk_bytes
             )));
         }
+        if !(self.chunk_bytes..=STREAM_OBJECT_BYTES_MAX).contains(&self.object_bytes) {
+            return Err(StreamError::Config(format!(
+                "object size {} must be in {}..={STREAM_OBJECT_BYTES_MAX} (at least the chunk size)",
+                self.object_bytes, self.chunk_bytes
+            )));
+        }
         if !(1..=STREAM_PARALLELISM_MAX).contains(&self.parallelism) {
             return Err(StreamError::Config(format!(
                 "parallelism {} out of 1..={STREAM_PARALLELISM_MAX}",
@@ -136,13 +164,106 @@ impl StreamOptions {
     }
 }
 
-/// What became of one chunk.
-enum Outcome {
+/// What became of one chunk after reading (stage 1).
+enum Processed {
+    /// Not marked by the change tracking: not read.
     Unchanged,
-    SameAsParent { read: u64 },
-    Zero { read: u64 },
-    Resumed { read: u64 },
-    Uploaded { read: u64, sent: u64 },
+    /// Read; the same sha256 as the parent chain's.
+    SameAsParent,
+    Zero,
+    Data {
+        sha256: String,
+        payload: Bytes,
+        compression: Compression,
+    },
+}
+
+/// One chunk packed into an object: its entry minus the object name.
+struct Packed {
+    index: u64,
+    len: u64,
+    sha256: String,
+    offset: u64,
+    stored_bytes: u64,
+    compression: Compression,
+}
+
+/// The object being filled: consecutive stored chunks, in index order.
+struct Pack {
+    buf: PoolBuf,
+    chunks: Vec<Packed>,
+}
+
+impl Pack {
+    fn seal(self) -> Sealed {
+        Sealed {
+            body: Bytes::from_owner(self.buf),
+            chunks: self.chunks,
+        }
+    }
+}
+
+/// What became of one object (stage 2).
+struct PackDone {
+    object: String,
+    chunks: Vec<Packed>,
+    /// Bytes sent; 0 when an interrupted run had stored the object already.
+    sent: u64,
+    resumed: bool,
+}
+
+/// Object bodies for reuse: a stream fills at most `keep` at once, so after the first few
+/// objects no body costs fresh pages (page faults were a quarter of the stream's CPU).
+struct BufPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    cap: usize,
+    keep: usize,
+}
+
+impl BufPool {
+    fn new(cap: usize, keep: usize) -> Arc<BufPool> {
+        Arc::new(BufPool {
+            free: std::sync::Mutex::new(Vec::new()),
+            cap,
+            keep,
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> PoolBuf {
+        let v = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.cap));
+        PoolBuf {
+            data: v,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// A body from a [`BufPool`]; goes back to the pool when the last `Bytes` of it drops.
+struct PoolBuf {
+    data: Vec<u8>,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for PoolBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.data);
+        v.clear();
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.pool.keep {
+            free.push(v);
+        }
+    }
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -172,6 +293,112 @@ fn worth_compressing(buf: &[u8]) -> bool {
 
 pub(crate) fn is_zero(b: &[u8]) -> bool {
     b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Zero test, sha256 and (when it pays) zstd of one chunk; CPU work for the blocking pool.
+fn digest_chunk(
+    buf: AlignedBuf,
+    policy: Compression,
+    index: u64,
+) -> Result<Processed, StreamError> {
+    if is_zero(&buf) {
+        return Ok(Processed::Zero);
+    }
+    let sha256 = hex::encode(Sha256::digest(&buf[..]));
+    if policy == Compression::Zstd && worth_compressing(&buf) {
+        let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL)
+            .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
+        if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
+            return Ok(Processed::Data {
+                sha256,
+                payload: Bytes::from(z),
+                compression: Compression::Zstd,
+            });
+        }
+    }
+    Ok(Processed::Data {
+        sha256,
+        payload: Bytes::from_owner(buf),
+        compression: Compression::None,
+    })
+}
+
+/// The name of an object: the first chunk's index and a hash of what it holds (every chunk's
+/// index, sha256 and compression), so a resumed run finds the same name for the same content.
+fn pack_object(loc: &Location, snap: &str, chunks: &[Packed]) -> String {
+    let mut h = Sha256::new();
+    for c in chunks {
+        h.update(c.index.to_le_bytes());
+        h.update(c.sha256.as_bytes());
+        h.update([c.compression as u8]);
+    }
+    let id = hex::encode(h.finalize());
+    loc.chunk_object(snap, chunks.first().map_or(0, |c| c.index), &id)
+}
+
+/// A full object: its body and chunks, waiting for its md5 or its upload.
+struct Sealed {
+    body: Bytes,
+    chunks: Vec<Packed>,
+}
+
+/// Stage 2 work in flight: md5 of a batch of objects, or the upload of one.
+enum Step {
+    Hashed(Vec<(Sealed, String)>),
+    Stored(PackDone),
+}
+
+type StepFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Step, StreamError>> + Send + 'a>>;
+
+/// md5 of up to four objects side by side (`md5x4`) on the blocking pool.
+fn hash_batch<'a>(batch: Vec<Sealed>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let bodies: Vec<Bytes> = batch.iter().map(|s| s.body.clone()).collect();
+        let md5s = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+            md5x4::md5_hex_x4(&refs)
+        })
+        .await
+        .map_err(|e| StreamError::Task(e.to_string()))?;
+        Ok(Step::Hashed(batch.into_iter().zip(md5s).collect()))
+    })
+}
+
+/// Store one packed object, unless an interrupted run stored it already.
+async fn upload_pack<S: ObjectStore>(
+    store: &S,
+    loc: &Location,
+    snap: &str,
+    existing: &HashMap<String, (u64, String)>,
+    sealed: Sealed,
+    md5: String,
+) -> Result<PackDone, StreamError> {
+    let Sealed { body, chunks } = sealed;
+    let object = pack_object(loc, snap, &chunks);
+    let len = body.len() as u64;
+    if existing
+        .get(&object)
+        .is_some_and(|(l, h)| *l == len && *h == md5)
+    {
+        return Ok(PackDone {
+            object,
+            chunks,
+            sent: 0,
+            resumed: true,
+        });
+    }
+    // The WAN shaper's snapshot class: the whole body is granted before the PUT.
+    crate::shaping::node()
+        .acquire(crate::shaping::Class::Snapshot, len)
+        .await;
+    store.put_md5(&loc.container, &object, body, &md5).await?;
+    Ok(PackDone {
+        object,
+        chunks,
+        sent: len,
+        resumed: false,
+    })
 }
 
 /// Stream `dev` as snapshot `opts.snapshot` to `store` at `loc`. See the module doc.
@@ -238,7 +465,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             )
         }
     };
-    // Chunks an interrupted run already stored: name -> (size, md5).
+    // Objects an interrupted run already stored: name -> (size, md5).
     let existing: HashMap<String, (u64, String)> = store
         .list(&loc.container, &loc.chunks_prefix(snap))
         .await?
@@ -250,7 +477,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             volume = dev.name(),
             snapshot = snap,
             objects = existing.len(),
-            "resuming: chunk objects of an earlier run found"
+            "resuming: objects of an earlier run found"
         );
     }
 
@@ -264,119 +491,146 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         chunks_total: n,
         ..Progress::default()
     };
-    let (existing, parent_sha) = (&existing, &parent_sha);
-    let mut results = futures::stream::iter(0..n)
+    let object_bytes = opts.object_bytes;
+    let in_flight = opts.objects_in_flight();
+    let pool = BufPool::new(object_bytes as usize, in_flight + 1);
+    let parent_sha = &parent_sha;
+    // Stage 1, in index order with `parallelism` chunks at once: read, zero test, sha256, zstd.
+    let mut processed = futures::stream::iter(0..n)
         .map(|i| async move {
             let off = i * chunk;
             let len = chunk.min(size - off);
             if changed.is_some_and(|c| !c.is_changed(i)) {
-                return Ok((
-                    i,
-                    len,
-                    ChunkEntry::UnchangedFromParent { index: i },
-                    Outcome::Unchanged,
-                ));
+                return Ok::<_, StreamError>((i, len, Processed::Unchanged));
             }
             let buf = dev.read(off, len as u32).await?;
             let policy = opts.compression;
-            let (sha, payload, comp) = tokio::task::spawn_blocking(move || {
-                if is_zero(&buf) {
-                    return Ok::<_, StreamError>((None, Bytes::new(), Compression::None));
+            let p = tokio::task::spawn_blocking(move || digest_chunk(buf, policy, i))
+                .await
+                .map_err(|e| StreamError::Task(e.to_string()))??;
+            if let Processed::Data { sha256, .. } = &p {
+                if parent_sha
+                    .as_ref()
+                    .is_some_and(|ps| ps[i as usize].as_deref() == Some(sha256.as_str()))
+                {
+                    return Ok((i, len, Processed::SameAsParent));
                 }
-                let sha = hex::encode(Sha256::digest(&buf[..]));
-                if policy == Compression::Zstd && worth_compressing(&buf) {
-                    let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL).map_err(|e| {
-                        StreamError::Task(format!("zstd compress of chunk {i}: {e}"))
-                    })?;
-                    if (z.len() as u64) * 16
-                        <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX
-                    {
-                        return Ok((Some(sha), Bytes::from(z), Compression::Zstd));
+            }
+            Ok((i, len, p))
+        })
+        .buffered(opts.parallelism);
+    // Stage 2: pack stored chunks into objects; md5 them four at a time; upload. At most
+    // `in_flight` full objects (hashing or uploading) besides the one being packed.
+    let mut work = futures::stream::FuturesUnordered::<StepFuture<'_>>::new();
+    let mut ready: Vec<Sealed> = Vec::new();
+    let mut bodies = 0usize;
+    let mut pack = Pack {
+        buf: pool.take(),
+        chunks: Vec::new(),
+    };
+    let mut reading = true;
+    let existing = &existing;
+    while reading || !work.is_empty() {
+        tokio::select! {
+            biased;
+            step = work.next(), if !work.is_empty() => {
+                let Some(step) = step else { continue };
+                match step? {
+                    Step::Hashed(batch) => {
+                        for (sealed, md5) in batch {
+                            work.push(Box::pin(async move {
+                                upload_pack(store, loc, snap, existing, sealed, md5)
+                                    .await
+                                    .map(Step::Stored)
+                            }));
+                        }
+                        continue;
+                    }
+                    Step::Stored(PackDone { object, chunks, sent, resumed }) => {
+                        bodies -= 1;
+                        if resumed {
+                            report.chunks_resumed += chunks.len() as u64;
+                        } else {
+                            report.chunks_uploaded += chunks.len() as u64;
+                            report.objects_uploaded += 1;
+                            report.bytes_uploaded += sent;
+                        }
+                        for c in chunks {
+                            prog.bytes_done += c.len;
+                            prog.chunks_done += 1;
+                            entries[c.index as usize] = Some(ChunkEntry::Stored {
+                                index: c.index,
+                                sha256: c.sha256,
+                                object: object.clone(),
+                                offset: c.offset,
+                                stored_bytes: c.stored_bytes,
+                                compression: c.compression,
+                            });
+                        }
                     }
                 }
-                Ok((Some(sha), Bytes::from_owner(buf), Compression::None))
-            })
-            .await
-            .map_err(|e| StreamError::Task(e.to_string()))??;
-            let Some(sha) = sha else {
-                return Ok((
-                    i,
-                    len,
-                    ChunkEntry::Zero { index: i },
-                    Outcome::Zero { read: len },
-                ));
-            };
-            if parent_sha
-                .as_ref()
-                .is_some_and(|p| p[i as usize].as_deref() == Some(sha.as_str()))
-            {
-                return Ok((
-                    i,
-                    len,
-                    ChunkEntry::UnchangedFromParent { index: i },
-                    Outcome::SameAsParent { read: len },
-                ));
             }
-            let object = loc.chunk_object(snap, i, &sha);
-            let stored_bytes = payload.len() as u64;
-            let entry = ChunkEntry::Stored {
-                index: i,
-                sha256: sha,
-                object: object.clone(),
-                stored_bytes,
-                compression: comp,
-            };
-            if existing
-                .get(&object)
-                .is_some_and(|(b, h)| *b == stored_bytes && *h == md5_hex(&payload))
-            {
-                return Ok((i, len, entry, Outcome::Resumed { read: len }));
-            }
-            // The WAN shaper's snapshot class: the whole body is granted before the PUT.
-            crate::shaping::node()
-                .acquire(crate::shaping::Class::Snapshot, stored_bytes)
-                .await;
-            store.put(&loc.container, &object, payload).await?;
-            Ok::<_, StreamError>((
-                i,
-                len,
-                entry,
-                Outcome::Uploaded {
-                    read: len,
-                    sent: stored_bytes,
-                },
-            ))
-        })
-        .buffer_unordered(opts.parallelism);
-    while let Some((i, len, entry, outcome)) = results.try_next().await? {
-        match outcome {
-            Outcome::Unchanged => report.chunks_skipped_unchanged += 1,
-            Outcome::SameAsParent { read } => {
+            next = processed.next(), if reading && bodies < in_flight => {
+                let Some(next) = next else {
+                    reading = false;
+                    if !pack.chunks.is_empty() {
+                        let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
+                        ready.push(full.seal());
+                        bodies += 1;
+                    }
+                    if !ready.is_empty() {
+                        work.push(hash_batch(std::mem::take(&mut ready)));
+                    }
+                    continue;
+                };
+                let (i, len, p) = next?;
+                let (entry, read) = match p {
+                    Processed::Unchanged => {
+                        report.chunks_skipped_unchanged += 1;
+                        (ChunkEntry::UnchangedFromParent { index: i }, 0)
+                    }
+                    Processed::SameAsParent => {
+                        report.chunks_skipped_unchanged += 1;
+                        (ChunkEntry::UnchangedFromParent { index: i }, len)
+                    }
+                    Processed::Zero => {
+                        report.chunks_skipped_zero += 1;
+                        (ChunkEntry::Zero { index: i }, len)
+                    }
+                    Processed::Data { sha256, payload, compression } => {
+                        report.bytes_read += len;
+                        if pack.buf.data.len() + payload.len() > object_bytes as usize {
+                            let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
+                            ready.push(full.seal());
+                            bodies += 1;
+                            // Hash four together, or what there is when no more may be packed.
+                            if ready.len() == 4 || bodies >= in_flight {
+                                work.push(hash_batch(std::mem::take(&mut ready)));
+                            }
+                        }
+                        pack.chunks.push(Packed {
+                            index: i,
+                            len,
+                            sha256,
+                            offset: pack.buf.data.len() as u64,
+                            stored_bytes: payload.len() as u64,
+                            compression,
+                        });
+                        pack.buf.data.extend_from_slice(&payload);
+                        continue;
+                    }
+                };
                 report.bytes_read += read;
-                report.chunks_skipped_unchanged += 1;
-            }
-            Outcome::Zero { read } => {
-                report.bytes_read += read;
-                report.chunks_skipped_zero += 1;
-            }
-            Outcome::Resumed { read } => {
-                report.bytes_read += read;
-                report.chunks_resumed += 1;
-            }
-            Outcome::Uploaded { read, sent } => {
-                report.bytes_read += read;
-                report.bytes_uploaded += sent;
-                report.chunks_uploaded += 1;
+                entries[i as usize] = Some(entry);
+                prog.bytes_done += len;
+                prog.chunks_done += 1;
             }
         }
-        entries[i as usize] = Some(entry);
-        prog.bytes_done += len;
         prog.bytes_transferred = report.bytes_uploaded;
-        prog.chunks_done += 1;
         prog.elapsed_ms = t0.elapsed().as_millis() as u64;
         progress(prog);
     }
-    drop(results);
+    drop(processed);
     let chunks: Vec<ChunkEntry> = entries
         .into_iter()
         .enumerate()
@@ -418,7 +672,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         .collect();
     for name in existing.keys().filter(|k| !referenced.contains(k.as_str())) {
         if let Err(e) = store.delete(&loc.container, name).await {
-            tracing::warn!(object = %name, error = %e, "could not delete an unreferenced chunk object");
+            tracing::warn!(object = %name, error = %e, "could not delete an unreferenced object");
         }
     }
     report.elapsed_ms = t0.elapsed().as_millis() as u64;
@@ -456,6 +710,20 @@ mod tests {
         o.chunk_bytes = 5000;
         assert!(o.validate(1 << 20).is_err());
         o.chunk_bytes = STREAM_CHUNK_BYTES_DEFAULT;
+        // Objects hold at least one chunk, and their bodies in flight stay bounded.
+        o.object_bytes = o.chunk_bytes - 4096;
+        assert!(o
+            .validate(1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("object size"));
+        o.object_bytes = STREAM_OBJECT_BYTES_MAX;
+        assert_eq!(o.objects_in_flight(), 1);
+        o.object_bytes = STREAM_OBJECT_BYTES_DEFAULT;
+        assert!(
+            (o.objects_in_flight() as u64 + 1) * o.object_bytes <= STREAM_INFLIGHT_BYTES_MAX
+                && o.objects_in_flight() > 1
+        );
         o.parallelism = 0;
         assert!(o.validate(1 << 20).is_err());
         o.parallelism = 1;

@@ -346,18 +346,24 @@ impl ObjectStore for DirVault {
         .await
     }
 
-    async fn put(&self, container: &str, name: &str, data: Bytes) -> Result<String, StreamError> {
+    async fn put_md5(
+        &self,
+        container: &str,
+        name: &str,
+        data: Bytes,
+        md5: &str,
+    ) -> Result<String, StreamError> {
         let path = self.object_path(container, name)?;
         let slo = self.slo_path(container, name)?;
         let cdir = self.root.join(container);
         let object = format!("{container}/{name}");
+        let md5 = md5.to_string();
         blocking(move || {
             if !cdir.is_dir() {
                 return Err(StreamError::NotFound {
                     object: format!("container {}", cdir.display()),
                 });
             }
-            let md5 = md5_hex(&data);
             atomic_write(&path, &data, Some(&md5))?;
             let _ = fs::remove_file(&slo);
             // Read back the size: a short write would have failed above, this catches a
@@ -373,6 +379,45 @@ impl ObjectStore for DirVault {
                 });
             }
             Ok(md5)
+        })
+        .await
+    }
+
+    async fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StreamError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.object_path(container, name)?;
+        let object = format!("{container}/{name}");
+        let len = usize::try_from(len).map_err(|_| StreamError::TooLarge {
+            object: object.clone(),
+            size: len,
+            max: usize::MAX as u64,
+        })?;
+        blocking(move || {
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StreamError::NotFound { object })
+                }
+                Err(e) => return Err(StreamError::io(path.display(), "open", e)),
+            };
+            let mut buf = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                match f.read_at(&mut buf[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StreamError::io(path.display(), "read", e)),
+                }
+            }
+            buf.truncate(got);
+            Ok(Bytes::from(buf))
         })
         .await
     }

@@ -181,7 +181,7 @@ impl Disk {
     async fn read_raw(&self, offset: u64, len: usize) -> Result<AlignedBuf, VolumeError> {
         let (res, buf) = self
             .engine
-            .read_exact_at(AlignedBuf::zeroed(len), offset)
+            .read_exact_at(AlignedBuf::for_overwrite(len), offset)
             .await;
         res.map_err(self.io_err("read"))?;
         Ok(buf)

@@ -152,7 +152,7 @@ async fn read_stage<R: AsyncRead + Unpin>(mut rd: R, stage: Stage) -> (R, std::i
             rd.read_exact(&mut hb).await.map(|_| Got::Header(hb))
         }
         Stage::Payload(len) => {
-            let mut buf = AlignedBuf::zeroed(len as usize);
+            let mut buf = AlignedBuf::for_overwrite(len as usize);
             rd.read_exact(&mut buf[..]).await.map(|_| Got::Payload(buf))
         }
         Stage::Skip(n) => {

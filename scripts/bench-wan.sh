@@ -222,7 +222,9 @@ part_classes() {
     on a stream r0 s1 --to bench/r0 --json >"$w/stream.json" 2>&1 &
     spid=$!
     on a connect r0 >/dev/null
-    fio_w "$w/classes-repl.json" 256m 256m --bs=256k --iodepth=8 --time_based --runtime=$((T_CLASS * 2)) &
+    # Replication writes loop over 32 MiB: a write after the snapshot copies its chunk once
+    # (copy-on-write), and a larger region made the application, not the shaper, the limit.
+    fio_w "$w/classes-repl.json" 256m 32m --bs=256k --iodepth=8 --time_based --runtime=$((T_CLASS * 2)) &
     fpid=$!
     wait "$fpid" || true
     kill "$spid" 2>/dev/null || true
@@ -230,8 +232,9 @@ part_classes() {
     sleep 0.3
     sampler_stop
     res=$(python3 "$py" shares "$out" "$(calc "$link / 8 * 50 / 100")" "$(calc "$link / 8")")
-    local win rr rs rn rg tl
-    read -r win rr rs rn rg tl <<<"$res"
+    local win rr rs rn rg tl dm
+    read -r win rr rs rn rg tl dm <<<"$res"
+    rec classes demand_mbit "$(calc "$dm * 8 / 1e6")"
     rec classes window_s "$win"
     rec classes replication_mbit "$(calc "$rr * 8 / 1e6")"
     rec classes resync_mbit "$(calc "$rs * 8 / 1e6")"

@@ -269,15 +269,17 @@ def shares(path, guarantee, link):
     rs = rows(path)
     w = contention_window(rs)
     if not w or w[1] - w[0] < 1.0:
-        print("0 0 0 0 0 0")
+        print("0 0 0 0 0 0 0")
         return
     a = min((r for r in rs if r["t"] >= w[0]), key=lambda r: r["t"])
     b = max((r for r in rs if r["t"] <= w[1]), key=lambda r: r["t"])
     dt = b["t"] - a["t"]
     rate = [(b[f"{c}_bytes"] - a[f"{c}_bytes"]) / dt for c in CLASSES]
+    # What the application asked for in the window: its writes through NBD.
+    demand = (b["nbd_bytes_written"] - a["nbd_bytes_written"]) / dt
     print(
         f"{dt:.1f} {rate[0]:.0f} {rate[1]:.0f} {rate[2]:.0f} "
-        f"{rate[0] / guarantee:.3f} {sum(rate) / link:.3f}"
+        f"{rate[0] / guarantee:.3f} {sum(rate) / link:.3f} {demand:.0f}"
     )
 
 
@@ -312,6 +314,7 @@ TABLE += [
     ("classes", "replication_mbit", "(c) replication rate in the window", "Mbit/s", ""),
     ("classes", "resync_mbit", "(c) resync rate in the window", "Mbit/s", ""),
     ("classes", "snapshot_mbit", "(c) snapshot (bulk) rate in the window", "Mbit/s", ""),
+    ("classes", "demand_mbit", "(c) application writes in the window (replication's demand)", "Mbit/s", ""),
     ("classes", "replication_vs_guarantee", "(c) replication / its guarantee (50% of drl's link-rate)", "", ">= 0.95"),
     ("classes", "total_vs_link", "(c) all classes / drl's link-rate", "", "<= 1.05"),
 ]

@@ -27,48 +27,17 @@ else
     warn "not root or no network namespaces: both sites on loopback, unshaped"
 fi
 cfg=$work/drl.toml
-cat >"$cfg" <<TOML
-[[node]]
-name = "site-a"
-control-socket = "$work/site-a.sock"
-
-[[node]]
-name = "site-b"
-control-socket = "$work/site-b.sock"
-
-[[resource]]
-name = "r0"
-size = "256MiB"
-secret = "demo-secret"
-
-[resource.on.site-a]
-address = "$addr_a"
-disk = "$work/a/r0.img"
-meta = "$work/a/r0.meta"
-nbd = "$work/a/r0.nbd"
-
-[resource.on.site-b]
-address = "$addr_b"
-disk = "$work/b/r0.img"
-meta = "$work/b/r0.meta"
-nbd = "$work/b/r0.nbd"
-
-[stream]
-vault-dir = "$work/vault"
-TOML
+pair_config "$work" "$addr_a" "$addr_b" 256MiB >"$cfg"
 uri_a="nbd+unix:///?socket=$work/a/r0.nbd"
 uri_b="nbd+unix:///?socket=$work/b/r0.nbd"
 on() { local s=$1; shift; "$drl" --config "$cfg" --node "site-$s" "$@"; }
-field() { on "$1" status r0 --json | python3 -c "import json,sys; r=json.load(sys.stdin)['resources'][0]; print(r.get('$2'))"; }
+field() { site_field "$drl" "$cfg" "$1" "$2"; }
 pids=()
 start() { # site
-    local s=$1 pre=()
-    [ $netns = 1 ] && pre=(ip netns exec "drl-$s")
-    rm -f "$work/$s/r0.nbd" "$work/site-$s.sock"
-    "${pre[@]}" "$drl" daemon --config "$cfg" --node "site-$s" 2>>"$work/$s.log" &
-    pids[$([ "$s" = a ] && echo 0 || echo 1)]=$!
-    wait_for_socket "$work/$s/r0.nbd" 20 $! && wait_for_socket "$work/site-$s.sock" 20 $! ||
-        die "site $s did not start: $(tail -5 "$work/$s.log")"
+    local s=$1 ns=
+    [ $netns = 1 ] && ns=drl-$s
+    start_site "$drl" "$cfg" "$s" "$ns"
+    pids[$([ "$s" = a ] && echo 0 || echo 1)]=$SITE_PID
 }
 cleanup() {
     [ -n "${KEEP:-}" ] && { log "left running: config $cfg"; return; }

@@ -109,3 +109,42 @@ drl_bin() {
     (cd "$top" && cargo build --release --quiet --bin drl) >&2 || die "cargo build failed"
     echo "$top/target/release/drl"
 }
+
+# Two sites, one resource: the config the demo and the WAN benchmark run.
+#
+# pair_config DIR ADDR_A ADDR_B SIZE [RESOURCE_KEYS [MORE_TOML]] — print a config with nodes
+# site-a and site-b (control sockets DIR/site-a.sock, DIR/site-b.sock), resource r0 of SIZE
+# replicated between ADDR_A and ADDR_B (disk, meta and NBD socket under DIR/a and DIR/b), and
+# the local vault DIR/vault. RESOURCE_KEYS are extra lines for [[resource]] (on-congestion,
+# max-buffer, ...); MORE_TOML is appended ([shaping] tables, ...).
+pair_config() {
+    local d=$1 addr_a=$2 addr_b=$3 size=$4 keys=${5:-} more=${6:-} s
+    for s in a b; do printf '[[node]]\nname = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "$d" "$s"; done
+    printf '[[resource]]\nname = "r0"\nsize = "%s"\nsecret = "drl-pair-secret"\n%s\n' "$size" "$keys"
+    for s in a b; do
+        printf '\n[resource.on.site-%s]\naddress = "%s"\n' "$s" "$([ "$s" = a ] && echo "$addr_a" || echo "$addr_b")"
+        printf 'disk = "%s/%s/r0.img"\nmeta = "%s/%s/r0.meta"\nnbd = "%s/%s/r0.nbd"\n' "$d" "$s" "$d" "$s" "$d" "$s"
+    done
+    printf '\n[stream]\nvault-dir = "%s/vault"\n%s\n' "$d" "$more"
+}
+
+# start_site DRL CONFIG SITE [NETNS] — start the daemon of site-SITE (a or b) of a pair_config
+# config, inside NETNS if given; wait for its NBD export and control socket. Sets SITE_PID.
+# Its log is DIR/SITE.log. The caller stops it (stop_pid).
+start_site() {
+    local drl=$1 cfg=$2 s=$3 ns=${4:-} d pre=()
+    d=$(dirname "$cfg")
+    [ -n "$ns" ] && pre=(ip netns exec "$ns")
+    mkdir -p "$d/$s"
+    rm -f "$d/$s/r0.nbd" "$d/site-$s.sock"
+    "${pre[@]}" "$drl" daemon --config "$cfg" --node "site-$s" 2>>"$d/$s.log" &
+    SITE_PID=$!
+    wait_for_socket "$d/$s/r0.nbd" 20 "$SITE_PID" && wait_for_socket "$d/site-$s.sock" 20 "$SITE_PID" ||
+        die "site $s did not start: $(tail -5 "$d/$s.log")"
+}
+
+# site_field DRL CONFIG SITE FIELD — one field of r0's `status --json` on site-SITE.
+site_field() {
+    "$1" --config "$2" --node "site-$3" status r0 --json |
+        python3 -c "import json,sys; r=json.load(sys.stdin)['resources'][0]; print(r.get('$4'))"
+}

@@ -14,14 +14,20 @@
 # Site a is 198.18.0.1, site b is 198.18.0.2 (RFC 2544's range for network benchmarks: these
 # addresses exist only inside the two namespaces). netem is not in this kernel, so the link has
 # no added delay or loss; where latency matters, it has to be added in userspace.
+#
+# Everything global has an override, so that two testbeds can coexist (tests and benchmarks use
+# their own): DRL_NS_A / DRL_NS_B (namespaces, default drl-a / drl-b), DRL_IF_A / DRL_IF_B
+# (veth ends, default drl-va / drl-vb), DRL_ADDR_A / DRL_ADDR_B (the sites' addresses). The
+# veth ends are created directly inside their namespaces, and the nft table of `cut --silent`
+# lives in them too, so nothing lands in the root namespace.
 # Needs root (network namespaces); without it, says so and exits 2.
 set -euo pipefail
 NS_A=${DRL_NS_A:-drl-a}
 NS_B=${DRL_NS_B:-drl-b}
-IF_A=drl-va
-IF_B=drl-vb
-ADDR_A=198.18.0.1
-ADDR_B=198.18.0.2
+IF_A=${DRL_IF_A:-drl-va}
+IF_B=${DRL_IF_B:-drl-vb}
+ADDR_A=${DRL_ADDR_A:-198.18.0.1}
+ADDR_B=${DRL_ADDR_B:-198.18.0.2}
 
 if [ "$(id -u)" != 0 ]; then
   echo "testbed: needs root to create network namespaces (run as root, or use loopback tests)" >&2

@@ -166,6 +166,9 @@ pub const REPL_PING_INTERVAL_MS: u64 = 1_000;
 pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
 /// Resync requests a SyncTarget keeps outstanding.
 pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
+/// Resync requests a SyncSource reads at once while its answers are zero ranges (each read is
+/// one request, so this many concurrent reads of `REPL_RESYNC_REQUEST_BYTES`).
+pub const REPL_RESYNC_ZERO_BATCH: usize = REPL_RESYNC_WINDOW_REQUESTS;
 /// Bytes of one resync request (one frame of data).
 pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
 /// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pair::{pair_config, PairOpts};
 use common::{drl_bin, need, run, KillOnDrop};
 use serde_json::Value;
 
@@ -68,7 +69,7 @@ impl Daemon {
             child,
             log,
         };
-        let sock = dir.join(format!("{name}.nbd"));
+        let sock = dir.join(name).join("r0.nbd");
         let t0 = Instant::now();
         while !sock.exists() {
             assert!(
@@ -124,34 +125,19 @@ impl Drop for Daemon {
     }
 }
 
+/// The shared two-node config (tests/common/pair.rs) with the testbed's addresses, the local
+/// vault and drl's shaper at 64 Mbit (shares 50/25/25/1).
 fn config(d: &Path) -> String {
-    format!(
-        r#"[[node]]
-name = "a"
-control-socket = "{d}/a.sock"
-[[node]]
-name = "b"
-control-socket = "{d}/b.sock"
-
-[[resource]]
-name = "r0"
-size = "256MiB"
-secret = "testbed"
-on-congestion = "block"
-
-[resource.on.a]
-address = "198.18.0.1:7789"
-disk = "{d}/a.img"
-meta = "{d}/a.meta"
-nbd = "{d}/a.nbd"
-
-[resource.on.b]
-address = "198.18.0.2:7789"
-disk = "{d}/b.img"
-meta = "{d}/b.meta"
-nbd = "{d}/b.nbd"
-
-[stream]
+    let mut opts = PairOpts::new(256 * MIB);
+    opts.secret = "testbed".into();
+    opts.extra_resource_keys = "on-congestion = \"block\"".into();
+    let (a, b) = (
+        "198.18.0.1:7789".parse().unwrap(),
+        "198.18.0.2:7789".parse().unwrap(),
+    );
+    pair_config(d, &opts, a, b, &opts.secret)
+        + &format!(
+            r#"[stream]
 vault-dir = "{d}/vault"
 
 [shaping]
@@ -165,8 +151,8 @@ share = 25
 [shaping.class.image]
 share = 1
 "#,
-        d = d.display()
-    )
+            d = d.display()
+        )
 }
 
 fn granted(v: &Value) -> [u64; 4] {
@@ -208,6 +194,9 @@ fn classes_get_their_shares_on_a_shaped_link() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = config(d);
+    for n in ["a", "b"] {
+        std::fs::create_dir_all(d.join(n)).unwrap();
+    }
     let a = Daemon::start(d, NS_A, "a", &cfg);
     let b = Daemon::start(d, NS_B, "b", &cfg);
     a.wait("Connected", 30, |r| r["connection"] == "Connected");
@@ -221,7 +210,7 @@ fn classes_get_their_shares_on_a_shaped_link() {
     // Resync load: 112 MiB written while disconnected.
     a.cli(&["disconnect", "r0"]);
     a.wait("StandAlone", 10, |r| r["connection"] == "StandAlone");
-    let uri = format!("nbd+unix:///r0?socket={}/a.nbd", d.display());
+    let uri = format!("nbd+unix:///r0?socket={}/a/r0.nbd", d.display());
     let f1 = random_file(d, "resync.bin", 112 * MIB);
     run(Command::new("nbdcopy")
         .args(["--no-extents"])

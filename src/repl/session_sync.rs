@@ -2,6 +2,7 @@
 //! completion, the SyncSource's answers (see [`crate::repl::resync`] for the rules).
 
 use super::*;
+use crate::limits::REPL_RESYNC_ZERO_BATCH;
 
 impl Session<'_> {
     /// The peer's whole bitmap arrived (ORed into `bits`).
@@ -109,43 +110,67 @@ impl Session<'_> {
 
 /// Answer resync requests in order: read under the exclusive resync lock, clear the bits,
 /// queue Data or Zeroes, release the lock.
+///
+/// While the answers are zero ranges (they cost a header on the wire), the requests already
+/// waiting are read together, up to [`REPL_RESYNC_ZERO_BATCH`] at once: one O_DIRECT read at a
+/// time made a zero region disk-latency bound (0.47 s for 128 MiB of written zeros on the
+/// testbed, as long as 20% of the initial sync of a half-empty 256 MiB volume at 500 Mbit/s).
+/// After a data answer, one request at a time again, so the queue in front of application
+/// writes grows past the fill target only at a zero-to-data edge, by at most one batch.
 async fn answer_requests(
     rep: Arc<Replicator>,
     link: Arc<Link>,
     mut rx: mpsc::Receiver<(u64, u32)>,
 ) {
-    while let Some((offset, len)) = rx.recv().await {
+    let mut batch = Vec::with_capacity(REPL_RESYNC_ZERO_BATCH);
+    let mut zeros = false;
+    while let Some(first) = rx.recv().await {
         if link.is_closed() {
             return;
         }
         // The adaptive resync rate (DRBD's c-plan-ahead controller, src/shaping/resync.rs):
         // wait while enough is queued for the link already.
         crate::shaping::resync::admit(|| link.queued_bytes()).await;
-        let _excl = rep.resync_lock.write().await;
-        let buf = match rep.disk.read(offset, len).await {
-            Ok(b) => b,
-            Err(e) => {
-                link.close(format!("reading for resync: {e}"));
-                return;
+        batch.clear();
+        batch.push(first);
+        while zeros && batch.len() < REPL_RESYNC_ZERO_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
-        };
-        rep.bitmap.clear_range(offset, u64::from(len));
-        // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how many
-        // of them were zero ranges that crossed the wire as a header only.
-        rep.stats
-            .resync_bytes_sent
-            .fetch_add(u64::from(len), Ordering::Relaxed);
-        if buf.iter().all(|&b| b == 0) {
+        }
+        let _excl = rep.resync_lock.write().await;
+        let reads =
+            futures::future::join_all(batch.iter().map(|&(off, len)| rep.disk.read(off, len)))
+                .await;
+        zeros = true;
+        for (&(offset, len), read) in batch.iter().zip(reads) {
+            let buf = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    link.close(format!("reading for resync: {e}"));
+                    return;
+                }
+            };
+            rep.bitmap.clear_range(offset, u64::from(len));
+            // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how
+            // many of them were zero ranges that crossed the wire as a header only.
             rep.stats
-                .resync_zero_bytes
+                .resync_bytes_sent
                 .fetch_add(u64::from(len), Ordering::Relaxed);
-            link.push(&Frame::ResyncZeroes { offset, len });
-        } else {
-            link.push(&Frame::ResyncData {
-                offset,
-                data: Bytes::copy_from_slice(&buf),
-            });
-            crate::shaping::resync::sent(u64::from(len));
+            if crate::stream::upload::is_zero(&buf) {
+                rep.stats
+                    .resync_zero_bytes
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+                link.push(&Frame::ResyncZeroes { offset, len });
+            } else {
+                zeros = false;
+                link.push(&Frame::ResyncData {
+                    offset,
+                    data: Bytes::copy_from_slice(&buf),
+                });
+                crate::shaping::resync::sent(u64::from(len));
+            }
         }
     }
 }

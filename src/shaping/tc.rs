@@ -131,48 +131,32 @@ pub fn tc_commands(
     ]));
     for &c in &CLASSES {
         let tos = format!("{:#04x}", c.dscp() << 2);
-        let pref = (10 + c as u8).to_string();
-        let pref6 = (20 + c as u8).to_string();
-        out.push(v(&[
-            "filter",
-            "replace",
-            "dev",
-            dev,
-            "parent",
-            "1:",
-            "protocol",
-            "ip",
-            "prio",
-            &pref,
-            "u32",
-            "match",
-            "ip",
-            "dsfield",
-            &tos,
-            "0xfc",
-            "flowid",
-            &classid(c),
-        ]));
-        out.push(v(&[
-            "filter",
-            "replace",
-            "dev",
-            dev,
-            "parent",
-            "1:",
-            "protocol",
-            "ipv6",
-            "prio",
-            &pref6,
-            "u32",
-            "match",
-            "ip6",
-            "priority",
-            &tos,
-            "0xfc",
-            "flowid",
-            &classid(c),
-        ]));
+        // IPv4's TOS byte and IPv6's traffic class carry the DSCP in the same six bits.
+        for (proto, field, matched, pref) in
+            [("ip", "ip", "dsfield", 10), ("ipv6", "ip6", "priority", 20)]
+        {
+            let pref = (pref + c as u8).to_string();
+            out.push(v(&[
+                "filter",
+                "replace",
+                "dev",
+                dev,
+                "parent",
+                "1:",
+                "protocol",
+                proto,
+                "prio",
+                &pref,
+                "u32",
+                "match",
+                field,
+                matched,
+                &tos,
+                "0xfc",
+                "flowid",
+                &classid(c),
+            ]));
+        }
     }
     Ok(out)
 }

@@ -107,7 +107,7 @@ impl Link {
         }
         let is_data = matches!(
             frame,
-            Frame::Data { .. } | Frame::Trim { .. } | Frame::Zeroes { .. } | Frame::Barrier { .. }
+            Frame::Data { .. } | Frame::Trim(_) | Frame::Zeroes(_) | Frame::Barrier { .. }
         );
         if !is_data && self.queued_frames.load(Ordering::Relaxed) >= REPL_WRITER_QUEUE_FRAMES_MAX {
             self.close(format!(

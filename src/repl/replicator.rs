@@ -26,7 +26,7 @@ use crate::config::{OnCongestion, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
 use crate::logrl::LogLimiter;
-use crate::repl::frame::Frame;
+use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
 use crate::repl::wire::split_range;
@@ -249,7 +249,7 @@ impl Replicator {
     }
 
     pub fn role(&self) -> Role {
-        role_of(self.meta.superblock().role)
+        role_of(self.meta.role())
     }
 
     pub fn disk_state(&self) -> DiskState {
@@ -352,7 +352,7 @@ impl Replicator {
         if l.is_closed() || st.peer_role.is_none() {
             return None;
         }
-        if self.meta.superblock().role != meta::Role::Primary {
+        if self.meta.role() != meta::Role::Primary {
             return None;
         }
         Some(l.clone())
@@ -472,22 +472,17 @@ impl Replicator {
             let f = fua && i + 1 == n;
             let ok = self
                 .enqueue(link, off, u64::from(l), 0, f, |seq, epoch| {
+                    let w = RangeWrite {
+                        seq,
+                        epoch,
+                        offset: off,
+                        len: l,
+                        fua: f,
+                    };
                     if trim {
-                        Frame::Trim {
-                            seq,
-                            epoch,
-                            offset: off,
-                            len: l,
-                            fua: f,
-                        }
+                        Frame::Trim(w)
                     } else {
-                        Frame::Zeroes {
-                            seq,
-                            epoch,
-                            offset: off,
-                            len: l,
-                            fua: f,
-                        }
+                        Frame::Zeroes(w)
                     }
                 })
                 .await;
@@ -510,10 +505,10 @@ impl Replicator {
         frame: impl Fn(u64, u64) -> Frame,
     ) -> bool {
         let policy = self.cfg.repl.on_congestion;
+        // Registered only once the buffer was found full (registering costs two locks of the
+        // Notify per write): a room notification after that is never missed.
+        let mut waiting: Option<std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
         loop {
-            let notified = link.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             if link.is_closed() || link.ahead.load(Ordering::Acquire) {
                 return false;
             }
@@ -547,7 +542,14 @@ impl Replicator {
                     }
                 }
             }
-            notified.await;
+            match waiting.take() {
+                Some(n) => n.await,
+                None => {
+                    let mut n = Box::pin(link.room.notified());
+                    n.as_mut().enable();
+                    waiting = Some(n);
+                }
+            }
         }
     }
 

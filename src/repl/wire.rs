@@ -37,8 +37,9 @@ use sha2::{Digest, Sha256};
 
 use crate::limits::{
     REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_PAYLOAD_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX,
-    REPL_REASON_BYTES_MAX, REPL_ZSTD_LEVEL,
+    REPL_REASON_BYTES_MAX,
 };
+use crate::repl::compress::{compress_if_it_pays, Gate};
 use crate::repl::frame::{disk_to_wire, role_to_wire, Frame, FrameType};
 
 /// StateChange flags byte: the sender is Ahead.
@@ -215,11 +216,13 @@ impl FrameHeader {
     }
 }
 
-/// Turns frames into bytes. `zstd` is set once the handshake negotiated compression.
+/// Turns frames into bytes. `zstd` is set once the handshake negotiated compression; the
+/// clones of an encoder share one compression back-off ([`Gate`]).
 #[derive(Debug, Clone)]
 pub struct Encoder {
     resource_id: u64,
     zstd: bool,
+    gate: std::sync::Arc<Gate>,
 }
 
 impl Encoder {
@@ -227,6 +230,7 @@ impl Encoder {
         Encoder {
             resource_id,
             zstd: false,
+            gate: Default::default(),
         }
     }
 
@@ -273,23 +277,10 @@ impl Encoder {
                 }
                 data = Some(d);
             }
-            Frame::Trim {
-                seq,
-                epoch,
-                offset,
-                len,
-                fua,
-            }
-            | Frame::Zeroes {
-                seq,
-                epoch,
-                offset,
-                len,
-                fua,
-            } => {
-                check_range_len(*len)?;
-                (h.seq, h.epoch, h.offset, h.data_len) = (*seq, *epoch, *offset, *len);
-                if *fua {
+            Frame::Trim(w) | Frame::Zeroes(w) => {
+                check_range_len(w.len)?;
+                (h.seq, h.epoch, h.offset, h.data_len) = (w.seq, w.epoch, w.offset, w.len);
+                if w.fua {
                     h.flags |= flags::FUA;
                 }
             }
@@ -344,8 +335,11 @@ impl Encoder {
                     Frame::BitmapChunk { bit_count, .. } => *bit_count,
                     _ => d.len() as u32,
                 };
+                // Bitmap chunks (mostly zeros, rare) are always tried; writes and resync data
+                // back off while they do not compress.
+                let gate = (!matches!(frame, Frame::BitmapChunk { .. })).then_some(&*self.gate);
                 compressed = if self.zstd {
-                    compress_if_it_pays(d)
+                    compress_if_it_pays(d, gate)
                 } else {
                     None
                 };
@@ -372,15 +366,6 @@ impl Encoder {
         out.put_slice(payload);
         Ok(())
     }
-}
-
-/// zstd only when it saves at least 1/8 of the input; otherwise the raw bytes go out.
-fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
-    if data.len() < 64 {
-        return None;
-    }
-    let c = zstd::bulk::compress(data, REPL_ZSTD_LEVEL).ok()?;
-    (c.len() < data.len() / 8 * 7).then_some(c)
 }
 
 fn check_range_len(len: u32) -> Result<(), WireError> {

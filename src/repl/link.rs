@@ -123,6 +123,24 @@ impl Link {
             ));
             return false;
         }
+        self.queue(out)
+    }
+
+    /// [`Link::push`] of a Data frame encoded straight from the writer's buffer
+    /// ([`Encoder::encode_data`]): no copy of the payload before the frame's own.
+    pub fn push_data(&self, at: (u64, u64, u64), fua: bool, data: &[u8]) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let mut out = BytesMut::new();
+        if let Err(e) = self.enc.encode_data(at, fua, data, &mut out) {
+            self.close(format!("cannot encode a Data frame: {e}"));
+            return false;
+        }
+        self.queue(out)
+    }
+
+    fn queue(&self, out: BytesMut) -> bool {
         let n = out.len() as u64;
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
         self.queued_bytes.fetch_add(n, Ordering::Relaxed);

@@ -233,6 +233,8 @@ async fn writer(
 ) {
     // A frame taken off the queue that did not fit the last batch (another shaping class).
     let mut carry: Option<Bytes> = None;
+    // Batches are built here, reused (at most REPL_WRITE_BATCH_BYTES + one frame).
+    let mut scratch: Vec<u8> = Vec::new();
     loop {
         let f = match carry.take() {
             Some(f) => Some(f),
@@ -259,10 +261,12 @@ async fn writer(
                 _ = link.closed_notify.notified() => {}
             }
         }
-        let batch = batch_queued(f, &mut frames, &link, &mut carry);
+        scratch.clear();
+        let alone = batch_queued(f, &mut frames, &link, &mut carry, &mut scratch);
+        let batch: &[u8] = alone.as_deref().unwrap_or(&scratch);
         let closed = || link.is_closed();
         if let Err(e) =
-            crate::shaping::write_repl_frame(&mut wr, &batch, &link.closed_notify, closed).await
+            crate::shaping::write_repl_frame(&mut wr, batch, &link.closed_notify, closed).await
         {
             link.close(format!("writing to the peer: {e}"));
             return;
@@ -274,33 +278,33 @@ async fn writer(
     }
 }
 
-/// `first` and the frames queued behind it of the same shaping class, concatenated up to
-/// [`REPL_WRITE_BATCH_BYTES`]: one write and one shaper request instead of one per frame
-/// (under 4 KiB writes the per-frame `send` was the Primary's largest syscall cost). Order is
-/// kept: a frame of another class ends the batch and is handed back in `carry`.
+/// `first` and the frames queued behind it of the same shaping class, concatenated into
+/// `batch` (empty on entry) up to [`REPL_WRITE_BATCH_BYTES`]: one write and one shaper request
+/// instead of one per frame (under 4 KiB writes the per-frame `send` was the Primary's largest
+/// syscall cost). Returns `first` itself when nothing joined it (no copy). Order is kept: a
+/// frame of another class ends the batch and is handed back in `carry`.
 fn batch_queued(
     first: Bytes,
     frames: &mut mpsc::UnboundedReceiver<Bytes>,
     link: &Link,
     carry: &mut Option<Bytes>,
-) -> Bytes {
+    batch: &mut Vec<u8>,
+) -> Option<Bytes> {
     let class = crate::shaping::repl_frame_class(&first);
-    let mut buf: Option<BytesMut> = None;
-    while buf.as_ref().map_or(first.len(), BytesMut::len) < REPL_WRITE_BATCH_BYTES {
+    let mut first = Some(first);
+    while first.as_ref().map_or(batch.len(), Bytes::len) < REPL_WRITE_BATCH_BYTES {
         let Ok(next) = frames.try_recv() else { break };
         if crate::shaping::repl_frame_class(&next) != class {
             *carry = Some(next);
             break;
         }
         link.dequeued(next.len() as u64);
-        let b = buf.get_or_insert_with(|| {
-            let mut b = BytesMut::with_capacity(REPL_WRITE_BATCH_BYTES + first.len());
-            b.extend_from_slice(&first);
-            b
-        });
-        b.extend_from_slice(&next);
+        if let Some(f) = first.take() {
+            batch.extend_from_slice(&f);
+        }
+        batch.extend_from_slice(&next);
     }
-    buf.map_or(first, BytesMut::freeze)
+    first
 }
 
 impl Session<'_> {

@@ -32,7 +32,7 @@
 //! any version decodes, so that the handshake can say "incompatible version" instead of
 //! "garbage". Every other frame must carry exactly [`WIRE_VERSION`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::limits::{
@@ -250,7 +250,7 @@ impl Encoder {
             ..FrameHeader::default()
         };
         let mut body: Option<Vec<u8>> = None;
-        let mut data: Option<&Bytes> = None;
+        let mut data: Option<&[u8]> = None;
         match frame {
             Frame::Hello(hello) => {
                 body = Some(hello.encode_payload().map_err(|what| malformed(ft, what))?);
@@ -275,7 +275,7 @@ impl Encoder {
                 if *fua {
                     h.flags |= flags::FUA;
                 }
-                data = Some(d);
+                data = Some(&d[..]);
             }
             Frame::Trim(w) | Frame::Zeroes(w) => {
                 check_range_len(w.len)?;
@@ -301,7 +301,7 @@ impl Encoder {
                 if *last {
                     h.flags |= flags::LAST;
                 }
-                data = Some(bits);
+                data = Some(&bits[..]);
             }
             Frame::ResyncRequest { offset, len } | Frame::ResyncZeroes { offset, len } => {
                 check_range_len(*len)?;
@@ -309,7 +309,7 @@ impl Encoder {
             }
             Frame::ResyncData { offset, data: d } => {
                 h.offset = *offset;
-                data = Some(d);
+                data = Some(&d[..]);
             }
             Frame::StateChange { role, disk, ahead } => {
                 let mut b = vec![role_to_wire(*role), disk_to_wire(*disk)];
@@ -320,39 +320,80 @@ impl Encoder {
             }
             Frame::Ping { seq } | Frame::PingAck { seq } => h.seq = *seq,
         }
-        let compressed;
-        let payload: &[u8] = match (body.as_deref(), data) {
-            (Some(b), _) => b,
+        match (body.as_deref(), data) {
+            (Some(b), _) => self.put(h, b, out),
             (None, Some(d)) => {
-                if d.len() > REPL_FRAME_DATA_BYTES_MAX as usize {
-                    return Err(WireError::DataTooLarge {
-                        len: d.len() as u64,
-                        max: REPL_FRAME_DATA_BYTES_MAX,
-                    });
-                }
-                // For BitmapChunk data_len counts bits; for Data/ResyncData bytes.
-                h.data_len = match frame {
-                    Frame::BitmapChunk { bit_count, .. } => *bit_count,
-                    _ => d.len() as u32,
+                // For BitmapChunk data_len counts bits; for Data/ResyncData bytes. Bitmap
+                // chunks (mostly zeros, rare) are always tried; writes and resync data back
+                // off while they do not compress.
+                let (bits, gate) = match frame {
+                    Frame::BitmapChunk { bit_count, .. } => (Some(*bit_count), None),
+                    _ => (None, Some(&*self.gate)),
                 };
-                // Bitmap chunks (mostly zeros, rare) are always tried; writes and resync data
-                // back off while they do not compress.
-                let gate = (!matches!(frame, Frame::BitmapChunk { .. })).then_some(&*self.gate);
-                compressed = if self.zstd {
-                    compress_if_it_pays(d, gate)
-                } else {
-                    None
-                };
-                match &compressed {
-                    Some(c) => {
-                        h.flags |= flags::ZSTD;
-                        c
-                    }
-                    None => d,
-                }
+                self.put_data(h, d, bits, gate, out)
             }
-            (None, None) => &[],
+            (None, None) => self.put(h, &[], out),
+        }
+    }
+
+    /// A Data frame straight from the writer's buffer: the same bytes as
+    /// `encode(&Frame::Data { .. })`, without first copying the payload into a `Bytes`.
+    pub fn encode_data(
+        &self,
+        (seq, epoch, offset): (u64, u64, u64),
+        fua: bool,
+        data: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        let mut h = FrameHeader {
+            magic: MAGIC,
+            version: WIRE_VERSION,
+            frame_type: FrameType::Data as u8,
+            resource_id: self.resource_id,
+            seq,
+            epoch,
+            offset,
+            ..FrameHeader::default()
         };
+        if fua {
+            h.flags |= flags::FUA;
+        }
+        self.put_data(h, data, None, Some(&self.gate), out)
+    }
+
+    /// Header and data payload (zstd when negotiated and it pays); `bits` is a BitmapChunk's
+    /// bit count (its data_len), otherwise data_len is the byte count.
+    fn put_data(
+        &self,
+        mut h: FrameHeader,
+        d: &[u8],
+        bits: Option<u32>,
+        gate: Option<&Gate>,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        if d.len() > REPL_FRAME_DATA_BYTES_MAX as usize {
+            return Err(WireError::DataTooLarge {
+                len: d.len() as u64,
+                max: REPL_FRAME_DATA_BYTES_MAX,
+            });
+        }
+        h.data_len = bits.unwrap_or(d.len() as u32);
+        let compressed = if self.zstd {
+            compress_if_it_pays(d, gate)
+        } else {
+            None
+        };
+        match &compressed {
+            Some(c) => {
+                h.flags |= flags::ZSTD;
+                self.put(h, c, out)
+            }
+            None => self.put(h, d, out),
+        }
+    }
+
+    /// Header (payload length and crc filled in) and payload into `out`.
+    fn put(&self, mut h: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), WireError> {
         if payload.len() > REPL_FRAME_PAYLOAD_BYTES_MAX as usize {
             return Err(WireError::PayloadTooLarge {
                 len: payload.len() as u64,

@@ -170,6 +170,11 @@ pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
 /// Frames the socket writer finds queued together go out in one write (one syscall, one
 /// shaper request) up to this many bytes; a larger frame goes alone.
 pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Data payloads are compressed (when it pays) only while at least this much waits for the
+/// socket writer: the link, not the CPU, is the bottleneck then.
+pub const REPL_COMPRESS_BACKLOG_BYTES: u64 = 128 * 1024;
+/// ... and the socket writer has not found its queue empty for this long.
+pub const REPL_COMPRESS_BACKLOG_MS: u64 = 50;
 /// When the socket writer finds a single small frame queued, it waits this long for more
 /// before it sends (protocol A: the application's write already completed; this only adds
 /// to the replication lag), so writes in flight go out in one send and one wakeup of the peer.

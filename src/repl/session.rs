@@ -255,6 +255,9 @@ async fn writer(
         };
         let Some(f) = f else { return };
         link.dequeued(f.len() as u64);
+        if frames.is_empty() {
+            link.drained();
+        }
         if f.len() < REPL_WRITE_BATCH_BYTES && frames.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(REPL_SEND_COALESCE_MS)) => {}

@@ -241,6 +241,18 @@ impl Encoder {
 
     /// Append one encoded frame to `out`. Fails only for frames that break the limits.
     pub fn encode(&self, frame: &Frame, out: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_with(frame, true, out)
+    }
+
+    /// [`Encoder::encode`]; `zstd: false` sends Data and ResyncData payloads raw without a
+    /// try (the link is not the bottleneck: see [`crate::repl::link::Link::push`]). Bitmap
+    /// chunks are always tried.
+    pub fn encode_with(
+        &self,
+        frame: &Frame,
+        zstd: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
         let ft = frame.frame_type();
         let mut h = FrameHeader {
             magic: MAGIC,
@@ -328,9 +340,10 @@ impl Encoder {
                 // off while they do not compress.
                 let (bits, gate) = match frame {
                     Frame::BitmapChunk { bit_count, .. } => (Some(*bit_count), None),
+                    _ if !zstd => return self.put_data(h, d, None, Err(()), out),
                     _ => (None, Some(&*self.gate)),
                 };
-                self.put_data(h, d, bits, gate, out)
+                self.put_data(h, d, bits, Ok(gate), out)
             }
             (None, None) => self.put(h, &[], out),
         }
@@ -343,6 +356,7 @@ impl Encoder {
         (seq, epoch, offset): (u64, u64, u64),
         fua: bool,
         data: &[u8],
+        zstd: bool,
         out: &mut BytesMut,
     ) -> Result<(), WireError> {
         let mut h = FrameHeader {
@@ -358,17 +372,19 @@ impl Encoder {
         if fua {
             h.flags |= flags::FUA;
         }
-        self.put_data(h, data, None, Some(&self.gate), out)
+        let try_zstd = if zstd { Ok(Some(&*self.gate)) } else { Err(()) };
+        self.put_data(h, data, None, try_zstd, out)
     }
 
-    /// Header and data payload (zstd when negotiated and it pays); `bits` is a BitmapChunk's
-    /// bit count (its data_len), otherwise data_len is the byte count.
+    /// Header and data payload (zstd when negotiated, `try_zstd` is `Ok` (with the back-off
+    /// gate, if any) and it pays); `bits` is a BitmapChunk's bit count (its data_len),
+    /// otherwise data_len is the byte count.
     fn put_data(
         &self,
         mut h: FrameHeader,
         d: &[u8],
         bits: Option<u32>,
-        gate: Option<&Gate>,
+        try_zstd: Result<Option<&Gate>, ()>,
         out: &mut BytesMut,
     ) -> Result<(), WireError> {
         if d.len() > REPL_FRAME_DATA_BYTES_MAX as usize {
@@ -378,10 +394,9 @@ impl Encoder {
             });
         }
         h.data_len = bits.unwrap_or(d.len() as u32);
-        let compressed = if self.zstd {
-            compress_if_it_pays(d, gate)
-        } else {
-            None
+        let compressed = match try_zstd {
+            Ok(gate) if self.zstd => compress_if_it_pays(d, gate),
+            _ => None,
         };
         match &compressed {
             Some(c) => {

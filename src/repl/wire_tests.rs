@@ -496,7 +496,10 @@ fn state_change_without_the_flags_byte_is_not_ahead_and_bad_flags_are_refused() 
 #[test]
 fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
     for zstd in [false, true] {
-        for data in [vec![0u8; 4096], (0..4096u32).map(|i| (i * 7919 >> 3) as u8).collect()] {
+        for data in [
+            vec![0u8; 4096],
+            (0..4096u32).map(|i| ((i * 7919) >> 3) as u8).collect(),
+        ] {
             let f = Frame::Data {
                 seq: 9,
                 epoch: 4,
@@ -507,7 +510,8 @@ fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
             let (e1, mut d) = codec(zstd);
             let (e2, _) = codec(zstd);
             let mut b = BytesMut::new();
-            e2.encode_data((9, 4, 8192), true, &data, &mut b).unwrap();
+            e2.encode_data((9, 4, 8192), true, &data, true, &mut b)
+                .unwrap();
             assert_eq!(b, encode(&e1, &f), "zstd {zstd}");
             assert_eq!(d.decode(&mut b).unwrap(), Some(f));
         }

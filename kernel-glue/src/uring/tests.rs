@@ -108,7 +108,7 @@ async fn many_concurrent_ops_are_batched_and_all_correct() {
 async fn a_plug_submits_the_writes_started_under_it_in_one_enter() {
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::{Context, Poll};
+    use std::task::Context;
 
     let dir = tempfile::tempdir().unwrap();
     let (path, f) = file_in(dir.path(), 1 << 20);

@@ -162,7 +162,7 @@ start_qsd() {
 }
 
 # ---- drl ------------------------------------------------------------------------------------
-drl_uri="" drl_version=""
+drl_uri="" drl_version="" drl_bin_given=${DRL_BIN:-}
 ensure_drl_bin() {
     if [ -z "${DRL_BIN:-}" ]; then
         log "building drl (cargo build --release)"
@@ -388,7 +388,7 @@ meta = {
     "fio": "$(fio --version)",
     "qemu-storage-daemon": "$( [ $want_qsd = 1 ] && qemu-storage-daemon --version | head -n1 || echo 'not run')"
         + ("" if "$qsd_aio" == "" else ", aio=$qsd_aio, cache.direct=on"),
-    "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" || echo 'not run')",
+    "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, $( [ -n "$drl_bin_given" ] && echo "binary $drl_bin_given (DRL_BIN)" || echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')")" || echo 'not run')",
     "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
     "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order rotated per row",
 }

@@ -179,15 +179,7 @@ fn header_is_64_bytes_and_compressible_data_is_compressed() {
     );
     assert_eq!(b[7] & flags::ZSTD, flags::ZSTD);
     // Random data does not pay: sent raw, flag clear.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..65536)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = crate::repl::compress::tests::noise(65536, 0x9E37_79B9_7F4A_7C15);
     let f = Frame::Data {
         seq: 2,
         epoch: 1,

@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
-# NBD write benchmark: fio --ioengine=nbd against drl and against qemu-storage-daemon (qsd)
-# exporting the same kind of file, in one run. Rows: 4 KiB random writes at queue depth 32 and
-# 1, 1 MiB sequential writes at queue depth 16. Prints IOPS, MiB/s and latency side by side
-# with the ratio drl/qsd, and writes bench-results/nbd-<date>.{md,csv}.
-# Goal: drl at least as fast as qemu-storage-daemon on every row.
+# NBD write benchmark: fio --ioengine=nbd against drl (unreplicated), drl replicating (a Primary
+# shipping every write to a Secondary daemon over loopback TCP, protocol A) and
+# qemu-storage-daemon (qsd) exporting the same kind of file, in one run. Rows: 4 KiB random
+# writes at queue depth 32 and 1, 1 MiB sequential writes at queue depth 16. Prints IOPS, MiB/s
+# and latency side by side with the ratios replicated/unreplicated and drl/qsd, the replication
+# lag sampled during each replicated run (max and median of `lag_ms` and `send_queue_bytes`,
+# every 200 ms), how long the Secondary took to catch up after the run, and whether the
+# Secondary ended byte-identical to the Primary (cmp of the two backing files, daemons stopped).
+# Writes bench-results/nbd-<date>.{md,csv}.
+# Goals: drl at least as fast as qemu-storage-daemon on every row; replication costs < 10 %.
+#
+# One host: both daemons of a pair share the CPUs, and with --repl disk the Secondary writes
+# every byte again on the same disk, so the replicated column pays the Secondary's disk work
+# too. --repl shm puts the Secondary's backing file on tmpfs (/dev/shm): memory, so that column
+# shows the replication cost without the Secondary's disk contention. Kernels before 6.6 refuse
+# O_DIRECT on tmpfs and drl falls back to buffered I/O (it logs direct_io=false; the table
+# says which it was).
 #
 # Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
-#                             [--drl-config FILE --drl-node NAME] [--aa] [--keep]
+#                             [--repl disk,shm|disk|shm|none] [--drl-config FILE --drl-node NAME]
+#                             [--aa] [--keep]
+#   --repl LIST  replicated columns: disk (the Secondary's backing file next to the Primary's),
+#                shm (the Secondary's backing file on tmpfs, SHM_DIR); default disk,shm. Each is a fresh
+#                pair on zeroed files: `drl primary r0 --force` and the initial sync (zero
+#                ranges, headers only) finish before anything is measured.
 #   --aa   A/A calibration: a second qemu-storage-daemon takes drl's column, so the ratios show
 #          how noisy this machine is (they should all be near 1.00). Needs no drl.
 # Environment (flags win):
 #   RUNTIME=20        seconds per fio run (time based)      RAMP=2   fio ramp_time seconds
 #   REPEAT=1          runs per row and server (the median is reported)
-#   SIZE=1GiB         size of each backing file (both preallocated and written the same way)
+#   SIZE=1GiB         size of each backing file (all preallocated and written the same way)
 #   PREALLOC=full     full: fallocate + write zeros (no unwritten extents); falloc: fallocate only
+#   REPL=disk,shm     as --repl                SHM_DIR=/dev/shm   where --repl shm puts its file
 #   DRL_BIN=path      use this drl binary instead of `cargo build --release`
 #   DRL_EXPORT=name   NBD export name of drl (default: the only export listed, else r0)
 #   DRL_AFTER_START=cmd   run after drl is up (e.g. to make r0 Primary), with $DRL_BIN/$DRL_CONFIG set
 #   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
 #   OUT_DIR=dir       where results go (default: <repo>/bench-results)
-#   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON)
+#   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON, lag samples)
 #   QSD_AIO_MODES="io_uring native threads"   aio modes qsd tries, in order (the first it accepts wins)
 #
 # Without --drl-config the script writes its own one-node, unreplicated drl config into the temp
 # dir (resource r0 on node "bench", NBD on a Unix socket). With --drl-config FILE --drl-node
-# NAME, the NBD socket of the first resource on that node is read from FILE.
+# NAME, the NBD socket of the first resource on that node is read from FILE (the replicated
+# columns are still the script's own pairs).
 
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +60,8 @@ drl_config=""
 drl_node="bench"
 keep=${KEEP:-0}
 aa=0
+repl=${REPL:-disk,shm}
+shm_dir=${SHM_DIR:-/dev/shm}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -51,6 +72,7 @@ while [ $# -gt 0 ]; do
     --size) size=${2:?}; shift 2 ;;
     --drl-config) drl_config=${2:?}; shift 2 ;;
     --drl-node) drl_node=${2:?}; shift 2 ;;
+    --repl) repl=${2:?--repl needs a list}; shift 2 ;;
     --keep) keep=1; shift ;;
     --aa) aa=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -64,6 +86,13 @@ want_drl=1 want_qsd=1
 [ "$aa" = 1 ] && [ -n "$only" ] && die "--aa compares qsd with itself; it does not combine with --only"
 [ "$only" = qsd ] && want_drl=0
 [ "$only" = drl ] && want_qsd=0
+repl_kinds=()
+if [ "$repl" != none ] && [ $want_drl = 1 ] && [ "$aa" = 0 ]; then
+    IFS=, read -r -a repl_kinds <<<"$repl"
+    for k in "${repl_kinds[@]}"; do
+        case $k in disk | shm) ;; *) die "--repl takes disk, shm, both (disk,shm) or none, not $k" ;; esac
+    done
+fi
 
 need_cmd fio fio
 need_cmd nbdinfo libnbd-bin
@@ -96,12 +125,14 @@ mkdir -p "$dir/raw"
 log "work dir $dir ($(stat -f -c %T "$dir"), same filesystem for both servers)"
 
 make_backing() {
-    local file=$1
+    local file=$1 direct=oflag=direct
     rm -f "$file"
     fallocate -l "$size_bytes" "$file" || die "fallocate $file failed"
+    # tmpfs refuses O_DIRECT (and has no unwritten extents to avoid anyway).
+    [ "$(stat -f -c %T "$(dirname "$file")")" = tmpfs ] && direct=""
     if [ "$prealloc" = full ]; then
         dd if=/dev/zero of="$file" bs=1M count=$((size_bytes / 1048576)) conv=notrunc,fsync \
-            oflag=direct status=none || die "zero-filling $file failed"
+            $direct status=none || die "zero-filling $file failed"
     fi
 }
 
@@ -131,9 +162,8 @@ start_qsd() {
 }
 
 # ---- drl ------------------------------------------------------------------------------------
-drl_uri="" drl_version=""
-start_drl() {
-    local cfg sock
+drl_uri="" drl_version="" drl_bin_given=${DRL_BIN:-}
+ensure_drl_bin() {
     if [ -z "${DRL_BIN:-}" ]; then
         log "building drl (cargo build --release)"
         (cd "$root" && cargo build --release --bin drl >&2) || die "cargo build --release failed"
@@ -141,6 +171,11 @@ start_drl() {
     fi
     [ -x "$DRL_BIN" ] || die "DRL_BIN=$DRL_BIN is not an executable"
     drl_version=$("$DRL_BIN" --version 2>/dev/null || echo unknown)
+}
+
+start_drl() {
+    local cfg sock
+    ensure_drl_bin
     if [ -n "$drl_config" ]; then
         cfg=$drl_config
         sock=$(python3 - "$cfg" "$drl_node" <<'EOF'
@@ -196,6 +231,62 @@ print(ex[0]["export-name"] if len(ex) == 1 else "")' 2>/dev/null || true)
     log "drl serves $drl_uri"
 }
 
+# ---- drl replicated pairs -------------------------------------------------------------------
+# start_pair KIND (disk|shm): nodes a (Primary) and b (Secondary) of a fresh pair on zeroed
+# files, connected over 127.0.0.1; `primary r0 --force` on a, then wait for the initial sync.
+# Sets pair_uri[KIND], pair_ctl[KIND] (a's control socket), pair_pids[KIND], pair_files[KIND].
+declare -A pair_uri pair_ctl pair_pids pair_files pair_secfs pair_secdio
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+start_pair() {
+    local kind=$1 d=$dir/pair-$1 secdir pa pb cfg pid_a pid_b t0
+    ensure_drl_bin
+    mkdir -p "$d"
+    if [ "$kind" = shm ]; then
+        [ -d "$shm_dir" ] || die "SHM_DIR=$shm_dir is not a directory"
+        secdir=$(mktemp -d "$shm_dir/drl-bench-nbd.XXXXXX")
+        on_exit "rm -rf '$secdir'"
+    else
+        secdir=$d
+    fi
+    pair_secfs[$kind]=$(stat -f -c %T "$secdir")
+    make_backing "$d/a.img"
+    make_backing "$secdir/b.img"
+    pa=$(free_port)
+    pb=$(free_port)
+    [ "$pa" != "$pb" ] || pb=$(free_port)
+    cfg=$d/drl.toml
+    printf '%s\n' \
+        '[[node]]' 'name = "a"' "control-socket = \"$d/a.sock\"" '' \
+        '[[node]]' 'name = "b"' "control-socket = \"$d/b.sock\"" '' \
+        '[[resource]]' 'name = "r0"' "size = \"$size_bytes\"" 'secret = "bench-nbd"' '' \
+        '[resource.on.a]' "address = \"127.0.0.1:$pa\"" "disk = \"$d/a.img\"" \
+        "meta = \"$d/a.meta\"" "nbd = \"$d/a.nbd\"" '' \
+        '[resource.on.b]' "address = \"127.0.0.1:$pb\"" "disk = \"$secdir/b.img\"" \
+        "meta = \"$d/b.meta\"" >"$cfg"
+    start_bg "drl Secondary b ($kind)" "$d/b.log" "$DRL_BIN" daemon --config "$cfg" --node b
+    pid_b=$BG_PID
+    start_bg "drl Primary a ($kind)" "$d/a.log" "$DRL_BIN" daemon --config "$cfg" --node a
+    pid_a=$BG_PID
+    wait_for_socket "$d/a.nbd" 30 "$pid_a" || die "drl a ($kind) did not start: $(tail -n 5 "$d/a.log" | tr '\n' ' ')"
+    wait_for_socket "$d/b.sock" 30 "$pid_b" || die "drl b ($kind) did not start: $(tail -n 5 "$d/b.log" | tr '\n' ' ')"
+    python3 "$here/bench_repl.py" wait "$d/a.sock" connected 30 || die "pair $kind did not connect (logs in $d)"
+    "$DRL_BIN" --config "$cfg" --node a primary r0 --force >"$d/primary.log" 2>&1 ||
+        die "drl primary r0 --force failed: $(cat "$d/primary.log")"
+    t0=$SECONDS
+    python3 "$here/bench_repl.py" wait "$d/a.sock" insync 600 || die "initial sync of pair $kind did not finish (logs in $d)"
+    # Whether the Secondary got O_DIRECT (tmpfs grants it on newer kernels, refuses it on older).
+    pair_secdio[$kind]=$(grep -o 'direct_io=[a-z]*' "$d/b.log" | head -n1 | cut -d= -f2)
+    log "pair $kind: initial sync done in $((SECONDS - t0))s; Secondary's file on ${pair_secfs[$kind]} (O_DIRECT: ${pair_secdio[$kind]:-?})"
+    pair_uri[$kind]="nbd+unix:///r0?socket=$d/a.nbd"
+    pair_ctl[$kind]=$d/a.sock
+    pair_pids[$kind]="$pid_a $pid_b"
+    pair_files[$kind]="$d/a.img $secdir/b.img"
+}
+engine_of_kind() { case $1 in disk) echo drlrep ;; shm) echo drlshm ;; esac; }
+kind_of_engine() { case $1 in drlrep) echo disk ;; drlshm) echo shm ;; *) echo "" ;; esac; }
+
 if [ $want_qsd = 1 ]; then start_qsd qsd && qsd_uri=$started_uri; fi
 if [ "$aa" = 1 ]; then
     # A/A calibration: a second qsd plays drl's part, so the ratios show the noise floor.
@@ -204,12 +295,19 @@ if [ "$aa" = 1 ]; then
 elif [ $want_drl = 1 ]; then
     start_drl
 fi
+for k in "${repl_kinds[@]}"; do start_pair "$k"; done
 # fio writes over the whole export as each server reports it.
-qsd_bytes="" drl_bytes=""
-[ $want_qsd = 1 ] && { qsd_bytes=$(nbdinfo --size "$qsd_uri") || die "nbdinfo --size $qsd_uri failed"; }
-[ $want_drl = 1 ] && { drl_bytes=$(nbdinfo --size "$drl_uri") || die "nbdinfo --size $drl_uri failed"; }
-if [ -n "$qsd_bytes" ] && [ -n "$drl_bytes" ] && [ "$qsd_bytes" != "$drl_bytes" ]; then
-    warn "export sizes differ: drl $drl_bytes bytes, qsd $qsd_bytes bytes"
+declare -A uri_of bytes_of
+export_size() { nbdinfo --size "$1" || die "nbdinfo --size $1 failed"; }
+[ $want_qsd = 1 ] && { uri_of[qsd]=$qsd_uri; bytes_of[qsd]=$(export_size "$qsd_uri"); }
+[ $want_drl = 1 ] && { uri_of[drl]=$drl_uri; bytes_of[drl]=$(export_size "$drl_uri"); }
+for k in "${repl_kinds[@]}"; do
+    e=$(engine_of_kind "$k")
+    uri_of[$e]=${pair_uri[$k]}
+    bytes_of[$e]=$(export_size "${pair_uri[$k]}")
+done
+if [ -n "${bytes_of[qsd]:-}" ] && [ -n "${bytes_of[drl]:-}" ] && [ "${bytes_of[qsd]}" != "${bytes_of[drl]}" ]; then
+    warn "export sizes differ: drl ${bytes_of[drl]} bytes, qsd ${bytes_of[qsd]} bytes"
 fi
 
 # ---- fio runs -------------------------------------------------------------------------------
@@ -223,32 +321,58 @@ row_args() {
 }
 
 run_fio() {
-    local engine=$1 row=$2 rep=$3 uri out bytes
-    if [ "$engine" = drl ]; then uri=$drl_uri bytes=$drl_bytes; else uri=$qsd_uri bytes=$qsd_bytes; fi
-    out=$dir/raw/${engine}__${row}__${rep}.json
+    local engine=$1 row=$2 rep=$3 uri=${uri_of[$1]} bytes=${bytes_of[$1]} out kind sampler="" t0
+    out=$dir/raw/${engine}__${row}__${rep}
+    kind=$(kind_of_engine "$engine")
     log "rep $rep: $row on $engine (${runtime}s)"
+    if [ -n "$kind" ]; then
+        python3 "$here/bench_repl.py" sample "${pair_ctl[$kind]}" "$out.lag" &
+        sampler=$!
+    fi
     # shellcheck disable=SC2046  # row_args is a list of flags
     fio --name="$engine-$row" --ioengine=nbd --uri="$uri" --size="$bytes" \
         $(row_args "$row") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
-        --randrepeat=0 --norandommap --output-format=json --output="$out" >"$dir/fio.log" 2>&1 ||
+        --randrepeat=0 --norandommap --output-format=json --output="$out.json" >"$dir/fio.log" 2>&1 ||
         die "fio $row on $engine failed: $(tail -n 5 "$dir/fio.log" | tr '\n' ' ')"
+    if [ -n "$sampler" ]; then
+        kill -TERM "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        # The Secondary catches up before anything else is measured (its writes would load
+        # the next run); how long that takes is reported.
+        t0=$(date +%s.%N)
+        python3 "$here/bench_repl.py" wait "${pair_ctl[$kind]}" insync 300 ||
+            die "pair $kind did not catch up after $row"
+        python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$t0" "$(date +%s.%N)" >"$out.drain"
+    fi
 }
 
 engines=()
 [ $want_drl = 1 ] && engines+=(drl)
+for k in "${repl_kinds[@]}"; do engines+=("$(engine_of_kind "$k")"); done
 [ $want_qsd = 1 ] && engines+=(qsd)
+n=${#engines[@]}
 i=0
 for ((rep = 1; rep <= repeat; rep++)); do
     for row in "${rows[@]}"; do
-        # Alternate who goes first, row by row, so drift (page cache, thermal) hits both.
-        if [ $((i % 2)) = 1 ] && [ ${#engines[@]} = 2 ]; then
-            order=("${engines[1]}" "${engines[0]}")
-        else
-            order=("${engines[@]}")
-        fi
+        # Rotate who goes first, row by row, so drift (page cache, thermal) hits everyone.
+        order=()
+        for ((j = 0; j < n; j++)); do order+=("${engines[$(((i + j) % n))]}"); done
         for engine in "${order[@]}"; do run_fio "$engine" "$row" "$rep"; done
         i=$((i + 1))
     done
+done
+
+# ---- replicated pairs: byte-identical? -----------------------------------------------------
+# Everything acked (in sync), then both daemons stop (SIGTERM drains and flushes), then cmp.
+for k in "${repl_kinds[@]}"; do
+    e=$(engine_of_kind "$k")
+    python3 "$here/bench_repl.py" wait "${pair_ctl[$k]}" insync 300 || warn "pair $k not in sync at the end"
+    for pid in ${pair_pids[$k]}; do stop_pid "$pid" 30; done
+    # shellcheck disable=SC2086  # two file names
+    if cmp ${pair_files[$k]} >"$dir/raw/$e.cmp" 2>&1; then
+        echo identical >"$dir/raw/$e.cmp"
+    fi
+    log "pair $k: Secondary vs Primary: $(cat "$dir/raw/$e.cmp")"
 done
 
 # ---- table ----------------------------------------------------------------------------------
@@ -259,15 +383,27 @@ python3 - "$dir/meta.json" <<EOF
 import json, sys
 meta = {
     "date (UTC)": "$stamp",
-    "mode": "$( [ "$aa" = 1 ] && echo 'A/A calibration: both columns are qemu-storage-daemon' || echo 'drl vs qemu-storage-daemon')",
+    "mode": "$( [ "$aa" = 1 ] && echo 'A/A calibration: both columns are qemu-storage-daemon' || echo 'drl (unreplicated and replicated) vs qemu-storage-daemon')",
     "host": "$(uname -n), kernel $(uname -r), $(nproc) CPUs",
     "fio": "$(fio --version)",
     "qemu-storage-daemon": "$( [ $want_qsd = 1 ] && qemu-storage-daemon --version | head -n1 || echo 'not run')"
         + ("" if "$qsd_aio" == "" else ", aio=$qsd_aio, cache.direct=on"),
-    "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" || echo 'not run')",
+    "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, $( [ -n "$drl_bin_given" ] && echo "binary $drl_bin_given (DRL_BIN)" || echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')")" || echo 'not run')",
     "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
-    "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order alternated per row",
+    "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order rotated per row",
 }
+kinds = "${repl_kinds[*]}".split()
+secfs = {"disk": "${pair_secfs[disk]:-}", "shm": "${pair_secfs[shm]:-}"}
+secdio = {"disk": "${pair_secdio[disk]:-}", "shm": "${pair_secdio[shm]:-}"}
+if kinds:
+    meta["replicated"] = (
+        "a fresh pair per column (initial sync done before measuring), Primary a -> Secondary b,"
+        " protocol A over 127.0.0.1 TCP, both daemons on this host; "
+        + "; ".join(
+            f"{'drl repl' if k == 'disk' else 'drl repl tmpfs'}: Secondary's file on {secfs[k]}"
+            + (" (same disk as the Primary)" if k == "disk" else "")
+            + (", O_DIRECT" if secdio[k] == "true" else ", O_DIRECT refused: buffered fallback" if secdio[k] == "false" else "")
+            for k in kinds))
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$here/bench_nbd_table.py" "$dir/raw" "$dir/meta.json" "$out_dir/nbd-$stamp.md" "$out_dir/nbd-$stamp.csv"

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Turn fio JSON results of scripts/bench-nbd.sh into a side-by-side table (drl vs qsd).
+"""Turn the results of scripts/bench-nbd.sh into side-by-side tables.
 
 Usage: bench_nbd_table.py RAW_DIR META_JSON OUT_MD OUT_CSV
 
-RAW_DIR holds one fio --output-format=json file per run, named ENGINE__ROW__REP.json
-(ENGINE is drl or qsd). With several repeats, every number is the median over them.
-META_JSON is a flat object of context (date, versions, runtime, ...) printed above the table.
-The markdown table goes to stdout and OUT_MD; the CSV to OUT_CSV.
+RAW_DIR holds one fio --output-format=json file per run, named ENGINE__ROW__REP.json, where
+ENGINE is drl (unreplicated), drlrep (replicating; the Secondary's file on the same disk),
+drlshm (replicating; the Secondary's file on tmpfs) or qsd. A replicated run also has
+ENGINE__ROW__REP.lag (lines "t_ms lag_ms send_queue_bytes out_of_sync_bytes", sampled on the
+Primary during the run) and ENGINE__ROW__REP.drain (seconds until the Secondary caught up after
+fio stopped); ENGINE.cmp says whether the Secondary ended byte-identical ("identical", or
+cmp's output). With several repeats, every throughput number is the median over them; the lag
+figures are over all samples of all repeats.
+META_JSON is a flat object of context (date, versions, runtime, ...) printed above the tables.
+The markdown goes to stdout and OUT_MD; the CSV (one line per row) to OUT_CSV.
 """
 
 import csv
@@ -20,7 +26,14 @@ ROWS = [
     ("randwrite-4k-qd1", "4 KiB random write, QD 1"),
     ("write-1m-qd16", "1 MiB sequential write, QD 16"),
 ]
-ENGINES = ("drl", "qsd")
+ENGINES = ("drl", "drlrep", "drlshm", "qsd")
+LABEL = {
+    "drl": "drl",
+    "drlrep": "drl repl",
+    "drlshm": "drl repl (Secondary on tmpfs)",
+    "qsd": "qsd",
+}
+REPLICATED = ("drlrep", "drlshm")
 
 
 def metrics(path):
@@ -42,20 +55,49 @@ def metrics(path):
     }
 
 
+def lag_samples(path):
+    lags, queues = [], []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                lags.append(int(parts[1]))
+                queues.append(int(parts[2]))
+    return lags, queues
+
+
 def collect(raw_dir):
     runs = {}  # (engine, row) -> list of metric dicts
+    lag = {}  # (engine, row) -> {"lag": [...], "queue": [...], "drain": [...]}
+    cmp = {}
     for name in sorted(os.listdir(raw_dir)):
-        if not name.endswith(".json"):
+        path = os.path.join(raw_dir, name)
+        base, ext = os.path.splitext(name)
+        if ext == ".cmp" and base in ENGINES:
+            with open(path) as f:
+                cmp[base] = f.read().strip() or "?"
             continue
-        parts = name[: -len(".json")].split("__")
+        parts = base.split("__")
         if len(parts) != 3 or parts[0] not in ENGINES:
             continue
-        runs.setdefault((parts[0], parts[1]), []).append(metrics(os.path.join(raw_dir, name)))
+        key = (parts[0], parts[1])
+        if ext == ".json":
+            runs.setdefault(key, []).append(metrics(path))
+        elif ext == ".lag":
+            lags, queues = lag_samples(path)
+            d = lag.setdefault(key, {"lag": [], "queue": [], "drain": []})
+            d["lag"] += lags
+            d["queue"] += queues
+        elif ext == ".drain":
+            with open(path) as f:
+                lag.setdefault(key, {"lag": [], "queue": [], "drain": []})["drain"].append(
+                    float(f.read().strip() or "nan")
+                )
     med = {}
     for key, results in runs.items():
         med[key] = {m: statistics.median(r[m] for r in results) for m in results[0]}
         med[key]["n"] = len(results)
-    return med
+    return med, lag, cmp
 
 
 def fmt(value, digits=0):
@@ -64,64 +106,122 @@ def fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
+def ratio(a, b, key):
+    if a is None or b is None or not b[key]:
+        return None
+    return a[key] / b[key]
+
+
 def main():
     raw_dir, meta_path, out_md, out_csv = sys.argv[1:5]
     with open(meta_path) as f:
         meta = json.load(f)
-    med = collect(raw_dir)
+    med, lag, cmp = collect(raw_dir)
     if not med:
         raise SystemExit(f"no fio results in {raw_dir}")
+    present = [e for e in ENGINES if any((e, r) in med for r, _ in ROWS)]
+    repl = [e for e in present if e in REPLICATED]
 
-    lines = ["# NBD write benchmark: drl vs qemu-storage-daemon", ""]
+    lines = ["# NBD write benchmark: drl, drl replicated, qemu-storage-daemon", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += [
         "",
-        "Latency is fio's completion latency (clat) percentiles. Ratio = drl IOPS / qsd IOPS;"
-        " the goal is ratio >= 1.00 on every row. Numbers are medians over the repeats.",
+        "Medians over the repeats. Ratios: `repl/drl` = replicated / unreplicated drl (the"
+        " replication cost; goal >= 0.90 at QD 32), `drl/qsd` = unreplicated drl / qemu-storage-daemon"
+        " (goal >= 1.00). The replicated columns pay for the Secondary on the same host"
+        " (same CPUs; with `drl repl` the same disk too).",
         "",
-        "| row | drl IOPS | qsd IOPS | ratio | drl MiB/s | qsd MiB/s "
-        "| drl p50/p99 lat (us) | qsd p50/p99 lat (us) | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    csv_rows = []
+
+    def table(title, key, digits):
+        head = [LABEL[e] for e in present]
+        ratios = [f"{LABEL[e]} / drl" for e in repl if "drl" in present]
+        if "drl" in present and "qsd" in present:
+            ratios.append("drl / qsd")
+        out = [f"**{title}**", "", "| row | " + " | ".join(head + ratios) + " |"]
+        out.append("|---|" + "---:|" * (len(head) + len(ratios)))
+        for row, label in ROWS:
+            cells = [fmt(med[(e, row)][key], digits) if (e, row) in med else "-" for e in present]
+            d = med.get(("drl", row))
+            if "drl" in present:
+                cells += [fmt(ratio(med.get((e, row)), d, key), 2) for e in repl]
+            if "drl" in present and "qsd" in present:
+                cells.append(fmt(ratio(d, med.get(("qsd", row)), key), 2))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        return out + [""]
+
+    lines += table("IOPS", "iops", 0)
+    lines += table("MiB/s", "mib_s", 1)
+    lat = ["**Completion latency p50 / p99 (us)**", ""]
+    lat.append("| row | " + " | ".join(LABEL[e] for e in present) + " |")
+    lat.append("|---|" + "---:|" * len(present))
     for row, label in ROWS:
-        d, q = med.get(("drl", row)), med.get(("qsd", row))
-        if d is None and q is None:
-            continue
-        ratio = d["iops"] / q["iops"] if d and q and q["iops"] > 0 else None
-        goal = "-" if ratio is None else ("met" if ratio >= 1.0 else "MISSED")
+        cells = []
+        for e in present:
+            m = med.get((e, row))
+            cells.append("-" if m is None else f"{m['p50_us']:,.0f} / {m['p99_us']:,.0f}")
+        lat.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += lat + [""]
 
-        def lat(m):
-            return "-" if m is None else f"{m['p50_us']:,.0f} / {m['p99_us']:,.0f}"
+    if repl:
+        lines += [
+            "**Replication lag on the Primary during the runs** (`drl status --json` every 200 ms:"
+            " `lag_ms` = age of the oldest write not yet acked by the Secondary, `send_queue_bytes`;"
+            " catch-up = seconds from fio's end until in sync)",
+            "",
+            "| row | column | lag max (ms) | lag p50 (ms) | queue max (MiB) | queue p50 (MiB) | catch-up max (s) | samples |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row, label in ROWS:
+            for e in repl:
+                d = lag.get((e, row))
+                if not d or not d["lag"]:
+                    continue
+                lines.append(
+                    f"| {label} | {LABEL[e]} | {max(d['lag']):,} | {statistics.median(d['lag']):,.0f}"
+                    f" | {max(d['queue']) / 2**20:,.1f} | {statistics.median(d['queue']) / 2**20:,.1f}"
+                    f" | {fmt(max(d['drain']) if d['drain'] else None, 1)} | {len(d['lag'])} |"
+                )
+        lines += [""]
+        for e in repl:
+            lines.append(
+                f"- {LABEL[e]}: Secondary byte-identical to the Primary after the run"
+                f" (cmp, daemons stopped): **{cmp.get(e, 'not checked')}**"
+            )
+        lines += [""]
 
-        lines.append(
-            f"| {label} | {fmt(d and d['iops'])} | {fmt(q and q['iops'])} | {fmt(ratio, 2)} "
-            f"| {fmt(d and d['mib_s'], 1)} | {fmt(q and q['mib_s'], 1)} | {lat(d)} | {lat(q)} | {goal} |"
-        )
-        csv_rows.append(
-            {
-                "row": row,
-                "drl_iops": d and round(d["iops"], 1),
-                "qsd_iops": q and round(q["iops"], 1),
-                "ratio_iops": ratio and round(ratio, 4),
-                "drl_mib_s": d and round(d["mib_s"], 2),
-                "qsd_mib_s": q and round(q["mib_s"], 2),
-                "drl_p50_us": d and round(d["p50_us"], 1),
-                "drl_p99_us": d and round(d["p99_us"], 1),
-                "qsd_p50_us": q and round(q["p50_us"], 1),
-                "qsd_p99_us": q and round(q["p99_us"], 1),
-                "repeats": max((m or {}).get("n", 0) for m in (d, q)),
-            }
-        )
-    text = "\n".join(lines) + "\n"
+    csv_rows = []
+    for row, _ in ROWS:
+        r = {"row": row}
+        for e in ENGINES:
+            m = med.get((e, row))
+            for k, digits in (("iops", 1), ("mib_s", 2), ("p50_us", 1), ("p99_us", 1)):
+                r[f"{e}_{k}"] = "" if m is None else round(m[k], digits)
+        d = med.get(("drl", row))
+        for e in REPLICATED:
+            rr = ratio(med.get((e, row)), d, "iops")
+            r[f"{e}_over_drl_iops"] = "" if rr is None else round(rr, 4)
+            lg = lag.get((e, row))
+            has = bool(lg and lg["lag"])
+            r[f"{e}_lag_max_ms"] = max(lg["lag"]) if has else ""
+            r[f"{e}_lag_p50_ms"] = statistics.median(lg["lag"]) if has else ""
+            r[f"{e}_queue_max_bytes"] = max(lg["queue"]) if has else ""
+            r[f"{e}_queue_p50_bytes"] = statistics.median(lg["queue"]) if has else ""
+            r[f"{e}_catchup_max_s"] = max(lg["drain"]) if lg and lg["drain"] else ""
+            r[f"{e}_identical"] = cmp.get(e, "") == "identical" if e in cmp else ""
+        rq = ratio(d, med.get(("qsd", row)), "iops")
+        r["drl_over_qsd_iops"] = "" if rq is None else round(rq, 4)
+        r["repeats"] = max((med.get((e, row)) or {}).get("n", 0) for e in ENGINES)
+        csv_rows.append(r)
+
+    text = "\n".join(lines)
     sys.stdout.write(text)
     with open(out_md, "w") as f:
         f.write(text)
     with open(out_csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(csv_rows[0].keys()))
         writer.writeheader()
-        for r in csv_rows:
-            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        writer.writerows(csv_rows)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,21 @@ pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
 /// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,
 /// resync answers): the writer channel bound.
 pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Frames the socket writer finds queued together go out in one write (one syscall, one
+/// shaper request) up to this many bytes; a larger frame goes alone.
+pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Data payloads are compressed (when it pays) only while at least this much waits for the
+/// socket writer: the link, not the CPU, is the bottleneck then.
+pub const REPL_COMPRESS_BACKLOG_BYTES: u64 = 128 * 1024;
+/// ... and the socket writer has not found its queue empty for this long.
+pub const REPL_COMPRESS_BACKLOG_MS: u64 = 50;
+/// When the socket writer finds a single small frame queued, it waits this long for more
+/// before it sends (protocol A: the application's write already completed; this only adds
+/// to the replication lag), so writes in flight go out in one send and one wakeup of the peer.
+pub const REPL_SEND_COALESCE_MS: u64 = 1;
+/// Bytes a replication session asks the socket for per read (its read buffer grows to this
+/// when less is free), so a stream of 4 KiB frames is read many frames per syscall.
+pub const REPL_READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A node stays Ahead at least this long before it resyncs back (no oscillation).
 pub const REPL_AHEAD_MIN_MS: u64 = 1_000;
 /// Unauthenticated connections being handshaken at once per resource.

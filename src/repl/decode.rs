@@ -10,7 +10,7 @@ use crate::limits::{
     REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_PAYLOAD_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX,
     REPL_REASON_BYTES_MAX,
 };
-use crate::repl::frame::{disk_from_wire, role_from_wire, Frame, FrameType, Hello};
+use crate::repl::frame::{disk_from_wire, role_from_wire, Frame, FrameType, Hello, RangeWrite};
 use crate::repl::wire::{
     flags, malformed, resource_id, FrameHeader, WireError, HEADER_BYTES, MAGIC, WIRE_VERSION,
 };
@@ -240,23 +240,17 @@ impl Decoder {
             },
             FrameType::Trim | FrameType::Zeroes => {
                 exact(0)?;
-                let (seq, epoch, offset, len) = (h.seq, h.epoch, h.offset, h.data_len);
+                let w = RangeWrite {
+                    seq: h.seq,
+                    epoch: h.epoch,
+                    offset: h.offset,
+                    len: h.data_len,
+                    fua,
+                };
                 if ft == FrameType::Trim {
-                    Frame::Trim {
-                        seq,
-                        epoch,
-                        offset,
-                        len,
-                        fua,
-                    }
+                    Frame::Trim(w)
                 } else {
-                    Frame::Zeroes {
-                        seq,
-                        epoch,
-                        offset,
-                        len,
-                        fua,
-                    }
+                    Frame::Zeroes(w)
                 }
             }
             FrameType::Barrier => {
@@ -337,7 +331,7 @@ impl Decoder {
             data_len: h.data_len,
             what,
         };
-        let out = zstd::bulk::decompress(payload, expect).map_err(|e| err(e.to_string()))?;
+        let out = crate::repl::compress::decompress(payload, expect).map_err(err)?;
         if out.len() != expect {
             return Err(err(format!("got {} bytes", out.len())));
         }

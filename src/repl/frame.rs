@@ -111,6 +111,17 @@ impl FrameType {
     }
 }
 
+/// A write without data (Trim, Zeroes): `len` bytes at `offset`, sequence `seq`, in epoch
+/// `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeWrite {
+    pub seq: u64,
+    pub epoch: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub fua: bool,
+}
+
 /// The first frame each side sends: who it is, what it has, and its challenge nonce.
 ///
 /// The nonce is the authentication challenge: the peer's AuthResponse must be an HMAC over it
@@ -275,20 +286,10 @@ pub enum Frame {
         fua: bool,
         data: Bytes,
     },
-    Trim {
-        seq: u64,
-        epoch: u64,
-        offset: u64,
-        len: u32,
-        fua: bool,
-    },
-    Zeroes {
-        seq: u64,
-        epoch: u64,
-        offset: u64,
-        len: u32,
-        fua: bool,
-    },
+    /// Discard `len` bytes at `offset` (a write without data).
+    Trim(RangeWrite),
+    /// Zero `len` bytes at `offset` (a write without data).
+    Zeroes(RangeWrite),
     /// Closes epoch `epoch`: every write of it was sent before this frame.
     Barrier {
         epoch: u64,
@@ -346,8 +347,8 @@ impl Frame {
             Frame::AuthOk => FrameType::AuthOk,
             Frame::Refuse { .. } => FrameType::Refuse,
             Frame::Data { .. } => FrameType::Data,
-            Frame::Trim { .. } => FrameType::Trim,
-            Frame::Zeroes { .. } => FrameType::Zeroes,
+            Frame::Trim(_) => FrameType::Trim,
+            Frame::Zeroes(_) => FrameType::Zeroes,
             Frame::Barrier { .. } => FrameType::Barrier,
             Frame::BarrierAck { .. } => FrameType::BarrierAck,
             Frame::BitmapChunk { .. } => FrameType::BitmapChunk,

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`wire`]: the 64-byte frame header, checksums, errors, the encoder, zstd when it pays.
+//! - [`compress`]: zstd per payload when it pays: reused contexts, a sample, back-off on misses.
 //! - [`bitmap`]: dirty-bitmap exchange (BitmapChunk frames) so a resync covers the union.
 //! - [`decode`]: the incremental decoder: checks in order, never trusts a length early.
 //! - [`frame`]: the frame values (Hello, Data, Barrier, ...) and wire codes of DRBD states.
@@ -26,6 +27,7 @@
 //!   operations and status).
 
 pub mod bitmap;
+pub mod compress;
 pub mod decode;
 pub mod epoch;
 pub mod frame;

@@ -65,18 +65,11 @@ pub enum RxError {
     QueueFull { max: usize },
 }
 
+/// A frame of a later epoch than the one being applied, in arrival order.
 #[derive(Debug)]
 enum Queued<T> {
-    Write {
-        seq: u64,
-        epoch: u64,
-        offset: u64,
-        len: u64,
-        write: T,
-    },
-    Barrier {
-        epoch: u64,
-    },
+    Write(Span, T),
+    Barrier { epoch: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,13 +173,8 @@ impl<T> EpochReceiver<T> {
                 if epoch == self.apply_epoch {
                     self.submit(Span { seq, offset, len }, write, &mut out);
                 } else {
-                    self.later.push_back(Queued::Write {
-                        seq,
-                        epoch,
-                        offset,
-                        len,
-                        write,
-                    });
+                    self.later
+                        .push_back(Queued::Write(Span { seq, offset, len }, write));
                 }
             }
             RxEvent::Barrier { epoch } => {
@@ -223,16 +211,7 @@ impl<T> EpochReceiver<T> {
                 self.apply_epoch += 1;
                 while let Some(q) = self.later.pop_front() {
                     match q {
-                        Queued::Write {
-                            seq,
-                            epoch,
-                            offset,
-                            len,
-                            write,
-                        } => {
-                            debug_assert_eq!(epoch, self.apply_epoch);
-                            self.submit(Span { seq, offset, len }, write, &mut out);
-                        }
+                        Queued::Write(span, write) => self.submit(span, write, &mut out),
                         Queued::Barrier { epoch } => {
                             debug_assert_eq!(epoch, self.apply_epoch);
                             self.closed = true;

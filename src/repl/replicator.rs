@@ -4,8 +4,9 @@
 //!
 //! Write path on the Primary ([`Replicator::write`]): activity-log guard (a durable AL
 //! transaction first if the extent is cold) -> shared resync lock -> set the dirty bits ->
-//! concurrently: the local disk write and the enqueue of the Data frame into the bounded send
-//! buffer (if connected and not Ahead) -> reply when both are done (protocol A). A barrier ack
+//! the enqueue of the Data frame(s) into the bounded send buffer (if connected and not Ahead;
+//! encoded straight from the write's buffer), then the local disk write -> reply (protocol A).
+//! Trim and zeroes ship and run concurrently (their frames carry no data). A barrier ack
 //! clears the bits of the epoch (in the session). The AL guard is dropped when the local write
 //! is done: an extent can only leave the AL after the bitmap was flushed (the AL evicts that
 //! way), so a write not yet acked by the peer stays covered by its bit, in memory and on disk.
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
 use drbd_compat::{ConnState, DiskState, ReplState, Role};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -26,7 +26,7 @@ use crate::config::{OnCongestion, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
 use crate::logrl::LogLimiter;
-use crate::repl::frame::Frame;
+use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
 use crate::repl::wire::split_range;
@@ -249,7 +249,7 @@ impl Replicator {
     }
 
     pub fn role(&self) -> Role {
-        role_of(self.meta.superblock().role)
+        role_of(self.meta.role())
     }
 
     pub fn disk_state(&self) -> DiskState {
@@ -352,7 +352,7 @@ impl Replicator {
         if l.is_closed() || st.peer_role.is_none() {
             return None;
         }
-        if self.meta.superblock().role != meta::Role::Primary {
+        if self.meta.role() != meta::Role::Primary {
             return None;
         }
         Some(l.clone())
@@ -384,14 +384,13 @@ impl Replicator {
         let link = link.filter(|l| !l.ahead.load(Ordering::Acquire));
         match op {
             WriteOp::Data(buf) => {
-                let bytes = link.as_ref().map(|_| Bytes::copy_from_slice(&buf));
-                let ship = async {
-                    if let (Some(l), Some(b)) = (&link, bytes) {
-                        self.ship_data(l, offset, b, fua).await;
-                    }
-                };
-                let (_, r) = tokio::join!(ship, self.disk.write(offset, buf, fua));
-                r
+                // Queued first, encoded straight from the buffer the disk write then takes
+                // (no copy of the payload; the local write starts once its frames are queued,
+                // which is immediate unless max-buffer is full).
+                if let Some(l) = &link {
+                    self.ship_data(l, offset, &buf, fua).await;
+                }
+                self.disk.write(offset, buf, fua).await
             }
             WriteOp::Trim(l) => {
                 let ship = async {
@@ -425,13 +424,13 @@ impl Replicator {
         self.disk.flush().await
     }
 
-    async fn ship_data(&self, link: &Link, offset: u64, data: Bytes, fua: bool) {
+    async fn ship_data(&self, link: &Link, offset: u64, data: &[u8], fua: bool) {
         let pieces: Vec<(u64, u32)> =
             split_range(offset, data.len() as u64, REPL_FRAME_DATA_BYTES_MAX).collect();
         let n = pieces.len();
         for (i, (off, len)) in pieces.into_iter().enumerate() {
             let at = (off - offset) as usize;
-            let piece = data.slice(at..at + len as usize);
+            let piece = &data[at..at + len as usize];
             let last_fua = fua && i + 1 == n;
             if !self
                 .enqueue(
@@ -440,13 +439,7 @@ impl Replicator {
                     u64::from(len),
                     u64::from(len),
                     last_fua,
-                    |seq, epoch| Frame::Data {
-                        seq,
-                        epoch,
-                        offset: off,
-                        fua: last_fua,
-                        data: piece.clone(),
-                    },
+                    |seq, epoch| link.push_data((seq, epoch, off), last_fua, piece),
                 )
                 .await
             {
@@ -472,23 +465,18 @@ impl Replicator {
             let f = fua && i + 1 == n;
             let ok = self
                 .enqueue(link, off, u64::from(l), 0, f, |seq, epoch| {
-                    if trim {
-                        Frame::Trim {
-                            seq,
-                            epoch,
-                            offset: off,
-                            len: l,
-                            fua: f,
-                        }
+                    let w = RangeWrite {
+                        seq,
+                        epoch,
+                        offset: off,
+                        len: l,
+                        fua: f,
+                    };
+                    link.push(&if trim {
+                        Frame::Trim(w)
                     } else {
-                        Frame::Zeroes {
-                            seq,
-                            epoch,
-                            offset: off,
-                            len: l,
-                            fua: f,
-                        }
-                    }
+                        Frame::Zeroes(w)
+                    })
                 })
                 .await;
             if !ok {
@@ -498,7 +486,8 @@ impl Replicator {
         }
     }
 
-    /// Queue one frame-sized write, applying the congestion policy when the buffer is full.
+    /// Queue one frame-sized write (`push(seq, epoch)` encodes and queues its frame), applying
+    /// the congestion policy when the buffer is full.
     /// False when the rest of the write must not be shipped (link closed, Ahead).
     async fn enqueue(
         &self,
@@ -507,13 +496,13 @@ impl Replicator {
         len: u64,
         payload: u64,
         fua: bool,
-        frame: impl Fn(u64, u64) -> Frame,
+        push: impl Fn(u64, u64) -> bool,
     ) -> bool {
         let policy = self.cfg.repl.on_congestion;
+        // Registered only once the buffer was found full (registering costs two locks of the
+        // Notify per write): a room notification after that is never missed.
+        let mut waiting: Option<std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
         loop {
-            let notified = link.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             if link.is_closed() || link.ahead.load(Ordering::Acquire) {
                 return false;
             }
@@ -526,7 +515,7 @@ impl Replicator {
                 if !wait {
                     match t.try_enqueue(offset, len, payload, fua, self.now_ms()) {
                         Ok(enq) => {
-                            link.push(&frame(enq.seq, enq.epoch));
+                            push(enq.seq, enq.epoch);
                             if let Some(e) = enq.close_epoch {
                                 link.push(&Frame::Barrier { epoch: e });
                             }
@@ -547,7 +536,14 @@ impl Replicator {
                     }
                 }
             }
-            notified.await;
+            match waiting.take() {
+                Some(n) => n.await,
+                None => {
+                    let mut n = Box::pin(link.room.notified());
+                    n.as_mut().enable();
+                    waiting = Some(n);
+                }
+            }
         }
     }
 

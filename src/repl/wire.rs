@@ -32,13 +32,14 @@
 //! any version decodes, so that the handshake can say "incompatible version" instead of
 //! "garbage". Every other frame must carry exactly [`WIRE_VERSION`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::limits::{
     REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_PAYLOAD_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX,
-    REPL_REASON_BYTES_MAX, REPL_ZSTD_LEVEL,
+    REPL_REASON_BYTES_MAX,
 };
+use crate::repl::compress::{compress_if_it_pays, Gate};
 use crate::repl::frame::{disk_to_wire, role_to_wire, Frame, FrameType};
 
 /// StateChange flags byte: the sender is Ahead.
@@ -215,11 +216,13 @@ impl FrameHeader {
     }
 }
 
-/// Turns frames into bytes. `zstd` is set once the handshake negotiated compression.
+/// Turns frames into bytes. `zstd` is set once the handshake negotiated compression; the
+/// clones of an encoder share one compression back-off ([`Gate`]).
 #[derive(Debug, Clone)]
 pub struct Encoder {
     resource_id: u64,
     zstd: bool,
+    gate: std::sync::Arc<Gate>,
 }
 
 impl Encoder {
@@ -227,6 +230,7 @@ impl Encoder {
         Encoder {
             resource_id,
             zstd: false,
+            gate: Default::default(),
         }
     }
 
@@ -237,6 +241,18 @@ impl Encoder {
 
     /// Append one encoded frame to `out`. Fails only for frames that break the limits.
     pub fn encode(&self, frame: &Frame, out: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_with(frame, true, out)
+    }
+
+    /// [`Encoder::encode`]; `zstd: false` sends Data and ResyncData payloads raw without a
+    /// try (the link is not the bottleneck: see [`crate::repl::link::Link::push`]). Bitmap
+    /// chunks are always tried.
+    pub fn encode_with(
+        &self,
+        frame: &Frame,
+        zstd: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
         let ft = frame.frame_type();
         let mut h = FrameHeader {
             magic: MAGIC,
@@ -246,7 +262,7 @@ impl Encoder {
             ..FrameHeader::default()
         };
         let mut body: Option<Vec<u8>> = None;
-        let mut data: Option<&Bytes> = None;
+        let mut data: Option<&[u8]> = None;
         match frame {
             Frame::Hello(hello) => {
                 body = Some(hello.encode_payload().map_err(|what| malformed(ft, what))?);
@@ -271,25 +287,12 @@ impl Encoder {
                 if *fua {
                     h.flags |= flags::FUA;
                 }
-                data = Some(d);
+                data = Some(&d[..]);
             }
-            Frame::Trim {
-                seq,
-                epoch,
-                offset,
-                len,
-                fua,
-            }
-            | Frame::Zeroes {
-                seq,
-                epoch,
-                offset,
-                len,
-                fua,
-            } => {
-                check_range_len(*len)?;
-                (h.seq, h.epoch, h.offset, h.data_len) = (*seq, *epoch, *offset, *len);
-                if *fua {
+            Frame::Trim(w) | Frame::Zeroes(w) => {
+                check_range_len(w.len)?;
+                (h.seq, h.epoch, h.offset, h.data_len) = (w.seq, w.epoch, w.offset, w.len);
+                if w.fua {
                     h.flags |= flags::FUA;
                 }
             }
@@ -310,7 +313,7 @@ impl Encoder {
                 if *last {
                     h.flags |= flags::LAST;
                 }
-                data = Some(bits);
+                data = Some(&bits[..]);
             }
             Frame::ResyncRequest { offset, len } | Frame::ResyncZeroes { offset, len } => {
                 check_range_len(*len)?;
@@ -318,7 +321,7 @@ impl Encoder {
             }
             Frame::ResyncData { offset, data: d } => {
                 h.offset = *offset;
-                data = Some(d);
+                data = Some(&d[..]);
             }
             Frame::StateChange { role, disk, ahead } => {
                 let mut b = vec![role_to_wire(*role), disk_to_wire(*disk)];
@@ -329,36 +332,83 @@ impl Encoder {
             }
             Frame::Ping { seq } | Frame::PingAck { seq } => h.seq = *seq,
         }
-        let compressed;
-        let payload: &[u8] = match (body.as_deref(), data) {
-            (Some(b), _) => b,
+        match (body.as_deref(), data) {
+            (Some(b), _) => self.put(h, b, out),
             (None, Some(d)) => {
-                if d.len() > REPL_FRAME_DATA_BYTES_MAX as usize {
-                    return Err(WireError::DataTooLarge {
-                        len: d.len() as u64,
-                        max: REPL_FRAME_DATA_BYTES_MAX,
-                    });
-                }
-                // For BitmapChunk data_len counts bits; for Data/ResyncData bytes.
-                h.data_len = match frame {
-                    Frame::BitmapChunk { bit_count, .. } => *bit_count,
-                    _ => d.len() as u32,
+                // For BitmapChunk data_len counts bits; for Data/ResyncData bytes. Bitmap
+                // chunks (mostly zeros, rare) are always tried; writes and resync data back
+                // off while they do not compress.
+                let (bits, gate) = match frame {
+                    Frame::BitmapChunk { bit_count, .. } => (Some(*bit_count), None),
+                    _ if !zstd => return self.put_data(h, d, None, Err(()), out),
+                    _ => (None, Some(&*self.gate)),
                 };
-                compressed = if self.zstd {
-                    compress_if_it_pays(d)
-                } else {
-                    None
-                };
-                match &compressed {
-                    Some(c) => {
-                        h.flags |= flags::ZSTD;
-                        c
-                    }
-                    None => d,
-                }
+                self.put_data(h, d, bits, Ok(gate), out)
             }
-            (None, None) => &[],
+            (None, None) => self.put(h, &[], out),
+        }
+    }
+
+    /// A Data frame straight from the writer's buffer: the same bytes as
+    /// `encode(&Frame::Data { .. })`, without first copying the payload into a `Bytes`.
+    pub fn encode_data(
+        &self,
+        (seq, epoch, offset): (u64, u64, u64),
+        fua: bool,
+        data: &[u8],
+        zstd: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        let mut h = FrameHeader {
+            magic: MAGIC,
+            version: WIRE_VERSION,
+            frame_type: FrameType::Data as u8,
+            resource_id: self.resource_id,
+            seq,
+            epoch,
+            offset,
+            ..FrameHeader::default()
         };
+        if fua {
+            h.flags |= flags::FUA;
+        }
+        let try_zstd = if zstd { Ok(Some(&*self.gate)) } else { Err(()) };
+        self.put_data(h, data, None, try_zstd, out)
+    }
+
+    /// Header and data payload (zstd when negotiated, `try_zstd` is `Ok` (with the back-off
+    /// gate, if any) and it pays); `bits` is a BitmapChunk's bit count (its data_len),
+    /// otherwise data_len is the byte count.
+    fn put_data(
+        &self,
+        mut h: FrameHeader,
+        d: &[u8],
+        bits: Option<u32>,
+        try_zstd: Result<Option<&Gate>, ()>,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        if d.len() > REPL_FRAME_DATA_BYTES_MAX as usize {
+            return Err(WireError::DataTooLarge {
+                len: d.len() as u64,
+                max: REPL_FRAME_DATA_BYTES_MAX,
+            });
+        }
+        h.data_len = bits.unwrap_or(d.len() as u32);
+        let compressed = match try_zstd {
+            Ok(gate) if self.zstd => compress_if_it_pays(d, gate),
+            _ => None,
+        };
+        match &compressed {
+            Some(c) => {
+                h.flags |= flags::ZSTD;
+                self.put(h, c, out)
+            }
+            None => self.put(h, d, out),
+        }
+    }
+
+    /// Header (payload length and crc filled in) and payload into `out`.
+    fn put(&self, mut h: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), WireError> {
         if payload.len() > REPL_FRAME_PAYLOAD_BYTES_MAX as usize {
             return Err(WireError::PayloadTooLarge {
                 len: payload.len() as u64,
@@ -372,15 +422,6 @@ impl Encoder {
         out.put_slice(payload);
         Ok(())
     }
-}
-
-/// zstd only when it saves at least 1/8 of the input; otherwise the raw bytes go out.
-fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
-    if data.len() < 64 {
-        return None;
-    }
-    let c = zstd::bulk::compress(data, REPL_ZSTD_LEVEL).ok()?;
-    (c.len() < data.len() / 8 * 7).then_some(c)
 }
 
 fn check_range_len(len: u32) -> Result<(), WireError> {

@@ -6,7 +6,7 @@ use drbd_compat::{DiskState, Role};
 use proptest::prelude::*;
 
 use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_PAYLOAD_BYTES_MAX};
-use crate::repl::frame::{Frame, FrameType, Hello};
+use crate::repl::frame::{Frame, FrameType, Hello, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::wire::*;
 
@@ -54,20 +54,20 @@ fn sample_frames() -> Vec<Frame> {
             fua: false,
             data: Bytes::from_static(b"hello"),
         },
-        Frame::Trim {
+        Frame::Trim(RangeWrite {
             seq: 7,
             epoch: 2,
             offset: 8192,
             len: 1 << 20,
             fua: false,
-        },
-        Frame::Zeroes {
+        }),
+        Frame::Zeroes(RangeWrite {
             seq: 8,
             epoch: 3,
             offset: 0,
             len: 4096,
             fua: true,
-        },
+        }),
         Frame::Barrier { epoch: 3 },
         Frame::BarrierAck { epoch: 3 },
         Frame::BitmapChunk {
@@ -109,6 +109,17 @@ fn codec(zstd: bool) -> (Encoder, Decoder) {
     e.set_zstd(zstd);
     d.set_zstd(zstd);
     (e, d)
+}
+
+/// Data frame 1 of epoch 1 at offset 0: `len` zero bytes (compresses well).
+fn zero_data(len: usize) -> Frame {
+    Frame::Data {
+        seq: 1,
+        epoch: 1,
+        offset: 0,
+        fua: false,
+        data: Bytes::from(vec![0u8; len]),
+    }
 }
 
 fn encode(e: &Encoder, f: &Frame) -> BytesMut {
@@ -159,13 +170,7 @@ fn stream_fed_byte_by_byte_yields_the_same_frames() {
 #[test]
 fn header_is_64_bytes_and_compressible_data_is_compressed() {
     let (e, _) = codec(true);
-    let f = Frame::Data {
-        seq: 1,
-        epoch: 1,
-        offset: 0,
-        fua: false,
-        data: Bytes::from(vec![0u8; 65536]),
-    };
+    let f = zero_data(65536);
     let b = encode(&e, &f);
     assert!(
         b.len() < HEADER_BYTES + 65536 / 8,
@@ -174,15 +179,7 @@ fn header_is_64_bytes_and_compressible_data_is_compressed() {
     );
     assert_eq!(b[7] & flags::ZSTD, flags::ZSTD);
     // Random data does not pay: sent raw, flag clear.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..65536)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = crate::repl::compress::tests::noise(65536, 0x9E37_79B9_7F4A_7C15);
     let f = Frame::Data {
         seq: 2,
         epoch: 1,
@@ -199,13 +196,7 @@ fn header_is_64_bytes_and_compressible_data_is_compressed() {
 fn compressed_frame_refused_when_not_negotiated() {
     let (e, _) = codec(true);
     let (_, mut plain) = codec(false);
-    let f = Frame::Data {
-        seq: 1,
-        epoch: 1,
-        offset: 0,
-        fua: false,
-        data: Bytes::from(vec![0u8; 4096]),
-    };
+    let f = zero_data(4096);
     let mut b = encode(&e, &f);
     assert!(matches!(
         plain.decode(&mut b),
@@ -310,13 +301,7 @@ fn payload_crc_is_checked_before_decoding() {
 fn zip_bomb_is_capped_at_the_announced_length() {
     let (e, mut d) = codec(true);
     // A valid compressed frame of 64 KiB zeroes, then claim it expands to only 4 KiB.
-    let f = Frame::Data {
-        seq: 1,
-        epoch: 1,
-        offset: 0,
-        fua: false,
-        data: Bytes::from(vec![0u8; 65536]),
-    };
+    let f = zero_data(65536);
     let mut b = encode(&e, &f);
     resign(&mut b, |h| h.data_len = 4096);
     assert!(matches!(
@@ -410,13 +395,13 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             0u32..(1 << 26),
             any::<bool>()
         )
-            .prop_map(|(seq, epoch, offset, len, fua)| Frame::Zeroes {
+            .prop_map(|(seq, epoch, offset, len, fua)| Frame::Zeroes(RangeWrite {
                 seq,
                 epoch,
                 offset,
                 len,
                 fua
-            }),
+            })),
         any::<u64>().prop_map(|epoch| Frame::BarrierAck { epoch }),
         (any::<u64>(), bytes.clone()).prop_map(|(offset, data)| Frame::ResyncData { offset, data }),
         (any::<u64>(), 1u32..2000, any::<bool>()).prop_map(|(first_bit, bit_count, last)| {
@@ -498,4 +483,29 @@ fn state_change_without_the_flags_byte_is_not_ahead_and_bad_flags_are_refused() 
     resign(&mut bad, |h| h.payload_crc = crc);
     let err = d.decode(&mut bad).unwrap_err().to_string();
     assert!(err.contains("state flags 0x02"), "{err}");
+}
+
+#[test]
+fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
+    for zstd in [false, true] {
+        for data in [
+            vec![0u8; 4096],
+            (0..4096u32).map(|i| ((i * 7919) >> 3) as u8).collect(),
+        ] {
+            let f = Frame::Data {
+                seq: 9,
+                epoch: 4,
+                offset: 8192,
+                fua: true,
+                data: Bytes::from(data.clone()),
+            };
+            let (e1, mut d) = codec(zstd);
+            let (e2, _) = codec(zstd);
+            let mut b = BytesMut::new();
+            e2.encode_data((9, 4, 8192), true, &data, true, &mut b)
+                .unwrap();
+            assert_eq!(b, encode(&e1, &f), "zstd {zstd}");
+            assert_eq!(d.decode(&mut b).unwrap(), Some(f));
+        }
+    }
 }

@@ -360,6 +360,12 @@ impl MetaFile {
         self.lock().clone()
     }
 
+    /// The role alone: the write path asks per write, and a whole superblock is two String
+    /// clones.
+    pub fn role(&self) -> Role {
+        self.lock().role
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Superblock> {
         // A panic while holding the lock cannot leave the superblock half-changed: `update`
         // only replaces it after the write succeeded.

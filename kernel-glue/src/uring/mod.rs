@@ -44,6 +44,7 @@
 //! created and shut down outside one.
 
 mod ring;
+pub use ring::Plug;
 
 use std::fs::File;
 use std::io;
@@ -211,6 +212,16 @@ impl Engine {
         })
     }
 
+    /// Batch submissions: while the returned guard (or any other plug of this engine) lives,
+    /// operations started on any thread only queue their SQEs; dropping the last plug submits
+    /// them all with one `io_uring_enter` (one doorbell for the device instead of one per
+    /// write). Hold it only across a synchronous pass that starts operations (e.g. one poll of
+    /// a set of write futures), never across an `.await`: an operation waiting for a free
+    /// slot would wait for completions of SQEs the plug holds back.
+    pub fn plug(&self) -> Plug<'_> {
+        self.inner.core.plug()
+    }
+
     /// Submit one operation and wait for its completion.
     async fn submit(&self, op: Op) -> Completion {
         ring::submit(&self.inner.core, op).await
@@ -225,34 +236,21 @@ impl Engine {
         offset: u64,
     ) -> (io::Result<()>, AlignedBuf) {
         let total = buf.len();
-        let mut buf = buf;
-        let mut done = 0usize;
-        while done < total {
-            let len = (total - done).min(OP_BYTES_MAX) as u32;
-            let at = offset + done as u64;
-            let c = self
-                .submit(Op::Read {
-                    buf,
-                    buf_off: done,
-                    len,
-                    offset: at,
-                })
-                .await;
-            buf = c.buf.unwrap_or_else(|| AlignedBuf::zeroed(total));
-            match c.result {
-                Ok(0) => {
-                    let msg = format!(
-                        "engine {}: end of file at offset {at} reading {total} bytes at {offset}",
-                        self.inner.core.shared.name
-                    );
-                    return (Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg)), buf);
-                }
-                Ok(n) => done += n as usize,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+        self.transfer_all(
+            buf,
+            offset,
+            |buf, buf_off, len, offset| Op::Read {
+                buf,
+                buf_off,
+                len,
+                offset,
+            },
+            |_, at| {
+                let msg = format!("end of file at offset {at} reading {total} bytes at {offset}");
+                (io::ErrorKind::UnexpectedEof, msg)
+            },
+        )
+        .await
     }
 
     /// Writes all of `buf` at `offset`; loops on short writes. `rw_flags`: e.g.
@@ -263,28 +261,47 @@ impl Engine {
         offset: u64,
         rw_flags: u32,
     ) -> (io::Result<()>, AlignedBuf) {
+        self.transfer_all(
+            buf,
+            offset,
+            |buf, buf_off, len, offset| Op::Write {
+                buf,
+                buf_off,
+                len,
+                offset,
+                rw_flags: rw_flags as i32,
+            },
+            |len, at| {
+                let msg = format!("write of {len} bytes at offset {at} wrote nothing");
+                (io::ErrorKind::WriteZero, msg)
+            },
+        )
+        .await
+    }
+
+    /// The loop of [`Engine::read_exact_at`] and [`Engine::write_all_at`]: `op(buf, buf_off,
+    /// len, at)` for pieces of at most `OP_BYTES_MAX` until all of `buf` is transferred,
+    /// retrying on EINTR; a piece that transfers nothing fails with `nothing(len, at)` (the
+    /// message gets the engine's name in front).
+    async fn transfer_all(
+        &self,
+        mut buf: AlignedBuf,
+        offset: u64,
+        op: impl Fn(AlignedBuf, usize, u32, u64) -> Op,
+        nothing: impl Fn(u32, u64) -> (io::ErrorKind, String),
+    ) -> (io::Result<()>, AlignedBuf) {
         let total = buf.len();
-        let mut buf = buf;
         let mut done = 0usize;
         while done < total {
             let len = (total - done).min(OP_BYTES_MAX) as u32;
             let at = offset + done as u64;
-            let op = Op::Write {
-                buf,
-                buf_off: done,
-                len,
-                offset: at,
-                rw_flags: rw_flags as i32,
-            };
-            let c = self.submit(op).await;
+            let c = self.submit(op(buf, done, len, at)).await;
             buf = c.buf.unwrap_or_else(|| AlignedBuf::zeroed(total));
             match c.result {
                 Ok(0) => {
-                    let msg = format!(
-                        "engine {}: write of {len} bytes at offset {at} wrote nothing",
-                        self.inner.core.shared.name
-                    );
-                    return (Err(io::Error::new(io::ErrorKind::WriteZero, msg)), buf);
+                    let (kind, what) = nothing(len, at);
+                    let msg = format!("engine {}: {what}", self.inner.core.shared.name);
+                    return (Err(io::Error::new(kind, msg)), buf);
                 }
                 Ok(n) => done += n as usize,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -75,6 +75,31 @@ pub(super) struct Core {
     pub(super) permits: Arc<Semaphore>,
     pub(super) shared: Shared,
     file: Arc<File>,
+    /// Live [`Plug`]s: while any exists, submitters only push their SQEs; the last one to go
+    /// enters the ring once for all of them.
+    plugs: AtomicUsize,
+}
+
+/// Holds submissions in the SQ (see [`crate::uring::Engine::plug`]); dropping the last plug
+/// submits them with one `io_uring_enter`.
+pub struct Plug<'a> {
+    core: &'a Core,
+}
+
+impl Drop for Plug<'_> {
+    fn drop(&mut self) {
+        if self.core.plugs.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Most plugged passes start nothing new: no syscall for an empty SQ.
+            let pending = {
+                let _st = self.core.lock();
+                // SAFETY: the state lock is held, so no other SubmissionQueue of this ring exists.
+                !unsafe { self.core.ring.submission_shared() }.is_empty()
+            };
+            if pending {
+                self.core.submit_pushed();
+            }
+        }
+    }
 }
 
 impl Core {
@@ -100,7 +125,13 @@ impl Core {
             permits: Arc::new(Semaphore::new(qd)),
             shared,
             file: Arc::new(file),
+            plugs: AtomicUsize::new(0),
         })
+    }
+
+    pub(super) fn plug(&self) -> Plug<'_> {
+        self.plugs.fetch_add(1, Ordering::SeqCst);
+        Plug { core: self }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -510,7 +541,11 @@ pub(super) async fn submit(core: &Arc<Core>, op: Op) -> Completion {
         core.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         idx
     };
-    core.submit_pushed();
+    // Plugged: the last plug's drop enters for this SQE (it was pushed before this load, and
+    // that drop decrements before it enters, both SeqCst).
+    if core.plugs.load(Ordering::SeqCst) == 0 {
+        core.submit_pushed();
+    }
     OpWait {
         core,
         idx,

@@ -102,6 +102,59 @@ async fn many_concurrent_ops_are_batched_and_all_correct() {
     assert!(s.batches < s.ops_submitted, "no batching: {s:?}");
 }
 
+/// Writes started under a plug wait in the SQ and go to the kernel together, in one
+/// `io_uring_enter`, when the plug is dropped.
+#[tokio::test]
+async fn a_plug_submits_the_writes_started_under_it_in_one_enter() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Context;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = file_in(dir.path(), 1 << 20);
+    let e = Engine::new(f, cfg("plug", 16)).unwrap();
+    // Start the reaper and count from here.
+    e.write_all_at(pattern(4096, 0), 0, 0).await.0.unwrap();
+    let before = e.stats();
+    let mut writes: Vec<Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>> = (1..9)
+        .map(|i| {
+            let e = &e;
+            Box::pin(async move {
+                e.write_all_at(pattern(4096, i), u64::from(i) * 4096, 0)
+                    .await
+                    .0
+            }) as Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>
+        })
+        .collect();
+    {
+        let plug = e.plug();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for w in &mut writes {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        let held = e.stats();
+        assert_eq!(held.ops_submitted - before.ops_submitted, 8, "{held:?}");
+        assert_eq!(
+            held.batches, before.batches,
+            "entered while plugged: {held:?}"
+        );
+        drop(plug);
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    let after = e.stats();
+    assert_eq!(after.batches, before.batches + 1, "{after:?}");
+    // A plug that started nothing costs no syscall.
+    drop(e.plug());
+    assert_eq!(e.stats().batches, after.batches);
+    let on_disk = std::fs::read(&path).unwrap();
+    for i in 1..9u8 {
+        let at = usize::from(i) * 4096;
+        assert_eq!(&on_disk[at..at + 4096], &pattern(4096, i)[..], "block {i}");
+    }
+}
+
 #[tokio::test]
 async fn dsync_write_and_fdatasync_succeed() {
     let dir = tempfile::tempdir().unwrap();

@@ -97,7 +97,7 @@ impl AlignedBuf {
     /// power of two for pooled sizes). Bytes past `len` up to the next alignment boundary are
     /// zero too; further ones (only in recycled buffers) hold old, initialised data.
     pub fn zeroed(len: usize) -> Self {
-        let mut b = Self::for_overwrite(len);
+        let b = Self::for_overwrite(len);
         let zero = round_up(len, BUF_ALIGN_BYTES).min(b.cap);
         // SAFETY: ptr is valid for cap >= zero bytes, owned by b.
         unsafe { std::ptr::write_bytes(b.ptr.as_ptr(), 0, zero) };
@@ -127,8 +127,12 @@ impl AlignedBuf {
 
     /// A buffer holding a copy of `data`.
     pub fn from_slice(data: &[u8]) -> Self {
-        let mut b = Self::zeroed(data.len());
+        let mut b = Self::for_overwrite(data.len());
         b.copy_from_slice(data);
+        // As in `zeroed`: zero up to the alignment boundary (O_DIRECT may write it).
+        let tail = round_up(data.len(), BUF_ALIGN_BYTES).min(b.cap) - data.len();
+        // SAFETY: ptr is valid for cap >= len + tail bytes, owned by b.
+        unsafe { std::ptr::write_bytes(b.ptr.as_ptr().add(data.len()), 0, tail) };
         b
     }
 

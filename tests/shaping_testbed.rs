@@ -242,6 +242,9 @@ fn classes_get_their_shares_on_a_shaped_link() {
     let writer = Command::new("fio")
         .args([
             "--name=repl",
+            // One process: killing fio's main process leaves no job process behind spinning
+            // on a dead socket.
+            "--thread",
             "--ioengine=nbd",
             &format!("--uri={uri}"),
             "--rw=write",
@@ -257,7 +260,7 @@ fn classes_get_their_shares_on_a_shaped_link() {
             "--refill_buffers",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(d.join("fio.err")).unwrap())
         .spawn()
         .unwrap();
     let mut writer = KillOnDrop(writer);
@@ -313,6 +316,12 @@ fn classes_get_their_shares_on_a_shaped_link() {
     println!(
         "application writes in the window: {demand:.0} B/s, lag {} ms, send queue {} bytes",
         status["lag_ms"], status["send_queue_bytes"]
+    );
+    // The writer must really have written, or the replication share below proves nothing.
+    assert!(
+        demand >= 0.5 * 3584.0 * 1024.0,
+        "the application wrote only {demand:.0} B/s of its 3.5 MiB/s; fio: {}",
+        std::fs::read_to_string(d.join("fio.err")).unwrap_or_default()
     );
     assert!(
         rate[0] >= demand * 0.95,

@@ -659,10 +659,39 @@ impl<D: BlockDevice> SnapshotStore<D> {
     }
 
     /// Read [offset, offset+len) of snapshot `name` as it was when the snapshot was taken.
+    ///
+    /// No lock is held while the data is read: a reader that is not polled for a while (a
+    /// stream whose uploads wait for the shaper) must not hold up the application's writes,
+    /// which need the state lock exclusively to preserve a chunk. Instead, where each chunk
+    /// lives (the disk, or a COW slot) is planned under the shared lock, read without it, and
+    /// checked again after: preservation publishes a chunk's slot before the chunk is
+    /// overwritten, so a chunk that still resolves the same way was not overwritten during our
+    /// disk read. A chunk preserved in between makes the read start over (it then resolves
+    /// to its slot, so at most once per chunk).
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
         check_range(offset, u64::from(len), self.cfg.volume_bytes)?;
-        // Holding the state lock shared keeps preservation (which needs it exclusively to
-        // publish a mapping, before the overwrite) from racing a read that goes to the disk.
+        if len == 0 {
+            return Ok(AlignedBuf::zeroed(0));
+        }
+        let cb = self.cfg.chunk_bytes;
+        let end = offset + u64::from(len);
+        let (first, last) = (offset / cb, (end - 1) / cb);
+        loop {
+            let plan = self.plan_read(name, first, last).await?;
+            let data = self.read_planned(&plan, offset, end).await?;
+            if self.plan_read(name, first, last).await? == plan {
+                return Ok(data);
+            }
+        }
+    }
+
+    /// Where each chunk of `first..=last` of snapshot `name` lives now (None: on the disk).
+    async fn plan_read(
+        &self,
+        name: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Option<u64>>, VolumeError> {
         let st = self.state.read().await;
         let pos = st
             .position(name)
@@ -675,20 +704,31 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 source: std::io::Error::other(reason.clone()),
             });
         }
+        Ok((first..=last).map(|c| st.resolve(pos, c)).collect())
+    }
+
+    /// Read [offset, end) following `plan` (one entry per chunk from `offset`'s chunk on).
+    async fn read_planned(
+        &self,
+        plan: &[Option<u64>],
+        offset: u64,
+        end: u64,
+    ) -> Result<AlignedBuf, VolumeError> {
         let cb = self.cfg.chunk_bytes;
-        let end = offset + u64::from(len);
-        if len > 0 && (offset / cb..=(end - 1) / cb).all(|c| st.resolve(pos, c).is_none()) {
+        let first = offset / cb;
+        let slot_of = |c: u64| plan[(c - first) as usize];
+        if plan.iter().all(Option::is_none) {
             // Nothing preserved in the range (the common case for a stream): the disk's
             // buffer as it comes, no second buffer and no copy.
-            return self.dev.read(offset, len).await;
+            return self.dev.read(offset, (end - offset) as u32).await;
         }
-        let mut out = AlignedBuf::zeroed(len as usize);
+        let mut out = AlignedBuf::zeroed((end - offset) as usize);
         let mut pos_b = offset;
         while pos_b < end {
             let c = pos_b / cb;
             let piece_end = ((c + 1) * cb).min(end);
             let dst = (pos_b - offset) as usize..(piece_end - offset) as usize;
-            match st.resolve(pos, c) {
+            match slot_of(c) {
                 Some(slot) => {
                     let cow = self.cow.clone();
                     let at = slot * cb + (pos_b - c * cb);
@@ -709,7 +749,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 None => {
                     // Extend over following chunks that also live on the disk: one read.
                     let mut run_end = piece_end;
-                    while run_end < end && st.resolve(pos, run_end / cb).is_none() {
+                    while run_end < end && slot_of(run_end / cb).is_none() {
                         run_end = (run_end + cb).min(end);
                     }
                     let data = self.dev.read(pos_b, (run_end - pos_b) as u32).await?;

@@ -243,3 +243,37 @@ async fn store_of_another_resource_is_refused() {
     let e = SnapshotStore::open(other, mem()).err().unwrap().to_string();
     assert!(e.contains("belongs to resource r0"), "{e}");
 }
+
+#[tokio::test]
+async fn a_parked_snapshot_reader_does_not_hold_up_writes_and_still_reads_the_snapshot() {
+    // A stream reads a snapshot, then stops polling its read for a while (its uploads wait for
+    // the shaper). The application's write to the same chunk must not wait for that reader,
+    // and the reader, polled again, must still return the data as it was at the snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Arc::new(Mem::new("mem", VOL as usize).with_slow_range(
+        3 * CHUNK..3 * CHUNK + 1,
+        std::time::Duration::from_millis(300),
+    ));
+    let store = SnapshotStore::open(cfg(dir.path(), VOL), dev.clone()).unwrap();
+    write(&store, 3 * CHUNK, &[1; CHUNK as usize]).await;
+    store.create("a").await.unwrap();
+    let mut reader = Box::pin(store.read("a", 3 * CHUNK, CHUNK as u32));
+    // Poll it into its (slow) disk read, then leave it parked.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(50), &mut reader).await;
+    assert!(early.is_err(), "the slow read cannot be done yet");
+    let w = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        write(&store, 3 * CHUNK, &[2; 10]),
+    )
+    .await;
+    assert!(
+        w.is_ok(),
+        "a write waited for a snapshot reader that was not being polled"
+    );
+    assert_eq!(dev.contents()[3 * CHUNK as usize], 2, "the write happened");
+    let got = reader.await.unwrap();
+    assert!(
+        got.iter().all(|&b| b == 1),
+        "the snapshot read returned data written after the snapshot"
+    );
+}

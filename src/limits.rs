@@ -182,6 +182,8 @@ pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
 pub const REPL_COMPRESS_BACKLOG_BYTES: u64 = 128 * 1024;
 /// ... and the socket writer has not found its queue empty for this long.
 pub const REPL_COMPRESS_BACKLOG_MS: u64 = 50;
+/// Once a backlog was seen, data payloads stay compressed (when it pays) for this long.
+pub const REPL_COMPRESS_HOLD_MS: u64 = 2_000;
 /// When the socket writer finds a single small frame queued, it waits this long for more
 /// before it sends (protocol A: the application's write already completed; this only adds
 /// to the replication lag), so writes in flight go out in one send and one wakeup of the peer.

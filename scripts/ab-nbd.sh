@@ -22,27 +22,12 @@ need_pkgs fio:fio perf:linux-perf
 
 dir=$(mktemp -d /tmp/drl-ab.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-cat >"$dir/drl.toml" <<EOF
-[[node]]
-name = "ab"
-control-socket = "$dir/ctl.sock"
-
-[[resource]]
-name = "r0"
-size = "1GiB"
-secret = "unused"
-
-[resource.on.ab]
-address = "127.0.0.1:7789"
-disk = "$dir/r0.img"
-meta = "$dir/r0.meta"
-nbd = "$dir/r0.nbd"
-EOF
+node_config "$dir" ab 1GiB >"$dir/drl.toml"
 
 # one BIN LABEL: a fresh volume, the daemon, fio under perf stat; prints a table row.
 one() {
   local bin=$1 label=$2 pid pp
-  rm -rf "$dir"/r0.* "$dir/ctl.sock"
+  rm -rf "$dir"/r0.* "$dir/ab.sock"
   truncate -s 1G "$dir/r0.img"
   "$bin" daemon --config "$dir/drl.toml" --node ab >"$dir/drl.log" 2>&1 &
   pid=$!

@@ -195,22 +195,7 @@ EOF
         cfg=$dir/drl.toml
         sock=$dir/r0.nbd
         make_backing "$dir/r0.img"
-        cat >"$cfg" <<EOF
-[[node]]
-name = "bench"
-control-socket = "$dir/bench.sock"
-
-[[resource]]
-name = "r0"
-size = "$size_bytes"
-secret = "unused"
-
-[resource.on.bench]
-address = "127.0.0.1:7789"
-disk = "$dir/r0.img"
-meta = "$dir/r0.meta"
-nbd = "$sock"
-EOF
+        node_config "$dir" bench "$size_bytes" >"$cfg"
     fi
     start_bg "drl daemon" "$dir/drl.log" "$DRL_BIN" daemon --config "$cfg" --node "$drl_node"
     wait_for_socket "$sock" 30 "$BG_PID" ||

@@ -128,6 +128,16 @@ pair_config() {
     printf '\n[stream]\nvault-dir = "%s/vault"\n%s\n' "$d" "$more"
 }
 
+# node_config DIR NODE SIZE — a one-node, unreplicated config (resource r0, its files in DIR:
+# r0.img, r0.meta, NBD on DIR/r0.nbd, control socket DIR/NODE.sock), on stdout.
+node_config() {
+    local d=$1 node=$2 size=$3
+    printf '[[node]]\nname = "%s"\ncontrol-socket = "%s/%s.sock"\n\n' "$node" "$d" "$node"
+    printf '[[resource]]\nname = "r0"\nsize = "%s"\nsecret = "unused"\n\n' "$size"
+    printf '[resource.on.%s]\naddress = "127.0.0.1:7789"\n' "$node"
+    printf 'disk = "%s/r0.img"\nmeta = "%s/r0.meta"\nnbd = "%s/r0.nbd"\n' "$d" "$d" "$d"
+}
+
 # start_site DRL CONFIG SITE [NETNS] — start the daemon of site-SITE (a or b) of a pair_config
 # config, inside NETNS if given; wait for its NBD export and control socket. Sets SITE_PID.
 # Its log is DIR/SITE.log. The caller stops it (stop_pid).

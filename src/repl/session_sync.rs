@@ -158,7 +158,7 @@ async fn answer_requests(
             rep.stats
                 .resync_bytes_sent
                 .fetch_add(u64::from(len), Ordering::Relaxed);
-            if crate::stream::upload::is_zero(&buf) {
+            if crate::volume::is_zero(&buf) {
                 rep.stats
                     .resync_zero_bytes
                     .fetch_add(u64::from(len), Ordering::Relaxed);

@@ -671,6 +671,8 @@ impl<D: BlockDevice> SnapshotStore<D> {
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
         check_range(offset, u64::from(len), self.cfg.volume_bytes)?;
         if len == 0 {
+            // Nothing to read, but the snapshot must still exist and be valid.
+            self.plan_read(name, 0, 0).await?;
             return Ok(AlignedBuf::zeroed(0));
         }
         let cb = self.cfg.chunk_bytes;

@@ -42,7 +42,7 @@ use super::restore::load_chain;
 use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
-use crate::volume::{AlignedBuf, BlockDevice};
+use crate::volume::{is_zero, AlignedBuf, BlockDevice};
 
 /// Where snapshots live: a container and a prefix inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,10 +289,6 @@ fn worth_compressing(buf: &[u8]) -> bool {
     zstd::bulk::compress(&sample, 1).map_or(true, |z| {
         (z.len() as u64) * 16 <= sample.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX
     })
-}
-
-pub(crate) fn is_zero(b: &[u8]) -> bool {
-    b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 /// Zero test, sha256 and (when it pays) zstd of one chunk; CPU work for the blocking pool.

@@ -215,7 +215,7 @@ pub(super) enum SlotError {
 }
 
 pub(super) fn decode(path: &Path, b: &[u8]) -> Result<Superblock, SlotError> {
-    if b.iter().all(|&x| x == 0) {
+    if crate::volume::is_zero(b) {
         return Err(SlotError::Empty);
     }
     let stored = get_u32(b, OFF_CRC);

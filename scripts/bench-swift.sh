@@ -16,6 +16,8 @@
 #   REPEAT=3    repetitions      ONLY=random    run only the random-data case
 #   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
 #   DRL_ENV="K=V ..."           environment of the drl daemon only
+#   WARM=1      do not drop the page cache before each run: swiftclient then reads its copy of
+#               the volume from memory while drl reads its disk (O_DIRECT); the old method
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -69,7 +71,39 @@ dctl() { "$drl" --config "$work/drl.toml" --node bench "$@"; }
 uri="nbd+unix:///?socket=$work/r0.nbd"
 now() { date +%s.%N; }
 rows=()
-row() { rows+=("$1|$2|$3|$4|$5|$6"); }   # rep | case | tool | seconds | bytes sent | cpu seconds
+row() { rows+=("$1|$2|$3|$4|$5|$6|$7"); }   # rep | case | tool | seconds | bytes sent | cpu seconds | swift cpu seconds
+swift_dir=${DRL_SWIFT_DIR:-/var/tmp/drl-swift}
+swift_ticks() { # CPU ticks used so far by Swift's proxy and object servers (their workers included)
+  local s pg
+  for s in proxy object; do
+    pg=$(cat "$swift_dir/run/$s.pid" 2>/dev/null) || continue
+    for p in $(pgrep -g "$pg"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done
+  done | awk '{t += $1} END {print t + 0}'
+}
+timed() { # tool-case args... -> its own line, then "|swift cpu seconds"
+  local w0 w1 out
+  # Both tools start with a quiet disk and read the volume from it: drl reads its disk with
+  # O_DIRECT, so swiftclient's copy of the volume must not be served from the page cache.
+  sync
+  [ "${WARM:-0}" = 1 ] || echo 1 >/proc/sys/vm/drop_caches
+  w0=$(swift_ticks)
+  out=$("$@")
+  w1=$(swift_ticks)
+  echo "$out|$(python3 -c "import sys;print(f'{(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]):.2f}')" "$w0" "$w1" "$(getconf CLK_TCK)")"
+}
+pair() { # rep case drl-args... -- swiftclient-args...: both tools, in turn order alternating by rep
+  local rep=$1 case=$2 d=() c=() s b c1 w
+  shift 2
+  while [ "$1" != -- ]; do d+=("$1"); shift; done
+  shift; c=("$@")
+  if [ $((rep % 2)) = 1 ]; then
+    IFS='|' read -r s b c1 w <<<"$(timed stream_case "${d[@]}")"; row "$rep" "$case" drl "$s" "$b" "$c1" "$w"
+    IFS='|' read -r s b c1 w <<<"$(timed swc_case "${c[@]}")"; row "$rep" "$case" swiftclient "$s" "$b" "$c1" "$w"
+  else
+    IFS='|' read -r s b c1 w <<<"$(timed swc_case "${c[@]}")"; row "$rep" "$case" swiftclient "$s" "$b" "$c1" "$w"
+    IFS='|' read -r s b c1 w <<<"$(timed stream_case "${d[@]}")"; row "$rep" "$case" drl "$s" "$b" "$c1" "$w"
+  fi
+}
 
 stream_case() { # name snapshot container -> seconds|bytes sent|drl cpu seconds
   local t0 t1 c0 c1 rep
@@ -106,8 +140,7 @@ for r in $(seq 1 "$repeat"); do
 
   log "case 1: random data"
   dctl snapshot create r0 "rand$r" >/dev/null
-  IFS='|' read -r s b c <<<"$(stream_case rand "rand$r" "bench-drl-$r-$ts")"; row "$r" random drl "$s" "$b" "$c"
-  IFS='|' read -r s b c <<<"$(swc_case "$work/rand.img" "bench-swc-$r-$ts")"; row "$r" random swiftclient "$s" "$b" "$c"
+  pair "$r" random rand "rand$r" "bench-drl-$r-$ts" -- "$work/rand.img" "bench-swc-$r-$ts"
   [ "${ONLY:-}" = random ] && { drop_containers; continue; }
 
   log "case 2: half-empty volume"
@@ -115,18 +148,16 @@ for r in $(seq 1 "$repeat"); do
   dctl snapshot delete r0 "rand$r" >/dev/null   # its copy-on-write space is not needed any more
   qemu-io -f raw -c "write -z $half $half" "$uri" >/dev/null
   dctl snapshot create r0 "half$r" >/dev/null
-  IFS='|' read -r s b c <<<"$(stream_case half "half$r" "bench-drl-half-$r-$ts")"; row "$r" half-empty drl "$s" "$b" "$c"
   cp --sparse=always "$work/rand.img" "$work/half.img"
   truncate -s "$half" "$work/half.img"; truncate -s "$bytes" "$work/half.img"
-  IFS='|' read -r s b c <<<"$(swc_case "$work/half.img" "bench-swc-half-$r-$ts")"; row "$r" half-empty swiftclient "$s" "$b" "$c"
+  pair "$r" half-empty half "half$r" "bench-drl-half-$r-$ts" -- "$work/half.img" "bench-swc-half-$r-$ts"
 
   log "case 3: 1% changed (10 extents of $ext bytes of random data), incremental"
   cmds=()
   for i in $(seq 0 9); do cmds+=(-c "write -s $work/ext$i.bin $((i * step + 4096 * (r + 3 * i))) $ext"); done
   qemu-io -f raw "${cmds[@]}" "$uri" >/dev/null
   dctl snapshot create r0 "incr$r" >/dev/null
-  IFS='|' read -r s b c <<<"$(stream_case incr "incr$r" "bench-drl-half-$r-$ts")"; row "$r" "1% changed" drl "$s" "$b" "$c"
-  IFS='|' read -r s b c <<<"$(swc_case "$work/half.img" "bench-swc-half-$r-$ts")"; row "$r" "1% changed" swiftclient "$s" "$b" "$c"
+  pair "$r" "1% changed" incr "incr$r" "bench-drl-half-$r-$ts" -- "$work/half.img" "bench-swc-half-$r-$ts"
   drop_containers
 done
 
@@ -137,12 +168,12 @@ import os, statistics, sys
 out, size, repeat, up, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], [r.split('|') for r in sys.argv[5:]]
 med = {}
 order = []
-for rep, case, tool, secs, sent, cpu in rows:
+for rep, case, tool, secs, sent, cpu, wcpu in rows:
     k = (case, tool)
     if k not in med:
         med[k] = []
         order.append(k)
-    med[k].append((float(secs), int(sent), float(cpu)))
+    med[k].append((float(secs), int(sent), float(cpu), float(wcpu)))
 def m(k, i):
     return statistics.median(v[i] for v in med[k])
 tools = ("drl", "swiftclient")
@@ -151,23 +182,26 @@ lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
          f"medians of {repeat} repetitions. drl: chunk {os.environ.get('CHUNK') or 'default'}, object {os.environ.get('OBJ') or 'default'}, "
          f"parallelism {os.environ.get('PAR') or 'default'}{', daemon environment ' + repr(os.environ['DRL_ENV']) if os.environ.get('DRL_ENV') else ''}; `swift upload --segment-size 64M` (10 threads). "
          "The 1% change is 10 extents of random data; swiftclient re-uploads the volume. "
-         "cpu s: CPU seconds of drl's daemon / of the swift client process during the case.", "",
+         "cpu s: CPU seconds of drl's daemon / of the swift client process during the case; swift cpu s: of Swift's proxy and object servers. " +
+         ("Before each timed run the page cache is written back but not dropped (WARM=1): swiftclient reads its copy of the volume from memory, drl reads its disk. " if os.environ.get("WARM") == "1" else
+          "Before each timed run the page cache is written back and dropped (drl reads its disk with O_DIRECT; swiftclient reads its copy of the volume from disk too). ") +
+         "The tools take turns going first.", "",
          f"Load at the end: `{up.strip()}`", "",
          "drl speed-up: swiftclient's median seconds / drl's; per repetition: the same within each repetition (median, min..max).", "",
-         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | drl speed-up | per repetition |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | swift cpu s | drl speed-up | per repetition |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 per_rep = {}
-for rep, case, tool, secs, sent, cpu in rows:
+for rep, case, tool, secs, sent, cpu, wcpu in rows:
     per_rep.setdefault((case, rep), {})[tool] = float(secs)
-csv = ["rep,case,tool,seconds,bytes_sent,cpu_seconds"] + [",".join(r) for r in rows]
+csv = ["rep,case,tool,seconds,bytes_sent,cpu_seconds,swift_cpu_seconds"] + [",".join(r) for r in rows]
 for case, tool in order:
-    secs, sent, cpu = m((case, tool), 0), m((case, tool), 1), m((case, tool), 2)
+    secs, sent, cpu, wcpu = (m((case, tool), i) for i in range(4))
     up_, each = "", ""
     if tool == "drl" and (case, "swiftclient") in med:
         up_ = f"{m((case, 'swiftclient'), 0) / secs:.2f}x"
         r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and len(v) == 2)
         each = f"{statistics.median(r):.2f}x ({r[0]:.2f}..{r[-1]:.2f})"
-    lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {up_} | {each} |")
+    lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {wcpu:.2f} | {up_} | {each} |")
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 open(out + ".csv", "w").write("\n".join(csv) + "\n")
 print("\n".join(lines))

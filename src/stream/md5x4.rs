@@ -16,6 +16,11 @@ pub fn md5_hex_x4(msgs: &[&[u8]]) -> Vec<String> {
     msgs.iter().map(|m| super::store::md5_hex(m)).collect()
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+pub fn md5_hex_x4_isa(msgs: &[&[u8]], _isa: Isa) -> Vec<String> {
+    md5_hex_x4(msgs)
+}
+
 #[cfg(target_arch = "x86_64")]
 const K: [u32; 64] = [
     0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
@@ -37,20 +42,30 @@ const S: [[i32; 4]; 4] = [
 #[cfg(target_arch = "x86_64")]
 const INIT: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 
-/// md5 hex of each message (at most 4; fewer is fine).
+/// md5 hex of each message (at most 4; fewer is fine), with the best instruction set here.
 #[cfg(target_arch = "x86_64")]
 pub fn md5_hex_x4(msgs: &[&[u8]]) -> Vec<String> {
+    md5_hex_x4_isa(msgs, Isa::best())
+}
+
+/// [`md5_hex_x4`] with a given instruction set (benchmarks and tests compare them).
+///
+/// # Panics
+/// With more than four messages, or an instruction set this CPU lacks.
+#[cfg(target_arch = "x86_64")]
+pub fn md5_hex_x4_isa(msgs: &[&[u8]], isa: Isa) -> Vec<String> {
     assert!(msgs.len() <= 4, "md5_hex_x4 takes at most 4 messages");
+    assert!(isa.available(), "this CPU lacks {isa:?}");
     if msgs.len() < 2 {
         return msgs.iter().map(|m| super::store::md5_hex(m)).collect();
     }
     let common = msgs.iter().map(|m| m.len() / 64).min().unwrap_or(0);
     let mut states = [INIT; 4];
     if common > 0 {
-        // SAFETY: SSE2 is part of the x86_64 baseline; every lane reads `common` whole blocks,
-        // which each message holds (lanes past the last message repeat message 0).
+        // Every lane reads `common` whole blocks, which each message holds (lanes past the
+        // last message repeat message 0).
         let lanes: [&[u8]; 4] = std::array::from_fn(|i| msgs.get(i).copied().unwrap_or(msgs[0]));
-        states = unsafe { lockstep(lanes, common) };
+        states = lockstep(isa, lanes, common);
     }
     msgs.iter()
         .enumerate()
@@ -85,92 +100,143 @@ fn finish(state: &mut [u32; 4], rest: &[u8], total_len: u64) -> String {
     hex::encode(out)
 }
 
+/// The lockstep loop over `blocks` 64-byte blocks of four messages side by side, written once
+/// for every instruction set: `$rotl(x, s)` rotates each lane left by `s`; `$f`, `$g`, `$h`,
+/// `$i` are md5's four boolean functions of (b, c, d).
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn rotl(x: __m128i, s: i32) -> __m128i {
-    _mm_or_si128(
-        _mm_sll_epi32(x, _mm_cvtsi32_si128(s)),
-        _mm_srl_epi32(x, _mm_cvtsi32_si128(32 - s)),
+macro_rules! lockstep_body {
+    ($lanes:expr, $blocks:expr, $rotl:expr, $f:expr, $g:expr, $h:expr, $i:expr) => {{
+        let lanes: [&[u8]; 4] = $lanes;
+        let init = |w: u32| _mm_set1_epi32(w as i32);
+        let (mut a0, mut b0, mut c0, mut d0) =
+            (init(INIT[0]), init(INIT[1]), init(INIT[2]), init(INIT[3]));
+        for blk in 0..$blocks {
+            let base = blk * 64;
+            // Rows: 16 bytes (4 words) of each lane; a 4x4 transpose makes each word a column.
+            let mut m = [_mm_setzero_si128(); 16];
+            for q in 0..4 {
+                let at = base + 16 * q;
+                let r: [__m128i; 4] = std::array::from_fn(|l| {
+                    let bytes = &lanes[l][at..at + 16];
+                    // SAFETY: `bytes` is 16 readable bytes; loadu has no alignment requirement.
+                    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+                });
+                let t0 = _mm_unpacklo_epi32(r[0], r[1]);
+                let t1 = _mm_unpacklo_epi32(r[2], r[3]);
+                let t2 = _mm_unpackhi_epi32(r[0], r[1]);
+                let t3 = _mm_unpackhi_epi32(r[2], r[3]);
+                m[4 * q] = _mm_unpacklo_epi64(t0, t1);
+                m[4 * q + 1] = _mm_unpackhi_epi64(t0, t1);
+                m[4 * q + 2] = _mm_unpacklo_epi64(t2, t3);
+                m[4 * q + 3] = _mm_unpackhi_epi64(t2, t3);
+            }
+            let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+            macro_rules! round {
+                ($r:expr, $fun:expr, $word:expr) => {
+                    for k in 0..16 {
+                        let i = 16 * $r + k;
+                        let t = _mm_add_epi32(
+                            _mm_add_epi32(a, $fun(b, c, d)),
+                            _mm_add_epi32(_mm_set1_epi32(K[i] as i32), m[$word(k)]),
+                        );
+                        a = d;
+                        d = c;
+                        c = b;
+                        b = _mm_add_epi32(b, $rotl(t, S[$r][k % 4]));
+                    }
+                };
+            }
+            round!(0, $f, |k: usize| k);
+            round!(1, $g, |k: usize| (5 * k + 1) % 16);
+            round!(2, $h, |k: usize| (3 * k + 5) % 16);
+            round!(3, $i, |k: usize| (7 * k) % 16);
+            a0 = _mm_add_epi32(a0, a);
+            b0 = _mm_add_epi32(b0, b);
+            c0 = _mm_add_epi32(c0, c);
+            d0 = _mm_add_epi32(d0, d);
+        }
+        let lanes_of = |v: __m128i| -> [u32; 4] {
+            let mut out = [0u32; 4];
+            // SAFETY: `out` is 16 bytes; storeu has no alignment requirement.
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) };
+            out
+        };
+        let (a, b, c, d) = (lanes_of(a0), lanes_of(b0), lanes_of(c0), lanes_of(d0));
+        std::array::from_fn(|i| [a[i], b[i], c[i], d[i]])
+    }};
+}
+
+/// `blocks` 64-byte blocks of four messages side by side; the four states. SSE2 has no
+/// rotate and no three-input logic: a rotate costs three instructions, F, G and I three each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+unsafe fn lockstep_sse2(lanes: [&[u8]; 4], blocks: usize) -> [[u32; 4]; 4] {
+    let ones = _mm_set1_epi32(-1);
+    lockstep_body!(
+        lanes,
+        blocks,
+        |x, s| _mm_or_si128(
+            _mm_sll_epi32(x, _mm_cvtsi32_si128(s)),
+            _mm_srl_epi32(x, _mm_cvtsi32_si128(32 - s))
+        ),
+        |b, c, d| _mm_or_si128(_mm_and_si128(b, c), _mm_andnot_si128(b, d)),
+        |b, c, d| _mm_or_si128(_mm_and_si128(b, d), _mm_andnot_si128(d, c)),
+        |b, c, d| _mm_xor_si128(_mm_xor_si128(b, c), d),
+        |b, c, d| _mm_xor_si128(c, _mm_or_si128(b, _mm_xor_si128(d, ones)))
     )
 }
 
-/// `blocks` 64-byte blocks of four messages side by side; the four states.
+/// The same with AVX-512VL on 128-bit registers: one `vprolvd` per rotate and one
+/// `vpternlogd` per boolean function (truth tables over b = 0xF0, c = 0xCC, d = 0xAA).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse2")]
-unsafe fn lockstep(lanes: [&[u8]; 4], blocks: usize) -> [[u32; 4]; 4] {
-    let ones = _mm_set1_epi32(-1);
-    let init = |w: u32| _mm_set1_epi32(w as i32);
-    let (mut a0, mut b0, mut c0, mut d0) =
-        (init(INIT[0]), init(INIT[1]), init(INIT[2]), init(INIT[3]));
-    for blk in 0..blocks {
-        let base = blk * 64;
-        // Rows: 16 bytes (4 words) of each lane; a 4x4 transpose makes each word a column.
-        let mut m = [_mm_setzero_si128(); 16];
-        for q in 0..4 {
-            let at = base + 16 * q;
-            let r: [__m128i; 4] = std::array::from_fn(|l| {
-                let bytes = &lanes[l][at..at + 16];
-                // SAFETY: `bytes` is 16 readable bytes; loadu has no alignment requirement.
-                unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
-            });
-            let t0 = _mm_unpacklo_epi32(r[0], r[1]);
-            let t1 = _mm_unpacklo_epi32(r[2], r[3]);
-            let t2 = _mm_unpackhi_epi32(r[0], r[1]);
-            let t3 = _mm_unpackhi_epi32(r[2], r[3]);
-            m[4 * q] = _mm_unpacklo_epi64(t0, t1);
-            m[4 * q + 1] = _mm_unpackhi_epi64(t0, t1);
-            m[4 * q + 2] = _mm_unpacklo_epi64(t2, t3);
-            m[4 * q + 3] = _mm_unpackhi_epi64(t2, t3);
-        }
-        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
-        macro_rules! round {
-            ($r:expr, $f:expr, $g:expr) => {
-                for k in 0..16 {
-                    let i = 16 * $r + k;
-                    let t = _mm_add_epi32(
-                        _mm_add_epi32(a, $f(b, c, d)),
-                        _mm_add_epi32(_mm_set1_epi32(K[i] as i32), m[$g(k)]),
-                    );
-                    a = d;
-                    d = c;
-                    c = b;
-                    b = _mm_add_epi32(b, rotl(t, S[$r][k % 4]));
-                }
-            };
-        }
-        round!(
-            0,
-            |b, c, d| _mm_or_si128(_mm_and_si128(b, c), _mm_andnot_si128(b, d)),
-            |k: usize| k
-        );
-        round!(
-            1,
-            |b, c, d| _mm_or_si128(_mm_and_si128(b, d), _mm_andnot_si128(d, c)),
-            |k: usize| (5 * k + 1) % 16
-        );
-        round!(
-            2,
-            |b, c, d| _mm_xor_si128(_mm_xor_si128(b, c), d),
-            |k: usize| (3 * k + 5) % 16
-        );
-        round!(
-            3,
-            |b, c, d| _mm_xor_si128(c, _mm_or_si128(b, _mm_xor_si128(d, ones))),
-            |k: usize| (7 * k) % 16
-        );
-        a0 = _mm_add_epi32(a0, a);
-        b0 = _mm_add_epi32(b0, b);
-        c0 = _mm_add_epi32(c0, c);
-        d0 = _mm_add_epi32(d0, d);
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn lockstep_avx512(lanes: [&[u8]; 4], blocks: usize) -> [[u32; 4]; 4] {
+    lockstep_body!(
+        lanes,
+        blocks,
+        |x, s| _mm_rolv_epi32(x, _mm_set1_epi32(s)),
+        |b, c, d| _mm_ternarylogic_epi32::<0xCA>(b, c, d), // b ? c : d
+        |b, c, d| _mm_ternarylogic_epi32::<0xE4>(b, c, d), // d ? b : c
+        |b, c, d| _mm_ternarylogic_epi32::<0x96>(b, c, d), // b ^ c ^ d
+        |b, c, d| _mm_ternarylogic_epi32::<0x39>(b, c, d)  // c ^ (b | !d)
+    )
+}
+
+/// An instruction set for the lockstep loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Sse2,
+    /// AVX-512F with VL.
+    Avx512,
+}
+
+impl Isa {
+    /// The best this CPU runs; decided once.
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Isa::Avx512;
+            }
+            Isa::Sse2
+        })
     }
-    let lanes_of = |v: __m128i| -> [u32; 4] {
-        let mut out = [0u32; 4];
-        // SAFETY: `out` is 16 bytes; storeu has no alignment requirement.
-        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) };
-        out
-    };
-    let (a, b, c, d) = (lanes_of(a0), lanes_of(b0), lanes_of(c0), lanes_of(d0));
-    std::array::from_fn(|i| [a[i], b[i], c[i], d[i]])
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        self == Isa::Sse2 || Isa::best() == Isa::Avx512
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn lockstep(isa: Isa, lanes: [&[u8]; 4], blocks: usize) -> [[u32; 4]; 4] {
+    match isa {
+        // SAFETY: `available` checked the CPU; every lane holds `blocks` blocks.
+        Isa::Avx512 => unsafe { lockstep_avx512(lanes, blocks) },
+        // SAFETY: SSE2 is part of the x86_64 baseline; every lane holds `blocks` blocks.
+        Isa::Sse2 => unsafe { lockstep_sse2(lanes, blocks) },
+    }
 }
 
 #[cfg(test)]
@@ -195,14 +261,15 @@ mod tests {
                         &big[j * 7..j * 7 + l.min(big.len() - j * 7)]
                     })
                     .collect();
-                let got = md5_hex_x4(&msgs);
                 let want: Vec<String> = msgs.iter().map(|m| md5_hex(m)).collect();
-                assert_eq!(
-                    got,
-                    want,
-                    "lengths {:?}",
-                    msgs.iter().map(|m| m.len()).collect::<Vec<_>>()
-                );
+                for isa in [Isa::Sse2, Isa::Avx512].into_iter().filter(|i| i.available()) {
+                    assert_eq!(
+                        md5_hex_x4_isa(&msgs, isa),
+                        want,
+                        "{isa:?}, lengths {:?}",
+                        msgs.iter().map(|m| m.len()).collect::<Vec<_>>()
+                    );
+                }
             }
         }
         assert_eq!(

@@ -37,7 +37,7 @@ mod http;
 pub mod image;
 pub mod login;
 pub mod manifest;
-mod md5x4;
+pub mod md5x4;
 pub mod restore;
 pub mod store;
 pub mod swift;

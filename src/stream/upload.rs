@@ -15,7 +15,9 @@
 //!    (md5 is serial within one object); when an earlier, interrupted run of the same
 //!    stream already stored that name with that md5 it is not sent again (its chunks count as
 //!    `chunks_resumed`), otherwise PUT it with an ETag check (retried by the client). At most
-//!    [`StreamOptions::objects_in_flight`] full objects are hashing or uploading at once;
+//!    [`StreamOptions::objects_in_flight`] objects upload at once and
+//!    [`StreamOptions::bodies_in_flight`] full objects are held (hashing, hashed and waiting
+//!    for an upload slot, uploading), so the next object is ready the moment a slot frees;
 //!    their bodies come from a small pool and are reused.
 //!
 //! The packing only depends on the data and the options, so a resumed run cuts the same
@@ -116,11 +118,15 @@ impl StreamOptions {
         }
     }
 
-    /// Objects uploading at once: `parallelism`, bounded so that those bodies and the one
-    /// being packed fit [`STREAM_INFLIGHT_BYTES_MAX`].
+    /// Full objects held at once (hashing, waiting for an upload slot, uploading): as many
+    /// as fit [`STREAM_INFLIGHT_BYTES_MAX`] besides the one being packed, at least one.
+    pub fn bodies_in_flight(&self) -> usize {
+        ((STREAM_INFLIGHT_BYTES_MAX / self.object_bytes.max(1)).saturating_sub(1) as usize).max(1)
+    }
+
+    /// Objects uploading at once: `parallelism`, at most [`Self::bodies_in_flight`].
     pub fn objects_in_flight(&self) -> usize {
-        let fit = (STREAM_INFLIGHT_BYTES_MAX / self.object_bytes.max(1)).saturating_sub(1);
-        self.parallelism.min(fit as usize).max(1)
+        self.parallelism.min(self.bodies_in_flight()).max(1)
     }
 
     fn validate(&self, volume_bytes: u64) -> Result<u64, StreamError> {
@@ -351,12 +357,14 @@ type StepFuture<'a> =
 fn hash_batch<'a>(batch: Vec<Sealed>) -> StepFuture<'a> {
     Box::pin(async move {
         let bodies: Vec<Bytes> = batch.iter().map(|s| s.body.clone()).collect();
+        let t = Instant::now();
         let md5s = tokio::task::spawn_blocking(move || {
             let refs: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
             md5x4::md5_hex_x4(&refs)
         })
         .await
         .map_err(|e| StreamError::Task(e.to_string()))?;
+        tracing::debug!(objects = md5s.len(), md5_ms = t.elapsed().as_millis() as u64, "objects hashed");
         Ok(Step::Hashed(batch.into_iter().zip(md5s).collect()))
     })
 }
@@ -388,7 +396,9 @@ async fn upload_pack<S: ObjectStore>(
     crate::shaping::node()
         .acquire(crate::shaping::Class::Snapshot, len)
         .await;
+    let t = Instant::now();
     store.put_md5(&loc.container, &object, body, &md5).await?;
+    tracing::debug!(%object, bytes = len, put_ms = t.elapsed().as_millis() as u64, "object stored");
     Ok(PackDone {
         object,
         chunks,
@@ -488,7 +498,8 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         ..Progress::default()
     };
     let object_bytes = opts.object_bytes;
-    let in_flight = opts.objects_in_flight();
+    let in_flight = opts.bodies_in_flight();
+    let uploads_max = opts.objects_in_flight();
     let pool = BufPool::new(object_bytes as usize, in_flight + 1);
     let parent_sha = &parent_sha;
     // Stage 1, in index order with `parallelism` chunks at once: read, zero test, sha256, zstd.
@@ -519,6 +530,10 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     // `in_flight` full objects (hashing or uploading) besides the one being packed.
     let mut work = futures::stream::FuturesUnordered::<StepFuture<'_>>::new();
     let mut ready: Vec<Sealed> = Vec::new();
+    // Hashed objects waiting for an upload slot: they are ready when a slot frees, so Swift
+    // is never left idle while the next objects are read and hashed.
+    let mut queued: std::collections::VecDeque<(Sealed, String)> = Default::default();
+    let mut uploading = 0usize;
     let mut bodies = 0usize;
     let mut pack = Pack {
         buf: pool.take(),
@@ -532,18 +547,10 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             step = work.next(), if !work.is_empty() => {
                 let Some(step) = step else { continue };
                 match step? {
-                    Step::Hashed(batch) => {
-                        for (sealed, md5) in batch {
-                            work.push(Box::pin(async move {
-                                upload_pack(store, loc, snap, existing, sealed, md5)
-                                    .await
-                                    .map(Step::Stored)
-                            }));
-                        }
-                        continue;
-                    }
+                    Step::Hashed(batch) => queued.extend(batch),
                     Step::Stored(PackDone { object, chunks, sent, resumed }) => {
                         bodies -= 1;
+                        uploading -= 1;
                         if resumed {
                             report.chunks_resumed += chunks.len() as u64;
                         } else {
@@ -621,6 +628,15 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 prog.bytes_done += len;
                 prog.chunks_done += 1;
             }
+        }
+        while uploading < uploads_max {
+            let Some((sealed, md5)) = queued.pop_front() else { break };
+            uploading += 1;
+            work.push(Box::pin(async move {
+                upload_pack(store, loc, snap, existing, sealed, md5)
+                    .await
+                    .map(Step::Stored)
+            }));
         }
         prog.bytes_transferred = report.bytes_uploaded;
         prog.elapsed_ms = t0.elapsed().as_millis() as u64;
@@ -714,11 +730,12 @@ mod tests {
             .to_string()
             .contains("object size"));
         o.object_bytes = STREAM_OBJECT_BYTES_MAX;
-        assert_eq!(o.objects_in_flight(), 1);
+        assert_eq!((o.objects_in_flight(), o.bodies_in_flight()), (1, 1));
         o.object_bytes = STREAM_OBJECT_BYTES_DEFAULT;
         assert!(
-            (o.objects_in_flight() as u64 + 1) * o.object_bytes <= STREAM_INFLIGHT_BYTES_MAX
+            (o.bodies_in_flight() as u64 + 1) * o.object_bytes <= STREAM_INFLIGHT_BYTES_MAX
                 && o.objects_in_flight() > 1
+                && o.objects_in_flight() <= o.bodies_in_flight()
         );
         o.parallelism = 0;
         assert!(o.validate(1 << 20).is_err());

@@ -1,0 +1,56 @@
+//! The CPU a snapshot stream spends per byte on hashing: sha256 of every chunk (the manifest's
+//! checksum) and md5 of every object (Swift's ETag), four objects side by side.
+//!
+//! Run: `cargo bench --bench stream_hashing`. Compare within one run (the machine is shared):
+//! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message).
+//! Throughput is bytes of message hashed per second, summed over the lanes.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use drl::stream::md5x4::{md5_hex_x4_isa, Isa};
+use md5::{Digest as _, Md5};
+use rand::{RngCore, SeedableRng};
+use sha2::Sha256;
+
+/// One object of the default size would take long per sample; 4 MiB shows the same per-byte cost.
+const MSG: usize = 4 << 20;
+
+fn hashing(c: &mut Criterion) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let msgs: Vec<Vec<u8>> = (0..4)
+        .map(|_| {
+            let mut v = vec![0u8; MSG];
+            rng.fill_bytes(&mut v);
+            v
+        })
+        .collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+
+    let mut g = c.benchmark_group("md5");
+    g.throughput(Throughput::Bytes((4 * MSG) as u64));
+    g.bench_function("one", |b| {
+        b.iter(|| refs.iter().map(|m| Md5::digest(m)).collect::<Vec<_>>())
+    });
+    for isa in [Isa::Sse2, Isa::Avx512] {
+        if !isa.available() {
+            eprintln!("md5/x4-{isa:?}: this CPU lacks it, skipped");
+            continue;
+        }
+        let name = format!("x4-{}", format!("{isa:?}").to_lowercase());
+        g.bench_with_input(BenchmarkId::from_parameter(name), &isa, |b, &isa| {
+            b.iter(|| md5_hex_x4_isa(&refs, isa))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("sha256");
+    g.throughput(Throughput::Bytes(MSG as u64));
+    g.bench_function("one", |b| b.iter(|| Sha256::digest(refs[0])));
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = hashing
+}
+criterion_main!(benches);

@@ -1,12 +1,15 @@
 //! The CPU a snapshot stream spends per byte on hashing: sha256 of every chunk (the manifest's
-//! checksum) and md5 of every object (Swift's ETag), four objects side by side.
+//! checksum), eight chunks side by side, and md5 of every object (Swift's ETag), four objects
+//! side by side.
 //!
 //! Run: `cargo bench --bench stream_hashing`. Compare within one run (the machine is shared):
-//! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message).
+//! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message);
+//! `sha256/x8-avx512` against `sha256/one` (the sha2 crate, SHA-NI where the CPU has it).
 //! Throughput is bytes of message hashed per second, summed over the lanes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use drl::stream::md5x4::{md5_hex_x4_isa, Isa};
+use drl::stream::sha256x8;
 use md5::{Digest as _, Md5};
 use rand::{RngCore, SeedableRng};
 use sha2::Sha256;
@@ -42,9 +45,20 @@ fn hashing(c: &mut Criterion) {
     }
     g.finish();
 
+    // Eight messages: the first four again.
+    let eight: Vec<&[u8]> = refs.iter().chain(refs.iter()).copied().collect();
     let mut g = c.benchmark_group("sha256");
-    g.throughput(Throughput::Bytes(MSG as u64));
-    g.bench_function("one", |b| b.iter(|| Sha256::digest(refs[0])));
+    g.throughput(Throughput::Bytes((8 * MSG) as u64));
+    g.bench_function("one", |b| {
+        b.iter(|| eight.iter().map(|m| Sha256::digest(m)).collect::<Vec<_>>())
+    });
+    if sha256x8::lanes_available() {
+        g.bench_function("x8-avx512", |b| {
+            b.iter(|| sha256x8::sha256_x8_with(&eight, true))
+        });
+    } else {
+        eprintln!("sha256/x8-avx512: this CPU lacks AVX-512VL, skipped");
+    }
     g.finish();
 }
 

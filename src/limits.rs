@@ -210,18 +210,25 @@ pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
 pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 1024 * 1024;
 pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
 pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Chunks read and hashed at once, objects uploaded at once (see
-/// [`STREAM_INFLIGHT_BYTES_MAX`]), ranges fetched at once by a restore.
+/// Chunks read and hashed at once (at least two groups of [`STREAM_HASH_LANES`]), objects
+/// uploaded at once (see [`STREAM_INFLIGHT_BYTES_MAX`]), ranges fetched at once by a restore.
 pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
+/// A stream reads chunks in groups of this many and computes their sha256s side by side
+/// (`stream::sha256x8`).
+pub const STREAM_HASH_LANES: usize = 8;
 /// Stored chunks are packed into objects of at most this size (Swift pays per object: an
 /// fsync, a container update; few large objects stream faster than many small ones).
 /// 16 MiB with the default parallelism keeps 8 objects in flight: their md5s go four at a time.
 pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const STREAM_OBJECT_BYTES_MAX: u64 = 256 * 1024 * 1024;
-/// Object bodies held by a stream at once (those being uploaded plus the one being packed):
-/// bounds the objects in flight to `STREAM_INFLIGHT_BYTES_MAX / object size - 1`, at least 1.
+/// Object bodies held by a stream at once (being hashed, waiting for an upload slot or
+/// uploading, plus the one being packed): `STREAM_INFLIGHT_BYTES_MAX / object size - 1` full
+/// objects, at least 1.
 pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 160 * 1024 * 1024;
+/// A stream hashes fewer than four objects together only when fewer than this many are
+/// uploading, hashed and waiting, or being hashed (Swift would soon have nothing to receive).
+pub const STREAM_UPLOADS_LOW_WATER: usize = 2;
 /// A restore fetches the chunks of one object in ranges of at most this many stored (and,
 /// decompressed, raw) bytes.
 pub const STREAM_RESTORE_RANGE_BYTES_MAX: u64 = 8 * 1024 * 1024;

@@ -262,7 +262,10 @@ mod tests {
                     })
                     .collect();
                 let want: Vec<String> = msgs.iter().map(|m| md5_hex(m)).collect();
-                for isa in [Isa::Sse2, Isa::Avx512].into_iter().filter(|i| i.available()) {
+                for isa in [Isa::Sse2, Isa::Avx512]
+                    .into_iter()
+                    .filter(|i| i.available())
+                {
                     assert_eq!(
                         md5_hex_x4_isa(&msgs, isa),
                         want,

@@ -39,6 +39,7 @@ pub mod login;
 pub mod manifest;
 pub mod md5x4;
 pub mod restore;
+pub mod sha256x8;
 pub mod store;
 pub mod swift;
 pub mod upload;

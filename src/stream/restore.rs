@@ -19,10 +19,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
 
 use super::manifest::{check_snapshot_name, resolve_chain, ChunkEntry, Manifest, ResolvedChain};
+use super::sha256x8;
 use super::store::ObjectStore;
 use super::upload::Location;
 use super::{Compression, Progress, Report, StreamError};
@@ -330,27 +331,44 @@ fn plan(r: &ResolvedChain) -> Vec<Work> {
     work
 }
 
-/// Check one chunk cut from a fetched range and return its raw bytes.
-fn verify_chunk(
-    stored: &[u8],
+/// One chunk cut from a fetched range, with what the manifest says of it.
+struct Cut {
+    k: usize,
+    volume_offset: u64,
+    stored: Bytes,
     compression: Compression,
     raw_len: u64,
-    sha256: &str,
-) -> Result<Vec<u8>, String> {
-    let raw = match compression {
-        Compression::None => stored.to_vec(),
-        Compression::Zstd => {
-            zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| format!("zstd: {e}"))?
+    sha256: String,
+}
+
+/// Check the chunks cut from one fetched range (their sha256s side by side, [`sha256x8`]) and
+/// return their volume offsets and raw bytes; the first bad one as (its `k`, why).
+fn verify_chunks(cuts: Vec<Cut>) -> Result<Vec<(u64, Vec<u8>)>, (usize, String)> {
+    let mut raws = Vec::with_capacity(cuts.len());
+    for c in &cuts {
+        let raw = match c.compression {
+            Compression::None => c.stored.to_vec(),
+            Compression::Zstd => zstd::bulk::decompress(&c.stored, c.raw_len as usize)
+                .map_err(|e| (c.k, format!("zstd: {e}")))?,
+        };
+        if raw.len() as u64 != c.raw_len {
+            return Err((
+                c.k,
+                format!("holds {} bytes, the chunk is {}", raw.len(), c.raw_len),
+            ));
         }
-    };
-    if raw.len() as u64 != raw_len {
-        return Err(format!("holds {} bytes, the chunk is {raw_len}", raw.len()));
+        raws.push(raw);
     }
-    let got = hex::encode(Sha256::digest(&raw));
-    if got != sha256 {
-        return Err(format!("sha256 {got}, manifest says {sha256}"));
+    for (cs, rs) in cuts.chunks(8).zip(raws.chunks(8)) {
+        let msgs: Vec<&[u8]> = rs.iter().map(|r| &r[..]).collect();
+        for (c, got) in cs.iter().zip(sha256x8::sha256_x8(&msgs)) {
+            let got = hex::encode(got);
+            if got != c.sha256 {
+                return Err((c.k, format!("sha256 {got}, manifest says {}", c.sha256)));
+            }
+        }
     }
-    Ok(raw)
+    Ok(cuts.iter().map(|c| c.volume_offset).zip(raws).collect())
 }
 
 /// Fetch one range and check every chunk in it; returns the bytes fetched and, per chunk, its
@@ -406,27 +424,19 @@ async fn fetch_range<S: ObjectStore>(
         let raw_len = r
             .chunk_size_bytes
             .min(r.volume_size_bytes - index * r.chunk_size_bytes);
-        todo.push((
+        todo.push(Cut {
             k,
-            index * r.chunk_size_bytes,
-            data.slice(a as usize..b as usize),
-            *compression,
+            volume_offset: index * r.chunk_size_bytes,
+            stored: data.slice(a as usize..b as usize),
+            compression: *compression,
             raw_len,
-            sha256.clone(),
-        ));
+            sha256: sha256.clone(),
+        });
     }
-    let checked = tokio::task::spawn_blocking(move || {
-        todo.into_iter()
-            .map(|(k, off, stored, comp, raw_len, sha)| {
-                verify_chunk(&stored, comp, raw_len, &sha)
-                    .map(|raw| (off, raw))
-                    .map_err(|why| (k, why))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| StreamError::Task(e.to_string()))?
-    .map_err(|(k, why)| corrupt(k, why))?;
+    let checked = tokio::task::spawn_blocking(move || verify_chunks(todo))
+        .await
+        .map_err(|e| StreamError::Task(e.to_string()))?
+        .map_err(|(k, why)| corrupt(k, why))?;
     Ok((fetched, checked))
 }
 

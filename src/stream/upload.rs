@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
@@ -41,6 +41,7 @@ use super::manifest::{
 };
 use super::md5x4;
 use super::restore::load_chain;
+use super::sha256x8;
 use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
@@ -297,32 +298,46 @@ fn worth_compressing(buf: &[u8]) -> bool {
     })
 }
 
-/// Zero test, sha256 and (when it pays) zstd of one chunk; CPU work for the blocking pool.
-fn digest_chunk(
-    buf: AlignedBuf,
+/// Zero test, sha256 (side by side, [`sha256x8`]) and, when it pays, zstd of a group of read
+/// chunks `(index, buffer)`; CPU work for the blocking pool. One result per chunk, in order.
+fn digest_group(
+    group: Vec<(u64, AlignedBuf)>,
     policy: Compression,
-    index: u64,
-) -> Result<Processed, StreamError> {
-    if is_zero(&buf) {
-        return Ok(Processed::Zero);
-    }
-    let sha256 = hex::encode(Sha256::digest(&buf[..]));
-    if policy == Compression::Zstd && worth_compressing(&buf) {
-        let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL)
-            .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
-        if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
-            return Ok(Processed::Data {
-                sha256,
-                payload: Bytes::from(z),
-                compression: Compression::Zstd,
-            });
+) -> Result<Vec<Processed>, StreamError> {
+    let data: Vec<bool> = group.iter().map(|(_, b)| !is_zero(b)).collect();
+    let msgs: Vec<&[u8]> = group
+        .iter()
+        .zip(&data)
+        .filter(|(_, &d)| d)
+        .map(|((_, b), _)| &b[..])
+        .collect();
+    let mut sums = sha256x8::sha256_x8(&msgs).into_iter();
+    let mut out = Vec::with_capacity(group.len());
+    for ((index, buf), d) in group.into_iter().zip(data) {
+        if !d {
+            out.push(Processed::Zero);
+            continue;
         }
+        let sha256 = hex::encode(sums.next().unwrap_or_default());
+        if policy == Compression::Zstd && worth_compressing(&buf) {
+            let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL)
+                .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
+            if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
+                out.push(Processed::Data {
+                    sha256,
+                    payload: Bytes::from(z),
+                    compression: Compression::Zstd,
+                });
+                continue;
+            }
+        }
+        out.push(Processed::Data {
+            sha256,
+            payload: Bytes::from_owner(buf),
+            compression: Compression::None,
+        });
     }
-    Ok(Processed::Data {
-        sha256,
-        payload: Bytes::from_owner(buf),
-        compression: Compression::None,
-    })
+    Ok(out)
 }
 
 /// The name of an object: the first chunk's index and a hash of what it holds (every chunk's
@@ -364,7 +379,11 @@ fn hash_batch<'a>(batch: Vec<Sealed>) -> StepFuture<'a> {
         })
         .await
         .map_err(|e| StreamError::Task(e.to_string()))?;
-        tracing::debug!(objects = md5s.len(), md5_ms = t.elapsed().as_millis() as u64, "objects hashed");
+        tracing::debug!(
+            objects = md5s.len(),
+            md5_ms = t.elapsed().as_millis() as u64,
+            "objects hashed"
+        );
         Ok(Step::Hashed(batch.into_iter().zip(md5s).collect()))
     })
 }
@@ -502,30 +521,54 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     let uploads_max = opts.objects_in_flight();
     let pool = BufPool::new(object_bytes as usize, in_flight + 1);
     let parent_sha = &parent_sha;
-    // Stage 1, in index order with `parallelism` chunks at once: read, zero test, sha256, zstd.
-    let mut processed = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let off = i * chunk;
-            let len = chunk.min(size - off);
-            if changed.is_some_and(|c| !c.is_changed(i)) {
-                return Ok::<_, StreamError>((i, len, Processed::Unchanged));
-            }
-            let buf = dev.read(off, len as u32).await?;
+    // Stage 1, in index order, in groups of `STREAM_HASH_LANES` chunks (their sha256s are
+    // computed side by side), groups read at once so that `parallelism` chunks or more are in
+    // flight: read, zero test, sha256, zstd.
+    let lanes = STREAM_HASH_LANES as u64;
+    let groups_at_once = opts.parallelism.div_ceil(STREAM_HASH_LANES).max(2);
+    let mut processed = futures::stream::iter(0..n.div_ceil(lanes))
+        .map(|g| async move {
+            let idx = g * lanes..(g * lanes + lanes).min(n);
+            let len_of = |i: u64| chunk.min(size - i * chunk);
+            let want: Vec<u64> = idx
+                .clone()
+                .filter(|&i| !changed.is_some_and(|c| !c.is_changed(i)))
+                .collect();
+            let bufs = futures::future::try_join_all(
+                want.iter().map(|&i| dev.read(i * chunk, len_of(i) as u32)),
+            )
+            .await?;
             let policy = opts.compression;
-            let p = tokio::task::spawn_blocking(move || digest_chunk(buf, policy, i))
+            let group: Vec<(u64, AlignedBuf)> = want.iter().copied().zip(bufs).collect();
+            let mut digested = tokio::task::spawn_blocking(move || digest_group(group, policy))
                 .await
-                .map_err(|e| StreamError::Task(e.to_string()))??;
-            if let Processed::Data { sha256, .. } = &p {
-                if parent_sha
-                    .as_ref()
-                    .is_some_and(|ps| ps[i as usize].as_deref() == Some(sha256.as_str()))
-                {
-                    return Ok((i, len, Processed::SameAsParent));
-                }
+                .map_err(|e| StreamError::Task(e.to_string()))??
+                .into_iter();
+            let mut out = Vec::with_capacity(idx.end.saturating_sub(idx.start) as usize);
+            for i in idx {
+                let p = if want.binary_search(&i).is_err() {
+                    Processed::Unchanged
+                } else {
+                    match digested.next() {
+                        Some(Processed::Data { sha256, .. })
+                            if parent_sha.as_ref().is_some_and(|ps| {
+                                ps[i as usize].as_deref() == Some(sha256.as_str())
+                            }) =>
+                        {
+                            Processed::SameAsParent
+                        }
+                        Some(p) => p,
+                        None => return Err(StreamError::Task(format!("chunk {i} has no digest"))),
+                    }
+                };
+                out.push((i, len_of(i), p));
             }
-            Ok((i, len, p))
+            Ok::<_, StreamError>(futures::stream::iter(
+                out.into_iter().map(Ok::<_, StreamError>),
+            ))
         })
-        .buffered(opts.parallelism);
+        .buffered(groups_at_once)
+        .try_flatten();
     // Stage 2: pack stored chunks into objects; md5 them four at a time; upload. At most
     // `in_flight` full objects (hashing or uploading) besides the one being packed.
     let mut work = futures::stream::FuturesUnordered::<StepFuture<'_>>::new();
@@ -534,6 +577,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     // is never left idle while the next objects are read and hashed.
     let mut queued: std::collections::VecDeque<(Sealed, String)> = Default::default();
     let mut uploading = 0usize;
+    let mut hashing = 0usize;
     let mut bodies = 0usize;
     let mut pack = Pack {
         buf: pool.take(),
@@ -541,13 +585,37 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     };
     let mut reading = true;
     let existing = &existing;
-    while reading || !work.is_empty() {
+    loop {
+        // md5 four objects together (a lone object costs four times the CPU per byte); fewer
+        // only when reading is done or the uploads are about to run dry.
+        let starving = uploading + queued.len() + hashing < STREAM_UPLOADS_LOW_WATER;
+        if !ready.is_empty() && (ready.len() == 4 || !reading || starving) {
+            hashing += ready.len();
+            work.push(hash_batch(std::mem::take(&mut ready)));
+        }
+        while uploading < uploads_max {
+            let Some((sealed, md5)) = queued.pop_front() else {
+                break;
+            };
+            uploading += 1;
+            work.push(Box::pin(async move {
+                upload_pack(store, loc, snap, existing, sealed, md5)
+                    .await
+                    .map(Step::Stored)
+            }));
+        }
+        if !reading && work.is_empty() {
+            break;
+        }
         tokio::select! {
             biased;
             step = work.next(), if !work.is_empty() => {
                 let Some(step) = step else { continue };
                 match step? {
-                    Step::Hashed(batch) => queued.extend(batch),
+                    Step::Hashed(batch) => {
+                        hashing -= batch.len();
+                        queued.extend(batch);
+                    }
                     Step::Stored(PackDone { object, chunks, sent, resumed }) => {
                         bodies -= 1;
                         uploading -= 1;
@@ -581,9 +649,6 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                         ready.push(full.seal());
                         bodies += 1;
                     }
-                    if !ready.is_empty() {
-                        work.push(hash_batch(std::mem::take(&mut ready)));
-                    }
                     continue;
                 };
                 let (i, len, p) = next?;
@@ -606,10 +671,6 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                             let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
                             ready.push(full.seal());
                             bodies += 1;
-                            // Hash four together, or what there is when no more may be packed.
-                            if ready.len() == 4 || bodies >= in_flight {
-                                work.push(hash_batch(std::mem::take(&mut ready)));
-                            }
                         }
                         pack.chunks.push(Packed {
                             index: i,
@@ -628,15 +689,6 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 prog.bytes_done += len;
                 prog.chunks_done += 1;
             }
-        }
-        while uploading < uploads_max {
-            let Some((sealed, md5)) = queued.pop_front() else { break };
-            uploading += 1;
-            work.push(Box::pin(async move {
-                upload_pack(store, loc, snap, existing, sealed, md5)
-                    .await
-                    .map(Step::Stored)
-            }));
         }
         prog.bytes_transferred = report.bytes_uploaded;
         prog.elapsed_ms = t0.elapsed().as_millis() as u64;

@@ -16,6 +16,8 @@
 #   REPEAT=3    repetitions      ONLY=random    run only the random-data case
 #   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
 #   DRL_ENV="K=V ..."           environment of the drl daemon only
+#   CEILING=0   skip the ceiling row: curl PUTs the random volume's 16 MiB pieces from memory,
+#               8 at a time (what this Swift takes at most from any client)
 #   WARM=1      do not drop the page cache before each run: swiftclient then reads its copy of
 #               the volume from memory while drl reads its disk (O_DIRECT); the old method
 set -euo pipefail
@@ -120,6 +122,20 @@ r = json.load(open(f))
 print(f"{t1 - t0:.2f}|{r['bytes_uploaded']}|{(c1 - c0) / hz:.2f}")
 PY
 }
+ceiling_case() { # dir-of-pieces container -> seconds|bytes sent|cpu seconds (of curl)
+  # What this Swift takes at most: curl PUTs the volume's 16 MiB pieces from memory, 8 at a
+  # time, no hashing and no disk read on the client.
+  local t0 t1 tf tok url
+  read -r tok url < <(curl -s -i -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' "$AUTH" |
+    tr -d '\r' | awk '/^X-Auth-Token:/{t=$2} /^X-Storage-Url:/{u=$2} END{print t, u}')
+  curl -s -f -X PUT -H "X-Auth-Token: $tok" "$url/$2" >/dev/null
+  tf="$work/time.$$"
+  t0=$(now)
+  (cd "$1" && ls | /usr/bin/time -f '%U %S' -o "$tf" xargs -P 8 -I{} \
+    curl -s -f -o /dev/null -X PUT -H "X-Auth-Token: $tok" -T {} "$url/$2/{}")
+  t1=$(now)
+  python3 -c "import sys;s=float(sys.argv[2])-float(sys.argv[1]);u,k=open(sys.argv[4]).read().split()[-2:];print(f'{s:.2f}|{int(sys.argv[3])}|{float(u)+float(k):.2f}')" "$t0" "$t1" "$bytes" "$tf"
+}
 swc_case() { # file container -> seconds|bytes sent|cpu seconds (of the swift client)
   local t0 t1 tf
   tf="$work/time.$$"
@@ -141,6 +157,13 @@ for r in $(seq 1 "$repeat"); do
   log "case 1: random data"
   dctl snapshot create r0 "rand$r" >/dev/null
   pair "$r" random rand "rand$r" "bench-drl-$r-$ts" -- "$work/rand.img" "bench-swc-$r-$ts"
+  if [ "${CEILING:-1}" = 1 ]; then
+    pieces=$(mktemp -d /dev/shm/drl-bench-swift.XXXXXX)
+    split -b 16M -a 3 "$work/rand.img" "$pieces/p"
+    IFS='|' read -r s b c1 w <<<"$(timed ceiling_case "$pieces" "bench-curl-$r-$ts")"
+    row "$r" random "curl (ceiling)" "$s" "$b" "$c1" "$w"
+    rm -rf "$pieces"
+  fi
   [ "${ONLY:-}" = random ] && { drop_containers; continue; }
 
   log "case 2: half-empty volume"
@@ -199,9 +222,13 @@ for case, tool in order:
     up_, each = "", ""
     if tool == "drl" and (case, "swiftclient") in med:
         up_ = f"{m((case, 'swiftclient'), 0) / secs:.2f}x"
-        r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and len(v) == 2)
+        r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and "drl" in v and "swiftclient" in v)
         each = f"{statistics.median(r):.2f}x ({r[0]:.2f}..{r[-1]:.2f})"
     lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {wcpu:.2f} | {up_} | {each} |")
+ceil = ("random", "curl (ceiling)")
+if ceil in med:
+    lines += ["", "Share of the ceiling (curl's median seconds / the tool's) on random data: " + ", ".join(
+        f"{t} {m(ceil, 0) / m(('random', t), 0):.0%}" for t in tools if ("random", t) in med) + "."]
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 open(out + ".csv", "w").write("\n".join(csv) + "\n")
 print("\n".join(lines))

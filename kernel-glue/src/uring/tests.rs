@@ -71,7 +71,7 @@ async fn read_past_end_of_file_is_unexpected_eof_after_short_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_ops_are_batched_and_all_correct() {
+async fn many_concurrent_ops_are_all_correct() {
     let dir = tempfile::tempdir().unwrap();
     let (_, f) = file_in(dir.path(), 4 << 20);
     let e = Engine::new(f, cfg("batch", 32)).unwrap();
@@ -99,7 +99,11 @@ async fn many_concurrent_ops_are_batched_and_all_correct() {
     }
     let s = e.stats();
     assert_eq!(s.bytes_written, (n * 4096) as u64);
-    assert!(s.batches < s.ops_submitted, "no batching: {s:?}");
+    assert_eq!(s.ops_submitted, s.ops_completed, "{s:?}");
+    // Whether two submitters overlap here (and so share an io_uring_enter) is up to the
+    // scheduler: on a loaded 2-core host they sometimes never do (2 runs in 25), so batching is
+    // asserted where it is deterministic, in the plug test below.
+    assert!(s.batches <= s.ops_submitted, "{s:?}");
 }
 
 /// Writes started under a plug wait in the SQ and go to the kernel together, in one

@@ -31,7 +31,7 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("md5");
     g.throughput(Throughput::Bytes((4 * MSG) as u64));
     g.bench_function("one", |b| {
-        b.iter(|| refs.iter().map(|m| Md5::digest(m)).collect::<Vec<_>>())
+        b.iter(|| refs.iter().map(Md5::digest).collect::<Vec<_>>())
     });
     for isa in [Isa::Sse2, Isa::Avx512] {
         if !isa.available() {
@@ -50,7 +50,7 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes((8 * MSG) as u64));
     g.bench_function("one", |b| {
-        b.iter(|| eight.iter().map(|m| Sha256::digest(m)).collect::<Vec<_>>())
+        b.iter(|| eight.iter().map(Sha256::digest).collect::<Vec<_>>())
     });
     if sha256x8::lanes_available() {
         g.bench_function("x8-avx512", |b| {

@@ -209,6 +209,7 @@ lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
          ("Before each timed run the page cache is written back but not dropped (WARM=1): swiftclient reads its copy of the volume from memory, drl reads its disk. " if os.environ.get("WARM") == "1" else
           "Before each timed run the page cache is written back and dropped (drl reads its disk with O_DIRECT; swiftclient reads its copy of the volume from disk too). ") +
          "The tools take turns going first.", "",
+         f"drl binary: {os.environ.get('DRL_BIN') or 'built from this checkout'}.", "",
          f"Load at the end: `{up.strip()}`", "",
          "drl speed-up: swiftclient's median seconds / drl's; per repetition: the same within each repetition (median, min..max).", "",
          "| case | tool | seconds | bytes sent | % of volume sent | volume MiB/s | cpu s | swift cpu s | drl speed-up | per repetition |",

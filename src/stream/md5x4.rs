@@ -8,6 +8,8 @@
 //! assembly single-message compressor.
 
 #[cfg(target_arch = "x86_64")]
+use super::lanes::{lockstep_lanes, rest_and_final};
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// md5 hex of each message (elsewhere than x86_64: one after the other).
@@ -59,12 +61,9 @@ pub fn md5_hex_x4_isa(msgs: &[&[u8]], isa: Isa) -> Vec<String> {
     if msgs.len() < 2 {
         return msgs.iter().map(|m| super::store::md5_hex(m)).collect();
     }
-    let common = msgs.iter().map(|m| m.len() / 64).min().unwrap_or(0);
+    let (common, lanes) = lockstep_lanes::<4>(msgs);
     let mut states = [INIT; 4];
     if common > 0 {
-        // Every lane reads `common` whole blocks, which each message holds (lanes past the
-        // last message repeat message 0).
-        let lanes: [&[u8]; 4] = std::array::from_fn(|i| msgs.get(i).copied().unwrap_or(msgs[0]));
         states = lockstep(isa, lanes, common);
     }
     msgs.iter()
@@ -76,23 +75,9 @@ pub fn md5_hex_x4_isa(msgs: &[&[u8]], isa: Isa) -> Vec<String> {
 #[cfg(target_arch = "x86_64")]
 /// The rest of one message after the lockstep blocks: whole blocks, then the padding.
 fn finish(state: &mut [u32; 4], rest: &[u8], total_len: u64) -> String {
-    let whole = rest.len() / 64;
-    let blocks: Vec<[u8; 64]> = rest[..whole * 64]
-        .chunks_exact(64)
-        .map(|c| c.try_into().unwrap_or([0; 64]))
-        .collect();
-    md5_asm::compress(state, &blocks);
-    let tail = &rest[whole * 64..];
-    let mut pad = [0u8; 128];
-    pad[..tail.len()].copy_from_slice(tail);
-    pad[tail.len()] = 0x80;
-    let n = if tail.len() < 56 { 64 } else { 128 };
-    pad[n - 8..n].copy_from_slice(&(total_len.wrapping_mul(8)).to_le_bytes());
-    let last: Vec<[u8; 64]> = pad[..n]
-        .chunks_exact(64)
-        .map(|c| c.try_into().unwrap_or([0; 64]))
-        .collect();
-    md5_asm::compress(state, &last);
+    let (whole, last, n) = rest_and_final(rest, total_len.wrapping_mul(8).to_le_bytes());
+    md5_asm::compress(state, whole);
+    md5_asm::compress(state, &last[..n]);
     let mut out = [0u8; 16];
     for (o, w) in out.chunks_exact_mut(4).zip(state.iter()) {
         o.copy_from_slice(&w.to_le_bytes());

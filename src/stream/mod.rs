@@ -35,6 +35,7 @@
 pub mod auth;
 mod http;
 pub mod image;
+mod lanes;
 pub mod login;
 pub mod manifest;
 pub mod md5x4;

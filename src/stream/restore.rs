@@ -341,9 +341,12 @@ struct Cut {
     sha256: String,
 }
 
+/// Checked chunks: (volume offset, raw bytes); or the first bad one: (its `k`, why).
+type Verified = Result<Vec<(u64, Vec<u8>)>, (usize, String)>;
+
 /// Check the chunks cut from one fetched range (their sha256s side by side, [`sha256x8`]) and
 /// return their volume offsets and raw bytes; the first bad one as (its `k`, why).
-fn verify_chunks(cuts: Vec<Cut>) -> Result<Vec<(u64, Vec<u8>)>, (usize, String)> {
+fn verify_chunks(cuts: Vec<Cut>) -> Verified {
     let mut raws = Vec::with_capacity(cuts.len());
     for c in &cuts {
         let raw = match c.compression {

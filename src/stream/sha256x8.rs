@@ -9,6 +9,7 @@
 //! crate's compressor (SHA-NI where the CPU has it). Without AVX-512VL every message is hashed
 //! by `sha2` alone.
 
+use super::lanes::{lockstep_lanes, rest_and_final};
 use sha2::digest::consts::U64;
 use sha2::digest::generic_array::GenericArray;
 #[cfg(target_arch = "x86_64")]
@@ -57,17 +58,12 @@ pub fn sha256_x8(msgs: &[&[u8]]) -> Vec<[u8; 32]> {
 pub fn sha256_x8_with(msgs: &[&[u8]], lanes: bool) -> Vec<[u8; 32]> {
     assert!(msgs.len() <= 8, "sha256_x8 takes at most 8 messages");
     assert!(!lanes || lanes_available(), "this CPU lacks AVX-512VL");
-    let common = if lanes && msgs.len() >= 2 {
-        msgs.iter().map(|m| m.len() / 64).min().unwrap_or(0)
-    } else {
-        0
-    };
+    let (common, l) = lockstep_lanes::<8>(msgs);
+    let common = if lanes { common } else { 0 };
     #[allow(unused_mut)]
     let mut states = [INIT; 8];
     #[cfg(target_arch = "x86_64")]
     if common > 0 {
-        // Lanes past the last message repeat message 0.
-        let l: [&[u8]; 8] = std::array::from_fn(|i| msgs.get(i).copied().unwrap_or(msgs[0]));
         // SAFETY: `lanes_available` checked the CPU; every lane holds `common` whole blocks.
         states = unsafe { lockstep(l, common) };
     }
@@ -79,29 +75,20 @@ pub fn sha256_x8_with(msgs: &[&[u8]], lanes: bool) -> Vec<[u8; 32]> {
 
 /// The rest of one message after the lockstep blocks: whole blocks, then the padding.
 fn finish(state: &mut [u32; 8], rest: &[u8], total_len: u64) -> [u8; 32] {
-    let whole = rest.len() / 64;
-    let blocks: &[GenericArray<u8, U64>] = {
-        let (b, _) = rest[..whole * 64].as_chunks::<64>();
-        // SAFETY: GenericArray<u8, U64> is a transparent [u8; 64].
-        unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) }
-    };
-    sha2::compress256(state, blocks);
-    let tail = &rest[whole * 64..];
-    let mut pad = [0u8; 128];
-    pad[..tail.len()].copy_from_slice(tail);
-    pad[tail.len()] = 0x80;
-    let n = if tail.len() < 56 { 64 } else { 128 };
-    pad[n - 8..n].copy_from_slice(&total_len.wrapping_mul(8).to_be_bytes());
-    let last: Vec<GenericArray<u8, U64>> = pad[..n]
-        .chunks_exact(64)
-        .map(|c| GenericArray::clone_from_slice(c))
-        .collect();
-    sha2::compress256(state, &last);
+    let (whole, last, n) = rest_and_final(rest, total_len.wrapping_mul(8).to_be_bytes());
+    sha2::compress256(state, as_generic(whole));
+    sha2::compress256(state, as_generic(&last[..n]));
     let mut out = [0u8; 32];
     for (o, w) in out.chunks_exact_mut(4).zip(state.iter()) {
         o.copy_from_slice(&w.to_be_bytes());
     }
     out
+}
+
+/// Blocks as the `sha2` compressor takes them.
+fn as_generic(blocks: &[[u8; 64]]) -> &[GenericArray<u8, U64>] {
+    // SAFETY: GenericArray<u8, U64> is a transparent [u8; 64]: same size, alignment 1.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len()) }
 }
 
 /// `blocks` 64-byte blocks of eight messages side by side; the eight states.

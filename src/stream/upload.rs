@@ -532,7 +532,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             let len_of = |i: u64| chunk.min(size - i * chunk);
             let want: Vec<u64> = idx
                 .clone()
-                .filter(|&i| !changed.is_some_and(|c| !c.is_changed(i)))
+                .filter(|&i| changed.is_none_or(|c| c.is_changed(i)))
                 .collect();
             let bufs = futures::future::try_join_all(
                 want.iter().map(|&i| dev.read(i * chunk, len_of(i) as u32)),

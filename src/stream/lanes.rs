@@ -1,0 +1,52 @@
+//! What the side-by-side hashers (`md5x4`, `sha256x8`) share: which blocks run in lockstep,
+//! and the Merkle–Damgård padding that each message's own tail then finishes with.
+
+/// The whole 64-byte blocks every message holds (they run in lockstep, one message per lane),
+/// and the lanes: message `i` in lane `i`, lanes past the last message repeat message 0 (their
+/// result is dropped). No lockstep (0 blocks) for fewer than two messages.
+pub(super) fn lockstep_lanes<'a, const N: usize>(msgs: &[&'a [u8]]) -> (usize, [&'a [u8]; N]) {
+    let common = if msgs.len() >= 2 {
+        msgs.iter().map(|m| m.len() / 64).min().unwrap_or(0)
+    } else {
+        0
+    };
+    let lanes = std::array::from_fn(|i| msgs.get(i).or(msgs.first()).copied().unwrap_or(&[]));
+    (common, lanes)
+}
+
+/// A message's whole blocks after the lockstep ones, and its final one or two blocks: the tail
+/// (under 64 bytes), 0x80, zeros, and the length in bits as 8 bytes (`len_bits`: little-endian
+/// for md5, big-endian for sha256).
+pub(super) fn rest_and_final(
+    rest: &[u8],
+    len_bits: [u8; 8],
+) -> (&[[u8; 64]], [[u8; 64]; 2], usize) {
+    let (whole, tail) = rest.as_chunks::<64>();
+    let mut pad = [[0u8; 64]; 2];
+    let flat = pad.as_flattened_mut();
+    flat[..tail.len()].copy_from_slice(tail);
+    flat[tail.len()] = 0x80;
+    let n = if tail.len() < 56 { 1 } else { 2 };
+    flat[64 * n - 8..64 * n].copy_from_slice(&len_bits);
+    (whole, pad, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_fits_one_or_two_blocks() {
+        let msg = [7u8; 200];
+        let (whole, pad, n) = rest_and_final(&msg[..55], [1; 8]);
+        assert_eq!((whole.len(), n, pad[0][55], pad[0][56]), (0, 1, 0x80, 1));
+        let (whole, pad, n) = rest_and_final(&msg[..56 + 64], [2; 8]);
+        assert_eq!(
+            (whole.len(), n, pad[0][56], pad[1][63], pad[1][55]),
+            (1, 2, 0x80, 2, 0)
+        );
+        let (c, l) = lockstep_lanes::<4>(&[&msg[..130], &msg[..64]]);
+        assert_eq!((c, l[2].len(), l[3].len()), (1, 130, 130));
+        assert_eq!(lockstep_lanes::<4>(&[&msg[..]]).0, 0);
+    }
+}

@@ -26,7 +26,7 @@
 //! has changed since) are deleted.
 //!
 //! Memory: `parallelism` chunk buffers (plus their compressed copies) and at most
-//! [`STREAM_INFLIGHT_BYTES_MAX`] of object bodies.
+//! [`StreamOptions::inflight_bytes`] of object bodies ([`STREAM_INFLIGHT_BYTES_MAX`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,9 +99,11 @@ pub struct StreamOptions {
     pub chunk_bytes: u64,
     /// Stored chunks are packed into objects of at most this many bytes (at least one chunk).
     pub object_bytes: u64,
-    /// Chunks read and hashed at once; objects uploaded at once, within
-    /// [`STREAM_INFLIGHT_BYTES_MAX`] (see [`StreamOptions::objects_in_flight`]).
+    /// Chunks read and hashed at once; objects uploaded at once, within `inflight_bytes`
+    /// (see [`StreamOptions::objects_in_flight`]).
     pub parallelism: usize,
+    /// Object bodies held at once, at most ([`STREAM_INFLIGHT_BYTES_MAX`] by default).
+    pub inflight_bytes: u64,
     pub compression: Compression,
     /// Parent snapshot (same location) for an incremental stream.
     pub parent: Option<String>,
@@ -114,15 +116,16 @@ impl StreamOptions {
             chunk_bytes: STREAM_CHUNK_BYTES_DEFAULT,
             object_bytes: STREAM_OBJECT_BYTES_DEFAULT,
             parallelism: STREAM_PARALLELISM_DEFAULT,
+            inflight_bytes: STREAM_INFLIGHT_BYTES_MAX,
             compression: Compression::Zstd,
             parent: None,
         }
     }
 
     /// Full objects held at once (hashing, waiting for an upload slot, uploading): as many
-    /// as fit [`STREAM_INFLIGHT_BYTES_MAX`] besides the one being packed, at least one.
+    /// as fit `inflight_bytes` besides the one being packed, at least one.
     pub fn bodies_in_flight(&self) -> usize {
-        ((STREAM_INFLIGHT_BYTES_MAX / self.object_bytes.max(1)).saturating_sub(1) as usize).max(1)
+        ((self.inflight_bytes / self.object_bytes.max(1)).saturating_sub(1) as usize).max(1)
     }
 
     /// Objects uploading at once: `parallelism`, at most [`Self::bodies_in_flight`].
@@ -747,6 +750,140 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::restore::{restore_to_device, RestoreOptions};
+    use crate::stream::vault::DirVault;
+    use crate::volume::mem::MemDevice;
+    use rand::{RngCore, SeedableRng};
+
+    const C: u64 = 64 * 1024;
+
+    /// A volume of `chunks` 64 KiB chunks plus a short last one: random, zero and compressible
+    /// chunks in a fixed pattern (every fifth, from the second, is zero).
+    fn mixed_volume(chunks: usize, seed: u64) -> MemDevice {
+        let c = C as usize;
+        let size = chunks * c + 12 * 1024;
+        let dev = MemDevice::new("pipe", size);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut buf = vec![0u8; c];
+        for i in 0..=chunks {
+            let len = c.min(size - i * c);
+            match i % 5 {
+                0 | 3 => rng.fill_bytes(&mut buf[..len]),
+                1 => continue,
+                _ => buf[..len]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(k, b)| *b = (k / 512) as u8),
+            }
+            dev.fill(i * c, &buf[..len]);
+        }
+        dev
+    }
+
+    async fn stream_in_time(
+        dev: &MemDevice,
+        changed: Option<&ChangedChunks>,
+        store: &DirVault,
+        loc: &Location,
+        o: &StreamOptions,
+    ) -> Result<Report, StreamError> {
+        let what = format!(
+            "parallelism {}, object {}, bodies {}",
+            o.parallelism,
+            o.object_bytes,
+            o.bodies_in_flight()
+        );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            stream_device(dev, changed, store, loc, o, |_| {}),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: stream hung"))
+    }
+
+    async fn assert_restores_equal(store: &DirVault, loc: &Location, snap: &str, dev: &MemDevice) {
+        let back = MemDevice::new("back", dev.size_bytes() as usize);
+        restore_to_device(store, loc, snap, &back, &RestoreOptions::default(), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("restore {snap}: {e}"));
+        assert!(
+            back.contents() == dev.contents(),
+            "{snap}: restored volume differs"
+        );
+    }
+
+    /// Every combination of parallelism, object size (one chunk, a few, more than the volume)
+    /// and body budget (one body, a few, the default) streams without hanging, counts every
+    /// chunk once and restores equal; then an incremental reads only the marked chunks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_streams_every_chunk_once_for_any_parallelism_object_size_and_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirVault::new(dir.path()).unwrap();
+        let chunks = 53usize;
+        let n = chunks as u64 + 1;
+        let mut k = 0;
+        for par in [1usize, 2, 8, 17] {
+            for obj in [C, 3 * C + 4096, 64 * C] {
+                for budget in [2 * obj, 6 * obj, STREAM_INFLIGHT_BYTES_MAX] {
+                    k += 1;
+                    let dev = mixed_volume(chunks, k);
+                    let loc = Location::new(format!("c{k}"), "v");
+                    let mut o = StreamOptions::new("full");
+                    (
+                        o.chunk_bytes,
+                        o.object_bytes,
+                        o.parallelism,
+                        o.inflight_bytes,
+                    ) = (C, obj, par, budget);
+                    let what = format!("parallelism {par}, object {obj}, budget {budget}");
+                    let r = stream_in_time(&dev, None, &store, &loc, &o)
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let zero = (0..n).filter(|i| i % 5 == 1).count() as u64;
+                    assert_eq!(r.chunks_total, n, "{what}");
+                    assert_eq!(r.chunks_skipped_zero, zero, "{what}");
+                    assert_eq!(r.chunks_uploaded, n - zero, "{what}");
+                    assert_restores_equal(&store, &loc, "full", &dev).await;
+
+                    // Chunks 4 and 40 change, 41 is marked but unchanged: only the three
+                    // marked chunks are read, two are stored.
+                    let mut fresh = vec![0u8; C as usize];
+                    rand::rngs::StdRng::seed_from_u64(k).fill_bytes(&mut fresh);
+                    dev.fill(4 * C as usize, &fresh);
+                    dev.fill(40 * C as usize, &fresh);
+                    let mut changed = ChangedChunks::new(C, n);
+                    for i in [4, 40, 41] {
+                        changed.mark(i);
+                    }
+                    o.snapshot = "incr".into();
+                    o.parent = Some("full".into());
+                    let r = stream_in_time(&dev, Some(&changed), &store, &loc, &o)
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: incremental: {e}"));
+                    assert_eq!((r.chunks_uploaded, r.bytes_read), (2, 3 * C), "{what}");
+                    assert_restores_equal(&store, &loc, "incr", &dev).await;
+                }
+            }
+        }
+    }
+
+    /// A read error in the middle of a group ends the stream with that error: no hang, no
+    /// manifest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_error_ends_the_stream_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirVault::new(dir.path()).unwrap();
+        let dev = mixed_volume(40, 1).with_failing_range(21 * C..21 * C + 1);
+        let loc = Location::new("c", "v");
+        let mut o = StreamOptions::new("s");
+        o.chunk_bytes = C;
+        let e = stream_in_time(&dev, None, &store, &loc, &o)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("injected fault"), "{e}");
+        let manifest = store.head("c", &loc.manifest_object("s")).await.unwrap();
+        assert!(manifest.is_none());
+    }
 
     #[test]
     fn names_and_zero_test() {

@@ -692,6 +692,14 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 prog.bytes_done += len;
                 prog.chunks_done += 1;
             }
+            // Unreachable while the scheduling above holds (nothing in flight means a body slot
+            // is free); an error, not select!'s panic, if it ever does not.
+            else => {
+                return Err(StreamError::Task(format!(
+                    "stream pipeline stalled: {} ready, {} hashing, {} queued, {uploading} uploading, {bodies} bodies",
+                    ready.len(), hashing, queued.len()
+                )));
+            }
         }
         prog.bytes_transferred = report.bytes_uploaded;
         prog.elapsed_ms = t0.elapsed().as_millis() as u64;

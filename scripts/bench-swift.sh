@@ -159,6 +159,7 @@ for r in $(seq 1 "$repeat"); do
   pair "$r" random rand "rand$r" "bench-drl-$r-$ts" -- "$work/rand.img" "bench-swc-$r-$ts"
   if [ "${CEILING:-1}" = 1 ]; then
     pieces=$(mktemp -d /dev/shm/drl-bench-swift.XXXXXX)
+    on_exit "rm -rf '$pieces'"   # a volume's worth of RAM, also when interrupted
     split -b 16M -a 3 "$work/rand.img" "$pieces/p"
     IFS='|' read -r s b c1 w <<<"$(timed ceiling_case "$pieces" "bench-curl-$r-$ts")"
     row "$r" random "curl (ceiling)" "$s" "$b" "$c1" "$w"

@@ -210,13 +210,15 @@ pub const REPL_BITMAP_PERSIST_MS: u64 = 5_000;
 pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 1024 * 1024;
 pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
 pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Chunks read and hashed at once (at least two groups of [`STREAM_HASH_LANES`]), objects
+/// Chunks read and hashed at once (or two hash groups, when more; see [`STREAM_HASH_LANES`]), objects
 /// uploaded at once (see [`STREAM_INFLIGHT_BYTES_MAX`]), ranges fetched at once by a restore.
 pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
-/// A stream reads chunks in groups of this many and computes their sha256s side by side
+/// A stream reads chunks in groups of up to this many (at most `parallelism`, at most
+/// [`STREAM_HASH_GROUP_BYTES_MAX`]) and computes their sha256s side by side
 /// (`stream::sha256x8`).
 pub const STREAM_HASH_LANES: usize = 8;
+pub const STREAM_HASH_GROUP_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Stored chunks are packed into objects of at most this size (Swift pays per object: an
 /// fsync, a container update; few large objects stream faster than many small ones).
 /// 16 MiB with the default parallelism keeps 8 objects in flight: their md5s go four at a time.

@@ -347,31 +347,43 @@ type Verified = Result<Vec<(u64, Vec<u8>)>, (usize, String)>;
 /// Check the chunks cut from one fetched range (their sha256s side by side, [`sha256x8`]) and
 /// return their volume offsets and raw bytes; the first bad one as (its `k`, why).
 fn verify_chunks(cuts: Vec<Cut>) -> Verified {
-    let mut raws = Vec::with_capacity(cuts.len());
-    for c in &cuts {
-        let raw = match c.compression {
-            Compression::None => c.stored.to_vec(),
-            Compression::Zstd => zstd::bulk::decompress(&c.stored, c.raw_len as usize)
-                .map_err(|e| (c.k, format!("zstd: {e}")))?,
-        };
-        if raw.len() as u64 != c.raw_len {
-            return Err((
-                c.k,
-                format!("holds {} bytes, the chunk is {}", raw.len(), c.raw_len),
-            ));
-        }
-        raws.push(raw);
-    }
-    for (cs, rs) in cuts.chunks(8).zip(raws.chunks(8)) {
-        let msgs: Vec<&[u8]> = rs.iter().map(|r| &r[..]).collect();
-        for (c, got) in cs.iter().zip(sha256x8::sha256_x8(&msgs)) {
-            let got = hex::encode(got);
-            if got != c.sha256 {
-                return Err((c.k, format!("sha256 {got}, manifest says {}", c.sha256)));
+    let raws: Vec<Result<Vec<u8>, String>> = cuts
+        .iter()
+        .map(|c| {
+            let raw = match c.compression {
+                Compression::None => c.stored.to_vec(),
+                Compression::Zstd => zstd::bulk::decompress(&c.stored, c.raw_len as usize)
+                    .map_err(|e| format!("zstd: {e}"))?,
+            };
+            if raw.len() as u64 != c.raw_len {
+                return Err(format!(
+                    "holds {} bytes, the chunk is {}",
+                    raw.len(),
+                    c.raw_len
+                ));
             }
+            Ok(raw)
+        })
+        .collect();
+    let sums: Vec<String> = {
+        let good: Vec<&[u8]> = raws.iter().filter_map(|r| r.as_deref().ok()).collect();
+        good.chunks(8)
+            .flat_map(sha256x8::sha256_x8)
+            .map(hex::encode)
+            .collect()
+    };
+    let mut sums = sums.into_iter();
+    // In order, so the first bad chunk is the one reported, whatever is wrong with it.
+    let mut out = Vec::with_capacity(cuts.len());
+    for (c, raw) in cuts.iter().zip(raws) {
+        let raw = raw.map_err(|why| (c.k, why))?;
+        let got = sums.next().unwrap_or_default();
+        if got != c.sha256 {
+            return Err((c.k, format!("sha256 {got}, manifest says {}", c.sha256)));
         }
+        out.push((c.volume_offset, raw));
     }
-    Ok(cuts.iter().map(|c| c.volume_offset).zip(raws).collect())
+    Ok(out)
 }
 
 /// Fetch one range and check every chunk in it; returns the bytes fetched and, per chunk, its
@@ -523,6 +535,44 @@ mod tests {
     use super::*;
     use crate::stream::manifest::{MANIFEST_FORMAT, MANIFEST_VERSION};
     use crate::stream::vault::DirVault;
+
+    /// The first bad chunk of a range is the one reported, whether its sha256 is wrong or it
+    /// does not decompress; good chunks come back with their volume offsets.
+    #[test]
+    fn a_range_reports_its_first_bad_chunk() {
+        use sha2::{Digest, Sha256};
+        let cut = |k: usize, data: &[u8], compression, sha: String| Cut {
+            k,
+            volume_offset: 4096 * k as u64,
+            stored: Bytes::copy_from_slice(data),
+            compression,
+            raw_len: 4096,
+            sha256: sha,
+        };
+        let block = |b: u8| vec![b; 4096];
+        let sha = |d: &[u8]| hex::encode(Sha256::digest(d));
+        let good: Vec<Cut> = (0..10)
+            .map(|k| cut(k, &block(k as u8), Compression::None, sha(&block(k as u8))))
+            .collect();
+        let back = verify_chunks(good).unwrap();
+        assert_eq!(back.len(), 10);
+        assert_eq!((back[9].0, back[9].1[0]), (9 * 4096, 9));
+        let bad = vec![
+            cut(0, &block(0), Compression::None, sha(&block(0))),
+            cut(1, &block(1), Compression::None, sha(&block(2))),
+            cut(2, b"not zstd", Compression::Zstd, sha(&block(2))),
+        ];
+        let (k, why) = verify_chunks(bad).unwrap_err();
+        assert_eq!(k, 1, "{why}");
+        assert!(why.contains("manifest says"), "{why}");
+        let bad = vec![
+            cut(0, b"not zstd", Compression::Zstd, sha(&block(0))),
+            cut(1, &block(1), Compression::None, sha(&block(2))),
+        ];
+        let (k, why) = verify_chunks(bad).unwrap_err();
+        assert_eq!(k, 0, "{why}");
+        assert!(why.contains("zstd"), "{why}");
+    }
 
     fn incr(name: &str, parent: &str) -> Manifest {
         Manifest {

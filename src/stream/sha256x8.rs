@@ -15,6 +15,7 @@ use sha2::digest::generic_array::GenericArray;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -58,6 +59,7 @@ pub fn sha256_x8(msgs: &[&[u8]]) -> Vec<[u8; 32]> {
 pub fn sha256_x8_with(msgs: &[&[u8]], lanes: bool) -> Vec<[u8; 32]> {
     assert!(msgs.len() <= 8, "sha256_x8 takes at most 8 messages");
     assert!(!lanes || lanes_available(), "this CPU lacks AVX-512VL");
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     let (common, l) = lockstep_lanes::<8>(msgs);
     let common = if lanes { common } else { 0 };
     #[allow(unused_mut)]

@@ -128,6 +128,15 @@ impl StreamOptions {
         ((self.inflight_bytes / self.object_bytes.max(1)).saturating_sub(1) as usize).max(1)
     }
 
+    /// Chunks read and hashed together (their sha256s side by side): up to
+    /// [`STREAM_HASH_LANES`], at most `parallelism`, and no more than
+    /// [`STREAM_HASH_GROUP_BYTES_MAX`] unless one chunk is bigger. Two groups or more are read
+    /// at once, so at most `max(parallelism, 2 x group)` chunks are in flight.
+    pub fn hash_group_chunks(&self) -> usize {
+        let by_bytes = (STREAM_HASH_GROUP_BYTES_MAX / self.chunk_bytes.max(1)) as usize;
+        STREAM_HASH_LANES.min(self.parallelism).min(by_bytes).max(1)
+    }
+
     /// Objects uploading at once: `parallelism`, at most [`Self::bodies_in_flight`].
     pub fn objects_in_flight(&self) -> usize {
         self.parallelism.min(self.bodies_in_flight()).max(1)
@@ -301,12 +310,10 @@ fn worth_compressing(buf: &[u8]) -> bool {
     })
 }
 
-/// Zero test, sha256 (side by side, [`sha256x8`]) and, when it pays, zstd of a group of read
-/// chunks `(index, buffer)`; CPU work for the blocking pool. One result per chunk, in order.
-fn digest_group(
-    group: Vec<(u64, AlignedBuf)>,
-    policy: Compression,
-) -> Result<Vec<Processed>, StreamError> {
+/// Zero test and sha256 (side by side, [`sha256x8`]) of a group of read chunks
+/// `(index, buffer)`; CPU work for the blocking pool. Per chunk, in order: its sha256, or None
+/// for an all-zero chunk.
+fn hash_group(group: &[(u64, AlignedBuf)]) -> Vec<Option<String>> {
     let data: Vec<bool> = group.iter().map(|(_, b)| !is_zero(b)).collect();
     let msgs: Vec<&[u8]> = group
         .iter()
@@ -315,32 +322,35 @@ fn digest_group(
         .map(|((_, b), _)| &b[..])
         .collect();
     let mut sums = sha256x8::sha256_x8(&msgs).into_iter();
-    let mut out = Vec::with_capacity(group.len());
-    for ((index, buf), d) in group.into_iter().zip(data) {
-        if !d {
-            out.push(Processed::Zero);
-            continue;
+    data.into_iter()
+        .map(|d| d.then(|| sums.next().map(hex::encode)).flatten())
+        .collect()
+}
+
+/// A stored chunk's payload: zstd when a sample says it pays and it does, else the raw buffer.
+/// CPU work for the blocking pool (one task per chunk: compression uses every core).
+fn payload_of(
+    buf: AlignedBuf,
+    index: u64,
+    sha256: String,
+    policy: Compression,
+) -> Result<Processed, StreamError> {
+    if policy == Compression::Zstd && worth_compressing(&buf) {
+        let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL)
+            .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
+        if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
+            return Ok(Processed::Data {
+                sha256,
+                payload: Bytes::from(z),
+                compression: Compression::Zstd,
+            });
         }
-        let sha256 = hex::encode(sums.next().unwrap_or_default());
-        if policy == Compression::Zstd && worth_compressing(&buf) {
-            let z = zstd::bulk::compress(&buf, STREAM_ZSTD_LEVEL)
-                .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
-            if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
-                out.push(Processed::Data {
-                    sha256,
-                    payload: Bytes::from(z),
-                    compression: Compression::Zstd,
-                });
-                continue;
-            }
-        }
-        out.push(Processed::Data {
-            sha256,
-            payload: Bytes::from_owner(buf),
-            compression: Compression::None,
-        });
     }
-    Ok(out)
+    Ok(Processed::Data {
+        sha256,
+        payload: Bytes::from_owner(buf),
+        compression: Compression::None,
+    })
 }
 
 /// The name of an object: the first chunk's index and a hash of what it holds (every chunk's
@@ -527,8 +537,8 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     // Stage 1, in index order, in groups of `STREAM_HASH_LANES` chunks (their sha256s are
     // computed side by side), groups read at once so that `parallelism` chunks or more are in
     // flight: read, zero test, sha256, zstd.
-    let lanes = STREAM_HASH_LANES as u64;
-    let groups_at_once = opts.parallelism.div_ceil(STREAM_HASH_LANES).max(2);
+    let lanes = opts.hash_group_chunks() as u64;
+    let groups_at_once = (opts.parallelism / lanes as usize).max(2);
     let mut processed = futures::stream::iter(0..n.div_ceil(lanes))
         .map(|g| async move {
             let idx = g * lanes..(g * lanes + lanes).min(n);
@@ -543,26 +553,43 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             .await?;
             let policy = opts.compression;
             let group: Vec<(u64, AlignedBuf)> = want.iter().copied().zip(bufs).collect();
-            let mut digested = tokio::task::spawn_blocking(move || digest_group(group, policy))
-                .await
-                .map_err(|e| StreamError::Task(e.to_string()))??
-                .into_iter();
+            let (group, sums) = tokio::task::spawn_blocking(move || {
+                let sums = hash_group(&group);
+                (group, sums)
+            })
+            .await
+            .map_err(|e| StreamError::Task(e.to_string()))?;
+            // Zero, the same as the parent's, or a payload (compressed each on its own task).
+            let mut read = futures::future::try_join_all(group.into_iter().zip(sums).map(
+                |((i, buf), sum)| async move {
+                    let p = match sum {
+                        None => Processed::Zero,
+                        Some(sha)
+                            if parent_sha.as_ref().is_some_and(|ps| {
+                                ps[i as usize].as_deref() == Some(sha.as_str())
+                            }) =>
+                        {
+                            Processed::SameAsParent
+                        }
+                        Some(sha) if policy == Compression::Zstd => {
+                            tokio::task::spawn_blocking(move || payload_of(buf, i, sha, policy))
+                                .await
+                                .map_err(|e| StreamError::Task(e.to_string()))??
+                        }
+                        Some(sha) => payload_of(buf, i, sha, policy)?,
+                    };
+                    Ok::<_, StreamError>(p)
+                },
+            ))
+            .await?
+            .into_iter();
             let mut out = Vec::with_capacity(idx.end.saturating_sub(idx.start) as usize);
             for i in idx {
                 let p = if want.binary_search(&i).is_err() {
                     Processed::Unchanged
                 } else {
-                    match digested.next() {
-                        Some(Processed::Data { sha256, .. })
-                            if parent_sha.as_ref().is_some_and(|ps| {
-                                ps[i as usize].as_deref() == Some(sha256.as_str())
-                            }) =>
-                        {
-                            Processed::SameAsParent
-                        }
-                        Some(p) => p,
-                        None => return Err(StreamError::Task(format!("chunk {i} has no digest"))),
-                    }
+                    read.next()
+                        .ok_or_else(|| StreamError::Task(format!("chunk {i} has no digest")))?
                 };
                 out.push((i, len_of(i), p));
             }

@@ -729,7 +729,9 @@ impl<S: ObjectStore> ObjectStore for Gauge<S> {
     async fn put_md5(&self, c: &str, n: &str, d: Bytes, m: &str) -> Result<String, StreamError> {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // Slower than the stream makes objects, so they wait for a slot and the bound is
+        // what limits the overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let r = self.inner.put_md5(c, n, d, m).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
         r

@@ -410,6 +410,11 @@ fn failover_then_fail_back_resyncs_only_changed_blocks() {
     // And back to the original roles: b steps down, a is promoted (no --force needed: both
     // UpToDate and connected), writes replicate from a again.
     p.cli_ok("b", &["secondary", "r0"]);
+    // `secondary` returns once b has stepped down; a learns it from b's state change a moment
+    // later, and refuses to become a second Primary until then.
+    p.wait("a sees b Secondary", WAIT, |a, _| {
+        a.is_some_and(|a| a["peer_role"] == "Secondary")
+    });
     p.cli_ok("a", &["primary", "r0"]);
     nbd_write(&p.nbd("a"), 20 * MIB, &random_bytes(23, MIB));
     p.wait_in_sync("a", "roles restored, a Primary again");

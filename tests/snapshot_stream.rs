@@ -319,7 +319,10 @@ fn interrupted_stream_resumes_without_resending_and_corruption_is_detected() {
     // The shaper holds the stream to 50 MB/s (at least 2.7 s for the 128 MiB), so it is still
     // running when the test has seen 10 objects: unshaped it can finish before one `swift list`
     // comes back.
-    let cfg = format!("{}\n[shaping]\nlink-rate = \"400Mbit\"\n", config(d, "128MiB"));
+    let cfg = format!(
+        "{}\n[shaping]\nlink-rate = \"400Mbit\"\n",
+        config(d, "128MiB")
+    );
     let mut node = Node::start(d, &cfg, "n1", &d.join("r0.nbd"));
     let uri = format!("nbd+unix:///?socket={}", d.join("r0.nbd").display());
     let mut data = vec![0u8; 128 << 20];

@@ -600,7 +600,8 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         .buffered(groups_at_once)
         .try_flatten();
     // Stage 2: pack stored chunks into objects; md5 them four at a time; upload. At most
-    // `in_flight` full objects (hashing or uploading) besides the one being packed.
+    // `in_flight` full objects (ready, hashing, queued or uploading) besides the one being
+    // packed, at most `uploads_max` of them uploading.
     let mut work = futures::stream::FuturesUnordered::<StepFuture<'_>>::new();
     let mut ready: Vec<Sealed> = Vec::new();
     // Hashed objects waiting for an upload slot: they are ready when a slot frees, so Swift

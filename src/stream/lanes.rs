@@ -31,6 +31,36 @@ pub(super) fn rest_and_final(
     (whole, pad, n)
 }
 
+/// Test inputs for the hashers: a random buffer of `size` bytes and, for every length in
+/// `lens` and every lane count up to `lanes`, a set of messages cut from it (message `j` starts
+/// at `j * stride`; lengths mix so that lanes end at different blocks and padding cases).
+#[cfg(test)]
+pub(super) fn message_sets(
+    seed: u64,
+    size: usize,
+    stride: usize,
+    lens: &[usize],
+    lanes: usize,
+) -> (Vec<u8>, Vec<Vec<std::ops::Range<usize>>>) {
+    use rand::{RngCore, SeedableRng};
+    let mut big = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut big);
+    let mut sets = Vec::new();
+    for (k, &l0) in lens.iter().enumerate() {
+        for n in 1..=lanes {
+            sets.push(
+                (0..n)
+                    .map(|j| {
+                        let l = lens[(k + 3 * j) % lens.len()].max(l0 * (j % 2));
+                        j * stride..j * stride + l.min(size - j * stride)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    (big, sets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

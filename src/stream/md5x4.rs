@@ -228,36 +228,26 @@ fn lockstep(isa: Isa, lanes: [&[u8]; 4], blocks: usize) -> [[u32; 4]; 4] {
 mod tests {
     use super::*;
     use crate::stream::store::md5_hex;
-    use rand::{RngCore, SeedableRng};
 
     #[test]
     fn equals_single_md5_for_all_lengths_and_lane_counts() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let mut big = vec![0u8; 300_000];
-        rng.fill_bytes(&mut big);
         let lens = [
             0usize, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000, 4096, 300_000,
         ];
-        for (k, &l0) in lens.iter().enumerate() {
-            for lanes in 1..=4 {
-                let msgs: Vec<&[u8]> = (0..lanes)
-                    .map(|j| {
-                        let l = lens[(k + 3 * j) % lens.len()].max(l0 * (j % 2));
-                        &big[j * 7..j * 7 + l.min(big.len() - j * 7)]
-                    })
-                    .collect();
-                let want: Vec<String> = msgs.iter().map(|m| md5_hex(m)).collect();
-                for isa in [Isa::Sse2, Isa::Avx512]
-                    .into_iter()
-                    .filter(|i| i.available())
-                {
-                    assert_eq!(
-                        md5_hex_x4_isa(&msgs, isa),
-                        want,
-                        "{isa:?}, lengths {:?}",
-                        msgs.iter().map(|m| m.len()).collect::<Vec<_>>()
-                    );
-                }
+        let (big, sets) = super::super::lanes::message_sets(11, 300_000, 7, &lens, 4);
+        for set in sets {
+            let msgs: Vec<&[u8]> = set.into_iter().map(|r| &big[r]).collect();
+            let want: Vec<String> = msgs.iter().map(|m| md5_hex(m)).collect();
+            for isa in [Isa::Sse2, Isa::Avx512]
+                .into_iter()
+                .filter(|i| i.available())
+            {
+                assert_eq!(
+                    md5_hex_x4_isa(&msgs, isa),
+                    want,
+                    "{isa:?}, lengths {:?}",
+                    msgs.iter().map(|m| m.len()).collect::<Vec<_>>()
+                );
             }
         }
         assert_eq!(

@@ -98,7 +98,26 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, PeerError> {
         addr: addr.to_string(),
         source,
     })?;
-    Ok(s)
+    refuse_self_connect(s, addr)
+}
+
+/// A connect to a port on this host where nothing listens can succeed with the connection
+/// joined to itself (TCP simultaneous open, when the kernel picks that very port as the
+/// source). The socket then echoes our own handshake back and, worse, holds the port the peer
+/// is about to listen on, so the peer could never start its listener. Drop such a connection
+/// at once; the caller retries after its backoff, by which time the peer may listen.
+fn refuse_self_connect(s: TcpStream, addr: SocketAddr) -> Result<TcpStream, PeerError> {
+    match (s.local_addr(), s.peer_addr()) {
+        (Ok(local), Ok(peer)) if local == peer => Err(PeerError::Io {
+            what: "connecting to",
+            addr: addr.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "the connection joined itself (nothing listens there yet); dropped",
+            ),
+        }),
+        _ => Ok(s),
+    }
 }
 
 /// Run the handshake on `stream` with a deadline.
@@ -215,6 +234,27 @@ mod tests {
     fn only_the_smaller_name_initiates() {
         assert!(initiates("alpha", "beta"));
         assert!(!initiates("beta", "alpha"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_joined_to_itself_is_dropped_and_frees_the_port() {
+        // Make a self-connect on purpose: bind a port, then connect from it to it.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_reuseaddr(true).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let s = sock.connect(addr).await.unwrap();
+        assert_eq!(s.local_addr().unwrap(), s.peer_addr().unwrap());
+        let err = refuse_self_connect(s, addr).unwrap_err().to_string();
+        assert!(err.contains("joined itself"), "{err}");
+        // The port is free again: the peer can start its listener there.
+        tokio::net::TcpListener::bind(addr).await.unwrap();
+
+        // An ordinary connection passes.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        let s = TcpStream::connect(to).await.unwrap();
+        assert!(refuse_self_connect(s, to).is_ok());
     }
 
     #[test]

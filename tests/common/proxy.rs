@@ -102,6 +102,12 @@ fn accept_loop(l: TcpListener, target: SocketAddr, ctl: Arc<Ctl>) {
                 let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
                     continue;
                 };
+                // Nothing listening on the target yet can give a connection joined to itself
+                // (TCP simultaneous open): it would echo the client's bytes back and hold the
+                // port the target is about to listen on. Drop it; the client retries.
+                if server.local_addr().ok() == server.peer_addr().ok() {
+                    continue;
+                }
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 {

@@ -164,6 +164,10 @@ pub const REPL_RECONNECT_MAX_MS: u64 = 2_000;
 pub const REPL_PING_INTERVAL_MS: u64 = 1_000;
 /// No frame at all from the peer for this long: the connection is dead.
 pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
+/// How long `primary` / `secondary` wait for the connected peer to confirm it applied the
+/// role change (DRBD changes roles cluster-wide). Longer would outlast the peer timeout,
+/// which ends the wait anyway by closing the link.
+pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
 /// Resync requests a SyncTarget keeps outstanding.
 pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
 /// Resync requests a SyncSource reads at once while its answers are zero ranges (each read is

@@ -410,15 +410,39 @@ fn failover_then_fail_back_resyncs_only_changed_blocks() {
     // And back to the original roles: b steps down, a is promoted (no --force needed: both
     // UpToDate and connected), writes replicate from a again.
     p.cli_ok("b", &["secondary", "r0"]);
-    // `secondary` returns once b has stepped down; a learns it from b's state change a moment
-    // later, and refuses to become a second Primary until then.
-    p.wait("a sees b Secondary", WAIT, |a, _| {
-        a.is_some_and(|a| a["peer_role"] == "Secondary")
-    });
+    // The role change is cluster-wide (`role_changes_wait_for_the_peer`): a promotes at once.
     p.cli_ok("a", &["primary", "r0"]);
     nbd_write(&p.nbd("a"), 20 * MIB, &random_bytes(23, MIB));
     p.wait_in_sync("a", "roles restored, a Primary again");
     p.assert_disks_identical("after the roles were switched back");
+}
+
+/// DRBD changes roles cluster-wide: when `drbdadm secondary` returns, the peer knows, so
+/// `primary` on the peer right after just works. Here the link holds every piece for 400 ms,
+/// so a role change that returned as soon as it was local would leave the peer behind.
+#[test]
+fn role_changes_wait_for_the_peer() {
+    let mut opts = PairOpts::new(8 * MIB);
+    opts.proxied = true;
+    let p = Pair::start(opts);
+    p.force_primary_and_sync("a");
+    for proxy in &p.proxies {
+        proxy.set_delay(std::time::Duration::from_millis(400));
+    }
+    let t = std::time::Instant::now();
+    p.cli_ok("a", &["secondary", "r0"]);
+    let took = t.elapsed();
+    let b = res(p.node("b"), "r0").unwrap();
+    assert_eq!(
+        b["peer_role"], "Secondary",
+        "b right after a's secondary: {b}"
+    );
+    // The wait is the peer's confirmation, not the bound (REPL_STATE_ACK_TIMEOUT_MS, 6 s).
+    assert!(took.as_millis() < 5000, "secondary took {took:?}");
+    p.cli_ok("b", &["primary", "r0"]);
+    let a = res(p.node("a"), "r0").unwrap();
+    assert_eq!(a["peer_role"], "Primary", "a right after b's primary: {a}");
+    assert_eq!(a["connection"], "Connected", "{a}");
 }
 
 #[test]

@@ -48,7 +48,18 @@ pub struct Link {
     pub(crate) sent_bytes: AtomicU64,
     /// Pull-ahead: application writes are not shipped (their bits stay set).
     pub(crate) ahead: AtomicBool,
+    /// The last state-change confirmation asked for ([`Link::push_state_change`]) and the
+    /// last the peer answered; `state_notify` is signalled on each answer.
+    state_asked: AtomicU64,
+    state_answered: AtomicU64,
+    state_notify: Notify,
 }
+
+/// A Ping whose seq has this bit set asks the peer to confirm the StateChange queued before
+/// it: the peer applies frames in order and echoes the seq in its PingAck, so that PingAck
+/// means the StateChange took effect there. Keepalive pings count up from 1 and never reach
+/// it; a peer needs nothing new to answer (it echoes any seq).
+pub const STATE_PING_BIT: u64 = 1 << 63;
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +89,9 @@ impl Link {
             born: std::time::Instant::now(),
             sent_bytes: AtomicU64::new(0),
             ahead: AtomicBool::new(false),
+            state_asked: AtomicU64::new(0),
+            state_answered: AtomicU64::new(0),
+            state_notify: Notify::new(),
         };
         (link, rx)
     }
@@ -101,6 +115,50 @@ impl Link {
         self.closed.store(true, Ordering::Release);
         self.room.notify_waiters();
         self.closed_notify.notify_waiters();
+        self.state_notify.notify_waiters();
+    }
+
+    /// Queue a StateChange and, behind it, a Ping asking the peer to confirm it
+    /// ([`STATE_PING_BIT`]). False if the link could not take them.
+    pub fn push_state_change(&self, change: &Frame) -> bool {
+        debug_assert!(matches!(change, Frame::StateChange { .. }));
+        let n = self.state_asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.push(change)
+            && self.push(&Frame::Ping {
+                seq: STATE_PING_BIT | n,
+            })
+    }
+
+    /// A PingAck arrived: if it confirms a state change, record it. True if it did.
+    pub fn on_ping_ack(&self, seq: u64) -> bool {
+        if seq & STATE_PING_BIT == 0 {
+            return false;
+        }
+        self.state_answered
+            .fetch_max(seq & !STATE_PING_BIT, Ordering::AcqRel);
+        self.state_notify.notify_waiters();
+        true
+    }
+
+    /// Wait until the peer confirmed every state change queued so far, the link closed (the
+    /// next handshake carries the new state), or `timeout` passed. True if confirmed.
+    pub async fn state_confirmed(&self, timeout: std::time::Duration) -> bool {
+        let want = self.state_asked.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state_answered.load(Ordering::Acquire) >= want {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub fn reason(&self) -> Option<String> {
@@ -280,6 +338,65 @@ mod tests {
             zstd_flag(&rx.try_recv().unwrap()),
             "compression dropped at once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_state_change_is_confirmed_only_by_the_ping_queued_behind_it() {
+        use drbd_compat::{DiskState, Role};
+        use std::time::Duration;
+        let rid = resource_id("r0");
+        let (link, mut rx) = Link::new(Encoder::new(rid), EpochTracker::default());
+        // Nothing asked: confirmed at once.
+        assert!(link.state_confirmed(Duration::ZERO).await);
+        let change = Frame::StateChange {
+            role: Role::Secondary,
+            disk: DiskState::UpToDate,
+            ahead: false,
+        };
+        assert!(link.push_state_change(&change));
+        assert!(link.push_state_change(&change));
+        // The StateChange, then the Ping that asks for its confirmation, in that order.
+        let mut dec = Decoder::new(rid);
+        let mut buf = BytesMut::new();
+        while let Ok(b) = rx.try_recv() {
+            buf.extend_from_slice(&b);
+        }
+        let mut frames = Vec::new();
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[0], change);
+        assert_eq!(
+            frames[1],
+            Frame::Ping {
+                seq: STATE_PING_BIT | 1
+            }
+        );
+        assert_eq!(
+            frames[3],
+            Frame::Ping {
+                seq: STATE_PING_BIT | 2
+            }
+        );
+        // A keepalive answer or the first confirmation do not confirm the second change.
+        assert!(!link.on_ping_ack(7));
+        assert!(link.on_ping_ack(STATE_PING_BIT | 1));
+        assert!(!link.state_confirmed(Duration::from_millis(20)).await);
+        // A waiter is woken by the answer.
+        let l = std::sync::Arc::new(link);
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.state_confirmed(Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(l.on_ping_ack(STATE_PING_BIT | 2));
+        assert!(waiter.await.unwrap());
+        // A closed link ends the wait unconfirmed (the next handshake carries the state).
+        assert!(l.push_state_change(&change));
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.state_confirmed(Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        l.close("test");
+        assert!(!waiter.await.unwrap());
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl Replicator {
         }
         if before.role != after.role || before.disk_state != after.disk_state {
             if let Some(l) = self.state().link.clone() {
-                l.push(&Frame::StateChange {
+                l.push_state_change(&Frame::StateChange {
                     role: role_of(after.role),
                     disk: disk_of(after.disk_state),
                     ahead: l.ahead.load(Ordering::Acquire),

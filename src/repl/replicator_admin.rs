@@ -2,6 +2,8 @@
 //! and its status fields.
 
 use super::*;
+use crate::limits::REPL_STATE_ACK_TIMEOUT_MS;
+use std::time::Duration;
 
 impl Replicator {
     // ---- admin operations ----
@@ -66,6 +68,7 @@ impl Replicator {
             // comes second sees the other: no interleaving leaves a stale decision standing.
             self.renegotiate_if_stale("promoted with a new data generation");
         }
+        self.peer_learns_role().await;
         Ok(())
     }
 
@@ -81,7 +84,25 @@ impl Replicator {
         self.update_meta(|sb| {
             sb.role = meta::Role::Secondary;
             sb.flags &= !flags::WAS_PRIMARY;
-        })
+        })?;
+        self.peer_learns_role().await;
+        Ok(())
+    }
+
+    /// After a role change: wait (bounded) until a connected peer has applied it, as DRBD
+    /// changes roles cluster-wide. Then `drl secondary` on one node and `drl primary` on the
+    /// other just work, and the peer's `status` already shows the new role. Without a live
+    /// link there is nothing to wait for: the next handshake carries the role. A peer that
+    /// does not confirm in time is logged; the local change stands either way.
+    async fn peer_learns_role(&self) {
+        let Some(link) = self.state().link.clone() else {
+            return;
+        };
+        let timeout = Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS);
+        if !link.state_confirmed(timeout).await && !link.is_closed() {
+            tracing::warn!(resource = %self.name, peer = %self.peer_node(),
+                "the peer did not confirm the role change within {REPL_STATE_ACK_TIMEOUT_MS} ms (a congested link?); it learns it when it reads the queued StateChange");
+        }
     }
 
     /// `drl connect RES [--discard-my-data]`.

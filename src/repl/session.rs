@@ -197,7 +197,7 @@ pub(crate) async fn run(
         }
         stale => {
             if let Some(Staleness::Role(now)) = stale {
-                link.push(&Frame::StateChange {
+                link.push_state_change(&Frame::StateChange {
                     role: now.role,
                     disk: now.disk,
                     ahead: false,
@@ -639,7 +639,10 @@ impl Session<'_> {
                 self.link.push(&Frame::PingAck { seq });
                 Ok(())
             }
-            Frame::PingAck { .. } => Ok(()),
+            Frame::PingAck { seq } => {
+                self.link.on_ping_ack(seq);
+                Ok(())
+            }
             Frame::Disconnect { reason } => {
                 tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
                 self.link.close(format!("the peer disconnected: {reason}"));

@@ -20,6 +20,8 @@ struct Ctl {
     stop: AtomicBool,
     accepted: AtomicU64,
     forwarded_bytes: AtomicU64,
+    /// Hold each piece read for this long before forwarding it (a slow link's latency).
+    delay_ms: AtomicU64,
     live: Mutex<Vec<TcpStream>>,
 }
 
@@ -63,6 +65,14 @@ impl Proxy {
 
     pub fn forwarded_bytes(&self) -> u64 {
         self.ctl.forwarded_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Hold everything forwarded from now on for `d` before passing it on (both directions;
+    /// each read is held in turn, so this also slows the link).
+    pub fn set_delay(&self, d: Duration) {
+        self.ctl
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn block(&self) {
@@ -162,6 +172,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>) {
                 }
             }
             since_arm += n as u64;
+        }
+        let delay = ctl.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

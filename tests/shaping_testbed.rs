@@ -323,8 +323,10 @@ fn classes_get_their_shares_on_a_shaped_link() {
         "the application wrote only {demand:.0} B/s of its 3.5 MiB/s; fio: {}",
         std::fs::read_to_string(d.join("fio.err")).unwrap_or_default()
     );
+    // 10% slack: the grants and the NBD byte count are read by separate CLI calls, whose
+    // timing drifts apart by a few hundred ms of the 8 s window on a loaded host.
     assert!(
-        rate[0] >= demand * 0.95,
+        rate[0] >= demand * 0.90,
         "replication got {:.0} B/s of its {demand:.0} B/s demand (guarantee {:.0})",
         rate[0],
         50.0 / 101.0 * LINK as f64

@@ -168,6 +168,13 @@ pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
 /// role change (DRBD changes roles cluster-wide). Longer would outlast the peer timeout,
 /// which ends the wait anyway by closing the link.
 pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
+/// Online verify: bytes per range, ranges a VerifyS keeps outstanding, digest bytes per
+/// bitmap block (sha256, truncated: 2^-64 odds that a changed block still matches).
+pub const REPL_VERIFY_REQUEST_BYTES: u32 = 1024 * 1024;
+pub const REPL_VERIFY_WINDOW_REQUESTS: usize = 8;
+pub const REPL_VERIFY_DIGEST_BYTES: usize = 8;
+const _: () = assert!((REPL_VERIFY_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));
+const _: () = assert!(REPL_VERIFY_REQUEST_BYTES <= REPL_FRAME_RANGE_BYTES_MAX);
 /// Resync requests a SyncTarget keeps outstanding.
 pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
 /// Resync requests a SyncSource reads at once while its answers are zero ranges (each read is

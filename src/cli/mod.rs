@@ -95,6 +95,17 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Disconnect a resource from its peer and stay StandAlone until `connect`.
     Disconnect(ResArgs),
+    /// Online verify: compare this node's data with the peer's, block by block, while the
+    /// volume stays in use (DRBD's `verify`). Only digests cross the link.
+    ///
+    /// This node becomes VerifyS, the peer VerifyT; `status` shows the progress. Blocks that
+    /// differ are marked out of sync on the Primary (nothing is marked with no Primary) and
+    /// resynced from it by `drl disconnect RES` then `drl connect RES`, as in DRBD. Verify itself
+    /// changes no data. Needs replication Established (no resync running).
+    ///
+    /// Follows the run with a progress bar and prints the result (`--json`: the report as
+    /// JSON); exits 0 when the run completed, whatever it found.
+    Verify(VerifyArgs),
     /// Stream a snapshot to Swift (or the local vault) as chunks plus a manifest; incremental
     /// against an older snapshot already there. Resumes an interrupted stream.
     Stream(stream::StreamArgs),
@@ -125,6 +136,17 @@ pub struct StatusArgs {
     /// Only this resource.
     pub resource: Option<String>,
     /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    pub resource: String,
+    /// Start the run and return at once (`status` follows it).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -212,6 +234,7 @@ pub fn main() -> i32 {
                 move |_| msg.clone(),
             )
         }
+        Command::Verify(ref a) => status::verify(&cli.global, a),
         Command::Stream(ref a) => stream::stream(&cli.global, a),
         Command::Restore(ref a) => stream::restore(&cli.global, a),
         Command::Image(ref c) => stream::image(&cli.global, c),

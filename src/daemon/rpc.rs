@@ -160,6 +160,11 @@ pub fn router(node: Arc<Node>) -> Router {
             .map_err(repl_error)?;
         Ok(json!({ "resource": rep.name() }))
     });
+    add(&mut r, &node, "verify", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.verify().map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "replication": "VerifyS" }))
+    });
     add(&mut r, &node, "disconnect", |n, params| async move {
         let rep = replicator(&n, &params)?;
         rep.disconnect();

@@ -162,6 +162,9 @@ impl Decoder {
             | FrameType::Zeroes
             | FrameType::ResyncRequest
             | FrameType::ResyncZeroes
+            | FrameType::VerifyRequest
+            | FrameType::VerifyDigests
+            | FrameType::VerifyResult
                 if h.data_len > REPL_FRAME_RANGE_BYTES_MAX =>
             {
                 return Err(WireError::DataTooLarge {
@@ -283,6 +286,33 @@ impl Decoder {
                     offset: h.offset,
                     len: h.data_len,
                 }
+            }
+            FrameType::VerifyRequest => {
+                exact(0)?;
+                Frame::VerifyRequest {
+                    offset: h.offset,
+                    len: h.data_len,
+                }
+            }
+            FrameType::VerifyDigests => {
+                exact(crate::repl::wire::verify_digests_len(h.data_len) as usize)?;
+                Frame::VerifyDigests {
+                    offset: h.offset,
+                    len: h.data_len,
+                    digests: payload.clone(),
+                }
+            }
+            FrameType::VerifyResult => {
+                exact(crate::repl::wire::verify_result_len(h.data_len) as usize)?;
+                Frame::VerifyResult {
+                    offset: h.offset,
+                    len: h.data_len,
+                    differ: payload.clone(),
+                }
+            }
+            FrameType::VerifyDone => {
+                exact(0)?;
+                Frame::VerifyDone
             }
             FrameType::ResyncData => Frame::ResyncData {
                 offset: h.offset,

@@ -29,6 +29,10 @@ pub enum FrameType {
     ResyncData = 22,
     ResyncDone = 23,
     ResyncZeroes = 24,
+    VerifyRequest = 25,
+    VerifyDigests = 26,
+    VerifyResult = 27,
+    VerifyDone = 28,
     StateChange = 30,
     Ping = 31,
     PingAck = 32,
@@ -53,6 +57,10 @@ impl FrameType {
             22 => ResyncData,
             23 => ResyncDone,
             24 => ResyncZeroes,
+            25 => VerifyRequest,
+            26 => VerifyDigests,
+            27 => VerifyResult,
+            28 => VerifyDone,
             30 => StateChange,
             31 => Ping,
             32 => PingAck,
@@ -79,6 +87,10 @@ impl FrameType {
             ResyncData => "ResyncData",
             ResyncDone => "ResyncDone",
             ResyncZeroes => "ResyncZeroes",
+            VerifyRequest => "VerifyRequest",
+            VerifyDigests => "VerifyDigests",
+            VerifyResult => "VerifyResult",
+            VerifyDone => "VerifyDone",
             StateChange => "StateChange",
             Ping => "Ping",
             PingAck => "PingAck",
@@ -104,7 +116,8 @@ impl FrameType {
         match self {
             Data | Trim | Zeroes => (true, true, true, true),
             Barrier | BarrierAck => (false, true, false, false),
-            BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes => (false, false, true, true),
+            BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes | VerifyRequest
+            | VerifyDigests | VerifyResult => (false, false, true, true),
             Ping | PingAck => (true, false, false, false),
             _ => (false, false, false, false),
         }
@@ -319,6 +332,29 @@ pub enum Frame {
         offset: u64,
         len: u32,
     },
+    /// Online verify, sent by the node that compares (a Secondary VerifyS) to the one that
+    /// provides digests (its Primary peer): send the VerifyDigests of this range.
+    VerifyRequest {
+        offset: u64,
+        len: u32,
+    },
+    /// Online verify, from the provider (the Primary, if any): the digests of a range, read
+    /// at exactly this point of its write stream. [`crate::limits::REPL_VERIFY_DIGEST_BYTES`]
+    /// per bitmap block, in block order; header data_len is the range length.
+    VerifyDigests {
+        offset: u64,
+        len: u32,
+        digests: Bytes,
+    },
+    /// Online verify, from the comparer: which blocks of the range differ, one bit per
+    /// bitmap block (LSB first). The provider marks them out of sync if it is Primary.
+    VerifyResult {
+        offset: u64,
+        len: u32,
+        differ: Bytes,
+    },
+    /// The verify run is over (VerifyS to VerifyT).
+    VerifyDone,
     /// The sender's role and disk state changed, or it went Ahead (`ahead`: DRBD's pull-ahead;
     /// the receiver then reports Behind). Wire: role and disk codes, then an optional flags
     /// byte (bit 0: Ahead) that is only sent when set, so a frame without it is the old
@@ -356,6 +392,10 @@ impl Frame {
             Frame::ResyncData { .. } => FrameType::ResyncData,
             Frame::ResyncDone => FrameType::ResyncDone,
             Frame::ResyncZeroes { .. } => FrameType::ResyncZeroes,
+            Frame::VerifyRequest { .. } => FrameType::VerifyRequest,
+            Frame::VerifyDigests { .. } => FrameType::VerifyDigests,
+            Frame::VerifyResult { .. } => FrameType::VerifyResult,
+            Frame::VerifyDone => FrameType::VerifyDone,
             Frame::StateChange { .. } => FrameType::StateChange,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::PingAck { .. } => FrameType::PingAck,

@@ -97,7 +97,7 @@ fn right_secret_connects_both_ways() {
     assert_eq!(eb.peer.node_name, "a");
     assert_eq!(eb.peer.role, Role::Primary);
     assert_eq!(ea.version, WIRE_VERSION);
-    assert_eq!(ea.features, features::ZSTD);
+    assert_eq!(ea.features, features::ALL);
     assert_eq!(eb.peer.gen, local("a").gen);
 }
 
@@ -110,6 +110,18 @@ fn features_are_the_intersection() {
     run(&mut a, &mut b);
     assert_eq!(a.result.unwrap().unwrap().features, 0);
     assert_eq!(b.result.unwrap().unwrap().features, 0);
+}
+
+/// A peer from before online verify offers only ZSTD: neither side may send verify frames.
+#[test]
+fn a_peer_without_verify_negotiates_it_away() {
+    let mut la = local("a");
+    la.features = features::ZSTD;
+    let mut a = Side::new(la, b"k");
+    let mut b = Side::new(local("b"), b"k");
+    run(&mut a, &mut b);
+    assert_eq!(a.result.unwrap().unwrap().features, features::ZSTD);
+    assert_eq!(b.result.unwrap().unwrap().features, features::ZSTD);
 }
 
 #[test]

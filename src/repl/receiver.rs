@@ -136,6 +136,12 @@ impl<T> EpochReceiver<T> {
         self.held.len() + self.later.len() < self.queue_max
     }
 
+    /// Every write received so far is on the disk: none in flight, held or queued, no flush
+    /// running (online verify reads here at exactly this point of the stream).
+    pub fn idle(&self) -> bool {
+        self.inflight.is_empty() && self.held.is_empty() && self.later.is_empty() && !self.flushing
+    }
+
     /// Writes issued to the disk and not completed.
     pub fn inflight(&self) -> usize {
         self.inflight.len()

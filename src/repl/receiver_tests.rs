@@ -192,3 +192,25 @@ proptest! {
         prop_assert_eq!(issued.len() as u64, seq);
     }
 }
+
+#[test]
+fn idle_only_once_every_received_write_is_on_disk_and_flushed() {
+    let mut r = EpochReceiver::new();
+    assert!(r.idle());
+    r.handle(w(1, 1, 0, 4096)).unwrap();
+    r.handle(w(2, 1, 0, 4096)).unwrap(); // overlaps 1: held
+    r.handle(RxEvent::Barrier { epoch: 1 }).unwrap();
+    r.handle(w(3, 2, 8192, 4096)).unwrap(); // a later epoch: queued
+    assert!(!r.idle());
+    r.handle(RxEvent::WriteDone { seq: 1 }).unwrap();
+    assert!(!r.idle(), "2 released, still in flight");
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 2 }).unwrap(),
+        vec![RxAction::FlushThenAck(1)]
+    );
+    assert!(!r.idle(), "flushing, and 3 waits for the flush");
+    r.handle(RxEvent::FlushDone { epoch: 1 }).unwrap();
+    assert!(!r.idle(), "3 in flight");
+    r.handle(RxEvent::WriteDone { seq: 3 }).unwrap();
+    assert!(r.idle());
+}

@@ -91,6 +91,14 @@ pub(crate) struct State {
     pub renegotiate: bool,
     /// What this node's Hello announced for the live session (with `link`).
     pub announced: Option<Announced>,
+    /// Features negotiated with the peer of the live session.
+    pub peer_features: u64,
+    /// The online verify running on this node (as VerifyS or VerifyT), if any.
+    pub verify: Option<crate::repl::verify::VerifyProgress>,
+    /// Where the session passes VerifyReplies to the running VerifyS task.
+    pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
+    /// The last verify run this node drove.
+    pub verify_last: Option<crate::repl::verify::VerifyReport>,
 }
 
 /// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
@@ -227,6 +235,10 @@ impl Replicator {
                 resync_started: None,
                 renegotiate: false,
                 announced: None,
+                peer_features: 0,
+                verify: None,
+                verify_tx: None,
+                verify_last: None,
             }),
             wake: Notify::new(),
             resync_lock: tokio::sync::RwLock::new(()),
@@ -506,8 +518,12 @@ impl Replicator {
             if link.is_closed() || link.ahead.load(Ordering::Acquire) {
                 return false;
             }
-            let pull_ahead =
-                policy == OnCongestion::PullAhead && self.state().repl == ReplState::Established;
+            // An online verify runs beside replication: it does not change how writes ship.
+            let pull_ahead = policy == OnCongestion::PullAhead
+                && matches!(
+                    self.state().repl,
+                    ReplState::Established | ReplState::VerifyS | ReplState::VerifyT
+                );
             {
                 let mut t = link.tracker();
                 let wait =

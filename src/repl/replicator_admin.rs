@@ -2,7 +2,7 @@
 //! and its status fields.
 
 use super::*;
-use crate::limits::REPL_STATE_ACK_TIMEOUT_MS;
+use crate::limits::{REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_WINDOW_REQUESTS};
 use std::time::Duration;
 
 impl Replicator {
@@ -103,6 +103,64 @@ impl Replicator {
             tracing::warn!(resource = %self.name, peer = %self.peer_node(),
                 "the peer did not confirm the role change within {REPL_STATE_ACK_TIMEOUT_MS} ms (a congested link?); it learns it when it reads the queued StateChange");
         }
+    }
+
+    /// `drl verify RES`: start an online verify with this node as VerifyS (see
+    /// [`crate::repl::verify`]). Returns once it runs; `status` follows it.
+    pub fn verify(self: &Arc<Self>) -> Result<(), ReplError> {
+        // Checked and switched to VerifyS under one lock (and with its event): a session
+        // that changes the replication state in between cannot be overwritten.
+        let mut started = Err(String::new());
+        self.update(|st| started = self.start_verify(st));
+        let (link, rx) = started.map_err(|what| self.refused(what))?;
+        tracing::info!(resource = %self.name, peer = %self.peer_node(), "online verify started (VerifyS)");
+        tokio::spawn(crate::repl::verify::run_source(self.clone(), link, rx));
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_verify(
+        &self,
+        st: &mut State,
+    ) -> Result<
+        (
+            Arc<Link>,
+            tokio::sync::mpsc::Receiver<(u64, u32, bytes::Bytes)>,
+        ),
+        String,
+    > {
+        let link = match &st.link {
+            Some(l) if !l.is_closed() && st.conn == ConnState::Connected => l.clone(),
+            _ => {
+                return Err(format!(
+                    "not connected to {}: online verify compares with the peer",
+                    self.peer_node()
+                ))
+            }
+        };
+        if st.verify.is_some() {
+            return Err(format!("an online verify is already running ({})", st.repl));
+        }
+        if st.repl != ReplState::Established {
+            return Err(format!(
+                "replication is {}: online verify needs Established (a resync or pull-ahead finishes first)",
+                st.repl
+            ));
+        }
+        if st.peer_features & crate::repl::wire::features::VERIFY == 0 {
+            return Err(format!(
+                "the peer {} runs a drl without online verify: upgrade it first",
+                self.peer_node()
+            ));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2 * REPL_VERIFY_WINDOW_REQUESTS);
+        st.verify_tx = Some(tx);
+        st.verify = Some(crate::repl::verify::VerifyProgress::new(
+            "VerifyS",
+            self.cfg.size_bytes,
+        ));
+        st.repl = ReplState::VerifyS;
+        Ok((link, rx))
     }
 
     /// `drl connect RES [--discard-my-data]`.
@@ -245,6 +303,14 @@ impl Replicator {
             "max_buffer_bytes": self.cfg.repl.max_buffer_bytes,
             "ahead": st.repl == ReplState::Ahead,
             "split_brain": st.split_brain,
+            "verify": st.verify.as_ref().map(|v| json!({
+                "side": v.side,
+                "percent": v.percent(),
+                "checked_bytes": v.checked_bytes,
+                "differing_blocks": v.differing_blocks,
+                "elapsed_s": (v.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            })),
+            "verify_last": st.verify_last,
             "last_error": st.last_error,
             "protocol_errors": g(&self.stats.protocol_errors),
             "connects": g(&self.stats.connects),

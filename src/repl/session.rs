@@ -112,6 +112,11 @@ struct Session<'a> {
     started: Vec<Applying>,
     merge: Option<(BitmapMerge, Vec<u8>)>,
     serve_tx: Option<mpsc::Sender<(u64, u32)>>,
+    /// VerifyT: where VerifyRequests go to be answered (`verify::answer_requests`).
+    verify_serve_tx: Option<mpsc::Sender<(u64, u32)>>,
+    /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
+    /// taken meanwhile (see [`crate::repl::verify`]).
+    verify_hold: Option<(u64, u32, Bytes)>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
@@ -169,6 +174,8 @@ pub(crate) async fn run(
         started: Vec::new(),
         merge: None,
         serve_tx: None,
+        verify_serve_tx: None,
+        verify_hold: None,
         sync: None,
         target: None,
         peer_current: est.peer.gen.current,
@@ -184,6 +191,7 @@ pub(crate) async fn run(
         st.last_error = None;
         st.link = Some(link.clone());
         st.announced = Some(Announced::from(&local));
+        st.peer_features = est.features;
     });
     // The local state is read after the link is visible: an admin change that this read
     // misses comes later and finds the link (and `announced`) itself (`primary` renegotiates,
@@ -417,7 +425,10 @@ impl Session<'_> {
         let rep = self.rep;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            while self.rx.wants_input() {
+            if let Err(e) = self.verify_compare_when_idle().await {
+                return self.protocol_error(e);
+            }
+            while self.rx.wants_input() && self.verify_hold.is_none() {
                 match dec.decode(rbuf) {
                     Ok(Some(f)) => {
                         if let Err(e) = self.on_frame(f).await {
@@ -431,8 +442,12 @@ impl Session<'_> {
             if self.link.is_closed() {
                 return self.link.reason().unwrap_or_else(|| "closed".into());
             }
+            if self.verify_hold.is_some() && self.rx.idle() && self.flushing == 0 {
+                // The held VerifyDigests can be compared now (top of the loop).
+                continue;
+            }
             applying.extend(self.started.drain(..));
-            let want = self.rx.wants_input();
+            let want = self.rx.wants_input() && self.verify_hold.is_none();
             if rbuf.capacity() - rbuf.len() < REPL_READ_CHUNK_BYTES / 4 {
                 rbuf.reserve(REPL_READ_CHUNK_BYTES);
             }
@@ -635,6 +650,41 @@ impl Session<'_> {
                 });
                 Ok(())
             }
+            Frame::VerifyRequest { offset, len } => self.verify_request(offset, len),
+            Frame::VerifyDigests {
+                offset,
+                len,
+                digests,
+            } => self.verify_digests(offset, len, digests),
+            Frame::VerifyResult {
+                offset,
+                len,
+                differ,
+            } => {
+                check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+                let blocks: Vec<u64> = crate::repl::verify::set_bits(&differ).collect();
+                let first = offset / crate::limits::BITMAP_BLOCK_BYTES;
+                if !blocks.is_empty() && rep.meta.superblock().role == meta::Role::Primary {
+                    for b in &blocks {
+                        rep.bitmap.set_blocks(first + b, 1);
+                    }
+                    crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), offset, len,
+                        blocks = blocks.len(), "online verify: blocks differ from the peer; marked out of sync");
+                }
+                crate::repl::verify::count(rep, len, blocks.len() as u64);
+                self.verify_to_source(offset, len, differ)
+            }
+            Frame::VerifyDone => {
+                self.verify_serve_tx = None;
+                self.verify_hold = None;
+                rep.update(|st| {
+                    st.verify = None;
+                    if st.repl == ReplState::VerifyT {
+                        st.repl = ReplState::Established;
+                    }
+                });
+                Ok(())
+            }
             Frame::Ping { seq } => {
                 self.link.push(&Frame::PingAck { seq });
                 Ok(())
@@ -663,7 +713,11 @@ impl Session<'_> {
             let st = rep.state();
             matches!(
                 st.repl,
-                ReplState::Established | ReplState::Ahead | ReplState::SyncSource
+                ReplState::Established
+                    | ReplState::Ahead
+                    | ReplState::SyncSource
+                    | ReplState::VerifyS
+                    | ReplState::VerifyT
             )
         };
         if let Err(e) = persist_bitmap(rep).await {
@@ -686,6 +740,13 @@ impl Session<'_> {
             st.peer_disk = None;
             st.repl = ReplState::Off;
             st.ahead_since = None;
+            st.peer_features = 0;
+            // A VerifyS run ends by itself (its task sees the link close, or its results
+            // channel close) and reports.
+            st.verify_tx = None;
+            if st.verify.as_ref().is_some_and(|v| v.side == "VerifyT") {
+                st.verify = None;
+            }
             st.resync_started = None;
             st.conn = if st.standalone {
                 ConnState::StandAlone

@@ -66,8 +66,10 @@ pub mod flags {
 pub mod features {
     /// zstd-compressed Data / ResyncData / BitmapChunk payloads.
     pub const ZSTD: u64 = 1 << 0;
+    /// Online verify: VerifyRequest / VerifyDigests / VerifyResult / VerifyDone.
+    pub const VERIFY: u64 = 1 << 1;
     /// Every feature this code supports.
-    pub const ALL: u64 = ZSTD;
+    pub const ALL: u64 = ZSTD | VERIFY;
 }
 
 /// What can be wrong with bytes from a peer (or with a frame we were asked to encode).
@@ -269,7 +271,7 @@ impl Encoder {
                 h.resource_id = resource_id(&hello.resource);
             }
             Frame::AuthResponse { mac } => body = Some(mac.to_vec()),
-            Frame::AuthOk | Frame::ResyncDone => {}
+            Frame::AuthOk | Frame::ResyncDone | Frame::VerifyDone => {}
             Frame::Refuse { reason } | Frame::Disconnect { reason } => {
                 if reason.len() > REPL_REASON_BYTES_MAX {
                     return Err(malformed(ft, format!("reason of {} bytes", reason.len())));
@@ -315,9 +317,36 @@ impl Encoder {
                 }
                 data = Some(&bits[..]);
             }
-            Frame::ResyncRequest { offset, len } | Frame::ResyncZeroes { offset, len } => {
+            Frame::ResyncRequest { offset, len }
+            | Frame::ResyncZeroes { offset, len }
+            | Frame::VerifyRequest { offset, len } => {
                 check_range_len(*len)?;
                 (h.offset, h.data_len) = (*offset, *len);
+            }
+            Frame::VerifyDigests {
+                offset,
+                len,
+                digests: b,
+            }
+            | Frame::VerifyResult {
+                offset,
+                len,
+                differ: b,
+            } => {
+                check_range_len(*len)?;
+                let want = if ft == FrameType::VerifyDigests {
+                    verify_digests_len(*len)
+                } else {
+                    verify_result_len(*len)
+                };
+                if b.len() as u64 != want {
+                    return Err(malformed(
+                        ft,
+                        format!("{} payload bytes for a {len}-byte range", b.len()),
+                    ));
+                }
+                (h.offset, h.data_len) = (*offset, *len);
+                body = Some(b.to_vec());
             }
             Frame::ResyncData { offset, data: d } => {
                 h.offset = *offset;
@@ -454,3 +483,17 @@ pub fn split_range(offset: u64, len: u64, max: u32) -> impl Iterator<Item = (u64
 }
 
 pub use crate::repl::decode::Decoder;
+
+/// The VerifyDigests payload length for a range of `len` bytes: one digest per bitmap block
+/// (a partial last block counts as one).
+pub fn verify_digests_len(len: u32) -> u64 {
+    u64::from(len).div_ceil(crate::limits::BITMAP_BLOCK_BYTES)
+        * crate::limits::REPL_VERIFY_DIGEST_BYTES as u64
+}
+
+/// The VerifyResult payload length for a range of `len` bytes: one bit per bitmap block.
+pub fn verify_result_len(len: u32) -> u64 {
+    u64::from(len)
+        .div_ceil(crate::limits::BITMAP_BLOCK_BYTES)
+        .div_ceil(8)
+}

@@ -85,6 +85,21 @@ fn sample_frames() -> Vec<Frame> {
             data: Bytes::from(vec![1u8; 8192]),
         },
         Frame::ResyncDone,
+        Frame::VerifyRequest {
+            offset: 2 << 20,
+            len: 1 << 20,
+        },
+        Frame::VerifyDigests {
+            offset: 2 << 20,
+            len: 3 * 4096 + 512,
+            digests: Bytes::from(vec![9u8; 4 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
+        },
+        Frame::VerifyResult {
+            offset: 2 << 20,
+            len: 1 << 20,
+            differ: Bytes::from(vec![0x81u8; 32]),
+        },
+        Frame::VerifyDone,
         Frame::StateChange {
             role: Role::Secondary,
             disk: DiskState::Outdated,
@@ -413,6 +428,20 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }
         }),
         "[a-z ]{0,40}".prop_map(|reason| Frame::Disconnect { reason }),
+        (any::<u64>(), 1u32..(1 << 22), any::<u8>()).prop_map(|(offset, len, b)| {
+            Frame::VerifyDigests {
+                offset,
+                len,
+                digests: Bytes::from(vec![b; crate::repl::wire::verify_digests_len(len) as usize]),
+            }
+        }),
+        (any::<u64>(), 1u32..(1 << 22), any::<u8>()).prop_map(|(offset, len, b)| {
+            Frame::VerifyResult {
+                offset,
+                len,
+                differ: Bytes::from(vec![b; crate::repl::wire::verify_result_len(len) as usize]),
+            }
+        }),
         (any::<[u8; 32]>(), any::<u64>()).prop_map(|(nonce, cur)| {
             let mut h = hello();
             h.nonce = nonce;
@@ -508,4 +537,29 @@ fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
             assert_eq!(d.decode(&mut b).unwrap(), Some(f));
         }
     }
+}
+
+#[test]
+fn verify_payloads_must_match_their_range() {
+    let (e, mut d) = codec(false);
+    // The encoder refuses a payload that does not fit the range.
+    let mut out = BytesMut::new();
+    let bad = Frame::VerifyDigests {
+        offset: 0,
+        len: 8192,
+        digests: Bytes::from(vec![0u8; 3 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
+    };
+    let err = e.encode(&bad, &mut out).unwrap_err().to_string();
+    assert!(err.contains("payload bytes for a 8192-byte range"), "{err}");
+    // A peer's frame whose range says otherwise than its payload is refused by name.
+    let good = Frame::VerifyResult {
+        offset: 0,
+        len: 8 * 4096,
+        differ: Bytes::from_static(&[0xff]),
+    };
+    let mut buf = encode(&e, &good);
+    resign(&mut buf, |h| h.data_len = 16 * 4096);
+    let err = d.decode(&mut buf).unwrap_err().to_string();
+    assert!(err.contains("VerifyResult"), "{err}");
+    assert!(err.contains("expected 2"), "{err}");
 }

@@ -1,0 +1,362 @@
+//! Online verify (DRBD's `drbdadm verify`): compare the two nodes' data block by block while
+//! the volume stays in use; only digests cross the link.
+//!
+//! The node where the admin runs `drl verify` is VerifyS, its peer VerifyT. VerifyS walks the
+//! volume in [`REPL_VERIFY_REQUEST_BYTES`] ranges, [`REPL_VERIFY_WINDOW_REQUESTS`] at a time.
+//! For each range one node *provides* digests (one truncated sha256 per bitmap block,
+//! [`REPL_VERIFY_DIGEST_BYTES`]) and the other *compares* them with its own data and answers
+//! with a VerifyResult (one bit per block).
+//!
+//! Writes go on meanwhile, so both reads must see the same point of the write stream. The
+//! Primary provides (with no Primary nothing writes, and VerifyS provides):
+//! - it reads under the exclusive resync lock, which waits for every application write in
+//!   flight to finish locally (writes hold the lock shared until their local write is done)
+//!   and lets no new one start; the VerifyDigests is queued behind the Data frames of exactly
+//!   the writes its read saw, before any later one;
+//! - the comparer (the Secondary) takes frames in stream order: at a VerifyDigests it stops
+//!   decoding until every write received before it is on its disk
+//!   ([`crate::repl::receiver::EpochReceiver::idle`]), then reads and compares before it
+//!   applies anything later.
+//!
+//! So a block differs only if the data really differs: there are no false alarms from writes
+//! in flight, and no second look is needed.
+//!
+//! As in DRBD, verify changes no data. Differing blocks are marked out of sync in the
+//! Primary's bitmap (whichever node runs verify), and the next `disconnect` / `connect`
+//! resyncs them from the Primary. With no Primary no side is known good: the result is
+//! reported and nothing is marked.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use drbd_compat::{ReplState, Role};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::limits::{
+    BITMAP_BLOCK_BYTES, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_REQUEST_BYTES,
+    REPL_VERIFY_WINDOW_REQUESTS,
+};
+use crate::repl::frame::Frame;
+use crate::repl::link::Link;
+use crate::repl::replicator::Replicator;
+use crate::repl::wire::split_range;
+use crate::volume::{meta, BlockDevice};
+
+/// A verify run in progress (status `verify`).
+#[derive(Debug, Clone)]
+pub struct VerifyProgress {
+    /// "VerifyS" or "VerifyT".
+    pub side: &'static str,
+    pub total_bytes: u64,
+    pub checked_bytes: u64,
+    pub differing_blocks: u64,
+    pub started: Instant,
+}
+
+impl VerifyProgress {
+    pub fn new(side: &'static str, total_bytes: u64) -> Self {
+        VerifyProgress {
+            side,
+            total_bytes,
+            checked_bytes: 0,
+            differing_blocks: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// How far the run is, in percent of the volume (one decimal).
+    pub fn percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 100.0;
+        }
+        let p = self.checked_bytes as f64 * 100.0 / self.total_bytes as f64;
+        (p * 10.0).round() / 10.0
+    }
+
+    fn count(&mut self, len: u32, differing: u64) {
+        self.checked_bytes = (self.checked_bytes + u64::from(len)).min(self.total_bytes);
+        self.differing_blocks += differing;
+    }
+}
+
+/// The result of the last verify run this node drove (status `verify_last`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifyReport {
+    /// "completed", or why the run stopped.
+    pub outcome: String,
+    pub checked_bytes: u64,
+    pub out_of_sync_bytes: u64,
+    /// Where the out-of-sync blocks were marked: "local", "peer", or "none" (no Primary).
+    pub marked: &'static str,
+    pub seconds: f64,
+}
+
+/// One digest per bitmap block of `data` (a partial last block is digested as it is).
+pub fn block_digests(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        data.len().div_ceil(BITMAP_BLOCK_BYTES as usize) * REPL_VERIFY_DIGEST_BYTES,
+    );
+    for block in data.chunks(BITMAP_BLOCK_BYTES as usize) {
+        out.extend_from_slice(&Sha256::digest(block)[..REPL_VERIFY_DIGEST_BYTES]);
+    }
+    out
+}
+
+/// The VerifyResult bits (one per block, LSB first) of two digest lists.
+pub fn differing_bits(ours: &[u8], theirs: &[u8]) -> Vec<u8> {
+    let blocks = ours.len() / REPL_VERIFY_DIGEST_BYTES;
+    let mut bits = vec![0u8; blocks.div_ceil(8)];
+    for (i, (a, b)) in ours
+        .chunks(REPL_VERIFY_DIGEST_BYTES)
+        .zip(theirs.chunks(REPL_VERIFY_DIGEST_BYTES))
+        .enumerate()
+    {
+        if a != b {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+/// The blocks (indices within the range) set in VerifyResult bits.
+pub fn set_bits(bits: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bits.iter().enumerate().flat_map(|(byte, &b)| {
+        (0..8)
+            .filter(move |i| b & (1 << i) != 0)
+            .map(move |i| (byte * 8 + i) as u64)
+    })
+}
+
+/// Whether VerifyS provides the digests: it is the Primary, or no node is.
+pub fn source_provides(local_primary: bool, peer_primary: bool) -> bool {
+    local_primary || !peer_primary
+}
+
+/// Provide: read the range at this point of the write stream (see the module doc) and queue
+/// its VerifyDigests.
+pub(crate) async fn provide(
+    rep: &Replicator,
+    link: &Link,
+    offset: u64,
+    len: u32,
+) -> Result<(), String> {
+    let _excl = rep.resync_lock.write().await;
+    let buf = rep
+        .disk
+        .read(offset, len)
+        .await
+        .map_err(|e| format!("reading for verify: {e}"))?;
+    let digests = Bytes::from(block_digests(&buf));
+    link.push(&Frame::VerifyDigests {
+        offset,
+        len,
+        digests,
+    });
+    Ok(())
+}
+
+/// Compare: read the range here and return the VerifyResult bits against `theirs`. The
+/// session calls it once every write received before the VerifyDigests is on the disk.
+pub(crate) async fn compare(
+    rep: &Replicator,
+    offset: u64,
+    len: u32,
+    theirs: &[u8],
+) -> Result<Vec<u8>, String> {
+    let buf = rep
+        .disk
+        .read(offset, len)
+        .await
+        .map_err(|e| format!("reading for verify: {e}"))?;
+    Ok(differing_bits(&block_digests(&buf), theirs))
+}
+
+/// Count a checked range in the running verify's progress.
+pub(crate) fn count(rep: &Replicator, len: u32, differing: u64) {
+    rep.update(|st| {
+        if let Some(v) = st.verify.as_mut() {
+            v.count(len, differing);
+        }
+    });
+}
+
+/// VerifyT as provider: answer VerifyRequests in order.
+pub(crate) async fn answer_requests(
+    rep: Arc<Replicator>,
+    link: Arc<Link>,
+    mut rx: mpsc::Receiver<(u64, u32)>,
+) {
+    while let Some((offset, len)) = rx.recv().await {
+        if link.is_closed() {
+            return;
+        }
+        if let Err(e) = provide(&rep, &link, offset, len).await {
+            link.close(e);
+            return;
+        }
+    }
+}
+
+/// VerifyS: drive one run over `link` to its end and report. `results` brings each range's
+/// VerifyResult bits, in order: the peer's (this node provides) or this node's own (it
+/// compares; the session forwards them).
+pub(crate) async fn run_source(
+    rep: Arc<Replicator>,
+    link: Arc<Link>,
+    mut results: mpsc::Receiver<(u64, u32, Bytes)>,
+) {
+    let started = Instant::now();
+    let roles = roles(&rep);
+    let provides = source_provides(roles.0, roles.1);
+    let walked = walk(&rep, &link, &mut results, provides, roles).await;
+    let (outcome, checked, oos_blocks) = match walked {
+        Ok((checked, n)) => ("completed".to_string(), checked, n),
+        Err((why, checked, n)) => (format!("interrupted: {why}"), checked, n),
+    };
+    let marked = match roles {
+        _ if oos_blocks == 0 => "none",
+        (true, _) => "local",
+        (_, true) => "peer",
+        _ => "none",
+    };
+    let oos_bytes = oos_blocks * BITMAP_BLOCK_BYTES;
+    let report = VerifyReport {
+        outcome,
+        checked_bytes: checked,
+        out_of_sync_bytes: oos_bytes,
+        marked,
+        seconds: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+    };
+    link.push(&Frame::VerifyDone);
+    if oos_bytes > 0 {
+        tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), out_of_sync_bytes = oos_bytes,
+            marked, outcome = %report.outcome, "online verify found out-of-sync blocks: `drl disconnect` then `drl connect` resyncs them from the Primary");
+    } else {
+        tracing::info!(resource = %rep.name, peer = %rep.peer_node(), checked_bytes = checked,
+            outcome = %report.outcome, "online verify: no out-of-sync block");
+    }
+    rep.events.publish(
+        crate::control::Event::new(
+            crate::control::EventKind::Change,
+            crate::control::ObjectKind::PeerDevice,
+            &rep.name,
+        )
+        .field("verify", report.outcome.clone())
+        .field("out_of_sync_bytes", oos_bytes),
+    );
+    rep.update(|st| {
+        st.verify = None;
+        st.verify_tx = None;
+        st.verify_last = Some(report);
+        if st.repl == ReplState::VerifyS {
+            st.repl = ReplState::Established;
+        }
+    });
+}
+
+/// (this node is Primary, the peer is Primary).
+fn roles(rep: &Replicator) -> (bool, bool) {
+    (
+        rep.meta.superblock().role == meta::Role::Primary,
+        rep.state().peer_role == Some(Role::Primary),
+    )
+}
+
+type Walked = Result<(u64, u64), (String, u64, u64)>;
+
+/// Ok: bytes checked and blocks out of sync; Err: why it stopped, and the counts so far.
+async fn walk(
+    rep: &Arc<Replicator>,
+    link: &Arc<Link>,
+    results: &mut mpsc::Receiver<(u64, u32, Bytes)>,
+    provides: bool,
+    roles_at_start: (bool, bool),
+) -> Walked {
+    let mut ranges = split_range(0, rep.cfg.size_bytes, REPL_VERIFY_REQUEST_BYTES);
+    let (mut checked, mut oos) = (0u64, 0u64);
+    let mut outstanding: VecDeque<(u64, u32)> = VecDeque::new();
+    loop {
+        while outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS {
+            let Some((offset, len)) = ranges.next() else {
+                break;
+            };
+            // Who provides was decided on the roles: a promotion or demotion during the run
+            // would make the reads of the two sides race with the writes.
+            if roles(rep) != roles_at_start {
+                return Err(("a node changed its role".into(), checked, oos));
+            }
+            let sent = if provides {
+                provide(rep, link, offset, len).await.map(|_| true)
+            } else {
+                Ok(link.push(&Frame::VerifyRequest { offset, len }))
+            };
+            match sent {
+                Ok(true) => outstanding.push_back((offset, len)),
+                Ok(false) => return Err((gone(link), checked, oos)),
+                Err(e) => {
+                    link.close(e.clone());
+                    return Err((e, checked, oos));
+                }
+            }
+        }
+        let Some((offset, len)) = outstanding.pop_front() else {
+            return Ok((checked, oos));
+        };
+        // Registered before the check: a close between the two is not missed.
+        let closed = link.closed_notify.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if link.is_closed() {
+            return Err((gone(link), checked, oos));
+        }
+        let (r_off, r_len, bits) = tokio::select! {
+            r = results.recv() => match r {
+                Some(r) => r,
+                None => return Err((gone(link), checked, oos)),
+            },
+            _ = closed => return Err((gone(link), checked, oos)),
+        };
+        if (r_off, r_len) != (offset, len) {
+            let why = format!("verify result for {r_off}+{r_len}, expected {offset}+{len}");
+            link.close(format!("protocol error: {why}"));
+            return Err((why, checked, oos));
+        }
+        checked += u64::from(len);
+        oos += set_bits(&bits).count() as u64;
+    }
+}
+
+fn gone(link: &Link) -> String {
+    link.reason()
+        .unwrap_or_else(|| "the connection closed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_find_exactly_the_changed_blocks() {
+        let a = vec![7u8; 16 * BITMAP_BLOCK_BYTES as usize + 100];
+        let mut b = a.clone();
+        b[3 * BITMAP_BLOCK_BYTES as usize + 5] ^= 1;
+        b[16 * BITMAP_BLOCK_BYTES as usize + 99] ^= 1; // the partial last block
+        let (da, db) = (block_digests(&a), block_digests(&b));
+        assert_eq!(da.len(), 17 * REPL_VERIFY_DIGEST_BYTES);
+        let bits = differing_bits(&da, &db);
+        assert_eq!(bits.len(), 3);
+        assert_eq!(set_bits(&bits).collect::<Vec<_>>(), vec![3, 16]);
+        assert_eq!(set_bits(&differing_bits(&da, &da)).count(), 0);
+    }
+
+    #[test]
+    fn the_primary_provides_and_with_no_primary_the_source_does() {
+        assert!(source_provides(true, false));
+        assert!(!source_provides(false, true));
+        assert!(source_provides(false, false));
+    }
+}

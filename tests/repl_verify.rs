@@ -1,0 +1,176 @@
+//! Online verify (`drl verify`, DRBD's `verify`) between two real daemons: it finds exactly the
+//! blocks that differ, marks them on the Primary whichever node runs it, changes no data by
+//! itself, and the next disconnect / connect resyncs what it marked.
+
+mod common;
+
+use common::nbd_client::nbd_write;
+use common::pair::*;
+use serde_json::Value;
+use std::os::unix::fs::FileExt;
+
+const BLOCK: u64 = 4096;
+
+/// Flip bytes of `n`'s disk file behind its daemon's back (silent corruption on one side).
+fn corrupt(p: &Pair, n: &str, offsets: &[u64]) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.disk(n))
+        .unwrap();
+    for &off in offsets {
+        f.write_all_at(b"bit rot", off).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// `drl verify r0 --json` on `n`: the report.
+fn verify(p: &Pair, n: &str) -> Value {
+    let out = p.cli_ok(n, &["verify", "r0", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify report {out:?}: {e}"))
+}
+
+fn oos(p: &Pair, n: &str) -> u64 {
+    num(&res(p.node(n), "r0").unwrap(), "out_of_sync_bytes")
+}
+
+#[test]
+fn online_verify_finds_exactly_the_differing_blocks_and_reconnect_repairs_them() {
+    let size = 32 * MIB;
+    let p = Pair::start(PairOpts::new(size));
+    p.force_primary_and_sync("a");
+    nbd_write(&p.nbd("a"), 0, &random_bytes(1, 4 * MIB));
+    nbd_write(&p.nbd("a"), 24 * MIB, &random_bytes(2, MIB));
+    p.wait_in_sync("a", "after writes on a");
+
+    // In sync: nothing found, nothing marked, the whole volume checked.
+    let r = verify(&p, "a");
+    assert_eq!(r["outcome"], "completed", "{r}");
+    assert_eq!(r["checked_bytes"], size, "{r}");
+    assert_eq!(r["out_of_sync_bytes"], 0, "{r}");
+    assert_eq!(oos(&p, "a"), 0);
+
+    // Three blocks rot on the Secondary (two neighbours, one far away, one in a zero area).
+    corrupt(&p, "b", &[MIB + 100, MIB + BLOCK, 20 * MIB + 5]);
+    let r = verify(&p, "a");
+    assert_eq!(r["outcome"], "completed", "{r}");
+    assert_eq!(r["out_of_sync_bytes"], 3 * BLOCK, "{r}\n{}", p.report());
+    assert_eq!(r["marked"], "local", "{r}");
+    assert_eq!(
+        oos(&p, "a"),
+        3 * BLOCK,
+        "the Primary's bitmap: {}",
+        p.report()
+    );
+    // Verify changes no data by itself.
+    assert_ne!(
+        file_bytes(&p.disk("a"), MIB, BLOCK),
+        file_bytes(&p.disk("b"), MIB, BLOCK)
+    );
+    let sa = res(p.node("a"), "r0").unwrap();
+    assert_eq!(sa["replication"], "Established", "{sa}");
+    assert_eq!(sa["verify"], Value::Null, "{sa}");
+    assert_eq!(sa["verify_last"]["out_of_sync_bytes"], 3 * BLOCK, "{sa}");
+
+    // DRBD's way to repair: disconnect, connect; the marked blocks resync from the Primary.
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    let (a, _) = p.wait_in_sync("a", "after disconnect/connect");
+    assert!(
+        num(&a, "resync_bytes_sent") >= 3 * BLOCK,
+        "the marked blocks were resynced: {a}"
+    );
+    p.assert_disks_identical("after verify and reconnect");
+
+    // Run from the Secondary, it marks on its Primary peer (never on itself: that would make
+    // the Secondary the resync source).
+    corrupt(&p, "b", &[30 * MIB]);
+    let text = p.cli_ok("b", &["verify", "r0"]);
+    assert!(text.contains("out of sync"), "{text}");
+    assert!(text.contains("drl disconnect r0; drl connect r0"), "{text}");
+    let last = &res(p.node("b"), "r0").unwrap()["verify_last"];
+    assert_eq!(last["marked"], "peer", "{last}");
+    assert_eq!(last["out_of_sync_bytes"], BLOCK, "{last}");
+    p.wait("a has the block marked", WAIT, |a, _| {
+        a.is_some_and(|a| num(a, "out_of_sync_bytes") == BLOCK)
+    });
+    assert_eq!(oos(&p, "b"), 0, "{}", p.report());
+    p.cli_ok("b", &["disconnect", "r0"]);
+    p.cli_ok("b", &["connect", "r0"]);
+    p.wait_in_sync("a", "after the Secondary's verify and reconnect");
+    p.assert_disks_identical("after the Secondary's verify and reconnect");
+}
+
+/// Both reads of a range see the same point of the write stream (the Primary reads under the
+/// resync lock, the Secondary once every earlier write is on its disk): writes running
+/// through the whole verify cause no false alarm, whichever node runs it.
+#[test]
+fn verify_under_writes_finds_nothing_on_an_in_sync_pair() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let size = 64 * MIB;
+    let p = Pair::start(PairOpts::new(size));
+    p.force_primary_and_sync("a");
+    for n in ["a", "b"] {
+        let nbd = p.nbd("a");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let (stop2, writes2) = (stop.clone(), writes.clone());
+        let writer = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                // 64 KiB writes cycling over the volume: verify meets them everywhere, and
+                // the same blocks again and again.
+                nbd_write(
+                    &nbd,
+                    (i * 64 * 1024 * 7) % (64 * MIB),
+                    &random_bytes(i, 64 * 1024),
+                );
+                i += 1;
+                writes2.store(i, Ordering::Relaxed);
+            }
+        });
+        while writes.load(Ordering::Relaxed) < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Runs until at least 300 writes happened during them (at most 30 runs).
+        let first = writes.load(Ordering::Relaxed);
+        let mut reports = Vec::new();
+        while writes.load(Ordering::Relaxed) < first + 300 && reports.len() < 30 {
+            reports.push(verify(&p, n));
+        }
+        let during = writes.load(Ordering::Relaxed) - first;
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        eprintln!(
+            "{} verify runs on {n} during {during} writes of 64 KiB",
+            reports.len()
+        );
+        assert!(during >= 50, "the writer barely ran: {during} writes");
+        for r in &reports {
+            assert_eq!(r["outcome"], "completed", "{r}");
+            assert_eq!(r["checked_bytes"], size, "{r}");
+            assert_eq!(
+                r["out_of_sync_bytes"],
+                0,
+                "verify on {n}: {r}\n{}",
+                p.report()
+            );
+        }
+        p.wait_in_sync("a", "writer stopped");
+        p.assert_disks_identical("after verify under writes");
+    }
+}
+
+#[test]
+fn verify_is_refused_without_a_connected_peer() {
+    let p = Pair::start(PairOpts::new(8 * MIB));
+    p.force_primary_and_sync("a");
+    p.cli_ok("a", &["disconnect", "r0"]);
+    let out = p.node("a").cli(&["verify", "r0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not connected"), "{err}");
+    // And the daemon is fine.
+    let a = res(p.node("a"), "r0").unwrap();
+    assert_eq!(a["connection"], "StandAlone", "{a}");
+}

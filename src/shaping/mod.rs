@@ -155,11 +155,18 @@ pub fn node() -> &'static Arc<Shaper> {
 /// frames are `resync`, everything else (application writes, barriers, control) `replication`.
 pub fn repl_frame_class(frame: &[u8]) -> Class {
     use crate::repl::frame::FrameType;
-    const RESYNC: [u8; 4] = [
+    // Online verify is background work like a resync (DRBD paces both the same way); the
+    // writer keeps frame order across classes, so a VerifyDigests still follows the writes
+    // its read saw.
+    const RESYNC: [u8; 8] = [
         FrameType::ResyncRequest as u8,
         FrameType::ResyncData as u8,
         FrameType::ResyncDone as u8,
         FrameType::ResyncZeroes as u8,
+        FrameType::VerifyRequest as u8,
+        FrameType::VerifyDigests as u8,
+        FrameType::VerifyResult as u8,
+        FrameType::VerifyDone as u8,
     ];
     match frame.get(6) {
         Some(t) if RESYNC.contains(t) => Class::Resync,
@@ -185,6 +192,14 @@ mod tests {
         assert_eq!(class(Frame::Ping { seq: 1 }), Class::Replication);
         assert_eq!(class(Frame::Barrier { epoch: 1 }), Class::Replication);
         assert_eq!(class(Frame::ResyncDone), Class::Resync);
+        assert_eq!(class(Frame::VerifyDone), Class::Resync);
+        assert_eq!(
+            class(Frame::VerifyRequest {
+                offset: 0,
+                len: 4096
+            }),
+            Class::Resync
+        );
         assert_eq!(
             class(Frame::ResyncZeroes {
                 offset: 0,

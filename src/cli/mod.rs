@@ -142,6 +142,7 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// The resource (its name in the config).
     pub resource: String,
     /// Start the run and return at once (`status` follows it).
     #[arg(long)]
@@ -153,6 +154,7 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct PrimaryArgs {
+    /// The resource (its name in the config).
     pub resource: String,
     /// Promote even if the local data is not UpToDate or the peer is unreachable.
     #[arg(long)]
@@ -161,11 +163,13 @@ pub struct PrimaryArgs {
 
 #[derive(Args, Debug)]
 pub struct ResArgs {
+    /// The resource (its name in the config).
     pub resource: String,
 }
 
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
+    /// The resource (its name in the config).
     pub resource: String,
     /// Resolve a split brain by discarding this node's changes (this node becomes SyncTarget).
     #[arg(long)]

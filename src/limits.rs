@@ -173,6 +173,13 @@ pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
 pub const REPL_VERIFY_REQUEST_BYTES: u32 = 1024 * 1024;
 pub const REPL_VERIFY_WINDOW_REQUESTS: usize = 8;
 pub const REPL_VERIFY_DIGEST_BYTES: usize = 8;
+/// A VerifyT that receives no frame of the peer's run for this long ends it (the peer died or
+/// went silent without a VerifyDone). Generous: verify frames queue behind writes on a thin link.
+pub const REPL_VERIFY_PEER_IDLE_MS: u64 = 30_000;
+/// Default and bounds of how many bytes per second a verify run reads on each node (DRBD's
+/// resync-rate controller defaults to at most 100 MiB/s too).
+pub const REPL_VERIFY_RATE_DEFAULT: u64 = 100 * 1024 * 1024;
+pub const REPL_VERIFY_RATE_MIN: u64 = 1024 * 1024;
 const _: () = assert!((REPL_VERIFY_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));
 const _: () = assert!(REPL_VERIFY_REQUEST_BYTES <= REPL_FRAME_RANGE_BYTES_MAX);
 /// Resync requests a SyncTarget keeps outstanding.

@@ -174,3 +174,121 @@ fn verify_is_refused_without_a_connected_peer() {
     let a = res(p.node("a"), "r0").unwrap();
     assert_eq!(a["connection"], "StandAlone", "{a}");
 }
+
+fn wait_verify_done(p: &Pair, n: &str) -> Value {
+    let (a, b) = p.wait(&format!("{n}'s verify run ended"), WAIT, |a, b| {
+        let r = if n == "a" { a } else { b };
+        r.is_some_and(|r| r["verify"].is_null() && !r["verify_last"].is_null())
+    });
+    if n == "a" {
+        a
+    } else {
+        b
+    }
+}
+
+/// A run stopped midway (here: the Primary steps down under a Secondary's run) ends on both
+/// nodes: no node stays VerifyS / VerifyT, and the next run works.
+#[test]
+fn a_run_stopped_by_a_role_change_ends_cleanly_on_both_nodes() {
+    let p = Pair::start(PairOpts::new(32 * MIB));
+    p.force_primary_and_sync("a");
+    // Slow, so it is still running when a steps down.
+    p.cli_ok("b", &["verify", "r0", "--no-wait", "--rate", "2MiB/s"]);
+    p.wait("b VerifyS, a VerifyT", WAIT, |a, b| {
+        a.is_some_and(|a| a["replication"] == "VerifyT")
+            && b.is_some_and(|b| b["replication"] == "VerifyS")
+    });
+    p.cli_ok("a", &["secondary", "r0"]);
+    let b = wait_verify_done(&p, "b");
+    let last = &b["verify_last"];
+    assert!(
+        last["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: a node changed its role"),
+        "{last}"
+    );
+    assert!(num(last, "checked_bytes") < 32 * MIB, "{last}");
+    p.wait(
+        "both Established, no run on either",
+        std::time::Duration::from_secs(10),
+        |a, b| {
+            [a, b].iter().all(|r| {
+                r.is_some_and(|r| r["replication"] == "Established" && r["verify"].is_null())
+            })
+        },
+    );
+    // The connection stayed up (no late frame was taken for a protocol error).
+    let connects = num(&res(p.node("a"), "r0").unwrap(), "connects");
+    p.cli_ok("a", &["primary", "r0"]);
+    let r = verify(&p, "b");
+    assert_eq!(r["outcome"], "completed", "{r}");
+    assert_eq!(r["out_of_sync_bytes"], 0, "{r}");
+    assert_eq!(num(&res(p.node("a"), "r0").unwrap(), "connects"), connects);
+}
+
+/// Both nodes run verify at once: every frame says whose run it belongs to, so the two runs
+/// do not mix, both complete, and the link stays up.
+#[test]
+fn both_nodes_can_verify_at_the_same_time() {
+    let p = Pair::start(PairOpts::new(32 * MIB));
+    p.force_primary_and_sync("a");
+    nbd_write(&p.nbd("a"), 0, &random_bytes(3, 4 * MIB));
+    p.wait_in_sync("a", "after a write");
+    corrupt(&p, "b", &[2 * MIB]);
+    let connects = num(&res(p.node("a"), "r0").unwrap(), "connects");
+    p.cli_ok("a", &["verify", "r0", "--no-wait", "--rate", "16MiB/s"]);
+    p.cli_ok("b", &["verify", "r0", "--no-wait", "--rate", "16MiB/s"]);
+    for n in ["a", "b"] {
+        let r = wait_verify_done(&p, n);
+        let last = &r["verify_last"];
+        assert_eq!(last["outcome"], "completed", "{n}: {last}");
+        assert_eq!(num(last, "checked_bytes"), 32 * MIB, "{n}: {last}");
+        assert_eq!(num(last, "out_of_sync_bytes"), BLOCK, "{n}: {last}");
+    }
+    assert_eq!(oos(&p, "a"), BLOCK, "marked once, on the Primary");
+    assert_eq!(num(&res(p.node("a"), "r0").unwrap(), "connects"), connects);
+    p.wait("both Established", WAIT, |a, b| {
+        [a, b]
+            .iter()
+            .all(|r| r.is_some_and(|r| r["replication"] == "Established"))
+    });
+}
+
+/// A block marked by verify stays marked when a later write covers it only partly (the ack
+/// of that write must not clear its bit), so the next reconnect still repairs it.
+#[test]
+fn a_partial_write_does_not_unmark_a_verified_block() {
+    let p = Pair::start(PairOpts::new(8 * MIB));
+    p.force_primary_and_sync("a");
+    corrupt(&p, "b", &[MIB + 2000]);
+    let r = verify(&p, "a");
+    assert_eq!(r["out_of_sync_bytes"], BLOCK, "{r}");
+    // 512 bytes at the start of that block: bytes 2000.. still differ afterwards.
+    nbd_write(&p.nbd("a"), MIB, &random_bytes(9, 512));
+    p.wait("the write is acked", WAIT, |a, _| {
+        a.is_some_and(|a| num(a, "send_queue_bytes") == 0 && num(a, "inflight_writes") == 0)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(oos(&p, "a"), BLOCK, "{}", p.report());
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    p.wait_in_sync("a", "after reconnect");
+    p.assert_disks_identical("after a partial write over a verified block");
+}
+
+/// `--rate` bounds how fast a run reads: 16 MiB at 4 MiB/s takes at least 3.5 s (the last
+/// range may start at 3.75 s).
+#[test]
+fn the_rate_bounds_a_run() {
+    let p = Pair::start(PairOpts::new(16 * MIB));
+    p.force_primary_and_sync("a");
+    let out = p.cli_ok("a", &["verify", "r0", "--json", "--rate", "4MiB/s"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["outcome"], "completed", "{r}");
+    assert!(r["seconds"].as_f64().unwrap() >= 3.5, "{r}");
+    let bad = p.node("a").cli(&["verify", "r0", "--rate", "fast"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a rate"));
+}

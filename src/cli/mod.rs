@@ -147,6 +147,10 @@ pub struct VerifyArgs {
     /// Start the run and return at once (`status` follows it).
     #[arg(long)]
     pub no_wait: bool,
+    /// Read at most this much per second on each node ("100MiB/s", "400Mbit"); each range
+    /// briefly holds the Primary's writes, so a slower run disturbs the application less.
+    #[arg(long, value_name = "RATE", default_value = "100MiB/s")]
+    pub rate: String,
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,

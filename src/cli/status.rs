@@ -89,7 +89,8 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> i32 {
             Err(code) => return code,
         };
         let res = json!({ "resource": a.resource });
-        if let Err(e) = client.call("verify", res.clone()).await {
+        let start = json!({ "resource": a.resource, "rate": a.rate });
+        if let Err(e) = client.call("verify", start).await {
             eprintln!("drl: verify: {e}");
             return exit::FAILED;
         }

@@ -162,7 +162,11 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "verify", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.verify().map_err(repl_error)?;
+        let rate = match params.get("rate").and_then(Value::as_str) {
+            None => crate::limits::REPL_VERIFY_RATE_DEFAULT,
+            Some(t) => crate::config::units::parse_rate(t).map_err(RpcError::invalid_params)?,
+        };
+        rep.verify(rate).map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "replication": "VerifyS" }))
     });
     add(&mut r, &node, "disconnect", |n, params| async move {

@@ -290,6 +290,7 @@ impl Decoder {
             FrameType::VerifyRequest => {
                 exact(0)?;
                 Frame::VerifyRequest {
+                    run: verify_run(ft, h.seq)?,
                     offset: h.offset,
                     len: h.data_len,
                 }
@@ -297,6 +298,7 @@ impl Decoder {
             FrameType::VerifyDigests => {
                 exact(crate::repl::wire::verify_digests_len(h.data_len) as usize)?;
                 Frame::VerifyDigests {
+                    run: verify_run(ft, h.seq)?,
                     offset: h.offset,
                     len: h.data_len,
                     digests: payload.clone(),
@@ -304,7 +306,15 @@ impl Decoder {
             }
             FrameType::VerifyResult => {
                 exact(crate::repl::wire::verify_result_len(h.data_len) as usize)?;
+                let blocks = u64::from(h.data_len).div_ceil(crate::limits::BITMAP_BLOCK_BYTES);
+                if crate::repl::verify::set_bits(payload).any(|b| b >= blocks) {
+                    return Err(malformed(
+                        ft,
+                        format!("a bit set past the {blocks} blocks of the range"),
+                    ));
+                }
                 Frame::VerifyResult {
+                    run: verify_run(ft, h.seq)?,
                     offset: h.offset,
                     len: h.data_len,
                     differ: payload.clone(),
@@ -367,4 +377,13 @@ impl Decoder {
         }
         Ok(Bytes::from(out))
     }
+}
+
+fn verify_run(ft: FrameType, seq: u64) -> Result<crate::repl::frame::VerifyRun, WireError> {
+    crate::repl::frame::VerifyRun::from_wire(seq).ok_or_else(|| {
+        malformed(
+            ft,
+            format!("verify run {seq} (1: the sender's, 2: the receiver's)"),
+        )
+    })
 }

@@ -116,8 +116,8 @@ impl FrameType {
         match self {
             Data | Trim | Zeroes => (true, true, true, true),
             Barrier | BarrierAck => (false, true, false, false),
-            BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes | VerifyRequest
-            | VerifyDigests | VerifyResult => (false, false, true, true),
+            BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes => (false, false, true, true),
+            VerifyRequest | VerifyDigests | VerifyResult => (true, false, true, true),
             Ping | PingAck => (true, false, false, false),
             _ => (false, false, false, false),
         }
@@ -332,9 +332,10 @@ pub enum Frame {
         offset: u64,
         len: u32,
     },
-    /// Online verify, sent by the node that compares (a Secondary VerifyS) to the one that
-    /// provides digests (its Primary peer): send the VerifyDigests of this range.
+    /// Online verify, sent by a Secondary VerifyS (it compares) to its Primary peer (it
+    /// provides): send the VerifyDigests of this range.
     VerifyRequest {
+        run: VerifyRun,
         offset: u64,
         len: u32,
     },
@@ -342,13 +343,16 @@ pub enum Frame {
     /// at exactly this point of its write stream. [`crate::limits::REPL_VERIFY_DIGEST_BYTES`]
     /// per bitmap block, in block order; header data_len is the range length.
     VerifyDigests {
+        run: VerifyRun,
         offset: u64,
         len: u32,
         digests: Bytes,
     },
     /// Online verify, from the comparer: which blocks of the range differ, one bit per
-    /// bitmap block (LSB first). The provider marks them out of sync if it is Primary.
+    /// bitmap block (LSB first; bits past the last block are zero). The provider marks them
+    /// out of sync if it is Primary.
     VerifyResult {
+        run: VerifyRun,
         offset: u64,
         len: u32,
         differ: Bytes,
@@ -400,6 +404,35 @@ impl Frame {
             Frame::Ping { .. } => FrameType::Ping,
             Frame::PingAck { .. } => FrameType::PingAck,
             Frame::Disconnect { .. } => FrameType::Disconnect,
+        }
+    }
+}
+
+/// Whose online verify run a frame belongs to, seen from its sender (header seq 1 or 2):
+/// each node can drive a run (VerifyS) and serve the peer's (VerifyT) at the same time, and
+/// a frame is never taken for the other run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyRun {
+    /// The run the sender drives.
+    Sender = 1,
+    /// The run the receiver drives.
+    Receiver = 2,
+}
+
+impl VerifyRun {
+    pub fn from_wire(v: u64) -> Option<VerifyRun> {
+        match v {
+            1 => Some(VerifyRun::Sender),
+            2 => Some(VerifyRun::Receiver),
+            _ => None,
+        }
+    }
+
+    /// The same run, named from the other node.
+    pub fn seen_from_peer(self) -> VerifyRun {
+        match self {
+            VerifyRun::Sender => VerifyRun::Receiver,
+            VerifyRun::Receiver => VerifyRun::Sender,
         }
     }
 }

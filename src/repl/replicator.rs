@@ -93,8 +93,10 @@ pub(crate) struct State {
     pub announced: Option<Announced>,
     /// Features negotiated with the peer of the live session.
     pub peer_features: u64,
-    /// The online verify running on this node (as VerifyS or VerifyT), if any.
+    /// The online verify this node drives (VerifyS), if any.
     pub verify: Option<crate::repl::verify::VerifyProgress>,
+    /// The peer's online verify this node serves (VerifyT), if any.
+    pub verify_peer: Option<crate::repl::verify::VerifyProgress>,
     /// Where the session passes VerifyReplies to the running VerifyS task.
     pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
     /// The last verify run this node drove.
@@ -237,6 +239,7 @@ impl Replicator {
                 announced: None,
                 peer_features: 0,
                 verify: None,
+                verify_peer: None,
                 verify_tx: None,
                 verify_last: None,
             }),
@@ -278,11 +281,16 @@ impl Replicator {
 
     /// Change the live state under the lock and publish an event for every field that moved.
     pub(crate) fn update(&self, f: impl FnOnce(&mut State)) {
-        let (before, after) = {
+        self.update_with(f)
+    }
+
+    /// [`Self::update`], returning what `f` returns.
+    pub(crate) fn update_with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (before, after, r) = {
             let mut st = self.state();
             let b = (st.conn, st.repl, st.peer_role, st.peer_disk);
-            f(&mut st);
-            (b, (st.conn, st.repl, st.peer_role, st.peer_disk))
+            let r = f(&mut st);
+            (b, (st.conn, st.repl, st.peer_role, st.peer_disk), r)
         };
         let peer = self.peer_node();
         if before.0 != after.0 {
@@ -310,6 +318,7 @@ impl Replicator {
                     .field("peer_role", after.2.map_or("Unknown", |r| r.as_str())),
             );
         }
+        r
     }
 
     /// Change the persistent state; publish role / disk changes.

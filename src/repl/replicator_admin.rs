@@ -2,7 +2,7 @@
 //! and its status fields.
 
 use super::*;
-use crate::limits::{REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_WINDOW_REQUESTS};
+use crate::limits::{REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_RATE_MIN, REPL_VERIFY_WINDOW_REQUESTS};
 use std::time::Duration;
 
 impl Replicator {
@@ -107,14 +107,24 @@ impl Replicator {
 
     /// `drl verify RES`: start an online verify with this node as VerifyS (see
     /// [`crate::repl::verify`]). Returns once it runs; `status` follows it.
-    pub fn verify(self: &Arc<Self>) -> Result<(), ReplError> {
+    pub fn verify(self: &Arc<Self>, rate: u64) -> Result<(), ReplError> {
+        if rate < REPL_VERIFY_RATE_MIN {
+            return Err(self.refused(format!(
+                "verify rate {rate} B/s is below the minimum {REPL_VERIFY_RATE_MIN} B/s"
+            )));
+        }
         // Checked and switched to VerifyS under one lock (and with its event): a session
         // that changes the replication state in between cannot be overwritten.
         let mut started = Err(String::new());
         self.update(|st| started = self.start_verify(st));
         let (link, rx) = started.map_err(|what| self.refused(what))?;
         tracing::info!(resource = %self.name, peer = %self.peer_node(), "online verify started (VerifyS)");
-        tokio::spawn(crate::repl::verify::run_source(self.clone(), link, rx));
+        tokio::spawn(crate::repl::verify::run_source(
+            self.clone(),
+            link,
+            rx,
+            rate,
+        ));
         Ok(())
     }
 
@@ -139,9 +149,10 @@ impl Replicator {
             }
         };
         if st.verify.is_some() {
-            return Err(format!("an online verify is already running ({})", st.repl));
+            return Err("this node's online verify is already running".into());
         }
-        if st.repl != ReplState::Established {
+        // The peer's run may go on meanwhile (each frame says whose run it belongs to).
+        if !matches!(st.repl, ReplState::Established | ReplState::VerifyT) {
             return Err(format!(
                 "replication is {}: online verify needs Established (a resync or pull-ahead finishes first)",
                 st.repl
@@ -159,7 +170,7 @@ impl Replicator {
             "VerifyS",
             self.cfg.size_bytes,
         ));
-        st.repl = ReplState::VerifyS;
+        crate::repl::verify::settle(st);
         Ok((link, rx))
     }
 
@@ -303,7 +314,7 @@ impl Replicator {
             "max_buffer_bytes": self.cfg.repl.max_buffer_bytes,
             "ahead": st.repl == ReplState::Ahead,
             "split_brain": st.split_brain,
-            "verify": st.verify.as_ref().map(|v| json!({
+            "verify": st.verify.as_ref().or(st.verify_peer.as_ref()).map(|v| json!({
                 "side": v.side,
                 "percent": v.percent(),
                 "checked_bytes": v.checked_bytes,

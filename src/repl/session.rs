@@ -27,7 +27,7 @@ use crate::limits::{
 };
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
-use crate::repl::frame::{Frame, RangeWrite};
+use crate::repl::frame::{Frame, RangeWrite, VerifyRun};
 use crate::repl::handshake::LocalInfo;
 use crate::repl::link::Link;
 use crate::repl::peer::Conn;
@@ -44,6 +44,8 @@ use crate::volume::{AlignedBuf, BlockDevice};
 mod rx;
 #[path = "session_sync.rs"]
 mod sync;
+#[path = "session_verify.rs"]
+mod verify;
 
 /// A received write, as the receiver queues it. Data is copied out of the read buffer into an
 /// aligned buffer as soon as the frame is decoded (the disk needs it aligned anyway), so a
@@ -116,7 +118,7 @@ struct Session<'a> {
     verify_serve_tx: Option<mpsc::Sender<(u64, u32)>>,
     /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
     /// taken meanwhile (see [`crate::repl::verify`]).
-    verify_hold: Option<(u64, u32, Bytes)>,
+    verify_hold: Option<(VerifyRun, u64, u32, Bytes)>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
@@ -426,7 +428,8 @@ impl Session<'_> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             if let Err(e) = self.verify_compare_when_idle().await {
-                return self.protocol_error(e);
+                // A local read error: the disk's problem, not the peer's.
+                return e;
             }
             while self.rx.wants_input() && self.verify_hold.is_none() {
                 match dec.decode(rbuf) {
@@ -491,6 +494,7 @@ impl Session<'_> {
     }
 
     async fn on_tick(&mut self) -> Result<(), String> {
+        self.verify_peer_idle();
         let now = Instant::now();
         let idle = now.duration_since(self.last_rx);
         if idle > Duration::from_millis(REPL_PEER_TIMEOUT_MS) {
@@ -647,44 +651,14 @@ impl Session<'_> {
                     st.peer_role = Some(role);
                     st.peer_disk = Some(disk);
                     st.repl = with_peer_ahead(st.repl, ahead);
+                    crate::repl::verify::settle(st);
                 });
                 Ok(())
             }
-            Frame::VerifyRequest { offset, len } => self.verify_request(offset, len),
-            Frame::VerifyDigests {
-                offset,
-                len,
-                digests,
-            } => self.verify_digests(offset, len, digests),
-            Frame::VerifyResult {
-                offset,
-                len,
-                differ,
-            } => {
-                check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-                let blocks: Vec<u64> = crate::repl::verify::set_bits(&differ).collect();
-                let first = offset / crate::limits::BITMAP_BLOCK_BYTES;
-                if !blocks.is_empty() && rep.meta.superblock().role == meta::Role::Primary {
-                    for b in &blocks {
-                        rep.bitmap.set_blocks(first + b, 1);
-                    }
-                    crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), offset, len,
-                        blocks = blocks.len(), "online verify: blocks differ from the peer; marked out of sync");
-                }
-                crate::repl::verify::count(rep, len, blocks.len() as u64);
-                self.verify_to_source(offset, len, differ)
-            }
-            Frame::VerifyDone => {
-                self.verify_serve_tx = None;
-                self.verify_hold = None;
-                rep.update(|st| {
-                    st.verify = None;
-                    if st.repl == ReplState::VerifyT {
-                        st.repl = ReplState::Established;
-                    }
-                });
-                Ok(())
-            }
+            f @ (Frame::VerifyRequest { .. }
+            | Frame::VerifyDigests { .. }
+            | Frame::VerifyResult { .. }
+            | Frame::VerifyDone) => self.on_verify_frame(f),
             Frame::Ping { seq } => {
                 self.link.push(&Frame::PingAck { seq });
                 Ok(())
@@ -742,11 +716,9 @@ impl Session<'_> {
             st.ahead_since = None;
             st.peer_features = 0;
             // A VerifyS run ends by itself (its task sees the link close, or its results
-            // channel close) and reports.
+            // channel close) and reports; the peer's run ends here.
             st.verify_tx = None;
-            if st.verify.as_ref().is_some_and(|v| v.side == "VerifyT") {
-                st.verify = None;
-            }
+            st.verify_peer = None;
             st.resync_started = None;
             st.conn = if st.standalone {
                 ConnState::StandAlone

@@ -2,8 +2,7 @@
 //! completion, the SyncSource's answers (see [`crate::repl::resync`] for the rules).
 
 use super::*;
-use crate::limits::{REPL_RESYNC_ZERO_BATCH, REPL_VERIFY_WINDOW_REQUESTS};
-use crate::repl::wire::features;
+use crate::limits::REPL_RESYNC_ZERO_BATCH;
 
 impl Session<'_> {
     /// The peer's whole bitmap arrived (ORed into `bits`).
@@ -62,94 +61,6 @@ impl Session<'_> {
                 2 * REPL_RESYNC_WINDOW_REQUESTS
             )
         })
-    }
-
-    /// VerifyT: queue a VerifyRequest for the answering task (see [`crate::repl::verify`]).
-    pub(super) fn verify_request(&mut self, offset: u64, len: u32) -> Result<(), String> {
-        let rep = self.rep;
-        if rep.state().peer_features & features::VERIFY == 0 {
-            return Err("VerifyRequest, but online verify was not negotiated".into());
-        }
-        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-        let tx = self.verify_serve_tx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(2 * REPL_VERIFY_WINDOW_REQUESTS);
-            tokio::spawn(crate::repl::verify::answer_requests(
-                rep.clone(),
-                self.link.clone(),
-                rx,
-            ));
-            verify_target_starts(rep);
-            tx
-        });
-        tx.try_send((offset, len)).map_err(|_| {
-            format!(
-                "more than {} verify requests outstanding: the peer ignores the window",
-                2 * REPL_VERIFY_WINDOW_REQUESTS
-            )
-        })
-    }
-
-    /// A VerifyDigests arrived: this node compares. Hold it (and every later frame) until
-    /// each write received before it is on the disk ([`Self::verify_compare_when_idle`]).
-    pub(super) fn verify_digests(
-        &mut self,
-        offset: u64,
-        len: u32,
-        digests: Bytes,
-    ) -> Result<(), String> {
-        let rep = self.rep;
-        if rep.state().peer_features & features::VERIFY == 0 {
-            return Err("VerifyDigests, but online verify was not negotiated".into());
-        }
-        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
-        if rep.state().verify.is_none() {
-            verify_target_starts(rep);
-        }
-        self.verify_hold = Some((offset, len, digests));
-        Ok(())
-    }
-
-    /// The held VerifyDigests, once every write received before it is on the disk: read and
-    /// compare here, tell the peer which blocks differ (it marks them if it is Primary), and
-    /// pass the result to this node's VerifyS run if there is one.
-    pub(super) async fn verify_compare_when_idle(&mut self) -> Result<(), String> {
-        if self.verify_hold.is_none() || !self.rx.idle() || self.flushing > 0 {
-            return Ok(());
-        }
-        let Some((offset, len, theirs)) = self.verify_hold.take() else {
-            return Ok(());
-        };
-        let rep = self.rep;
-        let bits = crate::repl::verify::compare(rep, offset, len, &theirs).await?;
-        let differ = Bytes::from(bits);
-        let n = crate::repl::verify::set_bits(&differ).count() as u64;
-        crate::repl::verify::count(rep, len, n);
-        self.link.push(&Frame::VerifyResult {
-            offset,
-            len,
-            differ: differ.clone(),
-        });
-        self.verify_to_source(offset, len, differ)
-    }
-
-    /// Pass a range's result to this node's VerifyS run, if one is running.
-    pub(super) fn verify_to_source(
-        &mut self,
-        offset: u64,
-        len: u32,
-        differ: Bytes,
-    ) -> Result<(), String> {
-        let Some(tx) = self.rep.state().verify_tx.clone() else {
-            return Ok(());
-        };
-        match tx.try_send((offset, len, differ)) {
-            // The run already ended (it stopped on an error of its own).
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(format!(
-                "more than {} verify results outstanding: the peer answers what was not asked",
-                2 * REPL_VERIFY_WINDOW_REQUESTS
-            )),
-        }
     }
 
     pub(super) fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), String> {
@@ -262,18 +173,4 @@ async fn answer_requests(
             }
         }
     }
-}
-
-/// The peer started an online verify: this node is VerifyT.
-fn verify_target_starts(rep: &Arc<Replicator>) {
-    rep.update(|st| {
-        if st.repl == ReplState::Established {
-            st.repl = ReplState::VerifyT;
-        }
-        st.verify = Some(crate::repl::verify::VerifyProgress::new(
-            "VerifyT",
-            rep.cfg.size_bytes,
-        ));
-    });
-    tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "online verify started by the peer (VerifyT)");
 }

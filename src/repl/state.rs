@@ -177,7 +177,10 @@ pub fn decide(local: &NodeState, peer: &NodeState, policy: &SplitBrainPolicy) ->
 /// resync back from Ahead makes the Secondary SyncTarget through the bitmap exchange).
 pub fn with_peer_ahead(current: ReplState, peer_ahead: bool) -> ReplState {
     match (current, peer_ahead) {
-        (ReplState::Established, true) => ReplState::Behind,
+        // An online verify running then stops (it needs writes shipped in order).
+        (ReplState::Established | ReplState::VerifyS | ReplState::VerifyT, true) => {
+            ReplState::Behind
+        }
         (ReplState::Behind, false) => ReplState::Established,
         (s, _) => s,
     }

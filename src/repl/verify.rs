@@ -18,8 +18,18 @@
 //!   ([`crate::repl::receiver::EpochReceiver::idle`]), then reads and compares before it
 //!   applies anything later.
 //!
-//! So a block differs only if the data really differs: there are no false alarms from writes
-//! in flight, and no second look is needed.
+//! So a block differs only if the data differs at that point of the stream: there are no false
+//! alarms from writes in flight, and no second look is needed. (A trimmed range can differ:
+//! a discard is advisory, each side's disk decides what it reads back; DRBD reports those too.)
+//!
+//! Every verify frame says whose run it belongs to ([`VerifyRun`]), so each node can drive a
+//! run and serve its peer's at the same time. A run stops (and still reports) when the link
+//! drops, a node changes its role, or replication leaves VerifyS (pull-ahead, a resync); it
+//! waits for the answers to what it already asked before its VerifyDone, so no late frame
+//! follows. A VerifyT that hears nothing for [`REPL_VERIFY_PEER_IDLE_MS`] ends by itself. A run
+//! reads at most `rate` bytes per second on each node
+//! ([`crate::limits::REPL_VERIFY_RATE_DEFAULT`]): each
+//! range briefly holds the Primary's writes.
 //!
 //! As in DRBD, verify changes no data. Differing blocks are marked out of sync in the
 //! Primary's bitmap (whichever node runs verify), and the next `disconnect` / `connect`
@@ -37,10 +47,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::limits::{
-    BITMAP_BLOCK_BYTES, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_REQUEST_BYTES,
-    REPL_VERIFY_WINDOW_REQUESTS,
+    BITMAP_BLOCK_BYTES, REPL_PEER_TIMEOUT_MS, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_PEER_IDLE_MS,
+    REPL_VERIFY_REQUEST_BYTES, REPL_VERIFY_WINDOW_REQUESTS,
 };
-use crate::repl::frame::Frame;
+use crate::repl::frame::{Frame, VerifyRun};
 use crate::repl::link::Link;
 use crate::repl::replicator::Replicator;
 use crate::repl::wire::split_range;
@@ -55,6 +65,8 @@ pub struct VerifyProgress {
     pub checked_bytes: u64,
     pub differing_blocks: u64,
     pub started: Instant,
+    /// The last frame of this run (a VerifyT ends after [`REPL_VERIFY_PEER_IDLE_MS`] without).
+    pub last_frame: Instant,
 }
 
 impl VerifyProgress {
@@ -65,6 +77,7 @@ impl VerifyProgress {
             checked_bytes: 0,
             differing_blocks: 0,
             started: Instant::now(),
+            last_frame: Instant::now(),
         }
     }
 
@@ -77,9 +90,15 @@ impl VerifyProgress {
         (p * 10.0).round() / 10.0
     }
 
-    fn count(&mut self, len: u32, differing: u64) {
+    pub(crate) fn count(&mut self, len: u32, differing: u64) {
         self.checked_bytes = (self.checked_bytes + u64::from(len)).min(self.total_bytes);
         self.differing_blocks += differing;
+        self.last_frame = Instant::now();
+    }
+
+    /// Without a frame for [`REPL_VERIFY_PEER_IDLE_MS`].
+    pub fn is_idle(&self) -> bool {
+        self.last_frame.elapsed() > std::time::Duration::from_millis(REPL_VERIFY_PEER_IDLE_MS)
     }
 }
 
@@ -141,6 +160,7 @@ pub fn source_provides(local_primary: bool, peer_primary: bool) -> bool {
 pub(crate) async fn provide(
     rep: &Replicator,
     link: &Link,
+    run: VerifyRun,
     offset: u64,
     len: u32,
 ) -> Result<(), String> {
@@ -152,6 +172,7 @@ pub(crate) async fn provide(
         .map_err(|e| format!("reading for verify: {e}"))?;
     let digests = Bytes::from(block_digests(&buf));
     link.push(&Frame::VerifyDigests {
+        run,
         offset,
         len,
         digests,
@@ -175,13 +196,63 @@ pub(crate) async fn compare(
     Ok(differing_bits(&block_digests(&buf), theirs))
 }
 
-/// Count a checked range in the running verify's progress.
-pub(crate) fn count(rep: &Replicator, len: u32, differing: u64) {
-    rep.update(|st| {
-        if let Some(v) = st.verify.as_mut() {
-            v.count(len, differing);
+/// A range a peer names in a verify frame: block-aligned, inside the volume, at most one
+/// request long, whole blocks except at the end of the volume.
+pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), String> {
+    let end = offset.checked_add(u64::from(len));
+    let ok = len > 0
+        && len <= REPL_VERIFY_REQUEST_BYTES
+        && offset.is_multiple_of(BITMAP_BLOCK_BYTES)
+        && end.is_some_and(|e| e <= size)
+        && (u64::from(len).is_multiple_of(BITMAP_BLOCK_BYTES) || end == Some(size));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "verify range {offset}+{len} is not whole {BITMAP_BLOCK_BYTES}-byte blocks of at most {REPL_VERIFY_REQUEST_BYTES} bytes inside the {size}-byte volume"
+        ))
+    }
+}
+
+/// Mark the blocks set in `differ` (of the range at `offset`) out of sync, if this node is
+/// Primary; no ack of this session may clear them (a later write that covers a block only
+/// partly would otherwise clear its bit), only a resync. Returns how many blocks differ.
+pub(crate) fn mark(rep: &Replicator, link: &Link, offset: u64, len: u32, differ: &[u8]) -> u64 {
+    let blocks: Vec<u64> = set_bits(differ).collect();
+    if blocks.is_empty() || rep.meta.superblock().role != meta::Role::Primary {
+        return blocks.len() as u64;
+    }
+    let first = offset / BITMAP_BLOCK_BYTES;
+    {
+        let mut t = link.tracker();
+        for &b in &blocks {
+            t.mark_unsent_write((first + b) * BITMAP_BLOCK_BYTES, BITMAP_BLOCK_BYTES);
         }
-    });
+    }
+    for &b in &blocks {
+        rep.bitmap.set_blocks(first + b, 1);
+    }
+    crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), offset, len,
+        blocks = blocks.len(), "online verify: blocks differ from the peer; marked out of sync");
+    blocks.len() as u64
+}
+
+/// The replication state while runs come and go: VerifyS while this node drives a run,
+/// VerifyT while it serves the peer's, else Established. Other states (Ahead, Behind, a
+/// resync) are left alone.
+pub(crate) fn settle(st: &mut crate::repl::replicator::State) {
+    if matches!(
+        st.repl,
+        ReplState::Established | ReplState::VerifyS | ReplState::VerifyT
+    ) {
+        st.repl = if st.verify.is_some() {
+            ReplState::VerifyS
+        } else if st.verify_peer.is_some() {
+            ReplState::VerifyT
+        } else {
+            ReplState::Established
+        };
+    }
 }
 
 /// VerifyT as provider: answer VerifyRequests in order.
@@ -194,7 +265,7 @@ pub(crate) async fn answer_requests(
         if link.is_closed() {
             return;
         }
-        if let Err(e) = provide(&rep, &link, offset, len).await {
+        if let Err(e) = provide(&rep, &link, VerifyRun::Receiver, offset, len).await {
             link.close(e);
             return;
         }
@@ -208,11 +279,12 @@ pub(crate) async fn run_source(
     rep: Arc<Replicator>,
     link: Arc<Link>,
     mut results: mpsc::Receiver<(u64, u32, Bytes)>,
+    rate: u64,
 ) {
     let started = Instant::now();
     let roles = roles(&rep);
     let provides = source_provides(roles.0, roles.1);
-    let walked = walk(&rep, &link, &mut results, provides, roles).await;
+    let walked = walk(&rep, &link, &mut results, provides, roles, rate).await;
     let (outcome, checked, oos_blocks) = match walked {
         Ok((checked, n)) => ("completed".to_string(), checked, n),
         Err((why, checked, n)) => (format!("interrupted: {why}"), checked, n),
@@ -252,9 +324,7 @@ pub(crate) async fn run_source(
         st.verify = None;
         st.verify_tx = None;
         st.verify_last = Some(report);
-        if st.repl == ReplState::VerifyS {
-            st.repl = ReplState::Established;
-        }
+        settle(st);
     });
 }
 
@@ -275,24 +345,43 @@ async fn walk(
     results: &mut mpsc::Receiver<(u64, u32, Bytes)>,
     provides: bool,
     roles_at_start: (bool, bool),
+    rate: u64,
 ) -> Walked {
+    let started = Instant::now();
     let mut ranges = split_range(0, rep.cfg.size_bytes, REPL_VERIFY_REQUEST_BYTES);
-    let (mut checked, mut oos) = (0u64, 0u64);
+    let (mut issued, mut checked, mut oos) = (0u64, 0u64, 0u64);
     let mut outstanding: VecDeque<(u64, u32)> = VecDeque::new();
+    let mut stop: Option<String> = None;
     loop {
-        while outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS {
+        while stop.is_none() && outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS {
             let Some((offset, len)) = ranges.next() else {
                 break;
             };
             // Who provides was decided on the roles: a promotion or demotion during the run
-            // would make the reads of the two sides race with the writes.
+            // would make the reads of the two sides race with the writes. Pull-ahead or a
+            // resync ends the run too (writes are then not shipped in order).
             if roles(rep) != roles_at_start {
-                return Err(("a node changed its role".into(), checked, oos));
+                stop = Some("a node changed its role".into());
+                break;
             }
+            let repl = rep.state().repl;
+            if repl != ReplState::VerifyS {
+                stop = Some(format!("replication went {repl}"));
+                break;
+            }
+            // At most `rate` bytes per second.
+            let due = started + std::time::Duration::from_secs_f64(issued as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
             let sent = if provides {
-                provide(rep, link, offset, len).await.map(|_| true)
+                provide(rep, link, VerifyRun::Sender, offset, len)
+                    .await
+                    .map(|_| !link.is_closed())
             } else {
-                Ok(link.push(&Frame::VerifyRequest { offset, len }))
+                Ok(link.push(&Frame::VerifyRequest {
+                    run: VerifyRun::Sender,
+                    offset,
+                    len,
+                }))
             };
             match sent {
                 Ok(true) => outstanding.push_back((offset, len)),
@@ -302,23 +391,33 @@ async fn walk(
                     return Err((e, checked, oos));
                 }
             }
+            issued += u64::from(len);
         }
         let Some((offset, len)) = outstanding.pop_front() else {
-            return Ok((checked, oos));
+            return match stop {
+                None => Ok((checked, oos)),
+                Some(why) => Err((why, checked, oos)),
+            };
         };
-        // Registered before the check: a close between the two is not missed.
+        // Registered before the check: a close between the two is not missed. A run that
+        // stops still takes the answers to what it asked (bounded), so its VerifyDone is the
+        // last frame of the run the peer sees.
         let closed = link.closed_notify.notified();
         tokio::pin!(closed);
         closed.as_mut().enable();
         if link.is_closed() {
             return Err((gone(link), checked, oos));
         }
+        let wait = tokio::time::sleep(std::time::Duration::from_millis(REPL_PEER_TIMEOUT_MS));
         let (r_off, r_len, bits) = tokio::select! {
             r = results.recv() => match r {
                 Some(r) => r,
                 None => return Err((gone(link), checked, oos)),
             },
             _ = closed => return Err((gone(link), checked, oos)),
+            _ = wait, if stop.is_some() => {
+                return Err((stop.unwrap_or_default(), checked, oos));
+            }
         };
         if (r_off, r_len) != (offset, len) {
             let why = format!("verify result for {r_off}+{r_len}, expected {offset}+{len}");
@@ -358,5 +457,30 @@ mod tests {
         assert!(source_provides(true, false));
         assert!(!source_provides(false, true));
         assert!(source_provides(false, false));
+    }
+
+    #[test]
+    fn peer_ranges_must_be_whole_blocks_inside_the_volume() {
+        let size = 10 * BITMAP_BLOCK_BYTES + 512;
+        assert!(check_range(0, 4096, size).is_ok());
+        assert!(
+            check_range(10 * BITMAP_BLOCK_BYTES, 512, size).is_ok(),
+            "the tail"
+        );
+        assert!(check_range(0, 0, size).is_err());
+        assert!(check_range(512, 4096, size).is_err(), "unaligned offset");
+        assert!(check_range(0, 4000, size).is_err(), "partial block inside");
+        assert!(
+            check_range(8 * BITMAP_BLOCK_BYTES, 4 * 4096, size).is_err(),
+            "past the end"
+        );
+        assert!(
+            check_range(u64::MAX - 4095, 4096, size).is_err(),
+            "overflow"
+        );
+        assert!(
+            check_range(0, REPL_VERIFY_REQUEST_BYTES + 4096, 1 << 30).is_err(),
+            "too long"
+        );
     }
 }

@@ -317,18 +317,22 @@ impl Encoder {
                 }
                 data = Some(&bits[..]);
             }
-            Frame::ResyncRequest { offset, len }
-            | Frame::ResyncZeroes { offset, len }
-            | Frame::VerifyRequest { offset, len } => {
+            Frame::ResyncRequest { offset, len } | Frame::ResyncZeroes { offset, len } => {
                 check_range_len(*len)?;
                 (h.offset, h.data_len) = (*offset, *len);
             }
+            Frame::VerifyRequest { run, offset, len } => {
+                check_range_len(*len)?;
+                (h.seq, h.offset, h.data_len) = (*run as u64, *offset, *len);
+            }
             Frame::VerifyDigests {
+                run,
                 offset,
                 len,
                 digests: b,
             }
             | Frame::VerifyResult {
+                run,
                 offset,
                 len,
                 differ: b,
@@ -345,7 +349,16 @@ impl Encoder {
                         format!("{} payload bytes for a {len}-byte range", b.len()),
                     ));
                 }
-                (h.offset, h.data_len) = (*offset, *len);
+                let blocks = u64::from(*len).div_ceil(crate::limits::BITMAP_BLOCK_BYTES);
+                if ft == FrameType::VerifyResult
+                    && crate::repl::verify::set_bits(b).any(|i| i >= blocks)
+                {
+                    return Err(malformed(
+                        ft,
+                        format!("a bit set past the {blocks} blocks of the range"),
+                    ));
+                }
+                (h.seq, h.offset, h.data_len) = (*run as u64, *offset, *len);
                 body = Some(b.to_vec());
             }
             Frame::ResyncData { offset, data: d } => {

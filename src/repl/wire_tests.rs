@@ -6,7 +6,7 @@ use drbd_compat::{DiskState, Role};
 use proptest::prelude::*;
 
 use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_PAYLOAD_BYTES_MAX};
-use crate::repl::frame::{Frame, FrameType, Hello, RangeWrite};
+use crate::repl::frame::{Frame, FrameType, Hello, RangeWrite, VerifyRun};
 use crate::repl::gen::GenIds;
 use crate::repl::wire::*;
 
@@ -86,15 +86,18 @@ fn sample_frames() -> Vec<Frame> {
         },
         Frame::ResyncDone,
         Frame::VerifyRequest {
+            run: VerifyRun::Sender,
             offset: 2 << 20,
             len: 1 << 20,
         },
         Frame::VerifyDigests {
+            run: VerifyRun::Receiver,
             offset: 2 << 20,
             len: 3 * 4096 + 512,
             digests: Bytes::from(vec![9u8; 4 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
         },
         Frame::VerifyResult {
+            run: VerifyRun::Sender,
             offset: 2 << 20,
             len: 1 << 20,
             differ: Bytes::from(vec![0x81u8; 32]),
@@ -430,16 +433,24 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         "[a-z ]{0,40}".prop_map(|reason| Frame::Disconnect { reason }),
         (any::<u64>(), 1u32..(1 << 22), any::<u8>()).prop_map(|(offset, len, b)| {
             Frame::VerifyDigests {
+                run: VerifyRun::Receiver,
                 offset,
                 len,
                 digests: Bytes::from(vec![b; crate::repl::wire::verify_digests_len(len) as usize]),
             }
         }),
         (any::<u64>(), 1u32..(1 << 22), any::<u8>()).prop_map(|(offset, len, b)| {
+            let mut differ = vec![b; crate::repl::wire::verify_result_len(len) as usize];
+            // Bits past the last block are zero.
+            let blocks = u64::from(len).div_ceil(4096);
+            if blocks % 8 != 0 {
+                *differ.last_mut().unwrap() &= (1u8 << (blocks % 8)) - 1;
+            }
             Frame::VerifyResult {
+                run: VerifyRun::Sender,
                 offset,
                 len,
-                differ: Bytes::from(vec![b; crate::repl::wire::verify_result_len(len) as usize]),
+                differ: Bytes::from(differ),
             }
         }),
         (any::<[u8; 32]>(), any::<u64>()).prop_map(|(nonce, cur)| {
@@ -545,6 +556,7 @@ fn verify_payloads_must_match_their_range() {
     // The encoder refuses a payload that does not fit the range.
     let mut out = BytesMut::new();
     let bad = Frame::VerifyDigests {
+        run: VerifyRun::Sender,
         offset: 0,
         len: 8192,
         digests: Bytes::from(vec![0u8; 3 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
@@ -553,6 +565,7 @@ fn verify_payloads_must_match_their_range() {
     assert!(err.contains("payload bytes for a 8192-byte range"), "{err}");
     // A peer's frame whose range says otherwise than its payload is refused by name.
     let good = Frame::VerifyResult {
+        run: VerifyRun::Receiver,
         offset: 0,
         len: 8 * 4096,
         differ: Bytes::from_static(&[0xff]),
@@ -562,4 +575,36 @@ fn verify_payloads_must_match_their_range() {
     let err = d.decode(&mut buf).unwrap_err().to_string();
     assert!(err.contains("VerifyResult"), "{err}");
     assert!(err.contains("expected 2"), "{err}");
+}
+
+#[test]
+fn verify_frames_name_their_run_and_results_stay_inside_their_range() {
+    let (e, mut d) = codec(false);
+    let f = Frame::VerifyRequest {
+        run: VerifyRun::Sender,
+        offset: 0,
+        len: 4096,
+    };
+    let mut buf = encode(&e, &f);
+    resign(&mut buf, |h| h.seq = 3);
+    let err = d.decode(&mut buf).unwrap_err().to_string();
+    assert!(err.contains("verify run 3"), "{err}");
+    // 3 blocks: bit 3 and up of the one result byte lie outside the range.
+    let r = Frame::VerifyResult {
+        run: VerifyRun::Sender,
+        offset: 0,
+        len: 3 * 4096,
+        differ: Bytes::from_static(&[0b1000]),
+    };
+    let mut out = BytesMut::new();
+    let err = e.encode(&r, &mut out).unwrap_err().to_string();
+    assert!(err.contains("past the 3 blocks"), "{err}");
+    let ok = Frame::VerifyResult {
+        run: VerifyRun::Sender,
+        offset: 0,
+        len: 3 * 4096,
+        differ: Bytes::from_static(&[0b101]),
+    };
+    let mut buf = encode(&e, &ok);
+    assert_eq!(d.decode(&mut buf).unwrap(), Some(ok));
 }

@@ -195,6 +195,7 @@ mod tests {
         assert_eq!(class(Frame::VerifyDone), Class::Resync);
         assert_eq!(
             class(Frame::VerifyRequest {
+                run: crate::repl::frame::VerifyRun::Sender,
                 offset: 0,
                 len: 4096
             }),

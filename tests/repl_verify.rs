@@ -33,6 +33,16 @@ fn oos(p: &Pair, n: &str) -> u64 {
     num(&res(p.node(n), "r0").unwrap(), "out_of_sync_bytes")
 }
 
+/// DRBD's repair after a verify: `disconnect` + `connect` on `n` resyncs the marked blocks
+/// from the Primary (a); then both disks must be identical. Returns a's status.
+fn reconnect_and_converge(p: &Pair, n: &str, what: &str) -> Value {
+    p.cli_ok(n, &["disconnect", "r0"]);
+    p.cli_ok(n, &["connect", "r0"]);
+    let (a, _) = p.wait_in_sync("a", &format!("{what}: after disconnect/connect"));
+    p.assert_disks_identical(what);
+    a
+}
+
 #[test]
 fn online_verify_finds_exactly_the_differing_blocks_and_reconnect_repairs_them() {
     let size = 32 * MIB;
@@ -72,14 +82,11 @@ fn online_verify_finds_exactly_the_differing_blocks_and_reconnect_repairs_them()
     assert_eq!(sa["verify_last"]["out_of_sync_bytes"], 3 * BLOCK, "{sa}");
 
     // DRBD's way to repair: disconnect, connect; the marked blocks resync from the Primary.
-    p.cli_ok("a", &["disconnect", "r0"]);
-    p.cli_ok("a", &["connect", "r0"]);
-    let (a, _) = p.wait_in_sync("a", "after disconnect/connect");
+    let a = reconnect_and_converge(&p, "a", "verify from the Primary");
     assert!(
         num(&a, "resync_bytes_sent") >= 3 * BLOCK,
         "the marked blocks were resynced: {a}"
     );
-    p.assert_disks_identical("after verify and reconnect");
 
     // Run from the Secondary, it marks on its Primary peer (never on itself: that would make
     // the Secondary the resync source).
@@ -94,10 +101,7 @@ fn online_verify_finds_exactly_the_differing_blocks_and_reconnect_repairs_them()
         a.is_some_and(|a| num(a, "out_of_sync_bytes") == BLOCK)
     });
     assert_eq!(oos(&p, "b"), 0, "{}", p.report());
-    p.cli_ok("b", &["disconnect", "r0"]);
-    p.cli_ok("b", &["connect", "r0"]);
-    p.wait_in_sync("a", "after the Secondary's verify and reconnect");
-    p.assert_disks_identical("after the Secondary's verify and reconnect");
+    reconnect_and_converge(&p, "b", "verify from the Secondary");
 }
 
 /// Both reads of a range see the same point of the write stream (the Primary reads under the
@@ -272,10 +276,7 @@ fn a_partial_write_does_not_unmark_a_verified_block() {
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(oos(&p, "a"), BLOCK, "{}", p.report());
-    p.cli_ok("a", &["disconnect", "r0"]);
-    p.cli_ok("a", &["connect", "r0"]);
-    p.wait_in_sync("a", "after reconnect");
-    p.assert_disks_identical("after a partial write over a verified block");
+    reconnect_and_converge(&p, "a", "a partial write over a verified block");
 }
 
 /// `--rate` bounds how fast a run reads: 16 MiB at 4 MiB/s takes at least 3.5 s (the last

@@ -171,7 +171,7 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "disconnect", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.disconnect();
+        rep.disconnect().await;
         Ok(json!({ "resource": rep.name() }))
     });
     super::rpc_stream::register(&mut r, &node);

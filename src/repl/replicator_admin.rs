@@ -193,8 +193,10 @@ impl Replicator {
         Ok(())
     }
 
-    /// `drl disconnect RES`.
-    pub fn disconnect(&self) {
+    /// `drl disconnect RES`: returns once the connection is gone (StandAlone), as DRBD's
+    /// does, or after [`REPL_STATE_ACK_TIMEOUT_MS`] if the session takes longer to finish
+    /// (it applies what it already received first).
+    pub async fn disconnect(&self) {
         let link = {
             let mut st = self.state();
             st.standalone = true;
@@ -212,6 +214,10 @@ impl Replicator {
             }
         });
         self.wake.notify_waiters();
+        let deadline = std::time::Instant::now() + Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS);
+        while self.state().conn != ConnState::StandAlone && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// What changed locally since `sent` (a Hello) was built: `None`, a role change only

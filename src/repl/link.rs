@@ -48,6 +48,9 @@ pub struct Link {
     pub(crate) sent_bytes: AtomicU64,
     /// Pull-ahead: application writes are not shipped (their bits stay set).
     pub(crate) ahead: AtomicBool,
+    /// Every write received on this link is on the disk (the session's receiver is idle);
+    /// kept by the session loop, read by online verify (see [`crate::repl::verify::provide`]).
+    pub(crate) rx_idle: AtomicBool,
     /// The last state-change confirmation asked for ([`Link::push_state_change`]) and the
     /// last the peer answered; `state_notify` is signalled on each answer.
     state_asked: AtomicU64,
@@ -89,6 +92,7 @@ impl Link {
             born: std::time::Instant::now(),
             sent_bytes: AtomicU64::new(0),
             ahead: AtomicBool::new(false),
+            rx_idle: AtomicBool::new(true),
             state_asked: AtomicU64::new(0),
             state_answered: AtomicU64::new(0),
             state_notify: Notify::new(),

@@ -445,7 +445,9 @@ impl Session<'_> {
             if self.link.is_closed() {
                 return self.link.reason().unwrap_or_else(|| "closed".into());
             }
-            if self.verify_hold.is_some() && self.rx.idle() && self.flushing == 0 {
+            let idle = self.rx.idle() && self.flushing == 0;
+            self.link.rx_idle.store(idle, Ordering::Release);
+            if self.verify_hold.is_some() && idle {
                 // The held VerifyDigests can be compared now (top of the loop).
                 continue;
             }

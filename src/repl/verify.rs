@@ -8,7 +8,8 @@
 //! with a VerifyResult (one bit per block).
 //!
 //! Writes go on meanwhile, so both reads must see the same point of the write stream. The
-//! Primary provides (with no Primary nothing writes, and VerifyS provides):
+//! Primary provides (with no Primary nothing new is written, and VerifyS provides once the
+//! writes it received before a demotion are on its disk):
 //! - it reads under the exclusive resync lock, which waits for every application write in
 //!   flight to finish locally (writes hold the lock shared until their local write is done)
 //!   and lets no new one start; the VerifyDigests is queued behind the Data frames of exactly
@@ -165,6 +166,16 @@ pub(crate) async fn provide(
     len: u32,
 ) -> Result<(), String> {
     let _excl = rep.resync_lock.write().await;
+    // A Secondary provides only when no node is Primary: nothing new is written, but writes
+    // it received before the demotion may still be landing. Read once they are on the disk.
+    let deadline = Instant::now() + std::time::Duration::from_millis(REPL_PEER_TIMEOUT_MS);
+    while rep.meta.superblock().role != meta::Role::Primary
+        && !link.rx_idle.load(std::sync::atomic::Ordering::Acquire)
+        && Instant::now() < deadline
+        && !link.is_closed()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let buf = rep
         .disk
         .read(offset, len)

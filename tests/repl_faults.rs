@@ -14,6 +14,79 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
+/// A resync that was cut once (the source then persists its bitmap: everything still to
+/// do) and then finishes must leave a clean bitmap on the source's disk at once, not at the
+/// next periodic persist (5 s): a crash right after would otherwise resync it all again.
+#[test]
+fn a_finished_resync_is_persisted_on_the_source_before_a_crash() {
+    let size = 64 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(dir.path().join("a/r0.img")).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(&random_bytes(7, 32 * MIB), 0).unwrap();
+    }
+    let mut opts = PairOpts::new(size);
+    opts.proxied = true;
+    let mut p = Pair::start_in(dir, opts);
+    // A slow link, so the initial sync of the 32 MiB of data is caught midway.
+    for proxy in &p.proxies {
+        proxy.set_delay(Duration::from_millis(10));
+    }
+    p.wait("connected", WAIT, |a, b| {
+        a.is_some_and(|a| a["connection"] == "Connected")
+            && b.is_some_and(|b| b["connection"] == "Connected")
+    });
+    p.cli_ok("a", &["primary", "r0", "--force"]);
+    p.wait("the initial sync is under way", WAIT, |a, _| {
+        a.is_some_and(|a| {
+            a["replication"] == "SyncSource"
+                && a["resync_percent"].as_f64().is_some_and(|x| x > 2.0)
+        })
+    });
+    let mid = res(p.node("a"), "r0").unwrap();
+    assert!(
+        mid["resync_percent"].as_f64().unwrap() < 90.0,
+        "the sync was not caught midway: {mid}"
+    );
+    for proxy in &p.proxies {
+        proxy.cut();
+    }
+    p.wait("a lost b", WAIT, |a, _| {
+        a.is_some_and(|a| a["connection"] != "Connected")
+    });
+    for proxy in &p.proxies {
+        proxy.set_delay(Duration::ZERO);
+        proxy.unblock();
+    }
+    p.wait_in_sync("a", "the sync resumed and finished");
+    // At once: well before the periodic persist.
+    p.a.kill9();
+    p.restart("a");
+    let r = res(&p.a, "r0").unwrap();
+    if r["role"] != "Primary" {
+        let t0 = Instant::now();
+        while !p.a.cli(&["primary", "r0"]).status.success() {
+            assert!(
+                t0.elapsed() < WAIT,
+                "a could not be promoted again\n{}",
+                p.report()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (a, _) = p.wait_in_sync("a", "after the crash right after the sync");
+    let moved = num(&a, "resync_bytes_sent");
+    assert!(
+        moved <= 4 * MIB,
+        "a crash right after a finished resync resynced {moved} bytes again\n{}",
+        p.report()
+    );
+    p.assert_disks_identical("after a crash right after a finished resync");
+}
+
 #[test]
 fn primary_kill9_under_write_load_resync_is_bounded_by_the_activity_log() {
     let size = 128 * MIB;

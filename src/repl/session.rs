@@ -631,6 +631,13 @@ impl Session<'_> {
                 }
                 self.sync = None;
                 self.serve_tx = None;
+                // The resync cleared the bits in memory; put the clean bitmap on disk now (as
+                // the SyncTarget does), not at the next periodic persist: a crash before it
+                // would otherwise resync everything again on restart. Failing here only
+                // leaves more marked on disk, which is safe.
+                if let Err(e) = persist_bitmap(rep).await {
+                    tracing::error!(resource = %rep.name, "persisting the bitmap after the resync: {e}");
+                }
                 rep.update_meta(|sb| {
                     let mut g = gen_of(sb.gen);
                     g.on_resync_finished_as_source();

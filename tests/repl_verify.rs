@@ -200,9 +200,11 @@ fn a_run_stopped_by_a_role_change_ends_cleanly_on_both_nodes() {
     // Slow, so it is still running when a steps down.
     p.cli_ok("b", &["verify", "r0", "--no-wait", "--rate", "2MiB/s"]);
     p.wait("b VerifyS, a VerifyT", WAIT, |a, b| {
-        a.is_some_and(|a| a["replication"] == "VerifyT")
-            && b.is_some_and(|b| b["replication"] == "VerifyS")
+        a.is_some_and(|a| a["replication"] == "VerifyT" && a["verify_peer"]["side"] == "VerifyT")
+            && b.is_some_and(|b| b["replication"] == "VerifyS" && b["verify"]["side"] == "VerifyS")
     });
+    // a drives no run of its own: `verify` is only this node's run.
+    assert!(res(p.node("a"), "r0").unwrap()["verify"].is_null());
     p.cli_ok("a", &["secondary", "r0"]);
     let b = wait_verify_done(&p, "b");
     let last = &b["verify_last"];
@@ -219,7 +221,11 @@ fn a_run_stopped_by_a_role_change_ends_cleanly_on_both_nodes() {
         std::time::Duration::from_secs(10),
         |a, b| {
             [a, b].iter().all(|r| {
-                r.is_some_and(|r| r["replication"] == "Established" && r["verify"].is_null())
+                r.is_some_and(|r| {
+                    r["replication"] == "Established"
+                        && r["verify"].is_null()
+                        && r["verify_peer"].is_null()
+                })
             })
         },
     );

@@ -73,6 +73,7 @@ fn replication_cell(r: &Value) -> String {
     let state = r["replication"].as_str().unwrap_or("-").to_owned();
     let pct = r["verify"]["percent"]
         .as_f64()
+        .or_else(|| r["verify_peer"]["percent"].as_f64())
         .or_else(|| r["resync_percent"].as_f64());
     match pct {
         Some(p) => format!("{state} {p:.1}%"),

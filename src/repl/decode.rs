@@ -291,6 +291,7 @@ impl Decoder {
                 exact(0)?;
                 Frame::VerifyRequest {
                     run: verify_run(ft, h.seq)?,
+                    id: h.epoch,
                     offset: h.offset,
                     len: h.data_len,
                 }
@@ -299,6 +300,7 @@ impl Decoder {
                 exact(crate::repl::wire::verify_digests_len(h.data_len) as usize)?;
                 Frame::VerifyDigests {
                     run: verify_run(ft, h.seq)?,
+                    id: h.epoch,
                     offset: h.offset,
                     len: h.data_len,
                     digests: payload.clone(),
@@ -315,6 +317,7 @@ impl Decoder {
                 }
                 Frame::VerifyResult {
                     run: verify_run(ft, h.seq)?,
+                    id: h.epoch,
                     offset: h.offset,
                     len: h.data_len,
                     differ: payload.clone(),
@@ -322,7 +325,7 @@ impl Decoder {
             }
             FrameType::VerifyDone => {
                 exact(0)?;
-                Frame::VerifyDone
+                Frame::VerifyDone { id: h.epoch }
             }
             FrameType::ResyncData => Frame::ResyncData {
                 offset: h.offset,

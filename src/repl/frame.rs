@@ -117,7 +117,8 @@ impl FrameType {
             Data | Trim | Zeroes => (true, true, true, true),
             Barrier | BarrierAck => (false, true, false, false),
             BitmapChunk | ResyncRequest | ResyncData | ResyncZeroes => (false, false, true, true),
-            VerifyRequest | VerifyDigests | VerifyResult => (true, false, true, true),
+            VerifyRequest | VerifyDigests | VerifyResult => (true, true, true, true),
+            VerifyDone => (false, true, false, false),
             Ping | PingAck => (true, false, false, false),
             _ => (false, false, false, false),
         }
@@ -336,6 +337,9 @@ pub enum Frame {
     /// provides): send the VerifyDigests of this range.
     VerifyRequest {
         run: VerifyRun,
+        /// The run's number (header epoch), chosen by its VerifyS: answers echo it, so a late
+        /// answer is never taken for a later run.
+        id: u64,
         offset: u64,
         len: u32,
     },
@@ -344,6 +348,9 @@ pub enum Frame {
     /// per bitmap block, in block order; header data_len is the range length.
     VerifyDigests {
         run: VerifyRun,
+        /// The run's number (header epoch), chosen by its VerifyS: answers echo it, so a late
+        /// answer is never taken for a later run.
+        id: u64,
         offset: u64,
         len: u32,
         digests: Bytes,
@@ -353,12 +360,17 @@ pub enum Frame {
     /// out of sync if it is Primary.
     VerifyResult {
         run: VerifyRun,
+        /// The run's number (header epoch), chosen by its VerifyS: answers echo it, so a late
+        /// answer is never taken for a later run.
+        id: u64,
         offset: u64,
         len: u32,
         differ: Bytes,
     },
-    /// The verify run is over (VerifyS to VerifyT).
-    VerifyDone,
+    /// The verify run `id` is over (VerifyS to VerifyT).
+    VerifyDone {
+        id: u64,
+    },
     /// The sender's role and disk state changed, or it went Ahead (`ahead`: DRBD's pull-ahead;
     /// the receiver then reports Behind). Wire: role and disk codes, then an optional flags
     /// byte (bit 0: Ahead) that is only sent when set, so a frame without it is the old
@@ -399,7 +411,7 @@ impl Frame {
             Frame::VerifyRequest { .. } => FrameType::VerifyRequest,
             Frame::VerifyDigests { .. } => FrameType::VerifyDigests,
             Frame::VerifyResult { .. } => FrameType::VerifyResult,
-            Frame::VerifyDone => FrameType::VerifyDone,
+            Frame::VerifyDone { .. } => FrameType::VerifyDone,
             Frame::StateChange { .. } => FrameType::StateChange,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::PingAck { .. } => FrameType::PingAck,

@@ -117,11 +117,12 @@ impl Replicator {
         // that changes the replication state in between cannot be overwritten.
         let mut started = Err(String::new());
         self.update(|st| started = self.start_verify(st));
-        let (link, rx) = started.map_err(|what| self.refused(what))?;
-        tracing::info!(resource = %self.name, peer = %self.peer_node(), "online verify started (VerifyS)");
+        let (link, id, rx) = started.map_err(|what| self.refused(what))?;
+        tracing::info!(resource = %self.name, peer = %self.peer_node(), run = id, "online verify started (VerifyS)");
         tokio::spawn(crate::repl::verify::run_source(
             self.clone(),
             link,
+            id,
             rx,
             rate,
         ));
@@ -135,6 +136,7 @@ impl Replicator {
     ) -> Result<
         (
             Arc<Link>,
+            u64,
             tokio::sync::mpsc::Receiver<(u64, u32, bytes::Bytes)>,
         ),
         String,
@@ -166,12 +168,15 @@ impl Replicator {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(2 * REPL_VERIFY_WINDOW_REQUESTS);
         st.verify_tx = Some(tx);
+        // A fresh number for every run: answers to an earlier run can never be taken for it.
+        let id = rand::random::<u64>().max(1);
         st.verify = Some(crate::repl::verify::VerifyProgress::new(
             "VerifyS",
+            id,
             self.cfg.size_bytes,
         ));
         crate::repl::verify::settle(st);
-        Ok((link, rx))
+        Ok((link, id, rx))
     }
 
     /// `drl connect RES [--discard-my-data]`.
@@ -320,13 +325,8 @@ impl Replicator {
             "max_buffer_bytes": self.cfg.repl.max_buffer_bytes,
             "ahead": st.repl == ReplState::Ahead,
             "split_brain": st.split_brain,
-            "verify": st.verify.as_ref().or(st.verify_peer.as_ref()).map(|v| json!({
-                "side": v.side,
-                "percent": v.percent(),
-                "checked_bytes": v.checked_bytes,
-                "differing_blocks": v.differing_blocks,
-                "elapsed_s": (v.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-            })),
+            "verify": st.verify.as_ref().map(verify_json),
+            "verify_peer": st.verify_peer.as_ref().map(verify_json),
             "verify_last": st.verify_last,
             "last_error": st.last_error,
             "protocol_errors": g(&self.stats.protocol_errors),
@@ -338,4 +338,16 @@ impl Replicator {
             },
         })
     }
+}
+
+/// A verify run in `status`: `verify` (this node's, VerifyS) or `verify_peer` (the peer's,
+/// served as VerifyT).
+fn verify_json(v: &crate::repl::verify::VerifyProgress) -> Value {
+    json!({
+        "side": v.side,
+        "percent": v.percent(),
+        "checked_bytes": v.checked_bytes,
+        "differing_blocks": v.differing_blocks,
+        "elapsed_s": (v.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
 }

@@ -97,6 +97,10 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
                     continue;
                 }
                 attempt = 0;
+                if rep.state().standalone {
+                    // `disconnect` came while this handshake ran.
+                    continue;
+                }
                 let reason = session::run(&rep, conn, shutdown.clone()).await;
                 tracing::debug!(resource = %rep.name, "session ended: {reason}");
                 // A connection handshaken during the session carries stale generation ids.

@@ -115,10 +115,10 @@ struct Session<'a> {
     merge: Option<(BitmapMerge, Vec<u8>)>,
     serve_tx: Option<mpsc::Sender<(u64, u32)>>,
     /// VerifyT: where VerifyRequests go to be answered (`verify::answer_requests`).
-    verify_serve_tx: Option<mpsc::Sender<(u64, u32)>>,
+    verify_serve_tx: Option<mpsc::Sender<(u64, u64, u32)>>,
     /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
     /// taken meanwhile (see [`crate::repl::verify`]).
-    verify_hold: Option<(VerifyRun, u64, u32, Bytes)>,
+    verify_hold: Option<(VerifyRun, u64, u64, u32, Bytes)>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
@@ -635,9 +635,14 @@ impl Session<'_> {
                 // the SyncTarget does), not at the next periodic persist: a crash before it
                 // would otherwise resync everything again on restart. Failing here only
                 // leaves more marked on disk, which is safe.
-                if let Err(e) = persist_bitmap(rep).await {
-                    tracing::error!(resource = %rep.name, "persisting the bitmap after the resync: {e}");
-                }
+                // Not awaited: the session goes on taking acks and pings meanwhile (the
+                // metadata's flush lock keeps persists in order).
+                let r = rep.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = persist_bitmap(&r).await {
+                        tracing::error!(resource = %r.name, "persisting the bitmap after the resync: {e}");
+                    }
+                });
                 rep.update_meta(|sb| {
                     let mut g = gen_of(sb.gen);
                     g.on_resync_finished_as_source();
@@ -646,6 +651,7 @@ impl Session<'_> {
                 .map_err(|e| e.to_string())?;
                 rep.update(|st| {
                     st.repl = ReplState::Established;
+                    crate::repl::verify::settle(st);
                     st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
                     st.resync_started = None;
                 });
@@ -667,7 +673,7 @@ impl Session<'_> {
             f @ (Frame::VerifyRequest { .. }
             | Frame::VerifyDigests { .. }
             | Frame::VerifyResult { .. }
-            | Frame::VerifyDone) => self.on_verify_frame(f),
+            | Frame::VerifyDone { .. }) => self.on_verify_frame(f),
             Frame::Ping { seq } => {
                 self.link.push(&Frame::PingAck { seq });
                 Ok(())

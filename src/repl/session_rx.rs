@@ -69,6 +69,8 @@ impl Session<'_> {
             return Err("the peer sent application writes to a Primary".into());
         }
         crate::volume::check_range(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        // Not idle from the moment a write is received (online verify reads only when idle).
+        self.link.rx_idle.store(false, Ordering::Release);
         rep.stats.received_bytes.fetch_add(len, Ordering::Relaxed);
         self.feed(RxEvent::Write {
             seq,

@@ -101,6 +101,7 @@ impl Session<'_> {
         self.link.push(&Frame::ResyncDone);
         rep.update(|st| {
             st.repl = ReplState::Established;
+            crate::repl::verify::settle(st);
             st.resync_started = None;
         });
         tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");

@@ -1,21 +1,27 @@
 //! The online-verify half of a session (see [`crate::repl::verify`] for the design): the
 //! frames of this node's run and of the peer's, the comparer's hold, the VerifyT timeout.
+//!
+//! Every verify frame names its run twice: whose it is ([`VerifyRun`], relative to the
+//! sender) and its number (chosen by its VerifyS). An answer whose run is not the one running
+//! is late (its run ended): it is ignored, except that a difference it reports is still marked.
 
 use super::*;
 use crate::limits::REPL_VERIFY_WINDOW_REQUESTS;
 use crate::repl::verify::{self as v, VerifyProgress};
 use crate::repl::wire::features;
 
-/// Which run's progress a checked range counts in.
-fn count_in(st: &mut crate::repl::replicator::State, mine: bool, len: u32, differing: u64) {
+/// The running progress of run `id`: this node's own (`mine`) or the peer's.
+fn progress(
+    st: &mut crate::repl::replicator::State,
+    mine: bool,
+    id: u64,
+) -> Option<&mut VerifyProgress> {
     let p = if mine {
         st.verify.as_mut()
     } else {
         st.verify_peer.as_mut()
     };
-    if let Some(p) = p {
-        p.count(len, differing);
-    }
+    p.filter(|p| p.id == id)
 }
 
 impl Session<'_> {
@@ -29,7 +35,12 @@ impl Session<'_> {
         }
         let size = rep.cfg.size_bytes;
         match f {
-            Frame::VerifyRequest { run, offset, len } => {
+            Frame::VerifyRequest {
+                run,
+                id,
+                offset,
+                len,
+            } => {
                 // Only the node driving a run asks, for its own run: we provide for it.
                 if run != VerifyRun::Sender {
                     return Err(
@@ -38,13 +49,15 @@ impl Session<'_> {
                     );
                 }
                 v::check_range(offset, len, size)?;
-                self.peer_run_frame();
+                self.peer_run_frame(id);
+                // One answering task for the session: answers leave in request order, across
+                // runs too.
                 let tx = self.verify_serve_tx.get_or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(2 * REPL_VERIFY_WINDOW_REQUESTS);
                     tokio::spawn(v::answer_requests(rep.clone(), self.link.clone(), rx));
                     tx
                 });
-                tx.try_send((offset, len)).map_err(|_| {
+                tx.try_send((id, offset, len)).map_err(|_| {
                     format!(
                         "more than {} verify requests outstanding: the peer ignores the window",
                         2 * REPL_VERIFY_WINDOW_REQUESTS
@@ -53,50 +66,54 @@ impl Session<'_> {
             }
             Frame::VerifyDigests {
                 run,
+                id,
                 offset,
                 len,
                 digests,
             } => {
                 v::check_range(offset, len, size)?;
                 match run {
-                    VerifyRun::Sender => self.peer_run_frame(),
-                    VerifyRun::Receiver if rep.state().verify.is_none() => {
-                        // An answer for a run of ours that already ended.
-                        crate::warn_rl!(rep.rl, resource = %rep.name, offset, "VerifyDigests for no running verify of this node; ignored");
-                        return Ok(());
+                    VerifyRun::Sender => self.peer_run_frame(id),
+                    VerifyRun::Receiver => {
+                        if progress(&mut rep.state(), true, id).is_none() {
+                            crate::warn_rl!(rep.rl, resource = %rep.name, offset, "VerifyDigests of an ended verify run of this node; ignored");
+                            return Ok(());
+                        }
                     }
-                    VerifyRun::Receiver => {}
                 }
                 // Compared once every write received before it is on the disk.
-                self.verify_hold = Some((run, offset, len, digests));
+                self.verify_hold = Some((run, id, offset, len, digests));
                 Ok(())
             }
             Frame::VerifyResult {
                 run,
+                id,
                 offset,
                 len,
                 differ,
             } => {
                 v::check_range(offset, len, size)?;
-                let mine = run == VerifyRun::Receiver;
-                if mine && rep.state().verify.is_none() {
-                    crate::warn_rl!(rep.rl, resource = %rep.name, offset, "VerifyResult for no running verify of this node; ignored");
-                    return Ok(());
-                }
-                if !mine {
-                    self.peer_run_frame();
-                }
+                // A difference is marked even if its run has ended: it is real.
                 let n = v::mark(rep, &self.link, offset, len, &differ);
-                rep.update(|st| count_in(st, mine, len, n));
-                if mine {
+                let mine = run == VerifyRun::Receiver;
+                if !mine {
+                    self.peer_run_frame(id);
+                }
+                let running = rep.update_with(|st| match progress(st, mine, id) {
+                    Some(p) => {
+                        p.count(len, n);
+                        true
+                    }
+                    None => false,
+                });
+                if mine && running {
                     self.verify_to_source(offset, len, differ)?;
                 }
                 Ok(())
             }
-            Frame::VerifyDone => {
-                self.verify_serve_tx = None;
+            Frame::VerifyDone { id } => {
                 let ended = rep.update_with(|st| {
-                    let p = st.verify_peer.take();
+                    let p = st.verify_peer.take_if(|p| p.id == id);
                     v::settle(st);
                     p
                 });
@@ -114,15 +131,17 @@ impl Session<'_> {
         }
     }
 
-    /// A frame of the peer's run: this node is (or becomes) its VerifyT.
-    fn peer_run_frame(&mut self) {
+    /// A frame of the peer's run `id`: this node is (or becomes) its VerifyT.
+    fn peer_run_frame(&mut self, id: u64) {
         let rep = self.rep;
         let started = rep.update_with(|st| {
-            let started = st.verify_peer.is_none();
-            let p = st
-                .verify_peer
-                .get_or_insert_with(|| VerifyProgress::new("VerifyT", rep.cfg.size_bytes));
-            p.last_frame = Instant::now();
+            let started = st.verify_peer.as_ref().is_none_or(|p| p.id != id);
+            if started {
+                st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.cfg.size_bytes));
+            }
+            if let Some(p) = st.verify_peer.as_mut() {
+                p.last_frame = Instant::now();
+            }
             v::settle(st);
             started
         });
@@ -143,7 +162,6 @@ impl Session<'_> {
             true
         });
         if ended {
-            self.verify_serve_tx = None;
             tracing::warn!(resource = %rep.name, peer = %rep.peer_node(),
                 "the peer's online verify sent nothing for {} s: ended here", crate::limits::REPL_VERIFY_PEER_IDLE_MS / 1000);
         }
@@ -157,7 +175,7 @@ impl Session<'_> {
         if self.verify_hold.is_none() || !self.rx.idle() || self.flushing > 0 {
             return Ok(());
         }
-        let Some((run, offset, len, theirs)) = self.verify_hold.take() else {
+        let Some((run, id, offset, len, theirs)) = self.verify_hold.take() else {
             return Ok(());
         };
         let rep = self.rep;
@@ -165,14 +183,21 @@ impl Session<'_> {
         let differ = Bytes::from(bits);
         let n = v::set_bits(&differ).count() as u64;
         let mine = run == VerifyRun::Receiver;
-        rep.update(|st| count_in(st, mine, len, n));
+        let running = rep.update_with(|st| match progress(st, mine, id) {
+            Some(p) => {
+                p.count(len, n);
+                true
+            }
+            None => false,
+        });
         self.link.push(&Frame::VerifyResult {
             run: run.seen_from_peer(),
+            id,
             offset,
             len,
             differ: differ.clone(),
         });
-        if mine {
+        if mine && running {
             if let Err(e) = self.verify_to_source(offset, len, differ) {
                 return Err(self.protocol_error(e));
             }

@@ -62,6 +62,8 @@ use crate::volume::{meta, BlockDevice};
 pub struct VerifyProgress {
     /// "VerifyS" or "VerifyT".
     pub side: &'static str,
+    /// The run's number (its VerifyS chose it; every frame of the run carries it).
+    pub id: u64,
     pub total_bytes: u64,
     pub checked_bytes: u64,
     pub differing_blocks: u64,
@@ -71,9 +73,10 @@ pub struct VerifyProgress {
 }
 
 impl VerifyProgress {
-    pub fn new(side: &'static str, total_bytes: u64) -> Self {
+    pub fn new(side: &'static str, id: u64, total_bytes: u64) -> Self {
         VerifyProgress {
             side,
+            id,
             total_bytes,
             checked_bytes: 0,
             differing_blocks: 0,
@@ -162,6 +165,7 @@ pub(crate) async fn provide(
     rep: &Replicator,
     link: &Link,
     run: VerifyRun,
+    id: u64,
     offset: u64,
     len: u32,
 ) -> Result<(), String> {
@@ -171,9 +175,13 @@ pub(crate) async fn provide(
     let deadline = Instant::now() + std::time::Duration::from_millis(REPL_PEER_TIMEOUT_MS);
     while rep.meta.superblock().role != meta::Role::Primary
         && !link.rx_idle.load(std::sync::atomic::Ordering::Acquire)
-        && Instant::now() < deadline
         && !link.is_closed()
     {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the writes received before the demotion did not land within {REPL_PEER_TIMEOUT_MS} ms"
+            ));
+        }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let buf = rep
@@ -184,6 +192,7 @@ pub(crate) async fn provide(
     let digests = Bytes::from(block_digests(&buf));
     link.push(&Frame::VerifyDigests {
         run,
+        id,
         offset,
         len,
         digests,
@@ -266,19 +275,30 @@ pub(crate) fn settle(st: &mut crate::repl::replicator::State) {
     }
 }
 
-/// VerifyT as provider: answer VerifyRequests in order.
+/// VerifyT as provider: answer VerifyRequests in order. One task per session, for every
+/// run of the peer: answers of an ended run can never overtake those of the next. A read
+/// error ends the session; a provider that cannot read yet (see [`provide`]) skips the
+/// answer, and the peer's run stops when its wait for it times out.
 pub(crate) async fn answer_requests(
     rep: Arc<Replicator>,
     link: Arc<Link>,
-    mut rx: mpsc::Receiver<(u64, u32)>,
+    mut rx: mpsc::Receiver<(u64, u64, u32)>,
 ) {
-    while let Some((offset, len)) = rx.recv().await {
+    while let Some((id, offset, len)) = rx.recv().await {
         if link.is_closed() {
             return;
         }
-        if let Err(e) = provide(&rep, &link, VerifyRun::Receiver, offset, len).await {
-            link.close(e);
-            return;
+        match provide(&rep, &link, VerifyRun::Receiver, id, offset, len).await {
+            Ok(()) => rep.update(|st| {
+                // Answering counts as activity of the peer's run (its idle clock).
+                if let Some(p) = st.verify_peer.as_mut().filter(|p| p.id == id) {
+                    p.last_frame = Instant::now();
+                }
+            }),
+            Err(_) if link.is_closed() => return,
+            Err(e) => {
+                crate::warn_rl!(rep.rl, resource = %rep.name, "verify: not answering {offset}+{len}: {e}");
+            }
         }
     }
 }
@@ -289,13 +309,14 @@ pub(crate) async fn answer_requests(
 pub(crate) async fn run_source(
     rep: Arc<Replicator>,
     link: Arc<Link>,
+    id: u64,
     mut results: mpsc::Receiver<(u64, u32, Bytes)>,
     rate: u64,
 ) {
     let started = Instant::now();
     let roles = roles(&rep);
     let provides = source_provides(roles.0, roles.1);
-    let walked = walk(&rep, &link, &mut results, provides, roles, rate).await;
+    let walked = walk(&rep, &link, id, &mut results, provides, roles, rate).await;
     let (outcome, checked, oos_blocks) = match walked {
         Ok((checked, n)) => ("completed".to_string(), checked, n),
         Err((why, checked, n)) => (format!("interrupted: {why}"), checked, n),
@@ -314,7 +335,7 @@ pub(crate) async fn run_source(
         marked,
         seconds: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     };
-    link.push(&Frame::VerifyDone);
+    link.push(&Frame::VerifyDone { id });
     if oos_bytes > 0 {
         tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), out_of_sync_bytes = oos_bytes,
             marked, outcome = %report.outcome, "online verify found out-of-sync blocks: `drl disconnect` then `drl connect` resyncs them from the Primary");
@@ -353,6 +374,7 @@ type Walked = Result<(u64, u64), (String, u64, u64)>;
 async fn walk(
     rep: &Arc<Replicator>,
     link: &Arc<Link>,
+    id: u64,
     results: &mut mpsc::Receiver<(u64, u32, Bytes)>,
     provides: bool,
     roles_at_start: (bool, bool),
@@ -384,12 +406,13 @@ async fn walk(
             let due = started + std::time::Duration::from_secs_f64(issued as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
             let sent = if provides {
-                provide(rep, link, VerifyRun::Sender, offset, len)
+                provide(rep, link, VerifyRun::Sender, id, offset, len)
                     .await
                     .map(|_| !link.is_closed())
             } else {
                 Ok(link.push(&Frame::VerifyRequest {
                     run: VerifyRun::Sender,
+                    id,
                     offset,
                     len,
                 }))
@@ -398,8 +421,10 @@ async fn walk(
                 Ok(true) => outstanding.push_back((offset, len)),
                 Ok(false) => return Err((gone(link), checked, oos)),
                 Err(e) => {
-                    link.close(e.clone());
-                    return Err((e, checked, oos));
+                    // This node could not read: the run stops (and reports why); the link
+                    // and replication go on.
+                    stop = Some(e);
+                    break;
                 }
             }
             issued += u64::from(len);
@@ -419,15 +444,23 @@ async fn walk(
         if link.is_closed() {
             return Err((gone(link), checked, oos));
         }
-        let wait = tokio::time::sleep(std::time::Duration::from_millis(REPL_PEER_TIMEOUT_MS));
+        // Answers can queue behind writes on a thin link: a running run waits as long as a
+        // VerifyT waits for it; a stopping one only a peer timeout.
+        let patience = if stop.is_some() {
+            REPL_PEER_TIMEOUT_MS
+        } else {
+            REPL_VERIFY_PEER_IDLE_MS
+        };
+        let wait = tokio::time::sleep(std::time::Duration::from_millis(patience));
         let (r_off, r_len, bits) = tokio::select! {
             r = results.recv() => match r {
                 Some(r) => r,
                 None => return Err((gone(link), checked, oos)),
             },
             _ = closed => return Err((gone(link), checked, oos)),
-            _ = wait, if stop.is_some() => {
-                return Err((stop.unwrap_or_default(), checked, oos));
+            _ = wait => {
+                let why = stop.unwrap_or_else(|| format!("no answer for {offset}+{len} within {patience} ms"));
+                return Err((why, checked, oos));
             }
         };
         if (r_off, r_len) != (offset, len) {

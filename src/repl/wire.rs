@@ -271,7 +271,8 @@ impl Encoder {
                 h.resource_id = resource_id(&hello.resource);
             }
             Frame::AuthResponse { mac } => body = Some(mac.to_vec()),
-            Frame::AuthOk | Frame::ResyncDone | Frame::VerifyDone => {}
+            Frame::AuthOk | Frame::ResyncDone => {}
+            Frame::VerifyDone { id } => h.epoch = *id,
             Frame::Refuse { reason } | Frame::Disconnect { reason } => {
                 if reason.len() > REPL_REASON_BYTES_MAX {
                     return Err(malformed(ft, format!("reason of {} bytes", reason.len())));
@@ -321,18 +322,25 @@ impl Encoder {
                 check_range_len(*len)?;
                 (h.offset, h.data_len) = (*offset, *len);
             }
-            Frame::VerifyRequest { run, offset, len } => {
+            Frame::VerifyRequest {
+                run,
+                id,
+                offset,
+                len,
+            } => {
                 check_range_len(*len)?;
-                (h.seq, h.offset, h.data_len) = (*run as u64, *offset, *len);
+                (h.seq, h.epoch, h.offset, h.data_len) = (*run as u64, *id, *offset, *len);
             }
             Frame::VerifyDigests {
                 run,
+                id,
                 offset,
                 len,
                 digests: b,
             }
             | Frame::VerifyResult {
                 run,
+                id,
                 offset,
                 len,
                 differ: b,
@@ -358,7 +366,7 @@ impl Encoder {
                         format!("a bit set past the {blocks} blocks of the range"),
                     ));
                 }
-                (h.seq, h.offset, h.data_len) = (*run as u64, *offset, *len);
+                (h.seq, h.epoch, h.offset, h.data_len) = (*run as u64, *id, *offset, *len);
                 body = Some(b.to_vec());
             }
             Frame::ResyncData { offset, data: d } => {

@@ -87,22 +87,25 @@ fn sample_frames() -> Vec<Frame> {
         Frame::ResyncDone,
         Frame::VerifyRequest {
             run: VerifyRun::Sender,
+            id: 0x5eed,
             offset: 2 << 20,
             len: 1 << 20,
         },
         Frame::VerifyDigests {
             run: VerifyRun::Receiver,
+            id: 0x5eed,
             offset: 2 << 20,
             len: 3 * 4096 + 512,
             digests: Bytes::from(vec![9u8; 4 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
         },
         Frame::VerifyResult {
             run: VerifyRun::Sender,
+            id: 0x5eed,
             offset: 2 << 20,
             len: 1 << 20,
             differ: Bytes::from(vec![0x81u8; 32]),
         },
-        Frame::VerifyDone,
+        Frame::VerifyDone { id: 0x5eed },
         Frame::StateChange {
             role: Role::Secondary,
             disk: DiskState::Outdated,
@@ -434,6 +437,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (any::<u64>(), 1u32..(1 << 22), any::<u8>()).prop_map(|(offset, len, b)| {
             Frame::VerifyDigests {
                 run: VerifyRun::Receiver,
+                id: 0x5eed,
                 offset,
                 len,
                 digests: Bytes::from(vec![b; crate::repl::wire::verify_digests_len(len) as usize]),
@@ -448,6 +452,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }
             Frame::VerifyResult {
                 run: VerifyRun::Sender,
+                id: 0x5eed,
                 offset,
                 len,
                 differ: Bytes::from(differ),
@@ -557,6 +562,7 @@ fn verify_payloads_must_match_their_range() {
     let mut out = BytesMut::new();
     let bad = Frame::VerifyDigests {
         run: VerifyRun::Sender,
+        id: 0x5eed,
         offset: 0,
         len: 8192,
         digests: Bytes::from(vec![0u8; 3 * crate::limits::REPL_VERIFY_DIGEST_BYTES]),
@@ -566,6 +572,7 @@ fn verify_payloads_must_match_their_range() {
     // A peer's frame whose range says otherwise than its payload is refused by name.
     let good = Frame::VerifyResult {
         run: VerifyRun::Receiver,
+        id: 0x5eed,
         offset: 0,
         len: 8 * 4096,
         differ: Bytes::from_static(&[0xff]),
@@ -582,6 +589,7 @@ fn verify_frames_name_their_run_and_results_stay_inside_their_range() {
     let (e, mut d) = codec(false);
     let f = Frame::VerifyRequest {
         run: VerifyRun::Sender,
+        id: 0x5eed,
         offset: 0,
         len: 4096,
     };
@@ -592,6 +600,7 @@ fn verify_frames_name_their_run_and_results_stay_inside_their_range() {
     // 3 blocks: bit 3 and up of the one result byte lie outside the range.
     let r = Frame::VerifyResult {
         run: VerifyRun::Sender,
+        id: 0x5eed,
         offset: 0,
         len: 3 * 4096,
         differ: Bytes::from_static(&[0b1000]),
@@ -601,6 +610,7 @@ fn verify_frames_name_their_run_and_results_stay_inside_their_range() {
     assert!(err.contains("past the 3 blocks"), "{err}");
     let ok = Frame::VerifyResult {
         run: VerifyRun::Sender,
+        id: 0x5eed,
         offset: 0,
         len: 3 * 4096,
         differ: Bytes::from_static(&[0b101]),

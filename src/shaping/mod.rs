@@ -192,10 +192,11 @@ mod tests {
         assert_eq!(class(Frame::Ping { seq: 1 }), Class::Replication);
         assert_eq!(class(Frame::Barrier { epoch: 1 }), Class::Replication);
         assert_eq!(class(Frame::ResyncDone), Class::Resync);
-        assert_eq!(class(Frame::VerifyDone), Class::Resync);
+        assert_eq!(class(Frame::VerifyDone { id: 1 }), Class::Resync);
         assert_eq!(
             class(Frame::VerifyRequest {
                 run: crate::repl::frame::VerifyRun::Sender,
+                id: 1,
                 offset: 0,
                 len: 4096
             }),

@@ -143,6 +143,8 @@ pub struct Replicator {
     st: Mutex<State>,
     /// Admin changes (connect, disconnect, role) wake the connection loop.
     pub(crate) wake: Notify,
+    /// Signalled after every change of the live state ([`Self::update_with`]).
+    pub(crate) changed: Notify,
     /// Application writes hold it shared from setting their bits until they are on disk and
     /// queued; a resync read holds it exclusively until its answer is queued, so stale
     /// resync data never overtakes an application write of the same block.
@@ -244,6 +246,7 @@ impl Replicator {
                 verify_last: None,
             }),
             wake: Notify::new(),
+            changed: Notify::new(),
             resync_lock: tokio::sync::RwLock::new(()),
             stats: ReplStats::default(),
             rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
@@ -292,6 +295,7 @@ impl Replicator {
             let r = f(&mut st);
             (b, (st.conn, st.repl, st.peer_role, st.peer_disk), r)
         };
+        self.changed.notify_waiters();
         let peer = self.peer_node();
         if before.0 != after.0 {
             tracing::info!(resource = %self.name, peer = %peer, connection = %after.0, "connection state");

@@ -219,9 +219,18 @@ impl Replicator {
             }
         });
         self.wake.notify_waiters();
-        let deadline = std::time::Instant::now() + Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS);
-        while self.state().conn != ConnState::StandAlone && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS);
+        loop {
+            // Registered before the check: a change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state().conn == ConnState::StandAlone
+                || tokio::time::timeout_at(deadline, changed).await.is_err()
+            {
+                return;
+            }
         }
     }
 

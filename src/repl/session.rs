@@ -118,7 +118,7 @@ struct Session<'a> {
     verify_serve_tx: Option<mpsc::Sender<(u64, u64, u32)>>,
     /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
     /// taken meanwhile (see [`crate::repl::verify`]).
-    verify_hold: Option<(VerifyRun, u64, u64, u32, Bytes)>,
+    verify_hold: Option<Frame>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,

@@ -69,7 +69,7 @@ impl Session<'_> {
                 id,
                 offset,
                 len,
-                digests,
+                ..
             } => {
                 v::check_range(offset, len, size)?;
                 match run {
@@ -82,7 +82,7 @@ impl Session<'_> {
                     }
                 }
                 // Compared once every write received before it is on the disk.
-                self.verify_hold = Some((run, id, offset, len, digests));
+                self.verify_hold = Some(f);
                 Ok(())
             }
             Frame::VerifyResult {
@@ -175,7 +175,14 @@ impl Session<'_> {
         if self.verify_hold.is_none() || !self.rx.idle() || self.flushing > 0 {
             return Ok(());
         }
-        let Some((run, id, offset, len, theirs)) = self.verify_hold.take() else {
+        let Some(Frame::VerifyDigests {
+            run,
+            id,
+            offset,
+            len,
+            digests: theirs,
+        }) = self.verify_hold.take()
+        else {
             return Ok(());
         };
         let rep = self.rep;

@@ -633,10 +633,9 @@ impl Session<'_> {
                 self.serve_tx = None;
                 // The resync cleared the bits in memory; put the clean bitmap on disk now (as
                 // the SyncTarget does), not at the next periodic persist: a crash before it
-                // would otherwise resync everything again on restart. Failing here only
-                // leaves more marked on disk, which is safe.
-                // Not awaited: the session goes on taking acks and pings meanwhile (the
-                // metadata's flush lock keeps persists in order).
+                // would otherwise resync everything again on restart. Not awaited, so the
+                // session goes on taking acks and pings (the metadata's flush lock keeps
+                // persists in order); a failure only leaves more marked on disk, which is safe.
                 let r = rep.clone();
                 tokio::spawn(async move {
                     if let Err(e) = persist_bitmap(&r).await {

@@ -24,6 +24,17 @@ fn progress(
     p.filter(|p| p.id == id)
 }
 
+/// Count a checked range (`differing` blocks) in run `id`; false if that run is not running.
+fn count(rep: &Replicator, mine: bool, id: u64, len: u32, differing: u64) -> bool {
+    rep.update_with(|st| match progress(st, mine, id) {
+        Some(p) => {
+            p.count(len, differing);
+            true
+        }
+        None => false,
+    })
+}
+
 impl Session<'_> {
     pub(super) fn on_verify_frame(&mut self, f: Frame) -> Result<(), String> {
         let rep = self.rep;
@@ -99,13 +110,7 @@ impl Session<'_> {
                 if !mine {
                     self.peer_run_frame(id);
                 }
-                let running = rep.update_with(|st| match progress(st, mine, id) {
-                    Some(p) => {
-                        p.count(len, n);
-                        true
-                    }
-                    None => false,
-                });
+                let running = count(rep, mine, id, len, n);
                 if mine && running {
                     self.verify_to_source(offset, len, differ)?;
                 }
@@ -190,13 +195,7 @@ impl Session<'_> {
         let differ = Bytes::from(bits);
         let n = v::set_bits(&differ).count() as u64;
         let mine = run == VerifyRun::Receiver;
-        let running = rep.update_with(|st| match progress(st, mine, id) {
-            Some(p) => {
-                p.count(len, n);
-                true
-            }
-            None => false,
-        });
+        let running = count(rep, mine, id, len, n);
         self.link.push(&Frame::VerifyResult {
             run: run.seen_from_peer(),
             id,

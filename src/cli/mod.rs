@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+mod admin;
 mod shaping;
 mod snapshot;
 mod status;
@@ -121,7 +122,16 @@ pub enum Command {
     #[command(subcommand)]
     Shaping(shaping::ShapingCmd),
     /// Check a config file and print what this node would run.
+    ///
+    /// Also checks each resource's files as a start would (directories exist, metadata
+    /// matches, block devices large enough) and lists the files a start would create or grow.
     CheckConfig,
+    /// Create a resource's metadata (DRBD's `create-md`), before its first start.
+    ///
+    /// Works from the config without the daemon. Refused when the metadata exists (drl never
+    /// reinitialises metadata) or while a daemon holds the resource. Without it, the first
+    /// start creates the metadata and says so loudly in the log.
+    CreateMd(ResArgs),
 }
 
 #[derive(Args, Debug)]
@@ -203,6 +213,7 @@ pub fn main() -> i32 {
     match cli.cmd {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
+        Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
         Command::Status(ref a) => status::status(&cli.global, a),
         Command::Events(ref a) => status::events(&cli.global, a),
         Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
@@ -373,6 +384,7 @@ fn check_config(g: &Global) -> i32 {
                 c.control_socket.display(),
                 c.control_socket_mode
             );
+            let mut ok = true;
             for r in &c.resources {
                 let peer = r
                     .peer
@@ -396,8 +408,13 @@ fn check_config(g: &Global) -> i32 {
                         .map_or("none".into(), |n| n.to_string()),
                     peer
                 );
+                ok &= admin::report_plan(r);
             }
-            exit::OK
+            if ok {
+                exit::OK
+            } else {
+                exit::USAGE
+            }
         }
         Err(e) => {
             eprintln!("drl: {e}");

@@ -17,7 +17,7 @@ mod rpc;
 mod rpc_shaping;
 mod rpc_stream;
 
-pub use resource::Resource;
+pub use resource::{create_meta, Claimed, Resource};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,13 +113,27 @@ pub enum DaemonError {
 
 /// Run the node until SIGTERM/SIGINT.
 pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
+    // Signals first: a SIGTERM during the start (or a SIGHUP at any time) must never meet
+    // the default action, which kills the process without a word or a drain.
+    let mut signals = Signals::install().map_err(DaemonError::Signal)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let events = EventBus::new();
     let mut resources = Vec::new();
     crate::shaping::node().set_config(cfg.shaping.clone());
     crate::shaping::resync::set_tuning(cfg.resync.clone());
+    // Every resource's files are locked and checked before any is created or grown, so a
+    // refused start changes nothing.
+    let mut claims = Vec::new();
     for rc in &cfg.resources {
-        let r = Resource::open(rc, &cfg.node, events.clone())
+        claims.push(
+            resource::Claimed::take(rc).map_err(|source| DaemonError::Resource {
+                name: rc.name.clone(),
+                source,
+            })?,
+        );
+    }
+    for (rc, claimed) in cfg.resources.iter().zip(claims) {
+        let r = Resource::open(rc, &cfg.node, events.clone(), claimed)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: rc.name.clone(),
@@ -162,7 +176,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     });
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
 
-    wait_for_signal().await.map_err(DaemonError::Signal)?;
+    signals.wait_for_stop().await;
     info!("shutting down: draining in-flight I/O");
     let _ = shutdown_tx.send(true);
     node.jobs.abort_all();
@@ -195,13 +209,32 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     }
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// The signals the daemon handles: SIGTERM and SIGINT stop it (drain, flush, exit 0);
+/// SIGHUP is logged and ignored (it used to kill the daemon silently).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(())
+
+    /// Until SIGTERM or SIGINT.
+    async fn wait_for_stop(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return info!("SIGTERM received"),
+                _ = self.int.recv() => return info!("SIGINT received"),
+                _ = self.hup.recv() => warn!("SIGHUP received: the daemon keeps running with its current config (re-reading it is not supported yet; restart the daemon to apply a changed config)"),
+            }
+        }
+    }
 }

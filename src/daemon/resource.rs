@@ -18,6 +18,7 @@ use super::device::ResourceDevice;
 use crate::repl::replicator::Replicator;
 use crate::volume::activity_log::{ActivityLog, AlError};
 use crate::volume::bitmap::DirtyBitmap;
+use crate::volume::claim::{self, Claim, Plan};
 use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
@@ -33,6 +34,8 @@ pub enum ResourceError {
     Snapshot(#[from] SnapshotError),
     #[error("activity log: {0}")]
     Al(#[from] AlError),
+    #[error("{0}")]
+    Claim(#[from] crate::volume::claim::ClaimError),
     #[error("{0}")]
     Blocking(String),
 }
@@ -51,22 +54,61 @@ pub struct Resource {
     events: EventBus,
     repl: Option<Arc<Replicator>>,
     nbd_stats: Mutex<Option<Arc<NbdStats>>>,
+    /// The exclusive hold on the disk and metadata (released when the resource goes).
+    _claim: Claim,
+}
+
+/// A resource's files, checked and locked, before anything was created or changed.
+pub struct Claimed {
+    claim: Claim,
+    plan: Plan,
+}
+
+impl Claimed {
+    /// Lock the resource's existing files and check everything a start needs (see
+    /// [`crate::volume::claim`]); changes nothing on disk.
+    pub fn take(cfg: &ResourceConfig) -> Result<Claimed, ResourceError> {
+        let mut claim = Claim::new();
+        for (what, path) in [("disk", &cfg.local.disk), ("metadata", &cfg.local.meta)] {
+            if path.exists() {
+                claim.lock(what, path)?;
+            }
+        }
+        let plan = claim::plan(cfg)?;
+        Ok(Claimed { claim, plan })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
 }
 
 impl Resource {
     /// Open the disk (creating a missing file sparse) and the metadata (creating a missing one,
     /// refusing a corrupt one), and record that the resource is in use (clean flag cleared).
+    /// `claimed` was taken for `cfg` first, for every resource of the start, so a refused start
+    /// changed nothing.
     pub async fn open(
         cfg: &ResourceConfig,
         node: &str,
         events: EventBus,
+        claimed: Claimed,
     ) -> Result<Resource, ResourceError> {
+        let Claimed { mut claim, plan } = claimed;
+        if plan.create_meta {
+            warn!(resource = %cfg.name, meta = %cfg.local.meta.display(),
+                "NO METADATA FOUND: creating new metadata, this node starts {} (if the resource existed here, the meta path is wrong: stop now)",
+                if cfg.peer.is_some() { "as a new, Inconsistent Secondary" } else { "as a new, empty volume" });
+        }
         let disk = Disk::open(
             &cfg.name,
             &cfg.local.disk,
             cfg.size_bytes,
             limits::ENGINE_QUEUE_DEPTH_DEFAULT,
         )?;
+        if plan.create_disk {
+            claim.lock("disk", &cfg.local.disk)?;
+        }
         if !disk.direct_io() {
             warn!(resource = %cfg.name, disk = %cfg.local.disk.display(), "O_DIRECT unavailable: using buffered I/O (flushes still make data durable)");
         }
@@ -76,6 +118,9 @@ impl Resource {
         let (meta, attached) = tokio::task::spawn_blocking(move || open_meta(&cfg2, &node))
             .await
             .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+        if plan.create_meta {
+            claim.lock("metadata", &cfg.local.meta)?;
+        }
         let meta = Arc::new(meta);
         let sb = meta.superblock();
         let role = sb.role;
@@ -118,6 +163,7 @@ impl Resource {
             events,
             repl,
             nbd_stats: Mutex::new(None),
+            _claim: claim,
         })
     }
 
@@ -145,6 +191,32 @@ impl Resource {
     /// The replication of this resource (None when it has no peer).
     pub fn replicator(&self) -> Option<&Arc<Replicator>> {
         self.repl.as_ref()
+    }
+
+    /// The NBD clients holding the export open (in transmission) now.
+    pub fn nbd_clients(&self) -> Vec<String> {
+        self.nbd_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.clients())
+            .unwrap_or_default()
+    }
+
+    /// Refuse a demotion (or going down) while NBD clients hold the export open, naming them
+    /// (DRBD: "Device is held open by someone"): a Secondary would fail their next write.
+    pub fn refuse_if_held_open(&self, action: &str) -> Result<(), String> {
+        let clients = self.nbd_clients();
+        if clients.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: held open by {} NBD client{}: {}; {action} would fail their writes: disconnect them first",
+            self.cfg.name,
+            clients.len(),
+            if clients.len() == 1 { "" } else { "s" },
+            clients.join(", ")
+        ))
     }
 
     /// Start the NBD export (if configured) as a task in `tasks`; its clients draw on
@@ -267,27 +339,7 @@ fn open_meta(
         }
         m
     } else {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ResourceError::Blocking(format!("creating {}: {e}", dir.display())))?;
-        }
-        // An unreplicated resource has nothing to wait for: it starts Primary and UpToDate.
-        // A replicated one starts Secondary and Inconsistent until the initial sync (DRBD).
-        let (role, disk_state) = if cfg.peer.is_none() {
-            (Role::Primary, DiskState::UpToDate)
-        } else {
-            (Role::Secondary, DiskState::Inconsistent)
-        };
-        info!(resource = %cfg.name, meta = %path.display(), "creating new metadata");
-        let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
-        new.role = role;
-        new.disk_state = disk_state;
-        if cfg.peer.is_some() {
-            // A new pair is "just created" (DRBD): no generation until the first promotion
-            // with --force, which makes the initial full sync run from that node.
-            new.gen = Some(Default::default());
-        }
-        MetaFile::create(path, &new)?
+        create_meta(cfg, node)?
     };
     if cfg.peer.is_none() {
         meta.update(|sb| sb.flags &= !flags::CLEAN_SHUTDOWN)?;
@@ -312,4 +364,25 @@ fn open_meta(
             al,
         }),
     ))
+}
+
+/// New metadata for `cfg` on `node` (a new resource here): `drl create-md` and a first start.
+pub fn create_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError> {
+    // An unreplicated resource has nothing to wait for: it starts Primary and UpToDate.
+    // A replicated one starts Secondary and Inconsistent until the initial sync (DRBD).
+    let (role, disk_state) = if cfg.peer.is_none() {
+        (Role::Primary, DiskState::UpToDate)
+    } else {
+        (Role::Secondary, DiskState::Inconsistent)
+    };
+    info!(resource = %cfg.name, meta = %cfg.local.meta.display(), "creating new metadata");
+    let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
+    new.role = role;
+    new.disk_state = disk_state;
+    if cfg.peer.is_some() {
+        // A new pair is "just created" (DRBD): no generation until the first promotion
+        // with --force, which makes the initial full sync run from that node.
+        new.gen = Some(Default::default());
+    }
+    Ok(MetaFile::create(&cfg.local.meta, &new)?)
 }

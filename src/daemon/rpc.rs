@@ -151,6 +151,11 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "secondary", |n, params| async move {
         let rep = replicator(&n, &params)?;
+        if rep.role() != drbd_compat::Role::Secondary {
+            resource(&n, &params)?
+                .refuse_if_held_open("demoting")
+                .map_err(RpcError::state_refused)?;
+        }
         rep.secondary().await.map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
     });

@@ -62,18 +62,13 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Open (or create sparse, if missing) the backing disk of resource `name`.
+    /// Open (or create sparse, if missing) the backing disk of resource `name`. Its directory
+    /// must exist (`volume::claim::plan` checked it).
     pub fn open(name: &str, path: &Path, size: u64, queue_depth: u32) -> Result<Disk, VolumeError> {
         let io = |what: &'static str| {
             let name = name.to_owned();
             move |source| VolumeError::Io { name, what, source }
         };
-        if !path.exists() {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(io("creating the backing disk's directory"))?;
-            }
-        }
         let OpenedDisk {
             file,
             direct,

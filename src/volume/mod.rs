@@ -11,6 +11,7 @@ use std::future::Future;
 
 pub mod activity_log;
 pub mod bitmap;
+pub mod claim;
 pub mod disk;
 pub mod mem;
 pub mod meta;

@@ -264,7 +264,16 @@ async fn accept(l: &Listener) -> std::io::Result<(Conn, String)> {
     match l {
         Listener::Unix(l, path) => {
             let (s, _) = l.accept().await?;
-            Ok((Conn::Unix(s), format!("unix:{}", path.display())))
+            // The client's pid and command name, so `secondary` can say who holds the export.
+            let who = match s.peer_cred().ok().and_then(|c| c.pid()) {
+                Some(pid) => {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    format!(" pid {pid} ({})", comm.trim())
+                }
+                None => String::new(),
+            };
+            Ok((Conn::Unix(s), format!("unix:{}{who}", path.display())))
         }
         Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
@@ -365,6 +374,7 @@ async fn serve<S, D>(
         }
     };
     tracing::debug!(peer = %peer, structured, "NBD client entered transmission");
+    let _open = sh.stats.opened(&peer);
     let ctx = ConnCtx {
         dev: sh.dev.clone(),
         view: ExportView {

@@ -27,6 +27,24 @@ pub struct NbdStats {
     pub error_replies: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub budget_waits: AtomicU64,
+    /// The clients in transmission now (they hold the export open), for `secondary`'s
+    /// refusal and `status`: one entry per connection, its peer description.
+    clients: std::sync::Mutex<Vec<String>>,
+}
+
+/// Removes a client from [`NbdStats::clients`] when its connection ends, however it ends.
+pub(crate) struct OpenGuard {
+    stats: std::sync::Arc<NbdStats>,
+    peer: String,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut c = self.stats.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = c.iter().position(|p| *p == self.peer) {
+            c.swap_remove(i);
+        }
+    }
 }
 
 /// A point-in-time copy of [`NbdStats`].
@@ -64,6 +82,29 @@ pub struct NbdStatsSnapshot {
 }
 
 impl NbdStats {
+    /// Record `peer` as holding the export open until the guard is dropped.
+    pub(crate) fn opened(self: &std::sync::Arc<Self>, peer: &str) -> OpenGuard {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(peer.to_owned());
+        OpenGuard {
+            stats: self.clone(),
+            peer: peer.to_owned(),
+        }
+    }
+
+    /// The clients holding the export open (in transmission), oldest first.
+    pub fn clients(&self) -> Vec<String> {
+        let mut c = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        c.sort();
+        c
+    }
+
     pub(crate) fn count_request(&self, kind: Kind) {
         let c = match kind {
             Kind::Read => &self.requests_read,

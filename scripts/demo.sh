@@ -48,12 +48,12 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-# wait_for WHAT SECONDS CMD... — poll CMD until it succeeds, printing the resync progress.
+# wait_for WHAT SECONDS CMD... — poll CMD until it succeeds (only for "every write shipped and
+# acked", which no state change announces; states are waited for with wait-connect / wait-sync).
 wait_for() {
     local what=$1 secs=$2 i; shift 2
     for ((i = 0; i < secs * 4; i++)); do
-        "$@" && { printf '\n' >&2; log "$what"; return 0; }
-        printf '\r  waiting (%ss): %s; B is %s, resync %s%%   ' "$((i / 4))" "$what" "$(field b replication)" "$(field b resync_percent)" >&2
+        "$@" && { log "$what"; return 0; }
         sleep 0.25
     done
     die "timed out waiting: $what"
@@ -66,11 +66,13 @@ same_disks() {
 }
 
 start a; start b
-wait_for "connected" 30 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"resources\"][0][\"connection\"])')\" = Connected ]"
+on a wait-connect r0 --timeout 30 >/dev/null || die "site A did not connect"
+log "connected"
 log "a new pair is Inconsistent on both sides; promoting site A starts the initial sync"
 on a status
 on a primary r0 --force
 t0=$(date +%s.%N)
+on b wait-sync r0 --timeout 120 >/dev/null || die "the initial sync did not finish"
 wait_for "initial sync done" 120 in_sync
 log "... in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (zero blocks are not sent)"
 log "initial sync brought $(field a resync_bytes_sent) of 268435456 bytes in sync; $(field a resync_zero_bytes) of them were zero ranges sent as headers only"
@@ -83,15 +85,29 @@ on a status
 
 if [ $netns = 1 ]; then
     log "cutting the link silently (nft drop: no carrier loss, packets just vanish)"
+    # events2 (drbdsetup's format) says when A's connection leaves Connected: follow it from
+    # the end of its initial dump ("exists -"), then cut.
+    coproc EV { exec "$drl" --config "$cfg" --node site-a events2 r0; }
+    while read -r line <&"${EV[0]}"; do [ "$line" = "exists -" ] && break; done
     "$here/testbed.sh" cut --silent >/dev/null
     t0=$(date +%s.%N)
-    wait_for "A noticed the silent cut" 60 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"resources\"][0][\"connection\"])')\" != Connected ]"
+    noticed=0
+    while read -t 60 -r line <&"${EV[0]}"; do
+        case $line in
+            "change connection "*" connection:Connected"*) ;;
+            "change connection "*" connection:"*) noticed=1; break ;;
+        esac
+    done
+    kill "$EV_PID" 2>/dev/null || true
+    [ $noticed = 1 ] || die "A did not notice the silent cut within 60 s"
+    log "A noticed the silent cut ($line)"
     log "... after $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s (ping timeout)"
     log "writing 8 MiB on A while the link is down: A keeps serving, marks the blocks out of sync"
     qemu-io -f raw -c 'write -P 0xc3 128M 8M' -c flush "$uri_a" >/dev/null
     log "while cut: A's connection $(field a connection), out of sync $(field a out_of_sync_bytes) bytes"
     before=$(field a resync_bytes_sent)
     "$here/testbed.sh" restore >/dev/null
+    on a wait-sync r0 --timeout 120 >/dev/null || die "no resync after the link came back"
     wait_for "link back, resynced" 120 in_sync
     log "resync moved $(( $(field a resync_bytes_sent) - before )) bytes for 8 MiB written while apart"
     same_disks
@@ -103,6 +119,7 @@ on a verify r0
 [ "$(field a out_of_sync_bytes)" = 4096 ] || die "verify should have marked exactly one 4 KiB block on A"
 log "disconnect + connect resyncs the marked block from the Primary (as in DRBD)"
 on a disconnect r0; on a connect r0
+on a wait-sync r0 --timeout 60 >/dev/null || die "no resync after verify"
 wait_for "resynced after verify" 60 in_sync
 same_disks
 
@@ -118,7 +135,8 @@ on b primary r0 --force
 qemu-io -f raw -c 'write -P 0xd4 200M 4M' -c flush "$uri_b" >/dev/null
 log "fail back: A comes back as Secondary and receives only what changed"
 start a
-wait_for "A back in sync" 120 sh -c "[ \"\$('$drl' --config '$cfg' --node site-a status r0 --json | python3 -c 'import json,sys; r=json.load(sys.stdin)[\"resources\"][0]; print(r[\"disk\"], r[\"replication\"])')\" = 'UpToDate Established' ]"
+on a wait-sync r0 --timeout 120 >/dev/null || die "A did not get back in sync"
+log "A back in sync"
 log "A received $(field a resync_bytes_received) bytes of resync"
 sleep 1
 same_disks

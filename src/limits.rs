@@ -325,3 +325,8 @@ pub const RESYNC_MIN_RATE_DEFAULT: u64 = 250 * 1024;
 /// The longest a resync answer waits for the fill target or the pacing (the session that
 /// serves resync requests must keep reading from the peer).
 pub const RESYNC_ADMIT_WAIT_MS_MAX: u64 = 500;
+// --- admin (wait-sync, events2) ---
+
+/// While a resync runs, its progress is published on the event bus this often (`drl
+/// wait-sync`'s progress line, `drl events2`'s `done:`).
+pub const RESYNC_PROGRESS_EVENT_MS: u64 = 1_000;

@@ -79,3 +79,139 @@ pub fn report_plan(rc: &config::ResourceConfig) -> bool {
         }
     }
 }
+
+/// What `wait-connect` / `wait-sync` wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// The connection is Connected (DRBD's `wait-connect`).
+    Connect,
+    /// Connected, replication Established and both disks UpToDate: no resync is left
+    /// (DRBD's `wait-sync`).
+    Sync,
+}
+
+/// Whether `r` (one resource of `status`) is where `w` waits to be; `Err` when it will not get
+/// there without the admin (StandAlone: disconnected by the admin or a split brain).
+pub fn reached(w: WaitFor, r: &serde_json::Value) -> Result<bool, String> {
+    if r["peer_node"].is_null() {
+        return Err("it is not replicated (no peer in the config)".into());
+    }
+    if r["connection"] == "StandAlone" {
+        let why = r["split_brain"]
+            .as_str()
+            .map(|s| format!("split brain: {s}"))
+            .or_else(|| r["connection_error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "disconnected by the admin".into());
+        return Err(format!(
+            "it is StandAlone ({why}) and will not connect without `drl connect`"
+        ));
+    }
+    let connected = r["connection"] == "Connected";
+    Ok(match w {
+        WaitFor::Connect => connected,
+        WaitFor::Sync => {
+            connected
+                && r["replication"] == "Established"
+                && r["disk"] == "UpToDate"
+                && r["peer_disk"] == "UpToDate"
+        }
+    })
+}
+
+/// `drl wait-connect RES` / `drl wait-sync RES`: subscribe to the resource's events, then
+/// read its status once and again after every event, until it is reached. No polling: the
+/// daemon's event bus says when anything moved.
+pub fn wait(g: &Global, resource: &str, w: WaitFor, timeout_s: u64) -> i32 {
+    use crate::control::{EventFilter, Received};
+    let cmd = match w {
+        WaitFor::Connect => "wait-connect",
+        WaitFor::Sync => "wait-sync",
+    };
+    super::runtime().block_on(async {
+        // Subscribe first, so no change between the status read and the subscription is missed.
+        let sub = match super::connect(g).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let mut events = match sub
+            .subscribe(EventFilter {
+                resource: Some(resource.to_owned()),
+            })
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("drl {cmd}: {}", e.admin_message());
+                return exit::FAILED;
+            }
+        };
+        let mut client = match super::connect(g).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let deadline = (timeout_s > 0)
+            .then(|| tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_s));
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        loop {
+            let r = match client
+                .call("status", serde_json::json!({ "resource": resource }))
+                .await
+            {
+                Ok(v) => v["resources"][0].clone(),
+                Err(e) => {
+                    eprintln!("drl {cmd}: {}", e.admin_message());
+                    return exit::FAILED;
+                }
+            };
+            match reached(w, &r) {
+                Ok(true) => {
+                    if progress {
+                        eprint!("\r\x1b[K");
+                    }
+                    println!(
+                        "{resource}: {} {}/{} {}",
+                        r["connection"].as_str().unwrap_or("-"),
+                        r["disk"].as_str().unwrap_or("-"),
+                        r["peer_disk"].as_str().unwrap_or("-"),
+                        r["replication"].as_str().unwrap_or("-")
+                    );
+                    return exit::OK;
+                }
+                Ok(false) => {}
+                Err(why) => {
+                    eprintln!("drl {cmd}: {resource}: {why}");
+                    return exit::FAILED;
+                }
+            }
+            if progress {
+                eprint!(
+                    "\r\x1b[K{resource}: {} {}",
+                    r["connection"].as_str().unwrap_or("-"),
+                    super::status::replication_cell(&r)
+                );
+            }
+            // Wait for the next event of this resource (any change may be the one).
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, events.next()).await.ok(),
+                    None => Some(events.next().await),
+                }
+            };
+            match next.await {
+                None => {
+                    eprintln!(
+                        "\ndrl {cmd}: {resource}: timed out after {timeout_s} s ({} {})",
+                        r["connection"].as_str().unwrap_or("-"),
+                        super::status::replication_cell(&r)
+                    );
+                    return exit::FAILED;
+                }
+                Some(Ok(Some(Received::Event(_) | Received::Lost(_)))) => {}
+                Some(Ok(None)) | Some(Err(_)) => {
+                    eprintln!("\ndrl {cmd}: the daemon went away");
+                    return exit::UNREACHABLE;
+                }
+            }
+        }
+    })
+}

@@ -5,6 +5,7 @@
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
 mod admin;
+mod events2;
 mod shaping;
 mod snapshot;
 mod status;
@@ -78,6 +79,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Stream state changes as they happen, one line each, until interrupted.
     Events(EventsArgs),
+    /// The state and its changes as `drbdsetup events2` prints them, for tools written for
+    /// DRBD.
+    ///
+    /// First an `exists` line per object (resource, connection, device, peer-device) and
+    /// `exists -`, then `change` lines with DRBD's keys (`role:`, `disk:`, `conn-name:`,
+    /// `connection:`, `replication:`, `peer-disk:`, `done:` during a resync), `destroy` lines
+    /// when a resource goes down. Exits 3 with a message when the daemon goes away.
+    Events2(events2::Events2Args),
     /// Point-in-time snapshots of a resource (copy-on-write, crash-consistent).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
@@ -132,6 +141,18 @@ pub enum Command {
     /// reinitialises metadata) or while a daemon holds the resource. Without it, the first
     /// start creates the metadata and says so loudly in the log.
     CreateMd(ResArgs),
+    /// Wait until a resource is connected to its peer (DRBD's `wait-connect`).
+    ///
+    /// Follows the daemon's events (no polling). Fails at once when the resource is StandAlone
+    /// (disconnected by the admin, or a split brain: the reason is printed) or not replicated.
+    /// Exit 0 when Connected; 1 on timeout or refusal; 3 when the daemon goes away.
+    WaitConnect(WaitArgs),
+    /// Wait until a resource's resync is done: Connected, Established, both disks UpToDate
+    /// (DRBD's `wait-sync`).
+    ///
+    /// Follows the daemon's events (no polling) and shows the resync progress on a terminal.
+    /// Exit codes as for `wait-connect`.
+    WaitSync(WaitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +203,15 @@ pub struct ResArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// The resource (its name in the config).
+    pub resource: String,
+    /// Give up after this many seconds (0: wait for ever).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
 pub struct ConnectArgs {
     /// The resource (its name in the config).
     pub resource: String,
@@ -214,8 +244,15 @@ pub fn main() -> i32 {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
+        Command::WaitConnect(ref a) => {
+            admin::wait(&cli.global, &a.resource, admin::WaitFor::Connect, a.timeout)
+        }
+        Command::WaitSync(ref a) => {
+            admin::wait(&cli.global, &a.resource, admin::WaitFor::Sync, a.timeout)
+        }
         Command::Status(ref a) => status::status(&cli.global, a),
         Command::Events(ref a) => status::events(&cli.global, a),
+        Command::Events2(ref a) => events2::events2(&cli.global, a),
         Command::Snapshot(ref c) => snapshot::run(&cli.global, c),
         Command::Primary(ref a) => {
             let msg = format!("{}: Primary\n", a.resource);
@@ -339,11 +376,27 @@ fn print_result(
             }
             exit::OK
         }
-        Err(e) => {
-            eprintln!("drl: {method}: {e}");
-            exit::FAILED
-        }
+        Err(e) => print_error(method, &e, json),
     }
+}
+
+/// Print a failed call once, in the admin's terms (the daemon's message, without the method
+/// and the JSON-RPC code); with `json`, the error object (code included) on stdout. Returns
+/// the exit status (1: the daemon refused or failed the request).
+pub fn print_error(method: &str, e: &crate::control::ControlError, json: bool) -> i32 {
+    let rpc = e.rpc_error();
+    if json {
+        let v = match rpc {
+            Some(r) => serde_json::json!({ "error": r }),
+            None => serde_json::json!({ "error": { "message": e.to_string() } }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if rpc.is_some() {
+        eprintln!("drl: {}", e.admin_message());
+    } else {
+        eprintln!("drl: {method}: {e}");
+    }
+    exit::FAILED
 }
 
 /// This node's name: `--node`, else the host name.

@@ -69,7 +69,7 @@ pub fn render_table(v: &Value) -> String {
 }
 
 /// The replication state, with how far a resync or verify is.
-fn replication_cell(r: &Value) -> String {
+pub fn replication_cell(r: &Value) -> String {
     let state = r["replication"].as_str().unwrap_or("-").to_owned();
     let pct = r["verify"]["percent"]
         .as_f64()
@@ -92,7 +92,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> i32 {
         let res = json!({ "resource": a.resource });
         let start = json!({ "resource": a.resource, "rate": a.rate });
         if let Err(e) = client.call("verify", start).await {
-            eprintln!("drl: verify: {e}");
+            eprintln!("drl: {}", e.admin_message());
             return exit::FAILED;
         }
         if a.no_wait {
@@ -119,7 +119,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> i32 {
                 Ok(v) => v["resources"][0].clone(),
                 Err(e) => {
                     bar.abandon();
-                    eprintln!("drl: verify: status: {e}");
+                    eprintln!("drl: verify: status: {}", e.admin_message());
                     return exit::FAILED;
                 }
             };

@@ -73,4 +73,14 @@ impl ControlError {
             _ => None,
         }
     }
+
+    /// The message for an admin: the daemon's own words for a refusal (without the method,
+    /// which the admin just typed, and without the JSON-RPC code, which `--json` and the exit
+    /// status keep), the full text for anything else.
+    pub fn admin_message(&self) -> String {
+        match self {
+            ControlError::Rpc { error, .. } => error.message.clone(),
+            other => other.to_string(),
+        }
+    }
 }

@@ -12,6 +12,7 @@
 
 mod device;
 mod jobs;
+mod progress;
 mod resource;
 mod rpc;
 mod rpc_shaping;

@@ -234,6 +234,11 @@ impl Resource {
                 std::time::Duration::from_millis(limits::REPL_BITMAP_PERSIST_MS),
                 shutdown.clone(),
             ));
+            tasks.spawn(super::progress::run(
+                r.clone(),
+                self.events.clone(),
+                shutdown.clone(),
+            ));
         }
         let Some(ep) = &self.cfg.local.nbd else {
             return Ok(());
@@ -275,10 +280,12 @@ impl Resource {
         tokio::task::spawn_blocking(move || disk.shutdown())
             .await
             .map_err(|e| ResourceError::Blocking(e.to_string()))?;
-        self.events.publish(
-            Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name)
-                .field("disk", "Detached"),
-        );
+        let mut ev = Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name)
+            .field("disk", "Detached");
+        if let Some(p) = &self.cfg.peer {
+            ev = ev.field("peer", p.node.clone());
+        }
+        self.events.publish(ev);
         Ok(())
     }
 

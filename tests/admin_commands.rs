@@ -1,0 +1,276 @@
+//! DRBD's admin commands (issue 13): `wait-connect` and `wait-sync` (drbdadm's), and
+//! `events2` (drbdsetup's format), each on a real pair of daemons.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::drl_bin;
+use common::pair::{res, Pair, PairOpts, MIB};
+
+/// `drl ARGS` on node `n` of `p`, with its exit code and both outputs.
+fn drl(p: &Pair, n: &str, args: &[&str]) -> (i32, String, String) {
+    let out = p.node(n).cli(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn wait_connect_and_wait_sync_return_when_the_state_is_reached() {
+    let p = Pair::start(PairOpts::new(32 * MIB));
+    let (code, out, err) = drl(&p, "a", &["wait-connect", "r0", "--timeout", "60"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Connected"), "{out}");
+    p.cli_ok("a", &["primary", "r0", "--force"]);
+    let (code, out, err) = drl(&p, "b", &["wait-sync", "r0", "--timeout", "120"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The contract: when wait-sync returns, the resync is over on this node.
+    let b = res(p.node("b"), "r0").unwrap();
+    assert_eq!(b["connection"], "Connected");
+    assert_eq!(b["replication"], "Established");
+    assert_eq!(b["disk"], "UpToDate");
+    assert_eq!(b["peer_disk"], "UpToDate");
+}
+
+#[test]
+fn wait_sync_fails_at_once_on_a_standalone_resource_and_on_timeout() {
+    let p = Pair::start(PairOpts::new(8 * MIB));
+    p.cli_ok("a", &["disconnect", "r0"]);
+    let t0 = Instant::now();
+    let (code, _, err) = drl(&p, "a", &["wait-sync", "r0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("StandAlone") && err.contains("drl connect"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // b is Connecting (its peer went StandAlone): a timeout ends the wait with exit 1.
+    let (code, _, err) = drl(&p, "b", &["wait-connect", "r0", "--timeout", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("timed out"), "{err}");
+}
+
+#[test]
+fn wait_connect_exits_3_when_the_daemon_goes_away() {
+    let mut p = Pair::start(PairOpts::new(8 * MIB));
+    p.cli_ok("b", &["disconnect", "r0"]);
+    // a keeps trying to connect; wait there, then stop a's daemon.
+    let child = Command::new(drl_bin())
+        .arg("--config")
+        .arg(&p.node("a").config)
+        .args(["--node", "a", "wait-connect", "r0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until("a Connecting", Duration::from_secs(30), || {
+        res(p.node("a"), "r0").is_some_and(|r| r["connection"] != "Connected")
+    });
+    assert_eq!(p.node_mut("a").stop(), 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("went away"));
+}
+
+/// One events2 line, parsed by the rules of drbdsetup(8), events2: an optional timestamp
+/// (`--timestamps`), the kind of event (`exists`, `create`, `destroy`, `change`, `call`,
+/// `response`, `rename`), the object (`resource`, `device`, `connection`, `peer-device`,
+/// `path`, `helper`, or `-` once the current state was dumped completely), then the words that
+/// identify the object and describe its state, each `key:value`.
+#[derive(Debug)]
+struct Line {
+    timestamp: Option<String>,
+    kind: String,
+    object: String,
+    keys: Vec<(String, String)>,
+}
+
+impl Line {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_events2(line: &str, timestamps: bool) -> Result<Line, String> {
+    const KINDS: [&str; 7] = [
+        "exists", "create", "destroy", "change", "call", "response", "rename",
+    ];
+    const OBJECTS: [&str; 7] = [
+        "resource",
+        "device",
+        "connection",
+        "peer-device",
+        "path",
+        "helper",
+        "-",
+    ];
+    let mut words = line.split(' ');
+    let timestamp = if timestamps {
+        let t = words.next().ok_or("empty line")?;
+        // ISO 8601 with a date, a T, a time and a zone offset.
+        let ok = t.len() >= 20
+            && t.as_bytes()[4] == b'-'
+            && t.as_bytes()[10] == b'T'
+            && (t.ends_with('Z') || t[t.len() - 6..].starts_with(['+', '-']));
+        if !ok {
+            return Err(format!("bad timestamp {t:?}"));
+        }
+        Some(t.to_owned())
+    } else {
+        None
+    };
+    let kind = words.next().ok_or("no kind")?.to_owned();
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(format!("unknown kind {kind:?}"));
+    }
+    let object = words.next().ok_or("no object")?.to_owned();
+    if !OBJECTS.contains(&object.as_str()) {
+        return Err(format!("unknown object {object:?}"));
+    }
+    let mut keys = Vec::new();
+    for w in words {
+        let (k, v) = w
+            .split_once(':')
+            .ok_or_else(|| format!("word {w:?} is not key:value"))?;
+        if k.is_empty()
+            || v.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_')
+        {
+            return Err(format!("bad key:value {w:?}"));
+        }
+        keys.push((k.to_owned(), v.to_owned()));
+    }
+    if object == "-" && !keys.is_empty() {
+        return Err("`-` carries no keys".into());
+    }
+    if object != "-" && keys.first().map(|(k, _)| k.as_str()) != Some("name") {
+        return Err(format!("{object} does not start with name: {line}"));
+    }
+    Ok(Line {
+        timestamp,
+        kind,
+        object,
+        keys,
+    })
+}
+
+#[test]
+fn events2_speaks_drbdsetups_format_from_the_dump_to_the_daemon_going_away() {
+    let mut p = Pair::start(PairOpts::new(32 * MIB));
+    p.cli_ok("a", &["wait-connect", "r0", "--timeout", "60"]);
+    let mut child = Command::new(drl_bin())
+        .arg("--config")
+        .arg(&p.node("a").config)
+        .args(["--node", "a", "events2", "--timestamps"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (out, lines) = (child.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    // The dump ends with `exists -`; only then is the subscription certainly live.
+    common::wait_until("the initial dump", Duration::from_secs(20), || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.ends_with(" exists -"))
+    });
+    p.cli_ok("a", &["primary", "r0", "--force"]);
+    p.cli_ok("b", &["wait-sync", "r0", "--timeout", "120"]);
+    common::wait_until("the Established change", Duration::from_secs(20), || {
+        lines.lock().unwrap().iter().any(|l| {
+            l.contains("change peer-device")
+                && l.contains("replication:Established")
+                && l.contains("peer-disk:UpToDate")
+        })
+    });
+    assert_eq!(p.node_mut("a").stop(), 0);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("went away"), "{err}");
+
+    let lines = lines.lock().unwrap().clone();
+    let parsed: Vec<Line> = lines
+        .iter()
+        .map(|l| parse_events2(l, true).unwrap_or_else(|e| panic!("{e}: {l:?}\n{lines:#?}")))
+        .collect();
+    assert!(parsed.iter().all(|l| l.timestamp.is_some()));
+    // The dump: every object of r0 exists, then `exists -`, then only changes.
+    let dash = parsed.iter().position(|l| l.object == "-").unwrap();
+    assert!(
+        parsed[..dash].iter().all(|l| l.kind == "exists"),
+        "{lines:#?}"
+    );
+    for obj in ["resource", "connection", "device", "peer-device"] {
+        assert!(
+            parsed[..dash]
+                .iter()
+                .any(|l| l.object == obj && l.get("name") == Some("r0")),
+            "no exists {obj}: {lines:#?}"
+        );
+    }
+    let conn = parsed[..dash]
+        .iter()
+        .find(|l| l.object == "connection")
+        .unwrap();
+    assert_eq!(conn.get("conn-name"), Some("b"));
+    assert_eq!(conn.get("connection"), Some("Connected"));
+    let after = &parsed[dash + 1..];
+    assert!(after.iter().all(|l| l.kind == "change"), "{lines:#?}");
+    assert!(
+        after
+            .iter()
+            .any(|l| l.object == "resource" && l.get("role") == Some("Primary")),
+        "{lines:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|l| l.object == "device" && l.get("disk") == Some("UpToDate")),
+        "{lines:#?}"
+    );
+    assert!(
+        after.iter().any(|l| l.object == "peer-device"
+            && l.get("conn-name") == Some("b")
+            && l.get("replication") == Some("SyncSource")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn the_events2_parser_follows_the_man_page() {
+    assert!(parse_events2("exists -", false).is_ok());
+    assert!(parse_events2("change resource name:r0 role:Primary", false).is_ok());
+    assert!(parse_events2("chnage resource name:r0", false).is_err());
+    assert!(parse_events2("change volume name:r0", false).is_err());
+    assert!(parse_events2("change resource role:Primary", false).is_err());
+    assert!(parse_events2("change resource name:r0 role=Primary", false).is_err());
+    assert!(parse_events2(
+        "2026-12-05T20:16:05.123000+00:00 change device name:r0 volume:0 disk:UpToDate",
+        true
+    )
+    .is_ok());
+    assert!(parse_events2("12:00 change device name:r0", true).is_err());
+}

@@ -274,3 +274,48 @@ fn the_events2_parser_follows_the_man_page() {
     .is_ok());
     assert!(parse_events2("12:00 change device name:r0", true).is_err());
 }
+
+/// The table says why a resource is not connected (here: the peer's secret differs), in
+/// words, below the table; LAG is `-` without a peer.
+#[test]
+fn status_says_why_a_resource_is_not_connected() {
+    let mut p = Pair::start(PairOpts::new(8 * MIB));
+    let cfg = std::fs::read_to_string(&p.node("b").config).unwrap();
+    let other = cfg.replace("correct horse battery staple", "another secret entirely");
+    assert_ne!(cfg, other);
+    p.node_mut("b").kill9();
+    p.restart_with_config("b", &other, "badsecret");
+    common::wait_until(
+        "a reports a connection error",
+        Duration::from_secs(60),
+        || {
+            res(p.node("a"), "r0")
+                .is_some_and(|r| r["last_error"].is_string() && r["connection"] != "Connected")
+        },
+    );
+    let (code, table, _) = drl(&p, "a", &["status"]);
+    assert_eq!(code, 0);
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.trim_end().ends_with('-'),
+        "LAG must be - while not connected: {table}"
+    );
+    assert!(table.contains("r0: not connected: "), "{table}");
+    for l in table.lines() {
+        assert!(l.len() <= 100, "{table}");
+    }
+}
+
+/// A refusal prints once, in the daemon's words: no repeated command, no JSON-RPC code; the
+/// code stays in `--json` and the exit status.
+#[test]
+fn daemon_errors_print_once_without_the_rpc_code() {
+    let p = Pair::start(PairOpts::new(8 * MIB));
+    let (code, _, err) = drl(&p, "a", &["primary", "nope"]);
+    assert_eq!(code, 1);
+    assert_eq!(err, "drl: no such resource: nope\n");
+    let (code, out, _) = drl(&p, "a", &["status", "nope", "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["code"], -32001);
+}

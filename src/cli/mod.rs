@@ -169,6 +169,9 @@ pub struct StatusArgs {
     /// Machine-readable JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Details below the table: NBD endpoint and clients, peer, send queue, generation ids.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]

@@ -11,11 +11,23 @@ pub fn status(g: &Global, a: &StatusArgs) -> i32 {
         Some(r) => json!({ "resource": r }),
         None => json!({}),
     };
-    call_and_print(g, "status", params, a.json, render_table)
+    let verbose = a.verbose;
+    call_and_print(g, "status", params, a.json, move |v| {
+        render_table_with(v, verbose)
+    })
 }
 
 /// One row per resource, aligned columns; the names are DRBD's.
-pub fn render_table(v: &Value) -> String {
+#[cfg(test)]
+fn render_table(v: &Value) -> String {
+    render_table_with(v, false)
+}
+
+/// The table (within 100 columns for names up to 12 characters), then one line per resource
+/// that is not connected or not in sync saying why (split brain, authentication, peer
+/// mismatch, disk I/O errors); `verbose` adds the size, the NBD endpoint and its clients, the
+/// peer's send queue and the generation ids.
+pub fn render_table_with(v: &Value, verbose: bool) -> String {
     let empty = vec![];
     let rows = v["resources"].as_array().unwrap_or(&empty);
     if rows.is_empty() {
@@ -30,26 +42,20 @@ pub fn render_table(v: &Value) -> String {
         "PEER",
         "OUT-OF-SYNC",
         "LAG",
-        "SIZE",
-        "NBD",
     ];
     let s = |x: &Value| x.as_str().unwrap_or("-").to_owned();
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut notes = String::new();
     for r in rows {
         let peer = match (r["peer_role"].as_str(), r["peer_disk"].as_str()) {
             (Some(pr), Some(pd)) => format!("{pr}/{pd}"),
             _ => "-".into(),
         };
-        let nbd = match r["nbd"]["endpoint"].as_str() {
-            Some(ep) => format!(
-                "{ep} ({} clients)",
-                r["nbd"]["connections"].as_u64().unwrap_or(0)
-            ),
-            None => "-".into(),
+        // Lag only means something while a peer is there to lag behind.
+        let lag = match (r["connection"].as_str(), r["lag_ms"].as_u64()) {
+            (Some("Connected"), Some(l)) => format!("{l}ms"),
+            _ => "-".into(),
         };
-        let lag = r["lag_ms"]
-            .as_u64()
-            .map_or("-".into(), |l| format!("{l}ms"));
         table.push(vec![
             s(&r["name"]),
             s(&r["role"]),
@@ -61,11 +67,108 @@ pub fn render_table(v: &Value) -> String {
                 .as_u64()
                 .map_or("-".into(), format_bytes),
             lag,
-            r["size_bytes"].as_u64().map_or("-".into(), format_bytes),
-            nbd,
         ]);
+        let name = s(&r["name"]);
+        for why in reasons(r) {
+            notes += &wrap(&format!("  {name}: {why}"), 100);
+        }
+        if verbose {
+            notes += &details(&name, r);
+        }
     }
-    super::align_columns(&table)
+    let mut out = super::align_columns(&table);
+    if !notes.is_empty() {
+        out.push('\n');
+        out += &notes;
+    }
+    out
+}
+
+/// Why a resource is not connected or not in sync, in words (empty when all is well).
+pub fn reasons(r: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let replicated = !r["peer_node"].is_null();
+    if let Some(sb) = r["split_brain"].as_str() {
+        out.push(format!("split brain: {sb}"));
+        out.push(format!(
+            "  resolve: drl connect {} --discard-my-data on the node whose changes go",
+            r["name"].as_str().unwrap_or("RES")
+        ));
+    } else if replicated && r["connection"] != "Connected" {
+        match r["last_error"].as_str() {
+            Some(e) => out.push(format!("not connected: {e}")),
+            None if r["connection"] == "StandAlone" => out.push(
+                "not connected: disconnected by the admin (`drl connect` to reconnect)".into(),
+            ),
+            None => {}
+        }
+    }
+    if let Some(n) = r["io"]["errors"].as_u64().filter(|n| *n > 0) {
+        out.push(format!("disk I/O errors: {n} (see the daemon's log)"));
+    }
+    if let Some(n) = r["protocol_errors"].as_u64().filter(|n| *n > 0) {
+        out.push(format!("protocol errors from the peer: {n}"));
+    }
+    if r["connection"] == "Connected" {
+        if let Some(eta) = r["resync_eta_s"].as_u64() {
+            out.push(format!("resyncing, about {eta} s left"));
+        }
+    }
+    out
+}
+
+/// `line` broken at spaces into lines of at most `width` columns (continuations indented by
+/// six), each ending in a newline; a word longer than the width stays whole.
+fn wrap(line: &str, width: usize) -> String {
+    let rest = line.trim_start();
+    let mut cur = line[..line.len() - rest.len()].to_owned();
+    let mut fresh = true;
+    let mut out = String::new();
+    for word in rest.split(' ') {
+        if !fresh && cur.len() + 1 + word.len() > width {
+            out += &cur;
+            out.push('\n');
+            cur = "      ".into();
+            fresh = true;
+        }
+        if !fresh {
+            cur.push(' ');
+        }
+        cur += word;
+        fresh = false;
+    }
+    out += &cur;
+    out.push('\n');
+    out
+}
+
+fn details(name: &str, r: &Value) -> String {
+    let mut out = format!(
+        "  {name}: size {}\n",
+        r["size_bytes"].as_u64().map_or("-".into(), format_bytes)
+    );
+    if let Some(ep) = r["nbd"]["endpoint"].as_str() {
+        out += &format!(
+            "  {name}: nbd {ep} ({} clients)\n",
+            r["nbd"]["connections"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(p) = r["peer_node"].as_str() {
+        out += &format!(
+            "  {name}: peer {p}, send queue {}, on-congestion {}\n",
+            r["send_queue_bytes"]
+                .as_u64()
+                .map_or("-".into(), format_bytes),
+            r["on_congestion"].as_str().unwrap_or("-")
+        );
+    }
+    if let Some(g) = r["generation"]["current"].as_str() {
+        out += &format!(
+            "  {name}: generation {g} (bitmap {})\n",
+            r["generation"]["bitmap"].as_str().unwrap_or("-")
+        );
+    }
+    out
 }
 
 /// The replication state, with how far a resync or verify is.
@@ -260,18 +363,73 @@ mod tests {
         ]});
         let t = render_table(&v);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[1].starts_with("r0           Primary"), "{t}");
+        let v = render_table_with(&v, true);
         assert!(
-            lines[1].contains("256MiB") && lines[1].contains("/tmp/r0.nbd (2 clients)"),
-            "{t}"
+            v.contains("r0: size 256MiB") && v.contains("r0: nbd /tmp/r0.nbd (2 clients)"),
+            "{v}"
         );
+        // Not connected: no lag to show.
         assert!(
-            lines[2].contains("Primary/UpToDate") && lines[2].contains("12ms"),
+            lines[2].contains("Primary/UpToDate") && !lines[2].contains("12ms"),
             "{t}"
         );
         let col = lines[0].find("DISK").unwrap();
         assert_eq!(&lines[1][col..col + 8], "UpToDate");
+    }
+
+    #[test]
+    fn notes_wrap_at_100_columns() {
+        let long = format!("  r0: not connected: {}", "word ".repeat(40));
+        let w = wrap(&long, 100);
+        assert!(w.lines().count() > 1, "{w}");
+        assert!(w.lines().all(|l| l.len() <= 100), "{w}");
+        assert!(
+            w.lines().skip(1).all(|l| l.starts_with("      word")),
+            "{w}"
+        );
+        assert_eq!(wrap("  r0: short", 100), "  r0: short\n");
+    }
+
+    #[test]
+    fn the_table_says_why_and_fits_100_columns() {
+        let v = json!({"resources": [
+            {"name": "volume-0001", "role": "Secondary", "disk": "UpToDate", "connection": "StandAlone",
+             "replication": "Off", "peer_node": "site-b", "peer_role": "Secondary", "peer_disk": "Inconsistent",
+             "out_of_sync_bytes": 1073741824u64, "size_bytes": 1099511627776u64, "lag_ms": 0,
+             "split_brain": "both nodes wrote since they parted",
+             "nbd": {"endpoint": "/var/lib/drl/volume-0001/a-rather-long-path/r0.nbd", "connections": 12}},
+            {"name": "r1", "role": "Primary", "disk": "UpToDate", "connection": "Connecting",
+             "replication": "Off", "peer_node": "site-b", "last_error": "authentication failed: the peer's secret differs",
+             "io": {"errors": 3}, "size_bytes": 4096},
+            {"name": "solo", "role": "Primary", "disk": "UpToDate", "connection": "StandAlone",
+             "replication": "Off", "size_bytes": 4096}
+        ]});
+        let t = render_table(&v);
+        for l in t.lines() {
+            assert!(l.len() <= 100, "{} columns: {l}\n{t}", l.len());
+        }
+        assert!(
+            t.contains("volume-0001: split brain: both nodes wrote"),
+            "{t}"
+        );
+        assert!(
+            t.contains("r1: not connected: authentication failed"),
+            "{t}"
+        );
+        assert!(t.contains("r1: disk I/O errors: 3"), "{t}");
+        assert!(
+            !t.contains("solo:"),
+            "an unreplicated resource is fine: {t}"
+        );
+        let v = render_table_with(&v, true);
+        assert!(
+            v.contains(
+                "volume-0001: nbd /var/lib/drl/volume-0001/a-rather-long-path/r0.nbd (12 clients)"
+            ),
+            "{v}"
+        );
     }
 
     #[test]

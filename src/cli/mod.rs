@@ -105,6 +105,23 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Disconnect a resource from its peer and stay StandAlone until `connect`.
     Disconnect(ResArgs),
+    /// Discard this node's data of a resource: a full resync from the peer follows (DRBD's
+    /// `invalidate`).
+    ///
+    /// This disk becomes Inconsistent and SyncTarget of every block. Refused on a Primary and
+    /// unless the peer is connected, Established and UpToDate. `drl wait-sync RES` follows it.
+    Invalidate(ResArgs),
+    /// Discard the peer's data of a resource: a full resync from this node follows (DRBD's
+    /// `invalidate-remote`).
+    ///
+    /// This node becomes SyncSource of every block. Needs this disk UpToDate, the peer
+    /// connected, Established and Secondary.
+    InvalidateRemote(ResArgs),
+    /// Mark this node's data Outdated, so it is not promoted without `--force` (DRBD's
+    /// `outdate`, used for fencing).
+    ///
+    /// Refused on a Primary and while connected.
+    Outdate(ResArgs),
     /// Online verify: compare this node's data with the peer's, block by block, while the
     /// volume stays in use (DRBD's `verify`). Only digests cross the link.
     ///
@@ -293,6 +310,9 @@ pub fn main() -> i32 {
                 move |_| msg.clone(),
             )
         }
+        Command::Invalidate(ref a) => simple(&cli.global, "invalidate", &a.resource),
+        Command::InvalidateRemote(ref a) => simple(&cli.global, "invalidate-remote", &a.resource),
+        Command::Outdate(ref a) => simple(&cli.global, "outdate", &a.resource),
         Command::Verify(ref a) => status::verify(&cli.global, a),
         Command::Stream(ref a) => stream::stream(&cli.global, a),
         Command::Restore(ref a) => stream::restore(&cli.global, a),
@@ -300,6 +320,23 @@ pub fn main() -> i32 {
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
     }
+}
+
+/// Call a `{resource}` method and print `RES: DISK` (the disk state it left).
+fn simple(g: &Global, method: &str, resource: &str) -> i32 {
+    call_and_print(
+        g,
+        method,
+        serde_json::json!({ "resource": resource }),
+        false,
+        |v| {
+            format!(
+                "{}: {}\n",
+                v["resource"].as_str().unwrap_or("-"),
+                v["disk"].as_str().unwrap_or("-")
+            )
+        },
+    )
 }
 
 /// Rows of cells as text with every column left-aligned to its widest cell, two spaces apart.

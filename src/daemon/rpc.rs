@@ -10,6 +10,7 @@
 //! | `secondary` | `{resource}` | `{resource, role}` |
 //! | `connect` | `{resource, discard_my_data?}` | `{resource}` |
 //! | `disconnect` | `{resource}` | `{resource}` |
+//! | `invalidate`, `invalidate-remote`, `outdate` | `{resource}` | `{resource, disk}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
 
 use std::future::Future;
@@ -178,6 +179,21 @@ pub fn router(node: Arc<Node>) -> Router {
         let rep = replicator(&n, &params)?;
         rep.disconnect().await;
         Ok(json!({ "resource": rep.name() }))
+    });
+    add(&mut r, &node, "invalidate", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.invalidate().await.map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "disk": rep.disk_state().as_str() }))
+    });
+    add(&mut r, &node, "invalidate-remote", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.invalidate_remote().await.map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "disk": rep.disk_state().as_str() }))
+    });
+    add(&mut r, &node, "outdate", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.outdate().map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "disk": rep.disk_state().as_str() }))
     });
     super::rpc_stream::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);

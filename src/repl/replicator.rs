@@ -38,6 +38,8 @@ use crate::volume::{AlignedBuf, BlockDevice, VolumeError};
 
 #[path = "replicator_admin.rs"]
 mod admin;
+#[path = "replicator_ops.rs"]
+mod ops;
 
 /// Refusals of the admin operations (shown to the admin as is).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,119 @@
+//! DRBD's data-placement commands on a replicated resource: `invalidate` (this node's data is
+//! discarded and fully resynced from the peer), `invalidate-remote` (the peer's is, from this
+//! node) and `outdate` (this node's data may no longer be promoted without `--force`).
+//!
+//! Both invalidations reuse the ordinary resync machinery, with no protocol change: they mark
+//! every block out of sync in this node's bitmap (persisted before anything else, so a crash
+//! keeps the intent), and `invalidate` also makes this disk Inconsistent; then the connection
+//! is renegotiated. With equal generations the handshake decides by disk state and dirty bits
+//! (`state::decide`, rules 41 and 42): an Inconsistent node is SyncTarget, the node with dirty
+//! bits is SyncSource; the bitmap exchange ORs the bits, so the whole volume is resynced.
+
+use super::*;
+
+impl Replicator {
+    /// The common precondition: connected, idle (Established), generations in step.
+    fn check_established(
+        &self,
+        what: &str,
+    ) -> Result<(Option<Role>, Option<DiskState>), ReplError> {
+        let st = self.state();
+        let connected = st.link.as_ref().is_some_and(|l| !l.is_closed());
+        if !connected || st.conn != ConnState::Connected {
+            return Err(self.refused(format!(
+                "{what} needs the peer {} connected (it is {})",
+                self.peer_node(),
+                st.conn
+            )));
+        }
+        if st.repl != ReplState::Established {
+            return Err(self.refused(format!(
+                "{what} needs replication Established (it is {}): wait for the running resync or verify to end",
+                st.repl
+            )));
+        }
+        Ok((st.peer_role, st.peer_disk))
+    }
+
+    /// Mark the whole volume out of sync, persist the bitmap, then renegotiate.
+    async fn resync_everything(&self, why: &str) -> Result<(), ReplError> {
+        self.bitmap.set_all();
+        let (bm, meta) = (self.bitmap.clone(), self.meta.clone());
+        tokio::task::spawn_blocking(move || bm.flush_to(&meta))
+            .await
+            .map_err(|e| self.refused(format!("persisting the bitmap: {e}")))?
+            .map_err(|source| ReplError::Meta {
+                res: self.name.clone(),
+                source,
+            })?;
+        let link = self.state().link.clone();
+        tracing::warn!(resource = %self.name, peer = %self.peer_node(), "{why}: full resync");
+        self.renegotiate_link(link, why);
+        Ok(())
+    }
+
+    /// `drl invalidate RES` (DRBD's): discard this node's data; a full resync from the peer
+    /// follows. Refused on a Primary (its users read this disk) and unless the peer is
+    /// connected, Established and UpToDate.
+    pub async fn invalidate(&self) -> Result<(), ReplError> {
+        if self.meta.superblock().role == meta::Role::Primary {
+            return Err(self.refused(
+                "invalidate on a Primary: its users read this disk; demote it first (drl secondary)",
+            ));
+        }
+        let (_, peer_disk) = self.check_established("invalidate")?;
+        if peer_disk != Some(DiskState::UpToDate) {
+            return Err(self.refused(format!(
+                "invalidate needs an UpToDate peer to resync from (the peer is {})",
+                peer_disk.map_or("DUnknown", |d| d.as_str())
+            )));
+        }
+        self.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)?;
+        self.resync_everything("invalidate: this node's data was discarded")
+            .await
+    }
+
+    /// `drl invalidate-remote RES` (DRBD's): the peer's data is discarded; a full resync from
+    /// this node follows. Needs this disk UpToDate and the peer Secondary (a Primary peer
+    /// cannot become SyncTarget).
+    pub async fn invalidate_remote(&self) -> Result<(), ReplError> {
+        let (peer_role, _) = self.check_established("invalidate-remote")?;
+        let disk = self.meta.superblock().disk_state;
+        if disk != meta::DiskState::UpToDate {
+            return Err(self.refused(format!(
+                "invalidate-remote needs this disk UpToDate (it is {})",
+                disk.as_str()
+            )));
+        }
+        if peer_role == Some(Role::Primary) {
+            return Err(
+                self.refused("the peer is Primary: its users read its disk; demote it first")
+            );
+        }
+        self.resync_everything("invalidate-remote: the peer's data is discarded")
+            .await
+    }
+
+    /// `drl outdate RES` (DRBD's): mark this node's data Outdated, so it cannot be promoted
+    /// without `--force` (fencing). Refused on a Primary and while connected (DRBD: "Refusing
+    /// to be Outdated while Connected"): a connected Secondary is kept current by its peer.
+    pub fn outdate(&self) -> Result<(), ReplError> {
+        let sb = self.meta.superblock();
+        if sb.role == meta::Role::Primary {
+            return Err(self.refused("outdate on a Primary: demote it first (drl secondary)"));
+        }
+        if self.state().conn == ConnState::Connected {
+            return Err(self.refused("refusing to be Outdated while Connected (DRBD's rule)"));
+        }
+        match sb.disk_state {
+            meta::DiskState::UpToDate | meta::DiskState::Consistent => {
+                self.update_meta(|sb| sb.disk_state = meta::DiskState::Outdated)
+            }
+            meta::DiskState::Outdated => Ok(()),
+            other => Err(self.refused(format!(
+                "the disk is {}: only UpToDate or Consistent data can be outdated",
+                other.as_str()
+            ))),
+        }
+    }
+}

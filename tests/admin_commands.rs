@@ -319,3 +319,55 @@ fn daemon_errors_print_once_without_the_rpc_code() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["error"]["code"], -32001);
 }
+
+/// `drl import-drbd` round trip: DRBD's documented examples become configs that drl's own
+/// loader accepts for every host, with the addresses and disks of the .res file.
+#[test]
+fn import_drbd_output_is_a_config_drl_accepts() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/drbd-compat/tests/data");
+    let d = tempfile::tempdir().unwrap();
+    for (file, hosts, addr) in [
+        ("drbd-conf-man-r0.res", ["alice", "bob"], "10.1.1.31:7789"),
+        ("drbd9-conf-man-r0.res", ["alice", "bob"], "10.1.1.31:7000"),
+        (
+            "long-distance-pull-ahead.res",
+            ["site-a", "site-b"],
+            "198.18.0.1:7789",
+        ),
+        (
+            "production-iscsi.res",
+            ["iscsi1.example.org", "iscsi2.example.org"],
+            "10.100.0.1:7788",
+        ),
+    ] {
+        let out = Command::new(drl_bin())
+            .args(["import-drbd", &format!("{data}/{file}"), "--size", "64M"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not carried over"));
+        let toml = String::from_utf8(out.stdout).unwrap();
+        let path = d.path().join(format!("{file}.toml"));
+        std::fs::write(&path, &toml).unwrap();
+        for h in hosts {
+            let c = drl::config::load(&path, h)
+                .unwrap_or_else(|e| panic!("{file} as {h}: {e}\n{toml}"));
+            assert_eq!(c.resources.len(), 1);
+            assert_eq!(c.resources[0].size_bytes, 64 << 20);
+            assert!(c.resources[0].peer.is_some(), "{file}: replicated");
+        }
+        let c = drl::config::load(&path, hosts[0]).unwrap();
+        assert_eq!(
+            c.resources[0]
+                .local
+                .address
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some(addr)
+        );
+    }
+}

@@ -215,3 +215,49 @@ pub fn wait(g: &Global, resource: &str, w: WaitFor, timeout_s: u64) -> i32 {
         }
     })
 }
+
+/// `drl import-drbd FILE.res`: print the equivalent drl TOML on stdout, and what could not be
+/// carried over (also in the TOML as comments) on stderr.
+pub fn import_drbd(a: &ImportDrbdArgs) -> i32 {
+    let text = match std::fs::read_to_string(&a.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("drl import-drbd: {}: {e}", a.file.display());
+            return exit::USAGE;
+        }
+    };
+    let opts = drbd_compat::res::ImportOptions {
+        size: a.size.clone(),
+        meta_dir: a.meta_dir.clone(),
+        nbd_dir: a.nbd_dir.clone(),
+    };
+    match drbd_compat::res::import(&text, &opts) {
+        Ok(got) => {
+            print!("{}", got.toml);
+            for u in &got.unmapped {
+                eprintln!("drl import-drbd: not carried over: {u}");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("drl import-drbd: {}: {e}", a.file.display());
+            exit::USAGE
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportDrbdArgs {
+    /// The DRBD resource file (`/etc/drbd.d/r0.res`; include statements are not followed).
+    pub file: std::path::PathBuf,
+    /// The volume size when the file sets none (DRBD takes it from the backing disk); DRBD's
+    /// units (`64M`, `10G`; a bare number is KiB).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Directory of drl's metadata files for `meta-disk internal` (DIR/RES.meta).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/drl")]
+    pub meta_dir: String,
+    /// Directory of the NBD export sockets that replace /dev/drbdN (DIR/RES.nbd).
+    #[arg(long, value_name = "DIR", default_value = "/run/drl")]
+    pub nbd_dir: String,
+}

@@ -158,6 +158,13 @@ pub enum Command {
     /// reinitialises metadata) or while a daemon holds the resource. Without it, the first
     /// start creates the metadata and says so loudly in the log.
     CreateMd(ResArgs),
+    /// Print the drl configuration equivalent to a DRBD resource file.
+    ///
+    /// Maps the `on HOST` sections (node names, address, disk, external meta-disk), protocol A,
+    /// shared-secret, on-congestion, max-buffers, after-sb-0pri / -1pri, the resync controller
+    /// (c-plan-ahead, c-fill-target, c-min-rate, c-max-rate) and size. Everything else is
+    /// listed on stderr with the reason (and as comments in the TOML); nothing is dropped.
+    ImportDrbd(admin::ImportDrbdArgs),
     /// Wait until a resource is connected to its peer (DRBD's `wait-connect`).
     ///
     /// Follows the daemon's events (no polling). Fails at once when the resource is StandAlone
@@ -264,6 +271,7 @@ pub fn main() -> i32 {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
+        Command::ImportDrbd(ref a) => admin::import_drbd(a),
         Command::WaitConnect(ref a) => {
             admin::wait(&cli.global, &a.resource, admin::WaitFor::Connect, a.timeout)
         }

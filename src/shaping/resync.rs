@@ -17,8 +17,11 @@
 //!   `plan-ahead`, so a short pause in the writes does not flood the link with resync.
 //!
 //! Pacing charges a resync answer after it is queued (zero ranges cost nothing on the wire and
-//! are free), and the next answer waits until that debt is paid. No wait exceeds
-//! [`RESYNC_ADMIT_WAIT_MS_MAX`]: the session's loop that serves requests must keep reading.
+//! are free), and the next answer waits until that debt is paid; the rate never exceeds the
+//! resync class's ceiling (`[shaping.class.resync] ceil`), which the shaper alone cannot
+//! enforce because resync frames travel in the replication connection. A wait for the fill
+//! target gives up after [`RESYNC_ADMIT_WAIT_MS_MAX`]; the pacing wait does not (the answers
+//! run in their own task, so it delays no acks).
 //! The policy here is pure (time is a parameter); [`admit`] and [`sent`] are the node-wide
 //! glue the replication session calls.
 
@@ -74,6 +77,8 @@ pub struct ResyncController {
     /// Pacing: when the bytes charged so far are paid off.
     next_free: Duration,
     cap: Option<u64>,
+    /// The resync class's ceiling (`[shaping.class.resync] ceil`): the rate never exceeds it.
+    class_ceil: Option<u64>,
 }
 
 impl ResyncController {
@@ -86,6 +91,7 @@ impl ResyncController {
             last: None,
             next_free: Duration::ZERO,
             cap: None,
+            class_ceil: None,
         }
     }
 
@@ -93,12 +99,20 @@ impl ResyncController {
         self.tuning = t;
     }
 
-    /// The resync rate cap: max-rate, else the link-rate, else none.
+    /// Set the resync class's ceiling (`None`: none). Resync frames travel inside the
+    /// replication connection, which the shaper schedules as one flow, so the shaper cannot
+    /// hold resync to its ceiling by itself: this controller paces it there.
+    pub fn set_class_ceil(&mut self, ceil: Option<u64>) {
+        self.class_ceil = ceil;
+    }
+
+    /// The resync rate cap: the smallest of max-rate, the link-rate and the resync class's
+    /// ceiling; none when none is set.
     fn cap_for(&self, link: Option<u64>) -> Option<u64> {
-        match (self.tuning.max_rate_bytes_per_s, link) {
-            (Some(m), Some(l)) => Some(m.min(l)),
-            (m, l) => m.or(l),
-        }
+        [self.tuning.max_rate_bytes_per_s, link, self.class_ceil]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Feed the time, the replication class's cumulative granted bytes and the link-rate;
@@ -183,10 +197,13 @@ fn with<T>(f: impl FnOnce(&mut ResyncController, Duration) -> T) -> T {
     let mut g = node_resync().lock().unwrap_or_else(|p| p.into_inner());
     let now = g.epoch.elapsed();
     let shaper = super::node();
+    let cfg = shaper.config();
     let (repl, link) = (
         shaper.granted_bytes(Class::Replication),
-        shaper.config().link_bytes_per_s,
+        cfg.link_bytes_per_s,
     );
+    g.ctl
+        .set_class_ceil(cfg.classes[Class::Resync as usize].ceil_bytes_per_s);
     g.ctl.update(now, repl, link);
     f(&mut g.ctl, now)
 }
@@ -205,26 +222,25 @@ pub fn stats() -> ResyncStats {
 }
 
 /// Wait until a resync answer may be queued: the send queue (`queued()` bytes) is below the
-/// fill target and the pacing debt is paid; at most [`RESYNC_ADMIT_WAIT_MS_MAX`].
+/// fill target (waited for at most [`RESYNC_ADMIT_WAIT_MS_MAX`], so resync never stalls
+/// behind a queue that does not drain) and the pacing debt is paid (always: that is what holds
+/// the rate, and the resync class's ceiling, and it is bounded by one answer at min-rate). The
+/// answers have their own task, so this wait never delays acks.
 pub async fn admit(queued: impl Fn() -> u64) {
     let deadline = Instant::now() + Duration::from_millis(RESYNC_ADMIT_WAIT_MS_MAX);
     loop {
         let q = queued();
-        let wait = with(|c, now| {
-            if c.fill_allows(q) {
-                c.pacing_wait(now)
-            } else {
-                Duration::from_millis(5).max(c.pacing_wait(now))
-            }
-        });
-        if wait.is_zero() {
+        let (fill_ok, pacing) = with(|c, now| (c.fill_allows(q), c.pacing_wait(now)));
+        let fill_wait = !fill_ok && Instant::now() < deadline;
+        if !fill_wait && pacing.is_zero() {
             return;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(wait.min(left).min(Duration::from_millis(50))).await;
+        let wait = if fill_wait {
+            Duration::from_millis(5).max(pacing)
+        } else {
+            pacing
+        };
+        tokio::time::sleep(wait.min(Duration::from_millis(50))).await;
     }
 }
 

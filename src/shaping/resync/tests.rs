@@ -126,3 +126,39 @@ fn fill_target_bounds_what_waits_in_front_of_writes() {
     assert!(c.fill_allows((2 << 20) - 1));
     assert!(!c.fill_allows(2 << 20));
 }
+
+/// `[shaping.class.resync] ceil` holds: resync traffic rides inside the replication flow, so
+/// the controller itself paces it to the class ceiling (it ran at 5x the ceiling before).
+#[test]
+fn the_resync_class_ceiling_caps_the_paced_rate() {
+    let ceil = 5_000_000; // 40 Mbit
+    let mut c = ResyncController::new(tuning());
+    c.set_class_ceil(Some(ceil));
+    let (mut t, mut repl) = (Duration::ZERO, 0);
+    let r = run(&mut c, &mut t, &mut repl, 0, 10.0);
+    assert!(r <= ceil, "rate {r} above the ceiling {ceil}");
+    let start = t;
+    let mut sent = 0u64;
+    while t < start + Duration::from_secs(10) {
+        let w = c.pacing_wait(t);
+        if w.is_zero() {
+            c.charge(t, 1 << 20);
+            sent += 1 << 20;
+        } else {
+            t += w;
+        }
+        c.update(t, repl, Some(LINK));
+    }
+    let rate = sent as f64 / 10.0;
+    assert!(
+        rate <= ceil as f64 * 1.1 && rate >= ceil as f64 * 0.85,
+        "paced at {rate} B/s, ceiling {ceil}"
+    );
+    // Without a link-rate, the ceiling alone caps it.
+    let mut c = ResyncController::new(tuning());
+    c.set_class_ceil(Some(ceil));
+    assert_eq!(
+        c.update(Duration::from_secs(1), 0, None).map(|r| r <= ceil),
+        Some(true)
+    );
+}

@@ -25,7 +25,19 @@ const NS_B: &str = "drl-sha-b";
 const LINK: u64 = 8_000_000;
 
 fn testbed(args: &[&str]) -> String {
-    Testbed(NS_A, NS_B, "drl-va", "drl-vb").run(args)
+    testbed_run([NS_A, NS_B, "drl-va", "drl-vb"], args)
+}
+
+/// scripts/testbed.sh ARGS with these namespaces and veth ends.
+fn testbed_run(names: [&str; 4], args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh");
+    run(Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("DRL_NS_A", names[0])
+        .env("DRL_NS_B", names[1])
+        .env("DRL_IF_A", names[2])
+        .env("DRL_IF_B", names[3]))
 }
 
 /// A testbed's namespaces and veth ends (each test its own); deleted on drop.
@@ -33,14 +45,7 @@ struct Testbed(&'static str, &'static str, &'static str, &'static str);
 
 impl Testbed {
     fn run(&self, args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh");
-        run(Command::new("bash")
-            .arg(script)
-            .args(args)
-            .env("DRL_NS_A", self.0)
-            .env("DRL_NS_B", self.1)
-            .env("DRL_IF_A", self.2)
-            .env("DRL_IF_B", self.3))
+        testbed_run([self.0, self.1, self.2, self.3], args)
     }
 }
 

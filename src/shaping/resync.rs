@@ -17,11 +17,11 @@
 //!   `plan-ahead`, so a short pause in the writes does not flood the link with resync.
 //!
 //! Pacing charges a resync answer after it is queued (zero ranges cost nothing on the wire and
-//! are free), and the next answer waits until that debt is paid; the rate never exceeds the
-//! resync class's ceiling (`[shaping.class.resync] ceil`), which the shaper alone cannot
-//! enforce because resync frames travel in the replication connection. A wait for the fill
-//! target gives up after [`RESYNC_ADMIT_WAIT_MS_MAX`]; the pacing wait does not (the answers
-//! run in their own task, so it delays no acks).
+//! are free), and the next answer waits until that debt is paid, at most
+//! [`RESYNC_ADMIT_WAIT_MS_MAX`]. The resync class's ceiling (`[shaping.class.resync] ceil`),
+//! which the shaper alone cannot enforce because resync frames travel in the replication
+//! connection, is a second, strict pacer: its wait is never cut short (the answers run in
+//! their own task, so it delays no acks).
 //! The policy here is pure (time is a parameter); [`admit`] and [`sent`] are the node-wide
 //! glue the replication session calls.
 
@@ -79,6 +79,8 @@ pub struct ResyncController {
     cap: Option<u64>,
     /// The resync class's ceiling (`[shaping.class.resync] ceil`): the rate never exceeds it.
     class_ceil: Option<u64>,
+    /// Strict pacing at `class_ceil`: when the bytes charged so far are paid off at it.
+    ceil_next_free: Duration,
 }
 
 impl ResyncController {
@@ -92,6 +94,7 @@ impl ResyncController {
             next_free: Duration::ZERO,
             cap: None,
             class_ceil: None,
+            ceil_next_free: Duration::ZERO,
         }
     }
 
@@ -159,8 +162,21 @@ impl ResyncController {
         self.next_free.saturating_sub(now)
     }
 
+    /// How long until the resync class's ceiling allows more (zero: now, or no ceiling).
+    /// Unlike [`Self::pacing_wait`], a hard limit: [`admit`] always waits it out.
+    pub fn ceiling_wait(&self, now: Duration) -> Duration {
+        if self.class_ceil.is_none() {
+            return Duration::ZERO;
+        }
+        self.ceil_next_free.saturating_sub(now)
+    }
+
     /// Charge `bytes` of resync data queued at `now`.
     pub fn charge(&mut self, now: Duration, bytes: u64) {
+        if let Some(ceil) = self.class_ceil.filter(|c| *c > 0) {
+            let start = self.ceil_next_free.max(now);
+            self.ceil_next_free = start + Duration::from_secs_f64(bytes as f64 / ceil as f64);
+        }
         if self.cap.is_none() || self.rate < 1.0 {
             return;
         }
@@ -222,25 +238,32 @@ pub fn stats() -> ResyncStats {
 }
 
 /// Wait until a resync answer may be queued: the send queue (`queued()` bytes) is below the
-/// fill target (waited for at most [`RESYNC_ADMIT_WAIT_MS_MAX`], so resync never stalls
-/// behind a queue that does not drain) and the pacing debt is paid (always: that is what holds
-/// the rate, and the resync class's ceiling, and it is bounded by one answer at min-rate). The
-/// answers have their own task, so this wait never delays acks.
+/// fill target and the adaptive pacing debt is paid, for at most [`RESYNC_ADMIT_WAIT_MS_MAX`]
+/// (resync never stalls completely); then, always, until the resync class's ceiling allows
+/// it (a hard limit, bounded by one answer at the ceiling; the answers run in their own task,
+/// so this wait delays no acks).
 pub async fn admit(queued: impl Fn() -> u64) {
     let deadline = Instant::now() + Duration::from_millis(RESYNC_ADMIT_WAIT_MS_MAX);
     loop {
         let q = queued();
-        let (fill_ok, pacing) = with(|c, now| (c.fill_allows(q), c.pacing_wait(now)));
-        let fill_wait = !fill_ok && Instant::now() < deadline;
-        if !fill_wait && pacing.is_zero() {
+        let (wait, ceiling) = with(|c, now| {
+            let w = if c.fill_allows(q) {
+                c.pacing_wait(now)
+            } else {
+                Duration::from_millis(5).max(c.pacing_wait(now))
+            };
+            (w, c.ceiling_wait(now))
+        });
+        let soft_done = wait.is_zero() || Instant::now() >= deadline;
+        if soft_done && ceiling.is_zero() {
             return;
         }
-        let wait = if fill_wait {
-            Duration::from_millis(5).max(pacing)
+        let w = if soft_done {
+            ceiling
         } else {
-            pacing
+            wait.max(ceiling)
         };
-        tokio::time::sleep(wait.min(Duration::from_millis(50))).await;
+        tokio::time::sleep(w.min(Duration::from_millis(50))).await;
     }
 }
 

@@ -90,19 +90,7 @@ fn pacing_holds_the_rate_and_keeps_no_credit_for_idle_time() {
     let (mut t, mut repl) = (Duration::ZERO, 0);
     run(&mut c, &mut t, &mut repl, 0, 10.0);
     // Send 1 MiB answers as fast as pacing allows for 10 virtual seconds.
-    let start = t;
-    let mut sent = 0u64;
-    while t < start + Duration::from_secs(10) {
-        let w = c.pacing_wait(t);
-        if w.is_zero() {
-            c.charge(t, 1 << 20);
-            sent += 1 << 20;
-        } else {
-            t += w;
-        }
-        c.update(t, repl, Some(LINK));
-    }
-    let rate = sent as f64 / 10.0;
+    let rate = paced_rate(&mut c, &mut t, repl);
     assert!(
         (rate - (4 << 20) as f64).abs() <= (4 << 20) as f64 * 0.11,
         "paced at {rate} B/s, want 4 MiB/s"
@@ -137,19 +125,8 @@ fn the_resync_class_ceiling_caps_the_paced_rate() {
     let (mut t, mut repl) = (Duration::ZERO, 0);
     let r = run(&mut c, &mut t, &mut repl, 0, 10.0);
     assert!(r <= ceil, "rate {r} above the ceiling {ceil}");
-    let start = t;
-    let mut sent = 0u64;
-    while t < start + Duration::from_secs(10) {
-        let w = c.pacing_wait(t);
-        if w.is_zero() {
-            c.charge(t, 1 << 20);
-            sent += 1 << 20;
-        } else {
-            t += w;
-        }
-        c.update(t, repl, Some(LINK));
-    }
-    let rate = sent as f64 / 10.0;
+    let rate = paced_rate(&mut c, &mut t, repl);
+    assert!(c.ceiling_wait(t) > Duration::ZERO || rate > 0.0);
     assert!(
         rate <= ceil as f64 * 1.1 && rate >= ceil as f64 * 0.85,
         "paced at {rate} B/s, ceiling {ceil}"
@@ -161,4 +138,21 @@ fn the_resync_class_ceiling_caps_the_paced_rate() {
         c.update(Duration::from_secs(1), 0, None).map(|r| r <= ceil),
         Some(true)
     );
+}
+
+/// Send 1 MiB answers as fast as pacing allows for 10 virtual seconds; the rate they got.
+fn paced_rate(c: &mut ResyncController, t: &mut Duration, repl: u64) -> f64 {
+    let start = *t;
+    let mut sent = 0u64;
+    while *t < start + Duration::from_secs(10) {
+        let w = c.pacing_wait(*t);
+        if w.is_zero() {
+            c.charge(*t, 1 << 20);
+            sent += 1 << 20;
+        } else {
+            *t += w;
+        }
+        c.update(*t, repl, Some(LINK));
+    }
+    sent as f64 / 10.0
 }

@@ -117,6 +117,14 @@ pub enum Command {
     /// This node becomes SyncSource of every block. Needs this disk UpToDate, the peer
     /// connected, Established and Secondary.
     InvalidateRemote(ResArgs),
+    /// Hold this node's part of the resync of a resource (DRBD's `pause-sync`).
+    ///
+    /// A SyncSource answers no more requests, a SyncTarget asks for no more ranges; status
+    /// shows PausedSyncS / PausedSyncT. The flag stays until `resume-sync`, also across a new
+    /// resync.
+    PauseSync(ResArgs),
+    /// Clear this node's resync pause flag (DRBD's `resume-sync`).
+    ResumeSync(ResArgs),
     /// Mark this node's data Outdated, so it is not promoted without `--force` (DRBD's
     /// `outdate`, used for fencing).
     ///
@@ -321,6 +329,8 @@ pub fn main() -> i32 {
         Command::Invalidate(ref a) => simple(&cli.global, "invalidate", &a.resource),
         Command::InvalidateRemote(ref a) => simple(&cli.global, "invalidate-remote", &a.resource),
         Command::Outdate(ref a) => simple(&cli.global, "outdate", &a.resource),
+        Command::PauseSync(ref a) => simple(&cli.global, "pause-sync", &a.resource),
+        Command::ResumeSync(ref a) => simple(&cli.global, "resume-sync", &a.resource),
         Command::Verify(ref a) => status::verify(&cli.global, a),
         Command::Stream(ref a) => stream::stream(&cli.global, a),
         Command::Restore(ref a) => stream::restore(&cli.global, a),
@@ -330,7 +340,7 @@ pub fn main() -> i32 {
     }
 }
 
-/// Call a `{resource}` method and print `RES: DISK` (the disk state it left).
+/// Call a `{resource}` method and print `RES: STATE` (the disk or replication state it left).
 fn simple(g: &Global, method: &str, resource: &str) -> i32 {
     call_and_print(
         g,
@@ -341,7 +351,10 @@ fn simple(g: &Global, method: &str, resource: &str) -> i32 {
             format!(
                 "{}: {}\n",
                 v["resource"].as_str().unwrap_or("-"),
-                v["disk"].as_str().unwrap_or("-")
+                v["disk"]
+                    .as_str()
+                    .or(v["replication"].as_str())
+                    .unwrap_or("-")
             )
         },
     )

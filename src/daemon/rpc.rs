@@ -11,6 +11,7 @@
 //! | `connect` | `{resource, discard_my_data?}` | `{resource}` |
 //! | `disconnect` | `{resource}` | `{resource}` |
 //! | `invalidate`, `invalidate-remote`, `outdate` | `{resource}` | `{resource, disk}` |
+//! | `pause-sync`, `resume-sync` | `{resource}` | `{resource, replication}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
 
 use std::future::Future;
@@ -194,6 +195,16 @@ pub fn router(node: Arc<Node>) -> Router {
         let rep = replicator(&n, &params)?;
         rep.outdate().map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "disk": rep.disk_state().as_str() }))
+    });
+    add(&mut r, &node, "pause-sync", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.pause_sync().map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "replication": rep.status_fields()["replication"] }))
+    });
+    add(&mut r, &node, "resume-sync", |n, params| async move {
+        let rep = replicator(&n, &params)?;
+        rep.resume_sync().map_err(repl_error)?;
+        Ok(json!({ "resource": rep.name(), "replication": rep.status_fields()["replication"] }))
     });
     super::rpc_stream::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);

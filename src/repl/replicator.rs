@@ -154,6 +154,9 @@ pub struct Replicator {
     pub(crate) stats: ReplStats,
     pub(crate) rl: LogLimiter,
     clock: Instant,
+    /// `drl pause-sync`: this node's resync pause flag (DRBD's user pause), see
+    /// `replicator_ops.rs`.
+    pub(crate) resync_paused: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn role_of(r: meta::Role) -> Role {
@@ -253,6 +256,7 @@ impl Replicator {
             stats: ReplStats::default(),
             rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
             clock: Instant::now(),
+            resync_paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

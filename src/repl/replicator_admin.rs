@@ -316,7 +316,7 @@ impl Replicator {
             "role": sb.role.as_str(),
             "disk": sb.disk_state.as_str(),
             "connection": st.conn.as_str(),
-            "replication": st.repl.as_str(),
+            "replication": self.shown_repl(st.repl).as_str(),
             "peer_role": st.peer_role.map(|r| r.as_str()),
             "peer_disk": st.peer_disk.map(|d| d.as_str()),
             "out_of_sync_bytes": oos,

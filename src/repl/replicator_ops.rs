@@ -117,3 +117,84 @@ impl Replicator {
         }
     }
 }
+
+impl Replicator {
+    /// Whether `drl pause-sync` holds this node's part of a resync.
+    pub(crate) fn resync_is_paused(&self) -> bool {
+        self.resync_paused.load(Ordering::Acquire)
+    }
+
+    /// The replication state as DRBD shows it: SyncSource / SyncTarget held by this node's
+    /// pause flag are PausedSyncS / PausedSyncT.
+    pub(crate) fn shown_repl(&self, r: ReplState) -> ReplState {
+        match (r, self.resync_is_paused()) {
+            (ReplState::SyncSource, true) => ReplState::PausedSyncS,
+            (ReplState::SyncTarget, true) => ReplState::PausedSyncT,
+            (r, _) => r,
+        }
+    }
+
+    /// Until `resume-sync` (returns at once when not paused).
+    pub(crate) async fn wait_resync_unpaused(&self) {
+        loop {
+            // Registered before the check: a resume in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.resync_is_paused() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// `drl pause-sync RES` (DRBD's): hold this node's part of the resync: a SyncSource
+    /// answers no more requests, a SyncTarget asks for no more ranges (what is on its way
+    /// still lands). The flag outlives the resync: a resync that starts while it is set
+    /// waits too, as in DRBD, until `resume-sync`.
+    pub fn pause_sync(&self) -> Result<(), ReplError> {
+        if self.resync_paused.swap(true, Ordering::AcqRel) {
+            return Err(self.refused("the resync is already paused on this node"));
+        }
+        self.publish_repl("pause-sync");
+        Ok(())
+    }
+
+    /// `drl resume-sync RES`: clear this node's pause flag. A SyncTarget that had stopped
+    /// asking resumes from its bitmap by renegotiating (the bitmap names every range it still
+    /// lacks, so nothing is lost and nothing is sent twice).
+    pub fn resume_sync(&self) -> Result<(), ReplError> {
+        if !self.resync_paused.swap(false, Ordering::AcqRel) {
+            return Err(self.refused("the resync is not paused on this node"));
+        }
+        let (repl, link) = {
+            let st = self.state();
+            (st.repl, st.link.clone())
+        };
+        self.publish_repl("resume-sync");
+        if repl == ReplState::SyncTarget {
+            self.renegotiate_link(link, "resume-sync on the SyncTarget");
+        }
+        Ok(())
+    }
+
+    /// Publish the (shown) replication state after a pause change, and wake waiters.
+    fn publish_repl(&self, why: &str) {
+        let (repl, peer_disk) = {
+            let st = self.state();
+            (self.shown_repl(st.repl), st.peer_disk)
+        };
+        tracing::info!(resource = %self.name, replication = %repl, "{why}");
+        self.events.publish(
+            crate::control::Event::new(
+                crate::control::EventKind::Change,
+                crate::control::ObjectKind::PeerDevice,
+                &self.name,
+            )
+            .field("peer", self.peer_node())
+            .field("replication", repl.as_str())
+            .field("peer_disk", peer_disk.map_or("DUnknown", |d| d.as_str())),
+        );
+        self.update(|_| {});
+    }
+}

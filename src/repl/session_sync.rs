@@ -76,7 +76,10 @@ impl Session<'_> {
         let Some(t) = self.target.as_mut() else {
             return Ok(());
         };
-        t.fill(&self.link);
+        // `drl pause-sync` on this SyncTarget: ask for nothing more until `resume-sync`.
+        if !rep.resync_is_paused() {
+            t.fill(&self.link);
+        }
         if !t.is_finished() {
             return Ok(());
         }
@@ -129,6 +132,8 @@ async fn answer_requests(
         if link.is_closed() {
             return;
         }
+        // `drl pause-sync` on this SyncSource: answer nothing until `resume-sync`.
+        rep.wait_resync_unpaused().await;
         // The adaptive resync rate (DRBD's c-plan-ahead controller, src/shaping/resync.rs):
         // wait while enough is queued for the link already.
         crate::shaping::resync::admit(|| link.queued_bytes()).await;

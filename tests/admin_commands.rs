@@ -371,3 +371,73 @@ fn import_drbd_output_is_a_config_drl_accepts() {
         );
     }
 }
+
+/// `drl adjust` and SIGHUP re-read the config: the shaper changes live, resource changes are
+/// reported as pending, a broken config is refused and the daemon keeps running (SIGHUP used
+/// to kill it without a word).
+#[test]
+fn adjust_and_sighup_apply_the_shaper_and_report_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let base = common::solo_config(d.path(), "8MiB");
+    let with_rate = |rate: &str| format!("{base}\n[shaping]\nlink-rate = \"{rate}\"\n");
+    let mut n = common::Node::start(
+        d.path(),
+        &with_rate("100Mbit"),
+        "n1",
+        &d.path().join("r0.nbd"),
+    );
+    let link = |n: &common::Node| {
+        let out = n.cli(&["shaping", "show", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["link_bytes_per_s"]
+            .as_u64()
+    };
+    assert_eq!(link(&n), Some(12_500_000));
+
+    // adjust: the shaper applied, a new resource and a new size pending.
+    let r1 = format!(
+        "\n[[resource]]\nname = \"r1\"\nsize = \"4MiB\"\n[resource.on.n1]\ndisk = \"{d}/r1.img\"\nmeta = \"{d}/r1.meta\"\n",
+        d = d.path().display()
+    );
+    let changed = with_rate("50Mbit").replace("size = \"8MiB\"", "size = \"16MiB\"") + &r1;
+    std::fs::write(&n.config, &changed).unwrap();
+    let out = n.cli(&["adjust"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("applied: shaping"), "{text}");
+    assert!(text.contains("resource r1: new"), "{text}");
+    assert!(text.contains("resource r0: size changed"), "{text}");
+    assert_eq!(link(&n), Some(6_250_000));
+
+    // SIGHUP: the same, from the signal; the daemon lives on.
+    std::fs::write(&n.config, with_rate("20Mbit")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(n.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    common::wait_until("the SIGHUP adjust", Duration::from_secs(10), || {
+        link(&n) == Some(2_500_000)
+    });
+    assert!(n.log_text().contains("SIGHUP received"), "{}", n.log_text());
+
+    // A broken config is refused; the daemon keeps its settings.
+    std::fs::write(&n.config, "this is not toml [").unwrap();
+    let sock = d.path().join("n1.sock");
+    let out = Command::new(drl_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("adjust")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adjust refused"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    common::wait_until("the refused SIGHUP adjust", Duration::from_secs(10), || {
+        n.log_text()
+            .contains("adjust refused, running on the config it has")
+    });
+    std::fs::write(&n.config, with_rate("20Mbit")).unwrap();
+    assert_eq!(link(&n), Some(2_500_000));
+    assert_eq!(n.stop(), 0);
+}

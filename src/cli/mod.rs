@@ -160,6 +160,14 @@ pub enum Command {
     /// Also checks each resource's files as a start would (directories exist, metadata
     /// matches, block devices large enough) and lists the files a start would create or grow.
     CheckConfig,
+    /// Re-read the daemon's config file and apply what changed (DRBD's `adjust`; SIGHUP does
+    /// the same).
+    ///
+    /// Applied live: `[shaping]` and `[shaping.resync]`. Listed as pending (they apply at the
+    /// next start): new or removed resources, and a resource's size, disk, meta, nbd,
+    /// address, peer, secret or replication options. A config that does not load is refused
+    /// with its error; the daemon keeps running on the one it has.
+    Adjust(AdjustArgs),
     /// Create a resource's metadata (DRBD's `create-md`), before its first start.
     ///
     /// Works from the config without the daemon. Refused when the metadata exists (drl never
@@ -238,6 +246,15 @@ pub struct ResArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AdjustArgs {
+    /// Only this resource (default: all, and the node-wide settings).
+    pub resource: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct WaitArgs {
     /// The resource (its name in the config).
     pub resource: String,
@@ -279,6 +296,24 @@ pub fn main() -> i32 {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
+        Command::Adjust(ref a) => {
+            let p = match &a.resource {
+                Some(r) => serde_json::json!({ "resource": r }),
+                None => serde_json::json!({}),
+            };
+            call_and_print(&cli.global, "adjust", p, a.json, |v| {
+                let mut out = String::new();
+                for (k, label) in [("applied", "applied"), ("pending", "pending (next start)")] {
+                    for line in v[k].as_array().into_iter().flatten() {
+                        out += &format!("{label}: {}\n", line.as_str().unwrap_or("-"));
+                    }
+                }
+                if out.is_empty() {
+                    out = "nothing changed\n".into();
+                }
+                out
+            })
+        }
         Command::ImportDrbd(ref a) => admin::import_drbd(a),
         Command::WaitConnect(ref a) => {
             admin::wait(&cli.global, &a.resource, admin::WaitFor::Connect, a.timeout)

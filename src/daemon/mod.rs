@@ -10,6 +10,7 @@
 //! metadata clean and stops its engine. The whole drain is bounded by
 //! `limits::SHUTDOWN_DRAIN_TIMEOUT_MS`; the process exits 0 when the drain completed.
 
+mod adjust;
 mod device;
 mod jobs;
 mod progress;
@@ -177,7 +178,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     });
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
 
-    signals.wait_for_stop().await;
+    signals.wait_for_stop(&node).await;
     info!("shutting down: draining in-flight I/O");
     let _ = shutdown_tx.send(true);
     node.jobs.abort_all();
@@ -211,7 +212,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
 }
 
 /// The signals the daemon handles: SIGTERM and SIGINT stop it (drain, flush, exit 0);
-/// SIGHUP is logged and ignored (it used to kill the daemon silently).
+/// SIGHUP re-reads the config and applies what it can (`drl adjust`; it used to kill the
+/// daemon silently).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -228,13 +230,29 @@ impl Signals {
         })
     }
 
-    /// Until SIGTERM or SIGINT.
-    async fn wait_for_stop(&mut self) {
+    /// Until SIGTERM or SIGINT; a SIGHUP adjusts meanwhile.
+    async fn wait_for_stop(&mut self, node: &Node) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return info!("SIGTERM received"),
                 _ = self.int.recv() => return info!("SIGINT received"),
-                _ = self.hup.recv() => warn!("SIGHUP received: the daemon keeps running with its current config (re-reading it is not supported yet; restart the daemon to apply a changed config)"),
+                _ = self.hup.recv() => {
+                    info!(config = %node.config.file.display(), "SIGHUP received: adjusting to the config file");
+                    match adjust::adjust(node, None) {
+                        Ok(r) => {
+                            for a in &r.applied {
+                                info!("adjust: {a}");
+                            }
+                            for p in &r.pending {
+                                warn!("adjust: {p}");
+                            }
+                            if r.applied.is_empty() && r.pending.is_empty() {
+                                info!("adjust: nothing changed");
+                            }
+                        }
+                        Err(e) => error!("adjust refused, running on the config it has: {e}"),
+                    }
+                }
             }
         }
     }

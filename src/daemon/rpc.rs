@@ -12,6 +12,7 @@
 //! | `disconnect` | `{resource}` | `{resource}` |
 //! | `invalidate`, `invalidate-remote`, `outdate` | `{resource}` | `{resource, disk}` |
 //! | `pause-sync`, `resume-sync` | `{resource}` | `{resource, replication}` |
+//! | `adjust` | `{resource?}` | `{applied: [...], pending: [...]}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
 
 use std::future::Future;
@@ -205,6 +206,21 @@ pub fn router(node: Arc<Node>) -> Router {
         let rep = replicator(&n, &params)?;
         rep.resume_sync().map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "replication": rep.status_fields()["replication"] }))
+    });
+    add(&mut r, &node, "adjust", |n, params| async move {
+        let only = params.get("resource").and_then(Value::as_str);
+        if let Some(name) = only {
+            if n.resource(name).is_none() && n.config.resource(name).is_none() {
+                return Err(RpcError::no_such_resource(name));
+            }
+        }
+        super::adjust::adjust(&n, only)
+            .map(|r| super::adjust::report_json(&r))
+            .map_err(|e| {
+                RpcError::state_refused(format!(
+                    "adjust refused, the daemon runs on the config it has: {e}"
+                ))
+            })
     });
     super::rpc_stream::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);

@@ -10,9 +10,10 @@
 //! - [`states`]: `Role`, `DiskState`, `ConnState`, `ReplState` with Display/FromStr/serde.
 //! - [`status`]: plain status structs and the `drbdsetup status` text formatter.
 //! - [`events`]: `drbdsetup events2` lines (`change resource name:r0 role:Primary`).
-//! - [`res`]: DRBD resource files parsed and mapped to drl's TOML (`drl import-drbd`).
+//! - [`res`]: DRBD resource files parsed; [`import`]: mapped to drl's TOML (`drl import-drbd`).
 
 pub mod events;
+pub mod import;
 pub mod res;
 pub mod states;
 pub mod status;

@@ -2,7 +2,8 @@
 //! and from DRBD users: every DRBD setting ends up either in the TOML under drl's name or in
 //! the list of what was not carried over; nothing is dropped silently.
 
-use drbd_compat::res::{import, parse, ImportOptions, Item};
+use drbd_compat::import::{import, ImportOptions};
+use drbd_compat::res::{parse, Item};
 
 fn opts() -> ImportOptions {
     ImportOptions {

@@ -226,12 +226,12 @@ pub fn import_drbd(a: &ImportDrbdArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let opts = drbd_compat::res::ImportOptions {
+    let opts = drbd_compat::import::ImportOptions {
         size: a.size.clone(),
         meta_dir: a.meta_dir.clone(),
         nbd_dir: a.nbd_dir.clone(),
     };
-    match drbd_compat::res::import(&text, &opts) {
+    match drbd_compat::import::import(&text, &opts) {
         Ok(got) => {
             print!("{}", got.toml);
             for u in &got.unmapped {

@@ -1,0 +1,434 @@
+//! `drl import-drbd`: a DRBD resource file ([`crate::res::parse`]) turned into drl's TOML.
+//!
+//! Mapped: the `on HOST` sections (node names, `address`, `disk`, external `meta-disk`),
+//! `protocol A`, `shared-secret`, `on-congestion`, `max-buffers`, the `after-sb-0pri` /
+//! `after-sb-1pri` values drl implements, the resync controller (`c-plan-ahead`,
+//! `c-fill-target`, `c-min-rate`, `c-max-rate`) and `size`. Everything else is listed in
+//! [`Imported::unmapped`] with the reason (and repeated as a comment at the top of the TOML):
+//! nothing is dropped silently.
+
+use std::fmt::Write as _;
+
+use crate::res::{parse, Item, ResError};
+
+/// What `drl import-drbd` needs besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// The volume size when the file has none (DRBD takes it from the backing disk).
+    pub size: Option<String>,
+    /// Where drl's metadata files go for `meta-disk internal` (drl keeps metadata in a file
+    /// of its own): `DIR/RESOURCE.meta`.
+    pub meta_dir: String,
+    /// Where each node's NBD export socket goes: `DIR/RESOURCE.nbd`.
+    pub nbd_dir: String,
+}
+
+/// The TOML and what could not be carried over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub toml: String,
+    /// One line per DRBD setting drl does not take over, with the reason.
+    pub unmapped: Vec<String>,
+}
+
+struct Out {
+    nodes: Vec<String>,
+    resources: String,
+    resync: Vec<(String, String)>,
+    unmapped: Vec<String>,
+}
+
+fn q(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04X}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// DRBD's numbers with their default unit: a bare number times `unit_bytes`; K, M, G, T
+/// suffixes are binary (drbd.conf(5)).
+fn drbd_bytes(v: &str, unit_bytes: u64) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, suf) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mul = match suf {
+        "" => unit_bytes,
+        "s" => 512,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        "t" | "T" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn kib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{}MiB", bytes >> 20)
+    } else {
+        format!("{}KiB", bytes.div_ceil(1024))
+    }
+}
+
+/// Turn a DRBD configuration text into drl's TOML.
+pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
+    let items = parse(text)?;
+    let mut out = Out {
+        nodes: Vec::new(),
+        resources: String::new(),
+        resync: Vec::new(),
+        unmapped: Vec::new(),
+    };
+    let common: Vec<Item> = items
+        .iter()
+        .filter(|i| i.key() == "common")
+        .flat_map(|i| i.body.clone().unwrap_or_default())
+        .collect();
+    let mut found = false;
+    for it in &items {
+        match (it.key(), &it.body) {
+            ("resource", Some(body)) => {
+                found = true;
+                import_resource(it, body, &common, opts, &mut out)?;
+            }
+            ("common", Some(_)) => {}
+            ("global", Some(body)) => {
+                for p in body {
+                    out.unmapped.push(format!(
+                        "global: {} (DRBD's global options have no drl equivalent)",
+                        p.text()
+                    ));
+                }
+            }
+            _ => out.unmapped.push(format!(
+                "line {}: {} (not a resource; include files are not followed: import each .res file)",
+                it.line,
+                it.text()
+            )),
+        }
+    }
+    if !found {
+        return Err(ResError {
+            line: 1,
+            what: "no `resource NAME { ... }` section".into(),
+        });
+    }
+    let mut toml = String::from(
+        "# drl configuration imported from a DRBD resource file by `drl import-drbd`\n",
+    );
+    if !out.unmapped.is_empty() {
+        toml += "# Not carried over (see each reason):\n";
+        for u in &out.unmapped {
+            toml += &format!("#   {u}\n");
+        }
+    }
+    toml.push('\n');
+    for n in &out.nodes {
+        let _ = writeln!(toml, "[[node]]\nname = {}\n", q(n));
+    }
+    toml += &out.resources;
+    if !out.resync.is_empty() {
+        toml += "[shaping.resync]\n";
+        for (k, v) in &out.resync {
+            let _ = writeln!(toml, "{k} = {}", q(v));
+        }
+    }
+    Ok(Imported {
+        toml,
+        unmapped: out.unmapped,
+    })
+}
+
+fn import_resource(
+    res: &Item,
+    body: &[Item],
+    common: &[Item],
+    opts: &ImportOptions,
+    out: &mut Out,
+) -> Result<(), ResError> {
+    let name = res.arg(1).ok_or(ResError {
+        line: res.line,
+        what: "resource without a name".into(),
+    })?;
+    let mut r = format!("[[resource]]\nname = {}\n", q(name));
+    let mut size: Option<String> = None;
+    let mut hosts: Vec<(String, Vec<Item>)> = Vec::new();
+    // Volume sections at resource level (DRBD 9) apply to every host.
+    let mut shared_volume: Vec<Item> = Vec::new();
+    let mut options: Vec<(String, Item)> = common
+        .iter()
+        .filter_map(|s| Some((s.key().to_owned(), s.body.clone()?)))
+        .flat_map(|(k, b)| b.into_iter().map(move |p| (k.clone(), p)))
+        .collect();
+    for it in body {
+        match (it.key(), &it.body) {
+            ("on", Some(b)) => {
+                let host = it.arg(1).unwrap_or("").to_owned();
+                hosts.push((host, b.clone()));
+            }
+            ("volume", Some(b)) => {
+                if it.arg(1) == Some("0") {
+                    shared_volume = b.clone();
+                } else {
+                    out.unmapped.push(format!(
+                        "{name}: volume {} (drl resources hold one volume; make it a resource of its own)",
+                        it.arg(1).unwrap_or("?")
+                    ));
+                }
+            }
+            ("net" | "disk" | "options" | "startup" | "handlers", Some(b)) => {
+                for p in b {
+                    options.push((it.key().to_owned(), p.clone()));
+                }
+            }
+            ("connection", Some(b)) => {
+                for p in b {
+                    match (p.key(), &p.body) {
+                        ("net", Some(nb)) => {
+                            for np in nb {
+                                options.push(("net".into(), np.clone()));
+                            }
+                        }
+                        _ => out.unmapped.push(format!(
+                            "{name}: connection {} (drl takes each node's address from its `on` section)",
+                            p.text()
+                        )),
+                    }
+                }
+            }
+            ("protocol", None) => options.push(("net".into(), it.clone())),
+            // DRBD 8.4: a volume's keys at resource level apply to every host.
+            ("device" | "disk" | "meta-disk" | "flexible-meta-disk", None) => {
+                shared_volume.push(it.clone())
+            }
+            _ => out
+                .unmapped
+                .push(format!("{name}: {} (no drl equivalent)", it.text())),
+        }
+    }
+    let mut resync_rate_noted = false;
+    for (section, p) in &options {
+        let v = p.arg(1).unwrap_or("");
+        match (section.as_str(), p.key()) {
+            ("net", "protocol") => {
+                if v == "A" {
+                    r += "protocol = \"A\"\n";
+                } else {
+                    out.unmapped.push(format!(
+                        "{name}: protocol {v} (drl replicates asynchronously, protocol A only; its writes complete once local and queued for the peer)"
+                    ));
+                }
+            }
+            ("net", "shared-secret") => r += &format!("secret = {}\n", q(v)),
+            ("net", "cram-hmac-alg") => out.unmapped.push(format!(
+                "{name}: cram-hmac-alg {v} (drl always authenticates peers with HMAC-SHA-256 over `secret`)"
+            )),
+            ("net", "on-congestion") => match v {
+                "block" | "pull-ahead" | "disconnect" => r += &format!("on-congestion = {}\n", q(v)),
+                _ => out
+                    .unmapped
+                    .push(format!("{name}: on-congestion {v} (unknown value)")),
+            },
+            ("net", "max-buffers") => match drbd_bytes(v, 4096) {
+                // DRBD counts 4 KiB buffers; drl bounds its send buffer in bytes.
+                Some(b) => r += &format!("max-buffer = {}\n", q(&kib(b))),
+                None => out.unmapped.push(format!("{name}: max-buffers {v} (not a number)")),
+            },
+            ("net", "after-sb-0pri") => match v {
+                "disconnect" | "discard-zero-changes" => {
+                    r += &format!("after-sb-0pri = {}\n", q(v))
+                }
+                _ => out.unmapped.push(format!(
+                    "{name}: after-sb-0pri {v} (drl implements disconnect and discard-zero-changes; it stays at disconnect)"
+                )),
+            },
+            ("net", "after-sb-1pri") => match v {
+                "disconnect" | "discard-secondary" => {
+                    r += &format!("after-sb-1pri = {}\n", q(v))
+                }
+                _ => out.unmapped.push(format!(
+                    "{name}: after-sb-1pri {v} (drl implements disconnect and discard-secondary; it stays at discard-secondary)"
+                )),
+            },
+            ("net", "after-sb-2pri") => out.unmapped.push(format!(
+                "{name}: after-sb-2pri {v} (drl never runs two Primaries, so never needs it)"
+            )),
+            ("net", "congestion-fill" | "congestion-extents") => out.unmapped.push(format!(
+                "{name}: {} {v} (drl goes Ahead when its send buffer, max-buffer, is full)",
+                p.key()
+            )),
+            ("net", "csums-alg") => out.unmapped.push(format!(
+                "{name}: csums-alg {v} (drl's resync moves the blocks its bitmaps mark, and zero ranges as headers; no checksum-based resync)"
+            )),
+            ("net", "verify-alg") => out.unmapped.push(format!(
+                "{name}: verify-alg {v} (drl verify always compares SHA-256 digests of 4 KiB blocks)"
+            )),
+            ("disk", "size") => size = Some(v.to_owned()),
+            ("disk", "c-plan-ahead") => match v.parse::<u64>() {
+                // Tenths of a second.
+                Ok(t) if t > 0 => out.resync.push(("plan-ahead".into(), format!("{}ms", t * 100))),
+                _ => out.unmapped.push(format!(
+                    "{name}: c-plan-ahead {v} (0 turns DRBD's controller off; drl's is always on)"
+                )),
+            },
+            ("disk", "c-fill-target") => match drbd_bytes(v, 512) {
+                Some(b) if b > 0 => out.resync.push(("fill-target".into(), kib(b))),
+                _ => out.unmapped.push(format!("{name}: c-fill-target {v}")),
+            },
+            ("disk", "c-min-rate" | "c-max-rate") => match drbd_bytes(v, 1024) {
+                Some(b) if b > 0 => out.resync.push((
+                    p.key().trim_start_matches("c-").to_owned(),
+                    format!("{}KiB/s", b / 1024),
+                )),
+                _ => out.unmapped.push(format!(
+                    "{name}: {} {v} (0 has no drl equivalent)",
+                    p.key()
+                )),
+            },
+            ("disk", "resync-rate") if !resync_rate_noted => {
+                resync_rate_noted = true;
+                out.unmapped.push(format!(
+                    "{name}: resync-rate {v} (drl paces resync with its adaptive controller under [shaping] link-rate; set [shaping.class.resync] ceil for a static cap)"
+                ));
+            }
+            _ => out.unmapped.push(format!(
+                "{name}: {section} {} (no drl equivalent)",
+                p.text()
+            )),
+        }
+    }
+    match size.or_else(|| opts.size.clone()) {
+        Some(s) => match drbd_bytes(&s, 1024) {
+            Some(b) => r += &format!("size = {}\n", q(&kib(b))),
+            None => r += &format!("size = {}\n", q(&s)),
+        },
+        None => out.unmapped.push(format!(
+            "{name}: size (DRBD takes it from the backing disk; drl needs it: pass --size)"
+        )),
+    }
+    r.push('\n');
+    for (host, hbody) in &hosts {
+        if !out.nodes.contains(host) {
+            out.nodes.push(host.clone());
+        }
+        let mut vol: Vec<Item> = shared_volume.clone();
+        let mut address = None;
+        for p in hbody {
+            match (p.key(), &p.body) {
+                ("volume", Some(b)) if p.arg(1) == Some("0") => vol.extend(b.iter().cloned()),
+                ("volume", Some(_)) => out.unmapped.push(format!(
+                    "{name} on {host}: volume {} (one volume per drl resource)",
+                    p.arg(1).unwrap_or("?")
+                )),
+                ("address", None) => {
+                    // `address [af] IP:PORT`: drl takes IPv4 and [IPv6]:PORT.
+                    let a = if p.words.len() > 2 {
+                        p.arg(2)
+                    } else {
+                        p.arg(1)
+                    };
+                    if let Some(af) = p.arg(1).filter(|_| p.words.len() > 2) {
+                        if af != "ipv4" && af != "ipv6" {
+                            out.unmapped.push(format!(
+                                "{name} on {host}: address family {af} (drl speaks TCP over IPv4/IPv6)"
+                            ));
+                        }
+                    }
+                    address = a.map(str::to_owned);
+                }
+                ("node-id", None) => out.unmapped.push(format!(
+                    "{name} on {host}: node-id {} (drl names nodes, it does not number them)",
+                    p.arg(1).unwrap_or("?")
+                )),
+                ("device" | "disk" | "meta-disk" | "flexible-meta-disk", None) => {
+                    vol.push(p.clone())
+                }
+                _ => out.unmapped.push(format!(
+                    "{name} on {host}: {} (no drl equivalent)",
+                    p.text()
+                )),
+            }
+        }
+        let _ = writeln!(r, "[resource.on.{}]", q(host));
+        if let Some(a) = address {
+            let _ = writeln!(r, "address = {}", q(&a));
+        }
+        let mut meta_set = false;
+        for p in &vol {
+            let v = p.arg(1).unwrap_or("");
+            match p.key() {
+                "disk" => {
+                    let _ = writeln!(r, "disk = {}", q(v));
+                }
+                "device" => {
+                    let _ = writeln!(r, "nbd = {}", q(&format!("{}/{name}.nbd", opts.nbd_dir)));
+                    out.unmapped.push(format!(
+                        "{name} on {host}: device {} (drl serves the volume over NBD instead of a /dev/drbdN device: nbd = {}/{name}.nbd)",
+                        p.words[1..].join(" "),
+                        opts.nbd_dir
+                    ));
+                }
+                "meta-disk" | "flexible-meta-disk" if v == "internal" => {
+                    let path = format!("{}/{name}.meta", opts.meta_dir);
+                    let _ = writeln!(r, "meta = {}", q(&path));
+                    meta_set = true;
+                    out.unmapped.push(format!(
+                        "{name} on {host}: meta-disk internal (drl keeps metadata in a file of its own: meta = {path}; create it with `drl create-md {name}`)"
+                    ));
+                }
+                "meta-disk" | "flexible-meta-disk" => {
+                    // External metadata: `/dev/sdb1`, `/dev/sdb1[0]`; drl writes its own
+                    // format there (new metadata: DRBD's is not read).
+                    let path = v.split('[').next().unwrap_or(v);
+                    let _ = writeln!(r, "meta = {}", q(path));
+                    meta_set = true;
+                    out.unmapped.push(format!(
+                        "{name} on {host}: meta-disk {v}: drl keeps its own metadata format at {path} (run `drl create-md {name}`; DRBD's metadata there is not read)"
+                    ));
+                }
+                _ => out.unmapped.push(format!(
+                    "{name} on {host}: {} (no drl equivalent)",
+                    p.text()
+                )),
+            }
+        }
+        if !meta_set {
+            let path = format!("{}/{name}.meta", opts.meta_dir);
+            let _ = writeln!(r, "meta = {}", q(&path));
+        }
+        r.push('\n');
+    }
+    if hosts.len() != 2 {
+        out.unmapped.push(format!(
+            "{name}: {} `on` sections (drl replicates between exactly two nodes, or runs one alone)",
+            hosts.len()
+        ));
+    }
+    out.resources += &r;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drbd_units() {
+        assert_eq!(drbd_bytes("8000", 4096), Some(8000 * 4096));
+        assert_eq!(drbd_bytes("10M", 1024), Some(10 << 20));
+        assert_eq!(drbd_bytes("2G", 512), Some(2 << 30));
+        assert_eq!(drbd_bytes("x", 1), None);
+    }
+}

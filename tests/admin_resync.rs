@@ -120,3 +120,42 @@ fn pause_sync_holds_the_resync_and_resume_sync_finishes_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not paused"));
 }
+
+/// A resource's `resync-rate` (DRBD's) caps its resync without any link-rate: measured on the
+/// SyncSource's counters over a window of the resync, within 10%.
+#[test]
+fn resync_rate_caps_the_resync_of_one_resource() {
+    const RATE: f64 = 2_000_000.0; // 16 Mbit
+    let mut opts = PairOpts::new(32 * MIB);
+    opts.extra_resource_keys = "resync-rate = \"16Mbit\"".into();
+    let p = Pair::start(opts);
+    p.force_primary_and_sync("a");
+    p.cli_ok("a", &["disconnect", "r0"]);
+    let mut c = NbdClient::connect(&p.nbd("a")).unwrap();
+    c.write_all_at(0, &Pair::random(3, 16 * MIB)).unwrap();
+    c.flush().unwrap();
+    c.disconnect();
+    p.cli_ok("a", &["connect", "r0"]);
+    p.wait("a SyncSource", WAIT, |a, _| {
+        a.is_some_and(|a| a["replication"] == "SyncSource")
+    });
+    let data = || {
+        let a = res(p.node("a"), "r0").unwrap();
+        (
+            std::time::Instant::now(),
+            num(&a, "resync_bytes_sent") - num(&a, "resync_zero_bytes"),
+        )
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (t0, b0) = data();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (t1, b1) = data();
+    let rate = (b1 - b0) as f64 / (t1 - t0).as_secs_f64();
+    println!("resync at {rate:.0} B/s with resync-rate {RATE}");
+    assert!(
+        (rate - RATE).abs() <= RATE * 0.10,
+        "resync ran at {rate:.0} B/s, resync-rate {RATE}"
+    );
+    p.wait_in_sync("a", "the capped resync finished");
+    p.assert_disks_identical("after a resync capped by resync-rate");
+}

@@ -2,7 +2,7 @@
 //!
 //! Mapped: the `on HOST` sections (node names, `address`, `disk`, external `meta-disk`),
 //! `protocol A`, `shared-secret`, `on-congestion`, `max-buffers`, the `after-sb-0pri` /
-//! `after-sb-1pri` values drl implements, the resync controller (`c-plan-ahead`,
+//! `after-sb-1pri` values drl implements, `resync-rate`, the resync controller (`c-plan-ahead`,
 //! `c-fill-target`, `c-min-rate`, `c-max-rate`) and `size`. Everything else is listed in
 //! [`Imported::unmapped`] with the reason (and repeated as a comment at the top of the TOML):
 //! nothing is dropped silently.
@@ -299,9 +299,10 @@ fn import_resource(
             },
             ("disk", "resync-rate") if !resync_rate_noted => {
                 resync_rate_noted = true;
-                out.unmapped.push(format!(
-                    "{name}: resync-rate {v} (drl paces resync with its adaptive controller under [shaping] link-rate; set [shaping.class.resync] ceil for a static cap)"
-                ));
+                match drbd_bytes(v, 1024) {
+                    Some(b) if b > 0 => r += &format!("resync-rate = {}\n", q(&format!("{}KiB/s", b / 1024))),
+                    _ => out.unmapped.push(format!("{name}: resync-rate {v} (not a rate)")),
+                }
             }
             _ => out.unmapped.push(format!(
                 "{name}: {section} {} (no drl equivalent)",

@@ -44,6 +44,7 @@ fn drl_key(k: &str) -> Option<&'static str> {
         "disk" => "disk = ",
         "meta-disk" => "meta = ",
         "size" => "size = ",
+        "resync-rate" => "resync-rate = ",
         _ => return None,
     })
 }
@@ -133,6 +134,12 @@ fn protocol_c_internal_metadata_and_common_are_reported() {
         got.toml
     );
     assert!(got.toml.contains("[resource.on.\"iscsi1.example.org\"]"));
+    let man = import(&load("drbd-conf-man-r0.res"), &opts()).unwrap();
+    assert!(
+        man.toml.contains("resync-rate = \"10240KiB/s\""),
+        "{}",
+        man.toml
+    );
 }
 
 #[test]

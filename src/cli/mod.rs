@@ -177,7 +177,7 @@ pub enum Command {
     /// Print the drl configuration equivalent to a DRBD resource file.
     ///
     /// Maps the `on HOST` sections (node names, address, disk, external meta-disk), protocol A,
-    /// shared-secret, on-congestion, max-buffers, after-sb-0pri / -1pri, the resync controller
+    /// shared-secret, on-congestion, max-buffers, after-sb-0pri / -1pri, resync-rate, the resync controller
     /// (c-plan-ahead, c-fill-target, c-min-rate, c-max-rate) and size. Everything else is
     /// listed on stderr with the reason (and as comments in the TOML); nothing is dropped.
     ImportDrbd(admin::ImportDrbdArgs),

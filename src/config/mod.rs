@@ -115,6 +115,8 @@ pub struct RawResource {
     pub after_sb_1pri: Option<String>,
     /// Split-brain recovery with no Primary: "disconnect" (default) or "discard-zero-changes".
     pub after_sb_0pri: Option<String>,
+    /// A static cap on this resource's resync (DRBD's `resync-rate`), without a link-rate.
+    pub resync_rate: Option<units::Rate>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -211,6 +213,8 @@ pub struct ReplConfig {
     pub on_congestion: OnCongestion,
     pub max_buffer_bytes: u64,
     pub split_brain: crate::repl::state::SplitBrainPolicy,
+    /// `resync-rate`: this resource's resync answers never exceed it (bytes per second).
+    pub resync_rate_bytes_per_s: Option<u64>,
 }
 
 impl Default for ReplConfig {
@@ -219,6 +223,7 @@ impl Default for ReplConfig {
             on_congestion: OnCongestion::Block,
             max_buffer_bytes: limits::REPL_SEND_BUFFER_BYTES_MAX,
             split_brain: Default::default(),
+            resync_rate_bytes_per_s: None,
         }
     }
 }
@@ -597,6 +602,7 @@ fn repl_config(
             }
         };
     }
+    c.resync_rate_bytes_per_s = r.resync_rate.map(|r| r.0);
     if let Some(b) = r.max_buffer {
         let b = b.bytes();
         let min = 2 * u64::from(limits::REPL_FRAME_DATA_BYTES_MAX);

@@ -157,6 +157,8 @@ pub struct Replicator {
     /// `drl pause-sync`: this node's resync pause flag (DRBD's user pause), see
     /// `replicator_ops.rs`.
     pub(crate) resync_paused: std::sync::atomic::AtomicBool,
+    /// `resync-rate`: when the resync data charged so far is paid off at that rate.
+    pub(crate) resync_rate_next_free: Mutex<Instant>,
 }
 
 pub(crate) fn role_of(r: meta::Role) -> Role {
@@ -257,6 +259,7 @@ impl Replicator {
             rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
             clock: Instant::now(),
             resync_paused: std::sync::atomic::AtomicBool::new(false),
+            resync_rate_next_free: Mutex::new(Instant::now()),
         })
     }
 

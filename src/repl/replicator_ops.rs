@@ -198,3 +198,31 @@ impl Replicator {
         self.update(|_| {});
     }
 }
+
+impl Replicator {
+    /// Until this resource's `resync-rate` allows the next resync answer (at once without one).
+    pub(crate) async fn wait_resync_rate(&self) {
+        if self.cfg.repl.resync_rate_bytes_per_s.is_none() {
+            return;
+        }
+        let at = *self
+            .resync_rate_next_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        tokio::time::sleep_until(at.into()).await;
+    }
+
+    /// Charge `bytes` of resync data just queued against `resync-rate` (zero ranges cost a
+    /// header and are free). No credit is kept for idle time, so a pause is not a burst.
+    pub(crate) fn charge_resync_rate(&self, bytes: u64) {
+        let Some(rate) = self.cfg.repl.resync_rate_bytes_per_s.filter(|r| *r > 0) else {
+            return;
+        };
+        let mut next = self
+            .resync_rate_next_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let start = (*next).max(Instant::now());
+        *next = start + std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+    }
+}

@@ -134,6 +134,8 @@ async fn answer_requests(
         }
         // `drl pause-sync` on this SyncSource: answer nothing until `resume-sync`.
         rep.wait_resync_unpaused().await;
+        // This resource's `resync-rate`, if set (a static cap, no link-rate needed).
+        rep.wait_resync_rate().await;
         // The adaptive resync rate (DRBD's c-plan-ahead controller, src/shaping/resync.rs):
         // wait while enough is queued for the link already.
         crate::shaping::resync::admit(|| link.queued_bytes()).await;
@@ -176,6 +178,7 @@ async fn answer_requests(
                     data: Bytes::copy_from_slice(&buf),
                 });
                 crate::shaping::resync::sent(u64::from(len));
+                rep.charge_resync_rate(u64::from(len));
             }
         }
     }

@@ -118,6 +118,18 @@ pub fn reached(w: WaitFor, r: &serde_json::Value) -> Result<bool, String> {
     })
 }
 
+/// A failed call of a waiting command: the daemon refused (exit 1), or it went away (exit 3,
+/// the same as when it goes away while the command waits).
+pub fn gone_or_refused(cmd: &str, e: &crate::control::ControlError) -> i32 {
+    if e.rpc_error().is_some() {
+        eprintln!("drl {cmd}: {}", e.admin_message());
+        exit::FAILED
+    } else {
+        eprintln!("drl {cmd}: the daemon went away: {e}");
+        exit::UNREACHABLE
+    }
+}
+
 /// `drl wait-connect RES` / `drl wait-sync RES`: subscribe to the resource's events, then
 /// read its status once and again after every event, until it is reached. No polling: the
 /// daemon's event bus says when anything moved.
@@ -140,10 +152,7 @@ pub fn wait(g: &Global, resource: &str, w: WaitFor, timeout_s: u64) -> i32 {
             .await
         {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("drl {cmd}: {}", e.admin_message());
-                return exit::FAILED;
-            }
+            Err(e) => return gone_or_refused(cmd, &e),
         };
         let mut client = match super::connect(g).await {
             Ok(c) => c,
@@ -158,10 +167,7 @@ pub fn wait(g: &Global, resource: &str, w: WaitFor, timeout_s: u64) -> i32 {
                 .await
             {
                 Ok(v) => v["resources"][0].clone(),
-                Err(e) => {
-                    eprintln!("drl {cmd}: {}", e.admin_message());
-                    return exit::FAILED;
-                }
+                Err(e) => return gone_or_refused(cmd, &e),
             };
             match reached(w, &r) {
                 Ok(true) => {

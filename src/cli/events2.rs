@@ -41,10 +41,7 @@ pub fn events2(g: &Global, a: &Events2Args) -> i32 {
             .await
         {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("drl events2: {}", e.admin_message());
-                return exit::FAILED;
-            }
+            Err(e) => return super::admin::gone_or_refused("events2", &e),
         };
         let mut client = match connect(g).await {
             Ok(c) => c,
@@ -56,10 +53,7 @@ pub fn events2(g: &Global, a: &Events2Args) -> i32 {
         };
         let status = match client.call("status", params).await {
             Ok(v) => v,
-            Err(e) => {
-                eprintln!("drl events2: {}", e.admin_message());
-                return exit::FAILED;
-            }
+            Err(e) => return super::admin::gone_or_refused("events2", &e),
         };
         drop(client);
         let now_ms = crate::control::Event::new(

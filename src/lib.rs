@@ -13,6 +13,7 @@
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod detect;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;

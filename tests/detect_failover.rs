@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::detect::{
     events, first_event, is_lease, is_site, scope, site_health, unix_ms, wait_for, Bed,

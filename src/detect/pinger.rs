@@ -159,7 +159,8 @@ impl Probes {
     }
 
     async fn on_datagram(&self, sock: &UdpSocket, b: &[u8], from: SocketAddr) {
-        if b.len() == PROBE_BYTES && b[5] == Kind::Probe as u8 {
+        // Everything but an answer-shaped datagram goes to the responder, which counts it.
+        if b.len() != PROBE_BYTES || b[5] != Kind::Answer as u8 {
             let r = self.inner().responder.handle(b, unix_ms());
             match r {
                 Ok(answer) => {

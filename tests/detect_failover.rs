@@ -36,7 +36,7 @@ fn site_a_dies_b_suspects_takes_the_lease_and_promotes() {
     let tap = EventsTap::start(&b);
     let t0 = unix_ms();
     bed.sh(&["kill-site", "a"]);
-    wait_for("B promoted", WAIT, || {
+    wait_for("B promoted", &[&a, &b], || {
         role(&b).as_deref() == Some("Primary")
     });
     let evs = events(&tap.text());
@@ -83,13 +83,13 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
     let tap = EventsTap::start(&b);
     let t_cut = unix_ms();
     bed.sh(&["cut", "a-b"]);
-    wait_for("B suspects site-a", WAIT, || {
+    wait_for("B suspects site-a", &[&a, &b], || {
         site_health(&b, "site-a").is_some_and(|h| h != "alive")
     });
     // Two full TTLs of renewals by A after the cut: B had every chance to take the key.
     wait_for(
         "A renewed its lease for two TTLs after the cut",
-        WAIT,
+        &[&a, &b],
         || {
             scope(&a, "r0").is_some_and(|s| {
                 s["held_by_me"] == true
@@ -111,7 +111,7 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
     let data = random_bytes(12, MIB);
     common::nbd_client::nbd_write(&bed.d().join("a/r0.nbd"), 2 * MIB, &data);
     bed.sh(&["heal", "a-b"]);
-    wait_for("replication resumed and in sync", WAIT, || {
+    wait_for("replication resumed and in sync", &[&a, &b], || {
         res(&a, "r0").is_some_and(|r| in_sync(&r)) && res(&b, "r0").is_some_and(|r| in_sync(&r))
     });
     assert_eq!(
@@ -124,7 +124,7 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
     bed.sh(&["isolate", "w"]);
     wait_for(
         "A renewed its lease for two TTLs without the witness",
-        WAIT,
+        &[&a, &b],
         || {
             scope(&a, "r0").is_some_and(|s| {
                 s["held_by_me"] == true
@@ -172,7 +172,7 @@ fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
     let tap_a = EventsTap::start(&a);
     let t_iso = unix_ms();
     bed.sh(&["isolate", "a"]);
-    wait_for("B promoted", WAIT, || {
+    wait_for("B promoted", &[&a, &b], || {
         role(&b).as_deref() == Some("Primary")
     });
     let evs = events(&tap_b.text());
@@ -197,7 +197,7 @@ fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
     assert!(f < promoted, "A fenced itself before B promoted");
     // Heal: A learns the key is at B, is demoted, its held write fails, and it resyncs from B.
     bed.sh(&["heal"]);
-    wait_for("A demoted and in sync with B as Primary", WAIT, || {
+    wait_for("A demoted and in sync with B as Primary", &[&a, &b], || {
         res(&a, "r0").is_some_and(|r| r["role"] == "Secondary" && in_sync(&r))
             && res(&b, "r0").is_some_and(|r| r["role"] == "Primary" && in_sync(&r))
     });
@@ -231,7 +231,7 @@ fn a_flapping_link_between_the_sites_promotes_nothing_and_converges() {
         .status();
     assert!(flap.unwrap().success());
     bed.sh(&["heal"]);
-    wait_for("converged: in sync, site-a alive at B", WAIT, || {
+    wait_for("converged: in sync, site-a alive at B", &[&a, &b], || {
         res(&a, "r0").is_some_and(|r| in_sync(&r))
             && res(&b, "r0").is_some_and(|r| in_sync(&r))
             && site_health(&b, "site-a").as_deref() == Some("alive")

@@ -123,7 +123,10 @@ fn bad_probes_are_refused_and_counted_and_an_unreachable_etcd_blocks_promotion()
         if counted(&v) {
             break;
         }
-        assert!(t0.elapsed() < WAIT, "bad probes not counted as expected: {v}");
+        assert!(
+            t0.elapsed() < WAIT,
+            "bad probes not counted as expected: {v}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // None of them was answered; a fresh authentic probe still is.

@@ -260,13 +260,15 @@ pub(super) fn detect_config(
     for r in resources.iter().filter(|r| r.peer.is_some()) {
         let peer = &r.peer.as_ref().map(|p| p.node.clone()).unwrap_or_default();
         match nodes.iter().find(|n| &n.node == peer) {
-            None => return Err(invalid(
-                key(&format!("on.{peer}")),
-                format!(
+            None => {
+                return Err(invalid(
+                    key(&format!("on.{peer}")),
+                    format!(
                     "resource {} replicates to {peer:?}, which has no [detect.on.{peer}] section",
                     r.name
                 ),
-            )),
+                ))
+            }
             Some(p) if p.site == me.site => {
                 return Err(invalid(
                     key(&format!("on.{peer}.site")),

@@ -163,13 +163,21 @@ impl Etcd {
     /// was sent.
     pub async fn keep_alive(&self, id: i64) -> Result<(i64, Instant), EtcdError> {
         self.any("a lease renewal", |mut c| async move {
-            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            match stream.message().await? {
-                Some(r) => Ok(r.ttl()),
-                None => Err(etcd_client::Error::InvalidArgs(
-                    "keep-alive stream ended".into(),
-                )),
+            let r = async {
+                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                match stream.message().await? {
+                    Some(r) => Ok(r.ttl()),
+                    None => Err(etcd_client::Error::InvalidArgs(
+                        "keep-alive stream ended".into(),
+                    )),
+                }
+            }
+            .await;
+            match r {
+                // A majority answered: the lease expired (or was revoked).
+                Err(e) if e.to_string().contains("lease not found") => Ok(0),
+                r => r,
             }
         })
         .await

@@ -16,6 +16,7 @@
 //! - An admin's `drl primary` takes the key first (`Scope::acquire_for_promotion`); `drl
 //!   secondary` gives it back (the lease is revoked).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,8 @@ pub struct Scope {
     lease: tokio::sync::Mutex<Option<i64>>,
     view: Mutex<LeaseView>,
     holds_tx: watch::Sender<bool>,
+    /// Took the key over with `auto-promote`, not promoted yet.
+    promote_pending: AtomicBool,
     rl: LogLimiter,
 }
 
@@ -123,6 +126,7 @@ impl Scope {
             events,
             lease: tokio::sync::Mutex::new(None),
             holds_tx: watch::channel(false).0,
+            promote_pending: AtomicBool::new(false),
             rl: LogLimiter::new(DETECT_LOG_LINES_PER_S),
             cfg,
         })
@@ -277,6 +281,10 @@ impl Scope {
                 }
                 lease.is_some()
             };
+            if holding {
+                self.try_promote().await;
+                self.resolve_split_brain();
+            }
             let primary = self.repl.role() == Role::Primary;
             let open = self.fence.is_open();
             if primary && open != fence_was_open {
@@ -391,17 +399,42 @@ impl Scope {
                 ("peer_site", self.peer_site.clone().into()),
             ],
         );
-        if !self.cfg.auto_promote {
-            return Ok(());
+        if self.cfg.auto_promote {
+            self.promote_pending.store(true, Ordering::Release);
+            self.try_promote().await;
+        }
+        Ok(())
+    }
+
+    /// Promote after a takeover; tried again every round until it works (or the key goes).
+    async fn try_promote(&self) {
+        if !self.promote_pending.load(Ordering::Acquire) {
+            return;
+        }
+        if self.repl.role() == Role::Primary {
+            self.promote_pending.store(false, Ordering::Release);
+            return;
+        }
+        // A silent cut is noticed by the replication session only when its timeouts run out;
+        // until then it still sees the old Primary. This node holds the lease, so the old
+        // Primary fenced itself before its lease expired: drop that session (the service
+        // reconnects at once, and the handshake decides the resync).
+        let stale = self.repl.state().peer_role == Some(Role::Primary);
+        if stale {
+            tracing::info!(resource = %self.resource, peer = %self.peer_node, "dropping the session with the old Primary before promoting");
+            self.repl.disconnect().await;
+            let _ = self.repl.connect(false);
         }
         match self.repl.primary(true).await {
-            Ok(()) => self.event("promoted", &[]),
+            Ok(()) => {
+                self.promote_pending.store(false, Ordering::Release);
+                self.event("promoted", &[]);
+            }
             Err(e) => {
-                tracing::error!(resource = %self.resource, "automatic promotion failed: {e}");
+                crate::warn_rl!(self.rl, resource = %self.resource, "automatic promotion failed (tried again): {e}");
                 self.event("promote-failed", &[("error", e.to_string().into())]);
             }
         }
-        Ok(())
     }
 
     /// This Primary found the key elsewhere: it was cut off and another node took over.
@@ -417,6 +450,22 @@ impl Scope {
         {
             tracing::error!(resource = %self.resource, "marking the disk Outdated failed: {e}");
         }
+        // Its changes since the cut were never acknowledged after the fence and lose to the
+        // lease holder's: if the reconnect already met a split brain, resolve it this way.
+        if let Err(e) = self.repl.connect(true) {
+            tracing::error!(resource = %self.resource, "connect --discard-my-data after the demotion: {e}");
+        }
         self.event("demoted", &[("new_holder", holder.into())]);
+    }
+
+    /// The lease holder is the authority: a split brain with the old Primary (which reconnected
+    /// before it learnt it was demoted) is resolved towards this node, as `drl connect` on the
+    /// survivor after `--discard-my-data` on the victim.
+    fn resolve_split_brain(&self) {
+        let sb = self.repl.state().split_brain.is_some();
+        if sb && self.repl.role() == Role::Primary {
+            tracing::info!(resource = %self.resource, "split brain with the old Primary: this node holds the lease, connecting again (the old Primary discards its data once demoted)");
+            let _ = self.repl.connect(false);
+        }
     }
 }

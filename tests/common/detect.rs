@@ -226,9 +226,25 @@ pub fn is_site(e: &Value, site: &str, health: &str) -> bool {
     e["object"] == "site" && e["name"] == site && e["fields"]["health"] == health
 }
 
-/// Wait until `f` holds, polling; returns how long it took.
-pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) -> Duration {
+/// Wait until `f` holds, polling; on timeout the panic shows every node's detect status,
+/// resource status and log tail.
+pub fn wait_for(what: &str, nodes: &[&Node], mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
-    wait_until(what, timeout, f);
+    while !f() {
+        if t0.elapsed() > WAIT {
+            let mut dump = String::new();
+            for n in nodes {
+                dump += &format!(
+                    "\n--- {}: detect {}\nr0 {}\nlog:\n{}",
+                    n.name,
+                    detect_status(n).map(|v| v.to_string()).unwrap_or_default(),
+                    res(n, "r0").map(|v| v.to_string()).unwrap_or_default(),
+                    super::pair::log_tail(n, 40)
+                );
+            }
+            panic!("timed out after {WAIT:?} waiting for {what}{dump}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     t0.elapsed()
 }

@@ -36,8 +36,8 @@ fn site_a_dies_b_suspects_takes_the_lease_and_promotes() {
     let tap = EventsTap::start(&b);
     let t0 = unix_ms();
     bed.sh(&["kill-site", "a"]);
-    wait_for("B promoted", &[&a, &b], || {
-        role(&b).as_deref() == Some("Primary")
+    wait_for("B promoted, and its events read", &[&a, &b], || {
+        role(&b).as_deref() == Some("Primary") && tap.contains("\"promoted\"")
     });
     let evs = events(&tap.text());
     let (sus, _) = first_event(&evs, |e| is_site(e, "site-a", "suspected"))
@@ -175,26 +175,12 @@ fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
     wait_for("B promoted", &[&a, &b], || {
         role(&b).as_deref() == Some("Primary")
     });
-    let evs = events(&tap_b.text());
-    let (promoted, _) = first_event(&evs, |e| {
-        e["object"] == "resource" && e["fields"]["role"] == "Primary"
-    })
-    .unwrap_or_else(|| panic!("no role change event at B:\n{}", tap_b.text()));
-    let last_ack = *acks.lock().unwrap().last().unwrap();
-    let fenced = first_event(&events(&tap_a.text()), |e| is_lease(e, "fenced")).map(|x| x.0);
-    println!(
-        "isolated at 0 ms: A fenced at {:?} ms, last write acknowledged at A at {} ms, B promoted at {} ms",
-        fenced.map(|f| f as i64 - t_iso as i64),
-        last_ack as i64 - t_iso as i64,
-        promoted - t_iso
-    );
-    assert!(
-        last_ack < promoted,
-        "a write was acknowledged at A {} ms after B's promotion",
-        last_ack - promoted
-    );
-    let f = fenced.unwrap_or_else(|| panic!("A published no fenced event:\n{}", tap_a.text()));
-    assert!(f < promoted, "A fenced itself before B promoted");
+    let promoted_event =
+        |e: &serde_json::Value| e["object"] == "resource" && e["fields"]["role"] == "Primary";
+    wait_for("B's role change event", &[&a, &b], || {
+        first_event(&events(&tap_b.text()), promoted_event).is_some()
+    });
+    let (promoted, _) = first_event(&events(&tap_b.text()), promoted_event).unwrap();
     // Heal: A learns the key is at B, is demoted, its held write fails, and it resyncs from B.
     bed.sh(&["heal"]);
     wait_for("A demoted and in sync with B as Primary", &[&a, &b], || {
@@ -204,6 +190,24 @@ fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
     stop.store(true, Ordering::Relaxed);
     let n = writer.join().unwrap();
     println!("the writer got {n} acknowledgements from A");
+    // Every acknowledgement A ever gave, including any after the promotion until its demotion.
+    let acks = acks.lock().unwrap().clone();
+    let last_ack = *acks.last().unwrap();
+    let late = acks.iter().filter(|&&t| t >= promoted).count();
+    assert_eq!(
+        late, 0,
+        "{late} writes were acknowledged at A at or after B's promotion instant"
+    );
+    let fenced = first_event(&events(&tap_a.text()), |e| is_lease(e, "fenced"))
+        .and_then(|(_, e)| e["fields"]["fenced_at_unix_ms"].as_u64());
+    println!(
+        "isolated at 0 ms: A fenced at {:?} ms, last write acknowledged at A at {} ms, B promoted at {} ms",
+        fenced.map(|f| f as i64 - t_iso as i64),
+        last_ack as i64 - t_iso as i64,
+        promoted as i64 - t_iso as i64
+    );
+    let f = fenced.unwrap_or_else(|| panic!("A published no fenced event:\n{}", tap_a.text()));
+    assert!(f < promoted, "A fenced itself before B promoted");
     let evs_a = events(&tap_a.text());
     assert!(
         first_event(&evs_a, |e| is_lease(e, "demoted")).is_some(),

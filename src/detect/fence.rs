@@ -82,6 +82,13 @@ impl Fence {
         (ms > 0).then(|| self.origin + std::time::Duration::from_millis(ms - 1))
     }
 
+    /// How long ago the gate closed by reaching its deadline (None: open, or closed by hand).
+    pub fn closed_since(&self) -> Option<std::time::Duration> {
+        let t = self.open_until_instant()?;
+        let now = Instant::now();
+        (now >= t).then(|| now - t)
+    }
+
     fn refused(&self, why: &str) -> VolumeError {
         VolumeError::Io {
             name: self.resource.clone(),

@@ -288,7 +288,16 @@ impl Scope {
             let primary = self.repl.role() == Role::Primary;
             let open = self.fence.is_open();
             if primary && open != fence_was_open {
-                self.event(if open { "unfenced" } else { "fenced" }, &[]);
+                if open {
+                    self.event("unfenced", &[]);
+                } else {
+                    // The gate closed by itself at its deadline, maybe while this task waited
+                    // for etcd: say when.
+                    let at = self.fence.closed_since().map_or_else(unix_ms, |ago| {
+                        unix_ms().saturating_sub(ago.as_millis() as u64)
+                    });
+                    self.event("fenced", &[("fenced_at_unix_ms", at.into())]);
+                }
             }
             fence_was_open = open && primary;
             // Wake up for the next renewal, and right after the fence deadline (its event).

@@ -155,7 +155,6 @@ fn miss_counting(sent: &[(u64, u64)], answers: &[(u64, u64)], end: u64) -> (usiz
 fn phi(answers: &[(u64, u64)], _end: u64, threshold: f64, min_sd: f64) -> (usize, u64) {
     let mut window: std::collections::VecDeque<f64> = Default::default();
     let mut false_susp = 0;
-    let mut suspected = false;
     let phi_at = |w: &std::collections::VecDeque<f64>, since: f64| -> f64 {
         let n = w.len().max(1) as f64;
         let m = w.iter().sum::<f64>() / n;
@@ -178,15 +177,11 @@ fn phi(answers: &[(u64, u64)], _end: u64, threshold: f64, min_sd: f64) -> (usize
         if window.len() >= 10 {
             for t in prev + 1..next {
                 if phi_at(&window, (t - prev) as f64) > threshold {
-                    if !suspected {
-                        false_susp += 1;
-                        suspected = true;
-                    }
+                    false_susp += 1; // at most once per gap
                     break;
                 }
             }
         }
-        suspected = false;
         window.push_back((next - prev) as f64);
         if window.len() > 100 {
             window.pop_front();

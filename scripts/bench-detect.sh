@@ -117,8 +117,11 @@ PY
     start_drl $primary
     primary=$survivor
   done
-  for s in a b; do [ -f "$work/drl-$s.pid" ] && stop_pid "$(cat "$work/drl-$s.pid")" 3; done
-  for s in a b w; do [ -f "$work/etcd-$s.pid" ] && stop_pid "$(cat "$work/etcd-$s.pid")" 3; done
+  # etcd exits 143 on SIGTERM: reap without letting errexit see it.
+  for p in "$work"/drl-*.pid "$work"/etcd-*.pid; do
+    kill "$(cat "$p")" 2>/dev/null || true
+    wait "$(cat "$p")" 2>/dev/null || true
+  done
   "$tb" down >/dev/null
 done
 

@@ -13,8 +13,11 @@ top=$(cd "$here/.." && pwd)
 cd "$top"
 . "$here/lib.sh"
 
+# protoc builds etcd-client's gRPC code (cargo needs it before the first build); etcd and
+# etcdctl run the three-site detection testbed (tests/detect_*.rs, scripts/detect-testbed.sh).
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
-  fio:fio tc:iproute2 nft:nftables
+  fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
+  etcdctl:etcd-client
 
 if [ "${DRL_SKIP_SWIFT:-0}" != 1 ]; then
   "$here/swift-aio.sh" start --keystone

@@ -14,6 +14,7 @@
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
 //! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
+//! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod drill;
+pub mod detect;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;

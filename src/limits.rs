@@ -325,3 +325,54 @@ pub const RESYNC_MIN_RATE_DEFAULT: u64 = 250 * 1024;
 /// The longest a resync answer waits for the fill target or the pacing (the session that
 /// serves resync requests must keep reading from the peer).
 pub const RESYNC_ADMIT_WAIT_MS_MAX: u64 = 500;
+
+// --- detect (site-failure detection, leases in etcd, self-fencing) ---
+/// Probe interval, per-probe timeout and consecutive misses before an indicator counts as
+/// missing: a dead site is suspected at most `interval * misses + timeout` after its last
+/// answer (100 * 2 + 100 = 300 ms, the issue's goal). See ARCHITECTURE.md "Site-failure
+/// detection" for why miss counting and not phi accrual.
+pub const DETECT_PROBE_INTERVAL_MS_DEFAULT: u64 = 100;
+pub const DETECT_PROBE_TIMEOUT_MS_DEFAULT: u64 = 100;
+pub const DETECT_SUSPECT_MISSES_DEFAULT: u32 = 2;
+/// Bounds of the probe interval a config may choose.
+pub const DETECT_PROBE_INTERVAL_MS_MIN: u64 = 10;
+pub const DETECT_PROBE_INTERVAL_MS_MAX: u64 = 10_000;
+/// Probes remembered per indicator for matching answers (an answer to an older probe is late).
+pub const DETECT_PROBES_OUTSTANDING_COUNT: usize = 32;
+/// Indicators a config may list in all (each one is probed every interval).
+pub const DETECT_INDICATORS_COUNT_MAX: usize = 256;
+/// Nodes whose probes this node answers, and whose highest sequence number it keeps.
+pub const DETECT_SENDERS_COUNT_MAX: usize = 256;
+/// A probe whose timestamp is further than this from the receiver's clock is refused as a
+/// replay (sequence numbers catch replays within the window; this one after a restart).
+pub const DETECT_PROBE_CLOCK_SKEW_MS_MAX: u64 = 30_000;
+/// Log lines per second for bad probes (unknown senders, forged, replayed, malformed).
+pub const DETECT_LOG_LINES_PER_S: u32 = 5;
+/// Lease TTL default (seconds: etcd's unit). etcd 3.4 refuses TTLs below its minimum
+/// (1.5 x its election timeout, rounded up) and raises them silently: keep tests at 2-3 s.
+pub const DETECT_LEASE_TTL_MS_DEFAULT: u64 = 5_000;
+pub const DETECT_LEASE_TTL_MS_MIN: u64 = 2_000;
+pub const DETECT_LEASE_TTL_MS_MAX: u64 = 300_000;
+/// The holder renews its lease this many times per TTL (booth renews at half; a third leaves
+/// two chances before the fence).
+pub const DETECT_LEASE_RENEWS_PER_TTL_COUNT: u64 = 3;
+/// Self-fencing margin: a Primary stops acknowledging writes this long before its lease could
+/// expire in etcd, counted from when it *sent* its last successful renewal. It covers clock
+/// rate drift between this node and the etcd leader (a few hundred ppm over a TTL), the time
+/// between the fence check and the reply leaving, and scheduling delay on a loaded host.
+pub const DETECT_FENCE_MARGIN_MS: u64 = 500;
+/// Clock rate drift allowed on top of the fixed margin, parts per million of the TTL.
+pub const DETECT_CLOCK_DRIFT_PPM: u64 = 1_000;
+/// How often a node that does not hold a scope's key looks at it (free key, holder, expiry).
+pub const DETECT_LEASE_POLL_MS: u64 = 200;
+/// One etcd request (per endpoint) before the next endpoint is tried.
+pub const DETECT_ETCD_REQUEST_TIMEOUT_MS: u64 = 400;
+/// etcd endpoints a config may list.
+pub const DETECT_ETCD_ENDPOINTS_COUNT_MAX: usize = 16;
+const _: () = assert!(DETECT_LEASE_TTL_MS_MIN > 2 * DETECT_FENCE_MARGIN_MS);
+const _: () = assert!(DETECT_LEASE_TTL_MS_MIN <= DETECT_LEASE_TTL_MS_DEFAULT);
+const _: () = assert!(DETECT_LEASE_TTL_MS_DEFAULT <= DETECT_LEASE_TTL_MS_MAX);
+const _: () = assert!(DETECT_PROBE_INTERVAL_MS_MIN <= DETECT_PROBE_INTERVAL_MS_DEFAULT);
+const _: () = assert!(
+    DETECT_ETCD_REQUEST_TIMEOUT_MS < DETECT_LEASE_TTL_MS_MIN / DETECT_LEASE_RENEWS_PER_TTL_COUNT
+);

@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+mod detect;
 mod shaping;
 mod snapshot;
 mod status;
@@ -120,6 +121,9 @@ pub enum Command {
     /// The WAN shaper: per-class shares, ceilings and counters; tc rules for the host.
     #[command(subcommand)]
     Shaping(shaping::ShapingCmd),
+    /// Site-failure detection ([detect]): sites, indicators, leases in etcd, fencing.
+    #[command(subcommand)]
+    Detect(detect::DetectCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
 }
@@ -248,6 +252,7 @@ pub fn main() -> i32 {
         Command::Image(ref c) => stream::image(&cli.global, c),
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
+        Command::Detect(ref c) => detect::run(&cli.global, c),
     }
 }
 

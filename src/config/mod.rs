@@ -9,6 +9,7 @@
 //! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
+pub mod detect;
 pub mod shaping;
 pub mod units;
 
@@ -54,6 +55,7 @@ pub struct RawConfig {
     pub swift: Option<RawSwift>,
     pub stream: Option<RawStream>,
     pub shaping: Option<shaping::RawShaping>,
+    pub detect: Option<detect::RawDetect>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -252,6 +254,8 @@ pub struct NodeConfig {
     pub stream: StreamConfig,
     pub shaping: crate::shaping::ShapingConfig,
     pub resync: crate::shaping::resync::ResyncTuning,
+    /// `[detect]`; `None`: no detection, promotion is manual.
+    pub detect: Option<detect::DetectConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -464,6 +468,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
     let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
     let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
+    let detect =
+        detect::detect_config(raw.detect.as_ref(), node, &node_names, &resources, &invalid)?;
     Ok(NodeConfig {
         file: file.to_owned(),
         node: node.to_owned(),
@@ -474,6 +480,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         stream,
         shaping,
         resync,
+        detect,
     })
 }
 

@@ -9,8 +9,14 @@
 //!
 //! A replicated resource accepts user writes only while Primary (a DRBD Secondary cannot be
 //! written); it is exported read-only otherwise.
+//!
+//! With `[detect]`, a replicated resource's writes and flushes also pass its self-fencing gate
+//! (`detect::fence`), before they start and again before they are acknowledged. Without it the
+//! gate is unset and costs one atomic load.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::detect::fence::Fence;
 
 use crate::repl::replicator::{Replicator, WriteOp};
 use crate::snapshot::SnapshotStore;
@@ -21,6 +27,7 @@ pub struct ResourceDevice {
     disk: Arc<Disk>,
     snaps: Arc<SnapshotStore<Disk>>,
     repl: Option<Arc<Replicator>>,
+    fence: OnceLock<Arc<Fence>>,
 }
 
 impl ResourceDevice {
@@ -29,7 +36,12 @@ impl ResourceDevice {
         snaps: Arc<SnapshotStore<Disk>>,
         repl: Option<Arc<Replicator>>,
     ) -> Self {
-        ResourceDevice { disk, snaps, repl }
+        ResourceDevice {
+            disk,
+            snaps,
+            repl,
+            fence: OnceLock::new(),
+        }
     }
 
     fn writable(&self) -> bool {
@@ -37,6 +49,29 @@ impl ResourceDevice {
             Some(r) => r.role() == drbd_compat::Role::Primary,
             None => !self.disk.read_only(),
         }
+    }
+
+    /// Put the self-fencing gate in front of writes (once, at start, before the export).
+    pub fn set_fence(&self, fence: Arc<Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// The gate, if `[detect]` set one: writes and acknowledgements wait or fail there.
+    async fn fenced(&self) -> Result<(), VolumeError> {
+        match self.fence.get() {
+            None => Ok(()),
+            Some(f) => f.admit().await,
+        }
+    }
+
+    /// Run a write between the two passes of the gate.
+    async fn gated(
+        &self,
+        w: impl std::future::Future<Output = Result<(), VolumeError>>,
+    ) -> Result<(), VolumeError> {
+        self.fenced().await?;
+        w.await?;
+        self.fenced().await
     }
 
     pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
@@ -80,27 +115,36 @@ impl BlockDevice for ResourceDevice {
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
         self.check_write(offset, data.len() as u64)?;
-        let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
-        match &self.repl {
-            Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
-            None => self.disk.write(offset, data, fua).await,
-        }
+        self.gated(async {
+            let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
+            match &self.repl {
+                Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
+                None => self.disk.write(offset, data, fua).await,
+            }
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), VolumeError> {
-        match &self.repl {
-            Some(r) => r.flush().await,
-            None => self.disk.flush().await,
-        }
+        self.gated(async {
+            match &self.repl {
+                Some(r) => r.flush().await,
+                None => self.disk.flush().await,
+            }
+        })
+        .await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
-        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        match &self.repl {
-            Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
-            None => self.disk.trim(offset, len).await,
-        }
+        self.gated(async {
+            let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+            match &self.repl {
+                Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
+                None => self.disk.trim(offset, len).await,
+            }
+        })
+        .await
     }
 
     async fn write_zeroes(
@@ -111,13 +155,16 @@ impl BlockDevice for ResourceDevice {
         fua: bool,
     ) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
-        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        match &self.repl {
-            Some(r) => {
-                r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
-                    .await
+        self.gated(async {
+            let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+            match &self.repl {
+                Some(r) => {
+                    r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
+                        .await
+                }
+                None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
             }
-            None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
-        }
+        })
+        .await
     }
 }

@@ -14,6 +14,7 @@ mod device;
 mod jobs;
 mod resource;
 mod rpc;
+mod rpc_detect;
 mod rpc_shaping;
 mod rpc_stream;
 
@@ -37,6 +38,8 @@ pub struct Node {
     pub events: EventBus,
     pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
+    /// Site-failure detection and leases (`[detect]`), if configured.
+    pub detect: Option<Arc<crate::detect::Detect>>,
 }
 
 impl Node {
@@ -109,6 +112,8 @@ pub enum DaemonError {
     Control(#[from] crate::control::ControlError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Detect(#[from] crate::detect::DetectError),
 }
 
 /// Run the node until SIGTERM/SIGINT.
@@ -128,15 +133,30 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         resources.push(Arc::new(r));
     }
     let jobs = jobs::Jobs::new(events.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    // Before the exports start: the fences must stand in front of the first write.
+    let detect = match &cfg.detect {
+        Some(dc) => Some(
+            crate::detect::Detect::start(
+                dc,
+                &resources,
+                events.clone(),
+                &mut tasks,
+                shutdown_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let node = Arc::new(Node {
         config: cfg.clone(),
         resources,
         events: events.clone(),
         jobs,
         started: std::time::Instant::now(),
+        detect,
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
     let nbd_budget = crate::frontend::nbd::PayloadBudget::default();
     for r in &node.resources {
         r.start_frontends(&mut tasks, shutdown_rx.clone(), &nbd_budget)

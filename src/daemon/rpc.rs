@@ -11,6 +11,7 @@
 //! | `connect` | `{resource, discard_my_data?}` | `{resource}` |
 //! | `disconnect` | `{resource}` | `{resource}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
+//! | `detect.status` | `{}` | sites, indicators, leases, etcd members (see `rpc_detect`) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -144,9 +145,11 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "primary", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.primary(bool_param(&params, "force"))
-            .await
-            .map_err(repl_error)?;
+        // With [detect]: no promotion without the scope's lease.
+        let lease = super::rpc_detect::take_lease(&n, rep.name()).await?;
+        let r = rep.primary(bool_param(&params, "force")).await;
+        super::rpc_detect::after_promotion(lease, r.is_ok()).await;
+        r.map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
     });
     add(&mut r, &node, "secondary", |n, params| async move {
@@ -176,5 +179,6 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     super::rpc_stream::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);
+    super::rpc_detect::register(&mut r, &node);
     r
 }

@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+pub mod dr;
 mod shaping;
 mod snapshot;
 mod status;
@@ -122,6 +123,9 @@ pub enum Command {
     Shaping(shaping::ShapingCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
+    /// Disaster recovery: protection plans, recover a plan at this site, fail back.
+    #[command(subcommand)]
+    Dr(dr::DrCmd),
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +252,7 @@ pub fn main() -> i32 {
         Command::Image(ref c) => stream::image(&cli.global, c),
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
+        Command::Dr(ref c) => dr::run(&cli.global, c),
     }
 }
 
@@ -395,6 +400,20 @@ fn check_config(g: &Global) -> i32 {
                         .as_ref()
                         .map_or("none".into(), |n| n.to_string()),
                     peer
+                );
+            }
+            for p in &c.plans {
+                println!(
+                    "plan {}: resources {}, template {}, cinder-host {}, stack {}",
+                    p.name,
+                    p.volumes
+                        .iter()
+                        .map(|v| v.resource.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    p.template.display(),
+                    p.cinder_host,
+                    p.stack_name
                 );
             }
             exit::OK

@@ -9,6 +9,7 @@
 //! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
+pub mod plan;
 pub mod shaping;
 pub mod units;
 
@@ -54,6 +55,10 @@ pub struct RawConfig {
     pub swift: Option<RawSwift>,
     pub stream: Option<RawStream>,
     pub shaping: Option<shaping::RawShaping>,
+    pub openstack: Option<plan::RawOpenStack>,
+    pub dr: Option<plan::RawDr>,
+    #[serde(default)]
+    pub plan: Vec<plan::RawPlan>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -93,6 +98,9 @@ pub struct RawNode {
     pub control_socket: Option<PathBuf>,
     /// Octal permission bits of the control socket, as a string ("0600") or a number.
     pub control_socket_mode: Option<String>,
+    /// The site (datacenter) the node is in; the recovery orchestrator recovers a plan on the
+    /// nodes of its own site. Default: the node's name (a site of its own).
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +260,15 @@ pub struct NodeConfig {
     pub stream: StreamConfig,
     pub shaping: crate::shaping::ShapingConfig,
     pub resync: crate::shaping::resync::ResyncTuning,
+    /// `[openstack]`: the backup site's cloud (Keystone v3); None: `OS_*` / `OS_CLOUD`.
+    pub openstack: Option<crate::stream::auth::SwiftAuth>,
+    pub dr: plan::DrConfig,
+    pub plans: Vec<plan::PlanConfig>,
+    /// Every node of the file with its site and control socket (the orchestrator reaches the
+    /// daemons of its site through them).
+    pub nodes: Vec<plan::NodeEntry>,
+    /// Every replicated resource of the file: name and its two nodes.
+    pub all_resources: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -464,6 +481,18 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
     let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
     let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
+    for (i, n) in raw.node.iter().enumerate() {
+        if let Some(s) = &n.site {
+            check_name(s).map_err(|r| invalid(format!("node[{i}].site"), r))?;
+        }
+    }
+    let openstack = raw
+        .openstack
+        .as_ref()
+        .map(|o| plan::openstack_auth(o, &invalid))
+        .transpose()?;
+    let dr = plan::dr_config(raw.dr.as_ref(), &invalid)?;
+    let plans = plan::plans(raw, &invalid)?;
     Ok(NodeConfig {
         file: file.to_owned(),
         node: node.to_owned(),
@@ -474,6 +503,15 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         stream,
         shaping,
         resync,
+        openstack,
+        dr,
+        plans,
+        nodes: plan::nodes(raw),
+        all_resources: raw
+            .resource
+            .iter()
+            .map(|r| (r.name.clone(), r.on.keys().cloned().collect()))
+            .collect(),
     })
 }
 

@@ -14,6 +14,7 @@ mod device;
 mod jobs;
 mod resource;
 mod rpc;
+mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
 

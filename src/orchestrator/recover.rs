@@ -148,7 +148,14 @@ impl<'a> Recovery<'a> {
                 continue;
             }
             j.begin(OP, step, Value::Null)?;
-            let vol = self.import(m, v.bootable, v.primary_id.as_deref()).await?;
+            let posted = self.import(m, v.bootable, v.primary_id.as_deref()).await?;
+            // A sub-step record (and crash point): the volume exists in Cinder now.
+            j.done(
+                OP,
+                &format!("manage:{}", m.resource),
+                json!({ "cinder_id": posted.id }),
+            )?;
+            let vol = self.wait_available(&m.resource, &posted.id).await?;
             j.done(
                 OP,
                 step,
@@ -167,7 +174,9 @@ impl<'a> Recovery<'a> {
         // 5. the stack
         *step = "stack".into();
         j.begin(OP, step, Value::Null)?;
-        let st = self.stack(&tpl, &params).await?;
+        let id = self.stack(&tpl, &params).await?;
+        j.done(OP, "stack-create", json!({ "stack_id": id }))?;
+        let st = self.wait_stack(&self.plan.stack_name, &id).await?;
         j.done(
             OP,
             step,
@@ -325,7 +334,7 @@ impl<'a> Recovery<'a> {
                     .await?
             }
         };
-        self.wait_available(&m.resource, &vol.id).await
+        Ok(vol)
     }
 
     async fn wait_available(&self, resource: &str, id: &str) -> Result<Volume, OrchError> {
@@ -422,7 +431,7 @@ impl<'a> Recovery<'a> {
         &self,
         tpl: &Value,
         params: &BTreeMap<String, String>,
-    ) -> Result<super::openstack::Stack, OrchError> {
+    ) -> Result<String, OrchError> {
         let name = &self.plan.stack_name;
         let id = match self.cloud.find_stack(name).await? {
             Some(s) if s.stack_status.ends_with("_FAILED") => {
@@ -443,7 +452,7 @@ impl<'a> Recovery<'a> {
             }
             None => self.create(name, tpl, params).await?,
         };
-        self.wait_stack(name, &id).await
+        Ok(id)
     }
 
     async fn create(

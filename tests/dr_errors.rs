@@ -48,12 +48,12 @@ fn recover_fails(s: &DrSites, want: &str, step: &str) {
 #[test]
 fn wrong_password_unknown_id_cinder_down_heat_down_then_resume() {
     need_openstack();
-    let bad_tpl = format!("{VOLUMES_TEMPLATE}  extra:\n    type: OS::Heat::Value\n    properties: {{value: {{volume_id: 9d0c6f5e-1b2a-4c3d-8e7f-0a1b2c3d4e5f}}}}\n");
-    let mut s = DrSites::start(
-        &bad_tpl.replace("value: {volume_id", "value: {volume_id"),
-        "",
-        "wrong-password",
+    // A resource that names a primary-site volume the plan does not protect.
+    let bad_tpl = VOLUMES_TEMPLATE.replace(
+        "outputs:",
+        "  extra:\n    type: OS::Heat::Value\n    properties: {value: {volume_id: 9d0c6f5e-1b2a-4c3d-8e7f-0a1b2c3d4e5f}}\noutputs:",
     );
+    let mut s = DrSites::start(&bad_tpl, "", "wrong-password");
     s.kill_primary_site();
 
     recover_fails(&s, "Keystone refused the credentials", "check");

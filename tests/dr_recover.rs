@@ -87,6 +87,12 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
     ));
     assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
     assert!(rep["rto_seconds"].as_f64().unwrap() > 0.0, "{rep}");
+    // RPO from the backup daemons' own record of the moment the link was lost.
+    assert!(rep["rpo_seconds"].as_f64().is_some(), "{rep}");
+    assert!(
+        rep["rpo"][&s.res[0]]["last_received_unix_ms"].is_u64(),
+        "{rep}"
+    );
     let names: Vec<&str> = rep["steps"]
         .as_array()
         .unwrap()

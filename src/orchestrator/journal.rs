@@ -49,10 +49,7 @@ pub struct Journal {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::repl::replicator::unix_ms()
 }
 
 impl Journal {

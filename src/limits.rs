@@ -350,3 +350,11 @@ pub const DR_CHECKPOINT_BYTES_MAX: u64 = 4 * 1024 * 1024;
 pub const DR_JOURNAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// How long fail back waits for a resync or a verify run to finish.
 pub const DR_FAILBACK_SYNC_TIMEOUT_MS: u64 = 3_600_000;
+
+// ---- remote control endpoint (src/control/tcp.rs) ----
+/// Time a TCP control client has to authenticate.
+pub const CONTROL_TCP_AUTH_TIMEOUT_MS: u64 = 5_000;
+/// Unauthenticated TCP control connections handled at once (more are dropped).
+pub const CONTROL_TCP_HANDSHAKES_MAX: usize = 8;
+/// Shortest token a TCP control endpoint accepts.
+pub const CONTROL_TCP_TOKEN_BYTES_MIN: usize = 16;

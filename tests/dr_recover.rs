@@ -29,6 +29,23 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
     let show = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
     assert_eq!(show["state"], "enabled", "{show}");
     assert_eq!(show["checkpoint_count"], 1, "{show}");
+    // b2 is reached over its TCP control endpoint: a wrong token is refused there.
+    let token = s.dir.path().join("control.token");
+    let good = std::fs::read(&token).unwrap();
+    std::fs::write(&token, "a-wrong-token-of-enough-bytes\n").unwrap();
+    let show = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+    assert!(
+        show["volumes"][1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused the token"),
+        "{show}"
+    );
+    assert_eq!(
+        show["volumes"][0]["disk"], "UpToDate",
+        "b1 (local socket) still answers: {show}"
+    );
+    std::fs::write(&token, good).unwrap();
 
     // Refused while the primary is alive and connected: no split brain.
     let out = s.drl(&["dr", "recover", &s.tag, "--confirm-primary-down"], &[]);

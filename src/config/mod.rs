@@ -101,6 +101,10 @@ pub struct RawNode {
     /// The site (datacenter) the node is in; the recovery orchestrator recovers a plan on the
     /// nodes of its own site. Default: the node's name (a site of its own).
     pub site: Option<String>,
+    /// The remote control endpoint `IP:PORT` (off by default; needs `control-token-file`).
+    pub control_tcp: Option<String>,
+    /// The shared token of the TCP control endpoint (a file only root can read).
+    pub control_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +259,8 @@ pub struct NodeConfig {
     pub node: String,
     pub control_socket: PathBuf,
     pub control_socket_mode: u32,
+    /// This node's TCP control endpoint and its token file, if configured.
+    pub control_tcp: Option<(SocketAddr, PathBuf)>,
     pub resources: Vec<ResourceConfig>,
     pub swift: Option<crate::stream::auth::SwiftAuth>,
     pub stream: StreamConfig,
@@ -486,6 +492,40 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             check_name(s).map_err(|r| invalid(format!("node[{i}].site"), r))?;
         }
     }
+    let mut tcp_of = std::collections::HashMap::new();
+    for (i, n) in raw.node.iter().enumerate() {
+        let ep = match (&n.control_tcp, &n.control_token_file) {
+            (None, None) => continue,
+            (Some(a), Some(f)) => {
+                let addr = a.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        format!("node[{i}].control-tcp"),
+                        format!("{a:?} is not IP:PORT ({e})"),
+                    )
+                })?;
+                if !f.is_absolute() {
+                    return Err(invalid(
+                        format!("node[{i}].control-token-file"),
+                        format!("{} must be an absolute path", f.display()),
+                    ));
+                }
+                (addr, f.clone())
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("node[{i}].control-token-file"),
+                    "control-tcp needs a token file (the endpoint is authenticated)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("node[{i}].control-tcp"),
+                    "control-token-file without control-tcp".into(),
+                ))
+            }
+        };
+        tcp_of.insert(n.name.clone(), ep);
+    }
     let openstack = raw
         .openstack
         .as_ref()
@@ -498,6 +538,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         node: node.to_owned(),
         control_socket,
         control_socket_mode,
+        control_tcp: tcp_of.get(node).cloned(),
         resources,
         swift,
         stream,
@@ -506,7 +547,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         openstack,
         dr,
         plans,
-        nodes: plan::nodes(raw),
+        nodes: plan::nodes(raw, &tcp_of),
         all_resources: raw
             .resource
             .iter()

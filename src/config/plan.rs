@@ -113,6 +113,8 @@ pub struct NodeEntry {
     pub name: String,
     pub site: String,
     pub control_socket: PathBuf,
+    /// The node's TCP control endpoint and token file, if it has one.
+    pub control_tcp: Option<(std::net::SocketAddr, PathBuf)>,
 }
 
 pub(super) fn openstack_auth(
@@ -173,7 +175,10 @@ pub(super) fn dr_config(
 }
 
 /// Every node of the file with its site.
-pub(super) fn nodes(raw: &RawConfig) -> Vec<NodeEntry> {
+pub(super) fn nodes(
+    raw: &RawConfig,
+    tcp: &std::collections::HashMap<String, (std::net::SocketAddr, PathBuf)>,
+) -> Vec<NodeEntry> {
     raw.node
         .iter()
         .map(|n| NodeEntry {
@@ -183,6 +188,7 @@ pub(super) fn nodes(raw: &RawConfig) -> Vec<NodeEntry> {
                 .control_socket
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(super::DEFAULT_CONTROL_SOCKET)),
+            control_tcp: tcp.get(&n.name).cloned(),
         })
         .collect()
 }

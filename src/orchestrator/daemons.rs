@@ -20,6 +20,8 @@ pub struct Member {
     /// The node at this site that holds the resource.
     pub node: String,
     pub socket: PathBuf,
+    /// The node's TCP control endpoint, used when the node is not the orchestrator's own.
+    pub tcp: Option<(std::net::SocketAddr, PathBuf)>,
     /// The node at the other site (the old primary).
     pub peer: String,
 }
@@ -58,16 +60,14 @@ pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchE
             .find(|n| n != node)
             .cloned()
             .unwrap_or_default();
-        let socket = cfg
-            .nodes
-            .iter()
-            .find(|e| &e.name == *node)
-            .map(|e| e.control_socket.clone())
-            .unwrap_or_default();
+        let entry = cfg.nodes.iter().find(|e| &e.name == *node);
         out.push(Member {
             resource: v.resource.clone(),
             node: (*node).clone(),
-            socket,
+            socket: entry.map(|e| e.control_socket.clone()).unwrap_or_default(),
+            tcp: entry
+                .and_then(|e| e.control_tcp.clone())
+                .filter(|_| **node != cfg.node),
             peer,
         });
     }
@@ -77,12 +77,22 @@ pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchE
 /// Call `method` on the daemon of `m`.
 pub async fn call(m: &Member, method: &str, params: Value) -> Result<Value, OrchError> {
     let what = format!("{method} {} on {}", m.resource, m.node);
-    let mut c = Client::connect(&m.socket)
-        .await
-        .map_err(|e| OrchError::Daemon {
-            call: what.clone(),
-            reason: e.to_string(),
-        })?;
+    let connected = match &m.tcp {
+        Some((addr, token_file)) => match crate::control::tcp::Token::from_file(token_file) {
+            Ok(t) => Client::connect_tcp(*addr, &t).await,
+            Err(e) => {
+                return Err(OrchError::Daemon {
+                    call: what,
+                    reason: format!("token of the TCP control endpoint: {e}"),
+                })
+            }
+        },
+        None => Client::connect(&m.socket).await,
+    };
+    let mut c = connected.map_err(|e| OrchError::Daemon {
+        call: what.clone(),
+        reason: e.to_string(),
+    })?;
     c.call(method, params).await.map_err(|e| OrchError::Daemon {
         call: what,
         reason: e.to_string(),

@@ -32,16 +32,16 @@ const OP: &str = "failback";
 
 /// The old primary's side of a member: same resource, the peer node's socket.
 fn peer_member(cfg: &NodeConfig, m: &Member) -> Result<Member, OrchError> {
-    let socket = cfg
+    let e = cfg
         .nodes
         .iter()
         .find(|n| n.name == m.peer)
-        .map(|n| n.control_socket.clone())
         .ok_or_else(|| OrchError::Config(format!("node {} is not listed", m.peer)))?;
     Ok(Member {
         resource: m.resource.clone(),
         node: m.peer.clone(),
-        socket,
+        socket: e.control_socket.clone(),
+        tcp: e.control_tcp.clone(),
         peer: m.node.clone(),
     })
 }

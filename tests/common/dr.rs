@@ -102,6 +102,10 @@ impl DrSites {
         let ids = [uuid(seed), uuid(seed.wrapping_add(1))];
         let tpl = template.replace("{ID0}", &ids[0]).replace("{ID1}", &ids[1]);
         std::fs::write(dir.path().join("plan.yaml"), tpl).unwrap();
+        let token = dir.path().join("control.token");
+        std::fs::write(&token, format!("{:032x}\n", rand::random::<u128>())).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let config = dir.path().join("drl.toml");
         std::fs::write(
             &config,
@@ -144,7 +148,18 @@ impl DrSites {
         let d = d.display();
         let mut s = String::new();
         for (n, site) in [("a1", "a"), ("b1", "b"), ("b2", "b")] {
-            s += &format!("[[node]]\nname = \"{n}\"\nsite = \"{site}\"\ncontrol-socket = \"{d}/{n}.sock\"\n\n");
+            s += &format!(
+                "[[node]]\nname = \"{n}\"\nsite = \"{site}\"\ncontrol-socket = \"{d}/{n}.sock\"\n"
+            );
+            if n == "b2" {
+                // b2 is reached over the authenticated TCP control endpoint (the
+                // orchestrator runs as b1), as a node on another host of the site would be.
+                s += &format!(
+                    "control-tcp = \"127.0.0.1:{}\"\ncontrol-token-file = \"{d}/control.token\"\n",
+                    free_port()
+                );
+            }
+            s += "\n";
         }
         for (i, (r, b)) in res.iter().zip(["b1", "b2"]).enumerate() {
             s += &format!(

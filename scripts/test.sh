@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run drl's whole test suite on a fresh machine: install what the tests need (Debian packages),
-# start a real one-node Swift on 127.0.0.1:8080, run every test of the workspace, stop Swift.
+# start a real one-node Swift on 127.0.0.1:8080 and a one-node OpenStack (Keystone :5050, Cinder,
+# Heat, Nova fake; scripts/openstack-aio.sh), run every test of the workspace, stop both.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -- FILTER  # only tests whose name matches FILTER (passed to cargo test)
@@ -19,9 +20,20 @@ need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin n
   fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
   etcdctl:etcd-client
 
+stops=()
+on_exit() { local s; for s in "${stops[@]}"; do eval "$s" || true; done; }
+trap on_exit EXIT
 if [ "${DRL_SKIP_SWIFT:-0}" != 1 ]; then
   "$here/swift-aio.sh" start --keystone
-  trap '"$here/swift-aio.sh" stop || true' EXIT
+  stops+=('"$here/swift-aio.sh" stop')
+fi
+# The DR orchestrator's tests (tests/dr_*.rs) run against a real Keystone + Cinder + Heat + Nova
+# (fake driver) from Debian's packages on 127.0.0.1 (Keystone on :5050, apart from swift-aio's
+# on :5000). DRL_SKIP_OPENSTACK=1 skips starting it: the dr_* tests then fail, saying so.
+if [ "${DRL_SKIP_OPENSTACK:-0}" != 1 ]; then
+  "$here/openstack-aio.sh" install --nova
+  stops+=('"$here/openstack-aio.sh" stop')
+  "$here/openstack-aio.sh" start --nova
 fi
 
 filter=()

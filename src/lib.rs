@@ -15,6 +15,7 @@
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
 //! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
+//! - [`orchestrator`]: protection plans, recovery through Cinder and Heat, fail back.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -27,6 +28,7 @@ pub mod detect;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;
+pub mod orchestrator;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

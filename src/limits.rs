@@ -376,3 +376,35 @@ const _: () = assert!(DETECT_PROBE_INTERVAL_MS_MIN <= DETECT_PROBE_INTERVAL_MS_D
 const _: () = assert!(
     DETECT_ETCD_REQUEST_TIMEOUT_MS < DETECT_LEASE_TTL_MS_MIN / DETECT_LEASE_RENEWS_PER_TTL_COUNT
 );
+// ---- recovery orchestrator (src/orchestrator) ----
+/// Largest answer read from Keystone, Cinder or Heat.
+pub const DR_API_RESPONSE_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Connect timeout of one OpenStack API call.
+pub const DR_API_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Whole-request timeout of one OpenStack API call.
+pub const DR_API_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// How long an imported volume may take to become `available`.
+pub const DR_IMPORT_TIMEOUT_MS: u64 = 300_000;
+/// How long a stack may take to reach `CREATE_COMPLETE` (Heat's own default timeout is 60 min;
+/// a recovery that has not finished after this is reported, and resumes on the next run).
+pub const DR_STACK_TIMEOUT_MS: u64 = 900_000;
+/// Interval of status polls of a volume or a stack.
+pub const DR_POLL_INTERVAL_MS: u64 = 250;
+/// Most volumes listed when looking up what an earlier run imported.
+pub const DR_VOLUMES_LISTED_COUNT_MAX: u32 = 1000;
+/// Largest HOT template a plan may hold.
+pub const DR_TEMPLATE_BYTES_MAX: u64 = 1024 * 1024;
+/// Largest checkpoint object read back.
+pub const DR_CHECKPOINT_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest recovery journal read back (a few hundred bytes per step).
+pub const DR_JOURNAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// How long fail back waits for a resync or a verify run to finish.
+pub const DR_FAILBACK_SYNC_TIMEOUT_MS: u64 = 3_600_000;
+
+// ---- remote control endpoint (src/control/tcp.rs) ----
+/// Time a TCP control client has to authenticate.
+pub const CONTROL_TCP_AUTH_TIMEOUT_MS: u64 = 5_000;
+/// Unauthenticated TCP control connections handled at once (more are dropped).
+pub const CONTROL_TCP_HANDSHAKES_MAX: usize = 8;
+/// Shortest token a TCP control endpoint accepts.
+pub const CONTROL_TCP_TOKEN_BYTES_MIN: usize = 16;

@@ -5,6 +5,7 @@
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
 mod detect;
+pub mod dr;
 mod shaping;
 mod snapshot;
 mod status;
@@ -126,6 +127,9 @@ pub enum Command {
     Detect(detect::DetectCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
+    /// Disaster recovery: protection plans, recover a plan at this site, fail back.
+    #[command(subcommand)]
+    Dr(dr::DrCmd),
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +257,7 @@ pub fn main() -> i32 {
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
         Command::Detect(ref c) => detect::run(&cli.global, c),
+        Command::Dr(ref c) => dr::run(&cli.global, c),
     }
 }
 
@@ -400,6 +405,20 @@ fn check_config(g: &Global) -> i32 {
                         .as_ref()
                         .map_or("none".into(), |n| n.to_string()),
                     peer
+                );
+            }
+            for p in &c.plans {
+                println!(
+                    "plan {}: resources {}, template {}, cinder-host {}, stack {}",
+                    p.name,
+                    p.volumes
+                        .iter()
+                        .map(|v| v.resource.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    p.template.display(),
+                    p.cinder_host,
+                    p.stack_name
                 );
             }
             exit::OK

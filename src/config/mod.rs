@@ -10,6 +10,7 @@
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
 pub mod detect;
+pub mod plan;
 pub mod shaping;
 pub mod units;
 
@@ -56,6 +57,10 @@ pub struct RawConfig {
     pub stream: Option<RawStream>,
     pub shaping: Option<shaping::RawShaping>,
     pub detect: Option<detect::RawDetect>,
+    pub openstack: Option<plan::RawOpenStack>,
+    pub dr: Option<plan::RawDr>,
+    #[serde(default)]
+    pub plan: Vec<plan::RawPlan>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -95,6 +100,13 @@ pub struct RawNode {
     pub control_socket: Option<PathBuf>,
     /// Octal permission bits of the control socket, as a string ("0600") or a number.
     pub control_socket_mode: Option<String>,
+    /// The site (datacenter) the node is in; the recovery orchestrator recovers a plan on the
+    /// nodes of its own site. Default: the node's name (a site of its own).
+    pub site: Option<String>,
+    /// The remote control endpoint `IP:PORT` (off by default; needs `control-token-file`).
+    pub control_tcp: Option<String>,
+    /// The shared token of the TCP control endpoint (a file only root can read).
+    pub control_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +261,8 @@ pub struct NodeConfig {
     pub node: String,
     pub control_socket: PathBuf,
     pub control_socket_mode: u32,
+    /// This node's TCP control endpoint and its token file, if configured.
+    pub control_tcp: Option<(SocketAddr, PathBuf)>,
     pub resources: Vec<ResourceConfig>,
     pub swift: Option<crate::stream::auth::SwiftAuth>,
     pub stream: StreamConfig,
@@ -256,6 +270,15 @@ pub struct NodeConfig {
     pub resync: crate::shaping::resync::ResyncTuning,
     /// `[detect]`; `None`: no detection, promotion is manual.
     pub detect: Option<detect::DetectConfig>,
+    /// `[openstack]`: the backup site's cloud (Keystone v3); None: `OS_*` / `OS_CLOUD`.
+    pub openstack: Option<crate::stream::auth::SwiftAuth>,
+    pub dr: plan::DrConfig,
+    pub plans: Vec<plan::PlanConfig>,
+    /// Every node of the file with its site and control socket (the orchestrator reaches the
+    /// daemons of its site through them).
+    pub nodes: Vec<plan::NodeEntry>,
+    /// Every replicated resource of the file: name and its two nodes.
+    pub all_resources: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -470,17 +493,73 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
     let detect =
         detect::detect_config(raw.detect.as_ref(), node, &node_names, &resources, &invalid)?;
+    for (i, n) in raw.node.iter().enumerate() {
+        if let Some(s) = &n.site {
+            check_name(s).map_err(|r| invalid(format!("node[{i}].site"), r))?;
+        }
+    }
+    let mut tcp_of = std::collections::HashMap::new();
+    for (i, n) in raw.node.iter().enumerate() {
+        let ep = match (&n.control_tcp, &n.control_token_file) {
+            (None, None) => continue,
+            (Some(a), Some(f)) => {
+                let addr = a.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        format!("node[{i}].control-tcp"),
+                        format!("{a:?} is not IP:PORT ({e})"),
+                    )
+                })?;
+                if !f.is_absolute() {
+                    return Err(invalid(
+                        format!("node[{i}].control-token-file"),
+                        format!("{} must be an absolute path", f.display()),
+                    ));
+                }
+                (addr, f.clone())
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("node[{i}].control-token-file"),
+                    "control-tcp needs a token file (the endpoint is authenticated)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("node[{i}].control-tcp"),
+                    "control-token-file without control-tcp".into(),
+                ))
+            }
+        };
+        tcp_of.insert(n.name.clone(), ep);
+    }
+    let openstack = raw
+        .openstack
+        .as_ref()
+        .map(|o| plan::openstack_auth(o, &invalid))
+        .transpose()?;
+    let dr = plan::dr_config(raw.dr.as_ref(), &invalid)?;
+    let plans = plan::plans(raw, &invalid)?;
     Ok(NodeConfig {
         file: file.to_owned(),
         node: node.to_owned(),
         control_socket,
         control_socket_mode,
+        control_tcp: tcp_of.get(node).cloned(),
         resources,
         swift,
         stream,
         shaping,
         resync,
         detect,
+        openstack,
+        dr,
+        plans,
+        nodes: plan::nodes(raw, &tcp_of),
+        all_resources: raw
+            .resource
+            .iter()
+            .map(|r| (r.name.clone(), r.on.keys().cloned().collect()))
+            .collect(),
     })
 }
 

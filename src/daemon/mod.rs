@@ -15,6 +15,7 @@ mod jobs;
 mod resource;
 mod rpc;
 mod rpc_detect;
+mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
 
@@ -114,6 +115,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("{0}")]
     Detect(#[from] crate::detect::DetectError),
+    #[error("control over TCP: {0}")]
+    ControlTcp(String),
 }
 
 /// Run the node until SIGTERM/SIGINT.
@@ -180,6 +183,16 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    if let Some((addr, token_file)) = &cfg.control_tcp {
+        let token =
+            crate::control::tcp::Token::from_file(token_file).map_err(DaemonError::ControlTcp)?;
+        let (addr, unix, rx) = (*addr, cfg.control_socket.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::control::tcp::serve(addr, token, unix, rx).await {
+                error!("control endpoint on TCP stopped: {e}");
+            }
+        });
+    }
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
 
     wait_for_signal().await.map_err(DaemonError::Signal)?;

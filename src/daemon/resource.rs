@@ -143,6 +143,11 @@ impl Resource {
     }
 
     /// The replication of this resource (None when it has no peer).
+    /// The resource's metadata (superblock flags, generations).
+    pub fn meta(&self) -> &Arc<MetaFile> {
+        &self.meta
+    }
+
     pub fn replicator(&self) -> Option<&Arc<Replicator>> {
         self.repl.as_ref()
     }
@@ -231,6 +236,7 @@ impl Resource {
             "out_of_sync_bytes": 0,
             "generation": { "current": format!("{:016X}", sb.gen.current), "bitmap": format!("{:016X}", sb.gen.bitmap) },
             "direct_io": self.disk.direct_io(),
+            "tracking_void": sb.has_flag(flags::TRACKING_VOID),
             "disk_path": self.cfg.local.disk,
             "meta_path": self.cfg.local.meta,
             "io": self.disk.stats().to_json(),

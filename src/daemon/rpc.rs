@@ -65,7 +65,7 @@ fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
         .ok_or_else(|| RpcError::invalid_params(format!("missing string parameter {key:?}")))
 }
 
-fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
+pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
     let name = str_param(params, "resource")?;
     node.resource(name)
         .cloned()
@@ -178,6 +178,7 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": rep.name() }))
     });
     super::rpc_stream::register(&mut r, &node);
+    super::rpc_dr::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);
     super::rpc_detect::register(&mut r, &node);
     r

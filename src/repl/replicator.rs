@@ -68,6 +68,9 @@ pub struct ReplStats {
     pub resync_zero_bytes: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub connects: AtomicU64,
+    /// Wall clock (unix ms) of the last write received from the peer (the DR orchestrator's
+    /// RPO: what the backup had when the link was lost).
+    pub last_received_unix_ms: AtomicU64,
 }
 
 /// Live state, under one lock.
@@ -101,6 +104,8 @@ pub(crate) struct State {
     pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
     /// The last verify run this node drove.
     pub verify_last: Option<crate::repl::verify::VerifyReport>,
+    /// What this node knew when its last session ended (status `link_lost`).
+    pub link_lost: Option<serde_json::Value>,
 }
 
 /// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
@@ -244,6 +249,7 @@ impl Replicator {
                 verify_peer: None,
                 verify_tx: None,
                 verify_last: None,
+                link_lost: None,
             }),
             wake: Notify::new(),
             changed: Notify::new(),
@@ -602,4 +608,12 @@ impl Replicator {
             ahead: true,
         });
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -337,6 +337,7 @@ impl Replicator {
             "verify": st.verify.as_ref().map(verify_json),
             "verify_peer": st.verify_peer.as_ref().map(verify_json),
             "verify_last": st.verify_last,
+            "link_lost": st.link_lost,
             "last_error": st.last_error,
             "protocol_errors": g(&self.stats.protocol_errors),
             "connects": g(&self.stats.connects),

@@ -696,6 +696,7 @@ impl Session<'_> {
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
+        let lag_ms = self.link.tracker().lag_ms(rep.now_ms());
         let lost = self.link.tracker().on_disconnect();
         let was_replicating = {
             let st = rep.state();
@@ -734,6 +735,15 @@ impl Session<'_> {
             st.verify_tx = None;
             st.verify_peer = None;
             st.resync_started = None;
+            let last = rep.stats.last_received_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
+            st.link_lost = Some(serde_json::json!({
+                "at_unix_ms": crate::repl::replicator::unix_ms(),
+                "role": rep.meta.superblock().role.as_str(),
+                "lag_ms": lag_ms,
+                "unacked_writes": lost.writes,
+                "unacked_bytes": lost.bytes,
+                "last_received_unix_ms": if last == 0 { serde_json::Value::Null } else { last.into() },
+            }));
             st.conn = if st.standalone {
                 ConnState::StandAlone
             } else {

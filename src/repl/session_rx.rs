@@ -72,6 +72,9 @@ impl Session<'_> {
         // Not idle from the moment a write is received (online verify reads only when idle).
         self.link.rx_idle.store(false, Ordering::Release);
         rep.stats.received_bytes.fetch_add(len, Ordering::Relaxed);
+        rep.stats
+            .last_received_unix_ms
+            .store(crate::repl::replicator::unix_ms(), Ordering::Relaxed);
         self.feed(RxEvent::Write {
             seq,
             epoch,

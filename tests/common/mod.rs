@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod detect;
+pub mod dr;
 pub mod nbd_client;
 pub mod pair;
 pub mod proxy;

@@ -13,6 +13,7 @@
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`metrics`]: the Prometheus exposition and its HTTP endpoint; atomic latency histograms.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;
+pub mod metrics;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

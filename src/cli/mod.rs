@@ -4,6 +4,7 @@
 //! Socket resolution, first match wins: `--socket PATH`, `$DRL_SOCKET`, the control socket that
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
+mod gen;
 mod shaping;
 mod snapshot;
 mod status;
@@ -122,6 +123,9 @@ pub enum Command {
     Shaping(shaping::ShapingCmd),
     /// Check a config file and print what this node would run.
     CheckConfig,
+    /// Generate man pages and shell completions (for packagers).
+    #[command(subcommand)]
+    Gen(gen::GenCmd),
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +252,7 @@ pub fn main() -> i32 {
         Command::Image(ref c) => stream::image(&cli.global, c),
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
+        Command::Gen(ref c) => gen::run(c),
     }
 }
 

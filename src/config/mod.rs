@@ -9,6 +9,7 @@
 //! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
+pub mod ops;
 pub mod shaping;
 pub mod units;
 
@@ -54,6 +55,7 @@ pub struct RawConfig {
     pub swift: Option<RawSwift>,
     pub stream: Option<RawStream>,
     pub shaping: Option<shaping::RawShaping>,
+    pub tls: Option<ops::RawTls>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -93,6 +95,12 @@ pub struct RawNode {
     pub control_socket: Option<PathBuf>,
     /// Octal permission bits of the control socket, as a string ("0600") or a number.
     pub control_socket_mode: Option<String>,
+    /// Prometheus metrics endpoint, `IP:PORT` (see [`ops`]).
+    pub metrics_listen: Option<String>,
+    /// This node's certificate (PEM) for TLS on the replication link.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +123,8 @@ pub struct RawResource {
     pub after_sb_1pri: Option<String>,
     /// Split-brain recovery with no Primary: "disconnect" (default) or "discard-zero-changes".
     pub after_sb_0pri: Option<String>,
+    /// TLS on the replication link; a resource with TLS refuses cleartext peers.
+    pub tls: Option<bool>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -203,6 +213,8 @@ pub struct ResourceConfig {
     pub peer: Option<Placement>,
     /// Replication settings (used when `peer` is set).
     pub repl: ReplConfig,
+    /// TLS on the replication link (`tls = true`; needs [`NodeConfig::tls`]).
+    pub tls: bool,
 }
 
 /// Replication settings of one resource.
@@ -252,6 +264,10 @@ pub struct NodeConfig {
     pub stream: StreamConfig,
     pub shaping: crate::shaping::ShapingConfig,
     pub resync: crate::shaping::resync::ResyncTuning,
+    /// Prometheus metrics endpoint (`metrics-listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's TLS files (`[tls] ca`, `tls-cert`, `tls-key`).
+    pub tls: Option<ops::TlsFiles>,
 }
 
 #[derive(Clone, Debug)]
@@ -327,6 +343,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             })?,
     };
 
+    let metrics_listen = ops::metrics_listen(me, &invalid)?;
+    let tls = ops::tls_files(raw, me, &invalid)?;
     let mut resources = Vec::new();
     let mut res_names = HashSet::new();
     let mut paths: HashSet<PathBuf> = HashSet::new();
@@ -445,6 +463,15 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
         }
         let repl = repl_config(r, &key, &invalid)?;
+        let res_tls = r.tls.unwrap_or(false);
+        ops::check_resource_tls(
+            &r.name,
+            res_tls,
+            peer.is_some(),
+            tls.as_ref(),
+            node,
+            &invalid,
+        )?;
         resources.push(ResourceConfig {
             name: r.name.clone(),
             size_bytes: size,
@@ -454,6 +481,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             local,
             peer,
             repl,
+            tls: res_tls,
         });
     }
     let swift = raw
@@ -474,6 +502,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         stream,
         shaping,
         resync,
+        metrics_listen,
+        tls,
     })
 }
 

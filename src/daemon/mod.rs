@@ -12,10 +12,12 @@
 
 mod device;
 mod jobs;
+mod metrics;
 mod resource;
 mod rpc;
 mod rpc_shaping;
 mod rpc_stream;
+pub mod sd_notify;
 
 pub use resource::Resource;
 
@@ -107,6 +109,8 @@ pub enum DaemonError {
     },
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -160,10 +164,24 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    if let Some(addr) = cfg.metrics_listen {
+        let n = node.clone();
+        let render = move || {
+            let n = n.clone();
+            async move { crate::metrics::render(metrics::gather(&n).await) }
+        };
+        let serve = crate::metrics::serve(addr, render, shutdown_rx.clone()).await?;
+        tasks.spawn(serve);
+    }
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
+    sd_notify::ready(&format!("{} resources", node.resources.len()));
+    if let Some(every) = sd_notify::watchdog_interval() {
+        tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));
+    }
 
     wait_for_signal().await.map_err(DaemonError::Signal)?;
     info!("shutting down: draining in-flight I/O");
+    sd_notify::stopping();
     let _ = shutdown_tx.send(true);
     node.jobs.abort_all();
     let drain = async {

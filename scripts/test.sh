@@ -14,7 +14,8 @@ cd "$top"
 . "$here/lib.sh"
 
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
-  fio:fio tc:iproute2 nft:nftables prometheus:prometheus promtool:prometheus curl:curl
+  fio:fio tc:iproute2 nft:nftables prometheus:prometheus promtool:prometheus curl:curl \
+  systemd-analyze:systemd
 
 if [ "${DRL_SKIP_SWIFT:-0}" != 1 ]; then
   "$here/swift-aio.sh" start --keystone

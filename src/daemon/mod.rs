@@ -111,6 +111,8 @@ pub enum DaemonError {
     Control(#[from] crate::control::ControlError),
     #[error("{0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::repl::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -122,6 +124,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let mut resources = Vec::new();
     crate::shaping::node().set_config(cfg.shaping.clone());
     crate::shaping::resync::set_tuning(cfg.resync.clone());
+    crate::repl::tls::init(cfg.tls.as_ref(), &cfg.node)?;
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await

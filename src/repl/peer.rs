@@ -69,7 +69,7 @@ impl PeerError {
     /// The TLS refusal this error is, if any (for the per-reason count).
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            PeerError::Tls { reason, .. } => Some(*reason),
+            PeerError::Tls { reason, .. } if *reason != Refusal::Closed => Some(*reason),
             _ => None,
         }
     }

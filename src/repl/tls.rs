@@ -209,6 +209,9 @@ pub enum Refusal {
     RefusedByPeer,
     /// Any other TLS failure.
     TlsError,
+    /// The connection ended before the TLS handshake finished: the peer may not be up yet
+    /// (or closed on TLS it does not expect); logged, not counted as a refusal.
+    Closed,
 }
 
 impl Refusal {
@@ -222,6 +225,7 @@ impl Refusal {
             Refusal::PeerUsesTls => "peer_uses_tls",
             Refusal::RefusedByPeer => "refused_by_peer",
             Refusal::TlsError => "tls_error",
+            Refusal::Closed => "closed",
         }
     }
 }
@@ -309,7 +313,7 @@ pub async fn accept(
         Ok(1) if first[0] == 0x16 => {}
         Ok(0) => {
             return Err(TlsFailure {
-                refusal: Refusal::TlsError,
+                refusal: Refusal::Closed,
                 message: "closed before the TLS handshake".into(),
             })
         }
@@ -359,7 +363,7 @@ fn failure(e: &std::io::Error, eof: &str) -> TlsFailure {
     match explain_io(e) {
         Some((refusal, message)) => TlsFailure { refusal, message },
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => TlsFailure {
-            refusal: Refusal::TlsError,
+            refusal: Refusal::Closed,
             message: eof.to_owned(),
         },
         None => TlsFailure {

@@ -52,7 +52,8 @@ pub struct Global {
     /// Control socket of the daemon (default: from --config, else /run/drl/drl.sock).
     #[arg(long, global = true, env = "DRL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Config file, used to find the control socket (and by `daemon`).
+    /// Config file, used to find the control socket (and by `daemon`); default
+    /// /etc/drl/drl.toml when it exists.
     #[arg(
         long,
         short = 'c',
@@ -203,7 +204,14 @@ pub mod exit {
 
 /// Parse the command line and run; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.global.config.is_none() {
+        // A packaged node keeps its config here: `drl status` works without --config.
+        let default = std::path::Path::new(config::DEFAULT_CONFIG_FILE);
+        if default.exists() {
+            cli.global.config = Some(default.to_owned());
+        }
+    }
     match cli.cmd {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),

@@ -22,6 +22,9 @@ pub use units::{ByteSize, DurationMs};
 
 use crate::limits;
 
+/// The config file `drl` reads when no --config (or $DRL_CONFIG) is given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/drl/drl.toml";
+
 /// Where the control socket lives when the config names none.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drl/drl.sock";
 

@@ -154,3 +154,53 @@ fn a_cleartext_peer_and_a_foreign_ca_peer_are_refused_and_counted() {
         },
     );
 }
+
+#[test]
+fn check_config_and_start_refuse_an_unusable_own_certificate() {
+    let certs = tempfile::Builder::new()
+        .prefix("drl-ops-tls-cc")
+        .tempdir()
+        .unwrap();
+    let ca = Ca::new("drl test CA");
+    let d = certs.path();
+    let opts = tls_opts(d, &ca);
+    let cfg = pair_config(
+        d,
+        &opts,
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "s",
+    );
+    let path = d.join("drl.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let cc = |node: &str| {
+        std::process::Command::new(common::drl_bin())
+            .args(["check-config", "--node", node, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let ok = cc("a");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tls: "));
+    // a's certificate expires: check-config says so, and the daemon refuses to start.
+    ca.issue(d, "a", "a", true);
+    let bad = cc("a");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("a.crt") && err.contains("validity period"),
+        "{err}"
+    );
+    let start = std::process::Command::new(common::drl_bin())
+        .args(["daemon", "--node", "a", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!start.status.success());
+    assert!(String::from_utf8_lossy(&start.stderr).contains("validity period"));
+}

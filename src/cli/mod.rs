@@ -410,6 +410,22 @@ fn check_config(g: &Global) -> i32 {
                     peer
                 );
             }
+            if let Some(m) = c.metrics_listen {
+                println!("metrics: http://{m}/metrics");
+            }
+            if let Some(t) = &c.tls {
+                // The same checks as at start: readable, signed by the CA, valid now, named.
+                if let Err(e) = crate::repl::tls::load(t, &c.node) {
+                    eprintln!("drl: TLS: {e}");
+                    return exit::USAGE;
+                }
+                println!(
+                    "tls: {} for node {} (ca {})",
+                    t.cert.display(),
+                    c.node,
+                    t.ca.display()
+                );
+            }
             exit::OK
         }
         Err(e) => {

@@ -362,10 +362,19 @@ pub async fn accept(
 fn failure(e: &std::io::Error, eof: &str) -> TlsFailure {
     match explain_io(e) {
         Some((refusal, message)) => TlsFailure { refusal, message },
-        None if e.kind() == std::io::ErrorKind::UnexpectedEof => TlsFailure {
-            refusal: Refusal::Closed,
-            message: eof.to_owned(),
-        },
+        None if matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        ) =>
+        {
+            TlsFailure {
+                refusal: Refusal::Closed,
+                message: format!("{eof} ({e})"),
+            }
+        }
         None => TlsFailure {
             refusal: Refusal::TlsError,
             message: e.to_string(),

@@ -106,3 +106,86 @@ pub fn check_resource_tls(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, validate, NodeConfig};
+    use std::path::Path;
+
+    /// The issue's TLS example, as written, on a two-node resource.
+    const TLS: &str = r#"
+[tls]
+ca = "/etc/drl/ca.crt"
+
+[[node]]
+name = "site-a"
+tls-cert = "/etc/drl/site-a.crt"     # CN or SAN = the node name
+tls-key = "/etc/drl/site-a.key"
+metrics-listen = "127.0.0.1:9942"
+
+[[node]]
+name = "site-b"
+
+[[resource]]
+name = "r0"
+size = "256MiB"
+secret = "s"
+tls = true                           # a resource with tls refuses cleartext peers
+
+[resource.on.site-a]
+address = "127.0.0.1:7789"
+disk = "/tmp/a.img"
+meta = "/tmp/a.meta"
+
+[resource.on.site-b]
+address = "127.0.0.1:7790"
+disk = "/tmp/b.img"
+meta = "/tmp/b.meta"
+"#;
+
+    fn check(text: &str, node: &str) -> Result<NodeConfig, String> {
+        let f = Path::new("t.toml");
+        parse(f, text)
+            .and_then(|r| validate(f, &r, node))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_issue_example_works_as_written() {
+        let c = check(TLS, "site-a").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9942".parse().unwrap()));
+        let t = c.tls.unwrap();
+        assert_eq!(t.ca, Path::new("/etc/drl/ca.crt"));
+        assert_eq!(t.cert, Path::new("/etc/drl/site-a.crt"));
+        assert!(c.resources[0].tls);
+    }
+
+    #[test]
+    fn bad_ops_keys_are_refused_with_the_key() {
+        // site-b has no certificate: its resource with tls = true cannot start.
+        let e = check(TLS, "site-b").unwrap_err();
+        assert!(
+            e.contains("resource.r0.tls") && e.contains("\"site-b\""),
+            "{e}"
+        );
+        let e = check(&TLS.replace("127.0.0.1:9942", "localhost"), "site-a").unwrap_err();
+        assert!(e.contains("node.site-a.metrics-listen"), "{e}");
+        let e = check(
+            &TLS.replace("tls-key = \"/etc/drl/site-a.key\"", ""),
+            "site-a",
+        )
+        .unwrap_err();
+        assert!(e.contains("node.site-a.tls-key"), "{e}");
+        let e = check(
+            &TLS.replace("\"/etc/drl/site-a.crt\"", "\"site-a.crt\""),
+            "site-a",
+        )
+        .unwrap_err();
+        assert!(e.contains("not an absolute path"), "{e}");
+        let e = check(&TLS.replace("tls = true ", "tls = \"yes\""), "site-a").unwrap_err();
+        assert!(e.contains("tls"), "{e}");
+        // Without `tls = true` the node's certificate is simply unused.
+        let c = check(&TLS.replace("tls = true ", ""), "site-b").unwrap();
+        assert!(!c.resources[0].tls && c.tls.is_none());
+    }
+}

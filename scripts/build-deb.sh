@@ -66,7 +66,7 @@ deb=$(cargo deb "${args[@]}" 2>&1 | tee /dev/stderr | tail -n 1)
 [ -f "$deb" ] || die "cargo deb did not produce a package (last line: $deb)"
 if [ "$check" = 1 ]; then
     if command -v lintian >/dev/null; then
-        lintian --no-tag-display-limit "$deb" >&2 || warn "lintian reported problems (above)"
+        lintian --tag-display-limit 0 "$deb" >&2 || warn "lintian reported problems (above)"
     else
         warn "lintian is not installed: skipped (apt-get install lintian)"
     fi

@@ -2,7 +2,7 @@
 //! (`--profile dev --prebuilt`, so no second build), and the .deb installs with dpkg into a
 //! fresh root (this machine's own system is left alone), runs `drl --version` and
 //! `drl check-config` on the shipped example, verifies its unit and man pages, and removes
-//! cleanly.
+//! cleanly; lintian finds no error or warning.
 
 mod common;
 
@@ -18,7 +18,7 @@ fn dpkg(root: &Path, args: &[&str]) -> String {
 
 #[test]
 fn the_deb_installs_runs_and_removes() {
-    for c in ["dpkg", "dpkg-deb"] {
+    for c in ["dpkg", "dpkg-deb", "lintian"] {
         need(c);
     }
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -61,6 +61,24 @@ fn the_deb_installs_runs_and_removes() {
             "{f} is not in the package:\n{listing}"
         );
     }
+
+    // Debian's policy checker: no error or warning (overrides name the two accepted ones).
+    let lint = Command::new("lintian")
+        .args([
+            "--tag-display-limit",
+            "0",
+            "--fail-on",
+            "error,warning",
+            &deb,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "lintian:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     let root = tempfile::Builder::new()
         .prefix("drl-ops-deb")

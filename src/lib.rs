@@ -14,6 +14,7 @@
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
 //! - [`metrics`]: the Prometheus exposition and its HTTP endpoint; atomic latency histograms.
+//! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drill;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;

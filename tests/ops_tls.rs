@@ -85,7 +85,10 @@ fn a_cleartext_peer_and_a_foreign_ca_peer_are_refused_and_counted() {
         .tempdir()
         .unwrap();
     let ca = Ca::new("drl test CA");
-    let mut p = Pair::start(tls_opts(certs.path(), &ca));
+    let mut opts = tls_opts(certs.path(), &ca);
+    let metrics_b = free_port();
+    opts.extra_node_keys[1] += &format!("metrics-listen = \"127.0.0.1:{metrics_b}\"\n");
+    let mut p = Pair::start(opts);
     p.force_primary_and_sync("a");
 
     // a (the initiator) comes back without TLS: b refuses it as cleartext.
@@ -105,6 +108,24 @@ fn a_cleartext_peer_and_a_foreign_ca_peer_are_refused_and_counted() {
     );
     let a = res(p.node("a"), "r0").unwrap();
     assert_ne!(a["connection"], "Connected", "{a}");
+    // ... and in b's metrics.
+    let m = common::run(
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{metrics_b}/metrics")),
+    );
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "drl_replication_peer_refused_total{resource=\"r0\",reason=\"cleartext\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("no cleartext refusal in b's metrics:\n{m}"));
+    assert!(
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0,
+        "{line}"
+    );
 
     // a comes back with TLS but a certificate (and CA) of its own: it refuses b's certificate
     // (unknown CA), and b hears a's alert.

@@ -13,6 +13,7 @@
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`metrics`]: the Prometheus exposition and its HTTP endpoint; atomic latency histograms.
 //! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
 //! - [`orchestrator`]: protection plans, recovery through Cinder and Heat, fail back.
@@ -29,6 +30,7 @@ pub mod frontend;
 pub mod limits;
 pub mod logrl;
 pub mod orchestrator;
+pub mod metrics;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

@@ -408,3 +408,13 @@ pub const CONTROL_TCP_AUTH_TIMEOUT_MS: u64 = 5_000;
 pub const CONTROL_TCP_HANDSHAKES_MAX: usize = 8;
 /// Shortest token a TCP control endpoint accepts.
 pub const CONTROL_TCP_TOKEN_BYTES_MIN: usize = 16;
+// ---- operations: metrics endpoint, systemd, TLS ----
+
+/// Concurrent connections to the metrics endpoint; more wait in the kernel's backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 8;
+/// Bytes of an HTTP request head the metrics endpoint reads before it refuses the request.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// A metrics request must arrive and its answer be written within this time.
+pub const METRICS_IO_TIMEOUT_MS: u64 = 5_000;
+/// A TLS certificate or key file larger than this is refused (a PEM chain is a few KiB).
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;

@@ -6,6 +6,7 @@
 
 mod detect;
 pub mod dr;
+mod gen;
 mod shaping;
 mod snapshot;
 mod status;
@@ -53,7 +54,8 @@ pub struct Global {
     /// Control socket of the daemon (default: from --config, else /run/drl/drl.sock).
     #[arg(long, global = true, env = "DRL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Config file, used to find the control socket (and by `daemon`).
+    /// Config file, used to find the control socket (and by `daemon`); default
+    /// /etc/drl/drl.toml when it exists.
     #[arg(
         long,
         short = 'c',
@@ -130,6 +132,9 @@ pub enum Command {
     /// Disaster recovery: protection plans, recover a plan at this site, fail back.
     #[command(subcommand)]
     Dr(dr::DrCmd),
+    /// Generate man pages and shell completions (for packagers).
+    #[command(subcommand)]
+    Gen(gen::GenCmd),
 }
 
 #[derive(Args, Debug)]
@@ -207,7 +212,14 @@ pub mod exit {
 
 /// Parse the command line and run; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.global.config.is_none() {
+        // A packaged node keeps its config here: `drl status` works without --config.
+        let default = std::path::Path::new(config::DEFAULT_CONFIG_FILE);
+        if default.exists() {
+            cli.global.config = Some(default.to_owned());
+        }
+    }
     match cli.cmd {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
@@ -258,6 +270,7 @@ pub fn main() -> i32 {
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
         Command::Detect(ref c) => detect::run(&cli.global, c),
         Command::Dr(ref c) => dr::run(&cli.global, c),
+        Command::Gen(ref c) => gen::run(c),
     }
 }
 
@@ -419,6 +432,22 @@ fn check_config(g: &Global) -> i32 {
                     p.template.display(),
                     p.cinder_host,
                     p.stack_name
+                );
+            }
+            if let Some(m) = c.metrics_listen {
+                println!("metrics: http://{m}/metrics");
+            }
+            if let Some(t) = &c.tls {
+                // The same checks as at start: readable, signed by the CA, valid now, named.
+                if let Err(e) = crate::repl::tls::load(t, &c.node) {
+                    eprintln!("drl: TLS: {e}");
+                    return exit::USAGE;
+                }
+                println!(
+                    "tls: {} for node {} (ca {})",
+                    t.cert.display(),
+                    c.node,
+                    t.ca.display()
                 );
             }
             exit::OK

@@ -11,6 +11,7 @@
 
 pub mod detect;
 pub mod plan;
+pub mod ops;
 pub mod shaping;
 pub mod units;
 
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub use units::{ByteSize, DurationMs};
 
 use crate::limits;
+
+/// The config file `drl` reads when no --config (or $DRL_CONFIG) is given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/drl/drl.toml";
 
 /// Where the control socket lives when the config names none.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drl/drl.sock";
@@ -61,6 +65,7 @@ pub struct RawConfig {
     pub dr: Option<plan::RawDr>,
     #[serde(default)]
     pub plan: Vec<plan::RawPlan>,
+    pub tls: Option<ops::RawTls>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -107,6 +112,12 @@ pub struct RawNode {
     pub control_tcp: Option<String>,
     /// The shared token of the TCP control endpoint (a file only root can read).
     pub control_token_file: Option<PathBuf>,
+    /// Prometheus metrics endpoint, `IP:PORT` (see [`ops`]).
+    pub metrics_listen: Option<String>,
+    /// This node's certificate (PEM) for TLS on the replication link.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +140,8 @@ pub struct RawResource {
     pub after_sb_1pri: Option<String>,
     /// Split-brain recovery with no Primary: "disconnect" (default) or "discard-zero-changes".
     pub after_sb_0pri: Option<String>,
+    /// TLS on the replication link; a resource with TLS refuses cleartext peers.
+    pub tls: Option<bool>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -217,6 +230,8 @@ pub struct ResourceConfig {
     pub peer: Option<Placement>,
     /// Replication settings (used when `peer` is set).
     pub repl: ReplConfig,
+    /// TLS on the replication link (`tls = true`; needs [`NodeConfig::tls`]).
+    pub tls: bool,
 }
 
 /// Replication settings of one resource.
@@ -279,6 +294,10 @@ pub struct NodeConfig {
     pub nodes: Vec<plan::NodeEntry>,
     /// Every replicated resource of the file: name and its two nodes.
     pub all_resources: Vec<(String, Vec<String>)>,
+    /// Prometheus metrics endpoint (`metrics-listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's TLS files (`[tls] ca`, `tls-cert`, `tls-key`).
+    pub tls: Option<ops::TlsFiles>,
 }
 
 #[derive(Clone, Debug)]
@@ -354,6 +373,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             })?,
     };
 
+    let metrics_listen = ops::metrics_listen(me, &invalid)?;
+    let tls = ops::tls_files(raw, me, &invalid)?;
     let mut resources = Vec::new();
     let mut res_names = HashSet::new();
     let mut paths: HashSet<PathBuf> = HashSet::new();
@@ -472,6 +493,15 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
         }
         let repl = repl_config(r, &key, &invalid)?;
+        let res_tls = r.tls.unwrap_or(false);
+        ops::check_resource_tls(
+            &r.name,
+            res_tls,
+            peer.is_some(),
+            tls.as_ref(),
+            node,
+            &invalid,
+        )?;
         resources.push(ResourceConfig {
             name: r.name.clone(),
             size_bytes: size,
@@ -481,6 +511,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             local,
             peer,
             repl,
+            tls: res_tls,
         });
     }
     let swift = raw
@@ -560,6 +591,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             .iter()
             .map(|r| (r.name.clone(), r.on.keys().cloned().collect()))
             .collect(),
+        metrics_listen,
+        tls,
     })
 }
 

@@ -12,12 +12,14 @@
 
 mod device;
 mod jobs;
+mod metrics;
 mod resource;
 mod rpc;
 mod rpc_detect;
 mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
+pub mod sd_notify;
 
 pub use resource::Resource;
 
@@ -111,6 +113,10 @@ pub enum DaemonError {
     },
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::repl::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("{0}")]
@@ -126,6 +132,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let mut resources = Vec::new();
     crate::shaping::node().set_config(cfg.shaping.clone());
     crate::shaping::resync::set_tuning(cfg.resync.clone());
+    crate::repl::tls::init(cfg.tls.as_ref(), &cfg.node)?;
     for rc in &cfg.resources {
         let r = Resource::open(rc, &cfg.node, events.clone())
             .await
@@ -193,10 +200,24 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         });
     }
+    if let Some(addr) = cfg.metrics_listen {
+        let n = node.clone();
+        let render = move || {
+            let n = n.clone();
+            async move { crate::metrics::render(metrics::gather(&n).await) }
+        };
+        let serve = crate::metrics::serve(addr, render, shutdown_rx.clone()).await?;
+        tasks.spawn(serve);
+    }
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
+    sd_notify::ready(&format!("{} resources", node.resources.len()));
+    if let Some(every) = sd_notify::watchdog_interval() {
+        tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));
+    }
 
     wait_for_signal().await.map_err(DaemonError::Signal)?;
     info!("shutting down: draining in-flight I/O");
+    sd_notify::stopping();
     let _ = shutdown_tx.send(true);
     node.jobs.abort_all();
     let drain = async {

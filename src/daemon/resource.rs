@@ -138,6 +138,19 @@ impl Resource {
         self.dev.snapshots()
     }
 
+    /// Copy-on-write space of the resource's snapshots (`snapshot-space`).
+    pub fn snapshots_space_bytes(&self) -> u64 {
+        self.cfg.snapshot_space_bytes
+    }
+
+    /// The NBD export's counters, once it is started.
+    pub fn nbd_stats(&self) -> Option<Arc<NbdStats>> {
+        self.nbd_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn events(&self) -> &EventBus {
         &self.events
     }

@@ -41,6 +41,7 @@ pub mod resync;
 pub mod service;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod verify;
 pub mod wire;
 

@@ -340,6 +340,8 @@ impl Replicator {
             "link_lost": st.link_lost,
             "last_error": st.last_error,
             "protocol_errors": g(&self.stats.protocol_errors),
+            "tls": self.cfg.tls,
+            "peer_refused": crate::repl::tls::refused_json(&self.name),
             "connects": g(&self.stats.connects),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),

@@ -237,7 +237,7 @@ pub(crate) async fn run(
 }
 
 async fn writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: crate::repl::peer::PeerWrite,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     link: Arc<Link>,
 ) {
@@ -418,7 +418,7 @@ impl Session<'_> {
 
     async fn main_loop(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        rd: &mut crate::repl::peer::PeerRead,
         dec: &mut crate::repl::wire::Decoder,
         rbuf: &mut BytesMut,
         applying: &mut futures::stream::FuturesUnordered<Applying>,

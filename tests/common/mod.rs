@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod dr;
+pub mod certs;
 pub mod nbd_client;
 pub mod pair;
 pub mod proxy;

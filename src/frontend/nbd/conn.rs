@@ -82,16 +82,26 @@ enum Body {
 struct Inflight {
     bytes: u64,
     stats: Arc<NbdStats>,
+    /// For the latency histogram: the request's kind and when it was complete.
+    kind: Kind,
+    start: std::time::Instant,
     /// Its bytes of the daemon-wide budget; returned when this is dropped.
     _grant: Option<OwnedSemaphorePermit>,
 }
 
 impl Inflight {
-    fn new(bytes: u64, stats: &Arc<NbdStats>, grant: Option<OwnedSemaphorePermit>) -> Self {
+    fn new(
+        kind: Kind,
+        bytes: u64,
+        stats: &Arc<NbdStats>,
+        grant: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         stats.requests_inflight.fetch_add(1, Relaxed);
         Inflight {
             bytes,
             stats: stats.clone(),
+            kind,
+            start: std::time::Instant::now(),
             _grant: grant,
         }
     }
@@ -99,6 +109,8 @@ impl Inflight {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
+        // Dropped once the reply is written (or the connection gave up on it).
+        self.stats.observe(self.kind, self.start.elapsed());
         self.stats.requests_inflight.fetch_sub(1, Relaxed);
     }
 }
@@ -281,7 +293,7 @@ where
                     } = std::mem::replace(&mut next, Next::Header)
                     {
                         bytes += u64::from(len);
-                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
+                        let inflight = Inflight::new(kind, u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(
                             ctx.dev.clone(),
                             cookie,
@@ -355,7 +367,7 @@ where
                         Ok(n) => {
                             count += 1;
                             if let Next::Skip { cookie, kind, err, len: 0 } = n {
-                                let inflight = Inflight::new(0, stats, None);
+                                let inflight = Inflight::new(kind, 0, stats, None);
                                 queued.push(Reply { cookie, kind, body: Err(err), inflight });
                             } else {
                                 next = n;
@@ -364,14 +376,14 @@ where
                         Err(e) => end = Some(Ok(e)),
                     },
                     (Got::Payload(buf), Next::Budget { cookie, kind, cmd, len }) => {
-                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
+                        let inflight = Inflight::new(kind, u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight)));
                     }
                     (Got::Skipped(n), Next::Skip { cookie, kind, err, len }) => {
                         if n < len {
                             end = Some(Ok(End::ClientClosed));
                         } else {
-                            let inflight = Inflight::new(0, stats, None);
+                            let inflight = Inflight::new(kind, 0, stats, None);
                             queued.push(Reply { cookie, kind, body: Err(err), inflight });
                         }
                     }

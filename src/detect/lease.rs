@@ -257,6 +257,7 @@ impl Scope {
                 self.release("demoted to Secondary").await;
             }
             was_primary = primary;
+            let mut round_ok = true;
             let holding = {
                 let mut lease = self.lease.lock().await;
                 let r = match *lease {
@@ -275,6 +276,7 @@ impl Scope {
                     }
                     _ => {}
                 }
+                round_ok = r.is_ok();
                 if let Err(e) = r {
                     crate::warn_rl!(self.rl, resource = %self.resource, "lease: {e}");
                     self.set_view(|v| v.last_error = Some(e.to_string()));
@@ -300,8 +302,10 @@ impl Scope {
                 }
             }
             fence_was_open = open && primary;
-            // Wake up for the next renewal, and right after the fence deadline (its event).
-            let mut wait = if holding { renew } else { poll };
+            // Wake up for the next renewal (soon again after a failed one: a renewal that
+            // waited a whole interval after a cut could come too late for the lease), and
+            // right after the fence deadline (its event).
+            let mut wait = if holding && round_ok { renew } else { poll };
             if let Some(t) = self.fence.open_until_instant() {
                 let left = t.saturating_duration_since(Instant::now());
                 if open && left < wait {

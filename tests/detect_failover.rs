@@ -316,3 +316,35 @@ fn isolation_bursts_shorter_than_the_lease_promote_nothing() {
         evs.iter().filter(|e| is_site(e, "site-a", "suspected")).count()
     );
 }
+
+/// With `auto-promote = false` the backup takes the lease when site A dies but leaves the
+/// promotion to the orchestrator: the `lease takeover` event with `held_by_me` is its signal,
+/// and its `primary` then finds the key already held.
+#[test]
+fn without_auto_promote_the_backup_holds_the_lease_for_the_orchestrator() {
+    let bed = Bed::up("orch");
+    let (a, b) = bed.start_pair_primary_a(TTL_S, "auto-promote = false");
+    let tap = EventsTap::start(&b);
+    bed.sh(&["kill-site", "a"]);
+    wait_for("B holds the lease", &[&a, &b], || {
+        tap.contains("\"takeover\"") && scope(&b, "r0").is_some_and(|s| s["held_by_me"] == true)
+    });
+    let e = first_event(&events(&tap.text()), |e| is_lease(e, "takeover"))
+        .unwrap()
+        .1;
+    assert_eq!(e["name"], "r0");
+    assert_eq!(e["fields"]["held_by_me"], true, "{e}");
+    assert_eq!(
+        role(&b).as_deref(),
+        Some("Secondary"),
+        "no promotion by detection"
+    );
+    let out = b.cli(&["primary", "r0", "--force"]);
+    assert!(
+        out.status.success(),
+        "the orchestrator's promotion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(role(&b).as_deref(), Some("Primary"));
+    assert_eq!(scope(&b, "r0").unwrap()["holder"], "site-b");
+}

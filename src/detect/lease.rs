@@ -419,6 +419,19 @@ impl Scope {
         Ok(())
     }
 
+    /// Before promoting with the key held: a silent cut is noticed by the replication session
+    /// only when its timeouts run out, and until then it still sees the old Primary. This node
+    /// holds the lease, so the old Primary fenced itself before its lease expired: drop that
+    /// session (the service reconnects at once, and the handshake decides the resync).
+    pub async fn drop_stale_session(&self) {
+        let stale = self.repl.state().peer_role == Some(Role::Primary);
+        if stale && self.view().held_by_me {
+            tracing::info!(resource = %self.resource, peer = %self.peer_node, "dropping the session with the old Primary before promoting");
+            self.repl.disconnect().await;
+            let _ = self.repl.connect(false);
+        }
+    }
+
     /// Promote after a takeover; tried again every round until it works (or the key goes).
     async fn try_promote(&self) {
         if !self.promote_pending.load(Ordering::Acquire) {
@@ -428,16 +441,7 @@ impl Scope {
             self.promote_pending.store(false, Ordering::Release);
             return;
         }
-        // A silent cut is noticed by the replication session only when its timeouts run out;
-        // until then it still sees the old Primary. This node holds the lease, so the old
-        // Primary fenced itself before its lease expired: drop that session (the service
-        // reconnects at once, and the handshake decides the resync).
-        let stale = self.repl.state().peer_role == Some(Role::Primary);
-        if stale {
-            tracing::info!(resource = %self.resource, peer = %self.peer_node, "dropping the session with the old Primary before promoting");
-            self.repl.disconnect().await;
-            let _ = self.repl.connect(false);
-        }
+        self.drop_stale_session().await;
         match self.repl.primary(true).await {
             Ok(()) => {
                 self.promote_pending.store(false, Ordering::Release);

@@ -75,8 +75,8 @@ fn site_a_dies_b_suspects_takes_the_lease_and_promotes() {
 
 /// Only the A–B link is cut; both still reach the witness. B suspects A, but the key stays with
 /// A (its lease keeps being renewed through the witness's member): no promotion, A keeps
-/// serving writes, replication resumes after the cut heals. Then the witness alone goes away:
-/// A and B are still a majority, A keeps its lease.
+/// serving writes, replication resumes after the cut heals. Then the witness alone goes away,
+/// then answers slowly: A and B are still a majority, A keeps its lease.
 #[test]
 fn a_cut_between_the_sites_alone_moves_nothing() {
     let bed = Bed::up("cut");
@@ -136,6 +136,29 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
     );
     assert_eq!(role(&b).as_deref(), Some("Secondary"));
     assert_eq!(role(&a).as_deref(), Some("Primary"));
+    // The witness comes back, but answers slowly (its link shaped to 16 kbit/s).
+    bed.sh(&["heal"]);
+    bed.sh(&["slow", "w", "16kbit"]);
+    let t_s = unix_ms();
+    wait_for(
+        "A renewed its lease for two TTLs with a slow witness",
+        &[&a, &b],
+        || {
+            scope(&a, "r0").is_some_and(|s| {
+                s["held_by_me"] == true
+                    && s["fence_open"] == true
+                    && s["renewed_unix_ms"].as_u64().unwrap_or(0) > t_s + 2 * TTL_S * 1000
+            })
+        },
+    );
+    assert_eq!(role(&b).as_deref(), Some("Secondary"));
+    assert_eq!(role(&a).as_deref(), Some("Primary"));
+    let evs = events(&tap.text());
+    assert!(
+        first_event(&evs, |e| is_lease(e, "takeover") || is_lease(e, "promoted")).is_none(),
+        "no takeover without the witness or with a slow one:\n{}",
+        tap.text()
+    );
 }
 
 /// A is isolated from B and from the witness while a writer writes through NBD, timestamping

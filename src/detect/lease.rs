@@ -257,8 +257,7 @@ impl Scope {
                 self.release("demoted to Secondary").await;
             }
             was_primary = primary;
-            let mut round_ok = true;
-            let holding = {
+            let (holding, round_ok) = {
                 let mut lease = self.lease.lock().await;
                 let r = match *lease {
                     Some(id) => self.renew(&mut lease, id).await,
@@ -276,12 +275,12 @@ impl Scope {
                     }
                     _ => {}
                 }
-                round_ok = r.is_ok();
+                let round_ok = r.is_ok();
                 if let Err(e) = r {
                     crate::warn_rl!(self.rl, resource = %self.resource, "lease: {e}");
                     self.set_view(|v| v.last_error = Some(e.to_string()));
                 }
-                lease.is_some()
+                (lease.is_some(), round_ok)
             };
             if holding {
                 self.try_promote().await;

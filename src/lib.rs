@@ -13,6 +13,7 @@
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drill;
 pub mod detect;
 pub mod frontend;
 pub mod limits;

@@ -11,6 +11,8 @@
 #   scripts/detect-testbed.sh kill-site SITE       kill -9 every process in SITE's namespace, link down
 #   scripts/detect-testbed.sh revive-site SITE     link up again (processes are the caller's)
 #   scripts/detect-testbed.sh flap X-Y SECONDS [PERIOD_MS]   cut and heal every PERIOD_MS (300)
+#   scripts/detect-testbed.sh slow SITE RATE|off   shape the router's link towards SITE (tc tbf, e.g.
+#                                                  16kbit: a site that answers slowly)
 #   scripts/detect-testbed.sh exec SITE CMD...     run CMD inside SITE
 #   scripts/detect-testbed.sh addr SITE            print SITE's address
 #   scripts/detect-testbed.sh down                 remove everything
@@ -31,7 +33,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 . "$(dirname "$0")/lib.sh"
-need_pkgs ip:iproute2 nft:nftables etcd:etcd-server ping:iputils-ping
+need_pkgs ip:iproute2 tc:iproute2 nft:nftables etcd:etcd-server ping:iputils-ping
 
 ns_of() { case "$1" in a | b | w) echo "$P-$1" ;; *) die "site must be a, b or w, not $1" ;; esac; }
 net_of() { case "$1" in a) echo 0 ;; b) echo 16 ;; w) echo 32 ;; esac; }
@@ -144,7 +146,15 @@ case "$cmd" in
   kill-site) kill_site "$1" ;;
   revive-site) ip -n "$R" link set "r$1" up ;;
   flap) flap "$@" ;;
+  slow)
+    ns_of "$1" >/dev/null
+    if [ "$2" = off ]; then
+      tc -n "$R" qdisc del dev "r$1" root 2>/dev/null || true
+    else
+      tc -n "$R" qdisc replace dev "r$1" root tbf rate "$2" burst 4kb latency 2s
+    fi
+    ;;
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
-  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::detect::{
     events, first_event, is_lease, is_site, scope, site_health, unix_ms, wait_for, Bed,
@@ -74,8 +75,8 @@ fn site_a_dies_b_suspects_takes_the_lease_and_promotes() {
 
 /// Only the A–B link is cut; both still reach the witness. B suspects A, but the key stays with
 /// A (its lease keeps being renewed through the witness's member): no promotion, A keeps
-/// serving writes, replication resumes after the cut heals. Then the witness alone goes away:
-/// A and B are still a majority, A keeps its lease.
+/// serving writes, replication resumes after the cut heals. Then the witness alone goes away,
+/// then answers slowly: A and B are still a majority, A keeps its lease.
 #[test]
 fn a_cut_between_the_sites_alone_moves_nothing() {
     let bed = Bed::up("cut");
@@ -135,6 +136,29 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
     );
     assert_eq!(role(&b).as_deref(), Some("Secondary"));
     assert_eq!(role(&a).as_deref(), Some("Primary"));
+    // The witness comes back, but answers slowly (its link shaped to 16 kbit/s).
+    bed.sh(&["heal"]);
+    bed.sh(&["slow", "w", "16kbit"]);
+    let t_s = unix_ms();
+    wait_for(
+        "A renewed its lease for two TTLs with a slow witness",
+        &[&a, &b],
+        || {
+            scope(&a, "r0").is_some_and(|s| {
+                s["held_by_me"] == true
+                    && s["fence_open"] == true
+                    && s["renewed_unix_ms"].as_u64().unwrap_or(0) > t_s + 2 * TTL_S * 1000
+            })
+        },
+    );
+    assert_eq!(role(&b).as_deref(), Some("Secondary"));
+    assert_eq!(role(&a).as_deref(), Some("Primary"));
+    let evs = events(&tap.text());
+    assert!(
+        first_event(&evs, |e| is_lease(e, "takeover") || is_lease(e, "promoted")).is_none(),
+        "no takeover without the witness or with a slow one:\n{}",
+        tap.text()
+    );
 }
 
 /// A is isolated from B and from the witness while a writer writes through NBD, timestamping
@@ -253,4 +277,97 @@ fn a_flapping_link_between_the_sites_promotes_nothing_and_converges() {
         .filter(|e| is_site(e, "site-a", "suspected"))
         .count();
     println!("B suspected site-a {suspicions} times during 12 s of flapping");
+}
+
+/// Bursts of total isolation of the Primary's site, each shorter than the lease (1.5 s of a
+/// 3 s TTL), while a writer writes: the key never moves (0 false promotions); a burst that
+/// outlasts the fence margin only holds A's writes (suspend-io) until the next renewal gets
+/// through, and the writer goes on after the last burst; replication converges.
+#[test]
+fn isolation_bursts_shorter_than_the_lease_promote_nothing() {
+    let bed = Bed::up("burst");
+    let (a, b) = bed.start_pair_primary_a(TTL_S, "");
+    let tap = EventsTap::start(&b);
+    let acks: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acks, stop) = (acks.clone(), stop.clone());
+        let sock = bed.d().join("a/r0.nbd");
+        std::thread::spawn(move || {
+            let mut c = NbdClient::connect(&sock).unwrap();
+            let block = vec![0xa5u8; 4096];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                c.write((i % 1024) * 4096, &block)
+                    .expect("no write fails: suspend-io holds them");
+                acks.lock().unwrap().push(unix_ms());
+                i += 1;
+            }
+        })
+    };
+    for _ in 0..5 {
+        bed.sh(&["isolate", "a"]);
+        let t = std::time::Instant::now();
+        // The burst itself is the fault being injected, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(1500).saturating_sub(t.elapsed()));
+        bed.sh(&["heal"]);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let t_end = unix_ms();
+    wait_for(
+        "A writes again after the bursts, in sync",
+        &[&a, &b],
+        || {
+            acks.lock().unwrap().last().is_some_and(|&t| t > t_end)
+                && res(&b, "r0").is_some_and(|r| in_sync(&r) && r["role"] == "Secondary")
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(role(&a).as_deref(), Some("Primary"));
+    let evs = events(&tap.text());
+    assert!(
+        first_event(&evs, |e| is_lease(e, "takeover") || is_lease(e, "promoted")).is_none(),
+        "a false promotion:\n{}",
+        tap.text()
+    );
+    let s = scope(&a, "r0").unwrap();
+    println!(
+        "5 bursts of 1.5 s: {} writes acknowledged, {} held at A's fence, B suspected site-a {} times",
+        acks.lock().unwrap().len(),
+        s["fenced_writes"],
+        evs.iter().filter(|e| is_site(e, "site-a", "suspected")).count()
+    );
+}
+
+/// With `auto-promote = false` the backup takes the lease when site A dies but leaves the
+/// promotion to the orchestrator: the `lease takeover` event with `held_by_me` is its signal,
+/// and its `primary` then finds the key already held.
+#[test]
+fn without_auto_promote_the_backup_holds_the_lease_for_the_orchestrator() {
+    let bed = Bed::up("orch");
+    let (a, b) = bed.start_pair_primary_a(TTL_S, "auto-promote = false");
+    let tap = EventsTap::start(&b);
+    bed.sh(&["kill-site", "a"]);
+    wait_for("B holds the lease", &[&a, &b], || {
+        tap.contains("\"takeover\"") && scope(&b, "r0").is_some_and(|s| s["held_by_me"] == true)
+    });
+    let e = first_event(&events(&tap.text()), |e| is_lease(e, "takeover"))
+        .unwrap()
+        .1;
+    assert_eq!(e["name"], "r0");
+    assert_eq!(e["fields"]["held_by_me"], true, "{e}");
+    assert_eq!(
+        role(&b).as_deref(),
+        Some("Secondary"),
+        "no promotion by detection"
+    );
+    let out = b.cli(&["primary", "r0", "--force"]);
+    assert!(
+        out.status.success(),
+        "the orchestrator's promotion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(role(&b).as_deref(), Some("Primary"));
+    assert_eq!(scope(&b, "r0").unwrap()["holder"], "site-b");
 }

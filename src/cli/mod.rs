@@ -88,7 +88,9 @@ pub enum Command {
     ///
     /// Refused while the peer is Primary. `--force` promotes data that is not UpToDate (the
     /// first promotion of a new pair, which starts the initial full sync) or a node whose peer
-    /// is unreachable (failover; starts a new data generation).
+    /// is unreachable (failover; starts a new data generation). With `[detect]` the node first
+    /// takes the resource's lease in etcd: refused while another node holds it or while no
+    /// majority of etcd members answers.
     Primary(PrimaryArgs),
     /// Demote a resource to Secondary (read-only; receives the peer's writes).
     Secondary(ResArgs),

@@ -39,7 +39,10 @@ pub(super) async fn take_lease(
         return Ok(None);
     };
     match scope.acquire_for_promotion().await {
-        Ok(new) => Ok(Some((scope, new))),
+        Ok(new) => {
+            scope.drop_stale_session().await;
+            Ok(Some((scope, new)))
+        }
         Err(e @ AcquireError::HeldBy { .. }) => Err(RpcError::state_refused(format!(
             "{e}: promotion refused (demote it there first, or wait until its lease expires)"
         ))),

@@ -257,7 +257,7 @@ impl Scope {
                 self.release("demoted to Secondary").await;
             }
             was_primary = primary;
-            let holding = {
+            let (holding, round_ok) = {
                 let mut lease = self.lease.lock().await;
                 let r = match *lease {
                     Some(id) => self.renew(&mut lease, id).await,
@@ -275,11 +275,12 @@ impl Scope {
                     }
                     _ => {}
                 }
+                let round_ok = r.is_ok();
                 if let Err(e) = r {
                     crate::warn_rl!(self.rl, resource = %self.resource, "lease: {e}");
                     self.set_view(|v| v.last_error = Some(e.to_string()));
                 }
-                lease.is_some()
+                (lease.is_some(), round_ok)
             };
             if holding {
                 self.try_promote().await;
@@ -300,8 +301,10 @@ impl Scope {
                 }
             }
             fence_was_open = open && primary;
-            // Wake up for the next renewal, and right after the fence deadline (its event).
-            let mut wait = if holding { renew } else { poll };
+            // Wake up for the next renewal (soon again after a failed one: a renewal that
+            // waited a whole interval after a cut could come too late for the lease), and
+            // right after the fence deadline (its event).
+            let mut wait = if holding && round_ok { renew } else { poll };
             if let Some(t) = self.fence.open_until_instant() {
                 let left = t.saturating_duration_since(Instant::now());
                 if open && left < wait {
@@ -415,6 +418,19 @@ impl Scope {
         Ok(())
     }
 
+    /// Before promoting with the key held: a silent cut is noticed by the replication session
+    /// only when its timeouts run out, and until then it still sees the old Primary. This node
+    /// holds the lease, so the old Primary fenced itself before its lease expired: drop that
+    /// session (the service reconnects at once, and the handshake decides the resync).
+    pub async fn drop_stale_session(&self) {
+        let stale = self.repl.state().peer_role == Some(Role::Primary);
+        if stale && self.view().held_by_me {
+            tracing::info!(resource = %self.resource, peer = %self.peer_node, "dropping the session with the old Primary before promoting");
+            self.repl.disconnect().await;
+            let _ = self.repl.connect(false);
+        }
+    }
+
     /// Promote after a takeover; tried again every round until it works (or the key goes).
     async fn try_promote(&self) {
         if !self.promote_pending.load(Ordering::Acquire) {
@@ -424,16 +440,7 @@ impl Scope {
             self.promote_pending.store(false, Ordering::Release);
             return;
         }
-        // A silent cut is noticed by the replication session only when its timeouts run out;
-        // until then it still sees the old Primary. This node holds the lease, so the old
-        // Primary fenced itself before its lease expired: drop that session (the service
-        // reconnects at once, and the handshake decides the resync).
-        let stale = self.repl.state().peer_role == Some(Role::Primary);
-        if stale {
-            tracing::info!(resource = %self.resource, peer = %self.peer_node, "dropping the session with the old Primary before promoting");
-            self.repl.disconnect().await;
-            let _ = self.repl.connect(false);
-        }
+        self.drop_stale_session().await;
         match self.repl.primary(true).await {
             Ok(()) => {
                 self.promote_pending.store(false, Ordering::Release);

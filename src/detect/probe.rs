@@ -192,7 +192,7 @@ impl Responder {
         if d.kind != Kind::Probe {
             return Err(Reject::Malformed("an answer where a probe was expected"));
         }
-        if !self.known.iter().any(|k| *k == d.name) {
+        if !self.known.contains(&d.name) {
             return Err(Reject::Unknown(d.name));
         }
         if now_unix_ms.abs_diff(d.unix_ms) > DETECT_PROBE_CLOCK_SKEW_MS_MAX {

@@ -358,3 +358,7 @@ pub const CONTROL_TCP_AUTH_TIMEOUT_MS: u64 = 5_000;
 pub const CONTROL_TCP_HANDSHAKES_MAX: usize = 8;
 /// Shortest token a TCP control endpoint accepts.
 pub const CONTROL_TCP_TOKEN_BYTES_MIN: usize = 16;
+/// Shortest interval of a plan's snapshot schedule (`[[plan]] snapshot-every`).
+pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
+/// Scheduled snapshots kept per resource when `keep` is not given.
+pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;

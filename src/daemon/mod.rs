@@ -17,6 +17,7 @@ mod rpc;
 mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
+mod schedule;
 
 pub use resource::Resource;
 
@@ -163,6 +164,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    schedule::spawn(&node, &mut tasks, shutdown_rx.clone());
     if let Some((addr, token_file)) = &cfg.control_tcp {
         let token =
             crate::control::tcp::Token::from_file(token_file).map_err(DaemonError::ControlTcp)?;

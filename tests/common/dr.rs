@@ -303,7 +303,11 @@ impl Drop for DrSites {
                 }
             }
         }
-        for v in self.volumes() {
+        let vols = r.block_on(c.list_volumes()).unwrap_or_default();
+        for v in vols
+            .into_iter()
+            .filter(|v| v.metadata.get("drl-plan") == Some(&self.tag))
+        {
             let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
             let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
         }

@@ -103,6 +103,7 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
         &[],
     ));
     assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
+    eprintln!("recovery report: {rep}");
     assert!(rep["rto_seconds"].as_f64().unwrap() > 0.0, "{rep}");
     // RPO from the backup daemons' own record of the moment the link was lost.
     assert!(rep["rpo_seconds"].as_f64().is_some(), "{rep}");

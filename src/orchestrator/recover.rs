@@ -141,21 +141,27 @@ impl<'a> Recovery<'a> {
             self.promote_all().await?;
             j.done(OP, step, json!({ "resources": self.members.iter().map(|m| &m.resource).collect::<Vec<_>>() }))?;
         }
-        // 3. import each volume
+        // 3. import each volume: every manage request first (Cinder imports them side by
+        //    side), then wait for each; a volume's step ends when it is available.
+        let mut posted = Vec::new();
         for (m, v) in self.members.iter().zip(&self.plan.volumes) {
             *step = format!("import:{}", m.resource);
             if j.done_data(OP, step).is_some() {
                 continue;
             }
             j.begin(OP, step, Value::Null)?;
-            let posted = self.import(m, v.bootable, v.primary_id.as_deref()).await?;
+            let vol = self.import(m, v.bootable, v.primary_id.as_deref()).await?;
             // A sub-step record (and crash point): the volume exists in Cinder now.
             j.done(
                 OP,
                 &format!("manage:{}", m.resource),
-                json!({ "cinder_id": posted.id }),
+                json!({ "cinder_id": vol.id }),
             )?;
-            let vol = self.wait_available(&m.resource, &posted.id).await?;
+            posted.push((m, vol.id));
+        }
+        for (m, id) in posted {
+            *step = format!("import:{}", m.resource);
+            let vol = self.wait_available(&m.resource, &id).await?;
             j.done(
                 OP,
                 step,
@@ -587,7 +593,18 @@ impl<'a> Recovery<'a> {
     ) -> Result<Report, OrchError> {
         let d = |s: &str| journal::done_data(records, OP, s);
         let stack = d("stack");
-        let t_first = records.iter().find(|r| r.op == OP).map(|r| r.ts_ms);
+        // The decision: the start of the check that let the recovery through (refused
+        // attempts before it were no decision to recover).
+        let first_ok = records
+            .iter()
+            .position(|r| r.op == OP && r.step == "check" && r.phase == journal::Phase::Done);
+        let t_first = first_ok.and_then(|i| {
+            records[..i]
+                .iter()
+                .rev()
+                .find(|r| r.op == OP && r.step == "check" && r.phase == journal::Phase::Begin)
+                .map(|r| r.ts_ms)
+        });
         let t_stack = records
             .iter()
             .rev()

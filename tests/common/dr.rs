@@ -311,8 +311,14 @@ impl Drop for DrSites {
             let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
             let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
         }
-        for rname in &self.res {
-            let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("drl-{rname}")));
+        // Every link into this test's directory (drl-RES, and volume-<id> that Cinder renamed
+        // and left behind at unmanage).
+        if let Ok(entries) = std::fs::read_dir(EXPORT) {
+            for e in entries.flatten() {
+                if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(self.dir.path())) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 }

@@ -418,3 +418,7 @@ pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
 pub const METRICS_IO_TIMEOUT_MS: u64 = 5_000;
 /// A TLS certificate or key file larger than this is refused (a PEM chain is a few KiB).
 pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Shortest interval of a plan's snapshot schedule (`[[plan]] snapshot-every`).
+pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
+/// Scheduled snapshots kept per resource when `keep` is not given.
+pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;

@@ -103,6 +103,7 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
         &[],
     ));
     assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
+    eprintln!("recovery report: {rep}");
     assert!(rep["rto_seconds"].as_f64().unwrap() > 0.0, "{rep}");
     // RPO from the backup daemons' own record of the moment the link was lost.
     assert!(rep["rpo_seconds"].as_f64().is_some(), "{rep}");
@@ -280,4 +281,42 @@ fn kill9_after_each_step_resumes_to_one_volume_per_resource_and_one_stack() {
     ));
     assert_eq!(again["stack_id"], rep["stack_id"]);
     assert_eq!(s.volumes().len(), 2);
+}
+
+#[test]
+fn the_daemon_takes_the_plans_scheduled_snapshots_and_keeps_the_newest() {
+    let s = DrSites::start(
+        VOLUMES_TEMPLATE,
+        "snapshot-every = \"1s\"\nkeep = 2\n",
+        KS_PASSWORD,
+    );
+    let prefix = format!("{}-", s.tag);
+    let scheduled = |n: &common::Node, r: &str| -> (Vec<String>, usize) {
+        let v: serde_json::Value =
+            serde_json::from_str(&s.ok(n, &["snapshot", "list", r, "--json"])).unwrap();
+        let live = v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["name"].as_str())
+            .filter(|x| x.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        (live, v["tombstones"].as_array().map_or(0, Vec::len))
+    };
+    // At least four ticks: two kept, two or more deleted (as tombstones), on both resources.
+    wait_until("four scheduled snapshots taken, two kept", WAIT, || {
+        s.res.iter().all(|r| {
+            let (live, dead) = scheduled(&s.a1, r);
+            live.len() == 2 && dead >= 2
+        })
+    });
+    for (i, r) in s.res.iter().enumerate() {
+        let (live, _) = scheduled(&s.a1, r);
+        assert!(live.len() <= 2, "{live:?}");
+        assert!(
+            scheduled(s.backup(i), r).0.is_empty(),
+            "no snapshots on the Secondary"
+        );
+    }
 }

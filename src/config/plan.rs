@@ -53,6 +53,11 @@ pub struct RawPlan {
     pub cinder_export_dir: Option<PathBuf>,
     /// The share as Cinder names it (default `127.0.0.1:<cinder-export-dir>`).
     pub cinder_share: Option<String>,
+    /// Take a snapshot of every resource of the plan this often (on the node where it is
+    /// Primary), in the daemon.
+    pub snapshot_every: Option<DurationMs>,
+    /// Scheduled snapshots kept per resource (the oldest are deleted).
+    pub keep: Option<u32>,
     #[serde(default)]
     pub volume: BTreeMap<String, RawPlanVolume>,
 }
@@ -95,6 +100,8 @@ pub struct PlanConfig {
     pub stack_name: String,
     pub cinder_export_dir: Option<PathBuf>,
     pub cinder_share: Option<String>,
+    /// (interval ms, snapshots kept) of the daemon's snapshot schedule.
+    pub snapshots: Option<(u64, usize)>,
 }
 
 /// `[dr]`, validated.
@@ -279,6 +286,36 @@ pub(super) fn plans(
                 ));
             }
         }
+        let snapshots = match (p.snapshot_every, p.keep) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(key("keep"), "keep without snapshot-every".into()))
+            }
+            (Some(every), keep) => {
+                if every.0 < crate::limits::DR_SNAPSHOT_EVERY_MS_MIN {
+                    return Err(invalid(
+                        key("snapshot-every"),
+                        format!(
+                            "{} ms: at least {} ms",
+                            every.0,
+                            crate::limits::DR_SNAPSHOT_EVERY_MS_MIN
+                        ),
+                    ));
+                }
+                let keep = keep.unwrap_or(crate::limits::DR_SNAPSHOT_KEEP_DEFAULT) as usize;
+                if keep == 0 || keep >= crate::limits::SNAPSHOTS_PER_RESOURCE_MAX {
+                    return Err(invalid(
+                        key("keep"),
+                        format!(
+                            "{keep}: 1 to {} (a resource holds at most {} snapshots)",
+                            crate::limits::SNAPSHOTS_PER_RESOURCE_MAX - 1,
+                            crate::limits::SNAPSHOTS_PER_RESOURCE_MAX
+                        ),
+                    ));
+                }
+                Some((every.0, keep))
+            }
+        };
         let mut volumes = Vec::new();
         for r in &p.resources {
             let v = p.volume.get(r);
@@ -324,6 +361,7 @@ pub(super) fn plans(
                     .map(|d| format!("127.0.0.1:{}", d.display()))
             }),
             cinder_export_dir: p.cinder_export_dir.clone(),
+            snapshots,
         });
     }
     Ok(out)

@@ -443,6 +443,27 @@ fn bad_plans_name_key_and_reason() {
         "site-b",
     );
     assert!(e.contains("bootabel"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "keep = 3")),
+        "site-b",
+    );
+    assert!(
+        e.contains("plan.web.keep") && e.contains("without snapshot-every"),
+        "{e}"
+    );
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "snapshot-every = \"10ms\"")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.snapshot-every"), "{e}");
+    let c = check(
+        &with_r1(
+            &PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "snapshot-every = \"60m\"\nkeep = 5"),
+        ),
+        "site-b",
+    )
+    .unwrap();
+    assert_eq!(c.plans[0].snapshots, Some((3_600_000, 5)));
     // A resource that is not replicated cannot be recovered elsewhere.
     let solo = format!("{}\n[[resource]]\nname = \"r1\"\nsize = \"256MiB\"\n[resource.on.site-a]\ndisk = \"/tmp/drl/a/r1.img\"\nmeta = \"/tmp/drl/a/r1.meta\"\n{PLAN_EXAMPLE}", EXAMPLE);
     let e = err(&solo, "site-b");

@@ -20,6 +20,7 @@ mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
 pub mod sd_notify;
+mod schedule;
 
 pub use resource::Resource;
 
@@ -190,6 +191,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    schedule::spawn(&node, &mut tasks, shutdown_rx.clone());
     if let Some((addr, token_file)) = &cfg.control_tcp {
         let token =
             crate::control::tcp::Token::from_file(token_file).map_err(DaemonError::ControlTcp)?;

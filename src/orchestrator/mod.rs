@@ -26,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod daemons;
+mod dryrun;
 pub mod failback;
 pub mod journal;
 pub mod openstack;

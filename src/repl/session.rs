@@ -697,6 +697,7 @@ impl Session<'_> {
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
         let lag_ms = self.link.tracker().lag_ms(rep.now_ms());
+        let role_at_loss = rep.meta.superblock().role.as_str();
         let lost = self.link.tracker().on_disconnect();
         let was_replicating = {
             let st = rep.state();
@@ -738,7 +739,7 @@ impl Session<'_> {
             let last = rep.stats.last_received_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
             st.link_lost = Some(serde_json::json!({
                 "at_unix_ms": crate::repl::replicator::unix_ms(),
-                "role": rep.meta.superblock().role.as_str(),
+                "role": role_at_loss,
                 "lag_ms": lag_ms,
                 "unacked_writes": lost.writes,
                 "unacked_bytes": lost.bytes,

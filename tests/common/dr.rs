@@ -303,12 +303,22 @@ impl Drop for DrSites {
                 }
             }
         }
-        for v in self.volumes() {
+        let vols = r.block_on(c.list_volumes()).unwrap_or_default();
+        for v in vols
+            .into_iter()
+            .filter(|v| v.metadata.get("drl-plan") == Some(&self.tag))
+        {
             let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
             let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
         }
-        for rname in &self.res {
-            let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("drl-{rname}")));
+        // Every link into this test's directory (drl-RES, and volume-<id> that Cinder renamed
+        // and left behind at unmanage).
+        if let Ok(entries) = std::fs::read_dir(EXPORT) {
+            for e in entries.flatten() {
+                if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(self.dir.path())) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 }

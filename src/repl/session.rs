@@ -67,6 +67,17 @@ type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>
 /// Completions of received writes and flushes.
 enum Done {
     Rx(RxEvent<Apply>),
+    /// A resync answer (`id` in the receiver) is on the disk.
+    Resynced {
+        id: u64,
+        offset: u64,
+        len: u64,
+        zeroes: bool,
+    },
+    /// The SyncTarget's disk is flushed and its bitmap persisted after the last answer.
+    ResyncFlushed {
+        source_current: u64,
+    },
     Failed(String),
 }
 
@@ -125,6 +136,8 @@ struct Session<'a> {
     ping_seq: u64,
     /// Flushes (FlushThenAck) running.
     flushing: usize,
+    /// Id of the next resync answer written (SyncTarget).
+    resync_id: u64,
     last_rx: Instant,
     last_ping: Instant,
 }
@@ -183,6 +196,7 @@ pub(crate) async fn run(
         peer_current: est.peer.gen.current,
         ping_seq: 0,
         flushing: 0,
+        resync_id: 0,
         last_rx: Instant::now(),
         last_ping: Instant::now(),
     };
@@ -465,14 +479,11 @@ impl Session<'_> {
                     }
                     Err(e) => return format!("reading from the peer: {e}"),
                 },
-                Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => match d {
-                    Done::Rx(ev) => {
-                        // Completions show the peer's data is being applied: not idle.
-                        self.last_rx = Instant::now();
-                        if let Err(e) = self.feed(ev) { return self.protocol_error(e) }
-                    }
-                    Done::Failed(e) => return e,
-                },
+                Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
+                    // Completions show the peer's data is being applied: not idle.
+                    self.last_rx = Instant::now();
+                    if let Err(e) = self.on_done(d, true) { return e }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.on_tick().await { return e }
                 }
@@ -529,7 +540,11 @@ impl Session<'_> {
             && self.link.tracker().inflight_writes() == 0
             && self.sync.is_none()
         {
-            let _excl = rep.resync_lock.write().await;
+            // Never waited for inside the session loop (it must keep reading and timing out):
+            // a writer holding the lock shared now means another try at the next tick.
+            let Ok(_excl) = rep.resync_lock.try_write() else {
+                return Ok(());
+            };
             self.link.ahead.store(false, Ordering::Release);
             self.sync = Some(SyncRole::Source);
             rep.update(|st| {
@@ -601,29 +616,19 @@ impl Session<'_> {
             Frame::ResyncData { offset, data } => {
                 let len = data.len() as u64;
                 self.target_answer(offset, len)?;
-                rep.disk
-                    .write(offset, AlignedBuf::from_slice(&data), false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rep.bitmap.clear_range(offset, len);
-                rep.stats
-                    .resync_bytes_received
-                    .fetch_add(len, Ordering::Relaxed);
-                self.target_progress().await
+                let (disk, data) = (rep.disk.clone(), AlignedBuf::from_slice(&data));
+                self.resync_write(offset, len, false, async move {
+                    disk.write(offset, data, false).await
+                });
+                Ok(())
             }
             Frame::ResyncZeroes { offset, len } => {
                 self.target_answer(offset, u64::from(len))?;
-                rep.disk
-                    .write_zeroes(offset, len, true, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rep.bitmap.clear_range(offset, u64::from(len));
-                let n = u64::from(len);
-                rep.stats
-                    .resync_bytes_received
-                    .fetch_add(n, Ordering::Relaxed);
-                rep.stats.resync_zero_bytes.fetch_add(n, Ordering::Relaxed);
-                self.target_progress().await
+                let disk = rep.disk.clone();
+                self.resync_write(offset, u64::from(len), true, async move {
+                    disk.write_zeroes(offset, len, true, false).await
+                });
+                Ok(())
             }
             Frame::ResyncDone => {
                 if self.sync != Some(SyncRole::Source) {

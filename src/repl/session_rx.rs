@@ -86,6 +86,33 @@ impl Session<'_> {
         self.receive_write(w.seq, w.epoch, w.offset, u64::from(w.len), apply)
     }
 
+    /// A write, flush or resync answer completed. `live`: the session runs (after it ended,
+    /// in [`Self::drain`], completions only release what follows them; a resync that finishes
+    /// then is not declared: the peer cannot be told, the next connect sees an empty bitmap).
+    /// Err is why the session ends.
+    pub(super) fn on_done(&mut self, d: Done, live: bool) -> Result<(), String> {
+        match d {
+            Done::Rx(ev) => self
+                .feed(ev)
+                .map_err(|e| if live { self.protocol_error(e) } else { e }),
+            Done::Resynced {
+                id,
+                offset,
+                len,
+                zeroes,
+            } => {
+                self.resynced(id, offset, len, zeroes)?;
+                if live {
+                    self.target_progress()?;
+                }
+                Ok(())
+            }
+            Done::ResyncFlushed { source_current } if live => self.resync_finished(source_current),
+            Done::ResyncFlushed { .. } => Ok(()),
+            Done::Failed(e) => Err(e),
+        }
+    }
+
     /// The connection is gone: apply everything already received, in the receiver's order
     /// (held writes and later epochs go out as earlier ones complete and flush), so the disk
     /// ends with a prefix of the Primary's write stream, never a write without its
@@ -96,15 +123,11 @@ impl Session<'_> {
             applying.extend(self.started.drain(..));
             let next = next_applied(applying, &rep.disk);
             match tokio::time::timeout(Duration::from_millis(REPL_PEER_TIMEOUT_MS), next).await {
-                Ok(Some(Done::Rx(ev))) => {
-                    if let Err(e) = self.feed(ev) {
+                Ok(Some(d)) => {
+                    if let Err(e) = self.on_done(d, false) {
                         tracing::error!(resource = %rep.name, "applying received writes after disconnect: {e}");
                         return;
                     }
-                }
-                Ok(Some(Done::Failed(e))) => {
-                    tracing::error!(resource = %rep.name, "applying received writes after disconnect: {e}");
-                    return;
                 }
                 Ok(None) | Err(_) => return,
             }

@@ -189,9 +189,16 @@ pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
 pub const REPL_RESYNC_ZERO_BATCH: usize = REPL_RESYNC_WINDOW_REQUESTS;
 /// Bytes of one resync request (one frame of data).
 pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
-/// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,
-/// resync answers): the writer channel bound.
-pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Control frames (everything but application writes and barriers, which the epoch buffer
+/// bounds: pings and their answers, acks, resync and verify frames) queued for the socket
+/// writer at once: a memory bound against a peer that floods requests without reading. Not a
+/// stall detector: under 4 KiB writes a count of all frames is reached by a 0.2 s hiccup.
+pub const REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX: usize = 65_536;
+/// A peer that has taken no byte from this node's socket for this long while frames wait for
+/// it has stopped reading: the session ends. Judged by time, not by how much is queued (a
+/// network hiccup queues thousands of small frames in a moment and must not drop the link);
+/// longer than the peer timeout, so a slow shaped link that still drains is never taken for it.
+pub const REPL_SEND_STALL_MS: u64 = 2 * REPL_PEER_TIMEOUT_MS;
 /// Frames the socket writer finds queued together go out in one write (one syscall, one
 /// shaper request) up to this many bytes; a larger frame goes alone.
 pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;

@@ -212,7 +212,7 @@ mod tests {
         let mut asked = Vec::new();
         let mut drain = |asked: &mut Vec<(u64, u32)>| {
             while let Ok(b) = rx.try_recv() {
-                link.dequeued(b.len() as u64);
+                link.dequeued(&b);
                 let mut buf = BytesMut::from(&b[..]);
                 match dec.decode(&mut buf).unwrap() {
                     Some(Frame::ResyncRequest { offset, len }) => asked.push((offset, len)),

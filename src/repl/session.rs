@@ -268,7 +268,7 @@ async fn writer(
                     // Drain what is already queued (a final Disconnect), then stop.
                     let mut buf = BytesMut::new();
                     while let Ok(f) = frames.try_recv() {
-                        link.dequeued(f.len() as u64);
+                        link.dequeued(&f);
                         buf.extend_from_slice(&f);
                     }
                     let _ = wr.write_all(&buf).await;
@@ -278,7 +278,7 @@ async fn writer(
             },
         };
         let Some(f) = f else { return };
-        link.dequeued(f.len() as u64);
+        link.dequeued(&f);
         if frames.is_empty() {
             link.drained();
         }
@@ -292,8 +292,12 @@ async fn writer(
         let alone = batch_queued(f, &mut frames, &link, &mut carry, &mut scratch);
         let batch: &[u8] = alone.as_deref().unwrap_or(&scratch);
         let closed = || link.is_closed();
+        let mut out = Progress {
+            wr: &mut wr,
+            link: &link,
+        };
         if let Err(e) =
-            crate::shaping::write_repl_frame(&mut wr, batch, &link.closed_notify, closed).await
+            crate::shaping::write_repl_frame(&mut out, batch, &link.closed_notify, closed).await
         {
             link.close(format!("writing to the peer: {e}"));
             return;
@@ -302,6 +306,42 @@ async fn writer(
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// The socket's write half, counting every byte the kernel takes as progress of the link
+/// ([`Link::stalled`] judges a peer that stopped reading by the time since).
+struct Progress<'a, W> {
+    wr: &'a mut W,
+    link: &'a Link,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut *this.wr).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.link.progressed();
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().wr).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().wr).poll_shutdown(cx)
     }
 }
 
@@ -325,7 +365,7 @@ fn batch_queued(
             *carry = Some(next);
             break;
         }
-        link.dequeued(next.len() as u64);
+        link.dequeued(&next);
         if let Some(f) = first.take() {
             batch.extend_from_slice(&f);
         }
@@ -514,6 +554,11 @@ impl Session<'_> {
             return Err(format!(
                 "no frame from the peer for {} ms",
                 idle.as_millis()
+            ));
+        }
+        if let Some(ms) = self.link.stalled_now() {
+            return Err(format!(
+                "the peer has read nothing for {ms} ms while frames wait for it"
             ));
         }
         if idle > Duration::from_millis(REPL_PING_INTERVAL_MS)

@@ -12,6 +12,8 @@
 //! - [`daemon`]: wires config, volumes, front ends and the control socket together; signals.
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
+//! - [`pipeline`]: the one write path of a volume (snapshot preservation, then the disk) that
+//!   every writer takes: NBD clients, restore, the replication receiver, the resync target.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;
+pub mod pipeline;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

@@ -26,6 +26,7 @@ use crate::config::{OnCongestion, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
 use crate::logrl::LogLimiter;
+use crate::pipeline::WritePipeline;
 use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
@@ -136,6 +137,9 @@ pub struct Replicator {
     pub(crate) node: String,
     pub(crate) cfg: ResourceConfig,
     pub(crate) disk: Arc<Disk>,
+    /// The volume's write pipeline: the receiver and the resync target write through it, so
+    /// snapshots on this node keep their point in time (see [`crate::pipeline`]).
+    pub(crate) pipe: Arc<WritePipeline>,
     pub(crate) meta: Arc<MetaFile>,
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) al: Arc<ActivityLog>,
@@ -209,7 +213,7 @@ impl Replicator {
     pub fn new(
         cfg: &ResourceConfig,
         node: &str,
-        disk: Arc<Disk>,
+        pipe: Arc<WritePipeline>,
         meta: Arc<MetaFile>,
         bitmap: Arc<DirtyBitmap>,
         al: Arc<ActivityLog>,
@@ -219,7 +223,8 @@ impl Replicator {
             name: cfg.name.clone(),
             node: node.to_owned(),
             cfg: cfg.clone(),
-            disk,
+            disk: pipe.disk().clone(),
+            pipe,
             meta,
             bitmap,
             al,

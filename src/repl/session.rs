@@ -25,6 +25,7 @@ use crate::limits::{
     REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS, REPL_READ_CHUNK_BYTES,
     REPL_RESYNC_WINDOW_REQUESTS, REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
 };
+use crate::pipeline::Write;
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
 use crate::repl::frame::{Frame, RangeWrite, VerifyRun};
@@ -661,17 +662,23 @@ impl Session<'_> {
             Frame::ResyncData { offset, data } => {
                 let len = data.len() as u64;
                 self.target_answer(offset, len)?;
-                let (disk, data) = (rep.disk.clone(), AlignedBuf::from_slice(&data));
+                let (pipe, data) = (rep.pipe.clone(), AlignedBuf::from_slice(&data));
                 self.resync_write(offset, len, false, async move {
-                    disk.write(offset, data, false).await
+                    let w = Write::Data { data, fua: false };
+                    pipe.apply(offset, w).await
                 });
                 Ok(())
             }
             Frame::ResyncZeroes { offset, len } => {
                 self.target_answer(offset, u64::from(len))?;
-                let disk = rep.disk.clone();
+                let pipe = rep.pipe.clone();
                 self.resync_write(offset, u64::from(len), true, async move {
-                    disk.write_zeroes(offset, len, true, false).await
+                    let w = Write::Zeroes {
+                        len,
+                        may_trim: true,
+                        fua: false,
+                    };
+                    pipe.apply(offset, w).await
                 });
                 Ok(())
             }

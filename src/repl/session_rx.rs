@@ -4,6 +4,7 @@
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::*;
+use crate::pipeline::Write;
 use crate::volume::disk::Disk;
 
 impl Session<'_> {
@@ -11,20 +12,30 @@ impl Session<'_> {
     pub(super) fn spawn_actions(&mut self, actions: Vec<RxAction<Apply>>) {
         for a in actions {
             let disk = self.rep.disk.clone();
+            let pipe = self.rep.pipe.clone();
             match a {
                 RxAction::Write { seq, write } => self.started.push(Box::pin(async move {
-                    let r = match write {
-                        Apply::Data { offset, data, fua } => disk.write(offset, data, fua).await,
-                        Apply::Trim(w) => {
-                            let r = disk.trim(w.offset, w.len).await;
-                            if r.is_ok() && w.fua {
-                                disk.flush().await
-                            } else {
-                                r
-                            }
-                        }
-                        Apply::Zeroes(w) => disk.write_zeroes(w.offset, w.len, true, w.fua).await,
+                    // Through the volume's write pipeline: a snapshot taken on this node keeps
+                    // its point in time while replicated writes arrive.
+                    let (offset, w) = match write {
+                        Apply::Data { offset, data, fua } => (offset, Write::Data { data, fua }),
+                        Apply::Trim(w) => (
+                            w.offset,
+                            Write::Trim {
+                                len: w.len,
+                                fua: w.fua,
+                            },
+                        ),
+                        Apply::Zeroes(w) => (
+                            w.offset,
+                            Write::Zeroes {
+                                len: w.len,
+                                may_trim: true,
+                                fua: w.fua,
+                            },
+                        ),
                     };
+                    let r = pipe.apply(offset, w).await;
                     match r {
                         Ok(()) => Done::Rx(RxEvent::WriteDone { seq }),
                         Err(e) => Done::Failed(format!("applying a replicated write: {e}")),

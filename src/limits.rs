@@ -168,6 +168,9 @@ pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
 /// role change (DRBD changes roles cluster-wide). Longer would outlast the peer timeout,
 /// which ends the wait anyway by closing the link.
 pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
+/// `primary --force` that renegotiates a live connection (a new data generation) returns once
+/// a new session has decided the sync, or after this long (a handshake's deadline).
+pub const REPL_ADMIN_DECISION_WAIT_MS: u64 = REPL_HANDSHAKE_TIMEOUT_MS;
 /// Online verify: bytes per range, ranges a VerifyS keeps outstanding, digest bytes per
 /// bitmap block (sha256, truncated: 2^-64 odds that a changed block still matches).
 pub const REPL_VERIFY_REQUEST_BYTES: u32 = 1024 * 1024;

@@ -102,6 +102,12 @@ pub(crate) struct State {
     pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
     /// The last verify run this node drove.
     pub verify_last: Option<crate::repl::verify::VerifyReport>,
+    /// Counts sessions: up by one when a session's link comes up and again when it closes,
+    /// so a reader of `status` (or an admin call) can tell a state of the session it knows
+    /// from a later one's (odd: a session is live).
+    pub session: u64,
+    /// The `session` whose sync decision has been acted on (its replication state is set).
+    pub decided_session: u64,
 }
 
 /// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
@@ -249,6 +255,8 @@ impl Replicator {
                 verify_peer: None,
                 verify_tx: None,
                 verify_last: None,
+                session: 0,
+                decided_session: 0,
             }),
             wake: Notify::new(),
             changed: Notify::new(),

@@ -202,6 +202,7 @@ pub(crate) async fn run(
         last_ping: Instant::now(),
     };
     rep.update(|st| {
+        st.session += 1;
         st.conn = ConnState::Connected;
         st.peer_role = Some(est.peer.role);
         st.peer_disk = Some(est.peer.disk);
@@ -232,8 +233,13 @@ pub(crate) async fn run(
             // Consumed only now: a `--discard-my-data` the Hello did not carry yet counts
             // as a change above and is presented in the next Hello.
             rep.update(|st| st.discard_my_data = false);
-            s.start(decision.decision, decision.split_brain_resolved)
-                .await
+            let r = s
+                .start(decision.decision, decision.split_brain_resolved)
+                .await;
+            // Acted on (a resync, Established, or StandAlone after a split brain): an admin
+            // call that renegotiated waits for this ([`Replicator::primary`]).
+            rep.update(|st| st.decided_session = st.session);
+            r
         }
     };
     let reason = match started {
@@ -779,6 +785,7 @@ impl Session<'_> {
             });
         }
         rep.update(|st| {
+            st.session += 1;
             st.link = None;
             st.announced = None;
             st.peer_role = None;

@@ -225,6 +225,9 @@ pub const REPL_AHEAD_MIN_MS: u64 = 1_000;
 pub const REPL_PENDING_CONNECTIONS_MAX: usize = 4;
 /// Log lines per second a peer can cause per resource.
 pub const REPL_LOG_LINES_PER_S: u32 = 5;
+/// State-change log lines (connection, peer-device, role, disk, sync decision, disconnect) per
+/// second per resource: one reconnect (about eight) passes whole, a flapping link is bounded.
+pub const REPL_STATE_LOG_LINES_PER_S: u32 = 10;
 const _: () = assert!(REPL_RECONNECT_MIN_MS <= REPL_RECONNECT_MAX_MS);
 const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
 const _: () = assert!((REPL_RESYNC_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));

@@ -24,7 +24,10 @@ use tokio::sync::Notify;
 
 use crate::config::{OnCongestion, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
-use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
+use crate::limits::{
+    REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S,
+    REPL_STATE_LOG_LINES_PER_S,
+};
 use crate::logrl::LogLimiter;
 use crate::pipeline::WritePipeline;
 use crate::repl::frame::{Frame, RangeWrite};
@@ -161,6 +164,10 @@ pub struct Replicator {
     pub(crate) resync_lock: tokio::sync::RwLock<()>,
     pub(crate) stats: ReplStats,
     pub(crate) rl: LogLimiter,
+    /// For the INFO/WARN lines of state changes (connection, peer-device, role, disk, sync
+    /// decision, resync end, disconnect): a peer that flaps the link causes about eight per
+    /// reconnect; apart from `rl`, so they never starve the protocol-error lines.
+    pub(crate) state_rl: LogLimiter,
     clock: Instant,
 }
 
@@ -263,6 +270,7 @@ impl Replicator {
             resync_lock: tokio::sync::RwLock::new(()),
             stats: ReplStats::default(),
             rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
+            state_rl: LogLimiter::new(REPL_STATE_LOG_LINES_PER_S),
             clock: Instant::now(),
         })
     }
@@ -311,7 +319,7 @@ impl Replicator {
         self.changed.notify_waiters();
         let peer = self.peer_node();
         if before.0 != after.0 {
-            tracing::info!(resource = %self.name, peer = %peer, connection = %after.0, "connection state");
+            crate::info_rl!(self.state_rl, resource = %self.name, peer = %peer, connection = %after.0, "connection state");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Connection, &self.name)
                     .field("peer", peer.clone())
@@ -319,7 +327,7 @@ impl Replicator {
             );
         }
         if before.1 != after.1 || before.3 != after.3 {
-            tracing::info!(resource = %self.name, peer = %peer, replication = %after.1,
+            crate::info_rl!(self.state_rl, resource = %self.name, peer = %peer, replication = %after.1,
                 peer_disk = %after.3.map_or("DUnknown", |d| d.as_str()), "peer-device state");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::PeerDevice, &self.name)
@@ -350,14 +358,14 @@ impl Replicator {
         })?;
         let after = self.meta.superblock();
         if before.role != after.role {
-            tracing::info!(resource = %self.name, role = after.role.as_str(), "role changed");
+            crate::info_rl!(self.state_rl, resource = %self.name, role = after.role.as_str(), "role changed");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Resource, &self.name)
                     .field("role", after.role.as_str()),
             );
         }
         if before.disk_state != after.disk_state {
-            tracing::info!(resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
+            crate::info_rl!(self.state_rl, resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Device, &self.name)
                     .field("disk", after.disk_state.as_str()),
@@ -601,7 +609,7 @@ impl Replicator {
             }
         }
         link.room.notify_waiters();
-        tracing::warn!(resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
+        crate::warn_rl!(self.state_rl, resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
         self.update(|st| {
             st.repl = ReplState::Ahead;
             st.ahead_since = Some(Instant::now());

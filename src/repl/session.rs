@@ -168,7 +168,7 @@ pub(crate) async fn run(
         &NodeState::from(&est.peer),
         &rep.cfg.repl.split_brain,
     );
-    tracing::info!(resource = %rep.name, peer = %est.peer.node_name, %addr, decision = ?decision.decision,
+    crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %est.peer.node_name, %addr, decision = ?decision.decision,
         rule = decision.rule, local_gen = %local.gen, peer_gen = %est.peer.gen, "connected: sync decision");
     rep.stats.connects.fetch_add(1, Ordering::Relaxed);
     let limits = EpochLimits {
@@ -217,7 +217,7 @@ pub(crate) async fn run(
     let started = match rep.changed_since(&Announced::from(&local)) {
         Some(Staleness::Data) => {
             let why = "the local disk state or generation changed during the handshake";
-            tracing::info!(resource = %rep.name, local_gen = %local.gen, "{why}: handshaking again");
+            crate::info_rl!(rep.state_rl, resource = %rep.name, local_gen = %local.gen, "{why}: handshaking again");
             rep.renegotiate_link(Some(link.clone()), why);
             Err(format!("renegotiate: {why}"))
         }
@@ -428,7 +428,7 @@ impl Session<'_> {
             return Err(r.into());
         }
         if sb_resolved {
-            tracing::warn!(resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
+            crate::warn_rl!(rep.state_rl, resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
         }
         if d == SyncDecision::NoSync {
             let peer_gen = self.peer_current;
@@ -605,7 +605,7 @@ impl Session<'_> {
                 st.resync_total_bytes = rep.bitmap.dirty_bytes();
                 st.resync_started = Some(Instant::now());
             });
-            tracing::info!(resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
+            crate::info_rl!(rep.state_rl, resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
             self.send_bitmap()?;
             // The peer's bitmap now covers every write that was not shipped.
             self.link.tracker().forget_unsent();
@@ -717,7 +717,7 @@ impl Session<'_> {
                     st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
                     st.resync_started = None;
                 });
-                tracing::info!(resource = %rep.name, "resync finished (SyncSource)");
+                crate::info_rl!(rep.state_rl, resource = %rep.name, "resync finished (SyncSource)");
                 Ok(())
             }
             Frame::StateChange { role, disk, ahead } => {
@@ -745,7 +745,7 @@ impl Session<'_> {
                 Ok(())
             }
             Frame::Disconnect { reason } => {
-                tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
+                crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
                 self.link.close(format!("the peer disconnected: {reason}"));
                 Ok(())
             }
@@ -804,7 +804,7 @@ impl Session<'_> {
                 ConnState::Connecting
             };
         });
-        tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
+        crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
             unacked_bytes = lost.bytes, "disconnected: {reason}");
     }
 }

@@ -171,7 +171,7 @@ impl Session<'_> {
             crate::repl::verify::settle(st);
             st.resync_started = None;
         });
-        tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
+        crate::info_rl!(rep.state_rl, resource = %rep.name, "resync finished (SyncTarget): UpToDate");
         Ok(())
     }
 }

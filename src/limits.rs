@@ -40,6 +40,16 @@ pub const CONTROL_CONNECTIONS_MAX: usize = 64;
 pub const CONTROL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Control socket: a reply that cannot be written within this time closes the connection.
 pub const CONTROL_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Connections beyond `CONTROL_CONNECTIONS_MAX` that still get served, but only a read-only
+/// call (`status`, `methods`) and within `CONTROL_RESERVED_IDLE_MS`: the admin's `drl status`
+/// gets through however many idle clients hold the ordinary slots.
+pub const CONTROL_RESERVED_CONNECTIONS_MAX: usize = 4;
+/// A client in a reserved slot must send its request line within this time.
+pub const CONTROL_RESERVED_IDLE_MS: u64 = 2_000;
+/// After an oversized request line, what the server reads and discards (up to the line's end
+/// or the client's) before it closes, so a client still writing the line reads the error
+/// reply instead of a broken pipe; bounded in bytes and by the write timeout.
+pub const CONTROL_DISCARD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Event bus: events buffered per subscriber before a slow subscriber loses events.
 pub const EVENTS_BUFFER_COUNT_MAX: usize = 1024;
 

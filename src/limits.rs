@@ -28,6 +28,11 @@ pub const NBD_OPTION_BYTES_MAX: u32 = 64 * 1024;
 pub const NBD_OPTIONS_PER_CONNECTION_MAX: u32 = 64;
 /// A client must finish the handshake within this time.
 pub const NBD_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request in flight for this long is closed when the export is full and
+/// a new client arrives (src/frontend/nbd/idle.rs): idle clients cannot keep others out.
+pub const NBD_IDLE_EVICT_MS: u64 = 30_000;
+/// How long a new client waits for the slot an evicted idle connection frees.
+pub const NBD_EVICT_WAIT_MS: u64 = 2_000;
 
 /// io_uring submission queue depth per volume engine.
 pub const ENGINE_QUEUE_DEPTH_DEFAULT: u32 = 128;

@@ -49,6 +49,7 @@ mod budget;
 pub mod command;
 mod conn;
 pub mod handshake;
+mod idle;
 pub mod proto;
 mod server;
 pub mod stats;

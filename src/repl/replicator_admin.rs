@@ -381,6 +381,8 @@ impl Replicator {
             // One authoritative snapshot (all fields above under one lock): `session` counts
             // link ups and closes, so two statuses with the same number describe one session.
             "session": st.session,
+            // Activity-log extents a crash now would resync (hot, persisted).
+            "al_hot_extents": self.al.hot_count(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

@@ -8,7 +8,6 @@ mod common;
 
 use common::nbd_client::NbdClient;
 use common::pair::*;
-use std::time::Instant;
 
 #[test]
 fn kill9_of_an_idle_in_sync_primary_resyncs_almost_nothing() {
@@ -42,17 +41,7 @@ fn kill9_of_an_idle_in_sync_primary_resyncs_almost_nothing() {
         b.is_some_and(|b| b["connection"] != "Connected")
     });
     p.restart("a");
-    if res(&p.a, "r0").is_some_and(|r| r["role"] != "Primary") {
-        let t0 = Instant::now();
-        while !p.a.cli(&["primary", "r0"]).status.success() {
-            assert!(
-                t0.elapsed() < WAIT,
-                "a could not be promoted again\n{}",
-                p.report()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
+    p.promote_again("a");
     let (a1, b1) = p.wait_in_sync("a", "after the crash of the idle Primary");
     let moved = (num(&a1, "resync_bytes_sent") + num(&a1, "resync_bytes_received"))
         .max(num(&b1, "resync_bytes_received") + num(&b1, "resync_bytes_sent") - b_before);

@@ -395,7 +395,7 @@ mod tests {
         assert!(frames.last().unwrap().len() < 200);
         // The queue drains (compression helped): still compressed within the hold time.
         for f in &frames {
-            link.dequeued(&f);
+            link.dequeued(f);
         }
         link.drained();
         assert!(link.push_data((seq + 1, 1, 0), false, &zeros));

@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::{
-    REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS, REPL_READ_CHUNK_BYTES,
-    REPL_RESYNC_WINDOW_REQUESTS, REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
+    REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_READ_CHUNK_BYTES, REPL_RESYNC_WINDOW_REQUESTS,
+    REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
 };
 use crate::pipeline::Write;
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
@@ -31,6 +31,7 @@ use crate::repl::epoch::{EpochLimits, EpochTracker};
 use crate::repl::frame::{Frame, RangeWrite, VerifyRun};
 use crate::repl::handshake::LocalInfo;
 use crate::repl::link::Link;
+use crate::repl::liveness::{LiveAction, Liveness};
 use crate::repl::peer::Conn;
 use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
 use crate::repl::replicator::{
@@ -134,13 +135,13 @@ struct Session<'a> {
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
-    ping_seq: u64,
     /// Flushes (FlushThenAck) running.
     flushing: usize,
     /// Id of the next resync answer written (SyncTarget).
     resync_id: u64,
-    last_rx: Instant,
-    last_ping: Instant,
+    /// Ping and timeout clocks (sans-I/O, [`crate::repl::liveness`]), on `clock`.
+    live: Liveness,
+    clock: Instant,
 }
 
 /// Run the session on `conn` until it ends; returns why it ended.
@@ -195,11 +196,10 @@ pub(crate) async fn run(
         sync: None,
         target: None,
         peer_current: est.peer.gen.current,
-        ping_seq: 0,
         flushing: 0,
         resync_id: 0,
-        last_rx: Instant::now(),
-        last_ping: Instant::now(),
+        live: Liveness::new(0),
+        clock: Instant::now(),
     };
     rep.update(|st| {
         st.session += 1;
@@ -521,14 +521,14 @@ impl Session<'_> {
                 r = rd.read_buf(rbuf), if want => match r {
                     Ok(0) => return "the peer closed the connection".into(),
                     Ok(n) => {
-                        self.last_rx = Instant::now();
+                        self.live.on_receive(self.now_ms());
                         let _ = n;
                     }
                     Err(e) => return format!("reading from the peer: {e}"),
                 },
                 Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
                     // Completions show the peer's data is being applied: not idle.
-                    self.last_rx = Instant::now();
+                    self.live.on_receive(self.now_ms());
                     if let Err(e) = self.on_done(d, true) { return e }
                 }
                 _ = tick.tick() => {
@@ -540,6 +540,10 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
     }
 
     fn protocol_error(&self, e: String) -> String {
@@ -555,25 +559,12 @@ impl Session<'_> {
 
     async fn on_tick(&mut self) -> Result<(), String> {
         self.verify_peer_idle();
-        let now = Instant::now();
-        let idle = now.duration_since(self.last_rx);
-        if idle > Duration::from_millis(REPL_PEER_TIMEOUT_MS) {
-            return Err(format!(
-                "no frame from the peer for {} ms",
-                idle.as_millis()
-            ));
-        }
-        if let Some(ms) = self.link.stalled_now() {
-            return Err(format!(
-                "the peer has read nothing for {ms} ms while frames wait for it"
-            ));
-        }
-        if idle > Duration::from_millis(REPL_PING_INTERVAL_MS)
-            && now.duration_since(self.last_ping) > Duration::from_millis(REPL_PING_INTERVAL_MS)
-        {
-            self.ping_seq += 1;
-            self.last_ping = now;
-            self.link.push(&Frame::Ping { seq: self.ping_seq });
+        match self.live.on_tick(self.now_ms(), self.link.stalled_now()) {
+            Some(LiveAction::Close(why)) => return Err(why.to_string()),
+            Some(LiveAction::Ping(seq)) => {
+                self.link.push(&Frame::Ping { seq });
+            }
+            None => {}
         }
         // Close the open epoch every tick: without a flush from the application its writes
         // would otherwise wait for a barrier (their bits set, the lag growing) indefinitely.

@@ -15,6 +15,7 @@
 //! - [`pipeline`]: the one write path of a volume (snapshot preservation, then the disk) that
 //!   every writer takes: NBD clients, restore, the replication receiver, the resync target.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drill;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;

@@ -14,6 +14,7 @@
 //! - `conn`: one connection's transmission phase (reader, concurrent requests, one writer).
 //! - `server`: listener, accept loop, connection limit, shutdown.
 //! - [`stats`]: counters of requests, bytes and errors.
+//! - [`client`]: a minimal synchronous client (the drill's writer and checker, the tests).
 //!
 //! Trust boundary: everything a client sends is untrusted. Lengths are checked against
 //! [`crate::limits`] before anything is read or allocated for them; a broken frame closes only
@@ -46,6 +47,7 @@
 //! ```
 
 mod budget;
+pub mod client;
 pub mod command;
 mod conn;
 pub mod handshake;

@@ -28,6 +28,11 @@ pub const NBD_OPTION_BYTES_MAX: u32 = 64 * 1024;
 pub const NBD_OPTIONS_PER_CONNECTION_MAX: u32 = 64;
 /// A client must finish the handshake within this time.
 pub const NBD_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request in flight for this long is closed when the export is full and
+/// a new client arrives (src/frontend/nbd/idle.rs): idle clients cannot keep others out.
+pub const NBD_IDLE_EVICT_MS: u64 = 30_000;
+/// How long a new client waits for the slot an evicted idle connection frees.
+pub const NBD_EVICT_WAIT_MS: u64 = 2_000;
 
 /// io_uring submission queue depth per volume engine.
 pub const ENGINE_QUEUE_DEPTH_DEFAULT: u32 = 128;
@@ -40,6 +45,16 @@ pub const CONTROL_CONNECTIONS_MAX: usize = 64;
 pub const CONTROL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Control socket: a reply that cannot be written within this time closes the connection.
 pub const CONTROL_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Connections beyond `CONTROL_CONNECTIONS_MAX` that still get served, but only a read-only
+/// call (`status`, `methods`) and within `CONTROL_RESERVED_IDLE_MS`: the admin's `drl status`
+/// gets through however many idle clients hold the ordinary slots.
+pub const CONTROL_RESERVED_CONNECTIONS_MAX: usize = 4;
+/// A client in a reserved slot must send its request line within this time.
+pub const CONTROL_RESERVED_IDLE_MS: u64 = 2_000;
+/// After an oversized request line, what the server reads and discards (up to the line's end
+/// or the client's) before it closes, so a client still writing the line reads the error
+/// reply instead of a broken pipe; bounded in bytes and by the write timeout.
+pub const CONTROL_DISCARD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Event bus: events buffered per subscriber before a slow subscriber loses events.
 pub const EVENTS_BUFFER_COUNT_MAX: usize = 1024;
 
@@ -168,6 +183,9 @@ pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
 /// role change (DRBD changes roles cluster-wide). Longer would outlast the peer timeout,
 /// which ends the wait anyway by closing the link.
 pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
+/// `primary --force` that renegotiates a live connection (a new data generation) returns once
+/// a new session has decided the sync, or after this long (a handshake's deadline).
+pub const REPL_ADMIN_DECISION_WAIT_MS: u64 = REPL_HANDSHAKE_TIMEOUT_MS;
 /// Online verify: bytes per range, ranges a VerifyS keeps outstanding, digest bytes per
 /// bitmap block (sha256, truncated: 2^-64 odds that a changed block still matches).
 pub const REPL_VERIFY_REQUEST_BYTES: u32 = 1024 * 1024;
@@ -189,9 +207,16 @@ pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
 pub const REPL_RESYNC_ZERO_BATCH: usize = REPL_RESYNC_WINDOW_REQUESTS;
 /// Bytes of one resync request (one frame of data).
 pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
-/// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,
-/// resync answers): the writer channel bound.
-pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Control frames (everything but application writes and barriers, which the epoch buffer
+/// bounds: pings and their answers, acks, resync and verify frames) queued for the socket
+/// writer at once: a memory bound against a peer that floods requests without reading. Not a
+/// stall detector: under 4 KiB writes a count of all frames is reached by a 0.2 s hiccup.
+pub const REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX: usize = 65_536;
+/// A peer that has taken no byte from this node's socket for this long while frames wait for
+/// it has stopped reading: the session ends. Judged by time, not by how much is queued (a
+/// network hiccup queues thousands of small frames in a moment and must not drop the link);
+/// longer than the peer timeout, so a slow shaped link that still drains is never taken for it.
+pub const REPL_SEND_STALL_MS: u64 = 2 * REPL_PEER_TIMEOUT_MS;
 /// Frames the socket writer finds queued together go out in one write (one syscall, one
 /// shaper request) up to this many bytes; a larger frame goes alone.
 pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -215,6 +240,9 @@ pub const REPL_AHEAD_MIN_MS: u64 = 1_000;
 pub const REPL_PENDING_CONNECTIONS_MAX: usize = 4;
 /// Log lines per second a peer can cause per resource.
 pub const REPL_LOG_LINES_PER_S: u32 = 5;
+/// State-change log lines (connection, peer-device, role, disk, sync decision, disconnect) per
+/// second per resource: one reconnect (about eight) passes whole, a flapping link is bounded.
+pub const REPL_STATE_LOG_LINES_PER_S: u32 = 10;
 const _: () = assert!(REPL_RECONNECT_MIN_MS <= REPL_RECONNECT_MAX_MS);
 const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
 const _: () = assert!((REPL_RESYNC_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));

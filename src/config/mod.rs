@@ -10,8 +10,8 @@
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
 pub mod detect;
-pub mod plan;
 pub mod ops;
+pub mod plan;
 pub mod shaping;
 pub mod units;
 

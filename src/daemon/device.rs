@@ -1,11 +1,11 @@
 //! The device a resource's users see: the disk, with the snapshot store (and, when replicated,
 //! the replicator) in its write path.
 //!
-//! Write path order: the snapshot store's `begin_write` (records the change, preserves old data
-//! for the newest snapshot, holds the snapshot gate) -> the disk write, or for a replicated
-//! resource the replicator's write (activity log, dirty bits, local write + enqueue to the
-//! peer). The guard is held until the write completed, so a snapshot is always taken between
-//! two writes.
+//! Write path order ([`WritePipeline`], which the replication receiver and the resync target
+//! take too): snapshot preservation (records the change, preserves old data for the newest
+//! snapshot, holds the snapshot gate) -> the disk write, or for a replicated resource the
+//! replicator's write (activity log, dirty bits, local write + enqueue to the peer). The guard
+//! is held until the write completed, so a snapshot is always taken between two writes.
 //!
 //! A replicated resource accepts user writes only while Primary (a DRBD Secondary cannot be
 //! written); it is exported read-only otherwise.
@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::detect::fence::Fence;
 
+use crate::pipeline::{Write, WritePipeline};
 use crate::repl::replicator::{Replicator, WriteOp};
 use crate::snapshot::SnapshotStore;
 use crate::volume::disk::Disk;
@@ -25,20 +26,16 @@ use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
 
 pub struct ResourceDevice {
     disk: Arc<Disk>,
-    snaps: Arc<SnapshotStore<Disk>>,
+    pipe: Arc<WritePipeline>,
     repl: Option<Arc<Replicator>>,
     fence: OnceLock<Arc<Fence>>,
 }
 
 impl ResourceDevice {
-    pub fn new(
-        disk: Arc<Disk>,
-        snaps: Arc<SnapshotStore<Disk>>,
-        repl: Option<Arc<Replicator>>,
-    ) -> Self {
+    pub fn new(pipe: Arc<WritePipeline>, repl: Option<Arc<Replicator>>) -> Self {
         ResourceDevice {
-            disk,
-            snaps,
+            disk: pipe.disk().clone(),
+            pipe,
             repl,
             fence: OnceLock::new(),
         }
@@ -75,7 +72,7 @@ impl ResourceDevice {
     }
 
     pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
-        &self.snaps
+        self.pipe.snapshots()
     }
 
     pub fn disk(&self) -> &Arc<Disk> {
@@ -116,10 +113,14 @@ impl BlockDevice for ResourceDevice {
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
         self.check_write(offset, data.len() as u64)?;
         self.gated(async {
-            let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
+            let _g = self.pipe.preserve(offset, data.len() as u64).await?;
             match &self.repl {
                 Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
-                None => self.disk.write(offset, data, fua).await,
+                None => {
+                    self.pipe
+                        .disk_write(offset, Write::Data { data, fua })
+                        .await
+                }
             }
         })
         .await
@@ -138,10 +139,13 @@ impl BlockDevice for ResourceDevice {
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
         self.gated(async {
-            let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+            let _g = self.pipe.preserve(offset, u64::from(len)).await?;
             match &self.repl {
                 Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
-                None => self.disk.trim(offset, len).await,
+                None => {
+                    let w = Write::Trim { len, fua: false };
+                    self.pipe.disk_write(offset, w).await
+                }
             }
         })
         .await
@@ -156,13 +160,16 @@ impl BlockDevice for ResourceDevice {
     ) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
         self.gated(async {
-            let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
+            let _g = self.pipe.preserve(offset, u64::from(len)).await?;
             match &self.repl {
                 Some(r) => {
                     r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
                         .await
                 }
-                None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
+                None => {
+                    let w = Write::Zeroes { len, may_trim, fua };
+                    self.pipe.disk_write(offset, w).await
+                }
             }
         })
         .await

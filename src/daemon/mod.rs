@@ -19,8 +19,8 @@ mod rpc_detect;
 mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
-pub mod sd_notify;
 mod schedule;
+pub mod sd_notify;
 
 pub use resource::Resource;
 

@@ -11,6 +11,7 @@ use crate::config::{NbdEndpoint, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats, PayloadBudget};
 use crate::limits;
+use crate::pipeline::WritePipeline;
 use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
 use crate::volume::disk::Disk;
 
@@ -94,22 +95,19 @@ impl Resource {
             },
             disk.clone(),
         )?;
+        let pipe = Arc::new(WritePipeline::new(disk.clone(), Arc::new(snaps)));
         let repl = attached.map(|a| {
             Replicator::new(
                 cfg,
                 node_name,
-                disk.clone(),
+                pipe.clone(),
                 meta.clone(),
                 a.bitmap,
                 a.al,
                 events.clone(),
             )
         });
-        let dev = Arc::new(ResourceDevice::new(
-            disk.clone(),
-            Arc::new(snaps),
-            repl.clone(),
-        ));
+        let dev = Arc::new(ResourceDevice::new(pipe, repl.clone()));
         Ok(Resource {
             cfg: cfg.clone(),
             disk,

@@ -34,6 +34,7 @@ pub mod frame;
 pub mod gen;
 pub mod handshake;
 pub mod link;
+pub mod liveness;
 pub mod peer;
 pub mod receiver;
 pub mod replicator;

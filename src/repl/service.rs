@@ -309,5 +309,18 @@ pub async fn persist_loop(
         if let Err(e) = session::persist_bitmap(&rep).await {
             crate::warn_rl!(rep.rl, resource = %rep.name, "persisting the bitmap: {e}");
         }
+        // Batched with the persist: activity-log extents whose writes the peer has all
+        // acknowledged leave the persisted hot set, so a crash resyncs only what was
+        // unacknowledged (not every extent written since the last eviction).
+        let (al, meta, bm) = (rep.al.clone(), rep.meta.clone(), rep.bitmap.clone());
+        match tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+            }
+            Err(e) => {
+                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+            }
+        }
     }
 }

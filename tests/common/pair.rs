@@ -294,6 +294,23 @@ impl Pair {
         self.wait_in_sync(n, "initial sync after `drl primary r0 --force`");
     }
 
+    /// After a restart, make `n` Primary again if it came back Secondary (`drl primary r0`,
+    /// retried until it is accepted: promotion may wait until the node knows its data).
+    pub fn promote_again(&self, n: &str) {
+        if res(self.node(n), "r0").is_some_and(|r| r["role"] == "Primary") {
+            return;
+        }
+        let t0 = Instant::now();
+        while !self.node(n).cli(&["primary", "r0"]).status.success() {
+            assert!(
+                t0.elapsed() < WAIT,
+                "{n} could not be promoted again\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn assert_disks_identical(&self, context: &str) {
         assert_files_identical(
             &self.disk("a"),

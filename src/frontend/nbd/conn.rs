@@ -58,6 +58,9 @@ pub(crate) struct ConnCtx<D> {
     pub peer: String,
     /// The daemon-wide payload budget every connection shares.
     pub budget: PayloadBudget,
+    /// This connection's entry among the export's connections (idle eviction, see
+    /// [`super::idle`]); None where no server tracks it (tests).
+    pub(crate) idle: Option<super::idle::Registered>,
 }
 
 /// Why the transmission phase ended.
@@ -327,9 +330,17 @@ where
         if end.is_some() && running.len() == 1 && queued.is_empty() && write_fut.is_terminated() {
             break;
         }
+        if let Some(r) = &ctx.idle {
+            r.activity.set_busy(count, r.registry().now_ms());
+        }
         tokio::select! {
             biased;
             () = &mut stopped, if end.is_none() => {
+                end = Some(Ok(End::Stopped));
+                read_fut.set(Fuse::terminated());
+            }
+            () = evicted(&ctx.idle), if end.is_none() && count == 0 => {
+                crate::info_rl!(log, peer = %peer, "NBD connection closed: idle while the export is full and a new client waits");
                 end = Some(Ok(End::Stopped));
                 read_fut.set(Fuse::terminated());
             }
@@ -405,6 +416,14 @@ where
         }
     }
     end.unwrap_or(Ok(End::Stopped))
+}
+
+/// Resolves when the export chose this idle connection to make room for a new client.
+async fn evicted(idle: &Option<super::idle::Registered>) {
+    match idle {
+        Some(r) => r.activity.evicted().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Release the in-flight shares of written (or dropped) replies.

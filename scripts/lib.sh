@@ -106,6 +106,7 @@ drl_bin() {
     fi
     local top
     top=$(repo_root)
+    need_cmd protoc protobuf-compiler # etcd-client's build compiles its gRPC protos
     (cd "$top" && cargo build --release --quiet --bin drl) >&2 || die "cargo build failed"
     echo "$top/target/release/drl"
 }

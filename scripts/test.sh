@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run drl's whole test suite on a fresh machine: install what the tests need (Debian packages),
-# start a real one-node Swift on 127.0.0.1:8080, run every test of the workspace, stop Swift.
+# start a real one-node Swift on 127.0.0.1:8080 and a one-node OpenStack (Keystone :5050, Cinder,
+# Heat, Nova fake; scripts/openstack-aio.sh), run every test of the workspace, stop both.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -- FILTER  # only tests whose name matches FILTER (passed to cargo test)
@@ -13,12 +14,26 @@ top=$(cd "$here/.." && pwd)
 cd "$top"
 . "$here/lib.sh"
 
+# protoc builds etcd-client's gRPC code (cargo needs it before the first build); etcd and
+# etcdctl run the three-site detection testbed (tests/detect_*.rs, scripts/detect-testbed.sh).
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
-  fio:fio tc:iproute2 nft:nftables
+  fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
+  etcdctl:etcd-client prometheus:prometheus promtool:prometheus curl:curl \
+  systemd-analyze:systemd dpkg-deb:dpkg groff:groff-base lintian:lintian
+# tests/ops_deb.rs packs the .deb with cargo-deb (scripts/build-deb.sh pins its version).
+cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --version 3.8.0 --locked
 
 if [ "${DRL_SKIP_SWIFT:-0}" != 1 ]; then
   "$here/swift-aio.sh" start --keystone
-  trap '"$here/swift-aio.sh" stop || true' EXIT
+  on_exit '"$here/swift-aio.sh" stop'
+fi
+# The DR orchestrator's tests (tests/dr_*.rs) run against a real Keystone + Cinder + Heat + Nova
+# (fake driver) from Debian's packages on 127.0.0.1 (Keystone on :5050, apart from swift-aio's
+# on :5000). DRL_SKIP_OPENSTACK=1 skips starting it: the dr_* tests then fail, saying so.
+if [ "${DRL_SKIP_OPENSTACK:-0}" != 1 ]; then
+  "$here/openstack-aio.sh" install --nova
+  on_exit '"$here/openstack-aio.sh" stop'
+  "$here/openstack-aio.sh" start --nova
 fi
 
 filter=()

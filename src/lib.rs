@@ -12,8 +12,13 @@
 //! - [`daemon`]: wires config, volumes, front ends and the control socket together; signals.
 //! - [`repl`]: replication: wire protocol, handshake, the I/O-free state machine, peers.
 //! - [`snapshot`], [`stream`]: copy-on-write snapshots, chunked streaming to Swift, restore.
+//! - [`pipeline`]: the one write path of a volume (snapshot preservation, then the disk) that
+//!   every writer takes: NBD clients, restore, the replication receiver, the resync target.
 //! - [`shaping`]: the WAN shaper: link cap and traffic classes.
+//! - [`metrics`]: the Prometheus exposition and its HTTP endpoint; atomic latency histograms.
 //! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
+//! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
+//! - [`orchestrator`]: protection plans, recovery through Cinder and Heat, fail back.
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -21,10 +26,14 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod detect;
 pub mod drill;
 pub mod frontend;
 pub mod limits;
 pub mod logrl;
+pub mod metrics;
+pub mod orchestrator;
+pub mod pipeline;
 pub mod repl;
 pub mod shaping;
 pub mod snapshot;

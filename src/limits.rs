@@ -28,6 +28,11 @@ pub const NBD_OPTION_BYTES_MAX: u32 = 64 * 1024;
 pub const NBD_OPTIONS_PER_CONNECTION_MAX: u32 = 64;
 /// A client must finish the handshake within this time.
 pub const NBD_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request in flight for this long is closed when the export is full and
+/// a new client arrives (src/frontend/nbd/idle.rs): idle clients cannot keep others out.
+pub const NBD_IDLE_EVICT_MS: u64 = 30_000;
+/// How long a new client waits for the slot an evicted idle connection frees.
+pub const NBD_EVICT_WAIT_MS: u64 = 2_000;
 
 /// io_uring submission queue depth per volume engine.
 pub const ENGINE_QUEUE_DEPTH_DEFAULT: u32 = 128;
@@ -40,6 +45,16 @@ pub const CONTROL_CONNECTIONS_MAX: usize = 64;
 pub const CONTROL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Control socket: a reply that cannot be written within this time closes the connection.
 pub const CONTROL_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Connections beyond `CONTROL_CONNECTIONS_MAX` that still get served, but only a read-only
+/// call (`status`, `methods`) and within `CONTROL_RESERVED_IDLE_MS`: the admin's `drl status`
+/// gets through however many idle clients hold the ordinary slots.
+pub const CONTROL_RESERVED_CONNECTIONS_MAX: usize = 4;
+/// A client in a reserved slot must send its request line within this time.
+pub const CONTROL_RESERVED_IDLE_MS: u64 = 2_000;
+/// After an oversized request line, what the server reads and discards (up to the line's end
+/// or the client's) before it closes, so a client still writing the line reads the error
+/// reply instead of a broken pipe; bounded in bytes and by the write timeout.
+pub const CONTROL_DISCARD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Event bus: events buffered per subscriber before a slow subscriber loses events.
 pub const EVENTS_BUFFER_COUNT_MAX: usize = 1024;
 
@@ -168,6 +183,9 @@ pub const REPL_PEER_TIMEOUT_MS: u64 = 6_000;
 /// role change (DRBD changes roles cluster-wide). Longer would outlast the peer timeout,
 /// which ends the wait anyway by closing the link.
 pub const REPL_STATE_ACK_TIMEOUT_MS: u64 = REPL_PEER_TIMEOUT_MS;
+/// `primary --force` that renegotiates a live connection (a new data generation) returns once
+/// a new session has decided the sync, or after this long (a handshake's deadline).
+pub const REPL_ADMIN_DECISION_WAIT_MS: u64 = REPL_HANDSHAKE_TIMEOUT_MS;
 /// Online verify: bytes per range, ranges a VerifyS keeps outstanding, digest bytes per
 /// bitmap block (sha256, truncated: 2^-64 odds that a changed block still matches).
 pub const REPL_VERIFY_REQUEST_BYTES: u32 = 1024 * 1024;
@@ -189,9 +207,16 @@ pub const REPL_RESYNC_WINDOW_REQUESTS: usize = 8;
 pub const REPL_RESYNC_ZERO_BATCH: usize = REPL_RESYNC_WINDOW_REQUESTS;
 /// Bytes of one resync request (one frame of data).
 pub const REPL_RESYNC_REQUEST_BYTES: u32 = REPL_FRAME_DATA_BYTES_MAX;
-/// Encoded frames queued for the socket writer beyond the epoch buffer (control frames,
-/// resync answers): the writer channel bound.
-pub const REPL_WRITER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Control frames (everything but application writes and barriers, which the epoch buffer
+/// bounds: pings and their answers, acks, resync and verify frames) queued for the socket
+/// writer at once: a memory bound against a peer that floods requests without reading. Not a
+/// stall detector: under 4 KiB writes a count of all frames is reached by a 0.2 s hiccup.
+pub const REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX: usize = 65_536;
+/// A peer that has taken no byte from this node's socket for this long while frames wait for
+/// it has stopped reading: the session ends. Judged by time, not by how much is queued (a
+/// network hiccup queues thousands of small frames in a moment and must not drop the link);
+/// longer than the peer timeout, so a slow shaped link that still drains is never taken for it.
+pub const REPL_SEND_STALL_MS: u64 = 2 * REPL_PEER_TIMEOUT_MS;
 /// Frames the socket writer finds queued together go out in one write (one syscall, one
 /// shaper request) up to this many bytes; a larger frame goes alone.
 pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -215,6 +240,9 @@ pub const REPL_AHEAD_MIN_MS: u64 = 1_000;
 pub const REPL_PENDING_CONNECTIONS_MAX: usize = 4;
 /// Log lines per second a peer can cause per resource.
 pub const REPL_LOG_LINES_PER_S: u32 = 5;
+/// State-change log lines (connection, peer-device, role, disk, sync decision, disconnect) per
+/// second per resource: one reconnect (about eight) passes whole, a flapping link is bounded.
+pub const REPL_STATE_LOG_LINES_PER_S: u32 = 10;
 const _: () = assert!(REPL_RECONNECT_MIN_MS <= REPL_RECONNECT_MAX_MS);
 const _: () = assert!(REPL_PING_INTERVAL_MS * 3 <= REPL_PEER_TIMEOUT_MS);
 const _: () = assert!((REPL_RESYNC_REQUEST_BYTES as u64).is_multiple_of(BITMAP_BLOCK_BYTES));
@@ -330,3 +358,100 @@ pub const RESYNC_ADMIT_WAIT_MS_MAX: u64 = 500;
 /// While a resync runs, its progress is published on the event bus this often (`drl
 /// wait-sync`'s progress line, `drl events2`'s `done:`).
 pub const RESYNC_PROGRESS_EVENT_MS: u64 = 1_000;
+
+// --- detect (site-failure detection, leases in etcd, self-fencing) ---
+/// Probe interval, per-probe timeout and consecutive misses before an indicator counts as
+/// missing: a dead site is suspected at most `interval * misses + timeout` after its last
+/// answer (100 * 2 + 100 = 300 ms, the issue's goal). See ARCHITECTURE.md "Site-failure
+/// detection" for why miss counting and not phi accrual.
+pub const DETECT_PROBE_INTERVAL_MS_DEFAULT: u64 = 100;
+pub const DETECT_PROBE_TIMEOUT_MS_DEFAULT: u64 = 100;
+pub const DETECT_SUSPECT_MISSES_DEFAULT: u32 = 2;
+/// Bounds of the probe interval a config may choose.
+pub const DETECT_PROBE_INTERVAL_MS_MIN: u64 = 10;
+pub const DETECT_PROBE_INTERVAL_MS_MAX: u64 = 10_000;
+/// Probes remembered per indicator for matching answers (an answer to an older probe is late).
+pub const DETECT_PROBES_OUTSTANDING_COUNT: usize = 32;
+/// Indicators a config may list in all (each one is probed every interval).
+pub const DETECT_INDICATORS_COUNT_MAX: usize = 256;
+/// Nodes whose probes this node answers, and whose highest sequence number it keeps.
+pub const DETECT_SENDERS_COUNT_MAX: usize = 256;
+/// A probe whose timestamp is further than this from the receiver's clock is refused as a
+/// replay (sequence numbers catch replays within the window; this one after a restart).
+pub const DETECT_PROBE_CLOCK_SKEW_MS_MAX: u64 = 30_000;
+/// Log lines per second for bad probes (unknown senders, forged, replayed, malformed).
+pub const DETECT_LOG_LINES_PER_S: u32 = 5;
+/// Lease TTL default (seconds: etcd's unit). etcd 3.4 refuses TTLs below its minimum
+/// (1.5 x its election timeout, rounded up) and raises them silently: keep tests at 2-3 s.
+pub const DETECT_LEASE_TTL_MS_DEFAULT: u64 = 5_000;
+pub const DETECT_LEASE_TTL_MS_MIN: u64 = 2_000;
+pub const DETECT_LEASE_TTL_MS_MAX: u64 = 300_000;
+/// The holder renews its lease this many times per TTL (booth renews at half; a third leaves
+/// two chances before the fence).
+pub const DETECT_LEASE_RENEWS_PER_TTL_COUNT: u64 = 3;
+/// Self-fencing margin: a Primary stops acknowledging writes this long before its lease could
+/// expire in etcd, counted from when it *sent* its last successful renewal. It covers clock
+/// rate drift between this node and the etcd leader (a few hundred ppm over a TTL), the time
+/// between the fence check and the reply leaving, and scheduling delay on a loaded host.
+pub const DETECT_FENCE_MARGIN_MS: u64 = 500;
+/// Clock rate drift allowed on top of the fixed margin, parts per million of the TTL.
+pub const DETECT_CLOCK_DRIFT_PPM: u64 = 1_000;
+/// How often a node that does not hold a scope's key looks at it (free key, holder, expiry).
+pub const DETECT_LEASE_POLL_MS: u64 = 200;
+/// One etcd request (per endpoint) before the next endpoint is tried.
+pub const DETECT_ETCD_REQUEST_TIMEOUT_MS: u64 = 400;
+/// etcd endpoints a config may list.
+pub const DETECT_ETCD_ENDPOINTS_COUNT_MAX: usize = 16;
+const _: () = assert!(DETECT_LEASE_TTL_MS_MIN > 2 * DETECT_FENCE_MARGIN_MS);
+const _: () = assert!(DETECT_LEASE_TTL_MS_MIN <= DETECT_LEASE_TTL_MS_DEFAULT);
+const _: () = assert!(DETECT_LEASE_TTL_MS_DEFAULT <= DETECT_LEASE_TTL_MS_MAX);
+const _: () = assert!(DETECT_PROBE_INTERVAL_MS_MIN <= DETECT_PROBE_INTERVAL_MS_DEFAULT);
+const _: () = assert!(
+    DETECT_ETCD_REQUEST_TIMEOUT_MS < DETECT_LEASE_TTL_MS_MIN / DETECT_LEASE_RENEWS_PER_TTL_COUNT
+);
+// ---- recovery orchestrator (src/orchestrator) ----
+/// Largest answer read from Keystone, Cinder or Heat.
+pub const DR_API_RESPONSE_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Connect timeout of one OpenStack API call.
+pub const DR_API_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Whole-request timeout of one OpenStack API call.
+pub const DR_API_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// How long an imported volume may take to become `available`.
+pub const DR_IMPORT_TIMEOUT_MS: u64 = 300_000;
+/// How long a stack may take to reach `CREATE_COMPLETE` (Heat's own default timeout is 60 min;
+/// a recovery that has not finished after this is reported, and resumes on the next run).
+pub const DR_STACK_TIMEOUT_MS: u64 = 900_000;
+/// Interval of status polls of a volume or a stack.
+pub const DR_POLL_INTERVAL_MS: u64 = 250;
+/// Most volumes listed when looking up what an earlier run imported.
+pub const DR_VOLUMES_LISTED_COUNT_MAX: u32 = 1000;
+/// Largest HOT template a plan may hold.
+pub const DR_TEMPLATE_BYTES_MAX: u64 = 1024 * 1024;
+/// Largest checkpoint object read back.
+pub const DR_CHECKPOINT_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest recovery journal read back (a few hundred bytes per step).
+pub const DR_JOURNAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// How long fail back waits for a resync or a verify run to finish.
+pub const DR_FAILBACK_SYNC_TIMEOUT_MS: u64 = 3_600_000;
+
+// ---- remote control endpoint (src/control/tcp.rs) ----
+/// Time a TCP control client has to authenticate.
+pub const CONTROL_TCP_AUTH_TIMEOUT_MS: u64 = 5_000;
+/// Unauthenticated TCP control connections handled at once (more are dropped).
+pub const CONTROL_TCP_HANDSHAKES_MAX: usize = 8;
+/// Shortest token a TCP control endpoint accepts.
+pub const CONTROL_TCP_TOKEN_BYTES_MIN: usize = 16;
+// ---- operations: metrics endpoint, systemd, TLS ----
+
+/// Concurrent connections to the metrics endpoint; more wait in the kernel's backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 8;
+/// Bytes of an HTTP request head the metrics endpoint reads before it refuses the request.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// A metrics request must arrive and its answer be written within this time.
+pub const METRICS_IO_TIMEOUT_MS: u64 = 5_000;
+/// A TLS certificate or key file larger than this is refused (a PEM chain is a few KiB).
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Shortest interval of a plan's snapshot schedule (`[[plan]] snapshot-every`).
+pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
+/// Scheduled snapshots kept per resource when `keep` is not given.
+pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;

@@ -213,7 +213,11 @@ async fn connections_above_the_limit_are_refused_and_the_first_ones_still_work()
         clients.push(client);
     }
     for _ in max..70 {
+        // Over the limit only a read-only call is served (a reserved slot): anything else
+        // gets one busy line, then the connection closes.
         let mut raw = Raw::connect(&s.path).await;
+        raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"big\"}\n")
+            .await;
         let reply = raw.recv().await.expect("one error line");
         assert_eq!(error_code(&reply), Some(i64::from(code::BUSY)));
         assert_eq!(raw.recv().await, None, "then closed");
@@ -569,4 +573,74 @@ async fn garbage_bytes_do_not_crash_the_server() {
         "still serving"
     );
     assert!(!s.task.is_finished());
+}
+
+/// Issue 12: idle clients holding every ordinary slot must not lock the admin out: `status`
+/// gets through a reserved slot (and only a read-only call does), and a reserved client that
+/// sends nothing is told so and dropped quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_gets_through_when_idle_clients_hold_every_slot() {
+    let s = start_default();
+    let max = drl::limits::CONTROL_CONNECTIONS_MAX;
+    let mut idle = Vec::new();
+    for _ in 0..max {
+        let mut client = Client::connect(&s.path).await.expect("connect");
+        client.call("status", Value::Null).await.expect("served");
+        idle.push(client);
+    }
+    for _ in 0..3 {
+        let mut admin = Client::connect(&s.path).await.expect("connect");
+        let r = admin
+            .call("status", Value::Null)
+            .await
+            .expect("the admin's status gets through a reserved slot");
+        assert_eq!(r["state"], "ok");
+    }
+    let mut silent = Raw::connect(&s.path).await;
+    let reply = silent
+        .recv()
+        .await
+        .expect("a busy line after the reserved idle time");
+    assert_eq!(error_code(&reply), Some(i64::from(code::BUSY)));
+    assert_eq!(silent.recv().await, None, "then closed");
+    drop(idle);
+}
+
+/// Issue 12: a request line far over the limit (10 MiB unterminated, or 1 MiB of JSON) gets
+/// the same JSON-RPC error as one just over it, although the client is still writing it when
+/// the server decides; then the connection closes and the server serves others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_request_lines_get_the_json_rpc_error_too() {
+    let s = start_default();
+    let json_line = {
+        let mut l = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\",\"params\":\"{}\"}}",
+            "x".repeat(1 << 20)
+        )
+        .into_bytes();
+        l.push(b'\n');
+        l
+    };
+    for (what, line, eof) in [
+        ("10 MiB unterminated", vec![b'a'; 10 << 20], true),
+        ("1 MiB of JSON", json_line, false),
+    ] {
+        let mut raw = Raw::connect(&s.path).await;
+        let sent = timeout(WAIT, raw.writer.write_all(&line)).await;
+        assert!(
+            matches!(sent, Ok(Ok(()))),
+            "{what}: the server stopped reading before the line was written: {sent:?}"
+        );
+        if eof {
+            raw.writer.shutdown().await.unwrap();
+        }
+        let reply = raw
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("{what}: no JSON-RPC error before the close"));
+        assert_eq!(error_code(&reply), Some(-32600), "{what}: {reply}");
+        assert_eq!(raw.recv().await, None, "{what}: then the server closes");
+    }
+    let mut client = Client::connect(&s.path).await.expect("connect");
+    assert!(client.call("status", Value::Null).await.is_ok());
 }

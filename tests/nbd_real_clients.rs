@@ -567,6 +567,69 @@ async fn connection_limit_refuses_cleanly_and_recovers() {
     srv.shutdown().await;
 }
 
+/// Issue 12: clients that finish the handshake and then sit idle held their slots with no
+/// bound in time: 64 of them and qemu-io was refused. Once they have been idle for the bound,
+/// a new client takes the slot of the idlest; a busy connection is never closed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_make_room_for_a_new_client() {
+    require!("qemu-io");
+    let srv = start_with(MemDevice::new("m", MIB), false, |s| {
+        s.set_idle_evict(Duration::from_secs(2))
+    })
+    .await;
+    let path = srv.socket();
+    let mut conns = Vec::new();
+    for _ in 0..NBD_CONNECTIONS_PER_EXPORT_MAX {
+        conns.push(raw_go(&path, false).await.unwrap());
+    }
+    // Idle for less than the bound: still refused (the limit itself holds).
+    assert_eq!(raw_go(&path, false).await.unwrap_err(), REP_ERR_POLICY);
+    // Once they have been idle for the bound, a real client gets in.
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = tokio::process::Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x5e 0 64k",
+                "-c",
+                "read -P 0x5e 0 64k",
+            ])
+            .arg(srv.uri(""))
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && !text.contains("fail") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "qemu-io never got a slot held by idle clients: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = {
+        let mut n = 0;
+        for s in conns.iter_mut() {
+            let mut b = [0u8; 1];
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(
+        (1..=NBD_CONNECTIONS_PER_EXPORT_MAX / 2).contains(&closed),
+        "idle connections closed to make room: {closed} (one per new client)"
+    );
+    drop(conns);
+    srv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_inflight_requests() {
     let dev = MemDevice::new("m", MIB).with_slow_range(0..4096, Duration::from_millis(1000));

@@ -65,18 +65,7 @@ fn a_finished_resync_is_persisted_on_the_source_before_a_crash() {
     // At once: well before the periodic persist.
     p.a.kill9();
     p.restart("a");
-    let r = res(&p.a, "r0").unwrap();
-    if r["role"] != "Primary" {
-        let t0 = Instant::now();
-        while !p.a.cli(&["primary", "r0"]).status.success() {
-            assert!(
-                t0.elapsed() < WAIT,
-                "a could not be promoted again\n{}",
-                p.report()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    p.promote_again("a");
     let (a, _) = p.wait_in_sync("a", "after the crash right after the sync");
     let moved = num(&a, "resync_bytes_sent");
     assert!(

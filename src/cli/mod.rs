@@ -5,7 +5,10 @@
 //! `--config FILE [--node NAME]` names, then the default `/run/drl/drl.sock`.
 
 mod admin;
+mod detect;
+pub mod dr;
 mod events2;
+mod gen;
 mod shaping;
 mod snapshot;
 mod status;
@@ -53,7 +56,8 @@ pub struct Global {
     /// Control socket of the daemon (default: from --config, else /run/drl/drl.sock).
     #[arg(long, global = true, env = "DRL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Config file, used to find the control socket (and by `daemon`).
+    /// Config file, used to find the control socket (and by `daemon`); default
+    /// /etc/drl/drl.toml when it exists.
     #[arg(
         long,
         short = 'c',
@@ -94,7 +98,9 @@ pub enum Command {
     ///
     /// Refused while the peer is Primary. `--force` promotes data that is not UpToDate (the
     /// first promotion of a new pair, which starts the initial full sync) or a node whose peer
-    /// is unreachable (failover; starts a new data generation).
+    /// is unreachable (failover; starts a new data generation). With `[detect]` the node first
+    /// takes the resource's lease in etcd: refused while another node holds it or while no
+    /// majority of etcd members answers.
     Primary(PrimaryArgs),
     /// Demote a resource to Secondary (read-only; receives the peer's writes).
     Secondary(ResArgs),
@@ -155,6 +161,9 @@ pub enum Command {
     /// The WAN shaper: per-class shares, ceilings and counters; tc rules for the host.
     #[command(subcommand)]
     Shaping(shaping::ShapingCmd),
+    /// Site-failure detection ([detect]): sites, indicators, leases in etcd, fencing.
+    #[command(subcommand)]
+    Detect(detect::DetectCmd),
     /// Check a config file and print what this node would run.
     ///
     /// Also checks each resource's files as a start would (directories exist, metadata
@@ -193,6 +202,12 @@ pub enum Command {
     /// Follows the daemon's events (no polling) and shows the resync progress on a terminal.
     /// Exit codes as for `wait-connect`.
     WaitSync(WaitArgs),
+    /// Disaster recovery: protection plans, recover a plan at this site, fail back.
+    #[command(subcommand)]
+    Dr(dr::DrCmd),
+    /// Generate man pages and shell completions (for packagers).
+    #[command(subcommand)]
+    Gen(gen::GenCmd),
 }
 
 #[derive(Args, Debug)]
@@ -291,7 +306,14 @@ pub mod exit {
 
 /// Parse the command line and run; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.global.config.is_none() {
+        // A packaged node keeps its config here: `drl status` works without --config.
+        let default = std::path::Path::new(config::DEFAULT_CONFIG_FILE);
+        if default.exists() {
+            cli.global.config = Some(default.to_owned());
+        }
+    }
     match cli.cmd {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
@@ -372,6 +394,9 @@ pub fn main() -> i32 {
         Command::Image(ref c) => stream::image(&cli.global, c),
         Command::Job(ref c) => stream::job(&cli.global, c),
         Command::Shaping(ref c) => shaping::run(&cli.global, c),
+        Command::Detect(ref c) => detect::run(&cli.global, c),
+        Command::Dr(ref c) => dr::run(&cli.global, c),
+        Command::Gen(ref c) => gen::run(c),
     }
 }
 
@@ -558,6 +583,36 @@ fn check_config(g: &Global) -> i32 {
                     peer
                 );
                 ok &= admin::report_plan(r);
+            }
+            for p in &c.plans {
+                println!(
+                    "plan {}: resources {}, template {}, cinder-host {}, stack {}",
+                    p.name,
+                    p.volumes
+                        .iter()
+                        .map(|v| v.resource.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    p.template.display(),
+                    p.cinder_host,
+                    p.stack_name
+                );
+            }
+            if let Some(m) = c.metrics_listen {
+                println!("metrics: http://{m}/metrics");
+            }
+            if let Some(t) = &c.tls {
+                // The same checks as at start: readable, signed by the CA, valid now, named.
+                if let Err(e) = crate::repl::tls::load(t, &c.node) {
+                    eprintln!("drl: TLS: {e}");
+                    return exit::USAGE;
+                }
+                println!(
+                    "tls: {} for node {} (ca {})",
+                    t.cert.display(),
+                    c.node,
+                    t.ca.display()
+                );
             }
             if ok {
                 exit::OK

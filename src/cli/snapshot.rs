@@ -10,20 +10,30 @@ use crate::config::units::format_bytes;
 pub enum SnapshotCmd {
     /// Take a crash-consistent snapshot now (in-flight writes finish first; I/O goes on after).
     Create {
+        /// The resource (its name in the config).
         resource: String,
+        /// The snapshot's name (letters, digits, '-', '_', '.'), unique within the resource.
         name: String,
+        /// Print the new snapshot's details as JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the snapshots of a resource, oldest first, and the tombstones of deleted ones.
     List {
+        /// The resource (its name in the config).
         resource: String,
+        /// Machine-readable JSON instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a snapshot. Its change set is kept (a tombstone) so that it can still be the
     /// parent of an incremental stream.
-    Delete { resource: String, name: String },
+    Delete {
+        /// The resource (its name in the config).
+        resource: String,
+        /// The snapshot to delete.
+        name: String,
+    },
 }
 
 pub fn run(g: &Global, c: &SnapshotCmd) -> i32 {

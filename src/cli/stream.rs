@@ -58,8 +58,10 @@ pub struct RestoreArgs {
     /// e.g. ./vol.img); a file is created sparse and needs no daemon.
     #[arg(long, value_name = "FILE|RES")]
     pub to: String,
+    /// Objects fetched at once (default: `[stream] parallelism`).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
+    /// Print the final report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
 }
@@ -69,6 +71,7 @@ pub enum ImageCmd {
     /// Copy a VM image to the store as a Static Large Object (segments plus manifest), so the
     /// object reads back as one image (what Glance's Swift store serves).
     Push {
+        /// The image file to upload (raw, qcow2, ...: copied byte for byte).
         file: PathBuf,
         /// swift://CONTAINER/OBJECT (or a vault location).
         #[arg(long, value_name = "URL")]
@@ -76,14 +79,18 @@ pub enum ImageCmd {
         /// Segment size (raised automatically to stay within 1000 segments).
         #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
         segment_size: Option<u64>,
+        /// Print the final report as JSON (no progress bar).
         #[arg(long)]
         json: bool,
     },
     /// Copy an image from the store into a file (every segment verified).
     Pull {
+        /// The image in the store: swift://CONTAINER/OBJECT (or a vault location).
         from: String,
+        /// The file to write (created or overwritten; sparse where the image has zeroes).
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
+        /// Print the final report as JSON (no progress bar).
         #[arg(long)]
         json: bool,
     },
@@ -93,11 +100,15 @@ pub enum ImageCmd {
 pub enum JobCmd {
     /// Running and recently finished jobs of the daemon.
     List {
+        /// Machine-readable JSON instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Stop a running job (an interrupted stream resumes when started again).
-    Cancel { job: String },
+    Cancel {
+        /// The job's name, as `drl job list` shows it.
+        job: String,
+    },
 }
 
 fn bar(json: bool) -> ProgressBar {

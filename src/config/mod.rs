@@ -9,6 +9,9 @@
 //! refused, so a typo never silently becomes a default), then [`validate`] checks meaning and
 //! produces a [`NodeConfig`]. Every error names the file, the key and the reason.
 
+pub mod detect;
+pub mod ops;
+pub mod plan;
 pub mod shaping;
 pub mod units;
 
@@ -20,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub use units::{ByteSize, DurationMs};
 
 use crate::limits;
+
+/// The config file `drl` reads when no --config (or $DRL_CONFIG) is given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/drl/drl.toml";
 
 /// Where the control socket lives when the config names none.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drl/drl.sock";
@@ -54,6 +60,12 @@ pub struct RawConfig {
     pub swift: Option<RawSwift>,
     pub stream: Option<RawStream>,
     pub shaping: Option<shaping::RawShaping>,
+    pub detect: Option<detect::RawDetect>,
+    pub openstack: Option<plan::RawOpenStack>,
+    pub dr: Option<plan::RawDr>,
+    #[serde(default)]
+    pub plan: Vec<plan::RawPlan>,
+    pub tls: Option<ops::RawTls>,
 }
 
 /// `[swift]`: how to reach Swift. Without it, `swift://` URLs use the OpenStack environment
@@ -93,6 +105,19 @@ pub struct RawNode {
     pub control_socket: Option<PathBuf>,
     /// Octal permission bits of the control socket, as a string ("0600") or a number.
     pub control_socket_mode: Option<String>,
+    /// The site (datacenter) the node is in; the recovery orchestrator recovers a plan on the
+    /// nodes of its own site. Default: the node's name (a site of its own).
+    pub site: Option<String>,
+    /// The remote control endpoint `IP:PORT` (off by default; needs `control-token-file`).
+    pub control_tcp: Option<String>,
+    /// The shared token of the TCP control endpoint (a file only root can read).
+    pub control_token_file: Option<PathBuf>,
+    /// Prometheus metrics endpoint, `IP:PORT` (see [`ops`]).
+    pub metrics_listen: Option<String>,
+    /// This node's certificate (PEM) for TLS on the replication link.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +142,8 @@ pub struct RawResource {
     pub after_sb_0pri: Option<String>,
     /// A static cap on this resource's resync (DRBD's `resync-rate`), without a link-rate.
     pub resync_rate: Option<units::Rate>,
+    /// TLS on the replication link; a resource with TLS refuses cleartext peers.
+    pub tls: Option<bool>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -205,6 +232,8 @@ pub struct ResourceConfig {
     pub peer: Option<Placement>,
     /// Replication settings (used when `peer` is set).
     pub repl: ReplConfig,
+    /// TLS on the replication link (`tls = true`; needs [`NodeConfig::tls`]).
+    pub tls: bool,
 }
 
 /// Replication settings of one resource.
@@ -252,11 +281,28 @@ pub struct NodeConfig {
     pub node: String,
     pub control_socket: PathBuf,
     pub control_socket_mode: u32,
+    /// This node's TCP control endpoint and its token file, if configured.
+    pub control_tcp: Option<(SocketAddr, PathBuf)>,
     pub resources: Vec<ResourceConfig>,
     pub swift: Option<crate::stream::auth::SwiftAuth>,
     pub stream: StreamConfig,
     pub shaping: crate::shaping::ShapingConfig,
     pub resync: crate::shaping::resync::ResyncTuning,
+    /// `[detect]`; `None`: no detection, promotion is manual.
+    pub detect: Option<detect::DetectConfig>,
+    /// `[openstack]`: the backup site's cloud (Keystone v3); None: `OS_*` / `OS_CLOUD`.
+    pub openstack: Option<crate::stream::auth::SwiftAuth>,
+    pub dr: plan::DrConfig,
+    pub plans: Vec<plan::PlanConfig>,
+    /// Every node of the file with its site and control socket (the orchestrator reaches the
+    /// daemons of its site through them).
+    pub nodes: Vec<plan::NodeEntry>,
+    /// Every replicated resource of the file: name and its two nodes.
+    pub all_resources: Vec<(String, Vec<String>)>,
+    /// Prometheus metrics endpoint (`metrics-listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's TLS files (`[tls] ca`, `tls-cert`, `tls-key`).
+    pub tls: Option<ops::TlsFiles>,
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +378,8 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             })?,
     };
 
+    let metrics_listen = ops::metrics_listen(me, &invalid)?;
+    let tls = ops::tls_files(raw, me, &invalid)?;
     let mut resources = Vec::new();
     let mut res_names = HashSet::new();
     let mut paths: HashSet<PathBuf> = HashSet::new();
@@ -450,6 +498,15 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
         }
         let repl = repl_config(r, &key, &invalid)?;
+        let res_tls = r.tls.unwrap_or(false);
+        ops::check_resource_tls(
+            &r.name,
+            res_tls,
+            peer.is_some(),
+            tls.as_ref(),
+            node,
+            &invalid,
+        )?;
         resources.push(ResourceConfig {
             name: r.name.clone(),
             size_bytes: size,
@@ -459,6 +516,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             local,
             peer,
             repl,
+            tls: res_tls,
         });
     }
     let swift = raw
@@ -469,16 +527,77 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let stream = stream_config(raw.stream.as_ref(), &invalid)?;
     let shaping = shaping::shaping_config(raw.shaping.as_ref(), &invalid)?;
     let resync = shaping::resync_tuning(raw.shaping.as_ref(), &invalid)?;
+    let detect =
+        detect::detect_config(raw.detect.as_ref(), node, &node_names, &resources, &invalid)?;
+    for (i, n) in raw.node.iter().enumerate() {
+        if let Some(s) = &n.site {
+            check_name(s).map_err(|r| invalid(format!("node[{i}].site"), r))?;
+        }
+    }
+    let mut tcp_of = std::collections::HashMap::new();
+    for (i, n) in raw.node.iter().enumerate() {
+        let ep = match (&n.control_tcp, &n.control_token_file) {
+            (None, None) => continue,
+            (Some(a), Some(f)) => {
+                let addr = a.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        format!("node[{i}].control-tcp"),
+                        format!("{a:?} is not IP:PORT ({e})"),
+                    )
+                })?;
+                if !f.is_absolute() {
+                    return Err(invalid(
+                        format!("node[{i}].control-token-file"),
+                        format!("{} must be an absolute path", f.display()),
+                    ));
+                }
+                (addr, f.clone())
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("node[{i}].control-token-file"),
+                    "control-tcp needs a token file (the endpoint is authenticated)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("node[{i}].control-tcp"),
+                    "control-token-file without control-tcp".into(),
+                ))
+            }
+        };
+        tcp_of.insert(n.name.clone(), ep);
+    }
+    let openstack = raw
+        .openstack
+        .as_ref()
+        .map(|o| plan::openstack_auth(o, &invalid))
+        .transpose()?;
+    let dr = plan::dr_config(raw.dr.as_ref(), &invalid)?;
+    let plans = plan::plans(raw, &invalid)?;
     Ok(NodeConfig {
         file: file.to_owned(),
         node: node.to_owned(),
         control_socket,
         control_socket_mode,
+        control_tcp: tcp_of.get(node).cloned(),
         resources,
         swift,
         stream,
         shaping,
         resync,
+        detect,
+        openstack,
+        dr,
+        plans,
+        nodes: plan::nodes(raw, &tcp_of),
+        all_resources: raw
+            .resource
+            .iter()
+            .map(|r| (r.name.clone(), r.on.keys().cloned().collect()))
+            .collect(),
+        metrics_listen,
+        tls,
     })
 }
 

@@ -364,3 +364,108 @@ fn shaping_resync_section() {
     );
     assert!(e.contains("shaping.resync.max-rate: below min-rate"), "{e}");
 }
+
+/// Issue 10's `[openstack]` and `[[plan]]`, verbatim (with a second resource `r1`).
+const PLAN_EXAMPLE: &str = r#"
+[openstack]                       # the backup site's cloud; or OS_* / OS_CLOUD
+auth-url = "http://127.0.0.1:5050/v3"
+username = "admin"
+password = "secret"
+project = "admin"
+
+[[plan]]
+name = "web"
+resources = ["r0", "r1"]          # drl resources holding the workload's volumes
+template = "/etc/drl/plans/web.yaml"   # the workload's HOT template, primary-site IDs inside
+cinder-host = "aio@nfs#nfs"       # backend pool that imports the volumes at the backup site
+failover = "manual"               # "automatic" once site-failure detection exists
+rpo-target = "30s"                # alarm when replication lag exceeds it
+
+[plan.volume.r0]
+primary-id = "0e5b7c8e-0d7e-4c39-9d6f-5a1f2b7c1a10"   # the volume's ID at the primary site
+bootable = true
+"#;
+
+fn with_r1(extra: &str) -> String {
+    format!(
+        "{EXAMPLE}\n[[resource]]\nname = \"r1\"\nsize = \"256MiB\"\nsecret = \"x\"\n[resource.on.site-a]\naddress = \"127.0.0.1:7791\"\ndisk = \"/tmp/drl/a/r1.img\"\nmeta = \"/tmp/drl/a/r1.meta\"\n[resource.on.site-b]\naddress = \"127.0.0.1:7792\"\ndisk = \"/tmp/drl/b/r1.img\"\nmeta = \"/tmp/drl/b/r1.meta\"\n{extra}"
+    )
+}
+
+#[test]
+fn issue_plan_example_works_as_written() {
+    let c = check(&with_r1(PLAN_EXAMPLE), "site-b").unwrap();
+    let p = &c.plans[0];
+    assert_eq!(p.name, "web");
+    assert_eq!(p.volumes.len(), 2);
+    assert!(p.volumes[0].bootable && !p.volumes[1].bootable);
+    assert_eq!(p.rpo_target_ms, Some(30_000));
+    assert_eq!(p.stack_name, "web");
+    assert!(
+        !format!("{:?}", c.openstack).contains("secret"),
+        "password redacted"
+    );
+    assert_eq!(
+        c.nodes[1].site, "site-b",
+        "a node without site is its own site"
+    );
+}
+
+#[test]
+fn bad_plans_name_key_and_reason() {
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("[\"r0\", \"r1\"]", "[\"r0\", \"r9\"]")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.resources") && e.contains("r9"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("aio@nfs#nfs", "nfs")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.cinder-host"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("\"manual\"", "\"sometimes\"")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.failover"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("[plan.volume.r0]", "[plan.volume.r5]")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.volume.r5"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("/etc/drl/plans", "plans")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.template"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("bootable = true", "bootabel = true")),
+        "site-b",
+    );
+    assert!(e.contains("bootabel"), "{e}");
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "keep = 3")),
+        "site-b",
+    );
+    assert!(
+        e.contains("plan.web.keep") && e.contains("without snapshot-every"),
+        "{e}"
+    );
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "snapshot-every = \"10ms\"")),
+        "site-b",
+    );
+    assert!(e.contains("plan.web.snapshot-every"), "{e}");
+    let c = check(
+        &with_r1(
+            &PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "snapshot-every = \"60m\"\nkeep = 5"),
+        ),
+        "site-b",
+    )
+    .unwrap();
+    assert_eq!(c.plans[0].snapshots, Some((3_600_000, 5)));
+    // A resource that is not replicated cannot be recovered elsewhere.
+    let solo = format!("{}\n[[resource]]\nname = \"r1\"\nsize = \"256MiB\"\n[resource.on.site-a]\ndisk = \"/tmp/drl/a/r1.img\"\nmeta = \"/tmp/drl/a/r1.meta\"\n{PLAN_EXAMPLE}", EXAMPLE);
+    let e = err(&solo, "site-b");
+    assert!(e.contains("not replicated"), "{e}");
+}

@@ -8,9 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 use super::connection::{
     read_line_bounded, LineRead, EVENTS_LOST_NOTIFICATION, EVENT_NOTIFICATION,
@@ -23,8 +25,8 @@ use crate::limits::CONTROL_REPLY_BYTES_MAX;
 /// One connection to the daemon's control socket.
 pub struct Client {
     path: PathBuf,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     next_id: u64,
 }
 
@@ -41,8 +43,30 @@ impl Client {
         let (reader, writer) = stream.into_split();
         Ok(Client {
             path: path.to_path_buf(),
+            reader: BufReader::new(Box::new(reader)),
+            writer: Box::new(writer),
+            next_id: 1,
+        })
+    }
+
+    /// Connect to a daemon's TCP control endpoint and authenticate with `token`
+    /// (see [`super::tcp`]).
+    pub async fn connect_tcp(
+        addr: std::net::SocketAddr,
+        token: &super::tcp::Token,
+    ) -> Result<Client, ControlError> {
+        let s = super::tcp::connect(addr, token).await?;
+        let held = s.buffer().to_vec();
+        let (reader, writer) = s.into_inner().into_split();
+        let reader: Box<dyn AsyncRead + Send + Unpin> = if held.is_empty() {
+            Box::new(reader)
+        } else {
+            Box::new(std::io::Cursor::new(held).chain(reader))
+        };
+        Ok(Client {
+            path: PathBuf::from(format!("tcp:{addr}")),
             reader: BufReader::new(reader),
-            writer,
+            writer: Box::new(writer),
             next_id: 1,
         })
     }
@@ -103,9 +127,9 @@ impl Client {
 /// Events as the daemon streams them; ends when the daemon closes the connection.
 pub struct EventStream {
     path: PathBuf,
-    reader: BufReader<OwnedReadHalf>,
+    reader: Reader,
     /// Kept open: dropping it would half-close the connection.
-    _writer: OwnedWriteHalf,
+    _writer: Writer,
 }
 
 impl EventStream {
@@ -156,10 +180,7 @@ impl EventStream {
 }
 
 /// One JSON message from the daemon, or `None` at EOF.
-async fn read_message(
-    reader: &mut BufReader<OwnedReadHalf>,
-    path: &Path,
-) -> Result<Option<Value>, ControlError> {
+async fn read_message(reader: &mut Reader, path: &Path) -> Result<Option<Value>, ControlError> {
     let mut line = Vec::new();
     loop {
         let read = read_line_bounded(reader, &mut line, CONTROL_REPLY_BYTES_MAX)

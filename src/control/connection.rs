@@ -4,7 +4,11 @@
 //! Everything a client can do wrong ends in an error reply or a closed connection, never in
 //! unbounded memory or a stuck server task:
 //! - lines are read with a bounded reader: a line longer than the limit gets one
-//!   `-32600` reply and the connection is closed, without buffering the rest;
+//!   `-32600` reply; the rest of the line is read and discarded without buffering (at most
+//!   `CONTROL_DISCARD_BYTES_MAX`, within the write timeout), so a client still writing it
+//!   reads the reply instead of a broken pipe, and then the connection is closed;
+//! - a connection in a reserved slot (over `connections_max`) may make one read-only call
+//!   (`status`, `methods`) within `CONTROL_RESERVED_IDLE_MS`, anything else gets `busy`;
 //! - malformed JSON gets `-32700` and the connection keeps going;
 //! - every write has a deadline: a client that does not read its replies (or its events) is
 //!   dropped when the deadline passes;
@@ -29,6 +33,7 @@ use tokio::time::{sleep, timeout, Instant};
 use super::events::{EventFilter, Received, Subscription};
 use super::rpc::{self, Notification, Request, Response, RpcError};
 use super::server::Shared;
+use crate::limits::CONTROL_DISCARD_BYTES_MAX;
 
 /// Notification method carrying one [`Event`](super::events::Event).
 pub const EVENT_NOTIFICATION: &str = "event";
@@ -90,8 +95,48 @@ pub(crate) async fn read_line_bounded<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Methods a connection in a reserved slot may call: read-only and quick.
+pub(crate) const RESERVED_METHODS: [&str; 2] = ["status", "methods"];
+
+/// Read and drop the rest of an oversized line: up to its `\n`, the client's end of the
+/// stream, `max` bytes or `deadline`, whichever comes first.
+async fn discard_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize, deadline: Duration) {
+    let drain = async {
+        let mut dropped = 0usize;
+        while dropped < max {
+            let Ok(available) = reader.fill_buf().await else {
+                return;
+            };
+            if available.is_empty() {
+                return;
+            }
+            if let Some(i) = available.iter().position(|&b| b == b'\n') {
+                reader.consume(i + 1);
+                return;
+            }
+            let n = available.len();
+            reader.consume(n);
+            dropped += n;
+        }
+    };
+    let _ = timeout(deadline, drain).await;
+}
+
 /// Serve one accepted connection until it closes; the permit is held for as long.
 pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    serve_with(stream, shared, false).await
+}
+
+/// Serve a connection in a reserved slot: one read-only call, then close.
+pub(crate) async fn serve_reserved(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    serve_with(stream, shared, true).await
+}
+
+async fn serve_with(stream: UnixStream, shared: Arc<Shared>, reserved: bool) {
     let (reader, writer) = stream.into_split();
     let mut conn = Connection {
         reader: BufReader::new(reader),
@@ -99,11 +144,19 @@ pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, _permit: Owne
         line: Vec::new(),
         subscription: None,
         shared,
+        reserved,
     };
     match conn.run().await {
         Ok(()) => tracing::debug!("control client disconnected"),
         Err(reason) => tracing::debug!(?reason, "control connection closed"),
     }
+}
+
+fn busy(connections_max: usize) -> RpcError {
+    RpcError::busy(format!(
+        "too many control connections (max {connections_max}); try again later \
+         (`status` still gets through)"
+    ))
 }
 
 /// Refuse a connection over the limit: one error line, then close.
@@ -112,12 +165,7 @@ pub(crate) async fn refuse(
     write_timeout: Duration,
     connections_max: usize,
 ) {
-    let reply = Response::failure(
-        Value::Null,
-        RpcError::busy(format!(
-            "too many control connections (max {connections_max}); try again later"
-        )),
-    );
+    let reply = Response::failure(Value::Null, busy(connections_max));
     if let Ok(line) = to_line(&reply) {
         let _ = timeout(write_timeout, stream.write_all(&line)).await;
     }
@@ -131,11 +179,17 @@ struct Connection {
     line: Vec<u8>,
     subscription: Option<(Subscription, EventFilter)>,
     shared: Arc<Shared>,
+    /// A reserved slot: one call of [`RESERVED_METHODS`], a short idle timeout.
+    reserved: bool,
 }
 
 impl Connection {
     async fn run(&mut self) -> Result<(), Closed> {
-        let idle_timeout = self.shared.options.idle_timeout;
+        let idle_timeout = if self.reserved {
+            self.shared.options.reserved_idle_timeout
+        } else {
+            self.shared.options.idle_timeout
+        };
         let line_max = self.shared.options.line_bytes_max;
         let idle = sleep(idle_timeout);
         tokio::pin!(idle);
@@ -149,11 +203,18 @@ impl Connection {
                                 "request line longer than {line_max} bytes; closing the connection"
                             ));
                             self.send(&Response::failure(Value::Null, error)).await?;
+                            let wt = self.shared.options.write_timeout;
+                            discard_line(&mut self.reader, CONTROL_DISCARD_BYTES_MAX, wt).await;
+                            let _ = timeout(wt, self.writer.shutdown()).await;
                             return Err(Closed::LineTooLong);
                         }
                         LineRead::Line => {
                             let line = std::mem::take(&mut self.line);
                             self.handle_line(&line).await?;
+                            if self.reserved && !line.trim_ascii().is_empty() {
+                                let _ = timeout(self.shared.options.write_timeout, self.writer.shutdown()).await;
+                                return Ok(());
+                            }
                             idle.as_mut().reset(Instant::now() + idle_timeout);
                         }
                     }
@@ -167,7 +228,13 @@ impl Connection {
                     }
                     None => self.subscription = None,
                 },
-                () = &mut idle, if self.subscription.is_none() => return Err(Closed::Idle),
+                () = &mut idle, if self.subscription.is_none() => {
+                    if self.reserved {
+                        let max = self.shared.options.connections_max;
+                        let _ = self.send(&Response::failure(Value::Null, busy(max))).await;
+                    }
+                    return Err(Closed::Idle);
+                }
             }
         }
     }
@@ -190,6 +257,9 @@ impl Connection {
     }
 
     async fn dispatch(&mut self, request: Request) -> Result<Value, RpcError> {
+        if self.reserved && !RESERVED_METHODS.contains(&request.method.as_str()) {
+            return Err(busy(self.shared.options.connections_max));
+        }
         match request.method.as_str() {
             "methods" => Ok(json!(self.shared.router.names())),
             "events.subscribe" => {

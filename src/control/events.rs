@@ -37,6 +37,10 @@ pub enum ObjectKind {
     Device,
     Job,
     Snapshot,
+    /// A site's health as this node's pingers see it (`[detect]`; name: the site).
+    Site,
+    /// A protection scope's lease in etcd and this node's fence (`[detect]`; name: the resource).
+    Lease,
 }
 
 /// One state change. `name` is the resource the object belongs to (for a job, the job's

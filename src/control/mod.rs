@@ -29,6 +29,7 @@ mod connection;
 pub mod events;
 pub mod rpc;
 pub mod server;
+pub mod tcp;
 
 pub use client::{Client, EventStream};
 pub use connection::{EVENTS_LOST_NOTIFICATION, EVENT_NOTIFICATION};

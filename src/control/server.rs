@@ -28,7 +28,7 @@ use super::rpc::RpcError;
 use super::ControlError;
 use crate::limits::{
     CONTROL_CONNECTIONS_MAX, CONTROL_IDLE_TIMEOUT_MS, CONTROL_LINE_BYTES_MAX,
-    CONTROL_WRITE_TIMEOUT_MS,
+    CONTROL_RESERVED_CONNECTIONS_MAX, CONTROL_RESERVED_IDLE_MS, CONTROL_WRITE_TIMEOUT_MS,
 };
 
 /// Methods the server answers itself; a [`Router`] may not register them.
@@ -100,6 +100,10 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// A reply or event that cannot be written within this time closes the connection.
     pub write_timeout: Duration,
+    /// Connections served beyond `connections_max`, for one read-only call each (the admin's
+    /// `status` always gets through), and how long such a client may take to send it.
+    pub reserved_max: usize,
+    pub reserved_idle_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -109,6 +113,8 @@ impl Default for ServerOptions {
             connections_max: CONTROL_CONNECTIONS_MAX,
             idle_timeout: Duration::from_millis(CONTROL_IDLE_TIMEOUT_MS),
             write_timeout: Duration::from_millis(CONTROL_WRITE_TIMEOUT_MS),
+            reserved_max: CONTROL_RESERVED_CONNECTIONS_MAX,
+            reserved_idle_timeout: Duration::from_millis(CONTROL_RESERVED_IDLE_MS),
         }
     }
 }
@@ -212,6 +218,7 @@ impl ControlServer {
             })?;
         let connections_max = shared.options.connections_max;
         let permits = Arc::new(Semaphore::new(connections_max));
+        let reserved = Arc::new(Semaphore::new(shared.options.reserved_max));
         let mut tasks = JoinSet::new();
         let mut refused_log = RateLimitedLog::new(Duration::from_secs(1));
         let mut accept_log = RateLimitedLog::new(Duration::from_secs(1));
@@ -235,7 +242,9 @@ impl ControlServer {
                         Ok(permit) => {
                             tasks.spawn(connection::serve(stream, shared.clone(), permit));
                         }
-                        Err(_) => {
+                        Err(_) => if let Ok(permit) = reserved.clone().try_acquire_owned() {
+                            tasks.spawn(connection::serve_reserved(stream, shared.clone(), permit));
+                        } else {
                             if let Some(suppressed) = refused_log.ready() {
                                 tracing::warn!(connections_max, suppressed, "control socket full, connection refused");
                             }

@@ -1,17 +1,24 @@
 //! The device a resource's users see: the disk, with the snapshot store (and, when replicated,
 //! the replicator) in its write path.
 //!
-//! Write path order: the snapshot store's `begin_write` (records the change, preserves old data
-//! for the newest snapshot, holds the snapshot gate) -> the disk write, or for a replicated
-//! resource the replicator's write (activity log, dirty bits, local write + enqueue to the
-//! peer). The guard is held until the write completed, so a snapshot is always taken between
-//! two writes.
+//! Write path order ([`WritePipeline`], which the replication receiver and the resync target
+//! take too): snapshot preservation (records the change, preserves old data for the newest
+//! snapshot, holds the snapshot gate) -> the disk write, or for a replicated resource the
+//! replicator's write (activity log, dirty bits, local write + enqueue to the peer). The guard
+//! is held until the write completed, so a snapshot is always taken between two writes.
 //!
 //! A replicated resource accepts user writes only while Primary (a DRBD Secondary cannot be
 //! written); it is exported read-only otherwise.
+//!
+//! With `[detect]`, a replicated resource's writes and flushes also pass its self-fencing gate
+//! (`detect::fence`), before they start and again before they are acknowledged. Without it the
+//! gate is unset and costs one atomic load.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::detect::fence::Fence;
+
+use crate::pipeline::{Write, WritePipeline};
 use crate::repl::replicator::{Replicator, WriteOp};
 use crate::snapshot::SnapshotStore;
 use crate::volume::disk::Disk;
@@ -19,17 +26,19 @@ use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
 
 pub struct ResourceDevice {
     disk: Arc<Disk>,
-    snaps: Arc<SnapshotStore<Disk>>,
+    pipe: Arc<WritePipeline>,
     repl: Option<Arc<Replicator>>,
+    fence: OnceLock<Arc<Fence>>,
 }
 
 impl ResourceDevice {
-    pub fn new(
-        disk: Arc<Disk>,
-        snaps: Arc<SnapshotStore<Disk>>,
-        repl: Option<Arc<Replicator>>,
-    ) -> Self {
-        ResourceDevice { disk, snaps, repl }
+    pub fn new(pipe: Arc<WritePipeline>, repl: Option<Arc<Replicator>>) -> Self {
+        ResourceDevice {
+            disk: pipe.disk().clone(),
+            pipe,
+            repl,
+            fence: OnceLock::new(),
+        }
     }
 
     fn writable(&self) -> bool {
@@ -39,8 +48,31 @@ impl ResourceDevice {
         }
     }
 
+    /// Put the self-fencing gate in front of writes (once, at start, before the export).
+    pub fn set_fence(&self, fence: Arc<Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// The gate, if `[detect]` set one: writes and acknowledgements wait or fail there.
+    async fn fenced(&self) -> Result<(), VolumeError> {
+        match self.fence.get() {
+            None => Ok(()),
+            Some(f) => f.admit().await,
+        }
+    }
+
+    /// Run a write between the two passes of the gate.
+    async fn gated(
+        &self,
+        w: impl std::future::Future<Output = Result<(), VolumeError>>,
+    ) -> Result<(), VolumeError> {
+        self.fenced().await?;
+        w.await?;
+        self.fenced().await
+    }
+
     pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
-        &self.snaps
+        self.pipe.snapshots()
     }
 
     pub fn disk(&self) -> &Arc<Disk> {
@@ -80,27 +112,43 @@ impl BlockDevice for ResourceDevice {
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
         self.check_write(offset, data.len() as u64)?;
-        let _g = self.snaps.begin_write(offset, data.len() as u64).await?;
-        match &self.repl {
-            Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
-            None => self.disk.write(offset, data, fua).await,
-        }
+        self.gated(async {
+            let _g = self.pipe.preserve(offset, data.len() as u64).await?;
+            match &self.repl {
+                Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
+                None => {
+                    self.pipe
+                        .disk_write(offset, Write::Data { data, fua })
+                        .await
+                }
+            }
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), VolumeError> {
-        match &self.repl {
-            Some(r) => r.flush().await,
-            None => self.disk.flush().await,
-        }
+        self.gated(async {
+            match &self.repl {
+                Some(r) => r.flush().await,
+                None => self.disk.flush().await,
+            }
+        })
+        .await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
-        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        match &self.repl {
-            Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
-            None => self.disk.trim(offset, len).await,
-        }
+        self.gated(async {
+            let _g = self.pipe.preserve(offset, u64::from(len)).await?;
+            match &self.repl {
+                Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
+                None => {
+                    let w = Write::Trim { len, fua: false };
+                    self.pipe.disk_write(offset, w).await
+                }
+            }
+        })
+        .await
     }
 
     async fn write_zeroes(
@@ -111,13 +159,19 @@ impl BlockDevice for ResourceDevice {
         fua: bool,
     ) -> Result<(), VolumeError> {
         self.check_write(offset, u64::from(len))?;
-        let _g = self.snaps.begin_write(offset, u64::from(len)).await?;
-        match &self.repl {
-            Some(r) => {
-                r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
-                    .await
+        self.gated(async {
+            let _g = self.pipe.preserve(offset, u64::from(len)).await?;
+            match &self.repl {
+                Some(r) => {
+                    r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
+                        .await
+                }
+                None => {
+                    let w = Write::Zeroes { len, may_trim, fua };
+                    self.pipe.disk_write(offset, w).await
+                }
             }
-            None => self.disk.write_zeroes(offset, len, may_trim, fua).await,
-        }
+        })
+        .await
     }
 }

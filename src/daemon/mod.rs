@@ -13,11 +13,16 @@
 mod adjust;
 mod device;
 mod jobs;
+mod metrics;
 mod progress;
 mod resource;
 mod rpc;
+mod rpc_detect;
+mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
+mod schedule;
+pub mod sd_notify;
 
 pub use resource::{create_meta, Claimed, Resource};
 
@@ -39,6 +44,8 @@ pub struct Node {
     pub events: EventBus,
     pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
+    /// Site-failure detection and leases (`[detect]`), if configured.
+    pub detect: Option<Arc<crate::detect::Detect>>,
 }
 
 impl Node {
@@ -109,8 +116,16 @@ pub enum DaemonError {
     },
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::repl::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Detect(#[from] crate::detect::DetectError),
+    #[error("control over TCP: {0}")]
+    ControlTcp(String),
 }
 
 /// Run the node until SIGTERM/SIGINT.
@@ -126,6 +141,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     // Every resource's files are locked and checked before any is created or grown, so a
     // refused start changes nothing.
     let mut claims = Vec::new();
+    crate::repl::tls::init(cfg.tls.as_ref(), &cfg.node)?;
     for rc in &cfg.resources {
         claims.push(
             resource::Claimed::take(rc).map_err(|source| DaemonError::Resource {
@@ -144,15 +160,30 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         resources.push(Arc::new(r));
     }
     let jobs = jobs::Jobs::new(events.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    // Before the exports start: the fences must stand in front of the first write.
+    let detect = match &cfg.detect {
+        Some(dc) => Some(
+            crate::detect::Detect::start(
+                dc,
+                &resources,
+                events.clone(),
+                &mut tasks,
+                shutdown_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let node = Arc::new(Node {
         config: cfg.clone(),
         resources,
         events: events.clone(),
         jobs,
         started: std::time::Instant::now(),
+        detect,
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
     let nbd_budget = crate::frontend::nbd::PayloadBudget::default();
     for r in &node.resources {
         r.start_frontends(&mut tasks, shutdown_rx.clone(), &nbd_budget)
@@ -176,10 +207,35 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             }
         }
     });
+    schedule::spawn(&node, &mut tasks, shutdown_rx.clone());
+    if let Some((addr, token_file)) = &cfg.control_tcp {
+        let token =
+            crate::control::tcp::Token::from_file(token_file).map_err(DaemonError::ControlTcp)?;
+        let (addr, unix, rx) = (*addr, cfg.control_socket.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::control::tcp::serve(addr, token, unix, rx).await {
+                error!("control endpoint on TCP stopped: {e}");
+            }
+        });
+    }
+    if let Some(addr) = cfg.metrics_listen {
+        let n = node.clone();
+        let render = move || {
+            let n = n.clone();
+            async move { crate::metrics::render(metrics::gather(&n).await) }
+        };
+        let serve = crate::metrics::serve(addr, render, shutdown_rx.clone()).await?;
+        tasks.spawn(serve);
+    }
     info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
+    sd_notify::ready(&format!("{} resources", node.resources.len()));
+    if let Some(every) = sd_notify::watchdog_interval() {
+        tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));
+    }
 
     signals.wait_for_stop(&node).await;
     info!("shutting down: draining in-flight I/O");
+    sd_notify::stopping();
     let _ = shutdown_tx.send(true);
     node.jobs.abort_all();
     let drain = async {

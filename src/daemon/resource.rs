@@ -11,6 +11,7 @@ use crate::config::{NbdEndpoint, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats, PayloadBudget};
 use crate::limits;
+use crate::pipeline::WritePipeline;
 use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
 use crate::volume::disk::Disk;
 
@@ -139,22 +140,19 @@ impl Resource {
             },
             disk.clone(),
         )?;
+        let pipe = Arc::new(WritePipeline::new(disk.clone(), Arc::new(snaps)));
         let repl = attached.map(|a| {
             Replicator::new(
                 cfg,
                 node_name,
-                disk.clone(),
+                pipe.clone(),
                 meta.clone(),
                 a.bitmap,
                 a.al,
                 events.clone(),
             )
         });
-        let dev = Arc::new(ResourceDevice::new(
-            disk.clone(),
-            Arc::new(snaps),
-            repl.clone(),
-        ));
+        let dev = Arc::new(ResourceDevice::new(pipe, repl.clone()));
         Ok(Resource {
             cfg: cfg.clone(),
             disk,
@@ -184,11 +182,29 @@ impl Resource {
         self.dev.snapshots()
     }
 
+    /// Copy-on-write space of the resource's snapshots (`snapshot-space`).
+    pub fn snapshots_space_bytes(&self) -> u64 {
+        self.cfg.snapshot_space_bytes
+    }
+
+    /// The NBD export's counters, once it is started.
+    pub fn nbd_stats(&self) -> Option<Arc<NbdStats>> {
+        self.nbd_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn events(&self) -> &EventBus {
         &self.events
     }
 
     /// The replication of this resource (None when it has no peer).
+    /// The resource's metadata (superblock flags, generations).
+    pub fn meta(&self) -> &Arc<MetaFile> {
+        &self.meta
+    }
+
     pub fn replicator(&self) -> Option<&Arc<Replicator>> {
         self.repl.as_ref()
     }
@@ -310,6 +326,7 @@ impl Resource {
             "out_of_sync_bytes": 0,
             "generation": { "current": format!("{:016X}", sb.gen.current), "bitmap": format!("{:016X}", sb.gen.bitmap) },
             "direct_io": self.disk.direct_io(),
+            "tracking_void": sb.has_flag(flags::TRACKING_VOID),
             "disk_path": self.cfg.local.disk,
             "meta_path": self.cfg.local.meta,
             "io": self.disk.stats().to_json(),

@@ -14,6 +14,7 @@
 //! | `pause-sync`, `resume-sync` | `{resource}` | `{resource, replication}` |
 //! | `adjust` | `{resource?}` | `{applied: [...], pending: [...]}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
+//! | `detect.status` | `{}` | sites, indicators, leases, etcd members (see `rpc_detect`) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
         .ok_or_else(|| RpcError::invalid_params(format!("missing string parameter {key:?}")))
 }
 
-fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
+pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
     let name = str_param(params, "resource")?;
     node.resource(name)
         .cloned()
@@ -147,9 +148,11 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     add(&mut r, &node, "primary", |n, params| async move {
         let rep = replicator(&n, &params)?;
-        rep.primary(bool_param(&params, "force"))
-            .await
-            .map_err(repl_error)?;
+        // With [detect]: no promotion without the scope's lease.
+        let lease = super::rpc_detect::take_lease(&n, rep.name()).await?;
+        let r = rep.primary(bool_param(&params, "force")).await;
+        super::rpc_detect::after_promotion(lease, r.is_ok()).await;
+        r.map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
     });
     add(&mut r, &node, "secondary", |n, params| async move {
@@ -223,6 +226,8 @@ pub fn router(node: Arc<Node>) -> Router {
             })
     });
     super::rpc_stream::register(&mut r, &node);
+    super::rpc_dr::register(&mut r, &node);
     super::rpc_shaping::register(&mut r, &node);
+    super::rpc_detect::register(&mut r, &node);
     r
 }

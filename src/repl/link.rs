@@ -8,9 +8,10 @@
 //! sequence order is wire order.
 //!
 //! Bounds: application data is bounded by the tracker ([`EpochTracker::has_room`]); other
-//! frames by [`REPL_WRITER_QUEUE_FRAMES_MAX`] on top of it (a peer that stops reading while it
-//! asks for resync data or pings gets disconnected, it cannot make this node buffer without
-//! limit).
+//! frames by [`REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX`] on top of it (a peer that floods
+//! requests or pings without reading cannot make this node buffer without limit). A peer that
+//! stops reading is found by time ([`Link::stalled`], [`REPL_SEND_STALL_MS`] without a byte
+//! taken from the socket while frames wait), never by how many frames wait.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -20,10 +21,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::limits::{
     REPL_COMPRESS_BACKLOG_BYTES, REPL_COMPRESS_BACKLOG_MS, REPL_COMPRESS_HOLD_MS,
-    REPL_WRITER_QUEUE_FRAMES_MAX,
+    REPL_SEND_STALL_MS, REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX,
 };
 use crate::repl::epoch::EpochTracker;
-use crate::repl::frame::Frame;
+use crate::repl::frame::{Frame, FrameType};
 use crate::repl::wire::Encoder;
 
 /// The sending half of a session.
@@ -38,7 +39,11 @@ pub struct Link {
     closed: AtomicBool,
     reason: Mutex<Option<String>>,
     queued_frames: AtomicUsize,
+    /// Of `queued_frames`, the control frames (not application writes or barriers).
+    queued_control: AtomicUsize,
     queued_bytes: AtomicU64,
+    /// When the socket last took bytes, or the writer found nothing waiting (ms since `born`).
+    progress_ms: AtomicU64,
     /// When the socket writer last found nothing waiting (ms since `born`).
     drained_ms: AtomicU64,
     /// When `backlogged` last saw a backlog (u64::MAX: never).
@@ -86,7 +91,9 @@ impl Link {
             closed: AtomicBool::new(false),
             reason: Mutex::new(None),
             queued_frames: AtomicUsize::new(0),
+            queued_control: AtomicUsize::new(0),
             queued_bytes: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
             drained_ms: AtomicU64::new(0),
             backlog_seen_ms: AtomicU64::new(u64::MAX),
             born: std::time::Instant::now(),
@@ -182,11 +189,19 @@ impl Link {
             frame,
             Frame::Data { .. } | Frame::Trim(_) | Frame::Zeroes(_) | Frame::Barrier { .. }
         );
-        if !is_data && self.queued_frames.load(Ordering::Relaxed) >= REPL_WRITER_QUEUE_FRAMES_MAX {
-            self.close(format!(
-                "more than {REPL_WRITER_QUEUE_FRAMES_MAX} frames queued for the peer: it stopped reading"
-            ));
-            return false;
+        if !is_data {
+            if self.queued_control.load(Ordering::Relaxed) >= REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX {
+                self.close(format!(
+                    "more than {REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX} control frames queued for the peer: it asks without reading"
+                ));
+                return false;
+            }
+            if let Some(ms) = self.stalled(self.ms()) {
+                self.close(format!(
+                    "the peer has read nothing for {ms} ms while frames wait for it"
+                ));
+                return false;
+            }
         }
         let mut out = BytesMut::new();
         if let Err(e) = self.enc.encode_with(frame, self.backlogged(), &mut out) {
@@ -246,12 +261,42 @@ impl Link {
 
     /// The socket writer found the queue empty: the link keeps up (for now).
     pub(crate) fn drained(&self) {
-        self.drained_ms.store(self.ms(), Ordering::Relaxed);
+        let now = self.ms();
+        self.drained_ms.store(now, Ordering::Relaxed);
+        self.progress_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The socket took bytes: the peer reads.
+    pub(crate) fn progressed(&self) {
+        self.progress_ms.store(self.ms(), Ordering::Relaxed);
+    }
+
+    /// How long (ms) frames have waited without the socket taking a byte, if that is at least
+    /// [`REPL_SEND_STALL_MS`] at `now_ms` (ms since the link was made): the peer stopped
+    /// reading. Time, not the queue's length, decides: a hiccup of the network queues many
+    /// frames quickly and must not drop the session.
+    pub(crate) fn stalled(&self, now_ms: u64) -> Option<u64> {
+        if self.queued_frames.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let idle = now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed));
+        (idle >= REPL_SEND_STALL_MS).then_some(idle)
+    }
+
+    /// [`Self::stalled`] now.
+    pub(crate) fn stalled_now(&self) -> Option<u64> {
+        self.stalled(self.ms())
     }
 
     fn queue(&self, out: BytesMut) -> bool {
         let n = out.len() as u64;
-        self.queued_frames.fetch_add(1, Ordering::Relaxed);
+        if self.queued_frames.fetch_add(1, Ordering::Relaxed) == 0 {
+            // The stall clock starts when something waits (an idle link is not stalled).
+            self.progress_ms.store(self.ms(), Ordering::Relaxed);
+        }
+        if !is_data_frame(&out) {
+            self.queued_control.fetch_add(1, Ordering::Relaxed);
+        }
         self.queued_bytes.fetch_add(n, Ordering::Relaxed);
         if self.tx.send(out.freeze()).is_err() {
             self.close("socket writer stopped");
@@ -260,8 +305,12 @@ impl Link {
         true
     }
 
-    /// The writer took a frame of `n` bytes off the queue.
-    pub(crate) fn dequeued(&self, n: u64) {
+    /// The writer took `frame` off the queue.
+    pub(crate) fn dequeued(&self, frame: &[u8]) {
+        let n = frame.len() as u64;
+        if !is_data_frame(frame) {
+            self.queued_control.fetch_sub(1, Ordering::Relaxed);
+        }
         self.queued_frames.fetch_sub(1, Ordering::Relaxed);
         self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
         self.sent_bytes.fetch_add(n, Ordering::Relaxed);
@@ -271,6 +320,18 @@ impl Link {
     pub fn queued_bytes(&self) -> u64 {
         self.queued_bytes.load(Ordering::Relaxed)
     }
+}
+
+/// An encoded application write or barrier (bounded by the epoch buffer), from its type byte
+/// (header byte 6, as [`crate::shaping::repl_frame_class`] reads it).
+fn is_data_frame(frame: &[u8]) -> bool {
+    const DATA: [u8; 4] = [
+        FrameType::Data as u8,
+        FrameType::Trim as u8,
+        FrameType::Zeroes as u8,
+        FrameType::Barrier as u8,
+    ];
+    frame.get(6).is_some_and(|t| DATA.contains(t))
 }
 
 #[cfg(test)]
@@ -288,7 +349,7 @@ mod tests {
         let mut buf = BytesMut::new();
         for _ in 0..2 {
             let b = rx.try_recv().unwrap();
-            link.dequeued(b.len() as u64);
+            link.dequeued(&b);
             buf.extend_from_slice(&b);
         }
         assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Ping { seq: 1 }));
@@ -315,7 +376,7 @@ mod tests {
         // The writer keeps up: raw, no attempt.
         assert!(link.push_data((1, 1, 0), false, &zeros));
         let b = rx.try_recv().unwrap();
-        link.dequeued(b.len() as u64);
+        link.dequeued(&b);
         assert!(!zstd_flag(&b));
         // Frames pile up and the writer has not caught up for a while (a slow link):
         // compressed once the backlog passes the bound.
@@ -334,7 +395,7 @@ mod tests {
         assert!(frames.last().unwrap().len() < 200);
         // The queue drains (compression helped): still compressed within the hold time.
         for f in &frames {
-            link.dequeued(f.len() as u64);
+            link.dequeued(f);
         }
         link.drained();
         assert!(link.push_data((seq + 1, 1, 0), false, &zeros));
@@ -403,10 +464,45 @@ mod tests {
         assert!(!waiter.await.unwrap());
     }
 
+    /// Issue 12: a short network hiccup under 4 KiB writes queues thousands of frames at
+    /// once; that alone must not drop the session (it did at 1024 frames, about 0.2 s).
     #[test]
-    fn a_peer_that_stops_reading_is_disconnected() {
+    fn a_hiccup_that_queues_many_frames_does_not_drop_the_link() {
         let (link, _rx) = Link::new(Encoder::new(1), EpochTracker::default());
-        for i in 0..REPL_WRITER_QUEUE_FRAMES_MAX {
+        for e in 0..5000 {
+            assert!(link.push(&Frame::Barrier { epoch: e + 1 }));
+        }
+        assert!(link.push(&Frame::Ping { seq: 1 }));
+        assert!(link.push(&Frame::PingAck { seq: 1 }));
+        assert!(!link.is_closed());
+        assert_eq!(link.stalled(link.ms()), None);
+    }
+
+    /// Stalled is a matter of time without progress while frames wait.
+    #[test]
+    fn a_peer_that_reads_nothing_for_the_stall_time_is_stalled() {
+        let (link, mut rx) = Link::new(Encoder::new(1), EpochTracker::default());
+        let t = link.ms();
+        assert_eq!(
+            link.stalled(t + 10 * REPL_SEND_STALL_MS),
+            None,
+            "nothing waits"
+        );
+        assert!(link.push(&Frame::Barrier { epoch: 1 }));
+        assert_eq!(link.stalled(link.ms() + REPL_SEND_STALL_MS / 2), None);
+        assert!(link
+            .stalled(link.ms() + REPL_SEND_STALL_MS + 1)
+            .is_some_and(|ms| ms > REPL_SEND_STALL_MS));
+        let b = rx.try_recv().unwrap();
+        link.dequeued(&b);
+        assert_eq!(link.stalled(link.ms() + 10 * REPL_SEND_STALL_MS), None);
+    }
+
+    /// A peer that floods requests without reading is bounded by memory, not left to grow.
+    #[test]
+    fn control_frames_queued_are_bounded() {
+        let (link, _rx) = Link::new(Encoder::new(1), EpochTracker::default());
+        for i in 0..REPL_WRITER_QUEUE_CONTROL_FRAMES_MAX {
             assert!(link.push(&Frame::PingAck { seq: i as u64 }));
         }
         assert!(!link.push(&Frame::PingAck { seq: 0 }));

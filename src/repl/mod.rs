@@ -34,6 +34,7 @@ pub mod frame;
 pub mod gen;
 pub mod handshake;
 pub mod link;
+pub mod liveness;
 pub mod peer;
 pub mod receiver;
 pub mod replicator;
@@ -41,6 +42,7 @@ pub mod resync;
 pub mod service;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod verify;
 pub mod wire;
 

@@ -11,17 +11,24 @@
 //! the whole exchange must finish within `REPL_HANDSHAKE_TIMEOUT_MS`, and every byte goes
 //! through the checked [`Decoder`]. A peer that fails it (wrong secret, other resource or size,
 //! garbage) is dropped with a log line and never sees a data frame.
+//!
+//! TLS (a resource with `tls = true`, see [`crate::repl::tls`]) is set up here too, on the
+//! plain TCP connection and before the handshake, under the same deadline; the session gets a
+//! [`PeerStream`] and cannot tell the two apart.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::limits::{REPL_HANDSHAKE_TIMEOUT_MS, REPL_RECONNECT_MAX_MS, REPL_RECONNECT_MIN_MS};
 use crate::repl::frame::Frame;
 use crate::repl::handshake::{Established, Handshake, HandshakeError, LocalInfo};
+use crate::repl::tls::Refusal;
 use crate::repl::wire::{features, resource_id, Decoder, Encoder, WireError};
 
 /// Why a connection attempt or a connection failed.
@@ -50,11 +57,158 @@ pub enum PeerError {
     Timeout { addr: String, ms: u64 },
     #[error("{addr} closed the connection during the handshake")]
     Closed { addr: String },
+    #[error("TLS with {addr} refused ({}): {message}", reason.as_str())]
+    Tls {
+        addr: String,
+        reason: Refusal,
+        message: String,
+    },
+}
+
+impl PeerError {
+    /// The TLS refusal this error is, if any (for the per-reason count).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            PeerError::Tls { reason, .. } if *reason != Refusal::Closed => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// How to secure a connection: TLS as the client (this node initiated) or the server, with
+/// the peer node's name its certificate must carry.
+#[derive(Clone, Debug)]
+pub struct TlsRole {
+    pub initiator: bool,
+    pub peer_node: String,
+}
+
+/// The connection to the peer: plain TCP or TLS over TCP.
+pub enum PeerStream {
+    Plain(TcpStream),
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The reading half of a [`PeerStream`].
+pub enum PeerRead {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<PeerStream>),
+}
+
+/// The writing half of a [`PeerStream`].
+pub enum PeerWrite {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<PeerStream>),
+}
+
+impl PeerStream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(s) => s,
+            PeerStream::TlsClient(s) => s.get_ref().0,
+            PeerStream::TlsServer(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, PeerStream::Plain(_))
+    }
+
+    /// Halves for the session's reader and writer tasks: a TCP stream splits without a lock;
+    /// a TLS stream shares one (tokio's `split`), since a read may have to write (TLS 1.3 key
+    /// updates) and both halves drive the same TLS state.
+    pub fn into_split(self) -> (PeerRead, PeerWrite) {
+        match self {
+            PeerStream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (PeerRead::Plain(r), PeerWrite::Plain(w))
+            }
+            tls => {
+                let (r, w) = tokio::io::split(tls);
+                (PeerRead::Tls(r), PeerWrite::Tls(w))
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsFd for PeerStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.tcp().as_fd()
+    }
+}
+
+macro_rules! delegate_io {
+    ($ty:ident: $($variant:ident),+) => {
+        impl AsyncRead for $ty {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)+ }
+            }
+        }
+    };
+    (write $ty:ident: $($variant:ident),+) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+ }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+ }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)+ }
+            }
+        }
+    };
+}
+
+delegate_io!(PeerStream: Plain, TlsClient, TlsServer);
+delegate_io!(write PeerStream: Plain, TlsClient, TlsServer);
+delegate_io!(PeerRead: Plain, Tls);
+delegate_io!(write PeerWrite: Plain, Tls);
+
+/// Wrap `stream` in TLS as `tls` says (or leave it plain), within the handshake deadline.
+pub async fn secure(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<&TlsRole>,
+) -> Result<PeerStream, PeerError> {
+    let Some(role) = tls else {
+        return Ok(PeerStream::Plain(stream));
+    };
+    let a = addr.to_string();
+    let Some(cfg) = crate::repl::tls::node() else {
+        return Err(PeerError::Tls {
+            addr: a,
+            reason: Refusal::TlsError,
+            message: "this node has no TLS certificate loaded ([tls] ca, tls-cert, tls-key)".into(),
+        });
+    };
+    let ms = REPL_HANDSHAKE_TIMEOUT_MS;
+    let fut = async {
+        if role.initiator {
+            crate::repl::tls::connect(&cfg, stream, &role.peer_node)
+                .await
+                .map(|s| PeerStream::TlsClient(Box::new(s)))
+        } else {
+            crate::repl::tls::accept(&cfg, stream, &role.peer_node)
+                .await
+                .map(|s| PeerStream::TlsServer(Box::new(s)))
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(ms), fut).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(f)) => Err(PeerError::Tls {
+            addr: a,
+            reason: f.refusal,
+            message: f.message,
+        }),
+        Err(_) => Err(PeerError::Timeout { addr: a, ms }),
+    }
 }
 
 /// An authenticated connection, ready for the session.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: PeerStream,
     pub addr: SocketAddr,
     pub est: Established,
     /// What this node announced in its Hello: the sync decision must be taken on exactly
@@ -120,34 +274,35 @@ fn refuse_self_connect(s: TcpStream, addr: SocketAddr) -> Result<TcpStream, Peer
     }
 }
 
-/// Run the handshake on `stream` with a deadline.
+/// Secure `stream` as `tls` says, then run the handshake on it, all within one deadline.
 pub async fn handshake(
     stream: TcpStream,
     addr: SocketAddr,
     local: LocalInfo,
     secret: &[u8],
+    tls: Option<&TlsRole>,
 ) -> Result<Conn, PeerError> {
     let ms = REPL_HANDSHAKE_TIMEOUT_MS;
     let a = addr.to_string();
-    match tokio::time::timeout(
-        Duration::from_millis(ms),
-        handshake_inner(stream, addr, local, secret),
-    )
-    .await
-    {
+    let _ = stream.set_nodelay(true);
+    let run = async {
+        let stream = secure(stream, addr, tls).await?;
+        handshake_inner(stream, addr, local, secret).await
+    };
+    match tokio::time::timeout(Duration::from_millis(ms), run).await {
         Ok(r) => r,
         Err(_) => Err(PeerError::Timeout { addr: a, ms }),
     }
 }
 
 async fn handshake_inner(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     local: LocalInfo,
     secret: &[u8],
 ) -> Result<Conn, PeerError> {
     let a = || addr.to_string();
-    let _ = stream.set_nodelay(true);
+    let tls = stream.is_tls();
     let rid = resource_id(&local.resource);
     let mut enc = Encoder::new(rid);
     let mut dec = Decoder::new(rid);
@@ -157,20 +312,35 @@ async fn handshake_inner(
     let mut rbuf = BytesMut::with_capacity(8192);
     loop {
         let frame = loop {
-            match dec
-                .decode(&mut rbuf)
-                .map_err(|source| PeerError::Wire { addr: a(), source })?
-            {
+            match dec.decode(&mut rbuf).map_err(|source| {
+                // A TLS record (handshake, 0x16) where a frame belongs: the peer has TLS on.
+                if !tls && rbuf.first() == Some(&0x16) {
+                    return PeerError::Tls {
+                        addr: a(),
+                        reason: Refusal::PeerUsesTls,
+                        message: "the peer speaks TLS, but this resource has no tls = true".into(),
+                    };
+                }
+                PeerError::Wire { addr: a(), source }
+            })? {
                 Some(f) => break f,
                 None => {
-                    let n = stream
-                        .read_buf(&mut rbuf)
-                        .await
-                        .map_err(|source| PeerError::Io {
-                            what: "reading from",
-                            addr: a(),
-                            source,
-                        })?;
+                    let n = stream.read_buf(&mut rbuf).await.map_err(|source| {
+                        // TLS 1.3: the server checks our certificate after our side of the
+                        // handshake is done, so its refusal arrives here, as an alert.
+                        match crate::repl::tls::explain_io(&source) {
+                            Some((reason, message)) => PeerError::Tls {
+                                addr: a(),
+                                reason,
+                                message,
+                            },
+                            None => PeerError::Io {
+                                what: "reading from",
+                                addr: a(),
+                                source,
+                            },
+                        }
+                    })?;
                     if n == 0 {
                         return Err(PeerError::Closed { addr: a() });
                     }
@@ -201,7 +371,7 @@ async fn handshake_inner(
 }
 
 async fn send_all(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     enc: &Encoder,
     frames: &[Frame],
     addr: SocketAddr,

@@ -14,7 +14,12 @@
 //!   epoch are not issued before that flush completed (crash consistency: the secondary's
 //!   disk never holds epoch N+1 without epoch N);
 //! - writes that must wait are queued, at most [`REPL_RECEIVER_QUEUED_WRITES_MAX`]; beyond
-//!   that the driver should have stopped reading the socket ([`EpochReceiver::wants_input`]).
+//!   that the driver should have stopped reading the socket ([`EpochReceiver::wants_input`]);
+//! - a resync write (SyncTarget: `ResyncData` / `ResyncZeroes`, outside the epochs) is issued
+//!   at once and never waits, but an application write released while it is in flight and
+//!   overlapping it waits for it ([`EpochReceiver::resync_writing`]): the resync answer was
+//!   read on the source after every write queued before it, so it may land before or after
+//!   those (the last of them carries the same bytes), but never after a later one.
 
 use std::collections::VecDeque;
 
@@ -59,6 +64,8 @@ pub enum RxError {
     SeqOutOfOrder { expected: u64, got: u64 },
     #[error("completion for write {0}, which is not in flight")]
     UnknownWriteDone(u64),
+    #[error("completion for resync write {0}, which is not in flight")]
+    UnknownResyncDone(u64),
     #[error("flush completion for epoch {0}, which is not being flushed")]
     UnexpectedFlushDone(u64),
     #[error("receiver queue full ({max} writes waiting): the peer ignored backpressure")]
@@ -102,6 +109,8 @@ pub struct EpochReceiver<T> {
     held: VecDeque<(Span, T)>,
     /// Frames of later epochs, in arrival order.
     later: VecDeque<Queued<T>>,
+    /// Resync writes in flight (`seq` is the driver's id for them).
+    resync: Vec<Span>,
     queue_max: usize,
 }
 
@@ -127,6 +136,7 @@ impl<T> EpochReceiver<T> {
             inflight: Vec::new(),
             held: VecDeque::new(),
             later: VecDeque::new(),
+            resync: Vec::new(),
             queue_max,
         }
     }
@@ -139,12 +149,38 @@ impl<T> EpochReceiver<T> {
     /// Every write received so far is on the disk: none in flight, held or queued, no flush
     /// running (online verify reads here at exactly this point of the stream).
     pub fn idle(&self) -> bool {
-        self.inflight.is_empty() && self.held.is_empty() && self.later.is_empty() && !self.flushing
+        self.inflight.is_empty()
+            && self.held.is_empty()
+            && self.later.is_empty()
+            && self.resync.is_empty()
+            && !self.flushing
     }
 
-    /// Writes issued to the disk and not completed.
+    /// Writes (application and resync) issued to the disk and not completed.
     pub fn inflight(&self) -> usize {
-        self.inflight.len()
+        self.inflight.len() + self.resync.len()
+    }
+
+    /// The driver issues a resync write `id` of `offset..offset+len` now; application writes
+    /// released while it is in flight and overlapping it wait for [`Self::resync_written`].
+    pub fn resync_writing(&mut self, id: u64, offset: u64, len: u64) {
+        self.resync.push(Span {
+            seq: id,
+            offset,
+            len,
+        });
+    }
+
+    /// The resync write `id` completed: the application writes it held are released.
+    pub fn resync_written(&mut self, id: u64) -> Result<Vec<RxAction<T>>, RxError> {
+        let Some(i) = self.resync.iter().position(|s| s.seq == id) else {
+            return Err(RxError::UnknownResyncDone(id));
+        };
+        self.resync.swap_remove(i);
+        let mut out = Vec::new();
+        self.release_held(&mut out);
+        self.maybe_flush(&mut out);
+        Ok(out)
     }
 
     /// Feed one event; returns the actions to carry out, in order.
@@ -235,6 +271,7 @@ impl<T> EpochReceiver<T> {
         let blocked = self
             .inflight
             .iter()
+            .chain(&self.resync)
             .chain(self.held.iter().map(|(s, _)| s))
             .any(|s| s.overlaps(&span));
         if blocked {
@@ -255,6 +292,7 @@ impl<T> EpochReceiver<T> {
             let blocked = self
                 .inflight
                 .iter()
+                .chain(&self.resync)
                 .chain(still.iter().map(|(s, _)| s))
                 .any(|s| s.overlaps(&span));
             if blocked {

@@ -214,3 +214,51 @@ fn idle_only_once_every_received_write_is_on_disk_and_flushed() {
     r.handle(RxEvent::WriteDone { seq: 3 }).unwrap();
     assert!(r.idle());
 }
+
+/// A resync write never waits, but an application write released while it is in flight and
+/// overlapping it waits for it (a later write must land after the resync answer); writes that
+/// do not overlap go at once, and the epoch's flush does not wait for resync writes.
+#[test]
+fn application_writes_overlapping_a_resync_write_wait_for_it() {
+    let mut r = EpochReceiver::new();
+    r.resync_writing(7, 0, 1 << 20);
+    assert!(!r.idle(), "a resync write in flight is not idle");
+    assert_eq!(r.inflight(), 1);
+    assert_eq!(r.handle(w(1, 1, 4096, 4096)).unwrap(), vec![], "held");
+    assert_eq!(
+        r.handle(w(2, 1, 2 << 20, 4096)).unwrap(),
+        vec![RxAction::Write { seq: 2, write: 2 }],
+        "no overlap: at once"
+    );
+    assert_eq!(r.handle(RxEvent::Barrier { epoch: 1 }).unwrap(), vec![]);
+    assert_eq!(r.handle(RxEvent::WriteDone { seq: 2 }).unwrap(), vec![]);
+    assert_eq!(
+        r.resync_written(7).unwrap(),
+        vec![RxAction::Write { seq: 1, write: 1 }]
+    );
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 1 }).unwrap(),
+        vec![RxAction::FlushThenAck(1)]
+    );
+    assert!(r.resync_written(7).is_err(), "twice is a driver bug");
+}
+
+/// Writes of a later epoch, released by the previous epoch's flush, also wait for an
+/// overlapping resync write still in flight.
+#[test]
+fn a_released_epoch_waits_for_an_overlapping_resync_write() {
+    let mut r = EpochReceiver::new();
+    r.handle(w(1, 1, 0, 4096)).unwrap();
+    r.handle(RxEvent::Barrier { epoch: 1 }).unwrap();
+    r.handle(w(2, 2, 8192, 4096)).unwrap();
+    r.resync_writing(1, 8192, 4096);
+    assert_eq!(
+        r.handle(RxEvent::WriteDone { seq: 1 }).unwrap(),
+        vec![RxAction::FlushThenAck(1)]
+    );
+    assert_eq!(r.handle(RxEvent::FlushDone { epoch: 1 }).unwrap(), vec![]);
+    assert_eq!(
+        r.resync_written(1).unwrap(),
+        vec![RxAction::Write { seq: 2, write: 2 }]
+    );
+}

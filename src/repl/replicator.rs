@@ -24,8 +24,12 @@ use tokio::sync::Notify;
 
 use crate::config::{OnCongestion, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
-use crate::limits::{REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S};
+use crate::limits::{
+    REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S,
+    REPL_STATE_LOG_LINES_PER_S,
+};
 use crate::logrl::LogLimiter;
+use crate::pipeline::WritePipeline;
 use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
@@ -70,6 +74,9 @@ pub struct ReplStats {
     pub resync_zero_bytes: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub connects: AtomicU64,
+    /// Wall clock (unix ms) of the last write received from the peer (the DR orchestrator's
+    /// RPO: what the backup had when the link was lost).
+    pub last_received_unix_ms: AtomicU64,
 }
 
 /// Live state, under one lock.
@@ -103,6 +110,14 @@ pub(crate) struct State {
     pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
     /// The last verify run this node drove.
     pub verify_last: Option<crate::repl::verify::VerifyReport>,
+    /// What this node knew when its last session ended (status `link_lost`).
+    pub link_lost: Option<serde_json::Value>,
+    /// Counts sessions: up by one when a session's link comes up and again when it closes,
+    /// so a reader of `status` (or an admin call) can tell a state of the session it knows
+    /// from a later one's (odd: a session is live).
+    pub session: u64,
+    /// The `session` whose sync decision has been acted on (its replication state is set).
+    pub decided_session: u64,
 }
 
 /// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
@@ -138,6 +153,9 @@ pub struct Replicator {
     pub(crate) node: String,
     pub(crate) cfg: ResourceConfig,
     pub(crate) disk: Arc<Disk>,
+    /// The volume's write pipeline: the receiver and the resync target write through it, so
+    /// snapshots on this node keep their point in time (see [`crate::pipeline`]).
+    pub(crate) pipe: Arc<WritePipeline>,
     pub(crate) meta: Arc<MetaFile>,
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) al: Arc<ActivityLog>,
@@ -153,6 +171,10 @@ pub struct Replicator {
     pub(crate) resync_lock: tokio::sync::RwLock<()>,
     pub(crate) stats: ReplStats,
     pub(crate) rl: LogLimiter,
+    /// For the INFO/WARN lines of state changes (connection, peer-device, role, disk, sync
+    /// decision, resync end, disconnect): a peer that flaps the link causes about eight per
+    /// reconnect; apart from `rl`, so they never starve the protocol-error lines.
+    pub(crate) state_rl: LogLimiter,
     clock: Instant,
     /// `drl pause-sync`: this node's resync pause flag (DRBD's user pause), see
     /// `replicator_ops.rs`.
@@ -216,7 +238,7 @@ impl Replicator {
     pub fn new(
         cfg: &ResourceConfig,
         node: &str,
-        disk: Arc<Disk>,
+        pipe: Arc<WritePipeline>,
         meta: Arc<MetaFile>,
         bitmap: Arc<DirtyBitmap>,
         al: Arc<ActivityLog>,
@@ -226,7 +248,8 @@ impl Replicator {
             name: cfg.name.clone(),
             node: node.to_owned(),
             cfg: cfg.clone(),
-            disk,
+            disk: pipe.disk().clone(),
+            pipe,
             meta,
             bitmap,
             al,
@@ -251,12 +274,16 @@ impl Replicator {
                 verify_peer: None,
                 verify_tx: None,
                 verify_last: None,
+                link_lost: None,
+                session: 0,
+                decided_session: 0,
             }),
             wake: Notify::new(),
             changed: Notify::new(),
             resync_lock: tokio::sync::RwLock::new(()),
             stats: ReplStats::default(),
             rl: LogLimiter::new(REPL_LOG_LINES_PER_S),
+            state_rl: LogLimiter::new(REPL_STATE_LOG_LINES_PER_S),
             clock: Instant::now(),
             resync_paused: std::sync::atomic::AtomicBool::new(false),
             resync_rate_next_free: Mutex::new(Instant::now()),
@@ -307,7 +334,7 @@ impl Replicator {
         self.changed.notify_waiters();
         let peer = self.peer_node();
         if before.0 != after.0 {
-            tracing::info!(resource = %self.name, peer = %peer, connection = %after.0, "connection state");
+            crate::info_rl!(self.state_rl, resource = %self.name, peer = %peer, connection = %after.0, "connection state");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Connection, &self.name)
                     .field("peer", peer.clone())
@@ -315,7 +342,7 @@ impl Replicator {
             );
         }
         if before.1 != after.1 || before.3 != after.3 {
-            tracing::info!(resource = %self.name, peer = %peer, replication = %after.1,
+            crate::info_rl!(self.state_rl, resource = %self.name, peer = %peer, replication = %after.1,
                 peer_disk = %after.3.map_or("DUnknown", |d| d.as_str()), "peer-device state");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::PeerDevice, &self.name)
@@ -346,14 +373,14 @@ impl Replicator {
         })?;
         let after = self.meta.superblock();
         if before.role != after.role {
-            tracing::info!(resource = %self.name, role = after.role.as_str(), "role changed");
+            crate::info_rl!(self.state_rl, resource = %self.name, role = after.role.as_str(), "role changed");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Resource, &self.name)
                     .field("role", after.role.as_str()),
             );
         }
         if before.disk_state != after.disk_state {
-            tracing::info!(resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
+            crate::info_rl!(self.state_rl, resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
             self.events.publish(
                 Event::new(EventKind::Change, ObjectKind::Device, &self.name)
                     .field("disk", after.disk_state.as_str()),
@@ -597,7 +624,7 @@ impl Replicator {
             }
         }
         link.room.notify_waiters();
-        tracing::warn!(resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
+        crate::warn_rl!(self.state_rl, resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
         self.update(|st| {
             st.repl = ReplState::Ahead;
             st.ahead_since = Some(Instant::now());
@@ -611,4 +638,12 @@ impl Replicator {
             ahead: true,
         });
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -2,7 +2,10 @@
 //! and its status fields.
 
 use super::*;
-use crate::limits::{REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_RATE_MIN, REPL_VERIFY_WINDOW_REQUESTS};
+use crate::limits::{
+    REPL_ADMIN_DECISION_WAIT_MS, REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_RATE_MIN,
+    REPL_VERIFY_WINDOW_REQUESTS,
+};
 use std::time::Duration;
 
 impl Replicator {
@@ -66,10 +69,42 @@ impl Replicator {
             // (initial) sync from the new generation ids. The session checks the same on
             // its side right after its link is up (`session::run`), so whichever of the two
             // comes second sees the other: no interleaving leaves a stale decision standing.
-            self.renegotiate_if_stale("promoted with a new data generation");
+            let before = self.state().session;
+            if self.renegotiate_if_stale("promoted with a new data generation") {
+                // Return on the state the promotion causes, not the old session's: once a
+                // later session (the peer has seen the new generation) decided the sync.
+                self.sync_decided_after(before).await;
+                return Ok(());
+            }
         }
         self.peer_learns_role().await;
         Ok(())
+    }
+
+    /// Wait until a session later than `session` has acted on its sync decision (bounded by
+    /// [`REPL_ADMIN_DECISION_WAIT_MS`]; a peer that does not come back in time learns the
+    /// change at its next handshake, the local change stands).
+    async fn sync_decided_after(&self, session: u64) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(REPL_ADMIN_DECISION_WAIT_MS);
+        loop {
+            // Registered before the check: a change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (decided, standalone) = {
+                let st = self.state();
+                (st.decided_session > session, st.standalone)
+            };
+            if decided || standalone {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!(resource = %self.name, peer = %self.peer_node(),
+                    "no new session decided the sync within {REPL_ADMIN_DECISION_WAIT_MS} ms of the promotion; the peer learns the new generation at its next handshake");
+                return;
+            }
+        }
     }
 
     /// `drl secondary RES`.
@@ -251,7 +286,8 @@ impl Replicator {
     /// Handshake again if the live session's Hello no longer matches this node's state
     /// (see [`Self::changed_since`]); the state is read before the link, so a session whose
     /// link appears later checks it itself.
-    pub(crate) fn renegotiate_if_stale(&self, why: &str) {
+    /// True if a live session was dropped for it.
+    pub(crate) fn renegotiate_if_stale(&self, why: &str) -> bool {
         let now = crate::repl::session::local_info(self);
         let link = {
             let st = self.state();
@@ -262,9 +298,11 @@ impl Replicator {
                 _ => None,
             }
         };
+        let stale = link.is_some();
         if let Some(l) = link {
             self.renegotiate_link(Some(l), why);
         }
+        stale
     }
 
     /// Drop `link` (if any) and handshake again at once.
@@ -337,9 +375,17 @@ impl Replicator {
             "verify": st.verify.as_ref().map(verify_json),
             "verify_peer": st.verify_peer.as_ref().map(verify_json),
             "verify_last": st.verify_last,
+            "link_lost": st.link_lost,
             "last_error": st.last_error,
             "protocol_errors": g(&self.stats.protocol_errors),
+            "tls": self.cfg.tls,
+            "peer_refused": crate::repl::tls::refused_json(&self.name),
             "connects": g(&self.stats.connects),
+            // One authoritative snapshot (all fields above under one lock): `session` counts
+            // link ups and closes, so two statuses with the same number describe one session.
+            "session": st.session,
+            // Activity-log extents a crash now would resync (hot, persisted).
+            "al_hot_extents": self.al.hot_count(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

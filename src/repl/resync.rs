@@ -93,6 +93,9 @@ pub enum ResyncError {
 pub struct Target {
     runs: VecDeque<(u64, u64)>,
     outstanding: VecDeque<(u64, u32)>,
+    /// Answers received and being written (they count against the window: a disk slower
+    /// than the link must not let answers pile up in memory).
+    writing: usize,
     /// The source's current generation: this node adopts it when the resync ends.
     pub source_current: u64,
 }
@@ -103,13 +106,15 @@ impl Target {
         Target {
             runs: bm.dirty_runs().collect(),
             outstanding: VecDeque::new(),
+            writing: 0,
             source_current,
         }
     }
 
-    /// Send requests until the window is full or nothing is left to request.
+    /// Send requests until the window (requests outstanding and answers being written) is full
+    /// or nothing is left to request.
     pub fn fill(&mut self, link: &Link) {
-        while self.outstanding.len() < REPL_RESYNC_WINDOW_REQUESTS {
+        while self.outstanding.len() + self.writing < REPL_RESYNC_WINDOW_REQUESTS {
             let Some((off, len)) = self.runs.pop_front() else {
                 return;
             };
@@ -127,11 +132,13 @@ impl Target {
         }
     }
 
-    /// An answer arrived: it must be for the oldest outstanding request.
+    /// An answer arrived: it must be for the oldest outstanding request. It is being written
+    /// until [`Self::on_written`].
     pub fn on_answer(&mut self, offset: u64, len: u64) -> Result<(), ResyncError> {
         match self.outstanding.front() {
             Some(&(o, l)) if o == offset && u64::from(l) == len => {
                 self.outstanding.pop_front();
+                self.writing += 1;
                 Ok(())
             }
             other => Err(ResyncError::Unexpected {
@@ -142,8 +149,14 @@ impl Target {
         }
     }
 
+    /// An answer's write completed.
+    pub fn on_written(&mut self) {
+        self.writing = self.writing.saturating_sub(1);
+    }
+
+    /// Everything requested, answered and written.
     pub fn is_finished(&self) -> bool {
-        self.runs.is_empty() && self.outstanding.is_empty()
+        self.runs.is_empty() && self.outstanding.is_empty() && self.writing == 0
     }
 }
 
@@ -199,7 +212,7 @@ mod tests {
         let mut asked = Vec::new();
         let mut drain = |asked: &mut Vec<(u64, u32)>| {
             while let Ok(b) = rx.try_recv() {
-                link.dequeued(b.len() as u64);
+                link.dequeued(&b);
                 let mut buf = BytesMut::from(&b[..]);
                 match dec.decode(&mut buf).unwrap() {
                     Some(Frame::ResyncRequest { offset, len }) => asked.push((offset, len)),
@@ -215,6 +228,13 @@ mod tests {
         while !t.is_finished() {
             let (o, l) = asked[answered];
             t.on_answer(o, u64::from(l)).unwrap();
+            t.fill(&link);
+            drain(&mut asked);
+            assert!(
+                asked.len() <= answered + REPL_RESYNC_WINDOW_REQUESTS,
+                "an answer being written still counts against the window"
+            );
+            t.on_written();
             answered += 1;
             t.fill(&link);
             drain(&mut asked);

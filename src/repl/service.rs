@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use drbd_compat::{ConnState, ReplState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::limits::{REPL_HANDSHAKE_TIMEOUT_MS, REPL_PENDING_CONNECTIONS_MAX};
@@ -155,18 +155,23 @@ async fn accept_loop(listener: TcpListener, rep: Arc<Replicator>, out: mpsc::Sen
         tokio::spawn(async move {
             let _permit = permit;
             let busy = rep.state().link.is_some() || rep.state().standalone;
+            let tls = tls_role(&rep, false);
             if busy {
-                refuse_busy(&rep, stream, addr).await;
+                match peer::secure(stream, addr, tls.as_ref()).await {
+                    Ok(s) => refuse_busy(&rep, s, addr).await,
+                    Err(e) => refused(&rep, &e),
+                }
                 return;
             }
             let secret = rep.cfg.secret.clone().unwrap_or_default();
-            match peer::handshake(stream, addr, session::local_info(&rep), secret.as_bytes()).await
-            {
+            let local = session::local_info(&rep);
+            match peer::handshake(stream, addr, local, secret.as_bytes(), tls.as_ref()).await {
                 Ok(conn) => {
                     if out.try_send(conn).is_err() {
                         tracing::debug!(resource = %rep.name, from = %addr, "authenticated connection not needed now");
                     }
                 }
+                Err(e @ PeerError::Tls { .. }) => refused(&rep, &e),
                 Err(e) => {
                     rep.stats
                         .protocol_errors
@@ -179,9 +184,27 @@ async fn accept_loop(listener: TcpListener, rep: Arc<Replicator>, out: mpsc::Sen
     }
 }
 
+/// TLS for this resource's connections (`tls = true`): client when initiating, else server.
+fn tls_role(rep: &Replicator, initiator: bool) -> Option<peer::TlsRole> {
+    let peer = rep.cfg.peer.as_ref()?;
+    rep.cfg.tls.then(|| peer::TlsRole {
+        initiator,
+        peer_node: peer.node.clone(),
+    })
+}
+
+/// A peer refused for TLS reasons: log it (rate-limited), count it by reason, show it.
+fn refused(rep: &Replicator, e: &PeerError) {
+    if let Some(why) = e.refusal() {
+        crate::repl::tls::count_refused(&rep.name, why);
+    }
+    crate::warn_rl!(rep.rl, resource = %rep.name, "replication peer refused: {e}");
+    rep.update(|st| st.last_error = Some(e.to_string()));
+}
+
 /// A connection while a session runs (or while StandAlone): check its first frame for the
 /// log, then refuse it.
-async fn refuse_busy(rep: &Replicator, mut stream: TcpStream, addr: SocketAddr) {
+async fn refuse_busy(rep: &Replicator, mut stream: peer::PeerStream, addr: SocketAddr) {
     let rid = resource_id(&rep.name);
     let mut dec = Decoder::new(rid);
     let mut buf = BytesMut::with_capacity(4096);
@@ -254,7 +277,21 @@ async fn connect_one(
     }
     let stream = peer::connect(addr).await?;
     let secret = rep.cfg.secret.clone().unwrap_or_default();
-    peer::handshake(stream, addr, session::local_info(rep), secret.as_bytes()).await
+    let tls = tls_role(rep, true);
+    let r = peer::handshake(
+        stream,
+        addr,
+        session::local_info(rep),
+        secret.as_bytes(),
+        tls.as_ref(),
+    )
+    .await;
+    if let Err(e) = &r {
+        if let Some(why) = e.refusal() {
+            crate::repl::tls::count_refused(&rep.name, why);
+        }
+    }
+    r
 }
 
 /// Persist the bitmap every `period` while the daemon runs (bits set by writes reach the
@@ -271,6 +308,19 @@ pub async fn persist_loop(
         }
         if let Err(e) = session::persist_bitmap(&rep).await {
             crate::warn_rl!(rep.rl, resource = %rep.name, "persisting the bitmap: {e}");
+        }
+        // Batched with the persist: activity-log extents whose writes the peer has all
+        // acknowledged leave the persisted hot set, so a crash resyncs only what was
+        // unacknowledged (not every extent written since the last eviction).
+        let (al, meta, bm) = (rep.al.clone(), rep.meta.clone(), rep.bitmap.clone());
+        match tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+            }
+            Err(e) => {
+                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+            }
         }
     }
 }

@@ -22,14 +22,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::{
-    REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_PING_INTERVAL_MS, REPL_READ_CHUNK_BYTES,
-    REPL_RESYNC_WINDOW_REQUESTS, REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
+    REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_READ_CHUNK_BYTES, REPL_RESYNC_WINDOW_REQUESTS,
+    REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
 };
+use crate::pipeline::Write;
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
 use crate::repl::frame::{Frame, RangeWrite, VerifyRun};
 use crate::repl::handshake::LocalInfo;
 use crate::repl::link::Link;
+use crate::repl::liveness::{LiveAction, Liveness};
 use crate::repl::peer::Conn;
 use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
 use crate::repl::replicator::{
@@ -67,6 +69,17 @@ type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>
 /// Completions of received writes and flushes.
 enum Done {
     Rx(RxEvent<Apply>),
+    /// A resync answer (`id` in the receiver) is on the disk.
+    Resynced {
+        id: u64,
+        offset: u64,
+        len: u64,
+        zeroes: bool,
+    },
+    /// The SyncTarget's disk is flushed and its bitmap persisted after the last answer.
+    ResyncFlushed {
+        source_current: u64,
+    },
     Failed(String),
 }
 
@@ -122,11 +135,13 @@ struct Session<'a> {
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
-    ping_seq: u64,
     /// Flushes (FlushThenAck) running.
     flushing: usize,
-    last_rx: Instant,
-    last_ping: Instant,
+    /// Id of the next resync answer written (SyncTarget).
+    resync_id: u64,
+    /// Ping and timeout clocks (sans-I/O, [`crate::repl::liveness`]), on `clock`.
+    live: Liveness,
+    clock: Instant,
 }
 
 /// Run the session on `conn` until it ends; returns why it ended.
@@ -154,7 +169,7 @@ pub(crate) async fn run(
         &NodeState::from(&est.peer),
         &rep.cfg.repl.split_brain,
     );
-    tracing::info!(resource = %rep.name, peer = %est.peer.node_name, %addr, decision = ?decision.decision,
+    crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %est.peer.node_name, %addr, decision = ?decision.decision,
         rule = decision.rule, local_gen = %local.gen, peer_gen = %est.peer.gen, "connected: sync decision");
     rep.stats.connects.fetch_add(1, Ordering::Relaxed);
     let limits = EpochLimits {
@@ -181,12 +196,13 @@ pub(crate) async fn run(
         sync: None,
         target: None,
         peer_current: est.peer.gen.current,
-        ping_seq: 0,
         flushing: 0,
-        last_rx: Instant::now(),
-        last_ping: Instant::now(),
+        resync_id: 0,
+        live: Liveness::new(0),
+        clock: Instant::now(),
     };
     rep.update(|st| {
+        st.session += 1;
         st.conn = ConnState::Connected;
         st.peer_role = Some(est.peer.role);
         st.peer_disk = Some(est.peer.disk);
@@ -201,7 +217,7 @@ pub(crate) async fn run(
     let started = match rep.changed_since(&Announced::from(&local)) {
         Some(Staleness::Data) => {
             let why = "the local disk state or generation changed during the handshake";
-            tracing::info!(resource = %rep.name, local_gen = %local.gen, "{why}: handshaking again");
+            crate::info_rl!(rep.state_rl, resource = %rep.name, local_gen = %local.gen, "{why}: handshaking again");
             rep.renegotiate_link(Some(link.clone()), why);
             Err(format!("renegotiate: {why}"))
         }
@@ -217,8 +233,13 @@ pub(crate) async fn run(
             // Consumed only now: a `--discard-my-data` the Hello did not carry yet counts
             // as a change above and is presented in the next Hello.
             rep.update(|st| st.discard_my_data = false);
-            s.start(decision.decision, decision.split_brain_resolved)
-                .await
+            let r = s
+                .start(decision.decision, decision.split_brain_resolved)
+                .await;
+            // Acted on (a resync, Established, or StandAlone after a split brain): an admin
+            // call that renegotiated waits for this ([`Replicator::primary`]).
+            rep.update(|st| st.decided_session = st.session);
+            r
         }
     };
     let reason = match started {
@@ -237,7 +258,7 @@ pub(crate) async fn run(
 }
 
 async fn writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: crate::repl::peer::PeerWrite,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     link: Arc<Link>,
 ) {
@@ -254,7 +275,7 @@ async fn writer(
                     // Drain what is already queued (a final Disconnect), then stop.
                     let mut buf = BytesMut::new();
                     while let Ok(f) = frames.try_recv() {
-                        link.dequeued(f.len() as u64);
+                        link.dequeued(&f);
                         buf.extend_from_slice(&f);
                     }
                     let _ = wr.write_all(&buf).await;
@@ -264,7 +285,7 @@ async fn writer(
             },
         };
         let Some(f) = f else { return };
-        link.dequeued(f.len() as u64);
+        link.dequeued(&f);
         if frames.is_empty() {
             link.drained();
         }
@@ -278,8 +299,12 @@ async fn writer(
         let alone = batch_queued(f, &mut frames, &link, &mut carry, &mut scratch);
         let batch: &[u8] = alone.as_deref().unwrap_or(&scratch);
         let closed = || link.is_closed();
+        let mut out = Progress {
+            wr: &mut wr,
+            link: &link,
+        };
         if let Err(e) =
-            crate::shaping::write_repl_frame(&mut wr, batch, &link.closed_notify, closed).await
+            crate::shaping::write_repl_frame(&mut out, batch, &link.closed_notify, closed).await
         {
             link.close(format!("writing to the peer: {e}"));
             return;
@@ -288,6 +313,42 @@ async fn writer(
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// The socket's write half, counting every byte the kernel takes as progress of the link
+/// ([`Link::stalled`] judges a peer that stopped reading by the time since).
+struct Progress<'a, W> {
+    wr: &'a mut W,
+    link: &'a Link,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut *this.wr).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.link.progressed();
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().wr).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().wr).poll_shutdown(cx)
     }
 }
 
@@ -311,7 +372,7 @@ fn batch_queued(
             *carry = Some(next);
             break;
         }
-        link.dequeued(next.len() as u64);
+        link.dequeued(&next);
         if let Some(f) = first.take() {
             batch.extend_from_slice(&f);
         }
@@ -367,7 +428,7 @@ impl Session<'_> {
             return Err(r.into());
         }
         if sb_resolved {
-            tracing::warn!(resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
+            crate::warn_rl!(rep.state_rl, resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
         }
         if d == SyncDecision::NoSync {
             let peer_gen = self.peer_current;
@@ -418,7 +479,7 @@ impl Session<'_> {
 
     async fn main_loop(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        rd: &mut crate::repl::peer::PeerRead,
         dec: &mut crate::repl::wire::Decoder,
         rbuf: &mut BytesMut,
         applying: &mut futures::stream::FuturesUnordered<Applying>,
@@ -460,19 +521,16 @@ impl Session<'_> {
                 r = rd.read_buf(rbuf), if want => match r {
                     Ok(0) => return "the peer closed the connection".into(),
                     Ok(n) => {
-                        self.last_rx = Instant::now();
+                        self.live.on_receive(self.now_ms());
                         let _ = n;
                     }
                     Err(e) => return format!("reading from the peer: {e}"),
                 },
-                Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => match d {
-                    Done::Rx(ev) => {
-                        // Completions show the peer's data is being applied: not idle.
-                        self.last_rx = Instant::now();
-                        if let Err(e) = self.feed(ev) { return self.protocol_error(e) }
-                    }
-                    Done::Failed(e) => return e,
-                },
+                Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
+                    // Completions show the peer's data is being applied: not idle.
+                    self.live.on_receive(self.now_ms());
+                    if let Err(e) = self.on_done(d, true) { return e }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.on_tick().await { return e }
                 }
@@ -482,6 +540,10 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
     }
 
     fn protocol_error(&self, e: String) -> String {
@@ -497,20 +559,12 @@ impl Session<'_> {
 
     async fn on_tick(&mut self) -> Result<(), String> {
         self.verify_peer_idle();
-        let now = Instant::now();
-        let idle = now.duration_since(self.last_rx);
-        if idle > Duration::from_millis(REPL_PEER_TIMEOUT_MS) {
-            return Err(format!(
-                "no frame from the peer for {} ms",
-                idle.as_millis()
-            ));
-        }
-        if idle > Duration::from_millis(REPL_PING_INTERVAL_MS)
-            && now.duration_since(self.last_ping) > Duration::from_millis(REPL_PING_INTERVAL_MS)
-        {
-            self.ping_seq += 1;
-            self.last_ping = now;
-            self.link.push(&Frame::Ping { seq: self.ping_seq });
+        match self.live.on_tick(self.now_ms(), self.link.stalled_now()) {
+            Some(LiveAction::Close(why)) => return Err(why.to_string()),
+            Some(LiveAction::Ping(seq)) => {
+                self.link.push(&Frame::Ping { seq });
+            }
+            None => {}
         }
         // Close the open epoch every tick: without a flush from the application its writes
         // would otherwise wait for a barrier (their bits set, the lag growing) indefinitely.
@@ -529,7 +583,11 @@ impl Session<'_> {
             && self.link.tracker().inflight_writes() == 0
             && self.sync.is_none()
         {
-            let _excl = rep.resync_lock.write().await;
+            // Never waited for inside the session loop (it must keep reading and timing out):
+            // a writer holding the lock shared now means another try at the next tick.
+            let Ok(_excl) = rep.resync_lock.try_write() else {
+                return Ok(());
+            };
             self.link.ahead.store(false, Ordering::Release);
             self.sync = Some(SyncRole::Source);
             rep.update(|st| {
@@ -538,7 +596,7 @@ impl Session<'_> {
                 st.resync_total_bytes = rep.bitmap.dirty_bytes();
                 st.resync_started = Some(Instant::now());
             });
-            tracing::info!(resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
+            crate::info_rl!(rep.state_rl, resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
             self.send_bitmap()?;
             // The peer's bitmap now covers every write that was not shipped.
             self.link.tracker().forget_unsent();
@@ -601,29 +659,25 @@ impl Session<'_> {
             Frame::ResyncData { offset, data } => {
                 let len = data.len() as u64;
                 self.target_answer(offset, len)?;
-                rep.disk
-                    .write(offset, AlignedBuf::from_slice(&data), false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rep.bitmap.clear_range(offset, len);
-                rep.stats
-                    .resync_bytes_received
-                    .fetch_add(len, Ordering::Relaxed);
-                self.target_progress().await
+                let (pipe, data) = (rep.pipe.clone(), AlignedBuf::from_slice(&data));
+                self.resync_write(offset, len, false, async move {
+                    let w = Write::Data { data, fua: false };
+                    pipe.apply(offset, w).await
+                });
+                Ok(())
             }
             Frame::ResyncZeroes { offset, len } => {
                 self.target_answer(offset, u64::from(len))?;
-                rep.disk
-                    .write_zeroes(offset, len, true, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rep.bitmap.clear_range(offset, u64::from(len));
-                let n = u64::from(len);
-                rep.stats
-                    .resync_bytes_received
-                    .fetch_add(n, Ordering::Relaxed);
-                rep.stats.resync_zero_bytes.fetch_add(n, Ordering::Relaxed);
-                self.target_progress().await
+                let pipe = rep.pipe.clone();
+                self.resync_write(offset, u64::from(len), true, async move {
+                    let w = Write::Zeroes {
+                        len,
+                        may_trim: true,
+                        fua: false,
+                    };
+                    pipe.apply(offset, w).await
+                });
+                Ok(())
             }
             Frame::ResyncDone => {
                 if self.sync != Some(SyncRole::Source) {
@@ -654,7 +708,7 @@ impl Session<'_> {
                     st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
                     st.resync_started = None;
                 });
-                tracing::info!(resource = %rep.name, "resync finished (SyncSource)");
+                crate::info_rl!(rep.state_rl, resource = %rep.name, "resync finished (SyncSource)");
                 Ok(())
             }
             Frame::StateChange { role, disk, ahead } => {
@@ -682,7 +736,7 @@ impl Session<'_> {
                 Ok(())
             }
             Frame::Disconnect { reason } => {
-                tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
+                crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
                 self.link.close(format!("the peer disconnected: {reason}"));
                 Ok(())
             }
@@ -696,6 +750,8 @@ impl Session<'_> {
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
+        let lag_ms = self.link.tracker().lag_ms(rep.now_ms());
+        let role_at_loss = rep.meta.superblock().role.as_str();
         let lost = self.link.tracker().on_disconnect();
         let was_replicating = {
             let st = rep.state();
@@ -722,6 +778,7 @@ impl Session<'_> {
             });
         }
         rep.update(|st| {
+            st.session += 1;
             st.link = None;
             st.announced = None;
             st.peer_role = None;
@@ -734,13 +791,22 @@ impl Session<'_> {
             st.verify_tx = None;
             st.verify_peer = None;
             st.resync_started = None;
+            let last = rep.stats.last_received_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
+            st.link_lost = Some(serde_json::json!({
+                "at_unix_ms": crate::repl::replicator::unix_ms(),
+                "role": role_at_loss,
+                "lag_ms": lag_ms,
+                "unacked_writes": lost.writes,
+                "unacked_bytes": lost.bytes,
+                "last_received_unix_ms": if last == 0 { serde_json::Value::Null } else { last.into() },
+            }));
             st.conn = if st.standalone {
                 ConnState::StandAlone
             } else {
                 ConnState::Connecting
             };
         });
-        tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
+        crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
             unacked_bytes = lost.bytes, "disconnected: {reason}");
     }
 }

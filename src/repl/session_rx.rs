@@ -4,6 +4,7 @@
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::*;
+use crate::pipeline::Write;
 use crate::volume::disk::Disk;
 
 impl Session<'_> {
@@ -11,20 +12,30 @@ impl Session<'_> {
     pub(super) fn spawn_actions(&mut self, actions: Vec<RxAction<Apply>>) {
         for a in actions {
             let disk = self.rep.disk.clone();
+            let pipe = self.rep.pipe.clone();
             match a {
                 RxAction::Write { seq, write } => self.started.push(Box::pin(async move {
-                    let r = match write {
-                        Apply::Data { offset, data, fua } => disk.write(offset, data, fua).await,
-                        Apply::Trim(w) => {
-                            let r = disk.trim(w.offset, w.len).await;
-                            if r.is_ok() && w.fua {
-                                disk.flush().await
-                            } else {
-                                r
-                            }
-                        }
-                        Apply::Zeroes(w) => disk.write_zeroes(w.offset, w.len, true, w.fua).await,
+                    // Through the volume's write pipeline: a snapshot taken on this node keeps
+                    // its point in time while replicated writes arrive.
+                    let (offset, w) = match write {
+                        Apply::Data { offset, data, fua } => (offset, Write::Data { data, fua }),
+                        Apply::Trim(w) => (
+                            w.offset,
+                            Write::Trim {
+                                len: w.len,
+                                fua: w.fua,
+                            },
+                        ),
+                        Apply::Zeroes(w) => (
+                            w.offset,
+                            Write::Zeroes {
+                                len: w.len,
+                                may_trim: true,
+                                fua: w.fua,
+                            },
+                        ),
                     };
+                    let r = pipe.apply(offset, w).await;
                     match r {
                         Ok(()) => Done::Rx(RxEvent::WriteDone { seq }),
                         Err(e) => Done::Failed(format!("applying a replicated write: {e}")),
@@ -72,6 +83,9 @@ impl Session<'_> {
         // Not idle from the moment a write is received (online verify reads only when idle).
         self.link.rx_idle.store(false, Ordering::Release);
         rep.stats.received_bytes.fetch_add(len, Ordering::Relaxed);
+        rep.stats
+            .last_received_unix_ms
+            .store(crate::repl::replicator::unix_ms(), Ordering::Relaxed);
         self.feed(RxEvent::Write {
             seq,
             epoch,
@@ -86,6 +100,33 @@ impl Session<'_> {
         self.receive_write(w.seq, w.epoch, w.offset, u64::from(w.len), apply)
     }
 
+    /// A write, flush or resync answer completed. `live`: the session runs (after it ended,
+    /// in [`Self::drain`], completions only release what follows them; a resync that finishes
+    /// then is not declared: the peer cannot be told, the next connect sees an empty bitmap).
+    /// Err is why the session ends.
+    pub(super) fn on_done(&mut self, d: Done, live: bool) -> Result<(), String> {
+        match d {
+            Done::Rx(ev) => self
+                .feed(ev)
+                .map_err(|e| if live { self.protocol_error(e) } else { e }),
+            Done::Resynced {
+                id,
+                offset,
+                len,
+                zeroes,
+            } => {
+                self.resynced(id, offset, len, zeroes)?;
+                if live {
+                    self.target_progress()?;
+                }
+                Ok(())
+            }
+            Done::ResyncFlushed { source_current } if live => self.resync_finished(source_current),
+            Done::ResyncFlushed { .. } => Ok(()),
+            Done::Failed(e) => Err(e),
+        }
+    }
+
     /// The connection is gone: apply everything already received, in the receiver's order
     /// (held writes and later epochs go out as earlier ones complete and flush), so the disk
     /// ends with a prefix of the Primary's write stream, never a write without its
@@ -96,15 +137,11 @@ impl Session<'_> {
             applying.extend(self.started.drain(..));
             let next = next_applied(applying, &rep.disk);
             match tokio::time::timeout(Duration::from_millis(REPL_PEER_TIMEOUT_MS), next).await {
-                Ok(Some(Done::Rx(ev))) => {
-                    if let Err(e) = self.feed(ev) {
+                Ok(Some(d)) => {
+                    if let Err(e) = self.on_done(d, false) {
                         tracing::error!(resource = %rep.name, "applying received writes after disconnect: {e}");
                         return;
                     }
-                }
-                Ok(Some(Done::Failed(e))) => {
-                    tracing::error!(resource = %rep.name, "applying received writes after disconnect: {e}");
-                    return;
                 }
                 Ok(None) | Err(_) => return,
             }

@@ -34,7 +34,7 @@ impl Session<'_> {
                 });
                 t.fill(&self.link);
                 self.target = Some(t);
-                self.target_progress().await
+                self.target_progress()
             }
         }
     }
@@ -71,13 +71,69 @@ impl Session<'_> {
         t.on_answer(offset, len).map_err(|e| e.to_string())
     }
 
-    pub(super) async fn target_progress(&mut self) -> Result<(), String> {
+    /// A resync answer arrived: write it (polled by the session loop like replicated writes,
+    /// never awaited inside it: the loop must keep reading, pinging and timing out). The
+    /// receiver holds back application writes that overlap it until it is on the disk.
+    pub(super) fn resync_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+        zeroes: bool,
+        write: impl std::future::Future<Output = Result<(), crate::volume::VolumeError>>
+            + Send
+            + 'static,
+    ) {
+        self.resync_id += 1;
+        let id = self.resync_id;
+        self.rx.resync_writing(id, offset, len);
+        self.started.push(Box::pin(async move {
+            match write.await {
+                Ok(()) => Done::Resynced {
+                    id,
+                    offset,
+                    len,
+                    zeroes,
+                },
+                Err(e) => Done::Failed(format!("writing resync data: {e}")),
+            }
+        }));
+    }
+
+    /// A resync answer is on the disk: its bits are in sync now.
+    pub(super) fn resynced(
+        &mut self,
+        id: u64,
+        offset: u64,
+        len: u64,
+        zeroes: bool,
+    ) -> Result<(), String> {
         let rep = self.rep;
+        let actions = self.rx.resync_written(id).map_err(|e| e.to_string())?;
+        self.spawn_actions(actions);
+        rep.bitmap.clear_range(offset, len);
+        rep.stats
+            .resync_bytes_received
+            .fetch_add(len, Ordering::Relaxed);
+        if zeroes {
+            rep.stats
+                .resync_zero_bytes
+                .fetch_add(len, Ordering::Relaxed);
+        }
+        if let Some(t) = self.target.as_mut() {
+            t.on_written();
+        }
+        Ok(())
+    }
+
+    /// Request more; once everything is written, flush the disk and persist the bitmap (as a
+    /// completion of the loop, like every disk operation of the session), then
+    /// [`Self::resync_finished`].
+    pub(super) fn target_progress(&mut self) -> Result<(), String> {
         let Some(t) = self.target.as_mut() else {
             return Ok(());
         };
         // `drl pause-sync` on this SyncTarget: ask for nothing more until `resume-sync`.
-        if !rep.resync_is_paused() {
+        if !self.rep.resync_is_paused() {
             t.fill(&self.link);
         }
         if !t.is_finished() {
@@ -85,12 +141,23 @@ impl Session<'_> {
         }
         let source_current = t.source_current;
         self.target = None;
+        let rep = self.rep.clone();
+        self.started.push(Box::pin(async move {
+            if let Err(e) = rep.disk.flush().await {
+                return Done::Failed(format!("flushing after resync: {e}"));
+            }
+            match persist_bitmap(&rep).await {
+                Ok(()) => Done::ResyncFlushed { source_current },
+                Err(e) => Done::Failed(format!("persisting the bitmap after resync: {e}")),
+            }
+        }));
+        Ok(())
+    }
+
+    /// Every answer is durable: adopt the source's generation, become UpToDate, tell it.
+    pub(super) fn resync_finished(&mut self, source_current: u64) -> Result<(), String> {
+        let rep = self.rep;
         self.sync = None;
-        rep.disk
-            .flush()
-            .await
-            .map_err(|e| format!("flushing after resync: {e}"))?;
-        persist_bitmap(rep).await?;
         rep.update_meta(|sb| {
             let mut g = gen_of(sb.gen);
             if source_current != 0 {
@@ -107,7 +174,7 @@ impl Session<'_> {
             crate::repl::verify::settle(st);
             st.resync_started = None;
         });
-        tracing::info!(resource = %rep.name, "resync finished (SyncTarget): UpToDate");
+        crate::info_rl!(rep.state_rl, resource = %rep.name, "resync finished (SyncTarget): UpToDate");
         Ok(())
     }
 }

@@ -123,7 +123,7 @@ impl Session<'_> {
                     p
                 });
                 if let Some(p) = ended {
-                    tracing::info!(resource = %rep.name, peer = %rep.peer_node(),
+                    crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(),
                         checked_bytes = p.checked_bytes, differing_blocks = p.differing_blocks,
                         "the peer's online verify ended");
                 }
@@ -151,7 +151,7 @@ impl Session<'_> {
             started
         });
         if started {
-            tracing::info!(resource = %rep.name, peer = %rep.peer_node(), "online verify started by the peer (VerifyT)");
+            crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "online verify started by the peer (VerifyT)");
         }
     }
 
@@ -167,7 +167,7 @@ impl Session<'_> {
             true
         });
         if ended {
-            tracing::warn!(resource = %rep.name, peer = %rep.peer_node(),
+            crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(),
                 "the peer's online verify sent nothing for {} s: ended here", crate::limits::REPL_VERIFY_PEER_IDLE_MS / 1000);
         }
     }

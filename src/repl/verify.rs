@@ -337,10 +337,10 @@ pub(crate) async fn run_source(
     };
     link.push(&Frame::VerifyDone { id });
     if oos_bytes > 0 {
-        tracing::warn!(resource = %rep.name, peer = %rep.peer_node(), out_of_sync_bytes = oos_bytes,
+        crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), out_of_sync_bytes = oos_bytes,
             marked, outcome = %report.outcome, "online verify found out-of-sync blocks: `drl disconnect` then `drl connect` resyncs them from the Primary");
     } else {
-        tracing::info!(resource = %rep.name, peer = %rep.peer_node(), checked_bytes = checked,
+        crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), checked_bytes = checked,
             outcome = %report.outcome, "online verify: no out-of-sync block");
     }
     rep.events.publish(

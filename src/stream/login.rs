@@ -65,6 +65,32 @@ pub(super) async fn tempauth(
 }
 
 pub(super) async fn keystone(http: &reqwest::Client, auth: &SwiftAuth) -> Outcome<Session> {
+    let (token, body, url) = match keystone_token(http, auth).await {
+        Outcome::Done(t) => t,
+        Outcome::Retry(why) => return Outcome::Retry(why),
+        Outcome::Unauthorized => return Outcome::Unauthorized,
+        Outcome::Fail(e) => return Outcome::Fail(e),
+    };
+    let region = match auth {
+        SwiftAuth::KeystoneV3 { region, .. } => region.as_deref(),
+        SwiftAuth::TempAuth { .. } => None,
+    };
+    match object_store_endpoint(&body, region) {
+        Ok(storage_url) => Outcome::Done(Session { storage_url, token }),
+        Err(reason) => Outcome::Fail(StreamError::BadResponse {
+            target: url,
+            reason,
+        }),
+    }
+}
+
+/// One Keystone v3 password authentication, project-scoped: the token, the answer's body
+/// (catalog, project) and the URL it was sent to. Shared by the Swift client and the recovery
+/// orchestrator's OpenStack clients (`orchestrator::openstack`).
+pub(crate) async fn keystone_token(
+    http: &reqwest::Client,
+    auth: &SwiftAuth,
+) -> Outcome<(Secret, bytes::Bytes, String)> {
     let SwiftAuth::KeystoneV3 {
         auth_url,
         username,
@@ -72,7 +98,7 @@ pub(super) async fn keystone(http: &reqwest::Client, auth: &SwiftAuth) -> Outcom
         project_name,
         user_domain_name,
         project_domain_name,
-        region,
+        region: _,
     } = auth
     else {
         return Outcome::Fail(StreamError::Config("not a Keystone config".into()));
@@ -116,17 +142,10 @@ pub(super) async fn keystone(http: &reqwest::Client, auth: &SwiftAuth) -> Outcom
             reason: "Keystone answer lacks X-Subject-Token".into(),
         });
     };
-    let body = match read_limited(resp, SWIFT_AUTH_RESPONSE_BYTES_MAX as u64, &url).await {
-        Ok(b) => b,
-        Err(ReadErr::Retry(why)) => return Outcome::Retry(why),
-        Err(ReadErr::Fail(e)) => return Outcome::Fail(e),
-    };
-    match object_store_endpoint(&body, region.as_deref()) {
-        Ok(storage_url) => Outcome::Done(Session { storage_url, token }),
-        Err(reason) => Outcome::Fail(StreamError::BadResponse {
-            target: url,
-            reason,
-        }),
+    match read_limited(resp, SWIFT_AUTH_RESPONSE_BYTES_MAX as u64, &url).await {
+        Ok(b) => Outcome::Done((token, b, url)),
+        Err(ReadErr::Retry(why)) => Outcome::Retry(why),
+        Err(ReadErr::Fail(e)) => Outcome::Fail(e),
     }
 }
 
@@ -138,6 +157,11 @@ struct TokenAnswer {
 struct TokenBody {
     #[serde(default)]
     catalog: Vec<CatalogEntry>,
+    project: Option<TokenProject>,
+}
+#[derive(Deserialize)]
+struct TokenProject {
+    id: String,
 }
 #[derive(Deserialize)]
 struct CatalogEntry {
@@ -156,14 +180,22 @@ struct Endpoint {
 
 /// Swift's public URL from a Keystone v3 token answer.
 pub fn object_store_endpoint(body: &[u8], region: Option<&str>) -> Result<String, String> {
+    catalog_endpoint(body, &["object-store"], region)
+}
+
+/// The public URL of the first service of one of `kinds` (catalog types, in order of
+/// preference: `["volumev3", "block-storage"]`) in a Keystone v3 token answer.
+pub fn catalog_endpoint(
+    body: &[u8],
+    kinds: &[&str],
+    region: Option<&str>,
+) -> Result<String, String> {
     let t: TokenAnswer = serde_json::from_slice(body)
         .map_err(|e| format!("token answer is not the expected JSON: {e}"))?;
-    let entry = t
-        .token
-        .catalog
+    let entry = kinds
         .iter()
-        .find(|c| c.kind == "object-store")
-        .ok_or("the catalog has no object-store service")?;
+        .find_map(|k| t.token.catalog.iter().find(|c| c.kind == *k))
+        .ok_or_else(|| format!("the catalog has no {} service", kinds.join(" or ")))?;
     entry
         .endpoints
         .iter()
@@ -176,12 +208,24 @@ pub fn object_store_endpoint(body: &[u8], region: Option<&str>) -> Result<String
         .map(|e| e.url.trim_end_matches('/').to_string())
         .ok_or_else(|| {
             format!(
-                "no public object-store endpoint{}",
+                "no public {} endpoint{}",
+                entry.kind,
                 region
                     .map(|r| format!(" in region {r}"))
                     .unwrap_or_default()
             )
         })
+}
+
+/// The id of the project a Keystone v3 token answer is scoped to.
+pub fn token_project_id(body: &[u8]) -> Result<String, String> {
+    let t: TokenAnswer = serde_json::from_slice(body)
+        .map_err(|e| format!("token answer is not the expected JSON: {e}"))?;
+    t.token
+        .project
+        .map(|p| p.id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| "the token is not scoped to a project".into())
 }
 
 #[cfg(test)]
@@ -210,6 +254,11 @@ mod tests {
         assert!(object_store_endpoint(br#"{"token":{"catalog":[]}}"#, None)
             .unwrap_err()
             .contains("no object-store"));
+        assert_eq!(
+            token_project_id(br#"{"token":{"project":{"id":"p1"}}}"#).unwrap(),
+            "p1"
+        );
+        assert!(token_project_id(br#"{"token":{}}"#).is_err());
         assert!(object_store_endpoint(b"<html>", None)
             .unwrap_err()
             .contains("JSON"));

@@ -33,7 +33,7 @@
 //! Progress leaves through a callback ([`Progress`]); the library draws nothing.
 
 pub mod auth;
-mod http;
+pub(crate) mod http;
 pub mod image;
 mod lanes;
 pub mod login;

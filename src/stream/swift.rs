@@ -55,7 +55,7 @@ pub struct SwiftClient {
 }
 
 /// What one attempt of a request came to.
-pub(super) enum Outcome<T> {
+pub(crate) enum Outcome<T> {
     Done(T),
     /// Worth another attempt (5xx, connection error, truncated body, ...).
     Retry(String),

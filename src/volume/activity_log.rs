@@ -243,6 +243,57 @@ impl ActivityLog {
         Ok(())
     }
 
+    /// Let extents leave the persisted hot set once every write in them is acknowledged by
+    /// the peer: no write in flight (`refs == 0`) and no dirty bit in `bitmap` over the extent
+    /// (a replicated write's bits stay set until the peer's barrier ack, which comes after its
+    /// flush). One transaction for all of them (the caller batches: the periodic bitmap
+    /// persist). A crash before it is durable resyncs more, never less: the extents were only
+    /// dropped from memory; a write that enters one again meanwhile waits for this
+    /// transaction (`pending`) and then writes its own. Returns how many extents left.
+    /// Blocking I/O.
+    pub fn retire_clean(&self, meta: &MetaFile, bitmap: &DirtyBitmap) -> Result<usize, AlError> {
+        let (seq, set, retired) = {
+            let mut inner = self.lock();
+            if inner.closed || inner.pending {
+                return Ok(0);
+            }
+            let clean: Vec<u32> = inner
+                .hot
+                .iter()
+                .filter(|(_, x)| x.refs == 0 && x.committed)
+                .map(|(&e, _)| e)
+                .filter(|&e| {
+                    let off = e as u64 * self.extent_bytes;
+                    let len = self.extent_bytes.min(self.volume_bytes.saturating_sub(off));
+                    !bitmap.any_dirty_in(off, len)
+                })
+                .collect();
+            if clean.is_empty() {
+                return Ok(0);
+            }
+            for e in &clean {
+                inner.hot.remove(e);
+            }
+            inner.pending = true;
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            let mut set: Vec<u32> = inner.hot.keys().copied().collect();
+            set.sort_unstable();
+            (seq, set, clean.len())
+        };
+        let r = write_record(meta, &self.uuid, self.extent_bytes, seq, &set);
+        {
+            let mut inner = self.lock();
+            inner.pending = false;
+            if r.is_ok() {
+                inner.committed_transactions += 1;
+            }
+        }
+        self.notify.notify_waiters();
+        r?;
+        Ok(retired)
+    }
+
     pub fn extent_bytes(&self) -> u64 {
         self.extent_bytes
     }
@@ -691,6 +742,45 @@ mod tests {
         assert_eq!(on_disk.dirty_bytes(), 4 * EXT);
         // The ring restarted empty: a second crash now replays nothing new.
         assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![]);
+    }
+
+    /// Issue 12: an extent whose writes are all acknowledged (no write in flight, no dirty
+    /// bit) leaves the persisted hot set, so a crash then resyncs nothing there; one with a
+    /// dirty bit or a write in flight stays.
+    #[test]
+    fn acknowledged_extents_leave_the_persisted_hot_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bm, al) = make(dir.path(), 16);
+        let eb = al.extent_bytes();
+        for e in 0..3 {
+            write(&al, &meta, &bm, e);
+        }
+        let busy = match al.begin_write(4 * eb, 4096).unwrap() {
+            BeginWrite::NeedsTransaction(t) => t.commit(&meta, &bm).unwrap(),
+            _ => panic!("a cold extent needs a transaction"),
+        };
+        bm.set_range(eb + 8192, 4096); // extent 1: a write not yet acknowledged
+        assert_eq!(al.retire_clean(&meta, &bm).unwrap(), 2, "extents 0 and 2");
+        assert!(!al.is_hot(0) && al.is_hot(1) && !al.is_hot(2) && al.is_hot(4));
+        let mut left = ActivityLog::recover(&meta).unwrap();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            vec![(eb, eb), (4 * eb, eb)],
+            "what a crash now resyncs"
+        );
+        drop(busy);
+        bm.clear_range(eb, eb);
+        assert_eq!(al.retire_clean(&meta, &bm).unwrap(), 2);
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![]);
+        assert_eq!(
+            al.retire_clean(&meta, &bm).unwrap(),
+            0,
+            "nothing left: no transaction"
+        );
+        // A write into a retired extent makes it hot again with a transaction of its own.
+        write(&al, &meta, &bm, 2);
+        assert_eq!(ActivityLog::recover(&meta).unwrap(), vec![(2 * eb, eb)]);
     }
 
     #[test]

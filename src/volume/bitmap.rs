@@ -168,6 +168,19 @@ impl DirtyBitmap {
         self.words[(block / 64) as usize].load(Ordering::Acquire) & (1 << (block % 64)) != 0
     }
 
+    /// Whether any block that `[offset, offset + len)` touches is dirty.
+    pub fn any_dirty_in(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let first = offset / self.block_bytes;
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(self.block_bytes)
+            .min(self.blocks);
+        first < end && self.find(first, true) < end
+    }
+
     /// Number of dirty blocks, O(1).
     pub fn count_dirty(&self) -> u64 {
         self.dirty

@@ -2,6 +2,9 @@
 //! a temp dir, talk to them with the real CLI and real NBD clients, stop or kill them.
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod detect;
+pub mod dr;
 pub mod nbd_client;
 pub mod pair;
 pub mod proxy;

@@ -41,6 +41,10 @@ pub struct PairOpts {
     pub netns: bool,
     /// Extra lines for the `[[resource]]` table (e.g. policies).
     pub extra_resource_keys: String,
+    /// Extra lines for the `[[node]]` tables of a and b (e.g. `metrics-listen`, `tls-cert`).
+    pub extra_node_keys: [String; 2],
+    /// Extra top-level tables at the end of the file (e.g. `[tls]`).
+    pub extra_tables: String,
 }
 
 impl PairOpts {
@@ -51,6 +55,8 @@ impl PairOpts {
             proxied: false,
             netns: false,
             extra_resource_keys: String::new(),
+            extra_node_keys: Default::default(),
+            extra_tables: String::new(),
         }
     }
 }
@@ -65,10 +71,11 @@ pub fn pair_config(
     secret: &str,
 ) -> String {
     let mut s = String::new();
-    for n in ["a", "b"] {
+    for (i, n) in ["a", "b"].into_iter().enumerate() {
         s += &format!(
-            "[[node]]\nname = \"{n}\"\ncontrol-socket = \"{d}/{n}.sock\"\n\n",
-            d = d.display()
+            "[[node]]\nname = \"{n}\"\ncontrol-socket = \"{d}/{n}.sock\"\n{extra}\n",
+            d = d.display(),
+            extra = opts.extra_node_keys[i]
         );
     }
     s += &format!(
@@ -82,6 +89,7 @@ pub fn pair_config(
             d = d.display()
         );
     }
+    s += &opts.extra_tables;
     s
 }
 
@@ -284,6 +292,23 @@ impl Pair {
         );
         self.cli_ok(n, &["primary", "r0", "--force"]);
         self.wait_in_sync(n, "initial sync after `drl primary r0 --force`");
+    }
+
+    /// After a restart, make `n` Primary again if it came back Secondary (`drl primary r0`,
+    /// retried until it is accepted: promotion may wait until the node knows its data).
+    pub fn promote_again(&self, n: &str) {
+        if res(self.node(n), "r0").is_some_and(|r| r["role"] == "Primary") {
+            return;
+        }
+        let t0 = Instant::now();
+        while !self.node(n).cli(&["primary", "r0"]).status.success() {
+            assert!(
+                t0.elapsed() < WAIT,
+                "{n} could not be promoted again\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn assert_disks_identical(&self, context: &str) {

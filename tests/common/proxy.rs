@@ -23,6 +23,8 @@ struct Ctl {
     /// Hold each piece read for this long before forwarding it (a slow link's latency).
     delay_ms: AtomicU64,
     live: Mutex<Vec<TcpStream>>,
+    /// Everything forwarded (both directions, interleaved) while recording, up to 256 MiB.
+    record: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct Proxy {
@@ -73,6 +75,16 @@ impl Proxy {
         self.ctl
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Keep a copy of every byte forwarded from now on (what a capture on the wire would see).
+    pub fn start_recording(&self) {
+        *self.ctl.record.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// The bytes recorded since [`Proxy::start_recording`]; recording stops.
+    pub fn take_recording(&self) -> Vec<u8> {
+        self.ctl.record.lock().unwrap().take().unwrap_or_default()
     }
 
     pub fn block(&self) {
@@ -179,6 +191,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>) {
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
+        }
+        if let Some(r) = ctl.record.lock().unwrap().as_mut() {
+            if r.len() < 256 << 20 {
+                r.extend_from_slice(&buf[..n]);
+            }
         }
         ctl.forwarded_bytes.fetch_add(n as u64, Ordering::SeqCst);
     }

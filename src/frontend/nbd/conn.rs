@@ -58,6 +58,9 @@ pub(crate) struct ConnCtx<D> {
     pub peer: String,
     /// The daemon-wide payload budget every connection shares.
     pub budget: PayloadBudget,
+    /// This connection's entry among the export's connections (idle eviction, see
+    /// [`super::idle`]); None where no server tracks it (tests).
+    pub(crate) idle: Option<super::idle::Registered>,
 }
 
 /// Why the transmission phase ended.
@@ -82,16 +85,26 @@ enum Body {
 struct Inflight {
     bytes: u64,
     stats: Arc<NbdStats>,
+    /// For the latency histogram: the request's kind and when it was complete.
+    kind: Kind,
+    start: std::time::Instant,
     /// Its bytes of the daemon-wide budget; returned when this is dropped.
     _grant: Option<OwnedSemaphorePermit>,
 }
 
 impl Inflight {
-    fn new(bytes: u64, stats: &Arc<NbdStats>, grant: Option<OwnedSemaphorePermit>) -> Self {
+    fn new(
+        kind: Kind,
+        bytes: u64,
+        stats: &Arc<NbdStats>,
+        grant: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         stats.requests_inflight.fetch_add(1, Relaxed);
         Inflight {
             bytes,
             stats: stats.clone(),
+            kind,
+            start: std::time::Instant::now(),
             _grant: grant,
         }
     }
@@ -99,6 +112,8 @@ impl Inflight {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
+        // Dropped once the reply is written (or the connection gave up on it).
+        self.stats.observe(self.kind, self.start.elapsed());
         self.stats.requests_inflight.fetch_sub(1, Relaxed);
     }
 }
@@ -281,7 +296,7 @@ where
                     } = std::mem::replace(&mut next, Next::Header)
                     {
                         bytes += u64::from(len);
-                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
+                        let inflight = Inflight::new(kind, u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(
                             ctx.dev.clone(),
                             cookie,
@@ -315,9 +330,17 @@ where
         if end.is_some() && running.len() == 1 && queued.is_empty() && write_fut.is_terminated() {
             break;
         }
+        if let Some(r) = &ctx.idle {
+            r.activity.set_busy(count, r.registry().now_ms());
+        }
         tokio::select! {
             biased;
             () = &mut stopped, if end.is_none() => {
+                end = Some(Ok(End::Stopped));
+                read_fut.set(Fuse::terminated());
+            }
+            () = evicted(&ctx.idle), if end.is_none() && count == 0 => {
+                crate::info_rl!(log, peer = %peer, "NBD connection closed: idle while the export is full and a new client waits");
                 end = Some(Ok(End::Stopped));
                 read_fut.set(Fuse::terminated());
             }
@@ -355,7 +378,7 @@ where
                         Ok(n) => {
                             count += 1;
                             if let Next::Skip { cookie, kind, err, len: 0 } = n {
-                                let inflight = Inflight::new(0, stats, None);
+                                let inflight = Inflight::new(kind, 0, stats, None);
                                 queued.push(Reply { cookie, kind, body: Err(err), inflight });
                             } else {
                                 next = n;
@@ -364,14 +387,14 @@ where
                         Err(e) => end = Some(Ok(e)),
                     },
                     (Got::Payload(buf), Next::Budget { cookie, kind, cmd, len }) => {
-                        let inflight = Inflight::new(u64::from(len), stats, grant.take());
+                        let inflight = Inflight::new(kind, u64::from(len), stats, grant.take());
                         running.push(Either::Left(run(ctx.dev.clone(), cookie, kind, cmd, Some(buf), inflight)));
                     }
                     (Got::Skipped(n), Next::Skip { cookie, kind, err, len }) => {
                         if n < len {
                             end = Some(Ok(End::ClientClosed));
                         } else {
-                            let inflight = Inflight::new(0, stats, None);
+                            let inflight = Inflight::new(kind, 0, stats, None);
                             queued.push(Reply { cookie, kind, body: Err(err), inflight });
                         }
                     }
@@ -393,6 +416,14 @@ where
         }
     }
     end.unwrap_or(Ok(End::Stopped))
+}
+
+/// Resolves when the export chose this idle connection to make room for a new client.
+async fn evicted(idle: &Option<super::idle::Registered>) {
+    match idle {
+        Some(r) => r.activity.evicted().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Release the in-flight shares of written (or dropped) replies.

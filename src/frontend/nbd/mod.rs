@@ -51,6 +51,7 @@ pub mod client;
 pub mod command;
 mod conn;
 pub mod handshake;
+mod idle;
 pub mod proto;
 mod server;
 pub mod stats;

@@ -26,12 +26,14 @@ use super::budget::PayloadBudget;
 use super::command::ExportView;
 use super::conn::{transmission, ConnCtx, End};
 use super::handshake::{negotiate, Admission, ExportInfo, HandshakeEnd};
+use super::idle::Registry;
 use super::proto::STRING_BYTES_MAX;
 use super::stats::NbdStats;
 use super::{ExportConfig, NbdError, NbdListen};
 use crate::limits::{
-    LOG_LINES_PER_SOURCE_PER_SECOND_MAX, NBD_CONNECTIONS_PER_EXPORT_MAX, NBD_HANDSHAKE_TIMEOUT_MS,
-    NBD_REFUSED_HANDSHAKES_MAX, SHUTDOWN_DRAIN_TIMEOUT_MS,
+    LOG_LINES_PER_SOURCE_PER_SECOND_MAX, NBD_CONNECTIONS_PER_EXPORT_MAX, NBD_EVICT_WAIT_MS,
+    NBD_HANDSHAKE_TIMEOUT_MS, NBD_IDLE_EVICT_MS, NBD_REFUSED_HANDSHAKES_MAX,
+    SHUTDOWN_DRAIN_TIMEOUT_MS,
 };
 use crate::logrl::LogLimiter;
 use crate::volume::BlockDevice;
@@ -61,6 +63,8 @@ struct Shared<D> {
     log: Arc<LogLimiter>,
     handshake_timeout: Duration,
     budget: PayloadBudget,
+    /// The connections in transmission, for idle eviction when the export is full.
+    idle: Arc<Registry>,
 }
 
 impl<D: BlockDevice> NbdServer<D> {
@@ -127,6 +131,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 log: Arc::new(LogLimiter::new(LOG_LINES_PER_SOURCE_PER_SECOND_MAX)),
                 handshake_timeout: Duration::from_millis(NBD_HANDSHAKE_TIMEOUT_MS),
                 budget: PayloadBudget::default(),
+                idle: Arc::new(Registry::new(Duration::from_millis(NBD_IDLE_EVICT_MS))),
             }),
             drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
         })
@@ -148,6 +153,12 @@ impl<D: BlockDevice> NbdServer<D> {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.handshake_timeout = timeout;
         }
+    }
+
+    /// Change how long a connection must have been idle before a new client may take its
+    /// slot when the export is full (default [`NBD_IDLE_EVICT_MS`]).
+    pub fn set_idle_evict(&mut self, idle: Duration) {
+        self.shared.idle.set_min_idle(idle);
     }
 
     /// Share `budget` (the bound on payload bytes in flight) with other servers; by default
@@ -200,6 +211,30 @@ impl<D: BlockDevice> NbdServer<D> {
                         let peer = format!("{peer}#{next_conn_id}");
                         let admission = match conn_slots.clone().try_acquire_owned() {
                             Ok(p) => Some((Admission::Admit, p)),
+                            Err(_) if shared.idle.evict_idlest() => {
+                                // An idle connection makes room; this client takes its slot.
+                                let (sh, stop, slots, refuse) = (shared.clone(), stop_rx.clone(), conn_slots.clone(), refuse_slots.clone());
+                                let wait = Duration::from_millis(NBD_EVICT_WAIT_MS);
+                                tasks.spawn(async move {
+                                    let (admission, slot) = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                                        Ok(Ok(p)) => (Admission::Admit, p),
+                                        _ => match refuse.try_acquire_owned() {
+                                            Ok(p) => (Admission::Refuse("too many connections to this export"), p),
+                                            Err(_) => return,
+                                        },
+                                    };
+                                    if admission == Admission::Admit {
+                                        sh.stats.connections_accepted.fetch_add(1, Relaxed);
+                                    } else {
+                                        sh.stats.connections_refused.fetch_add(1, Relaxed);
+                                    }
+                                    match conn {
+                                        Conn::Unix(s) => serve(s, sh, admission, slot, stop, peer).await,
+                                        Conn::Tcp(s) => serve(s, sh, admission, slot, stop, peer).await,
+                                    }
+                                });
+                                continue;
+                            }
                             Err(_) => {
                                 shared.stats.connections_refused.fetch_add(1, Relaxed);
                                 crate::warn_rl!(shared.log, peer = %peer,
@@ -387,6 +422,7 @@ async fn serve<S, D>(
         log: sh.log.clone(),
         peer: peer.clone(),
         budget: sh.budget.clone(),
+        idle: Some(sh.idle.register()),
     };
     match transmission(stream, ctx, stop).await {
         Ok(End::ProtocolError) | Ok(End::Disconnect) | Ok(End::Stopped) => {}

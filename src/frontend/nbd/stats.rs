@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::command::Kind;
+use crate::metrics::histogram::LatencyHistogram;
 
 /// Live counters; see [`NbdStatsSnapshot`] for the meaning of each field.
 #[derive(Debug, Default)]
@@ -30,6 +31,9 @@ pub struct NbdStats {
     /// The clients in transmission now (they hold the export open), for `secondary`'s
     /// refusal and `status`: one entry per connection, its peer description.
     clients: std::sync::Mutex<Vec<String>>,
+    /// Request latency by kind (see [`NbdStats::latency`]): from the request being complete
+    /// (header, and payload for a write) to its reply written to the socket.
+    latency: [LatencyHistogram; LATENCY_KINDS.len()],
 }
 
 /// Removes a client from [`NbdStats::clients`] when its connection ends, however it ends.
@@ -46,6 +50,15 @@ impl Drop for OpenGuard {
         }
     }
 }
+
+/// The kinds whose latency is recorded, in the order of [`NbdStats::latency`]'s array.
+pub const LATENCY_KINDS: [(Kind, &str); 5] = [
+    (Kind::Read, "read"),
+    (Kind::Write, "write"),
+    (Kind::Flush, "flush"),
+    (Kind::Trim, "trim"),
+    (Kind::WriteZeroes, "write_zeroes"),
+];
 
 /// A point-in-time copy of [`NbdStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -116,6 +129,25 @@ impl NbdStats {
             Kind::Unknown => &self.requests_unknown,
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Record a request of `kind` that took `d` (other kinds are not recorded).
+    #[inline]
+    pub(crate) fn observe(&self, kind: Kind, d: std::time::Duration) {
+        let i = match kind {
+            Kind::Read => 0,
+            Kind::Write => 1,
+            Kind::Flush => 2,
+            Kind::Trim => 3,
+            Kind::WriteZeroes => 4,
+            Kind::Disc | Kind::Unknown => return,
+        };
+        self.latency[i].observe(d);
+    }
+
+    /// The latency histogram of each kind in [`LATENCY_KINDS`], by its name.
+    pub fn latency(&self) -> impl Iterator<Item = (&'static str, &LatencyHistogram)> {
+        LATENCY_KINDS.iter().map(|k| k.1).zip(self.latency.iter())
     }
 
     pub fn snapshot(&self) -> NbdStatsSnapshot {

@@ -550,6 +550,7 @@ async fn serve_pipe_sharing(
         log: Arc::new(LogLimiter::new(10)),
         peer: "test".into(),
         budget,
+        idle: None,
     };
     let task = tokio::spawn(transmission(s, ctx, stop_rx));
     (c, stats, stop_tx, task)

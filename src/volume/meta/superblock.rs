@@ -27,8 +27,14 @@ pub mod flags {
     pub const CRASHED_PRIMARY: u32 = 1 << 2;
     /// Every block must be resynced (DRBD's `MDF_FULL_SYNC`).
     pub const FULL_SYNC: u32 = 1 << 3;
+    /// The volume was handed to Cinder (`drl dr recover`): Cinder's own target writes the disk
+    /// around drl, so the bitmap does not know every change. The next resync with the old
+    /// primary compares digests (online verify) instead of trusting the bitmap; `drl dr
+    /// failback` clears the flag once that is done.
+    pub const TRACKING_VOID: u32 = 1 << 4;
     /// Flags this version understands; others make open fail rather than be dropped.
-    pub const KNOWN: u32 = CLEAN_SHUTDOWN | WAS_PRIMARY | CRASHED_PRIMARY | FULL_SYNC;
+    pub const KNOWN: u32 =
+        CLEAN_SHUTDOWN | WAS_PRIMARY | CRASHED_PRIMARY | FULL_SYNC | TRACKING_VOID;
 }
 
 /// Role of this node for the resource (DRBD names and numbers).

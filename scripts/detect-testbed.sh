@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Three-site testbed for failure detection: network namespaces for site a, site b and a witness
+# w, each joined to a small router namespace r by a veth pair, and one etcd member per site.
+#
+#   scripts/detect-testbed.sh up                   create (or reset) the four namespaces
+#   scripts/detect-testbed.sh etcd SITE DIR        run SITE's etcd member in the foreground (a, b or w;
+#                                                  data in DIR; heartbeat 100 ms, election 1 s, pre-vote)
+#   scripts/detect-testbed.sh cut X-Y              drop everything between sites X and Y (nft, silent)
+#   scripts/detect-testbed.sh heal [X-Y]           undo one cut, or every cut and isolation
+#   scripts/detect-testbed.sh isolate SITE         drop everything to and from SITE (nft, silent)
+#   scripts/detect-testbed.sh kill-site SITE       kill -9 every process in SITE's namespace, link down
+#   scripts/detect-testbed.sh revive-site SITE     link up again (processes are the caller's)
+#   scripts/detect-testbed.sh flap X-Y SECONDS [PERIOD_MS]   cut and heal every PERIOD_MS (300)
+#   scripts/detect-testbed.sh slow SITE RATE|off   shape the router's link towards SITE (tc tbf, e.g.
+#                                                  16kbit: a site that answers slowly)
+#   scripts/detect-testbed.sh exec SITE CMD...     run CMD inside SITE
+#   scripts/detect-testbed.sh addr SITE            print SITE's address
+#   scripts/detect-testbed.sh down                 remove everything
+#
+# Addresses (198.19.77.0/24, RFC 2544's benchmarking range; they exist only inside the
+# namespaces, so several testbeds with different tags can run at once): site a 198.19.77.2
+# (router .1, /28), site b 198.19.77.18 (router .17), witness 198.19.77.34 (router .33).
+# DRL_DET_TAG (default tb) names everything: namespaces drl-det-TAG-{a,b,w,r}; veth ends are
+# created inside their namespaces and the nft table lives in the router, so nothing lands in
+# the root namespace. Needs root; without it, says so and exits 2.
+set -euo pipefail
+TAG=${DRL_DET_TAG:-tb}
+P="drl-det-$TAG"
+R="$P-r"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "detect-testbed: needs root to create network namespaces" >&2
+  exit 2
+fi
+. "$(dirname "$0")/lib.sh"
+need_pkgs ip:iproute2 tc:iproute2 nft:nftables etcd:etcd-server ping:iputils-ping
+
+ns_of() { case "$1" in a | b | w) echo "$P-$1" ;; *) die "site must be a, b or w, not $1" ;; esac; }
+net_of() { case "$1" in a) echo 0 ;; b) echo 16 ;; w) echo 32 ;; esac; }
+addr_of() { ns_of "$1" >/dev/null; echo "198.19.77.$(($(net_of "$1") + 2))"; }
+subnet_of() { echo "198.19.77.$(net_of "$1")/28"; }
+name_of() { case "$1" in a) echo site-a ;; b) echo site-b ;; w) echo witness ;; esac; }
+
+down_quiet() {
+  local s
+  for s in a b w r; do ip netns del "$P-$s" 2>/dev/null || true; done
+}
+
+up() {
+  down_quiet
+  ip netns add "$R"
+  ip -n "$R" link set lo up
+  ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
+  local s ns n
+  for s in a b w; do
+    ns=$(ns_of "$s")
+    n=$(net_of "$s")
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip link add "r$s" netns "$R" type veth peer name eth0 netns "$ns"
+    ip -n "$R" addr add "198.19.77.$((n + 1))/28" dev "r$s"
+    ip -n "$ns" addr add "198.19.77.$((n + 2))/28" dev eth0
+    ip -n "$R" link set "r$s" up
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via "198.19.77.$((n + 1))"
+  done
+  # The cut rules live in the router's namespace.
+  ip netns exec "$R" nft -f - <<EOF
+table inet drl_det {
+  chain forward { type filter hook forward priority 0; policy accept; }
+}
+EOF
+  for s in b w; do
+    ip netns exec "$(ns_of a)" ping -c1 -W2 "$(addr_of "$s")" >/dev/null ||
+      die "site a cannot reach $s through the router"
+  done
+  log "up: $(ns_of a) $(addr_of a), $(ns_of b) $(addr_of b), $(ns_of w) $(addr_of w), router $R"
+}
+
+rule() { ip netns exec "$R" nft "$@"; }
+
+cut() {
+  local x=${1%-*} y=${1#*-}
+  ns_of "$x" >/dev/null; ns_of "$y" >/dev/null
+  rule add rule inet drl_det forward ip saddr "$(subnet_of "$x")" ip daddr "$(subnet_of "$y")" drop comment "\"cut $x-$y\""
+  rule add rule inet drl_det forward ip saddr "$(subnet_of "$y")" ip daddr "$(subnet_of "$x")" drop comment "\"cut $x-$y\""
+}
+
+heal() {
+  if [ -z "${1:-}" ]; then
+    rule flush chain inet drl_det forward
+    return
+  fi
+  local h
+  for h in $(rule -a list chain inet drl_det forward | grep -F "\"cut $1\"" | sed 's/.*# handle //'); do
+    rule delete rule inet drl_det forward handle "$h"
+  done
+}
+
+isolate() {
+  ns_of "$1" >/dev/null
+  rule add rule inet drl_det forward ip saddr "$(subnet_of "$1")" drop comment "\"isolate $1\""
+  rule add rule inet drl_det forward ip daddr "$(subnet_of "$1")" drop comment "\"isolate $1\""
+}
+
+kill_site() {
+  local ns pids
+  ns=$(ns_of "$1")
+  pids=$(ip netns pids "$ns" || true)
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+  ip -n "$R" link set "r$1" down
+}
+
+flap() {
+  local pair=$1 secs=$2 period=${3:-300} end
+  end=$(($(date +%s%N) / 1000000 + secs * 1000))
+  while [ "$(($(date +%s%N) / 1000000))" -lt "$end" ]; do
+    cut "$pair"
+    sleep "$(awk "BEGIN{print $period/1000}")"
+    heal "$pair"
+    sleep "$(awk "BEGIN{print $period/1000}")"
+  done
+}
+
+etcd_member() {
+  local s=$1 dir=$2 cluster=""
+  local t
+  for t in a b w; do cluster+="${cluster:+,}$(name_of "$t")=http://$(addr_of "$t"):2380"; done
+  mkdir -p "$dir"
+  exec ip netns exec "$(ns_of "$s")" etcd --name "$(name_of "$s")" --data-dir "$dir" \
+    --listen-client-urls "http://$(addr_of "$s"):2379" --advertise-client-urls "http://$(addr_of "$s"):2379" \
+    --listen-peer-urls "http://$(addr_of "$s"):2380" --initial-advertise-peer-urls "http://$(addr_of "$s"):2380" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "drl-det-$TAG" \
+    --heartbeat-interval 100 --election-timeout 1000 --pre-vote --log-level warn
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  up) up ;;
+  down) down_quiet; log "down" ;;
+  etcd) etcd_member "$1" "$2" ;;
+  cut) cut "$1" ;;
+  heal) heal "${1:-}" ;;
+  isolate) isolate "$1" ;;
+  kill-site) kill_site "$1" ;;
+  revive-site) ip -n "$R" link set "r$1" up ;;
+  flap) flap "$@" ;;
+  slow)
+    ns_of "$1" >/dev/null
+    if [ "$2" = off ]; then
+      tc -n "$R" qdisc del dev "r$1" root 2>/dev/null || true
+    else
+      tc -n "$R" qdisc replace dev "r$1" root tbf rate "$2" burst 4kb latency 2s
+    fi
+    ;;
+  exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
+  addr) addr_of "$1" ;;
+  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,368 @@
+//! `[openstack]`, `[dr]` and `[[plan]]`: the backup site's cloud and the protection plans the
+//! recovery orchestrator (`crate::orchestrator`) runs.
+//!
+//! Plans are validated against the whole file, not one node's view: a plan names resources
+//! that live on several nodes of both sites. Which node of a resource is the backup is decided
+//! when the orchestrator runs, by site: the `on` node whose `[[node]] site` equals the site of
+//! the node the orchestrator runs as (`--node`); a node without `site` is a site of its own.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, DurationMs, RawConfig};
+use crate::stream::auth::{Secret, SwiftAuth};
+
+/// `[openstack]`: Keystone v3 credentials of the backup site's cloud.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOpenStack {
+    pub auth_url: String,
+    pub username: String,
+    pub password: String,
+    pub project: String,
+    pub user_domain: Option<String>,
+    pub project_domain: Option<String>,
+    pub region: Option<String>,
+}
+
+/// `[dr]`: where the orchestrator keeps its journals and checkpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDr {
+    /// Journals of recoveries and fail backs (one file per plan).
+    pub state_dir: Option<PathBuf>,
+    /// Store URL of checkpoints (`swift://C/P`, `C/P` in the vault, `ROOT::C/P`).
+    pub checkpoints: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPlan {
+    pub name: String,
+    pub resources: Vec<String>,
+    pub template: PathBuf,
+    pub cinder_host: String,
+    pub failover: Option<String>,
+    pub rpo_target: Option<DurationMs>,
+    /// Stack name at the backup site (default: the plan's name).
+    pub stack_name: Option<String>,
+    /// Directory of the Cinder backend's share in which drl puts a symlink to each replica's
+    /// disk (NFS driver); without it the reference is the disk's file name (LVM: the LV name).
+    pub cinder_export_dir: Option<PathBuf>,
+    /// The share as Cinder names it (default `127.0.0.1:<cinder-export-dir>`).
+    pub cinder_share: Option<String>,
+    /// Take a snapshot of every resource of the plan this often (on the node where it is
+    /// Primary), in the daemon.
+    pub snapshot_every: Option<DurationMs>,
+    /// Scheduled snapshots kept per resource (the oldest are deleted).
+    pub keep: Option<u32>,
+    #[serde(default)]
+    pub volume: BTreeMap<String, RawPlanVolume>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPlanVolume {
+    pub primary_id: Option<String>,
+    #[serde(default)]
+    pub bootable: bool,
+    /// The template parameter that carries this volume's ID (else the ID is found by value).
+    pub parameter: Option<String>,
+}
+
+/// `failover`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    Manual,
+    Automatic,
+}
+
+/// One volume of a plan.
+#[derive(Clone, Debug)]
+pub struct PlanVolume {
+    pub resource: String,
+    pub primary_id: Option<String>,
+    pub bootable: bool,
+    pub parameter: Option<String>,
+}
+
+/// A validated `[[plan]]`.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    pub name: String,
+    pub volumes: Vec<PlanVolume>,
+    pub template: PathBuf,
+    pub cinder_host: String,
+    pub failover: Failover,
+    pub rpo_target_ms: Option<u64>,
+    pub stack_name: String,
+    pub cinder_export_dir: Option<PathBuf>,
+    pub cinder_share: Option<String>,
+    /// (interval ms, snapshots kept) of the daemon's snapshot schedule.
+    pub snapshots: Option<(u64, usize)>,
+}
+
+/// `[dr]`, validated.
+#[derive(Clone, Debug)]
+pub struct DrConfig {
+    pub state_dir: PathBuf,
+    pub checkpoints: String,
+}
+
+pub const DEFAULT_DR_STATE_DIR: &str = "/var/lib/drl/dr";
+pub const DEFAULT_CHECKPOINTS: &str = "drl-plans";
+
+/// A node of the file and its site (`[[node]] site`, default its own name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub name: String,
+    pub site: String,
+    pub control_socket: PathBuf,
+    /// The node's TCP control endpoint and token file, if it has one.
+    pub control_tcp: Option<(std::net::SocketAddr, PathBuf)>,
+}
+
+pub(super) fn openstack_auth(
+    o: &RawOpenStack,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<SwiftAuth, ConfigError> {
+    if !(o.auth_url.starts_with("http://") || o.auth_url.starts_with("https://")) {
+        return Err(invalid(
+            "openstack.auth-url".into(),
+            format!("{:?} is not an http(s) URL", o.auth_url),
+        ));
+    }
+    for (k, v) in [
+        ("username", &o.username),
+        ("project", &o.project),
+        ("password", &o.password),
+    ] {
+        if v.is_empty() {
+            return Err(invalid(
+                format!("openstack.{k}"),
+                "must not be empty".into(),
+            ));
+        }
+    }
+    Ok(SwiftAuth::KeystoneV3 {
+        auth_url: o.auth_url.clone(),
+        username: o.username.clone(),
+        password: Secret::new(o.password.clone()),
+        project_name: o.project.clone(),
+        user_domain_name: o.user_domain.clone().unwrap_or_else(|| "Default".into()),
+        project_domain_name: o.project_domain.clone().unwrap_or_else(|| "Default".into()),
+        region: o.region.clone(),
+    })
+}
+
+pub(super) fn dr_config(
+    d: Option<&RawDr>,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<DrConfig, ConfigError> {
+    let state_dir = d
+        .and_then(|d| d.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DR_STATE_DIR));
+    if !state_dir.is_absolute() {
+        return Err(invalid(
+            "dr.state-dir".into(),
+            format!("{} must be an absolute path", state_dir.display()),
+        ));
+    }
+    let checkpoints = d
+        .and_then(|d| d.checkpoints.clone())
+        .unwrap_or_else(|| DEFAULT_CHECKPOINTS.into());
+    crate::stream::store::StoreUrl::parse(&checkpoints)
+        .map_err(|e| invalid("dr.checkpoints".into(), e.to_string()))?;
+    Ok(DrConfig {
+        state_dir,
+        checkpoints,
+    })
+}
+
+/// Every node of the file with its site.
+pub(super) fn nodes(
+    raw: &RawConfig,
+    tcp: &std::collections::HashMap<String, (std::net::SocketAddr, PathBuf)>,
+) -> Vec<NodeEntry> {
+    raw.node
+        .iter()
+        .map(|n| NodeEntry {
+            name: n.name.clone(),
+            site: n.site.clone().unwrap_or_else(|| n.name.clone()),
+            control_socket: n
+                .control_socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(super::DEFAULT_CONTROL_SOCKET)),
+            control_tcp: tcp.get(&n.name).cloned(),
+        })
+        .collect()
+}
+
+pub(super) fn plans(
+    raw: &RawConfig,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<PlanConfig>, ConfigError> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for p in &raw.plan {
+        let key = |k: &str| format!("plan.{}.{k}", p.name);
+        super::check_name(&p.name).map_err(|r| invalid("plan.name".into(), r))?;
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid(key("name"), "plan is defined twice".into()));
+        }
+        if p.resources.is_empty() {
+            return Err(invalid(
+                key("resources"),
+                "a plan needs at least one resource".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for r in &p.resources {
+            let Some(res) = raw.resource.iter().find(|x| &x.name == r) else {
+                return Err(invalid(
+                    key("resources"),
+                    format!("resource {r:?} is not defined in [[resource]]"),
+                ));
+            };
+            if res.on.len() != 2 {
+                return Err(invalid(
+                    key("resources"),
+                    format!("resource {r:?} is not replicated (it needs two [resource.on.NODE] sections)"),
+                ));
+            }
+            if !seen.insert(r.as_str()) {
+                return Err(invalid(key("resources"), format!("{r:?} is listed twice")));
+            }
+            if let Some(other) = out
+                .iter()
+                .find(|o: &&PlanConfig| o.volumes.iter().any(|v| &v.resource == r))
+            {
+                return Err(invalid(
+                    key("resources"),
+                    format!("{r:?} already belongs to plan {:?}", other.name),
+                ));
+            }
+        }
+        for v in p.volume.keys() {
+            if !seen.contains(v.as_str()) {
+                return Err(invalid(
+                    key(&format!("volume.{v}")),
+                    format!("{v:?} is not one of the plan's resources"),
+                ));
+            }
+        }
+        if !p.template.is_absolute() {
+            return Err(invalid(
+                key("template"),
+                format!("{} must be an absolute path", p.template.display()),
+            ));
+        }
+        if p.cinder_host.is_empty() || !p.cinder_host.contains('@') {
+            return Err(invalid(
+                key("cinder-host"),
+                format!(
+                    "{:?} is not a Cinder backend pool like \"host@backend#pool\"",
+                    p.cinder_host
+                ),
+            ));
+        }
+        let failover = match p.failover.as_deref() {
+            None | Some("manual") => Failover::Manual,
+            Some("automatic") => Failover::Automatic,
+            Some(o) => {
+                return Err(invalid(
+                    key("failover"),
+                    format!("{o:?}: one of \"manual\", \"automatic\""),
+                ))
+            }
+        };
+        if let Some(d) = &p.cinder_export_dir {
+            if !d.is_absolute() {
+                return Err(invalid(
+                    key("cinder-export-dir"),
+                    format!("{} must be an absolute path", d.display()),
+                ));
+            }
+        }
+        let snapshots = match (p.snapshot_every, p.keep) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(key("keep"), "keep without snapshot-every".into()))
+            }
+            (Some(every), keep) => {
+                if every.0 < crate::limits::DR_SNAPSHOT_EVERY_MS_MIN {
+                    return Err(invalid(
+                        key("snapshot-every"),
+                        format!(
+                            "{} ms: at least {} ms",
+                            every.0,
+                            crate::limits::DR_SNAPSHOT_EVERY_MS_MIN
+                        ),
+                    ));
+                }
+                let keep = keep.unwrap_or(crate::limits::DR_SNAPSHOT_KEEP_DEFAULT) as usize;
+                if keep == 0 || keep >= crate::limits::SNAPSHOTS_PER_RESOURCE_MAX {
+                    return Err(invalid(
+                        key("keep"),
+                        format!(
+                            "{keep}: 1 to {} (a resource holds at most {} snapshots)",
+                            crate::limits::SNAPSHOTS_PER_RESOURCE_MAX - 1,
+                            crate::limits::SNAPSHOTS_PER_RESOURCE_MAX
+                        ),
+                    ));
+                }
+                Some((every.0, keep))
+            }
+        };
+        let mut volumes = Vec::new();
+        for r in &p.resources {
+            let v = p.volume.get(r);
+            let primary_id = v.and_then(|v| v.primary_id.clone());
+            if let Some(id) = &primary_id {
+                if id.len() < 8
+                    || id.len() > 64
+                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                {
+                    return Err(invalid(
+                        key(&format!("volume.{r}.primary-id")),
+                        format!("{id:?} does not look like a Cinder volume ID"),
+                    ));
+                }
+            }
+            volumes.push(PlanVolume {
+                resource: r.clone(),
+                primary_id,
+                bootable: v.is_some_and(|v| v.bootable),
+                parameter: v.and_then(|v| v.parameter.clone()),
+            });
+        }
+        if volumes
+            .iter()
+            .all(|v| v.primary_id.is_none() && v.parameter.is_none())
+        {
+            return Err(invalid(
+                key("volume"),
+                "no [plan.volume.RES] names a primary-id or parameter: the template could not refer to any recovered volume".into(),
+            ));
+        }
+        out.push(PlanConfig {
+            name: p.name.clone(),
+            volumes,
+            template: p.template.clone(),
+            cinder_host: p.cinder_host.clone(),
+            failover,
+            rpo_target_ms: p.rpo_target.map(|d| d.0),
+            stack_name: p.stack_name.clone().unwrap_or_else(|| p.name.clone()),
+            cinder_share: p.cinder_share.clone().or_else(|| {
+                p.cinder_export_dir
+                    .as_ref()
+                    .map(|d| format!("127.0.0.1:{}", d.display()))
+            }),
+            cinder_export_dir: p.cinder_export_dir.clone(),
+            snapshots,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,89 @@
+//! Control methods of the recovery orchestrator (`drl dr`), served by the daemon that owns the
+//! resource (it owns the metadata and knows the disk's path).
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `dr.handover` | `{resource, export_dir?}` | `{resource, disk_path, size_bytes, link?}` |
+//! | `dr.tracking_restored` | `{resource}` | `{resource, tracking_void: false}` |
+//!
+//! `dr.handover` is called before a promoted resource is imported into Cinder: it records in
+//! the metadata (durably) that change tracking is void from now on (Cinder's target writes the
+//! disk around drl), and, with `export_dir`, puts a symlink `drl-RESOURCE` to the disk into
+//! the Cinder backend's share (Cinder renames the link to `volume-<id>`; the disk stays).
+//! Only a Primary is handed over. `dr.tracking_restored` clears the mark once a digest
+//! comparison (online verify) and the resync of what it found have brought the peer level.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::rpc::add;
+use super::Node;
+use crate::control::{Router, RpcError};
+use crate::volume::meta::{flags, Role};
+
+pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
+    add(r, node, "dr.handover", |n, params| async move {
+        let res = super::rpc::resource(&n, &params)?;
+        let sb = res.meta().superblock();
+        if sb.role != Role::Primary {
+            return Err(RpcError::state_refused(format!(
+                "{}: is {}; only a Primary is handed to Cinder (promote it first)",
+                res.name(),
+                sb.role.as_str()
+            )));
+        }
+        let export_dir = match params.get("export_dir") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.starts_with('/') => Some(PathBuf::from(s)),
+            Some(other) => {
+                return Err(RpcError::invalid_params(format!(
+                    "export_dir {other}: must be an absolute path"
+                )))
+            }
+        };
+        let meta = res.meta().clone();
+        let name = res.name().to_owned();
+        let disk = res.status_json()["disk_path"].clone();
+        let disk_path = PathBuf::from(disk.as_str().unwrap_or_default());
+        let size = res.status_json()["size_bytes"].clone();
+        let link = tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, String> {
+            meta.update(|sb| sb.flags |= flags::TRACKING_VOID)
+                .map_err(|e| format!("recording the handover in the metadata: {e}"))?;
+            let Some(dir) = export_dir else {
+                return Ok(None);
+            };
+            let link = dir.join(format!("drl-{name}"));
+            match std::fs::read_link(&link) {
+                Ok(t) if t == disk_path => return Ok(Some(link)),
+                Ok(_) => std::fs::remove_file(&link)
+                    .map_err(|e| format!("replacing {}: {e}", link.display()))?,
+                Err(_) => {}
+            }
+            std::os::unix::fs::symlink(&disk_path, &link).map_err(|e| {
+                format!("symlink {} -> {}: {e}", link.display(), disk_path.display())
+            })?;
+            Ok(Some(link))
+        })
+        .await
+        .map_err(|e| RpcError::internal(e.to_string()))?
+        .map_err(RpcError::internal)?;
+        tracing::warn!(resource = %res.name(), "handed to Cinder: change tracking is void until the next checksum resync");
+        Ok(json!({
+            "resource": res.name(),
+            "disk_path": disk,
+            "size_bytes": size,
+            "link": link,
+        }))
+    });
+    add(r, node, "dr.tracking_restored", |n, params| async move {
+        let res = super::rpc::resource(&n, &params)?;
+        let meta = res.meta().clone();
+        tokio::task::spawn_blocking(move || meta.update(|sb| sb.flags &= !flags::TRACKING_VOID))
+            .await
+            .map_err(|e| RpcError::internal(e.to_string()))?
+            .map_err(|e| RpcError::internal(e.to_string()))?;
+        Ok(json!({ "resource": res.name(), "tracking_void": false }))
+    });
+}

@@ -1,0 +1,90 @@
+//! The protection plans' snapshot schedule (`[[plan]] snapshot-every`, `keep`), run by the
+//! daemon that holds the plan's resources: every interval, each resource of the plan that is
+//! Primary here gets a crash-consistent snapshot `PLAN-<unix ms>`, and the oldest scheduled
+//! snapshots beyond `keep` are deleted (kept as change-set tombstones, so an incremental
+//! stream of a newer one still works). Snapshots the admin named otherwise are never touched.
+//! A failure is logged (rate-limited) and the schedule goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Node;
+use crate::control::{Event, EventKind, ObjectKind};
+use crate::volume::meta::Role;
+
+/// Spawn one task per plan with a schedule that names a resource of this node.
+pub(super) fn spawn(
+    node: &Arc<Node>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: watch::Receiver<bool>,
+) {
+    for plan in &node.config.plans {
+        let Some((every_ms, keep)) = plan.snapshots else {
+            continue;
+        };
+        let mine: Vec<String> = plan
+            .volumes
+            .iter()
+            .filter(|v| node.resource(&v.resource).is_some())
+            .map(|v| v.resource.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let (node, name, mut shutdown) = (node.clone(), plan.name.clone(), shutdown.clone());
+        tracing::info!(plan = %name, every_ms, keep, resources = ?mine, "snapshot schedule");
+        tasks.spawn(async move {
+            let rl = crate::logrl::LogLimiter::new(1);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                for r in &mine {
+                    if let Err(e) = tick(&node, &name, r, keep).await {
+                        crate::warn_rl!(rl, plan = %name, resource = %r, "scheduled snapshot: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn tick(node: &Node, plan: &str, resource: &str, keep: usize) -> Result<(), String> {
+    let res = node
+        .resource(resource)
+        .ok_or_else(|| "resource gone".to_string())?;
+    if res.meta().superblock().role != Role::Primary {
+        return Ok(()); // the Secondary's data is the Primary's; snapshots are taken there
+    }
+    let name = format!("{plan}-{:016}", crate::repl::replicator::unix_ms());
+    let snaps = res.snapshots();
+    snaps.create(&name).await.map_err(|e| e.to_string())?;
+    res.events().publish(
+        Event::new(EventKind::Create, ObjectKind::Snapshot, res.name())
+            .field("snapshot", name.as_str()),
+    );
+    let prefix = format!("{plan}-");
+    let mut ours: Vec<String> = snaps
+        .list()
+        .await
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|t| t.len() == 16 && t.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    ours.sort();
+    while ours.len() > keep {
+        let old = ours.remove(0);
+        snaps.delete(&old).await.map_err(|e| e.to_string())?;
+        res.events().publish(
+            Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name())
+                .field("snapshot", old.as_str()),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Site-failure detection and safe promotion (`[detect]`; absent: nothing here runs and
+//! promotion stays manual).
+//!
+//! Layout:
+//! - `core`: the suspicion core, pure (probe sent / answered / time passed in; per indicator
+//!   RTT and misses, per site alive / suspected / down out), tested on a fake clock;
+//! - `probe`: the authenticated probe datagram and the responder's checks, pure;
+//! - `pinger`: the tokio shell: one UDP socket answers probes and probes every other node;
+//! - `etcd`: the etcd requests (one client per member, "require leader");
+//! - `lease`: per protection scope (a replicated resource) the lease key, takeover, demotion;
+//! - `fence`: the self-fencing gate in the resource's write path.
+//!
+//! Fast suspicion comes from the pingers; authority only from the lease in etcd, which needs a
+//! majority of members (one per site and a witness): a cut between the two sites alone never
+//! moves a key while the witness sees its holder. See ARCHITECTURE.md, "Site-failure
+//! detection", for the timeline and the decisions.
+
+pub mod core;
+pub mod etcd;
+pub mod fence;
+pub mod lease;
+pub mod pinger;
+pub mod probe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::detect::DetectConfig;
+use crate::control::{Event, EventBus, EventKind, ObjectKind};
+use crate::daemon::Resource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("[detect] probe socket {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("[detect] etcd: {0}")]
+    Etcd(#[from] etcd::EtcdError),
+}
+
+/// The running detection of one daemon.
+pub struct Detect {
+    cfg: Arc<DetectConfig>,
+    probes: Arc<pinger::Probes>,
+    etcd: Arc<etcd::Etcd>,
+    scopes: Vec<Arc<lease::Scope>>,
+}
+
+impl Detect {
+    /// Bind the probe socket, connect to etcd, put a fence in front of every replicated
+    /// resource's writes and start the tasks (in `tasks`, until `shutdown`). An etcd that does
+    /// not answer at start is logged and reported (`etcd-unreachable` events); the daemon runs
+    /// on and nothing is promoted until it answers.
+    pub async fn start(
+        cfg: &DetectConfig,
+        resources: &[Arc<Resource>],
+        events: EventBus,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Detect>, DetectError> {
+        let cfg = Arc::new(cfg.clone());
+        let probes = pinger::Probes::new(cfg.clone(), events.clone());
+        let sock = probes.bind().await.map_err(|source| DetectError::Bind {
+            addr: cfg.me.listen,
+            source,
+        })?;
+        let etcd = Arc::new(etcd::Etcd::new(&cfg.etcd_endpoints).await?);
+        let mut scopes = Vec::new();
+        for r in resources {
+            let Some(repl) = r.replicator() else { continue };
+            let s = lease::Scope::new(
+                cfg.clone(),
+                repl.clone(),
+                etcd.clone(),
+                probes.clone(),
+                events.clone(),
+            );
+            r.device().set_fence(s.fence.clone());
+            scopes.push(s);
+        }
+        tasks.spawn(probes.clone().run(sock, shutdown.clone()));
+        for s in &scopes {
+            tasks.spawn(s.clone().run(shutdown.clone()));
+        }
+        tasks.spawn(members_loop(etcd.clone(), events, shutdown));
+        tracing::info!(site = %cfg.me.site, listen = %cfg.me.listen, scopes = scopes.len(), etcd = ?cfg.etcd_endpoints, "detection running");
+        Ok(Arc::new(Detect {
+            cfg,
+            probes,
+            etcd,
+            scopes,
+        }))
+    }
+
+    /// The scope of a resource (None: not replicated, so not protected).
+    pub fn scope(&self, resource: &str) -> Option<&Arc<lease::Scope>> {
+        self.scopes.iter().find(|s| s.resource == resource)
+    }
+
+    /// `drl detect status`.
+    pub fn status_json(&self) -> Value {
+        let mut v = self.probes.status_json();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("node".into(), json!(self.cfg.me.node));
+            o.insert("site".into(), json!(self.cfg.me.site));
+            o.insert("cluster".into(), json!(self.cfg.cluster));
+            o.insert("lease_ttl_ms".into(), json!(self.cfg.lease_ttl_ms));
+            o.insert("fence_margin_ms".into(), json!(self.cfg.fence_margin_ms()));
+            o.insert("on_no_quorum".into(), json!(self.cfg.on_no_quorum.as_str()));
+            o.insert("auto_promote".into(), json!(self.cfg.auto_promote));
+            let scopes: Vec<Value> = self
+                .scopes
+                .iter()
+                .map(|s| serde_json::to_value(s.view()).unwrap_or_default())
+                .collect();
+            o.insert("scopes".into(), json!(scopes));
+            o.insert("etcd".into(), json!(self.etcd.seen()));
+        }
+        v
+    }
+}
+
+/// Refresh which etcd members answer (for `status`), and say when none does.
+async fn members_loop(
+    etcd: Arc<etcd::Etcd>,
+    events: EventBus,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reachable = None;
+    loop {
+        etcd.refresh_members().await;
+        let now = etcd.seen().iter().any(|e| e.reachable);
+        if reachable != Some(now) {
+            if !now {
+                tracing::error!(endpoints = ?etcd.seen().iter().map(|e| e.url.clone()).collect::<Vec<_>>(),
+                    "no etcd member with a quorum answers: no lease can be taken or renewed, no promotion");
+            }
+            events.publish(
+                Event::new(EventKind::Change, ObjectKind::Site, "etcd").field("reachable", now),
+            );
+            reachable = Some(now);
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(2_000)) => {}
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The recovery journal: one JSON line per event, appended and fdatasync'd before the call it
+//! announces and after it returns, so a recovery stopped anywhere (kill -9, a service down, a
+//! wrong password) resumes with the same command from what the journal says is done.
+//!
+//! Lines: `{"ts_ms", "op", "step", "phase": "begin"|"done"|"failed", "data", "error"}`. A
+//! torn last line (a crash in the middle of a write) is dropped on open. A step whose last
+//! record is `begin` is done again: every step is idempotent on its own (promote of a Primary
+//! succeeds, an import looks its volume up by metadata first, a stack is looked up by name).
+//!
+//! Crash injection for tests: `DRL_DR_CRASH_AFTER=STEP` kills the process (SIGKILL, as kill
+//! -9 would) right after `STEP`'s `done` record is durable; `DRL_DR_CRASH_AFTER=STEP:begin`
+//! right after its `begin` record.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::OrchError;
+use crate::limits::DR_JOURNAL_BYTES_MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Begin,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub ts_ms: u64,
+    /// "recover" or "failback".
+    pub op: String,
+    pub step: String,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    pub records: Vec<Record>,
+}
+
+pub fn now_ms() -> u64 {
+    crate::repl::replicator::unix_ms()
+}
+
+impl Journal {
+    /// The journal of `plan` under `dir`.
+    pub fn path_for(dir: &Path, plan: &str) -> PathBuf {
+        dir.join(format!("{plan}.journal"))
+    }
+
+    /// Read what is there (nothing if absent) without creating anything.
+    pub fn read(path: &Path) -> Result<Vec<Record>, OrchError> {
+        let text = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(jerr(path, format!("stat: {e}"))),
+            Ok(m) if m.len() > DR_JOURNAL_BYTES_MAX => {
+                return Err(jerr(
+                    path,
+                    format!("{} bytes, more than {DR_JOURNAL_BYTES_MAX}", m.len()),
+                ))
+            }
+            Ok(_) => std::fs::read_to_string(path).map_err(|e| jerr(path, format!("read: {e}")))?,
+        };
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let complete = line.ends_with('\n');
+            match serde_json::from_str::<Record>(line.trim_end()) {
+                Ok(r) if complete => out.push(r),
+                // A torn last line: the crash came during its write; it never counted.
+                _ if i + 1 == lines.len() => break,
+                Ok(_) => unreachable!("only the last line can lack its newline"),
+                Err(e) => return Err(jerr(path, format!("line {}: {e}", i + 1))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open (create) for appending.
+    pub fn open(path: &Path) -> Result<Journal, OrchError> {
+        let records = Self::read(path)?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(|e| jerr(path, format!("mkdir: {e}")))?;
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(|e| jerr(path, format!("open: {e}")))?;
+        // Cut a torn tail so the next line starts clean.
+        let text = std::fs::read(path).map_err(|e| jerr(path, format!("read: {e}")))?;
+        if text.last().is_some_and(|b| *b != b'\n') {
+            let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            file.set_len(keep as u64)
+                .map_err(|e| jerr(path, format!("truncate: {e}")))?;
+        }
+        let _ = file.flush();
+        if !existed {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| jerr(path, format!("fsync of the directory: {e}")))?;
+        }
+        Ok(Journal {
+            path: path.to_owned(),
+            file,
+            records,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append(&mut self, r: Record) -> Result<(), OrchError> {
+        let mut line = serde_json::to_string(&r).map_err(|e| jerr(&self.path, e.to_string()))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| jerr(&self.path, format!("append: {e}")))?;
+        let inject = format!("{}:{}", r.step, phase_name(r.phase));
+        self.records.push(r);
+        if let Ok(at) = std::env::var("DRL_DR_CRASH_AFTER") {
+            let hit = at == inject || inject == format!("{at}:done");
+            if hit {
+                // SAFETY: kill(2) on our own pid with a valid signal number has no memory
+                // effects; SIGKILL cannot be caught, exactly like the admin's kill -9.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn begin(&mut self, op: &str, step: &str, data: Value) -> Result<(), OrchError> {
+        self.append(Record {
+            ts_ms: now_ms(),
+            op: op.into(),
+            step: step.into(),
+            phase: Phase::Begin,
+            data,
+            error: None,
+        })
+    }
+
+    pub fn done(&mut self, op: &str, step: &str, data: Value) -> Result<(), OrchError> {
+        self.append(Record {
+            ts_ms: now_ms(),
+            op: op.into(),
+            step: step.into(),
+            phase: Phase::Done,
+            data,
+            error: None,
+        })
+    }
+
+    pub fn failed(&mut self, op: &str, step: &str, error: &str) -> Result<(), OrchError> {
+        self.append(Record {
+            ts_ms: now_ms(),
+            op: op.into(),
+            step: step.into(),
+            phase: Phase::Failed,
+            data: Value::Null,
+            error: Some(error.into()),
+        })
+    }
+
+    /// The data of `step`'s last `done` record in operation `op`.
+    pub fn done_data(&self, op: &str, step: &str) -> Option<&Value> {
+        done_data(&self.records, op, step)
+    }
+
+    /// Move the journal aside (`<path>.<ts>`): the next operation starts a new one.
+    pub fn archive(self) -> Result<PathBuf, OrchError> {
+        let to = PathBuf::from(format!("{}.{}", self.path.display(), now_ms()));
+        std::fs::rename(&self.path, &to).map_err(|e| jerr(&self.path, format!("archive: {e}")))?;
+        Ok(to)
+    }
+}
+
+pub fn done_data<'a>(records: &'a [Record], op: &str, step: &str) -> Option<&'a Value> {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.op == op && r.step == step && r.phase == Phase::Done)
+        .map(|r| &r.data)
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Begin => "begin",
+        Phase::Done => "done",
+        Phase::Failed => "failed",
+    }
+}
+
+fn jerr(path: &Path, reason: String) -> OrchError {
+    OrchError::Journal {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_read_and_torn_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Journal::path_for(d.path(), "web");
+        let mut j = Journal::open(&p).unwrap();
+        j.begin("recover", "promote", Value::Null).unwrap();
+        j.done("recover", "promote", serde_json::json!({"n": 2}))
+            .unwrap();
+        drop(j);
+        // A crash in the middle of the next line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"ts_ms\":1,\"op\":\"rec")
+            .unwrap();
+        let mut j = Journal::open(&p).unwrap();
+        assert_eq!(j.records.len(), 2);
+        assert_eq!(j.done_data("recover", "promote").unwrap()["n"], 2);
+        j.failed("recover", "import:r0", "cinder down").unwrap();
+        drop(j);
+        let recs = Journal::read(&p).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[2].error.as_deref(), Some("cinder down"));
+        // A bad line in the middle is an error, not silently skipped.
+        std::fs::write(&p, "garbage\n{}\n").unwrap();
+        assert!(Journal::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
+    }
+}

@@ -1,0 +1,520 @@
+//! `drl dr recover PLAN`: bring a plan's workload up at this (the backup) site. See the module
+//! doc of [`super`] for the steps; every one is journaled and idempotent, so the same command
+//! resumes a recovery stopped anywhere and never imports a volume twice or creates two stacks.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::daemons::{self, Member};
+use super::journal::{self, Journal};
+use super::openstack::{Cloud, Volume};
+use super::report::Report;
+use super::template::{Mapping, Template};
+use super::OrchError;
+use crate::config::plan::PlanConfig;
+use crate::config::NodeConfig;
+use crate::limits::*;
+
+pub(super) const OP: &str = "recover";
+
+#[derive(Clone, Debug, Default)]
+pub struct RecoverOptions {
+    pub dry_run: bool,
+    /// The admin's word that the old primary site is down.
+    pub confirm_primary_down: bool,
+    /// Recover even though a resource is still Connected to its peer (disconnects it first).
+    pub force: bool,
+}
+
+/// A failed recovery: the error and where the journal stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    pub error: OrchError,
+    pub step: String,
+    pub journal: String,
+}
+
+pub struct Recovery<'a> {
+    pub cfg: &'a NodeConfig,
+    pub plan: &'a PlanConfig,
+    pub members: Vec<Member>,
+    pub cloud: Cloud,
+    pub opts: RecoverOptions,
+    /// One line per action (what it does or, dry, would do), for the CLI's stderr.
+    pub say: &'a (dyn Fn(&str) + Sync),
+}
+
+pub fn find_plan<'a>(cfg: &'a NodeConfig, name: &str) -> Result<&'a PlanConfig, OrchError> {
+    cfg.plans.iter().find(|p| p.name == name).ok_or_else(|| {
+        OrchError::Config(format!(
+            "no plan {name:?} in {} (plans: {})",
+            cfg.file.display(),
+            cfg.plans
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+impl<'a> Recovery<'a> {
+    pub fn new(
+        cfg: &'a NodeConfig,
+        plan: &'a PlanConfig,
+        opts: RecoverOptions,
+        say: &'a (dyn Fn(&str) + Sync),
+    ) -> Result<Recovery<'a>, OrchError> {
+        Ok(Recovery {
+            members: daemons::members(cfg, plan)?,
+            cloud: Cloud::from_config(cfg.openstack.clone())?,
+            cfg,
+            plan,
+            opts,
+            say,
+        })
+    }
+
+    pub(super) fn journal_path(&self) -> std::path::PathBuf {
+        Journal::path_for(&self.cfg.dr.state_dir, &self.plan.name)
+    }
+
+    /// Run (or resume) the recovery.
+    pub async fn run(&self) -> Result<Report, Stopped> {
+        let jpath = self.journal_path();
+        let stopped = |step: &str, error: OrchError| Stopped {
+            error,
+            step: step.into(),
+            journal: jpath.display().to_string(),
+        };
+        if self.opts.dry_run {
+            let records = Journal::read(&jpath).map_err(|e| stopped("journal", e))?;
+            return self
+                .dry_run(&records)
+                .await
+                .map_err(|e| stopped("dry-run", e));
+        }
+        let mut j = Journal::open(&jpath).map_err(|e| stopped("journal", e))?;
+        if j.records.iter().any(|r| r.op == "failback") {
+            return Err(stopped(
+                "journal",
+                OrchError::Refused(format!(
+                    "plan {} is failing back (journal {}): finish `drl dr failback {}` first",
+                    self.plan.name,
+                    jpath.display(),
+                    self.plan.name
+                )),
+            ));
+        }
+        let mut step = String::from("check");
+        let r = self.steps(&mut j, &mut step).await;
+        match r {
+            Ok(()) => self
+                .report(&j.records, false)
+                .await
+                .map_err(|e| stopped("report", e)),
+            Err(e) => {
+                let _ = j.failed(OP, &step, &e.to_string());
+                Err(stopped(&step, e))
+            }
+        }
+    }
+
+    async fn steps(&self, j: &mut Journal, step: &mut String) -> Result<(), OrchError> {
+        if j.done_data(OP, "stack").is_some() {
+            (self.say)("recovery already complete; the report follows");
+            return Ok(());
+        }
+        // 1. check (again on every run until promote is done: a returning primary stops us)
+        if j.done_data(OP, "promote").is_none() {
+            *step = "check".into();
+            j.begin(OP, step, Value::Null)?;
+            let data = self.check().await?;
+            j.done(OP, step, data)?;
+        }
+        // 2. promote
+        if j.done_data(OP, "promote").is_none() {
+            *step = "promote".into();
+            j.begin(OP, step, Value::Null)?;
+            self.promote_all().await?;
+            j.done(OP, step, json!({ "resources": self.members.iter().map(|m| &m.resource).collect::<Vec<_>>() }))?;
+        }
+        // 3. import each volume: every manage request first (Cinder imports them side by
+        //    side), then wait for each; a volume's step ends when it is available.
+        let mut posted = Vec::new();
+        for (m, v) in self.members.iter().zip(&self.plan.volumes) {
+            *step = format!("import:{}", m.resource);
+            if j.done_data(OP, step).is_some() {
+                continue;
+            }
+            j.begin(OP, step, Value::Null)?;
+            let vol = self.import(m, v.bootable, v.primary_id.as_deref()).await?;
+            // A sub-step record (and crash point): the volume exists in Cinder now.
+            j.done(
+                OP,
+                &format!("manage:{}", m.resource),
+                json!({ "cinder_id": vol.id }),
+            )?;
+            posted.push((m, vol.id));
+        }
+        for (m, id) in posted {
+            *step = format!("import:{}", m.resource);
+            let vol = self.wait_available(&m.resource, &id).await?;
+            j.done(
+                OP,
+                step,
+                json!({ "cinder_id": vol.id, "status": vol.status, "size_gib": vol.size }),
+            )?;
+        }
+        // 4. rewrite the template (always again until the stack exists: deterministic)
+        *step = "rewrite".into();
+        j.begin(OP, step, Value::Null)?;
+        let (tpl, params, replaced) = self.rewrite(&j.records).await?;
+        j.done(
+            OP,
+            step,
+            json!({ "parameters": params, "replaced": replaced }),
+        )?;
+        // 5. the stack
+        *step = "stack".into();
+        j.begin(OP, step, Value::Null)?;
+        let id = self.stack(&tpl, &params).await?;
+        j.done(OP, "stack-create", json!({ "stack_id": id }))?;
+        let st = self.wait_stack(&self.plan.stack_name, &id).await?;
+        j.done(
+            OP,
+            step,
+            json!({ "stack_id": st.id, "stack_status": st.stack_status }),
+        )?;
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<Value, OrchError> {
+        let mut rpo = serde_json::Map::new();
+        for m in &self.members {
+            let st = daemons::status(m).await?;
+            if let Some(why) = daemons::connected_to_primary(&st) {
+                if !self.opts.force {
+                    return Err(OrchError::Refused(format!(
+                        "{} on {} is {why}: the primary site looks alive; recovering now would make two Primaries (split brain). Stop the primary site, or pass --force to disconnect and recover anyway",
+                        m.resource, m.node
+                    )));
+                }
+                (self.say)(&format!(
+                    "{}: --force: disconnecting from {}",
+                    m.resource, m.peer
+                ));
+                daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
+            }
+            let disk = st.get("disk").and_then(Value::as_str).unwrap_or("?");
+            if matches!(disk, "Inconsistent" | "Diskless" | "Failed") {
+                return Err(OrchError::Refused(format!(
+                    "{} on {} is {disk}: its data is not usable (an initial sync or a resync did not finish)",
+                    m.resource, m.node
+                )));
+            }
+            rpo.insert(
+                m.resource.clone(),
+                st.get("link_lost").cloned().unwrap_or(Value::Null),
+            );
+        }
+        let down =
+            self.opts.confirm_primary_down || super::primary_known_down(&self.plan.name).is_some();
+        if !down {
+            return Err(OrchError::Refused(format!(
+                "the old primary site ({}) is not known to be down: site-failure detection has not said so; if you know it is down, pass --confirm-primary-down",
+                self.members.iter().map(|m| m.peer.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.cloud.login().await?;
+        Ok(json!({ "link_lost": rpo }))
+    }
+
+    /// Promote every resource; on a failure demote those this call promoted (all or none).
+    async fn promote_all(&self) -> Result<(), OrchError> {
+        let mut promoted: Vec<&Member> = Vec::new();
+        for m in &self.members {
+            let st = daemons::status(m).await?;
+            if st.get("role").and_then(Value::as_str) == Some("Primary") {
+                continue;
+            }
+            (self.say)(&format!("promote {} on {}", m.resource, m.node));
+            match daemons::call(
+                m,
+                "primary",
+                json!({ "resource": m.resource, "force": true }),
+            )
+            .await
+            {
+                Ok(_) => promoted.push(m),
+                Err(e) => {
+                    for p in promoted {
+                        (self.say)(&format!(
+                            "demote {} on {} again (all or none)",
+                            p.resource, p.node
+                        ));
+                        if let Err(e2) =
+                            daemons::call(p, "secondary", json!({ "resource": p.resource })).await
+                        {
+                            (self.say)(&format!("could not demote {}: {e2}", p.resource));
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn source_name(&self, m: &Member, disk_path: &str) -> String {
+        match &self.plan.cinder_share {
+            Some(share) => format!("{share}/drl-{}", m.resource),
+            None => std::path::Path::new(disk_path)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(super) fn metadata(
+        &self,
+        m: &Member,
+        primary_id: Option<&str>,
+    ) -> BTreeMap<String, String> {
+        let mut md = BTreeMap::new();
+        md.insert("drl-plan".into(), self.plan.name.clone());
+        md.insert("drl-resource".into(), m.resource.clone());
+        if let Some(id) = primary_id {
+            md.insert("drl-primary-id".into(), id.into());
+        }
+        md
+    }
+
+    /// The volume an earlier run imported for `m`, if Cinder has one (not in an error state).
+    async fn imported(&self, m: &Member) -> Result<Option<Volume>, OrchError> {
+        Ok(self.cloud.list_volumes().await?.into_iter().find(|v| {
+            v.metadata.get("drl-plan") == Some(&self.plan.name)
+                && v.metadata.get("drl-resource") == Some(&m.resource)
+                && !v.status.starts_with("error")
+                && v.status != "deleting"
+        }))
+    }
+
+    async fn import(
+        &self,
+        m: &Member,
+        bootable: bool,
+        primary_id: Option<&str>,
+    ) -> Result<Volume, OrchError> {
+        let ho = daemons::call(
+            m,
+            "dr.handover",
+            json!({ "resource": m.resource, "export_dir": self.plan.cinder_export_dir }),
+        )
+        .await?;
+        let disk = ho
+            .get("disk_path")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let vol = match self.imported(m).await? {
+            Some(v) => {
+                (self.say)(&format!(
+                    "{}: already imported as {} ({})",
+                    m.resource, v.id, v.status
+                ));
+                v
+            }
+            None => {
+                let src = self.source_name(m, disk);
+                (self.say)(&format!(
+                    "import {} into Cinder: {} at {}",
+                    m.resource, src, self.plan.cinder_host
+                ));
+                self.cloud
+                    .manage_volume(
+                        &m.resource,
+                        &self.plan.cinder_host,
+                        &src,
+                        &format!("{}-{}", self.plan.name, m.resource),
+                        bootable,
+                        &self.metadata(m, primary_id),
+                    )
+                    .await?
+            }
+        };
+        Ok(vol)
+    }
+
+    async fn wait_available(&self, resource: &str, id: &str) -> Result<Volume, OrchError> {
+        let t0 = Instant::now();
+        loop {
+            let v = self.cloud.show_volume(resource, id).await?;
+            match v.status.as_str() {
+                "available" | "in-use" => return Ok(v),
+                s if s.starts_with("error") => {
+                    let msgs = self.cloud.volume_messages(id).await.unwrap_or_default();
+                    return Err(OrchError::Import {
+                        resource: resource.into(),
+                        id: id.into(),
+                        status: v.status.clone(),
+                        reason: msgs.last().cloned().unwrap_or_else(|| {
+                            "Cinder gave no message; see cinder-volume's log".into()
+                        }),
+                    });
+                }
+                _ => {}
+            }
+            if t0.elapsed() > Duration::from_millis(DR_IMPORT_TIMEOUT_MS) {
+                return Err(OrchError::Timeout(format!(
+                    "volume {resource} ({id}) still {} after {} s",
+                    v.status,
+                    DR_IMPORT_TIMEOUT_MS / 1000
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(DR_POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// The plan's template: its file, else the newest checkpoint's copy.
+    async fn template_text(&self) -> Result<String, OrchError> {
+        let p = &self.plan.template;
+        match std::fs::metadata(p) {
+            Ok(m) if m.len() > DR_TEMPLATE_BYTES_MAX => Err(OrchError::Template(format!(
+                "{}: {} bytes, more than {DR_TEMPLATE_BYTES_MAX}",
+                p.display(),
+                m.len()
+            ))),
+            Ok(_) => std::fs::read_to_string(p)
+                .map_err(|e| OrchError::Template(format!("{}: {e}", p.display()))),
+            Err(e) => super::checkpoint::latest_template(self.cfg, self.plan)
+                .await
+                .map_err(|c| {
+                    OrchError::Template(format!(
+                        "{}: {e}; and no checkpoint copy: {c}",
+                        p.display()
+                    ))
+                }),
+        }
+    }
+
+    async fn rewrite(
+        &self,
+        records: &[journal::Record],
+    ) -> Result<(Value, BTreeMap<String, String>, Value), OrchError> {
+        let text = self.template_text().await?;
+        let tpl = Template::parse(&text, &self.plan.template.display().to_string())?;
+        let ids: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| {
+                journal::done_data(records, OP, &format!("import:{}", m.resource))
+                    .and_then(|d| d.get("cinder_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let maps: Vec<Mapping<'_>> = self
+            .plan
+            .volumes
+            .iter()
+            .zip(&ids)
+            .map(|(v, id)| Mapping {
+                resource: &v.resource,
+                primary_id: v.primary_id.as_deref(),
+                parameter: v.parameter.as_deref(),
+                new_id: id,
+            })
+            .collect();
+        let r = tpl.rewrite(&maps)?;
+        let replaced = json!(r
+            .replaced
+            .iter()
+            .map(|(o, n, w)| json!({"primary_id": o, "cinder_id": n, "where": w}))
+            .collect::<Vec<_>>());
+        Ok((r.template, r.parameters, replaced))
+    }
+
+    async fn stack(
+        &self,
+        tpl: &Value,
+        params: &BTreeMap<String, String>,
+    ) -> Result<String, OrchError> {
+        let name = &self.plan.stack_name;
+        let id = match self.cloud.find_stack(name).await? {
+            Some(s) if s.stack_status.ends_with("_FAILED") => {
+                (self.say)(&format!(
+                    "stack {name} ({}) is {} from an earlier run: deleting it before creating it again",
+                    s.id, s.stack_status
+                ));
+                self.cloud.delete_stack(name, &s.id).await?;
+                self.wait_gone(name).await?;
+                self.create(name, tpl, params).await?
+            }
+            Some(s) => {
+                (self.say)(&format!(
+                    "stack {name} exists ({}, {})",
+                    s.id, s.stack_status
+                ));
+                s.id
+            }
+            None => self.create(name, tpl, params).await?,
+        };
+        Ok(id)
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        tpl: &Value,
+        params: &BTreeMap<String, String>,
+    ) -> Result<String, OrchError> {
+        (self.say)(&format!("create stack {name} with parameters {params:?}"));
+        self.cloud.create_stack(name, tpl, params).await
+    }
+
+    async fn wait_gone(&self, name: &str) -> Result<(), OrchError> {
+        let t0 = Instant::now();
+        while self
+            .cloud
+            .find_stack(name)
+            .await?
+            .is_some_and(|s| s.stack_status != "DELETE_COMPLETE")
+        {
+            if t0.elapsed() > Duration::from_millis(DR_STACK_TIMEOUT_MS) {
+                return Err(OrchError::Timeout(format!("stack {name} not deleted")));
+            }
+            tokio::time::sleep(Duration::from_millis(DR_POLL_INTERVAL_MS)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_stack(&self, name: &str, id: &str) -> Result<super::openstack::Stack, OrchError> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.cloud.show_stack(name, id).await?;
+            match s.stack_status.as_str() {
+                "CREATE_COMPLETE" | "ADOPT_COMPLETE" => return Ok(s),
+                st if st.ends_with("_FAILED") => {
+                    return Err(OrchError::Stack {
+                        stack: name.into(),
+                        id: id.into(),
+                        status: st.into(),
+                        reason: s.stack_status_reason.clone().unwrap_or_default(),
+                    })
+                }
+                _ => {}
+            }
+            if t0.elapsed() > Duration::from_millis(DR_STACK_TIMEOUT_MS) {
+                return Err(OrchError::Timeout(format!(
+                    "stack {name} still {} after {} s",
+                    s.stack_status,
+                    DR_STACK_TIMEOUT_MS / 1000
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(DR_POLL_INTERVAL_MS)).await;
+        }
+    }
+}

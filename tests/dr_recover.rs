@@ -1,0 +1,322 @@
+//! The DR orchestrator against the real backup-site cloud (scripts/openstack-aio.sh: Keystone,
+//! Cinder with the NFS driver, Heat, Nova with the fake driver): issue 10's full recovery, the
+//! refusals that prevent a split brain, kill -9 after every step, and fail back with the
+//! import trap (writes that went around drl). Two daemons at the backup site.
+
+mod common;
+
+use common::dr::*;
+use common::pair::{assert_files_identical, res, WAIT};
+use common::{qemu_io, wait_until};
+use std::io::{Seek, SeekFrom, Write};
+
+fn fill(s: &DrSites) {
+    for i in 0..2 {
+        let p = format!("write -P 0x{:x} 0 4M", 0xa0 + i);
+        qemu_io(&s.nbd_uri("a1", i), &[&p, "write -P 0x5c 8M 1M"]);
+    }
+    s.wait_synced();
+}
+
+#[test]
+fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
+    need_openstack();
+    let mut s = DrSites::start(SERVER_TEMPLATE, "", KS_PASSWORD);
+    fill(&s);
+    let out = s.drl(&["dr", "protect", &s.tag, "--json"], &[]);
+    let cp = stdout_json(&out);
+    assert_eq!(cp["volumes"].as_array().unwrap().len(), 2, "{cp}");
+    let show = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+    assert_eq!(show["state"], "enabled", "{show}");
+    assert_eq!(show["checkpoint_count"], 1, "{show}");
+    // b2 is reached over its TCP control endpoint: a wrong token is refused there.
+    let token = s.dir.path().join("control.token");
+    let good = std::fs::read(&token).unwrap();
+    std::fs::write(&token, "a-wrong-token-of-enough-bytes\n").unwrap();
+    let show = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+    assert!(
+        show["volumes"][1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused the token"),
+        "{show}"
+    );
+    assert_eq!(
+        show["volumes"][0]["disk"], "UpToDate",
+        "b1 (local socket) still answers: {show}"
+    );
+    std::fs::write(&token, good).unwrap();
+
+    // Refused while the primary is alive and connected: no split brain.
+    let out = s.drl(&["dr", "recover", &s.tag, "--confirm-primary-down"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("split brain") && err.contains("Connected"),
+        "{err}"
+    );
+    for (i, r) in s.res.iter().enumerate() {
+        assert_eq!(
+            res(s.backup(i), r).unwrap()["role"],
+            "Secondary",
+            "nothing was promoted"
+        );
+    }
+
+    s.kill_primary_site();
+    // Refused while nobody says the primary site is down.
+    let out = s.drl(&["dr", "recover", &s.tag], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--confirm-primary-down"),
+        "{err}"
+    );
+
+    let dry = s.drl(
+        &[
+            "dr",
+            "recover",
+            &s.tag,
+            "--confirm-primary-down",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&dry.stderr).contains("would POST"),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(s.volumes().is_empty(), "the dry run imported nothing");
+    assert_eq!(
+        res(&s.b1, &s.res[0]).unwrap()["role"],
+        "Secondary",
+        "the dry run promoted nothing"
+    );
+
+    let rep = stdout_json(&s.drl(
+        &["dr", "recover", &s.tag, "--confirm-primary-down", "--json"],
+        &[],
+    ));
+    assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
+    eprintln!("recovery report: {rep}");
+    assert!(rep["rto_seconds"].as_f64().unwrap() > 0.0, "{rep}");
+    // RPO from the backup daemons' own record of the moment the link was lost.
+    assert!(rep["rpo_seconds"].as_f64().is_some(), "{rep}");
+    assert!(
+        rep["rpo"][&s.res[0]]["last_received_unix_ms"].is_u64(),
+        "{rep}"
+    );
+    let names: Vec<&str> = rep["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"promote") && names.contains(&"stack") && names.contains(&"rewrite"),
+        "{rep}"
+    );
+    let vols = s.volumes();
+    assert_eq!(vols.len(), 2, "one volume per resource: {vols:?}");
+    let ids: Vec<String> = rep["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["cinder_id"].as_str().unwrap().to_owned())
+        .collect();
+    // The stack refers to the imported IDs: the parameter, and the attachment by value.
+    let stack = rt()
+        .block_on(s.cloud().find_stack(&s.tag))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stack.parameters.as_ref().unwrap()["boot_volume"],
+        ids[0].as_str(),
+        "{stack:?}"
+    );
+    assert!(rep["rewrite"].to_string().contains(&ids[1]), "{rep}");
+    for (i, id) in ids.iter().enumerate() {
+        let v = rt().block_on(s.cloud().show_volume("t", id)).unwrap();
+        assert_eq!(v.status, "in-use", "attached by the stack: {v:?}");
+        assert_eq!(v.is_bootable(), i == 0);
+        // The imported volume is the Secondary's disk: same bytes.
+        let link = std::path::Path::new(EXPORT).join(format!("volume-{id}"));
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            s.disk(if i == 0 { "b1" } else { "b2" }, i)
+        );
+        assert_files_identical(
+            &link,
+            &s.disk("a1", i),
+            SIZE,
+            "imported volume = the primary's data at the cut",
+        );
+        assert_eq!(res(s.backup(i), &s.res[i]).unwrap()["tracking_void"], true);
+    }
+    let st = stdout_json(&s.drl(&["dr", "status", "--json"], &[]));
+    assert_eq!(st["plans"][0]["state"], "failed-over", "{st}");
+
+    // Writes that go around drl, as Cinder's own target would make them: two 4 KiB blocks.
+    let link = std::path::Path::new(EXPORT).join(format!("volume-{}", ids[0]));
+    let mut f = std::fs::OpenOptions::new().write(true).open(&link).unwrap();
+    f.seek(SeekFrom::Start(13 << 20)).unwrap();
+    f.write_all(&[0x77; 4096]).unwrap();
+    f.seek(SeekFrom::Start(20 << 20)).unwrap();
+    f.write_all(&[0x78; 4096]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // The old primary comes back (Secondary) and fails back.
+    s.a1.spawn(&s.dir.path().join("a1.sock"));
+    let out = s.drl(&["dr", "failback", &s.tag, "--json"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--stop-workload"),
+        "waits for the admin's word: {err}"
+    );
+    let fb = stdout_json(&s.drl(
+        &["dr", "failback", &s.tag, "--stop-workload", "--json"],
+        &[],
+    ));
+    let v0 = &fb["verified"][&s.res[0]];
+    assert_eq!(
+        v0["differing_bytes"], 8192,
+        "exactly the two blocks written around drl: {fb}"
+    );
+    assert_eq!(
+        v0["resync_bytes_sent"], 8192,
+        "only the differing blocks crossed: {fb}"
+    );
+    for (i, r) in s.res.iter().enumerate() {
+        wait_until("a1 Primary again", WAIT, || {
+            res(&s.a1, r).is_some_and(|v| v["role"] == "Primary")
+        });
+        assert_eq!(res(s.backup(i), r).unwrap()["role"], "Secondary");
+        assert_eq!(res(s.backup(i), r).unwrap()["tracking_void"], false);
+        assert_files_identical(
+            &s.disk("a1", i),
+            &s.disk(if i == 0 { "b1" } else { "b2" }, i),
+            SIZE,
+            "after fail back",
+        );
+    }
+    assert!(s.volumes().is_empty(), "unmanaged: {:?}", s.volumes());
+    assert!(s.disk("b1", 0).exists(), "the data stays");
+    let st = stdout_json(&s.drl(&["dr", "status", "--json"], &[]));
+    assert_eq!(st["plans"][0]["state"], "enabled", "{st}");
+}
+
+#[test]
+fn kill9_after_each_step_resumes_to_one_volume_per_resource_and_one_stack() {
+    need_openstack();
+    let mut s = DrSites::start(VOLUMES_TEMPLATE, "", KS_PASSWORD);
+    fill(&s);
+    s.kill_primary_site();
+    let steps = [
+        "check:begin".to_string(),
+        "check".into(),
+        "promote:begin".into(),
+        "promote".into(),
+        format!("import:{}:begin", s.res[0]),
+        format!("manage:{}", s.res[0]),
+        format!("import:{}", s.res[0]),
+        format!("manage:{}", s.res[1]),
+        format!("import:{}", s.res[1]),
+        "rewrite".into(),
+        "stack:begin".into(),
+        "stack-create".into(),
+    ];
+    for step in &steps {
+        let out = s.drl(
+            &["dr", "recover", &s.tag, "--confirm-primary-down"],
+            &[("DRL_DR_CRASH_AFTER", step)],
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "killed after {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            s.journal()
+                .contains(&format!("\"step\":\"{}\"", step.trim_end_matches(":begin"))),
+            "{}",
+            s.journal()
+        );
+    }
+    let rep = stdout_json(&s.drl(
+        &["dr", "recover", &s.tag, "--confirm-primary-down", "--json"],
+        &[],
+    ));
+    assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
+    let vols = s.volumes();
+    assert_eq!(vols.len(), 2, "exactly one volume per resource: {vols:?}");
+    assert!(vols.iter().all(|v| v.status == "available"), "{vols:?}");
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    assert!(
+        rep["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| ids.contains(&v["cinder_id"].as_str().unwrap())),
+        "{rep}"
+    );
+    // Exactly one stack of this name (a second create would have failed: Heat refuses a
+    // duplicate name; find_stack lists one).
+    let stack = rt()
+        .block_on(s.cloud().find_stack(&s.tag))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stack.id, rep["stack_id"].as_str().unwrap());
+    // The same command once more only reports.
+    let again = stdout_json(&s.drl(
+        &["dr", "recover", &s.tag, "--confirm-primary-down", "--json"],
+        &[],
+    ));
+    assert_eq!(again["stack_id"], rep["stack_id"]);
+    assert_eq!(s.volumes().len(), 2);
+}
+
+#[test]
+fn the_daemon_takes_the_plans_scheduled_snapshots_and_keeps_the_newest() {
+    let s = DrSites::start(
+        VOLUMES_TEMPLATE,
+        "snapshot-every = \"1s\"\nkeep = 2\n",
+        KS_PASSWORD,
+    );
+    let prefix = format!("{}-", s.tag);
+    let scheduled = |n: &common::Node, r: &str| -> (Vec<String>, usize) {
+        let v: serde_json::Value =
+            serde_json::from_str(&s.ok(n, &["snapshot", "list", r, "--json"])).unwrap();
+        let live = v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["name"].as_str())
+            .filter(|x| x.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        (live, v["tombstones"].as_array().map_or(0, Vec::len))
+    };
+    // At least four ticks: two kept, two or more deleted (as tombstones), on both resources.
+    wait_until("four scheduled snapshots taken, two kept", WAIT, || {
+        s.res.iter().all(|r| {
+            let (live, dead) = scheduled(&s.a1, r);
+            live.len() == 2 && dead >= 2
+        })
+    });
+    for (i, r) in s.res.iter().enumerate() {
+        let (live, _) = scheduled(&s.a1, r);
+        assert!(live.len() <= 2, "{live:?}");
+        assert!(
+            scheduled(s.backup(i), r).0.is_empty(),
+            "no snapshots on the Secondary"
+        );
+    }
+}

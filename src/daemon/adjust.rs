@@ -1,8 +1,9 @@
 //! `drl adjust` and SIGHUP (DRBD's `adjust`): re-read the config file the daemon was started
 //! with and apply what changed without a restart.
 //!
-//! Applied live today: the shaper (`[shaping]`: link-rate, burst, class shares and ceilings)
-//! and the resync controller (`[shaping.resync]`). Changes that need a resource to be
+//! Applied live today: the shaper (`[shaping]`: link-rate, burst, class shares and ceilings),
+//! the resync controller (`[shaping.resync]`) and the TLS certificates of the replication link
+//! (read again for new connections: certificate rotation). Changes that need a resource to be
 //! reopened (a new or removed resource, a new size, disk, meta, NBD endpoint, peer address,
 //! secret or replication option) are reported as *pending*, one line each, and take effect at
 //! the next start: nothing is half-applied. A config that does not load is refused with its
@@ -38,6 +39,18 @@ fn apply(old: &NodeConfig, new: &NodeConfig, only: Option<&str>) -> AdjustReport
             crate::shaping::resync::set_tuning(new.resync.clone());
             r.applied
                 .push("shaping: [shaping.resync] controller settings applied".into());
+        }
+        // Certificates are read again whatever the paths say: rotation replaces the files in
+        // place. New connections use them; a live session keeps its tunnel.
+        if old.tls.is_some() || new.tls.is_some() {
+            match crate::repl::tls::reload(new.tls.as_ref(), &new.node) {
+                Ok(()) => r
+                    .applied
+                    .push("tls: certificates read again; new connections use them".into()),
+                Err(e) => r.pending.push(format!(
+                    "tls: not reloaded, the previous certificates stay in use: {e}"
+                )),
+            }
         }
     }
     for n in &new.resources {

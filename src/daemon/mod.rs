@@ -294,7 +294,10 @@ impl Signals {
                 _ = self.int.recv() => return info!("SIGINT received"),
                 _ = self.hup.recv() => {
                     info!(config = %node.config.file.display(), "SIGHUP received: adjusting to the config file");
-                    match adjust::adjust(node, None) {
+                    sd_notify::reloading();
+                    let result = adjust::adjust(node, None);
+                    sd_notify::ready("adjusted");
+                    match result {
                         Ok(r) => {
                             for a in &r.applied {
                                 info!("adjust: {a}");

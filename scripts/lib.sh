@@ -5,6 +5,8 @@
 # - on_exit 'COMMAND': run COMMAND at exit (LIFO), also on INT/TERM. One trap for everything.
 # - start_bg NAME LOGFILE CMD...: start a background process, remember its pid for cleanup.
 # - stop_pid PID [GRACE_S]: SIGTERM, wait, SIGKILL after the grace period. Only that pid.
+# - stop_group NAME PIDFILE: stop the process group led by PIDFILE's pid (a server started with
+#   setsid, its workers included): SIGTERM, 5 s, SIGKILL; remove PIDFILE.
 # - wait_for_socket PATH TIMEOUT_S [PID]: wait until PATH is a socket (fail early if PID died).
 # - repo_root: the repository's top directory.
 
@@ -66,6 +68,19 @@ stop_pid() {
     warn "pid $pid did not stop within ${grace}s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+}
+
+stop_group() {
+    local name=$1 pidf=$2 pid i
+    [ -f "$pidf" ] || return 0
+    pid=$(cat "$pidf")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        log "stopped $name (pid $pid)"
+    fi
+    rm -f "$pidf"
 }
 
 # start_bg NAME LOGFILE CMD... ; sets BG_PID. The process is stopped at exit.

@@ -29,6 +29,7 @@
 # these credentials (e.g. OS_AIO_KS_PORT=5000 with swift-aio.sh --keystone running), it is reused
 # and only the services, endpoints and the "service" role are added to it.
 set -euo pipefail
+. "$(dirname "$(readlink -f "$0")")/lib.sh" # stop_group; this script's own log/die below win
 
 DIR="${OS_AIO_DIR:-/var/tmp/drl-openstack}"
 CMD="${1:-}"; shift || true
@@ -478,25 +479,12 @@ do_start() {
 
 SERVICES="nova-compute nova-scheduler nova-conductor nova-api neutron-server placement-api heat-engine heat-api cinder-volume cinder-scheduler cinder-api keystone mariadb rabbitmq"
 
-stop_pid() { # name
-    local pidf="$RUN/$1.pid" pid i
-    [ -f "$pidf" ] || return 0
-    pid=$(cat "$pidf")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        log "stopped $1 (pid $pid)"
-    fi
-    rm -f "$pidf"
-}
-
 do_stop() {
     local s pid
     if pid_alive "$RUN/rabbitmq.pid"; then
         env "${RMQ_ENV[@]}" /usr/lib/rabbitmq/bin/rabbitmqctl stop >/dev/null 2>&1 || true
     fi
-    for s in $SERVICES; do stop_pid "$s"; done
+    for s in $SERVICES; do stop_group "$s" "$RUN/$s.pid"; done
     # epmd daemonises itself out of rabbitmq's process group: find it by its listening port.
     pid=$(ss -Hltnp "sport = :4369" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
     if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = epmd ]; then kill "$pid"; log "stopped epmd (pid $pid)"; fi

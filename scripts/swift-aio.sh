@@ -20,6 +20,7 @@
 # Default, region RegionOne; object-store endpoint http://127.0.0.1:8081/v1/AUTH_<project id>.
 # Test-bed credentials only: everything listens on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$(readlink -f "$0")")/lib.sh" # stop_group; this script's own log/die below win
 
 DIR="${DRL_SWIFT_DIR:-/var/tmp/drl-swift}"
 KEYSTONE=0
@@ -271,27 +272,13 @@ all_running() {
     mountpoint -q "$MNT"
 }
 
-stop_pid() { # name pidfile
-    local pidf="$2" pid i
-    [ -f "$pidf" ] || return 0
-    pid=$(cat "$pidf")
-    if kill -0 "$pid" 2>/dev/null; then
-        # setsid made each server its own process group: signal the group (workers included).
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        log "stopped $1 (pid $pid)"
-    fi
-    rm -f "$pidf"
-}
-
 do_stop() {
     need_root
     local s
-    stop_pid proxy-keystone "$RUN/proxy-keystone.pid"
-    stop_pid keystone "$RUN/keystone.pid"
-    for s in proxy object container account; do stop_pid "$s-server" "$RUN/$s.pid"; done
-    stop_pid memcached "$RUN/memcached.pid"
+    stop_group proxy-keystone "$RUN/proxy-keystone.pid"
+    stop_group keystone "$RUN/keystone.pid"
+    for s in proxy object container account; do stop_group "$s-server" "$RUN/$s.pid"; done
+    stop_group memcached "$RUN/memcached.pid"
     if mountpoint -q "$MNT" 2>/dev/null; then
         umount "$MNT" || umount -l "$MNT"
         log "unmounted $MNT"

@@ -21,8 +21,8 @@ def main(src, dst):
     fig, ax = plt.subplots(figsize=(11, 3.6))
     phases = [
         ("workload-start", "killed", "workload at A", "#cfe8cf"),
-        ("killed", "detected", "detection", "#f6c6c6"),
-        ("detected", "promoted", "promotion", "#f9dfb3"),
+        ("killed", "suspected", "suspicion", "#f6c6c6"),
+        ("suspected", "promoted", "lease expiry + promotion", "#f9dfb3"),
         ("promoted", "first-read", "to first read", "#c9d8f2"),
         ("restarted", "resynced", "fail back resync", "#e0d0f0"),
     ]

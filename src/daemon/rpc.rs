@@ -163,6 +163,10 @@ pub fn router(node: Arc<Node>) -> Router {
                 .map_err(RpcError::state_refused)?;
         }
         rep.secondary().await.map_err(repl_error)?;
+        // With [detect]: the key goes back before the call returns, so `primary` on the other
+        // node right after finds it free (the lease loop would give it back only at its next
+        // round).
+        super::rpc_detect::after_demotion(&n, rep.name()).await;
         Ok(json!({ "resource": rep.name(), "role": rep.role().as_str() }))
     });
     add(&mut r, &node, "connect", |n, params| async move {

@@ -60,3 +60,11 @@ pub(super) async fn after_promotion(lease: Option<(Arc<Scope>, bool)>, promoted:
         }
     }
 }
+
+/// After `secondary`: give the resource's lease back now (no-op without `[detect]`, or when
+/// this node does not hold it).
+pub(super) async fn after_demotion(node: &Node, resource: &str) {
+    if let Some(scope) = node.detect.as_ref().and_then(|d| d.scope(resource)) {
+        scope.release("demoted to Secondary").await;
+    }
+}

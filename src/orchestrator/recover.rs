@@ -220,13 +220,33 @@ impl<'a> Recovery<'a> {
                 st.get("link_lost").cloned().unwrap_or(Value::Null),
             );
         }
-        let down =
-            self.opts.confirm_primary_down || super::primary_known_down(&self.plan.name).is_some();
-        if !down {
-            return Err(OrchError::Refused(format!(
-                "the old primary site ({}) is not known to be down: site-failure detection has not said so; if you know it is down, pass --confirm-primary-down",
-                self.members.iter().map(|m| m.peer.as_str()).collect::<Vec<_>>().join(", ")
-            )));
+        let peers = self
+            .members
+            .iter()
+            .map(|m| m.peer.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match super::primary_known_down(&self.members).await? {
+            super::PrimaryDown::Known(why) => (self.say)(&format!("primary site down: {why}")),
+            super::PrimaryDown::NoDetection if self.opts.confirm_primary_down => {}
+            super::PrimaryDown::NoDetection => {
+                return Err(OrchError::Refused(format!(
+                    "the old primary site ({peers}) is not known to be down: no node of the plan runs site-failure detection ([detect]); if you know it is down, pass --confirm-primary-down"
+                )))
+            }
+            super::PrimaryDown::NotHere {
+                elsewhere: false, ..
+            } if self.opts.confirm_primary_down => {}
+            super::PrimaryDown::NotHere { why, elsewhere } => {
+                let hint = if elsewhere {
+                    "a lease held elsewhere moves only once its holder's lease expired in etcd while its site is suspected; --confirm-primary-down cannot override it (the promotion would be refused)"
+                } else {
+                    "if you know it is down, pass --confirm-primary-down (the promotion takes the free lease)"
+                };
+                return Err(OrchError::Refused(format!(
+                    "the old primary site ({peers}) is not known to be down: {why}; {hint}"
+                )));
+            }
         }
         self.cloud.login().await?;
         Ok(json!({ "link_lost": rpo }))

@@ -192,21 +192,21 @@ impl<'a> Recovery<'a> {
     }
 
     async fn check(&self) -> Result<Value, OrchError> {
-        let mut rpo = serde_json::Map::new();
+        // Detection first: a lease held here proves the old primary's lease expired in etcd
+        // (its site suspected), so it fenced itself and a session that still looks Connected
+        // is stale (a silent cut the session's timeouts have not noticed yet).
+        let down = super::primary_known_down(&self.members).await?;
+        let lease_here = matches!(down, super::PrimaryDown::Known(_));
+        let mut statuses = Vec::new();
         for m in &self.members {
             let st = daemons::status(m).await?;
             if let Some(why) = daemons::connected_to_primary(&st) {
-                if !self.opts.force {
+                if !self.opts.force && !lease_here {
                     return Err(OrchError::Refused(format!(
                         "{} on {} is {why}: the primary site looks alive; recovering now would make two Primaries (split brain). Stop the primary site, or pass --force to disconnect and recover anyway",
                         m.resource, m.node
                     )));
                 }
-                (self.say)(&format!(
-                    "{}: --force: disconnecting from {}",
-                    m.resource, m.peer
-                ));
-                daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
             }
             let disk = st.get("disk").and_then(Value::as_str).unwrap_or("?");
             if matches!(disk, "Inconsistent" | "Diskless" | "Failed") {
@@ -215,10 +215,7 @@ impl<'a> Recovery<'a> {
                     m.resource, m.node
                 )));
             }
-            rpo.insert(
-                m.resource.clone(),
-                st.get("link_lost").cloned().unwrap_or(Value::Null),
-            );
+            statuses.push(st);
         }
         let peers = self
             .members
@@ -226,7 +223,7 @@ impl<'a> Recovery<'a> {
             .map(|m| m.peer.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        match super::primary_known_down(&self.members).await? {
+        match down {
             super::PrimaryDown::Known(why) => (self.say)(&format!("primary site down: {why}")),
             super::PrimaryDown::NoDetection if self.opts.confirm_primary_down => {}
             super::PrimaryDown::NoDetection => {
@@ -247,6 +244,26 @@ impl<'a> Recovery<'a> {
                     "the old primary site ({peers}) is not known to be down: {why}; {hint}"
                 )));
             }
+        }
+        let mut rpo = serde_json::Map::new();
+        for (m, mut st) in self.members.iter().zip(statuses) {
+            if daemons::connected_to_primary(&st).is_some() {
+                let why = if lease_here {
+                    "this site holds the lease, so the old Primary fenced itself: dropping its stale session"
+                } else {
+                    "--force"
+                };
+                (self.say)(&format!(
+                    "{}: {why}: disconnecting from {}",
+                    m.resource, m.peer
+                ));
+                daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
+                st = daemons::status(m).await?;
+            }
+            rpo.insert(
+                m.resource.clone(),
+                st.get("link_lost").cloned().unwrap_or(Value::Null),
+            );
         }
         self.cloud.login().await?;
         Ok(json!({ "link_lost": rpo }))

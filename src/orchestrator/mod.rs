@@ -1,7 +1,8 @@
 //! The recovery orchestrator: protection plans, the recovery journal, and the flows that bring
 //! a workload back at the backup site (`drl dr recover`) and home again (`drl dr failback`).
 //!
-//! It runs in the CLI process at the backup site, not in a daemon. It reaches each storage
+//! It runs in the CLI process at the backup site, and for `failover = "automatic"` plans in
+//! the daemon of the node that recovers the plan (`daemon::autofail`). It reaches each storage
 //! node's daemon through its control socket ([`daemons`]) and the backup site's cloud through
 //! Keystone, Cinder and Heat ([`openstack`]). Recovery, per plan:
 //!

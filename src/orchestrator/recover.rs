@@ -286,6 +286,11 @@ impl<'a> Recovery<'a> {
             .await
             {
                 Ok(_) => promoted.push(m),
+                // Detection's auto-promote may have promoted it meanwhile (same lease): fine.
+                Err(_)
+                    if daemons::status(m).await.is_ok_and(|st| {
+                        st.get("role").and_then(Value::as_str) == Some("Primary")
+                    }) => {}
                 Err(e) => {
                     for p in promoted {
                         (self.say)(&format!(

@@ -131,7 +131,20 @@ fn the_backup_recovers_an_automatic_plan_once_it_holds_the_lease() {
     assert_eq!(scope(&b, "r0").unwrap()["held_by_me"], true);
 
     // 3. The admin's command at B needs no --confirm-primary-down now: past the gate too.
-    let out = b.cli(&["dr", "recover", "web"]);
+    //    (The daemon resumes every few seconds; while its run holds the journal's lock, the
+    //    command is refused as "locked": ask again.)
+    let mut out = b.cli(&["dr", "recover", "web"]);
+    wait_for(
+        "a run of drl dr recover not refused by the journal lock",
+        &[&b],
+        || {
+            if !stderr(&out).contains("is locked") {
+                return true;
+            }
+            out = b.cli(&["dr", "recover", "web"]);
+            false
+        },
+    );
     let e = stderr(&out);
     assert!(
         !out.status.success() && e.to_lowercase().contains("keystone") && !e.contains("refused"),

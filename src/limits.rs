@@ -455,3 +455,7 @@ pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
 /// Scheduled snapshots kept per resource when `keep` is not given.
 pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;
+/// Automatic failover (`failover = "automatic"`): wait after a failed recovery before the
+/// daemon resumes it from its journal (Cinder or Heat down, a remote member's lease not yet
+/// taken over).
+pub const DR_AUTO_FAILOVER_RETRY_MS: u64 = 5_000;

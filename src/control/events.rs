@@ -41,6 +41,9 @@ pub enum ObjectKind {
     Site,
     /// A protection scope's lease in etcd and this node's fence (`[detect]`; name: the resource).
     Lease,
+    /// A protection plan's automatic failover (name: the plan; field `state`: `failover-armed`,
+    /// `failing-over`, `failed-over`, `failover-error`).
+    Plan,
 }
 
 /// One state change. `name` is the resource the object belongs to (for a job, the job's

@@ -11,6 +11,7 @@
 //! `limits::SHUTDOWN_DRAIN_TIMEOUT_MS`; the process exits 0 when the drain completed.
 
 mod adjust;
+mod autofail;
 mod device;
 mod jobs;
 mod metrics;
@@ -208,6 +209,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         }
     });
     schedule::spawn(&node, &mut tasks, shutdown_rx.clone());
+    autofail::spawn(&node, &mut tasks, shutdown_rx.clone());
     if let Some((addr, token_file)) = &cfg.control_tcp {
         let token =
             crate::control::tcp::Token::from_file(token_file).map_err(DaemonError::ControlTcp)?;

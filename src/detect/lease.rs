@@ -75,6 +75,11 @@ pub struct Scope {
     holds_tx: watch::Sender<bool>,
     /// Took the key over with `auto-promote`, not promoted yet.
     promote_pending: AtomicBool,
+    /// The key named this node while it was Secondary: held before a restart (a takeover or
+    /// promotion whose daemon was restarted; a restarted daemon comes up Secondary).
+    held_before_restart: AtomicBool,
+    /// The key was read once since the daemon started.
+    looked: AtomicBool,
     rl: LogLimiter,
 }
 
@@ -127,6 +132,8 @@ impl Scope {
             lease: tokio::sync::Mutex::new(None),
             holds_tx: watch::channel(false).0,
             promote_pending: AtomicBool::new(false),
+            held_before_restart: AtomicBool::new(false),
+            looked: AtomicBool::new(false),
             rl: LogLimiter::new(DETECT_LOG_LINES_PER_S),
             cfg,
         })
@@ -343,6 +350,7 @@ impl Scope {
 
     async fn look(&self, lease: &mut Option<i64>, primary: bool) -> Result<(), EtcdError> {
         let holder = self.etcd.holder(&self.key).await?;
+        let first_look = !self.looked.swap(true, Ordering::AcqRel);
         self.set_view(|v| {
             v.holder = holder.as_ref().map(|h| h.0.clone());
             v.expires_in_ms = holder.as_ref().and_then(|h| h.1);
@@ -362,7 +370,15 @@ impl Scope {
             }
             // Free, or still naming this node from before a restart: a Primary takes it.
             _ if primary => self.acquire_or_report(lease).await,
-            Some(_) => Ok(()),
+            Some(_) => {
+                // At start, this node held it before a restart (it comes back Secondary):
+                // once that lease expires, the takeover rule applies as if the peer had held
+                // it last (so a recovery the restart interrupted resumes).
+                if first_look {
+                    self.held_before_restart.store(true, Ordering::Release);
+                }
+                Ok(())
+            }
             None => {
                 if self.may_take_over() {
                     self.take_over(lease).await?;
@@ -388,7 +404,8 @@ impl Scope {
             .unwrap_or_else(|p| p.into_inner())
             .last_peer_holder
             .clone();
-        if last.as_deref() != Some(self.peer_node.as_str()) {
+        let mine_before = last.is_none() && self.held_before_restart.load(Ordering::Acquire);
+        if last.as_deref() != Some(self.peer_node.as_str()) && !mine_before {
             return false;
         }
         let suspected = matches!(

@@ -86,9 +86,10 @@ impl Journal {
         Ok(out)
     }
 
-    /// Open (create) for appending.
+    /// Open (create) for appending, locked: one recovery or fail back of a plan at a time
+    /// (an admin's `drl dr recover` and the daemon's automatic failover never interleave).
+    /// The lock (flock) goes with the process, so a killed run leaves none behind.
     pub fn open(path: &Path) -> Result<Journal, OrchError> {
-        let records = Self::read(path)?;
         let dir = path.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(|e| jerr(path, format!("mkdir: {e}")))?;
         let existed = path.exists();
@@ -98,6 +99,17 @@ impl Journal {
             .read(true)
             .open(path)
             .map_err(|e| jerr(path, format!("open: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OrchError::Refused(format!(
+                    "another recovery or fail back of this plan is running (its journal {} is locked; the daemon runs plans with failover = \"automatic\" by itself)",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(jerr(path, format!("lock: {e}"))),
+        }
+        let records = Self::read(path)?;
         // Cut a torn tail so the next line starts clean.
         let text = std::fs::read(path).map_err(|e| jerr(path, format!("read: {e}")))?;
         if text.last().is_some_and(|b| *b != b'\n') {
@@ -216,6 +228,21 @@ fn jerr(path: &Path, reason: String) -> OrchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_run_of_a_plan_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Journal::path_for(d.path(), "web");
+        let j = Journal::open(&p).unwrap();
+        match Journal::open(&p) {
+            Err(OrchError::Refused(m)) => assert!(m.contains("is locked"), "{m}"),
+            Err(e) => panic!("expected a refusal, got {e}"),
+            Ok(_) => panic!("a second run opened the journal of a running one"),
+        }
+        assert!(Journal::read(&p).is_ok(), "status still reads it");
+        drop(j);
+        Journal::open(&p).expect("free again after the first run ended");
+    }
 
     #[test]
     fn append_read_and_torn_tail() {

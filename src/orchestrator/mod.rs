@@ -1,7 +1,8 @@
 //! The recovery orchestrator: protection plans, the recovery journal, and the flows that bring
 //! a workload back at the backup site (`drl dr recover`) and home again (`drl dr failback`).
 //!
-//! It runs in the CLI process at the backup site, not in a daemon. It reaches each storage
+//! It runs in the CLI process at the backup site, and for `failover = "automatic"` plans in
+//! the daemon of the node that recovers the plan (`daemon::autofail`). It reaches each storage
 //! node's daemon through its control socket ([`daemons`]) and the backup site's cloud through
 //! Keystone, Cinder and Heat ([`openstack`]). Recovery, per plan:
 //!
@@ -81,9 +82,84 @@ pub enum OrchError {
     Store(#[from] crate::stream::StreamError),
 }
 
-/// The hook for site-failure detection: `Some(why)` when this node knows the old primary site
-/// is down (it holds the lease). Until detection exists, only `--confirm-primary-down` (the
-/// admin's word) says so.
-pub fn primary_known_down(_plan: &str) -> Option<String> {
-    None
+/// What site-failure detection says of a plan's old primary site (see [`primary_known_down`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryDown {
+    /// This site's nodes hold the lease of every resource of the plan: the old primary's
+    /// leases expired in etcd (a majority agreed) while its site was suspected.
+    Known(String),
+    /// No node of the plan runs `[detect]`: only the admin's `--confirm-primary-down` says so.
+    NoDetection,
+    /// Detection runs and the lease of a resource is not held here: the old primary site is
+    /// not known to be down. `elsewhere`: a lease is held by another node (the admin's word
+    /// cannot override that; a free lease the admin's promotion takes).
+    NotHere { why: String, elsewhere: bool },
+}
+
+/// Site-failure detection's answer for a plan: asks the daemon of every member (this site's
+/// node of each resource) for `detect.status` and looks for the resource's scope held by that
+/// member's node. All held: [`PrimaryDown::Known`]; no member runs detection:
+/// [`PrimaryDown::NoDetection`]; otherwise [`PrimaryDown::NotHere`] naming each lease that is
+/// not held here and who holds it.
+pub async fn primary_known_down(members: &[daemons::Member]) -> Result<PrimaryDown, OrchError> {
+    let (mut held, mut not_here, mut without) = (Vec::new(), Vec::new(), 0usize);
+    let mut elsewhere = false;
+    for m in members {
+        let st = match daemons::call(m, "detect.status", serde_json::json!({})).await {
+            Ok(v) => v,
+            Err(OrchError::Daemon { reason, .. })
+                if reason.contains("detection is not configured") =>
+            {
+                without += 1;
+                not_here.push(format!("{} on {} runs no [detect]", m.resource, m.node));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let scope = st
+            .get("scopes")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|s| s.get("scope").and_then(|v| v.as_str()) == Some(&m.resource))
+            });
+        let holder = scope
+            .and_then(|s| s.get("holder"))
+            .and_then(serde_json::Value::as_str);
+        let mine = scope
+            .and_then(|s| s.get("held_by_me"))
+            .and_then(serde_json::Value::as_bool)
+            == Some(true);
+        match (mine, holder) {
+            (true, _) => held.push(format!("{} on {}", m.resource, m.node)),
+            (false, Some(h)) => {
+                elsewhere = true;
+                not_here.push(format!(
+                    "the lease of {} is held by {h}, not by {}",
+                    m.resource, m.node
+                ))
+            }
+            (false, None) if scope.is_none() => not_here.push(format!(
+                "{} on {} is not a protection scope of its detection",
+                m.resource, m.node
+            )),
+            (false, None) => not_here.push(format!(
+                "the lease of {} is free (nobody took it over yet)",
+                m.resource
+            )),
+        }
+    }
+    if without == members.len() && !members.is_empty() {
+        return Ok(PrimaryDown::NoDetection);
+    }
+    if not_here.is_empty() {
+        return Ok(PrimaryDown::Known(format!(
+            "this site holds the lease of every resource ({})",
+            held.join(", ")
+        )));
+    }
+    Ok(PrimaryDown::NotHere {
+        why: not_here.join("; "),
+        elsewhere,
+    })
 }

@@ -192,21 +192,21 @@ impl<'a> Recovery<'a> {
     }
 
     async fn check(&self) -> Result<Value, OrchError> {
-        let mut rpo = serde_json::Map::new();
+        // Detection first: a lease held here proves the old primary's lease expired in etcd
+        // (its site suspected), so it fenced itself and a session that still looks Connected
+        // is stale (a silent cut the session's timeouts have not noticed yet).
+        let down = super::primary_known_down(&self.members).await?;
+        let lease_here = matches!(down, super::PrimaryDown::Known(_));
+        let mut statuses = Vec::new();
         for m in &self.members {
             let st = daemons::status(m).await?;
             if let Some(why) = daemons::connected_to_primary(&st) {
-                if !self.opts.force {
+                if !self.opts.force && !lease_here {
                     return Err(OrchError::Refused(format!(
                         "{} on {} is {why}: the primary site looks alive; recovering now would make two Primaries (split brain). Stop the primary site, or pass --force to disconnect and recover anyway",
                         m.resource, m.node
                     )));
                 }
-                (self.say)(&format!(
-                    "{}: --force: disconnecting from {}",
-                    m.resource, m.peer
-                ));
-                daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
             }
             let disk = st.get("disk").and_then(Value::as_str).unwrap_or("?");
             if matches!(disk, "Inconsistent" | "Diskless" | "Failed") {
@@ -215,18 +215,55 @@ impl<'a> Recovery<'a> {
                     m.resource, m.node
                 )));
             }
+            statuses.push(st);
+        }
+        let peers = self
+            .members
+            .iter()
+            .map(|m| m.peer.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match down {
+            super::PrimaryDown::Known(why) => (self.say)(&format!("primary site down: {why}")),
+            super::PrimaryDown::NoDetection if self.opts.confirm_primary_down => {}
+            super::PrimaryDown::NoDetection => {
+                return Err(OrchError::Refused(format!(
+                    "the old primary site ({peers}) is not known to be down: no node of the plan runs site-failure detection ([detect]); if you know it is down, pass --confirm-primary-down"
+                )))
+            }
+            super::PrimaryDown::NotHere {
+                elsewhere: false, ..
+            } if self.opts.confirm_primary_down => {}
+            super::PrimaryDown::NotHere { why, elsewhere } => {
+                let hint = if elsewhere {
+                    "a lease held elsewhere moves only once its holder's lease expired in etcd while its site is suspected; --confirm-primary-down cannot override it (the promotion would be refused)"
+                } else {
+                    "if you know it is down, pass --confirm-primary-down (the promotion takes the free lease)"
+                };
+                return Err(OrchError::Refused(format!(
+                    "the old primary site ({peers}) is not known to be down: {why}; {hint}"
+                )));
+            }
+        }
+        let mut rpo = serde_json::Map::new();
+        for (m, mut st) in self.members.iter().zip(statuses) {
+            if daemons::connected_to_primary(&st).is_some() {
+                let why = if lease_here {
+                    "this site holds the lease, so the old Primary fenced itself: dropping its stale session"
+                } else {
+                    "--force"
+                };
+                (self.say)(&format!(
+                    "{}: {why}: disconnecting from {}",
+                    m.resource, m.peer
+                ));
+                daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
+                st = daemons::status(m).await?;
+            }
             rpo.insert(
                 m.resource.clone(),
                 st.get("link_lost").cloned().unwrap_or(Value::Null),
             );
-        }
-        let down =
-            self.opts.confirm_primary_down || super::primary_known_down(&self.plan.name).is_some();
-        if !down {
-            return Err(OrchError::Refused(format!(
-                "the old primary site ({}) is not known to be down: site-failure detection has not said so; if you know it is down, pass --confirm-primary-down",
-                self.members.iter().map(|m| m.peer.as_str()).collect::<Vec<_>>().join(", ")
-            )));
         }
         self.cloud.login().await?;
         Ok(json!({ "link_lost": rpo }))
@@ -249,6 +286,11 @@ impl<'a> Recovery<'a> {
             .await
             {
                 Ok(_) => promoted.push(m),
+                // Detection's auto-promote may have promoted it meanwhile (same lease): fine.
+                Err(_)
+                    if daemons::status(m).await.is_ok_and(|st| {
+                        st.get("role").and_then(Value::as_str) == Some("Primary")
+                    }) => {}
                 Err(e) => {
                     for p in promoted {
                         (self.say)(&format!(

@@ -145,7 +145,13 @@ impl Bed {
     /// Both daemons, A promoted (takes the lease) and the initial sync done; B has seen A hold
     /// the lease.
     pub fn start_pair_primary_a(&self, ttl_s: u64, extra: &str) -> (Node, Node) {
-        let cfg = self.config(ttl_s, extra);
+        self.start_pair_primary_a_with(&self.config(ttl_s, extra))
+    }
+
+    /// [`Self::start_pair_primary_a`] with a config of the caller's (e.g. [`Self::config`]
+    /// with plans added).
+    pub fn start_pair_primary_a_with(&self, cfg: &str) -> (Node, Node) {
+        let cfg = cfg.to_owned();
         let a = self.start("a", &cfg);
         let b = self.start("b", &cfg);
         let out = a.cli(&["primary", "r0", "--force"]);

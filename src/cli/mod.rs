@@ -208,6 +208,12 @@ pub enum Command {
     /// Generate man pages and shell completions (for packagers).
     #[command(subcommand)]
     Gen(gen::GenCmd),
+    /// Print the completion script of SHELL on standard output (the same as `drl gen
+    /// completions SHELL`).
+    ///
+    /// bash: save as /usr/share/bash-completion/completions/drl; zsh: as _drl in a directory
+    /// of $fpath; fish: as ~/.config/fish/completions/drl.fish.
+    Completions(gen::CompletionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -397,6 +403,7 @@ pub fn main() -> i32 {
         Command::Detect(ref c) => detect::run(&cli.global, c),
         Command::Dr(ref c) => dr::run(&cli.global, c),
         Command::Gen(ref c) => gen::run(c),
+        Command::Completions(ref a) => gen::completions(a),
     }
 }
 

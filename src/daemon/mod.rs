@@ -14,6 +14,7 @@ mod adjust;
 mod device;
 mod jobs;
 mod metrics;
+mod metrics_detect;
 mod progress;
 mod resource;
 mod rpc;

@@ -218,8 +218,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
-    /// Log format.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
+    /// structured fields). auto: the journal when systemd connected stderr to it
+    /// ($JOURNAL_STREAM names stderr), text otherwise.
+    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
     pub log_format: String,
 }
 

@@ -194,6 +194,11 @@ fn check_config_and_start_refuse_an_unusable_own_certificate() {
     );
     let path = d.join("drl.toml");
     std::fs::write(&path, &cfg).unwrap();
+    // check-config refuses a disk whose directory is missing (drl creates files, not
+    // directories); the pair harness makes them at start, this test starts no pair.
+    for n in ["a", "b"] {
+        std::fs::create_dir_all(d.join(n)).unwrap();
+    }
     let cc = |node: &str| {
         std::process::Command::new(common::drl_bin())
             .args(["check-config", "--node", node, "--config"])

@@ -165,6 +165,24 @@ mod tests {
         assert!(line(&text, "drl_lease_held{resource=\"r0\"}").ends_with(" 1"));
         assert!(line(&text, "drl_lease_fence_open{resource=\"r0\"}").ends_with(" 1"));
         assert!(line(&text, "drl_lease_fenced_writes_total{resource=\"r0\"}").ends_with(" 4"));
+        // Prometheus' own linter accepts the names, units and types (test.sh installs it).
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut p = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+        p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The JSON keys read here are the ones `drl detect status` writes: a renamed field in

@@ -19,7 +19,8 @@ cd "$top"
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
   fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
   etcdctl:etcd-client prometheus:prometheus promtool:prometheus curl:curl \
-  systemd-analyze:systemd dpkg-deb:dpkg groff:groff-base lintian:lintian
+  systemd-analyze:systemd dpkg-deb:dpkg groff:groff-base lintian:lintian \
+  unshare:util-linux python3:python3
 # tests/ops_deb.rs packs the .deb with cargo-deb (scripts/build-deb.sh pins its version).
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --version 3.8.0 --locked
 

@@ -67,7 +67,14 @@ fn completions_know_every_command() {
     let mut paths = Vec::new();
     command_paths(&drl::cli::Cli::command(), Vec::new(), &mut paths);
     for shell in ["bash", "zsh", "fish"] {
-        let script = run(Command::new(drl_bin()).args(["gen", "completions", shell]));
+        // `drl completions SHELL` is the spelling; `drl gen completions SHELL` the
+        // packager's. Both print the same script.
+        let script = run(Command::new(drl_bin()).args(["completions", shell]));
+        let gen = run(Command::new(drl_bin()).args(["gen", "completions", shell]));
+        assert_eq!(
+            script, gen,
+            "{shell}: drl completions and drl gen completions differ"
+        );
         for p in &paths {
             let last = p.last().unwrap();
             assert!(
@@ -94,15 +101,18 @@ fn completions_know_every_command() {
         got.split_whitespace().any(|w| w == "snapshot"),
         "bash completed 'drl snap' to {got:?}"
     );
-    let bad = Command::new(drl_bin())
-        .args(["gen", "completions", "tcsh"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        bad.status.code(),
-        Some(2),
-        "an unknown shell is a usage error"
-    );
+    for args in [
+        &["gen", "completions", "tcsh"][..],
+        &["completions", "tcsh"][..],
+    ] {
+        let bad = Command::new(drl_bin()).args(args).output().unwrap();
+        assert_eq!(
+            bad.status.code(),
+            Some(2),
+            "an unknown shell is a usage error: drl {}",
+            args.join(" ")
+        );
+    }
 }
 
 #[test]

@@ -155,3 +155,88 @@ fn the_unit_file_verifies() {
         assert!(body.contains(want), "unit lacks {want}");
     }
 }
+
+/// The journal side of the test below: in a private mount namespace, a datagram socket where
+/// journald's is, the daemon started as systemd would (stderr a stream whose device:inode is
+/// in $JOURNAL_STREAM, --log-format left at auto); prints what arrives as NAME=value lines
+/// (decoding journald's native protocol, binary-safe values included), then stops it.
+const JOURNAL_PROBE: &str = r#"
+import os, socket, subprocess, sys, time, signal
+def fields(b):
+    out, i = [], 0
+    while i < len(b):
+        nl = b.index(b"\n", i)
+        line = b[i:nl]
+        if b"=" in line:
+            out.append(line.decode("utf-8", "replace"))
+            i = nl + 1
+        else:
+            n = int.from_bytes(b[nl + 1:nl + 9], "little")
+            out.append(line.decode() + "=" + b[nl + 9:nl + 9 + n].decode("utf-8", "replace"))
+            i = nl + 9 + n + 1
+    return "\n".join(out)
+drl, cfg = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "drl-ops-jrnl", "/run/systemd"], check=True)
+os.makedirs("/run/systemd/journal")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+r, w = os.pipe()
+st = os.fstat(w)
+env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+p = subprocess.Popen([drl, "daemon", "--node", "n1", "--config", cfg], stderr=w, env=env)
+os.close(w)
+s.settimeout(60)
+end = time.time() + 60
+while time.time() < end:
+    m = fields(s.recv(65536))
+    print("DATAGRAM\n" + m, flush=True)
+    if "drl daemon ready" in m:
+        break
+p.send_signal(signal.SIGTERM)
+p.wait(60)
+err = os.read(r, 65536).decode("utf-8", "replace")
+print("STDERR\n" + err, flush=True)
+"#;
+
+#[test]
+fn under_systemd_the_log_goes_to_the_journal_with_structured_fields() {
+    need("unshare");
+    need("python3");
+    let dir = tempfile::Builder::new()
+        .prefix("drl-ops-jrnl")
+        .tempdir()
+        .unwrap();
+    let cfg = dir.path().join("drl.toml");
+    std::fs::write(&cfg, solo_config(dir.path(), "4MiB")).unwrap();
+    let out = run(Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "python3",
+            "-c",
+            JOURNAL_PROBE,
+        ])
+        .arg(drl_bin())
+        .arg(&cfg));
+    let (journal, stderr) = out.split_once("STDERR\n").expect("the probe finished");
+    let ready = journal
+        .split("DATAGRAM\n")
+        .find(|d| d.contains("drl daemon ready"))
+        .unwrap_or_else(|| panic!("no ready line in the journal:\n{out}"));
+    let fields: Vec<&str> = ready.lines().collect();
+    for want in [
+        "MESSAGE=drl daemon ready",
+        "PRIORITY=5",
+        "SYSLOG_IDENTIFIER=drl",
+        "F_NODE=n1",
+        "F_RESOURCES=1",
+    ] {
+        assert!(
+            fields.contains(&want),
+            "{want} not in the journal entry:\n{ready}"
+        );
+    }
+    // Nothing went to stderr instead.
+    assert!(!stderr.contains("drl daemon ready"), "{stderr}");
+}

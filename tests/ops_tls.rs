@@ -230,3 +230,79 @@ fn check_config_and_start_refuse_an_unusable_own_certificate() {
     assert!(!start.status.success());
     assert!(String::from_utf8_lossy(&start.stderr).contains("validity period"));
 }
+
+/// The sha256 of the certificate a node uses (`tls_cert_sha256`) and of the one its peer
+/// presented at the last handshake (`peer_cert_sha256`), from status.
+fn certs_in_use(p: &Pair, n: &str) -> (Option<String>, Option<String>, u64) {
+    let r = res(p.node(n), "r0").unwrap();
+    let s = |k: &str| r[k].as_str().map(str::to_owned);
+    (
+        s("tls_cert_sha256"),
+        s("peer_cert_sha256"),
+        r["session"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Reconnect a's link (`disconnect` + `connect`) and wait until both sides are Connected in
+/// a session newer than `after`.
+fn reconnect(p: &Pair, after: u64) {
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    p.wait("reconnected after the rotation", WAIT, |a, b| {
+        let up = |r: Option<&serde_json::Value>| {
+            r.is_some_and(|r| {
+                r["connection"] == "Connected" && r["session"].as_u64().unwrap_or(0) > after
+            })
+        };
+        up(a) && up(b)
+    });
+}
+
+#[test]
+fn a_certificate_rotated_through_adjust_is_used_by_the_next_connection() {
+    let certs = tempfile::Builder::new()
+        .prefix("drl-ops-tls-rot")
+        .tempdir()
+        .unwrap();
+    let ca = Ca::new("drl test CA");
+    let p = Pair::start(tls_opts(certs.path(), &ca));
+    p.force_primary_and_sync("a");
+    let (old, _, _) = certs_in_use(&p, "a");
+    let old = old.expect("a reports its certificate");
+    wait_res(p.node("b"), "b saw a's certificate", WAIT, |r| {
+        r.is_some_and(|r| r["peer_cert_sha256"] == old.as_str())
+    });
+
+    // Rotation: a new key and certificate (same CA, new serial) replace a's files in place.
+    // Nothing changes until adjust.
+    ca.issue(certs.path(), "a", "a", false);
+    assert_eq!(certs_in_use(&p, "a").0.as_deref(), Some(old.as_str()));
+    let out = p.cli_ok("a", &["adjust"]);
+    assert!(out.contains("tls: certificates read again"), "{out}");
+    let (new, _, session) = certs_in_use(&p, "a");
+    let new = new.unwrap();
+    assert_ne!(new, old, "adjust did not load the new certificate");
+    // The live session keeps its tunnel; the next connection presents the new certificate.
+    reconnect(&p, session);
+    wait_res(p.node("b"), "b saw a's new certificate", WAIT, |r| {
+        r.is_some_and(|r| r["peer_cert_sha256"] == new.as_str())
+    });
+    nbd_write(&p.nbd("a"), 2 * MIB, &random_bytes(21, MIB));
+    p.wait_in_sync("a", "after the rotation");
+    p.assert_disks_identical("after the rotation");
+
+    // A broken file: adjust says so, the certificate in use stays, connections still work.
+    std::fs::write(certs.path().join("a.crt"), "not a certificate\n").unwrap();
+    let out = p.cli_ok("a", &["adjust"]);
+    assert!(
+        out.contains("tls: not reloaded, the previous certificates stay in use")
+            && out.contains("a.crt"),
+        "{out}"
+    );
+    let (kept, _, session) = certs_in_use(&p, "a");
+    assert_eq!(kept.as_deref(), Some(new.as_str()));
+    reconnect(&p, session);
+    assert_eq!(certs_in_use(&p, "b").1.as_deref(), Some(new.as_str()));
+    nbd_write(&p.nbd("a"), 6 * MIB, &random_bytes(22, MIB));
+    p.wait_in_sync("a", "after the refused reload");
+}

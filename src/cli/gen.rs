@@ -2,8 +2,8 @@
 //! itself (clap_mangen, clap_complete), so they can never disagree with `--help`.
 //!
 //! `drl gen man DIR` writes `drl.1` and one page per command (`drl-status.1`,
-//! `drl-snapshot-create.1`, ...), the way git and cargo name theirs; `drl gen completions
-//! SHELL` prints the script for bash, zsh, fish, elvish or powershell. The Debian package runs
+//! `drl-snapshot-create.1`, ...), the way git and cargo name theirs; `drl completions
+//! SHELL` (also `drl gen completions SHELL`) prints the script for bash, zsh, fish, elvish or powershell. The Debian package runs
 //! both at build time (scripts/build-deb.sh).
 
 use std::path::{Path, PathBuf};
@@ -52,20 +52,23 @@ pub fn run(c: &GenCmd) -> i32 {
                 exit::FAILED
             }
         },
-        GenCmd::Completions(a) => {
-            let mut cmd = Cli::command();
-            let mut buf = Vec::new();
-            clap_complete::generate(a.shell, &mut cmd, "drl", &mut buf);
-            use std::io::Write;
-            match std::io::stdout().write_all(&buf) {
-                // A closed pipe (`| head`) is the reader's choice, not an error.
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("drl gen completions: {e}");
-                    exit::FAILED
-                }
-                _ => exit::OK,
-            }
+        GenCmd::Completions(a) => completions(a),
+    }
+}
+
+/// `drl completions SHELL` and `drl gen completions SHELL`: print the script.
+pub fn completions(a: &CompletionArgs) -> i32 {
+    let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "drl", &mut buf);
+    use std::io::Write;
+    match std::io::stdout().write_all(&buf) {
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("drl completions: {e}");
+            exit::FAILED
         }
+        _ => exit::OK,
     }
 }
 

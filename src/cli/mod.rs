@@ -208,12 +208,20 @@ pub enum Command {
     /// Generate man pages and shell completions (for packagers).
     #[command(subcommand)]
     Gen(gen::GenCmd),
+    /// Print the completion script of SHELL on standard output (the same as `drl gen
+    /// completions SHELL`).
+    ///
+    /// bash: save as /usr/share/bash-completion/completions/drl; zsh: as _drl in a directory
+    /// of $fpath; fish: as ~/.config/fish/completions/drl.fish.
+    Completions(gen::CompletionArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
-    /// Log format.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
+    /// structured fields). auto: the journal when systemd connected stderr to it
+    /// ($JOURNAL_STREAM names stderr), text otherwise.
+    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
     pub log_format: String,
 }
 
@@ -397,6 +405,7 @@ pub fn main() -> i32 {
         Command::Detect(ref c) => detect::run(&cli.global, c),
         Command::Dr(ref c) => dr::run(&cli.global, c),
         Command::Gen(ref c) => gen::run(c),
+        Command::Completions(ref a) => gen::completions(a),
     }
 }
 

@@ -5,6 +5,7 @@
 //! the jobs, the snapshot stores), taken once per scrape, so the two never disagree and the
 //! data path pays nothing for metrics (the NBD latency histograms excepted: two relaxed atomic
 //! adds per request). Families that belong to one resource carry the `resource` label.
+//! Detection and leases (with `[detect]`): [`super::metrics_detect`], from `drl detect status`.
 
 use serde_json::Value as Json;
 
@@ -70,6 +71,10 @@ pub async fn gather(node: &Node) -> Vec<Family> {
     }
     f.shaping();
     f.jobs(&node.jobs.list());
+    if let Some(d) = &node.detect {
+        f.extra
+            .extend(super::metrics_detect::families(&d.status_json()));
+    }
     f.into_vec()
 }
 

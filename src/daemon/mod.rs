@@ -14,7 +14,9 @@ mod adjust;
 mod autofail;
 mod device;
 mod jobs;
+mod logging;
 mod metrics;
+mod metrics_detect;
 mod progress;
 mod resource;
 mod rpc;
@@ -56,7 +58,7 @@ impl Node {
 }
 
 pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
-    init_logging(&a.log_format);
+    logging::init(&a.log_format);
     let Some(file) = g.config.clone() else {
         eprintln!("drl daemon: --config FILE is required");
         return exit::USAGE;
@@ -89,21 +91,6 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
             exit::FAILED
         }
     }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if format == "json" {
-        b.json().try_init()
-    } else {
-        b.try_init()
-    };
 }
 
 /// Errors that stop the daemon from starting or make it exit.

@@ -380,6 +380,10 @@ impl Replicator {
             "protocol_errors": g(&self.stats.protocol_errors),
             "tls": self.cfg.tls,
             "peer_refused": crate::repl::tls::refused_json(&self.name),
+            // Which certificates the link uses: ours for new connections (changes at `drl
+            // adjust` after a rotation), the peer's as presented at the last handshake.
+            "tls_cert_sha256": if self.cfg.tls { crate::repl::tls::own_cert_sha256() } else { None },
+            "peer_cert_sha256": if self.cfg.tls { crate::repl::tls::peer_cert_sha256(&self.peer_node()) } else { None },
             "connects": g(&self.stats.connects),
             // One authoritative snapshot (all fields above under one lock): `session` counts
             // link ups and closes, so two statuses with the same number describe one session.

@@ -54,6 +54,9 @@ pub struct TlsConfigs {
     pub client: Arc<ClientConfig>,
     pub server: Arc<ServerConfig>,
     pub files: TlsFiles,
+    /// sha256 (hex) of this node's own certificate (the leaf): status shows which one is in
+    /// use, so a rotation can be checked.
+    pub cert_sha256: String,
 }
 
 impl std::fmt::Debug for TlsConfigs {
@@ -140,6 +143,7 @@ pub(crate) fn build(
     }
     let roots = Arc::new(roots);
     let chain = certs(&files.cert)?;
+    let chain0 = chain[0].clone();
     let key_pem = read_bounded(&files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::File {
         path: files.key.display().to_string(),
@@ -182,6 +186,7 @@ pub(crate) fn build(
         client: Arc::new(client),
         server: Arc::new(server),
         files: files.clone(),
+        cert_sha256: fingerprint(&chain0),
     })
 }
 
@@ -294,10 +299,12 @@ pub async fn connect(
         refusal: Refusal::TlsError,
         message,
     })?;
-    tokio_rustls::TlsConnector::from(cfg.client.clone())
+    let tls = tokio_rustls::TlsConnector::from(cfg.client.clone())
         .connect(name, stream)
         .await
-        .map_err(|e| failure(&e, "the peer closed the connection during the TLS handshake (no TLS configured there, or it refused us)"))
+        .map_err(|e| failure(&e, "the peer closed the connection during the TLS handshake (no TLS configured there, or it refused us)"))?;
+    note_peer_cert(peer_node, tls.get_ref().1.peer_certificates());
+    Ok(tls)
 }
 
 /// TLS server side (the peer initiates): refuse cleartext at once (its first byte is not a
@@ -356,7 +363,39 @@ pub async fn accept(
             message: format!("the peer's certificate does not name {peer_node:?} (the configured peer node) as a DNS subjectAltName"),
         });
     }
+    note_peer_cert(peer_node, tls.get_ref().1.peer_certificates());
     Ok(tls)
+}
+
+fn fingerprint(c: &CertificateDer<'_>) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(c.as_ref()))
+}
+
+/// sha256 of the certificate each peer node presented at its last accepted handshake.
+static PEER_CERTS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+fn note_peer_cert(peer_node: &str, chain: Option<&[CertificateDer<'_>]>) {
+    if let Some(c) = chain.and_then(|c| c.first()) {
+        PEER_CERTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer_node.to_owned(), fingerprint(c));
+    }
+}
+
+/// sha256 (hex) of the certificate `peer_node` presented at the last accepted TLS handshake.
+pub fn peer_cert_sha256(peer_node: &str) -> Option<String> {
+    PEER_CERTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(peer_node)
+        .cloned()
+}
+
+/// sha256 (hex) of this node's certificate in use for new connections.
+pub fn own_cert_sha256() -> Option<String> {
+    node().map(|c| c.cert_sha256.clone())
 }
 
 fn failure(e: &std::io::Error, eof: &str) -> TlsFailure {

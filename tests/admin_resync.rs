@@ -152,9 +152,11 @@ fn resync_rate_caps_the_resync_of_one_resource() {
     let (t1, b1) = data();
     let rate = (b1 - b0) as f64 / (t1 - t0).as_secs_f64();
     println!("resync at {rate:.0} B/s with resync-rate {RATE}");
+    // The cap holds within 10% (the guard); a loaded host may run the resync below it (the
+    // resync ceiling's test saw 0.86x in a suite run), but it must run near the rate.
     assert!(
-        (rate - RATE).abs() <= RATE * 0.10,
-        "resync ran at {rate:.0} B/s, resync-rate {RATE}"
+        rate <= RATE * 1.10 && rate >= RATE * 0.75,
+        "resync ran at {rate:.0} B/s, resync-rate {RATE} (at most 1.10x, at least 0.75x)"
     );
     p.wait_in_sync("a", "the capped resync finished");
     p.assert_disks_identical("after a resync capped by resync-rate");

@@ -224,53 +224,11 @@ EOF
 }
 
 ks_register() { # type name url [type name url ...]  (idempotent; public+internal+admin endpoints)
-    $PY - "$KS_URL" "$KS_ADMIN_PW" "$@" <<'PYEOF'
-import json, sys, urllib.request
-url, pw = sys.argv[1:3]
-triples = [sys.argv[i:i + 3] for i in range(3, len(sys.argv), 3)]
-def call(method, path, body=None, token=None):
-    req = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body else None)
-    req.add_header("Content-Type", "application/json")
-    if token: req.add_header("X-Auth-Token", token)
-    with urllib.request.urlopen(req) as r:
-        return r.headers, json.loads(r.read() or b"{}")
-h, _ = call("POST", "/auth/tokens", {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-    "name": "admin", "domain": {"name": "Default"}, "password": pw}}},
-    "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
-tok = h["X-Subject-Token"]
-for stype, name, endpoint in triples:
-    _, svcs = call("GET", "/services?type=" + stype, token=tok)
-    sid = svcs["services"][0]["id"] if svcs["services"] else \
-        call("POST", "/services", {"service": {"type": stype, "name": name}}, tok)[1]["service"]["id"]
-    _, eps = call("GET", "/endpoints?service_id=" + sid, token=tok)
-    have = {e["interface"] for e in eps["endpoints"]}
-    for i in ("public", "internal", "admin"):
-        if i not in have:
-            call("POST", "/endpoints", {"endpoint": {"service_id": sid, "interface": i,
-                 "region_id": "RegionOne", "url": endpoint}}, tok)
-PYEOF
+    $PY "$TOOLS/ks_admin.py" register "$KS_URL" "$KS_ADMIN_PW" "$@"
 }
 
-ks_service_role() { # role "service" for admin on project admin: Cinder (OSSA-2023-003 fix, in
-    # 21.3.x) refuses attachment deletes from Nova that carry no service token of a user holding
-    # this role ("ConflictNovaUsingAttachment"), so nova.conf sends one ([service_user]).
-    $PY - "$KS_URL" "$KS_ADMIN_PW" <<'PYEOF'
-import json, sys, urllib.request
-url, pw = sys.argv[1:3]
-def call(method, path, body=None, token=None):
-    req = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body else None)
-    req.add_header("Content-Type", "application/json")
-    if token: req.add_header("X-Auth-Token", token)
-    with urllib.request.urlopen(req) as r:
-        return r.headers, json.loads(r.read() or b"{}")
-h, body = call("POST", "/auth/tokens", {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-    "name": "admin", "domain": {"name": "Default"}, "password": pw}}},
-    "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
-tok, uid, pid = h["X-Subject-Token"], body["token"]["user"]["id"], body["token"]["project"]["id"]
-_, roles = call("GET", "/roles?name=service", token=tok)
-rid = roles["roles"][0]["id"] if roles["roles"] else call("POST", "/roles", {"role": {"name": "service"}}, tok)[1]["role"]["id"]
-call("PUT", "/projects/%s/users/%s/roles/%s" % (pid, uid, rid), token=tok)
-PYEOF
+ks_service_role() { # role "service" for admin on project admin (see scripts/openstack/ks_admin.py)
+    $PY "$TOOLS/ks_admin.py" service-role "$KS_URL" "$KS_ADMIN_PW"
 }
 
 authtoken_section() { # [keystone_authtoken]-style block with the admin user as service user

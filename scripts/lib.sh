@@ -174,3 +174,36 @@ site_field() {
     "$1" --config "$2" --node "site-$3" status r0 --json |
         python3 -c "import json,sys; r=json.load(sys.stdin)['resources'][0]; print(r.get('$4'))"
 }
+
+# Keystone's configuration as both test clouds run it (swift-aio.sh, openstack-aio.sh): fernet
+# tokens, SQL catalog, keys beside the database.   keystone_conf STATE_DIR LOG_DIR DB_URL
+keystone_conf() {
+    cat <<KSEOF
+[DEFAULT]
+log_dir = $2
+log_file = keystone.log
+[database]
+connection = $3
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = $1/fernet-keys
+[fernet_receipts]
+key_repository = $1/fernet-keys
+[credential]
+key_repository = $1/credential-keys
+[catalog]
+driver = sql
+KSEOF
+}
+
+# After db_sync: the key repositories and the admin user, project and the identity endpoint.
+#   keystone_bootstrap CONF URL ADMIN_PASSWORD LOGFILE
+keystone_bootstrap() {
+    local conf=$1 url=$2 pw=$3 logf=$4
+    keystone-manage --config-file "$conf" fernet_setup --keystone-user root --keystone-group root >>"$logf" 2>&1
+    keystone-manage --config-file "$conf" credential_setup --keystone-user root --keystone-group root >>"$logf" 2>&1
+    keystone-manage --config-file "$conf" bootstrap --bootstrap-password "$pw" \
+        --bootstrap-admin-url "$url" --bootstrap-internal-url "$url" \
+        --bootstrap-public-url "$url" --bootstrap-region-id RegionOne >>"$logf" 2>&1
+}

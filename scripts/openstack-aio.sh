@@ -185,31 +185,11 @@ start_keystone() {
     if ks_ok; then log "reusing the Keystone that answers on $KS_URL"; return; fi
     local k="$DIR/keystone" conf="$ETC/keystone/keystone.conf"
     mkdir -p "$k" "$ETC/keystone"
-    cat >"$conf" <<EOF
-[DEFAULT]
-log_dir = $LOG
-log_file = keystone.log
-[database]
-connection = $(db_url keystone "$k/keystone.db")
-[token]
-provider = fernet
-[fernet_tokens]
-key_repository = $k/fernet-keys
-[fernet_receipts]
-key_repository = $k/fernet-keys
-[credential]
-key_repository = $k/credential-keys
-[catalog]
-driver = sql
-EOF
+    keystone_conf "$k" "$LOG" "$(db_url keystone "$k/keystone.db")" >"$conf"
     if [ ! -f "$k/.bootstrapped" ]; then
         keystone-manage --config-file "$conf" db_sync >>"$LOG/setup.log" 2>&1
         db_synced keystone "$k/keystone.db"
-        keystone-manage --config-file "$conf" fernet_setup --keystone-user root --keystone-group root >>"$LOG/setup.log" 2>&1
-        keystone-manage --config-file "$conf" credential_setup --keystone-user root --keystone-group root >>"$LOG/setup.log" 2>&1
-        keystone-manage --config-file "$conf" bootstrap --bootstrap-password "$KS_ADMIN_PW" \
-            --bootstrap-admin-url "$KS_URL" --bootstrap-internal-url "$KS_URL" \
-            --bootstrap-public-url "$KS_URL" --bootstrap-region-id RegionOne >>"$LOG/setup.log" 2>&1
+        keystone_bootstrap "$conf" "$KS_URL" "$KS_ADMIN_PW" "$LOG/setup.log"
         touch "$k/.bootstrapped"
         log "keystone bootstrapped at $(since)"
     fi

@@ -316,23 +316,7 @@ ks_token_ok() {
 write_keystone_config() {
     local k="$DIR/keystone"
     mkdir -p "$k"
-    cat >"$k/keystone.conf" <<EOF
-[DEFAULT]
-log_dir = $LOG
-log_file = keystone.log
-[database]
-connection = sqlite:///$k/keystone.db
-[token]
-provider = fernet
-[fernet_tokens]
-key_repository = $k/fernet-keys
-[fernet_receipts]
-key_repository = $k/fernet-keys
-[credential]
-key_repository = $k/credential-keys
-[catalog]
-driver = sql
-EOF
+    keystone_conf "$k" "$LOG" "sqlite:///$k/keystone.db" >"$k/keystone.conf"
 }
 
 keystone_setup() { # once: schema, WAL, keys, admin
@@ -341,41 +325,14 @@ keystone_setup() { # once: schema, WAL, keys, admin
     keystone-manage --config-file "$conf" db_sync >>"$LOG/keystone-manage.log" 2>&1
     # SQLite in WAL mode: readers (token validation) no longer block the writer.
     $PY -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('swift-aio: keystone journal', c.execute('PRAGMA journal_mode=WAL').fetchone()[0])" "$k/keystone.db"
-    keystone-manage --config-file "$conf" fernet_setup --keystone-user root --keystone-group root >>"$LOG/keystone-manage.log" 2>&1
-    keystone-manage --config-file "$conf" credential_setup --keystone-user root --keystone-group root >>"$LOG/keystone-manage.log" 2>&1
-    keystone-manage --config-file "$conf" bootstrap --bootstrap-password "$KS_ADMIN_PW" \
-        --bootstrap-admin-url "$KS_URL" --bootstrap-internal-url "$KS_URL" \
-        --bootstrap-public-url "$KS_URL" --bootstrap-region-id RegionOne >>"$LOG/keystone-manage.log" 2>&1
+    keystone_bootstrap "$conf" "$KS_URL" "$KS_ADMIN_PW" "$LOG/keystone-manage.log"
     touch "$k/.bootstrapped"
 }
 
-keystone_register_swift() { # idempotent: object-store service + public endpoint
-    $PY - "$KS_URL" "$KS_ADMIN_PW" "http://$HOST:$KS_PROXY_PORT/v1/AUTH_%(project_id)s" <<'PYEOF'
-import json, sys, urllib.request
-url, pw, endpoint = sys.argv[1], sys.argv[2], sys.argv[3]
-def call(method, path, body=None, token=None):
-    req = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body else None)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("X-Auth-Token", token)
-    with urllib.request.urlopen(req) as r:
-        return r.headers, json.loads(r.read() or b"{}")
-h, _ = call("POST", "/auth/tokens", {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-    "name": "admin", "domain": {"name": "Default"}, "password": pw}}},
-    "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
-tok = h["X-Subject-Token"]
-_, svcs = call("GET", "/services?type=object-store", token=tok)
-if svcs["services"]:
-    sid = svcs["services"][0]["id"]
-else:
-    _, s = call("POST", "/services", {"service": {"type": "object-store", "name": "swift"}}, tok)
-    sid = s["service"]["id"]
-_, eps = call("GET", "/endpoints?service_id=%s&interface=public" % sid, token=tok)
-if not eps["endpoints"]:
-    call("POST", "/endpoints", {"endpoint": {"service_id": sid, "interface": "public",
-         "region_id": "RegionOne", "url": endpoint}}, tok)
-print("swift-aio: object-store endpoint registered in Keystone")
-PYEOF
+keystone_register_swift() { # idempotent: object-store service + its endpoints
+    $PY "$(dirname "$(readlink -f "$0")")/openstack/ks_admin.py" register "$KS_URL" "$KS_ADMIN_PW" \
+        object-store swift "http://$HOST:$KS_PROXY_PORT/v1/AUTH_%(project_id)s"
+    log "object-store endpoint registered in Keystone"
 }
 
 write_keystone_proxy_config() {

@@ -12,6 +12,7 @@
 
 mod adjust;
 mod autofail;
+mod autopromote;
 mod device;
 mod jobs;
 mod logging;

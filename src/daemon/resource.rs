@@ -157,7 +157,11 @@ impl Resource {
                 events.clone(),
             )
         });
-        let dev = Arc::new(ResourceDevice::new(pipe, repl.clone()));
+        let dev = Arc::new(ResourceDevice::new(
+            pipe,
+            repl.clone(),
+            cfg.repl.auto_promote,
+        ));
         Ok(Resource {
             cfg: cfg.clone(),
             disk,

@@ -164,7 +164,7 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let res = n
             .resource(&p.resource)
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
-        if res.device().read_only() {
+        if !res.device().writable_now() {
             return Err(RpcError::state_refused(format!(
                 "resource {} is not writable here (Secondary?): restore on the Primary",
                 p.resource

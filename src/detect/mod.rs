@@ -102,6 +102,7 @@ impl Detect {
             self.events.clone(),
         );
         r.device().set_fence(s.fence.clone());
+        r.device().set_lease_scope(s.clone());
         tokio::spawn(s.clone().run(r.stop_signal()));
         let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
         scopes.retain(|x| x.resource != s.resource);

@@ -251,3 +251,13 @@ impl Replicator {
         true
     }
 }
+
+impl Replicator {
+    /// Whether a live session connects this node to its peer, and the peer's role as that
+    /// session knows it (auto-promote's condition).
+    pub fn peer_view(&self) -> (bool, Option<Role>) {
+        let st = self.state();
+        let live = st.link.as_ref().is_some_and(|l| !l.is_closed());
+        (live && st.conn == ConnState::Connected, st.peer_role)
+    }
+}

@@ -77,7 +77,9 @@ pub enum Command {
     ///
     /// Loads the config (refusing it with the file, key and reason if it is bad), opens or
     /// creates each resource's disk and metadata, starts the NBD exports and the control socket.
-    /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0.
+    /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0. SIGHUP
+    /// re-reads the config file and applies what changed, as `drl adjust` does (the result is
+    /// logged, one line per change).
     Daemon(DaemonArgs),
     /// Show the state of the resources (DRBD-style names: role, disk, connection, replication).
     Status(StatusArgs),
@@ -101,6 +103,11 @@ pub enum Command {
     /// is unreachable (failover; starts a new data generation). With `[detect]` the node first
     /// takes the resource's lease in etcd: refused while another node holds it or while no
     /// majority of etcd members answers.
+    ///
+    /// With `auto-promote` (the default) an admin rarely needs this: a Secondary promotes
+    /// itself at an NBD client's first write when its peer is connected and Secondary (or it
+    /// holds the lease), and demotes when the last writer leaves. A node promoted with this
+    /// command stays Primary until `drl secondary`.
     Primary(PrimaryArgs),
     /// Demote a resource to Secondary (read-only; receives the peer's writes).
     Secondary(ResArgs),

@@ -97,6 +97,13 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
                 }
                 continue;
             }
+            if what == "size" {
+                r.pending.push(format!(
+                    "resource {}: size changed; not applied: online resize is not built yet, and the metadata keeps the size it was created with",
+                    n.name
+                ));
+                continue;
+            }
             r.pending.push(format!(
                 "resource {}: {what} changed; it applies when the resource is next brought up (drl down {} then drl up {})",
                 n.name, n.name, n.name

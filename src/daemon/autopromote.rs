@@ -48,6 +48,9 @@ pub struct AutoPromote {
     confirming: AtomicBool,
     /// One promotion or demotion at a time.
     turn: tokio::sync::Mutex<()>,
+    /// The resource is going down or the daemon stops: no demotion is started (a replicated
+    /// resource comes up Secondary anyway, and `down` demotes by itself).
+    stopping: AtomicBool,
     rl: LogLimiter,
 }
 
@@ -60,6 +63,7 @@ impl AutoPromote {
             promoted: AtomicBool::new(false),
             confirming: AtomicBool::new(false),
             turn: tokio::sync::Mutex::new(()),
+            stopping: AtomicBool::new(false),
             rl: LogLimiter::new(crate::limits::REPL_LOG_LINES_PER_S),
         })
     }
@@ -108,11 +112,21 @@ impl AutoPromote {
     }
 
     pub fn writer_left(self: &Arc<Self>) {
-        if self.writers.fetch_sub(1, Ordering::AcqRel) == 1 && self.promoted.load(Ordering::Acquire)
+        if self.writers.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.promoted.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
         {
-            let me = self.clone();
-            tokio::spawn(async move { me.demote_if_unused().await });
+            // From a connection task's drop: within the runtime, unless it is going away.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let me = self.clone();
+                rt.spawn(async move { me.demote_if_unused().await });
+            }
         }
+    }
+
+    /// The resource's tasks are stopping: leave the role alone from now on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Before a write: Primary already (and confirmed), or promote now if a writer asks and
@@ -189,7 +203,10 @@ impl AutoPromote {
     /// The last writer left: back to Secondary if the promotion was ours and nobody came back.
     async fn demote_if_unused(&self) {
         let _turn = self.turn.lock().await;
-        if self.writers.load(Ordering::Acquire) != 0 || !self.promoted.load(Ordering::Acquire) {
+        if self.writers.load(Ordering::Acquire) != 0
+            || !self.promoted.load(Ordering::Acquire)
+            || self.stopping.load(Ordering::Acquire)
+        {
             return;
         }
         self.promoted.store(false, Ordering::Release);

@@ -82,6 +82,13 @@ impl ResourceDevice {
         let _ = self.fence.set(fence);
     }
 
+    /// The resource is stopping: auto-promote changes no role from now on.
+    pub fn stop_auto_promote(&self) {
+        if let Some(a) = &self.auto {
+            a.stop();
+        }
+    }
+
     /// With `[detect]`: auto-promote needs the resource's lease.
     pub fn set_lease_scope(&self, scope: Arc<crate::detect::lease::Scope>) {
         if let Some(a) = &self.auto {

@@ -313,6 +313,7 @@ impl Resource {
     /// Tell the resource's tasks to stop and wait for them: the NBD export stops accepting
     /// and drains, the replication session ends (it applies what it received first).
     pub async fn stop_tasks(&self) {
+        self.dev.stop_auto_promote();
         let _ = self.stop.send(true);
         let mut tasks = self.tasks.lock().await;
         while tasks.join_next().await.is_some() {}

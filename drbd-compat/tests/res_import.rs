@@ -167,6 +167,10 @@ fn auto_promote_maps() {
         "{:#?}",
         got.unmapped
     );
-    let yes = import(&text.replace("auto-promote no", "auto-promote yes"), &opts()).unwrap();
+    let yes = import(
+        &text.replace("auto-promote no", "auto-promote yes"),
+        &opts(),
+    )
+    .unwrap();
     assert!(yes.toml.contains("auto-promote = true"), "{}", yes.toml);
 }

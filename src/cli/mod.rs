@@ -355,35 +355,7 @@ pub fn main() -> i32 {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
-        Command::Adjust(ref a) => {
-            let p = match &a.resource {
-                Some(r) => serde_json::json!({ "resource": r }),
-                None => serde_json::json!({}),
-            };
-            let refused = std::cell::Cell::new(false);
-            let code = call_and_print(&cli.global, "adjust", p, a.json, |v| {
-                let mut out = String::new();
-                for (k, label) in [
-                    ("applied", "applied"),
-                    ("pending", "pending"),
-                    ("refused", "refused"),
-                ] {
-                    for line in v[k].as_array().into_iter().flatten() {
-                        out += &format!("{label}: {}\n", line.as_str().unwrap_or("-"));
-                    }
-                }
-                refused.set(v["refused"].as_array().is_some_and(|l| !l.is_empty()));
-                if out.is_empty() {
-                    out = "nothing changed\n".into();
-                }
-                out
-            });
-            if code == exit::OK && refused.get() {
-                exit::FAILED
-            } else {
-                code
-            }
-        }
+        Command::Adjust(ref a) => admin::adjust(&cli.global, a.resource.as_deref(), a.json),
         Command::Up(ref a) => {
             let name = a.resource.clone();
             call_and_print(

@@ -380,8 +380,8 @@ fn import_drbd_output_is_a_config_drl_accepts() {
     }
 }
 
-/// `drl adjust` and SIGHUP re-read the config: the shaper changes live, resource changes are
-/// reported as pending, a broken config is refused and the daemon keeps running (SIGHUP used
+/// `drl adjust` and SIGHUP re-read the config: the shaper changes live, a new resource comes
+/// up, changes of a running resource are reported as pending, a broken config is refused and the daemon keeps running (SIGHUP used
 /// to kill it without a word).
 #[test]
 fn adjust_and_sighup_apply_the_shaper_and_report_the_rest() {
@@ -401,7 +401,7 @@ fn adjust_and_sighup_apply_the_shaper_and_report_the_rest() {
     };
     assert_eq!(link(&n), Some(12_500_000));
 
-    // adjust: the shaper applied, a new resource and a new size pending.
+    // adjust: the shaper applied, a new resource up, a new size pending.
     let r1 = format!(
         "\n[[resource]]\nname = \"r1\"\nsize = \"4MiB\"\n[resource.on.n1]\ndisk = \"{d}/r1.img\"\nmeta = \"{d}/r1.meta\"\n",
         d = d.path().display()
@@ -416,7 +416,7 @@ fn adjust_and_sighup_apply_the_shaper_and_report_the_rest() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("applied: shaping"), "{text}");
-    assert!(text.contains("resource r1: new"), "{text}");
+    assert!(text.contains("applied: resource r1: up"), "{text}");
     assert!(text.contains("resource r0: size changed"), "{text}");
     assert_eq!(link(&n), Some(6_250_000));
 

@@ -275,6 +275,13 @@ fn import_resource(
             ("net", "verify-alg") => out.unmapped.push(format!(
                 "{name}: verify-alg {v} (drl verify always compares SHA-256 digests of 4 KiB blocks)"
             )),
+            ("options", "auto-promote") => match v {
+                "yes" => r += "auto-promote = true\n",
+                "no" => r += "auto-promote = false\n",
+                _ => out
+                    .unmapped
+                    .push(format!("{name}: auto-promote {v} (not yes or no)")),
+            },
             ("disk", "size") => size = Some(v.to_owned()),
             ("disk", "c-plan-ahead") => match v.parse::<u64>() {
                 // Tenths of a second.

@@ -45,6 +45,7 @@ fn drl_key(k: &str) -> Option<&'static str> {
         "meta-disk" => "meta = ",
         "size" => "size = ",
         "resync-rate" => "resync-rate = ",
+        "auto-promote" => "auto-promote = ",
         _ => return None,
     })
 }
@@ -146,4 +147,30 @@ fn protocol_c_internal_metadata_and_common_are_reported() {
 fn a_file_without_a_resource_is_an_error() {
     assert!(import("global { usage-count yes; }", &opts()).is_err());
     assert!(import("resource r0 { on a { disk /dev/x } }", &opts()).is_err());
+}
+
+/// DRBD 9's `options { auto-promote no; }` becomes drl's `auto-promote = false` (drl's default,
+/// like DRBD 9's, is on).
+#[test]
+fn auto_promote_maps() {
+    let text = r#"resource r0 {
+  options { auto-promote no; }
+  net { protocol A; shared-secret "s3cret"; }
+  on alpha { address 10.0.0.1:7789; disk /dev/vg/r0; meta-disk /dev/vg/r0-md; }
+  on bravo { address 10.0.0.2:7789; disk /dev/vg/r0; meta-disk /dev/vg/r0-md; }
+}
+"#;
+    let got = import(text, &opts()).unwrap();
+    assert!(got.toml.contains("auto-promote = false"), "{}", got.toml);
+    assert!(
+        !got.unmapped.iter().any(|u| u.contains("auto-promote")),
+        "{:#?}",
+        got.unmapped
+    );
+    let yes = import(
+        &text.replace("auto-promote no", "auto-promote yes"),
+        &opts(),
+    )
+    .unwrap();
+    assert!(yes.toml.contains("auto-promote = true"), "{}", yes.toml);
 }

@@ -267,3 +267,41 @@ pub struct ImportDrbdArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/drl")]
     pub nbd_dir: String,
 }
+
+/// `drl adjust [RES] [--json]`: one line per change (`applied:`, `pending:`, `refused:`), or
+/// the report as JSON; exit 1 when anything was refused (also with `--json`).
+pub fn adjust(g: &Global, resource: Option<&str>, json: bool) -> i32 {
+    let params = match resource {
+        Some(r) => serde_json::json!({ "resource": r }),
+        None => serde_json::json!({}),
+    };
+    super::runtime().block_on(async {
+        let mut client = match super::connect(g).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let v = match client.call("adjust", params).await {
+            Ok(v) => v,
+            Err(e) => return super::print_error("adjust", &e, json),
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            let mut out = String::new();
+            for k in ["applied", "pending", "refused"] {
+                for line in v[k].as_array().into_iter().flatten() {
+                    out += &format!("{k}: {}\n", line.as_str().unwrap_or("-"));
+                }
+            }
+            if out.is_empty() {
+                out = "nothing changed\n".into();
+            }
+            print!("{out}");
+        }
+        if v["refused"].as_array().is_some_and(|l| !l.is_empty()) {
+            exit::FAILED
+        } else {
+            exit::OK
+        }
+    })
+}

@@ -77,7 +77,9 @@ pub enum Command {
     ///
     /// Loads the config (refusing it with the file, key and reason if it is bad), opens or
     /// creates each resource's disk and metadata, starts the NBD exports and the control socket.
-    /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0.
+    /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0. SIGHUP
+    /// re-reads the config file and applies what changed, as `drl adjust` does (the result is
+    /// logged, one line per change).
     Daemon(DaemonArgs),
     /// Show the state of the resources (DRBD-style names: role, disk, connection, replication).
     Status(StatusArgs),
@@ -101,6 +103,11 @@ pub enum Command {
     /// is unreachable (failover; starts a new data generation). With `[detect]` the node first
     /// takes the resource's lease in etcd: refused while another node holds it or while no
     /// majority of etcd members answers.
+    ///
+    /// With `auto-promote` (the default) an admin rarely needs this: a Secondary promotes
+    /// itself at an NBD client's first write when its peer is connected and Secondary (or it
+    /// holds the lease), and demotes when the last writer leaves. A node promoted with this
+    /// command stays Primary until `drl secondary`.
     Primary(PrimaryArgs),
     /// Demote a resource to Secondary (read-only; receives the peer's writes).
     Secondary(ResArgs),
@@ -172,11 +179,33 @@ pub enum Command {
     /// Re-read the daemon's config file and apply what changed (DRBD's `adjust`; SIGHUP does
     /// the same).
     ///
-    /// Applied live: `[shaping]` and `[shaping.resync]`. Listed as pending (they apply at the
-    /// next start): new or removed resources, and a resource's size, disk, meta, nbd,
-    /// address, peer, secret or replication options. A config that does not load is refused
-    /// with its error; the daemon keeps running on the one it has.
+    /// Applied live: `[shaping]`, `[shaping.resync]`, the TLS certificates (read again for new
+    /// connections), a resource new in the file (brought up, as `drl up`), a resource gone
+    /// from it (taken down, as `drl down`; refused while in use, and it stays up), a resource
+    /// taken down by the admin that is still in the file (up again), and a changed peer
+    /// `address` (the resource reconnects there; a Primary stays Primary). Listed as pending
+    /// (they apply when the resource is next brought up): a running resource's disk, meta,
+    /// nbd, own address, peer node, secret or replication options. A config that does not
+    /// load is refused with its error; the daemon keeps running on the one it has.
+    ///
+    /// Prints one line per change: `applied:`, `pending:` or `refused:`. Exit 0 when nothing
+    /// was refused, 1 otherwise.
     Adjust(AdjustArgs),
+    /// Bring a resource up without restarting the daemon (DRBD's `up`).
+    ///
+    /// Reads the resource's section from the daemon's config file as it is now, claims and
+    /// checks its files as a start does (a refusal changes nothing), opens it (a replicated
+    /// resource comes up Secondary and connects to its peer) and starts its NBD export. A
+    /// resource already up is left as it is.
+    Up(ResArgs),
+    /// Take a resource down without stopping the daemon (DRBD's `down`).
+    ///
+    /// Refused while it is in use, naming the users: NBD clients holding the export open, or
+    /// the daemon's jobs (streams, restores) on it. A Primary with no user is demoted first
+    /// (with `[detect]` its lease is given back); the peer is told, the export stops, the disk
+    /// is flushed, the metadata marked clean and the files' locks released. `drl up` brings it
+    /// back.
+    Down(ResArgs),
     /// Create a resource's metadata (DRBD's `create-md`), before its first start.
     ///
     /// Works from the config without the daemon. Refused when the metadata exists (drl never
@@ -326,23 +355,32 @@ pub fn main() -> i32 {
         Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
-        Command::Adjust(ref a) => {
-            let p = match &a.resource {
-                Some(r) => serde_json::json!({ "resource": r }),
-                None => serde_json::json!({}),
-            };
-            call_and_print(&cli.global, "adjust", p, a.json, |v| {
-                let mut out = String::new();
-                for (k, label) in [("applied", "applied"), ("pending", "pending (next start)")] {
-                    for line in v[k].as_array().into_iter().flatten() {
-                        out += &format!("{label}: {}\n", line.as_str().unwrap_or("-"));
+        Command::Adjust(ref a) => admin::adjust(&cli.global, a.resource.as_deref(), a.json),
+        Command::Up(ref a) => {
+            let name = a.resource.clone();
+            call_and_print(
+                &cli.global,
+                "up",
+                serde_json::json!({ "resource": a.resource }),
+                false,
+                move |v| {
+                    if v["already_up"] == true {
+                        format!("{name}: already up\n")
+                    } else {
+                        format!("{name}: up\n")
                     }
-                }
-                if out.is_empty() {
-                    out = "nothing changed\n".into();
-                }
-                out
-            })
+                },
+            )
+        }
+        Command::Down(ref a) => {
+            let msg = format!("{}: down\n", a.resource);
+            call_and_print(
+                &cli.global,
+                "down",
+                serde_json::json!({ "resource": a.resource }),
+                false,
+                move |_| msg.clone(),
+            )
         }
         Command::ImportDrbd(ref a) => admin::import_drbd(a),
         Command::WaitConnect(ref a) => {

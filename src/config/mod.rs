@@ -144,6 +144,9 @@ pub struct RawResource {
     pub resync_rate: Option<units::Rate>,
     /// TLS on the replication link; a resource with TLS refuses cleartext peers.
     pub tls: Option<bool>,
+    /// DRBD 9's `auto-promote` (default true): a Secondary becomes Primary at an NBD client's
+    /// first write when that cannot split the brain, and Secondary when the last writer left.
+    pub auto_promote: Option<bool>,
     #[serde(default)]
     pub on: BTreeMap<String, RawOn>,
 }
@@ -244,6 +247,8 @@ pub struct ReplConfig {
     pub split_brain: crate::repl::state::SplitBrainPolicy,
     /// `resync-rate`: this resource's resync answers never exceed it (bytes per second).
     pub resync_rate_bytes_per_s: Option<u64>,
+    /// `auto-promote` (default true): see `daemon::autopromote`.
+    pub auto_promote: bool,
 }
 
 impl Default for ReplConfig {
@@ -253,6 +258,7 @@ impl Default for ReplConfig {
             max_buffer_bytes: limits::REPL_SEND_BUFFER_BYTES_MAX,
             split_brain: Default::default(),
             resync_rate_bytes_per_s: None,
+            auto_promote: true,
         }
     }
 }
@@ -722,6 +728,7 @@ fn repl_config(
         };
     }
     c.resync_rate_bytes_per_s = r.resync_rate.map(|r| r.0);
+    c.auto_promote = r.auto_promote.unwrap_or(true);
     if let Some(b) = r.max_buffer {
         let b = b.bytes();
         let min = 2 * u64::from(limits::REPL_FRAME_DATA_BYTES_MAX);

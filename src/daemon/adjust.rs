@@ -1,89 +1,142 @@
 //! `drl adjust` and SIGHUP (DRBD's `adjust`): re-read the config file the daemon was started
 //! with and apply what changed without a restart.
 //!
-//! Applied live today: the shaper (`[shaping]`: link-rate, burst, class shares and ceilings),
-//! the resync controller (`[shaping.resync]`) and the TLS certificates of the replication link
-//! (read again for new connections: certificate rotation). Changes that need a resource to be
-//! reopened (a new or removed resource, a new size, disk, meta, NBD endpoint, peer address,
-//! secret or replication option) are reported as *pending*, one line each, and take effect at
-//! the next start: nothing is half-applied. A config that does not load is refused with its
-//! error and the daemon keeps running on the config it has.
+//! Applied live: the shaper (`[shaping]`: link-rate, burst, class shares and ceilings), the
+//! resync controller (`[shaping.resync]`), the TLS certificates of the replication link (read
+//! again for new connections: certificate rotation), and the resources: one new in the file
+//! comes up (`drl up`), one gone from it goes down (`drl down`: refused while in use, naming
+//! the users; it keeps running), one whose peer `address` changed reconnects to the new
+//! address (its role stays). A resource the admin took `down` that is still in the file comes
+//! up again, as DRBD's adjust does. Other changes of a running resource (size, disk, meta,
+//! nbd, its own address, peer node, secret, replication options) are reported as *pending*,
+//! one line each, and take effect when it is next brought up: nothing is half-applied. A
+//! config that does not load is refused with its error and the daemon keeps running on the
+//! config it has.
 
 use serde_json::{json, Value};
 
+use super::updown;
 use super::Node;
 use crate::config::{self, NodeConfig, ResourceConfig};
 
-/// What an adjust did and what it left for the next start.
+/// What an adjust did, what it left for later, and what it refused.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AdjustReport {
     pub applied: Vec<String>,
     pub pending: Vec<String>,
+    /// Changes that could not be applied now (a removed resource still in use, a new one
+    /// whose files are refused); the daemon keeps the resource as it was.
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdjustError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("no resource {0:?}: neither up on this node nor in the config file")]
+    NoSuchResource(String),
 }
 
 /// Re-read the config of `node` and apply what can be applied live (see the module doc).
-pub fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, config::ConfigError> {
+pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, AdjustError> {
     let new = config::load(&node.config.file, &node.config.node)?;
-    Ok(apply(&node.config, &new, only))
-}
-
-fn apply(old: &NodeConfig, new: &NodeConfig, only: Option<&str>) -> AdjustReport {
-    let mut r = AdjustReport::default();
-    if only.is_none() {
-        let shaper = crate::shaping::node();
-        if shaper.config() != new.shaping {
-            shaper.set_config(new.shaping.clone());
-            r.applied.push("shaping: [shaping] settings applied".into());
-        }
-        if old.resync != new.resync {
-            crate::shaping::resync::set_tuning(new.resync.clone());
-            r.applied
-                .push("shaping: [shaping.resync] controller settings applied".into());
-        }
-        // Certificates are read again whatever the paths say: rotation replaces the files in
-        // place. New connections use them; a live session keeps its tunnel.
-        if old.tls.is_some() || new.tls.is_some() {
-            match crate::repl::tls::reload(new.tls.as_ref(), &new.node) {
-                Ok(()) => r
-                    .applied
-                    .push("tls: certificates read again; new connections use them".into()),
-                Err(e) => r.pending.push(format!(
-                    "tls: not reloaded, the previous certificates stay in use: {e}"
-                )),
-            }
+    let _one = node.lifecycle.lock().await;
+    if let Some(name) = only {
+        if node.resource(name).is_none() && new.resource(name).is_none() {
+            return Err(AdjustError::NoSuchResource(name.to_owned()));
         }
     }
-    for n in &new.resources {
-        if only.is_some_and(|o| o != n.name) {
+    let mut r = AdjustReport::default();
+    if only.is_none() {
+        node_wide(&node.config, &new, &mut r);
+    }
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
+    // Removed ones first: a new resource may take over a removed one's port or files.
+    for running in node.resources() {
+        if !wanted(running.name()) || new.resource(running.name()).is_some() {
             continue;
         }
-        match old.resource(&n.name) {
-            None => r.pending.push(format!(
-                "resource {}: new in the config; it starts at the next daemon start (live `up` is not built yet)",
-                n.name
+        match updown::down_locked(node, running.name()).await {
+            Ok(()) => r.applied.push(format!(
+                "resource {}: removed from the config: down",
+                running.name()
             )),
-            Some(o) => {
-                for what in changed_keys(o, n) {
-                    r.pending.push(format!(
-                        "resource {}: {what} changed; it applies at the next daemon start",
+            Err(e) => r.refused.push(format!(
+                "resource {}: removed from the config, but it stays up: {e}",
+                running.name()
+            )),
+        }
+    }
+    for n in new.resources.iter().filter(|n| wanted(&n.name)) {
+        let Some(running) = node.resource(&n.name) else {
+            match updown::up_locked(node, n).await {
+                Ok(()) => r.applied.push(format!("resource {}: up", n.name)),
+                Err(e) => r
+                    .refused
+                    .push(format!("resource {}: not brought up: {e}", n.name)),
+            }
+            continue;
+        };
+        let mut live = running.config().clone();
+        if let (Some(p), Some(rep)) = (live.peer.as_mut(), running.replicator()) {
+            p.address = rep.peer_address();
+        }
+        for what in changed_keys(&live, n) {
+            if what == "peer address" {
+                let (Some(rep), Some(addr)) = (
+                    running.replicator(),
+                    n.peer.as_ref().and_then(|p| p.address),
+                ) else {
+                    continue;
+                };
+                if rep.set_peer_address(addr) {
+                    r.applied.push(format!(
+                        "resource {}: the peer's address is now {addr}; reconnecting there",
                         n.name
                     ));
                 }
+                continue;
             }
-        }
-    }
-    for o in &old.resources {
-        if only.is_some_and(|x| x != o.name) {
-            continue;
-        }
-        if new.resource(&o.name).is_none() {
+            if what == "size" {
+                r.pending.push(format!(
+                    "resource {}: size changed; not applied: online resize is not built yet, and the metadata keeps the size it was created with",
+                    n.name
+                ));
+                continue;
+            }
             r.pending.push(format!(
-                "resource {}: removed from the config; it keeps running until the daemon restarts (live `down` is not built yet)",
-                o.name
+                "resource {}: {what} changed; it applies when the resource is next brought up (drl down {} then drl up {})",
+                n.name, n.name, n.name
             ));
         }
     }
-    r
+    Ok(r)
+}
+
+/// The node-wide settings: shaping, the resync controller, TLS certificates.
+fn node_wide(old: &NodeConfig, new: &NodeConfig, r: &mut AdjustReport) {
+    let shaper = crate::shaping::node();
+    if shaper.config() != new.shaping {
+        shaper.set_config(new.shaping.clone());
+        r.applied.push("shaping: [shaping] settings applied".into());
+    }
+    if old.resync != new.resync {
+        crate::shaping::resync::set_tuning(new.resync.clone());
+        r.applied
+            .push("shaping: [shaping.resync] controller settings applied".into());
+    }
+    // Certificates are read again whatever the paths say: rotation replaces the files in
+    // place. New connections use them; a live session keeps its tunnel.
+    if old.tls.is_some() || new.tls.is_some() {
+        match crate::repl::tls::reload(new.tls.as_ref(), &new.node) {
+            Ok(()) => r
+                .applied
+                .push("tls: certificates read again; new connections use them".into()),
+            Err(e) => r.pending.push(format!(
+                "tls: not reloaded, the previous certificates stay in use: {e}"
+            )),
+        }
+    }
 }
 
 /// The config keys whose values differ between two versions of one resource.
@@ -105,8 +158,12 @@ fn changed_keys(a: &ResourceConfig, b: &ResourceConfig) -> Vec<&'static str> {
     check("address", a.local.address != b.local.address);
     check(
         "peer",
-        a.peer.as_ref().map(|p| (&p.node, p.address))
-            != b.peer.as_ref().map(|p| (&p.node, p.address)),
+        a.peer.as_ref().map(|p| &p.node) != b.peer.as_ref().map(|p| &p.node),
+    );
+    check(
+        "peer address",
+        a.peer.as_ref().map(|p| &p.node) == b.peer.as_ref().map(|p| &p.node)
+            && a.peer.as_ref().map(|p| p.address) != b.peer.as_ref().map(|p| p.address),
     );
     check("replication options", a.repl != b.repl);
     check(
@@ -119,5 +176,5 @@ fn changed_keys(a: &ResourceConfig, b: &ResourceConfig) -> Vec<&'static str> {
 
 /// The report as the `adjust` control method answers it.
 pub fn report_json(r: &AdjustReport) -> Value {
-    json!({ "applied": r.applied, "pending": r.pending })
+    json!({ "applied": r.applied, "pending": r.pending, "refused": r.refused })
 }

@@ -8,7 +8,8 @@
 //! is held until the write completed, so a snapshot is always taken between two writes.
 //!
 //! A replicated resource accepts user writes only while Primary (a DRBD Secondary cannot be
-//! written); it is exported read-only otherwise.
+//! written); it is exported read-only otherwise, unless auto-promote (`super::autopromote`)
+//! would promote it at a client's first write.
 //!
 //! With `[detect]`, a replicated resource's writes and flushes also pass its self-fencing gate
 //! (`detect::fence`), before they start and again before they are acknowledged. Without it the
@@ -17,6 +18,8 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::detect::fence::Fence;
+
+use super::autopromote::AutoPromote;
 
 use crate::pipeline::{Write, WritePipeline};
 use crate::repl::replicator::{Replicator, WriteOp};
@@ -29,15 +32,41 @@ pub struct ResourceDevice {
     pipe: Arc<WritePipeline>,
     repl: Option<Arc<Replicator>>,
     fence: OnceLock<Arc<Fence>>,
+    auto: Option<Arc<AutoPromote>>,
 }
 
 impl ResourceDevice {
-    pub fn new(pipe: Arc<WritePipeline>, repl: Option<Arc<Replicator>>) -> Self {
+    /// `auto_promote`: promote a replicated Secondary at an NBD client's first write (see
+    /// `super::autopromote`).
+    pub fn new(
+        pipe: Arc<WritePipeline>,
+        repl: Option<Arc<Replicator>>,
+        auto_promote: bool,
+    ) -> Self {
+        let auto = repl
+            .as_ref()
+            .filter(|_| auto_promote)
+            .map(|r| AutoPromote::new(r.clone()));
         ResourceDevice {
             disk: pipe.disk().clone(),
             pipe,
             repl,
             fence: OnceLock::new(),
+            auto,
+        }
+    }
+
+    /// Whether users may write now, without a promotion (a restore into the resource needs
+    /// this; only NBD writers auto-promote).
+    pub fn writable_now(&self) -> bool {
+        self.writable()
+    }
+
+    /// Run auto-promote's check before a write (a no-op when Primary or without it).
+    async fn promoted(&self) -> Result<(), VolumeError> {
+        match &self.auto {
+            Some(a) => a.ensure_primary().await,
+            None => Ok(()),
         }
     }
 
@@ -51,6 +80,20 @@ impl ResourceDevice {
     /// Put the self-fencing gate in front of writes (once, at start, before the export).
     pub fn set_fence(&self, fence: Arc<Fence>) {
         let _ = self.fence.set(fence);
+    }
+
+    /// The resource is stopping: auto-promote changes no role from now on.
+    pub fn stop_auto_promote(&self) {
+        if let Some(a) = &self.auto {
+            a.stop();
+        }
+    }
+
+    /// With `[detect]`: auto-promote needs the resource's lease.
+    pub fn set_lease_scope(&self, scope: Arc<crate::detect::lease::Scope>) {
+        if let Some(a) = &self.auto {
+            a.set_scope(scope);
+        }
     }
 
     /// The gate, if `[detect]` set one: writes and acknowledgements wait or fail there.
@@ -99,7 +142,19 @@ impl BlockDevice for ResourceDevice {
     }
 
     fn read_only(&self) -> bool {
-        !self.writable()
+        !self.writable() && !self.auto.as_ref().is_some_and(|a| a.could_promote())
+    }
+
+    fn writer_joined(&self) {
+        if let Some(a) = &self.auto {
+            a.writer_joined();
+        }
+    }
+
+    fn writer_left(&self) {
+        if let Some(a) = &self.auto {
+            a.writer_left();
+        }
     }
 
     fn min_block_bytes(&self) -> u32 {
@@ -111,6 +166,7 @@ impl BlockDevice for ResourceDevice {
     }
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
+        self.promoted().await?;
         self.check_write(offset, data.len() as u64)?;
         self.gated(async {
             let _g = self.pipe.preserve(offset, data.len() as u64).await?;
@@ -137,6 +193,7 @@ impl BlockDevice for ResourceDevice {
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
+        self.promoted().await?;
         self.check_write(offset, u64::from(len))?;
         self.gated(async {
             let _g = self.pipe.preserve(offset, u64::from(len)).await?;
@@ -158,6 +215,7 @@ impl BlockDevice for ResourceDevice {
         may_trim: bool,
         fua: bool,
     ) -> Result<(), VolumeError> {
+        self.promoted().await?;
         self.check_write(offset, u64::from(len))?;
         self.gated(async {
             let _g = self.pipe.preserve(offset, u64::from(len)).await?;

@@ -73,6 +73,16 @@ impl Jobs {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The names of the jobs running on `resource` now (a restore writes into it, a stream
+    /// reads its snapshots): `drl down` is refused while there are any.
+    pub fn running_on(&self, resource: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|j| j.info.state == JobState::Running && j.info.resource == resource)
+            .map(|j| j.info.name.clone())
+            .collect()
+    }
+
     /// Start `work` as job `kind-resource-N`. `work` gets a progress callback.
     pub fn start<W, F>(
         self: &Arc<Self>,

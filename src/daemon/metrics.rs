@@ -41,7 +41,7 @@ pub async fn gather(node: &Node) -> Vec<Family> {
     up.push(node_l, node.started.elapsed().as_secs_f64());
     f.extra.push(info);
     f.extra.push(up);
-    for r in &node.resources {
+    for r in node.resources() {
         let st = r.status_json();
         let l: Labels = vec![("resource", r.name().to_owned())];
         f.resource(&l, &st);

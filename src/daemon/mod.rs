@@ -12,6 +12,7 @@
 
 mod adjust;
 mod autofail;
+mod autopromote;
 mod device;
 mod jobs;
 mod logging;
@@ -26,6 +27,7 @@ mod rpc_shaping;
 mod rpc_stream;
 mod schedule;
 pub mod sd_notify;
+mod updown;
 
 pub use resource::{create_meta, Claimed, Resource};
 
@@ -42,18 +44,34 @@ use crate::limits;
 
 /// Everything the control methods can see.
 pub struct Node {
+    /// The config the daemon was started with (its file is what `adjust` re-reads).
     pub config: NodeConfig,
-    pub resources: Vec<Arc<Resource>>,
+    /// The resources up now: `drl up`, `down` and `adjust` change the list at run time.
+    resources: std::sync::RwLock<Vec<Arc<Resource>>>,
     pub events: EventBus,
     pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
     /// Site-failure detection and leases (`[detect]`), if configured.
     pub detect: Option<Arc<crate::detect::Detect>>,
+    /// What a resource brought up at run time needs: the NBD payload budget every export
+    /// shares, and the daemon's shutdown.
+    nbd_budget: crate::frontend::nbd::PayloadBudget,
+    shutdown: watch::Receiver<bool>,
+    /// One `up`, `down`, `resize` or `adjust` at a time.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl Node {
-    pub fn resource(&self, name: &str) -> Option<&Arc<Resource>> {
-        self.resources.iter().find(|r| r.name() == name)
+    pub fn resource(&self, name: &str) -> Option<Arc<Resource>> {
+        self.resources().into_iter().find(|r| r.name() == name)
+    }
+
+    /// The resources up now, in config order.
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -165,16 +183,18 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     };
     let node = Arc::new(Node {
         config: cfg.clone(),
-        resources,
+        resources: std::sync::RwLock::new(resources),
         events: events.clone(),
         jobs,
         started: std::time::Instant::now(),
         detect,
+        nbd_budget: crate::frontend::nbd::PayloadBudget::default(),
+        shutdown: shutdown_rx.clone(),
+        lifecycle: tokio::sync::Mutex::new(()),
     });
 
-    let nbd_budget = crate::frontend::nbd::PayloadBudget::default();
-    for r in &node.resources {
-        r.start_frontends(&mut tasks, shutdown_rx.clone(), &nbd_budget)
+    for r in node.resources() {
+        r.start(shutdown_rx.clone(), &node.nbd_budget)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: r.name().to_owned(),
@@ -216,8 +236,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         let serve = crate::metrics::serve(addr, render, shutdown_rx.clone()).await?;
         tasks.spawn(serve);
     }
-    info!(node = %cfg.node, resources = node.resources.len(), socket = %cfg.control_socket.display(), "drl daemon ready");
-    sd_notify::ready(&format!("{} resources", node.resources.len()));
+    let count = node.resources().len();
+    info!(node = %cfg.node, resources = count, socket = %cfg.control_socket.display(), "drl daemon ready");
+    sd_notify::ready(&format!("{count} resources"));
     if let Some(every) = sd_notify::watchdog_interval() {
         tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));
     }
@@ -229,7 +250,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     node.jobs.abort_all();
     let drain = async {
         while tasks.join_next().await.is_some() {}
-        for r in &node.resources {
+        // Taken under the lifecycle lock: an `up` or `down` running now finishes first.
+        let _one = node.lifecycle.lock().await;
+        for r in node.resources() {
+            r.stop_tasks().await;
             if let Err(e) = r.close().await {
                 error!(resource = r.name(), "shutdown: {e}");
             }
@@ -284,7 +308,7 @@ impl Signals {
                 _ = self.hup.recv() => {
                     info!(config = %node.config.file.display(), "SIGHUP received: adjusting to the config file");
                     sd_notify::reloading();
-                    let result = adjust::adjust(node, None);
+                    let result = adjust::adjust(node, None).await;
                     sd_notify::ready("adjusted");
                     match result {
                         Ok(r) => {
@@ -294,7 +318,10 @@ impl Signals {
                             for p in &r.pending {
                                 warn!("adjust: {p}");
                             }
-                            if r.applied.is_empty() && r.pending.is_empty() {
+                            for p in &r.refused {
+                                error!("adjust: {p}");
+                            }
+                            if r.applied.is_empty() && r.pending.is_empty() && r.refused.is_empty() {
                                 info!("adjust: nothing changed");
                             }
                         }

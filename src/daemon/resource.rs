@@ -55,8 +55,13 @@ pub struct Resource {
     events: EventBus,
     repl: Option<Arc<Replicator>>,
     nbd_stats: Mutex<Option<Arc<NbdStats>>>,
-    /// The exclusive hold on the disk and metadata (released when the resource goes).
-    _claim: Claim,
+    /// The exclusive hold on the disk and metadata (released by [`Resource::close`], so a
+    /// resource taken `down` can be opened again, or by another owner, at once).
+    claim: Mutex<Option<Claim>>,
+    /// Stops this resource's tasks (replication, NBD export, progress): the daemon's
+    /// shutdown, or `drl down` of this resource alone.
+    stop: watch::Sender<bool>,
+    tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// A resource's files, checked and locked, before anything was created or changed.
@@ -152,7 +157,11 @@ impl Resource {
                 events.clone(),
             )
         });
-        let dev = Arc::new(ResourceDevice::new(pipe, repl.clone()));
+        let dev = Arc::new(ResourceDevice::new(
+            pipe,
+            repl.clone(),
+            cfg.repl.auto_promote,
+        ));
         Ok(Resource {
             cfg: cfg.clone(),
             disk,
@@ -161,7 +170,9 @@ impl Resource {
             events,
             repl,
             nbd_stats: Mutex::new(None),
-            _claim: claim,
+            claim: Mutex::new(Some(claim)),
+            stop: watch::channel(false).0,
+            tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
         })
     }
 
@@ -235,25 +246,44 @@ impl Resource {
         ))
     }
 
-    /// Start the NBD export (if configured) as a task in `tasks`; its clients draw on
-    /// `nbd_budget`, which every export of the daemon shares.
-    pub async fn start_frontends(
+    /// A receiver that turns true when this resource's tasks are told to stop (the daemon
+    /// stops, or `drl down`): for tasks started elsewhere on its behalf (detection's lease).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Start the resource's tasks: replication (if it has a peer) and the NBD export (if
+    /// configured), in the resource's own task set, until the daemon's `shutdown` or
+    /// [`Resource::stop_tasks`]. Its NBD clients draw on `nbd_budget`, which every export of
+    /// the daemon shares.
+    pub async fn start(
         &self,
-        tasks: &mut tokio::task::JoinSet<()>,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
         nbd_budget: &PayloadBudget,
     ) -> Result<(), ResourceError> {
+        let mut tasks = self.tasks.lock().await;
+        let stopped = self.stop.subscribe();
+        {
+            // The daemon's shutdown stops this resource too.
+            let (stop, mut mine) = (self.stop.clone(), self.stop.subscribe());
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => { let _ = stop.send(true); }
+                    _ = mine.wait_for(|s| *s) => {}
+                }
+            });
+        }
         if let Some(r) = &self.repl {
-            tasks.spawn(crate::repl::service::run(r.clone(), shutdown.clone()));
+            tasks.spawn(crate::repl::service::run(r.clone(), stopped.clone()));
             tasks.spawn(crate::repl::service::persist_loop(
                 r.clone(),
                 std::time::Duration::from_millis(limits::REPL_BITMAP_PERSIST_MS),
-                shutdown.clone(),
+                stopped.clone(),
             ));
             tasks.spawn(super::progress::run(
                 r.clone(),
                 self.events.clone(),
-                shutdown.clone(),
+                stopped.clone(),
             ));
         }
         let Some(ep) = &self.cfg.local.nbd else {
@@ -272,7 +302,7 @@ impl Resource {
         *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
         let name = self.cfg.name.clone();
         tasks.spawn(async move {
-            if let Err(e) = server.run(shutdown).await {
+            if let Err(e) = server.run(stopped).await {
                 tracing::error!(resource = %name, "NBD export stopped: {e}");
             }
         });
@@ -280,7 +310,16 @@ impl Resource {
         Ok(())
     }
 
-    /// Flush the disk, mark the metadata clean, stop the engine.
+    /// Tell the resource's tasks to stop and wait for them: the NBD export stops accepting
+    /// and drains, the replication session ends (it applies what it received first).
+    pub async fn stop_tasks(&self) {
+        self.dev.stop_auto_promote();
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Flush the disk, mark the metadata clean, stop the engine, give the files' claim back.
     pub async fn close(&self) -> Result<(), ResourceError> {
         self.disk.flush().await?;
         self.snapshots().close().await?;
@@ -302,7 +341,13 @@ impl Resource {
             ev = ev.field("peer", p.node.clone());
         }
         self.events.publish(ev);
+        drop(self.claim.lock().unwrap_or_else(|p| p.into_inner()).take());
         Ok(())
+    }
+
+    /// The resource's config (as it was when it was opened).
+    pub fn config(&self) -> &ResourceConfig {
+        &self.cfg
     }
 
     pub fn status_json(&self) -> Value {

@@ -12,7 +12,9 @@
 //! | `disconnect` | `{resource}` | `{resource}` |
 //! | `invalidate`, `invalidate-remote`, `outdate` | `{resource}` | `{resource, disk}` |
 //! | `pause-sync`, `resume-sync` | `{resource}` | `{resource, replication}` |
-//! | `adjust` | `{resource?}` | `{applied: [...], pending: [...]}` |
+//! | `adjust` | `{resource?}` | `{applied: [...], pending: [...], refused: [...]}` |
+//! | `up` | `{resource}` | `{resource, already_up}` |
+//! | `down` | `{resource}` | `{resource}` |
 //! | `shaping.get`, `shaping.set` | see `rpc_shaping` | the shaper's settings and counters |
 //! | `detect.status` | `{}` | sites, indicators, leases, etcd members (see `rpc_detect`) |
 
@@ -71,7 +73,6 @@ fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
 pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, RpcError> {
     let name = str_param(params, "resource")?;
     node.resource(name)
-        .cloned()
         .ok_or_else(|| RpcError::no_such_resource(name))
 }
 
@@ -101,7 +102,7 @@ pub fn router(node: Arc<Node>) -> Router {
             }
         }
         let resources: Vec<Value> = n
-            .resources
+            .resources()
             .iter()
             .filter(|r| only.as_deref().is_none_or(|o| o == r.name()))
             .map(|r| r.status_json())
@@ -215,19 +216,39 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": rep.name(), "replication": rep.status_fields()["replication"] }))
     });
     add(&mut r, &node, "adjust", |n, params| async move {
+        use super::adjust::{adjust, report_json, AdjustError};
         let only = params.get("resource").and_then(Value::as_str);
-        if let Some(name) = only {
-            if n.resource(name).is_none() && n.config.resource(name).is_none() {
-                return Err(RpcError::no_such_resource(name));
-            }
+        match adjust(&n, only).await {
+            Ok(r) => Ok(report_json(&r)),
+            Err(AdjustError::NoSuchResource(name)) => Err(RpcError::no_such_resource(name)),
+            Err(e) => Err(RpcError::state_refused(format!(
+                "adjust refused, the daemon runs on the config it has: {e}"
+            ))),
         }
-        super::adjust::adjust(&n, only)
-            .map(|r| super::adjust::report_json(&r))
-            .map_err(|e| {
-                RpcError::state_refused(format!(
-                    "adjust refused, the daemon runs on the config it has: {e}"
-                ))
-            })
+    });
+    add(&mut r, &node, "up", |n, params| async move {
+        use super::updown::{up, LifecycleError, Up};
+        let name = str_param(&params, "resource")?;
+        match up(&n, name).await {
+            Ok(u) => Ok(json!({ "resource": name, "already_up": u == Up::AlreadyUp })),
+            Err(e @ LifecycleError::NotInConfig { .. }) => Err(RpcError::new(
+                crate::control::code::NO_SUCH_RESOURCE,
+                e.to_string(),
+            )),
+            Err(e) => Err(RpcError::state_refused(e.to_string())),
+        }
+    });
+    add(&mut r, &node, "down", |n, params| async move {
+        use super::updown::{down, LifecycleError};
+        let name = str_param(&params, "resource")?;
+        match down(&n, name).await {
+            Ok(()) => Ok(json!({ "resource": name })),
+            Err(e @ LifecycleError::NotUp(_)) => Err(RpcError::new(
+                crate::control::code::NO_SUCH_RESOURCE,
+                e.to_string(),
+            )),
+            Err(e) => Err(RpcError::state_refused(e.to_string())),
+        }
     });
     super::rpc_stream::register(&mut r, &node);
     super::rpc_dr::register(&mut r, &node);

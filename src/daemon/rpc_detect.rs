@@ -30,12 +30,7 @@ pub(super) async fn take_lease(
     node: &Node,
     resource: &str,
 ) -> Result<Option<(Arc<Scope>, bool)>, RpcError> {
-    let Some(scope) = node
-        .detect
-        .as_ref()
-        .and_then(|d| d.scope(resource))
-        .cloned()
-    else {
+    let Some(scope) = node.detect.as_ref().and_then(|d| d.scope(resource)) else {
         return Ok(None);
     };
     match scope.acquire_for_promotion().await {

@@ -100,7 +100,6 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let p: StreamParams = rpc::params(params)?;
         let res = n
             .resource(&p.resource)
-            .cloned()
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
         let snaps = res.snapshots().clone();
         if !snaps.list().await.iter().any(|s| s.name == p.snapshot) {
@@ -164,9 +163,8 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let p: RestoreParams = rpc::params(params)?;
         let res = n
             .resource(&p.resource)
-            .cloned()
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
-        if res.device().read_only() {
+        if !res.device().writable_now() {
             return Err(RpcError::state_refused(format!(
                 "resource {} is not writable here (Secondary?): restore on the Primary",
                 p.resource

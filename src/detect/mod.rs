@@ -49,7 +49,9 @@ pub struct Detect {
     cfg: Arc<DetectConfig>,
     probes: Arc<pinger::Probes>,
     etcd: Arc<etcd::Etcd>,
-    scopes: Vec<Arc<lease::Scope>>,
+    events: EventBus,
+    /// One per replicated resource that is up (`drl up` / `down` change the list).
+    scopes: std::sync::Mutex<Vec<Arc<lease::Scope>>>,
 }
 
 impl Detect {
@@ -71,36 +73,61 @@ impl Detect {
             source,
         })?;
         let etcd = Arc::new(etcd::Etcd::new(&cfg.etcd_endpoints).await?);
-        let mut scopes = Vec::new();
+        let d = Arc::new(Detect {
+            cfg: cfg.clone(),
+            probes: probes.clone(),
+            etcd: etcd.clone(),
+            events: events.clone(),
+            scopes: std::sync::Mutex::new(Vec::new()),
+        });
         for r in resources {
-            let Some(repl) = r.replicator() else { continue };
-            let s = lease::Scope::new(
-                cfg.clone(),
-                repl.clone(),
-                etcd.clone(),
-                probes.clone(),
-                events.clone(),
-            );
-            r.device().set_fence(s.fence.clone());
-            scopes.push(s);
+            d.add_scope(r);
         }
         tasks.spawn(probes.clone().run(sock, shutdown.clone()));
-        for s in &scopes {
-            tasks.spawn(s.clone().run(shutdown.clone()));
-        }
         tasks.spawn(members_loop(etcd.clone(), events, shutdown));
-        tracing::info!(site = %cfg.me.site, listen = %cfg.me.listen, scopes = scopes.len(), etcd = ?cfg.etcd_endpoints, "detection running");
-        Ok(Arc::new(Detect {
-            cfg,
-            probes,
-            etcd,
-            scopes,
-        }))
+        tracing::info!(site = %cfg.me.site, listen = %cfg.me.listen, scopes = d.scopes().len(), etcd = ?cfg.etcd_endpoints, "detection running");
+        Ok(d)
+    }
+
+    /// Protect a replicated resource (at start, or brought up later by `drl up` / `adjust`):
+    /// its fence stands in front of its writes before this returns, and its lease task runs
+    /// until the resource's tasks stop. A resource without a peer has no scope.
+    pub fn add_scope(&self, r: &Resource) {
+        let Some(repl) = r.replicator() else { return };
+        let s = lease::Scope::new(
+            self.cfg.clone(),
+            repl.clone(),
+            self.etcd.clone(),
+            self.probes.clone(),
+            self.events.clone(),
+        );
+        r.device().set_fence(s.fence.clone());
+        r.device().set_lease_scope(s.clone());
+        tokio::spawn(s.clone().run(r.stop_signal()));
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes.retain(|x| x.resource != s.resource);
+        scopes.push(s);
+    }
+
+    /// Forget the scope of a resource taken down (its lease task ended with the resource's
+    /// tasks; the key was given back when it was demoted).
+    pub fn remove_scope(&self, resource: &str) {
+        self.scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.resource != resource);
+    }
+
+    fn scopes(&self) -> Vec<Arc<lease::Scope>> {
+        self.scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The scope of a resource (None: not replicated, so not protected).
-    pub fn scope(&self, resource: &str) -> Option<&Arc<lease::Scope>> {
-        self.scopes.iter().find(|s| s.resource == resource)
+    pub fn scope(&self, resource: &str) -> Option<Arc<lease::Scope>> {
+        self.scopes().into_iter().find(|s| s.resource == resource)
     }
 
     /// `drl detect status`.
@@ -115,7 +142,7 @@ impl Detect {
             o.insert("on_no_quorum".into(), json!(self.cfg.on_no_quorum.as_str()));
             o.insert("auto_promote".into(), json!(self.cfg.auto_promote));
             let scopes: Vec<Value> = self
-                .scopes
+                .scopes()
                 .iter()
                 .map(|s| serde_json::to_value(s.view()).unwrap_or_default())
                 .collect();

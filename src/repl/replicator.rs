@@ -181,6 +181,9 @@ pub struct Replicator {
     pub(crate) resync_paused: std::sync::atomic::AtomicBool,
     /// `resync-rate`: when the resync data charged so far is paid off at that rate.
     pub(crate) resync_rate_next_free: Mutex<Instant>,
+    /// Where the peer is reached (`[resource.on.PEER] address`): `drl adjust` changes it
+    /// live, see `replicator_ops.rs`.
+    pub(crate) peer_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 pub(crate) fn role_of(r: meta::Role) -> Role {
@@ -287,6 +290,7 @@ impl Replicator {
             clock: Instant::now(),
             resync_paused: std::sync::atomic::AtomicBool::new(false),
             resync_rate_next_free: Mutex::new(Instant::now()),
+            peer_addr: Mutex::new(cfg.peer.as_ref().and_then(|p| p.address)),
         })
     }
 

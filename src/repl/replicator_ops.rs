@@ -226,3 +226,38 @@ impl Replicator {
         *next = start + std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
     }
 }
+
+impl Replicator {
+    /// Where the peer is reached now.
+    pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
+        *self.peer_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `drl adjust` with a new `address` for the peer: later connection attempts go there,
+    /// and a live session is dropped (it reached the old address) so the pair reconnects at
+    /// once, as a renegotiation does: this node's role stays, the bitmap resyncs what was
+    /// written meanwhile. True when the address changed.
+    pub fn set_peer_address(&self, addr: std::net::SocketAddr) -> bool {
+        {
+            let mut a = self.peer_addr.lock().unwrap_or_else(|p| p.into_inner());
+            if *a == Some(addr) {
+                return false;
+            }
+            *a = Some(addr);
+        }
+        let link = self.state().link.clone();
+        tracing::info!(resource = %self.name, peer = %self.peer_node(), address = %addr, "peer address changed: reconnecting there");
+        self.renegotiate_link(link, "the peer's address changed");
+        true
+    }
+}
+
+impl Replicator {
+    /// Whether a live session connects this node to its peer, and the peer's role as that
+    /// session knows it (auto-promote's condition).
+    pub fn peer_view(&self) -> (bool, Option<Role>) {
+        let st = self.state();
+        let live = st.link.as_ref().is_some_and(|l| !l.is_closed());
+        (live && st.conn == ConnState::Connected, st.peer_role)
+    }
+}

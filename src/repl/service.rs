@@ -34,9 +34,9 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
         tracing::error!(resource = %rep.name, "replication needs the address of both nodes");
         return;
     };
-    let Some(peer_addr) = peer_pl.address else {
+    if rep.peer_address().is_none() {
         return;
-    };
+    }
     let initiator = peer::initiates(&rep.node, &peer_pl.node);
     let listener = loop {
         match TcpListener::bind(local).await {
@@ -50,7 +50,7 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
             }
         }
     };
-    tracing::info!(resource = %rep.name, address = %local, peer = %peer_addr, initiator, "replication listening");
+    tracing::info!(resource = %rep.name, address = %local, peer = ?rep.peer_address(), initiator, "replication listening");
     let (in_tx, mut incoming) = mpsc::channel::<Conn>(1);
     let acceptor = tokio::spawn(accept_loop(listener, rep.clone(), in_tx));
     let _stop_acceptor = AbortOnDrop(acceptor);
@@ -83,6 +83,10 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
         if renegotiate {
             attempt = 0;
         }
+        // Read for every attempt: `drl adjust` may have moved the peer.
+        let Some(peer_addr) = rep.peer_address() else {
+            return;
+        };
         let got: Result<Conn, PeerError> = tokio::select! {
             Some(c) = incoming.recv() => Ok(c),
             r = connect_one(peer_addr, &rep, attempt), if initiator => r,

@@ -107,6 +107,11 @@ pub trait BlockDevice: Send + Sync + 'static {
         fua: bool,
     ) -> impl Future<Output = Result<(), VolumeError>> + Send;
     fn flush(&self) -> impl Future<Output = Result<(), VolumeError>> + Send;
+    /// An NBD connection sent its first request that changes data (write, trim, write
+    /// zeroes), before that request runs. Auto-promote counts such writers.
+    fn writer_joined(&self) {}
+    /// A connection that had joined as a writer left (once per [`Self::writer_joined`]).
+    fn writer_left(&self) {}
     fn trim(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), VolumeError>> + Send;
     fn write_zeroes(
         &self,

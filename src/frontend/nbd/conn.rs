@@ -261,6 +261,11 @@ where
     let mut next = Next::Header;
     let mut end: Option<std::io::Result<End>> = None;
     let mut write_failed = false;
+    // Whether this connection has asked to write (auto-promote counts writers, not opens).
+    let mut writer = WriterMark {
+        dev: &*ctx.dev,
+        joined: false,
+    };
 
     loop {
         // Start the next read stage, or dispatch a READ, if the bounds allow it.
@@ -377,6 +382,10 @@ where
                     (Got::Header(hb), _) => match on_header(&hb, &ctx) {
                         Ok(n) => {
                             count += 1;
+                            if !writer.joined && n.writes() {
+                                ctx.dev.writer_joined();
+                                writer.joined = true;
+                            }
                             if let Next::Skip { cookie, kind, err, len: 0 } = n {
                                 let inflight = Inflight::new(kind, 0, stats, None);
                                 queued.push(Reply { cookie, kind, body: Err(err), inflight });
@@ -431,6 +440,34 @@ fn release(batch: &mut Vec<Reply>, count: &mut usize, bytes: &mut u64) {
     for r in batch.drain(..) {
         *count -= 1;
         *bytes -= r.inflight.bytes;
+    }
+}
+
+/// A connection that has sent a write, trim or write-zeroes request: the device learns when
+/// it leaves, however the transmission ends (auto-promote demotes after the last writer).
+struct WriterMark<'a, D: BlockDevice> {
+    dev: &'a D,
+    joined: bool,
+}
+
+impl<D: BlockDevice> Drop for WriterMark<'_, D> {
+    fn drop(&mut self) {
+        if self.joined {
+            self.dev.writer_left();
+        }
+    }
+}
+
+impl Next {
+    /// A validated request that changes data.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Next::Budget {
+                cmd: Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. },
+                ..
+            }
+        )
     }
 }
 

@@ -60,8 +60,7 @@ for l in p.stdout: print(int(time.time() * 1000), l.strip(), flush=True)' \
       "$tb" exec w etcdctl --endpoints "http://$(addr w):2379" watch /drl/bench/scope/r0/primary >"$work/watch.txt" &
     watchpid=$!
     sleep 0.3 # the subscription registers (not a synchronisation of the measured path)
-    t0=$(date +%s%3N)
-    "$tb" kill-site $primary
+    t0=$("$tb" kill-site $primary | sed -n 's/^killed_unix_ms=//p')
     wait_for "promotion at site-$survivor" 60 is_primary $survivor
     kill $evpid 2>/dev/null || true; wait $evpid 2>/dev/null || true
     kill "$watchpid" 2>/dev/null || true; wait "$watchpid" 2>/dev/null || true

@@ -11,6 +11,7 @@
 #   scripts/detect-testbed.sh loss SITE|X-Y PCT    drop PCT % of the packets to and from SITE, or
 #                                                  between X and Y, at random (nft numgen; no netem)
 #   scripts/detect-testbed.sh kill-site SITE       kill -9 every process in SITE's namespace, link down
+#                                                  (prints killed_unix_ms=MS, the instant of the kill)
 #   scripts/detect-testbed.sh revive-site SITE     link up again (processes are the caller's)
 #   scripts/detect-testbed.sh flap X-Y SECONDS [PERIOD_MS]   cut and heal every PERIOD_MS (300)
 #   scripts/detect-testbed.sh slow SITE RATE|off   shape the router's link towards SITE (tc tbf, e.g.
@@ -125,6 +126,8 @@ kill_site() {
   local ns pids
   ns=$(ns_of "$1")
   pids=$(ip netns pids "$ns" || true)
+  # The instant of the kill, for benchmarks (this script's own start-up is not part of it).
+  echo "killed_unix_ms=$(date +%s%3N)"
   [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
   ip -n "$R" link set "r$1" down
 }
@@ -175,5 +178,5 @@ case "$cmd" in
     ;;
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
-  *) sed -n '2,28p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,29p' "$0" >&2; exit 2 ;;
 esac

@@ -39,19 +39,6 @@ fn oos(r: &Value) -> u64 {
     r["out_of_sync_bytes"].as_u64().unwrap_or(0)
 }
 
-/// Connected, the resync over (Established), the Secondary UpToDate: writes may still be in
-/// flight, so nothing is said about out-of-sync bytes here.
-fn resynced(a: Option<&Value>, b: Option<&Value>) -> bool {
-    let (Some(a), Some(b)) = (a, b) else {
-        return false;
-    };
-    a["connection"] == "Connected"
-        && b["connection"] == "Connected"
-        && a["replication"] == "Established"
-        && b["replication"] == "Established"
-        && b["disk"] == "UpToDate"
-}
-
 #[test]
 fn the_link_flapping_every_200ms_under_writes_converges_identical_within_10s() {
     let test = "the_link_flapping_every_200ms_under_writes_converges_identical_within_10s";

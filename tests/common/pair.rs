@@ -352,6 +352,19 @@ pub fn in_sync(r: &Value) -> bool {
         && (r["lag_ms"].is_null() || r["lag_ms"].as_u64() == Some(0))
 }
 
+/// Connected, the resync over (Established), the Secondary (b) UpToDate: writes may still be in
+/// flight, so nothing is said about out-of-sync bytes here. A predicate for [`Pair::wait`].
+pub fn resynced(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    a["connection"] == "Connected"
+        && b["connection"] == "Connected"
+        && a["replication"] == "Established"
+        && b["replication"] == "Established"
+        && b["disk"] == "UpToDate"
+}
+
 /// `r0` (or `name`) from `drl status --json` on `node`; None when the daemon does not answer.
 pub fn res(node: &Node, name: &str) -> Option<Value> {
     node.child.as_ref()?;

@@ -202,6 +202,8 @@ fn fio_verify(p: &Pair, run: u64, bytes: u64) -> KillOnDrop {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            // No local-*-verify.state file left in the working directory.
+            "--verify_state_save=0",
             "--output-format=json",
             &format!("--output={}", out.display()),
         ])

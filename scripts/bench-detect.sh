@@ -9,8 +9,11 @@
 # Each round kills the site of the current Primary; the survivor suspects it, takes the lease
 # once it expired in etcd and promotes; the dead site comes back (etcd member and daemon),
 # resyncs as Secondary, and the next round kills the other site. Per interval: p50, p99 and max
-# of kill -> suspicion (the survivor's `site` event), kill -> lease taken and kill -> promoted.
-# Results: bench-results/detect-TIMESTAMP.md (table) and .csv (every round).
+# of kill -> suspicion (the survivor's `site` event), kill -> lease taken and kill -> promoted,
+# and of the decision: from the instant the old Primary's key vanished from etcd (its lease
+# expired; an `etcdctl watch` at the witness timestamps the DELETE) to the promotion.
+# Results: bench-results/detect-TIMESTAMP.md (table), .csv (every round) and .png (CDFs of
+# suspicion, promotion and decision per interval, scripts/detect_plot.py; needs matplotlib).
 # The machine's load is printed with the table: numbers from a loaded host are upper bounds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,61 +30,19 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$top/bench-results"
 csv="$top/bench-results/detect-$stamp.csv"
 md="$top/bench-results/detect-$stamp.md"
-echo "interval_ms,round,killed,suspect_ms,lease_ms,promote_ms" >"$csv"
+png="$top/bench-results/detect-$stamp.png"
+echo "interval_ms,round,killed,suspect_ms,lease_ms,promote_ms,expiry_ms,decide_ms" >"$csv"
 tb="$here/detect-testbed.sh"
 work=$(mktemp -d /tmp/drl-det-bench.XXXXXX)
-on_exit "'$tb' down >/dev/null 2>&1 || true; rm -rf '$work'"
-
-addr() { "$tb" addr "$1"; }
-other() { [ "$1" = a ] && echo b || echo a; }
-
-start_etcd() { # SITE
-  "$tb" etcd "$1" "$work/etcd-$1" >>"$work/etcd-$1.log" 2>&1 &
-  echo $! >"$work/etcd-$1.pid"
-}
-start_drl() { # SITE INTERVAL
-  local s=$1
-  mkdir -p "$work/$s"
-  rm -f "$work/site-$s.sock"
-  "$tb" exec "$s" "$drl" daemon --config "$work/drl.toml" --node "site-$s" >>"$work/site-$s.log" 2>&1 &
-  echo $! >"$work/drl-$s.pid"
-  for _ in $(seq 200); do [ -S "$work/site-$s.sock" ] && return 0; sleep 0.05; done
-  die "site-$s daemon did not start (log $work/site-$s.log)"
-}
-cli() { local s=$1; shift; "$drl" --config "$work/drl.toml" --node "site-$s" "$@"; }
-field() { # SITE PYTHON-EXPR over status json r
-  cli "$1" status r0 --json 2>/dev/null | python3 -c "import json,sys
-v=json.load(sys.stdin); r=v['resources'][0] if 'resources' in v else v
-print($2)" 2>/dev/null || echo none
-}
-wait_for() { # DESCRIPTION TIMEOUT_S COMMAND...
-  local what=$1 t=$2 i
-  shift 2
-  for ((i = 0; i < t * 10; i++)); do "$@" && return 0; sleep 0.1; done
-  die "timed out waiting for $what"
-}
-in_sync() { [ "$(field "$1" "r['connection']=='Connected' and r['disk']=='UpToDate' and r['peer_disk']=='UpToDate' and r['out_of_sync_bytes']==0")" = True ]; }
-is_primary() { [ "$(field "$1" "r['role']")" = Primary ]; }
-holder_seen() { cli "$1" detect status --json 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if v['scopes'][0]['holder']=='site-$2' else 1)"; }
-
-config() { # INTERVAL
-  local d=$work s
-  for s in a b; do printf '[[node]]\nname = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "$d" "$s"; done
-  printf '[[resource]]\nname = "r0"\nsize = "64MiB"\nsecret = "bench-detect"\n\n'
-  for s in a b; do
-    printf '[resource.on.site-%s]\naddress = "%s:7789"\ndisk = "%s/%s/r0.img"\nmeta = "%s/%s/r0.meta"\n\n' "$s" "$(addr $s)" "$d" "$s" "$d" "$s"
-  done
-  printf '[detect]\ncluster = "bench"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\n' "$(addr a)" "$(addr b)" "$(addr w)"
-  printf 'probe-interval = "%sms"\nprobe-timeout = "%sms"\nlease-ttl = "%ss"\n\n' "$1" "$1" "$TTL"
-  for s in a b; do printf '[detect.on.site-%s]\nlisten = "%s:7790"\n\n' "$s" "$(addr $s)"; done
-}
+. "$here/detect-bench-lib.sh"
+on_exit "stop_all; '$tb' down >/dev/null 2>&1 || true; rm -rf '$work'"
 
 for iv in $INTERVALS; do
   "$tb" up >/dev/null
   rm -rf "$work"/* 
   for s in a b w; do start_etcd $s; done
   wait_for "etcd healthy" 60 "$tb" exec w etcdctl --endpoints "http://$(addr a):2379,http://$(addr w):2379" endpoint health
-  config "$iv" >"$work/drl.toml"
+  detect_config "$iv" bench >"$work/drl.toml"
   start_drl a; start_drl b
   cli a primary r0 --force >/dev/null
   primary=a
@@ -91,15 +52,25 @@ for iv in $INTERVALS; do
     wait_for "survivor sees the holder" 30 holder_seen $survivor $primary
     cli $survivor events --json >"$work/events.jsonl" 2>/dev/null &
     evpid=$!
+    # The witness watches the key: the DELETE is the old lease expiring in etcd.
+    python3 -u -c 'import signal, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+signal.signal(signal.SIGTERM, lambda *_: (p.kill(), sys.exit(0)))
+for l in p.stdout: print(int(time.time() * 1000), l.strip(), flush=True)' \
+      "$tb" exec w etcdctl --endpoints "http://$(addr w):2379" watch /drl/bench/scope/r0/primary >"$work/watch.txt" &
+    watchpid=$!
     sleep 0.3 # the subscription registers (not a synchronisation of the measured path)
-    t0=$(date +%s%3N)
-    "$tb" kill-site $primary
+    t0=$("$tb" kill-site $primary | sed -n 's/^killed_unix_ms=//p')
     wait_for "promotion at site-$survivor" 60 is_primary $survivor
     kill $evpid 2>/dev/null || true; wait $evpid 2>/dev/null || true
-    python3 - "$work/events.jsonl" "$t0" "$iv" "$round" "$primary" "$primary" >>"$csv" <<'PY'
+    kill "$watchpid" 2>/dev/null || true; wait "$watchpid" 2>/dev/null || true
+    python3 - "$work/events.jsonl" "$t0" "$iv" "$round" "$primary" "$primary" "$work/watch.txt" >>"$csv" <<'PY'
 import json, sys
 path, t0, iv, rnd, killed, site = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-sus = lease = prom = None
+sus = lease = prom = expiry = None
+for l in open(sys.argv[7]):
+    t, _, what = l.strip().partition(" ")
+    if expiry is None and what == "DELETE" and int(t) >= t0: expiry = int(t) - t0
 for l in open(path):
     try: e = json.loads(l)
     except ValueError: continue
@@ -108,7 +79,8 @@ for l in open(path):
     if sus is None and e["object"] == "site" and e["name"] == "site-" + site and f.get("health") == "suspected": sus = t
     if lease is None and e["object"] == "lease" and f.get("action") == "takeover": lease = t
     if prom is None and e["object"] == "lease" and f.get("action") == "promoted": prom = t
-print(f"{iv},{rnd},site-{killed},{sus},{lease},{prom}")
+decide = prom - expiry if prom is not None and expiry is not None else None
+print(f"{iv},{rnd},site-{killed},{sus},{lease},{prom},{expiry},{decide}")
 PY
     tail -1 "$csv" >&2
     # The dead site comes back as Secondary and resyncs; the next round kills the new Primary.
@@ -117,11 +89,7 @@ PY
     start_drl $primary
     primary=$survivor
   done
-  # etcd exits 143 on SIGTERM: reap without letting errexit see it.
-  for p in "$work"/drl-*.pid "$work"/etcd-*.pid; do
-    kill "$(cat "$p")" 2>/dev/null || true
-    wait "$(cat "$p")" 2>/dev/null || true
-  done
+  stop_all
   "$tb" down >/dev/null
 done
 
@@ -133,15 +101,22 @@ def pct(v, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else None
 print(f"# Failure detection: site kill -> suspicion / lease / promotion (TTL {sys.argv[2]} s)\n")
 print(f"load average at the end: {sys.argv[3]}\n")
-print("| probe interval | kills | suspect p50 | p99 | max | lease taken p50 | p99 | max | promoted p50 | p99 | max |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("kill -> suspected, kill -> lease taken, kill -> promoted; decision: lease expired in etcd -> promoted.\n")
+print("| probe interval | kills | suspect p50 | p99 | max | lease taken p50 | p99 | max | promoted p50 | p99 | max | decision p50 | p99 | max |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for iv in sorted({r['interval_ms'] for r in rows}, key=int):
     rs = [r for r in rows if r['interval_ms'] == iv]
     cols = []
-    for k in ('suspect_ms', 'lease_ms', 'promote_ms'):
+    for k in ('suspect_ms', 'lease_ms', 'promote_ms', 'decide_ms'):
         v = [int(r[k]) for r in rs if r[k] not in ('None', '')]
         cols += [pct(v, 50), pct(v, 99), max(v) if v else None]
     print(f"| {iv} ms | {len(rs)} | " + " | ".join(f"{c} ms" if c is not None else "-" for c in cols) + " |")
 PY
 cat "$md"
-log "results: $md, $csv"
+if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+  /usr/bin/python3 "$here/detect_plot.py" "$csv" "$png" "$TTL" || warn "plot failed"
+else
+  warn "no python3-matplotlib: no CDF plot (apt-get install python3-matplotlib)"
+  png=""
+fi
+log "results: $md, $csv${png:+, $png}"

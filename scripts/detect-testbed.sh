@@ -8,7 +8,10 @@
 #   scripts/detect-testbed.sh cut X-Y              drop everything between sites X and Y (nft, silent)
 #   scripts/detect-testbed.sh heal [X-Y]           undo one cut, or every cut and isolation
 #   scripts/detect-testbed.sh isolate SITE         drop everything to and from SITE (nft, silent)
+#   scripts/detect-testbed.sh loss SITE|X-Y PCT    drop PCT % of the packets to and from SITE, or
+#                                                  between X and Y, at random (nft numgen; no netem)
 #   scripts/detect-testbed.sh kill-site SITE       kill -9 every process in SITE's namespace, link down
+#                                                  (prints killed_unix_ms=MS, the instant of the kill)
 #   scripts/detect-testbed.sh revive-site SITE     link up again (processes are the caller's)
 #   scripts/detect-testbed.sh flap X-Y SECONDS [PERIOD_MS]   cut and heal every PERIOD_MS (300)
 #   scripts/detect-testbed.sh slow SITE RATE|off   shape the router's link towards SITE (tc tbf, e.g.
@@ -103,10 +106,28 @@ isolate() {
   rule add rule inet drl_det forward ip daddr "$(subnet_of "$1")" drop comment "\"isolate $1\""
 }
 
+loss() {
+  local what=$1 pct=$2 x y
+  case "$pct" in '' | *[!0-9]*) die "loss: PCT must be a whole number 0..100, not '$pct'" ;; esac
+  [ "$pct" -le 100 ] || die "loss: PCT must be at most 100, not $pct"
+  if [ "${what#*-}" != "$what" ]; then
+    x=${what%-*} y=${what#*-}
+    ns_of "$x" >/dev/null; ns_of "$y" >/dev/null
+    rule add rule inet drl_det forward ip saddr "$(subnet_of "$x")" ip daddr "$(subnet_of "$y")" numgen random mod 100 \< "$pct" drop comment "\"loss $what\""
+    rule add rule inet drl_det forward ip saddr "$(subnet_of "$y")" ip daddr "$(subnet_of "$x")" numgen random mod 100 \< "$pct" drop comment "\"loss $what\""
+  else
+    ns_of "$what" >/dev/null
+    rule add rule inet drl_det forward ip saddr "$(subnet_of "$what")" numgen random mod 100 \< "$pct" drop comment "\"loss $what\""
+    rule add rule inet drl_det forward ip daddr "$(subnet_of "$what")" numgen random mod 100 \< "$pct" drop comment "\"loss $what\""
+  fi
+}
+
 kill_site() {
   local ns pids
   ns=$(ns_of "$1")
   pids=$(ip netns pids "$ns" || true)
+  # The instant of the kill, for benchmarks (this script's own start-up is not part of it).
+  echo "killed_unix_ms=$(date +%s%3N)"
   [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
   ip -n "$R" link set "r$1" down
 }
@@ -143,6 +164,7 @@ case "$cmd" in
   cut) cut "$1" ;;
   heal) heal "${1:-}" ;;
   isolate) isolate "$1" ;;
+  loss) loss "$1" "${2:-}" ;;
   kill-site) kill_site "$1" ;;
   revive-site) ip -n "$R" link set "r$1" up ;;
   flap) flap "$@" ;;
@@ -156,5 +178,5 @@ case "$cmd" in
     ;;
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
-  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,29p' "$0" >&2; exit 2 ;;
 esac

@@ -15,6 +15,7 @@ use common::detect::{
 use common::nbd_client::NbdClient;
 use common::pair::{in_sync, random_bytes, res, EventsTap, WAIT};
 use common::wait_until;
+use common::writer::{Model, Writer};
 
 const TTL_S: u64 = 3;
 const MIB: u64 = 1 << 20;
@@ -366,4 +367,84 @@ fn without_auto_promote_the_backup_holds_the_lease_for_the_orchestrator() {
     );
     assert_eq!(role(&b).as_deref(), Some("Primary"));
     assert_eq!(scope(&b, "r0").unwrap()["holder"], "site-b");
+}
+
+/// The soak, bounded: a CPU hog on every core, a writer at A, and bursts of dropped
+/// packets shorter than the lease (a random share of everything to and from site a, all of it,
+/// a random share between a and b, all of it; 0.6-1.5 s of a 3 s TTL, 1 s apart): 0 false
+/// promotions (no takeover, promotion or demotion at either site), A stays Primary, the pair
+/// converges and holds every acknowledged write. The long run is scripts/soak-detect.sh.
+#[test]
+fn loss_bursts_below_the_lease_beside_a_cpu_hog_promote_nothing() {
+    let bed = Bed::up("soak");
+    let (a, b) = bed.start_pair_primary_a(TTL_S, "");
+    let (tap_a, tap_b) = (EventsTap::start(&a), EventsTap::start(&b));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<common::KillOnDrop> = (0..cores)
+        .map(|_| {
+            common::KillOnDrop(
+                std::process::Command::new("yes")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn yes (the CPU hog)"),
+            )
+        })
+        .collect();
+    let w = Writer::start(&bed.d().join("a/r0.nbd"), 16 * MIB, Model::default());
+    let bursts: [(&[&str], u64); 8] = [
+        (&["loss", "a", "60"], 1500),
+        (&["isolate", "a"], 1200),
+        (&["loss", "a-b", "90"], 1500),
+        (&["cut", "a-b"], 1500),
+        (&["loss", "a", "85"], 1000),
+        (&["isolate", "a"], 600),
+        (&["loss", "a-b", "50"], 1500),
+        (&["loss", "a", "95"], 1500),
+    ];
+    for (args, ms) in bursts {
+        let t = std::time::Instant::now();
+        bed.sh(args);
+        // The burst and the calm after it are the fault being injected, not synchronisation.
+        std::thread::sleep(Duration::from_millis(ms).saturating_sub(t.elapsed()));
+        bed.sh(&["heal"]);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let t_end = unix_ms();
+    let acked_before = w.acked();
+    wait_for("A writes again after the bursts", &[&a, &b], || {
+        w.acked() > acked_before
+    });
+    let model = w.stop();
+    drop(hogs);
+    wait_for("converged after the bursts", &[&a, &b], || {
+        res(&a, "r0").is_some_and(|r| in_sync(&r) && r["role"] == "Primary")
+            && res(&b, "r0").is_some_and(|r| in_sync(&r) && r["role"] == "Secondary")
+    });
+    for (who, tap) in [("A", &tap_a), ("B", &tap_b)] {
+        let evs = events(&tap.text());
+        assert!(
+            first_event(&evs, |e| {
+                is_lease(e, "takeover") || is_lease(e, "promoted") || is_lease(e, "demoted")
+            })
+            .is_none(),
+            "a false promotion seen at {who}:\n{}",
+            tap.text()
+        );
+    }
+    for n in ["a", "b"] {
+        model.verify(
+            &bed.d().join(format!("{n}/r0.img")),
+            "after the loss bursts (acknowledged writes on both disks)",
+        );
+    }
+    let evs = events(&tap_b.text());
+    println!(
+        "8 loss bursts beside {cores} CPU hogs (ended {t_end}): {} writes acknowledged, B suspected site-a {} times, A fenced {} times",
+        model.next_seq,
+        evs.iter().filter(|e| is_site(e, "site-a", "suspected")).count(),
+        events(&tap_a.text())
+            .iter()
+            .filter(|e| is_lease(e, "fenced"))
+            .count()
+    );
 }

@@ -39,19 +39,6 @@ fn fio_writer(p: &Pair) -> KillOnDrop {
     KillOnDrop(child)
 }
 
-/// Connected, the resync over (Established), the Secondary UpToDate: writes may still be in
-/// flight, so nothing is said about out-of-sync bytes here.
-fn resynced(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> bool {
-    let (Some(a), Some(b)) = (a, b) else {
-        return false;
-    };
-    a["connection"] == "Connected"
-        && b["connection"] == "Connected"
-        && a["replication"] == "Established"
-        && b["replication"] == "Established"
-        && b["disk"] == "UpToDate"
-}
-
 /// Some writes counted on the Primary since `before` (fio is running, not stuck).
 fn written(a: &serde_json::Value) -> u64 {
     a["nbd"]["stats"]["bytes_written"].as_u64().unwrap_or(0)

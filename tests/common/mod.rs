@@ -6,8 +6,10 @@ pub mod certs;
 pub mod detect;
 pub mod dr;
 pub mod nbd_client;
+pub mod netns;
 pub mod pair;
 pub mod proxy;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -39,6 +39,8 @@ pub struct PairOpts {
     pub proxied: bool,
     /// Run the daemons in the testbed namespaces drl-a / drl-b (198.18.0.1 / 198.18.0.2).
     pub netns: bool,
+    /// Run the daemons in these namespaces with these addresses instead ([`super::netns`]).
+    pub sites: Option<([String; 2], [std::net::IpAddr; 2])>,
     /// Extra lines for the `[[resource]]` table (e.g. policies).
     pub extra_resource_keys: String,
     /// Extra lines for the `[[node]]` tables of a and b (e.g. `metrics-listen`, `tls-cert`).
@@ -54,6 +56,7 @@ impl PairOpts {
             secret: "correct horse battery staple".into(),
             proxied: false,
             netns: false,
+            sites: None,
             extra_resource_keys: String::new(),
             extra_node_keys: Default::default(),
             extra_tables: String::new(),
@@ -118,11 +121,16 @@ impl Pair {
         for n in ["a", "b"] {
             std::fs::create_dir_all(d.join(n)).unwrap();
         }
-        let (addr_a, addr_b) = if opts.netns {
-            (
-                "198.18.0.1:7789".parse().unwrap(),
-                "198.18.0.2:7789".parse().unwrap(),
-            )
+        let sites = opts.sites.clone().or_else(|| {
+            opts.netns.then(|| {
+                (
+                    ["drl-a".to_owned(), "drl-b".to_owned()],
+                    ["198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap()],
+                )
+            })
+        });
+        let (addr_a, addr_b) = if let Some((_, ip)) = &sites {
+            (SocketAddr::new(ip[0], 7789), SocketAddr::new(ip[1], 7789))
         } else {
             (
                 format!("127.0.0.1:{}", free_port()).parse().unwrap(),
@@ -142,10 +150,10 @@ impl Pair {
             let c = pair_config(&d, &opts, addr_a, addr_b, &opts.secret);
             (c.clone(), c)
         };
-        let (pa, pb): (Vec<&str>, Vec<&str>) = if opts.netns {
+        let (pa, pb): (Vec<&str>, Vec<&str>) = if let Some((ns, _)) = &sites {
             (
-                vec!["ip", "netns", "exec", "drl-a"],
-                vec!["ip", "netns", "exec", "drl-b"],
+                vec!["ip", "netns", "exec", &ns[0]],
+                vec!["ip", "netns", "exec", &ns[1]],
             )
         } else {
             (vec![], vec![])
@@ -342,6 +350,19 @@ pub fn in_sync(r: &Value) -> bool {
         && r["out_of_sync_bytes"].as_u64() == Some(0)
         && r["send_queue_bytes"].as_u64() == Some(0)
         && (r["lag_ms"].is_null() || r["lag_ms"].as_u64() == Some(0))
+}
+
+/// Connected, the resync over (Established), the Secondary (b) UpToDate: writes may still be in
+/// flight, so nothing is said about out-of-sync bytes here. A predicate for [`Pair::wait`].
+pub fn resynced(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    a["connection"] == "Connected"
+        && b["connection"] == "Connected"
+        && a["replication"] == "Established"
+        && b["replication"] == "Established"
+        && b["disk"] == "UpToDate"
 }
 
 /// `r0` (or `name`) from `drl status --json` on `node`; None when the daemon does not answer.

@@ -141,36 +141,58 @@ impl<'a> Recovery<'a> {
             self.promote_all().await?;
             j.done(OP, step, json!({ "resources": self.members.iter().map(|m| &m.resource).collect::<Vec<_>>() }))?;
         }
-        // 3. import each volume: every manage request first (Cinder imports them side by
-        //    side), then wait for each; a volume's step ends when it is available.
-        //    One listing of Cinder's volumes serves every lookup of this run (a listing per
-        //    volume made a 16-volume plan list all volumes 16 times).
+        // 3. import each volume. drl's part for all at once: every handover side by side
+        //    (each daemon records it durably), the journal's records of a phase in one sync;
+        //    then every manage request side by side (Cinder imports them in parallel), one
+        //    listing of Cinder's volumes serving every lookup; then wait for each. A
+        //    volume's step ends when it is available.
+        let todo: Vec<(&Member, &crate::config::plan::PlanVolume)> = self
+            .members
+            .iter()
+            .zip(&self.plan.volumes)
+            .filter(|(m, _)| j.done_data(OP, &format!("import:{}", m.resource)).is_none())
+            .collect();
         let mut posted = Vec::new();
-        let mut listed: Option<Vec<Volume>> = None;
-        for (m, v) in self.members.iter().zip(&self.plan.volumes) {
-            *step = format!("import:{}", m.resource);
-            if j.done_data(OP, step).is_some() {
-                continue;
-            }
-            j.begin(OP, step, Value::Null)?;
-            let disk = self.handover(m).await?;
-            // A sub-step record: drl's own part of the import is done (the bench and the
-            // report split drl's time from Cinder's with it).
-            j.done(OP, &format!("handover:{}", m.resource), Value::Null)?;
-            if listed.is_none() {
-                listed = Some(self.cloud.list_volumes().await?);
-            }
-            let known = listed.as_deref().unwrap_or_default();
-            let vol = self
-                .import(m, &disk, known, v.bootable, v.primary_id.as_deref())
-                .await?;
-            // A sub-step record (and crash point): the volume exists in Cinder now.
-            j.done(
+        if !todo.is_empty() {
+            *step = format!("import:{}", todo[0].0.resource);
+            j.many(
                 OP,
-                &format!("manage:{}", m.resource),
-                json!({ "cinder_id": vol.id }),
+                journal::Phase::Begin,
+                todo.iter()
+                    .map(|(m, _)| (format!("import:{}", m.resource), Value::Null)),
             )?;
-            posted.push((m, vol.id));
+            let disks =
+                futures::future::try_join_all(todo.iter().map(|(m, _)| self.handover(m))).await?;
+            // Sub-step records: drl's own part of the import is done (the report and the
+            // bench split drl's time from Cinder's with them).
+            j.many(
+                OP,
+                journal::Phase::Done,
+                todo.iter()
+                    .map(|(m, _)| (format!("handover:{}", m.resource), Value::Null)),
+            )?;
+            let listed = self.cloud.list_volumes().await?;
+            let vols =
+                futures::future::try_join_all(todo.iter().zip(&disks).map(|((m, v), disk)| {
+                    self.import(m, disk, &listed, v.bootable, v.primary_id.as_deref())
+                }))
+                .await?;
+            // Sub-step records (and crash points): the volumes exist in Cinder now.
+            j.many(
+                OP,
+                journal::Phase::Done,
+                todo.iter().zip(&vols).map(|((m, _), vol)| {
+                    (
+                        format!("manage:{}", m.resource),
+                        json!({ "cinder_id": vol.id }),
+                    )
+                }),
+            )?;
+            posted = todo
+                .iter()
+                .zip(vols)
+                .map(|((m, _), vol)| (*m, vol.id))
+                .collect();
         }
         for (m, id) in posted {
             *step = format!("import:{}", m.resource);

@@ -5,8 +5,9 @@
 # for 1, 5 and 10 GiB volumes (one per plan) and for 1, 4 and 16 volumes of 1 GiB per plan.
 #
 #   scripts/bench-recovery.sh                  # all cases, FILL=0.25 of each volume random data
-#   SIZES="1 5" COUNTS="1 4" FILL=0.25 scripts/bench-recovery.sh
+#   SIZES="1 5" COUNTS="" FILL=0.5 scripts/bench-recovery.sh   # an empty list skips that sweep
 #   WORKLOAD=volumes scripts/bench-recovery.sh # a stack of OS::Heat::Value (no Nova)
+#   RESTORES=4                                 # the snapshot policy's restores at once
 #
 # Runs against the cloud on this host (scripts/openstack-aio.sh start --nova: Keystone on
 # :5050, Cinder with the NFS driver, Heat, Nova fake) and Swift (scripts/swift-aio.sh start,
@@ -29,8 +30,8 @@ python3() { /usr/bin/python3 "$@"; }
 python3 -c 'import matplotlib' 2>/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-matplotlib >&2 ||
     die "python3-matplotlib is missing and could not be installed"
-SIZES=${SIZES:-"1 5 10"}
-COUNTS=${COUNTS:-"1 4 16"}
+SIZES=${SIZES-"1 5 10"}
+COUNTS=${COUNTS-"1 4 16"}
 FILL=${FILL:-0.25}
 WORKLOAD=${WORKLOAD:-server}
 EXPORT=/var/tmp/drl-openstack/export
@@ -167,7 +168,7 @@ run_case() { # KIND N SIZE_GIB
     cat >"$W/snap.json" <<EOF
 {"tag": "$tag", "stack": "$tag-snap", "template": "$W/plan.yaml", "ids": $(printf '%s\n' "${ids[@]}" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split()))'),
  "resources": $(for ((i = 0; i < n; i++)); do echo "$tag-r$i"; done | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split()))'),
- "size_gib": $s, "swift_base": "swift://$tag", "snapshot": "base", "drl": "$drl", "config": "$W/drl.toml", "export": "$EXPORT"}
+ "size_gib": $s, "restores": ${RESTORES:-4}, "swift_base": "swift://$tag", "snapshot": "base", "drl": "$drl", "config": "$W/drl.toml", "export": "$EXPORT"}
 EOF
     python3 "$py" snap-recover "$W/snap.json" >"$W/snap-report.json"
     python3 - "$W" "$kind" "$n" "$s" "$data_mib" "$stream_s" "$load" >>"$csv" <<'PY'

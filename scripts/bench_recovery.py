@@ -9,7 +9,7 @@ of drl's recovery from its journal, cleanup, and the table and plot.
 
 The snapshot policy (the paper's Figure 11 peer): at the decision, create one new Cinder
 volume per protected volume, restore the newest snapshot from Swift into it (`drl restore
-swift://... --to FILE`, every restore at once), mark the first bootable, then create the same
+swift://... --to FILE`, four restores at once), mark the first bootable, then create the same
 stack from the same template with the new IDs. Polls every 250 ms, like drl's orchestrator.
 Standard library only (Debian's python3); the plot needs python3-matplotlib.
 """
@@ -124,17 +124,23 @@ def snap_recover(cfg):
     for vid in new:
         cloud.wait_volume(vid)
     t["created"] = now_ms()
-    procs = []
-    for r, vid in zip(cfg["resources"], new):
-        dst = os.path.join(cfg["export"], "volume-%s" % vid)
-        procs.append(subprocess.Popen(
-            [cfg["drl"], "--config", cfg["config"], "--node", "b1", "restore",
-             "%s/%s/%s" % (cfg["swift_base"], r, cfg["snapshot"]), "--to", dst, "--json"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    for p in procs:
+    # At most RESTORES at once (16 at once made Swift's tempauth refuse fresh tokens).
+    running = []
+
+    def reap(p):
         _, err = p.communicate()
         if p.returncode != 0:
             raise SystemExit("drl restore failed: %s" % err.decode(errors="replace")[-400:])
+    for r, vid in zip(cfg["resources"], new):
+        dst = os.path.join(cfg["export"], "volume-%s" % vid)
+        if len(running) >= cfg.get("restores", 4):
+            reap(running.pop(0))
+        running.append(subprocess.Popen(
+            [cfg["drl"], "--config", cfg["config"], "--node", "b1", "restore",
+             "%s/%s/%s" % (cfg["swift_base"], r, cfg["snapshot"]), "--to", dst, "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for p in running:
+        reap(p)
     t["restored"] = now_ms()
     cloud.c("/volumes/%s/action" % new[0], "POST", {"os-set_bootable": {"bootable": True}})
     text = open(cfg["template"]).read()

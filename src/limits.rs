@@ -455,6 +455,15 @@ pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
 /// Scheduled snapshots kept per resource when `keep` is not given.
 pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;
+/// Protection actions (scheduled snapshots streamed) a checkpoint records, newest first; the
+/// store keeps `keep` per resource, so this bounds a plan of many resources.
+pub const DR_CHECKPOINT_ACTIONS_COUNT_MAX: usize = 1024;
+/// How often the daemon compares each plan's replication lag with its `rpo-target`.
+pub const DR_RPO_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Fields a `dr.plan_event` carries (the CLI's recover and fail back send a handful).
+pub const DR_PLAN_EVENT_FIELDS_MAX: usize = 16;
+/// One action record in the checkpoint store.
+pub const DR_ACTION_BYTES_MAX: u64 = 64 * 1024;
 /// Automatic failover (`failover = "automatic"`): wait after a failed recovery before the
 /// daemon resumes it from its journal (Cinder or Heat down, a remote member's lease not yet
 /// taken over).

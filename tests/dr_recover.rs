@@ -21,7 +21,18 @@ fn fill(s: &DrSites) {
 #[test]
 fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
     need_openstack();
-    let mut s = DrSites::start(SERVER_TEMPLATE, "", KS_PASSWORD);
+    // Fail back brings the workload up at the primary site: a second stack in the same cloud
+    // from the plan's template, on the primary site's own volumes (a1's disks in Cinder).
+    let home = format!(
+        "[primary-openstack]\nauth-url = \"{KS_URL}\"\nusername = \"admin\"\npassword = \"{KS_PASSWORD}\"\nproject = \"admin\"\n"
+    );
+    let mut s = DrSites::start_with(
+        SERVER_TEMPLATE,
+        "primary-stack-name = \"{TAG}-home\"\n",
+        KS_PASSWORD,
+        &home,
+    );
+    s.register_primary_volumes();
     fill(&s);
     let out = s.drl(&["dr", "protect", &s.tag, "--json"], &[]);
     let cp = stdout_json(&out);
@@ -98,12 +109,23 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
         "the dry run promoted nothing"
     );
 
+    // The CLI's run shows on b1's event stream as the daemon's automatic ones do.
+    let tap = common::pair::EventsTap::start(&s.b1);
     let rep = stdout_json(&s.drl(
         &["dr", "recover", &s.tag, "--confirm-primary-down", "--json"],
         &[],
     ));
     assert_eq!(rep["stack_status"], "CREATE_COMPLETE", "{rep}");
     eprintln!("recovery report: {rep}");
+    wait_until("plan events failing-over, failed-over", WAIT, || {
+        tap.contains("\"failing-over\"") && tap.contains("\"failed-over\"")
+    });
+    assert!(
+        tap.text().contains(rep["stack_id"].as_str().unwrap()),
+        "{}",
+        tap.text()
+    );
+    drop(tap);
     assert!(rep["rto_seconds"].as_f64().unwrap() > 0.0, "{rep}");
     // RPO from the backup daemons' own record of the moment the link was lost.
     assert!(rep["rpo_seconds"].as_f64().is_some(), "{rep}");
@@ -207,6 +229,24 @@ fn full_recovery_with_a_server_then_fail_back_after_writes_around_drl() {
     }
     assert!(s.volumes().is_empty(), "unmanaged: {:?}", s.volumes());
     assert!(s.disk("b1", 0).exists(), "the data stays");
+    // The workload is up at the primary site: the plan's template as written (primary IDs).
+    let home = format!("{}-home", s.tag);
+    assert_eq!(fb["workload"]["stack_name"], home.as_str(), "{fb}");
+    assert_eq!(fb["workload"]["stack_status"], "CREATE_COMPLETE", "{fb}");
+    let hs = rt()
+        .block_on(s.cloud().find_stack(&home))
+        .unwrap()
+        .expect("the primary site's stack");
+    assert_eq!(hs.id, fb["workload"]["stack_id"].as_str().unwrap());
+    assert_eq!(
+        hs.parameters.as_ref().unwrap()["boot_volume"],
+        s.ids[0].as_str(),
+        "booted from the primary site's volume: {hs:?}"
+    );
+    for id in &s.ids {
+        let v = rt().block_on(s.cloud().show_volume("primary", id)).unwrap();
+        assert_eq!(v.status, "in-use", "the primary's workload uses it: {v:?}");
+    }
     let st = stdout_json(&s.drl(&["dr", "status", "--json"], &[]));
     assert_eq!(st["plans"][0]["state"], "enabled", "{st}");
 }
@@ -284,11 +324,12 @@ fn kill9_after_each_step_resumes_to_one_volume_per_resource_and_one_stack() {
 }
 
 #[test]
-fn the_daemon_takes_the_plans_scheduled_snapshots_and_keeps_the_newest() {
-    let s = DrSites::start(
+fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_newest() {
+    let s = DrSites::start_with(
         VOLUMES_TEMPLATE,
-        "snapshot-every = \"1s\"\nkeep = 2\n",
+        "snapshot-every = \"1s\"\nkeep = 2\nsnapshot-to = \"{DIR}/vault::snaps/s\"\n",
         KS_PASSWORD,
+        "",
     );
     let prefix = format!("{}-", s.tag);
     let scheduled = |n: &common::Node, r: &str| -> (Vec<String>, usize) {
@@ -304,6 +345,15 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_and_keeps_the_newest() {
             .collect();
         (live, v["tombstones"].as_array().map_or(0, Vec::len))
     };
+    // Data written now is in every scheduled snapshot taken from here on.
+    for i in 0..2 {
+        let p = format!("write -P 0x{:x} 1M 3M", 0xc0 + i);
+        qemu_io(&s.nbd_uri("a1", i), &[&p]);
+    }
+    let written_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     // At least four ticks: two kept, two or more deleted (as tombstones), on both resources.
     wait_until("four scheduled snapshots taken, two kept", WAIT, || {
         s.res.iter().all(|r| {
@@ -319,4 +369,96 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_and_keeps_the_newest() {
             "no snapshots on the Secondary"
         );
     }
+    // Each was streamed, and the action recorded: the checkpoint lists them (the newest
+    // `keep` per resource), and the newest one taken after the writes restores them.
+    let taken_after = |a: &serde_json::Value| {
+        a["snapshot"]
+            .as_str()
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t > written_ms)
+    };
+    let mut cp = serde_json::Value::Null;
+    wait_until(
+        "a streamed snapshot of each resource after the writes",
+        WAIT,
+        || {
+            cp = stdout_json(&s.drl(&["dr", "protect", &s.tag, "--json"], &[]));
+            s.res.iter().all(|r| {
+                cp["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["resource"] == r.as_str() && taken_after(a))
+            })
+        },
+    );
+    for (i, r) in s.res.iter().enumerate() {
+        let mine: Vec<&serde_json::Value> = cp["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["resource"] == r.as_str())
+            .collect();
+        assert!(
+            !mine.is_empty() && mine.len() <= 2,
+            "at most keep = 2 records: {mine:?}"
+        );
+        let a = mine.iter().find(|a| taken_after(a)).unwrap();
+        assert_eq!(a["kind"], "snapshot", "{a}");
+        assert_eq!(a["node"], "a1", "{a}");
+        let url = format!(
+            "{}/{}",
+            a["stored_at"].as_str().unwrap(),
+            a["snapshot"].as_str().unwrap()
+        );
+        let out = s.dir.path().join(format!("restored-{i}.img"));
+        let o = s.a1.cli(&["restore", &url, "--to", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::pair::assert_files_identical(
+            &out,
+            &s.disk("a1", i),
+            SIZE,
+            "the streamed snapshot holds the data written before it",
+        );
+    }
+}
+
+/// Plan events of one field value, from `drl events --json` lines.
+fn plan_events(text: &str, key: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["object"] == "plan" && !e["fields"][key].is_null())
+        .collect()
+}
+
+#[test]
+fn the_rpo_alarm_is_raised_when_the_link_is_lost_and_cleared_when_it_is_back() {
+    let s = DrSites::start(VOLUMES_TEMPLATE, "", KS_PASSWORD);
+    let tap = common::pair::EventsTap::start(&s.a1);
+    s.ok(&s.a1, &["disconnect", &s.res[1]]);
+    wait_until("the RPO alarm raised on a1", WAIT, || {
+        plan_events(&tap.text(), "rpo_alarm")
+            .iter()
+            .any(|e| e["fields"]["rpo_alarm"] == true)
+    });
+    let raised = plan_events(&tap.text(), "rpo_alarm");
+    assert_eq!(raised[0]["name"], s.tag.as_str(), "{raised:?}");
+    assert_eq!(
+        raised[0]["fields"]["resource"],
+        s.res[1].as_str(),
+        "{raised:?}"
+    );
+    assert_ne!(raised[0]["fields"]["connection"], "Connected", "{raised:?}");
+    let st = stdout_json(&s.drl(&["dr", "status", "--json"], &[]));
+    assert_eq!(st["plans"][0]["rpo_alarm"], true, "{st}");
+    s.ok(&s.a1, &["connect", &s.res[1]]);
+    s.wait_synced();
+    wait_until("the RPO alarm cleared", WAIT, || {
+        plan_events(&tap.text(), "rpo_alarm")
+            .iter()
+            .any(|e| e["fields"]["rpo_alarm"] == false)
+    });
+    let all = plan_events(&tap.text(), "rpo_alarm");
+    assert_eq!(all.len(), 2, "one event per change: {all:?}");
 }

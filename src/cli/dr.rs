@@ -35,7 +35,12 @@ pub enum DrCmd {
     /// Fail back: the old primary, back as Secondary, resyncs from this site; volumes handed
     /// to Cinder are compared by digest (online verify) and only differing blocks resync;
     /// then the stack is deleted, the volumes unmanaged (the data stays), this site demoted
-    /// and the old primary promoted.
+    /// and the old primary promoted. Last, with `[[plan]] primary-stack-name`, the workload
+    /// comes up at the primary site: that stack from the plan's template (its primary-site
+    /// volume IDs as written) in `[primary-openstack]`'s cloud, waited for until
+    /// CREATE_COMPLETE; without it the admin starts the workload there.
+    ///
+    /// Journaled like recover: stopped anywhere, the same command resumes.
     Failback(FailbackArgs),
     /// Each plan's state in Cinder's replication vocabulary (enabled, failing-over,
     /// failed-over, failover-error, failing-back) and its RPO alarm.
@@ -134,11 +139,17 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                 match checkpoint::protect(&cfg, plan).await {
                     Ok((cp, name)) => {
                         if a.json {
-                            print_json(&serde_json::json!({ "plan": cp.plan, "checkpoint": name, "volumes": cp.volumes }));
+                            print_json(&serde_json::json!({ "plan": cp.plan, "checkpoint": name, "volumes": cp.volumes, "actions": cp.actions }));
                         } else {
                             println!("plan {}: checkpoint {name}", cp.plan);
                             for v in &cp.volumes {
                                 println!("  {} on {} ({}): {} bytes, {}", v.resource, v.node, v.peer, v.size_bytes, v.disk);
+                            }
+                            for a in cp.actions.iter().take(8) {
+                                println!("  action: {} {} of {} at {}", a["kind"].as_str().unwrap_or("?"), a["snapshot"].as_str().unwrap_or("?"), a["resource"].as_str().unwrap_or("?"), a["stored_at"].as_str().unwrap_or("?"));
+                            }
+                            if cp.actions.len() > 8 {
+                                println!("  ... {} actions in all", cp.actions.len());
                             }
                         }
                         exit::OK
@@ -205,8 +216,14 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                     Ok(r) => r,
                     Err(e) => return fail(e),
                 };
+                if !a.dry_run {
+                    event(&cfg, plan, "failing-over", serde_json::json!({})).await;
+                }
                 match rec.run().await {
                     Ok(r) => {
+                        if !a.dry_run {
+                            event(&cfg, plan, "failed-over", serde_json::json!({ "stack_id": r.stack_id, "rto_seconds": r.rto_seconds })).await;
+                        }
                         if a.json {
                             print_json(&r);
                         } else {
@@ -215,6 +232,9 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                         exit::OK
                     }
                     Err(s) => {
+                        if !a.dry_run {
+                            event(&cfg, plan, "failover-error", serde_json::json!({ "step": s.step, "error": s.error.to_string(), "journal": s.journal })).await;
+                        }
                         eprintln!("drl dr recover {}: stopped at step {}: {}", a.plan, s.step, s.error);
                         eprintln!("drl dr recover {}: journal {}; fix the cause and run the same command to resume", a.plan, s.journal);
                         exit::FAILED
@@ -226,8 +246,10 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                     Ok(p) => p,
                     Err(e) => return fail(e),
                 };
+                event(&cfg, plan, "failing-back", serde_json::json!({})).await;
                 match failback::failback(&cfg, plan, a.stop_workload, &say).await {
                     Ok(v) => {
+                        event(&cfg, plan, "enabled", serde_json::json!({ "failed_back": true })).await;
                         if a.json {
                             print_json(&v);
                         } else {
@@ -235,11 +257,27 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                         }
                         exit::OK
                     }
-                    Err(e) => fail(e),
+                    Err(e) => {
+                        event(&cfg, plan, "failover-error", serde_json::json!({ "step": "failback", "error": e.to_string() })).await;
+                        fail(e)
+                    }
                 }
             }
         }
     })
+}
+
+/// A `plan` event on this node's daemon (best effort: a daemon that is down is said, not
+/// fatal; the journal is the record).
+async fn event(
+    cfg: &NodeConfig,
+    plan: &crate::config::plan::PlanConfig,
+    state: &str,
+    fields: serde_json::Value,
+) {
+    if let Err(e) = crate::orchestrator::daemons::plan_event(cfg, plan, state, fields).await {
+        say(&format!("plan event {state} not published: {e}"));
+    }
 }
 
 fn fail(e: crate::orchestrator::OrchError) -> i32 {

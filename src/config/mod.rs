@@ -62,6 +62,7 @@ pub struct RawConfig {
     pub shaping: Option<shaping::RawShaping>,
     pub detect: Option<detect::RawDetect>,
     pub openstack: Option<plan::RawOpenStack>,
+    pub primary_openstack: Option<plan::RawOpenStack>,
     pub dr: Option<plan::RawDr>,
     #[serde(default)]
     pub plan: Vec<plan::RawPlan>,
@@ -298,6 +299,9 @@ pub struct NodeConfig {
     pub detect: Option<detect::DetectConfig>,
     /// `[openstack]`: the backup site's cloud (Keystone v3); None: `OS_*` / `OS_CLOUD`.
     pub openstack: Option<crate::stream::auth::SwiftAuth>,
+    /// `[primary-openstack]`: the primary site's cloud, where fail back creates the workload's
+    /// stack (`[[plan]] primary-stack-name`).
+    pub primary_openstack: Option<crate::stream::auth::SwiftAuth>,
     pub dr: plan::DrConfig,
     pub plans: Vec<plan::PlanConfig>,
     /// Every node of the file with its site and control socket (the orchestrator reaches the
@@ -577,7 +581,12 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     let openstack = raw
         .openstack
         .as_ref()
-        .map(|o| plan::openstack_auth(o, &invalid))
+        .map(|o| plan::openstack_auth("openstack", o, &invalid))
+        .transpose()?;
+    let primary_openstack = raw
+        .primary_openstack
+        .as_ref()
+        .map(|o| plan::openstack_auth("primary-openstack", o, &invalid))
         .transpose()?;
     let dr = plan::dr_config(raw.dr.as_ref(), &invalid)?;
     let plans = plan::plans(raw, &invalid)?;
@@ -594,6 +603,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         resync,
         detect,
         openstack,
+        primary_openstack,
         dr,
         plans,
         nodes: plan::nodes(raw, &tcp_of),

@@ -1,4 +1,5 @@
-//! `[openstack]`, `[dr]` and `[[plan]]`: the backup site's cloud and the protection plans the
+//! `[openstack]`, `[primary-openstack]`, `[dr]` and `[[plan]]`: the backup site's cloud, the
+//! primary site's cloud (fail back brings the workload up there) and the protection plans the
 //! recovery orchestrator (`crate::orchestrator`) runs.
 //!
 //! Plans are validated against the whole file, not one node's view: a plan names resources
@@ -58,6 +59,12 @@ pub struct RawPlan {
     pub snapshot_every: Option<DurationMs>,
     /// Scheduled snapshots kept per resource (the oldest are deleted).
     pub keep: Option<u32>,
+    /// Stream every scheduled snapshot (incrementally) to this store URL, under one location
+    /// per resource (`URL/RESOURCE`), and record the action in the checkpoint store.
+    pub snapshot_to: Option<String>,
+    /// The workload's stack at the primary site: fail back creates it from the plan's
+    /// template (primary IDs as written) in `[primary-openstack]`'s cloud.
+    pub primary_stack_name: Option<String>,
     #[serde(default)]
     pub volume: BTreeMap<String, RawPlanVolume>,
 }
@@ -102,6 +109,10 @@ pub struct PlanConfig {
     pub cinder_share: Option<String>,
     /// (interval ms, snapshots kept) of the daemon's snapshot schedule.
     pub snapshots: Option<(u64, usize)>,
+    /// The stack fail back creates at the primary site; None: the admin brings it up.
+    pub primary_stack_name: Option<String>,
+    /// Store URL the scheduled snapshots are streamed to (`URL/RESOURCE` per resource).
+    pub snapshot_to: Option<String>,
 }
 
 /// `[dr]`, validated.
@@ -124,13 +135,15 @@ pub struct NodeEntry {
     pub control_tcp: Option<(std::net::SocketAddr, PathBuf)>,
 }
 
+/// `[openstack]` or `[primary-openstack]` (`table`) as Keystone v3 credentials.
 pub(super) fn openstack_auth(
+    table: &str,
     o: &RawOpenStack,
     invalid: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<SwiftAuth, ConfigError> {
     if !(o.auth_url.starts_with("http://") || o.auth_url.starts_with("https://")) {
         return Err(invalid(
-            "openstack.auth-url".into(),
+            format!("{table}.auth-url"),
             format!("{:?} is not an http(s) URL", o.auth_url),
         ));
     }
@@ -140,10 +153,7 @@ pub(super) fn openstack_auth(
         ("password", &o.password),
     ] {
         if v.is_empty() {
-            return Err(invalid(
-                format!("openstack.{k}"),
-                "must not be empty".into(),
-            ));
+            return Err(invalid(format!("{table}.{k}"), "must not be empty".into()));
         }
     }
     Ok(SwiftAuth::KeystoneV3 {
@@ -316,6 +326,28 @@ pub(super) fn plans(
                 Some((every.0, keep))
             }
         };
+        if let Some(to) = &p.snapshot_to {
+            if snapshots.is_none() {
+                return Err(invalid(
+                    key("snapshot-to"),
+                    "snapshot-to without snapshot-every".into(),
+                ));
+            }
+            crate::stream::store::StoreUrl::parse(to)
+                .map_err(|e| invalid(key("snapshot-to"), e.to_string()))?;
+        }
+        if p.primary_stack_name.is_some() && raw.primary_openstack.is_none() {
+            return Err(invalid(
+                key("primary-stack-name"),
+                "needs [primary-openstack]: the primary site's cloud where fail back creates the stack".into(),
+            ));
+        }
+        if p.primary_stack_name.as_deref() == Some("") {
+            return Err(invalid(
+                key("primary-stack-name"),
+                "must not be empty".into(),
+            ));
+        }
         let mut volumes = Vec::new();
         for r in &p.resources {
             let v = p.volume.get(r);
@@ -362,6 +394,11 @@ pub(super) fn plans(
             }),
             cinder_export_dir: p.cinder_export_dir.clone(),
             snapshots,
+            primary_stack_name: p.primary_stack_name.clone(),
+            snapshot_to: p
+                .snapshot_to
+                .as_ref()
+                .map(|t| t.trim_end_matches('/').to_owned()),
         });
     }
     Ok(out)

@@ -469,3 +469,41 @@ fn bad_plans_name_key_and_reason() {
     let e = err(&solo, "site-b");
     assert!(e.contains("not replicated"), "{e}");
 }
+
+#[test]
+fn primary_stack_name_needs_the_primary_sites_cloud() {
+    let e = err(
+        &with_r1(
+            &PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "primary-stack-name = \"web-home\""),
+        ),
+        "site-b",
+    );
+    assert!(
+        e.contains("plan.web.primary-stack-name") && e.contains("[primary-openstack]"),
+        "{e}"
+    );
+    let home = "\n[primary-openstack]\nauth-url = \"http://keystone.home.example:5000/v3\"\nusername = \"admin\"\npassword = \"home-secret\"\nproject = \"admin\"\n";
+    let c = check(
+        &with_r1(&format!(
+            "{}{home}",
+            PLAN_EXAMPLE.replace("rpo-target = \"30s\"", "primary-stack-name = \"web-home\"")
+        )),
+        "site-b",
+    )
+    .unwrap();
+    assert_eq!(c.plans[0].primary_stack_name.as_deref(), Some("web-home"));
+    assert_eq!(
+        c.primary_openstack.as_ref().map(|a| a.auth_url()),
+        Some("http://keystone.home.example:5000/v3")
+    );
+    assert!(!format!("{:?}", c.primary_openstack).contains("home-secret"));
+    let e = err(
+        &with_r1(&format!(
+            "{}{}",
+            PLAN_EXAMPLE,
+            home.replace("http://", "ftp://")
+        )),
+        "site-b",
+    );
+    assert!(e.contains("primary-openstack.auth-url"), "{e}");
+}

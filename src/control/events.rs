@@ -41,8 +41,10 @@ pub enum ObjectKind {
     Site,
     /// A protection scope's lease in etcd and this node's fence (`[detect]`; name: the resource).
     Lease,
-    /// A protection plan's automatic failover (name: the plan; field `state`: `failover-armed`,
-    /// `failing-over`, `failed-over`, `failover-error`).
+    /// A protection plan (name: the plan): its recovery or fail back (field `state`:
+    /// `failover-armed`, `failing-over`, `failed-over`, `failover-error`, `failing-back`,
+    /// `enabled`; `automatic` says whether the daemon or `drl dr` ran it), or its RPO alarm
+    /// (field `rpo_alarm` true or false).
     Plan,
 }
 

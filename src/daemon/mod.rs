@@ -25,6 +25,7 @@ mod rpc_detect;
 mod rpc_dr;
 mod rpc_shaping;
 mod rpc_stream;
+mod rpo;
 mod schedule;
 pub mod sd_notify;
 mod updown;
@@ -216,6 +217,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         }
     });
     schedule::spawn(&node, &mut tasks, shutdown_rx.clone());
+    rpo::spawn(&node, &mut tasks, shutdown_rx.clone());
     autofail::spawn(&node, &mut tasks, shutdown_rx.clone());
     if let Some((addr, token_file)) = &cfg.control_tcp {
         let token =

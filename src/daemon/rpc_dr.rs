@@ -5,6 +5,12 @@
 //! |---|---|---|
 //! | `dr.handover` | `{resource, export_dir?}` | `{resource, disk_path, size_bytes, link?}` |
 //! | `dr.tracking_restored` | `{resource}` | `{resource, tracking_void: false}` |
+//! | `dr.plan_event` | `{plan, state, fields?}` | `{}` |
+//!
+//! `dr.plan_event` publishes a `plan` event on this daemon's bus for a recovery or fail back
+//! that runs in the `drl dr` CLI (the daemon's own automatic runs publish theirs directly):
+//! `state` is one of Cinder's replication words, `fields` (an object of at most
+//! `DR_PLAN_EVENT_FIELDS_MAX` scalars) go along.
 //!
 //! `dr.handover` is called before a promoted resource is imported into Cinder: it records in
 //! the metadata (durably) that change tracking is void from now on (Cinder's target writes the
@@ -20,7 +26,7 @@ use serde_json::{json, Value};
 
 use super::rpc::add;
 use super::Node;
-use crate::control::{Router, RpcError};
+use crate::control::{Event, EventKind, ObjectKind, Router, RpcError};
 use crate::volume::meta::{flags, Role};
 
 pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
@@ -86,4 +92,53 @@ pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
             .map_err(|e| RpcError::internal(e.to_string()))?;
         Ok(json!({ "resource": res.name(), "tracking_void": false }))
     });
+    add(r, node, "dr.plan_event", |n, params| async move {
+        let plan = params.get("plan").and_then(Value::as_str).unwrap_or("");
+        if !n.config.plans.iter().any(|p| p.name == plan) {
+            return Err(RpcError::invalid_params(format!(
+                "no plan {plan:?} in this daemon's config"
+            )));
+        }
+        let state = params.get("state").and_then(Value::as_str).unwrap_or("");
+        if !PLAN_STATES.contains(&state) {
+            return Err(RpcError::invalid_params(format!(
+                "state {state:?}: one of {}",
+                PLAN_STATES.join(", ")
+            )));
+        }
+        let mut ev = Event::new(EventKind::Change, ObjectKind::Plan, plan)
+            .field("state", state)
+            .field("node", n.config.node.clone())
+            .field("automatic", false);
+        match params.get("fields") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(f))
+                if f.len() <= crate::limits::DR_PLAN_EVENT_FIELDS_MAX
+                    && f.iter().all(|(k, v)| {
+                        k.len() <= 64 && !v.is_object() && !v.is_array() && v.to_string().len() <= 1024
+                    }) =>
+            {
+                for (k, v) in f {
+                    ev = ev.field(k, v.clone());
+                }
+            }
+            Some(_) => {
+                return Err(RpcError::invalid_params(format!(
+                    "fields: an object of at most {} scalar values (keys up to 64 bytes, values up to 1 KiB)",
+                    crate::limits::DR_PLAN_EVENT_FIELDS_MAX
+                )))
+            }
+        }
+        n.events.publish(ev);
+        Ok(json!({}))
+    });
 }
+
+/// Cinder's replication words for a plan.
+const PLAN_STATES: &[&str] = &[
+    "enabled",
+    "failing-over",
+    "failed-over",
+    "failover-error",
+    "failing-back",
+];

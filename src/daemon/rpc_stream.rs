@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::resource::Resource;
 use super::rpc::add;
 use super::Node;
 use crate::control::{rpc, Router, RpcError};
@@ -24,6 +25,7 @@ use crate::stream::restore::{restore_to_device, RestoreOptions};
 use crate::stream::store::{open_store, AnyStore, ObjectStore, StoreUrl};
 use crate::stream::upload::{stream_device, Location, StreamOptions};
 use crate::stream::{ChangedChunks, Compression, StreamError};
+use crate::volume::disk::Disk;
 use crate::volume::BlockDevice;
 
 #[derive(Deserialize)]
@@ -95,67 +97,110 @@ async fn auto_parent(
     Ok(None)
 }
 
+/// A stream of one snapshot, ready to run: what `stream.start` and the plans' schedule
+/// (`daemon::schedule`) both need.
+pub(super) struct PreparedStream {
+    pub dev: SnapshotDevice<Disk>,
+    pub changed: Option<ChangedChunks>,
+    pub store: Arc<AnyStore>,
+    pub loc: Location,
+    pub opts: StreamOptions,
+    pub parent: Option<String>,
+}
+
+impl PreparedStream {
+    pub async fn run(
+        self,
+        progress: impl Fn(crate::stream::Progress) + Send + Sync,
+    ) -> Result<crate::stream::Report, StreamError> {
+        stream_device(
+            &self.dev,
+            self.changed.as_ref(),
+            self.store.as_ref(),
+            &self.loc,
+            &self.opts,
+            progress,
+        )
+        .await
+    }
+}
+
+/// Prepare a stream of `snapshot` of `res` to `to`: the parent (given, or the newest older
+/// one already at the location), and the chunks changed since it when it is in the chain.
+pub(super) async fn prepare_stream(
+    n: &Node,
+    res: &Resource,
+    snapshot: &str,
+    to: &str,
+    parent: Option<String>,
+    chunk_bytes: Option<u64>,
+) -> Result<PreparedStream, RpcError> {
+    let snaps = res.snapshots().clone();
+    if !snaps.list().await.iter().any(|s| s.name == snapshot) {
+        return Err(RpcError::invalid_params(format!(
+            "resource {} has no snapshot {snapshot:?}",
+            res.name()
+        )));
+    }
+    let url = StoreUrl::parse(to).map_err(stream_err)?;
+    let store = store_for(n, &url)?;
+    let loc = url.location();
+    let chain = snaps.chain().await;
+    let parent = match parent {
+        Some(parent) => Some(parent),
+        None => auto_parent(&store, &loc, &chain, snapshot).await?,
+    };
+    let mut opts = StreamOptions::new(snapshot.to_owned());
+    opts.chunk_bytes = chunk_bytes.unwrap_or(n.config.stream.chunk_bytes);
+    opts.parallelism = n.config.stream.parallelism;
+    opts.parent = parent.clone();
+    let size = res.device().size_bytes();
+    // Change tracking since the parent, when the parent is in this resource's chain;
+    // otherwise the stream compares chunk hashes with the parent chain in the store.
+    let changed = match &parent {
+        Some(par) if chain.iter().any(|(c, _)| c == par) => {
+            let set = snaps
+                .changed_between(par, snapshot)
+                .await
+                .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+            Some(ChangedChunks::from_block_bitmap(
+                &set.bits,
+                set.chunk_bytes,
+                opts.chunk_bytes,
+                size,
+            ))
+        }
+        _ => None,
+    };
+    Ok(PreparedStream {
+        dev: SnapshotDevice::new(snaps, snapshot),
+        changed,
+        store,
+        loc,
+        opts,
+        parent,
+    })
+}
+
 pub fn register(r: &mut Router, node: &Arc<Node>) {
     add(r, node, "stream.start", |n, params| async move {
         let p: StreamParams = rpc::params(params)?;
         let res = n
             .resource(&p.resource)
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
-        let snaps = res.snapshots().clone();
-        if !snaps.list().await.iter().any(|s| s.name == p.snapshot) {
-            return Err(RpcError::invalid_params(format!(
-                "resource {} has no snapshot {:?}",
-                p.resource, p.snapshot
-            )));
-        }
-        let url = StoreUrl::parse(&p.to).map_err(stream_err)?;
-        let store = store_for(&n, &url)?;
-        let loc = url.location();
-        let chain = snaps.chain().await;
-        let parent = match p.parent {
-            Some(parent) => Some(parent),
-            None => auto_parent(&store, &loc, &chain, &p.snapshot).await?,
-        };
-        let mut opts = StreamOptions::new(p.snapshot.clone());
-        opts.chunk_bytes = p.chunk_size.unwrap_or(n.config.stream.chunk_bytes);
+        let mut prep = prepare_stream(&n, &res, &p.snapshot, &p.to, p.parent, p.chunk_size).await?;
         if let Some(o) = p.object_size {
-            opts.object_bytes = o;
+            prep.opts.object_bytes = o;
         }
-        opts.parallelism = p.parallelism.unwrap_or(n.config.stream.parallelism);
-        opts.compression = p.compression.unwrap_or_default();
-        opts.parent = parent.clone();
-        let size = res.device().size_bytes();
-        // Change tracking since the parent, when the parent is in this resource's chain;
-        // otherwise the stream compares chunk hashes with the parent chain in the store.
-        let changed = match &parent {
-            Some(par) if chain.iter().any(|(c, _)| c == par) => {
-                let set = snaps
-                    .changed_between(par, &p.snapshot)
-                    .await
-                    .map_err(|e| RpcError::invalid_params(e.to_string()))?;
-                Some(ChangedChunks::from_block_bitmap(
-                    &set.bits,
-                    set.chunk_bytes,
-                    opts.chunk_bytes,
-                    size,
-                ))
-            }
-            _ => None,
-        };
-        let dev = SnapshotDevice::new(snaps, &p.snapshot);
+        if let Some(par) = p.parallelism {
+            prep.opts.parallelism = par;
+        }
+        prep.opts.compression = p.compression.unwrap_or_default();
+        let parent = prep.parent.clone();
         let job = n
             .jobs
             .start("stream", &p.resource, move |progress| async move {
-                stream_device(
-                    &dev,
-                    changed.as_ref(),
-                    store.as_ref(),
-                    &loc,
-                    &opts,
-                    progress,
-                )
-                .await
-                .map_err(|e| e.to_string())
+                prep.run(progress).await.map_err(|e| e.to_string())
             })?;
         Ok(json!({ "job": job, "parent": parent }))
     });

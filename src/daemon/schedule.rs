@@ -3,7 +3,10 @@
 //! Primary here gets a crash-consistent snapshot `PLAN-<unix ms>`, and the oldest scheduled
 //! snapshots beyond `keep` are deleted (kept as change-set tombstones, so an incremental
 //! stream of a newer one still works). Snapshots the admin named otherwise are never touched.
-//! A failure is logged (rate-limited) and the schedule goes on.
+//! With `snapshot-to`, each new snapshot is then streamed to `URL/RESOURCE` (incremental
+//! against the newest older one already there) and the action is recorded in the checkpoint
+//! store (`orchestrator::checkpoint::record_action`, newest `keep` per resource), so the next
+//! `drl dr protect` lists it. A failure is logged (rate-limited) and the schedule goes on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +27,8 @@ pub(super) fn spawn(
         let Some((every_ms, keep)) = plan.snapshots else {
             continue;
         };
-        let mine: Vec<String> = plan
-            .volumes
-            .iter()
-            .filter(|v| node.resource(&v.resource).is_some())
-            .map(|v| v.resource.clone())
-            .collect();
+        let to = plan.snapshot_to.clone();
+        let mine = resources_here(node, plan);
         if mine.is_empty() {
             continue;
         }
@@ -43,7 +42,7 @@ pub(super) fn spawn(
                     _ = shutdown.changed() => return,
                 }
                 for r in &mine {
-                    if let Err(e) = tick(&node, &name, r, keep).await {
+                    if let Err(e) = tick(&node, &name, r, keep, to.as_deref()).await {
                         crate::warn_rl!(rl, plan = %name, resource = %r, "scheduled snapshot: {e}");
                     }
                 }
@@ -52,7 +51,22 @@ pub(super) fn spawn(
     }
 }
 
-async fn tick(node: &Node, plan: &str, resource: &str, keep: usize) -> Result<(), String> {
+/// The resources of `plan` that live on this node.
+pub(super) fn resources_here(node: &Node, plan: &crate::config::plan::PlanConfig) -> Vec<String> {
+    plan.volumes
+        .iter()
+        .filter(|v| node.resource(&v.resource).is_some())
+        .map(|v| v.resource.clone())
+        .collect()
+}
+
+async fn tick(
+    node: &Node,
+    plan: &str,
+    resource: &str,
+    keep: usize,
+    to: Option<&str>,
+) -> Result<(), String> {
     let res = node
         .resource(resource)
         .ok_or_else(|| "resource gone".to_string())?;
@@ -66,6 +80,9 @@ async fn tick(node: &Node, plan: &str, resource: &str, keep: usize) -> Result<()
         Event::new(EventKind::Create, ObjectKind::Snapshot, res.name())
             .field("snapshot", name.as_str()),
     );
+    if let Some(to) = to {
+        stream_and_record(node, plan, res, &name, keep, to).await?;
+    }
     let prefix = format!("{plan}-");
     let mut ours: Vec<String> = snaps
         .list()
@@ -86,5 +103,48 @@ async fn tick(node: &Node, plan: &str, resource: &str, keep: usize) -> Result<()
                 .field("snapshot", old.as_str()),
         );
     }
+    Ok(())
+}
+
+/// Stream the new scheduled snapshot to `TO/RESOURCE` and record the action.
+async fn stream_and_record(
+    node: &Node,
+    plan: &str,
+    res: &super::resource::Resource,
+    snapshot: &str,
+    keep: usize,
+    to: &str,
+) -> Result<(), String> {
+    let url = format!("{to}/{}", res.name());
+    let t0 = std::time::Instant::now();
+    let prep = super::rpc_stream::prepare_stream(node, res, snapshot, &url, None, None)
+        .await
+        .map_err(|e| format!("stream {snapshot} to {url}: {}", e.message))?;
+    let parent = prep.parent.clone();
+    let report = prep
+        .run(|_| {})
+        .await
+        .map_err(|e| format!("stream {snapshot} to {url}: {e}"))?;
+    let action = serde_json::json!({
+        "kind": "snapshot",
+        "plan": plan,
+        "resource": res.name(),
+        "node": node.config.node,
+        "snapshot": snapshot,
+        "stored_at": url,
+        "parent": parent,
+        "bytes_uploaded": report.bytes_uploaded,
+        "chunks_uploaded": report.chunks_uploaded,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "done_unix_ms": crate::repl::replicator::unix_ms(),
+    });
+    crate::orchestrator::checkpoint::record_action(&node.config, plan, res.name(), keep, &action)
+        .await
+        .map_err(|e| format!("record the action of {snapshot}: {e}"))?;
+    res.events().publish(
+        Event::new(EventKind::Change, ObjectKind::Snapshot, res.name())
+            .field("snapshot", snapshot)
+            .field("streamed-to", url.as_str()),
+    );
     Ok(())
 }

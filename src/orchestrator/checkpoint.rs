@@ -4,8 +4,10 @@
 //! A checkpoint is one JSON object in the store of `[dr] checkpoints` (the local vault by
 //! default, or `swift://...` at the backup site), named `PREFIX/PLAN/checkpoint-<unix ms>.json`:
 //! the template's text, the ID map, every volume with its size, node and generation ids, and
-//! the protection actions done for it (image copies and snapshots; none yet). Recovery reads
-//! the template from the plan's file and falls back to the newest checkpoint's copy.
+//! the protection actions done for it: every scheduled snapshot the daemon streamed
+//! (`[[plan]] snapshot-to`), as the daemon recorded it under `PREFIX/PLAN/actions/RESOURCE/`
+//! (the newest `keep` per resource). Recovery reads the template from the plan's file and
+//! falls back to the newest checkpoint's copy.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,7 +32,8 @@ pub struct Checkpoint {
     pub template_path: String,
     pub template: String,
     pub volumes: Vec<CheckpointVolume>,
-    /// Image copies and snapshots done for the plan (none are scheduled yet).
+    /// Protection actions done for the plan: scheduled snapshots streamed to the store, as
+    /// the daemon recorded them (newest first).
     #[serde(default)]
     pub actions: Vec<Value>,
 }
@@ -115,7 +118,7 @@ pub async fn protect(
         template_path: plan.template.display().to_string(),
         template: text,
         volumes: vols,
-        actions: Vec::new(),
+        actions: actions(cfg, &plan.name).await?,
     };
     let (s, url) = store(cfg)?;
     s.ensure_container(&url.container).await?;
@@ -151,10 +154,72 @@ pub async fn list(cfg: &NodeConfig, plan: &str) -> Result<Vec<String>, OrchError
         .await?
         .into_iter()
         .map(|o| o.name)
-        .filter(|n| n.ends_with(".json"))
+        .filter(|n| {
+            n.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("checkpoint-") && f.ends_with(".json"))
+        })
         .collect();
     names.sort();
     Ok(names)
+}
+
+fn actions_prefix(url: &StoreUrl, plan: &str, resource: &str) -> String {
+    url.join(&format!("{plan}/actions/{resource}/"))
+}
+
+/// Record a protection action the daemon did for `plan` (a scheduled snapshot streamed) in
+/// the checkpoint store, and keep only the newest `keep` records of `resource`.
+pub async fn record_action(
+    cfg: &NodeConfig,
+    plan: &str,
+    resource: &str,
+    keep: usize,
+    action: &Value,
+) -> Result<String, OrchError> {
+    let (s, url) = store(cfg)?;
+    s.ensure_container(&url.container).await?;
+    let prefix = actions_prefix(&url, plan, resource);
+    let name = format!("{prefix}{:016}.json", journal::now_ms());
+    let body = serde_json::to_vec(action).map_err(|e| OrchError::Config(e.to_string()))?;
+    s.put(&url.container, &name, Bytes::from(body)).await?;
+    let mut names: Vec<String> = s
+        .list(&url.container, &prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep.max(1));
+    for old in &names[..excess] {
+        s.delete(&url.container, old).await?;
+    }
+    Ok(format!("{}/{name}", url.container))
+}
+
+/// The recorded protection actions of `plan`, newest first, at most
+/// [`DR_CHECKPOINT_ACTIONS_COUNT_MAX`].
+pub async fn actions(cfg: &NodeConfig, plan: &str) -> Result<Vec<Value>, OrchError> {
+    let (s, url) = store(cfg)?;
+    let mut names: Vec<String> = s
+        .list(&url.container, &url.join(&format!("{plan}/actions/")))
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    // Newest first across resources: the file name is the time.
+    names.sort_by(|a, b| b.rsplit('/').next().cmp(&a.rsplit('/').next()));
+    names.truncate(DR_CHECKPOINT_ACTIONS_COUNT_MAX);
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let b = s.get(&url.container, &n, DR_ACTION_BYTES_MAX).await?;
+        match serde_json::from_slice::<Value>(&b) {
+            Ok(v) => out.push(v),
+            Err(e) => out.push(json!({ "object": n, "error": format!("not JSON: {e}") })),
+        }
+    }
+    Ok(out)
 }
 
 pub async fn load(cfg: &NodeConfig, name: &str) -> Result<Checkpoint, OrchError> {

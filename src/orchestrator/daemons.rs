@@ -124,3 +124,30 @@ pub fn connected_to_primary(st: &Value) -> Option<String> {
     }
     None
 }
+
+/// Publish a `plan` event (`state`: Cinder's replication words) with `fields` on the daemon
+/// of this node (`--node`) if it holds a resource of the plan, else on the first member's:
+/// a recovery or fail back run by the CLI shows on the same event stream as the daemon's
+/// automatic ones.
+pub async fn plan_event(
+    cfg: &NodeConfig,
+    plan: &PlanConfig,
+    state: &str,
+    fields: Value,
+) -> Result<(), OrchError> {
+    let members = members(cfg, plan)?;
+    let Some(m) = members
+        .iter()
+        .find(|m| m.node == cfg.node)
+        .or_else(|| members.first())
+    else {
+        return Ok(());
+    };
+    call(
+        m,
+        "dr.plan_event",
+        json!({ "plan": plan.name, "state": state, "fields": fields }),
+    )
+    .await
+    .map(|_| ())
+}

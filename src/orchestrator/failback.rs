@@ -8,8 +8,11 @@
 //! verify:R   for a resource handed to Cinder (tracking void): online verify, the Primary
 //!            (here) provides digests, the old primary compares; differing blocks are marked;
 //!            disconnect + connect resyncs exactly those; then the mark is cleared
-//! demote     this site Secondary, once nothing is out of sync
-//! promote    the old primary Primary: planned, so no acknowledged write is lost
+//! switchover this site Secondary once nothing is out of sync, then the old primary Primary:
+//!            planned, so no acknowledged write is lost
+//! workload   with `primary-stack-name`: the stack from the plan's template (primary IDs as
+//!            written) in `[primary-openstack]`'s cloud, looked up by name first, until
+//!            CREATE_COMPLETE; without it the admin starts the workload (fail back says so)
 //! ```
 //!
 //! The import trap: Cinder's own target writes an imported volume around drl, so the bitmap
@@ -158,21 +161,7 @@ async fn steps(
         let cloud = Cloud::from_config(cfg.openstack.clone())?;
         if let Some(s) = cloud.find_stack(&plan.stack_name).await? {
             say(&format!("delete stack {} ({})", plan.stack_name, s.id));
-            cloud.delete_stack(&plan.stack_name, &s.id).await?;
-            let t0 = Instant::now();
-            while cloud
-                .find_stack(&plan.stack_name)
-                .await?
-                .is_some_and(|s| s.stack_status != "DELETE_COMPLETE")
-            {
-                if t0.elapsed() > Duration::from_millis(DR_STACK_TIMEOUT_MS) {
-                    return Err(OrchError::Timeout(format!(
-                        "stack {} not deleted",
-                        plan.stack_name
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(DR_POLL_INTERVAL_MS)).await;
-            }
+            super::stacks::delete(&cloud, &plan.stack_name, &s.id).await?;
         }
         for m in members {
             let vols = cloud.list_volumes().await?;
@@ -242,20 +231,73 @@ async fn steps(
         j.done(OP, step, d)?;
     }
     *step = "switchover".into();
-    j.begin(OP, step, Value::Null)?;
-    for m in members {
-        wait_status(m, "in sync before the switchover", |st| Ok(in_sync(st))).await?;
-        say(&format!("demote {} on {}", m.resource, m.node));
-        daemons::call(m, "secondary", json!({ "resource": m.resource })).await?;
+    if j.done_data(OP, step).is_none() {
+        j.begin(OP, step, Value::Null)?;
+        for m in members {
+            wait_status(m, "in sync before the switchover", |st| Ok(in_sync(st))).await?;
+            say(&format!("demote {} on {}", m.resource, m.node));
+            daemons::call(m, "secondary", json!({ "resource": m.resource })).await?;
+        }
+        for m in members {
+            let p = peer_member(cfg, m)?;
+            say(&format!("promote {} on {}", p.resource, p.node));
+            daemons::call(&p, "primary", json!({ "resource": p.resource })).await?;
+        }
+        j.done(OP, step, Value::Null)?;
     }
-    for m in members {
-        let p = peer_member(cfg, m)?;
-        say(&format!("promote {} on {}", p.resource, p.node));
-        daemons::call(&p, "primary", json!({ "resource": p.resource })).await?;
-    }
-    j.done(OP, step, Value::Null)?;
+    let workload = match &plan.primary_stack_name {
+        Some(name) => {
+            *step = "workload".into();
+            match j.done_data(OP, step) {
+                Some(d) => d.clone(),
+                None => {
+                    j.begin(OP, step, Value::Null)?;
+                    let d = workload_up(cfg, plan, name, j, say).await?;
+                    j.done(OP, step, d.clone())?;
+                    d
+                }
+            }
+        }
+        None => {
+            say(&format!(
+                "the volumes are Primary at {} again: start the workload there (its template: {}); set [[plan]] primary-stack-name and [primary-openstack] to have fail back create it",
+                members.iter().map(|m| m.peer.as_str()).collect::<Vec<_>>().join(", "),
+                plan.template.display()
+            ));
+            Value::Null
+        }
+    };
     Ok(
-        json!({ "plan": plan.name, "state": "enabled", "verified": verified,
+        json!({ "plan": plan.name, "state": "enabled", "verified": verified, "workload": workload,
         "primary": members.iter().map(|m| json!({"resource": m.resource, "node": m.peer})).collect::<Vec<_>>() }),
     )
+}
+
+/// Bring the workload up at the primary site: the stack `name` from the plan's template as
+/// written (its volume IDs are the primary site's, whose volumes are Primary there again) in
+/// `[primary-openstack]`'s cloud; looked up by name first, so a resume never makes two.
+async fn workload_up(
+    cfg: &NodeConfig,
+    plan: &PlanConfig,
+    name: &str,
+    j: &mut Journal,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Value, OrchError> {
+    let auth = cfg.primary_openstack.clone().ok_or_else(|| {
+        OrchError::Config(format!(
+            "plan {}: primary-stack-name needs [primary-openstack]",
+            plan.name
+        ))
+    })?;
+    let cloud = Cloud::new(auth)?;
+    let text = super::recover::template_text(cfg, plan).await?;
+    let tpl = super::template::Template::parse(&text, &plan.template.display().to_string())?;
+    say(&format!(
+        "bring the workload up at the primary site: stack {name} at {}",
+        cloud.auth_url()
+    ));
+    let id = super::stacks::ensure(&cloud, name, &tpl.doc, &Default::default(), say).await?;
+    j.done(OP, "workload-create", json!({ "stack_id": id }))?;
+    let st = super::stacks::wait_complete(&cloud, name, &id).await?;
+    Ok(json!({ "stack_name": name, "stack_id": st.id, "stack_status": st.stack_status }))
 }

@@ -23,6 +23,7 @@
 //! - [`journal`]: the fsync'd step journal with crash injection points.
 //! - [`daemons`]: the plan's nodes at this site, their control sockets.
 //! - [`checkpoint`]: `drl dr protect` and the checkpoints in the store (vault or Swift).
+//! - [`stacks`]: Heat stacks created idempotently, waited for, deleted.
 //! - [`recover`], [`failback`], [`report`]: the flows and their timeline.
 
 pub mod checkpoint;
@@ -33,6 +34,7 @@ pub mod journal;
 pub mod openstack;
 pub mod recover;
 pub mod report;
+pub mod stacks;
 pub mod template;
 
 use std::path::PathBuf;

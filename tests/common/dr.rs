@@ -86,6 +86,17 @@ impl DrSites {
     /// Start the three daemons with `template` (text; `{ID0}`, `{ID1}` replaced by the
     /// primary-site volume IDs) and `plan_extra` lines for the `[[plan]]` table.
     pub fn start(template: &str, plan_extra: &str, password: &str) -> DrSites {
+        Self::start_with(template, plan_extra, password, "")
+    }
+
+    /// As [`DrSites::start`], with `top_extra` appended to the file (top-level tables);
+    /// in `plan_extra` and `top_extra`, `{TAG}` is the test's tag and `{DIR}` its directory.
+    pub fn start_with(
+        template: &str,
+        plan_extra: &str,
+        password: &str,
+        top_extra: &str,
+    ) -> DrSites {
         let dir = tempfile::Builder::new()
             .prefix("drl-dr-")
             .tempdir_in("/var/tmp")
@@ -107,11 +118,12 @@ impl DrSites {
         std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let config = dir.path().join("drl.toml");
-        std::fs::write(
-            &config,
-            Self::config_text(dir.path(), &tag, &res, &ids, plan_extra, password),
-        )
-        .unwrap();
+        let fill = |t: &str| {
+            t.replace("{TAG}", &tag)
+                .replace("{DIR}", &dir.path().display().to_string())
+        };
+        let text = Self::config_text(dir.path(), &tag, &res, &ids, &fill(plan_extra), password);
+        std::fs::write(&config, text + &fill(top_extra)).unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
         let d = dir.path();
         let a1 = Node::start(d, &text, "a1", &d.join("a1.sock"));
@@ -181,6 +193,46 @@ impl DrSites {
             res[0], res[1], res[0], ids[0], res[1], ids[1]
         );
         s
+    }
+
+    /// The primary site's own Cinder volumes (fail back's workload stack needs them): a1's
+    /// disks managed into the same cloud, standing for the primary site's; their IDs become
+    /// the plan's primary IDs (template and config rewritten). Metadata `drl-test-primary`.
+    pub fn register_primary_volumes(&mut self) {
+        let c = self.cloud();
+        let r = rt();
+        let mut new = Vec::new();
+        for i in 0..2 {
+            let link = format!("drl-primary-{}-{i}", self.tag);
+            std::os::unix::fs::symlink(self.disk("a1", i), Path::new(EXPORT).join(&link)).unwrap();
+            let md: std::collections::BTreeMap<String, String> =
+                [("drl-test-primary".to_string(), self.tag.clone())].into();
+            let v = r
+                .block_on(c.manage_volume(
+                    &self.res[i],
+                    "aio@nfs#nfs",
+                    &format!("127.0.0.1:{EXPORT}/{link}"),
+                    &format!("{}-primary-{i}", self.tag),
+                    i == 0,
+                    &md,
+                ))
+                .unwrap();
+            new.push(v.id);
+        }
+        for id in &new {
+            wait_until("the primary site's volume available", WAIT, || {
+                r.block_on(c.show_volume("primary", id))
+                    .is_ok_and(|v| v.status == "available")
+            });
+        }
+        for f in [self.config.clone(), self.dir.path().join("plan.yaml")] {
+            let mut text = std::fs::read_to_string(&f).unwrap();
+            for (old, id) in self.ids.iter().zip(&new) {
+                text = text.replace(old.as_str(), id);
+            }
+            std::fs::write(&f, text).unwrap();
+        }
+        self.ids = [new[0].clone(), new[1].clone()];
     }
 
     /// Rewrite the config (e.g. a fixed password) keeping everything else.
@@ -292,22 +344,24 @@ impl Drop for DrSites {
     fn drop(&mut self) {
         let c = self.cloud();
         let r = rt();
-        if let Ok(Some(s)) = r.block_on(c.find_stack(&self.tag)) {
-            let _ = r.block_on(c.delete_stack(&self.tag, &s.id));
-            for _ in 0..200 {
-                match r.block_on(c.find_stack(&self.tag)) {
-                    Ok(Some(s)) if s.stack_status != "DELETE_COMPLETE" => {
-                        std::thread::sleep(Duration::from_millis(250))
+        for name in [self.tag.clone(), format!("{}-home", self.tag)] {
+            if let Ok(Some(s)) = r.block_on(c.find_stack(&name)) {
+                let _ = r.block_on(c.delete_stack(&name, &s.id));
+                for _ in 0..200 {
+                    match r.block_on(c.find_stack(&name)) {
+                        Ok(Some(s)) if s.stack_status != "DELETE_COMPLETE" => {
+                            std::thread::sleep(Duration::from_millis(250))
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
         }
         let vols = r.block_on(c.list_volumes()).unwrap_or_default();
-        for v in vols
-            .into_iter()
-            .filter(|v| v.metadata.get("drl-plan") == Some(&self.tag))
-        {
+        for v in vols.into_iter().filter(|v| {
+            v.metadata.get("drl-plan") == Some(&self.tag)
+                || v.metadata.get("drl-test-primary") == Some(&self.tag)
+        }) {
             let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
             let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
         }

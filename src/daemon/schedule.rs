@@ -81,7 +81,7 @@ async fn tick(
             .field("snapshot", name.as_str()),
     );
     if let Some(to) = to {
-        stream_and_record(node, plan, res, &name, keep, to).await?;
+        stream_and_record(node, plan, &res, &name, keep, to).await?;
     }
     let prefix = format!("{plan}-");
     let mut ours: Vec<String> = snaps

@@ -420,12 +420,14 @@ impl Node {
         self.disk.flush();
     }
 
-    /// The periodic persist (`service::persist_loop`): bitmap, then retire the acknowledged
-    /// activity-log extents.
+    /// The periodic persist (`service::persist_loop`): bitmap, then a flush of the data disk,
+    /// then retire the acknowledged and flushed activity-log extents.
     pub fn persist(&mut self) {
         self.bitmap.flush_to(&self.meta).expect("persist");
+        let flushed = self.al.writes_done();
+        self.disk.flush();
         self.al
-            .retire_clean(&self.meta, &self.bitmap)
+            .retire_clean(&self.meta, &self.bitmap, flushed)
             .expect("retire");
     }
 

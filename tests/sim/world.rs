@@ -24,6 +24,40 @@ const STATE_PING_BIT: u64 = drl::repl::link::STATE_PING_BIT;
 const TICK_MS: u64 = 100;
 const PERSIST_MS: u64 = 5_000;
 
+/// What a run exercised (the suite asserts the faults it claims to test happened).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Coverage {
+    pub connects: u64,
+    pub resyncs: u64,
+    pub split_brains: u64,
+    pub crashes_primary: u64,
+    pub crashes_secondary: u64,
+    pub cuts_reset: u64,
+    pub cuts_silent: u64,
+    pub liveness_ends: u64,
+    pub eio_ends: u64,
+    pub prefix_checks_with_writes: u64,
+    pub crash_prefix_checks: u64,
+    pub acked_writes: u64,
+}
+
+impl Coverage {
+    pub fn add(&mut self, o: &Coverage) {
+        self.connects += o.connects;
+        self.resyncs += o.resyncs;
+        self.split_brains += o.split_brains;
+        self.crashes_primary += o.crashes_primary;
+        self.crashes_secondary += o.crashes_secondary;
+        self.cuts_reset += o.cuts_reset;
+        self.cuts_silent += o.cuts_silent;
+        self.liveness_ends += o.liveness_ends;
+        self.eio_ends += o.eio_ends;
+        self.prefix_checks_with_writes += o.prefix_checks_with_writes;
+        self.crash_prefix_checks += o.crash_prefix_checks;
+        self.acked_writes += o.acked_writes;
+    }
+}
+
 /// Knobs of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Knobs {
@@ -86,6 +120,7 @@ pub struct World {
     pub steps: u64,
     /// The workload writes (off while healing and settling).
     pub writes_on: bool,
+    pub cov: Coverage,
     /// The periodic bitmap persist and AL retire run.
     pub persist_on: bool,
 }
@@ -130,6 +165,7 @@ impl World {
             trace: VecDeque::new(),
             steps: 0,
             writes_on: true,
+            cov: Coverage::default(),
             persist_on: true,
         };
         w.note("start".into());
@@ -193,6 +229,12 @@ impl World {
             "connect #{conn}: {:?} / {:?}, hello {:?} / {:?}",
             d[0], d[1], hello[0], hello[1]
         ));
+        self.cov.connects += 1;
+        if d[0] == SyncDecision::SplitBrain || d[0] == SyncDecision::Unrelated {
+            self.cov.split_brains += 1;
+        } else if d[0] != SyncDecision::NoSync {
+            self.cov.resyncs += 1;
+        }
         let id = resource_id("sim");
         self.net = Some(Net {
             conn,
@@ -281,6 +323,12 @@ impl World {
             .collect();
         if let Some(why) = ended.first() {
             let why = why.clone();
+            if why.contains("simulated") {
+                self.cov.eio_ends += 1;
+            }
+            if why.contains("no frame from the peer") {
+                self.cov.liveness_ends += 1;
+            }
             self.drop_conn(&why);
         }
     }
@@ -347,12 +395,43 @@ impl World {
             .expect("metadata");
         self.state_change(i);
         self.note(format!("admin: primary on {i}"));
-        if let Some(h) = &self.hist {
-            if h.primary != i {
-                self.hist = None;
-            }
+        if self.hist.as_ref().is_some_and(|h| h.primary != i) {
+            self.hist = None;
         }
+        self.hist_on_promotion(i);
         true
+    }
+
+    /// A promotion in a session that started clean: the prefix check starts here if both
+    /// disks hold the same data and nothing is in flight.
+    fn hist_on_promotion(&mut self, p: usize) {
+        let Some(conn) = self.net.as_ref().map(|n| n.conn) else {
+            return;
+        };
+        if self.hist.is_some() {
+            return;
+        }
+        let quiet = self.n.iter().all(|n| {
+            n.sess.as_ref().is_some_and(|s| {
+                s.conn == conn
+                    && s.clean_start
+                    && s.end.is_none()
+                    && s.ops.is_empty()
+                    && s.core.idle()
+                    && s.tracker.lock().unwrap().inflight_writes() == 0
+            })
+        });
+        if quiet
+            && self.n[0].disk.view == self.n[1].disk.view
+            && self.n[0].disk.view == self.n[1 - p].disk.stable
+        {
+            self.hist = Some(Hist {
+                conn,
+                primary: p,
+                base: self.n[p].disk.view.clone(),
+                writes: Vec::new(),
+            });
+        }
     }
 
     pub fn admin_secondary(&mut self, i: usize) -> bool {
@@ -406,6 +485,11 @@ impl World {
 
     pub fn crash(&mut self, i: usize) {
         self.note(format!("crash of node {i}"));
+        if self.n[i].role() == Role::Primary {
+            self.cov.crashes_primary += 1;
+        } else {
+            self.cov.crashes_secondary += 1;
+        }
         self.check_prefix(None);
         let flushed = self
             .hist
@@ -425,6 +509,7 @@ impl World {
             // The crashed Secondary's surviving image (unflushed writes lost, torn, reordered).
             let img = self.n[i].disk.stable.clone();
             self.check_prefix(Some((k, &img)));
+            self.cov.crash_prefix_checks += 1;
         }
         self.hist = None;
     }
@@ -444,9 +529,15 @@ impl World {
         };
         if faults && r < k.faults_permille {
             match self.rng.random_range(0..6) {
-                0 => self.drop_conn("cut (reset)"),
+                0 => {
+                    if self.net.is_some() {
+                        self.cov.cuts_reset += 1;
+                    }
+                    self.drop_conn("cut (reset)")
+                }
                 1 => {
                     if let Some(n) = self.net.as_mut() {
+                        self.cov.cuts_silent += 1;
                         n.silent = true;
                         n.q = [VecDeque::new(), VecDeque::new()];
                         self.note("cut (silent)".into());
@@ -494,7 +585,7 @@ impl World {
             } else {
                 self.tick();
             }
-        } else if r < 430 {
+        } else if r < 430 && self.writes_on {
             if let Some(p) = self.primary() {
                 self.n[p].app_flush();
             }
@@ -539,6 +630,7 @@ impl World {
             return false;
         };
         self.next_tag += len as u64;
+        self.cov.acked_writes += 1;
         if let Some(net) = &self.net {
             let conn = net.conn;
             // Never two Primaries that both acknowledge while connected (a forced promotion
@@ -613,7 +705,10 @@ impl World {
 
     /// Crash consistency: the Secondary's stable disk is the Primary's image after every
     /// write of the epochs it acked, plus any subset of the next epoch's writes.
-    fn check_prefix(&self, at: Option<(u64, &[u64])>) {
+    fn check_prefix(&mut self, at: Option<(u64, &[u64])>) {
+        if self.hist.as_ref().is_some_and(|h| !h.writes.is_empty()) {
+            self.cov.prefix_checks_with_writes += 1;
+        }
         let Some(h) = &self.hist else { return };
         let s = 1 - h.primary;
         let (k, img_s) = match at {

@@ -183,14 +183,14 @@ pub struct Replicator {
     pub(crate) resync_rate_next_free: Mutex<Instant>,
 }
 
-pub(crate) fn role_of(r: meta::Role) -> Role {
+pub fn role_of(r: meta::Role) -> Role {
     match r {
         meta::Role::Primary => Role::Primary,
         meta::Role::Secondary => Role::Secondary,
     }
 }
 
-pub(crate) fn disk_of(d: meta::DiskState) -> DiskState {
+pub fn disk_of(d: meta::DiskState) -> DiskState {
     match d {
         meta::DiskState::Diskless => DiskState::Diskless,
         meta::DiskState::Attaching => DiskState::Attaching,
@@ -202,7 +202,7 @@ pub(crate) fn disk_of(d: meta::DiskState) -> DiskState {
     }
 }
 
-pub(crate) fn gen_of(g: meta::GenerationIds) -> GenIds {
+pub fn gen_of(g: meta::GenerationIds) -> GenIds {
     GenIds {
         current: g.current,
         bitmap: g.bitmap,
@@ -210,7 +210,7 @@ pub(crate) fn gen_of(g: meta::GenerationIds) -> GenIds {
     }
 }
 
-pub(crate) fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
+pub fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
     meta::GenerationIds {
         current: g.current,
         bitmap: g.bitmap,

@@ -16,7 +16,7 @@ use drbd_compat::{DiskState, ReplState, Role};
 use drl::repl::core::{Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, Write};
 use drl::repl::epoch::{EpochLimits, EpochTracker};
 use drl::repl::frame::Frame;
-use drl::repl::gen::GenIds;
+pub use drl::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of};
 use drl::repl::state::NodeState;
 use drl::volume::activity_log::ActivityLog;
 use drl::volume::bitmap::DirtyBitmap;
@@ -128,41 +128,6 @@ pub struct Node {
     /// Bytes this node received as SyncTarget (resync answers written).
     pub resync_received: u64,
     pub size: u64,
-}
-
-fn role_of(r: meta::Role) -> Role {
-    match r {
-        meta::Role::Primary => Role::Primary,
-        meta::Role::Secondary => Role::Secondary,
-    }
-}
-
-fn disk_of(d: meta::DiskState) -> DiskState {
-    match d {
-        meta::DiskState::Diskless => DiskState::Diskless,
-        meta::DiskState::Attaching => DiskState::Attaching,
-        meta::DiskState::Failed => DiskState::Failed,
-        meta::DiskState::Inconsistent => DiskState::Inconsistent,
-        meta::DiskState::Outdated => DiskState::Outdated,
-        meta::DiskState::Consistent => DiskState::Consistent,
-        meta::DiskState::UpToDate => DiskState::UpToDate,
-    }
-}
-
-pub fn gen_of(g: meta::GenerationIds) -> GenIds {
-    GenIds {
-        current: g.current,
-        bitmap: g.bitmap,
-        history: g.history,
-    }
-}
-
-pub fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
-    meta::GenerationIds {
-        current: g.current,
-        bitmap: g.bitmap,
-        history: g.history,
-    }
 }
 
 impl Node {

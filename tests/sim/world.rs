@@ -101,6 +101,7 @@ struct Hist {
 }
 
 pub struct World {
+    /// The seed this world runs from (printed with a failure).
     pub seed: u64,
     pub rng: StdRng,
     pub now: u64,
@@ -176,16 +177,14 @@ impl World {
         if self.trace.len() >= 60 {
             self.trace.pop_front();
         }
-        self.trace
-            .push_back(format!("t={} step={} {s}", self.now, self.steps));
+        self.trace.push_back(format!(
+            "seed={} t={} step={} {s}",
+            self.seed, self.now, self.steps
+        ));
     }
 
     fn fresh_gen(&mut self) -> u64 {
         self.rng.random::<u64>() | 1
-    }
-
-    pub fn connected(&self) -> bool {
-        self.net.is_some()
     }
 
     pub fn primary(&self) -> Option<usize> {

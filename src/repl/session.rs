@@ -448,25 +448,26 @@ impl Session<'_> {
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
-        let lag_ms = self.link.tracker().lag_ms(rep.now_ms());
         let role_at_loss = rep.meta.superblock().role.as_str();
-        let lost = self.link.tracker().on_disconnect();
-        let was_replicating = {
-            let st = rep.state();
-            matches!(
-                st.repl,
-                ReplState::Established
-                    | ReplState::Ahead
-                    | ReplState::SyncSource
-                    | ReplState::VerifyS
-                    | ReplState::VerifyT
-            )
+        let repl = rep.state().repl;
+        let gen_bitmap = rep.meta.superblock().gen.bitmap;
+        let done = {
+            let link = self.link.clone();
+            let ctx = Ctx {
+                // The tracker stamps writes on the replicator's clock (lag_ms).
+                now_ms: rep.now_ms(),
+                role: rep.role(),
+                bitmap: &rep.bitmap,
+                tracker: &link.tracker,
+                resync_paused: rep.resync_is_paused(),
+            };
+            self.core.finish(&ctx, repl, gen_bitmap)
         };
+        let (lost, lag_ms) = (done.lost, done.lag_ms);
         if let Err(e) = persist_bitmap(rep).await {
             tracing::error!(resource = %rep.name, "persisting the bitmap after disconnect: {e}");
         }
-        let sb = rep.meta.superblock();
-        if was_replicating && sb.role == meta::Role::Primary && sb.gen.bitmap == 0 {
+        if done.new_generation {
             // DRBD: a Primary that loses its peer starts a new data generation; its bitmap
             // tracks the changes since.
             let _ = rep.update_meta(|sb| {

@@ -418,15 +418,20 @@ impl Node {
             guard += 1;
             assert!(guard < 100_000, "drain does not end");
         }
-        let Some(s) = self.sess.take() else { return };
-        s.tracker.lock().unwrap().on_disconnect();
+        let Some(mut s) = self.sess.take() else {
+            return;
+        };
+        let (repl, gen_bitmap) = (self.repl, self.meta.superblock().gen.bitmap);
+        let ctx = Ctx {
+            now_ms: 0,
+            role: self.role(),
+            bitmap: &self.bitmap,
+            tracker: &s.tracker,
+            resync_paused: false,
+        };
+        let done = s.core.finish(&ctx, repl, gen_bitmap);
         self.bitmap.flush_to(&self.meta).expect("persist");
-        let was_replicating = matches!(
-            self.repl,
-            ReplState::Established | ReplState::Ahead | ReplState::SyncSource
-        );
-        let sb = self.meta.superblock();
-        if was_replicating && sb.role == meta::Role::Primary && sb.gen.bitmap == 0 {
+        if done.new_generation {
             self.meta
                 .update(|sb| {
                     let mut g = gen_of(sb.gen);

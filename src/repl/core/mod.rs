@@ -211,6 +211,17 @@ impl Ctx<'_> {
     }
 }
 
+/// What the end of a session leaves to the node ([`Core::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Unacked writes forgotten by the sender (their bits stay set).
+    pub lost: crate::repl::epoch::Lost,
+    /// Age of the oldest unacked write when the link was lost.
+    pub lag_ms: u64,
+    /// Start a new data generation (after persisting the bitmap).
+    pub new_generation: bool,
+}
+
 /// This node's part in a running resync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncRole {
@@ -310,6 +321,31 @@ impl<B: Payload> Core<B> {
     /// received writes that follow them, in epoch order (the disk keeps a prefix).
     pub fn end(&mut self) {
         self.ended = true;
+    }
+
+    /// The session is over and its received writes are drained ([`Self::end`] first): every
+    /// unacked write is forgotten by the sender but its bits stay set, so the next connect
+    /// resyncs it. `repl` is the replication state the session ended in, `gen_bitmap` the
+    /// local bitmap generation: a Primary that was replicating and has none starts a new data
+    /// generation (DRBD), whose bitmap tracks the changes since.
+    pub fn finish(&mut self, ctx: &Ctx, repl: ReplState, gen_bitmap: u64) -> Finished {
+        self.ended = true;
+        let mut t = ctx.tracker();
+        let lag_ms = t.lag_ms(ctx.now_ms);
+        let lost = t.on_disconnect();
+        let was_replicating = matches!(
+            repl,
+            ReplState::Established
+                | ReplState::Ahead
+                | ReplState::SyncSource
+                | ReplState::VerifyS
+                | ReplState::VerifyT
+        );
+        Finished {
+            lost,
+            lag_ms,
+            new_generation: was_replicating && ctx.role == Role::Primary && gen_bitmap == 0,
+        }
     }
 
     /// Bytes arrived from the peer.

@@ -19,6 +19,8 @@
 //! - [`receiver`]: protocol-A epochs, receiver side: apply in order, flush then ack.
 //! - [`peer`]: TCP connect/accept, reconnect backoff, the handshake over a socket with a deadline.
 //! - [`link`]: the ordered send queue of one connection and its epoch tracker (`max-buffer`).
+//! - [`core`]: the sans-I/O core of one connection (events in, actions out), driven by
+//!   `session` and by the deterministic simulator.
 //! - [`session`]: one connection from the sync decision to its end (with `session_rx.rs`: the
 //!   receiving half, `session_sync.rs`: bitmap exchange and resync).
 //! - [`resync`]: SyncTarget request pump, SyncSource answers, bitmap bytes.
@@ -28,6 +30,7 @@
 
 pub mod bitmap;
 pub mod compress;
+pub mod core;
 pub mod decode;
 pub mod epoch;
 pub mod frame;

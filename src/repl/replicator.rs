@@ -186,14 +186,14 @@ pub struct Replicator {
     pub(crate) peer_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
-pub(crate) fn role_of(r: meta::Role) -> Role {
+pub fn role_of(r: meta::Role) -> Role {
     match r {
         meta::Role::Primary => Role::Primary,
         meta::Role::Secondary => Role::Secondary,
     }
 }
 
-pub(crate) fn disk_of(d: meta::DiskState) -> DiskState {
+pub fn disk_of(d: meta::DiskState) -> DiskState {
     match d {
         meta::DiskState::Diskless => DiskState::Diskless,
         meta::DiskState::Attaching => DiskState::Attaching,
@@ -205,7 +205,7 @@ pub(crate) fn disk_of(d: meta::DiskState) -> DiskState {
     }
 }
 
-pub(crate) fn gen_of(g: meta::GenerationIds) -> GenIds {
+pub fn gen_of(g: meta::GenerationIds) -> GenIds {
     GenIds {
         current: g.current,
         bitmap: g.bitmap,
@@ -213,7 +213,7 @@ pub(crate) fn gen_of(g: meta::GenerationIds) -> GenIds {
     }
 }
 
-pub(crate) fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
+pub fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
     meta::GenerationIds {
         current: g.current,
         bitmap: g.bitmap,

@@ -23,7 +23,6 @@ use std::collections::VecDeque;
 
 use crate::limits::{REPL_RESYNC_REQUEST_BYTES, REPL_RESYNC_WINDOW_REQUESTS};
 use crate::repl::frame::Frame;
-use crate::repl::link::Link;
 use crate::volume::bitmap::DirtyBitmap;
 
 /// The dirty bitmap as bytes (bit `i` of block `i`, LSB first) for `bitmap_chunks`.
@@ -111,9 +110,9 @@ impl Target {
         }
     }
 
-    /// Send requests until the window (requests outstanding and answers being written) is full
-    /// or nothing is left to request.
-    pub fn fill(&mut self, link: &Link) {
+    /// Request (push `ResyncRequest` frames to `out`) until the window (requests outstanding
+    /// and answers being written) is full or nothing is left to request.
+    pub fn fill(&mut self, out: &mut Vec<Frame>) {
         while self.outstanding.len() + self.writing < REPL_RESYNC_WINDOW_REQUESTS {
             let Some((off, len)) = self.runs.pop_front() else {
                 return;
@@ -123,12 +122,10 @@ impl Target {
                 self.runs.push_front((off + take, len - take));
             }
             self.outstanding.push_back((off, take as u32));
-            if !link.push(&Frame::ResyncRequest {
+            out.push(Frame::ResyncRequest {
                 offset: off,
                 len: take as u32,
-            }) {
-                return;
-            }
+            });
         }
     }
 
@@ -180,9 +177,6 @@ pub fn check_request(offset: u64, len: u32, size: u64) -> Result<(), ResyncError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repl::epoch::EpochTracker;
-    use crate::repl::wire::{resource_id, Decoder, Encoder};
-    use bytes::BytesMut;
 
     const B: u64 = 4096;
 
@@ -205,22 +199,19 @@ mod tests {
         let size = 40 * u64::from(REPL_RESYNC_REQUEST_BYTES);
         let bm = DirtyBitmap::new(size, B);
         bm.set_range(0, size);
-        let (link, mut rx) = Link::new(Encoder::new(resource_id("r")), EpochTracker::default());
         let mut t = Target::new(&bm, 7);
-        t.fill(&link);
-        let mut dec = Decoder::new(resource_id("r"));
+        let mut out = Vec::new();
+        t.fill(&mut out);
         let mut asked = Vec::new();
-        let mut drain = |asked: &mut Vec<(u64, u32)>| {
-            while let Ok(b) = rx.try_recv() {
-                link.dequeued(&b);
-                let mut buf = BytesMut::from(&b[..]);
-                match dec.decode(&mut buf).unwrap() {
-                    Some(Frame::ResyncRequest { offset, len }) => asked.push((offset, len)),
+        let drain = |out: &mut Vec<Frame>, asked: &mut Vec<(u64, u32)>| {
+            for f in out.drain(..) {
+                match f {
+                    Frame::ResyncRequest { offset, len } => asked.push((offset, len)),
                     f => panic!("unexpected {f:?}"),
                 }
             }
         };
-        drain(&mut asked);
+        drain(&mut out, &mut asked);
         assert_eq!(asked.len(), REPL_RESYNC_WINDOW_REQUESTS);
         // An answer out of order is a protocol error.
         assert!(t.on_answer(asked[1].0, u64::from(asked[1].1)).is_err());
@@ -228,16 +219,16 @@ mod tests {
         while !t.is_finished() {
             let (o, l) = asked[answered];
             t.on_answer(o, u64::from(l)).unwrap();
-            t.fill(&link);
-            drain(&mut asked);
+            t.fill(&mut out);
+            drain(&mut out, &mut asked);
             assert!(
                 asked.len() <= answered + REPL_RESYNC_WINDOW_REQUESTS,
                 "an answer being written still counts against the window"
             );
             t.on_written();
             answered += 1;
-            t.fill(&link);
-            drain(&mut asked);
+            t.fill(&mut out);
+            drain(&mut out, &mut asked);
         }
         assert_eq!(answered, 40);
         let total: u64 = asked.iter().map(|&(_, l)| u64::from(l)).sum();

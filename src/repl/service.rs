@@ -27,6 +27,7 @@ use crate::repl::wire::{resource_id, Decoder, Encoder};
 use crate::repl::peer::{self, Conn, PeerError};
 use crate::repl::replicator::Replicator;
 use crate::repl::session;
+use crate::volume::BlockDevice;
 
 /// Run the replication of `rep` until `shutdown` turns true.
 pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
@@ -314,10 +315,17 @@ pub async fn persist_loop(
             crate::warn_rl!(rep.rl, resource = %rep.name, "persisting the bitmap: {e}");
         }
         // Batched with the persist: activity-log extents whose writes the peer has all
-        // acknowledged leave the persisted hot set, so a crash resyncs only what was
-        // unacknowledged (not every extent written since the last eviction).
+        // acknowledged, and this node's disk has all flushed, leave the persisted hot set, so
+        // a crash resyncs only what was unacknowledged (not every extent written since the
+        // last eviction). The flush first: an extent retired over a write still in the disk's
+        // volatile cache would let a power loss diverge the pair silently (tests/sim).
+        let flushed = rep.al.writes_done();
+        if let Err(e) = rep.disk.flush().await {
+            crate::warn_rl!(rep.rl, resource = %rep.name, "flushing before retiring activity-log extents: {e}");
+            continue;
+        }
         let (al, meta, bm) = (rep.al.clone(), rep.meta.clone(), rep.bitmap.clone());
-        match tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm)).await {
+        match tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm, flushed)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")

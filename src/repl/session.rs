@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use drbd_compat::{ConnState, ReplState, Role};
+use drbd_compat::{ConnState, ReplState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -25,23 +25,22 @@ use crate::limits::{
     REPL_AHEAD_MIN_MS, REPL_PEER_TIMEOUT_MS, REPL_READ_CHUNK_BYTES, REPL_RESYNC_WINDOW_REQUESTS,
     REPL_SEND_COALESCE_MS, REPL_WRITE_BATCH_BYTES,
 };
-use crate::pipeline::Write;
-use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
+use crate::repl::core::{Action, Core, Ctx, OpId};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
-use crate::repl::frame::{Frame, RangeWrite, VerifyRun};
+use crate::repl::frame::{Frame, VerifyRun};
 use crate::repl::handshake::LocalInfo;
 use crate::repl::link::Link;
-use crate::repl::liveness::{LiveAction, Liveness};
 use crate::repl::peer::Conn;
-use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
 use crate::repl::replicator::{
     disk_of, gen_of, gen_to_meta, role_of, Announced, Replicator, Staleness,
 };
-use crate::repl::resync::{bitmap_bytes, check_request, or_into, Target};
-use crate::repl::state::{decide, with_peer_ahead, NodeState, SyncDecision};
+use crate::repl::resync::check_request;
+use crate::repl::state::{decide, NodeState, SyncDecision};
 use crate::volume::meta;
 use crate::volume::{AlignedBuf, BlockDevice};
 
+#[path = "session_exec.rs"]
+mod exec;
 #[path = "session_rx.rs"]
 mod rx;
 #[path = "session_sync.rs"]
@@ -49,45 +48,9 @@ mod sync;
 #[path = "session_verify.rs"]
 mod verify;
 
-/// A received write, as the receiver queues it. Data is copied out of the read buffer into an
-/// aligned buffer as soon as the frame is decoded (the disk needs it aligned anyway), so a
-/// queued write never pins a chunk of the session's read buffer.
-#[derive(Debug)]
-enum Apply {
-    Data {
-        offset: u64,
-        data: AlignedBuf,
-        fua: bool,
-    },
-    Trim(RangeWrite),
-    Zeroes(RangeWrite),
-}
-
-/// A received write or flush being applied; it ends with its completion.
-type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
-
-/// Completions of received writes and flushes.
-enum Done {
-    Rx(RxEvent<Apply>),
-    /// A resync answer (`id` in the receiver) is on the disk.
-    Resynced {
-        id: u64,
-        offset: u64,
-        len: u64,
-        zeroes: bool,
-    },
-    /// The SyncTarget's disk is flushed and its bitmap persisted after the last answer.
-    ResyncFlushed {
-        source_current: u64,
-    },
-    Failed(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SyncRole {
-    Source,
-    Target,
-}
+/// A disk operation of the core being carried out; it ends with its completion.
+type Applying =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (OpId, Result<(), String>)> + Send>>;
 
 /// What this node tells the peer in the handshake.
 pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
@@ -122,25 +85,17 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
 struct Session<'a> {
     rep: &'a Arc<Replicator>,
     link: Arc<Link>,
-    rx: EpochReceiver<Apply>,
-    /// Writes and flushes the receiver released and nobody polled yet (see `session_rx`).
+    /// The session's protocol state (sans-I/O, [`crate::repl::core`]).
+    core: Core<AlignedBuf>,
+    /// Disk operations the core asked for that nobody polled yet (see `session_rx`).
     started: Vec<Applying>,
-    merge: Option<(BitmapMerge, Vec<u8>)>,
     serve_tx: Option<mpsc::Sender<(u64, u32)>>,
     /// VerifyT: where VerifyRequests go to be answered (`verify::answer_requests`).
     verify_serve_tx: Option<mpsc::Sender<(u64, u64, u32)>>,
     /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
     /// taken meanwhile (see [`crate::repl::verify`]).
     verify_hold: Option<Frame>,
-    sync: Option<SyncRole>,
-    target: Option<Target>,
-    peer_current: u64,
-    /// Flushes (FlushThenAck) running.
-    flushing: usize,
-    /// Id of the next resync answer written (SyncTarget).
-    resync_id: u64,
-    /// Ping and timeout clocks (sans-I/O, [`crate::repl::liveness`]), on `clock`.
-    live: Liveness,
+    /// The session's clock: the core gets its time from here.
     clock: Instant,
 }
 
@@ -187,18 +142,11 @@ pub(crate) async fn run(
     let mut s = Session {
         rep,
         link: link.clone(),
-        rx: EpochReceiver::new(),
+        core: Core::new(rep.cfg.size_bytes, est.peer.gen.current, 0),
         started: Vec::new(),
-        merge: None,
         serve_tx: None,
         verify_serve_tx: None,
         verify_hold: None,
-        sync: None,
-        target: None,
-        peer_current: est.peer.gen.current,
-        flushing: 0,
-        resync_id: 0,
-        live: Liveness::new(0),
         clock: Instant::now(),
     };
     rep.update(|st| {
@@ -233,9 +181,7 @@ pub(crate) async fn run(
             // Consumed only now: a `--discard-my-data` the Hello did not carry yet counts
             // as a change above and is presented in the next Hello.
             rep.update(|st| st.discard_my_data = false);
-            let r = s
-                .start(decision.decision, decision.split_brain_resolved)
-                .await;
+            let r = s.start(decision.decision, decision.split_brain_resolved);
             // Acted on (a resync, Established, or StandAlone after a split brain): an admin
             // call that renegotiated waits for this ([`Replicator::primary`]).
             rep.update(|st| st.decided_session = st.session);
@@ -382,99 +328,16 @@ fn batch_queued(
 }
 
 impl Session<'_> {
-    /// Act on the sync decision.
-    async fn start(&mut self, d: SyncDecision, sb_resolved: bool) -> Result<(), String> {
-        let rep = self.rep;
-        let local_role = rep.meta.superblock().role;
-        match d {
-            SyncDecision::SplitBrain | SyncDecision::Unrelated => {
-                let what = if d == SyncDecision::SplitBrain {
-                    "split brain: both nodes changed the data since they parted; nothing was overwritten. \
-                     Decide which node's changes to discard and run `drl connect RES --discard-my-data` on it \
-                     (as Secondary), then `drl connect RES` on the other"
-                } else {
-                    "unrelated data: the two volumes share no generation; nothing was overwritten. \
-                     Run `drl connect RES --discard-my-data` on the node whose data should be replaced"
-                };
-                tracing::error!(resource = %rep.name, "{what}");
-                self.link.push(&Frame::Disconnect {
-                    reason: "split brain detected".into(),
-                });
-                rep.update(|st| {
-                    st.standalone = true;
-                    st.split_brain = Some(what.to_owned());
-                });
-                return Err(if d == SyncDecision::SplitBrain {
-                    "split brain".into()
-                } else {
-                    "unrelated data".into()
-                });
-            }
-            _ => {}
-        }
-        let is_source = matches!(
+    /// Act on the sync decision (in the core).
+    fn start(&mut self, d: SyncDecision, sb_resolved: bool) -> Result<(), String> {
+        let sync = !matches!(
             d,
-            SyncDecision::BitmapSyncSource | SyncDecision::FullSyncSource
+            SyncDecision::NoSync | SyncDecision::SplitBrain | SyncDecision::Unrelated
         );
-        let is_target = matches!(
-            d,
-            SyncDecision::BitmapSyncTarget | SyncDecision::FullSyncTarget
-        );
-        if is_target && local_role == meta::Role::Primary {
-            let r = "this Primary would have to become SyncTarget: demote it (drl secondary) first";
-            tracing::error!(resource = %rep.name, "{r}");
-            self.link.push(&Frame::Disconnect { reason: r.into() });
-            rep.update(|st| st.standalone = true);
-            return Err(r.into());
+        if sb_resolved && sync {
+            crate::warn_rl!(self.rep.state_rl, resource = %self.rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
         }
-        if sb_resolved {
-            crate::warn_rl!(rep.state_rl, resource = %rep.name, decision = ?d, "split brain resolved automatically by the after-sb policy");
-        }
-        if d == SyncDecision::NoSync {
-            let peer_gen = self.peer_current;
-            rep.update_meta(|sb| {
-                if sb.gen.current == peer_gen && sb.gen.current != 0 {
-                    let mut g = gen_of(sb.gen);
-                    g.on_connected_in_sync();
-                    sb.gen = gen_to_meta(g);
-                }
-            })
-            .map_err(|e| e.to_string())?;
-            rep.update(|st| st.repl = ReplState::Established);
-            return Ok(());
-        }
-        if matches!(
-            d,
-            SyncDecision::FullSyncSource | SyncDecision::FullSyncTarget
-        ) {
-            rep.bitmap.set_all();
-        }
-        self.sync = Some(if is_source {
-            SyncRole::Source
-        } else {
-            SyncRole::Target
-        });
-        rep.update(|st| {
-            st.repl = if is_source {
-                ReplState::WFBitMapS
-            } else {
-                ReplState::WFBitMapT
-            }
-        });
-        if is_target {
-            rep.update_meta(|sb| sb.disk_state = meta::DiskState::Inconsistent)
-                .map_err(|e| e.to_string())?;
-        }
-        self.send_bitmap()
-    }
-
-    fn send_bitmap(&mut self) -> Result<(), String> {
-        let bytes = bitmap_bytes(&self.rep.bitmap);
-        let frames = bitmap_chunks(&bytes, self.rep.bitmap.blocks()).map_err(|e| e.to_string())?;
-        for f in &frames {
-            self.link.push(f);
-        }
-        Ok(())
+        self.step(|c, ctx| c.start(ctx, d))
     }
 
     async fn main_loop(
@@ -492,11 +355,11 @@ impl Session<'_> {
                 // A local read error: the disk's problem, not the peer's.
                 return e;
             }
-            while self.rx.wants_input() && self.verify_hold.is_none() {
+            while self.core.wants_input() && self.verify_hold.is_none() {
                 match dec.decode(rbuf) {
                     Ok(Some(f)) => {
-                        if let Err(e) = self.on_frame(f).await {
-                            return self.protocol_error(e);
+                        if let Err(e) = self.step(|c, ctx| c.on_frame(ctx, f)) {
+                            return e;
                         }
                     }
                     Ok(None) => break,
@@ -506,33 +369,31 @@ impl Session<'_> {
             if self.link.is_closed() {
                 return self.link.reason().unwrap_or_else(|| "closed".into());
             }
-            let idle = self.rx.idle() && self.flushing == 0;
+            let idle = self.core.idle();
             self.link.rx_idle.store(idle, Ordering::Release);
             if self.verify_hold.is_some() && idle {
                 // The held VerifyDigests can be compared now (top of the loop).
                 continue;
             }
             applying.extend(self.started.drain(..));
-            let want = self.rx.wants_input() && self.verify_hold.is_none();
+            let want = self.core.wants_input() && self.verify_hold.is_none();
             if rbuf.capacity() - rbuf.len() < REPL_READ_CHUNK_BYTES / 4 {
                 rbuf.reserve(REPL_READ_CHUNK_BYTES);
             }
             tokio::select! {
                 r = rd.read_buf(rbuf), if want => match r {
                     Ok(0) => return "the peer closed the connection".into(),
-                    Ok(n) => {
-                        self.live.on_receive(self.now_ms());
-                        let _ = n;
+                    Ok(_) => {
+                        let now = self.now_ms();
+                        self.core.on_bytes(now);
                     }
                     Err(e) => return format!("reading from the peer: {e}"),
                 },
-                Some(d) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
-                    // Completions show the peer's data is being applied: not idle.
-                    self.live.on_receive(self.now_ms());
-                    if let Err(e) = self.on_done(d, true) { return e }
+                Some((id, r)) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
+                    if let Err(e) = self.step(|c, ctx| c.on_disk_done(ctx, id, r)) { return e }
                 }
                 _ = tick.tick() => {
-                    if let Err(e) = self.on_tick().await { return e }
+                    if let Err(e) = self.on_tick() { return e }
                 }
                 _ = shutdown.changed() => {
                     self.link.push(&Frame::Disconnect { reason: "peer daemon shutting down".into() });
@@ -557,23 +418,10 @@ impl Session<'_> {
         format!("protocol error: {e}")
     }
 
-    async fn on_tick(&mut self) -> Result<(), String> {
+    fn on_tick(&mut self) -> Result<(), String> {
         self.verify_peer_idle();
-        match self.live.on_tick(self.now_ms(), self.link.stalled_now()) {
-            Some(LiveAction::Close(why)) => return Err(why.to_string()),
-            Some(LiveAction::Ping(seq)) => {
-                self.link.push(&Frame::Ping { seq });
-            }
-            None => {}
-        }
-        // Close the open epoch every tick: without a flush from the application its writes
-        // would otherwise wait for a barrier (their bits set, the lag growing) indefinitely.
-        {
-            let mut t = self.link.tracker();
-            if let Some(e) = t.close_epoch() {
-                self.link.push(&Frame::Barrier { epoch: e });
-            }
-        }
+        let stalled = self.link.stalled_now();
+        self.step(|c, ctx| c.on_tick(ctx, stalled))?;
         // Pull-ahead: once the buffer drained (and not sooner than REPL_AHEAD_MIN_MS), resync
         // what was only marked, then ship again.
         let rep = self.rep;
@@ -581,7 +429,7 @@ impl Session<'_> {
         if self.link.ahead.load(Ordering::Acquire)
             && since.is_some_and(|t| t.elapsed() >= Duration::from_millis(REPL_AHEAD_MIN_MS))
             && self.link.tracker().inflight_writes() == 0
-            && self.sync.is_none()
+            && self.core.sync_role().is_none()
         {
             // Never waited for inside the session loop (it must keep reading and timing out):
             // a writer holding the lock shared now means another try at the next tick.
@@ -589,186 +437,37 @@ impl Session<'_> {
                 return Ok(());
             };
             self.link.ahead.store(false, Ordering::Release);
-            self.sync = Some(SyncRole::Source);
-            rep.update(|st| {
-                st.ahead_since = None;
-                st.repl = ReplState::SyncSource;
-                st.resync_total_bytes = rep.bitmap.dirty_bytes();
-                st.resync_started = Some(Instant::now());
-            });
-            crate::info_rl!(rep.state_rl, resource = %rep.name, "send buffer drained: leaving Ahead, resyncing the marked blocks");
-            self.send_bitmap()?;
+            rep.update(|st| st.ahead_since = None);
+            self.step(|c, ctx| c.leave_ahead(ctx))?;
             // The peer's bitmap now covers every write that was not shipped.
             self.link.tracker().forget_unsent();
         }
         Ok(())
     }
 
-    async fn on_frame(&mut self, f: Frame) -> Result<(), String> {
-        let rep = self.rep;
-        match f {
-            Frame::Data {
-                seq,
-                epoch,
-                offset,
-                fua,
-                data,
-            } => {
-                let len = data.len() as u64;
-                let data = AlignedBuf::from_slice(&data);
-                self.receive_write(seq, epoch, offset, len, Apply::Data { offset, data, fua })
-            }
-            Frame::Trim(w) => self.receive_range(w, Apply::Trim(w)),
-            Frame::Zeroes(w) => self.receive_range(w, Apply::Zeroes(w)),
-            Frame::Barrier { epoch } => self.feed(RxEvent::Barrier { epoch }),
-            Frame::BarrierAck { epoch } => {
-                let rel = self
-                    .link
-                    .tracker()
-                    .on_barrier_ack(epoch)
-                    .map_err(|e| e.to_string())?;
-                for r in &rel.clearable {
-                    rep.bitmap.clear_blocks(r.start, r.end - r.start);
-                }
-                self.link.room.notify_waiters();
-                Ok(())
-            }
-            Frame::BitmapChunk {
-                first_bit,
-                bit_count,
-                last,
-                bits,
-            } => {
-                let total = rep.bitmap.blocks();
-                let (m, buf) = self.merge.get_or_insert_with(|| {
-                    (
-                        BitmapMerge::new(total),
-                        vec![0u8; total.div_ceil(8) as usize],
-                    )
-                });
-                let done = m
-                    .merge(buf, first_bit, bit_count, last, &bits)
-                    .map_err(|e| e.to_string())?;
-                if done {
-                    let (_, buf) = self.merge.take().unwrap_or_default_merge();
-                    self.bitmap_received(&buf).await?;
-                }
-                Ok(())
-            }
-            Frame::ResyncRequest { offset, len } => self.serve(offset, len),
-            Frame::ResyncData { offset, data } => {
-                let len = data.len() as u64;
-                self.target_answer(offset, len)?;
-                let (pipe, data) = (rep.pipe.clone(), AlignedBuf::from_slice(&data));
-                self.resync_write(offset, len, false, async move {
-                    let w = Write::Data { data, fua: false };
-                    pipe.apply(offset, w).await
-                });
-                Ok(())
-            }
-            Frame::ResyncZeroes { offset, len } => {
-                self.target_answer(offset, u64::from(len))?;
-                let pipe = rep.pipe.clone();
-                self.resync_write(offset, u64::from(len), true, async move {
-                    let w = Write::Zeroes {
-                        len,
-                        may_trim: true,
-                        fua: false,
-                    };
-                    pipe.apply(offset, w).await
-                });
-                Ok(())
-            }
-            Frame::ResyncDone => {
-                if self.sync != Some(SyncRole::Source) {
-                    return Err("ResyncDone, but this node is not SyncSource".into());
-                }
-                self.sync = None;
-                self.serve_tx = None;
-                // The resync cleared the bits in memory; put the clean bitmap on disk now (as
-                // the SyncTarget does), not at the next periodic persist: a crash before it
-                // would otherwise resync everything again on restart. Not awaited, so the
-                // session goes on taking acks and pings (the metadata's flush lock keeps
-                // persists in order); a failure only leaves more marked on disk, which is safe.
-                let r = rep.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = persist_bitmap(&r).await {
-                        tracing::error!(resource = %r.name, "persisting the bitmap after the resync: {e}");
-                    }
-                });
-                rep.update_meta(|sb| {
-                    let mut g = gen_of(sb.gen);
-                    g.on_resync_finished_as_source();
-                    sb.gen = gen_to_meta(g);
-                })
-                .map_err(|e| e.to_string())?;
-                rep.update(|st| {
-                    st.repl = ReplState::Established;
-                    crate::repl::verify::settle(st);
-                    st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
-                    st.resync_started = None;
-                });
-                crate::info_rl!(rep.state_rl, resource = %rep.name, "resync finished (SyncSource)");
-                Ok(())
-            }
-            Frame::StateChange { role, disk, ahead } => {
-                if role == Role::Primary && rep.meta.superblock().role == meta::Role::Primary {
-                    return Err("the peer became Primary while this node is Primary".into());
-                }
-                rep.update(|st| {
-                    st.peer_role = Some(role);
-                    st.peer_disk = Some(disk);
-                    st.repl = with_peer_ahead(st.repl, ahead);
-                    crate::repl::verify::settle(st);
-                });
-                Ok(())
-            }
-            f @ (Frame::VerifyRequest { .. }
-            | Frame::VerifyDigests { .. }
-            | Frame::VerifyResult { .. }
-            | Frame::VerifyDone { .. }) => self.on_verify_frame(f),
-            Frame::Ping { seq } => {
-                self.link.push(&Frame::PingAck { seq });
-                Ok(())
-            }
-            Frame::PingAck { seq } => {
-                self.link.on_ping_ack(seq);
-                Ok(())
-            }
-            Frame::Disconnect { reason } => {
-                crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "the peer disconnects: {reason}");
-                self.link.close(format!("the peer disconnected: {reason}"));
-                Ok(())
-            }
-            other => Err(format!(
-                "unexpected {} frame after the handshake",
-                other.frame_type().name()
-            )),
-        }
-    }
-
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
-        let lag_ms = self.link.tracker().lag_ms(rep.now_ms());
         let role_at_loss = rep.meta.superblock().role.as_str();
-        let lost = self.link.tracker().on_disconnect();
-        let was_replicating = {
-            let st = rep.state();
-            matches!(
-                st.repl,
-                ReplState::Established
-                    | ReplState::Ahead
-                    | ReplState::SyncSource
-                    | ReplState::VerifyS
-                    | ReplState::VerifyT
-            )
+        let repl = rep.state().repl;
+        let gen_bitmap = rep.meta.superblock().gen.bitmap;
+        let done = {
+            let link = self.link.clone();
+            let ctx = Ctx {
+                // The tracker stamps writes on the replicator's clock (lag_ms).
+                now_ms: rep.now_ms(),
+                role: rep.role(),
+                bitmap: &rep.bitmap,
+                tracker: &link.tracker,
+                resync_paused: rep.resync_is_paused(),
+            };
+            self.core.finish(&ctx, repl, gen_bitmap)
         };
+        let (lost, lag_ms) = (done.lost, done.lag_ms);
         if let Err(e) = persist_bitmap(rep).await {
             tracing::error!(resource = %rep.name, "persisting the bitmap after disconnect: {e}");
         }
-        let sb = rep.meta.superblock();
-        if was_replicating && sb.role == meta::Role::Primary && sb.gen.bitmap == 0 {
+        if done.new_generation {
             // DRBD: a Primary that loses its peer starts a new data generation; its bitmap
             // tracks the changes since.
             let _ = rep.update_meta(|sb| {
@@ -808,16 +507,6 @@ impl Session<'_> {
         });
         crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), unacked_writes = lost.writes,
             unacked_bytes = lost.bytes, "disconnected: {reason}");
-    }
-}
-
-trait TakeMerge {
-    fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>);
-}
-
-impl TakeMerge for Option<(BitmapMerge, Vec<u8>)> {
-    fn unwrap_or_default_merge(self) -> (BitmapMerge, Vec<u8>) {
-        self.unwrap_or_else(|| (BitmapMerge::new(0), Vec::new()))
     }
 }
 

@@ -177,7 +177,7 @@ impl Session<'_> {
     /// pass the result to this node's run if it is one. Err: why the session ends (a local
     /// read error, or the peer overrunning the window).
     pub(super) async fn verify_compare_when_idle(&mut self) -> Result<(), String> {
-        if self.verify_hold.is_none() || !self.rx.idle() || self.flushing > 0 {
+        if self.verify_hold.is_none() || !self.core.idle() {
             return Ok(());
         }
         let Some(Frame::VerifyDigests {

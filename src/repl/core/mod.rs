@@ -1,0 +1,685 @@
+//! The sans-I/O core of one replication connection: a state machine that owns the session's
+//! protocol state, takes events and returns actions. No tokio, no socket, no clock read, no
+//! randomness: the time comes in with every event ([`Ctx::now_ms`]), so the tokio shell
+//! (`repl::session`) and the deterministic simulator (`repl::core::sim`, tests) drive the same
+//! code (ARCHITECTURE.md, "The sans-I/O session core").
+//!
+//! Events in: a decoded [`Frame`] ([`Core::on_frame`]), a completion of a disk operation the
+//! core asked for ([`Core::on_disk_done`]), a timer tick ([`Core::on_tick`]), the sync
+//! decision of the handshake ([`Core::start`]), leaving Ahead ([`Core::leave_ahead`]).
+//! Actions out ([`Action`]): frames to send, disk operations (each with an [`OpId`] whose
+//! completion comes back as an event), metadata and live-state changes, counters, and the end
+//! of the session with its reason ([`SessionEnd`]). The shell carries the actions out in
+//! order and never awaits anything inside a step, so the session always keeps reading,
+//! pinging and timing out.
+//!
+//! What the core owns: liveness (ping, silence, stall), the receiver's epoch order
+//! ([`EpochReceiver`]: apply, flush, then ack), barrier acks of the sender's epochs (bits
+//! cleared), the sync decision acted on, the bitmap exchange, the SyncTarget's request pump and
+//! its end (flush, persist, adopt the generation), the SyncSource's request checks and its end,
+//! the peer's state changes. What it reads but does not own ([`Ctx`]): the local role (admin
+//! commands change it on other tasks), the in-memory dirty bitmap, the sender's
+//! [`EpochTracker`] (shared with application writers under a lock), the resync pause flag.
+//! Verify frames pass through to the shell ([`Action::Verify`]).
+//!
+//! Consistency groups (issue 15): disk operations name a [`VolumeId`]. Today a connection
+//! carries one volume (`VolumeId(0)`); a group's volumes will share this core's epoch sequence
+//! and send queue, so only the frames' volume field and the per-volume bitmaps are to be added.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use drbd_compat::{DiskState, ReplState, Role};
+
+use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
+use crate::repl::epoch::EpochTracker;
+use crate::repl::frame::{Frame, RangeWrite};
+use crate::repl::liveness::{LiveAction, Liveness};
+use crate::repl::receiver::{EpochReceiver, RxAction, RxEvent};
+use crate::repl::resync::{bitmap_bytes, check_request, or_into, Target};
+use crate::repl::state::SyncDecision;
+use crate::volume::bitmap::DirtyBitmap;
+
+pub use crate::repl::liveness::SessionEnd as LiveEnd;
+
+mod sync;
+
+/// Id of a disk operation the core asked for; its completion names it.
+pub type OpId = u64;
+
+/// A volume of the connection's resource (consistency groups: several share one core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct VolumeId(pub u16);
+
+/// A received payload, as the shell wants it for the disk (production: an aligned buffer,
+/// copied out of the read buffer once; the simulator: bytes).
+pub trait Payload: Send + 'static {
+    fn from_wire(b: &[u8]) -> Self;
+}
+
+impl Payload for Bytes {
+    fn from_wire(b: &[u8]) -> Self {
+        Bytes::copy_from_slice(b)
+    }
+}
+
+impl Payload for crate::volume::AlignedBuf {
+    fn from_wire(b: &[u8]) -> Self {
+        crate::volume::AlignedBuf::from_slice(b)
+    }
+}
+
+/// A write to apply to the local volume (through its write pipeline).
+#[derive(Debug)]
+pub enum Write<B> {
+    Data { data: B, fua: bool },
+    Trim { len: u32, fua: bool },
+    Zeroes { len: u32, fua: bool },
+}
+
+/// A disk operation; its completion is [`Core::on_disk_done`] with the same [`OpId`].
+#[derive(Debug)]
+pub enum DiskOp<B> {
+    /// A received application write (released in epoch order) or a resync answer.
+    Write { offset: u64, write: Write<B> },
+    /// Flush the volume (fdatasync).
+    Flush,
+    /// Write the changed pages of the in-memory bitmap to the metadata.
+    PersistBitmap,
+}
+
+/// A change of the persistent state (the superblock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaChange {
+    /// This node becomes SyncTarget: its disk is Inconsistent until the resync ends.
+    Inconsistent,
+    /// Connected with nothing to sync: if the generations match, forget the bitmap generation.
+    ConnectedInSync { peer_current: u64 },
+    /// The resync ended here as SyncSource.
+    ResyncFinishedSource,
+    /// The resync ended here as SyncTarget: adopt the source's generation, UpToDate.
+    ResyncFinishedTarget { source_current: u64 },
+}
+
+/// A change of the live state (status, events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    Repl(ReplState),
+    /// A resync starts in this state with this many out-of-sync bytes.
+    ResyncStarted {
+        repl: ReplState,
+        total_bytes: u64,
+    },
+    /// The resync ended: Established; `peer_up_to_date` on the SyncSource.
+    ResyncEnded {
+        peer_up_to_date: bool,
+    },
+    /// The peer's StateChange.
+    Peer {
+        role: Role,
+        disk: DiskState,
+        ahead: bool,
+    },
+    /// Split brain or unrelated data: StandAlone with this text for the admin.
+    SplitBrain {
+        text: &'static str,
+    },
+    /// The decision needs the admin (StandAlone).
+    StandAlone,
+}
+
+/// Counters of the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    ReceivedBytes(u64),
+    ResyncReceivedBytes(u64),
+    ResyncZeroBytes(u64),
+}
+
+/// Something the shell must do, in order.
+#[derive(Debug)]
+pub enum Action<B> {
+    Send(Frame),
+    Disk {
+        id: OpId,
+        vol: VolumeId,
+        op: DiskOp<B>,
+    },
+    /// Persist the bitmap in the background; nothing waits for it (a failure only leaves
+    /// more marked on disk).
+    PersistBitmapDetached,
+    Meta(MetaChange),
+    State(StateChange),
+    Count(Counter),
+    /// A barrier ack freed room in the send buffer: wake blocked writers.
+    RoomFreed,
+    /// A PingAck (a state-change confirmation if its top bit is set).
+    PingAck(u64),
+    /// Hand a resync request to the answering task (this node is SyncSource).
+    Serve {
+        offset: u64,
+        len: u32,
+    },
+    /// The SyncSource's resync ended: the answering task may stop.
+    StopServing,
+    /// A verify frame: online verify is still the shell's (`session_verify.rs`).
+    Verify(Frame),
+    /// An INFO line for the state log (rate-limited by the shell).
+    Info(&'static str),
+    /// The session ends (the last action of a step).
+    Close(SessionEnd),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionEnd {
+    #[error(transparent)]
+    Live(#[from] LiveEnd),
+    /// The peer broke the protocol: the shell counts it and tells the peer.
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the peer disconnected: {0}")]
+    PeerDisconnected(String),
+    /// A local disk or metadata operation failed.
+    #[error("{0}")]
+    Local(String),
+    #[error("split brain")]
+    SplitBrain,
+    #[error("unrelated data")]
+    Unrelated,
+    /// The decision cannot be acted on (e.g. a Primary would become SyncTarget).
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+/// What the core reads from the node for one step (it owns none of it).
+pub struct Ctx<'a> {
+    pub now_ms: u64,
+    /// The local role now (admin commands change it on other tasks).
+    pub role: Role,
+    pub bitmap: &'a DirtyBitmap,
+    /// The sender's epochs, shared with the application writers.
+    pub tracker: &'a Mutex<EpochTracker>,
+    /// `drl pause-sync` on this node.
+    pub resync_paused: bool,
+}
+
+impl Ctx<'_> {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, EpochTracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the end of a session leaves to the node ([`Core::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Unacked writes forgotten by the sender (their bits stay set).
+    pub lost: crate::repl::epoch::Lost,
+    /// Age of the oldest unacked write when the link was lost.
+    pub lag_ms: u64,
+    /// Start a new data generation (after persisting the bitmap).
+    pub new_generation: bool,
+}
+
+/// This node's part in a running resync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    Source,
+    Target,
+}
+
+/// What an [`OpId`] stands for.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    RxWrite {
+        seq: u64,
+    },
+    RxFlush {
+        epoch: u64,
+    },
+    Resync {
+        rid: u64,
+        offset: u64,
+        len: u64,
+        zeroes: bool,
+    },
+    /// The SyncTarget's bitmap is persisted before it starts requesting.
+    TargetStart,
+    /// The SyncTarget's last answer is written: flush, then persist, then done.
+    ResyncFlush {
+        source_current: u64,
+    },
+    ResyncPersist {
+        source_current: u64,
+    },
+}
+
+/// The protocol state of one connection.
+pub struct Core<B> {
+    size_bytes: u64,
+    live: Liveness,
+    rx: EpochReceiver<(u64, Write<B>)>,
+    merge: Option<(BitmapMerge, Vec<u8>)>,
+    sync: Option<SyncRole>,
+    target: Option<Target>,
+    peer_current: u64,
+    /// Receiver flushes (FlushThenAck) running.
+    flushing: usize,
+    resync_id: u64,
+    next_op: OpId,
+    ops: HashMap<OpId, Pending>,
+    /// Set once the session ended: completions only release what follows them.
+    ended: bool,
+}
+
+impl<B: Payload> Core<B> {
+    /// A core for a new connection to a peer whose current generation is `peer_current`.
+    pub fn new(size_bytes: u64, peer_current: u64, now_ms: u64) -> Self {
+        Core {
+            size_bytes,
+            live: Liveness::new(now_ms),
+            rx: EpochReceiver::new(),
+            merge: None,
+            sync: None,
+            target: None,
+            peer_current,
+            flushing: 0,
+            resync_id: 0,
+            next_op: 1,
+            ops: HashMap::new(),
+            ended: false,
+        }
+    }
+
+    /// Whether the shell should read more frames (the receiver's queue has room).
+    pub fn wants_input(&self) -> bool {
+        self.rx.wants_input()
+    }
+
+    /// Every received write is on the disk and no flush runs (online verify reads here).
+    pub fn idle(&self) -> bool {
+        self.rx.idle() && self.flushing == 0
+    }
+
+    /// Disk operations issued and not completed (the shell drains them after the end).
+    pub fn ops_pending(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Received writes (application or resync) in flight or receiver flushes running: what
+    /// must still reach the disk after the end ([`Self::end`]).
+    pub fn applying(&self) -> bool {
+        self.rx.inflight() > 0 || self.flushing > 0
+    }
+
+    pub fn sync_role(&self) -> Option<SyncRole> {
+        self.sync
+    }
+
+    /// The session ended (the shell stopped reading): later completions only release the
+    /// received writes that follow them, in epoch order (the disk keeps a prefix).
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// The session is over and its received writes are drained ([`Self::end`] first): every
+    /// unacked write is forgotten by the sender but its bits stay set, so the next connect
+    /// resyncs it. `repl` is the replication state the session ended in, `gen_bitmap` the
+    /// local bitmap generation: a Primary that was replicating and has none starts a new data
+    /// generation (DRBD), whose bitmap tracks the changes since.
+    pub fn finish(&mut self, ctx: &Ctx, repl: ReplState, gen_bitmap: u64) -> Finished {
+        self.ended = true;
+        let mut t = ctx.tracker();
+        let lag_ms = t.lag_ms(ctx.now_ms);
+        let lost = t.on_disconnect();
+        let was_replicating = matches!(
+            repl,
+            ReplState::Established
+                | ReplState::Ahead
+                | ReplState::SyncSource
+                | ReplState::VerifyS
+                | ReplState::VerifyT
+        );
+        Finished {
+            lost,
+            lag_ms,
+            new_generation: was_replicating && ctx.role == Role::Primary && gen_bitmap == 0,
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    pub fn on_bytes(&mut self, now_ms: u64) {
+        self.live.on_receive(now_ms);
+    }
+
+    fn op(&mut self, p: Pending) -> OpId {
+        let id = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(id, p);
+        id
+    }
+
+    fn disk(&mut self, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
+        let id = self.op(p);
+        out.push(Action::Disk {
+            id,
+            vol: VolumeId(0),
+            op,
+        });
+    }
+
+    /// A timer tick: liveness (keepalive, silence, a peer that reads nothing for
+    /// `stalled_ms`), and the open epoch closed (a Barrier), so writes without an application
+    /// flush are acked and their bits cleared.
+    pub fn on_tick(&mut self, ctx: &Ctx, stalled_ms: Option<u64>) -> Vec<Action<B>> {
+        let mut out = Vec::new();
+        match self.live.on_tick(ctx.now_ms, stalled_ms) {
+            Some(LiveAction::Close(why)) => {
+                out.push(Action::Close(why.into()));
+                return out;
+            }
+            Some(LiveAction::Ping(seq)) => out.push(Action::Send(Frame::Ping { seq })),
+            None => {}
+        }
+        if let Some(e) = ctx.tracker().close_epoch() {
+            out.push(Action::Send(Frame::Barrier { epoch: e }));
+        }
+        out
+    }
+
+    /// A frame from the peer.
+    pub fn on_frame(&mut self, ctx: &Ctx, f: Frame) -> Vec<Action<B>> {
+        let mut out = Vec::new();
+        if let Err(e) = self.frame(ctx, f, &mut out) {
+            out.push(Action::Close(e));
+        }
+        out
+    }
+
+    fn frame(&mut self, ctx: &Ctx, f: Frame, out: &mut Vec<Action<B>>) -> Result<(), SessionEnd> {
+        let proto = SessionEnd::Protocol;
+        match f {
+            Frame::Data {
+                seq,
+                epoch,
+                offset,
+                fua,
+                data,
+            } => {
+                let len = data.len() as u64;
+                self.check_write(ctx, offset, len)?;
+                let w = Write::Data {
+                    data: B::from_wire(&data),
+                    fua,
+                };
+                self.receive(seq, epoch, offset, len, w, out)
+            }
+            Frame::Trim(w) => {
+                let write = Write::Trim {
+                    len: w.len,
+                    fua: w.fua,
+                };
+                self.receive_range(ctx, w, write, out)
+            }
+            Frame::Zeroes(w) => {
+                let write = Write::Zeroes {
+                    len: w.len,
+                    fua: w.fua,
+                };
+                self.receive_range(ctx, w, write, out)
+            }
+            Frame::Barrier { epoch } => self.feed(RxEvent::Barrier { epoch }, out),
+            Frame::BarrierAck { epoch } => {
+                let rel = ctx
+                    .tracker()
+                    .on_barrier_ack(epoch)
+                    .map_err(|e| proto(e.to_string()))?;
+                for r in &rel.clearable {
+                    ctx.bitmap.clear_blocks(r.start, r.end - r.start);
+                }
+                out.push(Action::RoomFreed);
+                Ok(())
+            }
+            Frame::BitmapChunk {
+                first_bit,
+                bit_count,
+                last,
+                bits,
+            } => {
+                let total = ctx.bitmap.blocks();
+                let (m, buf) = self.merge.get_or_insert_with(|| {
+                    (
+                        BitmapMerge::new(total),
+                        vec![0u8; total.div_ceil(8) as usize],
+                    )
+                });
+                let done = m
+                    .merge(buf, first_bit, bit_count, last, &bits)
+                    .map_err(|e| proto(e.to_string()))?;
+                if done {
+                    if let Some((_, buf)) = self.merge.take() {
+                        self.bitmap_received(ctx, &buf, out)?;
+                    }
+                }
+                Ok(())
+            }
+            Frame::ResyncRequest { offset, len } => {
+                if self.sync != Some(SyncRole::Source) {
+                    return Err(proto(
+                        "ResyncRequest, but this node is not SyncSource".into(),
+                    ));
+                }
+                check_request(offset, len, self.size_bytes).map_err(|e| proto(e.to_string()))?;
+                out.push(Action::Serve { offset, len });
+                Ok(())
+            }
+            Frame::ResyncData { offset, data } => {
+                let len = data.len() as u64;
+                self.target_answer(offset, len)?;
+                let w = Write::Data {
+                    data: B::from_wire(&data),
+                    fua: false,
+                };
+                self.resync_write(offset, len, false, w, out);
+                Ok(())
+            }
+            Frame::ResyncZeroes { offset, len } => {
+                self.target_answer(offset, u64::from(len))?;
+                let w = Write::Zeroes { len, fua: false };
+                self.resync_write(offset, u64::from(len), true, w, out);
+                Ok(())
+            }
+            Frame::ResyncDone => self.source_done(out),
+            Frame::StateChange { role, disk, ahead } => {
+                if role == Role::Primary && ctx.role == Role::Primary {
+                    return Err(proto(
+                        "the peer became Primary while this node is Primary".into(),
+                    ));
+                }
+                out.push(Action::State(StateChange::Peer { role, disk, ahead }));
+                Ok(())
+            }
+            f @ (Frame::VerifyRequest { .. }
+            | Frame::VerifyDigests { .. }
+            | Frame::VerifyResult { .. }
+            | Frame::VerifyDone { .. }) => {
+                out.push(Action::Verify(f));
+                Ok(())
+            }
+            Frame::Ping { seq } => {
+                out.push(Action::Send(Frame::PingAck { seq }));
+                Ok(())
+            }
+            Frame::PingAck { seq } => {
+                out.push(Action::PingAck(seq));
+                Ok(())
+            }
+            Frame::Disconnect { reason } => Err(SessionEnd::PeerDisconnected(reason)),
+            other => Err(proto(format!(
+                "unexpected {} frame after the handshake",
+                other.frame_type().name()
+            ))),
+        }
+    }
+
+    fn check_write(&self, ctx: &Ctx, offset: u64, len: u64) -> Result<(), SessionEnd> {
+        if ctx.role == Role::Primary {
+            return Err(SessionEnd::Protocol(
+                "the peer sent application writes to a Primary".into(),
+            ));
+        }
+        crate::volume::check_range(offset, len, self.size_bytes)
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))
+    }
+
+    fn receive_range(
+        &mut self,
+        ctx: &Ctx,
+        w: RangeWrite,
+        write: Write<B>,
+        out: &mut Vec<Action<B>>,
+    ) -> Result<(), SessionEnd> {
+        let len = u64::from(w.len);
+        self.check_write(ctx, w.offset, len)?;
+        self.receive(w.seq, w.epoch, w.offset, len, write, out)
+    }
+
+    fn receive(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+        write: Write<B>,
+        out: &mut Vec<Action<B>>,
+    ) -> Result<(), SessionEnd> {
+        out.push(Action::Count(Counter::ReceivedBytes(len)));
+        self.feed(
+            RxEvent::Write {
+                seq,
+                epoch,
+                offset,
+                len,
+                write: (offset, write),
+            },
+            out,
+        )
+    }
+
+    fn feed(
+        &mut self,
+        ev: RxEvent<(u64, Write<B>)>,
+        out: &mut Vec<Action<B>>,
+    ) -> Result<(), SessionEnd> {
+        if matches!(ev, RxEvent::FlushDone { .. }) {
+            self.flushing = self.flushing.saturating_sub(1);
+        }
+        let actions = self
+            .rx
+            .handle(ev)
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        self.rx_actions(actions, out);
+        Ok(())
+    }
+
+    fn rx_actions(&mut self, actions: Vec<RxAction<(u64, Write<B>)>>, out: &mut Vec<Action<B>>) {
+        for a in actions {
+            match a {
+                RxAction::Write {
+                    seq,
+                    write: (offset, write),
+                } => {
+                    self.disk(
+                        Pending::RxWrite { seq },
+                        DiskOp::Write { offset, write },
+                        out,
+                    );
+                }
+                RxAction::FlushThenAck(epoch) => {
+                    self.flushing += 1;
+                    self.disk(Pending::RxFlush { epoch }, DiskOp::Flush, out);
+                }
+            }
+        }
+    }
+
+    /// A disk operation completed (`Err`: its error text).
+    pub fn on_disk_done(
+        &mut self,
+        ctx: &Ctx,
+        id: OpId,
+        result: Result<(), String>,
+    ) -> Vec<Action<B>> {
+        let mut out = Vec::new();
+        if !self.ended {
+            // The peer's data is being applied: not silence.
+            self.live.on_receive(ctx.now_ms);
+        }
+        let Some(p) = self.ops.remove(&id) else {
+            out.push(Action::Close(SessionEnd::Local(format!(
+                "completion of disk operation {id}, which was not issued"
+            ))));
+            return out;
+        };
+        if let Err(e) = result {
+            let what = match p {
+                Pending::RxWrite { .. } => "applying a replicated write",
+                Pending::RxFlush { .. } => "flushing replicated writes",
+                Pending::Resync { .. } => "writing resync data",
+                Pending::TargetStart => "persisting the bitmap before the resync",
+                Pending::ResyncFlush { .. } => "flushing after resync",
+                Pending::ResyncPersist { .. } => "persisting the bitmap after resync",
+            };
+            out.push(Action::Close(SessionEnd::Local(format!("{what}: {e}"))));
+            return out;
+        }
+        if let Err(e) = self.done(ctx, p, &mut out) {
+            out.push(Action::Close(e));
+        }
+        out
+    }
+
+    fn done(&mut self, ctx: &Ctx, p: Pending, out: &mut Vec<Action<B>>) -> Result<(), SessionEnd> {
+        match p {
+            Pending::RxWrite { seq } => self.feed(RxEvent::WriteDone { seq }, out),
+            Pending::RxFlush { epoch } => {
+                if !self.ended {
+                    out.push(Action::Send(Frame::BarrierAck { epoch }));
+                }
+                self.feed(RxEvent::FlushDone { epoch }, out)
+            }
+            Pending::Resync {
+                rid,
+                offset,
+                len,
+                zeroes,
+            } => {
+                self.resynced(ctx, rid, offset, len, zeroes, out)?;
+                if !self.ended {
+                    self.target_progress(ctx, out);
+                }
+                Ok(())
+            }
+            Pending::TargetStart if !self.ended => {
+                self.target_start(ctx, out);
+                Ok(())
+            }
+            Pending::ResyncFlush { source_current } if !self.ended => {
+                self.disk(
+                    Pending::ResyncPersist { source_current },
+                    DiskOp::PersistBitmap,
+                    out,
+                );
+                Ok(())
+            }
+            Pending::ResyncPersist { source_current } if !self.ended => {
+                self.resync_finished(source_current, out);
+                Ok(())
+            }
+            Pending::TargetStart | Pending::ResyncFlush { .. } | Pending::ResyncPersist { .. } => {
+                Ok(())
+            }
+        }
+    }
+}

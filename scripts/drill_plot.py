@@ -47,7 +47,7 @@ def main(src, dst):
         ax.annotate(r["event"], (x, y), textcoords="offset points", xytext=(2, 6 + 9 * (i % 3)),
                     fontsize=7, rotation=20)
     ax.set_yticks([0, 1, 2], ["both", "site B", "site A"])
-    ax.set_ylim(-0.6, 3.0)
+    ax.set_ylim(-0.6, 4.0)
     ax.set_xlabel("seconds since the drill started")
     ax.set_title("drl disaster drill: timeline")
     ax.legend(loc="upper left", fontsize=7, ncol=3)

@@ -162,10 +162,22 @@ fn the_backup_recovers_an_automatic_plan_once_it_holds_the_lease() {
     assert!(why.to_lowercase().contains("keystone"), "{why}");
     assert_eq!(scope(&b, "r0").unwrap()["held_by_me"], true);
 
-    // 3. The admin's command at B needs no --confirm-primary-down now: past the gate too.
-    //    (The daemon resumes every few seconds; while its run holds the journal's lock, the
-    //    command is refused as "locked": ask again.)
-    let mut out = b.cli(&["dr", "recover", plan]);
+    // 3. The admin's command at B (inside site B, where the cloud is not bridged yet) needs
+    //    no --confirm-primary-down now: past the gate too. (The daemon resumes every few
+    //    seconds; while its run holds the journal's lock, the command is refused as
+    //    "locked": ask again.)
+    let at_b = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &bed.ns("b")])
+            .arg(common::drl_bin())
+            .arg("--config")
+            .arg(&b.config)
+            .args(["--node", "site-b"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut out = at_b(&["dr", "recover", plan]);
     wait_for(
         "a run of drl dr recover not refused by the journal lock",
         &[&b],
@@ -173,7 +185,7 @@ fn the_backup_recovers_an_automatic_plan_once_it_holds_the_lease() {
             if !stderr(&out).contains("is locked") {
                 return true;
             }
-            out = b.cli(&["dr", "recover", plan]);
+            out = at_b(&["dr", "recover", plan]);
             false
         },
     );

@@ -4,7 +4,8 @@
 #
 #   scripts/bench-drill.sh                          # RATES="500mbit 100mbit 50mbit" SIZES="1GiB 5GiB 10GiB"
 #   RATES=100mbit SIZES="1GiB 5GiB" REPEAT=1 scripts/bench-drill.sh
-#   SHORT=1 (the drill's --short workload), SEED=N (else one random seed per run), VOLUMES=2
+#   SHORT=1 (the drill's --short workload), SEED=N (else one random seed per run), VOLUMES=2,
+#   DRL_BIN=path/to/drl (a build of your own, drl-drill next to it; else a release build)
 #
 # Each run is a whole drill (its own testbed, plan, stack and fail back), so a row is what an
 # operator would measure. The machine's load (1-minute average, before and after each run) is
@@ -18,9 +19,11 @@ sizes=${SIZES:-1GiB 5GiB 10GiB}
 repeat=${REPEAT:-1}
 out=$(repo_root)/bench-results/bench-drill-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
-drl=$(drl_bin)
-(cd "$(repo_root)" && cargo build --release --quiet --bin drl-drill) >&2 || die "cargo build of drl-drill failed"
-export DRL_BIN=$drl
+if [ -z "${DRL_BIN:-}" ]; then # else: a build of the caller's, drl-drill next to it
+    DRL_BIN=$(drl_bin)
+    (cd "$(repo_root)" && cargo build --release --quiet --bin drl-drill) >&2 || die "cargo build of drl-drill failed"
+fi
+export DRL_BIN
 load() { cut -d' ' -f1 /proc/loadavg; }
 
 for rate in $rates; do

@@ -416,17 +416,18 @@ fi
 wait "$checker" || true; checker=""
 [ -s "$work/check-b.json" ] || die "reading B's volumes failed: $(cat "$work/check-b.err")"
 verdict() { # CHECK.json -> "prefix group_prefix lost lost_bytes rpo_s first_read_ns acked"
+    # (first_read_ns: when every volume had answered a read: the last volume's first read)
     python3 - "$1" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))
-print(v["prefix"], v["group_prefix"], v["lost_writes"], v["lost_bytes"], v["rpo_seconds"], v["first_read_ns"], v["writes_acked"])
+print(v["prefix"], v["group_prefix"], v["lost_writes"], v["lost_bytes"], v["rpo_seconds"], v.get("all_read_ns") or v["first_read_ns"], v["writes_acked"])
 for vol in v["volumes"]:
     for x in vol["violations"][:5]:
         print("violation:", x, file=sys.stderr)
 PY
 }
 read -r prefix group_prefix lost lost_bytes rpo_s first_read_ns acked < <(verdict "$work/check-b.json")
-ev_at "$((first_read_ns / 1000000))" b first-read "B's volumes read through drl's NBD export, writable ($(((first_read_ns - t_kill) / 1000000)) ms after the kill)"
+ev_at "$((first_read_ns / 1000000))" b first-read "all $nvol of B's volumes read through drl's NBD export, writable ($(((first_read_ns - t_kill) / 1000000)) ms after the kill)"
 [ "$prefix" = True ] || die "B's volumes are NOT a prefix of the acknowledged writes (see $work/check-b.json)"
 ev b verified "prefix of the writer's log: lost $lost of $acked acknowledged writes ($lost_bytes bytes, ${rpo_s} s)"
 rpo_ok=$(python3 -c "print($rpo_s * 1000 <= $lag_at_kill + 200)")

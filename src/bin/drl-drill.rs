@@ -72,7 +72,8 @@ enum Cmd {
         /// answered read is when the volumes were recovered.
         #[arg(long, default_value_t = 0.0)]
         wait: f64,
-        /// Print the verdict as JSON (with the time of the first answered read).
+        /// Print the verdict as JSON (with the times of the first answered read and of the
+        /// first read of the last volume).
         #[arg(long)]
         json: bool,
         /// Also fail when any acknowledged write is missing (a planned switchover: RPO 0).
@@ -164,10 +165,13 @@ fn check_cmd(
     }
     let mut vols = Vec::new();
     let mut first_read_ns = None;
+    // Every volume answered (read in turn: the last one's first read).
+    let mut all_read_ns = 0u64;
     for (v, s) in sources.iter().enumerate() {
         match read_waiting(s, l.run, v as u32, l.blocks, wait) {
             Ok((b, t)) => {
                 first_read_ns.get_or_insert(t);
+                all_read_ns = all_read_ns.max(t);
                 vols.push(b);
             }
             Err(e) => {
@@ -180,6 +184,7 @@ fn check_cmd(
     if json {
         let mut j = serde_json::to_value(&v).expect("a verdict serialises");
         j["first_read_ns"] = first_read_ns.into();
+        j["all_read_ns"] = all_read_ns.into();
         println!("{j}");
     } else {
         println!(

@@ -17,7 +17,7 @@ cd "$top"
 # protoc builds etcd-client's gRPC code (cargo needs it before the first build); etcd and
 # etcdctl run the three-site detection testbed (tests/detect_*.rs, scripts/detect-testbed.sh);
 # socat bridges the host's cloud into a site's namespace (detect-testbed.sh bridge-cloud:
-# tests/dr_autofail.rs, tests/drill.rs); python3-matplotlib draws the drill's timeline.
+# tests/dr_autofail.rs, tests/drill.rs; the drill installs python3-matplotlib for its plot).
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
   fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
   etcdctl:etcd-client prometheus:prometheus promtool:prometheus curl:curl \

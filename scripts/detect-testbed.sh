@@ -18,6 +18,12 @@
 #                                                  16kbit: a site that answers slowly)
 #   scripts/detect-testbed.sh exec SITE CMD...     run CMD inside SITE
 #   scripts/detect-testbed.sh addr SITE            print SITE's address
+#   scripts/detect-testbed.sh bridge-cloud SITE [AUTH_URL]
+#                                                  the host's OpenStack (scripts/openstack-aio.sh)
+#                                                  on 127.0.0.1 inside SITE: every port of the
+#                                                  Keystone catalog (AUTH_URL's own included)
+#                                                  relayed by socat through a Unix socket
+#   scripts/detect-testbed.sh unbridge-cloud [SITE]  stop those relays (down does it too)
 #   scripts/detect-testbed.sh down                 remove everything
 #
 # Addresses (198.19.77.0/24, RFC 2544's benchmarking range; they exist only inside the
@@ -26,6 +32,15 @@
 # DRL_DET_TAG (default tb) names everything: namespaces drl-det-TAG-{a,b,w,r}; veth ends are
 # created inside their namespaces and the nft table lives in the router, so nothing lands in
 # the root namespace. Needs root; without it, says so and exits 2.
+#
+# The cloud bridge: the all-in-one cloud listens on the host's 127.0.0.1 (Keystone :5050,
+# Cinder :8776, Heat :8004, Nova, Placement, Neutron) and its catalog names those URLs, so a
+# daemon inside a site's namespace could not reach it. Unix sockets are not scoped by network
+# namespace: for each port, one socat on the host listens on /run/drl-det-TAG-cloud/SITE-PORT.sock
+# and connects to 127.0.0.1:PORT, one inside SITE listens on its own 127.0.0.1:PORT and connects
+# to that socket. The cloud's bind addresses and catalog stay as they are; the catalog's URLs
+# work unchanged inside SITE. Credentials for the catalog: OS_USERNAME, OS_PASSWORD,
+# OS_PROJECT_NAME, else the all-in-one's (admin / drl-admin-pw / admin).
 set -euo pipefail
 TAG=${DRL_DET_TAG:-tb}
 P="drl-det-$TAG"
@@ -143,6 +158,77 @@ flap() {
   done
 }
 
+CLOUD_DIR="/run/$P-cloud"
+
+# catalog_ports AUTH_URL: the loopback ports of AUTH_URL and of every endpoint in its catalog.
+catalog_ports() {
+  python3 - "$1" "${OS_USERNAME:-admin}" "${OS_PASSWORD:-drl-admin-pw}" "${OS_PROJECT_NAME:-admin}" <<'PY'
+import json, sys, urllib.parse, urllib.request
+url, user, pw, proj = sys.argv[1:]
+dom = {"name": "Default"}
+body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": dom, "password": pw}}},
+                 "scope": {"project": {"name": proj, "domain": dom}}}}
+req = urllib.request.Request(url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+try:
+    cat = json.load(urllib.request.urlopen(req, timeout=10))["token"]["catalog"]
+except Exception as e:
+    sys.exit(f"no catalog from {url} ({e}): is the cloud running? (scripts/openstack-aio.sh start --nova)")
+ports = set()
+for u in [url] + [e["url"] for s in cat for e in s["endpoints"]]:
+    p = urllib.parse.urlsplit(u)
+    if p.hostname in ("127.0.0.1", "localhost"):
+        ports.add(p.port or (443 if p.scheme == "https" else 80))
+    else:
+        print(f"detect-testbed: {u} is not on the host's loopback: not bridged", file=sys.stderr)
+print(" ".join(map(str, sorted(ports))))
+PY
+}
+
+bridge_cloud() {
+  local s=$1 url=${2:-http://127.0.0.1:5050/v3} ns ports port sock i code
+  ns=$(ns_of "$s")
+  need_pkgs socat:socat curl:curl python3:python3
+  ports=$(catalog_ports "$url") || die "cannot bridge the cloud into $ns"
+  unbridge_cloud "$s"
+  mkdir -p "$CLOUD_DIR"
+  for port in $ports; do
+    sock="$CLOUD_DIR/$s-$port.sock"
+    # setsid: each relay leads its own process group (its forked connections included), so
+    # unbridge stops exactly it; no inherited descriptors, so a caller reading our output
+    # is not held open.
+    setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
+      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
+    echo $! >"$CLOUD_DIR/$s-$port.host.pid"
+    setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" \
+      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
+    echo $! >"$CLOUD_DIR/$s-$port.ns.pid"
+  done
+  # Ready when every port answers HTTP from inside the namespace (the whole path: listener
+  # in the site, socket, relay on the host, the service).
+  for port in $ports; do
+    for ((i = 0; ; i++)); do
+      code=$(ip netns exec "$ns" curl -s -o /dev/null -m 3 -w '%{http_code}' "http://127.0.0.1:$port/" || true)
+      [ "${code:-000}" != 000 ] && break
+      [ "$i" -lt 200 ] || die "bridge: 127.0.0.1:$port does not answer inside $ns ($(tail -3 "$CLOUD_DIR/$s.log" 2>/dev/null))"
+      sleep 0.1
+    done
+  done
+  log "cloud bridged into $ns: 127.0.0.1 ports $ports"
+}
+
+unbridge_cloud() {
+  local s=${1:-} pre f
+  pre=${s:+$s-}
+  [ -d "$CLOUD_DIR" ] || return 0
+  for f in "$CLOUD_DIR/$pre"*.pid; do
+    [ -f "$f" ] || continue
+    stop_group "relay $(basename "$f" .pid)" "$f" 2>/dev/null
+  done
+  rm -f "$CLOUD_DIR/$pre"*.sock
+  [ -n "$s" ] || rm -rf "$CLOUD_DIR"
+}
+
 etcd_member() {
   local s=$1 dir=$2 cluster=""
   local t
@@ -159,7 +245,7 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   up) up ;;
-  down) down_quiet; log "down" ;;
+  down) unbridge_cloud; down_quiet; log "down" ;;
   etcd) etcd_member "$1" "$2" ;;
   cut) cut "$1" ;;
   heal) heal "${1:-}" ;;
@@ -178,5 +264,7 @@ case "$cmd" in
     ;;
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
-  *) sed -n '2,29p' "$0" >&2; exit 2 ;;
+  bridge-cloud) ns_of "$1" >/dev/null; bridge_cloud "$@" ;;
+  unbridge-cloud) unbridge_cloud "${1:-}" ;;
+  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
 esac

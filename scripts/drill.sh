@@ -2,41 +2,61 @@
 # The disaster drill: one command runs a whole disaster on this machine and reports RPO, RTO
 # and a timeline.
 #
-#   scripts/drill.sh [--rate 100mbit] [--volume-size 256MiB] [--volumes 2] [--seed N]
+#   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
 #                    [--writer-rate 1500] [--lease-ttl 3] [--out DIR] [--keep] [--short]
+#                    [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
 #  1. three sites as network namespaces (site A, site B, a witness) behind a router namespace
 #     (scripts/detect-testbed.sh), the A-B path shaped with tc tbf at --rate, one etcd member
 #     per site, one drl daemon at A and at B with site-failure detection ([detect]: UDP
 #     pingers, a lease per resource in etcd, self-fencing), --volumes replicated resources
-#     (A -> B), initial sync;
+#     (A -> B), initial sync; the backup site's cloud (scripts/openstack-aio.sh: Keystone,
+#     Cinder, Heat, Nova with the fake driver, on the host's 127.0.0.1) bridged into site B's
+#     namespace (detect-testbed.sh bridge-cloud); a protection plan over the volumes with
+#     failover = "automatic": a HOT template with a Nova server booted from the first volume
+#     and the others attached (primary-site IDs inside), checked and checkpointed (drl dr
+#     protect);
 #  2. a workload at A (drl-drill write): dependent 4 KiB writes alternating over the volumes,
 #     every write logged before it is sent and when it is acknowledged; A's status (lag,
 #     send queue) sampled every 100 ms;
 #  3. site A killed at a random moment (seeded): every process of the site SIGKILLed (its
 #     daemon, the writer, its etcd member), its link down;
 #  4. nothing touched: B's pingers suspect A, B takes each resource's lease once A's expired
-#     in etcd (the witness makes the majority) and promotes itself; the times come from B's
-#     own events;
-#  5. B's volumes read through NBD and held against the writer's log (drl-drill check): each
-#     volume a prefix of the writes, nothing damaged; RPO = the acknowledged writes missing
-#     (count, bytes, time span) against the lag A reported at the kill;
-#  6. fail back: A returns as Secondary, resyncs only what changed (bytes against the volume
-#     size), a workload at B meanwhile, then a planned switchover back to A with RPO 0 (every
-#     write acknowledged at B is at A, the disks identical);
+#     in etcd (the witness makes the majority) and promotes itself; B's daemon recovers the
+#     plan by itself: Keystone login, promote, import each volume into Cinder
+#     (manage-existing), the template's IDs remapped, the stack created; the times come from
+#     B's own events and the recovery journal;
+#  5. B's volumes read through NBD from the moment of the kill (the first answered read is the
+#     data's RTO) and held against the writer's log (drl-drill check): each volume a prefix
+#     of the writes, nothing damaged; RPO = the acknowledged writes missing (count, bytes,
+#     time span) against the lag A reported at the kill; the stack CREATE_COMPLETE with its
+#     server booted from the imported first volume and the others attached (Heat, Cinder),
+#     and the imported volumes, read as Cinder serves them, the same prefix;
+#  6. fail back: a workload at B, A returns as Secondary and resyncs only what changed (bytes
+#     against the volume size), then `drl dr failback --stop-workload`: the stack deleted, the
+#     volumes unmanaged (the data stays), digests compared where Cinder could have written
+#     around drl, a planned switchover back to A with RPO 0 (every write acknowledged at B is
+#     at A, the disks identical);
 #  7. the summary table, the timeline (markdown + CSV) and a plot.
 #
-# The recovery through Cinder and Heat (`drl dr recover`, issue "Recovery") is not driven by
-# the drill yet: its RTO here ends at the first read of the promoted volumes at B, and the
-# report says so; no step claims a part that did not run.
+# --no-cloud leaves out the plan, Cinder and Heat (no OpenStack on the machine): the RTO then
+# ends at the first read at B. Volume sizes are whole GiB with the cloud (Cinder sizes an
+# imported volume in GiB and its NFS driver attaches only a file of exactly that size); the
+# volumes are sparse and the initial sync sends zeroes as ranges, so 1 GiB costs little.
 #
-# Exits non-zero if a check fails. Needs root (network namespaces). Installs what it needs.
+# Needs root (network namespaces) and, for the cloud, about 2.2 GiB of memory. Installs what it
+# needs on Debian 12: iproute2, etcd-server/-client, nftables, socat, curl, python3 (+
+# matplotlib for the plot), the OpenStack packages (scripts/openstack-aio.sh install --nova),
+# and builds drl and drl-drill. A cloud already running (Keystone on 127.0.0.1:5050) is used
+# and left running; one the drill had to start is stopped at the end (not with --keep).
+# Everything it creates is named drl-det-drill-* (namespaces), drl-drill-* (plan, stack,
+# resources, Cinder volumes, files). Exits non-zero if a check fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
-rate=100mbit size=256MiB nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0
+rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -48,6 +68,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --short) short=1; shift ;;
+    --no-cloud) cloud=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -55,6 +76,15 @@ done
 [ "$(id -u)" = 0 ] || die "the drill needs root: its sites are network namespaces"
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
 need_pkgs ip:iproute2 tc:iproute2 python3:python3 etcd:etcd-server etcdctl:etcd-client
+[ -n "$size" ] || size=$([ $cloud = 1 ] && echo 1GiB || echo 256MiB)
+if [ $cloud = 1 ]; then
+    [[ $size =~ ^[1-9][0-9]*(GiB|G)$ ]] || die "--volume-size must be whole GiB with the cloud (e.g. 1GiB): Cinder sizes imported volumes in GiB; --no-cloud for others"
+    need_pkgs socat:socat curl:curl
+fi
+if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+    log "installing python3-matplotlib (the timeline's plot)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-matplotlib >&2 || warn "no python3-matplotlib: no plot"
+fi
 
 drl=$(drl_bin)
 drill=$(dirname "$drl")/drl-drill
@@ -71,6 +101,10 @@ export DRL_DET_TAG=drill
 bed() { "$here/detect-testbed.sh" "$@"; }
 NS_A=drl-det-drill-a NS_B=drl-det-drill-b NS_R=drl-det-drill-r
 ADDR_A=$(bed addr a) ADDR_B=$(bed addr b) ADDR_W=$(bed addr w)
+# The plan's name (the stack's and every Cinder volume's drl-plan) and the resources' prefix:
+# unique per run in the shared cloud, apart from the seed (which drives the experiment).
+plan=drl-drill-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+EXPORT=/var/tmp/drl-openstack/export KS_URL=http://127.0.0.1:5050/v3
 RANDOM=$seed
 
 t0=$(date +%s%N)
@@ -89,11 +123,51 @@ ev_at() { # UNIX_MS SITE EVENT DETAIL — a row at the time an event really happ
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 # --- the sites -------------------------------------------------------------------------------
+res_of() { if [ $cloud = 1 ]; then echo "$plan-r$1"; else echo "r$1"; fi; }
+vol_id() { printf 'd7111111-0000-4000-8000-%012d' "$1"; } # volume V's ID at the primary site
+# The protection plan: B's daemon recovers it by itself (failover = "automatic") through the
+# bridged cloud; the template boots a server from the first volume and attaches the others.
+plan_config() {
+    local v
+    printf '\n[openstack]\nauth-url = "%s"\nusername = "admin"\npassword = "drl-admin-pw"\nproject = "admin"\n' "$KS_URL"
+    printf '\n[dr]\nstate-dir = "%s/dr"\n' "$work"
+    printf '\n[[plan]]\nname = "%s"\nresources = [%s]\ntemplate = "%s/plan.yaml"\n' "$plan" \
+        "$(for ((v = 0; v < nvol; v++)); do printf '%s"%s"' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)"; done)" "$work"
+    printf 'cinder-host = "aio@nfs#nfs"\ncinder-export-dir = "%s"\nfailover = "automatic"\nrpo-target = "5s"\n' "$EXPORT"
+    for ((v = 0; v < nvol; v++)); do
+        printf '\n[plan.volume.%s]\nprimary-id = "%s"\n' "$(res_of $v)" "$(vol_id $v)"
+        if [ $v = 0 ]; then printf 'bootable = true\nparameter = "boot_volume"\n'; fi
+    done
+}
+plan_template() {
+    local v
+    cat <<EOF
+heat_template_version: 2018-08-31
+description: the drill's workload (drl-drill), its volumes by their IDs at the primary site
+parameters:
+  boot_volume: {type: string, default: $(vol_id 0), constraints: [{custom_constraint: cinder.volume}]}
+resources:
+  server:
+    type: OS::Nova::Server
+    properties:
+      name: $plan
+      flavor: m1.tiny
+      block_device_mapping_v2: [{volume_id: {get_param: boot_volume}, boot_index: 0, delete_on_termination: false}]
+      networks: [{allocate_network: none}]
+      user_data_format: RAW
+      config_drive: false
+EOF
+    for ((v = 1; v < nvol; v++)); do
+        printf '  data_%d:\n    type: OS::Cinder::VolumeAttachment\n    properties: {instance_uuid: {get_resource: server}, volume_id: %s}\n' "$v" "$(vol_id $v)"
+    done
+    printf 'outputs:\n  server: {value: {get_resource: server}}\n'
+}
 cfg=$work/drl.toml
+if [ $cloud = 1 ]; then plan_template >"$work/plan.yaml"; fi
 {
     for s in a b; do printf '[[node]]\nname = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "$work" "$s"; done
     for ((v = 0; v < nvol; v++)); do
-        printf '[[resource]]\nname = "r%d"\nsize = "%s"\nsecret = "drill-secret"\n' "$v" "$size"
+        printf '[[resource]]\nname = "%s"\nsize = "%s"\nsecret = "drill-secret"\n' "$(res_of $v)" "$size"
         for s in a b; do
             addr=$([ $s = a ] && echo "$ADDR_A" || echo "$ADDR_B")
             printf '[resource.on.site-%s]\naddress = "%s:%d"\n' "$s" "$addr" $((7800 + v))
@@ -106,6 +180,7 @@ cfg=$work/drl.toml
     printf '[detect]\ncluster = "drill"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\nlease-ttl = "%ss"\n\n' \
         "$ADDR_A" "$ADDR_B" "$ADDR_W" "$ttl"
     printf '[detect.on.site-a]\nlisten = "%s:7790"\n\n[detect.on.site-b]\nlisten = "%s:7790"\n' "$ADDR_A" "$ADDR_B"
+    if [ $cloud = 1 ]; then plan_config; fi
 } >"$cfg"
 mkdir -p "$work/a" "$work/b"
 
@@ -122,7 +197,7 @@ start_daemon() { # SITE
 field() { # SITE RES FIELD
     on "$1" status "$2" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0].get('$3'))"
 }
-all_res() { for ((v = 0; v < nvol; v++)); do echo "r$v"; done; }
+all_res() { for ((v = 0; v < nvol; v++)); do res_of $v; done; }
 socks() { # SITE -> --socket args
     for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/%s/r%d.nbd ' "$work" "$1" $v; done
 }
@@ -142,6 +217,7 @@ in_sync() { # every resource UpToDate on both sides, nothing out of sync, A->B e
     done
 }
 
+started_cloud=0
 cleanup() {
     local st=$?
     [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
@@ -150,16 +226,43 @@ cleanup() {
         log "left running (--keep): config $cfg, logs in $work"
         return
     fi
+    [ -n "${checker:-}" ] && kill "$checker" 2>/dev/null
+    # The shared cloud as it was: the stack deleted, the volumes unmanaged (fail back does it
+    # on success; this is for a drill that stopped before), the links into $work removed.
+    if [ $cloud = 1 ]; then
+        /usr/bin/python3 "$here/drill_cloud.py" cleanup "$plan" "$work" 2>>"$work/cloud.log" || warn "cloud cleanup: $(tail -2 "$work/cloud.log")"
+    fi
     for s in a b; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
     for s in a b w; do ip netns pids "drl-det-drill-$s" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
     bed down >/dev/null 2>&1 || true
-    cp "$work"/*.log "$out/" 2>/dev/null || true
+    if [ $started_cloud = 1 ]; then "$here/openstack-aio.sh" stop >/dev/null 2>&1 || warn "stopping the cloud failed"; fi
+    cp "$work"/*.log "$work"/*.jsonl "$work"/*.err "$work"/dr/*.journal "$out/" 2>/dev/null || true
     rm -rf "$work"
     exit $st
 }
 trap cleanup EXIT
 
+# --- the backup site's cloud --------------------------------------------------------------------
+# openstack-aio.sh's Keystone, asked for a token with its admin credentials.
+cloud_ok() {
+    local body='{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"drl-admin-pw"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}'
+    [ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$body" "$KS_URL/auth/tokens")" = 201 ]
+}
+if [ $cloud = 1 ]; then
+    "$here/openstack-aio.sh" install --nova >&2 || die "installing the OpenStack packages failed (scripts/openstack-aio.sh install --nova)"
+    if ! cloud_ok; then
+        log "no cloud answers at $KS_URL: starting one (scripts/openstack-aio.sh start --nova; 1-5 minutes; stopped at the end)"
+        started_cloud=1
+        "$here/openstack-aio.sh" start --nova >&2 || die "the cloud did not start (scripts/openstack-aio.sh start --nova; logs in /var/tmp/drl-openstack/log)"
+        cloud_ok || die "the cloud started but Keystone refuses the admin login at $KS_URL"
+    fi
+    [ -d "$EXPORT" ] || die "$EXPORT missing: the cloud's Cinder NFS export (scripts/openstack-aio.sh start)"
+fi
+
 bed up >/dev/null 2>&1 || die "the three-site testbed did not come up (scripts/detect-testbed.sh up)"
+if [ $cloud = 1 ]; then
+    bed bridge-cloud b "$KS_URL" 2>>"$work/bridge.log" || die "the cloud bridge into site B failed: $(tail -3 "$work/bridge.log")"
+fi
 # Shape the A-B path in the router: egress towards B carries A->B, towards A carries B->A.
 bps=$(python3 - "$rate" <<'PY'
 import re, sys
@@ -188,11 +291,17 @@ for r in $(all_res); do on a primary "$r" --force >/dev/null; done
 ev a primary "$(all_res | tr '\n' ' ')"
 wait_until "initial sync" 600 in_sync
 ev - in-sync "initial sync done"
+if [ $cloud = 1 ]; then
+    # Checked (resources replicate, the template parses and holds every primary-id) and
+    # checkpointed, at the backup site, as an admin would before any disaster.
+    on b dr protect "$plan" >"$work/protect.out" 2>&1 || die "drl dr protect $plan: $(cat "$work/protect.out")"
+    ev b protected "plan $plan: $nvol volumes, server booted from $(res_of 0), failover automatic"
+fi
 
 # --- the workload, and the kill ----------------------------------------------------------------
 wlog=$work/writer-a.log
 # The workload spreads over the first quarter of each volume: the fail back must resync only that.
-span_blocks=$(( $(on a status r0 --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0]['size_bytes'])") / 4096 / 4 ))
+span_blocks=$(( $(on a status "$(res_of 0)" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0]['size_bytes'])") / 4096 / 4 ))
 [ "$span_blocks" -le 16384 ] || span_blocks=16384
 # shellcheck disable=SC2046
 ip netns exec "$NS_A" "$drill" write $(socks a) --log "$wlog" --rate "$writer_rate" --seed "$seed" --blocks "$span_blocks" \
@@ -221,56 +330,124 @@ kill "$sampler" 2>/dev/null; sampler=""
 wait "${pid[a]}" 2>/dev/null || true; unset 'pid[a]'
 wait "$writer" 2>/dev/null || true
 ev_at "$((t_kill / 1000000))" a killed "after ${run_ms} ms of workload; daemon, writer and etcd member SIGKILLed, link down"
+# From the kill on, B's volumes are read as soon as B serves them writable (Primary): the
+# first answered read is the data's RTO, and what it reads is the verdict's input.
+# shellcheck disable=SC2046
+"$drill" check --log "$wlog" $(socks b) --json --wait 300 >"$work/check-b.json" 2>"$work/check-b.err" &
+checker=$!
 lag_at_kill=$(awk 'BEGIN{m=0} {if ($3>m) m=$3} END{print m}' <(tail -n $((nvol * 3)) "$work/lag-a.txt"))
 ev a lag-at-kill "${lag_at_kill} ms (A's last samples)"
 
-# --- detection, lease, promotion: nothing is touched -------------------------------------------
+# --- detection, lease, promotion, recovery: nothing is touched ---------------------------------
 primary_at_b() {
     local r
     for r in $(all_res); do [ "$(field b "$r" role)" = Primary ] || return 1; done
 }
 wait_until "B promoted itself (detection, lease in etcd)" $((60 + 4 * ttl)) primary_at_b
 t_promote=$(date +%s%N)
-# Times from B's own events (unix ms): first suspicion of site-a, last lease taken, last promoted.
-read -r t_susp t_lease t_prom < <(python3 - "$work/events-b.jsonl" "$((t_kill / 1000000))" <<'PY'
+# B's plan events: the automatic failover ends in failed-over (or keeps failing: reported).
+# A failed run is retried by the daemon from its journal; each failure is shown as it comes.
+plan_errors=0
+plan_done() {
+    local n
+    n=$(grep -c '"failover-error"' "$work/events-b.jsonl" 2>/dev/null || true)
+    if [ "${n:-0}" -gt "$plan_errors" ]; then
+        plan_errors=$n
+        warn "B's automatic failover stopped (the daemon retries): $(grep '"failover-error"' "$work/events-b.jsonl" | tail -1)"
+    fi
+    grep '"failed-over"' "$work/events-b.jsonl" 2>/dev/null | grep -q '"object":"plan"'
+}
+if [ $cloud = 1 ]; then
+    wait_until "B's daemon recovered plan $plan (Cinder import, Heat stack; B's log: $work/b.log)" 600 plan_done
+fi
+# Times from B's own events (unix ms): first suspicion of site-a, last lease taken, last
+# promoted, the failover's start and end; and from the recovery journal each step's begin/done.
+python3 - "$work/events-b.jsonl" "$((t_kill / 1000000))" "$work/dr/$plan.journal" >"$work/times.txt" <<'PY'
 import json, sys
-kill = int(sys.argv[2]); susp = lease = prom = 0
+kill = int(sys.argv[2]); t = {"susp": 0, "lease": 0, "prom": 0, "fo_start": 0, "fo_done": 0}
 for line in open(sys.argv[1]):
     try: e = json.loads(line)
     except ValueError: continue
-    t, f = e.get("time_unix_ms", 0), e.get("fields", {})
-    if t < kill: continue
-    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected" and not susp: susp = t
-    if e.get("object") == "lease" and f.get("action") == "takeover": lease = max(lease, t)
-    if e.get("object") == "lease" and f.get("action") == "promoted": prom = max(prom, t)
-print(susp, lease, prom)
+    ts, f = e.get("time_unix_ms", 0), e.get("fields", {})
+    if ts < kill: continue
+    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected" and not t["susp"]: t["susp"] = ts
+    if e.get("object") == "lease" and f.get("action") == "takeover": t["lease"] = max(t["lease"], ts)
+    if e.get("object") == "lease" and f.get("action") == "promoted": t["prom"] = max(t["prom"], ts)
+    if e.get("object") == "plan" and f.get("state") == "failing-over" and not t["fo_start"]: t["fo_start"] = ts
+    if e.get("object") == "plan" and f.get("state") == "failed-over": t["fo_done"] = ts
+# Journal: each step from its last begin to its done (as drl's own report times it); the
+# import of all volumes from the first import's begin to the last one's done.
+last_begin, steps = {}, {}
+try:
+    for line in open(sys.argv[3]):
+        try: r = json.loads(line)
+        except ValueError: continue
+        if r.get("op") != "recover": continue
+        if r["phase"] == "begin": last_begin[r["step"]] = r["ts_ms"]
+        if r["phase"] == "done" and r["step"] in last_begin: steps[r["step"]] = (last_begin[r["step"]], r["ts_ms"])
+except FileNotFoundError:
+    pass
+imports = [v for k, v in steps.items() if k.startswith("import:")]
+if imports: steps["import"] = (min(b for b, _ in imports), max(d for _, d in imports))
+for k in ("check", "promote", "import", "rewrite", "stack"):
+    b, d = steps.get(k, (0, 0))
+    t[k + "_b"], t[k + "_d"] = b, d
+print(" ".join(f"{k}={v}" for k, v in t.items()))
 PY
-)
-[ "$t_susp" != 0 ] || die "B never reported site-a suspected (events in $work/events-b.jsonl)"
-[ "$t_prom" != 0 ] || t_prom=$((t_promote / 1000000))
-t_detect=$((t_susp * 1000000))
-ev_at "$t_susp" b suspected "site-a suspected by B's pingers ($((t_susp - t_kill / 1000000)) ms after the kill)"
-[ "$t_lease" = 0 ] || ev_at "$t_lease" b lease-taken "A's lease expired in etcd; B holds every resource's key ($((t_lease - t_kill / 1000000)) ms)"
-ev_at "$t_prom" b promoted "automatically, by the lease holder ($((t_prom - t_kill / 1000000)) ms after the kill)"
-t_promote=$((t_prom * 1000000))
+declare -A T
+for kv in $(cat "$work/times.txt"); do T[${kv%%=*}]=${kv#*=}; done
+[ "${T[susp]}" != 0 ] || die "B never reported site-a suspected (events in $work/events-b.jsonl)"
+[ "${T[prom]}" != 0 ] || T[prom]=$((t_promote / 1000000))
+kill_ms=$((t_kill / 1000000))
+ev_at "${T[susp]}" b suspected "site-a suspected by B's pingers ($((T[susp] - kill_ms)) ms after the kill)"
+[ "${T[lease]}" = 0 ] || ev_at "${T[lease]}" b lease-taken "A's lease expired in etcd; B holds every resource's key ($((T[lease] - kill_ms)) ms)"
+ev_at "${T[prom]}" b promoted "automatically, by the lease holder ($((T[prom] - kill_ms)) ms after the kill)"
+if [ $cloud = 1 ]; then
+    ev_at "${T[fo_start]}" b failover-start "B's daemon starts recovering plan $plan ($((T[fo_start] - kill_ms)) ms)"
+    for k in check promote import rewrite stack; do
+        [ "${T[${k}_d]}" != 0 ] || die "the recovery journal has no finished $k step ($work/dr/$plan.journal)"
+    done
+    ev_at "${T[check_d]}" b recovery-check "Keystone login, every lease held here ($((T[check_d] - T[check_b])) ms)"
+    ev_at "${T[import_d]}" b imported "$nvol volumes managed by Cinder ($((T[import_d] - T[import_b])) ms)"
+    ev_at "${T[stack_d]}" b stack-complete "Heat CREATE_COMPLETE: server booted from the imported $(res_of 0) ($((T[stack_d] - T[stack_b])) ms; $((T[stack_d] - kill_ms)) ms after the kill)"
+fi
 
 # --- the verdict --------------------------------------------------------------------------------
-# shellcheck disable=SC2046
-"$drill" check --log "$wlog" $(socks b) --json >"$work/check-b.json" || true
-python3 - "$work/check-b.json" >"$work/check-b.txt" <<'PY'
+wait "$checker" || true; checker=""
+[ -s "$work/check-b.json" ] || die "reading B's volumes failed: $(cat "$work/check-b.err")"
+verdict() { # CHECK.json -> "prefix group_prefix lost lost_bytes rpo_s first_read_ns acked"
+    # (first_read_ns: when every volume had answered a read: the last volume's first read)
+    python3 - "$1" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))
-print(v["prefix"], v["group_prefix"], v["lost_writes"], v["lost_bytes"], v["rpo_seconds"], v["first_read_ns"], v["writes_acked"])
+print(v["prefix"], v["group_prefix"], v["lost_writes"], v["lost_bytes"], v["rpo_seconds"], v.get("all_read_ns") or v["first_read_ns"], v["writes_acked"])
 for vol in v["volumes"]:
     for x in vol["violations"][:5]:
         print("violation:", x, file=sys.stderr)
 PY
-read -r prefix group_prefix lost lost_bytes rpo_s first_read_ns acked <"$work/check-b.txt"
-ev_at "$((first_read_ns / 1000000))" b first-read "volumes readable at B"
+}
+read -r prefix group_prefix lost lost_bytes rpo_s first_read_ns acked < <(verdict "$work/check-b.json")
+ev_at "$((first_read_ns / 1000000))" b first-read "all $nvol of B's volumes read through drl's NBD export, writable ($(((first_read_ns - t_kill) / 1000000)) ms after the kill)"
 [ "$prefix" = True ] || die "B's volumes are NOT a prefix of the acknowledged writes (see $work/check-b.json)"
 ev b verified "prefix of the writer's log: lost $lost of $acked acknowledged writes ($lost_bytes bytes, ${rpo_s} s)"
 rpo_ok=$(python3 -c "print($rpo_s * 1000 <= $lag_at_kill + 200)")
 [ "$rpo_ok" = True ] || die "RPO ${rpo_s}s exceeds the lag A reported at the kill (${lag_at_kill} ms, +200 ms sampling)"
+if [ $cloud = 1 ]; then
+    # What Cinder and Heat say, from their own APIs: the stack on the imported volumes.
+    /usr/bin/python3 "$here/drill_cloud.py" verify "$plan" "$nvol" "$work/recovery.json" 2>"$work/verify.err" ||
+        die "the recovered stack is not what the plan asked for: $(cat "$work/verify.err")"
+    ev b stack-verified "$(python3 -c "import json; r=json.load(open('$work/recovery.json')); print('stack', r['stack_id'], r['stack_status'], '- server', r['server_id'], 'boots from', r['boot_volume'])")"
+    # The imported volumes read the way Cinder's own target serves them (the files it manages):
+    # the same data, the same verdict.
+    # shellcheck disable=SC2046
+    "$drill" check --log "$wlog" $(python3 -c "
+import json; r = json.load(open('$work/recovery.json'))
+print(' '.join('--file $EXPORT/volume-' + v['cinder_id'] for v in r['volumes']))") --json >"$work/check-cinder.json" 2>"$work/check-cinder.err" ||
+        die "the imported volumes, read as Cinder serves them: $(cat "$work/check-cinder.err")"
+    read -r c_prefix _ c_lost _ <<<"$(verdict "$work/check-cinder.json")"
+    [ "$c_prefix" = True ] && [ "$c_lost" = "$lost" ] || die "the imported volumes differ from drl's export at B (prefix $c_prefix, lost $c_lost, not $lost)"
+    ev b imported-read "the imported volumes hold the same prefix (lost $c_lost)"
+fi
 
 # --- fail back ---------------------------------------------------------------------------------
 blog=$work/writer-b.log
@@ -287,24 +464,58 @@ resynced=0
 for r in $(all_res); do resynced=$((resynced + $(field a "$r" resync_bytes_received))); done
 ev a resynced "$resynced bytes received for $nvol x $size ($(ms_since "$t_fb") ms)"
 [ "$resynced" -le $((nvol * span_blocks * 4096)) ] || die "fail back resynced $resynced bytes: more than the $((nvol * span_blocks * 4096)) bytes the workloads wrote"
-# planned switchover: writers stopped (done), B demoted once in sync, A promoted
-for r in $(all_res); do on b secondary "$r" >/dev/null; done
-for r in $(all_res); do on a primary "$r" >/dev/null; done
-ev a switchover "B Secondary, A Primary"
+if [ $cloud = 1 ]; then
+    # The plan's own fail back: the stack deleted and the volumes unmanaged (the workload
+    # stops: the admin's word), digests compared where Cinder could have written around drl,
+    # B demoted once in sync, A promoted.
+    t_fbk=$(date +%s%N)
+    on b dr failback "$plan" --stop-workload --json >"$work/failback.json" 2>"$work/failback.err" ||
+        die "drl dr failback $plan: $(cat "$work/failback.err")"
+    differing=$(python3 -c "import json; f=json.load(open('$work/failback.json')); print(sum(int(v.get('differing_bytes') or 0) for v in (f.get('verified') or {}).values()))")
+    ev - failback "drl dr failback: stack deleted, volumes unmanaged, digests compared ($differing bytes differed), B Secondary, A Primary ($(ms_since "$t_fbk") ms)"
+    [ "$differing" = 0 ] || die "$differing bytes differed between A and B after the resync: nothing wrote around drl in the drill"
+else
+    # planned switchover: writers stopped (done), B demoted once in sync, A promoted
+    for r in $(all_res); do on b secondary "$r" >/dev/null; done
+    for r in $(all_res); do on a primary "$r" >/dev/null; done
+    ev a switchover "B Secondary, A Primary"
+fi
 # shellcheck disable=SC2046
 "$drill" check --log "$blog" $(socks a) --no-loss --only-written >"$work/check-a.txt" || die "switchover lost writes: $(cat "$work/check-a.txt")"
 ev a verified "every write acknowledged at B is at A: switchover RPO 0"
 for ((v = 0; v < nvol; v++)); do
-    cmp -s "$work/a/r$v.img" "$work/b/r$v.img" || die "r$v differs between A and B after the switchover"
+    cmp -s "$work/a/r$v.img" "$work/b/r$v.img" || die "$(res_of $v) differs between A and B after the switchover"
 done
 ev - identical "A and B byte-identical"
 
 # --- report -------------------------------------------------------------------------------------
 { head -1 "$events"; tail -n +2 "$events" | sort -t, -k1,1n; } >"$out/timeline.csv"
 cp "$work/check-b.json" "$out/check-b.json"
-detect_ms=$(( (t_detect - t_kill) / 1000000 ))
-promote_ms=$(( (t_promote - t_kill) / 1000000 ))
-read_ms=$(( (first_read_ns - t_kill) / 1000000 ))
+for f in recovery.json check-cinder.json failback.json; do [ ! -f "$work/$f" ] || cp "$work/$f" "$out/"; done
+[ ! -f "$work/dr/$plan.journal" ] || cp "$work/dr/$plan.journal" "$out/recovery.journal"
+detect_ms=$((T[susp] - kill_ms))
+promote_ms=$((T[prom] - kill_ms))
+read_ms=$(((first_read_ns - t_kill) / 1000000))
+# summary.json: the numbers the report prints, for tests and the benchmark.
+python3 - >"$out/summary.json" <<PY
+import json
+T = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
+kill = $kill_ms
+def d(a, b): return (T[b] - T[a]) if T.get(a) and T.get(b) else None
+print(json.dumps({
+  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size",
+  "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
+  "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
+  "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,
+  "kill_to_stack_complete_ms": (T["stack_d"] - kill) if T.get("stack_d") else None,
+  "steps_ms": {"suspicion": $detect_ms, "decision": d("susp", "lease"), "promote": d("lease", "prom"),
+               "failover_start": d("lease", "fo_start"), "check": d("check_b", "check_d"),
+               "import": d("import_b", "import_d"), "rewrite": d("rewrite_b", "rewrite_d"),
+               "stack": d("stack_b", "stack_d")},
+  "failback_resync_bytes": $resynced, "switchover_rpo_writes": 0,
+}))
+PY
+ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || echo "-"; }
 {
     echo "# drl disaster drill"
     echo
@@ -317,10 +528,23 @@ read_ms=$(( (first_read_ns - t_kill) / 1000000 ))
     echo "| RPO time span | ${rpo_s} s |"
     echo "| lag A reported at the kill | ${lag_at_kill} ms |"
     echo "| B's volumes a prefix of the log | $prefix (one cut for all: $group_prefix) |"
-    echo "| kill -> site A suspected at B | ${detect_ms} ms |"
-    echo "| kill -> promoted at B (lease, automatic) | ${promote_ms} ms |"
-    echo "| kill -> first read at B (RTO, data) | ${read_ms} ms |"
-    echo "| Cinder import + Heat stack | not driven by the drill yet |"
+    echo "| kill -> site A suspected at B (suspicion) | ${detect_ms} ms |"
+    echo "| suspected -> B holds every lease (decision) | $(ms "${T[susp]}" "${T[lease]}") |"
+    echo "| lease -> promoted at B (promote) | $(ms "${T[lease]}" "${T[prom]}") |"
+    echo "| kill -> promoted at B | ${promote_ms} ms |"
+    echo "| kill -> first read at B, writable (RTO, data) | ${read_ms} ms |"
+    if [ $cloud = 1 ]; then
+        echo "| lease -> automatic failover starts | $(ms "${T[lease]}" "${T[fo_start]}") |"
+        echo "| recovery check (Keystone login, leases) | $(ms "${T[check_b]}" "${T[check_d]}") |"
+        echo "| recovery promote (orchestrator) | $(ms "${T[promote_b]}" "${T[promote_d]}") |"
+        echo "| import into Cinder ($nvol volumes) | $(ms "${T[import_b]}" "${T[import_d]}") |"
+        echo "| template rewrite | $(ms "${T[rewrite_b]}" "${T[rewrite_d]}") |"
+        echo "| Heat stack to CREATE_COMPLETE (stack) | $(ms "${T[stack_b]}" "${T[stack_d]}") |"
+        echo "| kill -> stack CREATE_COMPLETE (RTO, workload) | $((T[stack_d] - kill_ms)) ms |"
+        echo "| stack on the imported volumes | checked (Heat, Cinder: server boots from $(res_of 0)'s import, all in-use) |"
+    else
+        echo "| Cinder import + Heat stack | not driven (--no-cloud) |"
+    fi
     echo "| fail back resync | $resynced bytes of $nvol x $size |"
     echo "| switchover RPO | 0 (checked) |"
     echo

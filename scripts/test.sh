@@ -15,12 +15,14 @@ cd "$top"
 . "$here/lib.sh"
 
 # protoc builds etcd-client's gRPC code (cargo needs it before the first build); etcd and
-# etcdctl run the three-site detection testbed (tests/detect_*.rs, scripts/detect-testbed.sh).
+# etcdctl run the three-site detection testbed (tests/detect_*.rs, scripts/detect-testbed.sh);
+# socat bridges the host's cloud into a site's namespace (detect-testbed.sh bridge-cloud:
+# tests/dr_autofail.rs, tests/drill.rs; the drill installs python3-matplotlib for its plot).
 need_pkgs qemu-io:qemu-utils qemu-storage-daemon:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
   fio:fio tc:iproute2 nft:nftables ping:iputils-ping protoc:protobuf-compiler etcd:etcd-server \
   etcdctl:etcd-client prometheus:prometheus promtool:prometheus curl:curl \
   systemd-analyze:systemd dpkg-deb:dpkg groff:groff-base lintian:lintian \
-  unshare:util-linux python3:python3
+  unshare:util-linux python3:python3 socat:socat
 # tests/ops_deb.rs packs the .deb with cargo-deb (scripts/build-deb.sh pins its version).
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --version 3.8.0 --locked
 

@@ -1,7 +1,8 @@
 //! `drl-drill`: the disaster drill's workload and checker (see `scripts/drill.sh`).
 //!
 //!   drl-drill write --socket A0.nbd --socket A1.nbd --log w.log [--rate 2000] [--duration 30]
-//!   drl-drill check --log w.log --socket B0.nbd --socket B1.nbd [--json] [--no-loss]
+//!   drl-drill check --log w.log --socket B0.nbd --socket B1.nbd [--json] [--no-loss] [--wait S]
+//!   drl-drill check --log w.log --file B0.img --file B1.img [--json]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,9 +57,23 @@ enum Cmd {
         #[arg(long)]
         log: PathBuf,
         /// A volume's NBD unix socket, in the writer's order.
-        #[arg(long = "socket", required = true)]
+        #[arg(
+            long = "socket",
+            required_unless_present = "files",
+            conflicts_with = "files"
+        )]
         sockets: Vec<PathBuf>,
-        /// Print the verdict as JSON (with the time of the first answered read).
+        /// Read the volumes from these files instead (in the writer's order): an imported
+        /// volume as Cinder's own target would serve it, around drl.
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+        /// Keep trying to reach each volume for up to this many seconds (every 20 ms), and
+        /// read an NBD export only once it is writable (Primary): run at a kill, the first
+        /// answered read is when the volumes were recovered.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+        /// Print the verdict as JSON (with the times of the first answered read and of the
+        /// first read of the last volume).
         #[arg(long)]
         json: bool,
         /// Also fail when any acknowledged write is missing (a planned switchover: RPO 0).
@@ -103,9 +118,28 @@ fn write(o: writer::WriterOptions) -> ExitCode {
     }
 }
 
+/// `read_volume`, retried every 20 ms until it answers or `wait` has passed.
+fn read_waiting(
+    src: &writer::Source,
+    run: u64,
+    volume: u32,
+    blocks: u32,
+    wait: Duration,
+) -> std::io::Result<(Vec<drl::drill::record::Block>, u64)> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match writer::read_volume(src, run, volume, blocks, !wait.is_zero()) {
+            Ok(r) => return Ok(r),
+            Err(e) if t0.elapsed() >= wait => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 fn check_cmd(
     log: PathBuf,
-    sockets: Vec<PathBuf>,
+    sources: Vec<writer::Source>,
+    wait: Duration,
     json: bool,
     no_loss: bool,
     group: bool,
@@ -121,24 +155,27 @@ fn check_cmd(
             return ExitCode::from(2);
         }
     };
-    if sockets.len() != l.volumes as usize {
+    if sources.len() != l.volumes as usize {
         eprintln!(
-            "drl-drill: the log has {} volumes, {} sockets given",
+            "drl-drill: the log has {} volumes, {} given",
             l.volumes,
-            sockets.len()
+            sources.len()
         );
         return ExitCode::from(2);
     }
     let mut vols = Vec::new();
     let mut first_read_ns = None;
-    for (v, s) in sockets.iter().enumerate() {
-        match writer::read_volume(s, l.run, v as u32, l.blocks) {
+    // Every volume answered (read in turn: the last one's first read).
+    let mut all_read_ns = 0u64;
+    for (v, s) in sources.iter().enumerate() {
+        match read_waiting(s, l.run, v as u32, l.blocks, wait) {
             Ok((b, t)) => {
                 first_read_ns.get_or_insert(t);
+                all_read_ns = all_read_ns.max(t);
                 vols.push(b);
             }
             Err(e) => {
-                eprintln!("drl-drill: reading {}: {e}", s.display());
+                eprintln!("drl-drill: reading {}: {e}", s.path().display());
                 return ExitCode::from(2);
             }
         }
@@ -147,6 +184,7 @@ fn check_cmd(
     if json {
         let mut j = serde_json::to_value(&v).expect("a verdict serialises");
         j["first_read_ns"] = first_read_ns.into();
+        j["all_read_ns"] = all_read_ns.into();
         println!("{j}");
     } else {
         println!(
@@ -208,6 +246,8 @@ fn main() -> ExitCode {
         Cmd::Check {
             log,
             sockets,
+            files,
+            wait,
             json,
             no_loss,
             group,
@@ -218,7 +258,17 @@ fn main() -> ExitCode {
             } else {
                 check::Scope::WholeVolume
             };
-            check_cmd(log, sockets, json, no_loss, group, scope)
+            let sources = if files.is_empty() {
+                sockets.into_iter().map(writer::Source::Nbd).collect()
+            } else {
+                files.into_iter().map(writer::Source::File).collect()
+            };
+            if !(0.0..=3600.0).contains(&wait) {
+                eprintln!("drl-drill: --wait must be 0..3600 seconds, not {wait}");
+                return ExitCode::from(2);
+            }
+            let wait = Duration::from_secs_f64(wait);
+            check_cmd(log, sources, wait, json, no_loss, group, scope)
         }
     }
 }

@@ -126,28 +126,74 @@ pub fn run(o: &WriterOptions) -> io::Result<WriterEnd> {
     }
 }
 
-/// Read the first `blocks` blocks of the export at `socket` and decode them as volume `volume`
-/// of run `run`. Returns the blocks and the time the first read was answered.
+/// Where the checker reads a volume: drl's NBD export, or the file behind it (an imported
+/// volume as Cinder's own target serves it).
+#[derive(Debug, Clone)]
+pub enum Source {
+    Nbd(PathBuf),
+    File(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Nbd(p) | Source::File(p) => p,
+        }
+    }
+}
+
+/// Read the first `blocks` blocks of `volume` from `src`, decoded against run `run`. Returns
+/// the blocks and the time (ns since the epoch) the first read was answered. `writable`: an
+/// NBD export that is read-only (a Secondary's) is an error, not read: the volume is
+/// recovered only where its user can write again.
 pub fn read_volume(
-    socket: &Path,
+    src: &Source,
     run: u64,
     volume: u32,
     blocks: u32,
+    writable: bool,
 ) -> io::Result<(Vec<Block>, u64)> {
-    let mut c = NbdClient::connect(socket)?;
+    enum Reader {
+        Nbd(NbdClient),
+        File(File),
+    }
+    let mut r = match src {
+        Source::Nbd(p) => {
+            let c = NbdClient::connect(p)?;
+            if writable && c.read_only() {
+                c.disconnect();
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{}: the export is read-only (Secondary)", p.display()),
+                ));
+            }
+            Reader::Nbd(c)
+        }
+        Source::File(p) => Reader::File(File::open(p)?),
+    };
     let per = (1 << 20) / BLOCK_BYTES as u32;
     let mut out = Vec::with_capacity(blocks as usize);
     let mut first = None;
     let mut i = 0;
     while i < blocks {
         let n = per.min(blocks - i);
-        let data = c.read(i as u64 * BLOCK_BYTES as u64, n * BLOCK_BYTES as u32)?;
+        let (off, len) = (i as u64 * BLOCK_BYTES as u64, n * BLOCK_BYTES as u32);
+        let data = match &mut r {
+            Reader::Nbd(c) => c.read(off, len)?,
+            Reader::File(f) => {
+                let mut buf = vec![0u8; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, off)?;
+                buf
+            }
+        };
         first.get_or_insert_with(now_ns);
         for (k, b) in data.chunks(BLOCK_BYTES).enumerate() {
             out.push(record::decode(b, run, volume, i + k as u32));
         }
         i += n;
     }
-    c.disconnect();
+    if let Reader::Nbd(c) = r {
+        c.disconnect();
+    }
     Ok((out, first.unwrap_or_else(now_ns)))
 }

@@ -126,6 +126,13 @@ async fn steps(
     if j.done_data(OP, step).is_none() {
         j.begin(OP, step, Value::Null)?;
         for m in members {
+            let st = daemons::status(m).await?;
+            if st["connection"] == "StandAlone" && !st["split_brain"].is_string() {
+                // A recovery that dropped the old primary's session (--force) left it
+                // StandAlone: listen for the old primary again.
+                say(&format!("{}: StandAlone: connecting", m.resource));
+                daemons::call(m, "connect", json!({ "resource": m.resource })).await?;
+            }
             say(&format!(
                 "{}: waiting for {} (Secondary) to connect and resync",
                 m.resource, m.peer

@@ -282,7 +282,20 @@ impl<'a> Recovery<'a> {
             }
         }
         let mut rpo = serde_json::Map::new();
+        let auto_promote = self.cfg.detect.as_ref().is_some_and(|d| d.auto_promote);
         for (m, mut st) in self.members.iter().zip(statuses) {
+            if lease_here && auto_promote && daemons::connected_to_primary(&st).is_some() {
+                // Detection's own promotion drops this session first (drop_stale_session):
+                // wait for it instead of racing it (a disconnect racing its reconnect waits
+                // out the state timeout and leaves the resource StandAlone).
+                let t0 = Instant::now();
+                while daemons::connected_to_primary(&st).is_some()
+                    && t0.elapsed() < Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS)
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    st = daemons::status(m).await?;
+                }
+            }
             if daemons::connected_to_primary(&st).is_some() {
                 let why = if lease_here {
                     "this site holds the lease, so the old Primary fenced itself: dropping its stale session"
@@ -294,6 +307,16 @@ impl<'a> Recovery<'a> {
                     m.resource, m.peer
                 ));
                 daemons::call(m, "disconnect", json!({ "resource": m.resource })).await?;
+                if lease_here {
+                    // As detection's drop: the session goes, the resource keeps listening,
+                    // so the old primary can come back as Secondary and fail back; a
+                    // StandAlone one would refuse it until an admin's `drl connect`.
+                    if let Err(e) =
+                        daemons::call(m, "connect", json!({ "resource": m.resource })).await
+                    {
+                        (self.say)(&format!("{}: connect after the drop: {e}", m.resource));
+                    }
+                }
                 st = daemons::status(m).await?;
             }
             rpo.insert(

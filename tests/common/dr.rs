@@ -342,36 +342,45 @@ impl DrSites {
 impl Drop for DrSites {
     /// Leave the shared cloud as it was: the stack deleted, the volumes unmanaged.
     fn drop(&mut self) {
-        let c = self.cloud();
-        let r = rt();
-        for name in [self.tag.clone(), format!("{}-home", self.tag)] {
-            if let Ok(Some(s)) = r.block_on(c.find_stack(&name)) {
-                let _ = r.block_on(c.delete_stack(&name, &s.id));
-                for _ in 0..200 {
-                    match r.block_on(c.find_stack(&name)) {
-                        Ok(Some(s)) if s.stack_status != "DELETE_COMPLETE" => {
-                            std::thread::sleep(Duration::from_millis(250))
-                        }
-                        _ => break,
+        cleanup_plan(&self.tag, self.dir.path());
+    }
+}
+
+/// Delete the stacks named `plan` and `plan-home` (a fail back's stack at the primary),
+/// unmanage every volume imported for it (Cinder metadata `drl-plan`) or registered as its
+/// primary-site volume (`drl-test-primary`), and remove every link in the export that points
+/// into `dir` (`drl-RES`, and `volume-<id>` that Cinder renamed and left behind at unmanage).
+/// Best effort: a cleanup.
+pub fn cleanup_plan(plan: &str, dir: &Path) {
+    let Ok(c) = Cloud::new(auth(KS_PASSWORD)) else {
+        return;
+    };
+    let r = rt();
+    for name in [plan.to_string(), format!("{plan}-home")] {
+        if let Ok(Some(s)) = r.block_on(c.find_stack(&name)) {
+            let _ = r.block_on(c.delete_stack(&name, &s.id));
+            for _ in 0..200 {
+                match r.block_on(c.find_stack(&name)) {
+                    Ok(Some(s)) if s.stack_status != "DELETE_COMPLETE" => {
+                        std::thread::sleep(Duration::from_millis(250))
                     }
+                    _ => break,
                 }
             }
         }
-        let vols = r.block_on(c.list_volumes()).unwrap_or_default();
-        for v in vols.into_iter().filter(|v| {
-            v.metadata.get("drl-plan") == Some(&self.tag)
-                || v.metadata.get("drl-test-primary") == Some(&self.tag)
-        }) {
-            let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
-            let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
-        }
-        // Every link into this test's directory (drl-RES, and volume-<id> that Cinder renamed
-        // and left behind at unmanage).
-        if let Ok(entries) = std::fs::read_dir(EXPORT) {
-            for e in entries.flatten() {
-                if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(self.dir.path())) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+    }
+    let vols = r.block_on(c.list_volumes()).unwrap_or_default();
+    for v in vols.into_iter().filter(|v| {
+        v.metadata.get("drl-plan").map(String::as_str) == Some(plan)
+            || v.metadata.get("drl-test-primary").map(String::as_str) == Some(plan)
+    }) {
+        let _ = r.block_on(c.unmanage_volume("cleanup", &v.id));
+        let _ = std::fs::remove_file(Path::new(EXPORT).join(format!("volume-{}", v.id)));
+    }
+    if let Ok(entries) = std::fs::read_dir(EXPORT) {
+        for e in entries.flatten() {
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir)) {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
@@ -423,3 +432,14 @@ resources:
       instance_uuid: {get_resource: server}
       volume_id: {ID1}
 ";
+
+/// The Cinder volumes still imported for `plan` (any status), by ID.
+pub fn leftover_volumes(plan: &str) -> Vec<String> {
+    let c = Cloud::new(auth(KS_PASSWORD)).unwrap();
+    rt().block_on(c.list_volumes())
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.metadata.get("drl-plan").map(String::as_str) == Some(plan))
+        .map(|v| v.id)
+        .collect()
+}

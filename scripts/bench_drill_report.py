@@ -1,0 +1,55 @@
+#!/usr/bin/python3
+"""bench-drill.sh's table (results.md, results.csv) and plot (results.png) from the runs' summary.json
+files in OUT:  bench_drill_report.py OUT. The plot needs Debian's python3-matplotlib."""
+import glob, json, os, sys
+out = sys.argv[1]
+rows = []
+for s in sorted(glob.glob(os.path.join(out, "*", "summary.json"))):
+    d = os.path.dirname(s)
+    j = json.load(open(s))
+    l = json.load(open(os.path.join(d, "load.json"))) if os.path.exists(os.path.join(d, "load.json")) else {}
+    st = j["steps_ms"]
+    rows.append([j["rate"], j["volume_size"], j["volumes"], j["writes_acked"], j["lost_writes"],
+                 f'{j["rpo_seconds"]:.3f}', j["lag_at_kill_ms"], st["suspicion"], st["decision"],
+                 st["promote"], j["kill_to_first_read_ms"], st["check"], st["import"], st["rewrite"],
+                 st["stack"], j["kill_to_stack_complete_ms"], j["failback_resync_bytes"],
+                 l.get("load_before", ""), l.get("load_after", "")])
+head = ["rate", "size", "volumes", "acked writes", "lost writes", "RPO s", "lag at kill ms",
+        "suspicion ms", "decision ms", "promote ms", "kill->first read ms", "check ms", "import ms",
+        "rewrite ms", "stack ms", "kill->CREATE_COMPLETE ms", "fail back resync bytes",
+        "load before", "load after"]
+with open(os.path.join(out, "results.csv"), "w") as f:
+    f.write(",".join(head) + "\n")
+    for r in rows:
+        f.write(",".join(str(x) for x in r) + "\n")
+with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("# drl disaster drill: RPO and RTO by link rate and volume size (replication)\n\n")
+    f.write("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
+    for r in rows:
+        f.write("| " + " | ".join(str(x) for x in r) + " |\n")
+print(open(os.path.join(out, "results.md")).read())
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    sys.exit(0)
+steps = [("suspicion", 7), ("decision", 8), ("promote", 9), ("check", 11), ("import", 12),
+         ("rewrite", 13), ("stack", 14)]
+fig, ax = plt.subplots(figsize=(10, 4.5))
+labels = [f"{r[0]}\n{r[1]}" for r in rows]
+left = [0.0] * len(rows)
+for name, col in steps:
+    w = [float(r[col] or 0) / 1000 for r in rows]
+    ax.barh(range(len(rows)), w, left=left, label=name)
+    left = [a + b for a, b in zip(left, w)]
+# What the steps do not cover (waits between them) up to CREATE_COMPLETE.
+w = [max(float(r[15] or 0) / 1000 - l, 0) for r, l in zip(rows, left)]
+ax.barh(range(len(rows)), w, left=left, label="between steps", color="#dddddd")
+ax.set_yticks(range(len(rows)), labels, fontsize=8)
+ax.invert_yaxis()
+ax.set_xlabel("seconds from the kill to CREATE_COMPLETE, by step")
+ax.set_title("drl disaster drill: RTO by step, replication")
+ax.legend(fontsize=8, ncol=4)
+fig.tight_layout()
+fig.savefig(os.path.join(out, "results.png"), dpi=110)

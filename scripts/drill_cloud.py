@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""The drill's look at the backup site's cloud (scripts/openstack-aio.sh), from the host.
+
+    drill_cloud.py verify PLAN NVOL OUT.json   the recovered stack and the imported volumes:
+                                               CREATE_COMPLETE, the server booted from the
+                                               first volume's imported ID, every volume in-use
+                                               on that server; writes what it saw; exit 1 if not
+    drill_cloud.py cleanup PLAN DIR            delete the stack PLAN, unmanage every volume
+                                               imported for PLAN (metadata drl-plan), remove
+                                               the links in the export that point into DIR
+
+What drl did is judged here with Cinder's and Heat's own APIs, apart from drl's report.
+Credentials: the all-in-one's admin (OS_* override). Standard library only.
+"""
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+KS = os.environ.get("OS_AUTH_URL", "http://127.0.0.1:5050/v3").rstrip("/")
+EXPORT = "/var/tmp/drl-openstack/export"
+
+
+def call(method, url, token=None, body=None, ok=(200, 201, 202, 204)):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/json")
+    if token:
+        req.add_header("X-Auth-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read()
+            return r.status, (json.loads(text) if text else None), r.headers
+    except urllib.error.HTTPError as e:
+        if e.code in ok:
+            return e.code, None, e.headers
+        raise SystemExit(f"{method} {url}: HTTP {e.code}: {e.read()[:300]!r}")
+
+
+def login():
+    dom = {"name": "Default"}
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": os.environ.get("OS_USERNAME", "admin"), "domain": dom,
+        "password": os.environ.get("OS_PASSWORD", "drl-admin-pw")}}},
+        "scope": {"project": {"name": os.environ.get("OS_PROJECT_NAME", "admin"), "domain": dom}}}}
+    _, tok, h = call("POST", KS + "/auth/tokens", body=body)
+    ep = {}
+    for s in tok["token"]["catalog"]:
+        for e in s["endpoints"]:
+            if e["interface"] == "public":
+                ep[s["type"]] = e["url"].rstrip("/")
+    return h["X-Subject-Token"], ep
+
+
+def find_stack(token, heat, name):
+    _, r, _ = call("GET", f"{heat}/stacks?name={name}", token)
+    st = [s for s in r["stacks"] if s["stack_name"] == name]
+    if not st:
+        return None
+    _, r, _ = call("GET", f"{heat}/stacks/{name}/{st[0]['id']}", token)
+    return r["stack"]
+
+
+def plan_volumes(token, cinder, plan):
+    _, r, _ = call("GET", f"{cinder}/volumes/detail?all_tenants=1", token)
+    return [v for v in r["volumes"] if (v.get("metadata") or {}).get("drl-plan") == plan]
+
+
+def verify(plan, nvol, out):
+    token, ep = login()
+    heat, cinder = ep["orchestration"], ep["volumev3"]
+    stack = find_stack(token, heat, plan)
+    seen = {"plan": plan, "stack_id": None, "stack_status": None, "volumes": [], "problems": []}
+    bad = seen["problems"].append
+    if stack is None:
+        bad(f"no stack named {plan}")
+    else:
+        seen["stack_id"], seen["stack_status"] = stack["id"], stack["stack_status"]
+        seen["boot_volume"] = (stack.get("parameters") or {}).get("boot_volume")
+        if stack["stack_status"] != "CREATE_COMPLETE":
+            bad(f"stack {stack['stack_status']}: {stack.get('stack_status_reason')}")
+        _, r, _ = call("GET", f"{heat}/stacks/{plan}/{stack['id']}/resources/server", token)
+        seen["server_id"] = r["resource"]["physical_resource_id"]
+    vols = plan_volumes(token, cinder, plan)
+    for v in sorted(vols, key=lambda v: v["metadata"].get("drl-resource", "")):
+        seen["volumes"].append({
+            "resource": v["metadata"].get("drl-resource"), "cinder_id": v["id"],
+            "status": v["status"], "bootable": v.get("bootable") == "true",
+            "attached_to": [a.get("server_id") for a in v.get("attachments") or []],
+        })
+    if len(vols) != nvol:
+        bad(f"{len(vols)} volumes imported for {plan}, expected {nvol}")
+    first = f"{plan}-r0"
+    for v in seen["volumes"]:
+        if v["status"] != "in-use" or v["attached_to"] != [seen.get("server_id")]:
+            bad(f"volume {v['cinder_id']} ({v['resource']}) {v['status']}, attached to {v['attached_to']}, not to the stack's server")
+        if v["resource"] == first:
+            if seen.get("boot_volume") != v["cinder_id"]:
+                bad(f"the stack's boot_volume {seen.get('boot_volume')} is not {first}'s imported {v['cinder_id']}")
+            if not v["bootable"]:
+                bad(f"{first}'s imported volume is not bootable")
+    json.dump(seen, open(out, "w"), indent=1)
+    for p in seen["problems"]:
+        print("drill_cloud: " + p, file=sys.stderr)
+    return 1 if seen["problems"] else 0
+
+
+def cleanup(plan, d):
+    token, ep = login()
+    heat, cinder = ep["orchestration"], ep["volumev3"]
+    stack = find_stack(token, heat, plan)
+    if stack is not None:
+        call("DELETE", f"{heat}/stacks/{plan}/{stack['id']}", token)
+        end = time.time() + 120
+        while time.time() < end:
+            s = find_stack(token, heat, plan)
+            if s is None or s["stack_status"] in ("DELETE_COMPLETE", "DELETE_FAILED"):
+                break
+            time.sleep(0.5)
+    for v in plan_volumes(token, cinder, plan):
+        call("POST", f"{cinder}/volumes/{v['id']}/action", token, {"os-unmanage": None})
+        print(f"drill_cloud: unmanaged {v['id']} ({v['metadata'].get('drl-resource')})", file=sys.stderr)
+    d = os.path.realpath(d)
+    for name in os.listdir(EXPORT) if os.path.isdir(EXPORT) else []:
+        p = os.path.join(EXPORT, name)
+        if os.path.islink(p) and os.path.realpath(p).startswith(d + "/"):
+            os.unlink(p)
+    return 0
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    if len(a) == 4 and a[0] == "verify":
+        sys.exit(verify(a[1], int(a[2]), a[3]))
+    if len(a) == 3 and a[0] == "cleanup":
+        sys.exit(cleanup(a[1], a[2]))
+    sys.exit(__doc__)

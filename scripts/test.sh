@@ -43,3 +43,20 @@ filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 # Tests run two at a time: the machine has 2 cores and several tests start real daemons.
 cargo test --workspace --no-fail-fast -- --test-threads=2 "${filter[@]}"
+
+# Fuzzing: tests/fuzz_corpus.rs (above, stable) replayed every seed and crash regression
+# through the harnesses. A short coverage-guided run of every target needs the nightly
+# toolchain and cargo-fuzz; installing them and building the instrumented dependency tree
+# takes longer than this suite can spare on a fresh machine, so it runs where they are
+# (the first run on a machine still builds the instrumented dependency tree: DRL_SKIP_FUZZ=1).
+if [ ${#filter[@]} -gt 0 ]; then
+  echo "NOTE: fuzz smoke run not done: a test filter was given"
+elif [ "${DRL_SKIP_FUZZ:-0}" = 1 ]; then
+  echo "NOTE: fuzz smoke run not done: DRL_SKIP_FUZZ=1"
+elif rustup toolchain list 2>/dev/null | grep -q '^nightly' && cargo fuzz --version >/dev/null 2>&1; then
+  "$here/fuzz.sh" --smoke
+else
+  echo "NOTE: fuzz smoke run not done: no nightly toolchain or cargo-fuzz here (the corpora" \
+    "and regressions ran on stable in tests/fuzz_corpus.rs; scripts/fuzz.sh --smoke needs" \
+    "rustup toolchain install nightly && cargo install cargo-fuzz)"
+fi

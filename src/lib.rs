@@ -19,6 +19,8 @@
 //! - [`drill`]: the disaster drill's logged writer and prefix checker (`drl-drill`).
 //! - [`detect`]: site-failure detection (UDP probes), leases in etcd, self-fencing.
 //! - [`orchestrator`]: protection plans, recovery through Cinder and Heat, fail back.
+//! - `fuzzing`: the fuzz harnesses (cargo-fuzz targets in `fuzz/`, corpora replayed by
+//!   `tests/fuzz_corpus.rs`).
 //!
 //! See ARCHITECTURE.md at the repository root for the write path, threads and trust boundaries.
 
@@ -29,6 +31,8 @@ pub mod daemon;
 pub mod detect;
 pub mod drill;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod logrl;
 pub mod metrics;

@@ -97,10 +97,19 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
         .flat_map(|i| i.body.clone().unwrap_or_default())
         .collect();
     let mut found = false;
+    let mut names = std::collections::HashSet::new();
     for it in &items {
         match (it.key(), &it.body) {
             ("resource", Some(body)) => {
                 found = true;
+                if let Some(name) = it.arg(1) {
+                    if !names.insert(name.to_owned()) {
+                        return Err(ResError {
+                            line: it.line,
+                            what: format!("resource {name} is defined twice"),
+                        });
+                    }
+                }
                 import_resource(it, body, &common, opts, &mut out)?;
             }
             ("common", Some(_)) => {}
@@ -149,6 +158,37 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
         toml,
         unmapped: out.unmapped,
     })
+}
+
+/// Keep the last `key = value` line of each key in a table's lines, where the first
+/// occurrence stood; note each dropped one.
+fn last_wins(table: &str, name: &str, unmapped: &mut Vec<String>) -> String {
+    let key = |l: &str| l.split_once(" = ").map(|(k, _)| k.to_owned());
+    let lines: Vec<&str> = table.lines().collect();
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(k) = key(l) else {
+            out += l;
+            out.push('\n');
+            continue;
+        };
+        if lines[..i].iter().any(|p| key(p).as_deref() == Some(&k)) {
+            continue; // already written, with its last value
+        }
+        let last = lines
+            .iter()
+            .rev()
+            .find(|p| key(p).as_deref() == Some(&k))
+            .unwrap_or(l);
+        if last != l {
+            unmapped.push(format!(
+                "{name}: {k} is set more than once; the last one is kept"
+            ));
+        }
+        out += last;
+        out.push('\n');
+    }
+    out
 }
 
 fn import_resource(
@@ -326,6 +366,9 @@ fn import_resource(
             "{name}: size (DRBD takes it from the backing disk; drl needs it: pass --size)"
         )),
     }
+    // A setting given twice (in `common` and the resource, or in two sections) must become one
+    // TOML key: the later one wins, as a resource's section overrides `common` in DRBD.
+    r = last_wins(&r, name, &mut out.unmapped);
     r.push('\n');
     for (host, hbody) in &hosts {
         if !out.nodes.contains(host) {

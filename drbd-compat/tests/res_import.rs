@@ -174,3 +174,51 @@ fn auto_promote_maps() {
     .unwrap();
     assert!(yes.toml.contains("auto-promote = true"), "{}", yes.toml);
 }
+
+/// Found by fuzzing (fuzz/regressions/drbd_res/duplicate-secret-and-resource): a setting in
+/// `common` and again in the resource became two `secret =` lines, TOML that drl refused
+/// ("duplicate key"). The resource's value wins, as in DRBD, and the import says so.
+#[test]
+fn a_setting_in_common_and_in_the_resource_becomes_one_key() {
+    let text = "common { net { shared-secret common; max-buffers 100; } }\n\
+                resource r0 { net { shared-secret mine; } net { max-buffers 200; }\n\
+                  on a { device /dev/drbd0; disk /dev/sdb; meta-disk internal; address 10.0.0.1:7788; }\n\
+                  on b { device /dev/drbd0; disk /dev/sdb; meta-disk internal; address 10.0.0.2:7788; } }\n";
+    let out = import(text, &opts()).unwrap();
+    let secrets: Vec<&str> = out
+        .toml
+        .lines()
+        .filter(|l| l.starts_with("secret = "))
+        .collect();
+    assert_eq!(secrets, ["secret = \"mine\""], "{}", out.toml);
+    let buffers: Vec<&str> = out
+        .toml
+        .lines()
+        .filter(|l| l.starts_with("max-buffer = "))
+        .collect();
+    assert_eq!(buffers.len(), 1, "{}", out.toml);
+    assert!(
+        buffers[0].contains("800KiB"),
+        "the resource's 200 x 4 KiB: {}",
+        out.toml
+    );
+    assert!(
+        out.unmapped
+            .iter()
+            .any(|u| u.contains("secret is set more than once")),
+        "{:?}",
+        out.unmapped
+    );
+}
+
+/// Found by the same fuzz input: two `resource r0` sections became two resources of one name.
+#[test]
+fn a_resource_defined_twice_is_refused() {
+    let one = "resource r0 { on a { disk /dev/sdb; address 10.0.0.1:7788; } }\n";
+    let e = import(&format!("{one}{one}"), &opts()).unwrap_err();
+    assert!(
+        e.to_string().contains("resource r0 is defined twice"),
+        "{e}"
+    );
+    assert_eq!(e.line, 2);
+}

@@ -25,7 +25,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod client;
-mod connection;
+pub(crate) mod connection;
 pub mod events;
 pub mod rpc;
 pub mod server;

@@ -74,6 +74,16 @@ impl Token {
         Ok(Token(Arc::new(t)))
     }
 
+    /// A token from its bytes (the fuzz harness; files go through [`Token::from_file`]).
+    pub(crate) fn from_bytes(token: &[u8]) -> Token {
+        Token(Arc::new(token.to_vec()))
+    }
+
+    /// HMAC-SHA256(token, context || nonce): what a client answers to `nonce`.
+    pub(crate) fn answer(&self, nonce: &[u8]) -> String {
+        hex::encode(self.mac(nonce).finalize().into_bytes())
+    }
+
     fn mac(&self, nonce: &[u8]) -> Hmac<Sha256> {
         let mut m =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
@@ -148,7 +158,16 @@ pub async fn serve(
 }
 
 async fn authenticate(stream: TcpStream, token: &Token) -> Result<BufReader<TcpStream>, String> {
-    let nonce: [u8; 32] = rand::random();
+    authenticate_with(stream, token, rand::random()).await
+}
+
+/// The server side of the challenge-response on any stream, with the nonce given (the
+/// fuzz harness drives it over an in-memory stream).
+pub(crate) async fn authenticate_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    token: &Token,
+    nonce: [u8; 32],
+) -> Result<BufReader<S>, String> {
     let mut s = BufReader::new(stream);
     write_line(
         s.get_mut(),
@@ -198,6 +217,18 @@ pub async fn connect(
     let stream = TcpStream::connect(addr)
         .await
         .map_err(io("connecting to the daemon's TCP control endpoint"))?;
+    client_handshake(stream, token, &addr.to_string()).await
+}
+
+/// The client side of the challenge-response on any stream (`who` names the daemon in
+/// errors); what a daemon, or whoever answers in its place, sends is parsed here.
+pub(crate) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    token: &Token,
+    who: &str,
+) -> Result<BufReader<S>, ControlError> {
+    let io = |what: &'static str| move |source| ControlError::Io { what, source };
+    let addr = who;
     let mut s = BufReader::new(stream);
     let hello = read_line(&mut s)
         .await
@@ -207,7 +238,7 @@ pub async fn connect(
         .and_then(Value::as_str)
         .and_then(|h| hex::decode(h).ok())
         .ok_or_else(|| ControlError::Protocol(format!("{addr}: not a drl control endpoint")))?;
-    let mac = hex::encode(token.mac(&nonce).finalize().into_bytes());
+    let mac = token.answer(&nonce);
     write_line(s.get_mut(), &json!({ "hmac": mac }))
         .await
         .map_err(io("authenticating to the daemon"))?;

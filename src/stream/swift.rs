@@ -513,31 +513,14 @@ impl ObjectStore for SwiftClient {
                         Err(ReadErr::Retry(w)) => return Outcome::Retry(w),
                         Err(ReadErr::Fail(e)) => return Outcome::Fail(e),
                     };
-                    match serde_json::from_slice::<Vec<ObjectMeta>>(&body) {
+                    match parse_listing_page(container, &body) {
                         Ok(v) => Outcome::Done(v),
-                        Err(e) => Outcome::Fail(StreamError::BadResponse {
-                            target: container.into(),
-                            reason: format!("listing is not the expected JSON: {e}"),
-                        }),
+                        Err(e) => Outcome::Fail(e),
                     }
                 })
                 .await?;
-            if page.is_empty() {
+            if !add_listing_page(&mut out, page, container, prefix)? {
                 return Ok(out);
-            }
-            if page.first().is_some_and(|o| o.name <= marker) && !marker.is_empty() {
-                return Err(StreamError::BadResponse {
-                    target: container.into(),
-                    reason: "listing did not advance past the marker".into(),
-                });
-            }
-            out.extend(page);
-            if out.len() as u64 > SWIFT_LIST_OBJECTS_MAX {
-                return Err(StreamError::TooLarge {
-                    object: format!("listing of {container}/{prefix}*"),
-                    size: out.len() as u64,
-                    max: SWIFT_LIST_OBJECTS_MAX,
-                });
             }
         }
     }
@@ -596,16 +579,62 @@ impl ObjectStore for SwiftClient {
                 Err(ReadErr::Retry(w)) => return Outcome::Retry(w),
                 Err(ReadErr::Fail(e)) => return Outcome::Fail(e),
             };
-            match serde_json::from_slice::<Vec<SloSegment>>(&body) {
+            match parse_slo(p, &body) {
                 Ok(v) => Outcome::Done(Some(v)),
-                Err(e) => Outcome::Fail(StreamError::BadResponse {
-                    target: p.clone(),
-                    reason: format!("SLO manifest is not the expected JSON: {e}"),
-                }),
+                Err(e) => Outcome::Fail(e),
             }
         })
         .await
     }
+}
+
+/// One page of a container listing (`?format=json`), as Swift sent it.
+pub(crate) fn parse_listing_page(
+    container: &str,
+    body: &[u8],
+) -> Result<Vec<ObjectMeta>, StreamError> {
+    serde_json::from_slice::<Vec<ObjectMeta>>(body).map_err(|e| StreamError::BadResponse {
+        target: container.into(),
+        reason: format!("listing is not the expected JSON: {e}"),
+    })
+}
+
+/// Append a listing page to what the pages before it gave; `Ok(false)`: the listing is
+/// complete (an empty page). A page must start past the last name (the marker asked for),
+/// and the whole listing stays within [`SWIFT_LIST_OBJECTS_MAX`].
+pub(crate) fn add_listing_page(
+    out: &mut Vec<ObjectMeta>,
+    page: Vec<ObjectMeta>,
+    container: &str,
+    prefix: &str,
+) -> Result<bool, StreamError> {
+    if page.is_empty() {
+        return Ok(false);
+    }
+    let marker = out.last().map(|o| o.name.as_str()).unwrap_or_default();
+    if page.first().is_some_and(|o| o.name.as_str() <= marker) && !marker.is_empty() {
+        return Err(StreamError::BadResponse {
+            target: container.into(),
+            reason: "listing did not advance past the marker".into(),
+        });
+    }
+    out.extend(page);
+    if out.len() as u64 > SWIFT_LIST_OBJECTS_MAX {
+        return Err(StreamError::TooLarge {
+            object: format!("listing of {container}/{prefix}*"),
+            size: out.len() as u64,
+            max: SWIFT_LIST_OBJECTS_MAX,
+        });
+    }
+    Ok(true)
+}
+
+/// A Static Large Object manifest (`?multipart-manifest=get&format=raw`) read from `path`.
+pub(crate) fn parse_slo(path: &str, body: &[u8]) -> Result<Vec<SloSegment>, StreamError> {
+    serde_json::from_slice::<Vec<SloSegment>>(body).map_err(|e| StreamError::BadResponse {
+        target: path.into(),
+        reason: format!("SLO manifest is not the expected JSON: {e}"),
+    })
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@
 mod budget;
 pub mod client;
 pub mod command;
-mod conn;
+pub(crate) mod conn;
 pub mod handshake;
 mod idle;
 pub mod proto;

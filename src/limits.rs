@@ -455,8 +455,10 @@ pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 pub const DR_SNAPSHOT_EVERY_MS_MIN: u64 = 1_000;
 /// Scheduled snapshots kept per resource when `keep` is not given.
 pub const DR_SNAPSHOT_KEEP_DEFAULT: u32 = 24;
-/// Protection actions (scheduled snapshots streamed) a checkpoint records, newest first; the
-/// store keeps `keep` per resource, so this bounds a plan of many resources.
+/// Images one `[[plan]]` copies on its schedule (`images`).
+pub const DR_PLAN_IMAGES_COUNT_MAX: usize = 64;
+/// Protection actions (scheduled snapshots streamed, images copied) a checkpoint records,
+/// newest first; the store keeps `keep` per resource and image, so this bounds a large plan.
 pub const DR_CHECKPOINT_ACTIONS_COUNT_MAX: usize = 1024;
 /// How often the daemon compares each plan's replication lag with its `rpo-target`.
 pub const DR_RPO_CHECK_INTERVAL_MS: u64 = 1_000;

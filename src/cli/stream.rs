@@ -369,17 +369,6 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
     )
 }
 
-/// `swift://CONTAINER/PATH/OBJECT` -> (CONTAINER, PATH/OBJECT).
-fn image_object(url: &StoreUrl) -> Result<(String, String), crate::stream::StreamError> {
-    let (loc, object) = url.split_last()?;
-    let object = if loc.prefix.is_empty() {
-        object
-    } else {
-        format!("{}/{object}", loc.prefix)
-    };
-    Ok((loc.container, object))
-}
-
 pub fn image(g: &Global, c: &ImageCmd) -> i32 {
     match c {
         ImageCmd::Push {
@@ -396,7 +385,7 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                 to,
                 *json,
                 move |store, url, settings, progress| async move {
-                    let (container, object) = image_object(&url)?;
+                    let (container, object) = image::object_of(&url)?;
                     let mut opts = image::ImageOptions {
                         parallelism: settings.parallelism,
                         ..Default::default()
@@ -416,7 +405,7 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                 from,
                 *json,
                 move |store, url, _settings, progress| async move {
-                    let (container, object) = image_object(&url)?;
+                    let (container, object) = image::object_of(&url)?;
                     image::pull(&store, &container, &object, &to, progress).await
                 },
             )

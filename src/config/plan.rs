@@ -65,8 +65,21 @@ pub struct RawPlan {
     /// The workload's stack at the primary site: fail back creates it from the plan's
     /// template (primary IDs as written) in `[primary-openstack]`'s cloud.
     pub primary_stack_name: Option<String>,
+    /// VM images copied to the store on every tick of the snapshot schedule.
+    #[serde(default)]
+    pub images: Vec<RawPlanImage>,
     #[serde(default)]
     pub volume: BTreeMap<String, RawPlanVolume>,
+}
+
+/// One entry of `[[plan]] images`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPlanImage {
+    /// The image file on the node that runs the plan's schedule.
+    pub file: PathBuf,
+    /// Store URL of the object (`swift://CONTAINER/OBJECT`, or a vault location).
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +126,15 @@ pub struct PlanConfig {
     pub primary_stack_name: Option<String>,
     /// Store URL the scheduled snapshots are streamed to (`URL/RESOURCE` per resource).
     pub snapshot_to: Option<String>,
+    /// Images copied on every tick of the schedule (`images`).
+    pub images: Vec<PlanImage>,
+}
+
+/// One image of a plan: the file and the store URL of its object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanImage {
+    pub file: PathBuf,
+    pub to: String,
 }
 
 /// `[dr]`, validated.
@@ -336,6 +358,7 @@ pub(super) fn plans(
             crate::stream::store::StoreUrl::parse(to)
                 .map_err(|e| invalid(key("snapshot-to"), e.to_string()))?;
         }
+        let images = plan_images(p, snapshots.is_some(), &key, invalid)?;
         if p.primary_stack_name.is_some() && raw.primary_openstack.is_none() {
             return Err(invalid(
                 key("primary-stack-name"),
@@ -399,6 +422,60 @@ pub(super) fn plans(
                 .snapshot_to
                 .as_ref()
                 .map(|t| t.trim_end_matches('/').to_owned()),
+            images,
+        });
+    }
+    Ok(out)
+}
+
+/// `[[plan]] images`: absolute files, store URLs that name an object, no object twice.
+fn plan_images(
+    p: &RawPlan,
+    scheduled: bool,
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<PlanImage>, ConfigError> {
+    if p.images.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !scheduled {
+        return Err(invalid(
+            key("images"),
+            "images without snapshot-every (they are copied on the schedule's ticks)".into(),
+        ));
+    }
+    if p.images.len() > crate::limits::DR_PLAN_IMAGES_COUNT_MAX {
+        return Err(invalid(
+            key("images"),
+            format!(
+                "{} images: at most {}",
+                p.images.len(),
+                crate::limits::DR_PLAN_IMAGES_COUNT_MAX
+            ),
+        ));
+    }
+    let mut out: Vec<PlanImage> = Vec::new();
+    for (i, im) in p.images.iter().enumerate() {
+        let k = |f: &str| key(&format!("images[{i}].{f}"));
+        if !im.file.is_absolute() {
+            return Err(invalid(
+                k("file"),
+                format!("{} must be an absolute path", im.file.display()),
+            ));
+        }
+        let to = im.to.trim_end_matches('/').to_owned();
+        crate::stream::store::StoreUrl::parse(&to)
+            .and_then(|u| crate::stream::image::object_of(&u))
+            .map_err(|e| invalid(k("to"), e.to_string()))?;
+        if out.iter().any(|o| o.to == to) {
+            return Err(invalid(
+                k("to"),
+                format!("{to:?}: two images of the plan would overwrite each other"),
+            ));
+        }
+        out.push(PlanImage {
+            file: im.file.clone(),
+            to,
         });
     }
     Ok(out)

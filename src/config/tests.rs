@@ -507,3 +507,60 @@ fn primary_stack_name_needs_the_primary_sites_cloud() {
     );
     assert!(e.contains("primary-openstack.auth-url"), "{e}");
 }
+
+/// `[[plan]] images`: the brief's form works; each bad entry names its key.
+#[test]
+fn plan_images_parse_and_bad_ones_name_the_key() {
+    let with = |images: &str| {
+        with_r1(&PLAN_EXAMPLE.replace(
+            "rpo-target = \"30s\"",
+            &format!("snapshot-every = \"60m\"\nkeep = 3\nimages = {images}"),
+        ))
+    };
+    let c = check(
+        &with(r#"[{ file = "/var/lib/drl/images/base.qcow2", to = "swift://images/base" }, { file = "/srv/win.raw", to = "/srv/vault::img/win/" }]"#),
+        "site-b",
+    )
+    .unwrap();
+    let im = &c.plans[0].images;
+    assert_eq!(im.len(), 2);
+    assert_eq!(im[0].file, PathBuf::from("/var/lib/drl/images/base.qcow2"));
+    assert_eq!(im[0].to, "swift://images/base");
+    assert_eq!(im[1].to, "/srv/vault::img/win", "trailing slash dropped");
+    let c = check(&with_r1(PLAN_EXAMPLE), "site-b").unwrap();
+    assert!(c.plans[0].images.is_empty(), "images are optional");
+    for (images, want) in [
+        (
+            r#"[{ file = "base.qcow2", to = "swift://images/base" }]"#,
+            "plan.web.images[0].file",
+        ),
+        (
+            r#"[{ file = "/a", to = "swift://images/a" }, { file = "/b", to = "swift://images" }]"#,
+            "plan.web.images[1].to",
+        ),
+        (
+            r#"[{ file = "/a", to = "swift://" }]"#,
+            "plan.web.images[0].to",
+        ),
+        (
+            r#"[{ file = "/a", to = "swift://i/a" }, { file = "/b", to = "swift://i/a/" }]"#,
+            "overwrite each other",
+        ),
+        (r#"[{ file = "/a", to = "swift://i/a", sha = 1 }]"#, "sha"),
+        (r#"[{ file = "/a" }]"#, "to"),
+    ] {
+        let e = err(&with(images), "site-b");
+        assert!(e.contains(want), "{images}: {e}");
+    }
+    let e = err(
+        &with_r1(&PLAN_EXAMPLE.replace(
+            "rpo-target = \"30s\"",
+            "images = [{ file = \"/a\", to = \"swift://i/a\" }]",
+        )),
+        "site-b",
+    );
+    assert!(
+        e.contains("plan.web.images") && e.contains("without snapshot-every"),
+        "{e}"
+    );
+}

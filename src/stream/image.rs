@@ -60,6 +60,17 @@ pub fn segment_size_for(size: u64, configured: u64) -> Result<u64, StreamError> 
     Ok(seg)
 }
 
+/// `swift://CONTAINER/PATH/OBJECT` -> (CONTAINER, PATH/OBJECT): the object an image URL names.
+pub fn object_of(url: &super::store::StoreUrl) -> Result<(String, String), StreamError> {
+    let (loc, object) = url.split_last()?;
+    let object = if loc.prefix.is_empty() {
+        object
+    } else {
+        format!("{}/{object}", loc.prefix)
+    };
+    Ok((loc.container, object))
+}
+
 /// Push the file at `path` to `container/object` as an SLO.
 pub async fn push<S: ObjectStore>(
     store: &S,

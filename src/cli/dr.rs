@@ -116,6 +116,27 @@ fn load(g: &Global) -> Result<NodeConfig, i32> {
     })
 }
 
+/// One recorded protection action, as `drl dr protect` and `drl dr plan show` print it.
+fn action_line(a: &serde_json::Value) -> String {
+    let s = |k: &str| a[k].as_str().unwrap_or("?").to_owned();
+    match a["kind"].as_str() {
+        Some("image") => format!(
+            "image {} at {} ({} of {} bytes uploaded)",
+            s("file"),
+            s("stored_at"),
+            a["bytes_uploaded"],
+            a["size_bytes"]
+        ),
+        _ => format!(
+            "{} {} of {} at {}",
+            s("kind"),
+            s("snapshot"),
+            s("resource"),
+            s("stored_at")
+        ),
+    }
+}
+
 fn say(line: &str) {
     eprintln!("drl dr: {line}");
 }
@@ -146,7 +167,7 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                                 println!("  {} on {} ({}): {} bytes, {}", v.resource, v.node, v.peer, v.size_bytes, v.disk);
                             }
                             for a in cp.actions.iter().take(8) {
-                                println!("  action: {} {} of {} at {}", a["kind"].as_str().unwrap_or("?"), a["snapshot"].as_str().unwrap_or("?"), a["resource"].as_str().unwrap_or("?"), a["stored_at"].as_str().unwrap_or("?"));
+                                println!("  action: {}", action_line(a));
                             }
                             if cp.actions.len() > 8 {
                                 println!("  ... {} actions in all", cp.actions.len());
@@ -198,6 +219,9 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                     }
                     for x in v["volumes"].as_array().into_iter().flatten() {
                         println!("  {} on {}: {} {} {} lag {} ms, out of sync {} bytes", x["resource"].as_str().unwrap_or(""), x["node"].as_str().unwrap_or(""), x["role"], x["disk"], x["connection"], x["lag_ms"], x["out_of_sync_bytes"]);
+                    }
+                    for x in v["actions"].as_array().into_iter().flatten().take(8) {
+                        println!("  action: {}", action_line(x));
                     }
                 }
                 exit::OK

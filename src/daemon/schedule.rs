@@ -7,6 +7,11 @@
 //! against the newest older one already there) and the action is recorded in the checkpoint
 //! store (`orchestrator::checkpoint::record_action`, newest `keep` per resource), so the next
 //! `drl dr protect` lists it. A failure is logged (rate-limited) and the schedule goes on.
+//!
+//! With `images`, the node where the plan's first resource is Primary (exactly one node, so
+//! once per tick per plan) then copies each image file to its object with `image::push`,
+//! which sends only the segments the store does not already hold with the same md5 (the file
+//! is still read and hashed whole), and records an `image` action kept `keep` per image.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,8 @@ pub(super) fn spawn(
         if mine.is_empty() {
             continue;
         }
+        let images = plan.images.clone();
+        let first = plan.volumes[0].resource.clone();
         let (node, name, mut shutdown) = (node.clone(), plan.name.clone(), shutdown.clone());
         tracing::info!(plan = %name, every_ms, keep, resources = ?mine, "snapshot schedule");
         tasks.spawn(async move {
@@ -44,6 +51,14 @@ pub(super) fn spawn(
                 for r in &mine {
                     if let Err(e) = tick(&node, &name, r, keep, to.as_deref()).await {
                         crate::warn_rl!(rl, plan = %name, resource = %r, "scheduled snapshot: {e}");
+                    }
+                }
+                if images.is_empty() || !primary_here(&node, &first) {
+                    continue;
+                }
+                for im in &images {
+                    if let Err(e) = copy_image(&node, &name, im, keep).await {
+                        crate::warn_rl!(rl, plan = %name, image = %im.file.display(), "scheduled image copy: {e}");
                     }
                 }
             }
@@ -146,5 +161,56 @@ async fn stream_and_record(
             .field("snapshot", snapshot)
             .field("streamed-to", url.as_str()),
     );
+    Ok(())
+}
+
+/// Whether `resource` lives here and is Primary.
+fn primary_here(node: &Node, resource: &str) -> bool {
+    node.resource(resource)
+        .is_some_and(|r| r.meta().superblock().role == Role::Primary)
+}
+
+/// Copy one image of `plan` to its object and record the action (kept `keep` per image).
+async fn copy_image(
+    node: &Node,
+    plan: &str,
+    im: &crate::config::plan::PlanImage,
+    keep: usize,
+) -> Result<(), String> {
+    use crate::stream::{image, store};
+    let t0 = std::time::Instant::now();
+    let url = store::StoreUrl::parse(&im.to).map_err(|e| e.to_string())?;
+    let (container, object) = image::object_of(&url).map_err(|e| e.to_string())?;
+    let s = store::open_store(
+        &url,
+        node.config.swift.clone(),
+        &node.config.stream.vault_dir,
+    )
+    .map_err(|e| format!("{}: {e}", im.to))?;
+    let opts = image::ImageOptions {
+        parallelism: node.config.stream.parallelism,
+        ..Default::default()
+    };
+    let report = image::push(&s, &im.file, &container, &object, &opts, |_| {})
+        .await
+        .map_err(|e| format!("push {} to {}: {e}", im.file.display(), im.to))?;
+    let action = serde_json::json!({
+        "kind": "image",
+        "plan": plan,
+        "node": node.config.node,
+        "file": im.file.display().to_string(),
+        "stored_at": im.to,
+        "size_bytes": report.bytes_read,
+        "bytes_uploaded": report.bytes_uploaded,
+        "chunks_uploaded": report.chunks_uploaded,
+        "chunks_resumed": report.chunks_resumed,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "done_unix_ms": crate::repl::replicator::unix_ms(),
+    });
+    // Records live beside the resources' (`@` is never in a resource name).
+    let key = format!("@image/{container}/{object}");
+    crate::orchestrator::checkpoint::record_action(&node.config, plan, &key, keep, &action)
+        .await
+        .map_err(|e| format!("record the copy of {}: {e}", im.file.display()))?;
     Ok(())
 }

@@ -168,8 +168,9 @@ fn actions_prefix(url: &StoreUrl, plan: &str, resource: &str) -> String {
     url.join(&format!("{plan}/actions/{resource}/"))
 }
 
-/// Record a protection action the daemon did for `plan` (a scheduled snapshot streamed) in
-/// the checkpoint store, and keep only the newest `keep` records of `resource`.
+/// Record a protection action the daemon did for `plan` (a scheduled snapshot streamed, or
+/// an image copied: `resource` is then `@image/CONTAINER/OBJECT`) in the checkpoint store,
+/// and keep only the newest `keep` records of `resource`.
 pub async fn record_action(
     cfg: &NodeConfig,
     plan: &str,
@@ -311,6 +312,13 @@ pub async fn plan_json(cfg: &NodeConfig, plan: &PlanConfig, with_checkpoints: bo
             }
         }
         Err(e) => v["checkpoint_error"] = json!(e.to_string()),
+    }
+    if with_checkpoints {
+        // The protection actions recorded so far (snapshots streamed, images copied).
+        match actions(cfg, &plan.name).await {
+            Ok(a) => v["actions"] = json!(a),
+            Err(e) => v["actions_error"] = json!(e.to_string()),
+        }
     }
     v
 }

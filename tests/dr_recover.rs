@@ -325,12 +325,20 @@ fn kill9_after_each_step_resumes_to_one_volume_per_resource_and_one_stack() {
 
 #[test]
 fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_newest() {
+    need_swift();
+    // The plan's image is copied to the real Swift on the same ticks. Until the file exists
+    // the copy fails (logged) and the schedule goes on.
     let s = DrSites::start_with(
         VOLUMES_TEMPLATE,
-        "snapshot-every = \"1s\"\nkeep = 2\nsnapshot-to = \"{DIR}/vault::snaps/s\"\n",
+        "snapshot-every = \"1s\"\nkeep = 2\nsnapshot-to = \"{DIR}/vault::snaps/s\"\nimages = [{ file = \"{DIR}/base.img\", to = \"swift://{TAG}-img/base/disk\" }]\n",
         KS_PASSWORD,
-        "",
+        SWIFT_TOML,
     );
+    let image = s.dir.path().join("base.img");
+    let mut data = vec![0u8; (3 << 20) + 4321];
+    rand::Rng::fill(&mut rand::rng(), &mut data[..]);
+    std::fs::write(s.dir.path().join("base.img.tmp"), &data).unwrap();
+    std::fs::rename(s.dir.path().join("base.img.tmp"), &image).unwrap();
     let prefix = format!("{}-", s.tag);
     let scheduled = |n: &common::Node, r: &str| -> (Vec<String>, usize) {
         let v: serde_json::Value =
@@ -422,6 +430,57 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_new
             "the streamed snapshot holds the data written before it",
         );
     }
+    // The image: copied once per tick (by a1, where the plan is Primary), the newest `keep`
+    // copies recorded, and what Swift holds pulls back byte-identical to the file.
+    let images = |cp: &serde_json::Value| -> Vec<serde_json::Value> {
+        cp["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "image")
+            .cloned()
+            .collect()
+    };
+    let mut shown = serde_json::Value::Null;
+    wait_until("two image copies recorded", WAIT, || {
+        shown = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+        images(&shown).len() == 2
+    });
+    // A third copy replaces the oldest: still at most keep = 2 records.
+    let first: Vec<u64> = images(&shown)
+        .iter()
+        .map(|a| a["done_unix_ms"].as_u64().unwrap())
+        .collect();
+    wait_until("a newer image copy recorded", WAIT, || {
+        shown = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+        let now = images(&shown);
+        assert!(now.len() <= 2, "at most keep = 2 image records: {now:?}");
+        now.iter()
+            .any(|a| a["done_unix_ms"].as_u64().unwrap() > *first.iter().max().unwrap())
+    });
+    let url = format!("swift://{}-img/base/disk", s.tag);
+    for a in images(&shown) {
+        assert_eq!(a["plan"], s.tag.as_str(), "{a}");
+        assert_eq!(a["node"], "a1", "{a}");
+        assert_eq!(a["file"], image.to_str().unwrap(), "{a}");
+        assert_eq!(a["stored_at"], url.as_str(), "{a}");
+        assert_eq!(a["size_bytes"], data.len() as u64, "{a}");
+        assert!(a["seconds"].as_f64().is_some(), "{a}");
+        // The file did not change after the first copy: later copies send nothing.
+        assert_eq!(a["bytes_uploaded"], 0, "incremental: {a}");
+    }
+    let cp = stdout_json(&s.drl(&["dr", "protect", &s.tag, "--json"], &[]));
+    assert!(!images(&cp).is_empty(), "dr protect lists the image copies");
+    let back = s.dir.path().join("pulled.img");
+    let o = s.drl(
+        &["image", "pull", &url, "--to", back.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the copy in Swift differs from the image file"
+    );
 }
 
 /// Plan events of one field value, from `drl events --json` lines.

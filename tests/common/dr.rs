@@ -56,6 +56,26 @@ pub fn need_openstack() {
     );
 }
 
+/// `[swift]` of the Swift the suite runs (scripts/swift-aio.sh, tempauth), for configs.
+pub const SWIFT_TOML: &str = "[swift]\nauth = \"tempauth\"\nurl = \"http://127.0.0.1:8080/auth/v1.0\"\nuser = \"test:tester\"\nkey = \"testing\"\n";
+
+/// Fail clearly when Swift is not there.
+pub fn need_swift() {
+    let up = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-H", "X-Auth-User: test:tester"])
+        .args([
+            "-H",
+            "X-Auth-Key: testing",
+            "http://127.0.0.1:8080/auth/v1.0",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        up,
+        "Swift does not answer on 127.0.0.1:8080: scripts/test.sh starts it (scripts/swift-aio.sh start)"
+    );
+}
+
 pub struct DrSites {
     pub dir: tempfile::TempDir,
     pub tag: String,

@@ -435,7 +435,7 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_new
     let images = |cp: &serde_json::Value| -> Vec<serde_json::Value> {
         cp["actions"]
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no action list: {cp}"))
             .iter()
             .filter(|a| a["kind"] == "image")
             .cloned()

@@ -214,7 +214,12 @@ pub async fn actions(cfg: &NodeConfig, plan: &str) -> Result<Vec<Value>, OrchErr
     names.truncate(DR_CHECKPOINT_ACTIONS_COUNT_MAX);
     let mut out = Vec::with_capacity(names.len());
     for n in names {
-        let b = s.get(&url.container, &n, DR_ACTION_BYTES_MAX).await?;
+        // The schedule prunes records beyond `keep` while this lists them: a record deleted
+        // between the listing and its read is gone, not an error of the whole listing.
+        let b = match s.get(&url.container, &n, DR_ACTION_BYTES_MAX).await {
+            Err(crate::stream::StreamError::NotFound { .. }) => continue,
+            r => r?,
+        };
         match serde_json::from_slice::<Value>(&b) {
             Ok(v) => out.push(v),
             Err(e) => out.push(json!({ "object": n, "error": format!("not JSON: {e}") })),

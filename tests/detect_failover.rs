@@ -167,28 +167,8 @@ fn a_cut_between_the_sites_alone_moves_nothing() {
 fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
     let bed = Bed::up("iso");
     let (a, b) = bed.start_pair_primary_a(TTL_S, "");
-    let acks: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acks, stop) = (acks.clone(), stop.clone());
-        let sock = bed.d().join("a/r0.nbd");
-        std::thread::spawn(move || {
-            let mut c = NbdClient::connect(&sock).unwrap();
-            let block = vec![0x5au8; 4096];
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if c.write((i % 1024) * 4096, &block).is_err() {
-                    return i;
-                }
-                acks.lock().unwrap().push(unix_ms());
-                i += 1;
-            }
-            i
-        })
-    };
-    wait_until("the writer is writing", WAIT, || {
-        acks.lock().unwrap().len() > 20
-    });
+    let w = AckWriter::start(&bed.d().join("a/r0.nbd"), 0x5a, true);
+    wait_until("the writer is writing", WAIT, || w.acks().len() > 20);
     let tap_b = EventsTap::start(&b);
     let tap_a = EventsTap::start(&a);
     let t_iso = unix_ms();
@@ -208,11 +188,9 @@ fn an_isolated_primary_acknowledges_no_write_after_the_backup_promotes() {
         res(&a, "r0").is_some_and(|r| r["role"] == "Secondary" && in_sync(&r))
             && res(&b, "r0").is_some_and(|r| r["role"] == "Primary" && in_sync(&r))
     });
-    stop.store(true, Ordering::Relaxed);
-    let n = writer.join().unwrap();
+    let (n, acks) = w.stop();
     println!("the writer got {n} acknowledgements from A");
     // Every acknowledgement A ever gave, including any after the promotion until its demotion.
-    let acks = acks.lock().unwrap().clone();
     let last_ack = *acks.last().unwrap();
     let late = acks.iter().filter(|&&t| t >= promoted).count();
     assert_eq!(
@@ -285,23 +263,7 @@ fn isolation_bursts_shorter_than_the_lease_promote_nothing() {
     let bed = Bed::up("burst");
     let (a, b) = bed.start_pair_primary_a(TTL_S, "");
     let tap = EventsTap::start(&b);
-    let acks: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acks, stop) = (acks.clone(), stop.clone());
-        let sock = bed.d().join("a/r0.nbd");
-        std::thread::spawn(move || {
-            let mut c = NbdClient::connect(&sock).unwrap();
-            let block = vec![0xa5u8; 4096];
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                c.write((i % 1024) * 4096, &block)
-                    .expect("no write fails: suspend-io holds them");
-                acks.lock().unwrap().push(unix_ms());
-                i += 1;
-            }
-        })
-    };
+    let w = AckWriter::start(&bed.d().join("a/r0.nbd"), 0xa5, false);
     for _ in 0..5 {
         bed.sh(&["isolate", "a"]);
         let t = std::time::Instant::now();
@@ -315,12 +277,11 @@ fn isolation_bursts_shorter_than_the_lease_promote_nothing() {
         "A writes again after the bursts, in sync",
         &[&a, &b],
         || {
-            acks.lock().unwrap().last().is_some_and(|&t| t > t_end)
+            w.acks().last().is_some_and(|&t| t > t_end)
                 && res(&b, "r0").is_some_and(|r| in_sync(&r) && r["role"] == "Secondary")
         },
     );
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let (n, _) = w.stop();
     assert_eq!(role(&a).as_deref(), Some("Primary"));
     let evs = events(&tap.text());
     assert!(
@@ -331,7 +292,7 @@ fn isolation_bursts_shorter_than_the_lease_promote_nothing() {
     let s = scope(&a, "r0").unwrap();
     println!(
         "5 bursts of 1.5 s: {} writes acknowledged, {} held at A's fence, B suspected site-a {} times",
-        acks.lock().unwrap().len(),
+        n,
         s["fenced_writes"],
         evs.iter().filter(|e| is_site(e, "site-a", "suspected")).count()
     );
@@ -447,4 +408,49 @@ fn loss_bursts_below_the_lease_beside_a_cpu_hog_promote_nothing() {
             .filter(|e| is_lease(e, "fenced"))
             .count()
     );
+}
+
+/// A writer thread at A's export: 4 KiB blocks over the first 4 MiB, one in flight, the unix
+/// time in ms of every acknowledgement recorded. `stop_at_error`: a failed write ends it
+/// (`io-error`, a demoted A); otherwise a failed write fails the test (`suspend-io` holds
+/// writes, never fails them).
+struct AckWriter {
+    acks: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl AckWriter {
+    fn start(sock: &std::path::Path, fill: u8, stop_at_error: bool) -> AckWriter {
+        let acks: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, st, sock) = (acks.clone(), stop.clone(), sock.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut c = NbdClient::connect(&sock).unwrap();
+            let block = vec![fill; 4096];
+            let mut i = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                match c.write((i % 1024) * 4096, &block) {
+                    Err(_) if stop_at_error => return i,
+                    r => r.expect("no write fails: suspend-io holds them"),
+                }
+                a.lock().unwrap().push(unix_ms());
+                i += 1;
+            }
+            i
+        });
+        AckWriter { acks, stop, thread }
+    }
+
+    fn acks(&self) -> Vec<u64> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    /// Stop and join: the writes it made and every acknowledgement's time.
+    fn stop(self) -> (u64, Vec<u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.thread.join().unwrap();
+        let acks = self.acks.lock().unwrap().clone();
+        (n, acks)
+    }
 }

@@ -45,13 +45,27 @@ fn q(s: &str) -> String {
             '"' => o.push_str("\\\""),
             '\\' => o.push_str("\\\\"),
             '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
+            c if c.is_ascii_control() => {
                 let _ = write!(o, "\\u{:04X}", c as u32);
             }
             c => o.push(c),
         }
     }
     o.push('"');
+    o
+}
+
+/// `s` as the text of one TOML comment line: TOML forbids control characters other than tab
+/// in a comment, and a newline would end it, so each is written as `\u{XXXX}`.
+fn comment(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_control() && c != '\t' {
+            let _ = write!(o, "\\u{{{:04X}}}", c as u32);
+        } else {
+            o.push(c);
+        }
+    }
     o
 }
 
@@ -140,7 +154,7 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
     if !out.unmapped.is_empty() {
         toml += "# Not carried over (see each reason):\n";
         for u in &out.unmapped {
-            toml += &format!("#   {u}\n");
+            toml += &format!("#   {}\n", comment(u));
         }
     }
     toml.push('\n');
@@ -481,5 +495,19 @@ mod tests {
         assert_eq!(drbd_bytes("10M", 1024), Some(10 << 20));
         assert_eq!(drbd_bytes("2G", 512), Some(2 << 30));
         assert_eq!(drbd_bytes("x", 1), None);
+    }
+
+    /// TOML forbids control characters other than tab in comments and strings; a .res file
+    /// may hold any (found by fuzzing: a NUL in an unmapped keyword broke the written TOML).
+    #[test]
+    fn control_characters_are_escaped_in_comments_and_strings() {
+        assert_eq!(
+            comment("a\u{0}b\tc\nd\u{7f}"),
+            "a\\u{0000}b\tc\\u{000A}d\\u{007F}"
+        );
+        assert_eq!(q("x\u{7f}\u{1}"), "\"x\\u007F\\u0001\"");
+        let t = format!("# {}\nk = {}\n", comment("\u{0}\u{8}evice\r"), q("\u{7f}"));
+        let v: toml::Table = toml::from_str(&t).expect("valid TOML");
+        assert_eq!(v["k"].as_str(), Some("\u{7f}"));
     }
 }

@@ -321,6 +321,19 @@ mod tests {
         assert_eq!(req.params, json!({"resource": "r0"}));
     }
 
+    /// A reply carries the very id the client sent, floats included (found by fuzzing: the
+    /// default float parser was one ULP off, so re-reading a reply gave another number).
+    #[test]
+    fn a_float_id_is_echoed_as_the_same_number() {
+        let id = "444444444444444444444444";
+        let line = format!(r#"{{"jsonrpc":"1.0","id":{id}}}"#);
+        let reply = error_of(&line);
+        let text = serde_json::to_string(&reply).expect("serializes");
+        let back: Value = serde_json::from_str(&text).expect("JSON");
+        let sent: Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(back.get("id"), sent.get("id"));
+    }
+
     #[test]
     fn a_missing_id_is_a_notification_and_a_null_id_is_not() {
         let n = parse_request(br#"{"jsonrpc":"2.0","method":"status"}"#).expect("valid");

@@ -7,7 +7,8 @@
 #                                      # 10 million executions each (or --max-time), nice'd;
 #                                      # writes bench-results/fuzz-<UTC>.md
 #   scripts/fuzz.sh --runs N --max-time S --targets "repl_frames config"
-#   scripts/fuzz.sh --smoke            # a short run of every target (scripts/test.sh)
+#   scripts/fuzz.sh --smoke            # a short, seeded run of every target (scripts/test.sh;
+#                                      # DRL_FUZZ_SMOKE_RUNS, DRL_FUZZ_SEED)
 #   scripts/fuzz.sh --build            # only build the targets
 #   scripts/fuzz.sh --no-build ...     # run the targets as last built
 #   scripts/fuzz.sh --capture          # record real NBD clients (qemu-io, nbdinfo, nbdcopy
@@ -102,9 +103,14 @@ fi
 build_s=$(( $(date +%s) - build_start ))
 [ "$mode" = build ] && exit 0
 
+seed_arg=()
 if [ "$mode" = smoke ]; then
-  # A short run per target: the seeds, the regressions, then 20 s of mutation each.
-  runs=-1; max_time=${DRL_FUZZ_SMOKE_S:-20}
+  # A short run per target: the seeds, the regressions, then a fixed number of mutations from
+  # a fixed random seed, so the test command gives the same verdict on every fresh machine
+  # (a crash it finds is found again by the next run; exploring new paths is the recorded
+  # run's job). The time cap only shortens a run on a slow machine, never changes its path.
+  runs=${DRL_FUZZ_SMOKE_RUNS:-150000}; max_time=${DRL_FUZZ_SMOKE_S:-60}
+  seed_arg=(-seed="${DRL_FUZZ_SEED:-1}")
 fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -123,7 +129,7 @@ for t in $targets; do
   mkdir -p "$(dirname "$log")"
   start=$(date +%s)
   rc=0
-  nice -n 10 "$bin/$t" -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 \
+  nice -n 10 "$bin/$t" "${seed_arg[@]}" -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 \
     -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$arts/" "$corpus" \
     "${seeds[@]}" >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::config;
+pub use crate::table::align_columns;
 
 const ABOUT: &str = "drl — the data path of a Disaster Recovery Layer.
 
@@ -467,31 +468,6 @@ fn simple(g: &Global, method: &str, resource: &str) -> i32 {
     )
 }
 
-/// Rows of cells as text with every column left-aligned to its widest cell, two spaces apart.
-pub fn align_columns(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// A small single-threaded runtime for the admin commands (the daemon builds its own).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -620,7 +596,7 @@ fn check_config(g: &Global) -> i32 {
                 println!(
                     "resource {}: size {}, disk {}, meta {}, nbd {}, peer {}",
                     r.name,
-                    config::units::format_bytes(r.size_bytes),
+                    crate::units::format_bytes(r.size_bytes),
                     r.local.disk.display(),
                     r.local.meta.display(),
                     r.local

@@ -11,11 +11,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::{connect, exit, node_name, runtime, Global};
-use crate::config::{self, units, StreamConfig};
+use crate::config::{self, StreamConfig};
 use crate::control::{EventFilter, EventKind, ObjectKind, Received};
 use crate::stream::restore::{restore_to_file, RestoreOptions};
 use crate::stream::store::{open_store, StoreUrl};
 use crate::stream::{image, Progress, Report};
+use crate::units;
 
 #[derive(Args, Debug)]
 pub struct StreamArgs {

@@ -13,7 +13,7 @@ pub mod detect;
 pub mod ops;
 pub mod plan;
 pub mod shaping;
-pub mod units;
+pub use crate::units;
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};

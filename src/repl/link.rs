@@ -323,7 +323,7 @@ impl Link {
 }
 
 /// An encoded application write or barrier (bounded by the epoch buffer), from its type byte
-/// (header byte 6, as [`crate::shaping::repl_frame_class`] reads it).
+/// (header byte 6, as [`crate::repl::shaped::repl_frame_class`] reads it).
 fn is_data_frame(frame: &[u8]) -> bool {
     const DATA: [u8; 4] = [
         FrameType::Data as u8,

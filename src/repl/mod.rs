@@ -44,6 +44,7 @@ pub mod replicator;
 pub mod resync;
 pub mod service;
 pub mod session;
+pub mod shaped;
 pub mod state;
 pub mod tls;
 pub mod verify;

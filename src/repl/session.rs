@@ -250,7 +250,8 @@ async fn writer(
             link: &link,
         };
         if let Err(e) =
-            crate::shaping::write_repl_frame(&mut out, batch, &link.closed_notify, closed).await
+            crate::repl::shaped::write_repl_frame(&mut out, batch, &link.closed_notify, closed)
+                .await
         {
             link.close(format!("writing to the peer: {e}"));
             return;
@@ -310,11 +311,11 @@ fn batch_queued(
     carry: &mut Option<Bytes>,
     batch: &mut Vec<u8>,
 ) -> Option<Bytes> {
-    let class = crate::shaping::repl_frame_class(&first);
+    let class = crate::repl::shaped::repl_frame_class(&first);
     let mut first = Some(first);
     while first.as_ref().map_or(batch.len(), Bytes::len) < REPL_WRITE_BATCH_BYTES {
         let Ok(next) = frames.try_recv() else { break };
-        if crate::shaping::repl_frame_class(&next) != class {
+        if crate::repl::shaped::repl_frame_class(&next) != class {
             *carry = Some(next);
             break;
         }

@@ -76,8 +76,8 @@ impl ShapingConfig {
 
     /// Check the meaning; on error, the key (relative to `shaping.`) and the reason.
     pub fn check(&self) -> Result<(), (String, String)> {
-        use crate::config::units::{format_bytes, format_rate};
         use crate::limits::{SHAPING_BURST_BYTES_MAX, SHAPING_SHARE_MAX};
+        use crate::units::{format_bytes, format_rate};
         if !(SHAPING_BURST_BYTES_MIN..=SHAPING_BURST_BYTES_MAX).contains(&self.burst_bytes) {
             return Err((
                 "burst".into(),
@@ -133,7 +133,7 @@ impl ShapingConfig {
 
     /// The scheduler's parameters. Replication and resync share one ordered TCP connection,
     /// whose frames the scheduler sees as one flow in the replication class (see
-    /// [`super::write_repl_frame`]): that flow is weighted with both shares, and the adaptive
+    /// `repl::shaped::write_repl_frame`): that flow is weighted with both shares, and the adaptive
     /// resync controller ([`super::resync`]) splits it.
     fn sched_params(&self) -> Option<Params> {
         self.link_bytes_per_s.map(|l| {

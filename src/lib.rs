@@ -3,8 +3,8 @@
 //! # Layout
 //! - [`limits`]: every limit and default in one place, units last in the name.
 //! - [`logrl`]: rate limiting for log lines a peer or client can cause.
-//! - [`units`], [`table`]: leaf helpers every layer may use: human units (sizes, rates,
-//!   durations) and plain-text tables.
+//! - [`units`], [`table`], [`secret`]: leaf helpers every layer may use: human units (sizes,
+//!   rates, durations), plain-text tables, credentials that never print.
 //! - [`config`]: the TOML configuration, per-node sections, validation; maps TOML onto each
 //!   layer's own option types.
 //! - [`volume`]: the backing disk (io_uring through `kernel-glue`), metadata (superblock,
@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod pipeline;
 pub mod repl;
+pub mod secret;
 pub mod shaping;
 pub mod snapshot;
 pub mod stream;

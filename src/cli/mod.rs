@@ -81,7 +81,7 @@ pub enum Command {
     /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0. SIGHUP
     /// re-reads the config file and applies what changed, as `drl adjust` does (the result is
     /// logged, one line per change).
-    Daemon(DaemonArgs),
+    Daemon(crate::daemon::DaemonArgs),
     /// Show the state of the resources (DRBD-style names: role, disk, connection, replication).
     Status(StatusArgs),
     /// Stream state changes as they happen, one line each, until interrupted.
@@ -247,15 +247,6 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct DaemonArgs {
-    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
-    /// structured fields). auto: the journal when systemd connected stderr to it
-    /// ($JOURNAL_STREAM names stderr), text otherwise.
-    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
-    pub log_format: String,
-}
-
-#[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Only this resource.
     pub resource: Option<String>,
@@ -353,7 +344,13 @@ pub fn main() -> i32 {
         }
     }
     match cli.cmd {
-        Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
+        Command::Daemon(ref a) => {
+            match crate::daemon::main(cli.global.config.clone(), &node_name(&cli.global), a) {
+                crate::daemon::Exit::Ok => exit::OK,
+                crate::daemon::Exit::Usage => exit::USAGE,
+                crate::daemon::Exit::Failed => exit::FAILED,
+            }
+        }
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
         Command::Adjust(ref a) => admin::adjust(&cli.global, a.resource.as_deref(), a.json),

@@ -264,23 +264,7 @@ impl Default for ReplConfig {
     }
 }
 
-/// DRBD's `on-congestion`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnCongestion {
-    Block,
-    PullAhead,
-    Disconnect,
-}
-
-impl OnCongestion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnCongestion::Block => "block",
-            OnCongestion::PullAhead => "pull-ahead",
-            OnCongestion::Disconnect => "disconnect",
-        }
-    }
-}
+pub use crate::repl::options::OnCongestion;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {

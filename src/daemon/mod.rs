@@ -30,7 +30,7 @@ mod schedule;
 pub mod sd_notify;
 mod updown;
 
-pub use resource::{create_meta, Claimed, Resource};
+pub use resource::{claim_target, create_meta, Claimed, Resource};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::{exit, node_name, DaemonArgs, Global};
 use crate::config::{self, NodeConfig};
 use crate::control::{ControlServer, EventBus};
 use crate::limits;
@@ -76,19 +75,40 @@ impl Node {
     }
 }
 
-pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
+/// The daemon's own arguments (`drl daemon ...`); the command line only parses them.
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
+    /// structured fields). auto: the journal when systemd connected stderr to it
+    /// ($JOURNAL_STREAM names stderr), text otherwise.
+    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
+    pub log_format: String,
+}
+
+/// How [`main`] ended; the command line turns it into the process's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained and stopped cleanly.
+    Ok,
+    /// Refused to start: a missing or bad config.
+    Usage,
+    /// Failed while starting or running.
+    Failed,
+}
+
+/// Run the daemon for `node` from `config_file` until SIGTERM / SIGINT.
+pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs) -> Exit {
     logging::init(&a.log_format);
-    let Some(file) = g.config.clone() else {
+    let Some(file) = config_file else {
         eprintln!("drl daemon: --config FILE is required");
-        return exit::USAGE;
+        return Exit::Usage;
     };
-    let node = node_name(g);
-    let cfg = match config::load(&file, &node) {
+    let cfg = match config::load(&file, node) {
         Ok(c) => c,
         Err(e) => {
             error!("refusing to start: {e}");
             eprintln!("drl daemon: refusing to start: {e}");
-            return exit::USAGE;
+            return Exit::Usage;
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -99,15 +119,15 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
-            return exit::FAILED;
+            return Exit::Failed;
         }
     };
     match rt.block_on(run(cfg)) {
-        Ok(()) => exit::OK,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             error!("{e}");
             eprintln!("drl daemon: {e}");
-            exit::FAILED
+            Exit::Failed
         }
     }
 }
@@ -171,17 +191,16 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     // Before the exports start: the fences must stand in front of the first write.
     let detect = match &cfg.detect {
         Some(dc) => Some(
-            crate::detect::Detect::start(
-                dc,
-                &resources,
-                events.clone(),
-                &mut tasks,
-                shutdown_rx.clone(),
-            )
-            .await?,
+            crate::detect::Detect::start(dc, events.clone(), &mut tasks, shutdown_rx.clone())
+                .await?,
         ),
         None => None,
     };
+    if let Some(d) = &detect {
+        for r in &resources {
+            r.protect(d);
+        }
+    }
     let node = Arc::new(Node {
         config: cfg.clone(),
         resources: std::sync::RwLock::new(resources),

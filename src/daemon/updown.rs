@@ -89,7 +89,7 @@ pub(super) async fn up_locked(node: &Node, rc: &ResourceConfig) -> Result<(), Li
     );
     // Before the export starts: the fence must stand in front of the first write.
     if let Some(d) = &node.detect {
-        d.add_scope(&r);
+        r.protect(d);
     }
     if let Err(e) = r.start(node.shutdown.clone(), &node.nbd_budget).await {
         close(node, &r).await;

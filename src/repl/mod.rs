@@ -38,6 +38,7 @@ pub mod gen;
 pub mod handshake;
 pub mod link;
 pub mod liveness;
+pub mod options;
 pub mod peer;
 pub mod receiver;
 pub mod replicator;

@@ -22,7 +22,8 @@ use drbd_compat::{ConnState, DiskState, ReplState, Role};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::config::{OnCongestion, ResourceConfig};
+use super::options::OnCongestion;
+use crate::config::ResourceConfig;
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::limits::{
     REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S,

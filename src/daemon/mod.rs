@@ -51,6 +51,8 @@ pub struct Node {
     pub events: EventBus,
     pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
+    /// The daemon's WAN shaping: its shaper and resync controller.
+    pub shaping: crate::shaping::NodeShaping,
     /// Site-failure detection and leases (`[detect]`), if configured.
     pub detect: Option<Arc<crate::detect::Detect>>,
     /// What a resource brought up at run time needs: the NBD payload budget every export
@@ -163,8 +165,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let events = EventBus::new();
     let mut resources = Vec::new();
-    crate::shaping::node().set_config(cfg.shaping.clone());
-    crate::shaping::resync::set_tuning(cfg.resync.clone());
+    // This daemon's WAN shaping: one shaper and one resync controller, passed to every part.
+    let shaping = crate::shaping::NodeShaping::new(cfg.shaping.clone(), cfg.resync.clone());
     // Every resource's files are locked and checked before any is created or grown, so a
     // refused start changes nothing.
     let mut claims = Vec::new();
@@ -178,7 +180,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         );
     }
     for (rc, claimed) in cfg.resources.iter().zip(claims) {
-        let r = Resource::open(rc, &cfg.node, events.clone(), claimed)
+        let r = Resource::open(rc, &cfg.node, events.clone(), claimed, &shaping)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: rc.name.clone(),
@@ -208,6 +210,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         jobs,
         started: std::time::Instant::now(),
         detect,
+        shaping,
         nbd_budget: crate::frontend::nbd::PayloadBudget::default(),
         shutdown: shutdown_rx.clone(),
         lifecycle: tokio::sync::Mutex::new(()),

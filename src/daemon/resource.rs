@@ -109,6 +109,7 @@ impl Resource {
         node: &str,
         events: EventBus,
         claimed: Claimed,
+        shaping: &crate::shaping::NodeShaping,
     ) -> Result<Resource, ResourceError> {
         let Claimed { mut claim, plan } = claimed;
         if plan.create_meta {
@@ -165,6 +166,7 @@ impl Resource {
                 a.bitmap,
                 a.al,
                 events.clone(),
+                shaping.clone(),
             )
         });
         let dev = Arc::new(ResourceDevice::new(

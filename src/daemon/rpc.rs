@@ -112,7 +112,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": n.started.elapsed().as_secs(),
             "resources": resources,
-            "shaping": super::rpc_shaping::stats_json(),
+            "shaping": super::rpc_shaping::stats_json(&n),
         }))
     });
     add(&mut r, &node, "snapshot.create", |n, params| async move {

@@ -83,9 +83,15 @@ pub(super) async fn up_locked(node: &Node, rc: &ResourceConfig) -> Result<(), Li
     };
     let claimed = super::Claimed::take(rc).map_err(open_err)?;
     let r = Arc::new(
-        Resource::open(rc, &node.config.node, node.events.clone(), claimed)
-            .await
-            .map_err(open_err)?,
+        Resource::open(
+            rc,
+            &node.config.node,
+            node.events.clone(),
+            claimed,
+            &node.shaping,
+        )
+        .await
+        .map_err(open_err)?,
     );
     // Before the export starts: the fence must stand in front of the first write.
     if let Some(d) = &node.detect {

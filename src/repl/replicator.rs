@@ -35,6 +35,7 @@ use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
 use crate::repl::wire::split_range;
+use crate::shaping::NodeShaping;
 use crate::volume::activity_log::ActivityLog;
 use crate::volume::bitmap::DirtyBitmap;
 use crate::volume::disk::Disk;
@@ -161,6 +162,8 @@ pub struct Replicator {
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) al: Arc<ActivityLog>,
     pub(crate) events: EventBus,
+    /// The daemon's WAN shaping (its shaper and resync controller), shared by its resources.
+    pub(crate) shaping: NodeShaping,
     st: Mutex<State>,
     /// Admin changes (connect, disconnect, role) wake the connection loop.
     pub(crate) wake: Notify,
@@ -239,6 +242,8 @@ impl WriteOp {
 }
 
 impl Replicator {
+    // Each argument is a separate part of the resource the daemon wires in.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &ResourceConfig,
         node: &str,
@@ -247,6 +252,7 @@ impl Replicator {
         bitmap: Arc<DirtyBitmap>,
         al: Arc<ActivityLog>,
         events: EventBus,
+        shaping: NodeShaping,
     ) -> Arc<Replicator> {
         Arc::new(Replicator {
             name: cfg.name.clone(),
@@ -258,6 +264,7 @@ impl Replicator {
             bitmap,
             al,
             events,
+            shaping,
             st: Mutex::new(State {
                 conn: ConnState::Connecting,
                 repl: ReplState::Off,

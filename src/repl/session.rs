@@ -137,7 +137,8 @@ pub(crate) async fn run(
     let link = Arc::new(link);
     crate::shaping::mark_repl_socket(&stream);
     let (mut rd, wr) = stream.into_split();
-    let writer = tokio::spawn(writer(wr, frames, link.clone()));
+    let shaper = rep.shaping.shaper.clone();
+    let writer = tokio::spawn(writer(wr, frames, link.clone(), shaper));
     let mut applying = futures::stream::FuturesUnordered::new();
     let mut s = Session {
         rep,
@@ -207,6 +208,7 @@ async fn writer(
     mut wr: crate::repl::peer::PeerWrite,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     link: Arc<Link>,
+    shaper: Arc<crate::shaping::Shaper>,
 ) {
     // A frame taken off the queue that did not fit the last batch (another shaping class).
     let mut carry: Option<Bytes> = None;
@@ -249,9 +251,14 @@ async fn writer(
             wr: &mut wr,
             link: &link,
         };
-        if let Err(e) =
-            crate::repl::shaped::write_repl_frame(&mut out, batch, &link.closed_notify, closed)
-                .await
+        if let Err(e) = crate::repl::shaped::write_repl_frame(
+            &shaper,
+            &mut out,
+            batch,
+            &link.closed_notify,
+            closed,
+        )
+        .await
         {
             link.close(format!("writing to the peer: {e}"));
             return;

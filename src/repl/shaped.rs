@@ -2,17 +2,18 @@
 //! charged to, and writing frames through the node's shaper. It lives in `repl` (not in
 //! `shaping`) because it reads replication frame types: `shaping` knows no layer above it.
 
-use crate::shaping::Class;
+use crate::shaping::{Class, Shaper};
 
-/// Write one encoded replication frame to the peer's socket through the node's shaper: in
+/// Write one encoded replication frame to the peer's socket through the daemon's `shaper`: in
 /// pieces of at most one grant, each granted before it is written, so the socket is fed at the
 /// shaped rate instead of in frame-sized bursts (the replication sender's only call into
 /// shaping). Resync frames are scheduled with the replication flow (one ordered connection:
 /// a resync frame at its head must not hold the writes behind it to resync's share) and
 /// counted as resync; how much resync enters the connection is the adaptive resync
-/// controller's decision ([`crate::shaping::resync`]). Once the link is closed (`closed()`, or `closed_notify` fires) the rest goes
-/// unshaped: it is the final Disconnect.
+/// controller's decision ([`crate::shaping::resync`]). Once the link is closed (`closed()`,
+/// or `closed_notify` fires) the rest goes unshaped: it is the final Disconnect.
 pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
+    shaper: &Shaper,
     wr: &mut W,
     frame: &[u8],
     closed_notify: &tokio::sync::Notify,
@@ -20,7 +21,6 @@ pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let class = repl_frame_class(frame);
-    let shaper = crate::shaping::node();
     // Counting only: one write (and one count) per frame.
     let piece = match shaper.is_capped() {
         true => usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX),

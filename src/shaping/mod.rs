@@ -13,7 +13,7 @@ pub mod tc;
 
 pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,10 +109,54 @@ pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
     }
 }
 
-static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();
+/// One daemon's WAN shaping: its shaper over all of its WAN traffic and its resync controller.
+/// The daemon makes one at start and passes it to every part that sends (replication, streams,
+/// jobs, metrics, `adjust`); a clone is another handle to the same instances. Two daemons in
+/// one process (tests) never share a link budget.
+#[derive(Clone)]
+pub struct NodeShaping {
+    pub shaper: Arc<Shaper>,
+    pub resync: Arc<resync::ResyncGovernor>,
+}
 
-/// The node's shaper: one per daemon process, over all of its WAN traffic. Until the daemon
-/// configures it ([`Shaper::set_config`]), it counts only.
-pub fn node() -> &'static Arc<Shaper> {
-    NODE.get_or_init(|| Arc::new(Shaper::new(ShapingConfig::default())))
+impl NodeShaping {
+    pub fn new(cfg: ShapingConfig, tuning: resync::ResyncTuning) -> Self {
+        let shaper = Arc::new(Shaper::new(cfg));
+        let resync = Arc::new(resync::ResyncGovernor::new(shaper.clone(), tuning));
+        NodeShaping { shaper, resync }
+    }
+
+    /// A shaper without a link rate (it only counts) and the default resync tuning: for a
+    /// command-line stream or a test that shapes nothing.
+    pub fn counting() -> Self {
+        Self::new(ShapingConfig::default(), resync::ResyncTuning::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: the shaper and the resync controller are per daemon. Two daemons in one
+    /// process (every pair test) must not share a link budget or a replication estimate.
+    #[tokio::test]
+    async fn two_daemons_share_no_shaper_and_no_resync_controller() {
+        let capped = ShapingConfig {
+            link_bytes_per_s: Some(1 << 30),
+            ..ShapingConfig::default()
+        };
+        let a = NodeShaping::new(capped.clone(), resync::ResyncTuning::default());
+        let b = NodeShaping::counting();
+        a.shaper.acquire(Class::Snapshot, 4096).await;
+        assert_eq!(a.shaper.granted_bytes(Class::Snapshot), 4096);
+        assert_eq!(b.shaper.granted_bytes(Class::Snapshot), 0);
+        assert_eq!(a.shaper.config(), capped);
+        assert_eq!(b.shaper.config().link_bytes_per_s, None);
+        // The resync controller follows its own daemon's shaper: a has a cap, b has none.
+        assert!(a.resync.stats().rate_bytes_per_s.is_some());
+        assert_eq!(b.resync.stats().rate_bytes_per_s, None);
+        // A clone is a handle to the same instances.
+        let a2 = a.clone();
+        assert!(Arc::ptr_eq(&a.shaper, &a2.shaper) && Arc::ptr_eq(&a.resync, &a2.resync));
+    }
 }

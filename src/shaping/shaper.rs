@@ -9,7 +9,7 @@
 //! There is no driver task: whoever waits polls the scheduler when its timer fires or when it
 //! is woken, and hands out every grant that is due, to itself or to the other waiters (each
 //! has its own `Notify`, which keeps a permit, so no wakeup is lost). That needs no runtime of
-//! its own, so one process-wide shaper (see [`super::node`]) works from any tokio runtime, and
+//! its own, so the daemon's shaper (see [`super::NodeShaping`]) works from any tokio runtime, and
 //! an idle shaper costs nothing.
 //!
 //! Without a `link-rate` the shaper only counts: grants are immediate (no link cap, no shares,

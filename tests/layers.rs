@@ -221,8 +221,7 @@ fn crate_refs(code: &str) -> BTreeSet<String> {
         if let Some(group) = rest.strip_prefix('{') {
             // `crate::{a, b::c, d::{e, f}}`: the names at depth 1.
             let (mut depth, mut want) = (1, true);
-            let mut chars = group.char_indices();
-            while let Some((j, c)) = chars.next() {
+            for (j, c) in group.char_indices() {
                 match c {
                     '{' => depth += 1,
                     '}' => {

@@ -151,6 +151,11 @@ impl Link {
         true
     }
 
+    /// Whether the peer confirmed every state change queued so far (now, without waiting).
+    pub fn state_confirmed_now(&self) -> bool {
+        self.state_answered.load(Ordering::Acquire) >= self.state_asked.load(Ordering::Acquire)
+    }
+
     /// Wait until the peer confirmed every state change queued so far, the link closed (the
     /// next handshake carries the new state), or `timeout` passed. True if confirmed.
     pub async fn state_confirmed(&self, timeout: std::time::Duration) -> bool {

@@ -183,6 +183,9 @@ pub struct Replicator {
     /// `drl pause-sync`: this node's resync pause flag (DRBD's user pause), see
     /// `replicator_ops.rs`.
     pub(crate) resync_paused: std::sync::atomic::AtomicBool,
+    /// A promotion over a live link the peer has not confirmed yet: application writes wait
+    /// ([`Self::promotion_settled`], issue 12's two-Primary window).
+    pub(crate) promoting: std::sync::atomic::AtomicBool,
     /// `resync-rate`: when the resync data charged so far is paid off at that rate.
     pub(crate) resync_rate_next_free: Mutex<Instant>,
     /// Where the peer is reached (`[resource.on.PEER] address`): `drl adjust` changes it
@@ -297,6 +300,7 @@ impl Replicator {
             state_rl: LogLimiter::new(REPL_STATE_LOG_LINES_PER_S),
             clock: Instant::now(),
             resync_paused: std::sync::atomic::AtomicBool::new(false),
+            promoting: std::sync::atomic::AtomicBool::new(false),
             resync_rate_next_free: Mutex::new(Instant::now()),
             peer_addr: Mutex::new(cfg.peer.as_ref().and_then(|p| p.address)),
         })
@@ -435,6 +439,7 @@ impl Replicator {
 
     /// A write (data, trim or zeroes) on the Primary: see the module doc for the order.
     pub async fn write(&self, offset: u64, op: WriteOp, fua: bool) -> Result<(), VolumeError> {
+        self.promotion_settled().await;
         let len = op.len();
         let _al = self
             .al

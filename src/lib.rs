@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`limits`]: every limit and default in one place, units last in the name.
 //! - [`logrl`]: rate limiting for log lines a peer or client can cause.
-//! - [`config`]: the TOML configuration, per-node sections, validation, size/rate units.
+//! - [`units`], [`table`], [`secret`]: leaf helpers every layer may use: human units (sizes,
+//!   rates, durations), plain-text tables, credentials that never print.
+//! - [`config`]: the TOML configuration, per-node sections, validation; maps TOML onto each
+//!   layer's own option types.
 //! - [`volume`]: the backing disk (io_uring through `kernel-glue`), metadata (superblock,
 //!   generation ids, dirty bitmap, activity log) and the [`volume::BlockDevice`] contract.
 //! - [`frontend`]: how users reach a volume: the NBD server (unix and TCP sockets).
@@ -39,7 +42,10 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod pipeline;
 pub mod repl;
+pub mod secret;
 pub mod shaping;
 pub mod snapshot;
 pub mod stream;
+pub mod table;
+pub mod units;
 pub mod volume;

@@ -103,7 +103,10 @@ fn primary_kill9_under_write_load_resync_is_bounded_by_the_activity_log() {
             d2.fetch_add(1, Ordering::SeqCst);
         }
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Under load: the writer's acknowledged writes, not a time, say so.
+    common::wait_until("64 acknowledged writes on the Primary", WAIT, || {
+        done.load(Ordering::SeqCst) >= 64
+    });
     let (a_load, _) = p.wait("a under load", WAIT, |a, _| a.is_some());
     eprintln!(
         "under load before kill -9: a send_queue_bytes={} lag_ms={} sent_bytes={}",
@@ -123,29 +126,7 @@ fn primary_kill9_under_write_load_resync_is_bounded_by_the_activity_log() {
         b.is_some_and(|b| b["connection"] != "Connected")
     });
     p.restart("a");
-    let r = res(&p.a, "r0").unwrap();
-    eprintln!("a after restart: {r}");
-    if r["role"] != "Primary" {
-        eprintln!(
-            "note: a came back {} after kill -9; promoting with `drl primary r0`",
-            r["role"]
-        );
-        // Promotion may have to wait until a knows its data is good (connected, or resynced).
-        let t0 = Instant::now();
-        loop {
-            let out = p.a.cli(&["primary", "r0"]);
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                t0.elapsed() < WAIT,
-                "`drl primary r0` on the restarted a kept failing: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                p.report()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
+    p.promote_again("a");
     let (a1, b1) = p.wait_in_sync("a", "restarted Primary resynced");
     let a_moved = num(&a1, "resync_bytes_sent") + num(&a1, "resync_bytes_received");
     let b_moved = num(&b1, "resync_bytes_received") + num(&b1, "resync_bytes_sent") - b_before;

@@ -527,6 +527,7 @@ async fn image_push_pull<S: ObjectStore>(store: &S) {
     let o = ImageOptions {
         segment_bytes: 1024 * 1024,
         parallelism: 3,
+        ..Default::default()
     };
     let r = image::push(store, &src, &container, "images/cirros.img", &o, |_| {})
         .await

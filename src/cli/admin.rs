@@ -66,9 +66,10 @@ pub fn create_md(g: &Global, resource: &str) -> i32 {
 /// `check-config`'s report of one resource's files: what a start would create or grow, or why
 /// it would be refused. Returns false when the start would be refused.
 pub fn report_plan(rc: &config::ResourceConfig) -> bool {
-    match crate::volume::claim::plan(rc) {
+    let target = crate::daemon::claim_target(rc);
+    match crate::volume::claim::plan(&target) {
         Ok(p) => {
-            for line in p.describe(rc) {
+            for line in p.describe(&target) {
                 println!("  {line}");
             }
             true

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::config;
+pub use crate::table::align_columns;
 
 const ABOUT: &str = "drl — the data path of a Disaster Recovery Layer.
 
@@ -80,7 +81,7 @@ pub enum Command {
     /// SIGTERM or SIGINT drains in-flight I/O, flushes, persists metadata and exits 0. SIGHUP
     /// re-reads the config file and applies what changed, as `drl adjust` does (the result is
     /// logged, one line per change).
-    Daemon(DaemonArgs),
+    Daemon(crate::daemon::DaemonArgs),
     /// Show the state of the resources (DRBD-style names: role, disk, connection, replication).
     Status(StatusArgs),
     /// Stream state changes as they happen, one line each, until interrupted.
@@ -246,15 +247,6 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct DaemonArgs {
-    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
-    /// structured fields). auto: the journal when systemd connected stderr to it
-    /// ($JOURNAL_STREAM names stderr), text otherwise.
-    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
-    pub log_format: String,
-}
-
-#[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Only this resource.
     pub resource: Option<String>,
@@ -352,7 +344,13 @@ pub fn main() -> i32 {
         }
     }
     match cli.cmd {
-        Command::Daemon(ref a) => crate::daemon::main(&cli.global, a),
+        Command::Daemon(ref a) => {
+            match crate::daemon::main(cli.global.config.clone(), &node_name(&cli.global), a) {
+                crate::daemon::Exit::Ok => exit::OK,
+                crate::daemon::Exit::Usage => exit::USAGE,
+                crate::daemon::Exit::Failed => exit::FAILED,
+            }
+        }
         Command::CheckConfig => check_config(&cli.global),
         Command::CreateMd(ref a) => admin::create_md(&cli.global, &a.resource),
         Command::Adjust(ref a) => admin::adjust(&cli.global, a.resource.as_deref(), a.json),
@@ -465,31 +463,6 @@ fn simple(g: &Global, method: &str, resource: &str) -> i32 {
             )
         },
     )
-}
-
-/// Rows of cells as text with every column left-aligned to its widest cell, two spaces apart.
-pub fn align_columns(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// A small single-threaded runtime for the admin commands (the daemon builds its own).
@@ -620,7 +593,7 @@ fn check_config(g: &Global) -> i32 {
                 println!(
                     "resource {}: size {}, disk {}, meta {}, nbd {}, peer {}",
                     r.name,
-                    config::units::format_bytes(r.size_bytes),
+                    crate::units::format_bytes(r.size_bytes),
                     r.local.disk.display(),
                     r.local.meta.display(),
                     r.local

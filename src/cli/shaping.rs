@@ -5,10 +5,10 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::{call_and_print, exit, Global};
-use crate::config::units::parse_rate;
 use crate::shaping::control::{render_show, split_assignment};
 use crate::shaping::tc::{script, tc_commands};
 use crate::shaping::{Class, ClassConfig, ShapingConfig};
+use crate::units::parse_rate;
 
 #[derive(Subcommand, Debug)]
 pub enum ShapingCmd {

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::{call_and_print, Global};
-use crate::config::units::format_bytes;
+use crate::units::format_bytes;
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {

@@ -3,8 +3,8 @@
 use serde_json::{json, Value};
 
 use super::{call_and_print, connect, exit, EventsArgs, Global, StatusArgs, VerifyArgs};
-use crate::config::units::format_bytes;
 use crate::control::{EventFilter, Received};
+use crate::units::format_bytes;
 
 pub fn status(g: &Global, a: &StatusArgs) -> i32 {
     let params = match &a.resource {

@@ -11,11 +11,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::{connect, exit, node_name, runtime, Global};
-use crate::config::{self, units, StreamConfig};
+use crate::config::{self, StreamConfig};
 use crate::control::{EventFilter, EventKind, ObjectKind, Received};
+use crate::shaping::NodeShaping;
 use crate::stream::restore::{restore_to_file, RestoreOptions};
 use crate::stream::store::{open_store, StoreUrl};
 use crate::stream::{image, Progress, Report};
+use crate::units;
 
 #[derive(Args, Debug)]
 pub struct StreamArgs {
@@ -283,18 +285,34 @@ pub fn stream(g: &Global, a: &StreamArgs) -> i32 {
 /// given (its [swift] and [stream]), else the OpenStack environment and drl's defaults.
 fn local_settings(
     g: &Global,
-) -> Result<(Option<crate::stream::auth::SwiftAuth>, StreamConfig), String> {
+) -> Result<(Option<crate::stream::auth::SwiftAuth>, LocalSettings), String> {
     match &g.config {
         Some(file) => config::load(file, &node_name(g))
             .map(|c| {
                 // Image transfers run in this process: shape them with [shaping] too (this
                 // process's own shaper; it does not share the daemon's link cap).
-                crate::shaping::node().set_config(c.shaping.clone());
-                (c.swift, c.stream)
+                let shaping = NodeShaping::new(c.shaping.clone(), c.resync.clone());
+                let s = LocalSettings {
+                    stream: c.stream,
+                    shaping,
+                };
+                (c.swift, s)
             })
             .map_err(|e| e.to_string()),
-        None => Ok((None, config::default_stream_config())),
+        None => Ok((
+            None,
+            LocalSettings {
+                stream: config::default_stream_config(),
+                shaping: NodeShaping::counting(),
+            },
+        )),
     }
+}
+
+/// What a transfer that runs in this process uses: `[stream]` and its own WAN shaping.
+struct LocalSettings {
+    stream: StreamConfig,
+    shaping: NodeShaping,
 }
 
 fn local<F, Fut>(g: &Global, what: &str, url: &str, json: bool, f: F) -> i32
@@ -302,7 +320,7 @@ where
     F: FnOnce(
         crate::stream::store::AnyStore,
         StoreUrl,
-        StreamConfig,
+        LocalSettings,
         Box<dyn Fn(Progress) + Send + Sync>,
     ) -> Fut,
     Fut: std::future::Future<Output = Result<Report, crate::stream::StreamError>>,
@@ -321,7 +339,7 @@ where
             return exit::USAGE;
         }
     };
-    let store = match open_store(&parsed, auth, &settings.vault_dir) {
+    let store = match open_store(&parsed, auth, &settings.stream.vault_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("drl {what}: {e}");
@@ -362,7 +380,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
         move |store, url, settings, progress| async move {
             let (loc, snap) = url.split_last()?;
             let opts = RestoreOptions {
-                parallelism: parallel.unwrap_or(settings.parallelism),
+                parallelism: parallel.unwrap_or(settings.stream.parallelism),
             };
             restore_to_file(&store, &loc, &snap, &target, &opts, progress).await
         },
@@ -387,7 +405,8 @@ pub fn image(g: &Global, c: &ImageCmd) -> i32 {
                 move |store, url, settings, progress| async move {
                     let (container, object) = image::object_of(&url)?;
                     let mut opts = image::ImageOptions {
-                        parallelism: settings.parallelism,
+                        parallelism: settings.stream.parallelism,
+                        shaper: settings.shaping.shaper.clone(),
                         ..Default::default()
                     };
                     if let Some(s) = seg {

@@ -13,7 +13,7 @@ pub mod detect;
 pub mod ops;
 pub mod plan;
 pub mod shaping;
-pub mod units;
+pub use crate::units;
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -264,23 +264,7 @@ impl Default for ReplConfig {
     }
 }
 
-/// DRBD's `on-congestion`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnCongestion {
-    Block,
-    PullAhead,
-    Disconnect,
-}
-
-impl OnCongestion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnCongestion::Block => "block",
-            OnCongestion::PullAhead => "pull-ahead",
-            OnCongestion::Disconnect => "disconnect",
-        }
-    }
-}
+pub use crate::repl::options::OnCongestion;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {

@@ -20,14 +20,7 @@ pub struct RawTls {
     pub ca: PathBuf,
 }
 
-/// This node's TLS files: the CA, its certificate chain (CN or a DNS SAN = the node name) and
-/// its private key, all PEM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::repl::tls::TlsFiles;
 
 type Invalid<'a> = &'a dyn Fn(String, String) -> ConfigError;
 

@@ -48,7 +48,7 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
     }
     let mut r = AdjustReport::default();
     if only.is_none() {
-        node_wide(&node.config, &new, &mut r);
+        node_wide(&node.config, &new, &node.shaping, &mut r);
     }
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     // Removed ones first: a new resource may take over a removed one's port or files.
@@ -114,14 +114,19 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
 }
 
 /// The node-wide settings: shaping, the resync controller, TLS certificates.
-fn node_wide(old: &NodeConfig, new: &NodeConfig, r: &mut AdjustReport) {
-    let shaper = crate::shaping::node();
+fn node_wide(
+    old: &NodeConfig,
+    new: &NodeConfig,
+    shaping: &crate::shaping::NodeShaping,
+    r: &mut AdjustReport,
+) {
+    let shaper = &shaping.shaper;
     if shaper.config() != new.shaping {
         shaper.set_config(new.shaping.clone());
         r.applied.push("shaping: [shaping] settings applied".into());
     }
     if old.resync != new.resync {
-        crate::shaping::resync::set_tuning(new.resync.clone());
+        shaping.resync.set_tuning(new.resync.clone());
         r.applied
             .push("shaping: [shaping.resync] controller settings applied".into());
     }

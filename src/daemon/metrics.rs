@@ -69,7 +69,7 @@ pub async fn gather(node: &Node) -> Vec<Family> {
         li.push(("state", "invalid".into()));
         f.snap_count.push(li, invalid as u64);
     }
-    f.shaping();
+    f.shaping(&node.shaping);
     f.jobs(&node.jobs.list());
     if let Some(d) = &node.detect {
         f.extra
@@ -250,8 +250,8 @@ impl Families {
         }
     }
 
-    fn shaping(&mut self) {
-        let st = crate::shaping::node().stats();
+    fn shaping(&mut self, shaping: &crate::shaping::NodeShaping) {
+        let st = shaping.shaper.stats();
         if let Some(r) = st.link_bytes_per_s {
             self.link_limit.push(Vec::new(), r);
         }
@@ -265,7 +265,7 @@ impl Families {
             self.class_queued.push(l.clone(), c.queued_bytes);
             self.class_waiting.push(l, c.waiting_requests);
         }
-        if let Some(r) = crate::shaping::resync::stats().rate_bytes_per_s {
+        if let Some(r) = shaping.resync.stats().rate_bytes_per_s {
             self.resync_rate.push(Vec::new(), r);
         }
     }

@@ -30,7 +30,7 @@ mod schedule;
 pub mod sd_notify;
 mod updown;
 
-pub use resource::{create_meta, Claimed, Resource};
+pub use resource::{claim_target, create_meta, Claimed, Resource};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::{exit, node_name, DaemonArgs, Global};
 use crate::config::{self, NodeConfig};
 use crate::control::{ControlServer, EventBus};
 use crate::limits;
@@ -52,6 +51,8 @@ pub struct Node {
     pub events: EventBus,
     pub jobs: Arc<jobs::Jobs>,
     pub started: std::time::Instant,
+    /// The daemon's WAN shaping: its shaper and resync controller.
+    pub shaping: crate::shaping::NodeShaping,
     /// Site-failure detection and leases (`[detect]`), if configured.
     pub detect: Option<Arc<crate::detect::Detect>>,
     /// What a resource brought up at run time needs: the NBD payload budget every export
@@ -76,19 +77,40 @@ impl Node {
     }
 }
 
-pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
+/// The daemon's own arguments (`drl daemon ...`); the command line only parses them.
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// Log format: text or json lines on stderr, or journal (the systemd journal, with
+    /// structured fields). auto: the journal when systemd connected stderr to it
+    /// ($JOURNAL_STREAM names stderr), text otherwise.
+    #[arg(long, value_parser = ["auto", "text", "json", "journal"], default_value = "auto")]
+    pub log_format: String,
+}
+
+/// How [`main`] ended; the command line turns it into the process's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained and stopped cleanly.
+    Ok,
+    /// Refused to start: a missing or bad config.
+    Usage,
+    /// Failed while starting or running.
+    Failed,
+}
+
+/// Run the daemon for `node` from `config_file` until SIGTERM / SIGINT.
+pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs) -> Exit {
     logging::init(&a.log_format);
-    let Some(file) = g.config.clone() else {
+    let Some(file) = config_file else {
         eprintln!("drl daemon: --config FILE is required");
-        return exit::USAGE;
+        return Exit::Usage;
     };
-    let node = node_name(g);
-    let cfg = match config::load(&file, &node) {
+    let cfg = match config::load(&file, node) {
         Ok(c) => c,
         Err(e) => {
             error!("refusing to start: {e}");
             eprintln!("drl daemon: refusing to start: {e}");
-            return exit::USAGE;
+            return Exit::Usage;
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -99,15 +121,15 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
-            return exit::FAILED;
+            return Exit::Failed;
         }
     };
     match rt.block_on(run(cfg)) {
-        Ok(()) => exit::OK,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             error!("{e}");
             eprintln!("drl daemon: {e}");
-            exit::FAILED
+            Exit::Failed
         }
     }
 }
@@ -143,8 +165,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let events = EventBus::new();
     let mut resources = Vec::new();
-    crate::shaping::node().set_config(cfg.shaping.clone());
-    crate::shaping::resync::set_tuning(cfg.resync.clone());
+    // This daemon's WAN shaping: one shaper and one resync controller, passed to every part.
+    let shaping = crate::shaping::NodeShaping::new(cfg.shaping.clone(), cfg.resync.clone());
     // Every resource's files are locked and checked before any is created or grown, so a
     // refused start changes nothing.
     let mut claims = Vec::new();
@@ -158,7 +180,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         );
     }
     for (rc, claimed) in cfg.resources.iter().zip(claims) {
-        let r = Resource::open(rc, &cfg.node, events.clone(), claimed)
+        let r = Resource::open(rc, &cfg.node, events.clone(), claimed, &shaping)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: rc.name.clone(),
@@ -171,17 +193,16 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     // Before the exports start: the fences must stand in front of the first write.
     let detect = match &cfg.detect {
         Some(dc) => Some(
-            crate::detect::Detect::start(
-                dc,
-                &resources,
-                events.clone(),
-                &mut tasks,
-                shutdown_rx.clone(),
-            )
-            .await?,
+            crate::detect::Detect::start(dc, events.clone(), &mut tasks, shutdown_rx.clone())
+                .await?,
         ),
         None => None,
     };
+    if let Some(d) = &detect {
+        for r in &resources {
+            r.protect(d);
+        }
+    }
     let node = Arc::new(Node {
         config: cfg.clone(),
         resources: std::sync::RwLock::new(resources),
@@ -189,6 +210,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         jobs,
         started: std::time::Instant::now(),
         detect,
+        shaping,
         nbd_budget: crate::frontend::nbd::PayloadBudget::default(),
         shutdown: shutdown_rx.clone(),
         lifecycle: tokio::sync::Mutex::new(()),

@@ -80,12 +80,22 @@ impl Claimed {
                 claim.lock(what, path)?;
             }
         }
-        let plan = claim::plan(cfg)?;
+        let plan = claim::plan(&claim_target(cfg))?;
         Ok(Claimed { claim, plan })
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+}
+
+/// The volume layer's view of a resource's files, for [`claim::plan`].
+pub fn claim_target(cfg: &ResourceConfig) -> claim::Target<'_> {
+    claim::Target {
+        name: &cfg.name,
+        size_bytes: cfg.size_bytes,
+        disk: &cfg.local.disk,
+        meta: &cfg.local.meta,
     }
 }
 
@@ -99,6 +109,7 @@ impl Resource {
         node: &str,
         events: EventBus,
         claimed: Claimed,
+        shaping: &crate::shaping::NodeShaping,
     ) -> Result<Resource, ResourceError> {
         let Claimed { mut claim, plan } = claimed;
         if plan.create_meta {
@@ -155,6 +166,7 @@ impl Resource {
                 a.bitmap,
                 a.al,
                 events.clone(),
+                shaping.clone(),
             )
         });
         let dev = Arc::new(ResourceDevice::new(
@@ -250,6 +262,18 @@ impl Resource {
     /// stops, or `drl down`): for tasks started elsewhere on its behalf (detection's lease).
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
+    }
+
+    /// With `[detect]`: protect this resource if it is replicated (its fence in front of its
+    /// writes, its lease for auto-promote), before its export starts.
+    pub fn protect(&self, d: &crate::detect::Detect) {
+        let Some(repl) = self.replicator() else {
+            return;
+        };
+        d.add_scope(repl, self.stop_signal(), |s| {
+            self.device().set_fence(s.fence.clone());
+            self.device().set_lease_scope(s.clone());
+        });
     }
 
     /// Start the resource's tasks: replication (if it has a peer) and the NBD export (if

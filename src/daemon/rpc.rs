@@ -112,7 +112,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": n.started.elapsed().as_secs(),
             "resources": resources,
-            "shaping": super::rpc_shaping::stats_json(),
+            "shaping": super::rpc_shaping::stats_json(&n),
         }))
     });
     add(&mut r, &node, "snapshot.create", |n, params| async move {
@@ -180,7 +180,7 @@ pub fn router(node: Arc<Node>) -> Router {
         let rep = replicator(&n, &params)?;
         let rate = match params.get("rate").and_then(Value::as_str) {
             None => crate::limits::REPL_VERIFY_RATE_DEFAULT,
-            Some(t) => crate::config::units::parse_rate(t).map_err(RpcError::invalid_params)?,
+            Some(t) => crate::units::parse_rate(t).map_err(RpcError::invalid_params)?,
         };
         rep.verify(rate).map_err(repl_error)?;
         Ok(json!({ "resource": rep.name(), "replication": "VerifyS" }))

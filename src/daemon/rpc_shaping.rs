@@ -18,24 +18,24 @@ use crate::control::{Router, RpcError};
 use crate::shaping::control::{apply_set, SetRequest};
 
 pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
-    add(r, node, "shaping.get", |_n, _params| async move {
-        Ok(stats_json())
+    add(r, node, "shaping.get", |n, _params| async move {
+        Ok(stats_json(&n))
     });
-    add(r, node, "shaping.set", |_n, params| async move {
+    add(r, node, "shaping.set", |n, params| async move {
         let req: SetRequest = serde_json::from_value(params)
             .map_err(|e| RpcError::invalid_params(format!("shaping.set: {e}")))?;
-        let shaper = crate::shaping::node();
+        let shaper = &n.shaping.shaper;
         let cfg = apply_set(&shaper.config(), &req)
             .map_err(|(k, r)| RpcError::invalid_params(format!("shaping.{k}: {r}")))?;
         tracing::info!(config = ?cfg, "shaping reconfigured");
         shaper.set_config(cfg);
-        Ok(stats_json())
+        Ok(stats_json(&n))
     });
 }
 
 /// The node shaper's settings and counters (also `status`'s `shaping` object).
-pub(super) fn stats_json() -> Value {
-    let mut v = serde_json::to_value(crate::shaping::node().stats()).unwrap_or_default();
-    v["resync"] = serde_json::to_value(crate::shaping::resync::stats()).unwrap_or_default();
+pub(super) fn stats_json(n: &Node) -> Value {
+    let mut v = serde_json::to_value(n.shaping.shaper.stats()).unwrap_or_default();
+    v["resync"] = serde_json::to_value(n.shaping.resync.stats()).unwrap_or_default();
     v
 }

@@ -154,6 +154,7 @@ pub(super) async fn prepare_stream(
     opts.chunk_bytes = chunk_bytes.unwrap_or(n.config.stream.chunk_bytes);
     opts.parallelism = n.config.stream.parallelism;
     opts.parent = parent.clone();
+    opts.shaper = n.shaping.shaper.clone();
     let size = res.device().size_bytes();
     // Change tracking since the parent, when the parent is in this resource's chain;
     // otherwise the stream compares chunk hashes with the parent chain in the store.

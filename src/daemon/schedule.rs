@@ -189,6 +189,7 @@ async fn copy_image(
     .map_err(|e| format!("{}: {e}", im.to))?;
     let opts = image::ImageOptions {
         parallelism: node.config.stream.parallelism,
+        shaper: node.shaping.shaper.clone(),
         ..Default::default()
     };
     let report = image::push(&s, &im.file, &container, &object, &opts, |_| {})

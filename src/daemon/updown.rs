@@ -83,13 +83,19 @@ pub(super) async fn up_locked(node: &Node, rc: &ResourceConfig) -> Result<(), Li
     };
     let claimed = super::Claimed::take(rc).map_err(open_err)?;
     let r = Arc::new(
-        Resource::open(rc, &node.config.node, node.events.clone(), claimed)
-            .await
-            .map_err(open_err)?,
+        Resource::open(
+            rc,
+            &node.config.node,
+            node.events.clone(),
+            claimed,
+            &node.shaping,
+        )
+        .await
+        .map_err(open_err)?,
     );
     // Before the export starts: the fence must stand in front of the first write.
     if let Some(d) = &node.detect {
-        d.add_scope(&r);
+        r.protect(d);
     }
     if let Err(e) = r.start(node.shutdown.clone(), &node.nbd_budget).await {
         close(node, &r).await;

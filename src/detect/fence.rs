@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::config::detect::OnNoQuorum;
+use crate::detect::options::OnNoQuorum;
 use crate::volume::VolumeError;
 
 pub struct Fence {

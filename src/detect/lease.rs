@@ -29,8 +29,8 @@ use super::core::Health;
 use super::etcd::{unix_ms, Etcd, EtcdError, Take};
 use super::fence::Fence;
 use super::pinger::Probes;
-use crate::config::detect::DetectConfig;
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
+use crate::detect::options::DetectConfig;
 use crate::limits::{
     DETECT_LEASE_POLL_MS, DETECT_LEASE_RENEWS_PER_TTL_COUNT, DETECT_LOG_LINES_PER_S,
 };

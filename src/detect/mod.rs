@@ -19,6 +19,7 @@ pub mod core;
 pub mod etcd;
 pub mod fence;
 pub mod lease;
+pub mod options;
 pub mod pinger;
 pub mod probe;
 
@@ -28,9 +29,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::config::detect::DetectConfig;
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
-use crate::daemon::Resource;
+use crate::repl::replicator::Replicator;
+use options::DetectConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -55,13 +56,13 @@ pub struct Detect {
 }
 
 impl Detect {
-    /// Bind the probe socket, connect to etcd, put a fence in front of every replicated
-    /// resource's writes and start the tasks (in `tasks`, until `shutdown`). An etcd that does
+    /// Bind the probe socket, connect to etcd and start the tasks (in `tasks`, until
+    /// `shutdown`); the daemon then adds a scope per replicated resource ([`Detect::add_scope`])
+    /// before its export starts. An etcd that does
     /// not answer at start is logged and reported (`etcd-unreachable` events); the daemon runs
     /// on and nothing is promoted until it answers.
     pub async fn start(
         cfg: &DetectConfig,
-        resources: &[Arc<Resource>],
         events: EventBus,
         tasks: &mut tokio::task::JoinSet<()>,
         shutdown: watch::Receiver<bool>,
@@ -80,20 +81,22 @@ impl Detect {
             events: events.clone(),
             scopes: std::sync::Mutex::new(Vec::new()),
         });
-        for r in resources {
-            d.add_scope(r);
-        }
         tasks.spawn(probes.clone().run(sock, shutdown.clone()));
         tasks.spawn(members_loop(etcd.clone(), events, shutdown));
-        tracing::info!(site = %cfg.me.site, listen = %cfg.me.listen, scopes = d.scopes().len(), etcd = ?cfg.etcd_endpoints, "detection running");
+        tracing::info!(site = %cfg.me.site, listen = %cfg.me.listen, etcd = ?cfg.etcd_endpoints, "detection running");
         Ok(d)
     }
 
     /// Protect a replicated resource (at start, or brought up later by `drl up` / `adjust`):
-    /// its fence stands in front of its writes before this returns, and its lease task runs
-    /// until the resource's tasks stop. A resource without a peer has no scope.
-    pub fn add_scope(&self, r: &Resource) {
-        let Some(repl) = r.replicator() else { return };
+    /// `install` puts the scope's fence in front of the resource's writes before its lease
+    /// task starts; the task runs until `stop`. A resource without a peer has no scope, so
+    /// the daemon does not call this for it.
+    pub fn add_scope(
+        &self,
+        repl: &Arc<Replicator>,
+        stop: watch::Receiver<bool>,
+        install: impl FnOnce(&Arc<lease::Scope>),
+    ) {
         let s = lease::Scope::new(
             self.cfg.clone(),
             repl.clone(),
@@ -101,9 +104,8 @@ impl Detect {
             self.probes.clone(),
             self.events.clone(),
         );
-        r.device().set_fence(s.fence.clone());
-        r.device().set_lease_scope(s.clone());
-        tokio::spawn(s.clone().run(r.stop_signal()));
+        install(&s);
+        tokio::spawn(s.clone().run(stop));
         let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
         scopes.retain(|x| x.resource != s.resource);
         scopes.push(s);

@@ -15,8 +15,8 @@ use tokio::sync::{watch, Notify};
 use super::core::{Core, CoreConfig, Health, SiteChange};
 use super::etcd::unix_ms;
 use super::probe::{Codec, Datagram, Kind, Reject, RejectCounts, Responder, PROBE_BYTES};
-use crate::config::detect::DetectConfig;
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
+use crate::detect::options::DetectConfig;
 use crate::limits::{DETECT_LOG_LINES_PER_S, DETECT_PROBES_OUTSTANDING_COUNT};
 use crate::logrl::LogLimiter;
 

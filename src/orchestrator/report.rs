@@ -96,7 +96,7 @@ pub fn render(r: &Report) -> String {
             v.status
         );
     }
-    out += &crate::cli::align_columns(&rows);
+    out += &crate::table::align_columns(&rows);
     let f = |x: Option<f64>| x.map_or("unknown".into(), |v| format!("{v:.2} s"));
     out += &format!("RTO {}   RPO <= {}\n", f(r.rto_seconds), f(r.rpo_seconds));
     out += &format!("journal: {}\n", r.journal);

@@ -151,6 +151,11 @@ impl Link {
         true
     }
 
+    /// Whether the peer confirmed every state change queued so far (now, without waiting).
+    pub fn state_confirmed_now(&self) -> bool {
+        self.state_answered.load(Ordering::Acquire) >= self.state_asked.load(Ordering::Acquire)
+    }
+
     /// Wait until the peer confirmed every state change queued so far, the link closed (the
     /// next handshake carries the new state), or `timeout` passed. True if confirmed.
     pub async fn state_confirmed(&self, timeout: std::time::Duration) -> bool {
@@ -323,7 +328,7 @@ impl Link {
 }
 
 /// An encoded application write or barrier (bounded by the epoch buffer), from its type byte
-/// (header byte 6, as [`crate::shaping::repl_frame_class`] reads it).
+/// (header byte 6, as [`crate::repl::shaped::repl_frame_class`] reads it).
 fn is_data_frame(frame: &[u8]) -> bool {
     const DATA: [u8; 4] = [
         FrameType::Data as u8,

@@ -22,7 +22,8 @@ use drbd_compat::{ConnState, DiskState, ReplState, Role};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::config::{OnCongestion, ResourceConfig};
+use super::options::OnCongestion;
+use crate::config::ResourceConfig;
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::limits::{
     REPL_FRAME_DATA_BYTES_MAX, REPL_FRAME_RANGE_BYTES_MAX, REPL_LOG_LINES_PER_S,
@@ -34,6 +35,7 @@ use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
 use crate::repl::wire::split_range;
+use crate::shaping::NodeShaping;
 use crate::volume::activity_log::ActivityLog;
 use crate::volume::bitmap::DirtyBitmap;
 use crate::volume::disk::Disk;
@@ -160,6 +162,8 @@ pub struct Replicator {
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) al: Arc<ActivityLog>,
     pub(crate) events: EventBus,
+    /// The daemon's WAN shaping (its shaper and resync controller), shared by its resources.
+    pub(crate) shaping: NodeShaping,
     st: Mutex<State>,
     /// Admin changes (connect, disconnect, role) wake the connection loop.
     pub(crate) wake: Notify,
@@ -179,6 +183,9 @@ pub struct Replicator {
     /// `drl pause-sync`: this node's resync pause flag (DRBD's user pause), see
     /// `replicator_ops.rs`.
     pub(crate) resync_paused: std::sync::atomic::AtomicBool,
+    /// A promotion over a live link the peer has not confirmed yet: application writes wait
+    /// ([`Self::promotion_settled`], issue 12's two-Primary window).
+    pub(crate) promoting: std::sync::atomic::AtomicBool,
     /// `resync-rate`: when the resync data charged so far is paid off at that rate.
     pub(crate) resync_rate_next_free: Mutex<Instant>,
     /// Where the peer is reached (`[resource.on.PEER] address`): `drl adjust` changes it
@@ -238,6 +245,8 @@ impl WriteOp {
 }
 
 impl Replicator {
+    // Each argument is a separate part of the resource the daemon wires in.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &ResourceConfig,
         node: &str,
@@ -246,6 +255,7 @@ impl Replicator {
         bitmap: Arc<DirtyBitmap>,
         al: Arc<ActivityLog>,
         events: EventBus,
+        shaping: NodeShaping,
     ) -> Arc<Replicator> {
         Arc::new(Replicator {
             name: cfg.name.clone(),
@@ -257,6 +267,7 @@ impl Replicator {
             bitmap,
             al,
             events,
+            shaping,
             st: Mutex::new(State {
                 conn: ConnState::Connecting,
                 repl: ReplState::Off,
@@ -289,6 +300,7 @@ impl Replicator {
             state_rl: LogLimiter::new(REPL_STATE_LOG_LINES_PER_S),
             clock: Instant::now(),
             resync_paused: std::sync::atomic::AtomicBool::new(false),
+            promoting: std::sync::atomic::AtomicBool::new(false),
             resync_rate_next_free: Mutex::new(Instant::now()),
             peer_addr: Mutex::new(cfg.peer.as_ref().and_then(|p| p.address)),
         })
@@ -427,6 +439,7 @@ impl Replicator {
 
     /// A write (data, trim or zeroes) on the Primary: see the module doc for the order.
     pub async fn write(&self, offset: u64, op: WriteOp, fua: bool) -> Result<(), VolumeError> {
+        self.promotion_settled().await;
         let len = op.len();
         let _al = self
             .al

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::limits::{
-    REPL_ADMIN_DECISION_WAIT_MS, REPL_STATE_ACK_TIMEOUT_MS, REPL_VERIFY_RATE_MIN,
-    REPL_VERIFY_WINDOW_REQUESTS,
+    REPL_ADMIN_DECISION_WAIT_MS, REPL_PEER_TIMEOUT_MS, REPL_STATE_ACK_TIMEOUT_MS,
+    REPL_VERIFY_RATE_MIN, REPL_VERIFY_WINDOW_REQUESTS,
 };
 use std::time::Duration;
 
@@ -13,27 +13,17 @@ impl Replicator {
 
     /// `drl primary RES [--force]`.
     pub async fn primary(&self, force: bool) -> Result<(), ReplError> {
-        let sb = self.meta.superblock();
-        if sb.role == meta::Role::Primary {
+        if self.meta.superblock().role == meta::Role::Primary {
             return Ok(());
         }
-        let (connected, peer_role, repl) = {
+        let connected = {
             let st = self.state();
-            (
-                st.link.as_ref().is_some_and(|l| !l.is_closed()) && st.peer_role.is_some(),
-                st.peer_role,
-                st.repl,
-            )
+            st.link.as_ref().is_some_and(|l| !l.is_closed()) && st.peer_role.is_some()
         };
-        if connected && peer_role == Some(Role::Primary) {
-            return Err(self.refused(
-                "the peer is Primary: demote it first (two Primaries would overwrite each other)",
-            ));
+        if connected {
+            self.promotion_may_go().await?;
         }
-        if connected && repl == ReplState::SyncTarget {
-            return Err(self
-                .refused("this node is SyncTarget: its data is incomplete until the resync ends"));
-        }
+        let sb = self.meta.superblock();
         let good = sb.disk_state == meta::DiskState::UpToDate;
         if !good && !force {
             return Err(self.refused(format!(
@@ -51,7 +41,12 @@ impl Replicator {
                 self.peer_node()
             )));
         }
-        self.update_meta(|sb| {
+        // Over a live link, writes wait from the moment the superblock says Primary until the
+        // peer confirmed it or the link closed ([`Self::promotion_settled`]).
+        if connected {
+            self.promoting.store(true, Ordering::Release);
+        }
+        let r = self.update_meta(|sb| {
             if new_gen {
                 let mut g = gen_of(sb.gen);
                 g.new_current_on_promote_without_peer();
@@ -61,7 +56,11 @@ impl Replicator {
             sb.disk_state = meta::DiskState::UpToDate;
             sb.flags |= flags::WAS_PRIMARY;
             sb.flags &= !flags::CRASHED_PRIMARY;
-        })?;
+        });
+        if r.is_err() {
+            self.promoting.store(false, Ordering::Release);
+        }
+        r?;
         if new_gen {
             // The generation changed: a session whose Hello carried the old one (connected
             // before, or one whose handshake was running: `connected` was false then, but
@@ -74,11 +73,82 @@ impl Replicator {
                 // Return on the state the promotion causes, not the old session's: once a
                 // later session (the peer has seen the new generation) decided the sync.
                 self.sync_decided_after(before).await;
+                self.promotion_settled_now();
                 return Ok(());
             }
         }
         self.peer_learns_role().await;
+        // Confirmed or closed: writes go at once. Not confirmed in time over a live link:
+        // the first write waits for it.
+        self.promotion_settled_now();
         Ok(())
+    }
+
+    /// Whether a promotion is settled now ([`crate::repl::state::promotion_settled`]); if so,
+    /// writes no longer wait for it.
+    fn promotion_settled_now(&self) -> bool {
+        let link = self.state().link.clone();
+        let settled = crate::repl::state::promotion_settled(
+            link.as_ref().is_some_and(|l| !l.is_closed()),
+            link.as_ref().is_none_or(|l| l.state_confirmed_now()),
+        );
+        if settled {
+            self.promoting.store(false, Ordering::Release);
+        }
+        settled
+    }
+
+    /// Application writes wait here while a promotion over a live link is unconfirmed (issue
+    /// 12, the two-Primary window): two nodes promoted at the same instant then never both
+    /// acknowledge while connected; their StateChanges cross and both drop the link, and the
+    /// next connect finds the split brain. A peer that reads its socket confirms within a
+    /// round trip; a dead one is found by liveness, which closes the link.
+    pub(crate) async fn promotion_settled(&self) {
+        while self.promoting.load(Ordering::Acquire) && !self.promotion_settled_now() {
+            let Some(link) = self.state().link.clone() else {
+                continue;
+            };
+            link.state_confirmed(Duration::from_millis(REPL_STATE_ACK_TIMEOUT_MS))
+                .await;
+        }
+    }
+
+    /// The rules of a promotion over a live link ([`crate::repl::state::promotion`]): refused
+    /// while the peer is Primary or this node SyncTarget; held while writes received from the
+    /// old Primary are still landing (bounded by [`REPL_PEER_TIMEOUT_MS`], then refused), so
+    /// no write of the new Primary is overtaken by an older one on this disk.
+    async fn promotion_may_go(&self) -> Result<(), ReplError> {
+        use crate::repl::state::{promotion, Promotion};
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(REPL_PEER_TIMEOUT_MS);
+        loop {
+            // Read again on every round: the peer's role may change while this waits.
+            let (link, peer_role, repl) = {
+                let st = self.state();
+                (st.link.clone(), st.peer_role, st.repl)
+            };
+            let Some(link) = link.filter(|l| !l.is_closed()) else {
+                // Decided as a connected promotion (the generation kept): without the link
+                // that would be wrong, so the admin asks again and it is decided anew.
+                return Err(self.refused(
+                    "the connection to the peer closed during the promotion: run it again",
+                ));
+            };
+            let rx_idle = link.rx_idle.load(Ordering::Acquire);
+            match promotion(peer_role, repl, rx_idle) {
+                Promotion::Go => return Ok(()),
+                Promotion::Refuse(why) => return Err(self.refused(why)),
+                Promotion::WaitForReceivedWrites => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.refused(format!(
+                    "the writes received from the old Primary did not reach the disk within {REPL_PEER_TIMEOUT_MS} ms: try again"
+                )));
+            }
+            // The session loop updates `rx_idle` after each step; a short poll, as online
+            // verify waits for the same (`verify::provide`), cut short if the link closes.
+            let closed = link.closed_notify.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(5), closed).await;
+        }
     }
 
     /// Wait until a session later than `session` has acted on its sync decision (bounded by

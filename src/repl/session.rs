@@ -137,7 +137,8 @@ pub(crate) async fn run(
     let link = Arc::new(link);
     crate::shaping::mark_repl_socket(&stream);
     let (mut rd, wr) = stream.into_split();
-    let writer = tokio::spawn(writer(wr, frames, link.clone()));
+    let shaper = rep.shaping.shaper.clone();
+    let writer = tokio::spawn(writer(wr, frames, link.clone(), shaper));
     let mut applying = futures::stream::FuturesUnordered::new();
     let mut s = Session {
         rep,
@@ -207,6 +208,7 @@ async fn writer(
     mut wr: crate::repl::peer::PeerWrite,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     link: Arc<Link>,
+    shaper: Arc<crate::shaping::Shaper>,
 ) {
     // A frame taken off the queue that did not fit the last batch (another shaping class).
     let mut carry: Option<Bytes> = None;
@@ -249,8 +251,14 @@ async fn writer(
             wr: &mut wr,
             link: &link,
         };
-        if let Err(e) =
-            crate::shaping::write_repl_frame(&mut out, batch, &link.closed_notify, closed).await
+        if let Err(e) = crate::repl::shaped::write_repl_frame(
+            &shaper,
+            &mut out,
+            batch,
+            &link.closed_notify,
+            closed,
+        )
+        .await
         {
             link.close(format!("writing to the peer: {e}"));
             return;
@@ -310,11 +318,11 @@ fn batch_queued(
     carry: &mut Option<Bytes>,
     batch: &mut Vec<u8>,
 ) -> Option<Bytes> {
-    let class = crate::shaping::repl_frame_class(&first);
+    let class = crate::repl::shaped::repl_frame_class(&first);
     let mut first = Some(first);
     while first.as_ref().map_or(batch.len(), Bytes::len) < REPL_WRITE_BATCH_BYTES {
         let Ok(next) = frames.try_recv() else { break };
-        if crate::shaping::repl_frame_class(&next) != class {
+        if crate::repl::shaped::repl_frame_class(&next) != class {
             *carry = Some(next);
             break;
         }

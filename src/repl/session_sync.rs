@@ -54,7 +54,7 @@ async fn answer_requests(
         rep.wait_resync_rate().await;
         // The adaptive resync rate (DRBD's c-plan-ahead controller, src/shaping/resync.rs):
         // wait while enough is queued for the link already.
-        crate::shaping::resync::admit(|| link.queued_bytes()).await;
+        rep.shaping.resync.admit(|| link.queued_bytes()).await;
         batch.clear();
         batch.push(first);
         while zeros && batch.len() < REPL_RESYNC_ZERO_BATCH {
@@ -93,7 +93,7 @@ async fn answer_requests(
                     offset,
                     data: Bytes::copy_from_slice(&buf),
                 });
-                crate::shaping::resync::sent(u64::from(len));
+                rep.shaping.resync.sent(u64::from(len));
                 rep.charge_resync_rate(u64::from(len));
             }
         }

@@ -58,6 +58,46 @@ pub struct NodeState {
     pub dirty_bits: u64,
 }
 
+/// What `drl primary` does on a node with a live link to its peer (issue 12, the two-Primary
+/// window). Pure: the daemon ([`crate::repl::replicator::Replicator::primary`]) and the
+/// deterministic simulator (`tests/sim`) take the same decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// Become Primary now.
+    Go,
+    /// Refused, with the reason for the admin.
+    Refuse(&'static str),
+    /// Not yet: writes received from the old Primary are still on their way to the disk (it
+    /// demoted, but its last writes were queued or being applied here). A user write of the
+    /// new Primary must not be overtaken by an older one of the old Primary: wait until the
+    /// receiver is idle.
+    WaitForReceivedWrites,
+}
+
+/// [`Promotion`] from what the node knows: the peer's role as its last StateChange or Hello
+/// said, the replication state, and whether every write received on the link is on the disk.
+pub fn promotion(peer_role: Option<Role>, repl: ReplState, rx_idle: bool) -> Promotion {
+    if peer_role == Some(Role::Primary) {
+        Promotion::Refuse(
+            "the peer is Primary: demote it first (two Primaries would overwrite each other)",
+        )
+    } else if repl == ReplState::SyncTarget {
+        Promotion::Refuse("this node is SyncTarget: its data is incomplete until the resync ends")
+    } else if !rx_idle {
+        Promotion::WaitForReceivedWrites
+    } else {
+        Promotion::Go
+    }
+}
+
+/// Whether a promotion has taken effect for application writes: over a live link once the
+/// peer confirmed it (its PingAck behind the StateChange: it applied the new role), or once
+/// the link closed (the next handshake carries the role). Before that, two nodes promoted at
+/// the same instant would both acknowledge while connected until their StateChanges cross.
+pub fn promotion_settled(link_open: bool, peer_confirmed: bool) -> bool {
+    !link_open || peer_confirmed
+}
+
 /// The outcome of the comparison, from the local node's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncDecision {

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls_pki_types::pem::PemObject;
@@ -32,8 +32,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, client::WebPkiServerVerifier, server::WebPkiClientVerifier};
 use tokio_rustls::rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::ops::TlsFiles;
 use crate::limits::TLS_PEM_FILE_BYTES_MAX;
+
+/// This node's TLS files: the CA, its certificate chain (CN or a DNS SAN = the node name) and
+/// its private key, all PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// The link's ALPN protocol name.
 pub const ALPN: &[u8] = b"drl/1";

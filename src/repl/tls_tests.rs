@@ -2,8 +2,8 @@
 //! issue names (another CA, a wrong name, an expired certificate, cleartext), from the side
 //! that detects it; the own certificate checked at load; reload keeps the old config on error.
 
+use super::TlsFiles;
 use super::*;
-use crate::config::ops::TlsFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../../tests/common/certs.rs"]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Class, ShapingConfig, CLASSES};
-use crate::config::units::{format_bytes, format_rate, parse_rate, parse_size};
+use crate::units::{format_bytes, format_rate, parse_rate, parse_size};
 
 /// `shaping.set` parameters. Rates and sizes are strings with units ("100Mbit", "256KiB");
 /// "off" removes the link rate (count only) or a ceiling.
@@ -97,7 +97,7 @@ pub fn render_show(v: &Value) -> String {
             c["queued_bytes"].as_u64().map_or("-".into(), format_bytes),
         ]);
     }
-    out.push_str(&crate::cli::align_columns(&table));
+    out.push_str(&crate::table::align_columns(&table));
     out
 }
 

@@ -13,7 +13,7 @@ pub mod tc;
 
 pub use shaper::{ClassConfig, ClassStats, Shaper, ShaperStats, ShapingConfig};
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,113 +109,54 @@ pub fn mark_repl_socket(s: &impl std::os::fd::AsFd) {
     }
 }
 
-/// Write one encoded replication frame to the peer's socket through the node's shaper: in
-/// pieces of at most one grant, each granted before it is written, so the socket is fed at the
-/// shaped rate instead of in frame-sized bursts (the replication sender's only call into
-/// shaping). Resync frames are scheduled with the replication flow (one ordered connection:
-/// a resync frame at its head must not hold the writes behind it to resync's share) and
-/// counted as resync; how much resync enters the connection is the adaptive resync
-/// controller's decision ([`resync`]). Once the link is closed (`closed()`, or `closed_notify` fires) the rest goes
-/// unshaped: it is the final Disconnect.
-pub async fn write_repl_frame<W: tokio::io::AsyncWrite + Unpin>(
-    wr: &mut W,
-    frame: &[u8],
-    closed_notify: &tokio::sync::Notify,
-    closed: impl Fn() -> bool,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let class = repl_frame_class(frame);
-    let shaper = node();
-    // Counting only: one write (and one count) per frame.
-    let piece = match shaper.is_capped() {
-        true => usize::try_from(shaper.config().grant_bytes_max()).unwrap_or(usize::MAX),
-        false => frame.len().max(1),
-    };
-    for chunk in frame.chunks(piece) {
-        if !closed() {
-            tokio::select! {
-                _ = shaper.acquire_as(Class::Replication, class, chunk.len() as u64) => {}
-                _ = closed_notify.notified() => {}
-            }
-        }
-        wr.write_all(chunk).await?;
+/// One daemon's WAN shaping: its shaper over all of its WAN traffic and its resync controller.
+/// The daemon makes one at start and passes it to every part that sends (replication, streams,
+/// jobs, metrics, `adjust`); a clone is another handle to the same instances. Two daemons in
+/// one process (tests) never share a link budget.
+#[derive(Clone)]
+pub struct NodeShaping {
+    pub shaper: Arc<Shaper>,
+    pub resync: Arc<resync::ResyncGovernor>,
+}
+
+impl NodeShaping {
+    pub fn new(cfg: ShapingConfig, tuning: resync::ResyncTuning) -> Self {
+        let shaper = Arc::new(Shaper::new(cfg));
+        let resync = Arc::new(resync::ResyncGovernor::new(shaper.clone(), tuning));
+        NodeShaping { shaper, resync }
     }
-    Ok(())
-}
 
-static NODE: OnceLock<Arc<Shaper>> = OnceLock::new();
-
-/// The node's shaper: one per daemon process, over all of its WAN traffic. Until the daemon
-/// configures it ([`Shaper::set_config`]), it counts only.
-pub fn node() -> &'static Arc<Shaper> {
-    NODE.get_or_init(|| Arc::new(Shaper::new(ShapingConfig::default())))
-}
-
-/// The class of an encoded replication frame, from its type byte (header byte 6): resync
-/// frames are `resync`, everything else (application writes, barriers, control) `replication`.
-pub fn repl_frame_class(frame: &[u8]) -> Class {
-    use crate::repl::frame::FrameType;
-    // Online verify is background work like a resync (DRBD paces both the same way); the
-    // writer keeps frame order across classes, so a VerifyDigests still follows the writes
-    // its read saw.
-    const RESYNC: [u8; 8] = [
-        FrameType::ResyncRequest as u8,
-        FrameType::ResyncData as u8,
-        FrameType::ResyncDone as u8,
-        FrameType::ResyncZeroes as u8,
-        FrameType::VerifyRequest as u8,
-        FrameType::VerifyDigests as u8,
-        FrameType::VerifyResult as u8,
-        FrameType::VerifyDone as u8,
-    ];
-    match frame.get(6) {
-        Some(t) if RESYNC.contains(t) => Class::Resync,
-        _ => Class::Replication,
+    /// A shaper without a link rate (it only counts) and the default resync tuning: for a
+    /// command-line stream or a test that shapes nothing.
+    pub fn counting() -> Self {
+        Self::new(ShapingConfig::default(), resync::ResyncTuning::default())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repl::frame::Frame;
-    use crate::repl::wire::Encoder;
-    use bytes::{Bytes, BytesMut};
 
-    #[test]
-    fn replication_frames_are_classed_by_their_type_byte() {
-        let enc = Encoder::new(7);
-        let class = |f: Frame| {
-            let mut b = BytesMut::new();
-            enc.encode(&f, &mut b).unwrap();
-            repl_frame_class(&b)
+    /// Issue 12: the shaper and the resync controller are per daemon. Two daemons in one
+    /// process (every pair test) must not share a link budget or a replication estimate.
+    #[tokio::test]
+    async fn two_daemons_share_no_shaper_and_no_resync_controller() {
+        let capped = ShapingConfig {
+            link_bytes_per_s: Some(1 << 30),
+            ..ShapingConfig::default()
         };
-        assert_eq!(class(Frame::Ping { seq: 1 }), Class::Replication);
-        assert_eq!(class(Frame::Barrier { epoch: 1 }), Class::Replication);
-        assert_eq!(class(Frame::ResyncDone), Class::Resync);
-        assert_eq!(class(Frame::VerifyDone { id: 1 }), Class::Resync);
-        assert_eq!(
-            class(Frame::VerifyRequest {
-                run: crate::repl::frame::VerifyRun::Sender,
-                id: 1,
-                offset: 0,
-                len: 4096
-            }),
-            Class::Resync
-        );
-        assert_eq!(
-            class(Frame::ResyncZeroes {
-                offset: 0,
-                len: 4096
-            }),
-            Class::Resync
-        );
-        assert_eq!(
-            class(Frame::ResyncData {
-                offset: 0,
-                data: Bytes::from(vec![1u8; 4096])
-            }),
-            Class::Resync
-        );
-        assert_eq!(repl_frame_class(&[]), Class::Replication);
+        let a = NodeShaping::new(capped.clone(), resync::ResyncTuning::default());
+        let b = NodeShaping::counting();
+        a.shaper.acquire(Class::Snapshot, 4096).await;
+        assert_eq!(a.shaper.granted_bytes(Class::Snapshot), 4096);
+        assert_eq!(b.shaper.granted_bytes(Class::Snapshot), 0);
+        assert_eq!(a.shaper.config(), capped);
+        assert_eq!(b.shaper.config().link_bytes_per_s, None);
+        // The resync controller follows its own daemon's shaper: a has a cap, b has none.
+        assert!(a.resync.stats().rate_bytes_per_s.is_some());
+        assert_eq!(b.resync.stats().rate_bytes_per_s, None);
+        // A clone is a handle to the same instances.
+        let a2 = a.clone();
+        assert!(Arc::ptr_eq(&a.shaper, &a2.shaper) && Arc::ptr_eq(&a.resync, &a2.resync));
     }
 }

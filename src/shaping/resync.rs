@@ -22,15 +22,15 @@
 //! which the shaper alone cannot enforce because resync frames travel in the replication
 //! connection, is a second, strict pacer: its wait is never cut short (the answers run in
 //! their own task, so it delays no acks).
-//! The policy here is pure (time is a parameter); [`admit`] and [`sent`] are the node-wide
-//! glue the replication session calls.
+//! The policy here is pure (time is a parameter); [`ResyncGovernor`] is the daemon's instance
+//! of it that the replication session calls.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::Class;
+use super::{Class, Shaper};
 use crate::limits::{
     RESYNC_ADMIT_WAIT_MS_MAX, RESYNC_FILL_TARGET_BYTES_DEFAULT, RESYNC_MIN_RATE_DEFAULT,
     RESYNC_PLAN_AHEAD_MS_DEFAULT,
@@ -194,82 +194,91 @@ impl ResyncController {
     }
 }
 
-struct NodeResync {
+struct State {
     ctl: ResyncController,
     epoch: Instant,
 }
 
-fn node_resync() -> &'static Mutex<NodeResync> {
-    static R: OnceLock<Mutex<NodeResync>> = OnceLock::new();
-    R.get_or_init(|| {
-        Mutex::new(NodeResync {
-            ctl: ResyncController::new(ResyncTuning::default()),
-            epoch: Instant::now(),
-        })
-    })
+/// One daemon's resync controller, over its shaper: every replicated resource of the daemon
+/// asks it before queueing a resync answer ([`ResyncGovernor::admit`]) and charges it after
+/// ([`ResyncGovernor::sent`]). Made by [`super::NodeShaping`], passed in; no process-wide state.
+pub struct ResyncGovernor {
+    shaper: Arc<Shaper>,
+    state: Mutex<State>,
 }
 
-fn with<T>(f: impl FnOnce(&mut ResyncController, Duration) -> T) -> T {
-    let mut g = node_resync().lock().unwrap_or_else(|p| p.into_inner());
-    let now = g.epoch.elapsed();
-    let shaper = super::node();
-    let cfg = shaper.config();
-    let (repl, link) = (
-        shaper.granted_bytes(Class::Replication),
-        cfg.link_bytes_per_s,
-    );
-    g.ctl
-        .set_class_ceil(cfg.classes[Class::Resync as usize].ceil_bytes_per_s);
-    g.ctl.update(now, repl, link);
-    f(&mut g.ctl, now)
-}
-
-/// Set the node's resync tuning (from `[shaping.resync]`).
-pub fn set_tuning(t: ResyncTuning) {
-    node_resync()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .ctl
-        .set_tuning(t);
-}
-
-pub fn stats() -> ResyncStats {
-    with(|c, _| c.stats())
-}
-
-/// Wait until a resync answer may be queued: the send queue (`queued()` bytes) is below the
-/// fill target and the adaptive pacing debt is paid, for at most [`RESYNC_ADMIT_WAIT_MS_MAX`]
-/// (resync never stalls completely); then, always, until the resync class's ceiling allows
-/// it (a hard limit, bounded by one answer at the ceiling; the answers run in their own task,
-/// so this wait delays no acks).
-pub async fn admit(queued: impl Fn() -> u64) {
-    let deadline = Instant::now() + Duration::from_millis(RESYNC_ADMIT_WAIT_MS_MAX);
-    loop {
-        let q = queued();
-        let (wait, ceiling) = with(|c, now| {
-            let w = if c.fill_allows(q) {
-                c.pacing_wait(now)
-            } else {
-                Duration::from_millis(5).max(c.pacing_wait(now))
-            };
-            (w, c.ceiling_wait(now))
-        });
-        let soft_done = wait.is_zero() || Instant::now() >= deadline;
-        if soft_done && ceiling.is_zero() {
-            return;
+impl ResyncGovernor {
+    pub fn new(shaper: Arc<Shaper>, tuning: ResyncTuning) -> Self {
+        ResyncGovernor {
+            shaper,
+            state: Mutex::new(State {
+                ctl: ResyncController::new(tuning),
+                epoch: Instant::now(),
+            }),
         }
-        let w = if soft_done {
-            ceiling
-        } else {
-            wait.max(ceiling)
-        };
-        tokio::time::sleep(w.min(Duration::from_millis(50))).await;
     }
-}
 
-/// Charge `bytes` of resync data that were just queued.
-pub fn sent(bytes: u64) {
-    with(|c, now| c.charge(now, bytes))
+    fn with<T>(&self, f: impl FnOnce(&mut ResyncController, Duration) -> T) -> T {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = g.epoch.elapsed();
+        let cfg = self.shaper.config();
+        let (repl, link) = (
+            self.shaper.granted_bytes(Class::Replication),
+            cfg.link_bytes_per_s,
+        );
+        g.ctl
+            .set_class_ceil(cfg.classes[Class::Resync as usize].ceil_bytes_per_s);
+        g.ctl.update(now, repl, link);
+        f(&mut g.ctl, now)
+    }
+
+    /// Set the tuning (from `[shaping.resync]`, at start and on `adjust`).
+    pub fn set_tuning(&self, t: ResyncTuning) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ctl
+            .set_tuning(t);
+    }
+
+    pub fn stats(&self) -> ResyncStats {
+        self.with(|c, _| c.stats())
+    }
+
+    /// Wait until a resync answer may be queued: the send queue (`queued()` bytes) is below
+    /// the fill target and the adaptive pacing debt is paid, for at most
+    /// [`RESYNC_ADMIT_WAIT_MS_MAX`] (resync never stalls completely); then, always, until the
+    /// resync class's ceiling allows it (a hard limit, bounded by one answer at the ceiling;
+    /// the answers run in their own task, so this wait delays no acks).
+    pub async fn admit(&self, queued: impl Fn() -> u64) {
+        let deadline = Instant::now() + Duration::from_millis(RESYNC_ADMIT_WAIT_MS_MAX);
+        loop {
+            let q = queued();
+            let (wait, ceiling) = self.with(|c, now| {
+                let w = if c.fill_allows(q) {
+                    c.pacing_wait(now)
+                } else {
+                    Duration::from_millis(5).max(c.pacing_wait(now))
+                };
+                (w, c.ceiling_wait(now))
+            });
+            let soft_done = wait.is_zero() || Instant::now() >= deadline;
+            if soft_done && ceiling.is_zero() {
+                return;
+            }
+            let w = if soft_done {
+                ceiling
+            } else {
+                wait.max(ceiling)
+            };
+            tokio::time::sleep(w.min(Duration::from_millis(50))).await;
+        }
+    }
+
+    /// Charge `bytes` of resync data that were just queued.
+    pub fn sent(&self, bytes: u64) {
+        self.with(|c, now| c.charge(now, bytes))
+    }
 }
 
 #[cfg(test)]

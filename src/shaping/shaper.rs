@@ -9,7 +9,7 @@
 //! There is no driver task: whoever waits polls the scheduler when its timer fires or when it
 //! is woken, and hands out every grant that is due, to itself or to the other waiters (each
 //! has its own `Notify`, which keeps a permit, so no wakeup is lost). That needs no runtime of
-//! its own, so one process-wide shaper (see [`super::node`]) works from any tokio runtime, and
+//! its own, so the daemon's shaper (see [`super::NodeShaping`]) works from any tokio runtime, and
 //! an idle shaper costs nothing.
 //!
 //! Without a `link-rate` the shaper only counts: grants are immediate (no link cap, no shares,
@@ -76,8 +76,8 @@ impl ShapingConfig {
 
     /// Check the meaning; on error, the key (relative to `shaping.`) and the reason.
     pub fn check(&self) -> Result<(), (String, String)> {
-        use crate::config::units::{format_bytes, format_rate};
         use crate::limits::{SHAPING_BURST_BYTES_MAX, SHAPING_SHARE_MAX};
+        use crate::units::{format_bytes, format_rate};
         if !(SHAPING_BURST_BYTES_MIN..=SHAPING_BURST_BYTES_MAX).contains(&self.burst_bytes) {
             return Err((
                 "burst".into(),
@@ -133,7 +133,7 @@ impl ShapingConfig {
 
     /// The scheduler's parameters. Replication and resync share one ordered TCP connection,
     /// whose frames the scheduler sees as one flow in the replication class (see
-    /// [`super::write_repl_frame`]): that flow is weighted with both shares, and the adaptive
+    /// `repl::shaped::write_repl_frame`): that flow is weighted with both shares, and the adaptive
     /// resync controller ([`super::resync`]) splits it.
     fn sched_params(&self) -> Option<Params> {
         self.link_bytes_per_s.map(|l| {

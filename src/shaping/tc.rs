@@ -41,8 +41,8 @@ pub fn tc_commands(
     if drl >= phys_bytes_per_s {
         return Err(format!(
             "drl's link-rate {} is not below the physical rate {}: nothing would be left for the VMs' traffic",
-            crate::config::units::format_rate(drl),
-            crate::config::units::format_rate(phys_bytes_per_s)
+            crate::units::format_rate(drl),
+            crate::units::format_rate(phys_bytes_per_s)
         ));
     }
     let v = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<String>>();

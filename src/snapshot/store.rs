@@ -385,7 +385,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
                         drop(st);
                         self.invalidate_all(&format!(
                             "COW space of {} exhausted",
-                            crate::config::units::format_bytes(self.cfg.space_bytes)
+                            crate::units::format_bytes(self.cfg.space_bytes)
                         ))
                         .await;
                         return Ok(());

@@ -25,12 +25,16 @@ use tokio::io::AsyncWriteExt;
 use super::store::{md5_hex, ObjectStore, SloSegment};
 use super::{Progress, Report, StreamError};
 use crate::limits::*;
+use crate::shaping::{Class, NodeShaping, Shaper};
 
 /// How to push an image.
 #[derive(Debug, Clone)]
 pub struct ImageOptions {
     pub segment_bytes: u64,
     pub parallelism: usize,
+    /// The daemon's shaper: segments are granted in its `image` class (the default one only
+    /// counts).
+    pub shaper: Arc<Shaper>,
 }
 
 impl Default for ImageOptions {
@@ -38,6 +42,7 @@ impl Default for ImageOptions {
         ImageOptions {
             segment_bytes: SLO_SEGMENT_BYTES_DEFAULT,
             parallelism: STREAM_PARALLELISM_DEFAULT,
+            shaper: NodeShaping::counting().shaper,
         }
     }
 }
@@ -143,9 +148,7 @@ pub async fn push<S: ObjectStore>(
                     .is_some_and(|(b, h)| *b == len && *h == md5);
                 if !resumed {
                     // The WAN shaper's image class: the segment is granted before the PUT.
-                    crate::shaping::node()
-                        .acquire(crate::shaping::Class::Image, len)
-                        .await;
+                    opts.shaper.acquire(Class::Image, len).await;
                     store.put_md5(seg_container, &name, data, &md5).await?;
                 }
                 let s = SloSegment {

@@ -45,6 +45,7 @@ use super::sha256x8;
 use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
+use crate::shaping::{Class, NodeShaping, Shaper};
 use crate::volume::{is_zero, AlignedBuf, BlockDevice};
 
 /// Where snapshots live: a container and a prefix inside it.
@@ -107,6 +108,9 @@ pub struct StreamOptions {
     pub compression: Compression,
     /// Parent snapshot (same location) for an incremental stream.
     pub parent: Option<String>,
+    /// The daemon's shaper: object bodies are granted in its `snapshot` class (a new
+    /// [`StreamOptions`] has one that only counts).
+    pub shaper: Arc<Shaper>,
 }
 
 impl StreamOptions {
@@ -119,6 +123,7 @@ impl StreamOptions {
             inflight_bytes: STREAM_INFLIGHT_BYTES_MAX,
             compression: Compression::Zstd,
             parent: None,
+            shaper: NodeShaping::counting().shaper,
         }
     }
 
@@ -409,6 +414,7 @@ async fn upload_pack<S: ObjectStore>(
     existing: &HashMap<String, (u64, String)>,
     sealed: Sealed,
     md5: String,
+    shaper: &Shaper,
 ) -> Result<PackDone, StreamError> {
     let Sealed { body, chunks } = sealed;
     let object = pack_object(loc, snap, &chunks);
@@ -425,9 +431,7 @@ async fn upload_pack<S: ObjectStore>(
         });
     }
     // The WAN shaper's snapshot class: the whole body is granted before the PUT.
-    crate::shaping::node()
-        .acquire(crate::shaping::Class::Snapshot, len)
-        .await;
+    shaper.acquire(Class::Snapshot, len).await;
     let t = Instant::now();
     store.put_md5(&loc.container, &object, body, &md5).await?;
     tracing::debug!(%object, bytes = len, put_ms = t.elapsed().as_millis() as u64, "object stored");
@@ -616,6 +620,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     };
     let mut reading = true;
     let existing = &existing;
+    let shaper: &Shaper = &opts.shaper;
     loop {
         // md5 four objects together (a lone object costs four times the CPU per byte); fewer
         // only when reading is done or the uploads are about to run dry.
@@ -630,7 +635,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             };
             uploading += 1;
             work.push(Box::pin(async move {
-                upload_pack(store, loc, snap, existing, sealed, md5)
+                upload_pack(store, loc, snap, existing, sealed, md5, shaper)
                     .await
                     .map(Step::Stored)
             }));

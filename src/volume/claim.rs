@@ -19,7 +19,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::ResourceConfig;
 use crate::volume::meta::MetaFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,28 +58,38 @@ pub struct Plan {
     pub create_meta: bool,
 }
 
+/// The files of one volume a start needs: the volume layer's own view of a resource's config
+/// (the daemon fills it in from the resource's section).
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub size_bytes: u64,
+    pub disk: &'a Path,
+    pub meta: &'a Path,
+}
+
 impl Plan {
     /// One line per file a start would create or change, for `check-config` and the log.
-    pub fn describe(&self, cfg: &ResourceConfig) -> Vec<String> {
+    pub fn describe(&self, cfg: &Target<'_>) -> Vec<String> {
         let mut out = Vec::new();
         if self.create_disk {
             out.push(format!(
                 "would create {} (sparse, {} bytes)",
-                cfg.local.disk.display(),
+                cfg.disk.display(),
                 cfg.size_bytes
             ));
         }
         if let Some(from) = self.grow_disk_from {
             out.push(format!(
                 "would grow {} from {from} to {} bytes",
-                cfg.local.disk.display(),
+                cfg.disk.display(),
                 cfg.size_bytes
             ));
         }
         if self.create_meta {
             out.push(format!(
                 "would create new metadata {} (a new resource; `drl create-md {}` does it explicitly)",
-                cfg.local.meta.display(),
+                cfg.meta.display(),
                 cfg.name
             ));
         }
@@ -89,9 +98,9 @@ impl Plan {
 }
 
 /// Check everything a start of `cfg` needs, touching nothing.
-pub fn plan(cfg: &ResourceConfig) -> Result<Plan, ClaimError> {
-    let disk = &cfg.local.disk;
-    let meta = &cfg.local.meta;
+pub fn plan(cfg: &Target<'_>) -> Result<Plan, ClaimError> {
+    let disk = cfg.disk;
+    let meta = cfg.meta;
     need_dir("disk", disk)?;
     need_dir("metadata", meta)?;
     let mut p = Plan {
@@ -129,7 +138,7 @@ pub fn plan(cfg: &ResourceConfig) -> Result<Plan, ClaimError> {
     match std::fs::metadata(meta) {
         Ok(_) => {
             let m = MetaFile::open(meta).map_err(|e| ClaimError::Refused(e.to_string()))?;
-            m.check_matches(&cfg.name, cfg.size_bytes)
+            m.check_matches(cfg.name, cfg.size_bytes)
                 .map_err(|e| ClaimError::Refused(e.to_string()))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => p.create_meta = true,

@@ -22,6 +22,15 @@ impl TwoSites {
     /// when the machine cannot run them (not root). `tag` is at most 3 characters (interface
     /// names have 15), `net` picks 198.18.`net`.0/24.
     pub fn up(test: &str, tag: &str, net: u8) -> Option<TwoSites> {
+        Self::up_with(test, tag, net, &["up"])
+    }
+
+    /// [`TwoSites::up`] with the link shaped by tbf at `rate` (e.g. "100mbit") on both ends.
+    pub fn up_at(test: &str, tag: &str, net: u8, rate: &str) -> Option<TwoSites> {
+        Self::up_with(test, tag, net, &["up", rate])
+    }
+
+    fn up_with(test: &str, tag: &str, net: u8, up: &[&str]) -> Option<TwoSites> {
         assert!(tag.len() <= 3, "tag {tag:?}: at most 3 characters");
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("SKIPPED {test}: needs root to create network namespaces");
@@ -35,7 +44,7 @@ impl TwoSites {
                 format!("198.18.{net}.2").parse().unwrap(),
             ],
         };
-        s.sh(&["up"]);
+        s.sh(up);
         Some(s)
     }
 

@@ -302,21 +302,45 @@ impl Pair {
         self.wait_in_sync(n, "initial sync after `drl primary r0 --force`");
     }
 
-    /// After a restart, make `n` Primary again if it came back Secondary (`drl primary r0`,
-    /// retried until it is accepted: promotion may wait until the node knows its data).
+    /// The contract of a restart (after `kill9` or `stop`): a replicated resource comes up
+    /// Secondary whatever it was (DRBD; `daemon::resource` writes the role at attach), and not
+    /// StandAlone (`drl disconnect` is not persisted: it connects again). Returns `n`'s status.
+    pub fn assert_came_back_secondary(&self, n: &str) -> Value {
+        let r = res(self.node(n), "r0").expect("r0 reported after the restart");
+        assert_eq!(
+            r["role"],
+            "Secondary",
+            "{n} must come back Secondary after a restart\n{}",
+            self.report()
+        );
+        assert_ne!(
+            r["connection"],
+            "StandAlone",
+            "{n} must come back connecting, not StandAlone, after a restart\n{}",
+            self.report()
+        );
+        r
+    }
+
+    /// After a restart of the Primary `n`: it came back Secondary (see
+    /// [`Pair::assert_came_back_secondary`]); once `drl primary` may accept it (connected to
+    /// the peer, not SyncTarget, its disk UpToDate: the command's own rules), promote it, once.
     pub fn promote_again(&self, n: &str) {
-        if res(self.node(n), "r0").is_some_and(|r| r["role"] == "Primary") {
-            return;
-        }
-        let t0 = Instant::now();
-        while !self.node(n).cli(&["primary", "r0"]).status.success() {
-            assert!(
-                t0.elapsed() < WAIT,
-                "{n} could not be promoted again\n{}",
-                self.report()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.assert_came_back_secondary(n);
+        self.wait(
+            &format!("{n} promotable: Connected, not SyncTarget, UpToDate"),
+            WAIT,
+            |a, b| {
+                let r = if n == "a" { a } else { b };
+                r.is_some_and(|r| {
+                    r["connection"] == "Connected"
+                        && r["replication"] != "SyncTarget"
+                        && r["disk"] == "UpToDate"
+                        && r["peer_role"] == "Secondary"
+                })
+            },
+        );
+        self.cli_ok(n, &["primary", "r0"]);
     }
 
     pub fn assert_disks_identical(&self, context: &str) {

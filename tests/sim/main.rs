@@ -72,6 +72,10 @@ fn random_histories_keep_every_invariant() {
             ("sessions ended by EIO", cov.eio_ends),
             ("prefix checks with writes", cov.prefix_checks_with_writes),
             (
+                "connects after two Primaries acknowledged",
+                cov.two_primary_connects,
+            ),
+            (
                 "prefix checks of a crashed Secondary",
                 cov.crash_prefix_checks,
             ),
@@ -186,4 +190,83 @@ fn power_loss_of_a_primary_after_the_retire_keeps_the_pair_identical() {
     // The connect asserts that a NoSync decision with clean bitmaps means equal disks.
     w.settle();
     assert_eq!(w.n[0].disk.view, w.n[1].disk.view);
+}
+
+/// The two-Primary window (issue 12): the old Primary demotes while its last writes are still
+/// being applied on the Secondary, which the admin promotes at once and which writes the same
+/// blocks. The old writes must not land over the new ones (the promotion waits until every
+/// write received from the old Primary is on the disk), and the new Primary acknowledges
+/// nothing before its peer confirmed the promotion.
+#[test]
+fn a_promotion_right_after_the_demotion_keeps_the_new_primarys_writes() {
+    let mut w = World::new(4242, Knobs::default());
+    w.writes_on = false;
+    w.connect();
+    assert!(w.admin_primary(0));
+    w.settle();
+    assert!(w.write(0, 0, 8, false), "a writes blocks 0..8");
+    assert!(w.admin_secondary(0));
+    // b received the writes and the demotion; none of its disk writes completed yet.
+    w.deliver_all(1);
+    assert_eq!(w.n[1].peer_role, Some(drbd_compat::Role::Secondary));
+    assert!(w.ops_pending(1) > 0, "b applies a's writes");
+    // The admin runs `drl primary` on b until it is accepted; meanwhile b's disk works.
+    let mut tries = 0;
+    while !w.admin_primary(1) {
+        tries += 1;
+        assert!(tries < 1000, "the promotion of b is never accepted");
+        assert!(
+            w.complete_one(1),
+            "b refuses the promotion with nothing left to apply"
+        );
+    }
+    // Nothing is acknowledged on b before a confirmed the promotion.
+    assert!(
+        !w.writable(1),
+        "b acknowledges before a confirmed its promotion"
+    );
+    w.deliver_all(0);
+    w.deliver_all(1);
+    assert!(w.writable(1), "b's promotion was confirmed");
+    assert!(w.write(1, 0, 8, false), "b writes blocks 0..8");
+    let new = w.n[1].disk.view[..8].to_vec();
+    while w.complete_one(1) {}
+    w.settle();
+    assert_eq!(
+        w.n[1].disk.view[..8],
+        new[..],
+        "an old write of a landed over b's newer write"
+    );
+    assert_eq!(w.n[0].disk.view, w.n[1].disk.view, "the disks differ");
+}
+
+/// The two-Primary window over a live link (issue 12): both nodes promoted at the same
+/// instant (neither has heard of the other's promotion). Neither acknowledges a write before
+/// its peer confirmed the promotion; their StateChanges cross and the link drops; writes on
+/// both afterwards are the admin's split brain, which the next connect finds (both StandAlone).
+#[test]
+fn two_promotions_at_the_same_instant_never_both_acknowledge_while_connected() {
+    let mut w = World::new(99, Knobs::default());
+    w.writes_on = false;
+    w.connect();
+    w.settle();
+    assert!(w.admin_primary(0));
+    assert!(w.admin_primary(1), "b has not heard of a's promotion yet");
+    assert!(
+        !w.writable(0) && !w.writable(1),
+        "a promotion acknowledges writes before the peer confirmed it"
+    );
+    w.deliver_all(0);
+    w.deliver_all(1);
+    assert!(
+        !w.connected(),
+        "the crossing promotions did not drop the link"
+    );
+    assert!(w.write(0, 0, 4, false) && w.write(1, 0, 4, false));
+    w.connect();
+    assert!(
+        w.n[0].standalone && w.n[1].standalone,
+        "the next connect did not find the split brain: {}",
+        w.dump()
+    );
 }

@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use bytes::BytesMut;
 use drbd_compat::{DiskState, ReplState, Role};
 use drl::repl::frame::Frame;
-use drl::repl::state::{decide, SplitBrainPolicy, SyncDecision};
+use drl::repl::state::{
+    decide, promotion, promotion_settled, Promotion, SplitBrainPolicy, SyncDecision,
+};
 use drl::repl::wire::{resource_id, Decoder, Encoder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +41,9 @@ pub struct Coverage {
     pub prefix_checks_with_writes: u64,
     pub crash_prefix_checks: u64,
     pub acked_writes: u64,
+    /// Connects after both nodes acknowledged writes the other lacks, each after the other's
+    /// last promotion (two Primaries that both acknowledged).
+    pub two_primary_connects: u64,
 }
 
 impl Coverage {
@@ -55,6 +60,7 @@ impl Coverage {
         self.prefix_checks_with_writes += o.prefix_checks_with_writes;
         self.crash_prefix_checks += o.crash_prefix_checks;
         self.acked_writes += o.acked_writes;
+        self.two_primary_connects += o.two_primary_connects;
     }
 }
 
@@ -115,6 +121,11 @@ pub struct World {
     asked: [u64; 2],
     answered: [u64; 2],
     discard: [bool; 2],
+    /// Per node: block -> (tag, step) of each write it acknowledged that the peer's disk
+    /// does not hold (yet).
+    unshared: [std::collections::HashMap<usize, (u64, u64)>; 2],
+    /// Per node: the step of its last promotion.
+    promoted_at: [u64; 2],
     knobs: Knobs,
     dir: std::path::PathBuf,
     pub trace: VecDeque<String>,
@@ -161,6 +172,8 @@ impl World {
             asked: [0; 2],
             answered: [0; 2],
             discard: [false; 2],
+            unshared: Default::default(),
+            promoted_at: [0; 2],
             knobs,
             dir,
             trace: VecDeque::new(),
@@ -191,10 +204,13 @@ impl World {
         (0..2).find(|&i| self.n[i].up && self.n[i].role() == Role::Primary)
     }
 
-    /// The admin's `primary` on node `i` has completed: writes are acknowledged there.
-    fn writable(&self, i: usize) -> bool {
+    /// Node `i` acknowledges application writes: Primary, and its promotion settled (the
+    /// daemon's rule, `repl::state::promotion_settled`: the peer confirmed it, or there is no
+    /// live link).
+    pub fn writable(&self, i: usize) -> bool {
         let n = &self.n[i];
-        n.up && n.role() == Role::Primary && (n.sess.is_none() || self.answered[i] >= self.asked[i])
+        n.up && n.role() == Role::Primary
+            && promotion_settled(n.sess.is_some(), self.answered[i] >= self.asked[i])
     }
 
     // ---- connection ----
@@ -216,19 +232,25 @@ impl World {
                 h.disk = DiskState::Outdated;
             }
         }
-        self.discard = [false; 2];
+        let discarded = std::mem::take(&mut self.discard);
         self.conns += 1;
         let conn = self.conns;
         let policy = SplitBrainPolicy::default();
-        let d = [
-            decide(&hello[0], &hello[1], &policy).decision,
-            decide(&hello[1], &hello[0], &policy).decision,
+        let full = [
+            decide(&hello[0], &hello[1], &policy),
+            decide(&hello[1], &hello[0], &policy),
         ];
+        let d = [full[0].decision, full[1].decision];
         self.note(format!(
             "connect #{conn}: {:?} / {:?}, hello {:?} / {:?}",
             d[0], d[1], hello[0], hello[1]
         ));
         self.cov.connects += 1;
+        // A split brain the configured policy resolved (`after-sb-1pri = discard-secondary`,
+        // drl's default) is the admin's standing decision, like `--discard-my-data`.
+        let by_policy = full[0].split_brain_resolved || full[1].split_brain_resolved;
+        let decided_by_admin = [discarded[0] || by_policy, discarded[1] || by_policy];
+        self.check_nothing_overwritten_silently(&d, decided_by_admin);
         if d[0] == SyncDecision::SplitBrain || d[0] == SyncDecision::Unrelated {
             self.cov.split_brains += 1;
         } else if d[0] != SyncDecision::NoSync {
@@ -364,8 +386,13 @@ impl World {
             return false;
         }
         let connected = n.sess.is_some();
-        if connected && n.peer_role == Some(Role::Primary) {
-            return false;
+        if let Some(s) = n.sess.as_ref().filter(|_| connected) {
+            // The daemon's rule (`drl primary` over a live link): refused while the peer is
+            // Primary or this node SyncTarget, held (the admin retries) while writes received
+            // from the old Primary are still landing.
+            if promotion(n.peer_role, n.repl, s.core.idle()) != Promotion::Go {
+                return false;
+            }
         }
         if !connected
             && self.n[1 - i].up
@@ -393,6 +420,7 @@ impl World {
             })
             .expect("metadata");
         self.state_change(i);
+        self.promoted_at[i] = self.steps;
         self.note(format!("admin: primary on {i}"));
         if self.hist.as_ref().is_some_and(|h| h.primary != i) {
             self.hist = None;
@@ -504,6 +532,9 @@ impl World {
         }
         let mut rng = StdRng::seed_from_u64(self.rng.random());
         self.n[i].crash_and_restart(&mut rng);
+        // Writes the crash took back were the application's to lose (it did not flush).
+        let view = &self.n[i].disk.view;
+        self.unshared[i].retain(|&b, &mut (t, _)| view[b] == t);
         if let Some(k) = flushed {
             // The crashed Secondary's surviving image (unflushed writes lost, torn, reordered).
             let img = self.n[i].disk.stable.clone();
@@ -630,6 +661,9 @@ impl World {
         };
         self.next_tag += len as u64;
         self.cov.acked_writes += 1;
+        for (k, t) in tags.iter().enumerate() {
+            self.unshared[p].insert(first + k, (*t, self.steps));
+        }
         if let Some(net) = &self.net {
             let conn = net.conn;
             // Never two Primaries that both acknowledge while connected (a forced promotion
@@ -666,6 +700,10 @@ impl World {
     // ---- invariants ----
 
     fn check(&mut self) {
+        for i in 0..2 {
+            let peer = &self.n[1 - i].disk.view;
+            self.unshared[i].retain(|&b, &mut (t, _)| peer[b] != t);
+        }
         // Status equals the state the next admin command acts on: a node's replication state
         // matches its core's resync role.
         for n in &self.n {
@@ -700,6 +738,50 @@ impl World {
             }
         }
         self.check_prefix(None);
+    }
+
+    /// No acknowledged write is overwritten without the admin's decision (issue 12, the
+    /// two-Primary window): a node that becomes SyncTarget (without `--discard-my-data` or a
+    /// split-brain policy that chose it) may
+    /// lose only writes it acknowledged before the source's last promotion (a failover: the
+    /// asynchronous replication's loss). A write it acknowledged after that promotion means
+    /// both were Primary and acknowledged: the connect must find the split brain.
+    fn check_nothing_overwritten_silently(&mut self, d: &[SyncDecision; 2], by_admin: [bool; 2]) {
+        let after = |w: &World, i: usize| -> Vec<(usize, u64, u64)> {
+            let mut v: Vec<_> = w.unshared[i]
+                .iter()
+                .filter(|(_, &(_, at))| at > w.promoted_at[1 - i])
+                .map(|(&b, &(t, at))| (b, t, at))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if !after(self, 0).is_empty() && !after(self, 1).is_empty() {
+            self.cov.two_primary_connects += 1;
+        }
+        for i in 0..2 {
+            if by_admin[i] {
+                self.unshared[i].clear();
+                continue;
+            }
+            let target = matches!(
+                d[i],
+                SyncDecision::BitmapSyncTarget | SyncDecision::FullSyncTarget
+            );
+            if !target {
+                continue;
+            }
+            let lost = after(self, i);
+            assert!(
+                lost.is_empty(),
+                "node {i} becomes SyncTarget ({:?}) and loses writes it acknowledged after node {}'s promotion at step {}: (block, tag, step) {lost:?}",
+                d[i],
+                1 - i,
+                self.promoted_at[1 - i]
+            );
+            // Older ones were lost to the failover.
+            self.unshared[i].clear();
+        }
     }
 
     /// Crash consistency: the Secondary's stable disk is the Primary's image after every
@@ -863,6 +945,36 @@ impl World {
             );
         }
         out
+    }
+
+    /// Deliver every frame on its way to node `to` now, in order (a directed test's
+    /// "the network delivered everything").
+    pub fn deliver_all(&mut self, to: usize) {
+        while self.net.as_ref().is_some_and(|n| !n.q[to].is_empty()) {
+            self.deliver(to);
+            self.pump();
+        }
+    }
+
+    /// Complete one disk operation node `i` issued; false if none is pending.
+    pub fn complete_one(&mut self, i: usize) -> bool {
+        if self.n[i].sess.as_ref().is_none_or(|s| s.ops.is_empty()) {
+            return false;
+        }
+        let now = self.now;
+        self.n[i].complete(0, now);
+        self.pump();
+        true
+    }
+
+    /// A connection is up (both sessions run on it).
+    pub fn connected(&self) -> bool {
+        self.net.is_some()
+    }
+
+    /// Disk operations node `i` issued and that did not complete yet.
+    pub fn ops_pending(&self, i: usize) -> usize {
+        self.n[i].sess.as_ref().map_or(0, |s| s.ops.len())
     }
 
     pub fn pause_ms(&mut self, ms: u64) {

@@ -1,4 +1,5 @@
-//! Human units in the config: sizes ("256MiB", "1GiB", "4096") and durations ("500ms", "10s").
+//! Human units for sizes ("256MiB", "1GiB", "4096"), durations ("500ms", "10s") and rates: parsed
+//! from the config and the command line, and printed back. A leaf module every layer may use.
 //!
 //! Sizes are binary: KiB/MiB/GiB/TiB, with DRBD's short forms k/K/M/G/T meaning the same, and
 //! a bare number meaning bytes. Decimal SI suffixes (kB, MB) are refused rather than guessed.

@@ -367,7 +367,7 @@ impl Resource {
             "peer_node": self.cfg.peer.as_ref().map(|p| p.node.clone()),
             "peer_role": Value::Null,
             "peer_disk": Value::Null,
-            "size_bytes": self.cfg.size_bytes,
+            "size_bytes": crate::volume::BlockDevice::size_bytes(&*self.disk),
             "out_of_sync_bytes": 0,
             "generation": { "current": format!("{:016X}", sb.gen.current), "bitmap": format!("{:016X}", sb.gen.bitmap) },
             "direct_io": self.disk.direct_io(),

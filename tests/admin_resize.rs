@@ -186,3 +186,29 @@ fn a_shrink_is_refused_unless_allowed_and_the_tail_is_unused() {
     qemu_io(&uri(d), &["read -P 0xab 20M 1M"]);
     assert_eq!(n.stop(), 0);
 }
+
+/// A replicated volume is not resized yet (both nodes must agree on the size; see
+/// ARCHITECTURE.md, Online resize): `drl resize` says so and changes nothing, and `drl
+/// adjust` lists it as refused.
+#[test]
+fn a_replicated_volume_is_not_resized_yet_and_says_why() {
+    use common::pair::{pair_config, res, Pair, PairOpts};
+    let p = Pair::start(PairOpts::new(8 * MIB));
+    let mut grown = p.opts.clone();
+    grown.size = 16 * MIB;
+    let cfg = pair_config(p.d(), &grown, p.addr_a, p.addr_b, &p.opts.secret);
+    std::fs::write(&p.a.config, cfg).unwrap();
+    let (ok, text) = drl(&p.a, &["resize", "r0"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("online resize of a replicated resource is not built yet"),
+        "{text}"
+    );
+    let (ok, text) = drl(&p.a, &["adjust", "r0"]);
+    assert!(
+        !ok && text.contains("refused: resource r0: size changed"),
+        "{text}"
+    );
+    assert_eq!(res(&p.a, "r0").unwrap()["size_bytes"], 8 * MIB);
+    assert_eq!(file_len(&p.disk("a")), 8 * MIB);
+}

@@ -125,10 +125,16 @@ fn a_volume_grows_online_while_fio_writes() {
     drop(fio);
 
     // The metadata grew with the volume: a restart with the new size comes up, data intact.
+    restart_finds(&mut n, 32 * MIB, "read -P 0x5a 24M 1M");
+}
+
+/// Stop and start `n` again with its config: it comes up with `size` (the metadata has it)
+/// and `check` (a qemu-io read) passes.
+fn restart_finds(n: &mut Node, size: u64, check: &str) {
     assert_eq!(n.stop(), 0);
-    n.spawn(&d.join("r0.nbd"));
-    assert_eq!(status_size(&n), 32 * MIB);
-    qemu_io(&uri(d), &["read -P 0x5a 24M 1M"]);
+    n.spawn(&n.dir.join("r0.nbd"));
+    assert_eq!(status_size(n), size);
+    qemu_io(&uri(&n.dir), &[check]);
     assert_eq!(n.stop(), 0);
 }
 
@@ -180,11 +186,7 @@ fn a_shrink_is_refused_unless_allowed_and_the_tail_is_unused() {
     assert_eq!(nbd_size(d), 24 * MIB);
     assert_eq!(file_len(&d.join("r0.img")), 24 * MIB);
     qemu_io(&uri(d), &["read -P 0xab 20M 1M"]);
-    assert_eq!(n.stop(), 0);
-    n.spawn(&d.join("r0.nbd"));
-    assert_eq!(status_size(&n), 24 * MIB);
-    qemu_io(&uri(d), &["read -P 0xab 20M 1M"]);
-    assert_eq!(n.stop(), 0);
+    restart_finds(&mut n, 24 * MIB, "read -P 0xab 20M 1M");
 }
 
 /// A replicated volume is not resized yet (both nodes must agree on the size; see

@@ -188,7 +188,13 @@ impl<D: BlockDevice> SnapshotStore<D> {
             .map_err(io_err(&cfg.dir, "creating the snapshot directory"))?;
         let index_path = cfg.dir.join("index.json");
         let index = match persist::load_index(&index_path)? {
-            Some(i) => {
+            Some(mut i) => {
+                // An index without entries holds nothing sized for the volume: it follows the
+                // volume (a `drl resize` interrupted between the index and the metadata).
+                if i.entries.is_empty() && i.volume_bytes != cfg.volume_bytes {
+                    i.volume_bytes = cfg.volume_bytes;
+                    persist::save_index(&index_path, &i)?;
+                }
                 if i.resource != cfg.resource
                     || i.volume_bytes != cfg.volume_bytes
                     || i.chunk_bytes != cfg.chunk_bytes

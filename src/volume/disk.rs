@@ -143,30 +143,38 @@ impl Disk {
     /// ([`Disk::cut_backing`]).
     pub fn set_size(&self, size: u64) -> Result<(), VolumeError> {
         if size > self.size() {
-            if self.is_block_device {
-                if size > self.device_bytes {
-                    return Err(VolumeError::Invalid(format!(
-                        "{}: the block device has {} bytes, the resource needs {size}",
-                        self.name, self.device_bytes
-                    )));
-                }
-            } else {
-                let len = self
-                    .backing
-                    .metadata()
-                    .map_err(self.io_err("stat the backing file"))?
-                    .len();
-                if len < size {
-                    self.backing
-                        .set_len(size)
-                        .map_err(self.io_err("growing the backing file"))?;
-                    self.backing
-                        .sync_all()
-                        .map_err(self.io_err("fsync the grown backing file"))?;
-                }
-            }
+            self.reserve(size)?;
         }
         self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make the backing disk hold `size` bytes without changing the usable size: a shorter
+    /// file is extended sparse and fsync'd (the new area reads zero), a block device must
+    /// already be that large. A replicated volume's capacity (`drl resize`) is reserved so.
+    pub fn reserve(&self, size: u64) -> Result<(), VolumeError> {
+        if self.is_block_device {
+            if size > self.device_bytes {
+                return Err(VolumeError::Invalid(format!(
+                    "{}: the block device has {} bytes, the resource needs {size}",
+                    self.name, self.device_bytes
+                )));
+            }
+            return Ok(());
+        }
+        let len = self
+            .backing
+            .metadata()
+            .map_err(self.io_err("stat the backing file"))?
+            .len();
+        if len < size {
+            self.backing
+                .set_len(size)
+                .map_err(self.io_err("growing the backing file"))?;
+            self.backing
+                .sync_all()
+                .map_err(self.io_err("fsync the grown backing file"))?;
+        }
         Ok(())
     }
 

@@ -189,28 +189,137 @@ fn a_shrink_is_refused_unless_allowed_and_the_tail_is_unused() {
     restart_finds(&mut n, 24 * MIB, "read -P 0xab 20M 1M");
 }
 
-/// A replicated volume is not resized yet (both nodes must agree on the size; see
-/// ARCHITECTURE.md, Online resize): `drl resize` says so and changes nothing, and `drl
-/// adjust` lists it as refused.
+/// `pair_config` with r0's `size` set to `size` bytes.
+fn pair_sized(p: &common::pair::Pair, size: u64) -> String {
+    let mut o = p.opts.clone();
+    o.size = size;
+    common::pair::pair_config(p.d(), &o, p.addr_a, p.addr_b, &o.secret)
+}
+
+/// DRBD's online grow of a replicated volume, while fio writes through NBD on the Primary:
+/// `drl resize` on one node says the change waits for the peer (the volume keeps the smaller
+/// size, still connected, status says which node must grow); `drl adjust` on the other node
+/// grows both. Then a new NBD connection sees the new size, the Primary stayed Primary, fio
+/// never saw an error, the grown area takes writes and replicates, both disks are identical
+/// over the whole new size, and the resync was only what was written during the two
+/// reconnects, far below the volume size (the grown area is zero on both sides: no resync).
+/// Last, a node restarted with a larger `size` than its peer comes up at the agreed size,
+/// connects and shows the pending change (a clear state, not a refused start or a loop).
 #[test]
-fn a_replicated_volume_is_not_resized_yet_and_says_why() {
-    use common::pair::{pair_config, res, Pair, PairOpts};
-    let p = Pair::start(PairOpts::new(8 * MIB));
-    let mut grown = p.opts.clone();
-    grown.size = 16 * MIB;
-    let cfg = pair_config(p.d(), &grown, p.addr_a, p.addr_b, &p.opts.secret);
-    std::fs::write(&p.a.config, cfg).unwrap();
+fn a_replicated_volume_grows_on_both_nodes_while_fio_writes() {
+    use common::pair::{assert_files_identical, num, res, Pair, PairOpts};
+    let mut p = Pair::start(PairOpts::new(16 * MIB));
+    p.force_primary_and_sync("a");
+    let da = p.d().join("a");
+    let resynced_before = num(&res(&p.b, "r0").unwrap(), "resync_bytes_received");
+    let fio = fio_writer(&da, "16m");
+    wait_until("fio writing", WAIT, || written(&p.a) > 0);
+
+    // Only a grown: the volume stays 16 MiB, connected, and status says b must grow.
+    std::fs::write(&p.a.config, pair_sized(&p, 32 * MIB)).unwrap();
     let (ok, text) = drl(&p.a, &["resize", "r0"]);
-    assert!(!ok, "{text}");
+    assert!(ok, "{text}\n{}", p.report());
     assert!(
-        text.contains("online resize of a replicated resource is not built yet"),
+        text.contains("size change pending: this node now holds 32MiB, the volume stays 16MiB"),
         "{text}"
     );
-    let (ok, text) = drl(&p.a, &["adjust", "r0"]);
+    let (a, _) = p.wait("a connected again at 16 MiB", WAIT, |a, _| {
+        a.is_some_and(|a| a["connection"] == "Connected" && a["peer_capacity_bytes"] == 16 * MIB)
+    });
+    assert_eq!(
+        (a["size_bytes"].as_u64(), a["capacity_bytes"].as_u64()),
+        (Some(16 * MIB), Some(32 * MIB))
+    );
+    assert_eq!(nbd_size(&da), 16 * MIB);
+    let (_, table) = drl(&p.a, &["status"]);
     assert!(
-        !ok && text.contains("refused: resource r0: size changed"),
+        table.contains("r0: size change pending: this node holds 32MiB, the peer 16MiB")
+            && table.contains("raise `size` on the peer"),
+        "{table}"
+    );
+
+    // b grown too, by `drl adjust`: both grow in the next handshake.
+    let at_grow = written(&p.a);
+    std::fs::write(&p.b.config, pair_sized(&p, 32 * MIB)).unwrap();
+    let (ok, text) = drl(&p.b, &["adjust", "r0"]);
+    assert!(ok, "{text}\n{}", p.report());
+    assert!(
+        text.contains("applied: resource r0: size changed: grown online from 16MiB to 32MiB"),
         "{text}"
     );
-    assert_eq!(res(&p.a, "r0").unwrap()["size_bytes"], 8 * MIB);
-    assert_eq!(file_len(&p.disk("a")), 8 * MIB);
+    p.wait("both at 32 MiB, connected", WAIT, |a, b| {
+        [a, b].iter().all(|r| {
+            r.is_some_and(|r| r["size_bytes"] == 32 * MIB && r["connection"] == "Connected")
+        })
+    });
+    assert_eq!(
+        nbd_size(&da),
+        32 * MIB,
+        "a new connection sees the new size"
+    );
+    let (_, table) = drl(&p.a, &["status", "--verbose"]);
+    assert!(
+        table.contains("r0: size 32MiB") && !table.contains("pending"),
+        "{table}"
+    );
+    wait_until("fio writing after the grow", WAIT, || {
+        written(&p.a) > at_grow + 4 * MIB
+    });
+    // The grown area reads zero and takes writes, which replicate.
+    qemu_io(&uri(&da), &["read -P 0 16M 16M", "write -P 0x5a 24M 1M"]);
+    common::fio_stop_without_errors(fio, &da.join("fio.out"));
+    let (a, b) = p.wait_in_sync("a", "after the grow under fio");
+    assert_eq!(a["role"], "Primary", "the Primary stayed Primary");
+    assert_files_identical(&p.disk("a"), &p.disk("b"), 32 * MIB, &p.report());
+    let resynced = num(&b, "resync_bytes_received") - resynced_before;
+    eprintln!("resynced during the grow under fio: {resynced} bytes of a 32 MiB volume");
+    assert!(
+        resynced < 8 * MIB,
+        "no full resync: {resynced} bytes resynced\n{}",
+        p.report()
+    );
+
+    // b restarted with a larger size than a: it comes up at the agreed 32 MiB (its disk holds
+    // 48), connects, and both say which node has to grow.
+    std::fs::write(&p.b.config, pair_sized(&p, 48 * MIB)).unwrap();
+    assert_eq!(p.b.stop(), 0);
+    p.restart("b");
+    let (a, b) = p.wait("b back, connected, at 32 MiB", WAIT, |a, b| {
+        a.is_some_and(|a| a["peer_capacity_bytes"] == 48 * MIB)
+            && b.is_some_and(|b| b["connection"] == "Connected")
+    });
+    assert_eq!(
+        (a["size_bytes"].as_u64(), b["size_bytes"].as_u64()),
+        (Some(32 * MIB), Some(32 * MIB))
+    );
+    assert_eq!(file_len(&p.disk("b")), 48 * MIB);
+    let (_, table) = drl(&p.a, &["status"]);
+    assert!(
+        table.contains("the peer 48MiB; the volume stays 32MiB")
+            && table.contains("raise `size` here, then drl resize r0"),
+        "{table}"
+    );
+}
+
+/// A resource with snapshots, or the tombstone of a deleted one, is not resized (their change
+/// sets and COW maps are sized for the volume they were taken of); nothing changes.
+#[test]
+fn a_volume_with_snapshots_is_not_resized() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let n = Node::start(d, &solo_config(d, "16MiB"), "n1", &d.join("r0.nbd"));
+    let unchanged = |n: &Node| {
+        assert_eq!(status_size(n), 16 * MIB);
+        assert_eq!(nbd_size(d), 16 * MIB);
+        assert_eq!(file_len(&d.join("r0.img")), 16 * MIB);
+    };
+    assert!(drl(&n, &["snapshot", "create", "r0", "s1"]).0);
+    set_size(&n, "32MiB");
+    let (ok, text) = drl(&n, &["resize", "r0"]);
+    assert!(!ok && text.contains("delete them first"), "{text}");
+    unchanged(&n);
+    assert!(drl(&n, &["snapshot", "delete", "r0", "s1"]).0);
+    let (ok, text) = drl(&n, &["resize", "r0"]);
+    assert!(!ok && text.contains("tombstones"), "{text}");
+    unchanged(&n);
 }

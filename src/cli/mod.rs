@@ -200,17 +200,24 @@ pub enum Command {
     /// ones finish, new ones wait), the backing file is extended sparse, the metadata's bitmap
     /// area and superblock follow, and the new area, zero, needs no sync. A Primary stays
     /// Primary and NBD clients keep their connections; a client sees the new size when it
-    /// next connects (NBD advertises the size per connection). `drl status` shows the size.
+    /// next connects (NBD advertises the size per connection). `drl status --verbose` (and
+    /// `--json`) shows the size.
+    ///
+    /// A replicated volume grows DRBD's way: its size is the smaller of the two nodes'
+    /// `size`, so raise `size` and run `drl resize` (or `drl adjust`) on both nodes. On the
+    /// first, the change waits for the peer (said so, and in `drl status`); on the second,
+    /// both grow together, connected, and the new area needs no resync. A replicated volume
+    /// never shrinks.
     ///
     /// Shrinking is refused unless --allow-shrink is given, and even then only when the tail
     /// is unused: the backing file must hold no data past the new end (SEEK_DATA finds
     /// only holes there). A tail with data, a block device, or a file system that cannot
     /// tell is refused, and nothing changes. Data is never cut silently.
     ///
-    /// Refused today, with the reason: a replicated resource (both nodes must agree on the
-    /// size; not built yet) and a resource with snapshots (delete them first).
+    /// Refused, with the reason: a resource with snapshots (delete them first).
     ///
-    /// Exit 0 when the size is the config's (changed or already so), 1 when refused.
+    /// Exit 0 when the size is the config's (changed, already so, or waiting for the peer),
+    /// 1 when refused.
     Resize(ResizeArgs),
     /// Bring a resource up without restarting the daemon (DRBD's `up`).
     ///

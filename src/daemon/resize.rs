@@ -14,24 +14,43 @@
 //! holds no data; a block device or a file system without `SEEK_DATA` cannot tell, so it is
 //! refused). Then the same steps, the file cut last. Data is never lost silently.
 //!
-//! Not yet: a replicated resource (the plan, DRBD's smaller-of-the-two rule, is in
-//! ARCHITECTURE.md "Online resize") and a resource with snapshots (their change sets and COW
-//! maps are sized for the volume they were taken of); both are refused with the reason.
+//! A replicated resource grows DRBD's way (the volume's size is the smaller of the two nodes'
+//! capacities): here its backing file is extended (it must be a hole past the current end, so
+//! the new area is zero on this node as on the peer and needs no resync) and its capacity
+//! raised; the replication handshakes again and both nodes grow once both have
+//! (`crate::repl::replicator` `replicator_resize.rs`). `drl resize` waits for that handshake
+//! and says whether the volume grew or waits for the peer. A replicated volume never shrinks.
+//!
+//! Not yet: a resource with snapshots (their change sets and COW maps are sized for the
+//! volume they were taken of): refused with the reason.
 
 use std::sync::Arc;
 
 use super::resource::Resource;
 use super::Node;
 use crate::config::{self, units::format_bytes};
-use crate::control::events::{Event, EventKind, ObjectKind};
+use crate::repl::replicator::{size_event, Replicator};
 use crate::volume::BlockDevice;
 
 /// What a resize did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resized {
     Unchanged(u64),
-    Grown { from: u64, to: u64 },
-    Shrunk { from: u64, to: u64 },
+    Grown {
+        from: u64,
+        to: u64,
+    },
+    Shrunk {
+        from: u64,
+        to: u64,
+    },
+    /// A replicated volume: this node's capacity was raised, the volume keeps `size` until
+    /// the peer's capacity (`peer`, if known) has grown too.
+    Pending {
+        size: u64,
+        capacity: u64,
+        peer: Option<u64>,
+    },
 }
 
 impl std::fmt::Display for Resized {
@@ -49,6 +68,17 @@ impl std::fmt::Display for Resized {
                 "size changed: shrunk online from {} to {}",
                 format_bytes(from),
                 format_bytes(to)
+            ),
+            Resized::Pending {
+                size,
+                capacity,
+                peer,
+            } => write!(
+                f,
+                "size change pending: this node now holds {}, the volume stays {} until the peer has grown too (peer: {}); raise `size` there and run drl resize (or drl adjust) there",
+                format_bytes(capacity),
+                format_bytes(size),
+                peer.map_or("not connected".to_owned(), format_bytes),
             ),
         }
     }
@@ -68,8 +98,10 @@ pub enum ResizeError {
     TailInUse { name: String, to: u64 },
     #[error("resource {name}: shrinking refused: {why}; nothing was changed")]
     TailUnknown { name: String, why: &'static str },
-    #[error("resource {0}: online resize of a replicated resource is not built yet (see ARCHITECTURE.md, Online resize); its size stays as it is")]
-    Replicated(String),
+    #[error("resource {name}: a replicated volume does not shrink (from {from} to {to} bytes); nothing was changed")]
+    ReplicatedShrink { name: String, from: u64, to: u64 },
+    #[error("resource {name}: growing refused: {why}; nothing was changed")]
+    ReplicatedTail { name: String, why: String },
     #[error("resource {name}: {source}; nothing was changed")]
     Snapshots {
         name: String,
@@ -104,8 +136,8 @@ pub async fn resize_locked(
     if to == from {
         return Ok(Resized::Unchanged(from));
     }
-    if res.replicator().is_some() {
-        return Err(ResizeError::Replicated(name));
+    if let Some(rep) = res.replicator() {
+        return grow_replicated(res, rep, to).await;
     }
     if to < from && !allow_shrink {
         return Err(ResizeError::ShrinkNotAllowed { name, from, to });
@@ -168,10 +200,74 @@ pub async fn resize_locked(
         Resized::Shrunk { from, to }
     };
     tracing::info!(resource = %name, from_bytes = from, to_bytes = to, "{done}");
-    res.events().publish(
-        Event::new(EventKind::Change, ObjectKind::Device, name.as_str())
-            .field("size_bytes", to)
-            .field("from_bytes", from),
-    );
+    res.events().publish(size_event(&name, from, to));
     Ok(done)
+}
+
+/// `drl resize` of a replicated resource: raise this node's capacity to `to` and wait for the
+/// handshake that tells the peer (see the module doc).
+async fn grow_replicated(
+    res: &Arc<Resource>,
+    rep: &Arc<Replicator>,
+    to: u64,
+) -> Result<Resized, ResizeError> {
+    let name = res.name().to_owned();
+    let from = rep.size_bytes();
+    let capacity = rep.capacity_bytes();
+    if to < from.max(capacity) {
+        return Err(ResizeError::ReplicatedShrink {
+            name,
+            from: from.max(capacity),
+            to,
+        });
+    }
+    if to > capacity {
+        let entries = res.snapshots().chain().await.len();
+        if entries > 0 {
+            let source = crate::snapshot::SnapshotError::HasSnapshots {
+                resource: name.clone(),
+                entries,
+            };
+            return Err(ResizeError::Snapshots { name, source });
+        }
+        // The grown area needs no resync only if it is zero here as on the peer: a hole.
+        let why = match res.disk().tail_has_data(from) {
+            Ok(Some(false)) => None,
+            Ok(Some(true)) => Some(format!(
+                "the backing file holds data past the volume's end (byte {from}); the grown area would differ from the peer's"
+            )),
+            Ok(None) => Some("the backing disk cannot say whether the area past the volume's end is zero (a block device, or no SEEK_DATA)".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            return Err(ResizeError::ReplicatedTail { name, why });
+        }
+        let disk = res.disk().clone();
+        tokio::task::spawn_blocking(move || disk.reserve(to))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|why| ResizeError::Failed {
+                name: name.clone(),
+                to,
+                why,
+            })?;
+        if let Some(session) = rep.raise_capacity(to) {
+            rep.sync_decided_after(session).await;
+        }
+    }
+    let size = rep.size_bytes();
+    if size >= to {
+        return Ok(if size > from {
+            Resized::Grown { from, to: size }
+        } else {
+            Resized::Unchanged(size)
+        });
+    }
+    let peer = rep.state().peer_size_bytes;
+    Ok(Resized::Pending {
+        size,
+        capacity: to,
+        peer,
+    })
 }

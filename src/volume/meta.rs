@@ -457,6 +457,13 @@ impl MetaFile {
 
     /// Check that this file belongs to resource `name` of `size_bytes` (the configuration).
     pub fn check_matches(&self, name: &str, size_bytes: u64) -> Result<(), MetaError> {
+        self.check_fits(name, size_bytes, false)
+    }
+
+    /// [`MetaFile::check_matches`], or with `capacity` (a replicated resource: the configured
+    /// `size` is this node's capacity, the volume's size is agreed with the peer and may be
+    /// smaller until both nodes have grown) a volume no larger than `size_bytes`.
+    pub fn check_fits(&self, name: &str, size_bytes: u64, capacity: bool) -> Result<(), MetaError> {
         let sb = self.lock();
         if sb.name != name {
             return Err(MetaError::WrongResource {
@@ -465,7 +472,7 @@ impl MetaFile {
                 expected: name.to_string(),
             });
         }
-        if sb.size_bytes != size_bytes {
+        if sb.size_bytes != size_bytes && !(capacity && sb.size_bytes < size_bytes) {
             return Err(MetaError::SizeChanged {
                 path: self.path.clone(),
                 meta_bytes: sb.size_bytes,

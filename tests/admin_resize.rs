@@ -323,3 +323,38 @@ fn a_volume_with_snapshots_is_not_resized() {
     assert!(!ok && text.contains("tombstones"), "{text}");
     unchanged(&n);
 }
+
+/// A peer whose disk cannot hold the volume (here: b's metadata recreated smaller) is refused
+/// at every handshake, DRBD's rule; both nodes' `drl status` tables name the sizes, so the
+/// retry is a visible state and not a silent disconnect loop.
+#[test]
+fn a_peer_too_small_for_the_volume_is_named_in_status() {
+    use common::pair::{Pair, PairOpts};
+    let mut p = Pair::start(PairOpts::new(8 * MIB));
+    p.wait("connected once", WAIT, |a, b| {
+        a.is_some_and(|a| a["connection"] == "Connected")
+            && b.is_some_and(|b| b["connection"] == "Connected")
+    });
+    assert_eq!(p.b.stop(), 0);
+    for f in ["r0.img", "r0.meta"] {
+        std::fs::remove_file(p.d().join("b").join(f)).unwrap();
+    }
+    let small = pair_sized(&p, 4 * MIB);
+    p.restart_with_config("b", &small, "small");
+    let why = "volume size mismatch: this node's volume is 8388608 bytes, the peer's disk only 4194304 bytes";
+    // The table's notes wrap at 100 columns: compare with the words joined again.
+    let table = |n: &Node| {
+        drl(n, &["status"])
+            .1
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for n in [&p.a, &p.b] {
+        wait_until(&format!("{}'s table names the sizes", n.name), WAIT, || {
+            table(n).contains(why)
+        });
+    }
+    let t = table(&p.a);
+    assert!(t.contains("r0: not connected: handshake with"), "{t}");
+}

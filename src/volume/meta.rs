@@ -807,6 +807,10 @@ mod tests {
         assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
         let err = m.check_matches("r1", 64 * MIB).unwrap_err();
         assert!(matches!(err, MetaError::WrongResource { .. }), "{err}");
+        // A replicated node's larger `size` is its capacity: accepted; a smaller one is not.
+        m.check_fits("r0", 128 * MIB, true).unwrap();
+        let err = m.check_fits("r0", 32 * MIB, true).unwrap_err();
+        assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
     }
 
     #[test]

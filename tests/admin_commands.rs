@@ -401,7 +401,7 @@ fn adjust_and_sighup_apply_the_shaper_and_report_the_rest() {
     };
     assert_eq!(link(&n), Some(12_500_000));
 
-    // adjust: the shaper applied, a new resource up, a new size pending.
+    // adjust: the shaper applied, a new resource up, a new size grown online.
     let r1 = format!(
         "\n[[resource]]\nname = \"r1\"\nsize = \"4MiB\"\n[resource.on.n1]\ndisk = \"{d}/r1.img\"\nmeta = \"{d}/r1.meta\"\n",
         d = d.path().display()

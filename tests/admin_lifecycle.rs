@@ -281,28 +281,7 @@ fn adjust_adds_a_resource_and_moves_the_peer_while_fio_writes() {
         "fio stopped early: {}",
         std::fs::read_to_string(p.d().join("fio.err")).unwrap_or_default()
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(fio.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let st = fio.0.wait().unwrap();
-    let fio_out = std::fs::read_to_string(p.d().join("fio.out")).unwrap_or_default();
-    // Every write succeeded: a demotion or a lost export would have failed some (EPERM, EIO).
-    let errs: Vec<&str> = fio_out
-        .split("err=")
-        .skip(1)
-        .map(|t| {
-            t.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap_or("")
-        })
-        .collect();
-    assert!(
-        !errs.is_empty() && errs.iter().all(|e| *e == "0"),
-        "fio reported errors ({st}): {fio_out}"
-    );
+    common::fio_stop_without_errors(fio, &p.d().join("fio.out"));
     let (a, _) = p.wait_in_sync("a", "after fio");
     assert_eq!(
         session(&a),

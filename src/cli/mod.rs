@@ -184,7 +184,9 @@ pub enum Command {
     /// connections), a resource new in the file (brought up, as `drl up`), a resource gone
     /// from it (taken down, as `drl down`; refused while in use, and it stays up), a resource
     /// taken down by the admin that is still in the file (up again), and a changed peer
-    /// `address` (the resource reconnects there; a Primary stays Primary). Listed as pending
+    /// `address` (the resource reconnects there; a Primary stays Primary), a grown `size`
+    /// (the volume grows online, as `drl resize`; a smaller one is refused: shrinking needs
+    /// `drl resize --allow-shrink`). Listed as pending
     /// (they apply when the resource is next brought up): a running resource's disk, meta,
     /// nbd, own address, peer node, secret or replication options. A config that does not
     /// load is refused with its error; the daemon keeps running on the one it has.
@@ -192,6 +194,32 @@ pub enum Command {
     /// Prints one line per change: `applied:`, `pending:` or `refused:`. Exit 0 when nothing
     /// was refused, 1 otherwise.
     Adjust(AdjustArgs),
+    /// Change a running volume's size to the `size` its config file now says (DRBD's
+    /// `resize`), while it is in use.
+    ///
+    /// Edit `size` in the config file first. Growing: writes pause for a moment (in-flight
+    /// ones finish, new ones wait), the backing file is extended sparse, the metadata's bitmap
+    /// area and superblock follow, and the new area, zero, needs no sync. A Primary stays
+    /// Primary and NBD clients keep their connections; a client sees the new size when it
+    /// next connects (NBD advertises the size per connection). `drl status --verbose` (and
+    /// `--json`) shows the size.
+    ///
+    /// A replicated volume grows DRBD's way: its size is the smaller of the two nodes'
+    /// `size`, so raise `size` and run `drl resize` (or `drl adjust`) on both nodes. On the
+    /// first, the change waits for the peer (said so, and in `drl status`); on the second,
+    /// both grow together, connected, and the new area needs no resync. A replicated volume
+    /// never shrinks.
+    ///
+    /// Shrinking is refused unless --allow-shrink is given, and even then only when the tail
+    /// is unused: the backing file must hold no data past the new end (SEEK_DATA finds
+    /// only holes there). A tail with data, a block device, or a file system that cannot
+    /// tell is refused, and nothing changes. Data is never cut silently.
+    ///
+    /// Refused, with the reason: a resource with snapshots (delete them first).
+    ///
+    /// Exit 0 when the size is the config's (changed, already so, or waiting for the peer),
+    /// 1 when refused.
+    Resize(ResizeArgs),
     /// Bring a resource up without restarting the daemon (DRBD's `up`).
     ///
     /// Reads the resource's section from the daemon's config file as it is now, claims and
@@ -290,6 +318,18 @@ pub struct ResArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ResizeArgs {
+    /// The resource (its name in the config).
+    pub resource: String,
+    /// Allow a smaller size: the tail past the new end is cut, but only if it holds no data.
+    #[arg(long)]
+    pub allow_shrink: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct AdjustArgs {
     /// Only this resource (default: all, and the node-wide settings).
     pub resource: Option<String>,
@@ -368,6 +408,16 @@ pub fn main() -> i32 {
                         format!("{name}: up\n")
                     }
                 },
+            )
+        }
+        Command::Resize(ref a) => {
+            let name = a.resource.clone();
+            call_and_print(
+                &cli.global,
+                "resize",
+                serde_json::json!({ "resource": a.resource, "allow_shrink": a.allow_shrink }),
+                a.json,
+                move |v| format!("{name}: {}\n", v["result"].as_str().unwrap_or("resized")),
             )
         }
         Command::Down(ref a) => {

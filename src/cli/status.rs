@@ -109,12 +109,37 @@ pub fn reasons(r: &Value) -> Vec<String> {
     if let Some(n) = r["protocol_errors"].as_u64().filter(|n| *n > 0) {
         out.push(format!("protocol errors from the peer: {n}"));
     }
+    if let Some(why) = size_pending(r) {
+        out.push(why);
+    }
     if r["connection"] == "Connected" {
         if let Some(eta) = r["resync_eta_s"].as_u64() {
             out.push(format!("resyncing, about {eta} s left"));
         }
     }
     out
+}
+
+/// A replicated volume whose size waits for one node to grow (`drl resize` on one node only):
+/// the volume keeps the smaller size, connected; which node must grow, in words.
+fn size_pending(r: &Value) -> Option<String> {
+    let size = r["size_bytes"].as_u64()?;
+    let ours = r["capacity_bytes"].as_u64()?;
+    let peer = r["peer_capacity_bytes"].as_u64()?;
+    let (b, res) = (format_bytes, r["name"].as_str().unwrap_or("RES"));
+    let grow = if ours > size && peer <= size {
+        format!("raise `size` on the peer, then drl resize {res} there")
+    } else if peer > size && ours <= size {
+        format!("raise `size` here, then drl resize {res}")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "size change pending: this node holds {}, the peer {}; the volume stays {} until both have grown ({grow})",
+        b(ours),
+        b(peer),
+        b(size)
+    ))
 }
 
 /// `line` broken at spaces into lines of at most `width` columns (continuations indented by
@@ -390,6 +415,27 @@ mod tests {
             "{w}"
         );
         assert_eq!(wrap("  r0: short", 100), "  r0: short\n");
+    }
+
+    /// Only one node grown (`drl resize` there): connected, at the old size, and the table
+    /// says which node still has to grow; nothing once both capacities are equal.
+    #[test]
+    fn a_size_change_waiting_for_one_node_is_a_line_of_its_own() {
+        let row = |ours: u64, peer: u64| {
+            json!({"resources": [{"name": "r0", "role": "Primary", "disk": "UpToDate",
+                "connection": "Connected", "replication": "Established", "peer_node": "b",
+                "size_bytes": 64u64 << 20, "capacity_bytes": ours << 20,
+                "peer_capacity_bytes": peer << 20}]})
+        };
+        let t = render_table(&row(96, 64));
+        assert!(
+            t.contains("r0: size change pending: this node holds 96MiB, the peer 64MiB; the volume stays 64MiB")
+                && t.contains("raise `size` on the peer, then drl resize r0 there"),
+            "{t}"
+        );
+        let t = render_table(&row(64, 96));
+        assert!(t.contains("(raise `size` here, then drl resize r0)"), "{t}");
+        assert!(!render_table(&row(64, 64)).contains("pending"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! again for new connections: certificate rotation), and the resources: one new in the file
 //! comes up (`drl up`), one gone from it goes down (`drl down`: refused while in use, naming
 //! the users; it keeps running), one whose peer `address` changed reconnects to the new
-//! address (its role stays). A resource the admin took `down` that is still in the file comes
-//! up again, as DRBD's adjust does. Other changes of a running resource (size, disk, meta,
+//! address (its role stays), one whose `size` grew grows online (`drl resize`, see
+//! `resize.rs`; a shrink is refused here: it needs `drl resize --allow-shrink`). A resource
+//! the admin took `down` that is still in the file comes up again, as DRBD's adjust does.
+//! Other changes of a running resource (disk, meta,
 //! nbd, its own address, peer node, secret, replication options) are reported as *pending*,
 //! one line each, and take effect when it is next brought up: nothing is half-applied. A
 //! config that does not load is refused with its error and the daemon keeps running on the
@@ -78,6 +80,7 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
             continue;
         };
         let mut live = running.config().clone();
+        live.size_bytes = crate::volume::BlockDevice::size_bytes(&**running.disk());
         if let (Some(p), Some(rep)) = (live.peer.as_mut(), running.replicator()) {
             p.address = rep.peer_address();
         }
@@ -98,10 +101,15 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
                 continue;
             }
             if what == "size" {
-                r.pending.push(format!(
-                    "resource {}: size changed; not applied: online resize is not built yet, and the metadata keeps the size it was created with",
-                    n.name
-                ));
+                // A grow applies online (super::resize); a shrink needs `drl resize
+                // --allow-shrink`, never an adjust.
+                match super::resize::resize_locked(&running, n.size_bytes, false).await {
+                    Ok(done) => r.applied.push(format!("resource {}: {done}", n.name)),
+                    Err(e) => r.refused.push(format!(
+                        "resource {}: size changed, not applied: {e}",
+                        n.name
+                    )),
+                }
                 continue;
             }
             r.pending.push(format!(

@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod metrics_detect;
 mod progress;
+mod resize;
 mod resource;
 mod rpc;
 mod rpc_detect;

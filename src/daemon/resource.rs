@@ -141,6 +141,13 @@ impl Resource {
         let meta = Arc::new(meta);
         let sb = meta.superblock();
         let role = sb.role;
+        if sb.size_bytes < cfg.size_bytes {
+            // Replicated, grown here but not yet agreed with the peer: the disk holds the
+            // configured capacity, the volume keeps the agreed size (`drl resize`).
+            info!(resource = %cfg.name, size_bytes = sb.size_bytes, capacity_bytes = cfg.size_bytes,
+                "the configured size is larger than the volume: it grows when the peer has grown too");
+            disk.set_size(sb.size_bytes)?;
+        }
         // A replicated resource's disk stays writable for the replication receiver; the
         // device refuses user writes unless Primary.
         disk.set_read_only(attached.is_none() && role != Role::Primary);
@@ -150,7 +157,7 @@ impl Resource {
             SnapshotStoreConfig {
                 dir: cfg.local.snapshot_dir.clone(),
                 resource: cfg.name.clone(),
-                volume_bytes: cfg.size_bytes,
+                volume_bytes: sb.size_bytes,
                 chunk_bytes: cfg.snapshot_chunk_bytes,
                 space_bytes: cfg.snapshot_space_bytes,
             },
@@ -391,7 +398,7 @@ impl Resource {
             "peer_node": self.cfg.peer.as_ref().map(|p| p.node.clone()),
             "peer_role": Value::Null,
             "peer_disk": Value::Null,
-            "size_bytes": self.cfg.size_bytes,
+            "size_bytes": crate::volume::BlockDevice::size_bytes(&*self.disk),
             "out_of_sync_bytes": 0,
             "generation": { "current": format!("{:016X}", sb.gen.current), "bitmap": format!("{:016X}", sb.gen.bitmap) },
             "direct_io": self.disk.direct_io(),
@@ -426,7 +433,7 @@ fn open_meta(
     let path = &cfg.local.meta;
     let meta = if path.exists() {
         let m = MetaFile::open(path)?;
-        m.check_matches(&cfg.name, cfg.size_bytes)?;
+        m.check_fits(&cfg.name, cfg.size_bytes, cfg.peer.is_some())?;
         if !m.superblock().has_flag(flags::CLEAN_SHUTDOWN) {
             warn!(resource = %cfg.name, meta = %path.display(), "the last shutdown was not clean (crash or kill -9)");
         }

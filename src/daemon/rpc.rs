@@ -82,9 +82,9 @@ fn snapshot_error(e: SnapshotError) -> RpcError {
         | SnapshotError::Exists { .. }
         | SnapshotError::BadName(_)
         | SnapshotError::NotAncestor { .. } => RpcError::invalid_params(e.to_string()),
-        SnapshotError::TooMany { .. } | SnapshotError::Invalid { .. } => {
-            RpcError::state_refused(e.to_string())
-        }
+        SnapshotError::TooMany { .. }
+        | SnapshotError::Invalid { .. }
+        | SnapshotError::HasSnapshots { .. } => RpcError::state_refused(e.to_string()),
         _ => RpcError::internal(e.to_string()),
     }
 }
@@ -224,6 +224,24 @@ pub fn router(node: Arc<Node>) -> Router {
             Err(e) => Err(RpcError::state_refused(format!(
                 "adjust refused, the daemon runs on the config it has: {e}"
             ))),
+        }
+    });
+    add(&mut r, &node, "resize", |n, params| async move {
+        use super::resize::{resize, ResizeError};
+        let name = str_param(&params, "resource")?;
+        let allow_shrink = params
+            .get("allow_shrink")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        match resize(&n, name, allow_shrink).await {
+            Ok(done) => Ok(json!({
+                "resource": name,
+                "size_bytes": n.resource(name).map(|r| crate::volume::BlockDevice::size_bytes(&**r.disk())),
+                "result": done.to_string(),
+            })),
+            Err(ResizeError::NotUp(n)) => Err(RpcError::no_such_resource(n)),
+            Err(e @ ResizeError::Failed { .. }) => Err(RpcError::internal(e.to_string())),
+            Err(e) => Err(RpcError::state_refused(e.to_string())),
         }
     });
     add(&mut r, &node, "up", |n, params| async move {

@@ -492,6 +492,7 @@ fn local(side: &Side, ours: bool) -> LocalInfo {
         } else {
             VOLUME_BYTES / 2
         },
+        usable_bytes: VOLUME_BYTES,
         gen: GenIds {
             current: side.gen[0],
             bitmap: side.gen[1],

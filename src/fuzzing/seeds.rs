@@ -39,6 +39,7 @@ fn local(node: &str, role: u8) -> LocalInfo {
         resource: "r0".into(),
         node_name: node.into(),
         size_bytes: 64 * 1024 * 1024,
+        usable_bytes: 64 * 1024 * 1024,
         gen: GenIds {
             current: 0x1234_5678_9abc_def1,
             bitmap: 0,

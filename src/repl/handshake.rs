@@ -4,8 +4,8 @@
 //!
 //! 1. sends `Hello` (versions, features, resource name and size, node name, generation ids,
 //!    dirty-bit count, role, disk state, and a fresh random 32-byte nonce: its challenge);
-//! 2. on the peer's `Hello`: checks version overlap, resource name, size and that the peer is
-//!    not itself; on failure sends `Refuse(reason)` and stops; otherwise answers the peer's
+//! 2. on the peer's `Hello`: checks version overlap, resource name, size (the peer's capacity
+//!    must hold this node's volume, see below) and that the peer is not itself; on failure sends `Refuse(reason)` and stops; otherwise answers the peer's
 //!    challenge with `AuthResponse { mac }`;
 //! 3. on the peer's `AuthResponse`: verifies the mac in constant time; on failure sends
 //!    `Refuse` and stops with [`HandshakeError::WrongSecret`]; otherwise sends `AuthOk`;
@@ -18,6 +18,12 @@
 //! nonce is new each time); a response reflected back to its sender fails (prover and
 //! verifier names are in a fixed order, and a peer with our own name is refused); and an
 //! attacker who rewrites a Hello (generation ids, role) in flight breaks both macs.
+//!
+//! Sizes (DRBD's rule): a Hello announces the node's *capacity* (its configured `size`); the
+//! volume's size both sides use is the smaller of the two capacities
+//! ([`Established::agreed_bytes`]), and both compute it alike. A peer whose capacity is below
+//! this node's current volume size is refused: it could not store what this node holds. A
+//! larger peer is accepted, so growing one node after the other never breaks the link.
 //!
 //! Frames after the handshake (data, barriers) are protected by crc32 only: the shared secret
 //! keeps a wrong or hostile node out, it does not encrypt the link (use IPsec/WireGuard).
@@ -38,7 +44,11 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct LocalInfo {
     pub resource: String,
     pub node_name: String,
+    /// This node's capacity, what its Hello announces: the configured `size`.
     pub size_bytes: u64,
+    /// The volume's size now (the superblock's; never above `size_bytes`): not sent, the
+    /// least a peer's capacity must be.
+    pub usable_bytes: u64,
     pub gen: GenIds,
     pub dirty_bits: u64,
     pub role: Role,
@@ -51,6 +61,7 @@ pub struct LocalInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub node_name: String,
+    /// The peer's capacity (its configured `size`).
     pub size_bytes: u64,
     pub gen: GenIds,
     pub dirty_bits: u64,
@@ -62,6 +73,9 @@ pub struct PeerInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Established {
     pub peer: PeerInfo,
+    /// The volume's size from now on: the smaller of the two capacities (both sides compute
+    /// the same); above this node's current size when both nodes have grown (`drl resize`).
+    pub agreed_bytes: u64,
     /// The wire version both sides speak from now on.
     pub version: u16,
     /// Features both sides support ([`features`] bits).
@@ -75,7 +89,7 @@ pub enum HandshakeError {
     WrongSecret { peer: String },
     #[error("peer serves resource {theirs:?}, this node {ours:?}")]
     WrongResource { ours: String, theirs: String },
-    #[error("volume size mismatch: ours {ours} bytes, peer's {theirs} bytes")]
+    #[error("volume size mismatch: this node's volume is {ours} bytes, the peer's disk only {theirs} bytes (raise the peer's `size`, then `drl resize` there)")]
     SizeMismatch { ours: u64, theirs: u64 },
     #[error("incompatible wire versions: ours {ours_min}..={ours_max}, peer's {theirs_min}..={theirs_max}")]
     IncompatibleVersion {
@@ -128,6 +142,8 @@ impl Stage {
 /// One side of a handshake.
 pub struct Handshake {
     hello: Hello,
+    /// [`LocalInfo::usable_bytes`].
+    usable_bytes: u64,
     secret: Vec<u8>,
     stage: Stage,
     peer_hello: Option<Hello>,
@@ -174,6 +190,7 @@ impl Handshake {
         };
         Ok(Handshake {
             hello,
+            usable_bytes: local.usable_bytes.min(local.size_bytes),
             secret: secret.to_vec(),
             stage: Stage::AwaitHello,
             peer_hello: None,
@@ -261,9 +278,9 @@ impl Handshake {
             };
             return self.stop(err, true);
         }
-        if peer.size_bytes != ours.size_bytes {
+        if peer.size_bytes < self.usable_bytes {
             let err = HandshakeError::SizeMismatch {
-                ours: ours.size_bytes,
+                ours: self.usable_bytes,
                 theirs: peer.size_bytes,
             };
             return self.stop(err, true);
@@ -314,6 +331,7 @@ impl Handshake {
         let established = Established {
             version: p.version_max.min(self.hello.version_max),
             features: p.features & self.hello.features,
+            agreed_bytes: p.size_bytes.min(self.hello.size_bytes),
             peer: PeerInfo {
                 node_name: p.node_name,
                 size_bytes: p.size_bytes,

@@ -10,6 +10,7 @@ fn local(name: &str) -> LocalInfo {
         resource: "r0".into(),
         node_name: name.into(),
         size_bytes: 1 << 30,
+        usable_bytes: 1 << 30,
         gen: GenIds {
             current: 0x1111,
             bitmap: 0,
@@ -162,10 +163,13 @@ fn other_resource_is_refused_with_both_names() {
     );
 }
 
+/// DRBD's rule: a peer whose disk cannot hold this node's volume is refused (by this node;
+/// the peer learns why from the Refuse).
 #[test]
-fn other_size_is_refused() {
+fn a_peer_smaller_than_the_volume_is_refused() {
     let mut lb = local("b");
-    lb.size_bytes = 2 << 30;
+    lb.size_bytes = 1 << 29;
+    lb.usable_bytes = 1 << 29;
     let mut a = Side::new(local("a"), b"k");
     let mut b = Side::new(lb, b"k");
     run(&mut a, &mut b);
@@ -173,9 +177,33 @@ fn other_size_is_refused() {
         a.result.unwrap(),
         Err(HandshakeError::SizeMismatch {
             ours: 1 << 30,
-            theirs: 2 << 30
+            theirs: 1 << 29
         })
     );
+    assert!(
+        matches!(b.result.unwrap(), Err(HandshakeError::Refused { reason }) if reason.contains("volume size mismatch"))
+    );
+}
+
+/// Online grow (`drl resize`): one node grown (a larger capacity) still connects at the old
+/// size; once both have grown, both agree on the new size, the smaller of the two.
+#[test]
+fn capacities_agree_on_the_smaller() {
+    let mut lb = local("b");
+    lb.size_bytes = 2 << 30;
+    let mut a = Side::new(local("a"), b"k");
+    let mut b = Side::new(lb.clone(), b"k");
+    run(&mut a, &mut b);
+    assert_eq!(a.result.unwrap().unwrap().agreed_bytes, 1 << 30);
+    assert_eq!(b.result.unwrap().unwrap().agreed_bytes, 1 << 30);
+    let mut la = local("a");
+    la.size_bytes = 3 << 30;
+    let mut a = Side::new(la, b"k");
+    let mut b = Side::new(lb, b"k");
+    run(&mut a, &mut b);
+    let (ea, eb) = (a.result.unwrap().unwrap(), b.result.unwrap().unwrap());
+    assert_eq!((ea.agreed_bytes, eb.agreed_bytes), (2 << 30, 2 << 30));
+    assert_eq!(ea.peer.size_bytes, 2 << 30);
 }
 
 #[test]

@@ -46,6 +46,9 @@ use crate::volume::{AlignedBuf, BlockDevice, VolumeError};
 mod admin;
 #[path = "replicator_ops.rs"]
 mod ops;
+#[path = "replicator_resize.rs"]
+mod resize;
+pub use resize::size_event;
 
 /// Refusals of the admin operations (shown to the admin as is).
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,9 @@ pub(crate) struct State {
     pub session: u64,
     /// The `session` whose sync decision has been acted on (its replication state is set).
     pub decided_session: u64,
+    /// The peer's capacity (its configured `size`) from the last handshake: while it differs
+    /// from this node's, a grow waits for the smaller node (`drl resize`, status).
+    pub peer_size_bytes: Option<u64>,
 }
 
 /// The part of a Hello ([`crate::repl::handshake::LocalInfo`]) that a later local change can
@@ -191,6 +197,9 @@ pub struct Replicator {
     /// Where the peer is reached (`[resource.on.PEER] address`): `drl adjust` changes it
     /// live, see `replicator_ops.rs`.
     pub(crate) peer_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// This node's capacity, what its Hello announces (`drl resize` raises it); the volume's
+    /// size is the smaller of both nodes' (see `replicator_resize.rs`).
+    pub(crate) capacity_bytes: AtomicU64,
 }
 
 pub fn role_of(r: meta::Role) -> Role {
@@ -291,6 +300,7 @@ impl Replicator {
                 link_lost: None,
                 session: 0,
                 decided_session: 0,
+                peer_size_bytes: None,
             }),
             wake: Notify::new(),
             changed: Notify::new(),
@@ -303,6 +313,7 @@ impl Replicator {
             promoting: std::sync::atomic::AtomicBool::new(false),
             resync_rate_next_free: Mutex::new(Instant::now()),
             peer_addr: Mutex::new(cfg.peer.as_ref().and_then(|p| p.address)),
+            capacity_bytes: AtomicU64::new(cfg.size_bytes),
         })
     }
 

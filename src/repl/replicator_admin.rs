@@ -154,7 +154,7 @@ impl Replicator {
     /// Wait until a session later than `session` has acted on its sync decision (bounded by
     /// [`REPL_ADMIN_DECISION_WAIT_MS`]; a peer that does not come back in time learns the
     /// change at its next handshake, the local change stands).
-    async fn sync_decided_after(&self, session: u64) {
+    pub(crate) async fn sync_decided_after(&self, session: u64) {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(REPL_ADMIN_DECISION_WAIT_MS);
         loop {
@@ -171,7 +171,7 @@ impl Replicator {
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 tracing::warn!(resource = %self.name, peer = %self.peer_node(),
-                    "no new session decided the sync within {REPL_ADMIN_DECISION_WAIT_MS} ms of the promotion; the peer learns the new generation at its next handshake");
+                    "no new session decided the sync within {REPL_ADMIN_DECISION_WAIT_MS} ms of the change (a promotion, a grown size); the peer learns it at its next handshake");
                 return;
             }
         }
@@ -278,7 +278,7 @@ impl Replicator {
         st.verify = Some(crate::repl::verify::VerifyProgress::new(
             "VerifyS",
             id,
-            self.cfg.size_bytes,
+            self.size_bytes(),
         ));
         crate::repl::verify::settle(st);
         Ok((link, id, rx))
@@ -420,7 +420,7 @@ impl Replicator {
             (None, None)
         };
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        json!({
+        let mut v = json!({
             "role": sb.role.as_str(),
             "disk": sb.disk_state.as_str(),
             "connection": st.conn.as_str(),
@@ -465,7 +465,12 @@ impl Replicator {
                 "bitmap": format!("{:016X}", sb.gen.bitmap),
                 "history": [format!("{:016X}", sb.gen.history[0]), format!("{:016X}", sb.gen.history[1])],
             },
-        })
+        });
+        // Online grow (`drl resize`): this node's capacity and the peer's as of the last
+        // handshake; the volume's size (`size_bytes`) is the smaller of the two.
+        v["capacity_bytes"] = json!(self.capacity_bytes());
+        v["peer_capacity_bytes"] = json!(st.peer_size_bytes);
+        v
     }
 }
 

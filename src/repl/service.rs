@@ -106,6 +106,18 @@ pub async fn run(rep: Arc<Replicator>, mut shutdown: watch::Receiver<bool>) {
                     // `disconnect` came while this handshake ran.
                     continue;
                 }
+                rep.update(|st| st.peer_size_bytes = Some(conn.est.peer.size_bytes));
+                // Both nodes apply the agreed size before their sessions start (online grow).
+                if let Err(why) = rep.grow_to(conn.est.agreed_bytes).await {
+                    let e = format!(
+                        "growing the volume to the size agreed with the peer ({} bytes) failed: {why}",
+                        conn.est.agreed_bytes
+                    );
+                    crate::warn_rl!(rep.rl, resource = %rep.name, "{e}; dropping the connection");
+                    rep.update(|st| st.last_error = Some(e));
+                    attempt = attempt.saturating_add(1);
+                    continue;
+                }
                 let reason = session::run(&rep, conn, shutdown.clone()).await;
                 tracing::debug!(resource = %rep.name, "session ended: {reason}");
                 // A connection handshaken during the session carries stale generation ids.

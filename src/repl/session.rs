@@ -73,7 +73,8 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
     LocalInfo {
         resource: rep.name.clone(),
         node_name: rep.node.clone(),
-        size_bytes: rep.cfg.size_bytes,
+        size_bytes: rep.capacity_bytes(),
+        usable_bytes: rep.size_bytes(),
         gen,
         dirty_bits: rep.bitmap.count_dirty(),
         role: role_of(sb.role),
@@ -143,7 +144,7 @@ pub(crate) async fn run(
     let mut s = Session {
         rep,
         link: link.clone(),
-        core: Core::new(rep.cfg.size_bytes, est.peer.gen.current, 0),
+        core: Core::new(rep.size_bytes(), est.peer.gen.current, 0),
         started: Vec::new(),
         serve_tx: None,
         verify_serve_tx: None,

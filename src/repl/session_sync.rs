@@ -13,7 +13,7 @@ impl Session<'_> {
     pub(super) fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
         let rep = self.rep;
         // The core checked it (SyncSource, range); checked again here, where it is read.
-        check_request(offset, len, rep.cfg.size_bytes).map_err(|e| e.to_string())?;
+        check_request(offset, len, rep.size_bytes()).map_err(|e| e.to_string())?;
         let tx = self.serve_tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);
             tokio::spawn(answer_requests(rep.clone(), self.link.clone(), rx));

@@ -44,7 +44,7 @@ impl Session<'_> {
                 f.frame_type().name()
             ));
         }
-        let size = rep.cfg.size_bytes;
+        let size = rep.size_bytes();
         match f {
             Frame::VerifyRequest {
                 run,
@@ -142,7 +142,7 @@ impl Session<'_> {
         let started = rep.update_with(|st| {
             let started = st.verify_peer.as_ref().is_none_or(|p| p.id != id);
             if started {
-                st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.cfg.size_bytes));
+                st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.size_bytes()));
             }
             if let Some(p) = st.verify_peer.as_mut() {
                 p.last_frame = Instant::now();

@@ -381,7 +381,7 @@ async fn walk(
     rate: u64,
 ) -> Walked {
     let started = Instant::now();
-    let mut ranges = split_range(0, rep.cfg.size_bytes, REPL_VERIFY_REQUEST_BYTES);
+    let mut ranges = split_range(0, rep.size_bytes(), REPL_VERIFY_REQUEST_BYTES);
     let (mut issued, mut checked, mut oos) = (0u64, 0u64, 0u64);
     let mut outstanding: VecDeque<(u64, u32)> = VecDeque::new();
     let mut stop: Option<String> = None;

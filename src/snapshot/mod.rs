@@ -93,6 +93,8 @@ pub enum SnapshotError {
     Volume(#[from] crate::volume::VolumeError),
     #[error("{parent:?} is not an older snapshot of {child:?} in this resource's chain")]
     NotAncestor { parent: String, child: String },
+    #[error("resource {resource} has {entries} snapshot entries (snapshots or tombstones): a volume with snapshots is not resized; delete them first")]
+    HasSnapshots { resource: String, entries: usize },
 }
 
 #[cfg(test)]

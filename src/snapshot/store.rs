@@ -53,7 +53,10 @@ impl ChangeSet {
     }
 
     fn set(&mut self, chunk: u64) {
-        self.bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
+        // A chunk past the end (a write that raced a shrink; the disk refuses it) is ignored.
+        if let Some(w) = self.bits.get_mut((chunk / 64) as usize) {
+            *w |= 1 << (chunk % 64);
+        }
     }
 
     pub fn is_set(&self, chunk: u64) -> bool {
@@ -148,6 +151,8 @@ pub struct SnapshotStore<D: BlockDevice> {
     /// Change set of the newest entry: chunks written since it was created. A plain mutex,
     /// never held across an await, so marking a write never waits for a snapshot reader.
     current: Mutex<ChangeSet>,
+    /// The volume's size: `cfg.volume_bytes` at open, then what [`SnapshotStore::resize`] set.
+    volume_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -183,7 +188,13 @@ impl<D: BlockDevice> SnapshotStore<D> {
             .map_err(io_err(&cfg.dir, "creating the snapshot directory"))?;
         let index_path = cfg.dir.join("index.json");
         let index = match persist::load_index(&index_path)? {
-            Some(i) => {
+            Some(mut i) => {
+                // An index without entries holds nothing sized for the volume: it follows the
+                // volume (a `drl resize` interrupted between the index and the metadata).
+                if i.entries.is_empty() && i.volume_bytes != cfg.volume_bytes {
+                    i.volume_bytes = cfg.volume_bytes;
+                    persist::save_index(&index_path, &i)?;
+                }
                 if i.resource != cfg.resource
                     || i.volume_bytes != cfg.volume_bytes
                     || i.chunk_bytes != cfg.chunk_bytes
@@ -301,6 +312,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
             slots_max,
         };
         Ok(SnapshotStore {
+            volume_bytes: std::sync::atomic::AtomicU64::new(cfg.volume_bytes),
             cfg,
             dev,
             gate: RwLock::new(()),
@@ -310,6 +322,41 @@ impl<D: BlockDevice> SnapshotStore<D> {
             map_file: Mutex::new(map_file),
             current: Mutex::new(current),
         })
+    }
+
+    pub fn volume_bytes(&self) -> u64 {
+        self.volume_bytes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stop writes: every write in flight finishes, new ones wait until the guard drops
+    /// (`drl resize` changes the volume's size behind it).
+    pub async fn pause_writes(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
+    /// The volume's size changed (`drl resize`, writes paused by the caller). Only a store
+    /// without snapshots follows: a snapshot's change sets, COW map and streams are sized for
+    /// the volume it was taken of, so a resource with snapshots is refused (delete them, or
+    /// stream them away first).
+    pub async fn resize(
+        &self,
+        volume_bytes: u64,
+        _paused: &tokio::sync::RwLockWriteGuard<'_, ()>,
+    ) -> Result<(), SnapshotError> {
+        let mut st = self.state.write().await;
+        if !st.index.entries.is_empty() {
+            return Err(SnapshotError::HasSnapshots {
+                resource: self.cfg.resource.clone(),
+                entries: st.index.entries.len(),
+            });
+        }
+        st.index.volume_bytes = volume_bytes;
+        persist::save_index(&self.cfg.dir.join("index.json"), &st.index)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            ChangeSet::empty(self.cfg.chunk_bytes, volume_bytes);
+        self.volume_bytes
+            .store(volume_bytes, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     pub fn chunk_bytes(&self) -> u64 {
@@ -396,7 +443,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
         let cb = self.cfg.chunk_bytes;
         for (&c, &slot) in todo.iter().zip(&slots) {
             let off = c * cb;
-            let len = cb.min(self.cfg.volume_bytes - off);
+            let len = cb.min(self.volume_bytes().saturating_sub(off));
             let old = self.dev.read(off, len as u32).await?;
             let cow = self.cow.clone();
             let name = self.cfg.resource.clone();
@@ -508,7 +555,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
             st.index.entries.last_mut().expect("newest").frozen = true;
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
-            ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
+            ChangeSet::empty(self.cfg.chunk_bytes, self.volume_bytes());
         let id = st.index.next_id;
         st.index.next_id += 1;
         st.index.entries.push(Entry {
@@ -646,7 +693,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 child: child.into(),
             });
         }
-        let mut out = ChangeSet::empty(self.cfg.chunk_bytes, self.cfg.volume_bytes);
+        let mut out = ChangeSet::empty(self.cfg.chunk_bytes, self.volume_bytes());
         let cur = self
             .current
             .lock()
@@ -669,7 +716,7 @@ impl<D: BlockDevice> SnapshotStore<D> {
     /// disk read. A chunk preserved in between makes the read start over (it then resolves
     /// to its slot, so at most once per chunk).
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
-        check_range(offset, u64::from(len), self.cfg.volume_bytes)?;
+        check_range(offset, u64::from(len), self.volume_bytes())?;
         if len == 0 {
             // Nothing to read, but the snapshot must still exist and be valid.
             self.plan_read(name, 0, 0).await?;

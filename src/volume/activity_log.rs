@@ -35,6 +35,7 @@
 //! which is correct because no write entered the new extents before their record was durable.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::futures::OwnedNotified;
@@ -112,7 +113,8 @@ struct Inner {
 pub struct ActivityLog {
     extent_bytes: u64,
     extents_max: u32,
-    volume_bytes: u64,
+    /// The volume's size; grows with `drl resize` ([`ActivityLog::grow`]).
+    volume_bytes: AtomicU64,
     uuid: [u8; 16],
     inner: Mutex<Inner>,
     notify: Arc<Notify>,
@@ -144,7 +146,7 @@ impl ActivityLog {
         Ok(Arc::new(ActivityLog {
             extent_bytes: sb.al_extent_bytes,
             extents_max: sb.al_extents,
-            volume_bytes: sb.size_bytes,
+            volume_bytes: AtomicU64::new(sb.size_bytes),
             uuid: sb.uuid,
             inner: Mutex::new(Inner {
                 next_seq: newest + 1,
@@ -283,7 +285,9 @@ impl ActivityLog {
                 .map(|(&e, _)| e)
                 .filter(|&e| {
                     let off = e as u64 * self.extent_bytes;
-                    let len = self.extent_bytes.min(self.volume_bytes.saturating_sub(off));
+                    let len = self
+                        .extent_bytes
+                        .min(self.volume_bytes().saturating_sub(off));
                     !bitmap.any_dirty_in(off, len)
                 })
                 .collect();
@@ -313,6 +317,15 @@ impl ActivityLog {
         Ok(retired)
     }
 
+    pub fn volume_bytes(&self) -> u64 {
+        self.volume_bytes.load(Ordering::Acquire)
+    }
+
+    /// The volume grew to `size_bytes` (`drl resize`): writes up to the new end may begin.
+    pub fn grow(&self, size_bytes: u64) {
+        self.volume_bytes.fetch_max(size_bytes, Ordering::AcqRel);
+    }
+
     pub fn extent_bytes(&self) -> u64 {
         self.extent_bytes
     }
@@ -334,13 +347,14 @@ impl ActivityLog {
 
     /// Start a write of `len` bytes at `offset`; see the module doc for the three answers.
     pub fn begin_write(self: &Arc<Self>, offset: u64, len: u64) -> Result<BeginWrite, AlError> {
+        let volume_bytes = self.volume_bytes();
         match offset.checked_add(len) {
-            Some(end) if end <= self.volume_bytes => {}
+            Some(end) if end <= volume_bytes => {}
             _ => {
                 return Err(AlError::OutOfRange {
                     offset,
                     len,
-                    size: self.volume_bytes,
+                    size: volume_bytes,
                 })
             }
         }

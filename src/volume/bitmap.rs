@@ -7,7 +7,10 @@
 //! copies pages out). The previous value returned by each atomic tells exactly how many bits
 //! changed, which keeps `count_dirty` O(1) and exact once concurrent calls have returned (a
 //! reader racing a set and a clear of the same bit may see a transient value; it is clamped to
-//! the valid range).
+//! the valid range). The words sit behind an `RwLock` that every access takes shared (no
+//! writer waits for another: readers of an `RwLock` do not exclude each other); only an
+//! online grow ([`DirtyBitmap::grow`], `drl resize`) takes it exclusively, to put a longer
+//! slice in place.
 //!
 //! Block rule (the same as DRBD's `set_out_of_sync` / `set_in_sync`):
 //! - [`DirtyBitmap::set_range`] rounds *outwards*: a write touching any byte of a block marks
@@ -25,7 +28,7 @@
 //! flush or still marked for the next one.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use super::meta::{MetaError, MetaFile};
 use crate::limits::META_BLOCK_BYTES;
@@ -37,15 +40,21 @@ const FLUSH_PAGES_PER_WRITE_MAX: u64 = 64;
 /// In-memory dirty bitmap of a whole volume.
 #[derive(Debug)]
 pub struct DirtyBitmap {
-    size_bytes: u64,
     block_bytes: u64,
+    bits: RwLock<Bits>,
+    dirty: AtomicI64,
+    flush_lock: Mutex<()>,
+}
+
+/// What the volume's size decides: replaced as a whole by [`DirtyBitmap::grow`].
+#[derive(Debug)]
+struct Bits {
+    size_bytes: u64,
     blocks: u64,
     words: Box<[AtomicU64]>,
-    dirty: AtomicI64,
     /// One bit per 4 KiB page of the on-disk bitmap: changed since the last flush.
     pages_changed: Box<[AtomicU64]>,
     pages: u64,
-    flush_lock: Mutex<()>,
 }
 
 fn mask(from_bit: u64, to_bit: u64) -> u64 {
@@ -58,34 +67,22 @@ fn mask(from_bit: u64, to_bit: u64) -> u64 {
     high & !((1u64 << from_bit) - 1)
 }
 
-impl DirtyBitmap {
-    /// A clean bitmap for a volume of `size_bytes`, one bit per `block_bytes`.
-    pub fn new(size_bytes: u64, block_bytes: u64) -> DirtyBitmap {
-        assert!(block_bytes > 0, "bitmap block size must be positive");
+fn zeroed(n: u64) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Bits {
+    fn new(size_bytes: u64, block_bytes: u64) -> Bits {
         let blocks = size_bytes.div_ceil(block_bytes);
         let nwords = blocks.div_ceil(64);
         let pages = nwords.div_ceil(WORDS_PER_PAGE).max(1);
-        DirtyBitmap {
+        Bits {
             size_bytes,
-            block_bytes,
             blocks,
-            words: (0..nwords).map(|_| AtomicU64::new(0)).collect(),
-            dirty: AtomicI64::new(0),
-            pages_changed: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: zeroed(nwords),
+            pages_changed: zeroed(pages.div_ceil(64)),
             pages,
-            flush_lock: Mutex::new(()),
         }
-    }
-
-    pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-    pub fn block_bytes(&self) -> u64 {
-        self.block_bytes
-    }
-    /// Number of blocks (bits) covering the volume.
-    pub fn blocks(&self) -> u64 {
-        self.blocks
     }
 
     fn mark_page(&self, word: u64) {
@@ -93,15 +90,92 @@ impl DirtyBitmap {
         self.pages_changed[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::AcqRel);
     }
 
+    /// First block `>= from` whose bit equals `want`, or `blocks` if none.
+    fn find(&self, from: u64, want: bool) -> u64 {
+        let mut b = from;
+        while b < self.blocks {
+            let w = b / 64;
+            let mut v = self.words[w as usize].load(Ordering::Acquire);
+            if !want {
+                v = !v;
+            }
+            v &= !((1u64 << (b % 64)) - 1);
+            if v != 0 {
+                return (w * 64 + v.trailing_zeros() as u64).min(self.blocks);
+            }
+            b = (w + 1) * 64;
+        }
+        self.blocks
+    }
+
+    fn is_dirty(&self, block: u64) -> bool {
+        block < self.blocks
+            && self.words[(block / 64) as usize].load(Ordering::Acquire) & (1 << (block % 64)) != 0
+    }
+}
+
+impl DirtyBitmap {
+    /// A clean bitmap for a volume of `size_bytes`, one bit per `block_bytes`.
+    pub fn new(size_bytes: u64, block_bytes: u64) -> DirtyBitmap {
+        assert!(block_bytes > 0, "bitmap block size must be positive");
+        DirtyBitmap {
+            block_bytes,
+            bits: RwLock::new(Bits::new(size_bytes, block_bytes)),
+            dirty: AtomicI64::new(0),
+            flush_lock: Mutex::new(()),
+        }
+    }
+
+    fn bits(&self) -> RwLockReadGuard<'_, Bits> {
+        // Bits are only replaced whole (grow); a panic elsewhere cannot leave them half done.
+        self.bits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.bits().size_bytes
+    }
+    pub fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+    /// Number of blocks (bits) covering the volume.
+    pub fn blocks(&self) -> u64 {
+        self.bits().blocks
+    }
+
+    /// Grow the volume to `size_bytes` (`drl resize`): `meta`'s bitmap area and size first
+    /// ([`MetaFile::set_size`]: the new bits read zero, the superblock names the size last),
+    /// then the bits in memory (kept, the new blocks clean, every page marked for the next
+    /// flush), both under the flush lock so no flush sees the file and the memory disagree.
+    /// The caller keeps writes out meanwhile, so no bit set during the copy is lost. A size
+    /// not larger than the current one changes nothing (a replicated volume never shrinks).
+    pub fn grow(&self, size_bytes: u64, meta: &MetaFile) -> Result<(), MetaError> {
+        let _serial = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bits = self.bits.write().unwrap_or_else(|p| p.into_inner());
+        if size_bytes <= bits.size_bytes {
+            return Ok(());
+        }
+        meta.set_size(size_bytes)?;
+        let next = Bits::new(size_bytes, self.block_bytes);
+        for (to, from) in next.words.iter().zip(bits.words.iter()) {
+            to.store(from.load(Ordering::Acquire), Ordering::Release);
+        }
+        for w in (0..next.words.len() as u64).step_by(WORDS_PER_PAGE as usize) {
+            next.mark_page(w);
+        }
+        *bits = next;
+        Ok(())
+    }
+
     /// Set or clear blocks `[first, end)`; `end` is clamped to the volume.
     fn apply(&self, first: u64, end: u64, set: bool) {
-        let end = end.min(self.blocks);
+        let bits = self.bits();
+        let end = end.min(bits.blocks);
         let mut b = first;
         while b < end {
             let w = b / 64;
             let to = (end - w * 64).min(64);
             let m = mask(b % 64, to);
-            let word = &self.words[w as usize];
+            let word = &bits.words[w as usize];
             let changed = if set {
                 m & !word.fetch_or(m, Ordering::AcqRel)
             } else {
@@ -111,7 +185,7 @@ impl DirtyBitmap {
                 let n = changed.count_ones() as i64;
                 self.dirty
                     .fetch_add(if set { n } else { -n }, Ordering::AcqRel);
-                self.mark_page(w);
+                bits.mark_page(w);
             }
             b = (w + 1) * 64;
         }
@@ -133,10 +207,13 @@ impl DirtyBitmap {
     pub fn clear_range(&self, offset: u64, len: u64) {
         let end_byte = offset.saturating_add(len);
         let first = offset.div_ceil(self.block_bytes);
-        let end = if end_byte >= self.size_bytes {
-            self.blocks
-        } else {
-            end_byte / self.block_bytes
+        let end = {
+            let bits = self.bits();
+            if end_byte >= bits.size_bytes {
+                bits.blocks
+            } else {
+                end_byte / self.block_bytes
+            }
         };
         if first < end {
             self.apply(first, end, false);
@@ -154,18 +231,15 @@ impl DirtyBitmap {
     }
 
     pub fn set_all(&self) {
-        self.apply(0, self.blocks, true);
+        self.apply(0, u64::MAX, true);
     }
 
     pub fn clear_all(&self) {
-        self.apply(0, self.blocks, false);
+        self.apply(0, u64::MAX, false);
     }
 
     pub fn is_dirty(&self, block: u64) -> bool {
-        if block >= self.blocks {
-            return false;
-        }
-        self.words[(block / 64) as usize].load(Ordering::Acquire) & (1 << (block % 64)) != 0
+        self.bits().is_dirty(block)
     }
 
     /// Whether any block that `[offset, offset + len)` touches is dirty.
@@ -173,49 +247,32 @@ impl DirtyBitmap {
         if len == 0 {
             return false;
         }
+        let bits = self.bits();
         let first = offset / self.block_bytes;
         let end = offset
             .saturating_add(len)
             .div_ceil(self.block_bytes)
-            .min(self.blocks);
-        first < end && self.find(first, true) < end
+            .min(bits.blocks);
+        first < end && bits.find(first, true) < end
     }
 
     /// Number of dirty blocks, O(1).
     pub fn count_dirty(&self) -> u64 {
-        self.dirty
-            .load(Ordering::Acquire)
-            .clamp(0, self.blocks as i64) as u64
+        let blocks = self.blocks();
+        self.dirty.load(Ordering::Acquire).clamp(0, blocks as i64) as u64
     }
 
     /// Bytes of the volume covered by dirty blocks (the partial last block counts its real size).
     pub fn dirty_bytes(&self) -> u64 {
         let n = self.count_dirty();
         let full = n * self.block_bytes;
-        if n > 0 && self.is_dirty(self.blocks - 1) {
-            let tail = self.blocks * self.block_bytes - self.size_bytes;
+        let bits = self.bits();
+        if n > 0 && bits.is_dirty(bits.blocks - 1) {
+            let tail = bits.blocks * self.block_bytes - bits.size_bytes;
             full - tail
         } else {
             full
         }
-    }
-
-    /// First block `>= from` whose bit equals `want`, or `blocks` if none.
-    fn find(&self, from: u64, want: bool) -> u64 {
-        let mut b = from;
-        while b < self.blocks {
-            let w = b / 64;
-            let mut v = self.words[w as usize].load(Ordering::Acquire);
-            if !want {
-                v = !v;
-            }
-            v &= !((1u64 << (b % 64)) - 1);
-            if v != 0 {
-                return (w * 64 + v.trailing_zeros() as u64).min(self.blocks);
-            }
-            b = (w + 1) * 64;
-        }
-        self.blocks
     }
 
     /// Dirty regions as merged `(offset, len)` byte runs, in order, clipped to the volume.
@@ -232,37 +289,40 @@ impl DirtyBitmap {
         let sb = meta.superblock();
         let layout = meta.layout();
         let bm = DirtyBitmap::new(sb.size_bytes, sb.bitmap_block_bytes);
-        debug_assert_eq!(bm.blocks, layout.bitmap_blocks);
-        let nwords = bm.words.len() as u64;
-        let chunk_words = WORDS_PER_PAGE * FLUSH_PAGES_PER_WRITE_MAX;
-        let mut buf = vec![0u8; (chunk_words * 8) as usize];
-        let mut stray = 0u64;
-        let mut w = 0;
-        while w < nwords {
-            let n = chunk_words.min(nwords - w);
-            let bytes = &mut buf[..(n * 8) as usize];
-            meta.read_at(bytes, layout.bitmap_offset + w * 8, "read bitmap")?;
-            for (i, c) in bytes.chunks_exact(8).enumerate() {
-                let idx = w + i as u64;
-                let mut v = super::meta::get_u64(c, 0);
-                let valid = if (idx + 1) * 64 > bm.blocks {
-                    mask(0, bm.blocks - idx * 64)
-                } else {
-                    u64::MAX
-                };
-                if v & !valid != 0 {
-                    stray += (v & !valid).count_ones() as u64;
-                    v &= valid;
-                    bm.mark_page(idx);
+        {
+            let bits = bm.bits();
+            debug_assert_eq!(bits.blocks, layout.bitmap_blocks);
+            let nwords = bits.words.len() as u64;
+            let chunk_words = WORDS_PER_PAGE * FLUSH_PAGES_PER_WRITE_MAX;
+            let mut buf = vec![0u8; (chunk_words * 8) as usize];
+            let mut stray = 0u64;
+            let mut w = 0;
+            while w < nwords {
+                let n = chunk_words.min(nwords - w);
+                let bytes = &mut buf[..(n * 8) as usize];
+                meta.read_at(bytes, layout.bitmap_offset + w * 8, "read bitmap")?;
+                for (i, c) in bytes.chunks_exact(8).enumerate() {
+                    let idx = w + i as u64;
+                    let mut v = super::meta::get_u64(c, 0);
+                    let valid = if (idx + 1) * 64 > bits.blocks {
+                        mask(0, bits.blocks - idx * 64)
+                    } else {
+                        u64::MAX
+                    };
+                    if v & !valid != 0 {
+                        stray += (v & !valid).count_ones() as u64;
+                        v &= valid;
+                        bits.mark_page(idx);
+                    }
+                    bits.words[idx as usize].store(v, Ordering::Relaxed);
+                    bm.dirty.fetch_add(v.count_ones() as i64, Ordering::Relaxed);
                 }
-                bm.words[idx as usize].store(v, Ordering::Relaxed);
-                bm.dirty.fetch_add(v.count_ones() as i64, Ordering::Relaxed);
+                w += n;
             }
-            w += n;
-        }
-        if stray > 0 {
-            tracing::warn!(path = %meta.path().display(), stray_bits = stray,
-                "bitmap had bits set past the end of the volume; cleared");
+            if stray > 0 {
+                tracing::warn!(path = %meta.path().display(), stray_bits = stray,
+                    "bitmap had bits set past the end of the volume; cleared");
+            }
         }
         Ok(bm)
     }
@@ -270,24 +330,25 @@ impl DirtyBitmap {
     /// Write the pages changed since the last flush to `meta` and `fdatasync`. Returns the
     /// number of 4 KiB pages written. On error the pages stay marked for the next flush.
     pub fn flush_to(&self, meta: &MetaFile) -> Result<u64, MetaError> {
+        let _serial = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let layout = meta.layout();
-        if layout.bitmap_blocks != self.blocks {
+        let bits = self.bits();
+        if layout.bitmap_blocks != bits.blocks {
             return Err(MetaError::Invalid {
                 path: meta.path().to_path_buf(),
                 field: "bitmap blocks",
                 value: format!(
                     "file has {}, bitmap in memory has {}",
-                    layout.bitmap_blocks, self.blocks
+                    layout.bitmap_blocks, bits.blocks
                 ),
             });
         }
-        let _serial = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = Vec::new();
-        for (i, pw) in self.pages_changed.iter().enumerate() {
-            let mut bits = pw.swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                changed.push(i as u64 * 64 + bits.trailing_zeros() as u64);
-                bits &= bits - 1;
+        for (i, pw) in bits.pages_changed.iter().enumerate() {
+            let mut b = pw.swap(0, Ordering::AcqRel);
+            while b != 0 {
+                changed.push(i as u64 * 64 + b.trailing_zeros() as u64);
+                b &= b - 1;
             }
         }
         let mut i = 0;
@@ -305,7 +366,7 @@ impl DirtyBitmap {
             let mut buf = vec![0u8; n * META_BLOCK_BYTES as usize];
             for (k, c) in buf.chunks_exact_mut(8).enumerate() {
                 let w = start * WORDS_PER_PAGE + k as u64;
-                if let Some(word) = self.words.get(w as usize) {
+                if let Some(word) = bits.words.get(w as usize) {
                     c.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
                 }
             }
@@ -324,11 +385,11 @@ impl DirtyBitmap {
         if let Err(e) = result {
             // Not durable: remark everything from this flush so the next one retries.
             for &p in &changed {
-                self.pages_changed[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::AcqRel);
+                bits.pages_changed[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::AcqRel);
             }
             return Err(e);
         }
-        debug_assert!(changed.iter().all(|&p| p < self.pages));
+        debug_assert!(changed.iter().all(|&p| p < bits.pages));
         Ok(changed.len() as u64)
     }
 }
@@ -343,16 +404,17 @@ impl Iterator for DirtyRuns<'_> {
     type Item = (u64, u64);
 
     fn next(&mut self) -> Option<(u64, u64)> {
-        let bm = self.bitmap;
-        let start = bm.find(self.next, true);
-        if start >= bm.blocks {
-            self.next = bm.blocks;
+        let bb = self.bitmap.block_bytes;
+        let bits = self.bitmap.bits();
+        let start = bits.find(self.next, true);
+        if start >= bits.blocks {
+            self.next = bits.blocks;
             return None;
         }
-        let end = bm.find(start, false);
+        let end = bits.find(start, false);
         self.next = end;
-        let off = start * bm.block_bytes;
-        let end_byte = (end * bm.block_bytes).min(bm.size_bytes);
+        let off = start * bb;
+        let end_byte = (end * bb).min(bits.size_bytes);
         Some((off, end_byte - off))
     }
 }
@@ -464,6 +526,34 @@ mod tests {
         let loaded = DirtyBitmap::load(&meta).unwrap();
         assert_eq!(loaded.count_dirty(), bm.count_dirty());
         assert_eq!(blocks_of(&loaded), blocks_of(&bm));
+    }
+
+    /// `drl resize` of a replicated volume: the bits kept (a partial last word too), the new
+    /// blocks clean, the file and the memory grown together, and the grown bitmap reloads.
+    #[test]
+    fn grow_keeps_the_bits_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let meta = MetaFile::create(&path, &NewMeta::new("r0", "n", 100 * B)).unwrap();
+        let bm = DirtyBitmap::load(&meta).unwrap();
+        bm.set_blocks(3, 2);
+        bm.set_blocks(99, 1); // the old last block, in a partial word
+        bm.grow(40_000 * B, &meta).unwrap(); // 2 pages of bitmap
+        assert_eq!(bm.blocks(), 40_000);
+        assert_eq!(meta.superblock().size_bytes, 40_000 * B);
+        assert_eq!(blocks_of(&bm), [3, 4, 99].into());
+        assert_eq!(bm.dirty_bytes(), 3 * B);
+        bm.set_range(39_999 * B, B);
+        assert_eq!(
+            bm.flush_to(&meta).unwrap(),
+            2,
+            "every page written once after a grow"
+        );
+        bm.grow(50 * B, &meta).unwrap(); // smaller: nothing changes
+        assert_eq!(bm.blocks(), 40_000);
+        drop(meta);
+        let loaded = DirtyBitmap::load(&MetaFile::open(&path).unwrap()).unwrap();
+        assert_eq!(blocks_of(&loaded), [3, 4, 99, 39_999].into());
     }
 
     #[test]

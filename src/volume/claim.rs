@@ -138,7 +138,7 @@ pub fn plan(cfg: &Target<'_>) -> Result<Plan, ClaimError> {
     match std::fs::metadata(meta) {
         Ok(_) => {
             let m = MetaFile::open(meta).map_err(|e| ClaimError::Refused(e.to_string()))?;
-            m.check_matches(cfg.name, cfg.size_bytes)
+            m.check_fits(cfg.name, cfg.size_bytes, cfg.peer.is_some())
                 .map_err(|e| ClaimError::Refused(e.to_string()))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => p.create_meta = true,

@@ -50,7 +50,14 @@ impl DiskStats {
 
 pub struct Disk {
     name: String,
-    size: u64,
+    /// The usable size: requests past it are refused. `drl resize` changes it online
+    /// ([`Disk::set_size`]); the backing file grows before the size does.
+    size: AtomicU64,
+    /// The backing file or device, for resizing and for finding data in a tail (the engine
+    /// owns the I/O descriptor).
+    backing: std::fs::File,
+    /// A block device's size as found when it was opened (a file grows instead).
+    device_bytes: u64,
     engine: Engine,
     direct: bool,
     /// DIO alignment in bytes (1 when buffered).
@@ -86,6 +93,9 @@ impl Disk {
             // A file shorter than the configured size grows sparse; never shrink user data.
             file.set_len(size).map_err(io("growing the backing file"))?;
         }
+        let backing = file
+            .try_clone()
+            .map_err(io("keeping a handle on the backing disk"))?;
         let engine = Engine::new(
             file,
             EngineConfig {
@@ -96,7 +106,9 @@ impl Disk {
         .map_err(io("starting the io_uring engine"))?;
         Ok(Disk {
             name: name.to_owned(),
-            size,
+            size: AtomicU64::new(size),
+            backing,
+            device_bytes: size_bytes,
             engine,
             direct,
             align: u64::from(dio_align_bytes.max(1)),
@@ -119,6 +131,88 @@ impl Disk {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Change the usable size. Growing a file extends it sparse first (the new area reads
+    /// zero); a block device must already be that large. Shrinking only lowers the size: the
+    /// caller checks the tail ([`Disk::tail_has_data`]) and then cuts the file
+    /// ([`Disk::cut_backing`]).
+    pub fn set_size(&self, size: u64) -> Result<(), VolumeError> {
+        if size > self.size() {
+            self.reserve(size)?;
+        }
+        self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make the backing disk hold `size` bytes without changing the usable size: a shorter
+    /// file is extended sparse and fsync'd (the new area reads zero), a block device must
+    /// already be that large. A replicated volume's capacity (`drl resize`) is reserved so.
+    pub fn reserve(&self, size: u64) -> Result<(), VolumeError> {
+        if self.is_block_device {
+            if size > self.device_bytes {
+                return Err(VolumeError::Invalid(format!(
+                    "{}: the block device has {} bytes, the resource needs {size}",
+                    self.name, self.device_bytes
+                )));
+            }
+            return Ok(());
+        }
+        let len = self
+            .backing
+            .metadata()
+            .map_err(self.io_err("stat the backing file"))?
+            .len();
+        if len < size {
+            self.backing
+                .set_len(size)
+                .map_err(self.io_err("growing the backing file"))?;
+            self.backing
+                .sync_all()
+                .map_err(self.io_err("fsync the grown backing file"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the backing file holds data at or after byte `from` (`SEEK_DATA`: a hole
+    /// reads zero and holds nothing). `None` when that cannot be known: a block device, or a
+    /// file system without `SEEK_DATA` (it would report everything as data anyway).
+    pub fn tail_has_data(&self, from: u64) -> Result<Option<bool>, VolumeError> {
+        use std::os::fd::AsRawFd;
+        if self.is_block_device {
+            return Ok(None);
+        }
+        let Ok(off) = i64::try_from(from) else {
+            return Ok(Some(false));
+        };
+        // SAFETY: lseek on a descriptor this Disk owns for its whole life; no memory is passed.
+        let r = unsafe { libc::lseek(self.backing.as_raw_fd(), off, libc::SEEK_DATA) };
+        if r >= 0 {
+            return Ok(Some(true));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(Some(false)),
+            e if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            e => Err(self.io_err("SEEK_DATA on the backing file")(e)),
+        }
+    }
+
+    /// Cut a backing file to `len` bytes (after a checked shrink). A block device is left as
+    /// it is.
+    pub fn cut_backing(&self, len: u64) -> Result<(), VolumeError> {
+        if self.is_block_device || len < self.size() {
+            return Ok(());
+        }
+        self.backing
+            .set_len(len)
+            .map_err(self.io_err("cutting the backing file"))?;
+        self.backing
+            .sync_all()
+            .map_err(self.io_err("fsync the cut backing file"))
     }
 
     pub fn set_read_only(&self, ro: bool) {
@@ -156,7 +250,7 @@ impl Disk {
     fn span(&self, offset: u64, len: u64) -> (u64, u64) {
         let start = offset / self.align * self.align;
         let end = (offset + len).div_ceil(self.align) * self.align;
-        (start, end.min(self.size.max(start)))
+        (start, end.min(self.size().max(start)))
     }
 
     /// Lock the stripes of the edge blocks of an unaligned span, in ascending stripe order.
@@ -195,7 +289,7 @@ impl BlockDevice for Disk {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.size
+        self.size()
     }
 
     fn read_only(&self) -> bool {
@@ -209,7 +303,7 @@ impl BlockDevice for Disk {
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
-        check_range(offset, u64::from(len), self.size)?;
+        check_range(offset, u64::from(len), self.size())?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_read
@@ -229,7 +323,7 @@ impl BlockDevice for Disk {
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), VolumeError> {
         self.check_writable()?;
         let len = data.len() as u64;
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         if len == 0 {
@@ -257,7 +351,7 @@ impl BlockDevice for Disk {
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), VolumeError> {
         self.check_writable()?;
-        check_range(offset, u64::from(len), self.size)?;
+        check_range(offset, u64::from(len), self.size())?;
         self.stats.trims.fetch_add(1, Ordering::Relaxed);
         // Trim is advisory (NBD: the range may read back as anything). Block devices only take
         // whole sectors, so clip to the aligned interior there.
@@ -283,7 +377,7 @@ impl BlockDevice for Disk {
         fua: bool,
     ) -> Result<(), VolumeError> {
         self.check_writable()?;
-        check_range(offset, u64::from(len), self.size)?;
+        check_range(offset, u64::from(len), self.size())?;
         self.stats.zeroes.fetch_add(1, Ordering::Relaxed);
         // The engine wants aligned ranges (BLKZEROOUT takes whole sectors; its fallback writes
         // zero buffers with O_DIRECT): zero the unaligned edges by writing, the interior in one
@@ -322,5 +416,46 @@ impl BlockDevice for Disk {
             self.flush().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::BlockDevice;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Grow extends the file sparse; SEEK_DATA tells a tail with data from an empty one; a
+    /// cut never goes below the usable size.
+    #[tokio::test]
+    async fn set_size_and_the_tail_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.img");
+        let disk = Disk::open("r0", &path, 4 * MIB, 8).unwrap();
+        let mut buf = AlignedBuf::zeroed(4096);
+        buf.fill(0xab);
+        disk.write(MIB, buf, false).await.unwrap();
+        disk.flush().await.unwrap();
+        assert!(disk.read(6 * MIB, 4096).await.is_err(), "past the end");
+        disk.set_size(8 * MIB).unwrap();
+        assert_eq!(disk.size_bytes(), 8 * MIB);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 * MIB);
+        let r = disk.read(6 * MIB, 4096).await.unwrap();
+        assert!(r.iter().all(|&b| b == 0), "the new area reads zero");
+        match disk.tail_has_data(2 * MIB).unwrap() {
+            Some(has) => assert!(!has, "nothing was written past 2 MiB"),
+            None => return, // a file system without SEEK_DATA: nothing more to check
+        }
+        assert_eq!(disk.tail_has_data(MIB).unwrap(), Some(true));
+        assert_eq!(disk.tail_has_data(0).unwrap(), Some(true));
+        // Shrink: the size first, then the cut; a cut below the usable size is ignored.
+        disk.cut_backing(MIB).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 * MIB);
+        disk.set_size(2 * MIB).unwrap();
+        disk.cut_backing(2 * MIB).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * MIB);
+        assert!(disk.read(3 * MIB, 4096).await.is_err());
+        disk.shutdown();
     }
 }

@@ -86,7 +86,7 @@ pub enum MetaError {
         found: String,
         expected: String,
     },
-    #[error("metadata {path} was created for a volume of {meta_bytes} bytes but the volume is now {config_bytes} bytes; resize is not supported yet")]
+    #[error("metadata {path} was created for a volume of {meta_bytes} bytes but the config now says {config_bytes} bytes: a start never resizes; start it with the size its metadata has, then change size and run `drl resize` (online)")]
     SizeChanged {
         path: PathBuf,
         meta_bytes: u64,
@@ -176,7 +176,8 @@ impl Layout {
 pub struct MetaFile {
     path: PathBuf,
     file: File,
-    layout: Layout,
+    /// Follows the superblock's size: [`MetaFile::set_size`] changes both under `current`.
+    layout: Mutex<Layout>,
     current: Mutex<Superblock>,
 }
 
@@ -266,7 +267,7 @@ impl MetaFile {
         Ok(MetaFile {
             path: path.to_path_buf(),
             file,
-            layout,
+            layout: Mutex::new(layout),
             current: Mutex::new(sb),
         })
     }
@@ -342,7 +343,7 @@ impl MetaFile {
         Ok(MetaFile {
             path: path.to_path_buf(),
             file,
-            layout,
+            layout: Mutex::new(layout),
             current: Mutex::new(sb),
         })
     }
@@ -352,7 +353,7 @@ impl MetaFile {
     }
 
     pub fn layout(&self) -> Layout {
-        self.layout
+        *self.layout.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the current superblock.
@@ -398,6 +399,12 @@ impl MetaFile {
             });
         }
         validate(&self.path, &next)?;
+        self.write_next(&mut cur, next)
+    }
+
+    /// Write `next` to the slot that is not current with `seq + 1`, make it durable, then
+    /// make it current.
+    fn write_next(&self, cur: &mut Superblock, mut next: Superblock) -> Result<(), MetaError> {
         next.seq = cur.seq + 1;
         let slot = next.seq % 2;
         self.file
@@ -410,8 +417,53 @@ impl MetaFile {
         Ok(())
     }
 
+    /// Change the volume size the superblock records (online grow, guarded shrink; the
+    /// caller has checked that a shrunk tail holds nothing). The format does not change, so
+    /// metadata of any earlier drl stays readable: the bitmap is the last region of the file,
+    /// so every block keeps its bit at the same offset and only the file's end moves.
+    ///
+    /// Grow: the file is first cut to the current layout and then extended, so every new bit
+    /// reads zero (clean: the new area is zero on this node and on the peer, nothing to
+    /// resync), and made durable *before* the superblock names the new size. A crash in
+    /// between leaves a longer file under the old superblock, which opens as before.
+    /// Shrink: the superblock first, then the file is cut; a crash in between again leaves a
+    /// longer file. Bits past the new end in the last page are cleared by the next load.
+    pub fn set_size(&self, size_bytes: u64) -> Result<Layout, MetaError> {
+        let mut cur = self.lock();
+        let mut next = cur.clone();
+        next.size_bytes = size_bytes;
+        validate(&self.path, &next)?;
+        let old = Layout::of(&cur);
+        let new = Layout::of(&next);
+        if size_bytes > cur.size_bytes {
+            self.file
+                .set_len(old.total_bytes)
+                .map_err(self.io("cut to the current layout before growing"))?;
+            self.file
+                .set_len(new.total_bytes)
+                .map_err(self.io("grow the bitmap area"))?;
+            self.file.sync_all().map_err(self.io("fsync grown file"))?;
+            self.write_next(&mut cur, next)?;
+        } else if size_bytes < cur.size_bytes {
+            self.write_next(&mut cur, next)?;
+            self.file
+                .set_len(new.total_bytes)
+                .map_err(self.io("cut the bitmap area"))?;
+            self.file.sync_all().map_err(self.io("fsync shrunk file"))?;
+        }
+        *self.layout.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(new)
+    }
+
     /// Check that this file belongs to resource `name` of `size_bytes` (the configuration).
     pub fn check_matches(&self, name: &str, size_bytes: u64) -> Result<(), MetaError> {
+        self.check_fits(name, size_bytes, false)
+    }
+
+    /// [`MetaFile::check_matches`], or with `capacity` (a replicated resource: the configured
+    /// `size` is this node's capacity, the volume's size is agreed with the peer and may be
+    /// smaller until both nodes have grown) a volume no larger than `size_bytes`.
+    pub fn check_fits(&self, name: &str, size_bytes: u64, capacity: bool) -> Result<(), MetaError> {
         let sb = self.lock();
         if sb.name != name {
             return Err(MetaError::WrongResource {
@@ -420,7 +472,7 @@ impl MetaFile {
                 expected: name.to_string(),
             });
         }
-        if sb.size_bytes != size_bytes {
+        if sb.size_bytes != size_bytes && !(capacity && sb.size_bytes < size_bytes) {
             return Err(MetaError::SizeChanged {
                 path: self.path.clone(),
                 meta_bytes: sb.size_bytes,
@@ -445,7 +497,8 @@ impl MetaFile {
     pub fn write_at(&self, buf: &[u8], offset: u64, what: &'static str) -> Result<(), MetaError> {
         // Superblock slots are written by `update` only; nothing is written past the layout.
         let end = offset.checked_add(buf.len() as u64);
-        if offset < self.layout.al_offset || end.is_none_or(|e| e > self.layout.total_bytes) {
+        let layout = self.layout();
+        if offset < layout.al_offset || end.is_none_or(|e| e > layout.total_bytes) {
             return Err(MetaError::Invalid {
                 path: self.path.clone(),
                 field: what,
@@ -749,11 +802,15 @@ mod tests {
         assert!(
             matches!(err, MetaError::SizeChanged { meta_bytes, config_bytes, .. } if meta_bytes == 64 * MIB && config_bytes == 128 * MIB)
         );
-        assert!(err.to_string().contains("resize is not supported"), "{err}");
+        assert!(err.to_string().contains("drl resize"), "{err}");
         let err = m.check_matches("r0", 32 * MIB).unwrap_err();
         assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
         let err = m.check_matches("r1", 64 * MIB).unwrap_err();
         assert!(matches!(err, MetaError::WrongResource { .. }), "{err}");
+        // A replicated node's larger `size` is its capacity: accepted; a smaller one is not.
+        m.check_fits("r0", 128 * MIB, true).unwrap();
+        let err = m.check_fits("r0", 32 * MIB, true).unwrap_err();
+        assert!(matches!(err, MetaError::SizeChanged { .. }), "{err}");
     }
 
     #[test]
@@ -766,5 +823,67 @@ mod tests {
         assert!(m.write_at(&[1, 2], l.total_bytes - 1, "test").is_err());
         m.write_at(&[1], l.total_bytes - 1, "test").unwrap();
         m.write_at(&[0], l.al_offset, "test").unwrap();
+    }
+
+    /// Growing keeps every bit where it was, the new bits read zero even over stale bytes
+    /// past the old end, and the file reopens with the new size; shrinking cuts the file.
+    #[test]
+    fn set_size_grows_and_shrinks_the_bitmap_area_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        let old = m.layout();
+        m.write_at(&[0xff; 8], old.bitmap_offset, "test").unwrap();
+        // Stale bytes past the layout (an interrupted earlier shrink) must not become bits.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xee; 4096], old.total_bytes).unwrap();
+        drop(f);
+        let grown = m.set_size(1024 * MIB).unwrap();
+        assert_eq!(
+            grown.bitmap_offset, old.bitmap_offset,
+            "bits keep their offsets"
+        );
+        assert_eq!(grown.bitmap_blocks, 1024 * MIB / BITMAP_BLOCK_BYTES);
+        assert_eq!(m.superblock().size_bytes, 1024 * MIB);
+        drop(m);
+        let m = MetaFile::open(&path).unwrap();
+        assert_eq!(m.superblock().size_bytes, 1024 * MIB);
+        assert_eq!(m.layout(), grown);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), grown.total_bytes);
+        let mut bits = vec![0u8; grown.bitmap_bytes as usize];
+        m.read_at(&mut bits, grown.bitmap_offset, "test").unwrap();
+        assert_eq!(&bits[..8], &[0xff; 8]);
+        assert!(
+            bits[8..].iter().all(|&b| b == 0),
+            "new bits must read clean"
+        );
+        m.check_matches("r0", 1024 * MIB).unwrap();
+
+        let shrunk = m.set_size(32 * MIB).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), shrunk.total_bytes);
+        drop(m);
+        assert_eq!(
+            MetaFile::open(&path).unwrap().superblock().size_bytes,
+            32 * MIB
+        );
+    }
+
+    /// A crash after the file grew but before the superblock named the new size: the old
+    /// superblock and a longer file open as the old size.
+    #[test]
+    fn a_grow_interrupted_before_the_superblock_keeps_the_old_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let m = MetaFile::create(&path, &new_meta()).unwrap();
+        let l = m.layout();
+        drop(m);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(l.total_bytes + 64 * META_BLOCK_BYTES).unwrap();
+        drop(f);
+        let m = MetaFile::open(&path).unwrap();
+        assert_eq!(m.superblock().size_bytes, 64 * MIB);
+        assert_eq!(m.layout(), l);
+        assert!(m.set_size(0).is_err(), "a zero size is refused");
+        assert_eq!(m.superblock().size_bytes, 64 * MIB);
     }
 }

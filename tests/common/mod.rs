@@ -248,3 +248,30 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Stop a fio started with its output in `out` (SIGINT: it prints its summary) and assert
+/// every `err=` of the summary is 0: a demotion or a lost export would have failed writes
+/// (EPERM, EIO).
+pub fn fio_stop_without_errors(mut fio: KillOnDrop, out: &Path) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fio.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let st = fio.0.wait().unwrap();
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let errs: Vec<&str> = text
+        .split("err=")
+        .skip(1)
+        .map(|t| {
+            t.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or("")
+        })
+        .collect();
+    assert!(
+        !errs.is_empty() && errs.iter().all(|e| *e == "0"),
+        "fio reported errors ({st}): {text}"
+    );
+}

@@ -374,7 +374,10 @@ async fn serve<S, D>(
     let _active = ActiveGuard(sh.stats.clone());
     let mut stop_hs = stop.clone();
     // Read-only is decided per connection: a replicated device becomes writable on promotion.
+    // Size and writability as they are now: `drl resize` and role changes apply to the next
+    // connection (NBD has no notice for an open one).
     let info = ExportInfo {
+        size: sh.dev.size_bytes(),
         read_only: sh.dev.read_only(),
         ..sh.info.clone()
     };
@@ -414,7 +417,7 @@ async fn serve<S, D>(
         dev: sh.dev.clone(),
         view: ExportView {
             name: sh.info.name.clone(),
-            size: sh.info.size,
+            size: info.size,
             read_only: info.read_only,
             structured,
         },

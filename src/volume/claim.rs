@@ -90,6 +90,15 @@ impl Plan {
 
 /// Check everything a start of `cfg` needs, touching nothing.
 pub fn plan(cfg: &ResourceConfig) -> Result<Plan, ClaimError> {
+    if cfg.volumes.len() > 1 {
+        return Err(ClaimError::Refused(format!(
+            "resource {} holds {} volumes (a consistency group): this build validates a group's \
+             configuration but serves one volume per resource (issue 15); run it as separate \
+             one-volume resources meanwhile, which keeps no write order across them",
+            cfg.name,
+            cfg.volumes.len()
+        )));
+    }
     let disk = &cfg.local.disk;
     let meta = &cfg.local.meta;
     need_dir("disk", disk)?;

@@ -102,6 +102,7 @@ impl FrameSpec {
     fn frame(self) -> Frame {
         use FrameSpec as S;
         let w = |seq: u8, epoch: u8, offset: u32, len: u32, fua| RangeWrite {
+            vol: 0,
             seq: u64::from(seq),
             epoch: u64::from(epoch),
             offset: u64::from(offset) * 512,
@@ -150,6 +151,7 @@ impl FrameSpec {
                 len,
                 fill,
             } => Frame::Data {
+                vol: 0,
                 seq: u64::from(seq),
                 epoch: u64::from(epoch),
                 offset: u64::from(offset) * 512,

@@ -76,6 +76,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
             .expect("handshake frames encode");
     }
     let data = |seq, epoch, offset, fill: u8| Frame::Data {
+        vol: 0,
         seq,
         epoch,
         offset,
@@ -98,6 +99,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
         data(2, 1, 8192, 0xcd),
         Frame::Barrier { epoch: 1 },
         Frame::Trim(RangeWrite {
+            vol: 0,
             seq: 3,
             epoch: 2,
             offset: 65536,
@@ -105,6 +107,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
             fua: false,
         }),
         Frame::Zeroes(RangeWrite {
+            vol: 0,
             seq: 4,
             epoch: 2,
             offset: 131072,

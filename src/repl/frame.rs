@@ -125,10 +125,12 @@ impl FrameType {
     }
 }
 
-/// A write without data (Trim, Zeroes): `len` bytes at `offset`, sequence `seq`, in epoch
-/// `epoch`.
+/// A write without data (Trim, Zeroes): `len` bytes at `offset` of volume `vol`, sequence
+/// `seq`, in epoch `epoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangeWrite {
+    /// The volume of the resource (consistency groups: 0 for a one-volume resource).
+    pub vol: u16,
     pub seq: u64,
     pub epoch: u64,
     pub offset: u64,
@@ -292,8 +294,10 @@ pub enum Frame {
     Refuse {
         reason: String,
     },
-    /// A write: `data` at byte `offset`, sequence `seq`, in epoch `epoch`.
+    /// A write: `data` at byte `offset` of volume `vol`, sequence `seq`, in epoch `epoch`.
+    /// The volumes of a group share one sequence and one epoch order.
     Data {
+        vol: u16,
         seq: u64,
         epoch: u64,
         offset: u64,

@@ -359,6 +359,7 @@ impl Node {
                 .try_enqueue(off, len, len, fua, now)
                 .expect("room was checked");
             s.out.push(Frame::Data {
+                vol: 0,
                 seq: enq.seq,
                 epoch: enq.epoch,
                 offset: off,

@@ -22,9 +22,12 @@
 //! [`EpochTracker`] (shared with application writers under a lock), the resync pause flag.
 //! Verify frames pass through to the shell ([`Action::Verify`]).
 //!
-//! Consistency groups (issue 15): disk operations name a [`VolumeId`]. Today a connection
-//! carries one volume (`VolumeId(0)`); a group's volumes will share this core's epoch sequence
-//! and send queue, so only the frames' volume field and the per-volume bitmaps are to be added.
+//! Consistency groups (issue 15): disk operations name a [`VolumeId`]. A group's volumes share
+//! this core ([`Core::with_volumes`]): received Data/Trim/Zeroes frames name their volume, and
+//! they enter the one [`EpochReceiver`], so the Secondary applies epochs in order across
+//! volumes; an epoch's barrier ack waits for a flush of every volume of the group, so an acked
+//! epoch is durable on all of them. Resync and the bitmap exchange are still volume 0's (the
+//! per-volume bitmaps in [`Ctx`] are the next step).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -235,6 +238,7 @@ enum Pending {
     RxWrite {
         seq: u64,
     },
+    /// One volume's flush of an epoch (the ack waits for every volume's).
     RxFlush {
         epoch: u64,
     },
@@ -257,9 +261,14 @@ enum Pending {
 
 /// The protocol state of one connection.
 pub struct Core<B> {
+    /// Volume 0's size (resync and the bitmap exchange are volume 0's so far).
     size_bytes: u64,
+    /// Every volume's size, by number (a one-volume resource: `[size_bytes]`).
+    volumes: Vec<u64>,
+    /// Volume flushes still running per acked-on-flush epoch.
+    flushes_left: HashMap<u64, usize>,
     live: Liveness,
-    rx: EpochReceiver<(u64, Write<B>)>,
+    rx: EpochReceiver<(VolumeId, u64, Write<B>)>,
     merge: Option<(BitmapMerge, Vec<u8>)>,
     sync: Option<SyncRole>,
     target: Option<Target>,
@@ -276,8 +285,16 @@ pub struct Core<B> {
 impl<B: Payload> Core<B> {
     /// A core for a new connection to a peer whose current generation is `peer_current`.
     pub fn new(size_bytes: u64, peer_current: u64, now_ms: u64) -> Self {
+        Self::with_volumes(vec![size_bytes], peer_current, now_ms)
+    }
+
+    /// A core for a consistency group: `volumes[n]` is volume n's size (at least one).
+    pub fn with_volumes(volumes: Vec<u64>, peer_current: u64, now_ms: u64) -> Self {
+        assert!(!volumes.is_empty(), "a resource has at least volume 0");
         Core {
-            size_bytes,
+            size_bytes: volumes[0],
+            volumes,
+            flushes_left: HashMap::new(),
             live: Liveness::new(now_ms),
             rx: EpochReceiver::new(),
             merge: None,
@@ -361,12 +378,12 @@ impl<B: Payload> Core<B> {
     }
 
     fn disk(&mut self, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
+        self.disk_on(VolumeId(0), p, op, out);
+    }
+
+    fn disk_on(&mut self, vol: VolumeId, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
         let id = self.op(p);
-        out.push(Action::Disk {
-            id,
-            vol: VolumeId(0),
-            op,
-        });
+        out.push(Action::Disk { id, vol, op });
     }
 
     /// A timer tick: liveness (keepalive, silence, a peer that reads nothing for
@@ -401,6 +418,7 @@ impl<B: Payload> Core<B> {
         let proto = SessionEnd::Protocol;
         match f {
             Frame::Data {
+                vol,
                 seq,
                 epoch,
                 offset,
@@ -408,12 +426,12 @@ impl<B: Payload> Core<B> {
                 data,
             } => {
                 let len = data.len() as u64;
-                self.check_write(ctx, offset, len)?;
+                let vol = self.check_write(ctx, vol, offset, len)?;
                 let w = Write::Data {
                     data: B::from_wire(&data),
                     fua,
                 };
-                self.receive(seq, epoch, offset, len, w, out)
+                self.receive(vol, seq, epoch, offset, len, w, out)
             }
             Frame::Trim(w) => {
                 let write = Write::Trim {
@@ -523,14 +541,27 @@ impl<B: Payload> Core<B> {
         }
     }
 
-    fn check_write(&self, ctx: &Ctx, offset: u64, len: u64) -> Result<(), SessionEnd> {
+    fn check_write(
+        &self,
+        ctx: &Ctx,
+        vol: u16,
+        offset: u64,
+        len: u64,
+    ) -> Result<VolumeId, SessionEnd> {
         if ctx.role == Role::Primary {
             return Err(SessionEnd::Protocol(
                 "the peer sent application writes to a Primary".into(),
             ));
         }
-        crate::volume::check_range(offset, len, self.size_bytes)
-            .map_err(|e| SessionEnd::Protocol(e.to_string()))
+        let Some(size) = self.volumes.get(usize::from(vol)) else {
+            return Err(SessionEnd::Protocol(format!(
+                "a write to volume {vol}, but the resource has {} volume(s)",
+                self.volumes.len()
+            )));
+        };
+        crate::volume::check_range(offset, len, *size)
+            .map_err(|e| SessionEnd::Protocol(format!("volume {vol}: {e}")))?;
+        Ok(VolumeId(vol))
     }
 
     fn receive_range(
@@ -541,12 +572,14 @@ impl<B: Payload> Core<B> {
         out: &mut Vec<Action<B>>,
     ) -> Result<(), SessionEnd> {
         let len = u64::from(w.len);
-        self.check_write(ctx, w.offset, len)?;
-        self.receive(w.seq, w.epoch, w.offset, len, write, out)
+        let vol = self.check_write(ctx, w.vol, w.offset, len)?;
+        self.receive(vol, w.seq, w.epoch, w.offset, len, write, out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
+        vol: VolumeId,
         seq: u64,
         epoch: u64,
         offset: u64,
@@ -561,7 +594,7 @@ impl<B: Payload> Core<B> {
                 epoch,
                 offset,
                 len,
-                write: (offset, write),
+                write: (vol, offset, write),
             },
             out,
         )
@@ -569,7 +602,7 @@ impl<B: Payload> Core<B> {
 
     fn feed(
         &mut self,
-        ev: RxEvent<(u64, Write<B>)>,
+        ev: RxEvent<(VolumeId, u64, Write<B>)>,
         out: &mut Vec<Action<B>>,
     ) -> Result<(), SessionEnd> {
         if matches!(ev, RxEvent::FlushDone { .. }) {
@@ -583,22 +616,38 @@ impl<B: Payload> Core<B> {
         Ok(())
     }
 
-    fn rx_actions(&mut self, actions: Vec<RxAction<(u64, Write<B>)>>, out: &mut Vec<Action<B>>) {
+    fn rx_actions(
+        &mut self,
+        actions: Vec<RxAction<(VolumeId, u64, Write<B>)>>,
+        out: &mut Vec<Action<B>>,
+    ) {
         for a in actions {
             match a {
                 RxAction::Write {
                     seq,
-                    write: (offset, write),
+                    write: (vol, offset, write),
                 } => {
-                    self.disk(
+                    self.disk_on(
+                        vol,
                         Pending::RxWrite { seq },
                         DiskOp::Write { offset, write },
                         out,
                     );
                 }
                 RxAction::FlushThenAck(epoch) => {
+                    // The epoch is acked once every volume of the group is flushed: an acked
+                    // epoch must be durable on all of them, or a crash of this node could keep
+                    // one volume's later writes without another's earlier ones.
                     self.flushing += 1;
-                    self.disk(Pending::RxFlush { epoch }, DiskOp::Flush, out);
+                    self.flushes_left.insert(epoch, self.volumes.len());
+                    for v in 0..self.volumes.len() {
+                        self.disk_on(
+                            VolumeId(v as u16),
+                            Pending::RxFlush { epoch },
+                            DiskOp::Flush,
+                            out,
+                        );
+                    }
                 }
             }
         }
@@ -644,6 +693,12 @@ impl<B: Payload> Core<B> {
         match p {
             Pending::RxWrite { seq } => self.feed(RxEvent::WriteDone { seq }, out),
             Pending::RxFlush { epoch } => {
+                let left = self.flushes_left.entry(epoch).or_insert(1);
+                *left -= 1;
+                if *left > 0 {
+                    return Ok(());
+                }
+                self.flushes_left.remove(&epoch);
                 if !self.ended {
                     out.push(Action::Send(Frame::BarrierAck { epoch }));
                 }
@@ -683,3 +738,6 @@ impl<B: Payload> Core<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod group_tests;

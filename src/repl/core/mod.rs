@@ -741,3 +741,6 @@ impl<B: Payload> Core<B> {
 
 #[cfg(test)]
 mod group_tests;
+
+#[cfg(test)]
+mod group_prop_tests;

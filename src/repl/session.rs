@@ -458,6 +458,7 @@ impl Session<'_> {
                 now_ms: rep.now_ms(),
                 role: rep.role(),
                 bitmap: &rep.bitmap,
+                group_bitmaps: &[],
                 tracker: &link.tracker,
                 resync_paused: rep.resync_is_paused(),
             };

@@ -210,6 +210,7 @@ impl Node {
                 now_ms: now,
                 role: self.role(),
                 bitmap: &self.bitmap,
+                group_bitmaps: &[],
                 tracker: &s.tracker,
                 resync_paused: false,
             };
@@ -427,6 +428,7 @@ impl Node {
             now_ms: 0,
             role: self.role(),
             bitmap: &self.bitmap,
+            group_bitmaps: &[],
             tracker: &s.tracker,
             resync_paused: false,
         };

@@ -115,6 +115,7 @@ impl Pair {
             now_ms: 1,
             role: Role::Secondary,
             bitmap: &self.bitmap,
+            group_bitmaps: &[],
             tracker: &self.rx_tracker,
             resync_paused: false,
         };

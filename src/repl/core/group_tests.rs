@@ -42,6 +42,7 @@ impl Rig {
             now_ms: 1,
             role: Role::Secondary,
             bitmap: &self.bitmap,
+            group_bitmaps: &[],
             tracker: &self.tracker,
             resync_paused: false,
         };
@@ -190,5 +191,49 @@ fn a_write_outside_its_volume_or_to_a_missing_volume_ends_the_session() {
             other => panic!("{other:?}"),
         },
         VolumeId(0)
+    );
+}
+
+/// The Primary's side: one tracker and one epoch for the group; a barrier ack clears each
+/// acked write's bits in its own volume's bitmap, never the same block of another volume.
+#[test]
+fn a_barrier_ack_clears_each_write_in_its_own_volumes_bitmap() {
+    const B: u64 = crate::limits::BITMAP_BLOCK_BYTES;
+    let (b0, b1) = (DirtyBitmap::new(V0, B), DirtyBitmap::new(V1, B));
+    let tracker = Mutex::new(EpochTracker::new(EpochLimits::default()));
+    let writes = [(VolumeId(0), 2 * B), (VolumeId(1), 0), (VolumeId(1), 2 * B)];
+    for (vol, offset) in writes {
+        match vol.0 {
+            0 => b0.set_range(offset, B),
+            _ => b1.set_range(offset, B),
+        }
+        tracker
+            .lock()
+            .unwrap()
+            .try_enqueue(vol.group_offset(offset), B, B, false, 0)
+            .unwrap();
+    }
+    // Volume 0's block 0 is dirty from before the session (not written in it).
+    b0.set_range(0, B);
+    let epoch = tracker.lock().unwrap().close_epoch().unwrap();
+    let mut core: Core<Bytes> = Core::with_volumes(vec![V0, V1], 1, 0);
+    let ctx = Ctx {
+        now_ms: 1,
+        role: Role::Primary,
+        bitmap: &b0,
+        group_bitmaps: &[&b1],
+        tracker: &tracker,
+        resync_paused: false,
+    };
+    let out = core.on_frame(&ctx, Frame::BarrierAck { epoch });
+    assert!(matches!(out.as_slice(), [Action::RoomFreed]), "{out:?}");
+    assert!(!b0.is_dirty(2) && !b1.is_dirty(0) && !b1.is_dirty(2));
+    assert!(
+        b0.is_dirty(0),
+        "volume 1's ack of block 0 must not clear volume 0's block 0"
+    );
+    assert_eq!(
+        VolumeId::of_group_block(VolumeId(1).group_offset(2 * B) / B),
+        (VolumeId(1), 2)
     );
 }

@@ -35,6 +35,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use drbd_compat::{DiskState, ReplState, Role};
 
+use crate::limits::{BITMAP_BLOCK_BYTES, GROUP_ADDRESS_VOLUME_SHIFT_BITS};
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::EpochTracker;
 use crate::repl::frame::{Frame, RangeWrite};
@@ -54,6 +55,24 @@ pub type OpId = u64;
 /// A volume of the connection's resource (consistency groups: several share one core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VolumeId(pub u16);
+
+impl VolumeId {
+    /// `offset` of this volume in the group's one address space, which the sender's epoch
+    /// tracker keeps its ranges in (volume 0's offsets are unchanged).
+    pub fn group_offset(self, offset: u64) -> u64 {
+        debug_assert!(offset < 1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS);
+        u64::from(self.0) << GROUP_ADDRESS_VOLUME_SHIFT_BITS | offset
+    }
+
+    /// The volume and its block index of a block of the group's address space.
+    pub fn of_group_block(block: u64) -> (VolumeId, u64) {
+        let shift = GROUP_ADDRESS_VOLUME_SHIFT_BITS - BITMAP_BLOCK_BYTES.trailing_zeros();
+        (
+            VolumeId((block >> shift) as u16),
+            block & ((1 << shift) - 1),
+        )
+    }
+}
 
 /// A received payload, as the shell wants it for the disk (production: an aligned buffer,
 /// copied out of the read buffer once; the simulator: bytes).
@@ -201,14 +220,26 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// The local role now (admin commands change it on other tasks).
     pub role: Role,
+    /// Volume 0's dirty bitmap (resync and the bitmap exchange use it).
     pub bitmap: &'a DirtyBitmap,
-    /// The sender's epochs, shared with the application writers.
+    /// A group's volumes 1, 2, ..: their dirty bitmaps (empty for one volume).
+    pub group_bitmaps: &'a [&'a DirtyBitmap],
+    /// The sender's epochs, shared with the application writers; a group's ranges are in its
+    /// one address space ([`VolumeId::group_offset`]).
     pub tracker: &'a Mutex<EpochTracker>,
     /// `drl pause-sync` on this node.
     pub resync_paused: bool,
 }
 
 impl Ctx<'_> {
+    /// The dirty bitmap of volume `v`.
+    pub fn bitmap_of(&self, v: VolumeId) -> Option<&DirtyBitmap> {
+        match v.0 {
+            0 => Some(self.bitmap),
+            n => self.group_bitmaps.get(usize::from(n) - 1).copied(),
+        }
+    }
+
     fn tracker(&self) -> std::sync::MutexGuard<'_, EpochTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -454,7 +485,13 @@ impl<B: Payload> Core<B> {
                     .on_barrier_ack(epoch)
                     .map_err(|e| proto(e.to_string()))?;
                 for r in &rel.clearable {
-                    ctx.bitmap.clear_blocks(r.start, r.end - r.start);
+                    // A write lies in one volume, and the volumes' block spaces are far
+                    // apart, so a merged range never spans two volumes.
+                    let (vol, first) = VolumeId::of_group_block(r.start);
+                    match ctx.bitmap_of(vol) {
+                        Some(b) => b.clear_blocks(first, r.end - r.start),
+                        None => debug_assert!(false, "an ack of a write to unknown {vol:?}"),
+                    }
                 }
                 out.push(Action::RoomFreed);
                 Ok(())

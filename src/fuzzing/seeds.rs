@@ -48,6 +48,7 @@ fn local(node: &str, role: u8) -> LocalInfo {
         role: role_from_wire(role).expect("1 or 2"),
         disk: disk_from_wire(7).expect("UpToDate"),
         features: features::ALL,
+        group_sizes: Vec::new(),
     }
 }
 

@@ -79,6 +79,7 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
         role: role_of(sb.role),
         disk,
         features: crate::repl::wire::features::ALL,
+        group_sizes: rep.cfg.volumes[1..].iter().map(|v| v.size_bytes).collect(),
     }
 }
 

@@ -29,6 +29,7 @@ fn hello() -> Hello {
         role: Role::Primary,
         disk: DiskState::UpToDate,
         nonce: [9; 32],
+        group_sizes: Vec::new(),
     }
 }
 

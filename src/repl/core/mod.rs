@@ -26,8 +26,11 @@
 //! this core ([`Core::with_volumes`]): received Data/Trim/Zeroes frames name their volume, and
 //! they enter the one [`EpochReceiver`], so the Secondary applies epochs in order across
 //! volumes; an epoch's barrier ack waits for a flush of every volume of the group, so an acked
-//! epoch is durable on all of them. Resync and the bitmap exchange are still volume 0's (the
-//! per-volume bitmaps in [`Ctx`] are the next step).
+//! epoch is durable on all of them. The bitmap exchange sends every volume's bitmap in one
+//! transfer (each volume's bits from a byte boundary, see `sync.rs`), and resync requests and
+//! answers carry offsets in the group's address space ([`VolumeId::group_offset`]), so one
+//! resync covers each volume's own dirty bits; its flushes and bitmap persists run on every
+//! volume before the generation is adopted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +51,7 @@ use crate::volume::bitmap::DirtyBitmap;
 pub use crate::repl::liveness::SessionEnd as LiveEnd;
 
 mod sync;
+use sync::group_bitmap_bits;
 
 /// Id of a disk operation the core asked for; its completion names it.
 pub type OpId = u64;
@@ -62,6 +66,15 @@ impl VolumeId {
     pub fn group_offset(self, offset: u64) -> u64 {
         debug_assert!(offset < 1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS);
         u64::from(self.0) << GROUP_ADDRESS_VOLUME_SHIFT_BITS | offset
+    }
+
+    /// The volume and its offset of an offset in the group's address space (resync requests
+    /// and answers carry these: volume 0's are plain offsets, so its frames are unchanged).
+    pub fn of_group_offset(offset: u64) -> (VolumeId, u64) {
+        (
+            VolumeId((offset >> GROUP_ADDRESS_VOLUME_SHIFT_BITS) as u16),
+            offset & ((1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS) - 1),
+        )
     }
 
     /// The volume and its block index of a block of the group's address space.
@@ -178,7 +191,9 @@ pub enum Action<B> {
     RoomFreed,
     /// A PingAck (a state-change confirmation if its top bit is set).
     PingAck(u64),
-    /// Hand a resync request to the answering task (this node is SyncSource).
+    /// Hand a resync request to the answering task (this node is SyncSource). `offset` is in
+    /// the group's address space ([`VolumeId::of_group_offset`]; volume 0's is plain), and
+    /// the answer names the same offset.
     Serve {
         offset: u64,
         len: u32,
@@ -240,6 +255,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// Every volume's dirty bitmap, by number, for a core of `volumes` volumes (a missing one
+    /// is the shell's bug: the session ends rather than resyncing part of the group).
+    fn bitmaps(&self, volumes: usize) -> Result<Vec<&DirtyBitmap>, SessionEnd> {
+        (0..volumes)
+            .map(|v| {
+                self.bitmap_of(VolumeId(v as u16)).ok_or_else(|| {
+                    SessionEnd::Local(format!(
+                        "no dirty bitmap for volume {v} of a {volumes}-volume group"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     fn tracker(&self) -> std::sync::MutexGuard<'_, EpochTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -292,8 +321,6 @@ enum Pending {
 
 /// The protocol state of one connection.
 pub struct Core<B> {
-    /// Volume 0's size (resync and the bitmap exchange are volume 0's so far).
-    size_bytes: u64,
     /// Every volume's size, by number (a one-volume resource: `[size_bytes]`).
     volumes: Vec<u64>,
     /// Volume flushes still running per acked-on-flush epoch.
@@ -306,6 +333,9 @@ pub struct Core<B> {
     peer_current: u64,
     /// Receiver flushes (FlushThenAck) running.
     flushing: usize,
+    /// Volumes still to complete the resync step running on all of them (`TargetStart`,
+    /// `ResyncFlush`, `ResyncPersist`: one at a time, one operation per volume).
+    resync_left: usize,
     resync_id: u64,
     next_op: OpId,
     ops: HashMap<OpId, Pending>,
@@ -323,7 +353,6 @@ impl<B: Payload> Core<B> {
     pub fn with_volumes(volumes: Vec<u64>, peer_current: u64, now_ms: u64) -> Self {
         assert!(!volumes.is_empty(), "a resource has at least volume 0");
         Core {
-            size_bytes: volumes[0],
             volumes,
             flushes_left: HashMap::new(),
             live: Liveness::new(now_ms),
@@ -333,6 +362,7 @@ impl<B: Payload> Core<B> {
             target: None,
             peer_current,
             flushing: 0,
+            resync_left: 0,
             resync_id: 0,
             next_op: 1,
             ops: HashMap::new(),
@@ -408,8 +438,13 @@ impl<B: Payload> Core<B> {
         id
     }
 
-    fn disk(&mut self, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
-        self.disk_on(VolumeId(0), p, op, out);
+    /// A resync step on every volume of the group (flush or bitmap persist); its `Pending`
+    /// completes once all of them did ([`Self::done`]).
+    fn disk_all(&mut self, p: Pending, op: fn() -> DiskOp<B>, out: &mut Vec<Action<B>>) {
+        self.resync_left = self.volumes.len();
+        for v in 0..self.volumes.len() {
+            self.disk_on(VolumeId(v as u16), p, op(), out);
+        }
     }
 
     fn disk_on(&mut self, vol: VolumeId, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
@@ -502,7 +537,7 @@ impl<B: Payload> Core<B> {
                 last,
                 bits,
             } => {
-                let total = ctx.bitmap.blocks();
+                let total = group_bitmap_bits(&ctx.bitmaps(self.volumes.len())?);
                 let (m, buf) = self.merge.get_or_insert_with(|| {
                     (
                         BitmapMerge::new(total),
@@ -525,7 +560,20 @@ impl<B: Payload> Core<B> {
                         "ResyncRequest, but this node is not SyncSource".into(),
                     ));
                 }
-                check_request(offset, len, self.size_bytes).map_err(|e| proto(e.to_string()))?;
+                let (vol, local) = VolumeId::of_group_offset(offset);
+                let size = self
+                    .volumes
+                    .get(usize::from(vol.0))
+                    .copied()
+                    .ok_or_else(|| {
+                        proto(format!(
+                            "resync request for volume {}, but the resource has {} volume(s)",
+                            vol.0,
+                            self.volumes.len()
+                        ))
+                    })?;
+                check_request(local, len, size)
+                    .map_err(|e| proto(format!("volume {}: {e}", vol.0)))?;
                 out.push(Action::Serve { offset, len });
                 Ok(())
             }
@@ -629,7 +677,9 @@ impl<B: Payload> Core<B> {
             RxEvent::Write {
                 seq,
                 epoch,
-                offset,
+                // The overlap checks run in the group's one address space: writes of two
+                // volumes at the same offset do not overlap.
+                offset: vol.group_offset(offset),
                 len,
                 write: (vol, offset, write),
             },
@@ -753,19 +803,27 @@ impl<B: Payload> Core<B> {
                 }
                 Ok(())
             }
-            Pending::TargetStart if !self.ended => {
-                self.target_start(ctx, out);
+            Pending::TargetStart | Pending::ResyncFlush { .. } | Pending::ResyncPersist { .. }
+                if self.resync_left > 1 =>
+            {
+                // Another volume's part of this step is still running.
+                self.resync_left -= 1;
                 Ok(())
             }
+            Pending::TargetStart if !self.ended => {
+                self.resync_left = 0;
+                self.target_start(ctx, out)
+            }
             Pending::ResyncFlush { source_current } if !self.ended => {
-                self.disk(
+                self.disk_all(
                     Pending::ResyncPersist { source_current },
-                    DiskOp::PersistBitmap,
+                    || DiskOp::PersistBitmap,
                     out,
                 );
                 Ok(())
             }
             Pending::ResyncPersist { source_current } if !self.ended => {
+                self.resync_left = 0;
                 self.resync_finished(source_current, out);
                 Ok(())
             }
@@ -781,3 +839,6 @@ mod group_tests;
 
 #[cfg(test)]
 mod group_prop_tests;
+
+#[cfg(test)]
+mod group_sync_tests;

@@ -142,7 +142,7 @@ pub fn check_size(
     key: &dyn Fn(&str) -> String,
     invalid: Invalid,
 ) -> Result<(), ConfigError> {
-    if size == 0 || size % limits::BITMAP_BLOCK_BYTES != 0 {
+    if size == 0 || !size.is_multiple_of(limits::BITMAP_BLOCK_BYTES) {
         return Err(invalid(
             key("size"),
             format!(

@@ -60,8 +60,10 @@ fn random_histories_keep_every_invariant() {
     eprintln!("{n} seeds in {:.1} s: {cov:?}", t.elapsed().as_secs_f64());
     // The faults the suite claims to test happened (a simulator that never crashes a node
     // proves nothing about crashes).
-    if n >= 500 {
-        for (what, v) in [
+    assert_exercised(
+        n,
+        &cov,
+        &[
             ("resyncs", cov.resyncs),
             ("split brains", cov.split_brains),
             ("Primary crashes", cov.crashes_primary),
@@ -75,9 +77,17 @@ fn random_histories_keep_every_invariant() {
                 "prefix checks of a crashed Secondary",
                 cov.crash_prefix_checks,
             ),
-        ] {
-            assert!(v > 0, "{n} seeds never exercised {what}: {cov:?}");
-        }
+        ],
+    );
+}
+
+/// With enough seeds (500 or more), each of `what` happened at least once.
+fn assert_exercised(n: u64, cov: &world::Coverage, what: &[(&str, u64)]) {
+    if n < 500 {
+        return;
+    }
+    for (what, v) in what {
+        assert!(*v > 0, "{n} seeds never exercised {what}: {cov:?}");
     }
 }
 
@@ -107,8 +117,10 @@ fn groups_keep_every_invariant() {
         "{n} group seeds in {:.1} s: {cov:?}",
         t.elapsed().as_secs_f64()
     );
-    if n >= 500 {
-        for (what, v) in [
+    assert_exercised(
+        n,
+        &cov,
+        &[
             ("resyncs", cov.resyncs),
             ("resyncs of volume 1", cov.group_volume_resyncs),
             ("Primary crashes", cov.crashes_primary),
@@ -118,10 +130,8 @@ fn groups_keep_every_invariant() {
                 "prefix checks of a crashed Secondary",
                 cov.crash_prefix_checks,
             ),
-        ] {
-            assert!(v > 0, "{n} group seeds never exercised {what}: {cov:?}");
-        }
-    }
+        ],
+    );
 }
 
 /// `DRL_SIM_SEED=N`: one seed, with the trace of its last steps (`DRL_SIM_GROUP=1`: with

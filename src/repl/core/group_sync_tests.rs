@@ -46,7 +46,8 @@ impl Node {
         }
     }
 
-    fn step(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>) {
+    /// `f` with the core and this node's facts.
+    fn with_ctx<R>(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> R) -> R {
         let group: Vec<&DirtyBitmap> = self.bitmaps[1..].iter().collect();
         let ctx = Ctx {
             now_ms: 1,
@@ -56,7 +57,11 @@ impl Node {
             tracker: &self.tracker,
             resync_paused: false,
         };
-        let actions = f(&mut self.core, &ctx);
+        f(&mut self.core, &ctx)
+    }
+
+    fn step(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>) {
+        let actions = self.with_ctx(f);
         for a in actions {
             match a {
                 Action::Send(f) => {
@@ -216,22 +221,15 @@ fn a_resync_request_outside_its_volume_or_for_a_missing_volume_ends_the_session(
     let mut src = Node::new(Role::Primary, 0);
     src.step(|c, ctx| c.start(ctx, SyncDecision::BitmapSyncSource));
     let close = |n: &mut Node, offset: u64| -> String {
-        let group: Vec<&DirtyBitmap> = n.bitmaps[1..].iter().collect();
-        let ctx = Ctx {
-            now_ms: 1,
-            role: n.role,
-            bitmap: &n.bitmaps[0],
-            group_bitmaps: &group,
-            tracker: &n.tracker,
-            resync_paused: false,
-        };
-        let out = n.core.on_frame(
-            &ctx,
-            Frame::ResyncRequest {
-                offset,
-                len: B as u32,
-            },
-        );
+        let out = n.with_ctx(|c, ctx| {
+            c.on_frame(
+                ctx,
+                Frame::ResyncRequest {
+                    offset,
+                    len: B as u32,
+                },
+            )
+        });
         match out.last() {
             Some(Action::Close(e)) => e.to_string(),
             other => panic!("expected a close, got {other:?}"),

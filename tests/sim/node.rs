@@ -56,8 +56,14 @@ impl Disk {
     }
 
     pub fn flush(&mut self) {
-        self.stable.clone_from(&self.view);
-        self.pending.clear();
+        self.flush_blocks(0..self.view.len());
+    }
+
+    /// Flush one volume of a group (its blocks): the other volume's unflushed writes stay
+    /// unflushed (a write lies in one volume).
+    fn flush_blocks(&mut self, blocks: std::ops::Range<usize>) {
+        self.stable[blocks.clone()].clone_from_slice(&self.view[blocks.clone()]);
+        self.pending.retain(|(first, _)| !blocks.contains(first));
     }
 
     /// Power loss: each unflushed write is lost, kept or torn (some of its blocks), in any
@@ -405,7 +411,10 @@ impl Node {
                 Ok(())
             }
             DiskOp::Flush => {
-                self.disk.flush();
+                let v = &self.vols[usize::from(vol.0)];
+                let first = v.first;
+                self.disk
+                    .flush_blocks(first..first + (v.size / BS) as usize);
                 Ok(())
             }
             DiskOp::PersistBitmap => {

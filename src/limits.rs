@@ -112,6 +112,16 @@ const _: () = assert!((NBD_PREFERRED_BLOCK_BYTES as u64).is_multiple_of(SECTOR_S
 pub const NAME_BYTES_MAX: usize = 64;
 /// The largest volume drl accepts (the bitmap of a 64 TiB volume at 4 KiB a bit is 2 GiB).
 pub const VOLUME_SIZE_BYTES_MAX: u64 = 64 << 40;
+/// Volumes in one resource (a consistency group; DRBD allows more, but every volume costs a
+/// bitmap, an activity log and an NBD export, and one send queue is shared by all of them).
+pub const GROUP_VOLUMES_COUNT_MAX: usize = 16;
+/// The sender's bookkeeping (epoch tracker: unacked and unsent ranges) addresses a group's
+/// volumes in one space: volume v's byte offset o is `v << GROUP_ADDRESS_VOLUME_SHIFT_BITS | o`.
+pub const GROUP_ADDRESS_VOLUME_SHIFT_BITS: u32 = 48;
+
+const _: () = assert!(VOLUME_SIZE_BYTES_MAX <= 1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS);
+const _: () =
+    assert!((GROUP_VOLUMES_COUNT_MAX as u64) <= 1 << (64 - GROUP_ADDRESS_VOLUME_SHIFT_BITS));
 
 // --- snapshots ---
 /// Copy-on-write granularity of snapshots.

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod plan;
 pub mod shaping;
 pub use crate::units;
+pub mod volumes;
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use units::{ByteSize, DurationMs};
+pub use volumes::VolumeConfig;
 
 use crate::limits;
 
@@ -125,7 +127,11 @@ pub struct RawNode {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawResource {
     pub name: String,
-    pub size: ByteSize,
+    /// The size of a one-volume resource (volume 0); a group gives sizes in `volume`.
+    pub size: Option<ByteSize>,
+    /// `[[resource.volume]]`: the volumes of a consistency group (issue 15).
+    #[serde(default)]
+    pub volume: Vec<volumes::RawVolume>,
     pub secret: Option<String>,
     /// COW space for this resource's snapshots (default: a quarter of `size`).
     pub snapshot_space: Option<ByteSize>,
@@ -156,11 +162,15 @@ pub struct RawResource {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawOn {
     pub address: Option<String>,
-    pub disk: PathBuf,
-    pub meta: PathBuf,
+    /// A one-volume resource's files and export; a group names them per volume in `volume`.
+    pub disk: Option<PathBuf>,
+    pub meta: Option<PathBuf>,
     pub nbd: Option<String>,
     /// Snapshot store directory (default: the meta path with ".snap" appended).
     pub snapshot_dir: Option<PathBuf>,
+    /// `volume.N = { disk, meta, nbd }`: this node's files of a group's volume N.
+    #[serde(default)]
+    pub volume: BTreeMap<String, volumes::RawOnVolume>,
 }
 
 // ---- validated, for one node ----
@@ -226,14 +236,17 @@ pub struct Placement {
 #[derive(Clone, Debug)]
 pub struct ResourceConfig {
     pub name: String,
+    /// Volume 0's size (every resource has a volume 0).
     pub size_bytes: u64,
     pub secret: Option<String>,
     pub snapshot_space_bytes: u64,
     pub snapshot_chunk_bytes: u64,
-    /// This node's section.
+    /// This node's section (volume 0's files).
     pub local: Placement,
-    /// The peer's section, if the resource is replicated.
+    /// The peer's section (volume 0's files), if the resource is replicated.
     pub peer: Option<Placement>,
+    /// Every volume, in number order (0, 1, ..); one for a resource written with `size`.
+    pub volumes: Vec<VolumeConfig>,
     /// Replication settings (used when `peer` is set).
     pub repl: ReplConfig,
     /// TLS on the replication link (`tls = true`; needs [`NodeConfig::tls`]).
@@ -383,26 +396,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         if !res_names.insert(r.name.as_str()) {
             return Err(invalid(key("name"), "resource is defined twice".into()));
         }
-        let size = r.size.bytes();
-        if size == 0 || size % limits::BITMAP_BLOCK_BYTES != 0 {
-            return Err(invalid(
-                key("size"),
-                format!(
-                    "{size} bytes: must be a non-zero multiple of {} bytes",
-                    limits::BITMAP_BLOCK_BYTES
-                ),
-            ));
-        }
-        if size > limits::VOLUME_SIZE_BYTES_MAX {
-            return Err(invalid(
-                key("size"),
-                format!(
-                    "{} is larger than the maximum {}",
-                    units::format_bytes(size),
-                    units::format_bytes(limits::VOLUME_SIZE_BYTES_MAX)
-                ),
-            ));
-        }
+        let declared = volumes::declared(r, &key, &invalid)?;
         for name in r.on.keys() {
             if !node_names.contains(name.as_str()) {
                 return Err(invalid(
@@ -423,21 +417,13 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
         let Some(local_raw) = r.on.get(node) else {
             continue;
         };
-        let local = placement(
-            node,
-            local_raw,
-            &|k| key(&format!("on.{node}.{k}")),
-            &invalid,
-        )?;
-        let peer = match r.on.iter().find(|(n, _)| n.as_str() != node) {
+        let locals = placements(r, node, local_raw, &declared, &key, &invalid)?;
+        let peers = match r.on.iter().find(|(n, _)| n.as_str() != node) {
             None => None,
-            Some((pn, praw)) => Some(placement(
-                pn,
-                praw,
-                &|k| key(&format!("on.{pn}.{k}")),
-                &invalid,
-            )?),
+            Some((pn, praw)) => Some(placements(r, pn, praw, &declared, &key, &invalid)?),
         };
+        let local = locals[0].clone();
+        let peer = peers.as_ref().map(|p| p[0].clone());
         if let Some(p) = &peer {
             for (pl, who) in [(&local, node), (p, p.node.as_str())] {
                 if pl.address.is_none() {
@@ -457,22 +443,29 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
                 }
             }
         }
-        for (p, k) in [(&local.disk, "disk"), (&local.meta, "meta")] {
-            if !paths.insert(p.clone()) {
-                return Err(invalid(
-                    key(&format!("on.{node}.{k}")),
-                    format!("{} is used twice on this node", p.display()),
-                ));
+        for (i, l) in locals.iter().enumerate() {
+            let vkey = |k: &str| match r.volume.is_empty() {
+                true => key(&format!("on.{node}.{k}")),
+                false => key(&format!("on.{node}.volume.{}.{k}", declared[i].0)),
+            };
+            for (p, k) in [(&l.disk, "disk"), (&l.meta, "meta")] {
+                if !paths.insert(p.clone()) {
+                    return Err(invalid(
+                        vkey(k),
+                        format!("{} is used twice on this node", p.display()),
+                    ));
+                }
+            }
+            if let Some(NbdEndpoint::Unix(p)) = &l.nbd {
+                if !paths.insert(p.clone()) {
+                    return Err(invalid(
+                        vkey("nbd"),
+                        format!("{} is used twice on this node", p.display()),
+                    ));
+                }
             }
         }
-        if let Some(NbdEndpoint::Unix(p)) = &local.nbd {
-            if !paths.insert(p.clone()) {
-                return Err(invalid(
-                    key(&format!("on.{node}.nbd")),
-                    format!("{} is used twice on this node", p.display()),
-                ));
-            }
-        }
+        let size = declared[0].1;
         let snapshot_chunk_bytes = r
             .snapshot_chunk
             .map_or(limits::SNAPSHOT_CHUNK_BYTES_DEFAULT, ByteSize::bytes);
@@ -484,13 +477,34 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
                 format!("{snapshot_chunk_bytes} bytes: must be a power of two from 4KiB to 4MiB"),
             ));
         }
-        let snapshot_space_bytes = r.snapshot_space.map_or(
-            size / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT,
-            ByteSize::bytes,
-        );
-        if snapshot_space_bytes < snapshot_chunk_bytes {
-            return Err(invalid(key("snapshot-space"), format!("{snapshot_space_bytes} bytes: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
+        let space_of = |size: u64| {
+            r.snapshot_space.map_or(
+                size / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT,
+                ByteSize::bytes,
+            )
+        };
+        let snapshot_space_bytes = space_of(size);
+        for (n, vsize) in &declared {
+            let space = space_of(*vsize);
+            if space < snapshot_chunk_bytes {
+                let k = match r.snapshot_space.is_some() || r.volume.is_empty() {
+                    true => key("snapshot-space"),
+                    false => key(&format!("volume.{n}.size")),
+                };
+                return Err(invalid(k, format!("{space} bytes of snapshot space: smaller than one snapshot chunk ({snapshot_chunk_bytes})")));
+            }
         }
+        let volumes = declared
+            .iter()
+            .enumerate()
+            .map(|(i, (number, size_bytes))| VolumeConfig {
+                number: *number,
+                size_bytes: *size_bytes,
+                snapshot_space_bytes: space_of(*size_bytes),
+                local: locals[i].clone(),
+                peer: peers.as_ref().map(|p| p[i].clone()),
+            })
+            .collect();
         let repl = repl_config(r, &key, &invalid)?;
         let res_tls = r.tls.unwrap_or(false);
         ops::check_resource_tls(
@@ -509,6 +523,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             snapshot_chunk_bytes,
             local,
             peer,
+            volumes,
             repl,
             tls: res_tls,
         });
@@ -764,13 +779,38 @@ fn repl_config(
     Ok(c)
 }
 
+/// Node `node`'s placement of every declared volume of `r` (its section `on`).
+fn placements(
+    r: &RawResource,
+    node: &str,
+    on: &RawOn,
+    declared: &[(u16, u64)],
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<Placement>, ConfigError> {
+    let on_key = |k: &str| key(&format!("on.{node}.{k}"));
+    let paths = volumes::paths_on(r, on, declared, &on_key, invalid)?;
+    paths
+        .into_iter()
+        .zip(declared)
+        .map(|(p, (n, _))| {
+            let vkey = |k: &str| match r.volume.is_empty() {
+                true => on_key(k),
+                false => on_key(&format!("volume.{n}.{k}")),
+            };
+            placement(node, on.address.as_deref(), p, &vkey, invalid)
+        })
+        .collect()
+}
+
 fn placement(
     node: &str,
-    raw: &RawOn,
+    address: Option<&str>,
+    raw: volumes::RawPaths,
     key: &dyn Fn(&str) -> String,
     invalid: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<Placement, ConfigError> {
-    let address = match &raw.address {
+    let address = match address {
         None => None,
         Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
             invalid(
@@ -779,11 +819,11 @@ fn placement(
             )
         })?),
     };
-    let nbd = match &raw.nbd {
+    let nbd = match raw.nbd {
         None => None,
         Some(s) => Some(NbdEndpoint::parse(s).map_err(|r| invalid(key("nbd"), r))?),
     };
-    for (p, k) in [(&raw.disk, "disk"), (&raw.meta, "meta")] {
+    for (p, k) in [(raw.disk, "disk"), (raw.meta, "meta")] {
         if !p.is_absolute() {
             return Err(invalid(
                 key(k),
@@ -797,16 +837,16 @@ fn placement(
             "meta must be a different file than disk".into(),
         ));
     }
-    let snapshot_dir = match &raw.snapshot_dir {
+    let snapshot_dir = match raw.snapshot_dir {
         Some(d) if !d.is_absolute() => {
             return Err(invalid(
                 key("snapshot-dir"),
                 format!("{} must be an absolute path", d.display()),
             ))
         }
-        Some(d) => d.clone(),
+        Some(d) => d.to_owned(),
         None => {
-            let mut s = raw.meta.clone().into_os_string();
+            let mut s = raw.meta.to_owned().into_os_string();
             s.push(".snap");
             PathBuf::from(s)
         }
@@ -814,8 +854,8 @@ fn placement(
     Ok(Placement {
         node: node.to_owned(),
         address,
-        disk: raw.disk.clone(),
-        meta: raw.meta.clone(),
+        disk: raw.disk.to_owned(),
+        meta: raw.meta.to_owned(),
         nbd,
         snapshot_dir,
     })

@@ -96,6 +96,7 @@ pub fn claim_target(cfg: &ResourceConfig) -> claim::Target<'_> {
         size_bytes: cfg.size_bytes,
         disk: &cfg.local.disk,
         meta: &cfg.local.meta,
+        volumes: cfg.volumes.len(),
     }
 }
 

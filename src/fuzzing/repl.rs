@@ -102,6 +102,7 @@ impl FrameSpec {
     fn frame(self) -> Frame {
         use FrameSpec as S;
         let w = |seq: u8, epoch: u8, offset: u32, len: u32, fua| RangeWrite {
+            vol: 0,
             seq: u64::from(seq),
             epoch: u64::from(epoch),
             offset: u64::from(offset) * 512,
@@ -137,6 +138,7 @@ impl FrameSpec {
                 role: role_from_wire(role % 3).expect("codes 0..3"),
                 disk: disk_from_wire(disk % 8).expect("codes 0..8"),
                 nonce,
+                group_sizes: Vec::new(),
             })),
             S::AuthResponse(mac) => Frame::AuthResponse { mac },
             S::AuthOk => Frame::AuthOk,
@@ -150,6 +152,7 @@ impl FrameSpec {
                 len,
                 fill,
             } => Frame::Data {
+                vol: 0,
                 seq: u64::from(seq),
                 epoch: u64::from(epoch),
                 offset: u64::from(offset) * 512,
@@ -502,6 +505,7 @@ fn local(side: &Side, ours: bool) -> LocalInfo {
         role: role_from_wire(if side.primary { 1 } else { 2 }).expect("codes 1 and 2"),
         disk: disk_from_wire(side.disk % 8).expect("codes 0..8"),
         features: u64::from(side.features) & features::ALL,
+        group_sizes: Vec::new(),
     }
 }
 

@@ -49,6 +49,7 @@ fn local(node: &str, role: u8) -> LocalInfo {
         role: role_from_wire(role).expect("1 or 2"),
         disk: disk_from_wire(7).expect("UpToDate"),
         features: features::ALL,
+        group_sizes: Vec::new(),
     }
 }
 
@@ -77,6 +78,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
             .expect("handshake frames encode");
     }
     let data = |seq, epoch, offset, fill: u8| Frame::Data {
+        vol: 0,
         seq,
         epoch,
         offset,
@@ -99,6 +101,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
         data(2, 1, 8192, 0xcd),
         Frame::Barrier { epoch: 1 },
         Frame::Trim(RangeWrite {
+            vol: 0,
             seq: 3,
             epoch: 2,
             offset: 65536,
@@ -106,6 +109,7 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
             fua: false,
         }),
         Frame::Zeroes(RangeWrite {
+            vol: 0,
             seq: 4,
             epoch: 2,
             offset: 131072,

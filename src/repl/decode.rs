@@ -79,7 +79,8 @@ impl Decoder {
     fn check_header(&self, h: &FrameHeader) -> Result<FrameType, WireError> {
         let ft =
             FrameType::from_u8(h.frame_type).ok_or(WireError::UnknownFrameType(h.frame_type))?;
-        if h.reserved != [0u8; 8] {
+        let names_volume = matches!(ft, FrameType::Data | FrameType::Trim | FrameType::Zeroes);
+        if h.reserved[2..] != [0u8; 6] || (!names_volume && h.volume() != 0) {
             return Err(WireError::ReservedNotZero);
         }
         if ft != FrameType::Hello && h.version != WIRE_VERSION {
@@ -235,6 +236,7 @@ impl Decoder {
                 }
             }
             FrameType::Data => Frame::Data {
+                vol: h.volume(),
                 seq: h.seq,
                 epoch: h.epoch,
                 offset: h.offset,
@@ -244,6 +246,7 @@ impl Decoder {
             FrameType::Trim | FrameType::Zeroes => {
                 exact(0)?;
                 let w = RangeWrite {
+                    vol: h.volume(),
                     seq: h.seq,
                     epoch: h.epoch,
                     offset: h.offset,

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use drbd_compat::{DiskState, Role};
 
-use crate::limits::REPL_NAME_BYTES_MAX;
+use crate::limits::{GROUP_VOLUMES_COUNT_MAX, REPL_NAME_BYTES_MAX};
 use crate::repl::gen::GenIds;
 use crate::repl::wire::flags;
 
@@ -125,10 +125,12 @@ impl FrameType {
     }
 }
 
-/// A write without data (Trim, Zeroes): `len` bytes at `offset`, sequence `seq`, in epoch
-/// `epoch`.
+/// A write without data (Trim, Zeroes): `len` bytes at `offset` of volume `vol`, sequence
+/// `seq`, in epoch `epoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangeWrite {
+    /// The volume of the resource (consistency groups: 0 for a one-volume resource).
+    pub vol: u16,
     pub seq: u64,
     pub epoch: u64,
     pub offset: u64,
@@ -156,11 +158,15 @@ pub struct Hello {
     pub role: Role,
     pub disk: DiskState,
     pub nonce: [u8; 32],
+    /// A consistency group's volumes 1, 2, ..: their sizes (volume 0's is `size_bytes`).
+    /// Empty for one volume, whose Hello is then byte-identical to one from before groups;
+    /// otherwise a count byte and the sizes follow the names.
+    pub group_sizes: Vec<u64>,
 }
 
 /// Fixed part of the Hello payload: versions, features, size, 4 generation ids, dirty bits,
 /// role, disk, nonce, two name lengths.
-const HELLO_FIXED_BYTES: usize = 2 + 2 + 8 + 8 + 4 * 8 + 8 + 1 + 1 + 32 + 1 + 1;
+pub(crate) const HELLO_FIXED_BYTES: usize = 2 + 2 + 8 + 8 + 4 * 8 + 8 + 1 + 1 + 32 + 1 + 1;
 
 impl Hello {
     pub(crate) fn encode_payload(&self) -> Result<Vec<u8>, String> {
@@ -194,6 +200,18 @@ impl Hello {
         b.push(self.node_name.len() as u8);
         b.extend_from_slice(self.resource.as_bytes());
         b.extend_from_slice(self.node_name.as_bytes());
+        if !self.group_sizes.is_empty() {
+            if self.group_sizes.len() >= GROUP_VOLUMES_COUNT_MAX {
+                return Err(format!(
+                    "{} volumes (at most {GROUP_VOLUMES_COUNT_MAX})",
+                    self.group_sizes.len() + 1
+                ));
+            }
+            b.push(self.group_sizes.len() as u8);
+            for s in &self.group_sizes {
+                b.extend_from_slice(&s.to_le_bytes());
+            }
+        }
         Ok(b)
     }
 
@@ -223,11 +241,24 @@ impl Hello {
         nonce.copy_from_slice(r.take(32));
         let rlen = r.u8() as usize;
         let nlen = r.u8() as usize;
-        if p.len() != HELLO_FIXED_BYTES + rlen + nlen {
+        let named = HELLO_FIXED_BYTES + rlen + nlen;
+        // A group's volume sizes follow the names: a count byte, then 8 bytes each.
+        let groups = p.get(named).map_or(0, |&n| usize::from(n));
+        let want = if p.len() > named {
+            named + 1 + 8 * groups
+        } else {
+            named
+        };
+        if p.len() != want {
             return Err(format!(
-                "payload of {} bytes, names say {}",
-                p.len(),
-                HELLO_FIXED_BYTES + rlen + nlen
+                "payload of {} bytes, names and volumes say {want}",
+                p.len()
+            ));
+        }
+        if p.len() > named && (groups == 0 || groups >= GROUP_VOLUMES_COUNT_MAX) {
+            return Err(format!(
+                "{} volumes (2..={GROUP_VOLUMES_COUNT_MAX} in a group)",
+                groups + 1
             ));
         }
         let name = |bytes: &[u8], what: &str| -> Result<String, String> {
@@ -238,6 +269,12 @@ impl Hello {
         };
         let resource = name(r.take(rlen), "resource")?;
         let node_name = name(r.take(nlen), "node")?;
+        let group_sizes = if groups > 0 {
+            r.u8();
+            (0..groups).map(|_| r.u64()).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Hello {
             version_min,
             version_max,
@@ -250,6 +287,7 @@ impl Hello {
             role,
             disk,
             nonce,
+            group_sizes,
         })
     }
 }
@@ -292,8 +330,10 @@ pub enum Frame {
     Refuse {
         reason: String,
     },
-    /// A write: `data` at byte `offset`, sequence `seq`, in epoch `epoch`.
+    /// A write: `data` at byte `offset` of volume `vol`, sequence `seq`, in epoch `epoch`.
+    /// The volumes of a group share one sequence and one epoch order.
     Data {
+        vol: u16,
         seq: u64,
         epoch: u64,
         offset: u64,

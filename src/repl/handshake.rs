@@ -55,6 +55,8 @@ pub struct LocalInfo {
     pub disk: DiskState,
     /// Features this node is willing to use (a subset of [`features::ALL`]).
     pub features: u64,
+    /// A consistency group's volumes 1, 2, ..: their sizes (empty for one volume).
+    pub group_sizes: Vec<u64>,
 }
 
 /// What the peer told us, after the handshake checked it.
@@ -91,6 +93,9 @@ pub enum HandshakeError {
     WrongResource { ours: String, theirs: String },
     #[error("volume size mismatch: this node's volume is {ours} bytes, the peer's disk only {theirs} bytes (raise the peer's `size`, then `drl resize` there)")]
     SizeMismatch { ours: u64, theirs: u64 },
+    /// The peers hold different volume sets of a consistency group (sizes of volume 0, 1, ..).
+    #[error("volume set mismatch: ours {} ({ours:?} bytes), peer's {} ({theirs:?} bytes): every node of a group must hold the same volumes", volumes(.ours.len()), volumes(.theirs.len()))]
+    VolumeMismatch { ours: Vec<u64>, theirs: Vec<u64> },
     #[error("incompatible wire versions: ours {ours_min}..={ours_max}, peer's {theirs_min}..={theirs_max}")]
     IncompatibleVersion {
         ours_min: u16,
@@ -187,6 +192,7 @@ impl Handshake {
             role: local.role,
             disk: local.disk,
             nonce,
+            group_sizes: local.group_sizes,
         };
         Ok(Handshake {
             hello,
@@ -275,6 +281,18 @@ impl Handshake {
             let err = HandshakeError::WrongResource {
                 ours: ours.resource.clone(),
                 theirs: peer.resource.clone(),
+            };
+            return self.stop(err, true);
+        }
+        if peer.group_sizes != ours.group_sizes {
+            let all = |h: &Hello| {
+                let mut v = vec![h.size_bytes];
+                v.extend_from_slice(&h.group_sizes);
+                v
+            };
+            let err = HandshakeError::VolumeMismatch {
+                ours: all(ours),
+                theirs: all(&peer),
             };
             return self.stop(err, true);
         }
@@ -387,6 +405,10 @@ fn truncate(mut s: String) -> String {
         s.truncate(cut);
     }
     s
+}
+
+fn volumes(n: usize) -> String {
+    format!("{n} volume{}", if n == 1 { "" } else { "s" })
 }
 
 fn hello_digest(h: &Hello) -> [u8; 32] {

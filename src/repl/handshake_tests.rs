@@ -24,6 +24,7 @@ fn local(name: &str) -> LocalInfo {
         },
         disk: DiskState::UpToDate,
         features: features::ALL,
+        group_sizes: Vec::new(),
     }
 }
 
@@ -204,6 +205,75 @@ fn capacities_agree_on_the_smaller() {
     let (ea, eb) = (a.result.unwrap().unwrap(), b.result.unwrap().unwrap());
     assert_eq!((ea.agreed_bytes, eb.agreed_bytes), (2 << 30, 2 << 30));
     assert_eq!(ea.peer.size_bytes, 2 << 30);
+}
+
+/// Consistency groups (issue 15): the peers must hold the same volume set. A group against a
+/// one-volume peer, or two groups whose volume 1 differs, are refused on both sides, naming
+/// both sets; equal groups connect.
+#[test]
+fn a_volume_set_mismatch_is_refused_on_both_sides_naming_both_sets() {
+    let group = |name: &str, sizes: &[u64]| {
+        let mut l = local(name);
+        l.group_sizes = sizes.to_vec();
+        l
+    };
+    let mut a = Side::new(group("a", &[256 << 20]), b"k");
+    let mut b = Side::new(local("b"), b"k");
+    run(&mut a, &mut b);
+    let e = a.result.unwrap().unwrap_err();
+    assert_eq!(
+        e,
+        HandshakeError::VolumeMismatch {
+            ours: vec![1 << 30, 256 << 20],
+            theirs: vec![1 << 30]
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "volume set mismatch: ours 2 volumes ([1073741824, 268435456] bytes), peer's 1 volume \
+         ([1073741824] bytes): every node of a group must hold the same volumes"
+    );
+    assert!(matches!(
+        b.result.unwrap(),
+        Err(HandshakeError::VolumeMismatch { .. })
+    ));
+
+    let mut a = Side::new(group("a", &[256 << 20]), b"k");
+    let mut b = Side::new(group("b", &[128 << 20]), b"k");
+    run(&mut a, &mut b);
+    assert!(matches!(
+        a.result.unwrap(),
+        Err(HandshakeError::VolumeMismatch { .. })
+    ));
+
+    let mut a = Side::new(group("a", &[256 << 20, 4096]), b"k");
+    let mut b = Side::new(group("b", &[256 << 20, 4096]), b"k");
+    run(&mut a, &mut b);
+    assert!(a.result.unwrap().is_ok() && b.result.unwrap().is_ok());
+}
+
+/// A one-volume Hello is byte-identical to one from before groups (old peers keep working);
+/// a group's sizes follow the names and round-trip.
+#[test]
+fn a_hello_carries_a_groups_sizes_after_the_names() {
+    let mut h = Handshake::new(local("a"), b"k").unwrap();
+    let Frame::Hello(one) = h.start().remove(0) else {
+        panic!("Hello first")
+    };
+    let bytes = one.encode_payload().unwrap();
+    assert_eq!(bytes.len(), super::super::frame::HELLO_FIXED_BYTES + 2 + 1);
+    let mut g = (*one).clone();
+    g.group_sizes = vec![4096, 8192];
+    let gb = g.encode_payload().unwrap();
+    assert_eq!(gb.len(), bytes.len() + 1 + 16);
+    assert_eq!(Hello::decode_payload(&gb).unwrap(), g);
+    // A count that disagrees with the length, or a count of zero, is refused.
+    let mut bad = gb.clone();
+    bad[bytes.len()] = 3;
+    assert!(Hello::decode_payload(&bad).is_err());
+    let mut zero = bytes.clone();
+    zero.push(0);
+    assert!(Hello::decode_payload(&zero).is_err());
 }
 
 #[test]

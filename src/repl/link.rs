@@ -228,7 +228,7 @@ impl Link {
         let mut out = BytesMut::new();
         if let Err(e) = self
             .enc
-            .encode_data(at, fua, data, self.backlogged(), &mut out)
+            .encode_data(0, at, fua, data, self.backlogged(), &mut out)
         {
             self.close(format!("cannot encode a Data frame: {e}"));
             return false;

@@ -555,6 +555,7 @@ impl Replicator {
             let ok = self
                 .enqueue(link, off, u64::from(l), 0, f, |seq, epoch| {
                     let w = RangeWrite {
+                        vol: 0,
                         seq,
                         epoch,
                         offset: off,

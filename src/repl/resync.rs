@@ -102,8 +102,13 @@ pub struct Target {
 impl Target {
     /// Start from the dirty runs of `bm` (a snapshot: bits set later are not this pass's).
     pub fn new(bm: &DirtyBitmap, source_current: u64) -> Target {
+        Self::from_runs(bm.dirty_runs().collect(), source_current)
+    }
+
+    /// Start from these (offset, length) runs (a group's: in its address space).
+    pub fn from_runs(runs: VecDeque<(u64, u64)>, source_current: u64) -> Target {
         Target {
-            runs: bm.dirty_runs().collect(),
+            runs,
             outstanding: VecDeque::new(),
             writing: 0,
             source_current,

@@ -80,6 +80,7 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
         role: role_of(sb.role),
         disk,
         features: crate::repl::wire::features::ALL,
+        group_sizes: rep.cfg.volumes[1..].iter().map(|v| v.size_bytes).collect(),
     }
 }
 
@@ -467,6 +468,7 @@ impl Session<'_> {
                 now_ms: rep.now_ms(),
                 role: rep.role(),
                 bitmap: &rep.bitmap,
+                group_bitmaps: &[],
                 tracker: &link.tracker,
                 resync_paused: rep.resync_is_paused(),
             };

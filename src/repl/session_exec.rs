@@ -37,6 +37,7 @@ impl Session<'_> {
             now_ms: self.now_ms(),
             role: rep.role(),
             bitmap: &rep.bitmap,
+            group_bitmaps: &[],
             tracker: &link.tracker,
             resync_paused: rep.resync_is_paused(),
         };

@@ -124,6 +124,7 @@ impl Sim {
         {
             let data = Bytes::from(vec![byte; len]);
             let f = Frame::Data {
+                vol: 0,
                 seq: e.seq,
                 epoch: e.epoch,
                 offset: offset as u64,

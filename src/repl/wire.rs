@@ -17,7 +17,8 @@
 //! | 32..40 | epoch | epoch of a write, or the epoch a Barrier closes / a BarrierAck acknowledges |
 //! | 40..48 | offset | byte offset of a write or resync range; first bit of a BitmapChunk |
 //! | 48..52 | payload_crc | crc32 of the payload as sent |
-//! | 52..60 | reserved | must be zero |
+//! | 52..54 | volume | the volume of a Data/Trim/Zeroes frame (consistency groups, issue 15); zero in every other frame |
+//! | 54..60 | reserved | must be zero |
 //! | 60..64 | header_crc | crc32 of the header with this field zeroed |
 //!
 //! Decoding order ([`Decoder::decode`]): wait for 64 bytes; check the magic and the header crc
@@ -165,6 +166,15 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 impl FrameHeader {
+    /// The volume field (bytes 52..54, the first two of the old reserved bytes).
+    pub fn volume(&self) -> u16 {
+        u16::from_le_bytes([self.reserved[0], self.reserved[1]])
+    }
+
+    pub fn set_volume(&mut self, vol: u16) {
+        self.reserved[0..2].copy_from_slice(&vol.to_le_bytes());
+    }
+
     /// Encode with `header_crc` computed over the header with the crc field zeroed.
     pub fn to_bytes(&self) -> [u8; HEADER_BYTES] {
         let mut b = [0u8; HEADER_BYTES];
@@ -280,6 +290,7 @@ impl Encoder {
                 body = Some(reason.as_bytes().to_vec());
             }
             Frame::Data {
+                vol,
                 seq,
                 epoch,
                 offset,
@@ -287,6 +298,7 @@ impl Encoder {
                 data: d,
             } => {
                 (h.seq, h.epoch, h.offset) = (*seq, *epoch, *offset);
+                h.set_volume(*vol);
                 if *fua {
                     h.flags |= flags::FUA;
                 }
@@ -295,6 +307,7 @@ impl Encoder {
             Frame::Trim(w) | Frame::Zeroes(w) => {
                 check_range_len(w.len)?;
                 (h.seq, h.epoch, h.offset, h.data_len) = (w.seq, w.epoch, w.offset, w.len);
+                h.set_volume(w.vol);
                 if w.fua {
                     h.flags |= flags::FUA;
                 }
@@ -403,6 +416,7 @@ impl Encoder {
     /// `encode(&Frame::Data { .. })`, without first copying the payload into a `Bytes`.
     pub fn encode_data(
         &self,
+        vol: u16,
         (seq, epoch, offset): (u64, u64, u64),
         fua: bool,
         data: &[u8],
@@ -419,6 +433,7 @@ impl Encoder {
             offset,
             ..FrameHeader::default()
         };
+        h.set_volume(vol);
         if fua {
             h.flags |= flags::FUA;
         }

@@ -29,6 +29,7 @@ fn hello() -> Hello {
         role: Role::Primary,
         disk: DiskState::UpToDate,
         nonce: [9; 32],
+        group_sizes: Vec::new(),
     }
 }
 
@@ -41,6 +42,7 @@ fn sample_frames() -> Vec<Frame> {
             reason: "wrong secret".into(),
         },
         Frame::Data {
+            vol: 3,
             seq: 5,
             epoch: 2,
             offset: 4096,
@@ -48,6 +50,7 @@ fn sample_frames() -> Vec<Frame> {
             data: Bytes::from(vec![0xab; 4096]),
         },
         Frame::Data {
+            vol: 0,
             seq: 6,
             epoch: 2,
             offset: 0,
@@ -55,6 +58,7 @@ fn sample_frames() -> Vec<Frame> {
             data: Bytes::from_static(b"hello"),
         },
         Frame::Trim(RangeWrite {
+            vol: 1,
             seq: 7,
             epoch: 2,
             offset: 8192,
@@ -62,6 +66,7 @@ fn sample_frames() -> Vec<Frame> {
             fua: false,
         }),
         Frame::Zeroes(RangeWrite {
+            vol: 0,
             seq: 8,
             epoch: 3,
             offset: 0,
@@ -135,6 +140,7 @@ fn codec(zstd: bool) -> (Encoder, Decoder) {
 /// Data frame 1 of epoch 1 at offset 0: `len` zero bytes (compresses well).
 fn zero_data(len: usize) -> Frame {
     Frame::Data {
+        vol: 0,
         seq: 1,
         epoch: 1,
         offset: 0,
@@ -202,6 +208,7 @@ fn header_is_64_bytes_and_compressible_data_is_compressed() {
     // Random data does not pay: sent raw, flag clear.
     let noise = crate::repl::compress::tests::noise(65536, 0x9E37_79B9_7F4A_7C15);
     let f = Frame::Data {
+        vol: 0,
         seq: 2,
         epoch: 1,
         offset: 0,
@@ -275,6 +282,11 @@ fn header_checks_name_the_problem() {
             Box::new(|h| h.reserved[3] = 1),
             "reserved header bytes are not zero",
         ),
+        // Only Data, Trim and Zeroes name a volume (consistency groups).
+        (
+            Box::new(|h| h.set_volume(1)),
+            "reserved header bytes are not zero",
+        ),
         (Box::new(|h| h.version = 2), "unsupported wire version 2"),
         (
             Box::new(|h| h.flags = flags::FUA),
@@ -300,6 +312,7 @@ fn payload_crc_is_checked_before_decoding() {
     let mut b = encode(
         &e,
         &Frame::Data {
+            vol: 0,
             seq: 1,
             epoch: 1,
             offset: 0,
@@ -342,6 +355,7 @@ fn zip_bomb_is_capped_at_the_announced_length() {
 fn encoder_refuses_oversized_data() {
     let (e, _) = codec(false);
     let f = Frame::Data {
+        vol: 0,
         seq: 1,
         epoch: 1,
         offset: 0,
@@ -403,6 +417,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             bytes.clone()
         )
             .prop_map(|(seq, epoch, offset, fua, data)| Frame::Data {
+                vol: (seq >> 48) as u16,
                 seq,
                 epoch,
                 offset,
@@ -417,6 +432,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             any::<bool>()
         )
             .prop_map(|(seq, epoch, offset, len, fua)| Frame::Zeroes(RangeWrite {
+                vol: (seq >> 48) as u16,
                 seq,
                 epoch,
                 offset,
@@ -538,6 +554,7 @@ fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
             (0..4096u32).map(|i| ((i * 7919) >> 3) as u8).collect(),
         ] {
             let f = Frame::Data {
+                vol: 0,
                 seq: 9,
                 epoch: 4,
                 offset: 8192,
@@ -547,7 +564,7 @@ fn encode_data_from_a_slice_gives_the_bytes_of_a_data_frame() {
             let (e1, mut d) = codec(zstd);
             let (e2, _) = codec(zstd);
             let mut b = BytesMut::new();
-            e2.encode_data((9, 4, 8192), true, &data, true, &mut b)
+            e2.encode_data(0, (9, 4, 8192), true, &data, true, &mut b)
                 .unwrap();
             assert_eq!(b, encode(&e1, &f), "zstd {zstd}");
             assert_eq!(d.decode(&mut b).unwrap(), Some(f));

@@ -66,6 +66,8 @@ pub struct Target<'a> {
     pub size_bytes: u64,
     pub disk: &'a Path,
     pub meta: &'a Path,
+    /// How many volumes the resource holds (more than one is a consistency group).
+    pub volumes: usize,
 }
 
 impl Plan {
@@ -99,6 +101,14 @@ impl Plan {
 
 /// Check everything a start of `cfg` needs, touching nothing.
 pub fn plan(cfg: &Target<'_>) -> Result<Plan, ClaimError> {
+    if cfg.volumes > 1 {
+        return Err(ClaimError::Refused(format!(
+            "resource {} holds {} volumes (a consistency group): this build validates a group's \
+             configuration but serves one volume per resource (issue 15); run it as separate \
+             one-volume resources meanwhile, which keeps no write order across them",
+            cfg.name, cfg.volumes
+        )));
+    }
     let disk = cfg.disk;
     let meta = cfg.meta;
     need_dir("disk", disk)?;

@@ -3,6 +3,11 @@
 //! object and reopens them as a restarted daemon does), and a simulated data disk whose
 //! unflushed writes may be lost, torn or reordered by a crash.
 //!
+//! A node may hold a consistency group of two volumes (issue 15, [`Node::new`] with a split):
+//! each volume has its own metadata, bitmap and activity log (volume 0's metadata holds the
+//! resource's role and generations), and the simulated disk is the two volumes one after the
+//! other, so the world's invariants (a prefix, identical disks) hold for the group as one.
+//!
 //! What this file does in place of the tokio shell (`repl::session`): carry out the core's
 //! actions, answer resync requests (the shell's answering task), the Primary's write path
 //! (`Replicator::write`: AL, bits, enqueue, local write) and the end of a session (drain,
@@ -13,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use drbd_compat::{DiskState, ReplState, Role};
-use drl::repl::core::{Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, Write};
+use drl::repl::core::{Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, VolumeId, Write};
 use drl::repl::epoch::{EpochLimits, EpochTracker};
 use drl::repl::frame::Frame;
 pub use drl::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of};
@@ -51,8 +56,14 @@ impl Disk {
     }
 
     pub fn flush(&mut self) {
-        self.stable.clone_from(&self.view);
-        self.pending.clear();
+        self.flush_blocks(0..self.view.len());
+    }
+
+    /// Flush one volume of a group (its blocks): the other volume's unflushed writes stay
+    /// unflushed (a write lies in one volume).
+    fn flush_blocks(&mut self, blocks: std::ops::Range<usize>) {
+        self.stable[blocks.clone()].clone_from_slice(&self.view[blocks.clone()]);
+        self.pending.retain(|(first, _)| !blocks.contains(first));
     }
 
     /// Power loss: each unflushed write is lost, kept or torn (some of its blocks), in any
@@ -100,7 +111,7 @@ pub struct Sess {
     pub core: Core<Bytes>,
     pub tracker: Mutex<EpochTracker>,
     /// Disk operations issued by the core, not completed.
-    pub ops: Vec<(OpId, DiskOp<Bytes>)>,
+    pub ops: Vec<(OpId, VolumeId, DiskOp<Bytes>)>,
     /// Frames to send, in order (the world puts them on the network).
     pub out: Vec<Frame>,
     pub end: Option<String>,
@@ -110,14 +121,25 @@ pub struct Sess {
     pub flushed_epoch: u64,
 }
 
-pub struct Node {
-    pub name: &'static str,
+/// One volume's metadata, bitmap and activity log, and where it lies on the node's disk.
+pub struct Vol {
     path: PathBuf,
-    pub up: bool,
-    pub disk: Disk,
     pub meta: Arc<MetaFile>,
     pub bitmap: Arc<DirtyBitmap>,
     pub al: Arc<ActivityLog>,
+    /// Its first block on the simulated disk, and its size.
+    first: usize,
+    size: u64,
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub up: bool,
+    pub disk: Disk,
+    /// Volume 0's metadata: the resource's role, disk state and generations.
+    pub meta: Arc<MetaFile>,
+    /// The volumes (one, or a group's two).
+    pub vols: Vec<Vol>,
     pub sess: Option<Sess>,
     /// The admin said disconnect, or a split brain waits for the admin.
     pub standalone: bool,
@@ -127,39 +149,93 @@ pub struct Node {
     pub eio: bool,
     /// Bytes this node received as SyncTarget (resync answers written).
     pub resync_received: u64,
-    pub size: u64,
+    /// Resync requests this node served for a volume other than 0.
+    pub served_later_volumes: u64,
 }
 
 impl Node {
     /// A node of a new pair: both sides start UpToDate with the same generation (as after
-    /// `create-md` and an initial sync of an empty volume).
-    pub fn new(dir: &std::path::Path, name: &'static str, size: u64, gen: u64) -> Node {
-        let path = dir.join(format!("{name}.meta"));
-        let mut nm = NewMeta::new("sim", name, size);
-        nm.uuid = Some([7; 16]);
-        nm.disk_state = meta::DiskState::UpToDate;
-        nm.gen = Some(meta::GenerationIds {
-            current: gen,
-            bitmap: 0,
-            history: [0; 2],
-        });
-        let meta = MetaFile::create(&path, &nm).expect("create the metadata");
-        let (meta, bitmap, al) = attach(meta);
+    /// `create-md` and an initial sync of an empty volume). `split`: a group whose volume 0
+    /// has that many blocks and volume 1 the rest.
+    pub fn new(
+        dir: &std::path::Path,
+        name: &'static str,
+        size: u64,
+        gen: u64,
+        split: Option<u64>,
+    ) -> Node {
+        let sizes = match split {
+            Some(b) => vec![b * BS, size - b * BS],
+            None => vec![size],
+        };
+        let mut first = 0;
+        let vols: Vec<Vol> = sizes
+            .iter()
+            .enumerate()
+            .map(|(v, &vsize)| {
+                let path = dir.join(format!("{name}-{v}.meta"));
+                let mut nm = NewMeta::new("sim", name, vsize);
+                nm.uuid = Some([7; 16]);
+                nm.disk_state = meta::DiskState::UpToDate;
+                nm.gen = Some(meta::GenerationIds {
+                    current: gen,
+                    bitmap: 0,
+                    history: [0; 2],
+                });
+                let meta = MetaFile::create(&path, &nm).expect("create the metadata");
+                let (meta, bitmap, al) = attach(meta);
+                let vol = Vol {
+                    path,
+                    meta,
+                    bitmap,
+                    al,
+                    first,
+                    size: vsize,
+                };
+                first += (vsize / BS) as usize;
+                vol
+            })
+            .collect();
         Node {
             name,
-            path,
             up: true,
             disk: Disk::new((size / BS) as usize),
-            meta,
-            bitmap,
-            al,
+            meta: vols[0].meta.clone(),
+            vols,
             sess: None,
             standalone: false,
             repl: ReplState::Off,
             peer_role: None,
             eio: false,
             resync_received: 0,
-            size,
+
+            served_later_volumes: 0,
+        }
+    }
+
+    /// Dirty bits of every volume.
+    pub fn dirty_bits(&self) -> u64 {
+        self.vols.iter().map(|v| v.bitmap.count_dirty()).sum()
+    }
+
+    /// The volume holding disk block `block`, and the block's offset in it.
+    fn locate(&self, block: usize) -> (VolumeId, u64) {
+        let v = self
+            .vols
+            .iter()
+            .rposition(|v| v.first <= block)
+            .unwrap_or(0);
+        (VolumeId(v as u16), (block - self.vols[v].first) as u64 * BS)
+    }
+
+    /// The first disk block of `offset` in volume `vol`.
+    fn block_of(&self, vol: VolumeId, offset: u64) -> usize {
+        self.vols[usize::from(vol.0)].first + (offset / BS) as usize
+    }
+
+    fn persist_bitmaps(&self) {
+        for v in &self.vols {
+            v.bitmap.flush_to(&v.meta).expect("persist");
         }
     }
 
@@ -178,7 +254,7 @@ impl Node {
             role: role_of(sb.role),
             disk: disk_of(sb.disk_state),
             gen: gen_of(sb.gen),
-            dirty_bits: self.bitmap.count_dirty(),
+            dirty_bits: self.dirty_bits(),
         }
     }
 
@@ -190,7 +266,11 @@ impl Node {
         tracker.set_clear_partial_blocks(true);
         self.sess = Some(Sess {
             conn,
-            core: Core::new(self.size, peer_current, now),
+            core: Core::with_volumes(
+                self.vols.iter().map(|v| v.size).collect(),
+                peer_current,
+                now,
+            ),
             tracker: Mutex::new(tracker),
             ops: Vec::new(),
             out: Vec::new(),
@@ -206,10 +286,12 @@ impl Node {
             return;
         };
         if s.end.is_none() || s.core.applying() {
+            let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
             let ctx = Ctx {
                 now_ms: now,
                 role: self.role(),
-                bitmap: &self.bitmap,
+                bitmap: &self.vols[0].bitmap,
+                group_bitmaps: &group,
                 tracker: &s.tracker,
                 resync_paused: false,
             };
@@ -227,10 +309,8 @@ impl Node {
                         s.out.push(f)
                     }
                 }
-                Action::Disk { id, op, .. } => s.ops.push((id, op)),
-                Action::PersistBitmapDetached => {
-                    self.bitmap.flush_to(&self.meta).expect("persist");
-                }
+                Action::Disk { id, vol, op } => s.ops.push((id, vol, op)),
+                Action::PersistBitmapDetached => self.persist_bitmaps(),
                 Action::Meta(m) => self.apply_meta(m),
                 Action::State(c) => self.apply_state(c),
                 Action::Count(drl::repl::core::Counter::ResyncReceivedBytes(n)) => {
@@ -239,10 +319,16 @@ impl Node {
                 Action::Count(_) | Action::RoomFreed | Action::PingAck(_) => {}
                 Action::StopServing | Action::Info(_) => {}
                 Action::Serve { offset, len } => {
-                    // The shell's answering task, at once: read, clear the bits, answer.
-                    let (first, n) = ((offset / BS) as usize, (u64::from(len) / BS) as usize);
+                    // The shell's answering task, at once: read, clear the bits, answer (the
+                    // offset is in the group's address space).
+                    let (vol, local) = VolumeId::of_group_offset(offset);
+                    self.served_later_volumes += u64::from(vol.0 > 0);
+                    let first = self.block_of(vol, local);
+                    let n = (u64::from(len) / BS) as usize;
                     let tags = self.disk.view[first..first + n].to_vec();
-                    self.bitmap.clear_range(offset, u64::from(len));
+                    self.vols[usize::from(vol.0)]
+                        .bitmap
+                        .clear_range(local, u64::from(len));
                     if tags.iter().all(|&t| t == 0) {
                         s.out.push(Frame::ResyncZeroes { offset, len });
                     } else {
@@ -307,14 +393,14 @@ impl Node {
     /// Complete the issued disk operation at `i` (its result goes to the core).
     pub fn complete(&mut self, i: usize, now: u64) {
         let Some(s) = self.sess.as_mut() else { return };
-        let (id, op) = s.ops.swap_remove(i);
+        let (id, vol, op) = s.ops.swap_remove(i);
         let r = match op {
             DiskOp::Write { .. } if self.eio => {
                 self.eio = false;
                 Err("Input/output error (simulated)".to_string())
             }
             DiskOp::Write { offset, write } => {
-                let first = (offset / BS) as usize;
+                let first = self.block_of(vol, offset);
                 let tags = match write {
                     Write::Data { data, .. } => tags_of(&data),
                     Write::Trim { len, .. } | Write::Zeroes { len, .. } => {
@@ -325,11 +411,15 @@ impl Node {
                 Ok(())
             }
             DiskOp::Flush => {
-                self.disk.flush();
+                let v = &self.vols[usize::from(vol.0)];
+                let first = v.first;
+                self.disk
+                    .flush_blocks(first..first + (v.size / BS) as usize);
                 Ok(())
             }
             DiskOp::PersistBitmap => {
-                self.bitmap.flush_to(&self.meta).expect("persist");
+                let v = &self.vols[usize::from(vol.0)];
+                v.bitmap.flush_to(&v.meta).expect("persist");
                 Ok(())
             }
         };
@@ -338,27 +428,31 @@ impl Node {
 
     /// The Primary's write path (`Replicator::write`): AL, bits, enqueue, local write.
     /// False if the send buffer has no room (the `block` policy: the writer waits).
+    /// A write lies in one volume (the world never spans two).
     pub fn app_write(&mut self, first: usize, tags: &[u64], fua: bool, now: u64) -> Option<u64> {
-        let (off, len) = (first as u64 * BS, tags.len() as u64 * BS);
+        let (vol, off) = self.locate(first);
+        let len = tags.len() as u64 * BS;
+        let v = &self.vols[usize::from(vol.0)];
+        assert!(off + len <= v.size, "a write spans two volumes");
         if let Some(s) = self.sess.as_ref().filter(|s| s.end.is_none()) {
             if !s.tracker.lock().unwrap().has_room(len) {
                 return None;
             }
         }
-        let guard = self
-            .al
-            .acquire_blocking(&self.meta, &self.bitmap, off, len)
-            .expect("activity log");
-        self.bitmap.set_range(off, len);
+        let guard =
+            v.al.acquire_blocking(&v.meta, &v.bitmap, off, len)
+                .expect("activity log");
+        v.bitmap.set_range(off, len);
         let mut epoch = None;
         if let Some(s) = self.sess.as_mut().filter(|s| s.end.is_none()) {
             let enq = s
                 .tracker
                 .lock()
                 .unwrap()
-                .try_enqueue(off, len, len, fua, now)
+                .try_enqueue(vol.group_offset(off), len, len, fua, now)
                 .expect("room was checked");
             s.out.push(Frame::Data {
+                vol: vol.0,
                 seq: enq.seq,
                 epoch: enq.epoch,
                 offset: off,
@@ -388,12 +482,13 @@ impl Node {
     /// The periodic persist (`service::persist_loop`): bitmap, then a flush of the data disk,
     /// then retire the acknowledged and flushed activity-log extents.
     pub fn persist(&mut self) {
-        self.bitmap.flush_to(&self.meta).expect("persist");
-        let flushed = self.al.writes_done();
+        self.persist_bitmaps();
+        let flushed: Vec<u64> = self.vols.iter().map(|v| v.al.writes_done()).collect();
         self.disk.flush();
-        self.al
-            .retire_clean(&self.meta, &self.bitmap, flushed)
-            .expect("retire");
+        for (v, flushed) in self.vols.iter().zip(flushed) {
+            v.al.retire_clean(&v.meta, &v.bitmap, flushed)
+                .expect("retire");
+        }
     }
 
     /// The session is over (`Session::drain` + `finish`): apply what was received, keep every
@@ -422,15 +517,17 @@ impl Node {
             return;
         };
         let (repl, gen_bitmap) = (self.repl, self.meta.superblock().gen.bitmap);
+        let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
         let ctx = Ctx {
             now_ms: 0,
             role: self.role(),
-            bitmap: &self.bitmap,
+            bitmap: &self.vols[0].bitmap,
+            group_bitmaps: &group,
             tracker: &s.tracker,
             resync_paused: false,
         };
         let done = s.core.finish(&ctx, repl, gen_bitmap);
-        self.bitmap.flush_to(&self.meta).expect("persist");
+        self.persist_bitmaps();
         if done.new_generation {
             self.meta
                 .update(|sb| {
@@ -449,13 +546,15 @@ impl Node {
     pub fn crash_and_restart(&mut self, rng: &mut StdRng) {
         self.sess = None;
         self.disk.crash(rng);
-        let meta = MetaFile::open(&self.path).expect("reopen the metadata");
-        let (meta, bitmap, al) = attach(meta);
-        meta.update(|sb| sb.role = meta::Role::Secondary)
+        for v in &mut self.vols {
+            let meta = MetaFile::open(&v.path).expect("reopen the metadata");
+            let (meta, bitmap, al) = attach(meta);
+            (v.meta, v.bitmap, v.al) = (meta, bitmap, al);
+        }
+        self.meta = self.vols[0].meta.clone();
+        self.meta
+            .update(|sb| sb.role = meta::Role::Secondary)
             .expect("metadata");
-        self.meta = meta;
-        self.bitmap = bitmap;
-        self.al = al;
         self.repl = ReplState::Off;
         self.peer_role = None;
         self.eio = false;

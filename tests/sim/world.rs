@@ -44,6 +44,8 @@ pub struct Coverage {
     /// Connects after both nodes acknowledged writes the other lacks, each after the other's
     /// last promotion (two Primaries that both acknowledged).
     pub two_primary_connects: u64,
+    /// Resync requests served for a group's volume 1 (its own dirty bits resynced).
+    pub group_volume_resyncs: u64,
 }
 
 impl Coverage {
@@ -61,6 +63,7 @@ impl Coverage {
         self.crash_prefix_checks += o.crash_prefix_checks;
         self.acked_writes += o.acked_writes;
         self.two_primary_connects += o.two_primary_connects;
+        self.group_volume_resyncs += o.group_volume_resyncs;
     }
 }
 
@@ -73,6 +76,9 @@ pub struct Knobs {
     pub admin_permille: u32,
     pub max_write_blocks: usize,
     pub delay_max_ms: u64,
+    /// A consistency group (issue 15): volume 0 has this many blocks, volume 1 the rest; a
+    /// write lies in one volume.
+    pub group_split: Option<u64>,
 }
 
 impl Default for Knobs {
@@ -83,6 +89,7 @@ impl Default for Knobs {
             admin_permille: 6,
             max_write_blocks: 8,
             delay_max_ms: 40,
+            group_split: None,
         }
     }
 }
@@ -157,8 +164,8 @@ impl World {
         std::fs::create_dir_all(&dir).expect("sim dir");
         let size = knobs.blocks * BS;
         let gen = 0x5eed_0000_0000_0001 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let a = Node::new(&dir, "a", size, gen);
-        let b = Node::new(&dir, "b", size, gen);
+        let a = Node::new(&dir, "a", size, gen, knobs.group_split);
+        let b = Node::new(&dir, "b", size, gen, knobs.group_split);
         let mut w = World {
             seed,
             rng: StdRng::seed_from_u64(seed),
@@ -609,7 +616,19 @@ impl World {
                     .rng
                     .random_range(1..=k.max_write_blocks)
                     .min(k.blocks as usize);
-                let first = self.rng.random_range(0..=(k.blocks as usize - len));
+                let mut first = self.rng.random_range(0..=(k.blocks as usize - len));
+                let mut len = len;
+                if let Some(split) = k.group_split.map(|b| b as usize) {
+                    // A write lies in one volume of the group.
+                    if first < split && first + len > split {
+                        if self.rng.random_bool(0.5) {
+                            len = split - first;
+                        } else {
+                            len -= split - first;
+                            first = split;
+                        }
+                    }
+                }
                 let fua = self.rng.random_range(0..10) == 0;
                 self.write(p, first, len, fua);
             } else {
@@ -827,6 +846,11 @@ impl World {
     /// Heal: no more faults, everyone up and connected, the data settled. Then both disks
     /// must be identical.
     pub fn heal(&mut self) {
+        self.heal_nodes();
+        self.cov.group_volume_resyncs = self.n.iter().map(|n| n.served_later_volumes).sum();
+    }
+
+    fn heal_nodes(&mut self) {
         self.note("heal".into());
         self.writes_on = false;
         for i in 0..2 {
@@ -879,8 +903,8 @@ impl World {
             self.n[0].disk.view, self.n[1].disk.view,
             "after healing the disks differ"
         );
-        assert_eq!(self.n[0].bitmap.count_dirty(), 0);
-        assert_eq!(self.n[1].bitmap.count_dirty(), 0);
+        assert_eq!(self.n[0].dirty_bits(), 0);
+        assert_eq!(self.n[1].dirty_bits(), 0);
     }
 
     /// Connected, both Established, nothing in flight, every bit clean.
@@ -890,7 +914,7 @@ impl World {
             && self.n.iter().all(|n| {
                 n.repl == ReplState::Established
                     && n.disk_state() == DiskState::UpToDate
-                    && n.bitmap.count_dirty() == 0
+                    && n.dirty_bits() == 0
                     && n.sess.as_ref().is_some_and(|s| {
                         s.ops.is_empty()
                             && s.core.idle()
@@ -932,7 +956,7 @@ impl World {
                 n.disk_state(),
                 n.repl,
                 n.standalone,
-                n.bitmap.count_dirty(),
+                n.dirty_bits(),
                 n.sess.as_ref().map_or("none".to_string(), |s| format!(
                     "#{} end={:?} ops={} idle={} inflight={} sync={:?}",
                     s.conn,

@@ -22,9 +22,15 @@
 //! [`EpochTracker`] (shared with application writers under a lock), the resync pause flag.
 //! Verify frames pass through to the shell ([`Action::Verify`]).
 //!
-//! Consistency groups (issue 15): disk operations name a [`VolumeId`]. Today a connection
-//! carries one volume (`VolumeId(0)`); a group's volumes will share this core's epoch sequence
-//! and send queue, so only the frames' volume field and the per-volume bitmaps are to be added.
+//! Consistency groups (issue 15): disk operations name a [`VolumeId`]. A group's volumes share
+//! this core ([`Core::with_volumes`]): received Data/Trim/Zeroes frames name their volume, and
+//! they enter the one [`EpochReceiver`], so the Secondary applies epochs in order across
+//! volumes; an epoch's barrier ack waits for a flush of every volume of the group, so an acked
+//! epoch is durable on all of them. The bitmap exchange sends every volume's bitmap in one
+//! transfer (each volume's bits from a byte boundary, see `sync.rs`), and resync requests and
+//! answers carry offsets in the group's address space ([`VolumeId::group_offset`]), so one
+//! resync covers each volume's own dirty bits; its flushes and bitmap persists run on every
+//! volume before the generation is adopted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +38,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use drbd_compat::{DiskState, ReplState, Role};
 
+use crate::limits::{BITMAP_BLOCK_BYTES, GROUP_ADDRESS_VOLUME_SHIFT_BITS};
 use crate::repl::bitmap::{bitmap_chunks, BitmapMerge};
 use crate::repl::epoch::EpochTracker;
 use crate::repl::frame::{Frame, RangeWrite};
@@ -44,6 +51,7 @@ use crate::volume::bitmap::DirtyBitmap;
 pub use crate::repl::liveness::SessionEnd as LiveEnd;
 
 mod sync;
+use sync::group_bitmap_bits;
 
 /// Id of a disk operation the core asked for; its completion names it.
 pub type OpId = u64;
@@ -51,6 +59,33 @@ pub type OpId = u64;
 /// A volume of the connection's resource (consistency groups: several share one core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VolumeId(pub u16);
+
+impl VolumeId {
+    /// `offset` of this volume in the group's one address space, which the sender's epoch
+    /// tracker keeps its ranges in (volume 0's offsets are unchanged).
+    pub fn group_offset(self, offset: u64) -> u64 {
+        debug_assert!(offset < 1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS);
+        u64::from(self.0) << GROUP_ADDRESS_VOLUME_SHIFT_BITS | offset
+    }
+
+    /// The volume and its offset of an offset in the group's address space (resync requests
+    /// and answers carry these: volume 0's are plain offsets, so its frames are unchanged).
+    pub fn of_group_offset(offset: u64) -> (VolumeId, u64) {
+        (
+            VolumeId((offset >> GROUP_ADDRESS_VOLUME_SHIFT_BITS) as u16),
+            offset & ((1 << GROUP_ADDRESS_VOLUME_SHIFT_BITS) - 1),
+        )
+    }
+
+    /// The volume and its block index of a block of the group's address space.
+    pub fn of_group_block(block: u64) -> (VolumeId, u64) {
+        let shift = GROUP_ADDRESS_VOLUME_SHIFT_BITS - BITMAP_BLOCK_BYTES.trailing_zeros();
+        (
+            VolumeId((block >> shift) as u16),
+            block & ((1 << shift) - 1),
+        )
+    }
+}
 
 /// A received payload, as the shell wants it for the disk (production: an aligned buffer,
 /// copied out of the read buffer once; the simulator: bytes).
@@ -156,7 +191,9 @@ pub enum Action<B> {
     RoomFreed,
     /// A PingAck (a state-change confirmation if its top bit is set).
     PingAck(u64),
-    /// Hand a resync request to the answering task (this node is SyncSource).
+    /// Hand a resync request to the answering task (this node is SyncSource). `offset` is in
+    /// the group's address space ([`VolumeId::of_group_offset`]; volume 0's is plain), and
+    /// the answer names the same offset.
     Serve {
         offset: u64,
         len: u32,
@@ -198,14 +235,40 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// The local role now (admin commands change it on other tasks).
     pub role: Role,
+    /// Volume 0's dirty bitmap (resync and the bitmap exchange use it).
     pub bitmap: &'a DirtyBitmap,
-    /// The sender's epochs, shared with the application writers.
+    /// A group's volumes 1, 2, ..: their dirty bitmaps (empty for one volume).
+    pub group_bitmaps: &'a [&'a DirtyBitmap],
+    /// The sender's epochs, shared with the application writers; a group's ranges are in its
+    /// one address space ([`VolumeId::group_offset`]).
     pub tracker: &'a Mutex<EpochTracker>,
     /// `drl pause-sync` on this node.
     pub resync_paused: bool,
 }
 
 impl Ctx<'_> {
+    /// The dirty bitmap of volume `v`.
+    pub fn bitmap_of(&self, v: VolumeId) -> Option<&DirtyBitmap> {
+        match v.0 {
+            0 => Some(self.bitmap),
+            n => self.group_bitmaps.get(usize::from(n) - 1).copied(),
+        }
+    }
+
+    /// Every volume's dirty bitmap, by number, for a core of `volumes` volumes (a missing one
+    /// is the shell's bug: the session ends rather than resyncing part of the group).
+    fn bitmaps(&self, volumes: usize) -> Result<Vec<&DirtyBitmap>, SessionEnd> {
+        (0..volumes)
+            .map(|v| {
+                self.bitmap_of(VolumeId(v as u16)).ok_or_else(|| {
+                    SessionEnd::Local(format!(
+                        "no dirty bitmap for volume {v} of a {volumes}-volume group"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     fn tracker(&self) -> std::sync::MutexGuard<'_, EpochTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -235,6 +298,7 @@ enum Pending {
     RxWrite {
         seq: u64,
     },
+    /// One volume's flush of an epoch (the ack waits for every volume's).
     RxFlush {
         epoch: u64,
     },
@@ -257,15 +321,21 @@ enum Pending {
 
 /// The protocol state of one connection.
 pub struct Core<B> {
-    size_bytes: u64,
+    /// Every volume's size, by number (a one-volume resource: `[size_bytes]`).
+    volumes: Vec<u64>,
+    /// Volume flushes still running per acked-on-flush epoch.
+    flushes_left: HashMap<u64, usize>,
     live: Liveness,
-    rx: EpochReceiver<(u64, Write<B>)>,
+    rx: EpochReceiver<(VolumeId, u64, Write<B>)>,
     merge: Option<(BitmapMerge, Vec<u8>)>,
     sync: Option<SyncRole>,
     target: Option<Target>,
     peer_current: u64,
     /// Receiver flushes (FlushThenAck) running.
     flushing: usize,
+    /// Volumes still to complete the resync step running on all of them (`TargetStart`,
+    /// `ResyncFlush`, `ResyncPersist`: one at a time, one operation per volume).
+    resync_left: usize,
     resync_id: u64,
     next_op: OpId,
     ops: HashMap<OpId, Pending>,
@@ -276,8 +346,15 @@ pub struct Core<B> {
 impl<B: Payload> Core<B> {
     /// A core for a new connection to a peer whose current generation is `peer_current`.
     pub fn new(size_bytes: u64, peer_current: u64, now_ms: u64) -> Self {
+        Self::with_volumes(vec![size_bytes], peer_current, now_ms)
+    }
+
+    /// A core for a consistency group: `volumes[n]` is volume n's size (at least one).
+    pub fn with_volumes(volumes: Vec<u64>, peer_current: u64, now_ms: u64) -> Self {
+        assert!(!volumes.is_empty(), "a resource has at least volume 0");
         Core {
-            size_bytes,
+            volumes,
+            flushes_left: HashMap::new(),
             live: Liveness::new(now_ms),
             rx: EpochReceiver::new(),
             merge: None,
@@ -285,6 +362,7 @@ impl<B: Payload> Core<B> {
             target: None,
             peer_current,
             flushing: 0,
+            resync_left: 0,
             resync_id: 0,
             next_op: 1,
             ops: HashMap::new(),
@@ -360,13 +438,18 @@ impl<B: Payload> Core<B> {
         id
     }
 
-    fn disk(&mut self, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
+    /// A resync step on every volume of the group (flush or bitmap persist); its `Pending`
+    /// completes once all of them did ([`Self::done`]).
+    fn disk_all(&mut self, p: Pending, op: fn() -> DiskOp<B>, out: &mut Vec<Action<B>>) {
+        self.resync_left = self.volumes.len();
+        for v in 0..self.volumes.len() {
+            self.disk_on(VolumeId(v as u16), p, op(), out);
+        }
+    }
+
+    fn disk_on(&mut self, vol: VolumeId, p: Pending, op: DiskOp<B>, out: &mut Vec<Action<B>>) {
         let id = self.op(p);
-        out.push(Action::Disk {
-            id,
-            vol: VolumeId(0),
-            op,
-        });
+        out.push(Action::Disk { id, vol, op });
     }
 
     /// A timer tick: liveness (keepalive, silence, a peer that reads nothing for
@@ -401,6 +484,7 @@ impl<B: Payload> Core<B> {
         let proto = SessionEnd::Protocol;
         match f {
             Frame::Data {
+                vol,
                 seq,
                 epoch,
                 offset,
@@ -408,12 +492,12 @@ impl<B: Payload> Core<B> {
                 data,
             } => {
                 let len = data.len() as u64;
-                self.check_write(ctx, offset, len)?;
+                let vol = self.check_write(ctx, vol, offset, len)?;
                 let w = Write::Data {
                     data: B::from_wire(&data),
                     fua,
                 };
-                self.receive(seq, epoch, offset, len, w, out)
+                self.receive(vol, seq, epoch, offset, len, w, out)
             }
             Frame::Trim(w) => {
                 let write = Write::Trim {
@@ -436,7 +520,13 @@ impl<B: Payload> Core<B> {
                     .on_barrier_ack(epoch)
                     .map_err(|e| proto(e.to_string()))?;
                 for r in &rel.clearable {
-                    ctx.bitmap.clear_blocks(r.start, r.end - r.start);
+                    // A write lies in one volume, and the volumes' block spaces are far
+                    // apart, so a merged range never spans two volumes.
+                    let (vol, first) = VolumeId::of_group_block(r.start);
+                    match ctx.bitmap_of(vol) {
+                        Some(b) => b.clear_blocks(first, r.end - r.start),
+                        None => debug_assert!(false, "an ack of a write to unknown {vol:?}"),
+                    }
                 }
                 out.push(Action::RoomFreed);
                 Ok(())
@@ -447,7 +537,7 @@ impl<B: Payload> Core<B> {
                 last,
                 bits,
             } => {
-                let total = ctx.bitmap.blocks();
+                let total = group_bitmap_bits(&ctx.bitmaps(self.volumes.len())?);
                 let (m, buf) = self.merge.get_or_insert_with(|| {
                     (
                         BitmapMerge::new(total),
@@ -470,7 +560,20 @@ impl<B: Payload> Core<B> {
                         "ResyncRequest, but this node is not SyncSource".into(),
                     ));
                 }
-                check_request(offset, len, self.size_bytes).map_err(|e| proto(e.to_string()))?;
+                let (vol, local) = VolumeId::of_group_offset(offset);
+                let size = self
+                    .volumes
+                    .get(usize::from(vol.0))
+                    .copied()
+                    .ok_or_else(|| {
+                        proto(format!(
+                            "resync request for volume {}, but the resource has {} volume(s)",
+                            vol.0,
+                            self.volumes.len()
+                        ))
+                    })?;
+                check_request(local, len, size)
+                    .map_err(|e| proto(format!("volume {}: {e}", vol.0)))?;
                 out.push(Action::Serve { offset, len });
                 Ok(())
             }
@@ -523,14 +626,27 @@ impl<B: Payload> Core<B> {
         }
     }
 
-    fn check_write(&self, ctx: &Ctx, offset: u64, len: u64) -> Result<(), SessionEnd> {
+    fn check_write(
+        &self,
+        ctx: &Ctx,
+        vol: u16,
+        offset: u64,
+        len: u64,
+    ) -> Result<VolumeId, SessionEnd> {
         if ctx.role == Role::Primary {
             return Err(SessionEnd::Protocol(
                 "the peer sent application writes to a Primary".into(),
             ));
         }
-        crate::volume::check_range(offset, len, self.size_bytes)
-            .map_err(|e| SessionEnd::Protocol(e.to_string()))
+        let Some(size) = self.volumes.get(usize::from(vol)) else {
+            return Err(SessionEnd::Protocol(format!(
+                "a write to volume {vol}, but the resource has {} volume(s)",
+                self.volumes.len()
+            )));
+        };
+        crate::volume::check_range(offset, len, *size)
+            .map_err(|e| SessionEnd::Protocol(format!("volume {vol}: {e}")))?;
+        Ok(VolumeId(vol))
     }
 
     fn receive_range(
@@ -541,12 +657,14 @@ impl<B: Payload> Core<B> {
         out: &mut Vec<Action<B>>,
     ) -> Result<(), SessionEnd> {
         let len = u64::from(w.len);
-        self.check_write(ctx, w.offset, len)?;
-        self.receive(w.seq, w.epoch, w.offset, len, write, out)
+        let vol = self.check_write(ctx, w.vol, w.offset, len)?;
+        self.receive(vol, w.seq, w.epoch, w.offset, len, write, out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
+        vol: VolumeId,
         seq: u64,
         epoch: u64,
         offset: u64,
@@ -559,9 +677,11 @@ impl<B: Payload> Core<B> {
             RxEvent::Write {
                 seq,
                 epoch,
-                offset,
+                // The overlap checks run in the group's one address space: writes of two
+                // volumes at the same offset do not overlap.
+                offset: vol.group_offset(offset),
                 len,
-                write: (offset, write),
+                write: (vol, offset, write),
             },
             out,
         )
@@ -569,7 +689,7 @@ impl<B: Payload> Core<B> {
 
     fn feed(
         &mut self,
-        ev: RxEvent<(u64, Write<B>)>,
+        ev: RxEvent<(VolumeId, u64, Write<B>)>,
         out: &mut Vec<Action<B>>,
     ) -> Result<(), SessionEnd> {
         if matches!(ev, RxEvent::FlushDone { .. }) {
@@ -583,22 +703,38 @@ impl<B: Payload> Core<B> {
         Ok(())
     }
 
-    fn rx_actions(&mut self, actions: Vec<RxAction<(u64, Write<B>)>>, out: &mut Vec<Action<B>>) {
+    fn rx_actions(
+        &mut self,
+        actions: Vec<RxAction<(VolumeId, u64, Write<B>)>>,
+        out: &mut Vec<Action<B>>,
+    ) {
         for a in actions {
             match a {
                 RxAction::Write {
                     seq,
-                    write: (offset, write),
+                    write: (vol, offset, write),
                 } => {
-                    self.disk(
+                    self.disk_on(
+                        vol,
                         Pending::RxWrite { seq },
                         DiskOp::Write { offset, write },
                         out,
                     );
                 }
                 RxAction::FlushThenAck(epoch) => {
+                    // The epoch is acked once every volume of the group is flushed: an acked
+                    // epoch must be durable on all of them, or a crash of this node could keep
+                    // one volume's later writes without another's earlier ones.
                     self.flushing += 1;
-                    self.disk(Pending::RxFlush { epoch }, DiskOp::Flush, out);
+                    self.flushes_left.insert(epoch, self.volumes.len());
+                    for v in 0..self.volumes.len() {
+                        self.disk_on(
+                            VolumeId(v as u16),
+                            Pending::RxFlush { epoch },
+                            DiskOp::Flush,
+                            out,
+                        );
+                    }
                 }
             }
         }
@@ -644,6 +780,12 @@ impl<B: Payload> Core<B> {
         match p {
             Pending::RxWrite { seq } => self.feed(RxEvent::WriteDone { seq }, out),
             Pending::RxFlush { epoch } => {
+                let left = self.flushes_left.entry(epoch).or_insert(1);
+                *left -= 1;
+                if *left > 0 {
+                    return Ok(());
+                }
+                self.flushes_left.remove(&epoch);
                 if !self.ended {
                     out.push(Action::Send(Frame::BarrierAck { epoch }));
                 }
@@ -661,19 +803,27 @@ impl<B: Payload> Core<B> {
                 }
                 Ok(())
             }
-            Pending::TargetStart if !self.ended => {
-                self.target_start(ctx, out);
+            Pending::TargetStart | Pending::ResyncFlush { .. } | Pending::ResyncPersist { .. }
+                if self.resync_left > 1 =>
+            {
+                // Another volume's part of this step is still running.
+                self.resync_left -= 1;
                 Ok(())
             }
+            Pending::TargetStart if !self.ended => {
+                self.resync_left = 0;
+                self.target_start(ctx, out)
+            }
             Pending::ResyncFlush { source_current } if !self.ended => {
-                self.disk(
+                self.disk_all(
                     Pending::ResyncPersist { source_current },
-                    DiskOp::PersistBitmap,
+                    || DiskOp::PersistBitmap,
                     out,
                 );
                 Ok(())
             }
             Pending::ResyncPersist { source_current } if !self.ended => {
+                self.resync_left = 0;
                 self.resync_finished(source_current, out);
                 Ok(())
             }
@@ -683,3 +833,12 @@ impl<B: Payload> Core<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod group_tests;
+
+#[cfg(test)]
+mod group_prop_tests;
+
+#[cfg(test)]
+mod group_sync_tests;

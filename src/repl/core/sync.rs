@@ -1,8 +1,43 @@
 //! The sync decision acted on, the bitmap exchange and the resync, in the core (see
 //! [`crate::repl::resync`] for the rules: the target drives, bits are cleared on the source
 //! when read and on the target when written).
+//!
+//! A consistency group resyncs all of its volumes in the one session: the bitmap exchange
+//! carries every volume's bitmap in one transfer (volume after volume, each from a byte
+//! boundary: [`group_bitmap_bits`]), and requests and answers name offsets in the group's
+//! address space, so each volume's dirty bits are resynced into that volume. A one-volume
+//! resource's transfer and offsets are exactly as before.
 
 use super::*;
+
+/// Bits of a group's bitmap transfer: each volume's bitmap starts on a byte boundary, the
+/// last one ends at its last block (one volume: its blocks, as before groups).
+pub(super) fn group_bitmap_bits(bitmaps: &[&DirtyBitmap]) -> u64 {
+    let (last, rest) = match bitmaps.split_last() {
+        Some(x) => x,
+        None => return 0,
+    };
+    rest.iter().map(|b| b.blocks().div_ceil(8) * 8).sum::<u64>() + last.blocks()
+}
+
+/// The group's bitmaps as one transfer ([`group_bitmap_bits`] bits).
+fn group_bitmap_bytes(bitmaps: &[&DirtyBitmap]) -> Vec<u8> {
+    bitmaps.iter().flat_map(|b| bitmap_bytes(b)).collect()
+}
+
+/// OR the peer's group transfer into each volume's bitmap.
+fn group_or_into(bitmaps: &[&DirtyBitmap], bits: &[u8]) {
+    let mut at = 0usize;
+    for b in bitmaps {
+        let n = b.blocks().div_ceil(8) as usize;
+        or_into(b, bits.get(at..).unwrap_or(&[]));
+        at += n;
+    }
+}
+
+fn dirty_bytes(bitmaps: &[&DirtyBitmap]) -> u64 {
+    bitmaps.iter().map(|b| b.dirty_bytes()).sum()
+}
 
 /// Why the admin must decide (shown in `status` as `split_brain`).
 const SPLIT_BRAIN_TEXT: &str =
@@ -58,7 +93,13 @@ impl<B: Payload> Core<B> {
             d,
             SyncDecision::FullSyncSource | SyncDecision::FullSyncTarget
         ) {
-            ctx.bitmap.set_all();
+            match ctx.bitmaps(self.volumes.len()) {
+                Ok(bms) => bms.iter().for_each(|b| b.set_all()),
+                Err(e) => {
+                    out.push(Action::Close(e));
+                    return out;
+                }
+            }
         }
         self.sync = Some(if is_source {
             SyncRole::Source
@@ -84,9 +125,16 @@ impl<B: Payload> Core<B> {
     pub fn leave_ahead(&mut self, ctx: &Ctx) -> Vec<Action<B>> {
         let mut out = Vec::new();
         self.sync = Some(SyncRole::Source);
+        let total_bytes = match ctx.bitmaps(self.volumes.len()) {
+            Ok(bms) => dirty_bytes(&bms),
+            Err(e) => {
+                out.push(Action::Close(e));
+                return out;
+            }
+        };
         out.push(Action::State(StateChange::ResyncStarted {
             repl: ReplState::SyncSource,
-            total_bytes: ctx.bitmap.dirty_bytes(),
+            total_bytes,
         }));
         out.push(Action::Info(
             "send buffer drained: leaving Ahead, resyncing the marked blocks",
@@ -98,8 +146,8 @@ impl<B: Payload> Core<B> {
     }
 
     fn send_bitmap(&mut self, ctx: &Ctx, out: &mut Vec<Action<B>>) -> Result<(), SessionEnd> {
-        let bytes = bitmap_bytes(ctx.bitmap);
-        let frames = bitmap_chunks(&bytes, ctx.bitmap.blocks())
+        let bms = ctx.bitmaps(self.volumes.len())?;
+        let frames = bitmap_chunks(&group_bitmap_bytes(&bms), group_bitmap_bits(&bms))
             .map_err(|e| SessionEnd::Local(e.to_string()))?;
         out.extend(frames.into_iter().map(Action::Send));
         Ok(())
@@ -112,11 +160,12 @@ impl<B: Payload> Core<B> {
         bits: &[u8],
         out: &mut Vec<Action<B>>,
     ) -> Result<(), SessionEnd> {
-        or_into(ctx.bitmap, bits);
+        let bms = ctx.bitmaps(self.volumes.len())?;
+        group_or_into(&bms, bits);
         if self.sync == Some(SyncRole::Source) {
             out.push(Action::State(StateChange::ResyncStarted {
                 repl: ReplState::SyncSource,
-                total_bytes: ctx.bitmap.dirty_bytes(),
+                total_bytes: dirty_bytes(&bms),
             }));
             return Ok(());
         }
@@ -125,16 +174,27 @@ impl<B: Payload> Core<B> {
             self.sync = Some(SyncRole::Target);
             out.push(Action::Meta(MetaChange::Inconsistent));
         }
-        // The union is on disk before the first request: a crash now resyncs it again.
-        self.disk(Pending::TargetStart, DiskOp::PersistBitmap, out);
+        // The union is on disk (every volume's) before the first request: a crash now
+        // resyncs it again.
+        self.disk_all(Pending::TargetStart, || DiskOp::PersistBitmap, out);
         Ok(())
     }
 
-    pub(super) fn target_start(&mut self, ctx: &Ctx, out: &mut Vec<Action<B>>) {
-        let t = Target::new(ctx.bitmap, self.peer_current);
+    pub(super) fn target_start(
+        &mut self,
+        ctx: &Ctx,
+        out: &mut Vec<Action<B>>,
+    ) -> Result<(), SessionEnd> {
+        let bms = ctx.bitmaps(self.volumes.len())?;
+        // Each volume's dirty runs, in the group's address space (a run never spans two).
+        let runs = bms.iter().enumerate().flat_map(|(v, b)| {
+            b.dirty_runs()
+                .map(move |(o, l)| (VolumeId(v as u16).group_offset(o), l))
+        });
+        let t = Target::from_runs(runs.collect(), self.peer_current);
         out.push(Action::State(StateChange::ResyncStarted {
             repl: ReplState::SyncTarget,
-            total_bytes: ctx.bitmap.dirty_bytes(),
+            total_bytes: dirty_bytes(&bms),
         }));
         self.target = Some(t);
         let mut frames = Vec::new();
@@ -143,6 +203,7 @@ impl<B: Payload> Core<B> {
         }
         out.extend(frames.into_iter().map(Action::Send));
         self.target_progress(ctx, out);
+        Ok(())
     }
 
     pub(super) fn target_answer(&mut self, offset: u64, len: u64) -> Result<(), SessionEnd> {
@@ -153,8 +214,8 @@ impl<B: Payload> Core<B> {
             .map_err(|e| SessionEnd::Protocol(e.to_string()))
     }
 
-    /// Write a resync answer; the receiver holds back application writes that overlap it
-    /// until it is on the disk.
+    /// Write a resync answer (`offset` in the group's address space) to its volume; the
+    /// receiver holds back application writes that overlap it until it is on the disk.
     pub(super) fn resync_write(
         &mut self,
         offset: u64,
@@ -166,14 +227,19 @@ impl<B: Payload> Core<B> {
         self.resync_id += 1;
         let rid = self.resync_id;
         self.rx.resync_writing(rid, offset, len);
-        self.disk(
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        self.disk_on(
+            vol,
             Pending::Resync {
                 rid,
                 offset,
                 len,
                 zeroes,
             },
-            DiskOp::Write { offset, write },
+            DiskOp::Write {
+                offset: local,
+                write,
+            },
             out,
         );
     }
@@ -193,7 +259,12 @@ impl<B: Payload> Core<B> {
             .resync_written(rid)
             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
         self.rx_actions(actions, out);
-        ctx.bitmap.clear_range(offset, len);
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        // The answer was checked against the outstanding request, which named an existing
+        // volume.
+        if let Some(b) = ctx.bitmap_of(vol) {
+            b.clear_range(local, len);
+        }
         out.push(Action::Count(Counter::ResyncReceivedBytes(len)));
         if zeroes {
             out.push(Action::Count(Counter::ResyncZeroBytes(len)));
@@ -221,7 +292,11 @@ impl<B: Payload> Core<B> {
         }
         let source_current = t.source_current;
         self.target = None;
-        self.disk(Pending::ResyncFlush { source_current }, DiskOp::Flush, out);
+        self.disk_all(
+            Pending::ResyncFlush { source_current },
+            || DiskOp::Flush,
+            out,
+        );
     }
 
     /// Every answer is durable: adopt the source's generation, become UpToDate, tell it.

@@ -1,0 +1,231 @@
+//! Consistency-group configuration (issue 15): the issue's example as written, the one-volume
+//! form unchanged, and a clear error for every way a volume set can be wrong.
+
+use super::super::tests::EXAMPLE;
+use super::super::*;
+
+/// The issue's group example, verbatim, with the nodes and a second site added.
+pub const GROUP_EXAMPLE: &str = r#"
+[[node]]
+name = "site-a"
+[[node]]
+name = "site-b"
+
+[[resource]]
+name = "db"
+secret = "change-me"
+
+[[resource.volume]]
+number = 0
+size = "1GiB"
+[[resource.volume]]
+number = 1
+size = "256MiB"
+
+[resource.on.site-a]
+address = "127.0.0.1:7789"
+volume.0 = { disk = "/srv/drl/db-0.img", meta = "/srv/drl/db-0.meta", nbd = "/run/drl/db-0.nbd" }
+volume.1 = { disk = "/srv/drl/db-1.img", meta = "/srv/drl/db-1.meta", nbd = "/run/drl/db-1.nbd" }
+
+[resource.on.site-b]
+address = "127.0.0.1:7790"
+volume.0 = { disk = "/srv/drl/b/db-0.img", meta = "/srv/drl/b/db-0.meta", nbd = "/run/drl/b/db-0.nbd" }
+volume.1 = { disk = "/srv/drl/b/db-1.img", meta = "/srv/drl/b/db-1.meta" }
+"#;
+
+fn check(text: &str, node: &str) -> Result<NodeConfig, ConfigError> {
+    let f = Path::new("test.toml");
+    validate(f, &parse(f, text)?, node)
+}
+
+fn err(text: &str) -> String {
+    check(text, "site-a")
+        .expect_err("config should be refused")
+        .to_string()
+}
+
+#[test]
+fn the_issues_group_example_works_as_written() {
+    let a = check(GROUP_EXAMPLE, "site-a").unwrap();
+    let r = &a.resources[0];
+    assert_eq!(r.volumes.len(), 2);
+    let (v0, v1) = (&r.volumes[0], &r.volumes[1]);
+    assert_eq!((v0.number, v0.size_bytes), (0, 1 << 30));
+    assert_eq!((v1.number, v1.size_bytes), (1, 256 << 20));
+    assert_eq!(v1.local.disk, PathBuf::from("/srv/drl/db-1.img"));
+    assert_eq!(v1.local.meta, PathBuf::from("/srv/drl/db-1.meta"));
+    assert_eq!(
+        v1.local.nbd,
+        Some(NbdEndpoint::Unix("/run/drl/db-1.nbd".into()))
+    );
+    assert_eq!(v1.local.address, Some("127.0.0.1:7789".parse().unwrap()));
+    assert_eq!(
+        v1.snapshot_space_bytes,
+        (256 << 20) / 100 * limits::SNAPSHOT_SPACE_PERCENT_DEFAULT
+    );
+    let p1 = v1.peer.as_ref().unwrap();
+    assert_eq!(p1.node, "site-b");
+    assert_eq!(p1.disk, PathBuf::from("/srv/drl/b/db-1.img"));
+    assert_eq!(p1.nbd, None);
+    // The resource-level fields are volume 0's, so one-volume code keeps working.
+    assert_eq!(r.size_bytes, 1 << 30);
+    assert_eq!(r.local.disk, v0.local.disk);
+    assert_eq!(
+        r.peer.as_ref().unwrap().disk,
+        v0.peer.as_ref().unwrap().disk
+    );
+
+    let b = check(GROUP_EXAMPLE, "site-b").unwrap();
+    let v1 = &b.resources[0].volumes[1];
+    assert_eq!(v1.local.disk, PathBuf::from("/srv/drl/b/db-1.img"));
+    assert_eq!(v1.peer.as_ref().unwrap().node, "site-a");
+}
+
+#[test]
+fn a_resource_with_size_and_disk_is_volume_0() {
+    let a = check(EXAMPLE, "site-a").unwrap();
+    let r = &a.resources[0];
+    assert_eq!(r.volumes.len(), 1);
+    let v = &r.volumes[0];
+    assert_eq!((v.number, v.size_bytes), (0, r.size_bytes));
+    assert_eq!(v.local.disk, r.local.disk);
+    assert_eq!(v.snapshot_space_bytes, r.snapshot_space_bytes);
+    assert_eq!(v.peer.as_ref().unwrap().meta, r.peer.as_ref().unwrap().meta);
+}
+
+/// The group example with `from` replaced by `to` (which must occur).
+fn edit(from: &str, to: &str) -> String {
+    assert!(GROUP_EXAMPLE.contains(from), "{from:?} not in the example");
+    GROUP_EXAMPLE.replacen(from, to, 1)
+}
+
+#[test]
+fn volume_number_gaps_and_duplicates_are_refused() {
+    let e = err(&edit("number = 1", "number = 2"));
+    assert!(
+        e.contains("resource.db.volume")
+            && e.contains("without gaps: volume 1 is missing (declared: [0, 2])"),
+        "{e}"
+    );
+    let e = err(&edit("number = 1", "number = 0"));
+    assert!(
+        e.contains("resource.db.volume.0") && e.contains("declared twice"),
+        "{e}"
+    );
+    let e = err(&edit("number = 1", "number = -1"));
+    assert!(e.contains("volume number -1: must be 0 to 15"), "{e}");
+    let e = err(&edit("size = \"256MiB\"", "size = \"1000\""));
+    assert!(
+        e.contains("resource.db.volume.1.size") && e.contains("multiple of 4096"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mismatched_volume_sets_name_the_node_and_volume() {
+    // site-a lacks volume 1.
+    let t = edit(
+        "volume.1 = { disk = \"/srv/drl/db-1.img\", meta = \"/srv/drl/db-1.meta\", nbd = \"/run/drl/db-1.nbd\" }\n",
+        "",
+    );
+    let e = err(&t);
+    assert!(
+        e.contains("resource.db.on.site-a.volume.1: missing: the resource declares volume 1"),
+        "{e}"
+    );
+    // The peer's section is checked too.
+    let t = edit(
+        "volume.1 = { disk = \"/srv/drl/b/db-1.img\", meta = \"/srv/drl/b/db-1.meta\" }",
+        "volume.2 = { disk = \"/srv/drl/b/db-1.img\", meta = \"/srv/drl/b/db-1.meta\" }",
+    );
+    let e = err(&t);
+    assert!(
+        e.contains("resource.db.on.site-b.volume.2: volume 2 is not declared"),
+        "{e}"
+    );
+    let e = err(&edit("volume.1 = { disk", "volume.x = { disk"));
+    assert!(
+        e.contains("on.site-a.volume.x") && e.contains("not a volume number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_two_forms_do_not_mix() {
+    let e = err(&edit(
+        "secret = \"change-me\"",
+        "secret = \"x\"\nsize = \"1GiB\"",
+    ));
+    assert!(
+        e.contains("resource.db.size") && e.contains("together"),
+        "{e}"
+    );
+    let e = err(&edit(
+        "address = \"127.0.0.1:7789\"",
+        "address = \"127.0.0.1:7789\"\ndisk = \"/srv/x.img\"",
+    ));
+    assert!(
+        e.contains("resource.db.on.site-a.disk") && e.contains("per volume"),
+        "{e}"
+    );
+    // Per-node volumes without [[resource.volume]].
+    let t = EXAMPLE.replacen(
+        "nbd = \"/tmp/drl/a/r0.nbd\"",
+        "nbd = \"/tmp/drl/a/r0.nbd\"\nvolume.1 = { disk = \"/x.img\", meta = \"/x.meta\" }",
+        1,
+    );
+    let e = err(&t);
+    assert!(
+        e.contains("resource.r0.on.site-a.volume.1") && e.contains("[[resource.volume]]"),
+        "{e}"
+    );
+    let e = err(&EXAMPLE.replacen("size = \"256MiB\"", "", 1));
+    assert!(e.contains("resource.r0.size: missing"), "{e}");
+    let e = err(&EXAMPLE.replacen("meta = \"/tmp/drl/a/r0.meta\"", "", 1));
+    assert!(e.contains("resource.r0.on.site-a.meta: missing"), "{e}");
+}
+
+#[test]
+fn paths_are_unique_across_volumes_and_each_is_checked() {
+    let e = err(&edit("/srv/drl/db-1.meta", "/srv/drl/db-0.meta"));
+    assert!(
+        e.contains("resource.db.on.site-a.volume.1.meta") && e.contains("used twice"),
+        "{e}"
+    );
+    let e = err(&edit("/run/drl/db-1.nbd", "/run/drl/db-0.nbd"));
+    assert!(e.contains("on.site-a.volume.1.nbd"), "{e}");
+    let e = err(&edit("\"/srv/drl/db-1.img\"", "\"db-1.img\""));
+    assert!(
+        e.contains("on.site-a.volume.1.disk") && e.contains("absolute"),
+        "{e}"
+    );
+    let e = err(&edit(
+        "nbd = \"/run/drl/db-1.nbd\" }",
+        "nbd = \"/run/drl/db-1.nbd\", size = 1 }",
+    ));
+    assert!(e.contains("unknown field `size`"), "{e}");
+}
+
+#[test]
+fn too_many_volumes_are_refused() {
+    let mut t = String::from("[[node]]\nname = \"site-a\"\n[[resource]]\nname = \"big\"\n");
+    for n in 0..=limits::GROUP_VOLUMES_COUNT_MAX {
+        t.push_str(&format!(
+            "[[resource.volume]]\nnumber = {n}\nsize = \"1MiB\"\n"
+        ));
+    }
+    let e = err(&t);
+    assert!(
+        e.contains("resource.big.volume") && e.contains("17 volumes: a resource holds at most 16"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_daemon_refuses_a_group_it_cannot_serve_yet() {
+    let a = check(GROUP_EXAMPLE, "site-a").unwrap();
+    let e = crate::volume::claim::plan(&a.resources[0])
+        .expect_err("a group must be refused, not served as volume 0 alone")
+        .to_string();
+    assert!(e.contains("resource db holds 2 volumes"), "{e}");
+}

@@ -97,6 +97,7 @@ pub fn claim_target(cfg: &ResourceConfig) -> claim::Target<'_> {
         disk: &cfg.local.disk,
         meta: &cfg.local.meta,
         volumes: cfg.volumes.len(),
+        replicated: cfg.peer.is_some(),
     }
 }
 

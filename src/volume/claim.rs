@@ -68,6 +68,8 @@ pub struct Target<'a> {
     pub meta: &'a Path,
     /// How many volumes the resource holds (more than one is a consistency group).
     pub volumes: usize,
+    /// The resource has a peer: a larger `size` than the metadata's is this node's capacity.
+    pub replicated: bool,
 }
 
 impl Plan {
@@ -148,7 +150,7 @@ pub fn plan(cfg: &Target<'_>) -> Result<Plan, ClaimError> {
     match std::fs::metadata(meta) {
         Ok(_) => {
             let m = MetaFile::open(meta).map_err(|e| ClaimError::Refused(e.to_string()))?;
-            m.check_fits(cfg.name, cfg.size_bytes, cfg.peer.is_some())
+            m.check_fits(cfg.name, cfg.size_bytes, cfg.replicated)
                 .map_err(|e| ClaimError::Refused(e.to_string()))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => p.create_meta = true,

@@ -15,7 +15,7 @@ mod autofail;
 mod autopromote;
 mod device;
 mod jobs;
-mod logging;
+pub(crate) mod logging;
 mod metrics;
 mod metrics_detect;
 mod progress;

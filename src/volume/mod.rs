@@ -15,6 +15,7 @@ pub mod claim;
 pub mod disk;
 pub mod mem;
 pub mod meta;
+pub mod null;
 
 pub use kernel_glue::buf::AlignedBuf;
 

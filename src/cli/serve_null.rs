@@ -49,11 +49,7 @@ pub fn serve_null(a: &ServeNullArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("drl-worker")
-        .build()
-    {
+    let rt = match crate::daemon::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl serve-null: cannot start the async runtime: {e}");

@@ -91,11 +91,7 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("drl-worker")
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
@@ -110,6 +106,15 @@ pub fn main(g: &Global, a: &DaemonArgs) -> i32 {
             exit::FAILED
         }
     }
+}
+
+/// The daemon's async runtime (also `drl serve-null`'s, so a benchmark of the null volume
+/// runs the NBD server exactly as the daemon does): multi-thread, one worker per CPU.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("drl-worker")
+        .build()
 }
 
 /// Errors that stop the daemon from starting or make it exit.

@@ -45,6 +45,7 @@
 #   SIZE=1GiB         size of each backing file (all preallocated and written the same way)
 #   PREALLOC=full     full: fallocate + write zeros (no unwritten extents); falloc: fallocate only
 #   NULL=1            0: as --no-null              CPU=0   1: as --cpu
+#   ROWS="randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16"   the rows to run (a subset for A/B)
 #   REPL=disk,shm     as --repl                SHM_DIR=/dev/shm   where --repl shm puts its file
 #   DRL_BIN=path      use this drl binary instead of `cargo build --release`
 #   DRL_EXPORT=name   NBD export name of drl (default: the only export listed, else r0)
@@ -52,6 +53,9 @@
 #   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
 #   OUT_DIR=dir       where results go (default: <repo>/bench-results)
 #   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON, lag samples)
+#   PERF_RECORD=col   `perf record -g` every daemon of that column (drl, drlnull, drlrep, drlshm,
+#                     qsd, qsdnull) over its first 4 KiB QD 32 run; the reports (by symbol,
+#                     self time) go to OUT_DIR/nbd-<date>-perf-<col>-<daemon|primary|secondary>.txt
 #   QSD_AIO_MODES="io_uring native threads"   aio modes qsd tries, in order (the first it accepts wins)
 #
 # Without --drl-config the script writes its own one-node, unreplicated drl config into the temp
@@ -118,6 +122,7 @@ need_cmd python3 python3
 [ $want_qsd = 1 ] && need_cmd qemu-storage-daemon qemu-utils
 [ -n "$drl_config" ] && [ "$aa" = 1 ] && die "--aa does not use a drl config"
 need_cmd fallocate util-linux
+[ -n "${PERF_RECORD:-}" ] && need_cmd perf linux-perf
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
 
 root=$(repo_root)
@@ -352,7 +357,7 @@ if [ -n "${bytes_of[qsd]:-}" ] && [ -n "${bytes_of[drl]:-}" ] && [ "${bytes_of[q
 fi
 
 # ---- fio runs -------------------------------------------------------------------------------
-rows=(randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16)
+read -r -a rows <<<"${ROWS:-randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16}"
 row_args() {
     case $1 in
     randwrite-4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
@@ -360,6 +365,9 @@ row_args() {
     write-1m-qd16) echo "--rw=write --bs=1M --iodepth=16" ;;
     esac
 }
+for r in "${rows[@]}"; do
+    [ -n "$(row_args "$r")" ] || die "unknown row in ROWS: $r"
+done
 
 run_fio() {
     local engine=$1 row=$2 rep=$3 uri=${uri_of[$1]} bytes=${bytes_of[$1]} out kind sampler="" t0
@@ -379,11 +387,22 @@ run_fio() {
         for ((i = 0; i < 200; i++)); do [ -s "$out.cpuraw" ] && break; sleep 0.05; done
         [ -s "$out.cpuraw" ] || die "the CPU sampler did not start for $engine"
     fi
+    local perfs=() p who
+    if [ "${PERF_RECORD:-}" = "$engine" ] && [ "$row" = randwrite-4k-qd32 ] && [ "$rep" = 1 ]; then
+        who=daemon
+        [ -n "$kind" ] && who=primary # a replicated column's pids: Primary, then Secondary
+        for p in ${pid_of[$engine]}; do
+            perf record -q -g -F 999 -p "$p" -o "$dir/raw/perf-$engine-$who.data" >/dev/null 2>&1 &
+            perfs+=($!)
+            who=secondary
+        done
+    fi
     # shellcheck disable=SC2046  # row_args is a list of flags
     fio --name="$engine-$row" --ioengine=nbd --uri="$uri" --size="$bytes" \
         $(row_args "$row") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
         --randrepeat=0 --norandommap --output-format=json --output="$out.json" >"$dir/fio.log" 2>&1 ||
         die "fio $row on $engine failed: $(tail -n 5 "$dir/fio.log" | tr '\n' ' ')"
+    for p in "${perfs[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     if [ -n "$cpu_sampler" ]; then
         kill -TERM "$cpu_sampler" 2>/dev/null || true
         wait "$cpu_sampler" 2>/dev/null || true
@@ -470,4 +489,12 @@ if kinds:
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$here/bench_nbd_table.py" "$dir/raw" "$dir/meta.json" "$out_dir/nbd-$stamp.md" "$out_dir/nbd-$stamp.csv"
+for f in "$dir"/raw/perf-*.data; do
+    [ -e "$f" ] || continue
+    p=$(basename "$f" .data)
+    perf report -i "$f" --no-children --sort symbol -g none --stdio >"$f.txt" 2>/dev/null ||
+        warn "perf report of $f failed"
+    # (head closes the pipe early: with pipefail that is not a failure worth reporting)
+    grep -v '^$' "$f.txt" | head -n 120 >"$out_dir/nbd-$stamp-${p}.txt" || true
+done
 log "wrote $out_dir/nbd-$stamp.md and $out_dir/nbd-$stamp.csv"

@@ -135,6 +135,9 @@ def main():
     med, lag, cmp = collect(raw_dir)
     if not med:
         raise SystemExit(f"no fio results in {raw_dir}")
+    # Only the rows that ran (bench-nbd.sh's ROWS may pick a subset).
+    global ROWS
+    ROWS = [(r, label) for r, label in ROWS if any(k[1] == r for k in med)]
     present = [e for e in ENGINES if any((e, r) in med for r, _ in ROWS)]
     repl = [e for e in present if e in REPLICATED]
 

@@ -10,6 +10,16 @@
 # Writes bench-results/nbd-<date>.{md,csv}.
 # Goals: drl at least as fast as qemu-storage-daemon on every row; replication costs < 10 %.
 #
+# The null columns are the transport ceiling: drl's own NBD server over its null volume
+# (`drl serve-null`: writes discarded, reads zeroes) and qsd's NBD server over its `null-co`
+# driver. What drl's real write path reaches as a fraction of them is what the disk path costs.
+#
+# --cpu adds the daemons' CPU per I/O for every column: utime+stime of each daemon from
+# /proc/PID/stat over fio's measured seconds (bench_cpu.py samples every 50 ms and cuts the
+# window at fio's end) divided by fio's I/Os; a replicated column shows the Primary and the
+# Secondary separately. On a 2-core host shared with other work this is the number to compare:
+# throughput is whatever CPU is left, CPU per I/O barely depends on it.
+#
 # One host: both daemons of a pair share the CPUs, and with --repl disk the Secondary writes
 # every byte again on the same disk, so the replicated column pays the Secondary's disk work
 # too. --repl shm puts the Secondary's backing file on tmpfs (/dev/shm): memory, so that column
@@ -19,11 +29,14 @@
 #
 # Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
 #                             [--repl disk,shm|disk|shm|none] [--drl-config FILE --drl-node NAME]
-#                             [--aa] [--keep]
+#                             [--aa] [--no-null] [--cpu] [--keep]
 #   --repl LIST  replicated columns: disk (the Secondary's backing file next to the Primary's),
 #                shm (the Secondary's backing file on tmpfs, SHM_DIR); default disk,shm. Each is a fresh
 #                pair on zeroed files: `drl primary r0 --force` and the initial sync (zero
 #                ranges, headers only) finish before anything is measured.
+#   --no-null    skip the transport ceiling columns (drl null: `drl serve-null`; qsd null-co)
+#   --cpu        report daemon CPU microseconds per I/O of every column (Primary and Secondary
+#                of a replicated one), from /proc over the fio run
 #   --aa   A/A calibration: a second qemu-storage-daemon takes drl's column, so the ratios show
 #          how noisy this machine is (they should all be near 1.00). Needs no drl.
 # Environment (flags win):
@@ -31,6 +44,8 @@
 #   REPEAT=1          runs per row and server (the median is reported)
 #   SIZE=1GiB         size of each backing file (all preallocated and written the same way)
 #   PREALLOC=full     full: fallocate + write zeros (no unwritten extents); falloc: fallocate only
+#   NULL=1            0: as --no-null              CPU=0   1: as --cpu
+#   ROWS="randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16"   the rows to run (a subset for A/B)
 #   REPL=disk,shm     as --repl                SHM_DIR=/dev/shm   where --repl shm puts its file
 #   DRL_BIN=path      use this drl binary instead of `cargo build --release`
 #   DRL_EXPORT=name   NBD export name of drl (default: the only export listed, else r0)
@@ -38,6 +53,9 @@
 #   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
 #   OUT_DIR=dir       where results go (default: <repo>/bench-results)
 #   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON, lag samples)
+#   PERF_RECORD=col   `perf record -g` every daemon of that column (drl, drlnull, drlrep, drlshm,
+#                     qsd, qsdnull) over its first 4 KiB QD 32 run; the reports (by symbol,
+#                     self time) go to OUT_DIR/nbd-<date>-perf-<col>-<daemon|primary|secondary>.txt
 #   QSD_AIO_MODES="io_uring native threads"   aio modes qsd tries, in order (the first it accepts wins)
 #
 # Without --drl-config the script writes its own one-node, unreplicated drl config into the temp
@@ -62,6 +80,8 @@ keep=${KEEP:-0}
 aa=0
 repl=${REPL:-disk,shm}
 shm_dir=${SHM_DIR:-/dev/shm}
+null=${NULL:-1}
+cpu=${CPU:-0}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -75,6 +95,8 @@ while [ $# -gt 0 ]; do
     --repl) repl=${2:?--repl needs a list}; shift 2 ;;
     --keep) keep=1; shift ;;
     --aa) aa=1; shift ;;
+    --no-null) null=0; shift ;;
+    --cpu) cpu=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -100,6 +122,7 @@ need_cmd python3 python3
 [ $want_qsd = 1 ] && need_cmd qemu-storage-daemon qemu-utils
 [ -n "$drl_config" ] && [ "$aa" = 1 ] && die "--aa does not use a drl config"
 need_cmd fallocate util-linux
+[ -n "${PERF_RECORD:-}" ] && need_cmd perf linux-perf
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
 
 root=$(repo_root)
@@ -122,6 +145,7 @@ else
     on_exit "rm -rf '$dir'"
 fi
 mkdir -p "$dir/raw"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $dir ($(stat -f -c %T "$dir"), same filesystem for both servers)"
 
 make_backing() {
@@ -159,6 +183,19 @@ start_qsd() {
         warn "qemu-storage-daemon refused aio=$aio: $(tr '\n' ' ' <"$dir/$name-$aio.log" | cut -c1-300)"
     done
     die "qemu-storage-daemon did not start with any aio mode (logs in $dir)"
+}
+
+# start_qsd_null: qsd's NBD server over its null-co driver (reads zeroes); sets started_uri.
+start_qsd_null() {
+    local sock=$dir/qsdnull.nbd
+    start_bg "qemu-storage-daemon null-co" "$dir/qsdnull.log" qemu-storage-daemon \
+        --blockdev "driver=null-co,node-name=disk0,size=$size_bytes,read-zeroes=on" \
+        --nbd-server "addr.type=unix,addr.path=$sock" \
+        --export type=nbd,id=e0,node-name=disk0,name=disk0,writable=on
+    wait_for_socket "$sock" 20 "$BG_PID" ||
+        die "qemu-storage-daemon null-co did not start: $(tr '\n' ' ' <"$dir/qsdnull.log" | cut -c1-300)"
+    started_uri="nbd+unix:///disk0?socket=$sock"
+    log "qemu-storage-daemon null-co serves $started_uri"
 }
 
 # ---- drl ------------------------------------------------------------------------------------
@@ -214,6 +251,17 @@ print(ex[0]["export-name"] if len(ex) == 1 else "")' 2>/dev/null || true)
     drl_uri="nbd+unix:///$export?socket=$sock"
     nbdinfo "$drl_uri" >"$dir/drl-nbdinfo.txt" 2>&1 || die "nbdinfo $drl_uri failed: $(head -c 300 "$dir/drl-nbdinfo.txt")"
     log "drl serves $drl_uri"
+}
+
+# start_drl_null: drl's NBD server over its null volume; sets started_uri.
+start_drl_null() {
+    local sock=$dir/drlnull.nbd
+    ensure_drl_bin
+    start_bg "drl serve-null" "$dir/drlnull.log" "$DRL_BIN" serve-null --nbd "$sock" --size "$size_bytes"
+    wait_for_socket "$sock" 30 "$BG_PID" ||
+        die "drl serve-null did not start: $(tail -n 5 "$dir/drlnull.log" | tr '\n' ' ')"
+    started_uri="nbd+unix:///null?socket=$sock"
+    log "drl serve-null serves $started_uri"
 }
 
 # ---- drl replicated pairs -------------------------------------------------------------------
@@ -272,20 +320,33 @@ start_pair() {
 engine_of_kind() { case $1 in disk) echo drlrep ;; shm) echo drlshm ;; esac; }
 kind_of_engine() { case $1 in drlrep) echo disk ;; drlshm) echo shm ;; *) echo "" ;; esac; }
 
-if [ $want_qsd = 1 ]; then start_qsd qsd && qsd_uri=$started_uri; fi
+# The daemon pid(s) of each column, for --cpu (a replicated column: Primary, then Secondary).
+declare -A pid_of
+if [ $want_qsd = 1 ]; then start_qsd qsd && qsd_uri=$started_uri && pid_of[qsd]=$BG_PID; fi
 if [ "$aa" = 1 ]; then
     # A/A calibration: a second qsd plays drl's part, so the ratios show the noise floor.
     start_qsd aa && drl_uri=$started_uri
     drl_version="none: A/A calibration, this column is a second qemu-storage-daemon"
 elif [ $want_drl = 1 ]; then
     start_drl
+    pid_of[drl]=$BG_PID
 fi
-for k in "${repl_kinds[@]}"; do start_pair "$k"; done
+null_engines=()
+if [ "$null" = 1 ] && [ "$aa" = 0 ]; then
+    if [ $want_drl = 1 ]; then start_drl_null && null_engines+=(drlnull) && uri_null_drl=$started_uri && pid_of[drlnull]=$BG_PID; fi
+    if [ $want_qsd = 1 ]; then start_qsd_null && null_engines+=(qsdnull) && uri_null_qsd=$started_uri && pid_of[qsdnull]=$BG_PID; fi
+fi
+for k in "${repl_kinds[@]}"; do
+    start_pair "$k"
+    pid_of[$(engine_of_kind "$k")]=${pair_pids[$k]}
+done
 # fio writes over the whole export as each server reports it.
 declare -A uri_of bytes_of
 export_size() { nbdinfo --size "$1" || die "nbdinfo --size $1 failed"; }
 [ $want_qsd = 1 ] && { uri_of[qsd]=$qsd_uri; bytes_of[qsd]=$(export_size "$qsd_uri"); }
 [ $want_drl = 1 ] && { uri_of[drl]=$drl_uri; bytes_of[drl]=$(export_size "$drl_uri"); }
+[ -n "${uri_null_drl:-}" ] && { uri_of[drlnull]=$uri_null_drl; bytes_of[drlnull]=$(export_size "$uri_null_drl"); }
+[ -n "${uri_null_qsd:-}" ] && { uri_of[qsdnull]=$uri_null_qsd; bytes_of[qsdnull]=$(export_size "$uri_null_qsd"); }
 for k in "${repl_kinds[@]}"; do
     e=$(engine_of_kind "$k")
     uri_of[$e]=${pair_uri[$k]}
@@ -296,7 +357,7 @@ if [ -n "${bytes_of[qsd]:-}" ] && [ -n "${bytes_of[drl]:-}" ] && [ "${bytes_of[q
 fi
 
 # ---- fio runs -------------------------------------------------------------------------------
-rows=(randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16)
+read -r -a rows <<<"${ROWS:-randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16}"
 row_args() {
     case $1 in
     randwrite-4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
@@ -304,9 +365,13 @@ row_args() {
     write-1m-qd16) echo "--rw=write --bs=1M --iodepth=16" ;;
     esac
 }
+for r in "${rows[@]}"; do
+    [ -n "$(row_args "$r")" ] || die "unknown row in ROWS: $r"
+done
 
 run_fio() {
     local engine=$1 row=$2 rep=$3 uri=${uri_of[$1]} bytes=${bytes_of[$1]} out kind sampler="" t0
+    local cpu_sampler="" i
     out=$dir/raw/${engine}__${row}__${rep}
     kind=$(kind_of_engine "$engine")
     log "rep $rep: $row on $engine (${runtime}s)"
@@ -314,11 +379,36 @@ run_fio() {
         python3 "$here/bench_repl.py" sample "${pair_ctl[$kind]}" "$out.lag" &
         sampler=$!
     fi
+    if [ "$cpu" = 1 ]; then
+        # shellcheck disable=SC2086  # one or two pids
+        python3 "$here/bench_cpu.py" sample "$out.cpuraw" ${pid_of[$engine]} &
+        cpu_sampler=$!
+        # fio starts once the sampler has its first sample (its start-up is not in the window).
+        for ((i = 0; i < 200; i++)); do [ -s "$out.cpuraw" ] && break; sleep 0.05; done
+        [ -s "$out.cpuraw" ] || die "the CPU sampler did not start for $engine"
+    fi
+    local perfs=() p who
+    if [ "${PERF_RECORD:-}" = "$engine" ] && [ "$row" = randwrite-4k-qd32 ] && [ "$rep" = 1 ]; then
+        who=daemon
+        [ -n "$kind" ] && who=primary # a replicated column's pids: Primary, then Secondary
+        for p in ${pid_of[$engine]}; do
+            perf record -q -g -F 999 -p "$p" -o "$dir/raw/perf-$engine-$who.data" >/dev/null 2>&1 &
+            perfs+=($!)
+            who=secondary
+        done
+    fi
     # shellcheck disable=SC2046  # row_args is a list of flags
     fio --name="$engine-$row" --ioengine=nbd --uri="$uri" --size="$bytes" \
         $(row_args "$row") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
         --randrepeat=0 --norandommap --output-format=json --output="$out.json" >"$dir/fio.log" 2>&1 ||
         die "fio $row on $engine failed: $(tail -n 5 "$dir/fio.log" | tr '\n' ' ')"
+    for p in "${perfs[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    if [ -n "$cpu_sampler" ]; then
+        kill -TERM "$cpu_sampler" 2>/dev/null || true
+        wait "$cpu_sampler" 2>/dev/null || true
+        python3 "$here/bench_cpu.py" window "$out.cpuraw" "$runtime" >"$out.cpu" ||
+            die "no CPU figures for $row on $engine"
+    fi
     if [ -n "$sampler" ]; then
         kill -TERM "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
@@ -333,6 +423,7 @@ run_fio() {
 
 engines=()
 [ $want_drl = 1 ] && engines+=(drl)
+engines+=("${null_engines[@]}")
 for k in "${repl_kinds[@]}"; do engines+=("$(engine_of_kind "$k")"); done
 [ $want_qsd = 1 ] && engines+=(qsd)
 n=${#engines[@]}
@@ -376,7 +467,13 @@ meta = {
     "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, $( [ -n "$drl_bin_given" ] && echo "binary $drl_bin_given (DRL_BIN)" || echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')")" || echo 'not run')",
     "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
     "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order rotated per row",
+    "load average (1, 5, 15 min) at the start / at the end": "$load_start / $(cut -d' ' -f1-3 /proc/loadavg)",
 }
+if "$cpu" == "1":
+    meta["CPU per I/O"] = "utime+stime of each daemon from /proc/PID/stat over fio's last ${runtime}s (sampled every 50 ms), divided by fio's I/Os"
+if "$null" == "1" and "$aa" == "0":
+    meta["null columns"] = "the transport ceiling: drl serve-null (drl's NBD server, writes discarded) and qsd's NBD server over null-co (read-zeroes=on)"
+
 kinds = "${repl_kinds[*]}".split()
 secfs = {"disk": "${pair_secfs[disk]:-}", "shm": "${pair_secfs[shm]:-}"}
 secdio = {"disk": "${pair_secdio[disk]:-}", "shm": "${pair_secdio[shm]:-}"}
@@ -392,4 +489,12 @@ if kinds:
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$here/bench_nbd_table.py" "$dir/raw" "$dir/meta.json" "$out_dir/nbd-$stamp.md" "$out_dir/nbd-$stamp.csv"
+for f in "$dir"/raw/perf-*.data; do
+    [ -e "$f" ] || continue
+    p=$(basename "$f" .data)
+    perf report -i "$f" --no-children --sort symbol -g none --stdio >"$f.txt" 2>/dev/null ||
+        warn "perf report of $f failed"
+    # (head closes the pipe early: with pipefail that is not a failure worth reporting)
+    grep -v '^$' "$f.txt" | head -n 120 >"$out_dir/nbd-$stamp-${p}.txt" || true
+done
 log "wrote $out_dir/nbd-$stamp.md and $out_dir/nbd-$stamp.csv"

@@ -5,12 +5,15 @@ Usage: bench_nbd_table.py RAW_DIR META_JSON OUT_MD OUT_CSV
 
 RAW_DIR holds one fio --output-format=json file per run, named ENGINE__ROW__REP.json, where
 ENGINE is drl (unreplicated), drlrep (replicating; the Secondary's file on the same disk),
-drlshm (replicating; the Secondary's file on tmpfs) or qsd. A replicated run also has
+drlshm (replicating; the Secondary's file on tmpfs), qsd, or the transport ceiling: drlnull (drl's
+NBD server over its null volume) and qsdnull (qsd over null-co). A replicated run also has
 ENGINE__ROW__REP.lag (lines "t_ms lag_ms send_queue_bytes out_of_sync_bytes", sampled on the
 Primary during the run) and ENGINE__ROW__REP.drain (seconds until the Secondary caught up after
 fio stopped); ENGINE.cmp says whether the Secondary ended byte-identical ("identical", or
 cmp's output). With several repeats, every throughput number is the median over them; the lag
-figures are over all samples of all repeats.
+figures are over all samples of all repeats. With --cpu, ENGINE__ROW__REP.cpu holds the CPU
+seconds of the daemon(s) over fio's measured window ("S [S2] HZ": a replicated column's Primary,
+then its Secondary); CPU per I/O is that over fio's I/Os, medians over the repeats.
 META_JSON is a flat object of context (date, versions, runtime, ...) printed above the tables.
 The markdown goes to stdout and OUT_MD; the CSV (one line per row) to OUT_CSV.
 """
@@ -26,12 +29,14 @@ ROWS = [
     ("randwrite-4k-qd1", "4 KiB random write, QD 1"),
     ("write-1m-qd16", "1 MiB sequential write, QD 16"),
 ]
-ENGINES = ("drl", "drlrep", "drlshm", "qsd")
+ENGINES = ("drl", "drlrep", "drlshm", "qsd", "drlnull", "qsdnull")
 LABEL = {
     "drl": "drl",
     "drlrep": "drl repl",
     "drlshm": "drl repl (Secondary on tmpfs)",
     "qsd": "qsd",
+    "drlnull": "drl null",
+    "qsdnull": "qsd null-co",
 }
 REPLICATED = ("drlrep", "drlshm")
 
@@ -47,7 +52,15 @@ def metrics(path):
         raise SystemExit(f"{path}: fio reported error {job['error']}")
     w = job["write"]
     pct = w["clat_ns"].get("percentile", {})
+    ios = max(w["total_ios"], 1)
+    cpu = {}
+    cpu_path = path[: -len(".json")] + ".cpu"
+    if os.path.exists(cpu_path):
+        with open(cpu_path) as f:
+            secs = [float(x) for x in f.read().split()[:-1]]
+        cpu = {f"cpu{i}_us": s * 1e6 / ios for i, s in enumerate(secs)}
     return {
+        **cpu,
         "iops": w["iops"],
         "mib_s": w["bw_bytes"] / 2**20,
         "p50_us": pct.get("50.000000", float("nan")) / 1000,
@@ -95,7 +108,10 @@ def collect(raw_dir):
                 )
     med = {}
     for key, results in runs.items():
-        med[key] = {m: statistics.median(r[m] for r in results) for m in results[0]}
+        med[key] = {
+            m: statistics.median(r[m] for r in results if m in r)
+            for m in results[0]
+        }
         med[key]["n"] = len(results)
     return med, lag, cmp
 
@@ -119,6 +135,9 @@ def main():
     med, lag, cmp = collect(raw_dir)
     if not med:
         raise SystemExit(f"no fio results in {raw_dir}")
+    # Only the rows that ran (bench-nbd.sh's ROWS may pick a subset).
+    global ROWS
+    ROWS = [(r, label) for r, label in ROWS if any(k[1] == r for k in med)]
     present = [e for e in ENGINES if any((e, r) in med for r, _ in ROWS)]
     repl = [e for e in present if e in REPLICATED]
 
@@ -138,6 +157,10 @@ def main():
         ratios = [f"{LABEL[e]} / drl" for e in repl if "drl" in present]
         if "drl" in present and "qsd" in present:
             ratios.append("drl / qsd")
+        if "drl" in present and "drlnull" in present:
+            ratios.append("drl / drl null")
+        if "drlnull" in present and "qsdnull" in present:
+            ratios.append("drl null / qsd null-co")
         out = [f"**{title}**", "", "| row | " + " | ".join(head + ratios) + " |"]
         out.append("|---|" + "---:|" * (len(head) + len(ratios)))
         for row, label in ROWS:
@@ -147,6 +170,11 @@ def main():
                 cells += [fmt(ratio(med.get((e, row)), d, key), 2) for e in repl]
             if "drl" in present and "qsd" in present:
                 cells.append(fmt(ratio(d, med.get(("qsd", row)), key), 2))
+            dn = med.get(("drlnull", row))
+            if "drl" in present and "drlnull" in present:
+                cells.append(fmt(ratio(d, dn, key), 2))
+            if "drlnull" in present and "qsdnull" in present:
+                cells.append(fmt(ratio(dn, med.get(("qsdnull", row)), key), 2))
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         return out + [""]
 
@@ -162,6 +190,36 @@ def main():
             cells.append("-" if m is None else f"{m['p50_us']:,.0f} / {m['p99_us']:,.0f}")
         lat.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += lat + [""]
+
+    has_cpu = any("cpu0_us" in m for m in med.values())
+    if has_cpu:
+        head, cols = [], []
+        for e in present:
+            if e in REPLICATED:
+                head += [f"{LABEL[e]}: Primary", f"{LABEL[e]}: Secondary", f"{LABEL[e]}: Primary - drl"]
+                cols += [(e, "cpu0_us"), (e, "cpu1_us"), (e, "extra")]
+            else:
+                head.append(LABEL[e])
+                cols.append((e, "cpu0_us"))
+        cpu_t = [
+            "**Daemon CPU per I/O (us)**: utime+stime over fio's measured seconds / fio's I/Os"
+            " (goals: replicated Primary at most 3 us above unreplicated drl, Secondary at most 5 us)",
+            "",
+            "| row | " + " | ".join(head) + " |",
+            "|---|" + "---:|" * len(head),
+        ]
+        for row, label in ROWS:
+            cells = []
+            for e, k in cols:
+                m = med.get((e, row))
+                if k == "extra":
+                    d = med.get(("drl", row))
+                    v = None if not m or not d or "cpu0_us" not in m or "cpu0_us" not in d else m["cpu0_us"] - d["cpu0_us"]
+                    cells.append(fmt(v, 1))
+                else:
+                    cells.append(fmt(m.get(k) if m else None, 1))
+            cpu_t.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += cpu_t + [""]
 
     if repl:
         lines += [
@@ -195,8 +253,9 @@ def main():
         r = {"row": row}
         for e in ENGINES:
             m = med.get((e, row))
-            for k, digits in (("iops", 1), ("mib_s", 2), ("p50_us", 1), ("p99_us", 1)):
-                r[f"{e}_{k}"] = "" if m is None else round(m[k], digits)
+            for k, digits in (("iops", 1), ("mib_s", 2), ("p50_us", 1), ("p99_us", 1),
+                              ("cpu0_us", 2), ("cpu1_us", 2)):
+                r[f"{e}_{k}"] = "" if m is None or k not in m else round(m[k], digits)
         d = med.get(("drl", row))
         for e in REPLICATED:
             rr = ratio(med.get((e, row)), d, "iops")

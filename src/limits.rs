@@ -237,9 +237,10 @@ pub const REPL_COMPRESS_BACKLOG_BYTES: u64 = 128 * 1024;
 pub const REPL_COMPRESS_BACKLOG_MS: u64 = 50;
 /// Once a backlog was seen, data payloads stay compressed (when it pays) for this long.
 pub const REPL_COMPRESS_HOLD_MS: u64 = 2_000;
-/// When the socket writer finds a single small frame queued, it waits this long for more
-/// before it sends (protocol A: the application's write already completed; this only adds
-/// to the replication lag), so writes in flight go out in one send and one wakeup of the peer.
+/// When the socket writer finds a single small frame queued and its last send was less than
+/// this long ago, it waits this long for more before it sends (protocol A: the application's
+/// write already completed; this only adds to the replication lag), so writes in flight go
+/// out in one send and one wakeup of the peer. After a quiet spell a frame goes at once.
 pub const REPL_SEND_COALESCE_MS: u64 = 1;
 /// Bytes a replication session asks the socket for per read (its read buffer grows to this
 /// when less is free), so a stream of 4 KiB frames is read many frames per syscall.

@@ -738,3 +738,75 @@ async fn fio_deep_queue_random_writes_verify() {
     assert_eq!(s.bytes_written, 16 * MIB as u64, "{s:?}");
     srv.shutdown().await;
 }
+
+// ---------- the null volume (`drl serve-null`, benchmarks) ----------
+
+/// `drl serve-null` serves a volume of the asked size whose writes are discarded and whose
+/// reads are zeroes, refuses requests past its end, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_null_discards_writes_and_reads_zeroes() {
+    require!("qemu-io", "nbdinfo");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("drl-perf-null.nbd");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_drl"))
+        .args([
+            "serve-null",
+            "--nbd",
+            sock.to_str().unwrap(),
+            "--size",
+            "16MiB",
+        ])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start drl serve-null");
+    // Ready when the socket accepts a connection (bind happens before the listen log).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&sock).await.is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "drl serve-null exited early"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drl serve-null did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let uri = format!("nbd+unix:///null?socket={}", sock.display());
+    let size = run("nbdinfo", &["--size", &uri]).await;
+    assert_eq!(size.trim(), (16 * MIB).to_string());
+    // A write succeeds and is not kept: the same range reads back as zeroes.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0xa5 0 1M",
+            "write -P 0x5a 15M 1M",
+            "read -P 0 0 1M",
+            "read -P 0 15M 1M",
+            "flush",
+        ],
+    )
+    .await;
+    // Past the end: refused (qemu-io prints the error and exits 0 or 1 depending on version).
+    let out = tokio::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 16M 4k", &uri])
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("fail") || text.contains("rror") || !out.status.success(),
+        "a write past the end was accepted:\n{text}"
+    );
+    // SIGTERM: a clean exit.
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("drl serve-null did not exit on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "drl serve-null exited with {status}");
+}

@@ -9,6 +9,7 @@ mod detect;
 pub mod dr;
 mod events2;
 mod gen;
+mod serve_null;
 mod shaping;
 mod snapshot;
 mod status;
@@ -272,6 +273,17 @@ pub enum Command {
     /// bash: save as /usr/share/bash-completion/completions/drl; zsh: as _drl in a directory
     /// of $fpath; fish: as ~/.config/fish/completions/drl.fish.
     Completions(gen::CompletionArgs),
+    /// Serve a null volume over NBD, for benchmarks only: writes are discarded, reads return
+    /// zeroes.
+    ///
+    /// drl's own NBD server over a volume that keeps nothing, with no config, disk or
+    /// metadata: it measures the transport (socket, request parsing, replies, task wakeups)
+    /// without the disk, the ceiling the real write path is judged against
+    /// (`scripts/bench-nbd.sh` runs it beside qemu-storage-daemon's `null-co` driver). Never
+    /// use it for data: everything written is lost. Runs until SIGTERM or SIGINT.
+    ///
+    /// Example: drl serve-null --nbd /tmp/null.nbd --size 1GiB
+    ServeNull(serve_null::ServeNullArgs),
 }
 
 #[derive(Args, Debug)]
@@ -492,6 +504,7 @@ pub fn main() -> i32 {
         Command::Dr(ref c) => dr::run(&cli.global, c),
         Command::Gen(ref c) => gen::run(c),
         Command::Completions(ref a) => gen::completions(a),
+        Command::ServeNull(ref a) => serve_null::serve_null(a),
     }
 }
 

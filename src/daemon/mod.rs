@@ -15,7 +15,7 @@ mod autofail;
 mod autopromote;
 mod device;
 mod jobs;
-mod logging;
+pub(crate) mod logging;
 mod metrics;
 mod metrics_detect;
 mod progress;
@@ -114,11 +114,7 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             return Exit::Usage;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("drl-worker")
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
@@ -133,6 +129,15 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             Exit::Failed
         }
     }
+}
+
+/// The daemon's async runtime (also `drl serve-null`'s, so a benchmark of the null volume
+/// runs the NBD server exactly as the daemon does): multi-thread, one worker per CPU.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("drl-worker")
+        .build()
 }
 
 /// Errors that stop the daemon from starting or make it exit.

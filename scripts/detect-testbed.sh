@@ -23,6 +23,11 @@
 #                                                  on 127.0.0.1 inside SITE: every port of the
 #                                                  Keystone catalog (AUTH_URL's own included)
 #                                                  relayed by socat through a Unix socket
+#   scripts/detect-testbed.sh bridge-swift SITE [PORT]
+#                                                  the host's Swift (scripts/swift-aio.sh, 127.0.0.1:
+#                                                  PORT, 8080) served at SITE's own address: the
+#                                                  other sites reach it through the router (and
+#                                                  its shaping), as a Swift at that site
 #   scripts/detect-testbed.sh unbridge-cloud [SITE]  stop those relays (down does it too)
 #   scripts/detect-testbed.sh down                 remove everything
 #
@@ -217,6 +222,34 @@ bridge_cloud() {
   log "cloud bridged into $ns: 127.0.0.1 ports $ports"
 }
 
+# bridge_swift SITE PORT: Swift on SITE's address. Tempauth builds its storage URL from the
+# request's Host, so a client that logs in at http://ADDR:PORT/auth/v1.0 keeps talking to ADDR.
+bridge_swift() {
+  local s=$1 port=${2:-8080} ns addr sock i code
+  ns=$(ns_of "$s")
+  addr=$(addr_of "$s")
+  need_pkgs socat:socat curl:curl
+  curl -s -o /dev/null -m 5 "http://127.0.0.1:$port/healthcheck" ||
+    die "no Swift answers on the host's 127.0.0.1:$port (scripts/swift-aio.sh start)"
+  mkdir -p "$CLOUD_DIR"
+  sock="$CLOUD_DIR/swift-$s-$port.sock"
+  stop_group "relay swift-$s-$port.host" "$CLOUD_DIR/swift-$s-$port.host.pid" 2>/dev/null || true
+  stop_group "relay swift-$s-$port.ns" "$CLOUD_DIR/swift-$s-$port.ns.pid" 2>/dev/null || true
+  setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
+    </dev/null >>"$CLOUD_DIR/swift-$s.log" 2>&1 &
+  echo $! >"$CLOUD_DIR/swift-$s-$port.host.pid"
+  setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$addr,fork,reuseaddr" "UNIX-CONNECT:$sock" \
+    </dev/null >>"$CLOUD_DIR/swift-$s.log" 2>&1 &
+  echo $! >"$CLOUD_DIR/swift-$s-$port.ns.pid"
+  for ((i = 0; ; i++)); do
+    code=$(ip netns exec "$ns" curl -s -o /dev/null -m 3 -w '%{http_code}' "http://$addr:$port/healthcheck" || true)
+    [ "${code:-000}" = 200 ] && break
+    [ "$i" -lt 200 ] || die "bridge: Swift does not answer at $addr:$port inside $ns ($(tail -3 "$CLOUD_DIR/swift-$s.log" 2>/dev/null))"
+    sleep 0.1
+  done
+  log "Swift (host 127.0.0.1:$port) served at $addr:$port in $ns"
+}
+
 unbridge_cloud() {
   local s=${1:-} pre f
   pre=${s:+$s-}
@@ -265,6 +298,7 @@ case "$cmd" in
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
   bridge-cloud) ns_of "$1" >/dev/null; bridge_cloud "$@" ;;
+  bridge-swift) ns_of "$1" >/dev/null; bridge_swift "$@" ;;
   unbridge-cloud) unbridge_cloud "${1:-}" ;;
-  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac

@@ -4,7 +4,7 @@
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
 #                    [--writer-rate 1500] [--lease-ttl 3] [--snapshot-every 1s|off]
-#                    [--tag drill] [--out DIR] [--keep] [--short] [--no-cloud]
+#                    [--fill 0] [--tag drill] [--out DIR] [--keep] [--short] [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
 #  1. three sites as network namespaces (site A, site B, a witness) behind a router namespace
@@ -50,6 +50,11 @@
 #     at A, the disks identical);
 #  7. the summary table, the timeline (markdown + CSV) and a plot.
 #
+# --fill F puts F x the volume size of random data into each of A's volumes before protection
+# begins (after the workload's quarter, at most 0.75): the initial sync and the first snapshot
+# carry it, and the snapshot policy's restore has to bring it back (its RTO grows with it);
+# replication's does not move it.
+#
 # --no-cloud leaves out the plan, Cinder and Heat (no OpenStack on the machine): the RTO then
 # ends at the first read at B. Volume sizes are whole GiB with the cloud (Cinder sizes an
 # imported volume in GiB and its NFS driver attaches only a file of exactly that size); the
@@ -70,7 +75,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
-snap_every=1s tag=drill
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -81,6 +86,7 @@ while [ $# -gt 0 ]; do
     --lease-ttl) ttl=$2; shift 2 ;;
     --snapshot-every) snap_every=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
+    --fill) fill=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --short) short=1; shift ;;
@@ -91,6 +97,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || die "the drill needs root: its sites are network namespaces"
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
+[[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
+    die "--fill must be a fraction 0..0.75 of the volume, not $fill"
 [[ $tag =~ ^[a-z0-9]{1,8}$ ]] || die "--tag must be 1-8 lower-case letters or digits (namespaces drl-det-TAG-*)"
 # The snapshot policy needs the plan (its schedule), so the cloud.
 snap=1
@@ -220,6 +228,17 @@ site_config() { # SITE
 site_config a >"$cfg"
 site_config b >"$cfg_b"
 mkdir -p "$work/a" "$work/b"
+if [ "$(python3 -c "print($fill > 0)")" = True ]; then
+    size_bytes=$(python3 -c "
+import re; m = re.fullmatch(r'(\d+)\s*([KMGT]?)(iB|B)?', '$size', re.I)
+print(int(m.group(1)) * 1024 ** ' KMGT'.index((m.group(2) or ' ').upper()))") || die "cannot read --volume-size $size"
+    fill_mib=$(python3 -c "print(int($size_bytes * $fill) >> 20)")
+    for ((v = 0; v < nvol; v++)); do
+        truncate -s "$size_bytes" "$work/a/r$v.img"
+        dd if=/dev/urandom of="$work/a/r$v.img" bs=1M seek=$((size_bytes / 4 >> 20)) count="$fill_mib" conv=notrunc status=none
+    done
+    ev a filled "$fill_mib MiB of random data in each of A's volumes (after the workload's quarter)"
+fi
 if [ $snap = 1 ]; then
     # The workload's base image at A: 32 MiB, a quarter random (the rest a hole), as an image
     # copy ships it: only segments Swift lacks.
@@ -272,16 +291,17 @@ cleanup() {
         return
     fi
     [ -n "${checker:-}" ] && kill "$checker" 2>/dev/null
+    # The daemons first, B before A: with A stopping (a scheduled stream can hold its shutdown
+    # for seconds) B would take the leases and recover the plan again, a second stack.
+    for s in b a; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
     # The shared cloud as it was: the stack deleted, the volumes unmanaged (fail back does it
     # on success; this is for a drill that stopped before), the links into $work removed.
     if [ $cloud = 1 ]; then
         /usr/bin/python3 "$here/drill_cloud.py" cleanup "$plan" "$work" 2>>"$work/cloud.log" || warn "cloud cleanup: $(tail -2 "$work/cloud.log")"
     fi
     if [ $snap = 1 ]; then # after the daemons: no stream starts again behind it
-        for s in a b; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
         /usr/bin/python3 "$here/drill_cloud.py" swift-cleanup "$plan-" 2>>"$work/cloud.log" || warn "Swift cleanup: $(tail -2 "$work/cloud.log")"
     fi
-    for s in a b; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
     for s in a b w; do ip netns pids "drl-det-$tag-$s" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
     bed down >/dev/null 2>&1 || true
     if [ $started_cloud = 1 ]; then "$here/openstack-aio.sh" stop >/dev/null 2>&1 || warn "stopping the cloud failed"; fi
@@ -623,7 +643,7 @@ T = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
 kill = $kill_ms
 def d(a, b): return (T[b] - T[a]) if T.get(a) and T.get(b) else None
 print(json.dumps({
-  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size",
+  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
   "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
   "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,

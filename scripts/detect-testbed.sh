@@ -190,25 +190,28 @@ print(" ".join(map(str, sorted(ports))))
 PY
 }
 
+# relay NAME NS PORT BIND LOG: the host's 127.0.0.1:PORT at BIND:PORT inside NS, through the
+# Unix socket $CLOUD_DIR/NAME.sock; pid files NAME.host.pid and NAME.ns.pid. setsid: each relay
+# leads its own process group (its forked connections included), so unbridge stops exactly
+# it; no inherited descriptors, so a caller reading our output is not held open.
+relay() {
+  local name=$1 ns=$2 port=$3 bind=$4 logf=$5 sock="$CLOUD_DIR/$1.sock"
+  setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
+    </dev/null >>"$logf" 2>&1 &
+  echo $! >"$CLOUD_DIR/$name.host.pid"
+  setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$bind,fork,reuseaddr" "UNIX-CONNECT:$sock" \
+    </dev/null >>"$logf" 2>&1 &
+  echo $! >"$CLOUD_DIR/$name.ns.pid"
+}
+
 bridge_cloud() {
-  local s=$1 url=${2:-http://127.0.0.1:5050/v3} ns ports port sock i code
+  local s=$1 url=${2:-http://127.0.0.1:5050/v3} ns ports port i code
   ns=$(ns_of "$s")
   need_pkgs socat:socat curl:curl python3:python3
   ports=$(catalog_ports "$url") || die "cannot bridge the cloud into $ns"
   unbridge_cloud "$s"
   mkdir -p "$CLOUD_DIR"
-  for port in $ports; do
-    sock="$CLOUD_DIR/$s-$port.sock"
-    # setsid: each relay leads its own process group (its forked connections included), so
-    # unbridge stops exactly it; no inherited descriptors, so a caller reading our output
-    # is not held open.
-    setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
-      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
-    echo $! >"$CLOUD_DIR/$s-$port.host.pid"
-    setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" \
-      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
-    echo $! >"$CLOUD_DIR/$s-$port.ns.pid"
-  done
+  for port in $ports; do relay "$s-$port" "$ns" "$port" 127.0.0.1 "$CLOUD_DIR/$s.log"; done
   # Ready when every port answers HTTP from inside the namespace (the whole path: listener
   # in the site, socket, relay on the host, the service).
   for port in $ports; do
@@ -225,22 +228,16 @@ bridge_cloud() {
 # bridge_swift SITE PORT: Swift on SITE's address. Tempauth builds its storage URL from the
 # request's Host, so a client that logs in at http://ADDR:PORT/auth/v1.0 keeps talking to ADDR.
 bridge_swift() {
-  local s=$1 port=${2:-8080} ns addr sock i code
+  local s=$1 port=${2:-8080} ns addr i code
   ns=$(ns_of "$s")
   addr=$(addr_of "$s")
   need_pkgs socat:socat curl:curl
   curl -s -o /dev/null -m 5 "http://127.0.0.1:$port/healthcheck" ||
     die "no Swift answers on the host's 127.0.0.1:$port (scripts/swift-aio.sh start)"
   mkdir -p "$CLOUD_DIR"
-  sock="$CLOUD_DIR/swift-$s-$port.sock"
   stop_group "relay swift-$s-$port.host" "$CLOUD_DIR/swift-$s-$port.host.pid" 2>/dev/null || true
   stop_group "relay swift-$s-$port.ns" "$CLOUD_DIR/swift-$s-$port.ns.pid" 2>/dev/null || true
-  setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
-    </dev/null >>"$CLOUD_DIR/swift-$s.log" 2>&1 &
-  echo $! >"$CLOUD_DIR/swift-$s-$port.host.pid"
-  setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$addr,fork,reuseaddr" "UNIX-CONNECT:$sock" \
-    </dev/null >>"$CLOUD_DIR/swift-$s.log" 2>&1 &
-  echo $! >"$CLOUD_DIR/swift-$s-$port.ns.pid"
+  relay "swift-$s-$port" "$ns" "$port" "$addr" "$CLOUD_DIR/swift-$s.log"
   for ((i = 0; ; i++)); do
     code=$(ip netns exec "$ns" curl -s -o /dev/null -m 3 -w '%{http_code}' "http://$addr:$port/healthcheck" || true)
     [ "${code:-000}" = 200 ] && break

@@ -4,15 +4,19 @@
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
 #                    [--writer-rate 1500] [--lease-ttl 3] [--snapshot-every 1s|off]
-#                    [--fill 0] [--tag drill] [--out DIR] [--keep] [--short] [--no-cloud]
+#                    [--fill 0] [--backup-nodes 2] [--tag drill] [--out DIR] [--keep] [--short]
+#                    [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
 #  1. three sites as network namespaces (site A, site B, a witness) behind a router namespace
 #     (scripts/detect-testbed.sh), the A-B path shaped with tc tbf at --rate, one etcd member
-#     per site, one drl daemon at A and at B with site-failure detection ([detect]: UDP
-#     pingers, a lease per resource in etcd, self-fencing), --volumes replicated resources
-#     (A -> B), initial sync; the backup site's cloud (scripts/openstack-aio.sh: Keystone,
-#     Cinder, Heat, Nova with the fake driver, on the host's 127.0.0.1) bridged into site B's
+#     per site, one drl daemon at A and two at B (--backup-nodes: the storage nodes site-b
+#     and site-b2, both in site B's namespace, [[node]] site = "site-b"; the volumes
+#     alternate between them, so the plan's recovery spans two backup nodes) with
+#     site-failure detection ([detect]: UDP pingers on every node, a lease per resource in
+#     etcd, self-fencing), --volumes replicated resources (A -> B), initial sync; the backup
+#     site's cloud (scripts/openstack-aio.sh: Keystone, Cinder, Heat, Nova with the fake
+#     driver, on the host's 127.0.0.1) bridged into site B's
 #     namespace (detect-testbed.sh bridge-cloud); a protection plan over the volumes with
 #     failover = "automatic": a HOT template with a Nova server booted from the first volume
 #     and the others attached (primary-site IDs inside), checked and checkpointed (drl dr
@@ -75,7 +79,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
-snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes=2
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -87,6 +91,7 @@ while [ $# -gt 0 ]; do
     --snapshot-every) snap_every=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
+    --backup-nodes) bnodes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --short) short=1; shift ;;
@@ -99,6 +104,8 @@ done
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
 [[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
     die "--fill must be a fraction 0..0.75 of the volume, not $fill"
+[[ $bnodes =~ ^[12]$ ]] || die "--backup-nodes must be 1 or 2 (drl daemons at site B)"
+[ "$nvol" -ge 2 ] || bnodes=1 # one volume: one backup node holds it
 [[ $tag =~ ^[a-z0-9]{1,8}$ ]] || die "--tag must be 1-8 lower-case letters or digits (namespaces drl-det-TAG-*)"
 # The snapshot policy needs the plan (its schedule), so the cloud.
 snap=1
@@ -154,6 +161,10 @@ ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 # --- the sites -------------------------------------------------------------------------------
 res_of() { if [ $cloud = 1 ]; then echo "$plan-r$1"; else echo "r$1"; fi; }
+# The backup node holding volume V's Secondary: site-b, or site-b2 for every other volume with
+# --backup-nodes 2 (the first volume, whose node runs the plan's recovery, is site-b's).
+bnode() { if [ "$bnodes" = 2 ] && [ $(($1 % 2)) = 1 ]; then echo b2; else echo b; fi; }
+bsites() { echo b; [ "$bnodes" = 1 ] || echo b2; }
 vol_id() { printf 'd7111111-0000-4000-8000-%012d' "$1"; } # volume V's ID at the primary site
 # The protection plan: B's daemon recovers it by itself (failover = "automatic") through the
 # bridged cloud; the template boots a server from the first volume and attaches the others.
@@ -201,13 +212,15 @@ EOF
 # over B does not start streaming its own snapshots (protecting the workload at B again, to a
 # third site, is outside the drill; those streams would compete with the recovery measured).
 cfg=$work/drl.toml cfg_b=$work/drl-b.toml
-cfg_of() { if [ "$1" = a ]; then echo "$cfg"; else echo "$cfg_b"; fi; }
+cfg_of() { if [ "$1" = a ]; then echo "$cfg"; else echo "$cfg_b"; fi; } # site-b and site-b2 share one
 if [ $cloud = 1 ]; then plan_template >"$work/plan.yaml"; fi
 site_config() { # SITE
-    for s in a b; do printf '[[node]]\nname = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "$work" "$s"; done
+    for s in a $(bsites); do
+        printf '[[node]]\nname = "site-%s"\nsite = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "${s:0:1}" "$work" "$s"
+    done
     for ((v = 0; v < nvol; v++)); do
         printf '[[resource]]\nname = "%s"\nsize = "%s"\nsecret = "drill-secret"\n' "$(res_of $v)" "$size"
-        for s in a b; do
+        for s in a "$(bnode $v)"; do
             addr=$([ $s = a ] && echo "$ADDR_A" || echo "$ADDR_B")
             printf '[resource.on.site-%s]\naddress = "%s:%d"\n' "$s" "$addr" $((7800 + v))
             printf 'disk = "%s/%s/r%d.img"\nmeta = "%s/%s/r%d.meta"\nnbd = "%s/%s/r%d.nbd"\n' \
@@ -223,11 +236,12 @@ site_config() { # SITE
     printf '[detect]\ncluster = "drill"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\nlease-ttl = "%ss"\n\n' \
         "$ADDR_A" "$ADDR_B" "$ADDR_W" "$ttl"
     printf '[detect.on.site-a]\nlisten = "%s:7790"\n\n[detect.on.site-b]\nlisten = "%s:7790"\n' "$ADDR_A" "$ADDR_B"
+    [ "$bnodes" = 1 ] || printf '\n[detect.on.site-b2]\nlisten = "%s:7791"\nsite = "site-b"\n' "$ADDR_B"
     if [ $cloud = 1 ]; then plan_config "$1"; fi
 }
 site_config a >"$cfg"
 site_config b >"$cfg_b"
-mkdir -p "$work/a" "$work/b"
+mkdir -p "$work/a" "$work/b" "$work/b2"
 if [ "$(python3 -c "print($fill > 0)")" = True ]; then
     size_bytes=$(python3 -c "
 import re; m = re.fullmatch(r'(\d+)\s*([KMGT]?)(iB|B)?', '$size', re.I)
@@ -252,7 +266,7 @@ on() { local s=$1; shift; "$drl" --config "$(cfg_of "$s")" --node "site-$s" "$@"
 in_b() { ip netns exec "$NS_B" "$drl" --config "$cfg_b" --node site-b "$@"; }
 start_daemon() { # SITE
     local s=$1 ns
-    ns=$([ "$s" = a ] && echo "$NS_A" || echo "$NS_B")
+    ns=$([ "$s" = a ] && echo "$NS_A" || echo "$NS_B") # site-b2 runs in site B too
     rm -f "$work/site-$s.sock" "$work/$s"/*.nbd
     ip netns exec "$ns" "$drl" daemon --config "$(cfg_of "$s")" --node "site-$s" 2>>"$work/$s.log" &
     pid[$s]=$!
@@ -262,8 +276,9 @@ field() { # SITE RES FIELD
     on "$1" status "$2" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0].get('$3'))"
 }
 all_res() { for ((v = 0; v < nvol; v++)); do res_of $v; done; }
-socks() { # SITE -> --socket args
-    for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/%s/r%d.nbd ' "$work" "$1" $v; done
+dir_of() { if [ "$1" = a ]; then echo "$work/a"; else echo "$work/$(bnode "$2")"; fi; } # SITE V
+socks() { # SITE (a, or b: each volume's backup node) -> --socket args
+    for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/r%d.nbd ' "$(dir_of "$1" $v)" $v; done
 }
 # wait_until WHAT SECONDS CMD... — CMD is the full predicate; prints progress while it waits.
 wait_until() {
@@ -285,7 +300,8 @@ started_cloud=0 started_swift=0
 cleanup() {
     local st=$?
     [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
-    [ -n "${evtap:-}" ] && kill "$evtap" 2>/dev/null
+    # shellcheck disable=SC2086
+    [ -n "${evtap:-}" ] && kill $evtap 2>/dev/null
     if [ $keep = 1 ]; then
         log "left running (--keep): configs $cfg (A) $cfg_b (B), logs in $work"
         return
@@ -293,7 +309,7 @@ cleanup() {
     [ -n "${checker:-}" ] && kill "$checker" 2>/dev/null
     # The daemons first, B before A: with A stopping (a scheduled stream can hold its shutdown
     # for seconds) B would take the leases and recover the plan again, a second stack.
-    for s in b a; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
+    for s in b2 b a; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
     # The shared cloud as it was: the stack deleted, the volumes unmanaged (fail back does it
     # on success; this is for a drill that stopped before), the links into $work removed.
     if [ $cloud = 1 ]; then
@@ -354,7 +370,7 @@ PY
 ) || die "bad --rate $rate"
 burst=$((bps / 8 / 250)); [ "$burst" -ge 32768 ] || burst=32768
 for s in a b; do tc -n "$NS_R" qdisc replace dev "r$s" root tbf rate "${bps}bit" burst "$burst" latency 100ms; done
-ev - sites-up "site-a $ADDR_A, site-b $ADDR_B, witness $ADDR_W; A-B shaped to $rate"
+ev - sites-up "site-a $ADDR_A, site-b $ADDR_B ($bnodes storage node(s)), witness $ADDR_W; A-B shaped to $rate"
 start_etcd() { # SITE
     bed etcd "$1" "$work/etcd-$1" >"$work/etcd-$1.log" 2>&1 &
 }
@@ -363,10 +379,14 @@ etcd_ok() { ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_A:2379,http:
 wait_until "etcd: all three members healthy" 60 etcd_ok
 ev - etcd-up "one member per site, lease TTL ${ttl}s"
 start_daemon a
-start_daemon b
-# B's own record of what it saw: site health, leases, promotions (JSON lines with times).
-on b events --json >"$work/events-b.jsonl" 2>/dev/null &
-evtap=$!
+for s in $(bsites); do start_daemon "$s"; done
+# B's own record of what it saw: site health, leases, promotions (JSON lines with times), from
+# each of its nodes (the plan's events come from site-b, which runs its recovery).
+evtap=""
+for s in $(bsites); do
+    on "$s" events --json >"$work/events-$s.jsonl" 2>/dev/null &
+    evtap+=" $!"
+done
 for r in $(all_res); do on a primary "$r" --force >/dev/null; done
 ev a primary "$(all_res | tr '\n' ' ')"
 wait_until "initial sync" 600 in_sync
@@ -431,8 +451,8 @@ ev a lag-at-kill "${lag_at_kill} ms (A's last samples)"
 
 # --- detection, lease, promotion, recovery: nothing is touched ---------------------------------
 primary_at_b() {
-    local r
-    for r in $(all_res); do [ "$(field b "$r" role)" = Primary ] || return 1; done
+    local v
+    for ((v = 0; v < nvol; v++)); do [ "$(field "$(bnode $v)" "$(res_of $v)" role)" = Primary ] || return 1; done
 }
 wait_until "B promoted itself (detection, lease in etcd)" $((60 + 4 * ttl)) primary_at_b
 t_promote=$(date +%s%N)
@@ -453,15 +473,17 @@ if [ $cloud = 1 ]; then
 fi
 # Times from B's own events (unix ms): first suspicion of site-a, last lease taken, last
 # promoted, the failover's start and end; and from the recovery journal each step's begin/done.
-python3 - "$work/events-b.jsonl" "$((t_kill / 1000000))" "$work/dr/$plan.journal" >"$work/times.txt" <<'PY'
+# With two backup nodes: the first suspicion by either, the last lease and promotion of both.
+python3 - "$((t_kill / 1000000))" "$work/dr/$plan.journal" "$work"/events-b*.jsonl >"$work/times.txt" <<'PY'
 import json, sys
-kill = int(sys.argv[2]); t = {"susp": 0, "lease": 0, "prom": 0, "fo_start": 0, "fo_done": 0}
-for line in open(sys.argv[1]):
+kill = int(sys.argv[1]); t = {"susp": 0, "lease": 0, "prom": 0, "fo_start": 0, "fo_done": 0}
+lines = [l for f in sys.argv[3:] for l in open(f)]
+for line in lines:
     try: e = json.loads(line)
     except ValueError: continue
     ts, f = e.get("time_unix_ms", 0), e.get("fields", {})
     if ts < kill: continue
-    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected" and not t["susp"]: t["susp"] = ts
+    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected": t["susp"] = min(t["susp"] or ts, ts)
     if e.get("object") == "lease" and f.get("action") == "takeover": t["lease"] = max(t["lease"], ts)
     if e.get("object") == "lease" and f.get("action") == "promoted": t["prom"] = max(t["prom"], ts)
     if e.get("object") == "plan" and f.get("state") == "failing-over" and not t["fo_start"]: t["fo_start"] = ts
@@ -470,7 +492,7 @@ for line in open(sys.argv[1]):
 # import of all volumes from the first import's begin to the last one's done.
 last_begin, steps = {}, {}
 try:
-    for line in open(sys.argv[3]):
+    for line in open(sys.argv[2]):
         try: r = json.loads(line)
         except ValueError: continue
         if r.get("op") != "recover": continue
@@ -614,7 +636,7 @@ if [ $cloud = 1 ]; then
     [ "$differing" = 0 ] || die "$differing bytes differed between A and B after the resync: nothing wrote around drl in the drill"
 else
     # planned switchover: writers stopped (done), B demoted once in sync, A promoted
-    for r in $(all_res); do on b secondary "$r" >/dev/null; done
+    for ((v = 0; v < nvol; v++)); do on "$(bnode $v)" secondary "$(res_of $v)" >/dev/null; done
     for r in $(all_res); do on a primary "$r" >/dev/null; done
     ev a switchover "B Secondary, A Primary"
 fi
@@ -622,7 +644,7 @@ fi
 "$drill" check --log "$blog" $(socks a) --no-loss --only-written >"$work/check-a.txt" || die "switchover lost writes: $(cat "$work/check-a.txt")"
 ev a verified "every write acknowledged at B is at A: switchover RPO 0"
 for ((v = 0; v < nvol; v++)); do
-    cmp -s "$work/a/r$v.img" "$work/b/r$v.img" || die "$(res_of $v) differs between A and B after the switchover"
+    cmp -s "$work/a/r$v.img" "$(dir_of b $v)/r$v.img" || die "$(res_of $v) differs between A and B after the switchover"
 done
 ev - identical "A and B byte-identical"
 
@@ -646,6 +668,7 @@ print(json.dumps({
   "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
   "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
+  "backup_nodes": {$(for ((v = 0; v < nvol; v++)); do printf '"%s": "site-%s", ' "$(res_of $v)" "$(bnode $v)"; done)},
   "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,
   "kill_to_stack_complete_ms": (T["stack_d"] - kill) if T.get("stack_d") else None,
   "steps_ms": {"suspicion": $detect_ms, "decision": d("susp", "lease"), "promote": d("lease", "prom"),
@@ -667,6 +690,8 @@ ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || ech
     echo "# drl disaster drill"
     echo
     echo "seed $seed, link $rate, $nvol volumes of $size, writer $writer_rate writes/s, lease TTL ${ttl}s, $(date -u +%FT%TZ)"
+    echo
+    echo "backup nodes at site B: $(for ((v = 0; v < nvol; v++)); do printf '%s%s on site-%s' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)" "$(bnode $v)"; done)"
     echo
     echo "| measure | value |"
     echo "|---|---:|"

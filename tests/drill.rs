@@ -3,7 +3,7 @@
 //! bridged into site B's namespace), and checks, itself, that B's volumes are a prefix of the
 //! writer's acknowledged writes, that the loss is within the lag A reported at the kill, that
 //! B's daemon recovered the plan by itself (Cinder import, Heat stack with a Nova server booted
-//! from the imported volume), and that the fail back and switchover lose nothing and leave A
+//! from the imported volume) with its volumes on two storage nodes at B (site-b, site-b2), and that the fail back and switchover lose nothing and leave A
 //! and B identical. The same kill under the snapshot policy (snapshots streamed by A to the
 //! real Swift, served at site B, restored at B from the newest one before the kill) is held to
 //! the writer's log too, beside replication. This test runs it and holds its report to the
@@ -121,6 +121,16 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
         assert_eq!(x["status"], "in-use", "{r}");
         assert_eq!(x["attached_to"][0], r["server_id"], "{r}");
     }
+    // Two storage nodes at site B: the second volume's Secondary was site-b2's, which took its
+    // lease by itself, and the plan's recovery (run by site-b) imported it all the same.
+    let r1 = format!("{plan}-r1");
+    assert_eq!(s["backup_nodes"][&r1], "site-b2", "{s}");
+    assert_eq!(s["backup_nodes"][format!("{plan}-r0")], "site-b", "{s}");
+    let ev_b2 = std::fs::read_to_string(out.path().join("events-b2.jsonl")).unwrap();
+    let took_r1 = ev_b2.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|e| {
+        e["object"] == "lease" && e["name"] == r1.as_str() && e["fields"]["action"] == "takeover"
+    });
+    assert!(took_r1, "site-b2 took {r1}'s lease:\n{ev_b2}");
     // Read as Cinder serves them, the imported volumes hold the same prefix.
     let c = json(&out.path().join("check-cinder.json"));
     assert_eq!(c["prefix"], true, "{c}");

@@ -127,9 +127,14 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
     assert_eq!(s["backup_nodes"][&r1], "site-b2", "{s}");
     assert_eq!(s["backup_nodes"][format!("{plan}-r0")], "site-b", "{s}");
     let ev_b2 = std::fs::read_to_string(out.path().join("events-b2.jsonl")).unwrap();
-    let took_r1 = ev_b2.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|e| {
-        e["object"] == "lease" && e["name"] == r1.as_str() && e["fields"]["action"] == "takeover"
-    });
+    let took_r1 = ev_b2
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| {
+            e["object"] == "lease"
+                && e["name"] == r1.as_str()
+                && e["fields"]["action"] == "takeover"
+        });
     assert!(took_r1, "site-b2 took {r1}'s lease:\n{ev_b2}");
     // Read as Cinder serves them, the imported volumes hold the same prefix.
     let c = json(&out.path().join("check-cinder.json"));

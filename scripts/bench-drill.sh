@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The disaster drill as a benchmark: scripts/drill.sh at each link rate and volume size, one
-# table of RPO and RTO with every step, and a plot (bench-results/bench-drill-*/).
+# table of RPO and RTO with every step, replication beside the snapshot policy of the same kill
+# (snapshots streamed to Swift, the newest restored), and a plot (bench-results/bench-drill-*/).
 #
 #   scripts/bench-drill.sh                          # RATES="500mbit 100mbit 50mbit" SIZES="1GiB 5GiB 10GiB"
 #   RATES=100mbit SIZES="1GiB 5GiB" REPEAT=1 scripts/bench-drill.sh
 #   SHORT=1 (the drill's --short workload), SEED=N (else one random seed per run), VOLUMES=2,
+#   FILL=0.25 (random data in each volume before protection: what a snapshot restore must move;
+#   default 0), SNAPSHOT_EVERY=1s, BACKUP_NODES=2 (drl daemons at site B), TAG=drill (the
+#   testbed's namespaces),
 #   DRL_BIN=path/to/drl (a build of your own, drl-drill next to it; else a release build)
 #
 # Each run is a whole drill (its own testbed, plan, stack and fail back), so a row is what an
@@ -33,6 +37,8 @@ for rate in $rates; do
             args=(--rate "$rate" --volume-size "$size" --volumes "${VOLUMES:-2}" --out "$d")
             [ -z "${SEED:-}" ] || args+=(--seed "$SEED")
             [ "${SHORT:-0}" = 0 ] || args+=(--short)
+            args+=(--fill "${FILL:-0}" --snapshot-every "${SNAPSHOT_EVERY:-1s}" --tag "${TAG:-drill}")
+            args+=(--backup-nodes "${BACKUP_NODES:-2}")
             l0=$(load)
             log "drill: $rate, ${VOLUMES:-2} x $size, run $i (load $l0)"
             if "$here/drill.sh" "${args[@]}" >"$out/$rate-$size-$i.log" 2>&1; then

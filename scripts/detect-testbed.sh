@@ -23,6 +23,11 @@
 #                                                  on 127.0.0.1 inside SITE: every port of the
 #                                                  Keystone catalog (AUTH_URL's own included)
 #                                                  relayed by socat through a Unix socket
+#   scripts/detect-testbed.sh bridge-swift SITE [PORT]
+#                                                  the host's Swift (scripts/swift-aio.sh, 127.0.0.1:
+#                                                  PORT, 8080) served at SITE's own address: the
+#                                                  other sites reach it through the router (and
+#                                                  its shaping), as a Swift at that site
 #   scripts/detect-testbed.sh unbridge-cloud [SITE]  stop those relays (down does it too)
 #   scripts/detect-testbed.sh down                 remove everything
 #
@@ -185,25 +190,28 @@ print(" ".join(map(str, sorted(ports))))
 PY
 }
 
+# relay NAME NS PORT BIND LOG: the host's 127.0.0.1:PORT at BIND:PORT inside NS, through the
+# Unix socket $CLOUD_DIR/NAME.sock; pid files NAME.host.pid and NAME.ns.pid. setsid: each relay
+# leads its own process group (its forked connections included), so unbridge stops exactly
+# it; no inherited descriptors, so a caller reading our output is not held open.
+relay() {
+  local name=$1 ns=$2 port=$3 bind=$4 logf=$5 sock="$CLOUD_DIR/$1.sock"
+  setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
+    </dev/null >>"$logf" 2>&1 &
+  echo $! >"$CLOUD_DIR/$name.host.pid"
+  setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$bind,fork,reuseaddr" "UNIX-CONNECT:$sock" \
+    </dev/null >>"$logf" 2>&1 &
+  echo $! >"$CLOUD_DIR/$name.ns.pid"
+}
+
 bridge_cloud() {
-  local s=$1 url=${2:-http://127.0.0.1:5050/v3} ns ports port sock i code
+  local s=$1 url=${2:-http://127.0.0.1:5050/v3} ns ports port i code
   ns=$(ns_of "$s")
   need_pkgs socat:socat curl:curl python3:python3
   ports=$(catalog_ports "$url") || die "cannot bridge the cloud into $ns"
   unbridge_cloud "$s"
   mkdir -p "$CLOUD_DIR"
-  for port in $ports; do
-    sock="$CLOUD_DIR/$s-$port.sock"
-    # setsid: each relay leads its own process group (its forked connections included), so
-    # unbridge stops exactly it; no inherited descriptors, so a caller reading our output
-    # is not held open.
-    setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
-      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
-    echo $! >"$CLOUD_DIR/$s-$port.host.pid"
-    setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" \
-      </dev/null >>"$CLOUD_DIR/$s.log" 2>&1 &
-    echo $! >"$CLOUD_DIR/$s-$port.ns.pid"
-  done
+  for port in $ports; do relay "$s-$port" "$ns" "$port" 127.0.0.1 "$CLOUD_DIR/$s.log"; done
   # Ready when every port answers HTTP from inside the namespace (the whole path: listener
   # in the site, socket, relay on the host, the service).
   for port in $ports; do
@@ -215,6 +223,28 @@ bridge_cloud() {
     done
   done
   log "cloud bridged into $ns: 127.0.0.1 ports $ports"
+}
+
+# bridge_swift SITE PORT: Swift on SITE's address. Tempauth builds its storage URL from the
+# request's Host, so a client that logs in at http://ADDR:PORT/auth/v1.0 keeps talking to ADDR.
+bridge_swift() {
+  local s=$1 port=${2:-8080} ns addr i code
+  ns=$(ns_of "$s")
+  addr=$(addr_of "$s")
+  need_pkgs socat:socat curl:curl
+  curl -s -o /dev/null -m 5 "http://127.0.0.1:$port/healthcheck" ||
+    die "no Swift answers on the host's 127.0.0.1:$port (scripts/swift-aio.sh start)"
+  mkdir -p "$CLOUD_DIR"
+  stop_group "relay swift-$s-$port.host" "$CLOUD_DIR/swift-$s-$port.host.pid" 2>/dev/null || true
+  stop_group "relay swift-$s-$port.ns" "$CLOUD_DIR/swift-$s-$port.ns.pid" 2>/dev/null || true
+  relay "swift-$s-$port" "$ns" "$port" "$addr" "$CLOUD_DIR/swift-$s.log"
+  for ((i = 0; ; i++)); do
+    code=$(ip netns exec "$ns" curl -s -o /dev/null -m 3 -w '%{http_code}' "http://$addr:$port/healthcheck" || true)
+    [ "${code:-000}" = 200 ] && break
+    [ "$i" -lt 200 ] || die "bridge: Swift does not answer at $addr:$port inside $ns ($(tail -3 "$CLOUD_DIR/swift-$s.log" 2>/dev/null))"
+    sleep 0.1
+  done
+  log "Swift (host 127.0.0.1:$port) served at $addr:$port in $ns"
 }
 
 unbridge_cloud() {
@@ -265,6 +295,7 @@ case "$cmd" in
   exec) s=$1; shift; exec ip netns exec "$(ns_of "$s")" "$@" ;;
   addr) addr_of "$1" ;;
   bridge-cloud) ns_of "$1" >/dev/null; bridge_cloud "$@" ;;
+  bridge-swift) ns_of "$1" >/dev/null; bridge_swift "$@" ;;
   unbridge-cloud) unbridge_cloud "${1:-}" ;;
-  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac

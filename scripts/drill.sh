@@ -3,20 +3,28 @@
 # and a timeline.
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
-#                    [--writer-rate 1500] [--lease-ttl 3] [--out DIR] [--keep] [--short]
+#                    [--writer-rate 1500] [--lease-ttl 3] [--snapshot-every 1s|off]
+#                    [--fill 0] [--backup-nodes 2] [--tag drill] [--out DIR] [--keep] [--short]
 #                    [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
 #  1. three sites as network namespaces (site A, site B, a witness) behind a router namespace
 #     (scripts/detect-testbed.sh), the A-B path shaped with tc tbf at --rate, one etcd member
-#     per site, one drl daemon at A and at B with site-failure detection ([detect]: UDP
-#     pingers, a lease per resource in etcd, self-fencing), --volumes replicated resources
-#     (A -> B), initial sync; the backup site's cloud (scripts/openstack-aio.sh: Keystone,
-#     Cinder, Heat, Nova with the fake driver, on the host's 127.0.0.1) bridged into site B's
+#     per site, one drl daemon at A and two at B (--backup-nodes: the storage nodes site-b
+#     and site-b2, both in site B's namespace, [[node]] site = "site-b"; the volumes
+#     alternate between them, so the plan's recovery spans two backup nodes) with
+#     site-failure detection ([detect]: UDP pingers on every node, a lease per resource in
+#     etcd, self-fencing), --volumes replicated resources (A -> B), initial sync; the backup
+#     site's cloud (scripts/openstack-aio.sh: Keystone, Cinder, Heat, Nova with the fake
+#     driver, on the host's 127.0.0.1) bridged into site B's
 #     namespace (detect-testbed.sh bridge-cloud); a protection plan over the volumes with
 #     failover = "automatic": a HOT template with a Nova server booted from the first volume
 #     and the others attached (primary-site IDs inside), checked and checkpointed (drl dr
-#     protect);
+#     protect); the plan's protection actions at A (the snapshot policy, the paper's other
+#     one): a snapshot of every volume each --snapshot-every streamed incrementally to Swift
+#     ([[plan]] snapshot-to) and a base image copied to Swift ([[plan]] images), Swift being
+#     at site B (the host's scripts/swift-aio.sh served at B's address by detect-testbed.sh
+#     bridge-swift, so A's uploads cross the shaped link);
 #  2. a workload at A (drl-drill write): dependent 4 KiB writes alternating over the volumes,
 #     every write logged before it is sent and when it is acknowledged; A's status (lag,
 #     send queue) sampled every 100 ms;
@@ -33,12 +41,23 @@
 #     time span) against the lag A reported at the kill; the stack CREATE_COMPLETE with its
 #     server booted from the imported first volume and the others attached (Heat, Cinder),
 #     and the imported volumes, read as Cinder serves them, the same prefix;
+#  5b. the same kill under the snapshot policy: the newest snapshot of each volume that A had
+#     streamed to Swift before the kill, restored at B from Swift (drl restore, all volumes at
+#     once) and held against the same log: its RPO (the writes after the snapshot) and RTO
+#     (the decision as above, then the restore; to the workload: plus this run's import and
+#     stack steps, which are the same for both policies) beside replication's; the base image
+#     pulled back from Swift and compared;
 #  6. fail back: a workload at B, A returns as Secondary and resyncs only what changed (bytes
 #     against the volume size), then `drl dr failback --stop-workload`: the stack deleted, the
 #     volumes unmanaged (the data stays), digests compared where Cinder could have written
 #     around drl, a planned switchover back to A with RPO 0 (every write acknowledged at B is
 #     at A, the disks identical);
 #  7. the summary table, the timeline (markdown + CSV) and a plot.
+#
+# --fill F puts F x the volume size of random data into each of A's volumes before protection
+# begins (after the workload's quarter, at most 0.75): the initial sync and the first snapshot
+# carry it, and the snapshot policy's restore has to bring it back (its RTO grows with it);
+# replication's does not move it.
 #
 # --no-cloud leaves out the plan, Cinder and Heat (no OpenStack on the machine): the RTO then
 # ends at the first read at B. Volume sizes are whole GiB with the cloud (Cinder sizes an
@@ -51,12 +70,16 @@
 # and builds drl and drl-drill. A cloud already running (Keystone on 127.0.0.1:5050) is used
 # and left running; one the drill had to start is stopped at the end (not with --keep).
 # Everything it creates is named drl-det-drill-* (namespaces), drl-drill-* (plan, stack,
-# resources, Cinder volumes, files). Exits non-zero if a check fails.
+# resources, Cinder volumes, files, Swift containers drl-drill-*-snap/-images). --tag TAG
+# names the testbed drl-det-TAG-* instead (two drills at once). Exits non-zero if a check fails.
+# Swift (127.0.0.1:8080, tempauth) is used when it answers and started when not
+# (scripts/swift-aio.sh start; stopped at the end like the cloud).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes=2
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -65,6 +88,10 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2; shift 2 ;;
     --writer-rate) writer_rate=$2; shift 2 ;;
     --lease-ttl) ttl=$2; shift 2 ;;
+    --snapshot-every) snap_every=$2; shift 2 ;;
+    --tag) tag=$2; shift 2 ;;
+    --fill) fill=$2; shift 2 ;;
+    --backup-nodes) bnodes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --short) short=1; shift ;;
@@ -75,6 +102,16 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || die "the drill needs root: its sites are network namespaces"
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
+[[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
+    die "--fill must be a fraction 0..0.75 of the volume, not $fill"
+[[ $bnodes =~ ^[12]$ ]] || die "--backup-nodes must be 1 or 2 (drl daemons at site B)"
+[ "$nvol" -ge 2 ] || bnodes=1 # one volume: one backup node holds it
+[[ $tag =~ ^[a-z0-9]{1,8}$ ]] || die "--tag must be 1-8 lower-case letters or digits (namespaces drl-det-TAG-*)"
+# The snapshot policy needs the plan (its schedule), so the cloud.
+snap=1
+if [ "$snap_every" = off ] || [ $cloud = 0 ]; then snap=0
+elif ! [[ $snap_every =~ ^[1-9][0-9]*(ms|s|m)$ ]]; then die "--snapshot-every must be a duration (e.g. 1s, 1500ms) or off"
+fi
 need_pkgs ip:iproute2 tc:iproute2 python3:python3 etcd:etcd-server etcdctl:etcd-client
 [ -n "$size" ] || size=$([ $cloud = 1 ] && echo 1GiB || echo 256MiB)
 if [ $cloud = 1 ]; then
@@ -96,10 +133,10 @@ fi
 work=$(mktemp -d /tmp/drl-drill.XXXXXX)
 [ -n "$out" ] || out=$(repo_root)/bench-results/drill-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
-# The three-site testbed: namespaces drl-det-drill-{a,b,w} behind the router drl-det-drill-r.
-export DRL_DET_TAG=drill
+# The three-site testbed: namespaces drl-det-TAG-{a,b,w} behind the router drl-det-TAG-r.
+export DRL_DET_TAG=$tag
 bed() { "$here/detect-testbed.sh" "$@"; }
-NS_A=drl-det-drill-a NS_B=drl-det-drill-b NS_R=drl-det-drill-r
+NS_A=drl-det-$tag-a NS_B=drl-det-$tag-b NS_R=drl-det-$tag-r
 ADDR_A=$(bed addr a) ADDR_B=$(bed addr b) ADDR_W=$(bed addr w)
 # The plan's name (the stack's and every Cinder volume's drl-plan) and the resources' prefix:
 # unique per run in the shared cloud, apart from the seed (which drives the experiment).
@@ -124,16 +161,25 @@ ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 # --- the sites -------------------------------------------------------------------------------
 res_of() { if [ $cloud = 1 ]; then echo "$plan-r$1"; else echo "r$1"; fi; }
+# The backup node holding volume V's Secondary: site-b, or site-b2 for every other volume with
+# --backup-nodes 2 (the first volume, whose node runs the plan's recovery, is site-b's).
+bnode() { if [ "$bnodes" = 2 ] && [ $(($1 % 2)) = 1 ]; then echo b2; else echo b; fi; }
+bsites() { echo b; [ "$bnodes" = 1 ] || echo b2; }
 vol_id() { printf 'd7111111-0000-4000-8000-%012d' "$1"; } # volume V's ID at the primary site
 # The protection plan: B's daemon recovers it by itself (failover = "automatic") through the
 # bridged cloud; the template boots a server from the first volume and attaches the others.
-plan_config() {
+plan_config() { # SITE: B's copy has no schedule (see below)
     local v
     printf '\n[openstack]\nauth-url = "%s"\nusername = "admin"\npassword = "drl-admin-pw"\nproject = "admin"\n' "$KS_URL"
     printf '\n[dr]\nstate-dir = "%s/dr"\n' "$work"
     printf '\n[[plan]]\nname = "%s"\nresources = [%s]\ntemplate = "%s/plan.yaml"\n' "$plan" \
         "$(for ((v = 0; v < nvol; v++)); do printf '%s"%s"' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)"; done)" "$work"
     printf 'cinder-host = "aio@nfs#nfs"\ncinder-export-dir = "%s"\nfailover = "automatic"\nrpo-target = "5s"\n' "$EXPORT"
+    if [ "$1" = a ] && [ $snap = 1 ]; then
+        # The snapshot policy, A's protection actions: snapshots and the base image to Swift.
+        printf 'snapshot-every = "%s"\nkeep = 4\nsnapshot-to = "swift://%s-snap/s"\n' "$snap_every" "$plan"
+        printf 'images = [{ file = "%s/a/base.img", to = "swift://%s-images/base" }]\n' "$work" "$plan"
+    fi
     for ((v = 0; v < nvol; v++)); do
         printf '\n[plan.volume.%s]\nprimary-id = "%s"\n' "$(res_of $v)" "$(vol_id $v)"
         if [ $v = 0 ]; then printf 'bootable = true\nparameter = "boot_volume"\n'; fi
@@ -162,13 +208,19 @@ EOF
     done
     printf 'outputs:\n  server: {value: {get_resource: server}}\n'
 }
-cfg=$work/drl.toml
+# One config per site, the same but for the plan's schedule: B's copy has none, so once failed
+# over B does not start streaming its own snapshots (protecting the workload at B again, to a
+# third site, is outside the drill; those streams would compete with the recovery measured).
+cfg=$work/drl.toml cfg_b=$work/drl-b.toml
+cfg_of() { if [ "$1" = a ]; then echo "$cfg"; else echo "$cfg_b"; fi; } # site-b and site-b2 share one
 if [ $cloud = 1 ]; then plan_template >"$work/plan.yaml"; fi
-{
-    for s in a b; do printf '[[node]]\nname = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "$work" "$s"; done
+site_config() { # SITE
+    for s in a $(bsites); do
+        printf '[[node]]\nname = "site-%s"\nsite = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "${s:0:1}" "$work" "$s"
+    done
     for ((v = 0; v < nvol; v++)); do
         printf '[[resource]]\nname = "%s"\nsize = "%s"\nsecret = "drill-secret"\n' "$(res_of $v)" "$size"
-        for s in a b; do
+        for s in a "$(bnode $v)"; do
             addr=$([ $s = a ] && echo "$ADDR_A" || echo "$ADDR_B")
             printf '[resource.on.site-%s]\naddress = "%s:%d"\n' "$s" "$addr" $((7800 + v))
             printf 'disk = "%s/%s/r%d.img"\nmeta = "%s/%s/r%d.meta"\nnbd = "%s/%s/r%d.nbd"\n' \
@@ -177,20 +229,46 @@ if [ $cloud = 1 ]; then plan_template >"$work/plan.yaml"; fi
         echo
     done
     printf '[stream]\nvault-dir = "%s/vault"\n\n' "$work"
+    # Swift at site B (bridge-swift): tempauth answers with a storage URL on the address asked.
+    if [ $snap = 1 ]; then
+        printf '[swift]\nauth = "tempauth"\nurl = "http://%s:8080/auth/v1.0"\nuser = "test:tester"\nkey = "testing"\n\n' "$ADDR_B"
+    fi
     printf '[detect]\ncluster = "drill"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\nlease-ttl = "%ss"\n\n' \
         "$ADDR_A" "$ADDR_B" "$ADDR_W" "$ttl"
     printf '[detect.on.site-a]\nlisten = "%s:7790"\n\n[detect.on.site-b]\nlisten = "%s:7790"\n' "$ADDR_A" "$ADDR_B"
-    if [ $cloud = 1 ]; then plan_config; fi
-} >"$cfg"
-mkdir -p "$work/a" "$work/b"
+    [ "$bnodes" = 1 ] || printf '\n[detect.on.site-b2]\nlisten = "%s:7791"\nsite = "site-b"\n' "$ADDR_B"
+    if [ $cloud = 1 ]; then plan_config "$1"; fi
+}
+site_config a >"$cfg"
+site_config b >"$cfg_b"
+mkdir -p "$work/a" "$work/b" "$work/b2"
+if [ "$(python3 -c "print($fill > 0)")" = True ]; then
+    size_bytes=$(python3 -c "
+import re; m = re.fullmatch(r'(\d+)\s*([KMGT]?)(iB|B)?', '$size', re.I)
+print(int(m.group(1)) * 1024 ** ' KMGT'.index((m.group(2) or ' ').upper()))") || die "cannot read --volume-size $size"
+    fill_mib=$(python3 -c "print(int($size_bytes * $fill) >> 20)")
+    for ((v = 0; v < nvol; v++)); do
+        truncate -s "$size_bytes" "$work/a/r$v.img"
+        dd if=/dev/urandom of="$work/a/r$v.img" bs=1M seek=$((size_bytes / 4 >> 20)) count="$fill_mib" conv=notrunc status=none
+    done
+    ev a filled "$fill_mib MiB of random data in each of A's volumes (after the workload's quarter)"
+fi
+if [ $snap = 1 ]; then
+    # The workload's base image at A: 32 MiB, a quarter random (the rest a hole), as an image
+    # copy ships it: only segments Swift lacks.
+    head -c 8M /dev/urandom >"$work/a/base.img"
+    truncate -s 32M "$work/a/base.img"
+fi
 
 declare -A pid
-on() { local s=$1; shift; "$drl" --config "$cfg" --node "site-$s" "$@"; }
+on() { local s=$1; shift; "$drl" --config "$(cfg_of "$s")" --node "site-$s" "$@"; }
+# in_b CMD...: a drl command run inside site B (Swift is reached at B's address)
+in_b() { ip netns exec "$NS_B" "$drl" --config "$cfg_b" --node site-b "$@"; }
 start_daemon() { # SITE
     local s=$1 ns
-    ns=$([ "$s" = a ] && echo "$NS_A" || echo "$NS_B")
+    ns=$([ "$s" = a ] && echo "$NS_A" || echo "$NS_B") # site-b2 runs in site B too
     rm -f "$work/site-$s.sock" "$work/$s"/*.nbd
-    ip netns exec "$ns" "$drl" daemon --config "$cfg" --node "site-$s" 2>>"$work/$s.log" &
+    ip netns exec "$ns" "$drl" daemon --config "$(cfg_of "$s")" --node "site-$s" 2>>"$work/$s.log" &
     pid[$s]=$!
     wait_for_socket "$work/site-$s.sock" 30 "${pid[$s]}" || die "site $s did not start: $(tail -5 "$work/$s.log")"
 }
@@ -198,8 +276,9 @@ field() { # SITE RES FIELD
     on "$1" status "$2" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0].get('$3'))"
 }
 all_res() { for ((v = 0; v < nvol; v++)); do res_of $v; done; }
-socks() { # SITE -> --socket args
-    for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/%s/r%d.nbd ' "$work" "$1" $v; done
+dir_of() { if [ "$1" = a ]; then echo "$work/a"; else echo "$work/$(bnode "$2")"; fi; } # SITE V
+socks() { # SITE (a, or b: each volume's backup node) -> --socket args
+    for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/r%d.nbd ' "$(dir_of "$1" $v)" $v; done
 }
 # wait_until WHAT SECONDS CMD... — CMD is the full predicate; prints progress while it waits.
 wait_until() {
@@ -217,25 +296,32 @@ in_sync() { # every resource UpToDate on both sides, nothing out of sync, A->B e
     done
 }
 
-started_cloud=0
+started_cloud=0 started_swift=0
 cleanup() {
     local st=$?
     [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
-    [ -n "${evtap:-}" ] && kill "$evtap" 2>/dev/null
+    # shellcheck disable=SC2086
+    [ -n "${evtap:-}" ] && kill $evtap 2>/dev/null
     if [ $keep = 1 ]; then
-        log "left running (--keep): config $cfg, logs in $work"
+        log "left running (--keep): configs $cfg (A) $cfg_b (B), logs in $work"
         return
     fi
     [ -n "${checker:-}" ] && kill "$checker" 2>/dev/null
+    # The daemons first, B before A: with A stopping (a scheduled stream can hold its shutdown
+    # for seconds) B would take the leases and recover the plan again, a second stack.
+    for s in b2 b a; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
     # The shared cloud as it was: the stack deleted, the volumes unmanaged (fail back does it
     # on success; this is for a drill that stopped before), the links into $work removed.
     if [ $cloud = 1 ]; then
         /usr/bin/python3 "$here/drill_cloud.py" cleanup "$plan" "$work" 2>>"$work/cloud.log" || warn "cloud cleanup: $(tail -2 "$work/cloud.log")"
     fi
-    for s in a b; do [ -n "${pid[$s]:-}" ] && stop_pid "${pid[$s]}" 5; done
-    for s in a b w; do ip netns pids "drl-det-drill-$s" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
+    if [ $snap = 1 ]; then # after the daemons: no stream starts again behind it
+        /usr/bin/python3 "$here/drill_cloud.py" swift-cleanup "$plan-" 2>>"$work/cloud.log" || warn "Swift cleanup: $(tail -2 "$work/cloud.log")"
+    fi
+    for s in a b w; do ip netns pids "drl-det-$tag-$s" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
     bed down >/dev/null 2>&1 || true
     if [ $started_cloud = 1 ]; then "$here/openstack-aio.sh" stop >/dev/null 2>&1 || warn "stopping the cloud failed"; fi
+    if [ $started_swift = 1 ]; then "$here/swift-aio.sh" stop >/dev/null 2>&1 || warn "stopping Swift failed"; fi
     cp "$work"/*.log "$work"/*.jsonl "$work"/*.err "$work"/dr/*.journal "$out/" 2>/dev/null || true
     rm -rf "$work"
     exit $st
@@ -258,10 +344,20 @@ if [ $cloud = 1 ]; then
     fi
     [ -d "$EXPORT" ] || die "$EXPORT missing: the cloud's Cinder NFS export (scripts/openstack-aio.sh start)"
 fi
+swift_ok() { curl -sf -o /dev/null -m 10 -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' http://127.0.0.1:8080/auth/v1.0; }
+if [ $snap = 1 ] && ! swift_ok; then
+    log "no Swift answers on 127.0.0.1:8080: starting one (scripts/swift-aio.sh start; stopped at the end)"
+    started_swift=1
+    "$here/swift-aio.sh" start >&2 || die "Swift did not start (scripts/swift-aio.sh start)"
+    swift_ok || die "Swift started but refuses test:tester at http://127.0.0.1:8080/auth/v1.0"
+fi
 
 bed up >/dev/null 2>&1 || die "the three-site testbed did not come up (scripts/detect-testbed.sh up)"
 if [ $cloud = 1 ]; then
     bed bridge-cloud b "$KS_URL" 2>>"$work/bridge.log" || die "the cloud bridge into site B failed: $(tail -3 "$work/bridge.log")"
+fi
+if [ $snap = 1 ]; then
+    bed bridge-swift b 8080 2>>"$work/bridge.log" || die "serving Swift at site B failed: $(tail -3 "$work/bridge.log")"
 fi
 # Shape the A-B path in the router: egress towards B carries A->B, towards A carries B->A.
 bps=$(python3 - "$rate" <<'PY'
@@ -274,7 +370,7 @@ PY
 ) || die "bad --rate $rate"
 burst=$((bps / 8 / 250)); [ "$burst" -ge 32768 ] || burst=32768
 for s in a b; do tc -n "$NS_R" qdisc replace dev "r$s" root tbf rate "${bps}bit" burst "$burst" latency 100ms; done
-ev - sites-up "site-a $ADDR_A, site-b $ADDR_B, witness $ADDR_W; A-B shaped to $rate"
+ev - sites-up "site-a $ADDR_A, site-b $ADDR_B ($bnodes storage node(s)), witness $ADDR_W; A-B shaped to $rate"
 start_etcd() { # SITE
     bed etcd "$1" "$work/etcd-$1" >"$work/etcd-$1.log" 2>&1 &
 }
@@ -283,10 +379,14 @@ etcd_ok() { ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_A:2379,http:
 wait_until "etcd: all three members healthy" 60 etcd_ok
 ev - etcd-up "one member per site, lease TTL ${ttl}s"
 start_daemon a
-start_daemon b
-# B's own record of what it saw: site health, leases, promotions (JSON lines with times).
-on b events --json >"$work/events-b.jsonl" 2>/dev/null &
-evtap=$!
+for s in $(bsites); do start_daemon "$s"; done
+# B's own record of what it saw: site health, leases, promotions (JSON lines with times), from
+# each of its nodes (the plan's events come from site-b, which runs its recovery).
+evtap=""
+for s in $(bsites); do
+    on "$s" events --json >"$work/events-$s.jsonl" 2>/dev/null &
+    evtap+=" $!"
+done
 for r in $(all_res); do on a primary "$r" --force >/dev/null; done
 ev a primary "$(all_res | tr '\n' ' ')"
 wait_until "initial sync" 600 in_sync
@@ -296,6 +396,17 @@ if [ $cloud = 1 ]; then
     # checkpointed, at the backup site, as an admin would before any disaster.
     on b dr protect "$plan" >"$work/protect.out" 2>&1 || die "drl dr protect $plan: $(cat "$work/protect.out")"
     ev b protected "plan $plan: $nvol volumes, server booted from $(res_of 0), failover automatic"
+fi
+if [ $snap = 1 ]; then
+    # The snapshot policy in its steady state before the disaster: A's first (full) snapshot of
+    # every volume and the base image in Swift, as the plan's recorded actions show them.
+    protected_in_swift() {
+        on b dr plan show "$plan" --json >"$work/plan-show.json" 2>/dev/null || return 1
+        # shellcheck disable=SC2046
+        /usr/bin/python3 "$here/drill_snap.py" ready "$work/plan-show.json" $(all_res) 2>/dev/null
+    }
+    wait_until "A's first snapshot of every volume and the base image in Swift (A's log: $work/a.log)" 600 protected_in_swift
+    ev a protection-ready "a snapshot of every volume and the base image in Swift; snapshots every $snap_every from here"
 fi
 
 # --- the workload, and the kill ----------------------------------------------------------------
@@ -340,8 +451,8 @@ ev a lag-at-kill "${lag_at_kill} ms (A's last samples)"
 
 # --- detection, lease, promotion, recovery: nothing is touched ---------------------------------
 primary_at_b() {
-    local r
-    for r in $(all_res); do [ "$(field b "$r" role)" = Primary ] || return 1; done
+    local v
+    for ((v = 0; v < nvol; v++)); do [ "$(field "$(bnode $v)" "$(res_of $v)" role)" = Primary ] || return 1; done
 }
 wait_until "B promoted itself (detection, lease in etcd)" $((60 + 4 * ttl)) primary_at_b
 t_promote=$(date +%s%N)
@@ -362,15 +473,17 @@ if [ $cloud = 1 ]; then
 fi
 # Times from B's own events (unix ms): first suspicion of site-a, last lease taken, last
 # promoted, the failover's start and end; and from the recovery journal each step's begin/done.
-python3 - "$work/events-b.jsonl" "$((t_kill / 1000000))" "$work/dr/$plan.journal" >"$work/times.txt" <<'PY'
+# With two backup nodes: the first suspicion by either, the last lease and promotion of both.
+python3 - "$((t_kill / 1000000))" "$work/dr/$plan.journal" "$work"/events-b*.jsonl >"$work/times.txt" <<'PY'
 import json, sys
-kill = int(sys.argv[2]); t = {"susp": 0, "lease": 0, "prom": 0, "fo_start": 0, "fo_done": 0}
-for line in open(sys.argv[1]):
+kill = int(sys.argv[1]); t = {"susp": 0, "lease": 0, "prom": 0, "fo_start": 0, "fo_done": 0}
+lines = [l for f in sys.argv[3:] for l in open(f)]
+for line in lines:
     try: e = json.loads(line)
     except ValueError: continue
     ts, f = e.get("time_unix_ms", 0), e.get("fields", {})
     if ts < kill: continue
-    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected" and not t["susp"]: t["susp"] = ts
+    if e.get("object") == "site" and e.get("name") == "site-a" and f.get("health") == "suspected": t["susp"] = min(t["susp"] or ts, ts)
     if e.get("object") == "lease" and f.get("action") == "takeover": t["lease"] = max(t["lease"], ts)
     if e.get("object") == "lease" and f.get("action") == "promoted": t["prom"] = max(t["prom"], ts)
     if e.get("object") == "plan" and f.get("state") == "failing-over" and not t["fo_start"]: t["fo_start"] = ts
@@ -379,7 +492,7 @@ for line in open(sys.argv[1]):
 # import of all volumes from the first import's begin to the last one's done.
 last_begin, steps = {}, {}
 try:
-    for line in open(sys.argv[3]):
+    for line in open(sys.argv[2]):
         try: r = json.loads(line)
         except ValueError: continue
         if r.get("op") != "recover": continue
@@ -449,6 +562,53 @@ print(' '.join('--file $EXPORT/volume-' + v['cinder_id'] for v in r['volumes']))
     ev b imported-read "the imported volumes hold the same prefix (lost $c_lost)"
 fi
 
+# --- the same kill under the snapshot policy ------------------------------------------------------
+# Run after replication's recovery, not beside it, so neither's times carry the other's load.
+# The decision is the same (A suspected, its leases expired); from there the policy restores
+# the newest snapshot of each volume that was complete in Swift before the kill.
+if [ $snap = 1 ]; then
+    on b dr plan show "$plan" --json >"$work/plan-show.json" 2>"$work/plan-show.err" ||
+        die "drl dr plan show $plan at B: $(cat "$work/plan-show.err")"
+    while IFS='|' read -r t e d; do ev_at "$t" a "$e" "$d"; done < <(/usr/bin/python3 "$here/drill_snap.py" timeline "$work/plan-show.json" "$kill_ms")
+    # shellcheck disable=SC2046
+    /usr/bin/python3 "$here/drill_snap.py" pick "$work/plan-show.json" "$kill_ms" $(all_res) >"$work/snap-pick.txt" ||
+        die "the snapshot policy has nothing to restore (A streamed no snapshot of every volume before the kill; $work/a.log)"
+    mkdir -p "$work/snap"
+    t_rs=$(date +%s%N)
+    rpids=()
+    v=0
+    while read -r r url _ _ _; do
+        in_b restore "$url" --to "$work/snap/r$v.img" --json >"$work/restore-r$v.json" 2>"$work/restore-r$v.err" &
+        rpids+=($!)
+        v=$((v + 1))
+    done <"$work/snap-pick.txt"
+    for ((v = 0; v < nvol; v++)); do
+        wait "${rpids[$v]}" || die "drl restore of $(res_of $v) from Swift: $(tail -3 "$work/restore-r$v.err")"
+    done
+    restore_ms=$(ms_since "$t_rs")
+    snap_oldest_ms=$(awk 'NR == 1 || $3 < m {m = $3} END {print m}' "$work/snap-pick.txt")
+    decision_ms=$(( (T[lease] != 0 ? T[lease] : T[prom]) - kill_ms ))
+    snap_data_ms=$((decision_ms + restore_ms))
+    ev b snapshot-restored "$nvol volumes from Swift ($(awk '{printf "%s%s", (NR > 1 ? ", " : ""), $2}' "$work/snap-pick.txt")) in $restore_ms ms: the snapshot policy's data $snap_data_ms ms after the kill"
+    # shellcheck disable=SC2046
+    "$drill" check --log "$wlog" $(for ((v = 0; v < nvol; v++)); do printf -- '--file %s/snap/r%d.img ' "$work" $v; done) --json \
+        >"$work/check-snap.json" 2>"$work/check-snap.err" || true
+    [ -s "$work/check-snap.json" ] || die "reading the restored volumes failed: $(cat "$work/check-snap.err")"
+    read -r s_prefix _ s_lost s_lost_bytes s_rpo_s _ _ < <(verdict "$work/check-snap.json")
+    [ "$s_prefix" = True ] || die "the volumes restored from Swift are NOT a prefix of the acknowledged writes ($work/check-snap.json)"
+    # Every write acknowledged before a snapshot was taken is in it: the loss spans at most
+    # from the oldest chosen snapshot to the kill.
+    [ "$(python3 -c "print($s_rpo_s * 1000 <= $kill_ms - $snap_oldest_ms + 200)")" = True ] ||
+        die "the snapshot policy lost ${s_rpo_s}s of writes, more than the $((kill_ms - snap_oldest_ms)) ms since its snapshot"
+    ev b snapshot-verified "prefix of the writer's log: lost $s_lost acknowledged writes ($s_lost_bytes bytes, ${s_rpo_s} s; the snapshot was $((kill_ms - snap_oldest_ms)) ms old)"
+    # The base image as Swift holds it: the copy A made, byte for byte.
+    in_b image pull "swift://$plan-images/base" --to "$work/base.pulled" >"$work/image-pull.out" 2>&1 ||
+        die "drl image pull of the base image from Swift: $(tail -3 "$work/image-pull.out")"
+    cmp -s "$work/a/base.img" "$work/base.pulled" || die "the base image in Swift differs from A's"
+    ev b image-verified "the base image pulled from Swift is A's, byte for byte"
+    rm -f "$work/base.pulled" "$work"/snap/*.img
+fi
+
 # --- fail back ---------------------------------------------------------------------------------
 blog=$work/writer-b.log
 # shellcheck disable=SC2046
@@ -476,7 +636,7 @@ if [ $cloud = 1 ]; then
     [ "$differing" = 0 ] || die "$differing bytes differed between A and B after the resync: nothing wrote around drl in the drill"
 else
     # planned switchover: writers stopped (done), B demoted once in sync, A promoted
-    for r in $(all_res); do on b secondary "$r" >/dev/null; done
+    for ((v = 0; v < nvol; v++)); do on "$(bnode $v)" secondary "$(res_of $v)" >/dev/null; done
     for r in $(all_res); do on a primary "$r" >/dev/null; done
     ev a switchover "B Secondary, A Primary"
 fi
@@ -484,7 +644,9 @@ fi
 "$drill" check --log "$blog" $(socks a) --no-loss --only-written >"$work/check-a.txt" || die "switchover lost writes: $(cat "$work/check-a.txt")"
 ev a verified "every write acknowledged at B is at A: switchover RPO 0"
 for ((v = 0; v < nvol; v++)); do
-    cmp -s "$work/a/r$v.img" "$work/b/r$v.img" || die "$(res_of $v) differs between A and B after the switchover"
+    # (sparse_cmp: cmp that reads only where either file has data; a 10 GiB cmp took minutes)
+    /usr/bin/python3 "$here/sparse_cmp.py" "$work/a/r$v.img" "$(dir_of b $v)/r$v.img" >"$work/cmp.out" ||
+        die "$(res_of $v) differs between A and B after the switchover: $(cat "$work/cmp.out")"
 done
 ev - identical "A and B byte-identical"
 
@@ -496,6 +658,8 @@ for f in recovery.json check-cinder.json failback.json; do [ ! -f "$work/$f" ] |
 detect_ms=$((T[susp] - kill_ms))
 promote_ms=$((T[prom] - kill_ms))
 read_ms=$(((first_read_ns - t_kill) / 1000000))
+stack_steps_ms=0 # replication's Cinder import, rewrite and Heat steps: the same for both policies
+[ $cloud = 0 ] || stack_steps_ms=$((T[import_d] - T[import_b] + T[rewrite_d] - T[rewrite_b] + T[stack_d] - T[stack_b]))
 # summary.json: the numbers the report prints, for tests and the benchmark.
 python3 - >"$out/summary.json" <<PY
 import json
@@ -503,9 +667,10 @@ T = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
 kill = $kill_ms
 def d(a, b): return (T[b] - T[a]) if T.get(a) and T.get(b) else None
 print(json.dumps({
-  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size",
+  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
   "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
+  "backup_nodes": {$(for ((v = 0; v < nvol; v++)); do printf '"%s": "site-%s", ' "$(res_of $v)" "$(bnode $v)"; done)},
   "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,
   "kill_to_stack_complete_ms": (T["stack_d"] - kill) if T.get("stack_d") else None,
   "steps_ms": {"suspicion": $detect_ms, "decision": d("susp", "lease"), "promote": d("lease", "prom"),
@@ -513,6 +678,13 @@ print(json.dumps({
                "import": d("import_b", "import_d"), "rewrite": d("rewrite_b", "rewrite_d"),
                "stack": d("stack_b", "stack_d")},
   "failback_resync_bytes": $resynced, "switchover_rpo_writes": 0,
+  "snapshot_policy": {
+    "snapshot_every": "$snap_every", "snapshot_age_ms": $kill_ms - ${snap_oldest_ms:-0},
+    "lost_writes": ${s_lost:-0}, "lost_bytes": ${s_lost_bytes:-0}, "rpo_seconds": ${s_rpo_s:-0},
+    "prefix": "${s_prefix:-}" == "True", "decision_ms": ${decision_ms:-0}, "restore_ms": ${restore_ms:-0},
+    "kill_to_restored_ms": ${snap_data_ms:-0},
+    "kill_to_stack_estimate_ms": ${snap_data_ms:-0} + $stack_steps_ms,
+  } if $snap else None,
 }))
 PY
 ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || echo "-"; }
@@ -520,6 +692,8 @@ ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || ech
     echo "# drl disaster drill"
     echo
     echo "seed $seed, link $rate, $nvol volumes of $size, writer $writer_rate writes/s, lease TTL ${ttl}s, $(date -u +%FT%TZ)"
+    echo
+    echo "backup nodes at site B: $(for ((v = 0; v < nvol; v++)); do printf '%s%s on site-%s' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)" "$(bnode $v)"; done)"
     echo
     echo "| measure | value |"
     echo "|---|---:|"
@@ -548,6 +722,20 @@ ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || ech
     echo "| fail back resync | $resynced bytes of $nvol x $size |"
     echo "| switchover RPO | 0 (checked) |"
     echo
+    if [ $snap = 1 ]; then
+        echo "## Replication against the snapshot policy, the same kill"
+        echo
+        echo "Snapshot policy: a snapshot of every volume each $snap_every at A, streamed to Swift at B"
+        echo "(incremental); restored at B from the newest one complete before the kill (\`drl restore\`,"
+        echo "$nvol at once). Its RTO to the workload adds this run's import + rewrite + stack steps"
+        echo "(${stack_steps_ms} ms, the same for both policies; not a second stack)."
+        echo
+        echo "| policy | lost writes | lost bytes | RPO span | kill -> data readable | kill -> CREATE_COMPLETE |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| replication (protocol A) | $lost | $lost_bytes | ${rpo_s} s | ${read_ms} ms (first writable read) | $((T[stack_d] - kill_ms)) ms |"
+        echo "| snapshots to Swift every $snap_every | $s_lost | $s_lost_bytes | ${s_rpo_s} s (snapshot $((kill_ms - snap_oldest_ms)) ms old) | ${snap_data_ms} ms (decision ${decision_ms} + restore ${restore_ms}) | $((snap_data_ms + stack_steps_ms)) ms (estimate) |"
+        echo
+    fi
     echo "## Timeline"
     echo
     echo "| t (ms) | site | event | detail |"

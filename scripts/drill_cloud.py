@@ -8,6 +8,9 @@
     drill_cloud.py cleanup PLAN DIR            delete the stack PLAN, unmanage every volume
                                                imported for PLAN (metadata drl-plan), remove
                                                the links in the export that point into DIR
+    drill_cloud.py swift-cleanup PREFIX        delete every Swift container whose name starts
+                                               with PREFIX, objects first (scripts/swift-aio.sh,
+                                               tempauth test:tester on 127.0.0.1:8080)
 
 What drl did is judged here with Cinder's and Heat's own APIs, apart from drl's report.
 Credentials: the all-in-one's admin (OS_* override). Standard library only.
@@ -17,10 +20,12 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 KS = os.environ.get("OS_AUTH_URL", "http://127.0.0.1:5050/v3").rstrip("/")
 EXPORT = "/var/tmp/drl-openstack/export"
+SWIFT_AUTH = "http://127.0.0.1:8080/auth/v1.0"
 
 
 def call(method, url, token=None, body=None, ok=(200, 201, 202, 204)):
@@ -131,10 +136,37 @@ def cleanup(plan, d):
     return 0
 
 
+def swift_cleanup(prefix):
+    if len(prefix) < 8:
+        raise SystemExit(f"swift-cleanup: prefix {prefix!r} too short to be one drill's")
+    req = urllib.request.Request(SWIFT_AUTH, headers={"X-Auth-User": "test:tester", "X-Auth-Key": "testing"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        token, url = r.headers["X-Auth-Token"], r.headers["X-Storage-Url"]
+    q = urllib.parse.quote
+
+    def names(path):
+        out, marker = [], ""
+        while True:
+            _, page, _ = call("GET", f"{url}{path}format=json&limit=10000&marker={q(marker)}", token)
+            if not page:
+                return out
+            out += [p["name"] for p in page]
+            marker = page[-1]["name"]
+
+    for c in names(f"?prefix={q(prefix)}&"):
+        for o in names(f"/{q(c)}?"):
+            call("DELETE", f"{url}/{q(c)}/{q(o)}", token, ok=(200, 204, 404))
+        call("DELETE", f"{url}/{q(c)}", token, ok=(204, 404, 409))
+        print(f"drill_cloud: deleted Swift container {c}", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 4 and a[0] == "verify":
         sys.exit(verify(a[1], int(a[2]), a[3]))
     if len(a) == 3 and a[0] == "cleanup":
         sys.exit(cleanup(a[1], a[2]))
+    if len(a) == 2 and a[0] == "swift-cleanup":
+        sys.exit(swift_cleanup(a[1]))
     sys.exit(__doc__)

@@ -3,9 +3,12 @@
 //! bridged into site B's namespace), and checks, itself, that B's volumes are a prefix of the
 //! writer's acknowledged writes, that the loss is within the lag A reported at the kill, that
 //! B's daemon recovered the plan by itself (Cinder import, Heat stack with a Nova server booted
-//! from the imported volume), and that the fail back and switchover lose nothing and leave A
-//! and B identical. This test runs it and holds its report to the same contract, reading
-//! Cinder's and Heat's answers as the drill recorded them.
+//! from the imported volume) with its volumes on two storage nodes at B (site-b, site-b2), and that the fail back and switchover lose nothing and leave A
+//! and B identical. The same kill under the snapshot policy (snapshots streamed by A to the
+//! real Swift, served at site B, restored at B from the newest one before the kill) is held to
+//! the writer's log too, beside replication. This test runs it and holds its report to the
+//! same contract, reading Cinder's, Heat's and Swift's answers as the drill recorded them.
+//! `DRL_DRILL_TAG` names the drill's namespaces (default `drill`).
 
 mod common;
 
@@ -13,6 +16,41 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+
+/// The Swift containers whose names start with `prefix` (scripts/swift-aio.sh, tempauth).
+fn swift_containers(prefix: &str) -> Vec<String> {
+    let auth = Command::new("curl")
+        .args(["-sf", "-D", "-", "-o", "/dev/null"])
+        .args([
+            "-H",
+            "X-Auth-User: test:tester",
+            "-H",
+            "X-Auth-Key: testing",
+        ])
+        .arg("http://127.0.0.1:8080/auth/v1.0")
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&auth.stdout).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("Swift's tempauth answer lacks {name}: {head}"))
+    };
+    let (token, url) = (header("X-Auth-Token"), header("X-Storage-Url"));
+    let list = Command::new("curl")
+        .args(["-sf", "-H", &format!("X-Auth-Token: {token}")])
+        .arg(format!("{url}?prefix={prefix}"))
+        .output()
+        .expect("curl");
+    assert!(list.status.success(), "listing Swift's containers failed");
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
 
 fn json(p: &Path) -> Value {
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -25,6 +63,7 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
         panic!("the drill needs root (network namespaces); run the suite as root");
     }
     common::dr::need_openstack();
+    common::dr::need_swift();
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().unwrap();
     let st = Command::new(top.join("scripts/drill.sh"))
@@ -41,6 +80,10 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
         .arg(out.path())
         .args(["--seed", "7", "--writer-rate", "800"])
         .env("DRL_BIN", env!("CARGO_BIN_EXE_drl"))
+        .args([
+            "--tag",
+            &std::env::var("DRL_DRILL_TAG").unwrap_or_else(|_| "drill".into()),
+        ])
         .status()
         .expect("run scripts/drill.sh");
     assert!(st.success(), "the drill failed: {st}");
@@ -78,6 +121,21 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
         assert_eq!(x["status"], "in-use", "{r}");
         assert_eq!(x["attached_to"][0], r["server_id"], "{r}");
     }
+    // Two storage nodes at site B: the second volume's Secondary was site-b2's, which took its
+    // lease by itself, and the plan's recovery (run by site-b) imported it all the same.
+    let r1 = format!("{plan}-r1");
+    assert_eq!(s["backup_nodes"][&r1], "site-b2", "{s}");
+    assert_eq!(s["backup_nodes"][format!("{plan}-r0")], "site-b", "{s}");
+    let ev_b2 = std::fs::read_to_string(out.path().join("events-b2.jsonl")).unwrap();
+    let took_r1 = ev_b2
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| {
+            e["object"] == "lease"
+                && e["name"] == r1.as_str()
+                && e["fields"]["action"] == "takeover"
+        });
+    assert!(took_r1, "site-b2 took {r1}'s lease:\n{ev_b2}");
     // Read as Cinder serves them, the imported volumes hold the same prefix.
     let c = json(&out.path().join("check-cinder.json"));
     assert_eq!(c["prefix"], true, "{c}");
@@ -104,6 +162,49 @@ fn short_drill_recovers_the_stack_loses_at_most_the_lag_and_fails_back_without_l
     }
     let md = std::fs::read_to_string(out.path().join("timeline.md")).unwrap();
     assert!(md.contains("| switchover RPO | 0 (checked) |"), "{md}");
+
+    // The snapshot policy, the same kill: what B restored from Swift is a prefix of the log,
+    // and every write acknowledged before the snapshot was taken is in it.
+    let p = &s["snapshot_policy"];
+    assert_eq!(p["prefix"], true, "{s}");
+    let age_ms = p["snapshot_age_ms"].as_f64().unwrap();
+    assert!(
+        age_ms > 0.0,
+        "the snapshot restored was taken before the kill: {s}"
+    );
+    assert!(
+        p["rpo_seconds"].as_f64().unwrap() * 1000.0 <= age_ms + 200.0,
+        "the snapshot policy lost writes older than its snapshot: {s}"
+    );
+    assert!(
+        p["lost_writes"].as_u64().unwrap() <= v["writes_acked"].as_u64().unwrap(),
+        "{s}"
+    );
+    assert!(
+        p["kill_to_restored_ms"].as_i64().unwrap() >= p["restore_ms"].as_i64().unwrap(),
+        "{s}"
+    );
+    // A's protection actions (snapshots streamed, the base image copied) in the timeline, the
+    // image pulled back from Swift identical, both policies side by side in the report.
+    for ev in [
+        "protection-ready",
+        "snapshot-streamed",
+        "image-copied",
+        "snapshot-restored",
+        "snapshot-verified",
+        "image-verified",
+    ] {
+        assert!(
+            csv.contains(&format!(",{ev},")),
+            "{ev} in the timeline:\n{csv}"
+        );
+    }
+    assert!(
+        md.contains("| snapshots to Swift every 1s |"),
+        "the policies side by side: {md}"
+    );
+    let left = swift_containers(&format!("{plan}-"));
+    assert!(left.is_empty(), "the drill left Swift containers: {left:?}");
     let left = common::dr::leftover_volumes(plan);
     assert!(
         left.is_empty(),

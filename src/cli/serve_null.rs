@@ -1,18 +1,14 @@
 //! `drl serve-null`: drl's NBD server over the null volume, for benchmarks only.
 //!
-//! The export discards every write and reads back zeroes ([`NullDevice`]); it needs no config,
+//! The serving is `daemon::serve_null`. The export discards every write and reads back zeroes ([`NullDevice`]); it needs no config,
 //! no disk and no metadata. `scripts/bench-nbd.sh` runs it beside qemu-storage-daemon's
 //! `null-co` driver to measure the transport ceiling: what a request costs in drl's NBD server
 //! alone, the yardstick for the real write path's cost per I/O.
-
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::exit;
 use crate::config::units::parse_size;
-use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer};
-use crate::volume::null::NullDevice;
 
 #[derive(Args, Debug)]
 pub struct ServeNullArgs {
@@ -42,59 +38,14 @@ pub fn serve_null(a: &ServeNullArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let listen = match NbdListen::parse(&a.nbd) {
-        Ok(l) => l,
+    match crate::daemon::serve_null(&a.nbd, &a.name, size) {
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("drl serve-null: {e}");
-            return exit::USAGE;
-        }
-    };
-    let rt = match crate::daemon::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("drl serve-null: cannot start the async runtime: {e}");
-            return exit::FAILED;
-        }
-    };
-    let export = ExportConfig {
-        name: a.name.clone(),
-        description: "drl null volume (benchmarks only: writes are discarded, reads are zeroes)"
-            .into(),
-    };
-    let dev = Arc::new(NullDevice::new(&a.name, size));
-    rt.block_on(async move {
-        let server = match NbdServer::bind(listen, export, dev).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("drl serve-null: {e}");
-                return exit::FAILED;
-            }
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(server.run(stop_rx));
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("drl serve-null: signal handler: {e}");
-                    return exit::FAILED;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        stop_tx.send(true).ok();
-        match task.await {
-            Ok(Ok(())) => exit::OK,
-            Ok(Err(e)) => {
-                eprintln!("drl serve-null: {e}");
-                exit::FAILED
-            }
-            Err(e) => {
-                eprintln!("drl serve-null: {e}");
-                exit::FAILED
+            match e {
+                crate::daemon::NullServeError::Usage(_) => exit::USAGE,
+                crate::daemon::NullServeError::Failed(_) => exit::FAILED,
             }
         }
-    })
+    }
 }

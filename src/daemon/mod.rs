@@ -18,6 +18,7 @@ mod jobs;
 pub(crate) mod logging;
 mod metrics;
 mod metrics_detect;
+mod null;
 mod progress;
 mod resize;
 mod resource;
@@ -31,6 +32,7 @@ mod schedule;
 pub mod sd_notify;
 mod updown;
 
+pub use null::{serve_null, NullServeError};
 pub use resource::{claim_target, create_meta, Claimed, Resource};
 
 use std::sync::Arc;

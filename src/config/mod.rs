@@ -253,6 +253,20 @@ pub struct ResourceConfig {
     pub tls: bool,
 }
 
+impl ResourceConfig {
+    /// The volume layer's view of this resource's files, for `volume::claim::plan`.
+    pub fn claim_target(&self) -> crate::volume::claim::Target<'_> {
+        crate::volume::claim::Target {
+            name: &self.name,
+            size_bytes: self.size_bytes,
+            disk: &self.local.disk,
+            meta: &self.local.meta,
+            volumes: self.volumes.len(),
+            replicated: self.peer.is_some(),
+        }
+    }
+}
+
 /// Replication settings of one resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplConfig {

@@ -224,16 +224,7 @@ fn too_many_volumes_are_refused() {
 #[test]
 fn a_daemon_refuses_a_group_it_cannot_serve_yet() {
     let a = check(GROUP_EXAMPLE, "site-a").unwrap();
-    let r = &a.resources[0];
-    let target = crate::volume::claim::Target {
-        name: &r.name,
-        size_bytes: r.size_bytes,
-        disk: &r.local.disk,
-        meta: &r.local.meta,
-        volumes: r.volumes.len(),
-        replicated: r.peer.is_some(),
-    };
-    let e = crate::volume::claim::plan(&target)
+    let e = crate::volume::claim::plan(&a.resources[0].claim_target())
         .expect_err("a group must be refused, not served as volume 0 alone")
         .to_string();
     assert!(e.contains("resource db holds 2 volumes"), "{e}");

@@ -91,14 +91,7 @@ impl Claimed {
 
 /// The volume layer's view of a resource's files, for [`claim::plan`].
 pub fn claim_target(cfg: &ResourceConfig) -> claim::Target<'_> {
-    claim::Target {
-        name: &cfg.name,
-        size_bytes: cfg.size_bytes,
-        disk: &cfg.local.disk,
-        meta: &cfg.local.meta,
-        volumes: cfg.volumes.len(),
-        replicated: cfg.peer.is_some(),
-    }
+    cfg.claim_target()
 }
 
 impl Resource {

@@ -184,6 +184,16 @@ impl Link {
             .clone()
     }
 
+    /// Close the open epoch and queue its Barrier while the tracker is locked, as the
+    /// application writers queue their writes: a Barrier queued after the lock is released could
+    /// follow a write of the next epoch from another thread. Nothing open: nothing sent.
+    pub fn close_epoch(&self) {
+        let mut t = self.tracker();
+        if let Some(e) = t.close_epoch() {
+            self.push(&Frame::Barrier { epoch: e });
+        }
+    }
+
     /// Encode `frame` and queue it for the socket. False (and the link closed) if it cannot
     /// be encoded, the link is closed, or control frames exceed their bound.
     pub fn push(&self, frame: &Frame) -> bool {

@@ -505,10 +505,7 @@ impl Replicator {
     /// Close the open epoch (a Barrier) and flush the local disk.
     pub async fn flush(&self) -> Result<(), VolumeError> {
         if let Some(l) = self.shipping_link() {
-            let mut t = l.tracker();
-            if let Some(e) = t.close_epoch() {
-                l.push(&Frame::Barrier { epoch: e });
-            }
+            l.close_epoch();
         }
         self.disk.flush().await
     }
@@ -645,13 +642,8 @@ impl Replicator {
         if link.ahead.swap(true, Ordering::AcqRel) {
             return;
         }
-        {
-            // What was shipped gets its barrier, so it is acked and the queue drains.
-            let mut t = link.tracker();
-            if let Some(e) = t.close_epoch() {
-                link.push(&Frame::Barrier { epoch: e });
-            }
-        }
+        // What was shipped gets its barrier, so it is acked and the queue drains.
+        link.close_epoch();
         link.room.notify_waiters();
         crate::warn_rl!(self.state_rl, resource = %self.name, "on-congestion pull-ahead: going Ahead ({why}); writes only mark the bitmap until the queue drains");
         self.update(|st| {

@@ -51,6 +51,7 @@ impl Session<'_> {
                 Action::Send(f) => {
                     self.link.push(&f);
                 }
+                Action::CloseEpoch => self.link.close_epoch(),
                 Action::Disk { id, op, .. } => self.started.push(disk_op(rep, id, op)),
                 Action::PersistBitmapDetached => {
                     let r = rep.clone();

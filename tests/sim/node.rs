@@ -309,6 +309,14 @@ impl Node {
                         s.out.push(f)
                     }
                 }
+                // The daemon's Link::close_epoch: close and queue under the tracker's lock.
+                Action::CloseEpoch => {
+                    if s.end.is_none() {
+                        if let Some(e) = s.tracker.lock().unwrap().close_epoch() {
+                            s.out.push(Frame::Barrier { epoch: e });
+                        }
+                    }
+                }
                 Action::Disk { id, vol, op } => s.ops.push((id, vol, op)),
                 Action::PersistBitmapDetached => self.persist_bitmaps(),
                 Action::Meta(m) => self.apply_meta(m),

@@ -204,6 +204,12 @@ pub enum Action<B> {
     Verify(Frame),
     /// An INFO line for the state log (rate-limited by the shell).
     Info(&'static str),
+    /// Close the open epoch and queue its Barrier, in one step under the tracker's lock (the
+    /// shell's [`crate::repl::link::Link::close_epoch`]). Not a `Send` of a Barrier the core
+    /// closed: the application writers enqueue their frames under that lock on other threads,
+    /// so a Barrier queued after the lock was released could follow a write of the next
+    /// epoch ("frame for epoch 3, expected epoch 2" at the peer, seen in tests/repl_storms.rs).
+    CloseEpoch,
     /// The session ends (the last action of a step).
     Close(SessionEnd),
 }
@@ -465,9 +471,7 @@ impl<B: Payload> Core<B> {
             Some(LiveAction::Ping(seq)) => out.push(Action::Send(Frame::Ping { seq })),
             None => {}
         }
-        if let Some(e) = ctx.tracker().close_epoch() {
-            out.push(Action::Send(Frame::Barrier { epoch: e }));
-        }
+        out.push(Action::CloseEpoch);
         out
     }
 
@@ -842,3 +846,58 @@ mod group_prop_tests;
 
 #[cfg(test)]
 mod group_sync_tests;
+
+#[cfg(test)]
+mod tick_tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use drbd_compat::Role;
+
+    use super::{Action, Core, Ctx};
+    use crate::limits::BITMAP_BLOCK_BYTES;
+    use crate::repl::epoch::{EpochLimits, EpochTracker};
+    use crate::repl::frame::Frame;
+    use crate::volume::bitmap::DirtyBitmap;
+
+    /// The tick's Barrier is the shell's to close and queue under the tracker's lock: the core
+    /// closing the epoch and handing back a Barrier to send let an application write of the
+    /// next epoch, queued on another thread in between, reach the peer first ("frame for epoch
+    /// 3, expected epoch 2"; tests/repl_storms.rs).
+    #[test]
+    fn a_tick_asks_the_shell_to_close_the_epoch_and_closes_nothing_itself() {
+        let size = 1 << 20;
+        let bitmap = DirtyBitmap::new(size, BITMAP_BLOCK_BYTES);
+        let tracker = Mutex::new(EpochTracker::new(EpochLimits::default()));
+        tracker
+            .lock()
+            .unwrap()
+            .try_enqueue(0, 4096, 4096, false, 0)
+            .expect("room for one write");
+        let mut core: Core<Bytes> = Core::new(size, 1, 0);
+        let ctx = Ctx {
+            now_ms: 1,
+            role: Role::Primary,
+            bitmap: &bitmap,
+            group_bitmaps: &[],
+            tracker: &tracker,
+            resync_paused: false,
+        };
+        let actions = core.on_tick(&ctx, None);
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::CloseEpoch)),
+            "no CloseEpoch in {actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Send(Frame::Barrier { .. }))),
+            "the core queued a Barrier itself: {actions:?}"
+        );
+        assert_eq!(
+            tracker.lock().unwrap().open_epoch(),
+            1,
+            "the core closed the epoch"
+        );
+    }
+}

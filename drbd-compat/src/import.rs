@@ -148,6 +148,16 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
             what: "no `resource NAME { ... }` section".into(),
         });
     }
+    // The resync controller is one table for the daemon: a setting from `common` and from a
+    // resource (or from two resources) becomes one key, the last one, with a note.
+    let mut resync = String::new();
+    if !out.resync.is_empty() {
+        resync += "[shaping.resync]\n";
+        for (k, v) in &out.resync {
+            let _ = writeln!(resync, "{k} = {}", q(v));
+        }
+        resync = last_wins(&resync, "shaping.resync", &mut out.unmapped);
+    }
     let mut toml = String::from(
         "# drl configuration imported from a DRBD resource file by `drl import-drbd`\n",
     );
@@ -162,12 +172,7 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ResError> {
         let _ = writeln!(toml, "[[node]]\nname = {}\n", q(n));
     }
     toml += &out.resources;
-    if !out.resync.is_empty() {
-        toml += "[shaping.resync]\n";
-        for (k, v) in &out.resync {
-            let _ = writeln!(toml, "{k} = {}", q(v));
-        }
-    }
+    toml += &resync;
     Ok(Imported {
         toml,
         unmapped: out.unmapped,
@@ -230,6 +235,13 @@ fn import_resource(
         match (it.key(), &it.body) {
             ("on", Some(b)) => {
                 let host = it.arg(1).unwrap_or("").to_owned();
+                if hosts.iter().any(|(h, _)| *h == host) {
+                    // DRBD refuses it too: one node cannot hold two places in a resource.
+                    return Err(ResError {
+                        line: it.line,
+                        what: format!("resource {name}: `on {host}` is given twice"),
+                    });
+                }
                 hosts.push((host, b.clone()));
             }
             ("volume", Some(b)) => {
@@ -426,19 +438,22 @@ fn import_resource(
                 )),
             }
         }
-        let _ = writeln!(r, "[resource.on.{}]", q(host));
+        // One table per host; a key the section gives twice (two `disk` lines) must become one
+        // TOML key too: the last wins, as for the resource's own settings.
+        let mut h = String::new();
+        let _ = writeln!(h, "[resource.on.{}]", q(host));
         if let Some(a) = address {
-            let _ = writeln!(r, "address = {}", q(&a));
+            let _ = writeln!(h, "address = {}", q(&a));
         }
         let mut meta_set = false;
         for p in &vol {
             let v = p.arg(1).unwrap_or("");
             match p.key() {
                 "disk" => {
-                    let _ = writeln!(r, "disk = {}", q(v));
+                    let _ = writeln!(h, "disk = {}", q(v));
                 }
                 "device" => {
-                    let _ = writeln!(r, "nbd = {}", q(&format!("{}/{name}.nbd", opts.nbd_dir)));
+                    let _ = writeln!(h, "nbd = {}", q(&format!("{}/{name}.nbd", opts.nbd_dir)));
                     out.unmapped.push(format!(
                         "{name} on {host}: device {} (drl serves the volume over NBD instead of a /dev/drbdN device: nbd = {}/{name}.nbd)",
                         p.words[1..].join(" "),
@@ -447,7 +462,7 @@ fn import_resource(
                 }
                 "meta-disk" | "flexible-meta-disk" if v == "internal" => {
                     let path = format!("{}/{name}.meta", opts.meta_dir);
-                    let _ = writeln!(r, "meta = {}", q(&path));
+                    let _ = writeln!(h, "meta = {}", q(&path));
                     meta_set = true;
                     out.unmapped.push(format!(
                         "{name} on {host}: meta-disk internal (drl keeps metadata in a file of its own: meta = {path}; create it with `drl create-md {name}`)"
@@ -457,7 +472,7 @@ fn import_resource(
                     // External metadata: `/dev/sdb1`, `/dev/sdb1[0]`; drl writes its own
                     // format there (new metadata: DRBD's is not read).
                     let path = v.split('[').next().unwrap_or(v);
-                    let _ = writeln!(r, "meta = {}", q(path));
+                    let _ = writeln!(h, "meta = {}", q(path));
                     meta_set = true;
                     out.unmapped.push(format!(
                         "{name} on {host}: meta-disk {v}: drl keeps its own metadata format at {path} (run `drl create-md {name}`; DRBD's metadata there is not read)"
@@ -471,8 +486,9 @@ fn import_resource(
         }
         if !meta_set {
             let path = format!("{}/{name}.meta", opts.meta_dir);
-            let _ = writeln!(r, "meta = {}", q(&path));
+            let _ = writeln!(h, "meta = {}", q(&path));
         }
+        r += &last_wins(&h, &format!("{name} on {host}"), &mut out.unmapped);
         r.push('\n');
     }
     if hosts.len() != 2 {
@@ -499,6 +515,59 @@ mod tests {
 
     /// TOML forbids control characters other than tab in comments and strings; a .res file
     /// may hold any (found by fuzzing: a NUL in an unmapped keyword broke the written TOML).
+    #[test]
+    fn a_resync_setting_given_twice_becomes_one_toml_key() {
+        let res = "common {\n  disk {\n    c-plan-ahead 10;\n  }\n}\nresource r0 {\n  disk {\n    \
+                   c-plan-ahead 20;\n  }\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n  }\n  \
+                   on b {\n    disk /dev/y;\n    address 10.0.0.2:7789;\n  }\n}\n";
+        let opts = ImportOptions {
+            size: Some("1GiB".into()),
+            ..ImportOptions::default()
+        };
+        let out = import(res, &opts).expect("imports");
+        let v: toml::Value =
+            toml::from_str(&out.toml).unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+        assert_eq!(
+            v["shaping"]["resync"]["plan-ahead"].as_str(),
+            Some("2000ms"),
+            "{}",
+            out.toml
+        );
+    }
+
+    #[test]
+    fn an_on_section_given_twice_for_one_host_is_refused() {
+        let res = "resource r0 {\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n  }\n  \
+                   on a {\n    disk /dev/y;\n    address 10.0.0.2:7789;\n  }\n}\n";
+        let e = import(res, &ImportOptions::default()).expect_err("two `on a` sections");
+        assert!(e.what.contains("`on a` is given twice"), "{}", e.what);
+        assert_eq!(e.line, 6);
+    }
+
+    #[test]
+    fn a_key_given_twice_in_an_on_section_becomes_one_toml_key() {
+        let res = "resource r0 {\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n    \
+                   disk /dev/y;\n    meta-disk /m1;\n    meta-disk /m2;\n    device /dev/drbd0;\n    \
+                   device /dev/drbd1;\n  }\n  on b {\n    disk /dev/z;\n    address 10.0.0.2:7789;\n  }\n}\n";
+        let opts = ImportOptions {
+            size: Some("1GiB".into()),
+            ..ImportOptions::default()
+        };
+        let out = import(res, &opts).expect("imports");
+        let v: toml::Value =
+            toml::from_str(&out.toml).unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+        let a = &v["resource"][0]["on"]["a"];
+        assert_eq!(a["disk"].as_str(), Some("/dev/y"), "{}", out.toml);
+        assert_eq!(a["meta"].as_str(), Some("/m2"), "{}", out.toml);
+        assert!(
+            out.unmapped
+                .iter()
+                .any(|u| u.contains("r0 on a: disk is set more than once")),
+            "{:?}",
+            out.unmapped
+        );
+    }
+
     #[test]
     fn control_characters_are_escaped_in_comments_and_strings() {
         assert_eq!(

@@ -238,7 +238,7 @@ pub fn import_drbd(a: &ImportDrbdArgs) -> i32 {
         meta_dir: a.meta_dir.clone(),
         nbd_dir: a.nbd_dir.clone(),
     };
-    match drbd_compat::import::import(&text, &opts) {
+    match crate::config::import_drbd(&text, &opts) {
         Ok(got) => {
             print!("{}", got.toml);
             for u in &got.unmapped {

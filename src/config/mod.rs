@@ -349,6 +349,24 @@ pub fn load(file: &Path, node: &str) -> Result<NodeConfig, ConfigError> {
     validate(file, &raw, node)
 }
 
+/// `drl import-drbd`: a DRBD resource file as drl's TOML, or why not. The TOML is checked with
+/// drl's own parser before anyone sees it, so a mapping the importer gets wrong (a value DRBD
+/// takes and drl does not, a key given twice) is a clear refusal naming the line, never a
+/// config that only fails at the daemon's start.
+pub fn import_drbd(
+    text: &str,
+    opts: &drbd_compat::import::ImportOptions,
+) -> Result<drbd_compat::import::Imported, String> {
+    let got = drbd_compat::import::import(text, opts).map_err(|e| e.to_string())?;
+    parse(Path::new("imported.toml"), &got.toml).map_err(|e| {
+        format!(
+            "the drl configuration it maps to does not load ({e}); nothing was printed: fix that \
+             setting in the .res file (or pass --size), then import again"
+        )
+    })?;
+    Ok(got)
+}
+
 /// Parse TOML text. Unknown keys and wrong types are errors that name the key and position.
 pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {

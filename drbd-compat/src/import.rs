@@ -351,9 +351,12 @@ fn import_resource(
             ("disk", "size") => size = Some(v.to_owned()),
             ("disk", "c-plan-ahead") => match v.parse::<u64>() {
                 // Tenths of a second.
-                Ok(t) if t > 0 => out.resync.push(("plan-ahead".into(), format!("{}ms", t * 100))),
+                Ok(t) if t > 0 && t.checked_mul(100).is_some() => {
+                    out.resync.push(("plan-ahead".into(), format!("{}ms", t * 100)))
+                }
                 _ => out.unmapped.push(format!(
-                    "{name}: c-plan-ahead {v} (0 turns DRBD's controller off; drl's is always on)"
+                    "{name}: c-plan-ahead {v} (0 turns DRBD's controller off, and drl's is always \
+                     on; or not a number of tenths of a second drl can hold)"
                 )),
             },
             ("disk", "c-fill-target") => match drbd_bytes(v, 512) {

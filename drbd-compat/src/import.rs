@@ -516,13 +516,8 @@ mod tests {
         assert_eq!(drbd_bytes("x", 1), None);
     }
 
-    /// TOML forbids control characters other than tab in comments and strings; a .res file
-    /// may hold any (found by fuzzing: a NUL in an unmapped keyword broke the written TOML).
-    #[test]
-    fn a_resync_setting_given_twice_becomes_one_toml_key() {
-        let res = "common {\n  disk {\n    c-plan-ahead 10;\n  }\n}\nresource r0 {\n  disk {\n    \
-                   c-plan-ahead 20;\n  }\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n  }\n  \
-                   on b {\n    disk /dev/y;\n    address 10.0.0.2:7789;\n  }\n}\n";
+    /// Import `res` with a size given, and read the TOML back (a TOML error fails the test).
+    fn imported(res: &str) -> (Imported, toml::Value) {
         let opts = ImportOptions {
             size: Some("1GiB".into()),
             ..ImportOptions::default()
@@ -530,6 +525,15 @@ mod tests {
         let out = import(res, &opts).expect("imports");
         let v: toml::Value =
             toml::from_str(&out.toml).unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+        (out, v)
+    }
+
+    #[test]
+    fn a_resync_setting_given_twice_becomes_one_toml_key() {
+        let res = "common {\n  disk {\n    c-plan-ahead 10;\n  }\n}\nresource r0 {\n  disk {\n    \
+                   c-plan-ahead 20;\n  }\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n  }\n  \
+                   on b {\n    disk /dev/y;\n    address 10.0.0.2:7789;\n  }\n}\n";
+        let (out, v) = imported(res);
         assert_eq!(
             v["shaping"]["resync"]["plan-ahead"].as_str(),
             Some("2000ms"),
@@ -552,13 +556,7 @@ mod tests {
         let res = "resource r0 {\n  on a {\n    disk /dev/x;\n    address 10.0.0.1:7789;\n    \
                    disk /dev/y;\n    meta-disk /m1;\n    meta-disk /m2;\n    device /dev/drbd0;\n    \
                    device /dev/drbd1;\n  }\n  on b {\n    disk /dev/z;\n    address 10.0.0.2:7789;\n  }\n}\n";
-        let opts = ImportOptions {
-            size: Some("1GiB".into()),
-            ..ImportOptions::default()
-        };
-        let out = import(res, &opts).expect("imports");
-        let v: toml::Value =
-            toml::from_str(&out.toml).unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+        let (out, v) = imported(res);
         let a = &v["resource"][0]["on"]["a"];
         assert_eq!(a["disk"].as_str(), Some("/dev/y"), "{}", out.toml);
         assert_eq!(a["meta"].as_str(), Some("/m2"), "{}", out.toml);
@@ -571,6 +569,8 @@ mod tests {
         );
     }
 
+    /// TOML forbids control characters other than tab in comments and strings; a .res file
+    /// may hold any (found by fuzzing: a NUL in an unmapped keyword broke the written TOML).
     #[test]
     fn control_characters_are_escaped_in_comments_and_strings() {
         assert_eq!(

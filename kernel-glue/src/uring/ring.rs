@@ -159,14 +159,20 @@ impl Core {
                 tracing::error!(engine = %self.shared.name, idx, "completion for no slot");
                 continue;
             };
+            if !matches!(slot, Slot::Pending { .. }) {
+                // Leave the slot as it is: a Done slot still owns its buffer for the future
+                // that will pick it up, a free one may be reused; replacing it would free a
+                // buffer someone still holds or lose a slot.
+                tracing::error!(engine = %self.shared.name, idx, "completion for an idle slot");
+                continue;
+            }
             let Slot::Pending {
                 op,
                 waker,
                 abandoned,
             } = std::mem::replace(slot, Slot::Free)
             else {
-                tracing::error!(engine = %self.shared.name, idx, "completion for an idle slot");
-                continue;
+                unreachable!("checked above");
             };
             st.in_kernel -= 1;
             self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);

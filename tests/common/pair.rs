@@ -22,13 +22,37 @@ pub const MIB: u64 = 1 << 20;
 /// How long any single state transition may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
+/// A TCP port on 127.0.0.1 that was free when asked and that no earlier call in this process
+/// returned.
+///
+/// Not from the kernel's ephemeral range (`bind` to port 0 hands out ports from it): there a
+/// port released by one call can be handed out again by the next, or be taken meanwhile as the
+/// source port of some outgoing connection. Both happened: a test got the same port for node
+/// b and for the proxy in front of node a, and a's connection came back to a ("peer claims our
+/// own node name"). Ports come from a counter below the ephemeral range instead, started at a
+/// per-process offset so that test binaries running side by side rarely meet, and each is
+/// checked with a bind (TCP and UDP: some tests listen on UDP) before it is handed out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000, below Linux's default 32768..60999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}..{}", FIRST + SPAN);
 }
 
 #[derive(Clone)]

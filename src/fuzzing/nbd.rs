@@ -241,7 +241,12 @@ pub fn transmission(data: &[u8]) {
             }
             Op::Write(o, l, fill, fua) => {
                 let (o, l) = range(o, l);
-                let p: Vec<u8> = (0..l).map(|k| fill.wrapping_add((k / 97) as u8)).collect();
+                // fill, fill+1, ... in runs of 97 bytes (filled run by run: a closure per
+                // byte was 40 % of the harness's time under coverage instrumentation).
+                let mut p = vec![0u8; l as usize];
+                for (run, bytes) in p.chunks_mut(97).enumerate() {
+                    bytes.fill(fill.wrapping_add(run as u8));
+                }
                 (if fua { CMD_FLAG_FUA } else { 0 }, CMD_WRITE, o, l, Some(p))
             }
             Op::Flush => (0, CMD_FLUSH, 0, 0, None),

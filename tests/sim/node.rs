@@ -18,9 +18,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use drbd_compat::{DiskState, ReplState, Role};
-use drl::repl::core::{Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, VolumeId, Write};
+use drl::repl::core::{
+    Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, VerifyEnd, VerifyEvent, VolumeId,
+    Write,
+};
 use drl::repl::epoch::{EpochLimits, EpochTracker};
-use drl::repl::frame::Frame;
+use drl::repl::frame::{Frame, VerifyRun};
 pub use drl::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of};
 use drl::repl::state::NodeState;
 use drl::volume::activity_log::ActivityLog;
@@ -119,6 +122,10 @@ pub struct Sess {
     pub clean_start: bool,
     /// Last epoch whose flush completed here (receiver side).
     pub flushed_epoch: u64,
+    /// Online verify: ranges to provide digests for, in order (a node that is not Primary
+    /// provides once every write it received is on its disk), and the comparer's reads.
+    provides: std::collections::VecDeque<(VerifyRun, u64, u64, u32)>,
+    reads: Vec<(OpId, u64, u32)>,
 }
 
 /// One volume's metadata, bitmap and activity log, and where it lies on the node's disk.
@@ -151,6 +158,8 @@ pub struct Node {
     pub resync_received: u64,
     /// Resync requests this node served for a volume other than 0.
     pub served_later_volumes: u64,
+    /// This node's verify runs that ended (the world checks and clears them).
+    pub verify_ends: Vec<VerifyEnd>,
 }
 
 impl Node {
@@ -210,6 +219,7 @@ impl Node {
             resync_received: 0,
 
             served_later_volumes: 0,
+            verify_ends: Vec::new(),
         }
     }
 
@@ -277,6 +287,8 @@ impl Node {
             end: None,
             clean_start: false,
             flushed_epoch: 0,
+            provides: Default::default(),
+            reads: Vec::new(),
         });
     }
 
@@ -297,8 +309,54 @@ impl Node {
             };
             let actions = f(&mut s.core, &ctx);
             self.exec(&mut s, actions);
+            self.verify_io(&mut s, now);
         }
         self.sess = Some(s);
+    }
+
+    /// The shell's verify I/O, at once: provide digests (a Primary reads now: its local
+    /// writes are synchronous here, so the read sees exactly the writes queued before; a
+    /// node that is not Primary once its core is idle) and the comparer's reads.
+    fn verify_io(&mut self, s: &mut Sess, now: u64) {
+        loop {
+            if let Some((id, offset, len)) = s.reads.pop() {
+                let ours = Ok(self.digests(offset, len));
+                let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
+                let ctx = Ctx {
+                    now_ms: now,
+                    role: self.role(),
+                    bitmap: &self.vols[0].bitmap,
+                    group_bitmaps: &group,
+                    tracker: &s.tracker,
+                    resync_paused: false,
+                };
+                let actions = s.core.on_verify_read(&ctx, id, ours);
+                drop(group);
+                self.exec(s, actions);
+                continue;
+            }
+            let ready = self.role() == Role::Primary || s.core.idle();
+            match s.provides.front().copied() {
+                Some((run, id, offset, len)) if ready && s.end.is_none() => {
+                    s.provides.pop_front();
+                    s.out.push(Frame::VerifyDigests {
+                        run,
+                        id,
+                        offset,
+                        len,
+                        digests: Bytes::from(self.digests(offset, len)),
+                    });
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The production digests of what reads see of a range of volume 0.
+    fn digests(&self, offset: u64, len: u32) -> Vec<u8> {
+        let first = (offset / BS) as usize;
+        let n = u64::from(len).div_ceil(BS) as usize;
+        drl::repl::verify::block_digests(&payload(&self.disk.view[first..first + n]))
     }
 
     fn exec(&mut self, s: &mut Sess, actions: Vec<Action<Bytes>>) {
@@ -346,6 +404,14 @@ impl Node {
                         });
                     }
                 }
+                Action::VerifyProvide {
+                    run,
+                    id,
+                    offset,
+                    len,
+                } => s.provides.push_back((run, id, offset, len)),
+                Action::VerifyRead { id, offset, len } => s.reads.push((id, offset, len)),
+                Action::Verify(VerifyEvent::Finished(end)) => self.verify_ends.push(end),
                 Action::Verify(_) => {}
                 Action::Close(e) => {
                     if s.end.is_none() {
@@ -535,6 +601,9 @@ impl Node {
             resync_paused: false,
         };
         let done = s.core.finish(&ctx, repl, gen_bitmap);
+        if let Some(end) = s.core.verify_abort("the connection closed") {
+            self.verify_ends.push(end);
+        }
         self.persist_bitmaps();
         if done.new_generation {
             self.meta

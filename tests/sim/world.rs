@@ -46,6 +46,11 @@ pub struct Coverage {
     pub two_primary_connects: u64,
     /// Resync requests served for a group's volume 1 (its own dirty bits resynced).
     pub group_volume_resyncs: u64,
+    /// Online verify runs that ended, and those that found blocks (silent corruption).
+    pub verify_runs: u64,
+    pub verify_found: u64,
+    /// Blocks silently corrupted on one node (bit rot: no write, no bit).
+    pub corruptions: u64,
 }
 
 impl Coverage {
@@ -64,6 +69,9 @@ impl Coverage {
         self.acked_writes += o.acked_writes;
         self.two_primary_connects += o.two_primary_connects;
         self.group_volume_resyncs += o.group_volume_resyncs;
+        self.verify_runs += o.verify_runs;
+        self.verify_found += o.verify_found;
+        self.corruptions += o.corruptions;
     }
 }
 
@@ -142,6 +150,10 @@ pub struct World {
     pub cov: Coverage,
     /// The periodic bitmap persist and AL retire run.
     pub persist_on: bool,
+    /// Blocks silently corrupted on one node and not yet equal on both again.
+    rot: std::collections::BTreeSet<usize>,
+    /// Verify runs that ended (node, report), checked.
+    pub verify_done: Vec<(usize, drl::repl::core::VerifyEnd)>,
 }
 
 impl Drop for World {
@@ -188,6 +200,8 @@ impl World {
             writes_on: true,
             cov: Coverage::default(),
             persist_on: true,
+            rot: Default::default(),
+            verify_done: Vec::new(),
         };
         w.note("start".into());
         w
@@ -275,10 +289,15 @@ impl World {
         let clean =
             d.iter().all(|&x| x == SyncDecision::NoSync) && hello.iter().all(|h| h.dirty_bits == 0);
         if clean {
-            // Convergence: a pair that decides "nothing to sync" holds the same data.
-            assert_eq!(
-                self.n[0].disk.view, self.n[1].disk.view,
-                "nodes decided NoSync with clean bitmaps but their disks differ"
+            // Convergence: a pair that decides "nothing to sync" holds the same data (but
+            // for bit rot, which only verify finds).
+            let differ: Vec<usize> = (0..self.n[0].disk.view.len())
+                .filter(|&b| self.n[0].disk.view[b] != self.n[1].disk.view[b])
+                .filter(|b| !self.rot.contains(b))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "nodes decided NoSync with clean bitmaps but their disks differ in blocks {differ:?}"
             );
         }
         self.hist = None;
@@ -498,6 +517,46 @@ impl World {
         self.pump();
     }
 
+    /// `drl verify` on node `i`: refused unless connected and Established (no resync, no
+    /// run of its own).
+    pub fn admin_verify(&mut self, i: usize) -> bool {
+        let n = &self.n[i];
+        let ok = n.up
+            && self.net.is_some()
+            && n.repl == ReplState::Established
+            && n.sess.as_ref().is_some_and(|s| {
+                s.end.is_none() && s.core.sync_role().is_none() && s.core.verify_running().is_none()
+            });
+        if !ok {
+            return false;
+        }
+        let id = self.rng.random::<u64>() | 1;
+        let peer_primary = n.peer_role == Some(Role::Primary);
+        let now = self.now;
+        self.note(format!("admin: verify on {i} (run {id:#x})"));
+        self.n[i].step(now, |c, ctx| {
+            c.verify_start(ctx, id, drl::limits::REPL_VERIFY_RATE_DEFAULT, peer_primary)
+        });
+        self.pump();
+        true
+    }
+
+    /// Bit rot: block `b` of node `i` changes on its disk with no write and no bit (only
+    /// online verify finds it). Volume 0 only: verify covers volume 0.
+    pub fn corrupt(&mut self, i: usize, b: usize) {
+        let b = b % self.knobs.group_split.unwrap_or(self.knobs.blocks) as usize;
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.n[i].disk.view[b] = tag;
+        self.n[i].disk.stable[b] = tag;
+        self.rot.insert(b);
+        self.cov.corruptions += 1;
+        // The prefix check compares the Secondary's disk with the Primary's writes: bit rot
+        // is not a replication fault.
+        self.hist = None;
+        self.note(format!("bit rot: block {b} of node {i}"));
+    }
+
     pub fn admin_disconnect(&mut self, i: usize) {
         self.n[i].standalone = true;
         self.note(format!("admin: disconnect on {i}"));
@@ -559,13 +618,17 @@ impl World {
         let k = self.knobs;
         let r = self.rng.random_range(0..1000u32);
         let due = |w: &World, i: usize| {
-            w.net
-                .as_ref()
-                .and_then(|n| n.q[i].front())
-                .is_some_and(|f| f.0 <= w.now)
+            // The shell reads only while the core takes input (e.g. not while online verify
+            // holds a VerifyDigests until every earlier write is on the disk).
+            let takes = w.n[i].sess.as_ref().is_none_or(|s| s.core.wants_input());
+            takes
+                && w.net
+                    .as_ref()
+                    .and_then(|n| n.q[i].front())
+                    .is_some_and(|f| f.0 <= w.now)
         };
         if faults && r < k.faults_permille {
-            match self.rng.random_range(0..6) {
+            match self.rng.random_range(0..7) {
                 0 => {
                     if self.net.is_some() {
                         self.cov.cuts_reset += 1;
@@ -584,6 +647,11 @@ impl World {
                     let i = self.rng.random_range(0..2);
                     self.crash(i);
                 }
+                6 => {
+                    let i = self.rng.random_range(0..2);
+                    let b = self.rng.random_range(0..self.knobs.blocks as usize);
+                    self.corrupt(i, b);
+                }
                 _ => {
                     let i = self.rng.random_range(0..2);
                     self.n[i].eio = true;
@@ -592,7 +660,10 @@ impl World {
             }
         } else if faults && r < k.faults_permille + k.admin_permille {
             let i = self.rng.random_range(0..2);
-            match self.rng.random_range(0..5) {
+            match self.rng.random_range(0..6) {
+                5 => {
+                    self.admin_verify(i);
+                }
                 0 => {
                     self.admin_primary(i);
                 }
@@ -719,6 +790,26 @@ impl World {
     // ---- invariants ----
 
     fn check(&mut self) {
+        let (v0, v1) = (&self.n[0].disk.view, &self.n[1].disk.view);
+        self.rot.retain(|&b| v0[b] != v1[b]);
+        // Online verify finds differences only where bit rot made them: never a false
+        // alarm from writes in flight (both reads see the same point of the write stream).
+        for i in 0..2 {
+            for end in std::mem::take(&mut self.n[i].verify_ends) {
+                self.cov.verify_runs += 1;
+                if end.out_of_sync_blocks > 0 {
+                    self.cov.verify_found += 1;
+                }
+                assert!(
+                    end.out_of_sync_blocks <= self.cov.corruptions,
+                    "node {i}'s verify found {} differing blocks, but only {} were ever corrupted: {end:?}",
+                    end.out_of_sync_blocks,
+                    self.cov.corruptions
+                );
+                self.note(format!("verify on {i} ended: {end:?}"));
+                self.verify_done.push((i, end));
+            }
+        }
         for i in 0..2 {
             let peer = &self.n[1 - i].disk.view;
             self.unshared[i].retain(|&b, &mut (t, _)| peer[b] != t);
@@ -899,12 +990,73 @@ impl World {
             self.n[p].app_flush();
         }
         self.settle();
+        self.verify_and_repair();
         assert_eq!(
             self.n[0].disk.view, self.n[1].disk.view,
             "after healing the disks differ"
         );
         assert_eq!(self.n[0].dirty_bits(), 0);
         assert_eq!(self.n[1].dirty_bits(), 0);
+    }
+
+    /// On a settled pair: online verify from either node (seeded) finds exactly the blocks
+    /// that differ (bit rot) and marks exactly those on the Primary; a disconnect / connect
+    /// resyncs them (DRBD: verify marks, resync repairs).
+    fn verify_and_repair(&mut self) {
+        if self.primary().is_none() {
+            assert!(self.admin_primary(0), "heal: no node can be promoted");
+            self.settle();
+        }
+        let p = self.primary().expect("a Primary");
+        let vol0 = self.knobs.group_split.unwrap_or(self.knobs.blocks) as usize;
+        let expected: Vec<usize> = (0..vol0)
+            .filter(|&b| self.n[0].disk.view[b] != self.n[1].disk.view[b])
+            .collect();
+        let from = self.rng.random_range(0..2);
+        self.verify_done.clear();
+        assert!(
+            self.admin_verify(from),
+            "heal: verify refused: {}",
+            self.dump()
+        );
+        let mut n = 0;
+        // Until the run ended and its last VerifyResult reached the Primary (which marks).
+        while self.verify_done.is_empty() || !self.idle_net() {
+            n += 1;
+            assert!(n < 100_000, "heal: verify never ended: {}", self.dump());
+            self.step(false);
+        }
+        let (_, end) = self.verify_done.remove(0);
+        assert_eq!(end.stopped, None, "heal: verify on {from} stopped: {end:?}");
+        assert_eq!(
+            end.out_of_sync_blocks,
+            expected.len() as u64,
+            "verify on {from} reports {} differing blocks, the disks differ in {expected:?}",
+            end.out_of_sync_blocks
+        );
+        let bm = &self.n[p].vols[0].bitmap;
+        let marked: Vec<usize> = (0..vol0).filter(|&b| bm.is_dirty(b as u64)).collect();
+        assert_eq!(
+            marked, expected,
+            "verify on {from} marked other blocks on the Primary {p}"
+        );
+        if expected.is_empty() {
+            return;
+        }
+        self.note(format!(
+            "heal: verify found {expected:?}; disconnect / connect"
+        ));
+        self.admin_disconnect(p);
+        self.admin_connect(p, false);
+        self.connect();
+        self.settle();
+    }
+
+    /// Nothing on its way in either direction.
+    pub fn idle_net(&self) -> bool {
+        self.net
+            .as_ref()
+            .is_none_or(|n| n.q.iter().all(|q| q.is_empty()))
     }
 
     /// Connected, both Established, nothing in flight, every bit clean.

@@ -3,13 +3,14 @@
 //! superblock), a simulated data disk (unflushed writes lost, torn or reordered by a crash;
 //! EIO), a simulated network (per-connection FIFO with delay, reset and silent cuts,
 //! reconnects) and bit rot, a seeded clock, admin actions (connect, disconnect, primary,
-//! secondary, verify) and the invariants checked after every step (see `world.rs`); healing
+//! secondary, verify, snapshot) and the invariants checked after every step (see `world.rs`); healing
 //! ends with an online verify that must find exactly the blocks that differ.
 //!
 //! A failure prints its seed; `DRL_SIM_SEED=N cargo test --test sim replay` runs that seed
 //! alone with its trace. `DRL_SIM_SEEDS=N` sets how many seeds the suite runs
 //! (`scripts/sim.sh` runs many more).
 
+mod dev;
 mod node;
 mod world;
 
@@ -84,6 +85,11 @@ fn random_histories_keep_every_invariant() {
             ),
             ("verify runs", cov.verify_runs),
             ("verify runs that found bit rot", cov.verify_found),
+            ("snapshots on a Secondary", cov.snapshots_secondary),
+            (
+                "snapshot checks after replicated or resync writes",
+                cov.snapshot_checks_after_peer_writes,
+            ),
         ],
     );
 }
@@ -250,7 +256,7 @@ fn power_loss_of_a_primary_after_the_retire_keeps_the_pair_identical() {
     w.crash(0);
     // The connect asserts that a NoSync decision with clean bitmaps means equal disks.
     w.settle();
-    assert_eq!(w.n[0].disk.view, w.n[1].disk.view);
+    assert_eq!(w.n[0].view(), w.n[1].view());
 }
 
 /// The two-Primary window (issue 12): the old Primary demotes while its last writes are still
@@ -290,15 +296,15 @@ fn a_promotion_right_after_the_demotion_keeps_the_new_primarys_writes() {
     w.deliver_all(1);
     assert!(w.writable(1), "b's promotion was confirmed");
     assert!(w.write(1, 0, 8, false), "b writes blocks 0..8");
-    let new = w.n[1].disk.view[..8].to_vec();
+    let new = w.n[1].view()[..8].to_vec();
     while w.complete_one(1) {}
     w.settle();
     assert_eq!(
-        w.n[1].disk.view[..8],
+        w.n[1].view()[..8],
         new[..],
         "an old write of a landed over b's newer write"
     );
-    assert_eq!(w.n[0].disk.view, w.n[1].disk.view, "the disks differ");
+    assert_eq!(w.n[0].view(), w.n[1].view(), "the disks differ");
 }
 
 /// The two-Primary window over a live link (issue 12): both nodes promoted at the same
@@ -360,13 +366,14 @@ fn verify_finds_exactly_a_corrupted_block_and_a_reconnect_repairs_it() {
             bm.is_dirty(13) && bm.count_dirty() == 1,
             "block 13 alone is marked"
         );
-        assert_ne!(w.n[0].disk.view, w.n[1].disk.view, "verify changed data");
+        assert_ne!(w.n[0].view(), w.n[1].view(), "verify changed data");
         w.admin_disconnect(0);
         w.admin_connect(0, false);
         w.connect();
         w.settle();
         assert_eq!(
-            w.n[0].disk.view, w.n[1].disk.view,
+            w.n[0].view(),
+            w.n[1].view(),
             "the resync did not repair block 13"
         );
     }
@@ -383,4 +390,44 @@ fn run_verify(w: &mut World, from: usize) -> drl::repl::core::VerifyEnd {
         w.step(false);
     }
     panic!("verify never ended: {}", w.dump());
+}
+
+/// A snapshot on the Secondary keeps its point in time (issue 12): replicated writes and then
+/// resync writes reach its node through the production write pipeline, which preserves the
+/// snapshot's chunks first; the snapshot still reads as the disk did when it was taken.
+#[test]
+fn a_secondary_snapshot_keeps_its_point_in_time_through_replicated_and_resync_writes() {
+    let mut w = World::new(6060, Knobs::default());
+    w.writes_on = false;
+    w.connect();
+    assert!(w.admin_primary(0));
+    w.settle();
+    for first in (0..64).step_by(8) {
+        assert!(w.write(0, first, 8, false));
+    }
+    w.settle();
+    w.admin_snapshot(1);
+    let then = w.n[1].view();
+    // Replicated writes.
+    for first in (0..32).step_by(4) {
+        assert!(w.write(0, first, 4, false));
+    }
+    w.settle();
+    let replicated = w.n[1].peer_writes;
+    // Writes while disconnected, then the resync brings them.
+    w.admin_disconnect(0);
+    for first in (32..64).step_by(4) {
+        assert!(w.write(0, first, 4, false));
+    }
+    w.admin_connect(0, false);
+    w.connect();
+    w.settle();
+    assert!(w.n[1].resync_received > 0, "no resync happened");
+    assert!(w.n[1].peer_writes > replicated, "no resync write reached b");
+    assert_ne!(w.n[1].view(), then, "nothing was written over the snapshot");
+    assert_eq!(
+        w.n[1].read_snapshot().expect("the snapshot"),
+        then,
+        "the Secondary's snapshot moved"
+    );
 }

@@ -51,6 +51,10 @@ pub struct Coverage {
     pub verify_found: u64,
     /// Blocks silently corrupted on one node (bit rot: no write, no bit).
     pub corruptions: u64,
+    /// Snapshots taken on a Secondary, and checks of a snapshot after replicated or resync
+    /// writes reached its node.
+    pub snapshots_secondary: u64,
+    pub snapshot_checks_after_peer_writes: u64,
 }
 
 impl Coverage {
@@ -72,6 +76,8 @@ impl Coverage {
         self.verify_runs += o.verify_runs;
         self.verify_found += o.verify_found;
         self.corruptions += o.corruptions;
+        self.snapshots_secondary += o.snapshots_secondary;
+        self.snapshot_checks_after_peer_writes += o.snapshot_checks_after_peer_writes;
     }
 }
 
@@ -291,8 +297,9 @@ impl World {
         if clean {
             // Convergence: a pair that decides "nothing to sync" holds the same data (but
             // for bit rot, which only verify finds).
-            let differ: Vec<usize> = (0..self.n[0].disk.view.len())
-                .filter(|&b| self.n[0].disk.view[b] != self.n[1].disk.view[b])
+            let (v0, v1) = (self.n[0].view(), self.n[1].view());
+            let differ: Vec<usize> = (0..v0.len())
+                .filter(|&b| v0[b] != v1[b])
                 .filter(|b| !self.rot.contains(b))
                 .collect();
             assert!(
@@ -305,7 +312,7 @@ impl World {
             self.hist = Some(Hist {
                 conn,
                 primary: p,
-                base: self.n[p].disk.view.clone(),
+                base: self.n[p].view(),
                 writes: Vec::new(),
             });
         }
@@ -475,13 +482,13 @@ impl World {
             })
         });
         if quiet
-            && self.n[0].disk.view == self.n[1].disk.view
-            && self.n[0].disk.view == self.n[1 - p].disk.stable
+            && self.n[0].view() == self.n[1].view()
+            && self.n[0].view() == self.n[1 - p].stable()
         {
             self.hist = Some(Hist {
                 conn,
                 primary: p,
-                base: self.n[p].disk.view.clone(),
+                base: self.n[p].view(),
                 writes: Vec::new(),
             });
         }
@@ -541,16 +548,54 @@ impl World {
         true
     }
 
+    /// `drl snapshot create` on node `i` (mostly the Secondary's, the backup site's).
+    pub fn admin_snapshot(&mut self, i: usize) {
+        if !self.n[i].up {
+            return;
+        }
+        if self.n[i].role() == Role::Secondary {
+            self.cov.snapshots_secondary += 1;
+        }
+        self.n[i].take_snapshot();
+        self.note(format!("admin: snapshot on {i}"));
+    }
+
+    /// A snapshot keeps its point in time: its contents equal the disk when it was taken,
+    /// whatever arrived since (replicated writes, resync writes, the node's own).
+    fn check_snapshots(&mut self) {
+        for i in 0..2 {
+            let Some(now) = self.n[i].read_snapshot() else {
+                continue;
+            };
+            let Some((name, then, peer_writes)) = self.n[i].snap.as_ref() else {
+                continue;
+            };
+            if self.n[i].peer_writes > *peer_writes {
+                self.cov.snapshot_checks_after_peer_writes += 1;
+            }
+            let moved: Vec<usize> = (0..then.len()).filter(|&b| now[b] != then[b]).collect();
+            assert!(
+                moved.is_empty(),
+                "snapshot {name} of node {i} changed after it was taken in blocks {moved:?} ({} replicated/resync writes since)",
+                self.n[i].peer_writes - peer_writes
+            );
+        }
+    }
+
     /// Bit rot: block `b` of node `i` changes on its disk with no write and no bit (only
     /// online verify finds it). Volume 0 only: verify covers volume 0.
     pub fn corrupt(&mut self, i: usize, b: usize) {
         let b = b % self.knobs.group_split.unwrap_or(self.knobs.blocks) as usize;
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.n[i].disk.view[b] = tag;
-        self.n[i].disk.stable[b] = tag;
+        let mut d = self.n[i].disk();
+        d.view[b] = tag;
+        d.stable[b] = tag;
+        drop(d);
         self.rot.insert(b);
         self.cov.corruptions += 1;
+        // Bit rot under a chunk the snapshot did not preserve changes the snapshot too.
+        self.n[i].snap = None;
         // The prefix check compares the Secondary's disk with the Primary's writes: bit rot
         // is not a replication fault.
         self.hist = None;
@@ -599,11 +644,11 @@ impl World {
         let mut rng = StdRng::seed_from_u64(self.rng.random());
         self.n[i].crash_and_restart(&mut rng);
         // Writes the crash took back were the application's to lose (it did not flush).
-        let view = &self.n[i].disk.view;
+        let view = self.n[i].view();
         self.unshared[i].retain(|&b, &mut (t, _)| view[b] == t);
         if let Some(k) = flushed {
             // The crashed Secondary's surviving image (unflushed writes lost, torn, reordered).
-            let img = self.n[i].disk.stable.clone();
+            let img = self.n[i].stable();
             self.check_prefix(Some((k, &img)));
             self.cov.crash_prefix_checks += 1;
         }
@@ -660,10 +705,11 @@ impl World {
             }
         } else if faults && r < k.faults_permille + k.admin_permille {
             let i = self.rng.random_range(0..2);
-            match self.rng.random_range(0..6) {
+            match self.rng.random_range(0..7) {
                 5 => {
                     self.admin_verify(i);
                 }
+                6 => self.admin_snapshot(i),
                 0 => {
                     self.admin_primary(i);
                 }
@@ -790,7 +836,7 @@ impl World {
     // ---- invariants ----
 
     fn check(&mut self) {
-        let (v0, v1) = (&self.n[0].disk.view, &self.n[1].disk.view);
+        let (v0, v1) = (self.n[0].view(), self.n[1].view());
         self.rot.retain(|&b| v0[b] != v1[b]);
         // Online verify finds differences only where bit rot made them: never a false
         // alarm from writes in flight (both reads see the same point of the write stream).
@@ -811,7 +857,7 @@ impl World {
             }
         }
         for i in 0..2 {
-            let peer = &self.n[1 - i].disk.view;
+            let peer = self.n[1 - i].view();
             self.unshared[i].retain(|&b, &mut (t, _)| peer[b] != t);
         }
         // Status equals the state the next admin command acts on: a node's replication state
@@ -848,6 +894,7 @@ impl World {
             }
         }
         self.check_prefix(None);
+        self.check_snapshots();
     }
 
     /// No acknowledged write is overwritten without the admin's decision (issue 12, the
@@ -902,13 +949,15 @@ impl World {
         }
         let Some(h) = &self.hist else { return };
         let s = 1 - h.primary;
+        let stable;
         let (k, img_s) = match at {
             Some(x) => x,
             None => {
                 let Some(sess) = self.n[s].sess.as_ref().filter(|x| x.conn == h.conn) else {
                     return;
                 };
-                (sess.flushed_epoch, &self.n[s].disk.stable[..])
+                stable = self.n[s].stable();
+                (sess.flushed_epoch, &stable[..])
             }
         };
         let mut img = h.base.clone();
@@ -992,7 +1041,8 @@ impl World {
         self.settle();
         self.verify_and_repair();
         assert_eq!(
-            self.n[0].disk.view, self.n[1].disk.view,
+            self.n[0].view(),
+            self.n[1].view(),
             "after healing the disks differ"
         );
         assert_eq!(self.n[0].dirty_bits(), 0);
@@ -1009,9 +1059,8 @@ impl World {
         }
         let p = self.primary().expect("a Primary");
         let vol0 = self.knobs.group_split.unwrap_or(self.knobs.blocks) as usize;
-        let expected: Vec<usize> = (0..vol0)
-            .filter(|&b| self.n[0].disk.view[b] != self.n[1].disk.view[b])
-            .collect();
+        let (v0, v1) = (self.n[0].view(), self.n[1].view());
+        let expected: Vec<usize> = (0..vol0).filter(|&b| v0[b] != v1[b]).collect();
         let from = self.rng.random_range(0..2);
         self.verify_done.clear();
         assert!(

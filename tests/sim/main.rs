@@ -345,15 +345,7 @@ fn two_promotions_at_the_same_instant_never_both_acknowledge_while_connected() {
 #[test]
 fn verify_finds_exactly_a_corrupted_block_and_a_reconnect_repairs_it() {
     for from in 0..2 {
-        let mut w = World::new(5150 + from as u64, Knobs::default());
-        w.writes_on = false;
-        w.connect();
-        assert!(w.admin_primary(0));
-        w.settle();
-        for first in (0..64).step_by(8) {
-            assert!(w.write(0, first, 8, false));
-        }
-        w.settle();
+        let mut w = written_pair(5150 + from as u64);
         let end = run_verify(&mut w, from);
         assert_eq!((end.stopped.as_deref(), end.out_of_sync_blocks), (None, 0));
         w.corrupt(1, 13);
@@ -379,6 +371,20 @@ fn verify_finds_exactly_a_corrupted_block_and_a_reconnect_repairs_it() {
     }
 }
 
+/// A connected pair, node 0 Primary, every block written and replicated, nothing in flight.
+fn written_pair(seed: u64) -> World {
+    let mut w = World::new(seed, Knobs::default());
+    w.writes_on = false;
+    w.connect();
+    assert!(w.admin_primary(0));
+    w.settle();
+    for first in (0..64).step_by(8) {
+        assert!(w.write(0, first, 8, false));
+    }
+    w.settle();
+    w
+}
+
 /// Start verify on node `from` and run until it reported and its frames were delivered.
 fn run_verify(w: &mut World, from: usize) -> drl::repl::core::VerifyEnd {
     w.verify_done.clear();
@@ -397,15 +403,7 @@ fn run_verify(w: &mut World, from: usize) -> drl::repl::core::VerifyEnd {
 /// snapshot's chunks first; the snapshot still reads as the disk did when it was taken.
 #[test]
 fn a_secondary_snapshot_keeps_its_point_in_time_through_replicated_and_resync_writes() {
-    let mut w = World::new(6060, Knobs::default());
-    w.writes_on = false;
-    w.connect();
-    assert!(w.admin_primary(0));
-    w.settle();
-    for first in (0..64).step_by(8) {
-        assert!(w.write(0, first, 8, false));
-    }
-    w.settle();
+    let mut w = written_pair(6060);
     w.admin_snapshot(1);
     let then = w.n[1].view();
     // Replicated writes.

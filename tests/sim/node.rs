@@ -296,6 +296,20 @@ impl Node {
             return;
         };
         if s.end.is_none() || s.core.applying() {
+            self.run_core(&mut s, now, f);
+            self.verify_io(&mut s, now);
+        }
+        self.sess = Some(s);
+    }
+
+    /// `f` on the core with this node's facts, then its actions carried out.
+    fn run_core(
+        &mut self,
+        s: &mut Sess,
+        now: u64,
+        f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>,
+    ) {
+        let actions = {
             let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
             let ctx = Ctx {
                 now_ms: now,
@@ -305,11 +319,9 @@ impl Node {
                 tracker: &s.tracker,
                 resync_paused: false,
             };
-            let actions = f(&mut s.core, &ctx);
-            self.exec(&mut s, actions);
-            self.verify_io(&mut s, now);
-        }
-        self.sess = Some(s);
+            f(&mut s.core, &ctx)
+        };
+        self.exec(s, actions);
     }
 
     /// The shell's verify I/O, at once: provide digests (a Primary reads now: its local
@@ -319,18 +331,7 @@ impl Node {
         loop {
             if let Some((id, offset, len)) = s.reads.pop() {
                 let ours = Ok(self.digests(offset, len));
-                let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
-                let ctx = Ctx {
-                    now_ms: now,
-                    role: self.role(),
-                    bitmap: &self.vols[0].bitmap,
-                    group_bitmaps: &group,
-                    tracker: &s.tracker,
-                    resync_paused: false,
-                };
-                let actions = s.core.on_verify_read(&ctx, id, ours);
-                drop(group);
-                self.exec(s, actions);
+                self.run_core(s, now, |c, ctx| c.on_verify_read(ctx, id, ours));
                 continue;
             }
             let ready = self.role() == Role::Primary || s.core.idle();

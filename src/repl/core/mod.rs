@@ -871,6 +871,9 @@ mod group_prop_tests;
 mod group_sync_tests;
 
 #[cfg(test)]
+mod verify_tests;
+
+#[cfg(test)]
 mod tick_tests {
     use std::sync::Mutex;
 

@@ -18,6 +18,10 @@
 //! therefore keeps its point in time while replicated and resync writes arrive (before this
 //! pipeline those went straight to the disk and overwrote it).
 //!
+//! Generic over the [`BlockDevice`] (the daemon's is [`Disk`]): the simulator (`tests/sim`)
+//! runs this same pipeline over a simulated disk, so its invariant that a snapshot keeps its
+//! point in time checks the production order.
+//!
 //! Online verify changes no data (as in DRBD), so it has no repair writer here; a repair would
 //! be a resync and go through [`WritePipeline::apply`] like one.
 
@@ -49,21 +53,21 @@ impl Write {
 }
 
 /// The write pipeline of one volume (see the module doc).
-pub struct WritePipeline {
-    disk: Arc<Disk>,
-    snaps: Arc<SnapshotStore<Disk>>,
+pub struct WritePipeline<D: BlockDevice = Disk> {
+    disk: Arc<D>,
+    snaps: Arc<SnapshotStore<D>>,
 }
 
-impl WritePipeline {
-    pub fn new(disk: Arc<Disk>, snaps: Arc<SnapshotStore<Disk>>) -> Self {
+impl<D: BlockDevice> WritePipeline<D> {
+    pub fn new(disk: Arc<D>, snaps: Arc<SnapshotStore<D>>) -> Self {
         WritePipeline { disk, snaps }
     }
 
-    pub fn disk(&self) -> &Arc<Disk> {
+    pub fn disk(&self) -> &Arc<D> {
         &self.disk
     }
 
-    pub fn snapshots(&self) -> &Arc<SnapshotStore<Disk>> {
+    pub fn snapshots(&self) -> &Arc<SnapshotStore<D>> {
         &self.snaps
     }
 

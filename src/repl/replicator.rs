@@ -111,8 +111,8 @@ pub(crate) struct State {
     pub verify: Option<crate::repl::verify::VerifyProgress>,
     /// The peer's online verify this node serves (VerifyT), if any.
     pub verify_peer: Option<crate::repl::verify::VerifyProgress>,
-    /// Where the session passes the results of this node's run to its VerifyS task.
-    pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u32, bytes::Bytes)>>,
+    /// Where `drl verify` hands (run id, rate) to the live session's core.
+    pub verify_tx: Option<tokio::sync::mpsc::Sender<(u64, u64)>>,
     /// The last verify run this node drove.
     pub verify_last: Option<crate::repl::verify::VerifyReport>,
     /// What this node knew when its last session ended (status `link_lost`).

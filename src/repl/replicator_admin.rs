@@ -4,7 +4,7 @@
 use super::*;
 use crate::limits::{
     REPL_ADMIN_DECISION_WAIT_MS, REPL_PEER_TIMEOUT_MS, REPL_STATE_ACK_TIMEOUT_MS,
-    REPL_VERIFY_RATE_MIN, REPL_VERIFY_WINDOW_REQUESTS,
+    REPL_VERIFY_RATE_MIN,
 };
 use std::time::Duration;
 
@@ -221,33 +221,19 @@ impl Replicator {
         // Checked and switched to VerifyS under one lock (and with its event): a session
         // that changes the replication state in between cannot be overwritten.
         let mut started = Err(String::new());
-        self.update(|st| started = self.start_verify(st));
-        let (link, id, rx) = started.map_err(|what| self.refused(what))?;
+        self.update(|st| started = self.start_verify(st, rate));
+        let id = started.map_err(|what| self.refused(what))?;
         tracing::info!(resource = %self.name, peer = %self.peer_node(), run = id, "online verify started (VerifyS)");
-        tokio::spawn(crate::repl::verify::run_source(
-            self.clone(),
-            link,
-            id,
-            rx,
-            rate,
-        ));
         Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
-    fn start_verify(
-        &self,
-        st: &mut State,
-    ) -> Result<
-        (
-            Arc<Link>,
-            u64,
-            tokio::sync::mpsc::Receiver<(u64, u32, bytes::Bytes)>,
-        ),
-        String,
-    > {
-        let link = match &st.link {
-            Some(l) if !l.is_closed() && st.conn == ConnState::Connected => l.clone(),
+    /// Checks, then hands the run to the live session's core (which walks it, see
+    /// `repl::core::verify`) and shows VerifyS; the run's end reports
+    /// ([`crate::repl::verify::report`]).
+    fn start_verify(&self, st: &mut State, rate: u64) -> Result<u64, String> {
+        let live = matches!(&st.link, Some(l) if !l.is_closed() && st.conn == ConnState::Connected);
+        let tx = match &st.verify_tx {
+            Some(tx) if live => tx.clone(),
             _ => {
                 return Err(format!(
                     "not connected to {}: online verify compares with the peer",
@@ -271,17 +257,19 @@ impl Replicator {
                 self.peer_node()
             ));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(2 * REPL_VERIFY_WINDOW_REQUESTS);
-        st.verify_tx = Some(tx);
         // A fresh number for every run: answers to an earlier run can never be taken for it.
         let id = rand::random::<u64>().max(1);
+        // Room for one: the session takes each command at once, and a second run is refused
+        // above until this one reported.
+        tx.try_send((id, rate))
+            .map_err(|_| "the session is busy starting a verify run; try again".to_string())?;
         st.verify = Some(crate::repl::verify::VerifyProgress::new(
             "VerifyS",
             id,
             self.size_bytes(),
         ));
         crate::repl::verify::settle(st);
-        Ok((link, id, rx))
+        Ok(id)
     }
 
     /// `drl connect RES [--discard-my-data]`.

@@ -92,11 +92,15 @@ struct Session<'a> {
     /// Disk operations the core asked for that nobody polled yet (see `session_rx`).
     started: Vec<Applying>,
     serve_tx: Option<mpsc::Sender<(u64, u32)>>,
-    /// VerifyT: where VerifyRequests go to be answered (`verify::answer_requests`).
-    verify_serve_tx: Option<mpsc::Sender<(u64, u64, u32)>>,
-    /// A VerifyDigests waiting until every earlier write is on the disk; no later frame is
-    /// taken meanwhile (see [`crate::repl::verify`]).
-    verify_hold: Option<Frame>,
+    /// Where the core's VerifyProvides go to be answered, in order (`verify::answer`).
+    verify_serve_tx: Option<mpsc::Sender<(VerifyRun, u64, u64, u32)>>,
+    /// A provide of this node's own run that could not read (back from `verify::answer`).
+    verify_failed_tx: mpsc::Sender<(u64, u32, String)>,
+    verify_failed_rx: mpsc::Receiver<(u64, u32, String)>,
+    /// `drl verify` on this node: (run id, rate) for the core.
+    verify_cmd_rx: mpsc::Receiver<(u64, u64)>,
+    /// Compare reads the core asked for that nobody polled yet.
+    verify_reads: Vec<verify::VerifyReading>,
     /// The session's clock: the core gets its time from here.
     clock: Instant,
 }
@@ -142,14 +146,22 @@ pub(crate) async fn run(
     let shaper = rep.shaping.shaper.clone();
     let writer = tokio::spawn(writer(wr, frames, link.clone(), shaper));
     let mut applying = futures::stream::FuturesUnordered::new();
+    let (verify_failed_tx, verify_failed_rx) =
+        mpsc::channel(crate::limits::REPL_VERIFY_WINDOW_REQUESTS);
+    let (verify_cmd_tx, verify_cmd_rx) = mpsc::channel(1);
+    let mut core = Core::new(rep.size_bytes(), est.peer.gen.current, 0);
+    core.set_verify_negotiated(est.features & crate::repl::wire::features::VERIFY != 0);
     let mut s = Session {
         rep,
         link: link.clone(),
-        core: Core::new(rep.size_bytes(), est.peer.gen.current, 0),
+        core,
         started: Vec::new(),
         serve_tx: None,
         verify_serve_tx: None,
-        verify_hold: None,
+        verify_failed_tx,
+        verify_failed_rx,
+        verify_cmd_rx,
+        verify_reads: Vec::new(),
         clock: Instant::now(),
     };
     rep.update(|st| {
@@ -161,6 +173,7 @@ pub(crate) async fn run(
         st.link = Some(link.clone());
         st.announced = Some(Announced::from(&local));
         st.peer_features = est.features;
+        st.verify_tx = Some(verify_cmd_tx);
     });
     // The local state is read after the link is visible: an admin change that this read
     // misses comes later and finds the link (and `announced`) itself (`primary` renegotiates,
@@ -376,12 +389,9 @@ impl Session<'_> {
     ) -> String {
         let rep = self.rep;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut verify_reads = futures::stream::FuturesUnordered::new();
         loop {
-            if let Err(e) = self.verify_compare_when_idle().await {
-                // A local read error: the disk's problem, not the peer's.
-                return e;
-            }
-            while self.core.wants_input() && self.verify_hold.is_none() {
+            while self.core.wants_input() {
                 match dec.decode(rbuf) {
                     Ok(Some(f)) => {
                         if let Err(e) = self.step(|c, ctx| c.on_frame(ctx, f)) {
@@ -397,12 +407,9 @@ impl Session<'_> {
             }
             let idle = self.core.idle();
             self.link.rx_idle.store(idle, Ordering::Release);
-            if self.verify_hold.is_some() && idle {
-                // The held VerifyDigests can be compared now (top of the loop).
-                continue;
-            }
             applying.extend(self.started.drain(..));
-            let want = self.core.wants_input() && self.verify_hold.is_none();
+            verify_reads.extend(self.verify_reads.drain(..));
+            let want = self.core.wants_input();
             if rbuf.capacity() - rbuf.len() < REPL_READ_CHUNK_BYTES / 4 {
                 rbuf.reserve(REPL_READ_CHUNK_BYTES);
             }
@@ -417,6 +424,16 @@ impl Session<'_> {
                 },
                 Some((id, r)) = rx::next_applied(applying, &rep.disk), if !applying.is_empty() => {
                     if let Err(e) = self.step(|c, ctx| c.on_disk_done(ctx, id, r)) { return e }
+                }
+                Some((id, r)) = futures::StreamExt::next(&mut verify_reads), if !verify_reads.is_empty() => {
+                    if let Err(e) = self.step(|c, ctx| c.on_verify_read(ctx, id, r)) { return e }
+                }
+                Some((id, rate)) = self.verify_cmd_rx.recv() => {
+                    let peer_primary = rep.state().peer_role == Some(drbd_compat::Role::Primary);
+                    if let Err(e) = self.step(|c, ctx| c.verify_start(ctx, id, rate, peer_primary)) { return e }
+                }
+                Some((offset, len, why)) = self.verify_failed_rx.recv() => {
+                    if let Err(e) = self.step(|c, ctx| c.verify_provide_failed(ctx, offset, len, why)) { return e }
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.on_tick() { return e }
@@ -445,7 +462,7 @@ impl Session<'_> {
     }
 
     fn on_tick(&mut self) -> Result<(), String> {
-        self.verify_peer_idle();
+        self.verify_check_state()?;
         let stalled = self.link.stalled_now();
         self.step(|c, ctx| c.on_tick(ctx, stalled))?;
         // Pull-ahead: once the buffer drained (and not sooner than REPL_AHEAD_MIN_MS), resync
@@ -491,6 +508,23 @@ impl Session<'_> {
             self.core.finish(&ctx, repl, gen_bitmap)
         };
         let (lost, lag_ms) = (done.lost, done.lag_ms);
+        // This node's verify run ends with the session (also one `drl verify` started just
+        // as the link closed, before the core heard of it); the peer's ends below.
+        let run = self.core.verify_abort(reason).or_else(|| {
+            rep.state()
+                .verify
+                .as_ref()
+                .map(|p| crate::repl::core::VerifyEnd {
+                    id: p.id,
+                    stopped: Some(reason.to_string()),
+                    checked_bytes: p.checked_bytes,
+                    out_of_sync_blocks: p.differing_blocks,
+                    marked: "none",
+                })
+        });
+        if let Some(end) = run {
+            crate::repl::verify::report(rep, end);
+        }
         if let Err(e) = persist_bitmap(rep).await {
             tracing::error!(resource = %rep.name, "persisting the bitmap after disconnect: {e}");
         }
@@ -512,8 +546,6 @@ impl Session<'_> {
             st.repl = ReplState::Off;
             st.ahead_since = None;
             st.peer_features = 0;
-            // A VerifyS run ends by itself (its task sees the link close, or its results
-            // channel close) and reports; the peer's run ends here.
             st.verify_tx = None;
             st.verify_peer = None;
             st.resync_started = None;

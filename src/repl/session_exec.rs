@@ -74,11 +74,18 @@ impl Session<'_> {
                     }
                 }
                 Action::StopServing => self.serve_tx = None,
-                Action::Verify(f) => {
-                    if let Err(e) = self.on_verify_frame(f) {
+                Action::VerifyProvide {
+                    run,
+                    id,
+                    offset,
+                    len,
+                } => {
+                    if let Err(e) = self.verify_provide(run, id, offset, len) {
                         return Err(self.protocol_error(e));
                     }
                 }
+                Action::VerifyRead { id, offset, len } => self.verify_read(id, offset, len),
+                Action::Verify(e) => self.on_verify_event(e),
                 Action::Info(what) => {
                     crate::info_rl!(rep.state_rl, resource = %rep.name, "{what}");
                 }

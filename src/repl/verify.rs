@@ -27,7 +27,8 @@
 //! run and serve its peer's at the same time. A run stops (and still reports) when the link
 //! drops, a node changes its role, or replication leaves VerifyS (pull-ahead, a resync); it
 //! waits for the answers to what it already asked before its VerifyDone, so no late frame
-//! follows. A VerifyT that hears nothing for [`REPL_VERIFY_PEER_IDLE_MS`] ends by itself. A run
+//! follows. A VerifyT that hears nothing for [`crate::limits::REPL_VERIFY_PEER_IDLE_MS`] ends
+//! by itself. A run
 //! reads at most `rate` bytes per second on each node
 //! ([`crate::limits::REPL_VERIFY_RATE_DEFAULT`]): each
 //! range briefly holds the Primary's writes.
@@ -36,25 +37,27 @@
 //! Primary's bitmap (whichever node runs verify), and the next `disconnect` / `connect`
 //! resyncs them from the Primary. With no Primary no side is known good: the result is
 //! reported and nothing is marked.
+//!
+//! The protocol of all this (both runs, the window, the hold, marking) is the session core's
+//! (`repl::core::verify`), so the simulator runs verify too; this file keeps the pure
+//! helpers and the shell's I/O: the provider's read under the lock, the report.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use drbd_compat::{ReplState, Role};
+use drbd_compat::ReplState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::limits::{
-    BITMAP_BLOCK_BYTES, REPL_PEER_TIMEOUT_MS, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_PEER_IDLE_MS,
-    REPL_VERIFY_REQUEST_BYTES, REPL_VERIFY_WINDOW_REQUESTS,
+    BITMAP_BLOCK_BYTES, REPL_PEER_TIMEOUT_MS, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_REQUEST_BYTES,
 };
+use crate::repl::core::VerifyEnd;
 use crate::repl::frame::{Frame, VerifyRun};
 use crate::repl::link::Link;
 use crate::repl::replicator::Replicator;
-use crate::repl::wire::split_range;
 use crate::volume::{meta, BlockDevice};
 
 /// A verify run in progress (status `verify`).
@@ -68,8 +71,6 @@ pub struct VerifyProgress {
     pub checked_bytes: u64,
     pub differing_blocks: u64,
     pub started: Instant,
-    /// The last frame of this run (a VerifyT ends after [`REPL_VERIFY_PEER_IDLE_MS`] without).
-    pub last_frame: Instant,
 }
 
 impl VerifyProgress {
@@ -81,7 +82,6 @@ impl VerifyProgress {
             checked_bytes: 0,
             differing_blocks: 0,
             started: Instant::now(),
-            last_frame: Instant::now(),
         }
     }
 
@@ -97,12 +97,6 @@ impl VerifyProgress {
     pub(crate) fn count(&mut self, len: u32, differing: u64) {
         self.checked_bytes = (self.checked_bytes + u64::from(len)).min(self.total_bytes);
         self.differing_blocks += differing;
-        self.last_frame = Instant::now();
-    }
-
-    /// Without a frame for [`REPL_VERIFY_PEER_IDLE_MS`].
-    pub fn is_idle(&self) -> bool {
-        self.last_frame.elapsed() > std::time::Duration::from_millis(REPL_VERIFY_PEER_IDLE_MS)
     }
 }
 
@@ -200,22 +194,6 @@ pub(crate) async fn provide(
     Ok(())
 }
 
-/// Compare: read the range here and return the VerifyResult bits against `theirs`. The
-/// session calls it once every write received before the VerifyDigests is on the disk.
-pub(crate) async fn compare(
-    rep: &Replicator,
-    offset: u64,
-    len: u32,
-    theirs: &[u8],
-) -> Result<Vec<u8>, String> {
-    let buf = rep
-        .disk
-        .read(offset, len)
-        .await
-        .map_err(|e| format!("reading for verify: {e}"))?;
-    Ok(differing_bits(&block_digests(&buf), theirs))
-}
-
 /// A range a peer names in a verify frame: block-aligned, inside the volume, at most one
 /// request long, whole blocks except at the end of the volume.
 pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), String> {
@@ -232,29 +210,6 @@ pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), String> {
             "verify range {offset}+{len} is not whole {BITMAP_BLOCK_BYTES}-byte blocks of at most {REPL_VERIFY_REQUEST_BYTES} bytes inside the {size}-byte volume"
         ))
     }
-}
-
-/// Mark the blocks set in `differ` (of the range at `offset`) out of sync, if this node is
-/// Primary; no ack of this session may clear them (a later write that covers a block only
-/// partly would otherwise clear its bit), only a resync. Returns how many blocks differ.
-pub(crate) fn mark(rep: &Replicator, link: &Link, offset: u64, len: u32, differ: &[u8]) -> u64 {
-    let blocks: Vec<u64> = set_bits(differ).collect();
-    if blocks.is_empty() || rep.meta.superblock().role != meta::Role::Primary {
-        return blocks.len() as u64;
-    }
-    let first = offset / BITMAP_BLOCK_BYTES;
-    {
-        let mut t = link.tracker();
-        for &b in &blocks {
-            t.mark_unsent_write((first + b) * BITMAP_BLOCK_BYTES, BITMAP_BLOCK_BYTES);
-        }
-    }
-    for &b in &blocks {
-        rep.bitmap.set_blocks(first + b, 1);
-    }
-    crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), offset, len,
-        blocks = blocks.len(), "online verify: blocks differ from the peer; marked out of sync");
-    blocks.len() as u64
 }
 
 /// The replication state while runs come and go: VerifyS while this node drives a run,
@@ -275,27 +230,30 @@ pub(crate) fn settle(st: &mut crate::repl::replicator::State) {
     }
 }
 
-/// VerifyT as provider: answer VerifyRequests in order. One task per session, for every
-/// run of the peer: answers of an ended run can never overtake those of the next. A read
-/// error ends the session; a provider that cannot read yet (see [`provide`]) skips the
-/// answer, and the peer's run stops when its wait for it times out.
-pub(crate) async fn answer_requests(
+/// The provider for both runs of a session: answer the core's [`Action::VerifyProvide`]s
+/// in order (one task per session, so answers of an ended run never overtake those of the
+/// next, and this node's digests keep their place too). A read error of the peer's run
+/// skips the answer (the peer's run stops when its wait for it times out); one of this
+/// node's run goes back to the session (`failed`), which stops the run.
+///
+/// [`Action::VerifyProvide`]: crate::repl::core::Action::VerifyProvide
+pub(crate) async fn answer(
     rep: Arc<Replicator>,
     link: Arc<Link>,
-    mut rx: mpsc::Receiver<(u64, u64, u32)>,
+    mut rx: mpsc::Receiver<(VerifyRun, u64, u64, u32)>,
+    failed: mpsc::Sender<(u64, u32, String)>,
 ) {
-    while let Some((id, offset, len)) = rx.recv().await {
+    while let Some((run, id, offset, len)) = rx.recv().await {
         if link.is_closed() {
             return;
         }
-        match provide(&rep, &link, VerifyRun::Receiver, id, offset, len).await {
-            Ok(()) => rep.update(|st| {
-                // Answering counts as activity of the peer's run (its idle clock).
-                if let Some(p) = st.verify_peer.as_mut().filter(|p| p.id == id) {
-                    p.last_frame = Instant::now();
-                }
-            }),
+        match provide(&rep, &link, run, id, offset, len).await {
+            Ok(()) => {}
             Err(_) if link.is_closed() => return,
+            Err(e) if run == VerifyRun::Sender => {
+                // Bounded: at most a window of this node's ranges is in flight.
+                let _ = failed.try_send((offset, len, e));
+            }
             Err(e) => {
                 crate::warn_rl!(rep.rl, resource = %rep.name, "verify: not answering {offset}+{len}: {e}");
             }
@@ -303,44 +261,27 @@ pub(crate) async fn answer_requests(
     }
 }
 
-/// VerifyS: drive one run over `link` to its end and report. `results` brings each range's
-/// VerifyResult bits, in order: the peer's (this node provides) or this node's own (it
-/// compares; the session forwards them).
-pub(crate) async fn run_source(
-    rep: Arc<Replicator>,
-    link: Arc<Link>,
-    id: u64,
-    mut results: mpsc::Receiver<(u64, u32, Bytes)>,
-    rate: u64,
-) {
-    let started = Instant::now();
-    let roles = roles(&rep);
-    let provides = source_provides(roles.0, roles.1);
-    let walked = walk(&rep, &link, id, &mut results, provides, roles, rate).await;
-    let (outcome, checked, oos_blocks) = match walked {
-        Ok((checked, n)) => ("completed".to_string(), checked, n),
-        Err((why, checked, n)) => (format!("interrupted: {why}"), checked, n),
+/// This node's run ended ([`VerifyEnd`], from the core or the end of the session): log it,
+/// publish it, and keep it as `verify_last`.
+pub(crate) fn report(rep: &Replicator, end: VerifyEnd) {
+    let outcome = match &end.stopped {
+        None => "completed".to_string(),
+        Some(why) => format!("interrupted: {why}"),
     };
-    let marked = match roles {
-        _ if oos_blocks == 0 => "none",
-        (true, _) => "local",
-        (_, true) => "peer",
-        _ => "none",
-    };
-    let oos_bytes = oos_blocks * BITMAP_BLOCK_BYTES;
+    let oos_bytes = end.out_of_sync_blocks * BITMAP_BLOCK_BYTES;
+    let started = rep.state().verify.as_ref().map(|p| p.started);
     let report = VerifyReport {
         outcome,
-        checked_bytes: checked,
+        checked_bytes: end.checked_bytes,
         out_of_sync_bytes: oos_bytes,
-        marked,
-        seconds: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        marked: end.marked,
+        seconds: started.map_or(0.0, |s| (s.elapsed().as_secs_f64() * 100.0).round() / 100.0),
     };
-    link.push(&Frame::VerifyDone { id });
     if oos_bytes > 0 {
         crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), out_of_sync_bytes = oos_bytes,
-            marked, outcome = %report.outcome, "online verify found out-of-sync blocks: `drl disconnect` then `drl connect` resyncs them from the Primary");
+            marked = end.marked, outcome = %report.outcome, "online verify found out-of-sync blocks: `drl disconnect` then `drl connect` resyncs them from the Primary");
     } else {
-        crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), checked_bytes = checked,
+        crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), checked_bytes = end.checked_bytes,
             outcome = %report.outcome, "online verify: no out-of-sync block");
     }
     rep.events.publish(
@@ -353,129 +294,12 @@ pub(crate) async fn run_source(
         .field("out_of_sync_bytes", oos_bytes),
     );
     rep.update(|st| {
-        st.verify = None;
-        st.verify_tx = None;
+        if st.verify.as_ref().is_some_and(|p| p.id == end.id) {
+            st.verify = None;
+        }
         st.verify_last = Some(report);
         settle(st);
     });
-}
-
-/// (this node is Primary, the peer is Primary).
-fn roles(rep: &Replicator) -> (bool, bool) {
-    (
-        rep.meta.superblock().role == meta::Role::Primary,
-        rep.state().peer_role == Some(Role::Primary),
-    )
-}
-
-type Walked = Result<(u64, u64), (String, u64, u64)>;
-
-/// Ok: bytes checked and blocks out of sync; Err: why it stopped, and the counts so far.
-async fn walk(
-    rep: &Arc<Replicator>,
-    link: &Arc<Link>,
-    id: u64,
-    results: &mut mpsc::Receiver<(u64, u32, Bytes)>,
-    provides: bool,
-    roles_at_start: (bool, bool),
-    rate: u64,
-) -> Walked {
-    let started = Instant::now();
-    let mut ranges = split_range(0, rep.size_bytes(), REPL_VERIFY_REQUEST_BYTES);
-    let (mut issued, mut checked, mut oos) = (0u64, 0u64, 0u64);
-    let mut outstanding: VecDeque<(u64, u32)> = VecDeque::new();
-    let mut stop: Option<String> = None;
-    loop {
-        while stop.is_none() && outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS {
-            let Some((offset, len)) = ranges.next() else {
-                break;
-            };
-            // Who provides was decided on the roles: a promotion or demotion during the run
-            // would make the reads of the two sides race with the writes. Pull-ahead or a
-            // resync ends the run too (writes are then not shipped in order).
-            if roles(rep) != roles_at_start {
-                stop = Some("a node changed its role".into());
-                break;
-            }
-            let repl = rep.state().repl;
-            if repl != ReplState::VerifyS {
-                stop = Some(format!("replication went {repl}"));
-                break;
-            }
-            // At most `rate` bytes per second.
-            let due = started + std::time::Duration::from_secs_f64(issued as f64 / rate as f64);
-            tokio::time::sleep_until(due.into()).await;
-            let sent = if provides {
-                provide(rep, link, VerifyRun::Sender, id, offset, len)
-                    .await
-                    .map(|_| !link.is_closed())
-            } else {
-                Ok(link.push(&Frame::VerifyRequest {
-                    run: VerifyRun::Sender,
-                    id,
-                    offset,
-                    len,
-                }))
-            };
-            match sent {
-                Ok(true) => outstanding.push_back((offset, len)),
-                Ok(false) => return Err((gone(link), checked, oos)),
-                Err(e) => {
-                    // This node could not read: the run stops (and reports why); the link
-                    // and replication go on.
-                    stop = Some(e);
-                    break;
-                }
-            }
-            issued += u64::from(len);
-        }
-        let Some((offset, len)) = outstanding.pop_front() else {
-            return match stop {
-                None => Ok((checked, oos)),
-                Some(why) => Err((why, checked, oos)),
-            };
-        };
-        // Registered before the check: a close between the two is not missed. A run that
-        // stops still takes the answers to what it asked (bounded), so its VerifyDone is the
-        // last frame of the run the peer sees.
-        let closed = link.closed_notify.notified();
-        tokio::pin!(closed);
-        closed.as_mut().enable();
-        if link.is_closed() {
-            return Err((gone(link), checked, oos));
-        }
-        // Answers can queue behind writes on a thin link: a running run waits as long as a
-        // VerifyT waits for it; a stopping one only a peer timeout.
-        let patience = if stop.is_some() {
-            REPL_PEER_TIMEOUT_MS
-        } else {
-            REPL_VERIFY_PEER_IDLE_MS
-        };
-        let wait = tokio::time::sleep(std::time::Duration::from_millis(patience));
-        let (r_off, r_len, bits) = tokio::select! {
-            r = results.recv() => match r {
-                Some(r) => r,
-                None => return Err((gone(link), checked, oos)),
-            },
-            _ = closed => return Err((gone(link), checked, oos)),
-            _ = wait => {
-                let why = stop.unwrap_or_else(|| format!("no answer for {offset}+{len} within {patience} ms"));
-                return Err((why, checked, oos));
-            }
-        };
-        if (r_off, r_len) != (offset, len) {
-            let why = format!("verify result for {r_off}+{r_len}, expected {offset}+{len}");
-            link.close(format!("protocol error: {why}"));
-            return Err((why, checked, oos));
-        }
-        checked += u64::from(len);
-        oos += set_bits(&bits).count() as u64;
-    }
-}
-
-fn gone(link: &Link) -> String {
-    link.reason()
-        .unwrap_or_else(|| "the connection closed".into())
 }
 
 #[cfg(test)]

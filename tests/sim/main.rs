@@ -2,13 +2,15 @@
 //! core ([`drl::repl::core`]) with the production limits and metadata (bitmap, activity log,
 //! superblock), a simulated data disk (unflushed writes lost, torn or reordered by a crash;
 //! EIO), a simulated network (per-connection FIFO with delay, reset and silent cuts,
-//! reconnects), a seeded clock, admin actions (connect, disconnect, primary, secondary) and
-//! the invariants checked after every step (see `world.rs`).
+//! reconnects) and bit rot, a seeded clock, admin actions (connect, disconnect, primary,
+//! secondary, verify, snapshot) and the invariants checked after every step (see `world.rs`); healing
+//! ends with an online verify that must find exactly the blocks that differ.
 //!
 //! A failure prints its seed; `DRL_SIM_SEED=N cargo test --test sim replay` runs that seed
 //! alone with its trace. `DRL_SIM_SEEDS=N` sets how many seeds the suite runs
 //! (`scripts/sim.sh` runs many more).
 
+mod dev;
 mod node;
 mod world;
 
@@ -80,6 +82,13 @@ fn random_histories_keep_every_invariant() {
             (
                 "prefix checks of a crashed Secondary",
                 cov.crash_prefix_checks,
+            ),
+            ("verify runs", cov.verify_runs),
+            ("verify runs that found bit rot", cov.verify_found),
+            ("snapshots on a Secondary", cov.snapshots_secondary),
+            (
+                "snapshot checks after replicated or resync writes",
+                cov.snapshot_checks_after_peer_writes,
             ),
         ],
     );
@@ -247,7 +256,7 @@ fn power_loss_of_a_primary_after_the_retire_keeps_the_pair_identical() {
     w.crash(0);
     // The connect asserts that a NoSync decision with clean bitmaps means equal disks.
     w.settle();
-    assert_eq!(w.n[0].disk.view, w.n[1].disk.view);
+    assert_eq!(w.n[0].view(), w.n[1].view());
 }
 
 /// The two-Primary window (issue 12): the old Primary demotes while its last writes are still
@@ -287,15 +296,15 @@ fn a_promotion_right_after_the_demotion_keeps_the_new_primarys_writes() {
     w.deliver_all(1);
     assert!(w.writable(1), "b's promotion was confirmed");
     assert!(w.write(1, 0, 8, false), "b writes blocks 0..8");
-    let new = w.n[1].disk.view[..8].to_vec();
+    let new = w.n[1].view()[..8].to_vec();
     while w.complete_one(1) {}
     w.settle();
     assert_eq!(
-        w.n[1].disk.view[..8],
+        w.n[1].view()[..8],
         new[..],
         "an old write of a landed over b's newer write"
     );
-    assert_eq!(w.n[0].disk.view, w.n[1].disk.view, "the disks differ");
+    assert_eq!(w.n[0].view(), w.n[1].view(), "the disks differ");
 }
 
 /// The two-Primary window over a live link (issue 12): both nodes promoted at the same
@@ -326,5 +335,97 @@ fn two_promotions_at_the_same_instant_never_both_acknowledge_while_connected() {
         w.n[0].standalone && w.n[1].standalone,
         "the next connect did not find the split brain: {}",
         w.dump()
+    );
+}
+
+/// Online verify (DRBD's `verify`) in the simulator: on converged disks it finds nothing;
+/// with one block silently corrupted on the Secondary, a run from either node reports exactly
+/// that block and marks it on the Primary; a disconnect / connect resyncs it (verify marks,
+/// resync repairs).
+#[test]
+fn verify_finds_exactly_a_corrupted_block_and_a_reconnect_repairs_it() {
+    for from in 0..2 {
+        let mut w = written_pair(5150 + from as u64);
+        let end = run_verify(&mut w, from);
+        assert_eq!((end.stopped.as_deref(), end.out_of_sync_blocks), (None, 0));
+        w.corrupt(1, 13);
+        let end = run_verify(&mut w, from);
+        assert_eq!(end.stopped, None);
+        assert_eq!(end.out_of_sync_blocks, 1, "verify from node {from}");
+        assert_eq!(end.marked, if from == 0 { "local" } else { "peer" });
+        let bm = &w.n[0].vols[0].bitmap;
+        assert!(
+            bm.is_dirty(13) && bm.count_dirty() == 1,
+            "block 13 alone is marked"
+        );
+        assert_ne!(w.n[0].view(), w.n[1].view(), "verify changed data");
+        w.admin_disconnect(0);
+        w.admin_connect(0, false);
+        w.connect();
+        w.settle();
+        assert_eq!(
+            w.n[0].view(),
+            w.n[1].view(),
+            "the resync did not repair block 13"
+        );
+    }
+}
+
+/// A connected pair, node 0 Primary, every block written and replicated, nothing in flight.
+fn written_pair(seed: u64) -> World {
+    let mut w = World::new(seed, Knobs::default());
+    w.writes_on = false;
+    w.connect();
+    assert!(w.admin_primary(0));
+    w.settle();
+    for first in (0..64).step_by(8) {
+        assert!(w.write(0, first, 8, false));
+    }
+    w.settle();
+    w
+}
+
+/// Start verify on node `from` and run until it reported and its frames were delivered.
+fn run_verify(w: &mut World, from: usize) -> drl::repl::core::VerifyEnd {
+    w.verify_done.clear();
+    assert!(w.admin_verify(from), "verify refused: {}", w.dump());
+    for _ in 0..100_000 {
+        if !w.verify_done.is_empty() && w.idle_net() {
+            return w.verify_done.remove(0).1;
+        }
+        w.step(false);
+    }
+    panic!("verify never ended: {}", w.dump());
+}
+
+/// A snapshot on the Secondary keeps its point in time (issue 12): replicated writes and then
+/// resync writes reach its node through the production write pipeline, which preserves the
+/// snapshot's chunks first; the snapshot still reads as the disk did when it was taken.
+#[test]
+fn a_secondary_snapshot_keeps_its_point_in_time_through_replicated_and_resync_writes() {
+    let mut w = written_pair(6060);
+    w.admin_snapshot(1);
+    let then = w.n[1].view();
+    // Replicated writes.
+    for first in (0..32).step_by(4) {
+        assert!(w.write(0, first, 4, false));
+    }
+    w.settle();
+    let replicated = w.n[1].peer_writes;
+    // Writes while disconnected, then the resync brings them.
+    w.admin_disconnect(0);
+    for first in (32..64).step_by(4) {
+        assert!(w.write(0, first, 4, false));
+    }
+    w.admin_connect(0, false);
+    w.connect();
+    w.settle();
+    assert!(w.n[1].resync_received > 0, "no resync happened");
+    assert!(w.n[1].peer_writes > replicated, "no resync write reached b");
+    assert_ne!(w.n[1].view(), then, "nothing was written over the snapshot");
+    assert_eq!(
+        w.n[1].read_snapshot().expect("the snapshot"),
+        then,
+        "the Secondary's snapshot moved"
     );
 }

@@ -18,92 +18,25 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use drbd_compat::{DiskState, ReplState, Role};
-use drl::repl::core::{Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, VolumeId, Write};
+use drl::pipeline::WritePipeline;
+use drl::repl::core::{
+    Action, Core, Ctx, DiskOp, MetaChange, OpId, StateChange, VerifyEnd, VerifyEvent, VolumeId,
+    Write,
+};
 use drl::repl::epoch::{EpochLimits, EpochTracker};
-use drl::repl::frame::Frame;
+use drl::repl::frame::{Frame, VerifyRun};
 pub use drl::repl::replicator::{disk_of, gen_of, gen_to_meta, role_of};
 use drl::repl::state::NodeState;
+use drl::snapshot::{SnapshotStore, SnapshotStoreConfig};
 use drl::volume::activity_log::ActivityLog;
 use drl::volume::bitmap::DirtyBitmap;
 use drl::volume::meta::{self, MetaFile, NewMeta};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::dev::{block_on, payload, Disk, SimDev};
+
 pub const BS: u64 = drl::limits::BITMAP_BLOCK_BYTES;
-
-/// A data disk of block tags (the id of the write that wrote a block, 0: zeroes).
-pub struct Disk {
-    /// What survives a crash: the state at the last flush.
-    pub stable: Vec<u64>,
-    /// What reads see (completed writes).
-    pub view: Vec<u64>,
-    /// Completed writes since the last flush: (first block, tags).
-    pending: Vec<(usize, Vec<u64>)>,
-}
-
-impl Disk {
-    fn new(blocks: usize) -> Disk {
-        Disk {
-            stable: vec![0; blocks],
-            view: vec![0; blocks],
-            pending: Vec::new(),
-        }
-    }
-
-    pub fn write(&mut self, first: usize, tags: Vec<u64>) {
-        self.view[first..first + tags.len()].copy_from_slice(&tags);
-        self.pending.push((first, tags));
-    }
-
-    pub fn flush(&mut self) {
-        self.flush_blocks(0..self.view.len());
-    }
-
-    /// Flush one volume of a group (its blocks): the other volume's unflushed writes stay
-    /// unflushed (a write lies in one volume).
-    fn flush_blocks(&mut self, blocks: std::ops::Range<usize>) {
-        self.stable[blocks.clone()].clone_from_slice(&self.view[blocks.clone()]);
-        self.pending.retain(|(first, _)| !blocks.contains(first));
-    }
-
-    /// Power loss: each unflushed write is lost, kept or torn (some of its blocks), in any
-    /// order.
-    fn crash(&mut self, rng: &mut StdRng) {
-        let mut img = self.stable.clone();
-        let mut pend = std::mem::take(&mut self.pending);
-        while !pend.is_empty() {
-            let (first, tags) = pend.swap_remove(rng.random_range(0..pend.len()));
-            match rng.random_range(0..3) {
-                0 => {}
-                1 => img[first..first + tags.len()].copy_from_slice(&tags),
-                _ => {
-                    for (i, t) in tags.iter().enumerate() {
-                        if rng.random_bool(0.5) {
-                            img[first + i] = *t;
-                        }
-                    }
-                }
-            }
-        }
-        self.stable = img.clone();
-        self.view = img;
-    }
-}
-
-/// Bytes of a write of `tags` (each block holds its tag, little endian, then zeroes).
-pub fn payload(tags: &[u64]) -> Bytes {
-    let mut v = vec![0u8; tags.len() * BS as usize];
-    for (i, t) in tags.iter().enumerate() {
-        v[i * BS as usize..i * BS as usize + 8].copy_from_slice(&t.to_le_bytes());
-    }
-    Bytes::from(v)
-}
-
-fn tags_of(data: &[u8]) -> Vec<u64> {
-    data.chunks(BS as usize)
-        .map(|b| u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])))
-        .collect()
-}
 
 /// A live session of this node.
 pub struct Sess {
@@ -119,6 +52,10 @@ pub struct Sess {
     pub clean_start: bool,
     /// Last epoch whose flush completed here (receiver side).
     pub flushed_epoch: u64,
+    /// Online verify: ranges to provide digests for, in order (a node that is not Primary
+    /// provides once every write it received is on its disk), and the comparer's reads.
+    provides: std::collections::VecDeque<(VerifyRun, u64, u64, u32)>,
+    reads: Vec<(OpId, u64, u32)>,
 }
 
 /// One volume's metadata, bitmap and activity log, and where it lies on the node's disk.
@@ -135,7 +72,11 @@ pub struct Vol {
 pub struct Node {
     pub name: &'static str,
     pub up: bool,
-    pub disk: Disk,
+    /// The data disk, written only through `pipe` (the production write pipeline: snapshot
+    /// preservation, then the disk).
+    pub dev: Arc<SimDev>,
+    pub pipe: Arc<WritePipeline<SimDev>>,
+    snap_cfg: SnapshotStoreConfig,
     /// Volume 0's metadata: the resource's role, disk state and generations.
     pub meta: Arc<MetaFile>,
     /// The volumes (one, or a group's two).
@@ -151,6 +92,14 @@ pub struct Node {
     pub resync_received: u64,
     /// Resync requests this node served for a volume other than 0.
     pub served_later_volumes: u64,
+    /// This node's verify runs that ended (the world checks and clears them).
+    pub verify_ends: Vec<VerifyEnd>,
+    /// Replicated and resync writes this node applied (through its pipeline).
+    pub peer_writes: u64,
+    /// The snapshot the world checks: its name, the disk when it was taken, and
+    /// `peer_writes` then.
+    pub snap: Option<(String, Vec<u64>, u64)>,
+    snaps_taken: u64,
 }
 
 impl Node {
@@ -196,10 +145,21 @@ impl Node {
                 vol
             })
             .collect();
+        let dev = Arc::new(SimDev::new((size / BS) as usize));
+        let snap_cfg = SnapshotStoreConfig {
+            dir: dir.join(format!("{name}-snapshots")),
+            resource: "sim".into(),
+            volume_bytes: size,
+            chunk_bytes: drl::limits::SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            space_bytes: 4 * size,
+        };
+        let pipe = pipeline(&dev, &snap_cfg);
         Node {
             name,
             up: true,
-            disk: Disk::new((size / BS) as usize),
+            dev,
+            pipe,
+            snap_cfg,
             meta: vols[0].meta.clone(),
             vols,
             sess: None,
@@ -210,7 +170,55 @@ impl Node {
             resync_received: 0,
 
             served_later_volumes: 0,
+            verify_ends: Vec::new(),
+            peer_writes: 0,
+            snap: None,
+            snaps_taken: 0,
         }
+    }
+
+    /// What the disk holds (reads see `view`, a crash keeps `stable`).
+    pub fn disk(&self) -> std::sync::MutexGuard<'_, Disk> {
+        self.dev.disk()
+    }
+
+    /// `drl snapshot create` on this node (`SnapshotStore::create`: a cut between two
+    /// writes); the previous checked snapshot is deleted. The world checks it from now on.
+    pub fn take_snapshot(&mut self) {
+        let store = self.pipe.snapshots().clone();
+        if let Some((old, _, _)) = self.snap.take() {
+            block_on(store.delete(&old)).expect("delete the previous snapshot");
+        }
+        self.snaps_taken += 1;
+        let name = format!("s{}", self.snaps_taken);
+        block_on(store.create(&name)).expect("create a snapshot");
+        self.snap = Some((name, self.view(), self.peer_writes));
+    }
+
+    /// The checked snapshot's contents now (block tags), read through the store.
+    pub fn read_snapshot(&self) -> Option<Vec<u64>> {
+        let (name, _, _) = self.snap.as_ref()?;
+        let size = drl::volume::BlockDevice::size_bytes(&*self.dev);
+        let store = self.pipe.snapshots().clone();
+        let mut tags = Vec::new();
+        let mut off = 0;
+        while off < size {
+            let len = (size - off).min(1 << 20) as u32;
+            let buf = block_on(store.read(name, off, len)).expect("read the snapshot");
+            tags.extend(super::dev::tags_of(&buf));
+            off += u64::from(len);
+        }
+        Some(tags)
+    }
+
+    /// What reads see, block by block (a copy: no lock held).
+    pub fn view(&self) -> Vec<u64> {
+        self.disk().view.clone()
+    }
+
+    /// What survives a crash (a copy).
+    pub fn stable(&self) -> Vec<u64> {
+        self.disk().stable.clone()
     }
 
     /// Dirty bits of every volume.
@@ -277,6 +285,8 @@ impl Node {
             end: None,
             clean_start: false,
             flushed_epoch: 0,
+            provides: Default::default(),
+            reads: Vec::new(),
         });
     }
 
@@ -286,6 +296,20 @@ impl Node {
             return;
         };
         if s.end.is_none() || s.core.applying() {
+            self.run_core(&mut s, now, f);
+            self.verify_io(&mut s, now);
+        }
+        self.sess = Some(s);
+    }
+
+    /// `f` on the core with this node's facts, then its actions carried out.
+    fn run_core(
+        &mut self,
+        s: &mut Sess,
+        now: u64,
+        f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>,
+    ) {
+        let actions = {
             let group: Vec<&DirtyBitmap> = self.vols[1..].iter().map(|v| &*v.bitmap).collect();
             let ctx = Ctx {
                 now_ms: now,
@@ -295,10 +319,43 @@ impl Node {
                 tracker: &s.tracker,
                 resync_paused: false,
             };
-            let actions = f(&mut s.core, &ctx);
-            self.exec(&mut s, actions);
+            f(&mut s.core, &ctx)
+        };
+        self.exec(s, actions);
+    }
+
+    /// The shell's verify I/O, at once: provide digests (a Primary reads now: its local
+    /// writes are synchronous here, so the read sees exactly the writes queued before; a
+    /// node that is not Primary once its core is idle) and the comparer's reads.
+    fn verify_io(&mut self, s: &mut Sess, now: u64) {
+        loop {
+            if let Some((id, offset, len)) = s.reads.pop() {
+                let ours = Ok(self.digests(offset, len));
+                self.run_core(s, now, |c, ctx| c.on_verify_read(ctx, id, ours));
+                continue;
+            }
+            let ready = self.role() == Role::Primary || s.core.idle();
+            match s.provides.front().copied() {
+                Some((run, id, offset, len)) if ready && s.end.is_none() => {
+                    s.provides.pop_front();
+                    s.out.push(Frame::VerifyDigests {
+                        run,
+                        id,
+                        offset,
+                        len,
+                        digests: Bytes::from(self.digests(offset, len)),
+                    });
+                }
+                _ => return,
+            }
         }
-        self.sess = Some(s);
+    }
+
+    /// The production digests of what reads see of a range of volume 0.
+    fn digests(&self, offset: u64, len: u32) -> Vec<u8> {
+        let first = (offset / BS) as usize;
+        let n = u64::from(len).div_ceil(BS) as usize;
+        drl::repl::verify::block_digests(&payload(&self.disk().view[first..first + n]))
     }
 
     fn exec(&mut self, s: &mut Sess, actions: Vec<Action<Bytes>>) {
@@ -333,7 +390,7 @@ impl Node {
                     self.served_later_volumes += u64::from(vol.0 > 0);
                     let first = self.block_of(vol, local);
                     let n = (u64::from(len) / BS) as usize;
-                    let tags = self.disk.view[first..first + n].to_vec();
+                    let tags = self.disk().view[first..first + n].to_vec();
                     self.vols[usize::from(vol.0)]
                         .bitmap
                         .clear_range(local, u64::from(len));
@@ -346,6 +403,14 @@ impl Node {
                         });
                     }
                 }
+                Action::VerifyProvide {
+                    run,
+                    id,
+                    offset,
+                    len,
+                } => s.provides.push_back((run, id, offset, len)),
+                Action::VerifyRead { id, offset, len } => s.reads.push((id, offset, len)),
+                Action::Verify(VerifyEvent::Finished(end)) => self.verify_ends.push(end),
                 Action::Verify(_) => {}
                 Action::Close(e) => {
                     if s.end.is_none() {
@@ -408,20 +473,29 @@ impl Node {
                 Err("Input/output error (simulated)".to_string())
             }
             DiskOp::Write { offset, write } => {
-                let first = self.block_of(vol, offset);
-                let tags = match write {
-                    Write::Data { data, .. } => tags_of(&data),
-                    Write::Trim { len, .. } | Write::Zeroes { len, .. } => {
-                        vec![0; (u64::from(len) / BS) as usize]
-                    }
+                // Through the production pipeline, as the daemon's session does: a snapshot
+                // on this node keeps its point in time while replicated and resync writes
+                // arrive.
+                let at = self.block_of(vol, offset) as u64 * BS;
+                let w = match write {
+                    Write::Data { data, fua } => drl::pipeline::Write::Data {
+                        data: drl::volume::AlignedBuf::from_slice(&data),
+                        fua,
+                    },
+                    Write::Trim { len, fua } => drl::pipeline::Write::Trim { len, fua },
+                    Write::Zeroes { len, fua } => drl::pipeline::Write::Zeroes {
+                        len,
+                        may_trim: true,
+                        fua,
+                    },
                 };
-                self.disk.write(first, tags);
-                Ok(())
+                self.peer_writes += 1;
+                block_on(self.pipe.apply(at, w)).map_err(|e| e.to_string())
             }
             DiskOp::Flush => {
                 let v = &self.vols[usize::from(vol.0)];
                 let first = v.first;
-                self.disk
+                self.disk()
                     .flush_blocks(first..first + (v.size / BS) as usize);
                 Ok(())
             }
@@ -472,7 +546,16 @@ impl Node {
             }
             epoch = Some(enq.epoch);
         }
-        self.disk.write(first, tags.to_vec());
+        // The daemon's device: the snapshot's preservation, then the disk, in one pipeline.
+        let at = first as u64 * BS;
+        let data = drl::volume::AlignedBuf::from_slice(&payload(tags));
+        let pipe = self.pipe.clone();
+        block_on(async {
+            let _g = pipe.preserve(at, len).await?;
+            pipe.disk_write(at, drl::pipeline::Write::Data { data, fua })
+                .await
+        })
+        .expect("the sim disk takes whole blocks");
         drop(guard);
         Some(epoch.unwrap_or(0))
     }
@@ -484,7 +567,7 @@ impl Node {
                 s.out.push(Frame::Barrier { epoch: e });
             }
         }
-        self.disk.flush();
+        self.disk().flush();
     }
 
     /// The periodic persist (`service::persist_loop`): bitmap, then a flush of the data disk,
@@ -492,7 +575,7 @@ impl Node {
     pub fn persist(&mut self) {
         self.persist_bitmaps();
         let flushed: Vec<u64> = self.vols.iter().map(|v| v.al.writes_done()).collect();
-        self.disk.flush();
+        self.disk().flush();
         for (v, flushed) in self.vols.iter().zip(flushed) {
             v.al.retire_clean(&v.meta, &v.bitmap, flushed)
                 .expect("retire");
@@ -535,6 +618,9 @@ impl Node {
             resync_paused: false,
         };
         let done = s.core.finish(&ctx, repl, gen_bitmap);
+        if let Some(end) = s.core.verify_abort("the connection closed") {
+            self.verify_ends.push(end);
+        }
         self.persist_bitmaps();
         if done.new_generation {
             self.meta
@@ -553,7 +639,14 @@ impl Node {
     /// torn or reordered; then the daemon starts again (Secondary, AL replayed into the bitmap).
     pub fn crash_and_restart(&mut self, rng: &mut StdRng) {
         self.sess = None;
-        self.disk.crash(rng);
+        self.disk().crash(rng);
+        // A snapshot holds the disk as it was, flushed or not; power loss may take back
+        // unflushed writes from before it on the chunks it did not preserve, so its point in
+        // time is checked only until its node crashes.
+        self.snap = None;
+        // The restarted daemon opens its snapshot store again (its COW copies and map records
+        // were made durable before each write they preserve).
+        self.pipe = pipeline(&self.dev, &self.snap_cfg);
         for v in &mut self.vols {
             let meta = MetaFile::open(&v.path).expect("reopen the metadata");
             let (meta, bitmap, al) = attach(meta);
@@ -568,6 +661,11 @@ impl Node {
         self.eio = false;
         self.up = true;
     }
+}
+
+fn pipeline(dev: &Arc<SimDev>, cfg: &SnapshotStoreConfig) -> Arc<WritePipeline<SimDev>> {
+    let snaps = SnapshotStore::open(cfg.clone(), dev.clone()).expect("open the snapshot store");
+    Arc::new(WritePipeline::new(dev.clone(), Arc::new(snaps)))
 }
 
 fn attach(meta: MetaFile) -> (Arc<MetaFile>, Arc<DirtyBitmap>, Arc<ActivityLog>) {

@@ -21,6 +21,9 @@ use rand::{Rng, SeedableRng};
 
 use super::node::{gen_of, gen_to_meta, Node, BS};
 
+#[path = "world_admin.rs"]
+mod admin;
+
 /// Ping with this bit asks the peer to confirm the StateChange before it (`link::STATE_PING_BIT`).
 const STATE_PING_BIT: u64 = drl::repl::link::STATE_PING_BIT;
 const TICK_MS: u64 = 100;
@@ -46,6 +49,15 @@ pub struct Coverage {
     pub two_primary_connects: u64,
     /// Resync requests served for a group's volume 1 (its own dirty bits resynced).
     pub group_volume_resyncs: u64,
+    /// Online verify runs that ended, and those that found blocks (silent corruption).
+    pub verify_runs: u64,
+    pub verify_found: u64,
+    /// Blocks silently corrupted on one node (bit rot: no write, no bit).
+    pub corruptions: u64,
+    /// Snapshots taken on a Secondary, and checks of a snapshot after replicated or resync
+    /// writes reached its node.
+    pub snapshots_secondary: u64,
+    pub snapshot_checks_after_peer_writes: u64,
 }
 
 impl Coverage {
@@ -64,6 +76,11 @@ impl Coverage {
         self.acked_writes += o.acked_writes;
         self.two_primary_connects += o.two_primary_connects;
         self.group_volume_resyncs += o.group_volume_resyncs;
+        self.verify_runs += o.verify_runs;
+        self.verify_found += o.verify_found;
+        self.corruptions += o.corruptions;
+        self.snapshots_secondary += o.snapshots_secondary;
+        self.snapshot_checks_after_peer_writes += o.snapshot_checks_after_peer_writes;
     }
 }
 
@@ -142,6 +159,10 @@ pub struct World {
     pub cov: Coverage,
     /// The periodic bitmap persist and AL retire run.
     pub persist_on: bool,
+    /// Blocks silently corrupted on one node and not yet equal on both again.
+    rot: std::collections::BTreeSet<usize>,
+    /// Verify runs that ended (node, report), checked.
+    pub verify_done: Vec<(usize, drl::repl::core::VerifyEnd)>,
 }
 
 impl Drop for World {
@@ -188,6 +209,8 @@ impl World {
             writes_on: true,
             cov: Coverage::default(),
             persist_on: true,
+            rot: Default::default(),
+            verify_done: Vec::new(),
         };
         w.note("start".into());
         w
@@ -275,10 +298,16 @@ impl World {
         let clean =
             d.iter().all(|&x| x == SyncDecision::NoSync) && hello.iter().all(|h| h.dirty_bits == 0);
         if clean {
-            // Convergence: a pair that decides "nothing to sync" holds the same data.
-            assert_eq!(
-                self.n[0].disk.view, self.n[1].disk.view,
-                "nodes decided NoSync with clean bitmaps but their disks differ"
+            // Convergence: a pair that decides "nothing to sync" holds the same data (but
+            // for bit rot, which only verify finds).
+            let (v0, v1) = (self.n[0].view(), self.n[1].view());
+            let differ: Vec<usize> = (0..v0.len())
+                .filter(|&b| v0[b] != v1[b])
+                .filter(|b| !self.rot.contains(b))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "nodes decided NoSync with clean bitmaps but their disks differ in blocks {differ:?}"
             );
         }
         self.hist = None;
@@ -286,7 +315,7 @@ impl World {
             self.hist = Some(Hist {
                 conn,
                 primary: p,
-                base: self.n[p].disk.view.clone(),
+                base: self.n[p].view(),
                 writes: Vec::new(),
             });
         }
@@ -456,13 +485,13 @@ impl World {
             })
         });
         if quiet
-            && self.n[0].disk.view == self.n[1].disk.view
-            && self.n[0].disk.view == self.n[1 - p].disk.stable
+            && self.n[0].view() == self.n[1].view()
+            && self.n[0].view() == self.n[1 - p].stable()
         {
             self.hist = Some(Hist {
                 conn,
                 primary: p,
-                base: self.n[p].disk.view.clone(),
+                base: self.n[p].view(),
                 writes: Vec::new(),
             });
         }
@@ -540,11 +569,11 @@ impl World {
         let mut rng = StdRng::seed_from_u64(self.rng.random());
         self.n[i].crash_and_restart(&mut rng);
         // Writes the crash took back were the application's to lose (it did not flush).
-        let view = &self.n[i].disk.view;
+        let view = self.n[i].view();
         self.unshared[i].retain(|&b, &mut (t, _)| view[b] == t);
         if let Some(k) = flushed {
             // The crashed Secondary's surviving image (unflushed writes lost, torn, reordered).
-            let img = self.n[i].disk.stable.clone();
+            let img = self.n[i].stable();
             self.check_prefix(Some((k, &img)));
             self.cov.crash_prefix_checks += 1;
         }
@@ -559,13 +588,17 @@ impl World {
         let k = self.knobs;
         let r = self.rng.random_range(0..1000u32);
         let due = |w: &World, i: usize| {
-            w.net
-                .as_ref()
-                .and_then(|n| n.q[i].front())
-                .is_some_and(|f| f.0 <= w.now)
+            // The shell reads only while the core takes input (e.g. not while online verify
+            // holds a VerifyDigests until every earlier write is on the disk).
+            let takes = w.n[i].sess.as_ref().is_none_or(|s| s.core.wants_input());
+            takes
+                && w.net
+                    .as_ref()
+                    .and_then(|n| n.q[i].front())
+                    .is_some_and(|f| f.0 <= w.now)
         };
         if faults && r < k.faults_permille {
-            match self.rng.random_range(0..6) {
+            match self.rng.random_range(0..7) {
                 0 => {
                     if self.net.is_some() {
                         self.cov.cuts_reset += 1;
@@ -584,6 +617,11 @@ impl World {
                     let i = self.rng.random_range(0..2);
                     self.crash(i);
                 }
+                6 => {
+                    let i = self.rng.random_range(0..2);
+                    let b = self.rng.random_range(0..self.knobs.blocks as usize);
+                    self.corrupt(i, b);
+                }
                 _ => {
                     let i = self.rng.random_range(0..2);
                     self.n[i].eio = true;
@@ -592,7 +630,11 @@ impl World {
             }
         } else if faults && r < k.faults_permille + k.admin_permille {
             let i = self.rng.random_range(0..2);
-            match self.rng.random_range(0..5) {
+            match self.rng.random_range(0..7) {
+                5 => {
+                    self.admin_verify(i);
+                }
+                6 => self.admin_snapshot(i),
                 0 => {
                     self.admin_primary(i);
                 }
@@ -719,8 +761,11 @@ impl World {
     // ---- invariants ----
 
     fn check(&mut self) {
+        let (v0, v1) = (self.n[0].view(), self.n[1].view());
+        self.rot.retain(|&b| v0[b] != v1[b]);
+        self.check_verify_ends();
         for i in 0..2 {
-            let peer = &self.n[1 - i].disk.view;
+            let peer = self.n[1 - i].view();
             self.unshared[i].retain(|&b, &mut (t, _)| peer[b] != t);
         }
         // Status equals the state the next admin command acts on: a node's replication state
@@ -757,6 +802,7 @@ impl World {
             }
         }
         self.check_prefix(None);
+        self.check_snapshots();
     }
 
     /// No acknowledged write is overwritten without the admin's decision (issue 12, the
@@ -811,13 +857,15 @@ impl World {
         }
         let Some(h) = &self.hist else { return };
         let s = 1 - h.primary;
+        let stable;
         let (k, img_s) = match at {
             Some(x) => x,
             None => {
                 let Some(sess) = self.n[s].sess.as_ref().filter(|x| x.conn == h.conn) else {
                     return;
                 };
-                (sess.flushed_epoch, &self.n[s].disk.stable[..])
+                stable = self.n[s].stable();
+                (sess.flushed_epoch, &stable[..])
             }
         };
         let mut img = h.base.clone();
@@ -899,12 +947,21 @@ impl World {
             self.n[p].app_flush();
         }
         self.settle();
+        self.verify_and_repair();
         assert_eq!(
-            self.n[0].disk.view, self.n[1].disk.view,
+            self.n[0].view(),
+            self.n[1].view(),
             "after healing the disks differ"
         );
         assert_eq!(self.n[0].dirty_bits(), 0);
         assert_eq!(self.n[1].dirty_bits(), 0);
+    }
+
+    /// Nothing on its way in either direction.
+    pub fn idle_net(&self) -> bool {
+        self.net
+            .as_ref()
+            .is_none_or(|n| n.q.iter().all(|q| q.is_empty()))
     }
 
     /// Connected, both Established, nothing in flight, every bit clean.

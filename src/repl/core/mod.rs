@@ -20,7 +20,8 @@
 //! the peer's state changes. What it reads but does not own ([`Ctx`]): the local role (admin
 //! commands change it on other tasks), the in-memory dirty bitmap, the sender's
 //! [`EpochTracker`] (shared with application writers under a lock), the resync pause flag.
-//! Verify frames pass through to the shell ([`Action::Verify`]).
+//! Online verify's protocol is here too (`verify.rs`): the runs of both sides, the
+//! comparer's hold, marking; the shell reads and shows.
 //!
 //! Consistency groups (issue 15): disk operations name a [`VolumeId`]. A group's volumes share
 //! this core ([`Core::with_volumes`]): received Data/Trim/Zeroes frames name their volume, and
@@ -52,6 +53,8 @@ pub use crate::repl::liveness::SessionEnd as LiveEnd;
 
 mod sync;
 use sync::group_bitmap_bits;
+mod verify;
+pub use verify::{VerifyEnd, VerifyEvent};
 
 /// Id of a disk operation the core asked for; its completion names it.
 pub type OpId = u64;
@@ -200,8 +203,24 @@ pub enum Action<B> {
     },
     /// The SyncSource's resync ended: the answering task may stop.
     StopServing,
-    /// A verify frame: online verify is still the shell's (`session_verify.rs`).
-    Verify(Frame),
+    /// Online verify: read `len` bytes at `offset` at this point of the write stream and
+    /// queue their VerifyDigests for `run` (the shell: under the exclusive resync lock, so
+    /// the frame follows exactly the writes the read saw; in request order, on one task).
+    VerifyProvide {
+        run: crate::repl::frame::VerifyRun,
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    /// Online verify: read `len` bytes at `offset` now and hand their digests
+    /// ([`crate::repl::verify::block_digests`]) to [`Core::on_verify_read`] with `id`.
+    VerifyRead {
+        id: OpId,
+        offset: u64,
+        len: u32,
+    },
+    /// Online verify's progress, marks and ends, for the status and the log.
+    Verify(VerifyEvent),
     /// An INFO line for the state log (rate-limited by the shell).
     Info(&'static str),
     /// Close the open epoch and queue its Barrier, in one step under the tracker's lock (the
@@ -347,6 +366,7 @@ pub struct Core<B> {
     ops: HashMap<OpId, Pending>,
     /// Set once the session ended: completions only release what follows them.
     ended: bool,
+    verify: verify::VerifyState,
 }
 
 impl<B: Payload> Core<B> {
@@ -373,12 +393,13 @@ impl<B: Payload> Core<B> {
             next_op: 1,
             ops: HashMap::new(),
             ended: false,
+            verify: verify::VerifyState::default(),
         }
     }
 
     /// Whether the shell should read more frames (the receiver's queue has room).
     pub fn wants_input(&self) -> bool {
-        self.rx.wants_input()
+        self.rx.wants_input() && !self.verify.holding()
     }
 
     /// Every received write is on the disk and no flush runs (online verify reads here).
@@ -472,14 +493,16 @@ impl<B: Payload> Core<B> {
             None => {}
         }
         out.push(Action::CloseEpoch);
+        self.verify_tick(ctx, &mut out);
         out
     }
 
     /// A frame from the peer.
     pub fn on_frame(&mut self, ctx: &Ctx, f: Frame) -> Vec<Action<B>> {
         let mut out = Vec::new();
-        if let Err(e) = self.frame(ctx, f, &mut out) {
-            out.push(Action::Close(e));
+        match self.frame(ctx, f, &mut out) {
+            Ok(()) => self.verify_release(&mut out),
+            Err(e) => out.push(Action::Close(e)),
         }
         out
     }
@@ -604,16 +627,15 @@ impl<B: Payload> Core<B> {
                         "the peer became Primary while this node is Primary".into(),
                     ));
                 }
+                self.verify.peer_role(role);
                 out.push(Action::State(StateChange::Peer { role, disk, ahead }));
+                self.verify_pump(ctx, out);
                 Ok(())
             }
             f @ (Frame::VerifyRequest { .. }
             | Frame::VerifyDigests { .. }
             | Frame::VerifyResult { .. }
-            | Frame::VerifyDone { .. }) => {
-                out.push(Action::Verify(f));
-                Ok(())
-            }
+            | Frame::VerifyDone { .. }) => self.verify_frame(ctx, f, out),
             Frame::Ping { seq } => {
                 out.push(Action::Send(Frame::PingAck { seq }));
                 Ok(())
@@ -774,8 +796,9 @@ impl<B: Payload> Core<B> {
             out.push(Action::Close(SessionEnd::Local(format!("{what}: {e}"))));
             return out;
         }
-        if let Err(e) = self.done(ctx, p, &mut out) {
-            out.push(Action::Close(e));
+        match self.done(ctx, p, &mut out) {
+            Ok(()) => self.verify_release(&mut out),
+            Err(e) => out.push(Action::Close(e)),
         }
         out
     }
@@ -846,6 +869,9 @@ mod group_prop_tests;
 
 #[cfg(test)]
 mod group_sync_tests;
+
+#[cfg(test)]
+mod verify_tests;
 
 #[cfg(test)]
 mod tick_tests {

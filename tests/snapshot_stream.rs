@@ -164,17 +164,23 @@ fn snapshot_under_a_running_writer_restores_exactly_the_cut() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(400));
+    // The cut falls among running writes: some before it, and (the contract checked next)
+    // the writer goes on after it, however slowly a loaded machine runs it.
+    wait_until(
+        "the writer acknowledged 100 writes",
+        Duration::from_secs(60),
+        || acked.load(Ordering::SeqCst) >= 100,
+    );
     let before = acked.load(Ordering::SeqCst);
     json_out(&node, &["snapshot", "create", "r0", "s1", "--json"]);
     let after = acked.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "the writer kept writing after the snapshot",
+        Duration::from_secs(60),
+        || acked.load(Ordering::SeqCst) > after + 10,
+    );
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(
-        acked.load(Ordering::SeqCst) > after + 10,
-        "the writer kept writing after the snapshot"
-    );
 
     let c = container("cut");
     let rep = json_out(

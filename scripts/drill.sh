@@ -3,7 +3,7 @@
 # and a timeline.
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
-#                    [--writer-rate 1500] [--lease-ttl 3] [--snapshot-every 1s|off]
+#                    [--writer-rate 1500] [--lease-ttl 3] [--probe-interval 50ms] [--snapshot-every 1s|off]
 #                    [--fill 0] [--backup-nodes 2] [--tag drill] [--out DIR] [--keep] [--short]
 #                    [--no-cloud]
 #
@@ -54,6 +54,12 @@
 #     at A, the disks identical);
 #  7. the summary table, the timeline (markdown + CSV) and a plot.
 #
+# --probe-interval (default 50ms, drl's default is 100ms) is [detect] probe-interval: with two
+# misses to suspect, a kill is suspected within about two intervals plus the probe timeout
+# (100 ms), so 50 ms keeps suspicion under the 300 ms goal (bench-detect.sh: p50 139 ms, max 175
+# ms at 50 ms; 257 / 320 ms at 100 ms). Suspicion alone promotes nothing (that takes the lease
+# expiring), so the faster probe costs no false promotions.
+#
 # --fill F puts F x the volume size of random data into each of A's volumes before protection
 # begins (after the workload's quarter, at most 0.75): the initial sync and the first snapshot
 # carry it, and the snapshot policy's restore has to bring it back (its RTO grows with it);
@@ -79,7 +85,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
-snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes=2
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes=2 probe=50ms
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -88,6 +94,7 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2; shift 2 ;;
     --writer-rate) writer_rate=$2; shift 2 ;;
     --lease-ttl) ttl=$2; shift 2 ;;
+    --probe-interval) probe=$2; shift 2 ;;
     --snapshot-every) snap_every=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
@@ -104,6 +111,7 @@ done
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
 [[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
     die "--fill must be a fraction 0..0.75 of the volume, not $fill"
+[[ $probe =~ ^[1-9][0-9]*ms$ ]] || die "--probe-interval must be milliseconds (e.g. 50ms), not $probe"
 [[ $bnodes =~ ^[12]$ ]] || die "--backup-nodes must be 1 or 2 (drl daemons at site B)"
 [ "$nvol" -ge 2 ] || bnodes=1 # one volume: one backup node holds it
 [[ $tag =~ ^[a-z0-9]{1,8}$ ]] || die "--tag must be 1-8 lower-case letters or digits (namespaces drl-det-TAG-*)"
@@ -233,8 +241,8 @@ site_config() { # SITE
     if [ $snap = 1 ]; then
         printf '[swift]\nauth = "tempauth"\nurl = "http://%s:8080/auth/v1.0"\nuser = "test:tester"\nkey = "testing"\n\n' "$ADDR_B"
     fi
-    printf '[detect]\ncluster = "drill"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\nlease-ttl = "%ss"\n\n' \
-        "$ADDR_A" "$ADDR_B" "$ADDR_W" "$ttl"
+    printf '[detect]\ncluster = "drill"\netcd = ["http://%s:2379", "http://%s:2379", "http://%s:2379"]\nlease-ttl = "%ss"\nprobe-interval = "%s"\n\n' \
+        "$ADDR_A" "$ADDR_B" "$ADDR_W" "$ttl" "$probe"
     printf '[detect.on.site-a]\nlisten = "%s:7790"\n\n[detect.on.site-b]\nlisten = "%s:7790"\n' "$ADDR_A" "$ADDR_B"
     [ "$bnodes" = 1 ] || printf '\n[detect.on.site-b2]\nlisten = "%s:7791"\nsite = "site-b"\n' "$ADDR_B"
     if [ $cloud = 1 ]; then plan_config "$1"; fi
@@ -667,7 +675,7 @@ T = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
 kill = $kill_ms
 def d(a, b): return (T[b] - T[a]) if T.get(a) and T.get(b) else None
 print(json.dumps({
-  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "volumes": $nvol, "volume_size": "$size", "fill": $fill,
+  "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "probe_interval": "$probe", "lease_ttl_s": $ttl, "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
   "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
   "backup_nodes": {$(for ((v = 0; v < nvol; v++)); do printf '"%s": "site-%s", ' "$(res_of $v)" "$(bnode $v)"; done)},

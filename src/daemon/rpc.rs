@@ -76,6 +76,18 @@ pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, Rpc
         .ok_or_else(|| RpcError::no_such_resource(name))
 }
 
+/// [`resource`] for an operation built for one volume: a consistency group is refused with
+/// the reason ([`Resource::refuse_group`]).
+pub(super) fn one_volume(
+    node: &Node,
+    params: &Value,
+    what: &str,
+) -> Result<Arc<Resource>, RpcError> {
+    let res = resource(node, params)?;
+    res.refuse_group(what).map_err(RpcError::state_refused)?;
+    Ok(res)
+}
+
 fn snapshot_error(e: SnapshotError) -> RpcError {
     match e {
         SnapshotError::NotFound { .. }
@@ -116,7 +128,7 @@ pub fn router(node: Arc<Node>) -> Router {
         }))
     });
     add(&mut r, &node, "snapshot.create", |n, params| async move {
-        let res = resource(&n, &params)?;
+        let res = one_volume(&n, &params, "a snapshot")?;
         let name = str_param(&params, "name")?;
         let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
         res.events().publish(
@@ -125,7 +137,7 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(serde_json::to_value(info).unwrap_or_default())
     });
     add(&mut r, &node, "snapshot.list", |n, params| async move {
-        let res = resource(&n, &params)?;
+        let res = one_volume(&n, &params, "listing snapshots")?;
         let snaps = res.snapshots().list().await;
         let tombstones: Vec<String> = res
             .snapshots()
@@ -138,7 +150,7 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": res.name(), "snapshots": snaps, "tombstones": tombstones }))
     });
     add(&mut r, &node, "snapshot.delete", |n, params| async move {
-        let res = resource(&n, &params)?;
+        let res = one_volume(&n, &params, "deleting a snapshot")?;
         let name = str_param(&params, "name")?;
         res.snapshots().delete(name).await.map_err(snapshot_error)?;
         res.events().publish(
@@ -177,6 +189,7 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": rep.name() }))
     });
     add(&mut r, &node, "verify", |n, params| async move {
+        one_volume(&n, &params, "online verify")?;
         let rep = replicator(&n, &params)?;
         let rate = match params.get("rate").and_then(Value::as_str) {
             None => crate::limits::REPL_VERIFY_RATE_DEFAULT,

@@ -189,6 +189,8 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let res = n
             .resource(&p.resource)
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
+        res.refuse_group("a stream")
+            .map_err(RpcError::state_refused)?;
         let mut prep = prepare_stream(&n, &res, &p.snapshot, &p.to, p.parent, p.chunk_size).await?;
         if let Some(o) = p.object_size {
             prep.opts.object_bytes = o;
@@ -210,6 +212,8 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let res = n
             .resource(&p.resource)
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
+        res.refuse_group("a restore")
+            .map_err(RpcError::state_refused)?;
         if !res.device().writable_now() {
             return Err(RpcError::state_refused(format!(
                 "resource {} is not writable here (Secondary?): restore on the Primary",

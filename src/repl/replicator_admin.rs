@@ -182,7 +182,7 @@ impl Replicator {
         if self.meta.superblock().role == meta::Role::Secondary {
             return Ok(());
         }
-        self.flush().await.map_err(|source| ReplError::Volume {
+        self.flush_all().await.map_err(|source| ReplError::Volume {
             res: self.name.clone(),
             source,
         })?;
@@ -393,7 +393,7 @@ impl Replicator {
     pub fn status_fields(&self) -> Value {
         let sb = self.meta.superblock();
         let st = self.state();
-        let oos = self.bitmap.dirty_bytes();
+        let oos = self.out_of_sync_bytes();
         let (send_queue, lag, inflight) = match &st.link {
             Some(l) => {
                 let t = l.tracker();
@@ -459,7 +459,7 @@ impl Replicator {
             // link ups and closes, so two statuses with the same number describe one session.
             "session": st.session,
             // Activity-log extents a crash now would resync (hot, persisted).
-            "al_hot_extents": self.al.hot_count(),
+            "al_hot_extents": self.vols.iter().map(|v| v.al.hot_count()).sum::<usize>(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

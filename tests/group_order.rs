@@ -74,6 +74,99 @@ fn holds(run: u64, k: u64, b: &[u8]) -> Result<bool, String> {
     Ok(true)
 }
 
+/// How many of writes 0..`writes` of `run` the two volumes `disks` hold, all of them from the
+/// first: Err names a write held without its predecessor, or a block that is no write.
+fn prefix_of(run: u64, writes: u64, disks: &[Vec<u8>; 2]) -> Result<u64, String> {
+    let mut prefix = 0u64;
+    let mut hole: Option<u64> = None;
+    for k in 0..writes {
+        let (v, b) = place(k);
+        let at = b as usize * BLOCK;
+        match holds(run, k, &disks[v][at..at + BLOCK]) {
+            Ok(false) => {
+                hole.get_or_insert(k);
+            }
+            Ok(true) => {
+                if let Some(h) = hole {
+                    return Err(format!(
+                        "volume {v} holds write {k} but volume {} lacks write {h}: the group is not a prefix",
+                        place(h).0
+                    ));
+                }
+                prefix = k + 1;
+            }
+            Err(why) => return Err(format!("volume {v} block {b}: {why}")),
+        }
+    }
+    Ok(prefix)
+}
+
+/// The dependent writer through a's two exports: write k waits for write k-1's reply. Returns
+/// the count of acknowledged writes, the stop flag and the thread.
+fn start_writer(
+    p: &Pair,
+    run: u64,
+    writes: u64,
+) -> (Arc<AtomicU64>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ack2, stop2) = (acked.clone(), stop.clone());
+    let nbd = [p.nbd_of("a", 0), p.nbd_of("a", 1)];
+    let writer = std::thread::spawn(move || {
+        let mut c = nbd.map(|s| NbdClient::connect(&s).expect("NBD connect to the Primary"));
+        for k in 0..writes {
+            let (v, b) = place(k);
+            if stop2.load(Ordering::SeqCst) || c[v].write(b * BLOCK as u64, &block(run, k)).is_err()
+            {
+                break;
+            }
+            ack2.store(k + 1, Ordering::SeqCst);
+        }
+    });
+    (acked, stop, writer)
+}
+
+/// Volume `v`'s snapshot `name` on a stopped node, read whole through drl's own snapshot store
+/// (how a restore or a stream reads it).
+fn read_snapshot(config: &std::path::Path, node: &str, v: usize, name: &str) -> Vec<u8> {
+    let cfg = drl::config::load(config, node).unwrap();
+    let r = &cfg.resources[0];
+    let vol = &r.volumes[v];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let disk = drl::volume::disk::Disk::open("check", &vol.local.disk, vol.size_bytes, 8)
+            .expect("open the volume's disk");
+        let store = drl::snapshot::SnapshotStore::open(
+            drl::snapshot::SnapshotStoreConfig {
+                dir: vol.local.snapshot_dir.clone(),
+                // The daemon names a group's volume 1 "r0/1" in its store.
+                resource: match v {
+                    0 => r.name.clone(),
+                    v => format!("{}/{v}", r.name),
+                },
+                volume_bytes: vol.size_bytes,
+                chunk_bytes: r.snapshot_chunk_bytes,
+                space_bytes: vol.snapshot_space_bytes,
+            },
+            Arc::new(disk),
+        )
+        .expect("open the volume's snapshot store");
+        let mut out = Vec::with_capacity(vol.size_bytes as usize);
+        while (out.len() as u64) < vol.size_bytes {
+            let n = (vol.size_bytes - out.len() as u64).min(MIB) as u32;
+            let buf = store
+                .read(name, out.len() as u64, n)
+                .await
+                .expect("read the snapshot");
+            out.extend_from_slice(&buf[..]);
+        }
+        out
+    })
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Cut {
     KillPrimary,
@@ -128,22 +221,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
         let mut p = p;
         p.force_primary_and_sync("a");
 
-        let acked = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ack2, stop2) = (acked.clone(), stop.clone());
-        let nbd = [p.nbd_of("a", 0), p.nbd_of("a", 1)];
-        let writer = std::thread::spawn(move || {
-            let mut c = nbd.map(|s| NbdClient::connect(&s).expect("NBD connect to the Primary"));
-            for k in 0..writes {
-                let (v, b) = place(k);
-                if stop2.load(Ordering::SeqCst)
-                    || c[v].write(b * BLOCK as u64, &block(run_id, k)).is_err()
-                {
-                    break;
-                }
-                ack2.store(k + 1, Ordering::SeqCst);
-            }
-        });
+        let (acked, stop, writer) = start_writer(&p, run_id, writes);
         // Writes to both volumes before the cut, then a random moment.
         common::wait_until("the writer wrote both volumes", WAIT, || {
             acked.load(Ordering::SeqCst) >= 2
@@ -171,32 +249,12 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
             b.is_some_and(|b| b["connection"] != "Connected")
         });
 
-        let disks = volumes(&p, "b");
-        let mut prefix = 0u64;
-        let mut hole: Option<u64> = None;
-        for k in 0..writes {
-            let (v, b) = place(k);
-            let at = b as usize * BLOCK;
-            match holds(run_id, k, &disks[v][at..at + BLOCK]) {
-                Ok(false) => {
-                    hole.get_or_insert(k);
-                }
-                Ok(true) => {
-                    if let Some(h) = hole {
-                        panic!(
-                            "run {run} (seed {seed}, cut {cut:?} after {delay_ms} ms): b's volume {v} holds write {k} but b's volume {} lacks write {h}: the group is not a prefix\n{}",
-                            place(h).0,
-                            p.report()
-                        );
-                    }
-                    prefix = k + 1;
-                }
-                Err(why) => panic!(
-                    "run {run} (seed {seed}, cut {cut:?}): b's volume {v} block {b}: {why}\n{}",
-                    p.report()
-                ),
-            }
-        }
+        let prefix = prefix_of(run_id, writes, &volumes(&p, "b")).unwrap_or_else(|e| {
+            panic!(
+                "run {run} (seed {seed}, cut {cut:?} after {delay_ms} ms): b: {e}\n{}",
+                p.report()
+            )
+        });
         assert!(
             prefix <= acked_total + 1,
             "run {run}: b holds {prefix} writes but the writer only sent {acked_total} (+1 in flight)"
@@ -223,7 +281,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
 }
 
 #[test]
-fn a_group_fails_over_and_back_as_one_and_refuses_a_per_volume_snapshot() {
+fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
     let p = group_pair();
     p.force_primary_and_sync("a");
     let (a, _) = p.wait("status shows both volumes", WAIT, |a, _| {
@@ -264,11 +322,45 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_per_volume_snapshot() {
         "b's write to volume 1 as Primary did not reach a"
     );
 
-    // A snapshot of one volume is no group snapshot: refused, with the reason.
-    let out = p.a.cli(&["snapshot", "create", "r0", "s1"]);
+    // Streams do not carry a group yet: refused with the reason, not volume 0 alone.
+    p.cli_ok("a", &["snapshot", "create", "r0", "s1"]);
+    let out = p.a.cli(&["stream", "r0", "s1", "--to", "backups/r0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("consistency group"),
         "{err}"
     );
+}
+
+#[test]
+fn a_group_snapshot_taken_under_dependent_writes_is_a_prefix_of_both_volumes() {
+    let mut p = group_pair();
+    p.force_primary_and_sync("a");
+    let run = 0x5eed_0001;
+    let writes = 2 * (SIZES[1] / BLOCK as u64);
+    let (acked, stop, writer) = start_writer(&p, run, writes);
+    common::wait_until("writes to both volumes before the snapshot", WAIT, || {
+        acked.load(Ordering::SeqCst) >= 100
+    });
+    let before = acked.load(Ordering::SeqCst);
+    p.cli_ok("a", &["snapshot", "create", "r0", "cut"]);
+    let after = acked.load(Ordering::SeqCst);
+    // The writer goes on past the cut, so the snapshot must hold older data than the disks.
+    common::wait_until("writes after the snapshot", WAIT, || {
+        acked.load(Ordering::SeqCst) >= after + 100
+    });
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let list = p.cli_ok("a", &["snapshot", "list", "r0"]);
+    assert!(list.contains("cut"), "{list}");
+    assert_eq!(p.a.stop(), 0, "a stops cleanly");
+    let snap = [0, 1].map(|v| read_snapshot(&p.a.config, "a", v, "cut"));
+    let k = prefix_of(run, writes, &snap).unwrap_or_else(|e| panic!("the group snapshot: {e}"));
+    assert!(
+        (before..=after + 1).contains(&k),
+        "the snapshot holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
+    );
+    let disks = volumes(&p, "a");
+    assert!(prefix_of(run, writes, &disks).unwrap() >= after + 100);
+    eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");
 }

@@ -29,6 +29,9 @@ use crate::volume::claim::{self, Claim, Plan};
 use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
+#[path = "group_snapshot.rs"]
+mod group_snapshot;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResourceError {
     #[error("{0}")]

@@ -128,16 +128,18 @@ pub fn router(node: Arc<Node>) -> Router {
         }))
     });
     add(&mut r, &node, "snapshot.create", |n, params| async move {
-        let res = one_volume(&n, &params, "a snapshot")?;
+        let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
-        let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
+        let info = res.snapshot_create(name).await.map_err(snapshot_error)?;
         res.events().publish(
             Event::new(EventKind::Create, ObjectKind::Snapshot, res.name()).field("snapshot", name),
         );
         Ok(serde_json::to_value(info).unwrap_or_default())
     });
     add(&mut r, &node, "snapshot.list", |n, params| async move {
-        let res = one_volume(&n, &params, "listing snapshots")?;
+        // A group's snapshots are taken and deleted on every volume together: volume 0's list
+        // is the group's.
+        let res = resource(&n, &params)?;
         let snaps = res.snapshots().list().await;
         let tombstones: Vec<String> = res
             .snapshots()
@@ -150,9 +152,9 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": res.name(), "snapshots": snaps, "tombstones": tombstones }))
     });
     add(&mut r, &node, "snapshot.delete", |n, params| async move {
-        let res = one_volume(&n, &params, "deleting a snapshot")?;
+        let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
-        res.snapshots().delete(name).await.map_err(snapshot_error)?;
+        res.snapshot_delete(name).await.map_err(snapshot_error)?;
         res.events().publish(
             Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name())
                 .field("snapshot", name),

@@ -266,12 +266,19 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
         eprintln!("{line}");
         summary.push(line);
 
-        // The short resync check: the pair heals, both volumes converge.
-        if let Cut::Disconnect = cut {
-            p.cli_ok("a", &["connect", "r0"]);
-            p.wait_in_sync("a", "reconnect after the cut");
-            assert_volumes_identical(&p, &format!("run {run}: after reconnect"));
-        }
+        // The short resync check: the pair heals, both volumes converge (after a kill, from
+        // both volumes' activity logs replayed into their bitmaps).
+        match cut {
+            Cut::Disconnect => p.cli_ok("a", &["connect", "r0"]),
+            Cut::KillPrimary => {
+                p.restart("a");
+                p.promote_again("a");
+                String::new()
+            }
+            Cut::DropTcp => continue,
+        };
+        p.wait_in_sync("a", "reconnect after the cut");
+        assert_volumes_identical(&p, &format!("run {run}: after {cut:?} and reconnect"));
     }
     assert!(
         nonempty * 2 >= runs,
@@ -282,7 +289,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
 
 #[test]
 fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
-    let p = group_pair();
+    let mut p = group_pair();
     p.force_primary_and_sync("a");
     let (a, _) = p.wait("status shows both volumes", WAIT, |a, _| {
         a.is_some_and(|a| a["volumes"].as_array().is_some_and(|v| v.len() == 2))
@@ -328,6 +335,16 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("consistency group"),
+        "{err}"
+    );
+
+    // A group's volume whose metadata went missing is refused, not recreated clean.
+    assert_eq!(p.a.stop(), 0);
+    std::fs::remove_file(volume_file(p.d(), "a", 1, "meta")).unwrap();
+    let out = p.a.cli(&["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing while volume 0's exists"),
         "{err}"
     );
 }

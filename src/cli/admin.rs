@@ -73,20 +73,20 @@ pub fn create_md(g: &Global, resource: &str) -> i32 {
 /// `check-config`'s report of one resource's files: what a start would create or grow, or why
 /// it would be refused. Returns false when the start would be refused.
 pub fn report_plan(rc: &config::ResourceConfig) -> bool {
-    for target in crate::daemon::claim_targets(rc) {
-        match crate::volume::claim::plan(&target) {
-            Ok(p) => {
+    match crate::daemon::plan_volumes(rc) {
+        Ok(plans) => {
+            for (p, target) in plans.iter().zip(crate::daemon::claim_targets(rc)) {
                 for line in p.describe(&target) {
                     println!("  {line}");
                 }
             }
-            Err(e) => {
-                eprintln!("drl: resource {}: {e}", rc.name);
-                return false;
-            }
+            true
+        }
+        Err(e) => {
+            eprintln!("drl: resource {}: {e}", rc.name);
+            false
         }
     }
-    true
 }
 
 /// What `wait-connect` / `wait-sync` wait for.

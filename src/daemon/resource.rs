@@ -25,7 +25,7 @@ use crate::repl::core::VolumeId;
 use crate::repl::replicator::{Replicator, VolumeParts};
 use crate::volume::activity_log::{ActivityLog, AlError};
 use crate::volume::bitmap::DirtyBitmap;
-use crate::volume::claim::{self, Claim, Plan};
+use crate::volume::claim::{self, Claim, ClaimError, Plan};
 use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
 use crate::volume::{BlockDevice, VolumeError};
 
@@ -113,24 +113,7 @@ impl Claimed {
                 }
             }
         }
-        let plans = targets
-            .iter()
-            .map(claim::plan)
-            .collect::<Result<Vec<_>, _>>()?;
-        // A new volume's metadata has clean bitmaps: beside an existing volume 0 (the
-        // group's generations) the next connect would find nothing to sync and leave the new
-        // volume's data unlike the peer's.
-        if !plans[0].create_meta {
-            if let Some((_, t)) = plans.iter().zip(&targets).find(|(p, _)| p.create_meta) {
-                return Err(ResourceError::Claim(claim::ClaimError::Refused(format!(
-                    "resource {}: metadata {} is missing while volume 0's exists: adding a \
-                     volume to an existing resource (with a full sync of the new volume) is not \
-                     built yet (issue 15); if the file was lost, recreate the whole resource",
-                    cfg.name,
-                    t.meta.display()
-                ))));
-            }
-        }
+        let plans = plan_volumes(cfg)?;
         Ok(Claimed { claim, plans })
     }
 
@@ -138,6 +121,29 @@ impl Claimed {
     pub fn plans(&self) -> &[Plan] {
         &self.plans
     }
+}
+
+/// Every volume's [`claim::plan`] (touching nothing), and the group's own check: a volume's
+/// metadata missing beside an existing volume 0 is refused. Its new metadata would have clean
+/// bitmaps, and with volume 0's generations (the group's) the next connect would find nothing
+/// to sync and leave the new volume's data unlike the peer's.
+pub fn plan_volumes(cfg: &ResourceConfig) -> Result<Vec<Plan>, ClaimError> {
+    let targets = cfg.claim_targets();
+    let plans = targets
+        .iter()
+        .map(claim::plan)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !plans[0].create_meta {
+        if let Some((_, t)) = plans.iter().zip(&targets).find(|(p, _)| p.create_meta) {
+            return Err(ClaimError::Refused(format!(
+                "metadata {} is missing while volume 0's exists: adding a volume to an \
+                 existing resource (with a full sync of the new volume) is not built yet \
+                 (issue 15); if the file was lost, recreate the whole resource",
+                t.meta.display()
+            )));
+        }
+    }
+    Ok(plans)
 }
 
 /// The volume layer's view of a resource's files (one per volume), for [`claim::plan`].

@@ -167,13 +167,6 @@ fn read_snapshot(config: &std::path::Path, node: &str, v: usize, name: &str) -> 
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Cut {
-    KillPrimary,
-    Disconnect,
-    DropTcp,
-}
-
 fn group_pair() -> Pair {
     let mut opts = PairOpts::new(SIZES[0]);
     opts.group = vec![SIZES[1]];
@@ -197,16 +190,18 @@ fn assert_volumes_identical(p: &Pair, context: &str) {
     }
 }
 
+/// `from` demoted, `to` promoted, then both volumes in sync and identical.
+fn switch_over(p: &Pair, from: &str, to: &str) {
+    p.cli_ok(from, &["secondary", "r0"]);
+    p.cli_ok(to, &["primary", "r0"]);
+    p.wait_in_sync(to, &format!("the group moved from {from} to {to}"));
+    assert_volumes_identical(p, &format!("after the move from {from} to {to}"));
+}
+
 #[test]
 fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
-    let seed: u64 = std::env::var("DRL_GROUP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    let runs: u64 = std::env::var("DRL_GROUP_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+    let seed: u64 = common::env_or("DRL_GROUP_SEED", || rand::rng().random());
+    let runs: u64 = common::env_or("DRL_GROUP_RUNS", || 6);
     eprintln!("group write order: seed {seed} ({runs} runs; replay with DRL_GROUP_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Both volumes fill at the same pace; the smaller one bounds the sequence.
@@ -228,17 +223,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
         });
         std::thread::sleep(Duration::from_millis(delay_ms));
         let acked_at_cut = acked.load(Ordering::SeqCst);
-        match cut {
-            Cut::KillPrimary => p.a.kill9(),
-            Cut::Disconnect => {
-                p.cli_ok("a", &["disconnect", "r0"]);
-            }
-            Cut::DropTcp => {
-                for x in &p.proxies {
-                    x.cut();
-                }
-            }
-        }
+        p.cut_link(cut);
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
         let acked_total = acked.load(Ordering::SeqCst);
@@ -305,10 +290,7 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
     // together and a's both refuse writes.
     common::nbd_client::nbd_write(&p.nbd_of("a", 0), 0, &random_bytes(1, 64 * 1024));
     common::nbd_client::nbd_write(&p.nbd_of("a", 1), 4096, &random_bytes(2, 64 * 1024));
-    p.cli_ok("a", &["secondary", "r0"]);
-    p.cli_ok("b", &["primary", "r0"]);
-    p.wait_in_sync("b", "failover of the group to b");
-    assert_volumes_identical(&p, "after the failover");
+    switch_over(&p, "a", "b");
     for v in 0..2 {
         let mut c = NbdClient::connect(&p.nbd_of("a", v)).expect("NBD connect to a");
         assert!(
@@ -319,10 +301,7 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
     common::nbd_client::nbd_write(&p.nbd_of("b", 1), 8192, &random_bytes(3, 32 * 1024));
     common::nbd_client::nbd_write(&p.nbd_of("b", 0), 8192, &random_bytes(4, 32 * 1024));
     // And back.
-    p.cli_ok("b", &["secondary", "r0"]);
-    p.cli_ok("a", &["primary", "r0"]);
-    p.wait_in_sync("a", "fail back of the group to a");
-    assert_volumes_identical(&p, "after the fail back");
+    switch_over(&p, "b", "a");
     assert_eq!(
         common::pair::file_bytes(&p.disk_of("a", 1), 8192, 32 * 1024),
         random_bytes(3, 32 * 1024),

@@ -136,6 +136,17 @@ pub fn volume_file(d: &Path, n: &str, v: usize, ext: &str) -> PathBuf {
     }
 }
 
+/// How a test cuts the replication link of a proxied pair whose Primary is `a`.
+#[derive(Clone, Copy, Debug)]
+pub enum Cut {
+    /// kill -9 of a.
+    KillPrimary,
+    /// `drl disconnect r0` on a (it stays StandAlone).
+    Disconnect,
+    /// Both proxies close their connections and refuse new ones.
+    DropTcp,
+}
+
 pub struct Pair {
     pub dir: tempfile::TempDir,
     pub a: Node,
@@ -224,6 +235,21 @@ impl Pair {
     pub fn nbd(&self, n: &str) -> PathBuf {
         self.d().join(n).join("r0.nbd")
     }
+    /// Cut the link as `cut` says; no new link forms afterwards by itself.
+    pub fn cut_link(&mut self, cut: Cut) {
+        match cut {
+            Cut::KillPrimary => self.a.kill9(),
+            Cut::Disconnect => {
+                self.cli_ok("a", &["disconnect", "r0"]);
+            }
+            Cut::DropTcp => {
+                for x in &self.proxies {
+                    x.cut();
+                }
+            }
+        }
+    }
+
     /// Volume `v`'s disk file on node `n` (a group's; volume 0 is [`Pair::disk`]).
     pub fn disk_of(&self, n: &str, v: usize) -> PathBuf {
         volume_file(self.d(), n, v, "img")

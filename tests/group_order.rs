@@ -414,3 +414,47 @@ fn two_separate_resources_lose_the_order_when_one_link_drops() {
     assert!(e.contains("not a prefix"), "{e}");
     eprintln!("two separate resources: {e}");
 }
+
+/// Online verify of a group walks every volume in the one session: blocks rotted behind b's
+/// daemon in both volumes are found, marked in each volume's own bitmap on the Primary, and
+/// the next reconnect resyncs exactly them.
+#[test]
+fn verify_of_a_group_finds_the_differing_blocks_of_each_volume() {
+    use std::os::unix::fs::FileExt;
+    const B: u64 = BLOCK as u64;
+    let p = group_pair();
+    p.force_primary_and_sync("a");
+    common::nbd_client::nbd_write(&p.nbd_of("a", 0), 0, &random_bytes(5, MIB));
+    common::nbd_client::nbd_write(&p.nbd_of("a", 1), 0, &random_bytes(6, MIB));
+    p.wait_in_sync("a", "after writes to both volumes");
+    let verify = || -> serde_json::Value {
+        let out = p.cli_ok("a", &["verify", "r0", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify report {out:?}: {e}"))
+    };
+    let r = verify();
+    assert_eq!(r["checked_bytes"], SIZES[0] + SIZES[1], "every volume: {r}");
+    assert_eq!(r["out_of_sync_bytes"], 0, "{r}");
+
+    // One block rots in b's volume 0, two in its volume 1 (one where volume 0 is clean).
+    for (v, offsets) in [(0, vec![3 * MIB]), (1, vec![100, 2 * MIB + B])] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.disk_of("b", v))
+            .unwrap();
+        for off in offsets {
+            f.write_all_at(b"bit rot", off).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let r = verify();
+    assert_eq!(r["out_of_sync_bytes"], 3 * B, "{r}\n{}", p.report());
+    let a = res(&p.a, "r0").unwrap();
+    assert_eq!(a["volumes"][0]["out_of_sync_bytes"], B, "{a}");
+    assert_eq!(a["volumes"][1]["out_of_sync_bytes"], 2 * B, "{a}");
+
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    let (a, _) = p.wait_in_sync("a", "the marked blocks resynced");
+    assert!(num(&a, "resync_bytes_sent") >= 3 * B, "{a}");
+    assert_volumes_identical(&p, "after verify and reconnect");
+}

@@ -191,7 +191,6 @@ pub fn router(node: Arc<Node>) -> Router {
         Ok(json!({ "resource": rep.name() }))
     });
     add(&mut r, &node, "verify", |n, params| async move {
-        one_volume(&n, &params, "online verify")?;
         let rep = replicator(&n, &params)?;
         let rate = match params.get("rate").and_then(Value::as_str) {
             None => crate::limits::REPL_VERIFY_RATE_DEFAULT,

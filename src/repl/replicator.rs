@@ -411,6 +411,23 @@ impl Replicator {
         self.vols[1..].iter().map(|v| &*v.bitmap).collect()
     }
 
+    /// The volume of an offset in the group's address space ([`VolumeId::of_group_offset`]):
+    /// its parts, the offset in it and its size; None for a volume the resource lacks.
+    pub(crate) fn group_range(&self, offset: u64) -> Option<(&VolumeParts, u64, u64)> {
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        let parts = self.vols.get(usize::from(vol.0))?;
+        let size = match vol.0 {
+            0 => self.size_bytes(),
+            _ => parts.disk.size_bytes(),
+        };
+        Some((parts, local, size))
+    }
+
+    /// The bytes of every volume together (what a verify run walks).
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.volume_sizes().iter().sum()
+    }
+
     /// Every volume's size, volume 0's being the agreed one ([`Self::size_bytes`]).
     pub(crate) fn volume_sizes(&self) -> Vec<u64> {
         let mut s: Vec<u64> = self.vols.iter().map(|v| v.disk.size_bytes()).collect();

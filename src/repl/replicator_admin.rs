@@ -278,7 +278,7 @@ impl Replicator {
         st.verify = Some(crate::repl::verify::VerifyProgress::new(
             "VerifyS",
             id,
-            self.size_bytes(),
+            self.total_bytes(),
         ));
         crate::repl::verify::settle(st);
         Ok((link, id, rx))

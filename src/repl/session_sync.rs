@@ -15,12 +15,12 @@ impl Session<'_> {
         let rep = self.rep;
         // The core checked it (SyncSource, range); checked again here, where it is read.
         // `offset` is in the group's address space (volume 0's offsets are plain).
-        let (vol, local) = VolumeId::of_group_offset(offset);
-        let size = rep
-            .volume_sizes()
-            .get(usize::from(vol.0))
-            .copied()
-            .ok_or_else(|| format!("a resync request for volume {}, which is not ours", vol.0))?;
+        let Some((_, local, size)) = rep.group_range(offset) else {
+            let vol = VolumeId::of_group_offset(offset).0 .0;
+            return Err(format!(
+                "a resync request for volume {vol}, which is not ours"
+            ));
+        };
         check_request(local, len, size).map_err(|e| e.to_string())?;
         let tx = self.serve_tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);

@@ -44,7 +44,6 @@ impl Session<'_> {
                 f.frame_type().name()
             ));
         }
-        let size = rep.size_bytes();
         match f {
             Frame::VerifyRequest {
                 run,
@@ -59,7 +58,7 @@ impl Session<'_> {
                             .into(),
                     );
                 }
-                v::check_range(offset, len, size)?;
+                v::check_group_range(rep, offset, len)?;
                 self.peer_run_frame(id);
                 // One answering task for the session: answers leave in request order, across
                 // runs too.
@@ -82,7 +81,7 @@ impl Session<'_> {
                 len,
                 ..
             } => {
-                v::check_range(offset, len, size)?;
+                v::check_group_range(rep, offset, len)?;
                 match run {
                     VerifyRun::Sender => self.peer_run_frame(id),
                     VerifyRun::Receiver => {
@@ -103,7 +102,7 @@ impl Session<'_> {
                 len,
                 differ,
             } => {
-                v::check_range(offset, len, size)?;
+                v::check_group_range(rep, offset, len)?;
                 // A difference is marked even if its run has ended: it is real.
                 let n = v::mark(rep, &self.link, offset, len, &differ);
                 let mine = run == VerifyRun::Receiver;
@@ -142,7 +141,7 @@ impl Session<'_> {
         let started = rep.update_with(|st| {
             let started = st.verify_peer.as_ref().is_none_or(|p| p.id != id);
             if started {
-                st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.size_bytes()));
+                st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.total_bytes()));
             }
             if let Some(p) = st.verify_peer.as_mut() {
                 p.last_frame = Instant::now();

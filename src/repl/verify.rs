@@ -184,11 +184,7 @@ pub(crate) async fn provide(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let buf = rep
-        .disk
-        .read(offset, len)
-        .await
-        .map_err(|e| format!("reading for verify: {e}"))?;
+    let buf = read(rep, offset, len).await?;
     let digests = Bytes::from(block_digests(&buf));
     link.push(&Frame::VerifyDigests {
         run,
@@ -208,12 +204,31 @@ pub(crate) async fn compare(
     len: u32,
     theirs: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let buf = rep
-        .disk
-        .read(offset, len)
-        .await
-        .map_err(|e| format!("reading for verify: {e}"))?;
+    let buf = read(rep, offset, len).await?;
     Ok(differing_bits(&block_digests(&buf), theirs))
+}
+
+/// Read a verify range named in the group's address space (volume 0's offsets are plain).
+async fn read(
+    rep: &Replicator,
+    offset: u64,
+    len: u32,
+) -> Result<crate::volume::AlignedBuf, String> {
+    let (v, local, _) = rep
+        .group_range(offset)
+        .ok_or_else(|| format!("verify range {offset}+{len}: no such volume"))?;
+    v.disk
+        .read(local, len)
+        .await
+        .map_err(|e| format!("reading for verify: {e}"))
+}
+
+/// [`check_range`] for a range in the group's address space: inside the volume it names.
+pub(crate) fn check_group_range(rep: &Replicator, offset: u64, len: u32) -> Result<(), String> {
+    match rep.group_range(offset) {
+        Some((_, local, size)) => check_range(local, len, size),
+        None => Err(format!("verify range {offset}+{len}: no such volume")),
+    }
 }
 
 /// A range a peer names in a verify frame: block-aligned, inside the volume, at most one
@@ -242,6 +257,7 @@ pub(crate) fn mark(rep: &Replicator, link: &Link, offset: u64, len: u32, differ:
     if blocks.is_empty() || rep.meta.superblock().role != meta::Role::Primary {
         return blocks.len() as u64;
     }
+    // The tracker keeps the group's address space, the bitmap is the volume's own.
     let first = offset / BITMAP_BLOCK_BYTES;
     {
         let mut t = link.tracker();
@@ -249,8 +265,10 @@ pub(crate) fn mark(rep: &Replicator, link: &Link, offset: u64, len: u32, differ:
             t.mark_unsent_write((first + b) * BITMAP_BLOCK_BYTES, BITMAP_BLOCK_BYTES);
         }
     }
-    for &b in &blocks {
-        rep.bitmap.set_blocks(first + b, 1);
+    if let Some((v, local, _)) = rep.group_range(offset) {
+        for &b in &blocks {
+            v.bitmap.set_blocks(local / BITMAP_BLOCK_BYTES + b, 1);
+        }
     }
     crate::warn_rl!(rep.rl, resource = %rep.name, peer = %rep.peer_node(), offset, len,
         blocks = blocks.len(), "online verify: blocks differ from the peer; marked out of sync");
@@ -381,7 +399,16 @@ async fn walk(
     rate: u64,
 ) -> Walked {
     let started = Instant::now();
-    let mut ranges = split_range(0, rep.size_bytes(), REPL_VERIFY_REQUEST_BYTES);
+    // Volume after volume, in the group's address space (a range never spans two volumes).
+    let mut ranges = rep
+        .volume_sizes()
+        .into_iter()
+        .enumerate()
+        .flat_map(|(v, size)| {
+            let vol = crate::repl::core::VolumeId(v as u16);
+            split_range(0, size, REPL_VERIFY_REQUEST_BYTES)
+                .map(move |(o, l)| (vol.group_offset(o), l))
+        });
     let (mut issued, mut checked, mut oos) = (0u64, 0u64, 0u64);
     let mut outstanding: VecDeque<(u64, u32)> = VecDeque::new();
     let mut stop: Option<String> = None;

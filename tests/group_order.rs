@@ -323,6 +323,16 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
         "{err}"
     );
 
+    // `drl down` closes every volume (and gives back every file), `drl up` opens them again.
+    p.cli_ok("a", &["down", "r0"]);
+    p.cli_ok("a", &["up", "r0"]);
+    p.wait("a's group up again and connected", WAIT, |a, _| {
+        a.is_some_and(|a| {
+            a["replication"] == "Established"
+                && a["volumes"].as_array().is_some_and(|v| v.len() == 2)
+        })
+    });
+
     // A group's volume whose metadata went missing is refused, not recreated clean.
     assert_eq!(p.a.stop(), 0);
     std::fs::remove_file(volume_file(p.d(), "a", 1, "meta")).unwrap();

@@ -132,52 +132,17 @@ fn start_writer_on(
     (acked, stop, writer)
 }
 
-/// Volume `v`'s snapshot `name` on a stopped node, read whole through drl's own snapshot store
-/// (how a restore or a stream reads it).
-fn read_snapshot(config: &std::path::Path, node: &str, v: usize, name: &str) -> Vec<u8> {
-    let cfg = drl::config::load(config, node).unwrap();
-    let r = &cfg.resources[0];
-    let vol = &r.volumes[v];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let disk = drl::volume::disk::Disk::open("check", &vol.local.disk, vol.size_bytes, 8)
-            .expect("open the volume's disk");
-        let store = drl::snapshot::SnapshotStore::open(
-            drl::snapshot::SnapshotStoreConfig {
-                dir: vol.local.snapshot_dir.clone(),
-                // The daemon names a group's volume 1 "r0/1" in its store.
-                resource: match v {
-                    0 => r.name.clone(),
-                    v => format!("{}/{v}", r.name),
-                },
-                volume_bytes: vol.size_bytes,
-                chunk_bytes: r.snapshot_chunk_bytes,
-                space_bytes: vol.snapshot_space_bytes,
-            },
-            Arc::new(disk),
-        )
-        .expect("open the volume's snapshot store");
-        let mut out = Vec::with_capacity(vol.size_bytes as usize);
-        while (out.len() as u64) < vol.size_bytes {
-            let n = (vol.size_bytes - out.len() as u64).min(MIB) as u32;
-            let buf = store
-                .read(name, out.len() as u64, n)
-                .await
-                .expect("read the snapshot");
-            out.extend_from_slice(&buf[..]);
-        }
-        out
-    })
-}
-
+/// A proxied pair whose `r0` is a group of two volumes; streams go to a vault in its directory.
 fn group_pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
     let mut opts = PairOpts::new(SIZES[0]);
     opts.group = vec![SIZES[1]];
     opts.proxied = true;
-    Pair::start(opts)
+    opts.extra_tables = format!(
+        "[stream]\nvault-dir = \"{}\"\n",
+        dir.path().join("vault").display()
+    );
+    Pair::start_in(dir, opts)
 }
 
 /// Both volumes of node `n` as bytes.
@@ -279,7 +244,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
 }
 
 #[test]
-fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
+fn a_group_fails_over_and_back_as_one() {
     let mut p = group_pair();
     p.force_primary_and_sync("a");
     let (a, _) = p.wait("status shows both volumes", WAIT, |a, _| {
@@ -314,12 +279,14 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
         "b's write to volume 1 as Primary did not reach a"
     );
 
-    // Streams do not carry a group yet: refused with the reason, not volume 0 alone.
-    p.cli_ok("a", &["snapshot", "create", "r0", "s1"]);
-    let out = p.a.cli(&["stream", "r0", "s1", "--to", "backups/r0"]);
+    // A one-volume stream is no group stream: its restore into the group is refused before
+    // anything is written (no group record).
+    let res = p.cli_ok("a", &["snapshot", "create", "r0", "s1"]);
+    assert!(res.contains("s1"), "{res}");
+    let out = p.a.cli(&["restore", "backups/none/s1", "--to", "r0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("consistency group"),
+        !out.status.success() && err.contains("no group record"),
         "{err}"
     );
 
@@ -345,8 +312,8 @@ fn a_group_fails_over_and_back_as_one_and_refuses_a_stream() {
 }
 
 #[test]
-fn a_group_snapshot_taken_under_dependent_writes_is_a_prefix_of_both_volumes() {
-    let mut p = group_pair();
+fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
+    let p = group_pair();
     p.force_primary_and_sync("a");
     let run = 0x5eed_0001;
     let writes = 2 * (SIZES[1] / BLOCK as u64);
@@ -365,15 +332,18 @@ fn a_group_snapshot_taken_under_dependent_writes_is_a_prefix_of_both_volumes() {
     writer.join().unwrap();
     let list = p.cli_ok("a", &["snapshot", "list", "r0"]);
     assert!(list.contains("cut"), "{list}");
-    assert_eq!(p.a.stop(), 0, "a stops cleanly");
-    let snap = [0, 1].map(|v| read_snapshot(&p.a.config, "a", v, "cut"));
-    let k = prefix_of(run, writes, &snap).unwrap_or_else(|e| panic!("the group snapshot: {e}"));
+    // Streamed (every volume, then the group record) and restored over the live group: both
+    // volumes go back to the cut, on a and, replicated, on b.
+    p.cli_ok("a", &["stream", "r0", "cut", "--to", "backups/r0"]);
+    p.cli_ok("a", &["restore", "backups/r0/cut", "--to", "r0"]);
+    p.wait_in_sync("a", "after the restore of the group snapshot");
+    let k = prefix_of(run, writes, &volumes(&p, "a"))
+        .unwrap_or_else(|e| panic!("the restored group snapshot: {e}"));
     assert!(
         (before..=after + 1).contains(&k),
-        "the snapshot holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
+        "the restored group holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
     );
-    let disks = volumes(&p, "a");
-    assert!(prefix_of(run, writes, &disks).unwrap() >= after + 100);
+    assert_volumes_identical(&p, "after the restore");
     eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");
 }
 

@@ -252,6 +252,11 @@ impl Resource {
         self.vols[0].nbd_stats()
     }
 
+    /// Every volume's device, in number order (one for a one-volume resource).
+    pub fn volume_devices(&self) -> Vec<Arc<ResourceDevice>> {
+        self.vols.iter().map(|v| v.dev.clone()).collect()
+    }
+
     /// Whether the resource is a consistency group (more than one volume).
     pub fn is_group(&self) -> bool {
         self.vols.len() > 1

@@ -149,6 +149,10 @@ impl World {
         if expected.is_empty() {
             return;
         }
+        let split = self.knobs.group_split.map(|b| b as usize);
+        if split.is_some_and(|s| expected.iter().any(|&b| b >= s)) {
+            self.cov.group_verify_found += 1;
+        }
         self.note(format!(
             "heal: verify found {expected:?}; disconnect / connect"
         ));

@@ -469,13 +469,7 @@ impl<B: Payload> Core<B> {
             return Ok(blocks.len() as u64);
         }
         let (vol, local) = VolumeId::of_group_offset(offset);
-        let bitmap = ctx.bitmap_of(vol).ok_or_else(|| {
-            SessionEnd::Local(format!(
-                "no dirty bitmap for volume {} of a {}-volume group",
-                vol.0,
-                self.volumes.len()
-            ))
-        })?;
+        let bitmap = ctx.bitmap_in(vol, self.volumes.len())?;
         // The tracker keeps the group's address space, the bitmap is the volume's own.
         {
             let mut t = ctx.tracker();

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::*;
+use crate::limits::GROUP_RECORD_BYTES_MAX;
 use crate::stream::Report;
 
 /// Where volume `v` of a group streams under `loc`.
@@ -91,7 +92,7 @@ pub(super) fn start_restore(
     let job = n.jobs.start("restore", res.name(), move |progress| async move {
         let record_name = record_object(&loc, &snapshot);
         let text = store
-            .get(&loc.container, &record_name, 1 << 20)
+            .get(&loc.container, &record_name, GROUP_RECORD_BYTES_MAX)
             .await
             .map_err(|e| {
                 format!("{record_name}: no group record ({e}): not a complete stream of a consistency group, nothing restored")

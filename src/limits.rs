@@ -115,6 +115,9 @@ pub const VOLUME_SIZE_BYTES_MAX: u64 = 64 << 40;
 /// Volumes in one resource (a consistency group; DRBD allows more, but every volume costs a
 /// bitmap, an activity log and an NBD export, and one send queue is shared by all of them).
 pub const GROUP_VOLUMES_COUNT_MAX: usize = 16;
+/// A group stream's record (`L/SNAP/group.json`: resource, snapshot, each volume's size) read
+/// back by a restore: a few hundred bytes; anything larger is not one of ours.
+pub const GROUP_RECORD_BYTES_MAX: u64 = 64 * 1024;
 /// The sender's bookkeeping (epoch tracker: unacked and unsent ranges) addresses a group's
 /// volumes in one space: volume v's byte offset o is `v << GROUP_ADDRESS_VOLUME_SHIFT_BITS | o`.
 pub const GROUP_ADDRESS_VOLUME_SHIFT_BITS: u32 = 48;

@@ -57,23 +57,10 @@ fn inspect(run: u64, k: u64, b: &[u8]) -> Seen {
     Seen::Present
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Cut {
-    KillPrimary,
-    Disconnect,
-    DropTcp,
-}
-
 #[test]
 fn secondary_always_holds_a_prefix_of_dependent_writes() {
-    let seed: u64 = std::env::var("DRL_ORDER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    let runs: u64 = std::env::var("DRL_ORDER_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let seed: u64 = common::env_or("DRL_ORDER_SEED", || rand::rng().random());
+    let runs: u64 = common::env_or("DRL_ORDER_RUNS", || 12);
     eprintln!("write-order fidelity: seed {seed} ({runs} runs; replay with DRL_ORDER_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let size = 32 * MIB;
@@ -105,17 +92,7 @@ fn secondary_always_holds_a_prefix_of_dependent_writes() {
         });
         std::thread::sleep(Duration::from_millis(delay_ms));
         let acked_at_cut = acked.load(Ordering::SeqCst);
-        match cut {
-            Cut::KillPrimary => p.a.kill9(),
-            Cut::Disconnect => {
-                p.cli_ok("a", &["disconnect", "r0"]);
-            }
-            Cut::DropTcp => {
-                for x in &p.proxies {
-                    x.cut();
-                }
-            }
-        }
+        p.cut_link(cut);
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
         let acked_total = acked.load(Ordering::SeqCst);

@@ -36,18 +36,25 @@ pub fn create_md(g: &Global, resource: &str) -> i32 {
             return exit::FAILED;
         }
     };
-    if !claimed.plan().create_meta {
-        eprintln!(
-            "drl create-md: {resource}: {} already holds metadata; drl never reinitialises it (remove it by hand to start this node over)",
-            rc.local.meta.display()
-        );
-        return exit::FAILED;
+    for (plan, v) in claimed.plans().iter().zip(&rc.volumes) {
+        if !plan.create_meta {
+            eprintln!(
+                "drl create-md: {resource}: {} already holds metadata; drl never reinitialises it (remove it by hand to start this node over)",
+                v.local.meta.display()
+            );
+            return exit::FAILED;
+        }
     }
     match crate::daemon::create_meta(rc, &cfg.node) {
-        Ok(_) => {
+        Ok(()) => {
+            let metas: Vec<String> = rc
+                .volumes
+                .iter()
+                .map(|v| v.local.meta.display().to_string())
+                .collect();
             println!(
                 "{resource}: new metadata {} ({})",
-                rc.local.meta.display(),
+                metas.join(", "),
                 if rc.peer.is_some() {
                     "Secondary, Inconsistent: `drl primary --force` on one node starts the initial sync"
                 } else {
@@ -66,11 +73,12 @@ pub fn create_md(g: &Global, resource: &str) -> i32 {
 /// `check-config`'s report of one resource's files: what a start would create or grow, or why
 /// it would be refused. Returns false when the start would be refused.
 pub fn report_plan(rc: &config::ResourceConfig) -> bool {
-    let target = crate::daemon::claim_target(rc);
-    match crate::volume::claim::plan(&target) {
-        Ok(p) => {
-            for line in p.describe(&target) {
-                println!("  {line}");
+    match crate::daemon::plan_volumes(rc) {
+        Ok(plans) => {
+            for (p, target) in plans.iter().zip(crate::daemon::claim_targets(rc)) {
+                for line in p.describe(&target) {
+                    println!("  {line}");
+                }
             }
             true
         }

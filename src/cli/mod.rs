@@ -653,18 +653,28 @@ fn check_config(g: &Global) -> i32 {
                             p.address.map_or("?".into(), |a| a.to_string())
                         )
                     });
+                let nbd =
+                    |p: &config::Placement| p.nbd.as_ref().map_or("none".into(), |n| n.to_string());
                 println!(
                     "resource {}: size {}, disk {}, meta {}, nbd {}, peer {}",
                     r.name,
                     crate::units::format_bytes(r.size_bytes),
                     r.local.disk.display(),
                     r.local.meta.display(),
-                    r.local
-                        .nbd
-                        .as_ref()
-                        .map_or("none".into(), |n| n.to_string()),
+                    nbd(&r.local),
                     peer
                 );
+                // A consistency group: volume 0 is the line above, one line per other volume.
+                for v in &r.volumes[1..] {
+                    println!(
+                        "  volume {}: size {}, disk {}, meta {}, nbd {}",
+                        v.number,
+                        crate::units::format_bytes(v.size_bytes),
+                        v.local.disk.display(),
+                        v.local.meta.display(),
+                        nbd(&v.local)
+                    );
+                }
                 ok &= admin::report_plan(r);
             }
             for p in &c.plans {

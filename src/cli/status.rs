@@ -68,6 +68,17 @@ pub fn render_table_with(v: &Value, verbose: bool) -> String {
                 .map_or("-".into(), format_bytes),
             lag,
         ]);
+        // A consistency group: one row per volume under the resource (DRBD's `volume:N`
+        // lines), its disk state and its own out-of-sync.
+        for vol in r["volumes"].as_array().unwrap_or(&empty) {
+            let mut row = vec![String::new(); header.len()];
+            row[0] = format!("  volume:{}", vol["volume"]);
+            row[2] = s(&vol["disk"]);
+            row[6] = vol["out_of_sync_bytes"]
+                .as_u64()
+                .map_or("-".into(), format_bytes);
+            table.push(row);
+        }
         let name = s(&r["name"]);
         for why in reasons(r) {
             notes += &wrap(&format!("  {name}: {why}"), 100);
@@ -177,6 +188,15 @@ fn details(name: &str, r: &Value) -> String {
             "  {name}: nbd {ep} ({} clients)\n",
             r["nbd"]["connections"].as_u64().unwrap_or(0)
         );
+    }
+    for vol in r["volumes"].as_array().into_iter().flatten().skip(1) {
+        if let Some(ep) = vol["nbd"]["endpoint"].as_str() {
+            out += &format!(
+                "  {name}: volume {} nbd {ep} ({} clients)\n",
+                vol["volume"],
+                vol["nbd"]["connections"].as_u64().unwrap_or(0)
+            );
+        }
     }
     if let Some(p) = r["peer_node"].as_str() {
         out += &format!(
@@ -436,6 +456,34 @@ mod tests {
         let t = render_table(&row(64, 96));
         assert!(t.contains("(raise `size` here, then drl resize r0)"), "{t}");
         assert!(!render_table(&row(64, 64)).contains("pending"));
+    }
+
+    #[test]
+    fn a_group_shows_a_volume_line_per_volume() {
+        let v = json!({"resources": [
+            {"name": "db", "role": "Primary", "disk": "UpToDate", "connection": "Connected",
+             "replication": "Established", "out_of_sync_bytes": 4096u64, "lag_ms": 0,
+             "volumes": [
+                {"volume": 0, "disk": "UpToDate", "out_of_sync_bytes": 0u64},
+                {"volume": 1, "disk": "UpToDate", "out_of_sync_bytes": 4096u64,
+                 "nbd": {"endpoint": "/run/drl/db-1.nbd", "connections": 1}}]}]});
+        let t = render_table_with(&v, true);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[2].starts_with("  volume:0") && lines[2].contains("UpToDate"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("  volume:1") && lines[3].contains("4KiB"),
+            "{t}"
+        );
+        assert!(
+            t.contains("db: volume 1 nbd /run/drl/db-1.nbd (1 clients)"),
+            "{t}"
+        );
+        // A one-volume resource has no volume lines.
+        let one = json!({"resources": [{"name": "r0", "role": "Primary", "disk": "UpToDate"}]});
+        assert!(!render_table(&one).contains("volume:"));
     }
 
     #[test]

@@ -254,16 +254,23 @@ pub struct ResourceConfig {
 }
 
 impl ResourceConfig {
-    /// The volume layer's view of this resource's files, for `volume::claim::plan`.
-    pub fn claim_target(&self) -> crate::volume::claim::Target<'_> {
-        crate::volume::claim::Target {
-            name: &self.name,
-            size_bytes: self.size_bytes,
-            disk: &self.local.disk,
-            meta: &self.local.meta,
-            volumes: self.volumes.len(),
-            replicated: self.peer.is_some(),
-        }
+    /// The volume layer's view of this resource's files, one per volume in number order, for
+    /// `volume::claim::plan` (volume 0's size is the resource's `size_bytes`).
+    pub fn claim_targets(&self) -> Vec<crate::volume::claim::Target<'_>> {
+        self.volumes
+            .iter()
+            .map(|v| crate::volume::claim::Target {
+                name: &self.name,
+                size_bytes: if v.number == 0 {
+                    self.size_bytes
+                } else {
+                    v.size_bytes
+                },
+                disk: &v.local.disk,
+                meta: &v.local.meta,
+                replicated: self.peer.is_some(),
+            })
+            .collect()
     }
 }
 

@@ -222,10 +222,11 @@ fn too_many_volumes_are_refused() {
 }
 
 #[test]
-fn a_daemon_refuses_a_group_it_cannot_serve_yet() {
+fn a_group_is_claimed_volume_by_volume() {
     let a = check(GROUP_EXAMPLE, "site-a").unwrap();
-    let e = crate::volume::claim::plan(&a.resources[0].claim_target())
-        .expect_err("a group must be refused, not served as volume 0 alone")
-        .to_string();
-    assert!(e.contains("resource db holds 2 volumes"), "{e}");
+    let t = a.resources[0].claim_targets();
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].disk, std::path::Path::new("/srv/drl/db-1.img"));
+    assert_eq!(t[1].meta, std::path::Path::new("/srv/drl/db-1.meta"));
+    assert_eq!((t[0].size_bytes, t[1].size_bytes), (1 << 30, 256 << 20));
 }

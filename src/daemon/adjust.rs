@@ -179,6 +179,20 @@ fn changed_keys(a: &ResourceConfig, b: &ResourceConfig) -> Vec<&'static str> {
             && a.peer.as_ref().map(|p| p.address) != b.peer.as_ref().map(|p| p.address),
     );
     check("replication options", a.repl != b.repl);
+    // A volume added, removed or moved: applies at the next `up` (adding a volume to a
+    // running group at a barrier, with a full sync of the new volume, is not built yet).
+    let vols = |c: &ResourceConfig| -> Vec<(u16, u64, String)> {
+        c.volumes[1..]
+            .iter()
+            .map(|v| {
+                let l = &v.local;
+                let nbd = l.nbd.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                let paths = format!("{} {} {nbd}", l.disk.display(), l.meta.display());
+                (v.number, v.size_bytes, paths)
+            })
+            .collect()
+    };
+    check("volumes", vols(a) != vols(b));
     check(
         "snapshot space",
         a.snapshot_space_bytes != b.snapshot_space_bytes

@@ -22,16 +22,20 @@ use crate::detect::fence::Fence;
 use super::autopromote::AutoPromote;
 
 use crate::pipeline::{Write, WritePipeline};
+use crate::repl::core::VolumeId;
 use crate::repl::replicator::{Replicator, WriteOp};
 use crate::snapshot::SnapshotStore;
 use crate::volume::disk::Disk;
 use crate::volume::{check_range, AlignedBuf, BlockDevice, VolumeError};
 
 pub struct ResourceDevice {
+    /// Which volume of the resource this device is (0 unless the resource is a group).
+    vol: VolumeId,
     disk: Arc<Disk>,
     pipe: Arc<WritePipeline>,
     repl: Option<Arc<Replicator>>,
     fence: OnceLock<Arc<Fence>>,
+    /// Shared by every volume of a group: the role is the resource's.
     auto: Option<Arc<AutoPromote>>,
 }
 
@@ -48,11 +52,26 @@ impl ResourceDevice {
             .filter(|_| auto_promote)
             .map(|r| AutoPromote::new(r.clone()));
         ResourceDevice {
+            vol: VolumeId(0),
             disk: pipe.disk().clone(),
             pipe,
             repl,
             fence: OnceLock::new(),
             auto,
+        }
+    }
+
+    /// The device of volume `vol` of the same resource (a consistency group): its own disk
+    /// and pipeline, the same replicator (one write order) and auto-promote (one role).
+    /// Its fence is set with [`Self::set_fence`] like volume 0's.
+    pub fn for_volume(&self, vol: VolumeId, pipe: Arc<WritePipeline>) -> Self {
+        ResourceDevice {
+            vol,
+            disk: pipe.disk().clone(),
+            pipe,
+            repl: self.repl.clone(),
+            fence: OnceLock::new(),
+            auto: self.auto.clone(),
         }
     }
 
@@ -171,7 +190,7 @@ impl BlockDevice for ResourceDevice {
         self.gated(async {
             let _g = self.pipe.preserve(offset, data.len() as u64).await?;
             match &self.repl {
-                Some(r) => r.write(offset, WriteOp::Data(data), fua).await,
+                Some(r) => r.write_to(self.vol, offset, WriteOp::Data(data), fua).await,
                 None => {
                     self.pipe
                         .disk_write(offset, Write::Data { data, fua })
@@ -185,7 +204,7 @@ impl BlockDevice for ResourceDevice {
     async fn flush(&self) -> Result<(), VolumeError> {
         self.gated(async {
             match &self.repl {
-                Some(r) => r.flush().await,
+                Some(r) => r.flush(self.vol).await,
                 None => self.disk.flush().await,
             }
         })
@@ -198,7 +217,10 @@ impl BlockDevice for ResourceDevice {
         self.gated(async {
             let _g = self.pipe.preserve(offset, u64::from(len)).await?;
             match &self.repl {
-                Some(r) => r.write(offset, WriteOp::Trim(len), false).await,
+                Some(r) => {
+                    r.write_to(self.vol, offset, WriteOp::Trim(len), false)
+                        .await
+                }
                 None => {
                     let w = Write::Trim { len, fua: false };
                     self.pipe.disk_write(offset, w).await
@@ -221,7 +243,7 @@ impl BlockDevice for ResourceDevice {
             let _g = self.pipe.preserve(offset, u64::from(len)).await?;
             match &self.repl {
                 Some(r) => {
-                    r.write(offset, WriteOp::Zeroes { len, may_trim }, fua)
+                    r.write_to(self.vol, offset, WriteOp::Zeroes { len, may_trim }, fua)
                         .await
                 }
                 None => {

@@ -33,7 +33,7 @@ pub mod sd_notify;
 mod updown;
 
 pub use null::{serve_null, NullServeError};
-pub use resource::{claim_target, create_meta, Claimed, Resource};
+pub use resource::{claim_targets, create_meta, plan_volumes, Claimed, Resource};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -110,6 +110,8 @@ pub enum ResizeError {
     },
     #[error("resource {name}: resize to {to} bytes failed: {why}")]
     Failed { name: String, to: u64, why: String },
+    #[error("{0}")]
+    Group(String),
 }
 
 /// Resize resource `name` to the `size` of the config file (see the module doc).
@@ -136,6 +138,7 @@ pub async fn resize_locked(
     if to == from {
         return Ok(Resized::Unchanged(from));
     }
+    res.refuse_group("resizing").map_err(ResizeError::Group)?;
     if let Some(rep) = res.replicator() {
         return grow_replicated(res, rep, to).await;
     }

@@ -1,27 +1,40 @@
 //! One resource on this node: its disk, its metadata, its NBD export, and its state as DRBD
 //! names it (role, disk state, connection, replication).
+//!
+//! A consistency group (issue 15) is one resource of several volumes: each volume has its own
+//! disk, metadata (bitmap, activity log), snapshot store and NBD export; one replicator (one
+//! session, one epoch order, one role) carries them all. Volume 0's metadata holds the role,
+//! disk state and generations of the resource.
 
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{NbdEndpoint, ResourceConfig};
 use crate::control::{Event, EventBus, EventKind, ObjectKind};
 use crate::frontend::nbd::{ExportConfig, NbdListen, NbdServer, NbdStats, PayloadBudget};
 use crate::limits;
 use crate::pipeline::WritePipeline;
-use crate::snapshot::{SnapshotError, SnapshotStore, SnapshotStoreConfig};
+use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::volume::disk::Disk;
 
 use super::device::ResourceDevice;
-use crate::repl::replicator::Replicator;
+use crate::repl::core::VolumeId;
+use crate::repl::replicator::{Replicator, VolumeParts};
 use crate::volume::activity_log::{ActivityLog, AlError};
 use crate::volume::bitmap::DirtyBitmap;
-use crate::volume::claim::{self, Claim, Plan};
-use crate::volume::meta::{flags, DiskState, MetaError, MetaFile, NewMeta, Role};
+use crate::volume::claim::{self, Claim, ClaimError, Plan};
+use crate::volume::meta::{flags, MetaError, MetaFile};
 use crate::volume::{BlockDevice, VolumeError};
+
+#[path = "group_snapshot.rs"]
+mod group_snapshot;
+#[path = "resource_open.rs"]
+mod open;
+pub use open::create_meta;
+use open::open_volume;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResourceError {
@@ -47,6 +60,24 @@ struct Attached {
     al: Arc<ActivityLog>,
 }
 
+/// One volume, opened (before the replicator and the device are built over it).
+struct Opened {
+    disk: Arc<Disk>,
+    meta: Arc<MetaFile>,
+    pipe: Arc<WritePipeline>,
+    attached: Option<Attached>,
+}
+
+/// One volume of the resource on this node (a one-volume resource has volume 0 only).
+struct LocalVolume {
+    number: u16,
+    disk: Arc<Disk>,
+    dev: Arc<ResourceDevice>,
+    meta: Arc<MetaFile>,
+    nbd: Option<NbdEndpoint>,
+    nbd_stats: Mutex<Option<Arc<NbdStats>>>,
+}
+
 pub struct Resource {
     cfg: ResourceConfig,
     disk: Arc<Disk>,
@@ -54,7 +85,9 @@ pub struct Resource {
     meta: Arc<MetaFile>,
     events: EventBus,
     repl: Option<Arc<Replicator>>,
-    nbd_stats: Mutex<Option<Arc<NbdStats>>>,
+    /// Every volume in number order (`disk`, `dev`, `meta` above are volume 0's); more than
+    /// one is a consistency group.
+    vols: Vec<LocalVolume>,
     /// The exclusive hold on the disk and metadata (released by [`Resource::close`], so a
     /// resource taken `down` can be opened again, or by another owner, at once).
     claim: Mutex<Option<Claim>>,
@@ -67,31 +100,59 @@ pub struct Resource {
 /// A resource's files, checked and locked, before anything was created or changed.
 pub struct Claimed {
     claim: Claim,
-    plan: Plan,
+    /// One per volume, in number order.
+    plans: Vec<Plan>,
 }
 
 impl Claimed {
-    /// Lock the resource's existing files and check everything a start needs (see
-    /// [`crate::volume::claim`]); changes nothing on disk.
+    /// Lock the resource's existing files (every volume's) and check everything a start needs
+    /// (see [`crate::volume::claim`]); changes nothing on disk.
     pub fn take(cfg: &ResourceConfig) -> Result<Claimed, ResourceError> {
         let mut claim = Claim::new();
-        for (what, path) in [("disk", &cfg.local.disk), ("metadata", &cfg.local.meta)] {
-            if path.exists() {
-                claim.lock(what, path)?;
+        let targets = cfg.claim_targets();
+        for t in &targets {
+            for (what, path) in [("disk", t.disk), ("metadata", t.meta)] {
+                if path.exists() {
+                    claim.lock(what, path)?;
+                }
             }
         }
-        let plan = claim::plan(&claim_target(cfg))?;
-        Ok(Claimed { claim, plan })
+        let plans = plan_volumes(cfg)?;
+        Ok(Claimed { claim, plans })
     }
 
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// Every volume's plan, in number order.
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
     }
 }
 
-/// The volume layer's view of a resource's files, for [`claim::plan`].
-pub fn claim_target(cfg: &ResourceConfig) -> claim::Target<'_> {
-    cfg.claim_target()
+/// Every volume's [`claim::plan`] (touching nothing), and the group's own check: a volume's
+/// metadata missing beside an existing volume 0 is refused. Its new metadata would have clean
+/// bitmaps, and with volume 0's generations (the group's) the next connect would find nothing
+/// to sync and leave the new volume's data unlike the peer's.
+pub fn plan_volumes(cfg: &ResourceConfig) -> Result<Vec<Plan>, ClaimError> {
+    let targets = cfg.claim_targets();
+    let plans = targets
+        .iter()
+        .map(claim::plan)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !plans[0].create_meta {
+        if let Some((_, t)) = plans.iter().zip(&targets).find(|(p, _)| p.create_meta) {
+            return Err(ClaimError::Refused(format!(
+                "metadata {} is missing while volume 0's exists: adding a volume to an \
+                 existing resource (with a full sync of the new volume) is not built yet \
+                 (issue 15); if the file was lost, recreate the whole resource",
+                t.meta.display()
+            )));
+        }
+    }
+    Ok(plans)
+}
+
+/// The volume layer's view of a resource's files (one per volume), for [`claim::plan`].
+pub fn claim_targets(cfg: &ResourceConfig) -> Vec<claim::Target<'_>> {
+    cfg.claim_targets()
 }
 
 impl Resource {
@@ -106,84 +167,62 @@ impl Resource {
         claimed: Claimed,
         shaping: &crate::shaping::NodeShaping,
     ) -> Result<Resource, ResourceError> {
-        let Claimed { mut claim, plan } = claimed;
-        if plan.create_meta {
-            warn!(resource = %cfg.name, meta = %cfg.local.meta.display(),
-                "NO METADATA FOUND: creating new metadata, this node starts {} (if the resource existed here, the meta path is wrong: stop now)",
-                if cfg.peer.is_some() { "as a new, Inconsistent Secondary" } else { "as a new, empty volume" });
+        let Claimed { mut claim, plans } = claimed;
+        let mut opened = Vec::with_capacity(plans.len());
+        for (v, plan) in cfg.volumes.iter().zip(&plans) {
+            opened.push(open_volume(cfg, v.number, node, plan, &mut claim).await?);
         }
-        let disk = Disk::open(
-            &cfg.name,
-            &cfg.local.disk,
-            cfg.size_bytes,
-            limits::ENGINE_QUEUE_DEPTH_DEFAULT,
-        )?;
-        if plan.create_disk {
-            claim.lock("disk", &cfg.local.disk)?;
-        }
-        if !disk.direct_io() {
-            warn!(resource = %cfg.name, disk = %cfg.local.disk.display(), "O_DIRECT unavailable: using buffered I/O (flushes still make data durable)");
-        }
-        let cfg2 = cfg.clone();
-        let node_name = node;
-        let node = node.to_owned();
-        let (meta, attached) = tokio::task::spawn_blocking(move || open_meta(&cfg2, &node))
-            .await
-            .map_err(|e| ResourceError::Blocking(e.to_string()))??;
-        if plan.create_meta {
-            claim.lock("metadata", &cfg.local.meta)?;
-        }
-        let meta = Arc::new(meta);
-        let sb = meta.superblock();
-        let role = sb.role;
-        if sb.size_bytes < cfg.size_bytes {
-            // Replicated, grown here but not yet agreed with the peer: the disk holds the
-            // configured capacity, the volume keeps the agreed size (`drl resize`).
-            info!(resource = %cfg.name, size_bytes = sb.size_bytes, capacity_bytes = cfg.size_bytes,
-                "the configured size is larger than the volume: it grows when the peer has grown too");
-            disk.set_size(sb.size_bytes)?;
-        }
-        // A replicated resource's disk stays writable for the replication receiver; the
-        // device refuses user writes unless Primary.
-        disk.set_read_only(attached.is_none() && role != Role::Primary);
-        info!(resource = %cfg.name, role = role.as_str(), disk = sb.disk_state.as_str(), direct_io = disk.direct_io(), "resource opened");
-        let disk = Arc::new(disk);
-        let snaps = SnapshotStore::open(
-            SnapshotStoreConfig {
-                dir: cfg.local.snapshot_dir.clone(),
-                resource: cfg.name.clone(),
-                volume_bytes: sb.size_bytes,
-                chunk_bytes: cfg.snapshot_chunk_bytes,
-                space_bytes: cfg.snapshot_space_bytes,
-            },
-            disk.clone(),
-        )?;
-        let pipe = Arc::new(WritePipeline::new(disk.clone(), Arc::new(snaps)));
-        let repl = attached.map(|a| {
-            Replicator::new(
-                cfg,
-                node_name,
-                pipe.clone(),
-                meta.clone(),
-                a.bitmap,
-                a.al,
-                events.clone(),
-                shaping.clone(),
-            )
-        });
+        let repl = match opened.iter().all(|o| o.attached.is_some()) {
+            false => None,
+            true => {
+                let parts = opened
+                    .iter_mut()
+                    .map(|o| {
+                        let a = o
+                            .attached
+                            .take()
+                            .expect("checked: every volume is attached");
+                        VolumeParts::new(o.pipe.clone(), o.meta.clone(), a.bitmap, a.al)
+                    })
+                    .collect();
+                Some(Replicator::new(
+                    cfg,
+                    node,
+                    parts,
+                    events.clone(),
+                    shaping.clone(),
+                ))
+            }
+        };
+        let vol0 = &opened[0];
         let dev = Arc::new(ResourceDevice::new(
-            pipe,
+            vol0.pipe.clone(),
             repl.clone(),
             cfg.repl.auto_promote,
         ));
+        let vols = opened
+            .iter()
+            .zip(&cfg.volumes)
+            .map(|(o, v)| LocalVolume {
+                number: v.number,
+                disk: o.disk.clone(),
+                dev: match v.number {
+                    0 => dev.clone(),
+                    n => Arc::new(dev.for_volume(VolumeId(n), o.pipe.clone())),
+                },
+                meta: o.meta.clone(),
+                nbd: v.local.nbd.clone(),
+                nbd_stats: Mutex::new(None),
+            })
+            .collect();
         Ok(Resource {
             cfg: cfg.clone(),
-            disk,
+            disk: vol0.disk.clone(),
             dev,
-            meta,
+            meta: vol0.meta.clone(),
             events,
             repl,
-            nbd_stats: Mutex::new(None),
+            vols,
             claim: Mutex::new(Some(claim)),
             stop: watch::channel(false).0,
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
@@ -212,12 +251,33 @@ impl Resource {
         self.cfg.snapshot_space_bytes
     }
 
-    /// The NBD export's counters, once it is started.
+    /// The NBD export's counters (volume 0's), once it is started.
     pub fn nbd_stats(&self) -> Option<Arc<NbdStats>> {
-        self.nbd_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.vols[0].nbd_stats()
+    }
+
+    /// Every volume's device, in number order (one for a one-volume resource).
+    pub fn volume_devices(&self) -> Vec<Arc<ResourceDevice>> {
+        self.vols.iter().map(|v| v.dev.clone()).collect()
+    }
+
+    /// Whether the resource is a consistency group (more than one volume).
+    pub fn is_group(&self) -> bool {
+        self.vols.len() > 1
+    }
+
+    /// Refuse `what` on a consistency group, naming why: an operation built for one volume
+    /// must not run on volume 0 alone and look like it covered the group.
+    pub fn refuse_group(&self, what: &str) -> Result<(), String> {
+        match self.is_group() {
+            false => Ok(()),
+            true => Err(format!(
+                "{}: {what} of a consistency group ({} volumes) is not built yet (issue 15): \
+                 it would cover volume 0 only, not the group at one point in time",
+                self.cfg.name,
+                self.vols.len()
+            )),
+        }
     }
 
     pub fn events(&self) -> &EventBus {
@@ -234,14 +294,13 @@ impl Resource {
         self.repl.as_ref()
     }
 
-    /// The NBD clients holding the export open (in transmission) now.
+    /// The NBD clients holding an export of the resource open (in transmission) now (a
+    /// group's: of any volume).
     pub fn nbd_clients(&self) -> Vec<String> {
-        self.nbd_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.clients())
-            .unwrap_or_default()
+        self.vols
+            .iter()
+            .flat_map(|v| v.nbd_stats().map(|s| s.clients()).unwrap_or_default())
+            .collect()
     }
 
     /// Refuse a demotion (or going down) while NBD clients hold the export open, naming them
@@ -273,7 +332,10 @@ impl Resource {
             return;
         };
         d.add_scope(repl, self.stop_signal(), |s| {
-            self.device().set_fence(s.fence.clone());
+            for v in &self.vols {
+                v.dev.set_fence(s.fence.clone());
+            }
+            // One auto-promote for the group's devices.
             self.device().set_lease_scope(s.clone());
         });
     }
@@ -312,27 +374,36 @@ impl Resource {
                 stopped.clone(),
             ));
         }
-        let Some(ep) = &self.cfg.local.nbd else {
-            return Ok(());
-        };
-        let listen = match ep {
-            NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
-            NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
-        };
-        let export = ExportConfig {
-            name: self.cfg.name.clone(),
-            description: format!("drl resource {}", self.cfg.name),
-        };
-        let mut server = NbdServer::bind(listen, export, self.dev.clone()).await?;
-        server.set_payload_budget(nbd_budget.clone());
-        *self.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
-        let name = self.cfg.name.clone();
-        tasks.spawn(async move {
-            if let Err(e) = server.run(stopped).await {
-                tracing::error!(resource = %name, "NBD export stopped: {e}");
-            }
-        });
-        info!(resource = %self.cfg.name, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
+        // One export per volume that has an `nbd` endpoint.
+        for v in &self.vols {
+            let Some(ep) = &v.nbd else { continue };
+            let listen = match ep {
+                NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
+                NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
+            };
+            let (name, description) = match self.is_group() {
+                false => (
+                    self.cfg.name.clone(),
+                    format!("drl resource {}", self.cfg.name),
+                ),
+                true => (
+                    format!("{}/{}", self.cfg.name, v.number),
+                    format!("drl resource {} volume {}", self.cfg.name, v.number),
+                ),
+            };
+            let export = ExportConfig { name, description };
+            let mut server = NbdServer::bind(listen, export, v.dev.clone()).await?;
+            server.set_payload_budget(nbd_budget.clone());
+            *v.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
+            let (name, stopped) = (self.cfg.name.clone(), stopped.clone());
+            let number = v.number;
+            tasks.spawn(async move {
+                if let Err(e) = server.run(stopped).await {
+                    tracing::error!(resource = %name, volume = number, "NBD export stopped: {e}");
+                }
+            });
+            info!(resource = %self.cfg.name, volume = v.number, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
+        }
         Ok(())
     }
 
@@ -345,22 +416,26 @@ impl Resource {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Flush the disk, mark the metadata clean, stop the engine, give the files' claim back.
+    /// Flush every volume's disk, mark its metadata clean, stop its engine, give the files'
+    /// claim back.
     pub async fn close(&self) -> Result<(), ResourceError> {
-        self.disk.flush().await?;
-        self.snapshots().close().await?;
-        if let Some(r) = &self.repl {
-            // Close the activity log cleanly (flushes the bitmap, sets CLEAN_SHUTDOWN).
-            let (al, meta, bm) = (r.al.clone(), self.meta.clone(), r.bitmap.clone());
-            tokio::task::spawn_blocking(move || al.close_clean(&meta, &bm))
+        for v in &self.vols {
+            v.disk.flush().await?;
+            v.dev.snapshots().close().await?;
+            if let Some(r) = &self.repl {
+                // Close the activity log cleanly (flushes the bitmap, sets CLEAN_SHUTDOWN).
+                let parts = &r.vols[usize::from(v.number)];
+                let (al, meta, bm) = (parts.al.clone(), v.meta.clone(), parts.bitmap.clone());
+                tokio::task::spawn_blocking(move || al.close_clean(&meta, &bm))
+                    .await
+                    .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+            }
+            v.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
+            let disk = v.disk.clone();
+            tokio::task::spawn_blocking(move || disk.shutdown())
                 .await
-                .map_err(|e| ResourceError::Blocking(e.to_string()))??;
+                .map_err(|e| ResourceError::Blocking(e.to_string()))?;
         }
-        self.meta.update(|sb| sb.flags |= flags::CLEAN_SHUTDOWN)?;
-        let disk = self.disk.clone();
-        tokio::task::spawn_blocking(move || disk.shutdown())
-            .await
-            .map_err(|e| ResourceError::Blocking(e.to_string()))?;
         let mut ev = Event::new(EventKind::Change, ObjectKind::Resource, &self.cfg.name)
             .field("disk", "Detached");
         if let Some(p) = &self.cfg.peer {
@@ -378,11 +453,7 @@ impl Resource {
 
     pub fn status_json(&self) -> Value {
         let sb = self.meta.superblock();
-        let nbd = self
-            .nbd_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let nbd = self.nbd_stats();
         let (connection, replication) = ("StandAlone", "Off");
         let mut v = json!({
             "name": self.cfg.name,
@@ -401,14 +472,7 @@ impl Resource {
             "disk_path": self.cfg.local.disk,
             "meta_path": self.cfg.local.meta,
             "io": self.disk.stats().to_json(),
-            "nbd": match (&self.cfg.local.nbd, nbd) {
-                (Some(ep), Some(st)) => {
-                    let snap = st.snapshot();
-                    json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": snap.connections_active, "stats": snap })
-                }
-                (Some(ep), None) => json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": 0 }),
-                _ => Value::Null,
-            },
+            "nbd": nbd_json(self.cfg.local.nbd.as_ref(), nbd),
         });
         if let (Some(r), Some(obj)) = (&self.repl, v.as_object_mut()) {
             if let Some(fields) = r.status_fields().as_object() {
@@ -417,67 +481,53 @@ impl Resource {
                 }
             }
         }
+        if self.is_group() {
+            // DRBD's `volume:N` lines: the disk state is the resource's (one role, one
+            // generation, one sync decision for the group), out-of-sync is each volume's.
+            v["volumes"] = self
+                .vols
+                .iter()
+                .map(|vol| {
+                    let oos = self
+                        .repl
+                        .as_ref()
+                        .map_or(0, |r| r.vols[usize::from(vol.number)].bitmap.dirty_bytes());
+                    json!({
+                        "volume": vol.number,
+                        "disk": sb.disk_state.as_str(),
+                        "size_bytes": crate::volume::BlockDevice::size_bytes(&*vol.disk),
+                        "out_of_sync_bytes": oos,
+                        "disk_path": self.cfg.volumes[usize::from(vol.number)].local.disk,
+                        "meta_path": self.cfg.volumes[usize::from(vol.number)].local.meta,
+                        "io": vol.disk.stats().to_json(),
+                        "nbd": nbd_json(vol.nbd.as_ref(), vol.nbd_stats()),
+                    })
+                })
+                .collect();
+        }
         v
     }
 }
 
-fn open_meta(
-    cfg: &ResourceConfig,
-    node: &str,
-) -> Result<(MetaFile, Option<Attached>), ResourceError> {
-    let path = &cfg.local.meta;
-    let meta = if path.exists() {
-        let m = MetaFile::open(path)?;
-        m.check_fits(&cfg.name, cfg.size_bytes, cfg.peer.is_some())?;
-        if !m.superblock().has_flag(flags::CLEAN_SHUTDOWN) {
-            warn!(resource = %cfg.name, meta = %path.display(), "the last shutdown was not clean (crash or kill -9)");
-        }
-        m
-    } else {
-        create_meta(cfg, node)?
-    };
-    if cfg.peer.is_none() {
-        meta.update(|sb| sb.flags &= !flags::CLEAN_SHUTDOWN)?;
-        return Ok((meta, None));
+impl LocalVolume {
+    fn nbd_stats(&self) -> Option<Arc<NbdStats>> {
+        self.nbd_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
-    // Attach order (activity_log module): bitmap, then the AL, which replays a crash's hot
-    // extents into the bitmap and clears CLEAN_SHUTDOWN.
-    let bitmap = DirtyBitmap::load(&meta)?;
-    let (al, report) = ActivityLog::attach(&meta, &bitmap)?;
-    if report.crashed_primary {
-        warn!(resource = %cfg.name, regions = report.replayed.len(), "crashed while Primary: the activity-log regions will be resynced");
-    }
-    // DRBD: a replicated resource always comes up Secondary; the admin promotes it.
-    meta.update(|sb| {
-        sb.role = Role::Secondary;
-        sb.flags &= !flags::WAS_PRIMARY;
-    })?;
-    Ok((
-        meta,
-        Some(Attached {
-            bitmap: Arc::new(bitmap),
-            al,
-        }),
-    ))
 }
 
-/// New metadata for `cfg` on `node` (a new resource here): `drl create-md` and a first start.
-pub fn create_meta(cfg: &ResourceConfig, node: &str) -> Result<MetaFile, ResourceError> {
-    // An unreplicated resource has nothing to wait for: it starts Primary and UpToDate.
-    // A replicated one starts Secondary and Inconsistent until the initial sync (DRBD).
-    let (role, disk_state) = if cfg.peer.is_none() {
-        (Role::Primary, DiskState::UpToDate)
-    } else {
-        (Role::Secondary, DiskState::Inconsistent)
-    };
-    info!(resource = %cfg.name, meta = %cfg.local.meta.display(), "creating new metadata");
-    let mut new = NewMeta::new(&cfg.name, node, cfg.size_bytes);
-    new.role = role;
-    new.disk_state = disk_state;
-    if cfg.peer.is_some() {
-        // A new pair is "just created" (DRBD): no generation until the first promotion
-        // with --force, which makes the initial full sync run from that node.
-        new.gen = Some(Default::default());
+/// An NBD export in `status`: its endpoint and, once started, its connections and counters.
+fn nbd_json(ep: Option<&NbdEndpoint>, stats: Option<Arc<NbdStats>>) -> Value {
+    match (ep, stats) {
+        (Some(ep), Some(st)) => {
+            let snap = st.snapshot();
+            json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": snap.connections_active, "stats": snap })
+        }
+        (Some(ep), None) => {
+            json!({ "endpoint": ep.to_string(), "uri": ep.uri(), "connections": 0 })
+        }
+        _ => Value::Null,
     }
-    Ok(MetaFile::create(&cfg.local.meta, &new)?)
 }

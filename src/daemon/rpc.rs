@@ -76,6 +76,18 @@ pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, Rpc
         .ok_or_else(|| RpcError::no_such_resource(name))
 }
 
+/// [`resource`] for an operation built for one volume: a consistency group is refused with
+/// the reason ([`Resource::refuse_group`]).
+pub(super) fn one_volume(
+    node: &Node,
+    params: &Value,
+    what: &str,
+) -> Result<Arc<Resource>, RpcError> {
+    let res = resource(node, params)?;
+    res.refuse_group(what).map_err(RpcError::state_refused)?;
+    Ok(res)
+}
+
 fn snapshot_error(e: SnapshotError) -> RpcError {
     match e {
         SnapshotError::NotFound { .. }
@@ -118,13 +130,15 @@ pub fn router(node: Arc<Node>) -> Router {
     add(&mut r, &node, "snapshot.create", |n, params| async move {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
-        let info = res.snapshots().create(name).await.map_err(snapshot_error)?;
+        let info = res.snapshot_create(name).await.map_err(snapshot_error)?;
         res.events().publish(
             Event::new(EventKind::Create, ObjectKind::Snapshot, res.name()).field("snapshot", name),
         );
         Ok(serde_json::to_value(info).unwrap_or_default())
     });
     add(&mut r, &node, "snapshot.list", |n, params| async move {
+        // A group's snapshots are taken and deleted on every volume together: volume 0's list
+        // is the group's.
         let res = resource(&n, &params)?;
         let snaps = res.snapshots().list().await;
         let tombstones: Vec<String> = res
@@ -140,7 +154,7 @@ pub fn router(node: Arc<Node>) -> Router {
     add(&mut r, &node, "snapshot.delete", |n, params| async move {
         let res = resource(&n, &params)?;
         let name = str_param(&params, "name")?;
-        res.snapshots().delete(name).await.map_err(snapshot_error)?;
+        res.snapshot_delete(name).await.map_err(snapshot_error)?;
         res.events().publish(
             Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name())
                 .field("snapshot", name),

@@ -31,7 +31,7 @@ use crate::volume::meta::{flags, Role};
 
 pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
     add(r, node, "dr.handover", |n, params| async move {
-        let res = super::rpc::resource(&n, &params)?;
+        let res = super::rpc::one_volume(&n, &params, "a handover to Cinder")?;
         let sb = res.meta().superblock();
         if sb.role != Role::Primary {
             return Err(RpcError::state_refused(format!(

@@ -10,13 +10,19 @@
 //! Without `parent`, a stream is incremental automatically when an older snapshot of the same
 //! resource (live, or deleted but kept as a change-set tombstone) is already in the store at
 //! the same location: the newest such one is the parent.
+//!
+//! A consistency group streams and restores its volumes together (`rpc_stream_group.rs`).
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::device::ResourceDevice;
 use super::resource::Resource;
+
+#[path = "rpc_stream_group.rs"]
+mod group;
 use super::rpc::add;
 use super::Node;
 use crate::control::{rpc, Router, RpcError};
@@ -39,6 +45,19 @@ struct StreamParams {
     object_size: Option<u64>,
     parallelism: Option<usize>,
     compression: Option<Compression>,
+}
+
+impl StreamParams {
+    /// The options the caller may set on a prepared stream.
+    fn apply_options(&self, opts: &mut StreamOptions) {
+        if let Some(o) = self.object_size {
+            opts.object_bytes = o;
+        }
+        if let Some(par) = self.parallelism {
+            opts.parallelism = par;
+        }
+        opts.compression = self.compression.unwrap_or_default();
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,16 +154,43 @@ pub(super) async fn prepare_stream(
     parent: Option<String>,
     chunk_bytes: Option<u64>,
 ) -> Result<PreparedStream, RpcError> {
-    let snaps = res.snapshots().clone();
-    if !snaps.list().await.iter().any(|s| s.name == snapshot) {
-        return Err(RpcError::invalid_params(format!(
-            "resource {} has no snapshot {snapshot:?}",
-            res.name()
-        )));
-    }
     let url = StoreUrl::parse(to).map_err(stream_err)?;
     let store = store_for(n, &url)?;
-    let loc = url.location();
+    let vol = Volume {
+        resource: res.name(),
+        dev: res.device(),
+        snapshot,
+    };
+    prepare_volume(n, vol, store, url.location(), parent, chunk_bytes).await
+}
+
+/// One volume's snapshot to stream (a resource's only volume, or one of a group's).
+pub(super) struct Volume<'a> {
+    resource: &'a str,
+    dev: &'a ResourceDevice,
+    snapshot: &'a str,
+}
+
+/// [`prepare_stream`] of one volume to `loc` in `store`.
+async fn prepare_volume(
+    n: &Node,
+    vol: Volume<'_>,
+    store: Arc<AnyStore>,
+    loc: Location,
+    parent: Option<String>,
+    chunk_bytes: Option<u64>,
+) -> Result<PreparedStream, RpcError> {
+    let Volume {
+        resource,
+        dev,
+        snapshot,
+    } = vol;
+    let snaps = dev.snapshots().clone();
+    if !snaps.list().await.iter().any(|s| s.name == snapshot) {
+        return Err(RpcError::invalid_params(format!(
+            "resource {resource} has no snapshot {snapshot:?}"
+        )));
+    }
     let chain = snaps.chain().await;
     let parent = match parent {
         Some(parent) => Some(parent),
@@ -155,7 +201,7 @@ pub(super) async fn prepare_stream(
     opts.parallelism = n.config.stream.parallelism;
     opts.parent = parent.clone();
     opts.shaper = n.shaping.shaper.clone();
-    let size = res.device().size_bytes();
+    let size = dev.size_bytes();
     // Change tracking since the parent, when the parent is in this resource's chain;
     // otherwise the stream compares chunk hashes with the parent chain in the store.
     let changed = match &parent {
@@ -189,14 +235,12 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let res = n
             .resource(&p.resource)
             .ok_or_else(|| RpcError::no_such_resource(&p.resource))?;
-        let mut prep = prepare_stream(&n, &res, &p.snapshot, &p.to, p.parent, p.chunk_size).await?;
-        if let Some(o) = p.object_size {
-            prep.opts.object_bytes = o;
+        if res.is_group() {
+            return group::start_stream(&n, &res, p).await;
         }
-        if let Some(par) = p.parallelism {
-            prep.opts.parallelism = par;
-        }
-        prep.opts.compression = p.compression.unwrap_or_default();
+        let mut prep =
+            prepare_stream(&n, &res, &p.snapshot, &p.to, p.parent.clone(), p.chunk_size).await?;
+        p.apply_options(&mut prep.opts);
         let parent = prep.parent.clone();
         let job = n
             .jobs
@@ -222,6 +266,9 @@ pub fn register(r: &mut Router, node: &Arc<Node>) {
         let opts = RestoreOptions {
             parallelism: p.parallelism.unwrap_or(n.config.stream.parallelism),
         };
+        if res.is_group() {
+            return group::start_restore(&n, &res, store, loc, snapshot, opts);
+        }
         let dev = res.device().clone();
         let job = n
             .jobs

@@ -88,6 +88,7 @@ async fn tick(
     if res.meta().superblock().role != Role::Primary {
         return Ok(()); // the Secondary's data is the Primary's; snapshots are taken there
     }
+    res.refuse_group("a scheduled snapshot")?;
     let name = format!("{plan}-{:016}", crate::repl::replicator::unix_ms());
     let snaps = res.snapshots();
     snaps.create(&name).await.map_err(|e| e.to_string())?;

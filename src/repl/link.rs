@@ -231,14 +231,14 @@ impl Link {
 
     /// [`Link::push`] of a Data frame encoded straight from the writer's buffer
     /// ([`Encoder::encode_data`]): no copy of the payload before the frame's own.
-    pub fn push_data(&self, at: (u64, u64, u64), fua: bool, data: &[u8]) -> bool {
+    pub fn push_data(&self, vol: u16, at: (u64, u64, u64), fua: bool, data: &[u8]) -> bool {
         if self.is_closed() {
             return false;
         }
         let mut out = BytesMut::new();
         if let Err(e) = self
             .enc
-            .encode_data(0, at, fua, data, self.backlogged(), &mut out)
+            .encode_data(vol, at, fua, data, self.backlogged(), &mut out)
         {
             self.close(format!("cannot encode a Data frame: {e}"));
             return false;
@@ -389,7 +389,7 @@ mod tests {
         let zeros = vec![0u8; 4096];
         let zstd_flag = |b: &Bytes| b[7] & flags::ZSTD != 0;
         // The writer keeps up: raw, no attempt.
-        assert!(link.push_data((1, 1, 0), false, &zeros));
+        assert!(link.push_data(0, (1, 1, 0), false, &zeros));
         let b = rx.try_recv().unwrap();
         link.dequeued(&b);
         assert!(!zstd_flag(&b));
@@ -400,10 +400,10 @@ mod tests {
         ));
         let mut seq = 2;
         while link.queued_bytes() < REPL_COMPRESS_BACKLOG_BYTES {
-            assert!(link.push_data((seq, 1, 0), false, &zeros));
+            assert!(link.push_data(0, (seq, 1, 0), false, &zeros));
             seq += 1;
         }
-        assert!(link.push_data((seq, 1, 0), false, &zeros));
+        assert!(link.push_data(0, (seq, 1, 0), false, &zeros));
         let frames: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert!(!zstd_flag(&frames[0]));
         assert!(zstd_flag(frames.last().unwrap()));
@@ -413,7 +413,7 @@ mod tests {
             link.dequeued(f);
         }
         link.drained();
-        assert!(link.push_data((seq + 1, 1, 0), false, &zeros));
+        assert!(link.push_data(0, (seq + 1, 1, 0), false, &zeros));
         assert!(
             zstd_flag(&rx.try_recv().unwrap()),
             "compression dropped at once"

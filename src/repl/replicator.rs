@@ -2,7 +2,7 @@
 //! replication, peer), the admin operations (primary, secondary, connect, disconnect), the
 //! status and events, and the write-path hook the resource's device calls.
 //!
-//! Write path on the Primary ([`Replicator::write`]): activity-log guard (a durable AL
+//! Write path on the Primary ([`Replicator::write_to`]): activity-log guard (a durable AL
 //! transaction first if the extent is cold) -> shared resync lock -> set the dirty bits ->
 //! the enqueue of the Data frame(s) into the bounded send buffer (if connected and not Ahead;
 //! encoded straight from the write's buffer), then the local disk write -> reply (protocol A).
@@ -31,6 +31,7 @@ use crate::limits::{
 };
 use crate::logrl::LogLimiter;
 use crate::pipeline::WritePipeline;
+use crate::repl::core::VolumeId;
 use crate::repl::frame::{Frame, RangeWrite};
 use crate::repl::gen::GenIds;
 use crate::repl::link::Link;
@@ -48,7 +49,10 @@ mod admin;
 mod ops;
 #[path = "replicator_resize.rs"]
 mod resize;
+#[path = "replicator_volumes.rs"]
+mod volumes;
 pub use resize::size_event;
+pub use volumes::VolumeParts;
 
 /// Refusals of the admin operations (shown to the admin as is).
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +171,10 @@ pub struct Replicator {
     pub(crate) meta: Arc<MetaFile>,
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) al: Arc<ActivityLog>,
+    /// Every volume, in number order (`vols[0]` is the fields above): writes, disk operations
+    /// of the session and bitmaps are routed by volume; one session and one epoch order
+    /// carry them all.
+    pub(crate) vols: Vec<VolumeParts>,
     pub(crate) events: EventBus,
     /// The daemon's WAN shaping (its shaper and resync controller), shared by its resources.
     pub(crate) shaping: NodeShaping,
@@ -237,7 +245,7 @@ pub fn gen_to_meta(g: GenIds) -> meta::GenerationIds {
     }
 }
 
-/// A write the device hands to [`Replicator::write`].
+/// A write the device hands to [`Replicator::write_to`].
 pub enum WriteOp {
     Data(AlignedBuf),
     Trim(u32),
@@ -254,27 +262,26 @@ impl WriteOp {
 }
 
 impl Replicator {
-    // Each argument is a separate part of the resource the daemon wires in.
-    #[allow(clippy::too_many_arguments)]
+    /// `vols`: every volume of the resource in number order (one for a one-volume resource).
     pub fn new(
         cfg: &ResourceConfig,
         node: &str,
-        pipe: Arc<WritePipeline>,
-        meta: Arc<MetaFile>,
-        bitmap: Arc<DirtyBitmap>,
-        al: Arc<ActivityLog>,
+        vols: Vec<VolumeParts>,
         events: EventBus,
         shaping: NodeShaping,
     ) -> Arc<Replicator> {
+        assert!(!vols.is_empty(), "a resource has a volume 0");
+        let v0 = &vols[0];
         Arc::new(Replicator {
             name: cfg.name.clone(),
             node: node.to_owned(),
             cfg: cfg.clone(),
-            disk: pipe.disk().clone(),
-            pipe,
-            meta,
-            bitmap,
-            al,
+            disk: v0.disk.clone(),
+            pipe: v0.pipe.clone(),
+            meta: v0.meta.clone(),
+            bitmap: v0.bitmap.clone(),
+            al: v0.al.clone(),
+            vols,
             events,
             shaping,
             st: Mutex::new(State {
@@ -448,26 +455,35 @@ impl Replicator {
 
     // ---- write path ----
 
-    /// A write (data, trim or zeroes) on the Primary: see the module doc for the order.
-    pub async fn write(&self, offset: u64, op: WriteOp, fua: bool) -> Result<(), VolumeError> {
+    /// A write (data, trim or zeroes) to volume `vol` on the Primary: see the module doc for the order. A group's
+    /// writes enter the one epoch order of the session at the offset of the group's address
+    /// space ([`VolumeId::group_offset`]); their frames name the volume.
+    pub async fn write_to(
+        &self,
+        vol: VolumeId,
+        offset: u64,
+        op: WriteOp,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         self.promotion_settled().await;
+        let v = self.vol(vol)?;
         let len = op.len();
-        let _al = self
-            .al
-            .acquire(&self.meta, &self.bitmap, offset, len)
-            .await
-            .map_err(|e| VolumeError::Io {
-                name: self.name.clone(),
-                what: "activity log",
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let group_offset = vol.group_offset(offset);
+        let _al =
+            v.al.acquire(&v.meta, &v.bitmap, offset, len)
+                .await
+                .map_err(|e| VolumeError::Io {
+                    name: self.name.clone(),
+                    what: "activity log",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
         let _shared = self.resync_lock.read().await;
-        self.bitmap.set_range(offset, len);
+        v.bitmap.set_range(offset, len);
         let link = self.shipping_link();
         if let Some(l) = &link {
             if l.ahead.load(Ordering::Acquire) {
                 // Ahead: only the bitmap records the write; no ack may clear its blocks.
-                l.tracker().mark_unsent_write(offset, len);
+                l.tracker().mark_unsent_write(group_offset, len);
             }
         }
         let link = link.filter(|l| !l.ahead.load(Ordering::Acquire));
@@ -477,40 +493,54 @@ impl Replicator {
                 // (no copy of the payload; the local write starts once its frames are queued,
                 // which is immediate unless max-buffer is full).
                 if let Some(l) = &link {
-                    self.ship_data(l, offset, &buf, fua).await;
+                    self.ship_data(l, vol, offset, &buf, fua).await;
                 }
-                self.disk.write(offset, buf, fua).await
+                v.disk.write(offset, buf, fua).await
             }
             WriteOp::Trim(l) => {
                 let ship = async {
                     if let Some(link) = &link {
-                        self.ship_range(link, offset, l, fua, true).await;
+                        self.ship_range(link, vol, offset, l, fua, true).await;
                     }
                 };
-                let (_, r) = tokio::join!(ship, self.disk.trim(offset, l));
+                let (_, r) = tokio::join!(ship, v.disk.trim(offset, l));
                 r
             }
             WriteOp::Zeroes { len: l, may_trim } => {
                 let ship = async {
                     if let Some(link) = &link {
-                        self.ship_range(link, offset, l, fua, false).await;
+                        self.ship_range(link, vol, offset, l, fua, false).await;
                     }
                 };
-                let (_, r) = tokio::join!(ship, self.disk.write_zeroes(offset, l, may_trim, fua));
+                let (_, r) = tokio::join!(ship, v.disk.write_zeroes(offset, l, may_trim, fua));
                 r
             }
         }
     }
 
-    /// Close the open epoch (a Barrier) and flush the local disk.
-    pub async fn flush(&self) -> Result<(), VolumeError> {
+    /// Close the open epoch (a Barrier, for every volume of a group) and flush volume `vol`'s
+    /// local disk.
+    pub async fn flush(&self, vol: VolumeId) -> Result<(), VolumeError> {
+        let v = self.vol(vol)?;
         if let Some(l) = self.shipping_link() {
             l.close_epoch();
         }
-        self.disk.flush().await
+        v.disk.flush().await
     }
 
-    async fn ship_data(&self, link: &Link, offset: u64, data: &[u8], fua: bool) {
+    /// Close the open epoch and flush every volume (a demotion: the group's last writes are
+    /// stable together).
+    pub async fn flush_all(&self) -> Result<(), VolumeError> {
+        if let Some(l) = self.shipping_link() {
+            l.close_epoch();
+        }
+        for r in futures::future::join_all(self.vols.iter().map(|v| v.disk.flush())).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn ship_data(&self, link: &Link, vol: VolumeId, offset: u64, data: &[u8], fua: bool) {
         let pieces: Vec<(u64, u32)> =
             split_range(offset, data.len() as u64, REPL_FRAME_DATA_BYTES_MAX).collect();
         let n = pieces.len();
@@ -521,53 +551,69 @@ impl Replicator {
             if !self
                 .enqueue(
                     link,
-                    off,
+                    vol.group_offset(off),
                     u64::from(len),
                     u64::from(len),
                     last_fua,
-                    |seq, epoch| link.push_data((seq, epoch, off), last_fua, piece),
+                    |seq, epoch| link.push_data(vol.0, (seq, epoch, off), last_fua, piece),
                 )
                 .await
             {
-                self.not_shipped(link, offset, data.len() as u64);
+                self.not_shipped(link, vol.group_offset(offset), data.len() as u64);
                 return;
             }
         }
     }
 
     /// A write (or its rest) was not shipped: if the link went Ahead meanwhile, record it as
-    /// unsent so that no ack of an earlier write clears its blocks.
+    /// unsent so that no ack of an earlier write clears its blocks (`offset` in the group's
+    /// address space).
     fn not_shipped(&self, link: &Link, offset: u64, len: u64) {
         if link.ahead.load(Ordering::Acquire) {
             link.tracker().mark_unsent_write(offset, len);
         }
     }
 
-    async fn ship_range(&self, link: &Link, offset: u64, len: u32, fua: bool, trim: bool) {
+    async fn ship_range(
+        &self,
+        link: &Link,
+        vol: VolumeId,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        trim: bool,
+    ) {
         let pieces: Vec<(u64, u32)> =
             split_range(offset, u64::from(len), REPL_FRAME_RANGE_BYTES_MAX).collect();
         let n = pieces.len();
         for (i, (off, l)) in pieces.into_iter().enumerate() {
             let f = fua && i + 1 == n;
             let ok = self
-                .enqueue(link, off, u64::from(l), 0, f, |seq, epoch| {
-                    let w = RangeWrite {
-                        vol: 0,
-                        seq,
-                        epoch,
-                        offset: off,
-                        len: l,
-                        fua: f,
-                    };
-                    link.push(&if trim {
-                        Frame::Trim(w)
-                    } else {
-                        Frame::Zeroes(w)
-                    })
-                })
+                .enqueue(
+                    link,
+                    vol.group_offset(off),
+                    u64::from(l),
+                    0,
+                    f,
+                    |seq, epoch| {
+                        let w = RangeWrite {
+                            vol: vol.0,
+                            seq,
+                            epoch,
+                            offset: off,
+                            len: l,
+                            fua: f,
+                        };
+                        link.push(&if trim {
+                            Frame::Trim(w)
+                        } else {
+                            Frame::Zeroes(w)
+                        })
+                    },
+                )
                 .await;
             if !ok {
-                self.not_shipped(link, offset, u64::from(len));
+                self.not_shipped(link, vol.group_offset(offset), u64::from(len));
                 return;
             }
         }

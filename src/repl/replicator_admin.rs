@@ -182,7 +182,7 @@ impl Replicator {
         if self.meta.superblock().role == meta::Role::Secondary {
             return Ok(());
         }
-        self.flush().await.map_err(|source| ReplError::Volume {
+        self.flush_all().await.map_err(|source| ReplError::Volume {
             res: self.name.clone(),
             source,
         })?;
@@ -266,7 +266,7 @@ impl Replicator {
         st.verify = Some(crate::repl::verify::VerifyProgress::new(
             "VerifyS",
             id,
-            self.size_bytes(),
+            self.total_bytes(),
         ));
         crate::repl::verify::settle(st);
         Ok(id)
@@ -381,7 +381,7 @@ impl Replicator {
     pub fn status_fields(&self) -> Value {
         let sb = self.meta.superblock();
         let st = self.state();
-        let oos = self.bitmap.dirty_bytes();
+        let oos = self.out_of_sync_bytes();
         let (send_queue, lag, inflight) = match &st.link {
             Some(l) => {
                 let t = l.tracker();
@@ -447,7 +447,7 @@ impl Replicator {
             // link ups and closes, so two statuses with the same number describe one session.
             "session": st.session,
             // Activity-log extents a crash now would resync (hot, persisted).
-            "al_hot_extents": self.al.hot_count(),
+            "al_hot_extents": self.vols.iter().map(|v| v.al.hot_count()).sum::<usize>(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

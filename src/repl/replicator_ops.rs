@@ -37,15 +37,12 @@ impl Replicator {
 
     /// Mark the whole volume out of sync, persist the bitmap, then renegotiate.
     async fn resync_everything(&self, why: &str) -> Result<(), ReplError> {
-        self.bitmap.set_all();
-        let (bm, meta) = (self.bitmap.clone(), self.meta.clone());
-        tokio::task::spawn_blocking(move || bm.flush_to(&meta))
+        for v in &self.vols {
+            v.bitmap.set_all();
+        }
+        self.persist_bitmaps()
             .await
-            .map_err(|e| self.refused(format!("persisting the bitmap: {e}")))?
-            .map_err(|source| ReplError::Meta {
-                res: self.name.clone(),
-                source,
-            })?;
+            .map_err(|e| self.refused(format!("persisting the bitmap: {e}")))?;
         let link = self.state().link.clone();
         tracing::warn!(resource = %self.name, peer = %self.peer_node(), "{why}: full resync");
         self.renegotiate_link(link, why);

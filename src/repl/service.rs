@@ -331,19 +331,20 @@ pub async fn persist_loop(
         // a crash resyncs only what was unacknowledged (not every extent written since the
         // last eviction). The flush first: an extent retired over a write still in the disk's
         // volatile cache would let a power loss diverge the pair silently (tests/sim).
-        let flushed = rep.al.writes_done();
-        if let Err(e) = rep.disk.flush().await {
-            crate::warn_rl!(rep.rl, resource = %rep.name, "flushing before retiring activity-log extents: {e}");
-            continue;
-        }
-        let (al, meta, bm) = (rep.al.clone(), rep.meta.clone(), rep.bitmap.clone());
-        match tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm, flushed)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+        // Each volume of a group has its own activity log, retired against its own disk.
+        for (n, v) in rep.vols.iter().enumerate() {
+            let flushed = v.al.writes_done();
+            if let Err(e) = v.disk.flush().await {
+                crate::warn_rl!(rep.rl, resource = %rep.name, volume = n, "flushing before retiring activity-log extents: {e}");
+                continue;
             }
-            Err(e) => {
-                crate::warn_rl!(rep.rl, resource = %rep.name, "retiring acknowledged activity-log extents: {e}")
+            let (al, meta, bm) = (v.al.clone(), v.meta.clone(), v.bitmap.clone());
+            let r = tokio::task::spawn_blocking(move || al.retire_clean(&meta, &bm, flushed))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                crate::warn_rl!(rep.rl, resource = %rep.name, volume = n, "retiring acknowledged activity-log extents: {e}");
             }
         }
     }

@@ -76,7 +76,7 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
         size_bytes: rep.capacity_bytes(),
         usable_bytes: rep.size_bytes(),
         gen,
-        dirty_bits: rep.bitmap.count_dirty(),
+        dirty_bits: rep.vols.iter().map(|v| v.bitmap.count_dirty()).sum(),
         role: role_of(sb.role),
         disk,
         features: crate::repl::wire::features::ALL,
@@ -149,7 +149,7 @@ pub(crate) async fn run(
     let (verify_failed_tx, verify_failed_rx) =
         mpsc::channel(crate::limits::REPL_VERIFY_WINDOW_REQUESTS);
     let (verify_cmd_tx, verify_cmd_rx) = mpsc::channel(1);
-    let mut core = Core::new(rep.size_bytes(), est.peer.gen.current, 0);
+    let mut core = Core::with_volumes(rep.volume_sizes(), est.peer.gen.current, 0);
     core.set_verify_negotiated(est.features & crate::repl::wire::features::VERIFY != 0);
     let mut s = Session {
         rep,
@@ -496,12 +496,13 @@ impl Session<'_> {
         let gen_bitmap = rep.meta.superblock().gen.bitmap;
         let done = {
             let link = self.link.clone();
+            let group = rep.group_bitmaps();
             let ctx = Ctx {
                 // The tracker stamps writes on the replicator's clock (lag_ms).
                 now_ms: rep.now_ms(),
                 role: rep.role(),
                 bitmap: &rep.bitmap,
-                group_bitmaps: &[],
+                group_bitmaps: &group,
                 tracker: &link.tracker,
                 resync_paused: rep.resync_is_paused(),
             };
@@ -569,14 +570,9 @@ impl Session<'_> {
     }
 }
 
-/// Write the changed bitmap pages to the metadata (blocking I/O off the runtime).
+/// Write every volume's changed bitmap pages to its metadata.
 pub(crate) async fn persist_bitmap(rep: &Arc<Replicator>) -> Result<(), String> {
-    let (bm, meta) = (rep.bitmap.clone(), rep.meta.clone());
-    tokio::task::spawn_blocking(move || bm.flush_to(&meta))
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    rep.persist_bitmaps().await
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! loop polls, and their completions are the core's next events.
 
 use super::*;
-use crate::repl::core::{Counter, DiskOp, MetaChange, SessionEnd, StateChange, Write as CoreWrite};
+use crate::repl::core::{
+    Counter, DiskOp, MetaChange, SessionEnd, StateChange, VolumeId, Write as CoreWrite,
+};
 use crate::repl::state::with_peer_ahead;
 
 impl Session<'_> {
@@ -33,11 +35,12 @@ impl Session<'_> {
     ) -> Vec<Action<AlignedBuf>> {
         let rep = self.rep;
         let link = self.link.clone();
+        let group = rep.group_bitmaps();
         let ctx = Ctx {
             now_ms: self.now_ms(),
             role: rep.role(),
             bitmap: &rep.bitmap,
-            group_bitmaps: &[],
+            group_bitmaps: &group,
             tracker: &link.tracker,
             resync_paused: rep.resync_is_paused(),
         };
@@ -52,7 +55,7 @@ impl Session<'_> {
                     self.link.push(&f);
                 }
                 Action::CloseEpoch => self.link.close_epoch(),
-                Action::Disk { id, op, .. } => self.started.push(disk_op(rep, id, op)),
+                Action::Disk { id, vol, op } => self.started.push(disk_op(rep, id, vol, op)),
                 Action::PersistBitmapDetached => {
                     let r = rep.clone();
                     tokio::spawn(async move {
@@ -134,10 +137,15 @@ impl Session<'_> {
     }
 }
 
-/// Carry out a disk operation of the core; it completes with its id.
-fn disk_op(rep: &Arc<Replicator>, id: OpId, op: DiskOp<AlignedBuf>) -> Applying {
+/// Carry out a disk operation of the core on volume `vol`; it completes with its id.
+fn disk_op(rep: &Arc<Replicator>, id: OpId, vol: VolumeId, op: DiskOp<AlignedBuf>) -> Applying {
     let rep = rep.clone();
     Box::pin(async move {
+        // The core checked the volume of every frame against the resource's volumes.
+        let v = match rep.vol(vol) {
+            Ok(v) => v,
+            Err(e) => return (id, Err(e.to_string())),
+        };
         let r = match op {
             // Through the volume's write pipeline: a snapshot taken on this node keeps its
             // point in time while replicated and resync writes arrive.
@@ -151,10 +159,10 @@ fn disk_op(rep: &Arc<Replicator>, id: OpId, op: DiskOp<AlignedBuf>) -> Applying 
                         fua,
                     },
                 };
-                rep.pipe.apply(offset, w).await.map_err(|e| e.to_string())
+                v.pipe.apply(offset, w).await.map_err(|e| e.to_string())
             }
-            DiskOp::Flush => rep.disk.flush().await.map_err(|e| e.to_string()),
-            DiskOp::PersistBitmap => persist_bitmap(&rep).await,
+            DiskOp::Flush => v.disk.flush().await.map_err(|e| e.to_string()),
+            DiskOp::PersistBitmap => v.persist_bitmap().await,
         };
         (id, r)
     })

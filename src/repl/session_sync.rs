@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::limits::REPL_RESYNC_ZERO_BATCH;
+use crate::repl::core::VolumeId;
 
 impl Session<'_> {
     /// Queue a resync request for the answering task (this node is SyncSource). Answers are
@@ -13,7 +14,14 @@ impl Session<'_> {
     pub(super) fn serve(&mut self, offset: u64, len: u32) -> Result<(), String> {
         let rep = self.rep;
         // The core checked it (SyncSource, range); checked again here, where it is read.
-        check_request(offset, len, rep.size_bytes()).map_err(|e| e.to_string())?;
+        // `offset` is in the group's address space (volume 0's offsets are plain).
+        let Some((_, local, size)) = rep.group_range(offset) else {
+            let vol = VolumeId::of_group_offset(offset).0 .0;
+            return Err(format!(
+                "a resync request for volume {vol}, which is not ours"
+            ));
+        };
+        check_request(local, len, size).map_err(|e| e.to_string())?;
         let tx = self.serve_tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(2 * REPL_RESYNC_WINDOW_REQUESTS);
             tokio::spawn(answer_requests(rep.clone(), self.link.clone(), rx));
@@ -64,9 +72,12 @@ async fn answer_requests(
             }
         }
         let _excl = rep.resync_lock.write().await;
-        let reads =
-            futures::future::join_all(batch.iter().map(|&(off, len)| rep.disk.read(off, len)))
-                .await;
+        let reads = futures::future::join_all(batch.iter().map(|&(off, len)| {
+            let (vol, local) = VolumeId::of_group_offset(off);
+            let rep = &rep;
+            async move { rep.vol(vol)?.disk.read(local, len).await }
+        }))
+        .await;
         zeros = true;
         for (&(offset, len), read) in batch.iter().zip(reads) {
             let buf = match read {
@@ -76,7 +87,11 @@ async fn answer_requests(
                     return;
                 }
             };
-            rep.bitmap.clear_range(offset, u64::from(len));
+            // Checked when queued (`serve`): the volume exists.
+            let (vol, local) = VolumeId::of_group_offset(offset);
+            if let Ok(v) = rep.vol(vol) {
+                v.bitmap.clear_range(local, u64::from(len));
+            }
             // Resync counters count the bytes brought in sync; `resync_zero_bytes` says how
             // many of them were zero ranges that crossed the wire as a header only.
             rep.stats

@@ -62,13 +62,7 @@ impl Session<'_> {
     pub(super) fn verify_read(&mut self, id: OpId, offset: u64, len: u32) {
         let rep = self.rep.clone();
         self.verify_reads.push(Box::pin(async move {
-            let r = rep
-                .disk
-                .read(offset, len)
-                .await
-                .map(|buf| v::block_digests(&buf))
-                .map_err(|e| e.to_string());
-            (id, r)
+            (id, v::read_digests(&rep, offset, len).await)
         }));
     }
 
@@ -95,7 +89,7 @@ impl Session<'_> {
             }
             VerifyEvent::PeerStarted { id } => {
                 rep.update(|st| {
-                    st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.size_bytes()));
+                    st.verify_peer = Some(VerifyProgress::new("VerifyT", id, rep.total_bytes()));
                     v::settle(st);
                 });
                 crate::info_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "online verify started by the peer (VerifyT)");

@@ -2,7 +2,8 @@
 //! the volume stays in use; only digests cross the link.
 //!
 //! The node where the admin runs `drl verify` is VerifyS, its peer VerifyT. VerifyS walks the
-//! volume in [`REPL_VERIFY_REQUEST_BYTES`] ranges, [`REPL_VERIFY_WINDOW_REQUESTS`] at a time.
+//! volume (every volume of a consistency group, one after the other, in the group's address
+//! space) in [`REPL_VERIFY_REQUEST_BYTES`] ranges, [`REPL_VERIFY_WINDOW_REQUESTS`] at a time.
 //! For each range one node *provides* digests (one truncated sha256 per bitmap block,
 //! [`REPL_VERIFY_DIGEST_BYTES`]) and the other *compares* them with its own data and answers
 //! with a VerifyResult (one bit per block).
@@ -178,12 +179,7 @@ pub(crate) async fn provide(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let buf = rep
-        .disk
-        .read(offset, len)
-        .await
-        .map_err(|e| format!("reading for verify: {e}"))?;
-    let digests = Bytes::from(block_digests(&buf));
+    let digests = Bytes::from(read_digests(rep, offset, len).await?);
     link.push(&Frame::VerifyDigests {
         run,
         id,
@@ -192,6 +188,29 @@ pub(crate) async fn provide(
         digests,
     });
     Ok(())
+}
+
+/// Read a verify range named in the group's address space ([`VolumeId::group_offset`];
+/// volume 0's offsets are plain) from the volume it names, and digest it: the provider's
+/// read and the comparer's.
+///
+/// [`VolumeId::group_offset`]: crate::repl::core::VolumeId::group_offset
+pub(crate) async fn read_digests(
+    rep: &Replicator,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, String> {
+    // The core checked the range against the volume it names; a missing volume here is a
+    // resource that changed under the session.
+    let (v, local, _) = rep
+        .group_range(offset)
+        .ok_or_else(|| format!("verify range {offset}+{len}: no such volume"))?;
+    let buf = v
+        .disk
+        .read(local, len)
+        .await
+        .map_err(|e| format!("reading for verify: {e}"))?;
+    Ok(block_digests(&buf))
 }
 
 /// A range a peer names in a verify frame: block-aligned, inside the volume, at most one
@@ -209,6 +228,21 @@ pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), String> {
         Err(format!(
             "verify range {offset}+{len} is not whole {BITMAP_BLOCK_BYTES}-byte blocks of at most {REPL_VERIFY_REQUEST_BYTES} bytes inside the {size}-byte volume"
         ))
+    }
+}
+
+/// [`check_range`] for a range named in the group's address space
+/// ([`crate::repl::core::VolumeId::group_offset`]): inside the volume it names, `sizes` being
+/// every volume's size by number (a one-volume resource's ranges are plain offsets).
+pub fn check_group_range(offset: u64, len: u32, sizes: &[u64]) -> Result<(), String> {
+    let (vol, local) = crate::repl::core::VolumeId::of_group_offset(offset);
+    match sizes.get(usize::from(vol.0)) {
+        Some(&size) => check_range(local, len, size),
+        None => Err(format!(
+            "verify range {offset}+{len} names volume {}, of a {}-volume resource",
+            vol.0,
+            sizes.len()
+        )),
     }
 }
 
@@ -325,6 +359,27 @@ mod tests {
         assert!(source_provides(true, false));
         assert!(!source_provides(false, true));
         assert!(source_provides(false, false));
+    }
+
+    #[test]
+    fn group_ranges_are_checked_against_the_volume_they_name() {
+        use crate::repl::core::VolumeId;
+        let sizes = [8 * BITMAP_BLOCK_BYTES, 2 * BITMAP_BLOCK_BYTES + 512];
+        assert!(check_group_range(4 * BITMAP_BLOCK_BYTES, 4096, &sizes).is_ok());
+        let v1 = |o| VolumeId(1).group_offset(o);
+        assert!(check_group_range(v1(0), 2 * 4096 + 512, &sizes).is_ok());
+        assert!(
+            check_group_range(v1(4 * BITMAP_BLOCK_BYTES), 4096, &sizes).is_err(),
+            "inside volume 0's size, past volume 1's"
+        );
+        assert!(
+            check_group_range(VolumeId(2).group_offset(0), 4096, &sizes).is_err(),
+            "no volume 2"
+        );
+        assert!(
+            check_group_range(0, 4096, &sizes[..0]).is_err(),
+            "no volume at all"
+        );
     }
 
     #[test]

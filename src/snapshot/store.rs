@@ -525,9 +525,19 @@ impl<D: BlockDevice> SnapshotStore<D> {
 
     /// Take a snapshot now: waits for in-flight writes, holds new ones back meanwhile.
     pub async fn create(&self, name: &str) -> Result<SnapshotInfo, SnapshotError> {
-        check_name(name)?;
         let _gate = self.gate.write().await;
-        let mut st = self.state.write().await;
+        self.create_paused(name).await
+    }
+
+    /// Whether a snapshot `name` could be created now (its name valid and free, room for one
+    /// more): a consistency group checks every volume before it creates any.
+    pub async fn check_create(&self, name: &str) -> Result<(), SnapshotError> {
+        check_name(name)?;
+        let st = self.state.read().await;
+        self.check_create_in(&st, name)
+    }
+
+    fn check_create_in(&self, st: &State, name: &str) -> Result<(), SnapshotError> {
         if st.index.entries.iter().any(|e| e.name == name) {
             return Err(SnapshotError::Exists {
                 resource: self.cfg.resource.clone(),
@@ -541,6 +551,15 @@ impl<D: BlockDevice> SnapshotStore<D> {
                 max: limits::SNAPSHOTS_PER_RESOURCE_MAX,
             });
         }
+        Ok(())
+    }
+
+    /// [`Self::create`] while the caller holds [`Self::pause_writes`]'s guard (a consistency
+    /// group pauses all its volumes first, then takes each volume's snapshot).
+    pub async fn create_paused(&self, name: &str) -> Result<SnapshotInfo, SnapshotError> {
+        check_name(name)?;
+        let mut st = self.state.write().await;
+        self.check_create_in(&st, name)?;
         // No write is in flight (gate held), so the change set is complete. It belongs to the
         // previous entry; with no previous entry, changes before the first snapshot matter to
         // no incremental and are dropped.

@@ -270,6 +270,23 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
+impl Report {
+    /// Add `other`'s counts to this one (a consistency group's volumes, one after another).
+    pub fn absorb(&mut self, other: &Report) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.bytes_downloaded += other.bytes_downloaded;
+        self.bytes_written += other.bytes_written;
+        self.chunks_total += other.chunks_total;
+        self.chunks_uploaded += other.chunks_uploaded;
+        self.objects_uploaded += other.objects_uploaded;
+        self.chunks_skipped_zero += other.chunks_skipped_zero;
+        self.chunks_skipped_unchanged += other.chunks_skipped_unchanged;
+        self.chunks_resumed += other.chunks_resumed;
+        self.elapsed_ms += other.elapsed_ms;
+    }
+}
+
 /// Compression policy for chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -64,7 +64,8 @@ impl Location {
         }
     }
 
-    fn join(&self, rest: &str) -> String {
+    /// `rest` under this location's prefix.
+    pub fn join(&self, rest: &str) -> String {
         if self.prefix.is_empty() {
             rest.to_string()
         } else {

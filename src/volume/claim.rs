@@ -66,8 +66,6 @@ pub struct Target<'a> {
     pub size_bytes: u64,
     pub disk: &'a Path,
     pub meta: &'a Path,
-    /// How many volumes the resource holds (more than one is a consistency group).
-    pub volumes: usize,
     /// The resource has a peer: a larger `size` than the metadata's is this node's capacity.
     pub replicated: bool,
 }
@@ -103,14 +101,6 @@ impl Plan {
 
 /// Check everything a start of `cfg` needs, touching nothing.
 pub fn plan(cfg: &Target<'_>) -> Result<Plan, ClaimError> {
-    if cfg.volumes > 1 {
-        return Err(ClaimError::Refused(format!(
-            "resource {} holds {} volumes (a consistency group): this build validates a group's \
-             configuration but serves one volume per resource (issue 15); run it as separate \
-             one-volume resources meanwhile, which keeps no write order across them",
-            cfg.name, cfg.volumes
-        )));
-    }
     let disk = cfg.disk;
     let meta = cfg.meta;
     need_dir("disk", disk)?;

@@ -30,6 +30,15 @@ pub fn need(cmd: &str) {
     assert!(found, "{cmd} is not installed: run scripts/test.sh, which installs the NBD clients (qemu-utils, libnbd-bin, fio)");
 }
 
+/// The environment variable `name` parsed, or `default()` when unset or unparsable (a test's
+/// seed or run count, to replay or lengthen it).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: impl FnOnce() -> T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(default)
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {

@@ -71,6 +71,9 @@ pub struct PairOpts {
     pub extra_node_keys: [String; 2],
     /// Extra top-level tables at the end of the file (e.g. `[tls]`).
     pub extra_tables: String,
+    /// Sizes of volumes 1, 2, .. : non-empty makes `r0` a consistency group (issue 15) whose
+    /// volume 0 (`size`) keeps the one-volume paths and volume V lives in `r0-V.*`.
+    pub group: Vec<u64>,
 }
 
 impl PairOpts {
@@ -84,6 +87,7 @@ impl PairOpts {
             extra_resource_keys: String::new(),
             extra_node_keys: Default::default(),
             extra_tables: String::new(),
+            group: Vec::new(),
         }
     }
 }
@@ -105,19 +109,66 @@ pub fn pair_config(
             extra = opts.extra_node_keys[i]
         );
     }
-    s += &format!(
-        "[[resource]]\nname = \"r0\"\nsize = \"{size}\"\nsecret = \"{secret}\"\n{extra}\n",
-        size = opts.size,
-        extra = opts.extra_resource_keys
-    );
-    for (n, addr) in [("a", addr_a), ("b", addr_b)] {
+    if opts.group.is_empty() {
         s += &format!(
-            "[resource.on.{n}]\naddress = \"{addr}\"\ndisk = \"{d}/{n}/r0.img\"\nmeta = \"{d}/{n}/r0.meta\"\nnbd = \"{d}/{n}/r0.nbd\"\n\n",
-            d = d.display()
+            "[[resource]]\nname = \"r0\"\nsize = \"{size}\"\nsecret = \"{secret}\"\n{extra}\n",
+            size = opts.size,
+            extra = opts.extra_resource_keys
         );
+    } else {
+        s += &format!(
+            "[[resource]]\nname = \"r0\"\nsecret = \"{secret}\"\n{extra}\n",
+            extra = opts.extra_resource_keys
+        );
+        for (v, size) in std::iter::once(opts.size)
+            .chain(opts.group.iter().copied())
+            .enumerate()
+        {
+            s += &format!("[[resource.volume]]\nnumber = {v}\nsize = \"{size}\"\n");
+        }
+    }
+    for (n, addr) in [("a", addr_a), ("b", addr_b)] {
+        s += &format!("[resource.on.{n}]\naddress = \"{addr}\"\n");
+        if opts.group.is_empty() {
+            s += &format!(
+                "disk = \"{d}/{n}/r0.img\"\nmeta = \"{d}/{n}/r0.meta\"\nnbd = \"{d}/{n}/r0.nbd\"\n\n",
+                d = d.display()
+            );
+            continue;
+        }
+        for v in 0..=opts.group.len() {
+            let f = |ext: &str| volume_file(d, n, v, ext).display().to_string();
+            s += &format!(
+                "volume.{v} = {{ disk = \"{}\", meta = \"{}\", nbd = \"{}\" }}\n",
+                f("img"),
+                f("meta"),
+                f("nbd")
+            );
+        }
+        s += "\n";
     }
     s += &opts.extra_tables;
     s
+}
+
+/// Volume `v`'s file of node `n` with extension `ext`: `r0.EXT` for volume 0, `r0-V.EXT` for
+/// the other volumes of a group.
+pub fn volume_file(d: &Path, n: &str, v: usize, ext: &str) -> PathBuf {
+    match v {
+        0 => d.join(n).join(format!("r0.{ext}")),
+        v => d.join(n).join(format!("r0-{v}.{ext}")),
+    }
+}
+
+/// How a test cuts the replication link of a proxied pair whose Primary is `a`.
+#[derive(Clone, Copy, Debug)]
+pub enum Cut {
+    /// kill -9 of a.
+    KillPrimary,
+    /// `drl disconnect r0` on a (it stays StandAlone).
+    Disconnect,
+    /// Both proxies close their connections and refuse new ones.
+    DropTcp,
 }
 
 pub struct Pair {
@@ -207,6 +258,29 @@ impl Pair {
     }
     pub fn nbd(&self, n: &str) -> PathBuf {
         self.d().join(n).join("r0.nbd")
+    }
+    /// Cut the link as `cut` says; no new link forms afterwards by itself.
+    pub fn cut_link(&mut self, cut: Cut) {
+        match cut {
+            Cut::KillPrimary => self.a.kill9(),
+            Cut::Disconnect => {
+                self.cli_ok("a", &["disconnect", "r0"]);
+            }
+            Cut::DropTcp => {
+                for x in &self.proxies {
+                    x.cut();
+                }
+            }
+        }
+    }
+
+    /// Volume `v`'s disk file on node `n` (a group's; volume 0 is [`Pair::disk`]).
+    pub fn disk_of(&self, n: &str, v: usize) -> PathBuf {
+        volume_file(self.d(), n, v, "img")
+    }
+    /// Volume `v`'s NBD socket on node `n`.
+    pub fn nbd_of(&self, n: &str, v: usize) -> PathBuf {
+        volume_file(self.d(), n, v, "nbd")
     }
     pub fn uri(&self, n: &str) -> String {
         format!("nbd+unix:///?socket={}", self.nbd(n).display())

@@ -136,6 +136,10 @@ fn groups_keep_every_invariant() {
         &[
             ("resyncs", cov.resyncs),
             ("resyncs of volume 1", cov.group_volume_resyncs),
+            (
+                "healing verify runs that found bit rot in volume 1",
+                cov.group_verify_found,
+            ),
             ("Primary crashes", cov.crashes_primary),
             ("Secondary crashes", cov.crashes_secondary),
             ("prefix checks with writes", cov.prefix_checks_with_writes),

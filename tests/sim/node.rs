@@ -236,6 +236,12 @@ impl Node {
         (VolumeId(v as u16), (block - self.vols[v].first) as u64 * BS)
     }
 
+    /// Whether disk block `block` is out of sync in its volume's bitmap.
+    pub fn is_marked(&self, block: usize) -> bool {
+        let (vol, off) = self.locate(block);
+        self.vols[usize::from(vol.0)].bitmap.is_dirty(off / BS)
+    }
+
     /// The first disk block of `offset` in volume `vol`.
     fn block_of(&self, vol: VolumeId, offset: u64) -> usize {
         self.vols[usize::from(vol.0)].first + (offset / BS) as usize
@@ -351,9 +357,10 @@ impl Node {
         }
     }
 
-    /// The production digests of what reads see of a range of volume 0.
+    /// The production digests of what reads see of a range in the group's address space.
     fn digests(&self, offset: u64, len: u32) -> Vec<u8> {
-        let first = (offset / BS) as usize;
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        let first = self.block_of(vol, local);
         let n = u64::from(len).div_ceil(BS) as usize;
         drl::repl::verify::block_digests(&payload(&self.disk().view[first..first + n]))
     }

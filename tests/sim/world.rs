@@ -52,6 +52,8 @@ pub struct Coverage {
     /// Online verify runs that ended, and those that found blocks (silent corruption).
     pub verify_runs: u64,
     pub verify_found: u64,
+    /// Healing verify runs of a group that found and marked blocks of its volume 1.
+    pub group_verify_found: u64,
     /// Blocks silently corrupted on one node (bit rot: no write, no bit).
     pub corruptions: u64,
     /// Snapshots taken on a Secondary, and checks of a snapshot after replicated or resync
@@ -78,6 +80,7 @@ impl Coverage {
         self.group_volume_resyncs += o.group_volume_resyncs;
         self.verify_runs += o.verify_runs;
         self.verify_found += o.verify_found;
+        self.group_verify_found += o.group_verify_found;
         self.corruptions += o.corruptions;
         self.snapshots_secondary += o.snapshots_secondary;
         self.snapshot_checks_after_peer_writes += o.snapshot_checks_after_peer_writes;

@@ -284,14 +284,19 @@ impl Ctx<'_> {
     /// is the shell's bug: the session ends rather than resyncing part of the group).
     fn bitmaps(&self, volumes: usize) -> Result<Vec<&DirtyBitmap>, SessionEnd> {
         (0..volumes)
-            .map(|v| {
-                self.bitmap_of(VolumeId(v as u16)).ok_or_else(|| {
-                    SessionEnd::Local(format!(
-                        "no dirty bitmap for volume {v} of a {volumes}-volume group"
-                    ))
-                })
-            })
+            .map(|v| self.bitmap_in(VolumeId(v as u16), volumes))
             .collect()
+    }
+
+    /// Volume `v`'s dirty bitmap in a core of `volumes` volumes (missing: as for
+    /// [`Self::bitmaps`]).
+    fn bitmap_in(&self, v: VolumeId, volumes: usize) -> Result<&DirtyBitmap, SessionEnd> {
+        self.bitmap_of(v).ok_or_else(|| {
+            SessionEnd::Local(format!(
+                "no dirty bitmap for volume {} of a {volumes}-volume group",
+                v.0
+            ))
+        })
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, EpochTracker> {

@@ -2,8 +2,10 @@
 //! point of the write stream, in [`crate::repl::verify`]). Everything that is protocol lives
 //! here, so the tokio shell and the simulator drive the same code:
 //!
-//! - **This node's run** (VerifyS): the walk over the volume in
-//!   [`REPL_VERIFY_REQUEST_BYTES`] ranges, at most [`REPL_VERIFY_WINDOW_REQUESTS`] in flight and
+//! - **This node's run** (VerifyS): the walk over every volume of the resource, one after the
+//!   other, in [`REPL_VERIFY_REQUEST_BYTES`] ranges named in the group's address space
+//!   ([`VolumeId::group_offset`]; a range never spans two volumes, and a one-volume
+//!   resource's offsets are plain), at most [`REPL_VERIFY_WINDOW_REQUESTS`] in flight and
 //!   `rate` bytes per second, who provides (the Primary, or VerifyS when no node is), the
 //!   answers taken in request order, the stop (a role change, a resync, the shell's word) and
 //!   the wait for what was asked before the VerifyDone, the report ([`VerifyEnd`]).
@@ -13,8 +15,10 @@
 //!   every earlier received write is on the disk ([`Core::idle`]); then the core asks for the
 //!   read ([`Action::VerifyRead`]) and compares when it completes ([`Core::on_verify_read`]),
 //!   never awaiting anything inside a step.
-//! - **Marking**: differing blocks go into the Primary's bitmap and are recorded as unsent in
-//!   the tracker (no ack of a write that covers a block partly may clear them); as in DRBD,
+//! - **Ranges the peer names** are checked against the volume they name; reads, compares and
+//!   marks are that volume's.
+//! - **Marking**: differing blocks go into the Primary's bitmap of their volume and are
+//!   recorded as unsent in the tracker (in the group's address space, as it keeps writes) (no ack of a write that covers a block partly may clear them); as in DRBD,
 //!   verify changes no data and the next `disconnect` / `connect` resyncs them.
 //!
 //! What stays in the shell: the reads (a provider reads under the exclusive resync lock and
@@ -26,13 +30,13 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use drbd_compat::Role;
 
-use super::{Action, Core, Ctx, OpId, Payload, SessionEnd};
+use super::{Action, Core, Ctx, OpId, Payload, SessionEnd, VolumeId};
 use crate::limits::{
     BITMAP_BLOCK_BYTES, REPL_PEER_TIMEOUT_MS, REPL_VERIFY_DIGEST_BYTES, REPL_VERIFY_PEER_IDLE_MS,
     REPL_VERIFY_REQUEST_BYTES, REPL_VERIFY_WINDOW_REQUESTS,
 };
 use crate::repl::frame::{Frame, VerifyRun};
-use crate::repl::verify::{check_range, differing_bits, set_bits, source_provides};
+use crate::repl::verify::{check_group_range, differing_bits, set_bits, source_provides};
 
 /// How a run of this node ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +76,18 @@ pub enum VerifyEvent {
 /// This node's run.
 struct Walk {
     id: u64,
-    size: u64,
+    /// Every volume's size, by number.
+    sizes: Vec<u64>,
     rate: u64,
     started_ms: u64,
     provides: bool,
     /// (this node Primary, the peer Primary) when the run started.
     roles: (bool, bool),
+    /// The volume walked now and the next offset in it.
+    vol: usize,
     next: u64,
+    /// Bytes asked for so far (the rate's measure).
+    issued: u64,
     outstanding: VecDeque<(u64, u32)>,
     /// The start or the last answer: the wait for the next one counts from here.
     last_ms: u64,
@@ -149,7 +158,7 @@ impl<B: Payload> Core<B> {
         self.verify.peer.map(|(id, _)| id)
     }
 
-    /// `drl verify`: start run `id` (a fresh number) of the volume at most `rate` bytes/s;
+    /// `drl verify`: start run `id` (a fresh number) of every volume at most `rate` bytes/s;
     /// `peer_primary` is the peer's role as this node knows it. Ignored while a run of this
     /// node goes on (the shell refuses that).
     pub fn verify_start(
@@ -167,12 +176,14 @@ impl<B: Payload> Core<B> {
         self.verify.peer_primary = peer_primary;
         self.verify.mine = Some(Walk {
             id,
-            size: self.volumes[0],
+            sizes: self.volumes.clone(),
             rate: rate.max(1),
             started_ms: ctx.now_ms,
             provides: source_provides(local, peer_primary),
             roles: (local, peer_primary),
+            vol: 0,
             next: 0,
+            issued: 0,
             outstanding: VecDeque::new(),
             last_ms: ctx.now_ms,
             checked: 0,
@@ -288,7 +299,7 @@ impl<B: Payload> Core<B> {
                 f.frame_type().name()
             )));
         }
-        let size = self.volumes[0];
+        let sizes = &self.volumes[..];
         match f {
             Frame::VerifyRequest {
                 run,
@@ -303,7 +314,7 @@ impl<B: Payload> Core<B> {
                             .into(),
                     ));
                 }
-                check_range(offset, len, size).map_err(proto)?;
+                check_group_range(offset, len, sizes).map_err(proto)?;
                 self.verify_peer_frame(ctx, id, out);
                 out.push(Action::VerifyProvide {
                     run: VerifyRun::Receiver,
@@ -319,7 +330,7 @@ impl<B: Payload> Core<B> {
                 len,
                 digests,
             } => {
-                check_range(offset, len, size).map_err(proto)?;
+                check_group_range(offset, len, sizes).map_err(proto)?;
                 let want =
                     u64::from(len).div_ceil(BITMAP_BLOCK_BYTES) as usize * REPL_VERIFY_DIGEST_BYTES;
                 if digests.len() != want {
@@ -354,9 +365,9 @@ impl<B: Payload> Core<B> {
                 len,
                 differ,
             } => {
-                check_range(offset, len, size).map_err(proto)?;
+                check_group_range(offset, len, sizes).map_err(proto)?;
                 // A difference is marked even if its run has ended: it is real.
-                let n = self.verify_mark(ctx, offset, len, &differ, out);
+                let n = self.verify_mark(ctx, offset, len, &differ, out)?;
                 if run == VerifyRun::Receiver {
                     if self.verify_running() == Some(id) {
                         self.verify_answer(ctx, id, offset, len, n, out)?;
@@ -442,8 +453,9 @@ impl<B: Payload> Core<B> {
         Ok(())
     }
 
-    /// Mark the differing blocks of a range out of sync if this node is Primary; returns how
-    /// many blocks of the range differ (bits past the range are not the peer's to set).
+    /// Mark the differing blocks of a range (checked: inside the volume it names) out of sync
+    /// if this node is Primary; returns how many blocks of the range differ (bits past the
+    /// range are not the peer's to set).
     fn verify_mark(
         &mut self,
         ctx: &Ctx,
@@ -451,27 +463,31 @@ impl<B: Payload> Core<B> {
         len: u32,
         differ: &[u8],
         out: &mut Vec<Action<B>>,
-    ) -> u64 {
+    ) -> Result<u64, SessionEnd> {
         let blocks: Vec<u64> = in_range(differ, len).collect();
         if blocks.is_empty() || ctx.role != Role::Primary {
-            return blocks.len() as u64;
+            return Ok(blocks.len() as u64);
         }
-        let first = offset / BITMAP_BLOCK_BYTES;
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        let bitmap = ctx.bitmap_in(vol, self.volumes.len())?;
+        // The tracker keeps the group's address space, the bitmap is the volume's own.
         {
             let mut t = ctx.tracker();
+            let first = offset / BITMAP_BLOCK_BYTES;
             for &b in &blocks {
                 t.mark_unsent_write((first + b) * BITMAP_BLOCK_BYTES, BITMAP_BLOCK_BYTES);
             }
         }
+        let first = local / BITMAP_BLOCK_BYTES;
         for &b in &blocks {
-            ctx.bitmap.set_blocks(first + b, 1);
+            bitmap.set_blocks(first + b, 1);
         }
         out.push(Action::Verify(VerifyEvent::Marked {
             offset,
             len,
             blocks: blocks.len() as u64,
         }));
-        blocks.len() as u64
+        Ok(blocks.len() as u64)
     }
 
     /// Issue what the window and the rate allow; end the run once it is over.
@@ -481,10 +497,15 @@ impl<B: Payload> Core<B> {
         let Some(w) = self.verify.mine.as_mut() else {
             return;
         };
-        while w.stop.is_none()
-            && w.outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS
-            && w.next < w.size
-        {
+        while w.stop.is_none() && w.outstanding.len() < REPL_VERIFY_WINDOW_REQUESTS {
+            // Volume after volume (an empty one has nothing to walk).
+            while w.sizes.get(w.vol).is_some_and(|&s| w.next >= s) {
+                w.vol += 1;
+                w.next = 0;
+            }
+            let Some(&size) = w.sizes.get(w.vol) else {
+                break;
+            };
             // Who provides was decided on the roles: a promotion or demotion during the run
             // would make the reads of the two sides race with the writes. A resync ends the
             // run too (its writes are not in the stream's order).
@@ -498,12 +519,13 @@ impl<B: Payload> Core<B> {
             }
             // At most `rate` bytes per second since the start.
             let elapsed_ms = ctx.now_ms.saturating_sub(w.started_ms);
-            if u128::from(w.next) * 1000 > u128::from(w.rate) * u128::from(elapsed_ms) {
+            if u128::from(w.issued) * 1000 > u128::from(w.rate) * u128::from(elapsed_ms) {
                 break;
             }
-            let len = (w.size - w.next).min(u64::from(REPL_VERIFY_REQUEST_BYTES)) as u32;
-            let offset = w.next;
+            let len = (size - w.next).min(u64::from(REPL_VERIFY_REQUEST_BYTES)) as u32;
+            let offset = VolumeId(w.vol as u16).group_offset(w.next);
             w.next += u64::from(len);
+            w.issued += u64::from(len);
             if w.outstanding.is_empty() {
                 w.last_ms = ctx.now_ms;
             }
@@ -525,7 +547,7 @@ impl<B: Payload> Core<B> {
                 })
             });
         }
-        let over = w.outstanding.is_empty() && (w.stop.is_some() || w.next >= w.size);
+        let over = w.outstanding.is_empty() && (w.stop.is_some() || w.vol >= w.sizes.len());
         if over {
             if let Some(w) = self.verify.mine.take() {
                 out.push(Action::Send(Frame::VerifyDone { id: w.id }));

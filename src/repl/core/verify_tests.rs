@@ -1,12 +1,13 @@
 //! Online verify in the sans-I/O core (`verify.rs`), driven directly: the comparer's hold,
-//! the order of answers, and what a peer's VerifyResult may mark.
+//! the order of answers, what a peer's VerifyResult may mark, and a consistency group's run
+//! (every volume, in the group's address space, each mark in its volume's bitmap).
 
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use drbd_compat::Role;
 
-use super::{Action, Core, Ctx, DiskOp, SessionEnd};
+use super::{Action, Core, Ctx, DiskOp, SessionEnd, VerifyEnd, VolumeId};
 use crate::limits::{BITMAP_BLOCK_BYTES, REPL_VERIFY_REQUEST_BYTES};
 use crate::repl::epoch::{EpochLimits, EpochTracker};
 use crate::repl::frame::{Frame, VerifyRun};
@@ -19,17 +20,29 @@ const SIZE: u64 = 3 * REPL_VERIFY_REQUEST_BYTES as u64;
 struct Rig {
     core: Core<Bytes>,
     bitmap: DirtyBitmap,
+    /// Volumes 1.. of a group.
+    group: Vec<DirtyBitmap>,
     tracker: Mutex<EpochTracker>,
     role: Role,
+    now_ms: u64,
 }
 
 impl Rig {
     fn new(role: Role) -> Rig {
+        Rig::with_volumes(role, &[SIZE])
+    }
+
+    fn with_volumes(role: Role, sizes: &[u64]) -> Rig {
         let mut r = Rig {
-            core: Core::new(SIZE, 1, 0),
-            bitmap: DirtyBitmap::new(SIZE, BITMAP_BLOCK_BYTES),
+            core: Core::with_volumes(sizes.to_vec(), 1, 0),
+            bitmap: DirtyBitmap::new(sizes[0], BITMAP_BLOCK_BYTES),
+            group: sizes[1..]
+                .iter()
+                .map(|&s| DirtyBitmap::new(s, BITMAP_BLOCK_BYTES))
+                .collect(),
             tracker: Mutex::new(EpochTracker::new(EpochLimits::default())),
             role,
+            now_ms: 1,
         };
         r.step(|c, ctx| c.start(ctx, SyncDecision::NoSync));
         r
@@ -39,11 +52,12 @@ impl Rig {
         &mut self,
         f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>,
     ) -> Vec<Action<Bytes>> {
+        let group: Vec<&DirtyBitmap> = self.group.iter().collect();
         let ctx = Ctx {
-            now_ms: 1,
+            now_ms: self.now_ms,
             role: self.role,
             bitmap: &self.bitmap,
-            group_bitmaps: &[],
+            group_bitmaps: &group,
             tracker: &self.tracker,
             resync_paused: false,
         };
@@ -164,4 +178,88 @@ fn a_result_marks_only_blocks_of_its_range_on_the_primary() {
     assert!(closed(&a).is_none(), "{a:?}");
     assert_eq!(r.bitmap.count_dirty(), 2);
     assert!(r.bitmap.is_dirty(9) && r.bitmap.is_dirty(11));
+}
+
+/// The ranges a run of this node provides, in order.
+fn provided(a: &[Action<Bytes>]) -> Vec<(u64, u32)> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::VerifyProvide { offset, len, .. } => Some((*offset, *len)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A consistency group's run (issue 15) walks volume after volume in the group's address
+/// space, a range never spanning two volumes (volume 1's partial last block ends its own
+/// range), and counts every volume's bytes.
+#[test]
+fn a_group_run_walks_every_volume_in_the_group_address_space() {
+    let req = u64::from(REPL_VERIFY_REQUEST_BYTES);
+    let v1 = req + 3 * BITMAP_BLOCK_BYTES + 512;
+    let mut r = Rig::with_volumes(Role::Primary, &[2 * req, v1]);
+    let mut asked = provided(&r.step(|c, ctx| c.verify_start(ctx, 4, u64::MAX, false)));
+    let mut end: Option<VerifyEnd> = None;
+    let mut answered = 0;
+    while end.is_none() {
+        assert!(answered < asked.len(), "the run stalled after {asked:?}");
+        let (offset, len) = asked[answered];
+        answered += 1;
+        r.now_ms += 1_000;
+        let a = r.frame(Frame::VerifyResult {
+            run: VerifyRun::Receiver,
+            id: 4,
+            offset,
+            len,
+            differ: Bytes::from(vec![0u8; 32]),
+        });
+        assert!(closed(&a).is_none(), "{a:?}");
+        asked.extend(provided(&a));
+        end = a.iter().find_map(|a| match a {
+            Action::Verify(super::VerifyEvent::Finished(e)) => Some(e.clone()),
+            _ => None,
+        });
+    }
+    let g1 = |o| VolumeId(1).group_offset(o);
+    assert_eq!(
+        asked,
+        vec![
+            (0, REPL_VERIFY_REQUEST_BYTES),
+            (req, REPL_VERIFY_REQUEST_BYTES),
+            (g1(0), REPL_VERIFY_REQUEST_BYTES),
+            (g1(req), (v1 - req) as u32),
+        ]
+    );
+    let end = end.expect("the run ended");
+    assert_eq!((end.stopped, end.checked_bytes), (None, 2 * req + v1));
+}
+
+/// A difference in a group's volume 1 is marked in volume 1's bitmap at its own block
+/// index, not in volume 0's; a range inside volume 0's size but past volume 1's is a
+/// protocol error.
+#[test]
+fn a_group_result_marks_the_bitmap_of_the_volume_it_names() {
+    let size1 = 16 * BITMAP_BLOCK_BYTES;
+    let mut r = Rig::with_volumes(Role::Primary, &[SIZE, size1]);
+    let a = r.frame(Frame::VerifyResult {
+        run: VerifyRun::Sender,
+        id: 3,
+        offset: VolumeId(1).group_offset(8 * BITMAP_BLOCK_BYTES),
+        len: 4 * BITMAP_BLOCK_BYTES as u32,
+        differ: Bytes::from(vec![0b0000_1010u8]),
+    });
+    assert!(closed(&a).is_none(), "{a:?}");
+    assert_eq!(r.bitmap.count_dirty(), 0, "volume 0 marked");
+    assert_eq!(r.group[0].count_dirty(), 2);
+    assert!(r.group[0].is_dirty(9) && r.group[0].is_dirty(11));
+    let a = r.frame(Frame::VerifyRequest {
+        run: VerifyRun::Sender,
+        id: 3,
+        offset: VolumeId(1).group_offset(size1),
+        len: BITMAP_BLOCK_BYTES as u32,
+    });
+    assert!(
+        matches!(closed(&a), Some(SessionEnd::Protocol(_))),
+        "past volume 1's end: {a:?}"
+    );
 }

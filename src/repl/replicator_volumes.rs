@@ -1,0 +1,124 @@
+//! The volumes of a replicated resource: one for a one-volume resource, several for a
+//! consistency group (issue 15). Each has its own disk, write pipeline, metadata, dirty bitmap
+//! and activity log; one session, one link and one epoch tracker carry them all. Offsets of a
+//! group's volumes meet in one address space ([`VolumeId::group_offset`]): the tracker, resync
+//! and verify requests use it, volume 0's offsets are plain.
+
+use std::sync::Arc;
+
+use super::Replicator;
+use crate::pipeline::WritePipeline;
+use crate::repl::core::VolumeId;
+use crate::volume::activity_log::ActivityLog;
+use crate::volume::bitmap::DirtyBitmap;
+use crate::volume::disk::Disk;
+use crate::volume::meta::MetaFile;
+use crate::volume::{BlockDevice, VolumeError};
+
+/// One volume's parts on this node: its disk behind its write pipeline, its metadata, dirty
+/// bitmap and activity log. A consistency group (issue 15) has one per volume; volume 0's
+/// metadata also holds the resource's role, disk state and generations.
+pub struct VolumeParts {
+    pub disk: Arc<Disk>,
+    pub pipe: Arc<WritePipeline>,
+    pub meta: Arc<MetaFile>,
+    pub bitmap: Arc<DirtyBitmap>,
+    pub al: Arc<ActivityLog>,
+}
+
+impl VolumeParts {
+    /// Write this volume's changed bitmap pages to its metadata (blocking I/O off the
+    /// runtime).
+    pub(crate) async fn persist_bitmap(&self) -> Result<(), String> {
+        let (bm, meta) = (self.bitmap.clone(), self.meta.clone());
+        tokio::task::spawn_blocking(move || bm.flush_to(&meta))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn new(
+        pipe: Arc<WritePipeline>,
+        meta: Arc<MetaFile>,
+        bitmap: Arc<DirtyBitmap>,
+        al: Arc<ActivityLog>,
+    ) -> VolumeParts {
+        VolumeParts {
+            disk: pipe.disk().clone(),
+            pipe,
+            meta,
+            bitmap,
+            al,
+        }
+    }
+}
+
+impl Replicator {
+    /// Volume `v`'s parts (volume 0 for a one-volume resource).
+    pub(crate) fn vol(&self, v: VolumeId) -> Result<&VolumeParts, VolumeError> {
+        self.vols
+            .get(usize::from(v.0))
+            .ok_or_else(|| VolumeError::Io {
+                name: self.name.clone(),
+                what: "volume",
+                source: std::io::Error::other(format!(
+                    "volume {} of a resource of {} volume(s)",
+                    v.0,
+                    self.vols.len()
+                )),
+            })
+    }
+
+    /// Whether the resource is a consistency group (more than one volume).
+    pub fn is_group(&self) -> bool {
+        self.vols.len() > 1
+    }
+
+    /// Write every volume's changed bitmap pages to its metadata.
+    pub(crate) async fn persist_bitmaps(&self) -> Result<(), String> {
+        for (n, v) in self.vols.iter().enumerate() {
+            v.persist_bitmap()
+                .await
+                .map_err(|e| match self.is_group() {
+                    true => format!("volume {n}: {e}"),
+                    false => e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Out-of-sync bytes of every volume together.
+    pub fn out_of_sync_bytes(&self) -> u64 {
+        self.vols.iter().map(|v| v.bitmap.dirty_bytes()).sum()
+    }
+
+    /// The bitmaps of volumes 1.. ([`crate::repl::core::Ctx::group_bitmaps`]).
+    pub(crate) fn group_bitmaps(&self) -> Vec<&DirtyBitmap> {
+        self.vols[1..].iter().map(|v| &*v.bitmap).collect()
+    }
+
+    /// The volume of an offset in the group's address space ([`VolumeId::of_group_offset`]):
+    /// its parts, the offset in it and its size; None for a volume the resource lacks.
+    pub(crate) fn group_range(&self, offset: u64) -> Option<(&VolumeParts, u64, u64)> {
+        let (vol, local) = VolumeId::of_group_offset(offset);
+        let parts = self.vols.get(usize::from(vol.0))?;
+        let size = match vol.0 {
+            0 => self.size_bytes(),
+            _ => parts.disk.size_bytes(),
+        };
+        Some((parts, local, size))
+    }
+
+    /// The bytes of every volume together (what a verify run walks).
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.volume_sizes().iter().sum()
+    }
+
+    /// Every volume's size, volume 0's being the agreed one ([`Self::size_bytes`]).
+    pub(crate) fn volume_sizes(&self) -> Vec<u64> {
+        let mut s: Vec<u64> = self.vols.iter().map(|v| v.disk.size_bytes()).collect();
+        s[0] = self.size_bytes();
+        s
+    }
+}

@@ -155,7 +155,7 @@ fn resync_rate_caps_the_resync_of_one_resource() {
     // The cap holds within 10% (the guard); a loaded host may run the resync below it (the
     // resync ceiling's test saw 0.86x in a suite run), but it must run near the rate.
     assert!(
-        rate <= RATE * 1.10 && rate >= RATE * 0.75,
+        (RATE * 0.75..=RATE * 1.10).contains(&rate),
         "resync ran at {rate:.0} B/s, resync-rate {RATE} (at most 1.10x, at least 0.75x)"
     );
     p.wait_in_sync("a", "the capped resync finished");

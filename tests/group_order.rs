@@ -192,18 +192,11 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
         common::wait_until("the writer wrote both volumes", WAIT, || {
             acked.load(Ordering::SeqCst) >= 2
         });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let acked_at_cut = acked.load(Ordering::SeqCst);
-        p.cut_link(cut);
-        stop.store(true, Ordering::SeqCst);
-        writer.join().unwrap();
-        let acked_total = acked.load(Ordering::SeqCst);
         // b reports the link gone only after its session applied everything it received
         // (`session::run` drains before `finish` publishes the state); no new link can form
         // (the Primary is dead, StandAlone, or its proxies refuse).
-        p.wait("b sees the link gone", WAIT, |_, b| {
-            b.is_some_and(|b| b["connection"] != "Connected")
-        });
+        let (acked_at_cut, acked_total) =
+            p.cut_under_writer(cut, Duration::from_millis(delay_ms), &acked, &stop, writer);
 
         let prefix = prefix_of(run_id, writes, &volumes(&p, "b")).unwrap_or_else(|e| {
             panic!(

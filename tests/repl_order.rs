@@ -90,15 +90,8 @@ fn secondary_always_holds_a_prefix_of_dependent_writes() {
                 ack2.store(k + 1, Ordering::SeqCst);
             }
         });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let acked_at_cut = acked.load(Ordering::SeqCst);
-        p.cut_link(cut);
-        stop.store(true, Ordering::SeqCst);
-        writer.join().unwrap();
-        let acked_total = acked.load(Ordering::SeqCst);
-        p.wait("b sees the link gone", WAIT, |_, b| {
-            b.is_some_and(|b| b["connection"] != "Connected")
-        });
+        let (acked_at_cut, acked_total) =
+            p.cut_under_writer(cut, Duration::from_millis(delay_ms), &acked, &stop, writer);
         // Let b finish applying what it received: wait until its disk file stops changing.
         let t0 = Instant::now();
         let mut last = file_digest(&p.disk("b"));

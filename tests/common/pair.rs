@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// checked with a bind (TCP and UDP: some tests listen on UDP) before it is handed out.
 pub fn free_port() -> u16 {
     use std::net::UdpSocket;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000; // 20000..32000, below Linux's default 32768..60999
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -260,6 +261,29 @@ impl Pair {
         self.d().join(n).join("r0.nbd")
     }
     /// Cut the link as `cut` says; no new link forms afterwards by itself.
+    /// Cut the link `after` from now while a writer runs, stop the writer (`stop`, then
+    /// join), and wait until b reports the link gone. Returns the writes `acked` at the cut
+    /// and in all. The delay is the random moment of the fault, not a synchronisation.
+    pub fn cut_under_writer(
+        &mut self,
+        cut: Cut,
+        after: Duration,
+        acked: &AtomicU64,
+        stop: &AtomicBool,
+        writer: std::thread::JoinHandle<()>,
+    ) -> (u64, u64) {
+        std::thread::sleep(after);
+        let at_cut = acked.load(Ordering::SeqCst);
+        self.cut_link(cut);
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        let total = acked.load(Ordering::SeqCst);
+        self.wait("b sees the link gone", WAIT, |_, b| {
+            b.is_some_and(|b| b["connection"] != "Connected")
+        });
+        (at_cut, total)
+    }
+
     pub fn cut_link(&mut self, cut: Cut) {
         match cut {
             Cut::KillPrimary => self.a.kill9(),

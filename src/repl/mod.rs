@@ -39,6 +39,7 @@ pub mod handshake;
 pub mod link;
 pub mod liveness;
 pub mod options;
+pub mod overlap;
 pub mod peer;
 pub mod receiver;
 pub mod replicator;

@@ -2,8 +2,9 @@
 //! replication, peer), the admin operations (primary, secondary, connect, disconnect), the
 //! status and events, and the write-path hook the resource's device calls.
 //!
-//! Write path on the Primary ([`Replicator::write_to`]): activity-log guard (a durable AL
-//! transaction first if the extent is cold) -> shared resync lock -> set the dirty bits ->
+//! Write path on the Primary ([`Replicator::write_to`]): the conflicting-write wait (a write
+//! overlapping one in flight waits for its local completion, `overlap.rs`) -> activity-log
+//! guard (a durable AL transaction first if the extent is cold) -> shared resync lock -> set the dirty bits ->
 //! the enqueue of the Data frame(s) into the bounded send buffer (if connected and not Ahead;
 //! encoded straight from the write's buffer), then the local disk write -> reply (protocol A).
 //! Trim and zeroes ship and run concurrently (their frames carry no data). A barrier ack
@@ -468,6 +469,9 @@ impl Replicator {
         self.promotion_settled().await;
         let v = self.vol(vol)?;
         let len = op.len();
+        // Held until the local write completed: a write overlapping one in flight waits for
+        // it, so the disk and the stream take overlapping writes in one order (`overlap.rs`).
+        let _writing = v.writing.enter(offset, len).await;
         let group_offset = vol.group_offset(offset);
         let _al =
             v.al.acquire(&v.meta, &v.bitmap, offset, len)

@@ -24,6 +24,9 @@ pub struct VolumeParts {
     pub meta: Arc<MetaFile>,
     pub bitmap: Arc<DirtyBitmap>,
     pub al: Arc<ActivityLog>,
+    /// The ranges of this volume's writes in flight on the Primary: an overlapping write waits
+    /// (`super::overlap`).
+    pub(crate) writing: crate::repl::overlap::WritingRanges,
 }
 
 impl VolumeParts {
@@ -50,6 +53,7 @@ impl VolumeParts {
             meta,
             bitmap,
             al,
+            writing: Default::default(),
         }
     }
 }

@@ -447,7 +447,7 @@ impl Replicator {
             // link ups and closes, so two statuses with the same number describe one session.
             "session": st.session,
             // Activity-log extents a crash now would resync (hot, persisted).
-            "al_hot_extents": self.vols.iter().map(|v| v.al.hot_count()).sum::<usize>(),
+            "al_hot_extents": self.vols().iter().map(|v| v.al.hot_count()).sum::<usize>(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

@@ -146,9 +146,9 @@ pub fn plan_volumes(cfg: &ResourceConfig) -> Result<Vec<Plan>, ClaimError> {
     if !plans[0].create_meta {
         if let Some((_, t)) = plans.iter().zip(&targets).find(|(p, _)| p.create_meta) {
             return Err(ClaimError::Refused(format!(
-                "metadata {} is missing while volume 0's exists: adding a volume to an \
-                 existing resource (with a full sync of the new volume) is not built yet \
-                 (issue 15); if the file was lost, recreate the whole resource",
+                "metadata {} is missing while volume 0's exists: add a volume to an \
+                 existing resource with `drl adjust` on the running daemon (it syncs the new \
+                 volume in full); if the file was lost, recreate the whole resource",
                 t.meta.display()
             )));
         }

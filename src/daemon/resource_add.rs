@@ -18,7 +18,7 @@ use super::{open_volume, LocalVolume, Resource, ResourceError};
 use crate::config::ResourceConfig;
 use crate::repl::core::VolumeId;
 use crate::repl::replicator::VolumeParts;
-use crate::volume::claim::{self, Claim};
+use crate::volume::claim;
 
 impl Resource {
     /// Open and attach volumes `n..` of `cfg` (the config the admin edited), where `n` is the
@@ -31,16 +31,16 @@ impl Resource {
     ) -> Result<Vec<String>, ResourceError> {
         let mut done = Vec::new();
         let targets = cfg.claim_targets();
-        for number in self.vols().len()..cfg.volumes.len() {
-            let plan = claim::plan(&targets[number])?;
+        let have = self.vols().len();
+        for (number, (t, v)) in targets.iter().zip(&cfg.volumes).enumerate().skip(have) {
+            let plan = claim::plan(t)?;
             // The resource's claim, taken out for the open (it awaits) and put back after.
             let mut held = self
                 .claim
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
-                .unwrap_or_else(Claim::new);
-            let t = &targets[number];
+                .unwrap_or_default();
             let opened = async {
                 for (what, path) in [("disk", t.disk), ("metadata", t.meta)] {
                     if path.exists() {
@@ -68,7 +68,6 @@ impl Resource {
                     a.al,
                 ));
             }
-            let v = &cfg.volumes[number];
             let local = Arc::new(LocalVolume {
                 number: v.number,
                 cfg: v.clone(),

@@ -501,7 +501,12 @@ impl Session<'_> {
     /// a Secondary waits for the Primary's announcement.
     fn announce_added_volume(&mut self) -> Result<(), String> {
         let n = self.core.volume_count();
-        if self.rep.role() != drbd_compat::Role::Primary || !self.core.can_add_volume() {
+        // Not while Ahead either: the volume's sync starts once the marked blocks' resync
+        // (leaving Ahead) is over.
+        if self.rep.role() != drbd_compat::Role::Primary
+            || !self.core.can_add_volume()
+            || self.link.ahead.load(Ordering::Acquire)
+        {
             return Ok(());
         }
         let Some(size) = self.rep.volume_sizes().get(n).copied() else {

@@ -98,7 +98,29 @@ fn a_volume_added_at_run_time_syncs_in_full_alone_and_joins_the_groups_write_ord
     // The Secondary first: it holds the volume and waits for the Primary's announcement.
     write_config_with_volume_1(&p);
     adjust(&p, "b");
+    // a holds its part of the resync (it answers nothing), so the sync of the new volume can
+    // be seen running. (Resuming a paused SyncTarget renegotiates the link, which would
+    // resync volume 0's writes in flight too.)
+    p.cli_ok("a", &["pause-sync", "r0"]);
     adjust(&p, "a");
+    p.wait(
+        "volume 1 syncing alone, seen on both nodes",
+        WAIT,
+        |a, b| {
+            let (Some(a), Some(b)) = (a, b) else {
+                return false;
+            };
+            let vol = |r: &Value, v: usize| r["volumes"][v]["replication"].clone();
+            vol(a, 1).as_str().is_some_and(|s| s.ends_with("SyncS"))
+                && vol(a, 0) == "Established"
+                && vol(b, 1) == "SyncTarget"
+                && vol(b, 0) == "Established"
+                && b["disk"] == "Inconsistent"
+                && b["volumes"][1]["out_of_sync_bytes"].as_u64() > Some(0)
+                && b["resync_volume"] == 1
+        },
+    );
+    p.cli_ok("a", &["resume-sync", "r0"]);
     // While volume 0's writer runs: the resync over, b UpToDate, volume 1 clean on both.
     p.wait(
         "volume 1 synced after drl adjust on both nodes",

@@ -518,7 +518,11 @@ impl Resource {
         }
         if self.is_group() {
             // DRBD's `volume:N` lines: the disk state is the resource's (one role, one
-            // generation, one sync decision for the group), out-of-sync is each volume's.
+            // generation, one sync decision for the group), out-of-sync is each volume's; the
+            // replication state is the resource's, except while a volume added at run time
+            // syncs alone (`resync_volume`): the others are Established meanwhile.
+            let repl = v["replication"].as_str().unwrap_or("Off").to_owned();
+            let alone = v["resync_volume"].as_u64();
             v["volumes"] = self
                 .vols()
                 .iter()
@@ -528,9 +532,14 @@ impl Resource {
                         .as_ref()
                         .and_then(|r| r.vol(VolumeId(vol.number)).ok())
                         .map_or(0, |p| p.bitmap.dirty_bytes());
+                    let replication = match alone {
+                        Some(n) if n != u64::from(vol.number) => "Established",
+                        _ => repl.as_str(),
+                    };
                     json!({
                         "volume": vol.number,
                         "disk": sb.disk_state.as_str(),
+                        "replication": replication,
                         "size_bytes": crate::volume::BlockDevice::size_bytes(&*vol.disk),
                         "out_of_sync_bytes": oos,
                         "disk_path": vol.cfg.local.disk,

@@ -105,6 +105,9 @@ pub(crate) struct State {
     /// Out-of-sync bytes when the running resync started.
     pub resync_total_bytes: u64,
     pub resync_started: Option<Instant>,
+    /// The running resync is the full sync of this volume alone, added at run time
+    /// (consistency groups, `drl adjust`); None: every volume's dirty blocks.
+    pub resync_volume: Option<u16>,
     /// A role or generation change needs a new handshake.
     pub renegotiate: bool,
     /// What this node's Hello announced for the live session (with `link`).
@@ -298,6 +301,7 @@ impl Replicator {
                 ahead_since: None,
                 resync_total_bytes: 0,
                 resync_started: None,
+                resync_volume: None,
                 renegotiate: false,
                 announced: None,
                 peer_features: 0,

@@ -424,6 +424,7 @@ impl Replicator {
             "resync_bytes_received": g(&self.stats.resync_bytes_received),
             "resync_zero_bytes": g(&self.stats.resync_zero_bytes),
             "resync_percent": percent,
+            "resync_volume": st.resync_volume,
             "resync_eta_s": eta_s,
             "lag_ms": lag,
             "on_congestion": self.cfg.repl.on_congestion.as_str(),

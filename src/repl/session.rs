@@ -580,6 +580,7 @@ impl Session<'_> {
             st.verify_tx = None;
             st.verify_peer = None;
             st.resync_started = None;
+            st.resync_volume = None;
             let last = rep.stats.last_received_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
             st.link_lost = Some(serde_json::json!({
                 "at_unix_ms": crate::repl::replicator::unix_ms(),

@@ -224,6 +224,7 @@ fn apply_state(rep: &Replicator, s: StateChange) {
                 st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
             }
             st.resync_started = None;
+            st.resync_volume = None;
         }),
         StateChange::Peer { role, disk, ahead } => rep.update(|st| {
             st.peer_role = Some(role);
@@ -239,5 +240,6 @@ fn apply_state(rep: &Replicator, s: StateChange) {
             });
         }
         StateChange::StandAlone => rep.update(|st| st.standalone = true),
+        StateChange::VolumeSync(v) => rep.update(|st| st.resync_volume = Some(v.0)),
     }
 }

@@ -470,6 +470,7 @@ impl Node {
                 self.repl = drl::repl::state::with_peer_ahead(self.repl, ahead);
             }
             StateChange::SplitBrain { .. } | StateChange::StandAlone => self.standalone = true,
+            StateChange::VolumeSync(_) => {}
         }
     }
 

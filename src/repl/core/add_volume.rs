@@ -67,6 +67,7 @@ impl<B: Payload> Core<B> {
         };
         bitmap.set_all();
         out.push(Action::AnnounceVolume { vol, size_bytes });
+        out.push(Action::State(StateChange::VolumeSync(vol)));
         self.volumes.push(size_bytes);
         self.adding = Some(vol);
         self.sync = Some(SyncRole::Source);
@@ -121,6 +122,7 @@ impl<B: Payload> Core<B> {
         self.adding = Some(v);
         self.sync = Some(SyncRole::Target);
         out.push(Action::Meta(MetaChange::Inconsistent));
+        out.push(Action::State(StateChange::VolumeSync(v)));
         out.push(Action::Info(
             "the peer added a volume at a barrier: full sync of the new volume (SyncTarget)",
         ));

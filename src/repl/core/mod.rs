@@ -166,6 +166,8 @@ pub enum StateChange {
     },
     /// The decision needs the admin (StandAlone).
     StandAlone,
+    /// The resync that starts is the full sync of this volume alone, added at run time.
+    VolumeSync(VolumeId),
 }
 
 /// Counters of the status.

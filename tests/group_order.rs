@@ -25,79 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::group_writer::*;
 use rand::{Rng, SeedableRng};
 
-const BLOCK: usize = 4096;
-const MAGIC: &[u8; 8] = b"DRLGRP01";
 /// Volume 0's and volume 1's sizes.
 const SIZES: [u64; 2] = [24 * MIB, 16 * MIB];
-
-/// Where write k goes: (volume, block).
-fn place(k: u64) -> (usize, u64) {
-    ((k % 2) as usize, k / 2)
-}
-
-/// Write k of run `run`: magic, run id, k, the predecessor's volume and sequence (u64::MAX for
-/// none), a crc32 of the rest, filler.
-fn block(run: u64, k: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    b[..8].copy_from_slice(MAGIC);
-    b[8..16].copy_from_slice(&run.to_le_bytes());
-    b[16..24].copy_from_slice(&k.to_le_bytes());
-    let (pvol, pseq) = match k.checked_sub(1) {
-        Some(p) => (place(p).0 as u64, p),
-        None => (u64::MAX, u64::MAX),
-    };
-    b[24..32].copy_from_slice(&pvol.to_le_bytes());
-    b[32..40].copy_from_slice(&pseq.to_le_bytes());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(run.wrapping_mul(1_000_003) ^ k);
-    rng.fill(&mut b[44..]);
-    let crc = crc32fast::hash(&b[44..]) ^ crc32fast::hash(&b[..40]);
-    b[40..44].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-/// Whether block `b` holds write k of `run` (Ok(false): never written), or what is wrong.
-fn holds(run: u64, k: u64, b: &[u8]) -> Result<bool, String> {
-    if b.iter().all(|&x| x == 0) {
-        return Ok(false);
-    }
-    if b != block(run, k).as_slice() {
-        let seq = u64::from_le_bytes(b[16..24].try_into().unwrap());
-        return Err(format!(
-            "not write {k} of this run (magic {:?}, seq {seq}): torn, stale or misplaced",
-            String::from_utf8_lossy(&b[..8])
-        ));
-    }
-    Ok(true)
-}
-
-/// How many of writes 0..`writes` of `run` the two volumes `disks` hold, all of them from the
-/// first: Err names a write held without its predecessor, or a block that is no write.
-fn prefix_of(run: u64, writes: u64, disks: &[Vec<u8>; 2]) -> Result<u64, String> {
-    let mut prefix = 0u64;
-    let mut hole: Option<u64> = None;
-    for k in 0..writes {
-        let (v, b) = place(k);
-        let at = b as usize * BLOCK;
-        match holds(run, k, &disks[v][at..at + BLOCK]) {
-            Ok(false) => {
-                hole.get_or_insert(k);
-            }
-            Ok(true) => {
-                if let Some(h) = hole {
-                    return Err(format!(
-                        "volume {v} holds write {k} but volume {} lacks write {h}: the group is not a prefix",
-                        place(h).0
-                    ));
-                }
-                prefix = k + 1;
-            }
-            Err(why) => return Err(format!("volume {v} block {b}: {why}")),
-        }
-    }
-    Ok(prefix)
-}
 
 /// The dependent writer through a's two exports (`nbd`, the group's two volumes unless given):
 /// write k waits for write k-1's reply. Returns the count of acknowledged writes, the stop flag
@@ -108,28 +40,6 @@ fn start_writer(
     writes: u64,
 ) -> (Arc<AtomicU64>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     start_writer_on([p.nbd_of("a", 0), p.nbd_of("a", 1)], run, writes)
-}
-
-fn start_writer_on(
-    nbd: [std::path::PathBuf; 2],
-    run: u64,
-    writes: u64,
-) -> (Arc<AtomicU64>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ack2, stop2) = (acked.clone(), stop.clone());
-    let writer = std::thread::spawn(move || {
-        let mut c = nbd.map(|s| NbdClient::connect(&s).expect("NBD connect to the Primary"));
-        for k in 0..writes {
-            let (v, b) = place(k);
-            if stop2.load(Ordering::SeqCst) || c[v].write(b * BLOCK as u64, &block(run, k)).is_err()
-            {
-                break;
-            }
-            ack2.store(k + 1, Ordering::SeqCst);
-        }
-    });
-    (acked, stop, writer)
 }
 
 /// A proxied pair whose `r0` is a group of two volumes; streams go to a vault in its directory.
@@ -145,28 +55,12 @@ fn group_pair() -> Pair {
     Pair::start_in(dir, opts)
 }
 
-/// Both volumes of node `n` as bytes.
-fn volumes(p: &Pair, n: &str) -> [Vec<u8>; 2] {
-    [0, 1].map(|v| std::fs::read(p.disk_of(n, v)).unwrap())
-}
-
-fn assert_volumes_identical(p: &Pair, context: &str) {
-    for (v, size) in SIZES.iter().enumerate() {
-        assert_files_identical(
-            &p.disk_of("a", v),
-            &p.disk_of("b", v),
-            *size,
-            &format!("volume {v}: {context}\n{}", p.report()),
-        );
-    }
-}
-
 /// `from` demoted, `to` promoted, then both volumes in sync and identical.
 fn switch_over(p: &Pair, from: &str, to: &str) {
     p.cli_ok(from, &["secondary", "r0"]);
     p.cli_ok(to, &["primary", "r0"]);
     p.wait_in_sync(to, &format!("the group moved from {from} to {to}"));
-    assert_volumes_identical(p, &format!("after the move from {from} to {to}"));
+    p.assert_volumes_identical(&SIZES, &format!("after the move from {from} to {to}"));
 }
 
 #[test]
@@ -198,7 +92,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
         let (acked_at_cut, acked_total) =
             p.cut_under_writer(cut, Duration::from_millis(delay_ms), &acked, &stop, writer);
 
-        let prefix = prefix_of(run_id, writes, &volumes(&p, "b")).unwrap_or_else(|e| {
+        let prefix = prefix_of(run_id, writes, &p.volumes("b")).unwrap_or_else(|e| {
             panic!(
                 "run {run} (seed {seed}, cut {cut:?} after {delay_ms} ms): b: {e}\n{}",
                 p.report()
@@ -227,7 +121,7 @@ fn the_secondarys_volumes_together_always_hold_a_prefix_of_dependent_writes() {
             Cut::DropTcp => continue,
         };
         p.wait_in_sync("a", "reconnect after the cut");
-        assert_volumes_identical(&p, &format!("run {run}: after {cut:?} and reconnect"));
+        p.assert_volumes_identical(&SIZES, &format!("run {run}: after {cut:?} and reconnect"));
     }
     assert!(
         nonempty * 2 >= runs,
@@ -330,13 +224,13 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
     p.cli_ok("a", &["stream", "r0", "cut", "--to", "backups/r0"]);
     p.cli_ok("a", &["restore", "backups/r0/cut", "--to", "r0"]);
     p.wait_in_sync("a", "after the restore of the group snapshot");
-    let k = prefix_of(run, writes, &volumes(&p, "a"))
+    let k = prefix_of(run, writes, &p.volumes("a"))
         .unwrap_or_else(|e| panic!("the restored group snapshot: {e}"));
     assert!(
         (before..=after + 1).contains(&k),
         "the restored group holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
     );
-    assert_volumes_identical(&p, "after the restore");
+    p.assert_volumes_identical(&SIZES, "after the restore");
     eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");
 }
 
@@ -429,5 +323,5 @@ fn verify_of_a_group_finds_the_differing_blocks_of_each_volume() {
     p.cli_ok("a", &["connect", "r0"]);
     let (a, _) = p.wait_in_sync("a", "the marked blocks resynced");
     assert!(num(&a, "resync_bytes_sent") >= 3 * B, "{a}");
-    assert_volumes_identical(&p, "after verify and reconnect");
+    p.assert_volumes_identical(&SIZES, "after verify and reconnect");
 }

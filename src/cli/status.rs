@@ -74,6 +74,9 @@ pub fn render_table_with(v: &Value, verbose: bool) -> String {
             let mut row = vec![String::new(); header.len()];
             row[0] = format!("  volume:{}", vol["volume"]);
             row[2] = s(&vol["disk"]);
+            if vol["replication"].is_string() {
+                row[4] = s(&vol["replication"]);
+            }
             row[6] = vol["out_of_sync_bytes"]
                 .as_u64()
                 .map_or("-".into(), format_bytes);
@@ -462,10 +465,12 @@ mod tests {
     fn a_group_shows_a_volume_line_per_volume() {
         let v = json!({"resources": [
             {"name": "db", "role": "Primary", "disk": "UpToDate", "connection": "Connected",
-             "replication": "Established", "out_of_sync_bytes": 4096u64, "lag_ms": 0,
+             "replication": "SyncSource", "out_of_sync_bytes": 4096u64, "lag_ms": 0,
              "volumes": [
-                {"volume": 0, "disk": "UpToDate", "out_of_sync_bytes": 0u64},
-                {"volume": 1, "disk": "UpToDate", "out_of_sync_bytes": 4096u64,
+                {"volume": 0, "disk": "UpToDate", "replication": "Established",
+                 "out_of_sync_bytes": 0u64},
+                {"volume": 1, "disk": "UpToDate", "replication": "SyncSource",
+                 "out_of_sync_bytes": 4096u64,
                  "nbd": {"endpoint": "/run/drl/db-1.nbd", "connections": 1}}]}]});
         let t = render_table_with(&v, true);
         let lines: Vec<&str> = t.lines().collect();
@@ -475,6 +480,11 @@ mod tests {
         );
         assert!(
             lines[3].starts_with("  volume:1") && lines[3].contains("4KiB"),
+            "{t}"
+        );
+        // While a volume added at run time syncs alone, its line says so, volume 0's not.
+        assert!(
+            lines[2].contains("Established") && lines[3].contains("SyncSource"),
             "{t}"
         );
         assert!(

@@ -7,7 +7,10 @@
 //! comes up (`drl up`), one gone from it goes down (`drl down`: refused while in use, naming
 //! the users; it keeps running), one whose peer `address` changed reconnects to the new
 //! address (its role stays), one whose `size` grew grows online (`drl resize`, see
-//! `resize.rs`; a shrink is refused here: it needs `drl resize --allow-shrink`). A resource
+//! `resize.rs`; a shrink is refused here: it needs `drl resize --allow-shrink`), one with new
+//! `[[resource.volume]]` sections after its last volume gets them at run time (issue 15,
+//! `resource_add.rs`: opened as at startup, announced to the peer at a barrier by the
+//! Primary, fully synced; removing or changing a volume stays pending). A resource
 //! the admin took `down` that is still in the file comes up again, as DRBD's adjust does.
 //! Other changes of a running resource (disk, meta,
 //! nbd, its own address, peer node, secret, replication options) are reported as *pending*,
@@ -80,6 +83,7 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
             continue;
         };
         let mut live = running.config().clone();
+        live.volumes = running.volume_configs();
         live.size_bytes = crate::volume::BlockDevice::size_bytes(&**running.disk());
         if let (Some(p), Some(rep)) = (live.peer.as_mut(), running.replicator()) {
             p.address = rep.peer_address();
@@ -97,6 +101,24 @@ pub async fn adjust(node: &Node, only: Option<&str>) -> Result<AdjustReport, Adj
                         "resource {}: the peer's address is now {addr}; reconnecting there",
                         n.name
                     ));
+                }
+                continue;
+            }
+            if what == "volumes" {
+                match added_volumes(&live, n) {
+                    Ok(()) => match running.add_volumes(n, &node.config.node).await {
+                        Ok(lines) => r
+                            .applied
+                            .extend(lines.into_iter().map(|l| format!("resource {}: {l}", n.name))),
+                        Err(e) => r.refused.push(format!(
+                            "resource {}: adding a volume failed: {e}",
+                            n.name
+                        )),
+                    },
+                    Err(why) => r.pending.push(format!(
+                        "resource {}: {why}; it applies when the resource is next brought up (drl down {} then drl up {})",
+                        n.name, n.name, n.name
+                    )),
                 }
                 continue;
             }
@@ -179,8 +201,7 @@ fn changed_keys(a: &ResourceConfig, b: &ResourceConfig) -> Vec<&'static str> {
             && a.peer.as_ref().map(|p| p.address) != b.peer.as_ref().map(|p| p.address),
     );
     check("replication options", a.repl != b.repl);
-    // A volume added, removed or moved: applies at the next `up` (adding a volume to a
-    // running group at a barrier, with a full sync of the new volume, is not built yet).
+    // A volume added (applied now: `added_volumes`), removed or moved (pending).
     let vols = |c: &ResourceConfig| -> Vec<(u16, u64, String)> {
         c.volumes[1..]
             .iter()
@@ -199,6 +220,34 @@ fn changed_keys(a: &ResourceConfig, b: &ResourceConfig) -> Vec<&'static str> {
             || a.snapshot_chunk_bytes != b.snapshot_chunk_bytes,
     );
     out
+}
+
+/// Whether `new` only appends volumes to the running `live` ones (each kept volume with the
+/// same number, size, files and export): that is applied at run time. Otherwise the reason it
+/// is pending.
+fn added_volumes(live: &ResourceConfig, new: &ResourceConfig) -> Result<(), String> {
+    if new.volumes.len() < live.volumes.len() {
+        return Err(format!(
+            "volumes removed ({} configured, {} running): removing a volume of a running              resource is not built",
+            new.volumes.len(),
+            live.volumes.len()
+        ));
+    }
+    let key = |v: &crate::config::VolumeConfig| {
+        let l = &v.local;
+        let nbd = l.nbd.as_ref().map(|e| e.to_string());
+        (v.size_bytes, l.disk.clone(), l.meta.clone(), nbd)
+    };
+    // Volume 0's size and files are the resource's own keys (`size`, `disk`, ..).
+    for (a, b) in live.volumes.iter().zip(&new.volumes).skip(1) {
+        if key(a) != key(b) {
+            return Err(format!(
+                "volume {} changed (size, disk, meta or nbd): only new volumes after the last                  one apply at run time",
+                a.number
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The report as the `adjust` control method answers it.

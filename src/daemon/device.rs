@@ -70,7 +70,12 @@ impl ResourceDevice {
             disk: pipe.disk().clone(),
             pipe,
             repl: self.repl.clone(),
-            fence: OnceLock::new(),
+            // A volume added at run time gets the fence volume 0 already has.
+            fence: self
+                .fence
+                .get()
+                .cloned()
+                .map_or_else(OnceLock::new, OnceLock::from),
             auto: self.auto.clone(),
         }
     }

@@ -24,7 +24,11 @@ impl Resource {
         if !self.is_group() {
             return self.snapshots().create(name).await;
         }
-        let stores: Vec<_> = self.vols.iter().map(|v| v.dev.snapshots()).collect();
+        let stores: Vec<_> = self
+            .vols()
+            .iter()
+            .map(|v| v.dev.snapshots().clone())
+            .collect();
         let mut paused = Vec::with_capacity(stores.len());
         for s in &stores {
             paused.push(s.pause_writes().await);
@@ -56,7 +60,7 @@ impl Resource {
 
     /// `drl snapshot delete`: the snapshot of every volume of the resource.
     pub async fn snapshot_delete(&self, name: &str) -> Result<(), SnapshotError> {
-        for v in &self.vols {
+        for v in self.vols().iter() {
             v.dev.snapshots().delete(name).await?;
         }
         Ok(())

@@ -29,6 +29,8 @@ use crate::volume::claim::{self, Claim, ClaimError, Plan};
 use crate::volume::meta::{flags, MetaError, MetaFile};
 use crate::volume::{BlockDevice, VolumeError};
 
+#[path = "resource_add.rs"]
+mod add;
 #[path = "group_snapshot.rs"]
 mod group_snapshot;
 #[path = "resource_open.rs"]
@@ -71,6 +73,8 @@ struct Opened {
 /// One volume of the resource on this node (a one-volume resource has volume 0 only).
 struct LocalVolume {
     number: u16,
+    /// Its config (a volume added by `drl adjust` is not in the resource's `cfg`).
+    cfg: crate::config::VolumeConfig,
     disk: Arc<Disk>,
     dev: Arc<ResourceDevice>,
     meta: Arc<MetaFile>,
@@ -86,8 +90,10 @@ pub struct Resource {
     events: EventBus,
     repl: Option<Arc<Replicator>>,
     /// Every volume in number order (`disk`, `dev`, `meta` above are volume 0's); more than
-    /// one is a consistency group.
-    vols: Vec<LocalVolume>,
+    /// one is a consistency group. `drl adjust` appends volumes (`resource_add.rs`).
+    vols: Mutex<Vec<Arc<LocalVolume>>>,
+    /// The NBD payload budget the exports were started with (for a volume added later).
+    nbd_budget: Mutex<Option<PayloadBudget>>,
     /// The exclusive hold on the disk and metadata (released by [`Resource::close`], so a
     /// resource taken `down` can be opened again, or by another owner, at once).
     claim: Mutex<Option<Claim>>,
@@ -140,9 +146,9 @@ pub fn plan_volumes(cfg: &ResourceConfig) -> Result<Vec<Plan>, ClaimError> {
     if !plans[0].create_meta {
         if let Some((_, t)) = plans.iter().zip(&targets).find(|(p, _)| p.create_meta) {
             return Err(ClaimError::Refused(format!(
-                "metadata {} is missing while volume 0's exists: adding a volume to an \
-                 existing resource (with a full sync of the new volume) is not built yet \
-                 (issue 15); if the file was lost, recreate the whole resource",
+                "metadata {} is missing while volume 0's exists: add a volume to an \
+                 existing resource with `drl adjust` on the running daemon (it syncs the new \
+                 volume in full); if the file was lost, recreate the whole resource",
                 t.meta.display()
             )));
         }
@@ -203,16 +209,19 @@ impl Resource {
         let vols = opened
             .iter()
             .zip(&cfg.volumes)
-            .map(|(o, v)| LocalVolume {
-                number: v.number,
-                disk: o.disk.clone(),
-                dev: match v.number {
-                    0 => dev.clone(),
-                    n => Arc::new(dev.for_volume(VolumeId(n), o.pipe.clone())),
-                },
-                meta: o.meta.clone(),
-                nbd: v.local.nbd.clone(),
-                nbd_stats: Mutex::new(None),
+            .map(|(o, v)| {
+                Arc::new(LocalVolume {
+                    number: v.number,
+                    cfg: v.clone(),
+                    disk: o.disk.clone(),
+                    dev: match v.number {
+                        0 => dev.clone(),
+                        n => Arc::new(dev.for_volume(VolumeId(n), o.pipe.clone())),
+                    },
+                    meta: o.meta.clone(),
+                    nbd: v.local.nbd.clone(),
+                    nbd_stats: Mutex::new(None),
+                })
             })
             .collect();
         Ok(Resource {
@@ -222,7 +231,8 @@ impl Resource {
             meta: vol0.meta.clone(),
             events,
             repl,
-            vols,
+            vols: Mutex::new(vols),
+            nbd_budget: Mutex::new(None),
             claim: Mutex::new(Some(claim)),
             stop: watch::channel(false).0,
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
@@ -253,17 +263,27 @@ impl Resource {
 
     /// The NBD export's counters (volume 0's), once it is started.
     pub fn nbd_stats(&self) -> Option<Arc<NbdStats>> {
-        self.vols[0].nbd_stats()
+        self.vols()[0].nbd_stats()
+    }
+
+    /// Every volume, in number order (a snapshot: `drl adjust` may add one).
+    fn vols(&self) -> Vec<Arc<LocalVolume>> {
+        self.vols.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every volume's config, in number order (with those added at run time).
+    pub fn volume_configs(&self) -> Vec<crate::config::VolumeConfig> {
+        self.vols().iter().map(|v| v.cfg.clone()).collect()
     }
 
     /// Every volume's device, in number order (one for a one-volume resource).
     pub fn volume_devices(&self) -> Vec<Arc<ResourceDevice>> {
-        self.vols.iter().map(|v| v.dev.clone()).collect()
+        self.vols().iter().map(|v| v.dev.clone()).collect()
     }
 
     /// Whether the resource is a consistency group (more than one volume).
     pub fn is_group(&self) -> bool {
-        self.vols.len() > 1
+        self.vols().len() > 1
     }
 
     /// Refuse `what` on a consistency group, naming why: an operation built for one volume
@@ -275,7 +295,7 @@ impl Resource {
                 "{}: {what} of a consistency group ({} volumes) is not built yet (issue 15): \
                  it would cover volume 0 only, not the group at one point in time",
                 self.cfg.name,
-                self.vols.len()
+                self.vols().len()
             )),
         }
     }
@@ -297,7 +317,7 @@ impl Resource {
     /// The NBD clients holding an export of the resource open (in transmission) now (a
     /// group's: of any volume).
     pub fn nbd_clients(&self) -> Vec<String> {
-        self.vols
+        self.vols()
             .iter()
             .flat_map(|v| v.nbd_stats().map(|s| s.clients()).unwrap_or_default())
             .collect()
@@ -332,7 +352,7 @@ impl Resource {
             return;
         };
         d.add_scope(repl, self.stop_signal(), |s| {
-            for v in &self.vols {
+            for v in self.vols().iter() {
                 v.dev.set_fence(s.fence.clone());
             }
             // One auto-promote for the group's devices.
@@ -375,35 +395,50 @@ impl Resource {
             ));
         }
         // One export per volume that has an `nbd` endpoint.
-        for v in &self.vols {
-            let Some(ep) = &v.nbd else { continue };
-            let listen = match ep {
-                NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
-                NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
-            };
-            let (name, description) = match self.is_group() {
-                false => (
-                    self.cfg.name.clone(),
-                    format!("drl resource {}", self.cfg.name),
-                ),
-                true => (
-                    format!("{}/{}", self.cfg.name, v.number),
-                    format!("drl resource {} volume {}", self.cfg.name, v.number),
-                ),
-            };
-            let export = ExportConfig { name, description };
-            let mut server = NbdServer::bind(listen, export, v.dev.clone()).await?;
-            server.set_payload_budget(nbd_budget.clone());
-            *v.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
-            let (name, stopped) = (self.cfg.name.clone(), stopped.clone());
-            let number = v.number;
-            tasks.spawn(async move {
-                if let Err(e) = server.run(stopped).await {
-                    tracing::error!(resource = %name, volume = number, "NBD export stopped: {e}");
-                }
-            });
-            info!(resource = %self.cfg.name, volume = v.number, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
+        *self.nbd_budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(nbd_budget.clone());
+        let group = self.is_group();
+        for v in self.vols().iter() {
+            self.start_export(v, group, &mut tasks, nbd_budget).await?;
         }
+        Ok(())
+    }
+
+    /// Start volume `v`'s NBD export (if it has an endpoint) in the resource's task set: the
+    /// export `RES` of a one-volume resource, `RES/N` for volume N of a group (`group`).
+    async fn start_export(
+        &self,
+        v: &LocalVolume,
+        group: bool,
+        tasks: &mut tokio::task::JoinSet<()>,
+        nbd_budget: &PayloadBudget,
+    ) -> Result<(), ResourceError> {
+        let Some(ep) = &v.nbd else { return Ok(()) };
+        let listen = match ep {
+            NbdEndpoint::Unix(p) => NbdListen::Unix(p.clone()),
+            NbdEndpoint::Tcp(a) => NbdListen::Tcp(*a),
+        };
+        let (name, description) = match group {
+            false => (
+                self.cfg.name.clone(),
+                format!("drl resource {}", self.cfg.name),
+            ),
+            true => (
+                format!("{}/{}", self.cfg.name, v.number),
+                format!("drl resource {} volume {}", self.cfg.name, v.number),
+            ),
+        };
+        let export = ExportConfig { name, description };
+        let mut server = NbdServer::bind(listen, export, v.dev.clone()).await?;
+        server.set_payload_budget(nbd_budget.clone());
+        *v.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
+        let (name, stopped) = (self.cfg.name.clone(), self.stop.subscribe());
+        let number = v.number;
+        tasks.spawn(async move {
+            if let Err(e) = server.run(stopped).await {
+                tracing::error!(resource = %name, volume = number, "NBD export stopped: {e}");
+            }
+        });
+        info!(resource = %self.cfg.name, volume = v.number, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
         Ok(())
     }
 
@@ -419,12 +454,12 @@ impl Resource {
     /// Flush every volume's disk, mark its metadata clean, stop its engine, give the files'
     /// claim back.
     pub async fn close(&self) -> Result<(), ResourceError> {
-        for v in &self.vols {
+        for v in self.vols().iter() {
             v.disk.flush().await?;
             v.dev.snapshots().close().await?;
             if let Some(r) = &self.repl {
                 // Close the activity log cleanly (flushes the bitmap, sets CLEAN_SHUTDOWN).
-                let parts = &r.vols[usize::from(v.number)];
+                let parts = r.vol(VolumeId(v.number))?;
                 let (al, meta, bm) = (parts.al.clone(), v.meta.clone(), parts.bitmap.clone());
                 tokio::task::spawn_blocking(move || al.close_clean(&meta, &bm))
                     .await
@@ -483,22 +518,32 @@ impl Resource {
         }
         if self.is_group() {
             // DRBD's `volume:N` lines: the disk state is the resource's (one role, one
-            // generation, one sync decision for the group), out-of-sync is each volume's.
+            // generation, one sync decision for the group), out-of-sync is each volume's; the
+            // replication state is the resource's, except while a volume added at run time
+            // syncs alone (`resync_volume`): the others are Established meanwhile.
+            let repl = v["replication"].as_str().unwrap_or("Off").to_owned();
+            let alone = v["resync_volume"].as_u64();
             v["volumes"] = self
-                .vols
+                .vols()
                 .iter()
                 .map(|vol| {
                     let oos = self
                         .repl
                         .as_ref()
-                        .map_or(0, |r| r.vols[usize::from(vol.number)].bitmap.dirty_bytes());
+                        .and_then(|r| r.vol(VolumeId(vol.number)).ok())
+                        .map_or(0, |p| p.bitmap.dirty_bytes());
+                    let replication = match alone {
+                        Some(n) if n != u64::from(vol.number) => "Established",
+                        _ => repl.as_str(),
+                    };
                     json!({
                         "volume": vol.number,
                         "disk": sb.disk_state.as_str(),
+                        "replication": replication,
                         "size_bytes": crate::volume::BlockDevice::size_bytes(&*vol.disk),
                         "out_of_sync_bytes": oos,
-                        "disk_path": self.cfg.volumes[usize::from(vol.number)].local.disk,
-                        "meta_path": self.cfg.volumes[usize::from(vol.number)].local.meta,
+                        "disk_path": vol.cfg.local.disk,
+                        "meta_path": vol.cfg.local.meta,
                         "io": vol.disk.stats().to_json(),
                         "nbd": nbd_json(vol.nbd.as_ref(), vol.nbd_stats()),
                     })

@@ -81,6 +81,9 @@ enum FrameSpec {
     StateChange(u8, u8, bool),
     Ping(u64),
     PingAck(u64),
+    /// A volume added at run time (issue 15): any number and size (the encoder refuses the
+    /// invalid ones, the decoder must refuse them too).
+    VolumeAdd(u16, u64),
 }
 
 fn bytes_of(len: usize, fill: u8) -> Bytes {
@@ -231,6 +234,7 @@ impl FrameSpec {
             },
             S::Ping(seq) => Frame::Ping { seq },
             S::PingAck(seq) => Frame::PingAck { seq },
+            S::VolumeAdd(vol, size_bytes) => Frame::VolumeAdd { vol, size_bytes },
         }
     }
 }

@@ -154,6 +154,10 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
         Frame::Ping { seq: 1 },
         Frame::PingAck { seq: 1 },
         Frame::BarrierAck { epoch: 2 },
+        Frame::VolumeAdd {
+            vol: 1,
+            size_bytes: 1 << 20,
+        },
         Frame::Disconnect {
             reason: "administrative disconnect".into(),
         },

@@ -79,7 +79,10 @@ impl Decoder {
     fn check_header(&self, h: &FrameHeader) -> Result<FrameType, WireError> {
         let ft =
             FrameType::from_u8(h.frame_type).ok_or(WireError::UnknownFrameType(h.frame_type))?;
-        let names_volume = matches!(ft, FrameType::Data | FrameType::Trim | FrameType::Zeroes);
+        let names_volume = matches!(
+            ft,
+            FrameType::Data | FrameType::Trim | FrameType::Zeroes | FrameType::VolumeAdd
+        );
         if h.reserved[2..] != [0u8; 6] || (!names_volume && h.volume() != 0) {
             return Err(WireError::ReservedNotZero);
         }
@@ -222,6 +225,15 @@ impl Decoder {
             FrameType::ResyncDone => {
                 exact(0)?;
                 Frame::ResyncDone
+            }
+            FrameType::VolumeAdd => {
+                exact(0)?;
+                crate::repl::wire::check_volume_add(h.volume(), h.offset)
+                    .map_err(|what| malformed(ft, what))?;
+                Frame::VolumeAdd {
+                    vol: h.volume(),
+                    size_bytes: h.offset,
+                }
             }
             FrameType::Refuse | FrameType::Disconnect => {
                 if payload.len() > REPL_REASON_BYTES_MAX {

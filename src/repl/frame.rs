@@ -37,6 +37,7 @@ pub enum FrameType {
     Ping = 31,
     PingAck = 32,
     Disconnect = 33,
+    VolumeAdd = 34,
 }
 
 impl FrameType {
@@ -65,6 +66,7 @@ impl FrameType {
             31 => Ping,
             32 => PingAck,
             33 => Disconnect,
+            34 => VolumeAdd,
             _ => return None,
         })
     }
@@ -95,6 +97,7 @@ impl FrameType {
             Ping => "Ping",
             PingAck => "PingAck",
             Disconnect => "Disconnect",
+            VolumeAdd => "VolumeAdd",
         }
     }
 
@@ -120,6 +123,7 @@ impl FrameType {
             VerifyRequest | VerifyDigests | VerifyResult => (true, true, true, true),
             VerifyDone => (false, true, false, false),
             Ping | PingAck => (true, false, false, false),
+            VolumeAdd => (false, false, true, false),
             _ => (false, false, false, false),
         }
     }
@@ -429,6 +433,15 @@ pub enum Frame {
     Disconnect {
         reason: String,
     },
+    /// Consistency groups (issue 15): the sender (Primary) added volume `vol` of
+    /// `size_bytes` to the resource at run time (`drl adjust`). Queued right after the Barrier
+    /// that closed the last epoch without it, in the ordered stream: writes to the volume
+    /// follow this frame, and its whole range resyncs from the sender. Wire: the volume in
+    /// header bytes 52..54 (as Data), the size in the offset field, no payload.
+    VolumeAdd {
+        vol: u16,
+        size_bytes: u64,
+    },
 }
 
 impl Frame {
@@ -456,6 +469,7 @@ impl Frame {
             Frame::Ping { .. } => FrameType::Ping,
             Frame::PingAck { .. } => FrameType::PingAck,
             Frame::Disconnect { .. } => FrameType::Disconnect,
+            Frame::VolumeAdd { .. } => FrameType::VolumeAdd,
         }
     }
 }

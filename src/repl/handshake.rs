@@ -94,7 +94,7 @@ pub enum HandshakeError {
     #[error("volume size mismatch: this node's volume is {ours} bytes, the peer's disk only {theirs} bytes (raise the peer's `size`, then `drl resize` there)")]
     SizeMismatch { ours: u64, theirs: u64 },
     /// The peers hold different volume sets of a consistency group (sizes of volume 0, 1, ..).
-    #[error("volume set mismatch: ours {} ({ours:?} bytes), peer's {} ({theirs:?} bytes): every node of a group must hold the same volumes", volumes(.ours.len()), volumes(.theirs.len()))]
+    #[error("volume set mismatch: ours {} ({ours:?} bytes), peer's {} ({theirs:?} bytes): every node of a group must hold the same volumes (a volume added at run time: run `drl adjust` on the node that lacks it)", volumes(.ours.len()), volumes(.theirs.len()))]
     VolumeMismatch { ours: Vec<u64>, theirs: Vec<u64> },
     #[error("incompatible wire versions: ours {ours_min}..={ours_max}, peer's {theirs_min}..={theirs_max}")]
     IncompatibleVersion {

@@ -231,7 +231,8 @@ fn a_volume_set_mismatch_is_refused_on_both_sides_naming_both_sets() {
     assert_eq!(
         e.to_string(),
         "volume set mismatch: ours 2 volumes ([1073741824, 268435456] bytes), peer's 1 volume \
-         ([1073741824] bytes): every node of a group must hold the same volumes"
+         ([1073741824] bytes): every node of a group must hold the same volumes (a volume added \
+         at run time: run `drl adjust` on the node that lacks it)"
     );
     assert!(matches!(
         b.result.unwrap(),

@@ -61,6 +61,10 @@ pub struct Link {
     state_asked: AtomicU64,
     state_answered: AtomicU64,
     state_notify: Notify,
+    /// Consistency groups: volumes 0..this are replicated on this link (the handshake's, and
+    /// those announced since with [`Link::announce_volume`]); a write to a later volume only
+    /// marks its bitmap (the volume's full sync covers it). Changed under the tracker's lock.
+    volumes: AtomicUsize,
 }
 
 /// A Ping whose seq has this bit set asks the peer to confirm the StateChange queued before
@@ -103,6 +107,7 @@ impl Link {
             state_asked: AtomicU64::new(0),
             state_answered: AtomicU64::new(0),
             state_notify: Notify::new(),
+            volumes: AtomicUsize::new(usize::MAX),
         };
         (link, rx)
     }
@@ -192,6 +197,34 @@ impl Link {
         if let Some(e) = t.close_epoch() {
             self.push(&Frame::Barrier { epoch: e });
         }
+    }
+
+    /// The volumes this link replicates (the session sets it from the handshake before the
+    /// link is published to the writers).
+    pub fn set_volumes(&self, n: usize) {
+        self.volumes.store(n, Ordering::Release);
+    }
+
+    /// Whether writes to volume `vol` are shipped on this link. Read under the tracker's
+    /// lock, where [`Link::announce_volume`] changes it.
+    pub fn ships_volume(&self, vol: u16) -> bool {
+        usize::from(vol) < self.volumes.load(Ordering::Acquire)
+    }
+
+    /// Consistency groups (issue 15): the barrier of a volume added at run time. Under the
+    /// tracker's lock, as the writers queue theirs: close the open epoch (its Barrier), queue
+    /// the `VolumeAdd`, and ship the volume's writes from now on, so every write of the new
+    /// volume on the wire follows its announcement. False if the link is closed.
+    pub fn announce_volume(&self, vol: u16, size_bytes: u64) -> bool {
+        let mut t = self.tracker();
+        if let Some(e) = t.close_epoch() {
+            self.push(&Frame::Barrier { epoch: e });
+        }
+        let ok = self.push(&Frame::VolumeAdd { vol, size_bytes });
+        self.volumes
+            .fetch_max(usize::from(vol) + 1, Ordering::AcqRel);
+        drop(t);
+        ok
     }
 
     /// Encode `frame` and queue it for the socket. False (and the link closed) if it cannot

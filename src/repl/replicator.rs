@@ -106,6 +106,9 @@ pub(crate) struct State {
     /// Out-of-sync bytes when the running resync started.
     pub resync_total_bytes: u64,
     pub resync_started: Option<Instant>,
+    /// The running resync is the full sync of this volume alone, added at run time
+    /// (consistency groups, `drl adjust`); None: every volume's dirty blocks.
+    pub resync_volume: Option<u16>,
     /// A role or generation change needs a new handshake.
     pub renegotiate: bool,
     /// What this node's Hello announced for the live session (with `link`).
@@ -174,8 +177,9 @@ pub struct Replicator {
     pub(crate) al: Arc<ActivityLog>,
     /// Every volume, in number order (`vols[0]` is the fields above): writes, disk operations
     /// of the session and bitmaps are routed by volume; one session and one epoch order
-    /// carry them all.
-    pub(crate) vols: Vec<VolumeParts>,
+    /// carry them all. `drl adjust` appends volumes at run time
+    /// ([`Replicator::add_volume`]); none is ever removed while the replicator lives.
+    vols: std::sync::RwLock<Vec<Arc<VolumeParts>>>,
     pub(crate) events: EventBus,
     /// The daemon's WAN shaping (its shaper and resync controller), shared by its resources.
     pub(crate) shaping: NodeShaping,
@@ -282,7 +286,7 @@ impl Replicator {
             meta: v0.meta.clone(),
             bitmap: v0.bitmap.clone(),
             al: v0.al.clone(),
-            vols,
+            vols: std::sync::RwLock::new(vols.into_iter().map(Arc::new).collect()),
             events,
             shaping,
             st: Mutex::new(State {
@@ -298,6 +302,7 @@ impl Replicator {
                 ahead_since: None,
                 resync_total_bytes: 0,
                 resync_started: None,
+                resync_volume: None,
                 renegotiate: false,
                 announced: None,
                 peer_features: 0,
@@ -538,7 +543,8 @@ impl Replicator {
         if let Some(l) = self.shipping_link() {
             l.close_epoch();
         }
-        for r in futures::future::join_all(self.vols.iter().map(|v| v.disk.flush())).await {
+        let vols = self.vols();
+        for r in futures::future::join_all(vols.iter().map(|v| v.disk.flush())).await {
             r?;
         }
         Ok(())
@@ -651,6 +657,11 @@ impl Replicator {
                 );
             {
                 let mut t = link.tracker();
+                if !link.ships_volume(VolumeId::of_group_offset(offset).0 .0) {
+                    // A volume added at run time, not announced to the peer yet: its bitmap
+                    // holds the write, its full sync after the announcement ships it.
+                    return false;
+                }
                 let wait =
                     !t.has_room(payload) && !pull_ahead && policy != OnCongestion::Disconnect;
                 if !wait {

@@ -424,6 +424,7 @@ impl Replicator {
             "resync_bytes_received": g(&self.stats.resync_bytes_received),
             "resync_zero_bytes": g(&self.stats.resync_zero_bytes),
             "resync_percent": percent,
+            "resync_volume": st.resync_volume,
             "resync_eta_s": eta_s,
             "lag_ms": lag,
             "on_congestion": self.cfg.repl.on_congestion.as_str(),
@@ -447,7 +448,7 @@ impl Replicator {
             // link ups and closes, so two statuses with the same number describe one session.
             "session": st.session,
             // Activity-log extents a crash now would resync (hot, persisted).
-            "al_hot_extents": self.vols.iter().map(|v| v.al.hot_count()).sum::<usize>(),
+            "al_hot_extents": self.vols().iter().map(|v| v.al.hot_count()).sum::<usize>(),
             "generation": {
                 "current": format!("{:016X}", sb.gen.current),
                 "bitmap": format!("{:016X}", sb.gen.bitmap),

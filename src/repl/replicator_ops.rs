@@ -37,7 +37,7 @@ impl Replicator {
 
     /// Mark the whole volume out of sync, persist the bitmap, then renegotiate.
     async fn resync_everything(&self, why: &str) -> Result<(), ReplError> {
-        for v in &self.vols {
+        for v in self.vols().iter() {
             v.bitmap.set_all();
         }
         self.persist_bitmaps()

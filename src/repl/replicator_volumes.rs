@@ -59,29 +59,51 @@ impl VolumeParts {
 }
 
 impl Replicator {
+    /// Every volume's parts, in number order (a snapshot: `drl adjust` may add one later).
+    pub(crate) fn vols(&self) -> Vec<Arc<VolumeParts>> {
+        self.vols.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Volume `v`'s parts (volume 0 for a one-volume resource).
-    pub(crate) fn vol(&self, v: VolumeId) -> Result<&VolumeParts, VolumeError> {
-        self.vols
-            .get(usize::from(v.0))
+    pub(crate) fn vol(&self, v: VolumeId) -> Result<Arc<VolumeParts>, VolumeError> {
+        let vols = self.vols.read().unwrap_or_else(|p| p.into_inner());
+        vols.get(usize::from(v.0))
+            .cloned()
             .ok_or_else(|| VolumeError::Io {
                 name: self.name.clone(),
                 what: "volume",
                 source: std::io::Error::other(format!(
                     "volume {} of a resource of {} volume(s)",
                     v.0,
-                    self.vols.len()
+                    vols.len()
                 )),
             })
     }
 
+    /// The number of volumes on this node.
+    pub fn volume_count(&self) -> usize {
+        self.vols.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// A volume added at run time (`drl adjust`, issue 15): the next number, its parts opened
+    /// with every block out of sync. A running session announces it to the peer at a barrier
+    /// (if this node is Primary) and syncs it; until then its writes only mark its bitmap.
+    pub fn add_volume(&self, parts: VolumeParts) {
+        self.vols
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(parts));
+        self.wake.notify_waiters();
+    }
+
     /// Whether the resource is a consistency group (more than one volume).
     pub fn is_group(&self) -> bool {
-        self.vols.len() > 1
+        self.volume_count() > 1
     }
 
     /// Write every volume's changed bitmap pages to its metadata.
     pub(crate) async fn persist_bitmaps(&self) -> Result<(), String> {
-        for (n, v) in self.vols.iter().enumerate() {
+        for (n, v) in self.vols().iter().enumerate() {
             v.persist_bitmap()
                 .await
                 .map_err(|e| match self.is_group() {
@@ -94,19 +116,19 @@ impl Replicator {
 
     /// Out-of-sync bytes of every volume together.
     pub fn out_of_sync_bytes(&self) -> u64 {
-        self.vols.iter().map(|v| v.bitmap.dirty_bytes()).sum()
+        self.vols().iter().map(|v| v.bitmap.dirty_bytes()).sum()
     }
 
     /// The bitmaps of volumes 1.. ([`crate::repl::core::Ctx::group_bitmaps`]).
-    pub(crate) fn group_bitmaps(&self) -> Vec<&DirtyBitmap> {
-        self.vols[1..].iter().map(|v| &*v.bitmap).collect()
+    pub(crate) fn group_bitmaps(&self) -> Vec<Arc<DirtyBitmap>> {
+        self.vols()[1..].iter().map(|v| v.bitmap.clone()).collect()
     }
 
     /// The volume of an offset in the group's address space ([`VolumeId::of_group_offset`]):
     /// its parts, the offset in it and its size; None for a volume the resource lacks.
-    pub(crate) fn group_range(&self, offset: u64) -> Option<(&VolumeParts, u64, u64)> {
+    pub(crate) fn group_range(&self, offset: u64) -> Option<(Arc<VolumeParts>, u64, u64)> {
         let (vol, local) = VolumeId::of_group_offset(offset);
-        let parts = self.vols.get(usize::from(vol.0))?;
+        let parts = self.vol(vol).ok()?;
         let size = match vol.0 {
             0 => self.size_bytes(),
             _ => parts.disk.size_bytes(),
@@ -121,7 +143,7 @@ impl Replicator {
 
     /// Every volume's size, volume 0's being the agreed one ([`Self::size_bytes`]).
     pub(crate) fn volume_sizes(&self) -> Vec<u64> {
-        let mut s: Vec<u64> = self.vols.iter().map(|v| v.disk.size_bytes()).collect();
+        let mut s: Vec<u64> = self.vols().iter().map(|v| v.disk.size_bytes()).collect();
         s[0] = self.size_bytes();
         s
     }

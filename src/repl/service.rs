@@ -332,7 +332,7 @@ pub async fn persist_loop(
         // last eviction). The flush first: an extent retired over a write still in the disk's
         // volatile cache would let a power loss diverge the pair silently (tests/sim).
         // Each volume of a group has its own activity log, retired against its own disk.
-        for (n, v) in rep.vols.iter().enumerate() {
+        for (n, v) in rep.vols().iter().enumerate() {
             let flushed = v.al.writes_done();
             if let Err(e) = v.disk.flush().await {
                 crate::warn_rl!(rep.rl, resource = %rep.name, volume = n, "flushing before retiring activity-log extents: {e}");

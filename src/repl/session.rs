@@ -55,6 +55,7 @@ type Applying =
 /// What this node tells the peer in the handshake.
 pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
     let sb = rep.meta.superblock();
+    let vols = rep.vols();
     let discard = rep.state().discard_my_data;
     let mut gen = gen_of(sb.gen);
     let mut disk = disk_of(sb.disk_state);
@@ -76,11 +77,12 @@ pub(crate) fn local_info(rep: &Replicator) -> LocalInfo {
         size_bytes: rep.capacity_bytes(),
         usable_bytes: rep.size_bytes(),
         gen,
-        dirty_bits: rep.vols.iter().map(|v| v.bitmap.count_dirty()).sum(),
+        dirty_bits: vols.iter().map(|v| v.bitmap.count_dirty()).sum(),
         role: role_of(sb.role),
         disk,
         features: crate::repl::wire::features::ALL,
-        group_sizes: rep.cfg.volumes[1..].iter().map(|v| v.size_bytes).collect(),
+        // The volumes on this node now (`drl adjust` adds some at run time).
+        group_sizes: vols[1..].iter().map(|v| v.disk.size_bytes()).collect(),
     }
 }
 
@@ -149,7 +151,12 @@ pub(crate) async fn run(
     let (verify_failed_tx, verify_failed_rx) =
         mpsc::channel(crate::limits::REPL_VERIFY_WINDOW_REQUESTS);
     let (verify_cmd_tx, verify_cmd_rx) = mpsc::channel(1);
-    let mut core = Core::with_volumes(rep.volume_sizes(), est.peer.gen.current, 0);
+    // The volumes of the Hellos (equal on both sides, or the handshake refused): one added
+    // since is announced by the session (`announce_added_volume`).
+    let mut sizes = rep.volume_sizes();
+    sizes.truncate(1 + local.group_sizes.len());
+    let mut core = Core::with_volumes(sizes, est.peer.gen.current, 0);
+    link.set_volumes(core.volume_count());
     core.set_verify_negotiated(est.features & crate::repl::wire::features::VERIFY != 0);
     let mut s = Session {
         rep,
@@ -463,6 +470,7 @@ impl Session<'_> {
 
     fn on_tick(&mut self) -> Result<(), String> {
         self.verify_check_state()?;
+        self.announce_added_volume()?;
         let stalled = self.link.stalled_now();
         self.step(|c, ctx| c.on_tick(ctx, stalled))?;
         // Pull-ahead: once the buffer drained (and not sooner than REPL_AHEAD_MIN_MS), resync
@@ -488,6 +496,26 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A volume added on this node since the handshake (`drl adjust`): a Primary announces it
+    /// at a barrier and syncs it, once no resync or verify runs (the next tick tries again);
+    /// a Secondary waits for the Primary's announcement.
+    fn announce_added_volume(&mut self) -> Result<(), String> {
+        let n = self.core.volume_count();
+        // Not while Ahead either: the volume's sync starts once the marked blocks' resync
+        // (leaving Ahead) is over.
+        if self.rep.role() != drbd_compat::Role::Primary
+            || !self.core.can_add_volume()
+            || self.link.ahead.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let Some(size) = self.rep.volume_sizes().get(n).copied() else {
+            return Ok(());
+        };
+        let vol = crate::repl::core::VolumeId(n as u16);
+        self.step(|c, ctx| c.add_volume(ctx, vol, size))
+    }
+
     /// The session is over: keep every unacked bit, persist the bitmap, update the state.
     async fn finish(&mut self, reason: &str) {
         let rep = self.rep;
@@ -497,6 +525,8 @@ impl Session<'_> {
         let done = {
             let link = self.link.clone();
             let group = rep.group_bitmaps();
+            let group: Vec<&crate::volume::bitmap::DirtyBitmap> =
+                group.iter().map(|b| &**b).collect();
             let ctx = Ctx {
                 // The tracker stamps writes on the replicator's clock (lag_ms).
                 now_ms: rep.now_ms(),
@@ -550,6 +580,7 @@ impl Session<'_> {
             st.verify_tx = None;
             st.verify_peer = None;
             st.resync_started = None;
+            st.resync_volume = None;
             let last = rep.stats.last_received_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
             st.link_lost = Some(serde_json::json!({
                 "at_unix_ms": crate::repl::replicator::unix_ms(),

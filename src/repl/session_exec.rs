@@ -36,6 +36,7 @@ impl Session<'_> {
         let rep = self.rep;
         let link = self.link.clone();
         let group = rep.group_bitmaps();
+        let group: Vec<&crate::volume::bitmap::DirtyBitmap> = group.iter().map(|b| &**b).collect();
         let ctx = Ctx {
             now_ms: self.now_ms(),
             role: rep.role(),
@@ -55,6 +56,11 @@ impl Session<'_> {
                     self.link.push(&f);
                 }
                 Action::CloseEpoch => self.link.close_epoch(),
+                Action::AnnounceVolume { vol, size_bytes } => {
+                    self.link.announce_volume(vol.0, size_bytes);
+                    crate::info_rl!(rep.state_rl, resource = %rep.name, volume = vol.0, size_bytes,
+                        "volume added: announced to the peer at a barrier; full sync of the new volume");
+                }
                 Action::Disk { id, vol, op } => self.started.push(disk_op(rep, id, vol, op)),
                 Action::PersistBitmapDetached => {
                     let r = rep.clone();
@@ -131,6 +137,11 @@ impl Session<'_> {
             SessionEnd::Refused(r) => {
                 tracing::error!(resource = %rep.name, "{r}");
                 r.to_owned()
+            }
+            SessionEnd::NeedsAdjust(r) => {
+                crate::warn_rl!(rep.state_rl, resource = %rep.name, peer = %rep.peer_node(), "{r}");
+                rep.update(|st| st.last_error = Some(r.clone()));
+                r
             }
             other => other.to_string(),
         }
@@ -213,6 +224,7 @@ fn apply_state(rep: &Replicator, s: StateChange) {
                 st.peer_disk = Some(drbd_compat::DiskState::UpToDate);
             }
             st.resync_started = None;
+            st.resync_volume = None;
         }),
         StateChange::Peer { role, disk, ahead } => rep.update(|st| {
             st.peer_role = Some(role);
@@ -228,5 +240,6 @@ fn apply_state(rep: &Replicator, s: StateChange) {
             });
         }
         StateChange::StandAlone => rep.update(|st| st.standalone = true),
+        StateChange::VolumeSync(v) => rep.update(|st| st.resync_volume = Some(v.0)),
     }
 }

@@ -313,6 +313,11 @@ impl Encoder {
                 }
             }
             Frame::Barrier { epoch } | Frame::BarrierAck { epoch } => h.epoch = *epoch,
+            Frame::VolumeAdd { vol, size_bytes } => {
+                check_volume_add(*vol, *size_bytes).map_err(|what| malformed(ft, what))?;
+                h.set_volume(*vol);
+                h.offset = *size_bytes;
+            }
             Frame::BitmapChunk {
                 first_bit,
                 bit_count,
@@ -495,6 +500,28 @@ fn check_range_len(len: u32) -> Result<(), WireError> {
             len: len as u64,
             max: REPL_FRAME_RANGE_BYTES_MAX,
         });
+    }
+    Ok(())
+}
+
+/// A VolumeAdd's fields (both sides check them): volume 1.. below the group's maximum (volume
+/// 0 exists from the start), a size a config could declare ([`crate::config::volumes`]).
+pub(crate) fn check_volume_add(vol: u16, size_bytes: u64) -> Result<(), String> {
+    if vol == 0 || usize::from(vol) >= crate::limits::GROUP_VOLUMES_COUNT_MAX {
+        return Err(format!(
+            "volume {vol} (1..{})",
+            crate::limits::GROUP_VOLUMES_COUNT_MAX
+        ));
+    }
+    if size_bytes == 0
+        || !size_bytes.is_multiple_of(crate::limits::BITMAP_BLOCK_BYTES)
+        || size_bytes > crate::limits::VOLUME_SIZE_BYTES_MAX
+    {
+        return Err(format!(
+            "volume {vol} of {size_bytes} bytes (a non-zero multiple of {} up to {})",
+            crate::limits::BITMAP_BLOCK_BYTES,
+            crate::limits::VOLUME_SIZE_BYTES_MAX
+        ));
     }
     Ok(())
 }

@@ -126,6 +126,10 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Disconnect {
             reason: "bye".into(),
         },
+        Frame::VolumeAdd {
+            vol: 1,
+            size_bytes: 256 << 20,
+        },
     ]
 }
 
@@ -396,6 +400,43 @@ fn split_range_covers_the_write_exactly() {
         ]
     );
     assert_eq!(split_range(0, 0, 4096).count(), 0);
+}
+
+/// A volume added at run time (issue 15): the volume in the header's volume bytes, the size in
+/// its offset; a number or size no config could declare is refused by both ends.
+#[test]
+fn a_volume_add_names_a_valid_volume_and_size() {
+    let (e, mut d) = codec(false);
+    let mut out = BytesMut::new();
+    for (vol, size_bytes) in [(0, 1 << 20), (16, 1 << 20), (1, 0), (1, 4097)] {
+        let f = Frame::VolumeAdd { vol, size_bytes };
+        assert!(e.encode(&f, &mut out).is_err(), "{f:?} encoded");
+    }
+    type Edit = Box<dyn Fn(&mut FrameHeader)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(|h| h.set_volume(0)), "volume 0 (1..16)"),
+        (
+            Box::new(|h| h.offset = 3 << 12 | 1),
+            "volume 1 of 12289 bytes",
+        ),
+        (
+            Box::new(|h| h.offset = crate::limits::VOLUME_SIZE_BYTES_MAX + 4096),
+            "a non-zero multiple of 4096",
+        ),
+        (Box::new(|h| h.seq = 1), "header field seq is 1, must be 0"),
+    ];
+    for (edit, msg) in cases {
+        let mut b = encode(
+            &e,
+            &Frame::VolumeAdd {
+                vol: 1,
+                size_bytes: 1 << 20,
+            },
+        );
+        resign(&mut b, edit);
+        let err = d.decode(&mut b).unwrap_err().to_string();
+        assert!(err.contains(msg), "{err:?} should contain {msg:?}");
+    }
 }
 
 #[test]

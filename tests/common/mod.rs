@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod detect;
 pub mod dr;
+pub mod group_writer;
 pub mod nbd_client;
 pub mod netns;
 pub mod pair;

@@ -302,6 +302,23 @@ impl Pair {
     pub fn disk_of(&self, n: &str, v: usize) -> PathBuf {
         volume_file(self.d(), n, v, "img")
     }
+    /// Volumes 0 and 1 of a group on node `n`, as bytes.
+    pub fn volumes(&self, n: &str) -> [Vec<u8>; 2] {
+        [0, 1].map(|v| std::fs::read(self.disk_of(n, v)).unwrap())
+    }
+
+    /// Each volume of a group (of these `sizes`) is identical on a and b.
+    pub fn assert_volumes_identical(&self, sizes: &[u64], context: &str) {
+        for (v, size) in sizes.iter().enumerate() {
+            assert_files_identical(
+                &self.disk_of("a", v),
+                &self.disk_of("b", v),
+                *size,
+                &format!("volume {v}: {context}\n{}", self.report()),
+            );
+        }
+    }
+
     /// Volume `v`'s NBD socket on node `n`.
     pub fn nbd_of(&self, n: &str, v: usize) -> PathBuf {
         volume_file(self.d(), n, v, "nbd")

@@ -381,6 +381,9 @@ impl Node {
                         }
                     }
                 }
+                // The simulator's groups are fixed; adding a volume is not one of its admin
+                // actions (tests in src/repl/core/add_volume_tests.rs and tests/add_volume.rs).
+                Action::AnnounceVolume { .. } => unreachable!("the simulator adds no volume"),
                 Action::Disk { id, vol, op } => s.ops.push((id, vol, op)),
                 Action::PersistBitmapDetached => self.persist_bitmaps(),
                 Action::Meta(m) => self.apply_meta(m),
@@ -467,6 +470,7 @@ impl Node {
                 self.repl = drl::repl::state::with_peer_ahead(self.repl, ahead);
             }
             StateChange::SplitBrain { .. } | StateChange::StandAlone => self.standalone = true,
+            StateChange::VolumeSync(_) => {}
         }
     }
 

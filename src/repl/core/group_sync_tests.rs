@@ -18,36 +18,47 @@ use crate::volume::bitmap::DirtyBitmap;
 
 /// Volume 0 has a block count that is not a multiple of 8, so volume 1's bits in the
 /// transfer start after padding.
-const SIZES: [u64; 2] = [259 * B, 64 * B];
+pub(super) const SIZES: [u64; 2] = [259 * B, 64 * B];
 
-struct Node {
-    core: Core<Bytes>,
-    bitmaps: Vec<DirtyBitmap>,
-    tracker: Mutex<EpochTracker>,
-    role: Role,
-    disks: Vec<Vec<u8>>,
-    outbox: VecDeque<Frame>,
+/// One node of a pair of cores, with its volumes as memory and its shell's actions carried
+/// out as the daemon's shell does (also used by `add_volume_tests`).
+pub(super) struct Node {
+    pub(super) core: Core<Bytes>,
+    pub(super) bitmaps: Vec<DirtyBitmap>,
+    pub(super) tracker: Mutex<EpochTracker>,
+    pub(super) role: Role,
+    pub(super) disks: Vec<Vec<u8>>,
+    pub(super) outbox: VecDeque<Frame>,
     ops: Vec<(OpId, VolumeId, DiskOp<Bytes>)>,
     /// What happened, in order: "flush N", "persist N", "sent ResyncDone", "meta ...".
-    log: Vec<String>,
+    pub(super) log: Vec<String>,
+    /// Volumes whose writes are shipped (the shell's `Link::ships_volume`).
+    pub(super) shipped: usize,
 }
 
 impl Node {
     fn new(role: Role, fill: u8) -> Node {
+        Node::with(role, fill, &SIZES, SIZES.len())
+    }
+
+    /// A node holding volumes of `sizes`, whose session replicates the first `session` of
+    /// them (the others were added since the handshake).
+    pub(super) fn with(role: Role, fill: u8, sizes: &[u64], session: usize) -> Node {
         Node {
-            core: Core::with_volumes(SIZES.to_vec(), 1, 0),
-            bitmaps: SIZES.iter().map(|&s| DirtyBitmap::new(s, B)).collect(),
+            core: Core::with_volumes(sizes[..session].to_vec(), 1, 0),
+            bitmaps: sizes.iter().map(|&s| DirtyBitmap::new(s, B)).collect(),
             tracker: Mutex::new(EpochTracker::new(EpochLimits::default())),
             role,
-            disks: SIZES.iter().map(|&s| vec![fill; s as usize]).collect(),
+            disks: sizes.iter().map(|&s| vec![fill; s as usize]).collect(),
             outbox: VecDeque::new(),
             ops: Vec::new(),
             log: Vec::new(),
+            shipped: session,
         }
     }
 
     /// `f` with the core and this node's facts.
-    fn with_ctx<R>(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> R) -> R {
+    pub(super) fn with_ctx<R>(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> R) -> R {
         let group: Vec<&DirtyBitmap> = self.bitmaps[1..].iter().collect();
         let ctx = Ctx {
             now_ms: 1,
@@ -60,7 +71,7 @@ impl Node {
         f(&mut self.core, &ctx)
     }
 
-    fn step(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>) {
+    pub(super) fn step(&mut self, f: impl FnOnce(&mut Core<Bytes>, &Ctx) -> Vec<Action<Bytes>>) {
         let actions = self.with_ctx(f);
         for a in actions {
             match a {
@@ -76,6 +87,7 @@ impl Node {
                     // with the same (group) offset.
                     let (vol, local) = VolumeId::of_group_offset(offset);
                     let (v, at) = (usize::from(vol.0), local as usize);
+                    self.log.push(format!("serve {v}"));
                     let data = self.disks[v][at..at + len as usize].to_vec();
                     self.bitmaps[v].clear_range(local, u64::from(len));
                     self.outbox.push_back(Frame::ResyncData {
@@ -84,6 +96,24 @@ impl Node {
                     });
                 }
                 Action::Meta(m) => self.log.push(format!("meta {m:?}")),
+                // The shell's Link::close_epoch and Link::announce_volume: under the
+                // tracker's lock, as the writers queue theirs.
+                Action::CloseEpoch => {
+                    if let Some(epoch) = self.tracker.lock().unwrap().close_epoch() {
+                        self.outbox.push_back(Frame::Barrier { epoch });
+                    }
+                }
+                Action::AnnounceVolume { vol, size_bytes } => {
+                    let mut t = self.tracker.lock().unwrap();
+                    if let Some(epoch) = t.close_epoch() {
+                        self.outbox.push_back(Frame::Barrier { epoch });
+                    }
+                    self.outbox.push_back(Frame::VolumeAdd {
+                        vol: vol.0,
+                        size_bytes,
+                    });
+                    self.shipped = usize::from(vol.0) + 1;
+                }
                 Action::Close(e) => panic!("session closed: {e}"),
                 _ => {}
             }
@@ -123,7 +153,7 @@ impl Node {
 }
 
 /// Deliver frames both ways and complete disk operations until nothing moves.
-fn run(src: &mut Node, dst: &mut Node) {
+pub(super) fn run(src: &mut Node, dst: &mut Node) {
     for round in 0.. {
         assert!(round < 100_000, "the resync does not finish");
         let mut moved = false;

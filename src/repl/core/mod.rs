@@ -51,6 +51,7 @@ use crate::volume::bitmap::DirtyBitmap;
 
 pub use crate::repl::liveness::SessionEnd as LiveEnd;
 
+mod add_volume;
 mod sync;
 use sync::group_bitmap_bits;
 mod verify;
@@ -165,6 +166,8 @@ pub enum StateChange {
     },
     /// The decision needs the admin (StandAlone).
     StandAlone,
+    /// The resync that starts is the full sync of this volume alone, added at run time.
+    VolumeSync(VolumeId),
 }
 
 /// Counters of the status.
@@ -229,6 +232,13 @@ pub enum Action<B> {
     /// so a Barrier queued after the lock was released could follow a write of the next
     /// epoch ("frame for epoch 3, expected epoch 2" at the peer, seen in tests/repl_storms.rs).
     CloseEpoch,
+    /// Consistency groups: close the open epoch and queue a `VolumeAdd` of `vol` after its
+    /// Barrier, in one step under the tracker's lock (as [`Action::CloseEpoch`]), and from
+    /// then on ship the volume's writes ([`crate::repl::link::Link::announce_volume`]).
+    AnnounceVolume {
+        vol: VolumeId,
+        size_bytes: u64,
+    },
     /// The session ends (the last action of a step).
     Close(SessionEnd),
 }
@@ -253,6 +263,10 @@ pub enum SessionEnd {
     /// The decision cannot be acted on (e.g. a Primary would become SyncTarget).
     #[error("{0}")]
     Refused(&'static str),
+    /// A volume added at run time that one node lacks: the text names the fix
+    /// (`drl adjust`); the status shows it as the last error.
+    #[error("{0}")]
+    NeedsAdjust(String),
 }
 
 /// What the core reads from the node for one step (it owns none of it).
@@ -372,6 +386,8 @@ pub struct Core<B> {
     /// Set once the session ended: completions only release what follows them.
     ended: bool,
     verify: verify::VerifyState,
+    /// A volume added in this session whose full sync runs (`add_volume.rs`).
+    adding: Option<VolumeId>,
 }
 
 impl<B: Payload> Core<B> {
@@ -399,6 +415,7 @@ impl<B: Payload> Core<B> {
             ops: HashMap::new(),
             ended: false,
             verify: verify::VerifyState::default(),
+            adding: None,
         }
     }
 
@@ -649,7 +666,8 @@ impl<B: Payload> Core<B> {
                 out.push(Action::PingAck(seq));
                 Ok(())
             }
-            Frame::Disconnect { reason } => Err(SessionEnd::PeerDisconnected(reason)),
+            Frame::Disconnect { reason } => Err(self.peer_disconnected(reason)),
+            Frame::VolumeAdd { vol, size_bytes } => self.volume_added(ctx, vol, size_bytes, out),
             other => Err(proto(format!(
                 "unexpected {} frame after the handshake",
                 other.frame_type().name()
@@ -874,6 +892,9 @@ mod group_prop_tests;
 
 #[cfg(test)]
 mod group_sync_tests;
+
+#[cfg(test)]
+mod add_volume_tests;
 
 #[cfg(test)]
 mod verify_tests;

@@ -302,6 +302,7 @@ impl<B: Payload> Core<B> {
     /// Every answer is durable: adopt the source's generation, become UpToDate, tell it.
     pub(super) fn resync_finished(&mut self, source_current: u64, out: &mut Vec<Action<B>>) {
         self.sync = None;
+        self.adding = None;
         out.push(Action::Meta(MetaChange::ResyncFinishedTarget {
             source_current,
         }));
@@ -320,6 +321,7 @@ impl<B: Payload> Core<B> {
             ));
         }
         self.sync = None;
+        self.adding = None;
         out.push(Action::StopServing);
         // The resync cleared the bits in memory; put the clean bitmap on disk now (as the
         // SyncTarget does), not at the next periodic persist: a crash before it would resync

@@ -282,6 +282,13 @@ fn a_group_fails_over_and_back_as_one() {
         !out.status.success() && err.contains("no group record"),
         "{err}"
     );
+    let dir = format!("{}/files/", p.d().display());
+    let out = p.a.cli(&["restore", "backups/none/s1", "--to", &dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no group record"),
+        "{err}"
+    );
 
     // `drl down` closes every volume (and gives back every file), `drl up` opens them again.
     p.cli_ok("a", &["down", "r0"]);
@@ -328,6 +335,29 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
     // Streamed (every volume, then the group record) and restored over the live group: both
     // volumes go back to the cut, on a and, replicated, on b.
     p.cli_ok("a", &["stream", "r0", "cut", "--to", "backups/r0"]);
+    // Into files first (no daemon: the CLI reads the vault itself): one file per volume,
+    // DIR/r0-N.img, after the group record was found. A file target is refused with where a
+    // group's stream goes instead.
+    let dir = p.d().join("restored");
+    let to_dir = format!("{}/", dir.display());
+    let out = p.a.cli(&[
+        "restore",
+        "backups/r0/cut",
+        "--to",
+        &format!("{to_dir}one.img"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("restore it into a directory"),
+        "{err}"
+    );
+    p.cli_ok("a", &["restore", "backups/r0/cut", "--to", &to_dir]);
+    let files = [0, 1].map(|v| std::fs::read(dir.join(format!("r0-{v}.img"))).unwrap());
+    for (v, f) in files.iter().enumerate() {
+        assert_eq!(f.len() as u64, SIZES[v], "volume {v}'s restored file");
+    }
+    let k_files = prefix_of(run, writes, &files)
+        .unwrap_or_else(|e| panic!("the group snapshot restored into files: {e}"));
     p.cli_ok("a", &["restore", "backups/r0/cut", "--to", "r0"]);
     p.wait_in_sync("a", "after the restore of the group snapshot");
     let k = prefix_of(run, writes, &volumes(&p, "a"))
@@ -335,6 +365,10 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
     assert!(
         (before..=after + 1).contains(&k),
         "the restored group holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
+    );
+    assert_eq!(
+        k_files, k,
+        "the files and the live group restored different points"
     );
     assert_volumes_identical(&p, "after the restore");
     eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");

@@ -374,6 +374,95 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
     eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");
 }
 
+/// The events of a group name the volume (DRBD's `volume:N`): device and peer-device events
+/// come one per volume, a peer-device one with that volume's `out_of_sync_bytes`, resync
+/// progress with each volume's own `done`; `drl events` prints `volume:N` after the name.
+#[test]
+fn a_groups_events_name_the_volume() {
+    let p = group_pair();
+    p.force_primary_and_sync("a");
+    let json = EventsTap::spawn(&p.b, &["events", "--json"]);
+    let text = EventsTap::spawn(&p.b, &["events"]);
+    // Both subscriptions are live once a change made after them shows in both (pause-sync
+    // and resume-sync publish the peer-device state of every volume).
+    common::wait_until("b's event taps are live", WAIT, || {
+        p.cli_ok("b", &["pause-sync", "r0"]);
+        p.cli_ok("b", &["resume-sync", "r0"]);
+        json.contains("\"volume\":1") && text.contains("peer-device name:r0 volume:1")
+    });
+    // A cut, writes to both volumes (4 KiB and 1 MiB), and a resync that a (the SyncSource)
+    // holds paused until each volume's progress was seen on b.
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.wait("b sees the link gone", WAIT, |_, b| {
+        b.is_some_and(|b| b["connection"] != "Connected")
+    });
+    common::nbd_client::nbd_write(&p.nbd_of("a", 0), 0, &random_bytes(7, 4096));
+    common::nbd_client::nbd_write(&p.nbd_of("a", 1), 0, &random_bytes(8, MIB));
+    p.cli_ok("a", &["pause-sync", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    let events = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        json.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| want(&e))
+    };
+    let is = |e: &serde_json::Value, kind: &str, object: &str, vol: u64| {
+        e["kind"] == kind && e["object"] == object && e["volume"] == vol
+    };
+    let t0 = std::time::Instant::now();
+    while !(0..2)
+        .all(|v| events(&|e| is(e, "progress", "peer-device", v) && e["fields"]["done"].is_f64()))
+    {
+        assert!(
+            t0.elapsed() < WAIT,
+            "no progress of each volume:\n{}",
+            json.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (v, oos) in [(0, 4096), (1, MIB)] {
+        assert!(
+            events(&|e| is(e, "change", "peer-device", v)
+                && e["fields"]["replication"] == "SyncTarget"
+                && e["fields"]["out_of_sync_bytes"] == oos),
+            "no SyncTarget event of volume {v} with {oos} bytes out of sync:\n{}",
+            json.text()
+        );
+        assert!(
+            events(&|e| is(e, "change", "device", v) && e["fields"]["disk"] == "Inconsistent"),
+            "{}",
+            json.text()
+        );
+    }
+    p.cli_ok("a", &["resume-sync", "r0"]);
+    p.wait_in_sync("a", "after the resync of both volumes");
+    common::wait_until("each volume back in sync in b's events", WAIT, || {
+        (0..2).all(|v| {
+            events(&|e| {
+                is(e, "change", "peer-device", v)
+                    && e["fields"]["replication"] == "Established"
+                    && e["fields"]["out_of_sync_bytes"] == 0
+            }) && events(&|e| is(e, "change", "device", v) && e["fields"]["disk"] == "UpToDate")
+        })
+    });
+    assert!(
+        text.contains("change device name:r0 volume:1 disk:UpToDate"),
+        "{}",
+        text.text()
+    );
+    // No event of a group's device or peer device without its volume.
+    assert!(
+        !events(
+            &|e| (e["object"] == "device" || e["object"] == "peer-device")
+                && e.get("volume").is_none()
+        ),
+        "{}",
+        json.text()
+    );
+}
+
 /// Why groups exist: the same dependent writer on two separate resources `r0` and `r1` (each
 /// its own connection and epochs), and one of the two links lost (`drl disconnect r1`, as a
 /// dropped TCP connection of one resource would): `r0` keeps replicating, so b's `r0` holds

@@ -290,6 +290,21 @@ fn a_group_fails_over_and_back_as_one() {
         "{err}"
     );
 
+    // Resizing one volume of the group (DRBD's `res/vol`) is refused with the reason, and a
+    // volume the group lacks is named as such.
+    let out = p.a.cli(&["resize", "r0/1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("resizing volume 1 of a consistency group"),
+        "{err}"
+    );
+    let out = p.a.cli(&["resize", "r0/2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no volume \"2\""),
+        "{err}"
+    );
+
     // `drl down` closes every volume (and gives back every file), `drl up` opens them again.
     p.cli_ok("a", &["down", "r0"]);
     p.cli_ok("a", &["up", "r0"]);

@@ -12,13 +12,12 @@ after fio stopped); VOLUME.cmp says whether each Secondary volume ended byte-ide
 Throughput, latency and CPU are medians over the repeats; the lag figures are over all samples.
 """
 
-import csv
 import json
 import os
 import statistics
 import sys
 
-from bench_nbd_table import fmt, metrics
+from bench_nbd_table import fmt, metrics, write_outputs
 
 SETUPS = [
     ("group", "group: one resource, 2 volumes"),
@@ -139,14 +138,7 @@ def main():
             lines.append(f"| {label} | {r} | {max(v):,} | {statistics.median(v):,.0f} | {len(v)} |")
     lines += ["", "Secondary byte-identical to the Primary after the runs (daemons stopped, cmp): "
               + ", ".join(f"{v}: **{c}**" for v, c in sorted(cmp.items())), ""]
-    text = "\n".join(lines)
-    sys.stdout.write(text)
-    with open(out_md, "w") as f:
-        f.write(text)
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(csv_rows[0].keys()))
-        w.writeheader()
-        w.writerows(csv_rows)
+    write_outputs(lines, csv_rows, out_md, out_csv)
 
 
 if __name__ == "__main__":

@@ -275,6 +275,12 @@ def main():
         r["repeats"] = max((med.get((e, row)) or {}).get("n", 0) for e in ENGINES)
         csv_rows.append(r)
 
+    write_outputs(lines, csv_rows, out_md, out_csv)
+
+
+def write_outputs(lines, csv_rows, out_md, out_csv):
+    """The markdown `lines` to stdout and OUT_MD, the dicts `csv_rows` (one header from the
+    first) to OUT_CSV."""
     text = "\n".join(lines)
     sys.stdout.write(text)
     with open(out_md, "w") as f:

@@ -89,8 +89,9 @@ def main():
     lines += [
         "",
         "The host is shared and loaded (2 CPUs, other builds and tests running; load averages"
-        " above): absolute IOPS are whatever CPU was left, so compare the two setups of this"
-        " run with each other, and CPU per I/O (which barely depends on the load) across runs.",
+        " above): absolute IOPS and even CPU per I/O move with what the rest of the host does"
+        " (23 to 43 us for the same Primary here), so compare the two setups of one run,"
+        " which alternate, with each other.",
         "",
         "| setup | IOPS vol 0 | IOPS vol 1 | IOPS total | p50 vol 0 / vol 1 (us) | p99 vol 0 / vol 1 (us)"
         " | lag max (ms) | lag p50 (ms) | catch-up max (s) | CPU/IO Primary (us) | CPU/IO Secondary (us) | runs |",

@@ -126,14 +126,7 @@ need_cmd fallocate util-linux
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
 
 root=$(repo_root)
-size_bytes=$(python3 - "$size" <<'EOF'
-import re, sys
-m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", sys.argv[1].strip(), re.I)
-if not m:
-    sys.exit(f"bad size: {sys.argv[1]}")
-print(int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
-EOF
-) || die "cannot parse size $size"
+size_bytes=$(parse_size_bytes "$size") || die "cannot parse size $size"
 [ $((size_bytes % 1048576)) = 0 ] && [ "$size_bytes" -gt 0 ] || die "size must be a positive multiple of 1 MiB: $size"
 
 bench_parent=${BENCH_DIR:-$root/target}
@@ -148,17 +141,7 @@ mkdir -p "$dir/raw"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $dir ($(stat -f -c %T "$dir"), same filesystem for both servers)"
 
-make_backing() {
-    local file=$1 direct=oflag=direct
-    rm -f "$file"
-    fallocate -l "$size_bytes" "$file" || die "fallocate $file failed"
-    # tmpfs refuses O_DIRECT (and has no unwritten extents to avoid anyway).
-    [ "$(stat -f -c %T "$(dirname "$file")")" = tmpfs ] && direct=""
-    if [ "$prealloc" = full ]; then
-        dd if=/dev/zero of="$file" bs=1M count=$((size_bytes / 1048576)) conv=notrunc,fsync \
-            $direct status=none || die "zero-filling $file failed"
-    fi
-}
+make_backing() { make_backing_file "$1" "$size_bytes" "$prealloc"; }
 
 # ---- qemu-storage-daemon ------------------------------------------------------------------
 # start_qsd NAME: a qsd exporting $dir/NAME.img on $dir/NAME.nbd; sets started_uri, qsd_aio.
@@ -269,9 +252,6 @@ start_drl_null() {
 # files, connected over 127.0.0.1; `primary r0 --force` on a, then wait for the initial sync.
 # Sets pair_uri[KIND], pair_ctl[KIND] (a's control socket), pair_pids[KIND], pair_files[KIND].
 declare -A pair_uri pair_ctl pair_pids pair_files pair_secfs pair_secdio
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 start_pair() {
     local kind=$1 d=$dir/pair-$1 secdir pa pb cfg pid_a pid_b t0
     ensure_drl_bin

@@ -51,7 +51,6 @@ curl -fsS -o /dev/null -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' ht
     die "Swift is not answering on 127.0.0.1:8080: scripts/swift-aio.sh start"
 [ -d "$EXPORT" ] || die "$EXPORT missing: scripts/openstack-aio.sh start"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 uuid() { python3 -c 'import uuid; print(uuid.uuid4())'; }
 
 # template N ID... — the workload's HOT: a server booted from the first volume (a stack

@@ -41,13 +41,14 @@ LABEL = {
 REPLICATED = ("drlrep", "drlshm")
 
 
-def metrics(path):
-    """IOPS, MiB/s, p50 and p99 completion latency (us) of the single job in one fio run."""
+def metrics(path, job=0):
+    """IOPS, MiB/s, p50 and p99 completion latency (us) of job `job` (the single job unless
+    told) in one fio run; with ENGINE__ROW__REP.cpu beside it, the CPU per I/O of that job."""
     with open(path) as f:
         text = f.read()
     # fio may print warnings before the JSON document.
     data = json.loads(text[text.index("{"):])
-    job = data["jobs"][0]
+    job = data["jobs"][job]
     if job.get("error"):
         raise SystemExit(f"{path}: fio reported error {job['error']}")
     w = job["write"]
@@ -62,6 +63,7 @@ def metrics(path):
     return {
         **cpu,
         "iops": w["iops"],
+        "ios": w["total_ios"],
         "mib_s": w["bw_bytes"] / 2**20,
         "p50_us": pct.get("50.000000", float("nan")) / 1000,
         "p99_us": pct.get("99.000000", float("nan")) / 1000,
@@ -273,6 +275,12 @@ def main():
         r["repeats"] = max((med.get((e, row)) or {}).get("n", 0) for e in ENGINES)
         csv_rows.append(r)
 
+    write_outputs(lines, csv_rows, out_md, out_csv)
+
+
+def write_outputs(lines, csv_rows, out_md, out_csv):
+    """The markdown `lines` to stdout and OUT_MD, the dicts `csv_rows` (one header from the
+    first) to OUT_CSV."""
     text = "\n".join(lines)
     sys.stdout.write(text)
     with open(out_md, "w") as f:

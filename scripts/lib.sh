@@ -9,6 +9,10 @@
 #   setsid, its workers included): SIGTERM, 5 s, SIGKILL; remove PIDFILE.
 # - wait_for_socket PATH TIMEOUT_S [PID]: wait until PATH is a socket (fail early if PID died).
 # - repo_root: the repository's top directory.
+# - parse_size_bytes SIZE: "256MiB", "1G", "4096" as bytes (powers of 1024), on stdout.
+# - make_backing_file FILE BYTES [PREALLOC]: a backing file for a benchmark (full: fallocate and
+#   zero-fill with O_DIRECT except on tmpfs, so no unwritten extents; falloc: fallocate only).
+# - free_port: a TCP port on 127.0.0.1 that is free now, on stdout.
 
 _lib_name=${0##*/}
 
@@ -22,6 +26,32 @@ die() {
 repo_root() {
     git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel 2>/dev/null ||
         (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+}
+
+parse_size_bytes() {
+    python3 - "$1" <<'EOF_SIZE'
+import re, sys
+m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", sys.argv[1].strip(), re.I)
+if not m:
+    sys.exit(f"bad size: {sys.argv[1]}")
+print(int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+EOF_SIZE
+}
+
+make_backing_file() {
+    local file=$1 bytes=$2 prealloc=${3:-full} direct=oflag=direct
+    rm -f "$file"
+    fallocate -l "$bytes" "$file" || die "fallocate $file failed"
+    # tmpfs refuses O_DIRECT (and has no unwritten extents to avoid anyway).
+    [ "$(stat -f -c %T "$(dirname "$file")")" = tmpfs ] && direct=""
+    if [ "$prealloc" = full ]; then
+        dd if=/dev/zero of="$file" bs=1M count=$((bytes / 1048576)) conv=notrunc,fsync \
+            $direct status=none || die "zero-filling $file failed"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 _apt_updated=0

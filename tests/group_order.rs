@@ -176,6 +176,28 @@ fn a_group_fails_over_and_back_as_one() {
         !out.status.success() && err.contains("no group record"),
         "{err}"
     );
+    let dir = format!("{}/files/", p.d().display());
+    let out = p.a.cli(&["restore", "backups/none/s1", "--to", &dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no group record"),
+        "{err}"
+    );
+
+    // Resizing one volume of the group (DRBD's `res/vol`) is refused with the reason, and a
+    // volume the group lacks is named as such.
+    let out = p.a.cli(&["resize", "r0/1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("resizing volume 1 of a consistency group"),
+        "{err}"
+    );
+    let out = p.a.cli(&["resize", "r0/2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no volume \"2\""),
+        "{err}"
+    );
 
     // `drl down` closes every volume (and gives back every file), `drl up` opens them again.
     p.cli_ok("a", &["down", "r0"]);
@@ -222,6 +244,29 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
     // Streamed (every volume, then the group record) and restored over the live group: both
     // volumes go back to the cut, on a and, replicated, on b.
     p.cli_ok("a", &["stream", "r0", "cut", "--to", "backups/r0"]);
+    // Into files first (no daemon: the CLI reads the vault itself): one file per volume,
+    // DIR/r0-N.img, after the group record was found. A file target is refused with where a
+    // group's stream goes instead.
+    let dir = p.d().join("restored");
+    let to_dir = format!("{}/", dir.display());
+    let out = p.a.cli(&[
+        "restore",
+        "backups/r0/cut",
+        "--to",
+        &format!("{to_dir}one.img"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("restore it into a directory"),
+        "{err}"
+    );
+    p.cli_ok("a", &["restore", "backups/r0/cut", "--to", &to_dir]);
+    let files = [0, 1].map(|v| std::fs::read(dir.join(format!("r0-{v}.img"))).unwrap());
+    for (v, f) in files.iter().enumerate() {
+        assert_eq!(f.len() as u64, SIZES[v], "volume {v}'s restored file");
+    }
+    let k_files = prefix_of(run, writes, &files)
+        .unwrap_or_else(|e| panic!("the group snapshot restored into files: {e}"));
     p.cli_ok("a", &["restore", "backups/r0/cut", "--to", "r0"]);
     p.wait_in_sync("a", "after the restore of the group snapshot");
     let k = prefix_of(run, writes, &p.volumes("a"))
@@ -230,8 +275,101 @@ fn a_group_snapshot_under_dependent_writes_restores_a_prefix_of_both_volumes() {
         (before..=after + 1).contains(&k),
         "the restored group holds writes 0..{k}; acked {before} before `snapshot create` and {after} after it"
     );
+    assert_eq!(
+        k_files, k,
+        "the files and the live group restored different points"
+    );
     p.assert_volumes_identical(&SIZES, "after the restore");
     eprintln!("group snapshot: writes 0..{k} (acked {before} before the command, {after} after)");
+}
+
+/// The events of a group name the volume (DRBD's `volume:N`): device and peer-device events
+/// come one per volume, a peer-device one with that volume's `out_of_sync_bytes`, resync
+/// progress with each volume's own `done`; `drl events` prints `volume:N` after the name.
+#[test]
+fn a_groups_events_name_the_volume() {
+    let p = group_pair();
+    p.force_primary_and_sync("a");
+    let json = EventsTap::spawn(&p.b, &["events", "--json"]);
+    let text = EventsTap::spawn(&p.b, &["events"]);
+    // Both subscriptions are live once a change made after them shows in both (pause-sync
+    // and resume-sync publish the peer-device state of every volume).
+    common::wait_until("b's event taps are live", WAIT, || {
+        p.cli_ok("b", &["pause-sync", "r0"]);
+        p.cli_ok("b", &["resume-sync", "r0"]);
+        json.contains("\"volume\":1") && text.contains("peer-device name:r0 volume:1")
+    });
+    // A cut, writes to both volumes (4 KiB and 1 MiB), and a resync that a (the SyncSource)
+    // holds paused until each volume's progress was seen on b.
+    p.cli_ok("a", &["disconnect", "r0"]);
+    p.wait("b sees the link gone", WAIT, |_, b| {
+        b.is_some_and(|b| b["connection"] != "Connected")
+    });
+    common::nbd_client::nbd_write(&p.nbd_of("a", 0), 0, &random_bytes(7, 4096));
+    common::nbd_client::nbd_write(&p.nbd_of("a", 1), 0, &random_bytes(8, MIB));
+    p.cli_ok("a", &["pause-sync", "r0"]);
+    p.cli_ok("a", &["connect", "r0"]);
+    let events = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        json.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| want(&e))
+    };
+    let is = |e: &serde_json::Value, kind: &str, object: &str, vol: u64| {
+        e["kind"] == kind && e["object"] == object && e["volume"] == vol
+    };
+    let t0 = std::time::Instant::now();
+    while !(0..2)
+        .all(|v| events(&|e| is(e, "progress", "peer-device", v) && e["fields"]["done"].is_f64()))
+    {
+        assert!(
+            t0.elapsed() < WAIT,
+            "no progress of each volume:\n{}",
+            json.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (v, oos) in [(0, 4096), (1, MIB)] {
+        assert!(
+            events(&|e| is(e, "change", "peer-device", v)
+                && e["fields"]["replication"] == "SyncTarget"
+                && e["fields"]["out_of_sync_bytes"] == oos),
+            "no SyncTarget event of volume {v} with {oos} bytes out of sync:\n{}",
+            json.text()
+        );
+        assert!(
+            events(&|e| is(e, "change", "device", v) && e["fields"]["disk"] == "Inconsistent"),
+            "{}",
+            json.text()
+        );
+    }
+    p.cli_ok("a", &["resume-sync", "r0"]);
+    p.wait_in_sync("a", "after the resync of both volumes");
+    common::wait_until("each volume back in sync in b's events", WAIT, || {
+        (0..2).all(|v| {
+            events(&|e| {
+                is(e, "change", "peer-device", v)
+                    && e["fields"]["replication"] == "Established"
+                    && e["fields"]["out_of_sync_bytes"] == 0
+            }) && events(&|e| is(e, "change", "device", v) && e["fields"]["disk"] == "UpToDate")
+        })
+    });
+    assert!(
+        text.contains("change device name:r0 volume:1 disk:UpToDate"),
+        "{}",
+        text.text()
+    );
+    // No event of a group's device or peer device without its volume.
+    assert!(
+        !events(
+            &|e| (e["object"] == "device" || e["object"] == "peer-device")
+                && e.get("volume").is_none()
+        ),
+        "{}",
+        json.text()
+    );
 }
 
 /// Why groups exist: the same dependent writer on two separate resources `r0` and `r1` (each

@@ -5,7 +5,8 @@
 //! peer-device) from a status read, then `exists -` (the dump is complete), then a `change`
 //! line per change with DRBD's key names (`role:`, `disk:`, `connection:`, `conn-name:`,
 //! `replication:`, `peer-disk:`, `done:` while a resync runs), and `destroy` lines when a
-//! resource goes down. `--timestamps` puts the time of the change first (ISO 8601, UTC, as
+//! resource goes down. A consistency group's device and peer-device lines come one per volume
+//! (`volume:N`), as DRBD prints a resource of several volumes. `--timestamps` puts the time of the change first (ISO 8601, UTC, as
 //! `drbdsetup events2 --timestamps`). The subscription is made before the status is read, so
 //! nothing between the dump and the first change is lost. When the daemon goes away the
 //! command says so on stderr and exits 3.
@@ -123,20 +124,33 @@ pub fn exists_lines(status: &Value) -> Vec<Event> {
                 role: parse::<Role>(&r["peer_role"]).or(Some(Role::Unknown)),
             }));
         }
-        out.push(exists(EventObject::Device {
-            name: name.clone(),
-            volume: 0,
-            disk: parse(&r["disk"]),
-        }));
-        if let Some(peer) = r["peer_node"].as_str() {
-            out.push(exists(EventObject::PeerDevice {
+        // A consistency group lists its volumes; a one-volume resource is volume 0.
+        let volumes: Vec<u32> = match r["volumes"].as_array() {
+            Some(vs) => vs
+                .iter()
+                .filter_map(|v| v["volume"].as_u64())
+                .map(|v| v as u32)
+                .collect(),
+            None => vec![0],
+        };
+        for &volume in &volumes {
+            out.push(exists(EventObject::Device {
                 name: name.clone(),
-                conn_name: peer.to_owned(),
-                volume: 0,
-                replication: parse(&r["replication"]),
-                peer_disk: parse::<DiskState>(&r["peer_disk"]).or(Some(DiskState::DUnknown)),
-                done_percent: r["resync_percent"].as_f64(),
+                volume,
+                disk: parse(&r["disk"]),
             }));
+        }
+        if let Some(peer) = r["peer_node"].as_str() {
+            for &volume in &volumes {
+                out.push(exists(EventObject::PeerDevice {
+                    name: name.clone(),
+                    conn_name: peer.to_owned(),
+                    volume,
+                    replication: parse(&r["replication"]),
+                    peer_disk: parse::<DiskState>(&r["peer_disk"]).or(Some(DiskState::DUnknown)),
+                    done_percent: r["resync_percent"].as_f64(),
+                }));
+            }
         }
     }
     out
@@ -156,6 +170,8 @@ pub fn translate(ev: &crate::control::Event) -> Vec<Event> {
         kind: EventKind::Change,
         object,
     };
+    // A group's device and peer-device events name their volume.
+    let volume = u32::from(ev.volume.unwrap_or(0));
     match (ev.kind, ev.object) {
         // A resource that went down (daemon stop, `drl down`): DRBD destroys its objects.
         (K::Change | K::Destroy, O::Resource)
@@ -200,7 +216,7 @@ pub fn translate(ev: &crate::control::Event) -> Vec<Event> {
         },
         (K::Change, O::Device) => vec![change(EventObject::Device {
             name,
-            volume: 0,
+            volume,
             disk: f.get("disk").and_then(parse_field::<DiskState>),
         })],
         (K::Change, O::Connection) => vec![change(EventObject::Connection {
@@ -212,7 +228,7 @@ pub fn translate(ev: &crate::control::Event) -> Vec<Event> {
         (K::Change | K::Progress, O::PeerDevice) => vec![change(EventObject::PeerDevice {
             name,
             conn_name: peer,
-            volume: 0,
+            volume,
             replication: f.get("replication").and_then(parse_field::<ReplState>),
             peer_disk: f.get("peer_disk").and_then(parse_field::<DiskState>),
             done_percent: f.get("done").and_then(Value::as_f64),
@@ -282,6 +298,18 @@ mod tests {
                 "exists peer-device name:r0 conn-name:b volume:0 replication:SyncSource peer-disk:Inconsistent done:12.50",
             ]
         );
+        // A group: a device and a peer-device per volume.
+        let st = json!({"resources": [{"name": "db", "role": "Primary", "disk": "UpToDate",
+            "connection": "Connected", "replication": "Established", "peer_node": "b",
+            "peer_role": "Secondary", "peer_disk": "UpToDate",
+            "volumes": [{"volume": 0}, {"volume": 1}]}]});
+        let lines: Vec<String> = exists_lines(&st).iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert_eq!(lines[3], "exists device name:db volume:1 disk:UpToDate");
+        assert_eq!(
+            lines[5],
+            "exists peer-device name:db conn-name:b volume:1 replication:Established peer-disk:UpToDate"
+        );
     }
 
     #[test]
@@ -305,5 +333,13 @@ mod tests {
             ]
         );
         assert!(translate(&E::new(K::Create, O::Job, "j1")).is_empty());
+        // A group's events name the volume, as DRBD's do.
+        let v1 = E::new(K::Change, O::Device, "db")
+            .volume(1)
+            .field("disk", "Inconsistent");
+        assert_eq!(
+            translate(&v1)[0].to_string(),
+            "change device name:db volume:1 disk:Inconsistent"
+        );
     }
 }

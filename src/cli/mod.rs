@@ -331,7 +331,8 @@ pub struct ResArgs {
 
 #[derive(Args, Debug)]
 pub struct ResizeArgs {
-    /// The resource (its name in the config).
+    /// The resource (its name in the config); RES/N names volume N of a consistency group
+    /// (DRBD's res/vol; refused for now: a group does not resize yet).
     pub resource: String,
     /// Allow a smaller size: the tail past the new end is cut, but only if it holds no data.
     #[arg(long)]

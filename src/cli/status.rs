@@ -376,7 +376,8 @@ pub fn events(g: &Global, a: &EventsArgs) -> i32 {
     })
 }
 
-/// drbdsetup-events2 style: `change resource name:r0 role:Primary`.
+/// drbdsetup-events2 style: `change resource name:r0 role:Primary`; a group's volume follows
+/// the name as in DRBD: `change device name:db volume:1 disk:UpToDate`.
 pub fn render_event(ev: &Value) -> String {
     let mut line = format!(
         "{} {} name:{}",
@@ -384,6 +385,9 @@ pub fn render_event(ev: &Value) -> String {
         ev["object"].as_str().unwrap_or("resource"),
         ev["name"].as_str().unwrap_or("-")
     );
+    if let Some(v) = ev["volume"].as_u64() {
+        line.push_str(&format!(" volume:{v}"));
+    }
     if let Some(fields) = ev["fields"].as_object() {
         for (k, v) in fields {
             let v = v
@@ -569,5 +573,11 @@ mod tests {
     fn event_line_is_events2_style() {
         let ev = json!({"kind": "change", "object": "resource", "name": "r0", "fields": {"role": "Primary"}});
         assert_eq!(render_event(&ev), "change resource name:r0 role:Primary");
+        let ev = json!({"kind": "change", "object": "peer-device", "name": "db", "volume": 1,
+            "fields": {"out_of_sync_bytes": 4096, "replication": "SyncSource"}});
+        assert_eq!(
+            render_event(&ev),
+            "change peer-device name:db volume:1 out_of_sync_bytes:4096 replication:SyncSource"
+        );
     }
 }

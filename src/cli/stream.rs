@@ -14,6 +14,7 @@ use super::{connect, exit, node_name, runtime, Global};
 use crate::config::{self, StreamConfig};
 use crate::control::{EventFilter, EventKind, ObjectKind, Received};
 use crate::shaping::NodeShaping;
+use crate::stream::group::{restore_group_to_dir, GroupRecord};
 use crate::stream::restore::{restore_to_file, RestoreOptions};
 use crate::stream::store::{open_store, StoreUrl};
 use crate::stream::{image, Progress, Report};
@@ -57,8 +58,11 @@ pub struct RestoreArgs {
     /// The snapshot in the store: swift://CONTAINER/PREFIX/SNAP (or a vault location).
     pub from: String,
     /// Target: a resource of the running daemon (a name), or a file (a path with a '/',
-    /// e.g. ./vol.img); a file is created sparse and needs no daemon.
-    #[arg(long, value_name = "FILE|RES")]
+    /// e.g. ./vol.img); a file is created sparse and needs no daemon. A consistency group's
+    /// stream restores into a directory (an existing one, or a path ending in '/', created
+    /// if missing): one file per volume, DIR/RES-N.img (RES the group's resource, N the
+    /// volume), after its group record was found complete.
+    #[arg(long, value_name = "FILE|DIR/|RES")]
     pub to: String,
     /// Objects fetched at once (default: `[stream] parallelism`).
     #[arg(long, value_name = "N")]
@@ -371,6 +375,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
         return run_job(g, "restore.start", params, "restore", a.json);
     }
     let target = PathBuf::from(&a.to);
+    let to_dir = a.to.ends_with('/') || target.is_dir();
     let parallel = a.parallel;
     local(
         g,
@@ -382,7 +387,28 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
             let opts = RestoreOptions {
                 parallelism: parallel.unwrap_or(settings.stream.parallelism),
             };
-            restore_to_file(&store, &loc, &snap, &target, &opts, progress).await
+            if to_dir {
+                let (files, report) =
+                    restore_group_to_dir(&store, &loc, &snap, &target, &opts, progress).await?;
+                for (v, f) in files.iter().enumerate() {
+                    eprintln!("drl restore: volume {v}: {}", f.display());
+                }
+                return Ok(report);
+            }
+            match restore_to_file(&store, &loc, &snap, &target, &opts, progress).await {
+                Err(e) => {
+                    // A group's stream has no manifest of its own: say where it restores to.
+                    match GroupRecord::read(&store, &loc, &snap).await {
+                        Ok(r) => Err(crate::stream::StreamError::Chain(format!(
+                            "{snap} is a stream of consistency group {} ({} volumes): restore it into a directory (--to DIR/), one file per volume",
+                            r.resource,
+                            r.volumes.len()
+                        ))),
+                        Err(_) => Err(e),
+                    }
+                }
+                r => r,
+            }
         },
     )
 }

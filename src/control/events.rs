@@ -57,6 +57,10 @@ pub struct Event {
     pub kind: EventKind,
     pub object: ObjectKind,
     pub name: String,
+    /// The volume of a consistency group a `device` or `peer-device` event is about (DRBD's
+    /// `volume:N`); absent for a one-volume resource and for the resource's own objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u16>,
     #[serde(default)]
     pub fields: Map<String, Value>,
 }
@@ -73,8 +77,15 @@ impl Event {
             kind,
             object,
             name: name.into(),
+            volume: None,
             fields: Map::new(),
         }
+    }
+
+    /// Name the group's volume the event is about (builder style).
+    pub fn volume(mut self, volume: u16) -> Self {
+        self.volume = Some(volume);
+        self
     }
 
     /// Add one field (builder style): `Event::new(..).field("role", "Primary")`.
@@ -198,6 +209,12 @@ mod tests {
         assert!(v["time_unix_ms"]
             .as_u64()
             .is_some_and(|t| t > 1_600_000_000_000));
+        // A one-volume resource's events have no volume; a group's name theirs.
+        assert!(v.get("volume").is_none(), "{v}");
+        let g = serde_json::to_value(e.volume(1)).expect("serialize");
+        assert_eq!(g["volume"], json!(1));
+        let back: Event = serde_json::from_value(g).expect("deserialize");
+        assert_eq!(back.volume, Some(1));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! one `progress peer-device` event with `done` (percent) every
 //! [`RESYNC_PROGRESS_EVENT_MS`](crate::limits::RESYNC_PROGRESS_EVENT_MS), so `drl wait-sync`
 //! and `drl events2` show a resync moving without polling `status`. The replicator publishes
-//! the state changes themselves; only the percentage is sampled here.
+//! the state changes themselves; only the percentage is sampled here. A consistency group
+//! publishes one per volume (`volume`, that volume's `done` and `out_of_sync_bytes`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub async fn run(rep: Arc<Replicator>, events: EventBus, mut shutdown: watch::Re
         if let Value::Number(eta) = &st["resync_eta_s"] {
             ev = ev.field("eta_s", Value::Number(eta.clone()));
         }
-        events.publish(ev);
+        // A group's volumes each report their own part of the resync.
+        let per_volume = rep.volume_resync_percent();
+        rep.publish_per_volume(ev, |v, e| e.field("done", per_volume[v]));
     }
 }

@@ -22,7 +22,8 @@
 //! and says whether the volume grew or waits for the peer. A replicated volume never shrinks.
 //!
 //! Not yet: a resource with snapshots (their change sets and COW maps are sized for the
-//! volume they were taken of): refused with the reason.
+//! volume they were taken of), and a consistency group or one of its volumes (`RES/N`; see
+//! [`refuse_volume`]): refused with the reason.
 
 use std::sync::Arc;
 
@@ -114,10 +115,18 @@ pub enum ResizeError {
     Group(String),
 }
 
-/// Resize resource `name` to the `size` of the config file (see the module doc).
+/// Resize resource `name` to the `size` of the config file (see the module doc). `RES/N`
+/// (DRBD's `res/vol`) names volume N of a consistency group: refused for now, with the reason
+/// ([`refuse_volume`]).
 pub async fn resize(node: &Node, name: &str, allow_shrink: bool) -> Result<Resized, ResizeError> {
     let new = config::load(&node.config.file, &node.config.node)?;
     let _one = node.lifecycle.lock().await;
+    if let Some((group, vol)) = name.split_once('/') {
+        let res = node
+            .resource(group)
+            .ok_or_else(|| ResizeError::NotUp(group.to_owned()))?;
+        return Err(ResizeError::Group(refuse_volume(&res, vol)));
+    }
     let res = node
         .resource(name)
         .ok_or_else(|| ResizeError::NotUp(name.to_owned()))?;
@@ -125,6 +134,30 @@ pub async fn resize(node: &Node, name: &str, allow_shrink: bool) -> Result<Resiz
         .resource(name)
         .ok_or_else(|| ResizeError::NotInConfig(name.to_owned()))?;
     resize_locked(&res, cfg.size_bytes, allow_shrink).await
+}
+
+/// Why `drl resize RES/VOL` is refused. A group's volumes are checked in one handshake: its
+/// Hello carries every volume's size and a differing set is refused on both sides, while the
+/// one-volume grow relies on the handshake agreeing the smaller of two capacities. Growing one
+/// volume needs a capacity per volume in the Hello and an agreed size per volume applied
+/// before the session (each volume's snapshot store, bitmap, AL and size, as
+/// `Replicator::grow_to` does for volume 0): not built yet.
+fn refuse_volume(res: &Resource, vol: &str) -> String {
+    let name = res.name();
+    if !res.is_group() {
+        return format!("{name} is a one-volume resource: drl resize {name}");
+    }
+    match vol.parse::<usize>() {
+        Ok(v) if v < res.volume_devices().len() => format!(
+            "{name}: resizing volume {v} of a consistency group is not built yet (issue 15): \
+             the group's handshake compares every volume's size and refuses a differing set, \
+             so one volume cannot grow on one node before the other; nothing was changed"
+        ),
+        _ => format!(
+            "{name} has no volume {vol:?} (volumes 0..{})",
+            res.volume_devices().len()
+        ),
+    }
 }
 
 /// Resize a running resource to `to` bytes; the caller holds the node's lifecycle lock.

@@ -105,6 +105,8 @@ pub(crate) struct State {
     pub ahead_since: Option<Instant>,
     /// Out-of-sync bytes when the running resync started.
     pub resync_total_bytes: u64,
+    /// The same, per volume (a group's per-volume progress events).
+    pub resync_volume_total_bytes: Vec<u64>,
     pub resync_started: Option<Instant>,
     /// The running resync is the full sync of this volume alone, added at run time
     /// (consistency groups, `drl adjust`); None: every volume's dirty blocks.
@@ -301,6 +303,7 @@ impl Replicator {
                 link: None,
                 ahead_since: None,
                 resync_total_bytes: 0,
+                resync_volume_total_bytes: Vec::new(),
                 resync_started: None,
                 resync_volume: None,
                 renegotiate: false,
@@ -384,11 +387,12 @@ impl Replicator {
         if before.1 != after.1 || before.3 != after.3 {
             crate::info_rl!(self.state_rl, resource = %self.name, peer = %peer, replication = %after.1,
                 peer_disk = %after.3.map_or("DUnknown", |d| d.as_str()), "peer-device state");
-            self.events.publish(
+            self.publish_per_volume(
                 Event::new(EventKind::Change, ObjectKind::PeerDevice, &self.name)
                     .field("peer", peer.clone())
                     .field("replication", after.1.as_str())
                     .field("peer_disk", after.3.map_or("DUnknown", |d| d.as_str())),
+                |_, e| e,
             );
         }
         if before.2 != after.2 {
@@ -421,9 +425,11 @@ impl Replicator {
         }
         if before.disk_state != after.disk_state {
             crate::info_rl!(self.state_rl, resource = %self.name, disk = after.disk_state.as_str(), "disk state changed");
-            self.events.publish(
+            // A group's volumes share the disk state (volume 0's metadata holds it).
+            self.publish_per_volume(
                 Event::new(EventKind::Change, ObjectKind::Device, &self.name)
                     .field("disk", after.disk_state.as_str()),
+                |_, e| e,
             );
         }
         if before.role != after.role || before.disk_state != after.disk_state {

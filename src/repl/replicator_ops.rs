@@ -182,7 +182,7 @@ impl Replicator {
             (self.shown_repl(st.repl), st.peer_disk)
         };
         tracing::info!(resource = %self.name, replication = %repl, "{why}");
-        self.events.publish(
+        self.publish_per_volume(
             crate::control::Event::new(
                 crate::control::EventKind::Change,
                 crate::control::ObjectKind::PeerDevice,
@@ -191,6 +191,7 @@ impl Replicator {
             .field("peer", self.peer_node())
             .field("replication", repl.as_str())
             .field("peer_disk", peer_disk.map_or("DUnknown", |d| d.as_str())),
+            |_, e| e,
         );
         self.update(|_| {});
     }

@@ -2,11 +2,13 @@
 //! consistency group (issue 15). Each has its own disk, write pipeline, metadata, dirty bitmap
 //! and activity log; one session, one link and one epoch tracker carry them all. Offsets of a
 //! group's volumes meet in one address space ([`VolumeId::group_offset`]): the tracker, resync
-//! and verify requests use it, volume 0's offsets are plain.
+//! and verify requests use it, volume 0's offsets are plain. Events about a group's devices
+//! and peer devices name the volume, one per volume ([`Replicator::publish_per_volume`]).
 
 use std::sync::Arc;
 
 use super::Replicator;
+use crate::control::{Event, ObjectKind};
 use crate::pipeline::WritePipeline;
 use crate::repl::core::VolumeId;
 use crate::volume::activity_log::ActivityLog;
@@ -112,6 +114,41 @@ impl Replicator {
                 })?;
         }
         Ok(())
+    }
+
+    /// Publish an event about a `device` or `peer-device` (DRBD's per-volume objects): for a
+    /// one-volume resource `ev` as it is; for a group one per volume, naming it
+    /// ([`Event::volume`]), a `peer-device` one with that volume's `out_of_sync_bytes`, each
+    /// passed through `per` (which adds what else is the volume's own).
+    pub(crate) fn publish_per_volume(&self, ev: Event, per: impl Fn(usize, Event) -> Event) {
+        if !self.is_group() {
+            self.events.publish(ev);
+            return;
+        }
+        for (v, parts) in self.vols().iter().enumerate() {
+            let mut e = ev.clone().volume(v as u16);
+            if e.object == ObjectKind::PeerDevice {
+                e = e.field("out_of_sync_bytes", parts.bitmap.dirty_bytes());
+            }
+            self.events.publish(per(v, e));
+        }
+    }
+
+    /// Each volume's resync progress in percent (one decimal) against its out-of-sync bytes
+    /// when the resync started; a volume with nothing to resync is done.
+    pub(crate) fn volume_resync_percent(&self) -> Vec<f64> {
+        let totals = self.state().resync_volume_total_bytes.clone();
+        self.vols()
+            .iter()
+            .enumerate()
+            .map(|(v, p)| match totals.get(v).copied().unwrap_or(0) {
+                0 => 100.0,
+                total => {
+                    let done = total.saturating_sub(p.bitmap.dirty_bytes());
+                    (done as f64 * 1000.0 / total as f64).round() / 10.0
+                }
+            })
+            .collect()
     }
 
     /// Out-of-sync bytes of every volume together.

@@ -215,6 +215,8 @@ fn apply_state(rep: &Replicator, s: StateChange) {
         StateChange::ResyncStarted { repl, total_bytes } => rep.update(|st| {
             st.repl = repl;
             st.resync_total_bytes = total_bytes;
+            st.resync_volume_total_bytes =
+                rep.vols().iter().map(|v| v.bitmap.dirty_bytes()).collect();
             st.resync_started = Some(Instant::now());
         }),
         StateChange::ResyncEnded { peer_up_to_date } => rep.update(|st| {

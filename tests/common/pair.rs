@@ -662,10 +662,20 @@ pub struct EventsTap {
 
 impl EventsTap {
     pub fn start(node: &Node) -> EventsTap {
+        let tap = Self::spawn(node, &["events", "--json"]);
+        // Give the subscription a moment to register before the test changes states.
+        std::thread::sleep(Duration::from_millis(300));
+        tap
+    }
+
+    /// `drl ARGS` (an events command) on `node`, collecting its lines; the caller makes sure
+    /// the subscription is live (a change it makes shows up) before it relies on it.
+    pub fn spawn(node: &Node, args: &[&str]) -> EventsTap {
         let mut child = Command::new(super::drl_bin())
             .arg("--config")
             .arg(&node.config)
-            .args(["--node", &node.name, "events", "--json"])
+            .args(["--node", &node.name])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -681,8 +691,6 @@ impl EventsTap {
                 }
             }
         });
-        // Give the subscription a moment to register before the test changes states.
-        std::thread::sleep(Duration::from_millis(300));
         EventsTap { child, lines }
     }
 

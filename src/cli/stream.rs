@@ -16,7 +16,7 @@ use crate::control::{EventFilter, EventKind, ObjectKind, Received};
 use crate::shaping::NodeShaping;
 use crate::stream::restore::{restore_to_file, RestoreOptions};
 use crate::stream::store::{open_store, StoreUrl};
-use crate::stream::{image, Progress, Report};
+use crate::stream::{group, image, Progress, Report, StreamError};
 use crate::units;
 
 #[derive(Args, Debug)]
@@ -57,7 +57,8 @@ pub struct RestoreArgs {
     /// The snapshot in the store: swift://CONTAINER/PREFIX/SNAP (or a vault location).
     pub from: String,
     /// Target: a resource of the running daemon (a name), or a file (a path with a '/',
-    /// e.g. ./vol.img); a file is created sparse and needs no daemon.
+    /// e.g. ./vol.img); a file is created sparse and needs no daemon. A consistency group's
+    /// snapshot restores into a directory instead: DIR/volume-N.img per volume.
     #[arg(long, value_name = "FILE|RES")]
     pub to: String,
     /// Objects fetched at once (default: `[stream] parallelism`).
@@ -382,6 +383,16 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> i32 {
             let opts = RestoreOptions {
                 parallelism: parallel.unwrap_or(settings.stream.parallelism),
             };
+            // A consistency group's stream: every volume into DIR/volume-N.img, or nothing.
+            if group::read_record(&store, &loc, &snap).await?.is_some() {
+                return group::restore_to_dir(&store, &loc, &snap, &target, &opts, progress).await;
+            }
+            if group::incomplete(&store, &loc, &snap).await? {
+                return Err(StreamError::Config(format!(
+                    "{}: volumes of a consistency group but no group record: an interrupted group stream, nothing restored",
+                    loc.join(&snap)
+                )));
+            }
             restore_to_file(&store, &loc, &snap, &target, &opts, progress).await
         },
     )

@@ -14,26 +14,53 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::*;
-use crate::limits::GROUP_RECORD_BYTES_MAX;
+use crate::stream::group::{read_record, record_object, volume_location};
 use crate::stream::Report;
 
-/// Where volume `v` of a group streams under `loc`.
-fn volume_location(loc: &Location, v: usize) -> Location {
-    Location::new(loc.container.clone(), loc.join(&format!("volume-{v}")))
+/// A group stream ready to run: every volume's stream, then the record.
+pub(crate) struct PreparedGroupStream {
+    preps: Vec<PreparedStream>,
+    store: Arc<AnyStore>,
+    loc: Location,
+    record_name: String,
+    record: Value,
+    /// Volume 0's parent (the group's volumes share their snapshot names).
+    pub parent: Option<String>,
 }
 
-/// The group record of `snapshot` under `loc`.
-fn record_object(loc: &Location, snapshot: &str) -> String {
-    loc.join(&format!("{snapshot}/group.json"))
+impl PreparedGroupStream {
+    /// Stream every volume, one after another, then write the group record.
+    pub async fn run(
+        self,
+        progress: impl Fn(crate::stream::Progress) + Send + Sync,
+    ) -> Result<Report, String> {
+        let mut total = Report::default();
+        for prep in self.preps {
+            total.absorb(&prep.run(&progress).await.map_err(|e| e.to_string())?);
+        }
+        self.store
+            .put(
+                &self.loc.container,
+                &self.record_name,
+                Bytes::from(self.record.to_string()),
+            )
+            .await
+            .map_err(|e| format!("writing the group record {}: {e}", self.record_name))?;
+        Ok(total)
+    }
 }
 
-/// `stream.start` of a group: every volume's snapshot, then the group record.
-pub(super) async fn start_stream(
-    n: &Arc<Node>,
-    res: &Arc<Resource>,
-    p: StreamParams,
-) -> Result<Value, RpcError> {
-    let url = StoreUrl::parse(&p.to).map_err(stream_err)?;
+/// Prepare the stream of group snapshot `snapshot` of `res` to `to` (what `stream.start` of a
+/// group and the plans' schedule both run).
+pub(crate) async fn prepare_group_stream(
+    n: &Node,
+    res: &Resource,
+    snapshot: &str,
+    to: &str,
+    parent: Option<String>,
+    chunk_bytes: Option<u64>,
+) -> Result<PreparedGroupStream, RpcError> {
+    let url = StoreUrl::parse(to).map_err(stream_err)?;
     let store = store_for(n, &url)?;
     let loc = url.location();
     let devs = res.volume_devices();
@@ -42,37 +69,41 @@ pub(super) async fn start_stream(
         let vol = Volume {
             resource: res.name(),
             dev,
-            snapshot: &p.snapshot,
+            snapshot,
         };
         let vloc = volume_location(&loc, v);
-        let mut prep =
-            prepare_volume(n, vol, store.clone(), vloc, p.parent.clone(), p.chunk_size).await?;
-        p.apply_options(&mut prep.opts);
-        preps.push(prep);
+        preps.push(prepare_volume(n, vol, store.clone(), vloc, parent.clone(), chunk_bytes).await?);
     }
-    let parent = preps[0].parent.clone();
-    let record = json!({
-        "resource": res.name(),
-        "snapshot": p.snapshot,
-        "volumes": devs.iter().map(|d| d.size_bytes()).collect::<Vec<_>>(),
-    });
-    let record_name = record_object(&loc, &p.snapshot);
+    Ok(PreparedGroupStream {
+        parent: preps[0].parent.clone(),
+        preps,
+        store,
+        record_name: record_object(&loc, snapshot),
+        record: json!({
+            "resource": res.name(),
+            "snapshot": snapshot,
+            "volumes": devs.iter().map(|d| d.size_bytes()).collect::<Vec<_>>(),
+        }),
+        loc,
+    })
+}
+
+/// `stream.start` of a group: every volume's snapshot, then the group record.
+pub(super) async fn start_stream(
+    n: &Arc<Node>,
+    res: &Arc<Resource>,
+    p: StreamParams,
+) -> Result<Value, RpcError> {
+    let mut prep =
+        prepare_group_stream(n, res, &p.snapshot, &p.to, p.parent.clone(), p.chunk_size).await?;
+    for v in &mut prep.preps {
+        p.apply_options(&mut v.opts);
+    }
+    let parent = prep.parent.clone();
     let job = n
         .jobs
         .start("stream", &p.resource, move |progress| async move {
-            let mut total = Report::default();
-            for prep in preps {
-                total.absorb(&prep.run(&progress).await.map_err(|e| e.to_string())?);
-            }
-            store
-                .put(
-                    &loc.container,
-                    &record_name,
-                    Bytes::from(record.to_string()),
-                )
-                .await
-                .map_err(|e| format!("writing the group record {record_name}: {e}"))?;
-            Ok(total)
+            prep.run(progress).await
         })?;
     Ok(json!({ "job": job, "parent": parent }))
 }
@@ -91,18 +122,12 @@ pub(super) fn start_restore(
     let name = res.name().to_owned();
     let job = n.jobs.start("restore", res.name(), move |progress| async move {
         let record_name = record_object(&loc, &snapshot);
-        let text = store
-            .get(&loc.container, &record_name, GROUP_RECORD_BYTES_MAX)
+        let sizes = read_record(store.as_ref(), &loc, &snapshot)
             .await
-            .map_err(|e| {
-                format!("{record_name}: no group record ({e}): not a complete stream of a consistency group, nothing restored")
+            .map_err(|e| format!("{record_name}: {e}"))?
+            .ok_or_else(|| {
+                format!("{record_name}: no group record: not a complete stream of a consistency group, nothing restored")
             })?;
-        let record: Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("{record_name}: not a group record: {e}"))?;
-        let sizes: Vec<u64> = record["volumes"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default();
         if sizes.len() != devs.len() {
             return Err(format!(
                 "{record_name}: a group of {} volumes, resource {name} has {}: nothing restored",

@@ -33,6 +33,7 @@
 //! Progress leaves through a callback ([`Progress`]); the library draws nothing.
 
 pub mod auth;
+pub mod group;
 pub(crate) mod http;
 pub mod image;
 mod lanes;

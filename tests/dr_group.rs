@@ -18,26 +18,6 @@ use common::dr::*;
 use common::pair::{assert_files_identical, free_port, in_sync, res, WAIT};
 use common::{qemu_io, wait_until, Node};
 
-/// Volume 0 boots the server (a parameter), volume 1 is attached by value.
-const GROUP_TEMPLATE: &str = "heat_template_version: 2018-08-31
-parameters:
-  boot_volume: {type: string, default: {ID0}, constraints: [{custom_constraint: cinder.volume}]}
-resources:
-  server:
-    type: OS::Nova::Server
-    properties:
-      flavor: m1.tiny
-      block_device_mapping_v2: [{volume_id: {get_param: boot_volume}, boot_index: 0, delete_on_termination: false}]
-      networks: [{allocate_network: none}]
-      user_data_format: RAW
-      config_drive: false
-  data_attachment:
-    type: OS::Cinder::VolumeAttachment
-    properties:
-      instance_uuid: {get_resource: server}
-      volume_id: {ID1}
-";
-
 struct GroupSites {
     dir: tempfile::TempDir,
     tag: String,
@@ -49,20 +29,11 @@ struct GroupSites {
 
 impl GroupSites {
     fn start() -> GroupSites {
-        let dir = tempfile::Builder::new()
-            .prefix("drl-dr-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let tag = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_lowercase()
-            .replace('_', "x");
+        let (dir, tag) = tagged_dir();
         let name = format!("{tag}-db");
         let seed: u64 = rand::random();
-        let tpl = GROUP_TEMPLATE
+        // Volume 0 boots the server (a parameter), volume 1 is attached by value.
+        let tpl = SERVER_TEMPLATE
             .replace("{ID0}", &uuid(seed))
             .replace("{ID1}", &uuid(seed.wrapping_add(1)));
         let d = dir.path().display();

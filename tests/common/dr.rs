@@ -76,6 +76,23 @@ pub fn need_swift() {
     );
 }
 
+/// A test's directory under /var/tmp and its tag (`drl-dr-xxxx`, lower case: Cinder and Heat
+/// names are built from it).
+pub fn tagged_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("drl-dr-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let tag = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase()
+        .replace('_', "x");
+    (dir, tag)
+}
+
 pub struct DrSites {
     pub dir: tempfile::TempDir,
     pub tag: String,
@@ -117,17 +134,7 @@ impl DrSites {
         password: &str,
         top_extra: &str,
     ) -> DrSites {
-        let dir = tempfile::Builder::new()
-            .prefix("drl-dr-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let tag = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_lowercase()
-            .replace('_', "x");
+        let (dir, tag) = tagged_dir();
         let res = [format!("{tag}-r0"), format!("{tag}-r1")];
         let seed: u64 = rand::random();
         let ids = [uuid(seed), uuid(seed.wrapping_add(1))];

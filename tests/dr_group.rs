@@ -170,6 +170,22 @@ fn a_group_is_promoted_once_imported_volume_by_volume_and_failed_back_whole() {
     wait_until("b1 sees the link gone", WAIT, || {
         res(&s.b1, &s.res).is_some_and(|v| v["connection"] != "Connected")
     });
+    // The dry run names one handover for the group and one import per volume.
+    let dry = s.drl(&[
+        "dr",
+        "recover",
+        &s.tag,
+        "--confirm-primary-down",
+        "--dry-run",
+    ]);
+    let said = String::from_utf8_lossy(&dry.stderr);
+    assert!(dry.status.success(), "{said}");
+    assert_eq!(said.matches("dr.handover").count(), 1, "{said}");
+    assert_eq!(said.matches("would POST").count(), 2, "{said}");
+    assert!(
+        said.contains(&format!("drl-{}-1", s.res)),
+        "volume 1's link: {said}"
+    );
     let out = s.drl(&["dr", "recover", &s.tag, "--confirm-primary-down", "--json"]);
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     let rep = stdout_json(&out);

@@ -117,6 +117,7 @@ done
 [[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
     die "--fill must be a fraction 0..0.75 of the volume, not $fill"
 [[ $probe =~ ^[1-9][0-9]*ms$ ]] || die "--probe-interval must be milliseconds (e.g. 50ms), not $probe"
+[ "$nvol" -ge 2 ] || group=0 # one volume is no group
 if [ $group = 1 ]; then
     # A group is one resource: one node pair holds all of its volumes.
     [ "${bnodes:-1}" = 1 ] || die "--backup-nodes 2 needs --separate: a consistency group lives on one backup node"

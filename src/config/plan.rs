@@ -471,13 +471,14 @@ pub(super) fn plans(
     Ok(out)
 }
 
-/// The volume numbers a plan addresses in resource `r`: `[None]` for a one-volume resource,
+/// The volume numbers a plan addresses in resource `r`: `[None]` for a one-volume resource
+/// (also one written as a single `[[resource.volume]]`: the daemon serves it as one volume),
 /// `[Some(0), Some(1), ..]` for a group.
 fn group_numbers(raw: &RawConfig, r: &str) -> Vec<Option<u16>> {
     let Some(res) = raw.resource.iter().find(|x| x.name == r) else {
         return Vec::new();
     };
-    if res.volume.is_empty() {
+    if res.volume.len() <= 1 {
         return vec![None];
     }
     let mut n: Vec<u16> = res
@@ -516,7 +517,7 @@ fn volume_key(raw: &RawConfig, resources: &[String], k: &str) -> Result<(), Stri
             list()
         )),
         (Some(_), Some(None)) => Err(format!(
-            "{r:?} has one volume (no [[resource.volume]]): name it {r:?}, without a volume number"
+            "{r:?} has one volume: name it {r:?}, without a volume number"
         )),
         (Some(n), _) => match n.parse::<u16>() {
             Ok(v) if numbers.contains(&Some(v)) && n == v.to_string() => Ok(()),

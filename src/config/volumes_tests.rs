@@ -323,6 +323,14 @@ fn a_plans_bad_volume_keys_are_refused_with_the_reason() {
         e.contains("plan.app.volume.log/0") && e.contains("has one volume"),
         "{e}"
     );
+    // A single [[resource.volume]] is one volume, served and named as such.
+    let single = group_plan("[plan.volume.\"solo\"]\nparameter = \"p\"\n").replace(
+        "resources = [\"db\", \"log\"]",
+        "resources = [\"db\", \"log\", \"solo\"]",
+    ) + "[[resource]]\nname = \"solo\"\nsecret = \"x\"\n[[resource.volume]]\nnumber = 0\nsize = \"8MiB\"\n[resource.on.site-a]\naddress = \"127.0.0.1:7793\"\nvolume.0 = { disk = \"/srv/drl/solo.img\", meta = \"/srv/drl/solo.meta\" }\n[resource.on.site-b]\naddress = \"127.0.0.1:7794\"\nvolume.0 = { disk = \"/srv/drl/b/solo.img\", meta = \"/srv/drl/b/solo.meta\" }\n";
+    let c = check(&single, "site-b").unwrap();
+    let solo = c.plans[0].volumes.last().unwrap();
+    assert_eq!((solo.key(), solo.volume), ("solo".to_string(), None));
     let e = bad("[plan.volume.\"web/0\"]\nparameter = \"p\"\n");
     assert!(
         e.contains("\"web\" is not one of the plan's resources"),

@@ -81,7 +81,7 @@ impl GroupSites {
         wait_until("both Connected", WAIT, || {
             res(&s.a1, &s.res).is_some_and(|v| v["connection"] == "Connected")
         });
-        s.ok(&s.a1, &["primary", &s.res, "--force"]);
+        node_ok(&s.a1, &["primary", &s.res, "--force"]);
         s.wait_synced();
         s
     }
@@ -95,17 +95,6 @@ impl GroupSites {
             res(&self.a1, &self.res).is_some_and(|v| in_sync(&v))
                 && res(&self.b1, &self.res).is_some_and(|v| in_sync(&v))
         });
-    }
-
-    fn ok(&self, node: &Node, args: &[&str]) -> String {
-        let out = node.cli(args);
-        assert!(
-            out.status.success(),
-            "drl {args:?} on {}: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `drl --config F --node b1 ARGS` (the orchestrator runs at the backup site).

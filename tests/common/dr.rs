@@ -321,14 +321,7 @@ impl DrSites {
     }
 
     pub fn ok(&self, node: &Node, args: &[&str]) -> String {
-        let out = node.cli(args);
-        assert!(
-            out.status.success(),
-            "drl {args:?} on {}: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        node_ok(node, args)
     }
 
     pub fn journal(&self) -> String {
@@ -411,6 +404,18 @@ pub fn cleanup_plan(plan: &str, dir: &Path) {
             }
         }
     }
+}
+
+/// `drl ARGS` on `node`, which must succeed; its stdout.
+pub fn node_ok(node: &Node, args: &[&str]) -> String {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "drl {args:?} on {}: {}",
+        node.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn stdout_json(o: &Output) -> Value {

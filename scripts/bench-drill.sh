@@ -7,7 +7,8 @@
 #   RATES=100mbit SIZES="1GiB 5GiB" REPEAT=1 scripts/bench-drill.sh
 #   SHORT=1 (the drill's --short workload), SEED=N (else one random seed per run), VOLUMES=2,
 #   FILL=0.25 (random data in each volume before protection: what a snapshot restore must move;
-#   default 0), SNAPSHOT_EVERY=1s, BACKUP_NODES=2 (drl daemons at site B), TAG=drill (the
+#   default 0), SNAPSHOT_EVERY=1s, SEPARATE=1 (each volume its own resource, not one group), BACKUP_NODES=1|2
+#   (drl daemons at site B; 2 needs SEPARATE=1, its default then), TAG=drill (the
 #   testbed's namespaces),
 #   DRL_BIN=path/to/drl (a build of your own, drl-drill next to it; else a release build)
 #
@@ -38,7 +39,8 @@ for rate in $rates; do
             [ -z "${SEED:-}" ] || args+=(--seed "$SEED")
             [ "${SHORT:-0}" = 0 ] || args+=(--short)
             args+=(--fill "${FILL:-0}" --snapshot-every "${SNAPSHOT_EVERY:-1s}" --tag "${TAG:-drill}")
-            args+=(--backup-nodes "${BACKUP_NODES:-2}")
+            [ "${SEPARATE:-0}" = 0 ] || args+=(--separate) # each volume its own resource
+            [ -z "${BACKUP_NODES:-}" ] || args+=(--backup-nodes "$BACKUP_NODES")
             l0=$(load)
             log "drill: $rate, ${VOLUMES:-2} x $size, run $i (load $l0)"
             if "$here/drill.sh" "${args[@]}" >"$out/$rate-$size-$i.log" 2>&1; then

@@ -4,17 +4,21 @@
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
 #                    [--writer-rate 1500] [--lease-ttl 3] [--probe-interval 50ms] [--snapshot-every 1s|off]
-#                    [--fill 0] [--backup-nodes 2] [--tag drill] [--out DIR] [--keep] [--short]
-#                    [--no-cloud]
+#                    [--fill 0] [--separate] [--backup-nodes 1|2] [--tag drill] [--out DIR]
+#                    [--keep] [--short] [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
 #  1. three sites as network namespaces (site A, site B, a witness) behind a router namespace
 #     (scripts/detect-testbed.sh), the A-B path shaped with tc tbf at --rate, one etcd member
-#     per site, one drl daemon at A and two at B (--backup-nodes: the storage nodes site-b
-#     and site-b2, both in site B's namespace, [[node]] site = "site-b"; the volumes
-#     alternate between them, so the plan's recovery spans two backup nodes) with
-#     site-failure detection ([detect]: UDP pingers on every node, a lease per resource in
-#     etcd, self-fencing), --volumes replicated resources (A -> B), initial sync; the backup
+#     per site, one drl daemon at A and one at B with site-failure detection ([detect]: UDP
+#     pingers on every node, a lease per resource in etcd, self-fencing), the workload's
+#     --volumes as ONE consistency group (a resource PLAN-db of --volumes volumes, replicated
+#     A -> B in one write order, promoted at one point in time; volume 0 the server's boot
+#     volume, the others attached), initial sync. --separate protects each volume as its own
+#     resource instead (the layout before groups, which cannot promise one cut across the
+#     volumes), and then two daemons at B by default (--backup-nodes: the storage nodes
+#     site-b and site-b2, both in site B's namespace, [[node]] site = "site-b"; the volumes
+#     alternate between them, so the plan's recovery spans two backup nodes); the backup
 #     site's cloud (scripts/openstack-aio.sh: Keystone, Cinder, Heat, Nova with the fake
 #     driver, on the host's 127.0.0.1) bridged into site B's
 #     namespace (detect-testbed.sh bridge-cloud); a protection plan over the volumes with
@@ -85,7 +89,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
-snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes=2 probe=50ms
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes="" probe=50ms group=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -99,6 +103,7 @@ while [ $# -gt 0 ]; do
     --tag) tag=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
     --backup-nodes) bnodes=$2; shift 2 ;;
+    --separate) group=0; shift ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --short) short=1; shift ;;
@@ -112,6 +117,13 @@ done
 [[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
     die "--fill must be a fraction 0..0.75 of the volume, not $fill"
 [[ $probe =~ ^[1-9][0-9]*ms$ ]] || die "--probe-interval must be milliseconds (e.g. 50ms), not $probe"
+[ "$nvol" -ge 2 ] || group=0 # one volume is no group
+if [ $group = 1 ]; then
+    # A group is one resource: one node pair holds all of its volumes.
+    [ "${bnodes:-1}" = 1 ] || die "--backup-nodes 2 needs --separate: a consistency group lives on one backup node"
+    bnodes=1
+fi
+[ -n "$bnodes" ] || bnodes=2
 [[ $bnodes =~ ^[12]$ ]] || die "--backup-nodes must be 1 or 2 (drl daemons at site B)"
 [ "$nvol" -ge 2 ] || bnodes=1 # one volume: one backup node holds it
 [[ $tag =~ ^[a-z0-9]{1,8}$ ]] || die "--tag must be 1-8 lower-case letters or digits (namespaces drl-det-TAG-*)"
@@ -168,7 +180,15 @@ ev_at() { # UNIX_MS SITE EVENT DETAIL — a row at the time an event really happ
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 # --- the sites -------------------------------------------------------------------------------
-res_of() { if [ $cloud = 1 ]; then echo "$plan-r$1"; else echo "r$1"; fi; }
+# The resource holding volume V: the group (PLAN-db), or with --separate its own (PLAN-rV);
+# vol_key V is how the plan names the volume ([plan.volume."PLAN-db/V"], DRBD's addressing).
+res_of() {
+    local p=""
+    [ $cloud = 0 ] || p=$plan-
+    if [ $group = 1 ]; then echo "${p}db"; else echo "${p}r$1"; fi
+}
+vol_key() { if [ $group = 1 ]; then echo "$(res_of "$1")/$1"; else res_of "$1"; fi; }
+all_res() { for ((v = 0; v < nvol; v++)); do res_of $v; done | uniq; } # each resource once
 # The backup node holding volume V's Secondary: site-b, or site-b2 for every other volume with
 # --backup-nodes 2 (the first volume, whose node runs the plan's recovery, is site-b's).
 bnode() { if [ "$bnodes" = 2 ] && [ $(($1 % 2)) = 1 ]; then echo b2; else echo b; fi; }
@@ -181,7 +201,7 @@ plan_config() { # SITE: B's copy has no schedule (see below)
     printf '\n[openstack]\nauth-url = "%s"\nusername = "admin"\npassword = "drl-admin-pw"\nproject = "admin"\n' "$KS_URL"
     printf '\n[dr]\nstate-dir = "%s/dr"\n' "$work"
     printf '\n[[plan]]\nname = "%s"\nresources = [%s]\ntemplate = "%s/plan.yaml"\n' "$plan" \
-        "$(for ((v = 0; v < nvol; v++)); do printf '%s"%s"' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)"; done)" "$work"
+        "$(all_res | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')" "$work"
     printf 'cinder-host = "aio@nfs#nfs"\ncinder-export-dir = "%s"\nfailover = "automatic"\nrpo-target = "5s"\n' "$EXPORT"
     if [ "$1" = a ] && [ $snap = 1 ]; then
         # The snapshot policy, A's protection actions: snapshots and the base image to Swift.
@@ -189,7 +209,7 @@ plan_config() { # SITE: B's copy has no schedule (see below)
         printf 'images = [{ file = "%s/a/base.img", to = "swift://%s-images/base" }]\n' "$work" "$plan"
     fi
     for ((v = 0; v < nvol; v++)); do
-        printf '\n[plan.volume.%s]\nprimary-id = "%s"\n' "$(res_of $v)" "$(vol_id $v)"
+        printf '\n[plan.volume."%s"]\nprimary-id = "%s"\n' "$(vol_key $v)" "$(vol_id $v)"
         if [ $v = 0 ]; then printf 'bootable = true\nparameter = "boot_volume"\n'; fi
     done
 }
@@ -226,7 +246,22 @@ site_config() { # SITE
     for s in a $(bsites); do
         printf '[[node]]\nname = "site-%s"\nsite = "site-%s"\ncontrol-socket = "%s/site-%s.sock"\n\n' "$s" "${s:0:1}" "$work" "$s"
     done
+    if [ $group = 1 ]; then
+        # One resource, every volume in it: [[resource.volume]] sizes, volume.N paths per node.
+        printf '[[resource]]\nname = "%s"\nsecret = "drill-secret"\n' "$(res_of 0)"
+        for ((v = 0; v < nvol; v++)); do printf '[[resource.volume]]\nnumber = %d\nsize = "%s"\n' $v "$size"; done
+        for s in a b; do
+            addr=$([ $s = a ] && echo "$ADDR_A" || echo "$ADDR_B")
+            printf '[resource.on.site-%s]\naddress = "%s:7800"\n' "$s" "$addr"
+            for ((v = 0; v < nvol; v++)); do
+                printf 'volume.%d = { disk = "%s/%s/r%d.img", meta = "%s/%s/r%d.meta", nbd = "%s/%s/r%d.nbd" }\n' \
+                    $v "$work" $s $v "$work" $s $v "$work" $s $v
+            done
+        done
+        echo
+    fi
     for ((v = 0; v < nvol; v++)); do
+        [ $group = 0 ] || break
         printf '[[resource]]\nname = "%s"\nsize = "%s"\nsecret = "drill-secret"\n' "$(res_of $v)" "$size"
         for s in a "$(bnode $v)"; do
             addr=$([ $s = a ] && echo "$ADDR_A" || echo "$ADDR_B")
@@ -283,7 +318,6 @@ start_daemon() { # SITE
 field() { # SITE RES FIELD
     on "$1" status "$2" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources'][0].get('$3'))"
 }
-all_res() { for ((v = 0; v < nvol; v++)); do res_of $v; done; }
 dir_of() { if [ "$1" = a ]; then echo "$work/a"; else echo "$work/$(bnode "$2")"; fi; } # SITE V
 socks() { # SITE (a, or b: each volume's backup node) -> --socket args
     for ((v = 0; v < nvol; v++)); do printf -- '--socket %s/r%d.nbd ' "$(dir_of "$1" $v)" $v; done
@@ -403,7 +437,7 @@ if [ $cloud = 1 ]; then
     # Checked (resources replicate, the template parses and holds every primary-id) and
     # checkpointed, at the backup site, as an admin would before any disaster.
     on b dr protect "$plan" >"$work/protect.out" 2>&1 || die "drl dr protect $plan: $(cat "$work/protect.out")"
-    ev b protected "plan $plan: $nvol volumes, server booted from $(res_of 0), failover automatic"
+    ev b protected "plan $plan: $nvol volumes$([ $group = 0 ] || echo " in group $(res_of 0)"), server booted from $(vol_key 0), failover automatic"
 fi
 if [ $snap = 1 ]; then
     # The snapshot policy in its steady state before the disaster: A's first (full) snapshot of
@@ -530,7 +564,7 @@ if [ $cloud = 1 ]; then
     done
     ev_at "${T[check_d]}" b recovery-check "Keystone login, every lease held here ($((T[check_d] - T[check_b])) ms)"
     ev_at "${T[import_d]}" b imported "$nvol volumes managed by Cinder ($((T[import_d] - T[import_b])) ms)"
-    ev_at "${T[stack_d]}" b stack-complete "Heat CREATE_COMPLETE: server booted from the imported $(res_of 0) ($((T[stack_d] - T[stack_b])) ms; $((T[stack_d] - kill_ms)) ms after the kill)"
+    ev_at "${T[stack_d]}" b stack-complete "Heat CREATE_COMPLETE: server booted from the imported $(vol_key 0) ($((T[stack_d] - T[stack_b])) ms; $((T[stack_d] - kill_ms)) ms after the kill)"
 fi
 
 # --- the verdict --------------------------------------------------------------------------------
@@ -550,12 +584,15 @@ PY
 read -r prefix group_prefix lost lost_bytes rpo_s first_read_ns acked < <(verdict "$work/check-b.json")
 ev_at "$((first_read_ns / 1000000))" b first-read "all $nvol of B's volumes read through drl's NBD export, writable ($(((first_read_ns - t_kill) / 1000000)) ms after the kill)"
 [ "$prefix" = True ] || die "B's volumes are NOT a prefix of the acknowledged writes (see $work/check-b.json)"
+# A group's volumes are one image: together they must hold one prefix (one cut for all).
+[ $group = 0 ] || [ "$group_prefix" = True ] ||
+    die "B's volumes of group $(res_of 0) are each a prefix but NOT one prefix together (see $work/check-b.json)"
 ev b verified "prefix of the writer's log: lost $lost of $acked acknowledged writes ($lost_bytes bytes, ${rpo_s} s)"
 rpo_ok=$(python3 -c "print($rpo_s * 1000 <= $lag_at_kill + 200)")
 [ "$rpo_ok" = True ] || die "RPO ${rpo_s}s exceeds the lag A reported at the kill (${lag_at_kill} ms, +200 ms sampling)"
 if [ $cloud = 1 ]; then
     # What Cinder and Heat say, from their own APIs: the stack on the imported volumes.
-    /usr/bin/python3 "$here/drill_cloud.py" verify "$plan" "$nvol" "$work/recovery.json" 2>"$work/verify.err" ||
+    /usr/bin/python3 "$here/drill_cloud.py" verify "$plan" "$nvol" "$work/recovery.json" "$(vol_key 0)" 2>"$work/verify.err" ||
         die "the recovered stack is not what the plan asked for: $(cat "$work/verify.err")"
     ev b stack-verified "$(python3 -c "import json; r=json.load(open('$work/recovery.json')); print('stack', r['stack_id'], r['stack_status'], '- server', r['server_id'], 'boots from', r['boot_volume'])")"
     # The imported volumes read the way Cinder's own target serves them (the files it manages):
@@ -565,8 +602,8 @@ if [ $cloud = 1 ]; then
 import json; r = json.load(open('$work/recovery.json'))
 print(' '.join('--file $EXPORT/volume-' + v['cinder_id'] for v in r['volumes']))") --json >"$work/check-cinder.json" 2>"$work/check-cinder.err" ||
         die "the imported volumes, read as Cinder serves them: $(cat "$work/check-cinder.err")"
-    read -r c_prefix _ c_lost _ <<<"$(verdict "$work/check-cinder.json")"
-    [ "$c_prefix" = True ] && [ "$c_lost" = "$lost" ] || die "the imported volumes differ from drl's export at B (prefix $c_prefix, lost $c_lost, not $lost)"
+    read -r c_prefix c_group _ c_lost _ <<<"$(verdict "$work/check-cinder.json")"
+    [ "$c_prefix" = True ] && [ "$c_lost" = "$lost" ] && [ "$c_group" = "$group_prefix" ] || die "the imported volumes differ from drl's export at B (prefix $c_prefix, lost $c_lost, not $lost)"
     ev b imported-read "the imported volumes hold the same prefix (lost $c_lost)"
 fi
 
@@ -586,13 +623,19 @@ if [ $snap = 1 ]; then
     rpids=()
     v=0
     while read -r r url _ _ _; do
-        in_b restore "$url" --to "$work/snap/r$v.img" --json >"$work/restore-r$v.json" 2>"$work/restore-r$v.err" &
+        # A group's snapshot restores whole (its record read first) into snap/RES-N.img.
+        to=$work/snap/r$v.img
+        [ $group = 0 ] || to=$work/snap/
+        in_b restore "$url" --to "$to" --json >"$work/restore-r$v.json" 2>"$work/restore-r$v.err" &
         rpids+=($!)
         v=$((v + 1))
     done <"$work/snap-pick.txt"
-    for ((v = 0; v < nvol; v++)); do
+    for ((v = 0; v < ${#rpids[@]}; v++)); do
         wait "${rpids[$v]}" || die "drl restore of $(res_of $v) from Swift: $(tail -3 "$work/restore-r$v.err")"
     done
+    if [ $group = 1 ]; then
+        for ((v = 0; v < nvol; v++)); do mv "$work/snap/$(res_of 0)-$v.img" "$work/snap/r$v.img"; done
+    fi
     restore_ms=$(ms_since "$t_rs")
     snap_oldest_ms=$(awk 'NR == 1 || $3 < m {m = $3} END {print m}' "$work/snap-pick.txt")
     decision_ms=$(( (T[lease] != 0 ? T[lease] : T[prom]) - kill_ms ))
@@ -602,8 +645,10 @@ if [ $snap = 1 ]; then
     "$drill" check --log "$wlog" $(for ((v = 0; v < nvol; v++)); do printf -- '--file %s/snap/r%d.img ' "$work" $v; done) --json \
         >"$work/check-snap.json" 2>"$work/check-snap.err" || true
     [ -s "$work/check-snap.json" ] || die "reading the restored volumes failed: $(cat "$work/check-snap.err")"
-    read -r s_prefix _ s_lost s_lost_bytes s_rpo_s _ _ < <(verdict "$work/check-snap.json")
+    read -r s_prefix s_group s_lost s_lost_bytes s_rpo_s _ _ < <(verdict "$work/check-snap.json")
     [ "$s_prefix" = True ] || die "the volumes restored from Swift are NOT a prefix of the acknowledged writes ($work/check-snap.json)"
+    [ $group = 0 ] || [ "$s_group" = True ] ||
+        die "the group restored from Swift is NOT one prefix across its volumes ($work/check-snap.json)"
     # Every write acknowledged before a snapshot was taken is in it: the loss spans at most
     # from the oldest chosen snapshot to the kill.
     [ "$(python3 -c "print($s_rpo_s * 1000 <= $kill_ms - $snap_oldest_ms + 200)")" = True ] ||
@@ -644,7 +689,10 @@ if [ $cloud = 1 ]; then
     [ "$differing" = 0 ] || die "$differing bytes differed between A and B after the resync: nothing wrote around drl in the drill"
 else
     # planned switchover: writers stopped (done), B demoted once in sync, A promoted
-    for ((v = 0; v < nvol; v++)); do on "$(bnode $v)" secondary "$(res_of $v)" >/dev/null; done
+    for ((v = 0; v < nvol; v++)); do
+        [ $group = 0 ] || [ $v = 0 ] || break # a group is demoted once
+        on "$(bnode $v)" secondary "$(res_of $v)" >/dev/null
+    done
     for r in $(all_res); do on a primary "$r" >/dev/null; done
     ev a switchover "B Secondary, A Primary"
 fi
@@ -654,7 +702,7 @@ ev a verified "every write acknowledged at B is at A: switchover RPO 0"
 for ((v = 0; v < nvol; v++)); do
     # (sparse_cmp: cmp that reads only where either file has data; a 10 GiB cmp took minutes)
     /usr/bin/python3 "$here/sparse_cmp.py" "$work/a/r$v.img" "$(dir_of b $v)/r$v.img" >"$work/cmp.out" ||
-        die "$(res_of $v) differs between A and B after the switchover: $(cat "$work/cmp.out")"
+        die "$(vol_key $v) differs between A and B after the switchover: $(cat "$work/cmp.out")"
 done
 ev - identical "A and B byte-identical"
 
@@ -678,6 +726,7 @@ print(json.dumps({
   "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "probe_interval": "$probe", "lease_ttl_s": $ttl, "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
   "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
+  "group": "$(res_of 0)" if $group else None,
   "backup_nodes": {$(for ((v = 0; v < nvol; v++)); do printf '"%s": "site-%s", ' "$(res_of $v)" "$(bnode $v)"; done)},
   "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,
   "kill_to_stack_complete_ms": (T["stack_d"] - kill) if T.get("stack_d") else None,
@@ -689,7 +738,7 @@ print(json.dumps({
   "snapshot_policy": {
     "snapshot_every": "$snap_every", "snapshot_age_ms": $kill_ms - ${snap_oldest_ms:-0},
     "lost_writes": ${s_lost:-0}, "lost_bytes": ${s_lost_bytes:-0}, "rpo_seconds": ${s_rpo_s:-0},
-    "prefix": "${s_prefix:-}" == "True", "decision_ms": ${decision_ms:-0}, "restore_ms": ${restore_ms:-0},
+    "prefix": "${s_prefix:-}" == "True", "group_prefix": "${s_group:-}" == "True", "decision_ms": ${decision_ms:-0}, "restore_ms": ${restore_ms:-0},
     "kill_to_restored_ms": ${snap_data_ms:-0},
     "kill_to_stack_estimate_ms": ${snap_data_ms:-0} + $stack_steps_ms,
   } if $snap else None,
@@ -701,7 +750,9 @@ ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || ech
     echo
     echo "seed $seed, link $rate, $nvol volumes of $size, writer $writer_rate writes/s, lease TTL ${ttl}s, $(date -u +%FT%TZ)"
     echo
-    echo "backup nodes at site B: $(for ((v = 0; v < nvol; v++)); do printf '%s%s on site-%s' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)" "$(bnode $v)"; done)"
+    [ $group = 0 ] || echo "consistency group $(res_of 0): $nvol volumes, one write order, promoted and snapshotted at one point in time"
+    [ $group = 0 ] || echo
+    echo "backup nodes at site B: $(for ((v = 0; v < nvol; v++)); do [ $group = 0 ] || [ $v = 0 ] || break; printf '%s%s on site-%s' "$([ $v = 0 ] || echo ', ')" "$(res_of $v)" "$(bnode $v)"; done)"
     echo
     echo "| measure | value |"
     echo "|---|---:|"
@@ -723,7 +774,7 @@ ms() { [ "${1:-0}" != 0 ] && [ "${2:-0}" != 0 ] && echo "$(($2 - $1)) ms" || ech
         echo "| template rewrite | $(ms "${T[rewrite_b]}" "${T[rewrite_d]}") |"
         echo "| Heat stack to CREATE_COMPLETE (stack) | $(ms "${T[stack_b]}" "${T[stack_d]}") |"
         echo "| kill -> stack CREATE_COMPLETE (RTO, workload) | $((T[stack_d] - kill_ms)) ms |"
-        echo "| stack on the imported volumes | checked (Heat, Cinder: server boots from $(res_of 0)'s import, all in-use) |"
+        echo "| stack on the imported volumes | checked (Heat, Cinder: server boots from $(vol_key 0)'s import, all in-use) |"
     else
         echo "| Cinder import + Heat stack | not driven (--no-cloud) |"
     fi

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """The drill's look at the backup site's cloud (scripts/openstack-aio.sh), from the host.
 
-    drill_cloud.py verify PLAN NVOL OUT.json   the recovered stack and the imported volumes:
+    drill_cloud.py verify PLAN NVOL OUT.json FIRST
+                                               the recovered stack and the imported volumes:
                                                CREATE_COMPLETE, the server booted from the
-                                               first volume's imported ID, every volume in-use
-                                               on that server; writes what it saw; exit 1 if not
+                                               imported ID of volume FIRST (RES, or RES/N in a
+                                               consistency group), every volume in-use on that
+                                               server; writes what it saw, the volumes in
+                                               (resource, volume number) order; exit 1 if not
     drill_cloud.py cleanup PLAN DIR            delete the stack PLAN, unmanage every volume
                                                imported for PLAN (metadata drl-plan), remove
                                                the links in the export that point into DIR
@@ -74,7 +77,14 @@ def plan_volumes(token, cinder, plan):
     return [v for v in r["volumes"] if (v.get("metadata") or {}).get("drl-plan") == plan]
 
 
-def verify(plan, nvol, out):
+def volume_key(v):
+    """The plan's name of an imported volume: RES, or RES/N for volume N of a group."""
+    md = v.get("metadata") or {}
+    n = md.get("drl-volume")
+    return md.get("drl-resource", "") + ("" if n is None else f"/{n}")
+
+
+def verify(plan, nvol, out, first):
     token, ep = login()
     heat, cinder = ep["orchestration"], ep["volumev3"]
     stack = find_stack(token, heat, plan)
@@ -90,19 +100,19 @@ def verify(plan, nvol, out):
         _, r, _ = call("GET", f"{heat}/stacks/{plan}/{stack['id']}/resources/server", token)
         seen["server_id"] = r["resource"]["physical_resource_id"]
     vols = plan_volumes(token, cinder, plan)
-    for v in sorted(vols, key=lambda v: v["metadata"].get("drl-resource", "")):
+    order = lambda v: (v["metadata"].get("drl-resource", ""), int(v["metadata"].get("drl-volume") or 0))
+    for v in sorted(vols, key=order):
         seen["volumes"].append({
-            "resource": v["metadata"].get("drl-resource"), "cinder_id": v["id"],
+            "resource": v["metadata"].get("drl-resource"), "key": volume_key(v), "cinder_id": v["id"],
             "status": v["status"], "bootable": v.get("bootable") == "true",
             "attached_to": [a.get("server_id") for a in v.get("attachments") or []],
         })
     if len(vols) != nvol:
         bad(f"{len(vols)} volumes imported for {plan}, expected {nvol}")
-    first = f"{plan}-r0"
     for v in seen["volumes"]:
         if v["status"] != "in-use" or v["attached_to"] != [seen.get("server_id")]:
             bad(f"volume {v['cinder_id']} ({v['resource']}) {v['status']}, attached to {v['attached_to']}, not to the stack's server")
-        if v["resource"] == first:
+        if v["key"] == first:
             if seen.get("boot_volume") != v["cinder_id"]:
                 bad(f"the stack's boot_volume {seen.get('boot_volume')} is not {first}'s imported {v['cinder_id']}")
             if not v["bootable"]:
@@ -163,8 +173,8 @@ def swift_cleanup(prefix):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    if len(a) == 4 and a[0] == "verify":
-        sys.exit(verify(a[1], int(a[2]), a[3]))
+    if len(a) == 5 and a[0] == "verify":
+        sys.exit(verify(a[1], int(a[2]), a[3], a[4]))
     if len(a) == 3 and a[0] == "cleanup":
         sys.exit(cleanup(a[1], a[2]))
     if len(a) == 2 and a[0] == "swift-cleanup":

@@ -164,7 +164,11 @@ pub fn run(g: &Global, c: &DrCmd) -> i32 {
                         } else {
                             println!("plan {}: checkpoint {name}", cp.plan);
                             for v in &cp.volumes {
-                                println!("  {} on {} ({}): {} bytes, {}", v.resource, v.node, v.peer, v.size_bytes, v.disk);
+                                let name = match v.volume {
+                                    None => v.resource.clone(),
+                                    Some(n) => format!("{}/{n}", v.resource),
+                                };
+                                println!("  {name} on {} ({}): {} bytes, {}", v.node, v.peer, v.size_bytes, v.disk);
                             }
                             for a in cp.actions.iter().take(8) {
                                 println!("  action: {}", action_line(a));

@@ -680,11 +680,11 @@ fn check_config(g: &Global) -> i32 {
             }
             for p in &c.plans {
                 println!(
-                    "plan {}: resources {}, template {}, cinder-host {}, stack {}",
+                    "plan {}: volumes {}, template {}, cinder-host {}, stack {}",
                     p.name,
                     p.volumes
                         .iter()
-                        .map(|v| v.resource.as_str())
+                        .map(|v| v.key())
                         .collect::<Vec<_>>()
                         .join(","),
                     p.template.display(),

@@ -6,6 +6,11 @@
 //! that live on several nodes of both sites. Which node of a resource is the backup is decided
 //! when the orchestrator runs, by site: the `on` node whose `[[node]] site` equals the site of
 //! the node the orchestrator runs as (`--node`); a node without `site` is a site of its own.
+//!
+//! A plan lists resources; a consistency group is one resource. `[plan.volume.K]` maps a
+//! volume to the template: `K` is `RES` for a one-volume resource and `RES/N` for volume N of
+//! a group, as DRBD addresses volumes (`[plan.volume."db/1"]`); `RES` alone for a group is
+//! refused (which of its volumes would it be?), as is a number the group does not hold.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -99,13 +104,32 @@ pub enum Failover {
     Automatic,
 }
 
-/// One volume of a plan.
+/// One volume of a plan: a one-volume resource, or one volume of a consistency group.
 #[derive(Clone, Debug)]
 pub struct PlanVolume {
     pub resource: String,
+    /// The volume's number in a consistency group (`[plan.volume."RES/N"]`); None for a
+    /// one-volume resource (`[plan.volume.RES]`).
+    pub volume: Option<u16>,
     pub primary_id: Option<String>,
     pub bootable: bool,
     pub parameter: Option<String>,
+}
+
+impl PlanVolume {
+    /// How the plan, the journal and the report name the volume: `RES`, or `RES/N` in a
+    /// group (DRBD's `resource/volume`).
+    pub fn key(&self) -> String {
+        match self.volume {
+            None => self.resource.clone(),
+            Some(n) => format!("{}/{n}", self.resource),
+        }
+    }
+
+    /// The key without a slash, for file and Cinder names: `RES`, or `RES-N` in a group.
+    pub fn flat_key(&self) -> String {
+        self.key().replace('/', "-")
+    }
 }
 
 /// A validated `[[plan]]`.
@@ -128,6 +152,20 @@ pub struct PlanConfig {
     pub snapshot_to: Option<String>,
     /// Images copied on every tick of the schedule (`images`).
     pub images: Vec<PlanImage>,
+}
+
+impl PlanConfig {
+    /// The plan's resources in order, each once (a group's volumes share one): what is
+    /// checked, promoted, verified and switched over, one point in time per resource.
+    pub fn resources(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for v in &self.volumes {
+            if out.last() != Some(&v.resource.as_str()) {
+                out.push(&v.resource);
+            }
+        }
+        out
+    }
 }
 
 /// One image of a plan: the file and the store URL of its object.
@@ -277,13 +315,9 @@ pub(super) fn plans(
                 ));
             }
         }
-        for v in p.volume.keys() {
-            if !seen.contains(v.as_str()) {
-                return Err(invalid(
-                    key(&format!("volume.{v}")),
-                    format!("{v:?} is not one of the plan's resources"),
-                ));
-            }
+        for k in p.volume.keys() {
+            volume_key(raw, &p.resources, k)
+                .map_err(|r| invalid(key(&format!("volume.{k}")), r))?;
         }
         if !p.template.is_absolute() {
             return Err(invalid(
@@ -373,25 +407,34 @@ pub(super) fn plans(
         }
         let mut volumes = Vec::new();
         for r in &p.resources {
-            let v = p.volume.get(r);
-            let primary_id = v.and_then(|v| v.primary_id.clone());
-            if let Some(id) = &primary_id {
-                if id.len() < 8
-                    || id.len() > 64
-                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                {
-                    return Err(invalid(
-                        key(&format!("volume.{r}.primary-id")),
-                        format!("{id:?} does not look like a Cinder volume ID"),
-                    ));
+            for number in group_numbers(raw, r) {
+                let v = PlanVolume {
+                    resource: r.clone(),
+                    volume: number,
+                    primary_id: None,
+                    bootable: false,
+                    parameter: None,
+                };
+                let raw_v = p.volume.get(&v.key());
+                let primary_id = raw_v.and_then(|v| v.primary_id.clone());
+                if let Some(id) = &primary_id {
+                    if id.len() < 8
+                        || id.len() > 64
+                        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    {
+                        return Err(invalid(
+                            key(&format!("volume.{}.primary-id", v.key())),
+                            format!("{id:?} does not look like a Cinder volume ID"),
+                        ));
+                    }
                 }
+                volumes.push(PlanVolume {
+                    primary_id,
+                    bootable: raw_v.is_some_and(|v| v.bootable),
+                    parameter: raw_v.and_then(|v| v.parameter.clone()),
+                    ..v
+                });
             }
-            volumes.push(PlanVolume {
-                resource: r.clone(),
-                primary_id,
-                bootable: v.is_some_and(|v| v.bootable),
-                parameter: v.and_then(|v| v.parameter.clone()),
-            });
         }
         if volumes
             .iter()
@@ -399,7 +442,7 @@ pub(super) fn plans(
         {
             return Err(invalid(
                 key("volume"),
-                "no [plan.volume.RES] names a primary-id or parameter: the template could not refer to any recovered volume".into(),
+                "no [plan.volume.RES] (or RES/N of a group) names a primary-id or parameter: the template could not refer to any recovered volume".into(),
             ));
         }
         out.push(PlanConfig {
@@ -426,6 +469,64 @@ pub(super) fn plans(
         });
     }
     Ok(out)
+}
+
+/// The volume numbers a plan addresses in resource `r`: `[None]` for a one-volume resource
+/// (also one written as a single `[[resource.volume]]`: the daemon serves it as one volume),
+/// `[Some(0), Some(1), ..]` for a group.
+fn group_numbers(raw: &RawConfig, r: &str) -> Vec<Option<u16>> {
+    let Some(res) = raw.resource.iter().find(|x| x.name == r) else {
+        return Vec::new();
+    };
+    if res.volume.len() <= 1 {
+        return vec![None];
+    }
+    let mut n: Vec<u16> = res
+        .volume
+        .iter()
+        .filter_map(|v| u16::try_from(v.number).ok())
+        .collect();
+    n.sort_unstable();
+    n.into_iter().map(Some).collect()
+}
+
+/// Check a `[plan.volume.K]` key: `RES` for a one-volume resource of the plan, `RES/N` for
+/// volume N of a group (DRBD's addressing); the reason otherwise.
+fn volume_key(raw: &RawConfig, resources: &[String], k: &str) -> Result<(), String> {
+    let (r, n) = match k.split_once('/') {
+        None => (k, None),
+        Some((r, n)) => (r, Some(n)),
+    };
+    if !resources.iter().any(|x| x == r) {
+        return Err(format!("{r:?} is not one of the plan's resources"));
+    }
+    let numbers = group_numbers(raw, r);
+    let list = || {
+        numbers
+            .iter()
+            .flatten()
+            .map(|n| format!("\"{r}/{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (n, numbers.first()) {
+        (None, Some(None)) => Ok(()),
+        (None, _) => Err(format!(
+            "{r:?} is a consistency group of {} volumes: name each volume, as {}",
+            numbers.len(),
+            list()
+        )),
+        (Some(_), Some(None)) => Err(format!(
+            "{r:?} has one volume: name it {r:?}, without a volume number"
+        )),
+        (Some(n), _) => match n.parse::<u16>() {
+            Ok(v) if numbers.contains(&Some(v)) && n == v.to_string() => Ok(()),
+            _ => Err(format!(
+                "{r:?} has no volume {n:?}: its volumes are {}",
+                list()
+            )),
+        },
+    }
 }
 
 /// `[[plan]] images`: absolute files, store URLs that name an object, no object twice.

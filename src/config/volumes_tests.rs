@@ -230,3 +230,114 @@ fn a_group_is_claimed_volume_by_volume() {
     assert_eq!(t[1].meta, std::path::Path::new("/srv/drl/db-1.meta"));
     assert_eq!((t[0].size_bytes, t[1].size_bytes), (1 << 30, 256 << 20));
 }
+
+/// The group example with a one-volume resource `log` beside it and a plan over both:
+/// `[plan.volume."db/N"]` for the group's volumes, `[plan.volume.log]` for the other.
+fn group_plan(volumes: &str) -> String {
+    format!(
+        r#"{GROUP_EXAMPLE}
+[[resource]]
+name = "log"
+size = "64MiB"
+secret = "x"
+[resource.on.site-a]
+address = "127.0.0.1:7791"
+disk = "/srv/drl/log.img"
+meta = "/srv/drl/log.meta"
+[resource.on.site-b]
+address = "127.0.0.1:7792"
+disk = "/srv/drl/b/log.img"
+meta = "/srv/drl/b/log.meta"
+
+[openstack]
+auth-url = "http://127.0.0.1:5050/v3"
+username = "admin"
+password = "secret"
+project = "admin"
+
+[[plan]]
+name = "app"
+resources = ["db", "log"]
+template = "/etc/drl/plans/app.yaml"
+cinder-host = "aio@nfs#nfs"
+{volumes}"#
+    )
+}
+
+const GROUP_PLAN_VOLUMES: &str = r#"
+[plan.volume."db/0"]
+primary-id = "0e5b7c8e-0d7e-4c39-9d6f-5a1f2b7c1a10"
+bootable = true
+[plan.volume."db/1"]
+parameter = "db_log"
+[plan.volume.log]
+parameter = "app_log"
+"#;
+
+#[test]
+fn a_plan_names_a_groups_volumes_as_res_slash_n() {
+    let c = check(&group_plan(GROUP_PLAN_VOLUMES), "site-b").unwrap();
+    let p = &c.plans[0];
+    let keys: Vec<String> = p.volumes.iter().map(|v| v.key()).collect();
+    assert_eq!(keys, ["db/0", "db/1", "log"]);
+    assert_eq!(p.resources(), ["db", "log"], "a group is one resource");
+    assert_eq!(p.volumes[1].volume, Some(1));
+    assert_eq!(p.volumes[2].volume, None);
+    assert!(p.volumes[0].bootable && p.volumes[0].primary_id.is_some());
+    assert_eq!(p.volumes[1].parameter.as_deref(), Some("db_log"));
+    assert_eq!(p.volumes[1].flat_key(), "db-1");
+    // A volume the plan does not map is still a volume of the plan (imported, unmapped).
+    let c = check(
+        &group_plan("[plan.volume.\"db/1\"]\nparameter = \"db_log\"\n"),
+        "site-b",
+    )
+    .unwrap();
+    assert_eq!(c.plans[0].volumes.len(), 3);
+}
+
+#[test]
+fn a_plans_bad_volume_keys_are_refused_with_the_reason() {
+    let bad = |volumes: &str| {
+        check(&group_plan(volumes), "site-b")
+            .expect_err("plan should be refused")
+            .to_string()
+    };
+    let e = bad("[plan.volume.db]\nparameter = \"p\"\n");
+    assert!(
+        e.contains("plan.app.volume.db")
+            && e.contains("consistency group of 2 volumes")
+            && e.contains("\"db/0\", \"db/1\""),
+        "{e}"
+    );
+    let e = bad("[plan.volume.\"db/2\"]\nparameter = \"p\"\n");
+    assert!(
+        e.contains("plan.app.volume.db/2") && e.contains("no volume \"2\""),
+        "{e}"
+    );
+    for n in ["01", "x", "", "-1"] {
+        let e = bad(&format!("[plan.volume.\"db/{n}\"]\nparameter = \"p\"\n"));
+        assert!(e.contains(&format!("no volume \"{n}\"")), "{n}: {e}");
+    }
+    let e = bad("[plan.volume.\"log/0\"]\nparameter = \"p\"\n");
+    assert!(
+        e.contains("plan.app.volume.log/0") && e.contains("has one volume"),
+        "{e}"
+    );
+    // A single [[resource.volume]] is one volume, served and named as such.
+    let single = group_plan("[plan.volume.\"solo\"]\nparameter = \"p\"\n").replace(
+        "resources = [\"db\", \"log\"]",
+        "resources = [\"db\", \"log\", \"solo\"]",
+    ) + "[[resource]]\nname = \"solo\"\nsecret = \"x\"\n[[resource.volume]]\nnumber = 0\nsize = \"8MiB\"\n[resource.on.site-a]\naddress = \"127.0.0.1:7793\"\nvolume.0 = { disk = \"/srv/drl/solo.img\", meta = \"/srv/drl/solo.meta\" }\n[resource.on.site-b]\naddress = \"127.0.0.1:7794\"\nvolume.0 = { disk = \"/srv/drl/b/solo.img\", meta = \"/srv/drl/b/solo.meta\" }\n";
+    let c = check(&single, "site-b").unwrap();
+    let solo = c.plans[0].volumes.last().unwrap();
+    assert_eq!((solo.key(), solo.volume), ("solo".to_string(), None));
+    let e = bad("[plan.volume.\"web/0\"]\nparameter = \"p\"\n");
+    assert!(
+        e.contains("\"web\" is not one of the plan's resources"),
+        "{e}"
+    );
+    let e = bad("[plan.volume.\"db/1\"]\nprimary-id = \"short\"\n");
+    assert!(e.contains("plan.app.volume.db/1.primary-id"), "{e}");
+    let e = bad("");
+    assert!(e.contains("RES/N of a group"), "{e}");
+}

@@ -76,18 +76,6 @@ pub(super) fn resource(node: &Node, params: &Value) -> Result<Arc<Resource>, Rpc
         .ok_or_else(|| RpcError::no_such_resource(name))
 }
 
-/// [`resource`] for an operation built for one volume: a consistency group is refused with
-/// the reason ([`Resource::refuse_group`]).
-pub(super) fn one_volume(
-    node: &Node,
-    params: &Value,
-    what: &str,
-) -> Result<Arc<Resource>, RpcError> {
-    let res = resource(node, params)?;
-    res.refuse_group(what).map_err(RpcError::state_refused)?;
-    Ok(res)
-}
-
 fn snapshot_error(e: SnapshotError) -> RpcError {
     match e {
         SnapshotError::NotFound { .. }

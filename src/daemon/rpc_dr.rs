@@ -3,7 +3,7 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `dr.handover` | `{resource, export_dir?}` | `{resource, disk_path, size_bytes, link?}` |
+//! | `dr.handover` | `{resource, export_dir?}` | `{resource, volumes: [{volume, disk_path, size_bytes, link?}], disk_path, size_bytes, link?}` (the last three for a one-volume resource) |
 //! | `dr.tracking_restored` | `{resource}` | `{resource, tracking_void: false}` |
 //! | `dr.plan_event` | `{plan, state, fields?}` | `{}` |
 //!
@@ -16,6 +16,8 @@
 //! the metadata (durably) that change tracking is void from now on (Cinder's target writes the
 //! disk around drl), and, with `export_dir`, puts a symlink `drl-RESOURCE` to the disk into
 //! the Cinder backend's share (Cinder renames the link to `volume-<id>`; the disk stays).
+//! A consistency group is handed over whole: the mark once (volume 0's metadata holds the
+//! group's flags, and fail back verifies every volume), a link `drl-RESOURCE-N` per volume.
 //! Only a Primary is handed over. `dr.tracking_restored` clears the mark once a digest
 //! comparison (online verify) and the resync of what it found have brought the peer level.
 
@@ -31,7 +33,7 @@ use crate::volume::meta::{flags, Role};
 
 pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
     add(r, node, "dr.handover", |n, params| async move {
-        let res = super::rpc::one_volume(&n, &params, "a handover to Cinder")?;
+        let res = super::rpc::resource(&n, &params)?;
         let sb = res.meta().superblock();
         if sb.role != Role::Primary {
             return Err(RpcError::state_refused(format!(
@@ -50,38 +52,57 @@ pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
             }
         };
         let meta = res.meta().clone();
-        let name = res.name().to_owned();
-        let disk = res.status_json()["disk_path"].clone();
-        let disk_path = PathBuf::from(disk.as_str().unwrap_or_default());
-        let size = res.status_json()["size_bytes"].clone();
-        let link = tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, String> {
+        let group = res.is_group();
+        // (number, disk path, size, link name) of every volume; one link per volume. The
+        // sizes are the disks' own (status), which an online resize may have grown.
+        let st = res.status_json();
+        let vols: Vec<(u16, PathBuf, Value, String)> = res
+            .config()
+            .volumes
+            .iter()
+            .map(|v| {
+                let (size, link) = match group {
+                    false => (st["size_bytes"].clone(), format!("drl-{}", res.name())),
+                    true => (
+                        st["volumes"][usize::from(v.number)]["size_bytes"].clone(),
+                        format!("drl-{}-{}", res.name(), v.number),
+                    ),
+                };
+                (v.number, v.local.disk.clone(), size, link)
+            })
+            .collect();
+        let linked = vols.clone();
+        let links = tokio::task::spawn_blocking(move || -> Result<Vec<Option<PathBuf>>, String> {
+            // Once for the resource: a group's role and flags live in volume 0's metadata.
             meta.update(|sb| sb.flags |= flags::TRACKING_VOID)
                 .map_err(|e| format!("recording the handover in the metadata: {e}"))?;
             let Some(dir) = export_dir else {
-                return Ok(None);
+                return Ok(vec![None; linked.len()]);
             };
-            let link = dir.join(format!("drl-{name}"));
-            match std::fs::read_link(&link) {
-                Ok(t) if t == disk_path => return Ok(Some(link)),
-                Ok(_) => std::fs::remove_file(&link)
-                    .map_err(|e| format!("replacing {}: {e}", link.display()))?,
-                Err(_) => {}
-            }
-            std::os::unix::fs::symlink(&disk_path, &link).map_err(|e| {
-                format!("symlink {} -> {}: {e}", link.display(), disk_path.display())
-            })?;
-            Ok(Some(link))
+            linked
+                .iter()
+                .map(|(_, disk, _, name)| link_into(&dir, name, disk).map(Some))
+                .collect()
         })
         .await
         .map_err(|e| RpcError::internal(e.to_string()))?
         .map_err(RpcError::internal)?;
-        tracing::warn!(resource = %res.name(), "handed to Cinder: change tracking is void until the next checksum resync");
-        Ok(json!({
-            "resource": res.name(),
-            "disk_path": disk,
-            "size_bytes": size,
-            "link": link,
-        }))
+        tracing::warn!(resource = %res.name(), volumes = vols.len(), "handed to Cinder: change tracking is void until the next checksum resync");
+        let volumes: Vec<Value> = vols
+            .iter()
+            .zip(&links)
+            .map(|((number, disk, size, _), link)| {
+                json!({ "volume": number, "disk_path": disk, "size_bytes": size, "link": link })
+            })
+            .collect();
+        let mut out = json!({ "resource": res.name(), "volumes": volumes });
+        if !group {
+            // A one-volume resource's answer as before the groups.
+            for k in ["disk_path", "size_bytes", "link"] {
+                out[k] = volumes[0][k].clone();
+            }
+        }
+        Ok(out)
     });
     add(r, node, "dr.tracking_restored", |n, params| async move {
         let res = super::rpc::resource(&n, &params)?;
@@ -132,6 +153,21 @@ pub(super) fn register(r: &mut Router, node: &Arc<Node>) {
         n.events.publish(ev);
         Ok(json!({}))
     });
+}
+
+/// Put the symlink `dir/name` -> `disk` (replacing one that points elsewhere).
+fn link_into(dir: &std::path::Path, name: &str, disk: &std::path::Path) -> Result<PathBuf, String> {
+    let link = dir.join(name);
+    match std::fs::read_link(&link) {
+        Ok(t) if t == disk => return Ok(link),
+        Ok(_) => {
+            std::fs::remove_file(&link).map_err(|e| format!("replacing {}: {e}", link.display()))?
+        }
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(disk, &link)
+        .map_err(|e| format!("symlink {} -> {}: {e}", link.display(), disk.display()))?;
+    Ok(link)
 }
 
 /// Cinder's replication words for a plan.

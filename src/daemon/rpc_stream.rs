@@ -22,7 +22,7 @@ use super::device::ResourceDevice;
 use super::resource::Resource;
 
 #[path = "rpc_stream_group.rs"]
-mod group;
+pub(super) mod group;
 use super::rpc::add;
 use super::Node;
 use crate::control::{rpc, Router, RpcError};

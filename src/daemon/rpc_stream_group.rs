@@ -11,13 +11,50 @@ use super::*;
 use crate::stream::group::{record_object, volume_location, GroupRecord};
 use crate::stream::Report;
 
-/// `stream.start` of a group: every volume's snapshot, then the group record.
-pub(super) async fn start_stream(
-    n: &Arc<Node>,
-    res: &Arc<Resource>,
-    p: StreamParams,
-) -> Result<Value, RpcError> {
-    let url = StoreUrl::parse(&p.to).map_err(stream_err)?;
+/// A group stream ready to run: every volume's stream, then the record.
+pub(crate) struct PreparedGroupStream {
+    preps: Vec<PreparedStream>,
+    store: Arc<AnyStore>,
+    loc: Location,
+    record_name: String,
+    record: GroupRecord,
+    /// Volume 0's parent (the group's volumes share their snapshot names).
+    pub parent: Option<String>,
+}
+
+impl PreparedGroupStream {
+    /// Stream every volume, one after another, then write the group record.
+    pub async fn run(
+        self,
+        progress: impl Fn(crate::stream::Progress) + Send + Sync,
+    ) -> Result<Report, String> {
+        let mut total = Report::default();
+        for prep in self.preps {
+            total.absorb(&prep.run(&progress).await.map_err(|e| e.to_string())?);
+        }
+        self.store
+            .put(
+                &self.loc.container,
+                &self.record_name,
+                self.record.to_bytes(),
+            )
+            .await
+            .map_err(|e| format!("writing the group record {}: {e}", self.record_name))?;
+        Ok(total)
+    }
+}
+
+/// Prepare the stream of group snapshot `snapshot` of `res` to `to` (what `stream.start` of a
+/// group and the plans' schedule both run).
+pub(crate) async fn prepare_group_stream(
+    n: &Node,
+    res: &Resource,
+    snapshot: &str,
+    to: &str,
+    parent: Option<String>,
+    chunk_bytes: Option<u64>,
+) -> Result<PreparedGroupStream, RpcError> {
+    let url = StoreUrl::parse(to).map_err(stream_err)?;
     let store = store_for(n, &url)?;
     let loc = url.location();
     let devs = res.volume_devices();
@@ -26,33 +63,41 @@ pub(super) async fn start_stream(
         let vol = Volume {
             resource: res.name(),
             dev,
-            snapshot: &p.snapshot,
+            snapshot,
         };
         let vloc = volume_location(&loc, v);
-        let mut prep =
-            prepare_volume(n, vol, store.clone(), vloc, p.parent.clone(), p.chunk_size).await?;
-        p.apply_options(&mut prep.opts);
-        preps.push(prep);
+        preps.push(prepare_volume(n, vol, store.clone(), vloc, parent.clone(), chunk_bytes).await?);
     }
-    let parent = preps[0].parent.clone();
-    let record = GroupRecord {
-        resource: res.name().to_owned(),
-        snapshot: p.snapshot.clone(),
-        volumes: devs.iter().map(|d| d.size_bytes()).collect(),
-    };
-    let record_name = record_object(&loc, &p.snapshot);
+    Ok(PreparedGroupStream {
+        parent: preps[0].parent.clone(),
+        preps,
+        store,
+        record_name: record_object(&loc, snapshot),
+        record: GroupRecord {
+            resource: res.name().to_owned(),
+            snapshot: snapshot.to_owned(),
+            volumes: devs.iter().map(|d| d.size_bytes()).collect(),
+        },
+        loc,
+    })
+}
+
+/// `stream.start` of a group: every volume's snapshot, then the group record.
+pub(super) async fn start_stream(
+    n: &Arc<Node>,
+    res: &Arc<Resource>,
+    p: StreamParams,
+) -> Result<Value, RpcError> {
+    let mut prep =
+        prepare_group_stream(n, res, &p.snapshot, &p.to, p.parent.clone(), p.chunk_size).await?;
+    for v in &mut prep.preps {
+        p.apply_options(&mut v.opts);
+    }
+    let parent = prep.parent.clone();
     let job = n
         .jobs
         .start("stream", &p.resource, move |progress| async move {
-            let mut total = Report::default();
-            for prep in preps {
-                total.absorb(&prep.run(&progress).await.map_err(|e| e.to_string())?);
-            }
-            store
-                .put(&loc.container, &record_name, record.to_bytes())
-                .await
-                .map_err(|e| format!("writing the group record {record_name}: {e}"))?;
-            Ok(total)
+            prep.run(progress).await
         })?;
     Ok(json!({ "job": job, "parent": parent }))
 }

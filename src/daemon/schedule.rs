@@ -8,6 +8,10 @@
 //! store (`orchestrator::checkpoint::record_action`, newest `keep` per resource), so the next
 //! `drl dr protect` lists it. A failure is logged (rate-limited) and the schedule goes on.
 //!
+//! A consistency group is snapshotted at one point in time (`Resource::snapshot_create`) and
+//! streamed as a group (`URL/RESOURCE/volume-N` per volume, then the group record), so a
+//! restore gets every volume at the same instant or refuses an incomplete stream.
+//!
 //! With `images`, the node where the plan's first resource is Primary (exactly one node, so
 //! once per tick per plan) then copies each image file to its object with `image::push`,
 //! which sends only the segments the store does not already hold with the same md5 (the file
@@ -66,12 +70,12 @@ pub(super) fn spawn(
     }
 }
 
-/// The resources of `plan` that live on this node.
+/// The resources of `plan` that live on this node (a group once).
 pub(super) fn resources_here(node: &Node, plan: &crate::config::plan::PlanConfig) -> Vec<String> {
-    plan.volumes
-        .iter()
-        .filter(|v| node.resource(&v.resource).is_some())
-        .map(|v| v.resource.clone())
+    plan.resources()
+        .into_iter()
+        .filter(|r| node.resource(r).is_some())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -88,10 +92,11 @@ async fn tick(
     if res.meta().superblock().role != Role::Primary {
         return Ok(()); // the Secondary's data is the Primary's; snapshots are taken there
     }
-    res.refuse_group("a scheduled snapshot")?;
     let name = format!("{plan}-{:016}", crate::repl::replicator::unix_ms());
-    let snaps = res.snapshots();
-    snaps.create(&name).await.map_err(|e| e.to_string())?;
+    // A group's volumes are cut at one point in time (every volume's writes paused).
+    res.snapshot_create(&name)
+        .await
+        .map_err(|e| e.to_string())?;
     res.events().publish(
         Event::new(EventKind::Create, ObjectKind::Snapshot, res.name())
             .field("snapshot", name.as_str()),
@@ -100,7 +105,8 @@ async fn tick(
         stream_and_record(node, plan, &res, &name, keep, to).await?;
     }
     let prefix = format!("{plan}-");
-    let mut ours: Vec<String> = snaps
+    let mut ours: Vec<String> = res
+        .snapshots()
         .list()
         .await
         .into_iter()
@@ -113,7 +119,7 @@ async fn tick(
     ours.sort();
     while ours.len() > keep {
         let old = ours.remove(0);
-        snaps.delete(&old).await.map_err(|e| e.to_string())?;
+        res.snapshot_delete(&old).await.map_err(|e| e.to_string())?;
         res.events().publish(
             Event::new(EventKind::Destroy, ObjectKind::Snapshot, res.name())
                 .field("snapshot", old.as_str()),
@@ -133,20 +139,34 @@ async fn stream_and_record(
 ) -> Result<(), String> {
     let url = format!("{to}/{}", res.name());
     let t0 = std::time::Instant::now();
-    let prep = super::rpc_stream::prepare_stream(node, res, snapshot, &url, None, None)
-        .await
-        .map_err(|e| format!("stream {snapshot} to {url}: {}", e.message))?;
-    let parent = prep.parent.clone();
-    let report = prep
-        .run(|_| {})
-        .await
-        .map_err(|e| format!("stream {snapshot} to {url}: {e}"))?;
+    let failed = |e: String| format!("stream {snapshot} to {url}: {e}");
+    // A group streams every volume to `URL/volume-N`, then its record (`group.json`).
+    let (parent, report) = match res.is_group() {
+        false => {
+            let prep = super::rpc_stream::prepare_stream(node, res, snapshot, &url, None, None)
+                .await
+                .map_err(|e| failed(e.message))?;
+            let parent = prep.parent.clone();
+            let r = prep.run(|_| {}).await.map_err(|e| failed(e.to_string()))?;
+            (parent, r)
+        }
+        true => {
+            let prep = super::rpc_stream::group::prepare_group_stream(
+                node, res, snapshot, &url, None, None,
+            )
+            .await
+            .map_err(|e| failed(e.message))?;
+            let parent = prep.parent.clone();
+            (parent, prep.run(|_| {}).await.map_err(failed)?)
+        }
+    };
     let action = serde_json::json!({
         "kind": "snapshot",
         "plan": plan,
         "resource": res.name(),
         "node": node.config.node,
         "snapshot": snapshot,
+        "volumes": res.volume_devices().len(),
         "stored_at": url,
         "parent": parent,
         "bytes_uploaded": report.bytes_uploaded,

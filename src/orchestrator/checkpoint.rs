@@ -41,6 +41,9 @@ pub struct Checkpoint {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckpointVolume {
     pub resource: String,
+    /// The volume's number in a consistency group (absent for a one-volume resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u16>,
     pub node: String,
     pub peer: String,
     pub primary_id: Option<String>,
@@ -67,8 +70,8 @@ pub async fn protect(
     plan: &PlanConfig,
 ) -> Result<(Checkpoint, String), OrchError> {
     let members = daemons::members(cfg, plan)?;
-    let mut vols = Vec::new();
-    for (m, v) in members.iter().zip(&plan.volumes) {
+    let mut statuses = Vec::new();
+    for m in &members {
         let st = daemons::status(m).await?;
         if st.get("peer_node").is_none_or(Value::is_null) {
             return Err(OrchError::Refused(format!(
@@ -83,30 +86,40 @@ pub async fn protect(
                 m.resource, m.node
             )));
         }
+        statuses.push(st);
+    }
+    let mut vols = Vec::new();
+    for v in &plan.volumes {
+        let i = members
+            .iter()
+            .position(|m| m.resource == v.resource)
+            .ok_or_else(|| OrchError::Config(format!("resource {} has no member", v.resource)))?;
+        let (m, st) = (&members[i], &statuses[i]);
+        let size = match v.volume {
+            None => &st["size_bytes"],
+            Some(n) => &st["volumes"][usize::from(n)]["size_bytes"],
+        };
         vols.push(CheckpointVolume {
             resource: m.resource.clone(),
+            volume: v.volume,
             node: m.node.clone(),
             peer: m.peer.clone(),
             primary_id: v.primary_id.clone(),
             parameter: v.parameter.clone(),
             bootable: v.bootable,
-            size_bytes: st["size_bytes"].as_u64().unwrap_or(0),
+            size_bytes: size.as_u64().unwrap_or(0),
             generation: st["generation"].clone(),
             disk: st["disk"].as_str().unwrap_or("?").into(),
         });
     }
     let text = read_template(plan)?;
     let tpl = Template::parse(&text, &plan.template.display().to_string())?;
+    let keys: Vec<String> = plan.volumes.iter().map(|v| v.key()).collect();
     let checks: Vec<(&str, Option<&str>, Option<&str>)> = plan
         .volumes
         .iter()
-        .map(|v| {
-            (
-                v.resource.as_str(),
-                v.primary_id.as_deref(),
-                v.parameter.as_deref(),
-            )
-        })
+        .zip(&keys)
+        .map(|(v, k)| (k.as_str(), v.primary_id.as_deref(), v.parameter.as_deref()))
         .collect();
     tpl.check(&checks)?;
     let cp = Checkpoint {
@@ -295,7 +308,7 @@ pub async fn plan_json(cfg: &NodeConfig, plan: &PlanConfig, with_checkpoints: bo
         }
     }
     let mut v = json!({
-        "plan": plan.name, "state": state, "error": error, "resources": plan.volumes.iter().map(|v| &v.resource).collect::<Vec<_>>(),
+        "plan": plan.name, "state": state, "error": error, "resources": plan.resources(),
         "stack_name": plan.stack_name, "failover": format!("{:?}", plan.failover).to_lowercase(),
         "rpo_target_ms": plan.rpo_target_ms, "rpo_alarm": alarm, "volumes": vols,
     });

@@ -13,7 +13,7 @@ use crate::config::plan::PlanConfig;
 use crate::config::NodeConfig;
 use crate::control::Client;
 
-/// One resource of a plan, where it recovers.
+/// One resource of a plan (all volumes of a group), where it recovers.
 #[derive(Clone, Debug)]
 pub struct Member {
     pub resource: String,
@@ -26,7 +26,8 @@ pub struct Member {
     pub peer: String,
 }
 
-/// The nodes of `plan` at the site of `cfg.node`.
+/// The nodes of `plan` at the site of `cfg.node`, one member per resource (a consistency
+/// group's volumes are one member: one promotion, one handover).
 pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchError> {
     let site_of = |n: &str| {
         cfg.nodes
@@ -37,12 +38,12 @@ pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchE
     let my_site = site_of(&cfg.node)
         .ok_or_else(|| OrchError::Config(format!("node {} is not listed", cfg.node)))?;
     let mut out = Vec::new();
-    for v in &plan.volumes {
+    for r in plan.resources() {
         let (_, nodes) = cfg
             .all_resources
             .iter()
-            .find(|(n, _)| *n == v.resource)
-            .ok_or_else(|| OrchError::Config(format!("resource {} is not defined", v.resource)))?;
+            .find(|(n, _)| n == r)
+            .ok_or_else(|| OrchError::Config(format!("resource {r} is not defined")))?;
         let here: Vec<&String> = nodes
             .iter()
             .filter(|n| site_of(n).as_deref() == Some(my_site.as_str()))
@@ -51,7 +52,7 @@ pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchE
             return Err(OrchError::Config(format!(
                 "plan {}: resource {} has {} nodes at site {my_site} (this node's): it needs exactly one; set [[node]] site",
                 plan.name,
-                v.resource,
+                r,
                 here.len()
             )));
         };
@@ -62,7 +63,7 @@ pub fn members(cfg: &NodeConfig, plan: &PlanConfig) -> Result<Vec<Member>, OrchE
             .unwrap_or_default();
         let entry = cfg.nodes.iter().find(|e| &e.name == *node);
         out.push(Member {
-            resource: v.resource.clone(),
+            resource: r.to_owned(),
             node: (*node).clone(),
             socket: entry.map(|e| e.control_socket.clone()).unwrap_or_default(),
             tcp: entry
@@ -150,4 +151,12 @@ pub async fn plan_event(
     )
     .await
     .map(|_| ())
+}
+
+/// The member that holds `resource`.
+pub fn member_of<'m>(members: &'m [Member], resource: &str) -> Result<&'m Member, OrchError> {
+    members
+        .iter()
+        .find(|m| m.resource == resource)
+        .ok_or_else(|| OrchError::Config(format!("resource {resource} has no member")))
 }

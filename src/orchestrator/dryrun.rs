@@ -51,22 +51,29 @@ impl Recovery<'_> {
                 ));
             }
         }
-        for (m, v) in self.members.iter().zip(&self.plan.volumes) {
-            if done(&format!("import:{}", m.resource)) {
-                continue;
+        let todo: Vec<_> = self
+            .plan
+            .volumes
+            .iter()
+            .filter(|v| !done(&format!("import:{}", v.key())))
+            .collect();
+        for m in &self.members {
+            if todo.iter().any(|v| v.resource == m.resource) {
+                say(&format!(
+                    "would call {}: dr.handover {{resource: {}, export_dir: {:?}}}",
+                    m.socket.display(),
+                    m.resource,
+                    self.plan.cinder_export_dir
+                ));
             }
-            say(&format!(
-                "would call {}: dr.handover {{resource: {}, export_dir: {:?}}}",
-                m.socket.display(),
-                m.resource,
-                self.plan.cinder_export_dir
-            ));
+        }
+        for v in todo {
             let body = super::openstack::manage_body(
                 &self.plan.cinder_host,
-                &self.source_name(m, &format!("<disk of {}>", m.resource)),
-                &format!("{}-{}", self.plan.name, m.resource),
+                &self.source_name(v, &format!("<disk of {}>", v.key())),
+                &format!("{}-{}", self.plan.name, v.flat_key()),
                 v.bootable,
-                &self.metadata(m, v.primary_id.as_deref()),
+                &self.metadata(v),
             );
             say(&format!("would POST {cinder}/manageable_volumes {body}"));
             say(&format!(
@@ -121,13 +128,17 @@ impl Recovery<'_> {
                 .map(|v| v.into_iter().fold(0.0, f64::max))
         });
         let volumes = self
-            .members
+            .plan
+            .volumes
             .iter()
-            .map(|m| {
-                let i = d(&format!("import:{}", m.resource));
+            .map(|v| {
+                let i = d(&format!("import:{}", v.key()));
                 VolumeReport {
-                    resource: m.resource.clone(),
-                    node: m.node.clone(),
+                    resource: v.resource.clone(),
+                    volume: v.volume,
+                    node: daemons::member_of(&self.members, &v.resource)
+                        .map(|m| m.node.clone())
+                        .unwrap_or_default(),
                     cinder_id: i.and_then(|i| i["cinder_id"].as_str()).map(str::to_owned),
                     status: i
                         .and_then(|i| i["status"].as_str())

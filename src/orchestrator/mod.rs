@@ -9,8 +9,10 @@
 //! ```text
 //! check      refuse while a resource is Connected to its peer, or the old primary is not
 //!            known to be down (--confirm-primary-down, or this node holds the lease)
-//! promote    every resource, all or none (those promoted are demoted again on a failure)
-//! import:R   dr.handover (metadata: tracking void; symlink into the share), Cinder
+//! promote    every resource, all or none (those promoted are demoted again on a failure);
+//!            a consistency group is one resource: all its volumes at one point in time
+//! import:V   dr.handover once per resource (metadata: tracking void; a symlink per volume
+//!            into the share), then per volume V (`RES`, or `RES/N` in a group) Cinder
 //!            manage-existing, wait for `available` (looked up by metadata first)
 //! rewrite    the plan's HOT template: primary IDs -> imported IDs (parameters / by value)
 //! stack      Heat stack create (looked up by name first), wait for CREATE_COMPLETE

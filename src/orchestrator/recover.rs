@@ -13,7 +13,7 @@ use super::openstack::{Cloud, Volume};
 use super::report::Report;
 use super::template::{Mapping, Template};
 use super::OrchError;
-use crate::config::plan::PlanConfig;
+use crate::config::plan::{PlanConfig, PlanVolume};
 use crate::config::NodeConfig;
 use crate::limits::*;
 
@@ -142,48 +142,63 @@ impl<'a> Recovery<'a> {
             j.done(OP, step, json!({ "resources": self.members.iter().map(|m| &m.resource).collect::<Vec<_>>() }))?;
         }
         // 3. import each volume. drl's part for all at once: every handover side by side
-        //    (each daemon records it durably), the journal's records of a phase in one sync;
-        //    then every manage request side by side (Cinder imports them in parallel), one
-        //    listing of Cinder's volumes serving every lookup; then wait for each. A
-        //    volume's step ends when it is available.
-        let todo: Vec<(&Member, &crate::config::plan::PlanVolume)> = self
-            .members
+        //    (each daemon records it durably; one per resource, a group's volumes together),
+        //    the journal's records of a phase in one sync; then every manage request side by
+        //    side (Cinder imports them in parallel), one listing of Cinder's volumes serving
+        //    every lookup; then wait for each. A volume's step (`import:RES`, `import:RES/N`
+        //    in a group) ends when it is available.
+        let todo: Vec<&PlanVolume> = self
+            .plan
+            .volumes
             .iter()
-            .zip(&self.plan.volumes)
-            .filter(|(m, _)| j.done_data(OP, &format!("import:{}", m.resource)).is_none())
+            .filter(|v| j.done_data(OP, &format!("import:{}", v.key())).is_none())
             .collect();
         let mut posted = Vec::new();
         if !todo.is_empty() {
-            *step = format!("import:{}", todo[0].0.resource);
+            *step = format!("import:{}", todo[0].key());
             j.many(
                 OP,
                 journal::Phase::Begin,
                 todo.iter()
-                    .map(|(m, _)| (format!("import:{}", m.resource), Value::Null)),
+                    .map(|v| (format!("import:{}", v.key()), Value::Null)),
             )?;
-            let disks =
-                futures::future::try_join_all(todo.iter().map(|(m, _)| self.handover(m))).await?;
+            let mut resources: Vec<&str> = todo.iter().map(|v| v.resource.as_str()).collect();
+            resources.dedup();
+            let handed = futures::future::try_join_all(
+                resources
+                    .iter()
+                    .map(|r| async { self.handover(daemons::member_of(&self.members, r)?).await }),
+            )
+            .await?;
+            let disks = todo
+                .iter()
+                .map(|v| {
+                    let i = resources.iter().position(|r| *r == v.resource).unwrap_or(0);
+                    disk_of(&handed[i], v)
+                })
+                .collect::<Result<Vec<String>, OrchError>>()?;
             // Sub-step records: drl's own part of the import is done (the report and the
             // bench split drl's time from Cinder's with them).
             j.many(
                 OP,
                 journal::Phase::Done,
                 todo.iter()
-                    .map(|(m, _)| (format!("handover:{}", m.resource), Value::Null)),
+                    .map(|v| (format!("handover:{}", v.key()), Value::Null)),
             )?;
             let listed = self.cloud.list_volumes().await?;
-            let vols =
-                futures::future::try_join_all(todo.iter().zip(&disks).map(|((m, v), disk)| {
-                    self.import(m, disk, &listed, v.bootable, v.primary_id.as_deref())
-                }))
-                .await?;
+            let vols = futures::future::try_join_all(
+                todo.iter()
+                    .zip(&disks)
+                    .map(|(v, disk)| self.import(v, disk, &listed)),
+            )
+            .await?;
             // Sub-step records (and crash points): the volumes exist in Cinder now.
             j.many(
                 OP,
                 journal::Phase::Done,
-                todo.iter().zip(&vols).map(|((m, _), vol)| {
+                todo.iter().zip(&vols).map(|(v, vol)| {
                     (
-                        format!("manage:{}", m.resource),
+                        format!("manage:{}", v.key()),
                         json!({ "cinder_id": vol.id }),
                     )
                 }),
@@ -191,12 +206,12 @@ impl<'a> Recovery<'a> {
             posted = todo
                 .iter()
                 .zip(vols)
-                .map(|((m, _), vol)| (*m, vol.id))
+                .map(|(v, vol)| (v.key(), vol.id))
                 .collect();
         }
-        for (m, id) in posted {
-            *step = format!("import:{}", m.resource);
-            let vol = self.wait_available(&m.resource, &id).await?;
+        for (key, id) in posted {
+            *step = format!("import:{key}");
+            let vol = self.wait_available(&key, &id).await?;
             j.done(
                 OP,
                 step,
@@ -373,9 +388,11 @@ impl<'a> Recovery<'a> {
         Ok(())
     }
 
-    pub(super) fn source_name(&self, m: &Member, disk_path: &str) -> String {
+    /// The reference Cinder manages: the link `drl-RES` (`drl-RES-N` in a group) in the
+    /// share, else the disk's file name (LVM: the LV name).
+    pub(super) fn source_name(&self, v: &PlanVolume, disk_path: &str) -> String {
         match &self.plan.cinder_share {
-            Some(share) => format!("{share}/drl-{}", m.resource),
+            Some(share) => format!("{share}/drl-{}", v.flat_key()),
             None => std::path::Path::new(disk_path)
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
@@ -383,76 +400,73 @@ impl<'a> Recovery<'a> {
         }
     }
 
-    pub(super) fn metadata(
-        &self,
-        m: &Member,
-        primary_id: Option<&str>,
-    ) -> BTreeMap<String, String> {
+    /// The Cinder volume's metadata: the plan, the resource and, in a group, the volume's
+    /// number (`drl-volume`), by which a resumed run finds what it imported.
+    pub(super) fn metadata(&self, v: &PlanVolume) -> BTreeMap<String, String> {
         let mut md = BTreeMap::new();
         md.insert("drl-plan".into(), self.plan.name.clone());
-        md.insert("drl-resource".into(), m.resource.clone());
-        if let Some(id) = primary_id {
-            md.insert("drl-primary-id".into(), id.into());
+        md.insert("drl-resource".into(), v.resource.clone());
+        if let Some(n) = v.volume {
+            md.insert("drl-volume".into(), n.to_string());
+        }
+        if let Some(id) = &v.primary_id {
+            md.insert("drl-primary-id".into(), id.clone());
         }
         md
     }
 
-    /// The volume an earlier run imported for `m`, if Cinder has one (not in an error state).
-    fn imported<'v>(&self, m: &Member, listed: &'v [Volume]) -> Option<&'v Volume> {
-        listed.iter().find(|v| {
-            v.metadata.get("drl-plan") == Some(&self.plan.name)
-                && v.metadata.get("drl-resource") == Some(&m.resource)
-                && !v.status.starts_with("error")
-                && v.status != "deleting"
+    /// The volume an earlier run imported for `v`, if Cinder has one (not in an error state).
+    fn imported<'v>(&self, v: &PlanVolume, listed: &'v [Volume]) -> Option<&'v Volume> {
+        let number = v.volume.map(|n| n.to_string());
+        listed.iter().find(|c| {
+            c.metadata.get("drl-plan") == Some(&self.plan.name)
+                && c.metadata.get("drl-resource") == Some(&v.resource)
+                && c.metadata.get("drl-volume") == number.as_ref()
+                && !c.status.starts_with("error")
+                && c.status != "deleting"
         })
     }
 
-    /// Hand the resource to Cinder at the daemon (tracking void, the link into the share);
-    /// returns the disk's path.
-    async fn handover(&self, m: &Member) -> Result<String, OrchError> {
-        let ho = daemons::call(
+    /// Hand the resource (every volume of a group) to Cinder at the daemon: tracking void,
+    /// a link into the share per volume; the daemon's answer.
+    async fn handover(&self, m: &Member) -> Result<Value, OrchError> {
+        daemons::call(
             m,
             "dr.handover",
             json!({ "resource": m.resource, "export_dir": self.plan.cinder_export_dir }),
         )
-        .await?;
-        Ok(ho
-            .get("disk_path")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned())
+        .await
     }
 
     async fn import(
         &self,
-        m: &Member,
+        v: &PlanVolume,
         disk: &str,
         listed: &[Volume],
-        bootable: bool,
-        primary_id: Option<&str>,
     ) -> Result<Volume, OrchError> {
-        let vol = match self.imported(m, listed) {
-            Some(v) => {
+        let key = v.key();
+        let vol = match self.imported(v, listed) {
+            Some(c) => {
                 (self.say)(&format!(
-                    "{}: already imported as {} ({})",
-                    m.resource, v.id, v.status
+                    "{key}: already imported as {} ({})",
+                    c.id, c.status
                 ));
-                v.clone()
+                c.clone()
             }
             None => {
-                let src = self.source_name(m, disk);
+                let src = self.source_name(v, disk);
                 (self.say)(&format!(
-                    "import {} into Cinder: {} at {}",
-                    m.resource, src, self.plan.cinder_host
+                    "import {key} into Cinder: {src} at {}",
+                    self.plan.cinder_host
                 ));
                 self.cloud
                     .manage_volume(
-                        &m.resource,
+                        &key,
                         &self.plan.cinder_host,
                         &src,
-                        &format!("{}-{}", self.plan.name, m.resource),
-                        bootable,
-                        &self.metadata(m, primary_id),
+                        &format!("{}-{}", self.plan.name, v.flat_key()),
+                        v.bootable,
+                        &self.metadata(v),
                     )
                     .await?
             }
@@ -496,11 +510,11 @@ impl<'a> Recovery<'a> {
     ) -> Result<(Value, BTreeMap<String, String>, Value), OrchError> {
         let text = template_text(self.cfg, self.plan).await?;
         let tpl = Template::parse(&text, &self.plan.template.display().to_string())?;
-        let ids: Vec<String> = self
-            .members
+        let keys: Vec<String> = self.plan.volumes.iter().map(PlanVolume::key).collect();
+        let ids: Vec<String> = keys
             .iter()
-            .map(|m| {
-                journal::done_data(records, OP, &format!("import:{}", m.resource))
+            .map(|k| {
+                journal::done_data(records, OP, &format!("import:{k}"))
                     .and_then(|d| d.get("cinder_id"))
                     .and_then(Value::as_str)
                     .map(str::to_owned)
@@ -511,9 +525,9 @@ impl<'a> Recovery<'a> {
             .plan
             .volumes
             .iter()
-            .zip(&ids)
-            .map(|(v, id)| Mapping {
-                resource: &v.resource,
+            .zip(keys.iter().zip(&ids))
+            .map(|(v, (key, id))| Mapping {
+                resource: key,
                 primary_id: v.primary_id.as_deref(),
                 parameter: v.parameter.as_deref(),
                 new_id: id,
@@ -527,6 +541,24 @@ impl<'a> Recovery<'a> {
             .collect::<Vec<_>>());
         Ok((r.template, r.parameters, replaced))
     }
+}
+
+/// The disk path of volume `v` in a `dr.handover` answer (its `volumes` list; a daemon from
+/// before groups answers one volume at the top level).
+fn disk_of(handed: &Value, v: &PlanVolume) -> Result<String, OrchError> {
+    let number = u64::from(v.volume.unwrap_or(0));
+    let entry = match handed.get("volumes").and_then(Value::as_array) {
+        Some(list) => list.iter().find(|e| e["volume"].as_u64() == Some(number)),
+        None if v.volume.is_none() => Some(handed),
+        None => None,
+    };
+    entry
+        .and_then(|e| e["disk_path"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| OrchError::Daemon {
+            call: format!("dr.handover {}", v.resource),
+            reason: format!("the answer names no disk of volume {}", v.key()),
+        })
 }
 
 /// The plan's template: its file, else the newest checkpoint's copy.

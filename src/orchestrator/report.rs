@@ -10,6 +10,9 @@ use super::journal::{Phase, Record};
 #[derive(Clone, Debug, Serialize)]
 pub struct VolumeReport {
     pub resource: String,
+    /// The volume's number in a consistency group (absent for a one-volume resource).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u16>,
     pub node: String,
     pub cinder_id: Option<String>,
     pub status: String,
@@ -88,9 +91,12 @@ pub fn render(r: &Report) -> String {
     }
     out += "\n";
     for v in &r.volumes {
+        let name = match v.volume {
+            None => v.resource.clone(),
+            Some(n) => format!("{}/{n}", v.resource),
+        };
         out += &format!(
-            "  {} on {}: cinder volume {} {}\n",
-            v.resource,
+            "  {name} on {}: cinder volume {} {}\n",
             v.node,
             v.cinder_id.as_deref().unwrap_or("-"),
             v.status

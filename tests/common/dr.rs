@@ -76,6 +76,23 @@ pub fn need_swift() {
     );
 }
 
+/// A test's directory under /var/tmp and its tag (`drl-dr-xxxx`, lower case: Cinder and Heat
+/// names are built from it).
+pub fn tagged_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("drl-dr-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let tag = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase()
+        .replace('_', "x");
+    (dir, tag)
+}
+
 pub struct DrSites {
     pub dir: tempfile::TempDir,
     pub tag: String,
@@ -117,17 +134,7 @@ impl DrSites {
         password: &str,
         top_extra: &str,
     ) -> DrSites {
-        let dir = tempfile::Builder::new()
-            .prefix("drl-dr-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let tag = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_lowercase()
-            .replace('_', "x");
+        let (dir, tag) = tagged_dir();
         let res = [format!("{tag}-r0"), format!("{tag}-r1")];
         let seed: u64 = rand::random();
         let ids = [uuid(seed), uuid(seed.wrapping_add(1))];
@@ -314,14 +321,7 @@ impl DrSites {
     }
 
     pub fn ok(&self, node: &Node, args: &[&str]) -> String {
-        let out = node.cli(args);
-        assert!(
-            out.status.success(),
-            "drl {args:?} on {}: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        node_ok(node, args)
     }
 
     pub fn journal(&self) -> String {
@@ -404,6 +404,18 @@ pub fn cleanup_plan(plan: &str, dir: &Path) {
             }
         }
     }
+}
+
+/// `drl ARGS` on `node`, which must succeed; its stdout.
+pub fn node_ok(node: &Node, args: &[&str]) -> String {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "drl {args:?} on {}: {}",
+        node.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn stdout_json(o: &Output) -> Value {

@@ -446,18 +446,29 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_new
         shown = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
         images(&shown).len() == 2
     });
-    // A third copy replaces the oldest: still at most keep = 2 records.
+    // A third copy replaces the oldest: back to keep = 2 records. The schedule writes the
+    // new record before it deletes the oldest (never fewer than `keep`), so a listing in
+    // between sees keep + 1, never more.
     let first: Vec<u64> = images(&shown)
         .iter()
         .map(|a| a["done_unix_ms"].as_u64().unwrap())
         .collect();
-    wait_until("a newer image copy recorded", WAIT, || {
-        shown = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
-        let now = images(&shown);
-        assert!(now.len() <= 2, "at most keep = 2 image records: {now:?}");
-        now.iter()
-            .any(|a| a["done_unix_ms"].as_u64().unwrap() > *first.iter().max().unwrap())
-    });
+    wait_until(
+        "a newer image copy recorded and the oldest pruned",
+        WAIT,
+        || {
+            shown = stdout_json(&s.drl(&["dr", "plan", "show", &s.tag, "--json"], &[]));
+            let now = images(&shown);
+            assert!(
+                now.len() <= 3,
+                "at most keep + 1 = 3 image records: {now:?}"
+            );
+            now.len() == 2
+                && now
+                    .iter()
+                    .any(|a| a["done_unix_ms"].as_u64().unwrap() > *first.iter().max().unwrap())
+        },
+    );
     let url = format!("swift://{}-img/base/disk", s.tag);
     for a in images(&shown) {
         assert_eq!(a["plan"], s.tag.as_str(), "{a}");

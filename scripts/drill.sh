@@ -602,7 +602,7 @@ if [ $cloud = 1 ]; then
 import json; r = json.load(open('$work/recovery.json'))
 print(' '.join('--file $EXPORT/volume-' + v['cinder_id'] for v in r['volumes']))") --json >"$work/check-cinder.json" 2>"$work/check-cinder.err" ||
         die "the imported volumes, read as Cinder serves them: $(cat "$work/check-cinder.err")"
-    read -r c_prefix c_group _ c_lost _ <<<"$(verdict "$work/check-cinder.json")"
+    read -r c_prefix c_group c_lost _ <<<"$(verdict "$work/check-cinder.json")"
     [ "$c_prefix" = True ] && [ "$c_lost" = "$lost" ] && [ "$c_group" = "$group_prefix" ] || die "the imported volumes differ from drl's export at B (prefix $c_prefix, lost $c_lost, not $lost)"
     ev b imported-read "the imported volumes hold the same prefix (lost $c_lost)"
 fi

@@ -51,6 +51,30 @@ with open(os.path.join(out, "results.md"), "w") as f:
                 f"recover with replication, minutes with snapshots): suspicion {span(7)}, kill -> first\n"
                 f"writable read at B {span(10)}, kill -> CREATE_COMPLETE {span(15)} over {len(rows)} runs;\n"
                 f"the snapshot policy's data restored {span(24)} after the kill.\n\n")
+    # With repeats: the median of each cell (rate, size) over its runs, the figures a person
+    # compares; every run follows below.
+    cells = {}
+    for r in rows:
+        cells.setdefault((r[0], r[1]), []).append(r)
+    if any(len(v) > 1 for v in cells.values()):
+        def med(rs, col):
+            v = sorted(float(r[col]) for r in rs if r[col] not in ("", None))
+            if not v:
+                return "-"
+            m = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            return f"{m:.3f}" if col in (5, 22) else f"{m:.0f}"
+        mcols = [("lost writes", 4), ("RPO s", 5), ("lag at kill ms", 6), ("suspicion ms", 7),
+                 ("decision ms", 8), ("kill->first read ms", 10), ("stack ms", 14),
+                 ("kill->CREATE_COMPLETE ms", 15), ("snapshot age at kill ms", 20),
+                 ("snapshot lost writes", 21), ("snapshot RPO s", 22), ("snapshot restore ms", 23),
+                 ("snapshot kill->restored ms", 24)]
+        f.write("Medians per cell over its runs:\n\n")
+        f.write("| rate | size | runs | " + " | ".join(n for n, _ in mcols) + " |\n|"
+                + "---|" * (3 + len(mcols)) + "\n")
+        for (rate, size), rs in cells.items():
+            f.write(f"| {rate} | {size} | {len(rs)} | "
+                    + " | ".join(med(rs, c) for _, c in mcols) + " |\n")
+        f.write("\nEvery run:\n\n")
     f.write("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
     for r in rows:
         f.write("| " + " | ".join(str(x) for x in r) + " |\n")

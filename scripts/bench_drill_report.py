@@ -26,13 +26,14 @@ for s in sorted(glob.glob(os.path.join(out, "*", "summary.json")), key=order):
                  sp.get("snapshot_every", ""), sp.get("snapshot_age_ms", ""), sp.get("lost_writes", ""),
                  f'{sp["rpo_seconds"]:.3f}' if sp else "", sp.get("restore_ms", ""),
                  sp.get("kill_to_restored_ms", ""), sp.get("kill_to_stack_estimate_ms", ""),
-                 j.get("fill", 0), len(set((j.get("backup_nodes") or {"": ""}).values()))])
+                 j.get("fill", 0), len(set((j.get("backup_nodes") or {"": ""}).values())),
+                 {"a": "site A", "b": "site B", "w": "witness"}.get(j.get("etcd_leader_at_kill"), "")])
 head = ["rate", "size", "volumes", "acked writes", "lost writes", "RPO s", "lag at kill ms",
         "suspicion ms", "decision ms", "promote ms", "kill->first read ms", "check ms", "import ms",
         "rewrite ms", "stack ms", "kill->CREATE_COMPLETE ms", "fail back resync bytes",
         "load before", "load after", "snapshot every", "snapshot age at kill ms",
         "snapshot lost writes", "snapshot RPO s", "snapshot restore ms", "snapshot kill->restored ms",
-        "snapshot kill->CREATE_COMPLETE ms (estimate)", "fill", "backup nodes"]
+        "snapshot kill->CREATE_COMPLETE ms (estimate)", "fill", "backup nodes", "etcd leader at kill"]
 with open(os.path.join(out, "results.csv"), "w") as f:
     f.write(",".join(head) + "\n")
     for r in rows:

@@ -4,7 +4,8 @@
 #
 #   scripts/drill.sh [--rate 100mbit] [--volume-size 1GiB] [--volumes 2] [--seed N]
 #                    [--writer-rate 1500] [--lease-ttl 3] [--probe-interval 50ms] [--snapshot-every 1s|off]
-#                    [--fill 0] [--separate] [--backup-nodes 1|2] [--tag drill] [--out DIR]
+#                    [--fill 0] [--separate] [--backup-nodes 1|2] [--etcd-leader witness|any]
+#                    [--tag drill] [--out DIR]
 #                    [--keep] [--short] [--no-cloud]
 #
 # What it does, each step timed (timeline.csv / timeline.md / timeline.png in --out):
@@ -89,7 +90,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rate=100mbit size="" nvol=2 seed=$RANDOM writer_rate=1500 ttl=3 out="" keep=0 short=0 cloud=1
-snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes="" probe=50ms group=1
+snap_every=1s tag=${DRL_DRILL_TAG:-drill} fill=0 bnodes="" probe=50ms group=1 etcd_leader=witness
 while [ $# -gt 0 ]; do
     case "$1" in
     --rate) rate=$2; shift 2 ;;
@@ -99,6 +100,7 @@ while [ $# -gt 0 ]; do
     --writer-rate) writer_rate=$2; shift 2 ;;
     --lease-ttl) ttl=$2; shift 2 ;;
     --probe-interval) probe=$2; shift 2 ;;
+    --etcd-leader) etcd_leader=$2; shift 2 ;;
     --snapshot-every) snap_every=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
@@ -116,6 +118,7 @@ done
 [[ $nvol =~ ^[1-9][0-9]*$ ]] && [ "$nvol" -le 8 ] || die "--volumes must be 1..8"
 [[ $fill =~ ^[0-9]*\.?[0-9]+$ ]] && python3 -c "import sys; sys.exit(not 0 <= $fill <= 0.75)" ||
     die "--fill must be a fraction 0..0.75 of the volume, not $fill"
+[[ $etcd_leader =~ ^(witness|any)$ ]] || die "--etcd-leader must be witness or any, not $etcd_leader"
 [[ $probe =~ ^[1-9][0-9]*ms$ ]] || die "--probe-interval must be milliseconds (e.g. 50ms), not $probe"
 [ "$nvol" -ge 2 ] || group=0 # one volume is no group
 if [ $group = 1 ]; then
@@ -420,6 +423,31 @@ for s in a b w; do start_etcd $s; done
 etcd_ok() { ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_A:2379,http://$ADDR_B:2379,http://$ADDR_W:2379" endpoint health >/dev/null 2>&1; }
 wait_until "etcd: all three members healthy" 60 etcd_ok
 ev - etcd-up "one member per site, lease TTL ${ttl}s"
+# etcd's leader by site (a, b or w), from the members' own status.
+etcd_leader_site() {
+    ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_A:2379,http://$ADDR_B:2379,http://$ADDR_W:2379" \
+        endpoint status -w json 2>/dev/null | python3 -c '
+import json, sys
+st = json.load(sys.stdin)
+site = dict(zip(sys.argv[1:4], "abw"))
+lead = st[0]["Status"]["leader"]
+print(next((site.get(e["Endpoint"].split("//")[1].split(":")[0], "?") for e in st
+            if e["Status"]["header"]["member_id"] == lead), "?"))' "$ADDR_A" "$ADDR_B" "$ADDR_W"
+}
+# --etcd-leader witness (the default): etcd's leader moved to the witness's member, as an
+# operator keeps it there. A site failure then never costs a leader election, after which the
+# new leader renews every lease for a full TTL (etcd's rule), which would delay B's takeover.
+if [ "$etcd_leader" = witness ]; then
+    leader_at_w() { [ "$(etcd_leader_site)" = w ]; }
+    if ! leader_at_w; then
+        wid=$(ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_W:2379" endpoint status -w json |
+            python3 -c 'import json, sys; print("%x" % json.load(sys.stdin)[0]["Status"]["header"]["member_id"])')
+        ip netns exec "$NS_B" etcdctl --endpoints "http://$ADDR_A:2379,http://$ADDR_B:2379,http://$ADDR_W:2379" \
+            move-leader "$wid" >"$work/etcd-move-leader.out" 2>&1 || die "etcdctl move-leader to the witness: $(cat "$work/etcd-move-leader.out")"
+    fi
+    wait_until "etcd's leader at the witness" 30 leader_at_w
+    ev - etcd-leader "at the witness (--etcd-leader witness)"
+fi
 start_daemon a
 for s in $(bsites); do start_daemon "$s"; done
 # B's own record of what it saw: site health, leases, promotions (JSON lines with times), from
@@ -477,6 +505,7 @@ if [ $short = 1 ]; then run_ms=$((1500 + RANDOM % 1500)); else run_ms=$((3000 + 
 sleep "$(awk "BEGIN{print $run_ms/1000}")"
 
 kill -0 "$writer" 2>/dev/null || die "the workload stopped before the kill: $(cat "$work/writer-a.out")"
+leader_at_kill=$(etcd_leader_site || echo "?")
 t_kill=$(date +%s%N)
 bed kill-site a
 kill "$sampler" 2>/dev/null; sampler=""
@@ -725,7 +754,7 @@ def d(a, b): return (T[b] - T[a]) if T.get(a) and T.get(b) else None
 print(json.dumps({
   "plan": "$plan" if $cloud else None, "seed": $seed, "rate": "$rate", "probe_interval": "$probe", "lease_ttl_s": $ttl, "volumes": $nvol, "volume_size": "$size", "fill": $fill,
   "writes_acked": $acked, "lost_writes": $lost, "lost_bytes": $lost_bytes, "rpo_seconds": $rpo_s,
-  "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
+  "etcd_leader_at_kill": "$leader_at_kill", "lag_at_kill_ms": $lag_at_kill, "prefix": "$prefix" == "True", "group_prefix": "$group_prefix" == "True",
   "group": "$(res_of 0)" if $group else None,
   "backup_nodes": {$(for ((v = 0; v < nvol; v++)); do printf '"%s": "site-%s", ' "$(res_of $v)" "$(bnode $v)"; done)},
   "kill_to_suspected_ms": $detect_ms, "kill_to_promoted_ms": $promote_ms, "kill_to_first_read_ms": $read_ms,

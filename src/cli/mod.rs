@@ -86,6 +86,9 @@ pub enum Command {
     /// Show the state of the resources (DRBD-style names: role, disk, connection, replication).
     Status(StatusArgs),
     /// Stream state changes as they happen, one line each, until interrupted.
+    ///
+    /// Once the daemon has confirmed the subscription, `drl events: subscribed` goes to stderr:
+    /// every change after that line is printed (a script can wait for it before it acts).
     Events(EventsArgs),
     /// The state and its changes as `drbdsetup events2` prints them, for tools written for
     /// DRBD.

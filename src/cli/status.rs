@@ -353,6 +353,8 @@ pub fn events(g: &Global, a: &EventsArgs) -> i32 {
                 return exit::FAILED;
             }
         };
+        // The daemon answered `events.subscribe`: every change from here on reaches us.
+        eprintln!("drl events: subscribed");
         loop {
             match stream.next().await {
                 Ok(Some(Received::Event(ev))) => {

@@ -66,16 +66,13 @@ impl WritingRanges {
     }
 
     /// Writes holding a range now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .spans
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -107,7 +104,7 @@ mod tests {
         // Not overlapping (adjacent on both sides): entered at once.
         let before = r.enter(0, 4096).await;
         let after = r.enter(8192, 4096).await;
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.held(), 3);
         drop((before, after));
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let r2 = r.clone();
@@ -126,7 +123,7 @@ mod tests {
         drop(first);
         rx.await.expect("the waiter entered after the release");
         waiter.await.unwrap();
-        assert!(r.is_empty());
+        assert_eq!(r.held(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +148,6 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert!(r.is_empty());
+        assert_eq!(r.held(), 0);
     }
 }

@@ -662,14 +662,12 @@ pub struct EventsTap {
 
 impl EventsTap {
     pub fn start(node: &Node) -> EventsTap {
-        let tap = Self::spawn(node, &["events", "--json"]);
-        // Give the subscription a moment to register before the test changes states.
-        std::thread::sleep(Duration::from_millis(300));
-        tap
+        Self::spawn(node, &["events", "--json"])
     }
 
-    /// `drl ARGS` (an events command) on `node`, collecting its lines; the caller makes sure
-    /// the subscription is live (a change it makes shows up) before it relies on it.
+    /// `drl ARGS` (an events command) on `node`, collecting its lines; returns once the
+    /// command says on stderr that the daemon confirmed the subscription, so every change
+    /// the test makes afterwards is seen.
     pub fn spawn(node: &Node, args: &[&str]) -> EventsTap {
         let mut child = Command::new(super::drl_bin())
             .arg("--config")
@@ -677,10 +675,11 @@ impl EventsTap {
             .args(["--node", &node.name])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn drl events");
         let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l2 = lines.clone();
         std::thread::spawn(move || {
@@ -691,6 +690,26 @@ impl EventsTap {
                 }
             }
         });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line == "drl events: subscribed" {
+                    let _ = tx.send(Ok(()));
+                }
+                said.push(line);
+            }
+            // The command ended without (or after) confirming: what it said, for the panic.
+            let _ = tx.send(Err(said.join("\n")));
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(said)) => panic!("drl {args:?} on {} ended unsubscribed: {said}", node.name),
+            Err(_) => panic!(
+                "drl {args:?} on {}: no subscription within {WAIT:?}",
+                node.name
+            ),
+        }
         EventsTap { child, lines }
     }
 

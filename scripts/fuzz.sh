@@ -117,6 +117,8 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 report="$top/bench-results/fuzz-$stamp.md"
 rows=""
 failed=""
+# FUZZ_NICE=0 runs the targets at full priority (the soak's hog: scripts/test.sh --hog-cmd).
+fuzz_nice=${FUZZ_NICE:-10}
 total_start=$(date +%s)
 for t in $targets; do
   corpus="$tdir/corpus/$t"
@@ -129,7 +131,7 @@ for t in $targets; do
   mkdir -p "$(dirname "$log")"
   start=$(date +%s)
   rc=0
-  nice -n 10 "$bin/$t" "${seed_arg[@]}" -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 \
+  nice -n "$fuzz_nice" "$bin/$t" "${seed_arg[@]}" -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 \
     -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$arts/" "$corpus" \
     "${seeds[@]}" >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))
@@ -152,7 +154,7 @@ if [ "$mode" = run ]; then
     echo
     echo "Command: \`scripts/fuzz.sh --runs $runs --max-time $max_time\` (libFuzzer via cargo-fuzz"
     echo "$(cargo fuzz --version), $(rustc +nightly --version); -s none -a: no ASan, debug"
-    echo "assertions and overflow checks on). Targets ran one after another under nice -n 10 on"
+    echo "assertions and overflow checks on). Targets ran one after another under nice -n $fuzz_nice on"
     echo "$(nproc) cores shared with other builds (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))."
     echo "Build: ${build_s} s; fuzzing: ${total_s} s. An execution is one input through the harness"
     echo "(for structure-aware targets, one whole operation sequence)."

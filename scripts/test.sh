@@ -11,6 +11,12 @@
 #                              # the runs (passed, failed, seconds, load) goes to
 #                              # bench-results/suite-soak-<date>.md (issue 12's "green ten times
 #                              # in a row under a CPU hog"). The fuzz smoke runs once, after.
+#   scripts/test.sh --repeat 10 --hogs 1 --hog-cmd 'FUZZ_NICE=0 scripts/fuzz.sh --no-build ...'
+#                              # the same with another CPU-bound hog (here a long fuzz run of
+#                              # one target, so the soak's machine time also fuzzes)
+#   scripts/test.sh --repeat 10 --hogs 0 --hog-pid PID
+#                              # the hog is a process started apart (it outlives the soak); the
+#                              # report names it and says after each run whether it still ran
 #
 # Needs root for apt-get, network namespaces and the Swift loop mount; without root the tests that
 # need it say so and fail clearly rather than pretending to pass.
@@ -47,25 +53,88 @@ fi
 
 repeat=1
 hogs=0
+hog_cmd='yes >/dev/null'
+hog_args=
+hog_pids=()
 while [ $# -gt 0 ]; do
   case $1 in
     --repeat) repeat=$2; shift 2 ;;
     --hogs) hogs=$2; shift 2 ;;
+    --hog-cmd) hog_cmd=$2; hog_args="--hog-cmd '$2'"; shift 2 ;;
+    --hog-pid) hog_pids+=("$2"); shift 2 ;;
     --) break ;;
-    *) echo "test.sh: unknown argument $1 (usage: scripts/test.sh [--repeat N] [--hogs K] [-- FILTER])" >&2; exit 2 ;;
+    *) echo "test.sh: unknown argument $1 (usage: scripts/test.sh [--repeat N] [--hogs K] [--hog-cmd CMD] [--hog-pid PID] [-- FILTER])" >&2; exit 2 ;;
   esac
 done
 case "$repeat$hogs" in *[!0-9]*) echo "test.sh: --repeat and --hogs take whole numbers" >&2; exit 2 ;; esac
 filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
-# Tests run two at a time: the machine has 2 cores and several tests start real daemons.
-if [ "$repeat" -le 1 ] && [ "$hogs" -eq 0 ]; then
-  cargo test --workspace --no-fail-fast -- --test-threads=2 "${filter[@]}"
+# The suite runs in two lanes side by side, each running its tests two at a time (the machine
+# has 2 cores and several tests start real daemons):
+#   cloud: the tests against the all-in-one OpenStack and Swift (below), which mostly wait on
+#          Keystone, Cinder, Heat and Swift;
+#   local: every other test binary, then kernel-glue's and drbd-compat's tests and the doc tests.
+# Nothing is shared across lanes: test ports come from free_port's per-process range and are
+# checked with a bind, namespaces carry each test's tag (drl-st-TAG-*, drl-det-TAG-*), and only
+# the cloud lane touches Swift containers and cloud resources. The two lanes together take a
+# little over half the wall time of one after the other. Each lane's output goes to its own log,
+# printed when the suite ends.
+cloud_tests=(dr_recover dr_group dr_errors dr_autofail drill swift_stream swift_faults snapshot_stream)
+run_suite() { # LOGDIR: both lanes; their logs LOGDIR/{cloud,local}.log; fails if either failed
+  local dir=$1 t lane pid cloud_args=() local_args=() rc=0 pid_cloud pid_local t0
+  mkdir -p "$dir"
+  for t in tests/*.rs tests/*/main.rs; do
+    t=${t#tests/}; t=${t%.rs}; t=${t%/main}
+    if [[ " ${cloud_tests[*]} " == *" $t "* ]]; then cloud_args+=(--test "$t"); else local_args+=(--test "$t"); fi
+  done
+  t0=$(date +%s)
+  cargo test -p drl --no-fail-fast "${cloud_args[@]}" -- --test-threads=2 "${filter[@]}" \
+    >"$dir/cloud.log" 2>&1 &
+  pid_cloud=$!
+  (
+    r=0
+    cargo test -p drl --no-fail-fast --lib --bins "${local_args[@]}" -- --test-threads=2 "${filter[@]}" || r=1
+    cargo test -p kernel-glue -p drbd-compat --no-fail-fast -- --test-threads=2 "${filter[@]}" || r=1
+    cargo test --workspace --doc --no-fail-fast -- --test-threads=2 "${filter[@]}" || r=1
+    exit $r
+  ) >"$dir/local.log" 2>&1 &
+  pid_local=$!
+  for lane in local cloud; do
+    pid=pid_$lane
+    if wait "${!pid}"; then t=ok; else t=FAILED; rc=1; fi
+    echo "test.sh: lane $lane $t after $(( $(date +%s) - t0 ))s (log $dir/$lane.log)"
+  done
+  return $rc
+}
+# suite_counts LOG... -> "passed failed ignored" summed over the logs' `test result:` lines
+suite_counts() {
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+      if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1);
+      if ($(i) ~ /^ignored;?$/) g += $(i-1) } } END { print p+0, f+0, g+0 }' "$@"
+}
+# Build what the lanes run first (the packages apart resolve features apart: kernel-glue's tests
+# are their own build), so neither lane waits on the other's build.
+cargo test -p drl --no-run
+cargo test -p kernel-glue -p drbd-compat --no-run
+if [ "$repeat" -le 1 ] && [ "$hogs" -eq 0 ] && [ ${#hog_pids[@]} -eq 0 ]; then
+  dir="$top/target/suite/$(date -u +%Y%m%dT%H%M%SZ)"
+  rc=0
+  run_suite "$dir" || rc=$?
+  for lane in local cloud; do
+    echo "===== lane $lane ($dir/$lane.log) ====="
+    cat "$dir/$lane.log"
+  done
+  read -r passed failed ignored < <(suite_counts "$dir/local.log" "$dir/cloud.log")
+  echo "test.sh: $passed passed, $failed failed, $ignored ignored"
+  if [ "$rc" != 0 ]; then
+    grep -hE '^test .* FAILED$|^    [a-z_:]+$|panicked at' "$dir/local.log" "$dir/cloud.log" | head -40 || true
+    exit 1
+  fi
 else
-  cargo test --workspace --no-run
   for _ in $(seq "$hogs"); do
-    yes >/dev/null &
-    on_exit "kill $! 2>/dev/null || true"
+    # Its own process group, so that a hog that forks (a fuzzer) goes with it.
+    setsid bash -c "$hog_cmd" </dev/null &
+    on_exit "kill -- -$! 2>/dev/null || true"
   done
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   mkdir -p "$top/bench-results" "$top/target/soak"
@@ -74,26 +143,32 @@ else
     echo "# The suite $repeat times in a row beside $hogs CPU hog(s)"
     echo
     echo "- started (UTC): $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "- host: $(nproc) CPUs; the hogs are \`yes >/dev/null\`, started after the build"
-    echo "- re-run: \`scripts/test.sh --repeat $repeat --hogs $hogs${filter[*]:+ -- ${filter[*]}}\`"
+    echo "- host: $(nproc) CPUs; each hog is \`$hog_cmd\`, started after the build"
+    for p in "${hog_pids[@]}"; do
+      echo "- and a hog started apart, pid $p: \`$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null || echo 'NOT RUNNING')\`"
+    done
+    echo "- the suite in two lanes side by side (cloud and local, each two tests at a time)"
+    echo "- re-run: \`scripts/test.sh --repeat $repeat --hogs $hogs${hog_args:+ $hog_args}${filter[*]:+ -- ${filter[*]}}\`"
     echo
-    echo "| run | passed | failed | ignored | seconds | load (1 min) at the end |"
-    echo "|---:|---:|---:|---:|---:|---:|"
+    echo "| run | passed | failed | ignored | seconds | load (1 min) at the end | hogs started apart still running |"
+    echo "|---:|---:|---:|---:|---:|---:|---|"
   } >"$report"
   green=0
   for i in $(seq "$repeat"); do
-    log="$top/target/soak/run-$stamp-$i.log"
+    log="$top/target/soak/run-$stamp-$i"
     start=$(date +%s)
     rc=0
-    cargo test --workspace --no-fail-fast -- --test-threads=2 "${filter[@]}" >"$log" 2>&1 || rc=$?
+    run_suite "$log" || rc=$?
     secs=$(( $(date +%s) - start ))
-    read -r passed failed ignored < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
-        if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1);
-        if ($(i) ~ /^ignored;?$/) g += $(i-1) } } END { print p+0, f+0, g+0 }' "$log")
-    echo "| $i | $passed | $failed | $ignored | $secs | $(cut -d' ' -f1 /proc/loadavg) |" >>"$report"
+    read -r passed failed ignored < <(suite_counts "$log/local.log" "$log/cloud.log")
+    alive=
+    for p in "${hog_pids[@]}"; do
+      if kill -0 "$p" 2>/dev/null; then alive+="$p yes "; else alive+="$p NO "; fi
+    done
+    echo "| $i | $passed | $failed | $ignored | $secs | $(cut -d' ' -f1 /proc/loadavg) | ${alive:--} |" >>"$report"
     echo "soak run $i of $repeat: $passed passed, $failed failed in ${secs}s (log $log)"
     if [ "$rc" != 0 ]; then
-      grep -E '^test .* FAILED$|^    [a-z_:]+$|panicked at' "$log" | head -40 || true
+      grep -hE '^test .* FAILED$|^    [a-z_:]+$|panicked at' "$log"/*.log | head -40 || true
       { echo; echo "Run $i failed (exit $rc); its log: \`$log\`. Green in a row before it: $green."; } >>"$report"
       echo "test.sh: soak run $i failed; report $report" >&2
       exit 1

@@ -95,6 +95,9 @@ pub struct EngineStats {
     pub bytes_read: u64,
     /// Bytes transferred by completed writes.
     pub bytes_written: u64,
+    /// Completions for no operation in the kernel (a slot that is free, done or lost): a bug
+    /// in the engine or a completion delivered twice; logged, and always 0 in a sound engine.
+    pub unexpected_completions: u64,
 }
 
 /// Handle to an io_uring engine. Cheap to clone; the engine shuts down when the last clone is
@@ -118,6 +121,7 @@ pub(crate) struct Shared {
     batches: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    unexpected_completions: AtomicU64,
 }
 
 /// One operation for the engine.
@@ -200,6 +204,7 @@ impl Engine {
             batches: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            unexpected_completions: AtomicU64::new(0),
         };
         let core = Arc::new(ring::Core::new(file, cfg.queue_depth, shared)?);
         tracing::debug!(engine = %cfg.name, queue_depth = cfg.queue_depth, is_block_device,
@@ -413,6 +418,7 @@ impl Engine {
             batches: s.batches.load(Ordering::Relaxed),
             bytes_read: s.bytes_read.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            unexpected_completions: s.unexpected_completions.load(Ordering::Relaxed),
         }
     }
 

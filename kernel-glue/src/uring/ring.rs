@@ -43,6 +43,17 @@ enum Slot {
     Lost,
 }
 
+impl Slot {
+    fn name(&self) -> &'static str {
+        match self {
+            Slot::Free => "free",
+            Slot::Pending { .. } => "pending",
+            Slot::Done { .. } => "done",
+            Slot::Lost => "lost",
+        }
+    }
+}
+
 struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
@@ -91,9 +102,20 @@ impl Drop for Plug<'_> {
         if self.core.plugs.fetch_sub(1, Ordering::SeqCst) == 1 {
             // Most plugged passes start nothing new: no syscall for an empty SQ.
             let pending = {
-                let _st = self.core.lock();
+                let st = self.core.lock();
                 // SAFETY: the state lock is held, so no other SubmissionQueue of this ring exists.
-                !unsafe { self.core.ring.submission_shared() }.is_empty()
+                let sq = unsafe { self.core.ring.submission_shared() };
+                let pending = !sq.is_empty();
+                // A SubmissionQueue writes its cached tail back to the ring when it drops, so it
+                // must drop while the lock is held. (As the block's tail expression, the
+                // temporary outlived the guard, edition 2021: its write-back raced a push on
+                // another thread and moved the tail backwards; the kernel then saw head > tail
+                // and re-ran stale SQEs from the whole ring: old writes landed again over newer
+                // data, reads wrote into buffers already handed back ("completion for an idle
+                // slot", then heap corruption), and the submitter spun in io_uring_enter.)
+                drop(sq);
+                drop(st);
+                pending
             };
             if pending {
                 self.core.submit_pushed();
@@ -106,9 +128,21 @@ impl Core {
     pub(super) fn new(file: File, queue_depth: u32, shared: Shared) -> io::Result<Core> {
         // Not SINGLE_ISSUER: any thread may submit. Not COOP_TASKRUN: a tokio worker asleep in
         // epoll_wait must be interrupted to post the completions of the I/O it submitted.
+        //
+        // The SQ has twice the queue depth. The kernel publishes how far it consumed the SQ
+        // (the shared head) only when `io_submit_sqes` ends, but an SQE it took early in that
+        // batch may complete, be reaped by another thread and free its permit before then; the
+        // next submitter then pushes into a ring whose head still counts the consumed SQEs.
+        // At most one `io_uring_enter` submits at a time (`submitting`) and it takes at most
+        // queue-depth SQEs, so consumed-but-unpublished SQEs are at most queue depth, and
+        // pushed-not-consumed ones at most queue depth (one per permit): 2 x queue depth never
+        // overflows. With an SQ of queue depth, a push found it "full" under a plugged pass on
+        // several threads (uring::tests::plugged_passes_on_many_threads_with_abandoned_operations)
+        // and the operation failed with an I/O error nobody caused.
+        let sq_entries = queue_depth.saturating_mul(2);
         let ring = IoUring::builder()
-            .setup_cqsize(queue_depth.saturating_mul(2))
-            .build(queue_depth)?;
+            .setup_cqsize(sq_entries)
+            .build(sq_entries)?;
         let qd = queue_depth as usize;
         Ok(Core {
             ring,
@@ -156,6 +190,9 @@ impl Core {
         for cqe in cq {
             let (idx, res) = (cqe.user_data() as usize, cqe.result());
             let Some(slot) = st.slots.get_mut(idx) else {
+                self.shared
+                    .unexpected_completions
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(engine = %self.shared.name, idx, "completion for no slot");
                 continue;
             };
@@ -163,7 +200,11 @@ impl Core {
                 // Leave the slot as it is: a Done slot still owns its buffer for the future
                 // that will pick it up, a free one may be reused; replacing it would free a
                 // buffer someone still holds or lose a slot.
-                tracing::error!(engine = %self.shared.name, idx, "completion for an idle slot");
+                self.shared
+                    .unexpected_completions
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(engine = %self.shared.name, idx, res = cqe.result(),
+                    state = slot.name(), "completion for an idle slot");
                 continue;
             }
             let Slot::Pending {

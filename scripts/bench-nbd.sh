@@ -35,6 +35,9 @@
 #                pair on zeroed files: `drl primary r0 --force` and the initial sync (zero
 #                ranges, headers only) finish before anything is measured.
 #   --no-null    skip the transport ceiling columns (drl null: `drl serve-null`; qsd null-co)
+#   --counts     also count each daemon's system calls (all, and the I/O ones by name), context
+#                switches and page faults per I/O (perf stat over fio's measured seconds): what
+#                a write costs in kernel crossings and wake-ups, which barely depends on the load
 #   --cpu        report daemon CPU microseconds per I/O of every column (Primary and Secondary
 #                of a replicated one), from /proc over the fio run
 #   --aa   A/A calibration: a second qemu-storage-daemon takes drl's column, so the ratios show
@@ -82,6 +85,7 @@ repl=${REPL:-disk,shm}
 shm_dir=${SHM_DIR:-/dev/shm}
 null=${NULL:-1}
 cpu=${CPU:-0}
+counts=${COUNTS:-0}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -97,6 +101,7 @@ while [ $# -gt 0 ]; do
     --aa) aa=1; shift ;;
     --no-null) null=0; shift ;;
     --cpu) cpu=1; shift ;;
+    --counts) counts=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -123,6 +128,15 @@ need_cmd python3 python3
 [ -n "$drl_config" ] && [ "$aa" = 1 ] && die "--aa does not use a drl config"
 need_cmd fallocate util-linux
 [ -n "${PERF_RECORD:-}" ] && need_cmd perf linux-perf
+count_events=raw_syscalls:sys_enter,context-switches,page-faults
+for sc in io_uring_enter futex epoll_wait read readv recvfrom recvmsg write writev sendto sendmsg; do
+    count_events+=",syscalls:sys_enter_$sc"
+done
+if [ "$counts" = 1 ]; then
+    need_cmd perf linux-perf
+    perf stat -e "$count_events" -- true >/dev/null 2>&1 ||
+        die "--counts: perf stat cannot count $count_events here (needs root and tracefs)"
+fi
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (fio --enghelp=nbd)"
 
 root=$(repo_root)
@@ -377,12 +391,23 @@ run_fio() {
             who=secondary
         done
     fi
+    local counters=() who_c=0
+    if [ "$counts" = 1 ]; then
+        # perf stat per daemon over fio's measured window (after its ramp), as --cpu's window.
+        for p in ${pid_of[$engine]}; do
+            (sleep "$ramp"; exec perf stat -x, -e "$count_events" -p "$p" -o "$out.count$who_c" -- sleep "$runtime") \
+                >/dev/null 2>&1 &
+            counters+=($!)
+            who_c=$((who_c + 1))
+        done
+    fi
     # shellcheck disable=SC2046  # row_args is a list of flags
     fio --name="$engine-$row" --ioengine=nbd --uri="$uri" --size="$bytes" \
         $(row_args "$row") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
         --randrepeat=0 --norandommap --output-format=json --output="$out.json" >"$dir/fio.log" 2>&1 ||
         die "fio $row on $engine failed: $(tail -n 5 "$dir/fio.log" | tr '\n' ' ')"
     for p in "${perfs[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    for p in "${counters[@]}"; do wait "$p" 2>/dev/null || true; done
     if [ -n "$cpu_sampler" ]; then
         kill -TERM "$cpu_sampler" 2>/dev/null || true
         wait "$cpu_sampler" 2>/dev/null || true

@@ -39,6 +39,26 @@ LABEL = {
     "qsdnull": "qsd null-co",
 }
 REPLICATED = ("drlrep", "drlshm")
+# perf stat events of --counts, summed into these columns (per I/O).
+COUNT_KEY = {
+    "raw_syscalls:sys_enter": "syscalls",
+    "context-switches": "switches",
+    "page-faults": "faults",
+    "syscalls:sys_enter_io_uring_enter": "uring",
+    "syscalls:sys_enter_futex": "futex",
+    "syscalls:sys_enter_epoll_wait": "epoll",
+    "syscalls:sys_enter_read": "recv",
+    "syscalls:sys_enter_readv": "recv",
+    "syscalls:sys_enter_recvfrom": "recv",
+    "syscalls:sys_enter_recvmsg": "recv",
+    "syscalls:sys_enter_write": "send",
+    "syscalls:sys_enter_writev": "send",
+    "syscalls:sys_enter_sendto": "send",
+    "syscalls:sys_enter_sendmsg": "send",
+}
+COUNT_COLS = [("syscalls", "system calls"), ("uring", "io_uring_enter"), ("recv", "reads (socket/file)"),
+              ("send", "writes (socket/file)"), ("epoll", "epoll_wait"), ("futex", "futex"),
+              ("switches", "context switches"), ("faults", "page faults")]
 
 
 def metrics(path, job=0):
@@ -60,8 +80,27 @@ def metrics(path, job=0):
         with open(cpu_path) as f:
             secs = [float(x) for x in f.read().split()[:-1]]
         cpu = {f"cpu{i}_us": s * 1e6 / ios for i, s in enumerate(secs)}
+    # With --counts, ENGINE__ROW__REP.countN: perf stat -x, of daemon N (0: the daemon or the
+    # Primary, 1: the Secondary) over fio's measured window; per I/O like the CPU.
+    counts = {}
+    for i in (0, 1):
+        cpath = path[: -len(".json")] + f".count{i}"
+        if not os.path.exists(cpath):
+            continue
+        with open(cpath) as f:
+            for line in f:
+                fields = line.strip().split(",")
+                if len(fields) < 3 or not fields[0] or line.startswith("#"):
+                    continue
+                try:
+                    value = float(fields[0])
+                except ValueError:
+                    continue  # "<not counted>"
+                counts[f"n{i}_{COUNT_KEY.get(fields[2], fields[2])}"] = counts.get(
+                    f"n{i}_{COUNT_KEY.get(fields[2], fields[2])}", 0.0) + value / ios
     return {
         **cpu,
+        **counts,
         "iops": w["iops"],
         "ios": w["total_ios"],
         "mib_s": w["bw_bytes"] / 2**20,
@@ -222,6 +261,26 @@ def main():
                     cells.append(fmt(m.get(k) if m else None, 1))
             cpu_t.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += cpu_t + [""]
+
+    if any(k.startswith("n0_") for m in med.values() for k in m):
+        lines += [
+            "**Per I/O, each daemon** (`--counts`: perf stat over fio's measured seconds / fio's"
+            " I/Os): kernel crossings and wake-ups, which barely depend on the machine's load",
+            "",
+            "| row | column | daemon | " + " | ".join(t for _, t in COUNT_COLS) + " |",
+            "|---|---|---|" + "---:|" * len(COUNT_COLS),
+        ]
+        for row, label in ROWS:
+            for e in present:
+                m = med.get((e, row))
+                if not m:
+                    continue
+                for i, who in ((0, "Primary" if e in REPLICATED else "daemon"), (1, "Secondary")):
+                    if f"n{i}_syscalls" not in m:
+                        continue
+                    cells = [fmt(m.get(f"n{i}_{k}"), 2) for k, _ in COUNT_COLS]
+                    lines.append(f"| {label} | {LABEL[e]} | {who} | " + " | ".join(cells) + " |")
+        lines += [""]
 
     if repl:
         lines += [

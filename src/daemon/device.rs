@@ -185,6 +185,10 @@ impl BlockDevice for ResourceDevice {
         self.disk.min_block_bytes()
     }
 
+    fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.disk.batched(f)
+    }
+
     async fn read(&self, offset: u64, len: u32) -> Result<AlignedBuf, VolumeError> {
         self.disk.read(offset, len).await
     }

@@ -284,6 +284,11 @@ impl Disk {
 }
 
 impl BlockDevice for Disk {
+    fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _plug = self.engine.plug();
+        f()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

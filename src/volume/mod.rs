@@ -108,6 +108,14 @@ pub trait BlockDevice: Send + Sync + 'static {
         fua: bool,
     ) -> impl Future<Output = Result<(), VolumeError>> + Send;
     fn flush(&self) -> impl Future<Output = Result<(), VolumeError>> + Send;
+    /// Run `f`, one synchronous pass that may start several requests (a poll of a set of
+    /// request futures), with the device's submissions batched: what `f` starts goes to the
+    /// kernel together when it returns (the io_uring engine's plug: one `io_uring_enter` for
+    /// the pass instead of one per request). `f` must not block or wait for a completion.
+    /// Default: just `f()`.
+    fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
     /// An NBD connection sent its first request that changes data (write, trim, write
     /// zeroes), before that request runs. Auto-promote counts such writers.
     fn writer_joined(&self) {}

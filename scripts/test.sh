@@ -79,13 +79,19 @@ if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 # the cloud lane touches Swift containers and cloud resources. The two lanes together take a
 # little over half the wall time of one after the other. Each lane's output goes to its own log,
 # printed when the suite ends.
+#   solo:  after both lanes, the tests whose contract is a deadline under faults (the flap
+#          storm converges within 10 s of the last flap): they run beside nothing but what the
+#          caller runs (a soak's hog), as they did before the lanes.
 cloud_tests=(dr_recover dr_group dr_errors dr_autofail drill swift_stream swift_faults snapshot_stream)
+solo_tests=(repl_storms)
 run_suite() { # LOGDIR: both lanes; their logs LOGDIR/{cloud,local}.log; fails if either failed
-  local dir=$1 t lane pid cloud_args=() local_args=() rc=0 pid_cloud pid_local t0
+  local dir=$1 t lane pid cloud_args=() local_args=() solo_args=() rc=0 pid_cloud pid_local t0
   mkdir -p "$dir"
   for t in tests/*.rs tests/*/main.rs; do
     t=${t#tests/}; t=${t%.rs}; t=${t%/main}
-    if [[ " ${cloud_tests[*]} " == *" $t "* ]]; then cloud_args+=(--test "$t"); else local_args+=(--test "$t"); fi
+    if [[ " ${cloud_tests[*]} " == *" $t "* ]]; then cloud_args+=(--test "$t")
+    elif [[ " ${solo_tests[*]} " == *" $t "* ]]; then solo_args+=(--test "$t")
+    else local_args+=(--test "$t"); fi
   done
   t0=$(date +%s)
   cargo test -p drl --no-fail-fast "${cloud_args[@]}" -- --test-threads=2 "${filter[@]}" \
@@ -104,6 +110,9 @@ run_suite() { # LOGDIR: both lanes; their logs LOGDIR/{cloud,local}.log; fails i
     if wait "${!pid}"; then t=ok; else t=FAILED; rc=1; fi
     echo "test.sh: lane $lane $t after $(( $(date +%s) - t0 ))s (log $dir/$lane.log)"
   done
+  if cargo test -p drl --no-fail-fast "${solo_args[@]}" -- --test-threads=2 "${filter[@]}" \
+    >"$dir/solo.log" 2>&1; then t=ok; else t=FAILED; rc=1; fi
+  echo "test.sh: solo $t after $(( $(date +%s) - t0 ))s (log $dir/solo.log)"
   return $rc
 }
 # suite_counts LOG... -> "passed failed ignored" summed over the logs' `test result:` lines
@@ -120,14 +129,14 @@ if [ "$repeat" -le 1 ] && [ "$hogs" -eq 0 ] && [ ${#hog_pids[@]} -eq 0 ]; then
   dir="$top/target/suite/$(date -u +%Y%m%dT%H%M%SZ)"
   rc=0
   run_suite "$dir" || rc=$?
-  for lane in local cloud; do
-    echo "===== lane $lane ($dir/$lane.log) ====="
+  for lane in local cloud solo; do
+    echo "===== $lane ($dir/$lane.log) ====="
     cat "$dir/$lane.log"
   done
-  read -r passed failed ignored < <(suite_counts "$dir/local.log" "$dir/cloud.log")
+  read -r passed failed ignored < <(suite_counts "$dir/local.log" "$dir/cloud.log" "$dir/solo.log")
   echo "test.sh: $passed passed, $failed failed, $ignored ignored"
   if [ "$rc" != 0 ]; then
-    grep -hE '^test .* FAILED$|^    [a-z_:]+$|panicked at' "$dir/local.log" "$dir/cloud.log" | head -40 || true
+    grep -hE '^test .* FAILED$|^    [a-z_:]+$|panicked at' "$dir/local.log" "$dir/cloud.log" "$dir/solo.log" | head -40 || true
     exit 1
   fi
 else
@@ -147,8 +156,8 @@ else
     for p in "${hog_pids[@]}"; do
       echo "- and a hog started apart, pid $p: \`$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null || echo 'NOT RUNNING')\`"
     done
-    echo "- the suite in two lanes side by side (cloud and local, each two tests at a time)"
-    echo "- re-run: \`scripts/test.sh --repeat $repeat --hogs $hogs${hog_args:+ $hog_args}${filter[*]:+ -- ${filter[*]}}\`"
+    echo "- the suite in two lanes side by side (cloud and local, each two tests at a time), then the solo tests (${solo_tests[*]})"
+    echo "- re-run: \`scripts/test.sh --repeat $repeat --hogs $hogs${hog_args:+ $hog_args}${hog_pids[*]:+ --hog-pid ${hog_pids[*]}}${filter[*]:+ -- ${filter[*]}}\`"
     echo
     echo "| run | passed | failed | ignored | seconds | load (1 min) at the end | hogs started apart still running |"
     echo "|---:|---:|---:|---:|---:|---:|---|"
@@ -160,7 +169,7 @@ else
     rc=0
     run_suite "$log" || rc=$?
     secs=$(( $(date +%s) - start ))
-    read -r passed failed ignored < <(suite_counts "$log/local.log" "$log/cloud.log")
+    read -r passed failed ignored < <(suite_counts "$log/local.log" "$log/cloud.log" "$log/solo.log")
     alive=
     for p in "${hog_pids[@]}"; do
       if kill -0 "$p" 2>/dev/null; then alive+="$p yes "; else alive+="$p NO "; fi

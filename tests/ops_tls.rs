@@ -97,7 +97,7 @@ fn a_cleartext_peer_and_a_foreign_ca_peer_are_refused_and_counted() {
     let clear = cfg.replace("tls = true\n", "");
     p.restart_with_config("a", &clear, "cleartext");
     wait_res(p.node("b"), "b counts a cleartext peer", WAIT, |r| {
-        r.is_some_and(|r| num(&r["peer_refused"], "cleartext") >= 1)
+        r.is_some_and(|r| refused(r, "cleartext") >= 1)
     });
     assert!(
         p.node("b")
@@ -152,10 +152,10 @@ fn a_cleartext_peer_and_a_foreign_ca_peer_are_refused_and_counted() {
         p.node("a"),
         "a counts b's certificate as from an unknown CA",
         WAIT,
-        |r| r.is_some_and(|r| num(&r["peer_refused"], "unknown_ca") >= 1),
+        |r| r.is_some_and(|r| refused(r, "unknown_ca") >= 1),
     );
     wait_res(p.node("b"), "b counts a's refusal", WAIT, |r| {
-        r.is_some_and(|r| num(&r["peer_refused"], "refused_by_peer") >= 1)
+        r.is_some_and(|r| refused(r, "refused_by_peer") >= 1)
     });
     assert!(p
         .node("a")
@@ -305,4 +305,10 @@ fn a_certificate_rotated_through_adjust_is_used_by_the_next_connection() {
     assert_eq!(certs_in_use(&p, "b").1.as_deref(), Some(new.as_str()));
     nbd_write(&p.nbd("a"), 6 * MIB, &random_bytes(22, MIB));
     p.wait_in_sync("a", "after the refused reload");
+}
+
+/// A refusal counter of a status (absent until the first refusal of that kind: 0, so a wait
+/// predicate reads "not yet" instead of panicking on a status taken before the handshake).
+fn refused(r: &serde_json::Value, why: &str) -> u64 {
+    r["peer_refused"][why].as_u64().unwrap_or(0)
 }

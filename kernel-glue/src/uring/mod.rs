@@ -96,7 +96,9 @@ pub struct EngineStats {
     /// Bytes transferred by completed writes.
     pub bytes_written: u64,
     /// Completions for no operation in the kernel (a slot that is free, done or lost): a bug
-    /// in the engine or a completion delivered twice; logged, and always 0 in a sound engine.
+    /// in the engine or a completion delivered twice; logged, and always 0 in a sound engine
+    /// whose ring has not failed (after a fatal ring error, the SQEs of lost operations may
+    /// still complete).
     pub unexpected_completions: u64,
 }
 

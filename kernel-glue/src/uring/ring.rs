@@ -133,10 +133,11 @@ impl Core {
         // (the shared head) only when `io_submit_sqes` ends, but an SQE it took early in that
         // batch may complete, be reaped by another thread and free its permit before then; the
         // next submitter then pushes into a ring whose head still counts the consumed SQEs.
-        // At most one `io_uring_enter` submits at a time (`submitting`) and it takes at most
-        // queue-depth SQEs, so consumed-but-unpublished SQEs are at most queue depth, and
+        // The kernel runs `io_submit_sqes` under its ring lock and publishes the head at the
+        // end of each call; a call takes at most the SQEs not yet consumed when it starts, each
+        // holding a permit. So consumed-but-unpublished SQEs are at most queue depth, and
         // pushed-not-consumed ones at most queue depth (one per permit): 2 x queue depth never
-        // overflows. With an SQ of queue depth, a push found it "full" under a plugged pass on
+        // overflows, whoever enters (`submit_pushed`, or `shutdown` outside `submitting`). With an SQ of queue depth, a push found it "full" under a plugged pass on
         // several threads (uring::tests::plugged_passes_on_many_threads_with_abandoned_operations)
         // and the operation failed with an I/O error nobody caused.
         let sq_entries = queue_depth.saturating_mul(2);
@@ -567,20 +568,24 @@ pub(super) async fn submit(core: &Arc<Core>, op: Op) -> Completion {
         // SAFETY: the state lock is held, so no other SubmissionQueue of this ring exists. The
         // buffer (if any) is owned by slots[idx], its heap memory does not move, and it stays
         // there until the completion with user_data idx is reaped (or is leaked). The SQ has
-        // queue_depth entries and at most queue_depth operations (one per permit) are pushed
-        // and not yet consumed, so the push cannot fail.
+        // 2 x queue_depth entries, which the SQEs in it never exceed (see `Core::new`), so the
+        // push cannot fail; if it did, the operation is refused with its buffer handed back.
         let pushed = unsafe {
             core.ring
                 .submission_shared()
                 .push(&entry.user_data(idx as u64))
         };
         if pushed.is_err() {
-            st.slots[idx] = Slot::Free;
+            let op = std::mem::replace(&mut st.slots[idx], Slot::Free);
             st.free.push(idx);
             core.permits.add_permits(1);
+            let buf = match op {
+                Slot::Pending { op, .. } => op.into_buf(),
+                _ => None,
+            };
             return Completion {
                 result: Err(io::Error::other("io_uring engine: submission queue full")),
-                buf: None,
+                buf,
             };
         }
         st.in_kernel += 1;

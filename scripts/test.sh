@@ -79,11 +79,12 @@ if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 # the cloud lane touches Swift containers and cloud resources. The two lanes together take a
 # little over half the wall time of one after the other. Each lane's output goes to its own log,
 # printed when the suite ends.
-#   solo:  after both lanes, the tests whose contract is a deadline under faults (the flap
-#          storm converges within 10 s of the last flap): they run beside nothing but what the
-#          caller runs (a soak's hog), as they did before the lanes.
+#   solo:  after both lanes, the tests whose contract is a deadline or a rate (the flap storm
+#          converges within 10 s of the last flap; the shaper's classes get their shares while
+#          their senders keep the link busy): they run beside nothing but what the caller runs
+#          (a soak's hog), as they did before the lanes.
 cloud_tests=(dr_recover dr_group dr_errors dr_autofail drill swift_stream swift_faults snapshot_stream)
-solo_tests=(repl_storms)
+solo_tests=(repl_storms shaping_testbed)
 run_suite() { # LOGDIR: both lanes; their logs LOGDIR/{cloud,local}.log; fails if either failed
   local dir=$1 t lane pid cloud_args=() local_args=() solo_args=() rc=0 pid_cloud pid_local t0
   mkdir -p "$dir"

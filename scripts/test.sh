@@ -150,12 +150,16 @@ else
   mkdir -p "$top/bench-results" "$top/target/soak"
   report="$top/bench-results/suite-soak-$stamp.md"
   {
-    echo "# The suite $repeat times in a row beside $hogs CPU hog(s)"
+    echo "# The suite $repeat times in a row beside $(( hogs + ${#hog_pids[@]} )) CPU hog(s)"
     echo
     echo "- started (UTC): $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "- host: $(nproc) CPUs; each hog is \`$hog_cmd\`, started after the build"
+    if [ "$hogs" -gt 0 ]; then
+      echo "- host: $(nproc) CPUs; $hogs hog(s) of its own, each \`$hog_cmd\`, started after the build"
+    else
+      echo "- host: $(nproc) CPUs; no hog of its own"
+    fi
     for p in "${hog_pids[@]}"; do
-      echo "- and a hog started apart, pid $p: \`$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null || echo 'NOT RUNNING')\`"
+      echo "- a hog started apart, pid $p (nice $(ps -o ni= -p "$p" 2>/dev/null | tr -d ' '); its children: $(ps -o comm=,ni= --ppid "$p" 2>/dev/null | tr -s ' \n' ' ')): \`$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null || echo 'NOT RUNNING')\`"
     done
     echo "- the suite in two lanes side by side (cloud and local, each two tests at a time), then the solo tests (${solo_tests[*]})"
     echo "- re-run: \`scripts/test.sh --repeat $repeat --hogs $hogs${hog_args:+ $hog_args}${hog_pids[*]:+ --hog-pid ${hog_pids[*]}}${filter[*]:+ -- ${filter[*]}}\`"

@@ -96,8 +96,8 @@ def metrics(path, job=0):
                     value = float(fields[0])
                 except ValueError:
                     continue  # "<not counted>"
-                counts[f"n{i}_{COUNT_KEY.get(fields[2], fields[2])}"] = counts.get(
-                    f"n{i}_{COUNT_KEY.get(fields[2], fields[2])}", 0.0) + value / ios
+                key = f"n{i}_{COUNT_KEY.get(fields[2], fields[2])}"
+                counts[key] = counts.get(key, 0.0) + value / ios
     return {
         **cpu,
         **counts,

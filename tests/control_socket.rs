@@ -343,7 +343,11 @@ async fn an_idle_client_is_dropped_but_an_event_subscriber_is_not() {
     // A partial line does not count as activity.
     idle.send(b"{\"jsonrpc\":").await;
     assert_eq!(idle.recv().await, None, "the idle client is disconnected");
-    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.events.publish(
         Event::new(EventKind::Change, ObjectKind::Resource, "r0").field("role", "Primary"),

@@ -730,13 +730,17 @@ impl<S: ObjectStore> ObjectStore for Gauge<S> {
     async fn put_md5(&self, c: &str, n: &str, d: Bytes, m: &str) -> Result<String, StreamError> {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(now, Ordering::SeqCst);
-        // Each PUT lasts until the bound is reached (or 1 s): the stream makes objects at its
-        // own pace (slowly in a debug build on a loaded host), so only the bound may limit
-        // the overlap, never the timing.
+        // The first PUTs are held until the bound has been reached once: the stream makes
+        // objects at its own pace (slowly in a debug build on a loaded host, where a 1 s hold
+        // once let a starved uploader show only 2), so only the bound may limit the overlap,
+        // never the timing. The 120 s cap turns a stream that never reaches the bound into
+        // a failure of the assertion below instead of a hang.
         let t = std::time::Instant::now();
-        while self.now.load(Ordering::SeqCst) < BOUND && t.elapsed().as_secs() < 1 {
+        while self.max.load(Ordering::SeqCst) < BOUND && t.elapsed().as_secs() < 120 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        // Every PUT then lasts a little longer, so that one beyond the bound would be seen.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let r = self.inner.put_md5(c, n, d, m).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
         r

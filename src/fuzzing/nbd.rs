@@ -14,7 +14,6 @@
 //! TRIMs and WRITE_ZEROES before it left (a model of the device); the device ends equal to
 //! the model.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -227,8 +226,10 @@ pub fn transmission(data: &[u8]) {
         };
         session
     };
-    let mut wire = Vec::new();
-    let mut sent: HashMap<u64, Sent> = HashMap::new();
+    // Sized up front (growing by doubling copied up to 10 % of the harness's time).
+    let mut wire = Vec::with_capacity(session.ops.len() * REQUEST_BYTES + data.len());
+    // Indexed by cookie - 1 (cookies are positions + 1; a DISC has none).
+    let mut sent: Vec<Option<Sent>> = Vec::with_capacity(session.ops.len());
     // Requests that must be answered: every one before the first DISC or broken frame.
     let mut must_answer = 0usize;
     let mut open = true;
@@ -298,16 +299,14 @@ pub fn transmission(data: &[u8]) {
         if cmd == CMD_DISC {
             open = false;
         } else {
-            sent.insert(
-                cookie,
-                Sent {
-                    cmd,
-                    offset,
-                    len,
-                    at: i,
-                    payload: payload.unwrap_or_default(),
-                },
-            );
+            sent.resize_with(i, || None);
+            sent.push(Some(Sent {
+                cmd,
+                offset,
+                len,
+                at: i,
+                payload: payload.unwrap_or_default(),
+            }));
             if open {
                 must_answer += 1;
             }
@@ -317,6 +316,13 @@ pub fn transmission(data: &[u8]) {
         }
     }
 
+    // Every reply's header and chunk headers, and the data of every READ.
+    let reply_bytes = sent
+        .iter()
+        .flatten()
+        .map(|s| 64 + if s.cmd == CMD_READ { s.len as usize } else { 0 })
+        .sum::<usize>()
+        .min(16 << 20);
     let dev =
         Arc::new(MemDevice::new("vol", DEVICE_BYTES as usize).with_read_only(session.read_only));
     let structured = session.structured;
@@ -344,7 +350,7 @@ pub fn transmission(data: &[u8]) {
             let _ = wr.shutdown().await;
         };
         let listen = async {
-            let mut replies = Vec::new();
+            let mut replies = Vec::with_capacity(reply_bytes);
             let _ = rd.read_to_end(&mut replies).await;
             replies
         };
@@ -393,24 +399,46 @@ fn recorded(mut b: &[u8]) -> Session {
     }
 }
 
-/// The model of the device after the first `upto` requests, counting only those acknowledged.
-fn model_at(session_ops: &[(usize, &Sent)], upto: usize) -> Vec<u8> {
-    let mut m = vec![0u8; DEVICE_BYTES as usize];
-    for (_, s) in session_ops.iter().filter(|(at, _)| *at < upto) {
-        let r = s.offset as usize..s.offset as usize + s.len as usize;
-        match s.cmd {
-            CMD_WRITE => m[r].copy_from_slice(&s.payload),
-            CMD_TRIM | CMD_WRITE_ZEROES => m[r].fill(0),
-            _ => {}
+/// The model of the device: applies acknowledged changes in request order, up to a position
+/// (advanced once over all reads sorted by position, not rebuilt for each read).
+struct Model<'a> {
+    m: Vec<u8>,
+    /// Acknowledged changes sorted by request position, and how many are applied.
+    acked: &'a [(usize, &'a Sent)],
+    applied: usize,
+}
+
+impl<'a> Model<'a> {
+    fn new(acked: &'a [(usize, &'a Sent)]) -> Self {
+        Model {
+            m: vec![0u8; DEVICE_BYTES as usize],
+            acked,
+            applied: 0,
         }
     }
-    m
+
+    /// The device after every acknowledged change before request `upto`.
+    fn at(&mut self, upto: usize) -> &[u8] {
+        while let Some((at, s)) = self.acked.get(self.applied) {
+            if *at >= upto {
+                break;
+            }
+            let r = s.offset as usize..s.offset as usize + s.len as usize;
+            match s.cmd {
+                CMD_WRITE => self.m[r].copy_from_slice(&s.payload),
+                CMD_TRIM | CMD_WRITE_ZEROES => self.m[r].fill(0),
+                _ => {}
+            }
+            self.applied += 1;
+        }
+        &self.m
+    }
 }
 
 /// Parse every reply, check it, and return how many requests were answered.
 fn check_replies(
     mut b: &[u8],
-    sent: &HashMap<u64, Sent>,
+    sent: &[Option<Sent>],
     structured: bool,
     dev: &MemDevice,
     session: &Session,
@@ -419,7 +447,15 @@ fn check_replies(
     // (request position, request) of every acknowledged change, for the model.
     let mut acked: Vec<(usize, &Sent)> = Vec::new();
     let mut reads: Vec<(&Sent, Vec<u8>)> = Vec::new();
-    let mut answered: HashMap<u64, ()> = HashMap::new();
+    let mut answered = vec![false; sent.len()];
+    // The request a cookie names (None: never sent, or a DISC, which is never answered).
+    let lookup = |cookie: u64| {
+        usize::try_from(cookie)
+            .ok()
+            .and_then(|c| c.checked_sub(1))
+            .and_then(|i| sent.get(i))
+            .and_then(Option::as_ref)
+    };
     let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
     let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8"));
     while !b.is_empty() {
@@ -429,7 +465,7 @@ fn check_replies(
             assert!(!structured, "a simple reply on a structured connection");
             assert!(b.len() >= SIMPLE_REPLY_BYTES, "a simple reply cut short");
             let (error, cookie) = (be32(b, 4), be64(b, 8));
-            let s = sent.get(&cookie).expect("a reply to a request never sent");
+            let s = lookup(cookie).expect("a reply to a request never sent");
             let n = if s.cmd == CMD_READ && error == 0 {
                 s.len as usize
             } else {
@@ -461,7 +497,7 @@ fn check_replies(
                     "a chunk cut short"
                 );
                 let p = &b[STRUCTURED_HEADER_BYTES..STRUCTURED_HEADER_BYTES + len];
-                let s = sent.get(&cookie).expect("a chunk for a request never sent");
+                let s = lookup(cookie).expect("a chunk for a request never sent");
                 match ty {
                     REPLY_TYPE_OFFSET_DATA => {
                         assert_eq!(s.cmd, CMD_READ, "data for a request that is not a READ");
@@ -484,11 +520,10 @@ fn check_replies(
             }
             (cookie, error, data)
         };
-        assert!(
-            answered.insert(cookie, ()).is_none(),
-            "request {cookie} answered twice"
-        );
-        let s = &sent[&cookie];
+        let s = lookup(cookie).expect("a reply to a request never sent");
+        let seen = &mut answered[cookie as usize - 1];
+        assert!(!*seen, "request {cookie} answered twice");
+        *seen = true;
         if error == 0 {
             match s.cmd {
                 CMD_READ => {
@@ -511,8 +546,10 @@ fn check_replies(
         }
     }
     acked.sort_by_key(|(at, _)| *at);
+    reads.sort_by_key(|(s, _)| s.at);
+    let mut model = Model::new(&acked);
     for (s, data) in reads {
-        let m = model_at(&acked, s.at);
+        let m = model.at(s.at);
         let r = s.offset as usize..s.offset as usize + s.len as usize;
         assert!(
             m[r] == data[..],
@@ -523,8 +560,8 @@ fn check_replies(
         );
     }
     assert!(
-        model_at(&acked, usize::MAX) == dev.contents(),
+        model.at(usize::MAX) == dev.contents(),
         "the device differs from the acknowledged writes"
     );
-    answered.len()
+    answered.iter().filter(|a| **a).count()
 }

@@ -52,6 +52,8 @@
 #   REPL=disk,shm     as --repl                SHM_DIR=/dev/shm   where --repl shm puts its file
 #   DRL_BIN=path      use this drl binary instead of `cargo build --release`
 #   DRL_EXPORT=name   NBD export name of drl (default: the only export listed, else r0)
+#   DRL_WORKERS=N     the drl daemons' and serve-null's runtime worker threads ([[node]]
+#                     worker-threads, serve-null --worker-threads; unset: the daemon's default)
 #   DRL_AFTER_START=cmd   run after drl is up (e.g. to make r0 Primary), with $DRL_BIN/$DRL_CONFIG set
 #   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
 #   OUT_DIR=dir       where results go (default: <repo>/bench-results)
@@ -254,7 +256,8 @@ print(ex[0]["export-name"] if len(ex) == 1 else "")' 2>/dev/null || true)
 start_drl_null() {
     local sock=$dir/drlnull.nbd
     ensure_drl_bin
-    start_bg "drl serve-null" "$dir/drlnull.log" "$DRL_BIN" serve-null --nbd "$sock" --size "$size_bytes"
+    start_bg "drl serve-null" "$dir/drlnull.log" "$DRL_BIN" serve-null --nbd "$sock" --size "$size_bytes" \
+        ${DRL_WORKERS:+--worker-threads "$DRL_WORKERS"}
     wait_for_socket "$sock" 30 "$BG_PID" ||
         die "drl serve-null did not start: $(tail -n 5 "$dir/drlnull.log" | tr '\n' ' ')"
     started_uri="nbd+unix:///null?socket=$sock"
@@ -284,9 +287,11 @@ start_pair() {
     pb=$(free_port)
     [ "$pa" != "$pb" ] || pb=$(free_port)
     cfg=$d/drl.toml
+    local workers_key=""
+    [ -z "${DRL_WORKERS:-}" ] || workers_key="worker-threads = $DRL_WORKERS"
     printf '%s\n' \
-        '[[node]]' 'name = "a"' "control-socket = \"$d/a.sock\"" '' \
-        '[[node]]' 'name = "b"' "control-socket = \"$d/b.sock\"" '' \
+        '[[node]]' 'name = "a"' "control-socket = \"$d/a.sock\"" "$workers_key" '' \
+        '[[node]]' 'name = "b"' "control-socket = \"$d/b.sock\"" "$workers_key" '' \
         '[[resource]]' 'name = "r0"' "size = \"$size_bytes\"" 'secret = "bench-nbd"' '' \
         '[resource.on.a]' "address = \"127.0.0.1:$pa\"" "disk = \"$d/a.img\"" \
         "meta = \"$d/a.meta\"" "nbd = \"$d/a.nbd\"" '' \
@@ -470,6 +475,7 @@ meta = {
     "qemu-storage-daemon": "$( [ $want_qsd = 1 ] && qemu-storage-daemon --version | head -n1 || echo 'not run')"
         + ("" if "$qsd_aio" == "" else ", aio=$qsd_aio, cache.direct=on"),
     "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, $( [ -n "$drl_bin_given" ] && echo "binary $drl_bin_given (DRL_BIN)" || echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')")" || echo 'not run')",
+    "drl runtime": "$( [ -n "${DRL_WORKERS:-}" ] && echo "$DRL_WORKERS worker thread(s) (DRL_WORKERS)" || echo "the daemon's default worker threads")",
     "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
     "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order rotated per row",
     "load average (1, 5, 15 min) at the start / at the end": "$load_start / $(cut -d' ' -f1-3 /proc/loadavg)",

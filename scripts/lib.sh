@@ -178,7 +178,10 @@ pair_config() {
 # r0.img, r0.meta, NBD on DIR/r0.nbd, control socket DIR/NODE.sock), on stdout.
 node_config() {
     local d=$1 node=$2 size=$3
-    printf '[[node]]\nname = "%s"\ncontrol-socket = "%s/%s.sock"\n\n' "$node" "$d" "$node"
+    printf '[[node]]\nname = "%s"\ncontrol-socket = "%s/%s.sock"\n' "$node" "$d" "$node"
+    # DRL_WORKERS=N: the runtime's worker threads (`worker-threads`; unset: the daemon's default).
+    [ -z "${DRL_WORKERS:-}" ] || printf 'worker-threads = %s\n' "$DRL_WORKERS"
+    printf '\n'
     printf '[[resource]]\nname = "r0"\nsize = "%s"\nsecret = "unused"\n\n' "$size"
     printf '[resource.on.%s]\naddress = "127.0.0.1:7789"\n' "$node"
     printf 'disk = "%s/r0.img"\nmeta = "%s/r0.meta"\nnbd = "%s/r0.nbd"\n' "$d" "$d" "$d"

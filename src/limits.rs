@@ -20,6 +20,8 @@ pub const NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX: u64 = 128 * 1024 * 1024;
 /// Bytes of payload all NBD connections of the daemon together may have in flight (every
 /// export shares it; see `frontend::nbd::PayloadBudget`). At least one largest request.
 pub const NBD_INFLIGHT_DAEMON_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// Worker threads of the daemon's async runtime (`[[node]] worker-threads`) at most.
+pub const DAEMON_WORKER_THREADS_MAX: usize = 256;
 /// Concurrent NBD connections per export.
 pub const NBD_CONNECTIONS_PER_EXPORT_MAX: usize = 64;
 /// Option haggling: the largest option payload the server reads.

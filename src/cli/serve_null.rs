@@ -21,6 +21,10 @@ pub struct ServeNullArgs {
     /// Export name (the empty default name selects it too).
     #[arg(long, value_name = "NAME", default_value = "null")]
     pub name: String,
+    /// Worker threads of the runtime, as the daemon's `[[node]] worker-threads` (default: the
+    /// daemon's default), so the ceiling is measured on the runtime the daemon runs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=crate::limits::DAEMON_WORKER_THREADS_MAX as i64))]
+    pub worker_threads: Option<u16>,
 }
 
 /// Serve until SIGTERM or SIGINT; exit 0, or 2 on a bad argument, 1 when the socket cannot be
@@ -38,7 +42,7 @@ pub fn serve_null(a: &ServeNullArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    match crate::daemon::serve_null(&a.nbd, &a.name, size) {
+    match crate::daemon::serve_null(&a.nbd, &a.name, size, a.worker_threads.map(usize::from)) {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("drl serve-null: {e}");

@@ -121,6 +121,8 @@ pub struct RawNode {
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Worker threads of the daemon's async runtime (see [`NodeConfig::worker_threads`]).
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +333,9 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// This node's TLS files (`[tls] ca`, `tls-cert`, `tls-key`).
     pub tls: Option<ops::TlsFiles>,
+    /// `worker-threads`: threads of the daemon's async runtime; None: the runtime's default
+    /// (one per CPU, or `TOKIO_WORKER_THREADS`).
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -425,6 +430,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
     };
 
     let metrics_listen = ops::metrics_listen(me, &invalid)?;
+    let worker_threads = ops::worker_threads(me, &invalid)?;
     let tls = ops::tls_files(raw, me, &invalid)?;
     let mut resources = Vec::new();
     let mut res_names = HashSet::new();
@@ -652,6 +658,7 @@ pub fn validate(file: &Path, raw: &RawConfig, node: &str) -> Result<NodeConfig, 
             .collect(),
         metrics_listen,
         tls,
+        worker_threads,
     })
 }
 

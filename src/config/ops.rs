@@ -1,5 +1,5 @@
-//! Operations keys: the metrics endpoint (`[[node]] metrics-listen`) and TLS on the replication
-//! link (`[tls] ca`, `[[node]] tls-cert` / `tls-key`, `[[resource]] tls`).
+//! Operations keys: the metrics endpoint (`[[node]] metrics-listen`), the runtime's worker
+//! threads (`[[node]] worker-threads`) and TLS on the replication link (`[tls] ca`, `[[node]] tls-cert` / `tls-key`, `[[resource]] tls`).
 //!
 //! Only presence and form are checked here; the certificate files are read and checked by
 //! [`crate::repl::tls`] when the daemon starts (and again on a reload), so `drl check-config`
@@ -34,6 +34,21 @@ pub fn metrics_listen(me: &RawNode, invalid: Invalid) -> Result<Option<SocketAdd
                 format!("{s:?} is not an IP:PORT address ({e})"),
             )
         }),
+    }
+}
+
+/// `worker-threads` of this node: 1 to [`DAEMON_WORKER_THREADS_MAX`] (unset: the runtime's
+/// default).
+///
+/// [`DAEMON_WORKER_THREADS_MAX`]: crate::limits::DAEMON_WORKER_THREADS_MAX
+pub fn worker_threads(me: &RawNode, invalid: Invalid) -> Result<Option<usize>, ConfigError> {
+    let max = crate::limits::DAEMON_WORKER_THREADS_MAX;
+    match me.worker_threads {
+        Some(n) if n == 0 || n > max => Err(invalid(
+            format!("node.{}.worker-threads", me.name),
+            format!("{n} is not between 1 and {max}"),
+        )),
+        n => Ok(n),
     }
 }
 
@@ -180,5 +195,26 @@ meta = "/tmp/b.meta"
         // Without `tls = true` the node's certificate is simply unused.
         let c = check(&TLS.replace("tls = true ", ""), "site-b").unwrap();
         assert!(!c.resources[0].tls && c.tls.is_none());
+    }
+
+    #[test]
+    fn worker_threads_are_checked() {
+        assert_eq!(check(TLS, "site-a").unwrap().worker_threads, None);
+        let with = |n: &str| {
+            TLS.replace(
+                "metrics-listen = \"127.0.0.1:9942\"",
+                &format!("metrics-listen = \"127.0.0.1:9942\"\nworker-threads = {n}"),
+            )
+        };
+        assert_eq!(check(&with("2"), "site-a").unwrap().worker_threads, Some(2));
+        for bad in ["0", "257"] {
+            let e = check(&with(bad), "site-a").unwrap_err();
+            assert!(
+                e.contains("node.site-a.worker-threads") && e.contains("between 1 and 256"),
+                "{e}"
+            );
+        }
+        let e = check(&with("-1"), "site-a").unwrap_err();
+        assert!(e.contains("worker-threads"), "{e}");
     }
 }

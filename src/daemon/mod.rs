@@ -116,7 +116,7 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             return Exit::Usage;
         }
     };
-    let rt = match runtime() {
+    let rt = match runtime(cfg.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
@@ -134,12 +134,14 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
 }
 
 /// The daemon's async runtime (also `drl serve-null`'s, so a benchmark of the null volume
-/// runs the NBD server exactly as the daemon does): multi-thread, one worker per CPU.
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("drl-worker")
-        .build()
+/// runs the NBD server exactly as the daemon does): multi-thread, `workers` worker threads
+/// (`[[node]] worker-threads`); None: tokio's default, one per CPU or `TOKIO_WORKER_THREADS`.
+pub(crate) fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().thread_name("drl-worker").build()
 }
 
 /// Errors that stop the daemon from starting or make it exit.

@@ -20,11 +20,16 @@ pub enum NullServeError {
 
 /// Serve a null export of `size_bytes` named `name` on `listen` (`unix:PATH`, a path or
 /// `tcp:HOST:PORT`) until SIGTERM or SIGINT.
-pub fn serve_null(listen: &str, name: &str, size_bytes: u64) -> Result<(), NullServeError> {
+pub fn serve_null(
+    listen: &str,
+    name: &str,
+    size_bytes: u64,
+    workers: Option<usize>,
+) -> Result<(), NullServeError> {
     let listen = NbdListen::parse(listen).map_err(|e| NullServeError::Usage(e.to_string()))?;
     let failed =
         |what: &str, e: &dyn std::fmt::Display| NullServeError::Failed(format!("{what}{e}"));
-    let rt = super::runtime().map_err(|e| failed("cannot start the async runtime: ", &e))?;
+    let rt = super::runtime(workers).map_err(|e| failed("cannot start the async runtime: ", &e))?;
     let export = ExportConfig {
         name: name.to_string(),
         description: "drl null volume (benchmarks only: writes are discarded, reads are zeroes)"

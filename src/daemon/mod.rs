@@ -271,7 +271,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         tasks.spawn(serve);
     }
     let count = node.resources().len();
-    info!(node = %cfg.node, resources = count, socket = %cfg.control_socket.display(), "drl daemon ready");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(node = %cfg.node, resources = count, socket = %cfg.control_socket.display(),
+        worker_threads = workers, "drl daemon ready");
     sd_notify::ready(&format!("{count} resources"));
     if let Some(every) = sd_notify::watchdog_interval() {
         tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));

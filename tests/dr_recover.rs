@@ -370,8 +370,14 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_new
         })
     });
     for (i, r) in s.res.iter().enumerate() {
+        // The schedule keeps ticking: a tick takes and streams the new snapshot before it
+        // deletes the oldest, so keep + 1 = 3 is a legal moment (a slow stream under load
+        // widens it); more would be a prune that does not happen.
         let (live, _) = scheduled(&s.a1, r);
-        assert!(live.len() <= 2, "{live:?}");
+        assert!(
+            live.len() <= 3,
+            "at most keep + 1 = 3 scheduled snapshots: {live:?}"
+        );
         assert!(
             scheduled(s.backup(i), r).0.is_empty(),
             "no snapshots on the Secondary"
@@ -408,9 +414,11 @@ fn the_daemon_takes_the_plans_scheduled_snapshots_streams_them_and_keeps_the_new
             .iter()
             .filter(|a| a["resource"] == r.as_str())
             .collect();
+        // A record is written before the oldest is pruned (`checkpoint::record_action`):
+        // keep + 1 for a moment while the schedule goes on.
         assert!(
-            !mine.is_empty() && mine.len() <= 2,
-            "at most keep = 2 records: {mine:?}"
+            !mine.is_empty() && mine.len() <= 3,
+            "at most keep + 1 = 3 records: {mine:?}"
         );
         let a = mine.iter().find(|a| taken_after(a)).unwrap();
         assert_eq!(a["kind"], "snapshot", "{a}");

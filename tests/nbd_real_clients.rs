@@ -579,11 +579,28 @@ async fn idle_connections_make_room_for_a_new_client() {
     .await;
     let path = srv.socket();
     let mut conns = Vec::new();
+    let mut first_idle = None;
     for _ in 0..NBD_CONNECTIONS_PER_EXPORT_MAX {
         conns.push(raw_go(&path, false).await.unwrap());
+        // The server marked the first one idle before its reply reached us: this clock runs
+        // behind the server's by that reply's latency.
+        first_idle.get_or_insert_with(std::time::Instant::now);
     }
-    // Idle for less than the bound: still refused (the limit itself holds).
-    assert_eq!(raw_go(&path, false).await.unwrap_err(), REP_ERR_POLICY);
+    // Idle for less than the bound: still refused (the limit itself holds). On a host so
+    // loaded that 64 handshakes took about the bound, the idlest may already be evictable
+    // and admitting the newcomer is then right: only a refusal is checked, and only when it
+    // is certain.
+    let newcomer = raw_go(&path, false).await;
+    let idle = first_idle.expect("64 connections").elapsed();
+    if idle < Duration::from_millis(1500) {
+        assert_eq!(
+            newcomer.unwrap_err(),
+            REP_ERR_POLICY,
+            "refused while none idled 2 s"
+        );
+    } else {
+        eprintln!("64 handshakes took {idle:?}: the refusal is not checked this run");
+    }
     // Once they have been idle for the bound, a real client gets in.
     let t0 = std::time::Instant::now();
     loop {

@@ -133,8 +133,12 @@ mod tests {
     async fn the_gate_closes_by_itself_at_the_deadline() {
         let f = Fence::new("r0", OnNoQuorum::IoError);
         assert!(f.admit().await.is_err(), "closed until a lease is held");
-        f.open_until(Instant::now() + Duration::from_millis(50));
+        // Open long enough that a preempted test thread cannot see it close before the
+        // admit; then reopened with a short deadline and waited past it (waiting longer is
+        // always safe).
+        f.open_until(Instant::now() + Duration::from_secs(30));
         assert!(f.admit().await.is_ok());
+        f.open_until(Instant::now() + Duration::from_millis(50));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(!f.is_open());
         assert!(f.admit().await.is_err());

@@ -416,8 +416,15 @@ fn role_changes_wait_for_the_peer() {
         b["peer_role"], "Secondary",
         "b right after a's secondary: {b}"
     );
-    // The wait is the peer's confirmation, not the bound (REPL_STATE_ACK_TIMEOUT_MS, 6 s).
-    assert!(took.as_millis() < 5000, "secondary took {took:?}");
+    // The wait ended on the peer's confirmation, not on the bound (REPL_STATE_ACK_TIMEOUT_MS):
+    // a timed-out wait logs that the peer did not confirm. (Not a duration: every piece
+    // crossing the 400 ms link costs 400 ms, and a loaded host splits frames into more
+    // pieces, so the confirmation's time is the host's, not the contract's.)
+    let log = p.node("a").log_text();
+    assert!(
+        !log.contains("did not confirm the role change"),
+        "secondary took {took:?} and timed out waiting for the peer:\n{log}"
+    );
     p.cli_ok("b", &["primary", "r0"]);
     let a = res(p.node("a"), "r0").unwrap();
     assert_eq!(a["peer_role"], "Primary", "a right after b's primary: {a}");

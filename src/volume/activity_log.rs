@@ -106,6 +106,9 @@ struct Inner {
     committed_transactions: u64,
     /// Writes completed (guards dropped) so far: [`ActivityLog::writes_done`].
     writes_done: u64,
+    /// Extents [`ActivityLog::retire_clean`] took out of `hot` whose record without them is
+    /// not on disk yet (a crash now still resyncs them): counted by `hot_count`.
+    retiring: usize,
 }
 
 /// The in-memory activity log of one volume.
@@ -297,6 +300,7 @@ impl ActivityLog {
             for e in &clean {
                 inner.hot.remove(e);
             }
+            inner.retiring = clean.len();
             inner.pending = true;
             let seq = inner.next_seq;
             inner.next_seq += 1;
@@ -310,6 +314,7 @@ impl ActivityLog {
             inner.pending = false;
             if r.is_ok() {
                 inner.committed_transactions += 1;
+                inner.retiring = 0;
             }
         }
         self.notify.notify_waiters();
@@ -332,9 +337,12 @@ impl ActivityLog {
     pub fn extents_max(&self) -> u32 {
         self.extents_max
     }
-    /// Extents currently hot (committed or being committed).
+    /// Extents a crash now would resync: hot (committed or being committed), plus those
+    /// being retired until the record without them is on disk (status's `al_hot_extents`,
+    /// which a caller may take as "a kill -9 now resyncs only these").
     pub fn hot_count(&self) -> usize {
-        self.lock().hot.len()
+        let inner = self.lock();
+        inner.hot.len() + inner.retiring
     }
     /// Whether extent number `extent` is hot and committed.
     pub fn is_hot(&self, extent: u32) -> bool {

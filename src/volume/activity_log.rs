@@ -107,7 +107,8 @@ struct Inner {
     /// Writes completed (guards dropped) so far: [`ActivityLog::writes_done`].
     writes_done: u64,
     /// Extents [`ActivityLog::retire_clean`] took out of `hot` whose record without them is
-    /// not on disk yet (a crash now still resyncs them): counted by `hot_count`.
+    /// not on disk yet (a crash now still resyncs them): counted by `hot_count`. Any record
+    /// written from `hot` (a retirement or a transaction) is without them: it resets this.
     retiring: usize,
 }
 
@@ -614,6 +615,8 @@ impl AlTransaction {
             }
             inner.pending = false;
             inner.committed_transactions += 1;
+            // The record just written is the hot set, which lacks the retired extents too.
+            inner.retiring = 0;
         }
         al.notify.notify_waiters();
         self.done = true;

@@ -352,6 +352,14 @@ async fn abandoned_submitters_do_not_break_the_engine() {
     assert_eq!(s.ops_submitted, s.ops_completed);
 }
 
+/// Poll `done` every 5 ms until it holds (at most 30 s: a starved host starts tasks late).
+async fn until(done: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !done() && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn pipe() -> (File, File) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
@@ -374,10 +382,7 @@ async fn a_full_queue_applies_backpressure() {
     }
     // Until one read is in the kernel (a loaded host may start the tasks late), then a
     // moment more in which any submitter over the depth would show.
-    let t = Instant::now();
-    while e.stats().ops_submitted < 1 && t.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(|| e.stats().ops_submitted >= 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let s = e.stats();
     assert_eq!(
@@ -407,10 +412,7 @@ async fn a_ring_waiting_on_completions_still_takes_new_requests_at_once() {
     let e = Engine::new(File::from(std::os::fd::OwnedFd::from(a)), cfg("sock", 4)).unwrap();
     let e2 = e.clone();
     let pending = tokio::spawn(async move { e2.read_exact_at(AlignedBuf::zeroed(4), 0).await });
-    let t = Instant::now();
-    while e.stats().in_flight < 1 && t.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(|| e.stats().in_flight >= 1).await;
     assert_eq!(e.stats().in_flight, 1);
     for _ in 0..20 {
         let t = Instant::now();

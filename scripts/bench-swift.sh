@@ -78,7 +78,7 @@ swift_dir=${DRL_SWIFT_DIR:-/var/tmp/drl-swift}
 swift_ticks() { # CPU ticks used so far by Swift's proxy and object servers (their workers included)
   local s pg
   for s in proxy object; do
-    pg=$(cat "$swift_dir/run/$s.pid" 2>/dev/null) || continue
+    pg=$(pidfile_pid "$swift_dir/run/$s.pid") || continue
     for p in $(pgrep -g "$pg"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done
   done | awk '{t += $1} END {print t + 0}'
 }

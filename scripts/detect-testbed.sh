@@ -198,10 +198,10 @@ relay() {
   local name=$1 ns=$2 port=$3 bind=$4 logf=$5 sock="$CLOUD_DIR/$1.sock"
   setsid socat "UNIX-LISTEN:$sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port" \
     </dev/null >>"$logf" 2>&1 &
-  echo $! >"$CLOUD_DIR/$name.host.pid"
+  pidfile_write "$CLOUD_DIR/$name.host.pid" $!
   setsid ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$bind,fork,reuseaddr" "UNIX-CONNECT:$sock" \
     </dev/null >>"$logf" 2>&1 &
-  echo $! >"$CLOUD_DIR/$name.ns.pid"
+  pidfile_write "$CLOUD_DIR/$name.ns.pid" $!
 }
 
 bridge_cloud() {

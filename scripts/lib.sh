@@ -100,11 +100,31 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
+# Pid files of the test services hold "PID STARTTIME", the start time being field 22 of
+# /proc/PID/stat (clock ticks after boot; fork time, kept across exec). A pid file left behind
+# by a killed run or a copied machine state names a pid that may belong to another process by
+# now: a bare kill -0 takes that process for the service ("keystone not ready" while a Swift
+# worker holds the pid), and stop_group would kill that process's whole group.
+proc_starttime() { # pid -> start time, or nothing if the process is gone
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) } # after "(comm)", which may itself hold spaces and parentheses
+    set -- $s
+    echo "${20}"
+}
+pidfile_write() { echo "$2 $(proc_starttime "$2")" >"$1"; } # pidfile pid
+pidfile_pid() {                                            # pidfile -> its pid, if that process is still the one recorded
+    local pid="" st=""
+    [ -f "$1" ] || return 1
+    read -r pid st <"$1" || true
+    [ -n "$pid" ] && [ -n "$st" ] && [ "$(proc_starttime "$pid")" = "$st" ] && echo "$pid"
+}
+pid_alive() { pidfile_pid "$1" >/dev/null; } # pidfile
+
 stop_group() {
     local name=$1 pidf=$2 pid i
     [ -f "$pidf" ] || return 0
-    pid=$(cat "$pidf")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid=$(pidfile_pid "$pidf"); then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || true

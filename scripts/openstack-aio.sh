@@ -86,14 +86,13 @@ install_packages() {
     apt-get install -y -q $missing
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 start_bg() { # name logfile cmd...   (own session/process group, pid in run/<name>.pid)
     local name="$1" logf="$2"; shift 2
     if pid_alive "$RUN/$name.pid"; then return; fi
     setsid "$@" >>"$logf" 2>&1 </dev/null &
-    echo $! >"$RUN/$name.pid"
+    pidfile_write "$RUN/$name.pid" $!
     log "started $name (pid $!) at $(since)"
 }
 
@@ -441,12 +440,12 @@ rss_of_group() { # pgid -> total PSS kB of the process group (shared pages split
 }
 
 do_status() {
-    local s total=0 r
+    local s total=0 r pid
     for s in $SERVICES; do
         [ -f "$RUN/$s.pid" ] || continue
         if pid_alive "$RUN/$s.pid"; then
-            r=$(rss_of_group "$(cat "$RUN/$s.pid")"); total=$((total + r))
-            printf "%-16s pid %-7s pss %6d MiB\n" "$s" "$(cat "$RUN/$s.pid")" $((r / 1024))
+            pid=$(pidfile_pid "$RUN/$s.pid"); r=$(rss_of_group "$pid"); total=$((total + r))
+            printf "%-16s pid %-7s pss %6d MiB\n" "$s" "$pid" $((r / 1024))
         else
             printf "%-16s dead\n" "$s"
         fi

@@ -79,9 +79,6 @@ install_packages() { # packages...
     fi
 }
 
-pid_alive() { # pidfile
-    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
-}
 
 auth_ok() {
     curl -fs -o /dev/null -m 2 -H "X-Auth-User: test:tester" -H "X-Auth-Key: testing" "$AUTH_URL"
@@ -227,7 +224,7 @@ start_bg() { # name pidfile logfile cmd...
     shift 3
     if pid_alive "$pidf"; then return; fi
     setsid "$@" >>"$logf" 2>&1 </dev/null &
-    echo $! >"$pidf"
+    pidfile_write "$pidf" $!
     log "started $name (pid $!)"
 }
 
@@ -293,7 +290,7 @@ do_status() {
     local s rc=0
     if mountpoint -q "$MNT" 2>/dev/null; then echo "xfs: mounted on $MNT"; else echo "xfs: not mounted"; rc=1; fi
     for s in memcached $SERVERS; do
-        if pid_alive "$RUN/$s.pid"; then echo "$s: running (pid $(cat "$RUN/$s.pid"))"
+        if pid_alive "$RUN/$s.pid"; then echo "$s: running (pid $(pidfile_pid "$RUN/$s.pid"))"
         else echo "$s: stopped"; rc=1; fi
     done
     if auth_ok; then echo "auth: $AUTH_URL answers"; else echo "auth: $AUTH_URL does not answer"; rc=1; fi

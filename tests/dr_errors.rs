@@ -10,9 +10,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn service(name: &str, sig: &str) {
-    let pid = std::fs::read_to_string(format!("/var/tmp/drl-openstack/run/{name}.pid")).unwrap();
+    // The pid file holds "PID STARTTIME" (scripts/lib.sh pidfile_write).
+    let f = std::fs::read_to_string(format!("/var/tmp/drl-openstack/run/{name}.pid")).unwrap();
+    let pid = f.split_whitespace().next().unwrap();
     let st = Command::new("kill")
-        .args([sig, "--", &format!("-{}", pid.trim())])
+        .args([sig, "--", &format!("-{pid}")])
         .status()
         .unwrap();
     assert!(st.success(), "kill {sig} {name}");

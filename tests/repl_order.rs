@@ -90,6 +90,12 @@ fn secondary_always_holds_a_prefix_of_dependent_writes() {
                 ack2.store(k + 1, Ordering::SeqCst);
             }
         });
+        // The random moment counts from the first acknowledged write, as in group_order: a
+        // starved writer thread still connecting when a KillPrimary cut came got "connection
+        // reset" and failed the test (found beside a soak at nice 19).
+        common::wait_until("the writer's first acknowledged write", WAIT, || {
+            acked.load(Ordering::SeqCst) >= 1 || writer.is_finished()
+        });
         let (acked_at_cut, acked_total) =
             p.cut_under_writer(cut, Duration::from_millis(delay_ms), &acked, &stop, writer);
         // Let b finish applying what it received: wait until its disk file stops changing.

@@ -44,6 +44,40 @@ fn written(a: &serde_json::Value) -> u64 {
     a["nbd"]["stats"]["bytes_written"].as_u64().unwrap_or(0)
 }
 
+/// Wait until the resync finishes; fail when it stops moving: the bytes the SyncSource (a) has
+/// answered (data and zero ranges) stand still for `WAIT`, or it is still going after ten of
+/// them. A deadline on the whole resync measured the host: beside a CPU hog, with fio's 32
+/// writes in flight, a round's resync has taken minutes while moving all the time, and the bug
+/// this test guards is a resync that stops.
+fn wait_resynced(p: &Pair, round: usize) {
+    let moved = |a: Option<&serde_json::Value>| {
+        a.map(|a| {
+            a["resync_bytes_sent"].as_u64().unwrap_or(0)
+                + a["resync_zero_bytes"].as_u64().unwrap_or(0)
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let mut mark = None;
+    let mut done = false;
+    while !done {
+        assert!(
+            t0.elapsed() < 10 * WAIT,
+            "round {round}: the resync under writes still runs after {:?}\n{}",
+            10 * WAIT,
+            p.report()
+        );
+        p.wait(
+            &format!("round {round}: the resync under writes finishes or moves on"),
+            WAIT,
+            |a, b| {
+                done = resynced(a, b);
+                let m = moved(a);
+                done || std::mem::replace(&mut mark, m) != m
+            },
+        );
+    }
+}
+
 #[test]
 fn resync_under_writes_survives_repeated_disconnects_and_secondary_kills() {
     let mut p = Pair::start(PairOpts::new(64 * MIB));
@@ -69,11 +103,7 @@ fn resync_under_writes_survives_repeated_disconnects_and_secondary_kills() {
         } else {
             p.cli_ok("a", &["connect", "r0"]);
         }
-        p.wait(
-            &format!("round {round}: the resync under writes finishes"),
-            WAIT,
-            resynced,
-        );
+        wait_resynced(&p, round);
         let (a1, _) = p.wait("a answers", WAIT, |a, _| a.is_some());
         assert!(
             written(&a1) > w0,

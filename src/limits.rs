@@ -235,6 +235,14 @@ pub const REPL_SEND_STALL_MS: u64 = 2 * REPL_PEER_TIMEOUT_MS;
 /// Frames the socket writer finds queued together go out in one write (one syscall, one
 /// shaper request) up to this many bytes; a larger frame goes alone.
 pub const REPL_WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A batch goes out as one vectored write: frames of at least this many bytes as slices of
+/// their own (no copy of a payload), smaller ones (acks, pings, barriers, resync requests,
+/// zero ranges: headers only) copied side by side into one slice, as one slice per 40-byte
+/// frame would make a batch of them thousands of slices and one syscall per few of them.
+pub const REPL_FRAME_COPY_BELOW_BYTES: usize = 1024;
+/// Slices per vectored write of a batch (the kernel takes up to 1024): a 256 KiB batch of
+/// 4 KiB writes is 64 frames, so one call.
+pub const REPL_WRITEV_SLICES: usize = 128;
 /// Data payloads are compressed (when it pays) only while at least this much waits for the
 /// socket writer: the link, not the CPU, is the bottleneck then.
 pub const REPL_COMPRESS_BACKLOG_BYTES: u64 = 128 * 1024;

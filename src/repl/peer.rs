@@ -151,6 +151,14 @@ macro_rules! delegate_io {
             fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
                 match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+ }
             }
+            // Vectored writes pass through: the session's writer gathers a batch of frames
+            // into one writev (the default would write the first slice alone).
+            fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)+ }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self { $($ty::$variant(s) => s.is_write_vectored(),)+ }
+            }
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
                 match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+ }
             }

@@ -234,8 +234,8 @@ async fn writer(
 ) {
     // A frame taken off the queue that did not fit the last batch (another shaping class).
     let mut carry: Option<Bytes> = None;
-    // Batches are built here, reused (at most REPL_WRITE_BATCH_BYTES + one frame).
-    let mut scratch: Vec<u8> = Vec::new();
+    // Batches are gathered here, the queue reused (at most REPL_WRITE_BATCH_BYTES + one frame).
+    let mut batch = crate::repl::shaped::FrameBatch::default();
     // When the last batch went to the socket.
     let mut last_send: Option<Instant> = None;
     loop {
@@ -267,18 +267,17 @@ async fn writer(
                 _ = link.closed_notify.notified() => {}
             }
         }
-        scratch.clear();
-        let alone = batch_queued(f, &mut frames, &link, &mut carry, &mut scratch);
-        let batch: &[u8] = alone.as_deref().unwrap_or(&scratch);
+        batch.clear();
+        batch_queued(f, &mut frames, &link, &mut carry, &mut batch);
         let closed = || link.is_closed();
         let mut out = Progress {
             wr: &mut wr,
             link: &link,
         };
-        if let Err(e) = crate::repl::shaped::write_repl_frame(
+        if let Err(e) = crate::repl::shaped::write_repl_frames(
             &shaper,
             &mut out,
-            batch,
+            &mut batch,
             &link.closed_notify,
             closed,
         )
@@ -329,6 +328,23 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
         r
     }
 
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut *this.wr).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.link.progressed();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.wr.is_write_vectored()
+    }
+
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -344,33 +360,29 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
     }
 }
 
-/// `first` and the frames queued behind it of the same shaping class, concatenated into
-/// `batch` (empty on entry) up to [`REPL_WRITE_BATCH_BYTES`]: one write and one shaper request
-/// instead of one per frame (under 4 KiB writes the per-frame `send` was the Primary's largest
-/// syscall cost). Returns `first` itself when nothing joined it (no copy). Order is kept: a
-/// frame of another class ends the batch and is handed back in `carry`.
+/// `first` and the frames queued behind it of the same shaping class, gathered into `batch`
+/// (empty on entry) up to [`REPL_WRITE_BATCH_BYTES`]: one vectored write and one shaper
+/// request instead of one per frame (under 4 KiB writes the per-frame `send` was the Primary's
+/// largest syscall cost), and no copy of the frames. Order is kept: a frame of another class
+/// ends the batch and is handed back in `carry`.
 fn batch_queued(
     first: Bytes,
     frames: &mut mpsc::UnboundedReceiver<Bytes>,
     link: &Link,
     carry: &mut Option<Bytes>,
-    batch: &mut Vec<u8>,
-) -> Option<Bytes> {
+    batch: &mut crate::repl::shaped::FrameBatch,
+) {
     let class = crate::repl::shaped::repl_frame_class(&first);
-    let mut first = Some(first);
-    while first.as_ref().map_or(batch.len(), Bytes::len) < REPL_WRITE_BATCH_BYTES {
+    batch.push(first);
+    while batch.remaining() < REPL_WRITE_BATCH_BYTES {
         let Ok(next) = frames.try_recv() else { break };
         if crate::repl::shaped::repl_frame_class(&next) != class {
             *carry = Some(next);
             break;
         }
         link.dequeued(&next);
-        if let Some(f) = first.take() {
-            batch.extend_from_slice(&f);
-        }
-        batch.extend_from_slice(&next);
+        batch.push(next);
     }
-    first
 }
 
 impl Session<'_> {

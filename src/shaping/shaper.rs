@@ -133,7 +133,7 @@ impl ShapingConfig {
 
     /// The scheduler's parameters. Replication and resync share one ordered TCP connection,
     /// whose frames the scheduler sees as one flow in the replication class (see
-    /// `repl::shaped::write_repl_frame`): that flow is weighted with both shares, and the adaptive
+    /// `repl::shaped::write_repl_frames`): that flow is weighted with both shares, and the adaptive
     /// resync controller ([`super::resync`]) splits it.
     fn sched_params(&self) -> Option<Params> {
         self.link_bytes_per_s.map(|l| {

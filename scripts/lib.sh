@@ -103,8 +103,8 @@ stop_pid() {
 # Pid files of the test services hold "PID STARTTIME", the start time being field 22 of
 # /proc/PID/stat (clock ticks after boot; fork time, kept across exec). A pid file left behind
 # by a killed run or a copied machine state names a pid that may belong to another process by
-# now: a bare kill -0 takes that process for the service ("keystone not ready" while a Swift
-# worker holds the pid), and stop_group would kill that process's whole group.
+# now: a bare kill -0 takes that process for the service (CI: "keystone not ready" while another
+# process held Keystone's old pid), and stop_group would kill that process's whole group.
 proc_starttime() { # pid -> start time, or nothing if the process is gone
     local s
     s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1

@@ -443,8 +443,8 @@ do_status() {
     local s total=0 r pid
     for s in $SERVICES; do
         [ -f "$RUN/$s.pid" ] || continue
-        if pid_alive "$RUN/$s.pid"; then
-            pid=$(pidfile_pid "$RUN/$s.pid"); r=$(rss_of_group "$pid"); total=$((total + r))
+        if pid=$(pidfile_pid "$RUN/$s.pid"); then
+            r=$(rss_of_group "$pid"); total=$((total + r))
             printf "%-16s pid %-7s pss %6d MiB\n" "$s" "$pid" $((r / 1024))
         else
             printf "%-16s dead\n" "$s"

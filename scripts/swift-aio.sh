@@ -79,7 +79,6 @@ install_packages() { # packages...
     fi
 }
 
-
 auth_ok() {
     curl -fs -o /dev/null -m 2 -H "X-Auth-User: test:tester" -H "X-Auth-Key: testing" "$AUTH_URL"
 }
@@ -287,10 +286,10 @@ do_stop() {
 }
 
 do_status() {
-    local s rc=0
+    local s rc=0 pid
     if mountpoint -q "$MNT" 2>/dev/null; then echo "xfs: mounted on $MNT"; else echo "xfs: not mounted"; rc=1; fi
     for s in memcached $SERVERS; do
-        if pid_alive "$RUN/$s.pid"; then echo "$s: running (pid $(pidfile_pid "$RUN/$s.pid"))"
+        if pid=$(pidfile_pid "$RUN/$s.pid"); then echo "$s: running (pid $pid)"
         else echo "$s: stopped"; rc=1; fi
     done
     if auth_ok; then echo "auth: $AUTH_URL answers"; else echo "auth: $AUTH_URL does not answer"; rc=1; fi

@@ -314,6 +314,19 @@ struct Progress<'a, W> {
     link: &'a Link,
 }
 
+impl<W> Progress<'_, W> {
+    /// A write's result, counted as the link's progress when the kernel took bytes.
+    fn counted(
+        &self,
+        r: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.link.progressed();
+        }
+        r
+    }
+}
+
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
@@ -322,10 +335,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut *this.wr).poll_write(cx, buf);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.link.progressed();
-        }
-        r
+        this.counted(r)
     }
 
     fn poll_write_vectored(
@@ -335,10 +345,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut *this.wr).poll_write_vectored(cx, bufs);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.link.progressed();
-        }
-        r
+        this.counted(r)
     }
 
     fn is_write_vectored(&self) -> bool {

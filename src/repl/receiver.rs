@@ -21,7 +21,9 @@
 //!   read on the source after every write queued before it, so it may land before or after
 //!   those (the last of them carries the same bytes), but never after a later one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use crate::limits::REPL_RECEIVER_QUEUED_WRITES_MAX;
 
@@ -86,10 +88,116 @@ struct Span {
     len: u64,
 }
 
+fn overlap(a: &Span, b: &Span) -> bool {
+    a.offset < b.end() && b.offset < a.end()
+}
+
 impl Span {
-    fn overlaps(&self, o: &Span) -> bool {
-        self.offset < o.offset.saturating_add(o.len.max(1))
-            && o.offset < self.offset.saturating_add(self.len.max(1))
+    /// One past the last byte; a zero-length write (a flush-like trim) counts as one byte.
+    fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len.max(1))
+    }
+}
+
+/// Spans by start, for "does anything here overlap this span" in O(log n) instead of a scan
+/// of every write in flight (an epoch may have thousands). Spans may overlap each other: a
+/// span overlapping `[a, b)` starts in `[a - longest, b)`, `longest` being the longest span
+/// inserted since the index was last empty, so a query looks at that window only.
+#[derive(Debug, Default)]
+struct SpanIndex {
+    /// (offset, seq) -> end.
+    by_start: BTreeMap<(u64, u64), u64>,
+    /// seq -> offset.
+    by_seq: FxHashMap<u64, u64>,
+    longest: u64,
+}
+
+impl SpanIndex {
+    fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// Add a span; its `seq` must not be in the index already (sequence numbers and resync
+    /// ids are unique while in flight).
+    fn insert(&mut self, s: Span) {
+        debug_assert!(!self.by_seq.contains_key(&s.seq), "span {} twice", s.seq);
+        let end = s.end();
+        self.longest = self.longest.max(end - s.offset);
+        self.by_start.insert((s.offset, s.seq), end);
+        self.by_seq.insert(s.seq, s.offset);
+    }
+
+    /// Remove the span with this sequence number (id); `None` if there is none.
+    fn remove(&mut self, seq: u64) -> Option<Span> {
+        let offset = self.by_seq.remove(&seq)?;
+        let end = self
+            .by_start
+            .remove(&(offset, seq))
+            .expect("both maps hold every span");
+        if self.by_seq.is_empty() {
+            self.longest = 0;
+        }
+        Some(Span {
+            seq,
+            offset,
+            len: end - offset,
+        })
+    }
+
+    /// The window of entries that may overlap `s`, from `from` on.
+    fn window(&self, from: u64, s: &Span) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_start
+            .range((from, 0)..(s.end(), 0))
+            .map(|(&(offset, seq), &end)| (offset, seq, end))
+    }
+
+    fn window_start(&self, s: &Span) -> u64 {
+        s.offset.saturating_sub(self.longest)
+    }
+
+    fn overlaps(&self, s: &Span) -> bool {
+        self.window(self.window_start(s), s)
+            .any(|(_, _, end)| end > s.offset)
+    }
+
+    /// Does a span with a lower sequence number than `s` overlap it? Looked at one start at
+    /// a time, and of each start only the lower sequence numbers: for writes to one hot block
+    /// that is O(log n), not a walk over all of them.
+    fn overlaps_earlier(&self, s: &Span) -> bool {
+        let mut from = self.window_start(s);
+        while let Some((offset, _, _)) = self.window(from, s).next() {
+            if self
+                .by_start
+                .range((offset, 0)..(offset, s.seq))
+                .any(|(_, &end)| end > s.offset)
+            {
+                return true;
+            }
+            from = offset + 1;
+        }
+        false
+    }
+
+    /// Of each start in `s`'s window, the span with the lowest sequence number, if it overlaps
+    /// `s`. (The others of that start overlap that one.)
+    fn first_per_start_overlapping(&self, s: &Span) -> Vec<Span> {
+        let mut found = Vec::new();
+        let mut from = self.window_start(s);
+        while let Some((offset, seq, end)) = self.window(from, s).next() {
+            if end > s.offset {
+                found.push(Span {
+                    seq,
+                    offset,
+                    len: end - offset,
+                });
+            }
+            from = offset + 1;
+        }
+        found
     }
 }
 
@@ -104,13 +212,15 @@ pub struct EpochReceiver<T> {
     /// The barrier of `apply_epoch` arrived.
     closed: bool,
     flushing: bool,
-    inflight: Vec<Span>,
-    /// Writes of `apply_epoch` waiting for an overlapping earlier write.
-    held: VecDeque<(Span, T)>,
+    inflight: SpanIndex,
+    /// Writes of `apply_epoch` waiting for an overlapping earlier write, by sequence number
+    /// (`held_spans` indexes the same spans by offset).
+    held: BTreeMap<u64, (Span, T)>,
+    held_spans: SpanIndex,
     /// Frames of later epochs, in arrival order.
     later: VecDeque<Queued<T>>,
     /// Resync writes in flight (`seq` is the driver's id for them).
-    resync: Vec<Span>,
+    resync: SpanIndex,
     queue_max: usize,
 }
 
@@ -133,10 +243,11 @@ impl<T> EpochReceiver<T> {
             apply_epoch: 1,
             closed: false,
             flushing: false,
-            inflight: Vec::new(),
-            held: VecDeque::new(),
+            inflight: SpanIndex::default(),
+            held: BTreeMap::new(),
+            held_spans: SpanIndex::default(),
             later: VecDeque::new(),
-            resync: Vec::new(),
+            resync: SpanIndex::default(),
             queue_max,
         }
     }
@@ -161,10 +272,11 @@ impl<T> EpochReceiver<T> {
         self.inflight.len() + self.resync.len()
     }
 
-    /// The driver issues a resync write `id` of `offset..offset+len` now; application writes
-    /// released while it is in flight and overlapping it wait for [`Self::resync_written`].
+    /// The driver issues a resync write `id` (unique among the resync writes in flight) of
+    /// `offset..offset+len` now; application writes released while it is in flight and
+    /// overlapping it wait for [`Self::resync_written`].
     pub fn resync_writing(&mut self, id: u64, offset: u64, len: u64) {
-        self.resync.push(Span {
+        self.resync.insert(Span {
             seq: id,
             offset,
             len,
@@ -173,12 +285,11 @@ impl<T> EpochReceiver<T> {
 
     /// The resync write `id` completed: the application writes it held are released.
     pub fn resync_written(&mut self, id: u64) -> Result<Vec<RxAction<T>>, RxError> {
-        let Some(i) = self.resync.iter().position(|s| s.seq == id) else {
+        let Some(done) = self.resync.remove(id) else {
             return Err(RxError::UnknownResyncDone(id));
         };
-        self.resync.swap_remove(i);
         let mut out = Vec::new();
-        self.release_held(&mut out);
+        self.release_held(&done, &mut out);
         self.maybe_flush(&mut out);
         Ok(out)
     }
@@ -238,11 +349,10 @@ impl<T> EpochReceiver<T> {
                 self.rx_epoch += 1;
             }
             RxEvent::WriteDone { seq } => {
-                let Some(i) = self.inflight.iter().position(|s| s.seq == seq) else {
+                let Some(done) = self.inflight.remove(seq) else {
                     return Err(RxError::UnknownWriteDone(seq));
                 };
-                self.inflight.swap_remove(i);
-                self.release_held(&mut out);
+                self.release_held(&done, &mut out);
             }
             RxEvent::FlushDone { epoch } => {
                 if !self.flushing || epoch != self.apply_epoch {
@@ -268,16 +378,14 @@ impl<T> EpochReceiver<T> {
     }
 
     fn submit(&mut self, span: Span, write: T, out: &mut Vec<RxAction<T>>) {
-        let blocked = self
-            .inflight
-            .iter()
-            .chain(&self.resync)
-            .chain(self.held.iter().map(|(s, _)| s))
-            .any(|s| s.overlaps(&span));
-        if blocked {
-            self.held.push_back((span, write));
+        if self.inflight.overlaps(&span)
+            || self.resync.overlaps(&span)
+            || self.held_spans.overlaps(&span)
+        {
+            self.held_spans.insert(span);
+            self.held.insert(span.seq, (span, write));
         } else {
-            self.inflight.push(span);
+            self.inflight.insert(span);
             out.push(RxAction::Write {
                 seq: span.seq,
                 write,
@@ -285,27 +393,36 @@ impl<T> EpochReceiver<T> {
         }
     }
 
-    /// Issue held writes that no longer overlap an in-flight or an earlier held write.
-    fn release_held(&mut self, out: &mut Vec<RxAction<T>>) {
-        let mut still: VecDeque<(Span, T)> = VecDeque::new();
-        while let Some((span, write)) = self.held.pop_front() {
-            let blocked = self
-                .inflight
-                .iter()
-                .chain(&self.resync)
-                .chain(still.iter().map(|(s, _)| s))
-                .any(|s| s.overlaps(&span));
-            if blocked {
-                still.push_back((span, write));
-            } else {
-                self.inflight.push(span);
-                out.push(RxAction::Write {
-                    seq: span.seq,
-                    write,
-                });
+    /// `done` left the disk: issue the held writes that no longer overlap an in-flight or an
+    /// earlier held write. Only a held write overlapping `done` can be one: every held write
+    /// was blocked before, and `done` is the only blocker that went away; and of the held
+    /// writes of one start only the earliest, as the others overlap it. Whether a candidate
+    /// goes does not depend on the order they are looked at (one overlapping an earlier
+    /// candidate is blocked by it, held or just issued), so they are taken in the index's
+    /// order and the issued ones sorted by sequence number.
+    fn release_held(&mut self, done: &Span, out: &mut Vec<RxAction<T>>) {
+        let candidates = self.held_spans.first_per_start_overlapping(done);
+        let mut released: Vec<Span> = Vec::new();
+        for span in candidates {
+            // Writes to one hot block: the first goes, and every later one overlaps it.
+            let blocked = released.iter().any(|r| overlap(r, &span))
+                || self.inflight.overlaps(&span)
+                || self.resync.overlaps(&span)
+                || self.held_spans.overlaps_earlier(&span);
+            if !blocked {
+                self.held_spans.remove(span.seq);
+                released.push(span);
             }
         }
-        self.held = still;
+        released.sort_unstable_by_key(|s| s.seq);
+        for span in released {
+            let (span, write) = self.held.remove(&span.seq).expect("held in both maps");
+            self.inflight.insert(span);
+            out.push(RxAction::Write {
+                seq: span.seq,
+                write,
+            });
+        }
     }
 
     fn maybe_flush(&mut self, out: &mut Vec<RxAction<T>>) {

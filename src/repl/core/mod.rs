@@ -506,7 +506,10 @@ impl<B: Payload> Core<B> {
     /// flush are acked and their bits cleared.
     pub fn on_tick(&mut self, ctx: &Ctx, stalled_ms: Option<u64>) -> Vec<Action<B>> {
         let mut out = Vec::new();
-        match self.live.on_tick(ctx.now_ms, stalled_ms) {
+        // Not reading because our own disk work is pending: the peer's frames wait unread in
+        // the socket, so their absence is not the peer's silence (liveness module docs).
+        let holding_back = !self.wants_input() && (!self.ops.is_empty() || self.verify.holding());
+        match self.live.on_tick(ctx.now_ms, stalled_ms, holding_back) {
             Some(LiveAction::Close(why)) => {
                 out.push(Action::Close(why.into()));
                 return out;
@@ -910,6 +913,7 @@ mod tick_tests {
     use crate::limits::BITMAP_BLOCK_BYTES;
     use crate::repl::epoch::{EpochLimits, EpochTracker};
     use crate::repl::frame::Frame;
+    use crate::repl::state::SyncDecision;
     use crate::volume::bitmap::DirtyBitmap;
 
     /// The tick's Barrier is the shell's to close and queue under the tracker's lock: the core
@@ -951,5 +955,52 @@ mod tick_tests {
             1,
             "the core closed the epoch"
         );
+    }
+    /// A Secondary whose disk completes nothing stops reading once its receive queue is full
+    /// (backpressure); the peer's frames then wait unread in the socket. Ten seconds of ticks
+    /// like that must not end the session as "no frame from the peer" (a stalled local disk
+    /// is not a silent peer), while the same ticks with the queue open do.
+    #[test]
+    fn a_secondary_held_back_by_its_own_disk_does_not_call_the_peer_silent() {
+        let size = 1 << 20;
+        let bitmap = DirtyBitmap::new(size, BITMAP_BLOCK_BYTES);
+        let tracker = Mutex::new(EpochTracker::new(EpochLimits::default()));
+        let ctx = |now_ms| Ctx {
+            now_ms,
+            role: Role::Secondary,
+            bitmap: &bitmap,
+            group_bitmaps: &[],
+            tracker: &tracker,
+            resync_paused: false,
+        };
+        let closes = |a: &[Action<Bytes>]| a.iter().any(|a| matches!(a, Action::Close(_)));
+        let ten_seconds_of_ticks =
+            |core: &mut Core<Bytes>| (1..=100).any(|i| closes(&core.on_tick(&ctx(i * 100), None)));
+
+        let mut open: Core<Bytes> = Core::new(size, 1, 0);
+        assert!(!closes(&open.start(&ctx(0), SyncDecision::NoSync)));
+        assert!(ten_seconds_of_ticks(&mut open), "a silent peer is found");
+
+        let mut held: Core<Bytes> = Core::new(size, 1, 0);
+        assert!(!closes(&held.start(&ctx(0), SyncDecision::NoSync)));
+        let mut seq = 0;
+        while held.wants_input() {
+            seq += 1;
+            // One block: the first write goes to the disk, every later one waits for it.
+            let a = held.on_frame(
+                &ctx(0),
+                Frame::Data {
+                    vol: 0,
+                    seq,
+                    epoch: 1,
+                    offset: 0,
+                    fua: false,
+                    data: Bytes::from_static(&[7; 4096]),
+                },
+            );
+            assert!(!closes(&a), "{a:?}");
+        }
+        assert_eq!(held.ops_pending(), 1);
+        assert!(!ten_seconds_of_ticks(&mut held), "the session ended");
     }
 }

@@ -28,8 +28,10 @@
 #   --keep            keep the work dir (configs, logs, raw fio JSON, lag and CPU samples) and
 #                     the Secondary's files
 # Environment: RAMP=2, SHM_DIR=/dev/shm, PREALLOC=full (see lib.sh's make_backing_file),
-#   DRL_BIN=path (else `cargo build --release`), BENCH_DIR=dir (parent of the work dir, default
-#   <repo>/target; must allow O_DIRECT), OUT_DIR=dir (default <repo>/bench-results).
+#   DRL_BIN=path (else `cargo build --release`), DRL_WORKERS=N (both daemons' runtime worker
+#   threads, `[[node]] worker-threads`; unset: the daemon's default), BENCH_DIR=dir (parent of
+#   the work dir, default <repo>/target; must allow O_DIRECT), OUT_DIR=dir (default
+#   <repo>/bench-results).
 
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -90,7 +92,11 @@ vol_files() { # NODE VOLUME: the disk, meta (and on a, nbd) keys of VOLUME on NO
 }
 cfg=$dir/drl.toml
 {
-    for n in a b; do printf '[[node]]\nname = "%s"\ncontrol-socket = "%s/%s.sock"\n\n' "$n" "$dir" "$n"; done
+    for n in a b; do
+        printf '[[node]]\nname = "%s"\ncontrol-socket = "%s/%s.sock"\n' "$n" "$dir" "$n"
+        [ -z "${DRL_WORKERS:-}" ] || printf 'worker-threads = %s\n' "$DRL_WORKERS"
+        printf '\n'
+    done
     printf '[[resource]]\nname = "db"\nsecret = "bench-group"\n'
     for v in 0 1; do printf '[[resource.volume]]\nnumber = %s\nsize = "%s"\n' "$v" "$vol_bytes"; done
     for n in a b; do
@@ -191,7 +197,7 @@ python3 - "$dir/meta.json" <<EOF
 import json, sys
 json.dump({
     "date (UTC)": "$stamp",
-    "re-run": "\`$rerun\`" + (" with DRL_BIN=$drl_given" if "$drl_given" else ""),
+    "re-run": "\`$rerun\`" + (" with DRL_BIN=$drl_given" if "$drl_given" else "") + (" DRL_WORKERS=${DRL_WORKERS:-}" if "${DRL_WORKERS:-}" else ""),
     "host": "$(uname -n), kernel $(uname -r), $(nproc) CPUs, shared with other work (load below)",
     "load average (1, 5, 15 min) at the start / at the end": "$load_start / $(cut -d' ' -f1-3 /proc/loadavg)",
     "fio": "$(fio --version): one job per volume, ioengine=nbd, 4 KiB random writes, iodepth 32 each, ${runtime}s after ${ramp}s ramp, $repeat runs per setup alternating",

@@ -424,7 +424,8 @@ fn the_resync_ceiling_holds_within_ten_percent() {
     let (t0, g0) = (Instant::now(), resync());
     std::thread::sleep(Duration::from_secs(6));
     let (t1, g1) = (Instant::now(), resync());
-    let rate = (g1 - g0) as f64 / (t1 - t0).as_secs_f64();
+    let secs = (t1 - t0).as_secs_f64();
+    let rate = (g1 - g0) as f64 / secs;
     println!(
         "resync at {rate:.0} B/s with ceil {CEIL} B/s ({:.2}x)",
         rate / CEIL
@@ -433,8 +434,9 @@ fn the_resync_ceiling_holds_within_ten_percent() {
     // host is loaded (0.86x seen once in the suite on a busy 2-core machine, 0.96x quiet), but
     // it must still run near the ceiling, not be starved by the strict pacer.
     assert!(
-        (CEIL * 0.75..=CEIL * 1.10).contains(&rate),
-        "resync ran at {rate:.0} B/s, ceiling {CEIL:.0} (at most 1.10x, at least 0.75x): {}",
+        near_ceiling(g1 - g0, secs, CEIL),
+        "resync ran at {rate:.0} B/s, ceiling {CEIL:.0} (at most 1.10x, at least 0.75x, give or \
+         take one answer): {}",
         res(&p.a, "r0").unwrap()
     );
     // Lowered live: `drl shaping set --ceil resync=10Mbit`.
@@ -446,13 +448,24 @@ fn the_resync_ceiling_holds_within_ten_percent() {
     let (t2, g2) = (Instant::now(), resync());
     std::thread::sleep(Duration::from_secs(6));
     let (t3, g3) = (Instant::now(), resync());
-    let rate2 = (g3 - g2) as f64 / (t3 - t2).as_secs_f64();
+    let secs2 = (t3 - t2).as_secs_f64();
+    let rate2 = (g3 - g2) as f64 / secs2;
     println!(
         "after shaping set: {rate2:.0} B/s with ceil {} B/s",
         CEIL / 2.0
     );
     assert!(
-        (CEIL / 2.0 * 0.75..=CEIL / 2.0 * 1.10).contains(&rate2),
+        near_ceiling(g3 - g2, secs2, CEIL / 2.0),
         "after `shaping set --ceil resync=10Mbit` resync ran at {rate2:.0} B/s"
     );
+}
+
+/// `bytes` of resync in `secs` ran at 0.75x to 1.10x of `ceil`, give or take one resync
+/// answer: the pacer admits whole answers (up to `REPL_RESYNC_REQUEST_BYTES`, 1 MiB), one per
+/// 0.84 s at 10 Mbit, so a 6 s window holds 7 or 8 of them by its phase alone, and 8 is
+/// 1.12x. (The suite beside two CPU hogs caught exactly that: 1,388,086 B/s at 1,250,000.)
+fn near_ceiling(bytes: u64, secs: f64, ceil: f64) -> bool {
+    let answer = f64::from(drl::limits::REPL_RESYNC_REQUEST_BYTES);
+    let bytes = bytes as f64;
+    bytes >= ceil * 0.75 * secs - answer && bytes <= ceil * 1.10 * secs + answer
 }

@@ -62,6 +62,17 @@ fn complete_one(r: &mut EpochReceiver<()>, disk: &mut VecDeque<u64>, flushes: &m
     apply(r, out, disk, flushes);
 }
 
+/// Complete every write and flush still pending.
+fn drain(r: &mut EpochReceiver<()>, disk: &mut VecDeque<u64>, flushes: &mut VecDeque<u64>) {
+    while !disk.is_empty() || !flushes.is_empty() {
+        if disk.is_empty() {
+            apply(r, Vec::new(), disk, flushes);
+        } else {
+            complete_one(r, disk, flushes);
+        }
+    }
+}
+
 fn run(case: Case, offsets: &[u64]) {
     let mut r: EpochReceiver<()> = EpochReceiver::new();
     let mut disk = VecDeque::new();
@@ -95,22 +106,10 @@ fn run(case: Case, offsets: &[u64]) {
         let out = r.handle(RxEvent::Barrier { epoch }).unwrap();
         apply(&mut r, out, &mut disk, &mut flushes);
         if !matches!(case, Case::Pipelined) {
-            while !disk.is_empty() || !flushes.is_empty() {
-                if disk.is_empty() {
-                    apply(&mut r, Vec::new(), &mut disk, &mut flushes);
-                } else {
-                    complete_one(&mut r, &mut disk, &mut flushes);
-                }
-            }
+            drain(&mut r, &mut disk, &mut flushes);
         }
     }
-    while !disk.is_empty() || !flushes.is_empty() {
-        if disk.is_empty() {
-            apply(&mut r, Vec::new(), &mut disk, &mut flushes);
-        } else {
-            complete_one(&mut r, &mut disk, &mut flushes);
-        }
-    }
+    drain(&mut r, &mut disk, &mut flushes);
     assert!(r.idle());
 }
 

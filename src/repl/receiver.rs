@@ -404,7 +404,7 @@ impl<T> EpochReceiver<T> {
         let candidates = self.held_spans.first_per_start_overlapping(done);
         let mut released: Vec<Span> = Vec::new();
         for span in candidates {
-            // Writes to one hot block: the first goes, and every later one overlaps it.
+            // Issued earlier in this pass: not in `inflight` until the loop below.
             let blocked = released.iter().any(|r| overlap(r, &span))
                 || self.inflight.overlaps(&span)
                 || self.resync.overlaps(&span)

@@ -17,6 +17,10 @@ pub const NBD_PREFERRED_BLOCK_BYTES: u32 = 4096;
 pub const NBD_INFLIGHT_PER_CONNECTION_MAX: usize = 128;
 /// Bytes of payload a single NBD connection may have in flight (reads and writes together).
 pub const NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Requests one NBD connection reads before it submits them to the disk, when the socket holds
+/// more (issue 17: a whole queue read before the first submission kept the disk idle meanwhile,
+/// and a disk that completes what it got in one burst then ran the connection in lock-step).
+pub const NBD_SUBMIT_BATCH_REQUESTS_MAX: usize = 8;
 /// Bytes of payload all NBD connections of the daemon together may have in flight (every
 /// export shares it; see `frontend::nbd::PayloadBudget`). At least one largest request.
 pub const NBD_INFLIGHT_DAEMON_BYTES_MAX: u64 = 512 * 1024 * 1024;

@@ -20,7 +20,7 @@ use super::{NbdError, NbdListen};
 use crate::limits::*;
 use crate::logrl::LogLimiter;
 use crate::volume::mem::MemDevice;
-use crate::volume::nbd_err;
+use crate::volume::{nbd_err, AlignedBuf, BlockDevice, VolumeError};
 
 // ---------- parsers ----------
 
@@ -535,14 +535,29 @@ async fn serve_pipe_sharing(
     watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<End>>,
 ) {
-    let (c, s) = tokio::io::duplex(1 << 20);
+    serve_device(dev, structured, budget, 1 << 20).await
+}
+
+/// Serve `dev` over an in-memory pipe of `pipe_bytes` each way.
+async fn serve_device<D: BlockDevice>(
+    dev: Arc<D>,
+    structured: bool,
+    budget: PayloadBudget,
+    pipe_bytes: usize,
+) -> (
+    DuplexStream,
+    Arc<NbdStats>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<End>>,
+) {
+    let (c, s) = tokio::io::duplex(pipe_bytes);
     let stats = Arc::new(NbdStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = ConnCtx {
         view: ExportView {
             name: "vol".into(),
-            size: crate::volume::BlockDevice::size_bytes(&*dev),
-            read_only: crate::volume::BlockDevice::read_only(&*dev),
+            size: dev.size_bytes(),
+            read_only: dev.read_only(),
             structured,
         },
         dev,
@@ -698,6 +713,144 @@ async fn replies_complete_out_of_order() {
     let mut d = [0u8; 16];
     c.read_exact(&mut d).await.unwrap();
     assert_eq!(simple(&mut c).await, (0, 1));
+}
+
+/// A [`MemDevice`] that counts the writes each [`BlockDevice::batched`] pass starts: with the
+/// io_uring engine, one pass is one submission to the disk.
+struct PassProbe {
+    inner: MemDevice,
+    in_pass: std::sync::atomic::AtomicUsize,
+    largest_pass: std::sync::atomic::AtomicUsize,
+}
+
+impl PassProbe {
+    fn new(inner: MemDevice) -> Self {
+        PassProbe {
+            inner,
+            in_pass: Default::default(),
+            largest_pass: Default::default(),
+        }
+    }
+}
+
+impl BlockDevice for PassProbe {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+    fn read(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl std::future::Future<Output = Result<AlignedBuf, VolumeError>> + Send {
+        self.inner.read(offset, len)
+    }
+    fn write(
+        &self,
+        offset: u64,
+        data: AlignedBuf,
+        fua: bool,
+    ) -> impl std::future::Future<Output = Result<(), VolumeError>> + Send {
+        // Called in the request's first poll, where a disk write is submitted; pending there,
+        // as a disk write is (a write that completes in its first poll would end the pass).
+        self.in_pass.fetch_add(1, Relaxed);
+        let write = self.inner.write(offset, data, fua);
+        async move {
+            tokio::task::yield_now().await;
+            write.await
+        }
+    }
+    fn flush(&self) -> impl std::future::Future<Output = Result<(), VolumeError>> + Send {
+        self.inner.flush()
+    }
+    fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.in_pass.store(0, Relaxed);
+        let r = f();
+        self.largest_pass
+            .fetch_max(self.in_pass.swap(0, Relaxed), Relaxed);
+        r
+    }
+    fn trim(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl std::future::Future<Output = Result<(), VolumeError>> + Send {
+        self.inner.trim(offset, len)
+    }
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    ) -> impl std::future::Future<Output = Result<(), VolumeError>> + Send {
+        self.inner.write_zeroes(offset, len, may_trim, fua)
+    }
+}
+
+/// `n` WRITE requests of `len` bytes each (payload byte = cookie), back to back in one buffer.
+fn writes(n: u64, len: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let h = RequestHeader {
+            flags: 0,
+            cmd: CMD_WRITE,
+            cookie: i,
+            offset: i * u64::from(len),
+            len,
+        };
+        out.extend_from_slice(&request_bytes(&h));
+        out.extend(std::iter::repeat_n(i as u8 + 1, len as usize));
+    }
+    out
+}
+
+/// Send `n` writes of `len` bytes before the server's task first runs (the whole queue sits in
+/// the socket, as when the client sent it while the server waited for a CPU), read every reply
+/// and the data back; the largest number of writes one pass started.
+async fn largest_pass_for_a_queue_in_the_socket(n: u64, len: u32) -> usize {
+    let size = n as usize * len as usize;
+    let dev = Arc::new(PassProbe::new(MemDevice::new("m", size)));
+    let request_bytes = writes(n, len);
+    let (mut c, _stats, _stop, _task) = serve_device(
+        dev.clone(),
+        false,
+        PayloadBudget::default(),
+        2 * request_bytes.len(),
+    )
+    .await;
+    // One write into a pipe with room for all of it: it does not yield, so the server's task
+    // (on this test's single thread) starts only once every request is in the pipe.
+    c.write_all(&request_bytes).await.unwrap();
+    let mut answered: Vec<u64> = Vec::new();
+    for _ in 0..n {
+        let (e, cookie) = simple(&mut c).await;
+        assert_eq!(e, 0);
+        answered.push(cookie);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (0..n).collect::<Vec<_>>());
+    for i in 0..n {
+        let got = dev.inner.read(i * u64::from(len), len).await.unwrap();
+        assert!(got.iter().all(|&b| b == i as u8 + 1), "write {i} landed");
+    }
+    dev.largest_pass.load(Relaxed)
+}
+
+#[tokio::test]
+async fn a_queue_read_at_once_goes_to_the_disk_in_batches() {
+    // 32 small writes: submitted a batch's worth at a time while the rest are read, not all
+    // 32 after the last one is read (the disk idled meanwhile), and not one by one either.
+    let largest = largest_pass_for_a_queue_in_the_socket(32, 4096).await;
+    assert!(
+        (2..=NBD_SUBMIT_BATCH_REQUESTS_MAX).contains(&largest),
+        "{largest} writes in one submission (batches of 2..={NBD_SUBMIT_BATCH_REQUESTS_MAX} expected)"
+    );
 }
 
 #[tokio::test]

@@ -131,13 +131,13 @@ pub trait BlockDevice: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), VolumeError>> + Send;
 }
 
-/// Check `offset + len` against `size` without overflow.
 /// Whether `b` is all zero bytes (64 bytes at a time: the compiler vectorises the OR). Zero
 /// data is what need not cross the wire (resync) or be stored (streams).
 pub fn is_zero(b: &[u8]) -> bool {
     b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
+/// Check `offset + len` against `size` without overflow.
 pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), VolumeError> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),

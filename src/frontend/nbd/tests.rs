@@ -513,15 +513,15 @@ proptest! {
 
 // ---------- transmission ----------
 
-async fn serve_pipe(
-    dev: Arc<MemDevice>,
-    structured: bool,
-) -> (
+/// The client's end of a served pipe, the connection's stats, its stop signal and its task.
+type Served = (
     DuplexStream,
     Arc<NbdStats>,
     watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<End>>,
-) {
+);
+
+async fn serve_pipe(dev: Arc<MemDevice>, structured: bool) -> Served {
     serve_pipe_sharing(dev, structured, PayloadBudget::default()).await
 }
 
@@ -529,12 +529,7 @@ async fn serve_pipe_sharing(
     dev: Arc<MemDevice>,
     structured: bool,
     budget: PayloadBudget,
-) -> (
-    DuplexStream,
-    Arc<NbdStats>,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<std::io::Result<End>>,
-) {
+) -> Served {
     serve_device(dev, structured, budget, 1 << 20).await
 }
 
@@ -544,12 +539,7 @@ async fn serve_device<D: BlockDevice>(
     structured: bool,
     budget: PayloadBudget,
     pipe_bytes: usize,
-) -> (
-    DuplexStream,
-    Arc<NbdStats>,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<std::io::Result<End>>,
-) {
+) -> Served {
     let (c, s) = tokio::io::duplex(pipe_bytes);
     let stats = Arc::new(NbdStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);

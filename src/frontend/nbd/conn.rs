@@ -287,6 +287,22 @@ where
     };
 
     loop {
+        // A batch's worth read while the socket still has more: start it before reading on.
+        // Polled until the set is pending: a pass ends at the first request it finds done, and
+        // requests done before the batch was read come first, so one pass could leave the
+        // batch unstarted (and the next pass start it together with the batches read after).
+        // First in the loop: the replies it takes go into the batch written below (taken after
+        // that, with nothing else left to wake this task, they would wait forever).
+        if unsubmitted >= NBD_SUBMIT_BATCH_REQUESTS_MAX {
+            unsubmitted = 0;
+            loop {
+                let poll = poll_fn(|cx| Poll::Ready(dev.batched(|| running.poll_next_unpin(cx))));
+                match poll.await {
+                    Poll::Ready(Some(reply)) => queued.push(reply),
+                    _ => break,
+                }
+            }
+        }
         // Start the next read stage, or dispatch a READ, if the bounds allow it.
         if end.is_none() && read_fut.is_terminated() {
             let fits = |len: u32| bytes + u64::from(len) <= NBD_INFLIGHT_PER_CONNECTION_BYTES_MAX;
@@ -354,14 +370,6 @@ where
         }
         if end.is_some() && running.len() == 1 && queued.is_empty() && write_fut.is_terminated() {
             break;
-        }
-        // A batch's worth read while the socket still has more: start it before reading on.
-        if unsubmitted >= NBD_SUBMIT_BATCH_REQUESTS_MAX {
-            unsubmitted = 0;
-            let poll = poll_fn(|cx| Poll::Ready(dev.batched(|| running.poll_next_unpin(cx))));
-            if let Poll::Ready(Some(reply)) = poll.await {
-                queued.push(reply);
-            }
         }
         if let Some(r) = &ctx.idle {
             r.activity.set_busy(count, r.registry().now_ms());

@@ -711,14 +711,19 @@ struct PassProbe {
     inner: MemDevice,
     in_pass: std::sync::atomic::AtomicUsize,
     largest_pass: std::sync::atomic::AtomicUsize,
+    started: std::sync::atomic::AtomicUsize,
+    /// Writes wait for it to be open before they complete.
+    gate: watch::Receiver<bool>,
 }
 
 impl PassProbe {
-    fn new(inner: MemDevice) -> Self {
+    fn new(inner: MemDevice, gate: watch::Receiver<bool>) -> Self {
         PassProbe {
             inner,
             in_pass: Default::default(),
             largest_pass: Default::default(),
+            started: Default::default(),
+            gate,
         }
     }
 }
@@ -749,9 +754,12 @@ impl BlockDevice for PassProbe {
         // Called in the request's first poll, where a disk write is submitted; pending there,
         // as a disk write is (a write that completes in its first poll would end the pass).
         self.in_pass.fetch_add(1, Relaxed);
+        self.started.fetch_add(1, Relaxed);
         let write = self.inner.write(offset, data, fua);
+        let mut gate = self.gate.clone();
         async move {
             tokio::task::yield_now().await;
+            let _ = gate.wait_for(|open| *open).await;
             write.await
         }
     }
@@ -783,10 +791,11 @@ impl BlockDevice for PassProbe {
     }
 }
 
-/// `n` WRITE requests of `len` bytes each (payload byte = cookie), back to back in one buffer.
-fn writes(n: u64, len: u32) -> Vec<u8> {
+/// WRITE requests `ids` of `len` bytes each at `id * len` (payload byte = id + 1, cookie = id),
+/// back to back in one buffer.
+fn writes(ids: std::ops::Range<u64>, len: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    for i in 0..n {
+    for i in ids {
         let h = RequestHeader {
             flags: 0,
             cmd: CMD_WRITE,
@@ -800,23 +809,32 @@ fn writes(n: u64, len: u32) -> Vec<u8> {
     out
 }
 
-/// Send `n` writes of `len` bytes before the server's task first runs (the whole queue sits in
-/// the socket, as when the client sent it while the server waited for a CPU), read every reply
-/// and the data back; the largest number of writes one pass started.
-async fn largest_pass_for_a_queue_in_the_socket(n: u64, len: u32) -> usize {
-    let size = n as usize * len as usize;
-    let dev = Arc::new(PassProbe::new(MemDevice::new("m", size)));
-    let request_bytes = writes(n, len);
+/// Send `first` writes of `len` bytes, and once the server started them all, `rest` more at
+/// once (one `write_all` into a pipe with room for all of it: it does not yield, so on this
+/// test's single thread the server's task runs only once they all are in the pipe, as when the
+/// client sent a queue while the server waited for a CPU). The first writes complete only
+/// when the rest are sent: their completions are then ready before the rest are read. Reads
+/// every reply and the data back; the largest number of writes one pass started.
+async fn largest_pass(first: u64, rest: u64, len: u32) -> usize {
+    let n = first + rest;
+    let (open, gate) = watch::channel(first == 0);
+    let dev = Arc::new(PassProbe::new(
+        MemDevice::new("m", n as usize * len as usize),
+        gate,
+    ));
     let (mut c, _stats, _stop, _task) = serve_device(
         dev.clone(),
         false,
         PayloadBudget::default(),
-        2 * request_bytes.len(),
+        2 * writes(0..n, len).len(),
     )
     .await;
-    // One write into a pipe with room for all of it: it does not yield, so the server's task
-    // (on this test's single thread) starts only once every request is in the pipe.
-    c.write_all(&request_bytes).await.unwrap();
+    if first > 0 {
+        c.write_all(&writes(0..first, len)).await.unwrap();
+        wait_until(|| dev.started.load(Relaxed) == first as usize).await;
+        open.send(true).unwrap();
+    }
+    c.write_all(&writes(first..n, len)).await.unwrap();
     let mut answered: Vec<u64> = Vec::new();
     for _ in 0..n {
         let (e, cookie) = simple(&mut c).await;
@@ -834,13 +852,47 @@ async fn largest_pass_for_a_queue_in_the_socket(n: u64, len: u32) -> usize {
 
 #[tokio::test]
 async fn a_queue_read_at_once_goes_to_the_disk_in_batches() {
+    let max = NBD_SUBMIT_BATCH_REQUESTS_MAX;
     // 32 small writes: submitted a batch's worth at a time while the rest are read, not all
     // 32 after the last one is read (the disk idled meanwhile), and not one by one either.
-    let largest = largest_pass_for_a_queue_in_the_socket(32, 4096).await;
+    let largest = largest_pass(0, 32, 4096).await;
     assert!(
-        (2..=NBD_SUBMIT_BATCH_REQUESTS_MAX).contains(&largest),
-        "{largest} writes in one submission (batches of 2..={NBD_SUBMIT_BATCH_REQUESTS_MAX} expected)"
+        (2..=max).contains(&largest),
+        "{largest} writes in one submission (batches of 2..={max} expected)"
     );
+    // The same while earlier writes complete: their completions are found first, and must not
+    // leave a batch unstarted until the next one is read.
+    let largest = largest_pass(max as u64, 32, 4096).await;
+    assert!(
+        (2..=max).contains(&largest),
+        "{largest} writes in one submission with completions pending (2..={max} expected)"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_writes_done_at_once_is_answered() {
+    // Exactly one batch, on a device whose writes complete in their first poll: the pass that
+    // starts the batch also finds every write done, and nothing else is left to wake the
+    // connection. Its replies must still go out (a version that took them after choosing what
+    // to write left the client waiting for ever).
+    let n = NBD_SUBMIT_BATCH_REQUESTS_MAX as u64;
+    let dev = Arc::new(MemDevice::new("m", n as usize * 4096));
+    let (mut c, _stats, _stop, _task) = serve_pipe(dev, false).await;
+    c.write_all(&writes(0..n, 4096)).await.unwrap();
+    let answers = async {
+        let mut answered: Vec<u64> = Vec::new();
+        for _ in 0..n {
+            let (e, cookie) = simple(&mut c).await;
+            assert_eq!(e, 0);
+            answered.push(cookie);
+        }
+        answered.sort_unstable();
+        answered
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .expect("every write of the batch answered");
+    assert_eq!(answered, (0..n).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -809,6 +809,18 @@ fn writes(ids: std::ops::Range<u64>, len: u32) -> Vec<u8> {
     out
 }
 
+/// Read `n` simple replies, each a success; their cookies, sorted.
+async fn successes<S: AsyncRead + Unpin>(c: &mut S, n: u64) -> Vec<u64> {
+    let mut answered: Vec<u64> = Vec::new();
+    for _ in 0..n {
+        let (e, cookie) = simple(c).await;
+        assert_eq!(e, 0);
+        answered.push(cookie);
+    }
+    answered.sort_unstable();
+    answered
+}
+
 /// Send `first` writes of `len` bytes, and once the server started them all, `rest` more at
 /// once (one `write_all` into a pipe with room for all of it: it does not yield, so on this
 /// test's single thread the server's task runs only once they all are in the pipe, as when the
@@ -835,14 +847,7 @@ async fn largest_pass(first: u64, rest: u64, len: u32) -> usize {
         open.send(true).unwrap();
     }
     c.write_all(&writes(first..n, len)).await.unwrap();
-    let mut answered: Vec<u64> = Vec::new();
-    for _ in 0..n {
-        let (e, cookie) = simple(&mut c).await;
-        assert_eq!(e, 0);
-        answered.push(cookie);
-    }
-    answered.sort_unstable();
-    assert_eq!(answered, (0..n).collect::<Vec<_>>());
+    assert_eq!(successes(&mut c, n).await, (0..n).collect::<Vec<_>>());
     for i in 0..n {
         let got = dev.inner.read(i * u64::from(len), len).await.unwrap();
         assert!(got.iter().all(|&b| b == i as u8 + 1), "write {i} landed");
@@ -879,17 +884,7 @@ async fn a_batch_of_writes_done_at_once_is_answered() {
     let dev = Arc::new(MemDevice::new("m", n as usize * 4096));
     let (mut c, _stats, _stop, _task) = serve_pipe(dev, false).await;
     c.write_all(&writes(0..n, 4096)).await.unwrap();
-    let answers = async {
-        let mut answered: Vec<u64> = Vec::new();
-        for _ in 0..n {
-            let (e, cookie) = simple(&mut c).await;
-            assert_eq!(e, 0);
-            answered.push(cookie);
-        }
-        answered.sort_unstable();
-        answered
-    };
-    let answered = tokio::time::timeout(Duration::from_secs(30), answers)
+    let answered = tokio::time::timeout(Duration::from_secs(30), successes(&mut c, n))
         .await
         .expect("every write of the batch answered");
     assert_eq!(answered, (0..n).collect::<Vec<_>>());

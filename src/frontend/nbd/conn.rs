@@ -23,11 +23,12 @@
 //! device's [`BlockDevice::batched`] (the io_uring plug: one `io_uring_enter` for the pass, not
 //! one per request). The count and byte bounds below stop the reading, so the requests are
 //! never starved for more than one buffer's worth. A batch is at most
-//! [`NBD_SUBMIT_BATCH_REQUESTS_MAX`] requests: when the socket holds a whole queue (the client sent it while this task waited for a CPU), the first
-//! requests go to the disk while the rest are still being read. Reading all 32 of a queue first
-//! took 75-105 µs after the client's last request, the disk idle meanwhile; with a disk that
-//! completes what it got in one burst the connection then ran in lock-step, the disk idle for
-//! half of each cycle (`scripts/trace-nbd-cycle.sh` shows the steps).
+//! [`NBD_SUBMIT_BATCH_REQUESTS_MAX`] requests: when the socket holds a whole queue (the client
+//! sent it while this task waited for a CPU), the first requests go to the disk while the rest
+//! are still being read. Reading all 32 of a queue first took 85-88 µs after the client's last
+//! request, the disk idle meanwhile; with a disk that completes what it got in one burst the
+//! connection then ran in lock-step, the disk idle for half of each cycle
+//! (`scripts/trace-nbd-cycle.sh` shows the steps).
 //!
 //! Backpressure: a header is read only while fewer than [`NBD_INFLIGHT_PER_CONNECTION_MAX`]
 //! requests are in flight; a WRITE's payload is read, and a READ started, only once its length
@@ -43,7 +44,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::Poll;
 
 use futures::future::{poll_fn, Either, Fuse, FusedFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -295,13 +295,7 @@ where
         // that, with nothing else left to wake this task, they would wait forever).
         if unsubmitted >= NBD_SUBMIT_BATCH_REQUESTS_MAX {
             unsubmitted = 0;
-            loop {
-                let poll = poll_fn(|cx| Poll::Ready(dev.batched(|| running.poll_next_unpin(cx))));
-                match poll.await {
-                    Poll::Ready(Some(reply)) => queued.push(reply),
-                    _ => break,
-                }
-            }
+            take_ready(dev, &mut running, &mut queued);
         }
         // Start the next read stage, or dispatch a READ, if the bounds allow it.
         if end.is_none() && read_fut.is_terminated() {
@@ -454,9 +448,7 @@ where
                 dev.batched(|| running.poll_next_unpin(cx))
             }), if running.len() > 1 => {
                 queued.push(reply);
-                while let Some(Some(reply)) = dev.batched(|| running.next().now_or_never()) {
-                    queued.push(reply);
-                }
+                take_ready(dev, &mut running, &mut queued);
             }
         }
     }
@@ -468,6 +460,19 @@ where
         }
     }
     end.unwrap_or(Ok(End::Stopped))
+}
+
+/// Poll the running requests until none is ready, starting the new ones (their submissions
+/// batched) and queueing every reply that is done. The waker this registers does nothing: the
+/// select loop polls `running` with its own before the task sleeps.
+fn take_ready<D: BlockDevice, F: std::future::Future<Output = Reply>>(
+    dev: &D,
+    running: &mut FuturesUnordered<F>,
+    queued: &mut Vec<Reply>,
+) {
+    while let Some(Some(reply)) = dev.batched(|| running.next().now_or_never()) {
+        queued.push(reply);
+    }
 }
 
 /// Resolves when the export chose this idle connection to make room for a new client.

@@ -54,10 +54,7 @@ def analyse(setup, path, server, client):
     on_cpu = {"server": 0.0, "client": 0.0}
     since = {}  # tid -> when it was switched in
     switch = re.compile(r"prev_pid=(\d+).*next_pid=(\d+)")
-    t_first = t_last = None
     for t, tid, ev, rest in parse(path):
-        t_first = t if t_first is None else t_first
-        t_last = t
         who = "server" if tid in server else "client" if tid in client else None
         if ev == "block:block_rq_issue" and WRITE_RQ.match(rest):
             issue.append((t, sector(rest)))
@@ -78,8 +75,7 @@ def analyse(setup, path, server, client):
                 marks.append((t, who + "_send"))
             elif who == "server" and name in SUBMITS:
                 marks.append((t, "submit"))
-    span = (t_last - t_first) if t_first is not None else 0
-    if not issue or not done or span <= 0:
+    if not issue or not done:
         sys.exit(f"nbd_cycle: {setup}: no disk writes in the trace {path}")
     # Time-weighted depth at the disk: writes matched by sector, so a lost trace event (perf
     # drops some under load) or a write issued before the window does not skew the depth.
@@ -97,6 +93,8 @@ def analyse(setup, path, server, client):
         for old in [k for k, v in at_disk.items() if t - v > STALE_S]:
             del at_disk[old]  # its completion was lost
     window = ev[-1][0] - ev[0][0]
+    if window <= 0:
+        sys.exit(f"nbd_cycle: {setup}: the disk's writes in {path} span no time")
     done = [t for t, _ in done]
     # Completion bursts: completions less than BURST_GAP_S apart.
     sizes, cur, ends = [], 1, []

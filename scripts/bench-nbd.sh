@@ -25,13 +25,20 @@
 # too. --repl shm puts the Secondary's backing file on tmpfs (/dev/shm): memory, so that column
 # shows the replication cost without the Secondary's disk contention. Kernels before 6.6 refuse
 # O_DIRECT on tmpfs and drl falls back to buffered I/O (it logs direct_io=false; the table
-# says which it was).
+# says which it was). Neither file is what a production Secondary writes to: io_uring cannot
+# start a write on tmpfs without blocking, and on ext4 not into the unwritten extents the
+# initial sync's zero ranges (fallocate ZERO_RANGE) leave, so it hands those writes to its
+# io-wq worker threads, which are the daemon's and count in its CPU. --repl loop puts the
+# Secondary on a block device, as Cinder's LVM backend does: a loop device (direct I/O) over a
+# file on the same disk; the loop driver's own work runs in kernel threads, as a real
+# device's runs in its hardware. It needs root and the loop driver (losetup).
 #
 # Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
-#                             [--repl disk,shm|disk|shm|none] [--drl-config FILE --drl-node NAME]
+#                             [--repl disk,shm,loop|...|none] [--drl-config FILE --drl-node NAME]
 #                             [--aa] [--no-null] [--cpu] [--keep]
 #   --repl LIST  replicated columns: disk (the Secondary's backing file next to the Primary's),
-#                shm (the Secondary's backing file on tmpfs, SHM_DIR); default disk,shm. Each is a fresh
+#                shm (the Secondary's backing file on tmpfs, SHM_DIR), loop (the Secondary on a
+#                loop block device over a file next to the Primary's); default disk,shm. Each is a fresh
 #                pair on zeroed files: `drl primary r0 --force` and the initial sync (zero
 #                ranges, headers only) finish before anything is measured.
 #   --no-null    skip the transport ceiling columns (drl null: `drl serve-null`; qsd null-co)
@@ -58,7 +65,7 @@
 #   BENCH_DIR=dir     parent of the temp dir (default: <repo>/target; must allow O_DIRECT, so no tmpfs)
 #   OUT_DIR=dir       where results go (default: <repo>/bench-results)
 #   KEEP=1            keep the temp dir (backing files, logs, raw fio JSON, lag samples)
-#   PERF_RECORD=col   `perf record -g` every daemon of that column (drl, drlnull, drlrep, drlshm,
+#   PERF_RECORD=col   `perf record -g` every daemon of that column (drl, drlnull, drlrep, drlshm, drlloop,
 #                     qsd, qsdnull) over its first 4 KiB QD 32 run; the reports (by symbol,
 #                     self time) go to OUT_DIR/nbd-<date>-perf-<col>-<daemon|primary|secondary>.txt
 #   QSD_AIO_MODES="io_uring native threads"   aio modes qsd tries, in order (the first it accepts wins)
@@ -119,7 +126,7 @@ repl_kinds=()
 if [ "$repl" != none ] && [ $want_drl = 1 ] && [ "$aa" = 0 ]; then
     IFS=, read -r -a repl_kinds <<<"$repl"
     for k in "${repl_kinds[@]}"; do
-        case $k in disk | shm) ;; *) die "--repl takes disk, shm, both (disk,shm) or none, not $k" ;; esac
+        case $k in disk | shm | loop) ;; *) die "--repl takes a list of disk, shm, loop (e.g. disk,shm) or none, not $k" ;; esac
     done
 fi
 
@@ -265,12 +272,12 @@ start_drl_null() {
 }
 
 # ---- drl replicated pairs -------------------------------------------------------------------
-# start_pair KIND (disk|shm): nodes a (Primary) and b (Secondary) of a fresh pair on zeroed
+# start_pair KIND (disk|shm|loop): nodes a (Primary) and b (Secondary) of a fresh pair on zeroed
 # files, connected over 127.0.0.1; `primary r0 --force` on a, then wait for the initial sync.
 # Sets pair_uri[KIND], pair_ctl[KIND] (a's control socket), pair_pids[KIND], pair_files[KIND].
 declare -A pair_uri pair_ctl pair_pids pair_files pair_secfs pair_secdio
 start_pair() {
-    local kind=$1 d=$dir/pair-$1 secdir pa pb cfg pid_a pid_b t0
+    local kind=$1 d=$dir/pair-$1 secdir secdisk pa pb cfg pid_a pid_b t0
     ensure_drl_bin
     mkdir -p "$d"
     if [ "$kind" = shm ]; then
@@ -283,6 +290,14 @@ start_pair() {
     pair_secfs[$kind]=$(stat -f -c %T "$secdir")
     make_backing "$d/a.img"
     make_backing "$secdir/b.img"
+    secdisk=$secdir/b.img
+    if [ "$kind" = loop ]; then
+        need_cmd losetup mount
+        secdisk=$(losetup --find --show --direct-io=on "$secdir/b.img" 2>"$d/losetup.err") ||
+            die "--repl loop needs a loop device (root and the loop driver): losetup: $(cat "$d/losetup.err")"
+        on_exit "losetup -d '$secdisk'"
+        pair_secfs[$kind]="a loop device ($secdisk, direct I/O) over a file on ${pair_secfs[$kind]}"
+    fi
     pa=$(free_port)
     pb=$(free_port)
     [ "$pa" != "$pb" ] || pb=$(free_port)
@@ -295,7 +310,7 @@ start_pair() {
         '[[resource]]' 'name = "r0"' "size = \"$size_bytes\"" 'secret = "bench-nbd"' '' \
         '[resource.on.a]' "address = \"127.0.0.1:$pa\"" "disk = \"$d/a.img\"" \
         "meta = \"$d/a.meta\"" "nbd = \"$d/a.nbd\"" '' \
-        '[resource.on.b]' "address = \"127.0.0.1:$pb\"" "disk = \"$secdir/b.img\"" \
+        '[resource.on.b]' "address = \"127.0.0.1:$pb\"" "disk = \"$secdisk\"" \
         "meta = \"$d/b.meta\"" >"$cfg"
     start_bg "drl Secondary b ($kind)" "$d/b.log" "$DRL_BIN" daemon --config "$cfg" --node b
     pid_b=$BG_PID
@@ -314,10 +329,10 @@ start_pair() {
     pair_uri[$kind]="nbd+unix:///r0?socket=$d/a.nbd"
     pair_ctl[$kind]=$d/a.sock
     pair_pids[$kind]="$pid_a $pid_b"
-    pair_files[$kind]="$d/a.img $secdir/b.img"
+    pair_files[$kind]="$d/a.img $secdisk"
 }
-engine_of_kind() { case $1 in disk) echo drlrep ;; shm) echo drlshm ;; esac; }
-kind_of_engine() { case $1 in drlrep) echo disk ;; drlshm) echo shm ;; *) echo "" ;; esac; }
+engine_of_kind() { case $1 in disk) echo drlrep ;; shm) echo drlshm ;; loop) echo drlloop ;; esac; }
+kind_of_engine() { case $1 in drlrep) echo disk ;; drlshm) echo shm ;; drlloop) echo loop ;; *) echo "" ;; esac; }
 
 # The daemon pid(s) of each column, for --cpu (a replicated column: Primary, then Secondary).
 declare -A pid_of
@@ -486,14 +501,15 @@ if "$null" == "1" and "$aa" == "0":
     meta["null columns"] = "the transport ceiling: drl serve-null (drl's NBD server, writes discarded) and qsd's NBD server over null-co (read-zeroes=on)"
 
 kinds = "${repl_kinds[*]}".split()
-secfs = {"disk": "${pair_secfs[disk]:-}", "shm": "${pair_secfs[shm]:-}"}
-secdio = {"disk": "${pair_secdio[disk]:-}", "shm": "${pair_secdio[shm]:-}"}
+secfs = {"disk": "${pair_secfs[disk]:-}", "shm": "${pair_secfs[shm]:-}", "loop": "${pair_secfs[loop]:-}"}
+secdio = {"disk": "${pair_secdio[disk]:-}", "shm": "${pair_secdio[shm]:-}", "loop": "${pair_secdio[loop]:-}"}
+col_name = {"disk": "drl repl", "shm": "drl repl tmpfs", "loop": "drl repl loop"}
 if kinds:
     meta["replicated"] = (
         "a fresh pair per column (initial sync done before measuring), Primary a -> Secondary b,"
         " protocol A over 127.0.0.1 TCP, both daemons on this host; "
         + "; ".join(
-            f"{'drl repl' if k == 'disk' else 'drl repl tmpfs'}: Secondary's file on {secfs[k]}"
+            f"{col_name[k]}: Secondary's {'disk is' if k == 'loop' else 'file on'} {secfs[k]}"
             + (" (same disk as the Primary)" if k == "disk" else "")
             + (", O_DIRECT" if secdio[k] == "true" else ", O_DIRECT refused: buffered fallback" if secdio[k] == "false" else "")
             for k in kinds))

@@ -5,7 +5,8 @@ Usage: bench_nbd_table.py RAW_DIR META_JSON OUT_MD OUT_CSV
 
 RAW_DIR holds one fio --output-format=json file per run, named ENGINE__ROW__REP.json, where
 ENGINE is drl (unreplicated), drlrep (replicating; the Secondary's file on the same disk),
-drlshm (replicating; the Secondary's file on tmpfs), qsd, or the transport ceiling: drlnull (drl's
+drlshm (replicating; the Secondary's file on tmpfs), drlloop (replicating; the Secondary on a loop
+block device), qsd, or the transport ceiling: drlnull (drl's
 NBD server over its null volume) and qsdnull (qsd over null-co). A replicated run also has
 ENGINE__ROW__REP.lag (lines "t_ms lag_ms send_queue_bytes out_of_sync_bytes", sampled on the
 Primary during the run) and ENGINE__ROW__REP.drain (seconds until the Secondary caught up after
@@ -29,16 +30,17 @@ ROWS = [
     ("randwrite-4k-qd1", "4 KiB random write, QD 1"),
     ("write-1m-qd16", "1 MiB sequential write, QD 16"),
 ]
-ENGINES = ("drl", "drlrep", "drlshm", "qsd", "drlnull", "qsdnull")
+ENGINES = ("drl", "drlrep", "drlshm", "drlloop", "qsd", "drlnull", "qsdnull")
 LABEL = {
     "drl": "drl",
     "drlrep": "drl repl",
     "drlshm": "drl repl (Secondary on tmpfs)",
+    "drlloop": "drl repl (Secondary on a loop device)",
     "qsd": "qsd",
     "drlnull": "drl null",
     "qsdnull": "qsd null-co",
 }
-REPLICATED = ("drlrep", "drlshm")
+REPLICATED = ("drlrep", "drlshm", "drlloop")
 # perf stat events of --counts, summed into these columns (per I/O).
 COUNT_KEY = {
     "raw_syscalls:sys_enter": "syscalls",

@@ -157,8 +157,12 @@ impl Replicator {
     }
 
     /// The bitmaps of volumes 1.. ([`crate::repl::core::Ctx::group_bitmaps`]).
+    /// Called for every step of the session (every frame and completion): it reads the
+    /// volumes under the lock rather than cloning the list first, so a one-volume resource
+    /// allocates nothing here.
     pub(crate) fn group_bitmaps(&self) -> Vec<Arc<DirtyBitmap>> {
-        self.vols()[1..].iter().map(|v| v.bitmap.clone()).collect()
+        let vols = self.vols.read().unwrap_or_else(|p| p.into_inner());
+        vols[1..].iter().map(|v| v.bitmap.clone()).collect()
     }
 
     /// The volume of an offset in the group's address space ([`VolumeId::of_group_offset`]):

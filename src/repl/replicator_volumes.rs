@@ -61,14 +61,20 @@ impl VolumeParts {
 }
 
 impl Replicator {
+    /// The volume list, read-locked (a poisoned lock still holds a consistent list: volumes
+    /// are only ever appended).
+    fn vols_locked(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<VolumeParts>>> {
+        self.vols.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Every volume's parts, in number order (a snapshot: `drl adjust` may add one later).
     pub(crate) fn vols(&self) -> Vec<Arc<VolumeParts>> {
-        self.vols.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.vols_locked().clone()
     }
 
     /// Volume `v`'s parts (volume 0 for a one-volume resource).
     pub(crate) fn vol(&self, v: VolumeId) -> Result<Arc<VolumeParts>, VolumeError> {
-        let vols = self.vols.read().unwrap_or_else(|p| p.into_inner());
+        let vols = self.vols_locked();
         vols.get(usize::from(v.0))
             .cloned()
             .ok_or_else(|| VolumeError::Io {
@@ -84,7 +90,7 @@ impl Replicator {
 
     /// The number of volumes on this node.
     pub fn volume_count(&self) -> usize {
-        self.vols.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.vols_locked().len()
     }
 
     /// A volume added at run time (`drl adjust`, issue 15): the next number, its parts opened
@@ -157,12 +163,15 @@ impl Replicator {
     }
 
     /// The bitmaps of volumes 1.. ([`crate::repl::core::Ctx::group_bitmaps`]).
+    ///
     /// Called for every step of the session (every frame and completion): it reads the
     /// volumes under the lock rather than cloning the list first, so a one-volume resource
     /// allocates nothing here.
     pub(crate) fn group_bitmaps(&self) -> Vec<Arc<DirtyBitmap>> {
-        let vols = self.vols.read().unwrap_or_else(|p| p.into_inner());
-        vols[1..].iter().map(|v| v.bitmap.clone()).collect()
+        self.vols_locked()[1..]
+            .iter()
+            .map(|v| v.bitmap.clone())
+            .collect()
     }
 
     /// The volume of an offset in the group's address space ([`VolumeId::of_group_offset`]):

@@ -827,3 +827,112 @@ async fn serve_null_discards_writes_and_reads_zeroes() {
         .unwrap();
     assert!(status.success(), "drl serve-null exited with {status}");
 }
+
+/// A runtime of its own on a thread of its own, like one of the daemon's shards.
+fn shard_thread() -> (
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let _ = stopped.await;
+        })
+    });
+    (handle, stop, t)
+}
+
+/// One 4 KiB write and its read-back on a raw connection in transmission.
+async fn raw_roundtrip(s: &mut UnixStream, offset: u64, fill: u8) {
+    raw_req(s, CMD_WRITE, 0, 1, offset, 4096).await;
+    s.write_all(&[fill; 4096]).await.unwrap();
+    assert_eq!(raw_simple(s).await, (0, 1));
+    raw_req(s, CMD_READ, 0, 2, offset, 4096).await;
+    assert_eq!(raw_simple(s).await, (0, 2));
+    let mut back = vec![0u8; 4096];
+    s.read_exact(&mut back).await.unwrap();
+    assert!(back.iter().all(|b| *b == fill));
+}
+
+/// `set_shards` (the daemon's shards): the first client stays on the accept loop's runtime,
+/// the next goes to the shard serving fewer of the export's connections and works there
+/// (moved off one reactor onto another), a closed connection gives its place back, and a
+/// multi-conn nbdcopy spread over both arrives byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_the_shards() {
+    let (other, stop, thread) = shard_thread();
+    let size = 16 * MIB;
+    let here = tokio::runtime::Handle::current();
+    let srv = start_with(MemDevice::new("m", size), false, |s| {
+        s.set_shards(vec![here, other.clone()])
+    })
+    .await;
+    let path = srv.socket();
+    let on_other = || other.metrics().num_alive_tasks();
+
+    let mut first = raw_go(&path, false).await.unwrap();
+    raw_roundtrip(&mut first, 0, 0x11).await;
+    assert_eq!(
+        on_other(),
+        0,
+        "one client is served on the accept loop's runtime"
+    );
+
+    let mut second = raw_go(&path, false).await.unwrap();
+    assert_eq!(on_other(), 1, "the second client went to the other shard");
+    raw_roundtrip(&mut second, 4096, 0x22).await;
+    drop(second);
+    for _ in 0..500 {
+        if on_other() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        on_other(),
+        0,
+        "the closed connection's task ended on its shard"
+    );
+
+    let mut third = raw_go(&path, false).await.unwrap();
+    assert_eq!(on_other(), 1, "the freed place is taken again");
+    raw_roundtrip(&mut third, 8192, 0x33).await;
+    let d = srv.dev.contents();
+    assert!(d[..4096].iter().all(|b| *b == 0x11));
+    assert!(d[4096..8192].iter().all(|b| *b == 0x22));
+    assert!(d[8192..12288].iter().all(|b| *b == 0x33));
+    drop((first, third));
+
+    if have("nbdcopy") {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in.img");
+        let data = pattern(size, 0x5eed);
+        std::fs::write(&src, &data).unwrap();
+        let uri = srv.uri("vol");
+        run(
+            "nbdcopy",
+            &[
+                "--connections=4",
+                "--threads=4",
+                src.to_str().unwrap(),
+                &uri,
+            ],
+        )
+        .await;
+        assert!(
+            srv.dev.contents() == data,
+            "device differs from the copied file"
+        );
+    } else {
+        eprintln!("SKIP (part): `nbdcopy` is not installed");
+    }
+    srv.shutdown().await;
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+}

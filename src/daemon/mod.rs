@@ -30,6 +30,7 @@ mod rpc_stream;
 mod rpo;
 mod schedule;
 pub mod sd_notify;
+pub(crate) mod shards;
 mod updown;
 
 pub use null::{serve_null, NullServeError};
@@ -64,6 +65,8 @@ pub struct Node {
     shutdown: watch::Receiver<bool>,
     /// One `up`, `down`, `resize` or `adjust` at a time.
     lifecycle: tokio::sync::Mutex<()>,
+    /// The data path's threads; each resource has a home among them (`shards.rs`).
+    shards: Arc<shards::Shards>,
 }
 
 impl Node {
@@ -116,14 +119,21 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             return Exit::Usage;
         }
     };
-    let rt = match runtime(cfg.worker_threads) {
-        Ok(rt) => rt,
+    let (rt, shards) = match runtime(cfg.worker_threads).and_then(|rt| {
+        let shards = shards::Shards::start(shard_count(cfg.worker_threads))?;
+        Ok((rt, Arc::new(shards)))
+    }) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
             return Exit::Failed;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let ran = rt.block_on(run(cfg, shards.clone()));
+    // The control runtime first (its tasks may hold a resource's handles), then the shards.
+    drop(rt);
+    shards.stop();
+    match ran {
         Ok(()) => Exit::Ok,
         Err(e) => {
             error!("{e}");
@@ -131,6 +141,16 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             Exit::Failed
         }
     }
+}
+
+/// The data path's threads (`shards.rs`): `workers` (`[[node]] worker-threads`), else one per
+/// CPU (or `TOKIO_WORKER_THREADS`, as for the control runtime).
+pub(crate) fn shard_count(workers: Option<usize>) -> usize {
+    workers
+        .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok()?.parse().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The daemon's async runtime (also `drl serve-null`'s, so a benchmark of the null volume
@@ -142,6 +162,24 @@ pub(crate) fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime:
         b.worker_threads(n);
     }
     b.enable_all().thread_name("drl-worker").build()
+}
+
+/// Open resource `rc` on the next shard, its home from now on (`shards.rs`): its disks'
+/// completions are reaped there and its tasks run there.
+async fn open_on_shard(
+    shards: &shards::Shards,
+    rc: &config::ResourceConfig,
+    node: &str,
+    events: &EventBus,
+    claimed: Claimed,
+    shaping: &crate::shaping::NodeShaping,
+) -> Result<Arc<Resource>, resource::ResourceError> {
+    let mut place = shards.from(shards.pick());
+    let home = place.remove(0);
+    let (rc, node, events, shaping) =
+        (rc.clone(), node.to_owned(), events.clone(), shaping.clone());
+    let open = async move { Resource::open(&rc, &node, events, claimed, &shaping, place).await };
+    shards::run_on(&home, open).await.map(Arc::new)
 }
 
 /// Errors that stop the daemon from starting or make it exit.
@@ -168,7 +206,7 @@ pub enum DaemonError {
 }
 
 /// Run the node until SIGTERM/SIGINT.
-pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
+pub(crate) async fn run(cfg: NodeConfig, shards: Arc<shards::Shards>) -> Result<(), DaemonError> {
     // Signals first: a SIGTERM during the start (or a SIGHUP at any time) must never meet
     // the default action, which kills the process without a word or a drain.
     let mut signals = Signals::install().map_err(DaemonError::Signal)?;
@@ -190,13 +228,13 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         );
     }
     for (rc, claimed) in cfg.resources.iter().zip(claims) {
-        let r = Resource::open(rc, &cfg.node, events.clone(), claimed, &shaping)
+        let r = open_on_shard(&shards, rc, &cfg.node, &events, claimed, &shaping)
             .await
             .map_err(|source| DaemonError::Resource {
                 name: rc.name.clone(),
                 source,
             })?;
-        resources.push(Arc::new(r));
+        resources.push(r);
     }
     let jobs = jobs::Jobs::new(events.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -224,6 +262,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         nbd_budget: crate::frontend::nbd::PayloadBudget::default(),
         shutdown: shutdown_rx.clone(),
         lifecycle: tokio::sync::Mutex::new(()),
+        shards: shards.clone(),
     });
 
     for r in node.resources() {
@@ -273,7 +312,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let count = node.resources().len();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(node = %cfg.node, resources = count, socket = %cfg.control_socket.display(),
-        worker_threads = workers, "drl daemon ready");
+        worker_threads = workers, shards = shards.len(), "drl daemon ready");
     sd_notify::ready(&format!("{count} resources"));
     if let Some(every) = sd_notify::watchdog_interval() {
         tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));

@@ -1,5 +1,5 @@
 //! The null volume served over NBD (`drl serve-null`, benchmarks only): drl's NBD server on the
-//! daemon's own runtime over [`NullDevice`], which discards every write and reads back zeroes.
+//! daemon's own threads (a home shard, `shards.rs`) over [`NullDevice`], which discards every write and reads back zeroes.
 //! No config, disk or metadata. The command line parses the arguments; this wires the parts.
 
 use std::sync::Arc;
@@ -30,18 +30,24 @@ pub fn serve_null(
     let failed =
         |what: &str, e: &dyn std::fmt::Display| NullServeError::Failed(format!("{what}{e}"));
     let rt = super::runtime(workers).map_err(|e| failed("cannot start the async runtime: ", &e))?;
+    // The daemon's threading: the export's home is a shard, its connections spread from there.
+    let shards = super::shards::Shards::start(super::shard_count(workers))
+        .map_err(|e| failed("cannot start the async runtime: ", &e))?;
     let export = ExportConfig {
         name: name.to_string(),
         description: "drl null volume (benchmarks only: writes are discarded, reads are zeroes)"
             .into(),
     };
     let dev = Arc::new(NullDevice::new(name, size_bytes));
-    rt.block_on(async move {
-        let server = NbdServer::bind(listen, export, dev)
+    let place = shards.from(shards.pick());
+    let served = rt.block_on(async move {
+        let home = place[0].clone();
+        let mut server = super::shards::run_on(&home, NbdServer::bind(listen, export, dev))
             .await
             .map_err(|e| failed("", &e))?;
+        server.set_shards(place);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(server.run(stop_rx));
+        let task = home.spawn(server.run(stop_rx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| failed("signal handler: ", &e))?;
         tokio::select! {
@@ -53,5 +59,8 @@ pub fn serve_null(
             Ok(r) => r.map_err(|e| failed("", &e)),
             Err(e) => Err(failed("", &e)),
         }
-    })
+    });
+    drop(rt);
+    shards.stop();
+    served
 }

@@ -101,6 +101,9 @@ pub struct Resource {
     /// shutdown, or `drl down` of this resource alone.
     stop: watch::Sender<bool>,
     tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// The runtimes this resource's tasks run on (`shards.rs`): its home first (the runtime
+    /// it was opened on), then the other shards its exports' connections may spread to.
+    shards: Vec<tokio::runtime::Handle>,
 }
 
 /// A resource's files, checked and locked, before anything was created or changed.
@@ -165,13 +168,15 @@ impl Resource {
     /// Open the disk (creating a missing file sparse) and the metadata (creating a missing one,
     /// refusing a corrupt one), and record that the resource is in use (clean flag cleared).
     /// `claimed` was taken for `cfg` first, for every resource of the start, so a refused start
-    /// changed nothing.
+    /// changed nothing. The resource's home is the runtime this runs on; `more_shards` are the
+    /// other runtimes its NBD connections may run on (`shards.rs`).
     pub async fn open(
         cfg: &ResourceConfig,
         node: &str,
         events: EventBus,
         claimed: Claimed,
         shaping: &crate::shaping::NodeShaping,
+        more_shards: Vec<tokio::runtime::Handle>,
     ) -> Result<Resource, ResourceError> {
         let Claimed { mut claim, plans } = claimed;
         let mut opened = Vec::with_capacity(plans.len());
@@ -236,6 +241,9 @@ impl Resource {
             claim: Mutex::new(Some(claim)),
             stop: watch::channel(false).0,
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+            shards: std::iter::once(tokio::runtime::Handle::current())
+                .chain(more_shards)
+                .collect(),
         })
     }
 
@@ -371,28 +379,31 @@ impl Resource {
     ) -> Result<(), ResourceError> {
         let mut tasks = self.tasks.lock().await;
         let stopped = self.stop.subscribe();
+        let home = self.home();
         {
             // The daemon's shutdown stops this resource too.
             let (stop, mut mine) = (self.stop.clone(), self.stop.subscribe());
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => { let _ = stop.send(true); }
-                    _ = mine.wait_for(|s| *s) => {}
-                }
-            });
+            tasks.spawn_on(
+                async move {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => { let _ = stop.send(true); }
+                        _ = mine.wait_for(|s| *s) => {}
+                    }
+                },
+                home,
+            );
         }
         if let Some(r) = &self.repl {
-            tasks.spawn(crate::repl::service::run(r.clone(), stopped.clone()));
-            tasks.spawn(crate::repl::service::persist_loop(
-                r.clone(),
-                std::time::Duration::from_millis(limits::REPL_BITMAP_PERSIST_MS),
-                stopped.clone(),
-            ));
-            tasks.spawn(super::progress::run(
-                r.clone(),
-                self.events.clone(),
-                stopped.clone(),
-            ));
+            tasks.spawn_on(crate::repl::service::run(r.clone(), stopped.clone()), home);
+            let every = std::time::Duration::from_millis(limits::REPL_BITMAP_PERSIST_MS);
+            tasks.spawn_on(
+                crate::repl::service::persist_loop(r.clone(), every, stopped.clone()),
+                home,
+            );
+            tasks.spawn_on(
+                super::progress::run(r.clone(), self.events.clone(), stopped.clone()),
+                home,
+            );
         }
         // One export per volume that has an `nbd` endpoint.
         *self.nbd_budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(nbd_budget.clone());
@@ -428,18 +439,28 @@ impl Resource {
             ),
         };
         let export = ExportConfig { name, description };
-        let mut server = NbdServer::bind(listen, export, v.dev.clone()).await?;
+        // Bound on the home shard, so its accept loop's wake-ups stay there.
+        let dev = v.dev.clone();
+        let mut server =
+            super::shards::run_on(self.home(), NbdServer::bind(listen, export, dev)).await?;
         server.set_payload_budget(nbd_budget.clone());
+        server.set_shards(self.shards.clone());
         *v.nbd_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.stats());
         let (name, stopped) = (self.cfg.name.clone(), self.stop.subscribe());
         let number = v.number;
-        tasks.spawn(async move {
+        let run = async move {
             if let Err(e) = server.run(stopped).await {
                 tracing::error!(resource = %name, volume = number, "NBD export stopped: {e}");
             }
-        });
+        };
+        tasks.spawn_on(run, self.home());
         info!(resource = %self.cfg.name, volume = v.number, endpoint = %ep, uri = %ep.uri(), "NBD export listening");
         Ok(())
+    }
+
+    /// The runtime this resource's tasks run on (`shards.rs`).
+    pub fn home(&self) -> &tokio::runtime::Handle {
+        &self.shards[0]
     }
 
     /// Tell the resource's tasks to stop and wait for them: the NBD export stops accepting

@@ -52,6 +52,8 @@ impl Resource {
             .await;
             *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
             let mut o = opened?;
+            // Opened on the control runtime: its completions belong on the resource's home.
+            o.disk.set_home(self.home().clone());
             let vol = VolumeId(number as u16);
             if let (Some(repl), Some(a)) = (&self.repl, o.attached.take()) {
                 // Every block out of sync, on disk before the volume is used: a crash or a

@@ -82,17 +82,16 @@ pub(super) async fn up_locked(node: &Node, rc: &ResourceConfig) -> Result<(), Li
         source,
     };
     let claimed = super::Claimed::take(rc).map_err(open_err)?;
-    let r = Arc::new(
-        Resource::open(
-            rc,
-            &node.config.node,
-            node.events.clone(),
-            claimed,
-            &node.shaping,
-        )
-        .await
-        .map_err(open_err)?,
-    );
+    let r = super::open_on_shard(
+        &node.shards,
+        rc,
+        &node.config.node,
+        &node.events,
+        claimed,
+        &node.shaping,
+    )
+    .await
+    .map_err(open_err)?;
     // Before the export starts: the fence must stand in front of the first write.
     if let Some(d) = &node.detect {
         r.protect(d);

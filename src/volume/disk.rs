@@ -104,6 +104,11 @@ impl Disk {
             },
         )
         .map_err(io("starting the io_uring engine"))?;
+        // Completions are reaped on the runtime that opens the disk (a daemon's resource opens
+        // it on its home shard), whichever runtime submits.
+        if let Ok(home) = tokio::runtime::Handle::try_current() {
+            engine.set_home(home);
+        }
         Ok(Disk {
             name: name.to_owned(),
             size: AtomicU64::new(size),
@@ -123,6 +128,12 @@ impl Disk {
 
     pub fn stats(&self) -> Arc<DiskStats> {
         self.stats.clone()
+    }
+
+    /// Reap this disk's completions on `home`'s runtime from now on (see
+    /// [`Engine::set_home`]).
+    pub fn set_home(&self, home: tokio::runtime::Handle) {
+        self.engine.set_home(home);
     }
 
     pub fn direct_io(&self) -> bool {

@@ -10,8 +10,9 @@
 //! share a syscall, an idle engine costs one syscall per operation and no thread hand-off).
 //!
 //! Completions: the ring fd is registered with tokio (`AsyncFd`, readable when CQEs are
-//! pending). A small reaper task per engine (spawned on the caller's runtime at the first
-//! operation, and again if that runtime went away) reaps every CQE when the fd turns readable,
+//! pending). A small reaper task per engine (spawned at the first operation on the engine's
+//! home runtime, [`Engine::set_home`], or else on the caller's; again if that runtime went
+//! away) reaps every CQE when the fd turns readable,
 //! moves the result into the slot and wakes the waiting future. A waiting future also reaps on
 //! each poll, so a completion that is already there is taken without waiting for the reaper.
 //! The kernel posts a completion through task work on the submitting thread, which is a tokio
@@ -227,6 +228,13 @@ impl Engine {
     /// slot would wait for completions of SQEs the plug holds back.
     pub fn plug(&self) -> Plug<'_> {
         self.inner.core.plug()
+    }
+
+    /// Run the engine's completion reaper on `home`'s runtime from now on, whichever runtime
+    /// submits (the daemon's shard that owns the disk; see the module doc). A reaper already
+    /// running stays where it is. If `home` has shut down, the submitter's runtime is used.
+    pub fn set_home(&self, home: tokio::runtime::Handle) {
+        self.inner.core.set_home(home);
     }
 
     /// Submit one operation and wait for its completion.

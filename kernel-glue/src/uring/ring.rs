@@ -66,6 +66,8 @@ struct State {
     /// A thread is in `io_uring_enter` submitting; others only push (combining).
     submitting: bool,
     reaper: Option<Arc<ReaperCtl>>,
+    /// Where the next reaper runs ([`Core::set_home`]); None: the submitter's runtime.
+    home: Option<tokio::runtime::Handle>,
     blk_jobs: Vec<JoinHandle<()>>,
 }
 
@@ -155,6 +157,7 @@ impl Core {
                 in_kernel: 0,
                 submitting: false,
                 reaper: None,
+                home: None,
                 blk_jobs: Vec::new(),
             }),
             permits: Arc::new(Semaphore::new(qd)),
@@ -256,25 +259,50 @@ impl Core {
         self.reap_locked(&mut st);
     }
 
-    /// Start a reaper task on the current tokio runtime unless one is alive.
+    /// Run the reaper tasks started from now on on `home`'s runtime, whichever runtime submits
+    /// (one already running stays where it is).
+    pub(super) fn set_home(&self, home: tokio::runtime::Handle) {
+        self.lock().home = Some(home);
+    }
+
+    /// Start a reaper task unless one is alive: on the engine's home runtime if it has one (and
+    /// it still runs), else on the submitter's.
     fn ensure_reaper(self: &Arc<Self>, st: &mut State) -> io::Result<()> {
         if let Some(r) = &st.reaper {
             if r.alive.load(Ordering::Acquire) {
                 return Ok(());
             }
         }
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-            io::Error::other(format!(
-                "engine {}: not in a tokio runtime: {e}",
-                self.shared.name
-            ))
-        })?;
-        let fd: OwnedFd = self.ring_fd_dup()?;
-        let afd = {
+        let current = || {
+            tokio::runtime::Handle::try_current().map_err(|e| {
+                io::Error::other(format!(
+                    "engine {}: not in a tokio runtime: {e}",
+                    self.shared.name
+                ))
+            })
+        };
+        let register = |handle: &tokio::runtime::Handle| -> io::Result<AsyncFd<OwnedFd>> {
+            let fd: OwnedFd = self.ring_fd_dup()?;
             let _enter = handle.enter();
             // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open, names the same
             // file description and is returned unchanged by as_raw_fd until the AsyncFd drops.
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? }
+            Ok(unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? })
+        };
+        let (handle, afd) = match st.home.clone() {
+            // A home whose runtime has shut down refuses the registration: use the caller's.
+            Some(h) => match register(&h) {
+                Ok(afd) => (h, afd),
+                Err(_) => {
+                    let h = current()?;
+                    let afd = register(&h)?;
+                    (h, afd)
+                }
+            },
+            None => {
+                let h = current()?;
+                let afd = register(&h)?;
+                (h, afd)
+            }
         };
         let ctl = Arc::new(ReaperCtl {
             alive: AtomicBool::new(true),

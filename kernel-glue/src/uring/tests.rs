@@ -629,3 +629,69 @@ fn plugged_passes_on_many_threads_with_abandoned_operations() {
         );
     }
 }
+
+/// A runtime of its own on a thread of its own, like a daemon's shard; `stop` ends it.
+fn runtime_on_a_thread() -> (
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let _ = stopped.await;
+        })
+    });
+    (handle, stop, t)
+}
+
+/// `set_home`: the reaper runs on the home runtime whichever runtime submits; once home is
+/// gone, the next operation starts a reaper on the submitter's runtime instead of waiting
+/// for one that cannot run.
+#[test]
+fn the_reaper_runs_at_home_and_moves_when_home_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file_in(dir.path(), 1 << 20);
+    let (home, stop, thread) = runtime_on_a_thread();
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = Engine::new(f, cfg("home", 8)).unwrap();
+    e.set_home(home.clone());
+    caller.block_on(async {
+        let (r, _) = e.write_all_at(pattern(4096, 1), 0, 0).await;
+        r.unwrap();
+    });
+    assert_eq!(home.metrics().num_alive_tasks(), 1, "the reaper is at home");
+    assert_eq!(
+        caller.metrics().num_alive_tasks(),
+        0,
+        "and not on the caller's runtime"
+    );
+
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+    caller.block_on(async {
+        for i in 0..4u8 {
+            let (r, _) = e
+                .write_all_at(pattern(4096, i), u64::from(i) * 4096, 0)
+                .await;
+            r.unwrap();
+        }
+        let (r, back) = e.read_exact_at(AlignedBuf::zeroed(4096), 3 * 4096).await;
+        r.unwrap();
+        assert_eq!(&back[..], &pattern(4096, 3)[..]);
+    });
+    assert_eq!(
+        caller.metrics().num_alive_tasks(),
+        1,
+        "a new reaper on the caller's runtime"
+    );
+    e.shutdown();
+}

@@ -52,6 +52,46 @@ pub struct NbdServer<D: BlockDevice> {
     bound: NbdListen,
     shared: Arc<Shared<D>>,
     drain_timeout: Duration,
+    placement: Placement,
+}
+
+/// Where connections run (`daemon/shards.rs`): on the runtime of the accept loop (index 0),
+/// or moved to another shard's runtime when that one serves fewer of this export's
+/// connections. One connection thus stays on the accept loop's thread; a multi-conn client's
+/// connections spread over the shards.
+#[derive(Default)]
+struct Placement {
+    /// Index 0 is the accept loop's own runtime; empty: every connection stays there.
+    shards: Vec<tokio::runtime::Handle>,
+    /// Live connections per shard (same indices).
+    live: Arc<[std::sync::atomic::AtomicUsize]>,
+}
+
+impl Placement {
+    /// The shard serving the fewest connections now, the lowest index of those first.
+    fn choose(&self) -> usize {
+        (0..self.live.len())
+            .min_by_key(|&i| (self.live[i].load(Relaxed), i))
+            .unwrap_or(0)
+    }
+
+    fn seat(&self, i: usize) -> Seat {
+        if let Some(n) = self.live.get(i) {
+            n.fetch_add(1, Relaxed);
+        }
+        Seat(self.live.clone(), i)
+    }
+}
+
+/// A connection's place on a shard; given back when the connection task ends.
+struct Seat(Arc<[std::sync::atomic::AtomicUsize]>, usize);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.get(self.1) {
+            n.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 struct Shared<D> {
@@ -134,6 +174,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 idle: Arc::new(Registry::new(Duration::from_millis(NBD_IDLE_EVICT_MS))),
             }),
             drain_timeout: Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS),
+            placement: Placement::default(),
         })
     }
 
@@ -171,6 +212,17 @@ impl<D: BlockDevice> NbdServer<D> {
         }
     }
 
+    /// Let connections run on `shards` (`daemon/shards.rs`): the first must be the runtime
+    /// [`run`](Self::run) runs on; a new connection goes to the one serving the fewest of this
+    /// export's connections (the first on a tie), so one client stays on the accept loop's
+    /// thread and a multi-conn client spreads. Must be called before `run`.
+    pub fn set_shards(&mut self, shards: Vec<tokio::runtime::Handle>) {
+        self.placement = Placement {
+            live: shards.iter().map(|_| Default::default()).collect(),
+            shards,
+        };
+    }
+
     /// Change how long shutdown waits for in-flight requests (default
     /// [`SHUTDOWN_DRAIN_TIMEOUT_MS`]).
     pub fn set_drain_timeout(&mut self, timeout: Duration) {
@@ -187,6 +239,7 @@ impl<D: BlockDevice> NbdServer<D> {
             bound,
             shared,
             drain_timeout,
+            placement,
         } = self;
         let conn_slots = Arc::new(Semaphore::new(NBD_CONNECTIONS_PER_EXPORT_MAX));
         let refuse_slots = Arc::new(Semaphore::new(NBD_REFUSED_HANDSHAKES_MAX));
@@ -228,10 +281,7 @@ impl<D: BlockDevice> NbdServer<D> {
                                     } else {
                                         sh.stats.connections_refused.fetch_add(1, Relaxed);
                                     }
-                                    match conn {
-                                        Conn::Unix(s) => serve(s, sh, admission, slot, stop, peer).await,
-                                        Conn::Tcp(s) => serve(s, sh, admission, slot, stop, peer).await,
-                                    }
+                                    serve_conn(conn, sh, admission, slot, stop, peer).await
                                 });
                                 continue;
                             }
@@ -250,13 +300,29 @@ impl<D: BlockDevice> NbdServer<D> {
                                 shared.stats.connections_accepted.fetch_add(1, Relaxed);
                             }
                             let (sh, stop) = (shared.clone(), stop_rx.clone());
-                            match conn {
-                                Conn::Unix(s) => {
-                                    tasks.spawn(serve(s, sh, admission, slot, stop, peer));
+                            let i = placement.choose();
+                            let seat = placement.seat(i);
+                            if i == 0 {
+                                tasks.spawn(async move {
+                                    let _seat = seat;
+                                    serve_conn(conn, sh, admission, slot, stop, peer).await
+                                });
+                                continue;
+                            }
+                            // Off this reactor, registered again with the other shard's there.
+                            match conn.into_std() {
+                                Ok(c) => {
+                                    tasks.spawn_on(async move {
+                                        let _seat = seat;
+                                        match c.into_tokio() {
+                                            Ok(conn) => serve_conn(conn, sh, admission, slot, stop, peer).await,
+                                            Err(e) => crate::warn_rl!(sh.log, peer = %peer, error = %e,
+                                                "NBD connection closed: it could not join its thread's reactor"),
+                                        }
+                                    }, &placement.shards[i]);
                                 }
-                                Conn::Tcp(s) => {
-                                    tasks.spawn(serve(s, sh, admission, slot, stop, peer));
-                                }
+                                Err(e) => crate::warn_rl!(shared.log, peer = %peer, error = %e,
+                                    "NBD connection closed: it could not leave the accept loop's reactor"),
                             }
                         }
                     }
@@ -293,6 +359,46 @@ impl<D: BlockDevice> NbdServer<D> {
 enum Conn {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+}
+
+/// A connection taken off one runtime's reactor, to be registered with another's.
+enum StdConn {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Conn {
+    /// Off this runtime's reactor (a failure, which only deregistration can cause, closes it).
+    fn into_std(self) -> std::io::Result<StdConn> {
+        Ok(match self {
+            Conn::Unix(s) => StdConn::Unix(s.into_std()?),
+            Conn::Tcp(s) => StdConn::Tcp(s.into_std()?),
+        })
+    }
+}
+
+impl StdConn {
+    /// Onto the current runtime's reactor (the socket is still non-blocking).
+    fn into_tokio(self) -> std::io::Result<Conn> {
+        Ok(match self {
+            StdConn::Unix(s) => Conn::Unix(tokio::net::UnixStream::from_std(s)?),
+            StdConn::Tcp(s) => Conn::Tcp(tokio::net::TcpStream::from_std(s)?),
+        })
+    }
+}
+
+async fn serve_conn<D: BlockDevice>(
+    conn: Conn,
+    sh: Arc<Shared<D>>,
+    admission: Admission,
+    slot: OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+    peer: String,
+) {
+    match conn {
+        Conn::Unix(s) => serve(s, sh, admission, slot, stop, peer).await,
+        Conn::Tcp(s) => serve(s, sh, admission, slot, stop, peer).await,
+    }
 }
 
 async fn accept(l: &Listener) -> std::io::Result<(Conn, String)> {

@@ -21,8 +21,10 @@ pub struct ServeNullArgs {
     /// Export name (the empty default name selects it too).
     #[arg(long, value_name = "NAME", default_value = "null")]
     pub name: String,
-    /// Worker threads of the runtime, as the daemon's `[[node]] worker-threads` (default: the
-    /// daemon's default), so the ceiling is measured on the runtime the daemon runs.
+    /// Threads, as the daemon's `[[node]] worker-threads` (default: the daemon's default, one
+    /// per CPU): the export lives on one data-path thread (shard) and its connections spread
+    /// over the others by load, exactly as a daemon's export, so the ceiling is measured on
+    /// the threads the daemon runs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=crate::limits::DAEMON_WORKER_THREADS_MAX as i64))]
     pub worker_threads: Option<u16>,
 }

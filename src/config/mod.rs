@@ -121,7 +121,7 @@ pub struct RawNode {
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub tls_key: Option<PathBuf>,
-    /// Worker threads of the daemon's async runtime (see [`NodeConfig::worker_threads`]).
+    /// The daemon's threads (see [`NodeConfig::worker_threads`]).
     pub worker_threads: Option<usize>,
 }
 
@@ -333,8 +333,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// This node's TLS files (`[tls] ca`, `tls-cert`, `tls-key`).
     pub tls: Option<ops::TlsFiles>,
-    /// `worker-threads`: threads of the daemon's async runtime; None: the runtime's default
-    /// (one per CPU, or `TOKIO_WORKER_THREADS`).
+    /// `worker-threads`: the daemon's data-path threads (shards, `daemon/shards.rs`) and the
+    /// worker threads of its control runtime; None: one per CPU (or `TOKIO_WORKER_THREADS`).
     pub worker_threads: Option<usize>,
 }
 

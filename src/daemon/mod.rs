@@ -153,9 +153,9 @@ pub(crate) fn shard_count(workers: Option<usize>) -> usize {
         .max(1)
 }
 
-/// The daemon's async runtime (also `drl serve-null`'s, so a benchmark of the null volume
-/// runs the NBD server exactly as the daemon does): multi-thread, `workers` worker threads
-/// (`[[node]] worker-threads`); None: tokio's default, one per CPU or `TOKIO_WORKER_THREADS`.
+/// The daemon's control runtime (also `drl serve-null`'s): multi-thread, `workers` worker
+/// threads (`[[node]] worker-threads`); None: tokio's default, one per CPU or
+/// `TOKIO_WORKER_THREADS`. The data path runs on the shards beside it (`shards.rs`).
 pub(crate) fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {

@@ -130,9 +130,11 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
         }
     };
     let ran = rt.block_on(run(cfg, shards.clone()));
-    // The control runtime first (its tasks may hold a resource's handles), then the shards.
+    // Resources drained (or the drain timed out): stop the data path first, so no export or
+    // replication session runs on while the control runtime waits for its blocking tasks.
+    shards.signal_stop();
     drop(rt);
-    shards.stop();
+    shards.join();
     match ran {
         Ok(()) => Exit::Ok,
         Err(e) => {

@@ -60,7 +60,8 @@ pub fn serve_null(
             Err(e) => Err(failed("", &e)),
         }
     });
+    shards.signal_stop();
     drop(rt);
-    shards.stop();
+    shards.join();
     served
 }

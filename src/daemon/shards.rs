@@ -81,16 +81,17 @@ impl Shards {
             .collect()
     }
 
-    /// Stop every shard and wait for its thread (blocking: call it outside the runtimes).
-    pub fn stop(&self) {
-        for tx in self
-            .stops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+    /// Tell every shard to stop: its runtime drops what is still on it (the daemon drained
+    /// its resources first) and its thread ends.
+    pub fn signal_stop(&self) {
+        let mut stops = self.stops.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in stops.drain(..) {
             let _ = tx.send(());
         }
+    }
+
+    /// Wait for the shard threads told to stop (blocking: call it outside the runtimes).
+    pub fn join(&self) {
         for t in self
             .threads
             .lock()
@@ -114,8 +115,9 @@ where
     match home.spawn(f).await {
         Ok(v) => v,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Shards stop only after the daemon's run returned, so nothing can be waiting then.
-        Err(e) => panic!("a shard stopped under a running task: {e}"),
+        // The shard stopped: only when the daemon exits, after its drain, while the control
+        // runtime's last tasks are being dropped too. Wait to be dropped with them.
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -149,7 +151,8 @@ mod tests {
             v
         });
         assert_eq!(names, ["drl-shard-1", "drl-shard-0"]);
-        shards.stop();
+        shards.signal_stop();
+        shards.join();
         let h = shards.from(0).remove(0);
         let gone = rt.block_on(async { h.spawn(async {}).await });
         assert!(gone.is_err(), "a stopped shard runs nothing");
@@ -168,6 +171,7 @@ mod tests {
         assert!(r.is_err());
         // The shard survives its task's panic.
         assert_eq!(rt.block_on(run_on(&h, async { 7 })), 7);
-        shards.stop();
+        shards.signal_stop();
+        shards.join();
     }
 }

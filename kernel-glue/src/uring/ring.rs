@@ -304,13 +304,55 @@ impl Core {
                 (h, afd)
             }
         };
-        let ctl = Arc::new(ReaperCtl {
-            alive: AtomicBool::new(true),
-            stop: Notify::new(),
-        });
-        st.reaper = Some(ctl.clone());
-        handle.spawn(reaper(Arc::downgrade(self), afd, ctl));
+        let spawn = |handle: &tokio::runtime::Handle, afd| {
+            let ctl = Arc::new(ReaperCtl {
+                alive: AtomicBool::new(true),
+                stop: Notify::new(),
+            });
+            // Owned by the task's future from the start: a runtime that is closing drops the
+            // future unpolled, and `alive` must then turn false, not stay true for good.
+            let alive = Alive {
+                ctl: ctl.clone(),
+                core: Arc::downgrade(self),
+            };
+            IN_ENSURE.with(|f| f.set(true));
+            handle.spawn(reaper(Arc::downgrade(self), afd, alive));
+            IN_ENSURE.with(|f| f.set(false));
+            ctl
+        };
+        let mut ctl = spawn(&handle, afd);
+        if !ctl.alive.load(Ordering::Acquire) {
+            // The home runtime was closing: its task list refused the reaper.
+            let h = current()?;
+            let afd = register(&h)?;
+            ctl = spawn(&h, afd);
+        }
+        st.reaper = Some(ctl);
         Ok(())
+    }
+
+    /// Whether a reaper task is alive (it may run on another runtime).
+    fn reaper_alive(st: &State) -> bool {
+        st.reaper
+            .as_ref()
+            .is_some_and(|r| r.alive.load(Ordering::Acquire))
+    }
+
+    /// Wake every future waiting for a completion (they poll, reap and start a reaper again).
+    fn wake_waiters(&self) {
+        let wakers: Vec<Waker> = {
+            let mut st = self.lock();
+            st.slots
+                .iter_mut()
+                .filter_map(|s| match s {
+                    Slot::Pending { waker, .. } => waker.take(),
+                    _ => None,
+                })
+                .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// The reaper registers a duplicate of the ring fd: its epoll registration then never
@@ -637,7 +679,7 @@ pub(super) async fn submit(core: &Arc<Core>, op: Op) -> Completion {
 /// Waits for the completion of the operation in slot `idx`. Dropping it while the op is in
 /// the kernel marks the slot abandoned: the buffer stays in the slot until the completion.
 struct OpWait<'a> {
-    core: &'a Core,
+    core: &'a Arc<Core>,
     idx: usize,
     done: bool,
 }
@@ -655,6 +697,13 @@ impl Future for OpWait<'_> {
                 match waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *waker = Some(cx.waker().clone()),
+                }
+                if !Core::reaper_alive(&st) && !st.closed {
+                    // Its runtime went away: start one here (or at home, if that runs again).
+                    if let Err(e) = core.ensure_reaper(&mut st) {
+                        tracing::error!(engine = %core.shared.name, error = %e,
+                            "no reaper for a waiting operation");
+                    }
                 }
                 Poll::Pending
             }
@@ -709,20 +758,39 @@ impl Drop for OpWait<'_> {
     }
 }
 
-/// Reaps completions whenever the ring fd turns readable (CQEs pending) and wakes the futures
-/// waiting for them. Holds only a weak reference: the engine's lifetime is its handles'.
-async fn reaper(core: Weak<Core>, afd: AsyncFd<OwnedFd>, ctl: Arc<ReaperCtl>) {
-    struct Alive(Arc<ReaperCtl>);
-    impl Drop for Alive {
-        fn drop(&mut self) {
-            self.0.alive.store(false, Ordering::Release);
+std::thread_local! {
+    /// Set while `ensure_reaper` (which holds the state lock) spawns a reaper.
+    static IN_ENSURE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A reaper generation's life: when its task ends or is dropped (its runtime shut down),
+/// `alive` turns false and the futures waiting for completions are woken, so they reap for
+/// themselves and start a reaper where they run instead of waiting for one that is gone.
+struct Alive {
+    ctl: Arc<ReaperCtl>,
+    core: Weak<Core>,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.ctl.alive.store(false, Ordering::Release);
+        // Dropped unpolled inside `ensure_reaper`, which holds the lock and sees `alive`.
+        if IN_ENSURE.with(|f| f.get()) {
+            return;
+        }
+        if let Some(core) = self.core.upgrade() {
+            core.wake_waiters();
         }
     }
-    let alive = Alive(ctl);
+}
+
+/// Reaps completions whenever the ring fd turns readable (CQEs pending) and wakes the futures
+/// waiting for them. Holds only a weak reference: the engine's lifetime is its handles'.
+async fn reaper(core: Weak<Core>, afd: AsyncFd<OwnedFd>, alive: Alive) {
     loop {
         let ready = tokio::select! {
             r = afd.readable() => r,
-            _ = alive.0.stop.notified() => return,
+            _ = alive.ctl.stop.notified() => return,
         };
         let mut guard = match ready {
             Ok(g) => g,

@@ -695,3 +695,37 @@ fn the_reaper_runs_at_home_and_moves_when_home_is_gone() {
     );
     e.shutdown();
 }
+
+/// An operation waiting from another runtime when the engine's home runtime stops: the
+/// reaper dies with home, the waiter is woken, starts a reaper where it runs and gets its
+/// completion when it comes (it would otherwise wait for a reaper that no longer exists).
+#[test]
+fn a_waiter_outlives_its_home_runtime() {
+    let (rd, mut wr) = pipe();
+    let (home, stop, thread) = runtime_on_a_thread();
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = Engine::new(rd, cfg("orphan", 2)).unwrap();
+    e.set_home(home.clone());
+    caller.block_on(async {
+        // A read of an empty pipe stays in the kernel until data arrives.
+        let e2 = e.clone();
+        let read = tokio::spawn(async move { e2.read_exact_at(AlignedBuf::zeroed(8), 0).await });
+        until(|| e.stats().ops_submitted >= 1).await;
+        assert_eq!(home.metrics().num_alive_tasks(), 1, "the reaper is at home");
+        stop.send(()).unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        wr.write_all(&[9u8; 8]).unwrap();
+        let (r, b) = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the waiter was left without a reaper")
+            .unwrap();
+        r.unwrap();
+        assert_eq!(&b[..], &[9u8; 8]);
+    });
+    e.shutdown();
+}

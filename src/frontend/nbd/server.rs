@@ -76,15 +76,21 @@ impl Placement {
     }
 
     fn seat(&self, i: usize) -> Seat {
-        if let Some(n) = self.live.get(i) {
-            n.fetch_add(1, Relaxed);
-        }
-        Seat(self.live.clone(), i)
+        Seat::take(&self.live, i)
     }
 }
 
 /// A connection's place on a shard; given back when the connection task ends.
 struct Seat(Arc<[std::sync::atomic::AtomicUsize]>, usize);
+
+impl Seat {
+    fn take(live: &Arc<[std::sync::atomic::AtomicUsize]>, i: usize) -> Seat {
+        if let Some(n) = live.get(i) {
+            n.fetch_add(1, Relaxed);
+        }
+        Seat(live.clone(), i)
+    }
+}
 
 impl Drop for Seat {
     fn drop(&mut self) {
@@ -267,6 +273,8 @@ impl<D: BlockDevice> NbdServer<D> {
                             Err(_) if shared.idle.evict_idlest() => {
                                 // An idle connection makes room; this client takes its slot.
                                 let (sh, stop, slots, refuse) = (shared.clone(), stop_rx.clone(), conn_slots.clone(), refuse_slots.clone());
+                                // Served here, the accept loop's runtime (shard index 0).
+                                let live = placement.live.clone();
                                 let wait = Duration::from_millis(NBD_EVICT_WAIT_MS);
                                 tasks.spawn(async move {
                                     let (admission, slot) = match tokio::time::timeout(wait, slots.acquire_owned()).await {
@@ -276,11 +284,13 @@ impl<D: BlockDevice> NbdServer<D> {
                                             Err(_) => return,
                                         },
                                     };
-                                    if admission == Admission::Admit {
+                                    let admitted = admission == Admission::Admit;
+                                    if admitted {
                                         sh.stats.connections_accepted.fetch_add(1, Relaxed);
                                     } else {
                                         sh.stats.connections_refused.fetch_add(1, Relaxed);
                                     }
+                                    let _seat = admitted.then(|| Seat::take(&live, 0));
                                     serve_conn(conn, sh, admission, slot, stop, peer).await
                                 });
                                 continue;
@@ -300,8 +310,10 @@ impl<D: BlockDevice> NbdServer<D> {
                                 shared.stats.connections_accepted.fetch_add(1, Relaxed);
                             }
                             let (sh, stop) = (shared.clone(), stop_rx.clone());
-                            let i = placement.choose();
-                            let seat = placement.seat(i);
+                            // A refusal is only a handshake: answered here, taking no seat.
+                            let admitted = admission == Admission::Admit;
+                            let i = if admitted { placement.choose() } else { 0 };
+                            let seat = admitted.then(|| placement.seat(i));
                             if i == 0 {
                                 tasks.spawn(async move {
                                     let _seat = seat;

@@ -304,37 +304,41 @@ async fn read_only_export_refuses_writes() {
     srv.shutdown().await;
 }
 
+/// Copy `size` bytes of pattern `seed` into the export with nbdcopy over four connections
+/// (nbdcopy opens more than one only when the server advertises NBD_FLAG_CAN_MULTI_CONN);
+/// the device must hold them. Returns the data.
+async fn nbdcopy_in(srv: &Running, dir: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let src = dir.join("in.img");
+    let data = pattern(size, seed);
+    std::fs::write(&src, &data).unwrap();
+    let uri = srv.uri("vol");
+    let args = [
+        "--connections=4",
+        "--threads=4",
+        src.to_str().unwrap(),
+        &uri,
+    ];
+    run("nbdcopy", &args).await;
+    assert!(
+        srv.dev.contents() == data,
+        "device differs from the copied file"
+    );
+    data
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdcopy_roundtrip_is_byte_exact() {
     require!("nbdcopy");
     let size = 16 * MIB;
     let srv = start(MemDevice::new("m", size)).await;
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("in.img");
     let back = dir.path().join("out.img");
-    let data = pattern(size, 0x1234_5678);
-    std::fs::write(&src, &data).unwrap();
+    let data = nbdcopy_in(&srv, dir.path(), size, 0x1234_5678).await;
     let uri = srv.uri("vol");
-    // Several connections at once: nbdcopy only opens more than one when the server
-    // advertises NBD_FLAG_CAN_MULTI_CONN.
-    run(
-        "nbdcopy",
-        &[
-            "--connections=4",
-            "--threads=4",
-            src.to_str().unwrap(),
-            &uri,
-        ],
-    )
-    .await;
     let after_in = srv.stats.snapshot().connections_accepted;
     assert!(
         after_in >= 2,
         "nbdcopy used {after_in} connection(s): multi-conn not used"
-    );
-    assert!(
-        srv.dev.contents() == data,
-        "device differs from the copied file"
     );
     run("nbdcopy", &[&uri, back.to_str().unwrap()]).await;
     assert!(
@@ -828,26 +832,6 @@ async fn serve_null_discards_writes_and_reads_zeroes() {
     assert!(status.success(), "drl serve-null exited with {status}");
 }
 
-/// A runtime of its own on a thread of its own, like one of the daemon's shards.
-fn shard_thread() -> (
-    tokio::runtime::Handle,
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let handle = rt.handle().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let t = std::thread::spawn(move || {
-        rt.block_on(async move {
-            let _ = stopped.await;
-        })
-    });
-    (handle, stop, t)
-}
-
 /// One 4 KiB write and its read-back on a raw connection in transmission.
 async fn raw_roundtrip(s: &mut UnixStream, offset: u64, fill: u8) {
     raw_req(s, CMD_WRITE, 0, 1, offset, 4096).await;
@@ -866,7 +850,8 @@ async fn raw_roundtrip(s: &mut UnixStream, offset: u64, fill: u8) {
 /// multi-conn nbdcopy spread over both arrives byte-exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_shards() {
-    let (other, stop, thread) = shard_thread();
+    let shards = drl::daemon::shards::Shards::start(1).unwrap();
+    let other = shards.from(0).remove(0);
     let size = 16 * MIB;
     let here = tokio::runtime::Handle::current();
     let srv = start_with(MemDevice::new("m", size), false, |s| {
@@ -911,28 +896,13 @@ async fn connections_spread_over_the_shards() {
 
     if have("nbdcopy") {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("in.img");
-        let data = pattern(size, 0x5eed);
-        std::fs::write(&src, &data).unwrap();
-        let uri = srv.uri("vol");
-        run(
-            "nbdcopy",
-            &[
-                "--connections=4",
-                "--threads=4",
-                src.to_str().unwrap(),
-                &uri,
-            ],
-        )
-        .await;
-        assert!(
-            srv.dev.contents() == data,
-            "device differs from the copied file"
-        );
+        nbdcopy_in(&srv, dir.path(), size, 0x5eed).await;
     } else {
         eprintln!("SKIP (part): `nbdcopy` is not installed");
     }
     srv.shutdown().await;
-    stop.send(()).unwrap();
-    thread.join().unwrap();
+    shards.signal_stop();
+    tokio::task::spawn_blocking(move || shards.join())
+        .await
+        .unwrap();
 }

@@ -30,7 +30,7 @@ mod rpc_stream;
 mod rpo;
 mod schedule;
 pub mod sd_notify;
-pub(crate) mod shards;
+pub mod shards;
 mod updown;
 
 pub use null::{serve_null, NullServeError};
@@ -314,7 +314,7 @@ pub(crate) async fn run(cfg: NodeConfig, shards: Arc<shards::Shards>) -> Result<
     let count = node.resources().len();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(node = %cfg.node, resources = count, socket = %cfg.control_socket.display(),
-        worker_threads = workers, shards = shards.len(), "drl daemon ready");
+        worker_threads = workers, shards = shards.count(), "drl daemon ready");
     sd_notify::ready(&format!("{count} resources"));
     if let Some(every) = sd_notify::watchdog_interval() {
         tasks.spawn(sd_notify::watchdog_loop(every, shutdown_rx.clone()));

@@ -63,8 +63,8 @@ impl Shards {
         })
     }
 
-    /// The number of shard threads (1 or more)
-    pub fn len(&self) -> usize {
+    /// The number of shard threads (1 or more).
+    pub fn count(&self) -> usize {
         self.handles.len()
     }
 
@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn tasks_run_on_the_shard_thread_and_shards_stop() {
         let shards = Shards::start(2).unwrap();
-        assert_eq!(shards.len(), 2);
+        assert_eq!(shards.count(), 2);
         assert_eq!((shards.pick(), shards.pick(), shards.pick()), (0, 1, 0));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

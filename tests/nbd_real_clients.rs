@@ -651,6 +651,17 @@ async fn idle_connections_make_room_for_a_new_client() {
     srv.shutdown().await;
 }
 
+/// Until `done` holds (a state the server reaches on its own, with no event to await), for at
+/// most 5 s; the caller asserts it after.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_inflight_requests() {
     let dev = MemDevice::new("m", MIB).with_slow_range(0..4096, Duration::from_millis(1000));
@@ -659,12 +670,8 @@ async fn shutdown_finishes_inflight_requests() {
     let mut s = raw_go(&path, false).await.unwrap();
     srv.dev.fill(0, b"drain");
     raw_req(&mut s, CMD_READ, 0, 1, 0, 5).await;
-    for _ in 0..500 {
-        if srv.stats.snapshot().requests_inflight == 1 {
-            break; // the read is in flight
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The read is in flight.
+    until(|| srv.stats.snapshot().requests_inflight == 1).await;
     assert_eq!(srv.stats.snapshot().requests_inflight, 1);
     srv.stop.send(true).unwrap();
     assert_eq!(raw_simple(&mut s).await, (0, 1));
@@ -873,12 +880,7 @@ async fn connections_spread_over_the_shards() {
     assert_eq!(on_other(), 1, "the second client went to the other shard");
     raw_roundtrip(&mut second, 4096, 0x22).await;
     drop(second);
-    for _ in 0..500 {
-        if on_other() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| on_other() == 0).await;
     assert_eq!(
         on_other(),
         0,

@@ -268,10 +268,8 @@ impl Core {
     /// Start a reaper task unless one is alive: on the engine's home runtime if it has one (and
     /// it still runs), else on the submitter's.
     fn ensure_reaper(self: &Arc<Self>, st: &mut State) -> io::Result<()> {
-        if let Some(r) = &st.reaper {
-            if r.alive.load(Ordering::Acquire) {
-                return Ok(());
-            }
+        if Self::reaper_alive(st) {
+            return Ok(());
         }
         let current = || {
             tokio::runtime::Handle::try_current().map_err(|e| {
@@ -281,54 +279,48 @@ impl Core {
                 ))
             })
         };
-        let register = |handle: &tokio::runtime::Handle| -> io::Result<AsyncFd<OwnedFd>> {
-            let fd: OwnedFd = self.ring_fd_dup()?;
+        // A home that has shut down refuses the registration, one that is closing drops the
+        // task unpolled: either way the caller's runtime takes the reaper.
+        let ctl = match st.home.clone() {
+            Some(home) => self
+                .start_reaper_on(&home)
+                .or_else(|_| self.start_reaper_on(&current()?))?,
+            None => self.start_reaper_on(&current()?)?,
+        };
+        st.reaper = Some(ctl);
+        Ok(())
+    }
+
+    /// Register the ring fd with `handle`'s reactor and spawn a reaper there; an error if the
+    /// runtime refused either.
+    fn start_reaper_on(
+        self: &Arc<Self>,
+        handle: &tokio::runtime::Handle,
+    ) -> io::Result<Arc<ReaperCtl>> {
+        let fd: OwnedFd = self.ring_fd_dup()?;
+        let afd = {
             let _enter = handle.enter();
             // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open, names the same
             // file description and is returned unchanged by as_raw_fd until the AsyncFd drops.
-            Ok(unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? })
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? }
         };
-        let (handle, afd) = match st.home.clone() {
-            // A home whose runtime has shut down refuses the registration: use the caller's.
-            Some(h) => match register(&h) {
-                Ok(afd) => (h, afd),
-                Err(_) => {
-                    let h = current()?;
-                    let afd = register(&h)?;
-                    (h, afd)
-                }
-            },
-            None => {
-                let h = current()?;
-                let afd = register(&h)?;
-                (h, afd)
-            }
+        let ctl = Arc::new(ReaperCtl {
+            alive: AtomicBool::new(true),
+            stop: Notify::new(),
+        });
+        // Owned by the task's future from the start: a runtime that is closing drops the
+        // future unpolled, and `alive` then turns false instead of staying true for good.
+        let alive = Alive {
+            ctl: ctl.clone(),
+            core: Arc::downgrade(self),
         };
-        let spawn = |handle: &tokio::runtime::Handle, afd| {
-            let ctl = Arc::new(ReaperCtl {
-                alive: AtomicBool::new(true),
-                stop: Notify::new(),
-            });
-            // Owned by the task's future from the start: a runtime that is closing drops the
-            // future unpolled, and `alive` must then turn false, not stay true for good.
-            let alive = Alive {
-                ctl: ctl.clone(),
-                core: Arc::downgrade(self),
-            };
-            IN_ENSURE.with(|f| f.set(true));
-            handle.spawn(reaper(Arc::downgrade(self), afd, alive));
-            IN_ENSURE.with(|f| f.set(false));
-            ctl
-        };
-        let mut ctl = spawn(&handle, afd);
-        if !ctl.alive.load(Ordering::Acquire) {
-            // The home runtime was closing: its task list refused the reaper.
-            let h = current()?;
-            let afd = register(&h)?;
-            ctl = spawn(&h, afd);
+        IN_ENSURE.with(|f| f.set(true));
+        handle.spawn(reaper(Arc::downgrade(self), afd, alive));
+        IN_ENSURE.with(|f| f.set(false));
+        match ctl.alive.load(Ordering::Acquire) {
+            true => Ok(ctl),
+            false => Err(io::Error::other("the runtime is shutting down")),
         }
-        st.reaper = Some(ctl);
-        Ok(())
     }
 
     /// Whether a reaper task is alive (it may run on another runtime).

@@ -74,10 +74,6 @@ impl Placement {
             .min_by_key(|&i| (self.live[i].load(Relaxed), i))
             .unwrap_or(0)
     }
-
-    fn seat(&self, i: usize) -> Seat {
-        Seat::take(&self.live, i)
-    }
 }
 
 /// A connection's place on a shard; given back when the connection task ends.
@@ -313,7 +309,7 @@ impl<D: BlockDevice> NbdServer<D> {
                             // A refusal is only a handshake: answered here, taking no seat.
                             let admitted = admission == Admission::Admit;
                             let i = if admitted { placement.choose() } else { 0 };
-                            let seat = admitted.then(|| placement.seat(i));
+                            let seat = admitted.then(|| Seat::take(&placement.live, i));
                             if i == 0 {
                                 tasks.spawn(async move {
                                     let _seat = seat;

@@ -1,10 +1,11 @@
-//! The CPU a snapshot stream spends per byte on hashing: sha256 of every chunk (the manifest's
-//! checksum), eight chunks side by side, and md5 of every object (Swift's ETag), four objects
-//! side by side.
+//! The CPU a snapshot stream spends per byte on hashing: the digest of every chunk (the
+//! manifest's content address: blake3 from version 3; sha256, eight chunks side by side, in
+//! older chains), and md5 of every object (Swift's ETag), four objects side by side.
 //!
 //! Run: `cargo bench --bench stream_hashing`. Compare within one run (the machine is shared):
 //! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message);
-//! `sha256/x8-avx512` against `sha256/one` (the sha2 crate, SHA-NI where the CPU has it).
+//! `sha256/x8-avx512` against `sha256/one` (the sha2 crate, SHA-NI where the CPU has it), and
+//! `blake3/one` against both.
 //! Throughput is bytes of message hashed per second, summed over the lanes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -59,6 +60,15 @@ fn hashing(c: &mut Criterion) {
     } else {
         eprintln!("sha256/x8-avx512: this CPU lacks AVX-512VL, skipped");
     }
+    g.finish();
+
+    // Manifest version 3's content address, one message at a time (its SIMD works within one
+    // message), against the sha256 rows above.
+    let mut g = c.benchmark_group("blake3");
+    g.throughput(Throughput::Bytes((8 * MSG) as u64));
+    g.bench_function("one", |b| {
+        b.iter(|| eight.iter().map(|m| blake3::hash(m)).collect::<Vec<_>>())
+    });
     g.finish();
 }
 

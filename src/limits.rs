@@ -289,8 +289,8 @@ pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
 pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
 /// A stream reads chunks in groups of up to this many (at most `parallelism`, at most
-/// [`STREAM_HASH_GROUP_BYTES_MAX`]) and computes their sha256s side by side
-/// (`stream::sha256x8`).
+/// [`STREAM_HASH_GROUP_BYTES_MAX`]) and hashes them in one blocking task (sha256 side by side,
+/// `stream::sha256x8`, in a chain begun before manifest version 3).
 pub const STREAM_HASH_LANES: usize = 8;
 pub const STREAM_HASH_GROUP_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Stored chunks are packed into objects of at most this size (Swift pays per object: an

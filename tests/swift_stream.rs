@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use drl::stream::auth::{Secret, SwiftAuth};
 use drl::stream::image::{self, ImageOptions};
-use drl::stream::manifest::ChunkEntry;
+use drl::stream::manifest::{ChunkEntry, DigestAlg};
 use drl::stream::restore::{load_manifest, restore_to_device, restore_to_file, RestoreOptions};
 use drl::stream::store::ObjectStore;
 use drl::stream::swift::SwiftClient;
@@ -221,6 +221,13 @@ async fn full_stream_and_restore<S: ObjectStore>(store: &S) {
     // consecutive stored chunks share an object, one after the other.
     let m = load_manifest(store, &loc, "s0").await.unwrap();
     assert_eq!(m.version, drl::stream::manifest::MANIFEST_VERSION);
+    // A new chain addresses its chunks by blake3.
+    assert!(m.chunks.iter().any(
+        |c| matches!(c, ChunkEntry::Stored { digest, .. } if digest.alg() == DigestAlg::Blake3)
+    ));
+    assert!(m.chunks.iter().all(
+        |c| !matches!(c, ChunkEntry::Stored { digest, .. } if digest.alg() != DigestAlg::Blake3)
+    ));
     match (&m.chunks[1], &m.chunks[2]) {
         (
             ChunkEntry::Stored {
@@ -514,6 +521,40 @@ async fn version_1_snapshot_restores<S: ObjectStore>(store: &S) {
     assert!(
         restored_file(store, &loc, "s0").await == data,
         "a version 1 snapshot restores wrong"
+    );
+
+    // The chain continues in sha256: an incremental without change tracking compares every
+    // chunk with the parent's digest and stores only the two that changed. (Written in blake3
+    // it would find no chunk equal and store all six that hold data.)
+    let mut now = data.to_vec();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(70);
+    for i in [1usize, 6] {
+        rng.fill_bytes(&mut now[i * CHUNK as usize..(i + 1) * CHUNK as usize]);
+    }
+    let dev = MemDevice::new(now.clone());
+    let mut o = opts("s1");
+    o.parent = Some("s0".into());
+    let r = stream_device(&dev, None, store, &loc, &o, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.chunks_uploaded,
+            r.chunks_skipped_unchanged,
+            r.chunks_skipped_zero
+        ),
+        (2, 4, 2),
+        "{r:?}"
+    );
+    let m = load_manifest(store, &loc, "s1").await.unwrap();
+    assert_eq!(m.version, 2);
+    assert!(m.chunks.iter().all(|c| match c {
+        ChunkEntry::Stored { digest, .. } => digest.alg() == DigestAlg::Sha256,
+        _ => true,
+    }));
+    assert!(
+        restored_file(store, &loc, "s1").await == now,
+        "a version 2 incremental on a version 1 snapshot restores wrong"
     );
 }
 

@@ -11,7 +11,9 @@ use crate::repl::frame::{disk_from_wire, role_from_wire, Frame, RangeWrite, Veri
 use crate::repl::gen::GenIds;
 use crate::repl::handshake::{Handshake, LocalInfo};
 use crate::repl::wire::{features, resource_id, Encoder};
-use crate::stream::manifest::{ChunkEntry, Manifest, MANIFEST_FORMAT, MANIFEST_VERSION};
+use crate::stream::manifest::{
+    ChunkDigest, ChunkEntry, Manifest, MANIFEST_FORMAT, MANIFEST_VERSION,
+};
 use crate::stream::Compression;
 
 /// (target, file name, content) of every generated seed.
@@ -173,7 +175,9 @@ fn repl_session() -> (Vec<u8>, Vec<u8>) {
 
 /// A full snapshot and an incremental on top of it, as a stream writes them.
 fn manifests() -> Vec<Vec<u8>> {
-    let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_string();
+    let sha = ChunkDigest::Blake3(
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_string(),
+    );
     let full = Manifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
@@ -187,7 +191,7 @@ fn manifests() -> Vec<Vec<u8>> {
         chunks: vec![
             ChunkEntry::Stored {
                 index: 0,
-                sha256: sha.clone(),
+                digest: sha.clone(),
                 object: "p/s1/objects/00000000-ab12".into(),
                 offset: 0,
                 stored_bytes: 1200,
@@ -196,7 +200,7 @@ fn manifests() -> Vec<Vec<u8>> {
             ChunkEntry::Zero { index: 1 },
             ChunkEntry::Stored {
                 index: 2,
-                sha256: sha.clone(),
+                digest: sha.clone(),
                 object: "p/s1/objects/00000000-ab12".into(),
                 offset: 1200,
                 stored_bytes: 1024 * 1024,
@@ -212,7 +216,7 @@ fn manifests() -> Vec<Vec<u8>> {
         ChunkEntry::UnchangedFromParent { index: 0 },
         ChunkEntry::Stored {
             index: 1,
-            sha256: sha,
+            digest: sha,
             object: "p/s2/objects/00000001-cd34".into(),
             offset: 0,
             stored_bytes: 77,

@@ -15,14 +15,15 @@
 //! - `md5x4` (private): md5 of four objects side by side (SSE2), for the ETags.
 //! - [`upload`]: `stream_device`: chunking, zero skipping, zstd when it pays, bounded parallel
 //!   upload, resume of an interrupted stream, incremental streams from change tracking.
-//! - [`restore`]: rebuild a volume from a manifest chain, parallel, sparse, sha256-verified.
+//! - [`restore`]: rebuild a volume from a manifest chain, parallel, sparse, every chunk checked
+//!   against its digest (blake3; sha256 in chains begun before manifest version 3).
 //! - [`image`]: VM image push/pull as a Static Large Object.
 //!
 //! # Store layout
 //! A snapshot `SNAP` streamed to `swift://C/P` lives in container `C` as
-//! `P/SNAP/chunks/<index:08x>-<sha256 prefix>` objects plus `P/SNAP/manifest.json`, written
-//! last: a snapshot without its manifest is unfinished (and resumable). Chunk object names hold
-//! the content hash, so a resumed stream recognises finished chunks from one container listing
+//! `P/SNAP/chunks/<first index:08x>-<hash prefix>` objects (each packs consecutive chunks; the
+//! hash is of their indexes and digests) plus `P/SNAP/manifest.json`, written last: a snapshot
+//! without its manifest is unfinished (and resumable). Object names hold the content's hash, so a resumed stream recognises finished chunks from one container listing
 //! (name and md5) and never sends them again.
 //!
 //! # Memory and parallelism

@@ -6,7 +6,8 @@
 //! chunks are then fetched per object, in byte ranges of at most
 //! [`STREAM_RESTORE_RANGE_BYTES_MAX`] (a version 2 object packs many chunks; a version 1
 //! object is one chunk), with at most `parallelism` ranges in flight; every chunk is
-//! decompressed into a buffer bounded by the chunk size and checked against its sha256 before
+//! decompressed into a buffer bounded by the chunk size and checked against its digest (the
+//! one its manifest's version uses: blake3 or sha256) before
 //! a single byte of it is written: a corrupt chunk fails the restore with an error naming the
 //! chunk and its object.
 //!
@@ -22,8 +23,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::manifest::{check_snapshot_name, resolve_chain, ChunkEntry, Manifest, ResolvedChain};
-use super::sha256x8;
+use super::manifest::{
+    check_snapshot_name, resolve_chain, ChunkDigest, ChunkEntry, DigestAlg, Manifest, ResolvedChain,
+};
 use super::store::ObjectStore;
 use super::upload::Location;
 use super::{Compression, Progress, Report, StreamError};
@@ -338,14 +340,15 @@ struct Cut {
     stored: Bytes,
     compression: Compression,
     raw_len: u64,
-    sha256: String,
+    digest: ChunkDigest,
 }
 
 /// Checked chunks: (volume offset, raw bytes); or the first bad one: (its `k`, why).
 type Verified = Result<Vec<(u64, Vec<u8>)>, (usize, String)>;
 
-/// Check the chunks cut from one fetched range (their sha256s side by side, [`sha256x8`]) and
-/// return their volume offsets and raw bytes; the first bad one as (its `k`, why).
+/// Check the chunks cut from one fetched range against their digests
+/// ([`DigestAlg::digest_all`]) and return their volume offsets and raw bytes; the first bad
+/// one as (its `k`, why).
 fn verify_chunks(cuts: Vec<Cut>) -> Verified {
     let raws: Vec<Result<Vec<u8>, String>> = cuts
         .iter()
@@ -365,21 +368,40 @@ fn verify_chunks(cuts: Vec<Cut>) -> Verified {
             Ok(raw)
         })
         .collect();
-    let sums: Vec<String> = {
-        let good: Vec<&[u8]> = raws.iter().filter_map(|r| r.as_deref().ok()).collect();
-        good.chunks(8)
-            .flat_map(sha256x8::sha256_x8)
-            .map(hex::encode)
-            .collect()
-    };
-    let mut sums = sums.into_iter();
+    // Every decompressed chunk's digest, per digest (one range holds one manifest's chunks, so
+    // one digest in practice), back in cut order.
+    let mut sums: Vec<Option<ChunkDigest>> = vec![None; cuts.len()];
+    for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
+        let (at, msgs): (Vec<usize>, Vec<&[u8]>) = cuts
+            .iter()
+            .zip(&raws)
+            .enumerate()
+            .filter_map(|(j, (c, r))| match r {
+                Ok(raw) if c.digest.alg() == alg => Some((j, &raw[..])),
+                _ => None,
+            })
+            .unzip();
+        for (j, d) in at.into_iter().zip(alg.digest_all(&msgs)) {
+            sums[j] = Some(d);
+        }
+    }
     // In order, so the first bad chunk is the one reported, whatever is wrong with it.
     let mut out = Vec::with_capacity(cuts.len());
-    for (c, raw) in cuts.iter().zip(raws) {
+    for ((c, raw), got) in cuts.iter().zip(raws).zip(sums) {
         let raw = raw.map_err(|why| (c.k, why))?;
-        let got = sums.next().unwrap_or_default();
-        if got != c.sha256 {
-            return Err((c.k, format!("sha256 {got}, manifest says {}", c.sha256)));
+        match got {
+            Some(got) if got == c.digest => {}
+            got => {
+                let got = got.as_ref().map_or("none", |g| g.hex());
+                return Err((
+                    c.k,
+                    format!(
+                        "{} {got}, manifest says {}",
+                        c.digest.alg().name(),
+                        c.digest.hex()
+                    ),
+                ));
+            }
         }
         out.push((c.volume_offset, raw));
     }
@@ -416,7 +438,7 @@ async fn fetch_range<S: ObjectStore>(
     for &k in ks {
         let ChunkEntry::Stored {
             index,
-            sha256,
+            digest,
             offset,
             stored_bytes,
             compression,
@@ -445,7 +467,7 @@ async fn fetch_range<S: ObjectStore>(
             stored: data.slice(a as usize..b as usize),
             compression: *compression,
             raw_len,
-            sha256: sha256.clone(),
+            digest: digest.clone(),
         });
     }
     let checked = tokio::task::spawn_blocking(move || verify_chunks(todo))
@@ -536,21 +558,27 @@ mod tests {
     use crate::stream::manifest::{MANIFEST_FORMAT, MANIFEST_VERSION};
     use crate::stream::vault::DirVault;
 
-    /// The first bad chunk of a range is the one reported, whether its sha256 is wrong or it
-    /// does not decompress; good chunks come back with their volume offsets.
+    /// The first bad chunk of a range is the one reported, whether its digest is wrong or it
+    /// does not decompress; good chunks come back with their volume offsets. Both digests:
+    /// blake3 (version 3) and sha256 (a chain begun in version 1 or 2).
     #[test]
     fn a_range_reports_its_first_bad_chunk() {
-        use sha2::{Digest, Sha256};
-        let cut = |k: usize, data: &[u8], compression, sha: String| Cut {
+        for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
+            first_bad_chunk_with(alg);
+        }
+    }
+
+    fn first_bad_chunk_with(alg: DigestAlg) {
+        let cut = |k: usize, data: &[u8], compression, digest: ChunkDigest| Cut {
             k,
             volume_offset: 4096 * k as u64,
             stored: Bytes::copy_from_slice(data),
             compression,
             raw_len: 4096,
-            sha256: sha,
+            digest,
         };
         let block = |b: u8| vec![b; 4096];
-        let sha = |d: &[u8]| hex::encode(Sha256::digest(d));
+        let sha = |d: &[u8]| alg.digest_all(&[d]).remove(0);
         let good: Vec<Cut> = (0..10)
             .map(|k| cut(k, &block(k as u8), Compression::None, sha(&block(k as u8))))
             .collect();
@@ -565,6 +593,7 @@ mod tests {
         let (k, why) = verify_chunks(bad).unwrap_err();
         assert_eq!(k, 1, "{why}");
         assert!(why.contains("manifest says"), "{why}");
+        assert!(why.starts_with(alg.name()), "{why}");
         let bad = vec![
             cut(0, b"not zstd", Compression::Zstd, sha(&block(0))),
             cut(1, &block(1), Compression::None, sha(&block(2))),
@@ -592,7 +621,7 @@ mod tests {
     fn stored(index: u64, object: &str, offset: u64, len: u64) -> ChunkEntry {
         ChunkEntry::Stored {
             index,
-            sha256: "0".repeat(64),
+            digest: ChunkDigest::Blake3("0".repeat(64)),
             object: object.into(),
             offset,
             stored_bytes: len,

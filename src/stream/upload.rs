@@ -4,13 +4,14 @@
 //! manifest; the object is not. [`stream_device`] runs two stages:
 //! 1. in index order, at most `parallelism` chunks at once: skip chunks the change tracking
 //!    does not mark (incremental with [`ChangedChunks`]; they are not even read); read the
-//!    chunk; an all-zero chunk is recorded as `zero` and not stored; hash it (sha256); in an
+//!    chunk; an all-zero chunk is recorded as `zero` and not stored; hash it (blake3, or sha256
+//!    in a chain begun as manifest version 2 or older: [`DigestAlg`]); in an
 //!    incremental, a chunk whose hash equals the parent chain's is recorded as
 //!    `unchanged-from-parent`; compress it with zstd when a sample says that saves at least
 //!    1/16. The CPU work runs on tokio's blocking pool.
 //! 2. pack the stored chunks, in index order, into objects of at most `object_bytes` (16 MiB
 //!    by default; Swift pays an fsync and a container update per object) named
-//!    `P/SNAP/chunks/<first index:08x>-<hash of the packed chunks' indexes and sha256s>`;
+//!    `P/SNAP/chunks/<first index:08x>-<hash of the packed chunks' indexes and digests>`;
 //!    md5 full objects four at a time side by side (`md5x4`) on the blocking pool
 //!    (md5 is serial within one object); when an earlier, interrupted run of the same
 //!    stream already stored that name with that md5 it is not sent again (its chunks count as
@@ -37,11 +38,11 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
-    check_snapshot_name, resolve_chain, ChunkEntry, Manifest, MANIFEST_FORMAT, MANIFEST_VERSION,
+    check_snapshot_name, resolve_chain, ChunkDigest, ChunkEntry, DigestAlg, Manifest,
+    MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 use super::md5x4;
 use super::restore::load_chain;
-use super::sha256x8;
 use super::store::ObjectStore;
 use super::{ChangedChunks, Compression, Progress, Report, StreamError};
 use crate::limits::*;
@@ -193,11 +194,11 @@ impl StreamOptions {
 enum Processed {
     /// Not marked by the change tracking: not read.
     Unchanged,
-    /// Read; the same sha256 as the parent chain's.
+    /// Read; the same digest as the parent chain's.
     SameAsParent,
     Zero,
     Data {
-        sha256: String,
+        digest: ChunkDigest,
         payload: Bytes,
         compression: Compression,
     },
@@ -207,7 +208,7 @@ enum Processed {
 struct Packed {
     index: u64,
     len: u64,
-    sha256: String,
+    digest: ChunkDigest,
     offset: u64,
     stored_bytes: u64,
     compression: Compression,
@@ -316,10 +317,10 @@ fn worth_compressing(buf: &[u8]) -> bool {
     })
 }
 
-/// Zero test and sha256 (side by side, [`sha256x8`]) of a group of read chunks
+/// Zero test and digest ([`DigestAlg::digest_all`]) of a group of read chunks
 /// `(index, buffer)`; CPU work for the blocking pool. Per chunk, in order: its sha256, or None
 /// for an all-zero chunk.
-fn hash_group(group: &[(u64, AlignedBuf)]) -> Vec<Option<String>> {
+fn hash_group(group: &[(u64, AlignedBuf)], alg: DigestAlg) -> Vec<Option<ChunkDigest>> {
     let data: Vec<bool> = group.iter().map(|(_, b)| !is_zero(b)).collect();
     let msgs: Vec<&[u8]> = group
         .iter()
@@ -327,9 +328,9 @@ fn hash_group(group: &[(u64, AlignedBuf)]) -> Vec<Option<String>> {
         .filter(|(_, &d)| d)
         .map(|((_, b), _)| &b[..])
         .collect();
-    let mut sums = sha256x8::sha256_x8(&msgs).into_iter();
+    let mut sums = alg.digest_all(&msgs).into_iter();
     data.into_iter()
-        .map(|d| d.then(|| sums.next().map(hex::encode)).flatten())
+        .map(|d| d.then(|| sums.next()).flatten())
         .collect()
 }
 
@@ -338,7 +339,7 @@ fn hash_group(group: &[(u64, AlignedBuf)]) -> Vec<Option<String>> {
 fn payload_of(
     buf: AlignedBuf,
     index: u64,
-    sha256: String,
+    digest: ChunkDigest,
     policy: Compression,
 ) -> Result<Processed, StreamError> {
     if policy == Compression::Zstd && worth_compressing(&buf) {
@@ -346,14 +347,14 @@ fn payload_of(
             .map_err(|e| StreamError::Task(format!("zstd compress of chunk {index}: {e}")))?;
         if (z.len() as u64) * 16 <= buf.len() as u64 * STREAM_COMPRESS_PAYS_SIXTEENTHS_MAX {
             return Ok(Processed::Data {
-                sha256,
+                digest,
                 payload: Bytes::from(z),
                 compression: Compression::Zstd,
             });
         }
     }
     Ok(Processed::Data {
-        sha256,
+        digest,
         payload: Bytes::from_owner(buf),
         compression: Compression::None,
     })
@@ -365,7 +366,7 @@ fn pack_object(loc: &Location, snap: &str, chunks: &[Packed]) -> String {
     let mut h = Sha256::new();
     for c in chunks {
         h.update(c.index.to_le_bytes());
-        h.update(c.sha256.as_bytes());
+        h.update(c.digest.hex().as_bytes());
         h.update([c.compression as u8]);
     }
     let id = hex::encode(h.finalize());
@@ -484,13 +485,18 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             loc.container
         )));
     }
-    // The parent chain's hash of every chunk (None: zero), to compare against when there is no
-    // change tracking; with change tracking only its shape is checked.
-    let parent_sha: Option<Vec<Option<String>>> = match &opts.parent {
+    // The parent chain's digest of every chunk (None: zero), to compare against when there is
+    // no change tracking; with change tracking only its shape is checked. A chain keeps its
+    // digest: an incremental of a version 1 or 2 parent is written as version 2 (sha256).
+    let mut version = MANIFEST_VERSION;
+    let parent_sha: Option<Vec<Option<ChunkDigest>>> = match &opts.parent {
         None => None,
         Some(p) => {
             let chain = load_chain(store, loc, p).await?;
             let r = resolve_chain(&chain)?;
+            if chain[0].version < 3 {
+                version = 2;
+            }
             if r.volume_size_bytes != size || r.chunk_size_bytes != chunk {
                 return Err(StreamError::Chain(format!(
                     "parent {p} has size {} / chunk {}, the volume has {size} / stream chunk {chunk}",
@@ -501,7 +507,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 r.chunks
                     .into_iter()
                     .map(|c| match c {
-                        ChunkEntry::Stored { sha256, .. } => Some(sha256),
+                        ChunkEntry::Stored { digest, .. } => Some(digest),
                         _ => None,
                     })
                     .collect(),
@@ -539,6 +545,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     let uploads_max = opts.objects_in_flight();
     let pool = BufPool::new(object_bytes as usize, in_flight + 1);
     let parent_sha = &parent_sha;
+    let alg = DigestAlg::of_version(version);
     // Stage 1, in index order, in groups of `STREAM_HASH_LANES` chunks (their sha256s are
     // computed side by side), groups read at once so that `parallelism` chunks or more are in
     // flight: read, zero test, sha256, zstd.
@@ -559,7 +566,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             let policy = opts.compression;
             let group: Vec<(u64, AlignedBuf)> = want.iter().copied().zip(bufs).collect();
             let (group, sums) = tokio::task::spawn_blocking(move || {
-                let sums = hash_group(&group);
+                let sums = hash_group(&group, alg);
                 (group, sums)
             })
             .await
@@ -570,9 +577,9 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                     let p = match sum {
                         None => Processed::Zero,
                         Some(sha)
-                            if parent_sha.as_ref().is_some_and(|ps| {
-                                ps[i as usize].as_deref() == Some(sha.as_str())
-                            }) =>
+                            if parent_sha
+                                .as_ref()
+                                .is_some_and(|ps| ps[i as usize].as_ref() == Some(&sha)) =>
                         {
                             Processed::SameAsParent
                         }
@@ -668,7 +675,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                             prog.chunks_done += 1;
                             entries[c.index as usize] = Some(ChunkEntry::Stored {
                                 index: c.index,
-                                sha256: c.sha256,
+                                digest: c.digest,
                                 object: object.clone(),
                                 offset: c.offset,
                                 stored_bytes: c.stored_bytes,
@@ -702,7 +709,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                         report.chunks_skipped_zero += 1;
                         (ChunkEntry::Zero { index: i }, len)
                     }
-                    Processed::Data { sha256, payload, compression } => {
+                    Processed::Data { digest, payload, compression } => {
                         report.bytes_read += len;
                         if pack.buf.data.len() + payload.len() > object_bytes as usize {
                             let full = std::mem::replace(&mut pack, Pack { buf: pool.take(), chunks: Vec::new() });
@@ -712,7 +719,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                         pack.chunks.push(Packed {
                             index: i,
                             len,
-                            sha256,
+                            digest,
                             offset: pack.buf.data.len() as u64,
                             stored_bytes: payload.len() as u64,
                             compression,
@@ -747,7 +754,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         .collect::<Result<_, _>>()?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: MANIFEST_VERSION,
+        version,
         snapshot: snap.into(),
         parent: opts.parent.clone(),
         volume: dev.name().into(),

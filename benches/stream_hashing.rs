@@ -4,12 +4,13 @@
 //!
 //! Run: `cargo bench --bench stream_hashing`. Compare within one run (the machine is shared):
 //! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message);
+//! `md5-eight/x8` (eight objects on 256-bit registers) against `md5-eight/x4-twice`;
 //! `sha256/x8-avx512` against `sha256/one` (the sha2 crate, SHA-NI where the CPU has it), and
 //! `blake3/one` against both.
 //! Throughput is bytes of message hashed per second, summed over the lanes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use drl::stream::md5x4::{md5_hex_x4_isa, Isa};
+use drl::stream::md5x4::{md5_hex_x4_isa, md5_hex_x8, Isa};
 use drl::stream::sha256x8;
 use md5::{Digest as _, Md5};
 use rand::{RngCore, SeedableRng};
@@ -17,6 +18,10 @@ use sha2::Sha256;
 
 /// One object of the default size would take long per sample; 4 MiB shows the same per-byte cost.
 const MSG: usize = 4 << 20;
+
+fn md5x4_best(msgs: &[&[u8]]) -> Vec<String> {
+    md5_hex_x4_isa(msgs, Isa::best())
+}
 
 fn hashing(c: &mut Criterion) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -48,6 +53,14 @@ fn hashing(c: &mut Criterion) {
 
     // Eight messages: the first four again.
     let eight: Vec<&[u8]> = refs.iter().chain(refs.iter()).copied().collect();
+    let mut g = c.benchmark_group("md5-eight");
+    g.throughput(Throughput::Bytes((8 * MSG) as u64));
+    g.bench_function("x4-twice", |b| {
+        b.iter(|| eight.chunks(4).flat_map(md5x4_best).collect::<Vec<_>>())
+    });
+    g.bench_function("x8", |b| b.iter(|| md5_hex_x8(&eight)));
+    g.finish();
+
     let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes((8 * MSG) as u64));
     g.bench_function("one", |b| {

@@ -16,6 +16,7 @@
 #   REPEAT=3    repetitions      ONLY=random    run only the random-data case
 #   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
 #   DRL_ENV="K=V ..."           environment of the drl daemon only
+#   DRL_LOG_TO=FILE             keep the drl daemon's log there (the work directory goes at exit)
 #   CEILING=0   skip the ceiling row: curl PUTs the random volume's 16 MiB pieces from memory,
 #               8 at a time (what this Swift takes at most from any client)
 #   WARM=1      do not drop the page cache before each run: swiftclient then reads its copy of
@@ -67,6 +68,7 @@ if [ -n "${CHUNK:-}${PAR:-}" ]; then
     [ -n "${PAR:-}" ] && echo "parallelism = $PAR"
   } >>"$work/drl.toml"
 fi
+[ -n "${DRL_LOG_TO:-}" ] && on_exit "cp '$work/drl.log' '$DRL_LOG_TO'"
 start_bg drl "$work/drl.log" env ${DRL_ENV:-} "$drl" daemon --config "$work/drl.toml" --node bench
 wait_for_socket "$work/r0.nbd" 20 "$BG_PID" || die "drl did not start: $(cat "$work/drl.log")"
 dctl() { "$drl" --config "$work/drl.toml" --node bench "$@"; }

@@ -295,14 +295,17 @@ pub const STREAM_HASH_LANES: usize = 8;
 pub const STREAM_HASH_GROUP_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Stored chunks are packed into objects of at most this size (Swift pays per object: an
 /// fsync, a container update; few large objects stream faster than many small ones).
-/// 16 MiB with the default parallelism keeps 8 objects in flight: their md5s go four at a time.
+/// 16 MiB with the default parallelism keeps 8 objects uploading while the next 8 are hashed.
 pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const STREAM_OBJECT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Object bodies held by a stream at once (being hashed, waiting for an upload slot or
 /// uploading, plus the one being packed): `STREAM_INFLIGHT_BYTES_MAX / object size - 1` full
-/// objects, at least 1.
-pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 160 * 1024 * 1024;
-/// A stream hashes fewer than four objects together only when fewer than this many are
+/// objects, at least 1. At the default object size: 8 uploading, 8 gathered for their md5s
+/// side by side (`stream::md5x4::lanes_here`), 1 being packed. With 160 MiB (9 bodies) a
+/// 1 GiB stream hashed only a third of its objects eight at a time; with 288 MiB, most of them,
+/// for about 0.2 CPU-s per GiB less (`bench-results/swift-ab-20261207T1040Z-md5x8.md`).
+pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 288 * 1024 * 1024;
+/// A stream hashes fewer than a full set of objects together only when fewer than this many are
 /// uploading, hashed and waiting, or being hashed (Swift would soon have nothing to receive).
 pub const STREAM_UPLOADS_LOW_WATER: usize = 2;
 /// A restore fetches the chunks of one object in ranges of at most this many stored (and,

@@ -247,10 +247,7 @@ unsafe fn lockstep8_avx512(lanes: [&[u8]; 8], blocks: usize) -> [[u32; 4]; 8] {
                     a = d;
                     d = c;
                     c = b;
-                    b = _mm256_add_epi32(
-                        b,
-                        _mm256_rolv_epi32(t, _mm256_set1_epi32(S[$r][k % 4])),
-                    );
+                    b = _mm256_add_epi32(b, _mm256_rolv_epi32(t, _mm256_set1_epi32(S[$r][k % 4])));
                 }
             };
         }
@@ -281,7 +278,10 @@ unsafe fn lockstep8_avx512(lanes: [&[u8]; 8], blocks: usize) -> [[u32; 4]; 8] {
 /// With more than eight messages.
 #[cfg(target_arch = "x86_64")]
 pub fn md5_hex_x8(msgs: &[&[u8]]) -> Vec<String> {
-    assert!(msgs.len() <= MD5_LANES_MAX, "md5_hex_x8 takes at most 8 messages");
+    assert!(
+        msgs.len() <= MD5_LANES_MAX,
+        "md5_hex_x8 takes at most 8 messages"
+    );
     if msgs.len() <= 4 || Isa::best() != Isa::Avx512 {
         return msgs.chunks(4).flat_map(md5_hex_x4).collect();
     }
@@ -301,12 +301,25 @@ pub fn md5_hex_x8(msgs: &[&[u8]]) -> Vec<String> {
 /// md5 hex of each message (at most eight; elsewhere than x86_64: one after the other).
 #[cfg(not(target_arch = "x86_64"))]
 pub fn md5_hex_x8(msgs: &[&[u8]]) -> Vec<String> {
-    assert!(msgs.len() <= MD5_LANES_MAX, "md5_hex_x8 takes at most 8 messages");
+    assert!(
+        msgs.len() <= MD5_LANES_MAX,
+        "md5_hex_x8 takes at most 8 messages"
+    );
     md5_hex_x4(msgs)
 }
 
 /// The most messages [`md5_hex_x8`] hashes side by side.
 pub const MD5_LANES_MAX: usize = 8;
+
+/// How many messages this CPU hashes side by side for the cost of one: eight with AVX-512VL,
+/// else four. A stream gathers this many objects before it hashes them.
+pub fn lanes_here() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::best() == Isa::Avx512 {
+        return MD5_LANES_MAX;
+    }
+    4
+}
 
 /// An instruction set for the lockstep loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,8 @@
 //! - [`store`]: the [`store::ObjectStore`] contract both implement, and `swift://` / `file://`
 //!   URL parsing.
 //! - [`manifest`]: the versioned JSON snapshot manifest and restore-chain resolution.
-//! - `md5x4` (private): md5 of four objects side by side (SSE2), for the ETags.
+//! - [`md5x4`]: md5 of four objects side by side (SSE2 or AVX-512VL), or eight (AVX-512VL on
+//!   256-bit registers), for the ETags.
 //! - [`upload`]: `stream_device`: chunking, zero skipping, zstd when it pays, bounded parallel
 //!   upload, resume of an interrupted stream, incremental streams from change tracking.
 //! - [`restore`]: rebuild a volume from a manifest chain, parallel, sparse, every chunk checked

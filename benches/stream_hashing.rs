@@ -1,6 +1,6 @@
 //! The CPU a snapshot stream spends per byte on hashing: the digest of every chunk (the
 //! manifest's content address: blake3 from version 3; sha256, eight chunks side by side, in
-//! older chains), and md5 of every object (Swift's ETag), four objects side by side.
+//! older chains), and md5 of every object (Swift's ETag), four or eight objects side by side.
 //!
 //! Run: `cargo bench --bench stream_hashing`. Compare within one run (the machine is shared):
 //! `md5/x4-avx512` against `md5/x4-sse2` and `md5/one` (the md-5 crate's assembly, one message);

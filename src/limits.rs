@@ -285,7 +285,7 @@ pub const STREAM_CHUNK_BYTES_DEFAULT: u64 = 1024 * 1024;
 pub const STREAM_CHUNK_BYTES_MIN: u64 = 64 * 1024;
 pub const STREAM_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Chunks read and hashed at once (or two hash groups, when more; see [`STREAM_HASH_LANES`]), objects
-/// uploaded at once (see [`STREAM_INFLIGHT_BYTES_MAX`]), ranges fetched at once by a restore.
+/// uploaded at once (see [`STREAM_INFLIGHT_BYTES_DEFAULT`]), ranges fetched at once by a restore.
 pub const STREAM_PARALLELISM_DEFAULT: usize = 8;
 pub const STREAM_PARALLELISM_MAX: usize = 64;
 /// A stream reads chunks in groups of up to this many (at most `parallelism`, at most
@@ -299,12 +299,19 @@ pub const STREAM_HASH_GROUP_BYTES_MAX: u64 = 8 * 1024 * 1024;
 pub const STREAM_OBJECT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const STREAM_OBJECT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Object bodies held by a stream at once (being hashed, waiting for an upload slot or
-/// uploading, plus the one being packed): `STREAM_INFLIGHT_BYTES_MAX / object size - 1` full
-/// objects, at least 1. At the default object size: 8 uploading, 8 gathered for their md5s
-/// side by side (`stream::md5x4::lanes_here`), 1 being packed. With 160 MiB (9 bodies) a
-/// 1 GiB stream hashed only a third of its objects eight at a time; with 288 MiB, most of them,
-/// for about 0.2 CPU-s per GiB less (`bench-results/swift-ab-20261207T1040Z-md5x8.md`).
-pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 288 * 1024 * 1024;
+/// uploading, plus the one being packed), by default (`[stream] memory`):
+/// `STREAM_INFLIGHT_BYTES_DEFAULT / object size - 1` full
+/// objects, at least 1. At the default object size, 17 full objects and the one being packed:
+/// 8 uploading, 8 gathered for their md5s side by side (`stream::md5x4::lanes_here`), one to
+/// spare. With 160 MiB (9 full objects) a 1 GiB stream hashed few of its objects eight at a
+/// time; with 288 MiB most of them, and md5 took half the time per object
+/// (`bench-results/swift-ab-20261207T1040Z-md5x8.md`). Without AVX-512VL (four lanes) 160 MiB
+/// does as well.
+pub const STREAM_INFLIGHT_BYTES_DEFAULT: u64 = 288 * 1024 * 1024;
+/// The range of `[stream] memory`: two default objects at least (one uploading, one being
+/// packed: no md5 side by side, a stream at a fraction of its speed), 4 GiB at most.
+pub const STREAM_INFLIGHT_BYTES_MIN: u64 = 2 * STREAM_OBJECT_BYTES_DEFAULT;
+pub const STREAM_INFLIGHT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// A stream hashes fewer than a full set of objects together only when fewer than this many are
 /// uploading, hashed and waiting, or being hashed (Swift would soon have nothing to receive).
 pub const STREAM_UPLOADS_LOW_WATER: usize = 2;

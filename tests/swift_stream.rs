@@ -523,9 +523,10 @@ async fn version_1_snapshot_restores<S: ObjectStore>(store: &S) {
         "a version 1 snapshot restores wrong"
     );
 
-    // The chain continues in sha256: an incremental without change tracking compares every
-    // chunk with the parent's digest and stores only the two that changed. (Written in blake3
-    // it would find no chunk equal and store all six that hold data.)
+    // The chain continues in version 3 (blake3): an incremental without change tracking
+    // compares every chunk with the parent's entry in that entry's digest (sha256 here) and
+    // stores only the two that changed. (Compared in blake3 it would find no chunk equal and
+    // store all six that hold data.)
     let mut now = data.to_vec();
     let mut rng = rand::rngs::StdRng::seed_from_u64(70);
     for i in [1usize, 6] {
@@ -547,14 +548,14 @@ async fn version_1_snapshot_restores<S: ObjectStore>(store: &S) {
         "{r:?}"
     );
     let m = load_manifest(store, &loc, "s1").await.unwrap();
-    assert_eq!(m.version, 2);
+    assert_eq!(m.version, drl::stream::manifest::MANIFEST_VERSION);
     assert!(m.chunks.iter().all(|c| match c {
-        ChunkEntry::Stored { digest, .. } => digest.alg() == DigestAlg::Sha256,
+        ChunkEntry::Stored { digest, .. } => digest.alg() == DigestAlg::Blake3,
         _ => true,
     }));
     assert!(
         restored_file(store, &loc, "s1").await == now,
-        "a version 2 incremental on a version 1 snapshot restores wrong"
+        "a version 3 incremental on a version 1 snapshot restores wrong"
     );
 }
 

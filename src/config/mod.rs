@@ -99,6 +99,8 @@ pub struct RawStream {
     pub vault_dir: Option<PathBuf>,
     pub chunk_size: Option<ByteSize>,
     pub parallelism: Option<usize>,
+    /// Object bodies one running stream holds at once.
+    pub memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +345,8 @@ pub struct StreamConfig {
     pub vault_dir: PathBuf,
     pub chunk_bytes: u64,
     pub parallelism: usize,
+    /// `memory`: object bodies one running stream holds at once.
+    pub inflight_bytes: u64,
 }
 
 impl NodeConfig {
@@ -738,6 +742,22 @@ fn stream_config(
             ),
         ));
     }
+    let inflight_bytes = s
+        .and_then(|s| s.memory)
+        .map_or(limits::STREAM_INFLIGHT_BYTES_DEFAULT, ByteSize::bytes);
+    if !(limits::STREAM_INFLIGHT_BYTES_MIN..=limits::STREAM_INFLIGHT_BYTES_MAX)
+        .contains(&inflight_bytes)
+    {
+        return Err(invalid(
+            "stream.memory".into(),
+            format!(
+                "{}: must be {} to {}",
+                units::format_bytes(inflight_bytes),
+                units::format_bytes(limits::STREAM_INFLIGHT_BYTES_MIN),
+                units::format_bytes(limits::STREAM_INFLIGHT_BYTES_MAX)
+            ),
+        ));
+    }
     let vault_dir = s
         .and_then(|s| s.vault_dir.clone())
         .unwrap_or_else(|| PathBuf::from(crate::stream::store::DEFAULT_VAULT_DIR));
@@ -751,6 +771,7 @@ fn stream_config(
         vault_dir,
         chunk_bytes,
         parallelism,
+        inflight_bytes,
     })
 }
 

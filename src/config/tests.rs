@@ -231,6 +231,17 @@ fn swift_and_stream_sections() {
     assert_eq!(c.stream.chunk_bytes, 1 << 20);
     assert_eq!(c.stream.parallelism, 8);
     assert_eq!(c.stream.vault_dir, PathBuf::from("/srv/vault"));
+    assert_eq!(
+        c.stream.inflight_bytes,
+        limits::STREAM_INFLIGHT_BYTES_DEFAULT
+    );
+    let c = check(&format!("{t}memory = \"64MiB\"\n"), "site-a").unwrap();
+    assert_eq!(c.stream.inflight_bytes, 64 << 20);
+    let e = err(&format!("{t}memory = \"1MiB\"\n"), "site-a");
+    assert!(
+        e.contains("stream.memory") && e.contains("must be 32"),
+        "{e}"
+    );
     let e = err(&t.replace("\"tempauth\"", "\"kerberos\""), "site-a");
     assert!(e.contains("swift.auth"), "{e}");
     let e = err(&t.replace("url = \"http", "url = \"ftp"), "site-a");

@@ -199,6 +199,7 @@ async fn prepare_volume(
     let mut opts = StreamOptions::new(snapshot.to_owned());
     opts.chunk_bytes = chunk_bytes.unwrap_or(n.config.stream.chunk_bytes);
     opts.parallelism = n.config.stream.parallelism;
+    opts.inflight_bytes = n.config.stream.inflight_bytes;
     opts.parent = parent.clone();
     opts.shaper = n.shaping.shaper.clone();
     let size = dev.size_bytes();

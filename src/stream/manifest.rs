@@ -15,10 +15,11 @@
 //!
 //! Version 3 addresses chunks by BLAKE3 instead of SHA-256: as strong, and about 2.6 times
 //! less CPU per byte here (`cargo bench --bench stream_hashing`), which a stream to a Swift
-//! that shares the node's cores turns into time. A chain keeps the version of its oldest
-//! snapshot: an incremental whose parent is version 1 or 2 is written as version 2 (sha256),
-//! so that chunks compare with the parent's when there is no change tracking; the next full
-//! snapshot starts a version 3 chain. Restore checks each chunk with its own entry's digest.
+//! that shares the node's cores turns into time. drl writes version 3 only, also on top of an
+//! older chain: an incremental compares a chunk with its parent's in the digest the parent's
+//! entry has. A chain may so hold versions 1, 2 and 3; restore checks each chunk with its own
+//! entry's digest. A drl older than version 3 refuses a version 3 manifest (by its version,
+//! with a clear error): upgrade the drl that restores (the backup site's) first.
 //!
 //! ```json
 //! {"format":"drl-snapshot","version":3,"snapshot":"s2","parent":"s1","volume":"vol0",
@@ -46,8 +47,9 @@ pub const MANIFEST_VERSION: u32 = 3;
 pub const MANIFEST_VERSION_MIN: u32 = 1;
 
 /// A stored chunk's content address: the digest of its raw bytes, and which digest. In JSON
-/// one key of the chunk's entry, `"sha256":"<64 hex>"` or `"blake3":"<64 hex>"`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// one key of the chunk's entry, `"sha256":"<64 hex>"` or `"blake3":"<64 hex>"`; an entry
+/// with both, or neither, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkDigest {
     /// Versions 1 and 2.
@@ -93,6 +95,29 @@ impl DigestAlg {
                 .iter()
                 .map(|m| ChunkDigest::Blake3(blake3::hash(m).to_hex().to_string()))
                 .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // The entry's other keys are its other fields' (flattened): only these two are read.
+        #[derive(Deserialize)]
+        struct Keys {
+            sha256: Option<String>,
+            blake3: Option<String>,
+        }
+        let k = Keys::deserialize(d)?;
+        match (k.sha256, k.blake3) {
+            (Some(h), None) => Ok(ChunkDigest::Sha256(h)),
+            (None, Some(h)) => Ok(ChunkDigest::Blake3(h)),
+            (Some(_), Some(_)) => Err(D::Error::custom(
+                "a stored chunk with both a sha256 and a blake3 digest",
+            )),
+            (None, None) => Err(D::Error::custom(
+                "a stored chunk without a digest (sha256 or blake3)",
+            )),
         }
     }
 }
@@ -519,11 +544,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("a blake3 digest in a version 2 manifest"), "{e}");
-        // An entry without a digest is not a stored chunk.
+        // An entry without a digest, or with two, is refused whatever the keys' order.
         let e = Manifest::from_json("o", text.replace("blake3", "md5").as_bytes())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a manifest"), "{e}");
+        assert!(e.contains("without a digest"), "{e}");
+        let both = |first: &str, second: &str| {
+            text.replacen(
+                &format!(r#""blake3":"{}""#, sha('a')),
+                &format!(r#""{first}":"{}","{second}":"{}""#, sha('a'), sha('a')),
+                1,
+            )
+        };
+        for j in [both("blake3", "sha256"), both("sha256", "blake3")] {
+            let e = Manifest::from_json("o", j.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("both a sha256 and a blake3"), "{e}");
+        }
         // Known answers ("abc"), in order, sha256 through the eight-lane path.
         let abc: Vec<&[u8]> = vec![b"abc"; 9];
         let s = DigestAlg::Sha256.digest_all(&abc);

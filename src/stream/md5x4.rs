@@ -335,7 +335,12 @@ impl Isa {
         static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+            // AVX2 too: the eight-lane loop's loads and shuffles are AVX2's, and a VM's CPUID
+            // may offer AVX-512 without it.
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+            {
                 return Isa::Avx512;
             }
             Isa::Sse2

@@ -29,8 +29,10 @@
 //!
 //! # Memory and parallelism
 //! At most `parallelism` chunks are in flight; each holds its raw buffer and, while it is
-//! being compressed, the compressed copy. Nothing else grows with the volume except the
-//! manifest's chunk list, bounded by [`crate::limits::STREAM_CHUNKS_MAX`].
+//! being compressed, the compressed copy. Full object bodies are bounded by `[stream] memory`
+//! ([`crate::limits::STREAM_INFLIGHT_BYTES_DEFAULT`], 288 MiB: 17 full objects of 16 MiB and
+//! the one being packed). Nothing else grows with the volume except the manifest's chunk
+//! list, bounded by [`crate::limits::STREAM_CHUNKS_MAX`].
 //!
 //! Progress leaves through a callback ([`Progress`]); the library draws nothing.
 

@@ -410,7 +410,7 @@ fn verify_chunks(cuts: Vec<Cut>) -> Verified {
 
 /// Fetch one range and check every chunk in it; returns the bytes fetched and, per chunk, its
 /// volume offset and raw bytes. A missing or short object, or a chunk that does not match its
-/// sha256, is a [`StreamError::CorruptChunk`] naming the chunk and the object.
+/// digest, is a [`StreamError::CorruptChunk`] naming the chunk and the object.
 async fn fetch_range<S: ObjectStore>(
     store: &S,
     container: &str,
@@ -560,7 +560,7 @@ mod tests {
 
     /// The first bad chunk of a range is the one reported, whether its digest is wrong or it
     /// does not decompress; good chunks come back with their volume offsets. Both digests:
-    /// blake3 (version 3) and sha256 (a chain begun in version 1 or 2).
+    /// blake3 (version 3) and sha256 (versions 1 and 2).
     #[test]
     fn a_range_reports_its_first_bad_chunk() {
         for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {

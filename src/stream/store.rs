@@ -82,7 +82,7 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<String, StreamError>> + Send;
     /// Bytes `offset..offset+len` of a plain object. Shorter when the object ends before
     /// (the caller checks the length); [`StreamError::NotFound`] when absent. Nothing checks
-    /// the content: the caller verifies what it reads (chunks carry their sha256).
+    /// the content: the caller verifies what it reads (chunks carry their digest).
     fn get_range(
         &self,
         container: &str,

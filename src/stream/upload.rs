@@ -4,9 +4,9 @@
 //! manifest; the object is not. [`stream_device`] runs two stages:
 //! 1. in index order, at most `parallelism` chunks at once: skip chunks the change tracking
 //!    does not mark (incremental with [`ChangedChunks`]; they are not even read); read the
-//!    chunk; an all-zero chunk is recorded as `zero` and not stored; hash it (blake3, or sha256
-//!    in a chain begun as manifest version 2 or older: [`DigestAlg`]); in an
-//!    incremental, a chunk whose hash equals the parent chain's is recorded as
+//!    chunk; an all-zero chunk is recorded as `zero` and not stored; hash it (blake3); in an
+//!    incremental, a chunk whose digest equals the parent chain's (computed with the digest
+//!    the parent's entry has: sha256 for a parent of manifest version 1 or 2) is recorded as
 //!    `unchanged-from-parent`; compress it with zstd when a sample says that saves at least
 //!    1/16. The CPU work runs on tokio's blocking pool.
 //! 2. pack the stored chunks, in index order, into objects of at most `object_bytes` (16 MiB
@@ -28,7 +28,8 @@
 //! has changed since) are deleted.
 //!
 //! Memory: `parallelism` chunk buffers (plus their compressed copies) and at most
-//! [`StreamOptions::inflight_bytes`] of object bodies ([`STREAM_INFLIGHT_BYTES_MAX`]).
+//! [`StreamOptions::inflight_bytes`] of object bodies (`[stream] memory`,
+//! [`STREAM_INFLIGHT_BYTES_DEFAULT`] by default).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,11 +86,11 @@ impl Location {
         self.join(&format!("{snapshot}/chunks/"))
     }
 
-    pub fn chunk_object(&self, snapshot: &str, index: u64, sha256_hex: &str) -> String {
+    pub fn chunk_object(&self, snapshot: &str, index: u64, hash_hex: &str) -> String {
         format!(
             "{}{index:08x}-{}",
             self.chunks_prefix(snapshot),
-            &sha256_hex[..16]
+            &hash_hex[..16]
         )
     }
 }
@@ -106,7 +107,8 @@ pub struct StreamOptions {
     /// Chunks read and hashed at once; objects uploaded at once, within `inflight_bytes`
     /// (see [`StreamOptions::objects_in_flight`]).
     pub parallelism: usize,
-    /// Object bodies held at once, at most ([`STREAM_INFLIGHT_BYTES_MAX`] by default).
+    /// Object bodies held at once, at most (`[stream] memory`,
+    /// [`STREAM_INFLIGHT_BYTES_DEFAULT`] by default).
     pub inflight_bytes: u64,
     pub compression: Compression,
     /// Parent snapshot (same location) for an incremental stream.
@@ -123,7 +125,7 @@ impl StreamOptions {
             chunk_bytes: STREAM_CHUNK_BYTES_DEFAULT,
             object_bytes: STREAM_OBJECT_BYTES_DEFAULT,
             parallelism: STREAM_PARALLELISM_DEFAULT,
-            inflight_bytes: STREAM_INFLIGHT_BYTES_MAX,
+            inflight_bytes: STREAM_INFLIGHT_BYTES_DEFAULT,
             compression: Compression::Zstd,
             parent: None,
             shaper: NodeShaping::counting().shaper,
@@ -136,7 +138,7 @@ impl StreamOptions {
         ((self.inflight_bytes / self.object_bytes.max(1)).saturating_sub(1) as usize).max(1)
     }
 
-    /// Chunks read and hashed together (their sha256s side by side): up to
+    /// Chunks read and hashed together (in one blocking task): up to
     /// [`STREAM_HASH_LANES`], at most `parallelism`, and no more than
     /// [`STREAM_HASH_GROUP_BYTES_MAX`] unless one chunk is bigger. Two groups or more are read
     /// at once, so at most `max(parallelism, 2 x group)` chunks are in flight.
@@ -318,20 +320,44 @@ fn worth_compressing(buf: &[u8]) -> bool {
     })
 }
 
-/// Zero test and digest ([`DigestAlg::digest_all`]) of a group of read chunks
-/// `(index, buffer)`; CPU work for the blocking pool. Per chunk, in order: its sha256, or None
-/// for an all-zero chunk.
-fn hash_group(group: &[(u64, AlignedBuf)], alg: DigestAlg) -> Vec<Option<ChunkDigest>> {
+/// Zero test and blake3 of a group of read chunks `(index, buffer)`, and, given the parent
+/// chain's entries for them (`parent`, in the same order), whether each equals its parent's
+/// chunk: compared in the digest that entry has, so that a parent written in sha256 (manifest
+/// version 1 or 2) is matched too. CPU work for the blocking pool. Per chunk, in order: None
+/// for an all-zero chunk, else its blake3 and whether it is the parent's.
+fn hash_group(
+    group: &[(u64, AlignedBuf)],
+    parent: Option<&[Option<ChunkDigest>]>,
+) -> Vec<Option<(ChunkDigest, bool)>> {
     let data: Vec<bool> = group.iter().map(|(_, b)| !is_zero(b)).collect();
-    let msgs: Vec<&[u8]> = group
-        .iter()
-        .zip(&data)
-        .filter(|(_, &d)| d)
-        .map(|((_, b), _)| &b[..])
-        .collect();
-    let mut sums = alg.digest_all(&msgs).into_iter();
+    let with_data = || {
+        group
+            .iter()
+            .enumerate()
+            .zip(&data)
+            .filter(|(_, &d)| d)
+            .map(|((j, (_, b)), _)| (j, &b[..]))
+    };
+    let msgs: Vec<&[u8]> = with_data().map(|(_, b)| b).collect();
+    let mut sums = DigestAlg::Blake3.digest_all(&msgs).into_iter();
+    // Chunks whose parent entry is a sha256 (an older chain): their sha256 too, to compare.
+    let mut same = vec![false; group.len()];
+    if let Some(parent) = parent {
+        let (at, todo): (Vec<usize>, Vec<&[u8]>) = with_data()
+            .filter(|&(j, _)| matches!(parent[j], Some(ChunkDigest::Sha256(_))))
+            .unzip();
+        for (j, d) in at.into_iter().zip(DigestAlg::Sha256.digest_all(&todo)) {
+            same[j] = parent[j].as_ref() == Some(&d);
+        }
+    }
     data.into_iter()
-        .map(|d| d.then(|| sums.next()).flatten())
+        .enumerate()
+        .map(|(j, d)| {
+            d.then(|| sums.next()).flatten().map(|b3| {
+                let same = same[j] || parent.is_some_and(|p| p[j].as_ref() == Some(&b3));
+                (b3, same)
+            })
+        })
         .collect()
 }
 
@@ -362,7 +388,9 @@ fn payload_of(
 }
 
 /// The name of an object: the first chunk's index and a hash of what it holds (every chunk's
-/// index, sha256 and compression), so a resumed run finds the same name for the same content.
+/// index, digest and compression), so a resumed run finds the same name for the same content.
+/// (A run interrupted under a drl older than manifest version 3 hashed sha256s: its objects get
+/// other names now, are sent again, and the leftovers go once the manifest is written.)
 fn pack_object(loc: &Location, snap: &str, chunks: &[Packed]) -> String {
     let mut h = Sha256::new();
     for c in chunks {
@@ -450,7 +478,7 @@ async fn upload_pack<S: ObjectStore>(
 ///
 /// `changed`: for an incremental (`opts.parent` set), the chunks the volume's change tracking
 /// marks since the parent; only those are read. Without it an incremental reads everything and
-/// stores only chunks whose sha256 differs from the parent chain's.
+/// stores only chunks whose content differs from the parent chain's (by digest).
 pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     dev: &D,
     changed: Option<&ChangedChunks>,
@@ -486,18 +514,13 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             loc.container
         )));
     }
-    // The parent chain's digest of every chunk (None: zero), to compare against when there is
-    // no change tracking; with change tracking only its shape is checked. A chain keeps its
-    // digest: an incremental of a version 1 or 2 parent is written as version 2 (sha256).
-    let mut version = MANIFEST_VERSION;
+    // The parent chain's digest of every chunk (None: zero), to compare against; with change
+    // tracking only the marked chunks are read and compared.
     let parent_sha: Option<Vec<Option<ChunkDigest>>> = match &opts.parent {
         None => None,
         Some(p) => {
             let chain = load_chain(store, loc, p).await?;
             let r = resolve_chain(&chain)?;
-            if chain[0].version < 3 {
-                version = 2;
-            }
             if r.volume_size_bytes != size || r.chunk_size_bytes != chunk {
                 return Err(StreamError::Chain(format!(
                     "parent {p} has size {} / chunk {}, the volume has {size} / stream chunk {chunk}",
@@ -546,10 +569,9 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     let uploads_max = opts.objects_in_flight();
     let pool = BufPool::new(object_bytes as usize, in_flight + 1);
     let parent_sha = &parent_sha;
-    let alg = DigestAlg::of_version(version);
-    // Stage 1, in index order, in groups of `STREAM_HASH_LANES` chunks (their sha256s are
-    // computed side by side), groups read at once so that `parallelism` chunks or more are in
-    // flight: read, zero test, sha256, zstd.
+    // Stage 1, in index order, in groups of `STREAM_HASH_LANES` chunks (hashed in one blocking
+    // task), groups read at once so that `parallelism` chunks or more are in flight: read, zero
+    // test, blake3 (and the parent's digest when it is another), zstd.
     let lanes = opts.hash_group_chunks() as u64;
     let groups_at_once = (opts.parallelism / lanes as usize).max(2);
     let mut processed = futures::stream::iter(0..n.div_ceil(lanes))
@@ -566,8 +588,11 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
             .await?;
             let policy = opts.compression;
             let group: Vec<(u64, AlignedBuf)> = want.iter().copied().zip(bufs).collect();
+            let parent: Option<Vec<Option<ChunkDigest>>> = parent_sha
+                .as_ref()
+                .map(|ps| want.iter().map(|&i| ps[i as usize].clone()).collect());
             let (group, sums) = tokio::task::spawn_blocking(move || {
-                let sums = hash_group(&group, alg);
+                let sums = hash_group(&group, parent.as_deref());
                 (group, sums)
             })
             .await
@@ -577,19 +602,13 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
                 |((i, buf), sum)| async move {
                     let p = match sum {
                         None => Processed::Zero,
-                        Some(sha)
-                            if parent_sha
-                                .as_ref()
-                                .is_some_and(|ps| ps[i as usize].as_ref() == Some(&sha)) =>
-                        {
-                            Processed::SameAsParent
-                        }
-                        Some(sha) if policy == Compression::Zstd => {
+                        Some((_, true)) => Processed::SameAsParent,
+                        Some((sha, false)) if policy == Compression::Zstd => {
                             tokio::task::spawn_blocking(move || payload_of(buf, i, sha, policy))
                                 .await
                                 .map_err(|e| StreamError::Task(e.to_string()))??
                         }
-                        Some(sha) => payload_of(buf, i, sha, policy)?,
+                        Some((sha, false)) => payload_of(buf, i, sha, policy)?,
                     };
                     Ok::<_, StreamError>(p)
                 },
@@ -633,9 +652,12 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
     let shaper: &Shaper = &opts.shaper;
     loop {
         // md5 eight (or four) objects together: a lone object costs as much CPU as eight. Fewer
-        // only when reading is done or the uploads are about to run dry.
+        // only when reading is done, the uploads are about to run dry, or no more objects can
+        // come (the bodies are all taken) and none is hashed or waiting to feed the uploads
+        // (with large objects the budget holds fewer than the uploads plus a full set).
         let starving = uploading + queued.len() + hashing < STREAM_UPLOADS_LOW_WATER;
-        if !ready.is_empty() && (ready.len() >= md5_lanes || !reading || starving) {
+        let stuck = bodies >= in_flight && hashing == 0 && queued.is_empty();
+        if !ready.is_empty() && (ready.len() >= md5_lanes || !reading || starving || stuck) {
             hashing += ready.len();
             work.push(hash_batch(std::mem::take(&mut ready)));
         }
@@ -756,7 +778,7 @@ pub async fn stream_device<D: BlockDevice, S: ObjectStore>(
         .collect::<Result<_, _>>()?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version,
+        version: MANIFEST_VERSION,
         snapshot: snap.into(),
         parent: opts.parent.clone(),
         volume: dev.name().into(),
@@ -875,7 +897,7 @@ mod tests {
         let mut k = 0;
         for par in [1usize, 2, 8, 17] {
             for obj in [C, 3 * C + 4096, 64 * C] {
-                for budget in [2 * obj, 6 * obj, STREAM_INFLIGHT_BYTES_MAX] {
+                for budget in [2 * obj, 6 * obj, STREAM_INFLIGHT_BYTES_DEFAULT] {
                     k += 1;
                     let dev = mixed_volume(chunks, k);
                     let loc = Location::new(format!("c{k}"), "v");
@@ -973,7 +995,7 @@ mod tests {
         assert_eq!((o.objects_in_flight(), o.bodies_in_flight()), (1, 1));
         o.object_bytes = STREAM_OBJECT_BYTES_DEFAULT;
         assert!(
-            (o.bodies_in_flight() as u64 + 1) * o.object_bytes <= STREAM_INFLIGHT_BYTES_MAX
+            (o.bodies_in_flight() as u64 + 1) * o.object_bytes <= STREAM_INFLIGHT_BYTES_DEFAULT
                 && o.objects_in_flight() > 1
                 && o.objects_in_flight() <= o.bodies_in_flight()
         );

@@ -35,12 +35,18 @@
 #
 # Usage: scripts/bench-nbd.sh [--only drl|qsd] [--runtime S] [--repeat N] [--size SIZE]
 #                             [--repl disk,shm,loop|...|none] [--drl-config FILE --drl-node NAME]
-#                             [--aa] [--no-null] [--cpu] [--keep]
+#                             [--aa] [--no-null] [--cpu] [--keep] [--disk file|ram]
 #   --repl LIST  replicated columns: disk (the Secondary's backing file next to the Primary's),
 #                shm (the Secondary's backing file on tmpfs, SHM_DIR), loop (the Secondary on a
 #                loop block device over a file next to the Primary's); default disk,shm. Each is a fresh
 #                pair on zeroed files: `drl primary r0 --force` and the initial sync (zero
 #                ranges, headers only) finish before anything is measured.
+#   --disk ram   drl's and qsd's unreplicated disks are loop block devices over tmpfs files
+#                (SHM_DIR; one each, attached without direct I/O, which tmpfs lacks), opened by
+#                both with O_DIRECT (qsd: host_device, cache.direct=on): a disk that completes
+#                each request at once, in the kernel, so the rows measure the servers and not
+#                this VM's disk. The loop driver's work runs in kernel threads, outside the
+#                daemons' CPU. The replicated pairs keep their files. Default: file.
 #   --no-null    skip the transport ceiling columns (drl null: `drl serve-null`; qsd null-co)
 #   --counts     also count each daemon's system calls (all, and the I/O ones by name), context
 #                switches and page faults per I/O (perf stat over fio's measured seconds): what
@@ -54,7 +60,7 @@
 #   REPEAT=1          runs per row and server (the median is reported)
 #   SIZE=1GiB         size of each backing file (all preallocated and written the same way)
 #   PREALLOC=full     full: fallocate + write zeros (no unwritten extents); falloc: fallocate only
-#   NULL=1            0: as --no-null              CPU=0   1: as --cpu
+#   NULL=1            0: as --no-null              CPU=0   1: as --cpu      DISK=file  as --disk
 #   ROWS="randwrite-4k-qd32 randwrite-4k-qd1 write-1m-qd16"   the rows to run (a subset for A/B)
 #   REPL=disk,shm     as --repl                SHM_DIR=/dev/shm   where --repl shm puts its file
 #   DRL_BIN=path      use this drl binary instead of `cargo build --release`
@@ -95,6 +101,7 @@ shm_dir=${SHM_DIR:-/dev/shm}
 null=${NULL:-1}
 cpu=${CPU:-0}
 counts=${COUNTS:-0}
+disk=${DISK:-file}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -109,6 +116,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --aa) aa=1; shift ;;
     --no-null) null=0; shift ;;
+    --disk) disk=${2:?--disk needs file or ram}; shift 2 ;;
     --cpu) cpu=1; shift ;;
     --counts) counts=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -116,6 +124,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $only in "" | drl | qsd) ;; *) die "--only takes drl or qsd, not $only" ;; esac
+case $disk in file | ram) ;; *) die "--disk takes file or ram, not $disk" ;; esac
 [[ $runtime =~ ^[0-9]+$ && $runtime -gt 0 ]] || die "runtime must be a positive number of seconds: $runtime"
 [[ $repeat =~ ^[0-9]+$ && $repeat -gt 0 ]] || die "repeat must be a positive count: $repeat"
 want_drl=1 want_qsd=1
@@ -165,17 +174,36 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $dir ($(stat -f -c %T "$dir"), same filesystem for both servers)"
 
 make_backing() { make_backing_file "$1" "$size_bytes" "$prealloc"; }
+# make_server_disk PATH: the unreplicated drl's or qsd's disk at PATH: a backing file, or with
+# --disk ram a link to a loop device over a tmpfs file.
+make_server_disk() {
+    local f dev
+    if [ "$disk" != ram ]; then
+        make_backing "$1"
+        return
+    fi
+    [ -d "$shm_dir" ] || die "--disk ram: SHM_DIR=$shm_dir is not a directory"
+    need_cmd losetup mount
+    f=$(mktemp "$shm_dir/drl-bench-nbd-ram.XXXXXX")
+    make_backing "$f"
+    dev=$(losetup --find --show "$f" 2>"$dir/losetup.err") ||
+        die "--disk ram needs a loop device (root and the loop driver): losetup: $(cat "$dir/losetup.err")"
+    on_exit "losetup -d '$dev'; rm -f '$f'"
+    ln -sfn "$dev" "$1"
+    log "$(basename "$1"): $dev over $f (tmpfs)"
+}
 
 # ---- qemu-storage-daemon ------------------------------------------------------------------
 # start_qsd NAME: a qsd exporting $dir/NAME.img on $dir/NAME.nbd; sets started_uri, qsd_aio.
 qsd_uri="" qsd_aio="" started_uri=""
 start_qsd() {
-    local name=$1 img=$dir/$1.img sock=$dir/$1.nbd aio
-    make_backing "$img"
+    local name=$1 img=$dir/$1.img sock=$dir/$1.nbd aio driver=file
+    make_server_disk "$img"
+    [ "$disk" = ram ] && driver=host_device
     for aio in ${QSD_AIO_MODES:-io_uring native threads}; do
         rm -f "$sock"
         start_bg "qemu-storage-daemon $name (aio=$aio)" "$dir/$name-$aio.log" qemu-storage-daemon \
-            --blockdev "driver=file,node-name=file0,filename=$img,cache.direct=on,aio=$aio" \
+            --blockdev "driver=$driver,node-name=file0,filename=$img,cache.direct=on,aio=$aio" \
             --blockdev driver=raw,node-name=disk0,file=file0 \
             --nbd-server "addr.type=unix,addr.path=$sock" \
             --export type=nbd,id=e0,node-name=disk0,name=disk0,writable=on
@@ -237,7 +265,7 @@ EOF
     else
         cfg=$dir/drl.toml
         sock=$dir/r0.nbd
-        make_backing "$dir/r0.img"
+        make_server_disk "$dir/r0.img"
         node_config "$dir" bench "$size_bytes" >"$cfg"
     fi
     start_bg "drl daemon" "$dir/drl.log" "$DRL_BIN" daemon --config "$cfg" --node "$drl_node"
@@ -491,7 +519,7 @@ meta = {
         + ("" if "$qsd_aio" == "" else ", aio=$qsd_aio, cache.direct=on"),
     "drl": "$( [ $want_drl = 1 ] && echo "${drl_version:-unknown}, $( [ -n "$drl_bin_given" ] && echo "binary $drl_bin_given (DRL_BIN)" || echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')")" || echo 'not run')",
     "drl runtime": "$( [ -n "${DRL_WORKERS:-}" ] && echo "$DRL_WORKERS worker thread(s) (DRL_WORKERS)" || echo "the daemon's default worker threads")",
-    "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)",
+    "backing files": "$size_bytes bytes each on $(stat -f -c %T "$dir") ($prealloc preallocation)$([ "$disk" = ram ] && echo "; drl's and qsd's unreplicated disks: loop devices over tmpfs files (--disk ram), O_DIRECT on the device")",
     "fio runs": "${runtime}s each after ${ramp}s ramp, time based, repeat $repeat, order rotated per row",
     "load average (1, 5, 15 min) at the start / at the end": "$load_start / $(cut -d' ' -f1-3 /proc/loadavg)",
 }

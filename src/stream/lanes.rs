@@ -31,6 +31,53 @@ pub(super) fn rest_and_final(
     (whole, pad, n)
 }
 
+/// Eight 32-byte rows, one per lane, read at `at` of each lane's message, as eight columns:
+/// column `j` holds 32-bit word `j` of every lane (an 8x8 transpose of words, in the bytes'
+/// own order). The eight-lane loops call it twice per 64-byte block.
+///
+/// # Safety
+/// The CPU must have AVX2, and every lane must hold 32 bytes at `at`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn words_of_eight(
+    lanes: &[&[u8]; 8],
+    at: usize,
+) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let r: [__m256i; 8] = std::array::from_fn(|l| {
+        let bytes = &lanes[l][at..at + 32];
+        // SAFETY: `bytes` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+    });
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
 /// Test inputs for the hashers: a random buffer of `size` bytes and, for every length in
 /// `lens` and every lane count up to `lanes`, a set of messages cut from it (message `j` starts
 /// at `j * stride`; lengths mix so that lanes end at different blocks and padding cases).

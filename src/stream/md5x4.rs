@@ -9,7 +9,7 @@
 //! assembly single-message compressor.
 
 #[cfg(target_arch = "x86_64")]
-use super::lanes::{lockstep_lanes, rest_and_final};
+use super::lanes::{lockstep_lanes, rest_and_final, words_of_eight};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -204,36 +204,9 @@ unsafe fn lockstep8_avx512(lanes: [&[u8]; 8], blocks: usize) -> [[u32; 4]; 8] {
         // without its byte swap: md5's words are little-endian).
         let mut m = [_mm256_setzero_si256(); 16];
         for half in 0..2 {
-            let at = base + 32 * half;
-            let r: [__m256i; 8] = std::array::from_fn(|l| {
-                let bytes = &lanes[l][at..at + 32];
-                // SAFETY: `bytes` is 32 readable bytes; loadu has no alignment requirement.
-                unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-            });
-            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            let u0 = _mm256_unpacklo_epi64(t0, t2);
-            let u1 = _mm256_unpackhi_epi64(t0, t2);
-            let u2 = _mm256_unpacklo_epi64(t1, t3);
-            let u3 = _mm256_unpackhi_epi64(t1, t3);
-            let u4 = _mm256_unpacklo_epi64(t4, t6);
-            let u5 = _mm256_unpackhi_epi64(t4, t6);
-            let u6 = _mm256_unpacklo_epi64(t5, t7);
-            let u7 = _mm256_unpackhi_epi64(t5, t7);
-            m[8 * half] = _mm256_permute2x128_si256::<0x20>(u0, u4);
-            m[8 * half + 1] = _mm256_permute2x128_si256::<0x20>(u1, u5);
-            m[8 * half + 2] = _mm256_permute2x128_si256::<0x20>(u2, u6);
-            m[8 * half + 3] = _mm256_permute2x128_si256::<0x20>(u3, u7);
-            m[8 * half + 4] = _mm256_permute2x128_si256::<0x31>(u0, u4);
-            m[8 * half + 5] = _mm256_permute2x128_si256::<0x31>(u1, u5);
-            m[8 * half + 6] = _mm256_permute2x128_si256::<0x31>(u2, u6);
-            m[8 * half + 7] = _mm256_permute2x128_si256::<0x31>(u3, u7);
+            // SAFETY: AVX2 is enabled here; every lane holds `blocks` whole blocks.
+            let cols = unsafe { words_of_eight(&lanes, base + 32 * half) };
+            m[8 * half..8 * half + 8].copy_from_slice(&cols);
         }
         let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
         macro_rules! round {

@@ -9,7 +9,7 @@
 //! crate's compressor (SHA-NI where the CPU has it). Without AVX-512VL every message is hashed
 //! by `sha2` alone.
 
-use super::lanes::{lockstep_lanes, rest_and_final};
+use super::lanes::{lockstep_lanes, rest_and_final, words_of_eight};
 use sha2::digest::consts::U64;
 use sha2::digest::generic_array::GenericArray;
 #[cfg(target_arch = "x86_64")]
@@ -140,37 +140,8 @@ unsafe fn lockstep(lanes: [&[u8]; 8], blocks: usize) -> [[u32; 8]; 8] {
         let mut w = [_mm256_setzero_si256(); 16];
         for half in 0..2 {
             let at = base + 32 * half;
-            let r: [__m256i; 8] = std::array::from_fn(|l| {
-                let bytes = &lanes[l][at..at + 32];
-                // SAFETY: `bytes` is 32 readable bytes; loadu has no alignment requirement.
-                unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-            });
-            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            let u0 = _mm256_unpacklo_epi64(t0, t2);
-            let u1 = _mm256_unpackhi_epi64(t0, t2);
-            let u2 = _mm256_unpacklo_epi64(t1, t3);
-            let u3 = _mm256_unpackhi_epi64(t1, t3);
-            let u4 = _mm256_unpacklo_epi64(t4, t6);
-            let u5 = _mm256_unpackhi_epi64(t4, t6);
-            let u6 = _mm256_unpacklo_epi64(t5, t7);
-            let u7 = _mm256_unpackhi_epi64(t5, t7);
-            let cols = [
-                _mm256_permute2x128_si256::<0x20>(u0, u4),
-                _mm256_permute2x128_si256::<0x20>(u1, u5),
-                _mm256_permute2x128_si256::<0x20>(u2, u6),
-                _mm256_permute2x128_si256::<0x20>(u3, u7),
-                _mm256_permute2x128_si256::<0x31>(u0, u4),
-                _mm256_permute2x128_si256::<0x31>(u1, u5),
-                _mm256_permute2x128_si256::<0x31>(u2, u6),
-                _mm256_permute2x128_si256::<0x31>(u3, u7),
-            ];
+            // SAFETY: AVX2 is enabled here; every lane holds `blocks` whole blocks.
+            let cols = unsafe { words_of_eight(&lanes, at) };
             for (j, c) in cols.into_iter().enumerate() {
                 w[8 * half + j] = _mm256_shuffle_epi8(c, bswap);
             }

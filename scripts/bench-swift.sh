@@ -17,6 +17,10 @@
 #   CHUNK=, OBJ=, PAR=           drl's chunk size, object size, parallelism (default: drl's)
 #   DRL_ENV="K=V ..."           environment of the drl daemon only
 #   DRL_LOG_TO=FILE             keep the drl daemon's log there (the work directory goes at exit)
+#   RESTORE=0   skip the restore of the random volume: `drl restore` of drl's snapshot into a
+#               file (checked byte for byte against the volume), against `swift download` of
+#               swiftclient's upload and, as the ceiling, curl GETting the 16 MiB pieces 8 at a
+#               time into files; all three write 1 GiB into the same directory on disk
 #   CEILING=0   skip the ceiling row: curl PUTs the random volume's 16 MiB pieces from memory,
 #               8 at a time (what this Swift takes at most from any client)
 #   WARM=1      do not drop the page cache before each run: swiftclient then reads its copy of
@@ -138,6 +142,30 @@ ceiling_case() { # dir-of-pieces container -> seconds|bytes sent|cpu seconds (of
   t1=$(now)
   python3 -c "import sys;s=float(sys.argv[2])-float(sys.argv[1]);u,k=open(sys.argv[4]).read().split()[-2:];print(f'{s:.2f}|{int(sys.argv[3])}|{float(u)+float(k):.2f}')" "$t0" "$t1" "$bytes" "$tf"
 }
+restore_case() { # drl|swc|curl container -> seconds|bytes received|cpu seconds (of the client)
+  local t0 t1 tf=$work/time.$$ out=$work/restored tok url
+  rm -rf "$out"; mkdir -p "$out"
+  case $1 in
+    curl)
+      read -r tok url < <(curl -s -i -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' "$AUTH" |
+        tr -d '\r' | awk '/^X-Auth-Token:/{t=$2} /^X-Storage-Url:/{u=$2} END{print t, u}') ;;
+  esac
+  t0=$(now)
+  case $1 in
+    drl) /usr/bin/time -f '%U %S' -o "$tf" "$drl" --config "$work/drl.toml" --node bench \
+           restore "swift://$2/r0/$3" --to "$out/vol.img" >/dev/null 2>"$work/restore.err" ||
+           die "drl restore failed: $(tail -c 300 "$work/restore.err")" ;;
+    swc) (cd "$out" && /usr/bin/time -f '%U %S' -o "$tf" "${SW[@]}" download "$2" vol.img >/dev/null) ;;
+    curl) "${SW[@]}" list "$2" | /usr/bin/time -f '%U %S' -o "$tf" xargs -P 8 -I{} \
+            curl -s -f -o "$out/{}" -H "X-Auth-Token: $tok" "$url/$2/{}" ;;
+  esac
+  t1=$(now)
+  if [ "$1" != curl ]; then
+    cmp -s "$out/vol.img" "$work/rand.img" || die "$1 restored other bytes than the volume's"
+  fi
+  python3 -c "import sys;s=float(sys.argv[2])-float(sys.argv[1]);u,k=open(sys.argv[4]).read().split()[-2:];print(f'{s:.2f}|{int(sys.argv[3])}|{float(u)+float(k):.2f}')" "$t0" "$t1" "$(find "$out" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')" "$tf"
+  rm -rf "$out"
+}
 swc_case() { # file container -> seconds|bytes sent|cpu seconds (of the swift client)
   local t0 t1 tf
   tf="$work/time.$$"
@@ -166,6 +194,18 @@ for r in $(seq 1 "$repeat"); do
     IFS='|' read -r s b c1 w <<<"$(timed ceiling_case "$pieces" "bench-curl-$r-$ts")"
     row "$r" random "curl (ceiling)" "$s" "$b" "$c1" "$w"
     rm -rf "$pieces"
+  fi
+  if [ "${RESTORE:-1}" = 1 ]; then
+    log "restore of the random volume"
+    for t in drl swc curl; do
+      [ "$t" = curl ] && [ "${CEILING:-1}" != 1 ] && continue
+      case $t in
+        drl) IFS='|' read -r s b c1 w <<<"$(timed restore_case drl "bench-drl-$r-$ts" "rand$r")"; tool=drl ;;
+        swc) IFS='|' read -r s b c1 w <<<"$(timed restore_case swc "bench-swc-$r-$ts")"; tool=swiftclient ;;
+        curl) IFS='|' read -r s b c1 w <<<"$(timed restore_case curl "bench-curl-$r-$ts")"; tool="curl (ceiling)" ;;
+      esac
+      row "$r" "restore (random)" "$tool" "$s" "$b" "$c1" "$w"
+    done
   fi
   [ "${ONLY:-}" = random ] && { drop_containers; continue; }
 
@@ -208,7 +248,8 @@ lines = ["# Snapshot stream to Swift: drl vs swiftclient", "",
          f"medians of {repeat} repetitions. drl: chunk {os.environ.get('CHUNK') or 'default'}, object {os.environ.get('OBJ') or 'default'}, "
          f"parallelism {os.environ.get('PAR') or 'default'}{', daemon environment ' + repr(os.environ['DRL_ENV']) if os.environ.get('DRL_ENV') else ''}; `swift upload --segment-size 64M` (10 threads). "
          "The 1% change is 10 extents of random data; swiftclient re-uploads the volume. "
-         "cpu s: CPU seconds of drl's daemon / of the swift client process during the case; swift cpu s: of Swift's proxy and object servers. " +
+         "cpu s: CPU seconds of drl's daemon / of the swift client process during the case; swift cpu s: of Swift's proxy and object servers. "
+         "restore (random): the random volume back from Swift into a file on disk, by `drl restore` (every chunk checked against its digest; cpu s of that process), `swift download` and curl GETting the 16 MiB pieces 8 at a time (the ceiling); bytes sent: bytes written; both tools' files are compared with the volume. " +
          ("Before each timed run the page cache is written back but not dropped (WARM=1): swiftclient reads its copy of the volume from memory, drl reads its disk. " if os.environ.get("WARM") == "1" else
           "Before each timed run the page cache is written back and dropped (drl reads its disk with O_DIRECT; swiftclient reads its copy of the volume from disk too). ") +
          "The tools take turns going first.", "",
@@ -229,10 +270,11 @@ for case, tool in order:
         r = sorted(v["swiftclient"] / v["drl"] for (c, _), v in per_rep.items() if c == case and "drl" in v and "swiftclient" in v)
         each = f"{statistics.median(r):.2f}x ({r[0]:.2f}..{r[-1]:.2f})"
     lines.append(f"| {case} | {tool} | {secs:.2f} | {int(sent):,} | {100 * sent / size:.2f}% | {size / secs / 2**20:.1f} | {cpu:.2f} | {wcpu:.2f} | {up_} | {each} |")
-ceil = ("random", "curl (ceiling)")
-if ceil in med:
-    lines += ["", "Share of the ceiling (curl's median seconds / the tool's) on random data: " + ", ".join(
-        f"{t} {m(ceil, 0) / m(('random', t), 0):.0%}" for t in tools if ("random", t) in med) + "."]
+for case in ("random", "restore (random)"):
+    ceil = (case, "curl (ceiling)")
+    if ceil in med:
+        lines += ["", f"Share of the ceiling (curl's median seconds / the tool's), {case}: " + ", ".join(
+            f"{t} {m(ceil, 0) / m((case, t), 0):.0%}" for t in tools if (case, t) in med) + "."]
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 open(out + ".csv", "w").write("\n".join(csv) + "\n")
 print("\n".join(lines))

@@ -119,25 +119,14 @@ pub fn main(config_file: Option<std::path::PathBuf>, node: &str, a: &DaemonArgs)
             return Exit::Usage;
         }
     };
-    let (rt, shards) = match runtime(cfg.worker_threads).and_then(|rt| {
-        let shards = shards::Shards::start(shard_count(cfg.worker_threads))?;
-        Ok((rt, Arc::new(shards)))
-    }) {
-        Ok(x) => x,
+    let workers = cfg.worker_threads;
+    match block_on_with_shards(workers, |shards| run(cfg, shards)) {
         Err(e) => {
             eprintln!("drl daemon: cannot start the async runtime: {e}");
-            return Exit::Failed;
+            Exit::Failed
         }
-    };
-    let ran = rt.block_on(run(cfg, shards.clone()));
-    // Resources drained (or the drain timed out): stop the data path first, so no export or
-    // replication session runs on while the control runtime waits for its blocking tasks.
-    shards.signal_stop();
-    drop(rt);
-    shards.join();
-    match ran {
-        Ok(()) => Exit::Ok,
-        Err(e) => {
+        Ok(Ok(())) => Exit::Ok,
+        Ok(Err(e)) => {
             error!("{e}");
             eprintln!("drl daemon: {e}");
             Exit::Failed
@@ -153,6 +142,27 @@ pub(crate) fn shard_count(workers: Option<usize>) -> usize {
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
         .max(1)
+}
+
+/// Run `main` on the control runtime ([`runtime`]) beside the shards ([`shard_count`]), then
+/// stop the shards before the control runtime: whatever `main` left running (a drain that
+/// timed out), no export or replication session runs on while the control runtime waits for
+/// its blocking tasks. The daemon's and `drl serve-null`'s threads.
+pub(crate) fn block_on_with_shards<F, Fut>(
+    workers: Option<usize>,
+    main: F,
+) -> std::io::Result<Fut::Output>
+where
+    F: FnOnce(Arc<shards::Shards>) -> Fut,
+    Fut: std::future::Future,
+{
+    let rt = runtime(workers)?;
+    let shards = Arc::new(shards::Shards::start(shard_count(workers))?);
+    let out = rt.block_on(main(shards.clone()));
+    shards.signal_stop();
+    drop(rt);
+    shards.join();
+    Ok(out)
 }
 
 /// The daemon's control runtime (also `drl serve-null`'s): multi-thread, `workers` worker

@@ -29,18 +29,15 @@ pub fn serve_null(
     let listen = NbdListen::parse(listen).map_err(|e| NullServeError::Usage(e.to_string()))?;
     let failed =
         |what: &str, e: &dyn std::fmt::Display| NullServeError::Failed(format!("{what}{e}"));
-    let rt = super::runtime(workers).map_err(|e| failed("cannot start the async runtime: ", &e))?;
-    // The daemon's threading: the export's home is a shard, its connections spread from there.
-    let shards = super::shards::Shards::start(super::shard_count(workers))
-        .map_err(|e| failed("cannot start the async runtime: ", &e))?;
     let export = ExportConfig {
         name: name.to_string(),
         description: "drl null volume (benchmarks only: writes are discarded, reads are zeroes)"
             .into(),
     };
     let dev = Arc::new(NullDevice::new(name, size_bytes));
-    let place = shards.from(shards.pick());
-    let served = rt.block_on(async move {
+    // The daemon's threading: the export's home is a shard, its connections spread from there.
+    let served = super::block_on_with_shards(workers, |shards| async move {
+        let place = shards.from(shards.pick());
         let home = place[0].clone();
         let mut server = super::shards::run_on(&home, NbdServer::bind(listen, export, dev))
             .await
@@ -60,8 +57,5 @@ pub fn serve_null(
             Err(e) => Err(failed("", &e)),
         }
     });
-    shards.signal_stop();
-    drop(rt);
-    shards.join();
-    served
+    served.map_err(|e| failed("cannot start the async runtime: ", &e))?
 }
